@@ -1,0 +1,10 @@
+//! Kith's event model: what a Segment-compatible client sends, checked and normalised into the
+//! [`Event`] Kith stores. Pure computation: no I/O, so every rule here is testable on its own.
+
+pub mod event;
+pub mod limits;
+pub mod parse;
+pub mod time;
+
+pub use event::{Event, MessageType, Rejection};
+pub use parse::{IngestBatch, RequestError, parse_batch_request, parse_single_request};

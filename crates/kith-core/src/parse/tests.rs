@@ -1,0 +1,257 @@
+use super::*;
+use chrono::TimeZone;
+use proptest::prelude::*;
+use serde_json::json;
+
+fn received() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap()
+}
+
+fn judge_batch(body: &str) -> IngestBatch {
+    parse_batch_request(body)
+        .expect("envelope parses")
+        .normalize("web", received())
+}
+
+#[test]
+fn batch_context_and_integrations_merge_into_each_item_without_overriding() {
+    let body = json!({
+        "batch": [
+            {"type": "track", "event": "Signed Up", "userId": "u1", "messageId": "m1",
+             "context": {"ip": "1.2.3.4"}},
+            {"type": "identify", "userId": "u1", "messageId": "m2", "traits": {"email": "a@b.co"},
+             "context": {"library": {"name": "mine"}}}
+        ],
+        "context": {"library": {"name": "analytics-python", "version": "2.3.2"}},
+        "integrations": {"All": true},
+        "writeKey": "wk"
+    })
+    .to_string();
+    let request = parse_batch_request(&body).unwrap();
+    assert_eq!(request.write_key.as_deref(), Some("wk"));
+    let outcome = request.normalize("web", received());
+    assert!(outcome.rejections.is_empty());
+    let [track, identify] = &outcome.events[..] else {
+        panic!("two events expected")
+    };
+    assert_eq!(track.kind, MessageType::Track);
+    assert_eq!(track.event.as_deref(), Some("Signed Up"));
+    let context = track.context.as_ref().unwrap();
+    assert_eq!(context["ip"], "1.2.3.4");
+    assert_eq!(context["library"]["name"], "analytics-python");
+    assert_eq!(
+        identify.context.as_ref().unwrap()["library"]["name"],
+        "mine",
+        "the item's own context wins"
+    );
+    assert_eq!(track.integrations.as_ref().unwrap()["All"], true);
+    assert_eq!(identify.typed().email.as_deref(), Some("a@b.co"));
+}
+
+#[test]
+fn each_invalid_event_is_rejected_with_its_reason_and_neighbours_survive() {
+    let big = "x".repeat(MAX_EVENT_BYTES);
+    let body = json!({"batch": [
+        {"type": "track", "event": "Ok", "userId": "u1", "messageId": "good-1"},
+        {"type": "track", "event": "No one", "messageId": "bad-1"},
+        {"type": "track", "userId": "u2", "messageId": "bad-2"},
+        {"type": "track", "event": "Big", "userId": "u3", "messageId": "bad-3", "properties": {"blob": big}},
+        {"type": "track", "event": 5, "userId": "u4", "messageId": "bad-4"},
+        {"type": "track", "event": "Late", "userId": "u5", "messageId": "bad-5", "timestamp": "yesterday"},
+        {"type": "jump", "userId": "u6", "messageId": "bad-6"},
+        {"event": "untyped", "userId": "u7", "messageId": "bad-7"},
+        "not an object",
+        {"type": "track", "event": "Props", "userId": "u8", "messageId": "bad-9", "properties": [1]},
+        {"type": "group", "userId": "u9", "messageId": "bad-10"},
+        {"type": "alias", "userId": "u9", "messageId": "bad-11"},
+        {"type": "page", "anonymousId": "a1", "messageId": "good-2", "name": "Home"},
+        {"type": "track", "event": "Id", "userId": "u1", "messageId": "x".repeat(100)}
+    ]})
+    .to_string();
+    let outcome = judge_batch(&body);
+    let accepted: Vec<_> = outcome.events.iter().map(|e| e.message_id.as_str()).collect();
+    assert_eq!(accepted, ["good-1", "good-2"]);
+    let reasons: Vec<_> = outcome
+        .rejections
+        .iter()
+        .map(|r| (r.index, r.code.as_str(), r.field.as_deref(), r.message_id.as_deref()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (1, "missing_identity", Some("userId"), Some("bad-1")),
+            (2, "missing_event", Some("event"), Some("bad-2")),
+            (3, "event_too_large", None, Some("bad-3")),
+            (4, "wrong_type", Some("event"), Some("bad-4")),
+            (5, "invalid_timestamp", Some("timestamp"), Some("bad-5")),
+            (6, "invalid_type", Some("type"), Some("bad-6")),
+            (7, "missing_type", Some("type"), Some("bad-7")),
+            (8, "invalid_event", None, None),
+            (9, "wrong_type", Some("properties"), Some("bad-9")),
+            (10, "missing_group_id", Some("groupId"), Some("bad-10")),
+            (11, "missing_previous_id", Some("previousId"), Some("bad-11")),
+            (13, "invalid_message_id", Some("messageId"), None),
+        ]
+    );
+    let too_big = &outcome.rejections[2];
+    assert!(too_big.raw.len() <= MAX_EVENT_BYTES);
+    assert_eq!(outcome.rejections[7].raw, "\"not an object\"");
+    assert!(
+        outcome.rejections[4]
+            .message
+            .contains("`timestamp` value `yesterday` is not an ISO-8601 date-time")
+    );
+}
+
+#[test]
+fn request_level_errors_are_specific() {
+    assert!(matches!(
+        parse_batch_request("{\"batch\": [").err(),
+        Some(RequestError::InvalidJson(_))
+    ));
+    assert_eq!(
+        parse_batch_request("[1,2]").err(),
+        Some(RequestError::NotAnObject("an array"))
+    );
+    assert_eq!(
+        parse_batch_request("{\"events\": []}").err(),
+        Some(RequestError::MissingBatch)
+    );
+    assert_eq!(
+        parse_batch_request("{\"batch\": {}}").err(),
+        Some(RequestError::BatchNotArray("an object"))
+    );
+    let too_many = json!({"batch": vec![json!({}); MAX_BATCH_EVENTS + 1]}).to_string();
+    assert_eq!(
+        parse_batch_request(&too_many).err(),
+        Some(RequestError::TooManyEvents(MAX_BATCH_EVENTS + 1))
+    );
+    assert!(matches!(
+        parse_single_request("", MessageType::Track).err(),
+        Some(RequestError::InvalidJson(_))
+    ));
+}
+
+#[test]
+fn the_path_decides_the_type_of_a_single_call() {
+    let body = r#"{"userId": 42, "event": "Clicked", "type": "identify", "writeKey": "wk"}"#;
+    let request = parse_single_request(body, MessageType::Track).unwrap();
+    assert_eq!(request.write_key.as_deref(), Some("wk"));
+    let outcome = request.normalize("web", received());
+    let event = &outcome.events[0];
+    assert_eq!(event.kind, MessageType::Track);
+    assert_eq!(event.user_id.as_deref(), Some("42"), "numeric ids become strings");
+    assert!(event.message_id.starts_with("kith-"));
+    // The same body again gets the same generated id, so a retry deduplicates.
+    let again = parse_single_request(body, MessageType::Track)
+        .unwrap()
+        .normalize("web", received());
+    assert_eq!(again.events[0].message_id, event.message_id);
+}
+
+#[test]
+fn times_follow_the_segment_rules() {
+    let body = json!({
+        "batch": [
+            {"type": "track", "event": "A", "userId": "u", "messageId": "1",
+             "originalTimestamp": "2024-05-01T12:50:00Z", "sentAt": "2024-05-01T13:00:00Z"},
+            {"type": "track", "event": "B", "userId": "u", "messageId": "2",
+             "timestamp": "2024-04-30T08:00:00+02:00"},
+            {"type": "track", "event": "C", "userId": "u", "messageId": "3",
+             "originalTimestamp": "2024-05-01T12:50:00Z"}
+        ],
+        "sentAt": "2024-05-01T13:00:00Z"
+    })
+    .to_string();
+    let outcome = judge_batch(&body);
+    let times: Vec<_> = outcome.events.iter().map(|e| e.timestamp.to_rfc3339()).collect();
+    assert_eq!(
+        times,
+        [
+            "2024-05-01T11:50:00+00:00",
+            "2024-04-30T06:00:00+00:00",
+            // the batch-level sentAt (analytics-python puts it there) applies to each item
+            "2024-05-01T11:50:00+00:00"
+        ]
+    );
+    assert_eq!(outcome.events[1].original_timestamp, Some(outcome.events[1].timestamp));
+    assert!(outcome.events.iter().all(|e| e.received_at == received()));
+}
+
+#[test]
+fn unknown_top_level_fields_are_kept() {
+    let body = r#"{"anonymousId": "a", "name": "Docs", "category": "Help", "version": 2}"#;
+    let outcome = parse_single_request(body, MessageType::Page)
+        .unwrap()
+        .normalize("web", received());
+    let event = &outcome.events[0];
+    assert_eq!(event.event.as_deref(), Some("Docs"));
+    let extra = event.extra.as_ref().unwrap();
+    assert_eq!(extra["category"], "Help");
+    assert_eq!(extra["version"], 2);
+}
+
+#[test]
+fn typed_fields_are_lifted() {
+    let body = json!({"batch": [
+        {"type": "track", "event": "Order Completed", "userId": "u", "messageId": "1",
+         "properties": {"revenue": "19.90", "currency": "MXN", "order_id": 77},
+         "context": {"page": {"url": "https://shop.mx/checkout", "path": "/checkout"},
+                     "traits": {"email": "ana@example.com"}}},
+        {"type": "track", "event": "Refund", "userId": "u", "messageId": "2",
+         "properties": {"revenue": "NaN"}}
+    ]})
+    .to_string();
+    let outcome = judge_batch(&body);
+    let typed = outcome.events[0].typed();
+    assert_eq!(typed.revenue, Some(19.9));
+    assert_eq!(typed.currency.as_deref(), Some("MXN"));
+    assert_eq!(typed.order_id.as_deref(), Some("77"));
+    assert_eq!(typed.page_url.as_deref(), Some("https://shop.mx/checkout"));
+    assert_eq!(typed.page_path.as_deref(), Some("/checkout"));
+    assert_eq!(typed.email.as_deref(), Some("ana@example.com"));
+    assert_eq!(outcome.events[1].typed().revenue, None, "NaN is not revenue");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let text = String::from_utf8_lossy(&bytes);
+        if let Ok(request) = parse_batch_request(&text) {
+            let outcome = request.normalize("web", received());
+            prop_assert_eq!(outcome.events.len() + outcome.rejections.len(), request.len());
+        }
+        if let Ok(request) = parse_single_request(&text, MessageType::Track) {
+            let outcome = request.normalize("web", received());
+            prop_assert_eq!(outcome.events.len() + outcome.rejections.len(), 1);
+        }
+    }
+
+    #[test]
+    fn arbitrary_json_events_never_panic(
+        keys in proptest::collection::vec(
+            prop_oneof![
+                Just("type"), Just("userId"), Just("anonymousId"), Just("event"), Just("messageId"),
+                Just("timestamp"), Just("sentAt"), Just("originalTimestamp"), Just("properties"),
+                Just("context"), Just("traits"), Just("groupId"), Just("previousId"), Just("name")
+            ],
+            0..8),
+        values in proptest::collection::vec(
+            prop_oneof![
+                Just(json!(null)), Just(json!("track")), Just(json!("")), Just(json!(1.5)),
+                Just(json!({})), Just(json!([])), Just(json!("2024-01-01T00:00:00Z")),
+                Just(json!("9999-99-99")), Just(json!(true)), "\\PC{0,20}".prop_map(|s| json!(s))
+            ],
+            8)
+    ) {
+        let mut item = Map::new();
+        for (key, value) in keys.iter().zip(values) {
+            item.insert(key.to_string(), value);
+        }
+        let body = json!({"batch": [item]}).to_string();
+        let outcome = judge_batch(&body);
+        prop_assert_eq!(outcome.events.len() + outcome.rejections.len(), 1);
+    }
+}

@@ -1,0 +1,96 @@
+//! Timestamp parsing and Segment's clock-skew rule.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+
+/// Parses the ISO-8601 forms SDKs send: RFC 3339 (`2024-05-01T10:00:00.123Z`, `+02:00`), offsets
+/// without a colon (`+0200`, as some Java and Python clients print them), naive date-times (taken as
+/// UTC) and plain dates.
+pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"] {
+        if let Ok(t) = DateTime::parse_from_str(text, format) {
+            return Some(t.with_timezone(&Utc));
+        }
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
+            return Some(t.and_utc());
+        }
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+    }
+    None
+}
+
+/// The event time Kith records, following Segment:
+/// an explicit `timestamp` wins; otherwise the device's clock is corrected by how far it was off
+/// when the request was sent (`receivedAt − (sentAt − originalTimestamp)`); otherwise the
+/// device time as given; otherwise the time Kith received it.
+pub fn event_time(
+    explicit: Option<DateTime<Utc>>,
+    original: Option<DateTime<Utc>>,
+    sent_at: Option<DateTime<Utc>>,
+    received_at: DateTime<Utc>,
+) -> DateTime<Utc> {
+    if let Some(t) = explicit {
+        return t;
+    }
+    match (original, sent_at) {
+        (Some(original), Some(sent)) => {
+            let skewed = sent.signed_duration_since(original);
+            received_at.checked_sub_signed(skewed).unwrap_or(original)
+        }
+        (Some(original), None) => original,
+        _ => received_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn parses_common_sdk_formats() {
+        let expected = Utc.with_ymd_and_hms(2024, 5, 1, 8, 0, 0).unwrap();
+        for text in [
+            "2024-05-01T08:00:00Z",
+            "2024-05-01T08:00:00.000Z",
+            "2024-05-01T10:00:00+02:00",
+            "2024-05-01T10:00:00+0200",
+            "2024-05-01T08:00:00",
+            "2024-05-01 08:00:00",
+        ] {
+            assert_eq!(parse_timestamp(text), Some(expected), "{text}");
+        }
+        assert_eq!(
+            parse_timestamp("2024-05-01"),
+            Some(Utc.with_ymd_and_hms(2024, 5, 1, 0, 0, 0).unwrap())
+        );
+        assert_eq!(parse_timestamp("yesterday"), None);
+        assert_eq!(parse_timestamp("2024-13-01T00:00:00Z"), None);
+    }
+
+    #[test]
+    fn clock_skew_is_corrected_from_sent_at() {
+        let received = Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap();
+        // The device clock runs one hour fast: it says it sent at 13:00 and the event happened at 12:50.
+        let sent = Utc.with_ymd_and_hms(2024, 5, 1, 13, 0, 0).unwrap();
+        let original = Utc.with_ymd_and_hms(2024, 5, 1, 12, 50, 0).unwrap();
+        let expected = Utc.with_ymd_and_hms(2024, 5, 1, 11, 50, 0).unwrap();
+        assert_eq!(
+            event_time(None, Some(original), Some(sent), received),
+            expected
+        );
+        assert_eq!(
+            event_time(Some(original), Some(original), Some(sent), received),
+            original
+        );
+        assert_eq!(event_time(None, Some(original), None, received), original);
+        assert_eq!(event_time(None, None, Some(sent), received), received);
+    }
+}

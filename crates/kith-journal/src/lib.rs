@@ -1,0 +1,210 @@
+//! The journal: where an event becomes durable before Kith acknowledges it.
+//!
+//! One writer thread owns the files. Requests queue up while it fsyncs, and the next write takes
+//! every queued request at once (group commit), so one `fdatasync` pays for many requests.
+//! Deduplication lives here too, because the writer is the only place that sees every append in
+//! order: a `messageId` hash that was ever stored is refused, however late the retry.
+//!
+//! Files under the journal directory:
+//! - `NNNNNNNNNNNNNNNNNNNN.seg`: segments of records, named by their first sequence number;
+//! - `dedup.keys`: the dedup keys of segments already retired (their records live in the event
+//!   tables now), 16 bytes each, so a retired segment's ids keep deduplicating after restarts.
+
+mod record;
+mod segment;
+mod writer;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+pub use record::Record;
+
+#[derive(Debug, Error)]
+pub enum JournalError {
+    #[error("journal i/o error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("journal record at {path} offset {offset} is corrupt: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("the journal queue is full; retry shortly")]
+    Overloaded,
+    #[error("the journal writer has stopped")]
+    Stopped,
+}
+
+impl JournalError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> JournalError {
+        JournalError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Tuning for the journal.
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    /// A segment is closed once it grows past this size.
+    pub segment_bytes: u64,
+    /// Appends waiting for the writer; beyond this, [`Journal::append`] answers `Overloaded`.
+    pub queue_capacity: usize,
+    /// Most entries one group commit takes, to bound latency.
+    pub max_group_entries: usize,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            segment_bytes: 64 * 1024 * 1024,
+            queue_capacity: 4096,
+            max_group_entries: 50_000,
+        }
+    }
+}
+
+/// One thing to store. `item` is handed to the sink once the entry is durable.
+pub struct Entry<T> {
+    /// Entries with a key already stored are not written again; `None` never deduplicates.
+    pub dedup_key: Option<u128>,
+    pub payload: Vec<u8>,
+    pub item: T,
+}
+
+/// What became of one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Stored { seq: u64 },
+    Duplicate,
+}
+
+/// Receives the items of durable entries, in sequence order, before their appends are
+/// acknowledged: whatever the sink makes visible is durable, and every acknowledged entry is
+/// already visible.
+pub type Sink<T> = Box<dyn FnMut(Vec<(u64, T)>) + Send>;
+
+pub type AppendResult = Result<Vec<Appended>, JournalError>;
+
+enum Command<T> {
+    Append {
+        entries: Vec<Entry<T>>,
+        reply: oneshot::Sender<AppendResult>,
+    },
+    Retire {
+        through_seq: u64,
+        reply: oneshot::Sender<Result<usize, JournalError>>,
+    },
+}
+
+/// The durable journal. Cheap to share behind an `Arc`.
+pub struct Journal<T: Send + 'static> {
+    dir: PathBuf,
+    commands: SyncSender<Command<T>>,
+    writer: Option<JoinHandle<()>>,
+    last_seq_at_open: u64,
+}
+
+impl<T: Send + 'static> Journal<T> {
+    /// Opens (or creates) the journal in `dir`, repairing a torn tail left by a crash, and starts
+    /// the writer thread.
+    pub fn open(dir: &Path, options: JournalOptions, sink: Sink<T>) -> Result<Self, JournalError> {
+        std::fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
+        let recovered = segment::recover(dir)?;
+        let last_seq_at_open = recovered.last_seq;
+        let (commands, receiver) = mpsc::sync_channel(options.queue_capacity);
+        let state = writer::WriterState::new(dir.to_path_buf(), options, recovered, sink)?;
+        let writer = std::thread::Builder::new()
+            .name("kith-journal".into())
+            .spawn(move || state.run(receiver))
+            .map_err(|e| JournalError::io(dir, e))?;
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+            commands,
+            writer: Some(writer),
+            last_seq_at_open,
+        })
+    }
+
+    /// The highest sequence number on disk when the journal was opened.
+    pub fn last_seq_at_open(&self) -> u64 {
+        self.last_seq_at_open
+    }
+
+    /// Queues entries; the receiver answers once they are durable (or with the reason they are not).
+    /// Never blocks: a full queue answers [`JournalError::Overloaded`] at once.
+    pub fn append(&self, entries: Vec<Entry<T>>) -> oneshot::Receiver<AppendResult> {
+        let (reply, receiver) = oneshot::channel();
+        match self.commands.try_send(Command::Append { entries, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Command::Append { reply, .. })) => {
+                metrics::counter!("kith_journal_overloaded_total").increment(1);
+                let _ = reply.send(Err(JournalError::Overloaded));
+            }
+            Err(TrySendError::Disconnected(Command::Append { reply, .. })) => {
+                let _ = reply.send(Err(JournalError::Stopped));
+            }
+            Err(_) => unreachable!("only append commands are sent here"),
+        }
+        receiver
+    }
+
+    /// Deletes closed segments whose records all have `seq <= through_seq` (they are safely in the
+    /// event tables), keeping their dedup keys. Returns how many segments were retired.
+    pub fn retire_through(&self, through_seq: u64) -> oneshot::Receiver<Result<usize, JournalError>> {
+        let (reply, receiver) = oneshot::channel();
+        if let Err(err) = self.commands.send(Command::Retire { through_seq, reply }) {
+            if let Command::Retire { reply, .. } = err.0 {
+                let _ = reply.send(Err(JournalError::Stopped));
+            }
+        }
+        receiver
+    }
+
+    /// Reads every record with `seq > after_seq`, oldest first (used at start-up to refill the
+    /// in-memory buffer with what the event tables do not hold yet, and by readers that are not
+    /// the server).
+    pub fn replay_after(
+        &self,
+        after_seq: u64,
+        visit: impl FnMut(Record) -> Result<(), JournalError>,
+    ) -> Result<(), JournalError> {
+        read_after(&self.dir, after_seq, visit)
+    }
+}
+
+/// Reads the records of a journal directory with `seq > after_seq` without opening it for writing:
+/// safe while a server appends, since only fully written records are returned.
+pub fn read_after(
+    dir: &Path,
+    after_seq: u64,
+    visit: impl FnMut(Record) -> Result<(), JournalError>,
+) -> Result<(), JournalError> {
+    segment::read_after(dir, after_seq, visit)
+}
+
+impl<T: Send + 'static> Drop for Journal<T> {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer loop once queued work is done.
+        let (dead, _) = mpsc::sync_channel(1);
+        self.commands = dead;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+pub(crate) type KeySet = HashSet<u128>;
+
+#[cfg(test)]
+mod tests;

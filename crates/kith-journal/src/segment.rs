@@ -1,0 +1,184 @@
+//! Segment files: listing, crash recovery and reading.
+
+use std::fs::{self, OpenOptions};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::record::{Decoded, Record, decode};
+use crate::{JournalError, KeySet};
+
+pub(crate) const DEDUP_KEYS_FILE: &str = "dedup.keys";
+const SEGMENT_SUFFIX: &str = ".seg";
+
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentInfo {
+    pub path: PathBuf,
+    /// Highest seq in the segment; `first_seq - 1` when empty.
+    pub last_seq: u64,
+    pub len: u64,
+}
+
+pub(crate) struct Recovered {
+    pub segments: Vec<SegmentInfo>,
+    pub keys: KeySet,
+    pub last_seq: u64,
+}
+
+pub(crate) fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:020}{SEGMENT_SUFFIX}"))
+}
+
+/// Segment files sorted by first sequence number.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| JournalError::io(dir, e))? {
+        let entry = entry.map_err(|e| JournalError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(SEGMENT_SUFFIX)) else {
+            continue;
+        };
+        if let Ok(first_seq) = stem.parse::<u64>() {
+            segments.push((first_seq, entry.path()));
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+fn read_file(path: &Path) -> Result<Option<Vec<u8>>, JournalError> {
+    let mut file = match fs::File::open(path) {
+        Ok(file) => file,
+        // A segment retired between listing and opening: its records are in the event tables.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(JournalError::io(path, e)),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| JournalError::io(path, e))?;
+    Ok(Some(bytes))
+}
+
+/// Scans every segment, cuts a torn tail off the last one (a write the crash interrupted, never
+/// acknowledged), and rebuilds the dedup key set.
+pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
+    let mut keys = load_retired_keys(dir)?;
+    let listed = list_segments(dir)?;
+    let mut segments = Vec::with_capacity(listed.len());
+    let count = listed.len();
+    for (position, (first_seq, path)) in listed.into_iter().enumerate() {
+        let is_last = position + 1 == count;
+        let bytes = read_file(&path)?.unwrap_or_default();
+        let mut offset = 0usize;
+        let mut last_seq = first_seq.saturating_sub(1);
+        while offset < bytes.len() {
+            match decode(&bytes[offset..]) {
+                Decoded::Record { record, len } => {
+                    if let Some(key) = record.dedup_key {
+                        keys.insert(key);
+                    }
+                    last_seq = record.seq;
+                    offset += len;
+                }
+                Decoded::Truncated | Decoded::Corrupt(_) if is_last => {
+                    tracing::warn!(
+                        path = %path.display(),
+                        offset,
+                        dropped_bytes = bytes.len() - offset,
+                        "cutting an unfinished write off the journal tail"
+                    );
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(|e| JournalError::io(&path, e))?;
+                    file.set_len(offset as u64)
+                        .and_then(|()| file.sync_all())
+                        .map_err(|e| JournalError::io(&path, e))?;
+                    break;
+                }
+                Decoded::Truncated => {
+                    return Err(JournalError::Corrupt {
+                        path,
+                        offset: offset as u64,
+                        reason: "a closed segment ends in the middle of a record".into(),
+                    });
+                }
+                Decoded::Corrupt(reason) => {
+                    return Err(JournalError::Corrupt {
+                        path,
+                        offset: offset as u64,
+                        reason,
+                    });
+                }
+            }
+        }
+        segments.push(SegmentInfo {
+            path,
+            last_seq,
+            len: offset as u64,
+        });
+    }
+    let last_seq = segments.last().map(|s| s.last_seq).unwrap_or(0);
+    Ok(Recovered {
+        segments,
+        keys,
+        last_seq,
+    })
+}
+
+fn load_retired_keys(dir: &Path) -> Result<KeySet, JournalError> {
+    let path = dir.join(DEDUP_KEYS_FILE);
+    let Some(bytes) = read_file(&path)? else {
+        return Ok(KeySet::default());
+    };
+    let whole = bytes.len() / 16 * 16;
+    if whole != bytes.len() {
+        // A crash mid-append; the segment those keys came from still exists and is retried.
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| JournalError::io(&path, e))?;
+        file.set_len(whole as u64)
+            .map_err(|e| JournalError::io(&path, e))?;
+    }
+    let mut keys = KeySet::with_capacity(whole / 16);
+    for chunk in bytes[..whole].chunks_exact(16) {
+        keys.insert(u128::from_le_bytes(chunk.try_into().expect("16 bytes")));
+    }
+    Ok(keys)
+}
+
+pub(crate) fn read_after(
+    dir: &Path,
+    after_seq: u64,
+    mut visit: impl FnMut(Record) -> Result<(), JournalError>,
+) -> Result<(), JournalError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let listed = list_segments(dir)?;
+    for (position, (_, path)) in listed.iter().enumerate() {
+        // Skip segments that end before `after_seq`: the next one starts at or below it.
+        if let Some((next_first, _)) = listed.get(position + 1) {
+            if *next_first <= after_seq + 1 {
+                continue;
+            }
+        }
+        let Some(bytes) = read_file(path)? else {
+            continue;
+        };
+        let mut offset = 0usize;
+        while offset < bytes.len() {
+            match decode(&bytes[offset..]) {
+                Decoded::Record { record, len } => {
+                    offset += len;
+                    if record.seq > after_seq {
+                        visit(record)?;
+                    }
+                }
+                // The writer may be mid-append: what follows is not acknowledged yet.
+                Decoded::Truncated | Decoded::Corrupt(_) => break,
+            }
+        }
+    }
+    Ok(())
+}

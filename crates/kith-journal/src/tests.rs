@@ -1,0 +1,211 @@
+use std::sync::{Arc, Mutex};
+
+use super::*;
+
+fn entry(key: u128, text: &str) -> Entry<String> {
+    Entry {
+        dedup_key: Some(key),
+        payload: text.as_bytes().to_vec(),
+        item: text.to_string(),
+    }
+}
+
+type Seen = Arc<Mutex<Vec<(u64, String)>>>;
+
+fn open(dir: &Path, options: JournalOptions) -> (Journal<String>, Seen) {
+    let seen: Seen = Arc::default();
+    let sink_seen = seen.clone();
+    let journal = Journal::open(
+        dir,
+        options,
+        Box::new(move |items| sink_seen.lock().unwrap().extend(items)),
+    )
+    .unwrap();
+    (journal, seen)
+}
+
+fn replayed(dir: &Path, after: u64) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    read_after(dir, after, |r| {
+        out.push((r.seq, String::from_utf8(r.payload).unwrap()));
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+#[test]
+fn appends_are_durable_ordered_and_deduplicated_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (journal, seen) = open(dir.path(), JournalOptions::default());
+        let first = journal
+            .append(vec![entry(1, "a"), entry(2, "b"), entry(1, "a again")])
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            first,
+            [
+                Appended::Stored { seq: 1 },
+                Appended::Stored { seq: 2 },
+                Appended::Duplicate
+            ]
+        );
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(1, "a".to_string()), (2, "b".to_string())]
+        );
+    }
+    let (journal, seen) = open(dir.path(), JournalOptions::default());
+    assert_eq!(journal.last_seq_at_open(), 2);
+    let second = journal
+        .append(vec![entry(2, "b retried"), entry(3, "c")])
+        .blocking_recv()
+        .unwrap()
+        .unwrap();
+    assert_eq!(second, [Appended::Duplicate, Appended::Stored { seq: 3 }]);
+    assert_eq!(*seen.lock().unwrap(), [(3, "c".to_string())]);
+    assert_eq!(
+        replayed(dir.path(), 1),
+        [(2, "b".to_string()), (3, "c".to_string())]
+    );
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_everything_before_it_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (journal, _) = open(dir.path(), JournalOptions::default());
+        journal
+            .append(vec![entry(1, "kept"), entry(2, "also kept")])
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+    }
+    // Simulate a crash in the middle of the next write: half a record at the end.
+    let segment = segment::segment_path(dir.path(), 1);
+    let mut torn = Vec::new();
+    record::encode(&mut torn, 3, Some(3), b"never acknowledged");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let good_len = bytes.len();
+    bytes.extend_from_slice(&torn[..torn.len() / 2]);
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let (journal, _) = open(dir.path(), JournalOptions::default());
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), good_len as u64);
+    let result = journal
+        .append(vec![entry(3, "the retry")])
+        .blocking_recv()
+        .unwrap()
+        .unwrap();
+    assert_eq!(result, [Appended::Stored { seq: 3 }], "the torn key is not a duplicate");
+    assert_eq!(
+        replayed(dir.path(), 0)
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect::<Vec<_>>(),
+        ["kept", "also kept", "the retry"]
+    );
+}
+
+#[test]
+fn corruption_inside_a_closed_segment_is_reported_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions {
+        segment_bytes: 1,
+        ..JournalOptions::default()
+    };
+    {
+        let (journal, _) = open(dir.path(), options.clone());
+        for key in 1..=3u128 {
+            journal
+                .append(vec![entry(key, "x")])
+                .blocking_recv()
+                .unwrap()
+                .unwrap();
+        }
+    }
+    let first = segment::segment_path(dir.path(), 1);
+    let mut bytes = std::fs::read(&first).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&first, bytes).unwrap();
+    let err = Journal::<String>::open(dir.path(), options, Box::new(|_| {}))
+        .err()
+        .expect("corruption is an error");
+    assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn retired_segments_keep_deduplicating_and_sequence_numbers_keep_rising() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions {
+        segment_bytes: 1,
+        ..JournalOptions::default()
+    };
+    {
+        let (journal, _) = open(dir.path(), options.clone());
+        for key in 1..=4u128 {
+            journal
+                .append(vec![entry(key, "x")])
+                .blocking_recv()
+                .unwrap()
+                .unwrap();
+        }
+        // Segments roll over on every append; all but the active one can go.
+        let retired = journal.retire_through(4).blocking_recv().unwrap().unwrap();
+        assert_eq!(retired, 3);
+    }
+    let (journal, _) = open(dir.path(), options);
+    assert_eq!(journal.last_seq_at_open(), 4);
+    let result = journal
+        .append(vec![entry(1, "late retry"), entry(5, "new")])
+        .blocking_recv()
+        .unwrap()
+        .unwrap();
+    assert_eq!(result, [Appended::Duplicate, Appended::Stored { seq: 5 }]);
+    assert_eq!(
+        replayed(dir.path(), 3)
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect::<Vec<_>>(),
+        [4, 5]
+    );
+}
+
+#[test]
+fn concurrent_appenders_share_fsyncs_and_get_distinct_sequence_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, seen) = open(dir.path(), JournalOptions::default());
+    let journal = Arc::new(journal);
+    let threads: Vec<_> = (0..8u128)
+        .map(|t| {
+            let journal = journal.clone();
+            std::thread::spawn(move || {
+                for i in 0..50u128 {
+                    let key = t * 1000 + i;
+                    let outcome = journal
+                        .append(vec![entry(key, &key.to_string())])
+                        .blocking_recv()
+                        .unwrap()
+                        .unwrap();
+                    assert!(matches!(outcome[0], Appended::Stored { .. }));
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    let seqs: Vec<u64> = seen.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (1..=400).collect::<Vec<_>>(), "the sink sees every entry in order");
+}
+
+proptest::proptest! {
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+        let _ = record::decode(&bytes);
+    }
+}

@@ -1,0 +1,255 @@
+//! The writer thread: group commit, rotation, retirement.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use crate::record::{Decoded, decode, encode};
+use crate::segment::{DEDUP_KEYS_FILE, Recovered, SegmentInfo, segment_path};
+use crate::{AppendResult, Appended, Command, Entry, JournalError, JournalOptions, KeySet, Sink};
+
+pub(crate) struct WriterState<T> {
+    dir: PathBuf,
+    options: JournalOptions,
+    /// Closed segments, oldest first; the active one is separate.
+    closed: Vec<SegmentInfo>,
+    active: SegmentInfo,
+    active_file: File,
+    keys: KeySet,
+    next_seq: u64,
+    sink: Sink<T>,
+}
+
+impl<T: Send + 'static> WriterState<T> {
+    pub(crate) fn new(
+        dir: PathBuf,
+        options: JournalOptions,
+        recovered: Recovered,
+        sink: Sink<T>,
+    ) -> Result<Self, JournalError> {
+        let Recovered {
+            mut segments,
+            keys,
+            last_seq,
+        } = recovered;
+        let active = match segments.pop() {
+            Some(active) => active,
+            None => {
+                let path = segment_path(&dir, last_seq + 1);
+                File::create(&path).map_err(|e| JournalError::io(&path, e))?;
+                sync_dir(&dir)?;
+                SegmentInfo {
+                    path,
+                    last_seq,
+                    len: 0,
+                }
+            }
+        };
+        let active_file = OpenOptions::new()
+            .append(true)
+            .open(&active.path)
+            .map_err(|e| JournalError::io(&active.path, e))?;
+        Ok(WriterState {
+            dir,
+            options,
+            closed: segments,
+            active,
+            active_file,
+            keys,
+            next_seq: last_seq + 1,
+            sink,
+        })
+    }
+
+    pub(crate) fn run(mut self, commands: Receiver<Command<T>>) {
+        let mut buffer = Vec::new();
+        while let Ok(first) = commands.recv() {
+            let mut group = Vec::new();
+            let mut group_entries = 0usize;
+            let mut next = Some(first);
+            // Take everything already queued: this is the group commit.
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Append { entries, reply } => {
+                        group_entries += entries.len();
+                        group.push((entries, reply));
+                    }
+                    Command::Retire { through_seq, reply } => {
+                        // Keep order simple: finish the pending group first.
+                        self.commit_group(std::mem::take(&mut group), &mut buffer);
+                        group_entries = 0;
+                        let _ = reply.send(self.retire(through_seq));
+                    }
+                }
+                if group_entries < self.options.max_group_entries {
+                    next = commands.try_recv().ok();
+                }
+            }
+            self.commit_group(group, &mut buffer);
+        }
+        let _ = self.active_file.sync_all();
+    }
+
+    fn commit_group(
+        &mut self,
+        group: Vec<(Vec<Entry<T>>, oneshot::Sender<AppendResult>)>,
+        buffer: &mut Vec<u8>,
+    ) {
+        if group.is_empty() {
+            return;
+        }
+        if let Err(err) = self.rotate_if_full() {
+            tracing::error!(error = %err, "journal rotation failed");
+            for (_, reply) in group {
+                let _ = reply.send(Err(JournalError::io(&self.active.path, io_copy(&err))));
+            }
+            return;
+        }
+        buffer.clear();
+        let mut outcomes = Vec::with_capacity(group.len());
+        let mut stored_items = Vec::new();
+        let mut new_keys = Vec::new();
+        let mut seq = self.next_seq;
+        for (entries, _) in &group {
+            let mut results = Vec::with_capacity(entries.len());
+            for entry in entries {
+                if let Some(key) = entry.dedup_key {
+                    if self.keys.contains(&key) || new_keys.contains(&key) {
+                        results.push(Appended::Duplicate);
+                        continue;
+                    }
+                    new_keys.push(key);
+                }
+                encode(buffer, seq, entry.dedup_key, &entry.payload);
+                results.push(Appended::Stored { seq });
+                seq += 1;
+            }
+            outcomes.push(results);
+        }
+        let duplicates: usize = outcomes
+            .iter()
+            .flatten()
+            .filter(|o| **o == Appended::Duplicate)
+            .count();
+        if duplicates > 0 {
+            metrics::counter!("kith_events_deduplicated_total").increment(duplicates as u64);
+        }
+
+        if !buffer.is_empty() {
+            let started = Instant::now();
+            let written = self
+                .active_file
+                .write_all(buffer)
+                .and_then(|()| self.active_file.sync_data());
+            if let Err(err) = written {
+                tracing::error!(error = %err, path = %self.active.path.display(), "journal write failed");
+                metrics::counter!("kith_journal_write_errors_total").increment(1);
+                // Cut off whatever part of the group reached the file: it was never acknowledged.
+                let _ = self.active_file.set_len(self.active.len);
+                for (_, reply) in group {
+                    let _ = reply.send(Err(JournalError::io(&self.active.path, io_copy(&err))));
+                }
+                return;
+            }
+            metrics::counter!("kith_journal_fsyncs_total").increment(1);
+            metrics::counter!("kith_journal_bytes_written_total").increment(buffer.len() as u64);
+            metrics::histogram!("kith_journal_commit_seconds").record(started.elapsed().as_secs_f64());
+            self.active.len += buffer.len() as u64;
+            self.active.last_seq = seq - 1;
+            self.next_seq = seq;
+            self.keys.extend(new_keys);
+        }
+
+        for ((entries, reply), results) in group.into_iter().zip(outcomes) {
+            for (entry, result) in entries.into_iter().zip(&results) {
+                if let Appended::Stored { seq } = result {
+                    stored_items.push((*seq, entry.item));
+                }
+            }
+            // The sink must see an entry before its append is acknowledged.
+            if !stored_items.is_empty() {
+                (self.sink)(std::mem::take(&mut stored_items));
+            }
+            let _ = reply.send(Ok(results));
+        }
+    }
+
+    fn rotate_if_full(&mut self) -> std::io::Result<()> {
+        if self.active.len < self.options.segment_bytes {
+            return Ok(());
+        }
+        self.active_file.sync_all()?;
+        let path = segment_path(&self.dir, self.next_seq);
+        let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+        sync_dir(&self.dir).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let new_active = SegmentInfo {
+            path,
+            last_seq: self.next_seq - 1,
+            len: 0,
+        };
+        let old = std::mem::replace(&mut self.active, new_active);
+        self.closed.push(old);
+        self.active_file = file;
+        Ok(())
+    }
+
+    /// Retires closed segments fully at or below `through_seq`: first their keys go to
+    /// `dedup.keys` (fsynced), then the segment is deleted — so a crash in between only leaves a
+    /// key recorded twice, never a key lost.
+    fn retire(&mut self, through_seq: u64) -> Result<usize, JournalError> {
+        let retirable = self
+            .closed
+            .iter()
+            .take_while(|s| s.last_seq <= through_seq)
+            .count();
+        if retirable == 0 {
+            return Ok(0);
+        }
+        let keys_path = self.dir.join(DEDUP_KEYS_FILE);
+        let mut keys_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&keys_path)
+            .map_err(|e| JournalError::io(&keys_path, e))?;
+        for segment in &self.closed[..retirable] {
+            let mut bytes = Vec::new();
+            File::open(&segment.path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(|e| JournalError::io(&segment.path, e))?;
+            let mut keys = Vec::new();
+            let mut offset = 0;
+            while let Decoded::Record { record, len } = decode(&bytes[offset..]) {
+                if let Some(key) = record.dedup_key {
+                    keys.extend_from_slice(&key.to_le_bytes());
+                }
+                offset += len;
+            }
+            keys_file
+                .write_all(&keys)
+                .map_err(|e| JournalError::io(&keys_path, e))?;
+        }
+        keys_file
+            .sync_data()
+            .map_err(|e| JournalError::io(&keys_path, e))?;
+        for segment in self.closed.drain(..retirable) {
+            fs::remove_file(&segment.path).map_err(|e| JournalError::io(&segment.path, e))?;
+        }
+        sync_dir(&self.dir)?;
+        metrics::counter!("kith_journal_segments_retired_total").increment(retirable as u64);
+        Ok(retirable)
+    }
+}
+
+fn io_copy(err: &std::io::Error) -> std::io::Error {
+    std::io::Error::new(err.kind(), err.to_string())
+}
+
+fn sync_dir(dir: &std::path::Path) -> Result<(), JournalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| JournalError::io(dir, e))
+}
