@@ -1,1 +1,56 @@
-fn main() {}
+//! `kith`: the one binary. Every command calls the same library functions as the HTTP API.
+
+mod commands;
+mod config;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::commands::Command;
+
+#[derive(Parser)]
+#[command(
+    name = "kith",
+    version,
+    about = "Customer intelligence in one binary: collect events from Segment-compatible SDKs, query them with SQL."
+)]
+struct Cli {
+    /// Configuration file (default: ./kith.toml when present). Precedence: file < KITH_* env < flags.
+    #[arg(long, env = "KITH_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let file = match config::FileConfig::load(cli.config.as_deref()) {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match commands::run(cli.command, file) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Kith at info; the storage libraries only when something is wrong (they are chatty at info).
+const DEFAULT_LOG_FILTER: &str = "info,buoyant_kernel=warn,delta_kernel=warn,deltalake=warn,deltalake_core=warn,datafusion=warn";
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KITH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -179,3 +179,11 @@ pub struct Rejection {
     /// The event as it arrived (truncated to the event size limit).
     pub raw: String,
 }
+
+/// What the journal holds: an accepted event or a rejected one. Both are kept durably.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Stored {
+    Event(Event),
+    Rejected(Rejection),
+}

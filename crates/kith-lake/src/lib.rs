@@ -1,1 +1,141 @@
+//! Kith's event tables. Acknowledged events arrive from the journal into an in-memory Arrow
+//! buffer (visible to queries at once), and are flushed to Delta Lake tables in large batches.
+//! Each commit records the last journal sequence number it holds, so a restart replays exactly
+//! what Delta is missing. SQL runs through DataFusion over Delta plus the buffer.
 
+pub mod output;
+pub mod query;
+pub mod schema;
+mod table;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kith_core::Stored;
+use thiserror::Error;
+
+pub use query::{QueryError, QueryLimits, QueryResult};
+pub use table::{EventTable, JOURNAL_APP_ID, TableView};
+
+#[derive(Debug, Error)]
+pub enum LakeError {
+    #[error("delta lake error: {0}")]
+    Delta(String),
+    #[error("i/o error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Both event tables of a data directory.
+pub struct Lake {
+    pub events: EventTable,
+    pub rejected: EventTable,
+    /// Highest journal seq handed to [`Lake::ingest`].
+    observed_seq: AtomicU64,
+}
+
+impl Lake {
+    /// Opens the tables under `DATA_DIR/tables/` (they are created on the first flush).
+    pub async fn open(data_dir: &Path) -> Result<Lake, LakeError> {
+        let tables = data_dir.join("tables");
+        let events = EventTable::open(
+            "events",
+            tables.join("events"),
+            schema::EVENTS_SCHEMA.clone(),
+            schema::EVENTS_STATS_COLUMNS,
+        )
+        .await?;
+        let rejected = EventTable::open(
+            "rejected_events",
+            tables.join("rejected_events"),
+            schema::REJECTED_SCHEMA.clone(),
+            schema::REJECTED_STATS_COLUMNS,
+        )
+        .await?;
+        let observed = events.committed_seq().max(rejected.committed_seq());
+        Ok(Lake {
+            events,
+            rejected,
+            observed_seq: AtomicU64::new(observed),
+        })
+    }
+
+    pub fn tables(&self) -> [&EventTable; 2] {
+        [&self.events, &self.rejected]
+    }
+
+    /// Where replay must start: the lowest seq some table may be missing, minus one.
+    pub fn replay_after(&self) -> u64 {
+        self.events.committed_seq().min(self.rejected.committed_seq())
+    }
+
+    /// Adds durable journal records (in seq order) to the buffers.
+    pub fn ingest(&self, records: Vec<(u64, Stored)>) {
+        let Some(max_seq) = records.last().map(|(s, _)| *s) else {
+            return;
+        };
+        // On replay after a restart, a table may already hold part of what the journal returns.
+        let events_committed = self.events.committed_seq();
+        let rejected_committed = self.rejected.committed_seq();
+        let mut events = Vec::with_capacity(records.len());
+        let mut rejected = Vec::new();
+        for (seq, record) in records {
+            match record {
+                Stored::Event(e) if seq > events_committed => events.push((seq, e)),
+                Stored::Rejected(r) if seq > rejected_committed => rejected.push((seq, r)),
+                _ => {}
+            }
+        }
+        if let Some((last, _)) = events.last() {
+            let last = *last;
+            self.events.push(last, schema::events_batch(&events));
+        }
+        if let Some((last, _)) = rejected.last() {
+            let last = *last;
+            self.rejected.push(last, schema::rejected_batch(&rejected));
+        }
+        self.observed_seq.fetch_max(max_seq, Ordering::SeqCst);
+    }
+
+    /// The journal seq through which every record is safely in Delta: journal segments at or
+    /// below it may be deleted. A table with nothing buffered is caught up with all it observed.
+    pub fn durable_through(&self) -> u64 {
+        // Read `observed` first: anything ingested after this read has a higher seq.
+        let observed = self.observed_seq.load(Ordering::SeqCst);
+        self.tables()
+            .iter()
+            .map(|t| match t.pending() {
+                (0, _) => observed,
+                _ => t.committed_seq(),
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Flushes every table that has buffered rows. Returns rows written.
+    pub async fn flush(&self) -> Result<usize, LakeError> {
+        let mut rows = 0;
+        for table in self.tables() {
+            rows += table.flush().await?;
+        }
+        Ok(rows)
+    }
+
+    /// Runs a SQL query over `events` and `rejected_events`.
+    pub async fn query(&self, sql: &str, limits: &QueryLimits) -> Result<QueryResult, QueryError> {
+        query::run(self, sql, limits).await
+    }
+
+    pub fn table_paths(&self) -> Vec<(&'static str, PathBuf)> {
+        self.tables()
+            .iter()
+            .map(|t| (t.name, t.path().to_path_buf()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

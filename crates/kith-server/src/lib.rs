@@ -1,1 +1,11 @@
+//! Kith's HTTP layer. Thin: parse, authorize, call the library, map errors.
 
+pub mod app;
+pub mod auth;
+pub mod errors;
+pub mod ingest;
+pub mod ops;
+pub mod query;
+
+pub use app::{Server, ServerConfig, ServerError, journal_dir, replay_into};
+pub use ops::install_metrics;

@@ -1,0 +1,73 @@
+//! `kith key create|list|revoke`.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Subcommand;
+use kith_state::{KeyScope, StateStore};
+
+use super::DataDirArg;
+use crate::config::FileConfig;
+
+#[derive(Subcommand)]
+pub enum KeyAction {
+    /// Create a key and print it (only the key, on stdout, so scripts can capture it).
+    Create {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        /// ingest (a Segment write key for one source), read (queries) or admin (everything).
+        #[arg(long, value_parser = ["ingest", "read", "admin"])]
+        scope: String,
+        /// The source an ingest key writes as, e.g. `web` or `ios`.
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// List keys (ids, scopes, sources; never the secrets).
+    List {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+    },
+    /// Revoke a key by id; it stops working within a second, even on a running server.
+    Revoke {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+        id: String,
+    },
+}
+
+pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
+    match action {
+        KeyAction::Create {
+            data_dir,
+            scope,
+            source,
+        } => {
+            let Some(scope) = KeyScope::parse(&scope) else {
+                bail!("unknown scope `{scope}`; use ingest, read or admin");
+            };
+            let store = StateStore::open(&file.data_dir(data_dir.data_dir))?;
+            let created = store.create_key(scope, source.as_deref())?;
+            println!("{}", created.secret);
+        }
+        KeyAction::List { data_dir } => {
+            let store = StateStore::open(&file.data_dir(data_dir.data_dir))?;
+            println!("{:<12} {:<7} {:<16} {:<26} status", "id", "scope", "source", "created");
+            for key in store.list_keys()? {
+                println!(
+                    "{:<12} {:<7} {:<16} {:<26} {}",
+                    key.id,
+                    key.scope.as_str(),
+                    key.source.as_deref().unwrap_or("-"),
+                    key.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    if key.revoked_at.is_some() { "revoked" } else { "active" }
+                );
+            }
+        }
+        KeyAction::Revoke { data_dir, id } => {
+            let store = StateStore::open(&file.data_dir(data_dir.data_dir))?;
+            let key = store.revoke_key(&id)?;
+            eprintln!("revoked key {} ({} scope)", key.id, key.scope.as_str());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

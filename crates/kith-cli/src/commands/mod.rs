@@ -1,0 +1,47 @@
+//! The subcommands.
+
+mod key;
+mod serve;
+mod sql;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use crate::config::FileConfig;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the server: collection API, SQL, metrics. Embedded storage, no other service needed.
+    Serve(serve::ServeArgs),
+    /// Create, list and revoke API keys (works whether or not the server runs).
+    Key {
+        #[command(subcommand)]
+        action: key::KeyAction,
+    },
+    /// Run a read-only SQL query over `events` and `rejected_events`.
+    Sql(sql::SqlArgs),
+}
+
+/// Where the data lives; shared by every command that touches it.
+#[derive(Args, Debug, Clone)]
+pub struct DataDirArg {
+    /// Data directory [default: ./kith-data]
+    #[arg(long, env = "KITH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+pub fn run(command: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(args) => serve::run(args, file),
+        Command::Key { action } => key::run(action, file),
+        Command::Sql(args) => sql::run(args, file),
+    }
+}
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

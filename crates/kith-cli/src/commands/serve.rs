@@ -1,0 +1,85 @@
+//! `kith serve`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use kith_server::{Server, ServerConfig};
+
+use super::{DataDirArg, runtime};
+use crate::config::{DEFAULT_LISTEN, FileConfig};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    data_dir: DataDirArg,
+    /// Address to listen on [default: 127.0.0.1:8417]
+    #[arg(long, env = "KITH_LISTEN")]
+    listen: Option<String>,
+    /// Write buffered events to Delta at least this often, in milliseconds [default: 2000]
+    #[arg(long, env = "KITH_FLUSH_INTERVAL_MS")]
+    flush_interval_ms: Option<u64>,
+    /// Serve POST /internal/noop/batch (parses like /v1/batch, stores nothing) for benchmarks.
+    #[arg(long, env = "KITH_ENABLE_NOOP_ENDPOINT")]
+    enable_noop_endpoint: bool,
+}
+
+pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
+    let mut config = ServerConfig {
+        data_dir: file.data_dir(args.data_dir.data_dir),
+        listen: args
+            .listen
+            .or(file.listen.clone())
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
+        noop_endpoint: args.enable_noop_endpoint,
+        ..ServerConfig::default()
+    };
+    if let Some(ms) = args.flush_interval_ms.or(file.ingest.flush_interval_ms) {
+        config.flush_interval = Duration::from_millis(ms);
+    }
+    if let Some(rows) = file.ingest.flush_rows {
+        config.flush_rows = rows;
+    }
+    if let Some(secs) = file.query.timeout_secs {
+        config.query_limits.timeout = Duration::from_secs(secs);
+    }
+    if let Some(mb) = file.query.memory_mb {
+        config.query_limits.memory_bytes = mb << 20;
+    }
+    if let Some(rows) = file.query.max_rows {
+        config.query_limits.max_rows = rows;
+    }
+    kith_server::install_metrics();
+    runtime()?.block_on(async move {
+        let data_dir = config.data_dir.clone();
+        let server = Server::start(config).await?;
+        let addr = server.local_addr();
+        tracing::info!(%addr, data_dir = %data_dir.display(), "kith is listening");
+        eprintln!("kith is listening on http://{addr} (data in {})", data_dir.display());
+        server.run(shutdown_signal()).await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests, then flushing to Delta");
+}

@@ -1,0 +1,85 @@
+//! `kith sql`: queries the data directory directly (Delta tables plus the journal's newest
+//! events), so it works with or without a running server and sees what the server acknowledged.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use kith_lake::{Lake, QueryLimits, output};
+
+use super::{DataDirArg, runtime};
+use crate::config::FileConfig;
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Args)]
+pub struct SqlArgs {
+    #[command(flatten)]
+    data_dir: DataDirArg,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    /// The query, e.g. "SELECT event, count(*) FROM events GROUP BY event".
+    sql: String,
+}
+
+pub fn run(args: SqlArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
+    let data_dir = file.data_dir(args.data_dir.data_dir);
+    if !data_dir.exists() {
+        bail!(
+            "no data directory at {}; start `kith serve` first or pass --data-dir",
+            data_dir.display()
+        );
+    }
+    let mut limits = QueryLimits::default();
+    if let Some(rows) = file.query.max_rows {
+        limits.max_rows = rows;
+    }
+    let result = runtime()?.block_on(async {
+        let lake = open_consistent(&data_dir).await?;
+        lake.query(&args.sql, &limits)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    })?;
+    match args.format {
+        Format::Table => {
+            println!("{}", output::to_table(&result)?);
+            eprintln!("{} row(s){}", result.num_rows(), truncated_note(result.truncated));
+        }
+        Format::Csv => {
+            use std::io::Write;
+            std::io::stdout().write_all(&output::to_csv(&result)?)?;
+        }
+        Format::Json => println!("{}", output::to_json(&result)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn truncated_note(truncated: bool) -> &'static str {
+    if truncated {
+        " (truncated: add a LIMIT or aggregate)"
+    } else {
+        ""
+    }
+}
+
+/// Opens the tables, then adds the journal's records they lack. A running server may flush and
+/// retire journal segments in between; if the tables moved meanwhile, start over.
+async fn open_consistent(data_dir: &std::path::Path) -> anyhow::Result<Lake> {
+    for _ in 0..5 {
+        let lake = Lake::open(data_dir).await.context("cannot open the event tables")?;
+        let before = lake.replay_after();
+        kith_server::replay_into(&lake, &kith_server::journal_dir(data_dir))
+            .context("cannot read the journal")?;
+        let check = Lake::open(data_dir).await?;
+        if check.replay_after() == before {
+            return Ok(lake);
+        }
+    }
+    bail!("the data directory kept changing while it was read; retry")
+}

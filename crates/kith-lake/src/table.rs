@@ -1,0 +1,231 @@
+//! One event table: the Delta table on disk plus the in-memory buffer of rows the journal holds
+//! but the Delta table does not have yet.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::Transaction;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+
+use crate::LakeError;
+
+/// The Delta application-transaction id under which Kith records the last journal sequence number
+/// a commit contains: after a crash, replay starts right after it, so nothing is written twice.
+pub const JOURNAL_APP_ID: &str = "kith-journal";
+
+/// A consistent view for one query: the Delta snapshot and the rows not in it yet.
+#[derive(Clone)]
+pub struct TableView {
+    pub delta: Option<DeltaTable>,
+    pub buffered: Vec<RecordBatch>,
+}
+
+struct Buffer {
+    /// Batches not yet in Delta, each with the highest journal seq it holds.
+    batches: Vec<(u64, RecordBatch)>,
+    rows: usize,
+    oldest: Option<Instant>,
+}
+
+struct Inner {
+    delta: Option<DeltaTable>,
+    committed_seq: u64,
+    buffer: Buffer,
+}
+
+pub struct EventTable {
+    pub name: &'static str,
+    path: PathBuf,
+    schema: SchemaRef,
+    stats_columns: &'static str,
+    inner: RwLock<Inner>,
+}
+
+impl EventTable {
+    pub async fn open(
+        name: &'static str,
+        path: PathBuf,
+        schema: SchemaRef,
+        stats_columns: &'static str,
+    ) -> Result<EventTable, LakeError> {
+        let (delta, committed_seq) = load_delta(&path).await?;
+        Ok(EventTable {
+            name,
+            path,
+            schema,
+            stats_columns,
+            inner: RwLock::new(Inner {
+                delta,
+                committed_seq,
+                buffer: Buffer {
+                    batches: Vec::new(),
+                    rows: 0,
+                    oldest: None,
+                },
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The last journal seq held by the Delta table.
+    pub fn committed_seq(&self) -> u64 {
+        self.read().committed_seq
+    }
+
+    /// Rows waiting for a flush, and how long the oldest has waited.
+    pub fn pending(&self) -> (usize, Option<Instant>) {
+        let inner = self.read();
+        (inner.buffer.rows, inner.buffer.oldest)
+    }
+
+    /// Adds a batch whose highest journal seq is `max_seq`. Ignores rows Delta already has.
+    pub fn push(&self, max_seq: u64, batch: RecordBatch) {
+        if batch.num_rows() == 0 {
+            return;
+        }
+        let mut inner = self.write();
+        if max_seq <= inner.committed_seq {
+            return;
+        }
+        inner.buffer.rows += batch.num_rows();
+        inner.buffer.oldest.get_or_insert_with(Instant::now);
+        inner.buffer.batches.push((max_seq, batch));
+    }
+
+    pub fn view(&self) -> TableView {
+        let inner = self.read();
+        TableView {
+            delta: inner.delta.clone(),
+            buffered: inner.buffer.batches.iter().map(|(_, b)| b.clone()).collect(),
+        }
+    }
+
+    /// Writes the buffered rows to Delta in one commit, recording the journal position. Rows
+    /// added meanwhile stay buffered. Returns the rows written.
+    pub async fn flush(&self) -> Result<usize, LakeError> {
+        let (delta, batches, through_seq, taken) = {
+            let inner = self.read();
+            let Some((through_seq, _)) = inner.buffer.batches.last() else {
+                return Ok(0);
+            };
+            let batches: Vec<RecordBatch> =
+                inner.buffer.batches.iter().map(|(_, b)| b.clone()).collect();
+            (
+                inner.delta.clone(),
+                batches,
+                *through_seq,
+                inner.buffer.batches.len(),
+            )
+        };
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let started = Instant::now();
+        let table = match delta {
+            Some(table) => table,
+            None => {
+                std::fs::create_dir_all(&self.path).map_err(|source| LakeError::Io {
+                    path: self.path.display().to_string(),
+                    source,
+                })?;
+                // Not loaded: there is no log yet, and the write below creates the table.
+                deltalake::DeltaTableBuilder::from_url(table_url(&self.path)?)?.build()?
+            }
+        };
+        let commit = CommitProperties::default()
+            .with_application_transaction(Transaction::new(JOURNAL_APP_ID, through_seq as i64));
+        let configuration = HashMap::from([(
+            "delta.dataSkippingStatsColumns".to_string(),
+            Some(self.stats_columns.to_string()),
+        )]);
+        let table = table
+            .write(batches)
+            .with_save_mode(SaveMode::Append)
+            .with_table_name(self.name)
+            .with_configuration(configuration)
+            .with_commit_properties(commit)
+            .await?;
+        {
+            let mut inner = self.write();
+            inner.delta = Some(table);
+            inner.committed_seq = through_seq;
+            let drained: usize = inner
+                .buffer
+                .batches
+                .drain(..taken)
+                .map(|(_, b)| b.num_rows())
+                .sum();
+            inner.buffer.rows -= drained;
+            if inner.buffer.batches.is_empty() {
+                inner.buffer.oldest = None;
+            }
+        }
+        metrics::counter!("kith_lake_flushes_total", "table" => self.name).increment(1);
+        metrics::counter!("kith_lake_rows_flushed_total", "table" => self.name)
+            .increment(rows as u64);
+        metrics::histogram!("kith_lake_flush_seconds", "table" => self.name)
+            .record(started.elapsed().as_secs_f64());
+        tracing::debug!(table = self.name, rows, through_seq, "flushed to delta");
+        Ok(rows)
+    }
+
+    /// Compacts small files (Delta OPTIMIZE).
+    pub async fn optimize(&self) -> Result<(), LakeError> {
+        let Some(table) = self.read().delta.clone() else {
+            return Ok(());
+        };
+        let (table, metrics) = table.optimize().await?;
+        tracing::info!(table = self.name, files_removed = metrics.num_files_removed, files_added = metrics.num_files_added, "optimized");
+        self.write().delta = Some(table);
+        Ok(())
+    }
+}
+
+pub(crate) fn table_url(path: &Path) -> Result<url::Url, LakeError> {
+    let absolute = std::path::absolute(path).map_err(|source| LakeError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    url::Url::from_directory_path(&absolute).map_err(|()| LakeError::Io {
+        path: path.display().to_string(),
+        source: std::io::Error::other("not a valid directory path"),
+    })
+}
+
+async fn load_delta(path: &Path) -> Result<(Option<DeltaTable>, u64), LakeError> {
+    if !path.join("_delta_log").exists() {
+        return Ok((None, 0));
+    }
+    let table = deltalake::open_table(table_url(path)?).await?;
+    let committed = table
+        .snapshot()?
+        .transaction_version(table.log_store().as_ref(), JOURNAL_APP_ID)
+        .await?
+        .unwrap_or(0);
+    Ok((Some(table), committed.max(0) as u64))
+}
+
+impl From<DeltaTableError> for LakeError {
+    fn from(err: DeltaTableError) -> Self {
+        LakeError::Delta(err.to_string())
+    }
+}

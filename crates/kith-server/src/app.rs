@@ -1,0 +1,275 @@
+//! Start-up, shared state, routes and the background flusher.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use kith_core::Stored;
+use kith_journal::{Journal, JournalError, JournalOptions};
+use kith_lake::{Lake, LakeError, QueryLimits};
+use kith_state::{StateError, StateStore};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tower_http::cors::CorsLayer;
+
+use crate::auth::KeyResolver;
+use crate::{errors, ingest, ops, query};
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    #[error("the data directory {0} is in use by another kith process")]
+    DataDirLocked(String),
+    #[error("cannot use the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("journal record {seq} cannot be decoded: {reason}")]
+    BadRecord { seq: u64, reason: String },
+}
+
+/// Everything `kith serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    /// Buffered rows are written to Delta at least this often...
+    pub flush_interval: Duration,
+    /// ...or as soon as this many rows wait.
+    pub flush_rows: usize,
+    pub query_limits: QueryLimits,
+    pub journal: JournalOptions,
+    /// Serves `POST /internal/noop/batch`, which parses and authenticates like `/v1/batch` but
+    /// stores nothing: the ceiling the ingest benchmark compares against.
+    pub noop_endpoint: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from("./kith-data"),
+            listen: "127.0.0.1:8417".to_string(),
+            flush_interval: Duration::from_secs(2),
+            flush_rows: 200_000,
+            query_limits: QueryLimits::default(),
+            journal: JournalOptions::default(),
+            noop_endpoint: false,
+        }
+    }
+}
+
+pub struct AppState {
+    pub config: ServerConfig,
+    pub state: Arc<StateStore>,
+    pub keys: KeyResolver,
+    pub lake: Arc<Lake>,
+    pub journal: Journal<Stored>,
+    _lock: File,
+}
+
+/// A started server: bound, replayed, flushing.
+pub struct Server {
+    app: Arc<AppState>,
+    listener: TcpListener,
+}
+
+fn lock_data_dir(data_dir: &Path) -> Result<File, ServerError> {
+    let io = |source| ServerError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    let file = File::create(data_dir.join("kith.lock")).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(ServerError::DataDirLocked(data_dir.display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
+/// Decodes a journal payload.
+pub fn decode_record(seq: u64, payload: &[u8]) -> Result<Stored, ServerError> {
+    serde_json::from_slice(payload).map_err(|e| ServerError::BadRecord {
+        seq,
+        reason: e.to_string(),
+    })
+}
+
+/// Feeds the journal records the event tables miss into the lake's buffers.
+pub fn replay_into(lake: &Lake, journal_dir: &Path) -> Result<u64, ServerError> {
+    let mut chunk = Vec::new();
+    let mut replayed = 0u64;
+    let mut failure = None;
+    kith_journal::read_after(journal_dir, lake.replay_after(), |record| {
+        match decode_record(record.seq, &record.payload) {
+            Ok(stored) => chunk.push((record.seq, stored)),
+            Err(e) => {
+                failure = Some(e);
+                return Err(JournalError::Stopped);
+            }
+        }
+        replayed += 1;
+        if chunk.len() >= 10_000 {
+            lake.ingest(std::mem::take(&mut chunk));
+        }
+        Ok(())
+    })
+    .map_err(|e| failure.take().unwrap_or(ServerError::Journal(e)))?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    lake.ingest(chunk);
+    Ok(replayed)
+}
+
+pub fn journal_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("journal")
+}
+
+impl Server {
+    /// Opens the data directory, replays the journal and binds the listener.
+    pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        let lock = lock_data_dir(&config.data_dir)?;
+        let state = Arc::new(StateStore::open(&config.data_dir)?);
+        let lake = Arc::new(Lake::open(&config.data_dir).await?);
+        let sink_lake = lake.clone();
+        let journal = Journal::open(
+            &journal_dir(&config.data_dir),
+            config.journal.clone(),
+            Box::new(move |items| sink_lake.ingest(items)),
+        )?;
+        let replayed = replay_into(&lake, &journal_dir(&config.data_dir))?;
+        tracing::info!(replayed, "journal replayed into the event buffers");
+
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen.clone(),
+                source,
+            })?;
+        let app = Arc::new(AppState {
+            keys: KeyResolver::new(state.clone()),
+            config,
+            state,
+            lake,
+            journal,
+            _lock: lock,
+        });
+        Ok(Server { app, listener })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.app.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then writes every buffered row to Delta.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let flusher = tokio::spawn(flush_loop(self.app.clone()));
+        let router = router(self.app.clone());
+        let served = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        flusher.abort();
+        if let Err(e) = served {
+            tracing::error!(error = %e, "server stopped with an error");
+        }
+        let rows = self.app.lake.flush().await?;
+        tracing::info!(rows, "final flush done");
+        Ok(())
+    }
+}
+
+pub fn router(app: Arc<AppState>) -> Router {
+    let mut router = Router::new()
+        .route("/v1/batch", post(ingest::batch))
+        .route("/v1/b", post(ingest::batch))
+        .route("/v1/import", post(ingest::batch))
+        .route("/v1/query", post(query::query))
+        .route("/v1/projects/{write_key}/settings", get(ingest::settings))
+        .route("/v1/{call}", post(ingest::single))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .route("/docs/errors", get(errors::error_docs));
+    if app.config.noop_endpoint {
+        router = router.route("/internal/noop/batch", post(ops::noop_batch));
+    }
+    router
+        .fallback(ops::not_found)
+        // Bodies are read with our own limit so the answer is our JSON error.
+        .layer(DefaultBodyLimit::disable())
+        .layer(CorsLayer::permissive().max_age(Duration::from_secs(3600)))
+        .with_state(app)
+}
+
+/// Writes buffered rows to Delta when enough wait or they waited long enough, then retires the
+/// journal segments Delta now holds.
+async fn flush_loop(app: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flushes = 0u64;
+    loop {
+        tick.tick().await;
+        let mut flushed = false;
+        for table in app.lake.tables() {
+            let (rows, oldest) = table.pending();
+            let due = rows >= app.config.flush_rows
+                || oldest.is_some_and(|t| t.elapsed() >= app.config.flush_interval);
+            if !due {
+                continue;
+            }
+            match table.flush().await {
+                Ok(_) => flushed = true,
+                Err(e) => {
+                    metrics::counter!("kith_lake_flush_errors_total").increment(1);
+                    tracing::error!(table = table.name, error = %e, "flush failed; will retry");
+                }
+            }
+        }
+        if !flushed {
+            continue;
+        }
+        flushes += 1;
+        let through = app.lake.durable_through();
+        match app.journal.retire_through(through).await {
+            Ok(Ok(retired)) if retired > 0 => tracing::debug!(retired, through, "journal segments retired"),
+            Ok(Err(e)) => tracing::error!(error = %e, "journal retirement failed"),
+            _ => {}
+        }
+        // Compact the many files frequent flushes leave behind.
+        if flushes % 50 == 0 {
+            for table in app.lake.tables() {
+                if let Err(e) = table.optimize().await {
+                    tracing::warn!(table = table.name, error = %e, "optimize failed");
+                }
+            }
+        }
+    }
+}

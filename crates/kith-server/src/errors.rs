@@ -1,0 +1,160 @@
+//! The one table of API error codes. Every error body is `{message, code, type, link}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Every error the API can answer, with its HTTP status and type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidBody,
+    PayloadTooLarge,
+    TooManyEvents,
+    InvalidGzip,
+    InvalidEvent,
+    MissingApiKey,
+    InvalidApiKey,
+    RevokedApiKey,
+    InsufficientScope,
+    InvalidSql,
+    QueryTimeout,
+    QueryMemoryExceeded,
+    NotFound,
+    Overloaded,
+    StorageUnavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 17] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidBody,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::TooManyEvents,
+        ErrorCode::InvalidGzip,
+        ErrorCode::InvalidEvent,
+        ErrorCode::MissingApiKey,
+        ErrorCode::InvalidApiKey,
+        ErrorCode::RevokedApiKey,
+        ErrorCode::InsufficientScope,
+        ErrorCode::InvalidSql,
+        ErrorCode::QueryTimeout,
+        ErrorCode::QueryMemoryExceeded,
+        ErrorCode::NotFound,
+        ErrorCode::Overloaded,
+        ErrorCode::StorageUnavailable,
+        ErrorCode::Internal,
+    ];
+
+    /// `(code, HTTP status, type, what it means)`.
+    pub fn describe(self) -> (&'static str, StatusCode, &'static str, &'static str) {
+        use ErrorCode::*;
+        use StatusCode as S;
+        match self {
+            InvalidJson => ("invalid_json", S::BAD_REQUEST, "invalid_request", "the body is not valid JSON"),
+            InvalidBody => ("invalid_body", S::BAD_REQUEST, "invalid_request", "the JSON does not have the expected shape"),
+            PayloadTooLarge => ("payload_too_large", S::BAD_REQUEST, "invalid_request", "the body is over 500 KB (after decompression)"),
+            TooManyEvents => ("too_many_events", S::BAD_REQUEST, "invalid_request", "a batch holds more than 2,500 events"),
+            InvalidGzip => ("invalid_gzip", S::BAD_REQUEST, "invalid_request", "`Content-Encoding: gzip` was sent but the body is not gzip"),
+            InvalidEvent => ("invalid_event", S::BAD_REQUEST, "invalid_request", "no event in the request was valid; each one's reason is listed"),
+            MissingApiKey => ("missing_api_key", S::UNAUTHORIZED, "auth", "no key was sent: use HTTP Basic with the key as user name, a Bearer token, or `writeKey` in the body"),
+            InvalidApiKey => ("invalid_api_key", S::UNAUTHORIZED, "auth", "the key is not known to this Kith"),
+            RevokedApiKey => ("revoked_api_key", S::UNAUTHORIZED, "auth", "the key was revoked"),
+            InsufficientScope => ("insufficient_scope", S::FORBIDDEN, "auth", "the key's scope does not allow this call"),
+            InvalidSql => ("invalid_sql", S::BAD_REQUEST, "invalid_request", "the SQL is wrong or not a read query"),
+            QueryTimeout => ("query_timeout", S::BAD_REQUEST, "invalid_request", "the query ran past its time limit"),
+            QueryMemoryExceeded => ("query_memory_exceeded", S::BAD_REQUEST, "invalid_request", "the query needed more memory than allowed"),
+            NotFound => ("not_found", S::NOT_FOUND, "invalid_request", "no such endpoint or resource"),
+            Overloaded => ("overloaded", S::TOO_MANY_REQUESTS, "system", "Kith is busy; retry after the `Retry-After` seconds"),
+            StorageUnavailable => ("storage_unavailable", S::SERVICE_UNAVAILABLE, "system", "the data could not be made durable (disk full or failing); retry later"),
+            Internal => ("internal", S::INTERNAL_SERVER_ERROR, "internal", "an unexpected error; see the server log"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.describe().0
+    }
+}
+
+/// An API error.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Extra fields merged into the body (e.g. the per-event errors).
+    pub details: Option<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    message: &'a str,
+    code: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    link: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> ApiError {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        let (code, _, kind, _) = self.code.describe();
+        let mut body = serde_json::to_value(ErrorBody {
+            message: &self.message,
+            code,
+            kind,
+            link: format!("/docs/errors#{code}"),
+        })
+        .unwrap_or_default();
+        if let (Some(serde_json::Value::Object(extra)), Some(map)) =
+            (&self.details, body.as_object_mut())
+        {
+            for (k, v) in extra {
+                map.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        body
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (_, status, _, _) = self.code.describe();
+        let mut response = (status, axum::Json(self.body())).into_response();
+        let retry_after = match self.code {
+            ErrorCode::Overloaded => Some("1"),
+            ErrorCode::StorageUnavailable => Some("5"),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+        }
+        response
+    }
+}
+
+/// `GET /docs/errors`: the error table itself, so every `link` resolves.
+pub async fn error_docs() -> axum::Json<serde_json::Value> {
+    let rows: Vec<_> = ErrorCode::ALL
+        .iter()
+        .map(|c| {
+            let (code, status, kind, meaning) = c.describe();
+            serde_json::json!({"code": code, "status": status.as_u16(), "type": kind, "meaning": meaning})
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "errors": rows }))
+}

@@ -1,0 +1,288 @@
+//! The Segment tracking API: `/v1/{identify,track,page,screen,group,alias}` and their one-letter
+//! forms, `/v1/batch`, `/v1/b`, `/v1/import`.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
+use axum::Json;
+use chrono::Utc;
+use kith_core::limits::MAX_REQUEST_BYTES;
+use kith_core::{MessageType, RequestError, Stored, parse_batch_request, parse_single_request};
+use kith_journal::{Appended, Entry, JournalError};
+use kith_state::KeyScope;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::auth::key_from_headers;
+use crate::errors::{ApiError, ErrorCode};
+
+/// What an ingest call answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct IngestResponse {
+    /// Always true on a 200, as Segment answers.
+    pub success: bool,
+    /// Events stored now.
+    pub accepted: usize,
+    /// Events already stored earlier (same `messageId`), not stored again.
+    pub duplicates: usize,
+    /// Events refused; each is kept in `rejected_events` with its reason.
+    pub rejected: usize,
+    /// One entry per refused event.
+    pub errors: Vec<EventError>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventError {
+    /// Position of the event in the batch.
+    pub index: usize,
+    pub code: String,
+    pub message: String,
+    pub field: Option<String>,
+    #[serde(rename = "messageId")]
+    pub message_id: Option<String>,
+}
+
+/// Reads the body, undoing gzip, never holding more than the request limit.
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the body is over {MAX_REQUEST_BYTES} bytes; send fewer events per request"),
+        )
+    };
+    let raw: Bytes = axum::body::to_bytes(body, MAX_REQUEST_BYTES)
+        .await
+        .map_err(|_| too_large())?;
+    let gzipped = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+    if !gzipped {
+        return Ok(raw.to_vec());
+    }
+    let mut decoded = Vec::new();
+    let mut limited = flate2::read::GzDecoder::new(&raw[..]).take(MAX_REQUEST_BYTES as u64 + 1);
+    limited.read_to_end(&mut decoded).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidGzip,
+            format!("`Content-Encoding: gzip` was sent but the body could not be decompressed: {e}"),
+        )
+    })?;
+    if decoded.len() > MAX_REQUEST_BYTES {
+        return Err(too_large());
+    }
+    Ok(decoded)
+}
+
+fn request_error(err: RequestError) -> ApiError {
+    let code = match err {
+        RequestError::InvalidJson(_) => ErrorCode::InvalidJson,
+        RequestError::TooManyEvents(_) => ErrorCode::TooManyEvents,
+        RequestError::NotAnObject(_) | RequestError::MissingBatch | RequestError::BatchNotArray(_) => {
+            ErrorCode::InvalidBody
+        }
+    };
+    ApiError::new(code, err.to_string())
+}
+
+fn journal_error(err: JournalError) -> ApiError {
+    match err {
+        JournalError::Overloaded => ApiError::new(
+            ErrorCode::Overloaded,
+            "the journal queue is full; retry after the Retry-After delay",
+        ),
+        other => {
+            tracing::error!(error = %other, "journal append failed");
+            ApiError::new(
+                ErrorCode::StorageUnavailable,
+                "the events could not be made durable; nothing was acknowledged, retry later",
+            )
+        }
+    }
+}
+
+/// `POST /v1/batch`, `/v1/b`, `/v1/import`.
+#[utoipa::path(post, path = "/v1/batch", tag = "tracking",
+    description = "Segment batch call (also `/v1/b` and `/v1/import`). Auth: HTTP Basic with the write key as user name, or `writeKey` in the body. Accepts `application/json` and `text/plain`, gzip bodies.",
+    request_body(content = Object, description = "`{\"batch\": [events], \"context\": {}, \"integrations\": {}}`"),
+    responses((status = 200, body = IngestResponse), (status = 400, description = "invalid request"), (status = 401, description = "bad key"), (status = 429, description = "overloaded"), (status = 503, description = "storage unavailable")))]
+pub async fn batch(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<IngestResponse>, ApiError> {
+    let bytes = read_body(&headers, body).await?;
+    let text = body_text(&bytes)?;
+    let request = parse_batch_request(text).map_err(request_error)?;
+    ingest(&app, &headers, request).await
+}
+
+/// `POST /v1/{identify,track,page,screen,group,alias}` and `/v1/{i,t,p,s,g,a}`.
+#[utoipa::path(post, path = "/v1/{call}", tag = "tracking",
+    description = "A single Segment call: identify, track, page, screen, group, alias (or the one-letter paths i, t, p, s, g, a that analytics.js uses).",
+    params(("call" = String, Path, description = "identify | track | page | screen | group | alias | i | t | p | s | g | a")),
+    request_body(content = Object, description = "one Segment event"),
+    responses((status = 200, body = IngestResponse), (status = 400, description = "invalid event"), (status = 401, description = "bad key"), (status = 404, description = "unknown call")))]
+pub async fn single(
+    State(app): State<Arc<AppState>>,
+    Path(call): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<IngestResponse>, ApiError> {
+    let Some(kind) = MessageType::from_path_segment(&call) else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("`/v1/{call}` is not a tracking call; use identify, track, page, screen, group, alias or batch"),
+        ));
+    };
+    let bytes = read_body(&headers, body).await?;
+    let text = body_text(&bytes)?;
+    let request = parse_single_request(text, kind).map_err(request_error)?;
+    ingest(&app, &headers, request).await
+}
+
+fn body_text(bytes: &[u8]) -> Result<&str, ApiError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("the body is not UTF-8 text (byte {}); send UTF-8 JSON", e.valid_up_to()),
+        )
+    })
+}
+
+async fn ingest(
+    app: &AppState,
+    headers: &HeaderMap,
+    request: kith_core::parse::RawRequest<'_>,
+) -> Result<Json<IngestResponse>, ApiError> {
+    let secret = key_from_headers(headers).or_else(|| request.write_key.clone());
+    let key = app.keys.authorize(secret.as_deref(), KeyScope::Ingest)?;
+    let source = key.source.unwrap_or_else(|| "default".to_string());
+    let outcome = request.normalize(&source, Utc::now());
+    metrics::counter!("kith_events_received_total", "source" => source.clone())
+        .increment(request.len() as u64);
+    for rejection in &outcome.rejections {
+        metrics::counter!("kith_events_rejected_total", "reason" => rejection.code.clone())
+            .increment(1);
+    }
+
+    let event_count = outcome.events.len();
+    let mut entries = Vec::with_capacity(event_count + outcome.rejections.len());
+    for event in outcome.events {
+        let dedup_key = Some(event.dedup_key());
+        let stored = Stored::Event(event);
+        entries.push(Entry {
+            dedup_key,
+            payload: serde_json::to_vec(&stored).map_err(internal)?,
+            item: stored,
+        });
+    }
+    let errors: Vec<EventError> = outcome
+        .rejections
+        .iter()
+        .map(|r| EventError {
+            index: r.index,
+            code: r.code.clone(),
+            message: r.message.clone(),
+            field: r.field.clone(),
+            message_id: r.message_id.clone(),
+        })
+        .collect();
+    for rejection in outcome.rejections {
+        let stored = Stored::Rejected(rejection);
+        entries.push(Entry {
+            dedup_key: None,
+            payload: serde_json::to_vec(&stored).map_err(internal)?,
+            item: stored,
+        });
+    }
+
+    let results = if entries.is_empty() {
+        Vec::new()
+    } else {
+        app.journal
+            .append(entries)
+            .await
+            .map_err(|_| journal_error(JournalError::Stopped))?
+            .map_err(journal_error)?
+    };
+    let stored = results[..event_count]
+        .iter()
+        .filter(|r| matches!(r, Appended::Stored { .. }))
+        .count();
+    let duplicates = event_count - stored;
+    metrics::counter!("kith_events_accepted_total", "source" => source).increment(stored as u64);
+
+    let response = IngestResponse {
+        success: true,
+        accepted: stored,
+        duplicates,
+        rejected: errors.len(),
+        errors,
+    };
+    if event_count == 0 && response.rejected > 0 {
+        let details = serde_json::to_value(&response).unwrap_or(Value::Null);
+        let message = if response.rejected == 1 {
+            format!("the event was rejected: {}", response.errors[0].message)
+        } else {
+            format!(
+                "all {} events were rejected; see `errors` for each one's reason",
+                response.rejected
+            )
+        };
+        return Err(ApiError::new(ErrorCode::InvalidEvent, message).with_details(json!({
+            "accepted": 0,
+            "duplicates": 0,
+            "rejected": response.rejected,
+            "errors": details["errors"],
+        })));
+    }
+    Ok(Json(response))
+}
+
+fn internal(err: serde_json::Error) -> ApiError {
+    tracing::error!(error = %err, "could not encode an event");
+    ApiError::new(ErrorCode::Internal, "an event could not be encoded")
+}
+
+/// `GET /v1/projects/{writeKey}/settings`: the settings document analytics.js loads at start-up.
+#[utoipa::path(get, path = "/v1/projects/{write_key}/settings", tag = "tracking",
+    description = "The settings document analytics.js fetches; points the Segment.io integration back at this server.",
+    params(("write_key" = String, Path, description = "an ingest key")),
+    responses((status = 200, description = "settings"), (status = 401, description = "unknown or revoked key")))]
+pub async fn settings(
+    State(app): State<Arc<AppState>>,
+    Path(write_key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    app.keys.authorize(Some(&write_key), KeyScope::Ingest)?;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    Ok(Json(json!({
+        "integrations": {
+            "Segment.io": {
+                "apiKey": write_key,
+                "apiHost": format!("{host}/v1"),
+                "protocol": "http",
+                "unbundledIntegrations": [],
+                "addBundledMetadata": true,
+                "maybeBundledConfigIds": {},
+                "versionSettings": {"version": "4.4.7", "componentTypes": ["browser"]}
+            }
+        },
+        "plan": {"track": {"__default": {"enabled": true, "integrations": {}}}, "identify": {"__default": {"enabled": true}}, "group": {"__default": {"enabled": true}}},
+        "edgeFunction": {},
+        "analyticsNextEnabled": true,
+        "middlewareSettings": {},
+        "enabledMiddleware": {},
+        "metrics": {"sampleRate": 0},
+        "legacyVideoPluginsEnabled": false,
+        "remotePlugins": []
+    })))
+}

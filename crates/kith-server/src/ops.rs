@@ -1,0 +1,115 @@
+//! Operations endpoints: health, readiness, metrics, the OpenAPI document, 404s, and the no-op
+//! ingest endpoint used as the benchmark's ceiling.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Uri};
+use chrono::Utc;
+use kith_core::parse_batch_request;
+use kith_state::KeyScope;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::{Value, json};
+use utoipa::OpenApi;
+
+use crate::app::AppState;
+use crate::auth::key_from_headers;
+use crate::errors::{ApiError, ErrorCode};
+use crate::ingest::read_body;
+
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder once per process (tests start several servers).
+pub fn install_metrics() -> Option<&'static PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics recorder not installed");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "alive")))]
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Readiness: the journal has been replayed and the writer accepts appends.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready")))]
+pub async fn readyz(State(app): State<Arc<AppState>>) -> Json<Value> {
+    let buffered: usize = app.lake.tables().iter().map(|t| t.pending().0).sum();
+    Json(json!({
+        "status": "ready",
+        "buffered_rows": buffered,
+        "durable_through_seq": app.lake.durable_through(),
+    }))
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
+pub async fn metrics() -> String {
+    install_metrics().map(|h| h.render()).unwrap_or_default()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Kith", description = "Customer intelligence in one binary: Segment-compatible collection, SQL over every event."),
+    paths(
+        crate::ingest::batch,
+        crate::ingest::single,
+        crate::ingest::settings,
+        crate::query::query,
+        healthz,
+        readyz,
+        metrics,
+        openapi,
+    ),
+    components(schemas(crate::ingest::IngestResponse, crate::ingest::EventError, crate::query::QueryRequest))
+)]
+pub struct ApiDoc;
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1 document")))]
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("no endpoint at `{}`; see /openapi.json for the API", uri.path()),
+    )
+}
+
+/// Parses, authenticates and judges a batch exactly like `/v1/batch`, then stores nothing.
+pub async fn noop_batch(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = read_body(&headers, body).await?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| ApiError::new(ErrorCode::InvalidJson, "the body is not UTF-8"))?;
+    let request = parse_batch_request(text)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidBody, e.to_string()))?;
+    let secret = key_from_headers(&headers).or_else(|| request.write_key.clone());
+    let key = app.keys.authorize(secret.as_deref(), KeyScope::Ingest)?;
+    let outcome = request.normalize(key.source.as_deref().unwrap_or("default"), Utc::now());
+    // Encode like the real path does, so only durability differs.
+    let mut encoded = 0usize;
+    for event in outcome.events.iter() {
+        encoded += serde_json::to_vec(event).map(|v| v.len()).unwrap_or(0);
+    }
+    Ok(Json(json!({
+        "success": true,
+        "accepted": outcome.events.len(),
+        "rejected": outcome.rejections.len(),
+        "encoded_bytes": encoded,
+    })))
+}

@@ -1,0 +1,235 @@
+//! API keys. A key is shown once, at creation; only its SHA-256 is stored. Keys are long random
+//! tokens, so a fast hash is enough (no password stretching needed).
+
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::{StateError, StateStore};
+
+/// What a key may do. Admin implies read; read does not imply ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyScope {
+    /// A Segment "write key" bound to a source: may only send events.
+    Ingest,
+    /// May query.
+    Read,
+    /// May query and manage.
+    Admin,
+}
+
+impl KeyScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyScope::Ingest => "ingest",
+            KeyScope::Read => "read",
+            KeyScope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<KeyScope> {
+        match text {
+            "ingest" => Some(KeyScope::Ingest),
+            "read" => Some(KeyScope::Read),
+            "admin" => Some(KeyScope::Admin),
+            _ => None,
+        }
+    }
+
+    /// Whether a key of this scope may do what `required` allows.
+    pub fn allows(self, required: KeyScope) -> bool {
+        match required {
+            KeyScope::Ingest => self == KeyScope::Ingest,
+            KeyScope::Read => matches!(self, KeyScope::Read | KeyScope::Admin),
+            KeyScope::Admin => self == KeyScope::Admin,
+        }
+    }
+}
+
+/// A stored key, without its secret.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub scope: KeyScope,
+    pub source: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A key just created: the only time its secret exists outside the holder's hands.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub key: ApiKey,
+    pub secret: String,
+}
+
+/// What a presented secret turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyCheck {
+    Valid(ApiKey),
+    Revoked(ApiKey),
+    Unknown,
+}
+
+fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn parse_time(text: String) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(&text)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
+impl StateStore {
+    /// Creates a key. Ingest keys must name their source.
+    pub fn create_key(&self, scope: KeyScope, source: Option<&str>) -> Result<NewKey, StateError> {
+        let source = source.map(str::trim).filter(|s| !s.is_empty());
+        if scope == KeyScope::Ingest && source.is_none() {
+            return Err(StateError::MissingSource);
+        }
+        let mut random = [0u8; 20];
+        rand::rng().fill_bytes(&mut random);
+        let token = hex::encode(random);
+        let secret = format!("kith_{}_{token}", scope.as_str());
+        let id = token[..10].to_string();
+        let created_at = Utc::now();
+        self.with_conn(|conn| {
+            conn.execute(
+                "INSERT INTO api_keys (id, hash, scope, source, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, hash_secret(&secret), scope.as_str(), source, created_at.to_rfc3339()],
+            )?;
+            Ok(())
+        })?;
+        Ok(NewKey {
+            key: ApiKey {
+                id,
+                scope,
+                source: source.map(str::to_string),
+                created_at,
+                revoked_at: None,
+            },
+            secret,
+        })
+    }
+
+    pub fn list_keys(&self) -> Result<Vec<ApiKey>, StateError> {
+        self.with_conn(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT id, scope, source, created_at, revoked_at FROM api_keys ORDER BY created_at, id",
+            )?;
+            let rows = statement.query_map([], row_to_key)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Revokes a key by id; revoking twice is harmless.
+    pub fn revoke_key(&self, id: &str) -> Result<ApiKey, StateError> {
+        self.with_conn(|conn| {
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, Utc::now().to_rfc3339()],
+            )?;
+            conn.query_row(
+                "SELECT id, scope, source, created_at, revoked_at FROM api_keys WHERE id = ?1",
+                params![id],
+                row_to_key,
+            )
+            .optional()?
+            .ok_or_else(|| StateError::UnknownKey(id.to_string()))
+        })
+    }
+
+    /// Looks up a presented secret.
+    pub fn check_key(&self, secret: &str) -> Result<KeyCheck, StateError> {
+        let hash = hash_secret(secret);
+        self.with_conn(|conn| {
+            let key = conn
+                .query_row(
+                    "SELECT id, scope, source, created_at, revoked_at FROM api_keys WHERE hash = ?1",
+                    params![hash],
+                    row_to_key,
+                )
+                .optional()?;
+            Ok(match key {
+                None => KeyCheck::Unknown,
+                Some(key) if key.revoked_at.is_some() => KeyCheck::Revoked(key),
+                Some(key) => KeyCheck::Valid(key),
+            })
+        })
+    }
+}
+
+fn row_to_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
+    let scope: String = row.get(1)?;
+    Ok(ApiKey {
+        id: row.get(0)?,
+        scope: KeyScope::parse(&scope).unwrap_or(KeyScope::Read),
+        source: row.get(2)?,
+        created_at: parse_time(row.get(3)?),
+        revoked_at: row.get::<_, Option<String>>(4)?.map(parse_time),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_created_checked_listed_and_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let ingest = store.create_key(KeyScope::Ingest, Some("web")).unwrap();
+        assert!(ingest.secret.starts_with("kith_ingest_"));
+        assert!(matches!(
+            store.create_key(KeyScope::Ingest, None),
+            Err(StateError::MissingSource)
+        ));
+        let read = store.create_key(KeyScope::Read, None).unwrap();
+
+        // A second handle, as the CLI would open while the server runs.
+        let other = StateStore::open(dir.path()).unwrap();
+        assert_eq!(
+            other.check_key(&ingest.secret).unwrap(),
+            KeyCheck::Valid(ingest.key.clone())
+        );
+        assert_eq!(other.check_key("kith_ingest_nope").unwrap(), KeyCheck::Unknown);
+        assert_eq!(other.list_keys().unwrap().len(), 2);
+
+        let revoked = other.revoke_key(&ingest.key.id).unwrap();
+        assert!(revoked.revoked_at.is_some());
+        assert!(matches!(
+            store.check_key(&ingest.secret).unwrap(),
+            KeyCheck::Revoked(_)
+        ));
+        assert!(matches!(
+            store.check_key(&read.secret).unwrap(),
+            KeyCheck::Valid(_)
+        ));
+        assert!(matches!(
+            store.revoke_key("missing"),
+            Err(StateError::UnknownKey(_))
+        ));
+        assert!(!stored_file_contains(dir.path(), &read.secret));
+    }
+
+    fn stored_file_contains(dir: &std::path::Path, needle: &str) -> bool {
+        let bytes = std::fs::read(dir.join("state.db")).unwrap_or_default();
+        let wal = std::fs::read(dir.join("state.db-wal")).unwrap_or_default();
+        [bytes, wal]
+            .iter()
+            .any(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+    }
+
+    #[test]
+    fn scopes_allow_what_they_should() {
+        assert!(KeyScope::Admin.allows(KeyScope::Read));
+        assert!(KeyScope::Read.allows(KeyScope::Read));
+        assert!(!KeyScope::Read.allows(KeyScope::Admin));
+        assert!(!KeyScope::Ingest.allows(KeyScope::Read));
+        assert!(!KeyScope::Admin.allows(KeyScope::Ingest));
+    }
+}
