@@ -62,17 +62,22 @@ impl QueryResult {
 fn classify(err: DataFusionError, limits: &QueryLimits) -> QueryError {
     match err {
         DataFusionError::ResourcesExhausted(_) => QueryError::OutOfMemory(limits.memory_bytes),
-        DataFusionError::SQL(..)
-        | DataFusionError::Plan(_)
-        | DataFusionError::SchemaError(..)
-        | DataFusionError::NotImplemented(_) => QueryError::Invalid(first_line(&err)),
-        DataFusionError::Execution(_) | DataFusionError::ArrowError(..) => {
-            // Execution errors on user queries are mostly bad casts or arguments.
-            QueryError::Invalid(first_line(&err))
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            classify(*inner, limits)
         }
-        DataFusionError::Context(_, inner) => classify(*inner, limits),
-        DataFusionError::Shared(shared) => QueryError::Invalid(shared.to_string()),
-        other => QueryError::Internal(first_line(&other)),
+        DataFusionError::Shared(shared) => {
+            classify(Arc::try_unwrap(shared).unwrap_or_else(|s| DataFusionError::Execution(s.to_string())), limits)
+        }
+        // Storage and engine faults are ours, not the query's.
+        DataFusionError::IoError(_)
+        | DataFusionError::ObjectStore(_)
+        | DataFusionError::ParquetError(_)
+        | DataFusionError::Internal(_)
+        | DataFusionError::ExecutionJoin(_)
+        | DataFusionError::External(_)
+        | DataFusionError::Ffi(_) => QueryError::Internal(first_line(&err)),
+        // Syntax, planning, schema, casts and arguments: the query is wrong.
+        other => QueryError::Invalid(first_line(&other)),
     }
 }
 

@@ -1,0 +1,200 @@
+//! Shared harness: the real `kith` binary on loopback, with real files on disk.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub fn kith_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kith")
+}
+
+/// Runs `kith ARGS` to completion; returns (status ok, stdout, stderr).
+pub fn kith(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(kith_bin())
+        .args(args)
+        .env("KITH_LOG", "warn")
+        .output()
+        .expect("kith runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+pub fn create_key(data_dir: &Path, scope: &str, source: Option<&str>) -> String {
+    let dir = data_dir.to_str().unwrap();
+    let mut args = vec!["key", "create", "--data-dir", dir, "--scope", scope];
+    if let Some(source) = source {
+        args.extend(["--source", source]);
+    }
+    let (ok, stdout, stderr) = kith(&args);
+    assert!(ok, "key create failed: {stderr}");
+    stdout.trim().to_string()
+}
+
+pub struct KithServer {
+    pub child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub write_key: String,
+    pub read_key: String,
+}
+
+impl KithServer {
+    /// A fresh data directory with an ingest key (source `web`) and a read key.
+    pub fn start(data_dir: &Path) -> KithServer {
+        let write_key = create_key(data_dir, "ingest", Some("web"));
+        let read_key = create_key(data_dir, "read", None);
+        Self::start_with_keys(data_dir, write_key, read_key, &[])
+    }
+
+    pub fn start_with_keys(
+        data_dir: &Path,
+        write_key: String,
+        read_key: String,
+        extra: &[&str],
+    ) -> KithServer {
+        let mut child = Command::new(kith_bin())
+            .args(["serve", "--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("KITH_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kith serve starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
+                        let _ = tx.send(addr);
+                        sent = true;
+                        continue;
+                    }
+                }
+                eprintln!("[kith] {line}");
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("kith serve printed its address");
+        KithServer {
+            child,
+            base: format!("http://{addr}"),
+            data_dir: data_dir.to_path_buf(),
+            write_key,
+            read_key,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = self.child.wait();
+    }
+
+    /// POST /v1/query as JSON with the read key; panics unless 200.
+    pub fn query(&self, sql: &str) -> Value {
+        let (status, body) = post_json(
+            &self.url("/v1/query"),
+            &[("Authorization", &format!("Bearer {}", self.read_key))],
+            &serde_json::json!({ "sql": sql }).to_string(),
+        );
+        assert_eq!(status, 200, "query failed: {body}");
+        body
+    }
+
+    /// Rows of a query as JSON objects keyed by column name.
+    pub fn rows(&self, sql: &str) -> Vec<serde_json::Map<String, Value>> {
+        let result = self.query(sql);
+        let columns: Vec<String> = result["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect();
+        result["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                columns
+                    .iter()
+                    .cloned()
+                    .zip(row.as_array().unwrap().iter().cloned())
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+impl Drop for KithServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// POSTs a body; returns the status and the body parsed as JSON (Null when it is not JSON).
+pub fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value, ureq::http::HeaderMap) {
+    let mut request = agent().post(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.send(body).expect("request completes");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null), headers)
+}
+
+pub fn post_json(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    let (status, body, _) = post(url, &all, body.as_bytes());
+    (status, body)
+}
+
+/// The `Authorization` header Segment SDKs send: Basic with the write key and an empty password.
+pub fn basic(key: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
+    )
+}
+
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
