@@ -49,7 +49,8 @@ impl FileConfig {
                 return Ok(FileConfig::default());
             }
             Err(e) => {
-                return Err(e).with_context(|| format!("cannot read config file {}", path.display()));
+                return Err(e)
+                    .with_context(|| format!("cannot read config file {}", path.display()));
             }
         };
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
@@ -80,6 +81,9 @@ mod tests {
             config.data_dir(Some(PathBuf::from("/flag"))),
             PathBuf::from("/flag")
         );
-        assert_eq!(FileConfig::default().data_dir(None), PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(
+            FileConfig::default().data_dir(None),
+            PathBuf::from(DEFAULT_DATA_DIR)
+        );
     }
 }

@@ -44,7 +44,8 @@ fn main() -> ExitCode {
 }
 
 /// Kith at info; the storage libraries only when something is wrong (they are chatty at info).
-const DEFAULT_LOG_FILTER: &str = "info,buoyant_kernel=warn,delta_kernel=warn,deltalake=warn,deltalake_core=warn,datafusion=warn";
+const DEFAULT_LOG_FILTER: &str =
+    "info,buoyant_kernel=warn,delta_kernel=warn,deltalake=warn,deltalake_core=warn,datafusion=warn";
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KITH_LOG")

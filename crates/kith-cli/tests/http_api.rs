@@ -18,18 +18,48 @@ fn every_tracking_path_stores_its_call_field_by_field() {
     let dir = tempfile::tempdir().unwrap();
     let server = KithServer::start(dir.path());
     let calls = [
-        ("/v1/identify", json!({"userId": "u1", "traits": {"email": "Ana@Example.com", "plan": "pro"}, "messageId": "identify-1"})),
-        ("/v1/track", json!({"userId": "u1", "event": "Order Completed", "properties": {"revenue": 349.5, "currency": "MXN", "order_id": "o-1"}, "messageId": "track-1", "timestamp": "2024-03-01T10:00:00-06:00"})),
-        ("/v1/page", json!({"anonymousId": "a1", "name": "Home", "properties": {"url": "https://tienda.mx/", "path": "/"}, "messageId": "page-1"})),
-        ("/v1/screen", json!({"userId": "u1", "name": "Cart", "messageId": "screen-1"})),
-        ("/v1/group", json!({"userId": "u1", "groupId": "acme", "traits": {"name": "Acme"}, "messageId": "group-1"})),
-        ("/v1/alias", json!({"userId": "u1", "previousId": "a1", "messageId": "alias-1"})),
-        ("/v1/i", json!({"anonymousId": "a2", "traits": {"name": "Bea"}, "messageId": "i-1"})),
-        ("/v1/t", json!({"anonymousId": "a2", "event": "Viewed", "messageId": "t-1"})),
+        (
+            "/v1/identify",
+            json!({"userId": "u1", "traits": {"email": "Ana@Example.com", "plan": "pro"}, "messageId": "identify-1"}),
+        ),
+        (
+            "/v1/track",
+            json!({"userId": "u1", "event": "Order Completed", "properties": {"revenue": 349.5, "currency": "MXN", "order_id": "o-1"}, "messageId": "track-1", "timestamp": "2024-03-01T10:00:00-06:00"}),
+        ),
+        (
+            "/v1/page",
+            json!({"anonymousId": "a1", "name": "Home", "properties": {"url": "https://tienda.mx/", "path": "/"}, "messageId": "page-1"}),
+        ),
+        (
+            "/v1/screen",
+            json!({"userId": "u1", "name": "Cart", "messageId": "screen-1"}),
+        ),
+        (
+            "/v1/group",
+            json!({"userId": "u1", "groupId": "acme", "traits": {"name": "Acme"}, "messageId": "group-1"}),
+        ),
+        (
+            "/v1/alias",
+            json!({"userId": "u1", "previousId": "a1", "messageId": "alias-1"}),
+        ),
+        (
+            "/v1/i",
+            json!({"anonymousId": "a2", "traits": {"name": "Bea"}, "messageId": "i-1"}),
+        ),
+        (
+            "/v1/t",
+            json!({"anonymousId": "a2", "event": "Viewed", "messageId": "t-1"}),
+        ),
         ("/v1/p", json!({"anonymousId": "a2", "messageId": "p-1"})),
         ("/v1/s", json!({"anonymousId": "a2", "messageId": "s-1"})),
-        ("/v1/g", json!({"anonymousId": "a2", "groupId": "g2", "messageId": "g-1"})),
-        ("/v1/a", json!({"userId": "u2", "previousId": "a2", "messageId": "a-1"})),
+        (
+            "/v1/g",
+            json!({"anonymousId": "a2", "groupId": "g2", "messageId": "g-1"}),
+        ),
+        (
+            "/v1/a",
+            json!({"userId": "u2", "previousId": "a2", "messageId": "a-1"}),
+        ),
     ];
     for (path, body) in &calls {
         let (status, response) = ingest(&server, path, body);
@@ -37,11 +67,19 @@ fn every_tracking_path_stores_its_call_field_by_field() {
         assert_eq!(response["accepted"], 1, "{path}: {response}");
     }
     let batch = json!({"batch": [{"type": "track", "userId": "u3", "event": "B1", "messageId": "batch-1"}]});
-    for (path, id) in [("/v1/batch", "batch-1"), ("/v1/b", "b-1"), ("/v1/import", "import-1")] {
+    for (path, id) in [
+        ("/v1/batch", "batch-1"),
+        ("/v1/b", "b-1"),
+        ("/v1/import", "import-1"),
+    ] {
         let mut body = batch.clone();
         body["batch"][0]["messageId"] = json!(id);
         let (status, response) = ingest(&server, path, &body);
-        assert_eq!((status, response["accepted"].clone()), (200, json!(1)), "{path}");
+        assert_eq!(
+            (status, response["accepted"].clone()),
+            (200, json!(1)),
+            "{path}"
+        );
     }
 
     let rows = server.rows(
@@ -49,7 +87,11 @@ fn every_tracking_path_stores_its_call_field_by_field() {
          revenue, currency, order_id, email, page_url, page_path, timestamp, received_at, \
          json_get_str(traits, 'plan') AS plan, properties FROM events ORDER BY message_id",
     );
-    let by_id = |id: &str| rows.iter().find(|r| r["message_id"] == id).unwrap_or_else(|| panic!("{id} stored"));
+    let by_id = |id: &str| {
+        rows.iter()
+            .find(|r| r["message_id"] == id)
+            .unwrap_or_else(|| panic!("{id} stored"))
+    };
     assert_eq!(rows.len(), 15);
     let track = by_id("track-1");
     assert_eq!(track["type"], "track");
@@ -59,21 +101,37 @@ fn every_tracking_path_stores_its_call_field_by_field() {
     assert_eq!(track["revenue"], 349.5);
     assert_eq!(track["currency"], "MXN");
     assert_eq!(track["order_id"], "o-1");
-    assert_eq!(track["timestamp"], "2024-03-01T16:00:00Z", "explicit timestamps are kept, in UTC");
+    assert_eq!(
+        track["timestamp"], "2024-03-01T16:00:00Z",
+        "explicit timestamps are kept, in UTC"
+    );
     let properties: Value = serde_json::from_str(track["properties"].as_str().unwrap()).unwrap();
-    assert_eq!(properties, json!({"revenue": 349.5, "currency": "MXN", "order_id": "o-1"}));
+    assert_eq!(
+        properties,
+        json!({"revenue": 349.5, "currency": "MXN", "order_id": "o-1"})
+    );
     let identify = by_id("identify-1");
     assert_eq!(identify["type"], "identify");
     assert_eq!(identify["email"], "Ana@Example.com");
     assert_eq!(identify["plan"], "pro");
     let page = by_id("page-1");
-    assert_eq!((page["type"].clone(), page["event"].clone()), (json!("page"), json!("Home")));
+    assert_eq!(
+        (page["type"].clone(), page["event"].clone()),
+        (json!("page"), json!("Home"))
+    );
     assert_eq!(page["page_url"], "https://tienda.mx/");
     assert_eq!(page["page_path"], "/");
     assert_eq!(by_id("screen-1")["event"], "Cart");
     assert_eq!(by_id("group-1")["group_id"], "acme");
     assert_eq!(by_id("alias-1")["previous_id"], "a1");
-    for (id, kind) in [("i-1", "identify"), ("t-1", "track"), ("p-1", "page"), ("s-1", "screen"), ("g-1", "group"), ("a-1", "alias")] {
+    for (id, kind) in [
+        ("i-1", "identify"),
+        ("t-1", "track"),
+        ("p-1", "page"),
+        ("s-1", "screen"),
+        ("g-1", "group"),
+        ("a-1", "alias"),
+    ] {
         assert_eq!(by_id(id)["type"], kind, "{id}");
     }
     assert!(rows.iter().all(|r| r["received_at"].is_string()));
@@ -85,20 +143,31 @@ fn write_key_in_body_text_plain_gzip_and_cors_work_as_browsers_send_them() {
     let server = KithServer::start(dir.path());
     // analytics.js: text/plain, writeKey in the body, no Authorization header.
     let body = json!({"writeKey": server.write_key, "anonymousId": "a1", "event": "Clicked", "messageId": "m-plain"});
-    let (status, response, _) = post(&server.url("/v1/t"), &[("Content-Type", "text/plain")], body.to_string().as_bytes());
+    let (status, response, _) = post(
+        &server.url("/v1/t"),
+        &[("Content-Type", "text/plain")],
+        body.to_string().as_bytes(),
+    );
     assert_eq!(status, 200, "{response}");
 
     let batch = json!({"batch": [{"type": "track", "anonymousId": "a1", "event": "Zipped", "messageId": "m-gzip"}]});
     let (status, response, _) = post(
         &server.url("/v1/batch"),
-        &[("Authorization", &basic(&server.write_key)), ("Content-Encoding", "gzip"), ("Content-Type", "application/json")],
+        &[
+            ("Authorization", &basic(&server.write_key)),
+            ("Content-Encoding", "gzip"),
+            ("Content-Type", "application/json"),
+        ],
         &gzip(batch.to_string().as_bytes()),
     );
     assert_eq!(status, 200, "{response}");
 
     let (status, response, _) = post(
         &server.url("/v1/batch"),
-        &[("Authorization", &basic(&server.write_key)), ("Content-Encoding", "gzip")],
+        &[
+            ("Authorization", &basic(&server.write_key)),
+            ("Content-Encoding", "gzip"),
+        ],
         b"not gzip at all",
     );
     assert_eq!(status, 400);
@@ -112,7 +181,12 @@ fn write_key_in_body_text_plain_gzip_and_cors_work_as_browsers_send_them() {
         .call()
         .unwrap();
     assert!(preflight.status().is_success());
-    assert!(preflight.headers().get("access-control-allow-origin").is_some());
+    assert!(
+        preflight
+            .headers()
+            .get("access-control-allow-origin")
+            .is_some()
+    );
 
     let settings = agent()
         .get(server.url(&format!("/v1/projects/{}/settings", server.write_key)))
@@ -121,8 +195,14 @@ fn write_key_in_body_text_plain_gzip_and_cors_work_as_browsers_send_them() {
         .into_body()
         .read_json::<Value>()
         .unwrap();
-    assert_eq!(settings["integrations"]["Segment.io"]["apiKey"], server.write_key.as_str());
-    let unknown = agent().get(server.url("/v1/projects/nope/settings")).call().unwrap();
+    assert_eq!(
+        settings["integrations"]["Segment.io"]["apiKey"],
+        server.write_key.as_str()
+    );
+    let unknown = agent()
+        .get(server.url("/v1/projects/nope/settings"))
+        .call()
+        .unwrap();
     assert_eq!(unknown.status().as_u16(), 401);
 
     let ids: Vec<String> = server
@@ -145,34 +225,65 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
     assert_eq!(body["code"], "invalid_json");
     assert_eq!(body["type"], "invalid_request");
     assert_eq!(body["link"], "/docs/errors#invalid_json");
-    assert!(body["message"].as_str().unwrap().starts_with("the body is not valid JSON"));
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the body is not valid JSON")
+    );
 
     let (status, body) = post_json(&server.url("/v1/batch"), &headers, "[]");
     assert_eq!(
         (status, body),
-        (400, json!({"code": "invalid_body", "type": "invalid_request", "link": "/docs/errors#invalid_body",
-                      "message": "the body must be a JSON object, found an array"}))
+        (
+            400,
+            json!({"code": "invalid_body", "type": "invalid_request", "link": "/docs/errors#invalid_body",
+                      "message": "the body must be a JSON object, found an array"})
+        )
     );
 
     let huge = json!({"batch": [{"type": "track", "userId": "u", "event": "x", "properties": {"blob": "x".repeat(600 * 1024)}}]});
     let (status, body) = post_json(&server.url("/v1/batch"), &headers, &huge.to_string());
-    assert_eq!((status, body["code"].clone()), (400, json!("payload_too_large")));
+    assert_eq!(
+        (status, body["code"].clone()),
+        (400, json!("payload_too_large"))
+    );
 
     let many = json!({"batch": vec![json!({"type": "track", "userId": "u", "event": "x"}); 2501]});
     let (status, body) = post_json(&server.url("/v1/batch"), &headers, &many.to_string());
     assert_eq!(
         (status, body),
-        (400, json!({"code": "too_many_events", "type": "invalid_request", "link": "/docs/errors#too_many_events",
-                      "message": "the batch holds 2501 events; at most 2500 are allowed per request"}))
+        (
+            400,
+            json!({"code": "too_many_events", "type": "invalid_request", "link": "/docs/errors#too_many_events",
+                      "message": "the batch holds 2501 events; at most 2500 are allowed per request"})
+        )
     );
 
     let event = json!({"userId": "u", "event": "x"}).to_string();
-    let (status, body) = post_json(&server.url("/v1/track"), &[("Authorization", &basic("kith_ingest_wrong"))], &event);
-    assert_eq!((status, body["code"].clone(), body["type"].clone()), (401, json!("invalid_api_key"), json!("auth")));
+    let (status, body) = post_json(
+        &server.url("/v1/track"),
+        &[("Authorization", &basic("kith_ingest_wrong"))],
+        &event,
+    );
+    assert_eq!(
+        (status, body["code"].clone(), body["type"].clone()),
+        (401, json!("invalid_api_key"), json!("auth"))
+    );
     let (status, body) = post_json(&server.url("/v1/track"), &[], &event);
-    assert_eq!((status, body["code"].clone()), (401, json!("missing_api_key")));
-    let (status, body) = post_json(&server.url("/v1/track"), &[("Authorization", &basic(&server.read_key))], &event);
-    assert_eq!((status, body["code"].clone()), (403, json!("insufficient_scope")));
+    assert_eq!(
+        (status, body["code"].clone()),
+        (401, json!("missing_api_key"))
+    );
+    let (status, body) = post_json(
+        &server.url("/v1/track"),
+        &[("Authorization", &basic(&server.read_key))],
+        &event,
+    );
+    assert_eq!(
+        (status, body["code"].clone()),
+        (403, json!("insufficient_scope"))
+    );
 
     // A batch with good and bad events: the good are stored, the bad explained and kept.
     let mixed = json!({"batch": [
@@ -186,17 +297,41 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
     ]});
     let (status, body) = post_json(&server.url("/v1/batch"), &headers, &mixed.to_string());
     assert_eq!(status, 200, "{body}");
-    assert_eq!((body["accepted"].clone(), body["rejected"].clone()), (json!(2), json!(5)));
-    let codes: Vec<&str> = body["errors"].as_array().unwrap().iter().map(|e| e["code"].as_str().unwrap()).collect();
-    assert_eq!(codes, ["missing_identity", "missing_event", "event_too_large", "wrong_type", "invalid_timestamp"]);
+    assert_eq!(
+        (body["accepted"].clone(), body["rejected"].clone()),
+        (json!(2), json!(5))
+    );
+    let codes: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "missing_identity",
+            "missing_event",
+            "event_too_large",
+            "wrong_type",
+            "invalid_timestamp"
+        ]
+    );
     assert_eq!(body["errors"][0]["index"], 1);
     assert_eq!(body["errors"][4]["field"], "timestamp");
 
     // A single call whose only event is invalid is a 400 with the reason.
-    let (status, body) = post_json(&server.url("/v1/track"), &headers, &json!({"userId": "u"}).to_string());
+    let (status, body) = post_json(
+        &server.url("/v1/track"),
+        &headers,
+        &json!({"userId": "u"}).to_string(),
+    );
     assert_eq!(status, 400);
     assert_eq!(body["code"], "invalid_event");
-    assert_eq!(body["message"], "the event was rejected: a track call needs a non-empty `event` name");
+    assert_eq!(
+        body["message"],
+        "the event was rejected: a track call needs a non-empty `event` name"
+    );
     assert_eq!(body["errors"][0]["code"], "missing_event");
 
     let stored: Vec<String> = server
@@ -212,7 +347,10 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
     assert_eq!(rejected[0]["source"], "web");
     assert_eq!(rejected[0]["batch_index"], 1);
     let raw: Value = serde_json::from_str(rejected[0]["raw"].as_str().unwrap()).unwrap();
-    assert_eq!(raw["event"], "No identity", "the event is kept as it arrived");
+    assert_eq!(
+        raw["event"], "No identity",
+        "the event is kept as it arrived"
+    );
     assert_eq!(rejected[5]["code"], "missing_event");
 
     let (status, body) = post_json(&server.url("/v1/nope"), &headers, "{}");
@@ -228,16 +366,25 @@ fn a_message_id_is_stored_once_however_often_and_however_late_it_is_retried() {
         {"type": "track", "userId": "u1", "event": "Paid", "messageId": "once"}
     ]});
     let (_, first) = ingest(&server, "/v1/batch", &body);
-    assert_eq!((first["accepted"].clone(), first["duplicates"].clone()), (json!(1), json!(1)));
+    assert_eq!(
+        (first["accepted"].clone(), first["duplicates"].clone()),
+        (json!(1), json!(1))
+    );
     let (_, second) = ingest(&server, "/v1/batch", &body);
-    assert_eq!((second["accepted"].clone(), second["duplicates"].clone()), (json!(0), json!(2)));
+    assert_eq!(
+        (second["accepted"].clone(), second["duplicates"].clone()),
+        (json!(0), json!(2))
+    );
 
     // Restart (the buffer is flushed to Delta on a clean stop), then retry again.
     let (write_key, read_key) = (server.write_key.clone(), server.read_key.clone());
     server.stop();
     let server = KithServer::start_with_keys(dir.path(), write_key, read_key, &[]);
     let (_, third) = ingest(&server, "/v1/batch", &body);
-    assert_eq!((third["accepted"].clone(), third["duplicates"].clone()), (json!(0), json!(2)));
+    assert_eq!(
+        (third["accepted"].clone(), third["duplicates"].clone()),
+        (json!(0), json!(2))
+    );
     let count = server.query("SELECT count(*) FROM events WHERE message_id = 'once'");
     assert_eq!(count["rows"], json!([[1]]));
 }
@@ -255,13 +402,24 @@ fn clock_skew_is_corrected_and_received_at_is_the_servers() {
         "receivedAt": "1999-01-01T00:00:00Z"}]});
     let (status, _) = ingest(&server, "/v1/batch", &body);
     assert_eq!(status, 200);
-    let row = &server.rows("SELECT timestamp, received_at, original_timestamp, sent_at FROM events")[0];
+    let row =
+        &server.rows("SELECT timestamp, received_at, original_timestamp, sent_at FROM events")[0];
     let parse = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
     let received = parse(&row["received_at"]);
-    assert!((received.timestamp() - now.timestamp()).abs() < 30, "receivedAt is set by the server");
+    assert!(
+        (received.timestamp() - now.timestamp()).abs() < 30,
+        "receivedAt is set by the server"
+    );
     let corrected = parse(&row["timestamp"]);
-    assert_eq!((received - corrected).num_seconds(), 600, "timestamp = receivedAt - (sentAt - originalTimestamp)");
-    assert_eq!(parse(&row["original_timestamp"]).timestamp(), happened.timestamp());
+    assert_eq!(
+        (received - corrected).num_seconds(),
+        600,
+        "timestamp = receivedAt - (sentAt - originalTimestamp)"
+    );
+    assert_eq!(
+        parse(&row["original_timestamp"]).timestamp(),
+        happened.timestamp()
+    );
 }
 
 #[test]
@@ -272,18 +430,30 @@ fn revoking_a_key_with_the_cli_takes_effect_on_the_running_server() {
     assert_eq!(ingest(&server, "/v1/track", &event).0, 200);
     let (ok, listed, _) = kith(&["key", "list", "--data-dir", dir.path().to_str().unwrap()]);
     assert!(ok);
-    assert!(!listed.contains(&server.write_key), "secrets are never listed");
+    assert!(
+        !listed.contains(&server.write_key),
+        "secrets are never listed"
+    );
     let id = listed
         .lines()
         .find(|l| l.contains(" ingest "))
         .and_then(|l| l.split_whitespace().next())
         .unwrap()
         .to_string();
-    let (ok, _, stderr) = kith(&["key", "revoke", "--data-dir", dir.path().to_str().unwrap(), &id]);
+    let (ok, _, stderr) = kith(&[
+        "key",
+        "revoke",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        &id,
+    ]);
     assert!(ok, "{stderr}");
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let (status, body) = ingest(&server, "/v1/track", &event);
-    assert_eq!((status, body["code"].clone()), (401, json!("revoked_api_key")));
+    assert_eq!(
+        (status, body["code"].clone()),
+        (401, json!("revoked_api_key"))
+    );
 }
 
 #[test]
@@ -309,7 +479,10 @@ fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
         .header("Accept", "text/csv")
         .send(sql.as_bytes())
         .unwrap();
-    assert_eq!(csv.body_mut().read_to_string().unwrap(), "user_id,orders,total\nu1,2,15.5\n");
+    assert_eq!(
+        csv.body_mut().read_to_string().unwrap(),
+        "user_id,orders,total\nu1,2,15.5\n"
+    );
 
     let mut arrow_response = agent()
         .post(server.url("/v1/query"))
@@ -322,31 +495,76 @@ fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
         "application/vnd.apache.arrow.stream"
     );
     let bytes = arrow_response.body_mut().read_to_vec().unwrap();
-    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
     let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
     assert_eq!(rows, 1);
 
-    let (status, error) = post_json(&server.url("/v1/query"), &[("Authorization", &auth)], &json!({"sql": "SELECT nope FROM events"}).to_string());
+    let (status, error) = post_json(
+        &server.url("/v1/query"),
+        &[("Authorization", &auth)],
+        &json!({"sql": "SELECT nope FROM events"}).to_string(),
+    );
     assert_eq!(status, 400);
     assert_eq!(error["code"], "invalid_sql");
-    assert!(error["message"].as_str().unwrap().contains("nope"), "{error}");
-    let (status, error) = post_json(&server.url("/v1/query"), &[("Authorization", &auth)], &json!({"sql": "DROP TABLE events"}).to_string());
+    assert!(
+        error["message"].as_str().unwrap().contains("nope"),
+        "{error}"
+    );
+    let (status, error) = post_json(
+        &server.url("/v1/query"),
+        &[("Authorization", &auth)],
+        &json!({"sql": "DROP TABLE events"}).to_string(),
+    );
     assert_eq!((status, error["code"].clone()), (400, json!("invalid_sql")));
-    let (status, error) = post_json(&server.url("/v1/query"), &[("Authorization", &auth)], "{\"query\": 1}");
-    assert_eq!((status, error["code"].clone()), (400, json!("invalid_body")));
-    let (status, error) = post_json(&server.url("/v1/query"), &[("Authorization", &basic(&server.write_key))], &sql);
-    assert_eq!((status, error["code"].clone()), (403, json!("insufficient_scope")));
+    let (status, error) = post_json(
+        &server.url("/v1/query"),
+        &[("Authorization", &auth)],
+        "{\"query\": 1}",
+    );
+    assert_eq!(
+        (status, error["code"].clone()),
+        (400, json!("invalid_body"))
+    );
+    let (status, error) = post_json(
+        &server.url("/v1/query"),
+        &[("Authorization", &basic(&server.write_key))],
+        &sql,
+    );
+    assert_eq!(
+        (status, error["code"].clone()),
+        (403, json!("insufficient_scope"))
+    );
 
     // The CLI answers the same from the data directory, while the server runs.
     let data_dir = dir.path().to_str().unwrap();
-    let (ok, out, err) = kith(&["sql", "--data-dir", data_dir, "--format", "csv", "SELECT count(*) AS n FROM events"]);
+    let (ok, out, err) = kith(&[
+        "sql",
+        "--data-dir",
+        data_dir,
+        "--format",
+        "csv",
+        "SELECT count(*) AS n FROM events",
+    ]);
     assert!(ok, "{err}");
     assert_eq!(out, "n\n2\n");
-    let (ok, out, _) = kith(&["sql", "--data-dir", data_dir, "--format", "json", "SELECT event FROM events LIMIT 1"]);
+    let (ok, out, _) = kith(&[
+        "sql",
+        "--data-dir",
+        data_dir,
+        "--format",
+        "json",
+        "SELECT event FROM events LIMIT 1",
+    ]);
     assert!(ok);
     let parsed: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(parsed["rows"], json!([["Order Completed"]]));
-    let (ok, out, _) = kith(&["sql", "--data-dir", data_dir, "SELECT count(*) AS n FROM events"]);
+    let (ok, out, _) = kith(&[
+        "sql",
+        "--data-dir",
+        data_dir,
+        "SELECT count(*) AS n FROM events",
+    ]);
     assert!(ok);
     assert!(out.contains("| n |") && out.contains("| 2 |"), "{out}");
     let (ok, _, err) = kith(&["sql", "--data-dir", data_dir, "SELEC 1"]);
@@ -358,15 +576,26 @@ fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
 fn operations_endpoints_report_health_metrics_and_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let server = KithServer::start(dir.path());
-    ingest(&server, "/v1/batch", &json!({"batch": [
-        {"type": "track", "userId": "u", "event": "x", "messageId": "m1"},
-        {"type": "track", "userId": "u", "messageId": "m2"}
-    ]}));
-    ingest(&server, "/v1/batch", &json!({"batch": [{"type": "track", "userId": "u", "event": "x", "messageId": "m1"}]}));
+    ingest(
+        &server,
+        "/v1/batch",
+        &json!({"batch": [
+            {"type": "track", "userId": "u", "event": "x", "messageId": "m1"},
+            {"type": "track", "userId": "u", "messageId": "m2"}
+        ]}),
+    );
+    ingest(
+        &server,
+        "/v1/batch",
+        &json!({"batch": [{"type": "track", "userId": "u", "event": "x", "messageId": "m1"}]}),
+    );
     server.query("SELECT 1");
     let get = |path: &str| -> (u16, String) {
         let mut response = agent().get(server.url(path)).call().unwrap();
-        (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+        (
+            response.status().as_u16(),
+            response.body_mut().read_to_string().unwrap(),
+        )
     };
     assert_eq!(get("/healthz").0, 200);
     let (status, ready) = get("/readyz");
@@ -381,11 +610,23 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
         "kith_journal_fsyncs_total",
         "kith_query_seconds",
     ] {
-        assert!(metrics.contains(needle), "metrics lack `{needle}`:\n{metrics}");
+        assert!(
+            metrics.contains(needle),
+            "metrics lack `{needle}`:\n{metrics}"
+        );
     }
     let (_, openapi) = get("/openapi.json");
     let doc: Value = serde_json::from_str(&openapi).unwrap();
-    for path in ["/v1/batch", "/v1/{call}", "/v1/query", "/v1/projects/{write_key}/settings", "/healthz", "/readyz", "/metrics", "/openapi.json"] {
+    for path in [
+        "/v1/batch",
+        "/v1/{call}",
+        "/v1/query",
+        "/v1/projects/{write_key}/settings",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ] {
         assert!(doc["paths"][path].is_object(), "openapi lacks {path}");
     }
     let (_, errors) = get("/docs/errors");
@@ -396,20 +637,45 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
 fn key_create_prints_only_the_key_and_config_layers_apply() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let (ok, out, _) = kith(&["key", "create", "--data-dir", data_dir.to_str().unwrap(), "--scope", "admin"]);
+    let (ok, out, _) = kith(&[
+        "key",
+        "create",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--scope",
+        "admin",
+    ]);
     assert!(ok);
     assert_eq!(out.lines().count(), 1);
     assert!(out.starts_with("kith_admin_"));
-    let (ok, _, err) = kith(&["key", "create", "--data-dir", data_dir.to_str().unwrap(), "--scope", "ingest"]);
+    let (ok, _, err) = kith(&[
+        "key",
+        "create",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--scope",
+        "ingest",
+    ]);
     assert!(!ok);
     assert!(err.contains("--source"), "{err}");
 
     // kith.toml < KITH_* environment < flags.
     let config = dir.path().join("kith.toml");
-    std::fs::write(&config, format!("data_dir = '{}'\n", dir.path().join("from-toml").display())).unwrap();
+    std::fs::write(
+        &config,
+        format!("data_dir = '{}'\n", dir.path().join("from-toml").display()),
+    )
+    .unwrap();
     let run = |env: Option<&str>, flag: Option<&str>| {
         let mut command = std::process::Command::new(kith_bin());
-        command.args(["--config", config.to_str().unwrap(), "key", "create", "--scope", "read"]);
+        command.args([
+            "--config",
+            config.to_str().unwrap(),
+            "key",
+            "create",
+            "--scope",
+            "read",
+        ]);
         if let Some(flag) = flag {
             command.args(["--data-dir", flag]);
         }
@@ -425,7 +691,10 @@ fn key_create_prints_only_the_key_and_config_layers_apply() {
     assert!(dir.path().join("from-toml/state.db").exists());
     run(Some(from_env.to_str().unwrap()), None);
     assert!(from_env.join("state.db").exists());
-    run(Some(from_env.to_str().unwrap()), Some(from_flag.to_str().unwrap()));
+    run(
+        Some(from_env.to_str().unwrap()),
+        Some(from_flag.to_str().unwrap()),
+    );
     assert!(from_flag.join("state.db").exists());
 
     std::fs::write(&config, "data_dri = 'typo'\n").unwrap();

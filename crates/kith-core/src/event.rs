@@ -120,7 +120,8 @@ impl Event {
         TypedFields {
             revenue,
             currency: properties.and_then(|p| string_field(p, "currency")),
-            order_id: properties.and_then(|p| string_field(p, "order_id").or_else(|| string_field(p, "orderId"))),
+            order_id: properties
+                .and_then(|p| string_field(p, "order_id").or_else(|| string_field(p, "orderId"))),
             page_url: properties
                 .and_then(|p| string_field(p, "url"))
                 .or_else(|| context_page.and_then(|p| string_field(p, "url"))),
@@ -183,6 +184,8 @@ pub struct Rejection {
 /// What the journal holds: an accepted event or a rejected one. Both are kept durably.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+// Most records are events; boxing them would cost an allocation each for no gain.
+#[allow(clippy::large_enum_variant)]
 pub enum Stored {
     Event(Event),
     Rejected(Rejection),

@@ -85,10 +85,10 @@ fn first_non_space(body: &str) -> Option<char> {
 
 fn envelope_error(body: &str, err: serde_json::Error) -> RequestError {
     // serde reports "invalid type" for valid JSON of the wrong shape; say what was found instead.
-    if let Ok(value) = serde_json::from_str::<Value>(body) {
-        if !value.is_object() {
-            return RequestError::NotAnObject(json_kind(&value));
-        }
+    if let Ok(value) = serde_json::from_str::<Value>(body)
+        && !value.is_object()
+    {
+        return RequestError::NotAnObject(json_kind(&value));
     }
     RequestError::InvalidJson(err.to_string())
 }
@@ -200,13 +200,21 @@ impl RawRequest<'_> {
         source: &str,
         received_at: DateTime<Utc>,
     ) -> Result<Event, Fault> {
-        let value: Value = serde_json::from_str(raw)
-            .map_err(|err| Fault::new("invalid_json", None, format!("the event is not valid JSON: {err}")))?;
+        let value: Value = serde_json::from_str(raw).map_err(|err| {
+            Fault::new(
+                "invalid_json",
+                None,
+                format!("the event is not valid JSON: {err}"),
+            )
+        })?;
         let Value::Object(mut item) = value else {
             return Err(Fault::new(
                 "invalid_event",
                 None,
-                format!("each event must be a JSON object, found {}", json_kind(&value)),
+                format!(
+                    "each event must be a JSON object, found {}",
+                    json_kind(&value)
+                ),
             ));
         };
         let message_id = match take_id(&mut item, "messageId")? {
@@ -313,16 +321,16 @@ impl RawRequest<'_> {
         let explicit = take_time(&mut item, "timestamp").map_err(with_id)?;
         let original = take_time(&mut item, "originalTimestamp").map_err(with_id)?;
         let mut sent_at = take_time(&mut item, "sentAt").map_err(with_id)?;
-        if sent_at.is_none() {
-            if let Some(text) = &self.batch_sent_at {
-                sent_at = Some(parse_timestamp(text).ok_or_else(|| {
-                    with_id(Fault::new(
-                        "invalid_timestamp",
-                        Some("sentAt"),
-                        format!("the batch's `sentAt` value `{text}` is not an ISO-8601 date-time"),
-                    ))
-                })?);
-            }
+        if sent_at.is_none()
+            && let Some(text) = &self.batch_sent_at
+        {
+            sent_at = Some(parse_timestamp(text).ok_or_else(|| {
+                with_id(Fault::new(
+                    "invalid_timestamp",
+                    Some("sentAt"),
+                    format!("the batch's `sentAt` value `{text}` is not an ISO-8601 date-time"),
+                ))
+            })?);
         }
         // Server-side SDKs send the call time as `timestamp`; keep it as the original time too.
         let original_timestamp = original.or(explicit);
@@ -433,7 +441,10 @@ fn take_id(item: &mut Map<String, Value>, field: &'static str) -> Result<Option<
     }
 }
 
-fn take_string(item: &mut Map<String, Value>, field: &'static str) -> Result<Option<String>, Fault> {
+fn take_string(
+    item: &mut Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, Fault> {
     match item.remove(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),

@@ -161,12 +161,15 @@ impl<T: Send + 'static> Journal<T> {
 
     /// Deletes closed segments whose records all have `seq <= through_seq` (they are safely in the
     /// event tables), keeping their dedup keys. Returns how many segments were retired.
-    pub fn retire_through(&self, through_seq: u64) -> oneshot::Receiver<Result<usize, JournalError>> {
+    pub fn retire_through(
+        &self,
+        through_seq: u64,
+    ) -> oneshot::Receiver<Result<usize, JournalError>> {
         let (reply, receiver) = oneshot::channel();
-        if let Err(err) = self.commands.send(Command::Retire { through_seq, reply }) {
-            if let Command::Retire { reply, .. } = err.0 {
-                let _ = reply.send(Err(JournalError::Stopped));
-            }
+        if let Err(err) = self.commands.send(Command::Retire { through_seq, reply })
+            && let Command::Retire { reply, .. } = err.0
+        {
+            let _ = reply.send(Err(JournalError::Stopped));
         }
         receiver
     }

@@ -31,7 +31,10 @@ pub(crate) fn encode(out: &mut Vec<u8>, seq: u64, dedup_key: Option<u128>, paylo
 
 /// The outcome of decoding at one position of a segment.
 pub(crate) enum Decoded {
-    Record { record: Record, len: usize },
+    Record {
+        record: Record,
+        len: usize,
+    },
     /// Not enough bytes: a write that never finished (the tail of a crash).
     Truncated,
     Corrupt(String),

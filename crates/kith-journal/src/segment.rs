@@ -158,10 +158,10 @@ pub(crate) fn read_after(
     let listed = list_segments(dir)?;
     for (position, (_, path)) in listed.iter().enumerate() {
         // Skip segments that end before `after_seq`: the next one starts at or below it.
-        if let Some((next_first, _)) = listed.get(position + 1) {
-            if *next_first <= after_seq + 1 {
-                continue;
-            }
+        if let Some((next_first, _)) = listed.get(position + 1)
+            && *next_first <= after_seq + 1
+        {
+            continue;
         }
         let Some(bytes) = read_file(path)? else {
             continue;

@@ -99,7 +99,11 @@ fn a_torn_tail_is_cut_and_everything_before_it_survives() {
         .blocking_recv()
         .unwrap()
         .unwrap();
-    assert_eq!(result, [Appended::Stored { seq: 3 }], "the torn key is not a duplicate");
+    assert_eq!(
+        result,
+        [Appended::Stored { seq: 3 }],
+        "the torn key is not a duplicate"
+    );
     assert_eq!(
         replayed(dir.path(), 0)
             .into_iter()
@@ -200,7 +204,11 @@ fn concurrent_appenders_share_fsyncs_and_get_distinct_sequence_numbers() {
     }
     let seen = seen.lock().unwrap();
     let seqs: Vec<u64> = seen.iter().map(|(s, _)| *s).collect();
-    assert_eq!(seqs, (1..=400).collect::<Vec<_>>(), "the sink sees every entry in order");
+    assert_eq!(
+        seqs,
+        (1..=400).collect::<Vec<_>>(),
+        "the sink sees every entry in order"
+    );
 }
 
 proptest::proptest! {

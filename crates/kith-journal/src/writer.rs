@@ -157,7 +157,8 @@ impl<T: Send + 'static> WriterState<T> {
             }
             metrics::counter!("kith_journal_fsyncs_total").increment(1);
             metrics::counter!("kith_journal_bytes_written_total").increment(buffer.len() as u64);
-            metrics::histogram!("kith_journal_commit_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("kith_journal_commit_seconds")
+                .record(started.elapsed().as_secs_f64());
             self.active.len += buffer.len() as u64;
             self.active.last_seq = seq - 1;
             self.next_seq = seq;
@@ -184,7 +185,10 @@ impl<T: Send + 'static> WriterState<T> {
         }
         self.active_file.sync_all()?;
         let path = segment_path(&self.dir, self.next_seq);
-        let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)?;
         sync_dir(&self.dir).map_err(|e| std::io::Error::other(e.to_string()))?;
         let new_active = SegmentInfo {
             path,

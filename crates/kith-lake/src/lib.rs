@@ -69,7 +69,9 @@ impl Lake {
 
     /// Where replay must start: the lowest seq some table may be missing, minus one.
     pub fn replay_after(&self) -> u64 {
-        self.events.committed_seq().min(self.rejected.committed_seq())
+        self.events
+            .committed_seq()
+            .min(self.rejected.committed_seq())
     }
 
     /// Adds durable journal records (in seq order) to the buffers.

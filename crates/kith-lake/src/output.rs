@@ -1,7 +1,10 @@
 //! Query results in the formats the API and the CLI hand out: JSON rows, CSV, Arrow IPC, tables.
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit, UInt8Type, UInt16Type, UInt32Type, UInt64Type};
+use arrow::datatypes::{
+    DataType, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit,
+    UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use chrono::{DateTime, SecondsFormat};
 use serde_json::{Number, Value};
@@ -44,7 +47,9 @@ pub fn to_json(result: &QueryResult) -> Value {
 }
 
 fn float(v: f64) -> Value {
-    Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null)
+    Number::from_f64(v)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
 }
 
 /// One cell as JSON: numbers as numbers, timestamps as RFC 3339 strings, the rest as displayed.
@@ -119,10 +124,12 @@ pub fn to_arrow_ipc(result: &QueryResult) -> Result<Vec<u8>, arrow::error::Arrow
 /// A table for terminals.
 pub fn to_table(result: &QueryResult) -> Result<String, arrow::error::ArrowError> {
     if result.batches.is_empty() {
-        return Ok(arrow::util::pretty::pretty_format_batches(&[RecordBatch::new_empty(
-            result.schema.clone(),
-        )])?
-        .to_string());
+        return Ok(
+            arrow::util::pretty::pretty_format_batches(&[RecordBatch::new_empty(
+                result.schema.clone(),
+            )])?
+            .to_string(),
+        );
     }
     Ok(arrow::util::pretty::pretty_format_batches(&result.batches)?.to_string())
 }

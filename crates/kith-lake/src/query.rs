@@ -7,8 +7,8 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use thiserror::Error;
 
@@ -21,7 +21,9 @@ pub enum QueryError {
     Invalid(String),
     #[error("the query ran longer than the {0:?} limit; narrow it with WHERE or LIMIT")]
     Timeout(Duration),
-    #[error("the query needs more than the {0} bytes of memory it may use; aggregate or filter more")]
+    #[error(
+        "the query needs more than the {0} bytes of memory it may use; aggregate or filter more"
+    )]
     OutOfMemory(usize),
     /// Something failed that is not the query's fault.
     #[error("query failed: {0}")]
@@ -65,9 +67,10 @@ fn classify(err: DataFusionError, limits: &QueryLimits) -> QueryError {
         DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
             classify(*inner, limits)
         }
-        DataFusionError::Shared(shared) => {
-            classify(Arc::try_unwrap(shared).unwrap_or_else(|s| DataFusionError::Execution(s.to_string())), limits)
-        }
+        DataFusionError::Shared(shared) => classify(
+            Arc::try_unwrap(shared).unwrap_or_else(|s| DataFusionError::Execution(s.to_string())),
+            limits,
+        ),
         // Storage and engine faults are ours, not the query's.
         DataFusionError::IoError(_)
         | DataFusionError::ObjectStore(_)
@@ -82,7 +85,11 @@ fn classify(err: DataFusionError, limits: &QueryLimits) -> QueryError {
 }
 
 fn first_line(err: &DataFusionError) -> String {
-    err.to_string().lines().next().unwrap_or_default().to_string()
+    err.to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Builds a session where `events` and `rejected_events` are Delta plus the buffer.
@@ -128,7 +135,11 @@ async fn register(ctx: &SessionContext, table: &EventTable) -> Result<(), QueryE
     Ok(())
 }
 
-pub(crate) async fn run(lake: &Lake, sql: &str, limits: &QueryLimits) -> Result<QueryResult, QueryError> {
+pub(crate) async fn run(
+    lake: &Lake,
+    sql: &str,
+    limits: &QueryLimits,
+) -> Result<QueryResult, QueryError> {
     let started = std::time::Instant::now();
     let ctx = session(lake, limits).await?;
     let work = async {
@@ -173,4 +184,3 @@ pub(crate) async fn run(lake: &Lake, sql: &str, limits: &QueryLimits) -> Result<
         truncated,
     })
 }
-

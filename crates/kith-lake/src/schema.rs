@@ -3,8 +3,7 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, Utc};
@@ -65,7 +64,8 @@ pub static REJECTED_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 
 /// Columns whose min/max statistics Delta may keep in its log. Personal identifiers (user ids,
 /// emails, raw JSON) are deliberately absent: erasure must not leave them behind in the log.
-pub const EVENTS_STATS_COLUMNS: &str = "ingest_seq,type,event,source,timestamp,received_at,revenue,currency";
+pub const EVENTS_STATS_COLUMNS: &str =
+    "ingest_seq,type,event,source,timestamp,received_at,revenue,currency";
 pub const REJECTED_STATS_COLUMNS: &str = "ingest_seq,received_at,source,code";
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -80,9 +80,18 @@ fn json_text(map: &Option<Map<String, Value>>) -> Option<String> {
 pub fn events_batch(events: &[(u64, Event)]) -> RecordBatch {
     let n = events.len();
     let mut seq = Int64Builder::with_capacity(n);
-    let mut strings: Vec<StringBuilder> = (0..7).map(|_| StringBuilder::with_capacity(n, n * 16)).collect();
-    let [message_id, kind, event_name, user_id, anonymous_id, group_id, previous_id] =
-        &mut strings[..]
+    let mut strings: Vec<StringBuilder> = (0..7)
+        .map(|_| StringBuilder::with_capacity(n, n * 16))
+        .collect();
+    let [
+        message_id,
+        kind,
+        event_name,
+        user_id,
+        anonymous_id,
+        group_id,
+        previous_id,
+    ] = &mut strings[..]
     else {
         unreachable!("seven builders")
     };
@@ -91,11 +100,13 @@ pub fn events_batch(events: &[(u64, Event)]) -> RecordBatch {
     let mut original = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut sent_at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut received = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut json_columns: Vec<StringBuilder> =
-        (0..5).map(|_| StringBuilder::with_capacity(n, n * 128)).collect();
+    let mut json_columns: Vec<StringBuilder> = (0..5)
+        .map(|_| StringBuilder::with_capacity(n, n * 128))
+        .collect();
     let mut revenue = Float64Builder::with_capacity(n);
-    let mut typed_columns: Vec<StringBuilder> =
-        (0..7).map(|_| StringBuilder::with_capacity(n, n * 16)).collect();
+    let mut typed_columns: Vec<StringBuilder> = (0..7)
+        .map(|_| StringBuilder::with_capacity(n, n * 16))
+        .collect();
 
     for (s, e) in events {
         seq.append_value(*s as i64);
@@ -141,9 +152,17 @@ pub fn events_batch(events: &[(u64, Event)]) -> RecordBatch {
     for builder in [&mut timestamp, &mut original, &mut sent_at, &mut received] {
         columns.push(Arc::new(builder.finish()));
     }
-    columns.extend(json_columns.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    columns.extend(
+        json_columns
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef),
+    );
     columns.push(Arc::new(revenue.finish()));
-    columns.extend(typed_columns.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    columns.extend(
+        typed_columns
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef),
+    );
     RecordBatch::try_new(EVENTS_SCHEMA.clone(), columns).expect("columns match the events schema")
 }
 

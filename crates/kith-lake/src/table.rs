@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 
@@ -117,7 +117,12 @@ impl EventTable {
         let inner = self.read();
         TableView {
             delta: inner.delta.clone(),
-            buffered: inner.buffer.batches.iter().map(|(_, b)| b.clone()).collect(),
+            buffered: inner
+                .buffer
+                .batches
+                .iter()
+                .map(|(_, b)| b.clone())
+                .collect(),
         }
     }
 
@@ -129,8 +134,12 @@ impl EventTable {
             let Some((through_seq, _)) = inner.buffer.batches.last() else {
                 return Ok(0);
             };
-            let batches: Vec<RecordBatch> =
-                inner.buffer.batches.iter().map(|(_, b)| b.clone()).collect();
+            let batches: Vec<RecordBatch> = inner
+                .buffer
+                .batches
+                .iter()
+                .map(|(_, b)| b.clone())
+                .collect();
             (
                 inner.delta.clone(),
                 batches,
@@ -194,7 +203,12 @@ impl EventTable {
             return Ok(());
         };
         let (table, metrics) = table.optimize().await?;
-        tracing::info!(table = self.name, files_removed = metrics.num_files_removed, files_added = metrics.num_files_added, "optimized");
+        tracing::info!(
+            table = self.name,
+            files_removed = metrics.num_files_removed,
+            files_added = metrics.num_files_added,
+            "optimized"
+        );
         self.write().delta = Some(table);
         Ok(())
     }

@@ -19,7 +19,9 @@ fn event(id: &str, user: &str, revenue: f64) -> Event {
         original_timestamp: None,
         sent_at: None,
         received_at: at,
-        properties: json!({"revenue": revenue, "currency": "MXN"}).as_object().cloned(),
+        properties: json!({"revenue": revenue, "currency": "MXN"})
+            .as_object()
+            .cloned(),
         context: None,
         traits: None,
         integrations: None,
@@ -66,7 +68,10 @@ async fn events_are_queryable_before_and_after_a_flush_and_survive_reopen() {
     assert_eq!(lake.durable_through(), 3);
     lake.ingest(vec![(4, Stored::Event(event("m4", "ben", 1.0)))]);
     let after = scalar(&lake, "SELECT count(*) AS n FROM events").await;
-    assert!(after.contains("| 3 |"), "delta and buffer both counted, once: {after}");
+    assert!(
+        after.contains("| 3 |"),
+        "delta and buffer both counted, once: {after}"
+    );
     assert_eq!(lake.durable_through(), 3, "seq 4 is only buffered");
 
     let reopened = Lake::open(dir.path()).await.unwrap();
@@ -78,7 +83,11 @@ async fn events_are_queryable_before_and_after_a_flush_and_survive_reopen() {
         (3, Stored::Event(event("m3", "ana", 5.5))),
         (4, Stored::Event(event("m4", "ben", 1.0))),
     ]);
-    let counted = scalar(&reopened, "SELECT count(*) AS n, count(DISTINCT message_id) AS d FROM events").await;
+    let counted = scalar(
+        &reopened,
+        "SELECT count(*) AS n, count(DISTINCT message_id) AS d FROM events",
+    )
+    .await;
     assert!(counted.contains("| 3 | 3 |"), "{counted}");
     let rejected = scalar(&reopened, "SELECT code, field FROM rejected_events").await;
     assert!(rejected.contains("missing_identity"), "{rejected}");
@@ -89,14 +98,22 @@ async fn personal_identifiers_stay_out_of_delta_statistics() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path()).await.unwrap();
     let mut e = event("m1", "ana-secret-user", 10.0);
-    e.traits = json!({"email": "ana.secret@example.com"}).as_object().cloned();
+    e.traits = json!({"email": "ana.secret@example.com"})
+        .as_object()
+        .cloned();
     lake.ingest(vec![(1, Stored::Event(e))]);
     lake.flush().await.unwrap();
     let log_dir = dir.path().join("tables/events/_delta_log");
     for entry in std::fs::read_dir(log_dir).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
-        assert!(!text.contains("ana-secret-user"), "user id leaked into the log: {text}");
-        assert!(!text.contains("ana.secret@example.com"), "email leaked into the log");
+        assert!(
+            !text.contains("ana-secret-user"),
+            "user id leaked into the log: {text}"
+        );
+        assert!(
+            !text.contains("ana.secret@example.com"),
+            "email leaked into the log"
+        );
     }
 }
 

@@ -161,12 +161,13 @@ impl Server {
         let replayed = replay_into(&lake, &journal_dir(&config.data_dir))?;
         tracing::info!(replayed, "journal replayed into the event buffers");
 
-        let listener = TcpListener::bind(&config.listen)
-            .await
-            .map_err(|source| ServerError::Listen {
-                addr: config.listen.clone(),
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(&config.listen)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    addr: config.listen.clone(),
+                    source,
+                })?;
         let app = Arc::new(AppState {
             keys: KeyResolver::new(state.clone()),
             config,
@@ -189,7 +190,10 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then writes every buffered row to Delta.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
         let flusher = tokio::spawn(flush_loop(self.app.clone()));
         let router = router(self.app.clone());
         let served = axum::serve(self.listener, router)
@@ -259,12 +263,14 @@ async fn flush_loop(app: Arc<AppState>) {
         flushes += 1;
         let through = app.lake.durable_through();
         match app.journal.retire_through(through).await {
-            Ok(Ok(retired)) if retired > 0 => tracing::debug!(retired, through, "journal segments retired"),
+            Ok(Ok(retired)) if retired > 0 => {
+                tracing::debug!(retired, through, "journal segments retired")
+            }
             Ok(Err(e)) => tracing::error!(error = %e, "journal retirement failed"),
             _ => {}
         }
         // Compact the many files frequent flushes leave behind.
-        if flushes % 50 == 0 {
+        if flushes.is_multiple_of(50) {
             for table in app.lake.tables() {
                 if let Err(e) = table.optimize().await {
                     tracing::warn!(table = table.name, error = %e, "optimize failed");

@@ -49,10 +49,14 @@ impl KeyResolver {
     }
 
     fn lookup(&self, secret: &str) -> Result<KeyCheck, ApiError> {
-        if let Some((check, at)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(secret) {
-            if at.elapsed() < CACHE_TTL {
-                return Ok(check.clone());
-            }
+        if let Some((check, at)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(secret)
+            && at.elapsed() < CACHE_TTL
+        {
+            return Ok(check.clone());
         }
         let check = self.state.check_key(secret).map_err(|e| {
             tracing::error!(error = %e, "key lookup failed");
@@ -72,8 +76,12 @@ impl KeyResolver {
             return Err(ApiError::new(
                 ErrorCode::MissingApiKey,
                 match required {
-                    KeyScope::Ingest => "no write key was sent; use HTTP Basic auth with the write key as the user name and an empty password, or put `writeKey` in the body",
-                    _ => "no key was sent; use `Authorization: Bearer <key>` with a read or admin key",
+                    KeyScope::Ingest => {
+                        "no write key was sent; use HTTP Basic auth with the write key as the user name and an empty password, or put `writeKey` in the body"
+                    }
+                    _ => {
+                        "no key was sent; use `Authorization: Bearer <key>` with a read or admin key"
+                    }
                 },
             ));
         };
@@ -84,7 +92,10 @@ impl KeyResolver {
             )),
             KeyCheck::Revoked(key) => Err(ApiError::new(
                 ErrorCode::RevokedApiKey,
-                format!("the key `{}` was revoked; create a new one with `kith key create`", key.id),
+                format!(
+                    "the key `{}` was revoked; create a new one with `kith key create`",
+                    key.id
+                ),
             )),
             KeyCheck::Valid(key) if key.scope.allows(required) => Ok(key),
             KeyCheck::Valid(key) => Err(ApiError::new(
@@ -114,9 +125,18 @@ mod tests {
     #[test]
     fn keys_come_from_basic_or_bearer() {
         // base64("wk:") — what Segment SDKs send.
-        assert_eq!(key_from_headers(&headers("Basic d2s6")).as_deref(), Some("wk"));
-        assert_eq!(key_from_headers(&headers("basic d2s=")).as_deref(), Some("wk"));
-        assert_eq!(key_from_headers(&headers("Bearer abc")).as_deref(), Some("abc"));
+        assert_eq!(
+            key_from_headers(&headers("Basic d2s6")).as_deref(),
+            Some("wk")
+        );
+        assert_eq!(
+            key_from_headers(&headers("basic d2s=")).as_deref(),
+            Some("wk")
+        );
+        assert_eq!(
+            key_from_headers(&headers("Bearer abc")).as_deref(),
+            Some("abc")
+        );
         assert_eq!(key_from_headers(&headers("Basic !!!")), None);
         assert_eq!(key_from_headers(&headers("Basic Og==")), None, "empty user");
         assert_eq!(key_from_headers(&HeaderMap::new()), None);

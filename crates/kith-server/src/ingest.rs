@@ -4,10 +4,10 @@
 use std::io::Read;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
-use axum::Json;
 use chrono::Utc;
 use kith_core::limits::MAX_REQUEST_BYTES;
 use kith_core::{MessageType, RequestError, Stored, parse_batch_request, parse_single_request};
@@ -69,7 +69,9 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>
     limited.read_to_end(&mut decoded).map_err(|e| {
         ApiError::new(
             ErrorCode::InvalidGzip,
-            format!("`Content-Encoding: gzip` was sent but the body could not be decompressed: {e}"),
+            format!(
+                "`Content-Encoding: gzip` was sent but the body could not be decompressed: {e}"
+            ),
         )
     })?;
     if decoded.len() > MAX_REQUEST_BYTES {
@@ -82,9 +84,9 @@ fn request_error(err: RequestError) -> ApiError {
     let code = match err {
         RequestError::InvalidJson(_) => ErrorCode::InvalidJson,
         RequestError::TooManyEvents(_) => ErrorCode::TooManyEvents,
-        RequestError::NotAnObject(_) | RequestError::MissingBatch | RequestError::BatchNotArray(_) => {
-            ErrorCode::InvalidBody
-        }
+        RequestError::NotAnObject(_)
+        | RequestError::MissingBatch
+        | RequestError::BatchNotArray(_) => ErrorCode::InvalidBody,
     };
     ApiError::new(code, err.to_string())
 }
@@ -136,7 +138,9 @@ pub async fn single(
     let Some(kind) = MessageType::from_path_segment(&call) else {
         return Err(ApiError::new(
             ErrorCode::NotFound,
-            format!("`/v1/{call}` is not a tracking call; use identify, track, page, screen, group, alias or batch"),
+            format!(
+                "`/v1/{call}` is not a tracking call; use identify, track, page, screen, group, alias or batch"
+            ),
         ));
     };
     let bytes = read_body(&headers, body).await?;
@@ -149,7 +153,10 @@ fn body_text(bytes: &[u8]) -> Result<&str, ApiError> {
     std::str::from_utf8(bytes).map_err(|e| {
         ApiError::new(
             ErrorCode::InvalidJson,
-            format!("the body is not UTF-8 text (byte {}); send UTF-8 JSON", e.valid_up_to()),
+            format!(
+                "the body is not UTF-8 text (byte {}); send UTF-8 JSON",
+                e.valid_up_to()
+            ),
         )
     })
 }
@@ -234,12 +241,14 @@ async fn ingest(
                 response.rejected
             )
         };
-        return Err(ApiError::new(ErrorCode::InvalidEvent, message).with_details(json!({
-            "accepted": 0,
-            "duplicates": 0,
-            "rejected": response.rejected,
-            "errors": details["errors"],
-        })));
+        return Err(
+            ApiError::new(ErrorCode::InvalidEvent, message).with_details(json!({
+                "accepted": 0,
+                "duplicates": 0,
+                "rejected": response.rejected,
+                "errors": details["errors"],
+            })),
+        );
     }
     Ok(Json(response))
 }

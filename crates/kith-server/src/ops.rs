@@ -59,7 +59,10 @@ pub async fn metrics() -> String {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Kith", description = "Customer intelligence in one binary: Segment-compatible collection, SQL over every event."),
+    info(
+        title = "Kith",
+        description = "Customer intelligence in one binary: Segment-compatible collection, SQL over every event."
+    ),
     paths(
         crate::ingest::batch,
         crate::ingest::single,
@@ -70,7 +73,11 @@ pub async fn metrics() -> String {
         metrics,
         openapi,
     ),
-    components(schemas(crate::ingest::IngestResponse, crate::ingest::EventError, crate::query::QueryRequest))
+    components(schemas(
+        crate::ingest::IngestResponse,
+        crate::ingest::EventError,
+        crate::query::QueryRequest
+    ))
 )]
 pub struct ApiDoc;
 
@@ -83,7 +90,10 @@ pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(
         ErrorCode::NotFound,
-        format!("no endpoint at `{}`; see /openapi.json for the API", uri.path()),
+        format!(
+            "no endpoint at `{}`; see /openapi.json for the API",
+            uri.path()
+        ),
     )
 }
 

@@ -6,8 +6,8 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use kith_lake::output;
 use kith_lake::QueryError;
+use kith_lake::output;
 use kith_state::KeyScope;
 use serde::Deserialize;
 
@@ -50,7 +50,9 @@ pub(crate) fn query_error(err: QueryError) -> ApiError {
     match err {
         QueryError::Invalid(message) => ApiError::new(ErrorCode::InvalidSql, message),
         QueryError::Timeout(_) => ApiError::new(ErrorCode::QueryTimeout, err.to_string()),
-        QueryError::OutOfMemory(_) => ApiError::new(ErrorCode::QueryMemoryExceeded, err.to_string()),
+        QueryError::OutOfMemory(_) => {
+            ApiError::new(ErrorCode::QueryMemoryExceeded, err.to_string())
+        }
         QueryError::Internal(message) => {
             tracing::error!(%message, "query failed");
             ApiError::new(ErrorCode::Internal, "the query failed; see the server log")

@@ -196,7 +196,10 @@ mod tests {
             other.check_key(&ingest.secret).unwrap(),
             KeyCheck::Valid(ingest.key.clone())
         );
-        assert_eq!(other.check_key("kith_ingest_nope").unwrap(), KeyCheck::Unknown);
+        assert_eq!(
+            other.check_key("kith_ingest_nope").unwrap(),
+            KeyCheck::Unknown
+        );
         assert_eq!(other.list_keys().unwrap().len(), 2);
 
         let revoked = other.revoke_key(&ingest.key.id).unwrap();

@@ -51,7 +51,10 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
         }
         KeyAction::List { data_dir } => {
             let store = StateStore::open(&file.data_dir(data_dir.data_dir))?;
-            println!("{:<12} {:<7} {:<16} {:<26} status", "id", "scope", "source", "created");
+            println!(
+                "{:<12} {:<7} {:<16} {:<26} status",
+                "id", "scope", "source", "created"
+            );
             for key in store.list_keys()? {
                 println!(
                     "{:<12} {:<7} {:<16} {:<26} {}",
@@ -59,7 +62,11 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
                     key.scope.as_str(),
                     key.source.as_deref().unwrap_or("-"),
                     key.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                    if key.revoked_at.is_some() { "revoked" } else { "active" }
+                    if key.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    }
                 );
             }
         }

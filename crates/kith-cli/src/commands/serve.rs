@@ -55,7 +55,10 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         let server = Server::start(config).await?;
         let addr = server.local_addr();
         tracing::info!(%addr, data_dir = %data_dir.display(), "kith is listening");
-        eprintln!("kith is listening on http://{addr} (data in {})", data_dir.display());
+        eprintln!(
+            "kith is listening on http://{addr} (data in {})",
+            data_dir.display()
+        );
         server.run(shutdown_signal()).await?;
         Ok::<_, anyhow::Error>(())
     })?;

@@ -49,7 +49,11 @@ pub fn run(args: SqlArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     match args.format {
         Format::Table => {
             println!("{}", output::to_table(&result)?);
-            eprintln!("{} row(s){}", result.num_rows(), truncated_note(result.truncated));
+            eprintln!(
+                "{} row(s){}",
+                result.num_rows(),
+                truncated_note(result.truncated)
+            );
         }
         Format::Csv => {
             use std::io::Write;
@@ -72,7 +76,9 @@ fn truncated_note(truncated: bool) -> &'static str {
 /// retire journal segments in between; if the tables moved meanwhile, start over.
 async fn open_consistent(data_dir: &std::path::Path) -> anyhow::Result<Lake> {
     for _ in 0..5 {
-        let lake = Lake::open(data_dir).await.context("cannot open the event tables")?;
+        let lake = Lake::open(data_dir)
+            .await
+            .context("cannot open the event tables")?;
         let before = lake.replay_after();
         kith_server::replay_into(&lake, &kith_server::journal_dir(data_dir))
             .context("cannot read the journal")?;

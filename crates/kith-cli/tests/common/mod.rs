@@ -61,7 +61,13 @@ impl KithServer {
         extra: &[&str],
     ) -> KithServer {
         let mut child = Command::new(kith_bin())
-            .args(["serve", "--data-dir", data_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
             .args(extra)
             .env("KITH_LOG", "warn")
             .stdout(Stdio::null())
@@ -73,13 +79,15 @@ impl KithServer {
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
-                        let _ = tx.send(addr);
-                        sent = true;
-                        continue;
-                    }
+                if !sent && let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let _ = tx.send(addr);
+                    sent = true;
+                    continue;
                 }
                 eprintln!("[kith] {line}");
             }
@@ -164,7 +172,11 @@ pub fn agent() -> ureq::Agent {
 }
 
 /// POSTs a body; returns the status and the body parsed as JSON (Null when it is not JSON).
-pub fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value, ureq::http::HeaderMap) {
+pub fn post(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Value, ureq::http::HeaderMap) {
     let mut request = agent().post(url);
     for (name, value) in headers {
         request = request.header(*name, *value);
@@ -173,7 +185,11 @@ pub fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value, ur
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let text = response.body_mut().read_to_string().unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null), headers)
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        headers,
+    )
 }
 
 pub fn post_json(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {

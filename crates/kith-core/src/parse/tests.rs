@@ -69,12 +69,23 @@ fn each_invalid_event_is_rejected_with_its_reason_and_neighbours_survive() {
     ]})
     .to_string();
     let outcome = judge_batch(&body);
-    let accepted: Vec<_> = outcome.events.iter().map(|e| e.message_id.as_str()).collect();
+    let accepted: Vec<_> = outcome
+        .events
+        .iter()
+        .map(|e| e.message_id.as_str())
+        .collect();
     assert_eq!(accepted, ["good-1", "good-2"]);
     let reasons: Vec<_> = outcome
         .rejections
         .iter()
-        .map(|r| (r.index, r.code.as_str(), r.field.as_deref(), r.message_id.as_deref()))
+        .map(|r| {
+            (
+                r.index,
+                r.code.as_str(),
+                r.field.as_deref(),
+                r.message_id.as_deref(),
+            )
+        })
         .collect();
     assert_eq!(
         reasons,
@@ -89,7 +100,12 @@ fn each_invalid_event_is_rejected_with_its_reason_and_neighbours_survive() {
             (8, "invalid_event", None, None),
             (9, "wrong_type", Some("properties"), Some("bad-9")),
             (10, "missing_group_id", Some("groupId"), Some("bad-10")),
-            (11, "missing_previous_id", Some("previousId"), Some("bad-11")),
+            (
+                11,
+                "missing_previous_id",
+                Some("previousId"),
+                Some("bad-11")
+            ),
             (13, "invalid_message_id", Some("messageId"), None),
         ]
     );
@@ -140,7 +156,11 @@ fn the_path_decides_the_type_of_a_single_call() {
     let outcome = request.normalize("web", received());
     let event = &outcome.events[0];
     assert_eq!(event.kind, MessageType::Track);
-    assert_eq!(event.user_id.as_deref(), Some("42"), "numeric ids become strings");
+    assert_eq!(
+        event.user_id.as_deref(),
+        Some("42"),
+        "numeric ids become strings"
+    );
     assert!(event.message_id.starts_with("kith-"));
     // The same body again gets the same generated id, so a retry deduplicates.
     let again = parse_single_request(body, MessageType::Track)
@@ -164,7 +184,11 @@ fn times_follow_the_segment_rules() {
     })
     .to_string();
     let outcome = judge_batch(&body);
-    let times: Vec<_> = outcome.events.iter().map(|e| e.timestamp.to_rfc3339()).collect();
+    let times: Vec<_> = outcome
+        .events
+        .iter()
+        .map(|e| e.timestamp.to_rfc3339())
+        .collect();
     assert_eq!(
         times,
         [
@@ -174,7 +198,10 @@ fn times_follow_the_segment_rules() {
             "2024-05-01T11:50:00+00:00"
         ]
     );
-    assert_eq!(outcome.events[1].original_timestamp, Some(outcome.events[1].timestamp));
+    assert_eq!(
+        outcome.events[1].original_timestamp,
+        Some(outcome.events[1].timestamp)
+    );
     assert!(outcome.events.iter().all(|e| e.received_at == received()));
 }
 
@@ -210,7 +237,11 @@ fn typed_fields_are_lifted() {
     assert_eq!(typed.page_url.as_deref(), Some("https://shop.mx/checkout"));
     assert_eq!(typed.page_path.as_deref(), Some("/checkout"));
     assert_eq!(typed.email.as_deref(), Some("ana@example.com"));
-    assert_eq!(outcome.events[1].typed().revenue, None, "NaN is not revenue");
+    assert_eq!(
+        outcome.events[1].typed().revenue,
+        None,
+        "NaN is not revenue"
+    );
 }
 
 proptest! {
