@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use kith_core::{Event, Rejection};
 use serde_json::{Map, Value};
 
+
 fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
@@ -73,7 +74,8 @@ fn micros(t: DateTime<Utc>) -> i64 {
 }
 
 fn json_text(map: &Option<Map<String, Value>>) -> Option<String> {
-    map.as_ref().map(|m| Value::Object(m.clone()).to_string())
+    map.as_ref()
+        .and_then(|m| serde_json::to_string(m).ok())
 }
 
 /// Builds an `events` batch from `(seq, event)` pairs.

@@ -166,13 +166,28 @@ impl EventTable {
             "delta.dataSkippingStatsColumns".to_string(),
             Some(self.stats_columns.to_string()),
         )]);
-        let table = table
+        let written = table
             .write(batches)
             .with_save_mode(SaveMode::Append)
             .with_table_name(self.name)
             .with_configuration(configuration)
             .with_commit_properties(commit)
-            .await?;
+            .await;
+        let table = match written {
+            Ok(table) => table,
+            Err(err) => {
+                // The commit may have landed before something after it failed (a checkpoint, say):
+                // then the rows are in Delta and must leave the buffer, or the next flush would
+                // write them twice.
+                match load_delta(&self.path).await {
+                    Ok((Some(table), committed)) if committed >= through_seq => {
+                        tracing::warn!(table = self.name, error = %err, "write reported an error after its commit landed");
+                        table
+                    }
+                    _ => return Err(err.into()),
+                }
+            }
+        };
         {
             let mut inner = self.write();
             inner.delta = Some(table);

@@ -148,3 +148,43 @@ async fn bad_sql_is_a_clear_invalid_error_and_writes_are_refused() {
     assert_eq!(result.num_rows(), 5);
     assert!(result.truncated);
 }
+
+#[tokio::test]
+async fn a_runaway_query_is_stopped_by_its_time_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    let limits = QueryLimits {
+        timeout: std::time::Duration::from_millis(200),
+        ..QueryLimits::default()
+    };
+    let started = std::time::Instant::now();
+    let result = lake
+        .query(
+            "SELECT count(*) FROM generate_series(1, 100000) a, generate_series(1, 100000) b",
+            &limits,
+        )
+        .await;
+    assert!(matches!(result, Err(QueryError::Timeout(_))), "{:?}", result.err());
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_query_over_its_memory_limit_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    let limits = QueryLimits {
+        memory_bytes: 4 << 20,
+        ..QueryLimits::default()
+    };
+    let result = lake
+        .query(
+            "SELECT value % 1000000 AS k, count(*) FROM generate_series(1, 3000000) GROUP BY k ORDER BY k",
+            &limits,
+        )
+        .await;
+    assert!(
+        matches!(result, Err(QueryError::OutOfMemory(_))),
+        "{:?}",
+        result.err()
+    );
+}

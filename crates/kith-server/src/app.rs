@@ -194,16 +194,24 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let flusher = tokio::spawn(flush_loop(self.app.clone()));
+        let (stop_flushing, stop_signal) = tokio::sync::watch::channel(false);
+        let flusher = crate::runtimes::flushes().spawn(flush_loop(self.app.clone(), stop_signal));
         let router = router(self.app.clone());
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await;
-        flusher.abort();
+        // Let a flush in progress finish: cancelling it between its Delta commit and the buffer
+        // update would write the same rows twice.
+        let _ = stop_flushing.send(true);
+        let _ = flusher.await;
         if let Err(e) = served {
             tracing::error!(error = %e, "server stopped with an error");
         }
-        let rows = self.app.lake.flush().await?;
+        let lake = self.app.lake.clone();
+        let rows = crate::runtimes::flushes()
+            .spawn(async move { lake.flush().await })
+            .await
+            .map_err(|e| LakeError::Delta(format!("final flush task failed: {e}")))??;
         tracing::info!(rows, "final flush done");
         Ok(())
     }
@@ -235,12 +243,15 @@ pub fn router(app: Arc<AppState>) -> Router {
 
 /// Writes buffered rows to Delta when enough wait or they waited long enough, then retires the
 /// journal segments Delta now holds.
-async fn flush_loop(app: Arc<AppState>) {
+async fn flush_loop(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut flushes = 0u64;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
         let mut flushed = false;
         for table in app.lake.tables() {
             let (rows, oldest) = table.pending();

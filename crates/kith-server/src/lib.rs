@@ -6,6 +6,7 @@ pub mod errors;
 pub mod ingest;
 pub mod ops;
 pub mod query;
+pub mod runtimes;
 
 pub use app::{Server, ServerConfig, ServerError, journal_dir, replay_into};
 pub use ops::install_metrics;

@@ -81,10 +81,14 @@ pub async fn query(
         };
         ApiError::new(code, format!("the body must be {{\"sql\": \"...\"}}: {e}"))
     })?;
-    let result = app
-        .lake
-        .query(&request.sql, &app.config.query_limits)
+    let (lake, limits) = (app.lake.clone(), app.config.query_limits.clone());
+    let result = crate::runtimes::queries()
+        .spawn(async move { lake.query(&request.sql, &limits).await })
         .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "query task failed");
+            ApiError::new(ErrorCode::Internal, "the query failed; see the server log")
+        })?
         .map_err(query_error)?;
     let (content_type, body) = match negotiate(&headers) {
         Format::Json => {

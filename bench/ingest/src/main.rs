@@ -1,0 +1,291 @@
+//! Ingest benchmark. Starts `kith serve` on a fresh data directory, then drives it over loopback
+//! HTTP with concurrent clients sending realistic Segment batches (track, page, identify with the
+//! context browsers and server SDKs attach), first against the real durable path (`/v1/batch`:
+//! journal with fsync group commit, then the Arrow buffer) and then against the no-op endpoint
+//! (same parsing and auth, nothing stored) for the ceiling. Reports accepted events/s, request
+//! latency p50/p99 and the server's peak RSS.
+//!
+//! Usage: kith-ingest-bench [--kith PATH] [--clients N] [--seconds S] [--batch N]
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+struct Options {
+    kith: PathBuf,
+    clients: usize,
+    seconds: u64,
+    batch: usize,
+}
+
+fn parse_options() -> Options {
+    let mut options = Options {
+        kith: PathBuf::from("target/release/kith"),
+        clients: 8,
+        seconds: 10,
+        batch: 100,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--kith" => options.kith = PathBuf::from(value),
+            "--clients" => options.clients = value.parse().expect("--clients N"),
+            "--seconds" => options.seconds = value.parse().expect("--seconds S"),
+            "--batch" => options.batch = value.parse().expect("--batch N"),
+            other => panic!("unknown argument {other}; see the usage in bench/README.md"),
+        }
+        i += 2;
+    }
+    options
+}
+
+/// Width of the per-request counter patched into every messageId, so bodies are built once.
+const COUNTER_WIDTH: usize = 10;
+const COUNTER_MARK: &str = "@@@@@@@@@@";
+
+/// A batch body with `COUNTER_MARK` in every messageId, and where the marks are.
+struct Template {
+    bytes: Vec<u8>,
+    marks: Vec<usize>,
+}
+
+fn realistic_event(i: usize, client: usize) -> Value {
+    let message_id = format!("bench-{client}-{COUNTER_MARK}-{i:04}");
+    let anonymous_id = format!("3f9a1c2e-5b7d-4e8f-a0b1-{:012}", (client * 1000 + i) % 50_000);
+    let context = json!({
+        "library": {"name": "analytics.js", "version": "npm:next-1.70.0"},
+        "page": {"path": "/p/tenis-a-1", "referrer": "https://www.google.com/", "title": "Tenis A-1 | Tienda",
+                 "url": "https://tienda.mx/p/tenis-a-1?utm_source=facebook"},
+        "userAgent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_3 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
+        "locale": "es-MX", "timezone": "America/Mexico_City",
+        "campaign": {"source": "facebook", "medium": "paid", "name": "buen-fin"},
+        "consent": {"categoryPreferences": {"analytics": true, "marketing": i % 3 != 0}}
+    });
+    match i % 10 {
+        0 => json!({"type": "identify", "userId": format!("user-{}", i % 5000), "anonymousId": anonymous_id,
+                    "traits": {"email": format!("cliente{i}@example.com"), "phone": "+52 55 1234 5678", "city": "Guadalajara"},
+                    "context": context, "messageId": message_id, "timestamp": "2024-11-15T18:20:00.123Z"}),
+        1..=4 => json!({"type": "page", "anonymousId": anonymous_id, "name": "Producto",
+                    "properties": {"path": "/p/tenis-a-1", "url": "https://tienda.mx/p/tenis-a-1", "title": "Tenis A-1"},
+                    "context": context, "messageId": message_id, "originalTimestamp": "2024-11-15T18:20:00.123Z", "sentAt": "2024-11-15T18:20:01.000Z"}),
+        _ => json!({"type": "track", "anonymousId": anonymous_id, "userId": format!("user-{}", i % 5000),
+                    "event": if i % 10 == 9 { "Order Completed" } else { "Product Viewed" },
+                    "properties": {"product_id": format!("sku-{}", i % 300), "price": 899.0, "currency": "MXN", "revenue": if i % 10 == 9 { 1798.0 } else { 0.0 }, "quantity": 2, "category": "Calzado"},
+                    "context": context, "messageId": message_id, "timestamp": "2024-11-15T18:20:00.123Z"}),
+    }
+}
+
+fn template(client: usize, batch: usize) -> Template {
+    let events: Vec<Value> = (0..batch).map(|i| realistic_event(i, client)).collect();
+    let body = json!({"batch": events, "sentAt": "2024-11-15T18:20:01.000Z"}).to_string();
+    let bytes = body.into_bytes();
+    let mark = COUNTER_MARK.as_bytes();
+    let marks = bytes
+        .windows(mark.len())
+        .enumerate()
+        .filter(|(_, w)| *w == mark)
+        .map(|(at, _)| at)
+        .collect();
+    Template { bytes, marks }
+}
+
+fn patch(template: &Template, body: &mut [u8], counter: u64) {
+    let digits = format!("{counter:0width$}", width = COUNTER_WIDTH);
+    for &at in &template.marks {
+        body[at..at + COUNTER_WIDTH].copy_from_slice(digits.as_bytes());
+    }
+}
+
+struct RunResult {
+    events: u64,
+    requests: u64,
+    failures: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u64>,
+}
+
+fn drive(url: &str, write_key: &str, options: &Options, unique_from: u64) -> RunResult {
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicU64::new(unique_from));
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:"))
+    );
+    let started = Instant::now();
+    let handles: Vec<_> = (0..options.clients)
+        .map(|client| {
+            let (stop, counter, auth, url) = (stop.clone(), counter.clone(), auth.clone(), url.to_string());
+            let template = template(client, options.batch);
+            let batch = options.batch as u64;
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(30)))
+                    .build()
+                    .into();
+                let mut body = template.bytes.clone();
+                let (mut events, mut requests, mut failures) = (0u64, 0u64, 0u64);
+                let mut latencies = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    patch(&template, &mut body, counter.fetch_add(1, Ordering::Relaxed));
+                    let sent = Instant::now();
+                    let response = agent
+                        .post(&url)
+                        .header("Authorization", &auth)
+                        .header("Content-Type", "application/json")
+                        .send(&body[..]);
+                    let ok = match response {
+                        Ok(mut r) if r.status().as_u16() == 200 => {
+                            let answer: Value = r.body_mut().read_json().unwrap_or(Value::Null);
+                            answer["accepted"].as_u64() == Some(batch)
+                        }
+                        Ok(mut r) => {
+                            let _ = r.body_mut().read_to_string();
+                            false
+                        }
+                        Err(_) => false,
+                    };
+                    latencies.push(sent.elapsed().as_micros() as u64);
+                    requests += 1;
+                    if ok {
+                        events += batch;
+                    } else {
+                        failures += 1;
+                    }
+                }
+                (events, requests, failures, latencies)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(options.seconds));
+    stop.store(true, Ordering::Relaxed);
+    let mut result = RunResult {
+        events: 0,
+        requests: 0,
+        failures: 0,
+        elapsed: Duration::ZERO,
+        latencies_us: Vec::new(),
+    };
+    for handle in handles {
+        let (events, requests, failures, latencies) = handle.join().expect("client thread");
+        result.events += events;
+        result.requests += requests;
+        result.failures += failures;
+        result.latencies_us.extend(latencies);
+    }
+    result.elapsed = started.elapsed();
+    result.latencies_us.sort_unstable();
+    result
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index] as f64 / 1000.0
+}
+
+/// Peak resident set of a process, from /proc (Linux).
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn main() {
+    let options = parse_options();
+    assert!(
+        options.kith.exists(),
+        "{} not found; build it with `cargo build --release -p kith-cli`",
+        options.kith.display()
+    );
+    let data_dir = std::env::temp_dir().join(format!("kith-ingest-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let key = Command::new(&options.kith)
+        .args(["key", "create", "--data-dir", data_dir.to_str().unwrap(), "--scope", "ingest", "--source", "bench"])
+        .output()
+        .expect("kith key create");
+    let write_key = String::from_utf8_lossy(&key.stdout).trim().to_string();
+    let port = 18_000 + (std::process::id() % 2000) as u16;
+    let mut server = Command::new(&options.kith)
+        .args(["serve", "--data-dir", data_dir.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "--enable-noop-endpoint"])
+        .env("KITH_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kith serve");
+    let base = format!("http://127.0.0.1:{port}");
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let ready = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        agent.get(format!("{base}/readyz")).call().is_ok()
+    });
+    assert!(ready, "kith serve did not become ready");
+
+    let body_bytes = template(0, options.batch).bytes.len();
+    println!(
+        "ingest benchmark: {} clients, {} events/batch ({} KiB/request), {} s per run, loopback, {} cores",
+        options.clients,
+        options.batch,
+        body_bytes / 1024,
+        options.seconds,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let durable = drive(&format!("{base}/v1/batch"), &write_key, &options, 0);
+    let noop = drive(&format!("{base}/internal/noop/batch"), &write_key, &options, 5_000_000_000);
+    let rss = peak_rss_mib(server.id());
+
+    let stored: Value = {
+        let read_key = Command::new(&options.kith)
+            .args(["key", "create", "--data-dir", data_dir.to_str().unwrap(), "--scope", "read"])
+            .output()
+            .expect("kith key create");
+        let read_key = String::from_utf8_lossy(&read_key.stdout).trim().to_string();
+        agent
+            .post(format!("{base}/v1/query"))
+            .header("Authorization", &format!("Bearer {read_key}"))
+            .send(json!({"sql": "SELECT count(*) AS n, count(DISTINCT message_id) AS d FROM events"}).to_string())
+            .ok()
+            .and_then(|mut r| r.body_mut().read_json().ok())
+            .unwrap_or(Value::Null)
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&data_dir);
+
+    let rate = |r: &RunResult| r.events as f64 / r.elapsed.as_secs_f64();
+    println!("| run | events/s | requests | failed | p50 ms | p99 ms |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, run) in [("durable /v1/batch", &durable), ("no-op ceiling", &noop)] {
+        println!(
+            "| {name} | {:.0} | {} | {} | {:.2} | {:.2} |",
+            rate(run),
+            run.requests,
+            run.failures,
+            percentile(&run.latencies_us, 0.50),
+            percentile(&run.latencies_us, 0.99)
+        );
+    }
+    println!(
+        "durable / no-op = {:.2}; server peak RSS {:.0} MiB; stored rows {} (distinct ids {}), acknowledged {}",
+        rate(&durable) / rate(&noop).max(1.0),
+        rss.unwrap_or(f64::NAN),
+        stored["rows"][0][0],
+        stored["rows"][0][1],
+        durable.events
+    );
+    let stored_rows = stored["rows"][0][0].as_u64().unwrap_or(0);
+    if stored_rows < durable.events {
+        eprintln!("error: {stored_rows} rows stored but {} acknowledged", durable.events);
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,208 @@
+//! The fitting pipeline shared by every model: maximum likelihood on log-parameters with an
+//! optional L2 penalty, standard errors from the Hessian, and a uniform result type.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::FitError;
+use crate::optim::{self, Minimum, Objective};
+
+/// Options for a maximum-likelihood fit.
+///
+/// The objective is the one `lifetimes` minimises, so penalizer values carry over:
+/// `−(1/W) Σ wᵢ ln Lᵢ + penalizer_coef · Σ θ²` over the natural parameters θ, W = Σ wᵢ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitOptions<P> {
+    /// L2 penalty on the parameters (0 = plain maximum likelihood).
+    pub penalizer_coef: f64,
+    /// Starting point; `None` uses a data-driven default.
+    pub initial_params: Option<P>,
+    /// Iteration budget for each optimizer stage.
+    pub max_iterations: usize,
+    /// Fewer customers with a repeat purchase than this is reported as
+    /// [`FitError::TooFewRepeatCustomers`] (for BG/BB: records with a transaction).
+    pub min_repeat_customers: usize,
+}
+
+impl<P> Default for FitOptions<P> {
+    fn default() -> Self {
+        FitOptions {
+            penalizer_coef: 0.0,
+            initial_params: None,
+            max_iterations: 1000,
+            min_repeat_customers: 10,
+        }
+    }
+}
+
+/// A fitted model: parameters, fit statistics and standard errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fitted<P> {
+    /// Maximum-likelihood (or penalised) parameters.
+    pub params: P,
+    /// Total log-likelihood Σ wᵢ ln Lᵢ at `params`, without the penalty. (`lifetimes` reports
+    /// the mean negative log-likelihood; multiply that by −W to compare.)
+    pub log_likelihood: f64,
+    /// Asymptotic standard errors of each parameter, from the inverse Hessian of the total
+    /// negative log-likelihood (penalised, when `penalizer_coef` > 0) in log-parameters and
+    /// the delta method (se(θ) = θ · se(ln θ)). `None` when the Hessian is not positive
+    /// definite (an optimum on a boundary, say).
+    pub standard_errors: Option<P>,
+    /// Number of customers (sum of weights) the model was fitted on.
+    pub n_customers: f64,
+    /// The minimised objective (mean negative log-likelihood plus penalty).
+    pub objective: f64,
+    /// Largest gradient component of the objective (in log-parameters) at the optimum.
+    pub gradient_norm: f64,
+    /// Whether the gradient test passed tightly (|∇| ≤ 1e-6); a fit that ended further away but
+    /// still near a stationary point is returned with `false`.
+    pub converged: bool,
+    /// Objective evaluations used.
+    pub evaluations: usize,
+}
+
+/// Conversion between a parameter struct and a fixed-size vector.
+pub(crate) trait ParamVector<const N: usize>: Sized + Copy {
+    const NAMES: [&'static str; N];
+    fn to_array(&self) -> [f64; N];
+    fn from_array(a: [f64; N]) -> Self;
+}
+
+/// Log-parameters beyond this magnitude are treated as infeasible (e^±40 is far outside any
+/// meaningful model and keeps exp() finite).
+const LOG_BOUND: f64 = 40.0;
+/// Gradient size above which the optimizer is deemed to have failed.
+const FAIL_GRADIENT: f64 = 1e-3;
+
+/// Fits a model given its mean negative log-likelihood in natural parameters.
+pub(crate) fn fit_model<P: ParamVector<N>, const N: usize>(
+    mean_nll: impl Fn(&[f64; N]) -> f64,
+    total_weight: f64,
+    default_init: [f64; N],
+    options: &FitOptions<P>,
+) -> Result<Fitted<P>, FitError> {
+    let pen = options.penalizer_coef;
+    if !pen.is_finite() || pen < 0.0 {
+        return Err(FitError::InvalidOptions(format!(
+            "penalizer_coef must be finite and >= 0, got {pen}"
+        )));
+    }
+    let init = match &options.initial_params {
+        Some(p) => p.to_array(),
+        None => default_init,
+    };
+    for (name, v) in P::NAMES.iter().zip(init) {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(FitError::InvalidOptions(format!(
+                "initial {name} must be positive and finite, got {v}"
+            )));
+        }
+    }
+    let max_iter = options.max_iterations.max(10);
+    let objective = |y: &[f64; N]| -> f64 {
+        if y.iter().any(|v| v.abs() > LOG_BOUND) {
+            return f64::INFINITY;
+        }
+        let theta = y.map(f64::exp);
+        let penalty: f64 = theta.iter().map(|t| t * t).sum::<f64>() * pen;
+        let v = mean_nll(&theta) + penalty;
+        if v.is_finite() { v } else { f64::INFINITY }
+    };
+    let mut obj = Objective::new(objective);
+
+    let mut y0 = init.map(f64::ln);
+    if !obj.eval(&y0).is_finite() {
+        // A user start (or the default) can sit where the likelihood underflows; the unit
+        // point is a neutral second guess before giving up.
+        y0 = [0.0; N];
+        if !obj.eval(&y0).is_finite() {
+            return Err(FitError::OptimizerFailed(
+                "objective is not finite at the initial parameters".into(),
+            ));
+        }
+    }
+
+    // Stage 1: a coarse Nelder–Mead finds the basin from a possibly poor start; it is only
+    // asked for a few digits because derivative-based steps are far cheaper per digit.
+    let mut best = optim::nelder_mead(&mut obj, y0, 0.5, max_iter, 1e-4, 5e-2);
+    // Stage 2: damped Newton on finite-difference derivatives to full precision.
+    let (mut best_newton, mut hess_at) = optim::newton(&mut obj, best, 100, 1e-8);
+    best = best_newton;
+    let mut gnorm = optim::gradient_norm(&mut obj, &best.x);
+    // Fallback, rarely needed: restart Nelder–Mead with a fresh small simplex (a collapsed
+    // simplex or a saddle can stall the first pass), then L-BFGS, then Newton again.
+    for _ in 0..2 {
+        if gnorm <= 1e-6 {
+            break;
+        }
+        let again = optim::nelder_mead(&mut obj, best.x, 0.1, max_iter, 1e-12, 1e-7);
+        if again.f <= best.f {
+            best = again;
+        }
+        let lb = optim::lbfgs(&mut obj, best.x, max_iter, 1e-9);
+        if lb.f <= best.f {
+            best = Minimum {
+                iterations: best.iterations + lb.iterations,
+                ..lb
+            };
+        }
+        (best_newton, hess_at) = optim::newton(&mut obj, best, 100, 1e-8);
+        best = best_newton;
+        gnorm = optim::gradient_norm(&mut obj, &best.x);
+    }
+
+    if !best.f.is_finite() || best.x.iter().any(|v| !v.is_finite()) {
+        return Err(FitError::OptimizerFailed(
+            "no finite optimum was found".into(),
+        ));
+    }
+    // NaN must count as failure too, hence the explicit check.
+    if gnorm.is_nan() || gnorm > FAIL_GRADIENT {
+        let at: Vec<String> = P::NAMES
+            .iter()
+            .zip(best.x)
+            .map(|(n, y)| format!("{n}={:.6e}", y.exp()))
+            .collect();
+        let diverging = best.x.iter().any(|y| y.abs() > 12.0);
+        let hint = if diverging {
+            "; parameters are running off to a boundary, so the data do not identify the \
+             model (a small penalizer_coef keeps them finite)"
+        } else {
+            ""
+        };
+        return Err(FitError::OptimizerFailed(format!(
+            "ended with gradient norm {gnorm:.3e} (objective {:.6}) at {}{hint}",
+            best.f,
+            at.join(", ")
+        )));
+    }
+    let theta = best.x.map(f64::exp);
+
+    // Standard errors: covariance of ln θ is the inverse Hessian of the *total* objective.
+    // The last Newton Hessian is reused when it was taken (numerically) at the optimum.
+    let hess = match hess_at {
+        Some((x, h)) if x.iter().zip(&best.x).all(|(a, b)| (a - b).abs() <= 1e-4) => h,
+        _ => optim::hessian(&mut obj, &best.x),
+    };
+    let total_hess: [[f64; N]; N] = hess.map(|row| row.map(|v| v * total_weight));
+    let standard_errors = optim::spd_inverse(&total_hess).and_then(|cov| {
+        let se: [f64; N] = std::array::from_fn(|i| theta[i] * cov[i][i].sqrt());
+        se.iter().all(|v| v.is_finite()).then(|| P::from_array(se))
+    });
+
+    let log_likelihood = -mean_nll(&theta) * total_weight;
+    if !log_likelihood.is_finite() {
+        return Err(FitError::OptimizerFailed(
+            "log-likelihood is not finite at the optimum".into(),
+        ));
+    }
+    Ok(Fitted {
+        params: P::from_array(theta),
+        log_likelihood,
+        standard_errors,
+        n_customers: total_weight,
+        objective: best.f,
+        gradient_norm: gnorm,
+        converged: gnorm <= 1e-6,
+        evaluations: obj.evaluations,
+    })
+}

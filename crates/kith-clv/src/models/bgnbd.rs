@@ -1,0 +1,251 @@
+//! BG/NBD (Fader, Hardie & Lee 2005): while active, a customer buys as a Poisson process with
+//! rate λ ~ Gamma(r, α); after each repeat purchase they drop out with probability
+//! p ~ Beta(a, b).
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Rfm, RfmGroups, validate_rfm};
+use crate::error::{FitError, NumericError};
+use crate::fit::{FitOptions, Fitted, ParamVector, fit_model};
+use crate::hyp2f1::ln_hyp2f1;
+use crate::models::{
+    TransactionModel, check_horizon, finite, inv_one_plus_exp, ln_nb_pmf, nb_upper_tail,
+};
+use crate::special::{ln_gamma, log_add_exp};
+use statrs::function::beta::ln_beta;
+
+/// BG/NBD parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BgNbd {
+    /// Shape of the purchase-rate gamma distribution.
+    pub r: f64,
+    /// Rate (inverse time scale) of the purchase-rate gamma distribution.
+    pub alpha: f64,
+    /// First shape of the dropout-probability beta distribution.
+    pub a: f64,
+    /// Second shape of the dropout-probability beta distribution.
+    pub b: f64,
+}
+
+impl ParamVector<4> for BgNbd {
+    const NAMES: [&'static str; 4] = ["r", "alpha", "a", "b"];
+    fn to_array(&self) -> [f64; 4] {
+        [self.r, self.alpha, self.a, self.b]
+    }
+    fn from_array(v: [f64; 4]) -> Self {
+        BgNbd {
+            r: v[0],
+            alpha: v[1],
+            a: v[2],
+            b: v[3],
+        }
+    }
+}
+
+/// Mean negative log-likelihood over grouped data (no allocation).
+fn mean_nll(p: &[f64; 4], g: &RfmGroups) -> f64 {
+    let [r, alpha, a, b] = *p;
+    let (lg_r, lg_b, lg_ab) = (ln_gamma(r), ln_gamma(b), ln_gamma(a + b));
+    let (ln_alpha, ln_a) = (alpha.ln(), a.ln());
+    let mut total = 0.0;
+    for (k, &x) in g.frequency.iter().enumerate() {
+        let (lo, hi) = g.bounds[k];
+        let rx = r + x;
+        // Terms that depend on the customer only through x.
+        let a12 = ln_gamma(rx) - lg_r + r * ln_alpha + lg_ab + ln_gamma(b + x)
+            - lg_b
+            - ln_gamma(a + b + x);
+        let mut s = 0.0;
+        if x > 0.0 {
+            let c4 = ln_a - (b + x.max(1.0) - 1.0).ln();
+            for i in lo..hi {
+                let a3 = -rx * (alpha + g.t[i]).ln();
+                let a4 = c4 - rx * (alpha + g.recency[i]).ln();
+                s += g.weight[i] * log_add_exp(a3, a4);
+            }
+        } else {
+            for i in lo..hi {
+                s += g.weight[i] * (-rx * (alpha + g.t[i]).ln());
+            }
+        }
+        total += s + a12 * g.group_weight[k];
+    }
+    -total / g.total_weight
+}
+
+impl BgNbd {
+    /// Fits the model by maximum likelihood. See [`FitOptions`] for the objective.
+    pub fn fit(data: &[Rfm], options: &FitOptions<BgNbd>) -> Result<Fitted<BgNbd>, FitError> {
+        Self::fit_impl(data, None, options)
+    }
+
+    /// Fits with per-row weights (counts of identical customers).
+    pub fn fit_weighted(
+        data: &[Rfm],
+        weights: &[f64],
+        options: &FitOptions<BgNbd>,
+    ) -> Result<Fitted<BgNbd>, FitError> {
+        Self::fit_impl(data, Some(weights), options)
+    }
+
+    fn fit_impl(
+        data: &[Rfm],
+        weights: Option<&[f64]>,
+        options: &FitOptions<BgNbd>,
+    ) -> Result<Fitted<BgNbd>, FitError> {
+        validate_rfm(data, weights, options.min_repeat_customers)?;
+        let g = RfmGroups::new(data, weights);
+        let init = [1.0, g.mean_t(), 1.0, 1.0];
+        fit_model(|p| mean_nll(p, &g), g.total_weight, init, options)
+    }
+
+    /// Log-likelihood of one customer.
+    pub fn customer_log_likelihood(&self, c: &Rfm) -> f64 {
+        let BgNbd { r, alpha, a, b } = *self;
+        let x = c.frequency;
+        let a12 =
+            ln_gamma(r + x) - ln_gamma(r) + r * alpha.ln() + ln_gamma(a + b) + ln_gamma(b + x)
+                - ln_gamma(b)
+                - ln_gamma(a + b + x);
+        let a3 = -(r + x) * (alpha + c.t).ln();
+        if x > 0.0 {
+            let a4 = a.ln() - (b + x.max(1.0) - 1.0).ln() - (r + x) * (alpha + c.recency).ln();
+            a12 + log_add_exp(a3, a4)
+        } else {
+            a12 + a3
+        }
+    }
+
+    /// Total log-likelihood of a data set.
+    pub fn log_likelihood(&self, data: &[Rfm]) -> Result<f64, NumericError> {
+        let ll: f64 = data.iter().map(|c| self.customer_log_likelihood(c)).sum();
+        finite(ll, "bg/nbd log-likelihood")
+    }
+
+    /// Expected repeat purchases in (T, T+t] given the history (`lifetimes`'
+    /// `conditional_expected_number_of_purchases_up_to_time`):
+    /// (a+b+x−1)/(a−1) · [1 − ((α+T)/(α+T+t))^{r+x} ₂F₁(r+x, b+x; a+b+x−1; t/(α+T+t))] · P(alive).
+    pub fn conditional_expected_purchases(&self, t: f64, c: &Rfm) -> Result<f64, NumericError> {
+        check_horizon(t)?;
+        let BgNbd { r, alpha, a, b } = *self;
+        let x = c.frequency;
+        let z = t / (alpha + c.t + t);
+        let ln_hyp = ln_hyp2f1(r + x, b + x, a + b + x - 1.0, z)?;
+        // ln((α+T)/(α+T+t)) = −ln(1 + t/(α+T)), exact for small t.
+        let ln_ratio = -(t / (alpha + c.t)).ln_1p();
+        let second = -(ln_hyp + (r + x) * ln_ratio).exp_m1();
+        let first = (a + b + x - 1.0) / (a - 1.0);
+        finite(
+            first * second * self.probability_alive(c),
+            "bg/nbd conditional expectation",
+        )
+    }
+
+    /// Probability the customer is still active at T: 1 for x = 0, otherwise
+    /// 1 / (1 + a/(b+x−1) · ((α+T)/(α+t_x))^{r+x}).
+    pub fn probability_alive(&self, c: &Rfm) -> f64 {
+        let BgNbd { r, alpha, a, b } = *self;
+        let x = c.frequency;
+        if x == 0.0 {
+            return 1.0;
+        }
+        let l = (a / (b + x.max(1.0) - 1.0)).ln()
+            + (r + x) * ((alpha + c.t) / (alpha + c.recency)).ln();
+        inv_one_plus_exp(l)
+    }
+
+    /// Unconditional expected repeat purchases E[X(t)] of a new customer:
+    /// (a+b−1)/(a−1) · [1 − (α/(α+t))^r ₂F₁(r, b; a+b−1; t/(α+t))].
+    pub fn expected_purchases(&self, t: f64) -> Result<f64, NumericError> {
+        check_horizon(t)?;
+        let BgNbd { r, alpha, a, b } = *self;
+        let ln_hyp = ln_hyp2f1(r, b, a + b - 1.0, t / (alpha + t))?;
+        let inner = -(ln_hyp - r * (t / alpha).ln_1p()).exp_m1();
+        finite(
+            (a + b - 1.0) / (a - 1.0) * inner,
+            "bg/nbd expected purchases",
+        )
+    }
+
+    /// The expected population curve: E[X(t)] at each of `times`.
+    pub fn expected_purchases_curve(&self, times: &[f64]) -> Result<Vec<f64>, NumericError> {
+        times.iter().map(|&t| self.expected_purchases(t)).collect()
+    }
+
+    /// Probability that a new customer makes exactly `n` repeat purchases in (0, t]
+    /// (Fader, Hardie & Lee 2005, eq. 8).
+    pub fn probability_of_purchases(&self, n: u32, t: f64) -> Result<f64, NumericError> {
+        check_horizon(t)?;
+        let BgNbd { r, alpha, a, b } = *self;
+        let nf = n as f64;
+        let ln_b_ab = ln_beta(a, b);
+        let alive = (ln_beta(a, b + nf) - ln_b_ab + ln_nb_pmf(n, r, alpha, t)).exp();
+        let dropped = if n > 0 {
+            (ln_beta(a + 1.0, b + nf - 1.0) - ln_b_ab).exp() * nb_upper_tail(n, r, t / (alpha + t))
+        } else {
+            0.0
+        };
+        finite(alive + dropped, "bg/nbd purchase-count probability")
+    }
+}
+
+impl TransactionModel for BgNbd {
+    fn conditional_expected_purchases(&self, t: f64, customer: &Rfm) -> Result<f64, NumericError> {
+        BgNbd::conditional_expected_purchases(self, t, customer)
+    }
+    fn expected_purchases(&self, t: f64) -> Result<f64, NumericError> {
+        BgNbd::expected_purchases(self, t)
+    }
+    fn probability_alive(&self, customer: &Rfm) -> Result<f64, NumericError> {
+        Ok(BgNbd::probability_alive(self, customer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CDNOW: BgNbd = BgNbd {
+        r: 0.2425929074581534,
+        alpha: 4.413531604328722,
+        a: 0.792886156299813,
+        b: 2.4257533770415174,
+    };
+
+    #[test]
+    fn grouped_likelihood_matches_per_customer_sum() {
+        let data = [
+            Rfm::new(0.0, 0.0, 38.86),
+            Rfm::new(2.0, 30.43, 38.86),
+            Rfm::new(2.0, 30.43, 38.86),
+            Rfm::new(7.0, 29.0, 32.0),
+            Rfm::new(1.0, 1.71, 38.86),
+        ];
+        let g = RfmGroups::new(&data, None);
+        let grouped = -mean_nll(&CDNOW.to_array(), &g) * g.total_weight;
+        let direct = CDNOW.log_likelihood(&data).unwrap();
+        assert!((grouped - direct).abs() < 1e-10 * direct.abs());
+    }
+
+    #[test]
+    fn purchase_count_distribution_sums_to_one() {
+        let total: f64 = (0..400)
+            .map(|n| CDNOW.probability_of_purchases(n, 39.0).unwrap())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-9, "{total}");
+        // Its mean is E[X(t)].
+        let mean: f64 = (0..400)
+            .map(|n| n as f64 * CDNOW.probability_of_purchases(n, 39.0).unwrap())
+            .sum();
+        let expect = CDNOW.expected_purchases(39.0).unwrap();
+        assert!((mean - expect).abs() < 1e-8 * expect, "{mean} vs {expect}");
+    }
+
+    #[test]
+    fn zero_horizon_and_bad_horizon() {
+        let c = Rfm::new(2.0, 30.43, 38.86);
+        assert_eq!(CDNOW.conditional_expected_purchases(0.0, &c).unwrap(), 0.0);
+        assert!(CDNOW.conditional_expected_purchases(-1.0, &c).is_err());
+        assert_eq!(CDNOW.expected_purchases(0.0).unwrap(), 0.0);
+    }
+}

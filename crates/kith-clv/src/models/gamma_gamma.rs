@@ -1,0 +1,393 @@
+//! Gamma-Gamma spend model (Fader, Hardie & Lee 2005, "RFM and CLV"): a customer's transaction
+//! values are Gamma(p, ν) with ν ~ Gamma(q, γ) across customers, independent of the purchase
+//! process. It is fitted on repeat buyers only and combined with a transaction model for CLV.
+//!
+//! Independence of spend and frequency is an assumption, not something the fit can detect, so
+//! the fit reports the Pearson correlation between frequency and average spend and, by default,
+//! refuses to fit when |r| exceeds 0.3 ([`GammaGammaOptions::max_abs_correlation`]; set it to
+//! `None` to fit anyway and just read the reported value).
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Rfm, Spend, check_weights};
+use crate::error::{FitError, NumericError};
+use crate::fit::{FitOptions, Fitted, ParamVector, fit_model};
+use crate::models::{TransactionModel, finite};
+use crate::special::ln_gamma;
+
+/// Gamma-Gamma parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GammaGamma {
+    /// Shape of the per-transaction spend distribution.
+    pub p: f64,
+    /// Shape of the gamma distribution of the per-customer scale.
+    pub q: f64,
+    /// Rate of the gamma distribution of the per-customer scale (`v` in `lifetimes`).
+    #[serde(alias = "v")]
+    pub gamma: f64,
+}
+
+impl ParamVector<3> for GammaGamma {
+    const NAMES: [&'static str; 3] = ["p", "q", "gamma"];
+    fn to_array(&self) -> [f64; 3] {
+        [self.p, self.q, self.gamma]
+    }
+    fn from_array(v: [f64; 3]) -> Self {
+        GammaGamma {
+            p: v[0],
+            q: v[1],
+            gamma: v[2],
+        }
+    }
+}
+
+/// Options for [`GammaGamma::fit`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GammaGammaOptions {
+    /// Optimizer options; `min_repeat_customers` counts customers with frequency > 0.
+    pub fit: FitOptions<GammaGamma>,
+    /// Reject the fit with [`FitError::SpendCorrelated`] when |corr(frequency, monetary value)|
+    /// exceeds this; `None` disables the check (the correlation is still reported).
+    pub max_abs_correlation: Option<f64>,
+}
+
+impl Default for GammaGammaOptions {
+    fn default() -> Self {
+        GammaGammaOptions {
+            fit: FitOptions::default(),
+            max_abs_correlation: Some(0.3),
+        }
+    }
+}
+
+/// Result of a Gamma-Gamma fit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GammaGammaFit {
+    /// The fitted model.
+    pub model: Fitted<GammaGamma>,
+    /// Pearson correlation between frequency and monetary value over the (weighted) repeat
+    /// customers used in the fit. Values far from 0 undermine the model's independence assumption.
+    pub frequency_spend_correlation: f64,
+}
+
+/// How CLV sums expected purchases: over whole months, with the transaction model's time unit
+/// converted by `periods_per_month`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ClvOptions {
+    /// Horizon in months.
+    pub months: u32,
+    /// Monthly discount rate d: month i is discounted by (1 + d)^i.
+    pub monthly_discount_rate: f64,
+    /// Model time units per month: 4.345 for weeks, 30 for days, 1 for months
+    /// (the factors `lifetimes` uses).
+    pub periods_per_month: f64,
+}
+
+impl ClvOptions {
+    /// Weeks per month as used by `lifetimes` (`freq="W"`).
+    pub const WEEKS_PER_MONTH: f64 = 4.345;
+    /// Days per month as used by `lifetimes` (`freq="D"`).
+    pub const DAYS_PER_MONTH: f64 = 30.0;
+
+    /// Options for a model fitted in weeks.
+    pub fn weekly(months: u32, monthly_discount_rate: f64) -> Self {
+        ClvOptions {
+            months,
+            monthly_discount_rate,
+            periods_per_month: Self::WEEKS_PER_MONTH,
+        }
+    }
+
+    /// Options for a model fitted in days.
+    pub fn daily(months: u32, monthly_discount_rate: f64) -> Self {
+        ClvOptions {
+            months,
+            monthly_discount_rate,
+            periods_per_month: Self::DAYS_PER_MONTH,
+        }
+    }
+}
+
+/// Merged repeat-buyer data: per distinct frequency, rows of (ln m, m, weight).
+struct SpendGroups {
+    frequency: Vec<f64>,
+    ln_frequency: Vec<f64>,
+    bounds: Vec<(usize, usize)>,
+    group_weight: Vec<f64>,
+    monetary: Vec<f64>,
+    ln_monetary: Vec<f64>,
+    weight: Vec<f64>,
+    total_weight: f64,
+}
+
+/// Mean negative log-likelihood of the average spends m̄ given x:
+/// ln f = ln Γ(px+q) − ln Γ(px) − ln Γ(q) + q ln γ + (px−1) ln m̄ + px ln x − (px+q) ln(γ + m̄x).
+fn mean_nll(v: &[f64; 3], g: &SpendGroups) -> f64 {
+    let [p, q, gamma] = *v;
+    let base = -ln_gamma(q) + q * gamma.ln();
+    let mut total = 0.0;
+    for (k, &x) in g.frequency.iter().enumerate() {
+        let (lo, hi) = g.bounds[k];
+        let px = p * x;
+        let c = ln_gamma(px + q) - ln_gamma(px) + base + px * g.ln_frequency[k];
+        let mut s = 0.0;
+        for i in lo..hi {
+            s += g.weight[i]
+                * ((px - 1.0) * g.ln_monetary[i] - (px + q) * (gamma + g.monetary[i] * x).ln());
+        }
+        total += s + c * g.group_weight[k];
+    }
+    -total / g.total_weight
+}
+
+fn weighted_pearson(rows: &[(f64, f64, f64)]) -> f64 {
+    let w: f64 = rows.iter().map(|r| r.2).sum();
+    let mx = rows.iter().map(|r| r.0 * r.2).sum::<f64>() / w;
+    let my = rows.iter().map(|r| r.1 * r.2).sum::<f64>() / w;
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for &(x, y, wi) in rows {
+        sxy += wi * (x - mx) * (y - my);
+        sxx += wi * (x - mx) * (x - mx);
+        syy += wi * (y - my) * (y - my);
+    }
+    if sxx <= 0.0 || syy <= 0.0 {
+        // No variation in one variable: no linear association to speak of.
+        return 0.0;
+    }
+    sxy / (sxx * syy).sqrt()
+}
+
+impl GammaGamma {
+    /// Fits the model on customers with `frequency > 0` (rows with frequency 0 carry no spend
+    /// information and are skipped). Every repeat customer needs a positive monetary value.
+    pub fn fit(data: &[Spend], options: &GammaGammaOptions) -> Result<GammaGammaFit, FitError> {
+        Self::fit_impl(data, None, options)
+    }
+
+    /// Fits with per-row weights.
+    pub fn fit_weighted(
+        data: &[Spend],
+        weights: &[f64],
+        options: &GammaGammaOptions,
+    ) -> Result<GammaGammaFit, FitError> {
+        Self::fit_impl(data, Some(weights), options)
+    }
+
+    fn fit_impl(
+        data: &[Spend],
+        weights: Option<&[f64]>,
+        options: &GammaGammaOptions,
+    ) -> Result<GammaGammaFit, FitError> {
+        check_weights(data.len(), weights)?;
+        if data.is_empty() {
+            return Err(FitError::EmptyInput);
+        }
+        let mut rows: Vec<(f64, f64, f64)> = Vec::with_capacity(data.len());
+        for (row, s) in data.iter().enumerate() {
+            for (field, v) in [
+                ("frequency", s.frequency),
+                ("monetary_value", s.monetary_value),
+            ] {
+                if !v.is_finite() {
+                    return Err(FitError::NonFinite { row, field });
+                }
+            }
+            if s.frequency < 0.0 {
+                return Err(FitError::InvalidData {
+                    row,
+                    reason: format!("negative frequency {}", s.frequency),
+                });
+            }
+            let w = weights.map_or(1.0, |w| w[row]);
+            if s.frequency > 0.0 && w > 0.0 {
+                if s.monetary_value <= 0.0 {
+                    return Err(FitError::InvalidData {
+                        row,
+                        reason: format!(
+                            "repeat customer with non-positive monetary value {}",
+                            s.monetary_value
+                        ),
+                    });
+                }
+                rows.push((s.frequency, s.monetary_value, w));
+            }
+        }
+        let required = options.fit.min_repeat_customers;
+        if rows.len() < required.max(1) {
+            return Err(FitError::TooFewRepeatCustomers {
+                found: rows.len(),
+                required: required.max(1),
+            });
+        }
+        let correlation = weighted_pearson(&rows);
+        if let Some(limit) = options.max_abs_correlation
+            && correlation.abs() > limit
+        {
+            return Err(FitError::SpendCorrelated { correlation, limit });
+        }
+
+        rows.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        let mut g = SpendGroups {
+            frequency: Vec::new(),
+            ln_frequency: Vec::new(),
+            bounds: Vec::new(),
+            group_weight: Vec::new(),
+            monetary: Vec::with_capacity(rows.len()),
+            ln_monetary: Vec::with_capacity(rows.len()),
+            weight: Vec::with_capacity(rows.len()),
+            total_weight: 0.0,
+        };
+        for (x, m, w) in rows {
+            let n = g.monetary.len();
+            if n > 0 && g.frequency.last() == Some(&x) && g.monetary[n - 1] == m {
+                g.weight[n - 1] += w;
+            } else {
+                if g.frequency.last() != Some(&x) {
+                    g.frequency.push(x);
+                    g.ln_frequency.push(x.ln());
+                    g.bounds.push((n, n));
+                    g.group_weight.push(0.0);
+                }
+                g.monetary.push(m);
+                g.ln_monetary.push(m.ln());
+                g.weight.push(w);
+            }
+            let k = g.frequency.len() - 1;
+            g.bounds[k].1 = g.monetary.len();
+            g.group_weight[k] += w;
+            g.total_weight += w;
+        }
+        let mean_m = g
+            .monetary
+            .iter()
+            .zip(&g.weight)
+            .map(|(m, w)| m * w)
+            .sum::<f64>()
+            / g.total_weight;
+        let model = fit_model(
+            |v| mean_nll(v, &g),
+            g.total_weight,
+            [1.0, 1.0, mean_m.max(1e-6)],
+            &options.fit,
+        )?;
+        Ok(GammaGammaFit {
+            model,
+            frequency_spend_correlation: correlation,
+        })
+    }
+
+    /// Log-likelihood of one repeat customer's average spend (requires x > 0, m̄ > 0).
+    pub fn customer_log_likelihood(&self, s: &Spend) -> f64 {
+        let GammaGamma { p, q, gamma } = *self;
+        let (x, m) = (s.frequency, s.monetary_value);
+        let px = p * x;
+        ln_gamma(px + q) - ln_gamma(px) - ln_gamma(q)
+            + q * gamma.ln()
+            + (px - 1.0) * m.ln()
+            + px * x.ln()
+            - (px + q) * (gamma + m * x).ln()
+    }
+
+    /// Total log-likelihood over the repeat customers in `data` (frequency-0 rows skipped).
+    pub fn log_likelihood(&self, data: &[Spend]) -> Result<f64, NumericError> {
+        let ll: f64 = data
+            .iter()
+            .filter(|s| s.frequency > 0.0)
+            .map(|s| self.customer_log_likelihood(s))
+            .sum();
+        finite(ll, "gamma-gamma log-likelihood")
+    }
+
+    /// Population mean spend per transaction, γp/(q−1) (infinite for q ≤ 1).
+    pub fn population_mean_spend(&self) -> f64 {
+        self.gamma * self.p / (self.q - 1.0)
+    }
+
+    /// E[spend per transaction | x, m̄]: a weighted average of the population mean and the
+    /// customer's own mean, weight px/(px+q−1) on the latter (population mean when x = 0).
+    pub fn conditional_expected_average_profit(&self, frequency: f64, monetary_value: f64) -> f64 {
+        let GammaGamma { p, q, .. } = *self;
+        let w = p * frequency / (p * frequency + q - 1.0);
+        (1.0 - w) * self.population_mean_spend() + w * monetary_value
+    }
+
+    /// Discounted customer lifetime value over `options.months` months, as `lifetimes`'
+    /// `customer_lifetime_value`: Σ_{i=1..months} v̄ · [E(i·f) − E((i−1)·f)] / (1+d)^i, where
+    /// E(t) is the transaction model's conditional expected purchases up to t, f is
+    /// `periods_per_month` and v̄ the conditional expected average profit.
+    pub fn customer_lifetime_value<M: TransactionModel + ?Sized>(
+        &self,
+        model: &M,
+        customer: &Rfm,
+        monetary_value: f64,
+        options: &ClvOptions,
+    ) -> Result<f64, NumericError> {
+        let ClvOptions {
+            months,
+            monthly_discount_rate: d,
+            periods_per_month: f,
+        } = *options;
+        if !(f.is_finite() && f > 0.0 && d.is_finite() && d > -1.0) {
+            return Err(NumericError::Domain(format!(
+                "invalid clv options: periods_per_month {f}, discount rate {d}"
+            )));
+        }
+        let spend = self.conditional_expected_average_profit(customer.frequency, monetary_value);
+        let mut clv = 0.0;
+        let mut previous = model.conditional_expected_purchases(0.0, customer)?;
+        for i in 1..=months {
+            let cumulative = model.conditional_expected_purchases(i as f64 * f, customer)?;
+            clv += spend * (cumulative - previous) / (1.0 + d).powi(i as i32);
+            previous = cumulative;
+        }
+        finite(clv, "customer lifetime value")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pearson_basics() {
+        let perfect = [(1.0, 2.0, 1.0), (2.0, 4.0, 1.0), (3.0, 6.0, 1.0)];
+        assert!((weighted_pearson(&perfect) - 1.0).abs() < 1e-12);
+        let flat = [(1.0, 2.0, 1.0), (2.0, 2.0, 1.0)];
+        assert_eq!(weighted_pearson(&flat), 0.0);
+    }
+
+    #[test]
+    fn correlated_spend_is_rejected_unless_disabled() {
+        // Spend rising with frequency, with some between-customer heterogeneity.
+        let data: Vec<Spend> = (1..=60)
+            .map(|i| {
+                let x = (i % 10 + 1) as f64;
+                let base = 5.0 + ((i * 37) % 23) as f64;
+                Spend::new(x, base * (1.0 + 0.5 * x))
+            })
+            .collect();
+        let err = GammaGamma::fit(&data, &GammaGammaOptions::default()).unwrap_err();
+        assert!(matches!(err, FitError::SpendCorrelated { .. }), "{err}");
+        let fit = GammaGamma::fit(
+            &data,
+            &GammaGammaOptions {
+                max_abs_correlation: None,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(fit.frequency_spend_correlation > 0.3);
+    }
+
+    #[test]
+    fn no_heterogeneity_reports_a_boundary() {
+        // Every customer has the same average spend: q and γ run off to infinity together.
+        let data: Vec<Spend> = (1..=30)
+            .map(|i| Spend::new((i % 5 + 1) as f64, 20.0))
+            .collect();
+        match GammaGamma::fit(&data, &GammaGammaOptions::default()) {
+            Err(FitError::OptimizerFailed(msg)) => assert!(msg.contains("boundary"), "{msg}"),
+            other => panic!("expected a boundary failure, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Small special-function helpers on top of `statrs`.
+//!
+//! `statrs::function::gamma::ln_gamma` returns NaN for negative arguments (it takes the log of
+//! a negative sine), but the 1 − z connection formulas of 2F1 need Γ at negative non-integers,
+//! so the signed variant lives here.
+
+use std::f64::consts::PI;
+
+pub use statrs::function::gamma::{digamma, ln_gamma};
+
+/// ln(π).
+const LN_PI: f64 = 1.144_729_885_849_400_2;
+
+/// sin(πx) with the argument reduced first, so large |x| keeps its accuracy.
+pub fn sin_pi(x: f64) -> f64 {
+    // x - 2·round(x/2) is exact in floating point and lies in [-1, 1].
+    let r = x - 2.0 * (x / 2.0).round();
+    (PI * r).sin()
+}
+
+/// True when `x` is 0, -1, -2, ... (a pole of Γ).
+pub fn is_nonpositive_integer(x: f64) -> bool {
+    x <= 0.0 && x == x.floor()
+}
+
+/// ln|Γ(x)| and the sign of Γ(x). At poles returns (+∞, 0) so that 1/Γ evaluates to zero.
+pub fn ln_gamma_signed(x: f64) -> (f64, f64) {
+    if x >= 0.5 {
+        return (ln_gamma(x), 1.0);
+    }
+    if is_nonpositive_integer(x) {
+        return (f64::INFINITY, 0.0);
+    }
+    // Reflection: Γ(x) Γ(1 − x) = π / sin(πx), with Γ(1 − x) > 0 because 1 − x > 0.5.
+    let s = sin_pi(x);
+    (LN_PI - s.abs().ln() - ln_gamma(1.0 - x), s.signum())
+}
+
+/// ln(e^a + e^b) without overflow; handles −∞ operands.
+pub fn log_add_exp(a: f64, b: f64) -> f64 {
+    if a == f64::NEG_INFINITY {
+        return b;
+    }
+    if b == f64::NEG_INFINITY {
+        return a;
+    }
+    let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
+    hi + (lo - hi).exp().ln_1p()
+}
+
+/// ln(1 − e^x) for x ≤ 0, accurate near both ends (Mächler's switch at −ln 2).
+pub fn log1m_exp(x: f64) -> f64 {
+    if x > -std::f64::consts::LN_2 {
+        (-x.exp_m1()).ln()
+    } else {
+        (-x.exp()).ln_1p()
+    }
+}
+
+/// A real number stored as sign · exp(ln_abs), so values far beyond the `f64` range
+/// (2F1 near z = 1 reaches e^700 and more) can be combined before the caller takes logs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Scaled {
+    /// −1, 0 or +1.
+    pub sign: f64,
+    /// ln|value|; −∞ when the value is zero.
+    pub ln_abs: f64,
+}
+
+impl Scaled {
+    pub const ZERO: Scaled = Scaled {
+        sign: 0.0,
+        ln_abs: f64::NEG_INFINITY,
+    };
+
+    pub fn from_f64(v: f64) -> Scaled {
+        if v == 0.0 {
+            Scaled::ZERO
+        } else {
+            Scaled {
+                sign: v.signum(),
+                ln_abs: v.abs().ln(),
+            }
+        }
+    }
+
+    /// Product with sign · exp(ln).
+    pub fn mul(self, sign: f64, ln: f64) -> Scaled {
+        let s = self.sign * sign;
+        if s == 0.0 {
+            Scaled::ZERO
+        } else {
+            Scaled {
+                sign: s,
+                ln_abs: self.ln_abs + ln,
+            }
+        }
+    }
+
+    /// Sum of two scaled values.
+    pub fn add(self, other: Scaled) -> Scaled {
+        if self.sign == 0.0 {
+            return other;
+        }
+        if other.sign == 0.0 {
+            return self;
+        }
+        let (hi, lo) = if self.ln_abs >= other.ln_abs {
+            (self, other)
+        } else {
+            (other, self)
+        };
+        let m = 1.0 + hi.sign * lo.sign * (lo.ln_abs - hi.ln_abs).exp();
+        if m == 0.0 {
+            return Scaled::ZERO;
+        }
+        Scaled {
+            sign: hi.sign * m.signum(),
+            ln_abs: hi.ln_abs + m.abs().ln(),
+        }
+    }
+
+    pub fn to_f64(self) -> f64 {
+        if self.sign == 0.0 {
+            0.0
+        } else {
+            self.sign * self.ln_abs.exp()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_gamma_matches_known_values() {
+        // Γ(-0.5) = -2√π, Γ(-1.5) = 4√π/3, Γ(0.5) = √π.
+        let sqrt_pi = PI.sqrt();
+        let (l, s) = ln_gamma_signed(-0.5);
+        assert_eq!(s, -1.0);
+        assert!((l.exp() - 2.0 * sqrt_pi).abs() < 1e-13);
+        let (l, s) = ln_gamma_signed(-1.5);
+        assert_eq!(s, 1.0);
+        assert!((l.exp() - 4.0 * sqrt_pi / 3.0).abs() < 1e-13);
+        let (l, s) = ln_gamma_signed(0.5);
+        assert_eq!(s, 1.0);
+        assert!((l.exp() - sqrt_pi).abs() < 1e-14);
+        assert_eq!(ln_gamma_signed(-3.0), (f64::INFINITY, 0.0));
+        // ln Γ(101) = ln(100!)
+        let ln_fact: f64 = (1..=100).map(|k| (k as f64).ln()).sum();
+        assert!((ln_gamma(101.0) - ln_fact).abs() / ln_fact < 1e-14);
+    }
+
+    #[test]
+    fn log_helpers() {
+        assert!((log_add_exp(1000.0, 1000.0) - (1000.0 + 2f64.ln())).abs() < 1e-12);
+        assert_eq!(log_add_exp(f64::NEG_INFINITY, 3.0), 3.0);
+        assert!((log1m_exp(-1e-20) - (1e-20f64).ln()).abs() < 1e-9);
+        assert!((log1m_exp(-50.0) - (-(-50f64).exp())).abs() < 1e-30);
+    }
+
+    #[test]
+    fn scaled_arithmetic() {
+        let a = Scaled::from_f64(3.0);
+        let b = Scaled::from_f64(-5.0);
+        assert!((a.add(b).to_f64() + 2.0).abs() < 1e-14);
+        assert_eq!(a.add(Scaled::from_f64(-3.0)).to_f64(), 0.0);
+        assert!((a.mul(-1.0, 2f64.ln()).to_f64() + 6.0).abs() < 1e-14);
+    }
+}

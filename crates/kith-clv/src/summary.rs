@@ -1,0 +1,520 @@
+//! From a transaction log to the per-customer summaries the models consume, with the semantics
+//! of `lifetimes.utils.summary_data_from_transaction_data` and `calibration_and_holdout_data`:
+//!
+//! * timestamps are bucketed into periods (day, week Monday–Sunday, calendar month) and all
+//!   transactions of a customer in the same period collapse into one (values summed);
+//! * transactions are kept when their period starts no later than the period of the
+//!   observation end (so, as in `lifetimes`, a same-period transaction after the exact end
+//!   instant still counts);
+//! * `frequency` is the number of periods with a purchase after the first one, `recency` the
+//!   time from the first to the last such period and `T` from the first period to the
+//!   observation-end period, both measured between period starts in units of one period
+//!   (a month is 30.436875 days, numpy's average month, exactly as `lifetimes` divides by
+//!   `np.timedelta64(1, 'M')`) divided by `multiplier`;
+//! * `monetary_value` is the mean of the per-period sums excluding the first period, 0 when
+//!   there is no repeat purchase.
+
+use chrono::{Datelike, NaiveDate, NaiveDateTime, TimeDelta};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Rfm, Spend};
+use crate::error::SummaryError;
+
+/// Calendar period used to bucket transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PeriodUnit {
+    /// Calendar days (pandas `freq="D"`).
+    Day,
+    /// Weeks running Monday to Sunday (pandas `freq="W"`, i.e. `W-SUN`).
+    Week,
+    /// Calendar months (pandas `freq="M"`), measured as 30.436875 days.
+    Month,
+}
+
+impl PeriodUnit {
+    /// First day of the period containing `date`.
+    pub fn period_start(self, date: NaiveDate) -> NaiveDate {
+        match self {
+            PeriodUnit::Day => date,
+            PeriodUnit::Week => {
+                date - TimeDelta::days(i64::from(date.weekday().num_days_from_monday()))
+            }
+            PeriodUnit::Month => date - TimeDelta::days(i64::from(date.day0())),
+        }
+    }
+
+    /// Length of one unit in days when converting a time difference (numpy's timedelta64 unit).
+    pub fn unit_days(self) -> f64 {
+        match self {
+            PeriodUnit::Day => 1.0,
+            PeriodUnit::Week => 7.0,
+            PeriodUnit::Month => 30.436875,
+        }
+    }
+
+    /// Whole periods from the period of `from` to the period of `to` (pandas Period difference).
+    pub fn periods_between(self, from: NaiveDate, to: NaiveDate) -> i64 {
+        let (a, b) = (self.period_start(from), self.period_start(to));
+        match self {
+            PeriodUnit::Day => (b - a).num_days(),
+            PeriodUnit::Week => (b - a).num_days() / 7,
+            PeriodUnit::Month => {
+                (i64::from(b.year()) * 12 + i64::from(b.month0()))
+                    - (i64::from(a.year()) * 12 + i64::from(a.month0()))
+            }
+        }
+    }
+
+    /// Time between two period starts in units of this period.
+    fn span(self, from: NaiveDate, to: NaiveDate) -> f64 {
+        (to - from).num_days() as f64 / self.unit_days()
+    }
+}
+
+/// One purchase.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transaction<K> {
+    /// Customer identifier.
+    pub customer_id: K,
+    /// When the purchase happened.
+    pub at: NaiveDateTime,
+    /// Value of the purchase.
+    pub monetary_value: f64,
+}
+
+impl<K> Transaction<K> {
+    /// A transaction at an exact time.
+    pub fn new(customer_id: K, at: NaiveDateTime, monetary_value: f64) -> Self {
+        Transaction {
+            customer_id,
+            at,
+            monetary_value,
+        }
+    }
+
+    /// A transaction on a date (at midnight).
+    pub fn on_date(customer_id: K, date: NaiveDate, monetary_value: f64) -> Self {
+        Transaction {
+            customer_id,
+            at: date.and_time(chrono::NaiveTime::MIN),
+            monetary_value,
+        }
+    }
+}
+
+/// How to summarise a transaction log.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SummaryOptions {
+    /// Period used to collapse transactions and measure time.
+    pub unit: PeriodUnit,
+    /// Divides recency and T (`freq_multiplier`): e.g. `Day` with 7 gives weeks measured in
+    /// days, the CDNOW convention.
+    pub multiplier: f64,
+    /// End of observation; defaults to the latest transaction.
+    pub observation_end: Option<NaiveDateTime>,
+}
+
+impl SummaryOptions {
+    /// Options for a unit with multiplier 1 and the default observation end.
+    pub fn new(unit: PeriodUnit) -> Self {
+        SummaryOptions {
+            unit,
+            multiplier: 1.0,
+            observation_end: None,
+        }
+    }
+}
+
+/// Per-customer summary (`lifetimes`' frequency, recency, T, monetary_value).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomerSummary<K> {
+    /// Customer identifier.
+    pub customer_id: K,
+    /// Repeat purchase periods.
+    pub frequency: f64,
+    /// First to last purchase period.
+    pub recency: f64,
+    /// First purchase period to the observation end period.
+    pub t: f64,
+    /// Mean value of the repeat purchase periods (0 without repeats).
+    pub monetary_value: f64,
+}
+
+impl<K> CustomerSummary<K> {
+    /// The (x, t_x, T) triple for the transaction models.
+    pub fn rfm(&self) -> Rfm {
+        Rfm::new(self.frequency, self.recency, self.t)
+    }
+
+    /// The (x, m̄) pair for the Gamma-Gamma model.
+    pub fn spend(&self) -> Spend {
+        Spend::new(self.frequency, self.monetary_value)
+    }
+}
+
+/// Calibration summary joined with what happened in the holdout window
+/// (`lifetimes.utils.calibration_and_holdout_data`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationHoldout<K> {
+    /// Customer identifier.
+    pub customer_id: K,
+    /// Frequency in the calibration window.
+    pub frequency_cal: f64,
+    /// Recency in the calibration window.
+    pub recency_cal: f64,
+    /// T at the calibration end.
+    pub t_cal: f64,
+    /// Mean repeat value in the calibration window.
+    pub monetary_value_cal: f64,
+    /// Number of distinct periods with a purchase in the holdout window.
+    pub frequency_holdout: f64,
+    /// Mean value of the individual holdout transactions (not collapsed per period, as in
+    /// `lifetimes`); 0 without holdout purchases.
+    pub monetary_value_holdout: f64,
+    /// Length of the holdout window in periods, divided by the multiplier.
+    pub duration_holdout: f64,
+}
+
+impl<K> CalibrationHoldout<K> {
+    /// Calibration (x, t_x, T).
+    pub fn calibration_rfm(&self) -> Rfm {
+        Rfm::new(self.frequency_cal, self.recency_cal, self.t_cal)
+    }
+}
+
+fn check_multiplier(m: f64) -> Result<(), SummaryError> {
+    if m.is_finite() && m > 0.0 {
+        Ok(())
+    } else {
+        Err(SummaryError::InvalidMultiplier(m))
+    }
+}
+
+fn check_values<K>(transactions: &[Transaction<K>]) -> Result<(), SummaryError> {
+    match transactions
+        .iter()
+        .position(|t| !t.monetary_value.is_finite())
+    {
+        Some(row) => Err(SummaryError::NonFiniteValue { row }),
+        None => Ok(()),
+    }
+}
+
+/// Per-customer purchase periods: (customer, period start, summed value), sorted by customer
+/// and period, for transactions passing `keep`.
+pub(crate) fn collapse_periods<K: Ord>(
+    transactions: &[Transaction<K>],
+    unit: PeriodUnit,
+    keep: impl Fn(&Transaction<K>, NaiveDate) -> bool,
+) -> Vec<(&K, NaiveDate, f64)> {
+    let mut rows: Vec<(&K, NaiveDate, f64)> = transactions
+        .iter()
+        .filter_map(|t| {
+            let p = unit.period_start(t.at.date());
+            keep(t, p).then_some((&t.customer_id, p, t.monetary_value))
+        })
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+    let mut out: Vec<(&K, NaiveDate, f64)> = Vec::with_capacity(rows.len());
+    for (k, p, v) in rows {
+        match out.last_mut() {
+            Some((lk, lp, lv)) if *lk == k && *lp == p => *lv += v,
+            _ => out.push((k, p, v)),
+        }
+    }
+    out
+}
+
+/// Summarises a transaction log into one [`CustomerSummary`] per customer, sorted by id.
+pub fn summary_from_transactions<K: Ord + Clone>(
+    transactions: &[Transaction<K>],
+    options: &SummaryOptions,
+) -> Result<Vec<CustomerSummary<K>>, SummaryError> {
+    check_multiplier(options.multiplier)?;
+    check_values(transactions)?;
+    let end = match options.observation_end {
+        Some(e) => e,
+        None => transactions
+            .iter()
+            .map(|t| t.at)
+            .max()
+            .ok_or(SummaryError::EmptyInput)?,
+    };
+    let unit = options.unit;
+    let end_period = unit.period_start(end.date());
+    let periods = collapse_periods(transactions, unit, |_, p| p <= end_period);
+    if periods.is_empty() {
+        return Err(SummaryError::EmptyInput);
+    }
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < periods.len() {
+        let k = periods[i].0;
+        let mut j = i;
+        while j < periods.len() && periods[j].0 == k {
+            j += 1;
+        }
+        let first = periods[i].1;
+        let last = periods[j - 1].1;
+        let repeats = j - i - 1;
+        let monetary_value = if repeats > 0 {
+            periods[i + 1..j].iter().map(|r| r.2).sum::<f64>() / repeats as f64
+        } else {
+            0.0
+        };
+        out.push(CustomerSummary {
+            customer_id: k.clone(),
+            frequency: repeats as f64,
+            recency: unit.span(first, last) / options.multiplier,
+            t: unit.span(first, end_period) / options.multiplier,
+            monetary_value,
+        });
+        i = j;
+    }
+    Ok(out)
+}
+
+/// Splits a log at `calibration_end`: the calibration summary (observation end =
+/// `calibration_end`) plus, for each calibration customer, purchases in
+/// (`calibration_end`, `options.observation_end`]. Customers first seen in the holdout window
+/// are left out, as in `lifetimes`.
+pub fn calibration_and_holdout<K: Ord + Clone>(
+    transactions: &[Transaction<K>],
+    calibration_end: NaiveDateTime,
+    options: &SummaryOptions,
+) -> Result<Vec<CalibrationHoldout<K>>, SummaryError> {
+    check_multiplier(options.multiplier)?;
+    check_values(transactions)?;
+    let end = match options.observation_end {
+        Some(e) => e,
+        None => transactions
+            .iter()
+            .map(|t| t.at)
+            .max()
+            .ok_or(SummaryError::EmptyInput)?,
+    };
+    if calibration_end > end {
+        return Err(SummaryError::CalibrationAfterObservation {
+            calibration_end: calibration_end.to_string(),
+            observation_end: end.to_string(),
+        });
+    }
+    let calibration: Vec<Transaction<K>> = transactions
+        .iter()
+        .filter(|t| t.at <= calibration_end)
+        .cloned()
+        .collect();
+    let cal = summary_from_transactions(
+        &calibration,
+        &SummaryOptions {
+            observation_end: Some(calibration_end),
+            ..*options
+        },
+    )?;
+    let in_holdout = |t: &Transaction<K>| t.at > calibration_end && t.at <= end;
+    if !transactions.iter().any(in_holdout) {
+        return Err(SummaryError::EmptyHoldout);
+    }
+    // Distinct holdout periods per customer, and the mean of the raw holdout values.
+    let periods = collapse_periods(transactions, options.unit, |t, _| in_holdout(t));
+    let mut raw: Vec<(&K, f64)> = transactions
+        .iter()
+        .filter(|t| in_holdout(t))
+        .map(|t| (&t.customer_id, t.monetary_value))
+        .collect();
+    raw.sort_by(|a, b| a.0.cmp(b.0));
+    let duration = options
+        .unit
+        .periods_between(calibration_end.date(), end.date()) as f64
+        / options.multiplier;
+
+    let mut out = Vec::with_capacity(cal.len());
+    let (mut pi, mut ri) = (0, 0);
+    for c in cal {
+        // Both lists are sorted by customer: merge-join.
+        while pi < periods.len() && *periods[pi].0 < c.customer_id {
+            pi += 1;
+        }
+        let mut n_periods = 0usize;
+        while pi < periods.len() && *periods[pi].0 == c.customer_id {
+            n_periods += 1;
+            pi += 1;
+        }
+        while ri < raw.len() && *raw[ri].0 < c.customer_id {
+            ri += 1;
+        }
+        let (mut sum, mut n) = (0.0, 0usize);
+        while ri < raw.len() && *raw[ri].0 == c.customer_id {
+            sum += raw[ri].1;
+            n += 1;
+            ri += 1;
+        }
+        out.push(CalibrationHoldout {
+            customer_id: c.customer_id,
+            frequency_cal: c.frequency,
+            recency_cal: c.recency,
+            t_cal: c.t,
+            monetary_value_cal: c.monetary_value,
+            frequency_holdout: n_periods as f64,
+            monetary_value_holdout: if n > 0 { sum / n as f64 } else { 0.0 },
+            duration_holdout: duration,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(y: i32, m: u32, day: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, day).unwrap()
+    }
+
+    #[test]
+    fn period_starts() {
+        // 1997-01-01 was a Wednesday.
+        assert_eq!(
+            PeriodUnit::Week.period_start(d(1997, 1, 1)),
+            d(1996, 12, 30)
+        );
+        assert_eq!(
+            PeriodUnit::Week.period_start(d(1997, 1, 5)),
+            d(1996, 12, 30)
+        );
+        assert_eq!(PeriodUnit::Week.period_start(d(1997, 1, 6)), d(1997, 1, 6));
+        assert_eq!(
+            PeriodUnit::Month.period_start(d(1997, 2, 28)),
+            d(1997, 2, 1)
+        );
+        assert_eq!(
+            PeriodUnit::Month.periods_between(d(1997, 1, 31), d(1998, 3, 1)),
+            14
+        );
+        assert_eq!(
+            PeriodUnit::Week.periods_between(d(1997, 1, 5), d(1997, 1, 6)),
+            1
+        );
+    }
+
+    #[test]
+    fn lifetimes_semantics_on_a_small_log() {
+        let tx = vec![
+            Transaction::on_date("a", d(2020, 1, 1), 10.0),
+            Transaction::on_date("a", d(2020, 1, 1), 5.0), // same day: collapsed, summed
+            Transaction::on_date("a", d(2020, 1, 4), 20.0),
+            Transaction::on_date("a", d(2020, 1, 9), 40.0),
+            Transaction::on_date("b", d(2020, 1, 8), 7.0),
+            Transaction::on_date("c", d(2020, 1, 12), 1.0), // after the observation end
+        ];
+        let opts = SummaryOptions {
+            observation_end: Some(d(2020, 1, 10).and_hms_opt(0, 0, 0).unwrap()),
+            ..SummaryOptions::new(PeriodUnit::Day)
+        };
+        let s = summary_from_transactions(&tx, &opts).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].customer_id, "a");
+        assert_eq!((s[0].frequency, s[0].recency, s[0].t), (2.0, 8.0, 9.0));
+        assert_eq!(s[0].monetary_value, 30.0);
+        assert_eq!((s[1].frequency, s[1].recency, s[1].t), (0.0, 0.0, 2.0));
+        assert_eq!(s[1].monetary_value, 0.0);
+
+        // Weekly: 2020-01-01 (Wed) and 01-04 (Sat) share a week; 01-09 is in the next one.
+        let w = summary_from_transactions(
+            &tx,
+            &SummaryOptions {
+                unit: PeriodUnit::Week,
+                ..opts
+            },
+        )
+        .unwrap();
+        assert_eq!((w[0].frequency, w[0].recency, w[0].t), (1.0, 1.0, 1.0));
+        assert_eq!(w[0].monetary_value, 40.0);
+
+        // Monthly with a multiplier.
+        let tx2 = vec![
+            Transaction::on_date(1, d(2020, 1, 15), 1.0),
+            Transaction::on_date(1, d(2020, 3, 2), 1.0),
+        ];
+        let m = summary_from_transactions(
+            &tx2,
+            &SummaryOptions {
+                unit: PeriodUnit::Month,
+                multiplier: 2.0,
+                observation_end: Some(d(2020, 4, 30).and_hms_opt(0, 0, 0).unwrap()),
+            },
+        )
+        .unwrap();
+        assert!((m[0].recency - 60.0 / 30.436875 / 2.0).abs() < 1e-12);
+        assert!((m[0].t - 91.0 / 30.436875 / 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn calibration_holdout_split() {
+        let tx = vec![
+            Transaction::on_date(1, d(2020, 1, 1), 10.0),
+            Transaction::on_date(1, d(2020, 1, 5), 20.0),
+            Transaction::on_date(1, d(2020, 1, 12), 3.0),
+            Transaction::on_date(1, d(2020, 1, 12), 5.0),
+            Transaction::on_date(1, d(2020, 1, 15), 4.0),
+            Transaction::on_date(2, d(2020, 1, 2), 1.0),
+            Transaction::on_date(3, d(2020, 1, 11), 9.0), // holdout-only customer: dropped
+        ];
+        let cal_end = d(2020, 1, 10).and_hms_opt(0, 0, 0).unwrap();
+        let opts = SummaryOptions {
+            observation_end: Some(d(2020, 1, 20).and_hms_opt(0, 0, 0).unwrap()),
+            ..SummaryOptions::new(PeriodUnit::Day)
+        };
+        let ch = calibration_and_holdout(&tx, cal_end, &opts).unwrap();
+        assert_eq!(ch.len(), 2);
+        let c1 = &ch[0];
+        assert_eq!(
+            (c1.frequency_cal, c1.recency_cal, c1.t_cal),
+            (1.0, 4.0, 9.0)
+        );
+        assert_eq!(c1.monetary_value_cal, 20.0);
+        assert_eq!(c1.frequency_holdout, 2.0); // two distinct days
+        assert_eq!(c1.monetary_value_holdout, 4.0); // mean of 3, 5, 4
+        assert_eq!(c1.duration_holdout, 10.0);
+        assert_eq!(
+            (ch[1].frequency_holdout, ch[1].monetary_value_holdout),
+            (0.0, 0.0)
+        );
+
+        let late = d(2020, 2, 1).and_hms_opt(0, 0, 0).unwrap();
+        assert!(matches!(
+            calibration_and_holdout(&tx, late, &opts),
+            Err(SummaryError::CalibrationAfterObservation { .. })
+        ));
+        let no_holdout = d(2020, 1, 19).and_hms_opt(0, 0, 0).unwrap();
+        assert_eq!(
+            calibration_and_holdout(&tx, no_holdout, &opts),
+            Err(SummaryError::EmptyHoldout)
+        );
+    }
+
+    #[test]
+    fn errors() {
+        let empty: Vec<Transaction<u32>> = vec![];
+        assert_eq!(
+            summary_from_transactions(&empty, &SummaryOptions::new(PeriodUnit::Day)),
+            Err(SummaryError::EmptyInput)
+        );
+        let bad = vec![Transaction::on_date(1, d(2020, 1, 1), f64::NAN)];
+        assert_eq!(
+            summary_from_transactions(&bad, &SummaryOptions::new(PeriodUnit::Day)),
+            Err(SummaryError::NonFiniteValue { row: 0 })
+        );
+        let ok = vec![Transaction::on_date(1, d(2020, 1, 1), 1.0)];
+        assert!(matches!(
+            summary_from_transactions(
+                &ok,
+                &SummaryOptions {
+                    multiplier: 0.0,
+                    ..SummaryOptions::new(PeriodUnit::Day)
+                }
+            ),
+            Err(SummaryError::InvalidMultiplier(_))
+        ));
+    }
+}
