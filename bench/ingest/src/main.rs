@@ -58,7 +58,10 @@ struct Template {
 
 fn realistic_event(i: usize, client: usize) -> Value {
     let message_id = format!("bench-{client}-{COUNTER_MARK}-{i:04}");
-    let anonymous_id = format!("3f9a1c2e-5b7d-4e8f-a0b1-{:012}", (client * 1000 + i) % 50_000);
+    let anonymous_id = format!(
+        "3f9a1c2e-5b7d-4e8f-a0b1-{:012}",
+        (client * 1000 + i) % 50_000
+    );
     let context = json!({
         "library": {"name": "analytics.js", "version": "npm:next-1.70.0"},
         "page": {"path": "/p/tenis-a-1", "referrer": "https://www.google.com/", "title": "Tenis A-1 | Tienda",
@@ -69,16 +72,20 @@ fn realistic_event(i: usize, client: usize) -> Value {
         "consent": {"categoryPreferences": {"analytics": true, "marketing": i % 3 != 0}}
     });
     match i % 10 {
-        0 => json!({"type": "identify", "userId": format!("user-{}", i % 5000), "anonymousId": anonymous_id,
+        0 => {
+            json!({"type": "identify", "userId": format!("user-{}", i % 5000), "anonymousId": anonymous_id,
                     "traits": {"email": format!("cliente{i}@example.com"), "phone": "+52 55 1234 5678", "city": "Guadalajara"},
-                    "context": context, "messageId": message_id, "timestamp": "2024-11-15T18:20:00.123Z"}),
+                    "context": context, "messageId": message_id, "timestamp": "2024-11-15T18:20:00.123Z"})
+        }
         1..=4 => json!({"type": "page", "anonymousId": anonymous_id, "name": "Producto",
                     "properties": {"path": "/p/tenis-a-1", "url": "https://tienda.mx/p/tenis-a-1", "title": "Tenis A-1"},
                     "context": context, "messageId": message_id, "originalTimestamp": "2024-11-15T18:20:00.123Z", "sentAt": "2024-11-15T18:20:01.000Z"}),
-        _ => json!({"type": "track", "anonymousId": anonymous_id, "userId": format!("user-{}", i % 5000),
+        _ => {
+            json!({"type": "track", "anonymousId": anonymous_id, "userId": format!("user-{}", i % 5000),
                     "event": if i % 10 == 9 { "Order Completed" } else { "Product Viewed" },
                     "properties": {"product_id": format!("sku-{}", i % 300), "price": 899.0, "currency": "MXN", "revenue": if i % 10 == 9 { 1798.0 } else { 0.0 }, "quantity": 2, "category": "Calzado"},
-                    "context": context, "messageId": message_id, "timestamp": "2024-11-15T18:20:00.123Z"}),
+                    "context": context, "messageId": message_id, "timestamp": "2024-11-15T18:20:00.123Z"})
+        }
     }
 }
 
@@ -121,7 +128,8 @@ fn drive(url: &str, write_key: &str, options: &Options, unique_from: u64) -> Run
     let started = Instant::now();
     let handles: Vec<_> = (0..options.clients)
         .map(|client| {
-            let (stop, counter, auth, url) = (stop.clone(), counter.clone(), auth.clone(), url.to_string());
+            let (stop, counter, auth, url) =
+                (stop.clone(), counter.clone(), auth.clone(), url.to_string());
             let template = template(client, options.batch);
             let batch = options.batch as u64;
             std::thread::spawn(move || {
@@ -134,7 +142,11 @@ fn drive(url: &str, write_key: &str, options: &Options, unique_from: u64) -> Run
                 let (mut events, mut requests, mut failures) = (0u64, 0u64, 0u64);
                 let mut latencies = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    patch(&template, &mut body, counter.fetch_add(1, Ordering::Relaxed));
+                    patch(
+                        &template,
+                        &mut body,
+                        counter.fetch_add(1, Ordering::Relaxed),
+                    );
                     let sent = Instant::now();
                     let response = agent
                         .post(&url)
@@ -211,20 +223,39 @@ fn main() {
     let data_dir = std::env::temp_dir().join(format!("kith-ingest-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
     let key = Command::new(&options.kith)
-        .args(["key", "create", "--data-dir", data_dir.to_str().unwrap(), "--scope", "ingest", "--source", "bench"])
+        .args([
+            "key",
+            "create",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--scope",
+            "ingest",
+            "--source",
+            "bench",
+        ])
         .output()
         .expect("kith key create");
     let write_key = String::from_utf8_lossy(&key.stdout).trim().to_string();
     let port = 18_000 + (std::process::id() % 2000) as u16;
     let mut server = Command::new(&options.kith)
-        .args(["serve", "--data-dir", data_dir.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "--enable-noop-endpoint"])
+        .args([
+            "serve",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--enable-noop-endpoint",
+        ])
         .env("KITH_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("kith serve");
     let base = format!("http://127.0.0.1:{port}");
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
     let ready = (0..200).any(|_| {
         std::thread::sleep(Duration::from_millis(50));
         agent.get(format!("{base}/readyz")).call().is_ok()
@@ -241,19 +272,34 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let durable = drive(&format!("{base}/v1/batch"), &write_key, &options, 0);
-    let noop = drive(&format!("{base}/internal/noop/batch"), &write_key, &options, 5_000_000_000);
+    let noop = drive(
+        &format!("{base}/internal/noop/batch"),
+        &write_key,
+        &options,
+        5_000_000_000,
+    );
     let rss = peak_rss_mib(server.id());
 
     let stored: Value = {
         let read_key = Command::new(&options.kith)
-            .args(["key", "create", "--data-dir", data_dir.to_str().unwrap(), "--scope", "read"])
+            .args([
+                "key",
+                "create",
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--scope",
+                "read",
+            ])
             .output()
             .expect("kith key create");
         let read_key = String::from_utf8_lossy(&read_key.stdout).trim().to_string();
         agent
             .post(format!("{base}/v1/query"))
             .header("Authorization", &format!("Bearer {read_key}"))
-            .send(json!({"sql": "SELECT count(*) AS n, count(DISTINCT message_id) AS d FROM events"}).to_string())
+            .send(
+                json!({"sql": "SELECT count(*) AS n, count(DISTINCT message_id) AS d FROM events"})
+                    .to_string(),
+            )
             .ok()
             .and_then(|mut r| r.body_mut().read_json().ok())
             .unwrap_or(Value::Null)
@@ -285,7 +331,10 @@ fn main() {
     );
     let stored_rows = stored["rows"][0][0].as_u64().unwrap_or(0);
     if stored_rows < durable.events {
-        eprintln!("error: {stored_rows} rows stored but {} acknowledged", durable.events);
+        eprintln!(
+            "error: {stored_rows} rows stored but {} acknowledged",
+            durable.events
+        );
         std::process::exit(1);
     }
 }

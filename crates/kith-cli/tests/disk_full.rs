@@ -53,7 +53,10 @@ fn a_full_disk_is_a_503_with_retry_after_and_acknowledged_events_are_kept() {
             .collect();
         let (status, body, headers) = post(
             &server.url("/v1/batch"),
-            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
             json!({ "batch": events }).to_string().as_bytes(),
         );
         match status {
@@ -88,7 +91,10 @@ fn a_full_disk_is_a_503_with_retry_after_and_acknowledged_events_are_kept() {
     let retry = json!({"batch": [{"type": "track", "userId": "u", "event": "After", "messageId": "after-full"}]});
     let (status, body, _) = post(
         &server.url("/v1/batch"),
-        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
         retry.to_string().as_bytes(),
     );
     assert_eq!(status, 200, "{body}");

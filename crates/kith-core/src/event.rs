@@ -55,12 +55,13 @@ impl MessageType {
     }
 }
 
-/// One accepted event, normalised. JSON objects are kept whole (`properties`, `context`, `traits`,
-/// `integrations`); the fields analysis uses most are lifted into typed columns by [`Event::typed`].
+/// One accepted event, normalised. The JSON objects (`properties`, `context`, `traits`,
+/// `integrations`, and `extra` for any other top-level field) are kept as the JSON text the client
+/// sent: copying text is far cheaper than rebuilding and re-encoding maps, and nothing is lost. The
+/// fields analysis uses most are lifted into [`TypedFields`] while parsing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub message_id: String,
-    #[serde(rename = "type")]
     pub kind: MessageType,
     /// Track: the event name. Page and screen: the page or screen name.
     pub event: Option<String>,
@@ -70,16 +71,23 @@ pub struct Event {
     pub previous_id: Option<String>,
     /// The source bound to the write key that delivered the event.
     pub source: String,
+    #[serde(with = "chrono::serde::ts_microseconds")]
     pub timestamp: DateTime<Utc>,
+    #[serde(with = "chrono::serde::ts_microseconds_option")]
     pub original_timestamp: Option<DateTime<Utc>>,
+    #[serde(with = "chrono::serde::ts_microseconds_option")]
     pub sent_at: Option<DateTime<Utc>>,
+    #[serde(with = "chrono::serde::ts_microseconds")]
     pub received_at: DateTime<Utc>,
-    pub properties: Option<Map<String, Value>>,
-    pub context: Option<Map<String, Value>>,
-    pub traits: Option<Map<String, Value>>,
-    pub integrations: Option<Map<String, Value>>,
-    /// Top-level fields outside the spec (page `category`, custom keys), kept so nothing is lost.
-    pub extra: Option<Map<String, Value>>,
+    /// JSON object text.
+    pub properties: Option<String>,
+    pub context: Option<String>,
+    pub traits: Option<String>,
+    pub integrations: Option<String>,
+    /// Top-level fields outside the spec (page `category`, `_metadata`, custom keys), as a JSON
+    /// object, so nothing the client sent is lost.
+    pub extra: Option<String>,
+    pub typed: TypedFields,
 }
 
 impl Event {
@@ -87,80 +95,29 @@ impl Event {
     pub fn dedup_key(&self) -> u128 {
         xxhash_rust::xxh3::xxh3_128(self.message_id.as_bytes())
     }
+
+    /// A JSON column parsed back into a map (for callers that need more than the typed fields).
+    pub fn json_object(text: &Option<String>) -> Option<Map<String, Value>> {
+        text.as_deref()
+            .and_then(|t| serde_json::from_str::<Map<String, Value>>(t).ok())
+    }
 }
 
 /// The typed columns lifted out of an event's JSON for fast analysis.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TypedFields {
+    /// `properties.revenue` (or `total`), numbers or numeric strings, never NaN or infinite.
     pub revenue: Option<f64>,
     pub currency: Option<String>,
     pub order_id: Option<String>,
+    /// `properties.url` (page calls), else `context.page.url`.
     pub page_url: Option<String>,
     pub page_path: Option<String>,
     pub referrer: Option<String>,
+    /// `traits.email`, else `context.traits.email`, else `properties.email`.
     pub email: Option<String>,
+    /// `context.library.name`.
     pub library_name: Option<String>,
-}
-
-impl Event {
-    /// Lifts the common fields: revenue and currency from `properties`; page URL and path from
-    /// `properties` (page calls) or `context.page`; email from traits, `context.traits` or properties.
-    pub fn typed(&self) -> TypedFields {
-        let properties = self.properties.as_ref();
-        let context = self.context.as_ref();
-        let context_page = context
-            .and_then(|c| c.get("page"))
-            .and_then(Value::as_object);
-        let context_traits = context
-            .and_then(|c| c.get("traits"))
-            .and_then(Value::as_object);
-        let revenue = properties
-            .and_then(|p| p.get("revenue").or_else(|| p.get("total")))
-            .and_then(number_like);
-        TypedFields {
-            revenue,
-            currency: properties.and_then(|p| string_field(p, "currency")),
-            order_id: properties
-                .and_then(|p| string_field(p, "order_id").or_else(|| string_field(p, "orderId"))),
-            page_url: properties
-                .and_then(|p| string_field(p, "url"))
-                .or_else(|| context_page.and_then(|p| string_field(p, "url"))),
-            page_path: properties
-                .and_then(|p| string_field(p, "path"))
-                .or_else(|| context_page.and_then(|p| string_field(p, "path"))),
-            referrer: properties
-                .and_then(|p| string_field(p, "referrer"))
-                .or_else(|| context_page.and_then(|p| string_field(p, "referrer"))),
-            email: self
-                .traits
-                .as_ref()
-                .and_then(|t| string_field(t, "email"))
-                .or_else(|| context_traits.and_then(|t| string_field(t, "email")))
-                .or_else(|| properties.and_then(|p| string_field(p, "email"))),
-            library_name: context
-                .and_then(|c| c.get("library"))
-                .and_then(Value::as_object)
-                .and_then(|l| string_field(l, "name")),
-        }
-    }
-}
-
-fn string_field(map: &Map<String, Value>, key: &str) -> Option<String> {
-    match map.get(key)? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-/// Revenue sometimes arrives as a string ("19.99"); accept both, never NaN or infinity.
-fn number_like(value: &Value) -> Option<f64> {
-    let number = match value {
-        Value::Number(n) => n.as_f64()?,
-        Value::String(s) => s.trim().parse::<f64>().ok()?,
-        _ => return None,
-    };
-    number.is_finite().then_some(number)
 }
 
 /// One event Kith refused, kept with the reason so nothing is lost silently.
@@ -175,18 +132,34 @@ pub struct Rejection {
     /// The field at fault, when one is.
     pub field: Option<String>,
     pub source: String,
+    #[serde(with = "chrono::serde::ts_microseconds")]
     pub received_at: DateTime<Utc>,
     pub message_id: Option<String>,
     /// The event as it arrived (truncated to the event size limit).
     pub raw: String,
 }
 
-/// What the journal holds: an accepted event or a rejected one. Both are kept durably.
+/// What the journal holds: an accepted event or a rejected one. Both are kept durably, encoded
+/// with [`Stored::encode`] (a compact binary form; JSON-in-JSON escaping cost more than all the rest).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
 // Most records are events; boxing them would cost an allocation each for no gain.
 #[allow(clippy::large_enum_variant)]
 pub enum Stored {
     Event(Event),
     Rejected(Rejection),
+}
+
+/// A journal payload that cannot be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("journal payload cannot be decoded: {0}")]
+pub struct DecodeError(String);
+
+impl Stored {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("encoding into memory cannot fail")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Stored, DecodeError> {
+        postcard::from_bytes(bytes).map_err(|e| DecodeError(e.to_string()))
+    }
 }

@@ -4,13 +4,16 @@
 //! event never costs its valid neighbours.
 
 use chrono::{DateTime, Utc};
+use std::borrow::Cow;
+
 use serde::Deserialize;
+use serde::de::{Deserializer as _, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::event::{Event, MessageType, Rejection};
+use crate::event::{Event, MessageType, Rejection, TypedFields};
 use crate::limits::{MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_MESSAGE_ID_CHARS};
 use crate::time::{event_time, parse_timestamp};
 
@@ -200,24 +203,8 @@ impl RawRequest<'_> {
         source: &str,
         received_at: DateTime<Utc>,
     ) -> Result<Event, Fault> {
-        let value: Value = serde_json::from_str(raw).map_err(|err| {
-            Fault::new(
-                "invalid_json",
-                None,
-                format!("the event is not valid JSON: {err}"),
-            )
-        })?;
-        let Value::Object(mut item) = value else {
-            return Err(Fault::new(
-                "invalid_event",
-                None,
-                format!(
-                    "each event must be a JSON object, found {}",
-                    json_kind(&value)
-                ),
-            ));
-        };
-        let message_id = match take_id(&mut item, "messageId")? {
+        let mut item = RawItem::parse(raw)?;
+        let message_id = match item.take_id("messageId")? {
             Some(id) if id.chars().count() >= MAX_MESSAGE_ID_CHARS => {
                 return Err(Fault::new(
                     "invalid_message_id",
@@ -225,8 +212,7 @@ impl RawRequest<'_> {
                     format!("`messageId` must be shorter than {MAX_MESSAGE_ID_CHARS} characters"),
                 ));
             }
-            Some(id) => Some(id),
-            None => None,
+            other => other,
         };
         let with_id = |fault: Fault| fault.with_message_id(message_id.clone());
 
@@ -241,35 +227,32 @@ impl RawRequest<'_> {
             )));
         }
 
-        let kind = match self.implied_type {
-            Some(kind) => {
-                item.remove("type");
-                kind
+        let declared = item.take_string("type").map_err(with_id)?;
+        let kind = match (self.implied_type, declared) {
+            (Some(kind), _) => kind,
+            (None, Some(name)) => MessageType::from_name(&name).ok_or_else(|| {
+                with_id(Fault::new(
+                    "invalid_type",
+                    Some("type"),
+                    format!(
+                        "unknown event type `{name}`; use identify, track, page, screen, group or alias"
+                    ),
+                ))
+            })?,
+            (None, None) => {
+                return Err(with_id(Fault::new(
+                    "missing_type",
+                    Some("type"),
+                    "each batch event needs a `type` (identify, track, page, screen, group or alias)"
+                        .into(),
+                )));
             }
-            None => match item.remove("type") {
-                Some(Value::String(name)) => MessageType::from_name(&name).ok_or_else(|| {
-                    with_id(Fault::new(
-                        "invalid_type",
-                        Some("type"),
-                        format!(
-                            "unknown event type `{name}`; use identify, track, page, screen, group or alias"
-                        ),
-                    ))
-                })?,
-                None | Some(Value::Null) => {
-                    return Err(with_id(Fault::new(
-                        "missing_type",
-                        Some("type"),
-                        "each batch event needs a `type` (identify, track, page, screen, group or alias)".into(),
-                    )));
-                }
-                Some(other) => return Err(with_id(wrong_type("type", "a string", &other))),
-            },
         };
         item.remove("writeKey");
+        item.remove("receivedAt");
 
-        let user_id = take_id(&mut item, "userId").map_err(with_id)?;
-        let anonymous_id = take_id(&mut item, "anonymousId").map_err(with_id)?;
+        let user_id = item.take_id("userId").map_err(with_id)?;
+        let anonymous_id = item.take_id("anonymousId").map_err(with_id)?;
         if user_id.is_none() && anonymous_id.is_none() {
             return Err(with_id(Fault::new(
                 "missing_identity",
@@ -279,7 +262,7 @@ impl RawRequest<'_> {
         }
 
         let event = match kind {
-            MessageType::Track => match take_string(&mut item, "event").map_err(with_id)? {
+            MessageType::Track => match item.take_string("event").map_err(with_id)? {
                 Some(name) => Some(name),
                 None => {
                     return Err(with_id(Fault::new(
@@ -289,12 +272,10 @@ impl RawRequest<'_> {
                     )));
                 }
             },
-            MessageType::Page | MessageType::Screen => {
-                take_string(&mut item, "name").map_err(with_id)?
-            }
+            MessageType::Page | MessageType::Screen => item.take_string("name").map_err(with_id)?,
             _ => None,
         };
-        let group_id = take_id(&mut item, "groupId").map_err(with_id)?;
+        let group_id = item.take_id("groupId").map_err(with_id)?;
         if kind == MessageType::Group && group_id.is_none() {
             return Err(with_id(Fault::new(
                 "missing_group_id",
@@ -302,7 +283,7 @@ impl RawRequest<'_> {
                 "a group call needs a non-empty `groupId`".into(),
             )));
         }
-        let previous_id = take_id(&mut item, "previousId").map_err(with_id)?;
+        let previous_id = item.take_id("previousId").map_err(with_id)?;
         if kind == MessageType::Alias && previous_id.is_none() {
             return Err(with_id(Fault::new(
                 "missing_previous_id",
@@ -311,16 +292,16 @@ impl RawRequest<'_> {
             )));
         }
 
-        let properties = take_object(&mut item, "properties").map_err(with_id)?;
-        let traits = take_object(&mut item, "traits").map_err(with_id)?;
-        let mut context = take_object(&mut item, "context").map_err(with_id)?;
-        let mut integrations = take_object(&mut item, "integrations").map_err(with_id)?;
-        merge_defaults(&mut context, self.batch_context.as_ref());
-        merge_defaults(&mut integrations, self.batch_integrations.as_ref());
+        let properties = item.take_object("properties").map_err(with_id)?;
+        let traits = item.take_object("traits").map_err(with_id)?;
+        let context = item.take_object("context").map_err(with_id)?;
+        let integrations = item.take_object("integrations").map_err(with_id)?;
+        let context = with_defaults(context, self.batch_context.as_ref());
+        let integrations = with_defaults(integrations, self.batch_integrations.as_ref());
 
-        let explicit = take_time(&mut item, "timestamp").map_err(with_id)?;
-        let original = take_time(&mut item, "originalTimestamp").map_err(with_id)?;
-        let mut sent_at = take_time(&mut item, "sentAt").map_err(with_id)?;
+        let explicit = item.take_time("timestamp").map_err(with_id)?;
+        let original = item.take_time("originalTimestamp").map_err(with_id)?;
+        let mut sent_at = item.take_time("sentAt").map_err(with_id)?;
         if sent_at.is_none()
             && let Some(text) = &self.batch_sent_at
         {
@@ -336,10 +317,9 @@ impl RawRequest<'_> {
         let original_timestamp = original.or(explicit);
         let timestamp = event_time(explicit, original, sent_at, received_at);
 
-        // Anything else the client sent (page `category`, `version`, custom fields) is kept too.
-        item.remove("receivedAt");
+        let typed = typed_fields(properties.as_deref(), context.as_deref(), traits.as_deref());
         let message_id = message_id.unwrap_or_else(|| generated_message_id(source, raw));
-        let event = Event {
+        Ok(Event {
             message_id,
             kind,
             event,
@@ -356,9 +336,277 @@ impl RawRequest<'_> {
             context,
             traits,
             integrations,
-            extra: (!item.is_empty()).then_some(item),
+            // Anything else the client sent (page `category`, `_metadata`, custom fields).
+            extra: item.rest_as_object(),
+            typed,
+        })
+    }
+}
+
+/// One event's top-level fields, each still the raw JSON text it arrived as. Reading only the
+/// top level and copying nested objects as text avoids building (and later re-encoding) maps.
+struct RawItem<'a> {
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+#[derive(Deserialize, PartialEq, Eq)]
+struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl<'a> RawItem<'a> {
+    fn parse(raw: &'a str) -> Result<RawItem<'a>, Fault> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::with_capacity(16);
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    // A repeated key: the last one wins, as in every JSON object reader.
+                    fields.retain(|(k, _)| *k != key);
+                    fields.push((key, value));
+                }
+                Ok(fields)
+            }
+        }
+        let mut deserializer = serde_json::Deserializer::from_str(raw);
+        match deserializer.deserialize_map(FieldsVisitor) {
+            Ok(fields) => Ok(RawItem { fields }),
+            Err(err) => {
+                let kind = match raw.trim_start().chars().next() {
+                    Some('{') | None => None,
+                    Some(_) => serde_json::from_str::<Value>(raw)
+                        .ok()
+                        .map(|v| json_kind(&v)),
+                };
+                Err(match kind {
+                    Some(kind) => Fault::new(
+                        "invalid_event",
+                        None,
+                        format!("each event must be a JSON object, found {kind}"),
+                    ),
+                    None => Fault::new(
+                        "invalid_json",
+                        None,
+                        format!("the event is not valid JSON: {err}"),
+                    ),
+                })
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> Option<&'a RawValue> {
+        let position = self.fields.iter().position(|(k, _)| k == name)?;
+        Some(self.fields.remove(position).1)
+    }
+
+    /// Identifiers: strings, or numbers (some SDKs send numeric user ids), never blank.
+    fn take_id(&mut self, field: &'static str) -> Result<Option<String>, Fault> {
+        let Some(raw) = self.remove(field) else {
+            return Ok(None);
         };
-        Ok(event)
+        match raw.get().as_bytes().first() {
+            Some(b'"') => {
+                let text: String = serde_json::from_str(raw.get())
+                    .map_err(|_| wrong_type_raw(field, "a string", raw))?;
+                let trimmed = text.trim();
+                Ok(if trimmed.is_empty() {
+                    None
+                } else if trimmed.len() == text.len() {
+                    Some(text)
+                } else {
+                    Some(trimmed.to_string())
+                })
+            }
+            Some(b'n') => Ok(None),
+            Some(b'-' | b'0'..=b'9') => Ok(Some(raw.get().to_string())),
+            _ => Err(wrong_type_raw(field, "a string", raw)),
+        }
+    }
+
+    fn take_string(&mut self, field: &'static str) -> Result<Option<String>, Fault> {
+        let Some(raw) = self.remove(field) else {
+            return Ok(None);
+        };
+        match raw.get().as_bytes().first() {
+            Some(b'"') => {
+                let text: String = serde_json::from_str(raw.get())
+                    .map_err(|_| wrong_type_raw(field, "a string", raw))?;
+                Ok((!text.trim().is_empty()).then_some(text))
+            }
+            Some(b'n') => Ok(None),
+            _ => Err(wrong_type_raw(field, "a string", raw)),
+        }
+    }
+
+    /// A nested object, kept as its JSON text.
+    fn take_object(&mut self, field: &'static str) -> Result<Option<String>, Fault> {
+        let Some(raw) = self.remove(field) else {
+            return Ok(None);
+        };
+        match raw.get().as_bytes().first() {
+            Some(b'{') => Ok(Some(raw.get().to_string())),
+            Some(b'n') => Ok(None),
+            _ => Err(wrong_type_raw(field, "an object", raw)),
+        }
+    }
+
+    fn take_time(&mut self, field: &'static str) -> Result<Option<DateTime<Utc>>, Fault> {
+        let Some(raw) = self.remove(field) else {
+            return Ok(None);
+        };
+        match raw.get().as_bytes().first() {
+            Some(b'n') => Ok(None),
+            Some(b'"') => {
+                let text: String = serde_json::from_str(raw.get())
+                    .map_err(|_| wrong_type_raw(field, "an ISO-8601 string", raw))?;
+                parse_timestamp(&text).map(Some).ok_or_else(|| {
+                    Fault::new(
+                        "invalid_timestamp",
+                        Some(field),
+                        format!(
+                            "`{field}` value `{}` is not an ISO-8601 date-time such as 2024-05-01T10:00:00Z",
+                            truncate_utf8(&text, 64)
+                        ),
+                    )
+                })
+            }
+            _ => Err(wrong_type_raw(field, "an ISO-8601 string", raw)),
+        }
+    }
+
+    /// The fields nobody took, as one JSON object.
+    fn rest_as_object(&self) -> Option<String> {
+        if self.fields.is_empty() {
+            return None;
+        }
+        let mut out = String::with_capacity(64);
+        out.push('{');
+        for (index, (key, value)) in self.fields.iter().enumerate() {
+            if index > 0 {
+                out.push(',');
+            }
+            out.push_str(&serde_json::to_string(key.as_ref()).unwrap_or_default());
+            out.push(':');
+            out.push_str(value.get());
+        }
+        out.push('}');
+        Some(out)
+    }
+}
+
+fn wrong_type_raw(field: &'static str, expected: &str, raw: &RawValue) -> Fault {
+    let found = serde_json::from_str::<Value>(raw.get())
+        .map(|v| json_kind(&v))
+        .unwrap_or("invalid JSON");
+    Fault::new(
+        "wrong_type",
+        Some(field),
+        format!("`{field}` must be {expected}, found {found}"),
+    )
+}
+
+/// The item's own object, with the batch-level one's keys filled in where the item lacks them.
+fn with_defaults(own: Option<String>, defaults: Option<&Map<String, Value>>) -> Option<String> {
+    let Some(defaults) = defaults else {
+        return own;
+    };
+    let mut merged: Map<String, Value> = match &own {
+        Some(text) => serde_json::from_str(text).unwrap_or_default(),
+        None => Map::new(),
+    };
+    for (key, value) in defaults {
+        merged.entry(key.clone()).or_insert_with(|| value.clone());
+    }
+    serde_json::to_string(&merged).ok()
+}
+
+/// What the typed columns need from `properties`.
+#[derive(Deserialize, Default)]
+struct PropertiesView {
+    revenue: Option<Value>,
+    total: Option<Value>,
+    currency: Option<Value>,
+    order_id: Option<Value>,
+    #[serde(rename = "orderId")]
+    order_id_camel: Option<Value>,
+    url: Option<Value>,
+    path: Option<Value>,
+    referrer: Option<Value>,
+    email: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct ContextView {
+    page: Option<PageView>,
+    traits: Option<EmailView>,
+    library: Option<LibraryView>,
+}
+
+#[derive(Deserialize, Default)]
+struct PageView {
+    url: Option<Value>,
+    path: Option<Value>,
+    referrer: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct EmailView {
+    email: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct LibraryView {
+    name: Option<Value>,
+}
+
+/// Reads a view of a JSON object, tolerating anything unexpected inside it (a view is a
+/// convenience; the full object is kept either way).
+fn view<'a, T: Deserialize<'a> + Default>(text: Option<&'a str>) -> T {
+    text.and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default()
+}
+
+fn text_of(value: &Option<Value>) -> Option<String> {
+    match value.as_ref()? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Revenue sometimes arrives as a string ("19.99"); accept both, never NaN or infinity.
+fn number_of(value: &Option<Value>) -> Option<f64> {
+    let number = match value.as_ref()? {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    number.is_finite().then_some(number)
+}
+
+fn typed_fields(
+    properties: Option<&str>,
+    context: Option<&str>,
+    traits: Option<&str>,
+) -> TypedFields {
+    let properties: PropertiesView = view(properties);
+    let context: ContextView = view(context);
+    let traits: EmailView = view(traits);
+    let page = context.page.unwrap_or_default();
+    TypedFields {
+        revenue: number_of(&properties.revenue).or_else(|| number_of(&properties.total)),
+        currency: text_of(&properties.currency),
+        order_id: text_of(&properties.order_id).or_else(|| text_of(&properties.order_id_camel)),
+        page_url: text_of(&properties.url).or_else(|| text_of(&page.url)),
+        page_path: text_of(&properties.path).or_else(|| text_of(&page.path)),
+        referrer: text_of(&properties.referrer).or_else(|| text_of(&page.referrer)),
+        email: text_of(&traits.email)
+            .or_else(|| context.traits.as_ref().and_then(|t| text_of(&t.email)))
+            .or_else(|| text_of(&properties.email)),
+        library_name: context.library.as_ref().and_then(|l| text_of(&l.name)),
     }
 }
 
@@ -369,14 +617,6 @@ fn generated_message_id(source: &str, raw: &str) -> String {
     bytes.push(0);
     bytes.extend_from_slice(raw.as_bytes());
     format!("kith-{:032x}", xxh3_128(&bytes))
-}
-
-fn merge_defaults(target: &mut Option<Map<String, Value>>, defaults: Option<&Map<String, Value>>) {
-    let Some(defaults) = defaults else { return };
-    let target = target.get_or_insert_with(Map::new);
-    for (key, value) in defaults {
-        target.entry(key.clone()).or_insert_with(|| value.clone());
-    }
 }
 
 fn truncate_utf8(text: &str, max: usize) -> &str {
@@ -411,76 +651,6 @@ impl Fault {
     fn with_message_id(mut self, message_id: Option<String>) -> Fault {
         self.message_id = message_id;
         self
-    }
-}
-
-fn wrong_type(field: &'static str, expected: &str, found: &Value) -> Fault {
-    Fault::new(
-        "wrong_type",
-        Some(field),
-        format!("`{field}` must be {expected}, found {}", json_kind(found)),
-    )
-}
-
-/// Identifiers: strings, or numbers (some SDKs send numeric user ids), never blank.
-fn take_id(item: &mut Map<String, Value>, field: &'static str) -> Result<Option<String>, Fault> {
-    match item.remove(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => {
-            let trimmed = s.trim();
-            if trimmed.is_empty() {
-                Ok(None)
-            } else if trimmed.len() == s.len() {
-                Ok(Some(s))
-            } else {
-                Ok(Some(trimmed.to_string()))
-            }
-        }
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(other) => Err(wrong_type(field, "a string", &other)),
-    }
-}
-
-fn take_string(
-    item: &mut Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<String>, Fault> {
-    match item.remove(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(wrong_type(field, "a string", &other)),
-    }
-}
-
-fn take_object(
-    item: &mut Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<Map<String, Value>>, Fault> {
-    match item.remove(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(map)) => Ok(Some(map)),
-        Some(other) => Err(wrong_type(field, "an object", &other)),
-    }
-}
-
-fn take_time(
-    item: &mut Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<DateTime<Utc>>, Fault> {
-    match item.remove(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => parse_timestamp(&text).map(Some).ok_or_else(|| {
-            Fault::new(
-                "invalid_timestamp",
-                Some(field),
-                format!(
-                    "`{field}` value `{}` is not an ISO-8601 date-time such as 2024-05-01T10:00:00Z",
-                    truncate_utf8(&text, 64)
-                ),
-            )
-        }),
-        Some(other) => Err(wrong_type(field, "an ISO-8601 string", &other)),
     }
 }
 

@@ -142,14 +142,19 @@ pub(crate) async fn run(
 ) -> Result<QueryResult, QueryError> {
     let started = std::time::Instant::now();
     let ctx = session(lake, limits).await?;
-    let work = async {
+    // The work runs as its own task: when the time is up the caller answers at once, and the
+    // task is aborted at its next yield point instead of holding the caller hostage.
+    let sql = sql.to_string();
+    let task_limits = limits.clone();
+    let work = tokio::spawn(async move {
+        let limits = &task_limits;
         // Reads only: no DDL (which could reach arbitrary files), no DML, no SET.
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
         let frame = ctx
-            .sql_with_options(sql, options)
+            .sql_with_options(&sql, options)
             .await
             .map_err(|e| classify(e, limits))?;
         let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
@@ -160,10 +165,16 @@ pub(crate) async fn run(
             .await
             .map_err(|e| classify(e, limits))?;
         Ok::<_, QueryError>((schema, batches))
+    });
+    let abort = work.abort_handle();
+    let (schema, mut batches) = match tokio::time::timeout(limits.timeout, work).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(join)) => return Err(QueryError::Internal(format!("query task failed: {join}"))),
+        Err(_) => {
+            abort.abort();
+            return Err(QueryError::Timeout(limits.timeout));
+        }
     };
-    let (schema, mut batches) = tokio::time::timeout(limits.timeout, work)
-        .await
-        .map_err(|_| QueryError::Timeout(limits.timeout))??;
     let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let truncated = total > limits.max_rows;
     if truncated {

@@ -8,8 +8,6 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, Utc};
 use kith_core::{Event, Rejection};
-use serde_json::{Map, Value};
-
 
 fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
@@ -73,11 +71,6 @@ fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn json_text(map: &Option<Map<String, Value>>) -> Option<String> {
-    map.as_ref()
-        .and_then(|m| serde_json::to_string(m).ok())
-}
-
 /// Builds an `events` batch from `(seq, event)` pairs.
 pub fn events_batch(events: &[(u64, Event)]) -> RecordBatch {
     let n = events.len();
@@ -131,20 +124,20 @@ pub fn events_batch(events: &[(u64, Event)]) -> RecordBatch {
             &e.integrations,
             &e.extra,
         ]) {
-            builder.append_option(json_text(value));
+            builder.append_option(value.as_deref());
         }
-        let typed = e.typed();
+        let typed = &e.typed;
         revenue.append_option(typed.revenue);
         for (builder, value) in typed_columns.iter_mut().zip([
-            typed.currency,
-            typed.order_id,
-            typed.page_url,
-            typed.page_path,
-            typed.referrer,
-            typed.email,
-            typed.library_name,
+            &typed.currency,
+            &typed.order_id,
+            &typed.page_url,
+            &typed.page_path,
+            &typed.referrer,
+            &typed.email,
+            &typed.library_name,
         ]) {
-            builder.append_option(value);
+            builder.append_option(value.as_deref());
         }
     }
 

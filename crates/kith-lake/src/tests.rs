@@ -1,4 +1,5 @@
 use chrono::{TimeZone, Utc};
+use kith_core::event::TypedFields;
 use kith_core::{Event, MessageType, Rejection, Stored};
 use serde_json::json;
 
@@ -19,13 +20,16 @@ fn event(id: &str, user: &str, revenue: f64) -> Event {
         original_timestamp: None,
         sent_at: None,
         received_at: at,
-        properties: json!({"revenue": revenue, "currency": "MXN"})
-            .as_object()
-            .cloned(),
+        properties: Some(json!({"revenue": revenue, "currency": "MXN"}).to_string()),
         context: None,
         traits: None,
         integrations: None,
         extra: None,
+        typed: TypedFields {
+            revenue: Some(revenue),
+            currency: Some("MXN".into()),
+            ..TypedFields::default()
+        },
     }
 }
 
@@ -98,9 +102,8 @@ async fn personal_identifiers_stay_out_of_delta_statistics() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path()).await.unwrap();
     let mut e = event("m1", "ana-secret-user", 10.0);
-    e.traits = json!({"email": "ana.secret@example.com"})
-        .as_object()
-        .cloned();
+    e.traits = Some(json!({"email": "ana.secret@example.com"}).to_string());
+    e.typed.email = Some("ana.secret@example.com".into());
     lake.ingest(vec![(1, Stored::Event(e))]);
     lake.flush().await.unwrap();
     let log_dir = dir.path().join("tables/events/_delta_log");
@@ -149,7 +152,7 @@ async fn bad_sql_is_a_clear_invalid_error_and_writes_are_refused() {
     assert!(result.truncated);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runaway_query_is_stopped_by_its_time_limit() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path()).await.unwrap();
@@ -164,7 +167,11 @@ async fn a_runaway_query_is_stopped_by_its_time_limit() {
             &limits,
         )
         .await;
-    assert!(matches!(result, Err(QueryError::Timeout(_))), "{:?}", result.err());
+    assert!(
+        matches!(result, Err(QueryError::Timeout(_))),
+        "{:?}",
+        result.err()
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
 

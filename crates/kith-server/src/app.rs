@@ -109,7 +109,7 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, ServerError> {
 
 /// Decodes a journal payload.
 pub fn decode_record(seq: u64, payload: &[u8]) -> Result<Stored, ServerError> {
-    serde_json::from_slice(payload).map_err(|e| ServerError::BadRecord {
+    Stored::decode(payload).map_err(|e| ServerError::BadRecord {
         seq,
         reason: e.to_string(),
     })

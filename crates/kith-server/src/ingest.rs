@@ -184,7 +184,7 @@ async fn ingest(
         let stored = Stored::Event(event);
         entries.push(Entry {
             dedup_key,
-            payload: serde_json::to_vec(&stored).map_err(internal)?,
+            payload: stored.encode(),
             item: stored,
         });
     }
@@ -203,7 +203,7 @@ async fn ingest(
         let stored = Stored::Rejected(rejection);
         entries.push(Entry {
             dedup_key: None,
-            payload: serde_json::to_vec(&stored).map_err(internal)?,
+            payload: stored.encode(),
             item: stored,
         });
     }
@@ -251,11 +251,6 @@ async fn ingest(
         );
     }
     Ok(Json(response))
-}
-
-fn internal(err: serde_json::Error) -> ApiError {
-    tracing::error!(error = %err, "could not encode an event");
-    ApiError::new(ErrorCode::Internal, "an event could not be encoded")
 }
 
 /// `GET /v1/projects/{writeKey}/settings`: the settings document analytics.js loads at start-up.

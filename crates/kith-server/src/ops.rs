@@ -114,7 +114,7 @@ pub async fn noop_batch(
     // Encode like the real path does, so only durability differs.
     let mut encoded = 0usize;
     for event in outcome.events.iter() {
-        encoded += serde_json::to_vec(event).map(|v| v.len()).unwrap_or(0);
+        encoded += kith_core::Stored::Event(event.clone()).encode().len();
     }
     Ok(Json(json!({
         "success": true,

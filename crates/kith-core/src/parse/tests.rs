@@ -1,4 +1,5 @@
 use super::*;
+use crate::Event;
 use chrono::TimeZone;
 use proptest::prelude::*;
 use serde_json::json;
@@ -36,16 +37,19 @@ fn batch_context_and_integrations_merge_into_each_item_without_overriding() {
     };
     assert_eq!(track.kind, MessageType::Track);
     assert_eq!(track.event.as_deref(), Some("Signed Up"));
-    let context = track.context.as_ref().unwrap();
+    let context = Event::json_object(&track.context).unwrap();
     assert_eq!(context["ip"], "1.2.3.4");
     assert_eq!(context["library"]["name"], "analytics-python");
     assert_eq!(
-        identify.context.as_ref().unwrap()["library"]["name"],
+        Event::json_object(&identify.context).unwrap()["library"]["name"],
         "mine",
         "the item's own context wins"
     );
-    assert_eq!(track.integrations.as_ref().unwrap()["All"], true);
-    assert_eq!(identify.typed().email.as_deref(), Some("a@b.co"));
+    assert_eq!(
+        Event::json_object(&track.integrations).unwrap()["All"],
+        true
+    );
+    assert_eq!(identify.typed.email.as_deref(), Some("a@b.co"));
 }
 
 #[test]
@@ -213,7 +217,7 @@ fn unknown_top_level_fields_are_kept() {
         .normalize("web", received());
     let event = &outcome.events[0];
     assert_eq!(event.event.as_deref(), Some("Docs"));
-    let extra = event.extra.as_ref().unwrap();
+    let extra = Event::json_object(&event.extra).unwrap();
     assert_eq!(extra["category"], "Help");
     assert_eq!(extra["version"], 2);
 }
@@ -230,18 +234,14 @@ fn typed_fields_are_lifted() {
     ]})
     .to_string();
     let outcome = judge_batch(&body);
-    let typed = outcome.events[0].typed();
+    let typed = &outcome.events[0].typed;
     assert_eq!(typed.revenue, Some(19.9));
     assert_eq!(typed.currency.as_deref(), Some("MXN"));
     assert_eq!(typed.order_id.as_deref(), Some("77"));
     assert_eq!(typed.page_url.as_deref(), Some("https://shop.mx/checkout"));
     assert_eq!(typed.page_path.as_deref(), Some("/checkout"));
     assert_eq!(typed.email.as_deref(), Some("ana@example.com"));
-    assert_eq!(
-        outcome.events[1].typed().revenue,
-        None,
-        "NaN is not revenue"
-    );
+    assert_eq!(outcome.events[1].typed.revenue, None, "NaN is not revenue");
 }
 
 proptest! {
