@@ -69,7 +69,7 @@ fn realistic_event(i: usize, client: usize) -> Value {
         "userAgent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_3 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
         "locale": "es-MX", "timezone": "America/Mexico_City",
         "campaign": {"source": "facebook", "medium": "paid", "name": "buen-fin"},
-        "consent": {"categoryPreferences": {"analytics": true, "marketing": i % 3 != 0}}
+        "consent": {"categoryPreferences": {"analytics": true, "marketing": !i.is_multiple_of(3)}}
     });
     match i % 10 {
         0 => {

@@ -9,6 +9,7 @@ pub mod schema;
 mod table;
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use kith_core::Stored;
@@ -35,6 +36,12 @@ pub struct Lake {
     pub rejected: EventTable,
     /// Highest journal seq handed to [`Lake::ingest`].
     observed_seq: AtomicU64,
+    /// Records ingested but not yet turned into Arrow batches. Ingest only appends here, so the
+    /// journal's writer thread (which calls it between fsyncs) does no conversion work; whoever
+    /// reads the buffers next (a query, the flusher) seals them first.
+    unsealed: Mutex<Vec<(u64, Stored)>>,
+    /// Held while sealing, so batches reach the tables in sequence order.
+    sealing: Mutex<()>,
 }
 
 impl Lake {
@@ -60,6 +67,8 @@ impl Lake {
             events,
             rejected,
             observed_seq: AtomicU64::new(observed),
+            unsealed: Mutex::new(Vec::new()),
+            sealing: Mutex::new(()),
         })
     }
 
@@ -74,11 +83,25 @@ impl Lake {
             .min(self.rejected.committed_seq())
     }
 
-    /// Adds durable journal records (in seq order) to the buffers.
+    /// Adds durable journal records (in seq order). Cheap: conversion happens in [`Lake::seal`].
     pub fn ingest(&self, records: Vec<(u64, Stored)>) {
         let Some(max_seq) = records.last().map(|(s, _)| *s) else {
             return;
         };
+        self.unsealed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(records);
+        self.observed_seq.fetch_max(max_seq, Ordering::SeqCst);
+    }
+
+    /// Turns the ingested records into Arrow batches in the tables' buffers.
+    pub fn seal(&self) {
+        let _sealing = self.sealing.lock().unwrap_or_else(|p| p.into_inner());
+        let records = std::mem::take(&mut *self.unsealed.lock().unwrap_or_else(|p| p.into_inner()));
+        if records.is_empty() {
+            return;
+        }
         // On replay after a restart, a table may already hold part of what the journal returns.
         let events_committed = self.events.committed_seq();
         let rejected_committed = self.rejected.committed_seq();
@@ -99,14 +122,15 @@ impl Lake {
             let last = *last;
             self.rejected.push(last, schema::rejected_batch(&rejected));
         }
-        self.observed_seq.fetch_max(max_seq, Ordering::SeqCst);
     }
 
     /// The journal seq through which every record is safely in Delta: journal segments at or
     /// below it may be deleted. A table with nothing buffered is caught up with all it observed.
     pub fn durable_through(&self) -> u64 {
-        // Read `observed` first: anything ingested after this read has a higher seq.
+        // Read `observed` first, then seal: everything at or below it is then in a table buffer
+        // (or in Delta), and anything ingested later has a higher seq.
         let observed = self.observed_seq.load(Ordering::SeqCst);
+        self.seal();
         self.tables()
             .iter()
             .map(|t| match t.pending() {
@@ -119,6 +143,7 @@ impl Lake {
 
     /// Flushes every table that has buffered rows. Returns rows written.
     pub async fn flush(&self) -> Result<usize, LakeError> {
+        self.seal();
         let mut rows = 0;
         for table in self.tables() {
             rows += table.flush().await?;

@@ -94,6 +94,7 @@ fn first_line(err: &DataFusionError) -> String {
 
 /// Builds a session where `events` and `rejected_events` are Delta plus the buffer.
 pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext, QueryError> {
+    lake.seal();
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(limits.memory_bytes, 1.0)
         .build_arc()

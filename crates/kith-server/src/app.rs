@@ -253,6 +253,7 @@ async fn flush_loop(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<b
             _ = stop.changed() => return,
         }
         let mut flushed = false;
+        app.lake.seal();
         for table in app.lake.tables() {
             let (rows, oldest) = table.pending();
             let due = rows >= app.config.flush_rows

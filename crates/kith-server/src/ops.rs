@@ -43,6 +43,7 @@ pub async fn healthz() -> Json<Value> {
 /// Readiness: the journal has been replayed and the writer accepts appends.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready")))]
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Json<Value> {
+    app.lake.seal();
     let buffered: usize = app.lake.tables().iter().map(|t| t.pending().0).sum();
     Json(json!({
         "status": "ready",
