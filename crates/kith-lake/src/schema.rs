@@ -67,6 +67,25 @@ pub const EVENTS_STATS_COLUMNS: &str =
     "ingest_seq,type,event,source,timestamp,received_at,revenue,currency";
 pub const REJECTED_STATS_COLUMNS: &str = "ingest_seq,received_at,source,code";
 
+/// Columns of long or unique free text (raw JSON, ids): dictionary encoding only wastes work on
+/// them and min/max statistics say nothing useful (and would copy personal data into file footers).
+pub const FREE_TEXT_COLUMNS: &[&str] = &[
+    "message_id",
+    "user_id",
+    "anonymous_id",
+    "previous_id",
+    "email",
+    "properties",
+    "context",
+    "traits",
+    "integrations",
+    "extra",
+    "page_url",
+    "referrer",
+    "message",
+    "raw",
+];
+
 fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }

@@ -10,6 +10,9 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 
@@ -172,6 +175,7 @@ impl EventTable {
             .with_table_name(self.name)
             .with_configuration(configuration)
             .with_commit_properties(commit)
+            .with_writer_properties(writer_properties(&self.schema))
             .await;
         let table = match written {
             Ok(table) => table,
@@ -227,6 +231,20 @@ impl EventTable {
         self.write().delta = Some(table);
         Ok(())
     }
+}
+
+/// Parquet settings for flushed files: snappy, and no dictionary or statistics on free text.
+fn writer_properties(schema: &SchemaRef) -> WriterProperties {
+    let mut builder = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    for field in schema.fields() {
+        if crate::schema::FREE_TEXT_COLUMNS.contains(&field.name().as_str()) {
+            let column = ColumnPath::from(field.name().as_str());
+            builder = builder
+                .set_column_dictionary_enabled(column.clone(), false)
+                .set_column_statistics_enabled(column, EnabledStatistics::None);
+        }
+    }
+    builder.build()
 }
 
 pub(crate) fn table_url(path: &Path) -> Result<url::Url, LakeError> {

@@ -10,7 +10,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use chrono::Utc;
 use kith_core::limits::MAX_REQUEST_BYTES;
-use kith_core::{MessageType, RequestError, Stored, parse_batch_request, parse_single_request};
+use kith_core::parse::RawRequest;
+use kith_core::{
+    IngestBatch, MessageType, RequestError, Stored, parse_batch_request, parse_single_request,
+};
 use kith_journal::{Appended, Entry, JournalError};
 use kith_state::KeyScope;
 use serde::Serialize;
@@ -118,9 +121,26 @@ pub async fn batch(
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
     let bytes = read_body(&headers, body).await?;
-    let text = body_text(&bytes)?;
-    let request = parse_batch_request(text).map_err(request_error)?;
+    let request = batch_request(&bytes)?;
     ingest(&app, &headers, request).await
+}
+
+/// Reads a batch body's envelope.
+pub(crate) fn batch_request(bytes: &[u8]) -> Result<RawRequest<'_>, ApiError> {
+    parse_batch_request(body_text(bytes)?).map_err(request_error)
+}
+
+/// Authorizes the request's write key and judges every event, as the source the key belongs to.
+pub(crate) fn judge(
+    app: &AppState,
+    headers: &HeaderMap,
+    request: &RawRequest<'_>,
+) -> Result<(String, IngestBatch), ApiError> {
+    let secret = key_from_headers(headers).or_else(|| request.write_key.clone());
+    let key = app.keys.authorize(secret.as_deref(), KeyScope::Ingest)?;
+    let source = key.source.unwrap_or_else(|| "default".to_string());
+    let outcome = request.normalize(&source, Utc::now());
+    Ok((source, outcome))
 }
 
 /// `POST /v1/{identify,track,page,screen,group,alias}` and `/v1/{i,t,p,s,g,a}`.
@@ -164,12 +184,9 @@ fn body_text(bytes: &[u8]) -> Result<&str, ApiError> {
 async fn ingest(
     app: &AppState,
     headers: &HeaderMap,
-    request: kith_core::parse::RawRequest<'_>,
+    request: RawRequest<'_>,
 ) -> Result<Json<IngestResponse>, ApiError> {
-    let secret = key_from_headers(headers).or_else(|| request.write_key.clone());
-    let key = app.keys.authorize(secret.as_deref(), KeyScope::Ingest)?;
-    let source = key.source.unwrap_or_else(|| "default".to_string());
-    let outcome = request.normalize(&source, Utc::now());
+    let (source, outcome) = judge(app, headers, &request)?;
     metrics::counter!("kith_events_received_total", "source" => source.clone())
         .increment(request.len() as u64);
     for rejection in &outcome.rejections {

@@ -7,17 +7,13 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
-use chrono::Utc;
-use kith_core::parse_batch_request;
-use kith_state::KeyScope;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
 use crate::app::AppState;
-use crate::auth::key_from_headers;
 use crate::errors::{ApiError, ErrorCode};
-use crate::ingest::read_body;
+use crate::ingest::{self, read_body};
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -105,13 +101,8 @@ pub async fn noop_batch(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let bytes = read_body(&headers, body).await?;
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| ApiError::new(ErrorCode::InvalidJson, "the body is not UTF-8"))?;
-    let request = parse_batch_request(text)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidBody, e.to_string()))?;
-    let secret = key_from_headers(&headers).or_else(|| request.write_key.clone());
-    let key = app.keys.authorize(secret.as_deref(), KeyScope::Ingest)?;
-    let outcome = request.normalize(key.source.as_deref().unwrap_or("default"), Utc::now());
+    let request = ingest::batch_request(&bytes)?;
+    let (_, outcome) = ingest::judge(&app, &headers, &request)?;
     // Encode like the real path does, so only durability differs.
     let mut encoded = 0usize;
     for event in outcome.events.iter() {
