@@ -409,8 +409,7 @@ impl<'a> RawItem<'a> {
         };
         match raw.get().as_bytes().first() {
             Some(b'"') => {
-                let text: String = serde_json::from_str(raw.get())
-                    .map_err(|_| wrong_type_raw(field, "a string", raw))?;
+                let text = string_value(field, "a string", raw)?;
                 let trimmed = text.trim();
                 Ok(if trimmed.is_empty() {
                     None
@@ -432,8 +431,7 @@ impl<'a> RawItem<'a> {
         };
         match raw.get().as_bytes().first() {
             Some(b'"') => {
-                let text: String = serde_json::from_str(raw.get())
-                    .map_err(|_| wrong_type_raw(field, "a string", raw))?;
+                let text = string_value(field, "a string", raw)?;
                 Ok((!text.trim().is_empty()).then_some(text))
             }
             Some(b'n') => Ok(None),
@@ -460,8 +458,7 @@ impl<'a> RawItem<'a> {
         match raw.get().as_bytes().first() {
             Some(b'n') => Ok(None),
             Some(b'"') => {
-                let text: String = serde_json::from_str(raw.get())
-                    .map_err(|_| wrong_type_raw(field, "an ISO-8601 string", raw))?;
+                let text = string_value(field, "an ISO-8601 string", raw)?;
                 parse_timestamp(&text).map(Some).ok_or_else(|| {
                     Fault::new(
                         "invalid_timestamp",
@@ -495,6 +492,11 @@ impl<'a> RawItem<'a> {
         out.push('}');
         Some(out)
     }
+}
+
+/// A JSON string field's value, escapes decoded.
+fn string_value(field: &'static str, expected: &str, raw: &RawValue) -> Result<String, Fault> {
+    serde_json::from_str(raw.get()).map_err(|_| wrong_type_raw(field, expected, raw))
 }
 
 fn wrong_type_raw(field: &'static str, expected: &str, raw: &RawValue) -> Fault {

@@ -109,7 +109,6 @@ enum Command<T> {
 
 /// The durable journal. Cheap to share behind an `Arc`.
 pub struct Journal<T: Send + 'static> {
-    dir: PathBuf,
     commands: SyncSender<Command<T>>,
     writer: Option<JoinHandle<()>>,
     last_seq_at_open: u64,
@@ -129,7 +128,6 @@ impl<T: Send + 'static> Journal<T> {
             .spawn(move || state.run(receiver))
             .map_err(|e| JournalError::io(dir, e))?;
         Ok(Journal {
-            dir: dir.to_path_buf(),
             commands,
             writer: Some(writer),
             last_seq_at_open,
@@ -172,17 +170,6 @@ impl<T: Send + 'static> Journal<T> {
             let _ = reply.send(Err(JournalError::Stopped));
         }
         receiver
-    }
-
-    /// Reads every record with `seq > after_seq`, oldest first (used at start-up to refill the
-    /// in-memory buffer with what the event tables do not hold yet, and by readers that are not
-    /// the server).
-    pub fn replay_after(
-        &self,
-        after_seq: u64,
-        visit: impl FnMut(Record) -> Result<(), JournalError>,
-    ) -> Result<(), JournalError> {
-        read_after(&self.dir, after_seq, visit)
     }
 }
 

@@ -8,7 +8,7 @@ pub mod query;
 pub mod schema;
 mod table;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -154,13 +154,6 @@ impl Lake {
     /// Runs a SQL query over `events` and `rejected_events`.
     pub async fn query(&self, sql: &str, limits: &QueryLimits) -> Result<QueryResult, QueryError> {
         query::run(self, sql, limits).await
-    }
-
-    pub fn table_paths(&self) -> Vec<(&'static str, PathBuf)> {
-        self.tables()
-            .iter()
-            .map(|t| (t.name, t.path().to_path_buf()))
-            .collect()
     }
 }
 

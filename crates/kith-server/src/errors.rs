@@ -156,10 +156,6 @@ impl ErrorCode {
             ),
         }
     }
-
-    pub fn name(self) -> &'static str {
-        self.describe().0
-    }
 }
 
 /// An API error.
