@@ -23,7 +23,10 @@ struct Options {
     batch: usize,
 }
 
-fn parse_options() -> Options {
+const USAGE: &str =
+    "usage: kith-ingest-bench [--kith PATH] [--clients N] [--seconds S] [--batch N]";
+
+fn parse_options() -> Result<Options, String> {
     let mut options = Options {
         kith: PathBuf::from("target/release/kith"),
         clients: 8,
@@ -31,19 +34,28 @@ fn parse_options() -> Options {
         batch: 100,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |flag: &str, value: Option<&String>| -> Result<usize, String> {
+        value
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{flag} needs a positive whole number"))
+    };
     let mut i = 0;
     while i < args.len() {
-        let value = args.get(i + 1).cloned().unwrap_or_default();
+        let value = args.get(i + 1);
         match args[i].as_str() {
-            "--kith" => options.kith = PathBuf::from(value),
-            "--clients" => options.clients = value.parse().expect("--clients N"),
-            "--seconds" => options.seconds = value.parse().expect("--seconds S"),
-            "--batch" => options.batch = value.parse().expect("--batch N"),
-            other => panic!("unknown argument {other}; see the usage in bench/README.md"),
+            "--kith" => {
+                options.kith = PathBuf::from(value.ok_or("--kith needs the path of a kith binary")?)
+            }
+            "--clients" => options.clients = number("--clients", value)?,
+            "--seconds" => options.seconds = number("--seconds", value)? as u64,
+            "--batch" => options.batch = number("--batch", value)?,
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
         i += 2;
     }
-    options
+    Ok(options)
 }
 
 /// Width of the per-request counter patched into every messageId, so bodies are built once.
@@ -214,7 +226,13 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
 }
 
 fn main() {
-    let options = parse_options();
+    let options = match parse_options() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
     assert!(
         options.kith.exists(),
         "{} not found; build it with `cargo build --release -p kith-cli`",

@@ -23,6 +23,10 @@ pub struct IngestConfig {
     pub flush_interval_ms: Option<u64>,
     /// ...or as soon as this many rows wait.
     pub flush_rows: Option<usize>,
+    /// Answer 429 while this many rows wait in memory for Delta.
+    pub max_buffered_rows: Option<usize>,
+    /// Answer 429 while this many MiB of events wait for the journal's disk write.
+    pub max_queued_mb: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,5 +1,6 @@
 //! `kith`: the one binary. Every command calls the same library functions as the HTTP API.
 
+mod allocator;
 mod commands;
 mod config;
 
@@ -8,11 +9,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::commands::Command;
-
-// Ingest allocates many small, short-lived objects per event (JSON maps, strings); mimalloc handles
-// that pattern markedly better than the system allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +26,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    allocator::tune();
     let cli = Cli::parse();
     init_logging();
     let file = match config::FileConfig::load(cli.config.as_deref()) {

@@ -705,3 +705,68 @@ fn key_create_prints_only_the_key_and_config_layers_apply() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("data_dri"));
 }
+
+#[test]
+fn when_events_wait_for_delta_beyond_the_limit_ingest_answers_429_and_stores_nothing_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kith.toml");
+    // Two rows may wait; flushes come after 1.5 s (or never early: flush_rows is far above).
+    std::fs::write(
+        &config,
+        "[ingest]\nmax_buffered_rows = 2\nflush_rows = 1000\nflush_interval_ms = 1500\n",
+    )
+    .unwrap();
+    let data_dir = dir.path().join("data");
+    let write_key = create_key(&data_dir, "ingest", Some("web"));
+    let read_key = create_key(&data_dir, "read", None);
+    let server = KithServer::start_with_keys(
+        &data_dir,
+        write_key,
+        read_key,
+        &["--config", config.to_str().unwrap()],
+    );
+    let batch = |ids: &[&str]| {
+        let items: Vec<Value> = ids
+            .iter()
+            .map(|id| json!({"type": "track", "userId": "u1", "event": "Paid", "messageId": id}))
+            .collect();
+        json!({ "batch": items }).to_string()
+    };
+    let send = |ids: &[&str]| {
+        post(
+            &server.url("/v1/batch"),
+            &[
+                ("Authorization", &basic(&server.write_key)),
+                ("Content-Type", "application/json"),
+            ],
+            batch(ids).as_bytes(),
+        )
+    };
+
+    let (status, body, _) = send(&["a", "b"]);
+    assert_eq!((status, body["accepted"].clone()), (200, json!(2)));
+    let (status, body, headers) = send(&["c"]);
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["code"], "overloaded");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 events are waiting"),
+        "{body}"
+    );
+    assert_eq!(headers.get("retry-after").unwrap(), "1");
+
+    // Once the flush has written the two rows, the retry goes through.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (status, _, _) = loop {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let answer = send(&["c"]);
+        if answer.0 != 429 || std::time::Instant::now() > deadline {
+            break answer;
+        }
+    };
+    assert_eq!(status, 200);
+    let ids = server.query("SELECT message_id FROM events ORDER BY message_id");
+    assert_eq!(ids["rows"], json!([["a"], ["b"], ["c"]]));
+}

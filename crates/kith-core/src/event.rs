@@ -156,7 +156,53 @@ pub struct DecodeError(String);
 
 impl Stored {
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("encoding into memory cannot fail")
+        // Sized up front: letting the vector grow re-copies the bytes several times per event.
+        let buffer = Vec::with_capacity(self.encoded_size_hint());
+        postcard::to_extend(self, buffer).expect("encoding into memory cannot fail")
+    }
+
+    /// A close upper estimate of [`Stored::encode`]'s length: the text it holds plus room for
+    /// lengths, timestamps and tags.
+    fn encoded_size_hint(&self) -> usize {
+        const FIXED_FIELDS: usize = 128;
+        let text = |values: &[Option<&String>]| -> usize {
+            values.iter().flatten().map(|v| v.len() + 5).sum()
+        };
+        FIXED_FIELDS
+            + match self {
+                Stored::Event(e) => {
+                    let t = &e.typed;
+                    text(&[
+                        Some(&e.message_id),
+                        e.event.as_ref(),
+                        e.user_id.as_ref(),
+                        e.anonymous_id.as_ref(),
+                        e.group_id.as_ref(),
+                        e.previous_id.as_ref(),
+                        Some(&e.source),
+                        e.properties.as_ref(),
+                        e.context.as_ref(),
+                        e.traits.as_ref(),
+                        e.integrations.as_ref(),
+                        e.extra.as_ref(),
+                        t.currency.as_ref(),
+                        t.order_id.as_ref(),
+                        t.page_url.as_ref(),
+                        t.page_path.as_ref(),
+                        t.referrer.as_ref(),
+                        t.email.as_ref(),
+                        t.library_name.as_ref(),
+                    ])
+                }
+                Stored::Rejected(r) => text(&[
+                    Some(&r.code),
+                    Some(&r.message),
+                    r.field.as_ref(),
+                    Some(&r.source),
+                    r.message_id.as_ref(),
+                    Some(&r.raw),
+                ]),
+            }
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Stored, DecodeError> {

@@ -14,9 +14,10 @@ mod record;
 mod segment;
 mod writer;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
 
 use thiserror::Error;
@@ -58,8 +59,10 @@ impl JournalError {
 pub struct JournalOptions {
     /// A segment is closed once it grows past this size.
     pub segment_bytes: u64,
-    /// Appends waiting for the writer; beyond this, [`Journal::append`] answers `Overloaded`.
-    pub queue_capacity: usize,
+    /// Payload bytes waiting for the writer; an append that would go beyond this answers
+    /// `Overloaded` (unless the queue is empty, so one large append always gets through). Bytes,
+    /// not requests: a request holds from one event to 500 KB of them.
+    pub queue_bytes: usize,
     /// Most entries one group commit takes, to bound latency.
     pub max_group_entries: usize,
 }
@@ -68,7 +71,7 @@ impl Default for JournalOptions {
     fn default() -> Self {
         JournalOptions {
             segment_bytes: 64 * 1024 * 1024,
-            queue_capacity: 4096,
+            queue_bytes: 256 * 1024 * 1024,
             max_group_entries: 50_000,
         }
     }
@@ -99,6 +102,8 @@ pub type AppendResult = Result<Vec<Appended>, JournalError>;
 enum Command<T> {
     Append {
         entries: Vec<Entry<T>>,
+        /// Payload bytes counted against [`JournalOptions::queue_bytes`] until written.
+        queued_bytes: usize,
         reply: oneshot::Sender<AppendResult>,
     },
     Retire {
@@ -109,7 +114,9 @@ enum Command<T> {
 
 /// The durable journal. Cheap to share behind an `Arc`.
 pub struct Journal<T: Send + 'static> {
-    commands: SyncSender<Command<T>>,
+    commands: Sender<Command<T>>,
+    queued_bytes: Arc<AtomicUsize>,
+    queue_limit: usize,
     writer: Option<JoinHandle<()>>,
     last_seq_at_open: u64,
 }
@@ -121,14 +128,24 @@ impl<T: Send + 'static> Journal<T> {
         std::fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
         let recovered = segment::recover(dir)?;
         let last_seq_at_open = recovered.last_seq;
-        let (commands, receiver) = mpsc::sync_channel(options.queue_capacity);
-        let state = writer::WriterState::new(dir.to_path_buf(), options, recovered, sink)?;
+        let (commands, receiver) = mpsc::channel();
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let queue_limit = options.queue_bytes;
+        let state = writer::WriterState::new(
+            dir.to_path_buf(),
+            options,
+            recovered,
+            sink,
+            queued_bytes.clone(),
+        )?;
         let writer = std::thread::Builder::new()
             .name("kith-journal".into())
             .spawn(move || state.run(receiver))
             .map_err(|e| JournalError::io(dir, e))?;
         Ok(Journal {
             commands,
+            queued_bytes,
+            queue_limit,
             writer: Some(writer),
             last_seq_at_open,
         })
@@ -143,16 +160,24 @@ impl<T: Send + 'static> Journal<T> {
     /// Never blocks: a full queue answers [`JournalError::Overloaded`] at once.
     pub fn append(&self, entries: Vec<Entry<T>>) -> oneshot::Receiver<AppendResult> {
         let (reply, receiver) = oneshot::channel();
-        match self.commands.try_send(Command::Append { entries, reply }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(Command::Append { reply, .. })) => {
-                metrics::counter!("kith_journal_overloaded_total").increment(1);
-                let _ = reply.send(Err(JournalError::Overloaded));
-            }
-            Err(TrySendError::Disconnected(Command::Append { reply, .. })) => {
-                let _ = reply.send(Err(JournalError::Stopped));
-            }
-            Err(_) => unreachable!("only append commands are sent here"),
+        let bytes: usize = entries.iter().map(|e| e.payload.len()).sum();
+        let admitted =
+            self.queued_bytes
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                    (queued == 0 || queued + bytes <= self.queue_limit).then_some(queued + bytes)
+                });
+        if admitted.is_err() {
+            metrics::counter!("kith_journal_overloaded_total").increment(1);
+            let _ = reply.send(Err(JournalError::Overloaded));
+            return receiver;
+        }
+        let command = Command::Append {
+            entries,
+            queued_bytes: bytes,
+            reply,
+        };
+        if let Err(mpsc::SendError(Command::Append { reply, .. })) = self.commands.send(command) {
+            let _ = reply.send(Err(JournalError::Stopped));
         }
         receiver
     }
@@ -186,7 +211,7 @@ pub fn read_after(
 impl<T: Send + 'static> Drop for Journal<T> {
     fn drop(&mut self) {
         // Closing the channel ends the writer loop once queued work is done.
-        let (dead, _) = mpsc::sync_channel(1);
+        let (dead, _) = mpsc::channel();
         self.commands = dead;
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
@@ -194,7 +219,9 @@ impl<T: Send + 'static> Drop for Journal<T> {
     }
 }
 
-pub(crate) type KeySet = HashSet<u128>;
+/// Dedup keys are xxh3 hashes already; the per-process seeded foldhash keeps lookups cheap without
+/// letting crafted messageIds pile into one bucket.
+pub(crate) type KeySet = hashbrown::HashSet<u128>;
 
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,9 @@ pub(crate) struct SegmentInfo {
     /// Highest seq in the segment; `first_seq - 1` when empty.
     pub last_seq: u64,
     pub len: u64,
+    /// Dedup keys written to this segment by this process, so retiring it needs no re-read;
+    /// `None` for segments found at startup.
+    pub keys: Option<Vec<u128>>,
 }
 
 pub(crate) struct Recovered {
@@ -115,6 +118,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
             path,
             last_seq,
             len: offset as u64,
+            keys: None,
         });
     }
     let last_seq = segments.last().map(|s| s.last_seq).unwrap_or(0);

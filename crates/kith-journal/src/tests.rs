@@ -176,6 +176,61 @@ fn retired_segments_keep_deduplicating_and_sequence_numbers_keep_rising() {
             .collect::<Vec<_>>(),
         [4, 5]
     );
+    // Segment 4 was found at startup, not written by this process: retiring it reads its keys
+    // back from the file.
+    let retired = journal.retire_through(5).blocking_recv().unwrap().unwrap();
+    assert_eq!(retired, 1);
+    drop(journal);
+    let (journal, _) = open(dir.path(), JournalOptions::default());
+    let result = journal
+        .append(vec![
+            entry(4, "late"),
+            entry(6, "a"),
+            entry(6, "same group"),
+        ])
+        .blocking_recv()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        result,
+        [
+            Appended::Duplicate,
+            Appended::Stored { seq: 6 },
+            Appended::Duplicate
+        ]
+    );
+}
+
+#[test]
+fn a_full_queue_answers_overloaded_at_once_and_accepts_again_once_it_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    // The sink holds the writer until the test lets it go, so the first append stays queued.
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let journal: Journal<String> = Journal::open(
+        dir.path(),
+        JournalOptions {
+            queue_bytes: 10,
+            ..JournalOptions::default()
+        },
+        Box::new(move |_| {
+            let _ = gate.recv();
+        }),
+    )
+    .unwrap();
+    // Larger than the whole budget, but the queue is empty: one big append always gets in.
+    let first = journal.append(vec![entry(1, "twelve bytes")]);
+    let refused = journal.append(vec![entry(2, "x")]).blocking_recv().unwrap();
+    assert!(
+        matches!(refused, Err(JournalError::Overloaded)),
+        "{refused:?}"
+    );
+    drop(release);
+    assert_eq!(
+        first.blocking_recv().unwrap().unwrap(),
+        [Appended::Stored { seq: 1 }]
+    );
+    let retried = journal.append(vec![entry(2, "x")]).blocking_recv().unwrap();
+    assert_eq!(retried.unwrap(), [Appended::Stored { seq: 2 }]);
 }
 
 #[test]

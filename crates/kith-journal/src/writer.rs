@@ -3,6 +3,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
@@ -22,6 +24,8 @@ pub(crate) struct WriterState<T> {
     keys: KeySet,
     next_seq: u64,
     sink: Sink<T>,
+    /// Shared with [`crate::Journal::append`]: payload bytes queued and not yet written.
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl<T: Send + 'static> WriterState<T> {
@@ -30,6 +34,7 @@ impl<T: Send + 'static> WriterState<T> {
         options: JournalOptions,
         recovered: Recovered,
         sink: Sink<T>,
+        queued_bytes: Arc<AtomicUsize>,
     ) -> Result<Self, JournalError> {
         let Recovered {
             mut segments,
@@ -46,6 +51,7 @@ impl<T: Send + 'static> WriterState<T> {
                     path,
                     last_seq,
                     len: 0,
+                    keys: Some(Vec::new()),
                 }
             }
         };
@@ -62,6 +68,7 @@ impl<T: Send + 'static> WriterState<T> {
             keys,
             next_seq: last_seq + 1,
             sink,
+            queued_bytes,
         })
     }
 
@@ -70,18 +77,26 @@ impl<T: Send + 'static> WriterState<T> {
         while let Ok(first) = commands.recv() {
             let mut group = Vec::new();
             let mut group_entries = 0usize;
+            let mut group_bytes = 0usize;
             let mut next = Some(first);
             // Take everything already queued: this is the group commit.
             while let Some(command) = next.take() {
                 match command {
-                    Command::Append { entries, reply } => {
+                    Command::Append {
+                        entries,
+                        queued_bytes,
+                        reply,
+                    } => {
                         group_entries += entries.len();
+                        group_bytes += queued_bytes;
                         group.push((entries, reply));
                     }
                     Command::Retire { through_seq, reply } => {
                         // Keep order simple: finish the pending group first.
                         self.commit_group(std::mem::take(&mut group), &mut buffer);
+                        self.queued_bytes.fetch_sub(group_bytes, Ordering::AcqRel);
                         group_entries = 0;
+                        group_bytes = 0;
                         let _ = reply.send(self.retire(through_seq));
                     }
                 }
@@ -90,6 +105,7 @@ impl<T: Send + 'static> WriterState<T> {
                 }
             }
             self.commit_group(group, &mut buffer);
+            self.queued_bytes.fetch_sub(group_bytes, Ordering::AcqRel);
         }
         let _ = self.active_file.sync_all();
     }
@@ -118,7 +134,9 @@ impl<T: Send + 'static> WriterState<T> {
             let mut results = Vec::with_capacity(entries.len());
             for entry in entries {
                 if let Some(key) = entry.dedup_key {
-                    if self.keys.contains(&key) || new_keys.contains(&key) {
+                    // Inserted now so later entries of the same group see it; taken out
+                    // again below if the write fails.
+                    if !self.keys.insert(key) {
                         results.push(Appended::Duplicate);
                         continue;
                     }
@@ -150,6 +168,9 @@ impl<T: Send + 'static> WriterState<T> {
                 metrics::counter!("kith_journal_write_errors_total").increment(1);
                 // Cut off whatever part of the group reached the file: it was never acknowledged.
                 let _ = self.active_file.set_len(self.active.len);
+                for key in &new_keys {
+                    self.keys.remove(key);
+                }
                 for (_, reply) in group {
                     let _ = reply.send(Err(JournalError::io(&self.active.path, io_copy(&err))));
                 }
@@ -162,7 +183,9 @@ impl<T: Send + 'static> WriterState<T> {
             self.active.len += buffer.len() as u64;
             self.active.last_seq = seq - 1;
             self.next_seq = seq;
-            self.keys.extend(new_keys);
+            if let Some(segment_keys) = &mut self.active.keys {
+                segment_keys.extend_from_slice(&new_keys);
+            }
         }
 
         for ((entries, reply), results) in group.into_iter().zip(outcomes) {
@@ -194,6 +217,7 @@ impl<T: Send + 'static> WriterState<T> {
             path,
             last_seq: self.next_seq - 1,
             len: 0,
+            keys: Some(Vec::new()),
         };
         let old = std::mem::replace(&mut self.active, new_active);
         self.closed.push(old);
@@ -220,20 +244,17 @@ impl<T: Send + 'static> WriterState<T> {
             .open(&keys_path)
             .map_err(|e| JournalError::io(&keys_path, e))?;
         for segment in &self.closed[..retirable] {
-            let mut bytes = Vec::new();
-            File::open(&segment.path)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
-                .map_err(|e| JournalError::io(&segment.path, e))?;
-            let mut keys = Vec::new();
-            let mut offset = 0;
-            while let Decoded::Record { record, len } = decode(&bytes[offset..]) {
-                if let Some(key) = record.dedup_key {
-                    keys.extend_from_slice(&key.to_le_bytes());
+            let from_file;
+            let keys: &[u128] = match &segment.keys {
+                Some(keys) => keys,
+                None => {
+                    from_file = keys_in_segment_file(&segment.path)?;
+                    &from_file
                 }
-                offset += len;
-            }
+            };
+            let bytes: Vec<u8> = keys.iter().flat_map(|key| key.to_le_bytes()).collect();
             keys_file
-                .write_all(&keys)
+                .write_all(&bytes)
                 .map_err(|e| JournalError::io(&keys_path, e))?;
         }
         keys_file
@@ -246,6 +267,23 @@ impl<T: Send + 'static> WriterState<T> {
         metrics::counter!("kith_journal_segments_retired_total").increment(retirable as u64);
         Ok(retirable)
     }
+}
+
+/// The dedup keys of a segment this process did not write (found at startup).
+fn keys_in_segment_file(path: &std::path::Path) -> Result<Vec<u128>, JournalError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| JournalError::io(path, e))?;
+    let mut keys = Vec::new();
+    let mut offset = 0;
+    while let Decoded::Record { record, len } = decode(&bytes[offset..]) {
+        if let Some(key) = record.dedup_key {
+            keys.push(key);
+        }
+        offset += len;
+    }
+    Ok(keys)
 }
 
 fn io_copy(err: &std::io::Error) -> std::io::Error {

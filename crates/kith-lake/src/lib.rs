@@ -10,7 +10,7 @@ mod table;
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use kith_core::Stored;
 use thiserror::Error;
@@ -39,7 +39,11 @@ pub struct Lake {
     /// Records ingested but not yet turned into Arrow batches. Ingest only appends here, so the
     /// journal's writer thread (which calls it between fsyncs) does no conversion work; whoever
     /// reads the buffers next (a query, the flusher) seals them first.
-    unsealed: Mutex<Vec<(u64, Stored)>>,
+    /// Kept as the journal hands them over, one chunk per group commit: appending a chunk
+    /// copies nothing, where one growing vector re-copied every record at each doubling.
+    unsealed: Mutex<Vec<Vec<(u64, Stored)>>>,
+    /// Records in `unsealed`, readable without the lock.
+    unsealed_rows: AtomicUsize,
     /// Held while sealing, so batches reach the tables in sequence order.
     sealing: Mutex<()>,
 }
@@ -68,6 +72,7 @@ impl Lake {
             rejected,
             observed_seq: AtomicU64::new(observed),
             unsealed: Mutex::new(Vec::new()),
+            unsealed_rows: AtomicUsize::new(0),
             sealing: Mutex::new(()),
         })
     }
@@ -88,29 +93,32 @@ impl Lake {
         let Some(max_seq) = records.last().map(|(s, _)| *s) else {
             return;
         };
+        let rows = records.len();
         self.unsealed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend(records);
+            .push(records);
+        self.unsealed_rows.fetch_add(rows, Ordering::SeqCst);
         self.observed_seq.fetch_max(max_seq, Ordering::SeqCst);
     }
 
     /// Turns the ingested records into Arrow batches in the tables' buffers.
     pub fn seal(&self) {
         let _sealing = self.sealing.lock().unwrap_or_else(|p| p.into_inner());
-        let records = std::mem::take(&mut *self.unsealed.lock().unwrap_or_else(|p| p.into_inner()));
-        if records.is_empty() {
+        let chunks = std::mem::take(&mut *self.unsealed.lock().unwrap_or_else(|p| p.into_inner()));
+        if chunks.is_empty() {
             return;
         }
+        let rows: usize = chunks.iter().map(Vec::len).sum();
         // On replay after a restart, a table may already hold part of what the journal returns.
         let events_committed = self.events.committed_seq();
         let rejected_committed = self.rejected.committed_seq();
-        let mut events = Vec::with_capacity(records.len());
+        let mut events = Vec::with_capacity(rows);
         let mut rejected = Vec::new();
-        for (seq, record) in records {
+        for (seq, record) in chunks.iter().flatten() {
             match record {
-                Stored::Event(e) if seq > events_committed => events.push((seq, e)),
-                Stored::Rejected(r) if seq > rejected_committed => rejected.push((seq, r)),
+                Stored::Event(e) if *seq > events_committed => events.push((*seq, e)),
+                Stored::Rejected(r) if *seq > rejected_committed => rejected.push((*seq, r)),
                 _ => {}
             }
         }
@@ -122,6 +130,14 @@ impl Lake {
             let last = *last;
             self.rejected.push(last, schema::rejected_batch(&rejected));
         }
+        self.unsealed_rows.fetch_sub(rows, Ordering::SeqCst);
+    }
+
+    /// Rows held in memory that Delta does not have yet: what ingestion must not let grow
+    /// without bound when flushes fall behind or fail.
+    pub fn unflushed_rows(&self) -> usize {
+        self.unsealed_rows.load(Ordering::SeqCst)
+            + self.tables().iter().map(|t| t.pending().0).sum::<usize>()
     }
 
     /// The journal seq through which every record is safely in Delta: journal segments at or

@@ -90,98 +90,104 @@ fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
+/// The string columns before the timestamps, in schema order.
+fn id_strings(e: &Event) -> [Option<&str>; 8] {
+    [
+        Some(&e.message_id),
+        Some(e.kind.as_str()),
+        e.event.as_deref(),
+        e.user_id.as_deref(),
+        e.anonymous_id.as_deref(),
+        e.group_id.as_deref(),
+        e.previous_id.as_deref(),
+        Some(&e.source),
+    ]
+}
+
+/// The JSON text columns, in schema order.
+fn json_texts(e: &Event) -> [Option<&str>; 5] {
+    [
+        e.properties.as_deref(),
+        e.context.as_deref(),
+        e.traits.as_deref(),
+        e.integrations.as_deref(),
+        e.extra.as_deref(),
+    ]
+}
+
+/// The typed string columns after `revenue`, in schema order.
+fn typed_strings(e: &Event) -> [Option<&str>; 7] {
+    let t = &e.typed;
+    [
+        t.currency.as_deref(),
+        t.order_id.as_deref(),
+        t.page_url.as_deref(),
+        t.page_path.as_deref(),
+        t.referrer.as_deref(),
+        t.email.as_deref(),
+        t.library_name.as_deref(),
+    ]
+}
+
+/// One builder per column, sized exactly: growing a builder copies everything appended so far,
+/// and at hundreds of thousands of rows per seal that copying was a large share of the work.
+fn sized_builders<const N: usize>(
+    events: &[(u64, &Event)],
+    columns: impl Fn(&Event) -> [Option<&str>; N],
+) -> [StringBuilder; N] {
+    let mut bytes = [0usize; N];
+    for (_, e) in events {
+        for (total, value) in bytes.iter_mut().zip(columns(e)) {
+            *total += value.map_or(0, str::len);
+        }
+    }
+    bytes.map(|total| StringBuilder::with_capacity(events.len(), total))
+}
+
+fn append_all<const N: usize>(builders: &mut [StringBuilder; N], values: [Option<&str>; N]) {
+    for (builder, value) in builders.iter_mut().zip(values) {
+        builder.append_option(value);
+    }
+}
+
 /// Builds an `events` batch from `(seq, event)` pairs.
-pub fn events_batch(events: &[(u64, Event)]) -> RecordBatch {
+pub fn events_batch(events: &[(u64, &Event)]) -> RecordBatch {
     let n = events.len();
     let mut seq = Int64Builder::with_capacity(n);
-    let mut strings: Vec<StringBuilder> = (0..7)
-        .map(|_| StringBuilder::with_capacity(n, n * 16))
-        .collect();
-    let [
-        message_id,
-        kind,
-        event_name,
-        user_id,
-        anonymous_id,
-        group_id,
-        previous_id,
-    ] = &mut strings[..]
-    else {
-        unreachable!("seven builders")
-    };
-    let mut source = StringBuilder::with_capacity(n, n * 8);
+    let mut ids = sized_builders(events, id_strings);
     let mut timestamp = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut original = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut sent_at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut received = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut json_columns: Vec<StringBuilder> = (0..5)
-        .map(|_| StringBuilder::with_capacity(n, n * 128))
-        .collect();
+    let mut json = sized_builders(events, json_texts);
     let mut revenue = Float64Builder::with_capacity(n);
-    let mut typed_columns: Vec<StringBuilder> = (0..7)
-        .map(|_| StringBuilder::with_capacity(n, n * 16))
-        .collect();
+    let mut typed = sized_builders(events, typed_strings);
 
     for (s, e) in events {
         seq.append_value(*s as i64);
-        message_id.append_value(&e.message_id);
-        kind.append_value(e.kind.as_str());
-        event_name.append_option(e.event.as_deref());
-        user_id.append_option(e.user_id.as_deref());
-        anonymous_id.append_option(e.anonymous_id.as_deref());
-        group_id.append_option(e.group_id.as_deref());
-        previous_id.append_option(e.previous_id.as_deref());
-        source.append_value(&e.source);
+        append_all(&mut ids, id_strings(e));
         timestamp.append_value(micros(e.timestamp));
         original.append_option(e.original_timestamp.map(micros));
         sent_at.append_option(e.sent_at.map(micros));
         received.append_value(micros(e.received_at));
-        for (builder, value) in json_columns.iter_mut().zip([
-            &e.properties,
-            &e.context,
-            &e.traits,
-            &e.integrations,
-            &e.extra,
-        ]) {
-            builder.append_option(value.as_deref());
-        }
-        let typed = &e.typed;
-        revenue.append_option(typed.revenue);
-        for (builder, value) in typed_columns.iter_mut().zip([
-            &typed.currency,
-            &typed.order_id,
-            &typed.page_url,
-            &typed.page_path,
-            &typed.referrer,
-            &typed.email,
-            &typed.library_name,
-        ]) {
-            builder.append_option(value.as_deref());
-        }
+        append_all(&mut json, json_texts(e));
+        revenue.append_option(e.typed.revenue);
+        append_all(&mut typed, typed_strings(e));
     }
 
     let mut columns: Vec<ArrayRef> = vec![Arc::new(seq.finish())];
-    columns.extend(strings.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
-    columns.push(Arc::new(source.finish()));
+    columns.extend(ids.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
     for builder in [&mut timestamp, &mut original, &mut sent_at, &mut received] {
         columns.push(Arc::new(builder.finish()));
     }
-    columns.extend(
-        json_columns
-            .iter_mut()
-            .map(|b| Arc::new(b.finish()) as ArrayRef),
-    );
+    columns.extend(json.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
     columns.push(Arc::new(revenue.finish()));
-    columns.extend(
-        typed_columns
-            .iter_mut()
-            .map(|b| Arc::new(b.finish()) as ArrayRef),
-    );
+    columns.extend(typed.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
     RecordBatch::try_new(EVENTS_SCHEMA.clone(), columns).expect("columns match the events schema")
 }
 
 /// Builds a `rejected_events` batch.
-pub fn rejected_batch(rejections: &[(u64, Rejection)]) -> RecordBatch {
+pub fn rejected_batch(rejections: &[(u64, &Rejection)]) -> RecordBatch {
     let n = rejections.len();
     let mut seq = Int64Builder::with_capacity(n);
     let mut received = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");

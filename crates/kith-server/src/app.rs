@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub flush_interval: Duration,
     /// ...or as soon as this many rows wait.
     pub flush_rows: usize,
+    /// Rows waiting in memory for Delta beyond which ingestion answers 429, so a flush that
+    /// falls behind or keeps failing slows clients down instead of exhausting memory.
+    pub max_buffered_rows: usize,
     pub query_limits: QueryLimits,
     pub journal: JournalOptions,
     /// Serves `POST /internal/noop/batch`, which parses and authenticates like `/v1/batch` but
@@ -69,6 +72,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8417".to_string(),
             flush_interval: Duration::from_secs(2),
             flush_rows: 200_000,
+            max_buffered_rows: 1_000_000,
             query_limits: QueryLimits::default(),
             journal: JournalOptions::default(),
             noop_endpoint: false,

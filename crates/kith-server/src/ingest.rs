@@ -187,6 +187,18 @@ async fn ingest(
     request: RawRequest<'_>,
 ) -> Result<Json<IngestResponse>, ApiError> {
     let (source, outcome) = judge(app, headers, &request)?;
+    let buffered = app.lake.unflushed_rows();
+    if buffered >= app.config.max_buffered_rows {
+        metrics::counter!("kith_ingest_backpressure_total").increment(1);
+        return Err(ApiError::new(
+            ErrorCode::Overloaded,
+            format!(
+                "{buffered} events are waiting to be written to the event tables (the limit is {}); \
+                 nothing from this request was stored, retry after the Retry-After delay",
+                app.config.max_buffered_rows
+            ),
+        ));
+    }
     metrics::counter!("kith_events_received_total", "source" => source.clone())
         .increment(request.len() as u64);
     for rejection in &outcome.rejections {

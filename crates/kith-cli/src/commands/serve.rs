@@ -40,6 +40,12 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     if let Some(rows) = file.ingest.flush_rows {
         config.flush_rows = rows;
     }
+    if let Some(rows) = file.ingest.max_buffered_rows {
+        config.max_buffered_rows = rows;
+    }
+    if let Some(mb) = file.ingest.max_queued_mb {
+        config.journal.queue_bytes = mb << 20;
+    }
     if let Some(secs) = file.query.timeout_secs {
         config.query_limits.timeout = Duration::from_secs(secs);
     }
