@@ -1,0 +1,141 @@
+//! What an identifier is: a type and a normalised value.
+
+use std::fmt;
+
+use thiserror::Error;
+
+/// The kinds of identifier Kith resolves. `External` covers `context.externalIds` types and the
+/// identifier traits a workspace declares (e.g. `customer_number`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IdType {
+    UserId,
+    Email,
+    Phone,
+    External(String),
+    AnonymousId,
+}
+
+impl IdType {
+    /// The name used in APIs, tables and `type:value` paths.
+    pub fn name(&self) -> &str {
+        match self {
+            IdType::UserId => "user_id",
+            IdType::Email => "email",
+            IdType::Phone => "phone",
+            IdType::External(name) => name,
+            IdType::AnonymousId => "anonymous_id",
+        }
+    }
+
+    /// Reads a type name; anything not built in is an external id type.
+    pub fn from_name(name: &str) -> IdType {
+        match name {
+            "user_id" => IdType::UserId,
+            "email" => IdType::Email,
+            "phone" => IdType::Phone,
+            "anonymous_id" => IdType::AnonymousId,
+            other => IdType::External(other.to_string()),
+        }
+    }
+}
+
+/// A normalised identifier. Ordered by type first (user id strongest, anonymous id weakest), which
+/// is the order the resolver considers a link's identifiers in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identifier {
+    pub id_type: IdType,
+    pub value: String,
+}
+
+impl Identifier {
+    pub fn new(id_type: IdType, value: impl Into<String>) -> Identifier {
+        Identifier {
+            id_type,
+            value: value.into(),
+        }
+    }
+}
+
+impl fmt::Display for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.id_type.name(), self.value)
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum LookupParseError {
+    #[error("expected `type:value` (e.g. `email:ana@example.com`), got `{0}`")]
+    MissingColon(String),
+    #[error("the identifier type is empty in `{0}`")]
+    EmptyType(String),
+    #[error("the identifier value is empty in `{0}`")]
+    EmptyValue(String),
+}
+
+/// A `type:value` lookup as written in `GET /v1/profiles/{type}:{value}` and `kith profile show`.
+/// `profile_id` is accepted as a type besides the identifier types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    pub type_name: String,
+    pub value: String,
+}
+
+impl Lookup {
+    pub fn parse(text: &str) -> Result<Lookup, LookupParseError> {
+        let Some((type_name, value)) = text.split_once(':') else {
+            return Err(LookupParseError::MissingColon(text.to_string()));
+        };
+        if type_name.trim().is_empty() {
+            return Err(LookupParseError::EmptyType(text.to_string()));
+        }
+        if value.is_empty() {
+            return Err(LookupParseError::EmptyValue(text.to_string()));
+        }
+        Ok(Lookup {
+            type_name: type_name.trim().to_string(),
+            value: value.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_split_at_the_first_colon_and_explain_what_is_wrong() {
+        let lookup = Lookup::parse("user_id:abc:def").unwrap();
+        assert_eq!(
+            (lookup.type_name.as_str(), lookup.value.as_str()),
+            ("user_id", "abc:def")
+        );
+        assert_eq!(
+            Lookup::parse("ana@example.com"),
+            Err(LookupParseError::MissingColon("ana@example.com".into()))
+        );
+        assert!(matches!(
+            Lookup::parse(":x"),
+            Err(LookupParseError::EmptyType(_))
+        ));
+        assert!(matches!(
+            Lookup::parse("email:"),
+            Err(LookupParseError::EmptyValue(_))
+        ));
+    }
+
+    #[test]
+    fn type_names_round_trip() {
+        for name in [
+            "user_id",
+            "email",
+            "phone",
+            "anonymous_id",
+            "customer_number",
+        ] {
+            assert_eq!(IdType::from_name(name).name(), name);
+        }
+        assert!(
+            IdType::UserId < IdType::Email && IdType::External("x".into()) < IdType::AnonymousId
+        );
+    }
+}

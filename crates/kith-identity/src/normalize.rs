@@ -1,0 +1,298 @@
+//! Turning raw identifier values into identities, or refusing them.
+//!
+//! A value that is not an identity must never merge anything: the classic failure of CDPs is a
+//! `userId` of `"null"` or an email of `"test@test.com"` that swallows thousands of customers.
+
+use std::collections::HashSet;
+
+use phonenumber::country;
+use thiserror::Error;
+
+use crate::identifier::{IdType, Identifier};
+
+/// Longer than any real identifier; longer values are refused rather than indexed.
+pub const MAX_IDENTIFIER_LEN: usize = 256;
+
+/// Values SDKs and forms send when they have no identity to send. Compared trimmed and
+/// lower-cased; strings of only zeros (and separators) are refused too.
+const PLACEHOLDERS: &[&str] = &[
+    "null",
+    "undefined",
+    "anonymous",
+    "guest",
+    "0",
+    "-1",
+    "none",
+    "nil",
+    "nan",
+    "n/a",
+    "unknown",
+    "[object object]",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NotAnIdentity {
+    #[error("the value is empty")]
+    Empty,
+    #[error("`{0}` is a placeholder, not an identity")]
+    Placeholder(String),
+    #[error("`{0}` is on the workspace's block list")]
+    Blocked(String),
+    #[error("`{0}` is not an email address")]
+    InvalidEmail(String),
+    #[error("`{0}` is not a valid phone number")]
+    InvalidPhone(String),
+    #[error("the value is longer than {MAX_IDENTIFIER_LEN} characters")]
+    TooLong,
+}
+
+impl NotAnIdentity {
+    /// A short reason for metrics labels.
+    pub fn code(&self) -> &'static str {
+        match self {
+            NotAnIdentity::Empty => "empty",
+            NotAnIdentity::Placeholder(_) => "placeholder",
+            NotAnIdentity::Blocked(_) => "blocked",
+            NotAnIdentity::InvalidEmail(_) => "invalid_email",
+            NotAnIdentity::InvalidPhone(_) => "invalid_phone",
+            NotAnIdentity::TooLong => "too_long",
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+#[error("`{0}` is not an ISO 3166 country code (e.g. MX, US, BR)")]
+pub struct UnknownRegion(pub String);
+
+/// Normalisation settings: the region phone numbers without a country code belong to, and the
+/// workspace's own block list (compared trimmed and lower-cased, after normalisation too).
+#[derive(Debug, Clone)]
+pub struct Normalizer {
+    region: country::Id,
+    blocked: HashSet<String>,
+}
+
+impl Normalizer {
+    pub fn new(
+        default_region: &str,
+        blocked: impl IntoIterator<Item = String>,
+    ) -> Result<Normalizer, UnknownRegion> {
+        let region = default_region
+            .trim()
+            .to_ascii_uppercase()
+            .parse::<country::Id>()
+            .map_err(|_| UnknownRegion(default_region.to_string()))?;
+        Ok(Normalizer {
+            region,
+            blocked: blocked
+                .into_iter()
+                .map(|v| v.trim().to_lowercase())
+                .collect(),
+        })
+    }
+
+    pub fn normalize(&self, id_type: IdType, raw: &str) -> Result<Identifier, NotAnIdentity> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(NotAnIdentity::Empty);
+        }
+        if trimmed.len() > MAX_IDENTIFIER_LEN {
+            return Err(NotAnIdentity::TooLong);
+        }
+        let lowered = trimmed.to_lowercase();
+        if PLACEHOLDERS.contains(&lowered.as_str()) || is_all_zeros(trimmed) {
+            return Err(NotAnIdentity::Placeholder(trimmed.to_string()));
+        }
+        let value = match id_type {
+            IdType::Email => normalize_email(&lowered)?,
+            IdType::Phone => self.normalize_phone(trimmed)?,
+            // Ids are case-sensitive in Segment's model: keep them exact, minus stray whitespace.
+            IdType::UserId | IdType::AnonymousId | IdType::External(_) => trimmed.to_string(),
+        };
+        if self.blocked.contains(&lowered) || self.blocked.contains(&value.to_lowercase()) {
+            return Err(NotAnIdentity::Blocked(trimmed.to_string()));
+        }
+        Ok(Identifier::new(id_type, value))
+    }
+
+    fn normalize_phone(&self, raw: &str) -> Result<String, NotAnIdentity> {
+        let invalid = || NotAnIdentity::InvalidPhone(raw.to_string());
+        let cleaned = strip_legacy_mexican_prefixes(raw, self.region == country::Id::MX);
+        let number = phonenumber::parse(Some(self.region), &cleaned).map_err(|_| invalid())?;
+        if !phonenumber::is_valid(&number) {
+            return Err(invalid());
+        }
+        Ok(number.format().mode(phonenumber::Mode::E164).to_string())
+    }
+}
+
+fn is_all_zeros(value: &str) -> bool {
+    value.chars().any(|c| c == '0')
+        && value
+            .chars()
+            .all(|c| c == '0' || c == '-' || c == '.' || c == ' ' || c == '_')
+}
+
+fn normalize_email(lowered: &str) -> Result<String, NotAnIdentity> {
+    let invalid = || NotAnIdentity::InvalidEmail(lowered.to_string());
+    let (local, domain) = lowered.split_once('@').ok_or_else(invalid)?;
+    let plausible = !local.is_empty()
+        && !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !lowered.chars().any(char::is_whitespace);
+    if !plausible {
+        return Err(invalid());
+    }
+    Ok(lowered.to_string())
+}
+
+/// Mexico dropped its dialling prefixes in 2019, but CRMs and forms still hold numbers written with
+/// them: `044`/`045` (mobile) or `01` (long distance) before the ten digits, and `+52 1` before a
+/// mobile number. libphonenumber's current metadata no longer strips them, so we do.
+fn strip_legacy_mexican_prefixes(raw: &str, region_is_mexico: bool) -> String {
+    let digits: String = raw.chars().filter(char::is_ascii_digit).collect();
+    let international = raw.trim_start().starts_with('+') || digits.starts_with("00");
+    let digits_after_00 = digits.strip_prefix("00").unwrap_or(&digits);
+    if international {
+        let body = if raw.trim_start().starts_with('+') {
+            digits.as_str()
+        } else {
+            digits_after_00
+        };
+        if let Some(national) = body.strip_prefix("521")
+            && national.len() == 10
+        {
+            return format!("+52{national}");
+        }
+        return raw.to_string();
+    }
+    if region_is_mexico {
+        for prefix in ["044", "045"] {
+            if let Some(national) = digits.strip_prefix(prefix)
+                && national.len() == 10
+            {
+                return national.to_string();
+            }
+        }
+        if let Some(national) = digits.strip_prefix("01")
+            && national.len() == 10
+        {
+            return national.to_string();
+        }
+    }
+    raw.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mx() -> Normalizer {
+        Normalizer::new("MX", ["test@test.com".to_string()]).unwrap()
+    }
+
+    fn phone(raw: &str) -> Result<String, NotAnIdentity> {
+        mx().normalize(IdType::Phone, raw).map(|id| id.value)
+    }
+
+    #[test]
+    fn mexican_numbers_written_every_common_way_are_one_identity() {
+        let expected = Ok("+525512345678".to_string());
+        for raw in [
+            "55 1234 5678",
+            "5512345678",
+            "+52 55 1234 5678",
+            "+52 1 55 1234 5678",
+            "0052 55 1234 5678",
+            "044 55 1234 5678",
+            "045 55 1234 5678",
+            "01 55 1234 5678",
+            "(55) 1234-5678",
+        ] {
+            assert_eq!(phone(raw), expected, "{raw}");
+        }
+        assert_eq!(phone("+1 415 555 2671"), Ok("+14155552671".into()));
+    }
+
+    #[test]
+    fn numbers_that_cannot_be_phones_are_refused() {
+        for raw in ["12", "abc", "+52 55", "555"] {
+            assert!(
+                matches!(phone(raw), Err(NotAnIdentity::InvalidPhone(_))),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn emails_are_trimmed_and_lowercased_and_checked() {
+        let n = mx();
+        assert_eq!(
+            n.normalize(IdType::Email, "  Ana.Garcia@Example.COM ")
+                .unwrap()
+                .value,
+            "ana.garcia@example.com"
+        );
+        for bad in [
+            "ana",
+            "ana@",
+            "@example.com",
+            "ana@example",
+            "a b@example.com",
+            "a@b@c.com",
+        ] {
+            assert!(
+                matches!(
+                    n.normalize(IdType::Email, bad),
+                    Err(NotAnIdentity::InvalidEmail(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn placeholders_zeros_and_blocked_values_are_never_identities() {
+        let n = mx();
+        for junk in [
+            "null",
+            "NULL",
+            " undefined ",
+            "anonymous",
+            "Guest",
+            "0",
+            "-1",
+            "",
+            "   ",
+            "0000",
+            "00000000-0000-0000-0000-000000000000",
+            "[object Object]",
+        ] {
+            assert!(n.normalize(IdType::UserId, junk).is_err(), "{junk:?}");
+            assert!(n.normalize(IdType::AnonymousId, junk).is_err(), "{junk:?}");
+        }
+        assert!(matches!(
+            n.normalize(IdType::Email, "TEST@test.com"),
+            Err(NotAnIdentity::Blocked(_))
+        ));
+        assert!(matches!(
+            n.normalize(IdType::UserId, &"x".repeat(300)),
+            Err(NotAnIdentity::TooLong)
+        ));
+        // Real ids keep their case and survive.
+        assert_eq!(
+            n.normalize(IdType::UserId, " U-100 ").unwrap().value,
+            "U-100"
+        );
+        assert_eq!(n.normalize(IdType::UserId, "10").unwrap().value, "10");
+    }
+
+    #[test]
+    fn an_unknown_region_is_a_clear_error() {
+        let err = Normalizer::new("Mexico", Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("ISO 3166"), "{err}");
+        assert!(Normalizer::new("br", Vec::new()).is_ok());
+    }
+}
