@@ -120,11 +120,19 @@ struct LinkNode {
     explicit: bool,
 }
 
+enum Sighting {
+    New,
+    Earlier,
+    Known,
+}
+
 /// What [`Resolver::observe`] changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObserveOutcome {
     /// Identifiers seen for the first time.
     pub new_identifiers: Vec<Identifier>,
+    /// Known identifiers this observation saw earlier than any before (their first sighting moved).
+    pub earlier_sightings: Vec<Identifier>,
     /// True when a link was recorded (new, or seen earlier than before).
     pub new_link: bool,
     /// True when a cluster had to be rebuilt because of a late observation.
@@ -192,9 +200,11 @@ impl Resolver {
         let mut outcome = ObserveOutcome::default();
         let mut ids = Vec::with_capacity(observation.identifiers.len());
         for identifier in &observation.identifiers {
-            let (id, is_new) = self.sighting(identifier, &observation.key);
-            if is_new {
-                outcome.new_identifiers.push(identifier.clone());
+            let (id, sighting) = self.sighting(identifier, &observation.key);
+            match sighting {
+                Sighting::New => outcome.new_identifiers.push(identifier.clone()),
+                Sighting::Earlier => outcome.earlier_sightings.push(identifier.clone()),
+                Sighting::Known => {}
             }
             ids.push(id);
         }
@@ -243,14 +253,15 @@ impl Resolver {
     }
 
     /// Interns an identifier (a new one becomes a profile of its own) and keeps its first sighting.
-    fn sighting(&mut self, identifier: &Identifier, key: &ObservationKey) -> (u32, bool) {
+    fn sighting(&mut self, identifier: &Identifier, key: &ObservationKey) -> (u32, Sighting) {
         if let Some(&id) = self.by_identifier.get(identifier) {
             if *key < self.ids[id as usize].first_seen {
                 self.ids[id as usize].first_seen = key.clone();
                 let profile = self.ids[id as usize].profile;
                 self.refresh_anchor(profile);
+                return (id, Sighting::Earlier);
             }
-            return (id, false);
+            return (id, Sighting::Known);
         }
         let id = self.ids.len() as u32;
         let profile = self.new_profile(id);
@@ -263,7 +274,7 @@ impl Resolver {
         self.by_hash
             .entry(identifier_hash(identifier))
             .or_insert(id);
-        (id, true)
+        (id, Sighting::New)
     }
 
     fn new_profile(&mut self, member: u32) -> u32 {

@@ -1,0 +1,175 @@
+//! What one event tells about a person: its identifiers, the traits it sets, consent, and the
+//! figures the built-in computed traits add up.
+
+use kith_core::{Event, MessageType};
+use kith_identity::{IdType, Identifier, Normalizer, ObservationKey};
+use serde_json::{Map, Value};
+
+/// Settings for reading identities out of events.
+#[derive(Debug, Clone)]
+pub struct Extractor {
+    pub normalizer: Normalizer,
+    /// Traits that are identifiers in this workspace (e.g. `customer_number`).
+    pub identifier_traits: Vec<String>,
+    /// The event name that counts as a purchase for the built-in order traits.
+    pub order_event: String,
+}
+
+/// The facts of one event, already normalised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventFacts {
+    pub key: ObservationKey,
+    /// Every valid identifier the event carries.
+    pub identifiers: Vec<Identifier>,
+    /// An `alias` call: an explicit merge of `previousId` into `userId`.
+    pub explicit_merge: bool,
+    /// The identifier the event is attributed to (its user id, else its anonymous id...).
+    pub primary: Option<Identifier>,
+    /// Traits set by the event, name → JSON value as text.
+    pub traits: Vec<(String, String)>,
+    /// `context.consent.categoryPreferences` as JSON text.
+    pub consent: Option<String>,
+    pub is_order: bool,
+    pub revenue: Option<f64>,
+    /// Values offered as identifiers that are not identities (reason codes), for metrics.
+    pub refused: Vec<&'static str>,
+}
+
+impl Extractor {
+    pub fn facts(&self, event: &Event) -> EventFacts {
+        let mut facts = EventFacts {
+            key: ObservationKey {
+                time_micros: event.timestamp.timestamp_micros(),
+                message_id: event.message_id.clone(),
+            },
+            identifiers: Vec::new(),
+            explicit_merge: event.kind == MessageType::Alias,
+            primary: None,
+            traits: Vec::new(),
+            consent: None,
+            is_order: event.kind == MessageType::Track
+                && event.event.as_deref() == Some(self.order_event.as_str()),
+            revenue: event.typed.revenue,
+            refused: Vec::new(),
+        };
+        let user = self.offer(&mut facts, IdType::UserId, event.user_id.as_deref());
+        let anonymous = self.offer(
+            &mut facts,
+            IdType::AnonymousId,
+            event.anonymous_id.as_deref(),
+        );
+        if event.kind == MessageType::Alias {
+            // Segment's alias: `previousId` is the old id (a user id or an anonymous id).
+            self.offer(&mut facts, IdType::UserId, event.previous_id.as_deref());
+        }
+        facts.primary = user.or(anonymous);
+
+        let context = event
+            .context
+            .as_deref()
+            .filter(|text| {
+                text.contains("\"traits\"")
+                    || text.contains("\"externalIds\"")
+                    || text.contains("\"consent\"")
+            })
+            .and_then(|text| serde_json::from_str::<Map<String, Value>>(text).ok());
+        let context_traits = context
+            .as_ref()
+            .and_then(|c| c.get("traits"))
+            .and_then(Value::as_object);
+        let own_traits = match event.kind {
+            MessageType::Identify => event
+                .traits
+                .as_deref()
+                .and_then(|text| serde_json::from_str::<Map<String, Value>>(text).ok()),
+            _ => None,
+        };
+        // The call's own traits win over context.traits when both name a trait.
+        for traits in [context_traits, own_traits.as_ref()].into_iter().flatten() {
+            for (name, value) in traits {
+                facts.traits.retain(|(n, _)| n != name);
+                facts.traits.push((name.clone(), value.to_string()));
+            }
+            self.identifiers_in_traits(&mut facts, traits);
+        }
+        if let Some(context) = &context {
+            self.external_ids(&mut facts, context);
+            facts.consent = context
+                .get("consent")
+                .and_then(|c| c.get("categoryPreferences"))
+                .filter(|p| p.is_object())
+                .map(Value::to_string);
+        }
+        if facts.primary.is_none() {
+            facts.primary = facts.identifiers.first().cloned();
+        }
+        facts.identifiers.sort();
+        facts.identifiers.dedup();
+        facts
+    }
+
+    fn identifiers_in_traits(&self, facts: &mut EventFacts, traits: &Map<String, Value>) {
+        self.offer(
+            facts,
+            IdType::Email,
+            traits.get("email").and_then(Value::as_str),
+        );
+        self.offer(
+            facts,
+            IdType::Phone,
+            traits.get("phone").and_then(Value::as_str),
+        );
+        for name in &self.identifier_traits {
+            let value = match traits.get(name) {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            };
+            self.offer(facts, IdType::External(name.clone()), value.as_deref());
+        }
+    }
+
+    /// `context.externalIds`: `[{"id": "...", "type": "...", "collection": "users", ...}]`.
+    fn external_ids(&self, facts: &mut EventFacts, context: &Map<String, Value>) {
+        let Some(list) = context.get("externalIds").and_then(Value::as_array) else {
+            return;
+        };
+        for entry in list {
+            let id_type = entry.get("type").and_then(Value::as_str).map(str::trim);
+            let Some(id_type) = id_type.filter(|t| !t.is_empty()) else {
+                continue;
+            };
+            let value = match entry.get("id") {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            };
+            let id_type = match IdType::from_name(id_type) {
+                // An external id typed `email` or `phone` is normalised as one.
+                IdType::UserId | IdType::AnonymousId => IdType::External(id_type.to_string()),
+                other => other,
+            };
+            self.offer(facts, id_type, value.as_deref());
+        }
+    }
+
+    /// Normalises a candidate identifier and keeps it if it is an identity.
+    fn offer(
+        &self,
+        facts: &mut EventFacts,
+        id_type: IdType,
+        raw: Option<&str>,
+    ) -> Option<Identifier> {
+        let raw = raw?;
+        match self.normalizer.normalize(id_type, raw) {
+            Ok(identifier) => {
+                facts.identifiers.push(identifier.clone());
+                Some(identifier)
+            }
+            Err(refused) => {
+                facts.refused.push(refused.code());
+                None
+            }
+        }
+    }
+}

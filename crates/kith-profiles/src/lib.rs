@@ -1,0 +1,373 @@
+//! Customer profiles: one per person, kept current as events arrive.
+//!
+//! Events reach [`ProfileStore::apply`] in journal order (the server calls it from its unify
+//! thread within milliseconds of the ack). Each event's identifiers go through the resolver
+//! ([`kith_identity`]); its traits, consent and figures are kept per identifier and folded into the
+//! profile when read, so merges never rewrite anything. [`ProfileStore::persist`] writes the
+//! changes to `profiles.db` with the journal seq they reach.
+
+pub mod extract;
+pub mod facts;
+pub mod persist;
+pub mod view;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
+
+use hashbrown::{HashMap, HashSet};
+use kith_core::Event;
+use kith_identity::{
+    IdType, Identifier, IdentityRules, Lookup, Normalizer, Observation, ProfileRef, Resolver,
+};
+use rusqlite::Connection;
+use thiserror::Error;
+
+pub use extract::{EventFacts, Extractor};
+pub use facts::{IdentifierFacts, ProfileFacts, TraitValue};
+pub use view::ProfileView;
+
+#[derive(Debug, Error)]
+pub enum ProfileError {
+    #[error("profile store error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("i/o error on {0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    #[error("profile store is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// How profiles are resolved in a workspace.
+#[derive(Debug, Clone)]
+pub struct ProfileSettings {
+    pub normalizer: Normalizer,
+    pub rules: IdentityRules,
+    pub identifier_traits: Vec<String>,
+    pub order_event: String,
+}
+
+impl Default for ProfileSettings {
+    fn default() -> Self {
+        ProfileSettings {
+            normalizer: Normalizer::new("MX", Vec::new()).expect("MX is a region"),
+            rules: IdentityRules::default(),
+            identifier_traits: Vec::new(),
+            order_event: "Order Completed".to_string(),
+        }
+    }
+}
+
+/// Why a lookup found nothing.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum LookupError {
+    #[error(
+        "`{0}` is not an identifier type here; use profile_id, user_id, anonymous_id, email, phone{1}"
+    )]
+    UnknownType(String, String),
+    #[error("`{value}` is not a valid {id_type}: {reason}")]
+    InvalidValue {
+        id_type: String,
+        value: String,
+        reason: String,
+    },
+}
+
+struct State {
+    resolver: Resolver,
+    facts: HashMap<Identifier, IdentifierFacts>,
+    pending: persist::Pending,
+    dirty_facts: HashSet<Identifier>,
+    /// External identifier types seen so far.
+    external_types: HashSet<String>,
+}
+
+pub struct ProfileStore {
+    extractor: Extractor,
+    state: RwLock<State>,
+    writer: Mutex<Option<Connection>>,
+    reader: Mutex<Connection>,
+    applied_seq: AtomicU64,
+    persisted_seq: AtomicU64,
+}
+
+impl ProfileStore {
+    /// Opens `profiles.db` in `data_dir` and rebuilds the profiles from it.
+    pub fn open(data_dir: &Path, settings: ProfileSettings) -> Result<ProfileStore, ProfileError> {
+        let writer = persist::open(data_dir)?;
+        let reader = persist::open(data_dir)?;
+        let loaded = persist::load(&writer)?;
+        let mut resolver = Resolver::new(settings.rules);
+        for (identifier, key) in loaded.identifiers {
+            resolver.observe(&Observation {
+                key,
+                identifiers: vec![identifier],
+                explicit_merge: false,
+            });
+        }
+        for link in &loaded.links {
+            resolver.observe(link);
+        }
+        let facts: HashMap<Identifier, IdentifierFacts> = loaded.facts.into_iter().collect();
+        let external_types = loaded_external_types(&loaded.links, &facts);
+        tracing::info!(
+            profiles = resolver.profile_count(),
+            identifiers = resolver.identifier_count(),
+            applied_seq = loaded.applied_seq,
+            "profiles loaded"
+        );
+        Ok(ProfileStore {
+            extractor: Extractor {
+                normalizer: settings.normalizer,
+                identifier_traits: settings.identifier_traits,
+                order_event: settings.order_event,
+            },
+            state: RwLock::new(State {
+                resolver,
+                facts,
+                pending: persist::Pending::default(),
+                dirty_facts: HashSet::new(),
+                external_types,
+            }),
+            writer: Mutex::new(Some(writer)),
+            reader: Mutex::new(reader),
+            applied_seq: AtomicU64::new(loaded.applied_seq),
+            persisted_seq: AtomicU64::new(loaded.applied_seq),
+        })
+    }
+
+    pub fn extractor(&self) -> &Extractor {
+        &self.extractor
+    }
+
+    /// The journal seq through which events have been applied.
+    pub fn applied_seq(&self) -> u64 {
+        self.applied_seq.load(Ordering::SeqCst)
+    }
+
+    /// The journal seq through which the effects are in `profiles.db`.
+    pub fn persisted_seq(&self) -> u64 {
+        self.persisted_seq.load(Ordering::SeqCst)
+    }
+
+    /// Applies events (with their journal seqs, ascending). Seqs already applied are skipped, so
+    /// a replay may overlap.
+    pub fn apply(&self, events: &[(u64, EventFacts)]) {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let state = &mut *state;
+        let mut last = self.applied_seq();
+        for (seq, facts) in events {
+            if *seq <= last {
+                continue;
+            }
+            last = *seq;
+            for reason in &facts.refused {
+                metrics::counter!("kith_identity_values_refused_total", "reason" => *reason)
+                    .increment(1);
+            }
+            let observation = Observation {
+                key: facts.key.clone(),
+                identifiers: facts.identifiers.clone(),
+                explicit_merge: facts.explicit_merge,
+            };
+            let outcome = state.resolver.observe(&observation);
+            for identifier in &outcome.new_identifiers {
+                if let IdType::External(name) = &identifier.id_type
+                    && !state.external_types.contains(name)
+                {
+                    state.external_types.insert(name.clone());
+                }
+            }
+            for identifier in outcome
+                .new_identifiers
+                .iter()
+                .chain(&outcome.earlier_sightings)
+            {
+                state
+                    .pending
+                    .identifiers
+                    .push((identifier.clone(), facts.key.clone()));
+            }
+            if outcome.new_link {
+                state.pending.links.push(observation);
+            }
+            if outcome.rebuilt {
+                metrics::counter!("kith_identity_clusters_rebuilt_total").increment(1);
+            }
+            let Some(primary) = &facts.primary else {
+                metrics::counter!("kith_profile_events_unattributed_total").increment(1);
+                continue;
+            };
+            let changes = state
+                .facts
+                .entry(primary.clone())
+                .or_default()
+                .absorb(facts);
+            state
+                .pending
+                .history
+                .extend(changes.into_iter().map(|c| (primary.clone(), c)));
+            state.dirty_facts.insert(primary.clone());
+        }
+        state.pending.applied_seq = last;
+        self.applied_seq.store(last, Ordering::SeqCst);
+    }
+
+    /// Extracts and applies events in one step (replay, imports, tests).
+    pub fn apply_events(&self, events: &[(u64, &Event)]) {
+        let facts: Vec<(u64, EventFacts)> = events
+            .iter()
+            .map(|(seq, event)| (*seq, self.extractor.facts(event)))
+            .collect();
+        self.apply(&facts);
+    }
+
+    /// Writes what changed since the last call to `profiles.db`. Returns rows written.
+    pub fn persist(&self) -> Result<usize, ProfileError> {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(conn) = writer.as_mut() else {
+            return Ok(0);
+        };
+        let pending = {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            let state = &mut *state;
+            let mut pending = std::mem::take(&mut state.pending);
+            pending.applied_seq = self.applied_seq();
+            let dirty = std::mem::take(&mut state.dirty_facts);
+            pending.facts = dirty
+                .into_iter()
+                .filter_map(|id| state.facts.get(&id).map(|f| (id, f.clone())))
+                .collect();
+            pending
+        };
+        if pending.is_empty() && pending.applied_seq == self.persisted_seq() {
+            return Ok(0);
+        }
+        let rows = pending.identifiers.len()
+            + pending.links.len()
+            + pending.facts.len()
+            + pending.history.len();
+        if let Err(e) = persist::write(conn, &pending) {
+            // Put the changes back so the next call retries them.
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            let state = &mut *state;
+            state.pending.identifiers.extend(pending.identifiers);
+            state.pending.links.extend(pending.links);
+            state.pending.history.extend(pending.history);
+            state
+                .dirty_facts
+                .extend(pending.facts.into_iter().map(|(id, _)| id));
+            return Err(e);
+        }
+        self.persisted_seq
+            .store(pending.applied_seq, Ordering::SeqCst);
+        metrics::counter!("kith_profile_rows_persisted_total").increment(rows as u64);
+        Ok(rows)
+    }
+
+    /// Stops writing (for read-only use next to a running server).
+    pub fn read_only(self) -> ProfileStore {
+        *self.writer.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self
+    }
+
+    /// Finds the profile a `type:value` lookup names.
+    pub fn find(&self, lookup: &Lookup) -> Result<Option<ProfileView>, LookupError> {
+        let state = self.read();
+        let profile = match lookup.type_name.as_str() {
+            "profile_id" => state.resolver.profile_by_id(&lookup.value),
+            name => {
+                let id_type = IdType::from_name(name);
+                if let IdType::External(external) = &id_type
+                    && !self.extractor.identifier_traits.contains(external)
+                    && !self.known_external_type(&state, external)
+                {
+                    let declared = self
+                        .extractor
+                        .identifier_traits
+                        .iter()
+                        .map(|t| format!(", {t}"))
+                        .collect::<String>();
+                    return Err(LookupError::UnknownType(name.to_string(), declared));
+                }
+                let identifier = self
+                    .extractor
+                    .normalizer
+                    .normalize(id_type, &lookup.value)
+                    .map_err(|e| LookupError::InvalidValue {
+                        id_type: name.to_string(),
+                        value: lookup.value.clone(),
+                        reason: e.to_string(),
+                    })?;
+                state.resolver.profile_of(&identifier)
+            }
+        };
+        Ok(profile.map(|p| self.view_of(&state, p)))
+    }
+
+    fn known_external_type(&self, state: &State, name: &str) -> bool {
+        // External types seen in `context.externalIds` are valid lookups too.
+        state.external_types.contains(name)
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn view_of(&self, state: &State, profile: ProfileRef) -> ProfileView {
+        let identifiers = state.resolver.identifiers(profile);
+        let folded = ProfileFacts::fold(
+            identifiers
+                .iter()
+                .filter_map(|(identifier, _)| state.facts.get(*identifier)),
+        );
+        ProfileView::build(&state.resolver, profile, folded)
+    }
+
+    /// The trait history of a profile's identifiers, oldest first.
+    pub fn trait_history(
+        &self,
+        view: &ProfileView,
+    ) -> Result<Vec<persist::HistoryEntry>, ProfileError> {
+        let identifiers: Vec<Identifier> = view
+            .identifiers
+            .iter()
+            .map(|i| Identifier::new(IdType::from_name(&i.id_type), i.value.clone()))
+            .collect();
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        persist::history(&reader, &identifiers)
+    }
+
+    /// Every profile, for the `profiles` and `profile_identities` tables.
+    pub fn all_views(&self) -> Vec<ProfileView> {
+        let state = self.read();
+        state
+            .resolver
+            .profiles()
+            .map(|p| self.view_of(&state, p))
+            .collect()
+    }
+
+    pub fn profile_count(&self) -> usize {
+        self.read().resolver.profile_count()
+    }
+}
+
+fn loaded_external_types(
+    links: &[Observation],
+    facts: &HashMap<Identifier, IdentifierFacts>,
+) -> HashSet<String> {
+    let mut types = HashSet::new();
+    let identifiers = links
+        .iter()
+        .flat_map(|l| &l.identifiers)
+        .chain(facts.keys());
+    for identifier in identifiers {
+        if let IdType::External(name) = &identifier.id_type {
+            types.insert(name.clone());
+        }
+    }
+    types
+}
+
+#[cfg(test)]
+mod tests;

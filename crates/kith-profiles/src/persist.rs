@@ -1,0 +1,260 @@
+//! `profiles.db`: what the in-memory profile state is rebuilt from after a restart.
+//!
+//! Only inputs are stored (identifiers with their first sighting, links, per-identifier facts,
+//! trait history); the grouping is recomputed from them, which is exact because the resolver's
+//! result does not depend on order. `applied_seq` is written in the same transaction, so a restart
+//! replays exactly the journal records after it.
+
+use std::path::Path;
+
+use kith_identity::{IdType, Identifier, Observation, ObservationKey};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::ProfileError;
+use crate::facts::{IdentifierFacts, TraitChange};
+
+pub const DB_FILE: &str = "profiles.db";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS identifiers (
+    id_type TEXT NOT NULL, value TEXT NOT NULL,
+    first_time INTEGER NOT NULL, first_message TEXT NOT NULL,
+    PRIMARY KEY (id_type, value)
+);
+CREATE TABLE IF NOT EXISTS links (
+    identifiers TEXT PRIMARY KEY,
+    time INTEGER NOT NULL, message_id TEXT NOT NULL, explicit INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS identifier_facts (
+    id_type TEXT NOT NULL, value TEXT NOT NULL, facts TEXT NOT NULL,
+    PRIMARY KEY (id_type, value)
+);
+CREATE TABLE IF NOT EXISTS trait_history (
+    id_type TEXT NOT NULL, value TEXT NOT NULL, trait TEXT NOT NULL, json TEXT NOT NULL,
+    time INTEGER NOT NULL, message_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trait_history_by_identifier ON trait_history (id_type, value);
+";
+
+/// Changes since the last write.
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub identifiers: Vec<(Identifier, ObservationKey)>,
+    pub links: Vec<Observation>,
+    pub facts: Vec<(Identifier, IdentifierFacts)>,
+    pub history: Vec<(Identifier, TraitChange)>,
+    pub applied_seq: u64,
+}
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.identifiers.is_empty()
+            && self.links.is_empty()
+            && self.facts.is_empty()
+            && self.history.is_empty()
+    }
+}
+
+pub fn open(data_dir: &Path) -> Result<Connection, ProfileError> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| ProfileError::Io(data_dir.display().to_string(), e))?;
+    let conn = Connection::open(data_dir.join(DB_FILE))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // The journal holds everything after `applied_seq`, so a lost commit is replayed, not lost.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// Link identity as stored: the identifiers, sorted, as `type:value` joined by newlines.
+fn link_text(identifiers: &[Identifier]) -> String {
+    let mut parts: Vec<String> = identifiers.iter().map(|i| i.to_string()).collect();
+    parts.sort();
+    parts.join("\n")
+}
+
+fn parse_identifier(text: &str) -> Option<Identifier> {
+    let (id_type, value) = text.split_once(':')?;
+    Some(Identifier::new(IdType::from_name(id_type), value))
+}
+
+pub fn write(conn: &mut Connection, pending: &Pending) -> Result<(), ProfileError> {
+    let tx = conn.transaction()?;
+    {
+        let mut identifiers = tx.prepare_cached(
+            "INSERT INTO identifiers (id_type, value, first_time, first_message) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id_type, value) DO UPDATE SET first_time = excluded.first_time,
+                 first_message = excluded.first_message
+             WHERE (excluded.first_time, excluded.first_message) < (first_time, first_message)",
+        )?;
+        for (identifier, key) in &pending.identifiers {
+            identifiers.execute(params![
+                identifier.id_type.name(),
+                identifier.value,
+                key.time_micros,
+                key.message_id
+            ])?;
+        }
+        let mut links = tx.prepare_cached(
+            "INSERT INTO links (identifiers, time, message_id, explicit) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (identifiers) DO UPDATE SET time = excluded.time,
+                 message_id = excluded.message_id, explicit = excluded.explicit
+             WHERE (excluded.time, excluded.message_id) < (time, message_id)",
+        )?;
+        for link in &pending.links {
+            links.execute(params![
+                link_text(&link.identifiers),
+                link.key.time_micros,
+                link.key.message_id,
+                link.explicit_merge
+            ])?;
+        }
+        let mut facts = tx.prepare_cached(
+            "INSERT INTO identifier_facts (id_type, value, facts) VALUES (?1, ?2, ?3)
+             ON CONFLICT (id_type, value) DO UPDATE SET facts = excluded.facts",
+        )?;
+        for (identifier, identifier_facts) in &pending.facts {
+            let json = serde_json::to_string(identifier_facts)
+                .map_err(|e| ProfileError::Corrupt(e.to_string()))?;
+            facts.execute(params![identifier.id_type.name(), identifier.value, json])?;
+        }
+        let mut history = tx.prepare_cached(
+            "INSERT INTO trait_history (id_type, value, trait, json, time, message_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for (identifier, change) in &pending.history {
+            history.execute(params![
+                identifier.id_type.name(),
+                identifier.value,
+                change.name,
+                change.value.json,
+                change.value.time_micros,
+                change.value.message_id
+            ])?;
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('applied_seq', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![pending.applied_seq as i64],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Everything stored, for rebuilding the in-memory state.
+pub struct Loaded {
+    pub applied_seq: u64,
+    pub identifiers: Vec<(Identifier, ObservationKey)>,
+    /// Sorted in canonical order, so rebuilding applies each link directly.
+    pub links: Vec<Observation>,
+    pub facts: Vec<(Identifier, IdentifierFacts)>,
+}
+
+pub fn load(conn: &Connection) -> Result<Loaded, ProfileError> {
+    let applied_seq: i64 = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'applied_seq'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let mut statement =
+        conn.prepare("SELECT id_type, value, first_time, first_message FROM identifiers")?;
+    let identifiers = statement
+        .query_map([], |r| {
+            Ok((
+                Identifier::new(
+                    IdType::from_name(&r.get::<_, String>(0)?),
+                    r.get::<_, String>(1)?,
+                ),
+                ObservationKey {
+                    time_micros: r.get(2)?,
+                    message_id: r.get(3)?,
+                },
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut statement = conn.prepare(
+        "SELECT identifiers, time, message_id, explicit FROM links ORDER BY time, message_id",
+    )?;
+    let links = statement
+        .query_map([], |r| {
+            let text: String = r.get(0)?;
+            Ok(Observation {
+                identifiers: text.split('\n').filter_map(parse_identifier).collect(),
+                key: ObservationKey {
+                    time_micros: r.get(1)?,
+                    message_id: r.get(2)?,
+                },
+                explicit_merge: r.get(3)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut statement = conn.prepare("SELECT id_type, value, facts FROM identifier_facts")?;
+    let rows = statement
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut facts = Vec::with_capacity(rows.len());
+    for (id_type, value, json) in rows {
+        let parsed: IdentifierFacts = serde_json::from_str(&json).map_err(|e| {
+            ProfileError::Corrupt(format!("facts of {id_type}:{value} do not parse: {e}"))
+        })?;
+        facts.push((Identifier::new(IdType::from_name(&id_type), value), parsed));
+    }
+    Ok(Loaded {
+        applied_seq: applied_seq.max(0) as u64,
+        identifiers,
+        links,
+        facts,
+    })
+}
+
+/// A trait change as the history shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HistoryEntry {
+    pub identifier: String,
+    pub name: String,
+    pub json: String,
+    pub time_micros: i64,
+    pub message_id: String,
+}
+
+/// The trait history of some identifiers, oldest first.
+pub fn history(
+    conn: &Connection,
+    identifiers: &[Identifier],
+) -> Result<Vec<HistoryEntry>, ProfileError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT trait, json, time, message_id FROM trait_history WHERE id_type = ?1 AND value = ?2",
+    )?;
+    let mut out = Vec::new();
+    for identifier in identifiers {
+        let rows =
+            statement.query_map(params![identifier.id_type.name(), identifier.value], |r| {
+                Ok(HistoryEntry {
+                    identifier: identifier.to_string(),
+                    name: r.get(0)?,
+                    json: r.get(1)?,
+                    time_micros: r.get(2)?,
+                    message_id: r.get(3)?,
+                })
+            })?;
+        for row in rows {
+            out.push(row?);
+        }
+    }
+    out.sort_by(|a, b| {
+        (a.time_micros, &a.message_id, &a.name).cmp(&(b.time_micros, &b.message_id, &b.name))
+    });
+    Ok(out)
+}

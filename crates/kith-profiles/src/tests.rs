@@ -1,0 +1,183 @@
+use chrono::{TimeZone, Utc};
+use kith_core::{Event, parse::parse_batch_request};
+use kith_identity::Lookup;
+use serde_json::{Value, json};
+
+use crate::*;
+
+fn events(items: Value) -> Vec<Event> {
+    let body = json!({ "batch": items }).to_string();
+    let request = parse_batch_request(&body).unwrap();
+    let batch = request.normalize("web", Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+    assert!(batch.rejections.is_empty(), "{:?}", batch.rejections);
+    batch.events
+}
+
+fn apply(store: &ProfileStore, first_seq: u64, items: Value) {
+    let events = events(items);
+    let numbered: Vec<(u64, &Event)> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (first_seq + i as u64, e))
+        .collect();
+    store.apply_events(&numbered);
+}
+
+fn find(store: &ProfileStore, lookup: &str) -> Option<ProfileView> {
+    store.find(&Lookup::parse(lookup).unwrap()).unwrap()
+}
+
+fn customer_journey() -> Value {
+    json!([
+        {"type": "page", "anonymousId": "browser-1", "messageId": "m1", "timestamp": "2025-03-01T10:00:00Z",
+         "context": {"consent": {"categoryPreferences": {"analytics": true, "marketing": true}}}},
+        {"type": "identify", "userId": "u-100", "anonymousId": "browser-1", "messageId": "m2",
+         "timestamp": "2025-03-01T10:05:00Z",
+         "traits": {"email": " Ana@Example.com ", "phone": "55 1234 5678", "name": "Ana", "plan": "free"}},
+        {"type": "track", "anonymousId": "phone-app-7", "event": "Order Completed", "messageId": "m3",
+         "timestamp": "2025-03-02T09:00:00Z", "properties": {"revenue": 1500.0, "currency": "MXN"},
+         "context": {"traits": {"email": "ana@example.com"},
+                     "consent": {"categoryPreferences": {"analytics": true, "marketing": false}}}},
+        {"type": "track", "userId": "u-100", "event": "Order Completed", "messageId": "m4",
+         "timestamp": "2025-03-05T09:00:00Z", "properties": {"revenue": 500.0}},
+        {"type": "identify", "userId": "u-100", "messageId": "m5", "timestamp": "2025-03-04T00:00:00Z",
+         "traits": {"plan": "premium"}}
+    ])
+}
+
+#[test]
+fn a_customer_seen_on_two_devices_is_one_profile_with_traits_figures_and_consent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
+    apply(&store, 1, customer_journey());
+
+    let by_phone = find(&store, "phone:+52 55 1234 5678").expect("phone finds the profile");
+    for lookup in [
+        "user_id:u-100",
+        "anonymous_id:phone-app-7",
+        "email:ANA@example.com",
+    ] {
+        assert_eq!(
+            find(&store, lookup).unwrap().profile_id,
+            by_phone.profile_id,
+            "{lookup}"
+        );
+    }
+    assert_eq!(
+        find(&store, &format!("profile_id:{}", by_phone.profile_id)).unwrap(),
+        by_phone
+    );
+    let ids: Vec<String> = by_phone
+        .identifiers
+        .iter()
+        .map(|i| format!("{}:{}", i.id_type, i.value))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "user_id:u-100",
+            "email:ana@example.com",
+            "phone:+525512345678",
+            "anonymous_id:browser-1",
+            "anonymous_id:phone-app-7"
+        ]
+    );
+    // m5 (newer than m2) changed the plan; the name m2 set stays.
+    assert_eq!(by_phone.traits["plan"], json!("premium"));
+    assert_eq!(by_phone.traits["name"], json!("Ana"));
+    let computed = &by_phone.computed_traits;
+    assert_eq!(
+        (
+            computed.event_count,
+            computed.order_count,
+            computed.total_revenue
+        ),
+        (5, 2, 2000.0)
+    );
+    assert_eq!(computed.average_order_value, Some(1000.0));
+    assert_eq!(
+        computed.first_seen.as_deref(),
+        Some("2025-03-01T10:00:00.000000Z")
+    );
+    assert_eq!(
+        computed.last_seen.as_deref(),
+        Some("2025-03-05T09:00:00.000000Z")
+    );
+    let consent = by_phone.consent.as_ref().unwrap();
+    assert_eq!(
+        consent.preferences,
+        json!({"analytics": true, "marketing": false})
+    );
+    assert_eq!(consent.message_id, "m3");
+    let via: Vec<&str> = by_phone.merges.iter().map(|m| m.via.as_str()).collect();
+    assert_eq!(via.len(), 4, "{:?}", by_phone.merges);
+    assert!(find(&store, "email:nobody@example.com").is_none());
+}
+
+#[test]
+fn profiles_survive_a_restart_and_keep_their_trait_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
+        apply(&store, 1, customer_journey());
+        assert!(store.persist().unwrap() > 0);
+        assert_eq!(store.persisted_seq(), 5);
+        find(&store, "user_id:u-100").unwrap()
+    };
+    let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
+    assert_eq!(store.applied_seq(), 5);
+    let after = find(&store, "user_id:u-100").unwrap();
+    assert_eq!(after, before);
+    // Replayed seqs are skipped, so figures are not counted twice.
+    apply(&store, 1, customer_journey());
+    assert_eq!(
+        find(&store, "user_id:u-100")
+            .unwrap()
+            .computed_traits
+            .event_count,
+        5
+    );
+
+    let history = store.trait_history(&after).unwrap();
+    let plan: Vec<(&str, &str)> = history
+        .iter()
+        .filter(|h| h.name == "plan")
+        .map(|h| (h.json.as_str(), h.message_id.as_str()))
+        .collect();
+    assert_eq!(plan, [("\"free\"", "m2"), ("\"premium\"", "m5")]);
+}
+
+#[test]
+fn placeholder_ids_never_join_people() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
+    apply(
+        &store,
+        1,
+        json!([
+            {"type": "identify", "userId": "a", "anonymousId": "null", "messageId": "x1",
+             "traits": {"email": "undefined"}},
+            {"type": "identify", "userId": "b", "anonymousId": "null", "messageId": "x2",
+             "traits": {"email": "undefined"}}
+        ]),
+    );
+    assert_ne!(
+        find(&store, "user_id:a").unwrap().profile_id,
+        find(&store, "user_id:b").unwrap().profile_id
+    );
+    assert_eq!(store.profile_count(), 2);
+}
+
+#[test]
+fn lookups_with_unknown_types_or_bad_values_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
+    let err = store
+        .find(&Lookup::parse("shoe_size:42").unwrap())
+        .unwrap_err();
+    assert!(matches!(err, LookupError::UnknownType(..)), "{err}");
+    let err = store
+        .find(&Lookup::parse("email:not-an-email").unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("is not an email address"), "{err}");
+}
