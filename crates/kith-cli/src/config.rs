@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use kith_identity::{IdType, Normalizer};
+use kith_profiles::ProfileSettings;
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -14,6 +16,8 @@ pub struct FileConfig {
     pub ingest: IngestConfig,
     #[serde(default)]
     pub query: QueryConfig,
+    #[serde(default)]
+    pub identity: IdentityConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -35,6 +39,56 @@ pub struct QueryConfig {
     pub timeout_secs: Option<u64>,
     pub memory_mb: Option<usize>,
     pub max_rows: Option<usize>,
+}
+
+/// `[identity]`: how identifiers are normalised and when profiles merge.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// ISO country whose numbers may be written without a country code (default MX).
+    pub default_region: Option<String>,
+    /// Values that are never identities here (besides null, undefined, guest, 0, ...).
+    #[serde(default)]
+    pub blocked_values: Vec<String>,
+    /// Traits that are identifiers (e.g. `customer_number`).
+    #[serde(default)]
+    pub identifier_traits: Vec<String>,
+    /// The event counted as a purchase by the built-in order traits (default `Order Completed`).
+    pub order_event: Option<String>,
+    pub max_identifiers: Option<usize>,
+    pub max_merges: Option<usize>,
+    /// Most identifiers of a type per profile, e.g. `{ user_id = 1, email = 5 }`.
+    #[serde(default)]
+    pub limits: std::collections::BTreeMap<String, usize>,
+}
+
+impl IdentityConfig {
+    pub fn settings(&self) -> anyhow::Result<ProfileSettings> {
+        let mut settings = ProfileSettings::default();
+        let region = self.default_region.as_deref().unwrap_or("MX");
+        settings.normalizer = Normalizer::new(region, self.blocked_values.clone())
+            .with_context(|| "invalid [identity] default_region in the config file")?;
+        settings.identifier_traits = self.identifier_traits.clone();
+        if let Some(event) = &self.order_event {
+            settings.order_event = event.clone();
+        }
+        if let Some(n) = self.max_identifiers {
+            settings.rules.max_identifiers = n;
+        }
+        if let Some(n) = self.max_merges {
+            settings.rules.max_merges = n;
+        }
+        for (name, limit) in &self.limits {
+            if *limit == 0 {
+                anyhow::bail!("[identity.limits] {name} must be at least 1");
+            }
+            settings
+                .rules
+                .limits
+                .insert(IdType::from_name(name), *limit);
+        }
+        Ok(settings)
+    }
 }
 
 pub const DEFAULT_DATA_DIR: &str = "./kith-data";
@@ -81,6 +135,16 @@ mod tests {
         assert_eq!(config.data_dir, Some(PathBuf::from("/tmp/k")));
         assert_eq!(config.ingest.flush_interval_ms, Some(5));
         assert!(toml::from_str::<FileConfig>("data_dri = 'x'").is_err());
+        let identity: FileConfig = toml::from_str(
+            "[identity]\ndefault_region = 'us'\nidentifier_traits = ['customer_number']\n[identity.limits]\nemail = 2\n",
+        )
+        .unwrap();
+        let settings = identity.identity.settings().unwrap();
+        assert_eq!(settings.rules.limit(&IdType::Email), 2);
+        assert_eq!(settings.identifier_traits, ["customer_number"]);
+        let bad: FileConfig = toml::from_str("[identity]\ndefault_region = 'Mexico'\n").unwrap();
+        let err = format!("{:#}", bad.identity.settings().unwrap_err());
+        assert!(err.contains("ISO 3166"), "{err}");
         assert_eq!(
             config.data_dir(Some(PathBuf::from("/flag"))),
             PathBuf::from("/flag")

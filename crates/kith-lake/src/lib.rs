@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use kith_core::Stored;
 use thiserror::Error;
 
-pub use query::{QueryError, QueryLimits, QueryResult};
+pub use query::{ExtraTable, QueryError, QueryLimits, QueryResult, TimelineQuery};
 pub use table::{EventTable, JOURNAL_APP_ID, TableView};
 
 #[derive(Debug, Error)]
@@ -169,7 +169,26 @@ impl Lake {
 
     /// Runs a SQL query over `events` and `rejected_events`.
     pub async fn query(&self, sql: &str, limits: &QueryLimits) -> Result<QueryResult, QueryError> {
-        query::run(self, sql, limits).await
+        query::run(self, sql, limits, Vec::new()).await
+    }
+
+    /// Runs a SQL query with more tables beside the event tables (e.g. `profiles`).
+    pub async fn query_with(
+        &self,
+        sql: &str,
+        limits: &QueryLimits,
+        extra: Vec<ExtraTable>,
+    ) -> Result<QueryResult, QueryError> {
+        query::run(self, sql, limits, extra).await
+    }
+
+    /// One person's events, newest first.
+    pub async fn timeline(
+        &self,
+        query: &TimelineQuery,
+        limits: &QueryLimits,
+    ) -> Result<QueryResult, QueryError> {
+        query::timeline(self, query, limits).await
     }
 }
 

@@ -136,13 +136,27 @@ async fn register(ctx: &SessionContext, table: &EventTable) -> Result<(), QueryE
     Ok(())
 }
 
+/// A table registered next to the event tables for one query (e.g. `profiles`).
+pub struct ExtraTable {
+    pub name: String,
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
 pub(crate) async fn run(
     lake: &Lake,
     sql: &str,
     limits: &QueryLimits,
+    extra: Vec<ExtraTable>,
 ) -> Result<QueryResult, QueryError> {
     let started = std::time::Instant::now();
     let ctx = session(lake, limits).await?;
+    for table in extra {
+        let provider = MemTable::try_new(table.schema, vec![table.batches])
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        ctx.register_table(table.name.as_str(), Arc::new(provider))
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+    }
     // The work runs as its own task: when the time is up the caller answers at once, and the
     // task is aborted at its next yield point instead of holding the caller hostage.
     let sql = sql.to_string();
@@ -194,5 +208,101 @@ pub(crate) async fn run(
         schema,
         batches,
         truncated,
+    })
+}
+
+/// One person's events, newest first: the customer-360 timeline.
+#[derive(Debug, Clone, Default)]
+pub struct TimelineQuery {
+    pub user_ids: Vec<String>,
+    pub anonymous_ids: Vec<String>,
+    /// Only these message types (`track`, `page`, ...); all when empty.
+    pub types: Vec<String>,
+    /// Only this event name.
+    pub event: Option<String>,
+    /// Only events strictly before this `(timestamp µs, message_id)` position (the page cursor).
+    pub before: Option<(i64, String)>,
+    /// Only events at or after this time (µs).
+    pub since_micros: Option<i64>,
+    pub limit: usize,
+}
+
+pub(crate) async fn timeline(
+    lake: &Lake,
+    query: &TimelineQuery,
+    limits: &QueryLimits,
+) -> Result<QueryResult, QueryError> {
+    use datafusion::prelude::{Expr, col, lit};
+    use datafusion::scalar::ScalarValue;
+
+    let ctx = session(lake, limits).await?;
+    let internal = |e: DataFusionError| QueryError::Internal(e.to_string());
+    let strings = |values: &[String]| values.iter().map(|v| lit(v.clone())).collect::<Vec<Expr>>();
+    let timestamp = |micros: i64| {
+        lit(ScalarValue::TimestampMicrosecond(
+            Some(micros),
+            Some("UTC".into()),
+        ))
+    };
+    let mut who: Option<Expr> = None;
+    for (column, values) in [
+        ("user_id", &query.user_ids),
+        ("anonymous_id", &query.anonymous_ids),
+    ] {
+        if values.is_empty() {
+            continue;
+        }
+        let matches = col(column).in_list(strings(values), false);
+        who = Some(match who {
+            Some(w) => w.or(matches),
+            None => matches,
+        });
+    }
+    let Some(mut filter) = who else {
+        return Ok(QueryResult {
+            schema: crate::schema::EVENTS_SCHEMA.clone(),
+            batches: Vec::new(),
+            truncated: false,
+        });
+    };
+    if !query.types.is_empty() {
+        filter = filter.and(col("type").in_list(strings(&query.types), false));
+    }
+    if let Some(event) = &query.event {
+        filter = filter.and(col("event").eq(lit(event.clone())));
+    }
+    if let Some(since) = query.since_micros {
+        filter = filter.and(col("timestamp").gt_eq(timestamp(since)));
+    }
+    if let Some((micros, message_id)) = &query.before {
+        filter = filter.and(
+            col("timestamp").lt(timestamp(*micros)).or(col("timestamp")
+                .eq(timestamp(*micros))
+                .and(col("message_id").lt(lit(message_id.clone())))),
+        );
+    }
+    let frame = ctx
+        .table("events")
+        .await
+        .map_err(internal)?
+        .filter(filter)
+        .map_err(internal)?
+        .sort(vec![
+            col("timestamp").sort(false, false),
+            col("message_id").sort(false, false),
+        ])
+        .map_err(internal)?
+        .limit(0, Some(query.limit))
+        .map_err(internal)?;
+    let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+    let work = frame.collect();
+    let batches = match tokio::time::timeout(limits.timeout, work).await {
+        Ok(result) => result.map_err(|e| classify(e, limits))?,
+        Err(_) => return Err(QueryError::Timeout(limits.timeout)),
+    };
+    Ok(QueryResult {
+        schema,
+        batches,
+        truncated: false,
     })
 }

@@ -79,6 +79,9 @@ struct State {
     dirty_facts: HashSet<Identifier>,
     /// External identifier types seen so far.
     external_types: HashSet<String>,
+    /// History being written by [`ProfileStore::persist`] right now: readers see it here until
+    /// it is committed.
+    history_in_flight: Vec<(Identifier, facts::TraitChange)>,
 }
 
 pub struct ProfileStore {
@@ -127,6 +130,7 @@ impl ProfileStore {
                 pending: persist::Pending::default(),
                 dirty_facts: HashSet::new(),
                 external_types,
+                history_in_flight: Vec::new(),
             }),
             writer: Mutex::new(Some(writer)),
             reader: Mutex::new(reader),
@@ -232,6 +236,7 @@ impl ProfileStore {
             let state = &mut *state;
             let mut pending = std::mem::take(&mut state.pending);
             pending.applied_seq = self.applied_seq();
+            state.history_in_flight = pending.history.clone();
             let dirty = std::mem::take(&mut state.dirty_facts);
             pending.facts = dirty
                 .into_iter()
@@ -246,10 +251,12 @@ impl ProfileStore {
             + pending.links.len()
             + pending.facts.len()
             + pending.history.len();
-        if let Err(e) = persist::write(conn, &pending) {
+        let written = persist::write(conn, &pending);
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let state = &mut *state;
+        state.history_in_flight.clear();
+        if let Err(e) = written {
             // Put the changes back so the next call retries them.
-            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-            let state = &mut *state;
             state.pending.identifiers.extend(pending.identifiers);
             state.pending.links.extend(pending.links);
             state.pending.history.extend(pending.history);
@@ -323,7 +330,8 @@ impl ProfileStore {
         ProfileView::build(&state.resolver, profile, folded)
     }
 
-    /// The trait history of a profile's identifiers, oldest first.
+    /// The trait history of a profile's identifiers, oldest first: what `profiles.db` holds plus
+    /// what is not written yet.
     pub fn trait_history(
         &self,
         view: &ProfileView,
@@ -333,8 +341,45 @@ impl ProfileStore {
             .iter()
             .map(|i| Identifier::new(IdType::from_name(&i.id_type), i.value.clone()))
             .collect();
+        // Memory first, then the database: an entry committed in between is in both (and
+        // deduplicated), never in neither.
+        let mut entries: Vec<persist::HistoryEntry> = {
+            let state = self.read();
+            state
+                .pending
+                .history
+                .iter()
+                .chain(&state.history_in_flight)
+                .filter(|(identifier, _)| identifiers.contains(identifier))
+                .map(|(identifier, change)| persist::HistoryEntry {
+                    identifier: identifier.to_string(),
+                    name: change.name.clone(),
+                    json: change.value.json.clone(),
+                    time_micros: change.value.time_micros,
+                    message_id: change.value.message_id.clone(),
+                })
+                .collect()
+        };
         let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        persist::history(&reader, &identifiers)
+        entries.extend(persist::history(&reader, &identifiers)?);
+        entries.sort_by(|a, b| {
+            (
+                a.time_micros,
+                &a.message_id,
+                &a.name,
+                &a.identifier,
+                &a.json,
+            )
+                .cmp(&(
+                    b.time_micros,
+                    &b.message_id,
+                    &b.name,
+                    &b.identifier,
+                    &b.json,
+                ))
+        });
+        entries.dedup();
+        Ok(entries)
     }
 
     /// Every profile, for the `profiles` and `profile_identities` tables.

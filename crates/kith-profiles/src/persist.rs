@@ -144,6 +144,23 @@ pub fn write(conn: &mut Connection, pending: &Pending) -> Result<(), ProfileErro
     Ok(())
 }
 
+/// The journal seq `profiles.db` has reached (0 when there is none), without loading anything.
+pub fn applied_seq_on_disk(data_dir: &Path) -> Result<u64, ProfileError> {
+    let path = data_dir.join(DB_FILE);
+    if !path.exists() {
+        return Ok(0);
+    }
+    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let seq: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'applied_seq'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(seq.unwrap_or(0).max(0) as u64)
+}
+
 /// Everything stored, for rebuilding the in-memory state.
 pub struct Loaded {
     pub applied_seq: u64,

@@ -16,6 +16,8 @@ pub struct IdentifierView {
     pub value: String,
     pub first_seen: String,
     pub first_message_id: String,
+    #[serde(skip)]
+    pub first_seen_micros: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -26,6 +28,10 @@ pub struct ComputedTraits {
     pub order_count: u64,
     pub total_revenue: f64,
     pub average_order_value: Option<f64>,
+    #[serde(skip)]
+    pub first_seen_micros: Option<i64>,
+    #[serde(skip)]
+    pub last_seen_micros: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -94,6 +100,7 @@ impl ProfileView {
                 value: identifier.value.clone(),
                 first_seen: at(key),
                 first_message_id: key.message_id.clone(),
+                first_seen_micros: key.time_micros,
             })
             .collect();
         let average_order_value = facts.average_order_value();
@@ -122,6 +129,8 @@ impl ProfileView {
                 order_count: stats.order_count,
                 total_revenue: stats.revenue,
                 average_order_value,
+                first_seen_micros: stats.first_seen_micros,
+                last_seen_micros: stats.last_seen_micros,
             },
             consent,
             merges: resolver

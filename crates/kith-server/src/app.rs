@@ -12,13 +12,15 @@ use axum::routing::{get, post};
 use kith_core::Stored;
 use kith_journal::{Journal, JournalError, JournalOptions};
 use kith_lake::{Lake, LakeError, QueryLimits};
+use kith_profiles::{ProfileError, ProfileSettings, ProfileStore};
 use kith_state::{StateError, StateStore};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tower_http::cors::CorsLayer;
 
 use crate::auth::KeyResolver;
-use crate::{errors, ingest, ops, query};
+use crate::unify::{Ingested, Unifier};
+use crate::{errors, ingest, ops, profiles, query};
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -28,6 +30,10 @@ pub enum ServerError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Lake(#[from] LakeError),
+    #[error(transparent)]
+    Profiles(#[from] ProfileError),
+    #[error("cannot start the unify thread: {0}")]
+    Thread(#[source] std::io::Error),
     #[error("the data directory {0} is in use by another kith process")]
     DataDirLocked(String),
     #[error("cannot use the data directory {path}: {source}")]
@@ -60,6 +66,8 @@ pub struct ServerConfig {
     pub max_buffered_rows: usize,
     pub query_limits: QueryLimits,
     pub journal: JournalOptions,
+    /// Identity resolution: default phone region, block list, merge guards, identifier traits.
+    pub profiles: ProfileSettings,
     /// Serves `POST /internal/noop/batch`, which parses and authenticates like `/v1/batch` but
     /// stores nothing: the ceiling the ingest benchmark compares against.
     pub noop_endpoint: bool,
@@ -75,6 +83,7 @@ impl Default for ServerConfig {
             max_buffered_rows: 1_000_000,
             query_limits: QueryLimits::default(),
             journal: JournalOptions::default(),
+            profiles: ProfileSettings::default(),
             noop_endpoint: false,
         }
     }
@@ -85,7 +94,9 @@ pub struct AppState {
     pub state: Arc<StateStore>,
     pub keys: KeyResolver,
     pub lake: Arc<Lake>,
-    pub journal: Journal<Stored>,
+    pub profiles: Arc<ProfileStore>,
+    pub unifier: Arc<Unifier>,
+    pub journal: Journal<Ingested>,
     _lock: File,
 }
 
@@ -119,12 +130,32 @@ pub fn decode_record(seq: u64, payload: &[u8]) -> Result<Stored, ServerError> {
     })
 }
 
-/// Feeds the journal records the event tables miss into the lake's buffers.
-pub fn replay_into(lake: &Lake, journal_dir: &Path) -> Result<u64, ServerError> {
+/// Feeds the journal records the event tables (and, when given, the profiles) miss into them.
+pub fn replay_into(
+    lake: &Lake,
+    profiles: Option<&ProfileStore>,
+    journal_dir: &Path,
+) -> Result<u64, ServerError> {
+    let after = profiles.map_or(lake.replay_after(), |p| {
+        lake.replay_after().min(p.applied_seq())
+    });
     let mut chunk = Vec::new();
     let mut replayed = 0u64;
     let mut failure = None;
-    kith_journal::read_after(journal_dir, lake.replay_after(), |record| {
+    let flush = |chunk: Vec<(u64, Stored)>| {
+        if let Some(profiles) = profiles {
+            let events: Vec<(u64, &kith_core::Event)> = chunk
+                .iter()
+                .filter_map(|(seq, stored)| match stored {
+                    Stored::Event(event) => Some((*seq, event)),
+                    Stored::Rejected(_) => None,
+                })
+                .collect();
+            profiles.apply_events(&events);
+        }
+        lake.ingest(chunk);
+    };
+    kith_journal::read_after(journal_dir, after, |record| {
         match decode_record(record.seq, &record.payload) {
             Ok(stored) => chunk.push((record.seq, stored)),
             Err(e) => {
@@ -134,7 +165,7 @@ pub fn replay_into(lake: &Lake, journal_dir: &Path) -> Result<u64, ServerError> 
         }
         replayed += 1;
         if chunk.len() >= 10_000 {
-            lake.ingest(std::mem::take(&mut chunk));
+            flush(std::mem::take(&mut chunk));
         }
         Ok(())
     })
@@ -142,7 +173,7 @@ pub fn replay_into(lake: &Lake, journal_dir: &Path) -> Result<u64, ServerError> 
     if let Some(e) = failure {
         return Err(e);
     }
-    lake.ingest(chunk);
+    flush(chunk);
     Ok(replayed)
 }
 
@@ -156,14 +187,38 @@ impl Server {
         let lock = lock_data_dir(&config.data_dir)?;
         let state = Arc::new(StateStore::open(&config.data_dir)?);
         let lake = Arc::new(Lake::open(&config.data_dir).await?);
-        let sink_lake = lake.clone();
+        let profiles = Arc::new(ProfileStore::open(
+            &config.data_dir,
+            config.profiles.clone(),
+        )?);
+        // Replay before the journal opens for writing: the unify thread must not see newer
+        // events before the replayed ones.
+        let replayed = replay_into(&lake, Some(&profiles), &journal_dir(&config.data_dir))?;
+        tracing::info!(
+            replayed,
+            "journal replayed into the event buffers and profiles"
+        );
+        let unifier = Arc::new(
+            Unifier::start(profiles.clone(), Duration::from_secs(1))
+                .map_err(ServerError::Thread)?,
+        );
+        let (sink_lake, sink_unifier) = (lake.clone(), unifier.clone());
         let journal = Journal::open(
             &journal_dir(&config.data_dir),
             config.journal.clone(),
-            Box::new(move |items| sink_lake.ingest(items)),
+            Box::new(move |items: Vec<(u64, Ingested)>| {
+                let mut stored = Vec::with_capacity(items.len());
+                let mut facts = Vec::with_capacity(items.len());
+                for (seq, item) in items {
+                    if let Some(f) = item.facts {
+                        facts.push((seq, f));
+                    }
+                    stored.push((seq, item.stored));
+                }
+                sink_lake.ingest(stored);
+                sink_unifier.send(facts);
+            }),
         )?;
-        let replayed = replay_into(&lake, &journal_dir(&config.data_dir))?;
-        tracing::info!(replayed, "journal replayed into the event buffers");
 
         let listener =
             TcpListener::bind(&config.listen)
@@ -177,6 +232,8 @@ impl Server {
             config,
             state,
             lake,
+            profiles,
+            unifier,
             journal,
             _lock: lock,
         });
@@ -217,6 +274,11 @@ impl Server {
             .await
             .map_err(|e| LakeError::Delta(format!("final flush task failed: {e}")))??;
         tracing::info!(rows, "final flush done");
+        self.app.unifier.stop();
+        tracing::info!(
+            persisted_seq = self.app.profiles.persisted_seq(),
+            "profiles written"
+        );
         Ok(())
     }
 }
@@ -228,6 +290,8 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/v1/import", post(ingest::batch))
         .route("/v1/query", post(query::query))
         .route("/v1/projects/{write_key}/settings", get(ingest::settings))
+        .route("/v1/profiles/{lookup}", get(profiles::show))
+        .route("/v1/profiles/{lookup}/events", get(profiles::events))
         .route("/v1/{call}", post(ingest::single))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -277,7 +341,8 @@ async fn flush_loop(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<b
             continue;
         }
         flushes += 1;
-        let through = app.lake.durable_through();
+        // A segment may go once both the event tables and profiles.db hold its records.
+        let through = app.lake.durable_through().min(app.profiles.persisted_seq());
         match app.journal.retire_through(through).await {
             Ok(Ok(retired)) if retired > 0 => {
                 tracing::debug!(retired, through, "journal segments retired")

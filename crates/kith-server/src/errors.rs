@@ -21,13 +21,16 @@ pub enum ErrorCode {
     QueryTimeout,
     QueryMemoryExceeded,
     NotFound,
+    InvalidProfileLookup,
+    ProfileNotFound,
+    InvalidParameter,
     Overloaded,
     StorageUnavailable,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidBody,
         ErrorCode::PayloadTooLarge,
@@ -42,6 +45,9 @@ impl ErrorCode {
         ErrorCode::QueryTimeout,
         ErrorCode::QueryMemoryExceeded,
         ErrorCode::NotFound,
+        ErrorCode::InvalidProfileLookup,
+        ErrorCode::ProfileNotFound,
+        ErrorCode::InvalidParameter,
         ErrorCode::Overloaded,
         ErrorCode::StorageUnavailable,
         ErrorCode::Internal,
@@ -135,6 +141,24 @@ impl ErrorCode {
                 S::NOT_FOUND,
                 "invalid_request",
                 "no such endpoint or resource",
+            ),
+            InvalidProfileLookup => (
+                "invalid_profile_lookup",
+                S::BAD_REQUEST,
+                "invalid_request",
+                "the profile path must be `{type}:{value}` with a known identifier type and a valid value",
+            ),
+            ProfileNotFound => (
+                "profile_not_found",
+                S::NOT_FOUND,
+                "invalid_request",
+                "no profile holds that identifier",
+            ),
+            InvalidParameter => (
+                "invalid_parameter",
+                S::BAD_REQUEST,
+                "invalid_request",
+                "a query-string parameter has a value that cannot be used",
             ),
             Overloaded => (
                 "overloaded",

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use crate::app::AppState;
 use crate::auth::key_from_headers;
 use crate::errors::{ApiError, ErrorCode};
+use crate::unify::Ingested;
 
 /// What an ingest call answers.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -187,6 +188,18 @@ async fn ingest(
     request: RawRequest<'_>,
 ) -> Result<Json<IngestResponse>, ApiError> {
     let (source, outcome) = judge(app, headers, &request)?;
+    let unresolved = app.unifier.backlog();
+    if unresolved >= app.config.max_buffered_rows {
+        metrics::counter!("kith_ingest_backpressure_total").increment(1);
+        return Err(ApiError::new(
+            ErrorCode::Overloaded,
+            format!(
+                "{unresolved} events are waiting for identity resolution (the limit is {}); \
+                 nothing from this request was stored, retry after the Retry-After delay",
+                app.config.max_buffered_rows
+            ),
+        ));
+    }
     let buffered = app.lake.unflushed_rows();
     if buffered >= app.config.max_buffered_rows {
         metrics::counter!("kith_ingest_backpressure_total").increment(1);
@@ -208,13 +221,18 @@ async fn ingest(
 
     let event_count = outcome.events.len();
     let mut entries = Vec::with_capacity(event_count + outcome.rejections.len());
+    let extractor = app.profiles.extractor();
     for event in outcome.events {
         let dedup_key = Some(event.dedup_key());
+        let facts = extractor.facts(&event);
         let stored = Stored::Event(event);
         entries.push(Entry {
             dedup_key,
             payload: stored.encode(),
-            item: stored,
+            item: Ingested {
+                stored,
+                facts: Some(facts),
+            },
         });
     }
     let errors: Vec<EventError> = outcome
@@ -233,7 +251,10 @@ async fn ingest(
         entries.push(Entry {
             dedup_key: None,
             payload: stored.encode(),
-            item: stored,
+            item: Ingested {
+                stored,
+                facts: None,
+            },
         });
     }
 

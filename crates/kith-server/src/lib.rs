@@ -5,8 +5,10 @@ pub mod auth;
 pub mod errors;
 pub mod ingest;
 pub mod ops;
+pub mod profiles;
 pub mod query;
 pub mod runtimes;
+pub mod unify;
 
 pub use app::{Server, ServerConfig, ServerError, journal_dir, replay_into};
 pub use ops::install_metrics;

@@ -65,6 +65,8 @@ pub async fn metrics() -> String {
         crate::ingest::single,
         crate::ingest::settings,
         crate::query::query,
+        crate::profiles::show,
+        crate::profiles::events,
         healthz,
         readyz,
         metrics,

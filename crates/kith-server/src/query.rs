@@ -82,8 +82,16 @@ pub async fn query(
         ApiError::new(code, format!("the body must be {{\"sql\": \"...\"}}: {e}"))
     })?;
     let (lake, limits) = (app.lake.clone(), app.config.query_limits.clone());
+    let profiles = app.profiles.clone();
     let result = crate::runtimes::queries()
-        .spawn(async move { lake.query(&request.sql, &limits).await })
+        .spawn(async move {
+            let extra = if crate::profiles::mentions_profiles(&request.sql) {
+                crate::profiles::profile_tables(&profiles)
+            } else {
+                Vec::new()
+            };
+            lake.query_with(&request.sql, &limits, extra).await
+        })
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "query task failed");

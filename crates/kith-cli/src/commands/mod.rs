@@ -1,6 +1,7 @@
 //! The subcommands.
 
 mod key;
+mod profile;
 mod serve;
 mod sql;
 
@@ -20,8 +21,14 @@ pub enum Command {
         #[command(subcommand)]
         action: key::KeyAction,
     },
-    /// Run a read-only SQL query over `events` and `rejected_events`.
+    /// Run a read-only SQL query over `events`, `rejected_events`, `profiles` and
+    /// `profile_identities`.
     Sql(sql::SqlArgs),
+    /// Look at customer profiles.
+    Profile {
+        #[command(subcommand)]
+        action: profile::ProfileAction,
+    },
 }
 
 /// Where the data lives; shared by every command that touches it.
@@ -37,6 +44,7 @@ pub fn run(command: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args, file),
         Command::Key { action } => key::run(action, file),
         Command::Sql(args) => sql::run(args, file),
+        Command::Profile { action } => profile::run(action, file),
     }
 }
 

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use kith_lake::{Lake, QueryLimits, output};
+use kith_profiles::persist::applied_seq_on_disk;
+use kith_profiles::{ProfileSettings, ProfileStore};
 
 use super::{DataDirArg, runtime};
 use crate::config::FileConfig;
@@ -40,9 +42,15 @@ pub fn run(args: SqlArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     if let Some(rows) = file.query.max_rows {
         limits.max_rows = rows;
     }
+    let settings = file.identity.settings()?;
     let result = runtime()?.block_on(async {
-        let lake = open_consistent(&data_dir).await?;
-        lake.query(&args.sql, &limits)
+        let (lake, profiles) = open_consistent(&data_dir, settings).await?;
+        let extra = if kith_server::profiles::mentions_profiles(&args.sql) {
+            kith_server::profiles::profile_tables(&profiles)
+        } else {
+            Vec::new()
+        };
+        lake.query_with(&args.sql, &limits, extra)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
     })?;
@@ -72,19 +80,26 @@ fn truncated_note(truncated: bool) -> &'static str {
     }
 }
 
-/// Opens the tables, then adds the journal's records they lack. A running server may flush and
-/// retire journal segments in between; if the tables moved meanwhile, start over.
-async fn open_consistent(data_dir: &std::path::Path) -> anyhow::Result<Lake> {
+/// Opens the tables and the profiles, then adds the journal's records they lack. A running
+/// server may flush and retire journal segments in between; if the tables moved meanwhile, start
+/// over.
+pub(crate) async fn open_consistent(
+    data_dir: &std::path::Path,
+    settings: ProfileSettings,
+) -> anyhow::Result<(Lake, ProfileStore)> {
     for _ in 0..5 {
         let lake = Lake::open(data_dir)
             .await
             .context("cannot open the event tables")?;
-        let before = lake.replay_after();
-        kith_server::replay_into(&lake, &kith_server::journal_dir(data_dir))
+        let profiles = ProfileStore::open(data_dir, settings.clone())
+            .context("cannot open the profiles")?
+            .read_only();
+        let before = (lake.replay_after(), applied_seq_on_disk(data_dir)?);
+        kith_server::replay_into(&lake, Some(&profiles), &kith_server::journal_dir(data_dir))
             .context("cannot read the journal")?;
-        let check = Lake::open(data_dir).await?;
-        if check.replay_after() == before {
-            return Ok(lake);
+        let check_lake = Lake::open(data_dir).await?;
+        if (check_lake.replay_after(), applied_seq_on_disk(data_dir)?) == before {
+            return Ok((lake, profiles));
         }
     }
     bail!("the data directory kept changing while it was read; retry")

@@ -214,3 +214,25 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.write_all(bytes).unwrap();
     encoder.finish().unwrap()
 }
+
+/// GETs a URL with headers; returns the status and the body parsed as JSON.
+pub fn get(url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut request = agent().get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.call().expect("request completes");
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+impl KithServer {
+    /// GET with the read key.
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        get(
+            &self.url(path),
+            &[("Authorization", &format!("Bearer {}", self.read_key))],
+        )
+    }
+}

@@ -1,0 +1,346 @@
+//! Customer 360: `GET /v1/profiles/{type}:{value}` and its timeline, and the `profiles` and
+//! `profile_identities` SQL tables.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{
+    ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use kith_identity::Lookup;
+use kith_lake::{ExtraTable, TimelineQuery, output};
+use kith_profiles::{LookupError, ProfileStore, ProfileView};
+use kith_state::KeyScope;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::app::AppState;
+use crate::auth::key_from_headers;
+use crate::errors::{ApiError, ErrorCode};
+use crate::query::query_error;
+
+fn lookup_error(err: LookupError) -> ApiError {
+    ApiError::new(ErrorCode::InvalidProfileLookup, err.to_string())
+}
+
+/// Resolves the `{type}:{value}` path to a profile, or the API error saying why not.
+fn find(app: &AppState, path: &str) -> Result<ProfileView, ApiError> {
+    let lookup = Lookup::parse(path)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidProfileLookup, e.to_string()))?;
+    app.profiles
+        .find(&lookup)
+        .map_err(lookup_error)?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::ProfileNotFound,
+                format!("no profile holds {}:{}", lookup.type_name, lookup.value),
+            )
+        })
+}
+
+/// The profile as JSON, with its trait history.
+pub fn profile_json(store: &ProfileStore, view: &ProfileView) -> Value {
+    let mut body = serde_json::to_value(view).unwrap_or_default();
+    let history = match store.trait_history(view) {
+        Ok(history) => history
+            .into_iter()
+            .map(|h| {
+                json!({
+                    "trait": h.name,
+                    "value": serde_json::from_str::<Value>(&h.json).unwrap_or(Value::Null),
+                    "at": kith_profiles::view::format_micros(h.time_micros),
+                    "message_id": h.message_id,
+                    "identifier": h.identifier,
+                })
+            })
+            .collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "reading trait history failed");
+            Vec::new()
+        }
+    };
+    if let Some(map) = body.as_object_mut() {
+        map.insert("trait_history".into(), Value::Array(history));
+    }
+    body
+}
+
+/// `GET /v1/profiles/{type}:{value}`.
+#[utoipa::path(get, path = "/v1/profiles/{lookup}", tag = "profiles",
+    params(("lookup" = String, Path, description = "`{type}:{value}`: type is profile_id, user_id, anonymous_id, email, phone or a declared external id type")),
+    description = "The customer 360: identifiers, traits (last write wins by event time) and their history, built-in computed traits, consent, merge history and refused merges. Auth: read key.",
+    responses((status = 200, description = "the profile"), (status = 400, description = "malformed lookup"), (status = 404, description = "no profile holds the identifier")))]
+pub async fn show(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(lookup): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    app.keys
+        .authorize(key_from_headers(&headers).as_deref(), KeyScope::Read)?;
+    let view = find(&app, &lookup)?;
+    Ok(Json(profile_json(&app.profiles, &view)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimelineParams {
+    /// Events per page (1–500, default 50).
+    limit: Option<usize>,
+    /// Comma-separated message types.
+    #[serde(rename = "type")]
+    types: Option<String>,
+    event: Option<String>,
+    /// The `next_before` cursor of the previous page.
+    before: Option<String>,
+    /// RFC 3339: only events at or after this time.
+    since: Option<String>,
+}
+
+fn parameter_error(message: String) -> ApiError {
+    ApiError::new(ErrorCode::InvalidParameter, message)
+}
+
+/// Cursor text: `{timestamp µs}_{message_id}`.
+fn parse_cursor(text: &str) -> Result<(i64, String), ApiError> {
+    let bad = || {
+        parameter_error(format!(
+            "`before` must be the `next_before` value of a previous page, got `{text}`"
+        ))
+    };
+    let (micros, message_id) = text.split_once('_').ok_or_else(bad)?;
+    let micros = micros.parse::<i64>().map_err(|_| bad())?;
+    Ok((micros, message_id.to_string()))
+}
+
+/// `GET /v1/profiles/{type}:{value}/events`.
+#[utoipa::path(get, path = "/v1/profiles/{lookup}/events", tag = "profiles",
+    params(
+        ("lookup" = String, Path, description = "`{type}:{value}` as for the profile"),
+        ("limit" = Option<usize>, Query, description = "events per page, 1–500 (default 50)"),
+        ("type" = Option<String>, Query, description = "comma-separated message types, e.g. `track,page`"),
+        ("event" = Option<String>, Query, description = "only this event name"),
+        ("since" = Option<String>, Query, description = "RFC 3339: only events at or after this time"),
+        ("before" = Option<String>, Query, description = "the `next_before` cursor of the previous page")),
+    description = "The profile's events (of all its user and anonymous ids, including those before a merge), newest first, a page at a time. Auth: read key.",
+    responses((status = 200, description = "`{profile_id, events, next_before}`"), (status = 400, description = "malformed lookup or parameter"), (status = 404, description = "no profile holds the identifier")))]
+pub async fn events(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(lookup): Path<String>,
+    params: Result<Query<TimelineParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    app.keys
+        .authorize(key_from_headers(&headers).as_deref(), KeyScope::Read)?;
+    let Query(params) = params.map_err(|e| parameter_error(e.body_text()))?;
+    let view = find(&app, &lookup)?;
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(parameter_error(format!(
+            "`limit` must be between 1 and 500, got {limit}"
+        )));
+    }
+    let since_micros = match &params.since {
+        Some(text) => Some(
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map_err(|e| {
+                    parameter_error(format!("`since` is not an RFC 3339 time ({e}): `{text}`"))
+                })?
+                .timestamp_micros(),
+        ),
+        None => None,
+    };
+    let mut query = TimelineQuery {
+        types: params
+            .types
+            .iter()
+            .flat_map(|t| t.split(','))
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
+        event: params.event.clone(),
+        before: params.before.as_deref().map(parse_cursor).transpose()?,
+        since_micros,
+        limit,
+        ..TimelineQuery::default()
+    };
+    for identifier in &view.identifiers {
+        match identifier.id_type.as_str() {
+            "user_id" => query.user_ids.push(identifier.value.clone()),
+            "anonymous_id" => query.anonymous_ids.push(identifier.value.clone()),
+            _ => {}
+        }
+    }
+    let limits = app.config.query_limits.clone();
+    let lake = app.lake.clone();
+    let result = crate::runtimes::queries()
+        .spawn(async move { lake.timeline(&query, &limits).await })
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("timeline task failed: {e}")))?
+        .map_err(query_error)?;
+    let mut events = Vec::with_capacity(result.num_rows());
+    for batch in &result.batches {
+        for row in 0..batch.num_rows() {
+            let mut object = Map::new();
+            for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+                let mut value = output::json_value(column.as_ref(), row);
+                // JSON columns come back as JSON, not as text holding JSON.
+                if matches!(
+                    field.name().as_str(),
+                    "properties" | "context" | "traits" | "integrations" | "extra"
+                ) && let Value::String(text) = &value
+                {
+                    value = serde_json::from_str(text).unwrap_or(value);
+                }
+                object.insert(field.name().clone(), value);
+            }
+            events.push(Value::Object(object));
+        }
+    }
+    let next_before = if events.len() == limit {
+        last_cursor(&result)
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "profile_id": view.profile_id,
+        "events": events,
+        "next_before": next_before,
+    })))
+}
+
+fn last_cursor(result: &kith_lake::QueryResult) -> Option<String> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::TimestampMicrosecondType;
+    let batch = result.batches.iter().rev().find(|b| b.num_rows() > 0)?;
+    let row = batch.num_rows() - 1;
+    let timestamp = batch
+        .column_by_name("timestamp")?
+        .as_primitive_opt::<TimestampMicrosecondType>()?
+        .value(row);
+    let message_id = batch
+        .column_by_name("message_id")?
+        .as_string_opt::<i32>()?
+        .value(row);
+    Some(format!("{timestamp}_{message_id}"))
+}
+
+fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// `profiles`: one row per profile, with the built-in computed traits and traits as JSON.
+pub static PROFILES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("profile_id", DataType::Utf8, false),
+        Field::new("identifier_count", DataType::Int64, false),
+        Field::new("first_seen", timestamp_type(), true),
+        Field::new("last_seen", timestamp_type(), true),
+        Field::new("event_count", DataType::Int64, false),
+        Field::new("order_count", DataType::Int64, false),
+        Field::new("total_revenue", DataType::Float64, false),
+        Field::new("average_order_value", DataType::Float64, true),
+        Field::new("traits", DataType::Utf8, false),
+        Field::new("consent", DataType::Utf8, true),
+        Field::new("merge_count", DataType::Int64, false),
+        Field::new("conflict_count", DataType::Int64, false),
+    ]))
+});
+
+/// `profile_identities`: every identifier with the profile it belongs to now. Join it to
+/// `events` on `user_id` / `anonymous_id` to attribute events to profiles, merges included.
+pub static PROFILE_IDENTITIES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("profile_id", DataType::Utf8, false),
+        Field::new("id_type", DataType::Utf8, false),
+        Field::new("id_value", DataType::Utf8, false),
+        Field::new("first_seen", timestamp_type(), false),
+    ]))
+});
+
+/// Both profile tables as they are now.
+pub fn profile_tables(store: &ProfileStore) -> Vec<ExtraTable> {
+    let views = store.all_views();
+    let mut profile_id = StringBuilder::new();
+    let mut identifier_count = Int64Builder::new();
+    let mut first_seen = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let mut last_seen = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let mut event_count = Int64Builder::new();
+    let mut order_count = Int64Builder::new();
+    let mut total_revenue = Float64Builder::new();
+    let mut average_order_value = Float64Builder::new();
+    let mut traits = StringBuilder::new();
+    let mut consent = StringBuilder::new();
+    let mut merge_count = Int64Builder::new();
+    let mut conflict_count = Int64Builder::new();
+    let mut id_profile = StringBuilder::new();
+    let mut id_type = StringBuilder::new();
+    let mut id_value = StringBuilder::new();
+    let mut id_first_seen = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    for view in &views {
+        let computed = &view.computed_traits;
+        profile_id.append_value(&view.profile_id);
+        identifier_count.append_value(view.identifiers.len() as i64);
+        first_seen.append_option(computed.first_seen_micros);
+        last_seen.append_option(computed.last_seen_micros);
+        event_count.append_value(computed.event_count as i64);
+        order_count.append_value(computed.order_count as i64);
+        total_revenue.append_value(computed.total_revenue);
+        average_order_value.append_option(computed.average_order_value);
+        traits.append_value(serde_json::to_string(&view.traits).unwrap_or_default());
+        consent.append_option(view.consent.as_ref().map(|c| c.preferences.to_string()));
+        merge_count.append_value(view.merges.len() as i64);
+        conflict_count.append_value(view.conflicts.len() as i64);
+        for identifier in &view.identifiers {
+            id_profile.append_value(&view.profile_id);
+            id_type.append_value(&identifier.id_type);
+            id_value.append_value(&identifier.value);
+            id_first_seen.append_value(identifier.first_seen_micros);
+        }
+    }
+    let profiles: Vec<ArrayRef> = vec![
+        Arc::new(profile_id.finish()),
+        Arc::new(identifier_count.finish()),
+        Arc::new(first_seen.finish()),
+        Arc::new(last_seen.finish()),
+        Arc::new(event_count.finish()),
+        Arc::new(order_count.finish()),
+        Arc::new(total_revenue.finish()),
+        Arc::new(average_order_value.finish()),
+        Arc::new(traits.finish()),
+        Arc::new(consent.finish()),
+        Arc::new(merge_count.finish()),
+        Arc::new(conflict_count.finish()),
+    ];
+    let identities: Vec<ArrayRef> = vec![
+        Arc::new(id_profile.finish()),
+        Arc::new(id_type.finish()),
+        Arc::new(id_value.finish()),
+        Arc::new(id_first_seen.finish()),
+    ];
+    vec![
+        ExtraTable {
+            name: "profiles".into(),
+            schema: PROFILES_SCHEMA.clone(),
+            batches: vec![
+                RecordBatch::try_new(PROFILES_SCHEMA.clone(), profiles)
+                    .expect("columns match the profiles schema"),
+            ],
+        },
+        ExtraTable {
+            name: "profile_identities".into(),
+            schema: PROFILE_IDENTITIES_SCHEMA.clone(),
+            batches: vec![
+                RecordBatch::try_new(PROFILE_IDENTITIES_SCHEMA.clone(), identities)
+                    .expect("columns match the profile_identities schema"),
+            ],
+        },
+    ]
+}
+
+/// Whether a query may read the profile tables (they are built only then).
+pub fn mentions_profiles(sql: &str) -> bool {
+    sql.to_ascii_lowercase().contains("profile")
+}
