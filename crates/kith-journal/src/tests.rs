@@ -204,7 +204,8 @@ fn retired_segments_keep_deduplicating_and_sequence_numbers_keep_rising() {
 #[test]
 fn a_full_queue_answers_overloaded_at_once_and_accepts_again_once_it_drains() {
     let dir = tempfile::tempdir().unwrap();
-    // The sink holds the writer until the test lets it go, so the first append stays queued.
+    // The sink holds the writer until the test lets it go, so later appends stay queued.
+    let (entered, writer_busy) = std::sync::mpsc::channel::<()>();
     let (release, gate) = std::sync::mpsc::channel::<()>();
     let journal: Journal<String> = Journal::open(
         dir.path(),
@@ -213,13 +214,21 @@ fn a_full_queue_answers_overloaded_at_once_and_accepts_again_once_it_drains() {
             ..JournalOptions::default()
         },
         Box::new(move |_| {
+            let _ = entered.send(());
             let _ = gate.recv();
         }),
     )
     .unwrap();
     // Larger than the whole budget, but the queue is empty: one big append always gets in.
     let first = journal.append(vec![entry(1, "twelve bytes")]);
-    let refused = journal.append(vec![entry(2, "x")]).blocking_recv().unwrap();
+    writer_busy.recv().unwrap();
+    // The writer is stuck in the sink: this one waits in the queue...
+    let second = journal.append(vec![entry(2, "eight by")]);
+    // ...and this one would take the queue past its 10 bytes.
+    let refused = journal
+        .append(vec![entry(3, "five!")])
+        .blocking_recv()
+        .unwrap();
     assert!(
         matches!(refused, Err(JournalError::Overloaded)),
         "{refused:?}"
@@ -229,8 +238,15 @@ fn a_full_queue_answers_overloaded_at_once_and_accepts_again_once_it_drains() {
         first.blocking_recv().unwrap().unwrap(),
         [Appended::Stored { seq: 1 }]
     );
-    let retried = journal.append(vec![entry(2, "x")]).blocking_recv().unwrap();
-    assert_eq!(retried.unwrap(), [Appended::Stored { seq: 2 }]);
+    assert_eq!(
+        second.blocking_recv().unwrap().unwrap(),
+        [Appended::Stored { seq: 2 }]
+    );
+    let retried = journal
+        .append(vec![entry(3, "five!")])
+        .blocking_recv()
+        .unwrap();
+    assert_eq!(retried.unwrap(), [Appended::Stored { seq: 3 }]);
 }
 
 #[test]

@@ -93,8 +93,7 @@ impl<T: Send + 'static> WriterState<T> {
                     }
                     Command::Retire { through_seq, reply } => {
                         // Keep order simple: finish the pending group first.
-                        self.commit_group(std::mem::take(&mut group), &mut buffer);
-                        self.queued_bytes.fetch_sub(group_bytes, Ordering::AcqRel);
+                        self.commit_group(std::mem::take(&mut group), group_bytes, &mut buffer);
                         group_entries = 0;
                         group_bytes = 0;
                         let _ = reply.send(self.retire(through_seq));
@@ -104,8 +103,7 @@ impl<T: Send + 'static> WriterState<T> {
                     next = commands.try_recv().ok();
                 }
             }
-            self.commit_group(group, &mut buffer);
-            self.queued_bytes.fetch_sub(group_bytes, Ordering::AcqRel);
+            self.commit_group(group, group_bytes, &mut buffer);
         }
         let _ = self.active_file.sync_all();
     }
@@ -113,8 +111,11 @@ impl<T: Send + 'static> WriterState<T> {
     fn commit_group(
         &mut self,
         group: Vec<(Vec<Entry<T>>, oneshot::Sender<AppendResult>)>,
+        group_bytes: usize,
         buffer: &mut Vec<u8>,
     ) {
+        // Off the queue now: whoever is told the outcome may append again at once.
+        self.queued_bytes.fetch_sub(group_bytes, Ordering::AcqRel);
         if group.is_empty() {
             return;
         }
