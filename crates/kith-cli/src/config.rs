@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use kith_identity::{IdType, Normalizer};
-use kith_profiles::ProfileSettings;
+use kith_profiles::{ComputedTraitDef, ProfileSettings};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -18,6 +18,9 @@ pub struct FileConfig {
     pub query: QueryConfig,
     #[serde(default)]
     pub identity: IdentityConfig,
+    /// `[[computed_traits]]`: traits computed from events on every profile.
+    #[serde(default)]
+    pub computed_traits: Vec<ComputedTraitDef>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +115,21 @@ impl FileConfig {
             }
         };
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Profile settings: `[identity]` plus the declared `[[computed_traits]]`.
+    pub fn profile_settings(&self) -> anyhow::Result<ProfileSettings> {
+        let mut settings = self.identity.settings()?;
+        let mut names = std::collections::HashSet::new();
+        for def in &self.computed_traits {
+            def.validate()
+                .with_context(|| "invalid [[computed_traits]] in the config file")?;
+            if !names.insert(def.name.as_str()) {
+                anyhow::bail!("[[computed_traits]] declares `{}` twice", def.name);
+            }
+        }
+        settings.computed = self.computed_traits.clone();
+        Ok(settings)
     }
 
     /// The data directory: flag or env (already merged by clap) over the file over the default.

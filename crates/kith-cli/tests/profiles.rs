@@ -277,3 +277,219 @@ fn bad_profile_lookups_get_exact_errors() {
         (403, Some("insufficient_scope"))
     );
 }
+
+/// Numbers equal up to rounding; anything else exactly.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
+        _ => a == b,
+    }
+}
+
+#[test]
+fn declared_computed_traits_kept_on_ingest_match_a_batch_recomputation_in_sql() {
+    use kith_profiles::ComputedTraitDef;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kith.toml");
+    let declared = r#"
+[[computed_traits]]
+name = "orders_30d"
+kind = "count"
+event = "Order Completed"
+window_days = 30
+
+[[computed_traits]]
+name = "revenue_30d"
+kind = "sum"
+event = "Order Completed"
+property = "revenue"
+window_days = 30
+
+[[computed_traits]]
+name = "average_price"
+kind = "avg"
+property = "price"
+
+[[computed_traits]]
+name = "highest_price"
+kind = "max"
+property = "price"
+
+[[computed_traits]]
+name = "cheapest_price_7d"
+kind = "min"
+property = "price"
+window_days = 7
+
+[[computed_traits]]
+name = "favourite_category"
+kind = "most_frequent"
+property = "category"
+
+[[computed_traits]]
+name = "categories"
+kind = "unique_values"
+property = "category"
+
+[[computed_traits]]
+name = "category_count"
+kind = "unique_count"
+property = "category"
+
+[[computed_traits]]
+name = "first_category"
+kind = "first_value"
+property = "category"
+
+[[computed_traits]]
+name = "last_category"
+kind = "last_value"
+property = "category"
+
+[[computed_traits]]
+name = "last_order_at"
+kind = "last_seen"
+event = "Order Completed"
+
+[[computed_traits]]
+name = "first_page_at"
+kind = "first_seen"
+type = "page"
+
+[[computed_traits]]
+name = "days_since_order"
+kind = "days_since"
+event = "Order Completed"
+
+[[computed_traits]]
+name = "pages_7d"
+kind = "count"
+type = "page"
+window_days = 7
+"#;
+    std::fs::write(&config, declared).unwrap();
+    let data_dir = dir.path().join("data");
+    let write_key = create_key(&data_dir, "ingest", Some("web"));
+    let read_key = create_key(&data_dir, "read", None);
+    let server = KithServer::start_with_keys(
+        &data_dir,
+        write_key,
+        read_key,
+        &["--config", config.to_str().unwrap()],
+    );
+
+    // Three customers; events spread over 100 days, some before the customer signed up (they
+    // count once the anonymous id is merged), some outside the windows.
+    let now = chrono::Utc::now();
+    let at =
+        |days_ago: f64| (now - chrono::Duration::minutes((days_ago * 1440.0) as i64)).to_rfc3339();
+    let categories = ["zapatos", "bolsas", "relojes"];
+    let mut items = Vec::new();
+    let mut n = 0;
+    for customer in 0..3 {
+        let anon = format!("anon-{customer}");
+        let user = format!("user-{customer}");
+        for (k, days_ago) in [100.2, 40.5, 20.5, 10.5, 3.5, 2.5, 1.5].iter().enumerate() {
+            n += 1;
+            let who = if k < 3 {
+                json!({"anonymousId": anon})
+            } else {
+                json!({"userId": user})
+            };
+            let category = categories[(customer + k * k) % 3];
+            let price = 100.0 * (customer as f64 + 1.0) + 10.0 * k as f64;
+            let mut item = json!({"type": "track", "event": "Product Viewed", "messageId": format!("v{n}"),
+                "timestamp": at(*days_ago), "properties": {"category": category, "price": price}});
+            item.as_object_mut()
+                .unwrap()
+                .extend(who.as_object().unwrap().clone());
+            items.push(item);
+            if k % 2 == 0 {
+                let mut order = json!({"type": "track", "event": "Order Completed", "messageId": format!("o{n}"),
+                    "timestamp": at(*days_ago - 0.01), "properties": {"revenue": format!("{}.50", 100 + n)}});
+                order
+                    .as_object_mut()
+                    .unwrap()
+                    .extend(who.as_object().unwrap().clone());
+                items.push(order);
+            }
+            let mut page = json!({"type": "page", "name": "Producto", "messageId": format!("p{n}"),
+                "timestamp": at(*days_ago + 0.02)});
+            page.as_object_mut()
+                .unwrap()
+                .extend(who.as_object().unwrap().clone());
+            items.push(page);
+        }
+        items.push(
+            json!({"type": "identify", "userId": user, "anonymousId": anon,
+            "messageId": format!("id{customer}"), "timestamp": at(5.0)}),
+        );
+    }
+    send(&server, Value::Array(items));
+    for customer in 0..3 {
+        profile(&server, &format!("user_id:user-{customer}"));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    let defs: Vec<ComputedTraitDef> =
+        toml::from_str::<toml::Table>(declared).unwrap()["computed_traits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.clone().try_into().unwrap())
+            .collect();
+    let now_micros = chrono::Utc::now().timestamp_micros();
+    for def in &defs {
+        let batch = server.rows(&def.batch_sql(now_micros));
+        assert_eq!(batch.len(), 3, "{}: {batch:?}", def.name);
+        for row in batch {
+            let (status, live) = server.get(&format!(
+                "/v1/profiles/profile_id:{}",
+                row["profile_id"].as_str().unwrap()
+            ));
+            assert_eq!(status, 200);
+            let live = &live["computed_traits"][&def.name];
+            // Batch answers JSON text for property values and RFC 3339 for sightings.
+            let batch_value = match &row["value"] {
+                Value::String(text) if text.starts_with('"') || text.starts_with('[') => {
+                    serde_json::from_str(text).unwrap()
+                }
+                Value::Array(items) => Value::Array(
+                    items
+                        .iter()
+                        .map(|i| serde_json::from_str(i.as_str().unwrap()).unwrap())
+                        .collect(),
+                ),
+                other => other.clone(),
+            };
+            let live_value = match (def.name.as_str(), live) {
+                ("last_order_at" | "first_page_at", Value::String(t)) => Value::from(
+                    t.replace(".000000Z", "Z")
+                        .replace('Z', "")
+                        .replace('T', " "),
+                ),
+                _ => live.clone(),
+            };
+            let batch_value = match (def.name.as_str(), &batch_value) {
+                ("last_order_at" | "first_page_at", Value::String(t)) => {
+                    Value::from(t.replace('T', " ").trim_end_matches('Z').to_string())
+                }
+                _ => batch_value,
+            };
+            assert!(
+                same(&live_value, &batch_value),
+                "{}: live {live_value} vs batch {batch_value}",
+                def.name
+            );
+        }
+    }
+    // Spot checks against the data itself, for one customer.
+    let ana = profile(&server, "user_id:user-0")["computed_traits"].clone();
+    // Orders 20.5, 3.5 and 1.5 days ago (the one 100 days ago is outside the window).
+    assert_eq!(ana["orders_30d"], 3, "{ana}");
+    assert_eq!(ana["revenue_30d"], 103.5 + 105.5 + 107.5, "{ana}");
+    assert_eq!(ana["pages_7d"], 3, "{ana}");
+    assert_eq!(ana["categories"], json!(["bolsas", "zapatos"]), "{ana}");
+    assert_eq!(ana["days_since_order"], 1, "{ana}");
+}

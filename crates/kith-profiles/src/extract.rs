@@ -5,6 +5,8 @@ use kith_core::{Event, MessageType};
 use kith_identity::{IdType, Identifier, Normalizer, ObservationKey};
 use serde_json::{Map, Value};
 
+use crate::computed::{ComputedTraitDef, Observed};
+
 /// Settings for reading identities out of events.
 #[derive(Debug, Clone)]
 pub struct Extractor {
@@ -13,6 +15,8 @@ pub struct Extractor {
     pub identifier_traits: Vec<String>,
     /// The event name that counts as a purchase for the built-in order traits.
     pub order_event: String,
+    /// Declared computed traits.
+    pub computed: Vec<ComputedTraitDef>,
 }
 
 /// The facts of one event, already normalised.
@@ -33,6 +37,8 @@ pub struct EventFacts {
     pub revenue: Option<f64>,
     /// Values offered as identifiers that are not identities (reason codes), for metrics.
     pub refused: Vec<&'static str>,
+    /// For each declared computed trait this event counts for: its name and the property value.
+    pub computed: Vec<(String, Observed)>,
 }
 
 impl Extractor {
@@ -51,7 +57,9 @@ impl Extractor {
                 && event.event.as_deref() == Some(self.order_event.as_str()),
             revenue: event.typed.revenue,
             refused: Vec::new(),
+            computed: Vec::new(),
         };
+        self.computed_observations(&mut facts, event);
         let user = self.offer(&mut facts, IdType::UserId, event.user_id.as_deref());
         let anonymous = self.offer(
             &mut facts,
@@ -126,6 +134,30 @@ impl Extractor {
                 _ => None,
             };
             self.offer(facts, IdType::External(name.clone()), value.as_deref());
+        }
+    }
+
+    /// The values the declared computed traits read from this event.
+    fn computed_observations(&self, facts: &mut EventFacts, event: &Event) {
+        let kind = event.kind.as_str();
+        let mut properties: Option<Option<Map<String, Value>>> = None;
+        for def in &self.computed {
+            if !def.matches(kind, event.event.as_deref()) {
+                continue;
+            }
+            let observed = match &def.property {
+                None => Observed::from_property(None),
+                Some(name) => {
+                    let parsed = properties.get_or_insert_with(|| {
+                        event
+                            .properties
+                            .as_deref()
+                            .and_then(|text| serde_json::from_str(text).ok())
+                    });
+                    Observed::from_property(parsed.as_ref().and_then(|p| p.get(name)))
+                }
+            };
+            facts.computed.push((def.name.clone(), observed));
         }
     }
 

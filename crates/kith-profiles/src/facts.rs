@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::computed::{ComputedTraitDef, TraitState};
 use crate::extract::EventFacts;
 
 /// A trait's value and the event that set it.
@@ -41,6 +42,9 @@ pub struct IdentifierFacts {
     pub consent: Option<TraitValue>,
     #[serde(default)]
     pub stats: Stats,
+    /// Declared computed traits' states, by trait name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub computed: BTreeMap<String, TraitState>,
 }
 
 /// A trait change worth keeping in the history.
@@ -52,7 +56,15 @@ pub struct TraitChange {
 
 impl IdentifierFacts {
     /// Adds an event attributed to this identifier. Returns the trait values it changed.
-    pub fn absorb(&mut self, facts: &EventFacts) -> Vec<TraitChange> {
+    pub fn absorb(&mut self, facts: &EventFacts, defs: &[ComputedTraitDef]) -> Vec<TraitChange> {
+        for (name, observed) in &facts.computed {
+            if let Some(def) = defs.iter().find(|d| &d.name == name) {
+                let state = self.computed.entry(name.clone()).or_default();
+                state.add(def, facts.key.time_micros, &facts.key.message_id, observed);
+                // Day buckets older than the window can never count again.
+                state.prune(def, chrono::Utc::now().timestamp_micros());
+            }
+        }
         let time = facts.key.time_micros;
         let stats = &mut self.stats;
         stats.event_count += 1;
@@ -102,6 +114,7 @@ pub struct ProfileFacts {
     pub traits: BTreeMap<String, TraitValue>,
     pub consent: Option<TraitValue>,
     pub stats: Stats,
+    pub computed: BTreeMap<String, TraitState>,
 }
 
 impl ProfileFacts {
@@ -124,6 +137,9 @@ impl ProfileFacts {
                     .is_none_or(|c| c.order() < consent.order())
             {
                 out.consent = Some(consent.clone());
+            }
+            for (name, state) in &facts.computed {
+                out.computed.entry(name.clone()).or_default().merge(state);
             }
             let (s, o) = (&facts.stats, &mut out.stats);
             o.event_count += s.event_count;

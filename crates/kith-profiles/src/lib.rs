@@ -6,6 +6,7 @@
 //! profile when read, so merges never rewrite anything. [`ProfileStore::persist`] writes the
 //! changes to `profiles.db` with the journal seq they reach.
 
+pub mod computed;
 pub mod extract;
 pub mod facts;
 pub mod persist;
@@ -23,6 +24,7 @@ use kith_identity::{
 use rusqlite::Connection;
 use thiserror::Error;
 
+pub use computed::{ComputedTraitDef, DefinitionError};
 pub use extract::{EventFacts, Extractor};
 pub use facts::{IdentifierFacts, ProfileFacts, TraitValue};
 pub use view::ProfileView;
@@ -44,6 +46,8 @@ pub struct ProfileSettings {
     pub rules: IdentityRules,
     pub identifier_traits: Vec<String>,
     pub order_event: String,
+    /// Declared computed traits (validated).
+    pub computed: Vec<ComputedTraitDef>,
 }
 
 impl Default for ProfileSettings {
@@ -53,6 +57,7 @@ impl Default for ProfileSettings {
             rules: IdentityRules::default(),
             identifier_traits: Vec::new(),
             order_event: "Order Completed".to_string(),
+            computed: Vec::new(),
         }
     }
 }
@@ -123,6 +128,7 @@ impl ProfileStore {
                 normalizer: settings.normalizer,
                 identifier_traits: settings.identifier_traits,
                 order_event: settings.order_event,
+                computed: settings.computed,
             },
             state: RwLock::new(State {
                 resolver,
@@ -205,7 +211,7 @@ impl ProfileStore {
                 .facts
                 .entry(primary.clone())
                 .or_default()
-                .absorb(facts);
+                .absorb(facts, &self.extractor.computed);
             state
                 .pending
                 .history
@@ -327,7 +333,14 @@ impl ProfileStore {
                 .iter()
                 .filter_map(|(identifier, _)| state.facts.get(*identifier)),
         );
-        ProfileView::build(&state.resolver, profile, folded)
+        let now = chrono::Utc::now().timestamp_micros();
+        ProfileView::build(
+            &state.resolver,
+            profile,
+            folded,
+            &self.extractor.computed,
+            now,
+        )
     }
 
     /// The trait history of a profile's identifiers, oldest first: what `profiles.db` holds plus

@@ -7,6 +7,7 @@ use kith_identity::{ObservationKey, ProfileRef, Resolver};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::computed::ComputedTraitDef;
 use crate::facts::ProfileFacts;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -32,6 +33,9 @@ pub struct ComputedTraits {
     pub first_seen_micros: Option<i64>,
     #[serde(skip)]
     pub last_seen_micros: Option<i64>,
+    /// The declared computed traits, by name, evaluated now.
+    #[serde(flatten)]
+    pub declared: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -91,6 +95,8 @@ impl ProfileView {
         resolver: &Resolver,
         profile: ProfileRef,
         facts: ProfileFacts,
+        defs: &[ComputedTraitDef],
+        now_micros: i64,
     ) -> ProfileView {
         let identifiers = resolver
             .identifiers(profile)
@@ -131,6 +137,13 @@ impl ProfileView {
                 average_order_value,
                 first_seen_micros: stats.first_seen_micros,
                 last_seen_micros: stats.last_seen_micros,
+                declared: defs
+                    .iter()
+                    .map(|def| {
+                        let state = facts.computed.get(&def.name).cloned().unwrap_or_default();
+                        (def.name.clone(), state.value(def, now_micros))
+                    })
+                    .collect(),
             },
             consent,
             merges: resolver

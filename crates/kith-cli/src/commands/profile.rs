@@ -36,7 +36,7 @@ pub fn run(action: ProfileAction, file: FileConfig) -> anyhow::Result<ExitCode> 
         );
     }
     let lookup = Lookup::parse(&args.lookup)?;
-    let settings = file.identity.settings()?;
+    let settings = file.profile_settings()?;
     let (_, profiles) = runtime()?.block_on(super::sql::open_consistent(&data_dir, settings))?;
     let view = profiles
         .find(&lookup)

@@ -46,7 +46,7 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     if let Some(mb) = file.ingest.max_queued_mb {
         config.journal.queue_bytes = mb << 20;
     }
-    config.profiles = file.identity.settings()?;
+    config.profiles = file.profile_settings()?;
     if let Some(secs) = file.query.timeout_secs {
         config.query_limits.timeout = Duration::from_secs(secs);
     }

@@ -42,7 +42,7 @@ pub fn run(args: SqlArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     if let Some(rows) = file.query.max_rows {
         limits.max_rows = rows;
     }
-    let settings = file.identity.settings()?;
+    let settings = file.profile_settings()?;
     let result = runtime()?.block_on(async {
         let (lake, profiles) = open_consistent(&data_dir, settings).await?;
         let extra = if kith_server::profiles::mentions_profiles(&args.sql) {
