@@ -193,6 +193,16 @@ fn a_customer_on_two_devices_becomes_one_profile_visible_through_api_sql_and_cli
     server.stop();
     let server = KithServer::start_with_keys(dir.path(), write_key, read_key, &[]);
     assert_eq!(profile(&server, "user_id:u-100"), ana);
+    // Paging works the same over events already flushed to Delta.
+    let (_, page) = server.get("/v1/profiles/email:ana@example.com/events?limit=3");
+    assert_eq!(ids(&page), ["m6", "m5", "m4"]);
+    let cursor = page["next_before"]
+        .as_str()
+        .expect("a cursor over Delta rows");
+    let (_, next) = server.get(&format!(
+        "/v1/profiles/email:ana@example.com/events?limit=3&before={cursor}"
+    ));
+    assert_eq!(ids(&next), ["m3", "m2", "m1"]);
     // `kith sql` sees the profile tables too, next to the running server.
     let (ok, stdout, stderr) = kith(&[
         "sql",
@@ -492,4 +502,30 @@ window_days = 7
     assert_eq!(ana["pages_7d"], 3, "{ana}");
     assert_eq!(ana["categories"], json!(["bolsas", "zapatos"]), "{ana}");
     assert_eq!(ana["days_since_order"], 1, "{ana}");
+
+    // Declaring a new trait and changing one later recomputes them from the stored events.
+    let (write_key, read_key) = (server.write_key.clone(), server.read_key.clone());
+    server.stop();
+    let redeclared = declared.replace(
+        "name = \"pages_7d\"\nkind = \"count\"\ntype = \"page\"\nwindow_days = 7",
+        "name = \"pages_7d\"\nkind = \"count\"\ntype = \"page\"\nwindow_days = 30",
+    ) + "\n[[computed_traits]]\nname = \"views\"\nkind = \"count\"\nevent = \"Product Viewed\"\n";
+    assert_ne!(redeclared, declared);
+    std::fs::write(&config, &redeclared).unwrap();
+    let server = KithServer::start_with_keys(
+        &data_dir,
+        write_key,
+        read_key,
+        &["--config", config.to_str().unwrap()],
+    );
+    let ana = profile(&server, "user_id:user-0")["computed_traits"].clone();
+    assert_eq!(ana["views"], 7, "{ana}");
+    assert_eq!(
+        ana["pages_7d"], 5,
+        "pages 20.5, 10.5, 3.5, 2.5 and 1.5 days ago: {ana}"
+    );
+    assert_eq!(
+        ana["orders_30d"], 3,
+        "unchanged traits keep their state: {ana}"
+    );
 }

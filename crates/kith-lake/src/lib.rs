@@ -182,6 +182,27 @@ impl Lake {
         query::run(self, sql, limits, extra).await
     }
 
+    /// Every stored event with `ingest_seq <= through_seq`, in order of arrival (Delta plus the
+    /// buffer). For recomputations; it holds them all in memory.
+    pub async fn read_events(
+        &self,
+        through_seq: u64,
+    ) -> Result<Vec<(u64, kith_core::Event)>, QueryError> {
+        let limits = QueryLimits {
+            timeout: std::time::Duration::from_secs(24 * 3600),
+            memory_bytes: 1 << 40,
+            max_rows: 1 << 40,
+        };
+        let sql =
+            format!("SELECT * FROM events WHERE ingest_seq <= {through_seq} ORDER BY ingest_seq");
+        let result = query::run(self, &sql, &limits, Vec::new()).await?;
+        Ok(result
+            .batches
+            .iter()
+            .flat_map(schema::events_from_batch)
+            .collect())
+    }
+
     /// One person's events, newest first.
     pub async fn timeline(
         &self,

@@ -223,3 +223,116 @@ pub fn rejected_batch(rejections: &[(u64, &Rejection)]) -> RecordBatch {
     RecordBatch::try_new(REJECTED_SCHEMA.clone(), columns)
         .expect("columns match the rejected_events schema")
 }
+
+/// The inverse of [`events_batch`]: events read back from the table (for recomputations such as
+/// backfilling a newly declared computed trait). Rows that do not fit the schema are skipped.
+pub fn events_from_batch(batch: &RecordBatch) -> Vec<(u64, Event)> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+    use kith_core::{MessageType, TypedFields};
+
+    // Parquet scans may hand strings back as views; read them all as plain UTF-8.
+    let columns: Option<Vec<ArrayRef>> = batch
+        .columns()
+        .iter()
+        .map(|column| match column.data_type() {
+            DataType::Utf8View | DataType::LargeUtf8 => {
+                arrow::compute::cast(column, &DataType::Utf8).ok()
+            }
+            _ => Some(column.clone()),
+        })
+        .collect();
+    let fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8View | DataType::LargeUtf8 => {
+                Field::new(f.name(), DataType::Utf8, f.is_nullable())
+            }
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    let Some(batch) =
+        columns.and_then(|c| RecordBatch::try_new(Arc::new(Schema::new(fields)), c).ok())
+    else {
+        return Vec::new();
+    };
+    let batch = &batch;
+
+    let text = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_string_opt::<i32>())
+    };
+    let time = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+    };
+    let (Some(seq), Some(message_id), Some(kind), Some(timestamp), Some(received)) = (
+        batch
+            .column_by_name("ingest_seq")
+            .and_then(|c| c.as_primitive_opt::<Int64Type>()),
+        text("message_id"),
+        text("type"),
+        time("timestamp"),
+        time("received_at"),
+    ) else {
+        return Vec::new();
+    };
+    let optional = |name: &str, row: usize| {
+        text(name).and_then(|c| (!c.is_null(row)).then(|| c.value(row).to_string()))
+    };
+    let optional_time = |name: &str, row: usize| {
+        time(name)
+            .and_then(|c| (!c.is_null(row)).then(|| c.value(row)))
+            .and_then(DateTime::<Utc>::from_timestamp_micros)
+    };
+    let revenue = batch
+        .column_by_name("revenue")
+        .and_then(|c| c.as_primitive_opt::<Float64Type>());
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        let Some(kind) = MessageType::from_name(kind.value(row)) else {
+            continue;
+        };
+        let (Some(at), Some(received_at)) = (
+            DateTime::<Utc>::from_timestamp_micros(timestamp.value(row)),
+            DateTime::<Utc>::from_timestamp_micros(received.value(row)),
+        ) else {
+            continue;
+        };
+        let event = Event {
+            message_id: message_id.value(row).to_string(),
+            kind,
+            event: optional("event", row),
+            user_id: optional("user_id", row),
+            anonymous_id: optional("anonymous_id", row),
+            group_id: optional("group_id", row),
+            previous_id: optional("previous_id", row),
+            source: optional("source", row).unwrap_or_default(),
+            timestamp: at,
+            original_timestamp: optional_time("original_timestamp", row),
+            sent_at: optional_time("sent_at", row),
+            received_at,
+            properties: optional("properties", row),
+            context: optional("context", row),
+            traits: optional("traits", row),
+            integrations: optional("integrations", row),
+            extra: optional("extra", row),
+            typed: TypedFields {
+                revenue: revenue.and_then(|c| (!c.is_null(row)).then(|| c.value(row))),
+                currency: optional("currency", row),
+                order_id: optional("order_id", row),
+                page_url: optional("page_url", row),
+                page_path: optional("page_path", row),
+                referrer: optional("referrer", row),
+                email: optional("email", row),
+                library_name: optional("library_name", row),
+            },
+        };
+        out.push((seq.value(row) as u64, event));
+    }
+    out
+}

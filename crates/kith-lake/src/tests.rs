@@ -195,3 +195,18 @@ async fn a_query_over_its_memory_limit_fails_cleanly() {
         result.err()
     );
 }
+
+#[test]
+fn events_read_back_from_a_batch_are_the_events_written() {
+    let mut original = event("m1", "u1", 12.5);
+    original.properties = Some(r#"{"category":"zapatos"}"#.into());
+    original.original_timestamp = Some(original.timestamp);
+    let mut sparse = event("m2", "u2", 0.0);
+    sparse.typed = kith_core::TypedFields::default();
+    sparse.user_id = None;
+    sparse.anonymous_id = Some("a2".into());
+    let written = vec![(7u64, original), (9u64, sparse)];
+    let refs: Vec<(u64, &Event)> = written.iter().map(|(s, e)| (*s, e)).collect();
+    let batch = crate::schema::events_batch(&refs);
+    assert_eq!(crate::schema::events_from_batch(&batch), written);
+}

@@ -96,6 +96,12 @@ pub struct ProfileStore {
     reader: Mutex<Connection>,
     applied_seq: AtomicU64,
     persisted_seq: AtomicU64,
+    backfill: Mutex<Option<Backfill>>,
+}
+
+struct Backfill {
+    names: Vec<String>,
+    through_seq: u64,
 }
 
 impl ProfileStore {
@@ -115,8 +121,39 @@ impl ProfileStore {
         for link in &loaded.links {
             resolver.observe(link);
         }
-        let facts: HashMap<Identifier, IdentifierFacts> = loaded.facts.into_iter().collect();
+        let mut facts: HashMap<Identifier, IdentifierFacts> = loaded.facts.into_iter().collect();
         let external_types = loaded_external_types(&loaded.links, &facts);
+        // Computed traits declared or changed since the states were kept must be recomputed from
+        // the stored events; traits no longer declared are dropped.
+        let stale: Vec<String> = settings
+            .computed
+            .iter()
+            .filter(|def| !loaded.computed_defs.contains(def))
+            .map(|def| def.name.clone())
+            .collect();
+        let mut dirty_facts = HashSet::new();
+        for (identifier, identifier_facts) in facts.iter_mut() {
+            let before = identifier_facts.computed.len();
+            identifier_facts.computed.retain(|name, _| {
+                !stale.contains(name) && settings.computed.iter().any(|d| &d.name == name)
+            });
+            if identifier_facts.computed.len() != before {
+                dirty_facts.insert(identifier.clone());
+            }
+        }
+        let mut pending = persist::Pending::default();
+        let backfill = if !stale.is_empty() && loaded.applied_seq > 0 {
+            tracing::info!(traits = ?stale, "computed traits changed; they will be recomputed from the stored events");
+            Some(Backfill {
+                names: stale,
+                through_seq: loaded.applied_seq,
+            })
+        } else {
+            if settings.computed != loaded.computed_defs {
+                pending.computed_defs = Some(settings.computed.clone());
+            }
+            None
+        };
         tracing::info!(
             profiles = resolver.profile_count(),
             identifiers = resolver.identifier_count(),
@@ -133,8 +170,8 @@ impl ProfileStore {
             state: RwLock::new(State {
                 resolver,
                 facts,
-                pending: persist::Pending::default(),
-                dirty_facts: HashSet::new(),
+                pending,
+                dirty_facts,
                 external_types,
                 history_in_flight: Vec::new(),
             }),
@@ -142,7 +179,58 @@ impl ProfileStore {
             reader: Mutex::new(reader),
             applied_seq: AtomicU64::new(loaded.applied_seq),
             persisted_seq: AtomicU64::new(loaded.applied_seq),
+            backfill: Mutex::new(backfill),
         })
+    }
+
+    /// The computed traits that must be recomputed from stored events, and through which journal
+    /// seq (later events reach them as they arrive), or `None`.
+    pub fn backfill_plan(&self) -> Option<(Vec<String>, u64)> {
+        self.backfill
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|b| (b.names.clone(), b.through_seq))
+    }
+
+    /// Recomputes the planned computed traits from the stored events (all those with seq up to
+    /// the plan's, in any order); afterwards the new definitions are recorded.
+    pub fn backfill(&self, events: &[(u64, Event)]) {
+        let Some(plan) = self
+            .backfill
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let state = &mut *state;
+        let mut counted = 0u64;
+        for (seq, event) in events {
+            if *seq > plan.through_seq {
+                continue;
+            }
+            let facts = self.extractor.facts(event);
+            let Some(primary) = &facts.primary else {
+                continue;
+            };
+            let identifier_facts = state.facts.entry(primary.clone()).or_default();
+            for (name, observed) in &facts.computed {
+                if !plan.names.contains(name) {
+                    continue;
+                }
+                if let Some(def) = self.extractor.computed.iter().find(|d| &d.name == name) {
+                    let trait_state = identifier_facts.computed.entry(name.clone()).or_default();
+                    trait_state.add(def, facts.key.time_micros, &facts.key.message_id, observed);
+                    trait_state.prune(def, chrono::Utc::now().timestamp_micros());
+                    counted += 1;
+                }
+            }
+            state.dirty_facts.insert(primary.clone());
+        }
+        state.pending.computed_defs = Some(self.extractor.computed.clone());
+        tracing::info!(traits = ?plan.names, observations = counted, "computed traits recomputed");
     }
 
     pub fn extractor(&self) -> &Extractor {
@@ -266,6 +354,9 @@ impl ProfileStore {
             state.pending.identifiers.extend(pending.identifiers);
             state.pending.links.extend(pending.links);
             state.pending.history.extend(pending.history);
+            if state.pending.computed_defs.is_none() {
+                state.pending.computed_defs = pending.computed_defs;
+            }
             state
                 .dirty_facts
                 .extend(pending.facts.into_iter().map(|(id, _)| id));

@@ -11,6 +11,7 @@ use kith_identity::{IdType, Identifier, Observation, ObservationKey};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::ProfileError;
+use crate::computed::ComputedTraitDef;
 use crate::facts::{IdentifierFacts, TraitChange};
 
 pub const DB_FILE: &str = "profiles.db";
@@ -35,6 +36,7 @@ CREATE TABLE IF NOT EXISTS trait_history (
     time INTEGER NOT NULL, message_id TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS trait_history_by_identifier ON trait_history (id_type, value);
+CREATE TABLE IF NOT EXISTS computed_defs (name TEXT PRIMARY KEY, definition TEXT NOT NULL);
 ";
 
 /// Changes since the last write.
@@ -45,6 +47,8 @@ pub struct Pending {
     pub facts: Vec<(Identifier, IdentifierFacts)>,
     pub history: Vec<(Identifier, TraitChange)>,
     pub applied_seq: u64,
+    /// The computed-trait definitions the stored states now follow (written once they do).
+    pub computed_defs: Option<Vec<ComputedTraitDef>>,
 }
 
 impl Pending {
@@ -53,6 +57,7 @@ impl Pending {
             && self.links.is_empty()
             && self.facts.is_empty()
             && self.history.is_empty()
+            && self.computed_defs.is_none()
     }
 }
 
@@ -134,6 +139,16 @@ pub fn write(conn: &mut Connection, pending: &Pending) -> Result<(), ProfileErro
                 change.value.message_id
             ])?;
         }
+        if let Some(defs) = &pending.computed_defs {
+            tx.execute("DELETE FROM computed_defs", [])?;
+            let mut insert =
+                tx.prepare_cached("INSERT INTO computed_defs (name, definition) VALUES (?1, ?2)")?;
+            for def in defs {
+                let json =
+                    serde_json::to_string(def).map_err(|e| ProfileError::Corrupt(e.to_string()))?;
+                insert.execute(params![def.name, json])?;
+            }
+        }
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('applied_seq', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -168,6 +183,8 @@ pub struct Loaded {
     /// Sorted in canonical order, so rebuilding applies each link directly.
     pub links: Vec<Observation>,
     pub facts: Vec<(Identifier, IdentifierFacts)>,
+    /// The definitions the stored computed-trait states follow.
+    pub computed_defs: Vec<ComputedTraitDef>,
 }
 
 pub fn load(conn: &Connection) -> Result<Loaded, ProfileError> {
@@ -228,11 +245,22 @@ pub fn load(conn: &Connection) -> Result<Loaded, ProfileError> {
         })?;
         facts.push((Identifier::new(IdType::from_name(&id_type), value), parsed));
     }
+    let mut statement = conn.prepare("SELECT name, definition FROM computed_defs")?;
+    let rows = statement
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut computed_defs = Vec::with_capacity(rows.len());
+    for (name, json) in rows {
+        computed_defs.push(serde_json::from_str(&json).map_err(|e| {
+            ProfileError::Corrupt(format!("stored definition of `{name}` does not parse: {e}"))
+        })?);
+    }
     Ok(Loaded {
         applied_seq: applied_seq.max(0) as u64,
         identifiers,
         links,
         facts,
+        computed_defs,
     })
 }
 

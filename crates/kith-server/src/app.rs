@@ -177,6 +177,24 @@ pub fn replay_into(
     Ok(replayed)
 }
 
+/// Recomputes computed traits declared or changed since the profiles were kept, from the stored
+/// events (before anything new is applied).
+pub async fn backfill_computed_traits(
+    lake: &Lake,
+    profiles: &ProfileStore,
+) -> Result<(), ServerError> {
+    let Some((names, through_seq)) = profiles.backfill_plan() else {
+        return Ok(());
+    };
+    tracing::info!(traits = ?names, through_seq, "reading stored events to compute new traits");
+    let events = lake
+        .read_events(through_seq)
+        .await
+        .map_err(|e| LakeError::Delta(format!("reading events to compute traits: {e}")))?;
+    profiles.backfill(&events);
+    Ok(())
+}
+
 pub fn journal_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("journal")
 }
@@ -198,6 +216,7 @@ impl Server {
             replayed,
             "journal replayed into the event buffers and profiles"
         );
+        backfill_computed_traits(&lake, &profiles).await?;
         let unifier = Arc::new(
             Unifier::start(profiles.clone(), Duration::from_secs(1))
                 .map_err(ServerError::Thread)?,

@@ -10,5 +10,7 @@ pub mod query;
 pub mod runtimes;
 pub mod unify;
 
-pub use app::{Server, ServerConfig, ServerError, journal_dir, replay_into};
+pub use app::{
+    Server, ServerConfig, ServerError, backfill_computed_traits, journal_dir, replay_into,
+};
 pub use ops::install_metrics;

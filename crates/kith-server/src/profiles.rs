@@ -220,11 +220,9 @@ fn last_cursor(result: &kith_lake::QueryResult) -> Option<String> {
         .column_by_name("timestamp")?
         .as_primitive_opt::<TimestampMicrosecondType>()?
         .value(row);
-    let message_id = batch
-        .column_by_name("message_id")?
-        .as_string_opt::<i32>()?
-        .value(row);
-    Some(format!("{timestamp}_{message_id}"))
+    // Through the JSON rendering: Delta scans may return the column as a string view.
+    let message_id = output::json_value(batch.column_by_name("message_id")?.as_ref(), row);
+    Some(format!("{timestamp}_{}", message_id.as_str()?))
 }
 
 fn timestamp_type() -> DataType {

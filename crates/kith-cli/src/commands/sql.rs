@@ -99,6 +99,9 @@ pub(crate) async fn open_consistent(
             .context("cannot read the journal")?;
         let check_lake = Lake::open(data_dir).await?;
         if (check_lake.replay_after(), applied_seq_on_disk(data_dir)?) == before {
+            kith_server::backfill_computed_traits(&lake, &profiles)
+                .await
+                .context("cannot compute the declared traits")?;
             return Ok((lake, profiles));
         }
     }
