@@ -118,6 +118,21 @@ pub struct TypedFields {
     pub email: Option<String>,
     /// `context.library.name`.
     pub library_name: Option<String>,
+    /// What identity resolution needs from `context`, read in the same pass. Not stored: events
+    /// read back from the journal or the tables have `None`, and identity reads `context` again.
+    #[serde(skip)]
+    pub context_identity: Option<ContextIdentity>,
+}
+
+/// The identity-related parts of `context`, as the client's JSON text.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContextIdentity {
+    /// `context.traits`.
+    pub traits: Option<String>,
+    /// `context.externalIds`.
+    pub external_ids: Option<String>,
+    /// `context.consent.categoryPreferences`.
+    pub consent_preferences: Option<String>,
 }
 
 /// One event Kith refused, kept with the reason so nothing is lost silently.

@@ -6,5 +6,5 @@ pub mod limits;
 pub mod parse;
 pub mod time;
 
-pub use event::{Event, MessageType, Rejection, Stored, TypedFields};
+pub use event::{ContextIdentity, Event, MessageType, Rejection, Stored, TypedFields};
 pub use parse::{IngestBatch, RequestError, parse_batch_request, parse_single_request};

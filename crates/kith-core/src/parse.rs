@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::event::{Event, MessageType, Rejection, TypedFields};
+use crate::event::{ContextIdentity, Event, MessageType, Rejection, TypedFields};
 use crate::limits::{MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_MESSAGE_ID_CHARS};
 use crate::time::{event_time, parse_timestamp};
 
@@ -541,10 +541,20 @@ struct PropertiesView {
 }
 
 #[derive(Deserialize, Default)]
-struct ContextView {
+struct ContextView<'a> {
     page: Option<PageView>,
-    traits: Option<EmailView>,
+    #[serde(borrow)]
+    traits: Option<&'a RawValue>,
     library: Option<LibraryView>,
+    #[serde(rename = "externalIds", borrow)]
+    external_ids: Option<&'a RawValue>,
+    consent: Option<ConsentView<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+struct ConsentView<'a> {
+    #[serde(rename = "categoryPreferences", borrow)]
+    category_preferences: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, Default)]
@@ -597,7 +607,23 @@ fn typed_fields(
     let properties: PropertiesView = view(properties);
     let context: ContextView = view(context);
     let traits: EmailView = view(traits);
+    let context_traits: Option<EmailView> = context.traits.map(|raw| view(Some(raw.get())));
     let page = context.page.unwrap_or_default();
+    let context_identity = ContextIdentity {
+        traits: context
+            .traits
+            .map(|raw| raw.get().to_string())
+            .filter(|text| text.starts_with('{')),
+        external_ids: context
+            .external_ids
+            .map(|raw| raw.get().to_string())
+            .filter(|text| text.starts_with('[')),
+        consent_preferences: context
+            .consent
+            .and_then(|c| c.category_preferences)
+            .map(|raw| raw.get().to_string())
+            .filter(|text| text.starts_with('{')),
+    };
     TypedFields {
         revenue: number_of(&properties.revenue).or_else(|| number_of(&properties.total)),
         currency: text_of(&properties.currency),
@@ -606,9 +632,10 @@ fn typed_fields(
         page_path: text_of(&properties.path).or_else(|| text_of(&page.path)),
         referrer: text_of(&properties.referrer).or_else(|| text_of(&page.referrer)),
         email: text_of(&traits.email)
-            .or_else(|| context.traits.as_ref().and_then(|t| text_of(&t.email)))
+            .or_else(|| context_traits.as_ref().and_then(|t| text_of(&t.email)))
             .or_else(|| text_of(&properties.email)),
         library_name: context.library.as_ref().and_then(|l| text_of(&l.name)),
+        context_identity: Some(context_identity),
     }
 }
 

@@ -3,7 +3,7 @@
 //! A value that is not an identity must never merge anything: the classic failure of CDPs is a
 //! `userId` of `"null"` or an email of `"test@test.com"` that swallows thousands of customers.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use phonenumber::country;
 use thiserror::Error;
@@ -99,23 +99,49 @@ impl Normalizer {
         if trimmed.len() > MAX_IDENTIFIER_LEN {
             return Err(NotAnIdentity::TooLong);
         }
-        let lowered = trimmed.to_lowercase();
-        if PLACEHOLDERS.contains(&lowered.as_str()) || is_all_zeros(trimmed) {
+        if PLACEHOLDERS.iter().any(|p| p.eq_ignore_ascii_case(trimmed)) || is_all_zeros(trimmed) {
             return Err(NotAnIdentity::Placeholder(trimmed.to_string()));
         }
         let value = match id_type {
-            IdType::Email => normalize_email(&lowered)?,
+            IdType::Email => normalize_email(&trimmed.to_lowercase())?,
             IdType::Phone => self.normalize_phone(trimmed)?,
             // Ids are case-sensitive in Segment's model: keep them exact, minus stray whitespace.
             IdType::UserId | IdType::AnonymousId | IdType::External(_) => trimmed.to_string(),
         };
-        if self.blocked.contains(&lowered) || self.blocked.contains(&value.to_lowercase()) {
+        if !self.blocked.is_empty()
+            && (self.blocked.contains(&trimmed.to_lowercase())
+                || self.blocked.contains(&value.to_lowercase()))
+        {
             return Err(NotAnIdentity::Blocked(trimmed.to_string()));
         }
         Ok(Identifier::new(id_type, value))
     }
 
     fn normalize_phone(&self, raw: &str) -> Result<String, NotAnIdentity> {
+        // libphonenumber's rules run regular expressions: far slower than the rest of an event's
+        // handling. The same customers' numbers come back again and again, so each thread
+        // remembers the last few thousand answers.
+        thread_local! {
+            static RECENT: std::cell::RefCell<HashMap<(String, country::Id), Result<String, NotAnIdentity>>> =
+                std::cell::RefCell::new(HashMap::new());
+        }
+        const REMEMBERED: usize = 4096;
+        let key = (raw.to_string(), self.region);
+        if let Some(known) = RECENT.with(|r| r.borrow().get(&key).cloned()) {
+            return known;
+        }
+        let answer = self.parse_phone(raw);
+        RECENT.with(|r| {
+            let mut recent = r.borrow_mut();
+            if recent.len() >= REMEMBERED {
+                recent.clear();
+            }
+            recent.insert(key, answer.clone());
+        });
+        answer
+    }
+
+    fn parse_phone(&self, raw: &str) -> Result<String, NotAnIdentity> {
         let invalid = || NotAnIdentity::InvalidPhone(raw.to_string());
         let cleaned = strip_legacy_mexican_prefixes(raw, self.region == country::Id::MX);
         let number = phonenumber::parse(Some(self.region), &cleaned).map_err(|_| invalid())?;

@@ -126,6 +126,11 @@ enum Sighting {
     Known,
 }
 
+struct ObservationRef<'a> {
+    key: &'a ObservationKey,
+    explicit_merge: bool,
+}
+
 /// What [`Resolver::observe`] changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObserveOutcome {
@@ -197,10 +202,28 @@ impl Resolver {
 
     /// Records an observation and brings the grouping up to date.
     pub fn observe(&mut self, observation: &Observation) -> ObserveOutcome {
+        self.observe_parts(
+            &observation.key,
+            &observation.identifiers,
+            observation.explicit_merge,
+        )
+    }
+
+    /// [`Resolver::observe`] without building an [`Observation`].
+    pub fn observe_parts(
+        &mut self,
+        key: &ObservationKey,
+        identifiers: &[Identifier],
+        explicit_merge: bool,
+    ) -> ObserveOutcome {
+        let observation = ObservationRef {
+            key,
+            explicit_merge,
+        };
         let mut outcome = ObserveOutcome::default();
-        let mut ids = Vec::with_capacity(observation.identifiers.len());
-        for identifier in &observation.identifiers {
-            let (id, sighting) = self.sighting(identifier, &observation.key);
+        let mut ids = Vec::with_capacity(identifiers.len());
+        for identifier in identifiers {
+            let (id, sighting) = self.sighting(identifier, observation.key);
             match sighting {
                 Sighting::New => outcome.new_identifiers.push(identifier.clone()),
                 Sighting::Earlier => outcome.earlier_sightings.push(identifier.clone()),
@@ -218,7 +241,7 @@ impl Resolver {
             return outcome;
         }
         let link = match self.by_link.get(&ids) {
-            Some(&link) if self.links[link as usize].key <= observation.key => return outcome,
+            Some(&link) if self.links[link as usize].key <= *observation.key => return outcome,
             Some(&link) => {
                 let node = &mut self.links[link as usize];
                 node.key = observation.key.clone();
@@ -242,7 +265,7 @@ impl Resolver {
             .iter()
             .filter_map(|p| self.profiles[*p as usize].max_link_key.as_ref())
             .max();
-        let latest = frontier.is_none_or(|f| observation.key > *f);
+        let latest = frontier.is_none_or(|f| observation.key > f);
         if latest && !self.profiles_list_link(&involved, link) {
             self.apply_link(link);
         } else {

@@ -330,6 +330,7 @@ pub fn events_from_batch(batch: &RecordBatch) -> Vec<(u64, Event)> {
                 referrer: optional("referrer", row),
                 email: optional("email", row),
                 library_name: optional("library_name", row),
+                context_identity: None,
             },
         };
         out.push((seq.value(row) as u64, event));

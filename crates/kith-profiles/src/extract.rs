@@ -1,8 +1,10 @@
 //! What one event tells about a person: its identifiers, the traits it sets, consent, and the
 //! figures the built-in computed traits add up.
 
-use kith_core::{Event, MessageType};
+use kith_core::{ContextIdentity, Event, MessageType};
 use kith_identity::{IdType, Identifier, Normalizer, ObservationKey};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::computed::{ComputedTraitDef, Observed};
@@ -72,19 +74,19 @@ impl Extractor {
         }
         facts.primary = user.or(anonymous);
 
-        let context = event
-            .context
-            .as_deref()
-            .filter(|text| {
-                text.contains("\"traits\"")
-                    || text.contains("\"externalIds\"")
-                    || text.contains("\"consent\"")
-            })
-            .and_then(|text| serde_json::from_str::<Map<String, Value>>(text).ok());
+        // The parser already read the identity parts of `context`; events read back from the
+        // journal or tables did not go through it, so their context is read here.
+        let parsed_here;
+        let context = match &event.typed.context_identity {
+            Some(found) => Some(found),
+            None => {
+                parsed_here = event.context.as_deref().map(context_identity);
+                parsed_here.as_ref()
+            }
+        };
         let context_traits = context
-            .as_ref()
-            .and_then(|c| c.get("traits"))
-            .and_then(Value::as_object);
+            .and_then(|c| c.traits.as_deref())
+            .and_then(|text| serde_json::from_str::<Map<String, Value>>(text).ok());
         let own_traits = match event.kind {
             MessageType::Identify => event
                 .traits
@@ -93,20 +95,21 @@ impl Extractor {
             _ => None,
         };
         // The call's own traits win over context.traits when both name a trait.
-        for traits in [context_traits, own_traits.as_ref()].into_iter().flatten() {
+        for traits in [context_traits.as_ref(), own_traits.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             for (name, value) in traits {
                 facts.traits.retain(|(n, _)| n != name);
                 facts.traits.push((name.clone(), value.to_string()));
             }
             self.identifiers_in_traits(&mut facts, traits);
         }
-        if let Some(context) = &context {
-            self.external_ids(&mut facts, context);
-            facts.consent = context
-                .get("consent")
-                .and_then(|c| c.get("categoryPreferences"))
-                .filter(|p| p.is_object())
-                .map(Value::to_string);
+        if let Some(context) = context {
+            if let Some(text) = &context.external_ids {
+                self.external_ids(&mut facts, text);
+            }
+            facts.consent = context.consent_preferences.clone();
         }
         if facts.primary.is_none() {
             facts.primary = facts.identifiers.first().cloned();
@@ -162,11 +165,11 @@ impl Extractor {
     }
 
     /// `context.externalIds`: `[{"id": "...", "type": "...", "collection": "users", ...}]`.
-    fn external_ids(&self, facts: &mut EventFacts, context: &Map<String, Value>) {
-        let Some(list) = context.get("externalIds").and_then(Value::as_array) else {
+    fn external_ids(&self, facts: &mut EventFacts, text: &str) {
+        let Ok(list) = serde_json::from_str::<Vec<Value>>(text) else {
             return;
         };
-        for entry in list {
+        for entry in &list {
             let id_type = entry.get("type").and_then(Value::as_str).map(str::trim);
             let Some(id_type) = id_type.filter(|t| !t.is_empty()) else {
                 continue;
@@ -204,4 +207,43 @@ impl Extractor {
             }
         }
     }
+}
+
+/// Reads the identity parts of a `context` object's text (for events that did not come through
+/// the parser just now).
+fn context_identity(text: &str) -> ContextIdentity {
+    let Ok(view) = serde_json::from_str::<ContextView<'_>>(text) else {
+        return ContextIdentity::default();
+    };
+    let object = |raw: Option<&RawValue>, open: char| {
+        raw.map(|r| r.get().to_string())
+            .filter(|t| t.starts_with(open))
+    };
+    ContextIdentity {
+        traits: object(view.traits, '{'),
+        external_ids: object(view.external_ids, '['),
+        consent_preferences: object(
+            view.consent
+                .and_then(|raw| serde_json::from_str::<ConsentView<'_>>(raw.get()).ok())
+                .and_then(|c| c.category_preferences),
+            '{',
+        ),
+    }
+}
+
+/// The fields of `context` identity reads.
+#[derive(Deserialize)]
+struct ContextView<'a> {
+    #[serde(borrow, default)]
+    traits: Option<&'a RawValue>,
+    #[serde(rename = "externalIds", borrow, default)]
+    external_ids: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    consent: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ConsentView<'a> {
+    #[serde(rename = "categoryPreferences", borrow, default)]
+    category_preferences: Option<&'a RawValue>,
 }

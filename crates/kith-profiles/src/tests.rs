@@ -181,3 +181,38 @@ fn lookups_with_unknown_types_or_bad_values_say_what_is_wrong() {
         .unwrap_err();
     assert!(err.to_string().contains("is not an email address"), "{err}");
 }
+
+#[test]
+fn events_read_back_without_parser_hints_give_the_same_facts() {
+    let settings = ProfileSettings::default();
+    let extractor = Extractor {
+        normalizer: settings.normalizer,
+        identifier_traits: vec!["customer_number".into()],
+        order_event: settings.order_event,
+        computed: Vec::new(),
+    };
+    let parsed = events(json!([
+        {"type": "track", "anonymousId": "a1", "event": "Order Completed", "messageId": "m1",
+         "properties": {"revenue": 10},
+         "context": {"traits": {"email": "x@example.com", "customer_number": 7},
+                     "externalIds": [{"id": "crm-1", "type": "hubspot_id", "collection": "users"}],
+                     "consent": {"categoryPreferences": {"marketing": false}}}}
+    ]));
+    let event = &parsed[0];
+    assert!(event.typed.context_identity.is_some());
+    let mut read_back = event.clone();
+    read_back.typed.context_identity = None;
+    let facts = extractor.facts(event);
+    assert_eq!(extractor.facts(&read_back), facts);
+    let ids: Vec<String> = facts.identifiers.iter().map(|i| i.to_string()).collect();
+    assert_eq!(
+        ids,
+        [
+            "email:x@example.com",
+            "customer_number:7",
+            "hubspot_id:crm-1",
+            "anonymous_id:a1"
+        ]
+    );
+    assert_eq!(facts.consent.as_deref(), Some(r#"{"marketing":false}"#));
+}
