@@ -222,9 +222,12 @@ async fn ingest(
     let event_count = outcome.events.len();
     let mut entries = Vec::with_capacity(event_count + outcome.rejections.len());
     let extractor = app.profiles.extractor();
-    for event in outcome.events {
+    for mut event in outcome.events {
         let dedup_key = Some(event.dedup_key());
         let facts = extractor.facts(&event);
+        // The parser's identity hints are spent: free them here, on the thread that made them,
+        // rather than with the event on the flush thread.
+        event.typed.context_identity = None;
         let stored = Stored::Event(event);
         entries.push(Entry {
             dedup_key,
