@@ -322,3 +322,24 @@ mod tests {
         assert!(Normalizer::new("br", Vec::new()).is_ok());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn arbitrary_values_never_panic(
+            raw in "\\PC{0,40}|[+0-9 ()-]{0,30}",
+            kind in 0usize..4,
+        ) {
+            let normalizer = Normalizer::new("MX", Vec::new()).unwrap();
+            let id_type = [IdType::UserId, IdType::Email, IdType::Phone, IdType::External("crm".into())][kind].clone();
+            let _ = normalizer.normalize(id_type, &raw);
+        }
+    }
+}
