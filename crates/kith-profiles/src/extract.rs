@@ -29,8 +29,9 @@ pub struct EventFacts {
     pub identifiers: Vec<Identifier>,
     /// An `alias` call: an explicit merge of `previousId` into `userId`.
     pub explicit_merge: bool,
-    /// The identifier the event is attributed to (its user id, else its anonymous id...).
-    pub primary: Option<Identifier>,
+    /// Position in `identifiers` of the one the event is attributed to (its user id, else its
+    /// anonymous id, else the strongest other); see [`EventFacts::primary`].
+    pub primary_index: Option<usize>,
     /// Traits set by the event, name → JSON value as text.
     pub traits: Vec<(String, String)>,
     /// `context.consent.categoryPreferences` as JSON text.
@@ -43,6 +44,13 @@ pub struct EventFacts {
     pub computed: Vec<(String, Observed)>,
 }
 
+impl EventFacts {
+    /// The identifier the event is attributed to.
+    pub fn primary(&self) -> Option<&Identifier> {
+        self.identifiers.get(self.primary_index?)
+    }
+}
+
 impl Extractor {
     pub fn facts(&self, event: &Event) -> EventFacts {
         let mut facts = EventFacts {
@@ -52,7 +60,7 @@ impl Extractor {
             },
             identifiers: Vec::new(),
             explicit_merge: event.kind == MessageType::Alias,
-            primary: None,
+            primary_index: None,
             traits: Vec::new(),
             consent: None,
             is_order: event.kind == MessageType::Track
@@ -72,7 +80,6 @@ impl Extractor {
             // Segment's alias: `previousId` is the old id (a user id or an anonymous id).
             self.offer(&mut facts, IdType::UserId, event.previous_id.as_deref());
         }
-        facts.primary = user.or(anonymous);
 
         // The parser already read the identity parts of `context`; events read back from the
         // journal or tables did not go through it, so their context is read here.
@@ -111,11 +118,24 @@ impl Extractor {
             }
             facts.consent = context.consent_preferences.clone();
         }
-        if facts.primary.is_none() {
-            facts.primary = facts.identifiers.first().cloned();
-        }
         facts.identifiers.sort();
         facts.identifiers.dedup();
+        let position = |id_type: IdType, raw: Option<&str>| {
+            let value = raw?.trim();
+            facts
+                .identifiers
+                .iter()
+                .position(|i| i.id_type == id_type && i.value == value)
+        };
+        facts.primary_index = user
+            .then(|| position(IdType::UserId, event.user_id.as_deref()))
+            .flatten()
+            .or_else(|| {
+                anonymous
+                    .then(|| position(IdType::AnonymousId, event.anonymous_id.as_deref()))
+                    .flatten()
+            })
+            .or((!facts.identifiers.is_empty()).then_some(0));
         facts
     }
 
@@ -189,21 +209,18 @@ impl Extractor {
     }
 
     /// Normalises a candidate identifier and keeps it if it is an identity.
-    fn offer(
-        &self,
-        facts: &mut EventFacts,
-        id_type: IdType,
-        raw: Option<&str>,
-    ) -> Option<Identifier> {
-        let raw = raw?;
+    fn offer(&self, facts: &mut EventFacts, id_type: IdType, raw: Option<&str>) -> bool {
+        let Some(raw) = raw else {
+            return false;
+        };
         match self.normalizer.normalize(id_type, raw) {
             Ok(identifier) => {
-                facts.identifiers.push(identifier.clone());
-                Some(identifier)
+                facts.identifiers.push(identifier);
+                true
             }
             Err(refused) => {
                 facts.refused.push(refused.code());
-                None
+                false
             }
         }
     }

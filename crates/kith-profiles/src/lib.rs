@@ -212,7 +212,7 @@ impl ProfileStore {
                 continue;
             }
             let facts = self.extractor.facts(event);
-            let Some(primary) = &facts.primary else {
+            let Some(primary) = facts.primary() else {
                 continue;
             };
             let identifier_facts = state.facts.entry(primary.clone()).or_default();
@@ -293,7 +293,7 @@ impl ProfileStore {
             if outcome.rebuilt {
                 metrics::counter!("kith_identity_clusters_rebuilt_total").increment(1);
             }
-            let Some(primary) = &facts.primary else {
+            let Some(primary) = facts.primary() else {
                 metrics::counter!("kith_profile_events_unattributed_total").increment(1);
                 continue;
             };
