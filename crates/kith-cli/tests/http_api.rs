@@ -709,21 +709,10 @@ fn key_create_prints_only_the_key_and_config_layers_apply() {
 #[test]
 fn when_events_wait_for_delta_beyond_the_limit_ingest_answers_429_and_stores_nothing_of_it() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("kith.toml");
     // Two rows may wait; flushes come after 1.5 s (or never early: flush_rows is far above).
-    std::fs::write(
-        &config,
+    let (server, _) = KithServer::start_with_config(
+        dir.path(),
         "[ingest]\nmax_buffered_rows = 2\nflush_rows = 1000\nflush_interval_ms = 1500\n",
-    )
-    .unwrap();
-    let data_dir = dir.path().join("data");
-    let write_key = create_key(&data_dir, "ingest", Some("web"));
-    let read_key = create_key(&data_dir, "read", None);
-    let server = KithServer::start_with_keys(
-        &data_dir,
-        write_key,
-        read_key,
-        &["--config", config.to_str().unwrap()],
     );
     let batch = |ids: &[&str]| {
         let items: Vec<Value> = ids

@@ -301,7 +301,6 @@ fn declared_computed_traits_kept_on_ingest_match_a_batch_recomputation_in_sql() 
     use kith_profiles::ComputedTraitDef;
 
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("kith.toml");
     let declared = r#"
 [[computed_traits]]
 name = "orders_30d"
@@ -378,16 +377,7 @@ kind = "count"
 type = "page"
 window_days = 7
 "#;
-    std::fs::write(&config, declared).unwrap();
-    let data_dir = dir.path().join("data");
-    let write_key = create_key(&data_dir, "ingest", Some("web"));
-    let read_key = create_key(&data_dir, "read", None);
-    let server = KithServer::start_with_keys(
-        &data_dir,
-        write_key,
-        read_key,
-        &["--config", config.to_str().unwrap()],
-    );
+    let (server, config) = KithServer::start_with_config(dir.path(), declared);
 
     // Three customers; events spread over 100 days, some before the customer signed up (they
     // count once the anonymous id is merged), some outside the windows.
@@ -504,20 +494,13 @@ window_days = 7
     assert_eq!(ana["days_since_order"], 1, "{ana}");
 
     // Declaring a new trait and changing one later recomputes them from the stored events.
-    let (write_key, read_key) = (server.write_key.clone(), server.read_key.clone());
-    server.stop();
     let redeclared = declared.replace(
         "name = \"pages_7d\"\nkind = \"count\"\ntype = \"page\"\nwindow_days = 7",
         "name = \"pages_7d\"\nkind = \"count\"\ntype = \"page\"\nwindow_days = 30",
     ) + "\n[[computed_traits]]\nname = \"views\"\nkind = \"count\"\nevent = \"Product Viewed\"\n";
     assert_ne!(redeclared, declared);
     std::fs::write(&config, &redeclared).unwrap();
-    let server = KithServer::start_with_keys(
-        &data_dir,
-        write_key,
-        read_key,
-        &["--config", config.to_str().unwrap()],
-    );
+    let server = server.restart_with_config(&config);
     let ana = profile(&server, "user_id:user-0")["computed_traits"].clone();
     assert_eq!(ana["views"], 7, "{ana}");
     assert_eq!(

@@ -236,3 +236,38 @@ impl KithServer {
         )
     }
 }
+
+impl KithServer {
+    /// A fresh data directory under `dir` (with an ingest key for source `web` and a read key),
+    /// served with `DIR/kith.toml` holding `config`. Returns the server and the config's path.
+    pub fn start_with_config(dir: &Path, config: &str) -> (KithServer, PathBuf) {
+        let config_path = dir.join("kith.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let data_dir = dir.join("data");
+        let write_key = create_key(&data_dir, "ingest", Some("web"));
+        let read_key = create_key(&data_dir, "read", None);
+        let server = KithServer::start_with_keys(
+            &data_dir,
+            write_key,
+            read_key,
+            &["--config", config_path.to_str().unwrap()],
+        );
+        (server, config_path)
+    }
+
+    /// Stops the server and starts it again on the same data, keys and config file.
+    pub fn restart_with_config(self, config_path: &Path) -> KithServer {
+        let (data_dir, write_key, read_key) = (
+            self.data_dir.clone(),
+            self.write_key.clone(),
+            self.read_key.clone(),
+        );
+        self.stop();
+        KithServer::start_with_keys(
+            &data_dir,
+            write_key,
+            read_key,
+            &["--config", config_path.to_str().unwrap()],
+        )
+    }
+}
