@@ -29,7 +29,7 @@ enum Command {
 
 /// Handle on the unify thread.
 pub struct Unifier {
-    commands: Mutex<Sender<Command>>,
+    commands: Sender<Command>,
     /// Events handed over and not applied yet.
     backlog: Arc<AtomicUsize>,
     worker: Mutex<Option<JoinHandle<()>>>,
@@ -44,7 +44,7 @@ impl Unifier {
             .name("kith-unify".into())
             .spawn(move || run(&profiles, &receiver, &worker_backlog, persist_every))?;
         Ok(Unifier {
-            commands: Mutex::new(commands),
+            commands,
             backlog,
             worker: Mutex::new(Some(worker)),
         })
@@ -56,8 +56,7 @@ impl Unifier {
             return;
         }
         self.backlog.fetch_add(events.len(), Ordering::SeqCst);
-        let sender = self.commands.lock().unwrap_or_else(|p| p.into_inner());
-        if sender.send(Command::Apply(events)).is_err() {
+        if self.commands.send(Command::Apply(events)).is_err() {
             tracing::error!("the unify thread has stopped; profiles will catch up on restart");
         }
     }
@@ -68,9 +67,7 @@ impl Unifier {
 
     /// Applies what is queued, writes `profiles.db` and ends the thread.
     pub fn stop(&self) {
-        let sender = self.commands.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = sender.send(Command::Stop);
-        drop(sender);
+        let _ = self.commands.send(Command::Stop);
         if let Some(worker) = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = worker.join();
         }
