@@ -28,7 +28,13 @@ struct Cli {
 fn main() -> ExitCode {
     allocator::tune();
     let cli = Cli::parse();
-    init_logging();
+    // The server reports what it does; other commands print their own results and log only
+    // what went wrong.
+    init_logging(if matches!(cli.command, Command::Serve(_)) {
+        DEFAULT_LOG_FILTER
+    } else {
+        QUIET_LOG_FILTER
+    });
     let file = match config::FileConfig::load(cli.config.as_deref()) {
         Ok(file) => file,
         Err(e) => {
@@ -49,9 +55,11 @@ fn main() -> ExitCode {
 const DEFAULT_LOG_FILTER: &str =
     "info,buoyant_kernel=warn,delta_kernel=warn,deltalake=warn,deltalake_core=warn,datafusion=warn";
 
-fn init_logging() {
+const QUIET_LOG_FILTER: &str = "warn";
+
+fn init_logging(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KITH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,6 +1,8 @@
 //! What one event tells about a person: its identifiers, the traits it sets, consent, and the
 //! figures the built-in computed traits add up.
 
+use std::sync::Arc;
+
 use kith_core::{ContextIdentity, Event, MessageType};
 use kith_identity::{IdType, Identifier, Normalizer, ObservationKey};
 use serde::Deserialize;
@@ -8,6 +10,18 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::computed::{ComputedTraitDef, Observed};
+use crate::tally::ChangeTally;
+
+/// The source of the events Kith itself writes (manual merges). No key may be bound to it, so no
+/// client can send such an event.
+pub const KITH_SOURCE: &str = "kith";
+/// The track event that records a merge a person confirmed (`kith profile merge`,
+/// `POST /v1/profiles/merge`); `properties.identifiers` lists one identifier of each profile as
+/// `type:value`.
+pub const MANUAL_MERGE_EVENT: &str = "Profiles Merged";
+/// The message ids of manual merges start with this, so a merge record shows it was confirmed by
+/// a person.
+pub const MANUAL_MERGE_ID_PREFIX: &str = "kith-merge-";
 
 /// Settings for reading identities out of events.
 #[derive(Debug, Clone)]
@@ -42,6 +56,25 @@ pub struct EventFacts {
     pub refused: Vec<&'static str>,
     /// For each declared computed trait this event counts for: its name and the property value.
     pub computed: Vec<(String, Observed)>,
+    /// Where to count what applying the event changed, when a writer wants to know (imports).
+    pub tally: Option<TallyHandle>,
+}
+
+/// A shared [`ChangeTally`]; equal when it is the same tally.
+#[derive(Debug, Clone)]
+pub struct TallyHandle(pub Arc<ChangeTally>);
+
+impl PartialEq for TallyHandle {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// Is this the record of a merge a person confirmed?
+pub fn is_manual_merge(event: &Event) -> bool {
+    event.source == KITH_SOURCE
+        && event.kind == MessageType::Track
+        && event.event.as_deref() == Some(MANUAL_MERGE_EVENT)
 }
 
 impl EventFacts {
@@ -68,7 +101,12 @@ impl Extractor {
             revenue: event.typed.revenue,
             refused: Vec::new(),
             computed: Vec::new(),
+            tally: None,
         };
+        if is_manual_merge(event) {
+            self.manual_merge(&mut facts, event);
+            return facts;
+        }
         self.computed_observations(&mut facts, event);
         let user = self.offer(&mut facts, IdType::UserId, event.user_id.as_deref());
         let anonymous = self.offer(
@@ -137,6 +175,30 @@ impl Extractor {
             })
             .or((!facts.identifiers.is_empty()).then_some(0));
         facts
+    }
+
+    /// A confirmed merge: its identifiers, linked explicitly.
+    fn manual_merge(&self, facts: &mut EventFacts, event: &Event) {
+        #[derive(Deserialize)]
+        struct MergeProperties {
+            identifiers: Vec<String>,
+        }
+        let listed = event
+            .properties
+            .as_deref()
+            .and_then(|text| serde_json::from_str::<MergeProperties>(text).ok())
+            .map(|p| p.identifiers)
+            .unwrap_or_default();
+        for text in &listed {
+            if let Some((type_name, value)) = text.split_once(':') {
+                self.offer(facts, IdType::from_name(type_name), Some(value));
+            }
+        }
+        facts.identifiers.sort();
+        facts.identifiers.dedup();
+        facts.explicit_merge = true;
+        // The merge is not something the customer did: it counts towards no trait.
+        facts.primary_index = None;
     }
 
     fn identifiers_in_traits(&self, facts: &mut EventFacts, traits: &Map<String, Value>) {

@@ -10,6 +10,7 @@ pub mod computed;
 pub mod extract;
 pub mod facts;
 pub mod persist;
+pub mod tally;
 pub mod view;
 
 use std::path::Path;
@@ -25,8 +26,12 @@ use rusqlite::Connection;
 use thiserror::Error;
 
 pub use computed::{ComputedTraitDef, DefinitionError};
-pub use extract::{EventFacts, Extractor};
+pub use extract::{
+    EventFacts, Extractor, KITH_SOURCE, MANUAL_MERGE_EVENT, MANUAL_MERGE_ID_PREFIX, TallyHandle,
+    is_manual_merge,
+};
 pub use facts::{IdentifierFacts, ProfileFacts, TraitValue};
+pub use tally::{ChangeCounts, ChangeTally, ProfileChange};
 pub use view::ProfileView;
 
 #[derive(Debug, Error)]
@@ -59,6 +64,36 @@ impl Default for ProfileSettings {
             order_event: "Order Completed".to_string(),
             computed: Vec::new(),
         }
+    }
+}
+
+/// How many distinct profiles hold the known ones among `identifiers`.
+fn distinct_profiles(resolver: &Resolver, identifiers: &[Identifier]) -> usize {
+    let mut profiles: Vec<ProfileRef> = identifiers
+        .iter()
+        .filter_map(|i| resolver.profile_of(i))
+        .collect();
+    profiles.sort_unstable();
+    profiles.dedup();
+    profiles.len()
+}
+
+/// What applying an event did, given how many profiles its identifiers were spread over before.
+fn classify(
+    resolver: &Resolver,
+    facts: &EventFacts,
+    profiles_before: usize,
+    changed: bool,
+) -> ProfileChange {
+    if facts.identifiers.is_empty() {
+        return ProfileChange::Unattributed;
+    }
+    match profiles_before {
+        0 => ProfileChange::Created,
+        1 if changed => ProfileChange::Updated,
+        1 => ProfileChange::Unchanged,
+        _ if distinct_profiles(resolver, &facts.identifiers) == 1 => ProfileChange::Merged,
+        _ => ProfileChange::Conflict,
     }
 }
 
@@ -262,6 +297,10 @@ impl ProfileStore {
                 metrics::counter!("kith_identity_values_refused_total", "reason" => *reason)
                     .increment(1);
             }
+            let known_before = facts
+                .tally
+                .as_ref()
+                .map(|_| distinct_profiles(&state.resolver, &facts.identifiers));
             let outcome =
                 state
                     .resolver
@@ -294,7 +333,18 @@ impl ProfileStore {
                 metrics::counter!("kith_identity_clusters_rebuilt_total").increment(1);
             }
             let Some(primary) = facts.primary() else {
-                metrics::counter!("kith_profile_events_unattributed_total").increment(1);
+                if let (Some(tally), Some(before)) = (&facts.tally, known_before) {
+                    let change = classify(
+                        &state.resolver,
+                        facts,
+                        before,
+                        !outcome.new_identifiers.is_empty(),
+                    );
+                    tally.0.record(change);
+                }
+                if facts.identifiers.is_empty() {
+                    metrics::counter!("kith_profile_events_unattributed_total").increment(1);
+                }
                 continue;
             };
             // Looked up before inserting: most events belong to identifiers already known, and
@@ -304,6 +354,12 @@ impl ProfileStore {
                 None => state.facts.entry(primary.clone()).or_default(),
             };
             let changes = identifier_facts.absorb(facts, &self.extractor.computed);
+            if let (Some(tally), Some(before)) = (&facts.tally, known_before) {
+                let changed = !outcome.new_identifiers.is_empty() || !changes.is_empty();
+                tally
+                    .0
+                    .record(classify(&state.resolver, facts, before, changed));
+            }
             state
                 .pending
                 .history

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::computed::ComputedTraitDef;
+use crate::extract::MANUAL_MERGE_ID_PREFIX;
 use crate::facts::ProfileFacts;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -50,7 +51,7 @@ pub struct ConsentView {
 pub struct MergeView {
     pub at: String,
     pub message_id: String,
-    /// `alias` or `shared_identifier`.
+    /// `alias`, `shared_identifier` or `manual` (a person confirmed it).
     pub reason: &'static str,
     /// The message's identifier that brought the other profile in.
     pub via: String,
@@ -152,7 +153,11 @@ impl ProfileView {
                 .map(|m| MergeView {
                     at: at(&m.key),
                     message_id: m.key.message_id.clone(),
-                    reason: m.reason.as_str(),
+                    reason: if m.key.message_id.starts_with(MANUAL_MERGE_ID_PREFIX) {
+                        "manual"
+                    } else {
+                        m.reason.as_str()
+                    },
                     via: m.via.to_string(),
                     absorbed: m.absorbed.iter().map(|i| i.to_string()).collect(),
                     absorbed_count: m.absorbed_count,

@@ -1,26 +1,24 @@
 //! Start-up, shared state, routes and the background flusher.
 
-use std::fs::File;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use kith_core::Stored;
-use kith_journal::{Journal, JournalError, JournalOptions};
-use kith_lake::{Lake, LakeError, QueryLimits};
-use kith_profiles::{ProfileError, ProfileSettings, ProfileStore};
+use kith_journal::{JournalError, JournalOptions};
+use kith_lake::{LakeError, QueryLimits};
+use kith_profiles::{ProfileError, ProfileSettings};
 use kith_state::{StateError, StateStore};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tower_http::cors::CorsLayer;
 
 use crate::auth::KeyResolver;
-use crate::unify::{Ingested, Unifier};
-use crate::{errors, ingest, ops, profiles, query};
+use crate::pipeline::Pipeline;
+use crate::{errors, imports, ingest, ops, profiles, query};
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -93,11 +91,7 @@ pub struct AppState {
     pub config: ServerConfig,
     pub state: Arc<StateStore>,
     pub keys: KeyResolver,
-    pub lake: Arc<Lake>,
-    pub profiles: Arc<ProfileStore>,
-    pub unifier: Arc<Unifier>,
-    pub journal: Journal<Ingested>,
-    _lock: File,
+    pub pipeline: Pipeline,
 }
 
 /// A started server: bound, replayed, flushing.
@@ -106,138 +100,16 @@ pub struct Server {
     listener: TcpListener,
 }
 
-fn lock_data_dir(data_dir: &Path) -> Result<File, ServerError> {
-    let io = |source| ServerError::DataDir {
-        path: data_dir.display().to_string(),
-        source,
-    };
-    std::fs::create_dir_all(data_dir).map_err(io)?;
-    let file = File::create(data_dir.join("kith.lock")).map_err(io)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            Err(ServerError::DataDirLocked(data_dir.display().to_string()))
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
-    }
-}
-
-/// Decodes a journal payload.
-pub fn decode_record(seq: u64, payload: &[u8]) -> Result<Stored, ServerError> {
-    Stored::decode(payload).map_err(|e| ServerError::BadRecord {
-        seq,
-        reason: e.to_string(),
-    })
-}
-
-/// Feeds the journal records the event tables (and, when given, the profiles) miss into them.
-pub fn replay_into(
-    lake: &Lake,
-    profiles: Option<&ProfileStore>,
-    journal_dir: &Path,
-) -> Result<u64, ServerError> {
-    let after = profiles.map_or(lake.replay_after(), |p| {
-        lake.replay_after().min(p.applied_seq())
-    });
-    let mut chunk = Vec::new();
-    let mut replayed = 0u64;
-    let mut failure = None;
-    let flush = |chunk: Vec<(u64, Stored)>| {
-        if let Some(profiles) = profiles {
-            let events: Vec<(u64, &kith_core::Event)> = chunk
-                .iter()
-                .filter_map(|(seq, stored)| match stored {
-                    Stored::Event(event) => Some((*seq, event)),
-                    Stored::Rejected(_) => None,
-                })
-                .collect();
-            profiles.apply_events(&events);
-        }
-        lake.ingest(chunk);
-    };
-    kith_journal::read_after(journal_dir, after, |record| {
-        match decode_record(record.seq, &record.payload) {
-            Ok(stored) => chunk.push((record.seq, stored)),
-            Err(e) => {
-                failure = Some(e);
-                return Err(JournalError::Stopped);
-            }
-        }
-        replayed += 1;
-        if chunk.len() >= 10_000 {
-            flush(std::mem::take(&mut chunk));
-        }
-        Ok(())
-    })
-    .map_err(|e| failure.take().unwrap_or(ServerError::Journal(e)))?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    flush(chunk);
-    Ok(replayed)
-}
-
-/// Recomputes computed traits declared or changed since the profiles were kept, from the stored
-/// events (before anything new is applied).
-pub async fn backfill_computed_traits(
-    lake: &Lake,
-    profiles: &ProfileStore,
-) -> Result<(), ServerError> {
-    let Some((names, through_seq)) = profiles.backfill_plan() else {
-        return Ok(());
-    };
-    tracing::info!(traits = ?names, through_seq, "reading stored events to compute new traits");
-    let events = lake
-        .read_events(through_seq)
-        .await
-        .map_err(|e| LakeError::Delta(format!("reading events to compute traits: {e}")))?;
-    profiles.backfill(&events);
-    Ok(())
-}
-
-pub fn journal_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("journal")
-}
-
 impl Server {
     /// Opens the data directory, replays the journal and binds the listener.
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
-        let lock = lock_data_dir(&config.data_dir)?;
         let state = Arc::new(StateStore::open(&config.data_dir)?);
-        let lake = Arc::new(Lake::open(&config.data_dir).await?);
-        let profiles = Arc::new(ProfileStore::open(
+        let pipeline = Pipeline::open(
             &config.data_dir,
             config.profiles.clone(),
-        )?);
-        // Replay before the journal opens for writing: the unify thread must not see newer
-        // events before the replayed ones.
-        let replayed = replay_into(&lake, Some(&profiles), &journal_dir(&config.data_dir))?;
-        tracing::info!(
-            replayed,
-            "journal replayed into the event buffers and profiles"
-        );
-        backfill_computed_traits(&lake, &profiles).await?;
-        let unifier = Arc::new(
-            Unifier::start(profiles.clone(), Duration::from_secs(1))
-                .map_err(ServerError::Thread)?,
-        );
-        let (sink_lake, sink_unifier) = (lake.clone(), unifier.clone());
-        let journal = Journal::open(
-            &journal_dir(&config.data_dir),
             config.journal.clone(),
-            Box::new(move |items: Vec<(u64, Ingested)>| {
-                let mut stored = Vec::with_capacity(items.len());
-                let mut facts = Vec::with_capacity(items.len());
-                for (seq, item) in items {
-                    if let Some(f) = item.facts {
-                        facts.push((seq, f));
-                    }
-                    stored.push((seq, item.stored));
-                }
-                sink_lake.ingest(stored);
-                sink_unifier.send(facts);
-            }),
-        )?;
+        )
+        .await?;
 
         let listener =
             TcpListener::bind(&config.listen)
@@ -246,15 +118,24 @@ impl Server {
                     addr: config.listen.clone(),
                     source,
                 })?;
+        let local_token = crate::local::new_token();
+        let bound = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen.clone(),
+                source,
+            })?;
+        crate::local::publish(&config.data_dir, bound, &local_token).map_err(|source| {
+            ServerError::DataDir {
+                path: config.data_dir.display().to_string(),
+                source,
+            }
+        })?;
         let app = Arc::new(AppState {
-            keys: KeyResolver::new(state.clone()),
+            keys: KeyResolver::new(state.clone(), Some(local_token)),
             config,
             state,
-            lake,
-            profiles,
-            unifier,
-            journal,
-            _lock: lock,
+            pipeline,
         });
         Ok(Server { app, listener })
     }
@@ -287,15 +168,16 @@ impl Server {
         if let Err(e) = served {
             tracing::error!(error = %e, "server stopped with an error");
         }
-        let lake = self.app.lake.clone();
+        let lake = self.app.pipeline.lake.clone();
         let rows = crate::runtimes::flushes()
             .spawn(async move { lake.flush().await })
             .await
             .map_err(|e| LakeError::Delta(format!("final flush task failed: {e}")))??;
         tracing::info!(rows, "final flush done");
-        self.app.unifier.stop();
+        self.app.pipeline.unifier.stop();
+        crate::local::withdraw(&self.app.config.data_dir);
         tracing::info!(
-            persisted_seq = self.app.profiles.persisted_seq(),
+            persisted_seq = self.app.pipeline.profiles.persisted_seq(),
             "profiles written"
         );
         Ok(())
@@ -308,7 +190,9 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/v1/b", post(ingest::batch))
         .route("/v1/import", post(ingest::batch))
         .route("/v1/query", post(query::query))
+        .route("/v1/imports", post(imports::import_batch))
         .route("/v1/projects/{write_key}/settings", get(ingest::settings))
+        .route("/v1/profiles/merge", post(profiles::merge))
         .route("/v1/profiles/{lookup}", get(profiles::show))
         .route("/v1/profiles/{lookup}/events", get(profiles::events))
         .route("/v1/{call}", post(ingest::single))
@@ -340,8 +224,8 @@ async fn flush_loop(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<b
             _ = stop.changed() => return,
         }
         let mut flushed = false;
-        app.lake.seal();
-        for table in app.lake.tables() {
+        app.pipeline.lake.seal();
+        for table in app.pipeline.lake.tables() {
             let (rows, oldest) = table.pending();
             let due = rows >= app.config.flush_rows
                 || oldest.is_some_and(|t| t.elapsed() >= app.config.flush_interval);
@@ -361,8 +245,12 @@ async fn flush_loop(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<b
         }
         flushes += 1;
         // A segment may go once both the event tables and profiles.db hold its records.
-        let through = app.lake.durable_through().min(app.profiles.persisted_seq());
-        match app.journal.retire_through(through).await {
+        let through = app
+            .pipeline
+            .lake
+            .durable_through()
+            .min(app.pipeline.profiles.persisted_seq());
+        match app.pipeline.journal.retire_through(through).await {
             Ok(Ok(retired)) if retired > 0 => {
                 tracing::debug!(retired, through, "journal segments retired")
             }
@@ -371,7 +259,7 @@ async fn flush_loop(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<b
         }
         // Compact the many files frequent flushes leave behind.
         if flushes.is_multiple_of(50) {
-            for table in app.lake.tables() {
+            for table in app.pipeline.lake.tables() {
                 if let Err(e) = table.optimize().await {
                     tracing::warn!(table = table.name, error = %e, "optimize failed");
                 }

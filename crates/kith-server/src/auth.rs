@@ -17,6 +17,9 @@ const CACHE_MAX: usize = 10_000;
 
 pub struct KeyResolver {
     state: Arc<StateStore>,
+    /// The admin token of this run of the server for `kith` commands on the same machine
+    /// (see [`crate::local`]).
+    local_token: Option<String>,
     cache: Mutex<HashMap<String, (KeyCheck, Instant)>>,
 }
 
@@ -41,9 +44,10 @@ pub fn key_from_headers(headers: &HeaderMap) -> Option<String> {
 }
 
 impl KeyResolver {
-    pub fn new(state: Arc<StateStore>) -> KeyResolver {
+    pub fn new(state: Arc<StateStore>, local_token: Option<String>) -> KeyResolver {
         KeyResolver {
             state,
+            local_token,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -85,6 +89,15 @@ impl KeyResolver {
                 },
             ));
         };
+        if self.local_token.as_deref() == Some(secret) && required != KeyScope::Ingest {
+            return Ok(ApiKey {
+                id: "local".into(),
+                scope: KeyScope::Admin,
+                source: None,
+                created_at: chrono::Utc::now(),
+                revoked_at: None,
+            });
+        }
         match self.lookup(secret)? {
             KeyCheck::Unknown => Err(ApiError::new(
                 ErrorCode::InvalidApiKey,

@@ -24,13 +24,14 @@ pub enum ErrorCode {
     InvalidProfileLookup,
     ProfileNotFound,
     InvalidParameter,
+    MergeRefused,
     Overloaded,
     StorageUnavailable,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidBody,
         ErrorCode::PayloadTooLarge,
@@ -48,6 +49,7 @@ impl ErrorCode {
         ErrorCode::InvalidProfileLookup,
         ErrorCode::ProfileNotFound,
         ErrorCode::InvalidParameter,
+        ErrorCode::MergeRefused,
         ErrorCode::Overloaded,
         ErrorCode::StorageUnavailable,
         ErrorCode::Internal,
@@ -159,6 +161,12 @@ impl ErrorCode {
                 S::BAD_REQUEST,
                 "invalid_request",
                 "a query-string parameter has a value that cannot be used",
+            ),
+            MergeRefused => (
+                "merge_refused",
+                S::CONFLICT,
+                "invalid_request",
+                "the profiles cannot be merged: the identity guards refuse it (e.g. two different user ids)",
             ),
             Overloaded => (
                 "overloaded",

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use crate::app::AppState;
 use crate::auth::key_from_headers;
 use crate::errors::{ApiError, ErrorCode};
+use crate::pipeline::event_entry;
 use crate::unify::Ingested;
 
 /// What an ingest call answers.
@@ -84,6 +85,24 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>
     Ok(decoded)
 }
 
+/// Reads a JSON request body (gzip or not, within the size limit) into `T`; `shape` shows the
+/// caller what was expected when it is not.
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    shape: &str,
+) -> Result<T, ApiError> {
+    let bytes = read_body(headers, body).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        let code = if e.is_data() {
+            ErrorCode::InvalidBody
+        } else {
+            ErrorCode::InvalidJson
+        };
+        ApiError::new(code, format!("the body must be {shape}: {e}"))
+    })
+}
+
 fn request_error(err: RequestError) -> ApiError {
     let code = match err {
         RequestError::InvalidJson(_) => ErrorCode::InvalidJson,
@@ -95,7 +114,7 @@ fn request_error(err: RequestError) -> ApiError {
     ApiError::new(code, err.to_string())
 }
 
-fn journal_error(err: JournalError) -> ApiError {
+pub(crate) fn journal_error(err: JournalError) -> ApiError {
     match err {
         JournalError::Overloaded => ApiError::new(
             ErrorCode::Overloaded,
@@ -182,13 +201,10 @@ fn body_text(bytes: &[u8]) -> Result<&str, ApiError> {
     })
 }
 
-async fn ingest(
-    app: &AppState,
-    headers: &HeaderMap,
-    request: RawRequest<'_>,
-) -> Result<Json<IngestResponse>, ApiError> {
-    let (source, outcome) = judge(app, headers, &request)?;
-    let unresolved = app.unifier.backlog();
+/// Refuses new work while identity resolution or the event tables are too far behind: the
+/// client retries after `Retry-After` instead of memory filling up.
+pub(crate) fn check_backpressure(app: &AppState) -> Result<(), ApiError> {
+    let unresolved = app.pipeline.unifier.backlog();
     if unresolved >= app.config.max_buffered_rows {
         metrics::counter!("kith_ingest_backpressure_total").increment(1);
         return Err(ApiError::new(
@@ -200,7 +216,7 @@ async fn ingest(
             ),
         ));
     }
-    let buffered = app.lake.unflushed_rows();
+    let buffered = app.pipeline.lake.unflushed_rows();
     if buffered >= app.config.max_buffered_rows {
         metrics::counter!("kith_ingest_backpressure_total").increment(1);
         return Err(ApiError::new(
@@ -212,6 +228,16 @@ async fn ingest(
             ),
         ));
     }
+    Ok(())
+}
+
+async fn ingest(
+    app: &AppState,
+    headers: &HeaderMap,
+    request: RawRequest<'_>,
+) -> Result<Json<IngestResponse>, ApiError> {
+    let (source, outcome) = judge(app, headers, &request)?;
+    check_backpressure(app)?;
     metrics::counter!("kith_events_received_total", "source" => source.clone())
         .increment(request.len() as u64);
     for rejection in &outcome.rejections {
@@ -221,22 +247,9 @@ async fn ingest(
 
     let event_count = outcome.events.len();
     let mut entries = Vec::with_capacity(event_count + outcome.rejections.len());
-    let extractor = app.profiles.extractor();
-    for mut event in outcome.events {
-        let dedup_key = Some(event.dedup_key());
-        let facts = extractor.facts(&event);
-        // The parser's identity hints are spent: free them here, on the thread that made them,
-        // rather than with the event on the flush thread.
-        event.typed.context_identity = None;
-        let stored = Stored::Event(event);
-        entries.push(Entry {
-            dedup_key,
-            payload: stored.encode(),
-            item: Ingested {
-                stored,
-                facts: Some(facts),
-            },
-        });
+    let extractor = app.pipeline.profiles.extractor();
+    for event in outcome.events {
+        entries.push(event_entry(extractor, event, None));
     }
     let errors: Vec<EventError> = outcome
         .rejections
@@ -264,7 +277,8 @@ async fn ingest(
     let results = if entries.is_empty() {
         Vec::new()
     } else {
-        app.journal
+        app.pipeline
+            .journal
             .append(entries)
             .await
             .map_err(|_| journal_error(JournalError::Stopped))?

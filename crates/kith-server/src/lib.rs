@@ -3,14 +3,17 @@
 pub mod app;
 pub mod auth;
 pub mod errors;
+pub mod imports;
 pub mod ingest;
+pub mod local;
+pub mod merge;
 pub mod ops;
+pub mod pipeline;
 pub mod profiles;
 pub mod query;
 pub mod runtimes;
 pub mod unify;
 
-pub use app::{
-    Server, ServerConfig, ServerError, backfill_computed_traits, journal_dir, replay_into,
-};
+pub use app::{Server, ServerConfig, ServerError};
 pub use ops::install_metrics;
+pub use pipeline::{Pipeline, Written, backfill_computed_traits, journal_dir, replay_into};

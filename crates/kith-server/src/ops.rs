@@ -39,12 +39,18 @@ pub async fn healthz() -> Json<Value> {
 /// Readiness: the journal has been replayed and the writer accepts appends.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready")))]
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Json<Value> {
-    app.lake.seal();
-    let buffered: usize = app.lake.tables().iter().map(|t| t.pending().0).sum();
+    app.pipeline.lake.seal();
+    let buffered: usize = app
+        .pipeline
+        .lake
+        .tables()
+        .iter()
+        .map(|t| t.pending().0)
+        .sum();
     Json(json!({
         "status": "ready",
         "buffered_rows": buffered,
-        "durable_through_seq": app.lake.durable_through(),
+        "durable_through_seq": app.pipeline.lake.durable_through(),
     }))
 }
 
@@ -67,6 +73,8 @@ pub async fn metrics() -> String {
         crate::query::query,
         crate::profiles::show,
         crate::profiles::events,
+        crate::profiles::merge,
+        crate::imports::import_batch,
         healthz,
         readyz,
         metrics,
@@ -75,7 +83,8 @@ pub async fn metrics() -> String {
     components(schemas(
         crate::ingest::IngestResponse,
         crate::ingest::EventError,
-        crate::query::QueryRequest
+        crate::query::QueryRequest,
+        crate::profiles::MergeRequest
     ))
 )]
 pub struct ApiDoc;

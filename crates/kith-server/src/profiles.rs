@@ -20,17 +20,74 @@ use serde_json::{Map, Value, json};
 use crate::app::AppState;
 use crate::auth::key_from_headers;
 use crate::errors::{ApiError, ErrorCode};
+use crate::ingest::json_body;
+use crate::merge::{MergeError, merge_profiles};
 use crate::query::query_error;
 
 fn lookup_error(err: LookupError) -> ApiError {
     ApiError::new(ErrorCode::InvalidProfileLookup, err.to_string())
 }
 
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MergeRequest {
+    /// Two `type:value` lookups, one for each profile.
+    profiles: Vec<String>,
+}
+
+/// `POST /v1/profiles/merge`: a person confirms two profiles are one customer.
+#[utoipa::path(post, path = "/v1/profiles/merge", tag = "profiles",
+    request_body = MergeRequest,
+    description = "Merges the profiles holding two identifiers, as confirmed by a person (e.g. a duplicate candidate). The merge is recorded with reason `manual` and survives restarts. The identity guards still apply. Auth: admin key.",
+    responses((status = 200, description = "`{merged, profile}`; `merged` is false when both already named one profile"), (status = 400, description = "malformed body or lookup"), (status = 404, description = "no profile holds an identifier"), (status = 409, description = "the guards refuse the merge")))]
+pub async fn merge(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<Value>, ApiError> {
+    app.keys
+        .authorize(key_from_headers(&headers).as_deref(), KeyScope::Admin)?;
+    let request: MergeRequest = json_body(
+        &headers,
+        body,
+        r#"{"profiles": ["email:ana@example.com", "user_id:u-1"]}"#,
+    )
+    .await?;
+    let [first, second] = request.profiles.as_slice() else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            format!(
+                "`profiles` must list exactly two `type:value` lookups, got {}",
+                request.profiles.len()
+            ),
+        ));
+    };
+    let merged = merge_profiles(&app.pipeline, first, second)
+        .await
+        .map_err(merge_error)?;
+    Ok(Json(json!({
+        "merged": merged.changed,
+        "profile": profile_json(&app.pipeline.profiles, &merged.profile),
+    })))
+}
+
+fn merge_error(err: MergeError) -> ApiError {
+    match err {
+        MergeError::Malformed(..) | MergeError::Lookup(_) => {
+            ApiError::new(ErrorCode::InvalidProfileLookup, err.to_string())
+        }
+        MergeError::NotFound(_) => ApiError::new(ErrorCode::ProfileNotFound, err.to_string()),
+        MergeError::Refused(_) => ApiError::new(ErrorCode::MergeRefused, err.to_string()),
+        MergeError::Journal(e) => crate::ingest::journal_error(e),
+    }
+}
+
 /// Resolves the `{type}:{value}` path to a profile, or the API error saying why not.
 fn find(app: &AppState, path: &str) -> Result<ProfileView, ApiError> {
     let lookup = Lookup::parse(path)
         .map_err(|e| ApiError::new(ErrorCode::InvalidProfileLookup, e.to_string()))?;
-    app.profiles
+    app.pipeline
+        .profiles
         .find(&lookup)
         .map_err(lookup_error)?
         .ok_or_else(|| {
@@ -81,7 +138,7 @@ pub async fn show(
     app.keys
         .authorize(key_from_headers(&headers).as_deref(), KeyScope::Read)?;
     let view = find(&app, &lookup)?;
-    Ok(Json(profile_json(&app.profiles, &view)))
+    Ok(Json(profile_json(&app.pipeline.profiles, &view)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,7 +231,7 @@ pub async fn events(
         }
     }
     let limits = app.config.query_limits.clone();
-    let lake = app.lake.clone();
+    let lake = app.pipeline.lake.clone();
     let result = crate::runtimes::queries()
         .spawn(async move { lake.timeline(&query, &limits).await })
         .await

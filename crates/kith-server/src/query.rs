@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::app::AppState;
 use crate::auth::key_from_headers;
 use crate::errors::{ApiError, ErrorCode};
-use crate::ingest::read_body;
+use crate::ingest::json_body;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -72,17 +72,9 @@ pub async fn query(
 ) -> Result<Response, ApiError> {
     app.keys
         .authorize(key_from_headers(&headers).as_deref(), KeyScope::Read)?;
-    let bytes = read_body(&headers, body).await?;
-    let request: QueryRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        let code = if e.is_data() {
-            ErrorCode::InvalidBody
-        } else {
-            ErrorCode::InvalidJson
-        };
-        ApiError::new(code, format!("the body must be {{\"sql\": \"...\"}}: {e}"))
-    })?;
-    let (lake, limits) = (app.lake.clone(), app.config.query_limits.clone());
-    let profiles = app.profiles.clone();
+    let request: QueryRequest = json_body(&headers, body, r#"{"sql": "..."}"#).await?;
+    let (lake, limits) = (app.pipeline.lake.clone(), app.config.query_limits.clone());
+    let profiles = app.pipeline.profiles.clone();
     let result = crate::runtimes::queries()
         .spawn(async move {
             let extra = if crate::profiles::mentions_profiles(&request.sql) {

@@ -141,6 +141,7 @@ async fn recorded_sdk_requests_are_stored_as_reviewed() {
         assert_eq!(answer["rejected"], 0, "{name}: {answer}");
 
         let result = app
+            .pipeline
             .lake
             .query(
                 "SELECT * EXCEPT (ingest_seq) FROM events ORDER BY ingest_seq",

@@ -84,12 +84,18 @@ fn parse_time(text: String) -> DateTime<Utc> {
         .unwrap_or_default()
 }
 
+/// The source of events Kith writes itself (manual merges); no key may claim it.
+pub const RESERVED_SOURCE: &str = "kith";
+
 impl StateStore {
     /// Creates a key. Ingest keys must name their source.
     pub fn create_key(&self, scope: KeyScope, source: Option<&str>) -> Result<NewKey, StateError> {
         let source = source.map(str::trim).filter(|s| !s.is_empty());
         if scope == KeyScope::Ingest && source.is_none() {
             return Err(StateError::MissingSource);
+        }
+        if let Some(reserved) = source.filter(|s| s.eq_ignore_ascii_case(RESERVED_SOURCE)) {
+            return Err(StateError::ReservedSource(reserved.to_string()));
         }
         let mut random = [0u8; 20];
         rand::rng().fill_bytes(&mut random);
@@ -187,6 +193,10 @@ mod tests {
         assert!(matches!(
             store.create_key(KeyScope::Ingest, None),
             Err(StateError::MissingSource)
+        ));
+        assert!(matches!(
+            store.create_key(KeyScope::Ingest, Some(" Kith ")),
+            Err(StateError::ReservedSource(name)) if name == "Kith"
         ));
         let read = store.create_key(KeyScope::Read, None).unwrap();
 

@@ -25,6 +25,8 @@ pub enum StateError {
     UnknownKey(String),
     #[error("an ingest key needs a source name (--source)")]
     MissingSource,
+    #[error("the source name `{0}` is reserved for events Kith writes itself; choose another")]
+    ReservedSource(String),
 }
 
 /// The state store. Safe to share across threads.

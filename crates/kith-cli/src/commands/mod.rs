@@ -1,5 +1,7 @@
 //! The subcommands.
 
+mod destination;
+mod import;
 mod key;
 mod profile;
 mod serve;
@@ -24,6 +26,11 @@ pub enum Command {
     /// Run a read-only SQL query over `events`, `rejected_events`, `profiles` and
     /// `profile_identities`.
     Sql(sql::SqlArgs),
+    /// Import a file: `kith import contacts FILE` (a CRM export, CSV or JSONL).
+    Import {
+        #[command(subcommand)]
+        kind: import::ImportKind,
+    },
     /// Look at customer profiles.
     Profile {
         #[command(subcommand)]
@@ -45,6 +52,7 @@ pub fn run(command: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
         Command::Key { action } => key::run(action, file),
         Command::Sql(args) => sql::run(args, file),
         Command::Profile { action } => profile::run(action, file),
+        Command::Import { kind } => import::run(kind, file),
     }
 }
 

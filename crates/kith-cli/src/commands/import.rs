@@ -1,0 +1,376 @@
+//! `kith import contacts FILE`: people from a CRM export into profiles, through the same journal
+//! and identity rules as tracked events, with a progress bar, a summary and a rejected-rows file.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use kith_core::Event;
+use kith_import::mapping::parse_assignment;
+use kith_import::{
+    ContactField, ContactImporter, ContactMapping, Format, MappingFile, RejectWriter, RowReader,
+    TimeParser,
+};
+use kith_profiles::ChangeCounts;
+use serde::Serialize;
+
+use super::DataDirArg;
+use super::destination::Destination;
+use crate::config::FileConfig;
+
+#[derive(Subcommand)]
+pub enum ImportKind {
+    /// People from a CRM or spreadsheet (CSV or JSONL): creates or updates profiles through the
+    /// identity rules. Re-running the same import changes nothing.
+    Contacts(ContactsArgs),
+}
+
+#[derive(Args)]
+pub struct ContactsArgs {
+    #[command(flatten)]
+    data_dir: DataDirArg,
+    /// The file: CSV with a header line, or JSON Lines (one object a line).
+    file: PathBuf,
+    /// What a column holds: FIELD=COLUMN, FIELD one of user_id, email, phone, timestamp,
+    /// trait:NAME, external:TYPE. Repeat for each. Columns not mapped are recognised by their
+    /// usual names (email, correo, phone, teléfono, celular, user_id, updated_at…); the rest become
+    /// traits named after them.
+    #[arg(long = "map", value_name = "FIELD=COLUMN")]
+    map: Vec<String>,
+    /// A TOML file with `[map]`, `ignore`, `only_mapped`, `format`, `delimiter`, `time_format`,
+    /// `timezone` and `source`; flags win over it.
+    #[arg(long, value_name = "FILE")]
+    mapping: Option<PathBuf>,
+    /// A column to leave out. Repeat for each.
+    #[arg(long = "ignore", value_name = "COLUMN")]
+    ignore: Vec<String>,
+    /// Import only the mapped and recognised columns (no other column becomes a trait).
+    #[arg(long)]
+    only_mapped: bool,
+    /// csv or jsonl [default: from the file name]
+    #[arg(long)]
+    format: Option<String>,
+    /// CSV field delimiter, e.g. `;` or `tab` [default: `,`, or tab for .tsv]
+    #[arg(long)]
+    delimiter: Option<String>,
+    /// strftime format of the time column, e.g. `%d/%m/%Y %H:%M` [default: RFC 3339, ISO dates,
+    /// Unix seconds]
+    #[arg(long)]
+    time_format: Option<String>,
+    /// Time zone of times written without one (IANA name, e.g. America/Mexico_City) [default: UTC]
+    #[arg(long)]
+    timezone: Option<String>,
+    /// The source the events are recorded under [default: crm]
+    #[arg(long)]
+    source: Option<String>,
+    /// Where rejected rows go [default: FILE_NAME.rejected.csv in the current directory]
+    #[arg(long, value_name = "FILE")]
+    rejected: Option<PathBuf>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The summary of an import.
+#[derive(Debug, Serialize)]
+pub struct ImportSummary {
+    pub file: String,
+    pub rows: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub merged: u64,
+    /// Rows whose merge the identity guards refused.
+    pub conflicts: u64,
+    /// Rows that joined a profile without changing it.
+    pub unchanged: u64,
+    /// Rows imported before (same content, same mapping).
+    pub already_imported: u64,
+    pub rejected_rows: u64,
+    pub dropped_values: u64,
+    pub rejected_file: Option<String>,
+}
+
+pub fn run(kind: ImportKind, file: FileConfig) -> anyhow::Result<ExitCode> {
+    let ImportKind::Contacts(args) = kind;
+    contacts(args, file)
+}
+
+/// Rows are sent in batches of at most this many, and at most this many bytes of JSON (the API's
+/// request limit is 500 KB).
+const BATCH_ROWS: usize = 1000;
+const BATCH_BYTES: usize = 400 * 1024;
+
+fn contacts(args: ContactsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
+    let mapping_file = match &args.mapping {
+        Some(path) => MappingFile::load(path)?,
+        None => MappingFile::default(),
+    };
+    let format_name = args.format.clone().or(mapping_file.format.clone());
+    let format = match format_name {
+        Some(name) => Format::from_name(&name)
+            .with_context(|| format!("`{name}` is not a format kith imports; use csv or jsonl"))?,
+        None => Format::from_path(&args.file).with_context(|| {
+            format!(
+                "cannot tell the format of {} from its name; pass --format csv or --format jsonl",
+                args.file.display()
+            )
+        })?,
+    };
+    let delimiter = args
+        .delimiter
+        .as_deref()
+        .or(mapping_file.delimiter.as_deref())
+        .map(MappingFile::delimiter_byte)
+        .transpose()?;
+    let time = TimeParser::new(
+        args.time_format
+            .clone()
+            .or(mapping_file.time_format.clone()),
+        args.timezone
+            .as_deref()
+            .or(mapping_file.timezone.as_deref()),
+    )?;
+    let source = args
+        .source
+        .clone()
+        .or(mapping_file.source.clone())
+        .unwrap_or_else(|| "crm".to_string());
+    if source.eq_ignore_ascii_case(kith_profiles::KITH_SOURCE) {
+        bail!(
+            "the source name `{source}` is reserved for events Kith writes itself; pass another --source"
+        );
+    }
+
+    let mut reader = RowReader::open(&args.file, format, delimiter)?;
+    let headers = reader.headers().map(<[String]>::to_vec);
+    let mapping = ContactMapping::new(
+        assignments(&mapping_file, &args.map)?,
+        mapping_file
+            .ignore
+            .iter()
+            .chain(&args.ignore)
+            .cloned()
+            .collect(),
+        args.only_mapped || mapping_file.only_mapped,
+        headers.as_deref(),
+    )?;
+    if let Some(headers) = &headers {
+        let plan: Vec<String> = mapping
+            .plan(headers)
+            .into_iter()
+            .map(|(column, field)| format!("{column} → {}", field.describe()))
+            .collect();
+        eprintln!("columns: {}", plan.join(", "));
+        let identifying = mapping.plan(headers).iter().any(|(_, f)| {
+            matches!(
+                f,
+                ContactField::UserId
+                    | ContactField::Email
+                    | ContactField::Phone
+                    | ContactField::External(_)
+            )
+        });
+        if !identifying {
+            bail!(
+                "no column of {} identifies a person; map one with --map email=COLUMN (or user_id, phone, external:TYPE)",
+                args.file.display()
+            );
+        }
+    }
+    let settings = file.profile_settings()?;
+    let importer = ContactImporter::new(
+        mapping,
+        headers.as_deref(),
+        settings.normalizer.clone(),
+        time,
+        source,
+        chrono::Utc::now(),
+    );
+    let rejected_path = args
+        .rejected
+        .clone()
+        .unwrap_or_else(|| default_rejected(&args.file));
+    let mut rejects = RejectWriter::new(&rejected_path);
+
+    let data_dir = file.data_dir(args.data_dir.data_dir.clone());
+    let destination = Destination::open(&data_dir, settings)?;
+    eprintln!(
+        "importing {} into {}",
+        args.file.display(),
+        destination.describe()
+    );
+
+    let progress = progress_bar(reader.total_bytes());
+    let bytes_read = reader.bytes_read();
+    let mut totals = ChangeCounts::default();
+    let mut already_imported = 0u64;
+    let mut rows = 0u64;
+    let mut batch: Vec<Event> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let mut send = |batch: &mut Vec<Event>, batch_bytes: &mut usize| -> anyhow::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let result = destination.write(std::mem::take(batch))?;
+        *batch_bytes = 0;
+        already_imported += result.duplicates as u64;
+        add(&mut totals, result.changes);
+        Ok(())
+    };
+    while let Some(next) = reader.next_row()? {
+        rows += 1;
+        let outcome = match next {
+            Ok(row) => importer.row(&row),
+            Err(bad) => kith_import::RowOutcome {
+                event: None,
+                problems: vec![importer.unreadable(bad)],
+            },
+        };
+        for problem in outcome.problems {
+            rejects.record(problem)?;
+        }
+        if let Some(event) = outcome.event {
+            batch_bytes += approximate_size(&event);
+            batch.push(event);
+        }
+        if batch.len() >= BATCH_ROWS || batch_bytes >= BATCH_BYTES {
+            send(&mut batch, &mut batch_bytes)?;
+            progress.set_position(bytes_read.load(Ordering::Relaxed));
+            progress.set_message(format!("{rows} rows"));
+        }
+    }
+    send(&mut batch, &mut batch_bytes)?;
+    progress.finish_and_clear();
+    rejects.finish()?;
+    destination.close()?;
+
+    let summary = ImportSummary {
+        file: args.file.display().to_string(),
+        rows,
+        created: totals.created,
+        updated: totals.updated,
+        merged: totals.merged,
+        conflicts: totals.conflict,
+        unchanged: totals.unchanged,
+        already_imported,
+        rejected_rows: rejects.rows_skipped(),
+        dropped_values: rejects.values_dropped(),
+        rejected_file: rejects
+            .written()
+            .then(|| rejected_path.display().to_string()),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary, &rejects);
+    }
+    if rows == 0 {
+        eprintln!("error: {} holds no rows", args.file.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    if summary.rejected_rows == rows {
+        eprintln!(
+            "error: no row of {} could be imported; the reasons are in {}",
+            args.file.display(),
+            rejected_path.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The mapping file's assignments, then the flags' (a flag replaces the file's assignment of the
+/// same field or column).
+fn assignments(
+    file: &MappingFile,
+    flags: &[String],
+) -> anyhow::Result<Vec<(ContactField, String)>> {
+    let mut out: Vec<(ContactField, String)> = Vec::new();
+    for (field, column) in &file.map {
+        out.push(parse_assignment(&format!("{field}={column}"))?);
+    }
+    for flag in flags {
+        let (field, column) = parse_assignment(flag)?;
+        out.retain(|(f, c)| f != &field && c != &column);
+        out.push((field, column));
+    }
+    Ok(out)
+}
+
+fn add(totals: &mut ChangeCounts, more: ChangeCounts) {
+    totals.created += more.created;
+    totals.updated += more.updated;
+    totals.merged += more.merged;
+    totals.conflict += more.conflict;
+    totals.unchanged += more.unchanged;
+    totals.unattributed += more.unattributed;
+}
+
+/// Roughly the event's JSON size, to keep requests under the API's limit.
+fn approximate_size(event: &Event) -> usize {
+    256 + event.message_id.len()
+        + event.traits.as_ref().map_or(0, String::len)
+        + event.context.as_ref().map_or(0, String::len)
+        + event.source.len()
+}
+
+fn default_rejected(file: &Path) -> PathBuf {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "import".into());
+    PathBuf::from(format!("{name}.rejected.csv"))
+}
+
+fn progress_bar(total_bytes: u64) -> ProgressBar {
+    let bar =
+        ProgressBar::with_draw_target(Some(total_bytes), indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn print_summary(summary: &ImportSummary, rejects: &RejectWriter) {
+    println!("{} rows read from {}", summary.rows, summary.file);
+    println!("  created          {:>9}", summary.created);
+    println!("  updated          {:>9}", summary.updated);
+    println!("  merged           {:>9}", summary.merged);
+    if summary.conflicts > 0 {
+        println!(
+            "  conflicts        {:>9}  (merges the identity guards refused; see each profile's `conflicts`)",
+            summary.conflicts
+        );
+    }
+    println!("  unchanged        {:>9}", summary.unchanged);
+    println!("  already imported {:>9}", summary.already_imported);
+    println!("  rejected rows    {:>9}", summary.rejected_rows);
+    if summary.dropped_values > 0 {
+        println!(
+            "  dropped values   {:>9}  (the rows were imported without them)",
+            summary.dropped_values
+        );
+    }
+    if let Some(path) = &summary.rejected_file {
+        println!("rejected rows and dropped values, with reasons: {path}");
+        for problem in &rejects.examples {
+            println!(
+                "  row {}{}: {} ({})",
+                problem.row,
+                problem
+                    .column
+                    .as_deref()
+                    .map(|c| format!(", column `{c}`"))
+                    .unwrap_or_default(),
+                problem.reason,
+                problem.action.as_str()
+            );
+        }
+    }
+}

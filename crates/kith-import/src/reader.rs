@@ -1,0 +1,287 @@
+//! Streaming rows out of CSV and JSONL files, with the bytes read so far for a progress bar.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::Value;
+
+use crate::ImportError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Jsonl,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Csv => "CSV",
+            Format::Jsonl => "JSONL",
+        }
+    }
+
+    /// The format a flag names (`csv`, `jsonl`, `ndjson`).
+    pub fn from_name(name: &str) -> Option<Format> {
+        match name.to_ascii_lowercase().as_str() {
+            "csv" | "tsv" | "txt" => Some(Format::Csv),
+            "jsonl" | "ndjson" | "json" => Some(Format::Jsonl),
+            _ => None,
+        }
+    }
+
+    /// The format a file name implies, if any.
+    pub fn from_path(path: &Path) -> Option<Format> {
+        Format::from_name(path.extension()?.to_str()?)
+    }
+}
+
+/// One row: its number in the file (data rows from 1 for CSV, lines from 1 for JSONL) and its
+/// values by column, in file order. CSV values are strings; empty cells are left out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub number: u64,
+    pub values: Vec<(String, Value)>,
+}
+
+impl Row {
+    pub fn get(&self, column: &str) -> Option<&Value> {
+        self.values
+            .iter()
+            .find(|(name, _)| name == column)
+            .map(|(_, value)| value)
+    }
+}
+
+/// A row that could not be read, with the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRow {
+    pub number: u64,
+    pub reason: String,
+}
+
+/// Counts the bytes a reader has delivered.
+struct Counting<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+enum Inner {
+    Csv {
+        reader: csv::Reader<Counting<File>>,
+        headers: Vec<String>,
+        record: csv::StringRecord,
+    },
+    Jsonl {
+        lines: BufReader<Counting<File>>,
+        line: String,
+    },
+}
+
+/// Reads a file a row at a time.
+pub struct RowReader {
+    path: String,
+    inner: Inner,
+    number: u64,
+    bytes_read: Arc<AtomicU64>,
+    total_bytes: u64,
+}
+
+impl RowReader {
+    /// Opens `path`. For CSV the first line names the columns; `delimiter` defaults to `,`
+    /// (`\t` for a `.tsv` file).
+    pub fn open(
+        path: &Path,
+        format: Format,
+        delimiter: Option<u8>,
+    ) -> Result<RowReader, ImportError> {
+        let shown = path.display().to_string();
+        let file = File::open(path).map_err(|source| ImportError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let bytes_read = Arc::new(AtomicU64::new(0));
+        let counting = Counting {
+            inner: file,
+            read: bytes_read.clone(),
+        };
+        let inner = match format {
+            Format::Csv => {
+                let tsv = path.extension().is_some_and(|e| e == "tsv");
+                let delimiter = delimiter.unwrap_or(if tsv { b'\t' } else { b',' });
+                let mut reader = csv::ReaderBuilder::new()
+                    .delimiter(delimiter)
+                    .flexible(true)
+                    .from_reader(counting);
+                let headers = reader
+                    .headers()
+                    .map_err(|e| ImportError::Unreadable {
+                        path: shown.clone(),
+                        format: "CSV",
+                        reason: format!("the header line cannot be read: {e}"),
+                    })?
+                    .iter()
+                    .map(|h| h.trim().trim_start_matches('\u{feff}').to_string())
+                    .collect::<Vec<_>>();
+                if headers.iter().all(String::is_empty) {
+                    return Err(ImportError::Unreadable {
+                        path: shown,
+                        format: "CSV",
+                        reason: "the file is empty or its first line names no columns".into(),
+                    });
+                }
+                Inner::Csv {
+                    reader,
+                    headers,
+                    record: csv::StringRecord::new(),
+                }
+            }
+            Format::Jsonl => Inner::Jsonl {
+                lines: BufReader::new(counting),
+                line: String::new(),
+            },
+        };
+        Ok(RowReader {
+            path: path.display().to_string(),
+            inner,
+            number: 0,
+            bytes_read,
+            total_bytes,
+        })
+    }
+
+    /// Column names (CSV only; JSONL rows name their own).
+    pub fn headers(&self) -> Option<&[String]> {
+        match &self.inner {
+            Inner::Csv { headers, .. } => Some(headers),
+            Inner::Jsonl { .. } => None,
+        }
+    }
+
+    /// A handle on the bytes read so far, for progress.
+    pub fn bytes_read(&self) -> Arc<AtomicU64> {
+        self.bytes_read.clone()
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// The next row, a row that could not be read, or `None` at the end. An I/O error ends the
+    /// file with `Err`.
+    pub fn next_row(&mut self) -> Result<Option<Result<Row, BadRow>>, ImportError> {
+        match &mut self.inner {
+            Inner::Csv {
+                reader,
+                headers,
+                record,
+            } => {
+                let more = match reader.read_record(record) {
+                    Ok(more) => more,
+                    Err(e) if e.is_io_error() => {
+                        return Err(ImportError::Unreadable {
+                            path: self.path.clone(),
+                            format: "CSV",
+                            reason: e.to_string(),
+                        });
+                    }
+                    Err(e) => {
+                        self.number += 1;
+                        return Ok(Some(Err(BadRow {
+                            number: self.number,
+                            reason: format!("not valid CSV: {e}"),
+                        })));
+                    }
+                };
+                if !more {
+                    return Ok(None);
+                }
+                self.number += 1;
+                if record.len() != headers.len() {
+                    return Ok(Some(Err(BadRow {
+                        number: self.number,
+                        reason: format!(
+                            "the row has {} fields but the header names {} columns",
+                            record.len(),
+                            headers.len()
+                        ),
+                    })));
+                }
+                let values = headers
+                    .iter()
+                    .zip(record.iter())
+                    .filter(|(_, value)| !value.trim().is_empty())
+                    .map(|(name, value)| (name.clone(), Value::String(value.trim().to_string())))
+                    .collect();
+                Ok(Some(Ok(Row {
+                    number: self.number,
+                    values,
+                })))
+            }
+            Inner::Jsonl { lines, line } => loop {
+                line.clear();
+                let read = lines.read_line(line).map_err(|e| ImportError::Unreadable {
+                    path: self.path.clone(),
+                    format: "JSONL",
+                    reason: e.to_string(),
+                })?;
+                if read == 0 {
+                    return Ok(None);
+                }
+                self.number += 1;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let parsed = match serde_json::from_str::<Value>(line) {
+                    Ok(Value::Object(map)) => map,
+                    Ok(other) => {
+                        return Ok(Some(Err(BadRow {
+                            number: self.number,
+                            reason: format!(
+                                "each line must be a JSON object, this one is {}",
+                                json_kind(&other)
+                            ),
+                        })));
+                    }
+                    Err(e) => {
+                        return Ok(Some(Err(BadRow {
+                            number: self.number,
+                            reason: format!("not valid JSON: {e}"),
+                        })));
+                    }
+                };
+                let values = parsed
+                    .into_iter()
+                    .filter(|(_, value)| !value.is_null())
+                    .collect();
+                return Ok(Some(Ok(Row {
+                    number: self.number,
+                    values,
+                })));
+            },
+        }
+    }
+}
+
+pub(crate) fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

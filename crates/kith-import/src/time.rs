@@ -1,0 +1,198 @@
+//! Reading times out of files, with the format and time zone stated rather than guessed wrong.
+//!
+//! Without a format, a value is read as RFC 3339 (`2024-03-01T10:00:00Z`, any offset), a date
+//! (`2024-03-01`), a date and time without zone (`2024-03-01 10:00[:00]`, also with `T`), or Unix
+//! seconds or milliseconds. A value without its own zone is in the import's time zone (UTC unless
+//! told). With a format (strftime, e.g. `%d/%m/%Y %H:%M`), only that format is accepted.
+
+use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TimeError {
+    #[error("`{value}` does not match the time format `{format}`")]
+    NoMatch { value: String, format: String },
+    #[error(
+        "`{0}` is not a time Kith recognises; give its format with --time-format (e.g. `%d/%m/%Y %H:%M`)"
+    )]
+    Unrecognised(String),
+    #[error("`{value}` does not exist in {zone} (the clocks skipped it)")]
+    Nonexistent { value: String, zone: String },
+    #[error("`{0}` is not a time zone; use an IANA name such as America/Mexico_City, or UTC")]
+    UnknownZone(String),
+}
+
+/// How times in a file are read.
+#[derive(Debug, Clone)]
+pub struct TimeParser {
+    format: Option<String>,
+    zone: Tz,
+}
+
+impl Default for TimeParser {
+    fn default() -> Self {
+        TimeParser {
+            format: None,
+            zone: Tz::UTC,
+        }
+    }
+}
+
+impl TimeParser {
+    pub fn new(format: Option<String>, zone: Option<&str>) -> Result<TimeParser, TimeError> {
+        let zone = match zone {
+            None => Tz::UTC,
+            Some(name) => name
+                .trim()
+                .parse::<Tz>()
+                .map_err(|_| TimeError::UnknownZone(name.to_string()))?,
+        };
+        Ok(TimeParser { format, zone })
+    }
+
+    pub fn zone(&self) -> Tz {
+        self.zone
+    }
+
+    pub fn parse(&self, raw: &str) -> Result<DateTime<Utc>, TimeError> {
+        let value = raw.trim();
+        if let Some(format) = &self.format {
+            return self.parse_with(value, format);
+        }
+        if let Ok(t) = DateTime::parse_from_rfc3339(value) {
+            return Ok(t.with_timezone(&Utc));
+        }
+        for format in [
+            "%Y-%m-%d %H:%M:%S%.f",
+            "%Y-%m-%dT%H:%M:%S%.f",
+            "%Y-%m-%d %H:%M",
+        ] {
+            if let Ok(naive) = NaiveDateTime::parse_from_str(value, format) {
+                return self.local(naive, value);
+            }
+        }
+        if let Ok(date) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+            return self.local(date.and_time(chrono::NaiveTime::MIN), value);
+        }
+        if let Ok(number) = value.parse::<i64>() {
+            // Seconds until the year 5138; beyond that they must be milliseconds.
+            let parsed = if number.abs() < 100_000_000_000 {
+                DateTime::from_timestamp(number, 0)
+            } else {
+                DateTime::from_timestamp_millis(number)
+            };
+            if let Some(t) = parsed {
+                return Ok(t);
+            }
+        }
+        Err(TimeError::Unrecognised(value.to_string()))
+    }
+
+    fn parse_with(&self, value: &str, format: &str) -> Result<DateTime<Utc>, TimeError> {
+        let no_match = || TimeError::NoMatch {
+            value: value.to_string(),
+            format: format.to_string(),
+        };
+        if let Ok(t) = DateTime::parse_from_str(value, format) {
+            return Ok(t.with_timezone(&Utc));
+        }
+        if let Ok(naive) = NaiveDateTime::parse_from_str(value, format) {
+            return self.local(naive, value);
+        }
+        let date = NaiveDate::parse_from_str(value, format).map_err(|_| no_match())?;
+        self.local(date.and_time(chrono::NaiveTime::MIN), value)
+    }
+
+    /// A wall-clock time in the import's zone. In the hour clocks fall back, the earlier instant.
+    fn local(&self, naive: NaiveDateTime, value: &str) -> Result<DateTime<Utc>, TimeError> {
+        match self.zone.from_local_datetime(&naive) {
+            LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => Ok(t.with_timezone(&Utc)),
+            LocalResult::None => Err(TimeError::Nonexistent {
+                value: value.to_string(),
+                zone: self.zone.name().to_string(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn common_shapes_are_read_in_the_stated_zone() {
+        let mexico = TimeParser::new(None, Some("America/Mexico_City")).unwrap();
+        // Mexico City has kept UTC-6 all year since 2022.
+        assert_eq!(
+            mexico.parse("2024-03-01 10:00").unwrap(),
+            utc("2024-03-01T16:00:00Z")
+        );
+        assert_eq!(
+            mexico.parse("2024-03-01").unwrap(),
+            utc("2024-03-01T06:00:00Z")
+        );
+        // An explicit offset wins over the zone.
+        assert_eq!(
+            mexico.parse("2024-03-01T10:00:00+01:00").unwrap(),
+            utc("2024-03-01T09:00:00Z")
+        );
+        let default = TimeParser::default();
+        assert_eq!(
+            default.parse("1709287200").unwrap(),
+            utc("2024-03-01T10:00:00Z")
+        );
+        assert_eq!(
+            default.parse("1709287200000").unwrap(),
+            utc("2024-03-01T10:00:00Z")
+        );
+        assert!(matches!(
+            default.parse("01/03/2024"),
+            Err(TimeError::Unrecognised(_))
+        ));
+    }
+
+    #[test]
+    fn an_explicit_format_is_the_only_one_accepted() {
+        let parser = TimeParser::new(Some("%d/%m/%Y".into()), None).unwrap();
+        assert_eq!(
+            parser.parse("01/03/2024").unwrap(),
+            utc("2024-03-01T00:00:00Z")
+        );
+        assert_eq!(
+            parser.parse("2024-03-01"),
+            Err(TimeError::NoMatch {
+                value: "2024-03-01".into(),
+                format: "%d/%m/%Y".into()
+            })
+        );
+        let cdnow = TimeParser::new(Some("%Y%m%d".into()), None).unwrap();
+        assert_eq!(
+            cdnow.parse("19970101").unwrap(),
+            utc("1997-01-01T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn skipped_local_times_are_refused_and_repeated_ones_take_the_first() {
+        let new_york = TimeParser::new(None, Some("America/New_York")).unwrap();
+        assert!(matches!(
+            new_york.parse("2024-03-10 02:30"),
+            Err(TimeError::Nonexistent { .. })
+        ));
+        assert_eq!(
+            new_york.parse("2024-11-03 01:30").unwrap(),
+            utc("2024-11-03T05:30:00Z")
+        );
+        assert!(matches!(
+            TimeParser::new(None, Some("Mars/Olympus")),
+            Err(TimeError::UnknownZone(_))
+        ));
+    }
+}

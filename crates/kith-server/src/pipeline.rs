@@ -1,0 +1,276 @@
+//! The write path every writer shares: the journal, its sink into the event tables and the unify
+//! thread, and the data directory's lock. `kith serve` runs one behind its HTTP API; offline
+//! commands (imports, manual merges) open one of their own when no server holds the directory.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kith_core::{Event, Stored};
+use kith_journal::{Appended, Entry, Journal, JournalError, JournalOptions};
+use kith_lake::{Lake, LakeError};
+use kith_profiles::{ChangeTally, Extractor, ProfileSettings, ProfileStore, TallyHandle};
+
+use crate::app::ServerError;
+use crate::unify::{Ingested, Unifier};
+
+/// The open write path of one data directory.
+pub struct Pipeline {
+    pub lake: Arc<Lake>,
+    pub profiles: Arc<ProfileStore>,
+    pub unifier: Arc<Unifier>,
+    pub journal: Journal<Ingested>,
+    _lock: File,
+}
+
+/// What became of events written with [`Pipeline::write`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Journal seq of each stored event, `None` for one already stored (same messageId).
+    pub seqs: Vec<Option<u64>>,
+}
+
+impl Written {
+    pub fn stored(&self) -> usize {
+        self.seqs.iter().filter(|s| s.is_some()).count()
+    }
+
+    pub fn duplicates(&self) -> usize {
+        self.seqs.len() - self.stored()
+    }
+
+    pub fn last_seq(&self) -> Option<u64> {
+        self.seqs.iter().flatten().max().copied()
+    }
+}
+
+/// The journal entry of one accepted event: its identity facts are extracted here, on the
+/// writer's thread, so the unify thread only applies them.
+pub fn event_entry(
+    extractor: &Extractor,
+    mut event: Event,
+    tally: Option<&Arc<ChangeTally>>,
+) -> Entry<Ingested> {
+    let dedup_key = Some(event.dedup_key());
+    let mut facts = extractor.facts(&event);
+    facts.tally = tally.map(|t| TallyHandle(t.clone()));
+    // The parser's identity hints are spent: free them here, on the thread that made them,
+    // rather than with the event on the flush thread.
+    event.typed.context_identity = None;
+    let stored = Stored::Event(event);
+    Entry {
+        dedup_key,
+        payload: stored.encode(),
+        item: Ingested {
+            stored,
+            facts: Some(facts),
+        },
+    }
+}
+
+impl Pipeline {
+    /// Locks the data directory, opens the stores, replays the journal into them, recomputes
+    /// changed computed traits and opens the journal for writing.
+    pub async fn open(
+        data_dir: &Path,
+        profile_settings: ProfileSettings,
+        journal_options: JournalOptions,
+    ) -> Result<Pipeline, ServerError> {
+        let lock = lock_data_dir(data_dir)?;
+        let lake = Arc::new(Lake::open(data_dir).await?);
+        let profiles = Arc::new(ProfileStore::open(data_dir, profile_settings)?);
+        // Replay before the journal opens for writing: the unify thread must not see newer
+        // events before the replayed ones.
+        let replayed = replay_into(&lake, Some(&profiles), &journal_dir(data_dir))?;
+        tracing::info!(
+            replayed,
+            "journal replayed into the event buffers and profiles"
+        );
+        backfill_computed_traits(&lake, &profiles).await?;
+        let unifier = Arc::new(
+            Unifier::start(profiles.clone(), Duration::from_secs(1))
+                .map_err(ServerError::Thread)?,
+        );
+        let (sink_lake, sink_unifier) = (lake.clone(), unifier.clone());
+        let journal = Journal::open(
+            &journal_dir(data_dir),
+            journal_options,
+            Box::new(move |items: Vec<(u64, Ingested)>| {
+                let mut stored = Vec::with_capacity(items.len());
+                let mut facts = Vec::with_capacity(items.len());
+                for (seq, item) in items {
+                    if let Some(f) = item.facts {
+                        facts.push((seq, f));
+                    }
+                    stored.push((seq, item.stored));
+                }
+                sink_lake.ingest(stored);
+                sink_unifier.send(facts);
+            }),
+        )?;
+        Ok(Pipeline {
+            lake,
+            profiles,
+            unifier,
+            journal,
+            _lock: lock,
+        })
+    }
+
+    /// Writes accepted events durably (deduplicated on messageId), counting what they change in
+    /// the profiles into `tally` when given. Returns once they are on disk; profiles see them
+    /// within milliseconds (see [`Pipeline::wait_for_profiles`]).
+    pub async fn write(
+        &self,
+        events: Vec<Event>,
+        tally: Option<&Arc<ChangeTally>>,
+    ) -> Result<Written, JournalError> {
+        if events.is_empty() {
+            return Ok(Written::default());
+        }
+        let extractor = self.profiles.extractor();
+        let entries: Vec<Entry<Ingested>> = events
+            .into_iter()
+            .map(|event| event_entry(extractor, event, tally))
+            .collect();
+        let appended = self
+            .journal
+            .append(entries)
+            .await
+            .map_err(|_| JournalError::Stopped)??;
+        Ok(Written {
+            seqs: appended
+                .into_iter()
+                .map(|a| match a {
+                    Appended::Stored { seq } => Some(seq),
+                    Appended::Duplicate => None,
+                })
+                .collect(),
+        })
+    }
+
+    /// Waits until the unify thread has applied every event through `seq`.
+    pub async fn wait_for_profiles(&self, seq: u64) {
+        let mut pause = Duration::from_millis(1);
+        while self.profiles.applied_seq() < seq {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Writes every buffered row to Delta, `profiles.db` up to date, and retires the journal
+    /// segments both now hold. Call before dropping an offline pipeline.
+    pub async fn close(self) -> Result<(), ServerError> {
+        let rows = self.lake.flush().await?;
+        self.unifier.stop();
+        let through = self
+            .lake
+            .durable_through()
+            .min(self.profiles.persisted_seq());
+        match self.journal.retire_through(through).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(JournalError::Stopped.into()),
+        }
+        tracing::info!(
+            rows,
+            persisted_seq = self.profiles.persisted_seq(),
+            "event tables and profiles written"
+        );
+        Ok(())
+    }
+}
+
+pub fn lock_data_dir(data_dir: &Path) -> Result<File, ServerError> {
+    let io = |source| ServerError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    let file = File::create(data_dir.join("kith.lock")).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(ServerError::DataDirLocked(data_dir.display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
+/// Decodes a journal payload.
+pub fn decode_record(seq: u64, payload: &[u8]) -> Result<Stored, ServerError> {
+    Stored::decode(payload).map_err(|e| ServerError::BadRecord {
+        seq,
+        reason: e.to_string(),
+    })
+}
+
+/// Feeds the journal records the event tables (and, when given, the profiles) miss into them.
+pub fn replay_into(
+    lake: &Lake,
+    profiles: Option<&ProfileStore>,
+    journal_dir: &Path,
+) -> Result<u64, ServerError> {
+    let after = profiles.map_or(lake.replay_after(), |p| {
+        lake.replay_after().min(p.applied_seq())
+    });
+    let mut chunk = Vec::new();
+    let mut replayed = 0u64;
+    let mut failure = None;
+    let flush = |chunk: Vec<(u64, Stored)>| {
+        if let Some(profiles) = profiles {
+            let events: Vec<(u64, &kith_core::Event)> = chunk
+                .iter()
+                .filter_map(|(seq, stored)| match stored {
+                    Stored::Event(event) => Some((*seq, event)),
+                    Stored::Rejected(_) => None,
+                })
+                .collect();
+            profiles.apply_events(&events);
+        }
+        lake.ingest(chunk);
+    };
+    kith_journal::read_after(journal_dir, after, |record| {
+        match decode_record(record.seq, &record.payload) {
+            Ok(stored) => chunk.push((record.seq, stored)),
+            Err(e) => {
+                failure = Some(e);
+                return Err(JournalError::Stopped);
+            }
+        }
+        replayed += 1;
+        if chunk.len() >= 10_000 {
+            flush(std::mem::take(&mut chunk));
+        }
+        Ok(())
+    })
+    .map_err(|e| failure.take().unwrap_or(ServerError::Journal(e)))?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    flush(chunk);
+    Ok(replayed)
+}
+
+/// Recomputes computed traits declared or changed since the profiles were kept, from the stored
+/// events (before anything new is applied).
+pub async fn backfill_computed_traits(
+    lake: &Lake,
+    profiles: &ProfileStore,
+) -> Result<(), ServerError> {
+    let Some((names, through_seq)) = profiles.backfill_plan() else {
+        return Ok(());
+    };
+    tracing::info!(traits = ?names, through_seq, "reading stored events to compute new traits");
+    let events = lake
+        .read_events(through_seq)
+        .await
+        .map_err(|e| LakeError::Delta(format!("reading events to compute traits: {e}")))?;
+    profiles.backfill(&events);
+    Ok(())
+}
+
+pub fn journal_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("journal")
+}
