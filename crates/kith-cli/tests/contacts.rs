@@ -19,7 +19,8 @@ u-2,Bruno Díaz,bruno@example.com,,silver,2025-01-03 11:00
 ,Nadie,n/a,123,,2025-01-05
 ,Carla,carla@example.com,,bronze,ayer
 ,Corta,row
-u-3,Dora,dora@example.com,+52 1 33 1234 5678,gold,2025-01-06 08:30
+u-3,Dora Ruiz,dora.ruiz@example.com,+52 1 33 1234 5678,gold,2025-01-06 08:30
+,Dora  RUIZ,doraruiz@hotmail.com,,,2025-01-07 08:00
 ";
 
 fn import(data_dir: &Path, file: &Path, rejected: &Path, extra: &[&str]) -> (bool, Value, String) {
@@ -77,10 +78,10 @@ fn a_crm_export_creates_and_updates_profiles_reports_every_bad_row_and_imports_o
     assert_eq!(
         summary,
         json!({
-            "file": csv.to_str().unwrap(), "rows": 7,
-            "created": 3, "updated": 1, "merged": 0, "conflicts": 0, "unchanged": 0,
+            "file": csv.to_str().unwrap(), "rows": 8,
+            "created": 4, "updated": 1, "merged": 0, "conflicts": 0, "unchanged": 0,
             "already_imported": 0, "rejected_rows": 3, "dropped_values": 2,
-            "rejected_file": rejected.to_str().unwrap()
+            "rejected_file": rejected.to_str().unwrap(), "duplicate_candidates": 1
         }),
         "{stderr}"
     );
@@ -118,7 +119,7 @@ fn a_crm_export_creates_and_updates_profiles_reports_every_bad_row_and_imports_o
     // Running it again stores nothing and changes nothing.
     let (ok, again, stderr) = import(&data, &csv, &rejected, &zone);
     assert!(ok, "{stderr}");
-    assert_eq!(again["already_imported"], 4);
+    assert_eq!(again["already_imported"], 5);
     for field in ["created", "updated", "merged", "unchanged"] {
         assert_eq!(again[field], 0, "{field}: {again}");
     }
@@ -132,7 +133,41 @@ fn a_crm_export_creates_and_updates_profiles_reports_every_bad_row_and_imports_o
         "SELECT count(*) AS n, min(source) AS source FROM events",
     ]);
     assert!(ok, "{stderr}");
-    assert_eq!(count, "n,source\n4,crm\n");
+    assert_eq!(count, "n,source\n5,crm\n");
+
+    // Dora twice, under two mailboxes: a candidate for a person to confirm, never merged silently.
+    let data_arg = data.to_str().unwrap();
+    let (ok, stdout, stderr) = kith(&["profile", "duplicates", "--data-dir", data_arg, "--json"]);
+    assert!(ok, "{stderr}");
+    let found: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(found["total"], 1, "{found}");
+    let candidate = &found["candidates"][0];
+    assert_eq!(candidate["score"], 0.75);
+    let mailbox = candidate["evidence"][1].as_str().unwrap();
+    assert!(
+        mailbox.starts_with("the same mailbox name at two domains: ")
+            && mailbox.contains("dora.ruiz@example.com")
+            && mailbox.contains("doraruiz@hotmail.com"),
+        "{candidate}"
+    );
+    let (first, second) = (
+        format!(
+            "profile_id:{}",
+            candidate["first"]["profile_id"].as_str().unwrap()
+        ),
+        format!(
+            "profile_id:{}",
+            candidate["second"]["profile_id"].as_str().unwrap()
+        ),
+    );
+    let (ok, _, stderr) = kith(&["profile", "merge", &first, &second, "--data-dir", data_arg]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("merged into"), "{stderr}");
+    let dora = show(&data, "email:doraruiz@hotmail.com");
+    assert_eq!(dora["profile_id"], show(&data, "user_id:u-3")["profile_id"]);
+    let (ok, stdout, _) = kith(&["profile", "duplicates", "--data-dir", data_arg]);
+    assert!(ok);
+    assert_eq!(stdout, "no likely duplicates scoring 0.5 or more\n");
 
     // Nothing importable: a non-zero exit that says where the reasons are.
     let hopeless = dir.path().join("hopeless.csv");
@@ -197,6 +232,21 @@ fn imports_and_merges_go_through_a_running_server_and_survive_a_restart() {
     assert!(
         stderr.contains("the merged profile would hold 2 user_id identifiers; the limit is 1"),
         "{stderr}"
+    );
+    // The refusal makes them a candidate for review.
+    let (status, found) = server.get("/v1/profiles/duplicates?min_score=0.3");
+    assert_eq!(status, 200, "{found}");
+    assert!(
+        found["candidates"][0]["evidence"][0]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("an event joined them but the merge was refused"),
+        "{found}"
+    );
+    let (status, body) = server.get("/v1/profiles/duplicates?min_score=2");
+    assert_eq!(
+        (status, &body["message"]),
+        (400, &json!("`min_score` must be between 0 and 1, got 2"))
     );
     let merge = |body: &str, key: &str| {
         post_json(

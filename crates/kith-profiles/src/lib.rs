@@ -7,6 +7,7 @@
 //! changes to `profiles.db` with the journal seq they reach.
 
 pub mod computed;
+pub mod duplicates;
 pub mod extract;
 pub mod facts;
 pub mod persist;
@@ -26,6 +27,7 @@ use rusqlite::Connection;
 use thiserror::Error;
 
 pub use computed::{ComputedTraitDef, DefinitionError};
+pub use duplicates::{DuplicateCandidate, find_duplicates};
 pub use extract::{
     EventFacts, Extractor, KITH_SOURCE, MANUAL_MERGE_EVENT, MANUAL_MERGE_ID_PREFIX, TallyHandle,
     is_manual_merge,

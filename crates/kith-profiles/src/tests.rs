@@ -216,3 +216,99 @@ fn events_read_back_without_parser_hints_give_the_same_facts() {
     );
     assert_eq!(facts.consent.as_deref(), Some(r#"{"marketing":false}"#));
 }
+
+#[test]
+fn likely_duplicates_are_scored_with_evidence_and_strangers_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
+    apply(
+        &store,
+        1,
+        json!([
+            // The same person from the web shop and the CRM: same name, same mailbox name.
+            {"type": "identify", "userId": "u-1", "messageId": "d1", "timestamp": "2025-01-01T00:00:00Z",
+             "traits": {"email": "ana.lopez@gmail.com", "name": "Ana López"}},
+            {"type": "identify", "anonymousId": "crm-1", "messageId": "d2", "timestamp": "2025-01-02T00:00:00Z",
+             "traits": {"email": "analopez@empresa.mx", "first_name": "ana", "last_name": "LOPEZ"}},
+            // Same phone digits in another country format, different name: a shared family phone?
+            {"type": "identify", "userId": "u-2", "messageId": "d3", "timestamp": "2025-01-03T00:00:00Z",
+             "traits": {"phone": "+52 33 2345 6789", "name": "Bruno Díaz"}},
+            // An area code apart: another number.
+            {"type": "identify", "userId": "u-8", "messageId": "d9", "timestamp": "2025-01-09T00:00:00Z",
+             "traits": {"phone": "+52 55 2345 6789", "name": "Otro"}},
+            {"type": "identify", "userId": "u-3", "messageId": "d4", "timestamp": "2025-01-04T00:00:00Z",
+             "traits": {"phone": "+1 332 345 6789", "name": "Carla Ruiz"}},
+            // Two accounts one event tried to join: the guard refused, a person should look.
+            {"type": "identify", "userId": "u-4", "messageId": "d5", "timestamp": "2025-01-05T00:00:00Z",
+             "traits": {"email": "dora@example.com", "name": "Dora"}},
+            {"type": "identify", "userId": "u-5", "messageId": "d6", "timestamp": "2025-01-06T00:00:00Z",
+             "traits": {"email": "dora@example.com"}},
+            // Strangers who share only a first name.
+            {"type": "identify", "userId": "u-6", "messageId": "d7", "timestamp": "2025-01-07T00:00:00Z",
+             "traits": {"email": "eva@a.com", "name": "Eva"}},
+            {"type": "identify", "userId": "u-7", "messageId": "d8", "timestamp": "2025-01-08T00:00:00Z",
+             "traits": {"email": "eva.r@b.com", "name": "Eva"}}
+        ]),
+    );
+    let candidates = crate::find_duplicates(&store.all_views(), 0.3);
+    let pairs: Vec<(Vec<String>, Vec<String>, f64)> = candidates
+        .iter()
+        .map(|c| {
+            (
+                c.first.identifiers.clone(),
+                c.second.identifiers.clone(),
+                c.score,
+            )
+        })
+        .collect();
+    let involving = |needle: &str| {
+        candidates
+            .iter()
+            .find(|c| {
+                c.first
+                    .identifiers
+                    .iter()
+                    .chain(&c.second.identifiers)
+                    .any(|i| i == needle)
+            })
+            .unwrap_or_else(|| panic!("no candidate with {needle}: {pairs:?}"))
+    };
+    let ana = involving("email:analopez@empresa.mx");
+    assert_eq!(ana.score, 0.75, "{ana:?}");
+    assert_eq!(ana.evidence.len(), 2, "{ana:?}");
+    assert!(
+        ana.evidence[0] == "same name: `Ana López` and `ana LOPEZ`"
+            || ana.evidence[0] == "same name: `ana LOPEZ` and `Ana López`",
+        "{ana:?}"
+    );
+    assert_eq!(
+        ana.evidence[1],
+        "the same mailbox name at two domains: ana.lopez@gmail.com and analopez@empresa.mx"
+    );
+    let phone = involving("user_id:u-3");
+    assert_eq!(phone.score, 0.6);
+    assert_eq!(
+        phone.evidence[0],
+        "phone numbers ending in 3323456789 under different names"
+    );
+    assert!(
+        phone.evidence[1].starts_with("both have a user id"),
+        "{phone:?}"
+    );
+    let dora = involving("user_id:u-5");
+    assert_eq!(dora.score, 0.4);
+    assert!(
+        dora.evidence[0].starts_with("an event joined them but the merge was refused: "),
+        "{dora:?}"
+    );
+    assert!(
+        !candidates
+            .iter()
+            .any(|c| c.first.identifiers.contains(&"user_id:u-6".to_string())
+                || c.second.identifiers.contains(&"user_id:u-6".to_string())),
+        "{pairs:?}"
+    );
+    assert_eq!(candidates.len(), 3, "{pairs:?}");
+    // A higher bar keeps only the strongest.
+    assert_eq!(crate::find_duplicates(&store.all_views(), 0.7).len(), 1);
+}

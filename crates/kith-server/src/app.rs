@@ -193,6 +193,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/v1/imports", post(imports::import_batch))
         .route("/v1/projects/{write_key}/settings", get(ingest::settings))
         .route("/v1/profiles/merge", post(profiles::merge))
+        .route("/v1/profiles/duplicates", get(profiles::duplicates))
         .route("/v1/profiles/{lookup}", get(profiles::show))
         .route("/v1/profiles/{lookup}/events", get(profiles::events))
         .route("/v1/{call}", post(ingest::single))

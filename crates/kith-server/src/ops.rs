@@ -74,6 +74,7 @@ pub async fn metrics() -> String {
         crate::profiles::show,
         crate::profiles::events,
         crate::profiles::merge,
+        crate::profiles::duplicates,
         crate::imports::import_batch,
         healthz,
         readyz,

@@ -82,6 +82,60 @@ fn merge_error(err: MergeError) -> ApiError {
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DuplicateParams {
+    /// Lowest score listed, 0–1 (default 0.5).
+    min_score: Option<f64>,
+    /// Most candidates listed, 1–1000 (default 100).
+    limit: Option<usize>,
+}
+
+/// `GET /v1/profiles/duplicates`.
+#[utoipa::path(get, path = "/v1/profiles/duplicates", tag = "profiles",
+    params(
+        ("min_score" = Option<f64>, Query, description = "lowest score listed, 0–1 (default 0.5)"),
+        ("limit" = Option<usize>, Query, description = "most candidates listed, 1–1000 (default 100)")),
+    description = "Likely duplicates the identity rules do not merge (same name and similar email, same phone digits under another name, a refused merge), best first, each with a score and the evidence. Confirm one with `POST /v1/profiles/merge`. Auth: read key.",
+    responses((status = 200, description = "`{candidates: [{score, first, second, evidence}]}`"), (status = 400, description = "bad parameter")))]
+pub async fn duplicates(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    params: Result<Query<DuplicateParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    app.keys
+        .authorize(key_from_headers(&headers).as_deref(), KeyScope::Read)?;
+    let Query(params) = params.map_err(|e| parameter_error(e.body_text()))?;
+    let min_score = params.min_score.unwrap_or(0.5);
+    if !(0.0..=1.0).contains(&min_score) {
+        return Err(parameter_error(format!(
+            "`min_score` must be between 0 and 1, got {min_score}"
+        )));
+    }
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(parameter_error(format!(
+            "`limit` must be between 1 and 1000, got {limit}"
+        )));
+    }
+    let profiles = app.pipeline.profiles.clone();
+    // Reading every profile is heavy work: keep it off the request threads.
+    let mut candidates = tokio::task::spawn_blocking(move || {
+        kith_profiles::find_duplicates(&profiles.all_views(), min_score)
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "duplicate search failed");
+        ApiError::new(
+            ErrorCode::Internal,
+            "the duplicate search failed; see the server log",
+        )
+    })?;
+    let total = candidates.len();
+    candidates.truncate(limit);
+    Ok(Json(json!({"candidates": candidates, "total": total})))
+}
+
 /// Resolves the `{type}:{value}` path to a profile, or the API error saying why not.
 fn find(app: &AppState, path: &str) -> Result<ProfileView, ApiError> {
     let lookup = Lookup::parse(path)

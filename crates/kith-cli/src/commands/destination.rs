@@ -120,6 +120,31 @@ impl Destination {
         }
     }
 
+    /// How many likely duplicates (score 0.5 or more) the profiles now hold.
+    pub fn duplicate_count(&self) -> anyhow::Result<usize> {
+        match self {
+            Destination::Offline { pipeline, .. } => {
+                Ok(kith_profiles::find_duplicates(&pipeline.profiles.all_views(), 0.5).len())
+            }
+            Destination::Server { server, agent } => {
+                let url = format!(
+                    "{}/v1/profiles/duplicates?min_score=0.5&limit=1",
+                    server.url
+                );
+                let mut response = agent
+                    .get(&url)
+                    .header("Authorization", &format!("Bearer {}", server.token))
+                    .call()
+                    .with_context(|| format!("cannot reach the kith server at {}", server.url))?;
+                let answer: Value = response.body_mut().read_json()?;
+                answer["total"]
+                    .as_u64()
+                    .map(|n| n as usize)
+                    .with_context(|| format!("unexpected answer to the duplicate search: {answer}"))
+            }
+        }
+    }
+
     /// Writes everything buffered to disk (offline) before the command exits.
     pub fn close(self) -> anyhow::Result<()> {
         match self {

@@ -91,6 +91,8 @@ pub struct ImportSummary {
     pub rejected_rows: u64,
     pub dropped_values: u64,
     pub rejected_file: Option<String>,
+    /// Likely duplicates among all profiles after the import (`kith profile duplicates`).
+    pub duplicate_candidates: usize,
 }
 
 pub fn run(kind: ImportKind, file: FileConfig) -> anyhow::Result<ExitCode> {
@@ -245,6 +247,7 @@ fn contacts(args: ContactsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     send(&mut batch, &mut batch_bytes)?;
     progress.finish_and_clear();
     rejects.finish()?;
+    let duplicate_candidates = destination.duplicate_count()?;
     destination.close()?;
 
     let summary = ImportSummary {
@@ -261,6 +264,7 @@ fn contacts(args: ContactsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         rejected_file: rejects
             .written()
             .then(|| rejected_path.display().to_string()),
+        duplicate_candidates,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -355,6 +359,12 @@ fn print_summary(summary: &ImportSummary, rejects: &RejectWriter) {
         println!(
             "  dropped values   {:>9}  (the rows were imported without them)",
             summary.dropped_values
+        );
+    }
+    if summary.duplicate_candidates > 0 {
+        println!(
+            "{} likely duplicates the identity rules did not merge: review them with `kith profile duplicates`",
+            summary.duplicate_candidates
         );
     }
     if let Some(path) = &summary.rejected_file {

@@ -20,6 +20,24 @@ pub enum ProfileAction {
     /// Merge the profiles holding two identifiers, as a person confirmed (e.g. a duplicate
     /// candidate). Recorded as a `manual` merge; the identity guards still apply.
     Merge(MergeArgs),
+    /// List likely duplicates the identity rules do not merge, with a score and the evidence,
+    /// for a person to confirm with `kith profile merge`.
+    Duplicates(DuplicatesArgs),
+}
+
+#[derive(Args)]
+pub struct DuplicatesArgs {
+    #[command(flatten)]
+    data_dir: DataDirArg,
+    /// Lowest score listed, 0–1.
+    #[arg(long, default_value_t = 0.5)]
+    min_score: f64,
+    /// Most candidates listed.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -45,17 +63,77 @@ pub fn run(action: ProfileAction, file: FileConfig) -> anyhow::Result<ExitCode> 
     match action {
         ProfileAction::Show(args) => show(args, file),
         ProfileAction::Merge(args) => merge(args, file),
+        ProfileAction::Duplicates(args) => duplicates(args, file),
     }
 }
 
-fn merge(args: MergeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
-    let data_dir = file.data_dir(args.data_dir.data_dir);
+fn duplicates(args: DuplicatesArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
+    if !(0.0..=1.0).contains(&args.min_score) {
+        bail!(
+            "--min-score must be between 0 and 1, got {}",
+            args.min_score
+        );
+    }
+    let data_dir = existing_data_dir(&file, args.data_dir)?;
+    let settings = file.profile_settings()?;
+    let (_, profiles) = runtime()?.block_on(super::sql::open_consistent(&data_dir, settings))?;
+    let mut candidates = kith_profiles::find_duplicates(&profiles.all_views(), args.min_score);
+    let total = candidates.len();
+    candidates.truncate(args.limit);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"candidates": candidates, "total": total})
+            )?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if candidates.is_empty() {
+        println!("no likely duplicates scoring {} or more", args.min_score);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for candidate in &candidates {
+        let side = |p: &kith_profiles::duplicates::CandidateProfile| {
+            format!(
+                "{} {} [{}]",
+                p.profile_id,
+                p.name.as_deref().unwrap_or("(no name)"),
+                p.identifiers.join(", ")
+            )
+        };
+        println!("{:.2}  {}", candidate.score, side(&candidate.first));
+        println!("      {}", side(&candidate.second));
+        for evidence in &candidate.evidence {
+            println!("      - {evidence}");
+        }
+        println!(
+            "      confirm: kith profile merge profile_id:{} profile_id:{}",
+            candidate.first.profile_id, candidate.second.profile_id
+        );
+    }
+    if total > candidates.len() {
+        println!(
+            "({} more; raise --limit or --min-score)",
+            total - candidates.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn existing_data_dir(file: &FileConfig, arg: DataDirArg) -> anyhow::Result<std::path::PathBuf> {
+    let data_dir = file.data_dir(arg.data_dir);
     if !data_dir.exists() {
         bail!(
             "no data directory at {}; start `kith serve` first or pass --data-dir",
             data_dir.display()
         );
     }
+    Ok(data_dir)
+}
+
+fn merge(args: MergeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
+    let data_dir = existing_data_dir(&file, args.data_dir)?;
     let destination = Destination::open(&data_dir, file.profile_settings()?)?;
     let answer = match &destination {
         Destination::Offline { pipeline, runtime } => {
@@ -89,13 +167,7 @@ fn merge(args: MergeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
 }
 
 fn show(args: ShowArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
-    let data_dir = file.data_dir(args.data_dir.data_dir);
-    if !data_dir.exists() {
-        bail!(
-            "no data directory at {}; start `kith serve` first or pass --data-dir",
-            data_dir.display()
-        );
-    }
+    let data_dir = existing_data_dir(&file, args.data_dir)?;
     let lookup = Lookup::parse(&args.lookup)?;
     let settings = file.profile_settings()?;
     let (_, profiles) = runtime()?.block_on(super::sql::open_consistent(&data_dir, settings))?;

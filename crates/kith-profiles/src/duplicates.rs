@@ -1,0 +1,350 @@
+//! Likely duplicates: profiles the deterministic rules keep apart that probably are one person
+//! (the same name with a similar email, the same phone digits under another name, a merge the
+//! guards refused …). They are reported with a score and the evidence for a person to confirm
+//! with `kith profile merge`; nothing here merges anything.
+//!
+//! Pairs are only compared within blocks that share a key (normalised name, email local part,
+//! phone digits, a refused merge), so the work grows with the number of profiles, not its square.
+//! Each piece of evidence has a weight; the score combines them as independent signals,
+//! `1 − Π(1 − wᵢ)`, so more evidence always raises it and it never passes 1.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::view::ProfileView;
+
+/// One pair for a person to look at.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DuplicateCandidate {
+    pub score: f64,
+    pub first: CandidateProfile,
+    pub second: CandidateProfile,
+    /// Why, in words, strongest first.
+    pub evidence: Vec<String>,
+}
+
+/// What a person needs to judge a profile at a glance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CandidateProfile {
+    pub profile_id: String,
+    pub name: Option<String>,
+    pub identifiers: Vec<String>,
+}
+
+const PHONE_DIGITS: usize = 10;
+
+/// Blocks larger than this are too common to say anything (a name like "Maria").
+const MAX_BLOCK: usize = 50;
+
+struct Features<'a> {
+    view: &'a ProfileView,
+    name: Option<String>,
+    /// Normalised name tokens, sorted.
+    name_key: Option<String>,
+    name_tokens: usize,
+    /// (normalised local part, domain, full address).
+    emails: Vec<(String, String, String)>,
+    /// The national number (last ten digits) of each phone: the same number saved with another
+    /// country code matches, two numbers that differ in area code do not.
+    phone_digits: Vec<String>,
+    user_ids: Vec<String>,
+}
+
+fn fold(c: char) -> char {
+    match c {
+        'á' | 'à' | 'â' | 'ã' | 'ä' => 'a',
+        'é' | 'è' | 'ê' | 'ë' => 'e',
+        'í' | 'ì' | 'î' | 'ï' => 'i',
+        'ó' | 'ò' | 'ô' | 'õ' | 'ö' => 'o',
+        'ú' | 'ù' | 'û' | 'ü' => 'u',
+        'ñ' => 'n',
+        'ç' => 'c',
+        other => other,
+    }
+}
+
+/// `Ana  LÓPEZ` and `lopez ana` → `ana lopez`.
+fn name_key(name: &str) -> (String, usize) {
+    let cleaned: String = name
+        .chars()
+        .flat_map(char::to_lowercase)
+        .map(fold)
+        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
+        .collect();
+    let mut tokens: Vec<&str> = cleaned.split_whitespace().collect();
+    tokens.sort_unstable();
+    (tokens.join(" "), tokens.len())
+}
+
+fn trait_text(view: &ProfileView, name: &str) -> Option<String> {
+    match view.traits.get(name)? {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        _ => None,
+    }
+}
+
+/// The person's name from the usual traits.
+fn display_name(view: &ProfileView) -> Option<String> {
+    for whole in ["name", "full_name", "fullName", "nombre", "nombre_completo"] {
+        if let Some(name) = trait_text(view, whole) {
+            return Some(name);
+        }
+    }
+    for (first, last) in [
+        ("first_name", "last_name"),
+        ("firstName", "lastName"),
+        ("nombre", "apellido"),
+    ] {
+        let parts: Vec<String> = [first, last]
+            .iter()
+            .filter_map(|t| trait_text(view, t))
+            .collect();
+        if !parts.is_empty() {
+            return Some(parts.join(" "));
+        }
+    }
+    None
+}
+
+/// `Ana.Lopez+promo` → `analopez`: the parts of a local part people vary.
+fn local_key(local: &str) -> String {
+    let base = local.split('+').next().unwrap_or(local);
+    base.chars()
+        .filter(|c| c.is_alphanumeric())
+        .map(fold)
+        .collect()
+}
+
+fn features(view: &ProfileView) -> Features<'_> {
+    let name = display_name(view);
+    let (name_key, name_tokens) = match &name {
+        Some(n) => {
+            let (key, tokens) = name_key(n);
+            (Some(key).filter(|k| !k.is_empty()), tokens)
+        }
+        None => (None, 0),
+    };
+    let mut emails = Vec::new();
+    let mut phone_digits = Vec::new();
+    let mut user_ids = Vec::new();
+    for identifier in &view.identifiers {
+        match identifier.id_type.as_str() {
+            "email" => {
+                if let Some((local, domain)) = identifier.value.split_once('@') {
+                    emails.push((
+                        local_key(local),
+                        domain.to_string(),
+                        identifier.value.clone(),
+                    ));
+                }
+            }
+            "phone" => {
+                let digits: String = identifier
+                    .value
+                    .chars()
+                    .filter(char::is_ascii_digit)
+                    .collect();
+                if digits.len() >= PHONE_DIGITS {
+                    phone_digits.push(digits[digits.len() - PHONE_DIGITS..].to_string());
+                }
+            }
+            "user_id" => user_ids.push(identifier.value.clone()),
+            _ => {}
+        }
+    }
+    Features {
+        view,
+        name,
+        name_key,
+        name_tokens,
+        emails,
+        phone_digits,
+        user_ids,
+    }
+}
+
+/// Scores one pair; `refused` is the reason of a merge between them the guards refused.
+fn score(a: &Features<'_>, b: &Features<'_>, refused: Option<&str>) -> (f64, Vec<(f64, String)>) {
+    let mut evidence: Vec<(f64, String)> = Vec::new();
+    if let (Some(ka), Some(kb)) = (&a.name_key, &b.name_key) {
+        let (na, nb) = (
+            a.name.as_deref().unwrap_or(""),
+            b.name.as_deref().unwrap_or(""),
+        );
+        if ka == kb {
+            let weight = if a.name_tokens >= 2 { 0.5 } else { 0.2 };
+            evidence.push((weight, format!("same name: `{na}` and `{nb}`")));
+        } else {
+            let similarity = strsim::jaro_winkler(ka, kb);
+            if similarity >= 0.9 && a.name_tokens.min(b.name_tokens) >= 2 {
+                evidence.push((
+                    0.35,
+                    format!("similar names: `{na}` and `{nb}` ({similarity:.2})"),
+                ));
+            }
+        }
+    }
+    let mut best_email: Option<(f64, String)> = None;
+    for (la, da, ea) in &a.emails {
+        for (lb, db, eb) in &b.emails {
+            if la.len() < 3 || lb.len() < 3 {
+                continue;
+            }
+            let found = if la == lb && da != db {
+                Some((
+                    0.5,
+                    format!("the same mailbox name at two domains: {ea} and {eb}"),
+                ))
+            } else if la == lb {
+                Some((
+                    0.5,
+                    format!("the same address but for dots or a +tag: {ea} and {eb}"),
+                ))
+            } else {
+                let similarity = strsim::jaro_winkler(la, lb);
+                (similarity >= 0.9).then(|| {
+                    (
+                        0.3,
+                        format!("similar email addresses: {ea} and {eb} ({similarity:.2})"),
+                    )
+                })
+            };
+            if let Some(found) = found
+                && best_email.as_ref().is_none_or(|b| b.0 < found.0)
+            {
+                best_email = Some(found);
+            }
+        }
+    }
+    evidence.extend(best_email);
+    if let Some(digits) = a.phone_digits.iter().find(|d| b.phone_digits.contains(d)) {
+        let names_differ = a.name_key.is_some() && b.name_key.is_some() && a.name_key != b.name_key;
+        let note = if names_differ {
+            " under different names"
+        } else {
+            ""
+        };
+        evidence.push((0.6, format!("phone numbers ending in {digits}{note}")));
+    }
+    if let Some(reason) = refused {
+        evidence.push((
+            0.4,
+            format!("an event joined them but the merge was refused: {reason}"),
+        ));
+    }
+    if evidence.is_empty() {
+        return (0.0, evidence);
+    }
+    if !a.user_ids.is_empty() && !b.user_ids.is_empty() {
+        evidence.push((
+            0.0,
+            "both have a user id: merging them needs a higher [identity.limits] user_id".into(),
+        ));
+    }
+    evidence.sort_by(|x, y| y.0.total_cmp(&x.0));
+    let remaining: f64 = evidence.iter().map(|(w, _)| 1.0 - w).product();
+    (1.0 - remaining, evidence)
+}
+
+fn candidate_profile(f: &Features<'_>) -> CandidateProfile {
+    CandidateProfile {
+        profile_id: f.view.profile_id.clone(),
+        name: f.name.clone(),
+        identifiers: f
+            .view
+            .identifiers
+            .iter()
+            .filter(|i| i.id_type != "anonymous_id")
+            .map(|i| format!("{}:{}", i.id_type, i.value))
+            .collect(),
+    }
+}
+
+/// The likely duplicates among `views` scoring at least `min_score`, best first.
+pub fn find_duplicates(views: &[ProfileView], min_score: f64) -> Vec<DuplicateCandidate> {
+    let features: Vec<Features<'_>> = views.iter().map(features).collect();
+    let mut by_identifier: HashMap<String, usize> = HashMap::new();
+    for (index, view) in views.iter().enumerate() {
+        for identifier in &view.identifiers {
+            by_identifier.insert(
+                format!("{}:{}", identifier.id_type, identifier.value),
+                index,
+            );
+        }
+    }
+    let mut blocks: HashMap<String, Vec<usize>> = HashMap::new();
+    for (index, f) in features.iter().enumerate() {
+        if let Some(key) = f.name_key.as_ref().filter(|_| f.name_tokens >= 2) {
+            blocks.entry(format!("name:{key}")).or_default().push(index);
+        }
+        for (local, _, _) in &f.emails {
+            if local.len() >= 3 {
+                blocks
+                    .entry(format!("local:{local}"))
+                    .or_default()
+                    .push(index);
+            }
+        }
+        for digits in &f.phone_digits {
+            blocks
+                .entry(format!("phone:{digits}"))
+                .or_default()
+                .push(index);
+        }
+    }
+    let mut pairs: BTreeSet<(usize, usize)> = BTreeSet::new();
+    for members in blocks.values() {
+        if members.len() < 2 || members.len() > MAX_BLOCK {
+            continue;
+        }
+        for (i, a) in members.iter().enumerate() {
+            for b in &members[i + 1..] {
+                if a != b {
+                    pairs.insert((*a.min(b), *a.max(b)));
+                }
+            }
+        }
+    }
+    // Refused merges name identifiers of both profiles.
+    let mut refused: BTreeMap<(usize, usize), String> = BTreeMap::new();
+    for (index, view) in views.iter().enumerate() {
+        for conflict in &view.conflicts {
+            for identifier in &conflict.identifiers {
+                if let Some(&other) = by_identifier.get(identifier)
+                    && other != index
+                {
+                    let pair = (index.min(other), index.max(other));
+                    pairs.insert(pair);
+                    refused
+                        .entry(pair)
+                        .or_insert_with(|| conflict.reason.clone());
+                }
+            }
+        }
+    }
+    let mut candidates: Vec<DuplicateCandidate> = pairs
+        .into_iter()
+        .filter_map(|(a, b)| {
+            let (score, evidence) = score(
+                &features[a],
+                &features[b],
+                refused.get(&(a, b)).map(String::as_str),
+            );
+            (score >= min_score && score > 0.0).then(|| DuplicateCandidate {
+                score: (score * 1000.0).round() / 1000.0,
+                first: candidate_profile(&features[a]),
+                second: candidate_profile(&features[b]),
+                evidence: evidence.into_iter().map(|(_, text)| text).collect(),
+            })
+        })
+        .collect();
+    candidates.sort_by(|x, y| {
+        y.score
+            .total_cmp(&x.score)
+            .then_with(|| x.first.profile_id.cmp(&y.first.profile_id))
+            .then_with(|| x.second.profile_id.cmp(&y.second.profile_id))
+    });
+    candidates
+}
