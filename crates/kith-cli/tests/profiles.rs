@@ -512,3 +512,195 @@ window_days = 7
         "unchanged traits keep their state: {ana}"
     );
 }
+
+#[test]
+fn computed_traits_declared_through_the_api_count_past_and_new_events_exactly_once() {
+    use kith_profiles::ComputedTraitDef;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[[computed_traits]]\nname = \"orders_30d\"\nkind = \"count\"\nevent = \"Order Completed\"\nwindow_days = 30\n";
+    let (server, config_path) = KithServer::start_with_config(dir.path(), config);
+    let admin = create_key(&server.data_dir, "admin", None);
+    let order = |user: usize, n: usize| {
+        json!({"type": "track", "event": "Order Completed", "userId": format!("u-{user}"),
+               "messageId": format!("o-{user}-{n}"), "timestamp": "2025-06-01T10:00:00Z",
+               "properties": {"revenue": (n % 7) as f64 + 0.25}})
+    };
+    send(
+        &server,
+        Value::Array((0..200).map(|n| order(n % 5, n)).collect()),
+    );
+
+    // Orders keep arriving while the traits are declared: each must count exactly once, whether
+    // it was stored before the declaration, in flight during it, or after it.
+    let (url, write_key) = (server.url("/v1/batch"), server.write_key.clone());
+    let sender = std::thread::spawn(move || {
+        for round in 0..40 {
+            let batch: Vec<Value> = (0..25)
+                .map(|i| order(i % 5, 1000 + round * 25 + i))
+                .collect();
+            let (status, body) = post_json(
+                &url,
+                &[("Authorization", &basic(&write_key))],
+                &json!({ "batch": batch }).to_string(),
+            );
+            assert_eq!(status, 200, "{body}");
+        }
+    });
+    let declare = |body: Value, key: &str| {
+        post_json(
+            &server.url("/v1/computed-traits"),
+            &[("Authorization", &format!("Bearer {key}"))],
+            &body.to_string(),
+        )
+    };
+    let revenue = json!({"name": "revenue_all", "kind": "sum", "event": "Order Completed", "property": "revenue"});
+    let count = json!({"name": "orders_all", "kind": "count", "event": "Order Completed"});
+    std::thread::sleep(Duration::from_millis(30));
+    let (status, declared) = declare(revenue.clone(), &admin);
+    assert_eq!(status, 202, "{declared}");
+    assert_eq!(declared["computed_trait"]["declared_in"], "api");
+    std::thread::sleep(Duration::from_millis(30));
+    let (status, declared) = declare(count.clone(), &admin);
+    assert_eq!(status, 202, "{declared}");
+    sender.join().unwrap();
+
+    // Wrong declarations, each with its reason.
+    let expect = |body: Value, key: &str, status: u16, code: &str, message: &str| {
+        let (got, answer) = declare(body, key);
+        assert_eq!(
+            (got, answer),
+            (
+                status,
+                json!({"code": code, "message": message, "type": if status == 403 { "auth" } else { "invalid_request" },
+                       "link": format!("/docs/errors#{code}")})
+            )
+        );
+    };
+    expect(
+        revenue.clone(),
+        &admin,
+        409,
+        "computed_trait_exists",
+        "a computed trait named `revenue_all` exists already; remove it first or choose another name",
+    );
+    expect(
+        json!({"name": "orders_30d", "kind": "count"}),
+        &admin,
+        409,
+        "computed_trait_in_config",
+        "`orders_30d` is declared in kith.toml; change it there",
+    );
+    expect(
+        json!({"name": "spend", "kind": "sum"}),
+        &admin,
+        400,
+        "invalid_computed_trait",
+        "`spend`: kind `sum` needs `property` (the properties field to read)",
+    );
+    expect(
+        revenue.clone(),
+        &server.read_key,
+        403,
+        "insufficient_scope",
+        &format!(
+            "this call needs a admin key; the key `{}` is a read key",
+            &server.read_key[10..20]
+        ),
+    );
+
+    let wait_ready = |server: &KithServer| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, list) = server.get("/v1/computed-traits");
+            assert_eq!(status, 200, "{list}");
+            let traits = list["computed_traits"].as_array().unwrap().clone();
+            if traits.iter().all(|t| t["status"] == "ready") {
+                return traits;
+            }
+            assert!(Instant::now() < deadline, "{list}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let traits = wait_ready(&server);
+    assert_eq!(
+        traits
+            .iter()
+            .map(|t| (
+                t["name"].as_str().unwrap(),
+                t["declared_in"].as_str().unwrap()
+            ))
+            .collect::<Vec<_>>(),
+        vec![
+            ("orders_30d", "kith.toml"),
+            ("revenue_all", "api"),
+            ("orders_all", "api")
+        ]
+    );
+    // Every order is in the events table now; wait until profiles hold them all too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while profile(&server, "user_id:u-0")["computed_traits"]["event_count"] != 240 {
+        assert!(Instant::now() < deadline, "profiles did not catch up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let now_micros = chrono::Utc::now().timestamp_micros();
+    let check = |server: &KithServer| {
+        for def in [&revenue, &count] {
+            let def: ComputedTraitDef = serde_json::from_value(def.clone()).unwrap();
+            let batch = server.rows(&def.batch_sql(now_micros));
+            assert_eq!(batch.len(), 5, "{batch:?}");
+            for row in batch {
+                let (_, live) = server.get(&format!(
+                    "/v1/profiles/profile_id:{}",
+                    row["profile_id"].as_str().unwrap()
+                ));
+                let live = &live["computed_traits"][&def.name];
+                assert!(
+                    same(live, &row["value"]),
+                    "{}: live {live} vs batch {}",
+                    def.name,
+                    row["value"]
+                );
+            }
+        }
+    };
+    check(&server);
+    assert_eq!(
+        profile(&server, "user_id:u-0")["computed_traits"]["orders_all"],
+        240
+    );
+
+    // Declarations outlive restarts; removal is for API traits only, and takes the values along.
+    let server = server.restart_with_config(&config_path);
+    wait_ready(&server);
+    check(&server);
+    let delete = |name: &str| {
+        let mut response = agent()
+            .delete(&server.url(&format!("/v1/computed-traits/{name}")))
+            .header("Authorization", &format!("Bearer {admin}"))
+            .call()
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: Value =
+            serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+        (status, body)
+    };
+    assert_eq!(delete("orders_30d").0, 409);
+    assert_eq!(
+        delete("nope"),
+        (
+            404,
+            json!({"code": "computed_trait_not_found", "message": "no computed trait is named `nope`",
+                   "type": "invalid_request", "link": "/docs/errors#computed_trait_not_found"})
+        )
+    );
+    assert_eq!(
+        delete("orders_all"),
+        (200, json!({"removed": "orders_all"}))
+    );
+    let computed = profile(&server, "user_id:u-0")["computed_traits"].clone();
+    assert!(computed.get("orders_all").is_none(), "{computed}");
+    assert!(computed.get("revenue_all").is_some(), "{computed}");
+    let server = server.restart_with_config(&config_path);
+    assert_eq!(wait_ready(&server).len(), 2);
+}

@@ -110,6 +110,9 @@ enum Command<T> {
         through_seq: u64,
         reply: oneshot::Sender<Result<usize, JournalError>>,
     },
+    Barrier {
+        then: Box<dyn FnOnce(u64) + Send>,
+    },
 }
 
 /// The durable journal. Cheap to share behind an `Arc`.
@@ -180,6 +183,15 @@ impl<T: Send + 'static> Journal<T> {
             let _ = reply.send(Err(JournalError::Stopped));
         }
         receiver
+    }
+
+    /// Runs `then` on the writer thread once every append queued before this call is written and
+    /// handed to the sink, and before any append queued after it is; `then` gets the last seq
+    /// written. Whatever `then` passes on is thereby ordered between the two sets of appends.
+    pub fn barrier(&self, then: Box<dyn FnOnce(u64) + Send>) -> Result<(), JournalError> {
+        self.commands
+            .send(Command::Barrier { then })
+            .map_err(|_| JournalError::Stopped)
     }
 
     /// Deletes closed segments whose records all have `seq <= through_seq` (they are safely in the

@@ -288,3 +288,29 @@ proptest::proptest! {
         let _ = record::decode(&bytes);
     }
 }
+
+#[test]
+fn a_barrier_runs_after_everything_queued_before_it_and_before_anything_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, seen) = open(dir.path(), JournalOptions::default());
+    let before: Vec<_> = (0..50u128)
+        .map(|i| journal.append(vec![entry(i, &format!("before {i}"))]))
+        .collect();
+    let at_barrier: Arc<Mutex<Option<(u64, usize)>>> = Arc::default();
+    let (record, sink_view) = (at_barrier.clone(), seen.clone());
+    journal
+        .barrier(Box::new(move |last_seq| {
+            *record.lock().unwrap() = Some((last_seq, sink_view.lock().unwrap().len()));
+        }))
+        .unwrap();
+    let after = journal.append(vec![entry(1000, "after")]);
+    for receiver in before {
+        receiver.blocking_recv().unwrap().unwrap();
+    }
+    assert_eq!(
+        after.blocking_recv().unwrap().unwrap(),
+        [Appended::Stored { seq: 51 }]
+    );
+    // The barrier saw all 50 earlier entries in the sink, and the later one not yet.
+    assert_eq!(*at_barrier.lock().unwrap(), Some((50, 50)));
+}

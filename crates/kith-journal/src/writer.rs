@@ -98,6 +98,12 @@ impl<T: Send + 'static> WriterState<T> {
                         group_bytes = 0;
                         let _ = reply.send(self.retire(through_seq));
                     }
+                    Command::Barrier { then } => {
+                        self.commit_group(std::mem::take(&mut group), group_bytes, &mut buffer);
+                        group_entries = 0;
+                        group_bytes = 0;
+                        then(self.next_seq - 1);
+                    }
                 }
                 if group_entries < self.options.max_group_entries {
                     next = commands.try_recv().ok();

@@ -118,22 +118,58 @@ fn num_cpus_hint() -> usize {
 async fn register(ctx: &SessionContext, table: &EventTable) -> Result<(), QueryError> {
     let view = table.view();
     let internal = |e: DataFusionError| QueryError::Internal(e.to_string());
-    let buffered = MemTable::try_new(table.schema(), vec![view.buffered]).map_err(internal)?;
-    let mut frame = ctx.read_table(Arc::new(buffered)).map_err(internal)?;
-    if let Some(delta) = view.delta {
-        delta
-            .update_datafusion_session(&ctx.state())
-            .map_err(|e| QueryError::Internal(e.to_string()))?;
-        let provider = delta
-            .table_provider()
-            .await
-            .map_err(|e| QueryError::Internal(e.to_string()))?;
-        let stored = ctx.read_table(provider).map_err(internal)?;
-        frame = stored.union(frame).map_err(internal)?;
-    }
+    let Some(delta) = view.delta else {
+        let buffered = MemTable::try_new(table.schema(), vec![view.buffered]).map_err(internal)?;
+        ctx.register_table(table.name, Arc::new(buffered))
+            .map_err(internal)?;
+        return Ok(());
+    };
+    delta
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| QueryError::Internal(e.to_string()))?;
+    let provider = delta
+        .table_provider()
+        .await
+        .map_err(|e| QueryError::Internal(e.to_string()))?;
+    // Delta scans read strings as Utf8View while the buffer holds Utf8. The two sides of the
+    // union must have the very same schema, or plans that push expressions into both sides fail
+    // to type-check, so the buffered rows take the scan's types (a cheap cast: views over the
+    // same bytes).
+    let scanned = provider.schema();
+    let buffered = view
+        .buffered
+        .iter()
+        .map(|batch| conform(batch, &scanned))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| QueryError::Internal(format!("buffered rows do not fit the table: {e}")))?;
+    let buffered = MemTable::try_new(scanned, vec![buffered]).map_err(internal)?;
+    let stored = ctx.read_table(provider).map_err(internal)?;
+    let frame = stored
+        .union(ctx.read_table(Arc::new(buffered)).map_err(internal)?)
+        .map_err(internal)?;
     ctx.register_table(table.name, frame.into_view())
         .map_err(internal)?;
     Ok(())
+}
+
+/// `batch` with its columns cast to `schema`'s types (same columns, same order).
+fn conform(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                Ok(column.clone())
+            } else {
+                arrow::compute::cast(column, field.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns)
 }
 
 /// A table registered next to the event tables for one query (e.g. `profiles`).

@@ -210,3 +210,31 @@ fn events_read_back_from_a_batch_are_the_events_written() {
     let batch = crate::schema::events_batch(&refs);
     assert_eq!(crate::schema::events_from_batch(&batch), written);
 }
+
+/// Flushed rows come from Parquet as Utf8View, buffered ones as Utf8: queries whose expressions
+/// the optimizer pushes into both sides of the union (JSON functions, joins) once failed to plan.
+#[tokio::test]
+async fn json_functions_and_joins_work_over_flushed_and_buffered_events_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    lake.ingest(vec![(1, Stored::Event(event("a", "u-1", 2.0)))]);
+    lake.flush().await.unwrap();
+    lake.ingest(vec![(2, Stored::Event(event("b", "u-2", 3.0)))]);
+    let table = |sql: &str| {
+        let sql = sql.to_string();
+        let lake = &lake;
+        async move { scalar(lake, &sql).await }
+    };
+    assert_eq!(
+        table("SELECT json_get_json(e.properties, 'revenue') AS j, e.message_id FROM events e ORDER BY e.message_id").await,
+        "+-----+------------+\n| j   | message_id |\n+-----+------------+\n| 2.0 | a          |\n| 3.0 | b          |\n+-----+------------+"
+    );
+    assert_eq!(
+        table("SELECT count(*) AS n FROM (SELECT json_get_json(e.properties, 'revenue') AS j FROM events e) WHERE j IS NOT NULL AND j <> 'null'").await,
+        "+---+\n| n |\n+---+\n| 2 |\n+---+"
+    );
+    assert_eq!(
+        table("SELECT a.message_id AS x, b.user_id AS y FROM events a JOIN events b ON a.user_id = b.user_id ORDER BY x").await,
+        "+---+-----+\n| x | y   |\n+---+-----+\n| a | u-1 |\n| b | u-2 |\n+---+-----+"
+    );
+}

@@ -16,7 +16,7 @@ pub mod view;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use hashbrown::{HashMap, HashSet};
 use kith_core::Event;
@@ -99,6 +99,34 @@ fn classify(
     }
 }
 
+/// A computed trait as the API lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeclaredTrait {
+    #[serde(flatten)]
+    pub definition: ComputedTraitDef,
+    /// `kith.toml` or `api`.
+    pub declared_in: &'static str,
+    /// `computing` while its past is being computed, then `ready`.
+    pub status: &'static str,
+}
+
+/// Why a computed trait cannot be declared or removed.
+#[derive(Debug, Error)]
+pub enum DeclareError {
+    #[error(transparent)]
+    Invalid(#[from] DefinitionError),
+    #[error("a computed trait named `{0}` exists already; remove it first or choose another name")]
+    Exists(String),
+    #[error("`{0}` is declared in kith.toml; change it there")]
+    InConfig(String),
+    #[error("no computed trait is named `{0}`")]
+    NotFound(String),
+    #[error("the profile store is open read-only")]
+    ReadOnly,
+    #[error(transparent)]
+    Store(#[from] ProfileError),
+}
+
 /// Why a lookup found nothing.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum LookupError {
@@ -127,7 +155,13 @@ struct State {
 }
 
 pub struct ProfileStore {
-    extractor: Extractor,
+    /// Swapped whole when computed traits are declared or removed through the API; every event
+    /// is extracted with one consistent set of definitions.
+    extractor: RwLock<Arc<Extractor>>,
+    /// Names of the computed traits `kith.toml` declares (the API cannot change those).
+    config_traits: Vec<String>,
+    /// Traits declared through the API whose past is still being computed.
+    computing: Mutex<HashSet<String>>,
     state: RwLock<State>,
     writer: Mutex<Option<Connection>>,
     reader: Mutex<Connection>,
@@ -147,7 +181,7 @@ impl ProfileStore {
         let writer = persist::open(data_dir)?;
         let reader = persist::open(data_dir)?;
         let loaded = persist::load(&writer)?;
-        let mut resolver = Resolver::new(settings.rules);
+        let mut resolver = Resolver::new(settings.rules.clone());
         for (identifier, key) in loaded.identifiers {
             resolver.observe(&Observation {
                 key,
@@ -160,6 +194,15 @@ impl ProfileStore {
         }
         let mut facts: HashMap<Identifier, IdentifierFacts> = loaded.facts.into_iter().collect();
         let external_types = loaded_external_types(&loaded.links, &facts);
+        let config_traits: Vec<String> = settings.computed.iter().map(|d| d.name.clone()).collect();
+        let mut settings = settings;
+        for def in persist::load_api_defs(&writer)? {
+            if config_traits.contains(&def.name) {
+                tracing::warn!(name = %def.name, "a computed trait declared through the API is also in kith.toml; the kith.toml definition is used");
+                continue;
+            }
+            settings.computed.push(def);
+        }
         // Computed traits declared or changed since the states were kept must be recomputed from
         // the stored events; traits no longer declared are dropped.
         let stale: Vec<String> = settings
@@ -198,12 +241,14 @@ impl ProfileStore {
             "profiles loaded"
         );
         Ok(ProfileStore {
-            extractor: Extractor {
+            extractor: RwLock::new(Arc::new(Extractor {
                 normalizer: settings.normalizer,
                 identifier_traits: settings.identifier_traits,
                 order_event: settings.order_event,
                 computed: settings.computed,
-            },
+            })),
+            config_traits,
+            computing: Mutex::new(HashSet::new()),
             state: RwLock::new(State {
                 resolver,
                 facts,
@@ -241,37 +286,181 @@ impl ProfileStore {
         else {
             return;
         };
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        let state = &mut *state;
-        let mut counted = 0u64;
-        for (seq, event) in events {
-            if *seq > plan.through_seq {
-                continue;
-            }
-            let facts = self.extractor.facts(event);
-            let Some(primary) = facts.primary() else {
-                continue;
-            };
-            let identifier_facts = state.facts.entry(primary.clone()).or_default();
-            for (name, observed) in &facts.computed {
-                if !plan.names.contains(name) {
-                    continue;
-                }
-                if let Some(def) = self.extractor.computed.iter().find(|d| &d.name == name) {
-                    let trait_state = identifier_facts.computed.entry(name.clone()).or_default();
-                    trait_state.add(def, facts.key.time_micros, &facts.key.message_id, observed);
-                    trait_state.prune(def, chrono::Utc::now().timestamp_micros());
-                    counted += 1;
-                }
-            }
-            state.dirty_facts.insert(primary.clone());
-        }
-        state.pending.computed_defs = Some(self.extractor.computed.clone());
-        tracing::info!(traits = ?plan.names, observations = counted, "computed traits recomputed");
+        self.backfill_traits(&plan.names, plan.through_seq, events);
     }
 
-    pub fn extractor(&self) -> &Extractor {
-        &self.extractor
+    /// Adds the observations of events with seq up to `through_seq` to the named traits (their
+    /// later events reach them as they arrive; the two commute). Then the traits no longer being
+    /// computed are recorded as following their definitions.
+    pub fn backfill_traits(&self, names: &[String], through_seq: u64, events: &[(u64, Event)]) {
+        let extractor = self.extractor();
+        let mut counted = 0u64;
+        // In chunks, so the unify thread is never held up for long.
+        for chunk in events.chunks(10_000) {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            let state = &mut *state;
+            for (seq, event) in chunk {
+                if *seq > through_seq {
+                    continue;
+                }
+                let facts = extractor.facts(event);
+                let Some(primary) = facts.primary() else {
+                    continue;
+                };
+                let identifier_facts = state.facts.entry(primary.clone()).or_default();
+                for (name, observed) in &facts.computed {
+                    if !names.contains(name) {
+                        continue;
+                    }
+                    if let Some(def) = extractor.computed.iter().find(|d| &d.name == name) {
+                        let trait_state =
+                            identifier_facts.computed.entry(name.clone()).or_default();
+                        trait_state.add(
+                            def,
+                            facts.key.time_micros,
+                            &facts.key.message_id,
+                            observed,
+                        );
+                        trait_state.prune(def, chrono::Utc::now().timestamp_micros());
+                        counted += 1;
+                    }
+                }
+                state.dirty_facts.insert(primary.clone());
+            }
+        }
+        let mut computing = self.computing.lock().unwrap_or_else(|p| p.into_inner());
+        for name in names {
+            computing.remove(name);
+        }
+        let settled: Vec<ComputedTraitDef> = self
+            .extractor()
+            .computed
+            .iter()
+            .filter(|d| !computing.contains(&d.name))
+            .cloned()
+            .collect();
+        drop(computing);
+        self.state
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .computed_defs = Some(settled);
+        tracing::info!(traits = ?names, observations = counted, "computed traits recomputed");
+    }
+
+    /// The declared computed traits: where each was declared and whether its past is still
+    /// being computed.
+    pub fn computed_traits(&self) -> Vec<DeclaredTrait> {
+        let computing = self.computing.lock().unwrap_or_else(|p| p.into_inner());
+        self.extractor()
+            .computed
+            .iter()
+            .map(|def| DeclaredTrait {
+                definition: def.clone(),
+                declared_in: if self.config_traits.contains(&def.name) {
+                    "kith.toml"
+                } else {
+                    "api"
+                },
+                status: if computing.contains(&def.name) {
+                    "computing"
+                } else {
+                    "ready"
+                },
+            })
+            .collect()
+    }
+
+    /// Records a computed trait declared through the API and returns the definitions to install
+    /// with [`ProfileStore::install_definitions`] (the caller orders that against the events in
+    /// flight; see the server's pipeline).
+    pub fn register_trait(
+        &self,
+        def: ComputedTraitDef,
+    ) -> Result<Vec<ComputedTraitDef>, DeclareError> {
+        def.validate()?;
+        let current = self.extractor();
+        if self.config_traits.contains(&def.name) {
+            return Err(DeclareError::InConfig(def.name));
+        }
+        if current.computed.iter().any(|d| d.name == def.name) {
+            return Err(DeclareError::Exists(def.name));
+        }
+        {
+            let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let conn = writer.as_ref().ok_or(DeclareError::ReadOnly)?;
+            persist::insert_api_def(conn, &def)?;
+        }
+        self.computing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(def.name.clone());
+        let mut defs = current.computed.clone();
+        defs.push(def);
+        Ok(defs)
+    }
+
+    /// Forgets a computed trait declared through the API and its values.
+    pub fn remove_trait(&self, name: &str) -> Result<(), DeclareError> {
+        if self.config_traits.iter().any(|n| n == name) {
+            return Err(DeclareError::InConfig(name.to_string()));
+        }
+        let current = self.extractor();
+        if !current.computed.iter().any(|d| d.name == name) {
+            return Err(DeclareError::NotFound(name.to_string()));
+        }
+        {
+            let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let conn = writer.as_ref().ok_or(DeclareError::ReadOnly)?;
+            persist::delete_api_def(conn, name)?;
+        }
+        let defs: Vec<ComputedTraitDef> = current
+            .computed
+            .iter()
+            .filter(|d| d.name != name)
+            .cloned()
+            .collect();
+        // Observations of the trait still in flight find no definition and are ignored.
+        self.install_definitions(defs.clone());
+        self.reset_trait(name);
+        self.computing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        self.state
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .computed_defs = Some(defs);
+        Ok(())
+    }
+
+    /// Makes `defs` the computed traits every event from now on is extracted with.
+    pub fn install_definitions(&self, defs: Vec<ComputedTraitDef>) {
+        let mut extractor = self.extractor.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = (**extractor).clone();
+        next.computed = defs;
+        *extractor = Arc::new(next);
+    }
+
+    /// Drops every value of a computed trait (before its past is computed afresh, or when it is
+    /// removed).
+    pub fn reset_trait(&self, name: &str) {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let state = &mut *state;
+        for (identifier, facts) in state.facts.iter_mut() {
+            if facts.computed.remove(name).is_some() {
+                state.dirty_facts.insert(identifier.clone());
+            }
+        }
+    }
+
+    /// The extraction settings of this moment (computed traits change through the API).
+    pub fn extractor(&self) -> Arc<Extractor> {
+        self.extractor
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The journal seq through which events have been applied.
@@ -287,6 +476,7 @@ impl ProfileStore {
     /// Applies events (with their journal seqs, ascending). Seqs already applied are skipped, so
     /// a replay may overlap.
     pub fn apply(&self, events: &[(u64, EventFacts)]) {
+        let extractor = self.extractor();
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         let state = &mut *state;
         let mut last = self.applied_seq();
@@ -355,7 +545,7 @@ impl ProfileStore {
                 Some(known) => known,
                 None => state.facts.entry(primary.clone()).or_default(),
             };
-            let changes = identifier_facts.absorb(facts, &self.extractor.computed);
+            let changes = identifier_facts.absorb(facts, &extractor.computed);
             if let (Some(tally), Some(before)) = (&facts.tally, known_before) {
                 let changed = !outcome.new_identifiers.is_empty() || !changes.is_empty();
                 tally
@@ -376,9 +566,10 @@ impl ProfileStore {
 
     /// Extracts and applies events in one step (replay, imports, tests).
     pub fn apply_events(&self, events: &[(u64, &Event)]) {
+        let extractor = self.extractor();
         let facts: Vec<(u64, EventFacts)> = events
             .iter()
-            .map(|(seq, event)| (*seq, self.extractor.facts(event)))
+            .map(|(seq, event)| (*seq, extractor.facts(event)))
             .collect();
         self.apply(&facts);
     }
@@ -440,25 +631,24 @@ impl ProfileStore {
 
     /// Finds the profile a `type:value` lookup names.
     pub fn find(&self, lookup: &Lookup) -> Result<Option<ProfileView>, LookupError> {
+        let extractor = self.extractor();
         let state = self.read();
         let profile = match lookup.type_name.as_str() {
             "profile_id" => state.resolver.profile_by_id(&lookup.value),
             name => {
                 let id_type = IdType::from_name(name);
                 if let IdType::External(external) = &id_type
-                    && !self.extractor.identifier_traits.contains(external)
+                    && !extractor.identifier_traits.contains(external)
                     && !self.known_external_type(&state, external)
                 {
-                    let declared = self
-                        .extractor
+                    let declared = extractor
                         .identifier_traits
                         .iter()
                         .map(|t| format!(", {t}"))
                         .collect::<String>();
                     return Err(LookupError::UnknownType(name.to_string(), declared));
                 }
-                let identifier = self
-                    .extractor
+                let identifier = extractor
                     .normalizer
                     .normalize(id_type, &lookup.value)
                     .map_err(|e| LookupError::InvalidValue {
@@ -493,7 +683,7 @@ impl ProfileStore {
             &state.resolver,
             profile,
             folded,
-            &self.extractor.computed,
+            &self.extractor().computed,
             now,
         )
     }

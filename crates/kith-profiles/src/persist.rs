@@ -37,7 +37,43 @@ CREATE TABLE IF NOT EXISTS trait_history (
 );
 CREATE INDEX IF NOT EXISTS trait_history_by_identifier ON trait_history (id_type, value);
 CREATE TABLE IF NOT EXISTS computed_defs (name TEXT PRIMARY KEY, definition TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS api_computed_defs (
+    name TEXT PRIMARY KEY, definition TEXT NOT NULL, declared_at TEXT NOT NULL
+);
 ";
+
+/// Computed traits declared through the API, in declaration order.
+pub fn load_api_defs(conn: &Connection) -> Result<Vec<ComputedTraitDef>, ProfileError> {
+    let mut statement =
+        conn.prepare("SELECT name, definition FROM api_computed_defs ORDER BY declared_at, name")?;
+    let rows = statement
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut defs = Vec::with_capacity(rows.len());
+    for (name, json) in rows {
+        defs.push(serde_json::from_str(&json).map_err(|e| {
+            ProfileError::Corrupt(format!("declared trait `{name}` does not parse: {e}"))
+        })?);
+    }
+    Ok(defs)
+}
+
+pub fn insert_api_def(conn: &Connection, def: &ComputedTraitDef) -> Result<(), ProfileError> {
+    let json = serde_json::to_string(def).map_err(|e| ProfileError::Corrupt(e.to_string()))?;
+    conn.execute(
+        "INSERT INTO api_computed_defs (name, definition, declared_at) VALUES (?1, ?2, ?3)",
+        params![def.name, json, chrono::Utc::now().to_rfc3339()],
+    )?;
+    Ok(())
+}
+
+pub fn delete_api_def(conn: &Connection, name: &str) -> Result<(), ProfileError> {
+    conn.execute(
+        "DELETE FROM api_computed_defs WHERE name = ?1",
+        params![name],
+    )?;
+    Ok(())
+}
 
 /// Changes since the last write.
 #[derive(Debug, Default)]

@@ -18,7 +18,7 @@ use tower_http::cors::CorsLayer;
 
 use crate::auth::KeyResolver;
 use crate::pipeline::Pipeline;
-use crate::{errors, imports, ingest, ops, profiles, query};
+use crate::{errors, imports, ingest, ops, profiles, query, traits};
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -192,6 +192,14 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/v1/query", post(query::query))
         .route("/v1/imports", post(imports::import_batch))
         .route("/v1/projects/{write_key}/settings", get(ingest::settings))
+        .route(
+            "/v1/computed-traits",
+            get(traits::list).post(traits::declare),
+        )
+        .route(
+            "/v1/computed-traits/{name}",
+            axum::routing::delete(traits::remove),
+        )
         .route("/v1/profiles/merge", post(profiles::merge))
         .route("/v1/profiles/duplicates", get(profiles::duplicates))
         .route("/v1/profiles/{lookup}", get(profiles::show))

@@ -25,13 +25,17 @@ pub enum ErrorCode {
     ProfileNotFound,
     InvalidParameter,
     MergeRefused,
+    InvalidComputedTrait,
+    ComputedTraitExists,
+    ComputedTraitInConfig,
+    ComputedTraitNotFound,
     Overloaded,
     StorageUnavailable,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidBody,
         ErrorCode::PayloadTooLarge,
@@ -50,6 +54,10 @@ impl ErrorCode {
         ErrorCode::ProfileNotFound,
         ErrorCode::InvalidParameter,
         ErrorCode::MergeRefused,
+        ErrorCode::InvalidComputedTrait,
+        ErrorCode::ComputedTraitExists,
+        ErrorCode::ComputedTraitInConfig,
+        ErrorCode::ComputedTraitNotFound,
         ErrorCode::Overloaded,
         ErrorCode::StorageUnavailable,
         ErrorCode::Internal,
@@ -167,6 +175,30 @@ impl ErrorCode {
                 S::CONFLICT,
                 "invalid_request",
                 "the profiles cannot be merged: the identity guards refuse it (e.g. two different user ids)",
+            ),
+            InvalidComputedTrait => (
+                "invalid_computed_trait",
+                S::BAD_REQUEST,
+                "invalid_request",
+                "the computed trait definition is not valid; the message names the field",
+            ),
+            ComputedTraitExists => (
+                "computed_trait_exists",
+                S::CONFLICT,
+                "invalid_request",
+                "a computed trait with that name exists; remove it first or choose another name",
+            ),
+            ComputedTraitInConfig => (
+                "computed_trait_in_config",
+                S::CONFLICT,
+                "invalid_request",
+                "the computed trait is declared in kith.toml; change it there",
+            ),
+            ComputedTraitNotFound => (
+                "computed_trait_not_found",
+                S::NOT_FOUND,
+                "invalid_request",
+                "no computed trait has that name",
             ),
             Overloaded => (
                 "overloaded",

@@ -246,11 +246,6 @@ async fn ingest(
     }
 
     let event_count = outcome.events.len();
-    let mut entries = Vec::with_capacity(event_count + outcome.rejections.len());
-    let extractor = app.pipeline.profiles.extractor();
-    for event in outcome.events {
-        entries.push(event_entry(extractor, event, None));
-    }
     let errors: Vec<EventError> = outcome
         .rejections
         .iter()
@@ -262,24 +257,28 @@ async fn ingest(
             message_id: r.message_id.clone(),
         })
         .collect();
-    for rejection in outcome.rejections {
-        let stored = Stored::Rejected(rejection);
-        entries.push(Entry {
-            dedup_key: None,
-            payload: stored.encode(),
-            item: Ingested {
-                stored,
-                facts: None,
-            },
-        });
-    }
-
-    let results = if entries.is_empty() {
+    let results = if event_count + outcome.rejections.len() == 0 {
         Vec::new()
     } else {
         app.pipeline
-            .journal
-            .append(entries)
+            .append_with(|extractor| {
+                let mut entries = Vec::with_capacity(event_count + outcome.rejections.len());
+                for event in outcome.events {
+                    entries.push(event_entry(extractor, event, None));
+                }
+                for rejection in outcome.rejections {
+                    let stored = Stored::Rejected(rejection);
+                    entries.push(Entry {
+                        dedup_key: None,
+                        payload: stored.encode(),
+                        item: Ingested {
+                            stored,
+                            facts: None,
+                        },
+                    });
+                }
+                entries
+            })
             .await
             .map_err(|_| journal_error(JournalError::Stopped))?
             .map_err(journal_error)?

@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod profiles;
 pub mod query;
 pub mod runtimes;
+pub mod traits;
 pub mod unify;
 
 pub use app::{Server, ServerConfig, ServerError};

@@ -10,18 +10,35 @@ use std::time::Duration;
 use kith_core::{Event, Stored};
 use kith_journal::{Appended, Entry, Journal, JournalError, JournalOptions};
 use kith_lake::{Lake, LakeError};
-use kith_profiles::{ChangeTally, Extractor, ProfileSettings, ProfileStore, TallyHandle};
+use kith_profiles::{
+    ChangeTally, ComputedTraitDef, DeclareError, Extractor, ProfileSettings, ProfileStore,
+    TallyHandle,
+};
 
 use crate::app::ServerError;
 use crate::unify::{Ingested, Unifier};
 
 /// The open write path of one data directory.
 pub struct Pipeline {
+    /// Held (shared) from extracting an event's facts until its append is queued, and
+    /// (exclusively) while computed-trait definitions change: so every event before a change is
+    /// queued before the change's journal barrier, and every event after it is extracted with the
+    /// new definitions.
+    extraction: std::sync::RwLock<()>,
     pub lake: Arc<Lake>,
     pub profiles: Arc<ProfileStore>,
     pub unifier: Arc<Unifier>,
     pub journal: Journal<Ingested>,
     _lock: File,
+}
+
+/// Why a computed trait cannot be declared.
+#[derive(Debug, thiserror::Error)]
+pub enum TraitError {
+    #[error(transparent)]
+    Declare(#[from] DeclareError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 /// What became of events written with [`Pipeline::write`].
@@ -110,6 +127,7 @@ impl Pipeline {
             }),
         )?;
         Ok(Pipeline {
+            extraction: std::sync::RwLock::new(()),
             lake,
             profiles,
             unifier,
@@ -129,14 +147,13 @@ impl Pipeline {
         if events.is_empty() {
             return Ok(Written::default());
         }
-        let extractor = self.profiles.extractor();
-        let entries: Vec<Entry<Ingested>> = events
-            .into_iter()
-            .map(|event| event_entry(extractor, event, tally))
-            .collect();
         let appended = self
-            .journal
-            .append(entries)
+            .append_with(|extractor| {
+                events
+                    .into_iter()
+                    .map(|event| event_entry(extractor, event, tally))
+                    .collect()
+            })
             .await
             .map_err(|_| JournalError::Stopped)??;
         Ok(Written {
@@ -148,6 +165,69 @@ impl Pipeline {
                 })
                 .collect(),
         })
+    }
+
+    /// Builds entries with the extraction settings of this moment and queues them on the journal.
+    /// Every writer goes through here (see `extraction`).
+    pub fn append_with(
+        &self,
+        build: impl FnOnce(&Extractor) -> Vec<Entry<Ingested>>,
+    ) -> tokio::sync::oneshot::Receiver<kith_journal::AppendResult> {
+        let _extracting = self.extraction.read().unwrap_or_else(|p| p.into_inner());
+        let extractor = self.profiles.extractor();
+        let entries = build(&extractor);
+        self.journal.append(entries)
+    }
+
+    /// Declares a computed trait: from now on every event counts towards it, and its past is
+    /// computed from the stored events in the background (its status is `computing` until then).
+    ///
+    /// Ordering makes this exact while ingestion goes on: under the exclusive extraction lock the
+    /// definitions change and a journal barrier is queued. Events queued before the barrier
+    /// (seq ≤ S) were extracted without the trait; the barrier then queues the trait's reset on
+    /// the unify thread behind them; events after it carry the trait. The background task adds
+    /// the events with seq ≤ S read from the event tables, which commutes with the live ones.
+    pub fn declare_trait(&self, def: ComputedTraitDef) -> Result<(), TraitError> {
+        let name = def.name.clone();
+        let defs = self.profiles.register_trait(def)?;
+        let (reset_done, reset_seen) = tokio::sync::oneshot::channel();
+        let (barrier_seq, barrier_seen) = tokio::sync::oneshot::channel::<u64>();
+        {
+            let _changing = self.extraction.write().unwrap_or_else(|p| p.into_inner());
+            self.profiles.install_definitions(defs);
+            let (unifier, reset_name) = (self.unifier.clone(), name.clone());
+            self.journal.barrier(Box::new(move |last_seq| {
+                unifier.reset_trait(reset_name, reset_done);
+                let _ = barrier_seq.send(last_seq);
+            }))?;
+        }
+        let (lake, profiles) = (self.lake.clone(), self.profiles.clone());
+        tokio::spawn(async move {
+            let (Ok(through_seq), Ok(())) = (barrier_seen.await, reset_seen.await) else {
+                tracing::error!(trait_name = %name, "the trait's past was not computed: the write path stopped; it is on the next start");
+                return;
+            };
+            let events = match lake.read_events(through_seq).await {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::error!(trait_name = %name, error = %e, "reading stored events for a new trait failed; it is computed on the next start");
+                    return;
+                }
+            };
+            let counted = events.len();
+            let done = tokio::task::spawn_blocking(move || {
+                profiles.backfill_traits(std::slice::from_ref(&name), through_seq, &events);
+                name
+            })
+            .await;
+            match done {
+                Ok(name) => {
+                    tracing::info!(trait_name = %name, events = counted, "computed trait ready")
+                }
+                Err(e) => tracing::error!(error = %e, "computing a trait's past failed"),
+            }
+        });
+        Ok(())
     }
 
     /// Waits until the unify thread has applied every event through `seq`.

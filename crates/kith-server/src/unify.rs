@@ -24,6 +24,8 @@ pub struct Ingested {
 
 enum Command {
     Apply(Vec<(u64, EventFacts)>),
+    /// Drop every value of a computed trait, then say so.
+    ResetTrait(String, tokio::sync::oneshot::Sender<()>),
     Stop,
 }
 
@@ -61,6 +63,13 @@ impl Unifier {
         }
     }
 
+    /// Queues the reset of a computed trait behind the events already handed over.
+    pub fn reset_trait(&self, name: String, done: tokio::sync::oneshot::Sender<()>) {
+        if self.commands.send(Command::ResetTrait(name, done)).is_err() {
+            tracing::error!("the unify thread has stopped; the trait is reset on restart");
+        }
+    }
+
     pub fn backlog(&self) -> usize {
         self.backlog.load(Ordering::SeqCst)
     }
@@ -88,6 +97,11 @@ fn run(
                 backlog.fetch_sub(events.len(), Ordering::SeqCst);
                 metrics::counter!("kith_profile_events_applied_total")
                     .increment(events.len() as u64);
+                false
+            }
+            Ok(Command::ResetTrait(name, done)) => {
+                profiles.reset_trait(&name);
+                let _ = done.send(());
                 false
             }
             Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => true,
