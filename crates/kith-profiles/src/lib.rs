@@ -580,19 +580,25 @@ impl ProfileStore {
         let Some(conn) = writer.as_mut() else {
             return Ok(0);
         };
-        let pending = {
+        // Only taking what changed needs the exclusive lock; copying the changed facts (many
+        // thousands a second under load) is done under the shared one, so profile lookups go on.
+        // No event is applied meanwhile (the unify thread, the only one applying events, is the
+        // caller), so the copies match `applied_seq`.
+        let (mut pending, dirty) = {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
             let state = &mut *state;
             let mut pending = std::mem::take(&mut state.pending);
             pending.applied_seq = self.applied_seq();
             state.history_in_flight = pending.history.clone();
-            let dirty = std::mem::take(&mut state.dirty_facts);
+            (pending, std::mem::take(&mut state.dirty_facts))
+        };
+        {
+            let state = self.read();
             pending.facts = dirty
                 .into_iter()
                 .filter_map(|id| state.facts.get(&id).map(|f| (id, f.clone())))
                 .collect();
-            pending
-        };
+        }
         if pending.is_empty() && pending.applied_seq == self.persisted_seq() {
             return Ok(0);
         }
