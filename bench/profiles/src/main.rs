@@ -128,7 +128,7 @@ fn customer_events(c: u64, n: u64, run: u64) -> Vec<Value> {
                     "traits": {"email": format!("cliente{c}@example.com"),
                                "phone": format!("+52 55 {:04} {:04}", 1000 + c / 10_000 % 9000, c % 10_000),
                                "name": format!("Cliente {c}"), "city": CITIES[(c % 6) as usize],
-                               "plan": if c % 3 == 0 { "premium" } else { "free" }}});
+                               "plan": if c.is_multiple_of(3) { "premium" } else { "free" }}});
             }
             let who = if k < n / 2 {
                 json!({"anonymousId": anonymous})
@@ -292,7 +292,8 @@ fn measure(base: &str, write_auth: &str, read_auth: &str, options: &Options) -> 
             let started = Instant::now();
             let mut run = 1u64;
             while !stop.load(Ordering::Relaxed) {
-                let due = Duration::from_secs_f64(ingested.load(Ordering::Relaxed) as f64 / rate as f64);
+                let due =
+                    Duration::from_secs_f64(ingested.load(Ordering::Relaxed) as f64 / rate as f64);
                 if let Some(wait) = due.checked_sub(started.elapsed()) {
                     std::thread::sleep(wait);
                 }
@@ -376,18 +377,34 @@ fn rss_mib(pid: u32, field: &str) -> Option<f64> {
 }
 
 fn key(kith: &PathBuf, data_dir: &std::path::Path, scope: &str) -> String {
-    let mut args = vec!["key", "create", "--data-dir", data_dir.to_str().unwrap(), "--scope", scope];
+    let mut args = vec![
+        "key",
+        "create",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--scope",
+        scope,
+    ];
     if scope == "ingest" {
         args.extend(["--source", "bench"]);
     }
-    let output = Command::new(kith).args(&args).output().expect("kith key create");
+    let output = Command::new(kith)
+        .args(&args)
+        .output()
+        .expect("kith key create");
     assert!(output.status.success(), "kith key create failed");
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 fn start(kith: &PathBuf, data_dir: &std::path::Path, port: u16) -> Child {
     let server = Command::new(kith)
-        .args(["serve", "--data-dir", data_dir.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "serve",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .env("KITH_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -475,7 +492,9 @@ fn main() {
     }
 
     let lat = &measured.latencies_us;
-    println!("| lookups | achieved/s | failed | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | ingested alongside (events/s) |");
+    println!(
+        "| lookups | achieved/s | failed | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | ingested alongside (events/s) |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
         "| {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
@@ -498,6 +517,10 @@ fn main() {
     println!(
         "goal p99 < 10 ms at {} lookups/s: {}",
         options.rate,
-        if p99 < 10.0 && measured.failures == 0 { "met" } else { "NOT met" }
+        if p99 < 10.0 && measured.failures == 0 {
+            "met"
+        } else {
+            "NOT met"
+        }
     );
 }

@@ -142,8 +142,8 @@ fn a_crm_export_creates_and_updates_profiles_reports_every_bad_row_and_imports_o
     let found: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(found["total"], 1, "{found}");
     let candidate = &found["candidates"][0];
-    assert_eq!(candidate["score"], 0.75);
-    let mailbox = candidate["evidence"][1].as_str().unwrap();
+    assert_eq!(candidate["score"], 0.7);
+    let mailbox = candidate["evidence"][0].as_str().unwrap();
     assert!(
         mailbox.starts_with("the same mailbox name at two domains: ")
             && mailbox.contains("dora.ruiz@example.com")

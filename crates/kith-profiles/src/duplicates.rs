@@ -50,6 +50,8 @@ struct Features<'a> {
     /// country code matches, two numbers that differ in area code do not.
     phone_digits: Vec<String>,
     user_ids: Vec<String>,
+    /// Normalised city, from `city` or `ciudad`.
+    city: Option<String>,
 }
 
 fn fold(c: char) -> char {
@@ -108,6 +110,28 @@ fn display_name(view: &ProfileView) -> Option<String> {
     None
 }
 
+fn normalised_city(city: &str) -> String {
+    name_key(city).0
+}
+
+/// Two different mailbox names that are probably one person's: close in spelling, and not told
+/// apart by their numbers (`ana.lopez1745` and `ana.lopez1991` are two people; `analopez` and
+/// `ana.lopez1745` may be one).
+fn similar_mailboxes(a: &str, b: &str) -> Option<f64> {
+    let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
+    let (da, db) = (digits(a), digits(b));
+    if !da.is_empty() && !db.is_empty() && da != db {
+        return None;
+    }
+    let letters = |s: &str| {
+        s.chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect::<String>()
+    };
+    let similarity = strsim::jaro_winkler(&letters(a), &letters(b));
+    (similarity >= 0.9).then_some(similarity)
+}
+
 /// `Ana.Lopez+promo` → `analopez`: the parts of a local part people vary.
 fn local_key(local: &str) -> String {
     let base = local.split('+').next().unwrap_or(local);
@@ -154,8 +178,13 @@ fn features(view: &ProfileView) -> Features<'_> {
             _ => {}
         }
     }
+    let city = trait_text(view, "city")
+        .or_else(|| trait_text(view, "ciudad"))
+        .map(|c| normalised_city(&c))
+        .filter(|c| !c.is_empty());
     Features {
         view,
+        city,
         name,
         name_key,
         name_tokens,
@@ -174,7 +203,8 @@ fn score(a: &Features<'_>, b: &Features<'_>, refused: Option<&str>) -> (f64, Vec
             b.name.as_deref().unwrap_or(""),
         );
         if ka == kb {
-            let weight = if a.name_tokens >= 2 { 0.5 } else { 0.2 };
+            // A name alone is never enough (many people share one): it needs company.
+            let weight = if a.name_tokens >= 2 { 0.4 } else { 0.2 };
             evidence.push((weight, format!("same name: `{na}` and `{nb}`")));
         } else {
             let similarity = strsim::jaro_winkler(ka, kb);
@@ -203,8 +233,7 @@ fn score(a: &Features<'_>, b: &Features<'_>, refused: Option<&str>) -> (f64, Vec
                     format!("the same address but for dots or a +tag: {ea} and {eb}"),
                 ))
             } else {
-                let similarity = strsim::jaro_winkler(la, lb);
-                (similarity >= 0.9).then(|| {
+                similar_mailboxes(la, lb).map(|similarity| {
                     (
                         0.3,
                         format!("similar email addresses: {ea} and {eb} ({similarity:.2})"),
@@ -219,6 +248,16 @@ fn score(a: &Features<'_>, b: &Features<'_>, refused: Option<&str>) -> (f64, Vec
         }
     }
     evidence.extend(best_email);
+    if let (Some(ca), Some(cb)) = (&a.city, &b.city)
+        && !evidence.is_empty()
+        && ca == cb
+    {
+        let shown = trait_text(a.view, "city").or_else(|| trait_text(a.view, "ciudad"));
+        evidence.push((
+            0.15,
+            format!("the same city: {}", shown.as_deref().unwrap_or(ca)),
+        ));
+    }
     if let Some(digits) = a.phone_digits.iter().find(|d| b.phone_digits.contains(d)) {
         let names_differ = a.name_key.is_some() && b.name_key.is_some() && a.name_key != b.name_key;
         let note = if names_differ {

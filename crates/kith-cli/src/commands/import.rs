@@ -1,7 +1,7 @@
 //! `kith import contacts FILE`: people from a CRM export into profiles, through the same journal
 //! and identity rules as tracked events, with a progress bar, a summary and a rejected-rows file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
@@ -11,14 +11,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kith_core::Event;
 use kith_import::mapping::parse_assignment;
 use kith_import::{
-    ContactField, ContactImporter, ContactMapping, Format, MappingFile, RejectWriter, RowReader,
-    TimeParser,
+    ContactField, ContactImporter, ContactMapping, Format, MappingFile, Problem, RejectWriter,
+    RowReader, TimeParser,
 };
-use kith_profiles::ChangeCounts;
+use kith_profiles::{ChangeCounts, ProfileSettings};
 use serde::Serialize;
 
 use super::DataDirArg;
 use super::destination::Destination;
+use super::events_import::{default_rejected, import_events};
 use crate::config::FileConfig;
 
 #[derive(Subcommand)]
@@ -26,6 +27,26 @@ pub enum ImportKind {
     /// People from a CRM or spreadsheet (CSV or JSONL): creates or updates profiles through the
     /// identity rules. Re-running the same import changes nothing.
     Contacts(ContactsArgs),
+    /// Segment-shaped events, one JSON object a line (e.g. `kith demo generate`'s events.jsonl),
+    /// validated like `/v1/batch`. Re-running stores nothing twice.
+    Events(EventsArgs),
+}
+
+#[derive(Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    data_dir: DataDirArg,
+    /// The JSON Lines file.
+    file: PathBuf,
+    /// The source the events are recorded under [default: import]
+    #[arg(long)]
+    source: Option<String>,
+    /// Where rejected lines go [default: FILE_NAME.rejected.csv in the current directory]
+    #[arg(long, value_name = "FILE")]
+    rejected: Option<PathBuf>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -96,8 +117,54 @@ pub struct ImportSummary {
 }
 
 pub fn run(kind: ImportKind, file: FileConfig) -> anyhow::Result<ExitCode> {
-    let ImportKind::Contacts(args) = kind;
-    contacts(args, file)
+    match kind {
+        ImportKind::Contacts(args) => contacts(args, file),
+        ImportKind::Events(args) => events(args, file),
+    }
+}
+
+fn events(args: EventsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
+    let source = args.source.clone().unwrap_or_else(|| "import".to_string());
+    if source.eq_ignore_ascii_case(kith_profiles::KITH_SOURCE) {
+        bail!(
+            "the source name `{source}` is reserved for events Kith writes itself; pass another --source"
+        );
+    }
+    let data_dir = file.data_dir(args.data_dir.data_dir.clone());
+    let destination = Destination::open(&data_dir, file.profile_settings()?)?;
+    eprintln!(
+        "importing {} into {}",
+        args.file.display(),
+        destination.describe()
+    );
+    let total = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
+    let progress = progress_bar(total);
+    let rejected = args
+        .rejected
+        .clone()
+        .unwrap_or_else(|| default_rejected(&args.file));
+    let summary = import_events(&args.file, &source, &destination, &rejected, |bytes| {
+        progress.set_position(bytes)
+    });
+    progress.finish_and_clear();
+    destination.close()?;
+    let summary = summary?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "{} lines read from {}: {} events stored, {} already imported, {} rejected",
+            summary.lines, summary.file, summary.stored, summary.already_imported, summary.rejected
+        );
+        if let Some(path) = &summary.rejected_file {
+            println!("rejected lines, with reasons: {path}");
+        }
+    }
+    if summary.lines > 0 && summary.rejected == summary.lines {
+        eprintln!("error: no event of {} could be imported", summary.file);
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Rows are sent in batches of at most this many, and at most this many bytes of JSON (the API's
@@ -105,68 +172,141 @@ pub fn run(kind: ImportKind, file: FileConfig) -> anyhow::Result<ExitCode> {
 const BATCH_ROWS: usize = 1000;
 const BATCH_BYTES: usize = 400 * 1024;
 
-fn contacts(args: ContactsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
-    let mapping_file = match &args.mapping {
-        Some(path) => MappingFile::load(path)?,
-        None => MappingFile::default(),
-    };
-    let format_name = args.format.clone().or(mapping_file.format.clone());
-    let format = match format_name {
-        Some(name) => Format::from_name(&name)
-            .with_context(|| format!("`{name}` is not a format kith imports; use csv or jsonl"))?,
-        None => Format::from_path(&args.file).with_context(|| {
-            format!(
-                "cannot tell the format of {} from its name; pass --format csv or --format jsonl",
-                args.file.display()
-            )
-        })?,
-    };
-    let delimiter = args
-        .delimiter
-        .as_deref()
-        .or(mapping_file.delimiter.as_deref())
-        .map(MappingFile::delimiter_byte)
-        .transpose()?;
-    let time = TimeParser::new(
-        args.time_format
-            .clone()
-            .or(mapping_file.time_format.clone()),
-        args.timezone
+/// A contacts import, settled from flags, a mapping file or code (the demo loader).
+pub struct ContactsJob {
+    pub file: PathBuf,
+    pub format: Format,
+    pub delimiter: Option<u8>,
+    pub assignments: Vec<(ContactField, String)>,
+    pub ignore: Vec<String>,
+    pub only_mapped: bool,
+    pub time: TimeParser,
+    pub source: String,
+    pub rejected: PathBuf,
+}
+
+impl ContactsJob {
+    fn from_args(args: &ContactsArgs) -> anyhow::Result<ContactsJob> {
+        let mapping_file = match &args.mapping {
+            Some(path) => MappingFile::load(path)?,
+            None => MappingFile::default(),
+        };
+        let format_name = args.format.clone().or(mapping_file.format.clone());
+        let format = match format_name {
+            Some(name) => Format::from_name(&name).with_context(|| {
+                format!("`{name}` is not a format kith imports; use csv or jsonl")
+            })?,
+            None => Format::from_path(&args.file).with_context(|| {
+                format!(
+                    "cannot tell the format of {} from its name; pass --format csv or --format jsonl",
+                    args.file.display()
+                )
+            })?,
+        };
+        let delimiter = args
+            .delimiter
             .as_deref()
-            .or(mapping_file.timezone.as_deref()),
-    )?;
-    let source = args
-        .source
-        .clone()
-        .or(mapping_file.source.clone())
-        .unwrap_or_else(|| "crm".to_string());
-    if source.eq_ignore_ascii_case(kith_profiles::KITH_SOURCE) {
+            .or(mapping_file.delimiter.as_deref())
+            .map(MappingFile::delimiter_byte)
+            .transpose()?;
+        let time = TimeParser::new(
+            args.time_format
+                .clone()
+                .or(mapping_file.time_format.clone()),
+            args.timezone
+                .as_deref()
+                .or(mapping_file.timezone.as_deref()),
+        )?;
+        let source = args
+            .source
+            .clone()
+            .or(mapping_file.source.clone())
+            .unwrap_or_else(|| "crm".to_string());
+        Ok(ContactsJob {
+            file: args.file.clone(),
+            format,
+            delimiter,
+            assignments: assignments(&mapping_file, &args.map)?,
+            ignore: mapping_file
+                .ignore
+                .iter()
+                .chain(&args.ignore)
+                .cloned()
+                .collect(),
+            only_mapped: args.only_mapped || mapping_file.only_mapped,
+            time,
+            source,
+            rejected: args
+                .rejected
+                .clone()
+                .unwrap_or_else(|| default_rejected(&args.file)),
+        })
+    }
+}
+
+fn contacts(args: ContactsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
+    let job = ContactsJob::from_args(&args)?;
+    let settings = file.profile_settings()?;
+    let data_dir = file.data_dir(args.data_dir.data_dir.clone());
+    let destination = Destination::open(&data_dir, settings.clone())?;
+    eprintln!(
+        "importing {} into {}",
+        job.file.display(),
+        destination.describe()
+    );
+    let (summary, examples) = run_contacts(&job, &settings, &destination, true)?;
+    destination.close()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary, &examples);
+    }
+    if summary.rows == 0 {
+        eprintln!("error: {} holds no rows", job.file.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    if summary.rejected_rows == summary.rows {
+        eprintln!(
+            "error: no row of {} could be imported; the reasons are in {}",
+            job.file.display(),
+            job.rejected.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a contacts import into `destination`; returns the summary and the first few problems.
+pub fn run_contacts(
+    job: &ContactsJob,
+    settings: &ProfileSettings,
+    destination: &Destination,
+    show_plan: bool,
+) -> anyhow::Result<(ImportSummary, Vec<Problem>)> {
+    if job.source.eq_ignore_ascii_case(kith_profiles::KITH_SOURCE) {
         bail!(
-            "the source name `{source}` is reserved for events Kith writes itself; pass another --source"
+            "the source name `{}` is reserved for events Kith writes itself; pass another --source",
+            job.source
         );
     }
-
-    let mut reader = RowReader::open(&args.file, format, delimiter)?;
+    let mut reader = RowReader::open(&job.file, job.format, job.delimiter)?;
     let headers = reader.headers().map(<[String]>::to_vec);
     let mapping = ContactMapping::new(
-        assignments(&mapping_file, &args.map)?,
-        mapping_file
-            .ignore
-            .iter()
-            .chain(&args.ignore)
-            .cloned()
-            .collect(),
-        args.only_mapped || mapping_file.only_mapped,
+        job.assignments.clone(),
+        job.ignore.clone(),
+        job.only_mapped,
         headers.as_deref(),
     )?;
     if let Some(headers) = &headers {
-        let plan: Vec<String> = mapping
-            .plan(headers)
-            .into_iter()
-            .map(|(column, field)| format!("{column} → {}", field.describe()))
-            .collect();
-        eprintln!("columns: {}", plan.join(", "));
-        let identifying = mapping.plan(headers).iter().any(|(_, f)| {
+        let plan = mapping.plan(headers);
+        if show_plan {
+            let described: Vec<String> = plan
+                .iter()
+                .map(|(column, field)| format!("{column} → {}", field.describe()))
+                .collect();
+            eprintln!("columns: {}", described.join(", "));
+        }
+        let identifying = plan.iter().any(|(_, f)| {
             matches!(
                 f,
                 ContactField::UserId
@@ -178,33 +318,19 @@ fn contacts(args: ContactsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         if !identifying {
             bail!(
                 "no column of {} identifies a person; map one with --map email=COLUMN (or user_id, phone, external:TYPE)",
-                args.file.display()
+                job.file.display()
             );
         }
     }
-    let settings = file.profile_settings()?;
     let importer = ContactImporter::new(
         mapping,
         headers.as_deref(),
         settings.normalizer.clone(),
-        time,
-        source,
+        job.time.clone(),
+        job.source.clone(),
         chrono::Utc::now(),
     );
-    let rejected_path = args
-        .rejected
-        .clone()
-        .unwrap_or_else(|| default_rejected(&args.file));
-    let mut rejects = RejectWriter::new(&rejected_path);
-
-    let data_dir = file.data_dir(args.data_dir.data_dir.clone());
-    let destination = Destination::open(&data_dir, settings)?;
-    eprintln!(
-        "importing {} into {}",
-        args.file.display(),
-        destination.describe()
-    );
-
+    let mut rejects = RejectWriter::new(&job.rejected);
     let progress = progress_bar(reader.total_bytes());
     let bytes_read = reader.bytes_read();
     let mut totals = ChangeCounts::default();
@@ -248,10 +374,8 @@ fn contacts(args: ContactsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     progress.finish_and_clear();
     rejects.finish()?;
     let duplicate_candidates = destination.duplicate_count()?;
-    destination.close()?;
-
     let summary = ImportSummary {
-        file: args.file.display().to_string(),
+        file: job.file.display().to_string(),
         rows,
         created: totals.created,
         updated: totals.updated,
@@ -263,27 +387,10 @@ fn contacts(args: ContactsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         dropped_values: rejects.values_dropped(),
         rejected_file: rejects
             .written()
-            .then(|| rejected_path.display().to_string()),
+            .then(|| job.rejected.display().to_string()),
         duplicate_candidates,
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        print_summary(&summary, &rejects);
-    }
-    if rows == 0 {
-        eprintln!("error: {} holds no rows", args.file.display());
-        return Ok(ExitCode::FAILURE);
-    }
-    if summary.rejected_rows == rows {
-        eprintln!(
-            "error: no row of {} could be imported; the reasons are in {}",
-            args.file.display(),
-            rejected_path.display()
-        );
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok((summary, rejects.examples.clone()))
 }
 
 /// The mapping file's assignments, then the flags' (a flag replaces the file's assignment of the
@@ -321,15 +428,7 @@ fn approximate_size(event: &Event) -> usize {
         + event.source.len()
 }
 
-fn default_rejected(file: &Path) -> PathBuf {
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "import".into());
-    PathBuf::from(format!("{name}.rejected.csv"))
-}
-
-fn progress_bar(total_bytes: u64) -> ProgressBar {
+pub fn progress_bar(total_bytes: u64) -> ProgressBar {
     let bar =
         ProgressBar::with_draw_target(Some(total_bytes), indicatif::ProgressDrawTarget::stderr());
     bar.set_style(
@@ -341,7 +440,7 @@ fn progress_bar(total_bytes: u64) -> ProgressBar {
     bar
 }
 
-fn print_summary(summary: &ImportSummary, rejects: &RejectWriter) {
+fn print_summary(summary: &ImportSummary, examples: &[Problem]) {
     println!("{} rows read from {}", summary.rows, summary.file);
     println!("  created          {:>9}", summary.created);
     println!("  updated          {:>9}", summary.updated);
@@ -369,7 +468,7 @@ fn print_summary(summary: &ImportSummary, rejects: &RejectWriter) {
     }
     if let Some(path) = &summary.rejected_file {
         println!("rejected rows and dropped values, with reasons: {path}");
-        for problem in &rejects.examples {
+        for problem in examples {
             println!(
                 "  row {}{}: {} ({})",
                 problem.row,

@@ -1,6 +1,8 @@
 //! The subcommands.
 
+mod demo;
 mod destination;
+mod events_import;
 mod import;
 mod key;
 mod profile;
@@ -26,6 +28,11 @@ pub enum Command {
     /// Run a read-only SQL query over `events`, `rejected_events`, `profiles` and
     /// `profile_identities`.
     Sql(sql::SqlArgs),
+    /// A realistic demo world: `kith demo generate --customers N --seed S --out DIR|--into DATA_DIR`.
+    Demo {
+        #[command(subcommand)]
+        action: demo::DemoAction,
+    },
     /// Import a file: `kith import contacts FILE` (a CRM export, CSV or JSONL).
     Import {
         #[command(subcommand)]
@@ -53,6 +60,7 @@ pub fn run(command: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
         Command::Sql(args) => sql::run(args, file),
         Command::Profile { action } => profile::run(action, file),
         Command::Import { kind } => import::run(kind, file),
+        Command::Demo { action } => demo::run(action, file),
     }
 }
 

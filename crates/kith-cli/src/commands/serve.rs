@@ -19,6 +19,13 @@ pub struct ServeArgs {
     /// Write buffered events to Delta at least this often, in milliseconds [default: 2000]
     #[arg(long, env = "KITH_FLUSH_INTERVAL_MS")]
     flush_interval_ms: Option<u64>,
+    /// Start with a generated demo world (a Mexican online shop's customers, loaded through the
+    /// real ingestion path the first time; kept in the data directory afterwards).
+    #[arg(long)]
+    demo: bool,
+    /// Customers in the demo world.
+    #[arg(long, default_value_t = 5000, requires = "demo")]
+    demo_customers: u64,
     /// Serve POST /internal/noop/batch (parses like /v1/batch, stores nothing) for benchmarks.
     #[arg(long, env = "KITH_ENABLE_NOOP_ENDPOINT")]
     enable_noop_endpoint: bool,
@@ -56,6 +63,13 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     if let Some(rows) = file.query.max_rows {
         config.query_limits.max_rows = rows;
     }
+    if args.demo {
+        load_demo(
+            &config.data_dir,
+            args.demo_customers,
+            config.profiles.clone(),
+        )?;
+    }
     kith_server::install_metrics();
     runtime()?.block_on(async move {
         let data_dir = config.data_dir.clone();
@@ -70,6 +84,56 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Loads the demo world into `data_dir` unless it holds one already.
+fn load_demo(
+    data_dir: &std::path::Path,
+    customers: u64,
+    settings: kith_profiles::ProfileSettings,
+) -> anyhow::Result<()> {
+    if data_dir
+        .join("demo")
+        .join("truth")
+        .join("parameters.json")
+        .exists()
+    {
+        eprintln!(
+            "the demo world is already in {}; starting on it",
+            data_dir.display()
+        );
+        return Ok(());
+    }
+    if customers == 0 {
+        anyhow::bail!("--demo-customers must be at least 1");
+    }
+    eprintln!(
+        "generating a demo world of {customers} customers into {} (once; later starts reuse it)",
+        data_dir.display()
+    );
+    let config = kith_demo::DemoConfig::new(customers, 1);
+    let summary = super::demo::load(&config, data_dir, settings)?;
+    // A customer who bought something, to look at first.
+    let example = std::fs::read_to_string(data_dir.join("demo/truth/customers.csv"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .skip(1)
+                .map(|line| line.split(',').nth(1).unwrap_or_default().to_string())
+                .find(|user| !user.is_empty())
+        })
+        .unwrap_or_else(|| "u-0".into());
+    eprintln!(
+        "loaded {} events of {} customers ({} orders). Try, in another terminal:\n  \
+         kith sql --data-dir {dir} \"SELECT event, count(*) AS n FROM events GROUP BY event ORDER BY n DESC\"\n  \
+         kith profile show --data-dir {dir} user_id:{example}\n  \
+         kith profile duplicates --data-dir {dir}",
+        summary.events,
+        summary.customers,
+        summary.transactions,
+        dir = data_dir.display()
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {

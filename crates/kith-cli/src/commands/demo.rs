@@ -1,0 +1,149 @@
+//! `kith demo generate`: the demo world, written to files (`--out`) or loaded into a data
+//! directory through the real ingestion path (`--into`); `kith serve --demo` uses the same loader.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use kith_demo::{DemoConfig, WorldSummary, write_world};
+use kith_import::{ContactField, Format, TimeParser};
+use kith_profiles::ProfileSettings;
+
+use super::destination::Destination;
+use super::events_import::import_events;
+use super::import::{ContactsJob, progress_bar, run_contacts};
+use crate::config::FileConfig;
+
+#[derive(Subcommand)]
+pub enum DemoAction {
+    /// Generate a realistic customer world (a Mexican online shop over 18 months) with the truth
+    /// that generated it.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Customers (visitors; about three in four sign up).
+    #[arg(long, default_value_t = 5000)]
+    customers: u64,
+    /// The same seed always gives the same world.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the files here: events.jsonl, contacts.csv, transactions.csv, truth/.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "into",
+        required_unless_present = "into"
+    )]
+    out: Option<PathBuf>,
+    /// Load the world into this data directory (files and truth kept in DATA_DIR/demo/).
+    #[arg(long, value_name = "DATA_DIR")]
+    into: Option<PathBuf>,
+}
+
+pub fn run(action: DemoAction, file: FileConfig) -> anyhow::Result<ExitCode> {
+    let DemoAction::Generate(args) = action;
+    if args.customers == 0 {
+        bail!("--customers must be at least 1");
+    }
+    let config = DemoConfig::new(args.customers, args.seed);
+    if let Some(out) = &args.out {
+        let summary = generate(&config, out)?;
+        print_summary(&summary, out);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(data_dir) = &args.into else {
+        bail!("pass --out DIR or --into DATA_DIR");
+    };
+    let summary = load(&config, data_dir, file.profile_settings()?)?;
+    print_summary(&summary, &data_dir.join("demo"));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the world's files with a progress bar.
+pub fn generate(config: &DemoConfig, out: &Path) -> anyhow::Result<WorldSummary> {
+    let bar = ProgressBar::with_draw_target(
+        Some(config.customers),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    bar.set_style(
+        ProgressStyle::with_template(
+            "generating {bar:30} {pos}/{len} customers {per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let summary = write_world(config, out, |done| {
+        if done % 256 == 0 {
+            bar.set_position(done)
+        }
+    })?;
+    bar.finish_and_clear();
+    Ok(summary)
+}
+
+/// Generates the world into `DATA_DIR/demo/` and loads its events and CRM contacts into the data
+/// directory through the same path as any import (or into the server that holds it).
+pub fn load(
+    config: &DemoConfig,
+    data_dir: &Path,
+    settings: ProfileSettings,
+) -> anyhow::Result<WorldSummary> {
+    let files = data_dir.join("demo");
+    let summary = generate(config, &files)?;
+    let destination = Destination::open(data_dir, settings.clone())?;
+    let events_file = files.join("events.jsonl");
+    let total = std::fs::metadata(&events_file)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let bar = progress_bar(total);
+    let loaded = import_events(
+        &events_file,
+        "demo",
+        &destination,
+        &files.join("events.rejected.csv"),
+        |bytes| bar.set_position(bytes),
+    );
+    bar.finish_and_clear();
+    let loaded = loaded?;
+    if loaded.rejected > 0 {
+        bail!(
+            "{} demo events were rejected (see {}); this is a bug in the generator",
+            loaded.rejected,
+            files.join("events.rejected.csv").display()
+        );
+    }
+    let contacts = ContactsJob {
+        file: files.join("contacts.csv"),
+        format: Format::Csv,
+        delimiter: None,
+        assignments: vec![(
+            ContactField::External("customer_number".into()),
+            "Cliente".into(),
+        )],
+        ignore: Vec::new(),
+        only_mapped: false,
+        time: TimeParser::new(Some("%d/%m/%Y".into()), Some("America/Mexico_City"))?,
+        source: "crm".into(),
+        rejected: files.join("contacts.rejected.csv"),
+    };
+    run_contacts(&contacts, &settings, &destination, false)?;
+    destination.close()?;
+    Ok(summary)
+}
+
+fn print_summary(summary: &WorldSummary, files: &Path) {
+    println!(
+        "demo world: {} customers ({} signed up, {} bought), {} events, {} orders worth MXN {:.2}, {} CRM contacts",
+        summary.customers,
+        summary.signed_up,
+        summary.buyers,
+        summary.events,
+        summary.transactions,
+        summary.revenue_mxn,
+        summary.contacts
+    );
+    println!("files and the truth behind them: {}", files.display());
+}

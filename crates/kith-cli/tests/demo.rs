@@ -1,0 +1,246 @@
+//! The demo world end to end: `kith demo generate --into`, loaded through the real ingestion path,
+//! checked against the truth written beside it; `kith import events` on its files.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+
+fn sql(data: &Path, query: &str) -> Vec<Vec<String>> {
+    let (ok, stdout, stderr) = kith(&[
+        "sql",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--format",
+        "csv",
+        query,
+    ]);
+    assert!(ok, "{query}: {stderr}");
+    stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+fn truth(data: &Path) -> Vec<HashMap<String, String>> {
+    let text = std::fs::read_to_string(data.join("demo/truth/customers.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .cloned()
+                .zip(l.split(',').map(str::to_string))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn the_demo_world_loads_through_ingestion_and_kith_recovers_what_generated_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let (ok, stdout, stderr) = kith(&[
+        "demo",
+        "generate",
+        "--customers",
+        "800",
+        "--seed",
+        "3",
+        "--into",
+        data_arg,
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("demo world: 800 customers"), "{stdout}");
+    let parameters: Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join("demo/truth/parameters.json")).unwrap(),
+    )
+    .unwrap();
+    let events = parameters["summary"]["events"].as_u64().unwrap();
+    // The events, and one identify per CRM contact imported after them.
+    let contacts = parameters["summary"]["contacts"].as_u64().unwrap();
+    assert_eq!(
+        sql(
+            &data,
+            "SELECT source, count(*) FROM events GROUP BY source ORDER BY source"
+        ),
+        vec![
+            vec!["crm".to_string(), contacts.to_string()],
+            vec!["demo".to_string(), events.to_string()]
+        ]
+    );
+
+    // Every customer who signed up is one profile whose revenue is what they were generated to
+    // spend; CRM contacts with a shared email or phone joined them (customer number and all).
+    let revenue: HashMap<String, f64> = sql(
+        &data,
+        "SELECT i.id_value, p.total_revenue FROM profiles p \
+         JOIN profile_identities i ON i.profile_id = p.profile_id AND i.id_type = 'user_id'",
+    )
+    .into_iter()
+    .map(|r| (r[0].clone(), r[1].parse().unwrap()))
+    .collect();
+    let numbers: HashMap<String, String> = sql(
+        &data,
+        "SELECT u.id_value, c.id_value FROM profile_identities u \
+         JOIN profile_identities c ON c.profile_id = u.profile_id AND c.id_type = 'customer_number' \
+         WHERE u.id_type = 'user_id'",
+    )
+    .into_iter()
+    .map(|r| (r[0].clone(), r[1].clone()))
+    .collect();
+    let customers = truth(&data);
+    let signed: Vec<_> = customers
+        .iter()
+        .filter(|c| !c["user_id"].is_empty())
+        .collect();
+    assert!(signed.len() > 500, "{}", signed.len());
+    for customer in &signed {
+        let user = &customer["user_id"];
+        let expected: f64 = customer["revenue_mxn"].parse().unwrap();
+        let got = revenue.get(user).copied().unwrap_or(f64::NAN);
+        assert!((got - expected).abs() < 0.01, "{user}: {got} vs {expected}");
+        let joined = customer["in_crm"] == "true" && customer["crm_duplicate"] == "false";
+        assert_eq!(numbers.contains_key(user), joined, "{user}: {customer:?}");
+    }
+
+    // The CRM's other mailboxes are left apart, and found as likely duplicates.
+    let (ok, stdout, stderr) = kith(&[
+        "profile",
+        "duplicates",
+        "--data-dir",
+        data_arg,
+        "--json",
+        "--min-score",
+        "0.6",
+        "--limit",
+        "1000",
+    ]);
+    assert!(ok, "{stderr}");
+    let found: Value = serde_json::from_str(&stdout).unwrap();
+    let duplicates: Vec<&String> = signed
+        .iter()
+        .filter(|c| c["crm_duplicate"] == "true")
+        .map(|c| &c["user_id"])
+        .collect();
+    assert!(duplicates.len() >= 10, "{}", duplicates.len());
+    let mut true_pairs = 0;
+    let mut recalled = std::collections::HashSet::new();
+    for candidate in found["candidates"].as_array().unwrap() {
+        let users = |side: &str| -> Vec<String> {
+            candidate[side]["identifiers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|i| i.as_str()?.strip_prefix("user_id:").map(str::to_string))
+                .collect()
+        };
+        let (a, b) = (users("first"), users("second"));
+        let user = match (a.as_slice(), b.as_slice()) {
+            ([user], []) | ([], [user]) => user.clone(),
+            _ => continue,
+        };
+        if duplicates.contains(&&user) {
+            true_pairs += 1;
+            recalled.insert(user);
+        }
+    }
+    let recall = recalled.len() as f64 / duplicates.len() as f64;
+    let precision = true_pairs as f64 / found["total"].as_f64().unwrap();
+    assert!(recall >= 0.8, "recall {recall}: {found}");
+    assert!(precision >= 0.5, "precision {precision}");
+
+    // Importing the same events again stores nothing twice.
+    let rejected = dir.path().join("rejected.csv");
+    let (ok, stdout, stderr) = kith(&[
+        "import",
+        "events",
+        data.join("demo/events.jsonl").to_str().unwrap(),
+        "--data-dir",
+        data_arg,
+        "--source",
+        "demo",
+        "--json",
+        "--rejected",
+        rejected.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let again: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (again["stored"].as_u64(), again["already_imported"].as_u64()),
+        (Some(0), Some(events))
+    );
+    assert_eq!(
+        sql(&data, "SELECT count(*) FROM events"),
+        vec![vec![(events + contacts).to_string()]]
+    );
+}
+
+#[test]
+fn an_events_file_is_imported_once_and_its_bad_lines_are_kept_with_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("export.jsonl");
+    std::fs::write(
+        &file,
+        concat!(
+            "{\"type\": \"track\", \"event\": \"Order Completed\", \"userId\": \"u-1\", \"timestamp\": \"2025-01-02T10:00:00Z\", \"properties\": {\"revenue\": 10}}\n",
+            "{\"type\": \"track\", \"userId\": \"u-1\", \"timestamp\": \"2025-01-02T11:00:00Z\"}\n",
+            "not json\n",
+            "\n",
+            "{\"type\": \"page\", \"anonymousId\": \"a-1\", \"name\": \"Inicio\", \"timestamp\": \"2025-01-02T09:00:00Z\"}\n",
+        ),
+    )
+    .unwrap();
+    let rejected = dir.path().join("rejected.csv");
+    let import = || {
+        let (ok, stdout, stderr) = kith(&[
+            "import",
+            "events",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--json",
+            "--rejected",
+            rejected.to_str().unwrap(),
+        ]);
+        assert!(ok, "{stderr}");
+        serde_json::from_str::<Value>(&stdout).unwrap()
+    };
+    let first = import();
+    assert_eq!(
+        (&first["lines"], &first["stored"], &first["rejected"]),
+        (&Value::from(4), &Value::from(2), &Value::from(2)),
+        "{first}"
+    );
+    let reasons = std::fs::read_to_string(&rejected).unwrap();
+    assert!(
+        reasons.contains("3,,,the line is not a JSON object,row skipped"),
+        "{reasons}"
+    );
+    assert!(reasons.contains("2,event,,"), "{reasons}");
+    // No messageId in the file: ids come from the lines, so a second run stores nothing.
+    let second = import();
+    assert_eq!(
+        (&second["stored"], &second["already_imported"]),
+        (&Value::from(0), &Value::from(2))
+    );
+    assert_eq!(
+        sql(&data, "SELECT type, source FROM events ORDER BY timestamp"),
+        vec![
+            vec!["page".to_string(), "import".to_string()],
+            vec!["track".to_string(), "import".to_string()]
+        ]
+    );
+}
