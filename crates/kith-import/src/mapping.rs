@@ -82,6 +82,10 @@ pub enum MappingError {
         first: String,
         second: String,
     },
+    #[error(
+        "no column holds the {field}; map one with --map {field}=COLUMN (columns: {available})"
+    )]
+    Unmapped { field: String, available: String },
     #[error("cannot read the mapping file {path}: {reason}")]
     File { path: String, reason: String },
     #[error("the delimiter must be one character, got `{0}`")]

@@ -14,6 +14,9 @@ use crate::ImportError;
 pub enum Format {
     Csv,
     Jsonl,
+    /// Columns separated by runs of spaces or tabs (CDNOW's master log and other fixed-width
+    /// exports); the first non-empty line names the columns.
+    Whitespace,
 }
 
 impl Format {
@@ -21,14 +24,16 @@ impl Format {
         match self {
             Format::Csv => "CSV",
             Format::Jsonl => "JSONL",
+            Format::Whitespace => "whitespace-separated text",
         }
     }
 
     /// The format a flag names (`csv`, `jsonl`, `ndjson`).
     pub fn from_name(name: &str) -> Option<Format> {
         match name.to_ascii_lowercase().as_str() {
-            "csv" | "tsv" | "txt" => Some(Format::Csv),
+            "csv" | "tsv" => Some(Format::Csv),
             "jsonl" | "ndjson" | "json" => Some(Format::Jsonl),
+            "whitespace" | "txt" | "dat" => Some(Format::Whitespace),
             _ => None,
         }
     }
@@ -86,6 +91,11 @@ enum Inner {
     Jsonl {
         lines: BufReader<Counting<File>>,
         line: String,
+    },
+    Whitespace {
+        lines: BufReader<Counting<File>>,
+        line: String,
+        headers: Vec<String>,
     },
 }
 
@@ -152,6 +162,36 @@ impl RowReader {
                 lines: BufReader::new(counting),
                 line: String::new(),
             },
+            Format::Whitespace => {
+                let mut lines = BufReader::new(counting);
+                let mut line = String::new();
+                let headers = loop {
+                    line.clear();
+                    let read = lines
+                        .read_line(&mut line)
+                        .map_err(|source| ImportError::Read {
+                            path: shown.clone(),
+                            source,
+                        })?;
+                    if read == 0 {
+                        return Err(ImportError::Unreadable {
+                            path: shown,
+                            format: "whitespace-separated text",
+                            reason: "the file is empty; its first line must name the columns"
+                                .into(),
+                        });
+                    }
+                    let names: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+                    if !names.is_empty() {
+                        break names;
+                    }
+                };
+                Inner::Whitespace {
+                    lines,
+                    line,
+                    headers,
+                }
+            }
         };
         Ok(RowReader {
             path: path.display().to_string(),
@@ -165,7 +205,7 @@ impl RowReader {
     /// Column names (CSV only; JSONL rows name their own).
     pub fn headers(&self) -> Option<&[String]> {
         match &self.inner {
-            Inner::Csv { headers, .. } => Some(headers),
+            Inner::Csv { headers, .. } | Inner::Whitespace { headers, .. } => Some(headers),
             Inner::Jsonl { .. } => None,
         }
     }
@@ -230,6 +270,45 @@ impl RowReader {
                     values,
                 })))
             }
+            Inner::Whitespace {
+                lines,
+                line,
+                headers,
+            } => loop {
+                line.clear();
+                let read = lines.read_line(line).map_err(|e| ImportError::Unreadable {
+                    path: self.path.clone(),
+                    format: "whitespace-separated text",
+                    reason: e.to_string(),
+                })?;
+                if read == 0 {
+                    return Ok(None);
+                }
+                self.number += 1;
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                if fields.is_empty() {
+                    continue;
+                }
+                if fields.len() != headers.len() {
+                    return Ok(Some(Err(BadRow {
+                        number: self.number,
+                        reason: format!(
+                            "the line has {} fields but the first line names {} columns",
+                            fields.len(),
+                            headers.len()
+                        ),
+                    })));
+                }
+                let values = headers
+                    .iter()
+                    .zip(fields)
+                    .map(|(name, value)| (name.clone(), Value::String(value.to_string())))
+                    .collect();
+                return Ok(Some(Ok(Row {
+                    number: self.number,
+                    values,
+                })));
+            },
             Inner::Jsonl { lines, line } => loop {
                 line.clear();
                 let read = lines.read_line(line).map_err(|e| ImportError::Unreadable {

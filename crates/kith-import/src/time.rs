@@ -1,8 +1,8 @@
 //! Reading times out of files, with the format and time zone stated rather than guessed wrong.
 //!
 //! Without a format, a value is read as RFC 3339 (`2024-03-01T10:00:00Z`, any offset), a date
-//! (`2024-03-01`), a date and time without zone (`2024-03-01 10:00[:00]`, also with `T`), or Unix
-//! seconds or milliseconds. A value without its own zone is in the import's time zone (UTC unless
+//! (`2024-03-01` or `20240301`), a date and time without zone (`2024-03-01 10:00[:00]`, also with
+//! `T`), or Unix seconds or milliseconds. A value without its own zone is in the import's time zone (UTC unless
 //! told). With a format (strftime, e.g. `%d/%m/%Y %H:%M`), only that format is accepted.
 
 use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Utc};
@@ -73,6 +73,14 @@ impl TimeParser {
             }
         }
         if let Ok(date) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+            return self.local(date.and_time(chrono::NaiveTime::MIN), value);
+        }
+        // Eight digits that read as a calendar date are one (`19970101`, as in CDNOW's log):
+        // as Unix seconds they would all fall in 1970–1973.
+        if value.len() == 8
+            && value.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(date) = NaiveDate::parse_from_str(value, "%Y%m%d")
+        {
             return self.local(date.and_time(chrono::NaiveTime::MIN), value);
         }
         if let Ok(number) = value.parse::<i64>() {
@@ -151,6 +159,10 @@ mod tests {
         assert_eq!(
             default.parse("1709287200000").unwrap(),
             utc("2024-03-01T10:00:00Z")
+        );
+        assert_eq!(
+            default.parse("19970101").unwrap(),
+            utc("1997-01-01T00:00:00Z")
         );
         assert!(matches!(
             default.parse("01/03/2024"),

@@ -232,40 +232,14 @@ async fn flush_loop(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<b
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let mut flushed = false;
-        app.pipeline.lake.seal();
-        for table in app.pipeline.lake.tables() {
-            let (rows, oldest) = table.pending();
-            let due = rows >= app.config.flush_rows
-                || oldest.is_some_and(|t| t.elapsed() >= app.config.flush_interval);
-            if !due {
-                continue;
-            }
-            match table.flush().await {
-                Ok(_) => flushed = true,
-                Err(e) => {
-                    metrics::counter!("kith_lake_flush_errors_total").increment(1);
-                    tracing::error!(table = table.name, error = %e, "flush failed; will retry");
-                }
-            }
-        }
+        let flushed = app
+            .pipeline
+            .flush_due(app.config.flush_rows, app.config.flush_interval)
+            .await;
         if !flushed {
             continue;
         }
         flushes += 1;
-        // A segment may go once both the event tables and profiles.db hold its records.
-        let through = app
-            .pipeline
-            .lake
-            .durable_through()
-            .min(app.pipeline.profiles.persisted_seq());
-        match app.pipeline.journal.retire_through(through).await {
-            Ok(Ok(retired)) if retired > 0 => {
-                tracing::debug!(retired, through, "journal segments retired")
-            }
-            Ok(Err(e)) => tracing::error!(error = %e, "journal retirement failed"),
-            _ => {}
-        }
         // Compact the many files frequent flushes leave behind.
         if flushes.is_multiple_of(50) {
             for table in app.pipeline.lake.tables() {

@@ -239,6 +239,44 @@ impl Pipeline {
         }
     }
 
+    /// Writes the tables whose buffered rows are due (`flush_rows` of them, or the oldest waiting
+    /// `flush_interval`) to Delta, then retires the journal segments both the tables and
+    /// `profiles.db` hold. Returns whether anything was written.
+    pub async fn flush_due(&self, flush_rows: usize, flush_interval: Duration) -> bool {
+        let mut flushed = false;
+        self.lake.seal();
+        for table in self.lake.tables() {
+            let (rows, oldest) = table.pending();
+            let due = rows >= flush_rows || oldest.is_some_and(|t| t.elapsed() >= flush_interval);
+            if !due {
+                continue;
+            }
+            match table.flush().await {
+                Ok(_) => flushed = true,
+                Err(e) => {
+                    metrics::counter!("kith_lake_flush_errors_total").increment(1);
+                    tracing::error!(table = table.name, error = %e, "flush failed; will retry");
+                }
+            }
+        }
+        if !flushed {
+            return false;
+        }
+        // A segment may go once both the event tables and profiles.db hold its records.
+        let through = self
+            .lake
+            .durable_through()
+            .min(self.profiles.persisted_seq());
+        match self.journal.retire_through(through).await {
+            Ok(Ok(retired)) if retired > 0 => {
+                tracing::debug!(retired, through, "journal segments retired")
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "journal retirement failed"),
+            _ => {}
+        }
+        true
+    }
+
     /// Writes every buffered row to Delta, `profiles.db` up to date, and retires the journal
     /// segments both now hold. Call before dropping an offline pipeline.
     pub async fn close(self) -> Result<(), ServerError> {

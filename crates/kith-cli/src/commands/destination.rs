@@ -15,6 +15,9 @@ use kith_server::{Pipeline, ServerError};
 use serde_json::Value;
 use tokio::runtime::Runtime;
 
+/// Rows an offline import buffers before writing them to Delta (the server's default).
+const OFFLINE_FLUSH_ROWS: usize = 200_000;
+
 pub enum Destination {
     /// This process owns the data directory.
     Offline {
@@ -72,6 +75,13 @@ impl Destination {
                 let written = pipeline.write(events, Some(&tally)).await?;
                 if let Some(seq) = written.last_seq() {
                     pipeline.wait_for_profiles(seq).await;
+                }
+                // No server runs the flusher here: write to Delta as it would, so a large
+                // import holds a bounded number of rows in memory.
+                if pipeline.lake.unflushed_rows() >= OFFLINE_FLUSH_ROWS {
+                    pipeline
+                        .flush_due(OFFLINE_FLUSH_ROWS, Duration::from_secs(2))
+                        .await;
                 }
                 Ok(ImportResult {
                     stored: written.stored(),

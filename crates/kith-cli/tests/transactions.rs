@@ -1,0 +1,131 @@
+//! A transaction log in one command: CDNOW's master file, as published (whitespace-separated,
+//! CRLF, `YYYYMMDD` dates), into `Order Completed` events and profiles.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use serde_json::Value;
+
+fn cdnow() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../kith-clv/tests/fixtures/CDNOW_master.txt")
+}
+
+#[test]
+fn cdnow_imports_in_one_command_exactly_once_with_every_dollar_accounted_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let rejected = dir.path().join("rejected.csv");
+    let import = |extra: &[&str]| {
+        let file = cdnow();
+        let mut args = vec![
+            "import",
+            "transactions",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data_arg,
+            "--rejected",
+            rejected.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend(extra);
+        let (ok, stdout, stderr) = kith(&args);
+        (
+            ok,
+            serde_json::from_str::<Value>(&stdout).unwrap_or(Value::Null),
+            stderr,
+        )
+    };
+    let (ok, summary, stderr) = import(&["--currency", "USD"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains(
+            "customer_id → customer, date → date, number_of_cds → quantity, dollar_value → amount"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        (
+            &summary["rows"],
+            &summary["stored"],
+            &summary["customers_created"],
+            &summary["rejected_rows"]
+        ),
+        (
+            &Value::from(69_659),
+            &Value::from(69_659),
+            &Value::from(23_570),
+            &Value::from(0)
+        ),
+        "{summary}"
+    );
+    // Totals computed independently from the file: 69,659 purchases by 23,570 customers,
+    // $2,500,315.63, from 1997-01-01 to 1998-06-30.
+    let (ok, totals, stderr) = kith(&[
+        "sql",
+        "--data-dir",
+        data_arg,
+        "--format",
+        "csv",
+        "SELECT count(*) AS n, count(DISTINCT user_id) AS customers, round(sum(revenue), 2) AS revenue, \
+         min(timestamp) AS first, max(timestamp) AS last, min(currency) AS currency FROM events \
+         WHERE event = 'Order Completed'",
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        totals,
+        "n,customers,revenue,first,last,currency\n69659,23570,2500315.63,1997-01-01T00:00:00Z,1998-06-30T00:00:00Z,USD\n"
+    );
+    // Customer 00001 bought once, for $11.77; customer 00002 twice on 1997-01-12 ($12 and $77).
+    let (ok, stdout, _) = kith(&["profile", "show", "user_id:00002", "--data-dir", data_arg]);
+    assert!(ok);
+    let profile: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(profile["computed_traits"]["order_count"], 2);
+    assert_eq!(profile["computed_traits"]["total_revenue"], 89.0);
+
+    // The same file again stores nothing.
+    let (ok, again, stderr) = import(&["--currency", "USD"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        (&again["stored"], &again["already_imported"]),
+        (&Value::from(0), &Value::from(69_659))
+    );
+
+    // Mistakes are explained before anything is read.
+    let (ok, _, stderr) = import(&["--map", "amount=price"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("the column `price` (mapped to amount) is not in the file; its columns are: customer_id, date, number_of_cds, dollar_value"),
+        "{stderr}"
+    );
+    let odd = dir.path().join("odd.csv");
+    std::fs::write(
+        &odd,
+        "cliente,fecha,monto\nA,2025-01-05,100.5\nB,ayer,3\nC,2025-01-06,\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = kith(&[
+        "import",
+        "transactions",
+        odd.to_str().unwrap(),
+        "--data-dir",
+        data_arg,
+        "--rejected",
+        rejected.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (&summary["stored"], &summary["rejected_rows"]),
+        (&Value::from(1), &Value::from(2))
+    );
+    let reasons = std::fs::read_to_string(&rejected).unwrap();
+    assert!(reasons.contains("2,fecha,ayer,"), "{reasons}");
+    assert!(
+        reasons.contains("3,monto,,the amount is missing,row skipped"),
+        "{reasons}"
+    );
+}

@@ -1,0 +1,451 @@
+//! A transaction log (who bought, when, how much: CDNOW's `customer_id date quantity
+//! dollar_value`, a shop's order export) → `Order Completed` events, the input of CLV models.
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use kith_core::{Event, MessageType, TypedFields};
+use serde_json::{Map, Value, json};
+
+use crate::mapping::{MappingError, trait_name};
+use crate::reader::{BadRow, Row, json_kind};
+use crate::rejects::{Action, Problem};
+use crate::time::TimeParser;
+
+/// What a column of a transaction log holds.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TransactionField {
+    /// The buyer's id, stored as the event's `userId`.
+    Customer,
+    Date,
+    /// The order's value (`properties.revenue`).
+    Amount,
+    Quantity,
+    OrderId,
+    Currency,
+    /// Any other column, kept as a property under this name.
+    Property(String),
+    Ignore,
+}
+
+impl TransactionField {
+    pub fn parse(text: &str) -> Result<TransactionField, MappingError> {
+        Ok(match text.trim() {
+            "customer" | "customer_id" | "user_id" => TransactionField::Customer,
+            "date" | "timestamp" | "time" => TransactionField::Date,
+            "amount" | "revenue" | "value" => TransactionField::Amount,
+            "quantity" => TransactionField::Quantity,
+            "order_id" => TransactionField::OrderId,
+            "currency" => TransactionField::Currency,
+            other => match other
+                .strip_prefix("property:")
+                .filter(|n| !n.trim().is_empty())
+            {
+                Some(name) => TransactionField::Property(name.trim().to_string()),
+                None => return Err(MappingError::UnknownField(other.to_string())),
+            },
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            TransactionField::Customer => "customer".into(),
+            TransactionField::Date => "date".into(),
+            TransactionField::Amount => "amount".into(),
+            TransactionField::Quantity => "quantity".into(),
+            TransactionField::OrderId => "order_id".into(),
+            TransactionField::Currency => "currency".into(),
+            TransactionField::Property(name) => format!("property:{name}"),
+            TransactionField::Ignore => "ignored".into(),
+        }
+    }
+}
+
+const CUSTOMER_NAMES: &[&str] = &[
+    "customerid",
+    "customer",
+    "userid",
+    "cliente",
+    "idcliente",
+    "buyer",
+];
+const DATE_NAMES: &[&str] = &[
+    "date",
+    "fecha",
+    "orderdate",
+    "purchasedate",
+    "createdat",
+    "timestamp",
+    "datetime",
+];
+const AMOUNT_NAMES: &[&str] = &[
+    "amount",
+    "dollarvalue",
+    "revenue",
+    "total",
+    "value",
+    "monto",
+    "importe",
+    "price",
+];
+const QUANTITY_NAMES: &[&str] = &[
+    "quantity",
+    "qty",
+    "numberofcds",
+    "cantidad",
+    "items",
+    "units",
+];
+const ORDER_NAMES: &[&str] = &["orderid", "order", "pedido", "transactionid", "invoice"];
+const CURRENCY_NAMES: &[&str] = &["currency", "moneda"];
+
+fn squash(name: &str) -> String {
+    name.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+/// How each column of the log is read: explicit assignments, then the usual names.
+pub fn plan(
+    headers: &[String],
+    explicit: &[(TransactionField, String)],
+    only_mapped: bool,
+) -> Result<Vec<(String, TransactionField)>, MappingError> {
+    for (field, column) in explicit {
+        if !headers.iter().any(|h| h == column) {
+            return Err(MappingError::MissingColumn {
+                column: column.clone(),
+                field: field.describe(),
+                available: headers.join(", "),
+            });
+        }
+    }
+    let mut claimed: Vec<TransactionField> = explicit.iter().map(|(f, _)| f.clone()).collect();
+    let mut out = Vec::with_capacity(headers.len());
+    for column in headers {
+        if let Some((field, _)) = explicit.iter().find(|(_, c)| c == column) {
+            out.push((column.clone(), field.clone()));
+            continue;
+        }
+        let squashed = squash(column);
+        let detected = [
+            (CUSTOMER_NAMES, TransactionField::Customer),
+            (DATE_NAMES, TransactionField::Date),
+            (AMOUNT_NAMES, TransactionField::Amount),
+            (QUANTITY_NAMES, TransactionField::Quantity),
+            (ORDER_NAMES, TransactionField::OrderId),
+            (CURRENCY_NAMES, TransactionField::Currency),
+        ]
+        .into_iter()
+        .find(|(names, field)| names.contains(&squashed.as_str()) && !claimed.contains(field))
+        .map(|(_, field)| field);
+        let field = match detected {
+            Some(field) => {
+                claimed.push(field.clone());
+                field
+            }
+            None if only_mapped => TransactionField::Ignore,
+            None => TransactionField::Property(trait_name(column)),
+        };
+        out.push((column.clone(), field));
+    }
+    for (needed, flag) in [
+        (TransactionField::Customer, "customer"),
+        (TransactionField::Date, "date"),
+        (TransactionField::Amount, "amount"),
+    ] {
+        if !out.iter().any(|(_, f)| *f == needed) {
+            return Err(MappingError::Unmapped {
+                field: flag.to_string(),
+                available: headers.join(", "),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Turns rows of a transaction log into `Order Completed` events.
+pub struct TransactionImporter {
+    plan: Vec<(String, TransactionField)>,
+    time: TimeParser,
+    source: String,
+    event_name: String,
+    default_currency: Option<String>,
+    fingerprint: String,
+}
+
+/// What one row gave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransactionOutcome {
+    pub event: Option<Event>,
+    pub problem: Option<Problem>,
+}
+
+fn text_of(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.trim().to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn number_of(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s
+            .trim()
+            .replace(['$', ' '], "")
+            .replace(',', "")
+            .parse()
+            .ok(),
+        _ => None,
+    }
+    .filter(|n: &f64| n.is_finite())
+}
+
+impl TransactionImporter {
+    pub fn new(
+        plan: Vec<(String, TransactionField)>,
+        time: TimeParser,
+        source: String,
+        event_name: String,
+        default_currency: Option<String>,
+    ) -> TransactionImporter {
+        let described: BTreeMap<&String, String> =
+            plan.iter().map(|(c, f)| (c, f.describe())).collect();
+        let fingerprint = format!(
+            "{described:?} event={event_name} source={source} zone={} currency={default_currency:?}",
+            time.zone().name()
+        );
+        TransactionImporter {
+            plan,
+            time,
+            source,
+            event_name,
+            default_currency,
+            fingerprint,
+        }
+    }
+
+    pub fn plan(&self) -> &[(String, TransactionField)] {
+        &self.plan
+    }
+
+    pub fn unreadable(&self, bad: BadRow) -> Problem {
+        Problem {
+            row: bad.number,
+            column: None,
+            value: None,
+            reason: bad.reason,
+            action: Action::RowSkipped,
+        }
+    }
+
+    pub fn row(&self, row: &Row) -> TransactionOutcome {
+        let skip = |column: &str, value: Option<&Value>, reason: String| TransactionOutcome {
+            event: None,
+            problem: Some(Problem {
+                row: row.number,
+                column: Some(column.to_string()),
+                value: value.map(|v| text_of(v).unwrap_or_else(|| v.to_string())),
+                reason,
+                action: Action::RowSkipped,
+            }),
+        };
+        let mut customer = None;
+        let mut time = None;
+        let mut properties = Map::new();
+        for (column, field) in &self.plan {
+            let value = row.get(column);
+            match field {
+                TransactionField::Ignore => {}
+                TransactionField::Customer => {
+                    match value.and_then(text_of).filter(|t| !t.is_empty()) {
+                        Some(id) => customer = Some(id),
+                        None => return skip(column, value, "the customer is missing".into()),
+                    }
+                }
+                TransactionField::Date => {
+                    let Some(text) = value.and_then(text_of) else {
+                        return skip(column, value, "the date is missing".into());
+                    };
+                    match self.time.parse(&text) {
+                        Ok(t) => time = Some(t),
+                        Err(e) => return skip(column, value, e.to_string()),
+                    }
+                }
+                TransactionField::Amount => match value.and_then(number_of) {
+                    Some(amount) => {
+                        properties.insert("revenue".into(), json!(amount));
+                    }
+                    None => {
+                        let reason = match value {
+                            None => "the amount is missing".to_string(),
+                            Some(v) => format!("the amount must be a number, not {}", json_kind(v)),
+                        };
+                        return skip(column, value, reason);
+                    }
+                },
+                TransactionField::Quantity => {
+                    if let Some(quantity) = value.and_then(number_of) {
+                        properties.insert("quantity".into(), json!(quantity));
+                    }
+                }
+                TransactionField::OrderId => {
+                    if let Some(id) = value.and_then(text_of) {
+                        properties.insert("order_id".into(), Value::String(id));
+                    }
+                }
+                TransactionField::Currency => {
+                    if let Some(currency) = value.and_then(text_of) {
+                        properties.insert("currency".into(), Value::String(currency));
+                    }
+                }
+                TransactionField::Property(name) => {
+                    if let Some(value) = value {
+                        properties.insert(name.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        let (Some(customer), Some(time)) = (customer, time) else {
+            return skip("", None, "the row has no customer or no date".into());
+        };
+        if !properties.contains_key("currency")
+            && let Some(currency) = &self.default_currency
+        {
+            properties.insert("currency".into(), Value::String(currency.clone()));
+        }
+        // The row number is part of the id: a log may hold two identical purchases.
+        let mut identity = row.clone();
+        identity
+            .values
+            .push(("#row".into(), Value::from(row.number)));
+        let revenue = properties.get("revenue").and_then(Value::as_f64);
+        let currency = properties
+            .get("currency")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let order_id = properties
+            .get("order_id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let event = Event {
+            message_id: crate::message_id("transactions", &self.fingerprint, &identity),
+            kind: MessageType::Track,
+            event: Some(self.event_name.clone()),
+            user_id: Some(customer),
+            anonymous_id: None,
+            group_id: None,
+            previous_id: None,
+            source: self.source.clone(),
+            timestamp: time,
+            original_timestamp: Some(time),
+            sent_at: None,
+            received_at: Utc::now(),
+            properties: Some(Value::Object(properties).to_string()),
+            context: Some(
+                json!({"library": {"name": "kith-import", "version": env!("CARGO_PKG_VERSION")}})
+                    .to_string(),
+            ),
+            traits: None,
+            integrations: None,
+            extra: None,
+            typed: TypedFields {
+                revenue,
+                currency,
+                order_id,
+                library_name: Some("kith-import".into()),
+                ..TypedFields::default()
+            },
+        };
+        TransactionOutcome {
+            event: Some(event),
+            problem: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn cdnow_columns_are_recognised_without_a_mapping() {
+        let plan = plan(
+            &headers(&["customer_id", "date", "number_of_cds", "dollar_value"]),
+            &[],
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            plan.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>(),
+            vec![
+                TransactionField::Customer,
+                TransactionField::Date,
+                TransactionField::Quantity,
+                TransactionField::Amount
+            ]
+        );
+        let missing = super::plan(&headers(&["who", "when"]), &[], false).unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "no column holds the customer; map one with --map customer=COLUMN (columns: who, when)"
+        );
+    }
+
+    #[test]
+    fn a_row_becomes_an_order_and_a_bad_one_says_why() {
+        let plan = plan(
+            &headers(&["customer_id", "date", "number_of_cds", "dollar_value"]),
+            &[],
+            false,
+        )
+        .unwrap();
+        let importer = TransactionImporter::new(
+            plan,
+            TimeParser::default(),
+            "cdnow".into(),
+            "Order Completed".into(),
+            Some("USD".into()),
+        );
+        let row = |n: u64, values: [&str; 4]| Row {
+            number: n,
+            values: ["customer_id", "date", "number_of_cds", "dollar_value"]
+                .iter()
+                .zip(values)
+                .map(|(c, v)| (c.to_string(), Value::String(v.to_string())))
+                .collect(),
+        };
+        let good = importer
+            .row(&row(1, ["00001", "19970101", "1", "11.77"]))
+            .event
+            .unwrap();
+        assert_eq!(good.user_id.as_deref(), Some("00001"));
+        assert_eq!(good.timestamp.to_rfc3339(), "1997-01-01T00:00:00+00:00");
+        assert_eq!(good.typed.revenue, Some(11.77));
+        assert_eq!(
+            serde_json::from_str::<Value>(good.properties.as_deref().unwrap()).unwrap(),
+            json!({"revenue": 11.77, "quantity": 1.0, "currency": "USD"})
+        );
+        // The same purchase twice in the log is two purchases.
+        let twin = importer
+            .row(&row(2, ["00001", "19970101", "1", "11.77"]))
+            .event
+            .unwrap();
+        assert_ne!(twin.message_id, good.message_id);
+        let bad = importer.row(&row(3, ["00002", "1997-13-45", "1", "5"]));
+        assert_eq!(bad.event, None);
+        assert_eq!(bad.problem.unwrap().column.as_deref(), Some("date"));
+        let bad = importer.row(&row(4, ["00002", "19970101", "1", "n/a"]));
+        assert_eq!(
+            bad.problem.unwrap().reason,
+            "the amount must be a number, not a string"
+        );
+    }
+}
