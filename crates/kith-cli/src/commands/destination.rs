@@ -9,11 +9,23 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use kith_core::Event;
 use kith_profiles::{ChangeTally, ProfileSettings};
-use kith_server::imports::{ImportBatch, ImportResult};
+use kith_server::imports::ImportResult;
 use kith_server::local::LocalServer;
 use kith_server::{Pipeline, ServerError};
 use serde_json::Value;
 use tokio::runtime::Runtime;
+
+/// Most JSON bytes in one request to a server (its limit is 500 KB).
+const REQUEST_BYTES: usize = 400 * 1024;
+
+fn add_counts(total: &mut kith_profiles::ChangeCounts, more: kith_profiles::ChangeCounts) {
+    total.created += more.created;
+    total.updated += more.updated;
+    total.merged += more.merged;
+    total.conflict += more.conflict;
+    total.unchanged += more.unchanged;
+    total.unattributed += more.unattributed;
+}
 
 /// Rows an offline import buffers before writing them to Delta (the server's default).
 const OFFLINE_FLUSH_ROWS: usize = 200_000;
@@ -23,6 +35,10 @@ pub enum Destination {
     Offline {
         pipeline: Pipeline,
         runtime: Runtime,
+        /// What the writes so far changed in profiles, counted by the unify thread as it
+        /// applies them (writes do not wait for it; [`Destination::settle`] does).
+        tally: Arc<ChangeTally>,
+        last_seq: std::sync::atomic::AtomicU64,
     },
     /// A running server does.
     Server {
@@ -40,7 +56,12 @@ impl Destination {
             kith_journal::JournalOptions::default(),
         ));
         match opened {
-            Ok(pipeline) => Ok(Destination::Offline { pipeline, runtime }),
+            Ok(pipeline) => Ok(Destination::Offline {
+                pipeline,
+                runtime,
+                tally: Arc::default(),
+                last_seq: Default::default(),
+            }),
             Err(ServerError::DataDirLocked(dir)) => {
                 let Some(server) = kith_server::local::find(data_dir) else {
                     bail!(
@@ -67,14 +88,29 @@ impl Destination {
         }
     }
 
-    /// Writes events and reports what they changed in profiles.
+    /// Rows a batch should hold: in-process writes take larger batches (fewer fsyncs); a server
+    /// gets requests of a few hundred KB either way.
+    pub fn batch_rows(&self) -> usize {
+        match self {
+            Destination::Offline { .. } => 10_000,
+            Destination::Server { .. } => 1_000,
+        }
+    }
+
+    /// Writes events durably. What they changed in profiles is in the answer when a server
+    /// applied them; in-process it is counted in the background and [`Destination::settle`]
+    /// gives the total.
     pub fn write(&self, events: Vec<Event>) -> anyhow::Result<ImportResult> {
         match self {
-            Destination::Offline { pipeline, runtime } => runtime.block_on(async {
-                let tally = Arc::new(ChangeTally::default());
-                let written = pipeline.write(events, Some(&tally)).await?;
+            Destination::Offline {
+                pipeline,
+                runtime,
+                tally,
+                last_seq,
+            } => runtime.block_on(async {
+                let written = pipeline.write(events, Some(tally)).await?;
                 if let Some(seq) = written.last_seq() {
-                    pipeline.wait_for_profiles(seq).await;
+                    last_seq.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
                 }
                 // No server runs the flusher here: write to Delta as it would, so a large
                 // import holds a bounded number of rows in memory.
@@ -86,13 +122,39 @@ impl Destination {
                 Ok(ImportResult {
                     stored: written.stored(),
                     duplicates: written.duplicates(),
-                    changes: tally.counts(),
+                    changes: kith_profiles::ChangeCounts::default(),
                 })
             }),
             Destination::Server { .. } => {
-                let body = serde_json::to_vec(&ImportBatch { events })?;
-                let answer = self.post("/v1/imports", body)?;
-                Ok(serde_json::from_value(answer)?)
+                // Requests stay under the server's 500 KB limit whatever the events' size.
+                let mut total = ImportResult::default();
+                let mut chunk: Vec<Value> = Vec::new();
+                let mut bytes = 0;
+                let mut flush = |chunk: &mut Vec<Value>| -> anyhow::Result<()> {
+                    if chunk.is_empty() {
+                        return Ok(());
+                    }
+                    let body = serde_json::to_vec(&serde_json::json!({ "events": chunk }))?;
+                    chunk.clear();
+                    let answer: ImportResult =
+                        serde_json::from_value(self.post("/v1/imports", body)?)?;
+                    total.stored += answer.stored;
+                    total.duplicates += answer.duplicates;
+                    add_counts(&mut total.changes, answer.changes);
+                    Ok(())
+                };
+                for event in events {
+                    let value = serde_json::to_value(&event)?;
+                    let size = value.to_string().len();
+                    if bytes + size > REQUEST_BYTES {
+                        flush(&mut chunk)?;
+                        bytes = 0;
+                    }
+                    bytes += size;
+                    chunk.push(value);
+                }
+                flush(&mut chunk)?;
+                Ok(total)
             }
         }
     }
@@ -130,10 +192,29 @@ impl Destination {
         }
     }
 
+    /// Waits until every write is applied to profiles and returns what the writes changed that
+    /// [`Destination::write`] did not report (in-process writes; nothing for a server).
+    pub fn settle(&self) -> kith_profiles::ChangeCounts {
+        match self {
+            Destination::Offline {
+                pipeline,
+                runtime,
+                tally,
+                last_seq,
+            } => {
+                let through = last_seq.load(std::sync::atomic::Ordering::Relaxed);
+                runtime.block_on(pipeline.wait_for_profiles(through));
+                tally.counts()
+            }
+            Destination::Server { .. } => kith_profiles::ChangeCounts::default(),
+        }
+    }
+
     /// How many likely duplicates (score 0.5 or more) the profiles now hold.
     pub fn duplicate_count(&self) -> anyhow::Result<usize> {
         match self {
             Destination::Offline { pipeline, .. } => {
+                self.settle();
                 Ok(kith_profiles::find_duplicates(&pipeline.profiles.all_views(), 0.5).len())
             }
             Destination::Server { server, agent } => {
@@ -158,7 +239,9 @@ impl Destination {
     /// Writes everything buffered to disk (offline) before the command exits.
     pub fn close(self) -> anyhow::Result<()> {
         match self {
-            Destination::Offline { pipeline, runtime } => {
+            Destination::Offline {
+                pipeline, runtime, ..
+            } => {
                 runtime.block_on(pipeline.close())?;
                 Ok(())
             }

@@ -25,8 +25,6 @@ pub struct EventsSummary {
     pub rejected_file: Option<String>,
 }
 
-const BATCH_LINES: usize = 2000;
-
 /// Reads `path` and writes its events to `destination` under `source`; `progress` gets the
 /// bytes read so far.
 pub fn import_events(
@@ -44,7 +42,11 @@ pub fn import_events(
         file: path.display().to_string(),
         ..EventsSummary::default()
     };
-    let mut batch: Vec<(u64, Value)> = Vec::with_capacity(BATCH_LINES);
+    // Lines are validated as one Segment batch, which holds at most 2,500 events.
+    let batch_lines = destination
+        .batch_rows()
+        .min(kith_core::limits::MAX_BATCH_EVENTS);
+    let mut batch: Vec<(u64, Value)> = Vec::with_capacity(batch_lines);
     let (mut line, mut number, mut bytes) = (String::new(), 0u64, 0u64);
     loop {
         line.clear();
@@ -81,7 +83,7 @@ pub fn import_events(
                 }
             }
         }
-        if batch.len() >= BATCH_LINES || (read == 0 && !batch.is_empty()) {
+        if batch.len() >= batch_lines || (read == 0 && !batch.is_empty()) {
             send(&mut batch, source, destination, &mut rejects, &mut summary)?;
             progress(bytes);
         }

@@ -259,7 +259,7 @@ fn transactions(args: TransactionsArgs, file: FileConfig) -> anyhow::Result<Exit
         customers_created: 0,
         rejected_file: None,
     };
-    let mut batch: Vec<Event> = Vec::with_capacity(BATCH_ROWS);
+    let mut batch: Vec<Event> = Vec::with_capacity(destination.batch_rows());
     let send = |batch: &mut Vec<Event>, summary: &mut TransactionsSummary| -> anyhow::Result<()> {
         if batch.is_empty() {
             return Ok(());
@@ -286,7 +286,7 @@ fn transactions(args: TransactionsArgs, file: FileConfig) -> anyhow::Result<Exit
         if let Some(event) = outcome.event {
             batch.push(event);
         }
-        if batch.len() >= BATCH_ROWS {
+        if batch.len() >= destination.batch_rows() {
             send(&mut batch, &mut summary)?;
             progress.set_position(bytes_read.load(Ordering::Relaxed));
             progress.set_message(format!("{} rows", summary.rows));
@@ -295,6 +295,7 @@ fn transactions(args: TransactionsArgs, file: FileConfig) -> anyhow::Result<Exit
     send(&mut batch, &mut summary)?;
     progress.finish_and_clear();
     rejects.finish()?;
+    summary.customers_created += destination.settle().created;
     destination.close()?;
     summary.rejected_file = rejects
         .written()
@@ -365,11 +366,6 @@ fn events(args: EventsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
-
-/// Rows are sent in batches of at most this many, and at most this many bytes of JSON (the API's
-/// request limit is 500 KB).
-const BATCH_ROWS: usize = 1000;
-const BATCH_BYTES: usize = 400 * 1024;
 
 /// A contacts import, settled from flags, a mapping file or code (the demo loader).
 pub struct ContactsJob {
@@ -536,13 +532,11 @@ pub fn run_contacts(
     let mut already_imported = 0u64;
     let mut rows = 0u64;
     let mut batch: Vec<Event> = Vec::new();
-    let mut batch_bytes = 0usize;
-    let mut send = |batch: &mut Vec<Event>, batch_bytes: &mut usize| -> anyhow::Result<()> {
+    let mut send = |batch: &mut Vec<Event>| -> anyhow::Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
         let result = destination.write(std::mem::take(batch))?;
-        *batch_bytes = 0;
         already_imported += result.duplicates as u64;
         add(&mut totals, result.changes);
         Ok(())
@@ -560,18 +554,18 @@ pub fn run_contacts(
             rejects.record(problem)?;
         }
         if let Some(event) = outcome.event {
-            batch_bytes += approximate_size(&event);
             batch.push(event);
         }
-        if batch.len() >= BATCH_ROWS || batch_bytes >= BATCH_BYTES {
-            send(&mut batch, &mut batch_bytes)?;
+        if batch.len() >= destination.batch_rows() {
+            send(&mut batch)?;
             progress.set_position(bytes_read.load(Ordering::Relaxed));
             progress.set_message(format!("{rows} rows"));
         }
     }
-    send(&mut batch, &mut batch_bytes)?;
+    send(&mut batch)?;
     progress.finish_and_clear();
     rejects.finish()?;
+    add(&mut totals, destination.settle());
     let duplicate_candidates = destination.duplicate_count()?;
     let summary = ImportSummary {
         file: job.file.display().to_string(),
@@ -617,14 +611,6 @@ fn add(totals: &mut ChangeCounts, more: ChangeCounts) {
     totals.conflict += more.conflict;
     totals.unchanged += more.unchanged;
     totals.unattributed += more.unattributed;
-}
-
-/// Roughly the event's JSON size, to keep requests under the API's limit.
-fn approximate_size(event: &Event) -> usize {
-    256 + event.message_id.len()
-        + event.traits.as_ref().map_or(0, String::len)
-        + event.context.as_ref().map_or(0, String::len)
-        + event.source.len()
 }
 
 pub fn progress_bar(total_bytes: u64) -> ProgressBar {

@@ -136,7 +136,9 @@ fn merge(args: MergeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     let data_dir = existing_data_dir(&file, args.data_dir)?;
     let destination = Destination::open(&data_dir, file.profile_settings()?)?;
     let answer = match &destination {
-        Destination::Offline { pipeline, runtime } => {
+        Destination::Offline {
+            pipeline, runtime, ..
+        } => {
             let merged = runtime.block_on(merge_profiles(pipeline, &args.first, &args.second));
             match merged {
                 Ok(merged) => Ok(serde_json::json!({
