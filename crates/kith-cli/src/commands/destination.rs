@@ -27,6 +27,9 @@ fn add_counts(total: &mut kith_profiles::ChangeCounts, more: kith_profiles::Chan
     total.unattributed += more.unattributed;
 }
 
+/// Events an offline import may write ahead of identity resolution.
+const OFFLINE_MAX_BACKLOG: usize = 300_000;
+
 /// Rows an offline import buffers before writing them to Delta (the server's default).
 const OFFLINE_FLUSH_ROWS: usize = 200_000;
 
@@ -111,6 +114,10 @@ impl Destination {
                 let written = pipeline.write(events, Some(tally)).await?;
                 if let Some(seq) = written.last_seq() {
                     last_seq.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
+                }
+                // Reading runs ahead of identity resolution; a bounded lead keeps memory bounded.
+                while pipeline.unifier.backlog() > OFFLINE_MAX_BACKLOG {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 // No server runs the flusher here: write to Delta as it would, so a large
                 // import holds a bounded number of rows in memory.
