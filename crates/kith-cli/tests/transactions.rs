@@ -129,3 +129,86 @@ fn cdnow_imports_in_one_command_exactly_once_with_every_dollar_accounted_for() {
         "{reasons}"
     );
 }
+
+#[test]
+fn tickets_and_surveys_become_events_of_the_people_they_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let rejected = dir.path().join("rejected.csv");
+    // A customer known by email only, first from the helpdesk.
+    let tickets = dir.path().join("tickets.csv");
+    std::fs::write(
+        &tickets,
+        "Folio,Correo,Fecha,Asunto,Mensaje,Estado\n\
+         T-1,Ana@Example.com,2025-03-01 09:30,Cobro doble,\"Me cobraron dos veces, ¿me ayudan?\",abierto\n\
+         T-2,,2025-03-02,Sin cliente,Nadie,cerrado\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = kith(&[
+        "import",
+        "tickets",
+        tickets.to_str().unwrap(),
+        "--data-dir",
+        data_arg,
+        "--timezone",
+        "America/Mexico_City",
+        "--rejected",
+        rejected.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("Correo → email, Fecha → date, Asunto → property:asunto"),
+        "{stderr}"
+    );
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (&summary["stored"], &summary["rejected_rows"]),
+        (&Value::from(1), &Value::from(1))
+    );
+    let surveys = dir.path().join("nps.csv");
+    std::fs::write(
+        &surveys,
+        "email,fecha,calificacion,comentario\nana@example.com,2025-03-10,3,El soporte nunca respondió\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = kith(&[
+        "import",
+        "surveys",
+        surveys.to_str().unwrap(),
+        "--data-dir",
+        data_arg,
+        "--rejected",
+        rejected.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, rows, stderr) = kith(&[
+        "sql",
+        "--data-dir",
+        data_arg,
+        "--format",
+        "csv",
+        "SELECT event, source, timestamp, json_get_str(properties, 'asunto') AS subject, \
+         json_get_float(properties, 'score') AS score, json_get_str(properties, 'comment') AS comment \
+         FROM events ORDER BY timestamp",
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        rows,
+        "event,source,timestamp,subject,score,comment\n\
+         Ticket Created,tickets,2025-03-01T15:30:00Z,Cobro doble,,\n\
+         Survey Responded,surveys,2025-03-10T00:00:00Z,,3.0,El soporte nunca respondió\n"
+    );
+    // Both joined the one profile of ana@example.com.
+    let (ok, stdout, stderr) = kith(&[
+        "profile",
+        "show",
+        "email:ana@example.com",
+        "--data-dir",
+        data_arg,
+    ]);
+    assert!(ok, "{stderr}");
+    let profile: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(profile["computed_traits"]["event_count"], 2, "{profile}");
+}

@@ -21,7 +21,7 @@ pub use mapping::{ContactField, ContactMapping, MappingError, MappingFile};
 pub use reader::{Format, Row, RowReader};
 pub use rejects::{Problem, RejectWriter};
 pub use time::{TimeError, TimeParser};
-pub use transactions::{TransactionField, TransactionImporter};
+pub use transactions::{LogKind, TransactionField, TransactionImporter};
 
 /// Why a file cannot be imported at all (row-level problems never stop an import).
 #[derive(Debug, Error)]

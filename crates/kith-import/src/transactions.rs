@@ -1,5 +1,7 @@
-//! A transaction log (who bought, when, how much: CDNOW's `customer_id date quantity
-//! dollar_value`, a shop's order export) → `Order Completed` events, the input of CLV models.
+//! Logs of what customers did, one row per act, into track events: a transaction log (who
+//! bought, when, how much: CDNOW's `customer_id date quantity dollar_value`, a shop's order
+//! export) → `Order Completed`, the input of CLV models; a helpdesk export → `Ticket Created`; survey
+//! answers → `Survey Responded`. See [`LogKind`].
 
 use std::collections::BTreeMap;
 
@@ -17,6 +19,9 @@ use crate::time::TimeParser;
 pub enum TransactionField {
     /// The buyer's id, stored as the event's `userId`.
     Customer,
+    /// The customer's email (when the log has no id): `context.traits.email`, which identity
+    /// resolution reads like any identify's.
+    Email,
     Date,
     /// The order's value (`properties.revenue`).
     Amount,
@@ -32,6 +37,7 @@ impl TransactionField {
     pub fn parse(text: &str) -> Result<TransactionField, MappingError> {
         Ok(match text.trim() {
             "customer" | "customer_id" | "user_id" => TransactionField::Customer,
+            "email" => TransactionField::Email,
             "date" | "timestamp" | "time" => TransactionField::Date,
             "amount" | "revenue" | "value" => TransactionField::Amount,
             "quantity" => TransactionField::Quantity,
@@ -50,6 +56,7 @@ impl TransactionField {
     pub fn describe(&self) -> String {
         match self {
             TransactionField::Customer => "customer".into(),
+            TransactionField::Email => "email".into(),
             TransactionField::Date => "date".into(),
             TransactionField::Amount => "amount".into(),
             TransactionField::Quantity => "quantity".into(),
@@ -98,6 +105,60 @@ const QUANTITY_NAMES: &[&str] = &[
 ];
 const ORDER_NAMES: &[&str] = &["orderid", "order", "pedido", "transactionid", "invoice"];
 const CURRENCY_NAMES: &[&str] = &["currency", "moneda"];
+const EMAIL_NAMES: &[&str] = &[
+    "email",
+    "mail",
+    "correo",
+    "correoelectronico",
+    "customeremail",
+    "emailaddress",
+];
+const SCORE_NAMES: &[&str] = &[
+    "score",
+    "nps",
+    "rating",
+    "calificacion",
+    "puntuacion",
+    "puntaje",
+];
+const COMMENT_NAMES: &[&str] = &[
+    "comment",
+    "comments",
+    "comentario",
+    "comentarios",
+    "feedback",
+    "opinion",
+];
+
+/// What kind of log a file is: which event its rows become and which columns it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogKind {
+    /// Purchases: customer, date and amount required.
+    Transactions,
+    /// Support tickets: customer (or email) and date required; subject, body, status … kept.
+    Tickets,
+    /// Survey answers: customer (or email) and date required; the score (`score`, `nps`,
+    /// `calificacion` …) and comment (`comment`, `comentario` …) under those names.
+    Surveys,
+}
+
+impl LogKind {
+    pub fn event_name(self) -> &'static str {
+        match self {
+            LogKind::Transactions => "Order Completed",
+            LogKind::Tickets => "Ticket Created",
+            LogKind::Surveys => "Survey Responded",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LogKind::Transactions => "transactions",
+            LogKind::Tickets => "tickets",
+            LogKind::Surveys => "surveys",
+        }
+    }
+}
 
 fn squash(name: &str) -> String {
     name.chars()
@@ -108,6 +169,7 @@ fn squash(name: &str) -> String {
 
 /// How each column of the log is read: explicit assignments, then the usual names.
 pub fn plan(
+    kind: LogKind,
     headers: &[String],
     explicit: &[(TransactionField, String)],
     only_mapped: bool,
@@ -129,17 +191,28 @@ pub fn plan(
             continue;
         }
         let squashed = squash(column);
-        let detected = [
+        let mut known = vec![
             (CUSTOMER_NAMES, TransactionField::Customer),
+            (EMAIL_NAMES, TransactionField::Email),
             (DATE_NAMES, TransactionField::Date),
-            (AMOUNT_NAMES, TransactionField::Amount),
-            (QUANTITY_NAMES, TransactionField::Quantity),
-            (ORDER_NAMES, TransactionField::OrderId),
-            (CURRENCY_NAMES, TransactionField::Currency),
-        ]
-        .into_iter()
-        .find(|(names, field)| names.contains(&squashed.as_str()) && !claimed.contains(field))
-        .map(|(_, field)| field);
+        ];
+        match kind {
+            LogKind::Transactions => known.extend([
+                (AMOUNT_NAMES, TransactionField::Amount),
+                (QUANTITY_NAMES, TransactionField::Quantity),
+                (ORDER_NAMES, TransactionField::OrderId),
+                (CURRENCY_NAMES, TransactionField::Currency),
+            ]),
+            LogKind::Surveys => known.extend([
+                (SCORE_NAMES, TransactionField::Property("score".into())),
+                (COMMENT_NAMES, TransactionField::Property("comment".into())),
+            ]),
+            LogKind::Tickets => {}
+        }
+        let detected = known
+            .into_iter()
+            .find(|(names, field)| names.contains(&squashed.as_str()) && !claimed.contains(field))
+            .map(|(_, field)| field);
         let field = match detected {
             Some(field) => {
                 claimed.push(field.clone());
@@ -150,12 +223,21 @@ pub fn plan(
         };
         out.push((column.clone(), field));
     }
-    for (needed, flag) in [
-        (TransactionField::Customer, "customer"),
-        (TransactionField::Date, "date"),
-        (TransactionField::Amount, "amount"),
-    ] {
-        if !out.iter().any(|(_, f)| *f == needed) {
+    let has = |field: &TransactionField| out.iter().any(|(_, f)| f == field);
+    if !has(&TransactionField::Customer)
+        && !(kind != LogKind::Transactions && has(&TransactionField::Email))
+    {
+        return Err(MappingError::Unmapped {
+            field: "customer".to_string(),
+            available: headers.join(", "),
+        });
+    }
+    let mut needed = vec![(TransactionField::Date, "date")];
+    if kind == LogKind::Transactions {
+        needed.push((TransactionField::Amount, "amount"));
+    }
+    for (needed, flag) in needed {
+        if !has(&needed) {
             return Err(MappingError::Unmapped {
                 field: flag.to_string(),
                 available: headers.join(", "),
@@ -167,6 +249,7 @@ pub fn plan(
 
 /// Turns rows of a transaction log into `Order Completed` events.
 pub struct TransactionImporter {
+    kind_name: String,
     plan: Vec<(String, TransactionField)>,
     time: TimeParser,
     source: String,
@@ -206,6 +289,7 @@ fn number_of(value: &Value) -> Option<f64> {
 
 impl TransactionImporter {
     pub fn new(
+        kind: LogKind,
         plan: Vec<(String, TransactionField)>,
         time: TimeParser,
         source: String,
@@ -219,6 +303,7 @@ impl TransactionImporter {
             time.zone().name()
         );
         TransactionImporter {
+            kind_name: kind.name().to_string(),
             plan,
             time,
             source,
@@ -254,6 +339,7 @@ impl TransactionImporter {
             }),
         };
         let mut customer = None;
+        let mut email = None;
         let mut time = None;
         let mut properties = Map::new();
         for (column, field) in &self.plan {
@@ -265,6 +351,9 @@ impl TransactionImporter {
                         Some(id) => customer = Some(id),
                         None => return skip(column, value, "the customer is missing".into()),
                     }
+                }
+                TransactionField::Email => {
+                    email = value.and_then(text_of).filter(|t| !t.is_empty());
                 }
                 TransactionField::Date => {
                     let Some(text) = value.and_then(text_of) else {
@@ -304,14 +393,31 @@ impl TransactionImporter {
                 }
                 TransactionField::Property(name) => {
                     if let Some(value) = value {
-                        properties.insert(name.clone(), value.clone());
+                        // A survey score written as text (CSV) is kept as the number it is.
+                        let value = match value {
+                            Value::String(text) if name == "score" => text
+                                .trim()
+                                .parse::<f64>()
+                                .ok()
+                                .filter(|n| n.is_finite())
+                                .map_or_else(|| value.clone(), |n| json!(n)),
+                            other => other.clone(),
+                        };
+                        properties.insert(name.clone(), value);
                     }
                 }
             }
         }
-        let (Some(customer), Some(time)) = (customer, time) else {
-            return skip("", None, "the row has no customer or no date".into());
+        let Some(time) = time else {
+            return skip("", None, "the row has no date".into());
         };
+        if customer.is_none() && email.is_none() {
+            return skip(
+                "",
+                None,
+                "the row names no customer (no id and no email)".into(),
+            );
+        }
         if !properties.contains_key("currency")
             && let Some(currency) = &self.default_currency
         {
@@ -332,10 +438,10 @@ impl TransactionImporter {
             .and_then(Value::as_str)
             .map(str::to_string);
         let event = Event {
-            message_id: crate::message_id("transactions", &self.fingerprint, &identity),
+            message_id: crate::message_id(&self.kind_name, &self.fingerprint, &identity),
             kind: MessageType::Track,
             event: Some(self.event_name.clone()),
-            user_id: Some(customer),
+            user_id: customer,
             anonymous_id: None,
             group_id: None,
             previous_id: None,
@@ -345,10 +451,13 @@ impl TransactionImporter {
             sent_at: None,
             received_at: Utc::now(),
             properties: Some(Value::Object(properties).to_string()),
-            context: Some(
-                json!({"library": {"name": "kith-import", "version": env!("CARGO_PKG_VERSION")}})
-                    .to_string(),
-            ),
+            context: Some({
+                let mut context = json!({"library": {"name": "kith-import", "version": env!("CARGO_PKG_VERSION")}});
+                if let Some(email) = &email {
+                    context["traits"] = json!({ "email": email });
+                }
+                context.to_string()
+            }),
             traits: None,
             integrations: None,
             extra: None,
@@ -356,6 +465,7 @@ impl TransactionImporter {
                 revenue,
                 currency,
                 order_id,
+                email: email.clone(),
                 library_name: Some("kith-import".into()),
                 ..TypedFields::default()
             },
@@ -378,6 +488,7 @@ mod tests {
     #[test]
     fn cdnow_columns_are_recognised_without_a_mapping() {
         let plan = plan(
+            LogKind::Transactions,
             &headers(&["customer_id", "date", "number_of_cds", "dollar_value"]),
             &[],
             false,
@@ -392,7 +503,13 @@ mod tests {
                 TransactionField::Amount
             ]
         );
-        let missing = super::plan(&headers(&["who", "when"]), &[], false).unwrap_err();
+        let missing = super::plan(
+            LogKind::Transactions,
+            &headers(&["who", "when"]),
+            &[],
+            false,
+        )
+        .unwrap_err();
         assert_eq!(
             missing.to_string(),
             "no column holds the customer; map one with --map customer=COLUMN (columns: who, when)"
@@ -402,12 +519,14 @@ mod tests {
     #[test]
     fn a_row_becomes_an_order_and_a_bad_one_says_why() {
         let plan = plan(
+            LogKind::Transactions,
             &headers(&["customer_id", "date", "number_of_cds", "dollar_value"]),
             &[],
             false,
         )
         .unwrap();
         let importer = TransactionImporter::new(
+            LogKind::Transactions,
             plan,
             TimeParser::default(),
             "cdnow".into(),

@@ -11,8 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kith_core::Event;
 use kith_import::mapping::parse_assignment;
 use kith_import::{
-    ContactField, ContactImporter, ContactMapping, Format, MappingFile, Problem, RejectWriter,
-    RowReader, TimeParser, TransactionField, TransactionImporter,
+    ContactField, ContactImporter, ContactMapping, Format, LogKind, MappingFile, Problem,
+    RejectWriter, RowReader, TimeParser, TransactionField, TransactionImporter,
 };
 use kith_profiles::{ChangeCounts, ProfileSettings};
 use serde::Serialize;
@@ -34,6 +34,12 @@ pub enum ImportKind {
     /// `Order Completed` events: the input of CLV models. Columns named customer_id, date,
     /// amount/dollar_value/revenue, quantity, order_id are recognised.
     Transactions(TransactionsArgs),
+    /// A helpdesk export as `Ticket Created` events: customer id or email and date required;
+    /// every other column (subject, body, status…) kept as a property.
+    Tickets(TransactionsArgs),
+    /// Survey answers as `Survey Responded` events: customer id or email and date required;
+    /// `score`/`nps`/`calificacion` and `comment`/`comentario` recognised.
+    Surveys(TransactionsArgs),
 }
 
 #[derive(Args)]
@@ -42,7 +48,7 @@ pub struct TransactionsArgs {
     data_dir: DataDirArg,
     /// CSV, JSONL, or whitespace-separated text (`.txt`) whose first line names the columns.
     file: PathBuf,
-    /// What a column holds: FIELD=COLUMN, FIELD one of customer, date, amount, quantity,
+    /// What a column holds: FIELD=COLUMN, FIELD one of customer, email, date, amount, quantity,
     /// order_id, currency, property:NAME. Repeat for each.
     #[arg(long = "map", value_name = "FIELD=COLUMN")]
     map: Vec<String>,
@@ -65,10 +71,10 @@ pub struct TransactionsArgs {
     /// Currency of amounts when the file has no currency column, e.g. MXN
     #[arg(long)]
     currency: Option<String>,
-    /// The event each row becomes [default: Order Completed]
+    /// The event each row becomes [default: Order Completed, Ticket Created or Survey Responded]
     #[arg(long)]
     event: Option<String>,
-    /// The source the events are recorded under [default: transactions]
+    /// The source the events are recorded under [default: transactions, tickets or surveys]
     #[arg(long)]
     source: Option<String>,
     /// Where rejected rows go [default: FILE_NAME.rejected.csv in the current directory]
@@ -179,11 +185,18 @@ pub fn run(kind: ImportKind, file: FileConfig) -> anyhow::Result<ExitCode> {
     match kind {
         ImportKind::Contacts(args) => contacts(args, file),
         ImportKind::Events(args) => events(args, file),
-        ImportKind::Transactions(args) => transactions(args, file),
+        ImportKind::Transactions(args) => activity_log(LogKind::Transactions, args, file),
+        ImportKind::Tickets(args) => activity_log(LogKind::Tickets, args, file),
+        ImportKind::Surveys(args) => activity_log(LogKind::Surveys, args, file),
     }
 }
 
-fn transactions(args: TransactionsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
+/// Transactions, tickets or survey answers: one track event a row.
+fn activity_log(
+    kind: LogKind,
+    args: TransactionsArgs,
+    file: FileConfig,
+) -> anyhow::Result<ExitCode> {
     let format = match &args.format {
         Some(name) => Format::from_name(name).with_context(|| {
             format!("`{name}` is not a format kith imports; use csv, jsonl or whitespace")
@@ -200,7 +213,7 @@ fn transactions(args: TransactionsArgs, file: FileConfig) -> anyhow::Result<Exit
         .as_deref()
         .map(MappingFile::delimiter_byte)
         .transpose()?;
-    let source = args.source.clone().unwrap_or_else(|| "transactions".into());
+    let source = args.source.clone().unwrap_or_else(|| kind.name().into());
     if source.eq_ignore_ascii_case(kith_profiles::KITH_SOURCE) {
         bail!(
             "the source name `{source}` is reserved for events Kith writes itself; pass another --source"
@@ -219,21 +232,25 @@ fn transactions(args: TransactionsArgs, file: FileConfig) -> anyhow::Result<Exit
         .collect::<Result<Vec<_>, kith_import::MappingError>>()?;
     let mut reader = RowReader::open(&args.file, format, delimiter)?;
     let Some(headers) = reader.headers().map(<[String]>::to_vec) else {
-        bail!("a JSONL transaction log is not supported yet; convert it to CSV");
+        bail!(
+            "a JSONL {} file is not supported yet; convert it to CSV",
+            kind.name()
+        );
     };
-    let plan = kith_import::transactions::plan(&headers, &explicit, args.only_mapped)?;
+    let plan = kith_import::transactions::plan(kind, &headers, &explicit, args.only_mapped)?;
     let described: Vec<String> = plan
         .iter()
         .map(|(column, field)| format!("{column} → {}", field.describe()))
         .collect();
     eprintln!("columns: {}", described.join(", "));
     let importer = TransactionImporter::new(
+        kind,
         plan,
         TimeParser::new(args.time_format.clone(), args.timezone.as_deref())?,
         source,
         args.event
             .clone()
-            .unwrap_or_else(|| "Order Completed".into()),
+            .unwrap_or_else(|| kind.event_name().into()),
         args.currency.clone(),
     );
     let rejected_path = args
@@ -304,7 +321,7 @@ fn transactions(args: TransactionsArgs, file: FileConfig) -> anyhow::Result<Exit
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         println!(
-            "{} rows read from {}: {} orders stored ({} new customers), {} already imported, {} rejected",
+            "{} rows read from {}: {} events stored ({} new customers), {} already imported, {} rejected",
             summary.rows,
             summary.file,
             summary.stored,
