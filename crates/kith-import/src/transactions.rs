@@ -224,9 +224,10 @@ pub fn plan(
         out.push((column.clone(), field));
     }
     let has = |field: &TransactionField| out.iter().any(|(_, f)| f == field);
-    if !has(&TransactionField::Customer)
-        && !(kind != LogKind::Transactions && has(&TransactionField::Email))
-    {
+    // Transactions need the buyer's id; tickets and surveys may name people by email.
+    let identified = has(&TransactionField::Customer)
+        || (kind != LogKind::Transactions && has(&TransactionField::Email));
+    if !identified {
         return Err(MappingError::Unmapped {
             field: "customer".to_string(),
             available: headers.join(", "),
