@@ -352,9 +352,11 @@ pub fn simulate(config: &DemoConfig, products: &[Product], customer: u64) -> Sim
     let dropout_p = Beta::new(params.a, params.b)
         .expect("valid beta")
         .sample(&mut rng);
+    // Clamped away from zero so the spend distribution below always exists.
     let nu = Gamma::new(params.spend_q, 1.0 / params.spend_gamma)
         .expect("valid gamma")
-        .sample(&mut rng);
+        .sample(&mut rng)
+        .max(1e-9);
     let spend = Gamma::new(params.spend_p, 1.0 / nu).expect("valid gamma");
 
     let anonymous = format!("anon-{:016x}", rng.random::<u64>());
