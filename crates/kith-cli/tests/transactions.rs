@@ -200,7 +200,37 @@ fn tickets_and_surveys_become_events_of_the_people_they_name() {
          Ticket Created,tickets,2025-03-01T15:30:00Z,Cobro doble,,\n\
          Survey Responded,surveys,2025-03-10T00:00:00Z,,3.0,El soporte nunca respondió\n"
     );
-    // Both joined the one profile of ana@example.com.
+    // JSON Lines name their own keys on each line.
+    let orders = dir.path().join("orders.jsonl");
+    std::fs::write(
+        &orders,
+        "{\"email\": \"ana@example.com\", \"customer_id\": \"A-1\", \"date\": \"2025-03-20\", \"total\": 450.5}\n\
+         {\"customer_id\": \"A-2\", \"date\": \"2025-03-21\"}\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = kith(&[
+        "import",
+        "transactions",
+        orders.to_str().unwrap(),
+        "--data-dir",
+        data_arg,
+        "--rejected",
+        rejected.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (&summary["stored"], &summary["rejected_rows"]),
+        (&Value::from(1), &Value::from(1))
+    );
+    assert!(
+        std::fs::read_to_string(&rejected)
+            .unwrap()
+            .contains("no column holds the amount"),
+    );
+
+    // The ticket, the survey and the order all joined the one profile of ana@example.com.
     let (ok, stdout, stderr) = kith(&[
         "profile",
         "show",
@@ -210,5 +240,9 @@ fn tickets_and_surveys_become_events_of_the_people_they_name() {
     ]);
     assert!(ok, "{stderr}");
     let profile: Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(profile["computed_traits"]["event_count"], 2, "{profile}");
+    assert_eq!(profile["computed_traits"]["event_count"], 3, "{profile}");
+    assert_eq!(
+        profile["computed_traits"]["total_revenue"], 450.5,
+        "{profile}"
+    );
 }

@@ -248,10 +248,21 @@ pub fn plan(
     Ok(out)
 }
 
-/// Turns rows of a transaction log into `Order Completed` events.
+/// How a file's columns are read: fixed by its header line, or worked out for each row of a
+/// JSONL file from the keys that row has.
+#[derive(Debug, Clone)]
+pub enum Columns {
+    Fixed(Vec<(String, TransactionField)>),
+    PerRow {
+        explicit: Vec<(TransactionField, String)>,
+        only_mapped: bool,
+    },
+}
+
+/// Turns rows of a log into track events (`Order Completed`, `Ticket Created`, …).
 pub struct TransactionImporter {
-    kind_name: String,
-    plan: Vec<(String, TransactionField)>,
+    kind: LogKind,
+    columns: Columns,
     time: TimeParser,
     source: String,
     event_name: String,
@@ -291,31 +302,39 @@ fn number_of(value: &Value) -> Option<f64> {
 impl TransactionImporter {
     pub fn new(
         kind: LogKind,
-        plan: Vec<(String, TransactionField)>,
+        columns: Columns,
         time: TimeParser,
         source: String,
         event_name: String,
         default_currency: Option<String>,
     ) -> TransactionImporter {
-        let described: BTreeMap<&String, String> =
-            plan.iter().map(|(c, f)| (c, f.describe())).collect();
+        let described: BTreeMap<String, String> = match &columns {
+            Columns::Fixed(plan) => plan
+                .iter()
+                .map(|(c, f)| (c.clone(), f.describe()))
+                .collect(),
+            Columns::PerRow {
+                explicit,
+                only_mapped,
+            } => explicit
+                .iter()
+                .map(|(f, c)| (c.clone(), f.describe()))
+                .chain([("#only_mapped".to_string(), only_mapped.to_string())])
+                .collect(),
+        };
         let fingerprint = format!(
             "{described:?} event={event_name} source={source} zone={} currency={default_currency:?}",
             time.zone().name()
         );
         TransactionImporter {
-            kind_name: kind.name().to_string(),
-            plan,
+            kind,
+            columns,
             time,
             source,
             event_name,
             default_currency,
             fingerprint,
         }
-    }
-
-    pub fn plan(&self) -> &[(String, TransactionField)] {
-        &self.plan
     }
 
     pub fn unreadable(&self, bad: BadRow) -> Problem {
@@ -339,11 +358,26 @@ impl TransactionImporter {
                 action: Action::RowSkipped,
             }),
         };
+        let per_row;
+        let plan = match &self.columns {
+            Columns::Fixed(plan) => plan,
+            Columns::PerRow {
+                explicit,
+                only_mapped,
+            } => {
+                let keys: Vec<String> = row.values.iter().map(|(k, _)| k.clone()).collect();
+                per_row = match plan(self.kind, &keys, explicit, *only_mapped) {
+                    Ok(plan) => plan,
+                    Err(e) => return skip("", None, e.to_string()),
+                };
+                &per_row
+            }
+        };
         let mut customer = None;
         let mut email = None;
         let mut time = None;
         let mut properties = Map::new();
-        for (column, field) in &self.plan {
+        for (column, field) in plan {
             let value = row.get(column);
             match field {
                 TransactionField::Ignore => {}
@@ -439,7 +473,7 @@ impl TransactionImporter {
             .and_then(Value::as_str)
             .map(str::to_string);
         let event = Event {
-            message_id: crate::message_id(&self.kind_name, &self.fingerprint, &identity),
+            message_id: crate::message_id(self.kind.name(), &self.fingerprint, &identity),
             kind: MessageType::Track,
             event: Some(self.event_name.clone()),
             user_id: customer,
@@ -528,7 +562,7 @@ mod tests {
         .unwrap();
         let importer = TransactionImporter::new(
             LogKind::Transactions,
-            plan,
+            Columns::Fixed(plan),
             TimeParser::default(),
             "cdnow".into(),
             "Order Completed".into(),

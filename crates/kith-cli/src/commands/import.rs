@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use kith_core::Event;
 use kith_import::mapping::parse_assignment;
+use kith_import::transactions::Columns;
 use kith_import::{
     ContactField, ContactImporter, ContactMapping, Format, LogKind, MappingFile, Problem,
     RejectWriter, RowReader, TimeParser, TransactionField, TransactionImporter,
@@ -231,21 +232,26 @@ fn activity_log(
         })
         .collect::<Result<Vec<_>, kith_import::MappingError>>()?;
     let mut reader = RowReader::open(&args.file, format, delimiter)?;
-    let Some(headers) = reader.headers().map(<[String]>::to_vec) else {
-        bail!(
-            "a JSONL {} file is not supported yet; convert it to CSV",
-            kind.name()
-        );
+    let columns = match reader.headers().map(<[String]>::to_vec) {
+        Some(headers) => {
+            let plan =
+                kith_import::transactions::plan(kind, &headers, &explicit, args.only_mapped)?;
+            let described: Vec<String> = plan
+                .iter()
+                .map(|(column, field)| format!("{column} → {}", field.describe()))
+                .collect();
+            eprintln!("columns: {}", described.join(", "));
+            Columns::Fixed(plan)
+        }
+        // JSON Lines name their keys on every line: each is read with its own.
+        None => Columns::PerRow {
+            explicit,
+            only_mapped: args.only_mapped,
+        },
     };
-    let plan = kith_import::transactions::plan(kind, &headers, &explicit, args.only_mapped)?;
-    let described: Vec<String> = plan
-        .iter()
-        .map(|(column, field)| format!("{column} → {}", field.describe()))
-        .collect();
-    eprintln!("columns: {}", described.join(", "));
     let importer = TransactionImporter::new(
         kind,
-        plan,
+        columns,
         TimeParser::new(args.time_format.clone(), args.timezone.as_deref())?,
         source,
         args.event
