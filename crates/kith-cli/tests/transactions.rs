@@ -246,3 +246,81 @@ fn tickets_and_surveys_become_events_of_the_people_they_name() {
         "{profile}"
     );
 }
+
+#[test]
+fn a_parquet_order_export_imports_with_its_types() {
+    use std::sync::Arc;
+
+    use arrow::array::{Date32Array, Float64Array, Int32Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::record_batch::RecordBatch;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("orders.parquet");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new("order_date", DataType::Date32, false),
+        Field::new("quantity", DataType::Int32, true),
+        Field::new("total", DataType::Float64, true),
+        Field::new("store", DataType::Utf8, true),
+    ]));
+    // 2025-01-05 is day 20093 since the epoch.
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["c-1", "c-1", "c-2"])),
+            Arc::new(Date32Array::from(vec![20093, 20094, 20095])),
+            Arc::new(Int32Array::from(vec![Some(2), None, Some(1)])),
+            Arc::new(Float64Array::from(vec![Some(100.25), Some(50.0), None])),
+            Arc::new(StringArray::from(vec![Some("CDMX"), Some("GDL"), None])),
+        ],
+    )
+    .unwrap();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&file).unwrap(), schema, None)
+            .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+
+    let data = dir.path().join("data");
+    let rejected = dir.path().join("rejected.csv");
+    let (ok, stdout, stderr) = kith(&[
+        "import",
+        "transactions",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--currency",
+        "MXN",
+        "--rejected",
+        rejected.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("customer_id → customer, order_date → date, quantity → quantity, total → amount, store → property:store"),
+        "{stderr}"
+    );
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    // The third order has no amount: kept out, with its reason.
+    assert_eq!(
+        (&summary["stored"], &summary["rejected_rows"]),
+        (&Value::from(2), &Value::from(1))
+    );
+    let (ok, rows, stderr) = kith(&[
+        "sql",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--format",
+        "csv",
+        "SELECT user_id, timestamp, revenue, json_get_str(properties, 'store') AS store, \
+         json_get_float(properties, 'quantity') AS quantity FROM events ORDER BY timestamp",
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        rows,
+        "user_id,timestamp,revenue,store,quantity\n\
+         c-1,2025-01-05T00:00:00Z,100.25,CDMX,2.0\n\
+         c-1,2025-01-06T00:00:00Z,50.0,GDL,\n"
+    );
+}

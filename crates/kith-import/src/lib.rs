@@ -18,7 +18,7 @@ use thiserror::Error;
 
 pub use contacts::{ContactImporter, RowOutcome};
 pub use mapping::{ContactField, ContactMapping, MappingError, MappingFile};
-pub use reader::{Format, Row, RowReader};
+pub use reader::{BadRow, Format, Row, RowReader, RowSource};
 pub use rejects::{Problem, RejectWriter};
 pub use time::{TimeError, TimeParser};
 pub use transactions::{LogKind, TransactionField, TransactionImporter};

@@ -14,6 +14,8 @@ use crate::ImportError;
 pub enum Format {
     Csv,
     Jsonl,
+    /// Read by `kith-lake`'s Parquet source.
+    Parquet,
     /// Columns separated by runs of spaces or tabs (CDNOW's master log and other fixed-width
     /// exports); the first non-empty line names the columns.
     Whitespace,
@@ -24,6 +26,7 @@ impl Format {
         match self {
             Format::Csv => "CSV",
             Format::Jsonl => "JSONL",
+            Format::Parquet => "Parquet",
             Format::Whitespace => "whitespace-separated text",
         }
     }
@@ -34,6 +37,7 @@ impl Format {
             "csv" | "tsv" => Some(Format::Csv),
             "jsonl" | "ndjson" | "json" => Some(Format::Jsonl),
             "whitespace" | "txt" | "dat" => Some(Format::Whitespace),
+            "parquet" | "pq" => Some(Format::Parquet),
             _ => None,
         }
     }
@@ -66,6 +70,36 @@ impl Row {
 pub struct BadRow {
     pub number: u64,
     pub reason: String,
+}
+
+/// A file read a row at a time, whatever its format (CSV, JSONL and text here; Parquet in
+/// `kith-lake`, which owns Arrow).
+pub trait RowSource {
+    /// Column names, when the file has them for every row (not JSONL).
+    fn headers(&self) -> Option<&[String]>;
+    /// A handle on how far reading has come, in bytes of [`RowSource::total_bytes`].
+    fn bytes_read(&self) -> Arc<AtomicU64>;
+    fn total_bytes(&self) -> u64;
+    /// The next row, a row that could not be read, or `None` at the end.
+    fn next_row(&mut self) -> Result<Option<Result<Row, BadRow>>, ImportError>;
+}
+
+impl RowSource for RowReader {
+    fn headers(&self) -> Option<&[String]> {
+        RowReader::headers(self)
+    }
+
+    fn bytes_read(&self) -> Arc<AtomicU64> {
+        RowReader::bytes_read(self)
+    }
+
+    fn total_bytes(&self) -> u64 {
+        RowReader::total_bytes(self)
+    }
+
+    fn next_row(&mut self) -> Result<Option<Result<Row, BadRow>>, ImportError> {
+        RowReader::next_row(self)
+    }
 }
 
 /// Counts the bytes a reader has delivered.
@@ -162,6 +196,13 @@ impl RowReader {
                 lines: BufReader::new(counting),
                 line: String::new(),
             },
+            Format::Parquet => {
+                return Err(ImportError::Unreadable {
+                    path: shown,
+                    format: "Parquet",
+                    reason: "Parquet files are read by kith-lake's ParquetRows".into(),
+                });
+            }
             Format::Whitespace => {
                 let mut lines = BufReader::new(counting);
                 let mut line = String::new();

@@ -4,6 +4,7 @@
 //! what Delta is missing. SQL runs through DataFusion over Delta plus the buffer.
 
 pub mod output;
+pub mod parquet_rows;
 pub mod query;
 pub mod schema;
 mod table;

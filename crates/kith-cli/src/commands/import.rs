@@ -13,7 +13,7 @@ use kith_import::mapping::parse_assignment;
 use kith_import::transactions::Columns;
 use kith_import::{
     ContactField, ContactImporter, ContactMapping, Format, LogKind, MappingFile, Problem,
-    RejectWriter, RowReader, TimeParser, TransactionField, TransactionImporter,
+    RejectWriter, RowReader, RowSource, TimeParser, TransactionField, TransactionImporter,
 };
 use kith_profiles::{ChangeCounts, ProfileSettings};
 use serde::Serialize;
@@ -47,7 +47,8 @@ pub enum ImportKind {
 pub struct TransactionsArgs {
     #[command(flatten)]
     data_dir: DataDirArg,
-    /// CSV, JSONL, or whitespace-separated text (`.txt`) whose first line names the columns.
+    /// CSV, JSONL, Parquet, or whitespace-separated text (`.txt`) whose first line names the
+    /// columns.
     file: PathBuf,
     /// What a column holds: FIELD=COLUMN, FIELD one of customer, email, date, amount, quantity,
     /// order_id, currency, property:NAME. Repeat for each.
@@ -57,7 +58,7 @@ pub struct TransactionsArgs {
     /// properties).
     #[arg(long)]
     only_mapped: bool,
-    /// csv, jsonl or whitespace [default: from the file name]
+    /// csv, jsonl, parquet or whitespace [default: from the file name]
     #[arg(long)]
     format: Option<String>,
     /// CSV field delimiter [default: `,`]
@@ -137,7 +138,7 @@ pub struct ContactsArgs {
     /// Import only the mapped and recognised columns (no other column becomes a trait).
     #[arg(long)]
     only_mapped: bool,
-    /// csv or jsonl [default: from the file name]
+    /// csv, jsonl or parquet [default: from the file name]
     #[arg(long)]
     format: Option<String>,
     /// CSV field delimiter, e.g. `;` or `tab` [default: `,`, or tab for .tsv]
@@ -231,7 +232,7 @@ fn activity_log(
             Ok((TransactionField::parse(field)?, column.trim().to_string()))
         })
         .collect::<Result<Vec<_>, kith_import::MappingError>>()?;
-    let mut reader = RowReader::open(&args.file, format, delimiter)?;
+    let mut reader = open_rows(&args.file, format, delimiter)?;
     let columns = match reader.headers().map(<[String]>::to_vec) {
         Some(headers) => {
             let plan =
@@ -507,7 +508,7 @@ pub fn run_contacts(
             job.source
         );
     }
-    let mut reader = RowReader::open(&job.file, job.format, job.delimiter)?;
+    let mut reader = open_rows(&job.file, job.format, job.delimiter)?;
     let headers = reader.headers().map(<[String]>::to_vec);
     let mapping = ContactMapping::new(
         job.assignments.clone(),
@@ -607,6 +608,18 @@ pub fn run_contacts(
         duplicate_candidates,
     };
     Ok((summary, rejects.examples.clone()))
+}
+
+/// A file's rows, whatever its format.
+fn open_rows(
+    path: &std::path::Path,
+    format: Format,
+    delimiter: Option<u8>,
+) -> anyhow::Result<Box<dyn RowSource>> {
+    Ok(match format {
+        Format::Parquet => Box::new(kith_lake::parquet_rows::ParquetRows::open(path)?),
+        _ => Box::new(RowReader::open(path, format, delimiter)?),
+    })
 }
 
 /// The mapping file's assignments, then the flags' (a flag replaces the file's assignment of the
