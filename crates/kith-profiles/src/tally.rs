@@ -65,3 +65,14 @@ impl ChangeTally {
         }
     }
 }
+
+impl std::ops::AddAssign for ChangeCounts {
+    fn add_assign(&mut self, more: ChangeCounts) {
+        self.created += more.created;
+        self.updated += more.updated;
+        self.merged += more.merged;
+        self.conflict += more.conflict;
+        self.unchanged += more.unchanged;
+        self.unattributed += more.unattributed;
+    }
+}

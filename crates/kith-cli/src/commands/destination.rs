@@ -18,15 +18,6 @@ use tokio::runtime::Runtime;
 /// Most JSON bytes in one request to a server (its limit is 500 KB).
 const REQUEST_BYTES: usize = 400 * 1024;
 
-fn add_counts(total: &mut kith_profiles::ChangeCounts, more: kith_profiles::ChangeCounts) {
-    total.created += more.created;
-    total.updated += more.updated;
-    total.merged += more.merged;
-    total.conflict += more.conflict;
-    total.unchanged += more.unchanged;
-    total.unattributed += more.unattributed;
-}
-
 /// Events an offline import may write ahead of identity resolution.
 const OFFLINE_MAX_BACKLOG: usize = 300_000;
 
@@ -147,7 +138,7 @@ impl Destination {
                         serde_json::from_value(self.post("/v1/imports", body)?)?;
                     total.stored += answer.stored;
                     total.duplicates += answer.duplicates;
-                    add_counts(&mut total.changes, answer.changes);
+                    total.changes += answer.changes;
                     Ok(())
                 };
                 for event in events {

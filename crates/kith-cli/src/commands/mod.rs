@@ -5,6 +5,7 @@ mod destination;
 mod events_import;
 mod import;
 mod key;
+mod log_import;
 mod profile;
 mod serve;
 mod sql;
