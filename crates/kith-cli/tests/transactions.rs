@@ -324,3 +324,90 @@ fn a_parquet_order_export_imports_with_its_types() {
          c-1,2025-01-06T00:00:00Z,50.0,GDL,\n"
     );
 }
+
+#[test]
+fn clv_models_fitted_from_the_raw_cdnow_log_match_the_published_estimates() {
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../kith-clv/tests/fixtures/CDNOW_sample.txt");
+    let (ok, stdout, stderr) = kith(&[
+        "models",
+        "clv",
+        "fit",
+        "--transactions",
+        sample.to_str().unwrap(),
+        "--columns",
+        "master_id,customer_id,date,quantity,amount",
+        "--calibration-end",
+        "1997-09-30",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (
+            &report["customers"],
+            &report["repeat_customers"],
+            &report["transactions"]
+        ),
+        (&Value::from(2357), &Value::from(946), &Value::from(6919))
+    );
+    let close = |got: &Value, want: f64, name: &str| {
+        let got = got
+            .as_f64()
+            .unwrap_or_else(|| panic!("{name} missing: {report}"));
+        assert!(
+            ((got - want) / want).abs() < 1e-3,
+            "{name}: {got} vs {want}"
+        );
+    };
+    let bg = &report["models"]["bg_nbd"];
+    for (name, want) in [
+        ("r", 0.2426),
+        ("alpha", 4.4136),
+        ("a", 0.7929),
+        ("b", 2.4259),
+    ] {
+        close(&bg["params"][name], want, name);
+    }
+    close(&bg["log_likelihood"], -9582.43, "BG/NBD log-likelihood");
+    let pareto = &report["models"]["pareto_nbd"];
+    for (name, want) in [
+        ("r", 0.5533),
+        ("alpha", 10.578),
+        ("s", 0.6062),
+        ("beta", 11.668),
+    ] {
+        close(&pareto["params"][name], want, name);
+    }
+    close(
+        &pareto["log_likelihood"],
+        -9594.98,
+        "Pareto/NBD log-likelihood",
+    );
+    let gg = &report["models"]["gamma_gamma"]["model"];
+    for (name, want) in [("p", 6.2488), ("q", 3.7446), ("gamma", 15.4478)] {
+        close(&gg["params"][name], want, name);
+    }
+    // A file that cannot support a fit says so instead of answering nonsense.
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = dir.path().join("tiny.csv");
+    std::fs::write(
+        &tiny,
+        "customer_id,date,amount\na,2025-01-01,10\nb,2025-01-02,12\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = kith(&[
+        "models",
+        "clv",
+        "fit",
+        "--transactions",
+        tiny.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        report["models"]["bg_nbd"]["error"],
+        "too few repeat customers: found 0, need at least 10"
+    );
+}

@@ -150,6 +150,17 @@ impl RowReader {
         format: Format,
         delimiter: Option<u8>,
     ) -> Result<RowReader, ImportError> {
+        RowReader::open_with_columns(path, format, delimiter, None)
+    }
+
+    /// Like [`RowReader::open`], for CSV and text files without a header line: `columns` names
+    /// the columns and the first line is data.
+    pub fn open_with_columns(
+        path: &Path,
+        format: Format,
+        delimiter: Option<u8>,
+        columns: Option<Vec<String>>,
+    ) -> Result<RowReader, ImportError> {
         let shown = path.display().to_string();
         let file = File::open(path).map_err(|source| ImportError::Read {
             path: shown.clone(),
@@ -168,17 +179,21 @@ impl RowReader {
                 let mut reader = csv::ReaderBuilder::new()
                     .delimiter(delimiter)
                     .flexible(true)
+                    .has_headers(columns.is_none())
                     .from_reader(counting);
-                let headers = reader
-                    .headers()
-                    .map_err(|e| ImportError::Unreadable {
-                        path: shown.clone(),
-                        format: "CSV",
-                        reason: format!("the header line cannot be read: {e}"),
-                    })?
-                    .iter()
-                    .map(|h| h.trim().trim_start_matches('\u{feff}').to_string())
-                    .collect::<Vec<_>>();
+                let headers = match columns {
+                    Some(columns) => columns,
+                    None => reader
+                        .headers()
+                        .map_err(|e| ImportError::Unreadable {
+                            path: shown.clone(),
+                            format: "CSV",
+                            reason: format!("the header line cannot be read: {e}"),
+                        })?
+                        .iter()
+                        .map(|h| h.trim().trim_start_matches('\u{feff}').to_string())
+                        .collect::<Vec<_>>(),
+                };
                 if headers.iter().all(String::is_empty) {
                     return Err(ImportError::Unreadable {
                         path: shown,
@@ -206,25 +221,31 @@ impl RowReader {
             Format::Whitespace => {
                 let mut lines = BufReader::new(counting);
                 let mut line = String::new();
-                let headers = loop {
-                    line.clear();
-                    let read = lines
-                        .read_line(&mut line)
-                        .map_err(|source| ImportError::Read {
-                            path: shown.clone(),
-                            source,
-                        })?;
-                    if read == 0 {
-                        return Err(ImportError::Unreadable {
-                            path: shown,
-                            format: "whitespace-separated text",
-                            reason: "the file is empty; its first line must name the columns"
-                                .into(),
-                        });
-                    }
-                    let names: Vec<String> = line.split_whitespace().map(str::to_string).collect();
-                    if !names.is_empty() {
-                        break names;
+                let headers = if let Some(columns) = columns {
+                    columns
+                } else {
+                    loop {
+                        line.clear();
+                        let read =
+                            lines
+                                .read_line(&mut line)
+                                .map_err(|source| ImportError::Read {
+                                    path: shown.clone(),
+                                    source,
+                                })?;
+                        if read == 0 {
+                            return Err(ImportError::Unreadable {
+                                path: shown,
+                                format: "whitespace-separated text",
+                                reason: "the file is empty; its first line must name the columns"
+                                    .into(),
+                            });
+                        }
+                        let names: Vec<String> =
+                            line.split_whitespace().map(str::to_string).collect();
+                        if !names.is_empty() {
+                            break names;
+                        }
                     }
                 };
                 Inner::Whitespace {

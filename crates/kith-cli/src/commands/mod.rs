@@ -6,6 +6,7 @@ mod events_import;
 mod import;
 mod key;
 mod log_import;
+mod models;
 mod profile;
 mod serve;
 mod sql;
@@ -39,6 +40,11 @@ pub enum Command {
         #[command(subcommand)]
         kind: import::ImportKind,
     },
+    /// Fit models: `kith models clv fit --transactions FILE`.
+    Models {
+        #[command(subcommand)]
+        action: models::ModelsAction,
+    },
     /// Look at customer profiles.
     Profile {
         #[command(subcommand)]
@@ -62,6 +68,7 @@ pub fn run(command: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
         Command::Profile { action } => profile::run(action, file),
         Command::Import { kind } => import::run(kind, file),
         Command::Demo { action } => demo::run(action, file),
+        Command::Models { action } => models::run(action, file),
     }
 }
 

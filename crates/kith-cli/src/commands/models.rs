@@ -1,0 +1,242 @@
+//! `kith models clv fit --transactions FILE`: buy-till-you-die models fitted on a transaction
+//! log, reported as a table or as JSON.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use chrono::NaiveDate;
+use clap::{Args, Subcommand, ValueEnum};
+use kith_clv::summary::{PeriodUnit, SummaryOptions, Transaction, summary_from_transactions};
+use kith_clv::{
+    BgNbd, FitOptions, GammaGamma, GammaGammaOptions, ModifiedBgNbd, ParetoNbd, Rfm, Spend,
+};
+use kith_import::transactions::{Columns, LogKind, TransactionField, TransactionImporter, plan};
+use kith_import::{Format, RowReader, TimeParser};
+use serde_json::{Value, json};
+
+use crate::config::FileConfig;
+
+#[derive(Subcommand)]
+pub enum ModelsAction {
+    /// Customer lifetime value models.
+    Clv {
+        #[command(subcommand)]
+        action: ClvAction,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ClvAction {
+    /// Fit BG/NBD, Pareto/NBD, MBG/NBD and Gamma-Gamma on a transaction file.
+    Fit(FitArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Unit {
+    Day,
+    Week,
+    Month,
+}
+
+#[derive(Args)]
+pub struct FitArgs {
+    /// The transaction log (CSV, or whitespace-separated text like CDNOW's).
+    #[arg(long, value_name = "FILE")]
+    transactions: PathBuf,
+    /// What a column holds: FIELD=COLUMN (customer, date, amount). Columns named customer_id,
+    /// date, amount/dollar_value/revenue are recognised.
+    #[arg(long = "map", value_name = "FIELD=COLUMN")]
+    map: Vec<String>,
+    /// Names for the columns of a file without a header line, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    columns: Vec<String>,
+    /// csv or whitespace [default: from the file name]
+    #[arg(long)]
+    format: Option<String>,
+    /// strftime format of the dates [default: ISO dates, YYYYMMDD]
+    #[arg(long)]
+    time_format: Option<String>,
+    /// The period purchases are collapsed into.
+    #[arg(long, value_enum, default_value = "day")]
+    unit: Unit,
+    /// Divides recency and age: `--unit day --multiplier 7` measures time in weeks (CDNOW's
+    /// convention).
+    #[arg(long, default_value_t = 7.0)]
+    multiplier: f64,
+    /// Last day of the calibration period (YYYY-MM-DD) [default: the last purchase]
+    #[arg(long)]
+    calibration_end: Option<String>,
+    /// L2 penalty on the parameters.
+    #[arg(long, default_value_t = 0.0)]
+    penalizer: f64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(action: ModelsAction, _file: FileConfig) -> anyhow::Result<ExitCode> {
+    let ModelsAction::Clv {
+        action: ClvAction::Fit(args),
+    } = action;
+    fit(args)
+}
+
+fn read_transactions(args: &FitArgs) -> anyhow::Result<(Vec<Transaction<String>>, u64)> {
+    let format = match &args.format {
+        Some(name) => Format::from_name(name).with_context(|| {
+            format!("`{name}` is not a format kith reads; use csv or whitespace")
+        })?,
+        None => Format::from_path(&args.transactions).with_context(|| {
+            format!(
+                "cannot tell the format of {} from its name; pass --format csv or whitespace",
+                args.transactions.display()
+            )
+        })?,
+    };
+    let columns = (!args.columns.is_empty()).then(|| args.columns.clone());
+    let mut reader = RowReader::open_with_columns(&args.transactions, format, None, columns)?;
+    let explicit = args
+        .map
+        .iter()
+        .map(|text| {
+            let (field, column) = text
+                .split_once('=')
+                .ok_or_else(|| kith_import::MappingError::NotAnAssignment(text.clone()))?;
+            Ok((TransactionField::parse(field)?, column.trim().to_string()))
+        })
+        .collect::<Result<Vec<_>, kith_import::MappingError>>()?;
+    let Some(headers) = reader.headers().map(<[String]>::to_vec) else {
+        bail!("a JSONL transaction log is not supported here; use CSV");
+    };
+    let importer = TransactionImporter::new(
+        LogKind::Transactions,
+        Columns::Fixed(plan(LogKind::Transactions, &headers, &explicit, true)?),
+        TimeParser::new(args.time_format.clone(), None)?,
+        "clv".into(),
+        "Order Completed".into(),
+        None,
+    );
+    let (mut transactions, mut rejected) = (Vec::new(), 0u64);
+    while let Some(next) = reader.next_row()? {
+        let event = match next {
+            Ok(row) => importer.row(&row).event,
+            Err(_) => None,
+        };
+        match event {
+            Some(e) => transactions.push(Transaction::new(
+                e.user_id.unwrap_or_default(),
+                e.timestamp.naive_utc(),
+                e.typed.revenue.unwrap_or(0.0),
+            )),
+            None => rejected += 1,
+        }
+    }
+    Ok((transactions, rejected))
+}
+
+fn penalized<P>(penalizer_coef: f64) -> FitOptions<P> {
+    FitOptions {
+        penalizer_coef,
+        ..FitOptions::default()
+    }
+}
+
+fn fit(args: FitArgs) -> anyhow::Result<ExitCode> {
+    let (transactions, rejected) = read_transactions(&args)?;
+    if rejected > 0 {
+        eprintln!("{rejected} rows could not be read and were left out");
+    }
+    let observation_end = match &args.calibration_end {
+        Some(text) => Some(
+            NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .with_context(|| format!("--calibration-end must be YYYY-MM-DD, got `{text}`"))?
+                .and_time(chrono::NaiveTime::MIN),
+        ),
+        None => None,
+    };
+    let options = SummaryOptions {
+        unit: match args.unit {
+            Unit::Day => PeriodUnit::Day,
+            Unit::Week => PeriodUnit::Week,
+            Unit::Month => PeriodUnit::Month,
+        },
+        multiplier: args.multiplier,
+        observation_end,
+    };
+    let summary = summary_from_transactions(&transactions, &options)?;
+    let rfm: Vec<Rfm> = summary.iter().map(|c| c.rfm()).collect();
+    let spend: Vec<Spend> = summary.iter().map(|c| c.spend()).collect();
+    let repeaters = rfm.iter().filter(|r| r.frequency > 0.0).count();
+    let mut models = serde_json::Map::new();
+    let mut record = |name: &str, fitted: Result<Value, kith_clv::FitError>| {
+        let value = fitted.unwrap_or_else(|e| json!({"error": e.to_string()}));
+        models.insert(name.to_string(), value);
+    };
+    record(
+        "bg_nbd",
+        BgNbd::fit(&rfm, &penalized(args.penalizer)).map(|f| json!(f)),
+    );
+    record(
+        "pareto_nbd",
+        ParetoNbd::fit(&rfm, &penalized(args.penalizer)).map(|f| json!(f)),
+    );
+    record(
+        "mbg_nbd",
+        ModifiedBgNbd::fit(&rfm, &penalized(args.penalizer)).map(|f| json!(f)),
+    );
+    record(
+        "gamma_gamma",
+        GammaGamma::fit(
+            &spend,
+            &GammaGammaOptions {
+                fit: penalized(args.penalizer),
+                ..GammaGammaOptions::default()
+            },
+        )
+        .map(|f| json!(f)),
+    );
+    let report = json!({
+        "customers": summary.len(),
+        "repeat_customers": repeaters,
+        "transactions": transactions.len(),
+        "models": models,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} customers ({} with repeat purchases), {} transactions",
+        summary.len(),
+        repeaters,
+        transactions.len()
+    );
+    println!("{:<12} {:>14}  parameters", "model", "log-lik");
+    for (name, value) in &models {
+        let fitted = value.get("model").unwrap_or(value);
+        match (fitted.get("params"), fitted.get("log_likelihood")) {
+            (Some(params), Some(ll)) => {
+                let params: Vec<String> = params
+                    .as_object()
+                    .map(|p| {
+                        p.iter()
+                            .map(|(k, v)| format!("{k}={:.4}", v.as_f64().unwrap_or(f64::NAN)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "{name:<12} {:>14.2}  {}",
+                    ll.as_f64().unwrap_or(f64::NAN),
+                    params.join(" ")
+                );
+            }
+            _ => println!(
+                "{name:<12} {:>14}  {}",
+                "-",
+                value["error"].as_str().unwrap_or("no fit")
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
