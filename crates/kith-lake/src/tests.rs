@@ -152,7 +152,10 @@ async fn bad_sql_is_a_clear_invalid_error_and_writes_are_refused() {
     assert!(result.truncated);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// More workers than the query has partitions (one per core): a worker that parks drives the
+// timer, as the server's own runtime does while queries run on theirs. With every worker inside
+// CPU-bound operators the time limit would be noticed only when one yields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_runaway_query_is_stopped_by_its_time_limit() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path()).await.unwrap();
