@@ -388,8 +388,54 @@ fn clv_models_fitted_from_the_raw_cdnow_log_match_the_published_estimates() {
     for (name, want) in [("p", 6.2488), ("q", 3.7446), ("gamma", 15.4478)] {
         close(&gg["params"][name], want, name);
     }
-    // A file that cannot support a fit says so instead of answering nonsense.
+    // Per-customer predictions: the customer with x = 2, t_x = 30.43, T = 38.86 expects 1.226
+    // purchases in the next 39 weeks and is alive with probability 0.7266.
     let dir = tempfile::tempdir().unwrap();
+    let predictions = dir.path().join("predictions.csv");
+    let (ok, _, stderr) = kith(&[
+        "models",
+        "clv",
+        "fit",
+        "--transactions",
+        sample.to_str().unwrap(),
+        "--columns",
+        "master_id,customer_id,date,quantity,amount",
+        "--calibration-end",
+        "1997-09-30",
+        "--predictions",
+        predictions.to_str().unwrap(),
+        "--horizon",
+        "39",
+    ]);
+    assert!(ok, "{stderr}");
+    let text = std::fs::read_to_string(&predictions).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some(
+            "customer_id,frequency,recency,T,monetary_value,expected_purchases,p_alive,expected_order_value,clv"
+        )
+    );
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| l.split(',').skip(1).map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 2357);
+    let row = rows
+        .iter()
+        .find(|r| r[0] == 2.0 && (r[1] - 30.43).abs() < 0.005 && (r[2] - 38.86).abs() < 0.005)
+        .expect("the reference customer");
+    close(
+        &Value::from(row[4]),
+        1.226,
+        "expected purchases in 39 weeks",
+    );
+    close(&Value::from(row[5]), 0.7266, "probability alive");
+    assert!(
+        rows.iter().all(|r| r[7].is_finite() && r[7] >= 0.0),
+        "every CLV is a number"
+    );
+
+    // A file that cannot support a fit says so instead of answering nonsense.
     let tiny = dir.path().join("tiny.csv");
     std::fs::write(
         &tiny,

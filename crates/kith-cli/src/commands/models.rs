@@ -9,7 +9,8 @@ use chrono::NaiveDate;
 use clap::{Args, Subcommand, ValueEnum};
 use kith_clv::summary::{PeriodUnit, SummaryOptions, Transaction, summary_from_transactions};
 use kith_clv::{
-    BgNbd, FitOptions, GammaGamma, GammaGammaOptions, ModifiedBgNbd, ParetoNbd, Rfm, Spend,
+    BgNbd, ClvOptions, FitOptions, GammaGamma, GammaGammaOptions, ModifiedBgNbd, ParetoNbd, Rfm,
+    Spend,
 };
 use kith_import::transactions::{Columns, LogKind, TransactionField, TransactionImporter, plan};
 use kith_import::{Format, RowReader, TimeParser};
@@ -73,6 +74,17 @@ pub struct FitArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Write per-customer predictions (BG/NBD and Gamma-Gamma) to this CSV file.
+    #[arg(long, value_name = "FILE")]
+    predictions: Option<PathBuf>,
+    /// Horizon of the predicted purchases, in model time units (weeks with the defaults).
+    #[arg(long, default_value_t = 12.0)]
+    horizon: f64,
+    /// CLV horizon in months, and its monthly discount rate.
+    #[arg(long, default_value_t = 12)]
+    clv_months: u32,
+    #[arg(long, default_value_t = 0.01)]
+    discount_rate: f64,
 }
 
 pub fn run(action: ModelsAction, _file: FileConfig) -> anyhow::Result<ExitCode> {
@@ -135,6 +147,52 @@ fn read_transactions(args: &FitArgs) -> anyhow::Result<(Vec<Transaction<String>>
     Ok((transactions, rejected))
 }
 
+/// One row a customer: their summary, expected purchases over the horizon, probability of
+/// being alive, expected order value and discounted CLV.
+fn write_predictions(
+    path: &std::path::Path,
+    summary: &[kith_clv::summary::CustomerSummary<String>],
+    bg: &BgNbd,
+    gg: &GammaGamma,
+    horizon: f64,
+    clv: &ClvOptions,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    writeln!(
+        out,
+        "customer_id,frequency,recency,T,monetary_value,expected_purchases,p_alive,expected_order_value,clv"
+    )?;
+    for customer in summary {
+        let rfm = customer.rfm();
+        let expected = bg
+            .conditional_expected_purchases(horizon, &rfm)
+            .unwrap_or(f64::NAN);
+        let order_value =
+            gg.conditional_expected_average_profit(customer.frequency, customer.monetary_value);
+        let value = gg
+            .customer_lifetime_value(bg, &rfm, customer.monetary_value, clv)
+            .unwrap_or(f64::NAN);
+        writeln!(
+            out,
+            "{},{},{},{},{:.4},{:.6},{:.6},{:.4},{:.4}",
+            customer.customer_id,
+            customer.frequency,
+            customer.recency,
+            customer.t,
+            customer.monetary_value,
+            expected,
+            bg.probability_alive(&rfm),
+            order_value,
+            value
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 fn penalized<P>(penalizer_coef: f64) -> FitOptions<P> {
     FitOptions {
         penalizer_coef,
@@ -168,15 +226,48 @@ fn fit(args: FitArgs) -> anyhow::Result<ExitCode> {
     let rfm: Vec<Rfm> = summary.iter().map(|c| c.rfm()).collect();
     let spend: Vec<Spend> = summary.iter().map(|c| c.spend()).collect();
     let repeaters = rfm.iter().filter(|r| r.frequency > 0.0).count();
+    let bg_fit = BgNbd::fit(&rfm, &penalized(args.penalizer));
+    let gg_fit = GammaGamma::fit(
+        &spend,
+        &GammaGammaOptions {
+            fit: penalized(args.penalizer),
+            ..GammaGammaOptions::default()
+        },
+    );
+    if let Some(path) = &args.predictions {
+        let (Ok(bg), Ok(gg)) = (&bg_fit, &gg_fit) else {
+            bail!("predictions need both BG/NBD and Gamma-Gamma fits; see the errors with --json");
+        };
+        let periods_per_month = match args.unit {
+            Unit::Day => ClvOptions::DAYS_PER_MONTH / args.multiplier,
+            Unit::Week => ClvOptions::WEEKS_PER_MONTH,
+            Unit::Month => 1.0,
+        };
+        let clv_options = ClvOptions {
+            months: args.clv_months,
+            monthly_discount_rate: args.discount_rate,
+            periods_per_month,
+        };
+        write_predictions(
+            path,
+            &summary,
+            &bg.params,
+            &gg.model.params,
+            args.horizon,
+            &clv_options,
+        )?;
+        eprintln!(
+            "predictions for {} customers written to {}",
+            summary.len(),
+            path.display()
+        );
+    }
     let mut models = serde_json::Map::new();
     let mut record = |name: &str, fitted: Result<Value, kith_clv::FitError>| {
         let value = fitted.unwrap_or_else(|e| json!({"error": e.to_string()}));
         models.insert(name.to_string(), value);
     };
-    record(
-        "bg_nbd",
-        BgNbd::fit(&rfm, &penalized(args.penalizer)).map(|f| json!(f)),
-    );
+    record("bg_nbd", bg_fit.map(|f| json!(f)));
     record(
         "pareto_nbd",
         ParetoNbd::fit(&rfm, &penalized(args.penalizer)).map(|f| json!(f)),
@@ -185,17 +276,7 @@ fn fit(args: FitArgs) -> anyhow::Result<ExitCode> {
         "mbg_nbd",
         ModifiedBgNbd::fit(&rfm, &penalized(args.penalizer)).map(|f| json!(f)),
     );
-    record(
-        "gamma_gamma",
-        GammaGamma::fit(
-            &spend,
-            &GammaGammaOptions {
-                fit: penalized(args.penalizer),
-                ..GammaGammaOptions::default()
-            },
-        )
-        .map(|f| json!(f)),
-    );
+    record("gamma_gamma", gg_fit.map(|f| json!(f)));
     let report = json!({
         "customers": summary.len(),
         "repeat_customers": repeaters,
