@@ -85,6 +85,44 @@ fn cdnow_imports_in_one_command_exactly_once_with_every_dollar_accounted_for() {
     assert_eq!(profile["computed_traits"]["order_count"], 2);
     assert_eq!(profile["computed_traits"]["total_revenue"], 89.0);
 
+    // CLV models fitted on the purchases Kith now holds (by profile) equal those fitted on the
+    // file itself.
+    let fit = |source: &[&str]| {
+        let mut args = vec![
+            "models",
+            "clv",
+            "fit",
+            "--calibration-end",
+            "1997-09-30",
+            "--json",
+        ];
+        args.extend(source);
+        let (ok, stdout, stderr) = kith(&args);
+        assert!(ok, "{stderr}");
+        serde_json::from_str::<Value>(&stdout).unwrap()
+    };
+    let file = cdnow();
+    let (stored, from_file) = (
+        fit(&["--data-dir", data_arg]),
+        fit(&["--transactions", file.to_str().unwrap()]),
+    );
+    assert_eq!(stored["customers"], 23_570);
+    assert_eq!(stored["repeat_customers"], from_file["repeat_customers"]);
+    for model in ["bg_nbd", "pareto_nbd", "mbg_nbd"] {
+        let (a, b) = (&stored["models"][model], &from_file["models"][model]);
+        for (name, value) in a["params"].as_object().unwrap() {
+            let (x, y) = (value.as_f64().unwrap(), b["params"][name].as_f64().unwrap());
+            assert!(((x - y) / y).abs() < 1e-6, "{model}.{name}: {x} vs {y}");
+        }
+    }
+    // CDNOW's full log holds $0 purchases: Gamma-Gamma says so instead of fitting.
+    assert!(
+        stored["models"]["gamma_gamma"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("non-positive monetary value")),
+        "{stored}"
+    );
+
     // The same file again stores nothing.
     let (ok, again, stderr) = import(&["--currency", "USD"]);
     assert!(ok, "{stderr}");

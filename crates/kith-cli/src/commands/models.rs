@@ -16,6 +16,7 @@ use kith_import::transactions::{Columns, LogKind, TransactionField, TransactionI
 use kith_import::{Format, RowReader, TimeParser};
 use serde_json::{Value, json};
 
+use super::DataDirArg;
 use crate::config::FileConfig;
 
 #[derive(Subcommand)]
@@ -29,7 +30,8 @@ pub enum ModelsAction {
 
 #[derive(Subcommand)]
 pub enum ClvAction {
-    /// Fit BG/NBD, Pareto/NBD, MBG/NBD and Gamma-Gamma on a transaction file.
+    /// Fit BG/NBD, Pareto/NBD, MBG/NBD and Gamma-Gamma on the purchases Kith holds (each
+    /// attributed to its profile, merges included), or on a transaction file.
     Fit(FitArgs),
 }
 
@@ -42,9 +44,15 @@ enum Unit {
 
 #[derive(Args)]
 pub struct FitArgs {
-    /// The transaction log (CSV, or whitespace-separated text like CDNOW's).
+    #[command(flatten)]
+    data_dir: DataDirArg,
+    /// Fit on this transaction log (CSV, or whitespace-separated text like CDNOW's) instead of
+    /// the events in the data directory.
     #[arg(long, value_name = "FILE")]
-    transactions: PathBuf,
+    transactions: Option<PathBuf>,
+    /// The purchase event, when fitting on the events Kith holds.
+    #[arg(long, default_value = "Order Completed")]
+    event: String,
     /// What a column holds: FIELD=COLUMN (customer, date, amount). Columns named customer_id,
     /// date, amount/dollar_value/revenue are recognised.
     #[arg(long = "map", value_name = "FIELD=COLUMN")]
@@ -87,27 +95,100 @@ pub struct FitArgs {
     discount_rate: f64,
 }
 
-pub fn run(action: ModelsAction, _file: FileConfig) -> anyhow::Result<ExitCode> {
+pub fn run(action: ModelsAction, file: FileConfig) -> anyhow::Result<ExitCode> {
     let ModelsAction::Clv {
         action: ClvAction::Fit(args),
     } = action;
-    fit(args)
+    fit(args, file)
 }
 
-fn read_transactions(args: &FitArgs) -> anyhow::Result<(Vec<Transaction<String>>, u64)> {
+/// The purchases in the data directory, each under the profile it belongs to now.
+fn stored_transactions(
+    args: &FitArgs,
+    file: &FileConfig,
+) -> anyhow::Result<(Vec<Transaction<String>>, u64)> {
+    let data_dir = file.data_dir(args.data_dir.data_dir.clone());
+    if !data_dir.exists() {
+        bail!(
+            "no data directory at {}; pass --data-dir, or --transactions FILE to fit on a file",
+            data_dir.display()
+        );
+    }
+    let settings = file.profile_settings()?;
+    let event = args.event.replace('\'', "''");
+    let sql = format!(
+        "SELECT coalesce(u.profile_id, a.profile_id) AS profile_id, e.timestamp AS ts, \
+         coalesce(e.revenue, 0.0) AS revenue FROM events e \
+         LEFT JOIN profile_identities u ON u.id_type = 'user_id' AND u.id_value = e.user_id \
+         LEFT JOIN profile_identities a ON a.id_type = 'anonymous_id' AND a.id_value = e.anonymous_id \
+         WHERE e.type = 'track' AND e.event = '{event}'"
+    );
+    let limits = kith_lake::QueryLimits {
+        timeout: std::time::Duration::from_secs(3600),
+        memory_bytes: 8 << 30,
+        max_rows: 1_000_000_000,
+    };
+    let result = super::runtime()?.block_on(async {
+        let (lake, profiles) = super::sql::open_consistent(&data_dir, settings).await?;
+        let tables = kith_server::profiles::profile_tables(&profiles);
+        lake.query_with(&sql, &limits, tables)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the purchases failed: {e}"))
+    })?;
+    let (mut transactions, mut unattributed) = (Vec::new(), 0u64);
+    for batch in &result.batches {
+        let cast = |i: usize, to: &arrow::datatypes::DataType| {
+            arrow::compute::cast(batch.column(i), to)
+                .map_err(|e| anyhow::anyhow!("unexpected column type: {e}"))
+        };
+        use arrow::array::{Array, AsArray};
+        use arrow::datatypes::{DataType, Float64Type, TimeUnit, TimestampMicrosecondType};
+        let ids = cast(0, &DataType::Utf8)?;
+        let times = cast(
+            1,
+            &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        )?;
+        let values = cast(2, &DataType::Float64)?;
+        let (ids, times, values) = (
+            ids.as_string::<i32>(),
+            times.as_primitive::<TimestampMicrosecondType>(),
+            values.as_primitive::<Float64Type>(),
+        );
+        for row in 0..batch.num_rows() {
+            if ids.is_null(row) {
+                unattributed += 1;
+                continue;
+            }
+            let at = chrono::DateTime::from_timestamp_micros(times.value(row))
+                .unwrap_or_default()
+                .naive_utc();
+            transactions.push(Transaction::new(
+                ids.value(row).to_string(),
+                at,
+                values.value(row),
+            ));
+        }
+    }
+    Ok((transactions, unattributed))
+}
+
+fn read_transactions(
+    args: &FitArgs,
+    path: &std::path::Path,
+) -> anyhow::Result<(Vec<Transaction<String>>, u64)> {
     let format = match &args.format {
         Some(name) => Format::from_name(name).with_context(|| {
             format!("`{name}` is not a format kith reads; use csv or whitespace")
         })?,
-        None => Format::from_path(&args.transactions).with_context(|| {
+        None => Format::from_path(path).with_context(|| {
             format!(
                 "cannot tell the format of {} from its name; pass --format csv or whitespace",
-                args.transactions.display()
+                path.display()
             )
         })?,
     };
     let columns = (!args.columns.is_empty()).then(|| args.columns.clone());
-    let mut reader = RowReader::open_with_columns(&args.transactions, format, None, columns)?;
+    let mut reader = RowReader::open_with_columns(path, format, None, columns)?;
     let explicit = args
         .map
         .iter()
@@ -200,10 +281,18 @@ fn penalized<P>(penalizer_coef: f64) -> FitOptions<P> {
     }
 }
 
-fn fit(args: FitArgs) -> anyhow::Result<ExitCode> {
-    let (transactions, rejected) = read_transactions(&args)?;
-    if rejected > 0 {
-        eprintln!("{rejected} rows could not be read and were left out");
+fn fit(args: FitArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
+    let (transactions, left_out) = match &args.transactions {
+        Some(path) => read_transactions(&args, path)?,
+        None => stored_transactions(&args, &file)?,
+    };
+    if left_out > 0 {
+        eprintln!(
+            "{left_out} purchases could not be read or attributed to a profile and were left out"
+        );
+    }
+    if transactions.is_empty() {
+        bail!("no purchases to fit on (event `{}`)", args.event);
     }
     let observation_end = match &args.calibration_end {
         Some(text) => Some(
