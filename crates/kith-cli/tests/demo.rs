@@ -244,3 +244,58 @@ fn an_events_file_is_imported_once_and_its_bad_lines_are_kept_with_reasons() {
         ]
     );
 }
+
+#[test]
+fn clv_models_recover_the_parameters_that_generated_the_demo_world() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("world");
+    let (ok, _, stderr) = kith(&[
+        "demo",
+        "generate",
+        "--customers",
+        "5000",
+        "--seed",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = kith(&[
+        "models",
+        "clv",
+        "fit",
+        "--transactions",
+        out.join("transactions.csv").to_str().unwrap(),
+        "--calibration-end",
+        "2026-10-31",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let truth: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("truth/parameters.json")).unwrap())
+            .unwrap();
+    let t = &truth["parameters"];
+    let within = |fitted: &Value, name: &str, true_value: f64| {
+        let value = fitted["params"][name].as_f64().unwrap();
+        let se = fitted["standard_errors"][name].as_f64().unwrap();
+        assert!(
+            (value - true_value).abs() <= 2.0 * se,
+            "{name}: fitted {value} ± {se}, true {true_value}"
+        );
+    };
+    // Time in weeks (days, multiplier 7), as the generator's rates are.
+    let bg = &report["models"]["bg_nbd"];
+    for (name, key) in [("r", "r"), ("alpha", "alpha"), ("a", "a"), ("b", "b")] {
+        within(bg, name, t[key].as_f64().unwrap());
+    }
+    // Spend is in pesos, the generator's unit times 40: γ scales with it.
+    let gg = &report["models"]["gamma_gamma"]["model"];
+    within(gg, "p", t["spend_p"].as_f64().unwrap());
+    within(gg, "q", t["spend_q"].as_f64().unwrap());
+    within(
+        gg,
+        "gamma",
+        t["spend_gamma"].as_f64().unwrap() * t["spend_unit_mxn"].as_f64().unwrap(),
+    );
+}

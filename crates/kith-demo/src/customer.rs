@@ -440,13 +440,14 @@ pub fn simulate(config: &DemoConfig, products: &[Product], customer: u64) -> Sim
     let server_who = life.who(Some(&user_id), None);
 
     // Purchases: BG/NBD. The first comes soon after sign-up; each later one after an exponential
-    // wait at rate λ; after each, the customer leaves with probability p.
+    // wait at rate λ; after each repeat purchase, the customer leaves with probability p.
     let mut purchases: Vec<DateTime<Utc>> = Vec::new();
     let mut when = signup + days(Exp::new(1.0).expect("valid exp").sample(&mut life.rng));
     let mut churned_at = None;
     while when <= config.end {
         purchases.push(when);
-        if life.rng.random_bool(dropout_p) {
+        // As in BG/NBD, the first purchase starts the clock; leaving follows repeat purchases.
+        if purchases.len() > 1 && life.rng.random_bool(dropout_p) {
             churned_at = Some(when);
             break;
         }
