@@ -13,7 +13,7 @@ pub mod resolver;
 pub mod rules;
 
 pub use identifier::{IdType, Identifier, Lookup, LookupParseError};
-pub use normalize::{Normalizer, NotAnIdentity, UnknownRegion};
+pub use normalize::{Normalizer, NotAnIdentity, UnknownRegion, fold_accent};
 pub use resolver::{
     ConflictRecord, MergeReason, MergeRecord, Observation, ObservationKey, ObserveOutcome,
     ProfileRef, Resolver, profile_id_for,

@@ -343,3 +343,19 @@ mod fuzz {
         }
     }
 }
+
+/// Spanish and Portuguese accents folded to their base letter (lower case in, lower case out),
+/// so names and column headers match however they were typed: `López` and `Lopez`,
+/// `Teléfono` and `Telefono`.
+pub fn fold_accent(c: char) -> char {
+    match c {
+        'á' | 'à' | 'â' | 'ã' | 'ä' => 'a',
+        'é' | 'è' | 'ê' | 'ë' => 'e',
+        'í' | 'ì' | 'î' | 'ï' => 'i',
+        'ó' | 'ò' | 'ô' | 'õ' | 'ö' => 'o',
+        'ú' | 'ù' | 'û' | 'ü' => 'u',
+        'ñ' => 'n',
+        'ç' => 'c',
+        other => other,
+    }
+}

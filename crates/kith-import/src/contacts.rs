@@ -7,7 +7,7 @@ use kith_identity::{IdType, Normalizer};
 use serde_json::{Map, Value, json};
 
 use crate::mapping::{ContactField, ContactMapping};
-use crate::reader::{BadRow, Row, json_kind};
+use crate::reader::{BadRow, Row, json_kind, text_of};
 use crate::rejects::{Action, Problem};
 use crate::time::TimeParser;
 
@@ -29,15 +29,6 @@ pub struct ContactImporter {
 pub struct RowOutcome {
     pub event: Option<Event>,
     pub problems: Vec<Problem>,
-}
-
-fn text_of(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
 }
 
 impl ContactImporter {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use kith_identity::fold_accent;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -195,18 +196,9 @@ const TIME_NAMES: &[&str] = &[
 
 /// Lower-case ASCII letters and digits only, with Spanish and Portuguese accents folded, so
 /// `Correo Electrónico`, `E-mail` and `Teléfono` match their plain spellings.
-fn squash(name: &str) -> String {
+pub(crate) fn squash(name: &str) -> String {
     name.chars()
-        .map(|c| match c.to_lowercase().next().unwrap_or(c) {
-            'á' | 'à' | 'â' | 'ã' | 'ä' => 'a',
-            'é' | 'è' | 'ê' | 'ë' => 'e',
-            'í' | 'ì' | 'î' | 'ï' => 'i',
-            'ó' | 'ò' | 'ô' | 'õ' | 'ö' => 'o',
-            'ú' | 'ù' | 'û' | 'ü' => 'u',
-            'ñ' => 'n',
-            'ç' => 'c',
-            other => other,
-        })
+        .map(|c| fold_accent(c.to_lowercase().next().unwrap_or(c)))
         .filter(char::is_ascii_alphanumeric)
         .collect::<String>()
         .to_ascii_lowercase()

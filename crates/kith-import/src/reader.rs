@@ -416,6 +416,16 @@ impl RowReader {
     }
 }
 
+/// A scalar cell as trimmed text (strings, numbers, booleans); `None` for anything else.
+pub(crate) fn text_of(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.trim().to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
 pub(crate) fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",

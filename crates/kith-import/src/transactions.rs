@@ -9,8 +9,8 @@ use chrono::Utc;
 use kith_core::{Event, MessageType, TypedFields};
 use serde_json::{Map, Value, json};
 
-use crate::mapping::{MappingError, trait_name};
-use crate::reader::{BadRow, Row, json_kind};
+use crate::mapping::{MappingError, squash, trait_name};
+use crate::reader::{BadRow, Row, json_kind, text_of};
 use crate::rejects::{Action, Problem};
 use crate::time::TimeParser;
 
@@ -160,13 +160,6 @@ impl LogKind {
     }
 }
 
-fn squash(name: &str) -> String {
-    name.chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect::<String>()
-        .to_ascii_lowercase()
-}
-
 /// How each column of the log is read: explicit assignments, then the usual names.
 pub fn plan(
     kind: LogKind,
@@ -275,14 +268,6 @@ pub struct TransactionImporter {
 pub struct TransactionOutcome {
     pub event: Option<Event>,
     pub problem: Option<Problem>,
-}
-
-fn text_of(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.trim().to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
 }
 
 fn number_of(value: &Value) -> Option<f64> {

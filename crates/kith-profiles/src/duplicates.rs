@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use kith_identity::fold_accent;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -54,25 +55,12 @@ struct Features<'a> {
     city: Option<String>,
 }
 
-fn fold(c: char) -> char {
-    match c {
-        'á' | 'à' | 'â' | 'ã' | 'ä' => 'a',
-        'é' | 'è' | 'ê' | 'ë' => 'e',
-        'í' | 'ì' | 'î' | 'ï' => 'i',
-        'ó' | 'ò' | 'ô' | 'õ' | 'ö' => 'o',
-        'ú' | 'ù' | 'û' | 'ü' => 'u',
-        'ñ' => 'n',
-        'ç' => 'c',
-        other => other,
-    }
-}
-
 /// `Ana  LÓPEZ` and `lopez ana` → `ana lopez`.
 fn name_key(name: &str) -> (String, usize) {
     let cleaned: String = name
         .chars()
         .flat_map(char::to_lowercase)
-        .map(fold)
+        .map(fold_accent)
         .map(|c| if c.is_alphanumeric() { c } else { ' ' })
         .collect();
     let mut tokens: Vec<&str> = cleaned.split_whitespace().collect();
@@ -137,7 +125,7 @@ fn local_key(local: &str) -> String {
     let base = local.split('+').next().unwrap_or(local);
     base.chars()
         .filter(|c| c.is_alphanumeric())
-        .map(fold)
+        .map(fold_accent)
         .collect()
 }
 
