@@ -78,7 +78,7 @@ fn a_crm_export_creates_and_updates_profiles_reports_every_bad_row_and_imports_o
     assert_eq!(
         summary,
         json!({
-            "file": csv.to_str().unwrap(), "rows": 8,
+            "file": csv.to_str().unwrap(), "rows": 8, "stored": 5, "resumed_after": 0,
             "created": 4, "updated": 1, "merged": 0, "conflicts": 0, "unchanged": 0,
             "already_imported": 0, "rejected_rows": 3, "dropped_values": 2,
             "rejected_file": rejected.to_str().unwrap(), "duplicate_candidates": 1

@@ -50,7 +50,7 @@ fn cdnow_imports_in_one_command_exactly_once_with_every_dollar_accounted_for() {
         (
             &summary["rows"],
             &summary["stored"],
-            &summary["customers_created"],
+            &summary["created"],
             &summary["rejected_rows"]
         ),
         (

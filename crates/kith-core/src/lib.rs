@@ -7,4 +7,6 @@ pub mod parse;
 pub mod time;
 
 pub use event::{ContextIdentity, Event, MessageType, Rejection, Stored, TypedFields};
-pub use parse::{IngestBatch, RequestError, parse_batch_request, parse_single_request};
+pub use parse::{
+    IngestBatch, RequestError, judge_event, parse_batch_request, parse_single_request,
+};

@@ -152,6 +152,48 @@ pub fn parse_single_request(
     })
 }
 
+/// Judges one event written on its own (a line of an events file) exactly as it would be judged
+/// as an item of `/v1/batch`: its `type` decides the call, and a fault gives the same rejection.
+pub fn judge_event(
+    text: &str,
+    source: &str,
+    received_at: DateTime<Utc>,
+) -> Result<Event, Box<Rejection>> {
+    let rejection = |code: &str, message: String| Rejection {
+        index: 0,
+        code: code.to_string(),
+        message,
+        field: None,
+        source: source.to_string(),
+        received_at,
+        message_id: None,
+        raw: truncate_utf8(text, MAX_EVENT_BYTES).to_string(),
+    };
+    let raw: &RawValue = serde_json::from_str(text).map_err(|e| {
+        Box::new(rejection(
+            "invalid_json",
+            format!("the event is not valid JSON: {e}"),
+        ))
+    })?;
+    let request = RawRequest {
+        write_key: None,
+        items: vec![raw],
+        implied_type: None,
+        batch_context: None,
+        batch_integrations: None,
+        batch_sent_at: None,
+    };
+    let mut judged = request.normalize(source, received_at);
+    match (judged.events.pop(), judged.rejections.pop()) {
+        (Some(event), _) => Ok(event),
+        (None, Some(rejection)) => Err(Box::new(rejection)),
+        (None, None) => Err(Box::new(rejection(
+            "invalid_event",
+            "the event was not judged".into(),
+        ))),
+    }
+}
+
 fn into_object(value: Value) -> Option<Map<String, Value>> {
     match value {
         Value::Object(map) => Some(map),

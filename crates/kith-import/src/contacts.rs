@@ -57,6 +57,11 @@ impl ContactImporter {
         }
     }
 
+    /// What identifies this import's mapping, for its message ids and checkpoint.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
     /// The problem a row that could not be read is.
     pub fn unreadable(&self, bad: BadRow) -> Problem {
         Problem {

@@ -7,7 +7,9 @@
 //! column and reason to a rejected-rows file ([`rejects`]). Nothing here writes to Kith: the
 //! caller sends the events through the same path as every other event.
 
+pub mod checkpoint;
 pub mod contacts;
+pub mod events;
 pub mod mapping;
 pub mod reader;
 pub mod rejects;
@@ -16,7 +18,9 @@ pub mod transactions;
 
 use thiserror::Error;
 
+pub use checkpoint::{Checkpoint, Found};
 pub use contacts::{ContactImporter, RowOutcome};
+pub use events::{EventField, FlatEventImporter, SegmentLineImporter};
 pub use mapping::{ContactField, ContactMapping, MappingError, MappingFile};
 pub use reader::{BadRow, Format, Row, RowReader, RowSource};
 pub use rejects::{Problem, RejectWriter};
@@ -40,6 +44,12 @@ pub enum ImportError {
     },
     #[error("cannot write the rejected rows to {path}: {source}")]
     Rejects {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot record the import's progress in {path}: {source}")]
+    Checkpoint {
         path: String,
         #[source]
         source: std::io::Error,

@@ -41,7 +41,10 @@ impl ContactField {
                 {
                     ContactField::External(name.trim().to_string())
                 } else {
-                    return Err(MappingError::UnknownField(text.to_string()));
+                    return Err(MappingError::UnknownField {
+                        field: text.to_string(),
+                        allowed: "user_id, email, phone, timestamp, trait:NAME or external:TYPE",
+                    });
                 }
             }
         };
@@ -63,10 +66,12 @@ impl ContactField {
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum MappingError {
-    #[error(
-        "`{0}` is not a field a column can map to; use user_id, email, phone, timestamp, trait:NAME or external:TYPE"
-    )]
-    UnknownField(String),
+    #[error("`{field}` is not a field a column can map to; use {allowed}")]
+    UnknownField {
+        field: String,
+        /// The fields this kind of import knows.
+        allowed: &'static str,
+    },
     #[error("`{0}` is not FIELD=COLUMN (e.g. `email=Correo electrónico`)")]
     NotAnAssignment(String),
     #[error(
@@ -403,7 +408,7 @@ mod tests {
         );
         assert!(matches!(
             parse_assignment("mail=Correo"),
-            Err(MappingError::UnknownField(f)) if f == "mail"
+            Err(MappingError::UnknownField { field, .. }) if field == "mail"
         ));
         assert!(matches!(
             parse_assignment("email"),

@@ -1,7 +1,7 @@
 //! The rejected-rows file: every row that was skipped, and every value dropped from a row that was
 //! imported, with the row number, column and reason.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use crate::ImportError;
@@ -40,6 +40,8 @@ pub struct RejectWriter {
     writer: Option<csv::Writer<File>>,
     rows_skipped: u64,
     values_dropped: u64,
+    /// Continuing an interrupted import: add to the file it left instead of starting a new one.
+    append: bool,
     /// The first few problems, for the summary.
     pub examples: Vec<Problem>,
 }
@@ -53,7 +55,19 @@ impl RejectWriter {
             writer: None,
             rows_skipped: 0,
             values_dropped: 0,
+            append: false,
             examples: Vec::new(),
+        }
+    }
+
+    /// Continues the file of an interrupted import, which had recorded `rows_skipped` and
+    /// `values_dropped` problems.
+    pub fn resume(path: &Path, rows_skipped: u64, values_dropped: u64) -> RejectWriter {
+        RejectWriter {
+            rows_skipped,
+            values_dropped,
+            append: path.exists(),
+            ..RejectWriter::new(path)
         }
     }
 
@@ -69,9 +83,9 @@ impl RejectWriter {
         self.values_dropped
     }
 
-    /// True once anything was written.
+    /// True once anything was written (by this run or the interrupted one it continues).
     pub fn written(&self) -> bool {
-        self.writer.is_some()
+        self.writer.is_some() || self.append
     }
 
     pub fn record(&mut self, problem: Problem) -> Result<(), ImportError> {
@@ -80,11 +94,20 @@ impl RejectWriter {
             source: e,
         };
         if self.writer.is_none() {
-            let file = File::create(&self.path).map_err(|e| error(e, &self.path))?;
-            let mut writer = csv::Writer::from_writer(file);
-            writer
-                .write_record(["row", "column", "value", "reason", "action"])
-                .map_err(|e| error(e.into(), &self.path))?;
+            let writer = if self.append {
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&self.path)
+                    .map_err(|e| error(e, &self.path))?;
+                csv::Writer::from_writer(file)
+            } else {
+                let file = File::create(&self.path).map_err(|e| error(e, &self.path))?;
+                let mut writer = csv::Writer::from_writer(file);
+                writer
+                    .write_record(["row", "column", "value", "reason", "action"])
+                    .map_err(|e| error(e.into(), &self.path))?;
+                writer
+            };
             self.writer = Some(writer);
         }
         match problem.action {
@@ -108,7 +131,7 @@ impl RejectWriter {
         Ok(())
     }
 
-    /// Flushes the file.
+    /// Writes out what is buffered (at each checkpoint, and at the end).
     pub fn finish(&mut self) -> Result<(), ImportError> {
         if let Some(writer) = self.writer.as_mut() {
             writer.flush().map_err(|e| ImportError::Rejects {

@@ -9,6 +9,7 @@ use chrono::Utc;
 use kith_core::{Event, MessageType, TypedFields};
 use serde_json::{Map, Value, json};
 
+use crate::RowOutcome;
 use crate::mapping::{MappingError, squash, trait_name};
 use crate::reader::{BadRow, Row, json_kind, text_of};
 use crate::rejects::{Action, Problem};
@@ -48,7 +49,12 @@ impl TransactionField {
                 .filter(|n| !n.trim().is_empty())
             {
                 Some(name) => TransactionField::Property(name.trim().to_string()),
-                None => return Err(MappingError::UnknownField(other.to_string())),
+                None => {
+                    return Err(MappingError::UnknownField {
+                        field: other.to_string(),
+                        allowed: "customer, email, date, amount, quantity, order_id, currency or property:NAME",
+                    });
+                }
             },
         })
     }
@@ -244,10 +250,10 @@ pub fn plan(
 /// How a file's columns are read: fixed by its header line, or worked out for each row of a
 /// JSONL file from the keys that row has.
 #[derive(Debug, Clone)]
-pub enum Columns {
-    Fixed(Vec<(String, TransactionField)>),
+pub enum Columns<F = TransactionField> {
+    Fixed(Vec<(String, F)>),
     PerRow {
-        explicit: Vec<(TransactionField, String)>,
+        explicit: Vec<(F, String)>,
         only_mapped: bool,
     },
 }
@@ -261,13 +267,6 @@ pub struct TransactionImporter {
     event_name: String,
     default_currency: Option<String>,
     fingerprint: String,
-}
-
-/// What one row gave.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TransactionOutcome {
-    pub event: Option<Event>,
-    pub problem: Option<Problem>,
 }
 
 fn number_of(value: &Value) -> Option<f64> {
@@ -322,6 +321,11 @@ impl TransactionImporter {
         }
     }
 
+    /// What identifies this import's mapping, for its message ids and checkpoint.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
     pub fn unreadable(&self, bad: BadRow) -> Problem {
         Problem {
             row: bad.number,
@@ -332,16 +336,16 @@ impl TransactionImporter {
         }
     }
 
-    pub fn row(&self, row: &Row) -> TransactionOutcome {
-        let skip = |column: &str, value: Option<&Value>, reason: String| TransactionOutcome {
+    pub fn row(&self, row: &Row) -> RowOutcome {
+        let skip = |column: &str, value: Option<&Value>, reason: String| RowOutcome {
             event: None,
-            problem: Some(Problem {
+            problems: vec![Problem {
                 row: row.number,
                 column: Some(column.to_string()),
                 value: value.map(|v| text_of(v).unwrap_or_else(|| v.to_string())),
                 reason,
                 action: Action::RowSkipped,
-            }),
+            }],
         };
         let per_row;
         let plan = match &self.columns {
@@ -490,9 +494,9 @@ impl TransactionImporter {
                 ..TypedFields::default()
             },
         };
-        TransactionOutcome {
+        RowOutcome {
             event: Some(event),
-            problem: None,
+            problems: Vec::new(),
         }
     }
 }
@@ -580,10 +584,10 @@ mod tests {
         assert_ne!(twin.message_id, good.message_id);
         let bad = importer.row(&row(3, ["00002", "1997-13-45", "1", "5"]));
         assert_eq!(bad.event, None);
-        assert_eq!(bad.problem.unwrap().column.as_deref(), Some("date"));
+        assert_eq!(bad.problems[0].column.as_deref(), Some("date"));
         let bad = importer.row(&row(4, ["00002", "19970101", "1", "n/a"]));
         assert_eq!(
-            bad.problem.unwrap().reason,
+            bad.problems[0].reason,
             "the amount must be a number, not a string"
         );
     }

@@ -11,9 +11,9 @@ use kith_demo::{DemoConfig, WorldSummary, write_world};
 use kith_import::{ContactField, Format, TimeParser};
 use kith_profiles::ProfileSettings;
 
+use super::contacts_import::{ContactsJob, run_contacts};
 use super::destination::Destination;
-use super::events_import::import_events;
-use super::import::{ContactsJob, progress_bar, run_contacts};
+use super::events_import::import_segment_lines;
 use crate::config::FileConfig;
 
 #[derive(Subcommand)]
@@ -94,24 +94,16 @@ pub fn load(
     let files = data_dir.join("demo");
     let summary = generate(config, &files)?;
     let destination = Destination::open(data_dir, settings.clone())?;
-    let events_file = files.join("events.jsonl");
-    let total = std::fs::metadata(&events_file)
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let bar = progress_bar(total);
-    let loaded = import_events(
-        &events_file,
+    let loaded = import_segment_lines(
+        &files.join("events.jsonl"),
         "demo",
         &destination,
         &files.join("events.rejected.csv"),
-        |bytes| bar.set_position(bytes),
-    );
-    bar.finish_and_clear();
-    let loaded = loaded?;
-    if loaded.rejected > 0 {
+    )?;
+    if loaded.rejected_rows > 0 {
         bail!(
             "{} demo events were rejected (see {}); this is a bug in the generator",
-            loaded.rejected,
+            loaded.rejected_rows,
             files.join("events.rejected.csv").display()
         );
     }
@@ -128,6 +120,8 @@ pub fn load(
         time: TimeParser::new(Some("%d/%m/%Y".into()), Some("America/Mexico_City"))?,
         source: "crm".into(),
         rejected: files.join("contacts.rejected.csv"),
+        checkpoint: None,
+        restart: false,
     };
     run_contacts(&contacts, &settings, &destination, false)?;
     destination.close()?;

@@ -208,6 +208,15 @@ impl Destination {
         }
     }
 
+    /// What in-process writes changed in profiles so far, without waiting for those not yet
+    /// applied (nothing for a server, whose answers say it).
+    pub fn changes_so_far(&self) -> kith_profiles::ChangeCounts {
+        match self {
+            Destination::Offline { tally, .. } => tally.counts(),
+            Destination::Server { .. } => kith_profiles::ChangeCounts::default(),
+        }
+    }
+
     /// How many likely duplicates (score 0.5 or more) the profiles now hold.
     pub fn duplicate_count(&self) -> anyhow::Result<usize> {
         match self {

@@ -1,137 +1,125 @@
-//! `kith import events FILE`: Segment-shaped events, one JSON object a line (what `kith demo
-//! generate` writes, or an export from another CDP), through the same parser and validation as
-//! `/v1/batch`. Events without a `messageId` get one derived from the line, so a second run
-//! stores nothing again.
+//! `kith import events FILE`: Segment-shaped JSON lines as they are (what `kith demo generate`
+//! writes, or an export from another CDP), or flat rows (CSV, Parquet, or JSONL given a
+//! `--map`) through a column mapping. Either way every row is validated like a `/v1/batch` item;
+//! rows without a message id get one derived from their content, so a second run stores nothing
+//! again.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::process::ExitCode;
 
-use anyhow::Context;
-use chrono::Utc;
-use kith_import::rejects::Action;
-use kith_import::{Problem, RejectWriter};
-use serde_json::Value;
+use clap::Args;
+use kith_import::events::plan_events;
+use kith_import::transactions::Columns;
+use kith_import::{
+    EventField, FlatEventImporter, Format, RowOutcome, RowSource, SegmentLineImporter,
+};
 
 use super::destination::Destination;
+use super::import::{FileArgs, ImportSummary, open_rows, show_plan};
+use super::log_import::explicit_fields;
+use super::row_import::{RowImport, RowTotals};
+use crate::config::FileConfig;
 
-/// Totals of an events import.
-#[derive(Debug, Default, serde::Serialize)]
-pub struct EventsSummary {
-    pub file: String,
-    pub lines: u64,
-    pub stored: u64,
-    pub already_imported: u64,
-    pub rejected: u64,
-    pub rejected_file: Option<String>,
+#[derive(Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    common: FileArgs,
+    /// The event every row is, when the file has no column naming it (flat files only)
+    #[arg(long)]
+    event: Option<String>,
 }
 
-/// Reads `path` and writes its events to `destination` under `source`; `progress` gets the
-/// bytes read so far.
-pub fn import_events(
+/// How the rows of an events file become events.
+enum Reading {
+    /// Each JSON line is a Segment event.
+    Segment(SegmentLineImporter),
+    /// Each row is mapped column by column.
+    Flat(FlatEventImporter),
+}
+
+impl Reading {
+    fn job(&self) -> String {
+        match self {
+            Reading::Segment(_) => "events segment".into(),
+            Reading::Flat(importer) => format!("events flat {}", importer.fingerprint()),
+        }
+    }
+
+    fn convert(&self, row: Result<kith_import::Row, kith_import::BadRow>) -> RowOutcome {
+        match (self, row) {
+            (Reading::Segment(importer), Ok(row)) => importer.row(&row),
+            (Reading::Flat(importer), Ok(row)) => importer.row(&row),
+            (Reading::Segment(importer), Err(bad)) => RowOutcome {
+                event: None,
+                problems: vec![importer.unreadable(bad)],
+            },
+            (Reading::Flat(importer), Err(bad)) => RowOutcome {
+                event: None,
+                problems: vec![importer.unreadable(bad)],
+            },
+        }
+    }
+}
+
+pub fn run(args: EventsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
+    let common = &args.common;
+    let format = common.format(None)?;
+    let source = common.source(None, "import")?;
+    let mut reader = open_rows(&common.file, format, common.delimiter(None)?)?;
+    let flat = format != Format::Jsonl || !common.map.is_empty() || args.event.is_some();
+    let reading = if flat {
+        let explicit = explicit_fields(&common.map, EventField::parse)?;
+        let columns = match reader.headers().map(<[String]>::to_vec) {
+            Some(headers) => {
+                let plan = plan_events(
+                    &headers,
+                    &explicit,
+                    common.only_mapped,
+                    args.event.is_some(),
+                )?;
+                show_plan(&plan, EventField::describe);
+                Columns::Fixed(plan)
+            }
+            None => Columns::PerRow {
+                explicit,
+                only_mapped: common.only_mapped,
+            },
+        };
+        let text_cells = matches!(format, Format::Csv | Format::Whitespace);
+        Reading::Flat(FlatEventImporter::new(
+            columns,
+            common.time(None, None)?,
+            source,
+            args.event.clone(),
+            text_cells,
+        ))
+    } else {
+        Reading::Segment(SegmentLineImporter::new(source))
+    };
+    let destination = common.destination(&file)?;
+    let totals = common
+        .row_import(&destination, reading.job())
+        .run(reader.as_mut(), |row| reading.convert(row));
+    destination.close()?;
+    let totals = totals?;
+    ImportSummary::new(&common.file, &totals).report(common.json, &totals)
+}
+
+/// Loads Segment-shaped JSON lines without a checkpoint (the demo loader).
+pub fn import_segment_lines(
     path: &Path,
     source: &str,
     destination: &Destination,
-    rejected_path: &Path,
-    mut progress: impl FnMut(u64),
-) -> anyhow::Result<EventsSummary> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut reader = BufReader::new(file);
-    let mut rejects = RejectWriter::new(rejected_path);
-    let mut summary = EventsSummary {
-        file: path.display().to_string(),
-        ..EventsSummary::default()
-    };
-    // Lines are validated as one Segment batch, which holds at most 2,500 events.
-    let batch_lines = destination
-        .batch_rows()
-        .min(kith_core::limits::MAX_BATCH_EVENTS);
-    let mut batch: Vec<(u64, Value)> = Vec::with_capacity(batch_lines);
-    let (mut line, mut number, mut bytes) = (String::new(), 0u64, 0u64);
-    loop {
-        line.clear();
-        let read = reader
-            .read_line(&mut line)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if read > 0 {
-            number += 1;
-            bytes += read as u64;
-            let text = line.trim();
-            if !text.is_empty() {
-                summary.lines += 1;
-                match serde_json::from_str::<Value>(text) {
-                    Ok(Value::Object(mut object)) => {
-                        if !object.contains_key("messageId") {
-                            let id = format!(
-                                "import-events-{:032x}",
-                                xxhash_rust::xxh3::xxh3_128(text.as_bytes())
-                            );
-                            object.insert("messageId".into(), Value::String(id));
-                        }
-                        batch.push((number, Value::Object(object)));
-                    }
-                    Ok(_) | Err(_) => {
-                        summary.rejected += 1;
-                        rejects.record(Problem {
-                            row: number,
-                            column: None,
-                            value: None,
-                            reason: "the line is not a JSON object".into(),
-                            action: Action::RowSkipped,
-                        })?;
-                    }
-                }
-            }
-        }
-        if batch.len() >= batch_lines || (read == 0 && !batch.is_empty()) {
-            send(&mut batch, source, destination, &mut rejects, &mut summary)?;
-            progress(bytes);
-        }
-        if read == 0 {
-            break;
-        }
+    rejected: &Path,
+) -> anyhow::Result<RowTotals> {
+    let mut reader: Box<dyn RowSource> = open_rows(path, Format::Jsonl, None)?;
+    let reading = Reading::Segment(SegmentLineImporter::new(source.to_string()));
+    RowImport {
+        destination,
+        file: path,
+        rejected: rejected.to_path_buf(),
+        checkpoint: None,
+        restart: false,
     }
-    rejects.finish()?;
-    summary.rejected_file = rejects
-        .written()
-        .then(|| rejected_path.display().to_string());
-    Ok(summary)
-}
-
-fn send(
-    batch: &mut Vec<(u64, Value)>,
-    source: &str,
-    destination: &Destination,
-    rejects: &mut RejectWriter,
-    summary: &mut EventsSummary,
-) -> anyhow::Result<()> {
-    let lines: Vec<u64> = batch.iter().map(|(n, _)| *n).collect();
-    let items: Vec<Value> = batch.drain(..).map(|(_, v)| v).collect();
-    let body = serde_json::json!({ "batch": items }).to_string();
-    let request = kith_core::parse::parse_batch_request(&body)
-        .map_err(|e| anyhow::anyhow!("the events could not be read as a batch: {e}"))?;
-    let parsed = request.normalize(source, Utc::now());
-    for rejection in &parsed.rejections {
-        summary.rejected += 1;
-        rejects.record(Problem {
-            row: lines.get(rejection.index).copied().unwrap_or(0),
-            column: rejection.field.clone(),
-            value: None,
-            reason: format!("{}: {}", rejection.code, rejection.message),
-            action: Action::RowSkipped,
-        })?;
-    }
-    let result = destination.write(parsed.events)?;
-    summary.stored += result.stored as u64;
-    summary.already_imported += result.duplicates as u64;
-    Ok(())
-}
-
-/// `FILE.rejected.csv` in the current directory.
-pub fn default_rejected(file: &Path) -> PathBuf {
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "import".into());
-    PathBuf::from(format!("{name}.rejected.csv"))
+    .run(reader.as_mut(), |row| reading.convert(row))
 }

@@ -1,408 +1,323 @@
-//! `kith import contacts FILE`: people from a CRM export into profiles, through the same journal
-//! and identity rules as tracked events, with a progress bar, a summary and a rejected-rows file.
+//! `kith import contacts|events|transactions|tickets|surveys FILE`: customer files into Kith,
+//! through the same journal and identity rules as tracked events. Every kind streams its file,
+//! shows a progress bar, writes rejected rows with their reasons, prints a summary, and continues
+//! an interrupted import where it stopped (see [`super::row_import`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use kith_core::Event;
-use kith_import::mapping::parse_assignment;
-use kith_import::{
-    ContactField, ContactImporter, ContactMapping, Format, LogKind, MappingFile, Problem,
-    RejectWriter, RowReader, RowSource, TimeParser,
-};
-use kith_profiles::{ChangeCounts, ProfileSettings};
+use kith_import::{Format, MappingFile, RowReader, RowSource, TimeParser};
 use serde::Serialize;
 
 use super::DataDirArg;
+use super::contacts_import::{self, ContactsArgs};
 use super::destination::Destination;
-use super::events_import::{default_rejected, import_events};
+use super::events_import::{self, EventsArgs};
 use super::log_import::{self, LogArgs};
+use super::row_import::{RowImport, RowTotals, checkpoint_beside};
 use crate::config::FileConfig;
+use kith_import::LogKind;
 
 #[derive(Subcommand)]
 pub enum ImportKind {
-    /// People from a CRM or spreadsheet (CSV or JSONL): creates or updates profiles through the
-    /// identity rules. Re-running the same import changes nothing.
+    /// People from a CRM or spreadsheet: creates or updates profiles through the identity rules.
+    ///
+    /// Fields for --map: user_id, email, phone, timestamp, trait:NAME, external:TYPE. Columns not
+    /// mapped are recognised by their usual names (email, correo, phone, teléfono, celular,
+    /// user_id, updated_at…); the rest become traits named after them.
     Contacts(ContactsArgs),
-    /// Segment-shaped events, one JSON object a line (e.g. `kith demo generate`'s events.jsonl),
-    /// validated like `/v1/batch`. Re-running stores nothing twice.
+    /// Events: Segment-shaped JSON lines as they are (e.g. `kith demo generate`'s events.jsonl),
+    /// or flat rows of another tool's export (CSV, Parquet, JSONL with --map), one event a row.
+    ///
+    /// Fields for --map: type, event, user_id, anonymous_id, email, timestamp, message_id,
+    /// property:NAME, trait:NAME. Usual names are recognised (event/action/evento,
+    /// user_id/customer_id/cliente, anonymous_id/device_id, timestamp/date/fecha, message_id);
+    /// other columns become properties. Rows are validated like `/v1/batch` items.
     Events(EventsArgs),
     /// A transaction log (who bought, when, how much), e.g. CDNOW's master file, as
-    /// `Order Completed` events: the input of CLV models. Columns named customer_id, date,
-    /// amount/dollar_value/revenue, quantity, order_id are recognised.
+    /// `Order Completed` events: the input of CLV models.
+    ///
+    /// Fields for --map: customer, email, date, amount, quantity, order_id, currency,
+    /// property:NAME. Columns named customer_id, date, amount/dollar_value/revenue, quantity,
+    /// order_id are recognised.
     Transactions(LogArgs),
     /// A helpdesk export as `Ticket Created` events: customer id or email and date required;
     /// every other column (subject, body, status…) kept as a property.
+    ///
+    /// Fields for --map: customer, email, date, property:NAME.
     Tickets(LogArgs),
     /// Survey answers as `Survey Responded` events: customer id or email and date required;
     /// `score`/`nps`/`calificacion` and `comment`/`comentario` recognised.
+    ///
+    /// Fields for --map: customer, email, date, property:NAME.
     Surveys(LogArgs),
 }
 
+/// The flags every file import takes.
 #[derive(Args)]
-pub struct EventsArgs {
+pub struct FileArgs {
     #[command(flatten)]
-    data_dir: DataDirArg,
-    /// The JSON Lines file.
-    file: PathBuf,
-    /// The source the events are recorded under [default: import]
-    #[arg(long)]
-    source: Option<String>,
-    /// Where rejected lines go [default: FILE_NAME.rejected.csv in the current directory]
-    #[arg(long, value_name = "FILE")]
-    rejected: Option<PathBuf>,
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
-pub struct ContactsArgs {
-    #[command(flatten)]
-    data_dir: DataDirArg,
-    /// The file: CSV with a header line, or JSON Lines (one object a line).
-    file: PathBuf,
-    /// What a column holds: FIELD=COLUMN, FIELD one of user_id, email, phone, timestamp,
-    /// trait:NAME, external:TYPE. Repeat for each. Columns not mapped are recognised by their
-    /// usual names (email, correo, phone, teléfono, celular, user_id, updated_at…); the rest become
-    /// traits named after them.
+    pub data_dir: DataDirArg,
+    /// The file: CSV or TSV with a header line, JSON Lines, Parquet, or whitespace-separated
+    /// text (`.txt`) whose first line names the columns.
+    pub file: PathBuf,
+    /// What a column holds: FIELD=COLUMN (the fields are listed above). Repeat for each.
     #[arg(long = "map", value_name = "FIELD=COLUMN")]
-    map: Vec<String>,
-    /// A TOML file with `[map]`, `ignore`, `only_mapped`, `format`, `delimiter`, `time_format`,
-    /// `timezone` and `source`; flags win over it.
-    #[arg(long, value_name = "FILE")]
-    mapping: Option<PathBuf>,
-    /// A column to leave out. Repeat for each.
-    #[arg(long = "ignore", value_name = "COLUMN")]
-    ignore: Vec<String>,
-    /// Import only the mapped and recognised columns (no other column becomes a trait).
+    pub map: Vec<String>,
+    /// Leave out the columns that are neither mapped nor recognised (instead of keeping them).
     #[arg(long)]
-    only_mapped: bool,
-    /// csv, jsonl or parquet [default: from the file name]
+    pub only_mapped: bool,
+    /// csv, jsonl, parquet or whitespace [default: from the file name]
     #[arg(long)]
-    format: Option<String>,
-    /// CSV field delimiter, e.g. `;` or `tab` [default: `,`, or tab for .tsv]
+    pub format: Option<String>,
+    /// CSV field delimiter, e.g. `;` or `tab` [default: `,`, tab for .tsv]
     #[arg(long)]
-    delimiter: Option<String>,
-    /// strftime format of the time column, e.g. `%d/%m/%Y %H:%M` [default: RFC 3339, ISO dates,
-    /// Unix seconds]
+    pub delimiter: Option<String>,
+    /// strftime format of the time column, e.g. `%d/%m/%Y %H:%M` [default: RFC 3339, ISO dates
+    /// and times, YYYYMMDD, Unix seconds]
     #[arg(long)]
-    time_format: Option<String>,
-    /// Time zone of times written without one (IANA name, e.g. America/Mexico_City) [default: UTC]
+    pub time_format: Option<String>,
+    /// Time zone of times written without one (IANA name, e.g. America/Mexico_City)
+    /// [default: UTC]
     #[arg(long)]
-    timezone: Option<String>,
-    /// The source the events are recorded under [default: crm]
+    pub timezone: Option<String>,
+    /// The source the events are recorded under [default: the kind of import]
     #[arg(long)]
-    source: Option<String>,
+    pub source: Option<String>,
     /// Where rejected rows go [default: FILE_NAME.rejected.csv in the current directory]
     #[arg(long, value_name = "FILE")]
-    rejected: Option<PathBuf>,
+    pub rejected: Option<PathBuf>,
+    /// Read the file from its first row, even where an interrupted import of it left a
+    /// checkpoint to continue from (FILE_NAME.import-progress.json, beside the rejected rows).
+    #[arg(long)]
+    pub restart: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
-/// The summary of an import.
-#[derive(Debug, Serialize)]
-pub struct ImportSummary {
-    pub file: String,
-    pub rows: u64,
-    pub created: u64,
-    pub updated: u64,
-    pub merged: u64,
-    /// Rows whose merge the identity guards refused.
-    pub conflicts: u64,
-    /// Rows that joined a profile without changing it.
-    pub unchanged: u64,
-    /// Rows imported before (same content, same mapping).
-    pub already_imported: u64,
-    pub rejected_rows: u64,
-    pub dropped_values: u64,
-    pub rejected_file: Option<String>,
-    /// Likely duplicates among all profiles after the import (`kith profile duplicates`).
-    pub duplicate_candidates: usize,
+impl FileArgs {
+    /// The file's format: the flag, else a mapping file's, else the file name's.
+    pub fn format(&self, configured: Option<&str>) -> anyhow::Result<Format> {
+        match self.format.as_deref().or(configured) {
+            Some(name) => Format::from_name(name).with_context(|| {
+                format!("`{name}` is not a format kith imports; use csv, jsonl, parquet or whitespace")
+            }),
+            None => Format::from_path(&self.file).with_context(|| {
+                format!(
+                    "cannot tell the format of {} from its name; pass --format csv, jsonl, parquet or whitespace",
+                    self.file.display()
+                )
+            }),
+        }
+    }
+
+    pub fn delimiter(&self, configured: Option<&str>) -> anyhow::Result<Option<u8>> {
+        Ok(self
+            .delimiter
+            .as_deref()
+            .or(configured)
+            .map(MappingFile::delimiter_byte)
+            .transpose()?)
+    }
+
+    pub fn time(&self, format: Option<String>, zone: Option<&str>) -> anyhow::Result<TimeParser> {
+        Ok(TimeParser::new(
+            self.time_format.clone().or(format),
+            self.timezone.as_deref().or(zone),
+        )?)
+    }
+
+    /// The source named by the flag (else `default`), refusing the one Kith keeps for itself.
+    pub fn source(&self, default: Option<&str>, fallback: &str) -> anyhow::Result<String> {
+        let source = self
+            .source
+            .clone()
+            .or(default.map(str::to_string))
+            .unwrap_or_else(|| fallback.to_string());
+        check_source(&source)?;
+        Ok(source)
+    }
+
+    pub fn rejected(&self) -> PathBuf {
+        self.rejected
+            .clone()
+            .unwrap_or_else(|| default_rejected(&self.file))
+    }
+
+    pub fn destination(&self, file: &FileConfig) -> anyhow::Result<Destination> {
+        let data_dir = file.data_dir(self.data_dir.data_dir.clone());
+        let destination = Destination::open(&data_dir, file.profile_settings()?)?;
+        eprintln!(
+            "importing {} into {}",
+            self.file.display(),
+            destination.describe()
+        );
+        Ok(destination)
+    }
+
+    /// The import of this file, checkpointed under `job` (what tells this import from another
+    /// of the same file: the command and its mapping).
+    pub fn row_import<'a>(&'a self, destination: &'a Destination, job: String) -> RowImport<'a> {
+        RowImport {
+            destination,
+            file: &self.file,
+            rejected: self.rejected(),
+            checkpoint: Some((checkpoint_beside(&self.rejected(), &self.file), job)),
+            restart: self.restart,
+        }
+    }
+}
+
+pub fn check_source(source: &str) -> anyhow::Result<()> {
+    if source.eq_ignore_ascii_case(kith_profiles::KITH_SOURCE) {
+        bail!(
+            "the source name `{source}` is reserved for events Kith writes itself; pass another --source"
+        );
+    }
+    Ok(())
 }
 
 pub fn run(kind: ImportKind, file: FileConfig) -> anyhow::Result<ExitCode> {
     match kind {
-        ImportKind::Contacts(args) => contacts(args, file),
-        ImportKind::Events(args) => events(args, file),
+        ImportKind::Contacts(args) => contacts_import::run(args, file),
+        ImportKind::Events(args) => events_import::run(args, file),
         ImportKind::Transactions(args) => log_import::run(LogKind::Transactions, args, file),
         ImportKind::Tickets(args) => log_import::run(LogKind::Tickets, args, file),
         ImportKind::Surveys(args) => log_import::run(LogKind::Surveys, args, file),
     }
 }
 
-fn events(args: EventsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
-    let source = args.source.clone().unwrap_or_else(|| "import".to_string());
-    if source.eq_ignore_ascii_case(kith_profiles::KITH_SOURCE) {
-        bail!(
-            "the source name `{source}` is reserved for events Kith writes itself; pass another --source"
-        );
-    }
-    let data_dir = file.data_dir(args.data_dir.data_dir.clone());
-    let destination = Destination::open(&data_dir, file.profile_settings()?)?;
-    eprintln!(
-        "importing {} into {}",
-        args.file.display(),
-        destination.describe()
-    );
-    let total = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
-    let progress = progress_bar(total);
-    let rejected = args
-        .rejected
-        .clone()
-        .unwrap_or_else(|| default_rejected(&args.file));
-    let summary = import_events(&args.file, &source, &destination, &rejected, |bytes| {
-        progress.set_position(bytes)
-    });
-    progress.finish_and_clear();
-    destination.close()?;
-    let summary = summary?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        println!(
-            "{} lines read from {}: {} events stored, {} already imported, {} rejected",
-            summary.lines, summary.file, summary.stored, summary.already_imported, summary.rejected
-        );
-        if let Some(path) = &summary.rejected_file {
-            println!("rejected lines, with reasons: {path}");
+/// The summary every import prints.
+#[derive(Debug, Serialize)]
+pub struct ImportSummary {
+    pub file: String,
+    pub rows: u64,
+    /// Events stored by this import.
+    pub stored: u64,
+    /// Rows imported before (same content, same mapping): stored once, not again.
+    pub already_imported: u64,
+    /// Profiles the import created, updated or merged, and rows that joined one unchanged.
+    pub created: u64,
+    pub updated: u64,
+    pub merged: u64,
+    /// Rows whose merge the identity guards refused.
+    pub conflicts: u64,
+    pub unchanged: u64,
+    pub rejected_rows: u64,
+    /// Values left out of rows that were imported.
+    pub dropped_values: u64,
+    pub rejected_file: Option<String>,
+    /// Rows an interrupted run had handled; this run continued after them.
+    pub resumed_after: u64,
+    /// Likely duplicates among all profiles after the import (`kith profile duplicates`);
+    /// counted after contact imports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate_candidates: Option<usize>,
+}
+
+impl ImportSummary {
+    pub fn new(file: &Path, totals: &RowTotals) -> ImportSummary {
+        ImportSummary {
+            file: file.display().to_string(),
+            rows: totals.rows,
+            stored: totals.stored,
+            already_imported: totals.already_imported,
+            created: totals.changes.created,
+            updated: totals.changes.updated,
+            merged: totals.changes.merged,
+            conflicts: totals.changes.conflict,
+            unchanged: totals.changes.unchanged,
+            rejected_rows: totals.rejected_rows,
+            dropped_values: totals.dropped_values,
+            rejected_file: totals.rejected_file.clone(),
+            resumed_after: totals.resumed_after,
+            duplicate_candidates: None,
         }
     }
-    if summary.lines > 0 && summary.rejected == summary.lines {
-        eprintln!("error: no event of {} could be imported", summary.file);
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
-}
 
-/// A contacts import, settled from flags, a mapping file or code (the demo loader).
-pub struct ContactsJob {
-    pub file: PathBuf,
-    pub format: Format,
-    pub delimiter: Option<u8>,
-    pub assignments: Vec<(ContactField, String)>,
-    pub ignore: Vec<String>,
-    pub only_mapped: bool,
-    pub time: TimeParser,
-    pub source: String,
-    pub rejected: PathBuf,
-}
-
-impl ContactsJob {
-    fn from_args(args: &ContactsArgs) -> anyhow::Result<ContactsJob> {
-        let mapping_file = match &args.mapping {
-            Some(path) => MappingFile::load(path)?,
-            None => MappingFile::default(),
-        };
-        let format_name = args.format.clone().or(mapping_file.format.clone());
-        let format = match format_name {
-            Some(name) => Format::from_name(&name).with_context(|| {
-                format!("`{name}` is not a format kith imports; use csv or jsonl")
-            })?,
-            None => Format::from_path(&args.file).with_context(|| {
-                format!(
-                    "cannot tell the format of {} from its name; pass --format csv or --format jsonl",
-                    args.file.display()
-                )
-            })?,
-        };
-        let delimiter = args
-            .delimiter
-            .as_deref()
-            .or(mapping_file.delimiter.as_deref())
-            .map(MappingFile::delimiter_byte)
-            .transpose()?;
-        let time = TimeParser::new(
-            args.time_format
-                .clone()
-                .or(mapping_file.time_format.clone()),
-            args.timezone
-                .as_deref()
-                .or(mapping_file.timezone.as_deref()),
-        )?;
-        let source = args
-            .source
-            .clone()
-            .or(mapping_file.source.clone())
-            .unwrap_or_else(|| "crm".to_string());
-        Ok(ContactsJob {
-            file: args.file.clone(),
-            format,
-            delimiter,
-            assignments: assignments(&mapping_file, &args.map)?,
-            ignore: mapping_file
-                .ignore
-                .iter()
-                .chain(&args.ignore)
-                .cloned()
-                .collect(),
-            only_mapped: args.only_mapped || mapping_file.only_mapped,
-            time,
-            source,
-            rejected: args
-                .rejected
-                .clone()
-                .unwrap_or_else(|| default_rejected(&args.file)),
-        })
-    }
-}
-
-fn contacts(args: ContactsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
-    let job = ContactsJob::from_args(&args)?;
-    let settings = file.profile_settings()?;
-    let data_dir = file.data_dir(args.data_dir.data_dir.clone());
-    let destination = Destination::open(&data_dir, settings.clone())?;
-    eprintln!(
-        "importing {} into {}",
-        job.file.display(),
-        destination.describe()
-    );
-    let (summary, examples) = run_contacts(&job, &settings, &destination, true)?;
-    destination.close()?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        print_summary(&summary, &examples);
-    }
-    if summary.rows == 0 {
-        eprintln!("error: {} holds no rows", job.file.display());
-        return Ok(ExitCode::FAILURE);
-    }
-    if summary.rejected_rows == summary.rows {
-        eprintln!(
-            "error: no row of {} could be imported; the reasons are in {}",
-            job.file.display(),
-            job.rejected.display()
-        );
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Runs a contacts import into `destination`; returns the summary and the first few problems.
-pub fn run_contacts(
-    job: &ContactsJob,
-    settings: &ProfileSettings,
-    destination: &Destination,
-    show_plan: bool,
-) -> anyhow::Result<(ImportSummary, Vec<Problem>)> {
-    if job.source.eq_ignore_ascii_case(kith_profiles::KITH_SOURCE) {
-        bail!(
-            "the source name `{}` is reserved for events Kith writes itself; pass another --source",
-            job.source
-        );
-    }
-    let mut reader = open_rows(&job.file, job.format, job.delimiter)?;
-    let headers = reader.headers().map(<[String]>::to_vec);
-    let mapping = ContactMapping::new(
-        job.assignments.clone(),
-        job.ignore.clone(),
-        job.only_mapped,
-        headers.as_deref(),
-    )?;
-    if let Some(headers) = &headers {
-        let plan = mapping.plan(headers);
-        if show_plan {
-            let described: Vec<String> = plan
-                .iter()
-                .map(|(column, field)| format!("{column} → {}", field.describe()))
-                .collect();
-            eprintln!("columns: {}", described.join(", "));
+    /// Prints the summary (as JSON with `json`) and says whether the import failed: nothing in
+    /// the file, or no row of it importable.
+    pub fn report(&self, json: bool, totals: &RowTotals) -> anyhow::Result<ExitCode> {
+        if json {
+            println!("{}", serde_json::to_string_pretty(self)?);
+        } else {
+            self.print(totals);
         }
-        let identifying = plan.iter().any(|(_, f)| {
-            matches!(
-                f,
-                ContactField::UserId
-                    | ContactField::Email
-                    | ContactField::Phone
-                    | ContactField::External(_)
-            )
-        });
-        if !identifying {
-            bail!(
-                "no column of {} identifies a person; map one with --map email=COLUMN (or user_id, phone, external:TYPE)",
-                job.file.display()
+        if self.rows == 0 {
+            eprintln!("error: {} holds no rows", self.file);
+            return Ok(ExitCode::FAILURE);
+        }
+        if self.rejected_rows == self.rows {
+            eprintln!(
+                "error: no row of {} could be imported; the reasons are in {}",
+                self.file,
+                self.rejected_file
+                    .as_deref()
+                    .unwrap_or("the rejected-rows file")
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn print(&self, totals: &RowTotals) {
+        println!("{} rows read from {}", self.rows, self.file);
+        if self.resumed_after > 0 {
+            println!(
+                "  (continued after row {}, where an interrupted run stopped)",
+                self.resumed_after
             );
         }
-    }
-    let importer = ContactImporter::new(
-        mapping,
-        headers.as_deref(),
-        settings.normalizer.clone(),
-        job.time.clone(),
-        job.source.clone(),
-        chrono::Utc::now(),
-    );
-    let mut rejects = RejectWriter::new(&job.rejected);
-    let progress = progress_bar(reader.total_bytes());
-    let bytes_read = reader.bytes_read();
-    let mut totals = ChangeCounts::default();
-    let mut already_imported = 0u64;
-    let mut rows = 0u64;
-    let mut batch: Vec<Event> = Vec::new();
-    let mut send = |batch: &mut Vec<Event>| -> anyhow::Result<()> {
-        if batch.is_empty() {
-            return Ok(());
+        println!("  events stored    {:>9}", self.stored);
+        println!("  already imported {:>9}", self.already_imported);
+        println!("  profiles created {:>9}", self.created);
+        println!("  updated          {:>9}", self.updated);
+        println!("  merged           {:>9}", self.merged);
+        if self.conflicts > 0 {
+            println!(
+                "  conflicts        {:>9}  (merges the identity guards refused; see each profile's `conflicts`)",
+                self.conflicts
+            );
         }
-        let result = destination.write(std::mem::take(batch))?;
-        already_imported += result.duplicates as u64;
-        totals += result.changes;
-        Ok(())
-    };
-    while let Some(next) = reader.next_row()? {
-        rows += 1;
-        let outcome = match next {
-            Ok(row) => importer.row(&row),
-            Err(bad) => kith_import::RowOutcome {
-                event: None,
-                problems: vec![importer.unreadable(bad)],
-            },
-        };
-        for problem in outcome.problems {
-            rejects.record(problem)?;
+        println!("  unchanged        {:>9}", self.unchanged);
+        println!("  rejected rows    {:>9}", self.rejected_rows);
+        if self.dropped_values > 0 {
+            println!(
+                "  dropped values   {:>9}  (the rows were imported without them)",
+                self.dropped_values
+            );
         }
-        if let Some(event) = outcome.event {
-            batch.push(event);
+        if let Some(candidates) = self.duplicate_candidates.filter(|n| *n > 0) {
+            println!(
+                "{candidates} likely duplicates the identity rules did not merge: review them with `kith profile duplicates`"
+            );
         }
-        if batch.len() >= destination.batch_rows() {
-            send(&mut batch)?;
-            progress.set_position(bytes_read.load(Ordering::Relaxed));
-            progress.set_message(format!("{rows} rows"));
+        if let Some(path) = &self.rejected_file {
+            println!("rejected rows and dropped values, with reasons: {path}");
+            for problem in &totals.examples {
+                println!(
+                    "  row {}{}: {} ({})",
+                    problem.row,
+                    problem
+                        .column
+                        .as_deref()
+                        .map(|c| format!(", column `{c}`"))
+                        .unwrap_or_default(),
+                    problem.reason,
+                    problem.action.as_str()
+                );
+            }
         }
     }
-    send(&mut batch)?;
-    progress.finish_and_clear();
-    rejects.finish()?;
-    totals += destination.settle();
-    let duplicate_candidates = destination.duplicate_count()?;
-    let summary = ImportSummary {
-        file: job.file.display().to_string(),
-        rows,
-        created: totals.created,
-        updated: totals.updated,
-        merged: totals.merged,
-        conflicts: totals.conflict,
-        unchanged: totals.unchanged,
-        already_imported,
-        rejected_rows: rejects.rows_skipped(),
-        dropped_values: rejects.values_dropped(),
-        rejected_file: rejects
-            .written()
-            .then(|| job.rejected.display().to_string()),
-        duplicate_candidates,
-    };
-    Ok((summary, rejects.examples.clone()))
 }
 
 /// A file's rows, whatever its format.
 pub fn open_rows(
-    path: &std::path::Path,
+    path: &Path,
     format: Format,
     delimiter: Option<u8>,
 ) -> anyhow::Result<Box<dyn RowSource>> {
@@ -412,22 +327,22 @@ pub fn open_rows(
     })
 }
 
-/// The mapping file's assignments, then the flags' (a flag replaces the file's assignment of the
-/// same field or column).
-fn assignments(
-    file: &MappingFile,
-    flags: &[String],
-) -> anyhow::Result<Vec<(ContactField, String)>> {
-    let mut out: Vec<(ContactField, String)> = Vec::new();
-    for (field, column) in &file.map {
-        out.push(parse_assignment(&format!("{field}={column}"))?);
-    }
-    for flag in flags {
-        let (field, column) = parse_assignment(flag)?;
-        out.retain(|(f, c)| f != &field && c != &column);
-        out.push((field, column));
-    }
-    Ok(out)
+/// `FILE_NAME.rejected.csv` in the current directory.
+pub fn default_rejected(file: &Path) -> PathBuf {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "import".into());
+    PathBuf::from(format!("{name}.rejected.csv"))
+}
+
+/// Prints how each column will be read.
+pub fn show_plan<F>(plan: &[(String, F)], describe: impl Fn(&F) -> String) {
+    let described: Vec<String> = plan
+        .iter()
+        .map(|(column, field)| format!("{column} → {}", describe(field)))
+        .collect();
+    eprintln!("columns: {}", described.join(", "));
 }
 
 pub fn progress_bar(total_bytes: u64) -> ProgressBar {
@@ -440,48 +355,4 @@ pub fn progress_bar(total_bytes: u64) -> ProgressBar {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
-}
-
-fn print_summary(summary: &ImportSummary, examples: &[Problem]) {
-    println!("{} rows read from {}", summary.rows, summary.file);
-    println!("  created          {:>9}", summary.created);
-    println!("  updated          {:>9}", summary.updated);
-    println!("  merged           {:>9}", summary.merged);
-    if summary.conflicts > 0 {
-        println!(
-            "  conflicts        {:>9}  (merges the identity guards refused; see each profile's `conflicts`)",
-            summary.conflicts
-        );
-    }
-    println!("  unchanged        {:>9}", summary.unchanged);
-    println!("  already imported {:>9}", summary.already_imported);
-    println!("  rejected rows    {:>9}", summary.rejected_rows);
-    if summary.dropped_values > 0 {
-        println!(
-            "  dropped values   {:>9}  (the rows were imported without them)",
-            summary.dropped_values
-        );
-    }
-    if summary.duplicate_candidates > 0 {
-        println!(
-            "{} likely duplicates the identity rules did not merge: review them with `kith profile duplicates`",
-            summary.duplicate_candidates
-        );
-    }
-    if let Some(path) = &summary.rejected_file {
-        println!("rejected rows and dropped values, with reasons: {path}");
-        for problem in examples {
-            println!(
-                "  row {}{}: {} ({})",
-                problem.row,
-                problem
-                    .column
-                    .as_deref()
-                    .map(|c| format!(", column `{c}`"))
-                    .unwrap_or_default(),
-                problem.reason,
-                problem.action.as_str()
-            );
-        }
-    }
 }

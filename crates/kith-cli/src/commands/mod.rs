@@ -1,5 +1,6 @@
 //! The subcommands.
 
+mod contacts_import;
 mod demo;
 mod destination;
 mod events_import;
@@ -8,6 +9,7 @@ mod key;
 mod log_import;
 mod models;
 mod profile;
+mod row_import;
 mod serve;
 mod sql;
 
@@ -35,7 +37,8 @@ pub enum Command {
         #[command(subcommand)]
         action: demo::DemoAction,
     },
-    /// Import a file: `kith import contacts FILE` (a CRM export, CSV or JSONL).
+    /// Import a file: `kith import contacts|events|transactions|tickets|surveys FILE` (CSV,
+    /// JSONL, Parquet); an interrupted import continues where it stopped.
     Import {
         #[command(subcommand)]
         kind: import::ImportKind,

@@ -27,6 +27,24 @@ pub fn kith(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `kith sql` as CSV: the rows, each a list of cells (no quoting; for simple values).
+pub fn sql(data: &Path, query: &str) -> Vec<Vec<String>> {
+    let (ok, stdout, stderr) = kith(&[
+        "sql",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--format",
+        "csv",
+        query,
+    ]);
+    assert!(ok, "{query}: {stderr}");
+    stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
+
 pub fn create_key(data_dir: &Path, scope: &str, source: Option<&str>) -> String {
     let dir = data_dir.to_str().unwrap();
     let mut args = vec!["key", "create", "--data-dir", dir, "--scope", scope];

@@ -1,0 +1,170 @@
+//! `kith import contacts FILE`: people from a CRM export into profiles, through the same journal
+//! and identity rules as tracked events.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Args;
+use kith_import::mapping::parse_assignment;
+use kith_import::{ContactField, ContactImporter, ContactMapping, Format, MappingFile, TimeParser};
+use kith_profiles::ProfileSettings;
+
+use super::destination::Destination;
+use super::import::{FileArgs, ImportSummary, check_source, open_rows, show_plan};
+use super::row_import::{RowImport, RowTotals, checkpoint_beside};
+use crate::config::FileConfig;
+
+#[derive(Args)]
+pub struct ContactsArgs {
+    #[command(flatten)]
+    common: FileArgs,
+    /// A TOML file with `[map]`, `ignore`, `only_mapped`, `format`, `delimiter`, `time_format`,
+    /// `timezone` and `source`; flags win over it.
+    #[arg(long, value_name = "FILE")]
+    mapping: Option<PathBuf>,
+    /// A column to leave out. Repeat for each.
+    #[arg(long = "ignore", value_name = "COLUMN")]
+    ignore: Vec<String>,
+}
+
+/// A contacts import, settled from flags, a mapping file or code (the demo loader).
+pub struct ContactsJob {
+    pub file: PathBuf,
+    pub format: Format,
+    pub delimiter: Option<u8>,
+    pub assignments: Vec<(ContactField, String)>,
+    pub ignore: Vec<String>,
+    pub only_mapped: bool,
+    pub time: TimeParser,
+    pub source: String,
+    pub rejected: PathBuf,
+    /// Where progress is recorded for resuming; `None` keeps none.
+    pub checkpoint: Option<PathBuf>,
+    pub restart: bool,
+}
+
+impl ContactsJob {
+    fn from_args(args: &ContactsArgs) -> anyhow::Result<ContactsJob> {
+        let common = &args.common;
+        let mapping_file = match &args.mapping {
+            Some(path) => MappingFile::load(path)?,
+            None => MappingFile::default(),
+        };
+        Ok(ContactsJob {
+            file: common.file.clone(),
+            format: common.format(mapping_file.format.as_deref())?,
+            delimiter: common.delimiter(mapping_file.delimiter.as_deref())?,
+            assignments: assignments(&mapping_file, &common.map)?,
+            ignore: mapping_file
+                .ignore
+                .iter()
+                .chain(&args.ignore)
+                .cloned()
+                .collect(),
+            only_mapped: common.only_mapped || mapping_file.only_mapped,
+            time: common.time(
+                mapping_file.time_format.clone(),
+                mapping_file.timezone.as_deref(),
+            )?,
+            source: common.source(mapping_file.source.as_deref(), "crm")?,
+            rejected: common.rejected(),
+            checkpoint: Some(checkpoint_beside(&common.rejected(), &common.file)),
+            restart: common.restart,
+        })
+    }
+}
+
+pub fn run(args: ContactsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
+    let job = ContactsJob::from_args(&args)?;
+    let settings = file.profile_settings()?;
+    let destination = args.common.destination(&file)?;
+    let (summary, totals) = run_contacts(&job, &settings, &destination, true)?;
+    destination.close()?;
+    summary.report(args.common.json, &totals)
+}
+
+/// Runs a contacts import into `destination`.
+pub fn run_contacts(
+    job: &ContactsJob,
+    settings: &ProfileSettings,
+    destination: &Destination,
+    show_columns: bool,
+) -> anyhow::Result<(ImportSummary, RowTotals)> {
+    check_source(&job.source)?;
+    let mut reader = open_rows(&job.file, job.format, job.delimiter)?;
+    let headers = reader.headers().map(<[String]>::to_vec);
+    let mapping = ContactMapping::new(
+        job.assignments.clone(),
+        job.ignore.clone(),
+        job.only_mapped,
+        headers.as_deref(),
+    )?;
+    if let Some(headers) = &headers {
+        let plan = mapping.plan(headers);
+        if show_columns {
+            show_plan(&plan, ContactField::describe);
+        }
+        let identifying = plan.iter().any(|(_, f)| {
+            matches!(
+                f,
+                ContactField::UserId
+                    | ContactField::Email
+                    | ContactField::Phone
+                    | ContactField::External(_)
+            )
+        });
+        if !identifying {
+            bail!(
+                "no column of {} identifies a person; map one with --map email=COLUMN (or user_id, phone, external:TYPE)",
+                job.file.display()
+            );
+        }
+    }
+    let importer = ContactImporter::new(
+        mapping,
+        headers.as_deref(),
+        settings.normalizer.clone(),
+        job.time.clone(),
+        job.source.clone(),
+        chrono::Utc::now(),
+    );
+    let import = RowImport {
+        destination,
+        file: &job.file,
+        rejected: job.rejected.clone(),
+        checkpoint: job
+            .checkpoint
+            .clone()
+            .map(|path| (path, format!("contacts {}", importer.fingerprint()))),
+        restart: job.restart,
+    };
+    let totals = import.run(reader.as_mut(), |row| match row {
+        Ok(row) => importer.row(&row),
+        Err(bad) => kith_import::RowOutcome {
+            event: None,
+            problems: vec![importer.unreadable(bad)],
+        },
+    })?;
+    let mut summary = ImportSummary::new(&job.file, &totals);
+    summary.duplicate_candidates = Some(destination.duplicate_count()?);
+    Ok((summary, totals))
+}
+
+/// The mapping file's assignments, then the flags' (a flag replaces the file's assignment of the
+/// same field or column).
+fn assignments(
+    file: &MappingFile,
+    flags: &[String],
+) -> anyhow::Result<Vec<(ContactField, String)>> {
+    let mut out: Vec<(ContactField, String)> = Vec::new();
+    for (field, column) in &file.map {
+        out.push(parse_assignment(&format!("{field}={column}"))?);
+    }
+    for flag in flags {
+        let (field, column) = parse_assignment(flag)?;
+        out.retain(|(f, c)| f != &field && c != &column);
+        out.push((field, column));
+    }
+    Ok(out)
+}

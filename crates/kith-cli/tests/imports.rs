@@ -1,0 +1,293 @@
+//! File imports beyond one kind: flat event exports through a column mapping, and an import
+//! killed halfway that continues where it stopped.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn import(
+    kind: &str,
+    file: &Path,
+    data: &Path,
+    rejected: &Path,
+    extra: &[&str],
+) -> (bool, Value, String) {
+    let mut args = vec![
+        "import",
+        kind,
+        file.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--rejected",
+        rejected.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend(extra);
+    let (ok, stdout, stderr) = kith(&args);
+    (
+        ok,
+        serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        stderr,
+    )
+}
+
+#[test]
+fn a_flat_csv_export_becomes_the_events_it_describes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, file, rejected) = (
+        dir.path().join("data"),
+        dir.path().join("actividad.csv"),
+        dir.path().join("rejected.csv"),
+    );
+    std::fs::write(
+        &file,
+        "Fecha;Cliente;Dispositivo;Acción;Tipo;Monto;CP;Plan\n\
+         01/03/2025 10:00;c-1;d-9;Order Completed;track;199.50;01234;\n\
+         01/03/2025 10:05;c-1;d-9;Precios;page;;;\n\
+         02/03/2025 09:00;;d-7;Product Viewed;track;;;\n\
+         02/03/2025 09:30;c-2;;;identify;;;oro\n\
+         ayer;c-3;;Order Completed;track;5;;\n\
+         03/03/2025 12:00;;;Order Completed;track;5;;\n\
+         03/03/2025 12:30;c-4;;;track;;;\n",
+    )
+    .unwrap();
+    let flags = [
+        "--delimiter",
+        ";",
+        "--map",
+        "anonymous_id=Dispositivo",
+        "--map",
+        "property:zip=CP",
+        "--time-format",
+        "%d/%m/%Y %H:%M",
+        "--timezone",
+        "America/Mexico_City",
+        "--source",
+        "tienda",
+    ];
+    let (ok, summary, stderr) = import("events", &file, &data, &rejected, &flags);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("Fecha → timestamp, Cliente → user_id, Dispositivo → anonymous_id, Acción → event, Tipo → type, Monto → property:monto, CP → property:zip, Plan → property:plan"),
+        "{stderr}"
+    );
+    assert_eq!(
+        (
+            &summary["rows"],
+            &summary["stored"],
+            &summary["rejected_rows"]
+        ),
+        (&Value::from(7), &Value::from(4), &Value::from(3)),
+        "{summary}"
+    );
+    let reasons = std::fs::read_to_string(&rejected).unwrap();
+    assert!(reasons.contains("5,Fecha,ayer,"), "{reasons}");
+    assert!(
+        reasons.contains("6,Cliente,,missing_identity:"),
+        "{reasons}"
+    );
+    assert!(reasons.contains("7,Acción,,missing_event:"), "{reasons}");
+
+    let rows = sql(
+        &data,
+        "SELECT type, event, user_id, anonymous_id, source, \
+         CAST(timestamp AS VARCHAR) AS at, json_get_str(properties, 'zip'), \
+         json_get_float(properties, 'monto'), json_get_str(traits, 'plan') \
+         FROM events ORDER BY timestamp",
+    );
+    let row = |cells: &[&str]| cells.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        rows,
+        vec![
+            row(&[
+                "track",
+                "Order Completed",
+                "c-1",
+                "d-9",
+                "tienda",
+                "2025-03-01T16:00:00Z",
+                "01234",
+                "199.5",
+                ""
+            ]),
+            row(&[
+                "page",
+                "Precios",
+                "c-1",
+                "d-9",
+                "tienda",
+                "2025-03-01T16:05:00Z",
+                "",
+                "",
+                ""
+            ]),
+            row(&[
+                "track",
+                "Product Viewed",
+                "",
+                "d-7",
+                "tienda",
+                "2025-03-02T15:00:00Z",
+                "",
+                "",
+                ""
+            ]),
+            row(&[
+                "identify",
+                "",
+                "c-2",
+                "",
+                "tienda",
+                "2025-03-02T15:30:00Z",
+                "",
+                "",
+                "oro"
+            ]),
+        ]
+    );
+
+    // The same file again stores nothing: ids come from the rows.
+    let (ok, again, stderr) = import("events", &file, &data, &rejected, &flags);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        (&again["stored"], &again["already_imported"]),
+        (&Value::from(0), &Value::from(4))
+    );
+
+    // A mapping that names a column the file lacks says which, and what there is.
+    let (ok, _, stderr) = import(
+        "events",
+        &file,
+        &data,
+        &rejected,
+        &["--delimiter", ";", "--map", "event=Evento"],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("the column `Evento` (mapped to event) is not in the file; its columns are: Fecha, Cliente"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_import_killed_halfway_continues_where_it_stopped_and_stores_every_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, file, rejected) = (
+        dir.path().join("data"),
+        dir.path().join("orders.csv"),
+        dir.path().join("rejected.csv"),
+    );
+    let rows = 60_000u64;
+    let mut text = String::from("customer_id,date,amount\n");
+    for n in 1..=rows {
+        // Two bad rows, one early and one late, must each be reported exactly once.
+        if n == 5 || n == rows - 5 {
+            text.push_str(&format!("c{},not a date,1\n", n % 997));
+        } else {
+            text.push_str(&format!(
+                "c{},2024-{:02}-{:02},{}.5\n",
+                n % 997,
+                1 + n % 12,
+                1 + n % 28,
+                n % 300
+            ));
+        }
+    }
+    std::fs::write(&file, text).unwrap();
+    let checkpoint = dir.path().join("orders.csv.import-progress.json");
+
+    let mut child = Command::new(kith_bin())
+        .args([
+            "import",
+            "transactions",
+            file.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--rejected",
+            rejected.to_str().unwrap(),
+        ])
+        .env("KITH_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let rows_done = loop {
+        let progress = std::fs::read_to_string(&checkpoint)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        if let Some(done) = progress.and_then(|p| p["rows_done"].as_u64()) {
+            break done;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the import finished before a checkpoint was seen; make the file larger"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(rows_done > 0 && rows_done < rows, "{rows_done}");
+
+    let (ok, summary, stderr) = import("transactions", &file, &data, &rejected, &[]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("continuing the interrupted import"),
+        "{stderr}"
+    );
+    let resumed_after = summary["resumed_after"].as_u64().unwrap();
+    assert!(resumed_after >= rows_done, "{summary}");
+    // The totals cover both runs; rows written after the last checkpoint count as already
+    // imported the second time, never twice.
+    assert_eq!(summary["rows"], rows, "{summary}");
+    assert_eq!(summary["rejected_rows"], 2, "{summary}");
+    let stored = summary["stored"].as_u64().unwrap();
+    let again = summary["already_imported"].as_u64().unwrap();
+    assert_eq!(stored + again, rows - 2, "{summary}");
+    assert_eq!(
+        sql(
+            &data,
+            "SELECT count(*), count(DISTINCT message_id) FROM events"
+        ),
+        vec![vec![(rows - 2).to_string(), (rows - 2).to_string()]]
+    );
+    let reasons = std::fs::read_to_string(&rejected).unwrap();
+    assert_eq!(
+        reasons.lines().filter(|l| l.starts_with("5,date")).count(),
+        1,
+        "{reasons}"
+    );
+    assert_eq!(
+        reasons
+            .lines()
+            .filter(|l| l.starts_with(&format!("{},date", rows - 5)))
+            .count(),
+        1,
+        "{reasons}"
+    );
+    assert!(
+        !checkpoint.exists(),
+        "a finished import leaves no checkpoint"
+    );
+
+    // A finished import has nothing to continue: a third run reads everything again.
+    let (ok, third, stderr) = import("transactions", &file, &data, &rejected, &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        (
+            &third["resumed_after"],
+            &third["stored"],
+            &third["already_imported"]
+        ),
+        (&Value::from(0), &Value::from(0), &Value::from(rows - 2))
+    );
+}

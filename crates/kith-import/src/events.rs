@@ -1,0 +1,720 @@
+//! Events from files: Segment-shaped JSON lines as they are ([`SegmentLineImporter`]), and flat
+//! rows — a CSV, Parquet or JSONL export of another tool, one event a row — through a column
+//! mapping ([`FlatEventImporter`]). Either way each row becomes the Segment event it describes
+//! and is judged by the same rules as an item of `/v1/batch`, so a file import and a tracking
+//! call store the same thing.
+
+use std::collections::BTreeMap;
+
+use chrono::{SecondsFormat, Utc};
+use serde_json::{Map, Value};
+
+use crate::mapping::{MappingError, squash, trait_name};
+use crate::reader::{BadRow, Row, text_of};
+use crate::rejects::{Action, Problem};
+use crate::time::TimeParser;
+use crate::transactions::Columns;
+use crate::{RowOutcome, message_id};
+
+/// What a column of a flat events file holds.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EventField {
+    /// The Segment call: track (the default), page, screen, identify, group.
+    Type,
+    /// The event's name (a page's or screen's name for those calls).
+    Event,
+    UserId,
+    AnonymousId,
+    /// Stored as `context.traits.email` (`traits.email` on identify), where identity reads it.
+    Email,
+    Timestamp,
+    /// The event's own id: a re-sent row with the same id is stored once.
+    MessageId,
+    /// Kept under this name in `properties` (`traits` on identify and group rows).
+    Property(String),
+    /// Kept under this name in `traits`, whatever the call.
+    Trait(String),
+    Ignore,
+}
+
+const FIELDS: &str =
+    "type, event, user_id, anonymous_id, email, timestamp, message_id, property:NAME or trait:NAME";
+
+impl EventField {
+    pub fn parse(text: &str) -> Result<EventField, MappingError> {
+        let text = text.trim();
+        Ok(match text {
+            "type" => EventField::Type,
+            "event" | "name" => EventField::Event,
+            "user_id" | "userId" => EventField::UserId,
+            "anonymous_id" | "anonymousId" => EventField::AnonymousId,
+            "email" => EventField::Email,
+            "timestamp" | "time" | "date" => EventField::Timestamp,
+            "message_id" | "messageId" => EventField::MessageId,
+            other => {
+                let named = |prefix: &str| {
+                    other
+                        .strip_prefix(prefix)
+                        .map(str::trim)
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_string)
+                };
+                if let Some(name) = named("property:") {
+                    EventField::Property(name)
+                } else if let Some(name) = named("trait:") {
+                    EventField::Trait(name)
+                } else {
+                    return Err(MappingError::UnknownField {
+                        field: other.to_string(),
+                        allowed: FIELDS,
+                    });
+                }
+            }
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            EventField::Type => "type".into(),
+            EventField::Event => "event".into(),
+            EventField::UserId => "user_id".into(),
+            EventField::AnonymousId => "anonymous_id".into(),
+            EventField::Email => "email".into(),
+            EventField::Timestamp => "timestamp".into(),
+            EventField::MessageId => "message_id".into(),
+            EventField::Property(name) => format!("property:{name}"),
+            EventField::Trait(name) => format!("trait:{name}"),
+            EventField::Ignore => "ignored".into(),
+        }
+    }
+}
+
+/// Usual column names (squashed: lower case, letters and digits only) of each field.
+const KNOWN: &[(&[&str], EventField)] = &[
+    (&["type", "calltype", "tipo"], EventField::Type),
+    (
+        &[
+            "event",
+            "eventname",
+            "action",
+            "evento",
+            "nombreevento",
+            "accion",
+        ],
+        EventField::Event,
+    ),
+    (
+        &[
+            "userid",
+            "customerid",
+            "customer",
+            "user",
+            "cliente",
+            "idcliente",
+            "usuario",
+        ],
+        EventField::UserId,
+    ),
+    (
+        &[
+            "anonymousid",
+            "anonid",
+            "deviceid",
+            "visitorid",
+            "cookieid",
+            "dispositivo",
+        ],
+        EventField::AnonymousId,
+    ),
+    (
+        &[
+            "email",
+            "mail",
+            "correo",
+            "correoelectronico",
+            "emailaddress",
+        ],
+        EventField::Email,
+    ),
+    (
+        &[
+            "timestamp",
+            "time",
+            "date",
+            "datetime",
+            "fecha",
+            "createdat",
+            "occurredat",
+            "eventtime",
+            "ts",
+        ],
+        EventField::Timestamp,
+    ),
+    (&["messageid", "eventid"], EventField::MessageId),
+];
+
+/// How each column of a flat events file is read: explicit assignments, then the usual names,
+/// then (unless `only_mapped`) a property named after the column. `fixed_event` says every row
+/// is the same event (`--event NAME`), so no column need name it.
+pub fn plan_events(
+    headers: &[String],
+    explicit: &[(EventField, String)],
+    only_mapped: bool,
+    fixed_event: bool,
+) -> Result<Vec<(String, EventField)>, MappingError> {
+    for (field, column) in explicit {
+        if !headers.iter().any(|h| h == column) {
+            return Err(MappingError::MissingColumn {
+                column: column.clone(),
+                field: field.describe(),
+                available: headers.join(", "),
+            });
+        }
+    }
+    let mut claimed: Vec<EventField> = explicit.iter().map(|(f, _)| f.clone()).collect();
+    let mut plan = Vec::with_capacity(headers.len());
+    for column in headers {
+        if let Some((field, _)) = explicit.iter().find(|(_, c)| c == column) {
+            plan.push((column.clone(), field.clone()));
+            continue;
+        }
+        let squashed = squash(column);
+        let detected = KNOWN
+            .iter()
+            .find(|(names, field)| names.contains(&squashed.as_str()) && !claimed.contains(field))
+            .map(|(_, field)| field.clone());
+        let field = match detected {
+            Some(field) => {
+                claimed.push(field.clone());
+                field
+            }
+            None if only_mapped => EventField::Ignore,
+            None => EventField::Property(trait_name(column)),
+        };
+        plan.push((column.clone(), field));
+    }
+    let has = |field: &EventField| plan.iter().any(|(_, f)| f == field);
+    let unmapped = |field: &str| MappingError::Unmapped {
+        field: field.to_string(),
+        available: headers.join(", "),
+    };
+    if !has(&EventField::UserId) && !has(&EventField::AnonymousId) {
+        return Err(unmapped("user_id"));
+    }
+    if !has(&EventField::Timestamp) {
+        return Err(unmapped("timestamp"));
+    }
+    // Without a name column every row must be a call that needs none, or be named by --event.
+    if !fixed_event && !has(&EventField::Event) && !has(&EventField::Type) {
+        return Err(unmapped("event"));
+    }
+    Ok(plan)
+}
+
+/// A CSV cell as the JSON value it most likely is: `12` and `12.5` are numbers, `true` and
+/// `false` booleans, anything else text. Numbers written with leading zeros (`00123`, zip codes,
+/// ids) stay text, so nothing is changed by the reading.
+pub fn infer_cell(text: &str) -> Value {
+    let trimmed = text.trim();
+    match trimmed {
+        "true" | "TRUE" | "True" => return Value::Bool(true),
+        "false" | "FALSE" | "False" => return Value::Bool(false),
+        _ => {}
+    }
+    let digits = trimmed.strip_prefix('-').unwrap_or(trimmed);
+    let leading_zero = digits.len() > 1 && digits.starts_with('0') && !digits.starts_with("0.");
+    let numeric_shape = !digits.is_empty()
+        && digits.starts_with(|c: char| c.is_ascii_digit())
+        && digits.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if numeric_shape && !leading_zero {
+        if let Ok(n) = trimmed.parse::<i64>() {
+            return Value::from(n);
+        }
+        if let Some(n) = trimmed
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+        {
+            return Value::Number(n);
+        }
+    }
+    Value::String(text.to_string())
+}
+
+/// Turns flat rows into Segment events through a column mapping.
+pub struct FlatEventImporter {
+    columns: Columns<EventField>,
+    time: TimeParser,
+    source: String,
+    /// `--event NAME`: the name of rows whose file names none.
+    fixed_event: Option<String>,
+    /// Text cells are read as numbers and booleans where they are (CSV and text files).
+    infer_types: bool,
+    fingerprint: String,
+}
+
+impl FlatEventImporter {
+    pub fn new(
+        columns: Columns<EventField>,
+        time: TimeParser,
+        source: String,
+        fixed_event: Option<String>,
+        infer_types: bool,
+    ) -> FlatEventImporter {
+        let described: BTreeMap<String, String> = match &columns {
+            Columns::Fixed(plan) => plan
+                .iter()
+                .map(|(c, f)| (c.clone(), f.describe()))
+                .collect(),
+            Columns::PerRow {
+                explicit,
+                only_mapped,
+            } => explicit
+                .iter()
+                .map(|(f, c)| (c.clone(), f.describe()))
+                .chain([("#only_mapped".to_string(), only_mapped.to_string())])
+                .collect(),
+        };
+        let fingerprint = format!(
+            "{described:?} event={fixed_event:?} source={source} zone={}",
+            time.zone().name()
+        );
+        FlatEventImporter {
+            columns,
+            time,
+            source,
+            fixed_event,
+            infer_types,
+            fingerprint,
+        }
+    }
+
+    /// What identifies this import's mapping, for its message ids and checkpoint.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    pub fn row(&self, row: &Row) -> RowOutcome {
+        let skip = |column: &str, value: Option<&Value>, reason: String| RowOutcome {
+            event: None,
+            problems: vec![Problem {
+                row: row.number,
+                column: Some(column.to_string()).filter(|c| !c.is_empty()),
+                value: value.map(|v| text_of(v).unwrap_or_else(|| v.to_string())),
+                reason,
+                action: Action::RowSkipped,
+            }],
+        };
+        let per_row;
+        let plan = match &self.columns {
+            Columns::Fixed(plan) => plan,
+            Columns::PerRow {
+                explicit,
+                only_mapped,
+            } => {
+                let keys: Vec<String> = row.values.iter().map(|(k, _)| k.clone()).collect();
+                per_row =
+                    match plan_events(&keys, explicit, *only_mapped, self.fixed_event.is_some()) {
+                        Ok(plan) => plan,
+                        Err(e) => return skip("", None, e.to_string()),
+                    };
+                &per_row
+            }
+        };
+        let mut event = Map::new();
+        let mut properties = Map::new();
+        let mut traits = Map::new();
+        let mut unmapped = Map::new();
+        let mut email = None;
+        let mut kind = "track".to_string();
+        for (column, field) in plan {
+            let Some(value) = row.get(column) else {
+                continue;
+            };
+            let cell = match value {
+                Value::String(text) if self.infer_types => infer_cell(text),
+                other => other.clone(),
+            };
+            let text = || text_of(value).filter(|t| !t.is_empty());
+            match field {
+                EventField::Ignore => {}
+                EventField::Type => {
+                    if let Some(t) = text() {
+                        kind = t.to_ascii_lowercase();
+                    }
+                }
+                EventField::Event => {
+                    if let Some(name) = text() {
+                        event.insert("event".into(), Value::String(name));
+                    }
+                }
+                EventField::UserId => {
+                    if let Some(id) = text() {
+                        event.insert("userId".into(), Value::String(id));
+                    }
+                }
+                EventField::AnonymousId => {
+                    if let Some(id) = text() {
+                        event.insert("anonymousId".into(), Value::String(id));
+                    }
+                }
+                EventField::Email => email = text(),
+                EventField::MessageId => {
+                    if let Some(id) = text() {
+                        event.insert("messageId".into(), Value::String(id));
+                    }
+                }
+                EventField::Timestamp => {
+                    let Some(written) = text() else {
+                        return skip(column, Some(value), "the timestamp is empty".into());
+                    };
+                    match self.time.parse(&written) {
+                        Ok(time) => {
+                            let text = time.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+                            event.insert("timestamp".into(), Value::String(text));
+                        }
+                        Err(e) => return skip(column, Some(value), e.to_string()),
+                    }
+                }
+                EventField::Property(name) => {
+                    unmapped.insert(name.clone(), cell);
+                }
+                EventField::Trait(name) => {
+                    traits.insert(name.clone(), cell);
+                }
+            }
+        }
+        if !event.contains_key("timestamp") {
+            return skip("", None, "the row has no timestamp".into());
+        }
+        if !event.contains_key("event")
+            && let Some(name) = &self.fixed_event
+        {
+            event.insert("event".into(), Value::String(name.clone()));
+        }
+        // Page and screen calls carry their name as `name`.
+        if matches!(kind.as_str(), "page" | "screen")
+            && let Some(name) = event.remove("event")
+        {
+            event.insert("name".into(), name);
+        }
+        let describes_a_person = matches!(kind.as_str(), "identify" | "group");
+        if describes_a_person {
+            traits.extend(unmapped);
+        } else {
+            properties.extend(unmapped);
+        }
+        let mut context = Map::new();
+        context.insert(
+            "library".into(),
+            serde_json::json!({"name": "kith-import", "version": env!("CARGO_PKG_VERSION")}),
+        );
+        if let Some(email) = email {
+            if describes_a_person {
+                traits.insert("email".into(), Value::String(email));
+            } else {
+                context.insert("traits".into(), serde_json::json!({ "email": email }));
+            }
+        }
+        if !event.contains_key("messageId") {
+            // The row number is part of the id: a log may hold two identical clicks.
+            let mut identity = row.clone();
+            identity
+                .values
+                .push(("#row".into(), Value::from(row.number)));
+            let id = message_id("events", &self.fingerprint, &identity);
+            event.insert("messageId".into(), Value::String(id));
+        }
+        event.insert("type".into(), Value::String(kind));
+        if !properties.is_empty() {
+            event.insert("properties".into(), Value::Object(properties));
+        }
+        if !traits.is_empty() {
+            event.insert("traits".into(), Value::Object(traits));
+        }
+        event.insert("context".into(), Value::Object(context));
+        let mut outcome = judge(&Value::Object(event).to_string(), &self.source, row.number);
+        // Name the file's column rather than the Segment field it filled.
+        for problem in &mut outcome.problems {
+            if let Some(column) = problem.column.as_deref().and_then(|f| column_of(plan, f)) {
+                problem.column = Some(column);
+            }
+        }
+        outcome
+    }
+
+    pub fn unreadable(&self, bad: BadRow) -> Problem {
+        unreadable(bad)
+    }
+}
+
+/// The column that filled a Segment field, where one did.
+fn column_of(plan: &[(String, EventField)], segment_field: &str) -> Option<String> {
+    let wanted: &[EventField] = match segment_field {
+        "userId" => &[EventField::UserId, EventField::AnonymousId],
+        "anonymousId" => &[EventField::AnonymousId],
+        "event" | "name" => &[EventField::Event],
+        "type" => &[EventField::Type],
+        "timestamp" => &[EventField::Timestamp],
+        "messageId" => &[EventField::MessageId],
+        _ => return None,
+    };
+    wanted.iter().find_map(|field| {
+        plan.iter()
+            .find(|(_, f)| f == field)
+            .map(|(column, _)| column.clone())
+    })
+}
+
+/// Takes Segment-shaped JSON lines as they are; a line without a `messageId` gets one derived
+/// from its content, so importing the file again stores nothing twice.
+pub struct SegmentLineImporter {
+    source: String,
+}
+
+impl SegmentLineImporter {
+    pub fn new(source: String) -> SegmentLineImporter {
+        SegmentLineImporter { source }
+    }
+
+    pub fn row(&self, row: &Row) -> RowOutcome {
+        let mut event: Map<String, Value> = row.values.iter().cloned().collect();
+        if !event.contains_key("messageId") {
+            let id = message_id("events", "segment", row);
+            event.insert("messageId".into(), Value::String(id));
+        }
+        judge(&Value::Object(event).to_string(), &self.source, row.number)
+    }
+
+    pub fn unreadable(&self, bad: BadRow) -> Problem {
+        unreadable(bad)
+    }
+}
+
+fn judge(text: &str, source: &str, row: u64) -> RowOutcome {
+    match kith_core::judge_event(text, source, Utc::now()) {
+        Ok(event) => RowOutcome {
+            event: Some(event),
+            problems: Vec::new(),
+        },
+        Err(rejection) => RowOutcome {
+            event: None,
+            problems: vec![Problem {
+                row,
+                column: rejection.field,
+                value: None,
+                reason: format!("{}: {}", rejection.code, rejection.message),
+                action: Action::RowSkipped,
+            }],
+        },
+    }
+}
+
+fn unreadable(bad: BadRow) -> Problem {
+    Problem {
+        row: bad.number,
+        column: None,
+        value: None,
+        reason: bad.reason,
+        action: Action::RowSkipped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn row(number: u64, columns: &[&str], values: &[&str]) -> Row {
+        Row {
+            number,
+            values: columns
+                .iter()
+                .zip(values)
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(c, v)| (c.to_string(), Value::String(v.to_string())))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn cells_become_numbers_and_booleans_only_when_nothing_is_lost() {
+        assert_eq!(infer_cell("12"), Value::from(12));
+        assert_eq!(infer_cell("-3.5"), serde_json::json!(-3.5));
+        assert_eq!(infer_cell("0.25"), serde_json::json!(0.25));
+        assert_eq!(infer_cell("true"), Value::Bool(true));
+        for text in ["00123", "1e5", "12 pesos", "", "-", ".5", "1.2.3", "NaN"] {
+            assert_eq!(infer_cell(text), Value::String(text.into()), "{text}");
+        }
+    }
+
+    #[test]
+    fn usual_column_names_are_recognised_and_missing_ones_named() {
+        let columns = headers(&["Fecha", "Cliente", "Acción", "monto", "device_id"]);
+        let plan = plan_events(&columns, &[], false, false).unwrap();
+        let fields: Vec<EventField> = plan.into_iter().map(|(_, f)| f).collect();
+        assert_eq!(
+            fields,
+            vec![
+                EventField::Timestamp,
+                EventField::UserId,
+                EventField::Event,
+                EventField::Property("monto".into()),
+                EventField::AnonymousId,
+            ]
+        );
+        let error = plan_events(&headers(&["who", "what"]), &[], false, false).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "no column holds the user_id; map one with --map user_id=COLUMN (columns: who, what)"
+        );
+        let explicit = [(EventField::UserId, "who".to_string())];
+        let error = plan_events(&headers(&["who", "when"]), &explicit, false, false).unwrap_err();
+        assert!(error.to_string().contains("timestamp"), "{error}");
+        let explicit = [
+            (EventField::UserId, "who".to_string()),
+            (EventField::Timestamp, "when".to_string()),
+        ];
+        let error = plan_events(&headers(&["who", "when"]), &explicit, false, false).unwrap_err();
+        assert!(error.to_string().contains("--map event=COLUMN"), "{error}");
+        assert!(plan_events(&headers(&["who", "when"]), &explicit, false, true).is_ok());
+        assert!(matches!(
+            EventField::parse("colour"),
+            Err(MappingError::UnknownField {
+                allowed: FIELDS,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_flat_row_becomes_the_segment_event_it_describes() {
+        let columns = ["time", "user", "action", "revenue", "zip", "plan", "kind"];
+        let plan = plan_events(&headers(&columns), &[], false, false).unwrap();
+        let importer = FlatEventImporter::new(
+            Columns::Fixed(plan.clone()),
+            TimeParser::new(None, Some("America/Mexico_City")).unwrap(),
+            "shop".into(),
+            None,
+            true,
+        );
+        let outcome = importer.row(&row(
+            1,
+            &columns,
+            &[
+                "2024-03-01 10:00:00",
+                "u1",
+                "Order Completed",
+                "199.5",
+                "01234",
+                "pro",
+                "web",
+            ],
+        ));
+        assert_eq!(outcome.problems, vec![]);
+        let event = outcome.event.unwrap();
+        assert_eq!(event.event.as_deref(), Some("Order Completed"));
+        assert_eq!(event.user_id.as_deref(), Some("u1"));
+        assert_eq!(event.timestamp.to_rfc3339(), "2024-03-01T16:00:00+00:00");
+        assert_eq!(event.typed.revenue, Some(199.5));
+        assert_eq!(
+            serde_json::from_str::<Value>(event.properties.as_deref().unwrap()).unwrap(),
+            serde_json::json!({"revenue": 199.5, "zip": "01234", "plan": "pro", "kind": "web"})
+        );
+        // The same row again has the same id; another row another one.
+        let again = importer.row(&row(
+            1,
+            &columns,
+            &[
+                "2024-03-01 10:00:00",
+                "u1",
+                "Order Completed",
+                "199.5",
+                "01234",
+                "pro",
+                "web",
+            ],
+        ));
+        assert_eq!(again.event.unwrap().message_id, event.message_id);
+
+        let bad_time = importer.row(&row(
+            2,
+            &columns,
+            &["yesterday", "u1", "Viewed", "", "", "", ""],
+        ));
+        assert_eq!(bad_time.event, None);
+        assert_eq!(bad_time.problems[0].column.as_deref(), Some("time"));
+        // Validation is /v1/batch's: a track without a name is refused, and says so.
+        let unnamed = importer.row(&row(3, &columns, &["2024-03-01", "u1", "", "", "", "", ""]));
+        assert!(
+            unnamed.problems[0].reason.starts_with("missing_event"),
+            "{:?}",
+            unnamed.problems
+        );
+    }
+
+    #[test]
+    fn identify_rows_carry_traits_and_page_rows_their_name() {
+        let columns = ["ts", "anonymous_id", "type", "event", "plan", "email"];
+        let plan = plan_events(&headers(&columns), &[], false, false).unwrap();
+        let importer = FlatEventImporter::new(
+            Columns::Fixed(plan),
+            TimeParser::default(),
+            "crm".into(),
+            None,
+            true,
+        );
+        let identify = importer
+            .row(&row(
+                1,
+                &columns,
+                &["2024-01-01", "a1", "identify", "", "gold", "A@x.mx"],
+            ))
+            .event
+            .unwrap();
+        assert_eq!(identify.kind, kith_core::MessageType::Identify);
+        assert_eq!(
+            serde_json::from_str::<Value>(identify.traits.as_deref().unwrap()).unwrap(),
+            serde_json::json!({"plan": "gold", "email": "A@x.mx"})
+        );
+        let page = importer
+            .row(&row(
+                2,
+                &columns,
+                &["2024-01-01", "a1", "page", "Pricing", "", ""],
+            ))
+            .event
+            .unwrap();
+        assert_eq!(page.kind, kith_core::MessageType::Page);
+        assert_eq!(page.event.as_deref(), Some("Pricing"));
+    }
+
+    #[test]
+    fn segment_lines_keep_their_shape_and_get_stable_ids() {
+        let importer = SegmentLineImporter::new("import".into());
+        let line = Row {
+            number: 4,
+            values: vec![
+                ("type".into(), Value::from("track")),
+                ("event".into(), Value::from("Signed Up")),
+                ("userId".into(), Value::from("u9")),
+            ],
+        };
+        let first = importer.row(&line).event.unwrap();
+        let second = importer.row(&line).event.unwrap();
+        assert_eq!(first.message_id, second.message_id);
+        assert_eq!(first.event.as_deref(), Some("Signed Up"));
+        let anonymous = Row {
+            number: 5,
+            values: vec![
+                ("type".into(), Value::from("track")),
+                ("event".into(), Value::from("x")),
+            ],
+        };
+        let refused = importer.row(&anonymous);
+        assert!(refused.problems[0].reason.starts_with("missing_identity"));
+    }
+}
