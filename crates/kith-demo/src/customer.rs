@@ -102,11 +102,14 @@ fn pick<'t, T>(rng: &mut ChaCha8Rng, items: &'t [T]) -> &'t T {
 }
 
 fn weeks(w: f64) -> Duration {
-    Duration::seconds((w * 7.0 * 86_400.0) as i64)
+    days(w * 7.0)
 }
 
+/// A wait of `d` days. Waits drawn from very low rates can exceed what a date can hold; a
+/// thousand years is as good as never for an 18-month world.
 fn days(d: f64) -> Duration {
-    Duration::seconds((d * 86_400.0) as i64)
+    const NEVER_DAYS: f64 = 365_000.0;
+    Duration::seconds((d.clamp(0.0, NEVER_DAYS) * 86_400.0) as i64)
 }
 
 const CHANNELS: [(&str, f64, &str, &str); 4] = [
@@ -741,4 +744,21 @@ pub fn simulate(config: &DemoConfig, products: &[Product], customer: u64) -> Sim
 /// The catalogue every customer shops from.
 pub fn catalogue() -> Vec<Product> {
     catalogue::products()
+}
+
+#[cfg(test)]
+mod wait_tests {
+    use super::*;
+
+    #[test]
+    fn waits_drawn_from_tiny_rates_never_overflow_a_date() {
+        // A purchase rate of 1e-9 a week gives waits near 1e9 weeks; once one million customers
+        // drew such a wait and the date arithmetic panicked.
+        let start = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap();
+        for wait in [1e9, 1e300, f64::INFINITY] {
+            assert!(start + weeks(wait) > start + days(365.0 * 900.0));
+        }
+        assert_eq!(days(-3.0), Duration::zero());
+        assert_eq!(days(f64::NAN), Duration::zero());
+    }
 }
