@@ -4,51 +4,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use common::*;
 use serde_json::{Value, json};
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn python() -> PathBuf {
-    let setup = repo_root().join("scripts/setup-test-env.sh");
-    let status = Command::new("bash")
-        .arg(&setup)
-        .status()
-        .expect("bash runs");
-    assert!(
-        status.success(),
-        "{} failed; it installs the test's Python packages",
-        setup.display()
-    );
-    std::env::var_os("KITH_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/test-venv"))
-        .join("bin/python")
-}
-
-fn run_python(script: &str, args: &[&str]) -> Value {
-    let output = Command::new(python())
-        .arg(repo_root().join("tests/python").join(script))
-        .args(args)
-        .output()
-        .expect("python runs");
-    assert!(
-        output.status.success(),
-        "{script} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{script} printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
-}
 
 #[test]
 fn the_python_sdk_delivers_every_call_and_other_engines_read_the_tables() {

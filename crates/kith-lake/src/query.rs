@@ -172,7 +172,9 @@ fn conform(
     RecordBatch::try_new(schema.clone(), columns)
 }
 
-/// A table registered next to the event tables for one query (e.g. `profiles`).
+/// A table registered next to the event tables for one query (e.g. `profiles`). Cloning
+/// shares the batches.
+#[derive(Clone)]
 pub struct ExtraTable {
     pub name: String,
     pub schema: SchemaRef,

@@ -18,7 +18,7 @@ use tower_http::cors::CorsLayer;
 
 use crate::auth::KeyResolver;
 use crate::pipeline::Pipeline;
-use crate::{errors, imports, ingest, ops, profiles, query, traits};
+use crate::{analytics, errors, imports, ingest, ops, profiles, query, traits};
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -200,6 +200,7 @@ pub fn router(app: Arc<AppState>) -> Router {
             "/v1/computed-traits/{name}",
             axum::routing::delete(traits::remove),
         )
+        .route("/v1/analytics/{analysis}", post(analytics::analyze))
         .route("/v1/profiles/merge", post(profiles::merge))
         .route("/v1/profiles/duplicates", get(profiles::duplicates))
         .route("/v1/profiles/{lookup}", get(profiles::show))

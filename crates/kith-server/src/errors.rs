@@ -29,13 +29,14 @@ pub enum ErrorCode {
     ComputedTraitExists,
     ComputedTraitInConfig,
     ComputedTraitNotFound,
+    InvalidAnalysis,
     Overloaded,
     StorageUnavailable,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidBody,
         ErrorCode::PayloadTooLarge,
@@ -58,6 +59,7 @@ impl ErrorCode {
         ErrorCode::ComputedTraitExists,
         ErrorCode::ComputedTraitInConfig,
         ErrorCode::ComputedTraitNotFound,
+        ErrorCode::InvalidAnalysis,
         ErrorCode::Overloaded,
         ErrorCode::StorageUnavailable,
         ErrorCode::Internal,
@@ -193,6 +195,12 @@ impl ErrorCode {
                 S::CONFLICT,
                 "invalid_request",
                 "the computed trait is declared in kith.toml; change it there",
+            ),
+            InvalidAnalysis => (
+                "invalid_analysis",
+                S::BAD_REQUEST,
+                "invalid_request",
+                "the analysis definition is not valid; the message names the field and says why",
             ),
             ComputedTraitNotFound => (
                 "computed_trait_not_found",

@@ -1,5 +1,6 @@
 //! Kith's HTTP layer. Thin: parse, authorize, call the library, map errors.
 
+pub mod analytics;
 pub mod app;
 pub mod auth;
 pub mod errors;

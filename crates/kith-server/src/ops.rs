@@ -79,6 +79,7 @@ pub async fn metrics() -> String {
         crate::traits::declare,
         crate::traits::remove,
         crate::imports::import_batch,
+        crate::analytics::analyze,
         healthz,
         readyz,
         metrics,

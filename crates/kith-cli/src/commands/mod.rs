@@ -1,5 +1,6 @@
 //! The subcommands.
 
+mod analyze;
 mod contacts_import;
 mod demo;
 mod destination;
@@ -48,6 +49,8 @@ pub enum Command {
         #[command(subcommand)]
         action: models::ModelsAction,
     },
+    /// Analyse behaviour: `kith analyze rfm|cohorts|funnel|trends` (see docs/analytics.md).
+    Analyze(analyze::AnalyzeArgs),
     /// Look at customer profiles.
     Profile {
         #[command(subcommand)]
@@ -69,6 +72,7 @@ pub fn run(command: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
         Command::Key { action } => key::run(action, file),
         Command::Sql(args) => sql::run(args, file),
         Command::Profile { action } => profile::run(action, file),
+        Command::Analyze(args) => analyze::run(args, file),
         Command::Import { kind } => import::run(kind, file),
         Command::Demo { action } => demo::run(action, file),
         Command::Models { action } => models::run(action, file),

@@ -289,3 +289,46 @@ impl KithServer {
         )
     }
 }
+
+/// The test venv's Python (created by scripts/setup-test-env.sh, from PyPI).
+pub fn python() -> PathBuf {
+    let setup = repo_root().join("scripts/setup-test-env.sh");
+    let status = Command::new("bash")
+        .arg(&setup)
+        .status()
+        .expect("bash runs");
+    assert!(
+        status.success(),
+        "{} failed; it installs the test's Python packages",
+        setup.display()
+    );
+    std::env::var_os("KITH_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/test-venv"))
+        .join("bin/python")
+}
+
+/// Runs tests/python/SCRIPT with the venv's Python; its stdout as JSON.
+pub fn run_python(script: &str, args: &[&str]) -> Value {
+    let output = Command::new(python())
+        .arg(repo_root().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{script} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// The repository's root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}

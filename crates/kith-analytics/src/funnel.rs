@@ -1,0 +1,852 @@
+//! Funnels: ordered steps within a conversion window, per-step conversion and drop-off, the time
+//! to convert, breakdowns, and a friction report that ranks where customers get stuck.
+//!
+//! SQL selects the events of the steps (each a bit in a mask, so one event may serve two steps)
+//! sorted by profile and time; one pass in Rust then follows every profile's attempts
+//! ([`Walker`]): for each step it keeps the latest start of an attempt that has reached it, which
+//! is the attempt with the most window left. Loose order lets other events happen between
+//! steps; strict order ends an attempt at any event in scope that is not its next step. An
+//! exclusion event ends every attempt in progress.
+
+use std::collections::BTreeMap;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Int64Type};
+use serde::{Deserialize, Serialize};
+
+use crate::scope::{Condition, Scope, sql_string};
+use crate::stats::two_proportion_test;
+use crate::{AnalyticsError, Data};
+
+/// Most steps a funnel may have.
+pub const MAX_STEPS: usize = 32;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub event: String,
+    /// Conditions the step's event must meet too.
+    #[serde(default, rename = "where")]
+    pub conditions: Vec<Condition>,
+    /// A name for the step in results [default: the event].
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct FunnelDefinition {
+    #[serde(flatten)]
+    pub scope: Scope,
+    pub steps: Vec<Step>,
+    /// How long after the first step the last may come: `30m`, `24h`, `7d` [default: 7d].
+    #[serde(default = "default_window")]
+    pub window: String,
+    /// loose (other events may come between steps) or strict (none may) [default: loose].
+    #[serde(default = "default_order")]
+    pub order: String,
+    /// Events that end an attempt in progress.
+    #[serde(default)]
+    pub exclusions: Vec<Step>,
+    /// The step whose event gives the breakdown value [default: 0, the first]. Profiles that
+    /// never reach it are grouped as `(not reached)`.
+    #[serde(default)]
+    pub breakdown_step: usize,
+    /// profiles (each counted once, at its best attempt) or attempts (every start of the first
+    /// step counts; a new start ends the attempt before it) [default: profiles].
+    #[serde(default = "default_count")]
+    pub count: String,
+}
+
+fn default_count() -> String {
+    "profiles".into()
+}
+
+fn default_window() -> String {
+    "7d".into()
+}
+fn default_order() -> String {
+    "loose".into()
+}
+
+pub const FIELDS: &[&str] = &[
+    "steps",
+    "window",
+    "order",
+    "exclusions",
+    "breakdown_step",
+    "count",
+];
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FunnelReport {
+    pub window_seconds: i64,
+    pub order: String,
+    /// `profiles` or `attempts`: what the step counts count.
+    pub count: String,
+    /// One funnel per breakdown value (one, `all`, without a breakdown).
+    pub groups: Vec<FunnelGroup>,
+    /// Where customers get stuck, worst first.
+    pub friction: Vec<Friction>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FunnelGroup {
+    pub breakdown: String,
+    pub steps: Vec<StepResult>,
+    /// Seconds from the first step to the last, for profiles that converted.
+    pub time_to_convert: Option<Distribution>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StepResult {
+    pub step: String,
+    /// Profiles (or attempts) that reached this step and every one before it, in order,
+    /// within the window.
+    pub profiles: u64,
+    /// Of those that reached the previous step (1 for the first).
+    pub conversion_from_previous: f64,
+    pub conversion_from_start: f64,
+    /// Reached the previous step but not this one.
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Distribution {
+    pub count: u64,
+    pub mean: f64,
+    pub p25: f64,
+    pub median: f64,
+    pub p75: f64,
+    pub p90: f64,
+}
+
+/// One step transition, for one breakdown value (or overall), against everyone else.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Friction {
+    /// `Checkout Started → Payment Submitted`.
+    pub transition: String,
+    pub breakdown: String,
+    /// Profiles that reached the transition's first step.
+    pub profiles: u64,
+    pub conversion: f64,
+    /// The same transition's conversion for every other breakdown value together.
+    pub others_conversion: f64,
+    /// conversion − others_conversion.
+    pub difference: f64,
+    /// Profiles lost compared with converting at the others' rate.
+    pub excess_drop_off: f64,
+    pub z: f64,
+    pub p_value: f64,
+    /// p below 0.05 after a Bonferroni correction for every comparison made.
+    pub significant: bool,
+}
+
+/// `30m`, `24h`, `7d`, `2w` or plain seconds, as seconds.
+pub fn parse_window(text: &str) -> Result<i64, AnalyticsError> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let amount: i64 = digits.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+        AnalyticsError::invalid(
+            "window",
+            format!("`{text}` is not a duration; use e.g. 30m, 24h or 7d"),
+        )
+    })?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        other => {
+            return Err(AnalyticsError::invalid(
+                "window",
+                format!("`{other}` is not a unit; use s, m, h, d or w"),
+            ));
+        }
+    };
+    amount
+        .checked_mul(seconds)
+        .filter(|s| *s <= 366 * 86_400 * 10)
+        .ok_or_else(|| AnalyticsError::invalid("window", "must be at most ten years"))
+}
+
+/// One attempt: when it started and the breakdown value it carries.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    start: i64,
+    breakdown: Option<u32>,
+}
+
+/// What one attempt (or one profile's best attempt) came to: the deepest step reached, its
+/// breakdown value, and the time to convert when it reached the last step.
+pub type Outcome = (usize, Option<u32>, Option<i64>);
+
+/// An attempt followed on its own (counting attempts).
+#[derive(Debug, Clone, Copy)]
+struct Current {
+    start: i64,
+    /// The step reached so far.
+    step: usize,
+    breakdown: Option<u32>,
+}
+
+/// Follows one profile's events through the funnel.
+pub struct Walker {
+    steps: usize,
+    window_micros: i64,
+    strict: bool,
+    breakdown_step: usize,
+    /// Count every attempt (each first-step event starts one and ends the one before) instead
+    /// of each profile's best.
+    attempts: bool,
+    /// For each step, the attempt with the latest start that has reached it (profiles).
+    reached: Vec<Option<Attempt>>,
+    /// The profile's best so far (profiles).
+    best: Option<Outcome>,
+    /// The attempt in progress (attempts).
+    current: Option<Current>,
+    /// Finished attempts (attempts).
+    done: Vec<Outcome>,
+}
+
+impl Walker {
+    pub fn new(
+        steps: usize,
+        window_micros: i64,
+        strict: bool,
+        breakdown_step: usize,
+        attempts: bool,
+    ) -> Walker {
+        Walker {
+            steps,
+            window_micros,
+            strict,
+            breakdown_step,
+            attempts,
+            reached: vec![None; steps],
+            best: None,
+            current: None,
+            done: Vec::new(),
+        }
+    }
+
+    /// Ends the profile: what it came to (its best attempt, or each of its attempts).
+    pub fn end_profile(&mut self) -> Vec<Outcome> {
+        self.reached.iter_mut().for_each(|r| *r = None);
+        self.close_current();
+        let mut outcomes = std::mem::take(&mut self.done);
+        outcomes.extend(self.best.take());
+        outcomes
+    }
+
+    fn close_current(&mut self) {
+        if let Some(current) = self.current.take() {
+            self.done.push((current.step, current.breakdown, None));
+        }
+    }
+
+    /// One event: `steps` has bit i set when the event is step i; `breakdown` is its value.
+    pub fn event(&mut self, at: i64, steps: u64, excluded: bool, breakdown: u32) {
+        if self.attempts {
+            self.attempt_event(at, steps, excluded, breakdown);
+        } else {
+            self.profile_event(at, steps, excluded, breakdown);
+        }
+    }
+
+    fn attempt_event(&mut self, at: i64, steps: u64, excluded: bool, breakdown: u32) {
+        if excluded {
+            self.close_current();
+            return;
+        }
+        if let Some(current) = self.current
+            && at - current.start > self.window_micros
+        {
+            self.close_current();
+        }
+        if let Some(mut current) = self.current {
+            let next = current.step + 1;
+            if steps & (1 << next) != 0 {
+                current.step = next;
+                if next == self.breakdown_step {
+                    current.breakdown = Some(breakdown);
+                }
+                if next + 1 == self.steps {
+                    self.done
+                        .push((next, current.breakdown, Some(at - current.start)));
+                    self.current = None;
+                } else {
+                    self.current = Some(current);
+                }
+                return;
+            }
+            if self.strict {
+                self.close_current();
+            }
+        }
+        if steps & 1 == 1 {
+            self.close_current();
+            self.current = Some(Current {
+                start: at,
+                step: 0,
+                breakdown: (self.breakdown_step == 0).then_some(breakdown),
+            });
+        }
+    }
+
+    fn profile_event(&mut self, at: i64, steps: u64, excluded: bool, breakdown: u32) {
+        if excluded {
+            self.reached.iter_mut().for_each(|r| *r = None);
+            return;
+        }
+        let mut next = if self.strict {
+            vec![None; self.steps]
+        } else {
+            self.reached.clone()
+        };
+        // Deepest first, so one event never serves two consecutive steps of one attempt.
+        for k in (1..self.steps).rev() {
+            if steps & (1 << k) == 0 {
+                continue;
+            }
+            let Some(mut attempt) = self.reached[k - 1] else {
+                continue;
+            };
+            if at - attempt.start > self.window_micros {
+                continue;
+            }
+            if k == self.breakdown_step {
+                attempt.breakdown = Some(breakdown);
+            }
+            if next[k].is_none_or(|r: Attempt| r.start <= attempt.start) {
+                next[k] = Some(attempt);
+            }
+            self.record(k, attempt, at);
+        }
+        if steps & 1 == 1 {
+            let attempt = Attempt {
+                start: at,
+                breakdown: (self.breakdown_step == 0).then_some(breakdown),
+            };
+            next[0] = Some(attempt);
+            self.record(0, attempt, at);
+        }
+        self.reached = next;
+    }
+
+    fn record(&mut self, step: usize, attempt: Attempt, at: i64) {
+        let converted = (step + 1 == self.steps).then_some(at - attempt.start);
+        let better = match self.best {
+            None => true,
+            Some((deepest, _, time)) => {
+                step > deepest
+                    || (step == deepest
+                        && converted.is_some()
+                        && time.is_none_or(|t| converted.is_some_and(|c| c < t)))
+            }
+        };
+        if better {
+            self.best = Some((step, attempt.breakdown, converted));
+        }
+    }
+}
+
+impl FunnelDefinition {
+    pub async fn run(&self, data: &Data<'_>) -> Result<FunnelReport, AnalyticsError> {
+        if self.steps.len() < 2 || self.steps.len() > MAX_STEPS {
+            return Err(AnalyticsError::invalid(
+                "steps",
+                format!("must hold between 2 and {MAX_STEPS} steps"),
+            ));
+        }
+        if self.breakdown_step >= self.steps.len() {
+            return Err(AnalyticsError::invalid(
+                "breakdown_step",
+                format!("must be a step's position, 0 to {}", self.steps.len() - 1),
+            ));
+        }
+        let strict = match self.order.as_str() {
+            "loose" => false,
+            "strict" => true,
+            other => {
+                return Err(AnalyticsError::invalid(
+                    "order",
+                    format!("`{other}` is not an order; use loose or strict"),
+                ));
+            }
+        };
+        let window = parse_window(&self.window)?;
+        let scope = self.scope.resolve()?;
+        let matches = |step: &Step, at: &str| -> Result<String, AnalyticsError> {
+            if step.event.trim().is_empty() {
+                return Err(AnalyticsError::invalid(
+                    &format!("{at}.event"),
+                    "must not be empty",
+                ));
+            }
+            let mut parts = vec![format!("e.event = {}", sql_string(&step.event))];
+            for (i, condition) in step.conditions.iter().enumerate() {
+                parts.push(condition.sql("e", &format!("{at}.where[{i}]"))?);
+            }
+            Ok(format!("({})", parts.join(" AND ")))
+        };
+        let mut step_sql = Vec::new();
+        for (i, step) in self.steps.iter().enumerate() {
+            step_sql.push(matches(step, &format!("steps[{i}]"))?);
+        }
+        let mut exclusion_sql = Vec::new();
+        for (i, step) in self.exclusions.iter().enumerate() {
+            exclusion_sql.push(matches(step, &format!("exclusions[{i}]"))?);
+        }
+        let mask = step_sql
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("CASE WHEN {s} THEN {} ELSE 0 END", 1u64 << i))
+            .collect::<Vec<_>>()
+            .join(" + ");
+        let excluded = if exclusion_sql.is_empty() {
+            "0".to_string()
+        } else {
+            format!("CASE WHEN {} THEN 1 ELSE 0 END", exclusion_sql.join(" OR "))
+        };
+        // Strict order must see every event in scope: any other event ends an attempt.
+        let relevant = if strict {
+            Vec::new()
+        } else {
+            vec![format!(
+                "({})",
+                step_sql
+                    .iter()
+                    .chain(&exclusion_sql)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" OR ")
+            )]
+        };
+        let base = scope.attributed_events(
+            &relevant,
+            &format!(
+                "CAST(e.timestamp AS BIGINT) AS micros, CAST({mask} AS BIGINT) AS steps, \
+                 CAST({excluded} AS BIGINT) AS excluded"
+            ),
+        );
+        let sql = format!(
+            "WITH base AS ({base}) SELECT profile_id, micros, steps, excluded, breakdown \
+             FROM base ORDER BY profile_id, micros, steps DESC"
+        );
+        let mut limits = data.limits.clone();
+        limits.max_rows = 1 << 40;
+        let result = data
+            .lake
+            .query_with(&sql, &limits, data.tables.clone())
+            .await?;
+
+        let attempts = match self.count.as_str() {
+            "profiles" => false,
+            "attempts" => true,
+            other => {
+                return Err(AnalyticsError::invalid(
+                    "count",
+                    format!("`{other}` is not a count; use profiles or attempts"),
+                ));
+            }
+        };
+        let mut walker = Walker::new(
+            self.steps.len(),
+            window * 1_000_000,
+            strict,
+            self.breakdown_step,
+            attempts,
+        );
+        let mut values: Vec<String> = Vec::new();
+        let mut value_ids: std::collections::HashMap<String, u32> = Default::default();
+        let mut tally = Tally::default();
+        let mut current: Option<String> = None;
+        for batch in &result.batches {
+            let profile = strings(batch.column(0).as_ref());
+            let micros = batch.column(1).as_primitive::<Int64Type>();
+            let steps = batch.column(2).as_primitive::<Int64Type>();
+            let excluded = batch.column(3).as_primitive::<Int64Type>();
+            let breakdown = strings(batch.column(4).as_ref());
+            for row in 0..batch.num_rows() {
+                let id = profile(row);
+                if current.as_deref() != Some(id) {
+                    tally.add(walker.end_profile());
+                    current = Some(id.to_string());
+                }
+                let value = breakdown(row);
+                let value_id = match value_ids.get(value) {
+                    Some(id) => *id,
+                    None => {
+                        let id = values.len() as u32;
+                        values.push(value.to_string());
+                        value_ids.insert(value.to_string(), id);
+                        id
+                    }
+                };
+                walker.event(
+                    micros.value(row),
+                    steps.value(row) as u64,
+                    excluded.value(row) != 0,
+                    value_id,
+                );
+            }
+        }
+        tally.add(walker.end_profile());
+        Ok(self.report(tally, &values, window, strict))
+    }
+
+    fn report(&self, tally: Tally, values: &[String], window: i64, strict: bool) -> FunnelReport {
+        let names: Vec<String> = self
+            .steps
+            .iter()
+            .map(|s| s.label.clone().unwrap_or_else(|| s.event.clone()))
+            .collect();
+        let value_name = |id: Option<u32>| match id {
+            Some(id) => values.get(id as usize).cloned().unwrap_or_default(),
+            None => "(not reached)".to_string(),
+        };
+        let groups: Vec<FunnelGroup> = tally
+            .groups
+            .iter()
+            .map(|(id, group)| {
+                let reached = group.reached(self.steps.len());
+                FunnelGroup {
+                    breakdown: value_name(*id),
+                    steps: step_results(&names, &reached),
+                    time_to_convert: distribution(&group.times),
+                }
+            })
+            .collect();
+        let friction = friction(&names, &tally, &value_name, self.steps.len());
+        FunnelReport {
+            window_seconds: window,
+            order: if strict { "strict" } else { "loose" }.into(),
+            count: self.count.clone(),
+            groups,
+            friction,
+        }
+    }
+}
+
+/// Reads a string column whatever its string type.
+fn strings<'a>(array: &'a dyn Array) -> Box<dyn Fn(usize) -> &'a str + 'a> {
+    match array.data_type() {
+        DataType::Utf8View => {
+            let a = array.as_string_view();
+            Box::new(move |i| if a.is_null(i) { "" } else { a.value(i) })
+        }
+        DataType::LargeUtf8 => {
+            let a = array.as_string::<i64>();
+            Box::new(move |i| if a.is_null(i) { "" } else { a.value(i) })
+        }
+        _ => match array.as_string_opt::<i32>() {
+            Some(a) => Box::new(move |i| if a.is_null(i) { "" } else { a.value(i) }),
+            None => Box::new(|_| ""),
+        },
+    }
+}
+
+/// Deepest step per profile, by breakdown value.
+#[derive(Default)]
+struct Tally {
+    groups: BTreeMap<Option<u32>, Group>,
+}
+
+#[derive(Default)]
+struct Group {
+    /// Profiles whose deepest step is i.
+    deepest: Vec<u64>,
+    times: Vec<f64>,
+}
+
+impl Group {
+    /// Profiles that reached each step.
+    fn reached(&self, steps: usize) -> Vec<u64> {
+        let mut reached = vec![0u64; steps];
+        let mut running = 0;
+        for k in (0..steps).rev() {
+            running += self.deepest.get(k).copied().unwrap_or(0);
+            reached[k] = running;
+        }
+        reached
+    }
+}
+
+impl Tally {
+    fn add(&mut self, outcomes: Vec<Outcome>) {
+        for (deepest, breakdown, time) in outcomes {
+            let group = self.groups.entry(breakdown).or_default();
+            if group.deepest.len() <= deepest {
+                group.deepest.resize(deepest + 1, 0);
+            }
+            group.deepest[deepest] += 1;
+            if let Some(micros) = time {
+                group.times.push(micros as f64 / 1e6);
+            }
+        }
+    }
+}
+
+fn step_results(names: &[String], reached: &[u64]) -> Vec<StepResult> {
+    let start = reached.first().copied().unwrap_or(0).max(1) as f64;
+    names
+        .iter()
+        .zip(reached)
+        .enumerate()
+        .map(|(k, (name, &profiles))| {
+            let previous = if k == 0 { profiles } else { reached[k - 1] };
+            StepResult {
+                step: name.clone(),
+                profiles,
+                conversion_from_previous: if previous == 0 {
+                    0.0
+                } else {
+                    profiles as f64 / previous as f64
+                },
+                conversion_from_start: profiles as f64 / start,
+                dropped: previous - profiles,
+            }
+        })
+        .collect()
+}
+
+fn distribution(times: &[f64]) -> Option<Distribution> {
+    if times.is_empty() {
+        return None;
+    }
+    let mut sorted = times.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let quantile = |q: f64| {
+        let position = q * (sorted.len() - 1) as f64;
+        let (low, high) = (position.floor() as usize, position.ceil() as usize);
+        sorted[low] + (sorted[high] - sorted[low]) * (position - low as f64)
+    };
+    Some(Distribution {
+        count: sorted.len() as u64,
+        mean: sorted.iter().sum::<f64>() / sorted.len() as f64,
+        p25: quantile(0.25),
+        median: quantile(0.5),
+        p75: quantile(0.75),
+        p90: quantile(0.9),
+    })
+}
+
+/// Each transition for each breakdown value against all other values; without a breakdown,
+/// each transition's drop-off alone.
+fn friction(
+    names: &[String],
+    tally: &Tally,
+    value_name: &dyn Fn(Option<u32>) -> String,
+    steps: usize,
+) -> Vec<Friction> {
+    let reached: Vec<(Option<u32>, Vec<u64>)> = tally
+        .groups
+        .iter()
+        .map(|(id, g)| (*id, g.reached(steps)))
+        .collect();
+    let mut out = Vec::new();
+    for k in 0..steps - 1 {
+        let transition = format!("{} → {}", names[k], names[k + 1]);
+        let total_at: u64 = reached.iter().map(|(_, r)| r[k]).sum();
+        let total_next: u64 = reached.iter().map(|(_, r)| r[k + 1]).sum();
+        if reached.len() == 1 {
+            let conversion = total_next as f64 / total_at.max(1) as f64;
+            out.push(Friction {
+                transition,
+                breakdown: value_name(reached[0].0),
+                profiles: total_at,
+                conversion,
+                others_conversion: f64::NAN,
+                difference: 0.0,
+                excess_drop_off: (total_at - total_next) as f64,
+                z: 0.0,
+                p_value: 1.0,
+                significant: false,
+            });
+            continue;
+        }
+        for (id, r) in &reached {
+            let (n, x) = (r[k], r[k + 1]);
+            let (others_n, others_x) = (total_at - n, total_next - x);
+            if n == 0 || others_n == 0 {
+                continue;
+            }
+            let test = two_proportion_test(x, n, others_x, others_n);
+            let conversion = x as f64 / n as f64;
+            let others_conversion = others_x as f64 / others_n as f64;
+            out.push(Friction {
+                transition: transition.clone(),
+                breakdown: value_name(*id),
+                profiles: n,
+                conversion,
+                others_conversion,
+                difference: conversion - others_conversion,
+                excess_drop_off: (others_conversion - conversion) * n as f64,
+                z: test.z,
+                p_value: test.p_value,
+                significant: false,
+            });
+        }
+    }
+    let comparisons = out.len().max(1) as f64;
+    for f in &mut out {
+        f.significant = f.p_value * comparisons < 0.05 && f.difference != 0.0;
+        if f.others_conversion.is_nan() {
+            f.others_conversion = f.conversion;
+        }
+    }
+    out.sort_by(|a, b| b.excess_drop_off.total_cmp(&a.excess_drop_off));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = 3_600_000_000;
+
+    fn walk_all(strict: bool, attempts: bool, events: &[(i64, u64, bool)]) -> Vec<Outcome> {
+        let mut walker = Walker::new(3, 24 * HOUR, strict, 0, attempts);
+        for &(at, steps, excluded) in events {
+            walker.event(at * HOUR, steps, excluded, 7);
+        }
+        walker.end_profile()
+    }
+
+    fn walk(strict: bool, events: &[(i64, u64, bool)]) -> Option<Outcome> {
+        let outcomes = walk_all(strict, false, events);
+        assert!(outcomes.len() <= 1);
+        outcomes.first().copied()
+    }
+
+    #[test]
+    fn counting_attempts_scores_each_start_on_its_own() {
+        // A fails (excluded), A again, B, C: one attempt stuck at A, one converted.
+        let events = [
+            (0, 1, false),
+            (0, 0, true),
+            (1, 1, false),
+            (2, 2, false),
+            (3, 4, false),
+        ];
+        assert_eq!(
+            walk_all(false, true, &events),
+            vec![(0, Some(7), None), (2, Some(7), Some(2 * HOUR))]
+        );
+        // A new start ends the attempt before it, even without an exclusion.
+        let restarted = [(0, 1, false), (1, 1, false), (2, 2, false)];
+        assert_eq!(
+            walk_all(false, true, &restarted),
+            vec![(0, Some(7), None), (1, Some(7), None)]
+        );
+        // Counting profiles, the same events give one converted profile.
+        assert_eq!(walk(false, &events).unwrap().0, 2);
+    }
+
+    #[test]
+    fn attempts_follow_order_window_and_exclusions() {
+        // A, B, C within a day: converted in 2 hours.
+        assert_eq!(
+            walk(false, &[(0, 1, false), (1, 2, false), (2, 4, false)]),
+            Some((2, Some(7), Some(2 * HOUR)))
+        );
+        // C before B does not count.
+        assert_eq!(
+            walk(false, &[(0, 1, false), (1, 4, false), (2, 2, false)])
+                .unwrap()
+                .0,
+            1
+        );
+        // Too late: C 25 hours after A; but a later A restarts within the window.
+        assert_eq!(
+            walk(false, &[(0, 1, false), (1, 2, false), (25, 4, false)])
+                .unwrap()
+                .0,
+            1
+        );
+        assert_eq!(
+            walk(
+                false,
+                &[
+                    (0, 1, false),
+                    (20, 1, false),
+                    (21, 2, false),
+                    (30, 4, false)
+                ]
+            ),
+            Some((2, Some(7), Some(10 * HOUR)))
+        );
+        // One event serving two steps (bits 0 and 1) advances one step only.
+        assert_eq!(walk(false, &[(0, 3, false)]).unwrap().0, 0);
+        // An exclusion ends the attempt.
+        assert_eq!(
+            walk(
+                false,
+                &[(0, 1, false), (1, 2, false), (2, 0, true), (3, 4, false)]
+            )
+            .unwrap()
+            .0,
+            1
+        );
+        // Strict order: any other event in between ends it; loose order does not care.
+        let with_noise = [(0, 1, false), (1, 0, false), (2, 2, false), (3, 4, false)];
+        assert_eq!(walk(true, &with_noise).unwrap().0, 0);
+        assert_eq!(walk(false, &with_noise).unwrap().0, 2);
+    }
+
+    #[test]
+    fn windows_parse_with_units_and_bad_ones_are_named() {
+        assert_eq!(parse_window("7d").unwrap(), 604_800);
+        assert_eq!(parse_window("30m").unwrap(), 1800);
+        assert_eq!(parse_window("90").unwrap(), 90);
+        for bad in ["", "d", "0h", "3y", "-1d"] {
+            assert_eq!(
+                parse_window(bad).unwrap_err().field(),
+                Some("window"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_friction_report_singles_out_the_value_that_converts_worse() {
+        let mut tally = Tally::default();
+        // Value 0 (card): 1000 reach step 1, 800 pay. Value 1 (wallet): 1000 reach, 500 pay.
+        tally.groups.insert(
+            Some(0),
+            Group {
+                deepest: vec![0, 200, 800],
+                times: vec![],
+            },
+        );
+        tally.groups.insert(
+            Some(1),
+            Group {
+                deepest: vec![0, 500, 500],
+                times: vec![],
+            },
+        );
+        let names = vec!["A".to_string(), "B".into(), "C".into()];
+        let values = ["card".to_string(), "wallet".to_string()];
+        let name = |id: Option<u32>| id.map(|i| values[i as usize].clone()).unwrap_or_default();
+        let report = friction(&names, &tally, &name, 3);
+        let worst = &report[0];
+        assert_eq!(
+            (worst.transition.as_str(), worst.breakdown.as_str()),
+            ("B → C", "wallet")
+        );
+        assert!((worst.excess_drop_off - 300.0).abs() < 1e-9);
+        assert!(worst.significant && worst.p_value < 1e-10, "{worst:?}");
+        // Everyone reached B: the A → B transition shows no difference and is not significant.
+        assert!(
+            report
+                .iter()
+                .filter(|f| f.transition == "A → B")
+                .all(|f| !f.significant)
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! The questions customer teams ask, answered from the events Kith holds.
+//!
+//! Each analysis takes a JSON-shaped definition (its own fields plus a [`Scope`]: time range,
+//! time zone, property filters, breakdown), builds DataFusion SQL over `events` joined to
+//! `profile_identities` — so every event counts for the profile it belongs to now, merges
+//! included — and returns typed results. The SQL does the heavy work (scans, joins,
+//! aggregation); Rust only shapes the answers.
+
+pub mod cohorts;
+pub mod funnel;
+pub mod rfm;
+pub mod scope;
+pub mod stats;
+pub mod trends;
+
+use kith_lake::{ExtraTable, Lake, QueryError, QueryLimits, output};
+use serde_json::Value;
+use thiserror::Error;
+
+pub use cohorts::{CohortDefinition, CohortReport};
+pub use funnel::{FunnelDefinition, FunnelReport};
+pub use rfm::{RfmDefinition, RfmReport};
+pub use scope::{Condition, Scope};
+pub use trends::{TrendDefinition, TrendReport};
+
+#[derive(Debug, Error)]
+pub enum AnalyticsError {
+    /// The definition is wrong: which field, and why.
+    #[error("`{field}` {message}")]
+    Invalid { field: String, message: String },
+    #[error(transparent)]
+    Query(#[from] QueryError),
+}
+
+impl AnalyticsError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> AnalyticsError {
+        AnalyticsError::Invalid {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The definition's field at fault, for an invalid definition.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            AnalyticsError::Invalid { field, .. } => Some(field),
+            AnalyticsError::Query(_) => None,
+        }
+    }
+}
+
+/// What analyses read: the event tables, the identity table that attributes events to
+/// profiles, and the bounds each query runs under.
+pub struct Data<'a> {
+    pub lake: &'a Lake,
+    /// `profile_identities` (and any other table the caller registers).
+    pub tables: Vec<ExtraTable>,
+    pub limits: QueryLimits,
+}
+
+impl Data<'_> {
+    /// Runs `sql`; every row as JSON values in column order.
+    pub async fn rows(&self, sql: &str) -> Result<Vec<Vec<Value>>, AnalyticsError> {
+        let mut limits = self.limits.clone();
+        // Analyses aggregate; their own row caps are explicit. Never truncate silently.
+        limits.max_rows = 1 << 40;
+        let result = self
+            .lake
+            .query_with(sql, &limits, self.tables.clone())
+            .await?;
+        let mut rows = Vec::with_capacity(result.num_rows());
+        for batch in &result.batches {
+            for row in 0..batch.num_rows() {
+                rows.push(
+                    batch
+                        .columns()
+                        .iter()
+                        .map(|column| output::json_value(column.as_ref(), row))
+                        .collect(),
+                );
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// Reads a cell as text ("" for null).
+pub(crate) fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+pub(crate) fn number(value: &Value) -> f64 {
+    match value {
+        Value::Number(n) => n.as_f64().unwrap_or(0.0),
+        Value::String(s) => s.parse().unwrap_or(0.0),
+        _ => 0.0,
+    }
+}
+
+pub(crate) fn count(value: &Value) -> u64 {
+    match value {
+        Value::Number(n) => n.as_u64().unwrap_or(0),
+        Value::String(s) => s.parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The fields every definition takes besides its own (see [`Scope`]).
+pub const SCOPE_FIELDS: &[&str] = &["from", "to", "timezone", "where", "breakdown"];
+
+/// The analyses, by the name the API and the CLI use.
+#[derive(Debug, Clone)]
+pub enum Analysis {
+    Rfm(RfmDefinition),
+    Cohorts(CohortDefinition),
+    Funnel(FunnelDefinition),
+    Trends(TrendDefinition),
+}
+
+/// The analyses' names, for messages.
+pub const ANALYSES: &str = "rfm, cohorts, funnel, trends";
+
+impl Analysis {
+    /// Reads a definition of analysis `kind`, naming the field at fault when it is wrong.
+    pub fn parse(kind: &str, definition: &Value) -> Result<Analysis, AnalyticsError> {
+        let own: &[&str] = match kind {
+            "rfm" => rfm::FIELDS,
+            "cohorts" => cohorts::FIELDS,
+            "funnel" => funnel::FIELDS,
+            "trends" => trends::FIELDS,
+            other => {
+                return Err(AnalyticsError::invalid(
+                    "analysis",
+                    format!("`{other}` is not an analysis; use one of {ANALYSES}"),
+                ));
+            }
+        };
+        let Value::Object(fields) = definition else {
+            return Err(AnalyticsError::invalid(
+                "definition",
+                "must be a JSON object of the analysis's fields",
+            ));
+        };
+        if let Some(unknown) = fields
+            .keys()
+            .find(|k| !own.contains(&k.as_str()) && !SCOPE_FIELDS.contains(&k.as_str()))
+        {
+            let mut known: Vec<&str> = own.iter().chain(SCOPE_FIELDS).copied().collect();
+            known.sort_unstable();
+            return Err(AnalyticsError::invalid(
+                unknown,
+                format!(
+                    "is not a field of a {kind} definition; its fields are {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+        fn read<T: serde::de::DeserializeOwned>(
+            fields: &serde_json::Map<String, Value>,
+        ) -> Result<T, AnalyticsError> {
+            serde_json::from_value(Value::Object(fields.clone())).map_err(|whole| {
+                // serde does not say which field failed; find the one that fails alone.
+                let culprit = fields.iter().find_map(|(key, value)| {
+                    let alone = serde_json::Map::from_iter([(key.clone(), value.clone())]);
+                    match serde_json::from_value::<T>(Value::Object(alone)) {
+                        Err(e) if !e.to_string().starts_with("missing field") => {
+                            Some((key.clone(), e.to_string()))
+                        }
+                        _ => None,
+                    }
+                });
+                match culprit {
+                    Some((field, message)) => AnalyticsError::invalid(&field, message),
+                    None => AnalyticsError::invalid("definition", whole.to_string()),
+                }
+            })
+        }
+        Ok(match kind {
+            "rfm" => Analysis::Rfm(read(fields)?),
+            "cohorts" => Analysis::Cohorts(read(fields)?),
+            "funnel" => Analysis::Funnel(read(fields)?),
+            _ => Analysis::Trends(read(fields)?),
+        })
+    }
+
+    /// Runs the analysis; its report as JSON.
+    pub async fn run(&self, data: &Data<'_>) -> Result<Value, AnalyticsError> {
+        let json = |r: Result<Value, serde_json::Error>| {
+            r.map_err(|e| AnalyticsError::invalid("definition", e.to_string()))
+        };
+        match self {
+            Analysis::Rfm(d) => json(serde_json::to_value(d.run(data).await?)),
+            Analysis::Cohorts(d) => json(serde_json::to_value(d.run(data).await?)),
+            Analysis::Funnel(d) => json(serde_json::to_value(d.run(data).await?)),
+            Analysis::Trends(d) => json(serde_json::to_value(d.run(data).await?)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod definition_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn definitions_name_the_field_that_is_wrong() {
+        let error = Analysis::parse("funnel", &json!({"steps": [{"event": "A"}], "windw": "7d"}))
+            .unwrap_err();
+        assert_eq!(error.field(), Some("windw"));
+        assert!(
+            error
+                .to_string()
+                .contains("its fields are breakdown, breakdown_step"),
+            "{error}"
+        );
+        let error = Analysis::parse("trends", &json!({"interval": 7})).unwrap_err();
+        assert_eq!(error.field(), Some("interval"));
+        let error = Analysis::parse("funnel", &json!({"window": "7d"})).unwrap_err();
+        assert!(
+            error.to_string().contains("missing field `steps`"),
+            "{error}"
+        );
+        let error = Analysis::parse("paths", &json!({})).unwrap_err();
+        assert_eq!(error.field(), Some("analysis"));
+        assert!(matches!(
+            Analysis::parse(
+                "rfm",
+                &json!({"from": "2024-01-01", "purchase_event": "Paid"})
+            ),
+            Ok(Analysis::Rfm(_))
+        ));
+    }
+}

@@ -1,0 +1,325 @@
+//! `kith analyze rfm|cohorts|funnel|trends`: the analyses of `POST /v1/analytics/*` on the data
+//! directory (with or without a running server), as a table, CSV or JSON.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use kith_analytics::{Analysis, Data};
+use kith_lake::QueryLimits;
+use serde_json::{Map, Value, json};
+
+use super::sql::open_consistent;
+use super::{DataDirArg, runtime};
+use crate::config::FileConfig;
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Args)]
+pub struct AnalyzeArgs {
+    #[command(flatten)]
+    data_dir: DataDirArg,
+    /// rfm, cohorts, funnel or trends
+    analysis: String,
+    /// The definition as JSON, as `POST /v1/analytics/ANALYSIS` takes it (see docs/analytics.md)
+    #[arg(long, value_name = "JSON")]
+    definition: Option<String>,
+    /// The definition in a JSON file
+    #[arg(long, value_name = "FILE", conflicts_with = "definition")]
+    file: Option<PathBuf>,
+    /// Funnel steps, in order, comma-separated event names (e.g. "Product Viewed,Order Completed")
+    #[arg(long)]
+    steps: Option<String>,
+    /// Events from this time (RFC 3339 or a date)
+    #[arg(long)]
+    from: Option<String>,
+    /// Events before this time
+    #[arg(long)]
+    to: Option<String>,
+    /// Time zone of days, weeks and months (IANA name)
+    #[arg(long)]
+    timezone: Option<String>,
+    /// Split results by this field, e.g. context.device.type or properties.payment_method
+    #[arg(long)]
+    breakdown: Option<String>,
+    /// Funnel conversion window, e.g. 7d
+    #[arg(long)]
+    window: Option<String>,
+    /// Trend and cohort interval: hour, day, week or month
+    #[arg(long)]
+    interval: Option<String>,
+    /// Trend: the event counted
+    #[arg(long)]
+    event: Option<String>,
+    /// Trend: count, unique_profiles, approx_unique_profiles, sum or mean
+    #[arg(long)]
+    measure: Option<String>,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+impl AnalyzeArgs {
+    /// The definition: the JSON given, with the flags' fields on top.
+    fn definition(&self) -> anyhow::Result<Value> {
+        let text = match (&self.definition, &self.file) {
+            (Some(text), _) => text.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+            (None, None) => "{}".to_string(),
+        };
+        let mut definition: Map<String, Value> = match serde_json::from_str(&text) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => bail!("the definition must be a JSON object"),
+            Err(e) => bail!("the definition is not valid JSON: {e}"),
+        };
+        let mut set = |key: &str, value: &Option<String>| {
+            if let Some(value) = value {
+                definition.insert(key.into(), Value::String(value.clone()));
+            }
+        };
+        set("from", &self.from);
+        set("to", &self.to);
+        set("timezone", &self.timezone);
+        set("breakdown", &self.breakdown);
+        set("window", &self.window);
+        set("interval", &self.interval);
+        set("event", &self.event);
+        set("measure", &self.measure);
+        if let Some(steps) = &self.steps {
+            let steps: Vec<Value> = steps
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|event| json!({ "event": event }))
+                .collect();
+            definition.insert("steps".into(), Value::Array(steps));
+        }
+        Ok(Value::Object(definition))
+    }
+}
+
+pub fn run(args: AnalyzeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
+    let analysis =
+        Analysis::parse(&args.analysis, &args.definition()?).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let data_dir = file.data_dir(args.data_dir.data_dir.clone());
+    if !data_dir.exists() {
+        bail!(
+            "no data directory at {}; import data or start `kith serve` first, or pass --data-dir",
+            data_dir.display()
+        );
+    }
+    let settings = file.profile_settings()?;
+    let report = runtime()?.block_on(async {
+        let (lake, profiles) = open_consistent(&data_dir, settings).await?;
+        let data = Data {
+            lake: &lake,
+            tables: kith_server::profiles::profile_tables(&profiles),
+            limits: QueryLimits {
+                timeout: std::time::Duration::from_secs(3600),
+                ..QueryLimits::default()
+            },
+        };
+        analysis
+            .run(&data)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    })?;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Table | Format::Csv => {
+            let (headers, rows) = tabulate(&args.analysis, &report);
+            if matches!(args.format, Format::Csv) {
+                let mut writer = csv::Writer::from_writer(std::io::stdout());
+                writer.write_record(&headers)?;
+                for row in &rows {
+                    writer.write_record(row)?;
+                }
+                writer.flush()?;
+            } else {
+                print_table(&headers, &rows);
+                print_notes(&args.analysis, &report);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{f:.4}")
+                .trim_end_matches('0')
+                .trim_end_matches('.')
+                .to_string(),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// The report's main table: RFM segments, the cohort matrix, funnel steps, trend points.
+fn tabulate(kind: &str, report: &Value) -> (Vec<String>, Vec<Vec<String>>) {
+    let list = |key: &str| report[key].as_array().cloned().unwrap_or_default();
+    let pick = |item: &Value, keys: &[&str]| keys.iter().map(|k| cell(&item[*k])).collect();
+    let names = |keys: &[&str]| keys.iter().map(|k| k.to_string()).collect();
+    match kind {
+        "rfm" => {
+            let keys = [
+                "segment",
+                "breakdown",
+                "profiles",
+                "share",
+                "value",
+                "mean_recency_days",
+                "mean_frequency",
+                "mean_monetary",
+            ];
+            (
+                names(&keys),
+                list("segments").iter().map(|s| pick(s, &keys)).collect(),
+            )
+        }
+        "cohorts" => {
+            let cohorts = list("cohorts");
+            let periods = cohorts
+                .first()
+                .and_then(|c| c["retention_rate"].as_array().map(Vec::len))
+                .unwrap_or(0);
+            let mut headers = names(&["cohort", "breakdown", "size"]);
+            headers.extend((0..periods).map(|k| format!("p{k}")));
+            let rows = cohorts
+                .iter()
+                .map(|c| {
+                    let mut row = pick(c, &["cohort", "breakdown", "size"]);
+                    row.extend(
+                        c["retention_rate"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|r| {
+                                r.as_f64()
+                                    .map(|r| format!("{:.1}%", r * 100.0))
+                                    .unwrap_or_default()
+                            }),
+                    );
+                    row
+                })
+                .collect();
+            (headers, rows)
+        }
+        "funnel" => {
+            let keys = [
+                "step",
+                "profiles",
+                "conversion_from_previous",
+                "conversion_from_start",
+                "dropped",
+            ];
+            let mut headers = names(&["breakdown"]);
+            headers.extend(names(&keys));
+            let rows = list("groups")
+                .iter()
+                .flat_map(|g| {
+                    let breakdown = cell(&g["breakdown"]);
+                    g["steps"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(move |s| {
+                            let mut row = vec![breakdown.clone()];
+                            row.extend(keys.iter().map(|k| cell(&s[*k])));
+                            row
+                        })
+                })
+                .collect();
+            (headers, rows)
+        }
+        _ => {
+            let keys = ["bucket", "breakdown", "value"];
+            (
+                names(&keys),
+                list("points").iter().map(|p| pick(p, &keys)).collect(),
+            )
+        }
+    }
+}
+
+fn print_table(headers: &[String], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .chain([headers[i].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("{}", line(headers));
+    for row in rows {
+        println!("{}", line(row));
+    }
+}
+
+/// What the main table leaves out: the cohort trend and the worst friction points.
+fn print_notes(kind: &str, report: &Value) {
+    match kind {
+        "cohorts" if !report["trend"].is_null() => {
+            let t = &report["trend"];
+            println!(
+                "\nnewer cohorts: {} ({} {:+.2} points per cohort, ± {:.2})",
+                cell(&t["verdict"]),
+                cell(&t["metric"]),
+                t["slope_per_cohort"].as_f64().unwrap_or(0.0) * 100.0,
+                t["standard_error"].as_f64().unwrap_or(0.0) * 100.0
+            );
+        }
+        "funnel" => {
+            let significant: Vec<&Value> = report["friction"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| {
+                    f["significant"].as_bool() == Some(true) && f["difference"].as_f64() < Some(0.0)
+                })
+                .take(5)
+                .collect();
+            if !significant.is_empty() {
+                println!("\nwhere customers get stuck (worst first, significant only):");
+                for f in significant {
+                    println!(
+                        "  {} for {}: {:.1}% convert vs {:.1}% for the rest, {:.0} more lost than expected (p = {:.2e})",
+                        cell(&f["transition"]),
+                        cell(&f["breakdown"]),
+                        f["conversion"].as_f64().unwrap_or(0.0) * 100.0,
+                        f["others_conversion"].as_f64().unwrap_or(0.0) * 100.0,
+                        f["excess_drop_off"].as_f64().unwrap_or(0.0),
+                        f["p_value"].as_f64().unwrap_or(1.0)
+                    );
+                }
+            }
+        }
+        "rfm" => println!(
+            "\n{} profiles scored as of {}",
+            cell(&report["profiles"]),
+            cell(&report["as_of"])
+        ),
+        _ => {}
+    }
+}

@@ -1,0 +1,346 @@
+//! `kith analyze` and `POST /v1/analytics/*`, checked against DuckDB over the same Parquet files
+//! on the demo world, and against hand-counted answers on edge cases (merges, window
+//! boundaries, time zones).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::*;
+use serde_json::{Value, json};
+
+const ZONE: &str = "America/Mexico_City";
+
+fn analyze(data: &Path, analysis: &str, definition: Value) -> Value {
+    let definition = definition.to_string();
+    let (ok, stdout, stderr) = kith(&[
+        "analyze",
+        analysis,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--format",
+        "json",
+        "--definition",
+        &definition,
+    ]);
+    assert!(ok, "{analysis} {definition}: {stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+#[test]
+fn analyses_of_the_demo_world_agree_with_duckdb_and_find_the_planted_friction() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (ok, _, stderr) = kith(&[
+        "demo",
+        "generate",
+        "--customers",
+        "1200",
+        "--seed",
+        "5",
+        "--into",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let identities = dir.path().join("identities.csv");
+    let (ok, csv, stderr) = kith(&[
+        "sql",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--format",
+        "csv",
+        "SELECT profile_id, id_type, id_value FROM profile_identities",
+    ]);
+    assert!(ok, "{stderr}");
+    std::fs::write(&identities, csv).unwrap();
+    let steps = [
+        "Product Viewed",
+        "Product Added",
+        "Checkout Started",
+        "Order Completed",
+    ];
+    let spec = json!({
+        "timezone": ZONE,
+        "as_of": "2100-01-01T00:00:00Z",
+        "funnel_steps": steps,
+        "funnel_window_seconds": 86_400,
+    });
+    let duck = run_python(
+        "analytics_duckdb.py",
+        &[
+            data.join("tables/events").to_str().unwrap(),
+            identities.to_str().unwrap(),
+            &spec.to_string(),
+        ],
+    );
+
+    // RFM: every profile's scores and segment.
+    let rfm = analyze(
+        &data,
+        "rfm",
+        json!({"as_of": "2100-01-01", "limit": 1_000_000}),
+    );
+    let scored = rfm["top_profiles"].as_array().unwrap();
+    assert_eq!(scored.len(), duck["rfm"].as_object().unwrap().len());
+    assert!(scored.len() > 800, "{}", scored.len());
+    for profile in scored {
+        let id = profile["profile_id"].as_str().unwrap();
+        let expected = &duck["rfm"][id];
+        for key in ["r", "f", "m", "frequency", "segment"] {
+            assert_eq!(profile[key], expected[key], "{key} of {id}");
+        }
+        assert!(
+            (profile["monetary"].as_f64().unwrap() - expected["monetary"].as_f64().unwrap()).abs()
+                < 1e-6
+        );
+    }
+    let sizes: HashMap<String, u64> = rfm["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["segment"].as_str().unwrap().to_string(),
+                s["profiles"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for (segment, count) in duck["segments"].as_object().unwrap() {
+        assert_eq!(sizes.get(segment).copied(), count.as_u64(), "{segment}");
+    }
+
+    // Funnel: profiles reaching each step.
+    let funnel = analyze(
+        &data,
+        "funnel",
+        json!({"steps": steps.iter().map(|s| json!({"event": s})).collect::<Vec<_>>(), "window": "1d"}),
+    );
+    let reached: Vec<u64> = funnel["groups"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["profiles"].as_u64().unwrap())
+        .collect();
+    assert_eq!(json!(reached), duck["funnel"]);
+
+    // Cohorts: monthly in Mexico City, classic retention on any event.
+    let cohorts = analyze(&data, "cohorts", json!({"timezone": ZONE, "periods": 24}));
+    let expected = duck["cohorts"].as_object().unwrap();
+    let listed = cohorts["cohorts"].as_array().unwrap();
+    assert_eq!(listed.len(), expected.len());
+    let mut cells = 0;
+    for cohort in listed {
+        let name = cohort["cohort"].as_str().unwrap();
+        let truth = &expected[name];
+        assert_eq!(cohort["size"], truth["size"], "{name}");
+        for (k, retained) in cohort["retained"].as_array().unwrap().iter().enumerate() {
+            if let Some(n) = retained.as_u64() {
+                assert_eq!(
+                    n,
+                    truth["retained"][k.to_string()].as_u64().unwrap_or(0),
+                    "{name} period {k}"
+                );
+                cells += 1;
+            }
+        }
+    }
+    assert!(cells > 100, "{cells}");
+
+    // Trend: buyers per week.
+    let trend = analyze(
+        &data,
+        "trends",
+        json!({"event": "Order Completed", "measure": "unique_profiles", "interval": "week", "timezone": ZONE}),
+    );
+    let points = trend["points"].as_array().unwrap();
+    assert_eq!(points.len(), duck["trend"].as_object().unwrap().len());
+    for point in points {
+        let week = point["bucket"].as_str().unwrap();
+        assert_eq!(
+            point["value"].as_f64(),
+            duck["trend"][week].as_f64(),
+            "{week}"
+        );
+    }
+
+    // The generator makes Mercado Pago fail on phones: the friction report must single it out.
+    let friction = analyze(
+        &data,
+        "funnel",
+        json!({
+            "steps": [{"event": "Payment Info Entered"}, {"event": "Order Completed"}],
+            "window": "30m", "count": "attempts",
+            "exclusions": [{"event": "Payment Failed"}],
+            "breakdown": "properties.payment_method",
+            "where": [{"field": "context.device.type", "op": "in", "value": ["mobile", "app"]}],
+        }),
+    );
+    let worst = &friction["friction"][0];
+    assert_eq!(worst["breakdown"], "mercado_pago", "{friction}");
+    assert_eq!(worst["significant"], true, "{worst}");
+    assert!(worst["difference"].as_f64().unwrap() < -0.2, "{worst}");
+    let others_significant = friction["friction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["significant"] == true && f["difference"].as_f64().unwrap() < 0.0)
+        .count();
+    assert_eq!(others_significant, 1, "{friction}");
+}
+
+#[test]
+fn edge_cases_merges_window_boundaries_and_time_zones_are_counted_by_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("events.jsonl");
+    let lines = [
+        // Ana browses anonymously, then signs up: her anonymous purchase is hers.
+        json!({"type": "track", "event": "Order Completed", "anonymousId": "anon-ana", "timestamp": "2024-03-31T23:30:00Z", "properties": {"revenue": 100}}),
+        json!({"type": "identify", "userId": "ana", "anonymousId": "anon-ana", "timestamp": "2024-04-01T05:30:00Z"}),
+        json!({"type": "track", "event": "Order Completed", "userId": "ana", "timestamp": "2024-04-01T06:30:00Z", "properties": {"revenue": 50}}),
+        // Beto buys exactly at `from` (counted) and exactly at `to` (not counted).
+        json!({"type": "track", "event": "Order Completed", "userId": "beto", "timestamp": "2024-03-01T06:00:00Z", "properties": {"revenue": 10}}),
+        json!({"type": "track", "event": "Order Completed", "userId": "beto", "timestamp": "2024-05-01T06:00:00Z", "properties": {"revenue": 20}}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&file, text).unwrap();
+    let (ok, _, stderr) = kith(&[
+        "import",
+        "events",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--rejected",
+        dir.path().join("rejected.csv").to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+
+    // Dates are midnights in the zone: March 1 to May 1, Mexico City (UTC−6).
+    let window = json!({"from": "2024-03-01", "to": "2024-05-01", "timezone": ZONE,
+                        "event": "Order Completed", "interval": "month", "measure": "sum",
+                        "property": "revenue"});
+    let trend = analyze(&data, "trends", window.clone());
+    // Ana's 23:30 UTC purchase on March 31 is March in Mexico City; 05:30 UTC on April 1 would
+    // still be March 31 there; 06:30 is April.
+    assert_eq!(
+        trend["points"],
+        json!([
+            {"bucket": "2024-03-01", "breakdown": "all", "value": 110.0},
+            {"bucket": "2024-04-01", "breakdown": "all", "value": 50.0},
+        ])
+    );
+    let utc = analyze(
+        &data,
+        "trends",
+        json!({"from": "2024-03-01", "to": "2024-05-01",
+        "event": "Order Completed", "interval": "month", "measure": "count"}),
+    );
+    // In UTC, `to` is 00:00 May 1, so Beto's 06:00 purchase is out; `from` is 00:00 March 1.
+    assert_eq!(
+        utc["points"],
+        json!([
+            {"bucket": "2024-03-01", "breakdown": "all", "value": 2.0},
+            {"bucket": "2024-04-01", "breakdown": "all", "value": 1.0},
+        ])
+    );
+    // The anonymous purchase and the identified one are one profile's: two orders, 150.
+    let rfm = analyze(
+        &data,
+        "rfm",
+        json!({"from": "2024-03-01", "to": "2024-05-01", "timezone": ZONE, "as_of": "2024-05-01"}),
+    );
+    let frequencies: Vec<(u64, f64)> = rfm["top_profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["frequency"].as_u64().unwrap(),
+                p["monetary"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(frequencies, vec![(2, 150.0), (1, 10.0)]);
+    // Cohorts: March holds both; nobody started in April, so there is no April row.
+    let cohorts = analyze(&data, "cohorts", json!({"timezone": ZONE, "periods": 2}));
+    let rows: Vec<(String, u64)> = cohorts["cohorts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["cohort"].as_str().unwrap().to_string(),
+                c["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, vec![("2024-03-01".to_string(), 2)]);
+    assert_eq!(cohorts["cohorts"][0]["retained"], json!([2, 1, 1]));
+    assert_eq!(cohorts["cohorts"][0]["revenue"], json!([110.0, 50.0, 20.0]));
+
+    // A wrong definition names the field.
+    let (ok, _, stderr) = kith(&[
+        "analyze",
+        "funnel",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--definition",
+        r#"{"steps": [{"event": "A"}, {"event": ""}]}"#,
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("`steps[1].event` must not be empty"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_api_runs_analyses_with_a_read_key_and_names_bad_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KithServer::start(dir.path());
+    let batch = json!({"batch": [
+        {"type": "track", "event": "Viewed", "userId": "u1", "timestamp": "2024-01-01T10:00:00Z"},
+        {"type": "track", "event": "Bought", "userId": "u1", "timestamp": "2024-01-01T11:00:00Z"},
+        {"type": "track", "event": "Viewed", "userId": "u2", "timestamp": "2024-01-01T10:00:00Z"},
+    ]});
+    let (status, _) = post_json(
+        &server.url("/v1/batch"),
+        &[("Authorization", &basic(&server.write_key))],
+        &batch.to_string(),
+    );
+    assert_eq!(status, 200);
+    let auth = format!("Bearer {}", server.read_key);
+    let definition = json!({"steps": [{"event": "Viewed"}, {"event": "Bought"}], "window": "1h"});
+    let (status, report) = post_json(
+        &server.url("/v1/analytics/funnel"),
+        &[("Authorization", &auth)],
+        &definition.to_string(),
+    );
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["groups"][0]["steps"][1]["profiles"], 1);
+    assert_eq!(
+        report["groups"][0]["steps"][1]["conversion_from_previous"],
+        0.5
+    );
+    let (status, error) = post_json(
+        &server.url("/v1/analytics/trends"),
+        &[("Authorization", &auth)],
+        r#"{"interval": "fortnight"}"#,
+    );
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (400, Some("invalid_analysis")),
+        "{error}"
+    );
+    assert!(
+        error["message"].as_str().unwrap().starts_with("`interval`"),
+        "{error}"
+    );
+    let (status, _) = post_json(
+        &server.url("/v1/analytics/funnel"),
+        &[],
+        &definition.to_string(),
+    );
+    assert_eq!(status, 401);
+}

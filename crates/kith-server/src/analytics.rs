@@ -1,0 +1,66 @@
+//! `POST /v1/analytics/{rfm,cohorts,funnel,trends}`: the analyses of `kith-analytics` over the
+//! server's event tables, run on the query runtime so they never hold up ingestion.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use kith_analytics::{Analysis, AnalyticsError, Data};
+use kith_state::KeyScope;
+use serde_json::Value;
+
+use crate::app::AppState;
+use crate::auth::key_from_headers;
+use crate::errors::{ApiError, ErrorCode};
+use crate::ingest::json_body;
+use crate::query::query_error;
+
+pub(crate) fn analytics_error(err: AnalyticsError) -> ApiError {
+    match err {
+        AnalyticsError::Invalid { .. } => {
+            ApiError::new(ErrorCode::InvalidAnalysis, err.to_string())
+        }
+        AnalyticsError::Query(e) => query_error(e),
+    }
+}
+
+/// Runs one analysis.
+#[utoipa::path(post, path = "/v1/analytics/{analysis}", tag = "analytics",
+    description = "Runs an analysis over the events, each attributed to the profile it belongs to now. `analysis` is rfm, cohorts, funnel or trends. Every definition takes `from`, `to` (RFC 3339 or a date), `timezone`, `where` ([{field, op, value}]) and `breakdown` (a field such as `context.device.type`), plus its own fields (see docs/analytics.md). Auth: read key.",
+    params(("analysis" = String, Path, description = "rfm | cohorts | funnel | trends")),
+    request_body(content = Object, description = "the definition, e.g. `{\"steps\": [{\"event\": \"Product Viewed\"}, {\"event\": \"Order Completed\"}], \"window\": \"7d\"}`"),
+    responses((status = 200, description = "the report"), (status = 400, description = "invalid definition: the message names the field"), (status = 401, description = "bad key")))]
+pub async fn analyze(
+    State(app): State<Arc<AppState>>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    app.keys
+        .authorize(key_from_headers(&headers).as_deref(), KeyScope::Read)?;
+    let definition: Value = json_body(&headers, body, "an analysis definition object").await?;
+    let analysis = Analysis::parse(&kind, &definition).map_err(analytics_error)?;
+    let (lake, limits) = (app.pipeline.lake.clone(), app.config.query_limits.clone());
+    let profiles = app.pipeline.profiles.clone();
+    let report = crate::runtimes::queries()
+        .spawn(async move {
+            let data = Data {
+                lake: &lake,
+                tables: crate::profiles::profile_tables(&profiles),
+                limits,
+            };
+            analysis.run(&data).await
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "analysis task failed");
+            ApiError::new(
+                ErrorCode::Internal,
+                "the analysis failed; see the server log",
+            )
+        })?
+        .map_err(analytics_error)?;
+    Ok(Json(report))
+}

@@ -1,0 +1,150 @@
+"""The analyses of `kith analyze`, computed independently with DuckDB over the same Parquet files.
+
+Usage: analytics_duckdb.py EVENTS_DIR IDENTITIES_CSV SPEC_JSON
+Prints JSON: per-profile RFM scores, funnel step counts, the cohort retention matrix and a
+weekly trend, each written from the definitions in docs/analytics.md, not from Kith's code.
+"""
+
+import json
+import sys
+
+import duckdb
+
+events_dir, identities_csv, spec_text = sys.argv[1], sys.argv[2], sys.argv[3]
+spec = json.loads(spec_text)
+zone = spec["timezone"]
+
+db = duckdb.connect()
+db.execute("SET TimeZone = 'UTC'")
+db.execute(f"CREATE VIEW raw AS SELECT * FROM read_parquet('{events_dir}/*.parquet')")
+db.execute(
+    f"CREATE VIEW ids AS SELECT * FROM read_csv('{identities_csv}', header = true, all_varchar = true)"
+)
+# Every event with the profile it belongs to now: by user id, else anonymous id, else (records
+# with neither) email; events with no identifier at all are left out.
+db.execute(
+    """
+    CREATE VIEW attributed AS
+    SELECT COALESCE(u.profile_id, a.profile_id, m.profile_id,
+                    'unattributed:' || COALESCE(e.user_id, e.anonymous_id)) AS profile_id,
+           e.timestamp AS ts, e.event, e.revenue
+    FROM raw e
+    LEFT JOIN ids u ON u.id_type = 'user_id' AND u.id_value = e.user_id
+    LEFT JOIN ids a ON a.id_type = 'anonymous_id' AND a.id_value = e.anonymous_id
+    LEFT JOIN ids m ON m.id_type = 'email' AND e.user_id IS NULL AND e.anonymous_id IS NULL
+                   AND m.id_value = lower(trim(e.email))
+    WHERE e.user_id IS NOT NULL OR e.anonymous_id IS NOT NULL OR m.profile_id IS NOT NULL
+    """
+)
+
+GRID = {
+    5: ["New", "Potential loyalists", "Potential loyalists", "Champions", "Champions"],
+    4: ["Promising", "Potential loyalists", "Potential loyalists", "Loyal", "Loyal"],
+    3: ["About to sleep", "About to sleep", "Need attention", "Loyal", "Loyal"],
+    2: ["Hibernating", "Hibernating", "At risk", "At risk", "Can't lose them"],
+    1: ["Lost", "Hibernating", "At risk", "At risk", "Can't lose them"],
+}
+
+as_of = spec["as_of"]
+rfm_rows = db.execute(
+    f"""
+    WITH per AS (
+      SELECT profile_id, max(ts) AS last_ts, count(*) AS frequency,
+             round(coalesce(sum(revenue), 0.0), 2) AS monetary
+      FROM attributed
+      WHERE event = 'Order Completed' AND ts <= TIMESTAMPTZ '{as_of}'
+      GROUP BY profile_id),
+    ranked AS (
+      SELECT *, rank() OVER (ORDER BY last_ts) AS rr, rank() OVER (ORDER BY frequency) AS fr,
+             rank() OVER (ORDER BY monetary) AS mr, count(*) OVER () AS n
+      FROM per)
+    SELECT profile_id,
+           CAST(1 + floor(5.0 * (rr - 1) / n) AS INT),
+           CAST(1 + floor(5.0 * (fr - 1) / n) AS INT),
+           CAST(1 + floor(5.0 * (mr - 1) / n) AS INT),
+           monetary, frequency
+    FROM ranked
+    """
+).fetchall()
+rfm = {
+    p: {"r": r, "f": f, "m": m, "monetary": money, "frequency": n, "segment": GRID[r][f - 1]}
+    for (p, r, f, m, money, n) in rfm_rows
+}
+segments = {}
+for score in rfm.values():
+    segments[score["segment"]] = segments.get(score["segment"], 0) + 1
+
+# Funnel, loose order: a profile reaches step k when some start has a later event of each next
+# step, each after the one before, all within the window of the start. The earliest next event
+# is always the best choice, so each step takes the minimum.
+steps = spec["funnel_steps"]
+window = spec["funnel_window_seconds"]
+reached = []
+previous = None
+for k, step in enumerate(steps):
+    name = f"s{k}"
+    if k == 0:
+        db.execute(
+            f"""CREATE TEMP TABLE {name} AS
+                SELECT profile_id, ts AS t0, ts AS t FROM attributed WHERE event = ?""",
+            [step],
+        )
+    else:
+        db.execute(
+            f"""CREATE TEMP TABLE {name} AS
+                SELECT p.profile_id, p.t0, min(b.ts) AS t
+                FROM {previous} p JOIN attributed b
+                  ON b.profile_id = p.profile_id AND b.event = ? AND b.ts > p.t
+                 AND b.ts <= p.t0 + to_seconds({window})
+                GROUP BY p.profile_id, p.t0""",
+            [step],
+        )
+    reached.append(db.execute(f"SELECT count(DISTINCT profile_id) FROM {name}").fetchone()[0])
+    previous = name
+
+# Cohorts: first event of any kind, by month in the zone; classic retention on any event.
+cohort_rows = db.execute(
+    f"""
+    WITH firsts AS (SELECT profile_id, min(ts) AS first_ts FROM attributed GROUP BY profile_id),
+    cohorts AS (SELECT profile_id, first_ts,
+                       date_trunc('month', timezone('{zone}', first_ts)) AS cohort FROM firsts),
+    active AS (SELECT DISTINCT c.profile_id, c.cohort,
+                      date_diff('month', c.cohort, date_trunc('month', timezone('{zone}', a.ts))) AS period
+               FROM attributed a JOIN cohorts c ON a.profile_id = c.profile_id AND a.ts >= c.first_ts)
+    SELECT strftime(cohort, '%Y-%m-%d'), period, count(*) FROM active GROUP BY 1, 2
+    """
+).fetchall()
+sizes = db.execute(
+    f"""
+    WITH firsts AS (SELECT profile_id, min(ts) AS first_ts FROM attributed GROUP BY profile_id)
+    SELECT strftime(date_trunc('month', timezone('{zone}', first_ts)), '%Y-%m-%d'), count(*)
+    FROM firsts GROUP BY 1
+    """
+).fetchall()
+cohorts = {c: {"size": n, "retained": {}} for (c, n) in sizes}
+for cohort, period, n in cohort_rows:
+    cohorts[cohort]["retained"][str(period)] = n
+
+# Trend: buyers per week (Monday) in the zone.
+trend = {
+    week: n
+    for (week, n) in db.execute(
+        f"""
+        SELECT strftime(date_trunc('week', timezone('{zone}', ts)), '%Y-%m-%d'),
+               count(DISTINCT profile_id)
+        FROM attributed WHERE event = 'Order Completed' GROUP BY 1
+        """
+    ).fetchall()
+}
+
+print(
+    json.dumps(
+        {
+            "rfm": rfm,
+            "segments": segments,
+            "funnel": reached,
+            "cohorts": cohorts,
+            "trend": trend,
+        }
+    )
+)
