@@ -27,7 +27,7 @@ db.execute(
     CREATE VIEW attributed AS
     SELECT COALESCE(u.profile_id, a.profile_id, m.profile_id,
                     'unattributed:' || COALESCE(e.user_id, e.anonymous_id)) AS profile_id,
-           e.timestamp AS ts, e.event, e.revenue
+           e.timestamp AS ts, e.event, e.revenue, e.message_id
     FROM raw e
     LEFT JOIN ids u ON u.id_type = 'user_id' AND u.id_value = e.user_id
     LEFT JOIN ids a ON a.id_type = 'anonymous_id' AND a.id_value = e.anonymous_id
@@ -137,6 +137,36 @@ trend = {
     ).fetchall()
 }
 
+# Paths: the first step after each "Product Added" within a day, Email events left out, repeats
+# of the anchor skipped, events at one instant taken in label order; "(end)" when there is none.
+anchor = spec["path_anchor"]
+first_steps = {
+    label: n
+    for (label, n) in db.execute(
+        """
+        WITH ev AS (
+          SELECT profile_id, ts,
+                 CASE WHEN r.type = 'track' THEN r.event
+                      WHEN r.type IN ('page', 'screen') THEN r.type || ': ' || coalesce(r.event, r.page_path, '')
+                      ELSE r.type END AS label
+          FROM attributed a2 JOIN raw r ON r.message_id = a2.message_id
+          WHERE r.event IS NULL OR r.event NOT LIKE 'Email %'),
+        anchors AS (SELECT profile_id, ts AS t0, label AS anchor, row_number() OVER () AS id
+                    FROM ev WHERE label = ?),
+        nexts AS (
+          SELECT a.id, e.label,
+                 row_number() OVER (PARTITION BY a.id ORDER BY e.ts, e.label) AS rn
+          FROM anchors a JOIN ev e ON e.profile_id = a.profile_id
+           AND (e.ts > a.t0 OR (e.ts = a.t0 AND e.label > a.anchor))
+           AND e.ts <= a.t0 + INTERVAL 1 DAY AND e.label <> a.anchor)
+        SELECT coalesce(n.label, '(end)'), count(*)
+        FROM anchors a LEFT JOIN nexts n ON n.id = a.id AND n.rn = 1
+        GROUP BY 1
+        """,
+        [anchor],
+    ).fetchall()
+}
+
 print(
     json.dumps(
         {
@@ -145,6 +175,7 @@ print(
             "funnel": reached,
             "cohorts": cohorts,
             "trend": trend,
+            "first_steps": first_steps,
         }
     )
 )

@@ -533,7 +533,7 @@ impl FunnelDefinition {
 }
 
 /// Reads a string column whatever its string type.
-fn strings<'a>(array: &'a dyn Array) -> Box<dyn Fn(usize) -> &'a str + 'a> {
+pub(crate) fn strings<'a>(array: &'a dyn Array) -> Box<dyn Fn(usize) -> &'a str + 'a> {
     match array.data_type() {
         DataType::Utf8View => {
             let a = array.as_string_view();

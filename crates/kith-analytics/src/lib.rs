@@ -8,7 +8,9 @@
 
 pub mod cohorts;
 pub mod funnel;
+pub mod paths;
 pub mod rfm;
+pub mod risk;
 pub mod scope;
 pub mod stats;
 pub mod trends;
@@ -19,7 +21,9 @@ use thiserror::Error;
 
 pub use cohorts::{CohortDefinition, CohortReport};
 pub use funnel::{FunnelDefinition, FunnelReport};
+pub use paths::{PathDefinition, PathReport};
 pub use rfm::{RfmDefinition, RfmReport};
+pub use risk::{RiskDefinition, RiskReport};
 pub use scope::{Condition, Scope};
 pub use trends::{TrendDefinition, TrendReport};
 
@@ -118,11 +122,13 @@ pub enum Analysis {
     Rfm(RfmDefinition),
     Cohorts(CohortDefinition),
     Funnel(FunnelDefinition),
+    Paths(PathDefinition),
+    Risk(RiskDefinition),
     Trends(TrendDefinition),
 }
 
 /// The analyses' names, for messages.
-pub const ANALYSES: &str = "rfm, cohorts, funnel, trends";
+pub const ANALYSES: &str = "rfm, cohorts, funnel, paths, risk, trends";
 
 impl Analysis {
     /// Reads a definition of analysis `kind`, naming the field at fault when it is wrong.
@@ -131,6 +137,8 @@ impl Analysis {
             "rfm" => rfm::FIELDS,
             "cohorts" => cohorts::FIELDS,
             "funnel" => funnel::FIELDS,
+            "paths" => paths::FIELDS,
+            "risk" => risk::FIELDS,
             "trends" => trends::FIELDS,
             other => {
                 return Err(AnalyticsError::invalid(
@@ -183,6 +191,8 @@ impl Analysis {
             "rfm" => Analysis::Rfm(read(fields)?),
             "cohorts" => Analysis::Cohorts(read(fields)?),
             "funnel" => Analysis::Funnel(read(fields)?),
+            "paths" => Analysis::Paths(read(fields)?),
+            "risk" => Analysis::Risk(read(fields)?),
             _ => Analysis::Trends(read(fields)?),
         })
     }
@@ -196,6 +206,8 @@ impl Analysis {
             Analysis::Rfm(d) => json(serde_json::to_value(d.run(data).await?)),
             Analysis::Cohorts(d) => json(serde_json::to_value(d.run(data).await?)),
             Analysis::Funnel(d) => json(serde_json::to_value(d.run(data).await?)),
+            Analysis::Paths(d) => json(serde_json::to_value(d.run(data).await?)),
+            Analysis::Risk(d) => json(serde_json::to_value(d.run(data).await?)),
             Analysis::Trends(d) => json(serde_json::to_value(d.run(data).await?)),
         }
     }
@@ -224,7 +236,7 @@ mod definition_tests {
             error.to_string().contains("missing field `steps`"),
             "{error}"
         );
-        let error = Analysis::parse("paths", &json!({})).unwrap_err();
+        let error = Analysis::parse("journeys", &json!({})).unwrap_err();
         assert_eq!(error.field(), Some("analysis"));
         assert!(matches!(
             Analysis::parse(

@@ -31,6 +31,33 @@ pub fn two_proportion_test(x1: u64, n1: u64, x2: u64, n2: u64) -> TestResult {
     }
 }
 
+/// P(X ≤ k) for X ~ Poisson(mu), summed in log space so large rates do not underflow.
+pub fn poisson_lower_tail(k: u64, mu: f64) -> f64 {
+    if mu <= 0.0 {
+        return 1.0;
+    }
+    let ln_mu = mu.ln();
+    let mut ln_factorial = 0.0;
+    let mut terms = Vec::with_capacity(k as usize + 1);
+    for i in 0..=k {
+        if i > 0 {
+            ln_factorial += (i as f64).ln();
+        }
+        terms.push(-mu + i as f64 * ln_mu - ln_factorial);
+    }
+    let top = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = terms.iter().map(|t| (t - top).exp()).sum();
+    (top + sum.ln()).exp().min(1.0)
+}
+
+/// P(X ≥ k) for X ~ Poisson(mu).
+pub fn poisson_upper_tail(k: u64, mu: f64) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
+    (1.0 - poisson_lower_tail(k - 1, mu)).max(0.0)
+}
+
 /// P(Z > z) for a standard normal Z: `erfc(z / √2) / 2`.
 pub fn normal_upper_tail(z: f64) -> f64 {
     0.5 * erfc(z / std::f64::consts::SQRT_2)
@@ -70,6 +97,17 @@ mod tests {
             assert!((got - tail).abs() / tail < 1e-6, "{z}: {got}");
         }
         assert!((normal_upper_tail(-1.0) - 0.841_344_75).abs() < 1e-7);
+    }
+
+    #[test]
+    fn poisson_tails_match_hand_sums() {
+        // P(X ≤ 2 | 3) = e^-3 (1 + 3 + 4.5) = 0.42319008.
+        assert!((poisson_lower_tail(2, 3.0) - 0.423_190_08).abs() < 1e-8);
+        assert!((poisson_upper_tail(1, 0.5) - (1.0 - (-0.5f64).exp())).abs() < 1e-12);
+        // A large rate does not underflow: P(X ≤ 1000 | 1000) is a little over one half.
+        let middle = poisson_lower_tail(1000, 1000.0);
+        assert!((middle - 0.508_409).abs() < 1e-4, "{middle}");
+        assert_eq!(poisson_lower_tail(0, 0.0), 1.0);
     }
 
     #[test]

@@ -65,6 +65,7 @@ fn analyses_of_the_demo_world_agree_with_duckdb_and_find_the_planted_friction() 
         "as_of": "2100-01-01T00:00:00Z",
         "funnel_steps": steps,
         "funnel_window_seconds": 86_400,
+        "path_anchor": "Product Added",
     });
     let duck = run_python(
         "analytics_duckdb.py",
@@ -163,6 +164,100 @@ fn analyses_of_the_demo_world_agree_with_duckdb_and_find_the_planted_friction() 
             "{week}"
         );
     }
+
+    // Paths: the first step after each "Product Added".
+    let paths = analyze(
+        &data,
+        "paths",
+        json!({"event": "Product Added", "depth": 3, "width": 50,
+               "exclude": ["Email Sent", "Email Opened", "Email Clicked", "Email Unsubscribed"]}),
+    );
+    let first_steps: HashMap<String, u64> = paths["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["source"] == "0:Product Added")
+        .map(|l| {
+            let target = l["target"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("1:")
+                .to_string();
+            (target, l["count"].as_u64().unwrap())
+        })
+        .collect();
+    let expected: HashMap<String, u64> = duck["first_steps"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect();
+    assert_eq!(first_steps, expected);
+    assert_eq!(
+        paths["paths"].as_u64(),
+        Some(expected.values().sum::<u64>())
+    );
+
+    // Risk: buyers whose silence is improbable for their own cadence, against who truly left.
+    let last = sql(&data, "SELECT CAST(max(timestamp) AS VARCHAR) FROM events");
+    let as_of = last[0][0].replace(' ', "T");
+    let risk = analyze(&data, "risk", json!({"as_of": as_of, "limit": 1_000_000}));
+    let user_of: HashMap<String, String> = std::fs::read_to_string(&identities)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            (cells.get(1) == Some(&"user_id")).then(|| (cells[0].to_string(), cells[2].to_string()))
+        })
+        .collect();
+    let flagged: Vec<String> = risk["at_risk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["risk_signals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s == "purchase_frequency_drop")
+        })
+        .filter_map(|p| user_of.get(p["profile_id"].as_str().unwrap()).cloned())
+        .collect();
+    let truth = std::fs::read_to_string(data.join("demo/truth/customers.csv")).unwrap();
+    let mut lines = truth.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (user, purchases, alive) = (
+        column("user_id"),
+        column("purchases"),
+        column("alive_at_end"),
+    );
+    // Customers with three purchases or more have a cadence to break.
+    let mut left = std::collections::HashSet::new();
+    let mut population = std::collections::HashSet::new();
+    for line in lines {
+        // Names hold no commas; the columns before `alive_at_end` are plain.
+        let cells: Vec<&str> = line.split(',').collect();
+        if cells[purchases].parse::<u32>().unwrap_or(0) >= 3 {
+            population.insert(cells[user].to_string());
+            if cells[alive] == "false" {
+                left.insert(cells[user].to_string());
+            }
+        }
+    }
+    let flagged: Vec<&String> = flagged.iter().filter(|u| population.contains(*u)).collect();
+    let caught = flagged.iter().filter(|u| left.contains(**u)).count();
+    let precision = caught as f64 / flagged.len().max(1) as f64;
+    let recall = caught as f64 / left.len().max(1) as f64;
+    eprintln!(
+        "risk signals on the demo world: precision {precision:.2}, recall {recall:.2} ({} left of {})",
+        left.len(),
+        population.len()
+    );
+    assert!(
+        precision >= 0.65 && recall >= 0.55,
+        "precision {precision:.2}, recall {recall:.2}"
+    );
 
     // The generator makes Mercado Pago fail on phones: the friction report must single it out.
     let friction = analyze(

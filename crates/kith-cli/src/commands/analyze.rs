@@ -1,4 +1,4 @@
-//! `kith analyze rfm|cohorts|funnel|trends`: the analyses of `POST /v1/analytics/*` on the data
+//! `kith analyze rfm|cohorts|funnel|paths|risk|trends`: the analyses of `POST /v1/analytics/*` on the data
 //! directory (with or without a running server), as a table, CSV or JSON.
 
 use std::path::PathBuf;
@@ -25,7 +25,7 @@ enum Format {
 pub struct AnalyzeArgs {
     #[command(flatten)]
     data_dir: DataDirArg,
-    /// rfm, cohorts, funnel or trends
+    /// rfm, cohorts, funnel, paths, risk or trends
     analysis: String,
     /// The definition as JSON, as `POST /v1/analytics/ANALYSIS` takes it (see docs/analytics.md)
     #[arg(long, value_name = "JSON")]
@@ -54,7 +54,7 @@ pub struct AnalyzeArgs {
     /// Trend and cohort interval: hour, day, week or month
     #[arg(long)]
     interval: Option<String>,
-    /// Trend: the event counted
+    /// Trend: the event counted; paths: the event paths start from
     #[arg(long)]
     event: Option<String>,
     /// Trend: count, unique_profiles, approx_unique_profiles, sum or mean
@@ -165,7 +165,8 @@ fn cell(value: &Value) -> String {
     }
 }
 
-/// The report's main table: RFM segments, the cohort matrix, funnel steps, trend points.
+/// The report's main table: RFM segments, the cohort matrix, funnel steps, path links, trend
+/// points.
 fn tabulate(kind: &str, report: &Value) -> (Vec<String>, Vec<Vec<String>>) {
     let list = |key: &str| report[key].as_array().cloned().unwrap_or_default();
     let pick = |item: &Value, keys: &[&str]| keys.iter().map(|k| cell(&item[*k])).collect();
@@ -242,6 +243,25 @@ fn tabulate(kind: &str, report: &Value) -> (Vec<String>, Vec<Vec<String>>) {
                 })
                 .collect();
             (headers, rows)
+        }
+        "risk" => {
+            let keys = [
+                "profile_id",
+                "activity_trend",
+                "expected_purchases",
+                "risk_signals",
+            ];
+            (
+                names(&keys),
+                list("at_risk").iter().map(|p| pick(p, &keys)).collect(),
+            )
+        }
+        "paths" => {
+            let keys = ["source", "target", "count"];
+            (
+                names(&keys),
+                list("links").iter().map(|l| pick(l, &keys)).collect(),
+            )
         }
         _ => {
             let keys = ["bucket", "breakdown", "value"];
