@@ -16,15 +16,14 @@ db.execute(f"CREATE TABLE ids AS SELECT * FROM read_csv('{identities_csv}', head
 db.execute(
     """
     CREATE VIEW attributed AS
-    SELECT COALESCE(u.profile_id, a.profile_id, m.profile_id,
-                    'unattributed:' || COALESCE(e.user_id, e.anonymous_id)) AS profile_id,
+    SELECT COALESCE(p.profile_id, 'unattributed:' || COALESCE(e.user_id, e.anonymous_id)) AS profile_id,
            e.timestamp AS ts, e.event, e.type, e.page_path, e.revenue
     FROM raw e
-    LEFT JOIN ids u ON u.id_type = 'user_id' AND u.id_value = e.user_id
-    LEFT JOIN ids a ON a.id_type = 'anonymous_id' AND a.id_value = e.anonymous_id
-    LEFT JOIN ids m ON m.id_type = 'email' AND e.user_id IS NULL AND e.anonymous_id IS NULL
-                   AND m.id_value = lower(trim(e.email))
-    WHERE e.user_id IS NOT NULL OR e.anonymous_id IS NOT NULL OR m.profile_id IS NOT NULL
+    LEFT JOIN ids p
+      ON p.id_type = CASE WHEN e.user_id IS NOT NULL THEN 'user_id'
+                          WHEN e.anonymous_id IS NOT NULL THEN 'anonymous_id' ELSE 'email' END
+     AND p.id_value = COALESCE(e.user_id, e.anonymous_id, lower(trim(e.email)))
+    WHERE e.user_id IS NOT NULL OR e.anonymous_id IS NOT NULL OR p.profile_id IS NOT NULL
     """
 )
 

@@ -33,9 +33,14 @@ steps20=$("$python" -c "
 s = (['Product Viewed', 'Product Added'] * 4 + ['Checkout Started', 'Payment Info Entered', 'Order Completed']) * 2
 print(','.join(s[:20]))")
 
-run_kith() {  # prints "seconds peak_rss_mib"
-  /usr/bin/time -f "%e %M" -o "$work/time" "$kith" analyze "$@" --data-dir "$data" --format json > /dev/null
-  awk '{printf "%s %.0f", $1, $2 / 1024}' "$work/time"
+run_kith() {  # prints "seconds peak_rss_mib", or "failed -" with the reason on stderr
+  if /usr/bin/time -f "%e %M" -o "$work/time" "$kith" analyze "$@" --data-dir "$data" --format json \
+       > /dev/null 2> "$work/error"; then
+    tail -1 "$work/time" | awk '{printf "%s %.0f", $1, $2 / 1024}'
+  else
+    echo "kith analyze $*: $(head -c 300 "$work/error")" >&2
+    echo "failed -"
+  fi
 }
 
 echo "| analysis | kith s | duckdb s | kith / duckdb | kith peak RSS MiB |"
@@ -52,6 +57,10 @@ for analysis in rfm cohorts funnel5 funnel20 paths; do
   start=$(date +%s.%N)
   "$python" bench/analytics/duckdb_analyses.py "$data/tables/events" "$work/identities.csv" "$analysis" > /dev/null
   duck_s=$(echo "$(date +%s.%N) - $start" | bc)
-  printf "| %s | %.2f | %.2f | %.2f | %s |\n" "$analysis" "$kith_s" "$duck_s" "$(echo "$kith_s / $duck_s" | bc -l)" "$rss"
+  if [[ "$kith_s" == failed ]]; then
+    printf "| %s | failed | %.2f | - | - |\n" "$analysis" "$duck_s"
+  else
+    printf "| %s | %.2f | %.2f | %.2f | %s |\n" "$analysis" "$kith_s" "$duck_s" "$(echo "$kith_s / $duck_s" | bc -l)" "$rss"
+  fi
 done
 printf "%s events, %s customers, %s cores\n" "$events" "$customers" "$(nproc)"

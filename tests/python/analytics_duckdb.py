@@ -20,20 +20,19 @@ db.execute(f"CREATE VIEW raw AS SELECT * FROM read_parquet('{events_dir}/*.parqu
 db.execute(
     f"CREATE VIEW ids AS SELECT * FROM read_csv('{identities_csv}', header = true, all_varchar = true)"
 )
-# Every event with the profile it belongs to now: by user id, else anonymous id, else (records
-# with neither) email; events with no identifier at all are left out.
+# Every event with the profile it belongs to now: by its user id if it has one, else its anonymous
+# id, else (records with neither) its email; events with no identifier at all are left out.
 db.execute(
     """
     CREATE VIEW attributed AS
-    SELECT COALESCE(u.profile_id, a.profile_id, m.profile_id,
-                    'unattributed:' || COALESCE(e.user_id, e.anonymous_id)) AS profile_id,
+    SELECT COALESCE(p.profile_id, 'unattributed:' || COALESCE(e.user_id, e.anonymous_id)) AS profile_id,
            e.timestamp AS ts, e.event, e.revenue, e.message_id
     FROM raw e
-    LEFT JOIN ids u ON u.id_type = 'user_id' AND u.id_value = e.user_id
-    LEFT JOIN ids a ON a.id_type = 'anonymous_id' AND a.id_value = e.anonymous_id
-    LEFT JOIN ids m ON m.id_type = 'email' AND e.user_id IS NULL AND e.anonymous_id IS NULL
-                   AND m.id_value = lower(trim(e.email))
-    WHERE e.user_id IS NOT NULL OR e.anonymous_id IS NOT NULL OR m.profile_id IS NOT NULL
+    LEFT JOIN ids p
+      ON p.id_type = CASE WHEN e.user_id IS NOT NULL THEN 'user_id'
+                          WHEN e.anonymous_id IS NOT NULL THEN 'anonymous_id' ELSE 'email' END
+     AND p.id_value = COALESCE(e.user_id, e.anonymous_id, lower(trim(e.email)))
+    WHERE e.user_id IS NOT NULL OR e.anonymous_id IS NOT NULL OR p.profile_id IS NOT NULL
     """
 )
 

@@ -183,7 +183,7 @@ impl CohortDefinition {
              cohorts AS (SELECT profile_id, first_ts, cohort_breakdown, {bucket} AS cohort \
                          FROM firsts WHERE {range}), \
              returns AS (SELECT c.profile_id, c.cohort, c.cohort_breakdown, {period} AS period \
-                         FROM all_events e JOIN cohorts c ON e.profile_id = c.profile_id \
+                         FROM cohorts c JOIN all_events e ON e.profile_id = c.profile_id \
                          WHERE {returning} AND e.ts >= c.first_ts)",
             cohort = is(&self.cohort_event),
             bucket = scope.bucket_sql(unit, "first_ts"),
@@ -208,7 +208,7 @@ impl CohortDefinition {
         let revenue = data
             .rows(&format!(
                 "{prelude} SELECT c.cohort, c.cohort_breakdown, {period}, COALESCE(SUM(e.value), 0.0) \
-                 FROM all_events e JOIN cohorts c ON e.profile_id = c.profile_id \
+                 FROM cohorts c JOIN all_events e ON e.profile_id = c.profile_id \
                  WHERE e.event = {purchase} AND e.ts >= c.first_ts GROUP BY 1, 2, 3",
                 period = scope.bucket_sql(unit, "e.ts"),
                 purchase = sql_string(&self.purchase_event),

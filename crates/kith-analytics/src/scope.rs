@@ -294,13 +294,17 @@ pub fn instant_sql(t: DateTime<Utc>) -> String {
 
 impl Resolved {
     /// The events in scope with the profile each belongs to now (`profile_id`), as a CTE body
-    /// over `events` and `profile_identities`: found by `user_id`, else `anonymous_id`, else
-    /// (for records that carry neither, such as CRM contacts) the email. Events of no profile
-    /// yet count under their own identifier; events with no identifier at all are left out.
-    /// `extra` adds conditions (e.g. the purchase event) and `columns` the fields to carry.
+    /// over `events` and `profile_identities`: found by the event's `user_id` if it has one, else
+    /// its `anonymous_id`, else (records that carry neither, such as CRM contacts) its email.
+    /// Events of no profile yet count under their own identifier; events with no identifier at
+    /// all are left out. `extra` adds conditions (e.g. the purchase event) and `columns` the
+    /// fields to carry.
+    ///
+    /// One join on one key, with the identities on the build side: events are the many, and
+    /// three joins each hashing every event cost three times as much (measured).
     pub fn attributed_events(&self, extra: &[String], columns: &str) -> String {
         let mut conditions = vec![
-            "(e.user_id IS NOT NULL OR e.anonymous_id IS NOT NULL OR m.profile_id IS NOT NULL)"
+            "(e.user_id IS NOT NULL OR e.anonymous_id IS NOT NULL OR p.profile_id IS NOT NULL)"
                 .to_string(),
         ];
         if let Some(from) = self.from {
@@ -316,14 +320,14 @@ impl Resolved {
             None => "'all'".to_string(),
         };
         format!(
-            "SELECT COALESCE(u.profile_id, a.profile_id, m.profile_id, \
+            "SELECT COALESCE(p.profile_id, \
                     CONCAT('unattributed:', COALESCE(e.user_id, e.anonymous_id))) AS profile_id, \
                     e.timestamp AS ts, {breakdown} AS breakdown{sep}{columns} \
-             FROM events e \
-             LEFT JOIN profile_identities u ON u.id_type = 'user_id' AND u.id_value = e.user_id \
-             LEFT JOIN profile_identities a ON a.id_type = 'anonymous_id' AND a.id_value = e.anonymous_id \
-             LEFT JOIN profile_identities m ON m.id_type = 'email' AND e.user_id IS NULL \
-                   AND e.anonymous_id IS NULL AND m.id_value = lower(trim(e.email)) \
+             FROM profile_identities p RIGHT JOIN events e \
+               ON p.id_type = CASE WHEN e.user_id IS NOT NULL THEN 'user_id' \
+                                   WHEN e.anonymous_id IS NOT NULL THEN 'anonymous_id' \
+                                   ELSE 'email' END \
+              AND p.id_value = COALESCE(e.user_id, e.anonymous_id, lower(trim(e.email))) \
              WHERE {}",
             conditions.join(" AND "),
             sep = if columns.is_empty() { "" } else { ", " },

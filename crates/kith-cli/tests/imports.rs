@@ -291,3 +291,83 @@ fn an_import_killed_halfway_continues_where_it_stopped_and_stores_every_row_once
         (&Value::from(0), &Value::from(0), &Value::from(rows - 2))
     );
 }
+
+#[test]
+fn a_toml_mapping_file_drives_any_kind_of_import_and_flags_win_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, file, rejected, mapping) = (
+        dir.path().join("data"),
+        dir.path().join("ventas.csv"),
+        dir.path().join("rejected.csv"),
+        dir.path().join("ventas.toml"),
+    );
+    std::fs::write(
+        &file,
+        "Cliente;Fecha;Total;Notas\nc-1;02/01/2025;150,5;llamar\nc-2;03/01/2025;80;\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &mapping,
+        r#"
+delimiter = ";"
+time_format = "%d/%m/%Y"
+timezone = "America/Mexico_City"
+source = "tienda"
+ignore = ["Notas"]
+
+[map]
+customer = "Cliente"
+amount = "Total"
+"#,
+    )
+    .unwrap();
+    let mapping_arg = mapping.to_str().unwrap();
+    let (ok, summary, stderr) = import(
+        "transactions",
+        &file,
+        &data,
+        &rejected,
+        &["--mapping", mapping_arg, "--source", "pos"],
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("Cliente → customer, Fecha → date, Total → amount, Notas → ignored"),
+        "{stderr}"
+    );
+    assert_eq!(summary["stored"], 2, "{summary}");
+    assert_eq!(
+        sql(
+            &data,
+            "SELECT user_id, source, CAST(timestamp AS VARCHAR) AS at, revenue, \
+             json_get_str(properties, 'notas') FROM events ORDER BY user_id"
+        ),
+        vec![
+            vec!["c-1", "pos", "2025-01-02T06:00:00Z", "150.5", ""],
+            vec!["c-2", "pos", "2025-01-03T06:00:00Z", "80.0", ""],
+        ]
+        .into_iter()
+        .map(|r| r.into_iter().map(str::to_string).collect::<Vec<_>>())
+        .collect::<Vec<_>>()
+    );
+
+    // The same file format drives an events import, naming the event with --event.
+    let (ok, summary, stderr) = import(
+        "events",
+        &file,
+        &data,
+        &rejected,
+        &[
+            "--mapping",
+            mapping_arg,
+            "--event",
+            "Venta",
+            "--map",
+            "user_id=Cliente",
+        ],
+    );
+    assert!(!ok, "the [map] names transaction fields: {summary}");
+    assert!(
+        stderr.contains("`amount` is not a field a column can map to; use type, event"),
+        "{stderr}"
+    );
+}

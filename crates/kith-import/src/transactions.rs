@@ -272,15 +272,35 @@ pub struct TransactionImporter {
 fn number_of(value: &Value) -> Option<f64> {
     match value {
         Value::Number(n) => n.as_f64(),
-        Value::String(s) => s
-            .trim()
-            .replace(['$', ' '], "")
-            .replace(',', "")
-            .parse()
-            .ok(),
+        Value::String(s) => parse_amount(s),
         _ => None,
     }
     .filter(|n: &f64| n.is_finite())
+}
+
+/// An amount as written by people: `$1,234.56` (Mexico, the US), `1.234,56` (Spain, Argentina,
+/// Brazil), `150,5`. With both separators the last is the decimal one; a lone comma is decimal
+/// unless exactly three digits follow it (`1,234` is a thousand and more, as Mexico writes it).
+pub fn parse_amount(text: &str) -> Option<f64> {
+    let cleaned: String = text
+        .trim()
+        .chars()
+        .filter(|c| !matches!(c, '$' | ' ' | '\u{a0}'))
+        .collect();
+    let normalized = match (cleaned.rfind('.'), cleaned.rfind(',')) {
+        (Some(dot), Some(comma)) if comma > dot => cleaned.replace('.', "").replace(',', "."),
+        (Some(_), Some(_)) => cleaned.replace(',', ""),
+        (None, Some(comma)) => {
+            let single = cleaned.matches(',').count() == 1;
+            if single && cleaned.len() - comma - 1 != 3 {
+                cleaned.replace(',', ".")
+            } else {
+                cleaned.replace(',', "")
+            }
+        }
+        _ => cleaned,
+    };
+    normalized.parse().ok()
 }
 
 impl TransactionImporter {
@@ -507,6 +527,25 @@ mod tests {
 
     fn headers(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn amounts_are_read_as_people_write_them() {
+        for (text, amount) in [
+            ("1,234.56", 1234.56),
+            ("$ 1,234.56", 1234.56),
+            ("1.234,56", 1234.56),
+            ("150,5", 150.5),
+            ("150,50", 150.5),
+            ("1,234", 1234.0),
+            ("1,234,567", 1_234_567.0),
+            ("-12.5", -12.5),
+            ("80", 80.0),
+        ] {
+            assert_eq!(parse_amount(text), Some(amount), "{text}");
+        }
+        assert_eq!(parse_amount("n/a"), None);
+        assert_eq!(parse_amount(""), None);
     }
 
     #[test]

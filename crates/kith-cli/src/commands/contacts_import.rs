@@ -6,8 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::Args;
-use kith_import::mapping::parse_assignment;
-use kith_import::{ContactField, ContactImporter, ContactMapping, Format, MappingFile, TimeParser};
+use kith_import::{ContactField, ContactImporter, ContactMapping, Format, TimeParser};
 use kith_profiles::ProfileSettings;
 
 use super::destination::Destination;
@@ -19,13 +18,6 @@ use crate::config::FileConfig;
 pub struct ContactsArgs {
     #[command(flatten)]
     common: FileArgs,
-    /// A TOML file with `[map]`, `ignore`, `only_mapped`, `format`, `delimiter`, `time_format`,
-    /// `timezone` and `source`; flags win over it.
-    #[arg(long, value_name = "FILE")]
-    mapping: Option<PathBuf>,
-    /// A column to leave out. Repeat for each.
-    #[arg(long = "ignore", value_name = "COLUMN")]
-    ignore: Vec<String>,
 }
 
 /// A contacts import, settled from flags, a mapping file or code (the demo loader).
@@ -47,21 +39,13 @@ pub struct ContactsJob {
 impl ContactsJob {
     fn from_args(args: &ContactsArgs) -> anyhow::Result<ContactsJob> {
         let common = &args.common;
-        let mapping_file = match &args.mapping {
-            Some(path) => MappingFile::load(path)?,
-            None => MappingFile::default(),
-        };
+        let mapping_file = common.mapping_file()?;
         Ok(ContactsJob {
             file: common.file.clone(),
             format: common.format(mapping_file.format.as_deref())?,
             delimiter: common.delimiter(mapping_file.delimiter.as_deref())?,
-            assignments: assignments(&mapping_file, &common.map)?,
-            ignore: mapping_file
-                .ignore
-                .iter()
-                .chain(&args.ignore)
-                .cloned()
-                .collect(),
+            assignments: common.assignments(&mapping_file, ContactField::parse)?,
+            ignore: common.ignored(&mapping_file),
             only_mapped: common.only_mapped || mapping_file.only_mapped,
             time: common.time(
                 mapping_file.time_format.clone(),
@@ -149,22 +133,4 @@ pub fn run_contacts(
     let mut summary = ImportSummary::new(&job.file, &totals);
     summary.duplicate_candidates = Some(destination.duplicate_count()?);
     Ok((summary, totals))
-}
-
-/// The mapping file's assignments, then the flags' (a flag replaces the file's assignment of the
-/// same field or column).
-fn assignments(
-    file: &MappingFile,
-    flags: &[String],
-) -> anyhow::Result<Vec<(ContactField, String)>> {
-    let mut out: Vec<(ContactField, String)> = Vec::new();
-    for (field, column) in &file.map {
-        out.push(parse_assignment(&format!("{field}={column}"))?);
-    }
-    for flag in flags {
-        let (field, column) = parse_assignment(flag)?;
-        out.retain(|(f, c)| f != &field && c != &column);
-        out.push((field, column));
-    }
-    Ok(out)
 }

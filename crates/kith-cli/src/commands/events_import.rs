@@ -16,7 +16,6 @@ use kith_import::{
 
 use super::destination::Destination;
 use super::import::{FileArgs, ImportSummary, open_rows, show_plan};
-use super::log_import::explicit_fields;
 use super::row_import::{RowImport, RowTotals};
 use crate::config::FileConfig;
 
@@ -63,12 +62,24 @@ impl Reading {
 
 pub fn run(args: EventsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     let common = &args.common;
-    let format = common.format(None)?;
-    let source = common.source(None, "import")?;
-    let mut reader = open_rows(&common.file, format, common.delimiter(None)?)?;
-    let flat = format != Format::Jsonl || !common.map.is_empty() || args.event.is_some();
+    let mapping = common.mapping_file()?;
+    let format = common.format(mapping.format.as_deref())?;
+    let source = common.source(mapping.source.as_deref(), "import")?;
+    let delimiter = common.delimiter(mapping.delimiter.as_deref())?;
+    let mut reader = open_rows(&common.file, format, delimiter)?;
+    let flat = format != Format::Jsonl
+        || !common.map.is_empty()
+        || common.mapping.is_some()
+        || args.event.is_some();
+    let only_mapped = common.only_mapped || mapping.only_mapped;
     let reading = if flat {
-        let explicit = explicit_fields(&common.map, EventField::parse)?;
+        let mut explicit = common.assignments(&mapping, EventField::parse)?;
+        explicit.extend(
+            common
+                .ignored(&mapping)
+                .into_iter()
+                .map(|column| (EventField::Ignore, column)),
+        );
         let columns = match reader.headers().map(<[String]>::to_vec) {
             Some(headers) => {
                 let plan = plan_events(
@@ -82,13 +93,13 @@ pub fn run(args: EventsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
             }
             None => Columns::PerRow {
                 explicit,
-                only_mapped: common.only_mapped,
+                only_mapped,
             },
         };
         let text_cells = matches!(format, Format::Csv | Format::Whitespace);
         Reading::Flat(FlatEventImporter::new(
             columns,
-            common.time(None, None)?,
+            common.time(mapping.time_format.clone(), mapping.timezone.as_deref())?,
             source,
             args.event.clone(),
             text_cells,

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use kith_import::{Format, MappingFile, RowReader, RowSource, TimeParser};
+use kith_import::{Format, MappingError, MappingFile, RowReader, RowSource, TimeParser};
 use serde::Serialize;
 
 use super::DataDirArg;
@@ -67,6 +67,13 @@ pub struct FileArgs {
     /// What a column holds: FIELD=COLUMN (the fields are listed above). Repeat for each.
     #[arg(long = "map", value_name = "FIELD=COLUMN")]
     pub map: Vec<String>,
+    /// A TOML file with `[map]` (FIELD = "COLUMN"), `ignore`, `only_mapped`, `format`,
+    /// `delimiter`, `time_format`, `timezone` and `source`; flags win over it.
+    #[arg(long, value_name = "FILE")]
+    pub mapping: Option<PathBuf>,
+    /// A column to leave out. Repeat for each.
+    #[arg(long = "ignore", value_name = "COLUMN")]
+    pub ignore: Vec<String>,
     /// Leave out the columns that are neither mapped nor recognised (instead of keeping them).
     #[arg(long)]
     pub only_mapped: bool,
@@ -100,6 +107,45 @@ pub struct FileArgs {
 }
 
 impl FileArgs {
+    /// The `--mapping` file, or an empty one.
+    pub fn mapping_file(&self) -> anyhow::Result<MappingFile> {
+        Ok(match &self.mapping {
+            Some(path) => MappingFile::load(path)?,
+            None => MappingFile::default(),
+        })
+    }
+
+    /// FIELD=COLUMN assignments: the mapping file's, then the flags' (a flag replaces the file's
+    /// assignment of the same field or column), each read with `parse_field`.
+    pub fn assignments<F: PartialEq>(
+        &self,
+        file: &MappingFile,
+        parse_field: impl Fn(&str) -> Result<F, MappingError>,
+    ) -> anyhow::Result<Vec<(F, String)>> {
+        let parse = |text: &str| -> Result<(F, String), MappingError> {
+            let (field, column) = text
+                .split_once('=')
+                .filter(|(_, c)| !c.trim().is_empty())
+                .ok_or_else(|| MappingError::NotAnAssignment(text.to_string()))?;
+            Ok((parse_field(field)?, column.trim().to_string()))
+        };
+        let mut out: Vec<(F, String)> = Vec::new();
+        for (field, column) in &file.map {
+            out.push(parse(&format!("{field}={column}"))?);
+        }
+        for flag in &self.map {
+            let (field, column) = parse(flag)?;
+            out.retain(|(f, c)| f != &field && c != &column);
+            out.push((field, column));
+        }
+        Ok(out)
+    }
+
+    /// Columns to leave out: the mapping file's and the flags'.
+    pub fn ignored(&self, file: &MappingFile) -> Vec<String> {
+        file.ignore.iter().chain(&self.ignore).cloned().collect()
+    }
+
     /// The file's format: the flag, else a mapping file's, else the file name's.
     pub fn format(&self, configured: Option<&str>) -> anyhow::Result<Format> {
         match self.format.as_deref().or(configured) {

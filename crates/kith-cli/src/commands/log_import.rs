@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use kith_import::transactions::Columns;
-use kith_import::{LogKind, MappingError, TransactionField, TransactionImporter};
+use kith_import::{LogKind, TransactionField, TransactionImporter};
 
 use super::import::{FileArgs, ImportSummary, open_rows, show_plan};
 use crate::config::FileConfig;
@@ -22,48 +22,38 @@ pub struct LogArgs {
     event: Option<String>,
 }
 
-/// Parses the `--map FIELD=COLUMN` flags with `parse_field`.
-pub fn explicit_fields<F>(
-    flags: &[String],
-    parse_field: impl Fn(&str) -> Result<F, MappingError>,
-) -> Result<Vec<(F, String)>, MappingError> {
-    flags
-        .iter()
-        .map(|text| {
-            let (field, column) = text
-                .split_once('=')
-                .filter(|(_, c)| !c.trim().is_empty())
-                .ok_or_else(|| MappingError::NotAnAssignment(text.clone()))?;
-            Ok((parse_field(field)?, column.trim().to_string()))
-        })
-        .collect()
-}
-
 /// Transactions, tickets or survey answers: one track event a row.
 pub fn run(kind: LogKind, args: LogArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     let common = &args.common;
-    let format = common.format(None)?;
-    let delimiter = common.delimiter(None)?;
-    let source = common.source(None, kind.name())?;
-    let explicit = explicit_fields(&common.map, TransactionField::parse)?;
+    let mapping = common.mapping_file()?;
+    let format = common.format(mapping.format.as_deref())?;
+    let delimiter = common.delimiter(mapping.delimiter.as_deref())?;
+    let source = common.source(mapping.source.as_deref(), kind.name())?;
+    let mut explicit = common.assignments(&mapping, TransactionField::parse)?;
+    explicit.extend(
+        common
+            .ignored(&mapping)
+            .into_iter()
+            .map(|column| (TransactionField::Ignore, column)),
+    );
+    let only_mapped = common.only_mapped || mapping.only_mapped;
     let mut reader = open_rows(&common.file, format, delimiter)?;
     let columns = match reader.headers().map(<[String]>::to_vec) {
         Some(headers) => {
-            let plan =
-                kith_import::transactions::plan(kind, &headers, &explicit, common.only_mapped)?;
+            let plan = kith_import::transactions::plan(kind, &headers, &explicit, only_mapped)?;
             show_plan(&plan, TransactionField::describe);
             Columns::Fixed(plan)
         }
         // JSON Lines name their keys on every line: each is read with its own.
         None => Columns::PerRow {
             explicit,
-            only_mapped: common.only_mapped,
+            only_mapped,
         },
     };
     let importer = TransactionImporter::new(
         kind,
         columns,
-        common.time(None, None)?,
+        common.time(mapping.time_format.clone(), mapping.timezone.as_deref())?,
         source,
         args.event
             .clone()
