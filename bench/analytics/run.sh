@@ -5,8 +5,10 @@
 #
 #   bench/analytics/run.sh [CUSTOMERS]      # default 150000 (about 10 million events); needs
 #                                           # target/release/kith and the test venv (DuckDB)
-# Times are whole commands, so both sides pay their start-up (Kith also opens the tables and the
-# profiles, and builds the identity table; DuckDB reads the identity CSV). Peak RSS is Kith's.
+# Kith's times are requests to `kith serve` (POST /v1/analytics/*, which also builds the identity
+# table each time); DuckDB's are whole commands (start-up and reading the identity CSV included).
+# The peak RSS is the server's, over its start and every analysis. REUSE=DATA_DIR skips loading
+# and uses a data directory an earlier run loaded.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 customers="${1:-150000}"
@@ -18,49 +20,63 @@ trap 'rm -rf "$work"' EXIT
 [[ -x "$kith" ]] || { echo "build kith first: cargo build --release -p kith-cli" >&2; exit 2; }
 [[ -x "$python" ]] || { echo "set up the test venv first: scripts/setup-test-env.sh" >&2; exit 2; }
 
-data="$work/data"
-echo "loading a demo world of $customers customers ..." >&2
-start=$(date +%s.%N)
-"$kith" demo generate --customers "$customers" --seed 11 --into "$data" >&2
-echo "loaded in $(echo "$(date +%s.%N) - $start" | bc) s" >&2
-rm -f "$data"/demo/events.jsonl   # the generator's copy; the tables hold the events now
+data="${REUSE:-$work/data}"
+if [[ -z "${REUSE:-}" ]]; then
+  echo "loading a demo world of $customers customers ..." >&2
+  start=$(date +%s.%N)
+  "$kith" demo generate --customers "$customers" --seed 11 --into "$data" >&2
+  echo "loaded in $(echo "$(date +%s.%N) - $start" | bc) s" >&2
+  rm -f "$data"/demo/events.jsonl   # the generator's copy; the tables hold the events now
+fi
 events=$("$kith" sql --data-dir "$data" --format csv "SELECT count(*) FROM events" | tail -1)
 "$kith" sql --data-dir "$data" --format csv \
   "SELECT profile_id, id_type, id_value FROM profile_identities" > "$work/identities.csv"
 
-steps5='Product Viewed,Product Added,Checkout Started,Payment Info Entered,Order Completed'
-steps20=$("$python" -c "
-s = (['Product Viewed', 'Product Added'] * 4 + ['Checkout Started', 'Payment Info Entered', 'Order Completed']) * 2
-print(','.join(s[:20]))")
-
-run_kith() {  # prints "seconds peak_rss_mib", or "failed -" with the reason on stderr
-  if /usr/bin/time -f "%e %M" -o "$work/time" "$kith" analyze "$@" --data-dir "$data" --format json \
-       > /dev/null 2> "$work/error"; then
-    tail -1 "$work/time" | awk '{printf "%s %.0f", $1, $2 / 1024}'
-  else
-    echo "kith analyze $*: $(head -c 300 "$work/error")" >&2
-    echo "failed -"
-  fi
+definition() {  # the JSON definition of each benchmarked analysis
+  "$python" - "$1" <<'PY'
+import json, sys
+five = ["Product Viewed", "Product Added", "Checkout Started", "Payment Info Entered", "Order Completed"]
+twenty = ((["Product Viewed", "Product Added"] * 4 + ["Checkout Started", "Payment Info Entered", "Order Completed"]) * 2)[:20]
+steps = lambda names: [{"event": n} for n in names]
+print(json.dumps({
+    "rfm": ("rfm", {}),
+    "cohorts": ("cohorts", {"interval": "month"}),
+    "funnel5": ("funnel", {"steps": steps(five), "window": "7d"}),
+    "funnel20": ("funnel", {"steps": steps(twenty), "window": "7d"}),
+    "paths": ("paths", {"event": "Product Added", "depth": 4}),
+}[sys.argv[1]]))
+PY
 }
 
-echo "| analysis | kith s | duckdb s | kith / duckdb | kith peak RSS MiB |"
-echo "|---|---:|---:|---:|---:|"
+# Kith answers from a running server, as users reach it: the tables and profiles are open once,
+# not per analysis (the offline `kith analyze` also opens them, seconds at this size).
+key=$("$kith" key create --data-dir "$data" --scope read)
+port=$((18500 + $$ % 1000))
+"$kith" serve --data-dir "$data" --listen "127.0.0.1:$port" > "$work/serve.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 1 600); do
+  curl -sf "http://127.0.0.1:$port/readyz" > /dev/null && break
+  sleep 0.5
+done
+
+echo "| analysis | kith s | duckdb s | kith / duckdb |"
+echo "|---|---:|---:|---:|"
 for analysis in rfm cohorts funnel5 funnel20 paths; do
-  case "$analysis" in
-    rfm) args=(rfm) ;;
-    cohorts) args=(cohorts --interval month) ;;
-    funnel5) args=(funnel --steps "$steps5" --window 7d) ;;
-    funnel20) args=(funnel --steps "$steps20" --window 7d) ;;
-    paths) args=(paths --event "Product Added" --definition '{"depth": 4}') ;;
-  esac
-  read -r kith_s rss <<< "$(run_kith "${args[@]}")"
+  read -r kind body <<< "$(definition "$analysis" | "$python" -c 'import json,sys; k,d=json.load(sys.stdin); print(k, json.dumps(d))')"
+  start=$(date +%s.%N)
+  code=$(curl -s -o "$work/answer" -w '%{http_code}' -H "Authorization: Bearer $key" \
+    -H 'Content-Type: application/json' "http://127.0.0.1:$port/v1/analytics/$kind" -d "$body")
+  kith_s=$(echo "$(date +%s.%N) - $start" | bc)
   start=$(date +%s.%N)
   "$python" bench/analytics/duckdb_analyses.py "$data/tables/events" "$work/identities.csv" "$analysis" > /dev/null
   duck_s=$(echo "$(date +%s.%N) - $start" | bc)
-  if [[ "$kith_s" == failed ]]; then
-    printf "| %s | failed | %.2f | - | - |\n" "$analysis" "$duck_s"
+  if [[ "$code" != 200 ]]; then
+    echo "$analysis: HTTP $code $(head -c 300 "$work/answer")" >&2
+    printf "| %s | failed | %.2f | - |\n" "$analysis" "$duck_s"
   else
-    printf "| %s | %.2f | %.2f | %.2f | %s |\n" "$analysis" "$kith_s" "$duck_s" "$(echo "$kith_s / $duck_s" | bc -l)" "$rss"
+    printf "| %s | %.2f | %.2f | %.2f |\n" "$analysis" "$kith_s" "$duck_s" "$(echo "$kith_s / $duck_s" | bc -l)"
   fi
 done
-printf "%s events, %s customers, %s cores\n" "$events" "$customers" "$(nproc)"
+rss=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$server/status")
+printf "%s events, %s customers, %s cores; kith server peak RSS %s MiB\n" "$events" "$customers" "$(nproc)" "$rss"

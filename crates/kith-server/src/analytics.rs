@@ -48,7 +48,7 @@ pub async fn analyze(
         .spawn(async move {
             let data = Data {
                 lake: &lake,
-                tables: crate::profiles::profile_tables(&profiles),
+                tables: vec![crate::profiles::identity_table(&profiles)],
                 limits,
             };
             analysis.run(&data).await

@@ -384,10 +384,6 @@ pub fn profile_tables(store: &ProfileStore) -> Vec<ExtraTable> {
     let mut consent = StringBuilder::new();
     let mut merge_count = Int64Builder::new();
     let mut conflict_count = Int64Builder::new();
-    let mut id_profile = StringBuilder::new();
-    let mut id_type = StringBuilder::new();
-    let mut id_value = StringBuilder::new();
-    let mut id_first_seen = TimestampMicrosecondBuilder::new().with_timezone("UTC");
     for view in &views {
         let computed = &view.computed_traits;
         profile_id.append_value(&view.profile_id);
@@ -402,12 +398,6 @@ pub fn profile_tables(store: &ProfileStore) -> Vec<ExtraTable> {
         consent.append_option(view.consent.as_ref().map(|c| c.preferences.to_string()));
         merge_count.append_value(view.merges.len() as i64);
         conflict_count.append_value(view.conflicts.len() as i64);
-        for identifier in &view.identifiers {
-            id_profile.append_value(&view.profile_id);
-            id_type.append_value(&identifier.id_type);
-            id_value.append_value(&identifier.value);
-            id_first_seen.append_value(identifier.first_seen_micros);
-        }
     }
     let profiles: Vec<ArrayRef> = vec![
         Arc::new(profile_id.finish()),
@@ -423,12 +413,6 @@ pub fn profile_tables(store: &ProfileStore) -> Vec<ExtraTable> {
         Arc::new(merge_count.finish()),
         Arc::new(conflict_count.finish()),
     ];
-    let identities: Vec<ArrayRef> = vec![
-        Arc::new(id_profile.finish()),
-        Arc::new(id_type.finish()),
-        Arc::new(id_value.finish()),
-        Arc::new(id_first_seen.finish()),
-    ];
     vec![
         ExtraTable {
             name: "profiles".into(),
@@ -438,15 +422,38 @@ pub fn profile_tables(store: &ProfileStore) -> Vec<ExtraTable> {
                     .expect("columns match the profiles schema"),
             ],
         },
-        ExtraTable {
-            name: "profile_identities".into(),
-            schema: PROFILE_IDENTITIES_SCHEMA.clone(),
-            batches: vec![
-                RecordBatch::try_new(PROFILE_IDENTITIES_SCHEMA.clone(), identities)
-                    .expect("columns match the profile_identities schema"),
-            ],
-        },
+        identity_table(store),
     ]
+}
+
+/// `profile_identities` alone: all that attributing events to profiles needs, built from the
+/// resolver without the profiles' views (analyses use it; it is far cheaper than both tables).
+pub fn identity_table(store: &ProfileStore) -> ExtraTable {
+    let rows = store.identity_rows();
+    let mut id_profile = StringBuilder::new();
+    let mut id_type = StringBuilder::new();
+    let mut id_value = StringBuilder::new();
+    let mut id_first_seen = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    for (profile_id, kind, value, first_seen) in &rows {
+        id_profile.append_value(profile_id);
+        id_type.append_value(kind);
+        id_value.append_value(value);
+        id_first_seen.append_value(*first_seen);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(id_profile.finish()),
+        Arc::new(id_type.finish()),
+        Arc::new(id_value.finish()),
+        Arc::new(id_first_seen.finish()),
+    ];
+    ExtraTable {
+        name: "profile_identities".into(),
+        schema: PROFILE_IDENTITIES_SCHEMA.clone(),
+        batches: vec![
+            RecordBatch::try_new(PROFILE_IDENTITIES_SCHEMA.clone(), columns)
+                .expect("columns match the profile_identities schema"),
+        ],
+    }
 }
 
 /// Whether a query may read the profile tables (they are built only then).

@@ -119,7 +119,7 @@ pub fn run(args: AnalyzeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         let (lake, profiles) = open_consistent(&data_dir, settings).await?;
         let data = Data {
             lake: &lake,
-            tables: kith_server::profiles::profile_tables(&profiles),
+            tables: vec![kith_server::profiles::identity_table(&profiles)],
             limits: QueryLimits {
                 timeout: std::time::Duration::from_secs(3600),
                 ..QueryLimits::default()
