@@ -1,8 +1,9 @@
 //! Funnels: ordered steps within a conversion window, per-step conversion and drop-off, the time
 //! to convert, breakdowns, and a friction report that ranks where customers get stuck.
 //!
-//! SQL selects the events of the steps (each a bit in a mask, so one event may serve two steps)
-//! sorted by profile and time; one pass in Rust then follows every profile's attempts
+//! SQL selects the events of the steps (each a bit in a mask, so one event may serve two steps);
+//! they are kept compactly, sorted by profile and time, and one pass then follows every profile's
+//! attempts
 //! ([`Walker`]): for each step it keeps the latest start of an attempt that has reached it, which
 //! is the attempt with the most window left. Loose order lets other events happen between
 //! steps; strict order ends an attempt at any event in scope that is not its next step. An
@@ -434,16 +435,8 @@ impl FunnelDefinition {
             ),
         );
         let sql = format!(
-            "WITH base AS ({base}) SELECT profile_id, micros, steps, excluded, breakdown \
-             FROM base ORDER BY profile_id, micros, steps DESC"
+            "WITH base AS ({base}) SELECT profile_id, micros, steps, excluded, breakdown FROM base"
         );
-        let mut limits = data.limits.clone();
-        limits.max_rows = 1 << 40;
-        let result = data
-            .lake
-            .query_with(&sql, &limits, data.tables.clone())
-            .await?;
-
         let attempts = match self.count.as_str() {
             "profiles" => false,
             "attempts" => true,
@@ -454,6 +447,28 @@ impl FunnelDefinition {
                 ));
             }
         };
+        // The events stream in any order and are kept compactly (profile and breakdown as
+        // numbers); sorting them here costs less memory than a sort of the rows in SQL.
+        let mut events = CompactEvents::default();
+        data.lake
+            .query_each(&sql, &data.limits, data.tables.clone(), |batch| {
+                let profile = strings(batch.column(0).as_ref());
+                let micros = batch.column(1).as_primitive::<Int64Type>();
+                let steps = batch.column(2).as_primitive::<Int64Type>();
+                let excluded = batch.column(3).as_primitive::<Int64Type>();
+                let breakdown = strings(batch.column(4).as_ref());
+                for row in 0..batch.num_rows() {
+                    events.push(
+                        profile(row),
+                        micros.value(row),
+                        steps.value(row) as u64,
+                        excluded.value(row) != 0,
+                        breakdown(row),
+                    );
+                }
+            })
+            .await?;
+        let (rows, values) = events.sorted();
         let mut walker = Walker::new(
             self.steps.len(),
             window * 1_000_000,
@@ -461,39 +476,19 @@ impl FunnelDefinition {
             self.breakdown_step,
             attempts,
         );
-        let mut values: Vec<String> = Vec::new();
-        let mut value_ids: std::collections::HashMap<String, u32> = Default::default();
         let mut tally = Tally::default();
-        let mut current: Option<String> = None;
-        for batch in &result.batches {
-            let profile = strings(batch.column(0).as_ref());
-            let micros = batch.column(1).as_primitive::<Int64Type>();
-            let steps = batch.column(2).as_primitive::<Int64Type>();
-            let excluded = batch.column(3).as_primitive::<Int64Type>();
-            let breakdown = strings(batch.column(4).as_ref());
-            for row in 0..batch.num_rows() {
-                let id = profile(row);
-                if current.as_deref() != Some(id) {
-                    tally.add(walker.end_profile());
-                    current = Some(id.to_string());
-                }
-                let value = breakdown(row);
-                let value_id = match value_ids.get(value) {
-                    Some(id) => *id,
-                    None => {
-                        let id = values.len() as u32;
-                        values.push(value.to_string());
-                        value_ids.insert(value.to_string(), id);
-                        id
-                    }
-                };
-                walker.event(
-                    micros.value(row),
-                    steps.value(row) as u64,
-                    excluded.value(row) != 0,
-                    value_id,
-                );
+        let mut current = None;
+        for row in &rows {
+            if current != Some(row.profile) {
+                tally.add(walker.end_profile());
+                current = Some(row.profile);
             }
+            walker.event(
+                row.micros,
+                row.mask & !EXCLUDED,
+                row.mask & EXCLUDED != 0,
+                row.breakdown,
+            );
         }
         tally.add(walker.end_profile());
         Ok(self.report(tally, &values, window, strict))
@@ -529,6 +524,68 @@ impl FunnelDefinition {
             groups,
             friction,
         }
+    }
+}
+
+/// The bit of a compact event's mask that marks an exclusion (steps use the low 32).
+const EXCLUDED: u64 = 1 << 63;
+
+/// One event, compactly: 24 bytes, whatever the length of its profile id.
+#[derive(Debug, Clone, Copy)]
+struct CompactEvent {
+    profile: u32,
+    breakdown: u32,
+    micros: i64,
+    mask: u64,
+}
+
+/// Events gathered in any order, profiles and breakdown values numbered as they come.
+#[derive(Default)]
+struct CompactEvents {
+    rows: Vec<CompactEvent>,
+    profiles: std::collections::HashMap<String, u32>,
+    values: Vec<String>,
+    value_ids: std::collections::HashMap<String, u32>,
+}
+
+impl CompactEvents {
+    fn push(&mut self, profile: &str, micros: i64, steps: u64, excluded: bool, breakdown: &str) {
+        let next = self.profiles.len() as u32;
+        let profile = match self.profiles.get(profile) {
+            Some(id) => *id,
+            None => {
+                self.profiles.insert(profile.to_string(), next);
+                next
+            }
+        };
+        let breakdown = match self.value_ids.get(breakdown) {
+            Some(id) => *id,
+            None => {
+                let id = self.values.len() as u32;
+                self.values.push(breakdown.to_string());
+                self.value_ids.insert(breakdown.to_string(), id);
+                id
+            }
+        };
+        self.rows.push(CompactEvent {
+            profile,
+            breakdown,
+            micros,
+            mask: steps | if excluded { EXCLUDED } else { 0 },
+        });
+    }
+
+    /// Each profile's events together in time order — at one instant, events of later steps
+    /// first, so no step counts as following another of the same instant — and the breakdown
+    /// values by number.
+    fn sorted(self) -> (Vec<CompactEvent>, Vec<String>) {
+        let mut rows = self.rows;
+        rows.sort_unstable_by(|a, b| {
+            (a.profile, a.micros)
+                .cmp(&(b.profile, b.micros))
+                .then((b.mask & !EXCLUDED).cmp(&(a.mask & !EXCLUDED)))
+        });
+        (rows, self.values)
     }
 }
 

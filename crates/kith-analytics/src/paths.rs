@@ -200,40 +200,61 @@ impl PathDefinition {
             &extra,
             &format!("CAST(e.timestamp AS BIGINT) AS micros, {label} AS label"),
         );
-        let sql = format!(
-            "WITH base AS ({base}) SELECT profile_id, micros, label FROM base \
-             ORDER BY profile_id, micros, label"
-        );
-        let mut limits = data.limits.clone();
-        limits.max_rows = 1 << 40;
-        let result = data
-            .lake
-            .query_with(&sql, &limits, data.tables.clone())
-            .await?;
-        let mut counter = Counter::default();
-        let mut current: Option<String> = None;
-        let mut events: Vec<(i64, String)> = Vec::new();
-        let flush = |events: &mut Vec<(i64, String)>, counter: &mut Counter| {
-            if before {
-                events.reverse();
-            }
-            counter.profile(events, &self.event, self.depth, window, self.keep_repeats);
-            events.clear();
-        };
-        for batch in &result.batches {
-            let profile = strings(batch.column(0).as_ref());
-            let micros = batch.column(1).as_primitive::<Int64Type>();
-            let labels = strings(batch.column(2).as_ref());
-            for row in 0..batch.num_rows() {
-                let id = profile(row);
-                if current.as_deref() != Some(id) {
-                    flush(&mut events, &mut counter);
-                    current = Some(id.to_string());
+        let sql = format!("WITH base AS ({base}) SELECT profile_id, micros, label FROM base");
+        // Streamed in any order and kept compactly (16 bytes an event); sorted here.
+        let mut rows: Vec<(u32, i64, u32)> = Vec::new();
+        let mut profiles: HashMap<String, u32> = HashMap::new();
+        let mut labels: Vec<String> = Vec::new();
+        let mut label_ids: HashMap<String, u32> = HashMap::new();
+        data.lake
+            .query_each(&sql, &data.limits, data.tables.clone(), |batch| {
+                let profile = strings(batch.column(0).as_ref());
+                let micros = batch.column(1).as_primitive::<Int64Type>();
+                let label = strings(batch.column(2).as_ref());
+                for row in 0..batch.num_rows() {
+                    let next = profiles.len() as u32;
+                    let p = *profiles.entry(profile(row).to_string()).or_insert(next);
+                    let l = match label_ids.get(label(row)) {
+                        Some(id) => *id,
+                        None => {
+                            let id = labels.len() as u32;
+                            labels.push(label(row).to_string());
+                            label_ids.insert(label(row).to_string(), id);
+                            id
+                        }
+                    };
+                    rows.push((p, micros.value(row), l));
                 }
-                events.push((micros.value(row), labels(row).to_string()));
-            }
+            })
+            .await?;
+        drop(profiles);
+        // At one instant, events go in the order of their labels: the answer never depends on
+        // how rows happened to be stored.
+        let mut rank = vec![0u32; labels.len()];
+        let mut by_name: Vec<u32> = (0..labels.len() as u32).collect();
+        by_name.sort_by(|a, b| labels[*a as usize].cmp(&labels[*b as usize]));
+        for (position, id) in by_name.into_iter().enumerate() {
+            rank[id as usize] = position as u32;
         }
-        flush(&mut events, &mut counter);
+        rows.sort_unstable_by_key(|(p, micros, l)| (*p, *micros, rank[*l as usize]));
+        let mut counter = Counter::default();
+        let mut events: Vec<(i64, String)> = Vec::new();
+        let mut current = None;
+        for (p, micros, l) in rows {
+            if current != Some(p) {
+                if before {
+                    events.reverse();
+                }
+                counter.profile(&events, &self.event, self.depth, window, self.keep_repeats);
+                events.clear();
+                current = Some(p);
+            }
+            events.push((micros, labels[l as usize].clone()));
+        }
+        if before {
+            events.reverse();
+        }
+        counter.profile(&events, &self.event, self.depth, window, self.keep_repeats);
         Ok(self.report(counter, before))
     }
 

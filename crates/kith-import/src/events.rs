@@ -4,7 +4,6 @@
 //! and is judged by the same rules as an item of `/v1/batch`, so a file import and a tracking
 //! call store the same thing.
 
-use std::collections::BTreeMap;
 
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Map, Value};
@@ -261,20 +260,7 @@ impl FlatEventImporter {
         fixed_event: Option<String>,
         infer_types: bool,
     ) -> FlatEventImporter {
-        let described: BTreeMap<String, String> = match &columns {
-            Columns::Fixed(plan) => plan
-                .iter()
-                .map(|(c, f)| (c.clone(), f.describe()))
-                .collect(),
-            Columns::PerRow {
-                explicit,
-                only_mapped,
-            } => explicit
-                .iter()
-                .map(|(f, c)| (c.clone(), f.describe()))
-                .chain([("#only_mapped".to_string(), only_mapped.to_string())])
-                .collect(),
-        };
+        let described = columns.described(EventField::describe);
         let fingerprint = format!(
             "{described:?} event={fixed_event:?} source={source} zone={}",
             time.zone().name()

@@ -258,6 +258,23 @@ pub enum Columns<F = TransactionField> {
     },
 }
 
+impl<F> Columns<F> {
+    /// Column → what it is read as, for fingerprints: another mapping is another import.
+    pub fn described(&self, describe: impl Fn(&F) -> String) -> BTreeMap<String, String> {
+        match self {
+            Columns::Fixed(plan) => plan.iter().map(|(c, f)| (c.clone(), describe(f))).collect(),
+            Columns::PerRow {
+                explicit,
+                only_mapped,
+            } => explicit
+                .iter()
+                .map(|(f, c)| (c.clone(), describe(f)))
+                .chain([("#only_mapped".to_string(), only_mapped.to_string())])
+                .collect(),
+        }
+    }
+}
+
 /// Turns rows of a log into track events (`Order Completed`, `Ticket Created`, …).
 pub struct TransactionImporter {
     kind: LogKind,
@@ -312,20 +329,7 @@ impl TransactionImporter {
         event_name: String,
         default_currency: Option<String>,
     ) -> TransactionImporter {
-        let described: BTreeMap<String, String> = match &columns {
-            Columns::Fixed(plan) => plan
-                .iter()
-                .map(|(c, f)| (c.clone(), f.describe()))
-                .collect(),
-            Columns::PerRow {
-                explicit,
-                only_mapped,
-            } => explicit
-                .iter()
-                .map(|(f, c)| (c.clone(), f.describe()))
-                .chain([("#only_mapped".to_string(), only_mapped.to_string())])
-                .collect(),
-        };
+        let described = columns.described(TransactionField::describe);
         let fingerprint = format!(
             "{described:?} event={event_name} source={source} zone={} currency={default_currency:?}",
             time.zone().name()

@@ -183,6 +183,18 @@ impl Lake {
         query::run(self, sql, limits, extra).await
     }
 
+    /// Runs a query with extra tables, handing each result batch to `each` as it comes instead
+    /// of collecting the answer (see [`query::stream`]).
+    pub async fn query_each(
+        &self,
+        sql: &str,
+        limits: &QueryLimits,
+        extra: Vec<ExtraTable>,
+        each: impl FnMut(&arrow::array::RecordBatch) + Send,
+    ) -> Result<(), QueryError> {
+        query::stream(self, sql, limits, extra, each).await
+    }
+
     /// Every stored event with `ingest_seq <= through_seq`, in order of arrival (Delta plus the
     /// buffer). For recomputations; it holds them all in memory.
     pub async fn read_events(

@@ -249,6 +249,47 @@ pub(crate) async fn run(
     })
 }
 
+/// Runs `sql` and hands each result batch to `each` as it is produced, so a large answer is
+/// never held whole (analyses that fold every event into per-profile state use it). The time
+/// limit covers the whole run; the memory limit applies to the query's own operators.
+pub(crate) async fn stream(
+    lake: &Lake,
+    sql: &str,
+    limits: &QueryLimits,
+    extra: Vec<ExtraTable>,
+    mut each: impl FnMut(&RecordBatch) + Send,
+) -> Result<(), QueryError> {
+    use futures::StreamExt;
+    let ctx = session(lake, limits).await?;
+    for table in extra {
+        let provider = MemTable::try_new(table.schema, vec![table.batches])
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        ctx.register_table(table.name.as_str(), Arc::new(provider))
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+    }
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let work = async {
+        let frame = ctx
+            .sql_with_options(sql, options)
+            .await
+            .map_err(|e| classify(e, limits))?;
+        let mut batches = frame
+            .execute_stream()
+            .await
+            .map_err(|e| classify(e, limits))?;
+        while let Some(batch) = batches.next().await {
+            each(&batch.map_err(|e| classify(e, limits))?);
+        }
+        Ok::<_, QueryError>(())
+    };
+    tokio::time::timeout(limits.timeout, work)
+        .await
+        .map_err(|_| QueryError::Timeout(limits.timeout))?
+}
+
 /// One person's events, newest first: the customer-360 timeline.
 #[derive(Debug, Clone, Default)]
 pub struct TimelineQuery {
