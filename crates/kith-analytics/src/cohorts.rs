@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::scope::{FieldRef, Scope, instant_sql, sql_string};
 use crate::trends::{bucket_label, interval};
+use kith_lake::{ExtraTable, QueryLimits};
+
 use crate::{AnalyticsError, Data, count, number, text};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -107,6 +109,14 @@ pub struct CohortTrend {
     pub cohorts_compared: usize,
 }
 
+/// `limits` without a row cap: the members table holds one row per profile.
+fn unbounded_rows(limits: &QueryLimits) -> QueryLimits {
+    QueryLimits {
+        max_rows: 1 << 40,
+        ..limits.clone()
+    }
+}
+
 /// Whole periods from `start` to `at` (dates in the scope's zone).
 fn periods_between(start: NaiveDate, at: NaiveDate, unit: &str) -> i64 {
     match unit {
@@ -175,49 +185,89 @@ impl CohortDefinition {
         } else {
             range.join(" AND ")
         };
-        let prelude = format!(
-            "WITH all_events AS ({all_events}), \
-             firsts AS (SELECT profile_id, MIN(ts) AS first_ts, \
-                               first_value(breakdown ORDER BY ts) AS cohort_breakdown \
-                        FROM all_events WHERE {cohort} GROUP BY profile_id), \
-             cohorts AS (SELECT profile_id, first_ts, cohort_breakdown, {bucket} AS cohort \
-                         FROM firsts WHERE {range}), \
-             returns AS (SELECT c.profile_id, c.cohort, c.cohort_breakdown, {period} AS period \
-                         FROM cohorts c JOIN all_events e ON e.profile_id = c.profile_id \
-                         WHERE {returning} AND e.ts >= c.first_ts)",
-            cohort = is(&self.cohort_event),
-            bucket = scope.bucket_sql(unit, "first_ts"),
-            period = scope.bucket_sql(unit, "e.ts"),
-            returning = is(&self.return_event).replace("event =", "e.event ="),
-        );
-        let sizes = data
-            .rows(&format!(
-                "{prelude} SELECT cohort, cohort_breakdown, COUNT(*) FROM cohorts GROUP BY 1, 2"
-            ))
+        // Each profile's cohort, computed once and handed to the next queries as a table: the
+        // events are scanned twice in all (cohorts, then returns and revenue together), not once
+        // per figure.
+        let members = data
+            .lake
+            .query_with(
+                &format!(
+                    "WITH all_events AS ({all_events}), \
+                     firsts AS (SELECT profile_id, MIN(ts) AS first_ts, \
+                                       first_value(breakdown ORDER BY ts) AS cohort_breakdown \
+                                FROM all_events WHERE {cohort} GROUP BY profile_id) \
+                     SELECT profile_id, first_ts, cohort_breakdown, {bucket} AS cohort \
+                     FROM firsts WHERE {range}",
+                    cohort = is(&self.cohort_event),
+                    bucket = scope.bucket_sql(unit, "first_ts"),
+                ),
+                &unbounded_rows(&data.limits),
+                data.tables.clone(),
+            )
             .await?;
-        let active_sql = if rolling {
-            // Rolling: a profile counts in every period up to its last return.
-            "SELECT cohort, cohort_breakdown, last_period, COUNT(*) FROM \
-             (SELECT profile_id, cohort, cohort_breakdown, MAX(period) AS last_period \
-              FROM returns GROUP BY 1, 2, 3) GROUP BY 1, 2, 3"
-        } else {
-            "SELECT cohort, cohort_breakdown, period, COUNT(DISTINCT profile_id) \
-             FROM returns GROUP BY 1, 2, 3"
+        let mut tables = data.tables.clone();
+        tables.push(ExtraTable {
+            name: "kith_cohort_members".into(),
+            schema: members.schema.clone(),
+            batches: members.batches,
+        });
+        let with_members = Data {
+            lake: data.lake,
+            tables,
+            limits: data.limits.clone(),
         };
-        let active = data.rows(&format!("{prelude} {active_sql}")).await?;
-        let revenue = data
+        let sizes = with_members
+            .rows(
+                "SELECT cohort, cohort_breakdown, COUNT(*) FROM kith_cohort_members GROUP BY 1, 2",
+            )
+            .await?;
+        let period = scope.bucket_sql(unit, "e.ts");
+        let joined = format!(
+            "WITH all_events AS ({all_events}) SELECT c.profile_id, c.cohort, c.cohort_breakdown, \
+                    {period} AS period, e.event, e.value \
+             FROM kith_cohort_members c JOIN all_events e ON e.profile_id = c.profile_id \
+             WHERE e.ts >= c.first_ts"
+        );
+        // Classic retention and revenue per period in one pass; rolling needs each member's last
+        // return, a pass of its own.
+        let per_period = with_members
             .rows(&format!(
-                "{prelude} SELECT c.cohort, c.cohort_breakdown, {period}, COALESCE(SUM(e.value), 0.0) \
-                 FROM cohorts c JOIN all_events e ON e.profile_id = c.profile_id \
-                 WHERE e.event = {purchase} AND e.ts >= c.first_ts GROUP BY 1, 2, 3",
-                period = scope.bucket_sql(unit, "e.ts"),
+                "WITH j AS ({joined}) SELECT cohort, cohort_breakdown, period, \
+                    COUNT(DISTINCT CASE WHEN {returning} THEN profile_id END), \
+                    COALESCE(SUM(CASE WHEN event = {purchase} THEN value END), 0.0) \
+                 FROM j GROUP BY 1, 2, 3",
+                returning = is(&self.return_event),
                 purchase = sql_string(&self.purchase_event),
             ))
             .await?;
+        let active = if rolling {
+            with_members
+                .rows(&format!(
+                    "WITH j AS ({joined}) SELECT cohort, cohort_breakdown, last_period, COUNT(*) FROM \
+                     (SELECT profile_id, cohort, cohort_breakdown, MAX(period) AS last_period \
+                      FROM j WHERE {returning} GROUP BY 1, 2, 3) GROUP BY 1, 2, 3",
+                    returning = is(&self.return_event),
+                ))
+                .await?
+        } else {
+            per_period
+                .iter()
+                .map(|row| row[..4].to_vec())
+                .collect()
+        };
+        let revenue: Vec<Vec<serde_json::Value>> = per_period
+            .iter()
+            .map(|row| vec![row[0].clone(), row[1].clone(), row[2].clone(), row[4].clone()])
+            .collect();
+        let mut filters = scope.filters.clone();
+        if filters.is_empty() {
+            filters.push("TRUE".into());
+        }
         let last = data
             .rows(&format!(
-                "WITH all_events AS ({all_events}) SELECT {} FROM all_events",
-                format_args!("MAX({})", scope.bucket_sql(unit, "ts"))
+                "SELECT {} FROM events e WHERE {}",
+                scope.bucket_sql(unit, "MAX(e.timestamp)"),
+                filters.join(" AND ")
             ))
             .await?;
         let data_until = last
