@@ -250,14 +250,18 @@ impl CohortDefinition {
                 ))
                 .await?
         } else {
-            per_period
-                .iter()
-                .map(|row| row[..4].to_vec())
-                .collect()
+            per_period.iter().map(|row| row[..4].to_vec()).collect()
         };
         let revenue: Vec<Vec<serde_json::Value>> = per_period
             .iter()
-            .map(|row| vec![row[0].clone(), row[1].clone(), row[2].clone(), row[4].clone()])
+            .map(|row| {
+                vec![
+                    row[0].clone(),
+                    row[1].clone(),
+                    row[2].clone(),
+                    row[4].clone(),
+                ]
+            })
             .collect();
         let mut filters = scope.filters.clone();
         if filters.is_empty() {

@@ -212,13 +212,29 @@ impl RfmDefinition {
 
     pub async fn run(&self, data: &Data<'_>) -> Result<RfmReport, AnalyticsError> {
         let (scores, as_of) = self.scores_sql()?;
-        let summary = format!(
-            "WITH s AS ({scores}) \
-             SELECT segment, breakdown, COUNT(*), SUM(monetary), AVG(recency_days), \
-                    AVG(frequency), AVG(monetary) \
-             FROM s GROUP BY segment, breakdown"
-        );
-        let rows = data.rows(&summary).await?;
+        // The scores are computed once (one scan of the events) and both answers read them.
+        let mut limits = data.limits.clone();
+        limits.max_rows = 1 << 40;
+        let scored = data
+            .lake
+            .query_with(&scores, &limits, data.tables.clone())
+            .await?;
+        let scores = Data {
+            lake: data.lake,
+            tables: vec![kith_lake::ExtraTable {
+                name: "kith_rfm_scores".into(),
+                schema: scored.schema.clone(),
+                batches: scored.batches,
+            }],
+            limits: data.limits.clone(),
+        };
+        let rows = scores
+            .rows(
+                "SELECT segment, breakdown, COUNT(*), SUM(monetary), AVG(recency_days), \
+                        AVG(frequency), AVG(monetary) \
+                 FROM kith_rfm_scores GROUP BY segment, breakdown",
+            )
+            .await?;
         let profiles: u64 = rows.iter().map(|r| count(&r[2])).sum();
         let mut segments: Vec<SegmentSummary> = rows
             .iter()
@@ -238,11 +254,11 @@ impl RfmDefinition {
             (order(&a.segment), &a.breakdown).cmp(&(order(&b.segment), &b.breakdown))
         });
         let top = format!(
-            "WITH s AS ({scores}) SELECT profile_id, recency_days, frequency, monetary, r, f, m, segment \
-             FROM s ORDER BY monetary DESC, profile_id LIMIT {}",
+            "SELECT profile_id, recency_days, frequency, monetary, r, f, m, segment \
+             FROM kith_rfm_scores ORDER BY monetary DESC, profile_id LIMIT {}",
             self.limit
         );
-        let top_profiles = data
+        let top_profiles = scores
             .rows(&top)
             .await?
             .iter()

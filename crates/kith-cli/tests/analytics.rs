@@ -374,7 +374,11 @@ fn edge_cases_merges_window_boundaries_and_time_zones_are_counted_by_hand() {
     assert_eq!(cohorts["cohorts"][0]["retained"], json!([2, 1, 1]));
     assert_eq!(cohorts["cohorts"][0]["revenue"], json!([110.0, 50.0, 20.0]));
     // Rolling: Beto, back in May, also counts in April, when he did nothing.
-    let rolling = analyze(&data, "cohorts", json!({"timezone": ZONE, "periods": 2, "retention": "rolling"}));
+    let rolling = analyze(
+        &data,
+        "cohorts",
+        json!({"timezone": ZONE, "periods": 2, "retention": "rolling"}),
+    );
     assert_eq!(rolling["cohorts"][0]["retained"], json!([2, 2, 1]));
 
     // A wrong definition names the field.

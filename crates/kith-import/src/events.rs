@@ -4,7 +4,6 @@
 //! and is judged by the same rules as an item of `/v1/batch`, so a file import and a tracking
 //! call store the same thing.
 
-
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
