@@ -9,6 +9,7 @@
 pub mod cohorts;
 pub mod funnel;
 pub mod paths;
+pub mod preferences;
 pub mod rfm;
 pub mod risk;
 pub mod scope;
@@ -22,6 +23,7 @@ use thiserror::Error;
 pub use cohorts::{CohortDefinition, CohortReport};
 pub use funnel::{FunnelDefinition, FunnelReport};
 pub use paths::{PathDefinition, PathReport};
+pub use preferences::{PreferenceDefinition, PreferenceReport};
 pub use rfm::{RfmDefinition, RfmReport};
 pub use risk::{RiskDefinition, RiskReport};
 pub use scope::{Condition, Scope};
@@ -123,12 +125,13 @@ pub enum Analysis {
     Cohorts(CohortDefinition),
     Funnel(FunnelDefinition),
     Paths(PathDefinition),
+    Preferences(PreferenceDefinition),
     Risk(RiskDefinition),
     Trends(TrendDefinition),
 }
 
 /// The analyses' names, for messages.
-pub const ANALYSES: &str = "rfm, cohorts, funnel, paths, risk, trends";
+pub const ANALYSES: &str = "rfm, cohorts, funnel, paths, preferences, risk, trends";
 
 impl Analysis {
     /// Reads a definition of analysis `kind`, naming the field at fault when it is wrong.
@@ -138,6 +141,7 @@ impl Analysis {
             "cohorts" => cohorts::FIELDS,
             "funnel" => funnel::FIELDS,
             "paths" => paths::FIELDS,
+            "preferences" => preferences::FIELDS,
             "risk" => risk::FIELDS,
             "trends" => trends::FIELDS,
             other => {
@@ -192,6 +196,7 @@ impl Analysis {
             "cohorts" => Analysis::Cohorts(read(fields)?),
             "funnel" => Analysis::Funnel(read(fields)?),
             "paths" => Analysis::Paths(read(fields)?),
+            "preferences" => Analysis::Preferences(read(fields)?),
             "risk" => Analysis::Risk(read(fields)?),
             _ => Analysis::Trends(read(fields)?),
         })
@@ -207,6 +212,7 @@ impl Analysis {
             Analysis::Cohorts(d) => json(serde_json::to_value(d.run(data).await?)),
             Analysis::Funnel(d) => json(serde_json::to_value(d.run(data).await?)),
             Analysis::Paths(d) => json(serde_json::to_value(d.run(data).await?)),
+            Analysis::Preferences(d) => json(serde_json::to_value(d.run(data).await?)),
             Analysis::Risk(d) => json(serde_json::to_value(d.run(data).await?)),
             Analysis::Trends(d) => json(serde_json::to_value(d.run(data).await?)),
         }

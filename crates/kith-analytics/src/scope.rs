@@ -70,13 +70,8 @@ impl FieldRef {
         match self {
             FieldRef::Column("revenue") => format!("CAST({alias}.revenue AS VARCHAR)"),
             FieldRef::Column(column) => format!("{alias}.{column}"),
-            // The cast keeps DataFusion 55 from pulling the JSON lookup below the joins, which
-            // fails to plan when the query also sorts ("ambiguous __datafusion_extracted").
             FieldRef::Json { column, path } => {
-                format!(
-                    "CAST(json_get_str({alias}.{column}, {}) AS VARCHAR)",
-                    path_args(path)
-                )
+                format!("json_get_str({alias}.{column}, {})", path_args(path))
             }
         }
     }
@@ -354,7 +349,7 @@ mod tests {
             FieldRef::parse("context.device.type", "breakdown")
                 .unwrap()
                 .text_sql("e"),
-            "CAST(json_get_str(e.context, 'device', 'type') AS VARCHAR)"
+            "json_get_str(e.context, 'device', 'type')"
         );
         let quoted = Condition {
             field: "properties.name".into(),
@@ -363,7 +358,7 @@ mod tests {
         };
         assert_eq!(
             quoted.sql("e", "where[0]").unwrap(),
-            "CAST(json_get_str(e.properties, 'name') AS VARCHAR) = 'O''Brien''); DROP TABLE events; --'"
+            "json_get_str(e.properties, 'name') = 'O''Brien''); DROP TABLE events; --'"
         );
         let error = FieldRef::parse("colour", "breakdown").unwrap_err();
         assert_eq!(error.field(), Some("breakdown"));

@@ -259,6 +259,40 @@ fn analyses_of_the_demo_world_agree_with_duckdb_and_find_the_planted_friction() 
         "precision {precision:.2}, recall {recall:.2}"
     );
 
+    // Preferences: each customer's first category against the one the generator favoured.
+    let preferences = analyze(
+        &data,
+        "preferences",
+        json!({"as_of": as_of, "limit": 1_000_000}),
+    );
+    let favourite = column("favourite_category");
+    let favourites: HashMap<String, String> = truth
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .map(|cells| (cells[user].to_string(), cells[favourite].to_string()))
+        .collect();
+    let (mut judged, mut right) = (0, 0);
+    for profile in preferences["top_profiles"].as_array().unwrap() {
+        let Some(user) = user_of.get(profile["profile_id"].as_str().unwrap()) else {
+            continue;
+        };
+        let choices = profile["preferences"].as_array().unwrap();
+        let events: u64 = choices.iter().map(|c| c["events"].as_u64().unwrap()).sum();
+        if events >= 5 {
+            judged += 1;
+            right += usize::from(
+                Some(&choices[0]["value"].as_str().unwrap().to_string()) == favourites.get(user),
+            );
+        }
+    }
+    let accuracy = right as f64 / judged.max(1) as f64;
+    eprintln!("first preference = favourite category for {accuracy:.2} of {judged} customers");
+    assert!(
+        judged > 300 && accuracy >= 0.55,
+        "{accuracy:.2} of {judged}"
+    );
+
     // The generator makes Mercado Pago fail on phones: the friction report must single it out.
     let friction = analyze(
         &data,

@@ -103,6 +103,10 @@ pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext
         .with_information_schema(true)
         .with_target_partitions(num_cpus_hint());
     let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+    // DataFusion 55's leaf-expression extraction mis-plans JSON lookups (`json_get_str`) above
+    // joins ("ambiguous __datafusion_extracted_N"); without it such queries plan and run.
+    ctx.remove_optimizer_rule("extract_leaf_expressions");
+    ctx.remove_optimizer_rule("push_down_leaf_projections");
     datafusion_functions_json::register_all(&mut ctx)
         .map_err(|e| QueryError::Internal(e.to_string()))?;
     for table in lake.tables() {

@@ -1,4 +1,4 @@
-//! `POST /v1/analytics/{rfm,cohorts,funnel,paths,risk,trends}`: the analyses of `kith-analytics` over the
+//! `POST /v1/analytics/{rfm,cohorts,funnel,paths,preferences,risk,trends}`: the analyses of `kith-analytics` over the
 //! server's event tables, run on the query runtime so they never hold up ingestion.
 
 use std::sync::Arc;
@@ -28,8 +28,8 @@ pub(crate) fn analytics_error(err: AnalyticsError) -> ApiError {
 
 /// Runs one analysis.
 #[utoipa::path(post, path = "/v1/analytics/{analysis}", tag = "analytics",
-    description = "Runs an analysis over the events, each attributed to the profile it belongs to now. `analysis` is rfm, cohorts, funnel, paths, risk or trends. Every definition takes `from`, `to` (RFC 3339 or a date), `timezone`, `where` ([{field, op, value}]) and `breakdown` (a field such as `context.device.type`), plus its own fields (see docs/analytics.md). Auth: read key.",
-    params(("analysis" = String, Path, description = "rfm | cohorts | funnel | paths | risk | trends")),
+    description = "Runs an analysis over the events, each attributed to the profile it belongs to now. `analysis` is rfm, cohorts, funnel, paths, preferences, risk or trends. Every definition takes `from`, `to` (RFC 3339 or a date), `timezone`, `where` ([{field, op, value}]) and `breakdown` (a field such as `context.device.type`), plus its own fields (see docs/analytics.md). Auth: read key.",
+    params(("analysis" = String, Path, description = "rfm | cohorts | funnel | paths | preferences | risk | trends")),
     request_body(content = Object, description = "the definition, e.g. `{\"steps\": [{\"event\": \"Product Viewed\"}, {\"event\": \"Order Completed\"}], \"window\": \"7d\"}`"),
     responses((status = 200, description = "the report"), (status = 400, description = "invalid definition: the message names the field"), (status = 401, description = "bad key")))]
 pub async fn analyze(

@@ -1,4 +1,4 @@
-//! `kith analyze rfm|cohorts|funnel|paths|risk|trends`: the analyses of `POST /v1/analytics/*` on the data
+//! `kith analyze rfm|cohorts|funnel|paths|preferences|risk|trends`: the analyses of `POST /v1/analytics/*` on the data
 //! directory (with or without a running server), as a table, CSV or JSON.
 
 use std::path::PathBuf;
@@ -25,7 +25,7 @@ enum Format {
 pub struct AnalyzeArgs {
     #[command(flatten)]
     data_dir: DataDirArg,
-    /// rfm, cohorts, funnel, paths, risk or trends
+    /// rfm, cohorts, funnel, paths, preferences, risk or trends
     analysis: String,
     /// The definition as JSON, as `POST /v1/analytics/ANALYSIS` takes it (see docs/analytics.md)
     #[arg(long, value_name = "JSON")]
@@ -243,6 +243,28 @@ fn tabulate(kind: &str, report: &Value) -> (Vec<String>, Vec<Vec<String>>) {
                 })
                 .collect();
             (headers, rows)
+        }
+        "preferences" => {
+            let rows = list("top_profiles")
+                .iter()
+                .map(|p| {
+                    let choices = p["preferences"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| {
+                            format!(
+                                "{} ({:.0}%)",
+                                cell(&c["value"]),
+                                c["share"].as_f64().unwrap_or(0.0) * 100.0
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    vec![cell(&p["profile_id"]), choices]
+                })
+                .collect();
+            (names(&["profile_id", "preferences"]), rows)
         }
         "risk" => {
             let keys = [

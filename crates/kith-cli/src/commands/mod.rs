@@ -49,7 +49,7 @@ pub enum Command {
         #[command(subcommand)]
         action: models::ModelsAction,
     },
-    /// Analyse behaviour: `kith analyze rfm|cohorts|funnel|paths|risk|trends` (see docs/analytics.md).
+    /// Analyse behaviour: `kith analyze rfm|cohorts|funnel|paths|preferences|risk|trends` (see docs/analytics.md).
     Analyze(analyze::AnalyzeArgs),
     /// Look at customer profiles.
     Profile {

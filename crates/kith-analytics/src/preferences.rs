@@ -1,0 +1,207 @@
+//! Preferences: what each profile keeps choosing — category (or product, or any property)
+//! affinity from the events that show interest, weighted by how strong the signal is (a view, an
+//! add to cart, a purchase) and by how recent it is (a half-life), with what they come back to
+//! on several days.
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use crate::scope::{FieldRef, Scope, instant_sql, parse_instant, sql_string};
+use crate::{AnalyticsError, Data, count, number, text};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct PreferenceDefinition {
+    #[serde(flatten)]
+    pub scope: Scope,
+    /// What a preference is for [default: properties.category].
+    #[serde(default = "default_property")]
+    pub property: String,
+    /// The events that show interest and their weights [default: Product Viewed 1, Product
+    /// Added 3].
+    #[serde(default = "default_events")]
+    pub events: BTreeMap<String, f64>,
+    /// Interest halves every this many days [default: 90].
+    #[serde(default = "default_half_life")]
+    pub half_life_days: f64,
+    /// Recency is measured back from here [default: `to`, else now].
+    #[serde(default)]
+    pub as_of: Option<String>,
+    /// Preferences kept per profile [default: 3].
+    #[serde(default = "default_top")]
+    pub top: usize,
+    /// Profiles listed [default: 50].
+    #[serde(default = "default_limit")]
+    pub limit: usize,
+}
+
+fn default_property() -> String {
+    "properties.category".into()
+}
+fn default_events() -> BTreeMap<String, f64> {
+    BTreeMap::from([
+        ("Product Viewed".into(), 1.0),
+        ("Product Added".into(), 3.0),
+    ])
+}
+fn default_half_life() -> f64 {
+    90.0
+}
+fn default_top() -> usize {
+    3
+}
+fn default_limit() -> usize {
+    50
+}
+
+pub const FIELDS: &[&str] = &[
+    "property",
+    "events",
+    "half_life_days",
+    "as_of",
+    "top",
+    "limit",
+];
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PreferenceReport {
+    pub as_of: String,
+    /// Profiles with at least one event of interest.
+    pub profiles: u64,
+    /// How many profiles have each value as their first preference.
+    pub first_choices: Vec<(String, u64)>,
+    /// Profiles with the most interest first, up to `limit`.
+    pub top_profiles: Vec<ProfilePreferences>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProfilePreferences {
+    pub profile_id: String,
+    /// `top_categories`: best first.
+    pub preferences: Vec<Preference>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Preference {
+    pub value: String,
+    /// Weighted, recency-decayed interest.
+    pub score: f64,
+    /// Its share of the profile's interest.
+    pub share: f64,
+    pub events: u64,
+    /// Distinct days with interest in it: 2 or more means the person comes back to it.
+    pub days: u64,
+}
+
+impl PreferenceDefinition {
+    pub async fn run(&self, data: &Data<'_>) -> Result<PreferenceReport, AnalyticsError> {
+        let scope = self.scope.resolve()?;
+        let as_of = match &self.as_of {
+            Some(text) => parse_instant(text, scope.zone, "as_of")?,
+            None => scope.to.unwrap_or_else(Utc::now),
+        };
+        if self.events.is_empty() {
+            return Err(AnalyticsError::invalid(
+                "events",
+                "must name at least one event and its weight",
+            ));
+        }
+        if let Some((name, weight)) = self
+            .events
+            .iter()
+            .find(|(_, w)| !w.is_finite() || **w <= 0.0)
+        {
+            return Err(AnalyticsError::invalid(
+                &format!("events.{name}"),
+                format!("must be a positive weight, not {weight}"),
+            ));
+        }
+        if !(self.half_life_days.is_finite() && self.half_life_days > 0.0) {
+            return Err(AnalyticsError::invalid(
+                "half_life_days",
+                "must be a positive number of days",
+            ));
+        }
+        if self.top == 0 || self.top > 50 {
+            return Err(AnalyticsError::invalid("top", "must be between 1 and 50"));
+        }
+        let property = FieldRef::parse(&self.property, "property")?;
+        let names: Vec<String> = self.events.keys().map(|e| sql_string(e)).collect();
+        let weight = self
+            .events
+            .iter()
+            .map(|(event, w)| format!("WHEN {} THEN {w:?}", sql_string(event)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let base = scope.attributed_events(
+            &[
+                format!("e.event IN ({})", names.join(", ")),
+                format!("e.timestamp <= {}", instant_sql(as_of)),
+            ],
+            &format!(
+                "{} AS value, CASE e.event {weight} ELSE 0.0 END AS weight",
+                property.text_sql("e")
+            ),
+        );
+        let sql = format!(
+            "WITH base AS ({base}) \
+             SELECT profile_id, value, \
+                    SUM(weight * power(0.5, ({as_of} - CAST(ts AS BIGINT)) / 86400000000.0 / {half_life:?})), \
+                    COUNT(*), COUNT(DISTINCT date_trunc('day', ts)) \
+             FROM base WHERE value IS NOT NULL GROUP BY profile_id, value",
+            as_of = as_of.timestamp_micros(),
+            half_life = self.half_life_days,
+        );
+        let rows = data.rows(&sql).await?;
+        let mut by_profile: BTreeMap<String, Vec<Preference>> = BTreeMap::new();
+        for row in &rows {
+            by_profile
+                .entry(text(&row[0]))
+                .or_default()
+                .push(Preference {
+                    value: text(&row[1]),
+                    score: number(&row[2]),
+                    share: 0.0,
+                    events: count(&row[3]),
+                    days: count(&row[4]),
+                });
+        }
+        let mut first_choices: BTreeMap<String, u64> = BTreeMap::new();
+        let mut profiles: Vec<(f64, ProfilePreferences)> = by_profile
+            .into_iter()
+            .map(|(profile_id, mut preferences)| {
+                let total: f64 = preferences.iter().map(|p| p.score).sum();
+                preferences.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.value.cmp(&b.value)));
+                preferences.truncate(self.top);
+                for p in &mut preferences {
+                    p.share = if total > 0.0 { p.score / total } else { 0.0 };
+                }
+                if let Some(first) = preferences.first() {
+                    *first_choices.entry(first.value.clone()).or_default() += 1;
+                }
+                (
+                    total,
+                    ProfilePreferences {
+                        profile_id,
+                        preferences,
+                    },
+                )
+            })
+            .collect();
+        let count = profiles.len() as u64;
+        profiles.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then(a.1.profile_id.cmp(&b.1.profile_id))
+        });
+        profiles.truncate(self.limit);
+        let mut first_choices: Vec<(String, u64)> = first_choices.into_iter().collect();
+        first_choices.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        Ok(PreferenceReport {
+            as_of: as_of.to_rfc3339(),
+            profiles: count,
+            first_choices,
+            top_profiles: profiles.into_iter().map(|(_, p)| p).collect(),
+        })
+    }
+}
