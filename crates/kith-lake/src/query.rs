@@ -99,14 +99,17 @@ pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext
         .with_memory_limit(limits.memory_bytes, 1.0)
         .build_arc()
         .map_err(|e| QueryError::Internal(e.to_string()))?;
-    let config = SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_information_schema(true)
         .with_target_partitions(num_cpus_hint());
+    // DataFusion 55's leaf-expression pushdown mis-plans JSON lookups (`json_get_str`) above
+    // joins: "Schema contains qualified field name … __datafusion_extracted_N … ambiguous"
+    // (apache/datafusion#20430, #22895, PR #25412). Without it such queries plan and run.
+    config
+        .options_mut()
+        .optimizer
+        .enable_leaf_expression_pushdown = false;
     let mut ctx = SessionContext::new_with_config_rt(config, runtime);
-    // DataFusion 55's leaf-expression extraction mis-plans JSON lookups (`json_get_str`) above
-    // joins ("ambiguous __datafusion_extracted_N"); without it such queries plan and run.
-    ctx.remove_optimizer_rule("extract_leaf_expressions");
-    ctx.remove_optimizer_rule("push_down_leaf_projections");
     datafusion_functions_json::register_all(&mut ctx)
         .map_err(|e| QueryError::Internal(e.to_string()))?;
     for table in lake.tables() {
