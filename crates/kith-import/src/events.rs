@@ -7,7 +7,7 @@
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
-use crate::mapping::{MappingError, squash, trait_name};
+use crate::mapping::{MappingError, plan_columns, trait_name};
 use crate::reader::{BadRow, Row, text_of};
 use crate::rejects::{Action, Problem};
 use crate::time::TimeParser;
@@ -160,37 +160,15 @@ pub fn plan_events(
     only_mapped: bool,
     fixed_event: bool,
 ) -> Result<Vec<(String, EventField)>, MappingError> {
-    for (field, column) in explicit {
-        if !headers.iter().any(|h| h == column) {
-            return Err(MappingError::MissingColumn {
-                column: column.clone(),
-                field: field.describe(),
-                available: headers.join(", "),
-            });
-        }
-    }
-    let mut claimed: Vec<EventField> = explicit.iter().map(|(f, _)| f.clone()).collect();
-    let mut plan = Vec::with_capacity(headers.len());
-    for column in headers {
-        if let Some((field, _)) = explicit.iter().find(|(_, c)| c == column) {
-            plan.push((column.clone(), field.clone()));
-            continue;
-        }
-        let squashed = squash(column);
-        let detected = KNOWN
-            .iter()
-            .find(|(names, field)| names.contains(&squashed.as_str()) && !claimed.contains(field))
-            .map(|(_, field)| field.clone());
-        let field = match detected {
-            Some(field) => {
-                claimed.push(field.clone());
-                field
-            }
-            None if only_mapped => EventField::Ignore,
-            None => EventField::Property(trait_name(column)),
-        };
-        plan.push((column.clone(), field));
-    }
+    let plan = plan_columns(
+        headers,
+        explicit,
+        KNOWN,
+        only_mapped,
+        EventField::describe,
+        |column| EventField::Property(trait_name(column)),
+        EventField::Ignore,
+    )?;
     let has = |field: &EventField| plan.iter().any(|(_, f)| f == field);
     let unmapped = |field: &str| MappingError::Unmapped {
         field: field.to_string(),

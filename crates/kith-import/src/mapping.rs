@@ -209,6 +209,52 @@ pub(crate) fn squash(name: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// How each column of a file is read, for the importers whose fields are an enum `F`: the
+/// explicit assignments first (each must name a column the file has), then the usual names in
+/// `known` (each field claimed once), then `unknown(column)` — or `ignored` with `only_mapped`.
+pub(crate) fn plan_columns<F: Clone + PartialEq>(
+    headers: &[String],
+    explicit: &[(F, String)],
+    known: &[(&[&str], F)],
+    only_mapped: bool,
+    describe: impl Fn(&F) -> String,
+    unknown: impl Fn(&str) -> F,
+    ignored: F,
+) -> Result<Vec<(String, F)>, MappingError> {
+    for (field, column) in explicit {
+        if !headers.iter().any(|h| h == column) {
+            return Err(MappingError::MissingColumn {
+                column: column.clone(),
+                field: describe(field),
+                available: headers.join(", "),
+            });
+        }
+    }
+    let mut claimed: Vec<F> = explicit.iter().map(|(f, _)| f.clone()).collect();
+    let mut plan = Vec::with_capacity(headers.len());
+    for column in headers {
+        if let Some((field, _)) = explicit.iter().find(|(_, c)| c == column) {
+            plan.push((column.clone(), field.clone()));
+            continue;
+        }
+        let squashed = squash(column);
+        let detected = known
+            .iter()
+            .find(|(names, field)| names.contains(&squashed.as_str()) && !claimed.contains(field))
+            .map(|(_, field)| field.clone());
+        let field = match detected {
+            Some(field) => {
+                claimed.push(field.clone());
+                field
+            }
+            None if only_mapped => ignored.clone(),
+            None => unknown(column),
+        };
+        plan.push((column.clone(), field));
+    }
+    Ok(plan)
+}
+
 /// `First Name` → `first_name`, `customerNumber` → `customer_number`.
 pub fn trait_name(column: &str) -> String {
     let mut out = String::with_capacity(column.len() + 4);

@@ -10,7 +10,7 @@ use kith_core::{Event, MessageType, TypedFields};
 use serde_json::{Map, Value, json};
 
 use crate::RowOutcome;
-use crate::mapping::{MappingError, squash, trait_name};
+use crate::mapping::{MappingError, plan_columns, trait_name};
 use crate::reader::{BadRow, Row, json_kind, text_of};
 use crate::rejects::{Action, Problem};
 use crate::time::TimeParser;
@@ -173,55 +173,33 @@ pub fn plan(
     explicit: &[(TransactionField, String)],
     only_mapped: bool,
 ) -> Result<Vec<(String, TransactionField)>, MappingError> {
-    for (field, column) in explicit {
-        if !headers.iter().any(|h| h == column) {
-            return Err(MappingError::MissingColumn {
-                column: column.clone(),
-                field: field.describe(),
-                available: headers.join(", "),
-            });
-        }
+    let mut known: Vec<(&[&str], TransactionField)> = vec![
+        (CUSTOMER_NAMES, TransactionField::Customer),
+        (EMAIL_NAMES, TransactionField::Email),
+        (DATE_NAMES, TransactionField::Date),
+    ];
+    match kind {
+        LogKind::Transactions => known.extend([
+            (AMOUNT_NAMES, TransactionField::Amount),
+            (QUANTITY_NAMES, TransactionField::Quantity),
+            (ORDER_NAMES, TransactionField::OrderId),
+            (CURRENCY_NAMES, TransactionField::Currency),
+        ]),
+        LogKind::Surveys => known.extend([
+            (SCORE_NAMES, TransactionField::Property("score".into())),
+            (COMMENT_NAMES, TransactionField::Property("comment".into())),
+        ]),
+        LogKind::Tickets => {}
     }
-    let mut claimed: Vec<TransactionField> = explicit.iter().map(|(f, _)| f.clone()).collect();
-    let mut out = Vec::with_capacity(headers.len());
-    for column in headers {
-        if let Some((field, _)) = explicit.iter().find(|(_, c)| c == column) {
-            out.push((column.clone(), field.clone()));
-            continue;
-        }
-        let squashed = squash(column);
-        let mut known = vec![
-            (CUSTOMER_NAMES, TransactionField::Customer),
-            (EMAIL_NAMES, TransactionField::Email),
-            (DATE_NAMES, TransactionField::Date),
-        ];
-        match kind {
-            LogKind::Transactions => known.extend([
-                (AMOUNT_NAMES, TransactionField::Amount),
-                (QUANTITY_NAMES, TransactionField::Quantity),
-                (ORDER_NAMES, TransactionField::OrderId),
-                (CURRENCY_NAMES, TransactionField::Currency),
-            ]),
-            LogKind::Surveys => known.extend([
-                (SCORE_NAMES, TransactionField::Property("score".into())),
-                (COMMENT_NAMES, TransactionField::Property("comment".into())),
-            ]),
-            LogKind::Tickets => {}
-        }
-        let detected = known
-            .into_iter()
-            .find(|(names, field)| names.contains(&squashed.as_str()) && !claimed.contains(field))
-            .map(|(_, field)| field);
-        let field = match detected {
-            Some(field) => {
-                claimed.push(field.clone());
-                field
-            }
-            None if only_mapped => TransactionField::Ignore,
-            None => TransactionField::Property(trait_name(column)),
-        };
-        out.push((column.clone(), field));
-    }
+    let out = plan_columns(
+        headers,
+        explicit,
+        &known,
+        only_mapped,
+        TransactionField::describe,
+        |column| TransactionField::Property(trait_name(column)),
+        TransactionField::Ignore,
+    )?;
     let has = |field: &TransactionField| out.iter().any(|(_, f)| f == field);
     // Transactions need the buyer's id; tickets and surveys may name people by email.
     let identified = has(&TransactionField::Customer)
