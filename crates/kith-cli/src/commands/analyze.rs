@@ -1,5 +1,6 @@
-//! `kith analyze rfm|cohorts|funnel|paths|preferences|risk|trends`: the analyses of `POST /v1/analytics/*` on the data
-//! directory (with or without a running server), as a table, CSV or JSON.
+//! `kith analyze rfm|cohorts|funnel|paths|preferences|risk|trends`: the analyses of
+//! `POST /v1/analytics/*`, asked of the server that holds the data directory when one runs, else
+//! run on the directory directly; as a table, CSV or JSON.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -114,9 +115,65 @@ pub fn run(args: AnalyzeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
             data_dir.display()
         );
     }
+    // A running server has the tables and profiles open already: ask it.
+    let served = match kith_server::local::find(&data_dir) {
+        Some(server) => ask_server(&server, &args.analysis, &args.definition()?)?,
+        None => None,
+    };
+    let report = match served {
+        Some(report) => report,
+        None => analyze_here(&analysis, &data_dir, &file)?,
+    };
+    print_report(&args, &report)
+}
+
+/// The report from the server that holds the data directory; `None` when it does not answer
+/// (a server stopped without withdrawing its address), so the caller reads the directory itself.
+fn ask_server(
+    server: &kith_server::local::LocalServer,
+    analysis: &str,
+    definition: &Value,
+) -> anyhow::Result<Option<Value>> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(3600)))
+        .build()
+        .into();
+    let url = format!("{}/v1/analytics/{analysis}", server.url);
+    let Ok(mut response) = agent
+        .post(&url)
+        .header("Authorization", &format!("Bearer {}", server.token))
+        .header("Content-Type", "application/json")
+        .send(definition.to_string().as_bytes())
+    else {
+        return Ok(None);
+    };
+    eprintln!("asked the running server at {}", server.url);
+    let status = response.status().as_u16();
+    let answer: Value = response
+        .body_mut()
+        .read_json()
+        .with_context(|| format!("the server's answer to {url} is not JSON"))?;
+    if status != 200 {
+        bail!(
+            "{}",
+            answer["message"]
+                .as_str()
+                .unwrap_or("the server refused the analysis")
+        );
+    }
+    Ok(Some(answer))
+}
+
+/// Runs the analysis in this process, on the data directory read directly.
+fn analyze_here(
+    analysis: &Analysis,
+    data_dir: &std::path::Path,
+    file: &FileConfig,
+) -> anyhow::Result<Value> {
     let settings = file.profile_settings()?;
-    let report = runtime()?.block_on(async {
-        let (lake, profiles) = open_consistent(&data_dir, settings).await?;
+    runtime()?.block_on(async {
+        let (lake, profiles) = open_consistent(data_dir, settings).await?;
         let data = Data {
             lake: &lake,
             tables: vec![kith_server::profiles::identity_table(&profiles)],
@@ -129,11 +186,14 @@ pub fn run(args: AnalyzeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
             .run(&data)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
-    })?;
+    })
+}
+
+fn print_report(args: &AnalyzeArgs, report: &Value) -> anyhow::Result<ExitCode> {
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Json => println!("{}", serde_json::to_string_pretty(report)?),
         Format::Table | Format::Csv => {
-            let (headers, rows) = tabulate(&args.analysis, &report);
+            let (headers, rows) = tabulate(&args.analysis, report);
             if matches!(args.format, Format::Csv) {
                 let mut writer = csv::Writer::from_writer(std::io::stdout());
                 writer.write_record(&headers)?;
@@ -143,7 +203,7 @@ pub fn run(args: AnalyzeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
                 writer.flush()?;
             } else {
                 print_table(&headers, &rows);
-                print_notes(&args.analysis, &report);
+                print_notes(&args.analysis, report);
             }
         }
     }
