@@ -43,12 +43,12 @@ pub async fn analyze(
     let definition: Value = json_body(&headers, body, "an analysis definition object").await?;
     let analysis = Analysis::parse(&kind, &definition).map_err(analytics_error)?;
     let (lake, limits) = (app.pipeline.lake.clone(), app.config.query_limits.clone());
-    let profiles = app.pipeline.profiles.clone();
+    let state = app.clone();
     let report = crate::runtimes::queries()
         .spawn(async move {
             let data = Data {
                 lake: &lake,
-                tables: vec![crate::profiles::identity_table(&profiles)],
+                tables: vec![state.identities.get(&state.pipeline.profiles)],
                 limits,
             };
             analysis.run(&data).await

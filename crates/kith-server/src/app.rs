@@ -92,6 +92,8 @@ pub struct AppState {
     pub state: Arc<StateStore>,
     pub keys: KeyResolver,
     pub pipeline: Pipeline,
+    /// `profile_identities` as analyses last built it, reused while no event has changed it.
+    pub identities: crate::profiles::IdentityTableCache,
 }
 
 /// A started server: bound, replayed, flushing.
@@ -136,6 +138,7 @@ impl Server {
             config,
             state,
             pipeline,
+            identities: Default::default(),
         });
         Ok(Server { app, listener })
     }

@@ -426,6 +426,31 @@ pub fn profile_tables(store: &ProfileStore) -> Vec<ExtraTable> {
     ]
 }
 
+/// The last `profile_identities` built, with the profile store's applied seq it reflects: every
+/// change to identities (an event, a merge) advances that seq, so an equal seq means the same
+/// table. Analyses of a quiet store skip the rebuild (a quarter of a second at 200k profiles).
+#[derive(Default)]
+pub struct IdentityTableCache {
+    last: std::sync::Mutex<Option<(u64, ExtraTable)>>,
+}
+
+impl IdentityTableCache {
+    pub fn get(&self, store: &ProfileStore) -> ExtraTable {
+        // Read before building: a change during the build leaves a newer table under an older
+        // seq, which the next call rebuilds; never an older table under a newer seq.
+        let seq = store.applied_seq();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((built_at, table)) = last.as_ref()
+            && *built_at == seq
+        {
+            return table.clone();
+        }
+        let table = identity_table(store);
+        *last = Some((seq, table.clone()));
+        table
+    }
+}
+
 /// `profile_identities` alone: all that attributing events to profiles needs, built from the
 /// resolver without the profiles' views (analyses use it; it is far cheaper than both tables).
 pub fn identity_table(store: &ProfileStore) -> ExtraTable {
@@ -459,4 +484,39 @@ pub fn identity_table(store: &ProfileStore) -> ExtraTable {
 /// Whether a query may read the profile tables (they are built only then).
 pub fn mentions_profiles(sql: &str) -> bool {
     sql.to_ascii_lowercase().contains("profile")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kith_profiles::ProfileSettings;
+
+    fn apply(store: &ProfileStore, seq: u64, user: &str, anonymous: &str) {
+        let body = serde_json::json!({"batch": [
+            {"type": "identify", "userId": user, "anonymousId": anonymous}
+        ]})
+        .to_string();
+        let request = kith_core::parse_batch_request(&body).unwrap();
+        let events = request.normalize("web", chrono::Utc::now()).events;
+        store.apply_events(&[(seq, &events[0])]);
+    }
+
+    #[test]
+    fn the_identity_table_is_rebuilt_exactly_when_identities_may_have_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
+        let cache = IdentityTableCache::default();
+        apply(&store, 1, "u-1", "a-1");
+        let first = cache.get(&store);
+        assert_eq!(first.batches[0].num_rows(), 2);
+        // Nothing applied since: the very same table.
+        let again = cache.get(&store);
+        assert!(Arc::ptr_eq(
+            first.batches[0].column(0),
+            again.batches[0].column(0)
+        ));
+        // An event links another device: the next analysis sees it.
+        apply(&store, 2, "u-1", "a-2");
+        assert_eq!(cache.get(&store).batches[0].num_rows(), 3);
+    }
 }
