@@ -268,21 +268,12 @@ impl FlatEventImporter {
                 action: Action::RowSkipped,
             }],
         };
-        let per_row;
-        let plan = match &self.columns {
-            Columns::Fixed(plan) => plan,
-            Columns::PerRow {
-                explicit,
-                only_mapped,
-            } => {
-                let keys: Vec<String> = row.values.iter().map(|(k, _)| k.clone()).collect();
-                per_row =
-                    match plan_events(&keys, explicit, *only_mapped, self.fixed_event.is_some()) {
-                        Ok(plan) => plan,
-                        Err(e) => return skip("", None, e.to_string()),
-                    };
-                &per_row
-            }
+        let fixed_event = self.fixed_event.is_some();
+        let plan = match self.columns.for_row(row, |keys, explicit, only_mapped| {
+            plan_events(keys, explicit, only_mapped, fixed_event)
+        }) {
+            Ok(plan) => plan,
+            Err(e) => return skip("", None, e.to_string()),
         };
         let mut event = Map::new();
         let mut properties = Map::new();
@@ -290,7 +281,7 @@ impl FlatEventImporter {
         let mut unmapped = Map::new();
         let mut email = None;
         let mut kind = "track".to_string();
-        for (column, field) in plan {
+        for (column, field) in plan.iter() {
             let Some(value) = row.get(column) else {
                 continue;
             };
@@ -399,7 +390,7 @@ impl FlatEventImporter {
         let mut outcome = judge(&Value::Object(event).to_string(), &self.source, row.number);
         // Name the file's column rather than the Segment field it filled.
         for problem in &mut outcome.problems {
-            if let Some(column) = problem.column.as_deref().and_then(|f| column_of(plan, f)) {
+            if let Some(column) = problem.column.as_deref().and_then(|f| column_of(&plan, f)) {
                 problem.column = Some(column);
             }
         }

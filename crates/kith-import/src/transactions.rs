@@ -236,7 +236,26 @@ pub enum Columns<F = TransactionField> {
     },
 }
 
-impl<F> Columns<F> {
+impl<F: Clone> Columns<F> {
+    /// How `row` is read: the file's plan, or (JSON Lines) one worked out by `plan` from the
+    /// keys this row has.
+    pub fn for_row(
+        &self,
+        row: &Row,
+        plan: impl Fn(&[String], &[(F, String)], bool) -> Result<Vec<(String, F)>, MappingError>,
+    ) -> Result<std::borrow::Cow<'_, [(String, F)]>, MappingError> {
+        match self {
+            Columns::Fixed(fixed) => Ok(std::borrow::Cow::Borrowed(fixed)),
+            Columns::PerRow {
+                explicit,
+                only_mapped,
+            } => {
+                let keys: Vec<String> = row.values.iter().map(|(k, _)| k.clone()).collect();
+                plan(&keys, explicit, *only_mapped).map(std::borrow::Cow::Owned)
+            }
+        }
+    }
+
     /// Column → what it is read as, for fingerprints: another mapping is another import.
     pub fn described(&self, describe: impl Fn(&F) -> String) -> BTreeMap<String, String> {
         match self {
@@ -349,26 +368,17 @@ impl TransactionImporter {
                 action: Action::RowSkipped,
             }],
         };
-        let per_row;
-        let plan = match &self.columns {
-            Columns::Fixed(plan) => plan,
-            Columns::PerRow {
-                explicit,
-                only_mapped,
-            } => {
-                let keys: Vec<String> = row.values.iter().map(|(k, _)| k.clone()).collect();
-                per_row = match plan(self.kind, &keys, explicit, *only_mapped) {
-                    Ok(plan) => plan,
-                    Err(e) => return skip("", None, e.to_string()),
-                };
-                &per_row
-            }
+        let plan = match self.columns.for_row(row, |keys, explicit, only_mapped| {
+            plan(self.kind, keys, explicit, only_mapped)
+        }) {
+            Ok(plan) => plan,
+            Err(e) => return skip("", None, e.to_string()),
         };
         let mut customer = None;
         let mut email = None;
         let mut time = None;
         let mut properties = Map::new();
-        for (column, field) in plan {
+        for (column, field) in plan.iter() {
             let value = row.get(column);
             match field {
                 TransactionField::Ignore => {}
