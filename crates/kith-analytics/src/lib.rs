@@ -6,6 +6,7 @@
 //! included — and returns typed results. The SQL does the heavy work (scans, joins,
 //! aggregation); Rust only shapes the answers.
 
+pub mod clv;
 pub mod cohorts;
 pub mod funnel;
 pub mod paths;
@@ -20,6 +21,7 @@ use kith_lake::{ExtraTable, Lake, QueryError, QueryLimits, output};
 use serde_json::Value;
 use thiserror::Error;
 
+pub use clv::{ClvDefinition, ClvReport, ClvRun};
 pub use cohorts::{CohortDefinition, CohortReport};
 pub use funnel::{FunnelDefinition, FunnelReport};
 pub use paths::{PathDefinition, PathReport};
@@ -36,6 +38,9 @@ pub enum AnalyticsError {
     Invalid { field: String, message: String },
     #[error(transparent)]
     Query(#[from] QueryError),
+    /// The data cannot support a model (too few repeat buyers, say): what and why.
+    #[error("{0}")]
+    Model(String),
 }
 
 impl AnalyticsError {
@@ -50,7 +55,7 @@ impl AnalyticsError {
     pub fn field(&self) -> Option<&str> {
         match self {
             AnalyticsError::Invalid { field, .. } => Some(field),
-            AnalyticsError::Query(_) => None,
+            AnalyticsError::Query(_) | AnalyticsError::Model(_) => None,
         }
     }
 }
@@ -118,6 +123,52 @@ pub(crate) fn count(value: &Value) -> u64 {
 /// The fields every definition takes besides its own (see [`Scope`]).
 pub const SCOPE_FIELDS: &[&str] = &["from", "to", "timezone", "where", "breakdown"];
 
+/// Reads a definition of `kind` whose own fields are `own` (the [`Scope`]'s are always
+/// allowed), naming the field at fault when it is wrong: an unknown field with the list of
+/// known ones, or the one field that fails to read.
+pub fn parse_definition<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    own: &[&str],
+    definition: &Value,
+) -> Result<T, AnalyticsError> {
+    let Value::Object(fields) = definition else {
+        return Err(AnalyticsError::invalid(
+            "definition",
+            "must be a JSON object of the analysis's fields",
+        ));
+    };
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !own.contains(&k.as_str()) && !SCOPE_FIELDS.contains(&k.as_str()))
+    {
+        let mut known: Vec<&str> = own.iter().chain(SCOPE_FIELDS).copied().collect();
+        known.sort_unstable();
+        return Err(AnalyticsError::invalid(
+            unknown,
+            format!(
+                "is not a field of a {kind} definition; its fields are {}",
+                known.join(", ")
+            ),
+        ));
+    }
+    serde_json::from_value(Value::Object(fields.clone())).map_err(|whole| {
+        // serde does not say which field failed; find the one that fails alone.
+        let culprit = fields.iter().find_map(|(key, value)| {
+            let alone = serde_json::Map::from_iter([(key.clone(), value.clone())]);
+            match serde_json::from_value::<T>(Value::Object(alone)) {
+                Err(e) if !e.to_string().starts_with("missing field") => {
+                    Some((key.clone(), e.to_string()))
+                }
+                _ => None,
+            }
+        });
+        match culprit {
+            Some((field, message)) => AnalyticsError::invalid(&field, message),
+            None => AnalyticsError::invalid("definition", whole.to_string()),
+        }
+    })
+}
+
 /// The analyses, by the name the API and the CLI use.
 #[derive(Debug, Clone)]
 pub enum Analysis {
@@ -151,54 +202,14 @@ impl Analysis {
                 ));
             }
         };
-        let Value::Object(fields) = definition else {
-            return Err(AnalyticsError::invalid(
-                "definition",
-                "must be a JSON object of the analysis's fields",
-            ));
-        };
-        if let Some(unknown) = fields
-            .keys()
-            .find(|k| !own.contains(&k.as_str()) && !SCOPE_FIELDS.contains(&k.as_str()))
-        {
-            let mut known: Vec<&str> = own.iter().chain(SCOPE_FIELDS).copied().collect();
-            known.sort_unstable();
-            return Err(AnalyticsError::invalid(
-                unknown,
-                format!(
-                    "is not a field of a {kind} definition; its fields are {}",
-                    known.join(", ")
-                ),
-            ));
-        }
-        fn read<T: serde::de::DeserializeOwned>(
-            fields: &serde_json::Map<String, Value>,
-        ) -> Result<T, AnalyticsError> {
-            serde_json::from_value(Value::Object(fields.clone())).map_err(|whole| {
-                // serde does not say which field failed; find the one that fails alone.
-                let culprit = fields.iter().find_map(|(key, value)| {
-                    let alone = serde_json::Map::from_iter([(key.clone(), value.clone())]);
-                    match serde_json::from_value::<T>(Value::Object(alone)) {
-                        Err(e) if !e.to_string().starts_with("missing field") => {
-                            Some((key.clone(), e.to_string()))
-                        }
-                        _ => None,
-                    }
-                });
-                match culprit {
-                    Some((field, message)) => AnalyticsError::invalid(&field, message),
-                    None => AnalyticsError::invalid("definition", whole.to_string()),
-                }
-            })
-        }
         Ok(match kind {
-            "rfm" => Analysis::Rfm(read(fields)?),
-            "cohorts" => Analysis::Cohorts(read(fields)?),
-            "funnel" => Analysis::Funnel(read(fields)?),
-            "paths" => Analysis::Paths(read(fields)?),
-            "preferences" => Analysis::Preferences(read(fields)?),
-            "risk" => Analysis::Risk(read(fields)?),
-            _ => Analysis::Trends(read(fields)?),
+            "rfm" => Analysis::Rfm(parse_definition(kind, own, definition)?),
+            "cohorts" => Analysis::Cohorts(parse_definition(kind, own, definition)?),
+            "funnel" => Analysis::Funnel(parse_definition(kind, own, definition)?),
+            "paths" => Analysis::Paths(parse_definition(kind, own, definition)?),
+            "preferences" => Analysis::Preferences(parse_definition(kind, own, definition)?),
+            "risk" => Analysis::Risk(parse_definition(kind, own, definition)?),
+            _ => Analysis::Trends(parse_definition(kind, own, definition)?),
         })
     }
 

@@ -21,6 +21,50 @@ pub struct FileConfig {
     /// `[[computed_traits]]`: traits computed from events on every profile.
     #[serde(default)]
     pub computed_traits: Vec<ComputedTraitDef>,
+    /// `[models.clv]`: the CLV definition scheduled runs use, and how often they run.
+    #[serde(default)]
+    pub models: ModelsConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    pub clv: Option<ClvConfig>,
+}
+
+/// `[models.clv]`: `refresh_hours` (0 turns scheduled runs off; default 24) and any field of a
+/// CLV definition (`purchase_event`, `value`, `horizon_days`, `clv_months`,
+/// `monthly_discount_rate`, `penalizer`, `timezone`, ...).
+#[derive(Debug, Default, Deserialize)]
+pub struct ClvConfig {
+    pub refresh_hours: Option<f64>,
+    #[serde(flatten)]
+    pub definition: serde_json::Map<String, serde_json::Value>,
+}
+
+impl FileConfig {
+    /// The CLV schedule `kith serve` runs, checked so a mistake stops start-up with a clear
+    /// message instead of silently turning the schedule off.
+    pub fn clv_schedule(&self) -> anyhow::Result<kith_server::models::ClvSchedule> {
+        let mut schedule = kith_server::models::ClvSchedule::default();
+        let Some(clv) = &self.models.clv else {
+            return Ok(schedule);
+        };
+        schedule.definition = serde_json::Value::Object(clv.definition.clone());
+        kith_analytics::ClvDefinition::parse(&schedule.definition)
+            .map_err(|e| anyhow::anyhow!("[models.clv] in kith.toml: {e}"))?;
+        match clv.refresh_hours {
+            Some(hours) if !(hours.is_finite() && hours >= 0.0) => anyhow::bail!(
+                "[models.clv] refresh_hours must be a number of hours (0 turns scheduled runs off), got {hours}"
+            ),
+            Some(0.0) => schedule.refresh = None,
+            Some(hours) => {
+                schedule.refresh = Some(std::time::Duration::from_secs_f64(hours * 3600.0))
+            }
+            None => {}
+        }
+        Ok(schedule)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,6 +10,7 @@ pub mod computed;
 pub mod duplicates;
 pub mod extract;
 pub mod facts;
+pub mod model_traits;
 pub mod persist;
 pub mod tally;
 pub mod view;
@@ -33,6 +34,7 @@ pub use extract::{
     is_manual_merge,
 };
 pub use facts::{IdentifierFacts, ProfileFacts, TraitValue};
+pub use model_traits::{ModelRun, ModelTraitStore};
 pub use tally::{ChangeCounts, ChangeTally, ProfileChange};
 pub use view::ProfileView;
 
@@ -44,6 +46,8 @@ pub enum ProfileError {
     Io(String, #[source] std::io::Error),
     #[error("profile store is corrupt: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    ModelTraits(String),
 }
 
 /// How profiles are resolved in a workspace.
@@ -154,6 +158,9 @@ struct State {
     history_in_flight: Vec<(Identifier, facts::TraitChange)>,
 }
 
+/// How many of a profile's identifiers are tried when it has no model traits under its own id.
+const MODEL_TRAIT_FALLBACK_IDS: usize = 32;
+
 pub struct ProfileStore {
     /// Swapped whole when computed traits are declared or removed through the API; every event
     /// is extracted with one consistent set of definitions.
@@ -168,6 +175,8 @@ pub struct ProfileStore {
     applied_seq: AtomicU64,
     persisted_seq: AtomicU64,
     backfill: Mutex<Option<Backfill>>,
+    /// Scores models and analyses write (`model_traits.db`), shown with each profile.
+    model_traits: ModelTraitStore,
 }
 
 struct Backfill {
@@ -180,6 +189,7 @@ impl ProfileStore {
     pub fn open(data_dir: &Path, settings: ProfileSettings) -> Result<ProfileStore, ProfileError> {
         let writer = persist::open(data_dir)?;
         let reader = persist::open(data_dir)?;
+        let model_traits = ModelTraitStore::open(data_dir)?;
         let loaded = persist::load(&writer)?;
         let mut resolver = Resolver::new(settings.rules.clone());
         for (identifier, key) in loaded.identifiers {
@@ -262,6 +272,7 @@ impl ProfileStore {
             applied_seq: AtomicU64::new(loaded.applied_seq),
             persisted_seq: AtomicU64::new(loaded.applied_seq),
             backfill: Mutex::new(backfill),
+            model_traits,
         })
     }
 
@@ -685,13 +696,31 @@ impl ProfileStore {
                 .filter_map(|(identifier, _)| state.facts.get(*identifier)),
         );
         let now = chrono::Utc::now().timestamp_micros();
-        ProfileView::build(
+        let mut view = ProfileView::build(
             &state.resolver,
             profile,
             folded,
             &self.extractor().computed,
             now,
-        )
+        );
+        // Scored under its own id, or (merged since) under one of its identifiers' former ids.
+        let mut ids = vec![view.profile_id.clone()];
+        ids.extend(
+            identifiers
+                .iter()
+                .take(MODEL_TRAIT_FALLBACK_IDS)
+                .map(|(identifier, _)| kith_identity::profile_id_for(identifier)),
+        );
+        match self.model_traits.for_profile(&ids) {
+            Ok(traits) => view.model_traits = traits,
+            Err(e) => tracing::error!(error = %e, "reading model traits failed"),
+        }
+        view
+    }
+
+    /// The scores models and analyses write onto profiles.
+    pub fn model_traits(&self) -> &ModelTraitStore {
+        &self.model_traits
     }
 
     /// The trait history of a profile's identifiers, oldest first: what `profiles.db` holds plus
@@ -748,11 +777,29 @@ impl ProfileStore {
 
     /// Every profile, for the `profiles` and `profile_identities` tables.
     pub fn all_views(&self) -> Vec<ProfileView> {
+        let mut scores = self.model_traits.all().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading model traits failed");
+            Default::default()
+        });
         let state = self.read();
+        let now = chrono::Utc::now().timestamp_micros();
+        let defs = &self.extractor().computed;
         state
             .resolver
             .profiles()
-            .map(|p| self.view_of(&state, p))
+            .map(|profile| {
+                let identifiers = state.resolver.identifiers(profile);
+                let folded = ProfileFacts::fold(
+                    identifiers
+                        .iter()
+                        .filter_map(|(identifier, _)| state.facts.get(*identifier)),
+                );
+                let mut view = ProfileView::build(&state.resolver, profile, folded, defs, now);
+                if let Some(traits) = scores.remove(&view.profile_id) {
+                    view.model_traits = traits;
+                }
+                view
+            })
             .collect()
     }
 

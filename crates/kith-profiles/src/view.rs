@@ -75,6 +75,8 @@ pub struct ProfileView {
     /// Last write wins by event time, across the profile's identifiers.
     pub traits: BTreeMap<String, Value>,
     pub computed_traits: ComputedTraits,
+    /// Scores Kith's models and analyses wrote (CLV, RFM, risk, preferences), by trait name.
+    pub model_traits: BTreeMap<String, Value>,
     pub consent: Option<ConsentView>,
     pub merges: Vec<MergeView>,
     pub conflicts: Vec<ConflictView>,
@@ -146,6 +148,7 @@ impl ProfileView {
                     })
                     .collect(),
             },
+            model_traits: BTreeMap::new(),
             consent,
             merges: resolver
                 .merges(profile)

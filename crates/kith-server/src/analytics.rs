@@ -23,6 +23,7 @@ pub(crate) fn analytics_error(err: AnalyticsError) -> ApiError {
             ApiError::new(ErrorCode::InvalidAnalysis, err.to_string())
         }
         AnalyticsError::Query(e) => query_error(e),
+        AnalyticsError::Model(message) => ApiError::new(ErrorCode::InvalidAnalysis, message),
     }
 }
 

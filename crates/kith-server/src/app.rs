@@ -18,7 +18,7 @@ use tower_http::cors::CorsLayer;
 
 use crate::auth::KeyResolver;
 use crate::pipeline::Pipeline;
-use crate::{analytics, errors, imports, ingest, ops, profiles, query, traits};
+use crate::{analytics, errors, imports, ingest, models, ops, profiles, query, traits};
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -69,6 +69,8 @@ pub struct ServerConfig {
     /// Serves `POST /internal/noop/batch`, which parses and authenticates like `/v1/batch` but
     /// stores nothing: the ceiling the ingest benchmark compares against.
     pub noop_endpoint: bool,
+    /// When CLV is refitted without being asked, and with which definition.
+    pub clv: models::ClvSchedule,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +85,7 @@ impl Default for ServerConfig {
             journal: JournalOptions::default(),
             profiles: ProfileSettings::default(),
             noop_endpoint: false,
+            clv: models::ClvSchedule::default(),
         }
     }
 }
@@ -94,6 +97,8 @@ pub struct AppState {
     pub pipeline: Pipeline,
     /// `profile_identities` as analyses last built it, reused while no event has changed it.
     pub identities: crate::profiles::IdentityTableCache,
+    /// Background model runs (CLV), for their status endpoints.
+    pub models: models::ModelJobs,
 }
 
 /// A started server: bound, replayed, flushing.
@@ -139,6 +144,7 @@ impl Server {
             state,
             pipeline,
             identities: Default::default(),
+            models: Default::default(),
         });
         Ok(Server { app, listener })
     }
@@ -159,7 +165,9 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let (stop_flushing, stop_signal) = tokio::sync::watch::channel(false);
-        let flusher = crate::runtimes::flushes().spawn(flush_loop(self.app.clone(), stop_signal));
+        let flusher =
+            crate::runtimes::flushes().spawn(flush_loop(self.app.clone(), stop_signal.clone()));
+        let scheduler = tokio::spawn(models::clv_schedule_loop(self.app.clone(), stop_signal));
         let router = router(self.app.clone());
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
@@ -168,6 +176,7 @@ impl Server {
         // update would write the same rows twice.
         let _ = stop_flushing.send(true);
         let _ = flusher.await;
+        let _ = scheduler.await;
         if let Err(e) = served {
             tracing::error!(error = %e, "server stopped with an error");
         }
@@ -204,6 +213,9 @@ pub fn router(app: Arc<AppState>) -> Router {
             axum::routing::delete(traits::remove),
         )
         .route("/v1/analytics/{analysis}", post(analytics::analyze))
+        .route("/v1/models/clv", get(models::clv_status))
+        .route("/v1/models/clv/fit", post(models::fit_clv))
+        .route("/v1/models/clv/results", get(models::clv_results))
         .route("/v1/profiles/merge", post(profiles::merge))
         .route("/v1/profiles/duplicates", get(profiles::duplicates))
         .route("/v1/profiles/{lookup}", get(profiles::show))

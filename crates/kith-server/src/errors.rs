@@ -30,13 +30,16 @@ pub enum ErrorCode {
     ComputedTraitInConfig,
     ComputedTraitNotFound,
     InvalidAnalysis,
+    InvalidModel,
+    ModelRunning,
+    ModelNotFitted,
     Overloaded,
     StorageUnavailable,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidBody,
         ErrorCode::PayloadTooLarge,
@@ -60,6 +63,9 @@ impl ErrorCode {
         ErrorCode::ComputedTraitInConfig,
         ErrorCode::ComputedTraitNotFound,
         ErrorCode::InvalidAnalysis,
+        ErrorCode::InvalidModel,
+        ErrorCode::ModelRunning,
+        ErrorCode::ModelNotFitted,
         ErrorCode::Overloaded,
         ErrorCode::StorageUnavailable,
         ErrorCode::Internal,
@@ -201,6 +207,24 @@ impl ErrorCode {
                 S::BAD_REQUEST,
                 "invalid_request",
                 "the analysis definition is not valid; the message names the field and says why",
+            ),
+            InvalidModel => (
+                "invalid_model",
+                S::BAD_REQUEST,
+                "invalid_request",
+                "the model definition is not valid; the message names the field and says why",
+            ),
+            ModelRunning => (
+                "model_running",
+                S::CONFLICT,
+                "invalid_request",
+                "a run of this model is in progress; follow it and start another when it ends",
+            ),
+            ModelNotFitted => (
+                "model_not_fitted",
+                S::NOT_FOUND,
+                "invalid_request",
+                "the model has not been fitted successfully yet; start a fit first",
             ),
             ComputedTraitNotFound => (
                 "computed_trait_not_found",

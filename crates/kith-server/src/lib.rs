@@ -8,6 +8,7 @@ pub mod imports;
 pub mod ingest;
 pub mod local;
 pub mod merge;
+pub mod models;
 pub mod ops;
 pub mod pipeline;
 pub mod profiles;

@@ -9,6 +9,7 @@ mod import;
 mod key;
 mod log_import;
 mod models;
+mod models_diagnostics;
 mod profile;
 mod row_import;
 mod serve;

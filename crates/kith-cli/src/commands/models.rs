@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use chrono::NaiveDate;
 use clap::{Args, Subcommand, ValueEnum};
+use kith_analytics::clv::Purchases;
+use kith_analytics::{ClvDefinition, Data};
 use kith_clv::summary::{PeriodUnit, SummaryOptions, Transaction, summary_from_transactions};
 use kith_clv::{
     BgNbd, ClvOptions, FitOptions, GammaGamma, GammaGammaOptions, ModifiedBgNbd, ParetoNbd, Rfm,
@@ -14,6 +16,7 @@ use kith_clv::{
 };
 use kith_import::transactions::{Columns, LogKind, TransactionField, TransactionImporter, plan};
 use kith_import::{Format, RowReader, TimeParser};
+use kith_profiles::ProfileStore;
 use serde_json::{Value, json};
 
 use super::DataDirArg;
@@ -53,6 +56,19 @@ pub struct FitArgs {
     /// The purchase event, when fitting on the events Kith holds.
     #[arg(long, default_value = "Order Completed")]
     event: String,
+    /// The purchase's value (a typed column or a property), when fitting on the events.
+    #[arg(long, default_value = "revenue")]
+    value: String,
+    /// Write each buyer's scores onto their profile (`clv_expected_purchases_90d`,
+    /// `clv_p_alive`, `clv_expected_order_value`, `clv_expected_value_12m`), as the server's
+    /// scheduled runs do. Only when fitting on the events Kith holds.
+    #[arg(long, conflicts_with = "transactions")]
+    write_traits: bool,
+    /// Check the fit against what happened after --calibration-end: actual and predicted
+    /// repeat purchases by calibration frequency, and the cumulative and weekly tracking of
+    /// actual against expected repeat purchases.
+    #[arg(long, requires = "calibration_end")]
+    diagnostics: bool,
     /// What a column holds: FIELD=COLUMN (customer, date, amount). Columns named customer_id,
     /// date, amount/dollar_value/revenue are recognised.
     #[arg(long = "map", value_name = "FIELD=COLUMN")]
@@ -102,11 +118,13 @@ pub fn run(action: ModelsAction, file: FileConfig) -> anyhow::Result<ExitCode> {
     fit(args, file)
 }
 
-/// The purchases in the data directory, each under the profile it belongs to now.
-fn stored_transactions(
+/// The purchases in the data directory, each under the profile it belongs to now (the
+/// attribution every analysis uses), and the directory's profiles to write scores onto.
+fn stored_purchases(
+    definition: &ClvDefinition,
     args: &FitArgs,
     file: &FileConfig,
-) -> anyhow::Result<(Vec<Transaction<String>>, u64)> {
+) -> anyhow::Result<(Purchases, ProfileStore)> {
     let data_dir = file.data_dir(args.data_dir.data_dir.clone());
     if !data_dir.exists() {
         bail!(
@@ -115,61 +133,24 @@ fn stored_transactions(
         );
     }
     let settings = file.profile_settings()?;
-    let event = args.event.replace('\'', "''");
-    let sql = format!(
-        "SELECT coalesce(u.profile_id, a.profile_id) AS profile_id, e.timestamp AS ts, \
-         coalesce(e.revenue, 0.0) AS revenue FROM events e \
-         LEFT JOIN profile_identities u ON u.id_type = 'user_id' AND u.id_value = e.user_id \
-         LEFT JOIN profile_identities a ON a.id_type = 'anonymous_id' AND a.id_value = e.anonymous_id \
-         WHERE e.type = 'track' AND e.event = '{event}'"
-    );
     let limits = kith_lake::QueryLimits {
         timeout: std::time::Duration::from_secs(3600),
         memory_bytes: 8 << 30,
         max_rows: 1_000_000_000,
     };
-    let result = super::runtime()?.block_on(async {
+    super::runtime()?.block_on(async {
         let (lake, profiles) = super::sql::open_consistent(&data_dir, settings).await?;
-        let tables = kith_server::profiles::profile_tables(&profiles);
-        lake.query_with(&sql, &limits, tables)
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the purchases failed: {e}"))
-    })?;
-    let (mut transactions, mut unattributed) = (Vec::new(), 0u64);
-    for batch in &result.batches {
-        let cast = |i: usize, to: &arrow::datatypes::DataType| {
-            arrow::compute::cast(batch.column(i), to)
-                .map_err(|e| anyhow::anyhow!("unexpected column type: {e}"))
+        let data = Data {
+            lake: &lake,
+            tables: vec![kith_server::profiles::identity_table(&profiles)],
+            limits,
         };
-        use arrow::array::{Array, AsArray};
-        use arrow::datatypes::{DataType, Float64Type, TimeUnit, TimestampMicrosecondType};
-        let ids = cast(0, &DataType::Utf8)?;
-        let times = cast(
-            1,
-            &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-        )?;
-        let values = cast(2, &DataType::Float64)?;
-        let (ids, times, values) = (
-            ids.as_string::<i32>(),
-            times.as_primitive::<TimestampMicrosecondType>(),
-            values.as_primitive::<Float64Type>(),
-        );
-        for row in 0..batch.num_rows() {
-            if ids.is_null(row) {
-                unattributed += 1;
-                continue;
-            }
-            let at = chrono::DateTime::from_timestamp_micros(times.value(row))
-                .unwrap_or_default()
-                .naive_utc();
-            transactions.push(Transaction::new(
-                ids.value(row).to_string(),
-                at,
-                values.value(row),
-            ));
-        }
-    }
-    Ok((transactions, unattributed))
+        let purchases = definition
+            .purchases(&data)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the purchases failed: {e}"))?;
+        Ok((purchases, profiles))
+    })
 }
 
 fn read_transactions(
@@ -282,19 +263,7 @@ fn penalized<P>(penalizer_coef: f64) -> FitOptions<P> {
 }
 
 fn fit(args: FitArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
-    let (transactions, left_out) = match &args.transactions {
-        Some(path) => read_transactions(&args, path)?,
-        None => stored_transactions(&args, &file)?,
-    };
-    if left_out > 0 {
-        eprintln!(
-            "{left_out} purchases could not be read or attributed to a profile and were left out"
-        );
-    }
-    if transactions.is_empty() {
-        bail!("no purchases to fit on (event `{}`)", args.event);
-    }
-    let observation_end = match &args.calibration_end {
+    let calibration_end = match &args.calibration_end {
         Some(text) => Some(
             NaiveDate::parse_from_str(text, "%Y-%m-%d")
                 .with_context(|| format!("--calibration-end must be YYYY-MM-DD, got `{text}`"))?
@@ -302,6 +271,30 @@ fn fit(args: FitArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
+    let (transactions, scoring) = match &args.transactions {
+        Some(path) => {
+            let (transactions, rejected) = read_transactions(&args, path)?;
+            if rejected > 0 {
+                eprintln!("{rejected} rows could not be read and were left out");
+            }
+            (transactions, None)
+        }
+        None => {
+            let definition = ClvDefinition {
+                purchase_event: args.event.clone(),
+                value: args.value.clone(),
+                ..ClvDefinition::default()
+            };
+            let (purchases, profiles) = stored_purchases(&definition, &args, &file)?;
+            let transactions = purchases.transactions.clone();
+            (transactions, Some((definition, purchases, profiles)))
+        }
+    };
+    if transactions.is_empty() {
+        bail!("no purchases to fit on (event `{}`)", args.event);
+    }
+    // Diagnostics fit on the calibration window and compare with what came after it.
+    let observation_end = calibration_end;
     let options = SummaryOptions {
         unit: match args.unit {
             Unit::Day => PeriodUnit::Day,
@@ -356,7 +349,10 @@ fn fit(args: FitArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         let value = fitted.unwrap_or_else(|e| json!({"error": e.to_string()}));
         models.insert(name.to_string(), value);
     };
-    record("bg_nbd", bg_fit.map(|f| json!(f)));
+    record(
+        "bg_nbd",
+        bg_fit.as_ref().map(|f| json!(f)).map_err(Clone::clone),
+    );
     record(
         "pareto_nbd",
         ParetoNbd::fit(&rfm, &penalized(args.penalizer)).map(|f| json!(f)),
@@ -366,12 +362,53 @@ fn fit(args: FitArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         ModifiedBgNbd::fit(&rfm, &penalized(args.penalizer)).map(|f| json!(f)),
     );
     record("gamma_gamma", gg_fit.map(|f| json!(f)));
-    let report = json!({
+    let diagnostics = match (&args.diagnostics, &bg_fit, calibration_end) {
+        (true, Ok(bg), Some(end)) => Some(super::models_diagnostics::diagnose(
+            &bg.params,
+            &transactions,
+            end,
+            &options,
+        )?),
+        (true, Err(e), _) => bail!("diagnostics need a BG/NBD fit, which failed: {e}"),
+        _ => None,
+    };
+    let written = match scoring {
+        Some((definition, mut purchases, profiles)) if args.write_traits => {
+            // Scores are as of the calibration end when one is given (ages and P(alive) are
+            // measured to it), else as of now.
+            if let Some(end) = calibration_end {
+                purchases.as_of = end.and_utc();
+                purchases.transactions.retain(|t| t.at <= end);
+            }
+            let run = definition
+                .score(&purchases)
+                .map_err(|e| anyhow::anyhow!("scoring the buyers failed: {e}"))?;
+            let report = serde_json::to_value(&run.report)?;
+            let written = profiles
+                .model_traits()
+                .replace(
+                    "clv",
+                    &definition.trait_names(),
+                    &report,
+                    run.profile_traits(),
+                )
+                .context("writing the scores onto the profiles failed")?;
+            Some(json!({"profiles": written.profiles, "traits": written.trait_names}))
+        }
+        _ => None,
+    };
+    let mut report = json!({
         "customers": summary.len(),
         "repeat_customers": repeaters,
         "transactions": transactions.len(),
         "models": models,
     });
+    if let Some(d) = &diagnostics {
+        report["diagnostics"] = serde_json::to_value(d)?;
+    }
+    if let Some(w) = &written {
+        report["traits_written"] = w.clone();
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
@@ -407,6 +444,24 @@ fn fit(args: FitArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
                 value["error"].as_str().unwrap_or("no fit")
             ),
         }
+    }
+    if let Some(d) = &diagnostics {
+        println!();
+        print!("{}", d.table());
+    }
+    if let Some(w) = &written {
+        println!(
+            "\nscores written onto {} profiles: {}",
+            w["profiles"],
+            w["traits"]
+                .as_array()
+                .map(|t| t
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -54,6 +54,7 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         config.journal.queue_bytes = mb << 20;
     }
     config.profiles = file.profile_settings()?;
+    config.clv = file.clv_schedule()?;
     if let Some(secs) = file.query.timeout_secs {
         config.query_limits.timeout = Duration::from_secs(secs);
     }
