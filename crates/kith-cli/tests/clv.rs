@@ -302,7 +302,10 @@ fn a_wrong_models_clv_section_stops_the_server_with_the_field_named() {
     for (config, expected) in [
         ("[models.clv]\nhorizon = 30\n", "horizon_days"),
         ("[models.clv]\nrefresh_hours = -1\n", "refresh_hours"),
-        ("[models.clv]\nmonthly_discount_rate = 2\n", "monthly_discount_rate"),
+        (
+            "[models.clv]\nmonthly_discount_rate = 2\n",
+            "monthly_discount_rate",
+        ),
     ] {
         let path = dir.path().join("kith.toml");
         std::fs::write(&path, config).unwrap();
@@ -316,6 +319,9 @@ fn a_wrong_models_clv_section_stops_the_server_with_the_field_named() {
             path.to_str().unwrap(),
         ]);
         assert!(!ok, "{config}");
-        assert!(stderr.contains("[models.clv]") && stderr.contains(expected), "{stderr}");
+        assert!(
+            stderr.contains("[models.clv]") && stderr.contains(expected),
+            "{stderr}"
+        );
     }
 }

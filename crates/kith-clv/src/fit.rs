@@ -73,9 +73,47 @@ const LOG_BOUND: f64 = 40.0;
 /// Gradient size above which the optimizer is deemed to have failed.
 const FAIL_GRADIENT: f64 = 1e-3;
 
+/// The mean negative log-likelihood's gradient and Hessian in the natural parameters.
+pub(crate) type NaturalDerivatives<const N: usize> = ([f64; N], [[f64; N]; N]);
+
 /// Fits a model given its mean negative log-likelihood in natural parameters.
 pub(crate) fn fit_model<P: ParamVector<N>, const N: usize>(
     mean_nll: impl Fn(&[f64; N]) -> f64,
+    total_weight: f64,
+    default_init: [f64; N],
+    options: &FitOptions<P>,
+) -> Result<Fitted<P>, FitError> {
+    fit_model_with(
+        mean_nll,
+        None::<fn(&[f64; N]) -> NaturalDerivatives<N>>,
+        total_weight,
+        default_init,
+        options,
+    )
+}
+
+/// [`fit_model`] for a model that also gives its exact derivatives: after the coarse search,
+/// Newton runs on them (a few evaluations, and standard errors from the exact Hessian); finite
+/// differences remain the fallback.
+pub(crate) fn fit_model_exact<P: ParamVector<N>, const N: usize>(
+    mean_nll: impl Fn(&[f64; N]) -> f64,
+    derivatives: impl Fn(&[f64; N]) -> NaturalDerivatives<N>,
+    total_weight: f64,
+    default_init: [f64; N],
+    options: &FitOptions<P>,
+) -> Result<Fitted<P>, FitError> {
+    fit_model_with(
+        mean_nll,
+        Some(derivatives),
+        total_weight,
+        default_init,
+        options,
+    )
+}
+
+fn fit_model_with<P: ParamVector<N>, const N: usize>(
+    mean_nll: impl Fn(&[f64; N]) -> f64,
+    derivatives: Option<impl Fn(&[f64; N]) -> NaturalDerivatives<N>>,
     total_weight: f64,
     default_init: [f64; N],
     options: &FitOptions<P>,
@@ -124,6 +162,36 @@ pub(crate) fn fit_model<P: ParamVector<N>, const N: usize>(
     // Stage 1: a coarse Nelder–Mead finds the basin from a possibly poor start; it is only
     // asked for a few digits because derivative-based steps are far cheaper per digit.
     let mut best = optim::nelder_mead(&mut obj, y0, 0.5, max_iter, 1e-4, 5e-2);
+    // Stage 2 with exact derivatives: Newton in log-parameters (chain rule: g_y = θ·g_θ,
+    // H_y = diag θ · H_θ · diag θ + diag g_y), the penalty's terms added.
+    let exact = derivatives.as_ref().and_then(|derivatives| {
+        let in_logs = |y: &[f64; N]| -> Option<optim::ExactDerivatives<N>> {
+            if y.iter().any(|v| v.abs() > LOG_BOUND) {
+                return None;
+            }
+            let theta = y.map(f64::exp);
+            let (mut g, mut h) = derivatives(&theta);
+            for i in 0..N {
+                g[i] += 2.0 * pen * theta[i];
+                h[i][i] += 2.0 * pen;
+            }
+            let gy: [f64; N] = std::array::from_fn(|i| theta[i] * g[i]);
+            let hy: [[f64; N]; N] = std::array::from_fn(|i| {
+                std::array::from_fn(|j| {
+                    theta[i] * theta[j] * h[i][j] + if i == j { gy[i] } else { 0.0 }
+                })
+            });
+            let finite = gy.iter().chain(hy.iter().flatten()).all(|v| v.is_finite());
+            finite.then_some((gy, hy))
+        };
+        optim::newton_exact(&mut obj, best, in_logs, 100, 1e-10)
+    });
+    if let Some((at, (g, h))) = exact
+        && optim::norm_inf(&g) <= 1e-6
+    {
+        let gnorm = optim::norm_inf(&g);
+        return finish(at, gnorm, h, &mean_nll, total_weight, obj.evaluations);
+    }
     // Stage 2: damped Newton on finite-difference derivatives to full precision.
     let (mut best_newton, mut hess_at) = optim::newton(&mut obj, best, 100, 1e-8);
     best = best_newton;
@@ -175,14 +243,26 @@ pub(crate) fn fit_model<P: ParamVector<N>, const N: usize>(
             at.join(", ")
         )));
     }
-    let theta = best.x.map(f64::exp);
-
     // Standard errors: covariance of ln θ is the inverse Hessian of the *total* objective.
     // The last Newton Hessian is reused when it was taken (numerically) at the optimum.
     let hess = match hess_at {
         Some((x, h)) if x.iter().zip(&best.x).all(|(a, b)| (a - b).abs() <= 1e-4) => h,
         _ => optim::hessian(&mut obj, &best.x),
     };
+    finish(best, gnorm, hess, &mean_nll, total_weight, obj.evaluations)
+}
+
+/// The fitted model at the optimum `best` of the mean objective, with its gradient's largest
+/// component and its Hessian in log-parameters there.
+fn finish<P: ParamVector<N>, const N: usize>(
+    best: Minimum<N>,
+    gnorm: f64,
+    hess: [[f64; N]; N],
+    mean_nll: &impl Fn(&[f64; N]) -> f64,
+    total_weight: f64,
+    evaluations: usize,
+) -> Result<Fitted<P>, FitError> {
+    let theta = best.x.map(f64::exp);
     let total_hess: [[f64; N]; N] = hess.map(|row| row.map(|v| v * total_weight));
     let standard_errors = optim::spd_inverse(&total_hess).and_then(|cov| {
         let se: [f64; N] = std::array::from_fn(|i| theta[i] * cov[i][i].sqrt());
@@ -203,6 +283,6 @@ pub(crate) fn fit_model<P: ParamVector<N>, const N: usize>(
         objective: best.f,
         gradient_norm: gnorm,
         converged: gnorm <= 1e-6,
-        evaluations: obj.evaluations,
+        evaluations,
     })
 }

@@ -51,7 +51,7 @@ fn dot<const N: usize>(a: &[f64; N], b: &[f64; N]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-fn norm_inf<const N: usize>(a: &[f64; N]) -> f64 {
+pub(crate) fn norm_inf<const N: usize>(a: &[f64; N]) -> f64 {
     a.iter().fold(0.0f64, |m, v| m.max(v.abs()))
 }
 
@@ -379,40 +379,8 @@ pub(crate) fn newton<const N: usize, F: FnMut(&[f64; N]) -> f64>(
         if norm_inf(&g) <= gtol {
             break;
         }
-        let scale = (0..N).fold(0.0f64, |m, i| m.max(h[i][i].abs())).max(1e-12);
-        let mut lambda = 0.0;
-        let mut moved = false;
-        for _ in 0..14 {
-            let damped: [[f64; N]; N] = std::array::from_fn(|i| {
-                std::array::from_fn(|j| h[i][j] + if i == j { lambda } else { 0.0 })
-            });
-            if let Some(l) = cholesky(&damped) {
-                let d = cholesky_solve(&l, &g.map(|v| -v));
-                let slope = dot(&g, &d);
-                let mut t = 1.0;
-                for _ in 0..30 {
-                    let xn = axpy(&best.x, t, &d);
-                    let fnew = obj.eval(&xn);
-                    if fnew <= best.f + 1e-4 * t * slope {
-                        best.x = xn;
-                        best.f = fnew;
-                        moved = true;
-                        break;
-                    }
-                    t *= 0.5;
-                }
-                if moved {
-                    break;
-                }
-            }
-            lambda = if lambda == 0.0 {
-                1e-6 * scale
-            } else {
-                lambda * 10.0
-            };
-        }
         best.iterations += 1;
-        if !moved {
+        if !damped_newton_step(obj, &mut best, &g, &h) {
             break;
         }
     }
@@ -434,6 +402,76 @@ pub(crate) fn newton<const N: usize, F: FnMut(&[f64; N]) -> f64>(
     }
     best.evaluations = obj.evaluations;
     (best, last)
+}
+
+/// One Levenberg–Marquardt-damped Newton step with an Armijo backtracking line search: λI is
+/// added to the Hessian, and grown, until it is positive definite and the step decreases the
+/// objective. Returns whether `best` moved.
+fn damped_newton_step<const N: usize, F: FnMut(&[f64; N]) -> f64>(
+    obj: &mut Objective<F>,
+    best: &mut Minimum<N>,
+    g: &[f64; N],
+    h: &[[f64; N]; N],
+) -> bool {
+    let scale = (0..N).fold(0.0f64, |m, i| m.max(h[i][i].abs())).max(1e-12);
+    let mut lambda = 0.0;
+    for _ in 0..14 {
+        let damped: [[f64; N]; N] = std::array::from_fn(|i| {
+            std::array::from_fn(|j| h[i][j] + if i == j { lambda } else { 0.0 })
+        });
+        if let Some(l) = cholesky(&damped) {
+            let d = cholesky_solve(&l, &g.map(|v| -v));
+            let slope = dot(g, &d);
+            let mut t = 1.0;
+            for _ in 0..30 {
+                let xn = axpy(&best.x, t, &d);
+                let fnew = obj.eval(&xn);
+                if fnew <= best.f + 1e-4 * t * slope {
+                    best.x = xn;
+                    best.f = fnew;
+                    return true;
+                }
+                t *= 0.5;
+            }
+        }
+        lambda = if lambda == 0.0 {
+            1e-6 * scale
+        } else {
+            lambda * 10.0
+        };
+    }
+    false
+}
+
+/// Gradient and Hessian of the objective, computed exactly by the model.
+pub(crate) type ExactDerivatives<const N: usize> = ([f64; N], [[f64; N]; N]);
+
+/// Damped Newton on exact derivatives (`derivatives(x)`, `None` where they are not finite).
+/// Converges in a handful of iterations where the finite-difference version crawls along
+/// ridges its noisy Hessian cannot resolve (the Gamma-Gamma's q–γ ridge: thousands of
+/// evaluations on CDNOW). Returns the minimum with the derivatives there, or `None` when they
+/// cannot be evaluated (the caller falls back to finite differences).
+pub(crate) fn newton_exact<const N: usize, F: FnMut(&[f64; N]) -> f64>(
+    obj: &mut Objective<F>,
+    start: Minimum<N>,
+    derivatives: impl Fn(&[f64; N]) -> Option<ExactDerivatives<N>>,
+    max_iterations: usize,
+    gtol: f64,
+) -> Option<(Minimum<N>, ExactDerivatives<N>)> {
+    let mut best = start;
+    for _ in 0..max_iterations {
+        let (g, h) = derivatives(&best.x)?;
+        if norm_inf(&g) <= gtol {
+            return Some((best, (g, h)));
+        }
+        best.iterations += 1;
+        if !damped_newton_step(obj, &mut best, &g, &h) {
+            break;
+        }
+    }
+    let at = derivatives(&best.x)?;
+    best.evaluations = obj.evaluations;
+    Some((best, at))
 }
 
 /// Largest absolute component of the gradient at `x`.

@@ -11,6 +11,24 @@ pub use statrs::function::gamma::{digamma, ln_gamma};
 /// ln(π).
 const LN_PI: f64 = 1.144_729_885_849_400_2;
 
+/// The trigamma function ψ'(x) for x > 0: the recurrence ψ'(x) = ψ'(x+1) + 1/x² up to x ≥ 12,
+/// then the asymptotic series (error below 1e-13 there). Exact Hessians of the spend model need it.
+pub fn trigamma(x: f64) -> f64 {
+    if x.is_nan() || x <= 0.0 {
+        return f64::NAN;
+    }
+    let (mut x, mut acc) = (x, 0.0);
+    while x < 12.0 {
+        acc += 1.0 / (x * x);
+        x += 1.0;
+    }
+    let inv = 1.0 / x;
+    let inv2 = inv * inv;
+    acc + inv
+        + inv2 / 2.0
+        + inv * inv2 * (1.0 / 6.0 - inv2 * (1.0 / 30.0 - inv2 * (1.0 / 42.0 - inv2 / 30.0)))
+}
+
 /// sin(πx) with the argument reduced first, so large |x| keeps its accuracy.
 pub fn sin_pi(x: f64) -> f64 {
     // x - 2·round(x/2) is exact in floating point and lies in [-1, 1].
@@ -132,6 +150,22 @@ impl Scaled {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trigamma_matches_known_values() {
+        // ψ'(1) = π²/6, ψ'(1/2) = π²/2, ψ'(2) = π²/6 − 1, and ψ'(x) ≈ 1/x + 1/(2x²) far out.
+        let pi2 = PI * PI;
+        for (x, expected) in [(1.0, pi2 / 6.0), (0.5, pi2 / 2.0), (2.0, pi2 / 6.0 - 1.0)] {
+            assert!(
+                (trigamma(x) - expected).abs() < 1e-12,
+                "{x}: {}",
+                trigamma(x)
+            );
+        }
+        let x = 1e6;
+        assert!((trigamma(x) - (1.0 / x + 0.5 / (x * x))).abs() < 1e-18);
+        assert!(trigamma(0.0).is_nan() && trigamma(-1.0).is_nan());
+    }
 
     #[test]
     fn signed_gamma_matches_known_values() {

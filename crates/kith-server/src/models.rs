@@ -345,10 +345,22 @@ mod tests {
         let day = Duration::from_secs(86_400);
         let hour = Duration::from_secs(3_600);
         assert!(scheduled_run_due(None, None, day), "never ran");
-        assert!(!scheduled_run_due(Some(hour), None, day), "fresh from before a restart");
-        assert!(scheduled_run_due(Some(2 * day), None, day), "stale from before a restart");
-        assert!(!scheduled_run_due(None, Some(hour), day), "failed an hour ago");
-        assert!(!scheduled_run_due(Some(2 * day), Some(hour), day), "running or just failed");
+        assert!(
+            !scheduled_run_due(Some(hour), None, day),
+            "fresh from before a restart"
+        );
+        assert!(
+            scheduled_run_due(Some(2 * day), None, day),
+            "stale from before a restart"
+        );
+        assert!(
+            !scheduled_run_due(None, Some(hour), day),
+            "failed an hour ago"
+        );
+        assert!(
+            !scheduled_run_due(Some(2 * day), Some(hour), day),
+            "running or just failed"
+        );
         assert!(scheduled_run_due(Some(2 * day), Some(day), day));
     }
 }

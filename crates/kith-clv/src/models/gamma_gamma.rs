@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Rfm, Spend, check_weights};
 use crate::error::{FitError, NumericError};
-use crate::fit::{FitOptions, Fitted, ParamVector, fit_model};
+use crate::fit::{FitOptions, Fitted, NaturalDerivatives, ParamVector, fit_model_exact};
 use crate::models::{TransactionModel, finite};
-use crate::special::ln_gamma;
+use crate::special::{digamma, ln_gamma, trigamma};
 
 /// Gamma-Gamma parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -140,6 +140,87 @@ fn mean_nll(v: &[f64; 3], g: &SpendGroups) -> f64 {
     -total / g.total_weight
 }
 
+impl SpendGroups {
+    /// Repeat customers `(x, m̄, weight)` grouped by frequency, identical rows merged.
+    fn new(mut rows: Vec<(f64, f64, f64)>) -> SpendGroups {
+        rows.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        let mut g = SpendGroups {
+            frequency: Vec::new(),
+            ln_frequency: Vec::new(),
+            bounds: Vec::new(),
+            group_weight: Vec::new(),
+            monetary: Vec::with_capacity(rows.len()),
+            ln_monetary: Vec::with_capacity(rows.len()),
+            weight: Vec::with_capacity(rows.len()),
+            total_weight: 0.0,
+        };
+        for (x, m, w) in rows {
+            let n = g.monetary.len();
+            if n > 0 && g.frequency.last() == Some(&x) && g.monetary[n - 1] == m {
+                g.weight[n - 1] += w;
+            } else {
+                if g.frequency.last() != Some(&x) {
+                    g.frequency.push(x);
+                    g.ln_frequency.push(x.ln());
+                    g.bounds.push((n, n));
+                    g.group_weight.push(0.0);
+                }
+                g.monetary.push(m);
+                g.ln_monetary.push(m.ln());
+                g.weight.push(w);
+            }
+            let k = g.frequency.len() - 1;
+            g.bounds[k].1 = g.monetary.len();
+            g.group_weight[k] += w;
+            g.total_weight += w;
+        }
+        g
+    }
+}
+
+/// Gradient and Hessian of [`mean_nll`] in (p, q, γ). Per customer,
+/// ℓ = lnΓ(px+q) − lnΓ(px) − lnΓ(q) + q ln γ + (px−1) ln m + px ln x − (px+q) ln(γ+mx);
+/// the digamma and trigamma terms depend on x only, so they are taken once per frequency.
+fn mean_nll_derivatives(v: &[f64; 3], g: &SpendGroups) -> NaturalDerivatives<3> {
+    let [p, q, gamma] = *v;
+    let (psi_q, tri_q, ln_gamma_) = (digamma(q), trigamma(q), gamma.ln());
+    let mut grad = [0.0; 3];
+    let mut hess = [[0.0; 3]; 3];
+    for (k, &x) in g.frequency.iter().enumerate() {
+        let (lo, hi) = g.bounds[k];
+        let (a, px) = (p * x + q, p * x);
+        let (psi_a, tri_a) = (digamma(a), trigamma(a));
+        let (psi_px, tri_px) = (digamma(px), trigamma(px));
+        let gw = g.group_weight[k];
+        // Terms of the customer's x alone.
+        grad[0] += gw * x * (psi_a - psi_px + g.ln_frequency[k]);
+        grad[1] += gw * (psi_a - psi_q + ln_gamma_);
+        grad[2] += gw * q / gamma;
+        hess[0][0] += gw * x * x * (tri_a - tri_px);
+        hess[0][1] += gw * x * tri_a;
+        hess[1][1] += gw * (tri_a - tri_q);
+        hess[1][2] += gw / gamma;
+        hess[2][2] -= gw * q / (gamma * gamma);
+        // Terms of each customer's mean spend m: (px−1) ln m − (px+q) ln(γ+mx).
+        for i in lo..hi {
+            let w = g.weight[i];
+            let d = gamma + g.monetary[i] * x;
+            let ln_d = d.ln();
+            grad[0] += w * x * (g.ln_monetary[i] - ln_d);
+            grad[1] -= w * ln_d;
+            grad[2] -= w * a / d;
+            hess[0][2] -= w * x / d;
+            hess[1][2] -= w / d;
+            hess[2][2] += w * a / (d * d);
+        }
+    }
+    // Of the mean negative log-likelihood, symmetric.
+    let scale = -1.0 / g.total_weight;
+    let grad = grad.map(|v| v * scale);
+    let hess = std::array::from_fn(|i| std::array::from_fn(|j| hess[i.min(j)][i.max(j)] * scale));
+    (grad, hess)
+}
+
 fn weighted_pearson(rows: &[(f64, f64, f64)]) -> f64 {
     let w: f64 = rows.iter().map(|r| r.2).sum();
     let mx = rows.iter().map(|r| r.0 * r.2).sum::<f64>() / w;
@@ -226,37 +307,7 @@ impl GammaGamma {
             return Err(FitError::SpendCorrelated { correlation, limit });
         }
 
-        rows.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
-        let mut g = SpendGroups {
-            frequency: Vec::new(),
-            ln_frequency: Vec::new(),
-            bounds: Vec::new(),
-            group_weight: Vec::new(),
-            monetary: Vec::with_capacity(rows.len()),
-            ln_monetary: Vec::with_capacity(rows.len()),
-            weight: Vec::with_capacity(rows.len()),
-            total_weight: 0.0,
-        };
-        for (x, m, w) in rows {
-            let n = g.monetary.len();
-            if n > 0 && g.frequency.last() == Some(&x) && g.monetary[n - 1] == m {
-                g.weight[n - 1] += w;
-            } else {
-                if g.frequency.last() != Some(&x) {
-                    g.frequency.push(x);
-                    g.ln_frequency.push(x.ln());
-                    g.bounds.push((n, n));
-                    g.group_weight.push(0.0);
-                }
-                g.monetary.push(m);
-                g.ln_monetary.push(m.ln());
-                g.weight.push(w);
-            }
-            let k = g.frequency.len() - 1;
-            g.bounds[k].1 = g.monetary.len();
-            g.group_weight[k] += w;
-            g.total_weight += w;
-        }
+        let g = SpendGroups::new(rows);
         let mean_m = g
             .monetary
             .iter()
@@ -264,8 +315,9 @@ impl GammaGamma {
             .map(|(m, w)| m * w)
             .sum::<f64>()
             / g.total_weight;
-        let model = fit_model(
+        let model = fit_model_exact(
             |v| mean_nll(v, &g),
+            |v| mean_nll_derivatives(v, &g),
             g.total_weight,
             [1.0, 1.0, mean_m.max(1e-6)],
             &options.fit,
@@ -347,6 +399,43 @@ impl GammaGamma {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exact_derivatives_match_finite_differences() {
+        let g = SpendGroups::new(vec![
+            (1.0, 12.5, 1.0),
+            (1.0, 40.0, 2.0),
+            (3.0, 22.0, 1.0),
+            (7.0, 18.25, 1.0),
+            (12.0, 95.0, 1.0),
+        ]);
+        let at = [2.3, 1.7, 9.0];
+        let (grad, hess) = mean_nll_derivatives(&at, &g);
+        let h = 1e-5;
+        let shifted = |i: usize, d: f64| {
+            let mut v = at;
+            v[i] += d;
+            v
+        };
+        for i in 0..3 {
+            let fd = (mean_nll(&shifted(i, h), &g) - mean_nll(&shifted(i, -h), &g)) / (2.0 * h);
+            assert!(
+                (grad[i] - fd).abs() < 1e-7,
+                "gradient {i}: {} vs {fd}",
+                grad[i]
+            );
+            for j in 0..3 {
+                let fd = (mean_nll_derivatives(&shifted(j, h), &g).0[i]
+                    - mean_nll_derivatives(&shifted(j, -h), &g).0[i])
+                    / (2.0 * h);
+                assert!(
+                    (hess[i][j] - fd).abs() < 1e-6,
+                    "hessian {i},{j}: {} vs {fd}",
+                    hess[i][j]
+                );
+            }
+        }
+    }
 
     #[test]
     fn pearson_basics() {
