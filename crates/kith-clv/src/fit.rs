@@ -159,38 +159,71 @@ fn fit_model_with<P: ParamVector<N>, const N: usize>(
         }
     }
 
+    // With exact derivatives: Newton in log-parameters (chain rule: g_y = θ·g_θ,
+    // H_y = diag θ · H_θ · diag θ + diag g_y), the penalty's terms added. Straight from the
+    // start first (damping copes with a poor start, and the search below costs more than the
+    // whole Newton run); from the coarse search's point if that does not converge.
+    let in_logs = |y: &[f64; N]| -> Option<optim::ExactDerivatives<N>> {
+        let derivatives = derivatives.as_ref()?;
+        if y.iter().any(|v| v.abs() > LOG_BOUND) {
+            return None;
+        }
+        let theta = y.map(f64::exp);
+        let (mut g, mut h) = derivatives(&theta);
+        for i in 0..N {
+            g[i] += 2.0 * pen * theta[i];
+            h[i][i] += 2.0 * pen;
+        }
+        let gy: [f64; N] = std::array::from_fn(|i| theta[i] * g[i]);
+        let hy: [[f64; N]; N] = std::array::from_fn(|i| {
+            std::array::from_fn(|j| {
+                theta[i] * theta[j] * h[i][j] + if i == j { gy[i] } else { 0.0 }
+            })
+        });
+        let finite = gy.iter().chain(hy.iter().flatten()).all(|v| v.is_finite());
+        finite.then_some((gy, hy))
+    };
+    let converged_exact = |found: Option<(Minimum<N>, optim::ExactDerivatives<N>)>| {
+        found.filter(|(_, (g, _))| optim::norm_inf(g) <= 1e-6)
+    };
+    if derivatives.is_some() {
+        let start = Minimum {
+            x: y0,
+            f: obj.eval(&y0),
+            iterations: 0,
+            evaluations: obj.evaluations,
+        };
+        if let Some((at, (g, h))) =
+            converged_exact(optim::newton_exact(&mut obj, start, in_logs, 200, 1e-10))
+        {
+            let evaluations = obj.evaluations;
+            return finish(
+                at,
+                optim::norm_inf(&g),
+                h,
+                &mean_nll,
+                total_weight,
+                evaluations,
+            );
+        }
+    }
+
     // Stage 1: a coarse Nelder–Mead finds the basin from a possibly poor start; it is only
     // asked for a few digits because derivative-based steps are far cheaper per digit.
     let mut best = optim::nelder_mead(&mut obj, y0, 0.5, max_iter, 1e-4, 5e-2);
-    // Stage 2 with exact derivatives: Newton in log-parameters (chain rule: g_y = θ·g_θ,
-    // H_y = diag θ · H_θ · diag θ + diag g_y), the penalty's terms added.
-    let exact = derivatives.as_ref().and_then(|derivatives| {
-        let in_logs = |y: &[f64; N]| -> Option<optim::ExactDerivatives<N>> {
-            if y.iter().any(|v| v.abs() > LOG_BOUND) {
-                return None;
-            }
-            let theta = y.map(f64::exp);
-            let (mut g, mut h) = derivatives(&theta);
-            for i in 0..N {
-                g[i] += 2.0 * pen * theta[i];
-                h[i][i] += 2.0 * pen;
-            }
-            let gy: [f64; N] = std::array::from_fn(|i| theta[i] * g[i]);
-            let hy: [[f64; N]; N] = std::array::from_fn(|i| {
-                std::array::from_fn(|j| {
-                    theta[i] * theta[j] * h[i][j] + if i == j { gy[i] } else { 0.0 }
-                })
-            });
-            let finite = gy.iter().chain(hy.iter().flatten()).all(|v| v.is_finite());
-            finite.then_some((gy, hy))
-        };
-        optim::newton_exact(&mut obj, best, in_logs, 100, 1e-10)
-    });
-    if let Some((at, (g, h))) = exact
-        && optim::norm_inf(&g) <= 1e-6
+    if derivatives.is_some()
+        && let Some((at, (g, h))) =
+            converged_exact(optim::newton_exact(&mut obj, best, in_logs, 100, 1e-10))
     {
-        let gnorm = optim::norm_inf(&g);
-        return finish(at, gnorm, h, &mean_nll, total_weight, obj.evaluations);
+        let evaluations = obj.evaluations;
+        return finish(
+            at,
+            optim::norm_inf(&g),
+            h,
+            &mean_nll,
+            total_weight,
+            evaluations,
+        );
     }
     // Stage 2: damped Newton on finite-difference derivatives to full precision.
     let (mut best_newton, mut hess_at) = optim::newton(&mut obj, best, 100, 1e-8);
