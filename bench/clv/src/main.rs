@@ -76,16 +76,19 @@ fn generate(customers: u64, seed: u64, out: Option<String>) -> Result<(), String
             Gamma::new(p, 1.0 / nu.sample(&mut rng).max(1e-9)).map_err(|e| e.to_string())?;
         let gap = Exp::new(lambda).map_err(|e| e.to_string())?;
         let mut week = rng.random_range(0.0..12.0);
+        let mut first = true;
         loop {
             let day = start + chrono::TimeDelta::days((week * 7.0) as i64);
             let amount: f64 = spend.sample(&mut rng);
             writeln!(w, "c{customer:07},{day},{:.2}", amount.max(0.01))
                 .map_err(|e| e.to_string())?;
             rows += 1;
-            // BG/NBD: after each purchase the customer leaves with probability p.
-            if rng.random::<f64>() < p_drop {
+            // BG/NBD: after each repeat purchase the customer leaves with probability p (never
+            // right after the first, which is why P(alive | x = 0) = 1).
+            if !first && rng.random::<f64>() < p_drop {
                 break;
             }
+            first = false;
             week += gap.sample(&mut rng);
             if week >= weeks_observed {
                 break;
@@ -198,22 +201,24 @@ fn run(path: Option<String>, calibration_end: Option<String>, repeat: usize) -> 
     let (gg_s, gg) = timed(repeat, || GammaGamma::fit(&spend, &gg_options));
     let gg = gg.map_err(|e| format!("Gamma-Gamma: {e}"))?;
     let clv_options = ClvOptions::weekly(12, 0.01);
+    let customers: Vec<(Rfm, f64)> = summary
+        .iter()
+        .map(|c| (c.rfm(), c.monetary_value))
+        .collect();
     let (score_s, totals) = timed(repeat, || {
-        let (mut purchases, mut alive, mut clv) = (0.0, 0.0, 0.0);
-        for customer in &summary {
-            let c = customer.rfm();
-            purchases += bg
-                .params
-                .conditional_expected_purchases(39.0, &c)
-                .unwrap_or(f64::NAN);
-            alive += bg.params.probability_alive(&c);
-            clv += gg
-                .model
-                .params
-                .customer_lifetime_value(&bg.params, &c, customer.monetary_value, &clv_options)
-                .unwrap_or(f64::NAN);
-        }
-        (purchases, alive, clv)
+        let scores = kith_clv::score_customers(
+            &bg.params,
+            Some((&gg.model.params, &clv_options)),
+            &customers,
+            39.0,
+        )
+        .unwrap_or_default();
+        let sum = |f: fn(&kith_clv::CustomerScore) -> f64| scores.iter().map(f).sum::<f64>();
+        (
+            sum(|s| s.expected_purchases),
+            sum(|s| s.p_alive),
+            sum(|s| s.clv.unwrap_or(f64::NAN)),
+        )
     });
     let report = json!({
         "tool": "kith",

@@ -13,7 +13,6 @@ use chrono::{DateTime, Utc};
 use kith_clv::summary::{PeriodUnit, SummaryOptions, Transaction, summary_from_transactions};
 use kith_clv::{
     BgNbd, ClvOptions, FitOptions, Fitted, GammaGamma, GammaGammaFit, GammaGammaOptions,
-    TransactionModel,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -306,39 +305,28 @@ impl ClvDefinition {
         };
         let bg = &bg_nbd.params;
         let gg = gamma_gamma.as_ref().map(|f| &f.model.params);
-        let mut scores = Vec::with_capacity(summary.len());
-        for customer in &summary {
-            let rfm = customer.rfm();
-            let expected_purchases = bg
-                .conditional_expected_purchases(horizon, &rfm)
-                .map_err(|e| AnalyticsError::Model(format!("predicting purchases: {e}")))?;
-            let p_alive = TransactionModel::probability_alive(bg, &rfm)
-                .map_err(|e| AnalyticsError::Model(format!("predicting p(alive): {e}")))?;
-            let (expected_order_value, expected_value) = match gg {
-                Some(gg) => (
-                    Some(gg.conditional_expected_average_profit(
-                        customer.frequency,
-                        customer.monetary_value,
-                    )),
-                    Some(
-                        gg.customer_lifetime_value(bg, &rfm, customer.monetary_value, &clv_options)
-                            .map_err(|e| AnalyticsError::Model(format!("predicting value: {e}")))?,
-                    ),
-                ),
-                None => (None, None),
-            };
-            scores.push(ClvScore {
+        let customers: Vec<_> = summary
+            .iter()
+            .map(|c| (c.rfm(), c.monetary_value))
+            .collect();
+        let predicted =
+            kith_clv::score_customers(bg, gg.map(|gg| (gg, &clv_options)), &customers, horizon)
+                .map_err(|e| AnalyticsError::Model(format!("scoring the buyers: {e}")))?;
+        let scores: Vec<ClvScore> = summary
+            .iter()
+            .zip(predicted)
+            .map(|(customer, p)| ClvScore {
                 profile_id: customer.customer_id.clone(),
                 frequency: customer.frequency,
                 recency_weeks: customer.recency,
                 age_weeks: customer.t,
                 monetary_value: customer.monetary_value,
-                expected_purchases,
-                p_alive,
-                expected_order_value,
-                expected_value,
-            });
-        }
+                expected_purchases: p.expected_purchases,
+                p_alive: p.p_alive,
+                expected_order_value: p.expected_order_value,
+                expected_value: p.clv,
+            })
+            .collect();
         let mut top: Vec<&ClvScore> = scores.iter().collect();
         let rank = |s: &ClvScore| s.expected_value.unwrap_or(s.expected_purchases);
         top.sort_by(|a, b| {

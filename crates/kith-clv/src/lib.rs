@@ -11,6 +11,8 @@
 //!   [`TransactionModel`] trait) and [`BgBb`] (discrete time).
 //! * [`GammaGamma`] spend model and the discounted CLV
 //!   ([`GammaGamma::customer_lifetime_value`]).
+//! * [`scoring`]: a whole customer base scored at once, customers with the same history sharing
+//!   the work.
 //! * [`diagnostics`]: calibration-vs-holdout table and the cumulative tracking curve.
 //! * [`hyp2f1`]: the Gauss hypergeometric function the BG/NBD and Pareto/NBD need.
 //!
@@ -59,6 +61,7 @@ pub mod fit;
 pub mod hyp2f1;
 pub mod models;
 pub(crate) mod optim;
+pub mod scoring;
 pub(crate) mod special;
 pub mod summary;
 
@@ -69,3 +72,4 @@ pub use models::{
     BgBb, BgNbd, ClvOptions, GammaGamma, GammaGammaFit, GammaGammaOptions, ModifiedBgNbd,
     ParetoNbd, TransactionModel,
 };
+pub use scoring::{CustomerScore, score_customers};

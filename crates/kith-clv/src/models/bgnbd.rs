@@ -9,9 +9,10 @@ use crate::error::{FitError, NumericError};
 use crate::fit::{FitOptions, Fitted, NaturalDerivatives, ParamVector, fit_model_exact};
 use crate::hyp2f1::ln_hyp2f1;
 use crate::models::{
-    TransactionModel, check_horizon, finite, inv_one_plus_exp, ln_nb_pmf, nb_upper_tail,
+    TransactionModel, bg_family_derivatives, check_horizon, finite, inv_one_plus_exp, ln_nb_pmf,
+    nb_upper_tail,
 };
-use crate::special::{digamma, ln_gamma, log_add_exp, trigamma};
+use crate::special::{ln_gamma, log_add_exp};
 use statrs::function::beta::ln_beta;
 
 /// BG/NBD parameters.
@@ -74,81 +75,8 @@ fn mean_nll(p: &[f64; 4], g: &RfmGroups) -> f64 {
 }
 
 /// Gradient and Hessian of [`mean_nll`] in (r, α, a, b).
-///
-/// A customer's log-likelihood is A(x) − (r+x) ln(α+T) without repeats, and
-/// A(x) + ln(e^{ℓ₃} + e^{ℓ₄}) with them, where ℓ₃ = −(r+x) ln(α+T) and
-/// ℓ₄ = ln a − ln(b+x−1) − (r+x) ln(α+t_x). A(x) (log-gamma terms) is differentiated once per
-/// frequency; the log-sum-exp with its softmax weight π = e^{ℓ₄}/(e^{ℓ₃}+e^{ℓ₄}):
-/// ∇ = (1−π)∇ℓ₃ + π∇ℓ₄ and ∇² = (1−π)∇²ℓ₃ + π∇²ℓ₄ + π(1−π)(∇ℓ₄−∇ℓ₃)(∇ℓ₄−∇ℓ₃)ᵀ.
 fn mean_nll_derivatives(p: &[f64; 4], g: &RfmGroups) -> NaturalDerivatives<4> {
-    let [r, alpha, a, b] = *p;
-    let (psi_r, tri_r) = (digamma(r), trigamma(r));
-    let (psi_b, tri_b) = (digamma(b), trigamma(b));
-    let (psi_ab, tri_ab) = (digamma(a + b), trigamma(a + b));
-    let ln_alpha = alpha.ln();
-    let mut grad = [0.0; 4];
-    // Upper triangle, (r, α, a, b) = (0, 1, 2, 3).
-    let mut hess = [[0.0; 4]; 4];
-    for (k, &x) in g.frequency.iter().enumerate() {
-        let (lo, hi) = g.bounds[k];
-        let rx = r + x;
-        let gw = g.group_weight[k];
-        let (psi_abx, tri_abx) = (digamma(a + b + x), trigamma(a + b + x));
-        grad[0] += gw * (digamma(rx) - psi_r + ln_alpha);
-        grad[1] += gw * r / alpha;
-        grad[2] += gw * (psi_ab - psi_abx);
-        grad[3] += gw * (psi_ab + digamma(b + x) - psi_b - psi_abx);
-        hess[0][0] += gw * (trigamma(rx) - tri_r);
-        hess[0][1] += gw / alpha;
-        hess[1][1] -= gw * r / (alpha * alpha);
-        hess[2][2] += gw * (tri_ab - tri_abx);
-        hess[2][3] += gw * (tri_ab - tri_abx);
-        hess[3][3] += gw * (tri_ab + trigamma(b + x) - tri_b - tri_abx);
-        if x > 0.0 {
-            let bx = b + x.max(1.0) - 1.0;
-            let c4 = a.ln() - bx.ln();
-            for i in lo..hi {
-                let w = g.weight[i];
-                let (at, ar) = (alpha + g.t[i], alpha + g.recency[i]);
-                let (ln_at, ln_ar) = (at.ln(), ar.ln());
-                let l3 = -rx * ln_at;
-                let l4 = c4 - rx * ln_ar;
-                // π = e^{ℓ₄} / (e^{ℓ₃} + e^{ℓ₄}), computed without overflow.
-                let pi = 1.0 / (1.0 + (l3 - l4).exp());
-                let q = 1.0 - pi;
-                // ∇ℓ₃ = (−ln(α+T), −(r+x)/(α+T), 0, 0); ∇ℓ₄ = (−ln(α+t_x), −(r+x)/(α+t_x), 1/a, −1/(b+x−1)).
-                let g3 = [-ln_at, -rx / at, 0.0, 0.0];
-                let g4 = [-ln_ar, -rx / ar, 1.0 / a, -1.0 / bx];
-                for j in 0..4 {
-                    grad[j] += w * (q * g3[j] + pi * g4[j]);
-                }
-                let mix = w * pi * q;
-                for j in 0..4 {
-                    let dj = g4[j] - g3[j];
-                    for l in j..4 {
-                        hess[j][l] += mix * dj * (g4[l] - g3[l]);
-                    }
-                }
-                hess[0][1] -= w * (q / at + pi / ar);
-                hess[1][1] += w * rx * (q / (at * at) + pi / (ar * ar));
-                hess[2][2] -= w * pi / (a * a);
-                hess[3][3] += w * pi / (bx * bx);
-            }
-        } else {
-            for i in lo..hi {
-                let w = g.weight[i];
-                let at = alpha + g.t[i];
-                grad[0] -= w * at.ln();
-                grad[1] -= w * rx / at;
-                hess[0][1] -= w / at;
-                hess[1][1] += w * rx / (at * at);
-            }
-        }
-    }
-    let scale = -1.0 / g.total_weight;
-    let grad = grad.map(|v| v * scale);
-    let hess = std::array::from_fn(|i| std::array::from_fn(|j| hess[i.min(j)][i.max(j)] * scale));
-    (grad, hess)
+    bg_family_derivatives(p, g, 0.0, false)
 }
 
 impl BgNbd {

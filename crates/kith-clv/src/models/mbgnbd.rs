@@ -5,10 +5,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Rfm, RfmGroups, validate_rfm};
 use crate::error::{FitError, NumericError};
-use crate::fit::{FitOptions, Fitted, ParamVector, fit_model};
+use crate::fit::{FitOptions, Fitted, ParamVector, fit_model_exact};
 use crate::hyp2f1::ln_hyp2f1;
 use crate::models::{
-    TransactionModel, check_horizon, finite, inv_one_plus_exp, ln_nb_pmf, nb_upper_tail,
+    TransactionModel, bg_family_derivatives, check_horizon, finite, inv_one_plus_exp, ln_nb_pmf,
+    nb_upper_tail,
 };
 use crate::special::{ln_gamma, log_add_exp};
 use statrs::function::beta::ln_beta;
@@ -93,7 +94,13 @@ impl ModifiedBgNbd {
         validate_rfm(data, weights, options.min_repeat_customers)?;
         let g = RfmGroups::new(data, weights);
         let init = [1.0, g.mean_t(), 1.0, 1.0];
-        fit_model(|p| mean_nll(p, &g), g.total_weight, init, options)
+        fit_model_exact(
+            |p| mean_nll(p, &g),
+            |p| bg_family_derivatives(p, &g, 1.0, true),
+            g.total_weight,
+            init,
+            options,
+        )
     }
 
     /// Log-likelihood of one customer.
@@ -187,6 +194,44 @@ impl TransactionModel for ModifiedBgNbd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exact_derivatives_match_finite_differences() {
+        let data = [
+            Rfm::new(0.0, 0.0, 30.0),
+            Rfm::new(0.0, 0.0, 12.5),
+            Rfm::new(1.0, 3.0, 30.0),
+            Rfm::new(2.0, 20.0, 28.0),
+            Rfm::new(5.0, 25.5, 31.0),
+            Rfm::new(11.0, 8.0, 9.0),
+        ];
+        let g = RfmGroups::new(&data, None);
+        let at = [0.4, 3.5, 0.9, 2.2];
+        let (grad, hess) = bg_family_derivatives(&at, &g, 1.0, true);
+        let h = 1e-5;
+        let shifted = |i: usize, d: f64| {
+            let mut v = at;
+            v[i] += d;
+            v
+        };
+        for i in 0..4 {
+            let fd = (mean_nll(&shifted(i, h), &g) - mean_nll(&shifted(i, -h), &g)) / (2.0 * h);
+            assert!(
+                (grad[i] - fd).abs() < 1e-7,
+                "gradient {i}: {} vs {fd}",
+                grad[i]
+            );
+            for (j, exact) in hess[i].iter().enumerate() {
+                let fd = (bg_family_derivatives(&shifted(j, h), &g, 1.0, true).0[i]
+                    - bg_family_derivatives(&shifted(j, -h), &g, 1.0, true).0[i])
+                    / (2.0 * h);
+                assert!(
+                    (exact - fd).abs() < 1e-6,
+                    "hessian {i},{j}: {exact} vs {fd}"
+                );
+            }
+        }
+    }
 
     const M: ModifiedBgNbd = ModifiedBgNbd {
         r: 0.5248377255677019,

@@ -16,8 +16,10 @@ pub use gamma_gamma::{ClvOptions, GammaGamma, GammaGammaFit, GammaGammaOptions};
 pub use mbgnbd::ModifiedBgNbd;
 pub use pareto::ParetoNbd;
 
-use crate::data::Rfm;
+use crate::data::{Rfm, RfmGroups};
 use crate::error::NumericError;
+use crate::fit::NaturalDerivatives;
+use crate::special::{digamma, trigamma};
 
 /// A fitted continuous-time model of repeat purchasing.
 pub trait TransactionModel {
@@ -101,4 +103,90 @@ pub(crate) fn ln_nb_pmf(n: u32, r: f64, alpha: f64, t: f64) -> f64 {
         nf * (t / (alpha + t)).ln()
     };
     ln_gamma(r + nf) - ln_gamma(r) - ln_gamma(nf + 1.0) + r * ln_p + ln_q_term
+}
+
+/// Gradient and Hessian in (r, α, a, b) of the mean negative log-likelihood of the BG/NBD
+/// family, whose customer log-likelihood is A(x) + ln(e^{ℓ₃} + e^{ℓ₄}) where
+/// A(x) = lnΓ(r+x) − lnΓ(r) + r ln α + lnΓ(a+b) + lnΓ(b+x+s) − lnΓ(b) − lnΓ(a+b+x+s),
+/// ℓ₃ = −(r+x) ln(α+T) and ℓ₄ = ln a − ln(b+x+s−1) − (r+x) ln(α+t_x).
+/// BG/NBD has s = 0 and no ℓ₄ term without repeat purchases; MBG/NBD has s = 1 and the ℓ₄ term
+/// for everyone (a customer may leave right after the first purchase).
+///
+/// A(x) is differentiated once per frequency (digamma, trigamma); the log-sum-exp with its
+/// softmax weight π = e^{ℓ₄}/(e^{ℓ₃}+e^{ℓ₄}) per customer:
+/// ∇ = (1−π)∇ℓ₃ + π∇ℓ₄ and ∇² = (1−π)∇²ℓ₃ + π∇²ℓ₄ + π(1−π)(∇ℓ₄−∇ℓ₃)(∇ℓ₄−∇ℓ₃)ᵀ.
+pub(crate) fn bg_family_derivatives(
+    p: &[f64; 4],
+    g: &RfmGroups,
+    s: f64,
+    mix_without_repeats: bool,
+) -> NaturalDerivatives<4> {
+    let [r, alpha, a, b] = *p;
+    let (psi_r, tri_r) = (digamma(r), trigamma(r));
+    let (psi_b, tri_b) = (digamma(b), trigamma(b));
+    let (psi_ab, tri_ab) = (digamma(a + b), trigamma(a + b));
+    let ln_alpha = alpha.ln();
+    let mut grad = [0.0; 4];
+    // Upper triangle, (r, α, a, b) = (0, 1, 2, 3).
+    let mut hess = [[0.0; 4]; 4];
+    for (k, &x) in g.frequency.iter().enumerate() {
+        let (lo, hi) = g.bounds[k];
+        let rx = r + x;
+        let gw = g.group_weight[k];
+        let (psi_abx, tri_abx) = (digamma(a + b + x + s), trigamma(a + b + x + s));
+        let (psi_bx, tri_bx) = (digamma(b + x + s), trigamma(b + x + s));
+        grad[0] += gw * (digamma(rx) - psi_r + ln_alpha);
+        grad[1] += gw * r / alpha;
+        grad[2] += gw * (psi_ab - psi_abx);
+        grad[3] += gw * (psi_ab + psi_bx - psi_b - psi_abx);
+        hess[0][0] += gw * (trigamma(rx) - tri_r);
+        hess[0][1] += gw / alpha;
+        hess[1][1] -= gw * r / (alpha * alpha);
+        hess[2][2] += gw * (tri_ab - tri_abx);
+        hess[2][3] += gw * (tri_ab - tri_abx);
+        hess[3][3] += gw * (tri_ab + tri_bx - tri_b - tri_abx);
+        if x > 0.0 || mix_without_repeats {
+            let bx = b + x.max(1.0 - s) + s - 1.0;
+            let c4 = a.ln() - bx.ln();
+            for i in lo..hi {
+                let w = g.weight[i];
+                let (at, ar) = (alpha + g.t[i], alpha + g.recency[i]);
+                let (ln_at, ln_ar) = (at.ln(), ar.ln());
+                let l3 = -rx * ln_at;
+                let l4 = c4 - rx * ln_ar;
+                // π = e^{ℓ₄} / (e^{ℓ₃} + e^{ℓ₄}), computed without overflow.
+                let pi = 1.0 / (1.0 + (l3 - l4).exp());
+                let q = 1.0 - pi;
+                let g3 = [-ln_at, -rx / at, 0.0, 0.0];
+                let g4 = [-ln_ar, -rx / ar, 1.0 / a, -1.0 / bx];
+                for j in 0..4 {
+                    grad[j] += w * (q * g3[j] + pi * g4[j]);
+                }
+                let mix = w * pi * q;
+                for j in 0..4 {
+                    let dj = g4[j] - g3[j];
+                    for l in j..4 {
+                        hess[j][l] += mix * dj * (g4[l] - g3[l]);
+                    }
+                }
+                hess[0][1] -= w * (q / at + pi / ar);
+                hess[1][1] += w * rx * (q / (at * at) + pi / (ar * ar));
+                hess[2][2] -= w * pi / (a * a);
+                hess[3][3] += w * pi / (bx * bx);
+            }
+        } else {
+            for i in lo..hi {
+                let w = g.weight[i];
+                let at = alpha + g.t[i];
+                grad[0] -= w * at.ln();
+                grad[1] -= w * rx / at;
+                hess[0][1] -= w / at;
+                hess[1][1] += w * rx / (at * at);
+            }
+        }
+    }
+    let scale = -1.0 / g.total_weight;
+    let grad = grad.map(|v| v * scale);
+    let hess = std::array::from_fn(|i| std::array::from_fn(|j| hess[i.min(j)][i.max(j)] * scale));
+    (grad, hess)
 }
