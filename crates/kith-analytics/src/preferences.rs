@@ -96,6 +96,14 @@ pub struct Preference {
 
 impl PreferenceDefinition {
     pub async fn run(&self, data: &Data<'_>) -> Result<PreferenceReport, AnalyticsError> {
+        Ok(self.run_with_all(data).await?.0)
+    }
+
+    /// The report, and every profile's preferences (best first, up to `top`).
+    pub async fn run_with_all(
+        &self,
+        data: &Data<'_>,
+    ) -> Result<(PreferenceReport, Vec<ProfilePreferences>), AnalyticsError> {
         let scope = self.scope.resolve()?;
         let as_of = match &self.as_of {
             Some(text) => parse_instant(text, scope.zone, "as_of")?,
@@ -194,14 +202,16 @@ impl PreferenceDefinition {
             b.0.total_cmp(&a.0)
                 .then(a.1.profile_id.cmp(&b.1.profile_id))
         });
+        let every: Vec<ProfilePreferences> = profiles.iter().map(|(_, p)| p.clone()).collect();
         profiles.truncate(self.limit);
         let mut first_choices: Vec<(String, u64)> = first_choices.into_iter().collect();
         first_choices.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        Ok(PreferenceReport {
+        let report = PreferenceReport {
             as_of: as_of.to_rfc3339(),
             profiles: count,
             first_choices,
             top_profiles: profiles.into_iter().map(|(_, p)| p).collect(),
-        })
+        };
+        Ok((report, every))
     }
 }

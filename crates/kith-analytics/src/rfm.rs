@@ -211,6 +211,16 @@ impl RfmDefinition {
     }
 
     pub async fn run(&self, data: &Data<'_>) -> Result<RfmReport, AnalyticsError> {
+        Ok(self.run_with_scores(data, false).await?.0)
+    }
+
+    /// The report, and with `every_profile` every scored profile's scores (for writing them
+    /// onto profiles as traits).
+    pub async fn run_with_scores(
+        &self,
+        data: &Data<'_>,
+        every_profile: bool,
+    ) -> Result<(RfmReport, Vec<RfmScore>), AnalyticsError> {
         let (scores, as_of) = self.scores_sql()?;
         // The scores are computed once (one scan of the events) and both answers read them.
         let mut limits = data.limits.clone();
@@ -264,12 +274,26 @@ impl RfmDefinition {
             .iter()
             .map(|row| score_of(row))
             .collect();
-        Ok(RfmReport {
+        let every = if every_profile {
+            scores
+                .rows(
+                    "SELECT profile_id, recency_days, frequency, monetary, r, f, m, segment \
+                     FROM kith_rfm_scores",
+                )
+                .await?
+                .iter()
+                .map(|row| score_of(row))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let report = RfmReport {
             as_of: as_of.to_rfc3339(),
             profiles,
             segments,
             top_profiles,
-        })
+        };
+        Ok((report, every))
     }
 }
 

@@ -179,6 +179,14 @@ pub fn judge(c: &Counts, alpha: f64) -> (Vec<&'static str>, f64, f64) {
 
 impl RiskDefinition {
     pub async fn run(&self, data: &Data<'_>) -> Result<RiskReport, AnalyticsError> {
+        Ok(self.run_with_all(data).await?.0)
+    }
+
+    /// The report, and every judged profile (flagged or not) with its trend and signals.
+    pub async fn run_with_all(
+        &self,
+        data: &Data<'_>,
+    ) -> Result<(RiskReport, Vec<ProfileRisk>), AnalyticsError> {
         let scope = self.scope.resolve()?;
         let as_of = match &self.as_of {
             Some(text) => parse_instant(text, scope.zone, "as_of")?,
@@ -246,6 +254,7 @@ impl RiskDefinition {
         let rows = data.rows(&sql).await?;
         let mut profiles = 0u64;
         let mut scored: Vec<ProfileRisk> = Vec::new();
+        let mut every: Vec<ProfileRisk> = Vec::with_capacity(rows.len());
         let mut signal_counts = [
             PURCHASE_DROP,
             ACTIVITY_DROP,
@@ -277,14 +286,16 @@ impl RiskDefinition {
                     entry.1 += 1;
                 }
             }
+            let judged = ProfileRisk {
+                profile_id: text(&row[0]),
+                activity_trend: trend,
+                expected_purchases: expected,
+                risk_signals: signals.iter().map(|s| s.to_string()).collect(),
+            };
             if !signals.is_empty() {
-                scored.push(ProfileRisk {
-                    profile_id: text(&row[0]),
-                    activity_trend: trend,
-                    expected_purchases: expected,
-                    risk_signals: signals.iter().map(|s| s.to_string()).collect(),
-                });
+                scored.push(judged.clone());
             }
+            every.push(judged);
         }
         let flagged = scored.len() as u64;
         scored.sort_by(|a, b| {
@@ -295,13 +306,14 @@ impl RiskDefinition {
                 .then(a.profile_id.cmp(&b.profile_id))
         });
         scored.truncate(self.limit);
-        Ok(RiskReport {
+        let report = RiskReport {
             as_of: as_of.to_rfc3339(),
             profiles,
             signal_counts: signal_counts.to_vec(),
             flagged,
             at_risk: scored,
-        })
+        };
+        Ok((report, every))
     }
 }
 

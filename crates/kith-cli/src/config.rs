@@ -26,44 +26,55 @@ pub struct FileConfig {
     pub models: ModelsConfig,
 }
 
+/// `[models.clv]`, `[models.rfm]`, `[models.risk]`, `[models.preferences]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelsConfig {
-    pub clv: Option<ClvConfig>,
+    pub clv: Option<ModelConfig>,
+    pub rfm: Option<ModelConfig>,
+    pub risk: Option<ModelConfig>,
+    pub preferences: Option<ModelConfig>,
 }
 
-/// `[models.clv]`: `refresh_hours` (0 turns scheduled runs off; default 24) and any field of a
-/// CLV definition (`purchase_event`, `value`, `horizon_days`, `clv_months`,
-/// `monthly_discount_rate`, `penalizer`, `timezone`, ...).
+/// `refresh_hours` (0 turns scheduled runs off; default 24) and any field of the model's
+/// definition (CLV: `purchase_event`, `horizon_days`, ...; the others: their analysis's fields).
 #[derive(Debug, Default, Deserialize)]
-pub struct ClvConfig {
+pub struct ModelConfig {
     pub refresh_hours: Option<f64>,
     #[serde(flatten)]
     pub definition: serde_json::Map<String, serde_json::Value>,
 }
 
 impl FileConfig {
-    /// The CLV schedule `kith serve` runs, checked so a mistake stops start-up with a clear
-    /// message instead of silently turning the schedule off.
-    pub fn clv_schedule(&self) -> anyhow::Result<kith_server::models::ClvSchedule> {
-        let mut schedule = kith_server::models::ClvSchedule::default();
-        let Some(clv) = &self.models.clv else {
-            return Ok(schedule);
-        };
-        schedule.definition = serde_json::Value::Object(clv.definition.clone());
-        kith_analytics::ClvDefinition::parse(&schedule.definition)
-            .map_err(|e| anyhow::anyhow!("[models.clv] in kith.toml: {e}"))?;
-        match clv.refresh_hours {
-            Some(hours) if !(hours.is_finite() && hours >= 0.0) => anyhow::bail!(
-                "[models.clv] refresh_hours must be a number of hours (0 turns scheduled runs off), got {hours}"
-            ),
-            Some(0.0) => schedule.refresh = None,
-            Some(hours) => {
-                schedule.refresh = Some(std::time::Duration::from_secs_f64(hours * 3600.0))
+    /// The model schedules `kith serve` runs, checked so a mistake stops start-up with a clear
+    /// message instead of silently turning a schedule off.
+    pub fn model_schedules(&self) -> anyhow::Result<kith_server::models::ModelSchedules> {
+        let mut schedules = kith_server::models::ModelSchedules::default();
+        let configured = [
+            ("clv", &self.models.clv),
+            ("rfm", &self.models.rfm),
+            ("risk", &self.models.risk),
+            ("preferences", &self.models.preferences),
+        ];
+        for (name, config) in configured {
+            let (Some(config), Some(schedule)) = (config, schedules.models.get_mut(name)) else {
+                continue;
+            };
+            schedule.definition = serde_json::Value::Object(config.definition.clone());
+            kith_analytics::ProfileModel::parse(name, &schedule.definition)
+                .map_err(|e| anyhow::anyhow!("[models.{name}] in kith.toml: {e}"))?;
+            match config.refresh_hours {
+                Some(hours) if !(hours.is_finite() && hours >= 0.0) => anyhow::bail!(
+                    "[models.{name}] refresh_hours must be a number of hours (0 turns scheduled runs off), got {hours}"
+                ),
+                Some(0.0) => schedule.refresh = None,
+                Some(hours) => {
+                    schedule.refresh = Some(std::time::Duration::from_secs_f64(hours * 3600.0))
+                }
+                None => {}
             }
-            None => {}
         }
-        Ok(schedule)
+        Ok(schedules)
     }
 }
 

@@ -69,8 +69,9 @@ pub struct ServerConfig {
     /// Serves `POST /internal/noop/batch`, which parses and authenticates like `/v1/batch` but
     /// stores nothing: the ceiling the ingest benchmark compares against.
     pub noop_endpoint: bool,
-    /// When CLV is refitted without being asked, and with which definition.
-    pub clv: models::ClvSchedule,
+    /// When the models that score profiles (CLV, RFM, risk, preferences) rerun without being
+    /// asked, and with which definitions.
+    pub models: models::ModelSchedules,
 }
 
 impl Default for ServerConfig {
@@ -85,7 +86,7 @@ impl Default for ServerConfig {
             journal: JournalOptions::default(),
             profiles: ProfileSettings::default(),
             noop_endpoint: false,
-            clv: models::ClvSchedule::default(),
+            models: models::ModelSchedules::default(),
         }
     }
 }
@@ -167,7 +168,7 @@ impl Server {
         let (stop_flushing, stop_signal) = tokio::sync::watch::channel(false);
         let flusher =
             crate::runtimes::flushes().spawn(flush_loop(self.app.clone(), stop_signal.clone()));
-        let scheduler = tokio::spawn(models::clv_schedule_loop(self.app.clone(), stop_signal));
+        let scheduler = tokio::spawn(models::schedule_loop(self.app.clone(), stop_signal));
         let router = router(self.app.clone());
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
@@ -213,9 +214,9 @@ pub fn router(app: Arc<AppState>) -> Router {
             axum::routing::delete(traits::remove),
         )
         .route("/v1/analytics/{analysis}", post(analytics::analyze))
-        .route("/v1/models/clv", get(models::clv_status))
-        .route("/v1/models/clv/fit", post(models::fit_clv))
-        .route("/v1/models/clv/results", get(models::clv_results))
+        .route("/v1/models/{model}", get(models::status))
+        .route("/v1/models/{model}/fit", post(models::fit))
+        .route("/v1/models/{model}/results", get(models::results))
         .route("/v1/profiles/merge", post(profiles::merge))
         .route("/v1/profiles/duplicates", get(profiles::duplicates))
         .route("/v1/profiles/{lookup}", get(profiles::show))

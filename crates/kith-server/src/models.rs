@@ -1,18 +1,19 @@
-//! Models that score every profile, run in the background: `POST /v1/models/clv/fit` starts a
-//! fit (or the schedule does), `GET /v1/models/clv` says how it is going and what the last run
-//! found, `GET /v1/models/clv/results` is the last run's report. A run reads the purchases on the
-//! query runtime, fits on a blocking thread, then replaces the model's traits on every profile in
-//! one transaction (`model_traits.db`), so ingestion and queries go on meanwhile.
+//! Models that score every profile (CLV, RFM, risk, preferences), run in the background:
+//! `POST /v1/models/{model}/fit` starts a run (or the schedule does), `GET /v1/models/{model}`
+//! says how it is going and what the last run found, `GET /v1/models/{model}/results` is the
+//! last run's report. A run queries on the query runtime, does its CPU-bound part (CLV's fits) on
+//! a blocking thread, then replaces the model's traits on every profile in one transaction
+//! (`model_traits.db`), so ingestion and queries go on meanwhile.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use kith_analytics::{AnalyticsError, ClvDefinition, Data};
+use kith_analytics::{AnalyticsError, Data, PROFILE_MODELS, ProfileModel};
 use kith_state::KeyScope;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -22,29 +23,60 @@ use crate::auth::key_from_headers;
 use crate::errors::{ApiError, ErrorCode};
 use crate::ingest::read_body;
 
-/// The name CLV runs are kept under (job, traits, last run).
-pub const CLV: &str = "clv";
-
-/// When the server refits CLV by itself.
+/// When the server reruns a model by itself.
 #[derive(Debug, Clone)]
-pub struct ClvSchedule {
-    /// The definition scheduled runs use (`[models.clv]` in kith.toml), as JSON.
+pub struct ModelSchedule {
+    /// The definition scheduled runs use (`[models.NAME]` in kith.toml), as JSON.
     pub definition: Value,
-    /// Refit when the last run is older than this; `None` only on demand.
+    /// Rerun when the last run is older than this; `None` only on demand.
     pub refresh: Option<Duration>,
+}
+
+impl Default for ModelSchedule {
+    fn default() -> Self {
+        ModelSchedule {
+            definition: json!({}),
+            refresh: Some(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+/// Every model's schedule.
+#[derive(Debug, Clone)]
+pub struct ModelSchedules {
+    pub models: BTreeMap<&'static str, ModelSchedule>,
     /// How long after start-up the first scheduled check waits (the server has just replayed its
     /// journal and clients are connecting).
     pub first_check_after: Duration,
 }
 
-impl Default for ClvSchedule {
+impl Default for ModelSchedules {
     fn default() -> Self {
-        ClvSchedule {
-            definition: json!({}),
-            refresh: Some(Duration::from_secs(24 * 3600)),
+        ModelSchedules {
+            models: PROFILE_MODELS
+                .iter()
+                .map(|m| (*m, ModelSchedule::default()))
+                .collect(),
             first_check_after: Duration::from_secs(60),
         }
     }
+}
+
+/// The model a path names, as the static name jobs are kept under.
+fn known_model(name: &str) -> Result<&'static str, ApiError> {
+    PROFILE_MODELS
+        .iter()
+        .find(|m| **m == name)
+        .copied()
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "no model `{name}`; the models that score profiles are {}",
+                    PROFILE_MODELS.join(", ")
+                ),
+            )
+        })
 }
 
 /// What a model's current or last job is doing.
@@ -126,103 +158,113 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// Starts a CLV run in the background; `None` when one is running already.
-pub fn start_clv(
+/// Starts a run of `model` in the background; `None` when one is running already.
+pub fn start_model(
     app: &Arc<AppState>,
-    definition: ClvDefinition,
+    model: ProfileModel,
     as_sent: Value,
     trigger: &'static str,
 ) -> Option<JobStatus> {
-    let status = app.models.begin(CLV, trigger, as_sent)?;
+    let name = model.name();
+    let status = app.models.begin(name, trigger, as_sent)?;
     let app = app.clone();
     crate::runtimes::queries().spawn(async move {
-        let outcome = run_clv(&app, definition).await;
+        let outcome = run_model(&app, model).await;
         match &outcome {
-            Ok(profiles) => tracing::info!(profiles, trigger, "CLV scores written"),
-            Err(e) => tracing::warn!(error = %e, trigger, "CLV run failed"),
+            Ok(profiles) => tracing::info!(model = name, profiles, trigger, "model traits written"),
+            Err(e) => tracing::warn!(model = name, error = %e, trigger, "model run failed"),
         }
-        metrics::counter!("kith_model_runs_total", "model" => CLV, "outcome" => if outcome.is_ok() { "succeeded" } else { "failed" }).increment(1);
-        app.models.finish(CLV, outcome);
+        let result = if outcome.is_ok() {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        metrics::counter!("kith_model_runs_total", "model" => name, "outcome" => result)
+            .increment(1);
+        app.models.finish(name, outcome);
     });
     Some(status)
 }
 
-/// Reads the purchases, fits and scores, writes the traits. Returns the profiles scored.
-async fn run_clv(app: &Arc<AppState>, definition: ClvDefinition) -> Result<u64, String> {
+/// Queries, scores, writes the traits. Returns the profiles scored.
+async fn run_model(app: &Arc<AppState>, model: ProfileModel) -> Result<u64, String> {
     let mut limits = app.config.query_limits.clone();
-    // A background run reads every purchase; the interactive time limit is not meant for it.
+    // A background run reads every event it needs; the interactive limits are not meant for it.
     limits.timeout = limits.timeout.max(Duration::from_secs(3600));
+    limits.memory_bytes = limits.memory_bytes.max(4 << 30);
     let data = Data {
         lake: &app.pipeline.lake,
         tables: vec![app.identities.get(&app.pipeline.profiles)],
         limits,
     };
-    let purchases = definition.purchases(&data).await.map_err(|e| match e {
-        AnalyticsError::Query(q) => format!("reading the purchases failed: {q}"),
+    let gathered = model.gather(&data).await.map_err(|e| match e {
+        AnalyticsError::Query(q) => format!("reading the events failed: {q}"),
         other => other.to_string(),
     })?;
     let profiles = app.pipeline.profiles.clone();
     tokio::task::spawn_blocking(move || {
-        let run = definition.score(&purchases).map_err(|e| e.to_string())?;
-        let report = serde_json::to_value(&run.report).map_err(|e| e.to_string())?;
+        let run = gathered.finish().map_err(|e| e.to_string())?;
         let written = profiles
             .model_traits()
-            .replace(
-                CLV,
-                &definition.trait_names(),
-                &report,
-                run.profile_traits(),
-            )
-            .map_err(|e| format!("writing the scores failed: {e}"))?;
+            .replace(model.name(), &model.trait_names(), &run.report, run.traits)
+            .map_err(|e| format!("writing the traits failed: {e}"))?;
         Ok(written.profiles)
     })
     .await
-    .map_err(|e| format!("the CLV task failed: {e}"))?
+    .map_err(|e| format!("the model task failed: {e}"))?
 }
 
-/// Starts scheduled runs when the last one is older than the refresh interval. A failed run is
-/// retried only after another interval, not on every check.
-pub async fn clv_schedule_loop(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let schedule = app.config.clv.clone();
-    let Some(refresh) = schedule.refresh else {
-        return;
-    };
-    let definition = match ClvDefinition::parse(&schedule.definition) {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::error!(error = %e, "[models.clv] is not a valid CLV definition; scheduled runs are off");
-            return;
+/// Starts scheduled runs of each model whose last run is older than its refresh interval. A
+/// failed run is retried only after another interval, not on every check.
+pub async fn schedule_loop(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let schedules = app.config.models.clone();
+    let mut planned = Vec::new();
+    for (name, schedule) in &schedules.models {
+        let Some(refresh) = schedule.refresh else {
+            continue;
+        };
+        match ProfileModel::parse(name, &schedule.definition) {
+            Ok(model) => planned.push((model, schedule.definition.clone(), refresh)),
+            Err(e) => {
+                tracing::error!(model = name, error = %e, "not a valid definition; its scheduled runs are off")
+            }
         }
-    };
+    }
+    if planned.is_empty() {
+        return;
+    }
     tokio::select! {
-        _ = tokio::time::sleep(schedule.first_check_after) => {}
+        _ = tokio::time::sleep(schedules.first_check_after) => {}
         _ = stop.changed() => return,
     }
-    let mut tick = tokio::time::interval(Duration::from_secs(60).min(refresh));
+    let shortest = planned
+        .iter()
+        .map(|(_, _, r)| *r)
+        .min()
+        .unwrap_or(Duration::from_secs(60));
+    let mut tick = tokio::time::interval(Duration::from_secs(60).min(shortest));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let last_success_age = match app.pipeline.profiles.model_traits().run(CLV) {
-            Ok(run) => run.map(|r| {
-                let age = chrono::Utc::now().timestamp_micros() - r.computed_at_micros;
-                Duration::from_micros(age.max(0) as u64)
-            }),
-            Err(e) => {
-                tracing::error!(error = %e, "reading the last CLV run failed");
-                continue;
+        for (model, definition, refresh) in &planned {
+            let name = model.name();
+            let last_success_age = match app.pipeline.profiles.model_traits().run(name) {
+                Ok(run) => run.map(|r| {
+                    let age = chrono::Utc::now().timestamp_micros() - r.computed_at_micros;
+                    Duration::from_micros(age.max(0) as u64)
+                }),
+                Err(e) => {
+                    tracing::error!(model = name, error = %e, "reading the last run failed");
+                    continue;
+                }
+            };
+            let last_attempt_age = app.models.status(name).map(|j| j.started.elapsed());
+            if scheduled_run_due(last_success_age, last_attempt_age, *refresh) {
+                start_model(&app, model.clone(), definition.clone(), "schedule");
             }
-        };
-        let last_attempt_age = app.models.status(CLV).map(|j| j.started.elapsed());
-        if scheduled_run_due(last_success_age, last_attempt_age, refresh) {
-            start_clv(
-                &app,
-                definition.clone(),
-                schedule.definition.clone(),
-                "schedule",
-            );
         }
     }
 }
@@ -239,18 +281,21 @@ pub fn scheduled_run_due(
     old_enough(last_success_age) && old_enough(last_attempt_age)
 }
 
-/// `POST /v1/models/clv/fit`.
-#[utoipa::path(post, path = "/v1/models/clv/fit", tag = "models",
-    description = "Starts fitting BG/NBD and Gamma-Gamma on the purchases Kith holds (each attributed to its profile) and scoring every buyer, in the background; answers 202 at once. When it succeeds every scored profile carries `clv_expected_purchases_90d`, `clv_p_alive`, `clv_expected_order_value` and `clv_expected_value_12m` in `model_traits` (names follow `horizon_days` and `clv_months`). Body (optional): `purchase_event`, `value`, `as_of`, `horizon_days`, `clv_months`, `monthly_discount_rate`, `penalizer`, plus `from`, `to`, `timezone`, `where`. Auth: admin key.",
+/// `POST /v1/models/{model}/fit`.
+#[utoipa::path(post, path = "/v1/models/{model}/fit", tag = "models",
+    params(("model" = String, Path, description = "clv | rfm | risk | preferences")),
+    description = "Starts a run of a model that scores profiles, in the background; answers 202 at once. When it succeeds, every scored profile carries the model's traits in `model_traits` (replacing the last run's): clv writes `clv_expected_purchases_90d`, `clv_p_alive`, `clv_expected_order_value`, `clv_expected_value_12m`; rfm writes `rfm_segment`, `rfm_r`, `rfm_f`, `rfm_m`, `rfm_recency_days`, `rfm_frequency`, `rfm_monetary`; risk writes `activity_trend` and `risk_signals`; preferences writes `top_categories`. Body (optional): the model's definition (docs/models.md, docs/analytics.md). Auth: admin key.",
     request_body(content = Object, description = "the definition, e.g. `{\"horizon_days\": 30}`; empty means the defaults"),
-    responses((status = 202, description = "the job, `state: running`"), (status = 400, description = "invalid definition: the message names the field"), (status = 409, description = "a CLV run is in progress")))]
-pub async fn fit_clv(
+    responses((status = 202, description = "the job, `state: running`"), (status = 400, description = "invalid definition: the message names the field"), (status = 404, description = "no such model"), (status = 409, description = "a run of this model is in progress")))]
+pub async fn fit(
     State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     app.keys
         .authorize(key_from_headers(&headers).as_deref(), KeyScope::Admin)?;
+    let name = known_model(&name)?;
     let bytes = read_body(&headers, body).await?;
     let as_sent: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         json!({})
@@ -258,67 +303,75 @@ pub async fn fit_clv(
         serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::new(
                 ErrorCode::InvalidJson,
-                format!("the body must be a CLV definition object: {e}"),
+                format!("the body must be a {name} definition object: {e}"),
             )
         })?
     };
-    let definition = ClvDefinition::parse(&as_sent)
+    let model = ProfileModel::parse(name, &as_sent)
         .map_err(|e| ApiError::new(ErrorCode::InvalidModel, e.to_string()))?;
-    let status = start_clv(&app, definition, as_sent, "api").ok_or_else(|| {
+    let status = start_model(&app, model, as_sent, "api").ok_or_else(|| {
         ApiError::new(
             ErrorCode::ModelRunning,
-            "a CLV run is in progress; follow it at GET /v1/models/clv",
+            format!("a {name} run is in progress; follow it at GET /v1/models/{name}"),
         )
     })?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"model": CLV, "job": status})),
+        Json(json!({"model": name, "job": status})),
     ))
 }
 
-/// `GET /v1/models/clv`.
-#[utoipa::path(get, path = "/v1/models/clv", tag = "models",
-    description = "The CLV job (`running`, `succeeded` or `failed` with its error; null when none ran since start-up), the last successful run (when, how many profiles, the traits it writes) and the schedule. Auth: read key.",
-    responses((status = 200, description = "`{model, job, last_run, schedule}`")))]
-pub async fn clv_status(
+/// `GET /v1/models/{model}`.
+#[utoipa::path(get, path = "/v1/models/{model}", tag = "models",
+    params(("model" = String, Path, description = "clv | rfm | risk | preferences")),
+    description = "The model's job (`running`, `succeeded` or `failed` with its error; null when none ran since start-up), its last successful run (when, how many profiles, the traits it writes) and its schedule. Auth: read key.",
+    responses((status = 200, description = "`{model, job, last_run, schedule}`"), (status = 404, description = "no such model")))]
+pub async fn status(
     State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     app.keys
         .authorize(key_from_headers(&headers).as_deref(), KeyScope::Read)?;
-    let last_run = last_run(&app)?.map(|mut run| {
+    let name = known_model(&name)?;
+    let last_run = last_run(&app, name)?.map(|mut run| {
         // The status stays small; the report is at /results.
         run.details = Value::Null;
         run
     });
+    let schedule = app.config.models.models.get(name);
     Ok(Json(json!({
-        "model": CLV,
-        "job": app.models.status(CLV),
+        "model": name,
+        "job": app.models.status(name),
         "last_run": last_run,
         "schedule": {
-            "refresh_hours": app.config.clv.refresh.map(|r| r.as_secs_f64() / 3600.0),
-            "definition": app.config.clv.definition,
+            "refresh_hours": schedule.and_then(|s| s.refresh).map(|r| r.as_secs_f64() / 3600.0),
+            "definition": schedule.map(|s| s.definition.clone()).unwrap_or(Value::Null),
         },
     })))
 }
 
-/// `GET /v1/models/clv/results`.
-#[utoipa::path(get, path = "/v1/models/clv/results", tag = "models",
-    description = "The last successful CLV run's report: the data (customers, repeat customers, purchases), the fitted BG/NBD and Gamma-Gamma parameters with standard errors and log-likelihoods (or why Gamma-Gamma could not be fitted), population totals and the highest-value profiles. Auth: read key.",
-    responses((status = 200, description = "`{computed_at, profiles, trait_names, report}`"), (status = 404, description = "no CLV run has succeeded yet")))]
-pub async fn clv_results(
+/// `GET /v1/models/{model}/results`.
+#[utoipa::path(get, path = "/v1/models/{model}/results", tag = "models",
+    params(("model" = String, Path, description = "clv | rfm | risk | preferences")),
+    description = "The last successful run's report. For clv: the data (customers, repeat customers, purchases), the fitted BG/NBD and Gamma-Gamma parameters with standard errors and log-likelihoods (or why Gamma-Gamma could not be fitted), population totals and the highest-value profiles. For rfm, risk and preferences: the analysis's report. Auth: read key.",
+    responses((status = 200, description = "`{model, computed_at, profiles, trait_names, report}`"), (status = 404, description = "no such model, or no run has succeeded yet")))]
+pub async fn results(
     State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     app.keys
         .authorize(key_from_headers(&headers).as_deref(), KeyScope::Read)?;
-    let run = last_run(&app)?.ok_or_else(|| {
+    let name = known_model(&name)?;
+    let run = last_run(&app, name)?.ok_or_else(|| {
         ApiError::new(
             ErrorCode::ModelNotFitted,
-            "no CLV run has succeeded yet; start one with POST /v1/models/clv/fit",
+            format!("no {name} run has succeeded yet; start one with POST /v1/models/{name}/fit"),
         )
     })?;
     Ok(Json(json!({
+        "model": name,
         "computed_at": run.computed_at,
         "profiles": run.profiles,
         "trait_names": run.trait_names,
@@ -326,16 +379,15 @@ pub async fn clv_results(
     })))
 }
 
-fn last_run(app: &AppState) -> Result<Option<kith_profiles::ModelRun>, ApiError> {
-    app.pipeline.profiles.model_traits().run(CLV).map_err(|e| {
-        tracing::error!(error = %e, "reading the last CLV run failed");
+fn last_run(app: &AppState, name: &str) -> Result<Option<kith_profiles::ModelRun>, ApiError> {
+    app.pipeline.profiles.model_traits().run(name).map_err(|e| {
+        tracing::error!(model = name, error = %e, "reading the last run failed");
         ApiError::new(
             ErrorCode::Internal,
             "the model store could not be read; see the server log",
         )
     })
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

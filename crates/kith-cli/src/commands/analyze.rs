@@ -63,6 +63,11 @@ pub struct AnalyzeArgs {
     measure: Option<String>,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// rfm, risk, preferences: also write each profile's result onto it as traits
+    /// (`rfm_segment`…, `activity_trend` and `risk_signals`, `top_categories`), replacing the
+    /// last run's, as the server's scheduled runs do
+    #[arg(long)]
+    write_traits: bool,
 }
 
 impl AnalyzeArgs {
@@ -106,6 +111,9 @@ impl AnalyzeArgs {
 }
 
 pub fn run(args: AnalyzeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
+    if args.write_traits {
+        return write_traits(args, file);
+    }
     let analysis =
         Analysis::parse(&args.analysis, &args.definition()?).map_err(|e| anyhow::anyhow!("{e}"))?;
     let data_dir = file.data_dir(args.data_dir.data_dir.clone());
@@ -163,6 +171,131 @@ fn ask_server(
         );
     }
     Ok(Some(answer))
+}
+
+/// `--write-traits`: runs the analysis as a profile model, through the running server's model
+/// jobs when there is one (it holds the profiles), else here, and writes its traits.
+fn write_traits(args: AnalyzeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
+    if !["rfm", "risk", "preferences"].contains(&args.analysis.as_str()) {
+        bail!(
+            "--write-traits works for rfm, risk and preferences (CLV: kith models clv fit --write-traits), not {}",
+            args.analysis
+        );
+    }
+    let definition = args.definition()?;
+    let model = kith_analytics::ProfileModel::parse(&args.analysis, &definition)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let data_dir = file.data_dir(args.data_dir.data_dir.clone());
+    if !data_dir.exists() {
+        bail!(
+            "no data directory at {}; import data or start `kith serve` first, or pass --data-dir",
+            data_dir.display()
+        );
+    }
+    let (report, profiles) = match kith_server::local::find(&data_dir) {
+        Some(server) => match run_on_server(&server, &args.analysis, &definition)? {
+            Some(done) => done,
+            None => run_model_here(&model, &data_dir, &file)?,
+        },
+        None => run_model_here(&model, &data_dir, &file)?,
+    };
+    eprintln!(
+        "traits written onto {profiles} profiles: {}",
+        model.trait_names().join(", ")
+    );
+    print_report(&args, &report)
+}
+
+/// Starts the model on the server, waits for it, returns its report and the profiles it
+/// scored; `None` when the server does not answer.
+fn run_on_server(
+    server: &kith_server::local::LocalServer,
+    model: &str,
+    definition: &Value,
+) -> anyhow::Result<Option<(Value, u64)>> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        .build()
+        .into();
+    let bearer = format!("Bearer {}", server.token);
+    let call =
+        |request: ureq::RequestBuilder<ureq::typestate::WithoutBody>| -> Option<(u16, Value)> {
+            let mut response = request.header("Authorization", &bearer).call().ok()?;
+            let status = response.status().as_u16();
+            Some((
+                status,
+                response.body_mut().read_json().unwrap_or(Value::Null),
+            ))
+        };
+    let Ok(mut started) = agent
+        .post(format!("{}/v1/models/{model}/fit", server.url))
+        .header("Authorization", &bearer)
+        .header("Content-Type", "application/json")
+        .send(definition.to_string().as_bytes())
+    else {
+        return Ok(None);
+    };
+    eprintln!("asked the running server at {}", server.url);
+    if started.status().as_u16() != 202 {
+        let answer: Value = started.body_mut().read_json().unwrap_or(Value::Null);
+        bail!(
+            "{}",
+            answer["message"]
+                .as_str()
+                .unwrap_or("the server refused the run")
+        );
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let (_, status) = call(agent.get(format!("{}/v1/models/{model}", server.url)))
+            .context("the server stopped answering while the run was going on")?;
+        match status["job"]["state"].as_str() {
+            Some("running") => continue,
+            Some("succeeded") => break,
+            _ => bail!(
+                "the run failed: {}",
+                status["job"]["error"]
+                    .as_str()
+                    .unwrap_or("see the server log")
+            ),
+        }
+    }
+    let (_, results) = call(agent.get(format!("{}/v1/models/{model}/results", server.url)))
+        .context("the server stopped answering")?;
+    let profiles = results["profiles"].as_u64().unwrap_or(0);
+    Ok(Some((results["report"].clone(), profiles)))
+}
+
+/// Runs the model in this process and writes its traits into the data directory.
+fn run_model_here(
+    model: &kith_analytics::ProfileModel,
+    data_dir: &std::path::Path,
+    file: &FileConfig,
+) -> anyhow::Result<(Value, u64)> {
+    let settings = file.profile_settings()?;
+    runtime()?.block_on(async {
+        let (lake, profiles) = open_consistent(data_dir, settings).await?;
+        let data = Data {
+            lake: &lake,
+            tables: vec![kith_server::profiles::identity_table(&profiles)],
+            limits: QueryLimits {
+                timeout: std::time::Duration::from_secs(3600),
+                memory_bytes: 4 << 30,
+                ..QueryLimits::default()
+            },
+        };
+        let run = model
+            .gather(&data)
+            .await
+            .and_then(|g| g.finish())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let written = profiles
+            .model_traits()
+            .replace(model.name(), &model.trait_names(), &run.report, run.traits)
+            .context("writing the traits failed")?;
+        Ok((run.report, written.profiles))
+    })
 }
 
 /// Runs the analysis in this process, on the data directory read directly.

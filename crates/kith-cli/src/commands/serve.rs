@@ -54,7 +54,7 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         config.journal.queue_bytes = mb << 20;
     }
     config.profiles = file.profile_settings()?;
-    config.clv = file.clv_schedule()?;
+    config.models = file.model_schedules()?;
     if let Some(secs) = file.query.timeout_secs {
         config.query_limits.timeout = Duration::from_secs(secs);
     }

@@ -1,0 +1,220 @@
+//! RFM, risk and preferences written back onto profiles as traits: by `kith analyze ...
+//! --write-traits` on a data directory, and by the server's model jobs (`POST
+//! /v1/models/{model}/fit`), each checked against the analysis's own report and through SQL over
+//! the `profiles` table, as segments and exports will read them.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn demo_world(dir: &Path) -> std::path::PathBuf {
+    let data = dir.join("data");
+    let (ok, _, stderr) = kith(&[
+        "demo",
+        "generate",
+        "--customers",
+        "400",
+        "--seed",
+        "11",
+        "--into",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    data
+}
+
+fn wait_for(server: &KithServer, model: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, body) = server.get(&format!("/v1/models/{model}"));
+        assert_eq!(status, 200, "{body}");
+        if body["job"]["state"] != "running" {
+            assert_eq!(body["job"]["state"], "succeeded", "{body}");
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{model} did not finish: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn rfm_risk_and_preferences_land_on_every_profile_they_judge() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = demo_world(dir.path());
+
+    // RFM without a server: the traits equal the report, profile by profile and in total.
+    let (ok, stdout, stderr) = kith(&[
+        "analyze",
+        "rfm",
+        "--write-traits",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("traits written onto"), "{stderr}");
+    let rfm: Value = serde_json::from_str(&stdout).unwrap();
+    let scored = rfm["profiles"].as_i64().unwrap();
+    assert!(scored > 100, "{rfm}");
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for segment in rfm["segments"].as_array().unwrap() {
+        *expected
+            .entry(segment["segment"].as_str().unwrap().to_string())
+            .or_default() += segment["profiles"].as_i64().unwrap();
+    }
+    let rows = sql(
+        &data,
+        "SELECT json_get_str(model_traits, 'rfm_segment') AS segment, count(*) AS n FROM profiles \
+         WHERE json_get_str(model_traits, 'rfm_segment') IS NOT NULL GROUP BY 1",
+    );
+    let found: BTreeMap<String, i64> = rows
+        .iter()
+        .map(|r| (r[0].clone(), r[1].parse().unwrap()))
+        .collect();
+    assert_eq!(found, expected);
+    let top = &rfm["top_profiles"][0];
+    let (ok, stdout, _) = kith(&[
+        "profile",
+        "show",
+        &format!("profile_id:{}", top["profile_id"].as_str().unwrap()),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok);
+    let profile: Value = serde_json::from_str(&stdout).unwrap();
+    let traits = &profile["model_traits"];
+    assert_eq!(traits["rfm_segment"], top["segment"], "{traits}");
+    for (trait_name, field) in [
+        ("rfm_r", "r"),
+        ("rfm_f", "f"),
+        ("rfm_m", "m"),
+        ("rfm_frequency", "frequency"),
+    ] {
+        assert_eq!(traits[trait_name], top[field], "{trait_name}: {traits}");
+    }
+
+    // Risk and preferences through the server's model jobs.
+    let admin = create_key(&data, "admin", None);
+    let bearer = format!("Bearer {admin}");
+    let server = KithServer::start(&data);
+    for model in ["risk", "preferences"] {
+        let (status, body) = post_json(
+            &server.url(&format!("/v1/models/{model}/fit")),
+            &[("Authorization", &bearer)],
+            "",
+        );
+        assert_eq!(status, 202, "{body}");
+        wait_for(&server, model);
+    }
+    let (_, risk) = server.get("/v1/models/risk/results");
+    let risk = &risk["report"];
+    let judged = risk["profiles"].as_i64().unwrap();
+    let flagged = risk["flagged"].as_i64().unwrap();
+    assert!(flagged > 0 && flagged < judged, "{risk}");
+    let count = |query: &str| {
+        server.rows(query)[0]["n"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{query}"))
+    };
+    assert_eq!(
+        count(
+            "SELECT count(*) AS n FROM profiles WHERE json_get_float(model_traits, 'activity_trend') IS NOT NULL"
+        ),
+        judged
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) AS n FROM profiles WHERE json_length(model_traits, 'risk_signals') > 0"
+        ),
+        flagged
+    );
+    // The most at-risk profile carries exactly the signals the report gives it.
+    let worst = &risk["at_risk"][0];
+    let (_, profile) = server.get(&format!(
+        "/v1/profiles/profile_id:{}",
+        worst["profile_id"].as_str().unwrap()
+    ));
+    assert_eq!(
+        profile["model_traits"]["risk_signals"], worst["risk_signals"],
+        "{profile}"
+    );
+
+    let (_, preferences) = server.get("/v1/models/preferences/results");
+    let preferences = &preferences["report"];
+    assert_eq!(
+        count(
+            "SELECT count(*) AS n FROM profiles WHERE json_length(model_traits, 'top_categories') > 0"
+        ),
+        preferences["profiles"].as_i64().unwrap()
+    );
+    let keen = &preferences["top_profiles"][0];
+    let (_, profile) = server.get(&format!(
+        "/v1/profiles/profile_id:{}",
+        keen["profile_id"].as_str().unwrap()
+    ));
+    let expected: Vec<&Value> = keen["preferences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["value"])
+        .collect();
+    let got: Vec<&Value> = profile["model_traits"]["top_categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(got, expected);
+    // The RFM traits written earlier are untouched by the other models' runs.
+    assert_eq!(
+        count(
+            "SELECT count(*) AS n FROM profiles WHERE json_get_str(model_traits, 'rfm_segment') IS NOT NULL"
+        ),
+        scored
+    );
+
+    // With the server running, `kith analyze --write-traits` goes through its model jobs.
+    let (ok, _, stderr) = kith(&[
+        "analyze",
+        "rfm",
+        "--write-traits",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("asked the running server"), "{stderr}");
+    let (_, status) = server.get("/v1/models/rfm");
+    assert_eq!(status["job"]["trigger"], "api", "{status}");
+    assert_eq!(status["last_run"]["profiles"].as_i64(), Some(scored));
+
+    // Unknown models and analyses that write nothing are refused clearly.
+    let (status, body) = server.get("/v1/models/churn");
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("clv, rfm, risk, preferences")
+    );
+    let (ok, _, stderr) = kith(&[
+        "analyze",
+        "funnel",
+        "--write-traits",
+        "--steps",
+        "Product Viewed,Order Completed",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--write-traits works for rfm, risk and preferences"),
+        "{stderr}"
+    );
+}
