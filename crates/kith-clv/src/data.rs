@@ -157,6 +157,54 @@ pub(crate) fn validate_rfm(
     Ok(())
 }
 
+/// Rows each thread takes at least in a pass over the data: below it, starting a thread costs
+/// more than it saves.
+const ROWS_PER_THREAD: usize = 25_000;
+
+/// `per_range(lo, hi)` over `0..rows` split into one range per core (one range for small data),
+/// the parts combined with `add`. Passes over the customers (likelihoods and their derivatives)
+/// are independent per row, so they spread over the cores.
+pub(crate) fn split_sum<T: Send>(
+    rows: usize,
+    per_range: impl Fn(usize, usize) -> T + Sync,
+    add: impl Fn(T, T) -> T,
+) -> T {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cores.min(rows / ROWS_PER_THREAD).max(1);
+    if threads == 1 {
+        return per_range(0, rows);
+    }
+    let chunk = rows.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let per_range = &per_range;
+        let others: Vec<_> = (1..threads)
+            .map(|t| scope.spawn(move || per_range(t * chunk, ((t + 1) * chunk).min(rows))))
+            .collect();
+        let mut total = per_range(0, chunk.min(rows));
+        for other in others {
+            let part = other
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            total = add(total, part);
+        }
+        total
+    })
+}
+
+/// The groups (by `bounds`) with rows in `lo..hi`: (group, first row, end row, whether the
+/// group starts in the range — so per-group terms are counted by exactly one range).
+pub(crate) fn clip_groups(
+    bounds: &[(usize, usize)],
+    lo: usize,
+    hi: usize,
+) -> impl Iterator<Item = (usize, usize, usize, bool)> + '_ {
+    bounds
+        .iter()
+        .enumerate()
+        .filter(move |(_, (glo, ghi))| *glo < hi && *ghi > lo)
+        .map(move |(k, &(glo, ghi))| (k, glo.max(lo), ghi.min(hi), glo >= lo))
+}
+
 /// Customers grouped by frequency, identical (x, t_x, T) rows merged into one weighted row.
 ///
 /// Terms that depend only on x (log-gamma functions of the parameters) are then evaluated once
@@ -177,18 +225,35 @@ pub(crate) struct RfmGroups {
 
 impl RfmGroups {
     pub fn new(data: &[Rfm], weights: Option<&[f64]>) -> Self {
-        let mut rows: Vec<(Rfm, f64)> = data
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (*c, weight_at(weights, i)))
-            .filter(|(_, w)| *w > 0.0)
+        // Identical rows merged first (hashing is linear; customers share histories), then only
+        // the distinct ones sorted. The data are checked non-negative and finite, so ordering
+        // the bit patterns orders the values (+ 0.0 turns −0 into +0).
+        let key = |c: &Rfm| {
+            (
+                (c.frequency + 0.0).to_bits(),
+                (c.recency + 0.0).to_bits(),
+                (c.t + 0.0).to_bits(),
+            )
+        };
+        let mut merged: hashbrown::HashMap<(u64, u64, u64), f64> =
+            hashbrown::HashMap::with_capacity(data.len().min(1 << 16));
+        for (i, c) in data.iter().enumerate() {
+            let w = weight_at(weights, i);
+            if w > 0.0 {
+                *merged.entry(key(c)).or_insert(0.0) += w;
+            }
+        }
+        let mut keyed: Vec<((u64, u64, u64), f64)> = merged.into_iter().collect();
+        keyed.sort_unstable_by_key(|(k, _)| *k);
+        let rows: Vec<(Rfm, f64)> = keyed
+            .into_iter()
+            .map(|((x, t_x, t), w)| {
+                (
+                    Rfm::new(f64::from_bits(x), f64::from_bits(t_x), f64::from_bits(t)),
+                    w,
+                )
+            })
             .collect();
-        rows.sort_by(|a, b| {
-            a.0.frequency
-                .total_cmp(&b.0.frequency)
-                .then(a.0.recency.total_cmp(&b.0.recency))
-                .then(a.0.t.total_cmp(&b.0.t))
-        });
         let mut g = RfmGroups {
             frequency: Vec::new(),
             bounds: Vec::new(),

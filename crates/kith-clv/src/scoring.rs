@@ -28,21 +28,20 @@ pub struct CustomerScore {
     pub clv: Option<f64>,
 }
 
-/// What the transaction model says of one history.
+/// The transaction model's share of a score: expected purchases over the horizon, and
+/// Σᵢ [E(i·f) − E((i−1)·f)] / (1+d)^i, CLV per unit of order value. Either for a customer
+/// alive at T (models that factor: multiplied by each customer's P(alive)), or outright.
 #[derive(Clone, Copy)]
-struct HistoryScore {
+struct Shared {
     expected_purchases: f64,
-    p_alive: f64,
-    /// Σᵢ [E(i·f) − E((i−1)·f)] / (1+d)^i: CLV per unit of order value.
     discounted_purchases: f64,
 }
 
-fn history_score<M: TransactionModel + ?Sized>(
-    model: &M,
-    customer: &Rfm,
+fn shared(
     horizon: f64,
     clv: Option<&ClvOptions>,
-) -> Result<HistoryScore, NumericError> {
+    expected: impl Fn(f64) -> Result<f64, NumericError>,
+) -> Result<Shared, NumericError> {
     let mut discounted_purchases = 0.0;
     if let Some(&ClvOptions {
         months,
@@ -55,22 +54,25 @@ fn history_score<M: TransactionModel + ?Sized>(
                 "invalid clv options: periods_per_month {f}, discount rate {d}"
             )));
         }
-        let mut previous = model.conditional_expected_purchases(0.0, customer)?;
+        let mut previous = expected(0.0)?;
         for i in 1..=months {
-            let cumulative = model.conditional_expected_purchases(i as f64 * f, customer)?;
+            let cumulative = expected(i as f64 * f)?;
             discounted_purchases += (cumulative - previous) / (1.0 + d).powi(i as i32);
             previous = cumulative;
         }
     }
-    Ok(HistoryScore {
-        expected_purchases: model.conditional_expected_purchases(horizon, customer)?,
-        p_alive: model.probability_alive(customer)?,
+    Ok(Shared {
+        expected_purchases: expected(horizon)?,
         discounted_purchases,
     })
 }
 
 /// Scores `customers` (history, mean repeat order value) in order. `spend` with `clv` adds the
 /// expected order value and CLV (as [`GammaGamma::customer_lifetime_value`] computes it).
+///
+/// For models whose expectation is P(alive) times a function of (x, T, t) — BG/NBD, MBG/NBD —
+/// the hypergeometric work is shared by every customer with the same x and T, however their
+/// last purchase differs; for the others by customers with the same (x, t_x, T).
 pub fn score_customers<M: TransactionModel + ?Sized>(
     model: &M,
     spend: Option<(&GammaGamma, &ClvOptions)>,
@@ -78,27 +80,48 @@ pub fn score_customers<M: TransactionModel + ?Sized>(
     horizon: f64,
 ) -> Result<Vec<CustomerScore>, NumericError> {
     let clv = spend.map(|(_, options)| options);
-    let mut by_history: HashMap<(u64, u64, u64), HistoryScore> = HashMap::new();
+    let factors = model.expected_purchases_if_alive(0.0, 0.0, 1.0).is_some();
+    let mut cache: HashMap<(u64, u64, u64), Shared> = HashMap::new();
     let mut scores = Vec::with_capacity(customers.len());
     for (customer, monetary_value) in customers {
-        let key = (
-            customer.frequency.to_bits(),
-            customer.recency.to_bits(),
-            customer.t.to_bits(),
-        );
-        let history = match by_history.get(&key) {
-            Some(h) => *h,
+        let (x, t_x, age) = (customer.frequency, customer.recency, customer.t);
+        let p_alive = model.probability_alive(customer)?;
+        let key = if factors {
+            (x.to_bits(), 0, age.to_bits())
+        } else {
+            (x.to_bits(), t_x.to_bits(), age.to_bits())
+        };
+        let share = match cache.get(&key) {
+            Some(share) => *share,
             None => {
-                let h = history_score(model, customer, horizon, clv)?;
-                by_history.insert(key, h);
-                h
+                let share = if factors {
+                    shared(horizon, clv, |t| {
+                        model
+                            .expected_purchases_if_alive(t, x, age)
+                            .unwrap_or(Err(NumericError::NonFinite("expectation")))
+                    })?
+                } else {
+                    shared(horizon, clv, |t| {
+                        model.conditional_expected_purchases(t, customer)
+                    })?
+                };
+                cache.insert(key, share);
+                share
             }
+        };
+        let (expected_purchases, discounted_purchases) = if factors {
+            (
+                share.expected_purchases * p_alive,
+                share.discounted_purchases * p_alive,
+            )
+        } else {
+            (share.expected_purchases, share.discounted_purchases)
         };
         let (expected_order_value, clv) = match spend {
             Some((gg, _)) => {
                 let value =
                     gg.conditional_expected_average_profit(customer.frequency, *monetary_value);
-                let clv = value * history.discounted_purchases;
+                let clv = value * discounted_purchases;
                 if !clv.is_finite() {
                     return Err(NumericError::NonFinite("customer lifetime value"));
                 }
@@ -106,9 +129,12 @@ pub fn score_customers<M: TransactionModel + ?Sized>(
             }
             None => (None, None),
         };
+        if !expected_purchases.is_finite() {
+            return Err(NumericError::NonFinite("conditional expectation"));
+        }
         scores.push(CustomerScore {
-            expected_purchases: history.expected_purchases,
-            p_alive: history.p_alive,
+            expected_purchases,
+            p_alive,
             expected_order_value,
             clv,
         });
@@ -162,5 +188,26 @@ mod tests {
         assert!((scores[0].expected_purchases - 1.226).abs() < 1e-3);
         let without_spend = score_customers(&bg, None, &customers, 39.0).unwrap();
         assert!(without_spend.iter().all(|s| s.clv.is_none()));
+        // A model that does not factor through P(alive) is scored per whole history.
+        let pareto = crate::models::ParetoNbd {
+            r: 0.5533,
+            alpha: 10.578,
+            s: 0.6062,
+            beta: 11.668,
+        };
+        let scores = score_customers(&pareto, Some((&gg, &options)), &customers, 39.0).unwrap();
+        for ((customer, m), score) in customers.iter().zip(&scores) {
+            let expected = pareto
+                .conditional_expected_purchases(39.0, customer)
+                .unwrap();
+            assert_eq!(score.expected_purchases, expected);
+            let clv = gg
+                .customer_lifetime_value(&pareto, customer, *m, &options)
+                .unwrap();
+            assert!(
+                (score.clv.unwrap() - clv).abs() <= 1e-12 * clv.abs(),
+                "{score:?} vs {clv}"
+            );
+        }
     }
 }

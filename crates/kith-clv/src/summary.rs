@@ -214,7 +214,8 @@ pub(crate) fn collapse_periods<K: Ord>(
             keep(t, p).then_some((&t.customer_id, p, t.monetary_value))
         })
         .collect();
-    rows.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+    // Unstable is enough: rows of one customer and period are summed into one.
+    rows.sort_unstable_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
     let mut out: Vec<(&K, NaiveDate, f64)> = Vec::with_capacity(rows.len());
     for (k, p, v) in rows {
         match out.last_mut() {

@@ -9,9 +9,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Rfm, Spend, check_weights};
+use crate::data::{Rfm, Spend, check_weights, clip_groups, split_sum};
 use crate::error::{FitError, NumericError};
-use crate::fit::{FitOptions, Fitted, NaturalDerivatives, ParamVector, fit_model_exact};
+use crate::fit::{
+    FitOptions, Fitted, NaturalDerivatives, ParamVector, fit_model_exact, warm_start,
+};
 use crate::models::{TransactionModel, finite};
 use crate::special::{digamma, ln_gamma, trigamma};
 
@@ -123,13 +125,27 @@ struct SpendGroups {
 /// Mean negative log-likelihood of the average spends m̄ given x:
 /// ln f = ln Γ(px+q) − ln Γ(px) − ln Γ(q) + q ln γ + (px−1) ln m̄ + px ln x − (px+q) ln(γ + m̄x).
 fn mean_nll(v: &[f64; 3], g: &SpendGroups) -> f64 {
+    let total = split_sum(
+        g.monetary.len(),
+        |lo, hi| ll_rows(v, g, lo, hi),
+        |a, b| a + b,
+    );
+    -total / g.total_weight
+}
+
+/// The weighted log-likelihood of rows `from..to` (and of the groups that start there).
+fn ll_rows(v: &[f64; 3], g: &SpendGroups, from: usize, to: usize) -> f64 {
     let [p, q, gamma] = *v;
     let base = -ln_gamma(q) + q * gamma.ln();
     let mut total = 0.0;
-    for (k, &x) in g.frequency.iter().enumerate() {
-        let (lo, hi) = g.bounds[k];
+    for (k, lo, hi, starts) in clip_groups(&g.bounds, from, to) {
+        let x = g.frequency[k];
         let px = p * x;
-        let c = ln_gamma(px + q) - ln_gamma(px) + base + px * g.ln_frequency[k];
+        let c = if starts {
+            ln_gamma(px + q) - ln_gamma(px) + base + px * g.ln_frequency[k]
+        } else {
+            0.0
+        };
         let mut s = 0.0;
         for i in lo..hi {
             s += g.weight[i]
@@ -137,13 +153,31 @@ fn mean_nll(v: &[f64; 3], g: &SpendGroups) -> f64 {
         }
         total += s + c * g.group_weight[k];
     }
-    -total / g.total_weight
+    total
 }
 
 impl SpendGroups {
     /// Repeat customers `(x, m̄, weight)` grouped by frequency, identical rows merged.
-    fn new(mut rows: Vec<(f64, f64, f64)>) -> SpendGroups {
-        rows.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    fn new(rows: Vec<(f64, f64, f64)>) -> SpendGroups {
+        // Bucketed by frequency (a few dozen distinct values) and sorted within each bucket:
+        // linear in the customers but for the buckets' sorts, which is what a million repeat
+        // customers need. Values are positive and finite here, so bit patterns sort as values.
+        let mut buckets: hashbrown::HashMap<u64, Vec<(f64, f64)>> = hashbrown::HashMap::new();
+        for (x, m, w) in rows {
+            buckets.entry(x.to_bits()).or_default().push((m, w));
+        }
+        let mut frequencies: Vec<u64> = buckets.keys().copied().collect();
+        frequencies.sort_unstable();
+        let rows: Vec<(f64, f64, f64)> = frequencies
+            .into_iter()
+            .flat_map(|x| {
+                let mut bucket = buckets.remove(&x).unwrap_or_default();
+                bucket.sort_unstable_by_key(|(m, _)| m.to_bits());
+                bucket
+                    .into_iter()
+                    .map(move |(m, w)| (f64::from_bits(x), m, w))
+            })
+            .collect();
         let mut g = SpendGroups {
             frequency: Vec::new(),
             ln_frequency: Vec::new(),
@@ -182,25 +216,47 @@ impl SpendGroups {
 /// ℓ = lnΓ(px+q) − lnΓ(px) − lnΓ(q) + q ln γ + (px−1) ln m + px ln x − (px+q) ln(γ+mx);
 /// the digamma and trigamma terms depend on x only, so they are taken once per frequency.
 fn mean_nll_derivatives(v: &[f64; 3], g: &SpendGroups) -> NaturalDerivatives<3> {
+    let (grad, hess) = split_sum(
+        g.monetary.len(),
+        |lo, hi| derivative_rows(v, g, lo, hi),
+        |(g1, h1), (g2, h2)| {
+            (
+                std::array::from_fn(|i| g1[i] + g2[i]),
+                std::array::from_fn(|i| std::array::from_fn(|j| h1[i][j] + h2[i][j])),
+            )
+        },
+    );
+    // Of the mean negative log-likelihood, symmetric.
+    let scale = -1.0 / g.total_weight;
+    let grad = grad.map(|v| v * scale);
+    let hess = std::array::from_fn(|i| std::array::from_fn(|j| hess[i.min(j)][i.max(j)] * scale));
+    (grad, hess)
+}
+
+/// Sums of the log-likelihood's gradient and Hessian (upper triangle) over rows `from..to` and
+/// the groups that start there.
+fn derivative_rows(v: &[f64; 3], g: &SpendGroups, from: usize, to: usize) -> NaturalDerivatives<3> {
     let [p, q, gamma] = *v;
     let (psi_q, tri_q, ln_gamma_) = (digamma(q), trigamma(q), gamma.ln());
     let mut grad = [0.0; 3];
     let mut hess = [[0.0; 3]; 3];
-    for (k, &x) in g.frequency.iter().enumerate() {
-        let (lo, hi) = g.bounds[k];
+    for (k, lo, hi, starts) in clip_groups(&g.bounds, from, to) {
+        let x = g.frequency[k];
         let (a, px) = (p * x + q, p * x);
-        let (psi_a, tri_a) = (digamma(a), trigamma(a));
-        let (psi_px, tri_px) = (digamma(px), trigamma(px));
-        let gw = g.group_weight[k];
-        // Terms of the customer's x alone.
-        grad[0] += gw * x * (psi_a - psi_px + g.ln_frequency[k]);
-        grad[1] += gw * (psi_a - psi_q + ln_gamma_);
-        grad[2] += gw * q / gamma;
-        hess[0][0] += gw * x * x * (tri_a - tri_px);
-        hess[0][1] += gw * x * tri_a;
-        hess[1][1] += gw * (tri_a - tri_q);
-        hess[1][2] += gw / gamma;
-        hess[2][2] -= gw * q / (gamma * gamma);
+        if starts {
+            let (psi_a, tri_a) = (digamma(a), trigamma(a));
+            let (psi_px, tri_px) = (digamma(px), trigamma(px));
+            let gw = g.group_weight[k];
+            // Terms of the customer's x alone.
+            grad[0] += gw * x * (psi_a - psi_px + g.ln_frequency[k]);
+            grad[1] += gw * (psi_a - psi_q + ln_gamma_);
+            grad[2] += gw * q / gamma;
+            hess[0][0] += gw * x * x * (tri_a - tri_px);
+            hess[0][1] += gw * x * tri_a;
+            hess[1][1] += gw * (tri_a - tri_q);
+            hess[1][2] += gw / gamma;
+            hess[2][2] -= gw * q / (gamma * gamma);
+        }
         // Terms of each customer's mean spend m: (px−1) ln m − (px+q) ln(γ+mx).
         for i in lo..hi {
             let w = g.weight[i];
@@ -214,10 +270,6 @@ fn mean_nll_derivatives(v: &[f64; 3], g: &SpendGroups) -> NaturalDerivatives<3> 
             hess[2][2] += w * a / (d * d);
         }
     }
-    // Of the mean negative log-likelihood, symmetric.
-    let scale = -1.0 / g.total_weight;
-    let grad = grad.map(|v| v * scale);
-    let hess = std::array::from_fn(|i| std::array::from_fn(|j| hess[i.min(j)][i.max(j)] * scale));
     (grad, hess)
 }
 
@@ -315,12 +367,19 @@ impl GammaGamma {
             .map(|(m, w)| m * w)
             .sum::<f64>()
             / g.total_weight;
+        let fit_options = warm_start(&options.fit, g.monetary.len(), data, weights, |d, w, o| {
+            let sample_options = GammaGammaOptions {
+                fit: o.clone(),
+                max_abs_correlation: None,
+            };
+            Self::fit_impl(d, Some(w), &sample_options).map(|f| f.model)
+        });
         let model = fit_model_exact(
             |v| mean_nll(v, &g),
             |v| mean_nll_derivatives(v, &g),
             g.total_weight,
             [1.0, 1.0, mean_m.max(1e-6)],
-            &options.fit,
+            &fit_options,
         )?;
         Ok(GammaGammaFit {
             model,

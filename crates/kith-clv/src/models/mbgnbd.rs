@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Rfm, RfmGroups, validate_rfm};
+use crate::data::{Rfm, RfmGroups, clip_groups, split_sum, validate_rfm};
 use crate::error::{FitError, NumericError};
-use crate::fit::{FitOptions, Fitted, ParamVector, fit_model_exact};
+use crate::fit::{FitOptions, Fitted, ParamVector, fit_model_exact, warm_start};
 use crate::hyp2f1::ln_hyp2f1;
 use crate::models::{
     TransactionModel, bg_family_derivatives, check_horizon, finite, inv_one_plus_exp, ln_nb_pmf,
@@ -46,16 +46,30 @@ impl ParamVector<4> for ModifiedBgNbd {
 /// ln L = ln Γ(r+x) − ln Γ(r) + r ln α + ln Γ(a+b) + ln Γ(b+x+1) − ln Γ(b) − ln Γ(a+b+x+1)
 ///        − (r+x) ln(α+T) + ln(1 + a/(b+x) · ((α+T)/(α+t_x))^{r+x}).
 fn mean_nll(p: &[f64; 4], g: &RfmGroups) -> f64 {
+    let total = split_sum(
+        g.recency.len(),
+        |lo, hi| ll_rows(p, g, lo, hi),
+        |a, b| a + b,
+    );
+    -total / g.total_weight
+}
+
+/// The weighted log-likelihood of rows `from..to` (and of the groups that start there).
+fn ll_rows(p: &[f64; 4], g: &RfmGroups, from: usize, to: usize) -> f64 {
     let [r, alpha, a, b] = *p;
     let (lg_r, lg_b, lg_ab) = (ln_gamma(r), ln_gamma(b), ln_gamma(a + b));
     let (ln_alpha, ln_a) = (alpha.ln(), a.ln());
     let mut total = 0.0;
-    for (k, &x) in g.frequency.iter().enumerate() {
-        let (lo, hi) = g.bounds[k];
+    for (k, lo, hi, starts) in clip_groups(&g.bounds, from, to) {
+        let x = g.frequency[k];
         let rx = r + x;
-        let a12 = ln_gamma(rx) - lg_r + r * ln_alpha + lg_ab + ln_gamma(b + x + 1.0)
-            - lg_b
-            - ln_gamma(a + b + x + 1.0);
+        let a12 = if starts {
+            ln_gamma(rx) - lg_r + r * ln_alpha + lg_ab + ln_gamma(b + x + 1.0)
+                - lg_b
+                - ln_gamma(a + b + x + 1.0)
+        } else {
+            0.0
+        };
         let c4 = ln_a - (b + x).ln();
         let mut s = 0.0;
         for i in lo..hi {
@@ -65,7 +79,7 @@ fn mean_nll(p: &[f64; 4], g: &RfmGroups) -> f64 {
         }
         total += s + a12 * g.group_weight[k];
     }
-    -total / g.total_weight
+    total
 }
 
 impl ModifiedBgNbd {
@@ -94,6 +108,9 @@ impl ModifiedBgNbd {
         validate_rfm(data, weights, options.min_repeat_customers)?;
         let g = RfmGroups::new(data, weights);
         let init = [1.0, g.mean_t(), 1.0, 1.0];
+        let options = &warm_start(options, g.recency.len(), data, weights, |d, w, o| {
+            Self::fit_impl(d, Some(w), o)
+        });
         fit_model_exact(
             |p| mean_nll(p, &g),
             |p| bg_family_derivatives(p, &g, 1.0, true),
@@ -127,18 +144,29 @@ impl ModifiedBgNbd {
     /// Expected repeat purchases in (T, T+t] given the history:
     /// (a+b+x)/(a−1) · [1 − ((α+T)/(α+T+t))^{r+x} ₂F₁(r+x, b+x+1; a+b+x; t/(α+T+t))] · P(alive).
     pub fn conditional_expected_purchases(&self, t: f64, c: &Rfm) -> Result<f64, NumericError> {
-        check_horizon(t)?;
-        let ModifiedBgNbd { r, alpha, a, b } = *self;
-        let x = c.frequency;
-        let z = t / (alpha + c.t + t);
-        let ln_hyp = ln_hyp2f1(r + x, b + x + 1.0, a + b + x, z)?;
-        let ln_ratio = -(t / (alpha + c.t)).ln_1p();
-        let second = -(ln_hyp + (r + x) * ln_ratio).exp_m1();
-        let first = (a + b + x) / (a - 1.0);
+        let if_alive = self.expected_purchases_if_alive(t, c.frequency, c.t)?;
         finite(
-            first * second * self.probability_alive(c),
+            if_alive * self.probability_alive(c),
             "mbg/nbd conditional expectation",
         )
+    }
+
+    /// The conditional expectation without its P(alive) factor:
+    /// (a+b+x)/(a−1) · [1 − ((α+T)/(α+T+t))^{r+x} ₂F₁(r+x, b+x+1; a+b+x; t/(α+T+t))].
+    pub fn expected_purchases_if_alive(
+        &self,
+        t: f64,
+        x: f64,
+        age: f64,
+    ) -> Result<f64, NumericError> {
+        check_horizon(t)?;
+        let ModifiedBgNbd { r, alpha, a, b } = *self;
+        let z = t / (alpha + age + t);
+        let ln_hyp = ln_hyp2f1(r + x, b + x + 1.0, a + b + x, z)?;
+        let ln_ratio = -(t / (alpha + age)).ln_1p();
+        let second = -(ln_hyp + (r + x) * ln_ratio).exp_m1();
+        let first = (a + b + x) / (a - 1.0);
+        Ok(first * second)
     }
 
     /// Probability the customer is still active at T:
@@ -188,6 +216,16 @@ impl TransactionModel for ModifiedBgNbd {
     }
     fn probability_alive(&self, customer: &Rfm) -> Result<f64, NumericError> {
         Ok(ModifiedBgNbd::probability_alive(self, customer))
+    }
+    fn expected_purchases_if_alive(
+        &self,
+        t: f64,
+        frequency: f64,
+        age: f64,
+    ) -> Option<Result<f64, NumericError>> {
+        Some(ModifiedBgNbd::expected_purchases_if_alive(
+            self, t, frequency, age,
+        ))
     }
 }
 

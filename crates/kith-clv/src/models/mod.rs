@@ -16,7 +16,7 @@ pub use gamma_gamma::{ClvOptions, GammaGamma, GammaGammaFit, GammaGammaOptions};
 pub use mbgnbd::ModifiedBgNbd;
 pub use pareto::ParetoNbd;
 
-use crate::data::{Rfm, RfmGroups};
+use crate::data::{Rfm, RfmGroups, clip_groups, split_sum};
 use crate::error::NumericError;
 use crate::fit::NaturalDerivatives;
 use crate::special::{digamma, trigamma};
@@ -31,6 +31,19 @@ pub trait TransactionModel {
 
     /// Probability that the customer is still active at T.
     fn probability_alive(&self, customer: &Rfm) -> Result<f64, NumericError>;
+
+    /// Expected repeat purchases in (T, T + t] of a customer still active at T, with `frequency`
+    /// repeat purchases and age T (`age`), for models whose conditional expectation is
+    /// P(alive) times this (BG/NBD, MBG/NBD): it does not depend on t_x, so batch scoring
+    /// shares it between customers with the same x and T. `None` for models that do not factor.
+    fn expected_purchases_if_alive(
+        &self,
+        _t: f64,
+        _frequency: f64,
+        _age: f64,
+    ) -> Option<Result<f64, NumericError>> {
+        None
+    }
 }
 
 /// Rejects a negative or non-finite horizon.
@@ -121,6 +134,32 @@ pub(crate) fn bg_family_derivatives(
     s: f64,
     mix_without_repeats: bool,
 ) -> NaturalDerivatives<4> {
+    let (grad, hess) = split_sum(
+        g.recency.len(),
+        |lo, hi| bg_family_rows(p, g, s, mix_without_repeats, lo, hi),
+        |(g1, h1), (g2, h2)| {
+            (
+                std::array::from_fn(|i| g1[i] + g2[i]),
+                std::array::from_fn(|i| std::array::from_fn(|j| h1[i][j] + h2[i][j])),
+            )
+        },
+    );
+    let scale = -1.0 / g.total_weight;
+    let grad = grad.map(|v| v * scale);
+    let hess = std::array::from_fn(|i| std::array::from_fn(|j| hess[i.min(j)][i.max(j)] * scale));
+    (grad, hess)
+}
+
+/// Sums of the log-likelihood's gradient and Hessian (upper triangle) over rows `from..to` and
+/// the groups that start there.
+fn bg_family_rows(
+    p: &[f64; 4],
+    g: &RfmGroups,
+    s: f64,
+    mix_without_repeats: bool,
+    from: usize,
+    to: usize,
+) -> NaturalDerivatives<4> {
     let [r, alpha, a, b] = *p;
     let (psi_r, tri_r) = (digamma(r), trigamma(r));
     let (psi_b, tri_b) = (digamma(b), trigamma(b));
@@ -129,22 +168,24 @@ pub(crate) fn bg_family_derivatives(
     let mut grad = [0.0; 4];
     // Upper triangle, (r, α, a, b) = (0, 1, 2, 3).
     let mut hess = [[0.0; 4]; 4];
-    for (k, &x) in g.frequency.iter().enumerate() {
-        let (lo, hi) = g.bounds[k];
+    for (k, lo, hi, starts) in clip_groups(&g.bounds, from, to) {
+        let x = g.frequency[k];
         let rx = r + x;
-        let gw = g.group_weight[k];
-        let (psi_abx, tri_abx) = (digamma(a + b + x + s), trigamma(a + b + x + s));
-        let (psi_bx, tri_bx) = (digamma(b + x + s), trigamma(b + x + s));
-        grad[0] += gw * (digamma(rx) - psi_r + ln_alpha);
-        grad[1] += gw * r / alpha;
-        grad[2] += gw * (psi_ab - psi_abx);
-        grad[3] += gw * (psi_ab + psi_bx - psi_b - psi_abx);
-        hess[0][0] += gw * (trigamma(rx) - tri_r);
-        hess[0][1] += gw / alpha;
-        hess[1][1] -= gw * r / (alpha * alpha);
-        hess[2][2] += gw * (tri_ab - tri_abx);
-        hess[2][3] += gw * (tri_ab - tri_abx);
-        hess[3][3] += gw * (tri_ab + tri_bx - tri_b - tri_abx);
+        if starts {
+            let gw = g.group_weight[k];
+            let (psi_abx, tri_abx) = (digamma(a + b + x + s), trigamma(a + b + x + s));
+            let (psi_bx, tri_bx) = (digamma(b + x + s), trigamma(b + x + s));
+            grad[0] += gw * (digamma(rx) - psi_r + ln_alpha);
+            grad[1] += gw * r / alpha;
+            grad[2] += gw * (psi_ab - psi_abx);
+            grad[3] += gw * (psi_ab + psi_bx - psi_b - psi_abx);
+            hess[0][0] += gw * (trigamma(rx) - tri_r);
+            hess[0][1] += gw / alpha;
+            hess[1][1] -= gw * r / (alpha * alpha);
+            hess[2][2] += gw * (tri_ab - tri_abx);
+            hess[2][3] += gw * (tri_ab - tri_abx);
+            hess[3][3] += gw * (tri_ab + tri_bx - tri_b - tri_abx);
+        }
         if x > 0.0 || mix_without_repeats {
             let bx = b + x.max(1.0 - s) + s - 1.0;
             let c4 = a.ln() - bx.ln();
@@ -185,8 +226,5 @@ pub(crate) fn bg_family_derivatives(
             }
         }
     }
-    let scale = -1.0 / g.total_weight;
-    let grad = grad.map(|v| v * scale);
-    let hess = std::array::from_fn(|i| std::array::from_fn(|j| hess[i.min(j)][i.max(j)] * scale));
     (grad, hess)
 }

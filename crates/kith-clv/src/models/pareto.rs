@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Rfm, RfmGroups, validate_rfm};
 use crate::error::{FitError, NumericError};
-use crate::fit::{FitOptions, Fitted, ParamVector, fit_model};
+use crate::fit::{FitOptions, Fitted, ParamVector, fit_model, warm_start};
 use crate::hyp2f1::ln_hyp2f1;
 use crate::models::{TransactionModel, check_horizon, finite, inv_one_plus_exp};
 use crate::special::{ln_gamma, log_add_exp, log1m_exp};
@@ -235,6 +235,9 @@ impl ParetoNbd {
     ) -> Result<Fitted<ParetoNbd>, FitError> {
         validate_rfm(data, weights, options.min_repeat_customers)?;
         let g = RfmGroups::new(data, weights);
+        let options = &warm_start(options, g.recency.len(), data, weights, |d, w, o| {
+            Self::fit_impl(d, Some(w), o)
+        });
         let m = g.mean_t();
         let init = [1.0, m, 1.0, m];
         let total_weight = g.total_weight;
