@@ -8,12 +8,15 @@
 //! engines that sum in another order rank it the same. Segments come from the recency and
 //! frequency scores ([`segment`]).
 
+use std::collections::BTreeMap;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Float64Type, Int64Type};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::scope::{FieldRef, Scope, sql_string};
-use crate::{AnalyticsError, Data, count, number, text};
+use crate::{AnalyticsError, Data};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct RfmDefinition {
@@ -105,21 +108,6 @@ pub const SEGMENTS: [&str; 11] = [
     "Lost",
 ];
 
-fn segment_case() -> String {
-    let mut case = String::from("CASE r * 10 + f");
-    for r in 1..=5u8 {
-        for f in 1..=5u8 {
-            case.push_str(&format!(
-                " WHEN {} THEN {}",
-                r * 10 + f,
-                sql_string(segment(r, f))
-            ));
-        }
-    }
-    case.push_str(" END");
-    case
-}
-
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RfmReport {
     pub as_of: String,
@@ -157,10 +145,35 @@ pub struct RfmScore {
     pub segment: String,
 }
 
+/// One buyer's purchases in the window, as the query sums them up.
+struct Buyer {
+    profile_id: String,
+    last_micros: i64,
+    frequency: u64,
+    monetary: f64,
+    breakdown: String,
+}
+
+/// Quintile scores of `n` values ordered by `cmp`: `1 + floor(5 · (rank − 1) / n)` with
+/// `rank` = 1 + the number of values strictly below (SQL `RANK()`), so ties share a score.
+fn quintiles(n: usize, cmp: impl Fn(usize, usize) -> std::cmp::Ordering) -> Vec<u8> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_unstable_by(|&a, &b| cmp(a, b));
+    let mut scores = vec![0u8; n];
+    let mut rank = 1;
+    for (position, &i) in order.iter().enumerate() {
+        if position > 0 && cmp(order[position - 1], i) != std::cmp::Ordering::Equal {
+            rank = position + 1;
+        }
+        scores[i] = (1 + 5 * (rank - 1) / n) as u8;
+    }
+    scores
+}
+
 impl RfmDefinition {
-    /// The per-profile scores as SQL: profile_id, recency_days, frequency, monetary, r, f, m,
-    /// segment, breakdown.
-    pub fn scores_sql(&self) -> Result<(String, DateTime<Utc>), AnalyticsError> {
+    /// Each buyer's last purchase (µs), purchases, value (rounded to cents, so engines summing
+    /// in another order rank it the same) and breakdown value of the last purchase, as SQL.
+    pub fn aggregates_sql(&self) -> Result<(String, DateTime<Utc>), AnalyticsError> {
         let scope = self.scope.resolve()?;
         let as_of = match &self.as_of {
             Some(text) => crate::scope::parse_instant(text, scope.zone, "as_of")?,
@@ -180,32 +193,12 @@ impl RfmDefinition {
             ],
             &format!("{} AS value", value.number_sql("e")),
         );
-        let quintile = |rank: &str| format!("CAST(1 + FLOOR(5.0 * ({rank} - 1) / n) AS BIGINT)");
         let sql = format!(
-            "WITH base AS ({base}), \
-             per_profile AS ( \
-               SELECT profile_id, MAX(ts) AS last_ts, COUNT(*) AS frequency, \
-                      ROUND(COALESCE(SUM(value), 0.0), 2) AS monetary, \
-                      first_value(breakdown ORDER BY ts DESC) AS breakdown \
-               FROM base GROUP BY profile_id), \
-             ranked AS ( \
-               SELECT *, RANK() OVER (ORDER BY last_ts) AS r_rank, \
-                      RANK() OVER (ORDER BY frequency) AS f_rank, \
-                      RANK() OVER (ORDER BY monetary) AS m_rank, \
-                      COUNT(*) OVER () AS n \
-               FROM per_profile), \
-             scored AS ( \
-               SELECT profile_id, \
-                      ({as_of} - CAST(last_ts AS BIGINT)) / 86400000000.0 AS recency_days, \
-                      frequency, monetary, {r} AS r, {f} AS f, {m} AS m, breakdown \
-               FROM ranked) \
-             SELECT profile_id, recency_days, frequency, monetary, r, f, m, {case} AS segment, breakdown \
-             FROM scored",
-            as_of = as_of.timestamp_micros(),
-            r = quintile("r_rank"),
-            f = quintile("f_rank"),
-            m = quintile("m_rank"),
-            case = segment_case(),
+            "WITH base AS ({base}) \
+             SELECT profile_id, CAST(MAX(ts) AS BIGINT) AS last_micros, COUNT(*) AS frequency, \
+                    CAST(ROUND(COALESCE(SUM(value), 0.0), 2) AS DOUBLE) AS monetary, \
+                    first_value(breakdown ORDER BY ts DESC) AS breakdown \
+             FROM base GROUP BY profile_id"
         );
         Ok((sql, as_of))
     }
@@ -216,98 +209,102 @@ impl RfmDefinition {
 
     /// The report, and with `every_profile` every scored profile's scores (for writing them
     /// onto profiles as traits).
+    ///
+    /// One scan of the purchases aggregates them per buyer; the three rankings, the segments and
+    /// their summaries are done here, on one row per buyer (three window sorts in SQL cost more
+    /// than the scan itself).
     pub async fn run_with_scores(
         &self,
         data: &Data<'_>,
         every_profile: bool,
     ) -> Result<(RfmReport, Vec<RfmScore>), AnalyticsError> {
-        let (scores, as_of) = self.scores_sql()?;
-        // The scores are computed once (one scan of the events) and both answers read them.
-        let mut limits = data.limits.clone();
-        limits.max_rows = 1 << 40;
-        let scored = data
-            .lake
-            .query_with(&scores, &limits, data.tables.clone())
+        let (sql, as_of) = self.aggregates_sql()?;
+        let mut buyers: Vec<Buyer> = Vec::new();
+        data.lake
+            .query_each(&sql, &data.limits, data.tables.clone(), |batch| {
+                let profile = crate::funnel::strings(batch.column(0).as_ref());
+                let last = batch.column(1).as_primitive::<Int64Type>();
+                let frequency = batch.column(2).as_primitive::<Int64Type>();
+                let monetary = batch.column(3).as_primitive::<Float64Type>();
+                let breakdown = crate::funnel::strings(batch.column(4).as_ref());
+                for row in 0..batch.num_rows() {
+                    buyers.push(Buyer {
+                        profile_id: profile(row).to_string(),
+                        last_micros: last.value(row),
+                        frequency: frequency.value(row).max(0) as u64,
+                        monetary: if monetary.is_null(row) {
+                            0.0
+                        } else {
+                            monetary.value(row)
+                        },
+                        breakdown: breakdown(row).to_string(),
+                    });
+                }
+            })
             .await?;
-        let scores = Data {
-            lake: data.lake,
-            tables: vec![kith_lake::ExtraTable {
-                name: "kith_rfm_scores".into(),
-                schema: scored.schema.clone(),
-                batches: scored.batches,
-            }],
-            limits: data.limits.clone(),
-        };
-        let rows = scores
-            .rows(
-                "SELECT segment, breakdown, COUNT(*), SUM(monetary), AVG(recency_days), \
-                        AVG(frequency), AVG(monetary) \
-                 FROM kith_rfm_scores GROUP BY segment, breakdown",
-            )
-            .await?;
-        let profiles: u64 = rows.iter().map(|r| count(&r[2])).sum();
-        let mut segments: Vec<SegmentSummary> = rows
+        let n = buyers.len();
+        let r = quintiles(n, |a, b| buyers[a].last_micros.cmp(&buyers[b].last_micros));
+        let f = quintiles(n, |a, b| buyers[a].frequency.cmp(&buyers[b].frequency));
+        let m = quintiles(n, |a, b| buyers[a].monetary.total_cmp(&buyers[b].monetary));
+        let as_of_micros = as_of.timestamp_micros();
+        let scores: Vec<RfmScore> = buyers
             .iter()
-            .map(|row| SegmentSummary {
-                segment: text(&row[0]),
-                breakdown: text(&row[1]),
-                profiles: count(&row[2]),
-                share: count(&row[2]) as f64 / profiles.max(1) as f64,
-                value: number(&row[3]),
-                mean_recency_days: number(&row[4]),
-                mean_frequency: number(&row[5]),
-                mean_monetary: number(&row[6]),
+            .enumerate()
+            .map(|(i, b)| RfmScore {
+                profile_id: b.profile_id.clone(),
+                recency_days: (as_of_micros - b.last_micros) as f64 / 86_400_000_000.0,
+                frequency: b.frequency,
+                monetary: b.monetary,
+                r: r[i],
+                f: f[i],
+                m: m[i],
+                segment: segment(r[i], f[i]).to_string(),
             })
             .collect();
-        let order = |name: &str| SEGMENTS.iter().position(|s| *s == name).unwrap_or(99);
-        segments.sort_by(|a, b| {
-            (order(&a.segment), &a.breakdown).cmp(&(order(&b.segment), &b.breakdown))
-        });
-        let top = format!(
-            "SELECT profile_id, recency_days, frequency, monetary, r, f, m, segment \
-             FROM kith_rfm_scores ORDER BY monetary DESC, profile_id LIMIT {}",
-            self.limit
-        );
-        let top_profiles = scores
-            .rows(&top)
-            .await?
-            .iter()
-            .map(|row| score_of(row))
-            .collect();
-        let every = if every_profile {
-            scores
-                .rows(
-                    "SELECT profile_id, recency_days, frequency, monetary, r, f, m, segment \
-                     FROM kith_rfm_scores",
-                )
-                .await?
+        // Per segment and breakdown value: profiles, value, and the sums the means come from.
+        let mut groups: BTreeMap<(usize, &str), (u64, f64, f64, f64)> = BTreeMap::new();
+        for (score, buyer) in scores.iter().zip(&buyers) {
+            let order = SEGMENTS
                 .iter()
-                .map(|row| score_of(row))
-                .collect()
-        } else {
-            Vec::new()
-        };
+                .position(|s| *s == score.segment)
+                .unwrap_or(SEGMENTS.len());
+            let group = groups.entry((order, buyer.breakdown.as_str())).or_default();
+            group.0 += 1;
+            group.1 += score.monetary;
+            group.2 += score.recency_days;
+            group.3 += score.frequency as f64;
+        }
+        let profiles = n as u64;
+        let segments = groups
+            .into_iter()
+            .map(|((order, breakdown), (count, value, recency, frequency))| {
+                let count_f = count as f64;
+                SegmentSummary {
+                    segment: SEGMENTS.get(order).copied().unwrap_or("").to_string(),
+                    breakdown: breakdown.to_string(),
+                    profiles: count,
+                    share: count_f / profiles.max(1) as f64,
+                    value,
+                    mean_recency_days: recency / count_f,
+                    mean_frequency: frequency / count_f,
+                    mean_monetary: value / count_f,
+                }
+            })
+            .collect();
+        let mut top: Vec<&RfmScore> = scores.iter().collect();
+        top.sort_by(|a, b| {
+            b.monetary
+                .total_cmp(&a.monetary)
+                .then_with(|| a.profile_id.cmp(&b.profile_id))
+        });
+        let top_profiles = top.into_iter().take(self.limit).cloned().collect();
         let report = RfmReport {
             as_of: as_of.to_rfc3339(),
             profiles,
             segments,
             top_profiles,
         };
-        Ok((report, every))
-    }
-}
-
-fn score_of(row: &[Value]) -> RfmScore {
-    let small = |v: &Value| count(v).min(5) as u8;
-    RfmScore {
-        profile_id: text(&row[0]),
-        recency_days: number(&row[1]),
-        frequency: count(&row[2]),
-        monetary: number(&row[3]),
-        r: small(&row[4]),
-        f: small(&row[5]),
-        m: small(&row[6]),
-        segment: text(&row[7]),
+        Ok((report, if every_profile { scores } else { Vec::new() }))
     }
 }
 
@@ -330,6 +327,18 @@ mod tests {
         assert_eq!(segment(1, 1), "Lost");
         assert_eq!(segment(1, 5), "Can't lose them");
         assert_eq!(segment(5, 1), "New");
-        assert!(segment_case().contains("WHEN 15 THEN 'Can''t lose them'"));
+    }
+
+    #[test]
+    fn quintiles_are_rank_based_and_keep_ties_together() {
+        // Ten values: ranks 1..10 give 1,1,2,2,3,3,4,4,5,5.
+        let values: Vec<u32> = (0..10).rev().collect();
+        let scores = quintiles(values.len(), |a, b| values[a].cmp(&values[b]));
+        assert_eq!(scores, [5, 5, 4, 4, 3, 3, 2, 2, 1, 1]);
+        // Six ones and four twos: the ones share rank 1 (score 1), the twos rank 7 (score 4).
+        let values = [1, 2, 1, 1, 2, 1, 1, 2, 1, 2];
+        let scores = quintiles(values.len(), |a, b| values[a].cmp(&values[b]));
+        assert_eq!(scores, [1, 4, 1, 1, 4, 1, 1, 4, 1, 4]);
+        assert!(quintiles(0, |_, _| std::cmp::Ordering::Equal).is_empty());
     }
 }
