@@ -52,30 +52,58 @@ PY
 # not per analysis (the offline `kith analyze` also opens them, seconds at this size).
 key=$("$kith" key create --data-dir "$data" --scope read)
 port=$((18500 + $$ % 1000))
-"$kith" serve --data-dir "$data" --listen "127.0.0.1:$port" > "$work/serve.log" 2>&1 &
+# The models' scheduled runs (CLV, RFM traits, ...) would start a minute in and share the cores
+# with the analyses being timed: off for the benchmark.
+printf '[models.%s]\nrefresh_hours = 0\n' clv rfm risk preferences > "$work/kith.toml"
+"$kith" serve --data-dir "$data" --listen "127.0.0.1:$port" --config "$work/kith.toml" > "$work/serve.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 1 600); do
   curl -sf "http://127.0.0.1:$port/readyz" > /dev/null && break
   sleep 0.5
 done
+# Ready means ingesting; the identity table and index analyses use are built just after start
+# (about 0.25 s at this size, logged as "identity table for analyses built"). Time the analyses
+# of a running server, not that start-up step.
+for _ in $(seq 1 100); do
+  grep -q "identity table for analyses built" "$work/serve.log" && break
+  sleep 0.2
+done
 
-echo "| analysis | kith s | duckdb s | kith / duckdb |"
-echo "|---|---:|---:|---:|"
-for analysis in rfm cohorts funnel5 funnel20 paths; do
-  read -r kind body <<< "$(definition "$analysis" | "$python" -c 'import json,sys; k,d=json.load(sys.stdin); print(k, json.dumps(d))')"
+# Each analysis runs twice on each side: the first Kith request after start-up pays one-time
+# costs (the first scan of the files), the repeat is what a running server answers; DuckDB runs
+# as a fresh process both times (the operating system's file cache is warm for both tools).
+echo "| analysis | kith first s | kith repeat s | duckdb s | duckdb repeat s | kith / duckdb (repeat) |"
+echo "|---|---:|---:|---:|---:|---:|"
+kith_once() {
+  local start code
   start=$(date +%s.%N)
   code=$(curl -s -o "$work/answer" -w '%{http_code}' -H "Authorization: Bearer $key" \
-    -H 'Content-Type: application/json' "http://127.0.0.1:$port/v1/analytics/$kind" -d "$body")
-  kith_s=$(echo "$(date +%s.%N) - $start" | bc)
-  start=$(date +%s.%N)
-  "$python" bench/analytics/duckdb_analyses.py "$data/tables/events" "$work/identities.csv" "$analysis" > /dev/null
-  duck_s=$(echo "$(date +%s.%N) - $start" | bc)
+    -H 'Content-Type: application/json' "http://127.0.0.1:$port/v1/analytics/$1" -d "$2")
   if [[ "$code" != 200 ]]; then
-    echo "$analysis: HTTP $code $(head -c 300 "$work/answer")" >&2
-    printf "| %s | failed | %.2f | - |\n" "$analysis" "$duck_s"
+    echo "$1: HTTP $code $(head -c 300 "$work/answer")" >&2
+    echo failed
+    return
+  fi
+  echo "$(date +%s.%N) - $start" | bc
+}
+duck_once() {
+  local start
+  start=$(date +%s.%N)
+  "$python" bench/analytics/duckdb_analyses.py "$data/tables/events" "$work/identities.csv" "$1" > /dev/null
+  echo "$(date +%s.%N) - $start" | bc
+}
+for analysis in rfm cohorts funnel5 funnel20 paths; do
+  read -r kind body <<< "$(definition "$analysis" | "$python" -c 'import json,sys; k,d=json.load(sys.stdin); print(k, json.dumps(d))')"
+  kith_first=$(kith_once "$kind" "$body")
+  kith_again=$(kith_once "$kind" "$body")
+  duck_first=$(duck_once "$analysis")
+  duck_again=$(duck_once "$analysis")
+  if [[ "$kith_first" == failed || "$kith_again" == failed ]]; then
+    printf "| %s | failed | failed | %.2f | %.2f | - |\n" "$analysis" "$duck_first" "$duck_again"
   else
-    printf "| %s | %.2f | %.2f | %.2f |\n" "$analysis" "$kith_s" "$duck_s" "$(echo "$kith_s / $duck_s" | bc -l)"
+    printf "| %s | %.2f | %.2f | %.2f | %.2f | %.2f |\n" "$analysis" "$kith_first" "$kith_again" \
+      "$duck_first" "$duck_again" "$(echo "$kith_again / $duck_again" | bc -l)"
   fi
 done
 rss=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$server/status")

@@ -215,6 +215,7 @@ impl CohortDefinition {
             lake: data.lake,
             tables,
             limits: data.limits.clone(),
+            identities: data.identities.clone(),
         };
         let sizes = with_members
             .rows(

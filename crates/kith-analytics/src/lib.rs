@@ -9,6 +9,7 @@
 pub mod clv;
 pub mod cohorts;
 pub mod funnel;
+pub mod identities;
 pub mod paths;
 pub mod preferences;
 pub mod profile_models;
@@ -18,6 +19,9 @@ pub mod scope;
 pub mod stats;
 pub mod trends;
 
+use std::sync::{Arc, OnceLock};
+
+use identities::IdentityIndex;
 use kith_lake::{ExtraTable, Lake, QueryError, QueryLimits, output};
 use serde_json::Value;
 use thiserror::Error;
@@ -69,9 +73,27 @@ pub struct Data<'a> {
     /// `profile_identities` (and any other table the caller registers).
     pub tables: Vec<ExtraTable>,
     pub limits: QueryLimits,
+    /// `profile_identities` as a hash index, built on first use; a caller that keeps the table
+    /// between analyses (the server) keeps this with it.
+    pub identities: Arc<OnceLock<IdentityIndex>>,
 }
 
-impl Data<'_> {
+impl<'a> Data<'a> {
+    pub fn new(lake: &'a Lake, tables: Vec<ExtraTable>, limits: QueryLimits) -> Data<'a> {
+        Data {
+            lake,
+            tables,
+            limits,
+            identities: Arc::default(),
+        }
+    }
+
+    /// The identifier → profile index of `profile_identities`.
+    pub fn identity_index(&self) -> &IdentityIndex {
+        self.identities
+            .get_or_init(|| IdentityIndex::from_tables(&self.tables))
+    }
+
     /// Runs `sql`; every row as JSON values in column order.
     pub async fn rows(&self, sql: &str) -> Result<Vec<Vec<Value>>, AnalyticsError> {
         let mut limits = self.limits.clone();

@@ -10,11 +10,14 @@
 
 use std::collections::BTreeMap;
 
+use hashbrown::HashMap;
+
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, Int64Type};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::identities::{KeyType, Owner};
 use crate::scope::{FieldRef, Scope, sql_string};
 use crate::{AnalyticsError, Data};
 
@@ -171,8 +174,8 @@ fn quintiles(n: usize, cmp: impl Fn(usize, usize) -> std::cmp::Ordering) -> Vec<
 }
 
 impl RfmDefinition {
-    /// Each buyer's last purchase (µs), purchases, value (rounded to cents, so engines summing
-    /// in another order rank it the same) and breakdown value of the last purchase, as SQL.
+    /// Per attribution key (see [`crate::identities`]): the last purchase (µs), purchases, their
+    /// value and the breakdown value of the last purchase, as SQL.
     pub fn aggregates_sql(&self) -> Result<(String, DateTime<Utc>), AnalyticsError> {
         let scope = self.scope.resolve()?;
         let as_of = match &self.as_of {
@@ -186,19 +189,27 @@ impl RfmDefinition {
             ));
         }
         let value = FieldRef::parse(&self.value, "value")?;
-        let base = scope.attributed_events(
-            &[
-                format!("e.event = {}", sql_string(&self.purchase_event)),
-                format!("e.timestamp <= {}", crate::scope::instant_sql(as_of)),
-            ],
+        let base = scope.keyed_events(
+            &[format!("e.event = {}", sql_string(&self.purchase_event))],
+            &[format!(
+                "e.timestamp <= {}",
+                crate::scope::instant_sql(as_of)
+            )],
             &format!("{} AS value", value.number_sql("e")),
         );
+        // The breakdown value of the last purchase; an ordered aggregate, so only when asked.
+        let breakdown = if scope.breakdown.is_some() {
+            "first_value(breakdown ORDER BY ts DESC) FILTER (WHERE keep)"
+        } else {
+            "'all'"
+        };
         let sql = format!(
             "WITH base AS ({base}) \
-             SELECT profile_id, CAST(MAX(ts) AS BIGINT) AS last_micros, COUNT(*) AS frequency, \
-                    CAST(ROUND(COALESCE(SUM(value), 0.0), 2) AS DOUBLE) AS monetary, \
-                    first_value(breakdown ORDER BY ts DESC) AS breakdown \
-             FROM base GROUP BY profile_id"
+             SELECT id_type, id_value, CAST(MAX(ts) FILTER (WHERE keep) AS BIGINT) AS last_micros, \
+                    COUNT(*) FILTER (WHERE keep) AS frequency, \
+                    CAST(COALESCE(SUM(value) FILTER (WHERE keep), 0.0) AS DOUBLE) AS value, \
+                    {breakdown} AS breakdown \
+             FROM base GROUP BY id_type, id_value"
         );
         Ok((sql, as_of))
     }
@@ -219,29 +230,67 @@ impl RfmDefinition {
         every_profile: bool,
     ) -> Result<(RfmReport, Vec<RfmScore>), AnalyticsError> {
         let (sql, as_of) = self.aggregates_sql()?;
-        let mut buyers: Vec<Buyer> = Vec::new();
+        let identities = data.identity_index();
+        // Per owner: last purchase, purchases, value, breakdown of the last purchase.
+        let mut owners: HashMap<Owner, (i64, u64, f64, String)> = HashMap::new();
         data.lake
             .query_each(&sql, &data.limits, data.tables.clone(), |batch| {
-                let profile = crate::funnel::strings(batch.column(0).as_ref());
-                let last = batch.column(1).as_primitive::<Int64Type>();
-                let frequency = batch.column(2).as_primitive::<Int64Type>();
-                let monetary = batch.column(3).as_primitive::<Float64Type>();
-                let breakdown = crate::funnel::strings(batch.column(4).as_ref());
+                let id_type = crate::funnel::strings(batch.column(0).as_ref());
+                let id_value = crate::funnel::strings(batch.column(1).as_ref());
+                let last = batch.column(2).as_primitive::<Int64Type>();
+                let frequency = batch.column(3).as_primitive::<Int64Type>();
+                let value = batch.column(4).as_primitive::<Float64Type>();
+                let breakdown = crate::funnel::strings(batch.column(5).as_ref());
                 for row in 0..batch.num_rows() {
-                    buyers.push(Buyer {
-                        profile_id: profile(row).to_string(),
-                        last_micros: last.value(row),
-                        frequency: frequency.value(row).max(0) as u64,
-                        monetary: if monetary.is_null(row) {
-                            0.0
-                        } else {
-                            monetary.value(row)
-                        },
-                        breakdown: breakdown(row).to_string(),
-                    });
+                    // Keys whose purchases all fall outside the scope, and events with no
+                    // identifier at all (a NULL key, read as an email no profile holds).
+                    if frequency.value(row) <= 0 || last.is_null(row) {
+                        continue;
+                    }
+                    let Some(owner) = KeyType::parse(id_type(row))
+                        .and_then(|t| identities.owner(t, id_value(row)))
+                    else {
+                        continue;
+                    };
+                    let value = if value.is_null(row) {
+                        0.0
+                    } else {
+                        value.value(row)
+                    };
+                    let (last, frequency) = (last.value(row), frequency.value(row).max(0) as u64);
+                    match owners.get_mut(&owner) {
+                        // A profile several identifiers lead to (merged): the groups combine.
+                        Some(entry) => {
+                            if last > entry.0 {
+                                entry.0 = last;
+                                entry.3 = breakdown(row).to_string();
+                            }
+                            entry.1 += frequency;
+                            entry.2 += value;
+                        }
+                        None => {
+                            owners.insert(
+                                owner,
+                                (last, frequency, value, breakdown(row).to_string()),
+                            );
+                        }
+                    }
                 }
             })
             .await?;
+        // Value rounded to cents, so engines summing in another order rank it the same.
+        let buyers: Vec<Buyer> = owners
+            .into_iter()
+            .map(
+                |(owner, (last_micros, frequency, value, breakdown))| Buyer {
+                    profile_id: identities.name(&owner).to_string(),
+                    last_micros,
+                    frequency,
+                    monetary: (value * 100.0).round() / 100.0,
+                    breakdown,
+                },
+            )
+            .collect();
         let n = buyers.len();
         let r = quintiles(n, |a, b| buyers[a].last_micros.cmp(&buyers[b].last_micros));
         let f = quintiles(n, |a, b| buyers[a].frequency.cmp(&buyers[b].frequency));

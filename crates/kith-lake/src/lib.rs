@@ -47,6 +47,11 @@ pub struct Lake {
     unsealed_rows: AtomicUsize,
     /// Held while sealing, so batches reach the tables in sequence order.
     sealing: Mutex<()>,
+    /// DataFusion's caches (Parquet footers and page indexes), shared by every query's session:
+    /// each query has its own memory limit, so its own runtime, but the files are immutable
+    /// and their metadata need not be read again for each.
+    pub(crate) query_caches:
+        std::sync::Arc<datafusion::execution::cache::cache_manager::CacheManager>,
 }
 
 impl Lake {
@@ -75,6 +80,10 @@ impl Lake {
             unsealed: Mutex::new(Vec::new()),
             unsealed_rows: AtomicUsize::new(0),
             sealing: Mutex::new(()),
+            query_caches: datafusion::execution::cache::cache_manager::CacheManager::try_new(
+                &Default::default(),
+            )
+            .map_err(|e| LakeError::Delta(format!("query caches: {e}")))?,
         })
     }
 

@@ -9,6 +9,7 @@ use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use thiserror::Error;
 
@@ -95,10 +96,12 @@ fn first_line(err: &DataFusionError) -> String {
 /// Builds a session where `events` and `rejected_events` are Delta plus the buffer.
 pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext, QueryError> {
     lake.seal();
-    let runtime = RuntimeEnvBuilder::new()
+    let mut runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(limits.memory_bytes, 1.0)
-        .build_arc()
+        .build()
         .map_err(|e| QueryError::Internal(e.to_string()))?;
+    runtime.cache_manager = lake.query_caches.clone();
+    let runtime = Arc::new(runtime);
     let mut config = SessionConfig::new()
         .with_information_schema(true)
         .with_target_partitions(num_cpus_hint());
@@ -218,12 +221,19 @@ pub(crate) async fn run(
             .await
             .map_err(|e| classify(e, limits))?;
         let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-        let batches = frame
-            .limit(0, Some(limits.max_rows + 1))
-            .map_err(|e| classify(e, limits))?
-            .collect()
-            .await
-            .map_err(|e| classify(e, limits))?;
+        // EXPLAIN [ANALYZE] must stay the root of its plan; its answer is a few rows anyway.
+        let explains = matches!(
+            frame.logical_plan(),
+            LogicalPlan::Explain(_) | LogicalPlan::Analyze(_)
+        );
+        let frame = if explains {
+            frame
+        } else {
+            frame
+                .limit(0, Some(limits.max_rows + 1))
+                .map_err(|e| classify(e, limits))?
+        };
+        let batches = frame.collect().await.map_err(|e| classify(e, limits))?;
         Ok::<_, QueryError>((schema, batches))
     });
     let abort = work.abort_handle();

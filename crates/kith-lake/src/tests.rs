@@ -241,3 +241,22 @@ async fn json_functions_and_joins_work_over_flushed_and_buffered_events_together
         "+---+-----+\n| x | y   |\n+---+-----+\n| a | u-1 |\n| b | u-2 |\n+---+-----+"
     );
 }
+
+#[tokio::test]
+async fn explain_and_explain_analyze_show_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    lake.ingest(vec![(1, Stored::Event(event("m1", "u1", 10.0)))]);
+    lake.flush().await.unwrap();
+    let plan = scalar(
+        &lake,
+        "EXPLAIN SELECT user_id, sum(revenue) FROM events GROUP BY user_id",
+    )
+    .await;
+    assert!(
+        plan.contains("logical_plan") && plan.contains("Aggregate"),
+        "{plan}"
+    );
+    let analyzed = scalar(&lake, "EXPLAIN ANALYZE SELECT count(*) FROM events").await;
+    assert!(analyzed.contains("output_rows"), "{analyzed}");
+}

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use kith_analytics::{Analysis, AnalyticsError, Data};
+use kith_analytics::{Analysis, AnalyticsError};
 use kith_state::KeyScope;
 use serde_json::Value;
 
@@ -47,11 +47,9 @@ pub async fn analyze(
     let state = app.clone();
     let report = crate::runtimes::queries()
         .spawn(async move {
-            let data = Data {
-                lake: &lake,
-                tables: vec![state.identities.get(&state.pipeline.profiles)],
-                limits,
-            };
+            let data = state
+                .identities
+                .data(&lake, &state.pipeline.profiles, limits);
             analysis.run(&data).await
         })
         .await

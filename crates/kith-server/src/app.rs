@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use kith_analytics::identities::IdentityIndex;
 use kith_journal::{JournalError, JournalOptions};
 use kith_lake::{LakeError, QueryLimits};
 use kith_profiles::{ProfileError, ProfileSettings};
@@ -173,7 +174,16 @@ impl Server {
         // second at 200k profiles) rather than in the first analysis someone asks for.
         let warm = self.app.clone();
         tokio::task::spawn_blocking(move || {
-            warm.identities.get(&warm.pipeline.profiles);
+            let started = std::time::Instant::now();
+            let (table, index) = warm.identities.get_indexed(&warm.pipeline.profiles);
+            let table_ms = started.elapsed().as_millis();
+            index.get_or_init(|| IdentityIndex::from_tables(std::slice::from_ref(&table)));
+            tracing::info!(
+                identifiers = table.batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+                table_ms,
+                index_ms = started.elapsed().as_millis() - table_ms,
+                "identity table for analyses built"
+            );
         });
         let router = router(self.app.clone());
         let served = axum::serve(self.listener, router)

@@ -13,7 +13,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use kith_analytics::{AnalyticsError, Data, PROFILE_MODELS, ProfileModel};
+use kith_analytics::{AnalyticsError, PROFILE_MODELS, ProfileModel};
 use kith_state::KeyScope;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -192,11 +192,9 @@ async fn run_model(app: &Arc<AppState>, model: ProfileModel) -> Result<u64, Stri
     // A background run reads every event it needs; the interactive limits are not meant for it.
     limits.timeout = limits.timeout.max(Duration::from_secs(3600));
     limits.memory_bytes = limits.memory_bytes.max(4 << 30);
-    let data = Data {
-        lake: &app.pipeline.lake,
-        tables: vec![app.identities.get(&app.pipeline.profiles)],
-        limits,
-    };
+    let data = app
+        .identities
+        .data(&app.pipeline.lake, &app.pipeline.profiles, limits);
     let gathered = model.gather(&data).await.map_err(|e| match e {
         AnalyticsError::Query(q) => format!("reading the events failed: {q}"),
         other => other.to_string(),

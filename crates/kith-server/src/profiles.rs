@@ -1,7 +1,7 @@
 //! Customer 360: `GET /v1/profiles/{type}:{value}` and its timeline, and the `profiles` and
 //! `profile_identities` SQL tables.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use arrow::array::{
     ArrayRef, Float64Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
@@ -10,6 +10,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
+use kith_analytics::Data;
+use kith_analytics::identities::IdentityIndex;
 use kith_identity::Lookup;
 use kith_lake::{ExtraTable, TimelineQuery, output};
 use kith_profiles::{LookupError, ProfileStore, ProfileView};
@@ -433,13 +435,22 @@ pub fn profile_tables(store: &ProfileStore) -> Vec<ExtraTable> {
 /// The last `profile_identities` built, with the profile store's applied seq it reflects: every
 /// change to identities (an event, a merge) advances that seq, so an equal seq means the same
 /// table. Analyses of a quiet store skip the rebuild (a quarter of a second at 200k profiles).
+/// The hash index analyses build from the table on first use is kept with it.
 #[derive(Default)]
 pub struct IdentityTableCache {
-    last: std::sync::Mutex<Option<(u64, ExtraTable)>>,
+    last: std::sync::Mutex<Option<(u64, IdentityTable)>>,
 }
+
+/// `profile_identities`, and its index once an analysis has built it.
+pub type IdentityTable = (ExtraTable, Arc<OnceLock<IdentityIndex>>);
 
 impl IdentityTableCache {
     pub fn get(&self, store: &ProfileStore) -> ExtraTable {
+        self.get_indexed(store).0
+    }
+
+    /// The table with its (lazily built) index.
+    pub fn get_indexed(&self, store: &ProfileStore) -> IdentityTable {
         // Read before building: a change during the build leaves a newer table under an older
         // seq, which the next call rebuilds; never an older table under a newer seq.
         let seq = store.applied_seq();
@@ -449,9 +460,23 @@ impl IdentityTableCache {
         {
             return table.clone();
         }
-        let table = identity_table(store);
+        let table = (identity_table(store), Arc::default());
         *last = Some((seq, table.clone()));
         table
+    }
+
+    /// What analyses read: the event tables and the identity table with its index.
+    pub fn data<'a>(
+        &self,
+        lake: &'a kith_lake::Lake,
+        store: &ProfileStore,
+        limits: kith_lake::QueryLimits,
+    ) -> Data<'a> {
+        let (table, index) = self.get_indexed(store);
+        Data {
+            identities: index,
+            ..Data::new(lake, vec![table], limits)
+        }
     }
 }
 

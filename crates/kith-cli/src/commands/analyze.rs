@@ -276,15 +276,15 @@ fn run_model_here(
     let settings = file.profile_settings()?;
     runtime()?.block_on(async {
         let (lake, profiles) = open_consistent(data_dir, settings).await?;
-        let data = Data {
-            lake: &lake,
-            tables: vec![kith_server::profiles::identity_table(&profiles)],
-            limits: QueryLimits {
+        let data = Data::new(
+            &lake,
+            vec![kith_server::profiles::identity_table(&profiles)],
+            QueryLimits {
                 timeout: std::time::Duration::from_secs(3600),
                 memory_bytes: 4 << 30,
                 ..QueryLimits::default()
             },
-        };
+        );
         let run = model
             .gather(&data)
             .await
@@ -307,14 +307,14 @@ fn analyze_here(
     let settings = file.profile_settings()?;
     runtime()?.block_on(async {
         let (lake, profiles) = open_consistent(data_dir, settings).await?;
-        let data = Data {
-            lake: &lake,
-            tables: vec![kith_server::profiles::identity_table(&profiles)],
-            limits: QueryLimits {
+        let data = Data::new(
+            &lake,
+            vec![kith_server::profiles::identity_table(&profiles)],
+            QueryLimits {
                 timeout: std::time::Duration::from_secs(3600),
                 ..QueryLimits::default()
             },
-        };
+        );
         analysis
             .run(&data)
             .await

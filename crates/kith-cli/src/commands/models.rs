@@ -140,11 +140,11 @@ fn stored_purchases(
     };
     super::runtime()?.block_on(async {
         let (lake, profiles) = super::sql::open_consistent(&data_dir, settings).await?;
-        let data = Data {
-            lake: &lake,
-            tables: vec![kith_server::profiles::identity_table(&profiles)],
+        let data = Data::new(
+            &lake,
+            vec![kith_server::profiles::identity_table(&profiles)],
             limits,
-        };
+        );
         let purchases = definition
             .purchases(&data)
             .await
