@@ -145,8 +145,20 @@ pub struct ClvReport {
     pub mean_p_alive: f64,
     /// Buyers not alive with probability over one half.
     pub likely_inactive: usize,
+    /// A new customer's expected repeat purchases by each week up to the horizon (the expected
+    /// population curve: multiply by the customers acquired).
+    pub population_curve: Vec<CurvePoint>,
+    /// A new customer's probability of exactly n repeat purchases within the horizon, n = 0…10.
+    pub purchase_count_probabilities: Vec<f64>,
     /// The highest expected values (or expected purchases without Gamma-Gamma).
     pub top_profiles: Vec<ClvScore>,
+}
+
+/// One point of the population curve.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CurvePoint {
+    pub week: u32,
+    pub expected_purchases: f64,
 }
 
 /// A finished run: the report and every buyer's scores.
@@ -334,7 +346,24 @@ impl ClvDefinition {
                 .total_cmp(&rank(a))
                 .then_with(|| a.profile_id.cmp(&b.profile_id))
         });
+        let weeks = horizon.ceil().max(1.0) as u32;
+        let population_curve = (1..=weeks)
+            .map(|week| {
+                bg.expected_purchases(f64::from(week))
+                    .map(|expected_purchases| CurvePoint {
+                        week,
+                        expected_purchases,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| AnalyticsError::Model(format!("the population curve: {e}")))?;
+        let purchase_count_probabilities = (0..=10)
+            .map(|n| bg.probability_of_purchases(n, horizon))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| AnalyticsError::Model(format!("purchase count probabilities: {e}")))?;
         let report = ClvReport {
+            population_curve,
+            purchase_count_probabilities,
             as_of: purchases.as_of.to_rfc3339(),
             customers: summary.len(),
             repeat_customers: rfm.iter().filter(|r| r.frequency > 0.0).count(),

@@ -157,6 +157,39 @@ fn the_server_fits_clv_in_the_background_and_every_buyer_carries_the_scores() {
         0.01,
         "BG/NBD LL",
     );
+    // A new customer's expected purchases week by week, and the chance of each count.
+    let curve = report["population_curve"].as_array().unwrap();
+    assert_eq!(curve.len(), 39, "{curve:?}");
+    let expected: Vec<f64> = curve
+        .iter()
+        .map(|p| p["expected_purchases"].as_f64().unwrap())
+        .collect();
+    assert!(expected.windows(2).all(|w| w[1] > w[0]), "{expected:?}");
+    let counts: Vec<f64> = report["purchase_count_probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect();
+    let mass: f64 = counts.iter().sum();
+    assert!(
+        counts.len() == 11 && mass > 0.95 && mass <= 1.0 + 1e-9,
+        "{counts:?}"
+    );
+    // P(no purchase in t) = (α/(α+t))^r under BG/NBD; the mean over 0…10 stays below E[X(t)].
+    let (r, alpha) = (bg["r"].as_f64().unwrap(), bg["alpha"].as_f64().unwrap());
+    close(
+        &Value::from(counts[0]),
+        (alpha / (alpha + 39.0)).powf(r),
+        1e-9,
+        "P(X(39) = 0)",
+    );
+    let mean: f64 = counts.iter().enumerate().map(|(n, p)| n as f64 * p).sum();
+    assert!(
+        mean < expected[38] && mean > 0.5 * expected[38],
+        "{mean} vs {}",
+        expected[38]
+    );
     let gg = &report["gamma_gamma"]["model"]["params"];
     for (name, expected) in [("p", 6.2488), ("q", 3.7446), ("gamma", 15.4478)] {
         close(&gg[name], expected, 5e-4 * expected, name);
@@ -231,6 +264,18 @@ fn kith_models_clv_fit_writes_the_scores_onto_profiles_and_checks_itself_against
         0.2426,
         1e-3,
         "r",
+    );
+    let population = &report["population"];
+    assert_eq!(
+        population["curve"].as_array().map(Vec::len),
+        Some(39),
+        "{population}"
+    );
+    assert_eq!(
+        population["purchase_count_probabilities"]
+            .as_array()
+            .map(Vec::len),
+        Some(11)
     );
 
     // Calibration against holdout: the 2,357 customers bought on 1,882 customer-days in the 39

@@ -255,6 +255,25 @@ fn write_predictions(
     Ok(())
 }
 
+/// What BG/NBD expects of a new customer over `horizon` time units: expected repeat purchases
+/// after each whole unit (the expected population curve, per customer acquired) and the
+/// probability of exactly 0…10 purchases.
+fn population(bg: &BgNbd, horizon: f64) -> anyhow::Result<Value> {
+    let units = horizon.ceil().clamp(1.0, 10_000.0) as u32;
+    let curve = (1..=units)
+        .map(|t| {
+            bg.expected_purchases(f64::from(t))
+                .map(|e| json!({"t": t, "expected_purchases": e}))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("the population curve: {e}"))?;
+    let counts = (0..=10)
+        .map(|n| bg.probability_of_purchases(n, horizon))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("purchase count probabilities: {e}"))?;
+    Ok(json!({"horizon": horizon, "curve": curve, "purchase_count_probabilities": counts}))
+}
+
 fn penalized<P>(penalizer_coef: f64) -> FitOptions<P> {
     FitOptions {
         penalizer_coef,
@@ -403,6 +422,9 @@ fn fit(args: FitArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         "transactions": transactions.len(),
         "models": models,
     });
+    if let Ok(bg) = &bg_fit {
+        report["population"] = population(&bg.params, args.horizon)?;
+    }
     if let Some(d) = &diagnostics {
         report["diagnostics"] = serde_json::to_value(d)?;
     }
