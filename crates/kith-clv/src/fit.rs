@@ -367,3 +367,36 @@ fn finish<P: ParamVector<N>, const N: usize>(
         evaluations,
     })
 }
+
+/// Test helper: `derivatives` at `at` agree with central differences of `objective` (gradient)
+/// and of `derivatives`' own gradient (Hessian).
+#[cfg(test)]
+pub(crate) fn assert_derivatives_match<const N: usize>(
+    objective: impl Fn(&[f64; N]) -> f64,
+    derivatives: impl Fn(&[f64; N]) -> NaturalDerivatives<N>,
+    at: [f64; N],
+) {
+    let (grad, hess) = derivatives(&at);
+    let h = 1e-5;
+    let shifted = |i: usize, d: f64| {
+        let mut v = at;
+        v[i] += d;
+        v
+    };
+    for i in 0..N {
+        let fd = (objective(&shifted(i, h)) - objective(&shifted(i, -h))) / (2.0 * h);
+        assert!(
+            (grad[i] - fd).abs() < 1e-7,
+            "gradient {i}: {} vs {fd}",
+            grad[i]
+        );
+        for (j, exact) in hess[i].iter().enumerate() {
+            let fd =
+                (derivatives(&shifted(j, h)).0[i] - derivatives(&shifted(j, -h)).0[i]) / (2.0 * h);
+            assert!(
+                (exact - fd).abs() < 1e-6,
+                "hessian {i},{j}: {exact} vs {fd}"
+            );
+        }
+    }
+}

@@ -468,31 +468,11 @@ mod tests {
             (7.0, 18.25, 1.0),
             (12.0, 95.0, 1.0),
         ]);
-        let at = [2.3, 1.7, 9.0];
-        let (grad, hess) = mean_nll_derivatives(&at, &g);
-        let h = 1e-5;
-        let shifted = |i: usize, d: f64| {
-            let mut v = at;
-            v[i] += d;
-            v
-        };
-        for i in 0..3 {
-            let fd = (mean_nll(&shifted(i, h), &g) - mean_nll(&shifted(i, -h), &g)) / (2.0 * h);
-            assert!(
-                (grad[i] - fd).abs() < 1e-7,
-                "gradient {i}: {} vs {fd}",
-                grad[i]
-            );
-            for (j, exact) in hess[i].iter().enumerate() {
-                let fd = (mean_nll_derivatives(&shifted(j, h), &g).0[i]
-                    - mean_nll_derivatives(&shifted(j, -h), &g).0[i])
-                    / (2.0 * h);
-                assert!(
-                    (exact - fd).abs() < 1e-6,
-                    "hessian {i},{j}: {exact} vs {fd}"
-                );
-            }
-        }
+        crate::fit::assert_derivatives_match(
+            |p| mean_nll(p, &g),
+            |p| mean_nll_derivatives(p, &g),
+            [2.3, 1.7, 9.0],
+        );
     }
 
     #[test]
