@@ -212,8 +212,9 @@ async fn run_model(app: &Arc<AppState>, model: ProfileModel) -> Result<u64, Stri
     .map_err(|e| format!("the model task failed: {e}"))?
 }
 
-/// Starts scheduled runs of each model whose last run is older than its refresh interval. A
-/// failed run is retried only after another interval, not on every check.
+/// Starts scheduled runs of each model whose last run is older than its refresh interval, one
+/// model per check (a minute apart). A failed run is retried only after another interval, not
+/// on every check.
 pub async fn schedule_loop(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let schedules = app.config.models.clone();
     let mut planned = Vec::new();
@@ -260,8 +261,12 @@ pub async fn schedule_loop(app: Arc<AppState>, mut stop: tokio::sync::watch::Rec
                 }
             };
             let last_attempt_age = app.models.status(name).map(|j| j.started.elapsed());
-            if scheduled_run_due(last_success_age, last_attempt_age, *refresh) {
-                start_model(&app, model.clone(), definition.clone(), "schedule");
+            if scheduled_run_due(last_success_age, last_attempt_age, *refresh)
+                && start_model(&app, model.clone(), definition.clone(), "schedule").is_some()
+            {
+                // One model per check: on a first start every model is due at once, and four
+                // runs together would take every query thread for as long as they last.
+                break;
             }
         }
     }
