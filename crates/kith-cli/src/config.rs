@@ -30,6 +30,8 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelsConfig {
+    /// Seconds after start-up before the first scheduled check (default 60).
+    pub first_check_after_secs: Option<u64>,
     pub clv: Option<ModelConfig>,
     pub rfm: Option<ModelConfig>,
     pub risk: Option<ModelConfig>,
@@ -50,6 +52,9 @@ impl FileConfig {
     /// message instead of silently turning a schedule off.
     pub fn model_schedules(&self) -> anyhow::Result<kith_server::models::ModelSchedules> {
         let mut schedules = kith_server::models::ModelSchedules::default();
+        if let Some(secs) = self.models.first_check_after_secs {
+            schedules.first_check_after = std::time::Duration::from_secs(secs);
+        }
         let configured = [
             ("clv", &self.models.clv),
             ("rfm", &self.models.rfm),

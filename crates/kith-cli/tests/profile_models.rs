@@ -218,3 +218,46 @@ fn rfm_risk_and_preferences_land_on_every_profile_they_judge() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_scheduled_model_runs_by_itself_and_models_switched_off_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = demo_world(dir.path());
+    let config = dir.path().join("kith.toml");
+    std::fs::write(
+        &config,
+        "[models]\nfirst_check_after_secs = 1\n\
+         [models.rfm]\nrefresh_hours = 24\n\
+         [models.clv]\nrefresh_hours = 0\n[models.risk]\nrefresh_hours = 0\n\
+         [models.preferences]\nrefresh_hours = 0\n",
+    )
+    .unwrap();
+    let write_key = create_key(&data, "ingest", Some("web"));
+    let read_key = create_key(&data, "read", None);
+    let server = KithServer::start_with_keys(
+        &data,
+        write_key,
+        read_key,
+        &["--config", config.to_str().unwrap()],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let (_, status) = server.get("/v1/models/rfm");
+        if status["job"]["state"] == "succeeded" {
+            break status;
+        }
+        assert_ne!(status["job"]["state"], "failed", "{status}");
+        assert!(Instant::now() < deadline, "no scheduled run: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status["job"]["trigger"], "schedule", "{status}");
+    assert_eq!(status["schedule"]["refresh_hours"], 24.0);
+    assert!(
+        status["last_run"]["profiles"].as_u64().unwrap() > 100,
+        "{status}"
+    );
+    // Switched off: no job, and said so.
+    let (_, clv) = server.get("/v1/models/clv");
+    assert!(clv["job"].is_null(), "{clv}");
+    assert!(clv["schedule"]["refresh_hours"].is_null(), "{clv}");
+}
