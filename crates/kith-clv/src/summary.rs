@@ -492,7 +492,7 @@ mod tests {
             }
         }
         let mut sorted = log.clone();
-        sorted.sort_by(|a, b| (a.customer_id, a.at).cmp(&(b.customer_id, b.at)));
+        sorted.sort_by_key(|t| (t.customer_id, t.at));
         // Reversed: certainly not sorted, so the general path runs.
         let mut unsorted = sorted.clone();
         unsorted.reverse();
