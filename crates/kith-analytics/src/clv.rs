@@ -221,10 +221,7 @@ impl ClvDefinition {
     pub async fn purchases(&self, data: &Data<'_>) -> Result<Purchases, AnalyticsError> {
         self.check()?;
         let scope = self.scope.resolve()?;
-        let as_of = match &self.as_of {
-            Some(text) => crate::scope::parse_instant(text, scope.zone, "as_of")?,
-            None => scope.to.unwrap_or_else(Utc::now),
-        };
+        let as_of = scope.as_of(self.as_of.as_deref())?;
         let value = FieldRef::parse(&self.value, "value")?;
         let base = scope.attributed_events(
             &[

@@ -5,10 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use crate::scope::{FieldRef, Scope, instant_sql, parse_instant, sql_string};
+use crate::scope::{FieldRef, Scope, instant_sql, sql_string};
 use crate::{AnalyticsError, Data, count, number, text};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -105,10 +104,7 @@ impl PreferenceDefinition {
         data: &Data<'_>,
     ) -> Result<(PreferenceReport, Vec<ProfilePreferences>), AnalyticsError> {
         let scope = self.scope.resolve()?;
-        let as_of = match &self.as_of {
-            Some(text) => parse_instant(text, scope.zone, "as_of")?,
-            None => scope.to.unwrap_or_else(Utc::now),
-        };
+        let as_of = scope.as_of(self.as_of.as_deref())?;
         if self.events.is_empty() {
             return Err(AnalyticsError::invalid(
                 "events",

@@ -178,10 +178,7 @@ impl RfmDefinition {
     /// value and the breakdown value of the last purchase, as SQL.
     pub fn aggregates_sql(&self) -> Result<(String, DateTime<Utc>), AnalyticsError> {
         let scope = self.scope.resolve()?;
-        let as_of = match &self.as_of {
-            Some(text) => crate::scope::parse_instant(text, scope.zone, "as_of")?,
-            None => scope.to.unwrap_or_else(Utc::now),
-        };
+        let as_of = scope.as_of(self.as_of.as_deref())?;
         if self.purchase_event.trim().is_empty() {
             return Err(AnalyticsError::invalid(
                 "purchase_event",

@@ -7,10 +7,10 @@
 //! mean order value of the recent period shrunk against the baseline before it? Support: are
 //! there improbably many tickets lately for that person's baseline rate?
 
-use chrono::{Duration, Utc};
+use chrono::Duration;
 use serde::{Deserialize, Serialize};
 
-use crate::scope::{FieldRef, Scope, instant_sql, parse_instant, sql_string};
+use crate::scope::{FieldRef, Scope, instant_sql, sql_string};
 use crate::stats::poisson_upper_tail;
 use crate::{AnalyticsError, Data, count, number, text};
 
@@ -188,10 +188,7 @@ impl RiskDefinition {
         data: &Data<'_>,
     ) -> Result<(RiskReport, Vec<ProfileRisk>), AnalyticsError> {
         let scope = self.scope.resolve()?;
-        let as_of = match &self.as_of {
-            Some(text) => parse_instant(text, scope.zone, "as_of")?,
-            None => scope.to.unwrap_or_else(Utc::now),
-        };
+        let as_of = scope.as_of(self.as_of.as_deref())?;
         if self.recent_days == 0 || self.recent_days > 3650 {
             return Err(AnalyticsError::invalid(
                 "recent_days",

@@ -288,6 +288,15 @@ pub fn instant_sql(t: DateTime<Utc>) -> String {
 }
 
 impl Resolved {
+    /// The moment an analysis is judged at: its `as_of` field (RFC 3339 or a date in the scope's
+    /// zone) if given, else the scope's end (`to`), else now.
+    pub fn as_of(&self, text: Option<&str>) -> Result<DateTime<Utc>, AnalyticsError> {
+        match text {
+            Some(text) => parse_instant(text, self.zone, "as_of"),
+            None => Ok(self.to.unwrap_or_else(Utc::now)),
+        }
+    }
+
     /// The scope's conditions on events: the caller's own, then time, then the `where` filters.
     fn conditions(&self, extra: &[String]) -> Vec<String> {
         let mut conditions: Vec<String> = extra.to_vec();
