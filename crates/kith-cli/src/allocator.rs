@@ -7,6 +7,12 @@
 //! seal and was faulted in and zeroed again for the next one (a sixth of the flush thread's time
 //! in the ingest benchmark). Holding freed memory for a few seconds lets the next seal reuse it;
 //! peak RSS is unchanged, it is just released later.
+//!
+//! Events are allocated on the request threads and freed on others (the flush thread frees them
+//! after sealing, the journal frees their encoded records). mimalloc v3 abandons full pages, and
+//! by default a free on an abandoned page from a thread other than its owner takes the slow path
+//! every time. Letting the freeing thread reclaim such a page (`page_reclaim_on_free = 1`) made
+//! durable ingestion about 4% faster (benchmark: 168k → 175k events/s, median of four runs).
 
 use libmimalloc_sys::{mi_option_set, mi_option_t};
 
@@ -17,29 +23,52 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: mi_option_t = 15;
 /// Longer than the default flush interval (2 s), so one seal's memory is still there for the next.
 const PURGE_DELAY_MS: std::ffi::c_long = 5_000;
+/// `mi_option_page_reclaim_on_free` in mimalloc v3's mimalloc.h (between `generic_collect` and
+/// `page_full_retain`, whose defaults the tests check to pin the position).
+const MI_OPTION_PAGE_RECLAIM_ON_FREE: mi_option_t = 35;
+/// 1: a thread freeing into an abandoned page may take the page over, whichever thread made it.
+const RECLAIM_ON_FREE_ANY_THREAD: std::ffi::c_long = 1;
 
 pub fn tune() {
-    // SAFETY: mimalloc documents options as settable at any time from any thread.
-    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    // SAFETY: mimalloc documents options as settable at any time from any thread; `main` calls
+    // this before starting any other thread.
+    unsafe {
+        mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
+        mi_option_set(MI_OPTION_PAGE_RECLAIM_ON_FREE, RECLAIM_ON_FREE_ANY_THREAD);
+    }
 }
 
-/// The purge delay in effect, in milliseconds.
+/// An option's value in effect.
 #[cfg(test)]
-fn purge_delay_ms() -> std::ffi::c_long {
+fn option(index: mi_option_t) -> std::ffi::c_long {
     // SAFETY: reading an option has no preconditions.
-    unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }
+    unsafe { libmimalloc_sys::mi_option_get(index) }
 }
 
 #[cfg(test)]
 mod tests {
+    /// One test, not two: `tune` changes process-wide state that the checks of the defaults read.
     #[test]
-    fn the_purge_delay_option_index_is_the_one_mimalloc_documents() {
+    fn the_option_indexes_are_the_ones_mimalloc_documents_and_tune_sets_them() {
+        use super::{
+            MI_OPTION_PAGE_RECLAIM_ON_FREE, MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS,
+            RECLAIM_ON_FREE_ANY_THREAD, option,
+        };
         // mimalloc v3's default purge delay is 1000 ms (src/options.c): reading it before
         // tuning shows the index names that option.
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-            assert_eq!(super::purge_delay_ms(), 1000);
+            assert_eq!(option(MI_OPTION_PURGE_DELAY), 1000);
         }
+        // v3's enum: ..., generic_collect (=10000), page_reclaim_on_free, page_full_retain (=2),
+        // page_max_candidates (=4), ...
+        assert_eq!(option(MI_OPTION_PAGE_RECLAIM_ON_FREE - 1), 10_000);
+        assert_eq!(option(MI_OPTION_PAGE_RECLAIM_ON_FREE + 1), 2);
+        assert_eq!(option(MI_OPTION_PAGE_RECLAIM_ON_FREE + 2), 4);
         super::tune();
-        assert_eq!(super::purge_delay_ms(), super::PURGE_DELAY_MS);
+        assert_eq!(option(MI_OPTION_PURGE_DELAY), PURGE_DELAY_MS);
+        assert_eq!(
+            option(MI_OPTION_PAGE_RECLAIM_ON_FREE),
+            RECLAIM_ON_FREE_ANY_THREAD
+        );
     }
 }

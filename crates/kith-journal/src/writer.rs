@@ -134,8 +134,8 @@ impl<T: Send + 'static> WriterState<T> {
         }
         buffer.clear();
         let mut outcomes = Vec::with_capacity(group.len());
-        let mut stored_items = Vec::new();
-        let mut new_keys = Vec::new();
+        let group_entries: usize = group.iter().map(|(entries, _)| entries.len()).sum();
+        let mut new_keys = Vec::with_capacity(group_entries);
         let mut seq = self.next_seq;
         for (entries, _) in &group {
             let mut results = Vec::with_capacity(entries.len());
@@ -196,6 +196,7 @@ impl<T: Send + 'static> WriterState<T> {
         }
 
         for ((entries, reply), results) in group.into_iter().zip(outcomes) {
+            let mut stored_items = Vec::with_capacity(entries.len());
             for (entry, result) in entries.into_iter().zip(&results) {
                 if let Appended::Stored { seq } = result {
                     stored_items.push((*seq, entry.item));
@@ -203,7 +204,7 @@ impl<T: Send + 'static> WriterState<T> {
             }
             // The sink must see an entry before its append is acknowledged.
             if !stored_items.is_empty() {
-                (self.sink)(std::mem::take(&mut stored_items));
+                (self.sink)(stored_items);
             }
             let _ = reply.send(Ok(results));
         }

@@ -91,7 +91,8 @@ impl Extractor {
                 time_micros: event.timestamp.timestamp_micros(),
                 message_id: event.message_id.clone(),
             },
-            identifiers: Vec::new(),
+            // user id, anonymous id and a few from traits or context, without regrowing.
+            identifiers: Vec::with_capacity(4),
             explicit_merge: event.kind == MessageType::Alias,
             primary_index: None,
             traits: Vec::new(),
