@@ -3,7 +3,7 @@
 //! context browsers and server SDKs attach), first against the real durable path (`/v1/batch`:
 //! journal with fsync group commit, then the Arrow buffer) and then against the no-op endpoint
 //! (same parsing and auth, nothing stored) for the ceiling. Reports accepted events/s, request
-//! latency p50/p99 and the server's peak RSS.
+//! latency p50/p99, the server's CPU time per event on each path and its peak RSS.
 //!
 //! Usage: kith-ingest-bench [--kith PATH] [--clients N] [--seconds S] [--batch N]
 
@@ -217,6 +217,33 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[index] as f64 / 1000.0
 }
 
+/// CPU time (user + system) a process has used so far, from /proc (Linux). Ticks are taken as
+/// 1/100 s, the value of `CLK_TCK` on every Linux architecture the project builds for.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Waits until the server has finished what a run left it (sealing and flushing the last
+/// events): its CPU use over half a second drops below 5% of a core, or 30 s pass. So each
+/// run's CPU count holds all its own work and none of the other run's.
+fn wait_until_idle(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = cpu_seconds(pid).unwrap_or(0.0);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = cpu_seconds(pid).unwrap_or(0.0);
+        if now - last < 0.025 {
+            return;
+        }
+        last = now;
+    }
+}
+
 /// Peak resident set of a process, from /proc (Linux).
 fn peak_rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -289,13 +316,21 @@ fn main() {
         options.seconds,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    let pid = server.id();
+    wait_until_idle(pid);
+    let cpu_before = cpu_seconds(pid).unwrap_or(f64::NAN);
     let durable = drive(&format!("{base}/v1/batch"), &write_key, &options, 0);
+    wait_until_idle(pid);
+    let cpu_durable = cpu_seconds(pid).unwrap_or(f64::NAN) - cpu_before;
+    let cpu_before = cpu_seconds(pid).unwrap_or(f64::NAN);
     let noop = drive(
         &format!("{base}/internal/noop/batch"),
         &write_key,
         &options,
         5_000_000_000,
     );
+    wait_until_idle(pid);
+    let cpu_noop = cpu_seconds(pid).unwrap_or(f64::NAN) - cpu_before;
     let rss = peak_rss_mib(server.id());
 
     let stored: Value = {
@@ -327,18 +362,29 @@ fn main() {
     let _ = std::fs::remove_dir_all(&data_dir);
 
     let rate = |r: &RunResult| r.events as f64 / r.elapsed.as_secs_f64();
-    println!("| run | events/s | requests | failed | p50 ms | p99 ms |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (name, run) in [("durable /v1/batch", &durable), ("no-op ceiling", &noop)] {
+    // Server CPU per accepted event, counted until the server is idle again: the cost of each
+    // path, free of the load generator's share of the cores and of run-to-run noise.
+    let cpu_per_event = |cpu: f64, r: &RunResult| cpu * 1e6 / r.events.max(1) as f64;
+    println!("| run | events/s | requests | failed | p50 ms | p99 ms | server CPU µs/event |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (name, run, cpu) in [
+        ("durable /v1/batch", &durable, cpu_durable),
+        ("no-op ceiling", &noop, cpu_noop),
+    ] {
         println!(
-            "| {name} | {:.0} | {} | {} | {:.2} | {:.2} |",
+            "| {name} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} |",
             rate(run),
             run.requests,
             run.failures,
             percentile(&run.latencies_us, 0.50),
-            percentile(&run.latencies_us, 0.99)
+            percentile(&run.latencies_us, 0.99),
+            cpu_per_event(cpu, run)
         );
     }
+    println!(
+        "server CPU per event, no-op / durable = {:.2}",
+        cpu_per_event(cpu_noop, &noop) / cpu_per_event(cpu_durable, &durable)
+    );
     println!(
         "durable / no-op = {:.2}; server peak RSS {:.0} MiB; stored rows {} (distinct ids {}), acknowledged {}",
         rate(&durable) / rate(&noop).max(1.0),

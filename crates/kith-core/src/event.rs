@@ -169,6 +169,22 @@ pub enum Stored {
 #[error("journal payload cannot be decoded: {0}")]
 pub struct DecodeError(String);
 
+/// Room in an encoded record for lengths, timestamps and tags (see [`Stored::encode`]'s sizing).
+const FIXED_FIELDS: usize = 128;
+
+/// Bytes a record's texts take encoded, with room for each length prefix.
+fn text_size(values: &[Option<&String>]) -> usize {
+    values.iter().flatten().map(|v| v.len() + 5).sum()
+}
+
+/// [`Stored`] borrowed: encodes to the same bytes without taking the record.
+#[derive(Serialize)]
+enum StoredRef<'a> {
+    Event(&'a Event),
+    #[allow(dead_code)]
+    Rejected(&'a Rejection),
+}
+
 impl Stored {
     pub fn encode(&self) -> Vec<u8> {
         // Sized up front: letting the vector grow re-copies the bytes several times per event.
@@ -176,48 +192,56 @@ impl Stored {
         postcard::to_extend(self, buffer).expect("encoding into memory cannot fail")
     }
 
+    /// The bytes `Stored::Event(event.clone()).encode()` would give, without the clone.
+    pub fn encode_event(event: &Event) -> Vec<u8> {
+        let buffer = Vec::with_capacity(Self::event_size_hint(event));
+        postcard::to_extend(&StoredRef::Event(event), buffer)
+            .expect("encoding into memory cannot fail")
+    }
+
     /// A close upper estimate of [`Stored::encode`]'s length: the text it holds plus room for
     /// lengths, timestamps and tags.
     fn encoded_size_hint(&self) -> usize {
-        const FIXED_FIELDS: usize = 128;
-        let text = |values: &[Option<&String>]| -> usize {
-            values.iter().flatten().map(|v| v.len() + 5).sum()
-        };
-        FIXED_FIELDS
-            + match self {
-                Stored::Event(e) => {
-                    let t = &e.typed;
-                    text(&[
-                        Some(&e.message_id),
-                        e.event.as_ref(),
-                        e.user_id.as_ref(),
-                        e.anonymous_id.as_ref(),
-                        e.group_id.as_ref(),
-                        e.previous_id.as_ref(),
-                        Some(&e.source),
-                        e.properties.as_ref(),
-                        e.context.as_ref(),
-                        e.traits.as_ref(),
-                        e.integrations.as_ref(),
-                        e.extra.as_ref(),
-                        t.currency.as_ref(),
-                        t.order_id.as_ref(),
-                        t.page_url.as_ref(),
-                        t.page_path.as_ref(),
-                        t.referrer.as_ref(),
-                        t.email.as_ref(),
-                        t.library_name.as_ref(),
+        match self {
+            Stored::Event(e) => Self::event_size_hint(e),
+            Stored::Rejected(r) => {
+                FIXED_FIELDS
+                    + text_size(&[
+                        Some(&r.code),
+                        Some(&r.message),
+                        r.field.as_ref(),
+                        Some(&r.source),
+                        r.message_id.as_ref(),
+                        Some(&r.raw),
                     ])
-                }
-                Stored::Rejected(r) => text(&[
-                    Some(&r.code),
-                    Some(&r.message),
-                    r.field.as_ref(),
-                    Some(&r.source),
-                    r.message_id.as_ref(),
-                    Some(&r.raw),
-                ]),
             }
+        }
+    }
+
+    fn event_size_hint(e: &Event) -> usize {
+        let t = &e.typed;
+        FIXED_FIELDS
+            + text_size(&[
+                Some(&e.message_id),
+                e.event.as_ref(),
+                e.user_id.as_ref(),
+                e.anonymous_id.as_ref(),
+                e.group_id.as_ref(),
+                e.previous_id.as_ref(),
+                Some(&e.source),
+                e.properties.as_ref(),
+                e.context.as_ref(),
+                e.traits.as_ref(),
+                e.integrations.as_ref(),
+                e.extra.as_ref(),
+                t.currency.as_ref(),
+                t.order_id.as_ref(),
+                t.page_url.as_ref(),
+                t.page_path.as_ref(),
+                t.referrer.as_ref(),
+                t.email.as_ref(),
+                t.library_name.as_ref(),
+            ])
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Stored, DecodeError> {

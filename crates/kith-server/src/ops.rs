@@ -122,11 +122,13 @@ pub async fn noop_batch(
     let bytes = read_body(&headers, body).await?;
     let request = ingest::batch_request(&bytes)?;
     let (_, outcome) = ingest::judge(&app, &headers, &request)?;
-    // Encode like the real path does, so only durability differs.
-    let mut encoded = 0usize;
-    for event in outcome.events.iter() {
-        encoded += kith_core::Stored::Event(event.clone()).encode().len();
-    }
+    // Encode for the journal like the real path does; the journal, the conversion to Arrow and
+    // everything after them are what this endpoint leaves out.
+    let encoded: usize = outcome
+        .events
+        .iter()
+        .map(|event| kith_core::Stored::encode_event(event).len())
+        .sum();
     Ok(Json(json!({
         "success": true,
         "accepted": outcome.events.len(),

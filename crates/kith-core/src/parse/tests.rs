@@ -286,3 +286,25 @@ proptest! {
         prop_assert_eq!(outcome.events.len() + outcome.rejections.len(), 1);
     }
 }
+
+#[test]
+fn an_event_encoded_by_reference_has_the_bytes_of_its_stored_record() {
+    let body = json!({"batch": [
+        {"type": "track", "event": "Order Completed", "userId": "u1", "messageId": "m1",
+         "properties": {"revenue": 12.5, "currency": "MXN"}, "context": {"ip": "1.2.3.4"}},
+        {"type": "page", "anonymousId": "a1", "messageId": "m2", "name": "Home",
+         "properties": {"url": "https://kith.example/"}, "category": "top"}
+    ]})
+    .to_string();
+    let outcome = judge_batch(&body);
+    assert_eq!(outcome.events.len(), 2);
+    for event in &outcome.events {
+        let by_reference = crate::Stored::encode_event(event);
+        assert_eq!(by_reference, crate::Stored::Event(event.clone()).encode());
+        let crate::Stored::Event(decoded) = crate::Stored::decode(&by_reference).unwrap() else {
+            panic!("an event record decodes as an event")
+        };
+        assert_eq!(decoded.message_id, event.message_id);
+        assert_eq!(decoded.properties, event.properties);
+    }
+}
