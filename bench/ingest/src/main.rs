@@ -229,15 +229,17 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 /// Waits until the server has finished what a run left it (sealing and flushing the last
-/// events): its CPU use over half a second drops below 5% of a core, or 30 s pass. So each
-/// run's CPU count holds all its own work and none of the other run's.
+/// events): its CPU use over 2.5 s (longer than the 2 s flush interval, so a flush still to come
+/// is not missed) stays below 5% of a core, or 60 s pass. So each run's CPU count holds all its
+/// own work and none of the other run's.
 fn wait_until_idle(pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    const WINDOW: Duration = Duration::from_millis(2_500);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = cpu_seconds(pid).unwrap_or(0.0);
     while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(WINDOW);
         let now = cpu_seconds(pid).unwrap_or(0.0);
-        if now - last < 0.025 {
+        if now - last < 0.05 * WINDOW.as_secs_f64() {
             return;
         }
         last = now;
