@@ -196,7 +196,9 @@ fn fit_model_with<P: ParamVector<N>, const N: usize>(
     let mut obj = Objective::new(objective);
 
     let mut y0 = init.map(f64::ln);
+    let mut given_start = options.initial_params.is_some();
     if !obj.eval(&y0).is_finite() {
+        given_start = false;
         // A user start (or the default) can sit where the likelihood underflows; the unit
         // point is a neutral second guess before giving up.
         y0 = [0.0; N];
@@ -258,7 +260,19 @@ fn fit_model_with<P: ParamVector<N>, const N: usize>(
 
     // Stage 1: a coarse Nelder–Mead finds the basin from a possibly poor start; it is only
     // asked for a few digits because derivative-based steps are far cheaper per digit.
-    let mut best = optim::nelder_mead(&mut obj, y0, 0.5, max_iter, 1e-4, 5e-2);
+    // A start that was given (the user's, or the optimum on a sample: see [`warm_start`]) is
+    // in the basin already, and re-finding it cost a third of a finite-difference fit; the
+    // fallback below still runs the search if Newton does not converge from there.
+    let mut best = if given_start {
+        Minimum {
+            x: y0,
+            f: obj.eval(&y0),
+            iterations: 0,
+            evaluations: obj.evaluations,
+        }
+    } else {
+        optim::nelder_mead(&mut obj, y0, 0.5, max_iter, 1e-4, 5e-2)
+    };
     if derivatives.is_some()
         && let Some((at, (g, h))) =
             converged_exact(optim::newton_exact(&mut obj, best, in_logs, 100, 1e-10))
