@@ -577,7 +577,11 @@ mod tests {
         let f = |v: &[f64; 3]| (v[0]).exp() * v[1] * v[1] + v[0] * v[1] * v[2] + v[2].sin();
         let at: [f64; 3] = [0.4, -1.3, 0.7];
         let (x, y, z) = (at[0], at[1], at[2]);
-        let exact_g = [x.exp() * y * y + y * z, 2.0 * x.exp() * y + x * z, x * y + z.cos()];
+        let exact_g = [
+            x.exp() * y * y + y * z,
+            2.0 * x.exp() * y + x * z,
+            x * y + z.cos(),
+        ];
         let exact_h = [
             [x.exp() * y * y, 2.0 * x.exp() * y + z, y],
             [2.0 * x.exp() * y + z, 2.0 * x.exp(), x],
@@ -589,7 +593,12 @@ mod tests {
         // 2N axis points and one pair of diagonal points per off-diagonal term.
         assert_eq!(obj.evaluations, 2 * 3 + 3 * 2);
         for i in 0..3 {
-            assert!((g[i] - exact_g[i]).abs() < 1e-6, "g[{i}] {} vs {}", g[i], exact_g[i]);
+            assert!(
+                (g[i] - exact_g[i]).abs() < 1e-6,
+                "g[{i}] {} vs {}",
+                g[i],
+                exact_g[i]
+            );
             for j in 0..3 {
                 assert!(
                     (h[i][j] - exact_h[i][j]).abs() < 1e-5,

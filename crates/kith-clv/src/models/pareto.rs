@@ -196,17 +196,33 @@ impl ParetoData {
             for i in lo..hi {
                 let [l1, _, _] = scratch[self.recency_at[i]];
                 let [l2, ln_at, ln_bt] = scratch[self.t_at[i]];
-                let a0 = if l2 >= l1 {
-                    f64::NEG_INFINITY
-                } else {
-                    l1 + log1m_exp(l2 - l1)
-                };
                 let alive = -(r + x) * ln_at - s * ln_bt;
-                sum += g.weight[i] * log_add_exp(alive, ln_s_over + a0);
+                sum += g.weight[i] * ln_alive_plus_a0(alive, ln_s_over + l1, l2 - l1);
             }
             total += sum + a1 * g.group_weight[k];
         }
         -total / g.total_weight
+    }
+}
+
+/// ln(e^alive + e^c·(1 − e^d)) for d = ln A₀'s two terms' difference (d < 0; d ≥ 0 means the
+/// A₀ term vanishes). The same value as `log_add_exp(alive, c + log1m_exp(d))` with one
+/// logarithm instead of two: this runs for every customer row at every evaluation of the
+/// likelihood, where the two logarithms were a third of the fit's time.
+fn ln_alive_plus_a0(alive: f64, c: f64, d: f64) -> f64 {
+    if d >= 0.0 || c == f64::NEG_INFINITY {
+        return alive;
+    }
+    // 1 − e^d, without cancellation when d is near 0 (Mächler's switch at −ln 2).
+    let one_minus = if d > -std::f64::consts::LN_2 {
+        -d.exp_m1()
+    } else {
+        1.0 - d.exp()
+    };
+    if alive >= c {
+        alive + ((c - alive).exp() * one_minus).ln_1p()
+    } else {
+        c + ((alive - c).exp() + one_minus).ln()
     }
 }
 
@@ -349,6 +365,27 @@ mod tests {
         s: 0.6062205622810606,
         beta: 11.668339187378475,
     };
+
+    #[test]
+    fn one_logarithm_gives_what_the_two_logarithm_formula_gives() {
+        use crate::special::{log_add_exp, log1m_exp};
+        for alive in [-300.0, -40.0, -5.0, -0.3, 0.0, 2.0] {
+            for c in [-310.0, -45.0, -5.0, -0.2, 0.0, 3.0] {
+                for d in [-800.0, -30.0, -2.0, -0.7, -0.69, -1e-3, -1e-9, -1e-15] {
+                    let two_logs = log_add_exp(alive, c + log1m_exp(d));
+                    let one_log = ln_alive_plus_a0(alive, c, d);
+                    let tolerance = 1e-13 * two_logs.abs().max(1.0);
+                    assert!(
+                        (one_log - two_logs).abs() <= tolerance,
+                        "alive {alive} c {c} d {d}: {one_log} vs {two_logs}"
+                    );
+                }
+                // d ≥ 0: the A₀ term is empty.
+                assert_eq!(ln_alive_plus_a0(alive, c, 0.0), alive);
+                assert_eq!(ln_alive_plus_a0(alive, c, 0.5), alive);
+            }
+        }
+    }
 
     #[test]
     fn both_branches_of_a0_agree_with_alpha_equal_beta_limit() {
