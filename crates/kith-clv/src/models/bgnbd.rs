@@ -249,6 +249,23 @@ impl TransactionModel for BgNbd {
     ) -> Option<Result<f64, NumericError>> {
         Some(BgNbd::expected_purchases_if_alive(self, t, frequency, age))
     }
+
+    fn expected_purchases_if_alive_at(
+        &self,
+        horizons: &[f64],
+        frequency: f64,
+        age: f64,
+    ) -> Option<Result<Vec<f64>, NumericError>> {
+        let BgNbd { r, alpha, a, b } = *self;
+        let x = frequency;
+        Some(super::live_expectations_at(
+            horizons,
+            alpha + age,
+            r + x,
+            (r + x, b + x, a + b + x - 1.0),
+            (a + b + x - 1.0) / (a - 1.0),
+        ))
+    }
 }
 
 #[cfg(test)]

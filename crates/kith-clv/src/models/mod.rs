@@ -44,6 +44,53 @@ pub trait TransactionModel {
     ) -> Option<Result<f64, NumericError>> {
         None
     }
+
+    /// [`TransactionModel::expected_purchases_if_alive`] at several horizons of one history
+    /// (scoring needs a dozen: the horizon and each month of the CLV), where a model can share
+    /// work between them.
+    fn expected_purchases_if_alive_at(
+        &self,
+        horizons: &[f64],
+        frequency: f64,
+        age: f64,
+    ) -> Option<Result<Vec<f64>, NumericError>> {
+        horizons
+            .iter()
+            .map(|&t| self.expected_purchases_if_alive(t, frequency, age))
+            .collect()
+    }
+}
+
+/// BG/NBD and MBG/NBD's expected purchases of a live customer at several horizons t:
+/// `first` · (1 − ((α+T)/(α+T+t))^{r+x} · 2F1(a₂, b₂; c₂; t/(α+T+t))), with the 2F1 of every
+/// horizon from one series (see [`crate::hyp2f1::ln_hyp2f1_many`]).
+pub(crate) fn live_expectations_at(
+    horizons: &[f64],
+    alpha_plus_age: f64,
+    r_plus_x: f64,
+    hyp_params: (f64, f64, f64),
+    first: f64,
+) -> Result<Vec<f64>, NumericError> {
+    for &t in horizons {
+        check_horizon(t)?;
+    }
+    let positive: Vec<f64> = horizons.iter().copied().filter(|&t| t > 0.0).collect();
+    let zs: Vec<f64> = positive.iter().map(|t| t / (alpha_plus_age + t)).collect();
+    let (a2, b2, c2) = hyp_params;
+    let ln_hyps = crate::hyp2f1::ln_hyp2f1_many(a2, b2, c2, &zs)?;
+    let mut ln_hyps = positive.iter().zip(ln_hyps);
+    Ok(horizons
+        .iter()
+        .map(|&t| {
+            if t == 0.0 {
+                return 0.0;
+            }
+            let (t, ln_hyp) = ln_hyps.next().expect("one value per positive horizon");
+            // ln((α+T)/(α+T+t)) = −ln(1 + t/(α+T)), exact for small t.
+            let ln_ratio = -(t / alpha_plus_age).ln_1p();
+            first * -(ln_hyp + r_plus_x * ln_ratio).exp_m1()
+        })
+        .collect())
 }
 
 /// Rejects a negative or non-finite horizon.
