@@ -69,8 +69,20 @@ pub fn ln_hyp2f1(a: f64, b: f64, c: f64, z: f64) -> Result<f64, NumericError> {
 const SHARED_MAX_Z: f64 = 0.9;
 /// Coefficients the shared path computes at most before leaving the values to [`ln_hyp2f1`].
 const SHARED_MAX_TERMS: usize = 4_096;
-/// Values evaluated together by interleaved Horner chains.
-const LANES: usize = 8;
+/// Points a polynomial is evaluated at together (see [`horner_lanes`]).
+pub(crate) const LANES: usize = 8;
+
+/// Σ cₙ zⁿ at [`LANES`] points by interleaved Horner chains: one chain waits on each
+/// multiply-add before the next, independent chains keep the core busy.
+pub(crate) fn horner_lanes(coefficients: &[f64], z: [f64; LANES]) -> [f64; LANES] {
+    let mut acc = [0.0f64; LANES];
+    for &c in coefficients.iter().rev() {
+        for (acc, z) in acc.iter_mut().zip(&z) {
+            *acc = *acc * z + c;
+        }
+    }
+    acc
+}
 
 /// ln 2F1(a, b; c; z) at several z with the same parameters, each as [`ln_hyp2f1`] gives it to
 /// about 1e-14. When every z is in (0, 0.9] the series' coefficients are computed once and each
@@ -127,13 +139,7 @@ fn shared_series(a: f64, b: f64, c: f64, zs: &[f64]) -> Option<Vec<f64>> {
     let mut values = Vec::with_capacity(zs.len());
     for chunk in zs.chunks(LANES) {
         let lanes: [f64; LANES] = std::array::from_fn(|i| chunk.get(i).copied().unwrap_or(0.0));
-        let mut acc = [0.0f64; LANES];
-        for &k in coefficients.iter().rev() {
-            for (acc, z) in acc.iter_mut().zip(&lanes) {
-                *acc = *acc * z + k;
-            }
-        }
-        for (&sum, &z) in acc.iter().zip(chunk) {
+        for (&sum, &z) in horner_lanes(&coefficients, lanes).iter().zip(chunk) {
             // With Euler's transformation at most the first coefficient differs in sign from the
             // rest, so a sum that is not positive means the value is not for this path.
             if !(sum.is_finite() && sum > 0.0) {

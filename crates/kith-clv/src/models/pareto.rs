@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{Rfm, RfmGroups, validate_rfm};
 use crate::error::{FitError, NumericError};
 use crate::fit::{FitOptions, Fitted, ParamVector, fit_model, warm_start};
-use crate::hyp2f1::ln_hyp2f1;
+use crate::hyp2f1::{LANES, horner_lanes, ln_hyp2f1};
 use crate::models::{TransactionModel, check_horizon, finite, inv_one_plus_exp};
 use crate::special::{ln_gamma, log_add_exp, log1m_exp};
 
@@ -216,20 +216,6 @@ impl ParetoData {
         }
         -total / g.total_weight
     }
-}
-
-/// Time values whose series are evaluated together (see [`horner_lanes`]).
-const LANES: usize = 8;
-
-/// Σ cₙ zⁿ at several points, by interleaved Horner chains.
-fn horner_lanes(coefficients: &[f64], z: [f64; LANES]) -> [f64; LANES] {
-    let mut acc = [0.0f64; LANES];
-    for &c in coefficients.iter().rev() {
-        for k in 0..LANES {
-            acc[k] = acc[k] * z[k] + c;
-        }
-    }
-    acc
 }
 
 /// ln(e^alive + e^c·(1 − e^d)) for d = ln A₀'s two terms' difference (d < 0; d ≥ 0 means the
