@@ -11,8 +11,8 @@ use crate::fit::{
 };
 use crate::hyp2f1::ln_hyp2f1;
 use crate::models::{
-    TransactionModel, bg_family_derivatives, check_horizon, finite, inv_one_plus_exp, ln_nb_pmf,
-    nb_upper_tail,
+    LiveExpectation, TransactionModel, bg_family_derivatives, check_horizon, finite,
+    inv_one_plus_exp, ln_nb_pmf, nb_upper_tail,
 };
 use crate::special::{ln_gamma, log_add_exp};
 use statrs::function::beta::ln_beta;
@@ -172,15 +172,19 @@ impl BgNbd {
         x: f64,
         age: f64,
     ) -> Result<f64, NumericError> {
-        check_horizon(t)?;
+        self.live(x).at(t, age)
+    }
+
+    /// This model's terms of [`LiveExpectation`] for a customer with `x` repeat purchases.
+    fn live(&self, x: f64) -> LiveExpectation {
         let BgNbd { r, alpha, a, b } = *self;
-        let z = t / (alpha + age + t);
-        let ln_hyp = ln_hyp2f1(r + x, b + x, a + b + x - 1.0, z)?;
-        // ln((α+T)/(α+T+t)) = −ln(1 + t/(α+T)), exact for small t.
-        let ln_ratio = -(t / (alpha + age)).ln_1p();
-        let second = -(ln_hyp + (r + x) * ln_ratio).exp_m1();
-        let first = (a + b + x - 1.0) / (a - 1.0);
-        Ok(first * second)
+        LiveExpectation {
+            alpha,
+            r_plus_x: r + x,
+            b2: b + x,
+            c2: a + b + x - 1.0,
+            first: (a + b + x - 1.0) / (a - 1.0),
+        }
     }
 
     /// Probability the customer is still active at T: 1 for x = 0, otherwise
@@ -256,15 +260,7 @@ impl TransactionModel for BgNbd {
         frequency: f64,
         age: f64,
     ) -> Option<Result<Vec<f64>, NumericError>> {
-        let BgNbd { r, alpha, a, b } = *self;
-        let x = frequency;
-        Some(super::live_expectations_at(
-            horizons,
-            alpha + age,
-            r + x,
-            (r + x, b + x, a + b + x - 1.0),
-            (a + b + x - 1.0) / (a - 1.0),
-        ))
+        Some(self.live(frequency).at_horizons(horizons, age))
     }
 }
 

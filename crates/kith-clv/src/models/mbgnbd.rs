@@ -8,8 +8,8 @@ use crate::error::{FitError, NumericError};
 use crate::fit::{FitOptions, Fitted, ParamVector, fit_model_exact, warm_start};
 use crate::hyp2f1::ln_hyp2f1;
 use crate::models::{
-    TransactionModel, bg_family_derivatives, check_horizon, finite, inv_one_plus_exp, ln_nb_pmf,
-    nb_upper_tail,
+    LiveExpectation, TransactionModel, bg_family_derivatives, check_horizon, finite,
+    inv_one_plus_exp, ln_nb_pmf, nb_upper_tail,
 };
 use crate::special::{ln_gamma, log_add_exp};
 use statrs::function::beta::ln_beta;
@@ -159,14 +159,19 @@ impl ModifiedBgNbd {
         x: f64,
         age: f64,
     ) -> Result<f64, NumericError> {
-        check_horizon(t)?;
+        self.live(x).at(t, age)
+    }
+
+    /// This model's terms of [`LiveExpectation`] for a customer with `x` repeat purchases.
+    fn live(&self, x: f64) -> LiveExpectation {
         let ModifiedBgNbd { r, alpha, a, b } = *self;
-        let z = t / (alpha + age + t);
-        let ln_hyp = ln_hyp2f1(r + x, b + x + 1.0, a + b + x, z)?;
-        let ln_ratio = -(t / (alpha + age)).ln_1p();
-        let second = -(ln_hyp + (r + x) * ln_ratio).exp_m1();
-        let first = (a + b + x) / (a - 1.0);
-        Ok(first * second)
+        LiveExpectation {
+            alpha,
+            r_plus_x: r + x,
+            b2: b + x + 1.0,
+            c2: a + b + x,
+            first: (a + b + x) / (a - 1.0),
+        }
     }
 
     /// Probability the customer is still active at T:
@@ -234,15 +239,7 @@ impl TransactionModel for ModifiedBgNbd {
         frequency: f64,
         age: f64,
     ) -> Option<Result<Vec<f64>, NumericError>> {
-        let ModifiedBgNbd { r, alpha, a, b } = *self;
-        let x = frequency;
-        Some(super::live_expectations_at(
-            horizons,
-            alpha + age,
-            r + x,
-            (r + x, b + x + 1.0, a + b + x),
-            (a + b + x) / (a - 1.0),
-        ))
+        Some(self.live(frequency).at_horizons(horizons, age))
     }
 }
 

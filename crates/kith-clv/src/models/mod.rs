@@ -61,36 +61,59 @@ pub trait TransactionModel {
     }
 }
 
-/// BG/NBD and MBG/NBD's expected purchases of a live customer at several horizons t:
-/// `first` · (1 − ((α+T)/(α+T+t))^{r+x} · 2F1(a₂, b₂; c₂; t/(α+T+t))), with the 2F1 of every
-/// horizon from one series (see [`crate::hyp2f1::ln_hyp2f1_many`]).
-pub(crate) fn live_expectations_at(
-    horizons: &[f64],
-    alpha_plus_age: f64,
-    r_plus_x: f64,
-    hyp_params: (f64, f64, f64),
-    first: f64,
-) -> Result<Vec<f64>, NumericError> {
-    for &t in horizons {
+/// BG/NBD's and MBG/NBD's expected repeat purchases in (T, T+t] of a live customer with x
+/// purchases and age T: `first` · (1 − ((α+T)/(α+T+t))^{r+x} · 2F1(r+x, b₂; c₂; t/(α+T+t))).
+/// The two models differ only in `b₂`, `c₂` and `first`.
+pub(crate) struct LiveExpectation {
+    pub alpha: f64,
+    pub r_plus_x: f64,
+    pub b2: f64,
+    pub c2: f64,
+    pub first: f64,
+}
+
+impl LiveExpectation {
+    /// At one horizon.
+    pub fn at(&self, t: f64, age: f64) -> Result<f64, NumericError> {
         check_horizon(t)?;
+        let z = t / (self.alpha + age + t);
+        let ln_hyp = crate::hyp2f1::ln_hyp2f1(self.r_plus_x, self.b2, self.c2, z)?;
+        Ok(self.combine(t, age, ln_hyp))
     }
-    let positive: Vec<f64> = horizons.iter().copied().filter(|&t| t > 0.0).collect();
-    let zs: Vec<f64> = positive.iter().map(|t| t / (alpha_plus_age + t)).collect();
-    let (a2, b2, c2) = hyp_params;
-    let ln_hyps = crate::hyp2f1::ln_hyp2f1_many(a2, b2, c2, &zs)?;
-    let mut ln_hyps = positive.iter().zip(ln_hyps);
-    Ok(horizons
-        .iter()
-        .map(|&t| {
-            if t == 0.0 {
-                return 0.0;
-            }
-            let (t, ln_hyp) = ln_hyps.next().expect("one value per positive horizon");
-            // ln((α+T)/(α+T+t)) = −ln(1 + t/(α+T)), exact for small t.
-            let ln_ratio = -(t / alpha_plus_age).ln_1p();
-            first * -(ln_hyp + r_plus_x * ln_ratio).exp_m1()
-        })
-        .collect())
+
+    /// At several horizons, the 2F1 of every one from one series (see
+    /// [`crate::hyp2f1::ln_hyp2f1_many`]).
+    pub fn at_horizons(&self, horizons: &[f64], age: f64) -> Result<Vec<f64>, NumericError> {
+        for &t in horizons {
+            check_horizon(t)?;
+        }
+        let positive: Vec<f64> = horizons.iter().copied().filter(|&t| t > 0.0).collect();
+        let zs: Vec<f64> = positive
+            .iter()
+            .map(|t| t / (self.alpha + age + t))
+            .collect();
+        let ln_hyps = crate::hyp2f1::ln_hyp2f1_many(self.r_plus_x, self.b2, self.c2, &zs)?;
+        // One value per positive horizon, in order; nothing is expected in no time.
+        let mut ln_hyps = ln_hyps.into_iter();
+        Ok(horizons
+            .iter()
+            .map(|&t| {
+                if t > 0.0 {
+                    ln_hyps
+                        .next()
+                        .map_or(f64::NAN, |ln_hyp| self.combine(t, age, ln_hyp))
+                } else {
+                    0.0
+                }
+            })
+            .collect())
+    }
+
+    fn combine(&self, t: f64, age: f64, ln_hyp: f64) -> f64 {
+        // ln((α+T)/(α+T+t)) = −ln(1 + t/(α+T)), exact for small t.
+        let ln_ratio = -(t / (self.alpha + age)).ln_1p();
+        self.first * -(ln_hyp + self.r_plus_x * ln_ratio).exp_m1()
+    }
 }
 
 /// Rejects a negative or non-finite horizon.
