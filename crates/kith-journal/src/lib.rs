@@ -7,9 +7,11 @@
 //!
 //! Files under the journal directory:
 //! - `NNNNNNNNNNNNNNNNNNNN.seg`: segments of records, named by their first sequence number;
-//! - `dedup.keys`: the dedup keys of segments already retired (their records live in the event
-//!   tables now), 16 bytes each, so a retired segment's ids keep deduplicating after restarts.
+//! - `dedup/*.run`: the dedup keys of segments already retired (their records live in the event
+//!   tables now), sorted runs on disk, so a retired segment's ids keep deduplicating after
+//!   restarts without holding every key in memory (see [`dedup`]).
 
+mod dedup;
 mod record;
 mod segment;
 mod writer;

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use crate::record::{Decoded, Record, decode};
 use crate::{JournalError, KeySet};
 
-pub(crate) const DEDUP_KEYS_FILE: &str = "dedup.keys";
 const SEGMENT_SUFFIX: &str = ".seg";
 
 #[derive(Debug, Clone)]
 pub(crate) struct SegmentInfo {
     pub path: PathBuf,
+    /// The seq its name carries: its first record's, or the next one's when empty.
+    pub first_seq: u64,
     /// Highest seq in the segment; `first_seq - 1` when empty.
     pub last_seq: u64,
     pub len: u64,
@@ -23,6 +24,7 @@ pub(crate) struct SegmentInfo {
 
 pub(crate) struct Recovered {
     pub segments: Vec<SegmentInfo>,
+    /// The dedup keys of the records in `segments`.
     pub keys: KeySet,
     pub last_seq: u64,
 }
@@ -62,9 +64,9 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>, JournalError> {
 }
 
 /// Scans every segment, cuts a torn tail off the last one (a write the crash interrupted, never
-/// acknowledged), and rebuilds the dedup key set.
+/// acknowledged), and collects the segments' dedup keys.
 pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
-    let mut keys = load_retired_keys(dir)?;
+    let mut keys = KeySet::default();
     let listed = list_segments(dir)?;
     let mut segments = Vec::with_capacity(listed.len());
     let count = listed.len();
@@ -116,6 +118,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
         }
         segments.push(SegmentInfo {
             path,
+            first_seq,
             last_seq,
             len: offset as u64,
             keys: None,
@@ -127,28 +130,6 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
         keys,
         last_seq,
     })
-}
-
-fn load_retired_keys(dir: &Path) -> Result<KeySet, JournalError> {
-    let path = dir.join(DEDUP_KEYS_FILE);
-    let Some(bytes) = read_file(&path)? else {
-        return Ok(KeySet::default());
-    };
-    let whole = bytes.len() / 16 * 16;
-    if whole != bytes.len() {
-        // A crash mid-append; the segment those keys came from still exists and is retried.
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| JournalError::io(&path, e))?;
-        file.set_len(whole as u64)
-            .map_err(|e| JournalError::io(&path, e))?;
-    }
-    let mut keys = KeySet::with_capacity(whole / 16);
-    for chunk in bytes[..whole].chunks_exact(16) {
-        keys.insert(u128::from_le_bytes(chunk.try_into().expect("16 bytes")));
-    }
-    Ok(keys)
 }
 
 pub(crate) fn read_after(

@@ -10,9 +10,10 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use crate::dedup::{KeyIndex, SeqRange, sync_dir};
 use crate::record::{Decoded, decode, encode};
-use crate::segment::{DEDUP_KEYS_FILE, Recovered, SegmentInfo, segment_path};
-use crate::{AppendResult, Appended, Command, Entry, JournalError, JournalOptions, KeySet, Sink};
+use crate::segment::{Recovered, SegmentInfo, segment_path};
+use crate::{AppendResult, Appended, Command, Entry, JournalError, JournalOptions, Sink};
 
 pub(crate) struct WriterState<T> {
     dir: PathBuf,
@@ -21,7 +22,7 @@ pub(crate) struct WriterState<T> {
     closed: Vec<SegmentInfo>,
     active: SegmentInfo,
     active_file: File,
-    keys: KeySet,
+    keys: KeyIndex,
     next_seq: u64,
     sink: Sink<T>,
     /// Shared with [`crate::Journal::append`]: payload bytes queued and not yet written.
@@ -49,12 +50,14 @@ impl<T: Send + 'static> WriterState<T> {
                 sync_dir(&dir)?;
                 SegmentInfo {
                     path,
+                    first_seq: last_seq + 1,
                     last_seq,
                     len: 0,
                     keys: Some(Vec::new()),
                 }
             }
         };
+        let keys = KeyIndex::open(&dir, keys)?;
         let active_file = OpenOptions::new()
             .append(true)
             .open(&active.path)
@@ -112,6 +115,9 @@ impl<T: Send + 'static> WriterState<T> {
             self.commit_group(group, group_bytes, &mut buffer);
         }
         let _ = self.active_file.sync_all();
+        if let Err(err) = self.keys.finish_merges() {
+            tracing::warn!(error = %err, "a dedup merge did not finish; it is redone at the next start");
+        }
     }
 
     fn commit_group(
@@ -137,23 +143,45 @@ impl<T: Send + 'static> WriterState<T> {
         let group_entries: usize = group.iter().map(|(entries, _)| entries.len()).sum();
         let mut new_keys = Vec::with_capacity(group_entries);
         let mut seq = self.next_seq;
-        for (entries, _) in &group {
+        let mut lookup_failed = None;
+        'entries: for (entries, _) in &group {
             let mut results = Vec::with_capacity(entries.len());
             for entry in entries {
                 if let Some(key) = entry.dedup_key {
                     // Inserted now so later entries of the same group see it; taken out
                     // again below if the write fails.
-                    if !self.keys.insert(key) {
-                        results.push(Appended::Duplicate);
-                        continue;
+                    match self.keys.insert(key) {
+                        Ok(true) => new_keys.push(key),
+                        Ok(false) => {
+                            results.push(Appended::Duplicate);
+                            continue;
+                        }
+                        Err(err) => {
+                            lookup_failed = Some(err);
+                            break 'entries;
+                        }
                     }
-                    new_keys.push(key);
                 }
                 encode(buffer, seq, entry.dedup_key, &entry.payload);
                 results.push(Appended::Stored { seq });
                 seq += 1;
             }
             outcomes.push(results);
+        }
+        if let Some(err) = lookup_failed {
+            // Storing without knowing whether a message is a repeat could store it twice.
+            tracing::error!(error = %err, "reading the dedup keys failed");
+            for key in &new_keys {
+                self.keys.forget(*key);
+            }
+            let message = err.to_string();
+            for (_, reply) in group {
+                let _ = reply.send(Err(JournalError::io(
+                    &self.dir,
+                    std::io::Error::other(message.clone()),
+                )));
+            }
+            return;
         }
         let duplicates: usize = outcomes
             .iter()
@@ -176,7 +204,7 @@ impl<T: Send + 'static> WriterState<T> {
                 // Cut off whatever part of the group reached the file: it was never acknowledged.
                 let _ = self.active_file.set_len(self.active.len);
                 for key in &new_keys {
-                    self.keys.remove(key);
+                    self.keys.forget(*key);
                 }
                 for (_, reply) in group {
                     let _ = reply.send(Err(JournalError::io(&self.active.path, io_copy(&err))));
@@ -223,6 +251,7 @@ impl<T: Send + 'static> WriterState<T> {
         sync_dir(&self.dir).map_err(|e| std::io::Error::other(e.to_string()))?;
         let new_active = SegmentInfo {
             path,
+            first_seq: self.next_seq,
             last_seq: self.next_seq - 1,
             len: 0,
             keys: Some(Vec::new()),
@@ -233,10 +262,11 @@ impl<T: Send + 'static> WriterState<T> {
         Ok(())
     }
 
-    /// Retires closed segments fully at or below `through_seq`: first their keys go to
-    /// `dedup.keys` (fsynced), then the segment is deleted — so a crash in between only leaves a
+    /// Retires closed segments fully at or below `through_seq`: first their keys go to a dedup
+    /// run on disk (synced), then the segments are deleted — so a crash in between only leaves a
     /// key recorded twice, never a key lost.
     fn retire(&mut self, through_seq: u64) -> Result<usize, JournalError> {
+        self.keys.poll()?;
         let retirable = self
             .closed
             .iter()
@@ -245,34 +275,25 @@ impl<T: Send + 'static> WriterState<T> {
         if retirable == 0 {
             return Ok(0);
         }
-        let keys_path = self.dir.join(DEDUP_KEYS_FILE);
-        let mut keys_file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&keys_path)
-            .map_err(|e| JournalError::io(&keys_path, e))?;
-        for segment in &self.closed[..retirable] {
-            let from_file;
-            let keys: &[u128] = match &segment.keys {
-                Some(keys) => keys,
-                None => {
-                    from_file = keys_in_segment_file(&segment.path)?;
-                    &from_file
-                }
-            };
-            let bytes: Vec<u8> = keys.iter().flat_map(|key| key.to_le_bytes()).collect();
-            keys_file
-                .write_all(&bytes)
-                .map_err(|e| JournalError::io(&keys_path, e))?;
+        let retiring = &self.closed[..retirable];
+        let range = SeqRange {
+            first: retiring[0].first_seq,
+            last: retiring[retirable - 1].last_seq.max(retiring[0].first_seq),
+        };
+        let mut keys = Vec::new();
+        for segment in retiring {
+            match &segment.keys {
+                Some(written) => keys.extend_from_slice(written),
+                None => keys.extend(keys_in_segment_file(&segment.path)?),
+            }
         }
-        keys_file
-            .sync_data()
-            .map_err(|e| JournalError::io(&keys_path, e))?;
+        self.keys.retire(range, keys)?;
         for segment in self.closed.drain(..retirable) {
             fs::remove_file(&segment.path).map_err(|e| JournalError::io(&segment.path, e))?;
         }
         sync_dir(&self.dir)?;
         metrics::counter!("kith_journal_segments_retired_total").increment(retirable as u64);
+        metrics::gauge!("kith_dedup_index_bytes").set(self.keys.memory_bytes() as f64);
         Ok(retirable)
     }
 }
@@ -296,10 +317,4 @@ fn keys_in_segment_file(path: &std::path::Path) -> Result<Vec<u128>, JournalErro
 
 fn io_copy(err: &std::io::Error) -> std::io::Error {
     std::io::Error::new(err.kind(), err.to_string())
-}
-
-fn sync_dir(dir: &std::path::Path) -> Result<(), JournalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| JournalError::io(dir, e))
 }
