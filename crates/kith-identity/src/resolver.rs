@@ -22,7 +22,9 @@
 
 use std::cmp::Ordering;
 
-use hashbrown::{HashMap, HashSet};
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashMap, HashSet, HashTable};
 
 use crate::identifier::{IdType, Identifier};
 use crate::rules::IdentityRules;
@@ -148,7 +150,11 @@ pub struct ObserveOutcome {
 pub struct Resolver {
     rules: IdentityRules,
     ids: Vec<IdNode>,
-    by_identifier: HashMap<Identifier, u32>,
+    /// Identifier → its index in `ids`. The table holds only the index and hashes the identifier
+    /// stored in `ids`, so each identifier is kept once (a map keyed by a copy cost about 80 bytes
+    /// more per identifier).
+    by_identifier: HashTable<u32>,
+    hasher: DefaultHashBuilder,
     /// Profile id (the hash of an identifier) → that identifier.
     by_hash: HashMap<u64, u32>,
     profiles: Vec<ProfileNode>,
@@ -187,7 +193,8 @@ impl Resolver {
         Resolver {
             rules,
             ids: Vec::new(),
-            by_identifier: HashMap::new(),
+            by_identifier: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
             by_hash: HashMap::new(),
             profiles: Vec::new(),
             free_profiles: Vec::new(),
@@ -277,7 +284,7 @@ impl Resolver {
 
     /// Interns an identifier (a new one becomes a profile of its own) and keeps its first sighting.
     fn sighting(&mut self, identifier: &Identifier, key: &ObservationKey) -> (u32, Sighting) {
-        if let Some(&id) = self.by_identifier.get(identifier) {
+        if let Some(id) = self.index_of(identifier) {
             if *key < self.ids[id as usize].first_seen {
                 self.ids[id as usize].first_seen = key.clone();
                 let profile = self.ids[id as usize].profile;
@@ -293,7 +300,11 @@ impl Resolver {
             first_seen: key.clone(),
             profile,
         });
-        self.by_identifier.insert(identifier.clone(), id);
+        let (ids, hasher) = (&self.ids, &self.hasher);
+        self.by_identifier
+            .insert_unique(hasher.hash_one(identifier), id, |other| {
+                hasher.hash_one(&ids[*other as usize].identifier)
+            });
         self.by_hash
             .entry(identifier_hash(identifier))
             .or_insert(id);
@@ -528,11 +539,44 @@ impl Resolver {
         })
     }
 
+    /// The index of an identifier in `ids`.
+    fn index_of(&self, identifier: &Identifier) -> Option<u32> {
+        self.by_identifier
+            .find(self.hasher.hash_one(identifier), |id| {
+                self.ids[*id as usize].identifier == *identifier
+            })
+            .copied()
+    }
+
     /// The profile an identifier belongs to.
     pub fn profile_of(&self, identifier: &Identifier) -> Option<ProfileRef> {
+        self.index_of(identifier)
+            .map(|id| self.ids[id as usize].profile)
+    }
+
+    /// Drops the slots of profiles merged away and spare capacity: after a bulk load (every
+    /// identifier starts as a profile of its own, most are merged away), most slots are dead.
+    /// Profile refs handed out before are invalid afterwards.
+    pub fn compact(&mut self) {
+        let mut renumbered = vec![u32::MAX; self.profiles.len()];
+        let mut alive = Vec::with_capacity(self.profile_count());
+        for (old, node) in std::mem::take(&mut self.profiles).into_iter().enumerate() {
+            if node.alive {
+                renumbered[old] = alive.len() as u32;
+                alive.push(node);
+            }
+        }
+        for node in &mut self.ids {
+            node.profile = renumbered[node.profile as usize];
+        }
+        self.profiles = alive;
+        self.free_profiles = Vec::new();
+        self.ids.shrink_to_fit();
+        self.links.shrink_to_fit();
         self.by_identifier
-            .get(identifier)
-            .map(|id| self.ids[*id as usize].profile)
+            .shrink_to_fit(|id| self.hasher.hash_one(&self.ids[*id as usize].identifier));
+        self.by_hash.shrink_to_fit();
+        self.by_link.shrink_to_fit();
     }
 
     /// The profile a profile id names now: the profile its anchor identifier belongs to, so ids of

@@ -271,3 +271,38 @@ proptest! {
         prop_assert_eq!(summary(&actual), summary(&expected));
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Compacting (as after a bulk load) at any point changes nothing observable: the same
+    /// profiles, lookups and ids, and later observations land as they would have.
+    #[test]
+    fn compacting_midway_changes_nothing(
+        observations in observations(),
+        cut in 0usize..40,
+    ) {
+        let mut plain = Resolver::new(tight_rules());
+        let mut compacted = Resolver::new(tight_rules());
+        let cut = cut.min(observations.len());
+        for o in &observations[..cut] {
+            plain.observe(o);
+            compacted.observe(o);
+        }
+        compacted.compact();
+        prop_assert_eq!(compacted.profile_count(), plain.profile_count());
+        prop_assert_eq!(compacted.profiles().count(), plain.profile_count());
+        for o in &observations[cut..] {
+            plain.observe(o);
+            compacted.observe(o);
+        }
+        prop_assert_eq!(summary(&compacted), summary(&plain));
+        for text in UNIVERSE {
+            let identifier = id(text);
+            prop_assert_eq!(
+                compacted.profile_of(&identifier).map(|p| compacted.profile_id(p)),
+                plain.profile_of(&identifier).map(|p| plain.profile_id(p))
+            );
+        }
+    }
+}

@@ -202,6 +202,8 @@ impl ProfileStore {
         for link in &loaded.links {
             resolver.observe(link);
         }
+        // Each identifier started as a profile of its own; most were merged away.
+        resolver.compact();
         let mut facts: HashMap<Identifier, IdentifierFacts> = loaded.facts.into_iter().collect();
         let external_types = loaded_external_types(&loaded.links, &facts);
         let config_traits: Vec<String> = settings.computed.iter().map(|d| d.name.clone()).collect();
