@@ -211,17 +211,20 @@ impl KeyIndex {
         Ok(())
     }
 
-    /// Starts merging the two newest runs when the older is no larger than the newer in powers
-    /// of two; one merge at a time.
+    /// Starts merging two neighbouring runs where the older is no larger than the newer in
+    /// powers of two (the newest such pair), so sizes fall from oldest to newest; one merge at a
+    /// time. Runs retired while a merge is under way wait for the next one, wherever they are.
     fn start_merge_if_due(&mut self) {
-        if self.merging.is_some() || self.runs.len() < 2 {
+        if self.merging.is_some() {
             return;
         }
-        let n = self.runs.len();
-        let (older, newer) = (&self.runs[n - 2], &self.runs[n - 1]);
-        if level(older.count) > level(newer.count) {
+        let Some(older) = (0..self.runs.len().saturating_sub(1))
+            .rev()
+            .find(|&i| level(self.runs[i].count) <= level(self.runs[i + 1].count))
+        else {
             return;
-        }
+        };
+        let (older, newer) = (&self.runs[older], &self.runs[older + 1]);
         let dir = self.dir.clone();
         let inputs = [older.input(), newer.input()];
         let spawned = std::thread::Builder::new()
