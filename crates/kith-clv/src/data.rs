@@ -191,6 +191,18 @@ pub(crate) fn split_sum<T: Send>(
     })
 }
 
+/// Adds two partial sums of a log-likelihood with its gradient and Hessian ([`split_sum`]).
+pub(crate) fn add_derivatives<const N: usize>(
+    (f1, g1, h1): crate::fit::NaturalDerivatives<N>,
+    (f2, g2, h2): crate::fit::NaturalDerivatives<N>,
+) -> crate::fit::NaturalDerivatives<N> {
+    (
+        f1 + f2,
+        std::array::from_fn(|i| g1[i] + g2[i]),
+        std::array::from_fn(|i| std::array::from_fn(|j| h1[i][j] + h2[i][j])),
+    )
+}
+
 /// The groups (by `bounds`) with rows in `lo..hi`: (group, first row, end row, whether the
 /// group starts in the range — so per-group terms are counted by exactly one range).
 pub(crate) fn clip_groups(

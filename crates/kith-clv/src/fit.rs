@@ -122,8 +122,10 @@ pub(crate) fn warm_start<T: Copy, P: Clone>(
     }
 }
 
-/// The mean negative log-likelihood's gradient and Hessian in the natural parameters.
-pub(crate) type NaturalDerivatives<const N: usize> = ([f64; N], [[f64; N]; N]);
+/// The mean negative log-likelihood with its gradient and Hessian, in the natural parameters.
+/// The value comes from the same pass over the data: a Newton step whose trial point is accepted
+/// (most are) then needs no separate evaluation there.
+pub(crate) type NaturalDerivatives<const N: usize> = (f64, [f64; N], [[f64; N]; N]);
 
 /// Fits a model given its mean negative log-likelihood in natural parameters.
 pub(crate) fn fit_model<P: ParamVector<N>, const N: usize>(
@@ -220,7 +222,9 @@ fn fit_model_with<P: ParamVector<N>, const N: usize>(
             return None;
         }
         let theta = y.map(f64::exp);
-        let (mut g, mut h) = derivatives(&theta);
+        let (f, mut g, mut h) = derivatives(&theta);
+        // The objective's value, penalty included, exactly as `objective` computes it.
+        let f = f + theta.iter().map(|t| t * t).sum::<f64>() * pen;
         for i in 0..N {
             g[i] += 2.0 * pen * theta[i];
             h[i][i] += 2.0 * pen;
@@ -231,11 +235,11 @@ fn fit_model_with<P: ParamVector<N>, const N: usize>(
                 theta[i] * theta[j] * h[i][j] + if i == j { gy[i] } else { 0.0 }
             })
         });
-        let finite = gy.iter().chain(hy.iter().flatten()).all(|v| v.is_finite());
-        finite.then_some((gy, hy))
+        let finite = f.is_finite() && gy.iter().chain(hy.iter().flatten()).all(|v| v.is_finite());
+        finite.then_some((f, gy, hy))
     };
     let converged_exact = |found: Option<(Minimum<N>, optim::ExactDerivatives<N>)>| {
-        found.filter(|(_, (g, _))| optim::norm_inf(g) <= 1e-6)
+        found.filter(|(_, (_, g, _))| optim::norm_inf(g) <= 1e-6)
     };
     if derivatives.is_some() {
         let start = Minimum {
@@ -244,7 +248,7 @@ fn fit_model_with<P: ParamVector<N>, const N: usize>(
             iterations: 0,
             evaluations: obj.evaluations,
         };
-        if let Some((at, (g, h))) =
+        if let Some((at, (_, g, h))) =
             converged_exact(optim::newton_exact(&mut obj, start, in_logs, 200, 1e-10))
         {
             let evaluations = obj.evaluations;
@@ -275,7 +279,7 @@ fn fit_model_with<P: ParamVector<N>, const N: usize>(
         optim::nelder_mead(&mut obj, y0, 0.5, max_iter, 1e-4, 5e-2)
     };
     if derivatives.is_some()
-        && let Some((at, (g, h))) =
+        && let Some((at, (_, g, h))) =
             converged_exact(optim::newton_exact(&mut obj, best, in_logs, 100, 1e-10))
     {
         let evaluations = obj.evaluations;
@@ -391,7 +395,12 @@ pub(crate) fn assert_derivatives_match<const N: usize>(
     derivatives: impl Fn(&[f64; N]) -> NaturalDerivatives<N>,
     at: [f64; N],
 ) {
-    let (grad, hess) = derivatives(&at);
+    let (value, grad, hess) = derivatives(&at);
+    let expected = objective(&at);
+    assert!(
+        (value - expected).abs() <= 1e-12 * expected.abs().max(1.0),
+        "value: {value} vs {expected}"
+    );
     let h = 1e-5;
     let shifted = |i: usize, d: f64| {
         let mut v = at;
@@ -407,7 +416,7 @@ pub(crate) fn assert_derivatives_match<const N: usize>(
         );
         for (j, exact) in hess[i].iter().enumerate() {
             let fd =
-                (derivatives(&shifted(j, h)).0[i] - derivatives(&shifted(j, -h)).0[i]) / (2.0 * h);
+                (derivatives(&shifted(j, h)).1[i] - derivatives(&shifted(j, -h)).1[i]) / (2.0 * h);
             assert!(
                 (exact - fd).abs() < 1e-6,
                 "hessian {i},{j}: {exact} vs {fd}"

@@ -471,8 +471,44 @@ fn damped_newton_step<const N: usize, F: FnMut(&[f64; N]) -> f64>(
     false
 }
 
-/// Gradient and Hessian of the objective, computed exactly by the model.
-pub(crate) type ExactDerivatives<const N: usize> = ([f64; N], [[f64; N]; N]);
+/// The objective's value, gradient and Hessian, computed exactly by the model in one pass.
+pub(crate) type ExactDerivatives<const N: usize> = (f64, [f64; N], [[f64; N]; N]);
+
+/// What a damped Newton step on exact derivatives did.
+enum ExactStep<const N: usize> {
+    /// Moved; the derivatives at the new point came with its value.
+    MovedWith(ExactDerivatives<N>),
+    /// Moved (after damping or backtracking); the derivatives there are still to compute.
+    Moved,
+    Stuck,
+}
+
+/// [`damped_newton_step`] whose first trial, the full Newton step, is evaluated with its
+/// derivatives: near the optimum that step is accepted, and the pass that tested it has
+/// already computed what the next iteration needs. Backtracking trials take plain evaluations.
+fn exact_newton_step<const N: usize, F: FnMut(&[f64; N]) -> f64>(
+    obj: &mut Objective<F>,
+    best: &mut Minimum<N>,
+    (g, h): (&[f64; N], &[[f64; N]; N]),
+    derivatives: &impl Fn(&[f64; N]) -> Option<ExactDerivatives<N>>,
+) -> ExactStep<N> {
+    if let Some(l) = cholesky(h) {
+        let d = cholesky_solve(&l, &g.map(|v| -v));
+        let xn = axpy(&best.x, 1.0, &d);
+        if let Some(at) = derivatives(&xn)
+            && at.0 <= best.f + 1e-4 * dot(g, &d)
+        {
+            best.x = xn;
+            best.f = at.0;
+            return ExactStep::MovedWith(at);
+        }
+    }
+    if damped_newton_step(obj, best, g, h) {
+        ExactStep::Moved
+    } else {
+        ExactStep::Stuck
+    }
+}
 
 /// Damped Newton on exact derivatives (`derivatives(x)`, `None` where they are not finite).
 /// Converges in a handful of iterations where the finite-difference version crawls along
@@ -487,8 +523,9 @@ pub(crate) fn newton_exact<const N: usize, F: FnMut(&[f64; N]) -> f64>(
     gtol: f64,
 ) -> Option<(Minimum<N>, ExactDerivatives<N>)> {
     let mut best = start;
+    let mut at = derivatives(&best.x)?;
     for _ in 0..max_iterations {
-        let (g, h) = derivatives(&best.x)?;
+        let (_, g, h) = at;
         // Done at the tight tolerance, or once the gradient is small and the step Newton
         // predicts would lower the objective by less than rounding can show (sums over hundreds
         // of thousands of customers leave the gradient a noise floor near 1e-8).
@@ -511,14 +548,15 @@ pub(crate) fn newton_exact<const N: usize, F: FnMut(&[f64; N]) -> f64>(
                     best.evaluations = obj.evaluations;
                 }
             }
-            return Some((best, (g, h)));
+            return Some((best, at));
         }
         best.iterations += 1;
-        if !damped_newton_step(obj, &mut best, &g, &h) {
-            break;
-        }
+        at = match exact_newton_step(obj, &mut best, (&g, &h), &derivatives) {
+            ExactStep::MovedWith(there) => there,
+            ExactStep::Moved => derivatives(&best.x)?,
+            ExactStep::Stuck => break,
+        };
     }
-    let at = derivatives(&best.x)?;
     best.evaluations = obj.evaluations;
     Some((best, at))
 }

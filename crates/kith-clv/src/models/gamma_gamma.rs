@@ -216,28 +216,25 @@ impl SpendGroups {
 /// ℓ = lnΓ(px+q) − lnΓ(px) − lnΓ(q) + q ln γ + (px−1) ln m + px ln x − (px+q) ln(γ+mx);
 /// the digamma and trigamma terms depend on x only, so they are taken once per frequency.
 fn mean_nll_derivatives(v: &[f64; 3], g: &SpendGroups) -> NaturalDerivatives<3> {
-    let (grad, hess) = split_sum(
+    let (ll, grad, hess) = split_sum(
         g.monetary.len(),
         |lo, hi| derivative_rows(v, g, lo, hi),
-        |(g1, h1), (g2, h2)| {
-            (
-                std::array::from_fn(|i| g1[i] + g2[i]),
-                std::array::from_fn(|i| std::array::from_fn(|j| h1[i][j] + h2[i][j])),
-            )
-        },
+        crate::data::add_derivatives,
     );
     // Of the mean negative log-likelihood, symmetric.
     let scale = -1.0 / g.total_weight;
     let grad = grad.map(|v| v * scale);
     let hess = std::array::from_fn(|i| std::array::from_fn(|j| hess[i.min(j)][i.max(j)] * scale));
-    (grad, hess)
+    (ll * scale, grad, hess)
 }
 
-/// Sums of the log-likelihood's gradient and Hessian (upper triangle) over rows `from..to` and
-/// the groups that start there.
+/// Sums of the log-likelihood and its gradient and Hessian (upper triangle) over rows
+/// `from..to` and the groups that start there.
 fn derivative_rows(v: &[f64; 3], g: &SpendGroups, from: usize, to: usize) -> NaturalDerivatives<3> {
     let [p, q, gamma] = *v;
     let (psi_q, tri_q, ln_gamma_) = (digamma(q), trigamma(q), gamma.ln());
+    let base = -ln_gamma(q) + q * ln_gamma_;
+    let mut ll = 0.0;
     let mut grad = [0.0; 3];
     let mut hess = [[0.0; 3]; 3];
     for (k, lo, hi, starts) in clip_groups(&g.bounds, from, to) {
@@ -247,6 +244,7 @@ fn derivative_rows(v: &[f64; 3], g: &SpendGroups, from: usize, to: usize) -> Nat
             let (psi_a, tri_a) = (digamma(a), trigamma(a));
             let (psi_px, tri_px) = (digamma(px), trigamma(px));
             let gw = g.group_weight[k];
+            ll += gw * (ln_gamma(a) - ln_gamma(px) + base + px * g.ln_frequency[k]);
             // Terms of the customer's x alone.
             grad[0] += gw * x * (psi_a - psi_px + g.ln_frequency[k]);
             grad[1] += gw * (psi_a - psi_q + ln_gamma_);
@@ -262,6 +260,7 @@ fn derivative_rows(v: &[f64; 3], g: &SpendGroups, from: usize, to: usize) -> Nat
             let w = g.weight[i];
             let d = gamma + g.monetary[i] * x;
             let ln_d = d.ln();
+            ll += w * ((px - 1.0) * g.ln_monetary[i] - a * ln_d);
             grad[0] += w * x * (g.ln_monetary[i] - ln_d);
             grad[1] -= w * ln_d;
             grad[2] -= w * a / d;
@@ -270,7 +269,7 @@ fn derivative_rows(v: &[f64; 3], g: &SpendGroups, from: usize, to: usize) -> Nat
             hess[2][2] += w * a / (d * d);
         }
     }
-    (grad, hess)
+    (ll, grad, hess)
 }
 
 fn weighted_pearson(rows: &[(f64, f64, f64)]) -> f64 {

@@ -19,7 +19,7 @@ pub use pareto::ParetoNbd;
 use crate::data::{Rfm, RfmGroups, clip_groups, split_sum};
 use crate::error::NumericError;
 use crate::fit::NaturalDerivatives;
-use crate::special::{digamma, trigamma};
+use crate::special::{digamma, ln_gamma, trigamma};
 
 /// A fitted continuous-time model of repeat purchasing.
 pub trait TransactionModel {
@@ -177,7 +177,6 @@ pub(crate) fn nb_upper_tail(n: u32, r: f64, q: f64) -> f64 {
 
 /// ln P(N = n) of the same negative binomial, with p = α/(α+t), q = t/(α+t).
 pub(crate) fn ln_nb_pmf(n: u32, r: f64, alpha: f64, t: f64) -> f64 {
-    use crate::special::ln_gamma;
     let nf = n as f64;
     let ln_p = -(t / alpha).ln_1p();
     let ln_q_term = if n == 0 {
@@ -204,24 +203,19 @@ pub(crate) fn bg_family_derivatives(
     s: f64,
     mix_without_repeats: bool,
 ) -> NaturalDerivatives<4> {
-    let (grad, hess) = split_sum(
+    let (ll, grad, hess) = split_sum(
         g.recency.len(),
         |lo, hi| bg_family_rows(p, g, s, mix_without_repeats, lo, hi),
-        |(g1, h1), (g2, h2)| {
-            (
-                std::array::from_fn(|i| g1[i] + g2[i]),
-                std::array::from_fn(|i| std::array::from_fn(|j| h1[i][j] + h2[i][j])),
-            )
-        },
+        crate::data::add_derivatives,
     );
     let scale = -1.0 / g.total_weight;
     let grad = grad.map(|v| v * scale);
     let hess = std::array::from_fn(|i| std::array::from_fn(|j| hess[i.min(j)][i.max(j)] * scale));
-    (grad, hess)
+    (ll * scale, grad, hess)
 }
 
-/// Sums of the log-likelihood's gradient and Hessian (upper triangle) over rows `from..to` and
-/// the groups that start there.
+/// Sums of the log-likelihood and its gradient and Hessian (upper triangle) over rows
+/// `from..to` and the groups that start there.
 fn bg_family_rows(
     p: &[f64; 4],
     g: &RfmGroups,
@@ -235,6 +229,8 @@ fn bg_family_rows(
     let (psi_b, tri_b) = (digamma(b), trigamma(b));
     let (psi_ab, tri_ab) = (digamma(a + b), trigamma(a + b));
     let ln_alpha = alpha.ln();
+    let (lg_r, lg_b, lg_ab) = (ln_gamma(r), ln_gamma(b), ln_gamma(a + b));
+    let mut ll = 0.0;
     let mut grad = [0.0; 4];
     // Upper triangle, (r, α, a, b) = (0, 1, 2, 3).
     let mut hess = [[0.0; 4]; 4];
@@ -245,6 +241,10 @@ fn bg_family_rows(
             let gw = g.group_weight[k];
             let (psi_abx, tri_abx) = (digamma(a + b + x + s), trigamma(a + b + x + s));
             let (psi_bx, tri_bx) = (digamma(b + x + s), trigamma(b + x + s));
+            ll += gw
+                * (ln_gamma(rx) - lg_r + r * ln_alpha + lg_ab + ln_gamma(b + x + s)
+                    - lg_b
+                    - ln_gamma(a + b + x + s));
             grad[0] += gw * (digamma(rx) - psi_r + ln_alpha);
             grad[1] += gw * r / alpha;
             grad[2] += gw * (psi_ab - psi_abx);
@@ -265,8 +265,15 @@ fn bg_family_rows(
                 let (ln_at, ln_ar) = (at.ln(), ar.ln());
                 let l3 = -rx * ln_at;
                 let l4 = c4 - rx * ln_ar;
-                // π = e^{ℓ₄} / (e^{ℓ₃} + e^{ℓ₄}), computed without overflow.
-                let pi = 1.0 / (1.0 + (l3 - l4).exp());
+                // ln(e^{ℓ₃} + e^{ℓ₄}) and π = e^{ℓ₄} / (e^{ℓ₃} + e^{ℓ₄}) from one exponential
+                // of the smaller minus the larger (no overflow).
+                let smaller = (-(l3 - l4).abs()).exp();
+                let (larger, pi) = if l4 >= l3 {
+                    (l4, 1.0 / (1.0 + smaller))
+                } else {
+                    (l3, smaller / (1.0 + smaller))
+                };
+                ll += w * (larger + smaller.ln_1p());
                 let q = 1.0 - pi;
                 let g3 = [-ln_at, -rx / at, 0.0, 0.0];
                 let g4 = [-ln_ar, -rx / ar, 1.0 / a, -1.0 / bx];
@@ -289,12 +296,14 @@ fn bg_family_rows(
             for i in lo..hi {
                 let w = g.weight[i];
                 let at = alpha + g.t[i];
-                grad[0] -= w * at.ln();
+                let ln_at = at.ln();
+                ll -= w * rx * ln_at;
+                grad[0] -= w * ln_at;
                 grad[1] -= w * rx / at;
                 hess[0][1] -= w / at;
                 hess[1][1] += w * rx / (at * at);
             }
         }
     }
-    (grad, hess)
+    (ll, grad, hess)
 }
