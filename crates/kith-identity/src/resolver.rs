@@ -76,6 +76,18 @@ pub struct MergeRecord {
     pub absorbed_count: usize,
 }
 
+/// A merge as the resolver keeps it: identifiers by their index in `ids` (4 bytes instead of a
+/// copy of each identifier); [`Resolver::merges`] builds the [`MergeRecord`]s.
+#[derive(Debug, Clone)]
+struct MergeNode {
+    key: ObservationKey,
+    reason: MergeReason,
+    via: u32,
+    /// Sorted by identifier, at most [`MAX_LISTED`].
+    absorbed: Box<[u32]>,
+    absorbed_count: u32,
+}
+
 /// A merge the guards refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConflictRecord {
@@ -106,7 +118,7 @@ struct ProfileNode {
     links: Vec<u32>,
     /// The latest key among `links`.
     max_link_key: Option<ObservationKey>,
-    merges: Vec<MergeRecord>,
+    merges: Vec<MergeNode>,
     conflicts: Vec<ConflictRecord>,
     /// Merges of two multi-identifier profiles this profile has been through.
     profile_merges: usize,
@@ -379,20 +391,10 @@ impl Resolver {
                 None => {
                     let via = ids
                         .iter()
-                        .find(|id| self.ids[**id as usize].profile == other)
-                        .map(|id| self.ids[*id as usize].identifier.clone())
+                        .copied()
+                        .find(|id| self.ids[*id as usize].profile == other)
                         .expect("the other profile holds one of the link's identifiers");
-                    self.merge(
-                        target,
-                        other,
-                        MergeRecord {
-                            key: key.clone(),
-                            reason,
-                            via,
-                            absorbed: Vec::new(),
-                            absorbed_count: 0,
-                        },
-                    );
+                    self.merge(target, other, key.clone(), reason, via);
                 }
                 Some(why) => {
                     let conflict = ConflictRecord {
@@ -458,17 +460,29 @@ impl Resolver {
         None
     }
 
-    fn merge(&mut self, target: u32, other: u32, mut record: MergeRecord) {
+    fn merge(
+        &mut self,
+        target: u32,
+        other: u32,
+        key: ObservationKey,
+        reason: MergeReason,
+        via: u32,
+    ) {
         let absorbed = std::mem::take(&mut self.profiles[other as usize]);
-        record.absorbed_count = absorbed.members.len();
-        let mut listed: Vec<Identifier> = absorbed
-            .members
-            .iter()
-            .map(|id| self.ids[*id as usize].identifier.clone())
-            .collect();
-        listed.sort();
+        let mut listed = absorbed.members.clone();
+        listed.sort_by(|a, b| {
+            self.ids[*a as usize]
+                .identifier
+                .cmp(&self.ids[*b as usize].identifier)
+        });
         listed.truncate(MAX_LISTED);
-        record.absorbed = listed;
+        let record = MergeNode {
+            key,
+            reason,
+            via,
+            absorbed: listed.into_boxed_slice(),
+            absorbed_count: absorbed.members.len() as u32,
+        };
         for id in &absorbed.members {
             self.ids[*id as usize].profile = target;
         }
@@ -611,8 +625,19 @@ impl Resolver {
     }
 
     /// The merges that made the profile, oldest first.
-    pub fn merges(&self, profile: ProfileRef) -> Vec<&MergeRecord> {
-        let mut out: Vec<_> = self.profiles[profile as usize].merges.iter().collect();
+    pub fn merges(&self, profile: ProfileRef) -> Vec<MergeRecord> {
+        let identifier = |id: &u32| self.ids[*id as usize].identifier.clone();
+        let mut out: Vec<MergeRecord> = self.profiles[profile as usize]
+            .merges
+            .iter()
+            .map(|node| MergeRecord {
+                key: node.key.clone(),
+                reason: node.reason,
+                via: identifier(&node.via),
+                absorbed: node.absorbed.iter().map(identifier).collect(),
+                absorbed_count: node.absorbed_count as usize,
+            })
+            .collect();
         out.sort_by(|a, b| (&a.key, &a.via).cmp(&(&b.key, &b.via)));
         out
     }
