@@ -449,7 +449,10 @@ impl FunnelDefinition {
         };
         // The events stream in any order and are kept compactly (profile and breakdown as
         // numbers); sorting them here costs less memory than a sort of the rows in SQL.
-        let mut events = CompactEvents::default();
+        let mut events = CompactEvents {
+            rows: Vec::with_capacity(data.event_count().await?),
+            ..CompactEvents::default()
+        };
         data.lake
             .query_each(&sql, &data.limits, data.tables.clone(), |batch| {
                 let profile = strings(batch.column(0).as_ref());

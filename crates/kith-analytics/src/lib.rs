@@ -94,6 +94,18 @@ impl<'a> Data<'a> {
             .get_or_init(|| IdentityIndex::from_tables(&self.tables))
     }
 
+    /// How many events there are in all: an upper bound for any analysis's rows, answered from
+    /// the tables' statistics without a scan. Analyses that gather compact rows reserve this
+    /// much up front: pages never written cost no memory, and the vector never doubles (a
+    /// doubling briefly holds the old and the new copy: half again the rows' size at the peak).
+    pub async fn event_count(&self) -> Result<usize, AnalyticsError> {
+        let rows = self.rows("SELECT count(*) FROM events").await?;
+        Ok(rows
+            .first()
+            .and_then(|row| row.first())
+            .map_or(0, |value| count(value) as usize))
+    }
+
     /// Runs `sql`; every row as JSON values in column order.
     pub async fn rows(&self, sql: &str) -> Result<Vec<Vec<Value>>, AnalyticsError> {
         let mut limits = self.limits.clone();

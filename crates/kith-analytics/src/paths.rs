@@ -202,7 +202,7 @@ impl PathDefinition {
         );
         let sql = format!("WITH base AS ({base}) SELECT profile_id, micros, label FROM base");
         // Streamed in any order and kept compactly (16 bytes an event); sorted here.
-        let mut rows: Vec<(u32, i64, u32)> = Vec::new();
+        let mut rows: Vec<(u32, i64, u32)> = Vec::with_capacity(data.event_count().await?);
         let mut profiles: HashMap<String, u32> = HashMap::new();
         let mut labels: Vec<String> = Vec::new();
         let mut label_ids: HashMap<String, u32> = HashMap::new();
