@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Rfm, RfmGroups, clip_groups, split_sum, validate_rfm};
+use crate::data::{Rfm, RfmGroups, RowCost, clip_groups, split_sum, validate_rfm};
 use crate::error::{FitError, NumericError};
 use crate::fit::{
     FitOptions, Fitted, NaturalDerivatives, ParamVector, fit_model_exact, warm_start,
@@ -49,6 +49,7 @@ impl ParamVector<4> for BgNbd {
 fn mean_nll(p: &[f64; 4], g: &RfmGroups) -> f64 {
     let total = split_sum(
         g.recency.len(),
+        RowCost::Heavy,
         |lo, hi| ll_rows(p, g, lo, hi),
         |a, b| a + b,
     );

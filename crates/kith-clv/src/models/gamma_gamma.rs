@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Rfm, Spend, check_weights, clip_groups, split_sum};
+use crate::data::{Rfm, RowCost, Spend, check_weights, clip_groups, split_sum};
 use crate::error::{FitError, NumericError};
 use crate::fit::{
     FitOptions, Fitted, NaturalDerivatives, ParamVector, fit_model_exact, warm_start,
@@ -127,6 +127,7 @@ struct SpendGroups {
 fn mean_nll(v: &[f64; 3], g: &SpendGroups) -> f64 {
     let total = split_sum(
         g.monetary.len(),
+        RowCost::Light,
         |lo, hi| ll_rows(v, g, lo, hi),
         |a, b| a + b,
     );
@@ -218,6 +219,7 @@ impl SpendGroups {
 fn mean_nll_derivatives(v: &[f64; 3], g: &SpendGroups) -> NaturalDerivatives<3> {
     let (ll, grad, hess) = split_sum(
         g.monetary.len(),
+        RowCost::Light,
         |lo, hi| derivative_rows(v, g, lo, hi),
         crate::data::add_derivatives,
     );

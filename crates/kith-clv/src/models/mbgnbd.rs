@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Rfm, RfmGroups, clip_groups, split_sum, validate_rfm};
+use crate::data::{Rfm, RfmGroups, RowCost, clip_groups, split_sum, validate_rfm};
 use crate::error::{FitError, NumericError};
 use crate::fit::{FitOptions, Fitted, ParamVector, fit_model_exact, warm_start};
 use crate::hyp2f1::ln_hyp2f1;
@@ -48,6 +48,7 @@ impl ParamVector<4> for ModifiedBgNbd {
 fn mean_nll(p: &[f64; 4], g: &RfmGroups) -> f64 {
     let total = split_sum(
         g.recency.len(),
+        RowCost::Heavy,
         |lo, hi| ll_rows(p, g, lo, hi),
         |a, b| a + b,
     );

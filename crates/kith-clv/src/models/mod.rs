@@ -16,7 +16,7 @@ pub use gamma_gamma::{ClvOptions, GammaGamma, GammaGammaFit, GammaGammaOptions};
 pub use mbgnbd::ModifiedBgNbd;
 pub use pareto::ParetoNbd;
 
-use crate::data::{Rfm, RfmGroups, clip_groups, split_sum};
+use crate::data::{Rfm, RfmGroups, RowCost, clip_groups, split_sum};
 use crate::error::NumericError;
 use crate::fit::NaturalDerivatives;
 use crate::special::{digamma, ln_gamma, trigamma};
@@ -205,6 +205,7 @@ pub(crate) fn bg_family_derivatives(
 ) -> NaturalDerivatives<4> {
     let (ll, grad, hess) = split_sum(
         g.recency.len(),
+        RowCost::Heavy,
         |lo, hi| bg_family_rows(p, g, s, mix_without_repeats, lo, hi),
         crate::data::add_derivatives,
     );
