@@ -207,17 +207,24 @@ impl Run {
         };
         let first = block * BLOCK_KEYS;
         let keys = (self.count - first).min(BLOCK_KEYS);
-        let mut bytes = vec![0u8; (keys * KEY_BYTES) as usize];
+        // One block on the stack, searched where it lies.
+        let mut block_bytes = [0u8; (BLOCK_KEYS * KEY_BYTES) as usize];
+        let bytes = &mut block_bytes[..(keys * KEY_BYTES) as usize];
         self.file
-            .read_exact_at(&mut bytes, MAGIC.len() as u64 + first * KEY_BYTES)
+            .read_exact_at(bytes, MAGIC.len() as u64 + first * KEY_BYTES)
             .map_err(|e| JournalError::io(&self.path, e))?;
-        let found = bytes
-            .chunks_exact(KEY_BYTES as usize)
-            .map(key_from)
-            .collect::<Vec<_>>()
-            .binary_search(&key)
-            .is_ok();
-        Ok(found)
+        let at = |i: usize| key_from(&bytes[i * KEY_BYTES as usize..(i + 1) * KEY_BYTES as usize]);
+        // Binary search over the block's keys: [lo, hi) may hold `key`.
+        let (mut lo, mut hi) = (0usize, keys as usize);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match at(mid).cmp(&key) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(true),
+            }
+        }
+        Ok(false)
     }
 
     /// Merges runs (adjacent in seq order) into one covering all their ranges. The caller syncs
