@@ -34,7 +34,7 @@ run_pair() {  # NAME FILE REPEAT [lifetimes flags]
     "$bench" run --transactions "$file" --calibration-end 1997-09-30 --repeat "$repeat" > "$work/$name.kith.json"
     "$venv/bin/python" bench/clv/lifetimes_steps.py "$file" 1997-09-30 "$repeat" "$@" > "$work/$name.lifetimes.json"
 }
-run_pair cdnow crates/kith-clv/tests/fixtures/CDNOW_master.txt 3
+run_pair cdnow crates/kith-clv/tests/fixtures/CDNOW_master.txt 7
 large_flags=()
 [[ "${SKIP_PARETO_LARGE:-0}" == 1 ]] && large_flags=(--skip=pareto_nbd)
 run_pair population "$population" 1 "${large_flags[@]}"

@@ -177,6 +177,13 @@ impl RowCost {
     }
 }
 
+/// The cores this process may use. Asked once: the standard library reads the cgroup quota files
+/// on every call (about 12 µs), and a fit on a small data set splits its passes dozens of times.
+pub(crate) fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// `per_range(lo, hi)` over `0..rows` split into one range per core (one range for small data),
 /// the parts combined with `add`. Passes over the customers (likelihoods and their derivatives)
 /// are independent per row, so they spread over the cores.
@@ -186,8 +193,7 @@ pub(crate) fn split_sum<T: Send>(
     per_range: impl Fn(usize, usize) -> T + Sync,
     add: impl Fn(T, T) -> T,
 ) -> T {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = cores.min(rows / cost.rows_per_thread()).max(1);
+    let threads = cores().min(rows / cost.rows_per_thread()).max(1);
     if threads == 1 {
         return per_range(0, rows);
     }
