@@ -5,7 +5,7 @@
 //! then allocates and frees a few hundred MiB of Arrow and Parquet buffers every couple of
 //! seconds. With mimalloc's default 1 s purge delay, that memory went back to the OS after every
 //! seal and was faulted in and zeroed again for the next one (a sixth of the flush thread's time
-//! in the ingest benchmark). Holding freed memory for a few seconds lets the next seal reuse it;
+//! in the ingest benchmark). Holding freed memory for half a minute lets the next seals reuse it;
 //! peak RSS is unchanged, it is just released later.
 //!
 //! Events are allocated on the request threads and freed on others (the flush thread frees them
@@ -21,8 +21,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// `mi_option_purge_delay` in mimalloc.h (v2 and v3); the Rust bindings leave it unnamed.
 const MI_OPTION_PURGE_DELAY: mi_option_t = 15;
-/// Longer than the default flush interval (2 s), so one seal's memory is still there for the next.
-const PURGE_DELAY_MS: std::ffi::c_long = 5_000;
+/// Far longer than the default flush interval (2 s), so one seal's memory is still there for the
+/// next: with 5 s some of it still went back between seals (a few percent of the flush thread
+/// zeroing pages); with 30 s the ingest benchmark's durable path took 9.5–9.7 µs of CPU an event
+/// instead of 9.9–10.9 (three interleaved runs each). An idle server still returns the memory,
+/// half a minute after the load stops.
+const PURGE_DELAY_MS: std::ffi::c_long = 30_000;
 /// `mi_option_page_reclaim_on_free` in mimalloc v3's mimalloc.h (between `generic_collect` and
 /// `page_full_retain`, whose defaults the tests check to pin the position).
 const MI_OPTION_PAGE_RECLAIM_ON_FREE: mi_option_t = 35;
