@@ -188,13 +188,21 @@ impl CohortDefinition {
         // Each profile's cohort, computed once and handed to the next queries as a table: the
         // events are scanned twice in all (cohorts, then returns and revenue together), not once
         // per figure.
+        // Without a breakdown every event's is the same constant, and a plain MIN gives it:
+        // DataFusion groups that with its vectorised accumulators, where an ordered
+        // `first_value` keeps each profile's ordering state row by row.
+        let first_breakdown = if scope.breakdown.is_some() {
+            "first_value(breakdown ORDER BY ts)"
+        } else {
+            "MIN(breakdown)"
+        };
         let members = data
             .lake
             .query_with(
                 &format!(
                     "WITH all_events AS ({all_events}), \
                      firsts AS (SELECT profile_id, MIN(ts) AS first_ts, \
-                                       first_value(breakdown ORDER BY ts) AS cohort_breakdown \
+                                       {first_breakdown} AS cohort_breakdown \
                                 FROM all_events WHERE {cohort} GROUP BY profile_id) \
                      SELECT profile_id, first_ts, cohort_breakdown, {bucket} AS cohort \
                      FROM firsts WHERE {range}",
