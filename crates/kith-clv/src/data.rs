@@ -198,19 +198,30 @@ pub(crate) fn split_sum<T: Send>(
         return per_range(0, rows);
     }
     let chunk = rows.div_ceil(threads);
+    let (first, others) = in_parallel(threads, |t| {
+        per_range(t * chunk, ((t + 1) * chunk).min(rows))
+    });
+    others.into_iter().fold(first, add)
+}
+
+/// `work(0)` on this thread and `work(1)`, ..., `work(parts - 1)` each on a thread of its own;
+/// the first result and the others in order. A panic in any part is raised here.
+pub(crate) fn in_parallel<T: Send>(parts: usize, work: impl Fn(usize) -> T + Sync) -> (T, Vec<T>) {
     std::thread::scope(|scope| {
-        let per_range = &per_range;
-        let others: Vec<_> = (1..threads)
-            .map(|t| scope.spawn(move || per_range(t * chunk, ((t + 1) * chunk).min(rows))))
+        let work = &work;
+        let others: Vec<_> = (1..parts)
+            .map(|part| scope.spawn(move || work(part)))
             .collect();
-        let mut total = per_range(0, chunk.min(rows));
-        for other in others {
-            let part = other
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            total = add(total, part);
-        }
-        total
+        let first = work(0);
+        let others = others
+            .into_iter()
+            .map(|other| {
+                other
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect();
+        (first, others)
     })
 }
 

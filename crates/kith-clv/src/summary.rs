@@ -378,38 +378,19 @@ fn summary_of_sorted_in_parts<K: Ord + Clone + Sync + Send>(
     }
     starts.push(len);
     let ranges: Vec<(usize, usize)> = starts.windows(2).map(|w| (w[0], w[1])).collect();
-    let summarise = |&(lo, hi): &(usize, usize)| {
+    let (first, others) = crate::data::in_parallel(ranges.len(), |part| {
+        let (lo, hi) = ranges[part];
         summary_of_sorted_part(&transactions[lo..hi], lo, unit, end_period, multiplier)
-    };
-    let results = if ranges.len() == 1 {
-        vec![summarise(&ranges[0])]
-    } else {
-        std::thread::scope(|scope| {
-            let summarise = &summarise;
-            let others: Vec<_> = ranges[1..]
-                .iter()
-                .map(|range| scope.spawn(move || summarise(range)))
-                .collect();
-            let mut results = vec![summarise(&ranges[0])];
-            for other in others {
-                results.push(
-                    other
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                );
-            }
-            results
-        })
-    };
+    });
     // In order, so the first bad value reported is the log's first.
-    let mut summaries = Vec::with_capacity(ranges.len());
-    for part in results {
+    let Some(mut out) = first? else {
+        return Ok(None);
+    };
+    let mut rest = Vec::with_capacity(others.len());
+    for part in others {
         let Some(part) = part? else { return Ok(None) };
-        summaries.push(part);
+        rest.push(part);
     }
-    let mut summaries = summaries.into_iter();
-    let mut out = summaries.next().unwrap_or_default();
-    let rest: Vec<_> = summaries.collect();
     out.reserve_exact(rest.iter().map(Vec::len).sum());
     for part in rest {
         out.extend(part);
