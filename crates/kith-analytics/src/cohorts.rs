@@ -9,10 +9,15 @@ use std::collections::BTreeMap;
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 
-use crate::scope::{FieldRef, Scope, instant_sql, sql_string};
-use crate::trends::{bucket_label, interval};
-use kith_lake::{ExtraTable, QueryLimits};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, Int64Type};
+use hashbrown::{HashMap, HashSet};
+use kith_lake::output;
 
+use crate::funnel::strings;
+use crate::identities::{KeyType, Owner};
+use crate::scope::{FieldRef, Scope, sql_string};
+use crate::trends::{bucket_label, interval};
 use crate::{AnalyticsError, Data, count, number, text};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -109,11 +114,64 @@ pub struct CohortTrend {
     pub cohorts_compared: usize,
 }
 
-/// `limits` without a row cap: the members table holds one row per profile.
-fn unbounded_rows(limits: &QueryLimits) -> QueryLimits {
-    QueryLimits {
-        max_rows: 1 << 40,
-        ..limits.clone()
+/// A member of a cohort: when its cohort starts (µs), the cohort's bucket and breakdown, and the
+/// cell it counts in (`None`: its cohort starts outside the range asked for).
+struct Member {
+    first_micros: i64,
+    cohort: serde_json::Value,
+    breakdown: String,
+    cell: Option<usize>,
+}
+
+/// The cohorts (bucket × breakdown) members fall into, numbered, with their sizes.
+#[derive(Default)]
+struct Cells {
+    index: HashMap<(String, String), usize>,
+    cells: Vec<(serde_json::Value, String, u64)>,
+}
+
+impl Cells {
+    /// Counts `member` in its cell; the cell's number.
+    fn join(&mut self, member: &Member) -> usize {
+        let key = (text(&member.cohort), member.breakdown.clone());
+        let cell = *self.index.entry(key).or_insert_with(|| {
+            self.cells
+                .push((member.cohort.clone(), member.breakdown.clone(), 0));
+            self.cells.len() - 1
+        });
+        self.cells[cell].2 += 1;
+        cell
+    }
+
+    /// `[cohort, breakdown, size]` per cell.
+    fn size_rows(&self) -> Vec<Vec<serde_json::Value>> {
+        self.cells
+            .iter()
+            .map(|(cohort, breakdown, size)| {
+                vec![cohort.clone(), breakdown.as_str().into(), (*size).into()]
+            })
+            .collect()
+    }
+
+    /// `[cohort, breakdown, period, figure]` per (cell, period µs) with its figure; `periods`
+    /// holds each period's bucket as the queries returned it.
+    fn period_rows<N: Into<serde_json::Value>>(
+        &self,
+        figures: HashMap<(usize, i64), N>,
+        periods: &HashMap<i64, serde_json::Value>,
+    ) -> Vec<Vec<serde_json::Value>> {
+        figures
+            .into_iter()
+            .filter_map(|((cell, at), figure)| {
+                let (cohort, breakdown, _) = self.cells.get(cell)?;
+                Some(vec![
+                    cohort.clone(),
+                    breakdown.as_str().into(),
+                    periods.get(&at)?.clone(),
+                    figure.into(),
+                ])
+            })
+            .collect()
     }
 }
 
@@ -165,119 +223,243 @@ impl CohortDefinition {
         let mut everything = scope.clone();
         everything.from = None;
         everything.to = None;
-        let all_events = everything.attributed_events(
-            &[],
-            &format!("e.event AS event, {} AS value", value.number_sql("e")),
-        );
+        let from_micros = scope.from.map(|t| t.timestamp_micros());
+        let to_micros = scope.to.map(|t| t.timestamp_micros());
         let is = |event: &Option<String>| match event {
             Some(name) => format!("event = {}", sql_string(name)),
             None => "TRUE".to_string(),
         };
-        let mut range = Vec::new();
-        if let Some(from) = scope.from {
-            range.push(format!("first_ts >= {}", instant_sql(from)));
-        }
-        if let Some(to) = scope.to {
-            range.push(format!("first_ts < {}", instant_sql(to)));
-        }
-        let range = if range.is_empty() {
-            "TRUE".to_string()
-        } else {
-            range.join(" AND ")
+        // Every query groups the events by their attribution key in SQL and the groups are
+        // attributed to profiles here, through the identity index, as RFM does: joining every
+        // event to the 2.6 million identifiers of a 50-million-event world is a hash join that
+        // cannot spill, and it failed or ran for minutes under the query's memory limit.
+        let keyed = everything.keyed_events(
+            &[],
+            &[],
+            &format!("e.event AS event, {} AS value", value.number_sql("e")),
+        );
+        let identities = data.identity_index();
+        let owner = |batch: &RecordBatch, row: usize| {
+            let id_type = strings(batch.column(0).as_ref());
+            let id_value = strings(batch.column(1).as_ref());
+            KeyType::parse(id_type(row)).and_then(|t| identities.owner(t, id_value(row)))
         };
-        // Each profile's cohort, computed once and handed to the next queries as a table: the
-        // events are scanned twice in all (cohorts, then returns and revenue together), not once
-        // per figure.
-        // Without a breakdown every event's is the same constant, and a plain MIN gives it:
-        // DataFusion groups that with its vectorised accumulators, where an ordered
-        // `first_value` keeps each profile's ordering state row by row.
+
+        // Each profile's cohort: its first qualifying event over all its identifiers.
         let first_breakdown = if scope.breakdown.is_some() {
             "first_value(breakdown ORDER BY ts)"
         } else {
             "MIN(breakdown)"
         };
-        let members = data
-            .lake
-            .query_with(
+        let mut member_of: HashMap<Owner, usize> = HashMap::new();
+        let mut members: Vec<Member> = Vec::new();
+        data.lake
+            .query_each(
                 &format!(
-                    "WITH all_events AS ({all_events}), \
-                     firsts AS (SELECT profile_id, MIN(ts) AS first_ts, \
-                                       {first_breakdown} AS cohort_breakdown \
-                                FROM all_events WHERE {cohort} GROUP BY profile_id) \
-                     SELECT profile_id, first_ts, cohort_breakdown, {bucket} AS cohort \
-                     FROM firsts WHERE {range}",
-                    cohort = is(&self.cohort_event),
-                    bucket = scope.bucket_sql(unit, "first_ts"),
+                    "WITH base AS ({keyed}) \
+                     SELECT id_type, id_value, CAST(MIN(ts) AS BIGINT) AS first_micros, \
+                            {first_breakdown} AS cohort_breakdown, {cohort} AS cohort \
+                     FROM base WHERE keep AND id_value IS NOT NULL AND {condition} \
+                     GROUP BY id_type, id_value",
+                    cohort = scope.bucket_sql(unit, "MIN(ts)"),
+                    condition = is(&self.cohort_event),
                 ),
-                &unbounded_rows(&data.limits),
+                &data.limits,
                 data.tables.clone(),
+                |batch| {
+                    let first = batch.column(2).as_primitive::<Int64Type>();
+                    let breakdown = strings(batch.column(3).as_ref());
+                    for row in 0..batch.num_rows() {
+                        let Some(owner) = owner(batch, row) else {
+                            continue;
+                        };
+                        let candidate = Member {
+                            first_micros: first.value(row),
+                            cohort: output::json_value(batch.column(4).as_ref(), row),
+                            breakdown: breakdown(row).to_string(),
+                            cell: None,
+                        };
+                        match member_of.get(&owner) {
+                            Some(&m) => {
+                                if candidate.first_micros < members[m].first_micros {
+                                    members[m] = candidate;
+                                }
+                            }
+                            None => {
+                                member_of.insert(owner, members.len());
+                                members.push(candidate);
+                            }
+                        }
+                    }
+                },
             )
             .await?;
-        let mut tables = data.tables.clone();
-        tables.push(ExtraTable {
-            name: "kith_cohort_members".into(),
-            schema: members.schema.clone(),
-            batches: members.batches,
-        });
-        let with_members = Data {
-            lake: data.lake,
-            tables,
-            limits: data.limits.clone(),
-            identities: data.identities.clone(),
-        };
-        let sizes = with_members
-            .rows(
-                "SELECT cohort, cohort_breakdown, COUNT(*) FROM kith_cohort_members GROUP BY 1, 2",
+        // Members whose cohort starts in the range get their cell; the others are left out.
+        let mut cells = Cells::default();
+        for m in &mut members {
+            if from_micros.is_none_or(|from| m.first_micros >= from)
+                && to_micros.is_none_or(|to| m.first_micros < to)
+            {
+                m.cell = Some(cells.join(m));
+            }
+        }
+        let sizes = cells.size_rows();
+
+        // Returns: per identifier and period, the last returning event; a member returned in a
+        // period when one of its identifiers has a returning event there at or after the start
+        // of its cohort.
+        let period = scope.bucket_sql(unit, "ts");
+        let mut returned: HashSet<(usize, i64)> = HashSet::new();
+        let mut last_return: HashMap<usize, (i64, serde_json::Value)> = HashMap::new();
+        let mut period_values: HashMap<i64, serde_json::Value> = HashMap::new();
+        data.lake
+            .query_each(
+                &format!(
+                    "WITH base AS ({keyed}), \
+                     returns AS (SELECT id_type, id_value, ts, {period} AS period FROM base \
+                                 WHERE keep AND id_value IS NOT NULL AND {returning}) \
+                     SELECT id_type, id_value, CAST(MAX(ts) AS BIGINT) AS last_micros, \
+                            CAST(period AS BIGINT) AS period_key, period \
+                     FROM returns GROUP BY id_type, id_value, period",
+                    returning = is(&self.return_event),
+                ),
+                &data.limits,
+                data.tables.clone(),
+                |batch| {
+                    let last = batch.column(2).as_primitive::<Int64Type>();
+                    let period = batch.column(3).as_primitive::<Int64Type>();
+                    for row in 0..batch.num_rows() {
+                        let Some(&m) = owner(batch, row).and_then(|o| member_of.get(&o)) else {
+                            continue;
+                        };
+                        if members[m].cell.is_none() || last.value(row) < members[m].first_micros {
+                            continue;
+                        }
+                        let at = period.value(row);
+                        if returned.insert((m, at)) {
+                            period_values.entry(at).or_insert_with(|| {
+                                output::json_value(batch.column(4).as_ref(), row)
+                            });
+                        }
+                        if last_return.get(&m).is_none_or(|(latest, _)| at > *latest) {
+                            last_return
+                                .insert(m, (at, output::json_value(batch.column(4).as_ref(), row)));
+                        }
+                    }
+                },
             )
-            .await?;
-        let period = scope.bucket_sql(unit, "e.ts");
-        let joined = format!(
-            "WITH all_events AS ({all_events}) SELECT c.profile_id, c.cohort, c.cohort_breakdown, \
-                    {period} AS period, e.event, e.value \
-             FROM kith_cohort_members c JOIN all_events e ON e.profile_id = c.profile_id \
-             WHERE e.ts >= c.first_ts"
-        );
-        // Classic retention and revenue per period in one pass; rolling needs each member's last
-        // return, a pass of its own. Members are first grouped per period (did they return, what
-        // did they spend), then counted: a plain grouping can spill to disk when memory runs
-        // short, where `COUNT(DISTINCT profile_id)` holds every profile id of every period in
-        // memory (at 50 million events it went past the query's 1 GiB).
-        let per_period = with_members
-            .rows(&format!(
-                "WITH j AS ({joined}), \
-                 per_member AS (SELECT cohort, cohort_breakdown, period, profile_id, \
-                    MAX(CASE WHEN {returning} THEN 1 ELSE 0 END) AS returned, \
-                    SUM(CASE WHEN event = {purchase} THEN value END) AS spent \
-                    FROM j GROUP BY 1, 2, 3, 4) \
-                 SELECT cohort, cohort_breakdown, period, SUM(returned), COALESCE(SUM(spent), 0.0) \
-                 FROM per_member GROUP BY 1, 2, 3",
-                returning = is(&self.return_event),
-                purchase = sql_string(&self.purchase_event),
-            ))
             .await?;
         let active = if rolling {
-            with_members
-                .rows(&format!(
-                    "WITH j AS ({joined}) SELECT cohort, cohort_breakdown, last_period, COUNT(*) FROM \
-                     (SELECT profile_id, cohort, cohort_breakdown, MAX(period) AS last_period \
-                      FROM j WHERE {returning} GROUP BY 1, 2, 3) GROUP BY 1, 2, 3",
-                    returning = is(&self.return_event),
-                ))
-                .await?
+            let mut counts: HashMap<(usize, i64), u64> = HashMap::new();
+            let mut values: HashMap<i64, serde_json::Value> = HashMap::new();
+            for (m, (at, value)) in last_return {
+                if let Some(cell) = members[m].cell {
+                    *counts.entry((cell, at)).or_default() += 1;
+                    values.entry(at).or_insert(value);
+                }
+            }
+            cells.period_rows(counts, &values)
         } else {
-            per_period.iter().map(|row| row[..4].to_vec()).collect()
+            let mut counts: HashMap<(usize, i64), u64> = HashMap::new();
+            for (m, at) in returned {
+                if let Some(cell) = members[m].cell {
+                    *counts.entry((cell, at)).or_default() += 1;
+                }
+            }
+            cells.period_rows(counts, &period_values)
         };
-        let revenue: Vec<Vec<serde_json::Value>> = per_period
-            .iter()
-            .map(|row| {
-                vec![
-                    row[0].clone(),
-                    row[1].clone(),
-                    row[2].clone(),
-                    row[4].clone(),
-                ]
-            })
-            .collect();
+
+        // Revenue: purchases per identifier and period. A group that straddles the start of its
+        // member's cohort (purchases before the cohort event, in the same period) is summed
+        // again from its events, so only those at or after the start count.
+        let purchase = format!("event = {}", sql_string(&self.purchase_event));
+        let mut spent: HashMap<(usize, i64), f64> = HashMap::new();
+        let mut revenue_periods: HashMap<i64, serde_json::Value> = HashMap::new();
+        let mut straddling: HashSet<(Owner, i64)> = HashSet::new();
+        data.lake
+            .query_each(
+                &format!(
+                    "WITH base AS ({keyed}), \
+                     purchases AS (SELECT id_type, id_value, ts, value, {period} AS period \
+                                   FROM base WHERE keep AND id_value IS NOT NULL AND {purchase}) \
+                     SELECT id_type, id_value, CAST(MIN(ts) AS BIGINT) AS first_micros, \
+                            CAST(MAX(ts) AS BIGINT) AS last_micros, \
+                            CAST(period AS BIGINT) AS period_key, period, \
+                            CAST(SUM(value) AS DOUBLE) AS spent \
+                     FROM purchases GROUP BY id_type, id_value, period"
+                ),
+                &data.limits,
+                data.tables.clone(),
+                |batch| {
+                    let (first, last) = (
+                        batch.column(2).as_primitive::<Int64Type>(),
+                        batch.column(3).as_primitive::<Int64Type>(),
+                    );
+                    let period = batch.column(4).as_primitive::<Int64Type>();
+                    let sum = batch.column(6).as_primitive::<Float64Type>();
+                    for row in 0..batch.num_rows() {
+                        let Some(owner) = owner(batch, row) else {
+                            continue;
+                        };
+                        let Some(&m) = member_of.get(&owner) else {
+                            continue;
+                        };
+                        let (start, Some(cell)) = (members[m].first_micros, members[m].cell) else {
+                            continue;
+                        };
+                        if last.value(row) < start {
+                            continue;
+                        }
+                        let at = period.value(row);
+                        revenue_periods
+                            .entry(at)
+                            .or_insert_with(|| output::json_value(batch.column(5).as_ref(), row));
+                        if first.value(row) < start {
+                            straddling.insert((owner, at));
+                        } else if !sum.is_null(row) {
+                            *spent.entry((cell, at)).or_default() += sum.value(row);
+                        }
+                    }
+                },
+            )
+            .await?;
+        if !straddling.is_empty() {
+            data.lake
+                .query_each(
+                    &format!(
+                        "WITH base AS ({keyed}) \
+                         SELECT id_type, id_value, CAST(ts AS BIGINT) AS micros, \
+                                CAST({period} AS BIGINT) AS period_key, \
+                                CAST(value AS DOUBLE) AS spent \
+                         FROM base WHERE keep AND id_value IS NOT NULL AND {purchase} \
+                           AND value IS NOT NULL"
+                    ),
+                    &data.limits,
+                    data.tables.clone(),
+                    |batch| {
+                        let ts = batch.column(2).as_primitive::<Int64Type>();
+                        let period = batch.column(3).as_primitive::<Int64Type>();
+                        let value = batch.column(4).as_primitive::<Float64Type>();
+                        for row in 0..batch.num_rows() {
+                            let Some(owner) = owner(batch, row) else {
+                                continue;
+                            };
+                            let at = period.value(row);
+                            let Some(&m) = member_of.get(&owner) else {
+                                continue;
+                            };
+                            if let Some(cell) = members[m].cell
+                                && ts.value(row) >= members[m].first_micros
+                                && straddling.contains(&(owner, at))
+                            {
+                                *spent.entry((cell, at)).or_default() += value.value(row);
+                            }
+                        }
+                    },
+                )
+                .await?;
+        }
+        let revenue = cells.period_rows(spent, &revenue_periods);
         let mut filters = scope.filters.clone();
         if filters.is_empty() {
             filters.push("TRUE".into());
