@@ -16,7 +16,7 @@ use kith_lake::output;
 
 use crate::funnel::strings;
 use crate::identities::{KeyType, Owner};
-use crate::scope::{FieldRef, Scope, sql_string};
+use crate::scope::{FieldRef, Resolved, Scope, sql_string};
 use crate::trends::{bucket_label, interval};
 use crate::{AnalyticsError, Data, count, number, text};
 
@@ -112,6 +112,81 @@ pub struct CohortTrend {
     /// `improving`, `worsening`, or `no clear trend` (slope within two standard errors of 0).
     pub verdict: String,
     pub cohorts_compared: usize,
+}
+
+/// `event = 'name'`, or `TRUE` for any event.
+fn event_is(event: &Option<String>) -> String {
+    match event {
+        Some(name) => format!("event = {}", sql_string(name)),
+        None => "TRUE".to_string(),
+    }
+}
+
+/// The cohort queries' common ground: the events keyed by identifier
+/// ([`Resolved::keyed_events`], available to each query as `base`), and the identity index
+/// that attributes each key.
+struct Keyed<'a, 'd> {
+    data: &'a Data<'d>,
+    events: String,
+}
+
+impl Keyed<'_, '_> {
+    /// Runs `query` (over `base`, its first two columns the key: `id_type`, `id_value`) and
+    /// hands each row whose key belongs to a profile (or to no profile yet) to `each`, with
+    /// its owner.
+    async fn each_row(
+        &self,
+        query: &str,
+        mut each: impl FnMut(&RecordBatch, usize, Owner) + Send,
+    ) -> Result<(), AnalyticsError> {
+        let identities = self.data.identity_index();
+        self.data
+            .lake
+            .query_each(
+                &format!("WITH base AS ({}) {query}", self.events),
+                &self.data.limits,
+                self.data.tables.clone(),
+                |batch| {
+                    let id_type = strings(batch.column(0).as_ref());
+                    let id_value = strings(batch.column(1).as_ref());
+                    for row in 0..batch.num_rows() {
+                        if let Some(owner) = KeyType::parse(id_type(row))
+                            .and_then(|t| identities.owner(t, id_value(row)))
+                        {
+                            each(batch, row, owner);
+                        }
+                    }
+                },
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Every profile with a qualifying event, numbered.
+#[derive(Default)]
+struct Members {
+    of: HashMap<Owner, usize>,
+    list: Vec<Member>,
+}
+
+impl Members {
+    /// The member `owner` is, when its cohort is one of those counted: its number, the start
+    /// of its cohort (µs) and its cell.
+    fn counted(&self, owner: &Owner) -> Option<(usize, i64, usize)> {
+        let &m = self.of.get(owner)?;
+        let member = &self.list[m];
+        Some((m, member.first_micros, member.cell?))
+    }
+}
+
+/// Which members returned in which periods (µs keys), each period's bucket as the query gave
+/// it, and each member's last period with its bucket.
+#[derive(Default)]
+struct Returns {
+    returned: HashSet<(usize, i64)>,
+    periods: HashMap<i64, serde_json::Value>,
+    last: HashMap<usize, (i64, serde_json::Value)>,
 }
 
 /// A member of a cohort: when its cohort starts (µs), the cohort's bucket and breakdown, and the
@@ -225,78 +300,22 @@ impl CohortDefinition {
         everything.to = None;
         let from_micros = scope.from.map(|t| t.timestamp_micros());
         let to_micros = scope.to.map(|t| t.timestamp_micros());
-        let is = |event: &Option<String>| match event {
-            Some(name) => format!("event = {}", sql_string(name)),
-            None => "TRUE".to_string(),
-        };
         // Every query groups the events by their attribution key in SQL and the groups are
         // attributed to profiles here, through the identity index, as RFM does: joining every
         // event to the 2.6 million identifiers of a 50-million-event world is a hash join that
         // cannot spill, and it failed or ran for minutes under the query's memory limit.
-        let keyed = everything.keyed_events(
-            &[],
-            &[],
-            &format!("e.event AS event, {} AS value", value.number_sql("e")),
-        );
-        let identities = data.identity_index();
-        let owner = |batch: &RecordBatch, row: usize| {
-            let id_type = strings(batch.column(0).as_ref());
-            let id_value = strings(batch.column(1).as_ref());
-            KeyType::parse(id_type(row)).and_then(|t| identities.owner(t, id_value(row)))
+        let keyed = Keyed {
+            data,
+            events: everything.keyed_events(
+                &[],
+                &[],
+                &format!("e.event AS event, {} AS value", value.number_sql("e")),
+            ),
         };
-
-        // Each profile's cohort: its first qualifying event over all its identifiers.
-        let first_breakdown = if scope.breakdown.is_some() {
-            "first_value(breakdown ORDER BY ts)"
-        } else {
-            "MIN(breakdown)"
-        };
-        let mut member_of: HashMap<Owner, usize> = HashMap::new();
-        let mut members: Vec<Member> = Vec::new();
-        data.lake
-            .query_each(
-                &format!(
-                    "WITH base AS ({keyed}) \
-                     SELECT id_type, id_value, CAST(MIN(ts) AS BIGINT) AS first_micros, \
-                            {first_breakdown} AS cohort_breakdown, {cohort} AS cohort \
-                     FROM base WHERE keep AND id_value IS NOT NULL AND {condition} \
-                     GROUP BY id_type, id_value",
-                    cohort = scope.bucket_sql(unit, "MIN(ts)"),
-                    condition = is(&self.cohort_event),
-                ),
-                &data.limits,
-                data.tables.clone(),
-                |batch| {
-                    let first = batch.column(2).as_primitive::<Int64Type>();
-                    let breakdown = strings(batch.column(3).as_ref());
-                    for row in 0..batch.num_rows() {
-                        let Some(owner) = owner(batch, row) else {
-                            continue;
-                        };
-                        let candidate = Member {
-                            first_micros: first.value(row),
-                            cohort: output::json_value(batch.column(4).as_ref(), row),
-                            breakdown: breakdown(row).to_string(),
-                            cell: None,
-                        };
-                        match member_of.get(&owner) {
-                            Some(&m) => {
-                                if candidate.first_micros < members[m].first_micros {
-                                    members[m] = candidate;
-                                }
-                            }
-                            None => {
-                                member_of.insert(owner, members.len());
-                                members.push(candidate);
-                            }
-                        }
-                    }
-                },
-            )
-            .await?;
+        let mut members = self.members(&keyed, &scope, unit).await?;
         // Members whose cohort starts in the range get their cell; the others are left out.
         let mut cells = Cells::default();
-        for m in &mut members {
+        for m in &mut members.list {
             if from_micros.is_none_or(|from| m.first_micros >= from)
                 && to_micros.is_none_or(|to| m.first_micros < to)
             {
@@ -304,161 +323,27 @@ impl CohortDefinition {
             }
         }
         let sizes = cells.size_rows();
-
-        // Returns: per identifier and period, the last returning event; a member returned in a
-        // period when one of its identifiers has a returning event there at or after the start
-        // of its cohort.
         let period = scope.bucket_sql(unit, "ts");
-        let mut returned: HashSet<(usize, i64)> = HashSet::new();
-        let mut last_return: HashMap<usize, (i64, serde_json::Value)> = HashMap::new();
-        let mut period_values: HashMap<i64, serde_json::Value> = HashMap::new();
-        data.lake
-            .query_each(
-                &format!(
-                    "WITH base AS ({keyed}), \
-                     returns AS (SELECT id_type, id_value, ts, {period} AS period FROM base \
-                                 WHERE keep AND id_value IS NOT NULL AND {returning}) \
-                     SELECT id_type, id_value, CAST(MAX(ts) AS BIGINT) AS last_micros, \
-                            CAST(period AS BIGINT) AS period_key, period \
-                     FROM returns GROUP BY id_type, id_value, period",
-                    returning = is(&self.return_event),
-                ),
-                &data.limits,
-                data.tables.clone(),
-                |batch| {
-                    let last = batch.column(2).as_primitive::<Int64Type>();
-                    let period = batch.column(3).as_primitive::<Int64Type>();
-                    for row in 0..batch.num_rows() {
-                        let Some(&m) = owner(batch, row).and_then(|o| member_of.get(&o)) else {
-                            continue;
-                        };
-                        if members[m].cell.is_none() || last.value(row) < members[m].first_micros {
-                            continue;
-                        }
-                        let at = period.value(row);
-                        if returned.insert((m, at)) {
-                            period_values.entry(at).or_insert_with(|| {
-                                output::json_value(batch.column(4).as_ref(), row)
-                            });
-                        }
-                        if last_return.get(&m).is_none_or(|(latest, _)| at > *latest) {
-                            last_return
-                                .insert(m, (at, output::json_value(batch.column(4).as_ref(), row)));
-                        }
-                    }
-                },
-            )
-            .await?;
+        let returns = self.returns(&keyed, &members, &period).await?;
+        let mut counts: HashMap<(usize, i64), u64> = HashMap::new();
         let active = if rolling {
-            let mut counts: HashMap<(usize, i64), u64> = HashMap::new();
             let mut values: HashMap<i64, serde_json::Value> = HashMap::new();
-            for (m, (at, value)) in last_return {
-                if let Some(cell) = members[m].cell {
+            for (m, (at, value)) in returns.last {
+                if let Some(cell) = members.list[m].cell {
                     *counts.entry((cell, at)).or_default() += 1;
                     values.entry(at).or_insert(value);
                 }
             }
             cells.period_rows(counts, &values)
         } else {
-            let mut counts: HashMap<(usize, i64), u64> = HashMap::new();
-            for (m, at) in returned {
-                if let Some(cell) = members[m].cell {
+            for (m, at) in returns.returned {
+                if let Some(cell) = members.list[m].cell {
                     *counts.entry((cell, at)).or_default() += 1;
                 }
             }
-            cells.period_rows(counts, &period_values)
+            cells.period_rows(counts, &returns.periods)
         };
-
-        // Revenue: purchases per identifier and period. A group that straddles the start of its
-        // member's cohort (purchases before the cohort event, in the same period) is summed
-        // again from its events, so only those at or after the start count.
-        let purchase = format!("event = {}", sql_string(&self.purchase_event));
-        let mut spent: HashMap<(usize, i64), f64> = HashMap::new();
-        let mut revenue_periods: HashMap<i64, serde_json::Value> = HashMap::new();
-        let mut straddling: HashSet<(Owner, i64)> = HashSet::new();
-        data.lake
-            .query_each(
-                &format!(
-                    "WITH base AS ({keyed}), \
-                     purchases AS (SELECT id_type, id_value, ts, value, {period} AS period \
-                                   FROM base WHERE keep AND id_value IS NOT NULL AND {purchase}) \
-                     SELECT id_type, id_value, CAST(MIN(ts) AS BIGINT) AS first_micros, \
-                            CAST(MAX(ts) AS BIGINT) AS last_micros, \
-                            CAST(period AS BIGINT) AS period_key, period, \
-                            CAST(SUM(value) AS DOUBLE) AS spent \
-                     FROM purchases GROUP BY id_type, id_value, period"
-                ),
-                &data.limits,
-                data.tables.clone(),
-                |batch| {
-                    let (first, last) = (
-                        batch.column(2).as_primitive::<Int64Type>(),
-                        batch.column(3).as_primitive::<Int64Type>(),
-                    );
-                    let period = batch.column(4).as_primitive::<Int64Type>();
-                    let sum = batch.column(6).as_primitive::<Float64Type>();
-                    for row in 0..batch.num_rows() {
-                        let Some(owner) = owner(batch, row) else {
-                            continue;
-                        };
-                        let Some(&m) = member_of.get(&owner) else {
-                            continue;
-                        };
-                        let (start, Some(cell)) = (members[m].first_micros, members[m].cell) else {
-                            continue;
-                        };
-                        if last.value(row) < start {
-                            continue;
-                        }
-                        let at = period.value(row);
-                        revenue_periods
-                            .entry(at)
-                            .or_insert_with(|| output::json_value(batch.column(5).as_ref(), row));
-                        if first.value(row) < start {
-                            straddling.insert((owner, at));
-                        } else if !sum.is_null(row) {
-                            *spent.entry((cell, at)).or_default() += sum.value(row);
-                        }
-                    }
-                },
-            )
-            .await?;
-        if !straddling.is_empty() {
-            data.lake
-                .query_each(
-                    &format!(
-                        "WITH base AS ({keyed}) \
-                         SELECT id_type, id_value, CAST(ts AS BIGINT) AS micros, \
-                                CAST({period} AS BIGINT) AS period_key, \
-                                CAST(value AS DOUBLE) AS spent \
-                         FROM base WHERE keep AND id_value IS NOT NULL AND {purchase} \
-                           AND value IS NOT NULL"
-                    ),
-                    &data.limits,
-                    data.tables.clone(),
-                    |batch| {
-                        let ts = batch.column(2).as_primitive::<Int64Type>();
-                        let period = batch.column(3).as_primitive::<Int64Type>();
-                        let value = batch.column(4).as_primitive::<Float64Type>();
-                        for row in 0..batch.num_rows() {
-                            let Some(owner) = owner(batch, row) else {
-                                continue;
-                            };
-                            let at = period.value(row);
-                            let Some(&m) = member_of.get(&owner) else {
-                                continue;
-                            };
-                            if let Some(cell) = members[m].cell
-                                && ts.value(row) >= members[m].first_micros
-                                && straddling.contains(&(owner, at))
-                            {
-                                *spent.entry((cell, at)).or_default() += value.value(row);
-                            }
-                        }
-                    },
-                )
-                .await?;
-        }
+        let (spent, revenue_periods) = self.revenue(&keyed, &members, &period).await?;
         let revenue = cells.period_rows(spent, &revenue_periods);
         let mut filters = scope.filters.clone();
         if filters.is_empty() {
@@ -562,6 +447,170 @@ impl CohortDefinition {
             cohorts,
             trend,
         })
+    }
+
+    /// Each profile's cohort: its first qualifying event over all its identifiers.
+    async fn members(
+        &self,
+        keyed: &Keyed<'_, '_>,
+        scope: &Resolved,
+        unit: &str,
+    ) -> Result<Members, AnalyticsError> {
+        let first_breakdown = if scope.breakdown.is_some() {
+            "first_value(breakdown ORDER BY ts)"
+        } else {
+            // Without a breakdown every event's is the same constant: a plain MIN gives it,
+            // where an ordered `first_value` keeps each group's ordering state row by row.
+            "MIN(breakdown)"
+        };
+        let mut members = Members::default();
+        keyed
+            .each_row(
+                &format!(
+                    "SELECT id_type, id_value, CAST(MIN(ts) AS BIGINT) AS first_micros, \
+                            {first_breakdown} AS cohort_breakdown, {cohort} AS cohort \
+                     FROM base WHERE keep AND id_value IS NOT NULL AND {condition} \
+                     GROUP BY id_type, id_value",
+                    cohort = scope.bucket_sql(unit, "MIN(ts)"),
+                    condition = event_is(&self.cohort_event),
+                ),
+                |batch, row, owner| {
+                    let candidate = Member {
+                        first_micros: batch.column(2).as_primitive::<Int64Type>().value(row),
+                        breakdown: strings(batch.column(3).as_ref())(row).to_string(),
+                        cohort: output::json_value(batch.column(4).as_ref(), row),
+                        cell: None,
+                    };
+                    match members.of.get(&owner) {
+                        Some(&m) => {
+                            if candidate.first_micros < members.list[m].first_micros {
+                                members.list[m] = candidate;
+                            }
+                        }
+                        None => {
+                            members.of.insert(owner, members.list.len());
+                            members.list.push(candidate);
+                        }
+                    }
+                },
+            )
+            .await?;
+        Ok(members)
+    }
+
+    /// Per member, the periods (bucketed by `period`) it returned in and its last one: per
+    /// identifier and period, the last returning event; a member returned in a period when one of
+    /// its identifiers has a returning event there at or after the start of its cohort.
+    async fn returns(
+        &self,
+        keyed: &Keyed<'_, '_>,
+        members: &Members,
+        period: &str,
+    ) -> Result<Returns, AnalyticsError> {
+        let mut returns = Returns::default();
+        keyed
+            .each_row(
+                &format!(
+                    "SELECT id_type, id_value, CAST(MAX(ts) AS BIGINT) AS last_micros, \
+                            CAST(period AS BIGINT) AS period_key, period \
+                     FROM (SELECT id_type, id_value, ts, {period} AS period FROM base \
+                           WHERE keep AND id_value IS NOT NULL AND {returning}) \
+                     GROUP BY id_type, id_value, period",
+                    returning = event_is(&self.return_event),
+                ),
+                |batch, row, owner| {
+                    let Some((m, start, _)) = members.counted(&owner) else {
+                        return;
+                    };
+                    if batch.column(2).as_primitive::<Int64Type>().value(row) < start {
+                        return;
+                    }
+                    let at = batch.column(3).as_primitive::<Int64Type>().value(row);
+                    let bucket = || output::json_value(batch.column(4).as_ref(), row);
+                    if returns.returned.insert((m, at)) {
+                        returns.periods.entry(at).or_insert_with(bucket);
+                    }
+                    if returns.last.get(&m).is_none_or(|(latest, _)| at > *latest) {
+                        returns.last.insert(m, (at, bucket()));
+                    }
+                },
+            )
+            .await?;
+        Ok(returns)
+    }
+
+    /// Revenue per (cell, period) and each period's bucket: purchases per identifier and period.
+    /// A group that straddles the start of its member's cohort (purchases before the cohort
+    /// event, in the same period) is summed again from its events, so only those at or after
+    /// the start count.
+    async fn revenue(
+        &self,
+        keyed: &Keyed<'_, '_>,
+        members: &Members,
+        period: &str,
+    ) -> Result<(HashMap<(usize, i64), f64>, HashMap<i64, serde_json::Value>), AnalyticsError> {
+        let purchase = format!("event = {}", sql_string(&self.purchase_event));
+        let mut spent: HashMap<(usize, i64), f64> = HashMap::new();
+        let mut periods: HashMap<i64, serde_json::Value> = HashMap::new();
+        let mut straddling: HashSet<(Owner, i64)> = HashSet::new();
+        keyed
+            .each_row(
+                &format!(
+                    "SELECT id_type, id_value, CAST(MIN(ts) AS BIGINT) AS first_micros, \
+                            CAST(MAX(ts) AS BIGINT) AS last_micros, \
+                            CAST(period AS BIGINT) AS period_key, period, \
+                            CAST(SUM(value) AS DOUBLE) AS spent \
+                     FROM (SELECT id_type, id_value, ts, value, {period} AS period FROM base \
+                           WHERE keep AND id_value IS NOT NULL AND {purchase}) \
+                     GROUP BY id_type, id_value, period"
+                ),
+                |batch, row, owner| {
+                    let Some((_, start, cell)) = members.counted(&owner) else {
+                        return;
+                    };
+                    let micros =
+                        |column: usize| batch.column(column).as_primitive::<Int64Type>().value(row);
+                    let (first, last, at) = (micros(2), micros(3), micros(4));
+                    if last < start {
+                        return;
+                    }
+                    periods
+                        .entry(at)
+                        .or_insert_with(|| output::json_value(batch.column(5).as_ref(), row));
+                    let sum = batch.column(6).as_primitive::<Float64Type>();
+                    if first < start {
+                        straddling.insert((owner, at));
+                    } else if !sum.is_null(row) {
+                        *spent.entry((cell, at)).or_default() += sum.value(row);
+                    }
+                },
+            )
+            .await?;
+        if !straddling.is_empty() {
+            keyed
+                .each_row(
+                    &format!(
+                        "SELECT id_type, id_value, CAST(ts AS BIGINT) AS micros, \
+                                CAST({period} AS BIGINT) AS period_key, \
+                                CAST(value AS DOUBLE) AS spent \
+                         FROM base WHERE keep AND id_value IS NOT NULL AND {purchase} \
+                           AND value IS NOT NULL"
+                    ),
+                    |batch, row, owner| {
+                        let Some((_, start, cell)) = members.counted(&owner) else {
+                            return;
+                        };
+                        let ts = batch.column(2).as_primitive::<Int64Type>().value(row);
+                        let at = batch.column(3).as_primitive::<Int64Type>().value(row);
+                        if ts >= start && straddling.contains(&(owner, at)) {
+                            let value = batch.column(4).as_primitive::<Float64Type>().value(row);
+                            *spent.entry((cell, at)).or_default() += value;
+                        }
+                    },
+                )
+                .await?;
+        }
+        Ok((spent, periods))
     }
 }
 
