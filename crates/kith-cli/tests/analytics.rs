@@ -28,6 +28,23 @@ fn analyze(data: &Path, analysis: &str, definition: Value) -> Value {
     serde_json::from_str(&stdout).unwrap()
 }
 
+/// `lines` written as a JSON-lines file in `dir` and imported into `data` by `kith import events`.
+fn import_events(dir: &Path, data: &Path, lines: &[Value]) {
+    let file = dir.join("events.jsonl");
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&file, text).unwrap();
+    let (ok, _, stderr) = kith(&[
+        "import",
+        "events",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--rejected",
+        dir.join("rejected.csv").to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+}
+
 #[test]
 fn analyses_of_the_demo_world_agree_with_duckdb_and_find_the_planted_friction() {
     let dir = tempfile::tempdir().unwrap();
@@ -322,7 +339,6 @@ fn analyses_of_the_demo_world_agree_with_duckdb_and_find_the_planted_friction() 
 fn cohorts_by_a_chosen_event_count_only_what_follows_it_across_merged_identifiers() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let file = dir.path().join("events.jsonl");
     let order = |who: (&str, &str), at: &str, revenue: f64| {
         json!({"type": "track", "event": "Order Completed", who.0: who.1, "timestamp": at,
                "properties": {"revenue": revenue}})
@@ -340,18 +356,7 @@ fn cohorts_by_a_chosen_event_count_only_what_follows_it_across_merged_identifier
         json!({"type": "track", "event": "Signed Up", "userId": "beto", "timestamp": "2024-04-02T12:00:00Z"}),
         order(("userId", "beto"), "2024-05-03T12:00:00Z", 20.0),
     ];
-    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(&file, text).unwrap();
-    let (ok, _, stderr) = kith(&[
-        "import",
-        "events",
-        file.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--rejected",
-        dir.path().join("rejected.csv").to_str().unwrap(),
-    ]);
-    assert!(ok, "{stderr}");
+    import_events(dir.path(), &data, &lines);
     let cohorts = analyze(
         &data,
         "cohorts",
@@ -379,7 +384,6 @@ fn cohorts_by_a_chosen_event_count_only_what_follows_it_across_merged_identifier
 fn edge_cases_merges_window_boundaries_and_time_zones_are_counted_by_hand() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let file = dir.path().join("events.jsonl");
     let lines = [
         // Ana browses anonymously, then signs up: her anonymous purchase is hers.
         json!({"type": "track", "event": "Order Completed", "anonymousId": "anon-ana", "timestamp": "2024-03-31T23:30:00Z", "properties": {"revenue": 100}}),
@@ -389,18 +393,7 @@ fn edge_cases_merges_window_boundaries_and_time_zones_are_counted_by_hand() {
         json!({"type": "track", "event": "Order Completed", "userId": "beto", "timestamp": "2024-03-01T06:00:00Z", "properties": {"revenue": 10}}),
         json!({"type": "track", "event": "Order Completed", "userId": "beto", "timestamp": "2024-05-01T06:00:00Z", "properties": {"revenue": 20}}),
     ];
-    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(&file, text).unwrap();
-    let (ok, _, stderr) = kith(&[
-        "import",
-        "events",
-        file.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--rejected",
-        dir.path().join("rejected.csv").to_str().unwrap(),
-    ]);
-    assert!(ok, "{stderr}");
+    import_events(dir.path(), &data, &lines);
 
     // Dates are midnights in the zone: March 1 to May 1, Mexico City (UTC−6).
     let window = json!({"from": "2024-03-01", "to": "2024-05-01", "timezone": ZONE,
