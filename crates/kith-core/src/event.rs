@@ -169,6 +169,12 @@ pub enum Stored {
 #[error("journal payload cannot be decoded: {0}")]
 pub struct DecodeError(String);
 
+impl DecodeError {
+    pub(crate) fn new(reason: String) -> DecodeError {
+        DecodeError(reason)
+    }
+}
+
 /// Room in an encoded record for lengths, timestamps and tags (see [`Stored::encode`]'s sizing).
 const FIXED_FIELDS: usize = 128;
 

@@ -4,9 +4,11 @@
 pub mod event;
 pub mod limits;
 pub mod parse;
+pub mod stored_view;
 pub mod time;
 
 pub use event::{ContextIdentity, Event, MessageType, Rejection, Stored, TypedFields};
 pub use parse::{
     IngestBatch, RequestError, judge_event, parse_batch_request, parse_single_request,
 };
+pub use stored_view::{EventView, RejectionView, StoredView, TypedFieldsView};

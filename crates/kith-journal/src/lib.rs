@@ -79,7 +79,7 @@ impl Default for JournalOptions {
     }
 }
 
-/// One thing to store. `item` is handed to the sink once the entry is durable.
+/// One thing to store. The payload and `item` are handed to the sink once the entry is durable.
 pub struct Entry<T> {
     /// Entries with a key already stored are not written again; `None` never deduplicates.
     pub dedup_key: Option<u128>,
@@ -94,10 +94,17 @@ pub enum Appended {
     Duplicate,
 }
 
-/// Receives the items of durable entries, in sequence order, before their appends are
-/// acknowledged: whatever the sink makes visible is durable, and every acknowledged entry is
-/// already visible.
-pub type Sink<T> = Box<dyn FnMut(Vec<(u64, T)>) + Send>;
+/// An entry once it is on disk, as the sink receives it: the payload comes along, so whoever
+/// keeps the record needs no copy of its own.
+pub struct Durable<T> {
+    pub seq: u64,
+    pub payload: Vec<u8>,
+    pub item: T,
+}
+
+/// Receives durable entries, in sequence order, before their appends are acknowledged:
+/// whatever the sink makes visible is durable, and every acknowledged entry is already visible.
+pub type Sink<T> = Box<dyn FnMut(Vec<Durable<T>>) + Send>;
 
 pub type AppendResult = Result<Vec<Appended>, JournalError>;
 

@@ -18,7 +18,17 @@ fn open(dir: &Path, options: JournalOptions) -> (Journal<String>, Seen) {
     let journal = Journal::open(
         dir,
         options,
-        Box::new(move |items| sink_seen.lock().unwrap().extend(items)),
+        Box::new(move |items: Vec<Durable<String>>| {
+            // The sink gets each entry's own payload back (every test payload is its item's text).
+            sink_seen.lock().unwrap().extend(items.into_iter().map(|d| {
+                let item = if d.payload == d.item.as_bytes() {
+                    d.item
+                } else {
+                    format!("payload {:?} handed over with {}", d.payload, d.item)
+                };
+                (d.seq, item)
+            }))
+        }),
     )
     .unwrap();
     (journal, seen)

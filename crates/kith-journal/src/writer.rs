@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use crate::dedup::{KeyIndex, SeqRange, sync_dir};
 use crate::record::{Decoded, decode, encode};
 use crate::segment::{Recovered, SegmentInfo, segment_path};
-use crate::{AppendResult, Appended, Command, Entry, JournalError, JournalOptions, Sink};
+use crate::{AppendResult, Appended, Command, Durable, Entry, JournalError, JournalOptions, Sink};
 
 pub(crate) struct WriterState<T> {
     dir: PathBuf,
@@ -227,7 +227,11 @@ impl<T: Send + 'static> WriterState<T> {
             let mut stored_items = Vec::with_capacity(entries.len());
             for (entry, result) in entries.into_iter().zip(&results) {
                 if let Appended::Stored { seq } = result {
-                    stored_items.push((*seq, entry.item));
+                    stored_items.push(Durable {
+                        seq: *seq,
+                        payload: entry.payload,
+                        item: entry.item,
+                    });
                 }
             }
             // The sink must see an entry before its append is acknowledged.

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use kith_core::Stored;
+use kith_core::StoredView;
 use thiserror::Error;
 
 pub use query::{ExtraTable, QueryError, QueryLimits, QueryResult, TimelineQuery};
@@ -40,9 +40,12 @@ pub struct Lake {
     /// Records ingested but not yet turned into Arrow batches. Ingest only appends here, so the
     /// journal's writer thread (which calls it between fsyncs) does no conversion work; whoever
     /// reads the buffers next (a query, the flusher) seals them first.
-    /// Kept as the journal hands them over, one chunk per group commit: appending a chunk
-    /// copies nothing, where one growing vector re-copied every record at each doubling.
-    unsealed: Mutex<Vec<Vec<(u64, Stored)>>>,
+    /// Kept as the journal hands them over (encoded, as written to disk), one chunk per group
+    /// commit: appending a chunk copies nothing, where one growing vector re-copied every record
+    /// at each doubling. Holding the encoded bytes rather than decoded events means an event's
+    /// dozen strings are freed on the request thread that made them, and sealing reads each
+    /// record from one contiguous buffer.
+    unsealed: Mutex<Vec<Vec<(u64, Vec<u8>)>>>,
     /// Records in `unsealed`, readable without the lock.
     unsealed_rows: AtomicUsize,
     /// Held while sealing, so batches reach the tables in sequence order.
@@ -98,8 +101,11 @@ impl Lake {
             .min(self.rejected.committed_seq())
     }
 
-    /// Adds durable journal records (in seq order). Cheap: conversion happens in [`Lake::seal`].
-    pub fn ingest(&self, records: Vec<(u64, Stored)>) {
+    /// Adds durable journal records (in seq order): each the bytes [`Stored::encode`] wrote.
+    /// Cheap: conversion happens in [`Lake::seal`].
+    ///
+    /// [`Stored::encode`]: kith_core::Stored::encode
+    pub fn ingest(&self, records: Vec<(u64, Vec<u8>)>) {
         let Some(max_seq) = records.last().map(|(s, _)| *s) else {
             return;
         };
@@ -125,11 +131,18 @@ impl Lake {
         let rejected_committed = self.rejected.committed_seq();
         let mut events = Vec::with_capacity(rows);
         let mut rejected = Vec::new();
-        for (seq, record) in chunks.iter().flatten() {
-            match record {
-                Stored::Event(e) if *seq > events_committed => events.push((*seq, e)),
-                Stored::Rejected(r) if *seq > rejected_committed => rejected.push((*seq, r)),
-                _ => {}
+        for (seq, bytes) in chunks.iter().flatten() {
+            match StoredView::decode(bytes) {
+                Ok(StoredView::Event(e)) if *seq > events_committed => events.push((*seq, e)),
+                Ok(StoredView::Rejected(r)) if *seq > rejected_committed => {
+                    rejected.push((*seq, r))
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    // Only a bug can get here: the journal checksums every record it hands over.
+                    metrics::counter!("kith_lake_undecodable_records_total").increment(1);
+                    tracing::error!(seq, error = %err, "a journal record could not be decoded; it is left out of the event tables");
+                }
             }
         }
         if let Some((last, _)) = events.last() {

@@ -7,7 +7,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, Utc};
-use kith_core::{Event, Rejection};
+use kith_core::{Event, EventView, RejectionView};
 
 fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
@@ -91,49 +91,43 @@ fn micros(t: DateTime<Utc>) -> i64 {
 }
 
 /// The string columns before the timestamps, in schema order.
-fn id_strings(e: &Event) -> [Option<&str>; 8] {
+fn id_strings<'a>(e: &EventView<'a>) -> [Option<&'a str>; 8] {
     [
-        Some(&e.message_id),
+        Some(e.message_id),
         Some(e.kind.as_str()),
-        e.event.as_deref(),
-        e.user_id.as_deref(),
-        e.anonymous_id.as_deref(),
-        e.group_id.as_deref(),
-        e.previous_id.as_deref(),
-        Some(&e.source),
+        e.event,
+        e.user_id,
+        e.anonymous_id,
+        e.group_id,
+        e.previous_id,
+        Some(e.source),
     ]
 }
 
 /// The JSON text columns, in schema order.
-fn json_texts(e: &Event) -> [Option<&str>; 5] {
-    [
-        e.properties.as_deref(),
-        e.context.as_deref(),
-        e.traits.as_deref(),
-        e.integrations.as_deref(),
-        e.extra.as_deref(),
-    ]
+fn json_texts<'a>(e: &EventView<'a>) -> [Option<&'a str>; 5] {
+    [e.properties, e.context, e.traits, e.integrations, e.extra]
 }
 
 /// The typed string columns after `revenue`, in schema order.
-fn typed_strings(e: &Event) -> [Option<&str>; 7] {
+fn typed_strings<'a>(e: &EventView<'a>) -> [Option<&'a str>; 7] {
     let t = &e.typed;
     [
-        t.currency.as_deref(),
-        t.order_id.as_deref(),
-        t.page_url.as_deref(),
-        t.page_path.as_deref(),
-        t.referrer.as_deref(),
-        t.email.as_deref(),
-        t.library_name.as_deref(),
+        t.currency,
+        t.order_id,
+        t.page_url,
+        t.page_path,
+        t.referrer,
+        t.email,
+        t.library_name,
     ]
 }
 
 /// One builder per column, sized exactly: growing a builder copies everything appended so far,
 /// and at hundreds of thousands of rows per seal that copying was a large share of the work.
-fn sized_builders<const N: usize>(
-    events: &[(u64, &Event)],
-    columns: impl Fn(&Event) -> [Option<&str>; N],
+fn sized_builders<'a, const N: usize>(
+    events: &[(u64, EventView<'a>)],
+    columns: impl Fn(&EventView<'a>) -> [Option<&'a str>; N],
 ) -> [StringBuilder; N] {
     let mut bytes = [0usize; N];
     for (_, e) in events {
@@ -151,7 +145,7 @@ fn append_all<const N: usize>(builders: &mut [StringBuilder; N], values: [Option
 }
 
 /// Builds an `events` batch from `(seq, event)` pairs.
-pub fn events_batch(events: &[(u64, &Event)]) -> RecordBatch {
+pub fn events_batch(events: &[(u64, EventView<'_>)]) -> RecordBatch {
     let n = events.len();
     let mut seq = Int64Builder::with_capacity(n);
     let mut ids = sized_builders(events, id_strings);
@@ -187,7 +181,7 @@ pub fn events_batch(events: &[(u64, &Event)]) -> RecordBatch {
 }
 
 /// Builds a `rejected_events` batch.
-pub fn rejected_batch(rejections: &[(u64, &Rejection)]) -> RecordBatch {
+pub fn rejected_batch(rejections: &[(u64, RejectionView<'_>)]) -> RecordBatch {
     let n = rejections.len();
     let mut seq = Int64Builder::with_capacity(n);
     let mut received = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
@@ -201,13 +195,13 @@ pub fn rejected_batch(rejections: &[(u64, &Rejection)]) -> RecordBatch {
     for (s, r) in rejections {
         seq.append_value(*s as i64);
         received.append_value(micros(r.received_at));
-        source.append_value(&r.source);
+        source.append_value(r.source);
         index.append_value(r.index as i64);
-        code.append_value(&r.code);
-        message.append_value(&r.message);
-        field.append_option(r.field.as_deref());
-        message_id.append_option(r.message_id.as_deref());
-        raw.append_value(&r.raw);
+        code.append_value(r.code);
+        message.append_value(r.message);
+        field.append_option(r.field);
+        message_id.append_option(r.message_id);
+        raw.append_value(r.raw);
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(seq.finish()),

@@ -58,9 +58,9 @@ async fn events_are_queryable_before_and_after_a_flush_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path()).await.unwrap();
     lake.ingest(vec![
-        (1, Stored::Event(event("m1", "ana", 10.0))),
-        (2, Stored::Rejected(rejection(1))),
-        (3, Stored::Event(event("m3", "ana", 5.5))),
+        (1, Stored::Event(event("m1", "ana", 10.0)).encode()),
+        (2, Stored::Rejected(rejection(1)).encode()),
+        (3, Stored::Event(event("m3", "ana", 5.5)).encode()),
     ]);
     let sql = "SELECT user_id, count(*) AS n, sum(revenue) AS total, \
                max(json_get_str(properties, 'currency')) AS cur FROM events GROUP BY user_id";
@@ -70,7 +70,7 @@ async fn events_are_queryable_before_and_after_a_flush_and_survive_reopen() {
 
     assert_eq!(lake.flush().await.unwrap(), 3);
     assert_eq!(lake.durable_through(), 3);
-    lake.ingest(vec![(4, Stored::Event(event("m4", "ben", 1.0)))]);
+    lake.ingest(vec![(4, Stored::Event(event("m4", "ben", 1.0)).encode())]);
     let after = scalar(&lake, "SELECT count(*) AS n FROM events").await;
     assert!(
         after.contains("| 3 |"),
@@ -84,8 +84,8 @@ async fn events_are_queryable_before_and_after_a_flush_and_survive_reopen() {
     assert_eq!(reopened.replay_after(), 2);
     // Replaying from 2 must not duplicate event 3, which Delta already holds.
     reopened.ingest(vec![
-        (3, Stored::Event(event("m3", "ana", 5.5))),
-        (4, Stored::Event(event("m4", "ben", 1.0))),
+        (3, Stored::Event(event("m3", "ana", 5.5)).encode()),
+        (4, Stored::Event(event("m4", "ben", 1.0)).encode()),
     ]);
     let counted = scalar(
         &reopened,
@@ -104,7 +104,7 @@ async fn personal_identifiers_stay_out_of_delta_statistics() {
     let mut e = event("m1", "ana-secret-user", 10.0);
     e.traits = Some(json!({"email": "ana.secret@example.com"}).to_string());
     e.typed.email = Some("ana.secret@example.com".into());
-    lake.ingest(vec![(1, Stored::Event(e))]);
+    lake.ingest(vec![(1, Stored::Event(e).encode())]);
     lake.flush().await.unwrap();
     let log_dir = dir.path().join("tables/events/_delta_log");
     for entry in std::fs::read_dir(log_dir).unwrap() {
@@ -209,8 +209,20 @@ fn events_read_back_from_a_batch_are_the_events_written() {
     sparse.user_id = None;
     sparse.anonymous_id = Some("a2".into());
     let written = vec![(7u64, original), (9u64, sparse)];
-    let refs: Vec<(u64, &Event)> = written.iter().map(|(s, e)| (*s, e)).collect();
-    let batch = crate::schema::events_batch(&refs);
+    let encoded: Vec<(u64, Vec<u8>)> = written
+        .iter()
+        .map(|(s, e)| (*s, Stored::encode_event(e)))
+        .collect();
+    let views: Vec<(u64, kith_core::EventView)> = encoded
+        .iter()
+        .map(
+            |(s, bytes)| match kith_core::StoredView::decode(bytes).unwrap() {
+                kith_core::StoredView::Event(view) => (*s, view),
+                other => panic!("decoded {other:?}"),
+            },
+        )
+        .collect();
+    let batch = crate::schema::events_batch(&views);
     assert_eq!(crate::schema::events_from_batch(&batch), written);
 }
 
@@ -220,9 +232,9 @@ fn events_read_back_from_a_batch_are_the_events_written() {
 async fn json_functions_and_joins_work_over_flushed_and_buffered_events_together() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path()).await.unwrap();
-    lake.ingest(vec![(1, Stored::Event(event("a", "u-1", 2.0)))]);
+    lake.ingest(vec![(1, Stored::Event(event("a", "u-1", 2.0)).encode())]);
     lake.flush().await.unwrap();
-    lake.ingest(vec![(2, Stored::Event(event("b", "u-2", 3.0)))]);
+    lake.ingest(vec![(2, Stored::Event(event("b", "u-2", 3.0)).encode())]);
     let table = |sql: &str| {
         let sql = sql.to_string();
         let lake = &lake;
@@ -246,7 +258,7 @@ async fn json_functions_and_joins_work_over_flushed_and_buffered_events_together
 async fn explain_and_explain_analyze_show_the_plan() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path()).await.unwrap();
-    lake.ingest(vec![(1, Stored::Event(event("m1", "u1", 10.0)))]);
+    lake.ingest(vec![(1, Stored::Event(event("m1", "u1", 10.0)).encode())]);
     lake.flush().await.unwrap();
     let plan = scalar(
         &lake,
@@ -259,4 +271,32 @@ async fn explain_and_explain_analyze_show_the_plan() {
     );
     let analyzed = scalar(&lake, "EXPLAIN ANALYZE SELECT count(*) FROM events").await;
     assert!(analyzed.contains("output_rows"), "{analyzed}");
+}
+
+/// The journal checksums what it hands over, so only a bug could bring bytes that do not decode;
+/// they must not take their neighbours (or the server) down with them.
+#[tokio::test]
+async fn a_record_that_does_not_decode_is_left_out_and_its_neighbours_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    let mut truncated = Stored::Event(event("m2", "ana", 1.0)).encode();
+    truncated.truncate(truncated.len() / 2);
+    lake.ingest(vec![
+        (1, Stored::Event(event("m1", "ana", 10.0)).encode()),
+        (2, truncated),
+        (3, vec![0xff; 3]),
+        (4, Stored::Event(event("m4", "ben", 5.5)).encode()),
+    ]);
+    let stored = scalar(
+        &lake,
+        "SELECT string_agg(message_id, ',' ORDER BY message_id) AS ids FROM events",
+    )
+    .await;
+    assert!(stored.contains("| m1,m4 |"), "{stored}");
+    assert_eq!(lake.flush().await.unwrap(), 2);
+    assert_eq!(
+        lake.unflushed_rows(),
+        0,
+        "the bad records are not held either"
+    );
 }

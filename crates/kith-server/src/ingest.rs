@@ -267,14 +267,10 @@ async fn ingest(
                     entries.push(event_entry(extractor, event, None));
                 }
                 for rejection in outcome.rejections {
-                    let stored = Stored::Rejected(rejection);
                     entries.push(Entry {
                         dedup_key: None,
-                        payload: stored.encode(),
-                        item: Ingested {
-                            stored,
-                            facts: None,
-                        },
+                        payload: Stored::Rejected(rejection).encode(),
+                        item: Ingested { facts: None },
                     });
                 }
                 entries

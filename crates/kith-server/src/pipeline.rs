@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kith_core::{Event, Stored};
-use kith_journal::{Appended, Entry, Journal, JournalError, JournalOptions};
+use kith_journal::{Appended, Durable, Entry, Journal, JournalError, JournalOptions};
 use kith_lake::{Lake, LakeError};
 use kith_profiles::{
     ChangeTally, ComputedTraitDef, DeclareError, Extractor, ProfileSettings, ProfileStore,
@@ -75,14 +75,13 @@ pub fn event_entry(
     // The parser's identity hints are spent: free them here, on the thread that made them,
     // rather than with the event on the flush thread.
     event.typed.context_identity = None;
-    let stored = Stored::Event(event);
+    // The event is freed here too, once encoded: the tables read the encoded record.
+    let payload = Stored::encode_event(&event);
+    drop(event);
     Entry {
         dedup_key,
-        payload: stored.encode(),
-        item: Ingested {
-            stored,
-            facts: Some(facts),
-        },
+        payload,
+        item: Ingested { facts: Some(facts) },
     }
 }
 
@@ -113,16 +112,16 @@ impl Pipeline {
         let journal = Journal::open(
             &journal_dir(data_dir),
             journal_options,
-            Box::new(move |items: Vec<(u64, Ingested)>| {
-                let mut stored = Vec::with_capacity(items.len());
+            Box::new(move |items: Vec<Durable<Ingested>>| {
+                let mut records = Vec::with_capacity(items.len());
                 let mut facts = Vec::with_capacity(items.len());
-                for (seq, item) in items {
+                for Durable { seq, payload, item } in items {
                     if let Some(f) = item.facts {
                         facts.push((seq, f));
                     }
-                    stored.push((seq, item.stored));
+                    records.push((seq, payload));
                 }
-                sink_lake.ingest(stored);
+                sink_lake.ingest(records);
                 sink_unifier.send(facts);
             }),
         )?;
@@ -336,27 +335,31 @@ pub fn replay_into(
     let mut chunk = Vec::new();
     let mut replayed = 0u64;
     let mut failure = None;
-    let flush = |chunk: Vec<(u64, Stored)>| {
+    let flush = |chunk: Vec<(u64, Vec<u8>, Option<kith_core::Event>)>| {
+        let mut records = Vec::with_capacity(chunk.len());
+        let mut events = Vec::with_capacity(chunk.len());
+        for (seq, payload, event) in chunk {
+            records.push((seq, payload));
+            events.extend(event.map(|event| (seq, event)));
+        }
         if let Some(profiles) = profiles {
-            let events: Vec<(u64, &kith_core::Event)> = chunk
-                .iter()
-                .filter_map(|(seq, stored)| match stored {
-                    Stored::Event(event) => Some((*seq, event)),
-                    Stored::Rejected(_) => None,
-                })
-                .collect();
+            let events: Vec<(u64, &kith_core::Event)> =
+                events.iter().map(|(seq, event)| (*seq, event)).collect();
             profiles.apply_events(&events);
         }
-        lake.ingest(chunk);
+        lake.ingest(records);
     };
     kith_journal::read_after(journal_dir, after, |record| {
-        match decode_record(record.seq, &record.payload) {
-            Ok(stored) => chunk.push((record.seq, stored)),
+        // Decoded in full only where the profiles need the event; the tables take the bytes.
+        let event = match decode_record(record.seq, &record.payload) {
+            Ok(Stored::Event(event)) if profiles.is_some() => Some(event),
+            Ok(_) => None,
             Err(e) => {
                 failure = Some(e);
                 return Err(JournalError::Stopped);
             }
-        }
+        };
+        chunk.push((record.seq, record.payload, event));
         replayed += 1;
         if chunk.len() >= 10_000 {
             flush(std::mem::take(&mut chunk));

@@ -12,12 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kith_core::Stored;
 use kith_profiles::{EventFacts, ProfileStore};
 
-/// What the journal carries to its sink for one entry.
+/// What the journal carries to its sink for one entry besides the encoded record: the event
+/// itself is dropped once encoded (on the thread that parsed it), and the tables read the record.
 pub struct Ingested {
-    pub stored: Stored,
     /// Identity facts of an accepted event (`None` for rejections).
     pub facts: Option<EventFacts>,
 }

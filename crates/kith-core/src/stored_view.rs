@@ -1,0 +1,256 @@
+//! Journal records read in place. A [`StoredView`] decodes the bytes [`Stored::encode`] wrote
+//! with every text borrowed from them, so turning records into table rows copies each text once
+//! (into the column) instead of first rebuilding a dozen owned strings per event.
+//!
+//! Field order and serde attributes must match [`Event`], [`TypedFields`] and [`Rejection`]
+//! exactly (postcard encodes fields by position); [`EventView::to_event`] and
+//! [`RejectionView::to_rejection`] name every field, so a field added to one side and not the
+//! other fails to compile or fails the round-trip tests.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use crate::event::{DecodeError, Event, MessageType, Rejection, Stored, TypedFields};
+
+/// An encoded [`Stored`], borrowed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub enum StoredView<'a> {
+    Event(#[serde(borrow)] EventView<'a>),
+    Rejected(#[serde(borrow)] RejectionView<'a>),
+}
+
+/// An encoded [`Event`], borrowed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct EventView<'a> {
+    pub message_id: &'a str,
+    pub kind: MessageType,
+    #[serde(borrow)]
+    pub event: Option<&'a str>,
+    #[serde(borrow)]
+    pub user_id: Option<&'a str>,
+    #[serde(borrow)]
+    pub anonymous_id: Option<&'a str>,
+    #[serde(borrow)]
+    pub group_id: Option<&'a str>,
+    #[serde(borrow)]
+    pub previous_id: Option<&'a str>,
+    pub source: &'a str,
+    #[serde(with = "chrono::serde::ts_microseconds")]
+    pub timestamp: DateTime<Utc>,
+    #[serde(with = "chrono::serde::ts_microseconds_option")]
+    pub original_timestamp: Option<DateTime<Utc>>,
+    #[serde(with = "chrono::serde::ts_microseconds_option")]
+    pub sent_at: Option<DateTime<Utc>>,
+    #[serde(with = "chrono::serde::ts_microseconds")]
+    pub received_at: DateTime<Utc>,
+    #[serde(borrow)]
+    pub properties: Option<&'a str>,
+    #[serde(borrow)]
+    pub context: Option<&'a str>,
+    #[serde(borrow)]
+    pub traits: Option<&'a str>,
+    #[serde(borrow)]
+    pub integrations: Option<&'a str>,
+    #[serde(borrow)]
+    pub extra: Option<&'a str>,
+    #[serde(borrow)]
+    pub typed: TypedFieldsView<'a>,
+}
+
+/// Encoded [`TypedFields`], borrowed (`context_identity` is never encoded).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TypedFieldsView<'a> {
+    pub revenue: Option<f64>,
+    #[serde(borrow)]
+    pub currency: Option<&'a str>,
+    #[serde(borrow)]
+    pub order_id: Option<&'a str>,
+    #[serde(borrow)]
+    pub page_url: Option<&'a str>,
+    #[serde(borrow)]
+    pub page_path: Option<&'a str>,
+    #[serde(borrow)]
+    pub referrer: Option<&'a str>,
+    #[serde(borrow)]
+    pub email: Option<&'a str>,
+    #[serde(borrow)]
+    pub library_name: Option<&'a str>,
+}
+
+/// An encoded [`Rejection`], borrowed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RejectionView<'a> {
+    pub index: usize,
+    pub code: &'a str,
+    pub message: &'a str,
+    #[serde(borrow)]
+    pub field: Option<&'a str>,
+    pub source: &'a str,
+    #[serde(with = "chrono::serde::ts_microseconds")]
+    pub received_at: DateTime<Utc>,
+    #[serde(borrow)]
+    pub message_id: Option<&'a str>,
+    pub raw: &'a str,
+}
+
+impl<'a> StoredView<'a> {
+    /// Reads bytes written by [`Stored::encode`] (or [`Stored::encode_event`]).
+    pub fn decode(bytes: &'a [u8]) -> Result<StoredView<'a>, DecodeError> {
+        postcard::from_bytes(bytes).map_err(|e| DecodeError::new(e.to_string()))
+    }
+
+    pub fn to_stored(&self) -> Stored {
+        match self {
+            StoredView::Event(e) => Stored::Event(e.to_event()),
+            StoredView::Rejected(r) => Stored::Rejected(r.to_rejection()),
+        }
+    }
+}
+
+fn owned(text: Option<&str>) -> Option<String> {
+    text.map(str::to_string)
+}
+
+impl EventView<'_> {
+    pub fn to_event(&self) -> Event {
+        let t = &self.typed;
+        Event {
+            message_id: self.message_id.to_string(),
+            kind: self.kind,
+            event: owned(self.event),
+            user_id: owned(self.user_id),
+            anonymous_id: owned(self.anonymous_id),
+            group_id: owned(self.group_id),
+            previous_id: owned(self.previous_id),
+            source: self.source.to_string(),
+            timestamp: self.timestamp,
+            original_timestamp: self.original_timestamp,
+            sent_at: self.sent_at,
+            received_at: self.received_at,
+            properties: owned(self.properties),
+            context: owned(self.context),
+            traits: owned(self.traits),
+            integrations: owned(self.integrations),
+            extra: owned(self.extra),
+            typed: TypedFields {
+                revenue: t.revenue,
+                currency: owned(t.currency),
+                order_id: owned(t.order_id),
+                page_url: owned(t.page_url),
+                page_path: owned(t.page_path),
+                referrer: owned(t.referrer),
+                email: owned(t.email),
+                library_name: owned(t.library_name),
+                context_identity: None,
+            },
+        }
+    }
+}
+
+impl RejectionView<'_> {
+    pub fn to_rejection(&self) -> Rejection {
+        Rejection {
+            index: self.index,
+            code: self.code.to_string(),
+            message: self.message.to_string(),
+            field: owned(self.field),
+            source: self.source.to_string(),
+            received_at: self.received_at,
+            message_id: owned(self.message_id),
+            raw: self.raw.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    /// Every field set, each to a distinct value, so a field read from the wrong position shows.
+    fn full_event() -> Event {
+        let at = |s: i64| Utc.timestamp_opt(1_700_000_000 + s, 123_000).unwrap();
+        Event {
+            message_id: "m-1".into(),
+            kind: MessageType::Page,
+            event: Some("Viewed".into()),
+            user_id: Some("u-1".into()),
+            anonymous_id: Some("a-1".into()),
+            group_id: Some("g-1".into()),
+            previous_id: Some("p-1".into()),
+            source: "web".into(),
+            timestamp: at(1),
+            original_timestamp: Some(at(2)),
+            sent_at: Some(at(3)),
+            received_at: at(4),
+            properties: Some(r#"{"revenue":12.5}"#.into()),
+            context: Some(r#"{"ip":"1.2.3.4"}"#.into()),
+            traits: Some(r#"{"plan":"pro"}"#.into()),
+            integrations: Some(r#"{"All":true}"#.into()),
+            extra: Some(r#"{"category":"x"}"#.into()),
+            typed: TypedFields {
+                revenue: Some(12.5),
+                currency: Some("MXN".into()),
+                order_id: Some("o-1".into()),
+                page_url: Some("https://t.mx/a".into()),
+                page_path: Some("/a".into()),
+                referrer: Some("https://g.com/".into()),
+                email: Some("ana@t.mx".into()),
+                library_name: Some("analytics.js".into()),
+                context_identity: None,
+            },
+        }
+    }
+
+    #[test]
+    fn an_encoded_event_reads_back_in_place_field_for_field() {
+        let event = full_event();
+        let bytes = Stored::Event(event.clone()).encode();
+        let view = StoredView::decode(&bytes).unwrap();
+        assert_eq!(view.to_stored(), Stored::Event(event.clone()));
+        // The borrowing encoder writes the same bytes.
+        assert_eq!(Stored::encode_event(&event), bytes);
+
+        let sparse = Event {
+            event: None,
+            user_id: None,
+            original_timestamp: None,
+            sent_at: None,
+            properties: None,
+            typed: TypedFields::default(),
+            ..event
+        };
+        let bytes = Stored::Event(sparse.clone()).encode();
+        assert_eq!(
+            StoredView::decode(&bytes).unwrap().to_stored(),
+            Stored::Event(sparse)
+        );
+    }
+
+    #[test]
+    fn an_encoded_rejection_reads_back_in_place() {
+        let rejection = Rejection {
+            index: 7,
+            code: "missing_identity".into(),
+            message: "no userId or anonymousId".into(),
+            field: Some("userId".into()),
+            source: "web".into(),
+            received_at: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+            message_id: Some("m-9".into()),
+            raw: r#"{"type":"track"}"#.into(),
+        };
+        let bytes = Stored::Rejected(rejection.clone()).encode();
+        let view = StoredView::decode(&bytes).unwrap();
+        assert!(matches!(view, StoredView::Rejected(_)));
+        assert_eq!(view.to_stored(), Stored::Rejected(rejection));
+    }
+
+    #[test]
+    fn truncated_or_foreign_bytes_are_an_error_not_a_panic() {
+        let bytes = Stored::Event(full_event()).encode();
+        for cut in [0, 1, 5, bytes.len() / 2, bytes.len() - 1] {
+            assert!(StoredView::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(StoredView::decode(&[9, 9, 9]).is_err());
+    }
+}
