@@ -14,6 +14,8 @@ use crate::event::{DecodeError, Event, MessageType, Rejection, Stored, TypedFiel
 
 /// An encoded [`Stored`], borrowed.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+// Most records are events, decoded one at a time; boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 pub enum StoredView<'a> {
     Event(#[serde(borrow)] EventView<'a>),
     Rejected(#[serde(borrow)] RejectionView<'a>),
