@@ -31,6 +31,10 @@ pub enum LakeError {
     },
 }
 
+/// A durable journal record as [`Lake::ingest`] takes it: its seq and the bytes
+/// [`kith_core::Stored::encode`] wrote.
+pub type EncodedRecord = (u64, Vec<u8>);
+
 /// Both event tables of a data directory.
 pub struct Lake {
     pub events: EventTable,
@@ -45,7 +49,7 @@ pub struct Lake {
     /// at each doubling. Holding the encoded bytes rather than decoded events means an event's
     /// dozen strings are freed on the request thread that made them, and sealing reads each
     /// record from one contiguous buffer.
-    unsealed: Mutex<Vec<Vec<(u64, Vec<u8>)>>>,
+    unsealed: Mutex<Vec<Vec<EncodedRecord>>>,
     /// Records in `unsealed`, readable without the lock.
     unsealed_rows: AtomicUsize,
     /// Held while sealing, so batches reach the tables in sequence order.
@@ -105,7 +109,7 @@ impl Lake {
     /// Cheap: conversion happens in [`Lake::seal`].
     ///
     /// [`Stored::encode`]: kith_core::Stored::encode
-    pub fn ingest(&self, records: Vec<(u64, Vec<u8>)>) {
+    pub fn ingest(&self, records: Vec<EncodedRecord>) {
         let Some(max_seq) = records.last().map(|(s, _)| *s) else {
             return;
         };
