@@ -246,6 +246,21 @@ fn wait_until_idle(pid: u32) {
     }
 }
 
+/// Bytes of the Parquet files a Delta table holds (compacted files' replaced inputs included,
+/// if any are still on disk).
+fn parquet_bytes(table: &std::path::Path) -> u64 {
+    std::fs::read_dir(table)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Peak resident set of a process, from /proc (Linux).
 fn peak_rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -361,6 +376,7 @@ fn main() {
     };
     let _ = server.kill();
     let _ = server.wait();
+    let table_bytes = parquet_bytes(&data_dir.join("tables").join("events"));
     let _ = std::fs::remove_dir_all(&data_dir);
 
     let rate = |r: &RunResult| r.events as f64 / r.elapsed.as_secs_f64();
@@ -396,6 +412,11 @@ fn main() {
         durable.events
     );
     let stored_rows = stored["rows"][0][0].as_u64().unwrap_or(0);
+    println!(
+        "events table on disk: {:.1} MiB of Parquet, {:.0} bytes per stored event",
+        table_bytes as f64 / (1024.0 * 1024.0),
+        table_bytes as f64 / stored_rows.max(1) as f64
+    );
     if stored_rows < durable.events {
         eprintln!(
             "error: {stored_rows} rows stored but {} acknowledged",

@@ -67,6 +67,19 @@ pub const EVENTS_STATS_COLUMNS: &str =
     "ingest_seq,type,event,source,timestamp,received_at,revenue,currency";
 pub const REJECTED_STATS_COLUMNS: &str = "ingest_seq,received_at,source,code";
 
+/// Columns whose values rarely repeat within a file (sequence numbers, times to the
+/// microsecond, order ids): a dictionary would hash every value only to be abandoned once it
+/// outgrows its page. Their statistics stay (they are what prunes files).
+pub const UNIQUE_VALUE_COLUMNS: &[&str] = &[
+    "ingest_seq",
+    "timestamp",
+    "original_timestamp",
+    "sent_at",
+    "received_at",
+    "order_id",
+    "batch_index",
+];
+
 /// Columns of long or unique free text (raw JSON, ids): dictionary encoding only wastes work on
 /// them and min/max statistics say nothing useful (and would copy personal data into file footers).
 pub const FREE_TEXT_COLUMNS: &[&str] = &[
