@@ -10,7 +10,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
-use deltalake::parquet::basic::Compression;
+use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
@@ -175,7 +175,7 @@ impl EventTable {
             .with_table_name(self.name)
             .with_configuration(configuration)
             .with_commit_properties(commit)
-            .with_writer_properties(writer_properties(&self.schema))
+            .with_writer_properties(writer_properties(&self.schema, FLUSHED_CODEC))
             .await;
         let table = match written {
             Ok(table) => table,
@@ -221,7 +221,13 @@ impl EventTable {
         let Some(table) = self.read().delta.clone() else {
             return Ok(());
         };
-        let (table, metrics) = table.optimize().await?;
+        // The flushes' column settings (no free text, such as emails and ids, in footer
+        // statistics), with ZSTD: compacted files live long and are written in the background,
+        // so size matters more than writing speed there.
+        let (table, metrics) = table
+            .optimize()
+            .with_writer_properties(writer_properties(&self.schema, compacted_codec()))
+            .await?;
         tracing::info!(
             table = self.name,
             files_removed = metrics.num_files_removed,
@@ -233,13 +239,19 @@ impl EventTable {
     }
 }
 
-/// Parquet settings for flushed files: LZ4, no dictionary or statistics on free text, and no
+/// How flushes compress: LZ4_RAW rather than Snappy, as widely read (DuckDB, Polars, Arrow,
+/// Spark) and, in the ingest benchmark, faster to write with smaller files (16 bytes a stored
+/// event against 51, together with the dictionary settings below).
+const FLUSHED_CODEC: Compression = Compression::LZ4_RAW;
+/// How compaction compresses: ZSTD level 1 (delta-rs's own default for it).
+fn compacted_codec() -> Compression {
+    Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default())
+}
+
+/// Parquet settings for the tables' files: no dictionary or statistics on free text, and no
 /// dictionary where values rarely repeat.
-fn writer_properties(schema: &SchemaRef) -> WriterProperties {
-    // LZ4_RAW rather than Snappy: as widely read (DuckDB, Polars, Arrow, Spark) and, in the
-    // ingest benchmark, faster to write with smaller files (16 bytes a stored event against 51,
-    // together with the dictionaries below).
-    let mut builder = WriterProperties::builder().set_compression(Compression::LZ4_RAW);
+fn writer_properties(schema: &SchemaRef, codec: Compression) -> WriterProperties {
+    let mut builder = WriterProperties::builder().set_compression(codec);
     for field in schema.fields() {
         let name = field.name().as_str();
         let column = ColumnPath::from(name);

@@ -300,3 +300,71 @@ async fn a_record_that_does_not_decode_is_left_out_and_its_neighbours_kept() {
         "the bad records are not held either"
     );
 }
+
+/// The footer of a Parquet file: (column name, compression, has statistics) per column chunk.
+fn parquet_columns(file: &std::path::Path) -> Vec<(String, String, bool)> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(std::fs::File::open(file).unwrap()).unwrap();
+    let mut columns = Vec::new();
+    for row_group in reader.metadata().row_groups() {
+        for column in row_group.columns() {
+            columns.push((
+                column.column_path().string(),
+                format!("{:?}", column.compression()),
+                column.statistics().is_some(),
+            ));
+        }
+    }
+    columns
+}
+
+/// Compaction rewrites every file: it must keep free text (emails, ids) out of footer
+/// statistics as flushes do. Flushed files are LZ4 (fast to write), compacted ones ZSTD (small).
+#[tokio::test]
+async fn compacted_files_keep_the_flush_settings_but_compress_harder() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    for seq in 1..=3u64 {
+        let mut e = event(&format!("m{seq}"), &format!("u{seq}"), 1.0);
+        e.typed.email = Some(format!("person{seq}@example.mx"));
+        lake.ingest(vec![(seq, Stored::Event(e).encode())]);
+        lake.flush().await.unwrap();
+    }
+    let flushed: Vec<std::path::PathBuf> = std::fs::read_dir(lake.events.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    assert_eq!(flushed.len(), 3);
+    lake.events.optimize().await.unwrap();
+    let rows = scalar(&lake, "SELECT count(DISTINCT email) AS n FROM events").await;
+    assert!(rows.contains("| 3 |"), "{rows}");
+
+    let compacted: Vec<std::path::PathBuf> = lake
+        .events
+        .view()
+        .delta
+        .unwrap()
+        .get_file_uris()
+        .unwrap()
+        .map(|uri| std::path::PathBuf::from(uri.trim_start_matches("file://")))
+        .collect();
+    assert_eq!(compacted.len(), 1, "three flushes compacted into one file");
+    assert!(!flushed.contains(&compacted[0]));
+    for (files, codec) in [(&flushed, "LZ4_RAW"), (&compacted, "ZSTD(ZstdLevel(1))")] {
+        for file in files {
+            let columns = parquet_columns(file);
+            assert!(columns.iter().any(|(name, _, _)| name == "email"));
+            for (name, written_with, has_statistics) in &columns {
+                assert_eq!(written_with, codec, "{name} in {}", file.display());
+                let free_text = crate::schema::FREE_TEXT_COLUMNS.contains(&name.as_str());
+                assert_eq!(
+                    *has_statistics,
+                    !free_text,
+                    "{name} in {}: statistics exactly where the settings allow them",
+                    file.display()
+                );
+            }
+        }
+    }
+}
