@@ -510,7 +510,8 @@ fn exact_newton_step<const N: usize, F: FnMut(&[f64; N]) -> f64>(
     }
 }
 
-/// Damped Newton on exact derivatives (`derivatives(x)`, `None` where they are not finite).
+/// Damped Newton on exact derivatives (`derivatives(x)`, `None` where they are not finite;
+/// `start_derivatives`, when the caller has them, are those at the start).
 /// Converges in a handful of iterations where the finite-difference version crawls along
 /// ridges its noisy Hessian cannot resolve (the Gamma-Gamma's q–γ ridge: thousands of
 /// evaluations on CDNOW). Returns the minimum with the derivatives there, or `None` when they
@@ -518,12 +519,16 @@ fn exact_newton_step<const N: usize, F: FnMut(&[f64; N]) -> f64>(
 pub(crate) fn newton_exact<const N: usize, F: FnMut(&[f64; N]) -> f64>(
     obj: &mut Objective<F>,
     start: Minimum<N>,
+    start_derivatives: Option<ExactDerivatives<N>>,
     derivatives: impl Fn(&[f64; N]) -> Option<ExactDerivatives<N>>,
     max_iterations: usize,
     gtol: f64,
 ) -> Option<(Minimum<N>, ExactDerivatives<N>)> {
     let mut best = start;
-    let mut at = derivatives(&best.x)?;
+    let mut at = match start_derivatives {
+        Some(at) => at,
+        None => derivatives(&best.x)?,
+    };
     for _ in 0..max_iterations {
         let (_, g, h) = at;
         // Done at the tight tolerance, or once the gradient is small and the step Newton
