@@ -192,7 +192,7 @@ fn fit_model_with<P: ParamVector<N>, const N: usize>(
             return f64::INFINITY;
         }
         let theta = y.map(f64::exp);
-        let penalty: f64 = theta.iter().map(|t| t * t).sum::<f64>() * pen;
+        let penalty = l2_penalty(&theta, pen);
         let v = mean_nll(&theta) + penalty;
         if v.is_finite() { v } else { f64::INFINITY }
     };
@@ -210,7 +210,7 @@ fn fit_model_with<P: ParamVector<N>, const N: usize>(
         let theta = y.map(f64::exp);
         let (f, mut g, mut h) = derivatives(&theta);
         // The objective's value, penalty included, exactly as `objective` computes it.
-        let f = f + theta.iter().map(|t| t * t).sum::<f64>() * pen;
+        let f = f + l2_penalty(&theta, pen);
         for i in 0..N {
             g[i] += 2.0 * pen * theta[i];
             h[i][i] += 2.0 * pen;
@@ -350,6 +350,12 @@ fn fit_model_with<P: ParamVector<N>, const N: usize>(
     finish(best, gnorm, hess, pen, total_weight, obj.evaluations)
 }
 
+/// The L2 penalty the objective adds to the mean negative log-likelihood. One definition: the
+/// log-likelihood at the optimum is recovered by taking it back off the objective.
+fn l2_penalty<const N: usize>(theta: &[f64; N], penalizer_coef: f64) -> f64 {
+    theta.iter().map(|t| t * t).sum::<f64>() * penalizer_coef
+}
+
 /// The fitted model at the optimum `best` of the mean objective, with its gradient's largest
 /// component and its Hessian in log-parameters there.
 fn finish<P: ParamVector<N>, const N: usize>(
@@ -369,8 +375,7 @@ fn finish<P: ParamVector<N>, const N: usize>(
 
     // `best.f` is the objective at the optimum (mean negative log-likelihood plus the penalty),
     // from the pass that found it: the log-likelihood needs no pass over the data of its own.
-    let penalty = theta.iter().map(|t| t * t).sum::<f64>() * penalizer_coef;
-    let log_likelihood = -(best.f - penalty) * total_weight;
+    let log_likelihood = -(best.f - l2_penalty(&theta, penalizer_coef)) * total_weight;
     if !log_likelihood.is_finite() {
         return Err(FitError::OptimizerFailed(
             "log-likelihood is not finite at the optimum".into(),

@@ -350,7 +350,8 @@ pub fn replay_into(
         lake.ingest(records);
     };
     kith_journal::read_after(journal_dir, after, |record| {
-        // Decoded in full only where the profiles need the event; the tables take the bytes.
+        // The tables take the bytes; the profiles need the decoded event. Decoding also checks
+        // the record, so one that does not decode stops replay with or without profiles.
         let event = match decode_record(record.seq, &record.payload) {
             Ok(Stored::Event(event)) if profiles.is_some() => Some(event),
             Ok(_) => None,
