@@ -55,6 +55,11 @@ pub fn ln_gamma_signed(x: f64) -> (f64, f64) {
 }
 
 /// ln(e^a + e^b) without overflow; handles −∞ operands.
+///
+/// Accurate to an absolute error of about 2⁻⁵² (not relative: a result near 0 from
+/// ln(e⁰ + e⁻⁴⁰) comes out as 0): every caller adds log-likelihood terms, whose sums carry
+/// that much error anyway. ln(1 + e) rather than log1p(e) for the same reason: glibc's
+/// `log1p` took five times as long as `ln`, a third of a BG/NBD fit.
 pub fn log_add_exp(a: f64, b: f64) -> f64 {
     if a == f64::NEG_INFINITY {
         return b;
@@ -63,7 +68,7 @@ pub fn log_add_exp(a: f64, b: f64) -> f64 {
         return a;
     }
     let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
-    hi + (lo - hi).exp().ln_1p()
+    hi + (1.0 + (lo - hi).exp()).ln()
 }
 
 /// ln(1 − e^x) for x ≤ 0, accurate near both ends (Mächler's switch at −ln 2).

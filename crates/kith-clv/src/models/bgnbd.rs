@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Rfm, RfmGroups, RowCost, clip_groups, split_sum, validate_rfm};
+use crate::data::{Rfm, RfmGroups, RowCost, clip_groups, split_sum};
 use crate::error::{FitError, NumericError};
 use crate::fit::{
     FitOptions, Fitted, NaturalDerivatives, ParamVector, fit_model_exact, warm_start,
@@ -47,17 +47,19 @@ impl ParamVector<4> for BgNbd {
 
 /// Mean negative log-likelihood over grouped data (no allocation).
 fn mean_nll(p: &[f64; 4], g: &RfmGroups) -> f64 {
+    let shifted = g.shifted_times(p[1]);
     let total = split_sum(
         g.recency.len(),
         RowCost::Heavy,
-        |lo, hi| ll_rows(p, g, lo, hi),
+        |lo, hi| ll_rows(p, g, &shifted, lo, hi),
         |a, b| a + b,
     );
     -total / g.total_weight
 }
 
-/// The weighted log-likelihood of rows `from..to` (and of the groups that start there).
-fn ll_rows(p: &[f64; 4], g: &RfmGroups, from: usize, to: usize) -> f64 {
+/// The weighted log-likelihood of rows `from..to` (and of the groups that start there);
+/// `shifted` is [`RfmGroups::shifted_times`] at α.
+fn ll_rows(p: &[f64; 4], g: &RfmGroups, shifted: &[(f64, f64)], from: usize, to: usize) -> f64 {
     let [r, alpha, a, b] = *p;
     let (lg_r, lg_b, lg_ab) = (ln_gamma(r), ln_gamma(b), ln_gamma(a + b));
     let (ln_alpha, ln_a) = (alpha.ln(), a.ln());
@@ -77,13 +79,13 @@ fn ll_rows(p: &[f64; 4], g: &RfmGroups, from: usize, to: usize) -> f64 {
         if x > 0.0 {
             let c4 = ln_a - (b + x.max(1.0) - 1.0).ln();
             for i in lo..hi {
-                let a3 = -rx * (alpha + g.t[i]).ln();
-                let a4 = c4 - rx * (alpha + g.recency[i]).ln();
+                let a3 = -rx * shifted[g.t_at[i] as usize].0;
+                let a4 = c4 - rx * shifted[g.recency_at[i] as usize].0;
                 s += g.weight[i] * log_add_exp(a3, a4);
             }
         } else {
             for i in lo..hi {
-                s += g.weight[i] * (-rx * (alpha + g.t[i]).ln());
+                s += g.weight[i] * (-rx * shifted[g.t_at[i] as usize].0);
             }
         }
         total += s + a12 * g.group_weight[k];
@@ -116,8 +118,7 @@ impl BgNbd {
         weights: Option<&[f64]>,
         options: &FitOptions<BgNbd>,
     ) -> Result<Fitted<BgNbd>, FitError> {
-        validate_rfm(data, weights, options.min_repeat_customers)?;
-        let g = RfmGroups::new(data, weights);
+        let g = RfmGroups::validated(data, weights, options.min_repeat_customers)?;
         let init = [1.0, g.mean_t(), 1.0, 1.0];
         let options = &warm_start(options, g.recency.len(), data, weights, |d, w, o| {
             Self::fit_impl(d, Some(w), o)

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Rfm, RfmGroups, RowCost, clip_groups, split_sum, validate_rfm};
+use crate::data::{Rfm, RfmGroups, RowCost, clip_groups, split_sum};
 use crate::error::{FitError, NumericError};
 use crate::fit::{FitOptions, Fitted, ParamVector, fit_model_exact, warm_start};
 use crate::hyp2f1::ln_hyp2f1;
@@ -46,17 +46,19 @@ impl ParamVector<4> for ModifiedBgNbd {
 /// ln L = ln Γ(r+x) − ln Γ(r) + r ln α + ln Γ(a+b) + ln Γ(b+x+1) − ln Γ(b) − ln Γ(a+b+x+1)
 ///        − (r+x) ln(α+T) + ln(1 + a/(b+x) · ((α+T)/(α+t_x))^{r+x}).
 fn mean_nll(p: &[f64; 4], g: &RfmGroups) -> f64 {
+    let shifted = g.shifted_times(p[1]);
     let total = split_sum(
         g.recency.len(),
         RowCost::Heavy,
-        |lo, hi| ll_rows(p, g, lo, hi),
+        |lo, hi| ll_rows(p, g, &shifted, lo, hi),
         |a, b| a + b,
     );
     -total / g.total_weight
 }
 
-/// The weighted log-likelihood of rows `from..to` (and of the groups that start there).
-fn ll_rows(p: &[f64; 4], g: &RfmGroups, from: usize, to: usize) -> f64 {
+/// The weighted log-likelihood of rows `from..to` (and of the groups that start there);
+/// `shifted` is [`RfmGroups::shifted_times`] at α.
+fn ll_rows(p: &[f64; 4], g: &RfmGroups, shifted: &[(f64, f64)], from: usize, to: usize) -> f64 {
     let [r, alpha, a, b] = *p;
     let (lg_r, lg_b, lg_ab) = (ln_gamma(r), ln_gamma(b), ln_gamma(a + b));
     let (ln_alpha, ln_a) = (alpha.ln(), a.ln());
@@ -74,8 +76,8 @@ fn ll_rows(p: &[f64; 4], g: &RfmGroups, from: usize, to: usize) -> f64 {
         let c4 = ln_a - (b + x).ln();
         let mut s = 0.0;
         for i in lo..hi {
-            let ln_at = (alpha + g.t[i]).ln();
-            let a4 = c4 + rx * (ln_at - (alpha + g.recency[i]).ln());
+            let ln_at = shifted[g.t_at[i] as usize].0;
+            let a4 = c4 + rx * (ln_at - shifted[g.recency_at[i] as usize].0);
             s += g.weight[i] * (-rx * ln_at + log_add_exp(0.0, a4));
         }
         total += s + a12 * g.group_weight[k];
@@ -106,8 +108,7 @@ impl ModifiedBgNbd {
         weights: Option<&[f64]>,
         options: &FitOptions<ModifiedBgNbd>,
     ) -> Result<Fitted<ModifiedBgNbd>, FitError> {
-        validate_rfm(data, weights, options.min_repeat_customers)?;
-        let g = RfmGroups::new(data, weights);
+        let g = RfmGroups::validated(data, weights, options.min_repeat_customers)?;
         let init = [1.0, g.mean_t(), 1.0, 1.0];
         let options = &warm_start(options, g.recency.len(), data, weights, |d, w, o| {
             Self::fit_impl(d, Some(w), o)

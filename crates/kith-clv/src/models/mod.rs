@@ -203,10 +203,11 @@ pub(crate) fn bg_family_derivatives(
     s: f64,
     mix_without_repeats: bool,
 ) -> NaturalDerivatives<4> {
+    let shifted = g.shifted_times(p[1]);
     let (ll, grad, hess) = split_sum(
         g.recency.len(),
         RowCost::Heavy,
-        |lo, hi| bg_family_rows(p, g, s, mix_without_repeats, lo, hi),
+        |lo, hi| bg_family_rows(p, g, &shifted, s, mix_without_repeats, lo, hi),
         crate::data::add_derivatives,
     );
     let scale = -1.0 / g.total_weight;
@@ -215,11 +216,35 @@ pub(crate) fn bg_family_derivatives(
     (ll * scale, grad, hess)
 }
 
+/// What [`bg_family_rows`] sums over the customers of one frequency (weights w, softmax π).
+#[derive(Default)]
+struct GroupSums {
+    /// Σ w ln(e^{ℓ₃} + e^{ℓ₄}).
+    ll: f64,
+    /// Σ w ((1−π) ln(α+T) + π ln(α+t_x)).
+    w_ln: f64,
+    /// Σ w ((1−π)/(α+T) + π/(α+t_x)).
+    w_inv: f64,
+    /// Σ w ((1−π)/(α+T)² + π/(α+t_x)²).
+    w_inv2: f64,
+    /// Σ w π.
+    w_pi: f64,
+    /// Σ w π(1−π) times 1, d, e, d², de, e², with d = ln(α+T) − ln(α+t_x) and
+    /// e = 1/(α+T) − 1/(α+t_x).
+    mix: f64,
+    mix_d: f64,
+    mix_e: f64,
+    mix_dd: f64,
+    mix_de: f64,
+    mix_ee: f64,
+}
+
 /// Sums of the log-likelihood and its gradient and Hessian (upper triangle) over rows
-/// `from..to` and the groups that start there.
+/// `from..to` and the groups that start there; `shifted` is [`RfmGroups::shifted_times`] at α.
 fn bg_family_rows(
     p: &[f64; 4],
     g: &RfmGroups,
+    shifted: &[(f64, f64)],
     s: f64,
     mix_without_repeats: bool,
     from: usize,
@@ -260,10 +285,17 @@ fn bg_family_rows(
         if x > 0.0 || mix_without_repeats {
             let bx = b + x.max(1.0 - s) + s - 1.0;
             let c4 = a.ln() - bx.ln();
+            let (inv_a, inv_bx) = (1.0 / a, 1.0 / bx);
+            // Per customer, ∇ℓ₃ = (−ln(α+T), −(r+x)/(α+T), 0, 0) and ∇ℓ₄ = (−ln(α+t_x),
+            // −(r+x)/(α+t_x), 1/a, −1/bx): the last two components and the factor r+x are the
+            // group's, so the loop sums only what varies by customer and the group's constants
+            // multiply the sums afterwards (a third fewer operations a row).
+            let mut sum = GroupSums::default();
             for i in lo..hi {
                 let w = g.weight[i];
-                let (at, ar) = (alpha + g.t[i], alpha + g.recency[i]);
-                let (ln_at, ln_ar) = (at.ln(), ar.ln());
+                // ln(α+T), 1/(α+T) and the same of α+t_x.
+                let (ln_at, inv_at) = shifted[g.t_at[i] as usize];
+                let (ln_ar, inv_ar) = shifted[g.recency_at[i] as usize];
                 let l3 = -rx * ln_at;
                 let l4 = c4 - rx * ln_ar;
                 // ln(e^{ℓ₃} + e^{ℓ₄}) and π = e^{ℓ₄} / (e^{ℓ₃} + e^{ℓ₄}) from one exponential
@@ -274,37 +306,99 @@ fn bg_family_rows(
                 } else {
                     (l3, smaller / (1.0 + smaller))
                 };
-                ll += w * (larger + smaller.ln_1p());
                 let q = 1.0 - pi;
-                let g3 = [-ln_at, -rx / at, 0.0, 0.0];
-                let g4 = [-ln_ar, -rx / ar, 1.0 / a, -1.0 / bx];
-                for j in 0..4 {
-                    grad[j] += w * (q * g3[j] + pi * g4[j]);
-                }
+                // ln(1 + e) to an absolute 2⁻⁵², which is all a sum of log-likelihoods keeps
+                // (see `log_add_exp`), at a fifth of log1p's cost.
+                sum.ll += w * (larger + (1.0 + smaller).ln());
+                sum.w_ln += w * (q * ln_at + pi * ln_ar);
+                sum.w_inv += w * (q * inv_at + pi * inv_ar);
+                sum.w_inv2 += w * (q * inv_at * inv_at + pi * inv_ar * inv_ar);
+                sum.w_pi += w * pi;
+                // The mixing term π(1−π)(∇ℓ₄−∇ℓ₃)(∇ℓ₄−∇ℓ₃)ᵀ, with ∇ℓ₄−∇ℓ₃ = (d, (r+x)e, 1/a, −1/bx).
                 let mix = w * pi * q;
-                for j in 0..4 {
-                    let dj = g4[j] - g3[j];
-                    for l in j..4 {
-                        hess[j][l] += mix * dj * (g4[l] - g3[l]);
-                    }
-                }
-                hess[0][1] -= w * (q / at + pi / ar);
-                hess[1][1] += w * rx * (q / (at * at) + pi / (ar * ar));
-                hess[2][2] -= w * pi / (a * a);
-                hess[3][3] += w * pi / (bx * bx);
+                let (d, e) = (ln_at - ln_ar, inv_at - inv_ar);
+                sum.mix += mix;
+                sum.mix_d += mix * d;
+                sum.mix_e += mix * e;
+                sum.mix_dd += mix * d * d;
+                sum.mix_de += mix * d * e;
+                sum.mix_ee += mix * e * e;
             }
+            ll += sum.ll;
+            grad[0] -= sum.w_ln;
+            grad[1] -= rx * sum.w_inv;
+            grad[2] += inv_a * sum.w_pi;
+            grad[3] -= inv_bx * sum.w_pi;
+            hess[0][0] += sum.mix_dd;
+            hess[0][1] += rx * sum.mix_de - sum.w_inv;
+            hess[0][2] += inv_a * sum.mix_d;
+            hess[0][3] -= inv_bx * sum.mix_d;
+            hess[1][1] += rx * rx * sum.mix_ee + rx * sum.w_inv2;
+            hess[1][2] += rx * inv_a * sum.mix_e;
+            hess[1][3] -= rx * inv_bx * sum.mix_e;
+            hess[2][2] += inv_a * inv_a * (sum.mix - sum.w_pi);
+            hess[2][3] -= inv_a * inv_bx * sum.mix;
+            hess[3][3] += inv_bx * inv_bx * (sum.mix + sum.w_pi);
         } else {
             for i in lo..hi {
                 let w = g.weight[i];
-                let at = alpha + g.t[i];
-                let ln_at = at.ln();
+                let (ln_at, inv_at) = shifted[g.t_at[i] as usize];
                 ll -= w * rx * ln_at;
                 grad[0] -= w * ln_at;
-                grad[1] -= w * rx / at;
-                hess[0][1] -= w / at;
-                hess[1][1] += w * rx / (at * at);
+                grad[1] -= w * rx * inv_at;
+                hess[0][1] -= w * inv_at;
+                hess[1][1] += w * rx * inv_at * inv_at;
             }
         }
     }
     (ll, grad, hess)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Rfm;
+
+    /// A pass split into ranges (as threads split it, cutting frequency groups anywhere) sums
+    /// to the pass over everything: per-group terms counted once, per-customer sums folded per
+    /// piece.
+    #[test]
+    fn derivative_passes_split_anywhere_add_up() {
+        let data: Vec<Rfm> = (0..40u32)
+            .map(|i| {
+                let x = f64::from(i % 4);
+                let t = 20.0 + f64::from(i % 7);
+                let recency = if x == 0.0 {
+                    0.0
+                } else {
+                    t * f64::from(i % 5) / 5.0
+                };
+                Rfm::new(x, recency, t)
+            })
+            .collect();
+        let g = RfmGroups::new(&data, None);
+        let p = [0.7, 4.0, 0.9, 2.5];
+        let shifted = g.shifted_times(p[1]);
+        let n = g.recency.len();
+        for (s, mix) in [(0.0, false), (1.0, true)] {
+            let (ll, grad, hess) = bg_family_rows(&p, &g, &shifted, s, mix, 0, n);
+            for cut in [1, n / 3, n / 2, n - 1] {
+                let (ll_split, grad_split, hess_split) = crate::data::add_derivatives(
+                    bg_family_rows(&p, &g, &shifted, s, mix, 0, cut),
+                    bg_family_rows(&p, &g, &shifted, s, mix, cut, n),
+                );
+                let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(1.0);
+                assert!(close(ll, ll_split), "ll at cut {cut}: {ll} vs {ll_split}");
+                for i in 0..4 {
+                    assert!(close(grad[i], grad_split[i]), "grad {i} at cut {cut}");
+                    for j in i..4 {
+                        assert!(
+                            close(hess[i][j], hess_split[i][j]),
+                            "hess {i},{j} at cut {cut}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

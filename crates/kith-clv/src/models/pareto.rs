@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Rfm, RfmGroups, validate_rfm};
+use crate::data::{Rfm, RfmGroups};
 use crate::error::{FitError, NumericError};
 use crate::fit::{FitOptions, Fitted, ParamVector, fit_model, warm_start};
 use crate::hyp2f1::{LANES, horner_lanes, ln_hyp2f1};
@@ -264,8 +264,7 @@ impl ParetoNbd {
         weights: Option<&[f64]>,
         options: &FitOptions<ParetoNbd>,
     ) -> Result<Fitted<ParetoNbd>, FitError> {
-        validate_rfm(data, weights, options.min_repeat_customers)?;
-        let g = RfmGroups::new(data, weights);
+        let g = RfmGroups::validated(data, weights, options.min_repeat_customers)?;
         let options = &warm_start(options, g.recency.len(), data, weights, |d, w, o| {
             Self::fit_impl(d, Some(w), o)
         });
