@@ -77,43 +77,29 @@ const FAIL_GRADIENT: f64 = 1e-3;
 const WARM_START_ROWS: usize = 4_000;
 /// Customers in that sample: a twentieth of them, within these bounds (the sample only has to
 /// land Newton in the basin; a larger one cost more than the full-data steps it saved).
-const WARM_START_SAMPLE: (usize, usize) = (1_000, 20_000);
+const WARM_START_SAMPLE: (f64, f64) = (1_000.0, 20_000.0);
 
-/// Options whose starting point is the optimum on an evenly spaced sample of the customers
-/// (each weighted by the spacing), when the data are large and no start was given: every
-/// iteration on the full data then counts (Newton from there converges in two or three), where
-/// from the default start the early ones only find the basin, at the full data's price.
-/// `fit(sample, weights, options)` fits the sample; if it fails the options are returned as
-/// given.
-pub(crate) fn warm_start<T: Copy, P: Clone>(
+/// Options whose starting point is the optimum on a sample of the customers, when the data are
+/// large and no start was given: every iteration on the full data then counts (Newton from
+/// there converges in two or three), where from the default start the early ones only find the
+/// basin, at the full data's price.
+///
+/// The sample is every `step`-th customer of the grouped data (see [`crate::data::every_step`]),
+/// taken from data already checked and merged, so it costs no preparation of its own.
+/// `fit_sample(step, options)` fits it (from the default start: a sample of a sample would
+/// only add work); if that fails the options are returned as given.
+pub(crate) fn warm_start<P: Clone>(
     options: &FitOptions<P>,
     distinct_rows: usize,
-    data: &[T],
-    weights: Option<&[f64]>,
-    fit: impl Fn(&[T], &[f64], &FitOptions<P>) -> Result<Fitted<P>, FitError>,
+    customers: f64,
+    fit_sample: impl FnOnce(f64, &FitOptions<P>) -> Result<Fitted<P>, FitError>,
 ) -> FitOptions<P> {
-    thread_local! {
-        /// Set while a sample is fitted: its own fit starts cold (a sample of a sample would only
-        /// add work, and a poor start there can cost more than the whole fit).
-        static FITTING_SAMPLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
-    if distinct_rows <= WARM_START_ROWS
-        || options.initial_params.is_some()
-        || FITTING_SAMPLE.with(std::cell::Cell::get)
-    {
+    if distinct_rows <= WARM_START_ROWS || options.initial_params.is_some() {
         return options.clone();
     }
-    let sample_size = (data.len() / 20).clamp(WARM_START_SAMPLE.0, WARM_START_SAMPLE.1);
-    let step = (data.len() / sample_size).max(2);
-    let sample: Vec<T> = data.iter().step_by(step).copied().collect();
-    let sample_weights: Vec<f64> = (0..data.len())
-        .step_by(step)
-        .map(|i| weights.map_or(1.0, |w| w[i]) * step as f64)
-        .collect();
-    FITTING_SAMPLE.with(|f| f.set(true));
-    let fitted = fit(&sample, &sample_weights, options);
-    FITTING_SAMPLE.with(|f| f.set(false));
-    match fitted {
+    let sample = (customers / 20.0).clamp(WARM_START_SAMPLE.0, WARM_START_SAMPLE.1);
+    let step = (customers / sample).max(2.0);
+    match fit_sample(step, options) {
         Ok(fitted) => FitOptions {
             initial_params: Some(fitted.params),
             ..options.clone()

@@ -119,15 +119,18 @@ impl BgNbd {
         options: &FitOptions<BgNbd>,
     ) -> Result<Fitted<BgNbd>, FitError> {
         let g = RfmGroups::validated(data, weights, options.min_repeat_customers)?;
-        let init = [1.0, g.mean_t(), 1.0, 1.0];
-        let options = &warm_start(options, g.recency.len(), data, weights, |d, w, o| {
-            Self::fit_impl(d, Some(w), o)
+        let options = &warm_start(options, g.recency.len(), g.total_weight, |step, o| {
+            Self::fit_groups(&g.sample(step), o)
         });
+        Self::fit_groups(&g, options)
+    }
+
+    fn fit_groups(g: &RfmGroups, options: &FitOptions<BgNbd>) -> Result<Fitted<BgNbd>, FitError> {
         fit_model_exact(
-            |p| mean_nll(p, &g),
-            |p| mean_nll_derivatives(p, &g),
+            |p| mean_nll(p, g),
+            |p| mean_nll_derivatives(p, g),
             g.total_weight,
-            init,
+            [1.0, g.mean_t(), 1.0, 1.0],
             options,
         )
     }

@@ -10,8 +10,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::data::{
-    Rfm, RowCost, Spend, check_weights, clip_groups, merge_rows, rank_values, split_sum,
-    stable_sort_by_rank,
+    Rfm, RowCost, Spend, check_weights, clip_groups, every_step, merge_rows, rank_values,
+    split_sum, stable_sort_by_rank,
 };
 use crate::error::{FitError, NumericError};
 use crate::fit::{
@@ -211,6 +211,44 @@ impl SpendGroups {
     }
 }
 
+impl SpendGroups {
+    /// A sample of every `step`-th customer ([`every_step`]) for a warm start (see
+    /// [`crate::fit::warm_start`]).
+    fn sample(&self, step: f64) -> SpendGroups {
+        let mut sample = SpendGroups {
+            frequency: Vec::new(),
+            ln_frequency: Vec::new(),
+            bounds: Vec::new(),
+            group_weight: Vec::new(),
+            monetary: Vec::new(),
+            ln_monetary: Vec::new(),
+            weight: Vec::new(),
+            total_weight: 0.0,
+        };
+        let mut group = 0;
+        for (i, w) in every_step(&self.weight, step) {
+            while self.bounds[group].1 <= i {
+                group += 1;
+            }
+            if sample.frequency.last() != Some(&self.frequency[group]) {
+                let n = sample.monetary.len();
+                sample.frequency.push(self.frequency[group]);
+                sample.ln_frequency.push(self.ln_frequency[group]);
+                sample.bounds.push((n, n));
+                sample.group_weight.push(0.0);
+            }
+            sample.monetary.push(self.monetary[i]);
+            sample.ln_monetary.push(self.ln_monetary[i]);
+            sample.weight.push(w);
+            let k = sample.frequency.len() - 1;
+            sample.bounds[k].1 = sample.monetary.len();
+            sample.group_weight[k] += w;
+            sample.total_weight += w;
+        }
+        sample
+    }
+}
+
 /// Gradient and Hessian of [`mean_nll`] in (p, q, γ). Per customer,
 /// ℓ = lnΓ(px+q) − lnΓ(px) − lnΓ(q) + q ln γ + (px−1) ln m + px ln x − (px+q) ln(γ+mx);
 /// the digamma and trigamma terms depend on x only, so they are taken once per frequency.
@@ -290,6 +328,26 @@ fn weighted_pearson(rows: &[(f64, f64, f64)]) -> f64 {
 }
 
 impl GammaGamma {
+    fn fit_groups(
+        g: &SpendGroups,
+        options: &FitOptions<GammaGamma>,
+    ) -> Result<Fitted<GammaGamma>, FitError> {
+        let mean_m = g
+            .monetary
+            .iter()
+            .zip(&g.weight)
+            .map(|(m, w)| m * w)
+            .sum::<f64>()
+            / g.total_weight;
+        fit_model_exact(
+            |v| mean_nll(v, g),
+            |v| mean_nll_derivatives(v, g),
+            g.total_weight,
+            [1.0, 1.0, mean_m.max(1e-6)],
+            options,
+        )
+    }
+
     /// Fits the model on customers with `frequency > 0` (rows with frequency 0 carry no spend
     /// information and are skipped). Every repeat customer needs a positive monetary value.
     pub fn fit(data: &[Spend], options: &GammaGammaOptions) -> Result<GammaGammaFit, FitError> {
@@ -359,27 +417,10 @@ impl GammaGamma {
         }
 
         let g = SpendGroups::new(rows);
-        let mean_m = g
-            .monetary
-            .iter()
-            .zip(&g.weight)
-            .map(|(m, w)| m * w)
-            .sum::<f64>()
-            / g.total_weight;
-        let fit_options = warm_start(&options.fit, g.monetary.len(), data, weights, |d, w, o| {
-            let sample_options = GammaGammaOptions {
-                fit: o.clone(),
-                max_abs_correlation: None,
-            };
-            Self::fit_impl(d, Some(w), &sample_options).map(|f| f.model)
+        let fit_options = warm_start(&options.fit, g.monetary.len(), g.total_weight, |step, o| {
+            Self::fit_groups(&g.sample(step), o)
         });
-        let model = fit_model_exact(
-            |v| mean_nll(v, &g),
-            |v| mean_nll_derivatives(v, &g),
-            g.total_weight,
-            [1.0, 1.0, mean_m.max(1e-6)],
-            &fit_options,
-        )?;
+        let model = Self::fit_groups(&g, &fit_options)?;
         Ok(GammaGammaFit {
             model,
             frequency_spend_correlation: correlation,

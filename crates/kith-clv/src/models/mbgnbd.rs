@@ -109,15 +109,21 @@ impl ModifiedBgNbd {
         options: &FitOptions<ModifiedBgNbd>,
     ) -> Result<Fitted<ModifiedBgNbd>, FitError> {
         let g = RfmGroups::validated(data, weights, options.min_repeat_customers)?;
-        let init = [1.0, g.mean_t(), 1.0, 1.0];
-        let options = &warm_start(options, g.recency.len(), data, weights, |d, w, o| {
-            Self::fit_impl(d, Some(w), o)
+        let options = &warm_start(options, g.recency.len(), g.total_weight, |step, o| {
+            Self::fit_groups(&g.sample(step), o)
         });
+        Self::fit_groups(&g, options)
+    }
+
+    fn fit_groups(
+        g: &RfmGroups,
+        options: &FitOptions<ModifiedBgNbd>,
+    ) -> Result<Fitted<ModifiedBgNbd>, FitError> {
         fit_model_exact(
-            |p| mean_nll(p, &g),
-            |p| bg_family_derivatives(p, &g, 1.0, true),
+            |p| mean_nll(p, g),
+            |p| bg_family_derivatives(p, g, 1.0, true),
             g.total_weight,
-            init,
+            [1.0, g.mean_t(), 1.0, 1.0],
             options,
         )
     }

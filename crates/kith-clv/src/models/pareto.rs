@@ -265,9 +265,16 @@ impl ParetoNbd {
         options: &FitOptions<ParetoNbd>,
     ) -> Result<Fitted<ParetoNbd>, FitError> {
         let g = RfmGroups::validated(data, weights, options.min_repeat_customers)?;
-        let options = &warm_start(options, g.recency.len(), data, weights, |d, w, o| {
-            Self::fit_impl(d, Some(w), o)
+        let options = &warm_start(options, g.recency.len(), g.total_weight, |step, o| {
+            Self::fit_groups(g.sample(step), o)
         });
+        Self::fit_groups(g, options)
+    }
+
+    fn fit_groups(
+        g: RfmGroups,
+        options: &FitOptions<ParetoNbd>,
+    ) -> Result<Fitted<ParetoNbd>, FitError> {
         let m = g.mean_t();
         let init = [1.0, m, 1.0, m];
         let total_weight = g.total_weight;
