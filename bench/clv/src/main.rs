@@ -192,6 +192,17 @@ fn run(path: Option<String>, calibration_end: Option<String>, repeat: usize) -> 
         .filter(|c| c.frequency > 0.0 && c.monetary_value > 0.0)
         .map(|c| c.spend())
         .collect();
+    if let Ok(step) = std::env::var("PROFILE_STEP") {
+        for _ in 0..2000 {
+            match step.as_str() {
+                "bg" => { let _ = BgNbd::fit(&rfm, &FitOptions::default()); }
+                "mbg" => { let _ = ModifiedBgNbd::fit(&rfm, &FitOptions::default()); }
+                "summary" => { let _ = summary_from_transactions(&transactions, &options); }
+                _ => { let _ = GammaGamma::fit(&spend, &GammaGammaOptions { max_abs_correlation: None, ..GammaGammaOptions::default() }); }
+            }
+        }
+        return Ok(());
+    }
     let (bg_s, bg) = timed(repeat, || BgNbd::fit(&rfm, &FitOptions::default()));
     let bg = bg.map_err(|e| format!("BG/NBD: {e}"))?;
     let (pareto_s, pareto) = timed(repeat, || ParetoNbd::fit(&rfm, &FitOptions::default()));

@@ -687,7 +687,12 @@ mod tests {
     fn large_inputs_merge_in_parts_to_the_same_rows_every_time() {
         // Enough rows for several parts, 7,919 distinct keys, some rows weightless.
         let rows: Vec<(u64, f64)> = (0..200_000u64)
-            .map(|i| ((i * 2_654_435_761) % 7_919, if i % 13 == 0 { 0.0 } else { 1.5 }))
+            .map(|i| {
+                (
+                    (i * 2_654_435_761) % 7_919,
+                    if i % 13 == 0 { 0.0 } else { 1.5 },
+                )
+            })
             .collect();
         let merged = merge_rows(rows.iter().copied(), rows.len(), |k| *k);
         let mut expected = std::collections::BTreeMap::new();
@@ -735,7 +740,10 @@ mod tests {
             assert_eq!(weight, sample.group_weight[k]);
         }
         for i in 0..sample.recency.len() {
-            assert_eq!(sample.times[sample.recency_at[i] as usize], sample.recency[i]);
+            assert_eq!(
+                sample.times[sample.recency_at[i] as usize],
+                sample.recency[i]
+            );
             assert_eq!(sample.times[sample.t_at[i] as usize], sample.t[i]);
         }
         assert!(sample.times.len() <= g.times.len());
