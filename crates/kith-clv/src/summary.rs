@@ -235,10 +235,15 @@ pub(crate) fn collapse_periods<K: Ord>(
 }
 
 /// Summarises a transaction log into one [`CustomerSummary`] per customer, sorted by id.
-pub fn summary_from_transactions<K: Ord + Clone + Sync + Send>(
-    transactions: &[Transaction<K>],
+///
+/// Summaries borrow their customer ids from the log, as a pandas summary's index refers to the
+/// log's own id objects: copying every id took most of the time on CDNOW (an allocation per
+/// customer, and on a million customers frees across threads afterwards). `.to_owned()` where
+/// an owned id is needed.
+pub fn summary_from_transactions<'a, K: Ord + Sync>(
+    transactions: &'a [Transaction<K>],
     options: &SummaryOptions,
-) -> Result<Vec<CustomerSummary<K>>, SummaryError> {
+) -> Result<Vec<CustomerSummary<&'a K>>, SummaryError> {
     check_multiplier(options.multiplier)?;
     let end = match options.observation_end {
         Some(e) => e,
@@ -279,7 +284,7 @@ pub fn summary_from_transactions<K: Ord + Clone + Sync + Send>(
             0.0
         };
         out.push(CustomerSummary {
-            customer_id: k.clone(),
+            customer_id: k,
             frequency: repeats as f64,
             recency: unit.span(first, last) / options.multiplier,
             t: unit.span(first, end_period) / options.multiplier,
@@ -302,9 +307,9 @@ struct Running<'a, K> {
     repeat_value: f64,
 }
 
-impl<K: Clone> Running<'_, K> {
+impl<'a, K> Running<'a, K> {
     /// The customer's summary; `end_day` is the end period's day number (`num_days_from_ce`).
-    fn finish(self, unit: PeriodUnit, end_day: i32, multiplier: f64) -> CustomerSummary<K> {
+    fn finish(self, unit: PeriodUnit, end_day: i32, multiplier: f64) -> CustomerSummary<&'a K> {
         // The current period counts too: as a repeat unless it is the first.
         let repeats = self.closed;
         let repeat_value = if self.closed > 0 {
@@ -317,7 +322,7 @@ impl<K: Clone> Running<'_, K> {
             self.period.num_days_from_ce(),
         );
         CustomerSummary {
-            customer_id: self.customer.clone(),
+            customer_id: self.customer,
             frequency: repeats as f64,
             recency: unit.days_in_units(last - first) / multiplier,
             t: unit.days_in_units(end_day - first) / multiplier,
@@ -341,12 +346,12 @@ const PURCHASES_PER_THREAD: usize = 50_000;
 /// the log turns out not to be sorted, and the general path sorts it. Purchases after
 /// `end_period` are skipped, as there. Large logs are cut at customer boundaries into one part
 /// per core, summarised side by side.
-fn summary_of_sorted<K: Ord + Clone + Sync + Send>(
+fn summary_of_sorted<K: Ord + Sync>(
     transactions: &[Transaction<K>],
     unit: PeriodUnit,
     end_period: NaiveDate,
     multiplier: f64,
-) -> Result<Option<Vec<CustomerSummary<K>>>, SummaryError> {
+) -> Result<Option<Vec<CustomerSummary<&K>>>, SummaryError> {
     let parts = crate::data::cores()
         .min(transactions.len() / PURCHASES_PER_THREAD)
         .max(1);
@@ -354,13 +359,13 @@ fn summary_of_sorted<K: Ord + Clone + Sync + Send>(
 }
 
 /// [`summary_of_sorted`] with the log cut into at most `parts` parts.
-fn summary_of_sorted_in_parts<K: Ord + Clone + Sync + Send>(
+fn summary_of_sorted_in_parts<K: Ord + Sync>(
     transactions: &[Transaction<K>],
     parts: usize,
     unit: PeriodUnit,
     end_period: NaiveDate,
     multiplier: f64,
-) -> Result<Option<Vec<CustomerSummary<K>>>, SummaryError> {
+) -> Result<Option<Vec<CustomerSummary<&K>>>, SummaryError> {
     let len = transactions.len();
     let mut starts = vec![0];
     for part in 1..parts {
@@ -414,13 +419,13 @@ fn expected_customers<K: PartialEq>(transactions: &[Transaction<K>]) -> usize {
 }
 
 /// [`summary_of_sorted`] over one part of the log, whose first purchase is row `offset`.
-fn summary_of_sorted_part<K: Ord + Clone>(
+fn summary_of_sorted_part<K: Ord>(
     transactions: &[Transaction<K>],
     offset: usize,
     unit: PeriodUnit,
     end_period: NaiveDate,
     multiplier: f64,
-) -> Result<Option<Vec<CustomerSummary<K>>>, SummaryError> {
+) -> Result<Option<Vec<CustomerSummary<&K>>>, SummaryError> {
     let end_day = end_period.num_days_from_ce();
     let mut out = Vec::with_capacity(expected_customers(transactions));
     let mut running: Option<Running<'_, K>> = None;
@@ -473,12 +478,13 @@ fn summary_of_sorted_part<K: Ord + Clone>(
 /// Splits a log at `calibration_end`: the calibration summary (observation end =
 /// `calibration_end`) plus, for each calibration customer, purchases in
 /// (`calibration_end`, `options.observation_end`]. Customers first seen in the holdout window
-/// are left out, as in `lifetimes`.
-pub fn calibration_and_holdout<K: Ord + Clone + Sync + Send>(
-    transactions: &[Transaction<K>],
+/// are left out, as in `lifetimes`. Rows borrow their customer ids from the log, as
+/// [`summary_from_transactions`]'s do.
+pub fn calibration_and_holdout<'a, K: Ord + Sync>(
+    transactions: &'a [Transaction<K>],
     calibration_end: NaiveDateTime,
     options: &SummaryOptions,
-) -> Result<Vec<CalibrationHoldout<K>>, SummaryError> {
+) -> Result<Vec<CalibrationHoldout<&'a K>>, SummaryError> {
     check_multiplier(options.multiplier)?;
     check_values(transactions)?;
     let end = match options.observation_end {
@@ -495,10 +501,10 @@ pub fn calibration_and_holdout<K: Ord + Clone + Sync + Send>(
             observation_end: end.to_string(),
         });
     }
-    let calibration: Vec<Transaction<K>> = transactions
+    let calibration: Vec<Transaction<&K>> = transactions
         .iter()
         .filter(|t| t.at <= calibration_end)
-        .cloned()
+        .map(|t| Transaction::new(&t.customer_id, t.at, t.monetary_value))
         .collect();
     let cal = summary_from_transactions(
         &calibration,
@@ -527,26 +533,29 @@ pub fn calibration_and_holdout<K: Ord + Clone + Sync + Send>(
     let mut out = Vec::with_capacity(cal.len());
     let (mut pi, mut ri) = (0, 0);
     for c in cal {
+        // The id as borrowed from `transactions` (the summary's borrows the copy of the
+        // reference in `calibration`).
+        let customer_id: &'a K = *c.customer_id;
         // Both lists are sorted by customer: merge-join.
-        while pi < periods.len() && *periods[pi].0 < c.customer_id {
+        while pi < periods.len() && periods[pi].0 < customer_id {
             pi += 1;
         }
         let mut n_periods = 0usize;
-        while pi < periods.len() && *periods[pi].0 == c.customer_id {
+        while pi < periods.len() && periods[pi].0 == customer_id {
             n_periods += 1;
             pi += 1;
         }
-        while ri < raw.len() && *raw[ri].0 < c.customer_id {
+        while ri < raw.len() && raw[ri].0 < customer_id {
             ri += 1;
         }
         let (mut sum, mut n) = (0.0, 0usize);
-        while ri < raw.len() && *raw[ri].0 == c.customer_id {
+        while ri < raw.len() && raw[ri].0 == customer_id {
             sum += raw[ri].1;
             n += 1;
             ri += 1;
         }
         out.push(CalibrationHoldout {
-            customer_id: c.customer_id,
+            customer_id,
             frequency_cal: c.frequency,
             recency_cal: c.recency,
             t_cal: c.t,
@@ -736,7 +745,7 @@ mod tests {
         };
         let s = summary_from_transactions(&tx, &opts).unwrap();
         assert_eq!(s.len(), 2);
-        assert_eq!(s[0].customer_id, "a");
+        assert_eq!(*s[0].customer_id, "a");
         assert_eq!((s[0].frequency, s[0].recency, s[0].t), (2.0, 8.0, 9.0));
         assert_eq!(s[0].monetary_value, 30.0);
         assert_eq!((s[1].frequency, s[1].recency, s[1].t), (0.0, 0.0, 2.0));

@@ -65,7 +65,7 @@ fn sample_summary_matches_published_calibration_summary() {
     );
     let mut worst = 0.0f64;
     for (c, r) in s.iter().zip(&rows) {
-        assert_eq!(c.customer_id, r[iid].parse::<u32>().unwrap());
+        assert_eq!(*c.customer_id, r[iid].parse::<u32>().unwrap());
         assert_eq!(
             c.frequency,
             r[ix].parse::<f64>().unwrap(),
@@ -99,17 +99,14 @@ fn master_log_restricted_to_the_sample_gives_the_same_summary() {
     let mut ids: Vec<(u32, u32)> = sample.iter().map(|(m, t)| (*m, t.customer_id)).collect();
     ids.sort();
     ids.dedup();
-    let from_sample = summary_from_transactions(
-        &sample.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>(),
-        &weeks_in_days(end),
-    )
-    .unwrap();
+    let sample_log: Vec<Transaction<u32>> = sample.iter().map(|(_, t)| t.clone()).collect();
+    let from_sample = summary_from_transactions(&sample_log, &weeks_in_days(end)).unwrap();
     for (master_id, sample_id) in ids {
         let a = &full[full
-            .binary_search_by_key(&master_id, |c| c.customer_id)
+            .binary_search_by_key(&master_id, |c| *c.customer_id)
             .unwrap()];
         let b = &from_sample[from_sample
-            .binary_search_by_key(&sample_id, |c| c.customer_id)
+            .binary_search_by_key(&sample_id, |c| *c.customer_id)
             .unwrap()];
         assert_eq!((a.frequency, a.recency, a.t), (b.frequency, b.recency, b.t));
         assert!((a.monetary_value - b.monetary_value).abs() < 1e-9);

@@ -213,7 +213,7 @@ fn read_transactions(
 /// being alive, expected order value and discounted CLV.
 fn write_predictions(
     path: &std::path::Path,
-    summary: &[kith_clv::summary::CustomerSummary<String>],
+    summary: &[kith_clv::summary::CustomerSummary<&String>],
     bg: &BgNbd,
     gg: &GammaGamma,
     horizon: f64,
