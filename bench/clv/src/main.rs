@@ -195,10 +195,24 @@ fn run(path: Option<String>, calibration_end: Option<String>, repeat: usize) -> 
     if let Ok(step) = std::env::var("PROFILE_STEP") {
         for _ in 0..2000 {
             match step.as_str() {
-                "bg" => { let _ = BgNbd::fit(&rfm, &FitOptions::default()); }
-                "mbg" => { let _ = ModifiedBgNbd::fit(&rfm, &FitOptions::default()); }
-                "summary" => { let _ = summary_from_transactions(&transactions, &options); }
-                _ => { let _ = GammaGamma::fit(&spend, &GammaGammaOptions { max_abs_correlation: None, ..GammaGammaOptions::default() }); }
+                "bg" => {
+                    let _ = BgNbd::fit(&rfm, &FitOptions::default());
+                }
+                "mbg" => {
+                    let _ = ModifiedBgNbd::fit(&rfm, &FitOptions::default());
+                }
+                "summary" => {
+                    let _ = summary_from_transactions(&transactions, &options);
+                }
+                _ => {
+                    let _ = GammaGamma::fit(
+                        &spend,
+                        &GammaGammaOptions {
+                            max_abs_correlation: None,
+                            ..GammaGammaOptions::default()
+                        },
+                    );
+                }
             }
         }
         return Ok(());

@@ -535,7 +535,7 @@ pub fn calibration_and_holdout<'a, K: Ord + Sync>(
     for c in cal {
         // The id as borrowed from `transactions` (the summary's borrows the copy of the
         // reference in `calibration`).
-        let customer_id: &'a K = *c.customer_id;
+        let customer_id: &'a K = c.customer_id;
         // Both lists are sorted by customer: merge-join.
         while pi < periods.len() && periods[pi].0 < customer_id {
             pi += 1;
