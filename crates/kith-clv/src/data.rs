@@ -364,14 +364,31 @@ pub(crate) fn every_step(weights: &[f64], step: f64) -> impl Iterator<Item = (us
 /// Values must be finite (NaN has no place in the order).
 pub(crate) fn rank_values(values: impl ExactSizeIterator<Item = f64>) -> (Vec<f64>, Vec<u32>) {
     let mut id_of: hashbrown::HashMap<u64, u32> = hashbrown::HashMap::new();
+    // Small whole numbers (frequencies are counts) are looked up by value, without hashing.
+    const SMALL: f64 = 4096.0;
+    let mut id_of_small: Vec<u32> = Vec::new();
     let mut distinct: Vec<f64> = Vec::new();
     let mut ids = Vec::with_capacity(values.len());
     for v in values {
         let v = v + 0.0; // −0 and +0 are one value
-        ids.push(*id_of.entry(v.to_bits()).or_insert_with(|| {
+        let mut new_id = || {
             distinct.push(v);
             (distinct.len() - 1) as u32
-        }));
+        };
+        // (`v as usize` truncates; comparing back tells whole numbers without a call to trunc.)
+        let id = if (0.0..SMALL).contains(&v) && (v as usize) as f64 == v {
+            let at = v as usize;
+            if id_of_small.len() <= at {
+                id_of_small.resize(at + 1, u32::MAX);
+            }
+            if id_of_small[at] == u32::MAX {
+                id_of_small[at] = new_id();
+            }
+            id_of_small[at]
+        } else {
+            *id_of.entry(v.to_bits()).or_insert_with(new_id)
+        };
+        ids.push(id);
     }
     let mut order: Vec<u32> = (0..distinct.len() as u32).collect();
     order.sort_unstable_by(|&i, &j| distinct[i as usize].total_cmp(&distinct[j as usize]));
@@ -669,6 +686,11 @@ mod tests {
         let (sorted, ranks) = rank_values([3.0, -0.0, 1.5, 3.0, 0.0].into_iter());
         assert_eq!(sorted, vec![0.0, 1.5, 3.0]);
         assert_eq!(ranks, vec![2, 0, 1, 2, 0]);
+        // Whole numbers below and above the directly indexed range, and fractions, rank as one.
+        let values = [5000.0, 2.0, 4095.0, 2.5, 1e9, 2.0, 4096.0, 0.25];
+        let (mixed_sorted, mixed_ranks) = rank_values(values.into_iter());
+        assert_eq!(mixed_sorted, vec![0.25, 2.0, 2.5, 4095.0, 4096.0, 5000.0, 1e9]);
+        assert_eq!(mixed_ranks, vec![5, 1, 3, 2, 6, 1, 4, 0]);
         // Rows 0..5 by rank, ties kept in the order given.
         assert_eq!(
             stable_sort_by_rank(&[4, 3, 2, 1, 0], &ranks, sorted.len()),

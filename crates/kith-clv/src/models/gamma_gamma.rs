@@ -311,20 +311,28 @@ fn derivative_rows(v: &[f64; 3], g: &SpendGroups, from: usize, to: usize) -> Nat
 }
 
 fn weighted_pearson(rows: &[(f64, f64, f64)]) -> f64 {
-    let w: f64 = rows.iter().map(|r| r.2).sum();
-    let mx = rows.iter().map(|r| r.0 * r.2).sum::<f64>() / w;
-    let my = rows.iter().map(|r| r.1 * r.2).sum::<f64>() / w;
-    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
-    for &(x, y, wi) in rows {
-        sxy += wi * (x - mx) * (y - my);
-        sxx += wi * (x - mx) * (x - mx);
-        syy += wi * (y - my) * (y - my);
+    // One pass over values shifted by the first row's (the shift keeps the sums of squares from
+    // cancelling when the values sit far from zero).
+    let Some(&(x0, y0, _)) = rows.first() else {
+        return 0.0;
+    };
+    let (mut sw, mut sx, mut sy, mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for &(x, y, w) in rows {
+        let (dx, dy) = (x - x0, y - y0);
+        sw += w;
+        sx += w * dx;
+        sy += w * dy;
+        sxx += w * dx * dx;
+        syy += w * dy * dy;
+        sxy += w * dx * dy;
     }
-    if sxx <= 0.0 || syy <= 0.0 {
+    let (mx, my) = (sx / sw, sy / sw);
+    let (cxx, cyy, cxy) = (sxx / sw - mx * mx, syy / sw - my * my, sxy / sw - mx * my);
+    if cxx <= 0.0 || cyy <= 0.0 {
         // No variation in one variable: no linear association to speak of.
         return 0.0;
     }
-    sxy / (sxx * syy).sqrt()
+    (cxy / (cxx * cyy).sqrt()).clamp(-1.0, 1.0)
 }
 
 impl GammaGamma {
