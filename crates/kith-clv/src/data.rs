@@ -689,7 +689,10 @@ mod tests {
         // Whole numbers below and above the directly indexed range, and fractions, rank as one.
         let values = [5000.0, 2.0, 4095.0, 2.5, 1e9, 2.0, 4096.0, 0.25];
         let (mixed_sorted, mixed_ranks) = rank_values(values.into_iter());
-        assert_eq!(mixed_sorted, vec![0.25, 2.0, 2.5, 4095.0, 4096.0, 5000.0, 1e9]);
+        assert_eq!(
+            mixed_sorted,
+            vec![0.25, 2.0, 2.5, 4095.0, 4096.0, 5000.0, 1e9]
+        );
         assert_eq!(mixed_ranks, vec![5, 1, 3, 2, 6, 1, 4, 0]);
         // Rows 0..5 by rank, ties kept in the order given.
         assert_eq!(
