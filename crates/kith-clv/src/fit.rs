@@ -277,9 +277,12 @@ fn fit_model_with<P: ParamVector<N>, const N: usize>(
         return finish(at, optim::norm_inf(&g), h, pen, total_weight, evaluations);
     }
     // Stage 2: damped Newton on finite-difference derivatives to full precision.
-    let (mut best_newton, mut hess_at) = optim::newton(&mut obj, best, 100, 1e-8);
-    best = best_newton;
-    let mut gnorm = optim::gradient_norm(&mut obj, &best.x);
+    let found = optim::newton(&mut obj, best, 100, 1e-8);
+    best = found.best;
+    let mut hess_at = found.hessian_at;
+    let mut gnorm = found
+        .gradient_norm
+        .unwrap_or_else(|| optim::gradient_norm(&mut obj, &best.x));
     // Fallback, rarely needed: restart Nelder–Mead with a fresh small simplex (a collapsed
     // simplex or a saddle can stall the first pass), then L-BFGS, then Newton again.
     for _ in 0..2 {
@@ -297,9 +300,12 @@ fn fit_model_with<P: ParamVector<N>, const N: usize>(
                 ..lb
             };
         }
-        (best_newton, hess_at) = optim::newton(&mut obj, best, 100, 1e-8);
-        best = best_newton;
-        gnorm = optim::gradient_norm(&mut obj, &best.x);
+        let found = optim::newton(&mut obj, best, 100, 1e-8);
+        best = found.best;
+        hess_at = found.hessian_at;
+        gnorm = found
+            .gradient_norm
+            .unwrap_or_else(|| optim::gradient_norm(&mut obj, &best.x));
     }
 
     if !best.f.is_finite() || best.x.iter().any(|v| !v.is_finite()) {
