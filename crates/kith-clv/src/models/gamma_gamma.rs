@@ -18,7 +18,7 @@ use crate::fit::{
     FitOptions, Fitted, NaturalDerivatives, ParamVector, fit_model_exact, warm_start,
 };
 use crate::models::{TransactionModel, finite};
-use crate::special::{digamma, ln_gamma, trigamma};
+use crate::special::{digamma_trigamma, ln_gamma};
 
 /// Gamma-Gamma parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -270,7 +270,7 @@ fn mean_nll_derivatives(v: &[f64; 3], g: &SpendGroups) -> NaturalDerivatives<3> 
 /// `from..to` and the groups that start there.
 fn derivative_rows(v: &[f64; 3], g: &SpendGroups, from: usize, to: usize) -> NaturalDerivatives<3> {
     let [p, q, gamma] = *v;
-    let (psi_q, tri_q, ln_gamma_) = (digamma(q), trigamma(q), gamma.ln());
+    let ((psi_q, tri_q), ln_gamma_) = (digamma_trigamma(q), gamma.ln());
     let base = -ln_gamma(q) + q * ln_gamma_;
     let mut ll = 0.0;
     let mut grad = [0.0; 3];
@@ -279,8 +279,8 @@ fn derivative_rows(v: &[f64; 3], g: &SpendGroups, from: usize, to: usize) -> Nat
         let x = g.frequency[k];
         let (a, px) = (p * x + q, p * x);
         if starts {
-            let (psi_a, tri_a) = (digamma(a), trigamma(a));
-            let (psi_px, tri_px) = (digamma(px), trigamma(px));
+            let (psi_a, tri_a) = digamma_trigamma(a);
+            let (psi_px, tri_px) = digamma_trigamma(px);
             let gw = g.group_weight[k];
             ll += gw * (ln_gamma(a) - ln_gamma(px) + base + px * g.ln_frequency[k]);
             // Terms of the customer's x alone.

@@ -19,7 +19,7 @@ pub use pareto::ParetoNbd;
 use crate::data::{Rfm, RfmGroups, RowCost, clip_groups, split_sum};
 use crate::error::NumericError;
 use crate::fit::NaturalDerivatives;
-use crate::special::{digamma, ln_gamma, trigamma};
+use crate::special::{digamma_trigamma, ln_gamma};
 
 /// A fitted continuous-time model of repeat purchasing.
 pub trait TransactionModel {
@@ -251,9 +251,9 @@ fn bg_family_rows(
     to: usize,
 ) -> NaturalDerivatives<4> {
     let [r, alpha, a, b] = *p;
-    let (psi_r, tri_r) = (digamma(r), trigamma(r));
-    let (psi_b, tri_b) = (digamma(b), trigamma(b));
-    let (psi_ab, tri_ab) = (digamma(a + b), trigamma(a + b));
+    let (psi_r, tri_r) = digamma_trigamma(r);
+    let (psi_b, tri_b) = digamma_trigamma(b);
+    let (psi_ab, tri_ab) = digamma_trigamma(a + b);
     let ln_alpha = alpha.ln();
     let (lg_r, lg_b, lg_ab) = (ln_gamma(r), ln_gamma(b), ln_gamma(a + b));
     let mut ll = 0.0;
@@ -265,17 +265,18 @@ fn bg_family_rows(
         let rx = r + x;
         if starts {
             let gw = g.group_weight[k];
-            let (psi_abx, tri_abx) = (digamma(a + b + x + s), trigamma(a + b + x + s));
-            let (psi_bx, tri_bx) = (digamma(b + x + s), trigamma(b + x + s));
+            let (psi_abx, tri_abx) = digamma_trigamma(a + b + x + s);
+            let (psi_bx, tri_bx) = digamma_trigamma(b + x + s);
+            let (psi_rx, tri_rx) = digamma_trigamma(rx);
             ll += gw
                 * (ln_gamma(rx) - lg_r + r * ln_alpha + lg_ab + ln_gamma(b + x + s)
                     - lg_b
                     - ln_gamma(a + b + x + s));
-            grad[0] += gw * (digamma(rx) - psi_r + ln_alpha);
+            grad[0] += gw * (psi_rx - psi_r + ln_alpha);
             grad[1] += gw * r / alpha;
             grad[2] += gw * (psi_ab - psi_abx);
             grad[3] += gw * (psi_ab + psi_bx - psi_b - psi_abx);
-            hess[0][0] += gw * (trigamma(rx) - tri_r);
+            hess[0][0] += gw * (tri_rx - tri_r);
             hess[0][1] += gw / alpha;
             hess[1][1] -= gw * r / (alpha * alpha);
             hess[2][2] += gw * (tri_ab - tri_abx);
