@@ -10,6 +10,11 @@
 //! BG/NBD, Pareto/NBD, MBG/NBD and Gamma-Gamma (on repeat customers with a positive mean spend,
 //! which `lifetimes` requires), and scoring everyone (expected purchases over 39 weeks, P(alive)
 //! and 12-month CLV). Prints one JSON document: median seconds of each step, parameters, checks.
+//!
+//! With `--profile STEP` (summary, bg_nbd, pareto_nbd, mbg_nbd or gamma_gamma) `run` runs only
+//! that step, `--repeat` times, and prints each run's milliseconds: attach a profiler
+//! (`perf record -g -- kith-clv-bench run ... --profile bg_nbd --repeat 2000`) or look at the
+//! spread.
 
 use std::time::Instant;
 
@@ -44,8 +49,9 @@ fn main() {
             flag("--transactions"),
             flag("--calibration-end"),
             flag("--repeat").and_then(|r| r.parse().ok()).unwrap_or(3),
+            flag("--profile"),
         ),
-        _ => Err("usage: kith-clv-bench generate --customers N --out FILE [--seed S]\n       kith-clv-bench run --transactions FILE --calibration-end YYYY-MM-DD [--repeat N]".into()),
+        _ => Err("usage: kith-clv-bench generate --customers N --out FILE [--seed S]\n       kith-clv-bench run --transactions FILE --calibration-end YYYY-MM-DD [--repeat N] [--profile STEP]".into()),
     };
     if let Err(message) = result {
         eprintln!("{message}");
@@ -169,7 +175,33 @@ fn params(value: Value) -> Value {
         .unwrap_or(value)
 }
 
-fn run(path: Option<String>, calibration_end: Option<String>, repeat: usize) -> Result<(), String> {
+/// Runs one step `repeat` times and prints each run's milliseconds, one per line, then the
+/// median: for a profiler attached to the process, or to see how a step's time spreads.
+/// `step` returns false for a step it does not know.
+fn profile(name: &str, repeat: usize, mut step: impl FnMut() -> bool) -> Result<(), String> {
+    let mut times = Vec::with_capacity(repeat);
+    for _ in 0..repeat.max(1) {
+        let start = Instant::now();
+        if !step() {
+            return Err(format!(
+                "--profile {name}: one of summary, bg_nbd, pareto_nbd, mbg_nbd, gamma_gamma"
+            ));
+        }
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        println!("{ms:.3}");
+        times.push(ms);
+    }
+    times.sort_by(f64::total_cmp);
+    println!("median {:.3} ms", times[times.len() / 2]);
+    Ok(())
+}
+
+fn run(
+    path: Option<String>,
+    calibration_end: Option<String>,
+    repeat: usize,
+    profile_step: Option<String>,
+) -> Result<(), String> {
     let path = path.ok_or("--transactions FILE is required")?;
     let end_text = calibration_end.ok_or("--calibration-end YYYY-MM-DD is required")?;
     let end: NaiveDateTime = NaiveDate::parse_from_str(&end_text, "%Y-%m-%d")
@@ -192,30 +224,24 @@ fn run(path: Option<String>, calibration_end: Option<String>, repeat: usize) -> 
         .filter(|c| c.frequency > 0.0 && c.monetary_value > 0.0)
         .map(|c| c.spend())
         .collect();
-    if let Ok(step) = std::env::var("PROFILE_STEP") {
-        for _ in 0..2000 {
+    if let Some(step) = profile_step {
+        return profile(&step, repeat, || {
             match step.as_str() {
-                "bg" => {
-                    let _ = BgNbd::fit(&rfm, &FitOptions::default());
-                }
-                "mbg" => {
-                    let _ = ModifiedBgNbd::fit(&rfm, &FitOptions::default());
-                }
-                "summary" => {
-                    let _ = summary_from_transactions(&transactions, &options);
-                }
-                _ => {
-                    let _ = GammaGamma::fit(
-                        &spend,
-                        &GammaGammaOptions {
-                            max_abs_correlation: None,
-                            ..GammaGammaOptions::default()
-                        },
-                    );
-                }
+                "summary" => drop(summary_from_transactions(&transactions, &options)),
+                "bg_nbd" => drop(BgNbd::fit(&rfm, &FitOptions::default())),
+                "pareto_nbd" => drop(ParetoNbd::fit(&rfm, &FitOptions::default())),
+                "mbg_nbd" => drop(ModifiedBgNbd::fit(&rfm, &FitOptions::default())),
+                "gamma_gamma" => drop(GammaGamma::fit(
+                    &spend,
+                    &GammaGammaOptions {
+                        max_abs_correlation: None,
+                        ..GammaGammaOptions::default()
+                    },
+                )),
+                _ => return false,
             }
-        }
-        return Ok(());
+            true
+        });
     }
     let (bg_s, bg) = timed(repeat, || BgNbd::fit(&rfm, &FitOptions::default()));
     let bg = bg.map_err(|e| format!("BG/NBD: {e}"))?;
