@@ -360,6 +360,21 @@ pub(crate) fn every_step(weights: &[f64], step: f64) -> impl Iterator<Item = (us
     })
 }
 
+/// [`every_step`] over rows grouped by `bounds`: (group, row, weight drawn) in row order.
+pub(crate) fn every_step_in_groups<'a>(
+    bounds: &'a [(usize, usize)],
+    weights: &'a [f64],
+    step: f64,
+) -> impl Iterator<Item = (usize, usize, f64)> + 'a {
+    let mut group = 0;
+    every_step(weights, step).map(move |(row, w)| {
+        while bounds[group].1 <= row {
+            group += 1;
+        }
+        (group, row, w)
+    })
+}
+
 /// The distinct values among `values`, ascending, and the position of each value among them.
 /// Values must be finite (NaN has no place in the order).
 pub(crate) fn rank_values(values: impl ExactSizeIterator<Item = f64>) -> (Vec<f64>, Vec<u32>) {
@@ -569,11 +584,7 @@ impl RfmGroups {
             }
             *slot
         };
-        let mut group = 0;
-        for (i, w) in every_step(&self.weight, step) {
-            while self.bounds[group].1 <= i {
-                group += 1;
-            }
+        for (group, i, w) in every_step_in_groups(&self.bounds, &self.weight, step) {
             if sample.frequency.last() != Some(&self.frequency[group]) {
                 let n = sample.recency.len();
                 sample.frequency.push(self.frequency[group]);

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::data::{
-    Rfm, RowCost, Spend, check_weights, clip_groups, every_step, merge_rows, rank_values,
+    Rfm, RowCost, Spend, check_weights, clip_groups, every_step_in_groups, merge_rows, rank_values,
     split_sum, stable_sort_by_rank,
 };
 use crate::error::{FitError, NumericError};
@@ -225,11 +225,7 @@ impl SpendGroups {
             weight: Vec::new(),
             total_weight: 0.0,
         };
-        let mut group = 0;
-        for (i, w) in every_step(&self.weight, step) {
-            while self.bounds[group].1 <= i {
-                group += 1;
-            }
+        for (group, i, w) in every_step_in_groups(&self.bounds, &self.weight, step) {
             if sample.frequency.last() != Some(&self.frequency[group]) {
                 let n = sample.monetary.len();
                 sample.frequency.push(self.frequency[group]);
