@@ -212,7 +212,7 @@ impl SpendGroups {
 }
 
 impl SpendGroups {
-    /// A sample of every `step`-th customer ([`every_step`]) for a warm start (see
+    /// A sample of every `step`-th customer ([`crate::data::every_step`]) for a warm start (see
     /// [`crate::fit::warm_start`]).
     fn sample(&self, step: f64) -> SpendGroups {
         let mut sample = SpendGroups {
