@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -47,6 +48,8 @@ pub struct EventTable {
     path: PathBuf,
     schema: SchemaRef,
     stats_columns: &'static str,
+    /// Whether flushes write their rows ordered by event name ([`EventTable::cluster_flushes`]).
+    clustered: AtomicBool,
     inner: RwLock<Inner>,
 }
 
@@ -63,6 +66,7 @@ impl EventTable {
             path,
             schema,
             stats_columns,
+            clustered: AtomicBool::new(false),
             inner: RwLock::new(Inner {
                 delta,
                 committed_seq,
@@ -129,6 +133,40 @@ impl EventTable {
         }
     }
 
+    /// Makes later flushes write their rows ordered by event name (ties in journal order), for
+    /// tables that have an `event` column.
+    ///
+    /// Analyses read the events of a few names: purchases for RFM and CLV, a funnel's steps.
+    /// With each file's names in runs, the Parquet page index lets a scan skip the pages of
+    /// every other name (RFM over ten million imported events: 0.39 → 0.20 s; the scan alone
+    /// 0.8 → 0.16 s of CPU). The ordering copies the flushed rows once, which a bulk load
+    /// hardly notices (139 → 143 s for those ten million events) but the server's ingest path
+    /// would: 1.2 µs more an event, a seventh of its cost, so it is for bulk loads.
+    pub fn cluster_flushes(&self, on: bool) {
+        self.clustered.store(on, Ordering::Relaxed);
+    }
+
+    /// `batches` as one batch ordered by (event, ingest_seq); as they are without those columns.
+    fn ordered_by_event(&self, batches: &[RecordBatch]) -> Result<Vec<RecordBatch>, LakeError> {
+        use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+        let failed = |e: arrow::error::ArrowError| {
+            LakeError::Delta(format!("ordering the rows of {} by event: {e}", self.name))
+        };
+        let all = concat_batches(&self.schema, batches).map_err(failed)?;
+        let (Some(event), Some(seq)) = (
+            all.column_by_name("event"),
+            all.column_by_name("ingest_seq"),
+        ) else {
+            return Ok(vec![all]);
+        };
+        let keys = [event, seq].map(|values| SortColumn {
+            values: values.clone(),
+            options: None,
+        });
+        let order = lexsort_to_indices(&keys, None).map_err(failed)?;
+        Ok(vec![take_record_batch(&all, &order).map_err(failed)?])
+    }
+
     /// Writes the buffered rows to Delta in one commit, recording the journal position. Rows
     /// added meanwhile stay buffered. Returns the rows written.
     pub async fn flush(&self) -> Result<usize, LakeError> {
@@ -152,6 +190,11 @@ impl EventTable {
         };
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let started = Instant::now();
+        let batches = if self.clustered.load(Ordering::Relaxed) {
+            self.ordered_by_event(&batches)?
+        } else {
+            batches
+        };
         let table = match delta {
             Some(table) => table,
             None => {

@@ -50,12 +50,17 @@ impl Destination {
             kith_journal::JournalOptions::default(),
         ));
         match opened {
-            Ok(pipeline) => Ok(Destination::Offline {
-                pipeline,
-                runtime,
-                tally: Arc::default(),
-                last_seq: Default::default(),
-            }),
+            Ok(pipeline) => {
+                // A bulk load: its files are written with the event names in runs, which
+                // analyses reading a few names scan far faster (see `cluster_flushes`).
+                pipeline.lake.events.cluster_flushes(true);
+                Ok(Destination::Offline {
+                    pipeline,
+                    runtime,
+                    tally: Arc::default(),
+                    last_seq: Default::default(),
+                })
+            }
             Err(ServerError::DataDirLocked(dir)) => {
                 let Some(server) = kith_server::local::find(data_dir) else {
                     bail!(
