@@ -88,11 +88,22 @@ impl IdentityIndex {
     /// The owner of events attributed by `key_type` = `value`; `None` for an email no profile
     /// holds (such records are left out, as in SQL).
     pub fn owner(&self, key_type: KeyType, value: &str) -> Option<Owner> {
-        match self.by_type[key_type as usize].get(value) {
-            Some(&number) => Some(Owner::Profile(number)),
+        match self.profile_number(key_type, value) {
+            Some(number) => Some(Owner::Profile(number)),
             None if key_type == KeyType::Email => None,
             None => Some(Owner::Unattributed(format!("unattributed:{value}"))),
         }
+    }
+
+    /// The number of the profile holding `key_type` = `value`, if one does; without building an
+    /// owner (callers that see every event, not one group per key, avoid the allocation).
+    pub fn profile_number(&self, key_type: KeyType, value: &str) -> Option<u32> {
+        self.by_type[key_type as usize].get(value).copied()
+    }
+
+    /// How many profiles the index numbers (numbers run from 0 to this).
+    pub fn profiles(&self) -> usize {
+        self.profile_ids.len()
     }
 
     /// The profile id of an owner.
@@ -101,6 +112,39 @@ impl IdentityIndex {
             Owner::Profile(number) => &self.profile_ids[*number as usize],
             Owner::Unattributed(name) => name,
         }
+    }
+}
+
+/// Numbers for the owners of single events, for analyses that gather every event of a profile
+/// (funnels, paths) rather than aggregates per key: a profile keeps its number in the index,
+/// and an identifier no profile holds is numbered after them, as first seen (it counts as
+/// `unattributed:{identifier}`, as in SQL). No allocation for events of known profiles.
+pub struct OwnerNumbers<'a> {
+    index: &'a IdentityIndex,
+    unattributed: HashMap<String, u32>,
+}
+
+impl<'a> OwnerNumbers<'a> {
+    pub fn new(index: &'a IdentityIndex) -> Self {
+        OwnerNumbers {
+            index,
+            unattributed: HashMap::new(),
+        }
+    }
+
+    /// The number of the owner of an event keyed `id_type` = `id_value` (the columns of
+    /// [`crate::scope::Resolved::keyed_events`]); `None` for an event left out: no identifier at
+    /// all, or an email no profile holds.
+    pub fn number(&mut self, id_type: &str, id_value: Option<&str>) -> Option<u32> {
+        let (key_type, value) = (KeyType::parse(id_type)?, id_value?);
+        if let Some(number) = self.index.profile_number(key_type, value) {
+            return Some(number);
+        }
+        if key_type == KeyType::Email {
+            return None;
+        }
+        let next = (self.index.profiles() + self.unattributed.len()) as u32;
+        Some(*self.unattributed.entry_ref(value).or_insert(next))
     }
 }
 

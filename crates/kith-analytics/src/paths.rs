@@ -9,11 +9,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use arrow::array::AsArray;
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
 use serde::{Deserialize, Serialize};
 
 use crate::funnel::{parse_window, strings};
+use crate::identities::OwnerNumbers;
 use crate::scope::{Scope, sql_string};
 use crate::{AnalyticsError, Data};
 
@@ -196,24 +197,37 @@ impl PathDefinition {
         let label = "CASE WHEN e.type = 'track' THEN e.event \
                      WHEN e.type IN ('page', 'screen') THEN CONCAT(e.type, ': ', COALESCE(e.event, e.page_path, '')) \
                      ELSE e.type END";
-        let base = scope.attributed_events(
+        // Events with their attribution key, attributed here through the identity index rather
+        // than by a join in SQL (see the funnel's `run`).
+        let base = scope.keyed_events(
             &extra,
+            &[],
             &format!("CAST(e.timestamp AS BIGINT) AS micros, {label} AS label"),
         );
-        let sql = format!("WITH base AS ({base}) SELECT profile_id, micros, label FROM base");
+        let sql = format!(
+            "WITH base AS ({base}) SELECT id_type, id_value, micros, label, keep FROM base"
+        );
         // Streamed in any order and kept compactly (16 bytes an event); sorted here.
         let mut rows: Vec<(u32, i64, u32)> = Vec::with_capacity(data.event_count().await?);
-        let mut profiles: HashMap<String, u32> = HashMap::new();
+        let mut owners = OwnerNumbers::new(data.identity_index());
         let mut labels: Vec<String> = Vec::new();
         let mut label_ids: HashMap<String, u32> = HashMap::new();
         data.lake
             .query_each(&sql, &data.limits, data.tables.clone(), |batch| {
-                let profile = strings(batch.column(0).as_ref());
-                let micros = batch.column(1).as_primitive::<Int64Type>();
-                let label = strings(batch.column(2).as_ref());
+                let id_type = strings(batch.column(0).as_ref());
+                let id_value = strings(batch.column(1).as_ref());
+                let micros = batch.column(2).as_primitive::<Int64Type>();
+                let label = strings(batch.column(3).as_ref());
+                let keep = batch.column(4).as_boolean();
                 for row in 0..batch.num_rows() {
-                    let next = profiles.len() as u32;
-                    let p = *profiles.entry(profile(row).to_string()).or_insert(next);
+                    // Outside the scope (time range, filters)?
+                    if !keep.is_valid(row) || !keep.value(row) {
+                        continue;
+                    }
+                    let id_value = batch.column(1).is_valid(row).then(|| id_value(row));
+                    let Some(p) = owners.number(id_type(row), id_value) else {
+                        continue;
+                    };
                     let l = match label_ids.get(label(row)) {
                         Some(id) => *id,
                         None => {
@@ -227,7 +241,7 @@ impl PathDefinition {
                 }
             })
             .await?;
-        drop(profiles);
+        drop(owners);
         // At one instant, events go in the order of their labels: the answer never depends on
         // how rows happened to be stored.
         let mut rank = vec![0u32; labels.len()];
