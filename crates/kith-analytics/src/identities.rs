@@ -122,6 +122,8 @@ impl IdentityIndex {
 pub struct OwnerNumbers<'a> {
     index: &'a IdentityIndex,
     unattributed: HashMap<String, u32>,
+    /// The unattributed identifiers by number (less the profiles'), for [`OwnerNumbers::name`].
+    unattributed_values: Vec<String>,
 }
 
 impl<'a> OwnerNumbers<'a> {
@@ -129,6 +131,22 @@ impl<'a> OwnerNumbers<'a> {
         OwnerNumbers {
             index,
             unattributed: HashMap::new(),
+            unattributed_values: Vec::new(),
+        }
+    }
+
+    /// A bound on the numbers given out so far: every one is below it.
+    pub fn bound(&self) -> usize {
+        self.index.profiles() + self.unattributed_values.len()
+    }
+
+    /// The profile id an owner's number stands for (`unattributed:{identifier}` for an
+    /// identifier no profile holds).
+    pub fn name(&self, number: u32) -> String {
+        let number = number as usize;
+        match number.checked_sub(self.index.profiles()) {
+            None => self.index.profile_ids[number].clone(),
+            Some(at) => format!("unattributed:{}", self.unattributed_values[at]),
         }
     }
 
@@ -143,8 +161,12 @@ impl<'a> OwnerNumbers<'a> {
         if key_type == KeyType::Email {
             return None;
         }
-        let next = (self.index.profiles() + self.unattributed.len()) as u32;
-        Some(*self.unattributed.entry_ref(value).or_insert(next))
+        let next = self.bound() as u32;
+        let number = *self.unattributed.entry_ref(value).or_insert(next);
+        if number == next {
+            self.unattributed_values.push(value.to_string());
+        }
+        Some(number)
     }
 }
 

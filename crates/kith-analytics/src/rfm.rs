@@ -10,14 +10,12 @@
 
 use std::collections::BTreeMap;
 
-use hashbrown::HashMap;
-
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, Int64Type};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::identities::{KeyType, Owner};
+use crate::identities::OwnerNumbers;
 use crate::scope::{FieldRef, Scope, sql_string};
 use crate::{AnalyticsError, Data};
 
@@ -244,9 +242,9 @@ impl RfmDefinition {
         every_profile: bool,
     ) -> Result<(RfmReport, Vec<RfmScore>), AnalyticsError> {
         let (sql, as_of) = self.aggregates_sql()?;
-        let identities = data.identity_index();
-        // Per owner: last purchase, purchases, value, breakdown of the last purchase.
-        let mut owners: HashMap<Owner, (i64, u64, f64, String)> = HashMap::new();
+        let mut owners = OwnerNumbers::new(data.identity_index());
+        // Per owner (by number): last purchase, purchases, value, breakdown of the last purchase.
+        let mut bought: Vec<Option<(i64, u64, f64, String)>> = Vec::new();
         data.lake
             .query_each(&sql, &data.limits, data.tables.clone(), |batch| {
                 let id_type = crate::funnel::strings(batch.column(0).as_ref());
@@ -256,14 +254,13 @@ impl RfmDefinition {
                 let value = batch.column(4).as_primitive::<Float64Type>();
                 let breakdown = crate::funnel::strings(batch.column(5).as_ref());
                 for row in 0..batch.num_rows() {
-                    // Keys whose purchases all fall outside the scope, and events with no
-                    // identifier at all (a NULL key, read as an email no profile holds).
+                    // Keys whose purchases all fall outside the scope.
                     if frequency.value(row) <= 0 || last.is_null(row) {
                         continue;
                     }
-                    let Some(owner) = KeyType::parse(id_type(row))
-                        .and_then(|t| identities.owner(t, id_value(row)))
-                    else {
+                    // No identifier at all, or an email no profile holds: left out.
+                    let id_value = batch.column(1).is_valid(row).then(|| id_value(row));
+                    let Some(owner) = owners.number(id_type(row), id_value) else {
                         continue;
                     };
                     let value = if value.is_null(row) {
@@ -272,7 +269,10 @@ impl RfmDefinition {
                         value.value(row)
                     };
                     let (last, frequency) = (last.value(row), frequency.value(row).max(0) as u64);
-                    match owners.get_mut(&owner) {
+                    if bought.len() <= owner as usize {
+                        bought.resize(owners.bound().max(owner as usize + 1), None);
+                    }
+                    match &mut bought[owner as usize] {
                         // A profile several identifiers lead to (merged): the groups combine.
                         Some(entry) => {
                             if last > entry.0 {
@@ -282,28 +282,25 @@ impl RfmDefinition {
                             entry.1 += frequency;
                             entry.2 += value;
                         }
-                        None => {
-                            owners.insert(
-                                owner,
-                                (last, frequency, value, breakdown(row).to_string()),
-                            );
-                        }
+                        slot => *slot = Some((last, frequency, value, breakdown(row).to_string())),
                     }
                 }
             })
             .await?;
         // Value rounded to cents, so engines summing in another order rank it the same.
-        let buyers: Vec<Buyer> = owners
+        let buyers: Vec<Buyer> = bought
             .into_iter()
-            .map(
-                |(owner, (last_micros, frequency, value, breakdown))| Buyer {
-                    profile_id: identities.name(&owner).to_string(),
+            .enumerate()
+            .filter_map(|(number, entry)| {
+                let (last_micros, frequency, value, breakdown) = entry?;
+                Some(Buyer {
+                    profile_id: owners.name(number as u32),
                     last_micros,
                     frequency,
                     monetary: (value * 100.0).round() / 100.0,
                     breakdown,
-                },
-            )
+                })
+            })
             .collect();
         let n = buyers.len();
         let r = quintiles(n, |a, b| buyers[a].last_micros.cmp(&buyers[b].last_micros));
