@@ -301,6 +301,18 @@ async fn a_record_that_does_not_decode_is_left_out_and_its_neighbours_kept() {
     );
 }
 
+/// The Parquet files of the events table's current Delta snapshot.
+fn events_files(lake: &Lake) -> Vec<std::path::PathBuf> {
+    lake.events
+        .view()
+        .delta
+        .unwrap()
+        .get_file_uris()
+        .unwrap()
+        .map(|uri| std::path::PathBuf::from(uri.trim_start_matches("file://")))
+        .collect()
+}
+
 /// The footer of a Parquet file: (column name, compression, has statistics) per column chunk.
 fn parquet_columns(file: &std::path::Path) -> Vec<(String, String, bool)> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -340,15 +352,7 @@ async fn compacted_files_keep_the_flush_settings_but_compress_harder() {
     let rows = scalar(&lake, "SELECT count(DISTINCT email) AS n FROM events").await;
     assert!(rows.contains("| 3 |"), "{rows}");
 
-    let compacted: Vec<std::path::PathBuf> = lake
-        .events
-        .view()
-        .delta
-        .unwrap()
-        .get_file_uris()
-        .unwrap()
-        .map(|uri| std::path::PathBuf::from(uri.trim_start_matches("file://")))
-        .collect();
+    let compacted = events_files(&lake);
     assert_eq!(compacted.len(), 1, "three flushes compacted into one file");
     assert!(!flushed.contains(&compacted[0]));
     for (files, codec) in [(&flushed, "LZ4_RAW"), (&compacted, "ZSTD(ZstdLevel(1))")] {
@@ -411,21 +415,11 @@ async fn clustered_flushes_write_rows_in_runs_of_event_names() {
             .collect();
         lake.ingest(records);
     };
-    let files = |lake: &Lake| -> Vec<std::path::PathBuf> {
-        lake.events
-            .view()
-            .delta
-            .unwrap()
-            .get_file_uris()
-            .unwrap()
-            .map(|uri| std::path::PathBuf::from(uri.trim_start_matches("file://")))
-            .collect()
-    };
 
     lake.events.cluster_flushes(true);
     ingest(1);
     lake.flush().await.unwrap();
-    let clustered = parquet_event_order(&files(&lake)[0]);
+    let clustered = parquet_event_order(&events_files(&lake)[0]);
     let mut expected: Vec<(String, u64)> = (1..=30)
         .map(|seq| (names[seq as usize % 3].to_string(), seq))
         .collect();
@@ -435,7 +429,7 @@ async fn clustered_flushes_write_rows_in_runs_of_event_names() {
     lake.events.cluster_flushes(false);
     ingest(31);
     lake.flush().await.unwrap();
-    let second = files(&lake)
+    let second = events_files(&lake)
         .into_iter()
         .map(|file| parquet_event_order(&file))
         .find(|rows| rows[0].1 == 31)
