@@ -5,7 +5,11 @@
 //! (same parsing and auth, nothing stored) for the ceiling. Reports accepted events/s, request
 //! latency p50/p99, the server's CPU time per event on each path and its peak RSS.
 //!
-//! Usage: kith-ingest-bench [--kith PATH] [--clients N] [--seconds S] [--batch N]
+//! With `--rounds N` the two runs alternate N times on the same server and the summary gives
+//! the medians: on a small shared machine one pair of runs can differ by a tenth from the next,
+//! so a single pair is not enough to tell whether the durable path reaches half the ceiling.
+//!
+//! Usage: kith-ingest-bench [--kith PATH] [--clients N] [--seconds S] [--batch N] [--rounds N]
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -21,10 +25,16 @@ struct Options {
     clients: usize,
     seconds: u64,
     batch: usize,
+    rounds: usize,
 }
 
-const USAGE: &str =
-    "usage: kith-ingest-bench [--kith PATH] [--clients N] [--seconds S] [--batch N]";
+const USAGE: &str = "usage: kith-ingest-bench [--kith PATH] [--clients N] [--seconds S] [--batch N] [--rounds N (1-5)]";
+
+/// Durable round `r` numbers its messageIds from `r * DURABLE_IDS_PER_ROUND`, so every round's
+/// events are new; the no-op runs store nothing and number theirs from `NOOP_IDS_FROM`.
+const DURABLE_IDS_PER_ROUND: u64 = 1_000_000_000;
+const NOOP_IDS_FROM: u64 = 5_000_000_000;
+const MAX_ROUNDS: usize = (NOOP_IDS_FROM / DURABLE_IDS_PER_ROUND) as usize;
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -32,6 +42,7 @@ fn parse_options() -> Result<Options, String> {
         clients: 8,
         seconds: 10,
         batch: 100,
+        rounds: 1,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |flag: &str, value: Option<&String>| -> Result<usize, String> {
@@ -50,6 +61,12 @@ fn parse_options() -> Result<Options, String> {
             "--clients" => options.clients = number("--clients", value)?,
             "--seconds" => options.seconds = number("--seconds", value)? as u64,
             "--batch" => options.batch = number("--batch", value)?,
+            "--rounds" => {
+                options.rounds = number("--rounds", value)?;
+                if options.rounds > MAX_ROUNDS {
+                    return Err(format!("--rounds is at most {MAX_ROUNDS}"));
+                }
+            }
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -209,6 +226,51 @@ fn drive(url: &str, write_key: &str, options: &Options, unique_from: u64) -> Run
     result
 }
 
+/// One path's run with the server CPU it cost.
+struct Measured {
+    run: RunResult,
+    /// Server CPU seconds from an idle server to idle again, so the run's last flush counts.
+    cpu_seconds: f64,
+}
+
+impl Measured {
+    fn events_per_second(&self) -> f64 {
+        self.run.events as f64 / self.run.elapsed.as_secs_f64()
+    }
+
+    /// Server CPU per accepted event: the cost of the path, free of the load generator's share
+    /// of the cores.
+    fn cpu_per_event_us(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.run.events.max(1) as f64
+    }
+}
+
+struct Round {
+    durable: Measured,
+    noop: Measured,
+}
+
+/// Runs `drive` once the server is idle and counts the server's CPU until it is idle again.
+fn measured(pid: u32, drive: impl FnOnce() -> RunResult) -> Measured {
+    wait_until_idle(pid);
+    let before = cpu_seconds(pid).unwrap_or(f64::NAN);
+    let run = drive();
+    wait_until_idle(pid);
+    Measured {
+        run,
+        cpu_seconds: cpu_seconds(pid).unwrap_or(f64::NAN) - before,
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -334,20 +396,28 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let pid = server.id();
-    wait_until_idle(pid);
-    let cpu_before = cpu_seconds(pid).unwrap_or(f64::NAN);
-    let durable = drive(&format!("{base}/v1/batch"), &write_key, &options, 0);
-    wait_until_idle(pid);
-    let cpu_durable = cpu_seconds(pid).unwrap_or(f64::NAN) - cpu_before;
-    let cpu_before = cpu_seconds(pid).unwrap_or(f64::NAN);
-    let noop = drive(
-        &format!("{base}/internal/noop/batch"),
-        &write_key,
-        &options,
-        5_000_000_000,
-    );
-    wait_until_idle(pid);
-    let cpu_noop = cpu_seconds(pid).unwrap_or(f64::NAN) - cpu_before;
+    let mut rounds = Vec::with_capacity(options.rounds);
+    for round in 0..options.rounds {
+        let durable_ids_from = round as u64 * DURABLE_IDS_PER_ROUND;
+        rounds.push(Round {
+            durable: measured(pid, || {
+                drive(
+                    &format!("{base}/v1/batch"),
+                    &write_key,
+                    &options,
+                    durable_ids_from,
+                )
+            }),
+            noop: measured(pid, || {
+                drive(
+                    &format!("{base}/internal/noop/batch"),
+                    &write_key,
+                    &options,
+                    NOOP_IDS_FROM,
+                )
+            }),
+        });
+    }
     let rss = peak_rss_mib(server.id());
 
     let stored: Value = {
@@ -379,37 +449,55 @@ fn main() {
     let table_bytes = parquet_bytes(&data_dir.join("tables").join("events"));
     let _ = std::fs::remove_dir_all(&data_dir);
 
-    let rate = |r: &RunResult| r.events as f64 / r.elapsed.as_secs_f64();
-    // Server CPU per accepted event, counted until the server is idle again: the cost of each
-    // path, free of the load generator's share of the cores and of run-to-run noise.
-    let cpu_per_event = |cpu: f64, r: &RunResult| cpu * 1e6 / r.events.max(1) as f64;
-    println!("| run | events/s | requests | failed | p50 ms | p99 ms | server CPU µs/event |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (name, run, cpu) in [
-        ("durable /v1/batch", &durable, cpu_durable),
-        ("no-op ceiling", &noop, cpu_noop),
-    ] {
-        println!(
-            "| {name} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} |",
-            rate(run),
-            run.requests,
-            run.failures,
-            percentile(&run.latencies_us, 0.50),
-            percentile(&run.latencies_us, 0.99),
-            cpu_per_event(cpu, run)
-        );
-    }
+    let acknowledged: u64 = rounds.iter().map(|r| r.durable.run.events).sum();
     println!(
-        "server CPU per event, no-op / durable = {:.2}",
-        cpu_per_event(cpu_noop, &noop) / cpu_per_event(cpu_durable, &durable)
+        "| round | run | events/s | requests | failed | p50 ms | p99 ms | server CPU µs/event |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    for (number, round) in rounds.iter().enumerate() {
+        for (name, path) in [
+            ("durable /v1/batch", &round.durable),
+            ("no-op ceiling", &round.noop),
+        ] {
+            println!(
+                "| {} | {name} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} |",
+                number + 1,
+                path.events_per_second(),
+                path.run.requests,
+                path.run.failures,
+                percentile(&path.run.latencies_us, 0.50),
+                percentile(&path.run.latencies_us, 0.99),
+                path.cpu_per_event_us()
+            );
+        }
+    }
+    let median_of = |value: &dyn Fn(&Round) -> f64| median(rounds.iter().map(value).collect());
+    println!(
+        "medians over {} round(s): durable {:.0} events/s, no-op {:.0} events/s; server CPU µs/event durable {:.2}, no-op {:.2}",
+        rounds.len(),
+        median_of(&|r| r.durable.events_per_second()),
+        median_of(&|r| r.noop.events_per_second()),
+        median_of(&|r| r.durable.cpu_per_event_us()),
+        median_of(&|r| r.noop.cpu_per_event_us()),
     );
     println!(
-        "durable / no-op = {:.2}; server peak RSS {:.0} MiB; stored rows {} (distinct ids {}), acknowledged {}",
-        rate(&durable) / rate(&noop).max(1.0),
+        "durable / no-op = {:.2} (median of the rounds' ratios: {}); server CPU per event, no-op / durable = {:.2}",
+        median_of(&|r| r.durable.events_per_second() / r.noop.events_per_second().max(1.0)),
+        rounds
+            .iter()
+            .map(|r| format!(
+                "{:.2}",
+                r.durable.events_per_second() / r.noop.events_per_second().max(1.0)
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
+        median_of(&|r| r.noop.cpu_per_event_us() / r.durable.cpu_per_event_us()),
+    );
+    println!(
+        "server peak RSS {:.0} MiB; stored rows {} (distinct ids {}), acknowledged {acknowledged}",
         rss.unwrap_or(f64::NAN),
         stored["rows"][0][0],
         stored["rows"][0][1],
-        durable.events
     );
     let stored_rows = stored["rows"][0][0].as_u64().unwrap_or(0);
     println!(
@@ -417,11 +505,8 @@ fn main() {
         table_bytes as f64 / (1024.0 * 1024.0),
         table_bytes as f64 / stored_rows.max(1) as f64
     );
-    if stored_rows < durable.events {
-        eprintln!(
-            "error: {stored_rows} rows stored but {} acknowledged",
-            durable.events
-        );
+    if stored_rows < acknowledged {
+        eprintln!("error: {stored_rows} rows stored but {acknowledged} acknowledged");
         std::process::exit(1);
     }
 }
