@@ -1,5 +1,6 @@
 //! `kith`: the one binary. Every command calls the same library functions as the HTTP API.
 
+#[cfg(not(feature = "system-allocator"))]
 mod allocator;
 mod commands;
 mod config;
@@ -26,6 +27,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    #[cfg(not(feature = "system-allocator"))]
     allocator::tune();
     let cli = Cli::parse();
     // The server reports what it does; other commands print their own results and log only
