@@ -24,6 +24,71 @@ impl TraitValue {
     }
 }
 
+/// An identifier's trait values by name: a vector sorted by name and sized exactly.
+///
+/// Every identifier that ever carried traits keeps one of these in memory for as long as the
+/// server runs. A `BTreeMap` gives each map a leaf node sized for eleven entries (about 900
+/// bytes), while identifiers usually hold six or seven traits; measured on a 20,000-customer
+/// world, those leaves were a sixth of the server's heap at rest. Stored and read as a JSON
+/// object, exactly as the map was.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TraitMap {
+    by_name: Vec<(String, TraitValue)>,
+}
+
+impl TraitMap {
+    pub fn get(&self, name: &str) -> Option<&TraitValue> {
+        self.position(name).ok().map(|i| &self.by_name[i].1)
+    }
+
+    /// Sets `name`, replacing its value if it has one.
+    pub fn insert(&mut self, name: String, value: TraitValue) {
+        match self.position(&name) {
+            Ok(i) => self.by_name[i].1 = value,
+            Err(i) => {
+                // One more slot, not a doubling: these maps live long and rarely grow.
+                self.by_name.reserve_exact(1);
+                self.by_name.insert(i, (name, value));
+            }
+        }
+    }
+
+    /// Trait values in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &TraitValue)> {
+        self.by_name.iter().map(|(name, value)| (name, value))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.by_name
+            .binary_search_by(|(held, _)| held.as_str().cmp(name))
+    }
+}
+
+impl Serialize for TraitMap {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for TraitMap {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<TraitMap, D::Error> {
+        // Through a `BTreeMap`, freed at once: sorted, and a name given twice keeps its last
+        // value, as reading straight into the map always did.
+        let map = BTreeMap::<String, TraitValue>::deserialize(deserializer)?;
+        let mut by_name = Vec::with_capacity(map.len());
+        by_name.extend(map);
+        Ok(TraitMap { by_name })
+    }
+}
+
 /// Running figures for the built-in computed traits.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
@@ -37,7 +102,7 @@ pub struct Stats {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct IdentifierFacts {
     #[serde(default)]
-    pub traits: BTreeMap<String, TraitValue>,
+    pub traits: TraitMap,
     #[serde(default)]
     pub consent: Option<TraitValue>,
     #[serde(default)]
@@ -121,7 +186,7 @@ impl ProfileFacts {
     pub fn fold<'a>(all: impl IntoIterator<Item = &'a IdentifierFacts>) -> ProfileFacts {
         let mut out = ProfileFacts::default();
         for facts in all {
-            for (name, value) in &facts.traits {
+            for (name, value) in facts.traits.iter() {
                 if out
                     .traits
                     .get(name)
@@ -165,4 +230,83 @@ fn min_option(a: Option<i64>, b: Option<i64>) -> Option<i64> {
 
 fn max_option(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     a.max(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(json: &str, time_micros: i64, message_id: &str) -> TraitValue {
+        TraitValue {
+            json: json.to_string(),
+            time_micros,
+            message_id: message_id.to_string(),
+        }
+    }
+
+    #[test]
+    fn trait_maps_read_and_write_the_json_the_btreemap_did() {
+        // As `profiles.db` holds facts written before trait maps were vectors.
+        let mut before = BTreeMap::new();
+        before.insert("plan".to_string(), value("\"pro\"", 2, "m2"));
+        before.insert("city".to_string(), value("\"León\"", 1, "m1"));
+        before.insert("name".to_string(), value("\"Ana\"", 1, "m1"));
+        let stored = serde_json::to_string(&before).unwrap();
+
+        let read: TraitMap = serde_json::from_str(&stored).unwrap();
+        assert_eq!(serde_json::to_string(&read).unwrap(), stored);
+        let names: Vec<&str> = read.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["city", "name", "plan"]);
+        assert_eq!(read.get("plan"), Some(&value("\"pro\"", 2, "m2")));
+        assert_eq!(read.get("email"), None);
+        // Sized exactly: the point of the type.
+        assert_eq!(read.by_name.capacity(), 3);
+
+        // A whole facts record, and one without traits at all.
+        let stats = serde_json::to_string(&Stats::default()).unwrap();
+        let facts: IdentifierFacts =
+            serde_json::from_str(&format!(r#"{{"traits":{stored},"stats":{stats}}}"#)).unwrap();
+        assert_eq!(facts.traits, read);
+        let bare: IdentifierFacts =
+            serde_json::from_str(&format!(r#"{{"stats":{stats}}}"#)).unwrap();
+        assert!(bare.traits.is_empty());
+    }
+
+    #[test]
+    fn inserting_keeps_names_sorted_replaces_values_and_grows_one_slot_at_a_time() {
+        let mut map = TraitMap::default();
+        for (name, id) in [
+            ("plan", "m1"),
+            ("city", "m2"),
+            ("name", "m3"),
+            ("city", "m4"),
+        ] {
+            map.insert(name.to_string(), value("1", 0, id));
+        }
+        assert_eq!(map.len(), 3);
+        assert_eq!(map.by_name.capacity(), 3);
+        let entries: Vec<(&str, &str)> = map
+            .iter()
+            .map(|(name, v)| (name.as_str(), v.message_id.as_str()))
+            .collect();
+        assert_eq!(entries, [("city", "m4"), ("name", "m3"), ("plan", "m1")]);
+    }
+
+    #[test]
+    fn a_profile_folds_each_trait_to_its_latest_value_across_identifiers() {
+        let mut by_email = IdentifierFacts::default();
+        by_email
+            .traits
+            .insert("plan".into(), value("\"free\"", 1, "m1"));
+        by_email
+            .traits
+            .insert("city".into(), value("\"León\"", 5, "m5"));
+        let mut by_user = IdentifierFacts::default();
+        by_user
+            .traits
+            .insert("plan".into(), value("\"pro\"", 3, "m3"));
+        let profile = ProfileFacts::fold([&by_email, &by_user]);
+        assert_eq!(profile.traits["plan"], value("\"pro\"", 3, "m3"));
+        assert_eq!(profile.traits["city"], value("\"León\"", 5, "m5"));
+    }
 }

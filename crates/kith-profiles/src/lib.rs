@@ -33,7 +33,7 @@ pub use extract::{
     EventFacts, Extractor, KITH_SOURCE, MANUAL_MERGE_EVENT, MANUAL_MERGE_ID_PREFIX, TallyHandle,
     is_manual_merge,
 };
-pub use facts::{IdentifierFacts, ProfileFacts, TraitValue};
+pub use facts::{IdentifierFacts, ProfileFacts, TraitMap, TraitValue};
 pub use model_traits::{ModelRun, ModelTraitStore};
 pub use tally::{ChangeCounts, ChangeTally, ProfileChange};
 pub use view::ProfileView;
