@@ -250,6 +250,13 @@ struct Round {
     noop: Measured,
 }
 
+impl Round {
+    /// Durable throughput as a fraction of the no-op ceiling's, the measure.
+    fn ratio(&self) -> f64 {
+        self.durable.events_per_second() / self.noop.events_per_second().max(1.0)
+    }
+}
+
 /// Runs `drive` once the server is idle and counts the server's CPU until it is idle again.
 fn measured(pid: u32, drive: impl FnOnce() -> RunResult) -> Measured {
     wait_until_idle(pid);
@@ -482,13 +489,10 @@ fn main() {
     );
     println!(
         "durable / no-op = {:.2} (median of the rounds' ratios: {}); server CPU per event, no-op / durable = {:.2}",
-        median_of(&|r| r.durable.events_per_second() / r.noop.events_per_second().max(1.0)),
+        median_of(&Round::ratio),
         rounds
             .iter()
-            .map(|r| format!(
-                "{:.2}",
-                r.durable.events_per_second() / r.noop.events_per_second().max(1.0)
-            ))
+            .map(|r| format!("{:.2}", r.ratio()))
             .collect::<Vec<_>>()
             .join(", "),
         median_of(&|r| r.noop.cpu_per_event_us() / r.durable.cpu_per_event_us()),
