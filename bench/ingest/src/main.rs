@@ -231,6 +231,12 @@ struct Measured {
     run: RunResult,
     /// Server CPU seconds from an idle server to idle again, so the run's last flush counts.
     cpu_seconds: f64,
+    /// Share of the machine's CPU time left idle while the clients were sending: what the run
+    /// did not turn into work (waiting on fsync, for instance), where the load generator's own
+    /// share is already counted as busy.
+    machine_idle: f64,
+    /// Journal group commits (one fsync each) during the run, from the server's `/metrics`.
+    journal_commits: Option<f64>,
 }
 
 impl Measured {
@@ -242,6 +248,13 @@ impl Measured {
     /// of the cores.
     fn cpu_per_event_us(&self) -> f64 {
         self.cpu_seconds * 1e6 / self.run.events.max(1) as f64
+    }
+
+    /// Events acknowledged per journal fsync, when the run wrote the journal.
+    fn events_per_commit(&self) -> Option<f64> {
+        self.journal_commits
+            .filter(|commits| *commits > 0.0)
+            .map(|commits| self.run.events as f64 / commits)
     }
 }
 
@@ -258,15 +271,72 @@ impl Round {
 }
 
 /// Runs `drive` once the server is idle and counts the server's CPU until it is idle again.
-fn measured(pid: u32, drive: impl FnOnce() -> RunResult) -> Measured {
+fn measured(pid: u32, server: &Server, drive: impl FnOnce() -> RunResult) -> Measured {
     wait_until_idle(pid);
     let before = cpu_seconds(pid).unwrap_or(f64::NAN);
+    let commits_before = server.metric("kith_journal_fsyncs_total");
+    let ticks_before = machine_cpu_ticks();
     let run = drive();
+    let ticks_after = machine_cpu_ticks();
+    let commits_after = server.metric("kith_journal_fsyncs_total");
     wait_until_idle(pid);
+    let machine_idle = match (ticks_before, ticks_after) {
+        (Some((idle0, total0)), Some((idle1, total1))) if total1 > total0 => {
+            (idle1 - idle0) as f64 / (total1 - total0) as f64
+        }
+        _ => f64::NAN,
+    };
     Measured {
         run,
         cpu_seconds: cpu_seconds(pid).unwrap_or(f64::NAN) - before,
+        machine_idle,
+        journal_commits: commits_before
+            .zip(commits_after)
+            .map(|(before, after)| after - before),
     }
+}
+
+/// The server under test, as far as reading its metrics goes.
+struct Server {
+    agent: ureq::Agent,
+    base: String,
+}
+
+impl Server {
+    /// One unlabelled counter from the server's Prometheus `/metrics` (0 until it first counts).
+    fn metric(&self, name: &str) -> Option<f64> {
+        let text = self
+            .agent
+            .get(format!("{}/metrics", self.base))
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()?;
+        match text
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        {
+            Some(value) => value.trim().parse().ok(),
+            None => Some(0.0),
+        }
+    }
+}
+
+/// Machine-wide CPU ticks from /proc/stat (Linux): (idle including I/O wait, all).
+fn machine_cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let idle = ticks.get(3)? + ticks.get(4).copied().unwrap_or(0);
+    let total = ticks.iter().take(8).sum();
+    Some((idle, total))
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -403,11 +473,15 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let pid = server.id();
+    let metrics = Server {
+        agent: agent.clone(),
+        base: base.clone(),
+    };
     let mut rounds = Vec::with_capacity(options.rounds);
     for round in 0..options.rounds {
         let durable_ids_from = round as u64 * DURABLE_IDS_PER_ROUND;
         rounds.push(Round {
-            durable: measured(pid, || {
+            durable: measured(pid, &metrics, || {
                 drive(
                     &format!("{base}/v1/batch"),
                     &write_key,
@@ -415,7 +489,7 @@ fn main() {
                     durable_ids_from,
                 )
             }),
-            noop: measured(pid, || {
+            noop: measured(pid, &metrics, || {
                 drive(
                     &format!("{base}/internal/noop/batch"),
                     &write_key,
@@ -458,23 +532,26 @@ fn main() {
 
     let acknowledged: u64 = rounds.iter().map(|r| r.durable.run.events).sum();
     println!(
-        "| round | run | events/s | requests | failed | p50 ms | p99 ms | server CPU µs/event |"
+        "| round | run | events/s | requests | failed | p50 ms | p99 ms | server CPU µs/event | machine idle | events/fsync |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (number, round) in rounds.iter().enumerate() {
         for (name, path) in [
             ("durable /v1/batch", &round.durable),
             ("no-op ceiling", &round.noop),
         ] {
             println!(
-                "| {} | {name} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {name} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0}% | {} |",
                 number + 1,
                 path.events_per_second(),
                 path.run.requests,
                 path.run.failures,
                 percentile(&path.run.latencies_us, 0.50),
                 percentile(&path.run.latencies_us, 0.99),
-                path.cpu_per_event_us()
+                path.cpu_per_event_us(),
+                path.machine_idle * 100.0,
+                path.events_per_commit()
+                    .map_or("–".to_string(), |n| format!("{n:.0}")),
             );
         }
     }
