@@ -18,6 +18,8 @@ pub struct FileConfig {
     pub query: QueryConfig,
     #[serde(default)]
     pub identity: IdentityConfig,
+    #[serde(default)]
+    pub profiles: ProfilesConfig,
     /// `[[computed_traits]]`: traits computed from events on every profile.
     #[serde(default)]
     pub computed_traits: Vec<ComputedTraitDef>,
@@ -102,6 +104,15 @@ pub struct QueryConfig {
     pub timeout_secs: Option<u64>,
     pub memory_mb: Option<usize>,
     pub max_rows: Option<usize>,
+}
+
+/// `[profiles]`: how much of the profile state memory holds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfilesConfig {
+    /// Identifiers whose facts (traits, consent, figures) stay in memory besides those not yet
+    /// written to `profiles.db`; the others are read from it when needed (default 100,000).
+    pub resident_facts: Option<usize>,
 }
 
 /// `[identity]`: how identifiers are normalised and when profiles merge.
@@ -189,6 +200,13 @@ impl FileConfig {
             }
         }
         settings.computed = self.computed_traits.clone();
+        match self.profiles.resident_facts {
+            Some(0) => anyhow::bail!(
+                "[profiles] resident_facts must be at least 1 (identifiers whose facts stay in memory)"
+            ),
+            Some(n) => settings.resident_facts = n,
+            None => {}
+        }
         Ok(settings)
     }
 
@@ -203,6 +221,21 @@ impl FileConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resident_facts_is_read_from_profiles_and_zero_is_refused() {
+        let default = FileConfig::default().profile_settings().unwrap();
+        assert_eq!(
+            default.resident_facts,
+            kith_profiles::DEFAULT_RESIDENT_FACTS
+        );
+        let set: FileConfig = toml::from_str("[profiles]\nresident_facts = 5000\n").unwrap();
+        assert_eq!(set.profile_settings().unwrap().resident_facts, 5000);
+        let zero: FileConfig = toml::from_str("[profiles]\nresident_facts = 0\n").unwrap();
+        let err = format!("{:#}", zero.profile_settings().unwrap_err());
+        assert!(err.contains("[profiles] resident_facts"), "{err}");
+        assert!(toml::from_str::<FileConfig>("[profiles]\nresident = 5\n").is_err());
+    }
 
     #[test]
     fn unknown_keys_are_errors_and_known_ones_parse() {

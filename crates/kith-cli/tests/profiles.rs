@@ -704,3 +704,102 @@ fn computed_traits_declared_through_the_api_count_past_and_new_events_exactly_on
     let server = server.restart_with_config(&config_path);
     assert_eq!(wait_ready(&server).len(), 2);
 }
+
+/// The server's `kith_profile_facts_resident` gauge, once it has been set.
+fn resident_facts(server: &KithServer) -> Option<f64> {
+    let text = agent()
+        .get(server.url("/metrics"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("kith_profile_facts_resident "))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[test]
+fn profiles_whose_facts_left_memory_answer_the_same_through_api_and_sql_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, config) =
+        KithServer::start_with_config(dir.path(), "[profiles]\nresident_facts = 2\n");
+    let customers = 30;
+    let first: Vec<Value> = (0..customers)
+        .flat_map(|n| {
+            [
+                json!({"type": "identify", "userId": format!("u-{n}"), "anonymousId": format!("a-{n}"),
+                       "messageId": format!("id-{n}"), "timestamp": "2025-03-01T10:00:00Z",
+                       "traits": {"email": format!("c{n}@example.com"), "name": format!("Cliente {n}"), "plan": "free"}}),
+                json!({"type": "track", "anonymousId": format!("a-{n}"), "event": "Order Completed",
+                       "messageId": format!("order-{n}"), "timestamp": "2025-03-02T10:00:00Z",
+                       "properties": {"revenue": 100.0 + n as f64}}),
+            ]
+        })
+        .collect();
+    send(&server, Value::Array(first));
+    // Persisted each second, after which all but one identifier's facts leave memory.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while resident_facts(&server).is_none_or(|held| held > 2.0) {
+        assert!(
+            Instant::now() < deadline,
+            "facts never left memory: {:?}",
+            resident_facts(&server)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Later events for identifiers whose facts are only on disk: read back, never restarted.
+    send(
+        &server,
+        json!([
+            {"type": "identify", "userId": "u-3", "messageId": "up-3", "timestamp": "2025-03-05T10:00:00Z",
+             "traits": {"plan": "premium"}},
+            {"type": "track", "anonymousId": "a-5", "event": "Order Completed", "messageId": "order-5b",
+             "timestamp": "2025-03-06T10:00:00Z", "properties": {"revenue": 1000.0}}
+        ]),
+    );
+    let check = |server: &KithServer| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let upgraded = profile(server, "email:c3@example.com");
+            let buyer = profile(server, "user_id:u-5");
+            if upgraded["traits"]["plan"] == "premium"
+                && buyer["computed_traits"]["order_count"] == 2
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{upgraded}\n{buyer}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for n in 0..customers {
+            let p = profile(server, &format!("email:c{n}@example.com"));
+            assert_eq!(p["traits"]["name"], format!("Cliente {n}"), "{p}");
+            assert_eq!(
+                p["traits"]["plan"],
+                if n == 3 { "premium" } else { "free" },
+                "{p}"
+            );
+            let (orders, revenue) = if n == 5 {
+                (2, 1105.0)
+            } else {
+                (1, 100.0 + n as f64)
+            };
+            assert_eq!(p["computed_traits"]["order_count"], orders, "{p}");
+            assert_eq!(p["computed_traits"]["total_revenue"], revenue, "{p}");
+            let events = if n == 3 || n == 5 { 3 } else { 2 };
+            assert_eq!(p["computed_traits"]["event_count"], events, "{p}");
+        }
+        let rows = server.rows(
+            "SELECT count(*) AS profiles, sum(total_revenue) AS revenue, \
+             count(*) FILTER (WHERE traits LIKE '%premium%') AS premium FROM profiles",
+        );
+        let expected_revenue: f64 = (0..customers).map(|n| 100.0 + n as f64).sum::<f64>() + 1000.0;
+        assert_eq!(rows[0]["profiles"], customers, "{rows:?}");
+        assert_eq!(rows[0]["revenue"], expected_revenue, "{rows:?}");
+        assert_eq!(rows[0]["premium"], 1, "{rows:?}");
+    };
+    check(&server);
+    let server = server.restart_with_config(&config);
+    check(&server);
+}

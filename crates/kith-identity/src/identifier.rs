@@ -47,6 +47,14 @@ pub struct Identifier {
     pub value: String,
 }
 
+/// A copy of a borrowed identifier, for maps that look up by reference and insert a key only
+/// when it is missing (`hashbrown`'s `entry_ref`).
+impl From<&Identifier> for Identifier {
+    fn from(identifier: &Identifier) -> Identifier {
+        identifier.clone()
+    }
+}
+
 impl Identifier {
     pub fn new(id_type: IdType, value: impl Into<String>) -> Identifier {
         Identifier {

@@ -12,6 +12,7 @@ pub mod extract;
 pub mod facts;
 pub mod model_traits;
 pub mod persist;
+mod resident;
 pub mod tally;
 pub mod view;
 
@@ -35,6 +36,7 @@ pub use extract::{
 };
 pub use facts::{IdentifierFacts, ProfileFacts, TraitMap, TraitValue};
 pub use model_traits::{ModelRun, ModelTraitStore};
+pub use resident::DEFAULT_RESIDENT_FACTS;
 pub use tally::{ChangeCounts, ChangeTally, ProfileChange};
 pub use view::ProfileView;
 
@@ -59,6 +61,9 @@ pub struct ProfileSettings {
     pub order_event: String,
     /// Declared computed traits (validated).
     pub computed: Vec<ComputedTraitDef>,
+    /// How many identifiers' facts (traits, consent, figures) memory holds besides those not
+    /// persisted yet; the others are read from `profiles.db` when needed.
+    pub resident_facts: usize,
 }
 
 impl Default for ProfileSettings {
@@ -69,6 +74,7 @@ impl Default for ProfileSettings {
             identifier_traits: Vec::new(),
             order_event: "Order Completed".to_string(),
             computed: Vec::new(),
+            resident_facts: DEFAULT_RESIDENT_FACTS,
         }
     }
 }
@@ -144,11 +150,16 @@ pub enum LookupError {
         value: String,
         reason: String,
     },
+    /// The profile's facts could not be read back from `profiles.db`.
+    #[error("the profile store could not be read: {0}")]
+    Unreadable(String),
 }
 
 struct State {
     resolver: Resolver,
-    facts: HashMap<Identifier, IdentifierFacts>,
+    /// Per-identifier facts in memory; every identifier missing here has its latest facts in
+    /// `profiles.db` (see [`resident`]).
+    facts: resident::ResidentFacts,
     pending: persist::Pending,
     dirty_facts: HashSet<Identifier>,
     /// External identifier types seen so far.
@@ -187,10 +198,11 @@ struct Backfill {
 impl ProfileStore {
     /// Opens `profiles.db` in `data_dir` and rebuilds the profiles from it.
     pub fn open(data_dir: &Path, settings: ProfileSettings) -> Result<ProfileStore, ProfileError> {
-        let writer = persist::open(data_dir)?;
+        let mut writer = persist::open(data_dir)?;
         let reader = persist::open(data_dir)?;
         let model_traits = ModelTraitStore::open(data_dir)?;
         let loaded = persist::load(&writer)?;
+        let external_types = external_types(&loaded.identifiers);
         let mut resolver = Resolver::new(settings.rules.clone());
         for (identifier, key) in loaded.identifiers {
             resolver.observe(&Observation {
@@ -204,8 +216,6 @@ impl ProfileStore {
         }
         // Each identifier started as a profile of its own; most were merged away.
         resolver.compact();
-        let mut facts: HashMap<Identifier, IdentifierFacts> = loaded.facts.into_iter().collect();
-        let external_types = loaded_external_types(&loaded.links, &facts);
         let config_traits: Vec<String> = settings.computed.iter().map(|d| d.name.clone()).collect();
         let mut settings = settings;
         for def in persist::load_api_defs(&writer)? {
@@ -223,15 +233,28 @@ impl ProfileStore {
             .filter(|def| !loaded.computed_defs.contains(def))
             .map(|def| def.name.clone())
             .collect();
-        let mut dirty_facts = HashSet::new();
-        for (identifier, identifier_facts) in facts.iter_mut() {
-            let before = identifier_facts.computed.len();
-            identifier_facts.computed.retain(|name, _| {
-                !stale.contains(name) && settings.computed.iter().any(|d| &d.name == name)
-            });
-            if identifier_facts.computed.len() != before {
-                dirty_facts.insert(identifier.clone());
-            }
+        let removed = loaded
+            .computed_defs
+            .iter()
+            .any(|kept| !settings.computed.iter().any(|d| d.name == kept.name));
+        if !stale.is_empty() || removed {
+            // Their stored states go now, on disk, a chunk at a time: a crash before the
+            // recomputed ones are written finds the old definitions recorded and does this again.
+            let cleared = persist::rewrite_facts(
+                &mut writer,
+                |_| false,
+                |identifier_facts| {
+                    let before = identifier_facts.computed.len();
+                    identifier_facts.computed.retain(|name, _| {
+                        !stale.contains(name) && settings.computed.iter().any(|d| &d.name == name)
+                    });
+                    identifier_facts.computed.len() != before
+                },
+            )?;
+            tracing::info!(
+                identifiers = cleared,
+                "stored states of changed or removed computed traits dropped"
+            );
         }
         let mut pending = persist::Pending::default();
         let backfill = if !stale.is_empty() && loaded.applied_seq > 0 {
@@ -246,6 +269,7 @@ impl ProfileStore {
             }
             None
         };
+        let resident_facts = settings.resident_facts;
         tracing::info!(
             profiles = resolver.profile_count(),
             identifiers = resolver.identifier_count(),
@@ -263,9 +287,9 @@ impl ProfileStore {
             computing: Mutex::new(HashSet::new()),
             state: RwLock::new(State {
                 resolver,
-                facts,
+                facts: resident::ResidentFacts::new(resident_facts),
                 pending,
-                dirty_facts,
+                dirty_facts: HashSet::new(),
                 external_types,
                 history_in_flight: Vec::new(),
             }),
@@ -320,7 +344,17 @@ impl ProfileStore {
                 let Some(primary) = facts.primary() else {
                     continue;
                 };
-                let identifier_facts = state.facts.entry(primary.clone()).or_default();
+                let identifier_facts = match state
+                    .facts
+                    .get_or_try_load(primary, || self.stored_facts(primary))
+                {
+                    Ok(held) => held,
+                    Err(e) => {
+                        metrics::counter!("kith_profile_facts_unreadable_total").increment(1);
+                        tracing::error!(identifier = %primary, error = %e, "an identifier's facts could not be read; this event is left out of its computed traits");
+                        continue;
+                    }
+                };
                 for (name, observed) in &facts.computed {
                     if !names.contains(name) {
                         continue;
@@ -435,7 +469,7 @@ impl ProfileStore {
             .collect();
         // Observations of the trait still in flight find no definition and are ignored.
         self.install_definitions(defs.clone());
-        self.reset_trait(name);
+        self.reset_trait(name)?;
         self.computing
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -457,8 +491,13 @@ impl ProfileStore {
     }
 
     /// Drops every value of a computed trait (before its past is computed afresh, or when it is
-    /// removed).
-    pub fn reset_trait(&self, name: &str) {
+    /// removed): in memory, and in `profiles.db` for the identifiers memory does not hold.
+    ///
+    /// Profile reads wait meanwhile: an identifier read back from disk halfway through would
+    /// bring its old value back into memory.
+    pub fn reset_trait(&self, name: &str) -> Result<(), ProfileError> {
+        // The writer before the state, as `persist` takes them.
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         let state = &mut *state;
         for (identifier, facts) in state.facts.iter_mut() {
@@ -466,6 +505,44 @@ impl ProfileStore {
                 state.dirty_facts.insert(identifier.clone());
             }
         }
+        if let Some(conn) = writer.as_mut() {
+            let resident = &state.facts;
+            persist::rewrite_facts(
+                conn,
+                |identifier| resident.contains(identifier),
+                |facts| facts.computed.remove(name).is_some(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The facts `profiles.db` holds for `identifier` (none stored: empty ones).
+    fn stored_facts(&self, identifier: &Identifier) -> Result<IdentifierFacts, ProfileError> {
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(persist::load_facts(&reader, identifier)?.unwrap_or_default())
+    }
+
+    /// The facts of `identifiers`, in their order: those in memory borrowed, the others read
+    /// from `profiles.db` (identifiers without facts are left out).
+    fn facts_of<'s>(
+        &self,
+        state: &'s State,
+        identifiers: &[(&Identifier, &kith_identity::ObservationKey)],
+    ) -> Result<Vec<std::borrow::Cow<'s, IdentifierFacts>>, ProfileError> {
+        let mut out = Vec::with_capacity(identifiers.len());
+        let mut reader = None;
+        for (identifier, _) in identifiers {
+            if let Some(held) = state.facts.get(identifier) {
+                out.push(std::borrow::Cow::Borrowed(held));
+                continue;
+            }
+            let reader =
+                reader.get_or_insert_with(|| self.reader.lock().unwrap_or_else(|p| p.into_inner()));
+            if let Some(stored) = persist::load_facts(reader, identifier)? {
+                out.push(std::borrow::Cow::Owned(stored));
+            }
+        }
+        Ok(out)
     }
 
     /// The extraction settings of this moment (computed traits change through the API).
@@ -552,11 +629,24 @@ impl ProfileStore {
                 }
                 continue;
             };
-            // Looked up before inserting: most events belong to identifiers already known, and
-            // cloning the key for every event was a measurable share of the unify thread.
-            let identifier_facts = match state.facts.get_mut(primary) {
-                Some(known) => known,
-                None => state.facts.entry(primary.clone()).or_default(),
+            // An identifier the resolver has just met has nothing stored to read back.
+            let first_sighting = outcome.new_identifiers.contains(primary);
+            let held = state.facts.get_or_try_load(primary, || {
+                if first_sighting {
+                    Ok(IdentifierFacts::default())
+                } else {
+                    self.stored_facts(primary)
+                }
+            });
+            let identifier_facts = match held {
+                Ok(held) => held,
+                Err(e) => {
+                    // Applying the event to empty facts would overwrite the stored ones at the
+                    // next persist; leaving it out loses only this event's traits and figures.
+                    metrics::counter!("kith_profile_facts_unreadable_total").increment(1);
+                    tracing::error!(identifier = %primary, seq, error = %e, "an identifier's facts could not be read; this event is left out of its profile's traits and figures");
+                    continue;
+                }
             };
             let changes = identifier_facts.absorb(facts, &extractor.computed);
             if let (Some(tally), Some(before)) = (&facts.tally, known_before) {
@@ -639,6 +729,12 @@ impl ProfileStore {
         self.persisted_seq
             .store(pending.applied_seq, Ordering::SeqCst);
         metrics::counter!("kith_profile_rows_persisted_total").increment(rows as u64);
+        // What was just written is on disk now: those not changed since may leave memory.
+        let evicted = state.facts.evict_clean(&state.dirty_facts);
+        if evicted > 0 {
+            metrics::counter!("kith_profile_facts_evicted_total").increment(evicted as u64);
+        }
+        metrics::gauge!("kith_profile_facts_resident").set(state.facts.len() as f64);
         Ok(rows)
     }
 
@@ -678,7 +774,10 @@ impl ProfileStore {
                 state.resolver.profile_of(&identifier)
             }
         };
-        Ok(profile.map(|p| self.view_of(&state, p)))
+        profile
+            .map(|p| self.view_of(&state, p))
+            .transpose()
+            .map_err(|e| LookupError::Unreadable(e.to_string()))
     }
 
     fn known_external_type(&self, state: &State, name: &str) -> bool {
@@ -690,13 +789,10 @@ impl ProfileStore {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn view_of(&self, state: &State, profile: ProfileRef) -> ProfileView {
+    fn view_of(&self, state: &State, profile: ProfileRef) -> Result<ProfileView, ProfileError> {
         let identifiers = state.resolver.identifiers(profile);
-        let folded = ProfileFacts::fold(
-            identifiers
-                .iter()
-                .filter_map(|(identifier, _)| state.facts.get(*identifier)),
-        );
+        let facts = self.facts_of(state, &identifiers)?;
+        let folded = ProfileFacts::fold(facts.iter().map(|f| f.as_ref()));
         let now = chrono::Utc::now().timestamp_micros();
         let mut view = ProfileView::build(
             &state.resolver,
@@ -717,7 +813,7 @@ impl ProfileStore {
             Ok(traits) => view.model_traits = traits,
             Err(e) => tracing::error!(error = %e, "reading model traits failed"),
         }
-        view
+        Ok(view)
     }
 
     /// The scores models and analyses write onto profiles.
@@ -777,32 +873,44 @@ impl ProfileStore {
         Ok(entries)
     }
 
-    /// Every profile, for the `profiles` and `profile_identities` tables.
-    pub fn all_views(&self) -> Vec<ProfileView> {
+    /// Every profile, for the `profiles` table and duplicate detection. The facts memory does
+    /// not hold are read from `profiles.db` in one pass, so this holds them all for a moment.
+    pub fn all_views(&self) -> Result<Vec<ProfileView>, ProfileError> {
         let mut scores = self.model_traits.all().unwrap_or_else(|e| {
             tracing::error!(error = %e, "reading model traits failed");
             Default::default()
         });
         let state = self.read();
+        let mut stored = HashMap::new();
+        {
+            let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+            persist::for_each_facts(&reader, |identifier, facts| {
+                if !state.facts.contains(&identifier) {
+                    stored.insert(identifier, facts);
+                }
+            })?;
+        }
         let now = chrono::Utc::now().timestamp_micros();
         let defs = &self.extractor().computed;
-        state
+        Ok(state
             .resolver
             .profiles()
             .map(|profile| {
                 let identifiers = state.resolver.identifiers(profile);
-                let folded = ProfileFacts::fold(
-                    identifiers
-                        .iter()
-                        .filter_map(|(identifier, _)| state.facts.get(*identifier)),
-                );
+                let folded =
+                    ProfileFacts::fold(identifiers.iter().filter_map(|(identifier, _)| {
+                        state
+                            .facts
+                            .get(identifier)
+                            .or_else(|| stored.get(*identifier))
+                    }));
                 let mut view = ProfileView::build(&state.resolver, profile, folded, defs, now);
                 if let Some(traits) = scores.remove(&view.profile_id) {
                     view.model_traits = traits;
                 }
                 view
             })
-            .collect()
+            .collect())
     }
 
     /// Every identifier with the profile it belongs to now and when it was first seen
@@ -830,21 +938,14 @@ impl ProfileStore {
     }
 }
 
-fn loaded_external_types(
-    links: &[Observation],
-    facts: &HashMap<Identifier, IdentifierFacts>,
-) -> HashSet<String> {
-    let mut types = HashSet::new();
-    let identifiers = links
+fn external_types(identifiers: &[(Identifier, kith_identity::ObservationKey)]) -> HashSet<String> {
+    identifiers
         .iter()
-        .flat_map(|l| &l.identifiers)
-        .chain(facts.keys());
-    for identifier in identifiers {
-        if let IdType::External(name) = &identifier.id_type {
-            types.insert(name.clone());
-        }
-    }
-    types
+        .filter_map(|(identifier, _)| match &identifier.id_type {
+            IdType::External(name) => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -212,13 +212,13 @@ pub fn applied_seq_on_disk(data_dir: &Path) -> Result<u64, ProfileError> {
     Ok(seq.unwrap_or(0).max(0) as u64)
 }
 
-/// Everything stored, for rebuilding the in-memory state.
+/// What the in-memory state is rebuilt from at start-up. Per-identifier facts stay on disk
+/// until used (see [`crate::resident`]).
 pub struct Loaded {
     pub applied_seq: u64,
     pub identifiers: Vec<(Identifier, ObservationKey)>,
     /// Sorted in canonical order, so rebuilding applies each link directly.
     pub links: Vec<Observation>,
-    pub facts: Vec<(Identifier, IdentifierFacts)>,
     /// The definitions the stored computed-trait states follow.
     pub computed_defs: Vec<ComputedTraitDef>,
 }
@@ -264,23 +264,6 @@ pub fn load(conn: &Connection) -> Result<Loaded, ProfileError> {
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let mut statement = conn.prepare("SELECT id_type, value, facts FROM identifier_facts")?;
-    let rows = statement
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut facts = Vec::with_capacity(rows.len());
-    for (id_type, value, json) in rows {
-        let parsed: IdentifierFacts = serde_json::from_str(&json).map_err(|e| {
-            ProfileError::Corrupt(format!("facts of {id_type}:{value} do not parse: {e}"))
-        })?;
-        facts.push((Identifier::new(IdType::from_name(&id_type), value), parsed));
-    }
     let mut statement = conn.prepare("SELECT name, definition FROM computed_defs")?;
     let rows = statement
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
@@ -295,9 +278,113 @@ pub fn load(conn: &Connection) -> Result<Loaded, ProfileError> {
         applied_seq: applied_seq.max(0) as u64,
         identifiers,
         links,
-        facts,
         computed_defs,
     })
+}
+
+fn parse_facts(id_type: &str, value: &str, json: &str) -> Result<IdentifierFacts, ProfileError> {
+    serde_json::from_str(json)
+        .map_err(|e| ProfileError::Corrupt(format!("facts of {id_type}:{value} do not parse: {e}")))
+}
+
+/// The facts stored for one identifier, if any.
+pub fn load_facts(
+    conn: &Connection,
+    identifier: &Identifier,
+) -> Result<Option<IdentifierFacts>, ProfileError> {
+    let mut statement = conn
+        .prepare_cached("SELECT facts FROM identifier_facts WHERE id_type = ?1 AND value = ?2")?;
+    let json: Option<String> = statement
+        .query_row(params![identifier.id_type.name(), identifier.value], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    json.map(|json| parse_facts(identifier.id_type.name(), &identifier.value, &json))
+        .transpose()
+}
+
+/// Rows read at a time by the scans below, so a scan holds one chunk in memory, not the table.
+const SCAN_CHUNK: i64 = 10_000;
+
+/// One chunk of stored facts after `after_rowid`, with the last rowid read.
+fn facts_chunk(
+    conn: &Connection,
+    after_rowid: i64,
+) -> Result<Vec<(i64, Identifier, IdentifierFacts)>, ProfileError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT rowid, id_type, value, facts FROM identifier_facts
+         WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+    )?;
+    let rows = statement
+        .query_map(params![after_rowid, SCAN_CHUNK], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(|(rowid, id_type, value, json)| {
+            let facts = parse_facts(&id_type, &value, &json)?;
+            Ok((
+                rowid,
+                Identifier::new(IdType::from_name(&id_type), value),
+                facts,
+            ))
+        })
+        .collect()
+}
+
+/// Calls `visit` with every identifier's stored facts, a chunk at a time.
+pub fn for_each_facts(
+    conn: &Connection,
+    mut visit: impl FnMut(Identifier, IdentifierFacts),
+) -> Result<(), ProfileError> {
+    let mut after = 0;
+    loop {
+        let chunk = facts_chunk(conn, after)?;
+        let Some((last, _, _)) = chunk.last() else {
+            return Ok(());
+        };
+        after = *last;
+        for (_, identifier, facts) in chunk {
+            visit(identifier, facts);
+        }
+    }
+}
+
+/// Rewrites, in one transaction, the stored facts `change` changes (it returns whether it did),
+/// skipping identifiers `skip` names. Returns how many were rewritten.
+pub fn rewrite_facts(
+    conn: &mut Connection,
+    skip: impl Fn(&Identifier) -> bool,
+    mut change: impl FnMut(&mut IdentifierFacts) -> bool,
+) -> Result<usize, ProfileError> {
+    let tx = conn.transaction()?;
+    let mut rewritten = 0;
+    let mut after = 0;
+    loop {
+        let chunk = facts_chunk(&tx, after)?;
+        let Some((last, _, _)) = chunk.last() else {
+            break;
+        };
+        after = *last;
+        let mut update =
+            tx.prepare_cached("UPDATE identifier_facts SET facts = ?1 WHERE rowid = ?2")?;
+        for (rowid, identifier, mut facts) in chunk {
+            if skip(&identifier) || !change(&mut facts) {
+                continue;
+            }
+            let json =
+                serde_json::to_string(&facts).map_err(|e| ProfileError::Corrupt(e.to_string()))?;
+            update.execute(params![json, rowid])?;
+            rewritten += 1;
+        }
+    }
+    tx.commit()?;
+    Ok(rewritten)
 }
 
 /// A trait change as the history shows it.

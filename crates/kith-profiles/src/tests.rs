@@ -254,7 +254,7 @@ fn likely_duplicates_are_scored_with_evidence_and_strangers_are_not() {
              "traits": {"email": "eva.r@b.com", "name": "Eva"}}
         ]),
     );
-    let candidates = crate::find_duplicates(&store.all_views(), 0.3);
+    let candidates = crate::find_duplicates(&store.all_views().expect("views"), 0.3);
     let pairs: Vec<(Vec<String>, Vec<String>, f64)> = candidates
         .iter()
         .map(|c| {
@@ -319,6 +319,140 @@ fn likely_duplicates_are_scored_with_evidence_and_strangers_are_not() {
     );
     assert_eq!(candidates.len(), 4, "{pairs:?}");
     // The usual bar leaves the namesakes and the refusal alone; a higher one keeps the strongest.
-    assert_eq!(crate::find_duplicates(&store.all_views(), 0.5).len(), 2);
-    assert_eq!(crate::find_duplicates(&store.all_views(), 0.7).len(), 1);
+    assert_eq!(
+        crate::find_duplicates(&store.all_views().expect("views"), 0.5).len(),
+        2
+    );
+    assert_eq!(
+        crate::find_duplicates(&store.all_views().expect("views"), 0.7).len(),
+        1
+    );
+}
+
+/// Settings that keep at most `resident` identifiers' facts in memory.
+fn with_resident_facts(resident: usize) -> ProfileSettings {
+    ProfileSettings {
+        resident_facts: resident,
+        ..ProfileSettings::default()
+    }
+}
+
+/// Every profile's view, by profile id (a store rebuilt from disk lists them in another order).
+fn views_by_id(store: &ProfileStore) -> Vec<ProfileView> {
+    let mut views = store.all_views().unwrap();
+    views.sort_by(|a, b| a.profile_id.cmp(&b.profile_id));
+    views
+}
+
+fn later_events() -> Value {
+    json!([
+        {"type": "identify", "userId": "u-100", "messageId": "m6", "timestamp": "2025-03-06T00:00:00Z",
+         "traits": {"plan": "enterprise"}},
+        {"type": "track", "anonymousId": "phone-app-7", "event": "Order Completed", "messageId": "m7",
+         "timestamp": "2025-03-07T09:00:00Z", "properties": {"revenue": 250.0}},
+        {"type": "identify", "userId": "u-200", "messageId": "m8", "timestamp": "2025-03-07T10:00:00Z",
+         "traits": {"email": "beto@example.com", "name": "Beto"}}
+    ])
+}
+
+#[test]
+fn facts_evicted_from_memory_are_read_back_for_lookups_later_events_and_all_views() {
+    let (bounded_dir, unbounded_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let bounded = ProfileStore::open(bounded_dir.path(), with_resident_facts(2)).unwrap();
+    let unbounded = ProfileStore::open(unbounded_dir.path(), ProfileSettings::default()).unwrap();
+    for store in [&bounded, &unbounded] {
+        apply(store, 1, customer_journey());
+        assert!(store.persist().unwrap() > 0);
+    }
+    // The journey's events set facts on three identifiers; eviction goes a tenth below the
+    // bound of two, to one.
+    assert_eq!(bounded.read().facts.len(), 1);
+    assert_eq!(unbounded.read().facts.len(), 3);
+    let lookups = [
+        "user_id:u-100",
+        "anonymous_id:phone-app-7",
+        "email:ana@example.com",
+    ];
+    for lookup in lookups {
+        assert_eq!(find(&bounded, lookup), find(&unbounded, lookup), "{lookup}");
+    }
+
+    // Later events reach identifiers whose facts are only on disk: they are read back, changed
+    // and written again, never started afresh.
+    for store in [&bounded, &unbounded] {
+        apply(store, 6, later_events());
+        store.persist().unwrap();
+    }
+    let profile = find(&bounded, "user_id:u-100").unwrap();
+    assert_eq!(profile, find(&unbounded, "user_id:u-100").unwrap());
+    assert_eq!(profile.traits["plan"], json!("enterprise"));
+    assert_eq!(profile.traits["name"], json!("Ana"));
+    assert_eq!(profile.computed_traits.event_count, 7);
+    assert_eq!(profile.computed_traits.order_count, 3);
+    assert_eq!(profile.computed_traits.total_revenue, 2250.0);
+    assert_eq!(
+        find(&bounded, "email:beto@example.com"),
+        find(&unbounded, "email:beto@example.com")
+    );
+    assert_eq!(views_by_id(&bounded), views_by_id(&unbounded));
+    assert_eq!(views_by_id(&bounded).len(), 2);
+
+    // And after a restart, which now reads no facts until they are used.
+    drop(bounded);
+    let reopened = ProfileStore::open(bounded_dir.path(), with_resident_facts(2)).unwrap();
+    assert_eq!(reopened.read().facts.len(), 0);
+    for lookup in lookups {
+        assert_eq!(
+            find(&reopened, lookup),
+            find(&unbounded, lookup),
+            "{lookup}"
+        );
+    }
+    assert_eq!(views_by_id(&reopened), views_by_id(&unbounded));
+}
+
+#[test]
+fn facts_changed_since_the_last_persist_stay_in_memory_whatever_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ProfileStore::open(dir.path(), with_resident_facts(2)).unwrap();
+    apply(&store, 1, customer_journey());
+    // Not persisted: nothing may leave memory, or the changes would be lost.
+    assert_eq!(store.read().facts.len(), 3);
+    let before = find(&store, "user_id:u-100").unwrap();
+    store.persist().unwrap();
+    assert_eq!(store.read().facts.len(), 1);
+    assert_eq!(find(&store, "user_id:u-100").unwrap(), before);
+}
+
+#[test]
+fn removing_a_computed_trait_drops_its_states_from_facts_only_on_disk_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let orders = ComputedTraitDef {
+        name: "orders".into(),
+        kind: computed::Kind::Count,
+        event: Some("Order Completed".into()),
+        message_type: None,
+        property: None,
+        window_days: None,
+    };
+    let store = ProfileStore::open(dir.path(), with_resident_facts(2)).unwrap();
+    let defs = store.register_trait(orders).unwrap();
+    store.install_definitions(defs);
+    apply(&store, 1, customer_journey());
+    store.persist().unwrap();
+    let stored_states = || {
+        let conn = persist::open(dir.path()).unwrap();
+        let mut with_state = 0;
+        persist::for_each_facts(&conn, |_, facts| {
+            with_state += usize::from(facts.computed.contains_key("orders"));
+        })
+        .unwrap();
+        with_state
+    };
+    // Both buyers' identifiers (u-100's and phone-app-7's) count orders; one is in memory.
+    assert_eq!(stored_states(), 2);
+    assert_eq!(store.read().facts.len(), 1);
+    store.remove_trait("orders").unwrap();
+    store.persist().unwrap();
+    assert_eq!(stored_states(), 0);
 }

@@ -27,7 +27,19 @@ use crate::merge::{MergeError, merge_profiles};
 use crate::query::query_error;
 
 fn lookup_error(err: LookupError) -> ApiError {
-    ApiError::new(ErrorCode::InvalidProfileLookup, err.to_string())
+    match err {
+        LookupError::Unreadable(_) => storage_error(&err),
+        _ => ApiError::new(ErrorCode::InvalidProfileLookup, err.to_string()),
+    }
+}
+
+/// `profiles.db` could not be read: not the request's fault, and worth retrying.
+fn storage_error(err: &dyn std::fmt::Display) -> ApiError {
+    tracing::error!(error = %err, "reading profiles failed");
+    ApiError::new(
+        ErrorCode::StorageUnavailable,
+        format!("{err}; try again shortly, and see the server log if it persists"),
+    )
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -75,6 +87,7 @@ pub async fn merge(
 
 fn merge_error(err: MergeError) -> ApiError {
     match err {
+        MergeError::Lookup(LookupError::Unreadable(_)) => storage_error(&err),
         MergeError::Malformed(..) | MergeError::Lookup(_) => {
             ApiError::new(ErrorCode::InvalidProfileLookup, err.to_string())
         }
@@ -123,7 +136,9 @@ pub async fn duplicates(
     let profiles = app.pipeline.profiles.clone();
     // Reading every profile is heavy work: keep it off the request threads.
     let mut candidates = tokio::task::spawn_blocking(move || {
-        kith_profiles::find_duplicates(&profiles.all_views(), min_score)
+        profiles
+            .all_views()
+            .map(|views| kith_profiles::find_duplicates(&views, min_score))
     })
     .await
     .map_err(|e| {
@@ -132,7 +147,8 @@ pub async fn duplicates(
             ErrorCode::Internal,
             "the duplicate search failed; see the server log",
         )
-    })?;
+    })?
+    .map_err(|e| storage_error(&e))?;
     let total = candidates.len();
     candidates.truncate(limit);
     Ok(Json(json!({"candidates": candidates, "total": total})))
@@ -373,8 +389,10 @@ pub static PROFILE_IDENTITIES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 });
 
 /// Both profile tables as they are now.
-pub fn profile_tables(store: &ProfileStore) -> Vec<ExtraTable> {
-    let views = store.all_views();
+pub fn profile_tables(
+    store: &ProfileStore,
+) -> Result<Vec<ExtraTable>, kith_profiles::ProfileError> {
+    let views = store.all_views()?;
     let mut profile_id = StringBuilder::new();
     let mut identifier_count = Int64Builder::new();
     let mut first_seen = TimestampMicrosecondBuilder::new().with_timezone("UTC");
@@ -419,7 +437,7 @@ pub fn profile_tables(store: &ProfileStore) -> Vec<ExtraTable> {
         Arc::new(merge_count.finish()),
         Arc::new(conflict_count.finish()),
     ];
-    vec![
+    Ok(vec![
         ExtraTable {
             name: "profiles".into(),
             schema: PROFILES_SCHEMA.clone(),
@@ -429,7 +447,7 @@ pub fn profile_tables(store: &ProfileStore) -> Vec<ExtraTable> {
             ],
         },
         identity_table(store),
-    ]
+    ])
 }
 
 /// The last `profile_identities` built, with the profile store's applied seq it reflects: every

@@ -78,7 +78,9 @@ pub async fn query(
     let result = crate::runtimes::queries()
         .spawn(async move {
             let extra = if crate::profiles::mentions_profiles(&request.sql) {
-                crate::profiles::profile_tables(&profiles)
+                crate::profiles::profile_tables(&profiles).map_err(|e| {
+                    QueryError::Internal(format!("the profiles could not be read: {e}"))
+                })?
             } else {
                 Vec::new()
             };

@@ -99,7 +99,10 @@ fn run(
                 false
             }
             Ok(Command::ResetTrait(name, done)) => {
-                profiles.reset_trait(&name);
+                if let Err(e) = profiles.reset_trait(&name) {
+                    // Identifiers read back from disk later may still show old values.
+                    tracing::error!(trait_name = %name, error = %e, "a computed trait's stored values could not all be dropped");
+                }
                 let _ = done.send(());
                 false
             }
