@@ -201,19 +201,25 @@ impl ProfileStore {
         let mut writer = persist::open(data_dir)?;
         let reader = persist::open(data_dir)?;
         let model_traits = ModelTraitStore::open(data_dir)?;
-        let loaded = persist::load(&writer)?;
-        let external_types = external_types(&loaded.identifiers);
         let mut resolver = Resolver::new(settings.rules.clone());
-        for (identifier, key) in loaded.identifiers {
-            resolver.observe(&Observation {
-                key,
-                identifiers: vec![identifier],
-                explicit_merge: false,
-            });
-        }
-        for link in &loaded.links {
-            resolver.observe(link);
-        }
+        let mut external_types = HashSet::new();
+        let loaded = persist::load(&writer, |row| match row {
+            persist::GraphRow::Identifier(identifier, key) => {
+                if let IdType::External(name) = &identifier.id_type
+                    && !external_types.contains(name)
+                {
+                    external_types.insert(name.clone());
+                }
+                resolver.observe(&Observation {
+                    key,
+                    identifiers: vec![identifier],
+                    explicit_merge: false,
+                });
+            }
+            persist::GraphRow::Link(link) => {
+                resolver.observe(&link);
+            }
+        })?;
         // Each identifier started as a profile of its own; most were merged away.
         resolver.compact();
         let config_traits: Vec<String> = settings.computed.iter().map(|d| d.name.clone()).collect();
@@ -936,16 +942,6 @@ impl ProfileStore {
     pub fn profile_count(&self) -> usize {
         self.read().resolver.profile_count()
     }
-}
-
-fn external_types(identifiers: &[(Identifier, kith_identity::ObservationKey)]) -> HashSet<String> {
-    identifiers
-        .iter()
-        .filter_map(|(identifier, _)| match &identifier.id_type {
-            IdType::External(name) => Some(name.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -456,3 +456,24 @@ fn removing_a_computed_trait_drops_its_states_from_facts_only_on_disk_too() {
     store.persist().unwrap();
     assert_eq!(stored_states(), 0);
 }
+
+#[test]
+fn external_identifier_types_seen_in_events_are_lookups_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = json!([
+        {"type": "track", "anonymousId": "a1", "event": "Signed Up", "messageId": "m1",
+         "context": {"externalIds": [{"id": "crm-1", "type": "hubspot_id", "collection": "users"}]}}
+    ]);
+    let before = {
+        let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
+        assert!(matches!(
+            store.find(&Lookup::parse("hubspot_id:crm-1").unwrap()),
+            Err(LookupError::UnknownType(..))
+        ));
+        apply(&store, 1, event);
+        store.persist().unwrap();
+        find(&store, "hubspot_id:crm-1").expect("found by its external id")
+    };
+    let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
+    assert_eq!(find(&store, "hubspot_id:crm-1"), Some(before));
+}
