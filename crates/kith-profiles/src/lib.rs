@@ -356,8 +356,7 @@ impl ProfileStore {
                 {
                     Ok(held) => held,
                     Err(e) => {
-                        metrics::counter!("kith_profile_facts_unreadable_total").increment(1);
-                        tracing::error!(identifier = %primary, error = %e, "an identifier's facts could not be read; this event is left out of its computed traits");
+                        unreadable_facts(primary, *seq, &e);
                         continue;
                     }
                 };
@@ -647,10 +646,7 @@ impl ProfileStore {
             let identifier_facts = match held {
                 Ok(held) => held,
                 Err(e) => {
-                    // Applying the event to empty facts would overwrite the stored ones at the
-                    // next persist; leaving it out loses only this event's traits and figures.
-                    metrics::counter!("kith_profile_facts_unreadable_total").increment(1);
-                    tracing::error!(identifier = %primary, seq, error = %e, "an identifier's facts could not be read; this event is left out of its profile's traits and figures");
+                    unreadable_facts(primary, *seq, &e);
                     continue;
                 }
             };
@@ -942,6 +938,14 @@ impl ProfileStore {
     pub fn profile_count(&self) -> usize {
         self.read().resolver.profile_count()
     }
+}
+
+/// An event's identifier whose facts `profiles.db` could not give back. Applying the event to
+/// empty facts would overwrite the stored ones at the next persist, so the event is left out of
+/// that identifier's traits, figures and computed traits instead, and said so.
+fn unreadable_facts(identifier: &Identifier, seq: u64, error: &ProfileError) {
+    metrics::counter!("kith_profile_facts_unreadable_total").increment(1);
+    tracing::error!(%identifier, seq, %error, "an identifier's facts could not be read; this event is left out of them");
 }
 
 #[cfg(test)]

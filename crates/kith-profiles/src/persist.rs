@@ -346,10 +346,10 @@ fn facts_chunk(
         .collect()
 }
 
-/// Calls `visit` with every identifier's stored facts, a chunk at a time.
-pub fn for_each_facts(
+/// Hands `each` every stored facts row (rowid, identifier, facts), a chunk at a time.
+fn for_each_chunk(
     conn: &Connection,
-    mut visit: impl FnMut(Identifier, IdentifierFacts),
+    mut each: impl FnMut(Vec<(i64, Identifier, IdentifierFacts)>) -> Result<(), ProfileError>,
 ) -> Result<(), ProfileError> {
     let mut after = 0;
     loop {
@@ -358,10 +358,21 @@ pub fn for_each_facts(
             return Ok(());
         };
         after = *last;
+        each(chunk)?;
+    }
+}
+
+/// Calls `visit` with every identifier's stored facts, a chunk at a time.
+pub fn for_each_facts(
+    conn: &Connection,
+    mut visit: impl FnMut(Identifier, IdentifierFacts),
+) -> Result<(), ProfileError> {
+    for_each_chunk(conn, |chunk| {
         for (_, identifier, facts) in chunk {
             visit(identifier, facts);
         }
-    }
+        Ok(())
+    })
 }
 
 /// Rewrites, in one transaction, the stored facts `change` changes (it returns whether it did),
@@ -373,13 +384,7 @@ pub fn rewrite_facts(
 ) -> Result<usize, ProfileError> {
     let tx = conn.transaction()?;
     let mut rewritten = 0;
-    let mut after = 0;
-    loop {
-        let chunk = facts_chunk(&tx, after)?;
-        let Some((last, _, _)) = chunk.last() else {
-            break;
-        };
-        after = *last;
+    for_each_chunk(&tx, |chunk| {
         let mut update =
             tx.prepare_cached("UPDATE identifier_facts SET facts = ?1 WHERE rowid = ?2")?;
         for (rowid, identifier, mut facts) in chunk {
@@ -391,7 +396,8 @@ pub fn rewrite_facts(
             update.execute(params![json, rowid])?;
             rewritten += 1;
         }
-    }
+        Ok(())
+    })?;
     tx.commit()?;
     Ok(rewritten)
 }
