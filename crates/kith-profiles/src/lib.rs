@@ -915,24 +915,22 @@ impl ProfileStore {
             .collect())
     }
 
-    /// Every identifier with the profile it belongs to now and when it was first seen
+    /// Visits every identifier with the profile it belongs to now and when it was first seen
     /// (`profile_id`, type, value, µs): what attributing events needs, without building each
     /// profile's view (traits, facts), which costs a hundred times more.
-    pub fn identity_rows(&self) -> Vec<(String, String, String, i64)> {
+    pub fn for_each_identity(&self, mut visit: impl FnMut(&str, &str, &str, i64)) {
         let state = self.read();
-        let mut rows = Vec::new();
         for profile in state.resolver.profiles() {
             let profile_id = state.resolver.profile_id(profile);
             for (identifier, first) in state.resolver.identifiers(profile) {
-                rows.push((
-                    profile_id.clone(),
-                    identifier.id_type.name().to_string(),
-                    identifier.value.clone(),
+                visit(
+                    &profile_id,
+                    identifier.id_type.name(),
+                    &identifier.value,
                     first.time_micros,
-                ));
+                );
             }
         }
-        rows
     }
 
     pub fn profile_count(&self) -> usize {

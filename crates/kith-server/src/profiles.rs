@@ -501,17 +501,26 @@ impl IdentityTableCache {
 /// `profile_identities` alone: all that attributing events to profiles needs, built from the
 /// resolver without the profiles' views (analyses use it; it is far cheaper than both tables).
 pub fn identity_table(store: &ProfileStore) -> ExtraTable {
-    let rows = store.identity_rows();
-    let mut id_profile = StringBuilder::new();
-    let mut id_type = StringBuilder::new();
-    let mut id_value = StringBuilder::new();
-    let mut id_first_seen = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    for (profile_id, kind, value, first_seen) in &rows {
+    // Sizes first, so each column is allocated once and exactly (growing by doubling left up
+    // to half of each buffer unused: tens of megabytes at hundreds of thousands of customers).
+    // Rows added between the two visits only make a column grow.
+    let (mut rows, mut profile_bytes, mut type_bytes, mut value_bytes) = (0, 0, 0, 0);
+    store.for_each_identity(|profile_id, kind, value, _| {
+        rows += 1;
+        profile_bytes += profile_id.len();
+        type_bytes += kind.len();
+        value_bytes += value.len();
+    });
+    let mut id_profile = StringBuilder::with_capacity(rows, profile_bytes);
+    let mut id_type = StringBuilder::with_capacity(rows, type_bytes);
+    let mut id_value = StringBuilder::with_capacity(rows, value_bytes);
+    let mut id_first_seen = TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC");
+    store.for_each_identity(|profile_id, kind, value, first_seen| {
         id_profile.append_value(profile_id);
         id_type.append_value(kind);
         id_value.append_value(value);
-        id_first_seen.append_value(*first_seen);
-    }
+        id_first_seen.append_value(first_seen);
+    });
     let columns: Vec<ArrayRef> = vec![
         Arc::new(id_profile.finish()),
         Arc::new(id_type.finish()),
