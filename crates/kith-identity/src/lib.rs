@@ -11,6 +11,7 @@ pub mod identifier;
 pub mod normalize;
 pub mod resolver;
 pub mod rules;
+mod text;
 
 pub use identifier::{IdType, Identifier, Lookup, LookupParseError};
 pub use normalize::{Normalizer, NotAnIdentity, UnknownRegion, fold_accent};

@@ -28,6 +28,7 @@ use hashbrown::{DefaultHashBuilder, HashMap, HashSet, HashTable};
 
 use crate::identifier::{IdType, Identifier};
 use crate::rules::IdentityRules;
+use crate::text::{Text, TextArena};
 
 /// Where an observation sits in the canonical order.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -76,18 +77,6 @@ pub struct MergeRecord {
     pub absorbed_count: usize,
 }
 
-/// A merge as the resolver keeps it: identifiers by their index in `ids` (4 bytes instead of a
-/// copy of each identifier); [`Resolver::merges`] builds the [`MergeRecord`]s.
-#[derive(Debug, Clone)]
-struct MergeNode {
-    key: ObservationKey,
-    reason: MergeReason,
-    via: u32,
-    /// Sorted by identifier, at most [`MAX_LISTED`].
-    absorbed: Box<[u32]>,
-    absorbed_count: u32,
-}
-
 /// A merge the guards refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConflictRecord {
@@ -103,48 +92,6 @@ pub const MAX_LISTED: usize = 20;
 
 /// A stable index of a profile inside the resolver (valid until the next change).
 pub type ProfileRef = u32;
-
-#[derive(Debug, Clone)]
-struct IdNode {
-    identifier: Identifier,
-    first_seen: ObservationKey,
-    profile: u32,
-}
-
-#[derive(Debug, Clone, Default)]
-struct ProfileNode {
-    members: Vec<u32>,
-    /// Links touching any member (applied or refused), possibly listed twice after merges.
-    links: Vec<u32>,
-    /// The latest key among `links`.
-    max_link_key: Option<ObservationKey>,
-    merges: Vec<MergeNode>,
-    conflicts: Vec<ConflictRecord>,
-    /// Merges of two multi-identifier profiles this profile has been through.
-    profile_merges: usize,
-    anchor: u32,
-    alive: bool,
-}
-
-#[derive(Debug, Clone)]
-struct LinkNode {
-    /// Sorted by identifier order, deduplicated.
-    ids: Vec<u32>,
-    key: ObservationKey,
-    explicit: bool,
-}
-
-enum Sighting {
-    New,
-    Earlier,
-    Known,
-}
-
-struct ObservationRef<'a> {
-    key: &'a ObservationKey,
-    explicit_merge: bool,
-}
-
 /// What [`Resolver::observe`] changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObserveOutcome {
@@ -158,43 +105,108 @@ pub struct ObserveOutcome {
     pub rebuilt: bool,
 }
 
+/// An [`ObservationKey`] as the resolver keeps it: the message id in the resolver's text arena.
+#[derive(Debug, Clone, Copy)]
+struct Key {
+    time_micros: i64,
+    message_id: Text,
+}
+
+/// An identifier, its first sighting and its profile (32 bytes; the strings are in the arena).
+#[derive(Debug, Clone)]
+struct IdNode {
+    value: Text,
+    first_seen: Key,
+    profile: u32,
+    /// Index in `Resolver::types`.
+    id_type: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ProfileNode {
+    members: Vec<u32>,
+    /// Links touching any member (applied or refused), possibly listed twice after merges.
+    links: Vec<u32>,
+    /// The link with the latest key among `links`. A link's key only changes (moves earlier)
+    /// together with a rebuild of every profile listing it, which sets this again.
+    latest_link: Option<u32>,
+    merges: Vec<MergeNode>,
+    conflicts: Vec<ConflictRecord>,
+    /// Merges of two multi-identifier profiles this profile has been through.
+    profile_merges: u32,
+    anchor: u32,
+    alive: bool,
+}
+
+/// One merge in a profile's history. Its message and reason are those of the link that made it
+/// (a link's key or kind only changes together with a rebuild that remakes its merges).
+#[derive(Debug, Clone)]
+struct MergeNode {
+    link: u32,
+    via: u32,
+    /// Sorted by identifier, at most [`MAX_LISTED`].
+    absorbed: Box<[u32]>,
+    absorbed_count: u32,
+}
+
+#[derive(Debug, Clone)]
+struct LinkNode {
+    /// Sorted by identifier order, deduplicated.
+    ids: Box<[u32]>,
+    key: Key,
+    explicit: bool,
+}
+
+enum Sighting {
+    New,
+    Earlier,
+    Known,
+}
+
+/// The identity graph. Identifiers, links and profiles are numbered and refer to each other by
+/// number; strings live once in a text arena. At hundreds of thousands of customers this is the
+/// largest state the server keeps in memory, so it is kept compact: about 32 bytes an identifier
+/// and 40 a link plus their strings, and a profile's members, links and merges.
 #[derive(Debug, Clone)]
 pub struct Resolver {
     rules: IdentityRules,
+    text: TextArena,
+    /// Identifier types by number: the built-in ones and each external type seen.
+    types: Vec<IdType>,
+    type_numbers: HashMap<IdType, u32>,
     ids: Vec<IdNode>,
-    /// Identifier → its index in `ids`. The table holds only the index and hashes the identifier
-    /// stored in `ids`, so each identifier is kept once (a map keyed by a copy cost about 80 bytes
-    /// more per identifier).
-    by_identifier: HashTable<u32>,
     hasher: DefaultHashBuilder,
-    /// Profile id (the hash of an identifier) → that identifier.
-    by_hash: HashMap<u64, u32>,
+    /// Identifiers by (type, value): the table holds their numbers only.
+    by_identifier: HashTable<u32>,
+    /// Identifiers by the profile id they anchor (its 64-bit hash), the first one on a collision.
+    by_hash: HashTable<u32>,
     profiles: Vec<ProfileNode>,
     free_profiles: Vec<u32>,
     links: Vec<LinkNode>,
-    by_link: HashMap<Vec<u32>, u32>,
+    /// Links by their identifiers.
+    by_link: HashTable<u32>,
 }
 
 /// The profile id of the profile anchored at `identifier`.
 pub fn profile_id_for(identifier: &Identifier) -> String {
-    format!("p_{:016x}", identifier_hash(identifier))
+    profile_id_from_hash(identifier_hash(
+        identifier.id_type.name(),
+        &identifier.value,
+    ))
 }
 
-fn identifier_hash(identifier: &Identifier) -> u64 {
-    // Stable across versions and machines: the id is stored by users.
-    let mut bytes = Vec::with_capacity(identifier.value.len() + 16);
-    bytes.extend_from_slice(identifier.id_type.name().as_bytes());
-    bytes.push(0);
-    bytes.extend_from_slice(identifier.value.as_bytes());
-    fnv1a64(&bytes)
+fn profile_id_from_hash(hash: u64) -> String {
+    format!("p_{hash:016x}")
 }
 
-/// FNV-1a: tiny, stable and good enough for ids (collisions of 64-bit ids among millions of
-/// identifiers are vanishingly unlikely; `by_hash` keeps the first on a collision).
-fn fnv1a64(bytes: &[u8]) -> u64 {
+/// Stable across versions and machines (the id is stored by users): FNV-1a over the type name,
+/// a zero byte and the value. Tiny, and collisions of 64-bit ids among millions of identifiers
+/// are vanishingly unlikely (`by_hash` keeps the first on a collision).
+fn identifier_hash(type_name: &str, value: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = type_name.bytes().chain([0]).chain(value.bytes());
     for byte in bytes {
-        hash ^= u64::from(*byte);
+        hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     hash
@@ -204,14 +216,17 @@ impl Resolver {
     pub fn new(rules: IdentityRules) -> Resolver {
         Resolver {
             rules,
+            text: TextArena::default(),
+            types: Vec::new(),
+            type_numbers: HashMap::new(),
             ids: Vec::new(),
-            by_identifier: HashTable::new(),
             hasher: DefaultHashBuilder::default(),
-            by_hash: HashMap::new(),
+            by_identifier: HashTable::new(),
+            by_hash: HashTable::new(),
             profiles: Vec::new(),
             free_profiles: Vec::new(),
             links: Vec::new(),
-            by_link: HashMap::new(),
+            by_link: HashTable::new(),
         }
     }
 
@@ -235,14 +250,10 @@ impl Resolver {
         identifiers: &[Identifier],
         explicit_merge: bool,
     ) -> ObserveOutcome {
-        let observation = ObservationRef {
-            key,
-            explicit_merge,
-        };
         let mut outcome = ObserveOutcome::default();
         let mut ids = Vec::with_capacity(identifiers.len());
         for identifier in identifiers {
-            let (id, sighting) = self.sighting(identifier, observation.key);
+            let (id, sighting) = self.sighting(identifier, key);
             match sighting {
                 Sighting::New => outcome.new_identifiers.push(identifier.clone()),
                 Sighting::Earlier => outcome.earlier_sightings.push(identifier.clone()),
@@ -250,41 +261,34 @@ impl Resolver {
             }
             ids.push(id);
         }
-        ids.sort_by(|a, b| {
-            self.ids[*a as usize]
-                .identifier
-                .cmp(&self.ids[*b as usize].identifier)
-        });
+        ids.sort_by(|a, b| self.identifier_order(*a, *b));
         ids.dedup();
         if ids.len() < 2 {
             return outcome;
         }
-        let link = match self.by_link.get(&ids) {
-            Some(&link) if self.links[link as usize].key <= *observation.key => return outcome,
-            Some(&link) => {
+        let link = match self.link_of(&ids) {
+            Some(link)
+                if self
+                    .key_cmp_with(self.links[link as usize].key, key)
+                    .is_le() =>
+            {
+                return outcome;
+            }
+            Some(link) => {
+                let key = self.intern_key(key);
                 let node = &mut self.links[link as usize];
-                node.key = observation.key.clone();
-                node.explicit = observation.explicit_merge;
+                node.key = key;
+                node.explicit = explicit_merge;
                 link
             }
-            None => {
-                let link = self.links.len() as u32;
-                self.links.push(LinkNode {
-                    ids: ids.clone(),
-                    key: observation.key.clone(),
-                    explicit: observation.explicit_merge,
-                });
-                self.by_link.insert(ids.clone(), link);
-                link
-            }
+            None => self.add_link(ids.clone().into_boxed_slice(), key, explicit_merge),
         };
         outcome.new_link = true;
         let involved = self.profiles_of(&ids);
-        let frontier = involved
+        let latest = involved
             .iter()
-            .filter_map(|p| self.profiles[*p as usize].max_link_key.as_ref())
-            .max();
-        let latest = frontier.is_none_or(|f| observation.key > f);
+            .filter_map(|p| self.profiles[*p as usize].latest_link)
+            .all(|l| self.key_cmp_with(self.links[l as usize].key, key).is_lt());
         if latest && !self.profiles_list_link(&involved, link) {
             self.apply_link(link);
         } else {
@@ -294,11 +298,105 @@ impl Resolver {
         outcome
     }
 
+    fn add_link(&mut self, ids: Box<[u32]>, key: &ObservationKey, explicit: bool) -> u32 {
+        let link = self.links.len() as u32;
+        let hash = self.hasher.hash_one(&*ids);
+        let key = self.intern_key(key);
+        self.links.push(LinkNode { ids, key, explicit });
+        let (links, hasher) = (&self.links, &self.hasher);
+        self.by_link.insert_unique(hash, link, |other| {
+            hasher.hash_one(&*links[*other as usize].ids)
+        });
+        link
+    }
+
+    fn link_of(&self, ids: &[u32]) -> Option<u32> {
+        self.by_link
+            .find(self.hasher.hash_one(ids), |link| {
+                *self.links[*link as usize].ids == *ids
+            })
+            .copied()
+    }
+
+    fn intern_key(&mut self, key: &ObservationKey) -> Key {
+        Key {
+            time_micros: key.time_micros,
+            message_id: self.text.push(&key.message_id),
+        }
+    }
+
+    fn observation_key(&self, key: Key) -> ObservationKey {
+        ObservationKey {
+            time_micros: key.time_micros,
+            message_id: self.text.get(key.message_id).to_string(),
+        }
+    }
+
+    fn key_cmp(&self, a: Key, b: Key) -> Ordering {
+        a.time_micros
+            .cmp(&b.time_micros)
+            .then_with(|| self.text.get(a.message_id).cmp(self.text.get(b.message_id)))
+    }
+
+    fn key_cmp_with(&self, a: Key, b: &ObservationKey) -> Ordering {
+        a.time_micros
+            .cmp(&b.time_micros)
+            .then_with(|| self.text.get(a.message_id).cmp(b.message_id.as_str()))
+    }
+
+    fn type_number(&mut self, id_type: &IdType) -> u32 {
+        if let Some(number) = self.type_numbers.get(id_type) {
+            return *number;
+        }
+        let number = self.types.len() as u32;
+        self.types.push(id_type.clone());
+        self.type_numbers.insert(id_type.clone(), number);
+        number
+    }
+
+    fn identifier(&self, id: u32) -> Identifier {
+        let node = &self.ids[id as usize];
+        Identifier::new(
+            self.types[node.id_type as usize].clone(),
+            self.text.get(node.value),
+        )
+    }
+
+    /// The order of `Identifier`: type, then value.
+    fn identifier_order(&self, a: u32, b: u32) -> Ordering {
+        let (a, b) = (&self.ids[a as usize], &self.ids[b as usize]);
+        let types = if a.id_type == b.id_type {
+            Ordering::Equal
+        } else {
+            self.types[a.id_type as usize].cmp(&self.types[b.id_type as usize])
+        };
+        types.then_with(|| self.text.get(a.value).cmp(self.text.get(b.value)))
+    }
+
+    fn stored_hash(&self, id: u32) -> u64 {
+        let node = &self.ids[id as usize];
+        self.hasher.hash_one((
+            &self.types[node.id_type as usize],
+            self.text.get(node.value),
+        ))
+    }
+
+    fn stored_profile_hash(&self, id: u32) -> u64 {
+        let node = &self.ids[id as usize];
+        identifier_hash(
+            self.types[node.id_type as usize].name(),
+            self.text.get(node.value),
+        )
+    }
+
     /// Interns an identifier (a new one becomes a profile of its own) and keeps its first sighting.
     fn sighting(&mut self, identifier: &Identifier, key: &ObservationKey) -> (u32, Sighting) {
         if let Some(id) = self.index_of(identifier) {
-            if *key < self.ids[id as usize].first_seen {
-                self.ids[id as usize].first_seen = key.clone();
+            if self
+                .key_cmp_with(self.ids[id as usize].first_seen, key)
+                .is_gt()
+            {
+                self.ids[id as usize].first_seen = self.intern_key(key);
                 let profile = self.ids[id as usize].profile;
                 self.refresh_anchor(profile);
                 return (id, Sighting::Earlier);
@@ -307,20 +405,38 @@ impl Resolver {
         }
         let id = self.ids.len() as u32;
         let profile = self.new_profile(id);
-        self.ids.push(IdNode {
-            identifier: identifier.clone(),
-            first_seen: key.clone(),
+        let node = IdNode {
+            id_type: self.type_number(&identifier.id_type),
+            value: self.text.push(&identifier.value),
+            first_seen: self.intern_key(key),
             profile,
-        });
-        let (ids, hasher) = (&self.ids, &self.hasher);
-        self.by_identifier
-            .insert_unique(hasher.hash_one(identifier), id, |other| {
-                hasher.hash_one(&ids[*other as usize].identifier)
+        };
+        self.ids.push(node);
+        let hash = self
+            .hasher
+            .hash_one((&identifier.id_type, identifier.value.as_str()));
+        // `insert_unique` needs the table mutably while rehashing reads the rest: take it out.
+        let mut by_identifier = std::mem::take(&mut self.by_identifier);
+        by_identifier.insert_unique(hash, id, |other| self.stored_hash(*other));
+        self.by_identifier = by_identifier;
+        let profile_hash = identifier_hash(identifier.id_type.name(), &identifier.value);
+        if self.anchored_by_hash(profile_hash).is_none() {
+            let mut by_hash = std::mem::take(&mut self.by_hash);
+            by_hash.insert_unique(self.hasher.hash_one(profile_hash), id, |other| {
+                self.hasher.hash_one(self.stored_profile_hash(*other))
             });
-        self.by_hash
-            .entry(identifier_hash(identifier))
-            .or_insert(id);
+            self.by_hash = by_hash;
+        }
         (id, Sighting::New)
+    }
+
+    /// The identifier whose profile id has this hash.
+    fn anchored_by_hash(&self, profile_hash: u64) -> Option<u32> {
+        self.by_hash
+            .find(self.hasher.hash_one(profile_hash), |id| {
+                self.stored_profile_hash(*id) == profile_hash
+            })
+            .copied()
     }
 
     fn new_profile(&mut self, member: u32) -> u32 {
@@ -343,8 +459,12 @@ impl Resolver {
     }
 
     fn anchor_order(&self, a: u32, b: u32) -> Ordering {
-        let (a, b) = (&self.ids[a as usize], &self.ids[b as usize]);
-        (&a.first_seen, &a.identifier).cmp(&(&b.first_seen, &b.identifier))
+        let (first_a, first_b) = (
+            self.ids[a as usize].first_seen,
+            self.ids[b as usize].first_seen,
+        );
+        self.key_cmp(first_a, first_b)
+            .then_with(|| self.identifier_order(a, b))
     }
 
     fn refresh_anchor(&mut self, profile: u32) {
@@ -378,12 +498,6 @@ impl Resolver {
     /// Applies one link on top of the current state (the greedy step of the canonical rule).
     fn apply_link(&mut self, link: u32) {
         let ids = self.links[link as usize].ids.clone();
-        let key = self.links[link as usize].key.clone();
-        let reason = if self.links[link as usize].explicit {
-            MergeReason::Alias
-        } else {
-            MergeReason::SharedIdentifier
-        };
         let involved = self.profiles_of(&ids);
         let target = involved[0];
         for &other in &involved[1..] {
@@ -392,18 +506,17 @@ impl Resolver {
                     let via = ids
                         .iter()
                         .copied()
-                        .find(|id| self.ids[*id as usize].profile == other)
-                        .expect("the other profile holds one of the link's identifiers");
-                    self.merge(target, other, key.clone(), reason, via);
+                        .find(|id| self.ids[*id as usize].profile == other);
+                    // Always found: `other` is the profile of one of the link's identifiers.
+                    if let Some(via) = via {
+                        self.merge(target, other, link, via);
+                    }
                 }
                 Some(why) => {
                     let conflict = ConflictRecord {
-                        key: key.clone(),
+                        key: self.observation_key(self.links[link as usize].key),
                         reason: why,
-                        identifiers: ids
-                            .iter()
-                            .map(|id| self.ids[*id as usize].identifier.clone())
-                            .collect(),
+                        identifiers: ids.iter().map(|id| self.identifier(*id)).collect(),
                     };
                     self.profiles[other as usize]
                         .conflicts
@@ -412,11 +525,16 @@ impl Resolver {
                 }
             }
         }
+        let key = self.links[link as usize].key;
         for profile in self.profiles_of(&ids) {
+            let later = match self.profiles[profile as usize].latest_link {
+                None => true,
+                Some(latest) => self.key_cmp(key, self.links[latest as usize].key).is_gt(),
+            };
             let node = &mut self.profiles[profile as usize];
             node.links.push(link);
-            if node.max_link_key.as_ref().is_none_or(|k| key > *k) {
-                node.max_link_key = Some(key.clone());
+            if later {
+                node.latest_link = Some(link);
             }
         }
     }
@@ -431,14 +549,13 @@ impl Resolver {
                 self.rules.max_identifiers
             ));
         }
-        let mut counts: HashMap<&IdType, usize> = HashMap::new();
+        let mut counts: HashMap<u32, usize> = HashMap::new();
         for id in pa.members.iter().chain(&pb.members) {
-            *counts
-                .entry(&self.ids[*id as usize].identifier.id_type)
-                .or_default() += 1;
+            *counts.entry(self.ids[*id as usize].id_type).or_default() += 1;
         }
         let mut broken: Vec<(&IdType, usize)> = counts
             .into_iter()
+            .map(|(t, n)| (&self.types[t as usize], n))
             .filter(|(t, n)| *n > self.rules.limit(t))
             .collect();
         broken.sort();
@@ -450,7 +567,8 @@ impl Resolver {
             ));
         }
         let both_grown = pa.members.len() > 1 && pb.members.len() > 1;
-        let merges = pa.profile_merges + pb.profile_merges + usize::from(both_grown);
+        let merges =
+            pa.profile_merges as usize + pb.profile_merges as usize + usize::from(both_grown);
         if both_grown && merges > self.rules.max_merges {
             return Some(format!(
                 "the merged profile would have been through {merges} profile merges; the limit is {}",
@@ -460,25 +578,13 @@ impl Resolver {
         None
     }
 
-    fn merge(
-        &mut self,
-        target: u32,
-        other: u32,
-        key: ObservationKey,
-        reason: MergeReason,
-        via: u32,
-    ) {
+    fn merge(&mut self, target: u32, other: u32, link: u32, via: u32) {
         let absorbed = std::mem::take(&mut self.profiles[other as usize]);
         let mut listed = absorbed.members.clone();
-        listed.sort_by(|a, b| {
-            self.ids[*a as usize]
-                .identifier
-                .cmp(&self.ids[*b as usize].identifier)
-        });
+        listed.sort_by(|a, b| self.identifier_order(*a, *b));
         listed.truncate(MAX_LISTED);
         let record = MergeNode {
-            key,
-            reason,
+            link,
             via,
             absorbed: listed.into_boxed_slice(),
             absorbed_count: absorbed.members.len() as u32,
@@ -490,14 +596,33 @@ impl Resolver {
             absorbed.members.len() > 1 && self.profiles[target as usize].members.len() > 1;
         let anchor_wins = self.anchor_order(absorbed.anchor, self.profiles[target as usize].anchor)
             == Ordering::Less;
+        let latest_link = match (
+            self.profiles[target as usize].latest_link,
+            absorbed.latest_link,
+        ) {
+            (Some(mine), Some(theirs))
+                if self
+                    .key_cmp(
+                        self.links[theirs as usize].key,
+                        self.links[mine as usize].key,
+                    )
+                    .is_gt() =>
+            {
+                Some(theirs)
+            }
+            (mine, theirs) => mine.or(theirs),
+        };
         let node = &mut self.profiles[target as usize];
         node.members.extend(absorbed.members);
         node.links.extend(absorbed.links);
-        node.max_link_key = node.max_link_key.clone().max(absorbed.max_link_key);
+        node.latest_link = latest_link;
         node.merges.extend(absorbed.merges);
         node.merges.push(record);
         node.conflicts.extend(absorbed.conflicts);
-        node.profile_merges += absorbed.profile_merges + usize::from(both_grown);
+        node.profile_merges = node
+            .profile_merges
+            .saturating_add(absorbed.profile_merges)
+            .saturating_add(u32::from(both_grown));
         if anchor_wins {
             node.anchor = absorbed.anchor;
         }
@@ -546,18 +671,27 @@ impl Resolver {
 
     fn canonical_link_order(&self, a: u32, b: u32) -> Ordering {
         let (la, lb) = (&self.links[a as usize], &self.links[b as usize]);
-        la.key.cmp(&lb.key).then_with(|| {
-            let ia = la.ids.iter().map(|id| &self.ids[*id as usize].identifier);
-            let ib = lb.ids.iter().map(|id| &self.ids[*id as usize].identifier);
-            ia.cmp(ib)
+        self.key_cmp(la.key, lb.key).then_with(|| {
+            for (ia, ib) in la.ids.iter().zip(lb.ids.iter()) {
+                let order = self.identifier_order(*ia, *ib);
+                if order.is_ne() {
+                    return order;
+                }
+            }
+            la.ids.len().cmp(&lb.ids.len())
         })
     }
 
     /// The index of an identifier in `ids`.
     fn index_of(&self, identifier: &Identifier) -> Option<u32> {
+        let hash = self
+            .hasher
+            .hash_one((&identifier.id_type, identifier.value.as_str()));
         self.by_identifier
-            .find(self.hasher.hash_one(identifier), |id| {
-                self.ids[*id as usize].identifier == *identifier
+            .find(hash, |id| {
+                let node = &self.ids[*id as usize];
+                self.text.get(node.value) == identifier.value
+                    && self.types[node.id_type as usize] == identifier.id_type
             })
             .copied()
     }
@@ -587,10 +721,16 @@ impl Resolver {
         self.free_profiles = Vec::new();
         self.ids.shrink_to_fit();
         self.links.shrink_to_fit();
-        self.by_identifier
-            .shrink_to_fit(|id| self.hasher.hash_one(&self.ids[*id as usize].identifier));
-        self.by_hash.shrink_to_fit();
-        self.by_link.shrink_to_fit();
+        self.text.shrink_to_fit();
+        let mut table = std::mem::take(&mut self.by_identifier);
+        table.shrink_to_fit(|id| self.stored_hash(*id));
+        self.by_identifier = table;
+        let mut table = std::mem::take(&mut self.by_hash);
+        table.shrink_to_fit(|id| self.hasher.hash_one(self.stored_profile_hash(*id)));
+        self.by_hash = table;
+        let mut table = std::mem::take(&mut self.by_link);
+        table.shrink_to_fit(|link| self.hasher.hash_one(&*self.links[*link as usize].ids));
+        self.by_link = table;
     }
 
     /// The profile a profile id names now: the profile its anchor identifier belongs to, so ids of
@@ -601,41 +741,59 @@ impl Resolver {
             return None;
         }
         let hash = u64::from_str_radix(hex, 16).ok()?;
-        let id = self.by_hash.get(&hash)?;
-        Some(self.ids[*id as usize].profile)
+        let id = self.anchored_by_hash(hash)?;
+        Some(self.ids[id as usize].profile)
     }
 
     pub fn profile_id(&self, profile: ProfileRef) -> String {
         let anchor = self.profiles[profile as usize].anchor;
-        profile_id_for(&self.ids[anchor as usize].identifier)
+        profile_id_from_hash(self.stored_profile_hash(anchor))
     }
 
     /// The identifiers of a profile with their first sighting, in identifier order.
-    pub fn identifiers(&self, profile: ProfileRef) -> Vec<(&Identifier, &ObservationKey)> {
-        let mut out: Vec<_> = self.profiles[profile as usize]
-            .members
-            .iter()
-            .map(|id| {
-                let node = &self.ids[*id as usize];
-                (&node.identifier, &node.first_seen)
+    pub fn identifiers(&self, profile: ProfileRef) -> Vec<(Identifier, ObservationKey)> {
+        let mut members = self.profiles[profile as usize].members.clone();
+        members.sort_by(|a, b| {
+            self.identifier_order(*a, *b).then_with(|| {
+                self.key_cmp(
+                    self.ids[*a as usize].first_seen,
+                    self.ids[*b as usize].first_seen,
+                )
             })
-            .collect();
-        out.sort();
-        out
+        });
+        members
+            .into_iter()
+            .map(|id| {
+                (
+                    self.identifier(id),
+                    self.observation_key(self.ids[id as usize].first_seen),
+                )
+            })
+            .collect()
     }
 
     /// The merges that made the profile, oldest first.
     pub fn merges(&self, profile: ProfileRef) -> Vec<MergeRecord> {
-        let identifier = |id: &u32| self.ids[*id as usize].identifier.clone();
         let mut out: Vec<MergeRecord> = self.profiles[profile as usize]
             .merges
             .iter()
-            .map(|node| MergeRecord {
-                key: node.key.clone(),
-                reason: node.reason,
-                via: identifier(&node.via),
-                absorbed: node.absorbed.iter().map(identifier).collect(),
-                absorbed_count: node.absorbed_count as usize,
+            .map(|node| {
+                let link = &self.links[node.link as usize];
+                MergeRecord {
+                    key: self.observation_key(link.key),
+                    reason: if link.explicit {
+                        MergeReason::Alias
+                    } else {
+                        MergeReason::SharedIdentifier
+                    },
+                    via: self.identifier(node.via),
+                    absorbed: node
+                        .absorbed
+                        .iter()
+                        .map(|id| self.identifier(*id))
+                        .collect(),
+                    absorbed_count: node.absorbed_count as usize,
+                }
             })
             .collect();
         out.sort_by(|a, b| (&a.key, &a.via).cmp(&(&b.key, &b.via)));
@@ -670,24 +828,55 @@ impl Resolver {
     /// Everything needed to rebuild the resolver: each identifier with its first sighting, and
     /// each link with the identifiers it joins.
     pub fn export(&self) -> (Vec<(Identifier, ObservationKey)>, Vec<Observation>) {
-        let identifiers = self
-            .ids
-            .iter()
-            .map(|n| (n.identifier.clone(), n.first_seen.clone()))
+        let identifiers = (0..self.ids.len() as u32)
+            .map(|id| {
+                (
+                    self.identifier(id),
+                    self.observation_key(self.ids[id as usize].first_seen),
+                )
+            })
             .collect();
         let links = self
             .links
             .iter()
             .map(|l| Observation {
-                key: l.key.clone(),
-                identifiers: l
-                    .ids
-                    .iter()
-                    .map(|id| self.ids[*id as usize].identifier.clone())
-                    .collect(),
+                key: self.observation_key(l.key),
+                identifiers: l.ids.iter().map(|id| self.identifier(*id)).collect(),
                 explicit_merge: l.explicit,
             })
             .collect();
         (identifiers, links)
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    #[test]
+    fn per_identifier_and_per_link_nodes_stay_small() {
+        // What the resolver costs per customer rests on these; a field added carelessly shows
+        // here before it shows as hundreds of megabytes at a million customers.
+        assert_eq!(std::mem::size_of::<IdNode>(), 32);
+        assert_eq!(std::mem::size_of::<LinkNode>(), 40);
+    }
+
+    #[test]
+    fn profile_ids_are_the_same_in_every_version() {
+        // Users store profile ids: FNV-1a of "user_id", a zero byte and "u-0", computed apart.
+        let identifier = Identifier::new(IdType::UserId, "u-0");
+        assert_eq!(profile_id_for(&identifier), "p_96bba09bbce8835c");
+        let mut resolver = Resolver::new(IdentityRules::default());
+        let key = ObservationKey {
+            time_micros: 1,
+            message_id: "m1".into(),
+        };
+        resolver.observe_parts(&key, &[identifier.clone()], false);
+        let profile = resolver.profile_of(&identifier);
+        assert_eq!(
+            profile.map(|p| resolver.profile_id(p)).as_deref(),
+            Some("p_96bba09bbce8835c")
+        );
+        assert_eq!(resolver.profile_by_id("p_96bba09bbce8835c"), profile);
     }
 }

@@ -532,7 +532,7 @@ impl ProfileStore {
     fn facts_of<'s>(
         &self,
         state: &'s State,
-        identifiers: &[(&Identifier, &kith_identity::ObservationKey)],
+        identifiers: &[(Identifier, kith_identity::ObservationKey)],
     ) -> Result<Vec<std::borrow::Cow<'s, IdentifierFacts>>, ProfileError> {
         let mut out = Vec::with_capacity(identifiers.len());
         let mut reader = None;
@@ -904,7 +904,7 @@ impl ProfileStore {
                         state
                             .facts
                             .get(identifier)
-                            .or_else(|| stored.get(*identifier))
+                            .or_else(|| stored.get(identifier))
                     }));
                 let mut view = ProfileView::build(&state.resolver, profile, folded, defs, now);
                 if let Some(traits) = scores.remove(&view.profile_id) {

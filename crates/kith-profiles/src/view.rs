@@ -106,10 +106,10 @@ impl ProfileView {
             .into_iter()
             .map(|(identifier, key)| IdentifierView {
                 id_type: identifier.id_type.name().to_string(),
-                value: identifier.value.clone(),
-                first_seen: at(key),
-                first_message_id: key.message_id.clone(),
+                first_seen: at(&key),
                 first_seen_micros: key.time_micros,
+                first_message_id: key.message_id,
+                value: identifier.value,
             })
             .collect();
         let average_order_value = facts.average_order_value();
