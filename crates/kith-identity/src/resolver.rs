@@ -105,6 +105,11 @@ pub struct ObserveOutcome {
     pub rebuilt: bool,
 }
 
+/// The profile of an identifier added by [`Resolver::load_identifier`] that no link has touched
+/// yet: it gets a profile of its own from the first observation naming it, or from
+/// [`Resolver::compact`].
+const NO_PROFILE: u32 = u32::MAX;
+
 /// An [`ObservationKey`] as the resolver keeps it: the message id in the resolver's text arena.
 #[derive(Debug, Clone, Copy)]
 struct Key {
@@ -259,6 +264,9 @@ impl Resolver {
                 Sighting::Earlier => outcome.earlier_sightings.push(identifier.clone()),
                 Sighting::Known => {}
             }
+            if self.ids[id as usize].profile == NO_PROFILE {
+                self.ids[id as usize].profile = self.new_profile(id);
+            }
             ids.push(id);
         }
         ids.sort_by(|a, b| self.identifier_order(*a, *b));
@@ -398,18 +406,39 @@ impl Resolver {
             {
                 self.ids[id as usize].first_seen = self.intern_key(key);
                 let profile = self.ids[id as usize].profile;
-                self.refresh_anchor(profile);
+                if profile != NO_PROFILE {
+                    self.refresh_anchor(profile);
+                }
                 return (id, Sighting::Earlier);
             }
             return (id, Sighting::Known);
         }
+        let id = self.add_identifier(identifier, key);
+        self.ids[id as usize].profile = self.new_profile(id);
+        (id, Sighting::New)
+    }
+
+    /// Rebuilding a resolver from what [`Resolver::export`] gave: each identifier with its first
+    /// sighting, then the links (with [`Resolver::observe`]), then [`Resolver::compact`]. The
+    /// same as observing each identifier alone, but an identifier gets its profile only when a
+    /// link names it or at `compact` (no profile of its own made first and merged away at once:
+    /// at hundreds of thousands of identifiers that was most of the start-up's memory peak).
+    pub fn load_identifier(&mut self, identifier: &Identifier, first_seen: &ObservationKey) {
+        if self.index_of(identifier).is_some() {
+            self.sighting(identifier, first_seen);
+        } else {
+            self.add_identifier(identifier, first_seen);
+        }
+    }
+
+    /// A new identifier, without a profile yet.
+    fn add_identifier(&mut self, identifier: &Identifier, key: &ObservationKey) -> u32 {
         let id = self.ids.len() as u32;
-        let profile = self.new_profile(id);
         let node = IdNode {
             id_type: self.type_number(&identifier.id_type),
             value: self.text.push(&identifier.value),
             first_seen: self.intern_key(key),
-            profile,
+            profile: NO_PROFILE,
         };
         self.ids.push(node);
         let hash = self
@@ -427,7 +456,7 @@ impl Resolver {
             });
             self.by_hash = by_hash;
         }
-        (id, Sighting::New)
+        id
     }
 
     /// The identifier whose profile id has this hash.
@@ -700,12 +729,18 @@ impl Resolver {
     pub fn profile_of(&self, identifier: &Identifier) -> Option<ProfileRef> {
         self.index_of(identifier)
             .map(|id| self.ids[id as usize].profile)
+            .filter(|profile| *profile != NO_PROFILE)
     }
 
-    /// Drops the slots of profiles merged away and spare capacity: after a bulk load (every
-    /// identifier starts as a profile of its own, most are merged away), most slots are dead.
-    /// Profile refs handed out before are invalid afterwards.
+    /// Gives each identifier [`Resolver::load_identifier`] added that no link named a profile
+    /// of its own, and drops the slots of profiles merged away and spare capacity. Profile refs
+    /// handed out before are invalid afterwards.
     pub fn compact(&mut self) {
+        for id in 0..self.ids.len() as u32 {
+            if self.ids[id as usize].profile == NO_PROFILE {
+                self.ids[id as usize].profile = self.new_profile(id);
+            }
+        }
         let mut renumbered = vec![u32::MAX; self.profiles.len()];
         let mut alive = Vec::with_capacity(self.profile_count());
         for (old, node) in std::mem::take(&mut self.profiles).into_iter().enumerate() {
@@ -742,7 +777,7 @@ impl Resolver {
         }
         let hash = u64::from_str_radix(hex, 16).ok()?;
         let id = self.anchored_by_hash(hash)?;
-        Some(self.ids[id as usize].profile)
+        Some(self.ids[id as usize].profile).filter(|profile| *profile != NO_PROFILE)
     }
 
     pub fn profile_id(&self, profile: ProfileRef) -> String {

@@ -210,17 +210,14 @@ impl ProfileStore {
                 {
                     external_types.insert(name.clone());
                 }
-                resolver.observe(&Observation {
-                    key,
-                    identifiers: vec![identifier],
-                    explicit_merge: false,
-                });
+                resolver.load_identifier(&identifier, &key);
             }
             persist::GraphRow::Link(link) => {
                 resolver.observe(&link);
             }
         })?;
-        // Each identifier started as a profile of its own; most were merged away.
+        // Identifiers no link names become profiles of their own; slots of profiles merged
+        // away go.
         resolver.compact();
         let config_traits: Vec<String> = settings.computed.iter().map(|d| d.name.clone()).collect();
         let mut settings = settings;
