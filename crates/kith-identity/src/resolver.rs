@@ -906,7 +906,7 @@ mod layout_tests {
             time_micros: 1,
             message_id: "m1".into(),
         };
-        resolver.observe_parts(&key, &[identifier.clone()], false);
+        resolver.observe_parts(&key, std::slice::from_ref(&identifier), false);
         let profile = resolver.profile_of(&identifier);
         assert_eq!(
             profile.map(|p| resolver.profile_id(p)).as_deref(),
