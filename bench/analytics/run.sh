@@ -87,8 +87,11 @@ done
 # Each analysis runs twice on each side: the first Kith request after start-up pays one-time
 # costs (the first scan of the files), the repeat is what a running server answers; DuckDB runs
 # as a fresh process both times (the operating system's file cache is warm for both tools).
-echo "| analysis | kith first s | kith repeat s | duckdb s | duckdb repeat s | kith / duckdb (repeat) |"
-echo "|---|---:|---:|---:|---:|---:|"
+rss_of() { awk "/$1/ {printf \"%.0f\", \$2 / 1024}" "/proc/$server/status"; }
+echo "kith server RSS at rest before the analyses: $(rss_of VmRSS) MiB (peak so far $(rss_of VmHWM) MiB)"
+startup_peak=$(rss_of VmHWM)
+echo "| analysis | kith first s | kith repeat s | duckdb s | duckdb repeat s | kith / duckdb (repeat) | kith peak RSS MiB |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
 kith_once() {
   local start code
   start=$(date +%s.%N)
@@ -107,18 +110,23 @@ duck_once() {
   "$python" bench/analytics/duckdb_analyses.py "$data/tables/events" "$work/identities.csv" "$1" > /dev/null
   echo "$(date +%s.%N) - $start" | bc
 }
+peaks=()
 for analysis in rfm cohorts funnel5 funnel20 paths; do
   read -r kind body <<< "$(definition "$analysis" | "$python" -c 'import json,sys; k,d=json.load(sys.stdin); print(k, json.dumps(d))')"
+  # The peak of each analysis alone: writing 5 to clear_refs resets the process's VmHWM.
+  echo 5 > "/proc/$server/clear_refs" 2>/dev/null || true
   kith_first=$(kith_once "$kind" "$body")
   kith_again=$(kith_once "$kind" "$body")
+  peak=$(rss_of VmHWM)
+  peaks+=("$peak")
   duck_first=$(duck_once "$analysis")
   duck_again=$(duck_once "$analysis")
   if [[ "$kith_first" == failed || "$kith_again" == failed ]]; then
-    printf "| %s | failed | failed | %.2f | %.2f | - |\n" "$analysis" "$duck_first" "$duck_again"
+    printf "| %s | failed | failed | %.2f | %.2f | - | %s |\n" "$analysis" "$duck_first" "$duck_again" "$peak"
   else
-    printf "| %s | %.2f | %.2f | %.2f | %.2f | %.2f |\n" "$analysis" "$kith_first" "$kith_again" \
-      "$duck_first" "$duck_again" "$(echo "$kith_again / $duck_again" | bc -l)"
+    printf "| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %s |\n" "$analysis" "$kith_first" "$kith_again" \
+      "$duck_first" "$duck_again" "$(echo "$kith_again / $duck_again" | bc -l)" "$peak"
   fi
 done
-rss=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$server/status")
+rss=$(printf '%s\n' "$startup_peak" "${peaks[@]}" | sort -n | tail -1)
 printf "%s events, %s customers, %s cores; kith server peak RSS %s MiB\n" "$events" "$customers" "$(nproc)" "$rss"
