@@ -7,8 +7,10 @@
 #                                           # target/release/kith and the test venv (DuckDB)
 # Kith's times are requests to `kith serve` (POST /v1/analytics/*, which also builds the identity
 # table each time); DuckDB's are whole commands (start-up and reading the identity CSV included).
-# The peak RSS is the server's, over its start and every analysis. REUSE=DATA_DIR skips loading
-# and uses a data directory an earlier run loaded.
+# The peak RSS is the server's, over its start and every analysis; each analysis's own peak is
+# listed too. REUSE=DATA_DIR skips loading and uses a data directory an earlier run loaded;
+# QUERY_MEMORY_MB sets `[query] memory_mb`, the memory each query and analysis may take before
+# its aggregations spill to disk (default 1024).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 customers="${1:-150000}"
@@ -69,6 +71,12 @@ port=$((18500 + $$ % 1000))
 # The models' scheduled runs (CLV, RFM traits, ...) would start a minute in and share the cores
 # with the analyses being timed: off for the benchmark.
 printf '[models.%s]\nrefresh_hours = 0\n' clv rfm risk preferences > "$work/kith.toml"
+# Timed analyses are not cut off at the default 30 s request limit (50 million events on a slow
+# 2-core machine take longer).
+printf '[query]\ntimeout_secs = 1800\n' >> "$work/kith.toml"
+if [[ -n "${QUERY_MEMORY_MB:-}" ]]; then
+  printf 'memory_mb = %s\n' "$QUERY_MEMORY_MB" >> "$work/kith.toml"
+fi
 "$kith" serve --data-dir "$data" --listen "127.0.0.1:$port" --config "$work/kith.toml" > "$work/serve.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; rm -rf "$work"' EXIT
