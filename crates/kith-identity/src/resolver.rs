@@ -815,6 +815,24 @@ impl Resolver {
             .collect()
     }
 
+    /// Visits a profile's identifiers (type, value, first sighting in µs) in no particular
+    /// order, copying nothing: for tables of every identifier, where [`Resolver::identifiers`]
+    /// would build and sort two strings an identifier.
+    pub fn visit_identifiers(
+        &self,
+        profile: ProfileRef,
+        mut visit: impl FnMut(&IdType, &str, i64),
+    ) {
+        for id in &self.profiles[profile as usize].members {
+            let node = &self.ids[*id as usize];
+            visit(
+                &self.types[node.id_type as usize],
+                self.text.get(node.value),
+                node.first_seen.time_micros,
+            );
+        }
+    }
+
     /// The merges that made the profile, oldest first.
     pub fn merges(&self, profile: ProfileRef) -> Vec<MergeRecord> {
         let mut out: Vec<MergeRecord> = self.profiles[profile as usize]

@@ -919,14 +919,11 @@ impl ProfileStore {
         let state = self.read();
         for profile in state.resolver.profiles() {
             let profile_id = state.resolver.profile_id(profile);
-            for (identifier, first) in state.resolver.identifiers(profile) {
-                visit(
-                    &profile_id,
-                    identifier.id_type.name(),
-                    &identifier.value,
-                    first.time_micros,
-                );
-            }
+            state
+                .resolver
+                .visit_identifiers(profile, |id_type, value, first_seen_micros| {
+                    visit(&profile_id, id_type.name(), value, first_seen_micros);
+                });
         }
     }
 
