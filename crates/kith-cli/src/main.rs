@@ -28,7 +28,10 @@ struct Cli {
 
 fn main() -> ExitCode {
     #[cfg(not(feature = "system-allocator"))]
-    allocator::tune();
+    {
+        allocator::tune();
+        kith_server::memory::set_release(allocator::release_free_memory);
+    }
     let cli = Cli::parse();
     // The server reports what it does; other commands print their own results and log only
     // what went wrong.

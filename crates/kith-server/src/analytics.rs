@@ -45,21 +45,20 @@ pub async fn analyze(
     let analysis = Analysis::parse(&kind, &definition).map_err(analytics_error)?;
     let (lake, limits) = (app.pipeline.lake.clone(), app.config.query_limits.clone());
     let state = app.clone();
-    let report = crate::runtimes::queries()
-        .spawn(async move {
-            let data = state
-                .identities
-                .data(&lake, &state.pipeline.profiles, limits);
-            analysis.run(&data).await
-        })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "analysis task failed");
-            ApiError::new(
-                ErrorCode::Internal,
-                "the analysis failed; see the server log",
-            )
-        })?
-        .map_err(analytics_error)?;
+    let report = crate::runtimes::spawn_query(async move {
+        let data = state
+            .identities
+            .data(&lake, &state.pipeline.profiles, limits);
+        analysis.run(&data).await
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "analysis task failed");
+        ApiError::new(
+            ErrorCode::Internal,
+            "the analysis failed; see the server log",
+        )
+    })?
+    .map_err(analytics_error)?;
     Ok(Json(report))
 }

@@ -7,6 +7,7 @@ pub mod errors;
 pub mod imports;
 pub mod ingest;
 pub mod local;
+pub mod memory;
 pub mod merge;
 pub mod models;
 pub mod ops;

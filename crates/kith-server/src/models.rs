@@ -168,7 +168,7 @@ pub fn start_model(
     let name = model.name();
     let status = app.models.begin(name, trigger, as_sent)?;
     let app = app.clone();
-    crate::runtimes::queries().spawn(async move {
+    crate::runtimes::spawn_query(async move {
         let outcome = run_model(&app, model).await;
         match &outcome {
             Ok(profiles) => tracing::info!(model = name, profiles, trigger, "model traits written"),

@@ -304,8 +304,7 @@ pub async fn events(
     }
     let limits = app.config.query_limits.clone();
     let lake = app.pipeline.lake.clone();
-    let result = crate::runtimes::queries()
-        .spawn(async move { lake.timeline(&query, &limits).await })
+    let result = crate::runtimes::spawn_query(async move { lake.timeline(&query, &limits).await })
         .await
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("timeline task failed: {e}")))?
         .map_err(query_error)?;

@@ -75,23 +75,21 @@ pub async fn query(
     let request: QueryRequest = json_body(&headers, body, r#"{"sql": "..."}"#).await?;
     let (lake, limits) = (app.pipeline.lake.clone(), app.config.query_limits.clone());
     let profiles = app.pipeline.profiles.clone();
-    let result = crate::runtimes::queries()
-        .spawn(async move {
-            let extra = if crate::profiles::mentions_profiles(&request.sql) {
-                crate::profiles::profile_tables(&profiles).map_err(|e| {
-                    QueryError::Internal(format!("the profiles could not be read: {e}"))
-                })?
-            } else {
-                Vec::new()
-            };
-            lake.query_with(&request.sql, &limits, extra).await
-        })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "query task failed");
-            ApiError::new(ErrorCode::Internal, "the query failed; see the server log")
-        })?
-        .map_err(query_error)?;
+    let result = crate::runtimes::spawn_query(async move {
+        let extra = if crate::profiles::mentions_profiles(&request.sql) {
+            crate::profiles::profile_tables(&profiles)
+                .map_err(|e| QueryError::Internal(format!("the profiles could not be read: {e}")))?
+        } else {
+            Vec::new()
+        };
+        lake.query_with(&request.sql, &limits, extra).await
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "query task failed");
+        ApiError::new(ErrorCode::Internal, "the query failed; see the server log")
+    })?
+    .map_err(query_error)?;
     let (content_type, body) = match negotiate(&headers) {
         Format::Json => {
             return Ok(axum::Json(output::to_json(&result)).into_response());
