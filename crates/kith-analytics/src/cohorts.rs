@@ -6,19 +6,19 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{Datelike, NaiveDate};
+use chrono::{DateTime, Datelike, NaiveDate};
+use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type};
-use hashbrown::{HashMap, HashSet};
-use kith_lake::output;
+use hashbrown::HashMap;
 
 use crate::funnel::strings;
-use crate::identities::{KeyType, Owner};
-use crate::scope::{FieldRef, Resolved, Scope, sql_string};
-use crate::trends::{bucket_label, interval};
-use crate::{AnalyticsError, Data, count, number, text};
+use crate::identities::OwnerNumbers;
+use crate::scope::{FieldRef, Scope, sql_string};
+use crate::trends::interval;
+use crate::{AnalyticsError, Data};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct CohortDefinition {
@@ -122,148 +122,197 @@ fn event_is(event: &Option<String>) -> String {
     }
 }
 
-/// The cohort queries' common ground: the events keyed by identifier
-/// ([`Resolved::keyed_events`], available to each query as `base`), and the identity index
-/// that attributes each key.
-struct Keyed<'a, 'd> {
-    data: &'a Data<'d>,
-    events: String,
+/// Calendar periods (days, weeks from Monday, or months) in one time zone, numbered so that
+/// consecutive periods differ by one: the difference of two numbers is the whole periods
+/// between them, whatever the lengths of the months or daylight-saving changes in between.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Calendar {
+    unit: Unit,
+    zone: Tz,
 }
 
-impl Keyed<'_, '_> {
-    /// Runs `query` (over `base`, its first two columns the key: `id_type`, `id_value`) and
-    /// hands each row whose key belongs to a profile (or to no profile yet) to `each`, with
-    /// its owner.
-    async fn each_row(
-        &self,
-        query: &str,
-        mut each: impl FnMut(&RecordBatch, usize, Owner) + Send,
-    ) -> Result<(), AnalyticsError> {
-        let identities = self.data.identity_index();
-        self.data
-            .lake
-            .query_each(
-                &format!("WITH base AS ({}) {query}", self.events),
-                &self.data.limits,
-                self.data.tables.clone(),
-                |batch| {
-                    let id_type = strings(batch.column(0).as_ref());
-                    let id_value = strings(batch.column(1).as_ref());
-                    for row in 0..batch.num_rows() {
-                        if let Some(owner) = KeyType::parse(id_type(row))
-                            .and_then(|t| identities.owner(t, id_value(row)))
-                        {
-                            each(batch, row, owner);
-                        }
-                    }
-                },
-            )
-            .await?;
-        Ok(())
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Day,
+    Week,
+    Month,
+}
+
+impl Calendar {
+    /// `unit` is one of day, week or month (checked by the caller).
+    fn new(unit: &str, zone: Tz) -> Calendar {
+        let unit = match unit {
+            "week" => Unit::Week,
+            "month" => Unit::Month,
+            _ => Unit::Day,
+        };
+        Calendar { unit, zone }
+    }
+
+    /// The number of the period holding the instant `micros` (µs since the epoch, UTC).
+    fn period(&self, micros: i64) -> i64 {
+        let date = DateTime::from_timestamp_micros(micros)
+            .unwrap_or_default()
+            .with_timezone(&self.zone)
+            .date_naive();
+        match self.unit {
+            Unit::Month => date.year() as i64 * 12 + date.month0() as i64,
+            // Day 1 of the common era is a Monday, so weeks from Monday are whole sevens of days.
+            Unit::Week => (date.num_days_from_ce() as i64 - 1).div_euclid(7),
+            Unit::Day => date.num_days_from_ce() as i64,
+        }
+    }
+
+    /// The first day of period `number`, as the report labels it (`2024-05-01`).
+    fn label(&self, number: i64) -> String {
+        let date = match self.unit {
+            Unit::Month => NaiveDate::from_ymd_opt(
+                number.div_euclid(12) as i32,
+                number.rem_euclid(12) as u32 + 1,
+                1,
+            ),
+            Unit::Week => i32::try_from(number * 7 + 1)
+                .ok()
+                .and_then(NaiveDate::from_num_days_from_ce_opt),
+            Unit::Day => i32::try_from(number)
+                .ok()
+                .and_then(NaiveDate::from_num_days_from_ce_opt),
+        };
+        date.map(|d| d.format("%Y-%m-%d").to_string())
+            .unwrap_or_default()
     }
 }
 
-/// Every profile with a qualifying event, numbered.
-#[derive(Default)]
-struct Members {
-    of: HashMap<Owner, usize>,
-    list: Vec<Member>,
-}
+/// No cohort event seen yet (a first time later than any).
+const NEVER: i64 = i64::MAX;
+/// Not in a counted cohort.
+const NO_CELL: u32 = u32::MAX;
 
-impl Members {
-    /// The member `owner` is, when its cohort is one of those counted: its number, the start
-    /// of its cohort (µs) and its cell.
-    fn counted(&self, owner: &Owner) -> Option<(usize, i64, usize)> {
-        let &m = self.of.get(owner)?;
-        let member = &self.list[m];
-        Some((m, member.first_micros, member.cell?))
-    }
-}
-
-/// Which members returned in which periods (µs keys), each period's bucket as the query gave
-/// it, and each member's last period with its bucket.
-#[derive(Default)]
-struct Returns {
-    returned: HashSet<(usize, i64)>,
-    periods: HashMap<i64, serde_json::Value>,
-    last: HashMap<usize, (i64, serde_json::Value)>,
-}
-
-/// A member of a cohort: when its cohort starts (µs), the cohort's bucket and breakdown, and the
-/// cell it counts in (`None`: its cohort starts outside the range asked for).
+/// Each owner's cohort, by owner number ([`OwnerNumbers`]): when it starts and where it counts.
 struct Member {
+    /// The first qualifying event (µs), or [`NEVER`].
     first_micros: i64,
-    cohort: serde_json::Value,
-    breakdown: String,
-    cell: Option<usize>,
+    /// The breakdown value (by number) of that event.
+    breakdown: u32,
+    /// The period the cohort starts in ([`Calendar::period`]).
+    cohort: i64,
+    /// The cell ([`Cells`]) the member counts in, or [`NO_CELL`]: its cohort starts outside the
+    /// range asked for.
+    cell: u32,
 }
 
-/// The cohorts (bucket × breakdown) members fall into, numbered, with their sizes.
+/// The cohorts (starting period × breakdown value) members fall into, numbered, with their
+/// sizes.
 #[derive(Default)]
 struct Cells {
-    index: HashMap<(String, String), usize>,
-    cells: Vec<(serde_json::Value, String, u64)>,
+    index: HashMap<(i64, u32), u32>,
+    /// Starting period, breakdown value, members.
+    cells: Vec<(i64, u32, u64)>,
 }
 
 impl Cells {
-    /// Counts `member` in its cell; the cell's number.
-    fn join(&mut self, member: &Member) -> usize {
-        let key = (text(&member.cohort), member.breakdown.clone());
-        let cell = *self.index.entry(key).or_insert_with(|| {
-            self.cells
-                .push((member.cohort.clone(), member.breakdown.clone(), 0));
-            self.cells.len() - 1
+    /// Counts a member of cohort `period` with breakdown value `breakdown`; the cell's number.
+    fn join(&mut self, period: i64, breakdown: u32) -> u32 {
+        let cell = *self.index.entry((period, breakdown)).or_insert_with(|| {
+            self.cells.push((period, breakdown, 0));
+            self.cells.len() as u32 - 1
         });
-        self.cells[cell].2 += 1;
+        self.cells[cell as usize].2 += 1;
         cell
     }
-
-    /// `[cohort, breakdown, size]` per cell.
-    fn size_rows(&self) -> Vec<Vec<serde_json::Value>> {
-        self.cells
-            .iter()
-            .map(|(cohort, breakdown, size)| {
-                vec![cohort.clone(), breakdown.as_str().into(), (*size).into()]
-            })
-            .collect()
-    }
-
-    /// `[cohort, breakdown, period, figure]` per (cell, period µs) with its figure; `periods`
-    /// holds each period's bucket as the queries returned it.
-    fn period_rows<N: Into<serde_json::Value>>(
-        &self,
-        figures: HashMap<(usize, i64), N>,
-        periods: &HashMap<i64, serde_json::Value>,
-    ) -> Vec<Vec<serde_json::Value>> {
-        figures
-            .into_iter()
-            .filter_map(|((cell, at), figure)| {
-                let (cohort, breakdown, _) = self.cells.get(cell)?;
-                Some(vec![
-                    cohort.clone(),
-                    breakdown.as_str().into(),
-                    periods.get(&at)?.clone(),
-                    figure.into(),
-                ])
-            })
-            .collect()
-    }
 }
 
-/// Whole periods from `start` to `at` (dates in the scope's zone).
-fn periods_between(start: NaiveDate, at: NaiveDate, unit: &str) -> i64 {
-    match unit {
-        "month" => {
-            (at.year() as i64 * 12 + at.month0() as i64)
-                - (start.year() as i64 * 12 + start.month0() as i64)
+/// Breakdown values by number, as first seen.
+#[derive(Default)]
+struct Values {
+    numbers: HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Values {
+    fn number(&mut self, value: &str) -> u32 {
+        if let Some(&number) = self.numbers.get(value) {
+            return number;
         }
-        "week" => (at - start).num_days().div_euclid(7),
-        _ => (at - start).num_days(),
+        let number = self.names.len() as u32;
+        self.names.push(value.to_string());
+        self.numbers.insert(value.to_string(), number);
+        number
     }
 }
 
-fn date_of(label: &str) -> Option<NaiveDate> {
-    NaiveDate::parse_from_str(label.get(..10)?, "%Y-%m-%d").ok()
+/// What members did after their cohort began, per member and per cell, periods counted from
+/// each cohort's own (0 = the period it starts in).
+struct Activity {
+    /// Periods shown: 0 to `shown - 1`.
+    shown: usize,
+    /// Classic retention: per member, one bit per shown period it returned in.
+    returned: Vec<u64>,
+    words: usize,
+    /// Rolling retention: per member, the last period it returned in (−1: none).
+    last: Vec<i64>,
+    /// Purchase value per cell and shown period.
+    revenue: Vec<f64>,
+}
+
+impl Activity {
+    fn new(members: usize, cells: usize, shown: usize, rolling: bool) -> Activity {
+        let words = shown.div_ceil(64);
+        Activity {
+            shown,
+            returned: if rolling {
+                Vec::new()
+            } else {
+                vec![0; members * words]
+            },
+            words,
+            last: if rolling {
+                vec![-1; members]
+            } else {
+                Vec::new()
+            },
+            revenue: vec![0.0; cells * shown],
+        }
+    }
+
+    /// Member `m` returned `k` periods after its cohort began.
+    fn returned(&mut self, m: usize, k: i64) {
+        if let Some(latest) = self.last.get_mut(m) {
+            *latest = (*latest).max(k);
+        } else if let Ok(k) = usize::try_from(k)
+            && k < self.shown
+        {
+            self.returned[m * self.words + k / 64] |= 1 << (k % 64);
+        }
+    }
+
+    /// Profiles retained per cell and shown period.
+    fn retained(&self, members: &[Member], cells: usize) -> Vec<u64> {
+        let mut counts = vec![0u64; cells * self.shown];
+        for (m, member) in members.iter().enumerate() {
+            if member.cell == NO_CELL {
+                continue;
+            }
+            let row = &mut counts[member.cell as usize * self.shown..][..self.shown];
+            if let Some(&latest) = self.last.get(m) {
+                // Rolling: counted in every period up to the last it came back in.
+                let through = usize::try_from(latest.saturating_add(1)).unwrap_or(0);
+                for count in row.iter_mut().take(through) {
+                    *count += 1;
+                }
+            } else {
+                for (k, count) in row.iter_mut().enumerate() {
+                    *count += (self.returned[m * self.words + k / 64] >> (k % 64)) & 1;
+                }
+            }
+        }
+        counts
+    }
+}
+
+/// Reads an `Int64` column.
+fn int64s(batch: &RecordBatch, column: usize) -> &arrow::array::Int64Array {
+    batch.column(column).as_primitive::<Int64Type>()
 }
 
 impl CohortDefinition {
@@ -293,6 +342,7 @@ impl CohortDefinition {
             }
         };
         let value = FieldRef::parse(&self.value, "value")?;
+        let calendar = Calendar::new(unit, scope.zone);
         // Cohorts start at the first-ever occurrence, so activity before `from` still decides
         // who is new: the time range selects cohorts, not events.
         let mut everything = scope.clone();
@@ -300,145 +350,182 @@ impl CohortDefinition {
         everything.to = None;
         let from_micros = scope.from.map(|t| t.timestamp_micros());
         let to_micros = scope.to.map(|t| t.timestamp_micros());
-        // Every query groups the events by their attribution key in SQL and the groups are
-        // attributed to profiles here, through the identity index, as RFM does: joining every
-        // event to the 2.6 million identifiers of a 50-million-event world is a hash join that
-        // cannot spill, and it failed or ran for minutes under the query's memory limit.
-        let keyed = Keyed {
-            data,
-            events: everything.keyed_events(
-                &[],
-                &[],
-                &format!("e.event AS event, {} AS value", value.number_sql("e")),
-            ),
-        };
-        let mut members = self.members(&keyed, &scope, unit).await?;
+        // Two passes over the events, each attributed to its owner here, one at a time, through
+        // the identity index: the first finds each owner's cohort, the second counts what members
+        // did from then on into small per-member and per-cell arrays. Grouping in SQL instead
+        // (by identifier and period, attributed afterwards) held every identifier's periods at
+        // once: at 50 million events that was the largest memory of any analysis.
+        let mut owners = OwnerNumbers::new(data.identity_index());
+        let mut values = Values::default();
+        let mut members: Vec<Member> = Vec::new();
+        let first_events = everything.keyed_events(&[event_is(&self.cohort_event)], &[], "");
+        data.lake
+            .query_each(
+                &format!(
+                    "WITH base AS ({first_events}) \
+                     SELECT id_type, id_value, CAST(ts AS BIGINT), breakdown FROM base \
+                     WHERE keep AND id_value IS NOT NULL"
+                ),
+                &data.limits,
+                data.tables.clone(),
+                |batch| {
+                    let id_type = strings(batch.column(0).as_ref());
+                    let id_value = strings(batch.column(1).as_ref());
+                    let micros = int64s(batch, 2);
+                    let breakdown = strings(batch.column(3).as_ref());
+                    for row in 0..batch.num_rows() {
+                        let Some(owner) = owners.number(id_type(row), Some(id_value(row))) else {
+                            continue;
+                        };
+                        let owner = owner as usize;
+                        if members.len() <= owner {
+                            members.resize_with(owners.bound().max(owner + 1), || Member {
+                                first_micros: NEVER,
+                                breakdown: 0,
+                                cohort: 0,
+                                cell: NO_CELL,
+                            });
+                        }
+                        let at = micros.value(row);
+                        if at < members[owner].first_micros {
+                            members[owner].first_micros = at;
+                            members[owner].breakdown = values.number(breakdown(row));
+                        }
+                    }
+                },
+            )
+            .await?;
         // Members whose cohort starts in the range get their cell; the others are left out.
         let mut cells = Cells::default();
-        for m in &mut members.list {
-            if from_micros.is_none_or(|from| m.first_micros >= from)
-                && to_micros.is_none_or(|to| m.first_micros < to)
-            {
-                m.cell = Some(cells.join(m));
+        for member in &mut members {
+            if member.first_micros != NEVER {
+                member.cohort = calendar.period(member.first_micros);
+                if from_micros.is_none_or(|from| member.first_micros >= from)
+                    && to_micros.is_none_or(|to| member.first_micros < to)
+                {
+                    member.cell = cells.join(member.cohort, member.breakdown);
+                }
             }
         }
-        let sizes = cells.size_rows();
-        let period = scope.bucket_sql(unit, "ts");
-        let returns = self.returns(&keyed, &members, &period).await?;
-        let mut counts: HashMap<(usize, i64), u64> = HashMap::new();
-        let active = if rolling {
-            let mut values: HashMap<i64, serde_json::Value> = HashMap::new();
-            for (m, (at, value)) in returns.last {
-                if let Some(cell) = members.list[m].cell {
-                    *counts.entry((cell, at)).or_default() += 1;
-                    values.entry(at).or_insert(value);
-                }
-            }
-            cells.period_rows(counts, &values)
-        } else {
-            for (m, at) in returns.returned {
-                if let Some(cell) = members.list[m].cell {
-                    *counts.entry((cell, at)).or_default() += 1;
-                }
-            }
-            cells.period_rows(counts, &returns.periods)
-        };
-        let (spent, revenue_periods) = self.revenue(&keyed, &members, &period).await?;
-        let revenue = cells.period_rows(spent, &revenue_periods);
+
+        let shown = self.periods + 1;
+        let mut activity = Activity::new(members.len(), cells.cells.len(), shown, rolling);
+        let returning = event_is(&self.return_event);
+        let purchase = format!("event = {}", sql_string(&self.purchase_event));
+        let later_events = everything.keyed_events(
+            &[format!("(({returning}) OR {purchase})")],
+            &[],
+            &format!(
+                "{returning} AS is_return, {purchase} AS is_purchase, {} AS value",
+                value.number_sql("e")
+            ),
+        );
+        data.lake
+            .query_each(
+                &format!(
+                    "WITH base AS ({later_events}) \
+                     SELECT id_type, id_value, CAST(ts AS BIGINT), is_return, is_purchase, \
+                            CAST(value AS DOUBLE) FROM base \
+                     WHERE keep AND id_value IS NOT NULL"
+                ),
+                &data.limits,
+                data.tables.clone(),
+                |batch| {
+                    let id_type = strings(batch.column(0).as_ref());
+                    let id_value = strings(batch.column(1).as_ref());
+                    let micros = int64s(batch, 2);
+                    let returning = batch.column(3).as_boolean();
+                    let purchase = batch.column(4).as_boolean();
+                    let value = batch.column(5).as_primitive::<Float64Type>();
+                    for row in 0..batch.num_rows() {
+                        let Some(owner) = owners.number(id_type(row), Some(id_value(row))) else {
+                            continue;
+                        };
+                        let m = owner as usize;
+                        let Some(member) = members.get(m).filter(|m| m.cell != NO_CELL) else {
+                            continue;
+                        };
+                        let at = micros.value(row);
+                        // Only what follows the start of the member's cohort counts.
+                        if at < member.first_micros {
+                            continue;
+                        }
+                        let k = calendar.period(at) - member.cohort;
+                        if returning.is_valid(row) && returning.value(row) {
+                            activity.returned(m, k);
+                        }
+                        if purchase.is_valid(row)
+                            && purchase.value(row)
+                            && value.is_valid(row)
+                            && let Ok(k) = usize::try_from(k)
+                            && k < shown
+                        {
+                            activity.revenue[member.cell as usize * shown + k] += value.value(row);
+                        }
+                    }
+                },
+            )
+            .await?;
+        let retained = activity.retained(&members, cells.cells.len());
+
         let mut filters = scope.filters.clone();
         if filters.is_empty() {
             filters.push("TRUE".into());
         }
         let last = data
             .rows(&format!(
-                "SELECT {} FROM events e WHERE {}",
-                scope.bucket_sql(unit, "MAX(e.timestamp)"),
+                "SELECT CAST(MAX(e.timestamp) AS BIGINT) FROM events e WHERE {}",
                 filters.join(" AND ")
             ))
             .await?;
-        let data_until = last
+        let until = last
             .first()
-            .map(|row| bucket_label(&text(&row[0]), unit, scope.zone))
-            .unwrap_or_default();
-        let until = date_of(&data_until);
+            .and_then(|row| row.first())
+            .and_then(serde_json::Value::as_i64)
+            .map(|micros| calendar.period(micros));
+        let data_until = until.map(|p| calendar.label(p)).unwrap_or_default();
 
-        let label = |v: &serde_json::Value| bucket_label(&text(v), unit, scope.zone);
         let mut cohorts: BTreeMap<(String, String), Cohort> = BTreeMap::new();
-        for row in &sizes {
-            let cohort = label(&row[0]);
-            let observable = match (date_of(&cohort), until) {
-                (Some(start), Some(until)) => periods_between(start, until, unit).max(-1) + 1,
-                _ => 0,
-            };
-            let cells = |zero| {
-                (0..=self.periods)
-                    .map(|k| ((k as i64) < observable).then_some(zero))
-                    .collect::<Vec<_>>()
-            };
-            cohorts.insert(
-                (cohort.clone(), text(&row[1])),
-                Cohort {
-                    cohort,
-                    breakdown: text(&row[1]),
-                    size: count(&row[2]),
-                    retained: cells(0),
-                    retention_rate: Vec::new(),
-                    revenue: cells(0).into_iter().map(|c| c.map(|_| 0.0)).collect(),
-                    cumulative_value_per_profile: Vec::new(),
-                },
-            );
-        }
-        let offset = |cohort: &Cohort, period: &serde_json::Value| -> Option<usize> {
-            let start = date_of(&cohort.cohort)?;
-            let at = date_of(&label(period))?;
-            usize::try_from(periods_between(start, at, unit)).ok()
-        };
-        for row in &active {
-            let Some(cohort) = cohorts.get_mut(&(label(&row[0]), text(&row[1]))) else {
-                continue;
-            };
-            let Some(k) = offset(cohort, &row[2]) else {
-                continue;
-            };
-            let profiles = count(&row[3]);
-            if rolling {
-                for cell in cohort.retained.iter_mut().take(k + 1).flatten() {
-                    *cell += profiles;
-                }
-            } else if let Some(Some(cell)) = cohort.retained.get_mut(k) {
-                *cell += profiles;
-            }
-        }
-        for row in &revenue {
-            let Some(cohort) = cohorts.get_mut(&(label(&row[0]), text(&row[1]))) else {
-                continue;
-            };
-            if let Some(k) = offset(cohort, &row[2])
-                && let Some(Some(cell)) = cohort.revenue.get_mut(k)
-            {
-                *cell += number(&row[3]);
-            }
-        }
-        let mut cohorts: Vec<Cohort> = cohorts.into_values().collect();
-        for cohort in &mut cohorts {
-            let size = cohort.size.max(1) as f64;
-            cohort.retention_rate = cohort
-                .retained
+        for (cell, &(period, breakdown, size)) in cells.cells.iter().enumerate() {
+            // Periods that have begun by the end of the data; later ones are `null`.
+            let observable = until.map_or(0, |until| (until - period).max(-1) + 1);
+            let observed = |k: usize| (k as i64) < observable;
+            let row = cell * shown..(cell + 1) * shown;
+            let retained: Vec<Option<u64>> = retained[row.clone()]
                 .iter()
-                .map(|c| c.map(|n| n as f64 / size))
+                .enumerate()
+                .map(|(k, &n)| observed(k).then_some(n))
                 .collect();
+            let revenue: Vec<Option<f64>> = activity.revenue[row]
+                .iter()
+                .enumerate()
+                .map(|(k, &v)| observed(k).then_some(v))
+                .collect();
+            let divisor = size.max(1) as f64;
             let mut total = 0.0;
-            cohort.cumulative_value_per_profile = cohort
-                .revenue
-                .iter()
-                .map(|r| {
-                    r.map(|value| {
-                        total += value;
-                        total / size
+            let cohort = Cohort {
+                cohort: calendar.label(period),
+                breakdown: values.names[breakdown as usize].clone(),
+                size,
+                retention_rate: retained
+                    .iter()
+                    .map(|c| c.map(|n| n as f64 / divisor))
+                    .collect(),
+                cumulative_value_per_profile: revenue
+                    .iter()
+                    .map(|r| {
+                        r.map(|value| {
+                            total += value;
+                            total / divisor
+                        })
                     })
-                })
-                .collect();
+                    .collect(),
+                retained,
+                revenue,
+            };
+            cohorts.insert((cohort.cohort.clone(), cohort.breakdown.clone()), cohort);
         }
+        let cohorts: Vec<Cohort> = cohorts.into_values().collect();
         let trend = trend_of(&cohorts, 1);
         Ok(CohortReport {
             interval: unit.into(),
@@ -447,170 +534,6 @@ impl CohortDefinition {
             cohorts,
             trend,
         })
-    }
-
-    /// Each profile's cohort: its first qualifying event over all its identifiers.
-    async fn members(
-        &self,
-        keyed: &Keyed<'_, '_>,
-        scope: &Resolved,
-        unit: &str,
-    ) -> Result<Members, AnalyticsError> {
-        let first_breakdown = if scope.breakdown.is_some() {
-            "first_value(breakdown ORDER BY ts)"
-        } else {
-            // Without a breakdown every event's is the same constant: a plain MIN gives it,
-            // where an ordered `first_value` keeps each group's ordering state row by row.
-            "MIN(breakdown)"
-        };
-        let mut members = Members::default();
-        keyed
-            .each_row(
-                &format!(
-                    "SELECT id_type, id_value, CAST(MIN(ts) AS BIGINT) AS first_micros, \
-                            {first_breakdown} AS cohort_breakdown, {cohort} AS cohort \
-                     FROM base WHERE keep AND id_value IS NOT NULL AND {condition} \
-                     GROUP BY id_type, id_value",
-                    cohort = scope.bucket_sql(unit, "MIN(ts)"),
-                    condition = event_is(&self.cohort_event),
-                ),
-                |batch, row, owner| {
-                    let candidate = Member {
-                        first_micros: batch.column(2).as_primitive::<Int64Type>().value(row),
-                        breakdown: strings(batch.column(3).as_ref())(row).to_string(),
-                        cohort: output::json_value(batch.column(4).as_ref(), row),
-                        cell: None,
-                    };
-                    match members.of.get(&owner) {
-                        Some(&m) => {
-                            if candidate.first_micros < members.list[m].first_micros {
-                                members.list[m] = candidate;
-                            }
-                        }
-                        None => {
-                            members.of.insert(owner, members.list.len());
-                            members.list.push(candidate);
-                        }
-                    }
-                },
-            )
-            .await?;
-        Ok(members)
-    }
-
-    /// Per member, the periods (bucketed by `period`) it returned in and its last one: per
-    /// identifier and period, the last returning event; a member returned in a period when one of
-    /// its identifiers has a returning event there at or after the start of its cohort.
-    async fn returns(
-        &self,
-        keyed: &Keyed<'_, '_>,
-        members: &Members,
-        period: &str,
-    ) -> Result<Returns, AnalyticsError> {
-        let mut returns = Returns::default();
-        keyed
-            .each_row(
-                &format!(
-                    "SELECT id_type, id_value, CAST(MAX(ts) AS BIGINT) AS last_micros, \
-                            CAST(period AS BIGINT) AS period_key, period \
-                     FROM (SELECT id_type, id_value, ts, {period} AS period FROM base \
-                           WHERE keep AND id_value IS NOT NULL AND {returning}) \
-                     GROUP BY id_type, id_value, period",
-                    returning = event_is(&self.return_event),
-                ),
-                |batch, row, owner| {
-                    let Some((m, start, _)) = members.counted(&owner) else {
-                        return;
-                    };
-                    if batch.column(2).as_primitive::<Int64Type>().value(row) < start {
-                        return;
-                    }
-                    let at = batch.column(3).as_primitive::<Int64Type>().value(row);
-                    let bucket = || output::json_value(batch.column(4).as_ref(), row);
-                    if returns.returned.insert((m, at)) {
-                        returns.periods.entry(at).or_insert_with(bucket);
-                    }
-                    if returns.last.get(&m).is_none_or(|(latest, _)| at > *latest) {
-                        returns.last.insert(m, (at, bucket()));
-                    }
-                },
-            )
-            .await?;
-        Ok(returns)
-    }
-
-    /// Revenue per (cell, period) and each period's bucket: purchases per identifier and period.
-    /// A group that straddles the start of its member's cohort (purchases before the cohort
-    /// event, in the same period) is summed again from its events, so only those at or after
-    /// the start count.
-    async fn revenue(
-        &self,
-        keyed: &Keyed<'_, '_>,
-        members: &Members,
-        period: &str,
-    ) -> Result<(HashMap<(usize, i64), f64>, HashMap<i64, serde_json::Value>), AnalyticsError> {
-        let purchase = format!("event = {}", sql_string(&self.purchase_event));
-        let mut spent: HashMap<(usize, i64), f64> = HashMap::new();
-        let mut periods: HashMap<i64, serde_json::Value> = HashMap::new();
-        let mut straddling: HashSet<(Owner, i64)> = HashSet::new();
-        keyed
-            .each_row(
-                &format!(
-                    "SELECT id_type, id_value, CAST(MIN(ts) AS BIGINT) AS first_micros, \
-                            CAST(MAX(ts) AS BIGINT) AS last_micros, \
-                            CAST(period AS BIGINT) AS period_key, period, \
-                            CAST(SUM(value) AS DOUBLE) AS spent \
-                     FROM (SELECT id_type, id_value, ts, value, {period} AS period FROM base \
-                           WHERE keep AND id_value IS NOT NULL AND {purchase}) \
-                     GROUP BY id_type, id_value, period"
-                ),
-                |batch, row, owner| {
-                    let Some((_, start, cell)) = members.counted(&owner) else {
-                        return;
-                    };
-                    let micros =
-                        |column: usize| batch.column(column).as_primitive::<Int64Type>().value(row);
-                    let (first, last, at) = (micros(2), micros(3), micros(4));
-                    if last < start {
-                        return;
-                    }
-                    periods
-                        .entry(at)
-                        .or_insert_with(|| output::json_value(batch.column(5).as_ref(), row));
-                    let sum = batch.column(6).as_primitive::<Float64Type>();
-                    if first < start {
-                        straddling.insert((owner, at));
-                    } else if !sum.is_null(row) {
-                        *spent.entry((cell, at)).or_default() += sum.value(row);
-                    }
-                },
-            )
-            .await?;
-        if !straddling.is_empty() {
-            keyed
-                .each_row(
-                    &format!(
-                        "SELECT id_type, id_value, CAST(ts AS BIGINT) AS micros, \
-                                CAST({period} AS BIGINT) AS period_key, \
-                                CAST(value AS DOUBLE) AS spent \
-                         FROM base WHERE keep AND id_value IS NOT NULL AND {purchase} \
-                           AND value IS NOT NULL"
-                    ),
-                    |batch, row, owner| {
-                        let Some((_, start, cell)) = members.counted(&owner) else {
-                            return;
-                        };
-                        let ts = batch.column(2).as_primitive::<Int64Type>().value(row);
-                        let at = batch.column(3).as_primitive::<Int64Type>().value(row);
-                        if ts >= start && straddling.contains(&(owner, at)) {
-                            let value = batch.column(4).as_primitive::<Float64Type>().value(row);
-                            *spent.entry((cell, at)).or_default() += value;
-                        }
-                    },
-                )
-                .await?;
-        }
-        Ok((spent, periods))
     }
 }
 
@@ -687,18 +610,42 @@ mod tests {
     }
 
     #[test]
-    fn periods_count_calendar_units_in_the_local_zone() {
-        let d = |s| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+    fn periods_are_calendar_units_in_the_local_zone() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().timestamp_micros();
+        let mexico: Tz = "America/Mexico_City".parse().unwrap();
+        let months = Calendar::new("month", mexico);
+        // 1 March 03:00 UTC is still 28 February in Mexico City (UTC−6).
         assert_eq!(
-            periods_between(d("2024-01-01"), d("2024-03-01"), "month"),
+            months.label(months.period(at("2024-03-01T03:00:00Z"))),
+            "2024-02-01"
+        );
+        assert_eq!(
+            months.period(at("2024-01-01T06:00:00Z")) - months.period(at("2023-12-31T05:59:59Z")),
+            1
+        );
+        assert_eq!(
+            months.period(at("2025-02-15T12:00:00Z")) - months.period(at("2024-01-31T12:00:00Z")),
+            13
+        );
+        let weeks = Calendar::new("week", Tz::UTC);
+        // Monday 2024-01-01 to Monday 2024-01-15: two weeks; Sunday the 14th is in the week before.
+        let monday = weeks.period(at("2024-01-01T00:00:00Z"));
+        assert_eq!(weeks.period(at("2024-01-15T00:00:00Z")) - monday, 2);
+        assert_eq!(weeks.period(at("2024-01-14T23:59:59Z")) - monday, 1);
+        assert_eq!(
+            weeks.label(weeks.period(at("2024-01-10T09:00:00Z"))),
+            "2024-01-08"
+        );
+        let days = Calendar::new("day", "Europe/Madrid".parse().unwrap());
+        // Across the spring-forward night (31 March 2024, a 23-hour day): still one day a day.
+        assert_eq!(
+            days.period(at("2024-04-01T10:00:00Z")) - days.period(at("2024-03-30T10:00:00Z")),
             2
         );
         assert_eq!(
-            periods_between(d("2023-12-01"), d("2024-01-01"), "month"),
-            1
+            days.label(days.period(at("2024-03-30T23:30:00Z"))),
+            "2024-03-31"
         );
-        assert_eq!(periods_between(d("2024-01-01"), d("2024-01-15"), "week"), 2);
-        assert_eq!(periods_between(d("2024-03-09"), d("2024-03-11"), "day"), 2);
     }
 
     #[test]
