@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Int64Type};
+use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::identities::OwnerNumbers;
@@ -488,7 +489,7 @@ impl FunnelDefinition {
                 }
             })
             .await?;
-        let (rows, values) = events.sorted();
+        let (rows, kinds, values) = events.sorted();
         let mut walker = Walker::new(
             self.steps.len(),
             window * 1_000_000,
@@ -503,11 +504,12 @@ impl FunnelDefinition {
                 tally.add(walker.end_profile());
                 current = Some(row.profile);
             }
+            let kind = kinds[row.kind as usize];
             walker.event(
                 row.micros,
-                row.mask & !EXCLUDED,
-                row.mask & EXCLUDED != 0,
-                row.breakdown,
+                kind.mask & !EXCLUDED,
+                kind.mask & EXCLUDED != 0,
+                kind.breakdown,
             );
         }
         tally.add(walker.end_profile());
@@ -550,22 +552,33 @@ impl FunnelDefinition {
 /// The bit of a compact event's mask that marks an exclusion (steps use the low 32).
 const EXCLUDED: u64 = 1 << 63;
 
-/// One event, compactly: 24 bytes, whatever the length of its profile id.
+/// One event, compactly: 16 bytes, whatever the length of its profile id. What it matched
+/// (steps, exclusion) and its breakdown value together are its kind: funnels see few kinds,
+/// numbered in [`CompactEvents`], so events need not carry them.
 #[derive(Debug, Clone, Copy)]
 struct CompactEvent {
     profile: u32,
-    breakdown: u32,
+    kind: u32,
     micros: i64,
-    mask: u64,
 }
 
-/// Events gathered in any order, owners numbered by [`OwnerNumbers`] and breakdown values as
-/// they come.
+/// What events of one kind matched and their breakdown value's number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Kind {
+    /// Step bits, and [`EXCLUDED`].
+    mask: u64,
+    breakdown: u32,
+}
+
+/// Events gathered in any order, owners numbered by [`OwnerNumbers`], and breakdown values and
+/// kinds numbered as they come.
 #[derive(Default)]
 struct CompactEvents {
     rows: Vec<CompactEvent>,
     values: Vec<String>,
-    value_ids: std::collections::HashMap<String, u32>,
+    value_ids: HashMap<String, u32>,
+    kinds: Vec<Kind>,
+    kind_ids: HashMap<Kind, u32>,
 }
 
 impl CompactEvents {
@@ -579,25 +592,36 @@ impl CompactEvents {
                 id
             }
         };
+        let kind = Kind {
+            mask: steps | if excluded { EXCLUDED } else { 0 },
+            breakdown,
+        };
+        let kind = *self.kind_ids.entry(kind).or_insert_with(|| {
+            self.kinds.push(kind);
+            self.kinds.len() as u32 - 1
+        });
         self.rows.push(CompactEvent {
             profile,
-            breakdown,
+            kind,
             micros,
-            mask: steps | if excluded { EXCLUDED } else { 0 },
         });
     }
 
     /// Each profile's events together in time order — at one instant, events of later steps
-    /// first, so no step counts as following another of the same instant — and the breakdown
-    /// values by number.
-    fn sorted(self) -> (Vec<CompactEvent>, Vec<String>) {
+    /// first, so no step counts as following another of the same instant — with the kinds and
+    /// the breakdown values by number.
+    fn sorted(self) -> (Vec<CompactEvent>, Vec<Kind>, Vec<String>) {
+        // Each kind's place among the kinds by step bits, highest first, so the sort compares
+        // numbers only.
+        let mut order: Vec<u32> = (0..self.kinds.len() as u32).collect();
+        order.sort_by_key(|&k| std::cmp::Reverse(self.kinds[k as usize].mask & !EXCLUDED));
+        let mut rank = vec![0u32; self.kinds.len()];
+        for (place, kind) in order.into_iter().enumerate() {
+            rank[kind as usize] = place as u32;
+        }
         let mut rows = self.rows;
-        rows.sort_unstable_by(|a, b| {
-            (a.profile, a.micros)
-                .cmp(&(b.profile, b.micros))
-                .then((b.mask & !EXCLUDED).cmp(&(a.mask & !EXCLUDED)))
-        });
-        (rows, self.values)
+        rows.sort_unstable_by_key(|row| (row.profile, row.micros, rank[row.kind as usize]));
+        (rows, self.kinds, self.values)
     }
 }
 
@@ -784,6 +808,39 @@ mod tests {
             walker.event(at * HOUR, steps, excluded, 7);
         }
         walker.end_profile()
+    }
+
+    #[test]
+    fn gathered_events_take_sixteen_bytes_and_sort_later_steps_first_at_one_instant() {
+        assert_eq!(std::mem::size_of::<CompactEvent>(), 16);
+        let mut events = CompactEvents::default();
+        events.push(2, 50, 0b001, false, "web");
+        events.push(1, 70, 0b100, false, "ios");
+        events.push(1, 70, 0b010, false, "web");
+        events.push(1, 60, 0, true, "web");
+        let (rows, kinds, values) = events.sorted();
+        let seen: Vec<(u32, i64, u64, bool, &str)> = rows
+            .iter()
+            .map(|row| {
+                let kind = kinds[row.kind as usize];
+                (
+                    row.profile,
+                    row.micros,
+                    kind.mask & !EXCLUDED,
+                    kind.mask & EXCLUDED != 0,
+                    values[kind.breakdown as usize].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (1, 60, 0, true, "web"),
+                (1, 70, 0b100, false, "ios"),
+                (1, 70, 0b010, false, "web"),
+                (2, 50, 0b001, false, "web"),
+            ]
+        );
     }
 
     fn walk(strict: bool, events: &[(i64, u64, bool)]) -> Option<Outcome> {
