@@ -100,6 +100,76 @@ pub struct PathLink {
     pub count: u64,
 }
 
+/// Each owner's anchor events, to tell which events can be on a path.
+struct Anchors {
+    /// Anchor times, grouped by owner and in time order within each.
+    times: Vec<i64>,
+    /// Owner number `o`'s anchors are `times[starts[o]..starts[o + 1]]`.
+    starts: Vec<u32>,
+}
+
+impl Anchors {
+    /// Runs `sql` (columns `id_type`, `id_value`, `micros`: the anchor events).
+    async fn gather(
+        data: &Data<'_>,
+        sql: &str,
+        owners: &mut OwnerNumbers<'_>,
+    ) -> Result<Anchors, AnalyticsError> {
+        let mut found: Vec<(u32, i64)> = Vec::new();
+        data.lake
+            .query_each(sql, &data.limits, data.tables.clone(), |batch| {
+                let id_type = strings(batch.column(0).as_ref());
+                let id_value = strings(batch.column(1).as_ref());
+                let micros = batch.column(2).as_primitive::<Int64Type>();
+                for row in 0..batch.num_rows() {
+                    let id_value = batch.column(1).is_valid(row).then(|| id_value(row));
+                    if let Some(owner) = owners.number(id_type(row), id_value) {
+                        found.push((owner, micros.value(row)));
+                    }
+                }
+            })
+            .await?;
+        Ok(Anchors::from_found(found, owners.bound()))
+    }
+
+    /// From `(owner, time)` pairs, every owner number below `bound`.
+    fn from_found(mut found: Vec<(u32, i64)>, bound: usize) -> Anchors {
+        found.sort_unstable();
+        let mut starts = Vec::with_capacity(bound + 1);
+        let mut at = 0;
+        for owner in 0..=bound as u32 {
+            while at < found.len() && found[at].0 < owner {
+                at += 1;
+            }
+            starts.push(at as u32);
+        }
+        Anchors {
+            times: found.into_iter().map(|(_, micros)| micros).collect(),
+            starts,
+        }
+    }
+
+    /// Whether an event of `owner` at `micros` is within `window` of one of its anchors, on the
+    /// side paths run: at or after an anchor, or (`before`) at or before one.
+    fn near(&self, owner: u32, micros: i64, window: i64, before: bool) -> bool {
+        let owner = owner as usize;
+        let (Some(&start), Some(&end)) = (self.starts.get(owner), self.starts.get(owner + 1))
+        else {
+            return false;
+        };
+        let times = &self.times[start as usize..end as usize];
+        let later = times.partition_point(|&t| t < micros);
+        if before {
+            // The first anchor at or after the event.
+            times.get(later).is_some_and(|&t| t - micros <= window)
+        } else {
+            // The last anchor at or before the event.
+            let through = later + times[later..].partition_point(|&t| t == micros);
+            through > 0 && micros - times[through - 1] <= window
+        }
+    }
+}
+
 /// Follows one profile's events (in time order) and counts its paths.
 #[derive(Default)]
 struct Counter {
@@ -204,12 +274,25 @@ impl PathDefinition {
             &[],
             &format!("CAST(e.timestamp AS BIGINT) AS micros, {label} AS label"),
         );
+        let mut owners = OwnerNumbers::new(data.identity_index());
+        // First the anchors: only events near one of their owner's anchors (within the window,
+        // on the side paths run) can be on a path, and only those are gathered next — at 50
+        // million events, gathering every event held 800 MB.
+        let anchors = Anchors::gather(
+            data,
+            &format!(
+                "WITH base AS ({base}) SELECT id_type, id_value, micros FROM base \
+                 WHERE keep AND label = {}",
+                sql_string(&self.event)
+            ),
+            &mut owners,
+        )
+        .await?;
         let sql = format!(
             "WITH base AS ({base}) SELECT id_type, id_value, micros, label, keep FROM base"
         );
         // Streamed in any order and kept compactly (16 bytes an event); sorted here.
-        let mut rows: Vec<(u32, i64, u32)> = Vec::with_capacity(data.event_count().await?);
-        let mut owners = OwnerNumbers::new(data.identity_index());
+        let mut rows: Vec<(u32, i64, u32)> = Vec::new();
         let mut labels: Vec<String> = Vec::new();
         let mut label_ids: HashMap<String, u32> = HashMap::new();
         data.lake
@@ -228,6 +311,10 @@ impl PathDefinition {
                     let Some(p) = owners.number(id_type(row), id_value) else {
                         continue;
                     };
+                    let at = micros.value(row);
+                    if !anchors.near(p, at, window, before) {
+                        continue;
+                    }
                     let l = match label_ids.get(label(row)) {
                         Some(id) => *id,
                         None => {
@@ -237,10 +324,11 @@ impl PathDefinition {
                             id
                         }
                     };
-                    rows.push((p, micros.value(row), l));
+                    rows.push((p, at, l));
                 }
             })
             .await?;
+        drop(anchors);
         drop(owners);
         // At one instant, events go in the order of their labels: the answer never depends on
         // how rows happened to be stored.
@@ -350,6 +438,22 @@ mod tests {
 
     fn events(labels: &[(i64, &str)]) -> Vec<(i64, String)> {
         labels.iter().map(|(t, l)| (*t, l.to_string())).collect()
+    }
+
+    #[test]
+    fn only_events_within_the_window_of_an_anchor_on_the_paths_side_are_near() {
+        // Owner 0: anchors at 100 and 500; owner 1: none; owner 2: one at 50.
+        let anchors = Anchors::from_found(vec![(2, 50), (0, 500), (0, 100)], 3);
+        let after = |owner, at| anchors.near(owner, at, 10, false);
+        let before = |owner, at| anchors.near(owner, at, 10, true);
+        assert!(after(0, 100) && after(0, 110) && after(0, 505));
+        assert!(!after(0, 111) && !after(0, 99) && !after(0, 499));
+        assert!(before(0, 100) && before(0, 90) && before(0, 495));
+        assert!(!before(0, 89) && !before(0, 101) && !before(0, 501));
+        assert!(!after(1, 100) && !before(1, 100));
+        assert!(after(2, 60) && !after(2, 61) && before(2, 40));
+        // Numbers given out after the anchors were gathered have none.
+        assert!(!after(7, 100));
     }
 
     #[test]
