@@ -10,6 +10,8 @@
 
 use std::collections::BTreeMap;
 
+use hashbrown::HashMap;
+
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, Int64Type};
 use chrono::{DateTime, Utc};
@@ -148,11 +150,13 @@ pub struct RfmScore {
 
 /// One buyer's purchases in the window, as the query sums them up.
 struct Buyer {
-    profile_id: String,
+    /// The owner's number ([`OwnerNumbers`]).
+    owner: u32,
     last_micros: i64,
     frequency: u64,
     monetary: f64,
-    breakdown: String,
+    /// The breakdown value of the last purchase, by number.
+    breakdown: u32,
 }
 
 /// The `limit` most valuable scores, ties by profile id: selected, then only they are sorted
@@ -172,20 +176,33 @@ fn most_valuable(scores: &[RfmScore], limit: usize) -> Vec<RfmScore> {
     top.into_iter().cloned().collect()
 }
 
-/// Quintile scores of `n` values ordered by `cmp`: `1 + floor(5 · (rank − 1) / n)` with
-/// `rank` = 1 + the number of values strictly below (SQL `RANK()`), so ties share a score.
-fn quintiles(n: usize, cmp: impl Fn(usize, usize) -> std::cmp::Ordering) -> Vec<u8> {
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_unstable_by(|&a, &b| cmp(a, b));
+/// Quintile scores of `keys`: `1 + floor(5 · (rank − 1) / n)` with `rank` = 1 + the number of
+/// keys strictly below (SQL `RANK()`), so ties share a score. Sorting the keys themselves, paired
+/// with their positions, is several times faster than sorting positions by a comparison that
+/// looks the keys up.
+fn quintiles<K: Ord + Copy>(keys: &[K]) -> Vec<u8> {
+    let n = keys.len();
+    let mut order: Vec<(K, u32)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, &key)| (key, i as u32))
+        .collect();
+    order.sort_unstable();
     let mut scores = vec![0u8; n];
     let mut rank = 1;
-    for (position, &i) in order.iter().enumerate() {
-        if position > 0 && cmp(order[position - 1], i) != std::cmp::Ordering::Equal {
+    for position in 0..n {
+        if position > 0 && order[position - 1].0 != order[position].0 {
             rank = position + 1;
         }
-        scores[i] = (1 + 5 * (rank - 1) / n) as u8;
+        scores[order[position].1 as usize] = (1 + 5 * (rank - 1) / n) as u8;
     }
     scores
+}
+
+/// An integer that orders as [`f64::total_cmp`] orders `x`.
+fn total_order_key(x: f64) -> i64 {
+    let bits = x.to_bits() as i64;
+    bits ^ ((((bits >> 63) as u64) >> 1) as i64)
 }
 
 impl RfmDefinition {
@@ -243,8 +260,11 @@ impl RfmDefinition {
     ) -> Result<(RfmReport, Vec<RfmScore>), AnalyticsError> {
         let (sql, as_of) = self.aggregates_sql()?;
         let mut owners = OwnerNumbers::new(data.identity_index());
-        // Per owner (by number): last purchase, purchases, value, breakdown of the last purchase.
-        let mut bought: Vec<Option<(i64, u64, f64, String)>> = Vec::new();
+        // Per owner (by number): last purchase, purchases, value, breakdown of the last purchase
+        // (numbered: the values by number are `breakdowns`).
+        let mut bought: Vec<Option<(i64, u64, f64, u32)>> = Vec::new();
+        let mut breakdowns: Vec<String> = Vec::new();
+        let mut breakdown_numbers: HashMap<String, u32> = HashMap::new();
         data.lake
             .query_each(&sql, &data.limits, data.tables.clone(), |batch| {
                 let id_type = crate::funnel::strings(batch.column(0).as_ref());
@@ -269,6 +289,15 @@ impl RfmDefinition {
                         value.value(row)
                     };
                     let (last, frequency) = (last.value(row), frequency.value(row).max(0) as u64);
+                    let breakdown = match breakdown_numbers.get(breakdown(row)) {
+                        Some(&number) => number,
+                        None => {
+                            let number = breakdowns.len() as u32;
+                            breakdowns.push(breakdown(row).to_string());
+                            breakdown_numbers.insert(breakdown(row).to_string(), number);
+                            number
+                        }
+                    };
                     if bought.len() <= owner as usize {
                         bought.resize(owners.bound().max(owner as usize + 1), None);
                     }
@@ -277,12 +306,12 @@ impl RfmDefinition {
                         Some(entry) => {
                             if last > entry.0 {
                                 entry.0 = last;
-                                entry.3 = breakdown(row).to_string();
+                                entry.3 = breakdown;
                             }
                             entry.1 += frequency;
                             entry.2 += value;
                         }
-                        slot => *slot = Some((last, frequency, value, breakdown(row).to_string())),
+                        slot => *slot = Some((last, frequency, value, breakdown)),
                     }
                 }
             })
@@ -294,7 +323,7 @@ impl RfmDefinition {
             .filter_map(|(number, entry)| {
                 let (last_micros, frequency, value, breakdown) = entry?;
                 Some(Buyer {
-                    profile_id: owners.name(number as u32),
+                    owner: number as u32,
                     last_micros,
                     frequency,
                     monetary: (value * 100.0).round() / 100.0,
@@ -303,36 +332,43 @@ impl RfmDefinition {
             })
             .collect();
         let n = buyers.len();
-        let r = quintiles(n, |a, b| buyers[a].last_micros.cmp(&buyers[b].last_micros));
-        let f = quintiles(n, |a, b| buyers[a].frequency.cmp(&buyers[b].frequency));
-        let m = quintiles(n, |a, b| buyers[a].monetary.total_cmp(&buyers[b].monetary));
+        let r = quintiles(&buyers.iter().map(|b| b.last_micros).collect::<Vec<_>>());
+        let f = quintiles(&buyers.iter().map(|b| b.frequency).collect::<Vec<_>>());
+        let m = quintiles(
+            &buyers
+                .iter()
+                .map(|b| total_order_key(b.monetary))
+                .collect::<Vec<_>>(),
+        );
         let as_of_micros = as_of.timestamp_micros();
-        let scores: Vec<RfmScore> = buyers
-            .iter()
-            .enumerate()
-            .map(|(i, b)| RfmScore {
-                profile_id: b.profile_id.clone(),
-                recency_days: (as_of_micros - b.last_micros) as f64 / 86_400_000_000.0,
+        let recency_days = |b: &Buyer| (as_of_micros - b.last_micros) as f64 / 86_400_000_000.0;
+        // A buyer's scores; profile ids are looked up only for the buyers listed.
+        let score = |i: usize| {
+            let b = &buyers[i];
+            RfmScore {
+                profile_id: owners.name(b.owner),
+                recency_days: recency_days(b),
                 frequency: b.frequency,
                 monetary: b.monetary,
                 r: r[i],
                 f: f[i],
                 m: m[i],
                 segment: segment(r[i], f[i]).to_string(),
-            })
-            .collect();
+            }
+        };
         // Per segment and breakdown value: profiles, value, and the sums the means come from.
-        let mut groups: BTreeMap<(usize, &str), (u64, f64, f64, f64)> = BTreeMap::new();
-        for (score, buyer) in scores.iter().zip(&buyers) {
+        let mut groups: BTreeMap<(usize, u32), (u64, f64, f64, f64)> = BTreeMap::new();
+        for (i, buyer) in buyers.iter().enumerate() {
+            let name = segment(r[i], f[i]);
             let order = SEGMENTS
                 .iter()
-                .position(|s| *s == score.segment)
+                .position(|s| *s == name)
                 .unwrap_or(SEGMENTS.len());
-            let group = groups.entry((order, buyer.breakdown.as_str())).or_default();
+            let group = groups.entry((order, buyer.breakdown)).or_default();
             group.0 += 1;
-            group.1 += score.monetary;
-            group.2 += score.recency_days;
-            group.3 += score.frequency as f64;
+            group.1 += buyer.monetary;
+            group.2 += recency_days(buyer);
+            group.3 += buyer.frequency as f64;
         }
         let profiles = n as u64;
         let segments = groups
@@ -341,7 +377,7 @@ impl RfmDefinition {
                 let count_f = count as f64;
                 SegmentSummary {
                     segment: SEGMENTS.get(order).copied().unwrap_or("").to_string(),
-                    breakdown: breakdown.to_string(),
+                    breakdown: breakdowns[breakdown as usize].clone(),
                     profiles: count,
                     share: count_f / profiles.max(1) as f64,
                     value,
@@ -351,14 +387,32 @@ impl RfmDefinition {
                 }
             })
             .collect();
-        let top_profiles = most_valuable(&scores, self.limit);
+        let (top_profiles, scores) = if every_profile {
+            let scores: Vec<RfmScore> = (0..n).map(score).collect();
+            (most_valuable(&scores, self.limit), scores)
+        } else {
+            // Only the buyers worth at least the `limit`-th highest value can be listed (ties
+            // at that value are ordered by profile id, so all of them are candidates).
+            let mut values: Vec<i64> = buyers.iter().map(|b| total_order_key(b.monetary)).collect();
+            let threshold = if self.limit == 0 || self.limit > n {
+                i64::MIN
+            } else {
+                let at = n - self.limit;
+                *values.select_nth_unstable(at).1
+            };
+            let candidates: Vec<RfmScore> = (0..n)
+                .filter(|&i| total_order_key(buyers[i].monetary) >= threshold)
+                .map(score)
+                .collect();
+            (most_valuable(&candidates, self.limit), Vec::new())
+        };
         let report = RfmReport {
             as_of: as_of.to_rfc3339(),
             profiles,
             segments,
             top_profiles,
         };
-        Ok((report, if every_profile { scores } else { Vec::new() }))
+        Ok((report, scores))
     }
 }
 
@@ -415,12 +469,20 @@ mod tests {
     fn quintiles_are_rank_based_and_keep_ties_together() {
         // Ten values: ranks 1..10 give 1,1,2,2,3,3,4,4,5,5.
         let values: Vec<u32> = (0..10).rev().collect();
-        let scores = quintiles(values.len(), |a, b| values[a].cmp(&values[b]));
+        let scores = quintiles(&values);
         assert_eq!(scores, [5, 5, 4, 4, 3, 3, 2, 2, 1, 1]);
         // Six ones and four twos: the ones share rank 1 (score 1), the twos rank 7 (score 4).
         let values = [1, 2, 1, 1, 2, 1, 1, 2, 1, 2];
-        let scores = quintiles(values.len(), |a, b| values[a].cmp(&values[b]));
+        let scores = quintiles(&values);
         assert_eq!(scores, [1, 4, 1, 1, 4, 1, 1, 4, 1, 4]);
-        assert!(quintiles(0, |_, _| std::cmp::Ordering::Equal).is_empty());
+        assert!(quintiles::<i64>(&[]).is_empty());
+        // Money orders as f64::total_cmp orders it, negatives (refunds) and zeros included.
+        let money = [12.5, -3.0, 0.0, -0.0, 1e9, -1e9, 0.01];
+        let mut by_key = money.to_vec();
+        by_key.sort_by_key(|x| total_order_key(*x));
+        let mut by_total = money.to_vec();
+        by_total.sort_by(f64::total_cmp);
+        let bits = |xs: &[f64]| xs.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&by_key), bits(&by_total));
     }
 }
