@@ -8,7 +8,7 @@
 //! Each piece of evidence has a weight; the score combines them as independent signals,
 //! `1 − Π(1 − wᵢ)`, so more evidence always raises it and it never passes 1.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use kith_identity::fold_accent;
 use serde::Serialize;
@@ -39,8 +39,12 @@ const PHONE_DIGITS: usize = 10;
 /// Blocks larger than this are too common to say anything (a name like "Maria").
 const MAX_BLOCK: usize = 50;
 
-struct Features<'a> {
-    view: &'a ProfileView,
+/// What pairs are compared on, taken from a profile's view (which is then no longer needed:
+/// all views at once cost gigabytes at hundreds of thousands of profiles).
+struct Features {
+    profile_id: String,
+    /// Identifiers other than anonymous ids, as `type:value`: what a candidate shows.
+    shown_identifiers: Vec<String>,
     name: Option<String>,
     /// Normalised name tokens, sorted.
     name_key: Option<String>,
@@ -53,6 +57,8 @@ struct Features<'a> {
     user_ids: Vec<String>,
     /// Normalised city, from `city` or `ciudad`.
     city: Option<String>,
+    /// The city as the profile has it, for the evidence.
+    city_shown: Option<String>,
 }
 
 /// `Ana  LÓPEZ` and `lopez ana` → `ana lopez`.
@@ -129,7 +135,7 @@ fn local_key(local: &str) -> String {
         .collect()
 }
 
-fn features(view: &ProfileView) -> Features<'_> {
+fn features(view: &ProfileView) -> Features {
     let name = display_name(view);
     let (name_key, name_tokens) = match &name {
         Some(n) => {
@@ -166,13 +172,21 @@ fn features(view: &ProfileView) -> Features<'_> {
             _ => {}
         }
     }
-    let city = trait_text(view, "city")
-        .or_else(|| trait_text(view, "ciudad"))
-        .map(|c| normalised_city(&c))
+    let city_shown = trait_text(view, "city").or_else(|| trait_text(view, "ciudad"));
+    let city = city_shown
+        .as_deref()
+        .map(normalised_city)
         .filter(|c| !c.is_empty());
     Features {
-        view,
+        profile_id: view.profile_id.clone(),
+        shown_identifiers: view
+            .identifiers
+            .iter()
+            .filter(|i| i.id_type != "anonymous_id")
+            .map(|i| format!("{}:{}", i.id_type, i.value))
+            .collect(),
         city,
+        city_shown,
         name,
         name_key,
         name_tokens,
@@ -183,7 +197,7 @@ fn features(view: &ProfileView) -> Features<'_> {
 }
 
 /// Scores one pair; `refused` is the reason of a merge between them the guards refused.
-fn score(a: &Features<'_>, b: &Features<'_>, refused: Option<&str>) -> (f64, Vec<(f64, String)>) {
+fn score(a: &Features, b: &Features, refused: Option<&str>) -> (f64, Vec<(f64, String)>) {
     let mut evidence: Vec<(f64, String)> = Vec::new();
     if let (Some(ka), Some(kb)) = (&a.name_key, &b.name_key) {
         let (na, nb) = (
@@ -240,10 +254,9 @@ fn score(a: &Features<'_>, b: &Features<'_>, refused: Option<&str>) -> (f64, Vec
         && !evidence.is_empty()
         && ca == cb
     {
-        let shown = trait_text(a.view, "city").or_else(|| trait_text(a.view, "ciudad"));
         evidence.push((
             0.15,
-            format!("the same city: {}", shown.as_deref().unwrap_or(ca)),
+            format!("the same city: {}", a.city_shown.as_deref().unwrap_or(ca)),
         ));
     }
     if let Some(digits) = a.phone_digits.iter().find(|d| b.phone_digits.contains(d)) {
@@ -275,103 +288,148 @@ fn score(a: &Features<'_>, b: &Features<'_>, refused: Option<&str>) -> (f64, Vec
     (1.0 - remaining, evidence)
 }
 
-fn candidate_profile(f: &Features<'_>) -> CandidateProfile {
+fn candidate_profile(f: &Features) -> CandidateProfile {
     CandidateProfile {
-        profile_id: f.view.profile_id.clone(),
+        profile_id: f.profile_id.clone(),
         name: f.name.clone(),
-        identifiers: f
-            .view
-            .identifiers
-            .iter()
-            .filter(|i| i.id_type != "anonymous_id")
-            .map(|i| format!("{}:{}", i.id_type, i.value))
-            .collect(),
+        identifiers: f.shown_identifiers.clone(),
     }
 }
 
 /// The likely duplicates among `views` scoring at least `min_score`, best first.
 pub fn find_duplicates(views: &[ProfileView], min_score: f64) -> Vec<DuplicateCandidate> {
-    let features: Vec<Features<'_>> = views.iter().map(features).collect();
-    let mut by_identifier: HashMap<String, usize> = HashMap::new();
-    for (index, view) in views.iter().enumerate() {
-        for identifier in &view.identifiers {
-            by_identifier.insert(
-                format!("{}:{}", identifier.id_type, identifier.value),
-                index,
-            );
-        }
+    let mut finder = DuplicateFinder::default();
+    for view in views {
+        finder.add(view);
     }
-    let mut blocks: HashMap<String, Vec<usize>> = HashMap::new();
-    for (index, f) in features.iter().enumerate() {
-        if let Some(key) = f.name_key.as_ref().filter(|_| f.name_tokens >= 2) {
-            blocks.entry(format!("name:{key}")).or_default().push(index);
+    finder.finish(min_score, |visit| {
+        for view in views {
+            for identifier in &view.identifiers {
+                visit(&view.profile_id, &identifier.id_type, &identifier.value);
+            }
         }
-        for (local, _, _) in &f.emails {
-            if local.len() >= 3 {
+    })
+}
+
+/// Finds likely duplicates from profiles' views seen one at a time ([`DuplicateFinder::add`]),
+/// keeping only what pairs are compared on, so no caller needs every view at once.
+#[derive(Default)]
+pub struct DuplicateFinder {
+    features: Vec<Features>,
+    /// Each merge the guards refused: the profile (by position) that records it, an identifier
+    /// the event named (`type:value`), and the reason.
+    refusals: Vec<(usize, String, String)>,
+}
+
+impl DuplicateFinder {
+    /// Takes in one profile.
+    pub fn add(&mut self, view: &ProfileView) {
+        let index = self.features.len();
+        for conflict in &view.conflicts {
+            for identifier in &conflict.identifiers {
+                self.refusals
+                    .push((index, identifier.clone(), conflict.reason.clone()));
+            }
+        }
+        self.features.push(features(view));
+    }
+
+    /// The candidates scoring at least `min_score`, best first. `identities` visits every
+    /// identifier with its profile (`profile_id`, type, value), to find which profiles the
+    /// identifiers of refused merges belong to now.
+    pub fn finish(
+        self,
+        min_score: f64,
+        identities: impl FnOnce(&mut dyn FnMut(&str, &str, &str)),
+    ) -> Vec<DuplicateCandidate> {
+        let features = self.features;
+        let named: HashSet<&str> = self.refusals.iter().map(|(_, id, _)| id.as_str()).collect();
+        let mut by_identifier: HashMap<String, usize> = HashMap::new();
+        if !named.is_empty() {
+            let position: HashMap<&str, usize> = features
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (f.profile_id.as_str(), i))
+                .collect();
+            let mut key = String::new();
+            identities(&mut |profile_id, id_type, value| {
+                key.clear();
+                key.push_str(id_type);
+                key.push(':');
+                key.push_str(value);
+                if named.contains(key.as_str())
+                    && let Some(&index) = position.get(profile_id)
+                {
+                    by_identifier.insert(key.clone(), index);
+                }
+            });
+        }
+        let mut blocks: HashMap<String, Vec<usize>> = HashMap::new();
+        for (index, f) in features.iter().enumerate() {
+            if let Some(key) = f.name_key.as_ref().filter(|_| f.name_tokens >= 2) {
+                blocks.entry(format!("name:{key}")).or_default().push(index);
+            }
+            for (local, _, _) in &f.emails {
+                if local.len() >= 3 {
+                    blocks
+                        .entry(format!("local:{local}"))
+                        .or_default()
+                        .push(index);
+                }
+            }
+            for digits in &f.phone_digits {
                 blocks
-                    .entry(format!("local:{local}"))
+                    .entry(format!("phone:{digits}"))
                     .or_default()
                     .push(index);
             }
         }
-        for digits in &f.phone_digits {
-            blocks
-                .entry(format!("phone:{digits}"))
-                .or_default()
-                .push(index);
-        }
-    }
-    let mut pairs: BTreeSet<(usize, usize)> = BTreeSet::new();
-    for members in blocks.values() {
-        if members.len() < 2 || members.len() > MAX_BLOCK {
-            continue;
-        }
-        for (i, a) in members.iter().enumerate() {
-            for b in &members[i + 1..] {
-                if a != b {
-                    pairs.insert((*a.min(b), *a.max(b)));
+        let mut pairs: BTreeSet<(usize, usize)> = BTreeSet::new();
+        for members in blocks.values() {
+            if members.len() < 2 || members.len() > MAX_BLOCK {
+                continue;
+            }
+            for (i, a) in members.iter().enumerate() {
+                for b in &members[i + 1..] {
+                    if a != b {
+                        pairs.insert((*a.min(b), *a.max(b)));
+                    }
                 }
             }
         }
-    }
-    // Refused merges name identifiers of both profiles.
-    let mut refused: BTreeMap<(usize, usize), String> = BTreeMap::new();
-    for (index, view) in views.iter().enumerate() {
-        for conflict in &view.conflicts {
-            for identifier in &conflict.identifiers {
-                if let Some(&other) = by_identifier.get(identifier)
-                    && other != index
-                {
-                    let pair = (index.min(other), index.max(other));
-                    pairs.insert(pair);
-                    refused
-                        .entry(pair)
-                        .or_insert_with(|| conflict.reason.clone());
-                }
+        // Refused merges name identifiers of both profiles.
+        let mut refused: BTreeMap<(usize, usize), String> = BTreeMap::new();
+        for (index, identifier, reason) in &self.refusals {
+            if let Some(&other) = by_identifier.get(identifier)
+                && other != *index
+            {
+                let pair = (*index.min(&other), *index.max(&other));
+                pairs.insert(pair);
+                refused.entry(pair).or_insert_with(|| reason.clone());
             }
         }
-    }
-    let mut candidates: Vec<DuplicateCandidate> = pairs
-        .into_iter()
-        .filter_map(|(a, b)| {
-            let (score, evidence) = score(
-                &features[a],
-                &features[b],
-                refused.get(&(a, b)).map(String::as_str),
-            );
-            (score >= min_score && score > 0.0).then(|| DuplicateCandidate {
-                score: (score * 1000.0).round() / 1000.0,
-                first: candidate_profile(&features[a]),
-                second: candidate_profile(&features[b]),
-                evidence: evidence.into_iter().map(|(_, text)| text).collect(),
+        let mut candidates: Vec<DuplicateCandidate> = pairs
+            .into_iter()
+            .filter_map(|(a, b)| {
+                let (score, evidence) = score(
+                    &features[a],
+                    &features[b],
+                    refused.get(&(a, b)).map(String::as_str),
+                );
+                (score >= min_score && score > 0.0).then(|| DuplicateCandidate {
+                    score: (score * 1000.0).round() / 1000.0,
+                    first: candidate_profile(&features[a]),
+                    second: candidate_profile(&features[b]),
+                    evidence: evidence.into_iter().map(|(_, text)| text).collect(),
+                })
             })
-        })
-        .collect();
-    candidates.sort_by(|x, y| {
-        y.score
-            .total_cmp(&x.score)
-            .then_with(|| x.first.profile_id.cmp(&y.first.profile_id))
-            .then_with(|| x.second.profile_id.cmp(&y.second.profile_id))
-    });
-    candidates
+            .collect();
+        candidates.sort_by(|x, y| {
+            y.score
+                .total_cmp(&x.score)
+                .then_with(|| x.first.profile_id.cmp(&y.first.profile_id))
+                .then_with(|| x.second.profile_id.cmp(&y.second.profile_id))
+        });
+        candidates
+    }
 }

@@ -29,7 +29,7 @@ use rusqlite::Connection;
 use thiserror::Error;
 
 pub use computed::{ComputedTraitDef, DefinitionError};
-pub use duplicates::{DuplicateCandidate, find_duplicates};
+pub use duplicates::{DuplicateCandidate, DuplicateFinder, find_duplicates};
 pub use extract::{
     EventFacts, Extractor, KITH_SOURCE, MANUAL_MERGE_EVENT, MANUAL_MERGE_ID_PREFIX, TallyHandle,
     is_manual_merge,
@@ -875,6 +875,14 @@ impl ProfileStore {
     /// Every profile, for the `profiles` table and duplicate detection. The facts memory does
     /// not hold are read from `profiles.db` in one pass, so this holds them all for a moment.
     pub fn all_views(&self) -> Result<Vec<ProfileView>, ProfileError> {
+        let mut views = Vec::with_capacity(self.profile_count());
+        self.for_each_view(|view| views.push(view))?;
+        Ok(views)
+    }
+
+    /// Builds every profile's view in turn and hands it to `each`: what [`ProfileStore::all_views`]
+    /// returns, without holding them all.
+    pub fn for_each_view(&self, mut each: impl FnMut(ProfileView)) -> Result<(), ProfileError> {
         let mut scores = self.model_traits.all().unwrap_or_else(|e| {
             tracing::error!(error = %e, "reading model traits failed");
             Default::default()
@@ -891,25 +899,33 @@ impl ProfileStore {
         }
         let now = chrono::Utc::now().timestamp_micros();
         let defs = &self.extractor().computed;
-        Ok(state
-            .resolver
-            .profiles()
-            .map(|profile| {
-                let identifiers = state.resolver.identifiers(profile);
-                let folded =
-                    ProfileFacts::fold(identifiers.iter().filter_map(|(identifier, _)| {
-                        state
-                            .facts
-                            .get(identifier)
-                            .or_else(|| stored.get(identifier))
-                    }));
-                let mut view = ProfileView::build(&state.resolver, profile, folded, defs, now);
-                if let Some(traits) = scores.remove(&view.profile_id) {
-                    view.model_traits = traits;
-                }
-                view
+        for profile in state.resolver.profiles() {
+            let identifiers = state.resolver.identifiers(profile);
+            let folded = ProfileFacts::fold(identifiers.iter().filter_map(|(identifier, _)| {
+                state
+                    .facts
+                    .get(identifier)
+                    .or_else(|| stored.get(identifier))
+            }));
+            let mut view = ProfileView::build(&state.resolver, profile, folded, defs, now);
+            if let Some(traits) = scores.remove(&view.profile_id) {
+                view.model_traits = traits;
+            }
+            each(view);
+        }
+        Ok(())
+    }
+
+    /// Likely duplicates scoring at least `min_score`, best first (see [`find_duplicates`]),
+    /// from the views one at a time.
+    pub fn find_duplicates(&self, min_score: f64) -> Result<Vec<DuplicateCandidate>, ProfileError> {
+        let mut finder = DuplicateFinder::default();
+        self.for_each_view(|view| finder.add(&view))?;
+        Ok(finder.finish(min_score, |visit| {
+            self.for_each_identity(|profile_id, id_type, value, _| {
+                visit(profile_id, id_type, value)
             })
-            .collect())
+        }))
     }
 
     /// Visits every identifier with the profile it belongs to now and when it was first seen

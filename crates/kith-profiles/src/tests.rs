@@ -255,6 +255,8 @@ fn likely_duplicates_are_scored_with_evidence_and_strangers_are_not() {
         ]),
     );
     let candidates = crate::find_duplicates(&store.all_views().expect("views"), 0.3);
+    // The store's own search sees one view at a time and the identifiers apart: same answer.
+    assert_eq!(store.find_duplicates(0.3).expect("search"), candidates);
     let pairs: Vec<(Vec<String>, Vec<String>, f64)> = candidates
         .iter()
         .map(|c| {

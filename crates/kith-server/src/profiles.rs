@@ -135,20 +135,16 @@ pub async fn duplicates(
     }
     let profiles = app.pipeline.profiles.clone();
     // Reading every profile is heavy work: keep it off the request threads.
-    let mut candidates = tokio::task::spawn_blocking(move || {
-        profiles
-            .all_views()
-            .map(|views| kith_profiles::find_duplicates(&views, min_score))
-    })
-    .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "duplicate search failed");
-        ApiError::new(
-            ErrorCode::Internal,
-            "the duplicate search failed; see the server log",
-        )
-    })?
-    .map_err(|e| storage_error(&e))?;
+    let mut candidates = tokio::task::spawn_blocking(move || profiles.find_duplicates(min_score))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "duplicate search failed");
+            ApiError::new(
+                ErrorCode::Internal,
+                "the duplicate search failed; see the server log",
+            )
+        })?
+        .map_err(|e| storage_error(&e))?;
     let total = candidates.len();
     candidates.truncate(limit);
     Ok(Json(json!({"candidates": candidates, "total": total})))

@@ -227,7 +227,7 @@ impl Destination {
         match self {
             Destination::Offline { pipeline, .. } => {
                 self.settle();
-                Ok(kith_profiles::find_duplicates(&pipeline.profiles.all_views()?, 0.5).len())
+                Ok(pipeline.profiles.find_duplicates(0.5)?.len())
             }
             Destination::Server { server, agent } => {
                 let url = format!(

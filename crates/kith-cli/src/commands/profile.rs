@@ -77,7 +77,7 @@ fn duplicates(args: DuplicatesArgs, file: FileConfig) -> anyhow::Result<ExitCode
     let data_dir = existing_data_dir(&file, args.data_dir)?;
     let settings = file.profile_settings()?;
     let (_, profiles) = runtime()?.block_on(super::sql::open_consistent(&data_dir, settings))?;
-    let mut candidates = kith_profiles::find_duplicates(&profiles.all_views()?, args.min_score);
+    let mut candidates = profiles.find_duplicates(args.min_score)?;
     let total = candidates.len();
     candidates.truncate(args.limit);
     if args.json {
