@@ -387,7 +387,8 @@ pub static PROFILE_IDENTITIES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 pub fn profile_tables(
     store: &ProfileStore,
 ) -> Result<Vec<ExtraTable>, kith_profiles::ProfileError> {
-    let views = store.all_views()?;
+    // One view at a time into the columns: all views at once cost gigabytes at hundreds of
+    // thousands of profiles, several times the columns they fill.
     let mut profile_id = StringBuilder::new();
     let mut identifier_count = Int64Builder::new();
     let mut first_seen = TimestampMicrosecondBuilder::new().with_timezone("UTC");
@@ -401,7 +402,7 @@ pub fn profile_tables(
     let mut consent = StringBuilder::new();
     let mut merge_count = Int64Builder::new();
     let mut conflict_count = Int64Builder::new();
-    for view in &views {
+    store.for_each_view(|view| {
         let computed = &view.computed_traits;
         profile_id.append_value(&view.profile_id);
         identifier_count.append_value(view.identifiers.len() as i64);
@@ -416,7 +417,7 @@ pub fn profile_tables(
         consent.append_option(view.consent.as_ref().map(|c| c.preferences.to_string()));
         merge_count.append_value(view.merges.len() as i64);
         conflict_count.append_value(view.conflicts.len() as i64);
-    }
+    })?;
     let profiles: Vec<ArrayRef> = vec![
         Arc::new(profile_id.finish()),
         Arc::new(identifier_count.finish()),
