@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashSet;
 use kith_core::Event;
 use kith_identity::{
     IdType, Identifier, IdentityRules, Lookup, Normalizer, Observation, ProfileRef, Resolver,
@@ -872,8 +872,7 @@ impl ProfileStore {
         Ok(entries)
     }
 
-    /// Every profile, for the `profiles` table and duplicate detection. The facts memory does
-    /// not hold are read from `profiles.db` in one pass, so this holds them all for a moment.
+    /// Every profile, for the `profiles` table and duplicate detection.
     pub fn all_views(&self) -> Result<Vec<ProfileView>, ProfileError> {
         let mut views = Vec::with_capacity(self.profile_count());
         self.for_each_view(|view| views.push(view))?;
@@ -888,25 +887,14 @@ impl ProfileStore {
             Default::default()
         });
         let state = self.read();
-        let mut stored = HashMap::new();
-        {
-            let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-            persist::for_each_facts(&reader, |identifier, facts| {
-                if !state.facts.contains(&identifier) {
-                    stored.insert(identifier, facts);
-                }
-            })?;
-        }
         let now = chrono::Utc::now().timestamp_micros();
         let defs = &self.extractor().computed;
         for profile in state.resolver.profiles() {
             let identifiers = state.resolver.identifiers(profile);
-            let folded = ProfileFacts::fold(identifiers.iter().filter_map(|(identifier, _)| {
-                state
-                    .facts
-                    .get(identifier)
-                    .or_else(|| stored.get(identifier))
-            }));
+            // Facts memory does not hold are read per profile: reading them all first held
+            // every stored fact at once (gigabytes at hundreds of thousands of profiles).
+            let facts = self.facts_of(&state, &identifiers)?;
+            let folded = ProfileFacts::fold(facts.iter().map(|f| f.as_ref()));
             let mut view = ProfileView::build(&state.resolver, profile, folded, defs, now);
             if let Some(traits) = scores.remove(&view.profile_id) {
                 view.model_traits = traits;
