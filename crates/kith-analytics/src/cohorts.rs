@@ -16,6 +16,7 @@ use hashbrown::HashMap;
 
 use crate::funnel::strings;
 use crate::identities::OwnerNumbers;
+use crate::interner::Interner;
 use crate::scope::{FieldRef, Scope, sql_string};
 use crate::trends::interval;
 use crate::{AnalyticsError, Data};
@@ -222,25 +223,6 @@ impl Cells {
     }
 }
 
-/// Breakdown values by number, as first seen.
-#[derive(Default)]
-struct Values {
-    numbers: HashMap<String, u32>,
-    names: Vec<String>,
-}
-
-impl Values {
-    fn number(&mut self, value: &str) -> u32 {
-        if let Some(&number) = self.numbers.get(value) {
-            return number;
-        }
-        let number = self.names.len() as u32;
-        self.names.push(value.to_string());
-        self.numbers.insert(value.to_string(), number);
-        number
-    }
-}
-
 /// What members did after their cohort began, per member and per cell, periods counted from
 /// each cohort's own (0 = the period it starts in).
 struct Activity {
@@ -356,8 +338,10 @@ impl CohortDefinition {
         // (by identifier and period, attributed afterwards) held every identifier's periods at
         // once: at 50 million events that was the largest memory of any analysis.
         let mut owners = OwnerNumbers::new(data.identity_index());
-        let mut values = Values::default();
+        let mut values = Interner::default();
         let mut members: Vec<Member> = Vec::new();
+        // Each batch's rows' owners, reused from batch to batch.
+        let mut owned: Vec<Option<u32>> = Vec::new();
         let first_events = everything.keyed_events(&[event_is(&self.cohort_event)], &[], "");
         data.lake
             .query_each(
@@ -369,15 +353,13 @@ impl CohortDefinition {
                 &data.limits,
                 data.tables.clone(),
                 |batch| {
-                    let id_type = strings(batch.column(0).as_ref());
-                    let id_value = strings(batch.column(1).as_ref());
+                    owners.of_rows(batch, &mut owned);
                     let micros = int64s(batch, 2);
                     let breakdown = strings(batch.column(3).as_ref());
-                    for row in 0..batch.num_rows() {
-                        let Some(owner) = owners.number(id_type(row), Some(id_value(row))) else {
+                    for (row, owner) in owned.iter().enumerate() {
+                        let Some(owner) = owner.map(|o| o as usize) else {
                             continue;
                         };
-                        let owner = owner as usize;
                         if members.len() <= owner {
                             members.resize_with(owners.bound().max(owner + 1), || Member {
                                 first_micros: NEVER,
@@ -431,17 +413,15 @@ impl CohortDefinition {
                 &data.limits,
                 data.tables.clone(),
                 |batch| {
-                    let id_type = strings(batch.column(0).as_ref());
-                    let id_value = strings(batch.column(1).as_ref());
+                    owners.of_rows(batch, &mut owned);
                     let micros = int64s(batch, 2);
                     let returning = batch.column(3).as_boolean();
                     let purchase = batch.column(4).as_boolean();
                     let value = batch.column(5).as_primitive::<Float64Type>();
-                    for row in 0..batch.num_rows() {
-                        let Some(owner) = owners.number(id_type(row), Some(id_value(row))) else {
+                    for (row, owner) in owned.iter().enumerate() {
+                        let Some(m) = owner.map(|o| o as usize) else {
                             continue;
                         };
-                        let m = owner as usize;
                         let Some(member) = members.get(m).filter(|m| m.cell != NO_CELL) else {
                             continue;
                         };
@@ -505,7 +485,7 @@ impl CohortDefinition {
             let mut total = 0.0;
             let cohort = Cohort {
                 cohort: calendar.label(period),
-                breakdown: values.names[breakdown as usize].clone(),
+                breakdown: values.names()[breakdown as usize].clone(),
                 size,
                 retention_rate: retained
                     .iter()

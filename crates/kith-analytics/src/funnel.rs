@@ -17,6 +17,7 @@ use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::identities::OwnerNumbers;
+use crate::interner::Interner;
 use crate::scope::{Condition, Scope, sql_string};
 use crate::stats::two_proportion_test;
 use crate::{AnalyticsError, Data};
@@ -575,23 +576,14 @@ struct Kind {
 #[derive(Default)]
 struct CompactEvents {
     rows: Vec<CompactEvent>,
-    values: Vec<String>,
-    value_ids: HashMap<String, u32>,
+    values: Interner,
     kinds: Vec<Kind>,
     kind_ids: HashMap<Kind, u32>,
 }
 
 impl CompactEvents {
     fn push(&mut self, profile: u32, micros: i64, steps: u64, excluded: bool, breakdown: &str) {
-        let breakdown = match self.value_ids.get(breakdown) {
-            Some(id) => *id,
-            None => {
-                let id = self.values.len() as u32;
-                self.values.push(breakdown.to_string());
-                self.value_ids.insert(breakdown.to_string(), id);
-                id
-            }
-        };
+        let breakdown = self.values.number(breakdown);
         let kind = Kind {
             mask: steps | if excluded { EXCLUDED } else { 0 },
             breakdown,
@@ -621,7 +613,7 @@ impl CompactEvents {
         }
         let mut rows = self.rows;
         rows.sort_unstable_by_key(|row| (row.profile, row.micros, rank[row.kind as usize]));
-        (rows, self.kinds, self.values)
+        (rows, self.kinds, self.values.into_names())
     }
 }
 

@@ -222,6 +222,19 @@ impl<'a> OwnerNumbers<'a> {
         }
     }
 
+    /// The owner of each row of `batch`, whose first two columns are an event's key (`id_type`,
+    /// `id_value`, as [`OwnerNumbers::number`] takes them), into `owners` (cleared first).
+    pub fn of_rows(&mut self, batch: &RecordBatch, owners: &mut Vec<Option<u32>>) {
+        owners.clear();
+        let id_type = crate::funnel::strings(batch.column(0).as_ref());
+        let values = batch.column(1);
+        let id_value = crate::funnel::strings(values.as_ref());
+        for row in 0..batch.num_rows() {
+            let value = values.is_valid(row).then(|| id_value(row));
+            owners.push(self.number(id_type(row), value));
+        }
+    }
+
     /// The number of the owner of an event keyed `id_type` = `id_value` (the columns of
     /// [`crate::scope::Resolved::keyed_events`]); `None` for an event left out: no identifier at
     /// all, or an email no profile holds.

@@ -10,6 +10,7 @@ pub mod clv;
 pub mod cohorts;
 pub mod funnel;
 pub mod identities;
+mod interner;
 pub mod paths;
 pub mod preferences;
 pub mod profile_models;

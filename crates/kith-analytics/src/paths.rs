@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::funnel::{parse_window, strings};
 use crate::identities::OwnerNumbers;
+use crate::interner::Interner;
 use crate::scope::{Scope, sql_string};
 use crate::{AnalyticsError, Data};
 
@@ -116,14 +117,13 @@ impl Anchors {
         owners: &mut OwnerNumbers<'_>,
     ) -> Result<Anchors, AnalyticsError> {
         let mut found: Vec<(u32, i64)> = Vec::new();
+        let mut owned = Vec::new();
         data.lake
             .query_each(sql, &data.limits, data.tables.clone(), |batch| {
-                let id_type = strings(batch.column(0).as_ref());
-                let id_value = strings(batch.column(1).as_ref());
+                owners.of_rows(batch, &mut owned);
                 let micros = batch.column(2).as_primitive::<Int64Type>();
-                for row in 0..batch.num_rows() {
-                    let id_value = batch.column(1).is_valid(row).then(|| id_value(row));
-                    if let Some(owner) = owners.number(id_type(row), id_value) {
+                for (row, owner) in owned.iter().enumerate() {
+                    if let Some(owner) = *owner {
                         found.push((owner, micros.value(row)));
                     }
                 }
@@ -293,8 +293,7 @@ impl PathDefinition {
         );
         // Streamed in any order and kept compactly (16 bytes an event); sorted here.
         let mut rows: Vec<(u32, i64, u32)> = Vec::new();
-        let mut labels: Vec<String> = Vec::new();
-        let mut label_ids: HashMap<String, u32> = HashMap::new();
+        let mut labels = Interner::default();
         data.lake
             .query_each(&sql, &data.limits, data.tables.clone(), |batch| {
                 let id_type = strings(batch.column(0).as_ref());
@@ -315,20 +314,12 @@ impl PathDefinition {
                     if !anchors.near(p, at, window, before) {
                         continue;
                     }
-                    let l = match label_ids.get(label(row)) {
-                        Some(id) => *id,
-                        None => {
-                            let id = labels.len() as u32;
-                            labels.push(label(row).to_string());
-                            label_ids.insert(label(row).to_string(), id);
-                            id
-                        }
-                    };
-                    rows.push((p, at, l));
+                    rows.push((p, at, labels.number(label(row))));
                 }
             })
             .await?;
         drop(anchors);
+        let labels = labels.into_names();
         drop(owners);
         // At one instant, events go in the order of their labels: the answer never depends on
         // how rows happened to be stored.

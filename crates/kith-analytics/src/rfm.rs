@@ -10,14 +10,13 @@
 
 use std::collections::BTreeMap;
 
-use hashbrown::HashMap;
-
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, Int64Type};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::identities::OwnerNumbers;
+use crate::interner::Interner;
 use crate::scope::{FieldRef, Scope, sql_string};
 use crate::{AnalyticsError, Data};
 
@@ -261,10 +260,9 @@ impl RfmDefinition {
         let (sql, as_of) = self.aggregates_sql()?;
         let mut owners = OwnerNumbers::new(data.identity_index());
         // Per owner (by number): last purchase, purchases, value, breakdown of the last purchase
-        // (numbered: the values by number are `breakdowns`).
+        // (numbered in `breakdowns`).
         let mut bought: Vec<Option<(i64, u64, f64, u32)>> = Vec::new();
-        let mut breakdowns: Vec<String> = Vec::new();
-        let mut breakdown_numbers: HashMap<String, u32> = HashMap::new();
+        let mut breakdowns = Interner::default();
         data.lake
             .query_each(&sql, &data.limits, data.tables.clone(), |batch| {
                 let id_type = crate::funnel::strings(batch.column(0).as_ref());
@@ -289,15 +287,7 @@ impl RfmDefinition {
                         value.value(row)
                     };
                     let (last, frequency) = (last.value(row), frequency.value(row).max(0) as u64);
-                    let breakdown = match breakdown_numbers.get(breakdown(row)) {
-                        Some(&number) => number,
-                        None => {
-                            let number = breakdowns.len() as u32;
-                            breakdowns.push(breakdown(row).to_string());
-                            breakdown_numbers.insert(breakdown(row).to_string(), number);
-                            number
-                        }
-                    };
+                    let breakdown = breakdowns.number(breakdown(row));
                     if bought.len() <= owner as usize {
                         bought.resize(owners.bound().max(owner as usize + 1), None);
                     }
@@ -377,7 +367,7 @@ impl RfmDefinition {
                 let count_f = count as f64;
                 SegmentSummary {
                     segment: SEGMENTS.get(order).copied().unwrap_or("").to_string(),
-                    breakdown: breakdowns[breakdown as usize].clone(),
+                    breakdown: breakdowns.names()[breakdown as usize].clone(),
                     profiles: count,
                     share: count_f / profiles.max(1) as f64,
                     value,
