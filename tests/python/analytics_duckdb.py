@@ -2,7 +2,9 @@
 
 Usage: analytics_duckdb.py EVENTS_DIR IDENTITIES_CSV SPEC_JSON
 Prints JSON: per-profile RFM scores, funnel step counts, the cohort retention matrix and a
-weekly trend, each written from the definitions in docs/analytics.md, not from Kith's code.
+weekly trend, each written from the definitions in docs/analytics.md, not from Kith's code; and
+the same for a segment (profiles whose RFM segment, computed here, is in `spec["segment"]`) and
+the funnel broken down by RFM segment.
 """
 
 import json
@@ -101,40 +103,69 @@ for k, step in enumerate(steps):
     reached.append(db.execute(f"SELECT count(DISTINCT profile_id) FROM {name}").fetchone()[0])
     previous = name
 
-# Cohorts: first event of any kind, by month in the zone; classic retention on any event.
-cohort_rows = db.execute(
-    f"""
-    WITH firsts AS (SELECT profile_id, min(ts) AS first_ts FROM attributed GROUP BY profile_id),
+# Segments: each profile's RFM segment as computed above ("(none)" for those who never bought).
+db.execute("CREATE TEMP TABLE seg (profile_id VARCHAR, segment VARCHAR)")
+db.executemany("INSERT INTO seg VALUES (?, ?)", [(p, s["segment"]) for p, s in rfm.items()])
+funnel_by_segment = {}
+for k in range(len(steps)):
+    for segment, n in db.execute(
+        f"""SELECT coalesce(g.segment, '(none)'), count(DISTINCT s.profile_id)
+            FROM s{k} s LEFT JOIN seg g USING (profile_id) GROUP BY 1"""
+    ).fetchall():
+        funnel_by_segment.setdefault(segment, [0] * len(steps))[k] = n
+chosen = ", ".join("'" + name.replace("'", "''") + "'" for name in spec["segment"])
+db.execute(
+    f"""CREATE VIEW in_segment AS SELECT * FROM attributed
+        WHERE profile_id IN (SELECT profile_id FROM seg WHERE segment IN ({chosen}))"""
+)
+
+
+def cohort_matrix(source):
+    """Cohorts: first event of any kind, by month in the zone; classic retention on any event."""
+    cohort_rows = db.execute(
+        f"""
+    WITH firsts AS (SELECT profile_id, min(ts) AS first_ts FROM {source} GROUP BY profile_id),
     cohorts AS (SELECT profile_id, first_ts,
                        date_trunc('month', timezone('{zone}', first_ts)) AS cohort FROM firsts),
     active AS (SELECT DISTINCT c.profile_id, c.cohort,
                       date_diff('month', c.cohort, date_trunc('month', timezone('{zone}', a.ts))) AS period
-               FROM attributed a JOIN cohorts c ON a.profile_id = c.profile_id AND a.ts >= c.first_ts)
+               FROM {source} a JOIN cohorts c ON a.profile_id = c.profile_id AND a.ts >= c.first_ts)
     SELECT strftime(cohort, '%Y-%m-%d'), period, count(*) FROM active GROUP BY 1, 2
     """
-).fetchall()
-sizes = db.execute(
-    f"""
-    WITH firsts AS (SELECT profile_id, min(ts) AS first_ts FROM attributed GROUP BY profile_id)
+    ).fetchall()
+    sizes = db.execute(
+        f"""
+    WITH firsts AS (SELECT profile_id, min(ts) AS first_ts FROM {source} GROUP BY profile_id)
     SELECT strftime(date_trunc('month', timezone('{zone}', first_ts)), '%Y-%m-%d'), count(*)
     FROM firsts GROUP BY 1
     """
-).fetchall()
-cohorts = {c: {"size": n, "retained": {}} for (c, n) in sizes}
-for cohort, period, n in cohort_rows:
-    cohorts[cohort]["retained"][str(period)] = n
+    ).fetchall()
+    matrix = {c: {"size": n, "retained": {}} for (c, n) in sizes}
+    for cohort, period, n in cohort_rows:
+        matrix[cohort]["retained"][str(period)] = n
+    return matrix
 
-# Trend: buyers per week (Monday) in the zone.
-trend = {
-    week: n
-    for (week, n) in db.execute(
-        f"""
+
+cohorts = cohort_matrix("attributed")
+segment_cohorts = cohort_matrix("in_segment")
+
+
+def weekly_buyers(source):
+    """Trend: buyers per week (Monday) in the zone."""
+    return {
+        week: n
+        for (week, n) in db.execute(
+            f"""
         SELECT strftime(date_trunc('week', timezone('{zone}', ts)), '%Y-%m-%d'),
                count(DISTINCT profile_id)
-        FROM attributed WHERE event = 'Order Completed' GROUP BY 1
+        FROM {source} WHERE event = 'Order Completed' GROUP BY 1
         """
-    ).fetchall()
-}
+        ).fetchall()
+    }
+
+
+trend = weekly_buyers("attributed")
+segment_trend = weekly_buyers("in_segment")
 
 # Paths: the first step after each "Product Added" within a day, Email events left out, repeats
 # of the anchor skipped, events at one instant taken in label order; "(end)" when there is none.
@@ -174,6 +205,9 @@ print(
             "funnel": reached,
             "cohorts": cohorts,
             "trend": trend,
+            "funnel_by_segment": funnel_by_segment,
+            "segment_cohorts": segment_cohorts,
+            "segment_trend": segment_trend,
             "first_steps": first_steps,
         }
     )

@@ -221,6 +221,9 @@ impl ClvDefinition {
     pub async fn purchases(&self, data: &Data<'_>) -> Result<Purchases, AnalyticsError> {
         self.check()?;
         let scope = self.scope.resolve()?;
+        // Events of profiles outside a segment are left out by the SQL (`attributed_events`).
+        let (data, _) = data.segment(&scope)?;
+        let data = &data;
         let as_of = scope.as_of(self.as_of.as_deref())?;
         let value = FieldRef::parse(&self.value, "value")?;
         let base = scope.attributed_events(

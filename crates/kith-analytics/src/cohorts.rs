@@ -337,6 +337,7 @@ impl CohortDefinition {
         // did from then on into small per-member and per-cell arrays. Grouping in SQL instead
         // (by identifier and period, attributed afterwards) held every identifier's periods at
         // once: at 50 million events that was the largest memory of any analysis.
+        let (data, segment) = data.segment(&scope)?;
         let mut owners = OwnerNumbers::new(data.identity_index());
         let mut values = Interner::default();
         let mut members: Vec<Member> = Vec::new();
@@ -357,9 +358,12 @@ impl CohortDefinition {
                     let micros = int64s(batch, 2);
                     let breakdown = strings(batch.column(3).as_ref());
                     for (row, owner) in owned.iter().enumerate() {
-                        let Some(owner) = owner.map(|o| o as usize) else {
+                        // Owners outside the segment join no cohort.
+                        let Some(owner) = owner.filter(|o| segment.admits(*o)) else {
                             continue;
                         };
+                        let breakdown = segment.breakdown(owner, breakdown(row));
+                        let owner = owner as usize;
                         if members.len() <= owner {
                             members.resize_with(owners.bound().max(owner + 1), || Member {
                                 first_micros: NEVER,
@@ -371,7 +375,7 @@ impl CohortDefinition {
                         let at = micros.value(row);
                         if at < members[owner].first_micros {
                             members[owner].first_micros = at;
-                            members[owner].breakdown = values.number(breakdown(row));
+                            members[owner].breakdown = values.number(breakdown);
                         }
                     }
                 },

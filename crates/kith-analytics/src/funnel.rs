@@ -461,6 +461,7 @@ impl FunnelDefinition {
             rows: Vec::with_capacity(data.event_count().await?),
             ..CompactEvents::default()
         };
+        let (data, segment) = data.segment(&scope)?;
         let mut owners = OwnerNumbers::new(data.identity_index());
         data.lake
             .query_each(&sql, &data.limits, data.tables.clone(), |batch| {
@@ -480,12 +481,15 @@ impl FunnelDefinition {
                     let Some(owner) = owners.number(id_type(row), id_value) else {
                         continue;
                     };
+                    if !segment.admits(owner) {
+                        continue;
+                    }
                     events.push(
                         owner,
                         micros.value(row),
                         steps.value(row) as u64,
                         excluded.value(row) != 0,
-                        breakdown(row),
+                        segment.breakdown(owner, breakdown(row)),
                     );
                 }
             })

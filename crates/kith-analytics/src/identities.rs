@@ -171,7 +171,7 @@ impl IdentityIndex {
     }
 
     /// The profile id of a profile number below [`IdentityIndex::profiles`].
-    fn profile_id(&self, number: u32) -> &str {
+    pub(crate) fn profile_id(&self, number: u32) -> &str {
         match (&self.profile_column, self.profile_rows.get(number as usize)) {
             (Some(column), Some(row)) => column.value(*row as usize),
             _ => "",

@@ -17,6 +17,7 @@ pub mod profile_models;
 pub mod rfm;
 pub mod risk;
 pub mod scope;
+pub mod segment;
 pub mod stats;
 pub mod trends;
 
@@ -36,6 +37,7 @@ pub use profile_models::{PROFILE_MODELS, ProfileModel, ProfileModelRun};
 pub use rfm::{RfmDefinition, RfmReport};
 pub use risk::{RiskDefinition, RiskReport};
 pub use scope::{Condition, Scope};
+pub use segment::{ProfileSource, Segment};
 pub use trends::{TrendDefinition, TrendReport};
 
 #[derive(Debug, Error)]
@@ -48,6 +50,9 @@ pub enum AnalyticsError {
     /// The data cannot support a model (too few repeat buyers, say): what and why.
     #[error("{0}")]
     Model(String),
+    /// The profiles a segment is judged on could not be read.
+    #[error("reading the profiles failed: {0}")]
+    Profiles(String),
 }
 
 impl AnalyticsError {
@@ -62,13 +67,16 @@ impl AnalyticsError {
     pub fn field(&self) -> Option<&str> {
         match self {
             AnalyticsError::Invalid { field, .. } => Some(field),
-            AnalyticsError::Query(_) | AnalyticsError::Model(_) => None,
+            AnalyticsError::Query(_) | AnalyticsError::Model(_) | AnalyticsError::Profiles(_) => {
+                None
+            }
         }
     }
 }
 
 /// What analyses read: the event tables, the identity table that attributes events to
-/// profiles, and the bounds each query runs under.
+/// profiles, the profiles segments are judged on, and the bounds each query runs under.
+#[derive(Clone)]
 pub struct Data<'a> {
     pub lake: &'a Lake,
     /// `profile_identities` (and any other table the caller registers).
@@ -77,6 +85,8 @@ pub struct Data<'a> {
     /// `profile_identities` as a hash index, built on first use; a caller that keeps the table
     /// between analyses (the server) keeps this with it.
     pub identities: Arc<OnceLock<IdentityIndex>>,
+    /// The profiles, for definitions with a segment or a breakdown by a profile's field.
+    pub profiles: Option<Arc<dyn ProfileSource + 'a>>,
 }
 
 impl<'a> Data<'a> {
@@ -86,7 +96,36 @@ impl<'a> Data<'a> {
             tables,
             limits,
             identities: Arc::default(),
+            profiles: None,
         }
+    }
+
+    /// The same data with the profiles segments are judged on.
+    pub fn with_profiles(self, profiles: Arc<dyn ProfileSource + 'a>) -> Data<'a> {
+        Data {
+            profiles: Some(profiles),
+            ..self
+        }
+    }
+
+    /// The profiles `scope` counts and their breakdown values ([`Segment`]), and the data to
+    /// query with them: these tables plus [`segment::SEGMENT_TABLE`] when the scope names
+    /// profiles, which [`scope::Resolved::attributed_events`] then joins.
+    pub fn segment(&self, scope: &scope::Resolved) -> Result<(Data<'a>, Segment), AnalyticsError> {
+        if !scope.names_profiles() {
+            return Ok((self.clone(), Segment::everyone()));
+        }
+        let Some(profiles) = &self.profiles else {
+            return Err(AnalyticsError::invalid(
+                "segment",
+                "needs the profile store, which this caller did not give the analysis",
+            ));
+        };
+        let index = self.identity_index();
+        let segment = Segment::judge(scope, index, profiles.as_ref())?;
+        let mut data = self.clone();
+        data.tables.push(segment.table(index));
+        Ok((data, segment))
     }
 
     /// The identifier → profile index of `profile_identities`.
@@ -158,7 +197,7 @@ pub(crate) fn count(value: &Value) -> u64 {
 }
 
 /// The fields every definition takes besides its own (see [`Scope`]).
-pub const SCOPE_FIELDS: &[&str] = &["from", "to", "timezone", "where", "breakdown"];
+pub const SCOPE_FIELDS: &[&str] = &["from", "to", "timezone", "where", "segment", "breakdown"];
 
 /// Reads a definition of `kind` whose own fields are `own` (the [`Scope`]'s are always
 /// allowed), naming the field at fault when it is wrong: an unknown field with the list of

@@ -17,6 +17,7 @@ use crate::funnel::{parse_window, strings};
 use crate::identities::OwnerNumbers;
 use crate::interner::Interner;
 use crate::scope::{Scope, sql_string};
+use crate::segment::Segment;
 use crate::{AnalyticsError, Data};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -115,6 +116,7 @@ impl Anchors {
         data: &Data<'_>,
         sql: &str,
         owners: &mut OwnerNumbers<'_>,
+        segment: &Segment,
     ) -> Result<Anchors, AnalyticsError> {
         let mut found: Vec<(u32, i64)> = Vec::new();
         let mut owned = Vec::new();
@@ -123,7 +125,10 @@ impl Anchors {
                 owners.of_rows(batch, &mut owned);
                 let micros = batch.column(2).as_primitive::<Int64Type>();
                 for (row, owner) in owned.iter().enumerate() {
-                    if let Some(owner) = *owner {
+                    // Owners outside the segment have no anchors, so no paths.
+                    if let Some(owner) = *owner
+                        && segment.admits(owner)
+                    {
                         found.push((owner, micros.value(row)));
                     }
                 }
@@ -274,6 +279,8 @@ impl PathDefinition {
             &[],
             &format!("CAST(e.timestamp AS BIGINT) AS micros, {label} AS label"),
         );
+        let (data, segment) = data.segment(&scope)?;
+        let data = &data;
         let mut owners = OwnerNumbers::new(data.identity_index());
         // First the anchors: only events near one of their owner's anchors (within the window,
         // on the side paths run) can be on a path, and only those are gathered next — at 50
@@ -286,6 +293,7 @@ impl PathDefinition {
                 sql_string(&self.event)
             ),
             &mut owners,
+            &segment,
         )
         .await?;
         let sql = format!(

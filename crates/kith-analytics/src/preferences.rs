@@ -104,6 +104,9 @@ impl PreferenceDefinition {
         data: &Data<'_>,
     ) -> Result<(PreferenceReport, Vec<ProfilePreferences>), AnalyticsError> {
         let scope = self.scope.resolve()?;
+        // Events of profiles outside a segment are left out by the SQL (`attributed_events`).
+        let (data, _) = data.segment(&scope)?;
+        let data = &data;
         let as_of = scope.as_of(self.as_of.as_deref())?;
         if self.events.is_empty() {
             return Err(AnalyticsError::invalid(

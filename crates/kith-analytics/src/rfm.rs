@@ -258,6 +258,7 @@ impl RfmDefinition {
         every_profile: bool,
     ) -> Result<(RfmReport, Vec<RfmScore>), AnalyticsError> {
         let (sql, as_of) = self.aggregates_sql()?;
+        let (data, profiles) = data.segment(&self.scope.resolve()?)?;
         let mut owners = OwnerNumbers::new(data.identity_index());
         // Per owner (by number): last purchase, purchases, value, breakdown of the last purchase
         // (numbered in `breakdowns`).
@@ -281,13 +282,16 @@ impl RfmDefinition {
                     let Some(owner) = owners.number(id_type(row), id_value) else {
                         continue;
                     };
+                    if !profiles.admits(owner) {
+                        continue;
+                    }
                     let value = if value.is_null(row) {
                         0.0
                     } else {
                         value.value(row)
                     };
                     let (last, frequency) = (last.value(row), frequency.value(row).max(0) as u64);
-                    let breakdown = breakdowns.number(breakdown(row));
+                    let breakdown = breakdowns.number(profiles.breakdown(owner, breakdown(row)));
                     if bought.len() <= owner as usize {
                         bought.resize(owners.bound().max(owner as usize + 1), None);
                     }

@@ -188,6 +188,9 @@ impl RiskDefinition {
         data: &Data<'_>,
     ) -> Result<(RiskReport, Vec<ProfileRisk>), AnalyticsError> {
         let scope = self.scope.resolve()?;
+        // Events of profiles outside a segment are left out by the SQL (`attributed_events`).
+        let (data, _) = data.segment(&scope)?;
+        let data = &data;
         let as_of = scope.as_of(self.as_of.as_deref())?;
         if self.recent_days == 0 || self.recent_days > 3650 {
             return Err(AnalyticsError::invalid(

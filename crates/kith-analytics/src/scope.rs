@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::AnalyticsError;
+use crate::segment::{PROFILE_PREFIX, ProfileCondition, ProfilePath};
 
 /// A value read from each event: one of its columns, or a path into one of its JSON objects
 /// (`properties.payment_method`, `context.device.type`, `traits.plan`).
@@ -115,62 +116,77 @@ fn default_op() -> String {
     "eq".into()
 }
 
-impl Condition {
-    pub(crate) fn sql(&self, alias: &str, at: &str) -> Result<String, AnalyticsError> {
-        let field = FieldRef::parse(&self.field, &format!("{at}.field"))?;
+/// What a [`Condition`] tests its field's value with, checked once and then rendered as SQL over
+/// events or applied to a profile's JSON ([`crate::segment`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Comparison {
+    Eq(String),
+    Ne(String),
+    In(Vec<String>),
+    NotIn(Vec<String>),
+    Contains(String),
+    Gt(f64),
+    Gte(f64),
+    Lt(f64),
+    Lte(f64),
+    Exists,
+    NotExists,
+}
+
+impl Comparison {
+    /// Reads `op` and `value`; `at` names the condition for errors (`where[2]`).
+    pub fn parse(op: &str, value: &Value, at: &str) -> Result<Comparison, AnalyticsError> {
         let at_value = format!("{at}.value");
         let literal = |value: &Value| -> Result<String, AnalyticsError> {
             match value {
-                Value::String(s) => Ok(sql_string(s)),
-                Value::Number(n) => Ok(sql_string(&n.to_string())),
-                Value::Bool(b) => Ok(sql_string(&b.to_string())),
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(n) => Ok(n.to_string()),
+                Value::Bool(b) => Ok(b.to_string()),
                 _ => Err(AnalyticsError::invalid(
                     &at_value,
                     "must be a string, a number or a boolean",
                 )),
             }
         };
-        let number = |value: &Value| -> Result<f64, AnalyticsError> {
+        let number = || -> Result<f64, AnalyticsError> {
             value
                 .as_f64()
                 .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
                 .filter(|n: &f64| n.is_finite())
                 .ok_or_else(|| AnalyticsError::invalid(&at_value, "must be a number"))
         };
-        let text = field.text_sql(alias);
-        Ok(match self.op.as_str() {
-            "eq" | "=" => format!("{text} = {}", literal(&self.value)?),
-            "ne" | "!=" => format!("({text} IS NULL OR {text} <> {})", literal(&self.value)?),
+        Ok(match op {
+            "eq" | "=" => Comparison::Eq(literal(value)?),
+            "ne" | "!=" => Comparison::Ne(literal(value)?),
             "in" | "not_in" => {
-                let Value::Array(values) = &self.value else {
+                let Value::Array(values) = value else {
                     return Err(AnalyticsError::invalid(
                         &at_value,
-                        "must be a list for `in`",
+                        format!("must be a list for `{op}`"),
                     ));
                 };
                 let list = values.iter().map(literal).collect::<Result<Vec<_>, _>>()?;
                 if list.is_empty() {
                     return Err(AnalyticsError::invalid(&at_value, "must not be empty"));
                 }
-                if self.op == "in" {
-                    format!("{text} IN ({})", list.join(", "))
+                if op == "in" {
+                    Comparison::In(list)
                 } else {
-                    format!("({text} IS NULL OR {text} NOT IN ({}))", list.join(", "))
+                    Comparison::NotIn(list)
                 }
             }
-            "contains" => {
-                let needle = self
-                    .value
+            "contains" => Comparison::Contains(
+                value
                     .as_str()
-                    .ok_or_else(|| AnalyticsError::invalid(&at_value, "must be a string"))?;
-                format!("strpos({text}, {}) > 0", sql_string(needle))
-            }
-            "gt" | ">" => format!("{} > {}", field.number_sql(alias), number(&self.value)?),
-            "gte" | ">=" => format!("{} >= {}", field.number_sql(alias), number(&self.value)?),
-            "lt" | "<" => format!("{} < {}", field.number_sql(alias), number(&self.value)?),
-            "lte" | "<=" => format!("{} <= {}", field.number_sql(alias), number(&self.value)?),
-            "exists" => format!("{text} IS NOT NULL"),
-            "not_exists" => format!("{text} IS NULL"),
+                    .ok_or_else(|| AnalyticsError::invalid(&at_value, "must be a string"))?
+                    .to_string(),
+            ),
+            "gt" | ">" => Comparison::Gt(number()?),
+            "gte" | ">=" => Comparison::Gte(number()?),
+            "lt" | "<" => Comparison::Lt(number()?),
+            "lte" | "<=" => Comparison::Lte(number()?),
+            "exists" => Comparison::Exists,
+            "not_exists" => Comparison::NotExists,
             other => {
                 return Err(AnalyticsError::invalid(
                     &format!("{at}.op"),
@@ -180,6 +196,84 @@ impl Condition {
                 ));
             }
         })
+    }
+
+    /// The test as SQL over `field` (an event field) of the events aliased `alias`.
+    fn sql(&self, field: &FieldRef, alias: &str) -> String {
+        let text = field.text_sql(alias);
+        let list = |values: &[String]| {
+            values
+                .iter()
+                .map(|v| sql_string(v))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let number = field.number_sql(alias);
+        match self {
+            Comparison::Eq(v) => format!("{text} = {}", sql_string(v)),
+            Comparison::Ne(v) => format!("({text} IS NULL OR {text} <> {})", sql_string(v)),
+            Comparison::In(values) => format!("{text} IN ({})", list(values)),
+            Comparison::NotIn(values) => {
+                format!("({text} IS NULL OR {text} NOT IN ({}))", list(values))
+            }
+            Comparison::Contains(needle) => format!("strpos({text}, {}) > 0", sql_string(needle)),
+            Comparison::Gt(n) => format!("{number} > {n}"),
+            Comparison::Gte(n) => format!("{number} >= {n}"),
+            Comparison::Lt(n) => format!("{number} < {n}"),
+            Comparison::Lte(n) => format!("{number} <= {n}"),
+            Comparison::Exists => format!("{text} IS NOT NULL"),
+            Comparison::NotExists => format!("{text} IS NULL"),
+        }
+    }
+
+    /// Whether a JSON value passes (`None`: the field is missing or null). Text comparisons
+    /// read a number or a boolean as its text, so `{"op": "eq", "value": 2}` matches `2` and
+    /// `"2"`; number comparisons read text that is a number. Missing values pass only `ne`,
+    /// `not_in` and `not_exists`, as in SQL.
+    pub fn passes(&self, value: Option<&Value>) -> bool {
+        let value = value.filter(|v| !v.is_null());
+        let text = value.and_then(|v| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        });
+        let number = value.and_then(|v| {
+            v.as_f64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        });
+        let same = |a: &str, b: &str| {
+            a == b || matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y)
+        };
+        match self {
+            Comparison::Eq(v) => text.is_some_and(|t| same(&t, v)),
+            Comparison::Ne(v) => !text.is_some_and(|t| same(&t, v)),
+            Comparison::In(values) => text.is_some_and(|t| values.iter().any(|v| same(&t, v))),
+            Comparison::NotIn(values) => !text.is_some_and(|t| values.iter().any(|v| same(&t, v))),
+            Comparison::Contains(needle) => text.is_some_and(|t| t.contains(needle.as_str())),
+            Comparison::Gt(n) => number.is_some_and(|x| x > *n),
+            Comparison::Gte(n) => number.is_some_and(|x| x >= *n),
+            Comparison::Lt(n) => number.is_some_and(|x| x < *n),
+            Comparison::Lte(n) => number.is_some_and(|x| x <= *n),
+            Comparison::Exists => value.is_some(),
+            Comparison::NotExists => value.is_none(),
+        }
+    }
+}
+
+impl Condition {
+    pub(crate) fn sql(&self, alias: &str, at: &str) -> Result<String, AnalyticsError> {
+        if self.field.trim().starts_with(PROFILE_PREFIX) {
+            return Err(AnalyticsError::invalid(
+                &format!("{at}.field"),
+                format!(
+                    "`{}` is a field of profiles; conditions on profiles go in `segment`",
+                    self.field.trim()
+                ),
+            ));
+        }
+        let field = FieldRef::parse(&self.field, &format!("{at}.field"))?;
+        Ok(Comparison::parse(&self.op, &self.value, at)?.sql(&field, alias))
     }
 }
 
@@ -199,7 +293,13 @@ pub struct Scope {
     /// Only events passing every condition.
     #[serde(default, rename = "where")]
     pub conditions: Vec<Condition>,
-    /// A field to split results by (e.g. `context.device.type`, `properties.channel`).
+    /// Only events of the profiles passing every condition: a segment, with fields of the
+    /// profile as `GET /v1/profiles/{id}` shows it (`profile.traits.plan`,
+    /// `profile.model_traits.rfm_segment`, `profile.computed_traits.order_count`).
+    #[serde(default)]
+    pub segment: Vec<Condition>,
+    /// A field to split results by: of the event (e.g. `context.device.type`,
+    /// `properties.channel`) or of its profile (`profile.model_traits.rfm_segment`).
     #[serde(default)]
     pub breakdown: Option<String>,
 }
@@ -211,7 +311,12 @@ pub struct Resolved {
     pub to: Option<DateTime<Utc>>,
     pub zone: Tz,
     pub filters: Vec<String>,
+    /// The breakdown when it is a field of the event.
     pub breakdown: Option<FieldRef>,
+    /// The profiles counted (empty: all of them).
+    pub segment: Vec<ProfileCondition>,
+    /// The breakdown when it is a field of the profile.
+    pub profile_breakdown: Option<ProfilePath>,
 }
 
 impl Scope {
@@ -246,17 +351,27 @@ impl Scope {
             .enumerate()
             .map(|(i, c)| c.sql("e", &format!("where[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
-        let breakdown = self
-            .breakdown
-            .as_deref()
-            .map(|b| FieldRef::parse(b, "breakdown"))
-            .transpose()?;
+        let segment = self
+            .segment
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ProfileCondition::parse(c, &format!("segment[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (breakdown, profile_breakdown) = match self.breakdown.as_deref().map(str::trim) {
+            None => (None, None),
+            Some(text) if text.starts_with(PROFILE_PREFIX) => {
+                (None, Some(ProfilePath::parse(text, "breakdown")?))
+            }
+            Some(text) => (Some(FieldRef::parse(text, "breakdown")?), None),
+        };
         Ok(Resolved {
             from,
             to,
             zone,
             filters,
             breakdown,
+            segment,
+            profile_breakdown,
         })
     }
 }
@@ -325,9 +440,23 @@ impl Resolved {
             "(e.user_id IS NOT NULL OR e.anonymous_id IS NOT NULL OR p.profile_id IS NOT NULL)"
                 .to_string(),
         );
-        let breakdown = match &self.breakdown {
-            Some(field) => format!("COALESCE({}, '(none)')", field.text_sql("e")),
-            None => "'all'".to_string(),
+        // The segment's members and their breakdown values, when the scope names profiles
+        // ([`crate::segment::SEGMENT_TABLE`]).
+        let segment_join = if self.names_profiles() {
+            format!(
+                " LEFT JOIN {} s ON s.profile_id = p.profile_id",
+                crate::segment::SEGMENT_TABLE
+            )
+        } else {
+            String::new()
+        };
+        if !self.segment.is_empty() {
+            conditions.push("s.profile_id IS NOT NULL".to_string());
+        }
+        let breakdown = match (&self.breakdown, &self.profile_breakdown) {
+            (Some(field), _) => format!("COALESCE({}, '(none)')", field.text_sql("e")),
+            (None, Some(_)) => "COALESCE(s.label, '(none)')".to_string(),
+            (None, None) => "'all'".to_string(),
         };
         format!(
             "SELECT COALESCE(p.profile_id, \
@@ -337,11 +466,17 @@ impl Resolved {
                ON p.id_type = CASE WHEN e.user_id IS NOT NULL THEN 'user_id' \
                                    WHEN e.anonymous_id IS NOT NULL THEN 'anonymous_id' \
                                    ELSE 'email' END \
-              AND p.id_value = COALESCE(e.user_id, e.anonymous_id, lower(trim(e.email))) \
+              AND p.id_value = COALESCE(e.user_id, e.anonymous_id, lower(trim(e.email))){segment_join} \
              WHERE {}",
             conditions.join(" AND "),
             sep = if columns.is_empty() { "" } else { ", " },
         )
+    }
+
+    /// Whether the scope names profiles: a segment, or a breakdown by a profile's field. Such a
+    /// scope needs the profiles' answers ([`crate::Data::segment`]).
+    pub fn names_profiles(&self) -> bool {
+        !self.segment.is_empty() || self.profile_breakdown.is_some()
     }
 
     /// The events of `selective` (conditions that keep few events, such as `e.event = '…'`)
@@ -354,7 +489,9 @@ impl Resolved {
     /// Why not all in WHERE: the Parquet scan evaluates each pushed-down condition over every
     /// row of the files, decoding its columns, so each extra condition costs a full column
     /// (about 0.1 s per 10M events); as a column it is computed only for the selective few.
-    /// Events with no identifier have a NULL `id_value`; callers skip them.
+    /// Events with no identifier have a NULL `id_value`; callers skip them. A segment and a
+    /// breakdown by a profile's field are the caller's to apply, once it knows each event's
+    /// profile ([`crate::segment::Segment`]); `breakdown` is then `'all'`.
     pub fn keyed_events(&self, selective: &[String], extra: &[String], columns: &str) -> String {
         let keep = self.conditions(extra);
         let keep = if keep.is_empty() {

@@ -45,6 +45,43 @@ fn import_events(dir: &Path, data: &Path, lines: &[Value]) {
     assert!(ok, "{stderr}");
 }
 
+/// The RFM segments the demo's segment checks take.
+const SEGMENT: [&str; 2] = ["Champions", "Loyal"];
+
+/// Checks a cohort report against DuckDB's matrix; how many cells it compared.
+fn assert_same_cohorts(report: &Value, expected: &Value) -> usize {
+    let expected = expected.as_object().unwrap();
+    let listed = report["cohorts"].as_array().unwrap();
+    assert_eq!(listed.len(), expected.len());
+    let mut cells = 0;
+    for cohort in listed {
+        let name = cohort["cohort"].as_str().unwrap();
+        let truth = &expected[name];
+        assert_eq!(cohort["size"], truth["size"], "{name}");
+        for (k, retained) in cohort["retained"].as_array().unwrap().iter().enumerate() {
+            if let Some(n) = retained.as_u64() {
+                assert_eq!(
+                    n,
+                    truth["retained"][k.to_string()].as_u64().unwrap_or(0),
+                    "{name} period {k}"
+                );
+                cells += 1;
+            }
+        }
+    }
+    cells
+}
+
+/// Checks a trend report against DuckDB's values per bucket.
+fn assert_same_trend(report: &Value, expected: &Value) {
+    let points = report["points"].as_array().unwrap();
+    assert_eq!(points.len(), expected.as_object().unwrap().len());
+    for point in points {
+        let week = point["bucket"].as_str().unwrap();
+        assert_eq!(point["value"].as_f64(), expected[week].as_f64(), "{week}");
+    }
+}
+
 #[test]
 fn analyses_of_the_demo_world_agree_with_duckdb_and_find_the_planted_friction() {
     let dir = tempfile::tempdir().unwrap();
@@ -83,6 +120,7 @@ fn analyses_of_the_demo_world_agree_with_duckdb_and_find_the_planted_friction() 
         "funnel_steps": steps,
         "funnel_window_seconds": 86_400,
         "path_anchor": "Product Added",
+        "segment": SEGMENT,
     });
     let duck = run_python(
         "analytics_duckdb.py",
@@ -144,25 +182,7 @@ fn analyses_of_the_demo_world_agree_with_duckdb_and_find_the_planted_friction() 
 
     // Cohorts: monthly in Mexico City, classic retention on any event.
     let cohorts = analyze(&data, "cohorts", json!({"timezone": ZONE, "periods": 24}));
-    let expected = duck["cohorts"].as_object().unwrap();
-    let listed = cohorts["cohorts"].as_array().unwrap();
-    assert_eq!(listed.len(), expected.len());
-    let mut cells = 0;
-    for cohort in listed {
-        let name = cohort["cohort"].as_str().unwrap();
-        let truth = &expected[name];
-        assert_eq!(cohort["size"], truth["size"], "{name}");
-        for (k, retained) in cohort["retained"].as_array().unwrap().iter().enumerate() {
-            if let Some(n) = retained.as_u64() {
-                assert_eq!(
-                    n,
-                    truth["retained"][k.to_string()].as_u64().unwrap_or(0),
-                    "{name} period {k}"
-                );
-                cells += 1;
-            }
-        }
-    }
+    let cells = assert_same_cohorts(&cohorts, &duck["cohorts"]);
     assert!(cells > 100, "{cells}");
 
     // Trend: buyers per week.
@@ -171,16 +191,64 @@ fn analyses_of_the_demo_world_agree_with_duckdb_and_find_the_planted_friction() 
         "trends",
         json!({"event": "Order Completed", "measure": "unique_profiles", "interval": "week", "timezone": ZONE}),
     );
-    let points = trend["points"].as_array().unwrap();
-    assert_eq!(points.len(), duck["trend"].as_object().unwrap().len());
-    for point in points {
-        let week = point["bucket"].as_str().unwrap();
-        assert_eq!(
-            point["value"].as_f64(),
-            duck["trend"][week].as_f64(),
-            "{week}"
-        );
-    }
+    assert_same_trend(&trend, &duck["trend"]);
+
+    // Segments: RFM segments written onto the profiles, then analyses of one segment and by
+    // segment, against DuckDB's own RFM segments.
+    let (ok, _, stderr) = kith(&[
+        "analyze",
+        "rfm",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--write-traits",
+        "--definition",
+        r#"{"as_of": "2100-01-01"}"#,
+    ]);
+    assert!(ok, "{stderr}");
+    let by_segment = analyze(
+        &data,
+        "funnel",
+        json!({"steps": steps.iter().map(|s| json!({"event": s})).collect::<Vec<_>>(), "window": "1d",
+               "breakdown": "profile.model_traits.rfm_segment"}),
+    );
+    let groups: HashMap<String, Value> = by_segment["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let reached: Vec<&Value> = g["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| &s["profiles"])
+                .collect();
+            (g["breakdown"].as_str().unwrap().to_string(), json!(reached))
+        })
+        .collect();
+    let expected: HashMap<String, Value> = duck["funnel_by_segment"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert!(expected.len() >= 8, "{expected:?}");
+    assert_eq!(groups, expected);
+    let in_segment =
+        json!([{"field": "profile.model_traits.rfm_segment", "op": "in", "value": SEGMENT}]);
+    let cohorts = analyze(
+        &data,
+        "cohorts",
+        json!({"timezone": ZONE, "periods": 24, "segment": in_segment}),
+    );
+    let cells = assert_same_cohorts(&cohorts, &duck["segment_cohorts"]);
+    assert!(cells > 50, "{cells}");
+    let trend = analyze(
+        &data,
+        "trends",
+        json!({"event": "Order Completed", "measure": "unique_profiles", "interval": "week",
+               "timezone": ZONE, "segment": in_segment}),
+    );
+    assert_same_trend(&trend, &duck["segment_trend"]);
 
     // Paths: the first step after each "Product Added".
     let paths = analyze(
@@ -387,7 +455,7 @@ fn edge_cases_merges_window_boundaries_and_time_zones_are_counted_by_hand() {
     let lines = [
         // Ana browses anonymously, then signs up: her anonymous purchase is hers.
         json!({"type": "track", "event": "Order Completed", "anonymousId": "anon-ana", "timestamp": "2024-03-31T23:30:00Z", "properties": {"revenue": 100}}),
-        json!({"type": "identify", "userId": "ana", "anonymousId": "anon-ana", "timestamp": "2024-04-01T05:30:00Z"}),
+        json!({"type": "identify", "userId": "ana", "anonymousId": "anon-ana", "timestamp": "2024-04-01T05:30:00Z", "traits": {"plan": "pro"}}),
         json!({"type": "track", "event": "Order Completed", "userId": "ana", "timestamp": "2024-04-01T06:30:00Z", "properties": {"revenue": 50}}),
         // Beto buys exactly at `from` (counted) and exactly at `to` (not counted).
         json!({"type": "track", "event": "Order Completed", "userId": "beto", "timestamp": "2024-03-01T06:00:00Z", "properties": {"revenue": 10}}),
@@ -441,6 +509,44 @@ fn edge_cases_merges_window_boundaries_and_time_zones_are_counted_by_hand() {
         })
         .collect();
     assert_eq!(frequencies, vec![(2, 150.0), (1, 10.0)]);
+    // The same of a segment, from the CLI's flag: Ana's anonymous purchase is in her segment.
+    let (ok, stdout, stderr) = kith(&[
+        "analyze",
+        "rfm",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--format",
+        "json",
+        "--definition",
+        &json!({"from": "2024-03-01", "to": "2024-05-01", "timezone": ZONE, "as_of": "2024-05-01"})
+            .to_string(),
+        "--segment",
+        "profile.traits.plan=pro",
+    ]);
+    assert!(ok, "{stderr}");
+    let pros: Value = serde_json::from_str(&stdout).unwrap();
+    let listed: Vec<(u64, f64)> = pros["top_profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["frequency"].as_u64().unwrap(),
+                p["monetary"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, vec![(2, 150.0)]);
+    let (ok, _, stderr) = kith(&[
+        "analyze",
+        "rfm",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--segment",
+        "profile.traits.plan",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("is not FIELD=VALUE"), "{stderr}");
     // Cohorts: March holds both; nobody started in April, so there is no April row.
     let cohorts = analyze(&data, "cohorts", json!({"timezone": ZONE, "periods": 2}));
     let rows: Vec<(String, u64)> = cohorts["cohorts"]
@@ -529,4 +635,151 @@ fn the_api_runs_analyses_with_a_read_key_and_names_bad_fields() {
         &definition.to_string(),
     );
     assert_eq!(status, 401);
+}
+
+#[test]
+fn segments_and_profile_breakdowns_count_each_profile_by_its_traits_merges_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KithServer::start(dir.path());
+    let batch = json!({"batch": [
+        // Ana views anonymously, then signs up as a pro: the view is hers.
+        {"type": "track", "event": "Viewed", "anonymousId": "a1", "timestamp": "2024-01-01T10:00:00Z"},
+        {"type": "identify", "userId": "u1", "anonymousId": "a1", "traits": {"plan": "pro"}, "timestamp": "2024-01-01T10:10:00Z"},
+        {"type": "track", "event": "Bought", "userId": "u1", "timestamp": "2024-01-01T10:20:00Z"},
+        // Beto is free and only views; Carla has no plan.
+        {"type": "identify", "userId": "u2", "traits": {"plan": "free", "seats": 3}, "timestamp": "2024-01-01T09:00:00Z"},
+        {"type": "track", "event": "Viewed", "userId": "u2", "timestamp": "2024-01-01T10:00:00Z"},
+        {"type": "track", "event": "Viewed", "userId": "u3", "timestamp": "2024-01-01T10:00:00Z"},
+    ]});
+    let (status, _) = post_json(
+        &server.url("/v1/batch"),
+        &[("Authorization", &basic(&server.write_key))],
+        &batch.to_string(),
+    );
+    assert_eq!(status, 200);
+    // Profiles are unified just after the events are acknowledged.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, profile) = server.get("/v1/profiles/user_id:u2");
+        if status == 200 && profile["traits"]["plan"] == "free" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{profile}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let auth = format!("Bearer {}", server.read_key);
+    let analyze = |kind: &str, definition: Value| {
+        post_json(
+            &server.url(&format!("/v1/analytics/{kind}")),
+            &[("Authorization", &auth)],
+            &definition.to_string(),
+        )
+    };
+    let steps = json!([{"event": "Viewed"}, {"event": "Bought"}]);
+    let reached = |report: &Value| -> HashMap<String, Vec<u64>> {
+        report["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                let counts = g["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["profiles"].as_u64().unwrap())
+                    .collect();
+                (g["breakdown"].as_str().unwrap().to_string(), counts)
+            })
+            .collect()
+    };
+
+    let (status, pros) = analyze(
+        "funnel",
+        json!({"steps": steps, "window": "1h",
+               "segment": [{"field": "profile.traits.plan", "op": "eq", "value": "pro"}]}),
+    );
+    assert_eq!(status, 200, "{pros}");
+    assert_eq!(reached(&pros), HashMap::from([("all".into(), vec![1, 1])]));
+
+    let (status, by_plan) = analyze(
+        "funnel",
+        json!({"steps": steps, "window": "1h", "breakdown": "profile.traits.plan"}),
+    );
+    assert_eq!(status, 200, "{by_plan}");
+    assert_eq!(
+        reached(&by_plan),
+        HashMap::from([
+            ("pro".into(), vec![1, 1]),
+            ("free".into(), vec![1, 0]),
+            ("(none)".into(), vec![1, 0]),
+        ])
+    );
+
+    // Numbers compare as numbers; SQL-attributed analyses (trends) honour the segment too.
+    let (status, trend) = analyze(
+        "trends",
+        json!({"event": "Viewed", "interval": "day", "measure": "count",
+               "segment": [{"field": "profile.traits.seats", "op": "gte", "value": 2}],
+               "breakdown": "profile.traits.plan"}),
+    );
+    assert_eq!(status, 200, "{trend}");
+    assert_eq!(
+        trend["points"],
+        json!([{"bucket": "2024-01-01", "breakdown": "free", "value": 1.0}])
+    );
+    let (status, everyone_but_pros) = analyze(
+        "trends",
+        json!({"event": "Viewed", "interval": "day", "measure": "count",
+               "segment": [{"field": "profile.traits.plan", "op": "ne", "value": "pro"}]}),
+    );
+    assert_eq!(status, 200, "{everyone_but_pros}");
+    assert_eq!(everyone_but_pros["points"][0]["value"], 2.0);
+
+    // Cohorts and RFM of a segment.
+    let (status, cohorts) = analyze(
+        "cohorts",
+        json!({"interval": "day", "periods": 1,
+               "segment": [{"field": "profile.traits.plan", "op": "in", "value": ["pro", "free"]}]}),
+    );
+    assert_eq!(status, 200, "{cohorts}");
+    assert_eq!(cohorts["cohorts"][0]["size"], 2, "{cohorts}");
+    let (status, rfm) = analyze(
+        "rfm",
+        json!({"purchase_event": "Bought", "as_of": "2024-02-01",
+               "segment": [{"field": "profile.traits.plan", "op": "eq", "value": "free"}]}),
+    );
+    assert_eq!(status, 200, "{rfm}");
+    assert_eq!(rfm["top_profiles"], json!([]), "{rfm}");
+
+    // Mistakes name the field and say what to do.
+    for (definition, field, hint) in [
+        (
+            json!({"steps": steps, "segment": [{"field": "properties.plan", "value": "pro"}]}),
+            "`segment[0].field`",
+            "conditions on events go in `where`",
+        ),
+        (
+            json!({"steps": steps, "where": [{"field": "profile.traits.plan", "value": "pro"}]}),
+            "`where[0].field`",
+            "conditions on profiles go in `segment`",
+        ),
+        (
+            json!({"steps": steps, "breakdown": "profile.plan"}),
+            "`breakdown`",
+            "profile.traits.plan",
+        ),
+        (
+            json!({"steps": steps, "segment": [{"field": "profile.traits.plan", "op": "between", "value": 1}]}),
+            "`segment[0].op`",
+            "is not an operator",
+        ),
+    ] {
+        let (status, error) = analyze("funnel", definition);
+        assert_eq!(status, 400, "{error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(field) && message.contains(hint),
+            "{message}"
+        );
+    }
 }

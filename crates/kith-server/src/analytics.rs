@@ -24,12 +24,19 @@ pub(crate) fn analytics_error(err: AnalyticsError) -> ApiError {
         }
         AnalyticsError::Query(e) => query_error(e),
         AnalyticsError::Model(message) => ApiError::new(ErrorCode::InvalidAnalysis, message),
+        AnalyticsError::Profiles(message) => {
+            tracing::error!(error = %message, "reading profiles for a segment failed");
+            ApiError::new(
+                ErrorCode::Internal,
+                "reading the profiles for the segment failed; see the server log",
+            )
+        }
     }
 }
 
 /// Runs one analysis.
 #[utoipa::path(post, path = "/v1/analytics/{analysis}", tag = "analytics",
-    description = "Runs an analysis over the events, each attributed to the profile it belongs to now. `analysis` is rfm, cohorts, funnel, paths, preferences, risk or trends. Every definition takes `from`, `to` (RFC 3339 or a date), `timezone`, `where` ([{field, op, value}]) and `breakdown` (a field such as `context.device.type`), plus its own fields (see docs/analytics.md). Auth: read key.",
+    description = "Runs an analysis over the events, each attributed to the profile it belongs to now. `analysis` is rfm, cohorts, funnel, paths, preferences, risk or trends. Every definition takes `from`, `to` (RFC 3339 or a date), `timezone`, `where` ([{field, op, value}] on events), `segment` ([{field, op, value}] on profiles, e.g. `profile.model_traits.rfm_segment`) and `breakdown` (a field of the event such as `context.device.type`, or of the profile such as `profile.traits.plan`), plus its own fields (see docs/analytics.md). Auth: read key.",
     params(("analysis" = String, Path, description = "rfm | cohorts | funnel | paths | preferences | risk | trends")),
     request_body(content = Object, description = "the definition, e.g. `{\"steps\": [{\"event\": \"Product Viewed\"}, {\"event\": \"Order Completed\"}], \"window\": \"7d\"}`"),
     responses((status = 200, description = "the report"), (status = 400, description = "invalid definition: the message names the field"), (status = 401, description = "bad key")))]

@@ -10,8 +10,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use kith_analytics::Data;
 use kith_analytics::identities::IdentityIndex;
+use kith_analytics::{Data, ProfileSource};
 use kith_identity::Lookup;
 use kith_lake::{ExtraTable, TimelineQuery, output};
 use kith_profiles::{LookupError, ProfileStore, ProfileView};
@@ -479,11 +479,12 @@ impl IdentityTableCache {
         table
     }
 
-    /// What analyses read: the event tables and the identity table with its index.
+    /// What analyses read: the event tables, the identity table with its index, and the
+    /// profiles segments are judged on.
     pub fn data<'a>(
         &self,
         lake: &'a kith_lake::Lake,
-        store: &ProfileStore,
+        store: &'a ProfileStore,
         limits: kith_lake::QueryLimits,
     ) -> Data<'a> {
         let (table, index) = self.get_indexed(store);
@@ -491,6 +492,22 @@ impl IdentityTableCache {
             identities: index,
             ..Data::new(lake, vec![table], limits)
         }
+        .with_profiles(Arc::new(ProfileViews(store)))
+    }
+}
+
+/// The profile store as analyses judge segments on it: each profile as `GET /v1/profiles/{id}`
+/// shows it (less its trait history).
+pub struct ProfileViews<'a>(pub &'a ProfileStore);
+
+impl ProfileSource for ProfileViews<'_> {
+    fn for_each_profile(&self, visit: &mut dyn FnMut(&str, &Value)) -> Result<(), String> {
+        self.0
+            .for_each_view(|view| match serde_json::to_value(&view) {
+                Ok(profile) => visit(&view.profile_id, &profile),
+                Err(e) => tracing::error!(error = %e, profile = %view.profile_id, "a profile view did not serialize"),
+            })
+            .map_err(|e| e.to_string())
     }
 }
 

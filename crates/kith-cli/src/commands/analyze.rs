@@ -46,9 +46,15 @@ pub struct AnalyzeArgs {
     /// Time zone of days, weeks and months (IANA name)
     #[arg(long)]
     timezone: Option<String>,
-    /// Split results by this field, e.g. context.device.type or properties.payment_method
+    /// Split results by this field: of the event (context.device.type, properties.payment_method)
+    /// or of its profile (profile.model_traits.rfm_segment, profile.traits.plan)
     #[arg(long)]
     breakdown: Option<String>,
+    /// Only profiles whose field has this value, e.g.
+    /// profile.model_traits.rfm_segment=Champions; repeat for more (all must hold). Other
+    /// operators go in the definition's `segment` list
+    #[arg(long, value_name = "FIELD=VALUE")]
+    segment: Vec<String>,
     /// Funnel conversion window, e.g. 7d
     #[arg(long)]
     window: Option<String>,
@@ -97,6 +103,22 @@ impl AnalyzeArgs {
         set("interval", &self.interval);
         set("event", &self.event);
         set("measure", &self.measure);
+        if !self.segment.is_empty() {
+            let mut conditions = match definition.remove("segment") {
+                None => Vec::new(),
+                Some(Value::Array(conditions)) => conditions,
+                Some(_) => bail!("the definition's `segment` must be a list of conditions"),
+            };
+            for condition in &self.segment {
+                let Some((field, value)) = condition.split_once('=') else {
+                    bail!(
+                        "--segment `{condition}` is not FIELD=VALUE (e.g. profile.model_traits.rfm_segment=Champions)"
+                    );
+                };
+                conditions.push(json!({"field": field.trim(), "op": "eq", "value": value.trim()}));
+            }
+            definition.insert("segment".into(), Value::Array(conditions));
+        }
         if let Some(steps) = &self.steps {
             let steps: Vec<Value> = steps
                 .split(',')
@@ -284,7 +306,10 @@ fn run_model_here(
                 memory_bytes: 4 << 30,
                 ..QueryLimits::default()
             },
-        );
+        )
+        .with_profiles(std::sync::Arc::new(kith_server::profiles::ProfileViews(
+            &profiles,
+        )));
         let run = model
             .gather(&data)
             .await
@@ -314,7 +339,10 @@ fn analyze_here(
                 timeout: std::time::Duration::from_secs(3600),
                 ..QueryLimits::default()
             },
-        );
+        )
+        .with_profiles(std::sync::Arc::new(kith_server::profiles::ProfileViews(
+            &profiles,
+        )));
         analysis
             .run(&data)
             .await

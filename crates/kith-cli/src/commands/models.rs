@@ -144,12 +144,16 @@ fn stored_purchases(
             &lake,
             vec![kith_server::profiles::identity_table(&profiles)],
             limits,
-        );
+        )
+        .with_profiles(std::sync::Arc::new(kith_server::profiles::ProfileViews(
+            &profiles,
+        )));
         let purchases = definition
             .purchases(&data)
             .await
-            .map_err(|e| anyhow::anyhow!("reading the purchases failed: {e}"))?;
-        Ok((purchases, profiles))
+            .map_err(|e| anyhow::anyhow!("reading the purchases failed: {e}"));
+        drop(data);
+        Ok((purchases?, profiles))
     })
 }
 
