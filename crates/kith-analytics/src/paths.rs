@@ -83,6 +83,20 @@ pub struct PathReport {
     pub profiles: u64,
     pub nodes: Vec<PathNode>,
     pub links: Vec<PathLink>,
+    /// With a breakdown: the same per value, each path under the value of its anchor event
+    /// (or of its profile, for a profile's field), most paths first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub breakdowns: Vec<PathGroup>,
+}
+
+/// The paths of one breakdown value.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PathGroup {
+    pub breakdown: String,
+    pub paths: u64,
+    pub profiles: u64,
+    pub nodes: Vec<PathNode>,
+    pub links: Vec<PathLink>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -185,8 +199,45 @@ struct Counter {
     profiles: u64,
 }
 
+/// The paths from each anchor among one profile's events (in the order paths run, reversed for
+/// `before`): the anchor's position among `events`, and the path's labels from the anchor on,
+/// ending in [`END`] when it stops short of `depth` steps.
+fn paths_of(
+    events: &[(i64, String)],
+    anchor: &str,
+    depth: usize,
+    window: i64,
+    keep_repeats: bool,
+) -> Vec<(usize, Vec<String>)> {
+    let mut paths = Vec::new();
+    for (start, (at, label)) in events.iter().enumerate() {
+        if label != anchor {
+            continue;
+        }
+        let mut path = vec![label.clone()];
+        for (next_at, next) in &events[start + 1..] {
+            if path.len() > depth {
+                break;
+            }
+            if (next_at - at).abs() > window {
+                break;
+            }
+            if !keep_repeats && path.last() == Some(next) {
+                continue;
+            }
+            path.push(next.clone());
+        }
+        if path.len() <= depth {
+            path.push(END.to_string());
+        }
+        paths.push((start, path));
+    }
+    paths
+}
+
 impl Counter {
     /// One profile's events, in the order paths run (reversed for `before`).
+    #[cfg(test)]
     fn profile(
         &mut self,
         events: &[(i64, String)],
@@ -195,29 +246,16 @@ impl Counter {
         window: i64,
         keep_repeats: bool,
     ) {
+        let paths = paths_of(events, anchor, depth, window, keep_repeats);
+        self.add_profile(paths.iter().map(|(_, path)| path.as_slice()));
+    }
+
+    /// One profile's paths.
+    fn add_profile<'p>(&mut self, paths: impl Iterator<Item = &'p [String]>) {
         let mut any = false;
-        for (start, (at, label)) in events.iter().enumerate() {
-            if label != anchor {
-                continue;
-            }
+        for path in paths {
             any = true;
             self.paths += 1;
-            let mut path = vec![label.clone()];
-            for (next_at, next) in &events[start + 1..] {
-                if path.len() > depth {
-                    break;
-                }
-                if (next_at - at).abs() > window {
-                    break;
-                }
-                if !keep_repeats && path.last() == Some(next) {
-                    continue;
-                }
-                path.push(next.clone());
-            }
-            if path.len() <= depth {
-                path.push(END.to_string());
-            }
             for (level, label) in path.iter().enumerate() {
                 *self.nodes.entry((level, label.clone())).or_default() += 1;
                 if let Some(next) = path.get(level + 1) {
@@ -297,11 +335,17 @@ impl PathDefinition {
         )
         .await?;
         let sql = format!(
-            "WITH base AS ({base}) SELECT id_type, id_value, micros, label, keep FROM base"
+            "WITH base AS ({base}) \
+             SELECT id_type, id_value, micros, label, keep, breakdown FROM base"
         );
-        // Streamed in any order and kept compactly (16 bytes an event); sorted here.
+        let breaks_down = scope.breakdown.is_some() || scope.profile_breakdown.is_some();
+        // Streamed in any order and kept compactly (16 bytes an event); sorted here. An event's
+        // kind is its label and, for anchors, the breakdown value the path counts under.
         let mut rows: Vec<(u32, i64, u32)> = Vec::new();
         let mut labels = Interner::default();
+        let mut values = Interner::default();
+        let mut kinds: Vec<(u32, u32)> = Vec::new();
+        let mut kind_numbers: HashMap<(u32, u32), u32> = HashMap::new();
         data.lake
             .query_each(&sql, &data.limits, data.tables.clone(), |batch| {
                 let id_type = strings(batch.column(0).as_ref());
@@ -309,6 +353,7 @@ impl PathDefinition {
                 let micros = batch.column(2).as_primitive::<Int64Type>();
                 let label = strings(batch.column(3).as_ref());
                 let keep = batch.column(4).as_boolean();
+                let breakdown = strings(batch.column(5).as_ref());
                 for row in 0..batch.num_rows() {
                     // Outside the scope (time range, filters)?
                     if !keep.is_valid(row) || !keep.value(row) {
@@ -322,44 +367,112 @@ impl PathDefinition {
                     if !anchors.near(p, at, window, before) {
                         continue;
                     }
-                    rows.push((p, at, labels.number(label(row))));
+                    let label = label(row);
+                    let value = if breaks_down && label == self.event {
+                        values.number(segment.breakdown(p, breakdown(row)))
+                    } else {
+                        0
+                    };
+                    let kind = (labels.number(label), value);
+                    let kind = *kind_numbers.entry(kind).or_insert_with(|| {
+                        kinds.push(kind);
+                        kinds.len() as u32 - 1
+                    });
+                    rows.push((p, at, kind));
                 }
             })
             .await?;
         drop(anchors);
         let labels = labels.into_names();
+        let values = values.into_names();
         drop(owners);
         // At one instant, events go in the order of their labels: the answer never depends on
         // how rows happened to be stored.
-        let mut rank = vec![0u32; labels.len()];
-        let mut by_name: Vec<u32> = (0..labels.len() as u32).collect();
-        by_name.sort_by(|a, b| labels[*a as usize].cmp(&labels[*b as usize]));
+        let mut rank = vec![0u32; kinds.len()];
+        let mut by_name: Vec<u32> = (0..kinds.len() as u32).collect();
+        by_name.sort_by_key(|k| {
+            let (label, value) = kinds[*k as usize];
+            (&labels[label as usize], values.get(value as usize))
+        });
         for (position, id) in by_name.into_iter().enumerate() {
             rank[id as usize] = position as u32;
         }
-        rows.sort_unstable_by_key(|(p, micros, l)| (*p, *micros, rank[*l as usize]));
+        rows.sort_unstable_by_key(|(p, micros, k)| (*p, *micros, rank[*k as usize]));
         let mut counter = Counter::default();
+        // Per breakdown value (by number), with a breakdown.
+        let mut groups: BTreeMap<u32, Counter> = BTreeMap::new();
         let mut events: Vec<(i64, String)> = Vec::new();
-        let mut current = None;
-        for (p, micros, l) in rows {
-            if current != Some(p) {
-                if before {
-                    events.reverse();
+        let mut event_values: Vec<u32> = Vec::new();
+        let mut follow = |events: &mut Vec<(i64, String)>, event_values: &mut Vec<u32>| {
+            if before {
+                events.reverse();
+                event_values.reverse();
+            }
+            let paths = paths_of(events, &self.event, self.depth, window, self.keep_repeats);
+            counter.add_profile(paths.iter().map(|(_, path)| path.as_slice()));
+            if breaks_down {
+                let mut values_seen: Vec<u32> =
+                    paths.iter().map(|(at, _)| event_values[*at]).collect();
+                values_seen.sort_unstable();
+                values_seen.dedup();
+                for value in values_seen {
+                    groups.entry(value).or_default().add_profile(
+                        paths
+                            .iter()
+                            .filter(|(at, _)| event_values[*at] == value)
+                            .map(|(_, path)| path.as_slice()),
+                    );
                 }
-                counter.profile(&events, &self.event, self.depth, window, self.keep_repeats);
-                events.clear();
+            }
+            events.clear();
+            event_values.clear();
+        };
+        let mut current = None;
+        for (p, micros, k) in rows {
+            if current != Some(p) {
+                follow(&mut events, &mut event_values);
                 current = Some(p);
             }
-            events.push((micros, labels[l as usize].clone()));
+            let (label, value) = kinds[k as usize];
+            events.push((micros, labels[label as usize].clone()));
+            event_values.push(value);
         }
-        if before {
-            events.reverse();
-        }
-        counter.profile(&events, &self.event, self.depth, window, self.keep_repeats);
-        Ok(self.report(counter, before))
+        follow(&mut events, &mut event_values);
+        let mut report = self.report(counter, before);
+        report.breakdowns = groups
+            .into_iter()
+            .map(|(value, counter)| {
+                let (nodes, links) = self.layout(&counter);
+                PathGroup {
+                    breakdown: values.get(value as usize).cloned().unwrap_or_default(),
+                    paths: counter.paths,
+                    profiles: counter.profiles,
+                    nodes,
+                    links,
+                }
+            })
+            .collect();
+        report
+            .breakdowns
+            .sort_by(|a, b| b.paths.cmp(&a.paths).then(a.breakdown.cmp(&b.breakdown)));
+        Ok(report)
     }
 
     fn report(&self, counter: Counter, before: bool) -> PathReport {
+        let (nodes, links) = self.layout(&counter);
+        PathReport {
+            direction: if before { "before" } else { "after" }.into(),
+            paths: counter.paths,
+            profiles: counter.profiles,
+            nodes,
+            links,
+            breakdowns: Vec::new(),
+        }
+    }
+
+    /// The counted paths as Sankey nodes and links, the `width` most common labels of each
+    /// level by name and the rest as `(other)`.
+    fn layout(&self, counter: &Counter) -> (Vec<PathNode>, Vec<PathLink>) {
         // The `width` most common labels of each level keep their name.
         let mut by_level: BTreeMap<usize, Vec<(&String, u64)>> = BTreeMap::new();
         for ((level, label), count) in &counter.nodes {
@@ -421,13 +534,7 @@ impl PathDefinition {
                 .then(a.source.cmp(&b.source))
                 .then(a.target.cmp(&b.target))
         });
-        PathReport {
-            direction: if before { "before" } else { "after" }.into(),
-            paths: counter.paths,
-            profiles: counter.profiles,
-            nodes,
-            links,
-        }
+        (nodes, links)
     }
 }
 

@@ -72,6 +72,24 @@ pub struct PreferenceReport {
     pub first_choices: Vec<(String, u64)>,
     /// Profiles with the most interest first, up to `limit`.
     pub top_profiles: Vec<ProfilePreferences>,
+    /// With a breakdown by a field of the profile: profiles and first choices per value.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_breakdown: Vec<PreferenceGroup>,
+}
+
+/// The profiles with one breakdown value.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PreferenceGroup {
+    pub breakdown: String,
+    pub profiles: u64,
+    pub first_choices: Vec<(String, u64)>,
+}
+
+/// Counts by value, most first (ties by value).
+fn most_first(counts: BTreeMap<String, u64>) -> Vec<(String, u64)> {
+    let mut counts: Vec<(String, u64)> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    counts
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -133,6 +151,7 @@ impl PreferenceDefinition {
         if self.top == 0 || self.top > 50 {
             return Err(AnalyticsError::invalid("top", "must be between 1 and 50"));
         }
+        scope.profile_breakdown_only()?;
         let property = FieldRef::parse(&self.property, "property")?;
         let names: Vec<String> = self.events.keys().map(|e| sql_string(e)).collect();
         let weight = self
@@ -155,14 +174,19 @@ impl PreferenceDefinition {
             "WITH base AS ({base}) \
              SELECT profile_id, value, \
                     SUM(weight * power(0.5, ({as_of} - CAST(ts AS BIGINT)) / 86400000000.0 / {half_life:?})), \
-                    COUNT(*), COUNT(DISTINCT date_trunc('day', ts)) \
+                    COUNT(*), COUNT(DISTINCT date_trunc('day', ts)), MAX(breakdown) \
              FROM base WHERE value IS NOT NULL GROUP BY profile_id, value",
             as_of = as_of.timestamp_micros(),
             half_life = self.half_life_days,
         );
         let rows = data.rows(&sql).await?;
+        // Each profile's preferences, and its breakdown value (one per profile: of the profile).
         let mut by_profile: BTreeMap<String, Vec<Preference>> = BTreeMap::new();
+        let mut breakdown_of: BTreeMap<String, String> = BTreeMap::new();
         for row in &rows {
+            if scope.profile_breakdown.is_some() {
+                breakdown_of.insert(text(&row[0]), text(&row[5]));
+            }
             by_profile
                 .entry(text(&row[0]))
                 .or_default()
@@ -175,6 +199,8 @@ impl PreferenceDefinition {
                 });
         }
         let mut first_choices: BTreeMap<String, u64> = BTreeMap::new();
+        // Per breakdown value: profiles, and how many have each first preference.
+        let mut groups: BTreeMap<String, (u64, BTreeMap<String, u64>)> = BTreeMap::new();
         let mut profiles: Vec<(f64, ProfilePreferences)> = by_profile
             .into_iter()
             .map(|(profile_id, mut preferences)| {
@@ -186,6 +212,13 @@ impl PreferenceDefinition {
                 }
                 if let Some(first) = preferences.first() {
                     *first_choices.entry(first.value.clone()).or_default() += 1;
+                }
+                if let Some(value) = breakdown_of.get(&profile_id) {
+                    let group = groups.entry(value.clone()).or_default();
+                    group.0 += 1;
+                    if let Some(first) = preferences.first() {
+                        *group.1.entry(first.value.clone()).or_default() += 1;
+                    }
                 }
                 (
                     total,
@@ -203,13 +236,19 @@ impl PreferenceDefinition {
         });
         let every: Vec<ProfilePreferences> = profiles.iter().map(|(_, p)| p.clone()).collect();
         profiles.truncate(self.limit);
-        let mut first_choices: Vec<(String, u64)> = first_choices.into_iter().collect();
-        first_choices.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let report = PreferenceReport {
             as_of: as_of.to_rfc3339(),
             profiles: count,
-            first_choices,
+            first_choices: most_first(first_choices),
             top_profiles: profiles.into_iter().map(|(_, p)| p).collect(),
+            by_breakdown: groups
+                .into_iter()
+                .map(|(breakdown, (profiles, choices))| PreferenceGroup {
+                    breakdown,
+                    profiles,
+                    first_choices: most_first(choices),
+                })
+                .collect(),
         };
         Ok((report, every))
     }

@@ -7,6 +7,8 @@
 //! mean order value of the recent period shrunk against the baseline before it? Support: are
 //! there improbably many tickets lately for that person's baseline rate?
 
+use std::collections::BTreeMap;
+
 use chrono::Duration;
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +93,18 @@ pub struct RiskReport {
     /// Profiles with at least one signal.
     pub flagged: u64,
     pub at_risk: Vec<ProfileRisk>,
+    /// With a breakdown by a field of the profile: the same counts per value.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_breakdown: Vec<RiskGroup>,
+}
+
+/// The profiles judged with one breakdown value.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RiskGroup {
+    pub breakdown: String,
+    pub profiles: u64,
+    pub flagged: u64,
+    pub signal_counts: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -207,6 +221,7 @@ impl RiskDefinition {
         if !(self.alpha > 0.0 && self.alpha < 1.0) {
             return Err(AnalyticsError::invalid("alpha", "must be between 0 and 1"));
         }
+        scope.profile_breakdown_only()?;
         let value = FieldRef::parse(&self.value, "value")?;
         let recent_start = as_of - Duration::days(self.recent_days as i64);
         let baseline_start = recent_start - Duration::days(self.baseline_days as i64);
@@ -246,7 +261,8 @@ impl RiskDefinition {
                SUM(CASE WHEN {purchase} AND {baseline} THEN 1 ELSE 0 END), \
                ({recent_start_micros} - GREATEST(CAST(MIN(ts) AS BIGINT), {baseline_start_micros})) / {day}, \
                SUM(CASE WHEN {support} AND {recent} THEN 1 ELSE 0 END), \
-               SUM(CASE WHEN {support} AND {baseline} THEN 1 ELSE 0 END) \
+               SUM(CASE WHEN {support} AND {baseline} THEN 1 ELSE 0 END), \
+               MAX(breakdown) \
              FROM base GROUP BY profile_id",
             recent_start_micros = recent_start.timestamp_micros(),
             baseline_start_micros = baseline_start.timestamp_micros(),
@@ -262,6 +278,7 @@ impl RiskDefinition {
             RISING_SUPPORT,
         ]
         .map(|s| (s.to_string(), 0u64));
+        let mut groups: BTreeMap<String, RiskGroup> = BTreeMap::new();
         for row in &rows {
             profiles += 1;
             let optional = |v: &serde_json::Value| (!v.is_null()).then(|| number(v));
@@ -284,6 +301,25 @@ impl RiskDefinition {
             for signal in &signals {
                 if let Some(entry) = signal_counts.iter_mut().find(|(name, _)| name == signal) {
                     entry.1 += 1;
+                }
+            }
+            if scope.profile_breakdown.is_some() {
+                let group = groups.entry(text(&row[13])).or_insert_with(|| RiskGroup {
+                    breakdown: text(&row[13]),
+                    profiles: 0,
+                    flagged: 0,
+                    signal_counts: signal_counts.iter().map(|(s, _)| (s.clone(), 0)).collect(),
+                });
+                group.profiles += 1;
+                group.flagged += u64::from(!signals.is_empty());
+                for signal in &signals {
+                    if let Some(entry) = group
+                        .signal_counts
+                        .iter_mut()
+                        .find(|(name, _)| name == signal)
+                    {
+                        entry.1 += 1;
+                    }
                 }
             }
             let judged = ProfileRisk {
@@ -312,6 +348,7 @@ impl RiskDefinition {
             signal_counts: signal_counts.to_vec(),
             flagged,
             at_risk: scored,
+            by_breakdown: groups.into_values().collect(),
         };
         Ok((report, every))
     }

@@ -473,6 +473,18 @@ impl Resolved {
         )
     }
 
+    /// For analyses that judge profiles rather than count events (risk, preferences): a
+    /// breakdown must be a field of the profile, as no one event speaks for a profile.
+    pub fn profile_breakdown_only(&self) -> Result<(), AnalyticsError> {
+        match &self.breakdown {
+            Some(_) => Err(AnalyticsError::invalid(
+                "breakdown",
+                "must be a field of the profile here (e.g. profile.model_traits.rfm_segment or profile.traits.plan): this analysis judges profiles, not single events; narrow events with `where`",
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Whether the scope names profiles: a segment, or a breakdown by a profile's field. Such a
     /// scope needs the profiles' answers ([`crate::Data::segment`]).
     pub fn names_profiles(&self) -> bool {

@@ -350,6 +350,31 @@ fn analyses_of_the_demo_world_agree_with_duckdb_and_find_the_planted_friction() 
         "preferences",
         json!({"as_of": as_of, "limit": 1_000_000}),
     );
+    // By RFM segment: the groups split the same profiles and first choices.
+    let split = analyze(
+        &data,
+        "preferences",
+        json!({"as_of": as_of, "limit": 1, "breakdown": "profile.model_traits.rfm_segment"}),
+    );
+    let groups = split["by_breakdown"].as_array().unwrap();
+    assert!(groups.len() >= 8, "{split}");
+    let mut first_choices: HashMap<String, u64> = HashMap::new();
+    for group in groups {
+        for choice in group["first_choices"].as_array().unwrap() {
+            *first_choices
+                .entry(choice[0].as_str().unwrap().to_string())
+                .or_default() += choice[1].as_u64().unwrap();
+        }
+    }
+    let overall: HashMap<String, u64> = preferences["first_choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c[0].as_str().unwrap().to_string(), c[1].as_u64().unwrap()))
+        .collect();
+    assert_eq!(first_choices, overall);
+    let in_groups: u64 = groups.iter().map(|g| g["profiles"].as_u64().unwrap()).sum();
+    assert_eq!(in_groups, preferences["profiles"].as_u64().unwrap());
     let favourite = column("favourite_category");
     let favourites: HashMap<String, String> = truth
         .lines()
@@ -734,6 +759,75 @@ fn segments_and_profile_breakdowns_count_each_profile_by_its_traits_merges_inclu
     );
     assert_eq!(status, 200, "{everyone_but_pros}");
     assert_eq!(everyone_but_pros["points"][0]["value"], 2.0);
+
+    // Paths by plan: each path under its profile's plan; only the pro signed up and bought.
+    let (status, paths) = analyze(
+        "paths",
+        json!({"event": "Viewed", "depth": 2, "breakdown": "profile.traits.plan"}),
+    );
+    assert_eq!(status, 200, "{paths}");
+    assert_eq!(paths["paths"], 3, "{paths}");
+    let next_steps: HashMap<String, Vec<(String, u64)>> = paths["breakdowns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|group| {
+            let links = group["links"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| {
+                    (
+                        l["target"].as_str().unwrap().to_string(),
+                        l["count"].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            (group["breakdown"].as_str().unwrap().to_string(), links)
+        })
+        .collect();
+    assert_eq!(
+        next_steps,
+        HashMap::from([
+            (
+                "pro".into(),
+                vec![("1:identify".into(), 1), ("2:Bought".into(), 1)]
+            ),
+            ("free".into(), vec![("1:(end)".into(), 1)]),
+            ("(none)".into(), vec![("1:(end)".into(), 1)]),
+        ])
+    );
+
+    // Analyses that judge profiles break down by a field of the profile only.
+    let (status, risk) = analyze(
+        "risk",
+        json!({"as_of": "2024-02-01", "breakdown": "profile.traits.plan"}),
+    );
+    assert_eq!(status, 200, "{risk}");
+    let judged: HashMap<String, u64> = risk["by_breakdown"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["breakdown"].as_str().unwrap().to_string(),
+                g["profiles"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        judged,
+        HashMap::from([("pro".into(), 1), ("free".into(), 1), ("(none)".into(), 1)])
+    );
+    let (status, error) = analyze("preferences", json!({"breakdown": "context.device.type"}));
+    assert_eq!(status, 400, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("`breakdown` must be a field of the profile"),
+        "{error}"
+    );
 
     // Cohorts and RFM of a segment.
     let (status, cohorts) = analyze(

@@ -501,10 +501,33 @@ fn tabulate(kind: &str, report: &Value) -> (Vec<String>, Vec<Vec<String>>) {
         }
         "paths" => {
             let keys = ["source", "target", "count"];
-            (
-                names(&keys),
-                list("links").iter().map(|l| pick(l, &keys)).collect(),
-            )
+            let groups = list("breakdowns");
+            if groups.is_empty() {
+                return (
+                    names(&keys),
+                    list("links").iter().map(|l| pick(l, &keys)).collect(),
+                );
+            }
+            // With a breakdown, each value's links under it.
+            let mut headers = names(&["breakdown"]);
+            headers.extend(names(&keys));
+            let rows = groups
+                .iter()
+                .flat_map(|g| {
+                    let breakdown = cell(&g["breakdown"]);
+                    g["links"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(move |l| {
+                            let mut row = vec![breakdown.clone()];
+                            row.extend(pick(&l, &keys));
+                            row
+                        })
+                })
+                .collect();
+            (headers, rows)
         }
         _ => {
             let keys = ["bucket", "breakdown", "value"];
