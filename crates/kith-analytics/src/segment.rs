@@ -41,6 +41,11 @@ const SECTIONS: &[&str] = &[
 pub struct ProfilePath(Vec<String>);
 
 impl ProfilePath {
+    /// The top-level part of the profile the path reads (`traits`, `model_traits`…).
+    pub fn section(&self) -> &str {
+        self.0.first().map_or("", String::as_str)
+    }
+
     /// Reads `profile.SECTION.NAME…`; `at` names the definition's field for errors.
     pub fn parse(text: &str, at: &str) -> Result<ProfilePath, AnalyticsError> {
         let text = text.trim();
@@ -110,8 +115,13 @@ impl ProfileCondition {
 /// Where analyses read profiles from: every profile as `GET /v1/profiles/{id}` shows it
 /// (`profile_id`, `traits`, `computed_traits`, `model_traits`, `consent`…).
 pub trait ProfileSource: Send + Sync {
-    /// Visits every profile with its id.
-    fn for_each_profile(&self, visit: &mut dyn FnMut(&str, &Value)) -> Result<(), String>;
+    /// Visits every profile with its id. Only the top-level `sections` named are read (others
+    /// may be missing): a source may skip the costly parts no condition looks at.
+    fn for_each_profile(
+        &self,
+        sections: &[&str],
+        visit: &mut dyn FnMut(&str, &Value),
+    ) -> Result<(), String>;
 }
 
 /// A profile number the segment leaves out.
@@ -153,8 +163,16 @@ impl Segment {
         let numbers: HashMap<&str, u32> = (0..index.profiles() as u32)
             .map(|number| (index.profile_id(number), number))
             .collect();
+        let mut sections: Vec<&str> = scope
+            .segment
+            .iter()
+            .map(|c| c.path.section())
+            .chain(scope.profile_breakdown.iter().map(ProfilePath::section))
+            .collect();
+        sections.sort_unstable();
+        sections.dedup();
         source
-            .for_each_profile(&mut |profile_id, profile| {
+            .for_each_profile(&sections, &mut |profile_id, profile| {
                 // A profile born after the identity index was built has no events in it yet.
                 let Some(&number) = numbers.get(profile_id) else {
                     return;
@@ -243,7 +261,11 @@ mod tests {
     struct Profiles(Vec<Value>);
 
     impl ProfileSource for Profiles {
-        fn for_each_profile(&self, visit: &mut dyn FnMut(&str, &Value)) -> Result<(), String> {
+        fn for_each_profile(
+            &self,
+            _sections: &[&str],
+            visit: &mut dyn FnMut(&str, &Value),
+        ) -> Result<(), String> {
             for profile in &self.0 {
                 visit(profile["profile_id"].as_str().unwrap_or_default(), profile);
             }

@@ -16,6 +16,7 @@ mod resident;
 pub mod tally;
 pub mod view;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -26,6 +27,7 @@ use kith_identity::{
     IdType, Identifier, IdentityRules, Lookup, Normalizer, Observation, ProfileRef, Resolver,
 };
 use rusqlite::Connection;
+use serde_json::Value;
 use thiserror::Error;
 
 pub use computed::{ComputedTraitDef, DefinitionError};
@@ -900,6 +902,24 @@ impl ProfileStore {
                 view.model_traits = traits;
             }
             each(view);
+        }
+        Ok(())
+    }
+
+    /// Every profile's id and model traits (empty for a profile no model scored), without
+    /// building its view: what judging a segment on model traits (`rfm_segment`,
+    /// `activity_trend`…) needs, at a fraction of the cost of [`ProfileStore::for_each_view`],
+    /// which reads every profile's stored facts.
+    pub fn for_each_model_traits(
+        &self,
+        mut each: impl FnMut(&str, BTreeMap<String, Value>),
+    ) -> Result<(), ProfileError> {
+        let mut scores = self.model_traits.all()?;
+        let state = self.read();
+        for profile in state.resolver.profiles() {
+            let profile_id = state.resolver.profile_id(profile);
+            let traits = scores.remove(&profile_id).unwrap_or_default();
+            each(&profile_id, traits);
         }
         Ok(())
     }

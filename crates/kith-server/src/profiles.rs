@@ -501,7 +501,25 @@ impl IdentityTableCache {
 pub struct ProfileViews<'a>(pub &'a ProfileStore);
 
 impl ProfileSource for ProfileViews<'_> {
-    fn for_each_profile(&self, visit: &mut dyn FnMut(&str, &Value)) -> Result<(), String> {
+    fn for_each_profile(
+        &self,
+        sections: &[&str],
+        visit: &mut dyn FnMut(&str, &Value),
+    ) -> Result<(), String> {
+        // Model traits alone need no view: building views reads every profile's stored facts,
+        // which costs far more at hundreds of thousands of profiles (bench/README.md).
+        if sections
+            .iter()
+            .all(|s| matches!(*s, "model_traits" | "profile_id"))
+        {
+            return self
+                .0
+                .for_each_model_traits(|profile_id, traits| {
+                    let profile = json!({"profile_id": profile_id, "model_traits": traits});
+                    visit(profile_id, &profile);
+                })
+                .map_err(|e| e.to_string());
+        }
         self.0
             .for_each_view(|view| match serde_json::to_value(&view) {
                 Ok(profile) => visit(&view.profile_id, &profile),
