@@ -221,9 +221,6 @@ impl ClvDefinition {
     pub async fn purchases(&self, data: &Data<'_>) -> Result<Purchases, AnalyticsError> {
         self.check()?;
         let scope = self.scope.resolve()?;
-        // Events of profiles outside a segment are left out by the SQL (`attributed_events`).
-        let (data, _) = data.segment(&scope)?;
-        let data = &data;
         let as_of = scope.as_of(self.as_of.as_deref())?;
         let value = FieldRef::parse(&self.value, "value")?;
         let base = scope.attributed_events(
@@ -239,6 +236,8 @@ impl ClvDefinition {
         );
         let mut transactions = Vec::new();
         let zone = scope.zone;
+        // Events of profiles outside a segment are left out by the SQL (`attributed_events`).
+        let data = &data.with_segment(&scope)?;
         data.lake
             .query_each(&sql, &data.limits, data.tables.clone(), |batch| {
                 let profile = strings(batch.column(0).as_ref());

@@ -337,7 +337,7 @@ impl CohortDefinition {
         // did from then on into small per-member and per-cell arrays. Grouping in SQL instead
         // (by identifier and period, attributed afterwards) held every identifier's periods at
         // once: at 50 million events that was the largest memory of any analysis.
-        let (data, segment) = data.segment(&scope)?;
+        let segment = data.segment(&scope)?;
         let mut owners = OwnerNumbers::new(data.identity_index());
         let mut values = Interner::default();
         let mut members: Vec<Member> = Vec::new();

@@ -461,7 +461,7 @@ impl FunnelDefinition {
             rows: Vec::with_capacity(data.event_count().await?),
             ..CompactEvents::default()
         };
-        let (data, segment) = data.segment(&scope)?;
+        let segment = data.segment(&scope)?;
         let mut owners = OwnerNumbers::new(data.identity_index());
         data.lake
             .query_each(&sql, &data.limits, data.tables.clone(), |batch| {
@@ -499,7 +499,13 @@ impl FunnelDefinition {
             self.steps.len(),
             window * 1_000_000,
             strict,
-            self.breakdown_step,
+            // A profile's own value is known from its first step on: every profile counts
+            // under it, whichever step `breakdown_step` names.
+            if scope.profile_breakdown.is_some() {
+                0
+            } else {
+                self.breakdown_step
+            },
             attempts,
         );
         let mut tally = Tally::default();

@@ -108,24 +108,35 @@ impl<'a> Data<'a> {
         }
     }
 
-    /// The profiles `scope` counts and their breakdown values ([`Segment`]), and the data to
-    /// query with them: these tables plus [`segment::SEGMENT_TABLE`] when the scope names
-    /// profiles, which [`scope::Resolved::attributed_events`] then joins.
-    pub fn segment(&self, scope: &scope::Resolved) -> Result<(Data<'a>, Segment), AnalyticsError> {
+    /// The profiles `scope` counts and their breakdown values ([`Segment`]), for analyses that
+    /// attribute events in Rust; everyone when the scope names no profiles.
+    pub fn segment(&self, scope: &scope::Resolved) -> Result<Segment, AnalyticsError> {
         if !scope.names_profiles() {
-            return Ok((self.clone(), Segment::everyone()));
+            return Ok(Segment::everyone());
         }
         let Some(profiles) = &self.profiles else {
             return Err(AnalyticsError::invalid(
-                "segment",
+                if scope.segment.is_empty() {
+                    "breakdown"
+                } else {
+                    "segment"
+                },
                 "needs the profile store, which this caller did not give the analysis",
             ));
         };
-        let index = self.identity_index();
-        let segment = Segment::judge(scope, index, profiles.as_ref())?;
+        Segment::judge(scope, self.identity_index(), profiles.as_ref())
+    }
+
+    /// The data with the segment of `scope` as [`segment::SEGMENT_TABLE`], for analyses that
+    /// attribute events in SQL ([`scope::Resolved::attributed_events`] joins it); the same data
+    /// when the scope names no profiles.
+    pub fn with_segment(&self, scope: &scope::Resolved) -> Result<Data<'a>, AnalyticsError> {
         let mut data = self.clone();
-        data.tables.push(segment.table(index));
-        Ok((data, segment))
+        if scope.names_profiles() {
+            let segment = self.segment(scope)?;
+            data.tables.push(segment.table(self.identity_index()));
+        }
+        Ok(data)
     }
 
     /// The identifier → profile index of `profile_identities`.

@@ -317,8 +317,7 @@ impl PathDefinition {
             &[],
             &format!("CAST(e.timestamp AS BIGINT) AS micros, {label} AS label"),
         );
-        let (data, segment) = data.segment(&scope)?;
-        let data = &data;
+        let segment = data.segment(&scope)?;
         let mut owners = OwnerNumbers::new(data.identity_index());
         // First the anchors: only events near one of their owner's anchors (within the window,
         // on the side paths run) can be on a path, and only those are gathered next — at 50

@@ -122,9 +122,6 @@ impl PreferenceDefinition {
         data: &Data<'_>,
     ) -> Result<(PreferenceReport, Vec<ProfilePreferences>), AnalyticsError> {
         let scope = self.scope.resolve()?;
-        // Events of profiles outside a segment are left out by the SQL (`attributed_events`).
-        let (data, _) = data.segment(&scope)?;
-        let data = &data;
         let as_of = scope.as_of(self.as_of.as_deref())?;
         if self.events.is_empty() {
             return Err(AnalyticsError::invalid(
@@ -179,7 +176,8 @@ impl PreferenceDefinition {
             as_of = as_of.timestamp_micros(),
             half_life = self.half_life_days,
         );
-        let rows = data.rows(&sql).await?;
+        // Events of profiles outside a segment are left out by the SQL (`attributed_events`).
+        let rows = data.with_segment(&scope)?.rows(&sql).await?;
         // Each profile's preferences, and its breakdown value (one per profile: of the profile).
         let mut by_profile: BTreeMap<String, Vec<Preference>> = BTreeMap::new();
         let mut breakdown_of: BTreeMap<String, String> = BTreeMap::new();

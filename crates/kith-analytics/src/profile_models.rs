@@ -42,6 +42,18 @@ pub enum Gathered {
 impl ProfileModel {
     /// Reads the definition of `model`, naming the field at fault when it is wrong.
     pub fn parse(model: &str, definition: &Value) -> Result<ProfileModel, AnalyticsError> {
+        // A run replaces everything the model wrote before: scoring part of the profiles would
+        // erase the others' traits (and a segment on the model's own traits would shrink with
+        // every run).
+        if definition
+            .get("segment")
+            .is_some_and(|s| s.as_array().is_none_or(|conditions| !conditions.is_empty()))
+        {
+            return Err(AnalyticsError::invalid(
+                "segment",
+                "cannot narrow a model run: each run replaces the traits the model wrote on every profile; look at part of them with the analysis (kith analyze, POST /v1/analytics) instead",
+            ));
+        }
         Ok(match model {
             "clv" => ProfileModel::Clv(ClvDefinition::parse(definition)?),
             "rfm" => ProfileModel::Rfm(parse_definition(model, crate::rfm::FIELDS, definition)?),

@@ -258,7 +258,7 @@ impl RfmDefinition {
         every_profile: bool,
     ) -> Result<(RfmReport, Vec<RfmScore>), AnalyticsError> {
         let (sql, as_of) = self.aggregates_sql()?;
-        let (data, profiles) = data.segment(&self.scope.resolve()?)?;
+        let profiles = data.segment(&self.scope.resolve()?)?;
         let mut owners = OwnerNumbers::new(data.identity_index());
         // Per owner (by number): last purchase, purchases, value, breakdown of the last purchase
         // (numbered in `breakdowns`).

@@ -202,9 +202,6 @@ impl RiskDefinition {
         data: &Data<'_>,
     ) -> Result<(RiskReport, Vec<ProfileRisk>), AnalyticsError> {
         let scope = self.scope.resolve()?;
-        // Events of profiles outside a segment are left out by the SQL (`attributed_events`).
-        let (data, _) = data.segment(&scope)?;
-        let data = &data;
         let as_of = scope.as_of(self.as_of.as_deref())?;
         if self.recent_days == 0 || self.recent_days > 3650 {
             return Err(AnalyticsError::invalid(
@@ -267,7 +264,8 @@ impl RiskDefinition {
             recent_start_micros = recent_start.timestamp_micros(),
             baseline_start_micros = baseline_start.timestamp_micros(),
         );
-        let rows = data.rows(&sql).await?;
+        // Events of profiles outside a segment are left out by the SQL (`attributed_events`).
+        let rows = data.with_segment(&scope)?.rows(&sql).await?;
         let mut profiles = 0u64;
         let mut scored: Vec<ProfileRisk> = Vec::new();
         let mut every: Vec<ProfileRisk> = Vec::with_capacity(rows.len());

@@ -228,8 +228,10 @@ impl Comparison {
 
     /// Whether a JSON value passes (`None`: the field is missing or null). Text comparisons
     /// read a number or a boolean as its text, so `{"op": "eq", "value": 2}` matches `2` and
-    /// `"2"`; number comparisons read text that is a number. Missing values pass only `ne`,
-    /// `not_in` and `not_exists`, as in SQL.
+    /// `"2"`; a value that is a JSON number equals text of the same number (`2` and `"2.0"`),
+    /// while text compares as text (`"00123"` is not `"123"`). Number comparisons read text
+    /// that is a number. Missing values pass only `ne`, `not_in` and `not_exists`, as in SQL;
+    /// lists and objects are neither text nor numbers.
     pub fn passes(&self, value: Option<&Value>) -> bool {
         let value = value.filter(|v| !v.is_null());
         let text = value.and_then(|v| match v {
@@ -242,8 +244,11 @@ impl Comparison {
             v.as_f64()
                 .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
         });
+        let numeric = matches!(value, Some(Value::Number(_)));
         let same = |a: &str, b: &str| {
-            a == b || matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y)
+            a == b
+                || numeric
+                    && matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y)
         };
         match self {
             Comparison::Eq(v) => text.is_some_and(|t| same(&t, v)),
@@ -440,33 +445,41 @@ impl Resolved {
             "(e.user_id IS NOT NULL OR e.anonymous_id IS NOT NULL OR p.profile_id IS NOT NULL)"
                 .to_string(),
         );
-        // The segment's members and their breakdown values, when the scope names profiles
-        // ([`crate::segment::SEGMENT_TABLE`]).
-        let segment_join = if self.names_profiles() {
+        // With a segment or a profile breakdown, the identities carry their profile's label —
+        // joined on the small side, so events still meet one join — and, with a segment, only
+        // the members' identities remain: everyone else's events find no profile and are left
+        // out.
+        let identities = if self.names_profiles() {
             format!(
-                " LEFT JOIN {} s ON s.profile_id = p.profile_id",
+                "(SELECT i.profile_id, i.id_type, i.id_value, s.label FROM profile_identities i \
+                  {} JOIN {} s ON s.profile_id = i.profile_id)",
+                if self.segment.is_empty() {
+                    "LEFT"
+                } else {
+                    "INNER"
+                },
                 crate::segment::SEGMENT_TABLE
             )
         } else {
-            String::new()
+            "profile_identities".to_string()
         };
         if !self.segment.is_empty() {
-            conditions.push("s.profile_id IS NOT NULL".to_string());
+            conditions.push("p.profile_id IS NOT NULL".to_string());
         }
         let breakdown = match (&self.breakdown, &self.profile_breakdown) {
             (Some(field), _) => format!("COALESCE({}, '(none)')", field.text_sql("e")),
-            (None, Some(_)) => "COALESCE(s.label, '(none)')".to_string(),
+            (None, Some(_)) => "COALESCE(p.label, '(none)')".to_string(),
             (None, None) => "'all'".to_string(),
         };
         format!(
             "SELECT COALESCE(p.profile_id, \
                     CONCAT('unattributed:', COALESCE(e.user_id, e.anonymous_id))) AS profile_id, \
                     e.timestamp AS ts, {breakdown} AS breakdown{sep}{columns} \
-             FROM profile_identities p RIGHT JOIN events e \
+             FROM {identities} p RIGHT JOIN events e \
                ON p.id_type = CASE WHEN e.user_id IS NOT NULL THEN 'user_id' \
                                    WHEN e.anonymous_id IS NOT NULL THEN 'anonymous_id' \
                                    ELSE 'email' END \
-              AND p.id_value = COALESCE(e.user_id, e.anonymous_id, lower(trim(e.email))){segment_join} \
+              AND p.id_value = COALESCE(e.user_id, e.anonymous_id, lower(trim(e.email))) \
              WHERE {}",
             conditions.join(" AND "),
             sep = if columns.is_empty() { "" } else { ", " },

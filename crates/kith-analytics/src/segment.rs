@@ -313,7 +313,11 @@ mod tests {
                 .passes(found.as_ref())
         };
         assert!(passes("eq", json!("pro"), Some(json!("pro"))));
-        assert!(passes("eq", json!(2), Some(json!("2.0"))));
+        assert!(passes("eq", json!("2.0"), Some(json!(2))));
+        assert!(passes("eq", json!(2), Some(json!("2"))));
+        // Text is compared as text: codes with leading zeros stay apart.
+        assert!(!passes("eq", json!("123"), Some(json!("00123"))));
+        assert!(!passes("in", json!(["1000"]), Some(json!("1e3"))));
         assert!(passes("eq", json!(true), Some(json!(true))));
         assert!(!passes("eq", json!("pro"), None));
         assert!(passes("ne", json!("pro"), None));

@@ -79,9 +79,6 @@ pub fn bucket_label(start: &str, unit: &str, zone: Tz) -> String {
 impl TrendDefinition {
     pub async fn run(&self, data: &Data<'_>) -> Result<TrendReport, AnalyticsError> {
         let scope = self.scope.resolve()?;
-        // Events of profiles outside a segment are left out by the SQL (`attributed_events`).
-        let (data, _) = data.segment(&scope)?;
-        let data = &data;
         let unit = interval(&self.interval, "interval")?;
         let mut extra = Vec::new();
         if let Some(event) = &self.event {
@@ -121,7 +118,9 @@ impl TrendDefinition {
              FROM base GROUP BY 1, 2 ORDER BY 1, 2",
             bucket = scope.bucket_sql(unit, "ts"),
         );
+        // Events of profiles outside a segment are left out by the SQL (`attributed_events`).
         let points = data
+            .with_segment(&scope)?
             .rows(&sql)
             .await?
             .iter()

@@ -798,6 +798,44 @@ fn segments_and_profile_breakdowns_count_each_profile_by_its_traits_merges_inclu
         ])
     );
 
+    // Before the purchase, by plan: only the pro has one, led to by signing up.
+    let (status, before) = analyze(
+        "paths",
+        json!({"event": "Bought", "direction": "before", "depth": 1, "breakdown": "profile.traits.plan"}),
+    );
+    assert_eq!(status, 200, "{before}");
+    assert_eq!(
+        before["breakdowns"].as_array().unwrap().len(),
+        1,
+        "{before}"
+    );
+    assert_eq!(before["breakdowns"][0]["breakdown"], "pro");
+    assert_eq!(before["breakdowns"][0]["links"][0]["target"], "1:identify");
+
+    // A funnel by plan counts every profile under its plan, whichever step gives the value.
+    let (status, later_step) = analyze(
+        "funnel",
+        json!({"steps": steps, "window": "1h", "breakdown": "profile.traits.plan", "breakdown_step": 1}),
+    );
+    assert_eq!(status, 200, "{later_step}");
+    assert_eq!(reached(&later_step), reached(&by_plan));
+
+    // A model run scores every profile: it cannot be narrowed to a segment.
+    let admin = format!("Bearer {}", create_key(dir.path(), "admin", None));
+    let (status, error) = post_json(
+        &server.url("/v1/models/rfm/fit"),
+        &[("Authorization", &admin)],
+        &json!({"segment": [{"field": "profile.traits.plan", "value": "pro"}]}).to_string(),
+    );
+    assert_eq!(status, 400, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("`segment` cannot narrow a model run"),
+        "{error}"
+    );
+
     // Analyses that judge profiles break down by a field of the profile only.
     let (status, risk) = analyze(
         "risk",
@@ -860,7 +898,7 @@ fn segments_and_profile_breakdowns_count_each_profile_by_its_traits_merges_inclu
         (
             json!({"steps": steps, "breakdown": "profile.plan"}),
             "`breakdown`",
-            "profile.traits.plan",
+            "`profile.plan` is not a field of profiles",
         ),
         (
             json!({"steps": steps, "segment": [{"field": "profile.traits.plan", "op": "between", "value": 1}]}),

@@ -884,10 +884,9 @@ impl ProfileStore {
     /// Builds every profile's view in turn and hands it to `each`: what [`ProfileStore::all_views`]
     /// returns, without holding them all.
     pub fn for_each_view(&self, mut each: impl FnMut(ProfileView)) -> Result<(), ProfileError> {
-        let mut scores = self.model_traits.all().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "reading model traits failed");
-            Default::default()
-        });
+        // Unreadable model traits fail the visit: views without them would pass for profiles
+        // no model scored.
+        let mut scores = self.model_traits.all()?;
         let state = self.read();
         let now = chrono::Utc::now().timestamp_micros();
         let defs = &self.extractor().computed;

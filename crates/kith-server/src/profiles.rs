@@ -520,12 +520,16 @@ impl ProfileSource for ProfileViews<'_> {
                 })
                 .map_err(|e| e.to_string());
         }
+        let mut failed = None;
         self.0
             .for_each_view(|view| match serde_json::to_value(&view) {
                 Ok(profile) => visit(&view.profile_id, &profile),
-                Err(e) => tracing::error!(error = %e, profile = %view.profile_id, "a profile view did not serialize"),
+                Err(e) => {
+                    failed.get_or_insert_with(|| format!("profile {}: {e}", view.profile_id));
+                }
             })
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        failed.map_or(Ok(()), Err)
     }
 }
 
