@@ -46,6 +46,11 @@ impl ProfilePath {
         self.0.first().map_or("", String::as_str)
     }
 
+    /// The path's keys, the section first (`["traits", "plan"]`).
+    pub fn parts(&self) -> &[String] {
+        &self.0
+    }
+
     /// Reads `profile.SECTION.NAME…`; `at` names the definition's field for errors.
     pub fn parse(text: &str, at: &str) -> Result<ProfilePath, AnalyticsError> {
         let text = text.trim();
@@ -115,11 +120,11 @@ impl ProfileCondition {
 /// Where analyses read profiles from: every profile as `GET /v1/profiles/{id}` shows it
 /// (`profile_id`, `traits`, `computed_traits`, `model_traits`, `consent`…).
 pub trait ProfileSource: Send + Sync {
-    /// Visits every profile with its id. Only the top-level `sections` named are read (others
+    /// Visits every profile with its id. Only the `fields` are read (the rest of the profile
     /// may be missing): a source may skip the costly parts no condition looks at.
     fn for_each_profile(
         &self,
-        sections: &[&str],
+        fields: &[&ProfilePath],
         visit: &mut dyn FnMut(&str, &Value),
     ) -> Result<(), String>;
 }
@@ -163,16 +168,14 @@ impl Segment {
         let numbers: HashMap<&str, u32> = (0..index.profiles() as u32)
             .map(|number| (index.profile_id(number), number))
             .collect();
-        let mut sections: Vec<&str> = scope
+        let fields: Vec<&ProfilePath> = scope
             .segment
             .iter()
-            .map(|c| c.path.section())
-            .chain(scope.profile_breakdown.iter().map(ProfilePath::section))
+            .map(|c| &c.path)
+            .chain(scope.profile_breakdown.iter())
             .collect();
-        sections.sort_unstable();
-        sections.dedup();
         source
-            .for_each_profile(&sections, &mut |profile_id, profile| {
+            .for_each_profile(&fields, &mut |profile_id, profile| {
                 // A profile born after the identity index was built has no events in it yet.
                 let Some(&number) = numbers.get(profile_id) else {
                     return;
@@ -263,7 +266,7 @@ mod tests {
     impl ProfileSource for Profiles {
         fn for_each_profile(
             &self,
-            _sections: &[&str],
+            _fields: &[&ProfilePath],
             visit: &mut dyn FnMut(&str, &Value),
         ) -> Result<(), String> {
             for profile in &self.0 {

@@ -725,6 +725,17 @@ fn segments_and_profile_breakdowns_count_each_profile_by_its_traits_merges_inclu
     );
     assert_eq!(status, 200, "{pros}");
     assert_eq!(reached(&pros), HashMap::from([("all".into(), vec![1, 1])]));
+    // Computed traits too: only Ana has three events (her anonymous view included).
+    let (status, busiest) = analyze(
+        "funnel",
+        json!({"steps": steps, "window": "1h",
+               "segment": [{"field": "profile.computed_traits.event_count", "op": "gte", "value": 3}]}),
+    );
+    assert_eq!(status, 200, "{busiest}");
+    assert_eq!(
+        reached(&busiest),
+        HashMap::from([("all".into(), vec![1, 1])])
+    );
 
     let (status, by_plan) = analyze(
         "funnel",

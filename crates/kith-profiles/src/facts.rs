@@ -19,7 +19,8 @@ pub struct TraitValue {
 }
 
 impl TraitValue {
-    fn order(&self) -> (i64, &str) {
+    /// Which of two values of a trait wins: the later event, ties broken by message id.
+    pub(crate) fn order(&self) -> (i64, &str) {
         (self.time_micros, &self.message_id)
     }
 }
@@ -60,6 +61,10 @@ impl TraitMap {
 
     pub fn len(&self) -> usize {
         self.by_name.len()
+    }
+
+    pub fn clear(&mut self) {
+        self.by_name.clear();
     }
 
     pub fn is_empty(&self) -> bool {

@@ -923,6 +923,64 @@ impl ProfileStore {
         Ok(())
     }
 
+    /// Every profile's id and its values of the traits `names` (last write wins by event time,
+    /// as in its view), without building views: the stored facts are read in one sequential
+    /// pass keeping only those traits, rather than looked up identifier by identifier. What
+    /// judging a segment on traits needs.
+    pub fn for_each_traits(
+        &self,
+        names: &[String],
+        mut each: impl FnMut(&str, &TraitMap),
+    ) -> Result<(), ProfileError> {
+        let keep = |traits: &TraitMap| {
+            let mut kept = TraitMap::default();
+            for name in names {
+                if let Some(value) = traits.get(name) {
+                    kept.insert(name.clone(), value.clone());
+                }
+            }
+            kept
+        };
+        let state = self.read();
+        // The asked-for traits of the identifiers memory does not hold (memory is newer).
+        let mut stored: hashbrown::HashMap<Identifier, TraitMap> = hashbrown::HashMap::new();
+        {
+            let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+            persist::for_each_facts(&reader, |identifier, facts| {
+                if !state.facts.contains(&identifier) {
+                    let kept = keep(&facts.traits);
+                    if !kept.is_empty() {
+                        stored.insert(identifier, kept);
+                    }
+                }
+            })?;
+        }
+        let mut folded = TraitMap::default();
+        for profile in state.resolver.profiles() {
+            folded.clear();
+            for (identifier, _) in state.resolver.identifiers(profile) {
+                let traits = match state.facts.get(&identifier) {
+                    Some(facts) => &facts.traits,
+                    None => match stored.get(&identifier) {
+                        Some(traits) => traits,
+                        None => continue,
+                    },
+                };
+                for name in names {
+                    if let Some(value) = traits.get(name)
+                        && folded
+                            .get(name)
+                            .is_none_or(|held| held.order() < value.order())
+                    {
+                        folded.insert(name.clone(), value.clone());
+                    }
+                }
+            }
+            each(&state.resolver.profile_id(profile), &folded);
+        }
+        Ok(())
+    }
+
     /// Likely duplicates scoring at least `min_score`, best first (see [`find_duplicates`]),
     /// from the views one at a time.
     pub fn find_duplicates(&self, min_score: f64) -> Result<Vec<DuplicateCandidate>, ProfileError> {

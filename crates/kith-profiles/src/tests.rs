@@ -411,6 +411,40 @@ fn facts_evicted_from_memory_are_read_back_for_lookups_later_events_and_all_view
         );
     }
     assert_eq!(views_by_id(&reopened), views_by_id(&unbounded));
+
+    // The traits alone, read in one pass without views, are the views' traits: whether the
+    // facts are in memory, only on disk (evicted, or not yet read after the restart) or both.
+    let names: Vec<String> = ["plan", "name", "email", "never_set"]
+        .map(String::from)
+        .to_vec();
+    for store in [&reopened, &unbounded] {
+        let mut from_views: Vec<(String, Vec<(String, String)>)> = views_by_id(store)
+            .into_iter()
+            .map(|view| {
+                let traits = view
+                    .traits
+                    .iter()
+                    .filter(|(name, _)| names.contains(name))
+                    .map(|(name, value)| (name.clone(), value.to_string()))
+                    .collect();
+                (view.profile_id, traits)
+            })
+            .collect();
+        let mut alone = Vec::new();
+        store
+            .for_each_traits(&names, |profile_id, traits| {
+                let traits = traits
+                    .iter()
+                    .map(|(name, value)| (name.clone(), value.json.clone()))
+                    .collect();
+                alone.push((profile_id.to_string(), traits));
+            })
+            .unwrap();
+        alone.sort();
+        from_views.sort();
+        assert_eq!(alone, from_views);
+        assert!(alone.iter().any(|(_, traits)| traits.len() == 3), "{alone:?}");
+    }
 }
 
 #[test]

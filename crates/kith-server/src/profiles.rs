@@ -11,6 +11,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use kith_analytics::identities::IdentityIndex;
+use kith_analytics::segment::ProfilePath;
 use kith_analytics::{Data, ProfileSource};
 use kith_identity::Lookup;
 use kith_lake::{ExtraTable, TimelineQuery, output};
@@ -503,19 +504,49 @@ pub struct ProfileViews<'a>(pub &'a ProfileStore);
 impl ProfileSource for ProfileViews<'_> {
     fn for_each_profile(
         &self,
-        sections: &[&str],
+        fields: &[&ProfilePath],
         visit: &mut dyn FnMut(&str, &Value),
     ) -> Result<(), String> {
-        // Model traits alone need no view: building views reads every profile's stored facts,
-        // which costs far more at hundreds of thousands of profiles (bench/README.md).
-        if sections
-            .iter()
-            .all(|s| matches!(*s, "model_traits" | "profile_id"))
-        {
+        // Segments on model traits and traits need no views: building views reads every
+        // profile's stored facts one identifier at a time, several times slower at hundreds of
+        // thousands of profiles (bench/README.md).
+        let in_sections =
+            |sections: &[&str]| fields.iter().all(|f| sections.contains(&f.section()));
+        if in_sections(&["model_traits", "profile_id"]) {
             return self
                 .0
                 .for_each_model_traits(|profile_id, traits| {
                     let profile = json!({"profile_id": profile_id, "model_traits": traits});
+                    visit(profile_id, &profile);
+                })
+                .map_err(|e| e.to_string());
+        }
+        if in_sections(&["traits", "model_traits", "profile_id"]) {
+            let mut names: Vec<String> = fields
+                .iter()
+                .filter(|f| f.section() == "traits")
+                .filter_map(|f| f.parts().get(1).cloned())
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            let mut scores = if fields.iter().any(|f| f.section() == "model_traits") {
+                self.0.model_traits().all().map_err(|e| e.to_string())?
+            } else {
+                Default::default()
+            };
+            return self
+                .0
+                .for_each_traits(&names, |profile_id, traits| {
+                    let traits: Map<String, Value> = traits
+                        .iter()
+                        .map(|(name, value)| {
+                            let value = serde_json::from_str(&value.json).unwrap_or(Value::Null);
+                            (name.clone(), value)
+                        })
+                        .collect();
+                    let model_traits = scores.remove(profile_id).unwrap_or_default();
+                    let profile = json!({"profile_id": profile_id, "traits": traits,
+                                         "model_traits": model_traits});
                     visit(profile_id, &profile);
                 })
                 .map_err(|e| e.to_string());
