@@ -443,7 +443,10 @@ fn facts_evicted_from_memory_are_read_back_for_lookups_later_events_and_all_view
         alone.sort();
         from_views.sort();
         assert_eq!(alone, from_views);
-        assert!(alone.iter().any(|(_, traits)| traits.len() == 3), "{alone:?}");
+        assert!(
+            alone.iter().any(|(_, traits)| traits.len() == 3),
+            "{alone:?}"
+        );
     }
 }
 
