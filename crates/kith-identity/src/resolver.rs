@@ -878,6 +878,26 @@ impl Resolver {
             .map(|(i, _)| i as ProfileRef)
     }
 
+    /// The live profiles among slots `slots` (numbers below [`Resolver::profile_slots`]), for
+    /// passes that visit profiles a range at a time.
+    pub fn profiles_in(
+        &self,
+        slots: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = ProfileRef> + '_ {
+        let end = slots.end.min(self.profiles.len());
+        let start = slots.start.min(end);
+        self.profiles[start..end]
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.alive)
+            .map(move |(i, _)| (start + i) as ProfileRef)
+    }
+
+    /// How many profile slots there are, live or free: every profile number is below it.
+    pub fn profile_slots(&self) -> usize {
+        self.profiles.len()
+    }
+
     pub fn profile_count(&self) -> usize {
         self.profiles.len() - self.free_profiles.len()
     }

@@ -516,3 +516,38 @@ fn external_identifier_types_seen_in_events_are_lookups_after_a_restart() {
     let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
     assert_eq!(find(&store, "hubspot_id:crm-1"), Some(before));
 }
+
+#[test]
+fn passes_a_range_of_profiles_at_a_time_visit_each_profile_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
+    // More than two ranges' worth of profiles (people sharing a device stay apart).
+    let people = 2 * super::VIEWS_PER_LOCK + 300;
+    let items: Vec<Value> = (0..people)
+        .map(|i| {
+            json!({"type": "identify", "userId": format!("u-{i}"), "anonymousId": format!("a-{}", i / 2),
+                   "traits": {"n": i}})
+        })
+        .collect();
+    apply(&store, 1, Value::Array(items));
+    let expected = store.profile_count();
+    assert!(expected > super::VIEWS_PER_LOCK * 2 - 200, "{expected}");
+    let mut ids: Vec<String> = store
+        .all_views()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.profile_id)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), expected);
+    let mut with_traits = Vec::new();
+    store
+        .for_each_traits(&["n".to_string()], |id, traits| {
+            assert!(traits.get("n").is_some(), "{id}");
+            with_traits.push(id.to_string());
+        })
+        .unwrap();
+    with_traits.sort();
+    assert_eq!(with_traits, ids);
+}
