@@ -48,6 +48,39 @@ fn import_events(dir: &Path, data: &Path, lines: &[Value]) {
 /// The RFM segments the demo's segment checks take.
 const SEGMENT: [&str; 2] = ["Champions", "Loyal"];
 
+/// Each listed RFM profile's purchases and their value.
+fn frequency_and_value(rfm: &Value) -> Vec<(u64, f64)> {
+    rfm["top_profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["frequency"].as_u64().unwrap(),
+                p["monetary"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A funnel report's profiles reaching each step, by breakdown value.
+fn reached_by_breakdown(report: &Value) -> HashMap<String, Vec<u64>> {
+    report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let counts = g["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["profiles"].as_u64().unwrap())
+                .collect();
+            (g["breakdown"].as_str().unwrap().to_string(), counts)
+        })
+        .collect()
+}
+
 /// Checks a cohort report against DuckDB's matrix; how many cells it compared.
 fn assert_same_cohorts(report: &Value, expected: &Value) -> usize {
     let expected = expected.as_object().unwrap();
@@ -211,28 +244,17 @@ fn analyses_of_the_demo_world_agree_with_duckdb_and_find_the_planted_friction() 
         json!({"steps": steps.iter().map(|s| json!({"event": s})).collect::<Vec<_>>(), "window": "1d",
                "breakdown": "profile.model_traits.rfm_segment"}),
     );
-    let groups: HashMap<String, Value> = by_segment["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| {
-            let reached: Vec<&Value> = g["steps"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| &s["profiles"])
-                .collect();
-            (g["breakdown"].as_str().unwrap().to_string(), json!(reached))
-        })
-        .collect();
-    let expected: HashMap<String, Value> = duck["funnel_by_segment"]
+    let expected: HashMap<String, Vec<u64>> = duck["funnel_by_segment"]
         .as_object()
         .unwrap()
         .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .map(|(k, v)| {
+            let counts = v.as_array().unwrap().iter().map(|n| n.as_u64().unwrap());
+            (k.clone(), counts.collect())
+        })
         .collect();
     assert!(expected.len() >= 8, "{expected:?}");
-    assert_eq!(groups, expected);
+    assert_eq!(reached_by_breakdown(&by_segment), expected);
     let in_segment =
         json!([{"field": "profile.model_traits.rfm_segment", "op": "in", "value": SEGMENT}]);
     let cohorts = analyze(
@@ -522,17 +544,7 @@ fn edge_cases_merges_window_boundaries_and_time_zones_are_counted_by_hand() {
         "rfm",
         json!({"from": "2024-03-01", "to": "2024-05-01", "timezone": ZONE, "as_of": "2024-05-01"}),
     );
-    let frequencies: Vec<(u64, f64)> = rfm["top_profiles"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["frequency"].as_u64().unwrap(),
-                p["monetary"].as_f64().unwrap(),
-            )
-        })
-        .collect();
+    let frequencies = frequency_and_value(&rfm);
     assert_eq!(frequencies, vec![(2, 150.0), (1, 10.0)]);
     // The same of a segment, from the CLI's flag: Ana's anonymous purchase is in her segment.
     let (ok, stdout, stderr) = kith(&[
@@ -550,17 +562,7 @@ fn edge_cases_merges_window_boundaries_and_time_zones_are_counted_by_hand() {
     ]);
     assert!(ok, "{stderr}");
     let pros: Value = serde_json::from_str(&stdout).unwrap();
-    let listed: Vec<(u64, f64)> = pros["top_profiles"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p["frequency"].as_u64().unwrap(),
-                p["monetary"].as_f64().unwrap(),
-            )
-        })
-        .collect();
+    let listed = frequency_and_value(&pros);
     assert_eq!(listed, vec![(2, 150.0)]);
     let (ok, _, stderr) = kith(&[
         "analyze",
@@ -701,30 +703,16 @@ fn segments_and_profile_breakdowns_count_each_profile_by_its_traits_merges_inclu
         )
     };
     let steps = json!([{"event": "Viewed"}, {"event": "Bought"}]);
-    let reached = |report: &Value| -> HashMap<String, Vec<u64>> {
-        report["groups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|g| {
-                let counts = g["steps"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|s| s["profiles"].as_u64().unwrap())
-                    .collect();
-                (g["breakdown"].as_str().unwrap().to_string(), counts)
-            })
-            .collect()
-    };
-
     let (status, pros) = analyze(
         "funnel",
         json!({"steps": steps, "window": "1h",
                "segment": [{"field": "profile.traits.plan", "op": "eq", "value": "pro"}]}),
     );
     assert_eq!(status, 200, "{pros}");
-    assert_eq!(reached(&pros), HashMap::from([("all".into(), vec![1, 1])]));
+    assert_eq!(
+        reached_by_breakdown(&pros),
+        HashMap::from([("all".into(), vec![1, 1])])
+    );
     // Computed traits too: only Ana has three events (her anonymous view included).
     let (status, busiest) = analyze(
         "funnel",
@@ -733,7 +721,7 @@ fn segments_and_profile_breakdowns_count_each_profile_by_its_traits_merges_inclu
     );
     assert_eq!(status, 200, "{busiest}");
     assert_eq!(
-        reached(&busiest),
+        reached_by_breakdown(&busiest),
         HashMap::from([("all".into(), vec![1, 1])])
     );
 
@@ -743,7 +731,7 @@ fn segments_and_profile_breakdowns_count_each_profile_by_its_traits_merges_inclu
     );
     assert_eq!(status, 200, "{by_plan}");
     assert_eq!(
-        reached(&by_plan),
+        reached_by_breakdown(&by_plan),
         HashMap::from([
             ("pro".into(), vec![1, 1]),
             ("free".into(), vec![1, 0]),
@@ -829,7 +817,10 @@ fn segments_and_profile_breakdowns_count_each_profile_by_its_traits_merges_inclu
         json!({"steps": steps, "window": "1h", "breakdown": "profile.traits.plan", "breakdown_step": 1}),
     );
     assert_eq!(status, 200, "{later_step}");
-    assert_eq!(reached(&later_step), reached(&by_plan));
+    assert_eq!(
+        reached_by_breakdown(&later_step),
+        reached_by_breakdown(&by_plan)
+    );
 
     // A model run scores every profile: it cannot be narrowed to a segment.
     let admin = format!("Bearer {}", create_key(dir.path(), "admin", None));

@@ -19,8 +19,17 @@ pub struct TraitValue {
 }
 
 impl TraitValue {
-    /// Which of two values of a trait wins: the later event, ties broken by message id.
-    pub(crate) fn order(&self) -> (i64, &str) {
+    /// The value as JSON (`null` if its text is not JSON, which Kith never stores).
+    pub fn parsed(&self) -> serde_json::Value {
+        serde_json::from_str(&self.json).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Whether this value replaces `held`: the later event wins, ties broken by message id.
+    pub(crate) fn supersedes(&self, held: Option<&TraitValue>) -> bool {
+        held.is_none_or(|held| held.order() < self.order())
+    }
+
+    fn order(&self) -> (i64, &str) {
         (self.time_micros, &self.message_id)
     }
 }
@@ -61,6 +70,13 @@ impl TraitMap {
 
     pub fn len(&self) -> usize {
         self.by_name.len()
+    }
+
+    /// Sets `name` to `value` unless the value held is later (last write wins by event time).
+    pub fn keep_latest(&mut self, name: &str, value: &TraitValue) {
+        if value.supersedes(self.get(name)) {
+            self.insert(name.to_string(), value.clone());
+        }
     }
 
     pub fn clear(&mut self) {
@@ -160,17 +176,13 @@ impl IdentifierFacts {
                 name: name.clone(),
                 value: candidate.clone(),
             });
-            if current.is_none_or(|c| c.order() < candidate.order()) {
+            if candidate.supersedes(current) {
                 self.traits.insert(name.clone(), candidate);
             }
         }
         if let Some(consent) = &facts.consent {
             let candidate = setter(consent);
-            if self
-                .consent
-                .as_ref()
-                .is_none_or(|c| c.order() < candidate.order())
-            {
+            if candidate.supersedes(self.consent.as_ref()) {
                 self.consent = Some(candidate);
             }
         }
@@ -192,19 +204,12 @@ impl ProfileFacts {
         let mut out = ProfileFacts::default();
         for facts in all {
             for (name, value) in facts.traits.iter() {
-                if out
-                    .traits
-                    .get(name)
-                    .is_none_or(|v| v.order() < value.order())
-                {
+                if value.supersedes(out.traits.get(name)) {
                     out.traits.insert(name.clone(), value.clone());
                 }
             }
             if let Some(consent) = &facts.consent
-                && out
-                    .consent
-                    .as_ref()
-                    .is_none_or(|c| c.order() < consent.order())
+                && consent.supersedes(out.consent.as_ref())
             {
                 out.consent = Some(consent.clone());
             }

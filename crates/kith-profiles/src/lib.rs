@@ -899,6 +899,28 @@ impl ProfileStore {
         let mut scores = self.model_traits.all()?;
         let now = chrono::Utc::now().timestamp_micros();
         let defs = self.extractor().computed.clone();
+        self.for_each_profile_by_range(|state, profile| {
+            let identifiers = state.resolver.identifiers(profile);
+            // Facts memory does not hold are read per profile: reading them all first held
+            // every stored fact at once (gigabytes at hundreds of thousands of profiles).
+            let facts = self.facts_of(state, &identifiers)?;
+            let folded = ProfileFacts::fold(facts.iter().map(|f| f.as_ref()));
+            let mut view = ProfileView::build(&state.resolver, profile, folded, &defs, now);
+            if let Some(traits) = scores.remove(&view.profile_id) {
+                view.model_traits = traits;
+            }
+            each(view);
+            Ok(())
+        })
+    }
+
+    /// Visits every live profile, taking the store's lock for [`VIEWS_PER_LOCK`] profiles at a
+    /// time and letting it go in between (see [`ProfileStore::for_each_view`] for why and what
+    /// a pass sees of changes made meanwhile).
+    fn for_each_profile_by_range(
+        &self,
+        mut visit: impl FnMut(&State, ProfileRef) -> Result<(), ProfileError>,
+    ) -> Result<(), ProfileError> {
         let mut start = 0;
         loop {
             let state = self.read();
@@ -907,16 +929,7 @@ impl ProfileStore {
             }
             let end = start + VIEWS_PER_LOCK;
             for profile in state.resolver.profiles_in(start..end) {
-                let identifiers = state.resolver.identifiers(profile);
-                // Facts memory does not hold are read per profile: reading them all first held
-                // every stored fact at once (gigabytes at hundreds of thousands of profiles).
-                let facts = self.facts_of(&state, &identifiers)?;
-                let folded = ProfileFacts::fold(facts.iter().map(|f| f.as_ref()));
-                let mut view = ProfileView::build(&state.resolver, profile, folded, &defs, now);
-                if let Some(traits) = scores.remove(&view.profile_id) {
-                    view.model_traits = traits;
-                }
-                each(view);
+                visit(&state, profile)?;
             }
             drop(state);
             start = end;
@@ -932,13 +945,12 @@ impl ProfileStore {
         mut each: impl FnMut(&str, BTreeMap<String, Value>),
     ) -> Result<(), ProfileError> {
         let mut scores = self.model_traits.all()?;
-        let state = self.read();
-        for profile in state.resolver.profiles() {
+        self.for_each_profile_by_range(|state, profile| {
             let profile_id = state.resolver.profile_id(profile);
             let traits = scores.remove(&profile_id).unwrap_or_default();
             each(&profile_id, traits);
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Every profile's id and its values of the traits `names` (last write wins by event time,
@@ -970,38 +982,25 @@ impl ProfileStore {
             })?;
         }
         let mut folded = TraitMap::default();
-        let mut start = 0;
-        loop {
-            let state = self.read();
-            if start >= state.resolver.profile_slots() {
-                return Ok(());
-            }
-            let end = start + VIEWS_PER_LOCK;
-            for profile in state.resolver.profiles_in(start..end) {
-                folded.clear();
-                for (identifier, _) in state.resolver.identifiers(profile) {
-                    let traits = match state.facts.get(&identifier) {
-                        Some(facts) => &facts.traits,
-                        None => match stored.get(&identifier) {
-                            Some(traits) => traits,
-                            None => continue,
-                        },
-                    };
-                    for name in names {
-                        if let Some(value) = traits.get(name)
-                            && folded
-                                .get(name)
-                                .is_none_or(|held| held.order() < value.order())
-                        {
-                            folded.insert(name.clone(), value.clone());
-                        }
+        self.for_each_profile_by_range(|state, profile| {
+            folded.clear();
+            for (identifier, _) in state.resolver.identifiers(profile) {
+                let traits = match state.facts.get(&identifier) {
+                    Some(facts) => &facts.traits,
+                    None => match stored.get(&identifier) {
+                        Some(traits) => traits,
+                        None => continue,
+                    },
+                };
+                for name in names {
+                    if let Some(value) = traits.get(name) {
+                        folded.keep_latest(name, value);
                     }
                 }
-                each(&state.resolver.profile_id(profile), &folded);
             }
-            drop(state);
-            start = end;
-        }
+            each(&state.resolver.profile_id(profile), &folded);
+            Ok(())
+        })
     }
 
     /// Likely duplicates scoring at least `min_score`, best first (see [`find_duplicates`]),

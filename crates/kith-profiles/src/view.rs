@@ -116,10 +116,7 @@ impl ProfileView {
         let traits = facts
             .traits
             .iter()
-            .map(|(name, value)| {
-                let json = serde_json::from_str(&value.json).unwrap_or(Value::Null);
-                (name.clone(), json)
-            })
+            .map(|(name, value)| (name.clone(), value.parsed()))
             .collect();
         let consent = facts.consent.as_ref().map(|c| ConsentView {
             preferences: serde_json::from_str(&c.json).unwrap_or(Value::Null),

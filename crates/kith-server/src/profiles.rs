@@ -539,10 +539,7 @@ impl ProfileSource for ProfileViews<'_> {
                 .for_each_traits(&names, |profile_id, traits| {
                     let traits: Map<String, Value> = traits
                         .iter()
-                        .map(|(name, value)| {
-                            let value = serde_json::from_str(&value.json).unwrap_or(Value::Null);
-                            (name.clone(), value)
-                        })
+                        .map(|(name, value)| (name.clone(), value.parsed()))
                         .collect();
                     let model_traits = scores.remove(profile_id).unwrap_or_default();
                     let profile = json!({"profile_id": profile_id, "traits": traits,

@@ -386,6 +386,20 @@ fn cell(value: &Value) -> String {
     }
 }
 
+/// The rows of `items` of each group (`{breakdown, ITEMS: [...]}`), each led by its group's
+/// breakdown value, with the cells `keys` name.
+fn rows_by_breakdown(groups: &[Value], items: &str, keys: &[&str]) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for group in groups {
+        for item in group[items].as_array().into_iter().flatten() {
+            let mut row = vec![cell(&group["breakdown"])];
+            row.extend(keys.iter().map(|k| cell(&item[*k])));
+            rows.push(row);
+        }
+    }
+    rows
+}
+
 /// The report's main table: RFM segments, the cohort matrix, funnel steps, path links, trend
 /// points.
 fn tabulate(kind: &str, report: &Value) -> (Vec<String>, Vec<Vec<String>>) {
@@ -447,23 +461,7 @@ fn tabulate(kind: &str, report: &Value) -> (Vec<String>, Vec<Vec<String>>) {
             ];
             let mut headers = names(&["breakdown"]);
             headers.extend(names(&keys));
-            let rows = list("groups")
-                .iter()
-                .flat_map(|g| {
-                    let breakdown = cell(&g["breakdown"]);
-                    g["steps"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(move |s| {
-                            let mut row = vec![breakdown.clone()];
-                            row.extend(keys.iter().map(|k| cell(&s[*k])));
-                            row
-                        })
-                })
-                .collect();
-            (headers, rows)
+            (headers, rows_by_breakdown(&list("groups"), "steps", &keys))
         }
         "preferences" => {
             let rows = list("top_profiles")
@@ -511,23 +509,7 @@ fn tabulate(kind: &str, report: &Value) -> (Vec<String>, Vec<Vec<String>>) {
             // With a breakdown, each value's links under it.
             let mut headers = names(&["breakdown"]);
             headers.extend(names(&keys));
-            let rows = groups
-                .iter()
-                .flat_map(|g| {
-                    let breakdown = cell(&g["breakdown"]);
-                    g["links"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(move |l| {
-                            let mut row = vec![breakdown.clone()];
-                            row.extend(pick(&l, &keys));
-                            row
-                        })
-                })
-                .collect();
-            (headers, rows)
+            (headers, rows_by_breakdown(&groups, "links", &keys))
         }
         _ => {
             let keys = ["bucket", "breakdown", "value"];
