@@ -53,12 +53,27 @@ impl TraitMap {
 
     /// Sets `name`, replacing its value if it has one.
     pub fn insert(&mut self, name: String, value: TraitValue) {
-        match self.position(&name) {
+        let position = self.position(&name);
+        self.put_at(position, value, || name);
+    }
+
+    /// Like [`TraitMap::insert`], copying the name only when it is new to the map.
+    pub fn set(&mut self, name: &str, value: TraitValue) {
+        self.put_at(self.position(name), value, || name.to_string());
+    }
+
+    fn put_at(
+        &mut self,
+        position: Result<usize, usize>,
+        value: TraitValue,
+        name: impl FnOnce() -> String,
+    ) {
+        match position {
             Ok(i) => self.by_name[i].1 = value,
             Err(i) => {
                 // One more slot, not a doubling: these maps live long and rarely grow.
                 self.by_name.reserve_exact(1);
-                self.by_name.insert(i, (name, value));
+                self.by_name.insert(i, (name(), value));
             }
         }
     }
@@ -75,7 +90,7 @@ impl TraitMap {
     /// Sets `name` to `value` unless the value held is later (last write wins by event time).
     pub fn keep_latest(&mut self, name: &str, value: &TraitValue) {
         if value.supersedes(self.get(name)) {
-            self.insert(name.to_string(), value.clone());
+            self.set(name, value.clone());
         }
     }
 
@@ -165,26 +180,31 @@ impl IdentifierFacts {
             time_micros: time,
             message_id: facts.key.message_id.clone(),
         };
+        let order = (time, facts.key.message_id.as_str());
         let mut changes = Vec::new();
         for (name, json) in &facts.traits {
-            let candidate = setter(json);
             let current = self.traits.get(name);
-            if current.is_some_and(|c| c.json == candidate.json && c.order() <= candidate.order()) {
+            // Most identify calls repeat the values already held: decide before building
+            // anything, so a repeat costs no allocation on the unify thread.
+            if current.is_some_and(|c| c.json == *json && c.order() <= order) {
                 continue;
+            }
+            let candidate = setter(json);
+            if candidate.supersedes(current) {
+                self.traits.set(name, candidate.clone());
             }
             changes.push(TraitChange {
                 name: name.clone(),
-                value: candidate.clone(),
+                value: candidate,
             });
-            if candidate.supersedes(current) {
-                self.traits.insert(name.clone(), candidate);
-            }
         }
-        if let Some(consent) = &facts.consent {
-            let candidate = setter(consent);
-            if candidate.supersedes(self.consent.as_ref()) {
-                self.consent = Some(candidate);
-            }
+        if let Some(consent) = &facts.consent
+            && self
+                .consent
+                .as_ref()
+                .is_none_or(|held| held.order() < order)
+        {
+            self.consent = Some(setter(consent));
         }
         changes
     }
@@ -318,5 +338,77 @@ mod tests {
         let profile = ProfileFacts::fold([&by_email, &by_user]);
         assert_eq!(profile.traits["plan"], value("\"pro\"", 3, "m3"));
         assert_eq!(profile.traits["city"], value("\"León\"", 5, "m5"));
+    }
+
+    fn event_setting(
+        traits: &[(&str, &str)],
+        consent: Option<&str>,
+        time: i64,
+        id: &str,
+    ) -> EventFacts {
+        EventFacts {
+            key: kith_identity::ObservationKey {
+                time_micros: time,
+                message_id: id.to_string(),
+            },
+            identifiers: Vec::new(),
+            explicit_merge: false,
+            primary_index: None,
+            traits: traits
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            consent: consent.map(str::to_string),
+            is_order: false,
+            revenue: None,
+            refused: Vec::new(),
+            computed: Vec::new(),
+            tally: None,
+        }
+    }
+
+    #[test]
+    fn absorbing_reports_changed_traits_and_keeps_the_latest_value_and_consent() {
+        let mut facts = IdentifierFacts::default();
+        let first = event_setting(
+            &[("plan", "\"free\""), ("city", "\"León\"")],
+            Some("{\"a\":true}"),
+            10,
+            "m10",
+        );
+        let changed: Vec<String> = facts
+            .absorb(&first, &[])
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(changed, ["plan", "city"]);
+
+        // The same values seen later change nothing; the first sighting stays.
+        let repeat = event_setting(
+            &[("plan", "\"free\""), ("city", "\"León\"")],
+            None,
+            20,
+            "m20",
+        );
+        assert!(facts.absorb(&repeat, &[]).is_empty());
+        assert_eq!(
+            facts.traits.get("plan"),
+            Some(&value("\"free\"", 10, "m10"))
+        );
+
+        // A new value later replaces; an older value arriving late is reported but not kept.
+        let upgrade = event_setting(&[("plan", "\"pro\"")], Some("{\"a\":false}"), 30, "m30");
+        let changes = facts.absorb(&upgrade, &[]);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].value, value("\"pro\"", 30, "m30"));
+        let late = event_setting(&[("plan", "\"basic\"")], Some("{\"a\":true}"), 5, "m5");
+        let changes = facts.absorb(&late, &[]);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].value, value("\"basic\"", 5, "m5"));
+        assert_eq!(facts.traits.get("plan"), Some(&value("\"pro\"", 30, "m30")));
+        assert_eq!(facts.consent, Some(value("{\"a\":false}", 30, "m30")));
+        assert_eq!(facts.stats.event_count, 4);
+        assert_eq!(facts.stats.first_seen_micros, Some(5));
+        assert_eq!(facts.stats.last_seen_micros, Some(30));
     }
 }

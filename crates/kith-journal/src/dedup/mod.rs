@@ -120,6 +120,7 @@ impl KeyIndex {
     }
 
     /// Whether `key` was ever stored.
+    #[cfg(test)]
     pub(crate) fn contains(&self, key: u128) -> Result<bool, JournalError> {
         if self.live.contains(&key) {
             return Ok(true);
@@ -135,10 +136,20 @@ impl KeyIndex {
 
     /// Records `key` as stored; false (and nothing recorded) when it already was.
     pub(crate) fn insert(&mut self, key: u128) -> Result<bool, JournalError> {
-        if self.contains(key)? {
+        // One probe of the live set both asks and records (every event passes here, and the
+        // set is too big for the cache); a key found in a run afterwards is taken out again.
+        if !self.live.insert(key) {
             return Ok(false);
         }
-        self.live.insert(key);
+        for run in self.runs.iter().rev() {
+            match run.contains(key) {
+                Ok(false) => {}
+                found_or_failed => {
+                    self.live.remove(&key);
+                    return found_or_failed.map(|found| !found);
+                }
+            }
+        }
         Ok(true)
     }
 
