@@ -51,29 +51,14 @@ impl TraitMap {
         self.position(name).ok().map(|i| &self.by_name[i].1)
     }
 
-    /// Sets `name`, replacing its value if it has one.
-    pub fn insert(&mut self, name: String, value: TraitValue) {
-        let position = self.position(&name);
-        self.put_at(position, value, || name);
-    }
-
-    /// Like [`TraitMap::insert`], copying the name only when it is new to the map.
+    /// Sets `name`, replacing its value if it has one; the name is copied only when new.
     pub fn set(&mut self, name: &str, value: TraitValue) {
-        self.put_at(self.position(name), value, || name.to_string());
-    }
-
-    fn put_at(
-        &mut self,
-        position: Result<usize, usize>,
-        value: TraitValue,
-        name: impl FnOnce() -> String,
-    ) {
-        match position {
+        match self.position(name) {
             Ok(i) => self.by_name[i].1 = value,
             Err(i) => {
                 // One more slot, not a doubling: these maps live long and rarely grow.
                 self.by_name.reserve_exact(1);
-                self.by_name.insert(i, (name(), value));
+                self.by_name.insert(i, (name.to_string(), value));
             }
         }
     }
@@ -311,7 +296,7 @@ mod tests {
             ("name", "m3"),
             ("city", "m4"),
         ] {
-            map.insert(name.to_string(), value("1", 0, id));
+            map.set(name, value("1", 0, id));
         }
         assert_eq!(map.len(), 3);
         assert_eq!(map.by_name.capacity(), 3);
@@ -325,16 +310,10 @@ mod tests {
     #[test]
     fn a_profile_folds_each_trait_to_its_latest_value_across_identifiers() {
         let mut by_email = IdentifierFacts::default();
-        by_email
-            .traits
-            .insert("plan".into(), value("\"free\"", 1, "m1"));
-        by_email
-            .traits
-            .insert("city".into(), value("\"León\"", 5, "m5"));
+        by_email.traits.set("plan", value("\"free\"", 1, "m1"));
+        by_email.traits.set("city", value("\"León\"", 5, "m5"));
         let mut by_user = IdentifierFacts::default();
-        by_user
-            .traits
-            .insert("plan".into(), value("\"pro\"", 3, "m3"));
+        by_user.traits.set("plan", value("\"pro\"", 3, "m3"));
         let profile = ProfileFacts::fold([&by_email, &by_user]);
         assert_eq!(profile.traits["plan"], value("\"pro\"", 3, "m3"));
         assert_eq!(profile.traits["city"], value("\"León\"", 5, "m5"));

@@ -973,7 +973,7 @@ impl ProfileStore {
                 let mut kept = TraitMap::default();
                 for name in names {
                     if let Some(value) = facts.traits.get(name) {
-                        kept.insert(name.clone(), value.clone());
+                        kept.set(name, value.clone());
                     }
                 }
                 if !kept.is_empty() {
