@@ -1,7 +1,10 @@
 //! The journal: where an event becomes durable before Kith acknowledges it.
 //!
-//! One writer thread owns the files. Requests queue up while it fsyncs, and the next write takes
-//! every queued request at once (group commit), so one `fdatasync` pays for many requests.
+//! Two threads form a pipeline. The writer owns the files: it takes every queued request at once,
+//! deduplicates, encodes and `write`s them as one group. The sync thread makes the groups durable
+//! with one `fdatasync` for every group written since its last one (group commit), hands them to
+//! the sink and answers the requests, in order. The writer does not wait for the disk, so
+//! encoding the next group overlaps syncing the last.
 //! Deduplication lives here too, because the writer is the only place that sees every append in
 //! order: a `messageId` hash that was ever stored is refused, however late the retry.
 //!
@@ -14,8 +17,10 @@
 mod dedup;
 mod record;
 mod segment;
+mod syncer;
 mod writer;
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +31,7 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 
 pub use record::Record;
+pub use syncer::DurableEntries;
 
 #[derive(Debug, Error)]
 pub enum JournalError {
@@ -104,7 +110,7 @@ pub struct Durable<T> {
 
 /// Receives durable entries, in sequence order, before their appends are acknowledged:
 /// whatever the sink makes visible is durable, and every acknowledged entry is already visible.
-pub type Sink<T> = Box<dyn FnMut(Vec<Durable<T>>) + Send>;
+pub type Sink<T> = Box<dyn FnMut(DurableEntries<'_, T>) + Send>;
 
 pub type AppendResult = Result<Vec<Appended>, JournalError>;
 
@@ -137,6 +143,15 @@ impl<T: Send + 'static> Journal<T> {
     /// Opens (or creates) the journal in `dir`, repairing a torn tail left by a crash, and starts
     /// the writer thread.
     pub fn open(dir: &Path, options: JournalOptions, sink: Sink<T>) -> Result<Self, JournalError> {
+        Self::open_syncing_with(dir, options, sink, Box::new(File::sync_data))
+    }
+
+    fn open_syncing_with(
+        dir: &Path,
+        options: JournalOptions,
+        sink: Sink<T>,
+        sync_data: syncer::SyncData,
+    ) -> Result<Self, JournalError> {
         std::fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
         let recovered = segment::recover(dir)?;
         let last_seq_at_open = recovered.last_seq;
@@ -148,6 +163,7 @@ impl<T: Send + 'static> Journal<T> {
             options,
             recovered,
             sink,
+            sync_data,
             queued_bytes.clone(),
         )?;
         let writer = std::thread::Builder::new()
@@ -194,7 +210,7 @@ impl<T: Send + 'static> Journal<T> {
         receiver
     }
 
-    /// Runs `then` on the writer thread once every append queued before this call is written and
+    /// Runs `then` on the journal's sync thread once every append queued before this call is written and
     /// handed to the sink, and before any append queued after it is; `then` gets the last seq
     /// written. Whatever `then` passes on is thereby ordered between the two sets of appends.
     pub fn barrier(&self, then: Box<dyn FnOnce(u64) + Send>) -> Result<(), JournalError> {

@@ -18,7 +18,7 @@ fn open(dir: &Path, options: JournalOptions) -> (Journal<String>, Seen) {
     let journal = Journal::open(
         dir,
         options,
-        Box::new(move |items: Vec<Durable<String>>| {
+        Box::new(move |items: DurableEntries<String>| {
             // The sink gets each entry's own payload back (every test payload is its item's text).
             sink_seen.lock().unwrap().extend(items.into_iter().map(|d| {
                 let item = if d.payload == d.item.as_bytes() {
@@ -214,13 +214,13 @@ fn retired_segments_keep_deduplicating_and_sequence_numbers_keep_rising() {
 #[test]
 fn a_full_queue_answers_overloaded_at_once_and_accepts_again_once_it_drains() {
     let dir = tempfile::tempdir().unwrap();
-    // The sink holds the writer until the test lets it go, so later appends stay queued.
-    let (entered, writer_busy) = std::sync::mpsc::channel::<()>();
+    // The sink holds the sync thread until the test lets it go, so appends stay unanswered.
+    let (entered, sync_busy) = std::sync::mpsc::channel::<()>();
     let (release, gate) = std::sync::mpsc::channel::<()>();
     let journal: Journal<String> = Journal::open(
         dir.path(),
         JournalOptions {
-            queue_bytes: 10,
+            queue_bytes: 20,
             ..JournalOptions::default()
         },
         Box::new(move |_| {
@@ -229,12 +229,12 @@ fn a_full_queue_answers_overloaded_at_once_and_accepts_again_once_it_drains() {
         }),
     )
     .unwrap();
-    // Larger than the whole budget, but the queue is empty: one big append always gets in.
+    // 12 of the 20 bytes: written, synced, and held in the sink, so still counted.
     let first = journal.append(vec![entry(1, "twelve bytes")]);
-    writer_busy.recv().unwrap();
-    // The writer is stuck in the sink: this one waits in the queue...
+    sync_busy.recv().unwrap();
+    // This one fits beside it and waits...
     let second = journal.append(vec![entry(2, "eight by")]);
-    // ...and this one would take the queue past its 10 bytes.
+    // ...and this one would take the queue past its 20 bytes.
     let refused = journal
         .append(vec![entry(3, "five!")])
         .blocking_recv()
@@ -257,6 +257,24 @@ fn a_full_queue_answers_overloaded_at_once_and_accepts_again_once_it_drains() {
         .blocking_recv()
         .unwrap();
     assert_eq!(retried.unwrap(), [Appended::Stored { seq: 3 }]);
+}
+
+#[test]
+fn one_append_larger_than_the_queue_gets_in_when_nothing_else_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, seen) = open(
+        dir.path(),
+        JournalOptions {
+            queue_bytes: 4,
+            ..JournalOptions::default()
+        },
+    );
+    let outcome = journal
+        .append(vec![entry(1, "far more than four bytes")])
+        .blocking_recv()
+        .unwrap();
+    assert_eq!(outcome.unwrap(), [Appended::Stored { seq: 1 }]);
+    assert_eq!(seen.lock().unwrap().len(), 1);
 }
 
 #[test]
@@ -323,4 +341,72 @@ fn a_barrier_runs_after_everything_queued_before_it_and_before_anything_after() 
     );
     // The barrier saw all 50 earlier entries in the sink, and the later one not yet.
     assert_eq!(*at_barrier.lock().unwrap(), Some((50, 50)));
+}
+
+#[test]
+fn after_a_failed_sync_nothing_more_is_acknowledged_and_a_restart_recovers_what_is_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // The first sync succeeds; every later one fails, as after a disk error.
+        let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let failing_sync: syncer::SyncData = Box::new(move |file: &std::fs::File| {
+            if syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                file.sync_data()
+            } else {
+                Err(std::io::Error::other("injected EIO"))
+            }
+        });
+        let seen: Seen = Arc::default();
+        let sink_seen = seen.clone();
+        let journal: Journal<String> = Journal::open_syncing_with(
+            dir.path(),
+            JournalOptions::default(),
+            Box::new(move |items: DurableEntries<String>| {
+                sink_seen
+                    .lock()
+                    .unwrap()
+                    .extend(items.into_iter().map(|d| (d.seq, d.item)))
+            }),
+            failing_sync,
+        )
+        .unwrap();
+        let append = |key, text: &str| {
+            journal
+                .append(vec![entry(key, text)])
+                .blocking_recv()
+                .unwrap()
+        };
+        assert_eq!(append(1, "a").unwrap(), [Appended::Stored { seq: 1 }]);
+        let failed = append(2, "b").unwrap_err();
+        assert!(failed.to_string().contains("injected EIO"), "{failed}");
+        // A retry must not be answered "duplicate": the first try was never made durable.
+        let retry = append(2, "b").unwrap_err();
+        assert!(retry.to_string().contains("restart the server"), "{retry}");
+        assert!(append(3, "c").is_err());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(1, "a".to_string())],
+            "the sink sees only what was synced"
+        );
+    }
+    // The failed record did reach the file here (only its sync was refused), so after a restart
+    // it is stored once: the client's retry is a duplicate, and new messages go on after it.
+    let (journal, seen) = open(dir.path(), JournalOptions::default());
+    let append = |key, text: &str| {
+        journal
+            .append(vec![entry(key, text)])
+            .blocking_recv()
+            .unwrap()
+    };
+    assert_eq!(append(2, "b").unwrap(), [Appended::Duplicate]);
+    assert_eq!(append(3, "c").unwrap(), [Appended::Stored { seq: 3 }]);
+    assert_eq!(*seen.lock().unwrap(), [(3, "c".to_string())]);
+    assert_eq!(
+        replayed(dir.path(), 0),
+        [
+            (1, "a".to_string()),
+            (2, "b".to_string()),
+            (3, "c".to_string())
+        ]
+    );
 }

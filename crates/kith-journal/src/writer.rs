@@ -1,11 +1,13 @@
-//! The writer thread: group commit, rotation, retirement.
+//! The writer thread: the first stage of the journal's pipeline (dedup, encoding, `write`),
+//! rotation and retirement. The sync thread ([`crate::syncer`]) makes what it writes durable.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -13,7 +15,8 @@ use tokio::sync::oneshot;
 use crate::dedup::{KeyIndex, SeqRange, sync_dir};
 use crate::record::{Decoded, decode, encode};
 use crate::segment::{Recovered, SegmentInfo, segment_path};
-use crate::{AppendResult, Appended, Command, Durable, Entry, JournalError, JournalOptions, Sink};
+use crate::syncer::{Handover, Shared, SyncData, Syncer, WrittenAppend, copy_error};
+use crate::{AppendResult, Appended, Command, Entry, JournalError, JournalOptions, Sink};
 
 pub(crate) struct WriterState<T> {
     dir: PathBuf,
@@ -21,12 +24,13 @@ pub(crate) struct WriterState<T> {
     /// Closed segments, oldest first; the active one is separate.
     closed: Vec<SegmentInfo>,
     active: SegmentInfo,
-    active_file: File,
+    /// Shared with the sync thread, which syncs it after each write.
+    active_file: Arc<File>,
     keys: KeyIndex,
     next_seq: u64,
-    sink: Sink<T>,
-    /// Shared with [`crate::Journal::append`]: payload bytes queued and not yet written.
-    queued_bytes: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+    to_syncer: Sender<Handover<T>>,
+    syncer: JoinHandle<()>,
 }
 
 impl<T: Send + 'static> WriterState<T> {
@@ -35,6 +39,7 @@ impl<T: Send + 'static> WriterState<T> {
         options: JournalOptions,
         recovered: Recovered,
         sink: Sink<T>,
+        sync_data: SyncData,
         queued_bytes: Arc<AtomicUsize>,
     ) -> Result<Self, JournalError> {
         let Recovered {
@@ -62,16 +67,31 @@ impl<T: Send + 'static> WriterState<T> {
             .append(true)
             .open(&active.path)
             .map_err(|e| JournalError::io(&active.path, e))?;
+        let shared = Arc::new(Shared {
+            queued_bytes,
+            failed: AtomicBool::new(false),
+        });
+        let (to_syncer, handovers) = mpsc::channel();
+        let syncer = Syncer {
+            sink,
+            sync_data,
+            shared: shared.clone(),
+        };
+        let syncer = std::thread::Builder::new()
+            .name("kith-journal-sync".into())
+            .spawn(move || syncer.run(handovers))
+            .map_err(|e| JournalError::io(&dir, e))?;
         Ok(WriterState {
             dir,
             options,
             closed: segments,
             active,
-            active_file,
+            active_file: Arc::new(active_file),
             keys,
             next_seq: last_seq + 1,
-            sink,
-            queued_bytes,
+            shared,
+            to_syncer,
+            syncer,
         })
     }
 
@@ -105,7 +125,14 @@ impl<T: Send + 'static> WriterState<T> {
                         self.commit_group(std::mem::take(&mut group), group_bytes, &mut buffer);
                         group_entries = 0;
                         group_bytes = 0;
-                        then(self.next_seq - 1);
+                        // Ordered behind the groups already handed over, so it runs once they
+                        // are in the sink.
+                        let last_seq = self.next_seq - 1;
+                        if let Err(mpsc::SendError(Handover::Barrier { then, last_seq })) =
+                            self.to_syncer.send(Handover::Barrier { then, last_seq })
+                        {
+                            then(last_seq);
+                        }
                     }
                 }
                 if group_entries < self.options.max_group_entries {
@@ -114,59 +141,75 @@ impl<T: Send + 'static> WriterState<T> {
             }
             self.commit_group(group, group_bytes, &mut buffer);
         }
+        // The sync thread answers what is handed over and ends when its channel closes.
+        drop(self.to_syncer);
+        if self.syncer.join().is_err() {
+            tracing::error!("the journal's sync thread panicked");
+        }
         let _ = self.active_file.sync_all();
         if let Err(err) = self.keys.finish_merges() {
             tracing::warn!(error = %err, "a dedup merge did not finish; it is redone at the next start");
         }
     }
 
+    /// Deduplicates, encodes and writes one group, then hands it to the sync thread, which
+    /// answers it once it is durable. Whatever fails here is answered at once, and leaves
+    /// neither records in the file nor keys in the index.
     fn commit_group(
         &mut self,
         group: Vec<(Vec<Entry<T>>, oneshot::Sender<AppendResult>)>,
         group_bytes: usize,
         buffer: &mut Vec<u8>,
     ) {
-        // Off the queue now: whoever is told the outcome may append again at once.
-        self.queued_bytes.fetch_sub(group_bytes, Ordering::AcqRel);
         if group.is_empty() {
             return;
         }
+        if self.shared.failed.load(Ordering::Acquire) {
+            let err = self.shared.failed_error(&self.active.path);
+            return self.refuse(group, group_bytes, &err);
+        }
         if let Err(err) = self.rotate_if_full() {
             tracing::error!(error = %err, "journal rotation failed");
-            for (_, reply) in group {
-                let _ = reply.send(Err(JournalError::io(&self.active.path, io_copy(&err))));
-            }
-            return;
+            let err = JournalError::io(&self.active.path, err);
+            return self.refuse(group, group_bytes, &err);
         }
         buffer.clear();
-        let mut outcomes = Vec::with_capacity(group.len());
         let group_entries: usize = group.iter().map(|(entries, _)| entries.len()).sum();
         let mut new_keys = Vec::with_capacity(group_entries);
+        let mut appends = Vec::with_capacity(group.len());
         let mut seq = self.next_seq;
         let mut lookup_failed = None;
-        'entries: for (entries, _) in &group {
-            let mut results = Vec::with_capacity(entries.len());
-            for entry in entries {
+        'appends: for (entries, reply) in group {
+            let mut outcomes = Vec::with_capacity(entries.len());
+            for entry in &entries {
                 if let Some(key) = entry.dedup_key {
-                    // Inserted now so later entries of the same group see it; taken out
-                    // again below if the write fails.
+                    // Inserted now so later entries see it; taken out again if the write fails.
                     match self.keys.insert(key) {
                         Ok(true) => new_keys.push(key),
                         Ok(false) => {
-                            results.push(Appended::Duplicate);
+                            outcomes.push(Appended::Duplicate);
                             continue;
                         }
                         Err(err) => {
                             lookup_failed = Some(err);
-                            break 'entries;
+                            appends.push(WrittenAppend {
+                                entries,
+                                outcomes,
+                                reply,
+                            });
+                            break 'appends;
                         }
                     }
                 }
                 encode(buffer, seq, entry.dedup_key, &entry.payload);
-                results.push(Appended::Stored { seq });
+                outcomes.push(Appended::Stored { seq });
                 seq += 1;
             }
-            outcomes.push(results);
+            appends.push(WrittenAppend {
+                entries,
+                outcomes,
+                reply,
+            });
         }
         if let Some(err) = lookup_failed {
             // Storing without knowing whether a message is a repeat could store it twice.
@@ -174,47 +217,33 @@ impl<T: Send + 'static> WriterState<T> {
             for key in &new_keys {
                 self.keys.forget(*key);
             }
-            let message = err.to_string();
-            for (_, reply) in group {
-                let _ = reply.send(Err(JournalError::io(
-                    &self.dir,
-                    std::io::Error::other(message.clone()),
-                )));
-            }
-            return;
+            let err = JournalError::io(&self.dir, std::io::Error::other(err.to_string()));
+            return self.refuse_written(appends, group_bytes, &err);
         }
-        let duplicates: usize = outcomes
+        let duplicates = appends
             .iter()
-            .flatten()
+            .flat_map(|a| &a.outcomes)
             .filter(|o| **o == Appended::Duplicate)
             .count();
         if duplicates > 0 {
             metrics::counter!("kith_events_deduplicated_total").increment(duplicates as u64);
         }
 
+        let written_at = Instant::now();
         if !buffer.is_empty() {
-            let started = Instant::now();
-            let written = self
-                .active_file
-                .write_all(buffer)
-                .and_then(|()| self.active_file.sync_data());
-            if let Err(err) = written {
+            if let Err(err) = (&*self.active_file).write_all(buffer) {
                 tracing::error!(error = %err, path = %self.active.path.display(), "journal write failed");
                 metrics::counter!("kith_journal_write_errors_total").increment(1);
                 // Cut off whatever part of the group reached the file: it was never acknowledged.
+                // Earlier groups end where `active.len` says and are still being synced.
                 let _ = self.active_file.set_len(self.active.len);
                 for key in &new_keys {
                     self.keys.forget(*key);
                 }
-                for (_, reply) in group {
-                    let _ = reply.send(Err(JournalError::io(&self.active.path, io_copy(&err))));
-                }
-                return;
+                let err = JournalError::io(&self.active.path, err);
+                return self.refuse_written(appends, group_bytes, &err);
             }
-            metrics::counter!("kith_journal_fsyncs_total").increment(1);
             metrics::counter!("kith_journal_bytes_written_total").increment(buffer.len() as u64);
-            metrics::histogram!("kith_journal_commit_seconds")
-                .record(started.elapsed().as_secs_f64());
             self.active.len += buffer.len() as u64;
             self.active.last_seq = seq - 1;
             self.next_seq = seq;
@@ -222,23 +251,47 @@ impl<T: Send + 'static> WriterState<T> {
                 segment_keys.extend_from_slice(&new_keys);
             }
         }
+        let handover = Handover::Written {
+            file: self.active_file.clone(),
+            path: self.active.path.clone(),
+            wrote_records: !buffer.is_empty(),
+            appends,
+            queued_bytes: group_bytes,
+            written_at,
+        };
+        if let Err(mpsc::SendError(Handover::Written { appends, .. })) =
+            self.to_syncer.send(handover)
+        {
+            // Only if the sync thread died (a panicking sink): nothing can be acknowledged.
+            self.refuse_written(appends, group_bytes, &JournalError::Stopped);
+        }
+    }
 
-        for ((entries, reply), results) in group.into_iter().zip(outcomes) {
-            let mut stored_items = Vec::with_capacity(entries.len());
-            for (entry, result) in entries.into_iter().zip(&results) {
-                if let Appended::Stored { seq } = result {
-                    stored_items.push(Durable {
-                        seq: *seq,
-                        payload: entry.payload,
-                        item: entry.item,
-                    });
-                }
-            }
-            // The sink must see an entry before its append is acknowledged.
-            if !stored_items.is_empty() {
-                (self.sink)(stored_items);
-            }
-            let _ = reply.send(Ok(results));
+    fn refuse(
+        &self,
+        group: Vec<(Vec<Entry<T>>, oneshot::Sender<AppendResult>)>,
+        group_bytes: usize,
+        err: &JournalError,
+    ) {
+        self.shared
+            .queued_bytes
+            .fetch_sub(group_bytes, Ordering::AcqRel);
+        for (_, reply) in group {
+            let _ = reply.send(Err(copy_error(err)));
+        }
+    }
+
+    fn refuse_written(
+        &self,
+        appends: Vec<WrittenAppend<T>>,
+        group_bytes: usize,
+        err: &JournalError,
+    ) {
+        self.shared
+            .queued_bytes
+            .fetch_sub(group_bytes, Ordering::AcqRel);
+        for append in appends {
+            let _ = append.reply.send(Err(copy_error(err)));
         }
     }
 
@@ -262,7 +315,7 @@ impl<T: Send + 'static> WriterState<T> {
         };
         let old = std::mem::replace(&mut self.active, new_active);
         self.closed.push(old);
-        self.active_file = file;
+        self.active_file = Arc::new(file);
         Ok(())
     }
 
@@ -317,8 +370,4 @@ fn keys_in_segment_file(path: &std::path::Path) -> Result<Vec<u128>, JournalErro
         offset += len;
     }
     Ok(keys)
-}
-
-fn io_copy(err: &std::io::Error) -> std::io::Error {
-    std::io::Error::new(err.kind(), err.to_string())
 }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kith_core::{Event, Stored};
-use kith_journal::{Appended, Durable, Entry, Journal, JournalError, JournalOptions};
+use kith_journal::{
+    Appended, Durable, DurableEntries, Entry, Journal, JournalError, JournalOptions,
+};
 use kith_lake::{Lake, LakeError};
 use kith_profiles::{
     ChangeTally, ComputedTraitDef, DeclareError, Extractor, ProfileSettings, ProfileStore,
@@ -112,7 +114,7 @@ impl Pipeline {
         let journal = Journal::open(
             &journal_dir(data_dir),
             journal_options,
-            Box::new(move |items: Vec<Durable<Ingested>>| {
+            Box::new(move |items: DurableEntries<Ingested>| {
                 let mut records = Vec::with_capacity(items.len());
                 let mut facts = Vec::with_capacity(items.len());
                 for Durable { seq, payload, item } in items {
