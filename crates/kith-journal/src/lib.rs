@@ -23,7 +23,7 @@ mod writer;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
 
@@ -133,7 +133,7 @@ enum Command<T> {
 /// The durable journal. Cheap to share behind an `Arc`.
 pub struct Journal<T: Send + 'static> {
     commands: Sender<Command<T>>,
-    queued_bytes: Arc<AtomicUsize>,
+    shared: Arc<syncer::Shared>,
     queue_limit: usize,
     writer: Option<JoinHandle<()>>,
     last_seq_at_open: u64,
@@ -156,7 +156,10 @@ impl<T: Send + 'static> Journal<T> {
         let recovered = segment::recover(dir)?;
         let last_seq_at_open = recovered.last_seq;
         let (commands, receiver) = mpsc::channel();
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(syncer::Shared {
+            queued_bytes: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
+        });
         let queue_limit = options.queue_bytes;
         let state = writer::WriterState::new(
             dir.to_path_buf(),
@@ -164,7 +167,7 @@ impl<T: Send + 'static> Journal<T> {
             recovered,
             sink,
             sync_data,
-            queued_bytes.clone(),
+            shared.clone(),
         )?;
         let writer = std::thread::Builder::new()
             .name("kith-journal".into())
@@ -172,11 +175,17 @@ impl<T: Send + 'static> Journal<T> {
             .map_err(|e| JournalError::io(dir, e))?;
         Ok(Journal {
             commands,
-            queued_bytes,
+            shared,
             queue_limit,
             writer: Some(writer),
             last_seq_at_open,
         })
+    }
+
+    /// Whether an `fdatasync` has failed: the journal then acknowledges nothing until it is
+    /// reopened (see [`syncer`]), and whoever runs it should restart it.
+    pub fn has_failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
     }
 
     /// The highest sequence number on disk when the journal was opened.
@@ -190,7 +199,8 @@ impl<T: Send + 'static> Journal<T> {
         let (reply, receiver) = oneshot::channel();
         let bytes: usize = entries.iter().map(|e| e.payload.len()).sum();
         let admitted =
-            self.queued_bytes
+            self.shared
+                .queued_bytes
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
                     (queued == 0 || queued + bytes <= self.queue_limit).then_some(queued + bytes)
                 });

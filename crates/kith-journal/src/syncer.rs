@@ -55,7 +55,7 @@ pub(crate) enum Handover<T> {
 /// State shared by the writer and the sync thread.
 pub(crate) struct Shared {
     /// Payload bytes queued or in flight and not yet answered (see [`crate::JournalOptions::queue_bytes`]).
-    pub queued_bytes: Arc<AtomicUsize>,
+    pub queued_bytes: AtomicUsize,
     /// Set once a sync has failed; from then on nothing is acknowledged.
     pub failed: AtomicBool,
 }

@@ -383,6 +383,10 @@ fn after_a_failed_sync_nothing_more_is_acknowledged_and_a_restart_recovers_what_
         let retry = append(2, "b").unwrap_err();
         assert!(retry.to_string().contains("restart the server"), "{retry}");
         assert!(append(3, "c").is_err());
+        assert!(
+            journal.has_failed(),
+            "the failure is visible to readiness checks"
+        );
         assert_eq!(
             *seen.lock().unwrap(),
             [(1, "a".to_string())],

@@ -5,7 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -40,7 +40,7 @@ impl<T: Send + 'static> WriterState<T> {
         recovered: Recovered,
         sink: Sink<T>,
         sync_data: SyncData,
-        queued_bytes: Arc<AtomicUsize>,
+        shared: Arc<Shared>,
     ) -> Result<Self, JournalError> {
         let Recovered {
             mut segments,
@@ -67,10 +67,6 @@ impl<T: Send + 'static> WriterState<T> {
             .append(true)
             .open(&active.path)
             .map_err(|e| JournalError::io(&active.path, e))?;
-        let shared = Arc::new(Shared {
-            queued_bytes,
-            failed: AtomicBool::new(false),
-        });
         let (to_syncer, handovers) = mpsc::channel();
         let syncer = Syncer {
             sink,

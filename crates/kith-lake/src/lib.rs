@@ -13,11 +13,14 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use kith_core::StoredView;
+use kith_core::{EventView, RejectionView, StoredView};
 use thiserror::Error;
 
 pub use query::{ExtraTable, QueryError, QueryLimits, QueryResult, TimelineQuery};
 pub use table::{EventTable, JOURNAL_APP_ID, TableView};
+
+/// Most rows one sealed Arrow batch holds (DataFusion's own batch size).
+const SEAL_BATCH_ROWS: usize = 8192;
 
 #[derive(Debug, Error)]
 pub enum LakeError {
@@ -133,13 +136,24 @@ impl Lake {
         // On replay after a restart, a table may already hold part of what the journal returns.
         let events_committed = self.events.committed_seq();
         let rejected_committed = self.rejected.committed_seq();
-        let mut events = Vec::with_capacity(rows);
+        // Decoded views are a few hundred bytes each: built and turned into Arrow a slice at a
+        // time, they stay in cache, where one vector for a whole seal (hundreds of thousands of
+        // records between flushes) would be fresh memory every time.
+        let mut events = Vec::with_capacity(rows.min(SEAL_BATCH_ROWS));
         let mut rejected = Vec::new();
         for (seq, bytes) in chunks.iter().flatten() {
             match StoredView::decode(bytes) {
-                Ok(StoredView::Event(e)) if *seq > events_committed => events.push((*seq, e)),
+                Ok(StoredView::Event(e)) if *seq > events_committed => {
+                    events.push((*seq, e));
+                    if events.len() == SEAL_BATCH_ROWS {
+                        self.seal_events(&mut events);
+                    }
+                }
                 Ok(StoredView::Rejected(r)) if *seq > rejected_committed => {
-                    rejected.push((*seq, r))
+                    rejected.push((*seq, r));
+                    if rejected.len() == SEAL_BATCH_ROWS {
+                        self.seal_rejected(&mut rejected);
+                    }
                 }
                 Ok(_) => {}
                 Err(err) => {
@@ -149,15 +163,24 @@ impl Lake {
                 }
             }
         }
-        if let Some((last, _)) = events.last() {
-            let last = *last;
-            self.events.push(last, schema::events_batch(&events));
-        }
-        if let Some((last, _)) = rejected.last() {
-            let last = *last;
-            self.rejected.push(last, schema::rejected_batch(&rejected));
-        }
+        self.seal_events(&mut events);
+        self.seal_rejected(&mut rejected);
         self.unsealed_rows.fetch_sub(rows, Ordering::SeqCst);
+    }
+
+    /// Moves decoded events into the events table's buffer as one Arrow batch.
+    fn seal_events(&self, events: &mut Vec<(u64, EventView<'_>)>) {
+        if let Some((last, _)) = events.last() {
+            self.events.push(*last, schema::events_batch(events));
+            events.clear();
+        }
+    }
+
+    fn seal_rejected(&self, rejected: &mut Vec<(u64, RejectionView<'_>)>) {
+        if let Some((last, _)) = rejected.last() {
+            self.rejected.push(*last, schema::rejected_batch(rejected));
+            rejected.clear();
+        }
     }
 
     /// Rows held in memory that Delta does not have yet: what ingestion must not let grow

@@ -301,6 +301,69 @@ async fn a_record_that_does_not_decode_is_left_out_and_its_neighbours_kept() {
     );
 }
 
+#[tokio::test]
+async fn a_large_seal_is_cut_into_batches_that_keep_every_record_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    // Two full batches and a few more; every 1,000th record is a rejection.
+    let total = 2 * SEAL_BATCH_ROWS as u64 + 1_500;
+    let records: Vec<_> = (1..=total)
+        .map(|seq| {
+            let stored = if seq % 1_000 == 0 {
+                Stored::Rejected(rejection(seq as usize))
+            } else {
+                Stored::Event(event(&format!("m{seq}"), "ana", 1.0))
+            };
+            (seq, stored.encode())
+        })
+        .collect();
+    lake.ingest(records);
+    lake.seal();
+
+    let rejections = total / 1_000;
+    let batches = lake.events.view().buffered;
+    let sizes: Vec<usize> = batches.iter().map(|b| b.num_rows()).collect();
+    assert_eq!(
+        sizes,
+        [
+            SEAL_BATCH_ROWS,
+            SEAL_BATCH_ROWS,
+            (total - rejections) as usize - 2 * SEAL_BATCH_ROWS
+        ]
+    );
+    let seqs: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| {
+            let column = b.column_by_name("ingest_seq").unwrap();
+            let seq = column
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap();
+            seq.values().to_vec()
+        })
+        .collect();
+    let expected: Vec<i64> = (1..=total as i64).filter(|s| s % 1_000 != 0).collect();
+    assert_eq!(seqs, expected, "every event once, in journal order");
+    assert_eq!(
+        lake.rejected
+            .view()
+            .buffered
+            .iter()
+            .map(|b| b.num_rows())
+            .sum::<usize>(),
+        rejections as usize
+    );
+    assert_eq!(lake.flush().await.unwrap(), total as usize);
+    assert_eq!(lake.durable_through(), total);
+    let counted = scalar(
+        &lake,
+        "SELECT count(*) AS n, count(DISTINCT message_id) AS d FROM events",
+    )
+    .await;
+    let n = total - rejections;
+    assert!(counted.contains(&format!("| {n} | {n} |")), "{counted}");
+}
+
 /// The Parquet files of the events table's current Delta snapshot.
 fn events_files(lake: &Lake) -> Vec<std::path::PathBuf> {
     lake.events

@@ -37,8 +37,15 @@ pub async fn healthz() -> Json<Value> {
 }
 
 /// Readiness: the journal has been replayed and the writer accepts appends.
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready")))]
-pub async fn readyz(State(app): State<Arc<AppState>>) -> Json<Value> {
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready"), (status = 503, description = "the journal failed to sync and acknowledges nothing until the server restarts")))]
+pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    if app.pipeline.journal.has_failed() {
+        return Err(ApiError::new(
+            ErrorCode::StorageUnavailable,
+            "an fdatasync of the journal failed, so no event is acknowledged any more; \
+             restart the server (it recovers from what is on disk) and check the disk",
+        ));
+    }
     app.pipeline.lake.seal();
     let buffered: usize = app
         .pipeline
@@ -47,11 +54,11 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Json<Value> {
         .iter()
         .map(|t| t.pending().0)
         .sum();
-    Json(json!({
+    Ok(Json(json!({
         "status": "ready",
         "buffered_rows": buffered,
         "durable_through_seq": app.pipeline.lake.durable_through(),
-    }))
+    })))
 }
 
 /// Prometheus metrics.
