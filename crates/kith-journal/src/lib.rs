@@ -60,6 +60,27 @@ impl JournalError {
             source,
         }
     }
+
+    /// The same error again, for each append one failure answers (`std::io::Error` is not
+    /// `Clone`).
+    pub(crate) fn copy(&self) -> JournalError {
+        match self {
+            JournalError::Io { path, source } => {
+                JournalError::io(path, std::io::Error::new(source.kind(), source.to_string()))
+            }
+            JournalError::Corrupt {
+                path,
+                offset,
+                reason,
+            } => JournalError::Corrupt {
+                path: path.clone(),
+                offset: *offset,
+                reason: reason.clone(),
+            },
+            JournalError::Overloaded => JournalError::Overloaded,
+            JournalError::Stopped => JournalError::Stopped,
+        }
+    }
 }
 
 /// Tuning for the journal.
@@ -220,9 +241,9 @@ impl<T: Send + 'static> Journal<T> {
         receiver
     }
 
-    /// Runs `then` on the journal's sync thread once every append queued before this call is written and
-    /// handed to the sink, and before any append queued after it is; `then` gets the last seq
-    /// written. Whatever `then` passes on is thereby ordered between the two sets of appends.
+    /// Runs `then` on the journal's sync thread once every append queued before this call is
+    /// written and handed to the sink, and before any append queued after it is; `then` gets the
+    /// last seq written. Whatever `then` passes on is thereby ordered between the two sets of appends.
     pub fn barrier(&self, then: Box<dyn FnOnce(u64) + Send>) -> Result<(), JournalError> {
         self.commands
             .send(Command::Barrier { then })

@@ -198,7 +198,7 @@ impl<T: Send + 'static> Syncer<T> {
         for append in pending.drain(..) {
             let answer = match synced {
                 Ok(()) => Ok(append.outcomes),
-                Err(err) => Err(copy_error(err)),
+                Err(err) => Err(err.copy()),
             };
             let _ = append.reply.send(answer);
         }
@@ -226,23 +226,3 @@ impl<T> Iterator for DurableEntries<'_, T> {
 }
 
 impl<T> ExactSizeIterator for DurableEntries<'_, T> {}
-
-/// A copy of an error for each append it answers (I/O errors are not `Clone`).
-pub(crate) fn copy_error(err: &JournalError) -> JournalError {
-    match err {
-        JournalError::Io { path, source } => {
-            JournalError::io(path, std::io::Error::new(source.kind(), source.to_string()))
-        }
-        JournalError::Corrupt {
-            path,
-            offset,
-            reason,
-        } => JournalError::Corrupt {
-            path: path.clone(),
-            offset: *offset,
-            reason: reason.clone(),
-        },
-        JournalError::Overloaded => JournalError::Overloaded,
-        JournalError::Stopped => JournalError::Stopped,
-    }
-}

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use crate::dedup::{KeyIndex, SeqRange, sync_dir};
 use crate::record::{Decoded, decode, encode};
 use crate::segment::{Recovered, SegmentInfo, segment_path};
-use crate::syncer::{Handover, Shared, SyncData, Syncer, WrittenAppend, copy_error};
+use crate::syncer::{Handover, Shared, SyncData, Syncer, WrittenAppend};
 use crate::{AppendResult, Appended, Command, Entry, JournalError, JournalOptions, Sink};
 
 pub(crate) struct WriterState<T> {
@@ -162,12 +162,12 @@ impl<T: Send + 'static> WriterState<T> {
         }
         if self.shared.failed.load(Ordering::Acquire) {
             let err = self.shared.failed_error(&self.active.path);
-            return self.refuse(group, group_bytes, &err);
+            return self.refuse(group.into_iter().map(|(_, reply)| reply), group_bytes, &err);
         }
         if let Err(err) = self.rotate_if_full() {
             tracing::error!(error = %err, "journal rotation failed");
             let err = JournalError::io(&self.active.path, err);
-            return self.refuse(group, group_bytes, &err);
+            return self.refuse(group.into_iter().map(|(_, reply)| reply), group_bytes, &err);
         }
         buffer.clear();
         let group_entries: usize = group.iter().map(|(entries, _)| entries.len()).sum();
@@ -214,7 +214,7 @@ impl<T: Send + 'static> WriterState<T> {
                 self.keys.forget(*key);
             }
             let err = JournalError::io(&self.dir, std::io::Error::other(err.to_string()));
-            return self.refuse_written(appends, group_bytes, &err);
+            return self.refuse(appends.into_iter().map(|a| a.reply), group_bytes, &err);
         }
         let duplicates = appends
             .iter()
@@ -237,7 +237,7 @@ impl<T: Send + 'static> WriterState<T> {
                     self.keys.forget(*key);
                 }
                 let err = JournalError::io(&self.active.path, err);
-                return self.refuse_written(appends, group_bytes, &err);
+                return self.refuse(appends.into_iter().map(|a| a.reply), group_bytes, &err);
             }
             metrics::counter!("kith_journal_bytes_written_total").increment(buffer.len() as u64);
             self.active.len += buffer.len() as u64;
@@ -259,35 +259,26 @@ impl<T: Send + 'static> WriterState<T> {
             self.to_syncer.send(handover)
         {
             // Only if the sync thread died (a panicking sink): nothing can be acknowledged.
-            self.refuse_written(appends, group_bytes, &JournalError::Stopped);
+            self.refuse(
+                appends.into_iter().map(|a| a.reply),
+                group_bytes,
+                &JournalError::Stopped,
+            );
         }
     }
 
+    /// Answers appends that will not be stored with `err`, and takes their bytes off the queue.
     fn refuse(
         &self,
-        group: Vec<(Vec<Entry<T>>, oneshot::Sender<AppendResult>)>,
+        replies: impl IntoIterator<Item = oneshot::Sender<AppendResult>>,
         group_bytes: usize,
         err: &JournalError,
     ) {
         self.shared
             .queued_bytes
             .fetch_sub(group_bytes, Ordering::AcqRel);
-        for (_, reply) in group {
-            let _ = reply.send(Err(copy_error(err)));
-        }
-    }
-
-    fn refuse_written(
-        &self,
-        appends: Vec<WrittenAppend<T>>,
-        group_bytes: usize,
-        err: &JournalError,
-    ) {
-        self.shared
-            .queued_bytes
-            .fetch_sub(group_bytes, Ordering::AcqRel);
-        for append in appends {
-            let _ = append.reply.send(Err(copy_error(err)));
+        for reply in replies {
+            let _ = reply.send(Err(err.copy()));
         }
     }
 
