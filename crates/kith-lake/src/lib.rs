@@ -13,7 +13,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use kith_core::{EventView, RejectionView, StoredView};
+use arrow::array::RecordBatch;
+use kith_core::StoredView;
 use thiserror::Error;
 
 pub use query::{ExtraTable, QueryError, QueryLimits, QueryResult, TimelineQuery};
@@ -146,13 +147,13 @@ impl Lake {
                 Ok(StoredView::Event(e)) if *seq > events_committed => {
                     events.push((*seq, e));
                     if events.len() == SEAL_BATCH_ROWS {
-                        self.seal_events(&mut events);
+                        seal_into(&self.events, &mut events, schema::events_batch);
                     }
                 }
                 Ok(StoredView::Rejected(r)) if *seq > rejected_committed => {
                     rejected.push((*seq, r));
                     if rejected.len() == SEAL_BATCH_ROWS {
-                        self.seal_rejected(&mut rejected);
+                        seal_into(&self.rejected, &mut rejected, schema::rejected_batch);
                     }
                 }
                 Ok(_) => {}
@@ -163,24 +164,9 @@ impl Lake {
                 }
             }
         }
-        self.seal_events(&mut events);
-        self.seal_rejected(&mut rejected);
+        seal_into(&self.events, &mut events, schema::events_batch);
+        seal_into(&self.rejected, &mut rejected, schema::rejected_batch);
         self.unsealed_rows.fetch_sub(rows, Ordering::SeqCst);
-    }
-
-    /// Moves decoded events into the events table's buffer as one Arrow batch.
-    fn seal_events(&self, events: &mut Vec<(u64, EventView<'_>)>) {
-        if let Some((last, _)) = events.last() {
-            self.events.push(*last, schema::events_batch(events));
-            events.clear();
-        }
-    }
-
-    fn seal_rejected(&self, rejected: &mut Vec<(u64, RejectionView<'_>)>) {
-        if let Some((last, _)) = rejected.last() {
-            self.rejected.push(*last, schema::rejected_batch(rejected));
-            rejected.clear();
-        }
     }
 
     /// Rows held in memory that Delta does not have yet: what ingestion must not let grow
@@ -272,6 +258,19 @@ impl Lake {
         limits: &QueryLimits,
     ) -> Result<QueryResult, QueryError> {
         query::timeline(self, query, limits).await
+    }
+}
+
+/// Moves decoded rows into `table`'s buffer as one Arrow batch (built by `build`), leaving `rows`
+/// empty for the next slice.
+fn seal_into<V>(
+    table: &EventTable,
+    rows: &mut Vec<(u64, V)>,
+    build: fn(&[(u64, V)]) -> RecordBatch,
+) {
+    if let Some((last, _)) = rows.last() {
+        table.push(*last, build(rows));
+        rows.clear();
     }
 }
 

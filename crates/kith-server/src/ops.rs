@@ -46,7 +46,8 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, Api
              restart the server (it recovers from what is on disk) and check the disk",
         ));
     }
-    app.pipeline.lake.seal();
+    // `durable_through` seals what was ingested, so the table buffers counted next are current.
+    let durable_through = app.pipeline.lake.durable_through();
     let buffered: usize = app
         .pipeline
         .lake
@@ -57,7 +58,7 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, Api
     Ok(Json(json!({
         "status": "ready",
         "buffered_rows": buffered,
-        "durable_through_seq": app.pipeline.lake.durable_through(),
+        "durable_through_seq": durable_through,
     })))
 }
 
