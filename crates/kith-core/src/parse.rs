@@ -54,7 +54,7 @@ pub struct IngestBatch {
 #[derive(Deserialize)]
 struct BatchEnvelope<'a> {
     #[serde(borrow, default)]
-    batch: Option<&'a RawValue>,
+    batch: Option<BatchItems<'a>>,
     #[serde(default)]
     context: Option<Value>,
     #[serde(default)]
@@ -63,6 +63,61 @@ struct BatchEnvelope<'a> {
     write_key: Option<Value>,
     #[serde(rename = "sentAt", default)]
     sent_at: Option<Value>,
+}
+
+/// A batch's `batch` value: its events, each still raw JSON text, or what was found instead of
+/// an array. Read in the same pass as the envelope, so a body is scanned once to find its events.
+enum BatchItems<'a> {
+    Items(Vec<&'a RawValue>),
+    NotArray(&'static str),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for BatchItems<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ItemsVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for ItemsVisitor<'a> {
+            type Value = BatchItems<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of events")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(64).min(1024));
+                while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                    items.push(item);
+                }
+                Ok(BatchItems::Items(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(BatchItems::NotArray("an object"))
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(BatchItems::NotArray("a string"))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(BatchItems::NotArray("a boolean"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(BatchItems::NotArray("a number"))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(BatchItems::NotArray("a number"))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(BatchItems::NotArray("a number"))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(BatchItems::NotArray("null"))
+            }
+        }
+        deserializer.deserialize_any(ItemsVisitor(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -106,14 +161,9 @@ pub fn parse_batch_request(body: &str) -> Result<RawRequest<'_>, RequestError> {
     }
     let envelope: BatchEnvelope<'_> =
         serde_json::from_str(body).map_err(|err| envelope_error(body, err))?;
-    let batch = envelope.batch.ok_or(RequestError::MissingBatch)?;
-    let items: Vec<&RawValue> = match serde_json::from_str(batch.get()) {
-        Ok(items) => items,
-        Err(_) => {
-            let value: Value = serde_json::from_str(batch.get())
-                .map_err(|err| RequestError::InvalidJson(err.to_string()))?;
-            return Err(RequestError::BatchNotArray(json_kind(&value)));
-        }
+    let items = match envelope.batch.ok_or(RequestError::MissingBatch)? {
+        BatchItems::Items(items) => items,
+        BatchItems::NotArray(kind) => return Err(RequestError::BatchNotArray(kind)),
     };
     if items.len() > MAX_BATCH_EVENTS {
         return Err(RequestError::TooManyEvents(items.len()));

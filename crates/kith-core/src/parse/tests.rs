@@ -137,9 +137,31 @@ fn request_level_errors_are_specific() {
         parse_batch_request("{\"events\": []}").err(),
         Some(RequestError::MissingBatch)
     );
+    for (batch, found) in [
+        ("{\"a\": [1, {\"b\": 2}]}", "an object"),
+        ("\"events\"", "a string"),
+        ("true", "a boolean"),
+        ("-3", "a number"),
+        ("7", "a number"),
+        ("2.5", "a number"),
+    ] {
+        assert_eq!(
+            parse_batch_request(&format!("{{\"batch\": {batch}, \"sentAt\": null}}")).err(),
+            Some(RequestError::BatchNotArray(found)),
+            "{batch}"
+        );
+    }
     assert_eq!(
-        parse_batch_request("{\"batch\": {}}").err(),
-        Some(RequestError::BatchNotArray("an object"))
+        parse_batch_request("{\"batch\": null}").err(),
+        Some(RequestError::MissingBatch)
+    );
+    assert!(matches!(
+        parse_batch_request("{\"batch\": [{\"a\": 1}, {\"b\": ]}").err(),
+        Some(RequestError::InvalidJson(_))
+    ));
+    assert_eq!(
+        parse_batch_request("{\"batch\": []}").map(|r| r.len()),
+        Ok(0)
     );
     let too_many = json!({"batch": vec![json!({}); MAX_BATCH_EVENTS + 1]}).to_string();
     assert_eq!(
