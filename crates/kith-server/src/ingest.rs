@@ -67,7 +67,8 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
     if !gzipped {
-        return Ok(raw.to_vec());
+        // Takes over the collected buffer when nothing else holds it, instead of copying it.
+        return Ok(Vec::from(raw));
     }
     let mut decoded = Vec::new();
     let mut limited = flate2::read::GzDecoder::new(&raw[..]).take(MAX_REQUEST_BYTES as u64 + 1);
@@ -140,9 +141,12 @@ pub async fn batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
-    let bytes = read_body(&headers, body).await?;
-    let request = batch_request(&bytes)?;
-    ingest(&app, &headers, request).await
+    let submitted = {
+        let bytes = read_body(&headers, body).await?;
+        let request = batch_request(&bytes)?;
+        submit(&app, &headers, request)?
+    };
+    submitted.answer().await
 }
 
 /// Reads a batch body's envelope.
@@ -183,10 +187,13 @@ pub async fn single(
             ),
         ));
     };
-    let bytes = read_body(&headers, body).await?;
-    let text = body_text(&bytes)?;
-    let request = parse_single_request(text, kind).map_err(request_error)?;
-    ingest(&app, &headers, request).await
+    let submitted = {
+        let bytes = read_body(&headers, body).await?;
+        let text = body_text(&bytes)?;
+        let request = parse_single_request(text, kind).map_err(request_error)?;
+        submit(&app, &headers, request)?
+    };
+    submitted.answer().await
 }
 
 fn body_text(bytes: &[u8]) -> Result<&str, ApiError> {
@@ -231,15 +238,30 @@ pub(crate) fn check_backpressure(app: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn ingest(
+/// A request whose events are queued on the journal, waiting to be durable.
+///
+/// Submitting is synchronous and the request body is freed before the wait: a request spends
+/// most of its life waiting for the group commit, and a body held through it is memory the next
+/// request on this thread cannot reuse while it is still in cache.
+struct Submitted {
+    source: String,
+    event_count: usize,
+    errors: Vec<EventError>,
+    /// `None` when the request held no events at all.
+    durable: Option<tokio::sync::oneshot::Receiver<kith_journal::AppendResult>>,
+}
+
+/// Judges the request's events and queues the accepted and the rejected ones on the journal.
+fn submit(
     app: &AppState,
     headers: &HeaderMap,
     request: RawRequest<'_>,
-) -> Result<Json<IngestResponse>, ApiError> {
+) -> Result<Submitted, ApiError> {
     let (source, outcome) = judge(app, headers, &request)?;
     check_backpressure(app)?;
     metrics::counter!("kith_events_received_total", "source" => source.clone())
         .increment(request.len() as u64);
+    drop(request);
     for rejection in &outcome.rejections {
         metrics::counter!("kith_events_rejected_total", "reason" => rejection.code.clone())
             .increment(1);
@@ -257,62 +279,83 @@ async fn ingest(
             message_id: r.message_id.clone(),
         })
         .collect();
-    let results = if event_count + outcome.rejections.len() == 0 {
-        Vec::new()
-    } else {
-        app.pipeline
-            .append_with(|extractor| {
-                let mut entries = Vec::with_capacity(event_count + outcome.rejections.len());
-                for event in outcome.events {
-                    entries.push(event_entry(extractor, event, None));
-                }
-                for rejection in outcome.rejections {
-                    entries.push(Entry {
-                        dedup_key: None,
-                        payload: Stored::Rejected(rejection).encode(),
-                        item: Ingested { facts: None },
-                    });
-                }
-                entries
-            })
-            .await
-            .map_err(|_| journal_error(JournalError::Stopped))?
-            .map_err(journal_error)?
-    };
-    let stored = results[..event_count]
-        .iter()
-        .filter(|r| matches!(r, Appended::Stored { .. }))
-        .count();
-    let duplicates = event_count - stored;
-    metrics::counter!("kith_events_accepted_total", "source" => source).increment(stored as u64);
-
-    let response = IngestResponse {
-        success: true,
-        accepted: stored,
-        duplicates,
-        rejected: errors.len(),
+    let durable = (event_count + outcome.rejections.len() > 0).then(|| {
+        app.pipeline.append_with(|extractor| {
+            let mut entries = Vec::with_capacity(event_count + outcome.rejections.len());
+            for event in outcome.events {
+                entries.push(event_entry(extractor, event, None));
+            }
+            for rejection in outcome.rejections {
+                entries.push(Entry {
+                    dedup_key: None,
+                    payload: Stored::Rejected(rejection).encode(),
+                    item: Ingested { facts: None },
+                });
+            }
+            entries
+        })
+    });
+    Ok(Submitted {
+        source,
+        event_count,
         errors,
-    };
-    if event_count == 0 && response.rejected > 0 {
-        let details = serde_json::to_value(&response).unwrap_or(Value::Null);
-        let message = if response.rejected == 1 {
-            format!("the event was rejected: {}", response.errors[0].message)
-        } else {
-            format!(
-                "all {} events were rejected; see `errors` for each one's reason",
-                response.rejected
-            )
+        durable,
+    })
+}
+
+impl Submitted {
+    /// Waits until the events are durable and answers the client.
+    async fn answer(self) -> Result<Json<IngestResponse>, ApiError> {
+        let Submitted {
+            source,
+            event_count,
+            errors,
+            durable,
+        } = self;
+        let results = match durable {
+            None => Vec::new(),
+            Some(durable) => durable
+                .await
+                .map_err(|_| journal_error(JournalError::Stopped))?
+                .map_err(journal_error)?,
         };
-        return Err(
-            ApiError::new(ErrorCode::InvalidEvent, message).with_details(json!({
-                "accepted": 0,
-                "duplicates": 0,
-                "rejected": response.rejected,
-                "errors": details["errors"],
-            })),
-        );
+        let stored = results
+            .iter()
+            .take(event_count)
+            .filter(|r| matches!(r, Appended::Stored { .. }))
+            .count();
+        let duplicates = event_count - stored;
+        metrics::counter!("kith_events_accepted_total", "source" => source)
+            .increment(stored as u64);
+
+        let response = IngestResponse {
+            success: true,
+            accepted: stored,
+            duplicates,
+            rejected: errors.len(),
+            errors,
+        };
+        if event_count == 0 && response.rejected > 0 {
+            let details = serde_json::to_value(&response).unwrap_or(Value::Null);
+            let message = if response.rejected == 1 {
+                format!("the event was rejected: {}", response.errors[0].message)
+            } else {
+                format!(
+                    "all {} events were rejected; see `errors` for each one's reason",
+                    response.rejected
+                )
+            };
+            return Err(
+                ApiError::new(ErrorCode::InvalidEvent, message).with_details(json!({
+                    "accepted": 0,
+                    "duplicates": 0,
+                    "rejected": response.rejected,
+                    "errors": details["errors"],
+                })),
+            );
+        }
+        Ok(Json(response))
     }
-    Ok(Json(response))
 }
 
 /// `GET /v1/projects/{writeKey}/settings`: the settings document analytics.js loads at start-up.
