@@ -8,6 +8,9 @@ use crate::record::{Decoded, Record, decode};
 use crate::{JournalError, KeySet};
 
 const SEGMENT_SUFFIX: &str = ".seg";
+/// A retired segment's file kept for reuse (see [`crate::writer`]): not a segment, so listing,
+/// recovery and readers never look at it.
+const SPARE_SUFFIX: &str = ".spare";
 
 #[derive(Debug, Clone)]
 pub(crate) struct SegmentInfo {
@@ -31,6 +34,81 @@ pub(crate) struct Recovered {
 
 pub(crate) fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("{first_seq:020}{SEGMENT_SUFFIX}"))
+}
+
+/// Where a retired segment's file waits to be reused.
+pub(crate) fn spare_path(segment: &Path) -> PathBuf {
+    segment.with_extension(&SPARE_SUFFIX[1..])
+}
+
+/// Spare files left in `dir` by an earlier run.
+pub(crate) fn list_spares(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
+    let mut spares = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| JournalError::io(dir, e))? {
+        let entry = entry.map_err(|e| JournalError::io(dir, e))?;
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.ends_with(SPARE_SUFFIX))
+        {
+            spares.push(entry.path());
+        }
+    }
+    spares.sort();
+    Ok(spares)
+}
+
+/// Why reading a segment stopped before the end of its bytes.
+pub(crate) enum Stop {
+    /// A record that was never finished: a write a crash interrupted.
+    Truncated,
+    Corrupt(String),
+    /// A well-formed record out of sequence: what a reused file held before (every record in a
+    /// segment carries the seq after the one before it, the first the seq its name carries, and
+    /// a reused file's old records all have lower seqs).
+    Stale {
+        found: u64,
+        expected: u64,
+    },
+}
+
+impl Stop {
+    fn reason(&self) -> String {
+        match self {
+            Stop::Truncated => "a record ends past the end of the file".into(),
+            Stop::Corrupt(reason) => reason.clone(),
+            Stop::Stale { found, expected } => {
+                format!("record seq {found} where {expected} was due")
+            }
+        }
+    }
+}
+
+/// Visits the valid records at the start of a segment's bytes, in order. Returns where they end
+/// and, when that is before the end of `bytes`, why.
+pub(crate) fn scan(
+    bytes: &[u8],
+    first_seq: u64,
+    mut visit: impl FnMut(Record) -> Result<(), JournalError>,
+) -> Result<(usize, Option<Stop>), JournalError> {
+    let mut offset = 0usize;
+    let mut expected = first_seq;
+    while offset < bytes.len() {
+        match decode(&bytes[offset..]) {
+            Decoded::Record { record, .. } if record.seq != expected => {
+                let found = record.seq;
+                return Ok((offset, Some(Stop::Stale { found, expected })));
+            }
+            Decoded::Record { record, len } => {
+                expected += 1;
+                offset += len;
+                visit(record)?;
+            }
+            Decoded::Truncated => return Ok((offset, Some(Stop::Truncated))),
+            Decoded::Corrupt(reason) => return Ok((offset, Some(Stop::Corrupt(reason)))),
+        }
+    }
+    Ok((offset, None))
 }
 
 /// Segment files sorted by first sequence number.
@@ -73,47 +151,51 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
     for (position, (first_seq, path)) in listed.into_iter().enumerate() {
         let is_last = position + 1 == count;
         let bytes = read_file(&path)?.unwrap_or_default();
-        let mut offset = 0usize;
         let mut last_seq = first_seq.saturating_sub(1);
-        while offset < bytes.len() {
-            match decode(&bytes[offset..]) {
-                Decoded::Record { record, len } => {
-                    if let Some(key) = record.dedup_key {
-                        keys.insert(key);
-                    }
-                    last_seq = record.seq;
-                    offset += len;
-                }
-                Decoded::Truncated | Decoded::Corrupt(_) if is_last => {
-                    tracing::warn!(
-                        path = %path.display(),
-                        offset,
-                        dropped_bytes = bytes.len() - offset,
-                        "cutting an unfinished write off the journal tail"
-                    );
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(|e| JournalError::io(&path, e))?;
-                    file.set_len(offset as u64)
-                        .and_then(|()| file.sync_all())
-                        .map_err(|e| JournalError::io(&path, e))?;
-                    break;
-                }
-                Decoded::Truncated => {
-                    return Err(JournalError::Corrupt {
-                        path,
-                        offset: offset as u64,
-                        reason: "a closed segment ends in the middle of a record".into(),
-                    });
-                }
-                Decoded::Corrupt(reason) => {
-                    return Err(JournalError::Corrupt {
-                        path,
-                        offset: offset as u64,
-                        reason,
-                    });
-                }
+        let (offset, stop) = scan(&bytes, first_seq, |record| {
+            if let Some(key) = record.dedup_key {
+                keys.insert(key);
+            }
+            last_seq = record.seq;
+            Ok(())
+        })?;
+        match stop {
+            None => {}
+            Some(stop) if is_last => {
+                // Cut it off, so nothing unacknowledged can ever follow new records.
+                tracing::warn!(
+                    path = %path.display(),
+                    offset,
+                    dropped_bytes = bytes.len() - offset,
+                    reason = %stop.reason(),
+                    "cutting an unfinished write (or a reused file's old records) off the journal tail"
+                );
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| JournalError::io(&path, e))?;
+                file.set_len(offset as u64)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| JournalError::io(&path, e))?;
+            }
+            Some(Stop::Stale { .. }) => {
+                // A closed segment is cut to its records when it is closed; old records after
+                // them can only be a reused file's, never an acknowledged event.
+                tracing::warn!(path = %path.display(), offset, "a closed journal segment ends in a reused file's old records; they are ignored");
+            }
+            Some(Stop::Truncated) => {
+                return Err(JournalError::Corrupt {
+                    path,
+                    offset: offset as u64,
+                    reason: "a closed segment ends in the middle of a record".into(),
+                });
+            }
+            Some(Stop::Corrupt(reason)) => {
+                return Err(JournalError::Corrupt {
+                    path,
+                    offset: offset as u64,
+                    reason,
+                });
             }
         }
         segments.push(SegmentInfo {
@@ -141,7 +223,7 @@ pub(crate) fn read_after(
         return Ok(());
     }
     let listed = list_segments(dir)?;
-    for (position, (_, path)) in listed.iter().enumerate() {
+    for (position, (first_seq, path)) in listed.iter().enumerate() {
         // Skip segments that end before `after_seq`: the next one starts at or below it.
         if let Some((next_first, _)) = listed.get(position + 1)
             && *next_first <= after_seq + 1
@@ -151,19 +233,13 @@ pub(crate) fn read_after(
         let Some(bytes) = read_file(path)? else {
             continue;
         };
-        let mut offset = 0usize;
-        while offset < bytes.len() {
-            match decode(&bytes[offset..]) {
-                Decoded::Record { record, len } => {
-                    offset += len;
-                    if record.seq > after_seq {
-                        visit(record)?;
-                    }
-                }
-                // The writer may be mid-append: what follows is not acknowledged yet.
-                Decoded::Truncated | Decoded::Corrupt(_) => break,
+        // The writer may be mid-append: whatever follows the valid records is not acknowledged.
+        scan(&bytes, *first_seq, |record| {
+            if record.seq > after_seq {
+                visit(record)?;
             }
-        }
+            Ok(())
+        })?;
     }
     Ok(())
 }

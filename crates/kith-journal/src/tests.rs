@@ -414,3 +414,73 @@ fn after_a_failed_sync_nothing_more_is_acknowledged_and_a_restart_recovers_what_
         ]
     );
 }
+
+#[test]
+fn retired_segment_files_are_reused_and_their_old_records_never_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions {
+        segment_bytes: 250,
+        ..JournalOptions::default()
+    };
+    // Every record is the same size (100 bytes on disk), so a reused file holds whole old
+    // records, with valid checksums, right after the new ones.
+    let text = |name: &str| format!("{name:<67}");
+    let append = |journal: &Journal<String>, key: u128, name: &str| {
+        journal
+            .append(vec![entry(key, &text(name))])
+            .blocking_recv()
+            .unwrap()
+            .unwrap()
+    };
+    {
+        let (journal, _) = open(dir.path(), options.clone());
+        for key in 1..=6u128 {
+            append(&journal, key, &format!("old {key}"));
+        }
+        // Segment 1 holds seqs 1-3, segment 4 seqs 4-6 (the active one).
+        assert_eq!(
+            journal.retire_through(3).blocking_recv().unwrap().unwrap(),
+            1
+        );
+    }
+    let spare = segment::spare_path(&segment::segment_path(dir.path(), 1));
+    assert_eq!(
+        std::fs::metadata(&spare).unwrap().len(),
+        300,
+        "kept, not deleted"
+    );
+
+    let (journal, _) = open(dir.path(), options.clone());
+    assert_eq!(append(&journal, 7, "new 7"), [Appended::Stored { seq: 7 }]);
+    let reused = segment::segment_path(dir.path(), 7);
+    assert!(!spare.exists(), "the spare became segment 7");
+    assert_eq!(
+        std::fs::metadata(&reused).unwrap().len(),
+        300,
+        "written over, old records 2 and 3 still after the new one"
+    );
+    assert_eq!(
+        append(&journal, 2, "old 2 retried"),
+        [Appended::Duplicate],
+        "a retired key still deduplicates"
+    );
+    let expected: Vec<(u64, String)> = vec![
+        (4, text("old 4")),
+        (5, text("old 5")),
+        (6, text("old 6")),
+        (7, text("new 7")),
+    ];
+    assert_eq!(replayed(dir.path(), 0), expected, "read while written");
+    drop(journal);
+
+    let (journal, seen) = open(dir.path(), options);
+    assert_eq!(journal.last_seq_at_open(), 7);
+    assert_eq!(
+        std::fs::metadata(&reused).unwrap().len(),
+        100,
+        "recovery cuts the old records off the tail"
+    );
+    assert_eq!(replayed(dir.path(), 0), expected, "after a restart");
+    assert_eq!(append(&journal, 8, "new 8"), [Appended::Stored { seq: 8 }]);
+    assert_eq!(*seen.lock().unwrap(), [(8, text("new 8"))]);
+}

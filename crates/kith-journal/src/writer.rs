@@ -2,7 +2,8 @@
 //! rotation and retirement. The sync thread ([`crate::syncer`]) makes what it writes durable.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,10 +14,17 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use crate::dedup::{KeyIndex, SeqRange, sync_dir};
-use crate::record::{Decoded, decode, encode};
-use crate::segment::{Recovered, SegmentInfo, segment_path};
+use crate::record::encode;
+use crate::segment::{Recovered, SegmentInfo, list_spares, scan, segment_path, spare_path};
 use crate::syncer::{Handover, Shared, SyncData, Syncer, WrittenAppend};
 use crate::{AppendResult, Appended, Command, Entry, JournalError, JournalOptions, Sink};
+
+/// Retired segment files kept to be written over by new segments. Overwriting blocks a file
+/// already has lets `fdatasync` write just the data: appending to a new file also changes its
+/// size and block map, so every sync commits filesystem metadata too (about twice the latency on
+/// ext4; measured in bench/README.md). Four cover the segments one flush retires at full speed.
+/// They hold old records until overwritten, like the segments did.
+const MAX_SPARES: usize = 4;
 
 pub(crate) struct WriterState<T> {
     dir: PathBuf,
@@ -27,6 +35,8 @@ pub(crate) struct WriterState<T> {
     /// Shared with the sync thread, which syncs it after each write.
     active_file: Arc<File>,
     keys: KeyIndex,
+    /// Retired segments' files kept for reuse, at most [`MAX_SPARES`].
+    spares: Vec<PathBuf>,
     next_seq: u64,
     shared: Arc<Shared>,
     to_syncer: Sender<Handover<T>>,
@@ -63,8 +73,13 @@ impl<T: Send + 'static> WriterState<T> {
             }
         };
         let keys = KeyIndex::open(&dir, keys)?;
+        let mut spares = list_spares(&dir)?;
+        for extra in spares.split_off(spares.len().min(MAX_SPARES)) {
+            fs::remove_file(&extra).map_err(|e| JournalError::io(&extra, e))?;
+        }
+        // Written at `active.len`, not appended: a reused file is longer than what it holds.
         let active_file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(&active.path)
             .map_err(|e| JournalError::io(&active.path, e))?;
         let (to_syncer, handovers) = mpsc::channel();
@@ -84,6 +99,7 @@ impl<T: Send + 'static> WriterState<T> {
             active,
             active_file: Arc::new(active_file),
             keys,
+            spares,
             next_seq: last_seq + 1,
             shared,
             to_syncer,
@@ -227,7 +243,7 @@ impl<T: Send + 'static> WriterState<T> {
 
         let written_at = Instant::now();
         if !buffer.is_empty() {
-            if let Err(err) = (&*self.active_file).write_all(buffer) {
+            if let Err(err) = self.active_file.write_all_at(buffer, self.active.len) {
                 tracing::error!(error = %err, path = %self.active.path.display(), "journal write failed");
                 metrics::counter!("kith_journal_write_errors_total").increment(1);
                 // Cut off whatever part of the group reached the file: it was never acknowledged.
@@ -286,12 +302,14 @@ impl<T: Send + 'static> WriterState<T> {
         if self.active.len < self.options.segment_bytes {
             return Ok(());
         }
+        // A reused file may hold old records past this segment's: cut them, so a closed segment
+        // ends where its records do.
+        if self.active_file.metadata()?.len() > self.active.len {
+            self.active_file.set_len(self.active.len)?;
+        }
         self.active_file.sync_all()?;
         let path = segment_path(&self.dir, self.next_seq);
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)?;
+        let file = self.reuse_spare(&path)?;
         sync_dir(&self.dir).map_err(|e| std::io::Error::other(e.to_string()))?;
         let new_active = SegmentInfo {
             path,
@@ -304,6 +322,24 @@ impl<T: Send + 'static> WriterState<T> {
         self.closed.push(old);
         self.active_file = Arc::new(file);
         Ok(())
+    }
+
+    /// The file for a new segment at `path`: a spare renamed there when there is one (its old
+    /// records have lower seqs than any this segment will hold, so readers stop at them), else
+    /// a new file.
+    fn reuse_spare(&mut self, path: &std::path::Path) -> std::io::Result<File> {
+        while let Some(spare) = self.spares.pop() {
+            match fs::rename(&spare, path) {
+                Ok(()) => {
+                    metrics::counter!("kith_journal_segments_reused_total").increment(1);
+                    return OpenOptions::new().write(true).open(path);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, spare = %spare.display(), "a spare journal file could not be reused");
+                }
+            }
+        }
+        OpenOptions::new().write(true).create_new(true).open(path)
     }
 
     /// Retires closed segments fully at or below `through_seq`: first their keys go to a dedup
@@ -328,12 +364,20 @@ impl<T: Send + 'static> WriterState<T> {
         for segment in retiring {
             match &segment.keys {
                 Some(written) => keys.extend_from_slice(written),
-                None => keys.extend(keys_in_segment_file(&segment.path)?),
+                None => keys.extend(keys_in_segment_file(segment)?),
             }
         }
         self.keys.retire(range, keys)?;
         for segment in self.closed.drain(..retirable) {
-            fs::remove_file(&segment.path).map_err(|e| JournalError::io(&segment.path, e))?;
+            // Only full-sized files are worth keeping: a new segment grows to that size.
+            if self.spares.len() < MAX_SPARES && segment.len >= self.options.segment_bytes {
+                let spare = spare_path(&segment.path);
+                fs::rename(&segment.path, &spare)
+                    .map_err(|e| JournalError::io(&segment.path, e))?;
+                self.spares.push(spare);
+            } else {
+                fs::remove_file(&segment.path).map_err(|e| JournalError::io(&segment.path, e))?;
+            }
         }
         sync_dir(&self.dir)?;
         metrics::counter!("kith_journal_segments_retired_total").increment(retirable as u64);
@@ -343,18 +387,16 @@ impl<T: Send + 'static> WriterState<T> {
 }
 
 /// The dedup keys of a segment this process did not write (found at startup).
-fn keys_in_segment_file(path: &std::path::Path) -> Result<Vec<u128>, JournalError> {
+fn keys_in_segment_file(segment: &SegmentInfo) -> Result<Vec<u128>, JournalError> {
+    let path = &segment.path;
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(|e| JournalError::io(path, e))?;
     let mut keys = Vec::new();
-    let mut offset = 0;
-    while let Decoded::Record { record, len } = decode(&bytes[offset..]) {
-        if let Some(key) = record.dedup_key {
-            keys.push(key);
-        }
-        offset += len;
-    }
+    scan(&bytes, segment.first_seq, |record| {
+        keys.extend(record.dedup_key);
+        Ok(())
+    })?;
     Ok(keys)
 }
