@@ -484,3 +484,36 @@ fn retired_segment_files_are_reused_and_their_old_records_never_come_back() {
     assert_eq!(append(&journal, 8, "new 8"), [Appended::Stored { seq: 8 }]);
     assert_eq!(*seen.lock().unwrap(), [(8, text("new 8"))]);
 }
+
+#[test]
+fn a_file_already_at_the_next_segment_name_does_not_stop_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions {
+        segment_bytes: 1,
+        ..JournalOptions::default()
+    };
+    let (journal, _) = open(dir.path(), options);
+    let append = |key: u128, text: &str| {
+        journal
+            .append(vec![entry(key, text)])
+            .blocking_recv()
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(append(1, "first"), [Appended::Stored { seq: 1 }]);
+    // What a rotation leaves when it renamed a spare into place and could not open it: a file
+    // with old, lower-seq records where segment 2 goes.
+    let mut old = Vec::new();
+    record::encode(&mut old, 1, Some(9), b"an old record");
+    std::fs::write(segment::segment_path(dir.path(), 2), &old).unwrap();
+    assert_eq!(append(2, "second"), [Appended::Stored { seq: 2 }]);
+    assert_eq!(append(3, "third"), [Appended::Stored { seq: 3 }]);
+    assert_eq!(
+        replayed(dir.path(), 0),
+        [
+            (1, "first".to_string()),
+            (2, "second".to_string()),
+            (3, "third".to_string())
+        ]
+    );
+}

@@ -327,7 +327,9 @@ impl<T: Send + 'static> WriterState<T> {
 
     /// The file for a new segment at `path`: a spare renamed there when there is one (its old
     /// records have lower seqs than any this segment will hold, so readers stop at them), else
-    /// a new file.
+    /// a new file. A file already at `path` (a spare renamed there by a rotation whose `open`
+    /// then failed) is taken as it is, for the same reason: refusing it would fail every later
+    /// rotation too.
     fn reuse_spare(&mut self, path: &std::path::Path) -> std::io::Result<File> {
         while let Some(spare) = self.spares.pop() {
             match fs::rename(&spare, path) {
@@ -340,7 +342,11 @@ impl<T: Send + 'static> WriterState<T> {
                 }
             }
         }
-        OpenOptions::new().write(true).create_new(true).open(path)
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
     }
 
     /// Retires closed segments fully at or below `through_seq`: first their keys go to a dedup
