@@ -10,6 +10,14 @@ fn entry(key: u128, text: &str) -> Entry<String> {
     }
 }
 
+/// Appends and waits for the journal's answer.
+fn answer<T: Send + 'static>(journal: &Journal<T>, entries: Vec<Entry<T>>) -> AppendResult {
+    journal
+        .append(entries)
+        .blocking_recv()
+        .expect("the journal answers every append")
+}
+
 type Seen = Arc<Mutex<Vec<(u64, String)>>>;
 
 fn open(dir: &Path, options: JournalOptions) -> (Journal<String>, Seen) {
@@ -49,11 +57,11 @@ fn appends_are_durable_ordered_and_deduplicated_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (journal, seen) = open(dir.path(), JournalOptions::default());
-        let first = journal
-            .append(vec![entry(1, "a"), entry(2, "b"), entry(1, "a again")])
-            .blocking_recv()
-            .unwrap()
-            .unwrap();
+        let first = answer(
+            &journal,
+            vec![entry(1, "a"), entry(2, "b"), entry(1, "a again")],
+        )
+        .unwrap();
         assert_eq!(
             first,
             [
@@ -69,11 +77,7 @@ fn appends_are_durable_ordered_and_deduplicated_across_restarts() {
     }
     let (journal, seen) = open(dir.path(), JournalOptions::default());
     assert_eq!(journal.last_seq_at_open(), 2);
-    let second = journal
-        .append(vec![entry(2, "b retried"), entry(3, "c")])
-        .blocking_recv()
-        .unwrap()
-        .unwrap();
+    let second = answer(&journal, vec![entry(2, "b retried"), entry(3, "c")]).unwrap();
     assert_eq!(second, [Appended::Duplicate, Appended::Stored { seq: 3 }]);
     assert_eq!(*seen.lock().unwrap(), [(3, "c".to_string())]);
     assert_eq!(
@@ -87,11 +91,7 @@ fn a_torn_tail_is_cut_and_everything_before_it_survives() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (journal, _) = open(dir.path(), JournalOptions::default());
-        journal
-            .append(vec![entry(1, "kept"), entry(2, "also kept")])
-            .blocking_recv()
-            .unwrap()
-            .unwrap();
+        answer(&journal, vec![entry(1, "kept"), entry(2, "also kept")]).unwrap();
     }
     // Simulate a crash in the middle of the next write: half a record at the end.
     let segment = segment::segment_path(dir.path(), 1);
@@ -104,11 +104,7 @@ fn a_torn_tail_is_cut_and_everything_before_it_survives() {
 
     let (journal, _) = open(dir.path(), JournalOptions::default());
     assert_eq!(std::fs::metadata(&segment).unwrap().len(), good_len as u64);
-    let result = journal
-        .append(vec![entry(3, "the retry")])
-        .blocking_recv()
-        .unwrap()
-        .unwrap();
+    let result = answer(&journal, vec![entry(3, "the retry")]).unwrap();
     assert_eq!(
         result,
         [Appended::Stored { seq: 3 }],
@@ -133,11 +129,7 @@ fn corruption_inside_a_closed_segment_is_reported_not_skipped() {
     {
         let (journal, _) = open(dir.path(), options.clone());
         for key in 1..=3u128 {
-            journal
-                .append(vec![entry(key, "x")])
-                .blocking_recv()
-                .unwrap()
-                .unwrap();
+            answer(&journal, vec![entry(key, "x")]).unwrap();
         }
     }
     let first = segment::segment_path(dir.path(), 1);
@@ -161,11 +153,7 @@ fn retired_segments_keep_deduplicating_and_sequence_numbers_keep_rising() {
     {
         let (journal, _) = open(dir.path(), options.clone());
         for key in 1..=4u128 {
-            journal
-                .append(vec![entry(key, "x")])
-                .blocking_recv()
-                .unwrap()
-                .unwrap();
+            answer(&journal, vec![entry(key, "x")]).unwrap();
         }
         // Segments roll over on every append; all but the active one can go.
         let retired = journal.retire_through(4).blocking_recv().unwrap().unwrap();
@@ -173,11 +161,7 @@ fn retired_segments_keep_deduplicating_and_sequence_numbers_keep_rising() {
     }
     let (journal, _) = open(dir.path(), options);
     assert_eq!(journal.last_seq_at_open(), 4);
-    let result = journal
-        .append(vec![entry(1, "late retry"), entry(5, "new")])
-        .blocking_recv()
-        .unwrap()
-        .unwrap();
+    let result = answer(&journal, vec![entry(1, "late retry"), entry(5, "new")]).unwrap();
     assert_eq!(result, [Appended::Duplicate, Appended::Stored { seq: 5 }]);
     assert_eq!(
         replayed(dir.path(), 3)
@@ -192,15 +176,11 @@ fn retired_segments_keep_deduplicating_and_sequence_numbers_keep_rising() {
     assert_eq!(retired, 1);
     drop(journal);
     let (journal, _) = open(dir.path(), JournalOptions::default());
-    let result = journal
-        .append(vec![
-            entry(4, "late"),
-            entry(6, "a"),
-            entry(6, "same group"),
-        ])
-        .blocking_recv()
-        .unwrap()
-        .unwrap();
+    let result = answer(
+        &journal,
+        vec![entry(4, "late"), entry(6, "a"), entry(6, "same group")],
+    )
+    .unwrap();
     assert_eq!(
         result,
         [
@@ -235,10 +215,7 @@ fn a_full_queue_answers_overloaded_at_once_and_accepts_again_once_it_drains() {
     // This one fits beside it and waits...
     let second = journal.append(vec![entry(2, "eight by")]);
     // ...and this one would take the queue past its 20 bytes.
-    let refused = journal
-        .append(vec![entry(3, "five!")])
-        .blocking_recv()
-        .unwrap();
+    let refused = answer(&journal, vec![entry(3, "five!")]);
     assert!(
         matches!(refused, Err(JournalError::Overloaded)),
         "{refused:?}"
@@ -252,10 +229,7 @@ fn a_full_queue_answers_overloaded_at_once_and_accepts_again_once_it_drains() {
         second.blocking_recv().unwrap().unwrap(),
         [Appended::Stored { seq: 2 }]
     );
-    let retried = journal
-        .append(vec![entry(3, "five!")])
-        .blocking_recv()
-        .unwrap();
+    let retried = answer(&journal, vec![entry(3, "five!")]);
     assert_eq!(retried.unwrap(), [Appended::Stored { seq: 3 }]);
 }
 
@@ -269,10 +243,7 @@ fn one_append_larger_than_the_queue_gets_in_when_nothing_else_waits() {
             ..JournalOptions::default()
         },
     );
-    let outcome = journal
-        .append(vec![entry(1, "far more than four bytes")])
-        .blocking_recv()
-        .unwrap();
+    let outcome = answer(&journal, vec![entry(1, "far more than four bytes")]);
     assert_eq!(outcome.unwrap(), [Appended::Stored { seq: 1 }]);
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
@@ -288,11 +259,7 @@ fn concurrent_appenders_share_fsyncs_and_get_distinct_sequence_numbers() {
             std::thread::spawn(move || {
                 for i in 0..50u128 {
                     let key = t * 1000 + i;
-                    let outcome = journal
-                        .append(vec![entry(key, &key.to_string())])
-                        .blocking_recv()
-                        .unwrap()
-                        .unwrap();
+                    let outcome = answer(&journal, vec![entry(key, &key.to_string())]).unwrap();
                     assert!(matches!(outcome[0], Appended::Stored { .. }));
                 }
             })
@@ -370,12 +337,7 @@ fn after_a_failed_sync_nothing_more_is_acknowledged_and_a_restart_recovers_what_
             failing_sync,
         )
         .unwrap();
-        let append = |key, text: &str| {
-            journal
-                .append(vec![entry(key, text)])
-                .blocking_recv()
-                .unwrap()
-        };
+        let append = |key, text: &str| answer(&journal, vec![entry(key, text)]);
         assert_eq!(append(1, "a").unwrap(), [Appended::Stored { seq: 1 }]);
         let failed = append(2, "b").unwrap_err();
         assert!(failed.to_string().contains("injected EIO"), "{failed}");
@@ -396,12 +358,7 @@ fn after_a_failed_sync_nothing_more_is_acknowledged_and_a_restart_recovers_what_
     // The failed record did reach the file here (only its sync was refused), so after a restart
     // it is stored once: the client's retry is a duplicate, and new messages go on after it.
     let (journal, seen) = open(dir.path(), JournalOptions::default());
-    let append = |key, text: &str| {
-        journal
-            .append(vec![entry(key, text)])
-            .blocking_recv()
-            .unwrap()
-    };
+    let append = |key, text: &str| answer(&journal, vec![entry(key, text)]);
     assert_eq!(append(2, "b").unwrap(), [Appended::Duplicate]);
     assert_eq!(append(3, "c").unwrap(), [Appended::Stored { seq: 3 }]);
     assert_eq!(*seen.lock().unwrap(), [(3, "c".to_string())]);
@@ -426,11 +383,7 @@ fn retired_segment_files_are_reused_and_their_old_records_never_come_back() {
     // records, with valid checksums, right after the new ones.
     let text = |name: &str| format!("{name:<67}");
     let append = |journal: &Journal<String>, key: u128, name: &str| {
-        journal
-            .append(vec![entry(key, &text(name))])
-            .blocking_recv()
-            .unwrap()
-            .unwrap()
+        answer(journal, vec![entry(key, &text(name))]).unwrap()
     };
     {
         let (journal, _) = open(dir.path(), options.clone());
@@ -493,13 +446,7 @@ fn a_file_already_at_the_next_segment_name_does_not_stop_rotation() {
         ..JournalOptions::default()
     };
     let (journal, _) = open(dir.path(), options);
-    let append = |key: u128, text: &str| {
-        journal
-            .append(vec![entry(key, text)])
-            .blocking_recv()
-            .unwrap()
-            .unwrap()
-    };
+    let append = |key: u128, text: &str| answer(&journal, vec![entry(key, text)]).unwrap();
     assert_eq!(append(1, "first"), [Appended::Stored { seq: 1 }]);
     // What a rotation leaves when it renamed a spare into place and could not open it: a file
     // with old, lower-seq records where segment 2 goes.
