@@ -18,6 +18,14 @@ fn answer<T: Send + 'static>(journal: &Journal<T>, entries: Vec<Entry<T>>) -> Ap
         .expect("the journal answers every append")
 }
 
+/// Options under which every append closes its segment and starts the next.
+fn a_segment_per_append() -> JournalOptions {
+    JournalOptions {
+        segment_bytes: 1,
+        ..JournalOptions::default()
+    }
+}
+
 type Seen = Arc<Mutex<Vec<(u64, String)>>>;
 
 fn open(dir: &Path, options: JournalOptions) -> (Journal<String>, Seen) {
@@ -122,10 +130,7 @@ fn a_torn_tail_is_cut_and_everything_before_it_survives() {
 #[test]
 fn corruption_inside_a_closed_segment_is_reported_not_skipped() {
     let dir = tempfile::tempdir().unwrap();
-    let options = JournalOptions {
-        segment_bytes: 1,
-        ..JournalOptions::default()
-    };
+    let options = a_segment_per_append();
     {
         let (journal, _) = open(dir.path(), options.clone());
         for key in 1..=3u128 {
@@ -146,10 +151,7 @@ fn corruption_inside_a_closed_segment_is_reported_not_skipped() {
 #[test]
 fn retired_segments_keep_deduplicating_and_sequence_numbers_keep_rising() {
     let dir = tempfile::tempdir().unwrap();
-    let options = JournalOptions {
-        segment_bytes: 1,
-        ..JournalOptions::default()
-    };
+    let options = a_segment_per_append();
     {
         let (journal, _) = open(dir.path(), options.clone());
         for key in 1..=4u128 {
@@ -441,10 +443,7 @@ fn retired_segment_files_are_reused_and_their_old_records_never_come_back() {
 #[test]
 fn a_file_already_at_the_next_segment_name_does_not_stop_rotation() {
     let dir = tempfile::tempdir().unwrap();
-    let options = JournalOptions {
-        segment_bytes: 1,
-        ..JournalOptions::default()
-    };
+    let options = a_segment_per_append();
     let (journal, _) = open(dir.path(), options);
     let append = |key: u128, text: &str| answer(&journal, vec![entry(key, text)]).unwrap();
     assert_eq!(append(1, "first"), [Appended::Stored { seq: 1 }]);
