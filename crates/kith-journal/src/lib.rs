@@ -151,6 +151,23 @@ enum Command<T> {
     },
 }
 
+/// The parts of the journal's workings tests replace (to inject failures, or to hold a step).
+pub(crate) struct Hooks {
+    /// How the sync thread makes a file's written data durable.
+    pub sync_data: syncer::SyncData,
+    /// Runs on the retirement thread before each retirement.
+    pub before_retire: Box<dyn Fn() + Send>,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            sync_data: Box::new(File::sync_data),
+            before_retire: Box::new(|| {}),
+        }
+    }
+}
+
 /// The durable journal. Cheap to share behind an `Arc`.
 pub struct Journal<T: Send + 'static> {
     commands: Sender<Command<T>>,
@@ -164,14 +181,14 @@ impl<T: Send + 'static> Journal<T> {
     /// Opens (or creates) the journal in `dir`, repairing a torn tail left by a crash, and starts
     /// the writer thread.
     pub fn open(dir: &Path, options: JournalOptions, sink: Sink<T>) -> Result<Self, JournalError> {
-        Self::open_syncing_with(dir, options, sink, Box::new(File::sync_data))
+        Self::open_with(dir, options, sink, Hooks::default())
     }
 
-    fn open_syncing_with(
+    fn open_with(
         dir: &Path,
         options: JournalOptions,
         sink: Sink<T>,
-        sync_data: syncer::SyncData,
+        hooks: Hooks,
     ) -> Result<Self, JournalError> {
         std::fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
         let recovered = segment::recover(dir)?;
@@ -187,7 +204,7 @@ impl<T: Send + 'static> Journal<T> {
             options,
             recovered,
             sink,
-            sync_data,
+            hooks,
             shared.clone(),
         )?;
         let writer = std::thread::Builder::new()

@@ -327,7 +327,7 @@ fn after_a_failed_sync_nothing_more_is_acknowledged_and_a_restart_recovers_what_
         });
         let seen: Seen = Arc::default();
         let sink_seen = seen.clone();
-        let journal: Journal<String> = Journal::open_syncing_with(
+        let journal: Journal<String> = Journal::open_with(
             dir.path(),
             JournalOptions::default(),
             Box::new(move |items: DurableEntries<String>| {
@@ -336,7 +336,10 @@ fn after_a_failed_sync_nothing_more_is_acknowledged_and_a_restart_recovers_what_
                     .unwrap()
                     .extend(items.into_iter().map(|d| (d.seq, d.item)))
             }),
-            failing_sync,
+            Hooks {
+                sync_data: failing_sync,
+                ..Hooks::default()
+            },
         )
         .unwrap();
         let append = |key, text: &str| answer(&journal, vec![entry(key, text)]);
@@ -461,5 +464,112 @@ fn a_file_already_at_the_next_segment_name_does_not_stop_rotation() {
             (2, "second".to_string()),
             (3, "third".to_string())
         ]
+    );
+}
+
+/// A gate a test opens: until then, whoever waits at it waits.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+/// Appends and waits at most ten seconds for the answer.
+fn answer_soon(journal: &Journal<String>, entries: Vec<Entry<String>>) -> AppendResult {
+    let mut receiver = journal.append(entries);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match receiver.try_recv() {
+            Ok(answer) => return answer,
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no answer within ten seconds: the journal is blocked"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(closed) => panic!("the journal dropped an append: {closed}"),
+        }
+    }
+}
+
+#[test]
+fn appends_are_answered_and_deduplicated_while_a_retirement_is_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let held = gate.clone();
+    let journal: Journal<String> = Journal::open_with(
+        dir.path(),
+        a_segment_per_append(),
+        Box::new(|_: DurableEntries<String>| {}),
+        Hooks {
+            before_retire: Box::new(move || held.wait()),
+            ..Hooks::default()
+        },
+    )
+    .unwrap();
+    for (key, text) in [(1, "a"), (2, "b"), (3, "c")] {
+        answer_soon(&journal, vec![entry(key, text)]).unwrap();
+    }
+    let mut retiring = journal.retire_through(2);
+
+    // The retirement waits at the gate; the journal goes on writing and answering meanwhile,
+    // and the keys of the segments being retired still count as stored.
+    assert_eq!(
+        answer_soon(&journal, vec![entry(4, "d")]).unwrap(),
+        [Appended::Stored { seq: 4 }]
+    );
+    assert_eq!(
+        answer_soon(&journal, vec![entry(1, "a again")]).unwrap(),
+        [Appended::Duplicate]
+    );
+    assert!(
+        retiring.try_recv().is_err(),
+        "the retirement is answered only once done"
+    );
+    let segment_files = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".seg"))
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(segment_files().contains(&"00000000000000000001.seg".to_string()));
+
+    gate.open();
+    assert_eq!(retiring.blocking_recv().unwrap().unwrap(), 2);
+    assert!(
+        !segment_files()
+            .iter()
+            .any(|n| n == "00000000000000000001.seg" || n == "00000000000000000002.seg"),
+        "{:?}",
+        segment_files()
+    );
+    // Their keys are in a run now, and still refused.
+    assert_eq!(
+        answer_soon(&journal, vec![entry(2, "b again"), entry(5, "e")]).unwrap(),
+        [Appended::Duplicate, Appended::Stored { seq: 5 }]
+    );
+    drop(journal);
+    let (journal, _) = open(dir.path(), JournalOptions::default());
+    assert_eq!(
+        answer(&journal, vec![entry(1, "a"), entry(2, "b"), entry(4, "d")]).unwrap(),
+        [Appended::Duplicate; 3]
     );
 }

@@ -1,5 +1,9 @@
 //! The writer thread: the first stage of the journal's pipeline (dedup, encoding, `write`),
 //! rotation and retirement. The sync thread ([`crate::syncer`]) makes what it writes durable.
+//!
+//! Retiring segments (their dedup keys sorted into a run file and synced, then the files deleted)
+//! takes tens of milliseconds, so it runs on a thread of its own while the writer goes on
+//! writing; the writer takes the result in between groups ([`Retirer`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
@@ -7,17 +11,17 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::dedup::{KeyIndex, SeqRange, sync_dir};
+use crate::dedup::{KeyIndex, Run, SeqRange, sync_dir, write_run};
 use crate::record::encode;
 use crate::segment::{Recovered, SegmentInfo, list_spares, scan, segment_path, spare_path};
-use crate::syncer::{Handover, Shared, SyncData, Syncer, WrittenAppend};
-use crate::{AppendResult, Appended, Command, Entry, JournalError, JournalOptions, Sink};
+use crate::syncer::{Handover, Shared, Syncer, WrittenAppend};
+use crate::{AppendResult, Appended, Command, Entry, Hooks, JournalError, JournalOptions, Sink};
 
 /// Retired segment files kept to be written over by new segments. Overwriting blocks a file
 /// already has lets `fdatasync` write just the data: appending to a new file also changes its
@@ -26,6 +30,66 @@ use crate::{AppendResult, Appended, Command, Entry, JournalError, JournalOptions
 /// segments one flush retires at full speed.
 /// They hold old records until overwritten, like the segments did.
 const MAX_SPARES: usize = 4;
+/// Retired keys taken out of the in-memory set after each group (see
+/// [`KeyIndex::forget_retired`]): a fraction of a millisecond a group, and several times faster
+/// than segments retire at full speed.
+const FORGET_PER_GROUP: usize = 512;
+/// How long the writer waits for an append before it looks at a retirement under way (or takes
+/// retired keys out of memory) while nothing else happens.
+const IDLE_POLL: Duration = Duration::from_millis(2);
+
+/// The thread that retires segments, one retirement at a time.
+struct Retirer {
+    plans: Sender<(RetirePlan, Vec<SegmentInfo>)>,
+    outcomes: Receiver<RetireOutcome>,
+    thread: JoinHandle<()>,
+    /// The reply of the retirement under way, if one is.
+    under_way: Option<oneshot::Sender<Result<usize, JournalError>>>,
+}
+
+impl Retirer {
+    fn start(
+        dir: &std::path::Path,
+        before_retire: Box<dyn Fn() + Send>,
+    ) -> Result<Retirer, JournalError> {
+        let (plans, planned) = mpsc::channel::<(RetirePlan, Vec<SegmentInfo>)>();
+        let (done, outcomes) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("kith-journal-retire".into())
+            .spawn(move || {
+                for (plan, segments) in planned {
+                    before_retire();
+                    if done.send(retire_segments(&plan, segments)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| JournalError::io(dir, e))?;
+        Ok(Retirer {
+            plans,
+            outcomes,
+            thread,
+            under_way: None,
+        })
+    }
+}
+
+/// What a retirement thread did.
+struct RetireOutcome {
+    /// The run holding the segments' keys (`None` if none was written: one covered them already,
+    /// or writing failed).
+    run: Option<Run>,
+    /// The retired segments' keys once a run holds them durably; empty if none does.
+    durable_keys: Vec<u128>,
+    /// Files kept for reuse.
+    spares: Vec<PathBuf>,
+    /// Segments deleted (or kept as spares).
+    retired: usize,
+    /// Segments still on disk after a failure, oldest first: they stay in the journal and are
+    /// retired again later.
+    remaining: Vec<SegmentInfo>,
+    error: Option<JournalError>,
+}
 
 pub(crate) struct WriterState<T> {
     dir: PathBuf,
@@ -42,6 +106,7 @@ pub(crate) struct WriterState<T> {
     shared: Arc<Shared>,
     to_syncer: Sender<Handover<T>>,
     syncer: JoinHandle<()>,
+    retirer: Retirer,
 }
 
 impl<T: Send + 'static> WriterState<T> {
@@ -50,7 +115,7 @@ impl<T: Send + 'static> WriterState<T> {
         options: JournalOptions,
         recovered: Recovered,
         sink: Sink<T>,
-        sync_data: SyncData,
+        hooks: Hooks,
         shared: Arc<Shared>,
     ) -> Result<Self, JournalError> {
         let Recovered {
@@ -83,6 +148,11 @@ impl<T: Send + 'static> WriterState<T> {
             .write(true)
             .open(&active.path)
             .map_err(|e| JournalError::io(&active.path, e))?;
+        let Hooks {
+            sync_data,
+            before_retire,
+        } = hooks;
+        let retirer = Retirer::start(&dir, before_retire)?;
         let (to_syncer, handovers) = mpsc::channel();
         let syncer = Syncer {
             sink,
@@ -105,12 +175,13 @@ impl<T: Send + 'static> WriterState<T> {
             shared,
             to_syncer,
             syncer,
+            retirer,
         })
     }
 
     pub(crate) fn run(mut self, commands: Receiver<Command<T>>) {
         let mut buffer = Vec::new();
-        while let Ok(first) = commands.recv() {
+        while let Some(first) = self.next_command(&commands) {
             let mut group = Vec::new();
             let mut group_entries = 0usize;
             let mut group_bytes = 0usize;
@@ -132,7 +203,7 @@ impl<T: Send + 'static> WriterState<T> {
                         self.commit_group(std::mem::take(&mut group), group_bytes, &mut buffer);
                         group_entries = 0;
                         group_bytes = 0;
-                        let _ = reply.send(self.retire(through_seq));
+                        self.start_retirement(through_seq, reply);
                     }
                     Command::Barrier { then } => {
                         self.commit_group(std::mem::take(&mut group), group_bytes, &mut buffer);
@@ -154,6 +225,11 @@ impl<T: Send + 'static> WriterState<T> {
             }
             self.commit_group(group, group_bytes, &mut buffer);
         }
+        self.finish_retirement();
+        drop(self.retirer.plans);
+        if self.retirer.thread.join().is_err() {
+            tracing::error!("the journal's retirement thread panicked");
+        }
         // The sync thread answers what is handed over and ends when its channel closes.
         drop(self.to_syncer);
         if self.syncer.join().is_err() {
@@ -162,6 +238,24 @@ impl<T: Send + 'static> WriterState<T> {
         let _ = self.active_file.sync_all();
         if let Err(err) = self.keys.finish_merges() {
             tracing::warn!(error = %err, "a dedup merge did not finish; it is redone at the next start");
+        }
+    }
+
+    /// Waits for the next command (`None` once every sender is gone). While a retirement runs or
+    /// retired keys wait to leave memory, it wakes now and then to move them on.
+    fn next_command(&mut self, commands: &Receiver<Command<T>>) -> Option<Command<T>> {
+        loop {
+            if self.retirer.under_way.is_none() && !self.keys.forget_retired(FORGET_PER_GROUP) {
+                return commands.recv().ok();
+            }
+            match commands.recv_timeout(IDLE_POLL) {
+                Ok(command) => {
+                    self.poll_retirement();
+                    return Some(command);
+                }
+                Err(RecvTimeoutError::Timeout) => self.poll_retirement(),
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
         }
     }
 
@@ -282,6 +376,8 @@ impl<T: Send + 'static> WriterState<T> {
                 &JournalError::Stopped,
             );
         }
+        // While the sync thread syncs this group.
+        self.keys.forget_retired(FORGET_PER_GROUP);
     }
 
     /// Answers appends that will not be stored with `err`, and takes their bytes off the queue.
@@ -349,48 +445,192 @@ impl<T: Send + 'static> WriterState<T> {
             .open(path)
     }
 
-    /// Retires closed segments fully at or below `through_seq`: first their keys go to a dedup
-    /// run on disk (synced), then the segments are deleted — so a crash in between only leaves a
-    /// key recorded twice, never a key lost.
-    fn retire(&mut self, through_seq: u64) -> Result<usize, JournalError> {
-        self.keys.poll()?;
+    /// Retires closed segments fully at or below `through_seq` on a thread of its own (see
+    /// [`retire_segments`]); `reply` is answered once they are gone. One retirement at a time, in
+    /// order: one still under way is waited for first.
+    fn start_retirement(
+        &mut self,
+        through_seq: u64,
+        reply: oneshot::Sender<Result<usize, JournalError>>,
+    ) {
+        self.finish_retirement();
+        if let Err(err) = self.keys.poll() {
+            let _ = reply.send(Err(err));
+            return;
+        }
         let retirable = self
             .closed
             .iter()
             .take_while(|s| s.last_seq <= through_seq)
             .count();
         if retirable == 0 {
-            return Ok(0);
+            let _ = reply.send(Ok(0));
+            return;
         }
-        let retiring = &self.closed[..retirable];
+        let segments: Vec<SegmentInfo> = self.closed.drain(..retirable).collect();
         let range = SeqRange {
-            first: retiring[0].first_seq,
-            last: retiring[retirable - 1].last_seq.max(retiring[0].first_seq),
+            first: segments[0].first_seq,
+            last: segments[retirable - 1].last_seq.max(segments[0].first_seq),
         };
-        let mut keys = Vec::new();
-        for segment in retiring {
-            match &segment.keys {
-                Some(written) => keys.extend_from_slice(written),
-                None => keys.extend(keys_in_segment_file(segment)?),
+        let plan = RetirePlan {
+            runs_dir: self.keys.dir().to_path_buf(),
+            journal_dir: self.dir.clone(),
+            range,
+            write_run: !self.keys.covers(&range),
+            spare_slots: MAX_SPARES.saturating_sub(self.spares.len()),
+            spare_min_len: self.options.segment_bytes,
+        };
+        match self.retirer.plans.send((plan, segments)) {
+            Ok(()) => self.retirer.under_way = Some(reply),
+            Err(mpsc::SendError((plan, segments))) => {
+                // The thread is gone (it panicked): retire here, as before there was one.
+                let outcome = retire_segments(&plan, segments);
+                self.install_retirement(outcome, reply);
             }
         }
-        self.keys.retire(range, keys)?;
-        for segment in self.closed.drain(..retirable) {
-            // Only full-sized files are worth keeping: a new segment grows to that size.
-            if self.spares.len() < MAX_SPARES && segment.len >= self.options.segment_bytes {
-                let spare = spare_path(&segment.path);
-                fs::rename(&segment.path, &spare)
-                    .map_err(|e| JournalError::io(&segment.path, e))?;
-                self.spares.push(spare);
-            } else {
-                fs::remove_file(&segment.path).map_err(|e| JournalError::io(&segment.path, e))?;
-            }
-        }
-        sync_dir(&self.dir)?;
-        metrics::counter!("kith_journal_segments_retired_total").increment(retirable as u64);
-        metrics::gauge!("kith_dedup_index_bytes").set(self.keys.memory_bytes() as f64);
-        Ok(retirable)
     }
+
+    /// Installs a retirement that has finished, if any.
+    fn poll_retirement(&mut self) {
+        if self.retirer.under_way.is_none() {
+            return;
+        }
+        match self.retirer.outcomes.try_recv() {
+            Ok(outcome) => self.install_outcome(outcome),
+            Err(mpsc::TryRecvError::Empty) => {}
+            Err(mpsc::TryRecvError::Disconnected) => self.finish_retirement(),
+        }
+    }
+
+    /// Waits for the retirement under way, if any, and installs it.
+    fn finish_retirement(&mut self) {
+        if self.retirer.under_way.is_none() {
+            return;
+        }
+        let outcome = self.retirer.outcomes.recv().unwrap_or_else(|_| {
+            // The thread panicked: which files it deleted is unknown, so none of its segments
+            // are tracked any more (their keys stay in memory; a restart finds what is left).
+            RetireOutcome::failed(
+                Vec::new(),
+                JournalError::io(
+                    &self.dir,
+                    std::io::Error::other("the thread retiring journal segments panicked"),
+                ),
+            )
+        });
+        self.install_outcome(outcome);
+    }
+
+    fn install_outcome(&mut self, outcome: RetireOutcome) {
+        if let Some(reply) = self.retirer.under_way.take() {
+            self.install_retirement(outcome, reply);
+        }
+    }
+
+    fn install_retirement(
+        &mut self,
+        outcome: RetireOutcome,
+        reply: oneshot::Sender<Result<usize, JournalError>>,
+    ) {
+        let RetireOutcome {
+            run,
+            durable_keys,
+            spares,
+            retired,
+            remaining,
+            error,
+        } = outcome;
+        self.spares.extend(spares);
+        // Segments that could not go are still the oldest closed ones.
+        self.closed.splice(0..0, remaining);
+        let installed = self.keys.add_retired(run, durable_keys);
+        if retired > 0 {
+            metrics::counter!("kith_journal_segments_retired_total").increment(retired as u64);
+        }
+        metrics::gauge!("kith_dedup_index_bytes").set(self.keys.memory_bytes() as f64);
+        let _ = reply.send(match (error, installed) {
+            (Some(err), _) | (None, Err(err)) => Err(err),
+            (None, Ok(())) => Ok(retired),
+        });
+    }
+}
+
+/// What a retirement thread needs to know.
+struct RetirePlan {
+    runs_dir: PathBuf,
+    journal_dir: PathBuf,
+    range: SeqRange,
+    /// False when a run already covers `range` (segments back after a crash).
+    write_run: bool,
+    /// How many retired files may be kept for reuse.
+    spare_slots: usize,
+    /// Only files at least this long are worth keeping: a new segment grows to that size.
+    spare_min_len: u64,
+}
+
+impl RetireOutcome {
+    fn failed(remaining: Vec<SegmentInfo>, error: JournalError) -> RetireOutcome {
+        RetireOutcome {
+            run: None,
+            durable_keys: Vec::new(),
+            spares: Vec::new(),
+            retired: 0,
+            remaining,
+            error: Some(error),
+        }
+    }
+}
+
+/// Retires `segments` (closed, oldest first): first their keys go to a dedup run on disk
+/// (synced), then the files are deleted or kept as spares — so a crash in between only leaves a
+/// key recorded twice, never a key lost.
+fn retire_segments(plan: &RetirePlan, segments: Vec<SegmentInfo>) -> RetireOutcome {
+    let mut keys = Vec::new();
+    for segment in &segments {
+        match &segment.keys {
+            Some(written) => keys.extend_from_slice(written),
+            None => match keys_in_segment_file(segment) {
+                Ok(found) => keys.extend(found),
+                Err(err) => return RetireOutcome::failed(segments, err),
+            },
+        }
+    }
+    let run = if plan.write_run {
+        match write_run(&plan.runs_dir, plan.range, &keys) {
+            Ok(run) => Some(run),
+            Err(err) => return RetireOutcome::failed(segments, err),
+        }
+    } else {
+        None
+    };
+    let mut outcome = RetireOutcome {
+        run,
+        durable_keys: keys,
+        spares: Vec::new(),
+        retired: 0,
+        remaining: Vec::new(),
+        error: None,
+    };
+    let mut segments = segments.into_iter();
+    for segment in segments.by_ref() {
+        let gone = if outcome.spares.len() < plan.spare_slots && segment.len >= plan.spare_min_len {
+            let spare = spare_path(&segment.path);
+            fs::rename(&segment.path, &spare).map(|()| outcome.spares.push(spare))
+        } else {
+            fs::remove_file(&segment.path)
+        };
+        if let Err(err) = gone {
+            outcome.error = Some(JournalError::io(&segment.path, err));
+            outcome.remaining.push(segment);
+            break;
+        }
+        outcome.retired += 1;
+    }
+    outcome.remaining.extend(segments);
+    if let Err(err) = sync_dir(&plan.journal_dir) {
+        outcome.error.get_or_insert(err);
+    }
+    outcome
 }
 
 /// The dedup keys of a segment this process did not write (found at startup).

@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use crate::{JournalError, KeySet};
-pub(crate) use run::SeqRange;
-use run::{Run, TEMP_SUFFIX};
+use run::TEMP_SUFFIX;
+pub(crate) use run::{Run, SeqRange};
 
 /// The directory of run files, inside the journal directory.
 pub(crate) const RUNS_DIR: &str = "dedup";
@@ -35,8 +35,14 @@ pub(crate) const LEGACY_KEYS_FILE: &str = "dedup.keys";
 
 pub(crate) struct KeyIndex {
     dir: PathBuf,
-    /// Keys of records still in segments.
+    /// Keys of records still in segments, and of retired ones not yet taken out (see
+    /// `retired_in_live`).
     live: KeySet,
+    /// Keys a run on disk now holds that are still in `live`, to be taken out a slice at a time
+    /// ([`KeyIndex::forget_retired`]): removing a whole segment's keys at once is a hash-set miss
+    /// per key, tens of milliseconds in which the journal would answer nothing. A key in both
+    /// places is still found, so the delay costs only memory.
+    retired_in_live: Vec<u128>,
     /// Ascending by the seqs they cover.
     runs: Vec<Run>,
     merging: Option<JoinHandle<Result<Run, JournalError>>>,
@@ -76,6 +82,7 @@ impl KeyIndex {
         let mut index = KeyIndex {
             dir,
             live,
+            retired_in_live: Vec::new(),
             runs,
             merging: None,
         };
@@ -158,23 +165,65 @@ impl KeyIndex {
         self.live.remove(&key);
     }
 
-    /// Moves the keys of retired segments (seqs `range`) from memory to a run on disk. Returns
-    /// once the run is durable: the segments may be deleted then.
+    /// Moves the keys of retired segments (seqs `range`) from memory to a run on disk, all at
+    /// once. The journal's writer does the same in steps ([`write_run`] on another thread, then
+    /// [`KeyIndex::add_retired`] and [`KeyIndex::forget_retired`]).
+    #[cfg(test)]
     pub(crate) fn retire(&mut self, range: SeqRange, keys: Vec<u128>) -> Result<(), JournalError> {
-        self.install_finished_merge()?;
-        // After a crash between writing a run and deleting its segments, the segments come
-        // back: their keys are on disk already.
-        if !self.runs.iter().any(|run| run.range.covers(&range)) {
-            let run = Run::write(&self.dir, range, &keys)?;
-            sync_dir(&self.dir)?;
-            let position = self.runs.partition_point(|r| r.range < range);
+        let run = if self.covers(&range) {
+            None
+        } else {
+            Some(write_run(&self.dir, range, &keys)?)
+        };
+        self.add_retired(run, keys)?;
+        self.forget_retired(usize::MAX);
+        Ok(())
+    }
+
+    /// The directory runs are written to (see [`write_run`]).
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether a run already holds every key of `range`: after a crash between writing a run and
+    /// deleting its segments, the segments come back, and their keys are on disk already.
+    pub(crate) fn covers(&self, range: &SeqRange) -> bool {
+        self.runs.iter().any(|run| run.range.covers(range))
+    }
+
+    /// Takes in the run [`write_run`] made of retired segments' `keys` (`None` when a run
+    /// already covered them). Their keys leave memory over the next calls of
+    /// [`KeyIndex::forget_retired`].
+    pub(crate) fn add_retired(
+        &mut self,
+        run: Option<Run>,
+        keys: Vec<u128>,
+    ) -> Result<(), JournalError> {
+        if let Some(run) = run {
+            let position = self.runs.partition_point(|r| r.range < run.range);
             self.runs.insert(position, run);
         }
-        for key in &keys {
-            self.live.remove(key);
+        if self.retired_in_live.is_empty() {
+            self.retired_in_live = keys;
+        } else {
+            self.retired_in_live.extend_from_slice(&keys);
         }
+        self.install_finished_merge()?;
         self.start_merge_if_due();
         Ok(())
+    }
+
+    /// Takes up to `budget` keys that runs hold out of memory; returns whether any remain.
+    pub(crate) fn forget_retired(&mut self, budget: usize) -> bool {
+        let keep = self.retired_in_live.len().saturating_sub(budget);
+        for key in self.retired_in_live.drain(keep..) {
+            self.live.remove(&key);
+        }
+        if self.retired_in_live.is_empty() {
+            // Hand back the list's memory rather than keep a segment's worth for the next one.
+            self.retired_in_live = Vec::new();
+        }
+        !self.retired_in_live.is_empty()
     }
 
     /// Installs a background merge that has finished, if any, and starts the next one due.
@@ -275,6 +324,15 @@ impl KeyIndex {
 /// Size class of a run: runs of one class are merged.
 fn level(count: u64) -> u32 {
     u64::BITS - count.max(1).leading_zeros()
+}
+
+/// Writes the keys of retired segments (seqs `range`) as a durable run in `dir`: once it returns,
+/// the segments may be deleted. Runs on whatever thread the caller likes; the run joins the index
+/// through [`KeyIndex::add_retired`].
+pub(crate) fn write_run(dir: &Path, range: SeqRange, keys: &[u128]) -> Result<Run, JournalError> {
+    let run = Run::write(dir, range, keys)?;
+    sync_dir(dir)?;
+    Ok(run)
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), JournalError> {

@@ -110,6 +110,28 @@ fn retired_keys_leave_memory_and_stay_known_across_restarts() {
 }
 
 #[test]
+fn retired_keys_leave_memory_a_slice_at_a_time_and_are_found_throughout() {
+    let dir = tempfile::tempdir().unwrap();
+    let retired = keys(7, 1_000);
+    let mut index = KeyIndex::open(dir.path(), KeySet::default()).unwrap();
+    for key in &retired {
+        assert!(index.insert(*key).unwrap());
+    }
+    let run = write_run(index.dir(), range(1, 1_000), &retired).unwrap();
+    index.add_retired(Some(run), retired.clone()).unwrap();
+    assert_eq!(index.live_count(), 1_000, "nothing leaves memory at once");
+    let mut steps = 0;
+    while index.forget_retired(300) {
+        steps += 1;
+        assert_eq!(index.live_count(), 1_000 - 300 * steps);
+        assert!(retired.iter().all(|k| index.contains(*k).unwrap()));
+        assert!(!index.insert(retired[steps * 11]).unwrap());
+    }
+    assert_eq!((steps, index.live_count()), (3, 0));
+    assert!(retired.iter().all(|k| index.contains(*k).unwrap()));
+}
+
+#[test]
 fn many_retirements_leave_few_runs_and_lose_no_key() {
     let dir = tempfile::tempdir().unwrap();
     let mut index = KeyIndex::open(dir.path(), KeySet::default()).unwrap();
