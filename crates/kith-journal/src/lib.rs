@@ -4,7 +4,9 @@
 //! deduplicates, encodes and `write`s them as one group. The sync thread makes the groups durable
 //! with one `fdatasync` for every group written since its last one (group commit), hands them to
 //! the sink and answers the requests, in order. The writer does not wait for the disk, so
-//! encoding the next group overlaps syncing the last.
+//! encoding the next group overlaps syncing the last. A third thread retires segments the event
+//! tables hold (their dedup keys to a run file, then the files deleted), so that slow work never
+//! holds an append.
 //! Deduplication lives here too, because the writer is the only place that sees every append in
 //! order: a `messageId` hash that was ever stored is refused, however late the retry.
 //!
