@@ -573,3 +573,45 @@ fn appends_are_answered_and_deduplicated_while_a_retirement_is_under_way() {
         [Appended::Duplicate; 3]
     );
 }
+
+#[test]
+fn a_retirement_that_fails_keeps_its_segments_and_a_later_one_retires_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path(), a_segment_per_append());
+    for (key, text) in [(1, "a"), (2, "b"), (3, "c")] {
+        answer(&journal, vec![entry(key, text)]).unwrap();
+    }
+    // A file where the run directory should be: the run cannot be written.
+    let runs = dir.path().join("dedup");
+    std::fs::remove_dir_all(&runs).unwrap();
+    std::fs::write(&runs, b"in the way").unwrap();
+    let failed = journal
+        .retire_through(2)
+        .blocking_recv()
+        .unwrap()
+        .unwrap_err();
+    assert!(failed.to_string().contains("dedup"), "{failed}");
+    assert!(dir.path().join("00000000000000000001.seg").exists());
+    assert_eq!(
+        answer(&journal, vec![entry(1, "a again")]).unwrap(),
+        [Appended::Duplicate],
+        "the keys of segments that stayed still deduplicate"
+    );
+
+    std::fs::remove_file(&runs).unwrap();
+    std::fs::create_dir(&runs).unwrap();
+    assert_eq!(
+        journal.retire_through(2).blocking_recv().unwrap().unwrap(),
+        2
+    );
+    assert!(!dir.path().join("00000000000000000001.seg").exists());
+    assert!(!dir.path().join("00000000000000000002.seg").exists());
+    assert_eq!(
+        answer(&journal, vec![entry(1, "a"), entry(2, "b"), entry(9, "i")]).unwrap(),
+        [
+            Appended::Duplicate,
+            Appended::Duplicate,
+            Appended::Stored { seq: 4 }
+        ]
+    );
+}
