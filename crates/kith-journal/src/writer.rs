@@ -484,8 +484,8 @@ impl<T: Send + 'static> WriterState<T> {
             Ok(()) => self.retirer.under_way = Some(reply),
             Err(mpsc::SendError((plan, segments))) => {
                 // The thread is gone (it panicked): retire here, as before there was one.
-                let outcome = retire_segments(&plan, segments);
-                self.install_retirement(outcome, reply);
+                self.retirer.under_way = Some(reply);
+                self.install_retirement(retire_segments(&plan, segments));
             }
         }
     }
@@ -496,7 +496,7 @@ impl<T: Send + 'static> WriterState<T> {
             return;
         }
         match self.retirer.outcomes.try_recv() {
-            Ok(outcome) => self.install_outcome(outcome),
+            Ok(outcome) => self.install_retirement(outcome),
             Err(mpsc::TryRecvError::Empty) => {}
             Err(mpsc::TryRecvError::Disconnected) => self.finish_retirement(),
         }
@@ -518,20 +518,11 @@ impl<T: Send + 'static> WriterState<T> {
                 ),
             )
         });
-        self.install_outcome(outcome);
+        self.install_retirement(outcome);
     }
 
-    fn install_outcome(&mut self, outcome: RetireOutcome) {
-        if let Some(reply) = self.retirer.under_way.take() {
-            self.install_retirement(outcome, reply);
-        }
-    }
-
-    fn install_retirement(
-        &mut self,
-        outcome: RetireOutcome,
-        reply: oneshot::Sender<Result<usize, JournalError>>,
-    ) {
+    /// Takes in what the retirement under way did, and answers it.
+    fn install_retirement(&mut self, outcome: RetireOutcome) {
         let RetireOutcome {
             run,
             durable_keys,
@@ -548,10 +539,13 @@ impl<T: Send + 'static> WriterState<T> {
             metrics::counter!("kith_journal_segments_retired_total").increment(retired as u64);
         }
         metrics::gauge!("kith_dedup_index_bytes").set(self.keys.memory_bytes() as f64);
-        let _ = reply.send(match (error, installed) {
+        let answer = match (error, installed) {
             (Some(err), _) | (None, Err(err)) => Err(err),
             (None, Ok(())) => Ok(retired),
-        });
+        };
+        if let Some(reply) = self.retirer.under_way.take() {
+            let _ = reply.send(answer);
+        }
     }
 }
 

@@ -18,6 +18,15 @@ pub(crate) fn keys(seed: u64, n: usize) -> Vec<u128> {
         .collect()
 }
 
+/// An index in `dir` holding `keys`, each new to it.
+fn index_holding(dir: &Path, keys: &[u128]) -> KeyIndex {
+    let mut index = KeyIndex::open(dir, KeySet::default()).unwrap();
+    for key in keys {
+        assert!(index.insert(*key).unwrap());
+    }
+    index
+}
+
 fn run_files(journal_dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(journal_dir.join(RUNS_DIR))
         .unwrap()
@@ -90,10 +99,7 @@ fn a_damaged_run_is_reported() {
 fn retired_keys_leave_memory_and_stay_known_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let first = keys(5, 500);
-    let mut index = KeyIndex::open(dir.path(), KeySet::default()).unwrap();
-    for key in &first {
-        assert!(index.insert(*key).unwrap());
-    }
+    let mut index = index_holding(dir.path(), &first);
     assert!(!index.insert(first[7]).unwrap(), "a repeat within memory");
     index.retire(range(1, 500), first.clone()).unwrap();
     assert_eq!(index.live_count(), 0);
@@ -113,10 +119,7 @@ fn retired_keys_leave_memory_and_stay_known_across_restarts() {
 fn retired_keys_leave_memory_a_slice_at_a_time_and_are_found_throughout() {
     let dir = tempfile::tempdir().unwrap();
     let retired = keys(7, 1_000);
-    let mut index = KeyIndex::open(dir.path(), KeySet::default()).unwrap();
-    for key in &retired {
-        assert!(index.insert(*key).unwrap());
-    }
+    let mut index = index_holding(dir.path(), &retired);
     let run = write_run(index.dir(), range(1, 1_000), &retired).unwrap();
     index.add_retired(Some(run), retired.clone()).unwrap();
     assert_eq!(index.live_count(), 1_000, "nothing leaves memory at once");
