@@ -429,14 +429,22 @@ fn retired_segment_files_are_reused_and_their_old_records_never_come_back() {
         (7, text("new 7")),
     ];
     assert_eq!(replayed(dir.path(), 0), expected, "read while written");
+    let before_close = std::fs::read(&reused).unwrap();
     drop(journal);
+    assert_eq!(
+        std::fs::metadata(&reused).unwrap().len(),
+        100,
+        "a clean close cuts the old records off the tail"
+    );
+    // What a crash leaves instead: the old records still there.
+    std::fs::write(&reused, &before_close).unwrap();
 
     let (journal, seen) = open(dir.path(), options);
     assert_eq!(journal.last_seq_at_open(), 7);
     assert_eq!(
         std::fs::metadata(&reused).unwrap().len(),
         100,
-        "recovery cuts the old records off the tail"
+        "recovery after a crash cuts the old records off the tail"
     );
     assert_eq!(replayed(dir.path(), 0), expected, "after a restart");
     assert_eq!(append(&journal, 8, "new 8"), [Appended::Stored { seq: 8 }]);

@@ -235,6 +235,11 @@ impl<T: Send + 'static> WriterState<T> {
         if self.syncer.join().is_err() {
             tracing::error!("the journal's sync thread panicked");
         }
+        // A reused file may still hold its old records past the last new one. Cut them off now,
+        // so that a clean restart has nothing to cut and recovery's warning means a crash.
+        if let Err(err) = self.active_file.set_len(self.active.len) {
+            tracing::warn!(error = %err, path = %self.active.path.display(), "could not cut the journal's active segment to its records; the next start does it");
+        }
         let _ = self.active_file.sync_all();
         if let Err(err) = self.keys.finish_merges() {
             tracing::warn!(error = %err, "a dedup merge did not finish; it is redone at the next start");
