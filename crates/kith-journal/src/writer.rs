@@ -235,12 +235,11 @@ impl<T: Send + 'static> WriterState<T> {
         if self.syncer.join().is_err() {
             tracing::error!("the journal's sync thread panicked");
         }
-        // A reused file may still hold its old records past the last new one. Cut them off now,
-        // so that a clean restart has nothing to cut and recovery's warning means a crash.
-        if let Err(err) = self.active_file.set_len(self.active.len) {
+        // Ended like a closed segment, so that a clean restart has nothing to cut and recovery's
+        // warning means a crash.
+        if let Err(err) = end_at_records(&self.active_file, self.active.len) {
             tracing::warn!(error = %err, path = %self.active.path.display(), "could not cut the journal's active segment to its records; the next start does it");
         }
-        let _ = self.active_file.sync_all();
         if let Err(err) = self.keys.finish_merges() {
             tracing::warn!(error = %err, "a dedup merge did not finish; it is redone at the next start");
         }
@@ -404,12 +403,7 @@ impl<T: Send + 'static> WriterState<T> {
         if self.active.len < self.options.segment_bytes {
             return Ok(());
         }
-        // A reused file may hold old records past this segment's: cut them, so a closed segment
-        // ends where its records do.
-        if self.active_file.metadata()?.len() > self.active.len {
-            self.active_file.set_len(self.active.len)?;
-        }
-        self.active_file.sync_all()?;
+        end_at_records(&self.active_file, self.active.len)?;
         let path = segment_path(&self.dir, self.next_seq);
         let file = self.reuse_spare(&path)?;
         sync_dir(&self.dir).map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -645,4 +639,13 @@ fn keys_in_segment_file(segment: &SegmentInfo) -> Result<Vec<u128>, JournalError
         Ok(())
     })?;
     Ok(keys)
+}
+
+/// Cuts off whatever a reused file held past a segment's records (`records_len` bytes), and
+/// syncs it: a closed segment, or the active one at a clean close, ends where its records do.
+fn end_at_records(file: &File, records_len: u64) -> std::io::Result<()> {
+    if file.metadata()?.len() > records_len {
+        file.set_len(records_len)?;
+    }
+    file.sync_all()
 }
