@@ -1,6 +1,6 @@
 //! Segment files: listing, crash recovery and reading.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -174,9 +174,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
                     .write(true)
                     .open(&path)
                     .map_err(|e| JournalError::io(&path, e))?;
-                file.set_len(offset as u64)
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| JournalError::io(&path, e))?;
+                end_at_records(&file, offset as u64).map_err(|e| JournalError::io(&path, e))?;
             }
             Some(Stop::Stale { .. }) => {
                 // A closed segment is cut to its records when it is closed; old records after
@@ -242,4 +240,14 @@ pub(crate) fn read_after(
         })?;
     }
     Ok(())
+}
+
+/// Cuts off whatever a reused file held past a segment's records (`records_len` bytes), and
+/// syncs it: a closed segment, the active one at a clean close, and a recovered tail end where
+/// their records do.
+pub(crate) fn end_at_records(file: &File, records_len: u64) -> std::io::Result<()> {
+    if file.metadata()?.len() > records_len {
+        file.set_len(records_len)?;
+    }
+    file.sync_all()
 }

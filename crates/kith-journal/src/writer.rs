@@ -19,7 +19,9 @@ use tokio::sync::oneshot;
 
 use crate::dedup::{KeyIndex, Run, SeqRange, sync_dir, write_run};
 use crate::record::encode;
-use crate::segment::{Recovered, SegmentInfo, list_spares, scan, segment_path, spare_path};
+use crate::segment::{
+    Recovered, SegmentInfo, end_at_records, list_spares, scan, segment_path, spare_path,
+};
 use crate::syncer::{Handover, Shared, Syncer, WrittenAppend};
 use crate::{AppendResult, Appended, Command, Entry, Hooks, JournalError, JournalOptions, Sink};
 
@@ -639,13 +641,4 @@ fn keys_in_segment_file(segment: &SegmentInfo) -> Result<Vec<u128>, JournalError
         Ok(())
     })?;
     Ok(keys)
-}
-
-/// Cuts off whatever a reused file held past a segment's records (`records_len` bytes), and
-/// syncs it: a closed segment, or the active one at a clean close, ends where its records do.
-fn end_at_records(file: &File, records_len: u64) -> std::io::Result<()> {
-    if file.metadata()?.len() > records_len {
-        file.set_len(records_len)?;
-    }
-    file.sync_all()
 }
