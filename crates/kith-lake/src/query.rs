@@ -23,7 +23,10 @@ pub enum QueryError {
     #[error("the query ran longer than the {0:?} limit; narrow it with WHERE or LIMIT")]
     Timeout(Duration),
     #[error(
-        "the query needs more than the {0} bytes of memory it may use; aggregate or filter more"
+        "the query needs more than the {} MiB of memory it may use; filter or aggregate more. \
+         COUNT(DISTINCT x) beside other aggregates holds every distinct value at once: \
+         `SELECT count(*) FROM (SELECT DISTINCT x FROM ...)` counts them in less",
+        .0 >> 20
     )]
     OutOfMemory(usize),
     /// Something failed that is not the query's fault.

@@ -2,6 +2,7 @@
 //! but the Delta table does not have yet.
 
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -237,7 +238,7 @@ impl EventTable {
         };
         {
             let mut inner = self.write();
-            inner.delta = Some(table);
+            adopt_if_newer(&mut inner.delta, table);
             inner.committed_seq = through_seq;
             let drained: usize = inner
                 .buffer
@@ -259,28 +260,61 @@ impl EventTable {
         Ok(rows)
     }
 
-    /// Compacts small files (Delta OPTIMIZE).
+    /// Compacts small files (Delta OPTIMIZE). Flushes may run meanwhile: both only add files
+    /// or replace files the other does not touch, so Delta's conflict check lets both commit.
     pub async fn optimize(&self) -> Result<(), LakeError> {
         let Some(table) = self.read().delta.clone() else {
             return Ok(());
         };
+        let started = Instant::now();
         // The flushes' column settings (no free text, such as emails and ids, in footer
         // statistics), with ZSTD: compacted files live long and are written in the background,
-        // so size matters more than writing speed there.
-        let (table, metrics) = table
+        // so size matters more than writing speed there. One file at a time, so compaction
+        // takes at most one core from ingestion.
+        let (table, outcome) = table
             .optimize()
+            .with_target_size(COMPACTED_FILE_BYTES)
+            .with_max_concurrent_tasks(1)
             .with_writer_properties(writer_properties(&self.schema, compacted_codec()))
             .await?;
         tracing::info!(
             table = self.name,
-            files_removed = metrics.num_files_removed,
-            files_added = metrics.num_files_added,
-            "optimized"
+            files_removed = outcome.num_files_removed,
+            files_added = outcome.num_files_added,
+            seconds = started.elapsed().as_secs_f64(),
+            "compacted"
         );
-        self.write().delta = Some(table);
+        metrics::counter!("kith_lake_compactions_total", "table" => self.name).increment(1);
+        metrics::counter!("kith_lake_files_compacted_total", "table" => self.name)
+            .increment(outcome.num_files_removed);
+        metrics::histogram!("kith_lake_compaction_seconds", "table" => self.name)
+            .record(started.elapsed().as_secs_f64());
+        adopt_if_newer(&mut self.write().delta, table);
         Ok(())
     }
 }
+
+/// Replaces the table handle with `table` unless the handle is already at a later version.
+///
+/// A flush and a compaction commit concurrently and finish in either order; each one's handle
+/// holds every commit up to its own (delta-rs catches up with the log before committing), so
+/// the later version always holds all flushed rows, and never going back keeps compaction's
+/// next plan from naming files an earlier compaction already replaced.
+fn adopt_if_newer(current: &mut Option<DeltaTable>, table: DeltaTable) {
+    let newer = match current.as_ref().and_then(DeltaTable::version) {
+        Some(held) => table.version().is_some_and(|version| version > held),
+        None => true,
+    };
+    if newer {
+        *current = Some(table);
+    }
+}
+
+/// Compaction packs small files into files of up to this size and leaves larger ones alone.
+/// Below delta-rs's default (100 MiB): a compacted file stays a candidate until it reaches the
+/// target, and each pass rewrites it together with the new small files, so a smaller target
+/// rewrites each event fewer times and holds less in memory while doing it.
+const COMPACTED_FILE_BYTES: NonZeroU64 = NonZeroU64::new(32 << 20).unwrap();
 
 /// How flushes compress: LZ4_RAW rather than Snappy, as widely read (DuckDB, Polars, Arrow,
 /// Spark) and, in the ingest benchmark, faster to write with smaller files (16 bytes a stored

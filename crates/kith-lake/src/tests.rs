@@ -436,6 +436,83 @@ async fn compacted_files_keep_the_flush_settings_but_compress_harder() {
     }
 }
 
+/// The server compacts on its own thread while flushes go on. Whichever commits last, every
+/// flushed row stays visible (the table handle never goes back to a version without it), and
+/// both kinds of commit land: nothing written twice, nothing replayed after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushes_go_on_while_a_compaction_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = std::sync::Arc::new(Lake::open(dir.path()).await.unwrap());
+    let mut seq = 0u64;
+    let mut flush_one = async |lake: &Lake| {
+        seq += 1;
+        let e = event(&format!("m{seq}"), &format!("u{}", seq % 7), 1.0);
+        lake.ingest(vec![(seq, Stored::Event(e).encode())]);
+        assert_eq!(lake.flush().await.unwrap(), 1);
+        seq
+    };
+    for _ in 0..30 {
+        flush_one(&lake).await;
+    }
+    let small_files = events_files(&lake).len();
+    assert_eq!(small_files, 30);
+
+    let mut flushed_while_compacting = 0;
+    for _round in 0..3 {
+        let compacting = tokio::spawn({
+            let lake = lake.clone();
+            async move { lake.events.optimize().await }
+        });
+        while !compacting.is_finished() {
+            let written = flush_one(&lake).await;
+            flushed_while_compacting += 1;
+            let count = scalar(&lake, "SELECT count(*) AS n FROM events").await;
+            assert!(
+                count.contains(&format!("| {written} ")),
+                "after seq {written}: {count}"
+            );
+        }
+        compacting.await.unwrap().unwrap();
+        let written = flush_one(&lake).await;
+        let counts = scalar(
+            &lake,
+            "SELECT count(*) AS n, count(DISTINCT message_id) AS d FROM events",
+        )
+        .await;
+        assert!(
+            counts.contains(&format!("| {written} | {written} |")),
+            "after the compaction: {counts}"
+        );
+    }
+    assert!(
+        flushed_while_compacting > 0,
+        "no flush overlapped a compaction"
+    );
+    let files = events_files(&lake).len();
+    assert!(
+        files < small_files,
+        "{files} files after compacting {small_files} small ones"
+    );
+
+    let total = seq;
+    drop(lake);
+    let reopened = Lake::open(dir.path()).await.unwrap();
+    assert_eq!(
+        reopened.events.committed_seq(),
+        total,
+        "the last flush's journal position"
+    );
+    let counts = scalar(
+        &reopened,
+        "SELECT count(*) AS n, count(DISTINCT message_id) AS d FROM events",
+    )
+    .await;
+    assert!(
+        counts.contains(&format!("| {total} | {total} |")),
+        "{counts}"
+    );
+}
+
 /// (event, ingest_seq) of every row of a Parquet file, in the file's order.
 fn parquet_event_order(file: &std::path::Path) -> Vec<(String, u64)> {
     use arrow::array::{AsArray, StringArray};
@@ -501,4 +578,56 @@ async fn clustered_flushes_write_rows_in_runs_of_event_names() {
     assert_eq!(in_journal_order, (31..=60).collect::<Vec<_>>());
     let rows = scalar(&lake, "SELECT count(*) AS n FROM events").await;
     assert!(rows.contains("| 60 |"), "{rows}");
+}
+
+/// A query over its memory limit fails with a 400-class error that says how to ask for less,
+/// including the common case: COUNT(DISTINCT) beside other aggregates keeps every distinct
+/// value in memory, and the DISTINCT subquery it names does fit where that does not.
+#[tokio::test]
+async fn a_query_over_its_memory_limit_says_how_to_ask_for_less() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    let mut seq = 0u64;
+    for _ in 0..4 {
+        let records: Vec<_> = (0..50_000)
+            .map(|_| {
+                seq += 1;
+                let id = format!("ajs-{seq:010}-5b7d-4e8f-a0b1");
+                (seq, Stored::Event(event(&id, "u", 1.0)).encode())
+            })
+            .collect();
+        lake.ingest(records);
+        lake.flush().await.unwrap();
+    }
+    let limits = QueryLimits {
+        memory_bytes: 20 << 20,
+        ..QueryLimits::default()
+    };
+    let over = lake
+        .query(
+            "SELECT count(*) AS n, count(DISTINCT message_id) AS d FROM events",
+            &limits,
+        )
+        .await
+        .err()
+        .expect("200,000 distinct ids beside count(*) do not fit in 20 MiB");
+    assert!(matches!(over, QueryError::OutOfMemory(_)), "{over:?}");
+    let message = over.to_string();
+    assert!(message.contains("20 MiB"), "{message}");
+    assert!(
+        message.contains("SELECT count(*) FROM (SELECT DISTINCT x FROM"),
+        "{message}"
+    );
+
+    let rewritten = lake
+        .query(
+            "SELECT count(*) AS d FROM (SELECT DISTINCT message_id FROM events)",
+            &limits,
+        )
+        .await
+        .unwrap();
+    let answer = arrow::util::pretty::pretty_format_batches(&rewritten.batches)
+        .unwrap()
+        .to_string();
+    assert!(answer.contains("| 200000 |"), "{answer}");
 }

@@ -260,6 +260,7 @@ async fn flush_loop(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<b
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut flushes = 0u64;
+    let mut compaction: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -273,13 +274,24 @@ async fn flush_loop(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<b
             continue;
         }
         flushes += 1;
-        // Compact the many files frequent flushes leave behind.
-        if flushes.is_multiple_of(50) {
-            for table in app.pipeline.lake.tables() {
-                if let Err(e) = table.optimize().await {
-                    tracing::warn!(table = table.name, error = %e, "optimize failed");
+        // Compact the many files frequent flushes leave behind, on its own thread: flushing
+        // goes on meanwhile, so a compaction never holds rows in memory long enough to turn
+        // clients away. One at a time: when one is still running as the next falls due, the
+        // one after covers the files that accumulated meanwhile.
+        if flushes.is_multiple_of(COMPACT_EVERY_FLUSHES)
+            && compaction.as_ref().is_none_or(|c| c.is_finished())
+        {
+            let lake = app.pipeline.lake.clone();
+            compaction = Some(crate::runtimes::compactions().spawn(async move {
+                for table in lake.tables() {
+                    if let Err(e) = table.optimize().await {
+                        tracing::warn!(table = table.name, error = %e, "compaction failed");
+                    }
                 }
-            }
+            }));
         }
     }
 }
+
+/// Flushes between compactions of the event tables.
+const COMPACT_EVERY_FLUSHES: u64 = 50;

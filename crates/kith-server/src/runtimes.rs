@@ -48,8 +48,14 @@ where
     })
 }
 
-/// Runs Delta flushes, journal retirement and compaction.
+/// Runs Delta flushes and journal retirement.
 pub fn flushes() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| build("kith-flush", 1))
+}
+
+/// Runs compaction of the event tables, apart from flushes so neither waits for the other.
+pub fn compactions() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| build("kith-compact", 1))
 }
