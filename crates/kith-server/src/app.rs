@@ -282,7 +282,7 @@ async fn flush_loop(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<b
             && compaction.as_ref().is_none_or(|c| c.is_finished())
         {
             let lake = app.pipeline.lake.clone();
-            compaction = Some(crate::runtimes::compactions().spawn(async move {
+            compaction = Some(crate::runtimes::spawn_compaction(async move {
                 for table in lake.tables() {
                     if let Err(e) = table.optimize().await {
                         tracing::warn!(table = table.name, error = %e, "compaction failed");

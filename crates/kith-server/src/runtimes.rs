@@ -55,7 +55,73 @@ pub fn flushes() -> &'static Runtime {
 }
 
 /// Runs compaction of the event tables, apart from flushes so neither waits for the other.
-pub fn compactions() -> &'static Runtime {
+///
+/// Its thread runs at a lower priority: compaction can wait, ingestion cannot (rows pile up
+/// in memory until clients are turned away). Under full load it gets the CPU that is left and
+/// finishes later; on a machine with time to spare it runs as fast as before. It gives back
+/// the memory a compaction used once it is done, like the query runtime.
+fn compactions() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| build("kith-compact", 1))
+    RUNTIME.get_or_init(|| {
+        builder("kith-compact", 1)
+            .on_thread_start(lower_this_threads_priority)
+            .on_thread_park(crate::memory::on_idle)
+            .build()
+            .expect("a background runtime starts")
+    })
+}
+
+/// Runs compaction on the compaction runtime, giving its memory back when it ends.
+pub fn spawn_compaction<F>(work: F) -> JoinHandle<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    compactions().spawn(async move {
+        work.await;
+        crate::memory::heavy_work_done();
+    })
+}
+
+/// Nice value of background housekeeping threads (0 is normal, 19 the lowest).
+const HOUSEKEEPING_NICE: libc::c_int = 10;
+
+fn lower_this_threads_priority() {
+    // On Linux the nice value belongs to the thread: `who` 0 is the calling thread.
+    // SAFETY: setpriority only reads its integer arguments.
+    let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HOUSEKEEPING_NICE) } != 0;
+    if failed {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "could not lower the compaction thread's priority; it competes with ingestion"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Compaction runs on a thread of its own at the housekeeping priority, and the caller's
+    /// thread keeps its own.
+    #[tokio::test]
+    async fn compaction_runs_at_a_lower_priority_on_its_own_thread() {
+        // SAFETY (here and below): getpriority only reads its integer arguments.
+        let callers = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        super::spawn_compaction(async move {
+            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+            let name = std::thread::current().name().map(str::to_string);
+            let _ = sender.send((nice, name));
+        })
+        .await
+        .unwrap();
+        let (nice, name) = receiver.await.unwrap();
+        // At least the housekeeping value: a process started at a lower priority stays there.
+        assert!(nice >= super::HOUSEKEEPING_NICE, "nice {nice}");
+        assert!(
+            nice > callers || callers >= super::HOUSEKEEPING_NICE,
+            "nice {nice}, the caller's {callers}"
+        );
+        assert_eq!(name.as_deref(), Some("kith-compact"));
+        let after = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        assert_eq!(after, callers, "the caller's thread keeps its priority");
+    }
 }
