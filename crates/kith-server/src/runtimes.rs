@@ -41,7 +41,17 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    queries().spawn(async move {
+    spawn_releasing(queries(), work)
+}
+
+/// Runs `work` on `runtime` and, once it ends, has the runtime's threads give the memory it
+/// freed back to the system (see [`crate::memory`]).
+fn spawn_releasing<F>(runtime: &Runtime, work: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    runtime.spawn(async move {
         let output = work.await;
         crate::memory::heavy_work_done();
         output
@@ -76,17 +86,22 @@ pub fn spawn_compaction<F>(work: F) -> JoinHandle<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    compactions().spawn(async move {
-        work.await;
-        crate::memory::heavy_work_done();
-    })
+    spawn_releasing(compactions(), work)
 }
 
 /// Nice value of background housekeeping threads (0 is normal, 19 the lowest).
+#[cfg(target_os = "linux")]
 const HOUSEKEEPING_NICE: libc::c_int = 10;
 
+/// Only on Linux, where the nice value belongs to the thread (`who` 0 is the calling thread);
+/// elsewhere the same call would lower the whole process, so the thread keeps its priority.
 fn lower_this_threads_priority() {
-    // On Linux the nice value belongs to the thread: `who` 0 is the calling thread.
+    #[cfg(target_os = "linux")]
+    lower_linux_threads_priority();
+}
+
+#[cfg(target_os = "linux")]
+fn lower_linux_threads_priority() {
     // SAFETY: setpriority only reads its integer arguments.
     let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HOUSEKEEPING_NICE) } != 0;
     if failed {
@@ -97,7 +112,7 @@ fn lower_this_threads_priority() {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     /// Compaction runs on a thread of its own at the housekeeping priority, and the caller's
     /// thread keeps its own.
