@@ -17,6 +17,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub query: QueryConfig,
     #[serde(default)]
+    pub tables: TablesConfig,
+    #[serde(default)]
     pub identity: IdentityConfig,
     #[serde(default)]
     pub profiles: ProfilesConfig,
@@ -104,6 +106,64 @@ pub struct QueryConfig {
     pub timeout_secs: Option<u64>,
     pub memory_mb: Option<usize>,
     pub max_rows: Option<usize>,
+}
+
+/// The shortest `replaced_files_kept_minutes` accepted.
+const MIN_REPLACED_FILES_KEPT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+/// The shortest `log_entries_kept_minutes` accepted.
+const MIN_LOG_ENTRIES_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `[tables]`: how long the event tables keep what no current version needs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TablesConfig {
+    /// Data files compaction replaced are deleted this many minutes later (default 60): long
+    /// enough for anything still reading an older version (DuckDB, Spark, a long query).
+    pub replaced_files_kept_minutes: Option<u64>,
+    /// Delta log entries before the newest checkpoint are deleted this many minutes later
+    /// (default 2). Kith offers no time travel, and every entry kept slows each commit down.
+    pub log_entries_kept_minutes: Option<u64>,
+}
+
+impl FileConfig {
+    /// How long the event tables keep replaced files and old log entries, checked against the
+    /// query time limit: a query must not outlive the files it reads.
+    pub fn housekeeping(
+        &self,
+        query_timeout: std::time::Duration,
+    ) -> anyhow::Result<kith_lake::Housekeeping> {
+        let minutes = |m: u64| std::time::Duration::from_secs(m.saturating_mul(60));
+        let mut policy = kith_lake::Housekeeping::default();
+        if let Some(m) = self.tables.replaced_files_kept_minutes {
+            policy.replaced_files_kept = minutes(m);
+        }
+        if let Some(m) = self.tables.log_entries_kept_minutes {
+            policy.log_entries_kept = minutes(m);
+        }
+        // Files a flush or a compaction is writing are not referenced until its commit lands,
+        // and queries read the files of the version they started on.
+        let floor = query_timeout.max(MIN_REPLACED_FILES_KEPT);
+        if policy.replaced_files_kept < floor {
+            anyhow::bail!(
+                "[tables] replaced_files_kept_minutes is {} but must be at least {} (10 minutes, \
+                 and no less than the query time limit of {} s): files still being written or \
+                 read could be deleted",
+                policy.replaced_files_kept.as_secs() / 60,
+                floor.as_secs().div_ceil(60),
+                query_timeout.as_secs(),
+            );
+        }
+        // A commit that lost a race reads the entries that landed since its version to check
+        // for conflicts; a minute is far longer than any flush takes.
+        if policy.log_entries_kept < MIN_LOG_ENTRIES_KEPT {
+            anyhow::bail!(
+                "[tables] log_entries_kept_minutes must be at least 1: a commit in progress may \
+                 still need the entries just before it"
+            );
+        }
+        Ok(policy)
+    }
 }
 
 /// `[profiles]`: how much of the profile state memory holds.
@@ -235,6 +295,41 @@ mod tests {
         let err = format!("{:#}", zero.profile_settings().unwrap_err());
         assert!(err.contains("[profiles] resident_facts"), "{err}");
         assert!(toml::from_str::<FileConfig>("[profiles]\nresident = 5\n").is_err());
+    }
+
+    #[test]
+    fn table_retention_is_read_in_minutes_and_must_outlast_a_query() {
+        let limit = std::time::Duration::from_secs(30);
+        let default = FileConfig::default().housekeeping(limit).unwrap();
+        assert_eq!(default, kith_lake::Housekeeping::default());
+        let set: FileConfig = toml::from_str(
+            "[tables]\nreplaced_files_kept_minutes = 1440\nlog_entries_kept_minutes = 1\n",
+        )
+        .unwrap();
+        let policy = set.housekeeping(limit).unwrap();
+        assert_eq!(policy.replaced_files_kept.as_secs(), 1440 * 60);
+        assert_eq!(policy.log_entries_kept.as_secs(), 60);
+        let no_log: FileConfig =
+            toml::from_str("[tables]\nlog_entries_kept_minutes = 0\n").unwrap();
+        let err = format!("{:#}", no_log.housekeeping(limit).unwrap_err());
+        assert!(
+            err.contains("log_entries_kept_minutes must be at least 1"),
+            "{err}"
+        );
+        let short: FileConfig =
+            toml::from_str("[tables]\nreplaced_files_kept_minutes = 9\n").unwrap();
+        let err = format!("{:#}", short.housekeeping(limit).unwrap_err());
+        assert!(
+            err.contains("replaced_files_kept_minutes is 9 but must be at least 10"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            set.housekeeping(std::time::Duration::from_secs(2 * 86_400))
+                .unwrap_err()
+        );
+        assert!(err.contains("is 1440 but must be at least 2880"), "{err}");
+        assert!(toml::from_str::<FileConfig>("[tables]\nkeep = 5\n").is_err());
     }
 
     #[test]

@@ -759,3 +759,118 @@ fn when_events_wait_for_delta_beyond_the_limit_ingest_answers_429_and_stores_not
     let ids = server.query("SELECT message_id FROM events ORDER BY message_id");
     assert_eq!(ids["rows"], json!([["a"], ["b"], ["c"]]));
 }
+
+/// A long-running server must not fill the disk with what compaction replaced, nor let the Delta
+/// log grow without bound (delta-rs lists all of it on every commit). The server tidies at
+/// start: an interrupted write's file goes once old enough, small files are compacted, the log
+/// is trimmed to its newest checkpoint, and every event is still there.
+#[test]
+fn the_server_tidies_the_event_tables_and_keeps_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, config) =
+        KithServer::start_with_config(dir.path(), "[ingest]\nflush_interval_ms = 50\n");
+    for round in 0..6 {
+        let batch: Vec<Value> = (0..5)
+            .map(|i| json!({"type": "track", "userId": format!("u{i}"), "event": "Viewed", "messageId": format!("r{round}-{i}")}))
+            .collect();
+        let (status, _) = ingest(&server, "/v1/batch", &json!({ "batch": batch }));
+        assert_eq!(status, 200);
+        // Past the flush interval and the flusher's 200 ms tick: one commit per round.
+        std::thread::sleep(std::time::Duration::from_millis(450));
+    }
+    let table = server.data_dir.join("tables/events");
+    let log = table.join("_delta_log");
+    let parquet = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "parquet")
+            })
+            .count()
+    };
+    assert!(parquet(&table) >= 5, "a file per flush");
+    assert!(
+        std::fs::read_dir(&log).unwrap().count() >= 5,
+        "a log entry per flush"
+    );
+
+    let abandoned = table.join("part-00000-from-an-interrupted-flush.parquet");
+    std::fs::write(&abandoned, b"PAR1 never committed").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&abandoned)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 3600))
+        .unwrap();
+
+    // Restart as if the flushes had been hours ago: their log entries are old enough to go.
+    let (data_dir, write_key, read_key) = (
+        server.data_dir.clone(),
+        server.write_key.clone(),
+        server.read_key.clone(),
+    );
+    server.stop();
+    let hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 3600);
+    for entry in std::fs::read_dir(&log).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(hours_ago).unwrap();
+        }
+    }
+    let server = KithServer::start_with_keys(
+        &data_dir,
+        write_key,
+        read_key,
+        &["--config", config.to_str().unwrap()],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let metric = |name: &str| -> Option<f64> {
+        let mut response = agent().get(server.url("/metrics")).call().ok()?;
+        let text = response.body_mut().read_to_string().ok()?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{table=\"events\"}}")))?;
+        line.rsplit(' ').next()?.parse().ok()
+    };
+    while metric("kith_lake_log_entries_deleted_total").is_none_or(|n| n == 0.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no tidying within a minute of start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        !abandoned.exists(),
+        "the interrupted flush's file is deleted"
+    );
+    assert_eq!(metric("kith_lake_files_deleted_total"), Some(1.0));
+    assert!(metric("kith_lake_files_compacted_total").is_some_and(|n| n >= 5.0));
+    // Left: the checkpoint of the version tidying started from, that version's entry and the
+    // ones compaction and deletion added after it.
+    let entries: Vec<String> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let version = |name: &str| name.split('.').next().unwrap().parse::<u64>().ok();
+    let checkpoint = entries
+        .iter()
+        .filter(|name| name.ends_with(".checkpoint.parquet"))
+        .filter_map(|name| version(name))
+        .max()
+        .expect("a checkpoint");
+    assert!(
+        entries
+            .iter()
+            .filter(|name| name.ends_with(".json"))
+            .all(|name| version(name).is_some_and(|v| v >= checkpoint)),
+        "every entry before the checkpoint is deleted: {entries:?}"
+    );
+    assert!(metric("kith_lake_log_entries_deleted_total").is_some_and(|n| n >= checkpoint as f64));
+    let counts = server.query("SELECT count(*), count(DISTINCT message_id) FROM events");
+    assert_eq!(counts["rows"], json!([[30, 30]]));
+}

@@ -2,7 +2,6 @@
 //! but the Delta table does not have yet.
 
 use std::collections::HashMap;
-use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,13 +11,16 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
-use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 
 use crate::LakeError;
+
+mod housekeeping;
+pub use housekeeping::{Housekeeping, Tidied};
 
 /// The Delta application-transaction id under which Kith records the last journal sequence number
 /// a commit contains: after a crash, replay starts right after it, so nothing is written twice.
@@ -207,8 +209,11 @@ impl EventTable {
                 deltalake::DeltaTableBuilder::from_url(table_url(&self.path)?)?.build()?
             }
         };
+        // No log cleanup after each commit: it lists the whole log, and the server trims the
+        // log when it tidies (see `housekeeping`).
         let commit = CommitProperties::default()
-            .with_application_transaction(Transaction::new(JOURNAL_APP_ID, through_seq as i64));
+            .with_application_transaction(Transaction::new(JOURNAL_APP_ID, through_seq as i64))
+            .with_cleanup_expired_logs(Some(false));
         let configuration = HashMap::from([(
             "delta.dataSkippingStatsColumns".to_string(),
             Some(self.stats_columns.to_string()),
@@ -238,7 +243,7 @@ impl EventTable {
         };
         {
             let mut inner = self.write();
-            adopt_if_newer(&mut inner.delta, table);
+            adopt_unless_older(&mut inner.delta, table);
             inner.committed_seq = through_seq;
             let drained: usize = inner
                 .buffer
@@ -259,39 +264,6 @@ impl EventTable {
         tracing::debug!(table = self.name, rows, through_seq, "flushed to delta");
         Ok(rows)
     }
-
-    /// Compacts small files (Delta OPTIMIZE). Flushes may run meanwhile: both only add files
-    /// or replace files the other does not touch, so Delta's conflict check lets both commit.
-    pub async fn optimize(&self) -> Result<(), LakeError> {
-        let Some(table) = self.read().delta.clone() else {
-            return Ok(());
-        };
-        let started = Instant::now();
-        // The flushes' column settings (no free text, such as emails and ids, in footer
-        // statistics), with ZSTD: compacted files live long and are written in the background,
-        // so size matters more than writing speed there. One file at a time, so compaction
-        // takes at most one core from ingestion.
-        let (table, outcome) = table
-            .optimize()
-            .with_target_size(COMPACTED_FILE_BYTES)
-            .with_max_concurrent_tasks(1)
-            .with_writer_properties(writer_properties(&self.schema, compacted_codec()))
-            .await?;
-        tracing::info!(
-            table = self.name,
-            files_removed = outcome.num_files_removed,
-            files_added = outcome.num_files_added,
-            seconds = started.elapsed().as_secs_f64(),
-            "compacted"
-        );
-        metrics::counter!("kith_lake_compactions_total", "table" => self.name).increment(1);
-        metrics::counter!("kith_lake_files_compacted_total", "table" => self.name)
-            .increment(outcome.num_files_removed);
-        metrics::histogram!("kith_lake_compaction_seconds", "table" => self.name)
-            .record(started.elapsed().as_secs_f64());
-        adopt_if_newer(&mut self.write().delta, table);
-        Ok(())
-    }
 }
 
 /// Replaces the table handle with `table` unless the handle is already at a later version.
@@ -299,31 +271,23 @@ impl EventTable {
 /// A flush and a compaction commit concurrently and finish in either order; each one's handle
 /// holds every commit up to its own (delta-rs catches up with the log before committing), so
 /// the later version always holds all flushed rows, and never going back keeps compaction's
-/// next plan from naming files an earlier compaction already replaced.
-fn adopt_if_newer(current: &mut Option<DeltaTable>, table: DeltaTable) {
-    let newer = match current.as_ref().and_then(DeltaTable::version) {
-        Some(held) => table.version().is_some_and(|version| version > held),
+/// next plan from naming files an earlier compaction already replaced. A handle at the same
+/// version is the same table: taking it lets a reload after the log was trimmed replace a
+/// snapshot built from files that are gone.
+fn adopt_unless_older(current: &mut Option<DeltaTable>, table: DeltaTable) {
+    let at_least_as_new = match current.as_ref().and_then(DeltaTable::version) {
+        Some(held) => table.version().is_some_and(|version| version >= held),
         None => true,
     };
-    if newer {
+    if at_least_as_new {
         *current = Some(table);
     }
 }
-
-/// Compaction packs small files into files of up to this size and leaves larger ones alone.
-/// Below delta-rs's default (100 MiB): a compacted file stays a candidate until it reaches the
-/// target, and each pass rewrites it together with the new small files, so a smaller target
-/// rewrites each event fewer times and holds less in memory while doing it.
-const COMPACTED_FILE_BYTES: NonZeroU64 = NonZeroU64::new(32 << 20).unwrap();
 
 /// How flushes compress: LZ4_RAW rather than Snappy, as widely read (DuckDB, Polars, Arrow,
 /// Spark) and, in the ingest benchmark, faster to write with smaller files (16 bytes a stored
 /// event against 51, together with the dictionary settings below).
 const FLUSHED_CODEC: Compression = Compression::LZ4_RAW;
-/// How compaction compresses: ZSTD level 1 (delta-rs's own default for it).
-fn compacted_codec() -> Compression {
-    Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default())
-}
 
 /// Parquet settings for the tables' files: no dictionary or statistics on free text, and no
 /// dictionary where values rarely repeat.

@@ -442,11 +442,12 @@ async fn compacted_files_keep_the_flush_settings_but_compress_harder() {
     }
 }
 
-/// The server compacts on its own thread while flushes go on. Whichever commits last, every
-/// flushed row stays visible (the table handle never goes back to a version without it), and
-/// both kinds of commit land: nothing written twice, nothing replayed after a reopen.
+/// The server tidies (trims the log, compacts, deletes replaced files) on its own thread while
+/// flushes go on. Whichever commits last, every flushed row stays visible (the table handle
+/// never goes back to a version without it), and both kinds of commit land: nothing written
+/// twice, nothing replayed after a reopen, and no flush hindered by the log shrinking under it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flushes_go_on_while_a_compaction_runs() {
+async fn flushes_go_on_while_a_tidy_runs() {
     let dir = tempfile::tempdir().unwrap();
     let lake = std::sync::Arc::new(Lake::open(dir.path()).await.unwrap());
     let mut seq = 0u64;
@@ -464,10 +465,20 @@ async fn flushes_go_on_while_a_compaction_runs() {
     assert_eq!(small_files.len(), 30);
 
     let mut flushed_while_compacting = 0;
+    let log_dir = lake.events.path().join("_delta_log");
     for _round in 0..3 {
+        // As if every commit so far were hours old: the log may be trimmed up to now.
+        let hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 3600);
+        for entry in std::fs::read_dir(&log_dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                let file = std::fs::File::options().write(true).open(&path).unwrap();
+                file.set_modified(hours_ago).unwrap();
+            }
+        }
         let compacting = tokio::spawn({
             let lake = lake.clone();
-            async move { lake.events.optimize().await }
+            async move { lake.events.tidy(&Housekeeping::default()).await }
         });
         while !compacting.is_finished() {
             let written = flush_one(&lake).await;
@@ -478,7 +489,9 @@ async fn flushes_go_on_while_a_compaction_runs() {
                 "after seq {written}: {count}"
             );
         }
-        compacting.await.unwrap().unwrap();
+        let tidied = compacting.await.unwrap().unwrap();
+        assert!(tidied.files_compacted > 0, "{tidied:?}");
+        assert!(tidied.log_entries_deleted > 0, "{tidied:?}");
         let written = flush_one(&lake).await;
         assert_each_event_once(&lake, written).await;
     }
@@ -501,6 +514,113 @@ async fn flushes_go_on_while_a_compaction_runs() {
         "the last flush's journal position"
     );
     assert_each_event_once(&reopened, total).await;
+}
+
+/// Tidying bounds what a table leaves on disk: the files compaction replaced and log entries
+/// before the newest checkpoint go once older than the policy keeps them, files no commit
+/// refers to (an interrupted write's) go too, and every row stays, through a reopen.
+#[tokio::test]
+async fn tidying_deletes_replaced_files_and_old_log_entries_but_keeps_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    for seq in 1..=30u64 {
+        let e = event(&format!("m{seq}"), &format!("u{seq}"), 1.0);
+        lake.ingest(vec![(seq, Stored::Event(e).encode())]);
+        lake.flush().await.unwrap();
+    }
+    let table_dir = lake.events.path().to_path_buf();
+    let log_dir = table_dir.join("_delta_log");
+    let parquet_on_disk = || {
+        let mut files: Vec<_> = std::fs::read_dir(&table_dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|x| x == "parquet"))
+            .collect();
+        files.sort();
+        files
+    };
+    let log_entries = || std::fs::read_dir(&log_dir).unwrap().count();
+    let flushed = parquet_on_disk();
+    assert_eq!(flushed.len(), 30);
+    assert!(log_entries() >= 30, "a commit per flush");
+
+    // What a flush killed between writing its file and committing leaves behind: one long ago,
+    // one just now (perhaps a flush still running).
+    let abandoned = table_dir.join("part-00000-abandoned-long-ago.parquet");
+    let in_flight = table_dir.join("part-00000-written-just-now.parquet");
+    for path in [&abandoned, &in_flight] {
+        std::fs::copy(&flushed[0], path).unwrap();
+    }
+    std::fs::File::options()
+        .write(true)
+        .open(&abandoned)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600))
+        .unwrap();
+
+    // The server's policy, right after a compaction: only the old stray file is old enough.
+    let first = lake.events.tidy(&Housekeeping::default()).await.unwrap();
+    assert_eq!(first.files_compacted, 30);
+    assert_eq!(first.files_deleted, 1, "{first:?}");
+    assert_eq!(
+        first.log_entries_deleted, 0,
+        "every entry is younger than kept"
+    );
+    assert!(!abandoned.exists());
+    assert!(in_flight.exists());
+    assert!(
+        flushed.iter().all(|file| file.exists()),
+        "replaced files are kept an hour"
+    );
+    assert_each_event_once(&lake, 30).await;
+
+    // Once they are old enough: everything but the compacted file and the log's tail goes.
+    let keep_nothing = Housekeeping {
+        replaced_files_kept: std::time::Duration::ZERO,
+        log_entries_kept: std::time::Duration::ZERO,
+    };
+    let second = lake.events.tidy(&keep_nothing).await.unwrap();
+    assert_eq!(
+        second.files_compacted, 0,
+        "nothing small is left to compact"
+    );
+    assert_eq!(second.files_deleted, 31, "{second:?}");
+    assert_eq!(
+        parquet_on_disk(),
+        events_files(&lake),
+        "only the live file is left"
+    );
+    assert_eq!(parquet_on_disk().len(), 1);
+    assert!(second.log_entries_deleted >= 30, "{second:?}");
+    let left: Vec<_> = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    // The checkpoint of the version before this tidy, that version's entry, the pointer to the
+    // checkpoint, and the two entries deleting the replaced files added.
+    assert!(left.len() <= 5, "{left:?}");
+    assert_each_event_once(&lake, 30).await;
+
+    // With nothing to compact or delete, no commit moves the table handle on: it must not
+    // still read the history the trim deleted. Files already deleted are not counted again.
+    for _ in 0..2 {
+        let again = lake.events.tidy(&keep_nothing).await.unwrap();
+        assert_eq!((again.files_compacted, again.files_deleted), (0, 0));
+        assert_each_event_once(&lake, 30).await;
+    }
+
+    // The journal position lives on in the checkpoint, and the table takes new flushes.
+    drop(lake);
+    let reopened = Lake::open(dir.path()).await.unwrap();
+    assert_eq!(reopened.events.committed_seq(), 30);
+    assert_each_event_once(&reopened, 30).await;
+    let e = event("m31", "u31", 1.0);
+    reopened.ingest(vec![(31, Stored::Event(e).encode())]);
+    assert_eq!(reopened.flush().await.unwrap(), 1);
+    drop(reopened);
+    let again = Lake::open(dir.path()).await.unwrap();
+    assert_eq!(again.events.committed_seq(), 31);
+    assert_each_event_once(&again, 31).await;
 }
 
 /// The events table holds `events` rows, each with its own messageId.

@@ -73,6 +73,8 @@ pub struct ServerConfig {
     /// When the models that score profiles (CLV, RFM, risk, preferences) rerun without being
     /// asked, and with which definitions.
     pub models: models::ModelSchedules,
+    /// How long the event tables keep replaced files and old log entries.
+    pub housekeeping: kith_lake::Housekeeping,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +90,7 @@ impl Default for ServerConfig {
             profiles: ProfileSettings::default(),
             noop_endpoint: false,
             models: models::ModelSchedules::default(),
+            housekeeping: kith_lake::Housekeeping::default(),
         }
     }
 }
@@ -260,7 +263,9 @@ async fn flush_loop(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<b
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut flushes = 0u64;
-    let mut compaction: Option<tokio::task::JoinHandle<()>> = None;
+    // Once at start too: what an earlier run (or an import) left is deleted even if few events
+    // arrive now.
+    let mut tidying = Some(spawn_tidy(&app));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -274,23 +279,30 @@ async fn flush_loop(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<b
             continue;
         }
         flushes += 1;
-        // Compact the many files frequent flushes leave behind, on its own thread: flushing
-        // goes on meanwhile, so a compaction never holds rows in memory long enough to turn
-        // clients away. One at a time: when one is still running as the next falls due, the
-        // one after covers the files that accumulated meanwhile.
+        // Compact the many files frequent flushes leave behind and delete what they replaced,
+        // on its own thread: flushing goes on meanwhile, so a compaction never holds rows in
+        // memory long enough to turn clients away. One at a time: when one is still running as
+        // the next falls due, the one after covers the files that accumulated meanwhile.
         if flushes.is_multiple_of(COMPACT_EVERY_FLUSHES)
-            && compaction.as_ref().is_none_or(|c| c.is_finished())
+            && tidying.as_ref().is_none_or(|t| t.is_finished())
         {
-            let lake = app.pipeline.lake.clone();
-            compaction = Some(crate::runtimes::spawn_compaction(async move {
-                for table in lake.tables() {
-                    if let Err(e) = table.optimize().await {
-                        tracing::warn!(table = table.name, error = %e, "compaction failed");
-                    }
-                }
-            }));
+            tidying = Some(spawn_tidy(&app));
         }
     }
+}
+
+/// Tidies every event table on the compaction thread (see [`kith_lake::Housekeeping`]).
+fn spawn_tidy(app: &AppState) -> tokio::task::JoinHandle<()> {
+    let lake = app.pipeline.lake.clone();
+    let policy = app.config.housekeeping;
+    crate::runtimes::spawn_compaction(async move {
+        for table in lake.tables() {
+            match table.tidy(&policy).await {
+                Ok(tidied) => tracing::debug!(table = table.name, ?tidied, "tidied"),
+                Err(e) => tracing::warn!(table = table.name, error = %e, "tidying failed"),
+            }
+        }
+    })
 }
 
 /// Flushes between compactions of the event tables.

@@ -64,6 +64,7 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     if let Some(rows) = file.query.max_rows {
         config.query_limits.max_rows = rows;
     }
+    config.housekeeping = file.housekeeping(config.query_limits.timeout)?;
     if args.demo {
         load_demo(
             &config.data_dir,
