@@ -775,8 +775,12 @@ fn the_server_tidies_the_event_tables_and_keeps_every_event() {
             .collect();
         let (status, _) = ingest(&server, "/v1/batch", &json!({ "batch": batch }));
         assert_eq!(status, 200);
-        // Past the flush interval and the flusher's 200 ms tick: one commit per round.
-        std::thread::sleep(std::time::Duration::from_millis(450));
+        // One commit per round: wait for this round's flush.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while events_metric(&server, "kith_lake_flushes_total") < Some(round as f64 + 1.0) {
+            assert!(std::time::Instant::now() < deadline, "no flush in 30 s");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
     let table = server.data_dir.join("tables/events");
     let log = table.join("_delta_log");
@@ -829,14 +833,7 @@ fn the_server_tidies_the_event_tables_and_keeps_every_event() {
         &["--config", config.to_str().unwrap()],
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let metric = |name: &str| -> Option<f64> {
-        let mut response = agent().get(server.url("/metrics")).call().ok()?;
-        let text = response.body_mut().read_to_string().ok()?;
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(&format!("{name}{{table=\"events\"}}")))?;
-        line.rsplit(' ').next()?.parse().ok()
-    };
+    let metric = |name: &str| events_metric(&server, name);
     while metric("kith_lake_log_entries_deleted_total").is_none_or(|n| n == 0.0) {
         assert!(
             std::time::Instant::now() < deadline,
@@ -873,4 +870,14 @@ fn the_server_tidies_the_event_tables_and_keeps_every_event() {
     assert!(metric("kith_lake_log_entries_deleted_total").is_some_and(|n| n >= checkpoint as f64));
     let counts = server.query("SELECT count(*), count(DISTINCT message_id) FROM events");
     assert_eq!(counts["rows"], json!([[30, 30]]));
+}
+
+/// The value of a per-table metric for `events`, when /metrics has it.
+fn events_metric(server: &KithServer, name: &str) -> Option<f64> {
+    let mut response = agent().get(server.url("/metrics")).call().ok()?;
+    let text = response.body_mut().read_to_string().ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{table=\"events\"}}")))?;
+    line.rsplit(' ').next()?.parse().ok()
 }

@@ -297,10 +297,11 @@ fn spawn_tidy(app: &AppState) -> tokio::task::JoinHandle<()> {
     let policy = app.config.housekeeping;
     crate::runtimes::spawn_compaction(async move {
         for table in lake.tables() {
-            match table.tidy(&policy).await {
-                Ok(tidied) => tracing::debug!(table = table.name, ?tidied, "tidied"),
-                Err(e) => tracing::warn!(table = table.name, error = %e, "tidying failed"),
+            let tidied = table.tidy(&policy).await;
+            for failure in &tidied.failed {
+                tracing::warn!(table = table.name, %failure, "a tidying step failed");
             }
+            tracing::debug!(table = table.name, ?tidied, "tidied");
         }
     })
 }

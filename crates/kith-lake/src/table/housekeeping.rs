@@ -7,10 +7,10 @@
 //! on every commit (about 35 µs an entry on the 2-core machine: 2,000 entries made each flush
 //! 66 ms slower, 100,000 made it take seconds). Replaced data files would stay on disk forever.
 
+use std::collections::HashSet;
 use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
-use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::protocol::checkpoints::{cleanup_expired_logs_for, create_checkpoint};
@@ -43,7 +43,7 @@ impl Default for Housekeeping {
 }
 
 /// What one [`EventTable::tidy`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tidied {
     /// Small files compaction rewrote into larger ones.
     pub files_compacted: u64,
@@ -51,6 +51,8 @@ pub struct Tidied {
     pub files_deleted: u64,
     /// Log entries (commits and old checkpoints) deleted.
     pub log_entries_deleted: u64,
+    /// The steps that failed, each with its error; the others ran anyway.
+    pub failed: Vec<String>,
 }
 
 /// Compaction packs small files into files of up to this size and leaves larger ones alone.
@@ -64,26 +66,39 @@ fn compacted_codec() -> Compression {
     Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default())
 }
 
-/// Commits made here leave the log alone: [`EventTable::trim_log`] trims it, after a checkpoint.
-fn without_log_cleanup() -> CommitProperties {
-    CommitProperties::default().with_cleanup_expired_logs(Some(false))
-}
-
 impl EventTable {
     /// Compacts, deletes the data files `policy` no longer keeps, then trims the log. Flushes
     /// may run meanwhile; two tidies of one table must not (the server runs them one at a time).
-    pub async fn tidy(&self, policy: &Housekeeping) -> Result<Tidied, LakeError> {
+    ///
+    /// Every step runs even when one before it failed, and the failures are returned with
+    /// what was done: a log left untrimmed because compaction failed would slow every flush.
+    pub async fn tidy(&self, policy: &Housekeeping) -> Tidied {
+        let mut failed = Vec::new();
+        let mut count = |step: &'static str, outcome: Result<u64, LakeError>| match outcome {
+            Ok(n) => n,
+            Err(e) => {
+                failed.push(format!("{step}: {e}"));
+                0
+            }
+        };
         // Checkpoint first: compaction and deletion add young entries, and the trim at the end
         // deletes only entries before a checkpoint older than every young one.
-        self.checkpoint().await?;
-        let files_compacted = self.optimize().await?;
-        let files_deleted = self.delete_unused_files(policy.replaced_files_kept).await?;
-        let log_entries_deleted = self.trim_log(policy.log_entries_kept).await?;
-        Ok(Tidied {
+        count("checkpoint", self.checkpoint().await.map(|()| 0));
+        let files_compacted = count("compaction", self.optimize().await);
+        let files_deleted = count(
+            "deleting unused files",
+            self.delete_unused_files(policy.replaced_files_kept).await,
+        );
+        let log_entries_deleted = count(
+            "trimming the log",
+            self.trim_log(policy.log_entries_kept).await,
+        );
+        Tidied {
             files_compacted,
             files_deleted,
             log_entries_deleted,
-        })
+            failed,
+        }
     }
 
     /// Compacts small files (Delta OPTIMIZE); returns how many it rewrote. Flushes may run
@@ -103,7 +118,6 @@ impl EventTable {
             .with_target_size(COMPACTED_FILE_BYTES)
             .with_max_concurrent_tasks(1)
             .with_writer_properties(writer_properties(&self.schema, compacted_codec()))
-            .with_commit_properties(without_log_cleanup())
             .await?;
         tracing::info!(
             table = self.name,
@@ -128,8 +142,8 @@ impl EventTable {
         let Some(table) = self.read().delta.clone() else {
             return Ok(0);
         };
-        let kept = chrono::Duration::from_std(kept)
-            .map_err(|e| LakeError::Delta(format!("file retention {kept:?}: {e}")))?;
+        // A retention beyond chrono's range (some 290 million years) keeps everything.
+        let kept = chrono::Duration::from_std(kept).unwrap_or(chrono::Duration::MAX);
         // Delta's own minimum (7 days, meant for tables many engines write) does not apply: only
         // this process writes here, and `kept` outlasts its readers.
         let vacuum = |table: deltalake::DeltaTable, dry_run: bool| {
@@ -139,29 +153,33 @@ impl EventTable {
                 .with_retention_period(kept)
                 .with_enforce_retention_duration(false)
                 .with_dry_run(dry_run)
-                .with_commit_properties(without_log_cleanup())
         };
         // The plan names every file removed more than `kept` ago for as long as the log keeps
         // its removal (Delta's default: a week), deleted or not: delete only when some are still
-        // on disk, and count only those.
+        // on disk, and count only those (the real run plans again, and may find more).
         let (_, plan) = vacuum(table.clone(), true).await?;
-        let on_disk = plan
+        let gone: HashSet<&String> = plan
             .files_deleted
             .iter()
-            .filter(|file| self.path.join(file.as_str()).exists())
-            .count() as u64;
-        if on_disk == 0 {
+            .filter(|file| !self.path.join(file.as_str()).exists())
+            .collect();
+        if gone.len() == plan.files_deleted.len() {
             return Ok(0);
         }
-        let (table, _) = vacuum(table, false).await?;
+        let (table, done) = vacuum(table, false).await?;
+        let deleted = done
+            .files_deleted
+            .iter()
+            .filter(|file| !gone.contains(file))
+            .count() as u64;
         tracing::info!(
             table = self.name,
-            files = on_disk,
+            files = deleted,
             "deleted unused data files"
         );
-        metrics::counter!("kith_lake_files_deleted_total", "table" => self.name).increment(on_disk);
+        metrics::counter!("kith_lake_files_deleted_total", "table" => self.name).increment(deleted);
         adopt_unless_older(&mut self.write().delta, table);
-        Ok(on_disk)
+        Ok(deleted)
     }
 
     /// Writes a checkpoint of the current version.
