@@ -15,7 +15,7 @@ use deltalake::operations::vacuum::VacuumMode;
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::protocol::checkpoints::{cleanup_expired_logs_for, create_checkpoint};
 
-use super::{EventTable, adopt_unless_older, load_delta, writer_properties};
+use super::{EventTable, adopt_unless_older, table_url, writer_properties};
 use crate::LakeError;
 
 /// How long what no current version of a table needs is kept before it is deleted.
@@ -219,12 +219,7 @@ impl EventTable {
         metrics::counter!("kith_lake_log_entries_deleted_total", "table" => self.name)
             .increment(deleted);
         if deleted > 0 {
-            let (Some(reloaded), _) = load_delta(&self.path).await? else {
-                return Err(LakeError::Delta(format!(
-                    "the log of {} is gone after trimming it",
-                    self.name
-                )));
-            };
+            let reloaded = deltalake::open_table(table_url(&self.path)?).await?;
             adopt_unless_older(&mut self.write().delta, reloaded);
         }
         Ok(deleted)
