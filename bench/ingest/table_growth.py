@@ -32,6 +32,13 @@ def metric_sum_count(base, name):
     return values["sum"], values["count"]
 
 
+def metric_value(base, name):
+    """The events table's value of a counter, or None where the server has no such metric."""
+    text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
+    m = re.search(r"^%s\{table=\"events\"\} (\S+)$" % name, text, re.M)
+    return float(m.group(1)) if m else None
+
+
 def table_footprint(table):
     log = os.path.join(table, "_delta_log")
     entries = len(os.listdir(log)) if os.path.isdir(log) else 0
@@ -97,8 +104,9 @@ def main():
         sender = threading.Thread(target=send, daemon=True)
         sender.start()
         table = os.path.join(data, "tables", "events")
-        print("| minute | log entries | data files | table MiB | flushes in interval | mean flush ms |")
-        print("|---:|---:|---:|---:|---:|---:|")
+        print("| minute | log entries | data files | table MiB | MiB compaction rewrote | flushes in interval"
+              " | mean flush ms |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
         started = time.time()
         last_sum, last_count = metric_sum_count(base, "kith_lake_flush_seconds")
         while time.time() - started < args.minutes * 60:
@@ -108,8 +116,12 @@ def main():
             mean_ms = 1000 * (total - last_sum) / flushes if flushes else float("nan")
             last_sum, last_count = total, count
             entries, files, size = table_footprint(table)
-            print("| %.1f | %d | %d | %.2f | %d | %.1f |" % (
-                (time.time() - started) / 60, entries, files, size / 2**20, flushes, mean_ms), flush=True)
+            # Only servers from session 27 on count what compaction rewrites.
+            rewritten = metric_value(base, "kith_lake_compacted_bytes_total")
+            rewritten = "–" if rewritten is None else "%.1f" % (rewritten / 2**20)
+            print("| %.1f | %d | %d | %.2f | %s | %d | %.1f |" % (
+                (time.time() - started) / 60, entries, files, size / 2**20, rewritten, flushes, mean_ms),
+                flush=True)
         stop.set()
         sender.join(timeout=30)
         server.terminate()

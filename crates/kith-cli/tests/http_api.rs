@@ -847,6 +847,7 @@ fn the_server_tidies_the_event_tables_and_keeps_every_event() {
     );
     assert_eq!(metric("kith_lake_files_deleted_total"), Some(1.0));
     assert!(metric("kith_lake_files_compacted_total").is_some_and(|n| n >= 5.0));
+    assert!(metric("kith_lake_compacted_bytes_total").is_some_and(|n| n > 0.0));
     // Left: the checkpoint of the version tidying started from, that version's entry and the
     // ones compaction and deletion added after it.
     let entries: Vec<String> = std::fs::read_dir(&log)

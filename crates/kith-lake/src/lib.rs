@@ -18,7 +18,7 @@ use kith_core::StoredView;
 use thiserror::Error;
 
 pub use query::{ExtraTable, QueryError, QueryLimits, QueryResult, TimelineQuery};
-pub use table::{EventTable, Housekeeping, JOURNAL_APP_ID, TableView, Tidied};
+pub use table::{Compacted, EventTable, Housekeeping, JOURNAL_APP_ID, TableView, Tidied};
 
 /// Most rows one sealed Arrow batch holds (DataFusion's own batch size).
 const SEAL_BATCH_ROWS: usize = 8192;

@@ -19,7 +19,9 @@ use deltalake::{DeltaTable, DeltaTableError};
 
 use crate::LakeError;
 
+mod compaction;
 mod housekeeping;
+pub use compaction::Compacted;
 pub use housekeeping::{Housekeeping, Tidied};
 
 /// The Delta application-transaction id under which Kith records the last journal sequence number

@@ -399,6 +399,106 @@ fn parquet_columns(file: &std::path::Path) -> Vec<(String, String, bool)> {
     columns
 }
 
+/// Flushes `rows` events (seqs after `*seq`) in one file.
+async fn flush_rows(lake: &Lake, seq: &mut u64, rows: u64) {
+    let records = (0..rows)
+        .map(|_| {
+            *seq += 1;
+            let e = event(&format!("m{seq}"), &format!("u{}", *seq % 977), 1.0);
+            (*seq, Stored::Event(e).encode())
+        })
+        .collect();
+    lake.ingest(records);
+    lake.flush().await.unwrap();
+}
+
+/// (path, size, rows in its Delta statistics) of each file of the events table's snapshot.
+async fn live_files(lake: &Lake) -> Vec<(String, u64, Option<usize>)> {
+    use futures::TryStreamExt;
+    let table = lake.events.view().delta.unwrap();
+    let views: Vec<_> = table
+        .snapshot()
+        .unwrap()
+        .snapshot()
+        .file_views(table.log_store().as_ref(), None)
+        .try_collect()
+        .await
+        .unwrap();
+    let mut files: Vec<_> = views
+        .iter()
+        .map(|view| {
+            (
+                view.path().into_owned(),
+                view.size() as u64,
+                view.num_records(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// A compacted file is merged again only once the files newer than it come to half its size:
+/// a few small flushes are merged among themselves, not into it.
+#[tokio::test]
+async fn compaction_leaves_a_large_file_alone_until_the_new_files_add_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    let mut seq = 0;
+    for _ in 0..3 {
+        flush_rows(&lake, &mut seq, 20_000).await;
+    }
+    let first = lake.events.compact().await.unwrap();
+    assert_eq!((first.files_replaced, first.files_written), (3, 1));
+    let live = live_files(&lake).await;
+    let [(large, large_size, large_rows)] = &live[..] else {
+        panic!("one compacted file: {live:?}");
+    };
+    let (large, large_size, large_rows) = (large.clone(), *large_size, *large_rows);
+    assert_eq!(large_rows, Some(60_000), "the statistics count its rows");
+
+    for _ in 0..2 {
+        flush_rows(&lake, &mut seq, 1).await;
+    }
+    let second = lake.events.compact().await.unwrap();
+    assert_eq!((second.files_replaced, second.files_written), (2, 1));
+    let live = live_files(&lake).await;
+    assert_eq!(live.len(), 2, "{live:?}");
+    assert!(live.contains(&(large.clone(), large_size, Some(60_000))));
+    assert_each_event_once(&lake, 60_002).await;
+    assert_eq!(
+        lake.events.compact().await.unwrap(),
+        Compacted::default(),
+        "a pass with nothing worth merging commits nothing"
+    );
+
+    // Flush until the newer files add up to half the large file; then it is merged with them.
+    let mut flushed = 0;
+    while live_files(&lake).await.iter().map(|f| f.1).sum::<u64>() - large_size < large_size / 2 {
+        flush_rows(&lake, &mut seq, 20_000).await;
+        flushed += 1;
+        assert!(
+            flushed < 10,
+            "flush files this large should come to half of it soon"
+        );
+    }
+    let third = lake.events.compact().await.unwrap();
+    assert_eq!(third.files_replaced, 2 + flushed);
+    let live = live_files(&lake).await;
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_ne!(live[0].0, large);
+    assert_eq!(live[0].2, Some(seq as usize));
+    assert_each_event_once(&lake, seq).await;
+    let by_user = scalar(
+        &lake,
+        "SELECT count(*) AS n FROM events WHERE user_id = 'u5'",
+    )
+    .await;
+    // Seqs 5, 982, 1959, ... are u5's.
+    let expected = (seq - 5) / 977 + 1;
+    assert!(by_user.contains(&format!("| {expected} |")), "{by_user}");
+}
+
 /// Compaction rewrites every file: it must keep free text (emails, ids) out of footer
 /// statistics as flushes do. Flushed files are LZ4 (fast to write), compacted ones ZSTD (small).
 #[tokio::test]
@@ -417,7 +517,7 @@ async fn compacted_files_keep_the_flush_settings_but_compress_harder() {
         .filter(|path| path.extension().is_some_and(|x| x == "parquet"))
         .collect();
     assert_eq!(flushed.len(), 3);
-    lake.events.optimize().await.unwrap();
+    lake.events.compact().await.unwrap();
     let rows = scalar(&lake, "SELECT count(DISTINCT email) AS n FROM events").await;
     assert!(rows.contains("| 3 |"), "{rows}");
 

@@ -8,14 +8,12 @@
 //! 66 ms slower, 100,000 made it take seconds). Replaced data files would stay on disk forever.
 
 use std::collections::HashSet;
-use std::num::NonZeroU64;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deltalake::operations::vacuum::VacuumMode;
-use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::protocol::checkpoints::{cleanup_expired_logs_for, create_checkpoint};
 
-use super::{EventTable, adopt_unless_older, table_url, writer_properties};
+use super::{EventTable, adopt_unless_older, table_url};
 use crate::LakeError;
 
 /// How long what no current version of a table needs is kept before it is deleted.
@@ -55,17 +53,6 @@ pub struct Tidied {
     pub failed: Vec<String>,
 }
 
-/// Compaction packs small files into files of up to this size and leaves larger ones alone.
-/// Below delta-rs's default (100 MiB): a compacted file stays a candidate until it reaches the
-/// target, and each pass rewrites it together with the new small files, so a smaller target
-/// rewrites each event fewer times and holds less in memory while doing it.
-const COMPACTED_FILE_BYTES: NonZeroU64 = NonZeroU64::new(32 << 20).unwrap();
-
-/// How compaction compresses: ZSTD level 1 (delta-rs's own default for it).
-fn compacted_codec() -> Compression {
-    Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default())
-}
-
 impl EventTable {
     /// Compacts, deletes the data files `policy` no longer keeps, then trims the log. Flushes
     /// may run meanwhile; two tidies of one table must not (the server runs them one at a time).
@@ -84,7 +71,10 @@ impl EventTable {
         // Checkpoint first: compaction and deletion add young entries, and the trim at the end
         // deletes only entries before a checkpoint older than every young one.
         count("checkpoint", self.checkpoint().await.map(|()| 0));
-        let files_compacted = count("compaction", self.optimize().await);
+        let files_compacted = count(
+            "compaction",
+            self.compact().await.map(|done| done.files_replaced),
+        );
         let files_deleted = count(
             "deleting unused files",
             self.delete_unused_files(policy.replaced_files_kept).await,
@@ -99,40 +89,6 @@ impl EventTable {
             log_entries_deleted,
             failed,
         }
-    }
-
-    /// Compacts small files (Delta OPTIMIZE); returns how many it rewrote. Flushes may run
-    /// meanwhile: both only add files or replace files the other does not touch, so Delta's
-    /// conflict check lets both commit.
-    pub async fn optimize(&self) -> Result<u64, LakeError> {
-        let Some(table) = self.read().delta.clone() else {
-            return Ok(0);
-        };
-        let started = Instant::now();
-        // The flushes' column settings (no free text, such as emails and ids, in footer
-        // statistics), with ZSTD: compacted files live long and are written in the background,
-        // so size matters more than writing speed there. One file at a time, so compaction
-        // takes at most one core from ingestion.
-        let (table, outcome) = table
-            .optimize()
-            .with_target_size(COMPACTED_FILE_BYTES)
-            .with_max_concurrent_tasks(1)
-            .with_writer_properties(writer_properties(&self.schema, compacted_codec()))
-            .await?;
-        tracing::info!(
-            table = self.name,
-            files_removed = outcome.num_files_removed,
-            files_added = outcome.num_files_added,
-            seconds = started.elapsed().as_secs_f64(),
-            "compacted"
-        );
-        metrics::counter!("kith_lake_compactions_total", "table" => self.name).increment(1);
-        metrics::counter!("kith_lake_files_compacted_total", "table" => self.name)
-            .increment(outcome.num_files_removed);
-        metrics::histogram!("kith_lake_compaction_seconds", "table" => self.name)
-            .record(started.elapsed().as_secs_f64());
-        adopt_unless_older(&mut self.write().delta, table);
-        Ok(outcome.num_files_removed)
     }
 
     /// Deletes data files no current version refers to and that are older than `kept` (Delta
