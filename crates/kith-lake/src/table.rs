@@ -56,6 +56,8 @@ pub struct EventTable {
     /// Whether flushes write their rows ordered by event name ([`EventTable::cluster_flushes`]).
     clustered: AtomicBool,
     inner: RwLock<Inner>,
+    /// Held by a compacting pass ([`EventTable::compact`]).
+    compacting: tokio::sync::Mutex<()>,
 }
 
 impl EventTable {
@@ -81,6 +83,7 @@ impl EventTable {
                     oldest: None,
                 },
             }),
+            compacting: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -412,19 +412,24 @@ async fn flush_rows(lake: &Lake, seq: &mut u64, rows: u64) {
     lake.flush().await.unwrap();
 }
 
-/// (path, size, rows in its Delta statistics) of each file of the events table's snapshot.
-async fn live_files(lake: &Lake) -> Vec<(String, u64, Option<usize>)> {
+/// The events table's files as its current snapshot describes them.
+async fn file_views(lake: &Lake) -> Vec<deltalake::kernel::LogicalFileView> {
     use futures::TryStreamExt;
     let table = lake.events.view().delta.unwrap();
-    let views: Vec<_> = table
+    table
         .snapshot()
         .unwrap()
         .snapshot()
         .file_views(table.log_store().as_ref(), None)
         .try_collect()
         .await
-        .unwrap();
-    let mut files: Vec<_> = views
+        .unwrap()
+}
+
+/// (path, size, rows in its Delta statistics) of each file of the events table's snapshot.
+async fn live_files(lake: &Lake) -> Vec<(String, u64, Option<usize>)> {
+    let mut files: Vec<_> = file_views(lake)
+        .await
         .iter()
         .map(|view| {
             (
@@ -436,6 +441,13 @@ async fn live_files(lake: &Lake) -> Vec<(String, u64, Option<usize>)> {
         .collect();
     files.sort();
     files
+}
+
+/// The Delta statistics the events table's log holds for `path`.
+async fn file_stats(lake: &Lake, path: &str) -> serde_json::Value {
+    let views = file_views(lake).await;
+    let view = views.iter().find(|view| view.path() == path).unwrap();
+    serde_json::from_str(&view.stats().unwrap()).unwrap()
 }
 
 /// A compacted file is merged again only once the files newer than it come to half its size:
@@ -456,6 +468,13 @@ async fn compaction_leaves_a_large_file_alone_until_the_new_files_add_up() {
     };
     let (large, large_size, large_rows) = (large.clone(), *large_size, *large_rows);
     assert_eq!(large_rows, Some(60_000), "the statistics count its rows");
+    let stats = file_stats(&lake, &large).await;
+    assert_eq!(stats["minValues"]["ingest_seq"], 1, "{stats}");
+    assert_eq!(stats["maxValues"]["ingest_seq"], 60_000, "{stats}");
+    assert!(
+        stats["minValues"].get("user_id").is_none(),
+        "no identifiers in the log: {stats}"
+    );
 
     for _ in 0..2 {
         flush_rows(&lake, &mut seq, 1).await;
@@ -472,16 +491,12 @@ async fn compaction_leaves_a_large_file_alone_until_the_new_files_add_up() {
         "a pass with nothing worth merging commits nothing"
     );
 
-    // Flush until the newer files add up to half the large file; then it is merged with them.
-    let mut flushed = 0;
-    while live_files(&lake).await.iter().map(|f| f.1).sum::<u64>() - large_size < large_size / 2 {
-        flush_rows(&lake, &mut seq, 20_000).await;
-        flushed += 1;
-        assert!(
-            flushed < 10,
-            "flush files this large should come to half of it soon"
-        );
-    }
+    // A flush of a third of its rows is not enough; with two, the newer files hold more than
+    // half its rows, and it is merged with them.
+    flush_rows(&lake, &mut seq, 20_000).await;
+    assert_eq!(lake.events.compact().await.unwrap(), Compacted::default());
+    flush_rows(&lake, &mut seq, 20_000).await;
+    let flushed = 2;
     let third = lake.events.compact().await.unwrap();
     assert_eq!(third.files_replaced, 2 + flushed);
     let live = live_files(&lake).await;

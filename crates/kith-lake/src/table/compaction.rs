@@ -5,11 +5,15 @@
 //! with the few new flush files, until it reached the target: on a quiet server (a 10-event
 //! batch every 100 ms) 51 MiB sat on disk at 14 minutes for 1.5 MiB of live data, each pass's
 //! copy of that file kept for the retention period. Here a file is merged only with smaller ones
-//! that together come to at least half its size, so the file holding an event at least grows by
+//! that together hold at least half as many rows, so the file holding an event at least grows by
 //! half each time the event is rewritten: a few rewrites over its life, not one per pass.
+//!
+//! Rows, not bytes: a flush of ten events writes an 11 KB file, nearly all of it Parquet's own
+//! overhead, which its merged rows then take 1 KB of. Weighed in bytes, fifty such files looked
+//! as large as a 1 MiB compacted file holding a hundred times their rows, and it was rewritten
+//! with them at every pass.
 
 use std::collections::HashSet;
-use std::num::NonZeroU64;
 use std::path::Path;
 use std::time::Instant;
 
@@ -17,23 +21,28 @@ use arrow::array::RecordBatch;
 use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
 use deltalake::kernel::schema::cast::cast_record_batch;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, LogicalFileView};
+use deltalake::kernel::{Action, Add, LogicalFileView};
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::protocol::DeltaOperation;
 use deltalake::table::config::TablePropertiesExt;
 use futures::TryStreamExt;
 
-use super::{EventTable, adopt_unless_older, writer_properties};
+use super::{EventTable, adopt_unless_older, table_url, writer_properties};
 use crate::LakeError;
 
-/// Compaction writes files of up to this size, and files this large are never merged again.
-/// Below delta-rs's default (100 MiB): less held in memory while writing, and a compacting
-/// pass (one core, in the background) ends sooner.
-pub(crate) const COMPACTED_FILE_BYTES: NonZeroU64 = NonZeroU64::new(32 << 20).unwrap();
+/// The most bytes of files compaction merges into one file. Below delta-rs's default target
+/// (100 MiB): less held in memory while writing, and a pass (one core, in the background) ends
+/// sooner.
+pub(crate) const MERGED_INPUT_BYTES: u64 = 32 << 20;
 
-/// A file is merged only when the smaller files merged with it come to at least its size
-/// divided by this.
+/// Files this large are left as they are: no two of them fit in one merge. Merged files come
+/// out smaller than their inputs (ZSTD against the flushes' LZ4), so a threshold at the merge
+/// size itself would leave merged files candidates for ever.
+const FINISHED_FILE_BYTES: u64 = MERGED_INPUT_BYTES / 2;
+
+/// A file is merged only when the smaller files merged with it hold at least its rows divided
+/// by this.
 const MERGE_GROWTH: u64 = 2;
 
 /// One pass reads at most about this much (the smallest files first); the rest waits for the
@@ -49,29 +58,61 @@ pub(crate) struct LiveFile {
     /// Relative to the table's directory, as the log names it (decoded).
     pub path: String,
     pub size: u64,
+    /// From the file's Delta statistics; Kith always writes them.
+    pub rows: Option<u64>,
 }
 
-/// The files one pass merges: the smallest files under `target`, up to the largest one that is
-/// at most [`MERGE_GROWTH`] times the total of those smaller than it. Empty, or two or more.
+/// The files one pass merges: of the files under [`FINISHED_FILE_BYTES`], the fewest rows
+/// first, up to the largest one that holds at most [`MERGE_GROWTH`] times the rows of those
+/// before it. Files are weighed in bytes instead when one has no row count (written by another
+/// engine without statistics).
 ///
 /// The walk does not stop at the first file too large for what precedes it: one tiny file ahead
 /// of many similar ones (a quiet minute between busy ones) must not keep those from merging.
-pub(crate) fn files_to_merge(mut files: Vec<LiveFile>, target: u64) -> Vec<LiveFile> {
-    files.retain(|file| file.size < target);
-    files.sort_by(|a, b| a.size.cmp(&b.size).then_with(|| a.path.cmp(&b.path)));
-    let mut smaller = 0u64;
+pub(crate) fn files_to_merge(mut files: Vec<LiveFile>) -> Vec<LiveFile> {
+    files.retain(|file| file.size < FINISHED_FILE_BYTES);
+    let by_rows = files.iter().all(|file| file.rows.is_some());
+    let weight = |file: &LiveFile| match file.rows {
+        Some(rows) if by_rows => rows,
+        _ => file.size,
+    };
+    files.sort_by(|a, b| weight(a).cmp(&weight(b)).then_with(|| a.path.cmp(&b.path)));
+    let (mut lighter, mut read) = (0u64, 0u64);
     let mut take = 0;
     for (index, file) in files.iter().enumerate() {
-        if smaller >= PASS_BYTES {
+        if read >= PASS_BYTES {
             break;
         }
-        if index > 0 && file.size <= smaller.saturating_mul(MERGE_GROWTH) {
+        if index > 0 && weight(file) <= lighter.saturating_mul(MERGE_GROWTH) {
             take = index + 1;
         }
-        smaller = smaller.saturating_add(file.size);
+        lighter = lighter.saturating_add(weight(file));
+        read = read.saturating_add(file.size);
     }
     files.truncate(take);
     files
+}
+
+/// Groups `chosen` (in its order) into merges of at most [`MERGED_INPUT_BYTES`] each, a file
+/// each. A group of one file would only copy it, so none is returned: every merge leaves fewer
+/// files than it found, and a table that receives nothing settles.
+pub(crate) fn merges(chosen: Vec<LiveFile>) -> Vec<Vec<LiveFile>> {
+    let mut groups: Vec<Vec<LiveFile>> = Vec::new();
+    let mut bytes = 0;
+    for file in chosen {
+        match groups.last_mut() {
+            Some(group) if bytes + file.size <= MERGED_INPUT_BYTES => {
+                bytes += file.size;
+                group.push(file);
+            }
+            _ => {
+                bytes = file.size;
+                groups.push(vec![file]);
+            }
+        }
+    }
+    groups.retain(|group| group.len() > 1);
+    groups
 }
 
 /// How compaction compresses: ZSTD level 1 (delta-rs's own default for it). Compacted files
@@ -95,68 +136,70 @@ impl EventTable {
     /// Merges small files into larger ones (see [`files_to_merge`]) in one commit. Flushes may
     /// run meanwhile: a flush only adds files and this only replaces files no flush touches, so
     /// Delta's conflict check lets both commit.
+    ///
+    /// Passes over one table run one at a time: Delta's conflict check lets two commits that
+    /// both replace a file with `dataChange: false` land, and each would add a copy of its rows.
     pub async fn compact(&self) -> Result<Compacted, LakeError> {
+        let _one_at_a_time = self.compacting.lock().await;
         let Some(mut table) = self.read().delta.clone() else {
             return Ok(Compacted::default());
         };
+        // Plan from the newest version, not the handle's: a pass whose commit landed but was
+        // reported failed (by a step after it) must not plan its files again.
+        table.update_incremental(None).await?;
         let started = Instant::now();
         let log_store = table.log_store();
         let snapshot = table.snapshot()?.snapshot().clone();
+        if !snapshot.metadata().partition_columns().is_empty() {
+            return Err(LakeError::Delta(format!(
+                "compacting {}: the table is partitioned, and Kith's tables never are",
+                self.name
+            )));
+        }
         let views: Vec<LogicalFileView> = snapshot
             .file_views(log_store.as_ref(), None)
             .try_collect()
             .await?;
+        // Rows a deletion vector hides would come back in the merged file.
         let live = views
             .iter()
+            .filter(|view| view.deletion_vector_descriptor().is_none())
             .map(|view| LiveFile {
                 path: view.path().into_owned(),
                 size: u64::try_from(view.size()).unwrap_or(0),
+                rows: view.num_records().map(|rows| rows as u64),
             })
             .collect();
-        let chosen = files_to_merge(live, COMPACTED_FILE_BYTES.get());
-        if chosen.is_empty() {
+        let merges = merges(files_to_merge(live));
+        if merges.is_empty() {
             return Ok(Compacted::default());
         }
 
-        // The flushes' column settings (no free text, such as emails and ids, in footer
-        // statistics), the table's statistics columns, one file at a time.
-        let properties = snapshot.table_properties();
-        let config = WriterConfig::new(
-            self.schema.clone(),
-            Vec::new(),
-            Some(writer_properties(&self.schema, compacted_codec())),
-            Some(COMPACTED_FILE_BYTES),
-            None,
-            properties.num_indexed_cols(),
-            properties
-                .data_skipping_stats_columns
-                .as_ref()
-                .map(|columns| columns.iter().map(ToString::to_string).collect()),
-        );
-        let mut writer = DeltaWriter::new(table.object_store(), config);
-        for file in &chosen {
-            if let Err(e) = self.copy_rows(&file.path, &mut writer).await {
-                if let Err(abort) = writer.abort().await {
-                    tracing::warn!(table = self.name, error = %abort, "abandoning a compacted file failed; it is deleted once unused files are");
-                }
-                return Err(e);
-            }
+        let mut written = Vec::new();
+        for group in &merges {
+            written.extend(self.merge_files(&table, group).await?);
         }
-        let written = writer.close().await?;
-
-        let chosen_paths: HashSet<&str> = chosen.iter().map(|file| file.path.as_str()).collect();
+        let chosen: HashSet<&str> = merges
+            .iter()
+            .flatten()
+            .map(|file| file.path.as_str())
+            .collect();
         let removals = views
             .iter()
-            .filter(|view| chosen_paths.contains(view.path().as_ref()))
+            .filter(|view| chosen.contains(view.path().as_ref()))
             .map(|view| Action::Remove(view.remove_action(false)));
-        let files_written = written.len() as u64;
+        let outcome = Compacted {
+            files_replaced: chosen.len() as u64,
+            bytes_rewritten: merges.iter().flatten().map(|file| file.size).sum(),
+            files_written: written.len() as u64,
+        };
         let additions = written.into_iter().map(|mut add| {
             add.data_change = false;
             Action::Add(add)
         });
         let actions: Vec<Action> = removals.chain(additions).collect();
         // Like flush commits, no log cleanup: the tidy that runs this trims the log itself.
-        let commit =
+        let committed =
             CommitBuilder::from(CommitProperties::default().with_cleanup_expired_logs(Some(false)))
                 .with_actions(actions)
                 .build(
@@ -164,17 +207,22 @@ impl EventTable {
                     log_store,
                     DeltaOperation::Optimize {
                         predicate: None,
-                        target_size: COMPACTED_FILE_BYTES.get() as i64,
+                        target_size: MERGED_INPUT_BYTES as i64,
                     },
                 )
-                .await?;
-        table.state = Some(commit.snapshot());
+                .await;
+        match committed {
+            Ok(commit) => table.state = Some(commit.snapshot()),
+            Err(e) => {
+                // The commit may have landed before a step after it failed (a checkpoint): take
+                // whatever the log now says, so queries and the next plan see it.
+                if let Ok(reloaded) = deltalake::open_table(table_url(&self.path)?).await {
+                    adopt_unless_older(&mut self.write().delta, reloaded);
+                }
+                return Err(e.into());
+            }
+        }
 
-        let outcome = Compacted {
-            files_replaced: chosen.len() as u64,
-            bytes_rewritten: chosen.iter().map(|file| file.size).sum(),
-            files_written,
-        };
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(
             table = self.name,
@@ -192,6 +240,41 @@ impl EventTable {
         metrics::histogram!("kith_lake_compaction_seconds", "table" => self.name).record(seconds);
         adopt_unless_older(&mut self.write().delta, table);
         Ok(outcome)
+    }
+
+    /// Writes the rows of `group` into one new file (not yet committed) and returns its Add:
+    /// the flushes' column settings (no free text, such as emails and ids, in footer
+    /// statistics) and the table's statistics columns.
+    async fn merge_files(
+        &self,
+        table: &deltalake::DeltaTable,
+        group: &[LiveFile],
+    ) -> Result<Vec<Add>, LakeError> {
+        let properties = table.snapshot()?.table_config();
+        let config = WriterConfig::new(
+            self.schema.clone(),
+            Vec::new(),
+            Some(writer_properties(&self.schema, compacted_codec())),
+            // One file for the group: the writer's own cut, on its estimate of the uncompressed
+            // size, would split it into files compaction would choose again.
+            None,
+            None,
+            properties.num_indexed_cols(),
+            properties
+                .data_skipping_stats_columns
+                .as_ref()
+                .map(|columns| columns.iter().map(ToString::to_string).collect()),
+        );
+        let mut writer = DeltaWriter::new(table.object_store(), config);
+        for file in group {
+            if let Err(e) = self.copy_rows(&file.path, &mut writer).await {
+                if let Err(abort) = writer.abort().await {
+                    tracing::warn!(table = self.name, error = %abort, "abandoning a merged file failed; it is deleted with unused files");
+                }
+                return Err(e);
+            }
+        }
+        Ok(writer.close().await?)
     }
 
     /// Reads one of the table's files and hands its rows to `writer`, in the table's schema.
@@ -226,129 +309,190 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1 << 20;
-    const TARGET: u64 = 32 * MIB;
 
-    fn files(sizes: &[u64]) -> Vec<LiveFile> {
-        sizes
+    /// Files of (bytes, rows).
+    fn files(shapes: &[(u64, u64)]) -> Vec<LiveFile> {
+        shapes
             .iter()
             .enumerate()
-            .map(|(index, &size)| LiveFile {
+            .map(|(index, &(size, rows))| LiveFile {
                 path: format!("part-{index:05}.parquet"),
                 size,
+                rows: Some(rows),
             })
             .collect()
     }
 
-    fn sizes(chosen: &[LiveFile]) -> Vec<u64> {
-        chosen.iter().map(|file| file.size).collect()
+    fn rows(chosen: &[LiveFile]) -> Vec<u64> {
+        chosen.iter().filter_map(|file| file.rows).collect()
     }
 
     #[test]
     fn a_lone_small_file_is_left_alone() {
-        assert!(files_to_merge(files(&[]), TARGET).is_empty());
-        assert!(files_to_merge(files(&[5_000]), TARGET).is_empty());
+        assert!(files_to_merge(files(&[])).is_empty());
+        assert!(files_to_merge(files(&[(5_000, 10)])).is_empty());
         assert!(
-            files_to_merge(files(&[5_000, 40 * MIB, TARGET]), TARGET).is_empty(),
-            "files at the target size or over it are done"
+            files_to_merge(files(&[(5_000, 10), (40 * MIB, 10), (16 * MIB, 10)])).is_empty(),
+            "files of half the merge size or more are done"
         );
     }
 
     #[test]
     fn a_busy_server_s_flush_files_all_merge() {
-        let flushed: Vec<u64> = (0..50).map(|i| 3 * MIB + i * 1_000).collect();
-        assert_eq!(files_to_merge(files(&flushed), TARGET).len(), 50);
+        let flushed: Vec<(u64, u64)> = (0..50).map(|i| (3 * MIB, 170_000 + i)).collect();
+        let chosen = files_to_merge(files(&flushed));
+        assert_eq!(chosen.len(), 50);
+        let groups = merges(chosen);
+        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), [10; 5]);
     }
 
     #[test]
-    fn a_compacted_file_waits_until_the_new_files_come_to_half_its_size() {
-        let compacted = 4 * MIB;
-        let chosen = files_to_merge(files(&[compacted, 500_000, 500_000, 600_000]), TARGET);
-        assert_eq!(sizes(&chosen), [500_000, 500_000, 600_000]);
-        let chosen = files_to_merge(files(&[compacted, MIB, MIB, 600_000]), TARGET);
-        assert_eq!(sizes(&chosen), [600_000, MIB, MIB, compacted]);
+    fn a_compacted_file_waits_until_the_new_files_hold_half_its_rows() {
+        // Fifty 11 KB flushes of ten events each are larger on disk than the compacted file
+        // of 5,000 events, but hold a tenth of its rows.
+        let mut shapes = vec![(11_000, 10); 50];
+        shapes.push((400_000, 5_000));
+        let chosen = files_to_merge(files(&shapes));
+        assert_eq!(rows(&chosen), vec![10; 50]);
+        // With 2,500 rows in newer files it is merged with them.
+        shapes.extend([(60_000, 1_000), (60_000, 1_000)]);
+        let chosen = files_to_merge(files(&shapes));
+        assert_eq!(chosen.len(), 53);
+        assert_eq!(rows(&chosen).last(), Some(&5_000));
+    }
+
+    #[test]
+    fn without_row_counts_files_are_weighed_in_bytes() {
+        let mut shapes = files(&[(11_000, 10), (11_000, 10), (400_000, 5_000)]);
+        shapes[0].rows = None;
+        let chosen = files_to_merge(shapes);
+        assert_eq!(chosen.len(), 2, "400 KB is over twice 22 KB");
     }
 
     #[test]
     fn one_tiny_file_does_not_hold_back_the_others() {
-        let chosen = files_to_merge(files(&[2 * MIB, 900, 2 * MIB + 10]), TARGET);
-        assert_eq!(sizes(&chosen), [900, 2 * MIB, 2 * MIB + 10]);
+        let chosen = files_to_merge(files(&[(2 * MIB, 100_000), (900, 1), (2 * MIB, 100_010)]));
+        assert_eq!(rows(&chosen), [1, 100_000, 100_010]);
     }
 
     #[test]
     fn a_pass_reads_about_a_gibibyte_at_most() {
-        let backlog = vec![20 * MIB; 200];
-        let chosen = files_to_merge(files(&backlog), TARGET);
-        let read: u64 = sizes(&chosen).iter().sum();
+        let backlog = vec![(10 * MIB, 1_000_000); 200];
+        let chosen = files_to_merge(files(&backlog));
+        let read: u64 = chosen.iter().map(|file| file.size).sum();
         assert!(
-            (PASS_BYTES..PASS_BYTES + 20 * MIB).contains(&read),
+            (PASS_BYTES..PASS_BYTES + 10 * MIB).contains(&read),
             "{read}"
         );
     }
 
-    /// Merges `chosen` out of `live` the way a pass does: the bytes go to new files of at most
-    /// the target size.
-    fn merge(live: &mut Vec<LiveFile>, chosen: &[LiveFile], next_name: &mut u64) -> u64 {
-        let names: HashSet<&str> = chosen.iter().map(|file| file.path.as_str()).collect();
-        live.retain(|file| !names.contains(file.path.as_str()));
-        let mut left: u64 = chosen.iter().map(|file| file.size).sum();
-        let rewritten = left;
-        while left > 0 {
-            let size = left.min(TARGET);
-            *next_name += 1;
-            live.push(LiveFile {
-                path: format!("compacted-{next_name:06}.parquet"),
-                size,
-            });
-            left -= size;
-        }
-        rewritten
+    #[test]
+    fn every_merge_leaves_fewer_files() {
+        // Any two files under the done size fit in one merge, whose input is then done.
+        let almost_done = files(&[(15 * MIB, 1_000), (15 * MIB + 1, 1_001), (16 * MIB, 1)]);
+        let groups = merges(files_to_merge(almost_done));
+        assert_eq!(groups.len(), 1);
+        assert!(groups[0].iter().map(|f| f.size).sum::<u64>() >= FINISHED_FILE_BYTES);
+        // A group is cut where the next file would take it over the merge size, and a file
+        // left alone at the end is not copied.
+        let groups = merges(files(&[
+            (10 * MIB, 1),
+            (12 * MIB, 2),
+            (11 * MIB, 3),
+            (MIB, 4),
+            (14 * MIB, 5),
+        ]));
+        let shapes: Vec<Vec<u64>> = groups.iter().map(|group| rows(group)).collect();
+        assert_eq!(shapes, [vec![1, 2], vec![3, 4, 5]]);
     }
 
-    /// Simulates a server flushing `flush_bytes` per flush and compacting with `plan` after every
-    /// 50 flushes; returns (bytes rewritten / bytes flushed, most files under the target seen).
-    fn simulate(
-        plan: fn(Vec<LiveFile>, u64) -> Vec<LiveFile>,
+    /// A server's table in the simulation below: flush files of `flush_bytes` and
+    /// `flush_rows`, merged into files of `merged_row_bytes` a row.
+    struct Simulated {
         flush_bytes: u64,
-        passes: u64,
-    ) -> (f64, usize) {
-        let mut live = Vec::new();
-        let (mut flushed, mut rewritten, mut most_small, mut name) = (0u64, 0u64, 0, 0u64);
-        for _ in 0..passes {
-            for _ in 0..50 {
-                name += 1;
-                live.push(LiveFile {
-                    path: format!("flushed-{name:06}.parquet"),
-                    size: flush_bytes,
-                });
-                flushed += flush_bytes;
-            }
-            let small = live.iter().filter(|file| file.size < TARGET).count();
-            most_small = most_small.max(small);
-            let chosen = plan(live.clone(), TARGET);
-            rewritten += merge(&mut live, &chosen, &mut name);
-        }
-        (rewritten as f64 / flushed as f64, most_small)
+        flush_rows: u64,
+        merged_row_bytes: u64,
     }
 
-    /// Delta OPTIMIZE's choice: every file under the target.
-    fn everything_under_target(mut files: Vec<LiveFile>, target: u64) -> Vec<LiveFile> {
-        files.retain(|file| file.size < target);
-        if files.len() < 2 { Vec::new() } else { files }
+    impl Simulated {
+        /// Flushes 50 times before each of `passes` compactions planned by `plan`, then keeps
+        /// compacting with nothing new; returns (rows rewritten / rows flushed, most files under
+        /// the done size at once, passes it took to settle).
+        fn run(&self, plan: fn(Vec<LiveFile>) -> Vec<LiveFile>, passes: u64) -> (f64, usize, u64) {
+            let mut live: Vec<LiveFile> = Vec::new();
+            let (mut flushed, mut rewritten, mut most_small, mut name) = (0u64, 0u64, 0, 0u64);
+            let mut file = |size, rows| {
+                name += 1;
+                LiveFile {
+                    path: format!("part-{name:07}.parquet"),
+                    size,
+                    rows: Some(rows),
+                }
+            };
+            let compact =
+                |live: &mut Vec<LiveFile>, file: &mut dyn FnMut(u64, u64) -> LiveFile| {
+                    let groups = merges(plan(live.clone()));
+                    let names: HashSet<String> =
+                        groups.iter().flatten().map(|f| f.path.clone()).collect();
+                    live.retain(|f| !names.contains(&f.path));
+                    let mut merged = 0;
+                    for group in &groups {
+                        let rows: u64 = group.iter().filter_map(|f| f.rows).sum();
+                        merged += rows;
+                        live.push(file(rows * self.merged_row_bytes, rows));
+                    }
+                    merged
+                };
+            for _ in 0..passes {
+                for _ in 0..50 {
+                    live.push(file(self.flush_bytes, self.flush_rows));
+                    flushed += self.flush_rows;
+                }
+                most_small =
+                    most_small.max(live.iter().filter(|f| f.size < FINISHED_FILE_BYTES).count());
+                rewritten += compact(&mut live, &mut file);
+            }
+            let mut settle = 0;
+            while compact(&mut live, &mut file) > 0 {
+                settle += 1;
+                assert!(settle < 100, "a table that receives nothing settles");
+            }
+            (rewritten as f64 / flushed as f64, most_small, settle)
+        }
+    }
+
+    /// Delta OPTIMIZE's choice: every file not done.
+    fn everything_small(mut files: Vec<LiveFile>) -> Vec<LiveFile> {
+        files.retain(|file| file.size < FINISHED_FILE_BYTES);
+        files
     }
 
     #[test]
-    fn each_byte_is_rewritten_a_few_times_not_once_a_pass() {
-        // A quiet server, 5 KB a flush, over 2,000 passes: what OPTIMIZE's choice rewrote at
-        // every pass (68 times on average here, more the quieter the server) is now rewritten
-        // when it has grown by half (7 times here).
-        let (amplification, most_small) = simulate(files_to_merge, 5_000, 2_000);
-        let (optimize_amplification, _) = simulate(everything_under_target, 5_000, 2_000);
-        assert!(optimize_amplification > 50.0, "{optimize_amplification}");
+    fn each_event_is_rewritten_a_few_times_not_once_a_pass() {
+        // A quiet server: ten events a flush, 11 KB files, 80 bytes an event once merged,
+        // 3,000 passes. OPTIMIZE's choice rewrote the growing file at every pass (207 times
+        // each event on average here); now 8.
+        let quiet = Simulated {
+            flush_bytes: 11_000,
+            flush_rows: 10,
+            merged_row_bytes: 80,
+        };
+        let (amplification, most_small, settle) = quiet.run(files_to_merge, 3_000);
+        let (optimize_amplification, _, _) = quiet.run(everything_small, 3_000);
+        assert!(optimize_amplification > 150.0, "{optimize_amplification}");
         assert!(amplification < 10.0, "{amplification}");
-        assert!(most_small < 50 + 10, "{most_small}");
-        // A busy one, 3 MiB a flush: each byte is rewritten about once either way.
-        let (amplification, most_small) = simulate(files_to_merge, 3 * MIB, 40);
+        assert!(most_small < 50 + 15, "{most_small}");
+        assert!(settle < 10, "{settle}");
+        // A busy one: 3 MiB flushes of 170,000 events, 12 bytes an event merged. Each is
+        // rewritten once.
+        let busy = Simulated {
+            flush_bytes: 3 * MIB,
+            flush_rows: 170_000,
+            merged_row_bytes: 12,
+        };
+        let (amplification, most_small, settle) = busy.run(files_to_merge, 40);
         assert!(amplification < 1.25, "{amplification}");
         assert!(most_small < 50 + 5, "{most_small}");
+        assert!(settle < 3, "{settle}");
     }
 }
