@@ -450,7 +450,7 @@ async fn file_stats(lake: &Lake, path: &str) -> serde_json::Value {
     serde_json::from_str(&view.stats().unwrap()).unwrap()
 }
 
-/// A compacted file is merged again only once the files newer than it come to half its size:
+/// A compacted file is merged again only once the files newer than it hold half its rows:
 /// a few small flushes are merged among themselves, not into it.
 #[tokio::test]
 async fn compaction_leaves_a_large_file_alone_until_the_new_files_add_up() {
