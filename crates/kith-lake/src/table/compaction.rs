@@ -192,9 +192,27 @@ impl EventTable {
             return Ok(Compacted::default());
         }
 
+        // The flushes' column settings (no free text, such as emails and ids, in footer
+        // statistics) and the table's statistics columns.
+        let properties = snapshot.table_properties();
+        let config = WriterConfig::new(
+            self.schema.clone(),
+            Vec::new(),
+            Some(writer_properties(&self.schema, compacted_codec())),
+            // One file a group: the writer's own cut, on its estimate of the uncompressed size,
+            // would split it into files compaction would choose again.
+            None,
+            None,
+            properties.num_indexed_cols(),
+            properties
+                .data_skipping_stats_columns
+                .as_ref()
+                .map(|columns| columns.iter().map(ToString::to_string).collect()),
+        );
         let mut written = Vec::new();
         for group in &merges {
-            written.extend(self.merge_files(&table, group).await?);
+            let writer = DeltaWriter::new(table.object_store(), config.clone());
+            written.extend(self.merge_files(writer, group).await?);
         }
         let chosen: HashSet<&str> = merges
             .iter()
@@ -261,30 +279,13 @@ impl EventTable {
         Ok(outcome)
     }
 
-    /// Writes the rows of `group` into one new file (not yet committed) and returns its Add:
-    /// the flushes' column settings (no free text, such as emails and ids, in footer
-    /// statistics) and the table's statistics columns.
+    /// Writes the rows of `group` through `writer` into one new file (not yet committed) and
+    /// returns its Add.
     async fn merge_files(
         &self,
-        table: &deltalake::DeltaTable,
+        mut writer: DeltaWriter,
         group: &[LiveFile],
     ) -> Result<Vec<Add>, LakeError> {
-        let properties = table.snapshot()?.table_config();
-        let config = WriterConfig::new(
-            self.schema.clone(),
-            Vec::new(),
-            Some(writer_properties(&self.schema, compacted_codec())),
-            // One file for the group: the writer's own cut, on its estimate of the uncompressed
-            // size, would split it into files compaction would choose again.
-            None,
-            None,
-            properties.num_indexed_cols(),
-            properties
-                .data_skipping_stats_columns
-                .as_ref()
-                .map(|columns| columns.iter().map(ToString::to_string).collect()),
-        );
-        let mut writer = DeltaWriter::new(table.object_store(), config);
         for file in group {
             if let Err(e) = self.copy_rows(&file.path, &mut writer).await {
                 if let Err(abort) = writer.abort().await {
