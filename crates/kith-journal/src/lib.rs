@@ -192,7 +192,7 @@ impl<T: Send + 'static> Journal<T> {
         sink: Sink<T>,
         hooks: Hooks,
     ) -> Result<Self, JournalError> {
-        std::fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
+        dedup::create_dir_synced(dir)?;
         let recovered = segment::recover(dir)?;
         let last_seq_at_open = recovered.last_seq;
         let (commands, receiver) = mpsc::channel();

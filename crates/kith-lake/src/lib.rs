@@ -7,6 +7,7 @@ pub mod output;
 pub mod parquet_rows;
 pub mod query;
 pub mod schema;
+mod synced_store;
 mod table;
 
 use std::path::Path;
@@ -68,12 +69,21 @@ pub struct Lake {
 impl Lake {
     /// Opens the tables under `DATA_DIR/tables/` (they are created on the first flush).
     pub async fn open(data_dir: &Path) -> Result<Lake, LakeError> {
+        Lake::open_with_store(data_dir, synced_store::SyncedLocalStore::new()).await
+    }
+
+    /// [`Lake::open`], the tables written through `store` (tests watch its syncs).
+    pub(crate) async fn open_with_store(
+        data_dir: &Path,
+        store: synced_store::SyncedLocalStore,
+    ) -> Result<Lake, LakeError> {
         let tables = data_dir.join("tables");
         let events = EventTable::open(
             "events",
             tables.join("events"),
             schema::EVENTS_SCHEMA.clone(),
             schema::EVENTS_STATS_COLUMNS,
+            store.clone(),
         )
         .await?;
         let rejected = EventTable::open(
@@ -81,6 +91,7 @@ impl Lake {
             tables.join("rejected_events"),
             schema::REJECTED_SCHEMA.clone(),
             schema::REJECTED_STATS_COLUMNS,
+            store,
         )
         .await?;
         let observed = events.committed_seq().max(rejected.committed_seq());

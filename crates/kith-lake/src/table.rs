@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -15,9 +15,10 @@ use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
-use deltalake::{DeltaTable, DeltaTableError};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 
 use crate::LakeError;
+use crate::synced_store::SyncedLocalStore;
 
 mod compaction;
 mod housekeeping;
@@ -58,16 +59,20 @@ pub struct EventTable {
     inner: RwLock<Inner>,
     /// Held by a compacting pass ([`EventTable::compact`]).
     compacting: tokio::sync::Mutex<()>,
+    /// What the table's files are written through: every file on disk before its write returns.
+    store: SyncedLocalStore,
 }
 
 impl EventTable {
-    pub async fn open(
+    /// Opens the table at `path` (created by its first flush), written through `store`.
+    pub(crate) async fn open(
         name: &'static str,
         path: PathBuf,
         schema: SchemaRef,
         stats_columns: &'static str,
+        store: SyncedLocalStore,
     ) -> Result<EventTable, LakeError> {
-        let (delta, committed_seq) = load_delta(&path).await?;
+        let (delta, committed_seq) = load_delta(&path, &store).await?;
         Ok(EventTable {
             name,
             path,
@@ -84,7 +89,13 @@ impl EventTable {
                 },
             }),
             compacting: tokio::sync::Mutex::new(()),
+            store,
         })
+    }
+
+    /// The table as its log says now, read afresh.
+    async fn reload(&self) -> Result<DeltaTable, LakeError> {
+        Ok(delta_builder(&self.path, &self.store)?.load().await?)
     }
 
     pub fn path(&self) -> &Path {
@@ -206,12 +217,13 @@ impl EventTable {
         let table = match delta {
             Some(table) => table,
             None => {
-                std::fs::create_dir_all(&self.path).map_err(|source| LakeError::Io {
-                    path: self.path.display().to_string(),
-                    source,
-                })?;
+                // Created durably, like everything in it: a power cut must not take the
+                // table's directory once the journal has let go of its events.
+                self.store
+                    .create_dir_all(&self.path)
+                    .map_err(|e| LakeError::Delta(e.to_string()))?;
                 // Not loaded: there is no log yet, and the write below creates the table.
-                deltalake::DeltaTableBuilder::from_url(table_url(&self.path)?)?.build()?
+                delta_builder(&self.path, &self.store)?.build()?
             }
         };
         // No log cleanup after each commit: it lists the whole log, and the server trims the
@@ -237,7 +249,7 @@ impl EventTable {
                 // The commit may have landed before something after it failed (a checkpoint, say):
                 // then the rows are in Delta and must leave the buffer, or the next flush would
                 // write them twice.
-                match load_delta(&self.path).await {
+                match load_delta(&self.path, &self.store).await {
                     Ok((Some(table), committed)) if committed >= through_seq => {
                         tracing::warn!(table = self.name, error = %err, "write reported an error after its commit landed");
                         table
@@ -323,11 +335,23 @@ pub(crate) fn table_url(path: &Path) -> Result<url::Url, LakeError> {
     })
 }
 
-async fn load_delta(path: &Path) -> Result<(Option<DeltaTable>, u64), LakeError> {
+/// The table at `path`, written through `store`.
+fn delta_builder(path: &Path, store: &SyncedLocalStore) -> Result<DeltaTableBuilder, LakeError> {
+    let url = table_url(path)?;
+    Ok(
+        DeltaTableBuilder::from_url(url.clone())?
+            .with_storage_backend(Arc::new(store.clone()), url),
+    )
+}
+
+async fn load_delta(
+    path: &Path,
+    store: &SyncedLocalStore,
+) -> Result<(Option<DeltaTable>, u64), LakeError> {
     if !path.join("_delta_log").exists() {
         return Ok((None, 0));
     }
-    let table = deltalake::open_table(table_url(path)?).await?;
+    let table = delta_builder(path, store)?.load().await?;
     let committed = table
         .snapshot()?
         .transaction_version(table.log_store().as_ref(), JOURNAL_APP_ID)

@@ -821,3 +821,71 @@ async fn clustered_flushes_write_rows_in_runs_of_event_names() {
     let rows = scalar(&lake, "SELECT count(*) AS n FROM events").await;
     assert!(rows.contains("| 60 |"), "{rows}");
 }
+
+/// The position in `synced` of the first sync of `path` or of a staging file for it.
+fn synced_at(synced: &[std::path::PathBuf], path: &std::path::Path) -> Option<usize> {
+    let staged = format!("{}#", path.display());
+    synced
+        .iter()
+        .position(|p| p == path || p.to_string_lossy().starts_with(&staged))
+}
+
+/// A flush's (and a compaction's) files are synced before the commit that names them, and the
+/// commit before the call returns: so the journal may let go of the events once it has.
+#[tokio::test]
+async fn flushed_and_compacted_files_are_on_disk_before_their_commits_and_the_commits_before_return()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let synced = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = synced.clone();
+    let store =
+        crate::synced_store::SyncedLocalStore::with_sync(std::sync::Arc::new(move |path, file| {
+            seen.lock().unwrap().push(path.to_path_buf());
+            file.sync_all()
+        }));
+    let lake = Lake::open_with_store(dir.path(), store).await.unwrap();
+    let table_dir = dir.path().join("tables/events");
+    let log_dir = table_dir.join("_delta_log");
+    let commit = |version: u64| log_dir.join(format!("{version:020}.json"));
+
+    let mut seq = 0;
+    flush_rows(&lake, &mut seq, 5_000).await;
+    let first = synced.lock().unwrap().clone();
+    let [data] = &events_files(&lake)[..] else {
+        panic!("one data file");
+    };
+    assert!(
+        first.starts_with(&[dir.path().to_path_buf(), dir.path().join("tables")]),
+        "the new table's directories are synced into their parents first: {first:?}"
+    );
+    let data_at = synced_at(&first, data).expect("the data file is synced");
+    let commit_at = synced_at(&first, &commit(0)).expect("the commit is synced");
+    assert!(data_at < commit_at, "{first:?}");
+    assert!(
+        first[data_at..commit_at].contains(&table_dir),
+        "the data file's directory entry is synced before the commit: {first:?}"
+    );
+    assert!(
+        first[commit_at..].contains(&log_dir),
+        "the commit's directory entry is synced: {first:?}"
+    );
+    assert!(
+        first[commit_at]
+            .to_string_lossy()
+            .starts_with(&format!("{}#", commit(0).display())),
+        "the commit's contents are synced before it is named: {first:?}"
+    );
+
+    flush_rows(&lake, &mut seq, 5_000).await;
+    synced.lock().unwrap().clear();
+    let compacted = lake.events.compact().await.unwrap();
+    assert_eq!((compacted.files_replaced, compacted.files_written), (2, 1));
+    let during = synced.lock().unwrap().clone();
+    let [merged] = &events_files(&lake)[..] else {
+        panic!("one merged file");
+    };
+    let merged_at = synced_at(&during, merged).expect("the merged file is synced");
+    let commit_at = synced_at(&during, &commit(2)).expect("the compaction's commit is synced");
+    assert!(merged_at < commit_at, "{during:?}");
+    assert_each_event_once(&lake, 10_000).await;
+}

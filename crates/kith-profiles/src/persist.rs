@@ -102,8 +102,10 @@ pub fn open(data_dir: &Path) -> Result<Connection, ProfileError> {
         .map_err(|e| ProfileError::Io(data_dir.display().to_string(), e))?;
     let conn = Connection::open(data_dir.join(DB_FILE))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    // The journal holds everything after `applied_seq`, so a lost commit is replayed, not lost.
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // FULL: each commit is on disk when it returns (an fsync of the WAL, about once a second).
+    // Journal segments are retired once `profiles.db` holds their events; with NORMAL a power
+    // cut could take back commits whose events the journal no longer had.
+    conn.pragma_update(None, "synchronous", "FULL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)

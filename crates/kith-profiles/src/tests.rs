@@ -551,3 +551,16 @@ fn passes_a_range_of_profiles_at_a_time_visit_each_profile_once() {
     with_traits.sort();
     assert_eq!(with_traits, ids);
 }
+
+/// The server retires journal segments once `profiles.db` holds their events, so its commits
+/// must be on disk when they return (SQLite's `synchronous = FULL`, 2), not only in the WAL's
+/// page cache.
+#[test]
+fn profiles_db_commits_are_synced_before_they_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = persist::open(dir.path()).unwrap();
+    let synchronous: i64 = conn
+        .pragma_query_value(None, "synchronous", |row| row.get(0))
+        .unwrap();
+    assert_eq!(synchronous, 2);
+}

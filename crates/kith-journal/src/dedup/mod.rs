@@ -53,7 +53,7 @@ impl KeyIndex {
     /// holds the keys found in the segments.
     pub(crate) fn open(journal_dir: &Path, live: KeySet) -> Result<KeyIndex, JournalError> {
         let dir = journal_dir.join(RUNS_DIR);
-        fs::create_dir_all(&dir).map_err(|e| JournalError::io(&dir, e))?;
+        create_dir_synced(&dir)?;
         let mut ranges = Vec::new();
         for entry in fs::read_dir(&dir).map_err(|e| JournalError::io(&dir, e))? {
             let entry = entry.map_err(|e| JournalError::io(&dir, e))?;
@@ -339,6 +339,19 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| JournalError::io(dir, e))
+}
+
+/// Creates `dir` and any missing parents, each synced into its own parent: a journal created
+/// just before a power cut must still be found after it.
+pub(crate) fn create_dir_synced(dir: &Path) -> Result<(), JournalError> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use deltalake::protocol::DeltaOperation;
 use deltalake::table::config::TablePropertiesExt;
 use futures::TryStreamExt;
 
-use super::{EventTable, adopt_unless_older, table_url, writer_properties};
+use super::{EventTable, adopt_unless_older, writer_properties};
 use crate::LakeError;
 
 /// The most bytes of files compaction merges into one file. Below delta-rs's default target
@@ -251,9 +251,7 @@ impl EventTable {
             Err(e) => {
                 // The commit may have landed before a step after it failed (a checkpoint): take
                 // whatever the log now says, so queries and the next plan see it.
-                if let Ok(url) = table_url(&self.path)
-                    && let Ok(reloaded) = deltalake::open_table(url).await
-                {
+                if let Ok(reloaded) = self.reload().await {
                     adopt_unless_older(&mut self.write().delta, reloaded);
                 }
                 return Err(e.into());

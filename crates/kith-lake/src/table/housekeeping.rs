@@ -13,7 +13,7 @@ use std::time::Duration;
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::protocol::checkpoints::{cleanup_expired_logs_for, create_checkpoint};
 
-use super::{EventTable, adopt_unless_older, table_url};
+use super::{EventTable, adopt_unless_older};
 use crate::LakeError;
 
 /// How long what no current version of a table needs is kept before it is deleted.
@@ -175,7 +175,7 @@ impl EventTable {
         metrics::counter!("kith_lake_log_entries_deleted_total", "table" => self.name)
             .increment(deleted);
         if deleted > 0 {
-            let reloaded = deltalake::open_table(table_url(&self.path)?).await?;
+            let reloaded = self.reload().await?;
             adopt_unless_older(&mut self.write().delta, reloaded);
         }
         Ok(deleted)
