@@ -221,7 +221,10 @@ impl EventTable {
                 // table's directory once the journal has let go of its events.
                 self.store
                     .create_dir_all(&self.path)
-                    .map_err(|e| LakeError::Delta(e.to_string()))?;
+                    .map_err(|e| LakeError::Io {
+                        path: self.path.display().to_string(),
+                        source: std::io::Error::other(e),
+                    })?;
                 // Not loaded: there is no log yet, and the write below creates the table.
                 delta_builder(&self.path, &self.store)?.build()?
             }
