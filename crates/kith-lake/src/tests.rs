@@ -667,18 +667,30 @@ async fn tidying_deletes_replaced_files_and_old_log_entries_but_keeps_every_row(
     for path in [&abandoned, &in_flight] {
         std::fs::copy(&flushed[0], path).unwrap();
     }
-    std::fs::File::options()
-        .write(true)
-        .open(&abandoned)
-        .unwrap()
-        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600))
-        .unwrap();
+    // And what a write interrupted before it named its file leaves: staging files, which
+    // listings (and so Delta's own cleanup) skip.
+    let staged_long_ago = table_dir.join("part-00000-staged-long-ago.parquet#1");
+    let commit_staged_long_ago = log_dir.join("00000000000000000999.json#1");
+    let staged_just_now = table_dir.join("part-00000-staged-just-now.parquet#1");
+    for path in [&staged_long_ago, &commit_staged_long_ago, &staged_just_now] {
+        std::fs::write(path, b"partly written").unwrap();
+    }
+    for path in [&abandoned, &staged_long_ago, &commit_staged_long_ago] {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600))
+            .unwrap();
+    }
 
     // The server's policy, right after a compaction: only the old stray file is old enough.
     let first = lake.events.tidy(&Housekeeping::default()).await;
     assert!(first.failed.is_empty(), "{first:?}");
     assert_eq!(first.files_compacted, 30);
-    assert_eq!(first.files_deleted, 1, "{first:?}");
+    assert_eq!(first.files_deleted, 3, "{first:?}");
+    assert!(!staged_long_ago.exists() && !commit_staged_long_ago.exists());
+    assert!(staged_just_now.exists(), "a write may still be filling it");
     assert_eq!(
         first.log_entries_deleted, 0,
         "every entry is younger than kept"
@@ -703,6 +715,10 @@ async fn tidying_deletes_replaced_files_and_old_log_entries_but_keeps_every_row(
         "nothing small is left to compact"
     );
     assert_eq!(second.files_deleted, 31, "{second:?}");
+    assert!(
+        staged_just_now.exists(),
+        "staging files are kept an hour whatever the policy"
+    );
     assert_eq!(
         parquet_on_disk(),
         events_files(&lake),

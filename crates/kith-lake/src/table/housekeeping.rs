@@ -16,6 +16,10 @@ use deltalake::protocol::checkpoints::{cleanup_expired_logs_for, create_checkpoi
 use super::{EventTable, adopt_unless_older};
 use crate::LakeError;
 
+/// Staging files are never deleted younger than this, whatever the policy: a write may still be
+/// filling one (a large compaction output takes a while).
+const STAGING_FILES_KEPT: Duration = Duration::from_secs(60 * 60);
+
 /// How long what no current version of a table needs is kept before it is deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Housekeeping {
@@ -78,6 +82,9 @@ impl EventTable {
         let files_deleted = count(
             "deleting unused files",
             self.delete_unused_files(policy.replaced_files_kept).await,
+        ) + count(
+            "deleting abandoned staging files",
+            self.delete_abandoned_staging_files(policy.replaced_files_kept),
         );
         let log_entries_deleted = count(
             "trimming the log",
@@ -135,6 +142,51 @@ impl EventTable {
         );
         metrics::counter!("kith_lake_files_deleted_total", "table" => self.name).increment(deleted);
         adopt_unless_older(&mut self.write().delta, table);
+        Ok(deleted)
+    }
+
+    /// Deletes the staging files (`NAME#N`) writes interrupted by a crash left in the table's
+    /// directory and its log, once older than `kept` and than [`STAGING_FILES_KEPT`]. Listings
+    /// skip such names, so Delta's own cleanup never sees them. Returns how many it deleted.
+    fn delete_abandoned_staging_files(&self, kept: Duration) -> Result<u64, LakeError> {
+        let kept = kept.max(STAGING_FILES_KEPT);
+        let io = |path: &std::path::Path, source| LakeError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut deleted = 0;
+        for dir in [self.path.clone(), self.path.join("_delta_log")] {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| io(&dir, e))?;
+                if !entry.file_name().to_string_lossy().contains('#') {
+                    continue;
+                }
+                let path = entry.path();
+                let age = entry
+                    .metadata()
+                    .and_then(|meta| meta.modified())
+                    .map(|modified| modified.elapsed().unwrap_or_default())
+                    .map_err(|e| io(&path, e))?;
+                if entry.file_type().is_ok_and(|t| t.is_file()) && age >= kept {
+                    std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+                    deleted += 1;
+                }
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(
+                table = self.name,
+                files = deleted,
+                "deleted abandoned staging files"
+            );
+            metrics::counter!("kith_lake_files_deleted_total", "table" => self.name)
+                .increment(deleted);
+        }
         Ok(deleted)
     }
 
