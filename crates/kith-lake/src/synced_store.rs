@@ -117,15 +117,24 @@ fn create_dirs(sync: &SyncPath, dir: &FsPath) -> object_store::Result<()> {
     Ok(())
 }
 
-/// A new file beside `dest` named `{dest}#{n}`, as `LocalFileSystem` names its uploads (its
-/// listings skip such names, so one a crash leaves behind is never taken for a table file).
+/// Whether `name` is a staging file's (`{dest}#{n}`): a write not finished, or one a crash
+/// interrupted.
+pub(crate) fn is_staging_name(name: &str) -> bool {
+    name.contains(STAGING_MARK)
+}
+
+/// Marks staging names, as `LocalFileSystem` marks its uploads: its listings skip such names, so
+/// one a crash leaves behind is never taken for a table file.
+const STAGING_MARK: char = '#';
+
+/// A new file beside `dest` named `{dest}#{n}`.
 fn staging_file(sync: &SyncPath, dest: &FsPath) -> object_store::Result<(File, PathBuf)> {
     if let Some(dir) = dest.parent() {
         create_dirs(sync, dir)?;
     }
     for n in 1u32.. {
         let mut name = dest.as_os_str().to_owned();
-        name.push(format!("#{n}"));
+        name.push(format!("{STAGING_MARK}{n}"));
         let path = PathBuf::from(name);
         match OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(file) => return Ok((file, path)),

@@ -15,6 +15,7 @@ use deltalake::protocol::checkpoints::{cleanup_expired_logs_for, create_checkpoi
 
 use super::{EventTable, adopt_unless_older};
 use crate::LakeError;
+use crate::synced_store::is_staging_name;
 
 /// Staging files are never deleted younger than this, whatever the policy: a write may still be
 /// filling one (a large compaction output takes a while).
@@ -163,16 +164,16 @@ impl EventTable {
             };
             for entry in entries {
                 let entry = entry.map_err(|e| io(&dir, e))?;
-                if !entry.file_name().to_string_lossy().contains('#') {
+                if !is_staging_name(&entry.file_name().to_string_lossy()) {
                     continue;
                 }
                 let path = entry.path();
-                let age = entry
-                    .metadata()
-                    .and_then(|meta| meta.modified())
+                let meta = entry.metadata().map_err(|e| io(&path, e))?;
+                let age = meta
+                    .modified()
                     .map(|modified| modified.elapsed().unwrap_or_default())
                     .map_err(|e| io(&path, e))?;
-                if entry.file_type().is_ok_and(|t| t.is_file()) && age >= kept {
+                if meta.is_file() && age >= kept {
                     std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
                     deleted += 1;
                 }
