@@ -77,9 +77,16 @@ fn parse_options() -> Result<Options, String> {
 }
 
 fn agent() -> ureq::Agent {
+    // Timeouts per phase, not `timeout_global`: with a global timeout ureq resolves the address
+    // on a new thread for every request, load-generator CPU taken from the server it measures.
+    let phase = Some(Duration::from_secs(60));
     ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
+        .timeout_connect(phase)
+        .timeout_send_request(phase)
+        .timeout_send_body(phase)
+        .timeout_recv_response(phase)
+        .timeout_recv_body(phase)
         .max_idle_connections_per_host(256)
         .build()
         .into()
