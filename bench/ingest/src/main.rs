@@ -245,6 +245,11 @@ struct Measured {
     machine_idle: f64,
     /// Journal group commits (one fsync each) during the run, from the server's `/metrics`.
     journal_commits: Option<f64>,
+    /// Server CPU seconds by thread name over the same span as `cpu_seconds` (threads that ended
+    /// in between are in `cpu_seconds` only).
+    cpu_by_thread: Vec<(String, f64)>,
+    /// CPU seconds the load generator (this process) used while the clients were sending.
+    client_cpu_seconds: f64,
 }
 
 impl Measured {
@@ -256,6 +261,33 @@ impl Measured {
     /// of the cores.
     fn cpu_per_event_us(&self) -> f64 {
         self.cpu_seconds * 1e6 / self.run.events.max(1) as f64
+    }
+
+    /// Server CPU per accepted event spent by the threads of `THREAD_GROUPS[group]`; with
+    /// `None`, by every other thread (and any that ended during the run).
+    fn thread_cpu_per_event_us(&self, group: Option<usize>) -> f64 {
+        let in_groups: f64 = self
+            .cpu_by_thread
+            .iter()
+            .filter(|(name, _)| thread_group(name).is_some())
+            .map(|(_, s)| s)
+            .sum();
+        let seconds: f64 = match group {
+            Some(group) => self
+                .cpu_by_thread
+                .iter()
+                .filter(|(name, _)| thread_group(name) == Some(group))
+                .map(|(_, s)| s)
+                .sum(),
+            None => self.cpu_seconds - in_groups,
+        };
+        seconds * 1e6 / self.run.events.max(1) as f64
+    }
+
+    /// The load generator's CPU per event: on a machine it shares with the server, what it
+    /// takes is not available to the server.
+    fn client_cpu_per_event_us(&self) -> f64 {
+        self.client_cpu_seconds * 1e6 / self.run.events.max(1) as f64
     }
 
     /// Events acknowledged per journal fsync, when the run wrote the journal.
@@ -282,12 +314,24 @@ impl Round {
 fn measured(pid: u32, server: &Server, drive: impl FnOnce() -> RunResult) -> Measured {
     wait_until_idle(pid);
     let before = cpu_seconds(pid).unwrap_or(f64::NAN);
+    let threads_before = cpu_seconds_by_thread(pid);
     let commits_before = server.metric("kith_journal_fsyncs_total");
     let ticks_before = machine_cpu_ticks();
+    let client_before = cpu_seconds(std::process::id()).unwrap_or(f64::NAN);
     let run = drive();
+    let client_after = cpu_seconds(std::process::id()).unwrap_or(f64::NAN);
     let ticks_after = machine_cpu_ticks();
     let commits_after = server.metric("kith_journal_fsyncs_total");
     wait_until_idle(pid);
+    let threads_after = cpu_seconds_by_thread(pid);
+    let mut cpu_by_thread: Vec<(String, f64)> = Vec::new();
+    for (tid, (name, seconds)) in &threads_after {
+        let spent = seconds - threads_before.get(tid).map_or(0.0, |(_, s)| *s);
+        match cpu_by_thread.iter_mut().find(|(n, _)| n == name) {
+            Some((_, total)) => *total += spent,
+            None => cpu_by_thread.push((name.clone(), spent)),
+        }
+    }
     let machine_idle = match (ticks_before, ticks_after) {
         (Some((idle0, total0)), Some((idle1, total1))) if total1 > total0 => {
             (idle1 - idle0) as f64 / (total1 - total0) as f64
@@ -301,6 +345,8 @@ fn measured(pid: u32, server: &Server, drive: impl FnOnce() -> RunResult) -> Mea
         journal_commits: commits_before
             .zip(commits_after)
             .map(|(before, after)| after - before),
+        cpu_by_thread,
+        client_cpu_seconds: client_after - client_before,
     }
 }
 
@@ -367,12 +413,72 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 /// CPU time (user + system) a process has used so far, from /proc (Linux). Ticks are taken as
 /// 1/100 s, the value of `CLK_TCK` on every Linux architecture the project builds for.
 fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// User + system CPU seconds from the text of a /proc `stat` file (a process's or a thread's).
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
+}
+
+/// The server's threads as the breakdown groups them: name prefix (Linux keeps 15 bytes of a
+/// thread's name; a thread counts in the first group it matches), and what the group does.
+const THREAD_GROUPS: [(&str, &str); 5] = [
+    (
+        "tokio-rt-worker",
+        "request threads (parse, judge, encode; the no-op path's whole work)",
+    ),
+    (
+        "kith-journal-sy",
+        "journal sync (fdatasync, hand-over, answers)",
+    ),
+    ("kith-journal", "journal writer (dedup, records, write)"),
+    (
+        "kith-flush",
+        "flush (records to Arrow, Parquet, Delta commits)",
+    ),
+    ("kith-unify", "identity resolution, profiles.db"),
+];
+
+/// The first group of `THREAD_GROUPS` whose prefix the thread's name has.
+fn thread_group(name: &str) -> Option<usize> {
+    THREAD_GROUPS
+        .iter()
+        .position(|(prefix, _)| name.starts_with(prefix))
+}
+
+/// CPU seconds of each of a process's live threads, by thread id: (name, seconds).
+fn cpu_seconds_by_thread(pid: u32) -> std::collections::HashMap<u32, (String, f64)> {
+    let mut threads = std::collections::HashMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return threads;
+    };
+    for task in tasks.flatten() {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(name), Some(seconds)) = (
+            stat.split_once('(')
+                .and_then(|(_, rest)| rest.rsplit_once(')'))
+                .map(|(name, _)| name.to_string()),
+            stat_cpu_seconds(&stat),
+        ) else {
+            continue;
+        };
+        threads.insert(tid, (name, seconds));
+    }
+    threads
 }
 
 /// Waits until the server has finished what a run left it (sealing and flushing the last
@@ -595,6 +701,30 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", "),
         median_of(&|r| r.noop.cpu_per_event_us() / r.durable.cpu_per_event_us()),
+    );
+    println!(
+        "server CPU µs/event by thread (medians of the rounds), and the load generator's own:"
+    );
+    println!("| threads | durable | no-op | durable − no-op |");
+    println!("|---|---:|---:|---:|");
+    let groups = THREAD_GROUPS
+        .iter()
+        .enumerate()
+        .map(|(group, (prefix, what))| (Some(group), format!("`{prefix}`: {what}")))
+        .chain([(None, "other server threads".to_string())]);
+    for (group, label) in groups {
+        let durable = median_of(&|r| r.durable.thread_cpu_per_event_us(group));
+        let noop = median_of(&|r| r.noop.thread_cpu_per_event_us(group));
+        println!(
+            "| {label} | {durable:.2} | {noop:.2} | {:+.2} |",
+            durable - noop
+        );
+    }
+    let durable = median_of(&|r| r.durable.client_cpu_per_event_us());
+    let noop = median_of(&|r| r.noop.client_cpu_per_event_us());
+    println!(
+        "| load generator (not the server) | {durable:.2} | {noop:.2} | {:+.2} |",
+        durable - noop
     );
     let stored_rows = match &stored {
         Ok((rows, distinct)) => {
