@@ -245,9 +245,9 @@ struct Measured {
     machine_idle: f64,
     /// Journal group commits (one fsync each) during the run, from the server's `/metrics`.
     journal_commits: Option<f64>,
-    /// Server CPU seconds by thread name over the same span as `cpu_seconds` (threads that ended
-    /// in between are in `cpu_seconds` only).
-    cpu_by_thread: Vec<(String, f64)>,
+    /// Server CPU seconds of each of `THREAD_GROUPS` over the same span as `cpu_seconds`
+    /// (threads that ended in between are in `cpu_seconds` only).
+    cpu_by_group: [f64; THREAD_GROUPS.len()],
     /// CPU seconds the load generator (this process) used while the clients were sending.
     client_cpu_seconds: f64,
 }
@@ -266,20 +266,11 @@ impl Measured {
     /// Server CPU per accepted event spent by the threads of `THREAD_GROUPS[group]`; with
     /// `None`, by every other thread (and any that ended during the run).
     fn thread_cpu_per_event_us(&self, group: Option<usize>) -> f64 {
-        let in_groups: f64 = self
-            .cpu_by_thread
-            .iter()
-            .filter(|(name, _)| thread_group(name).is_some())
-            .map(|(_, s)| s)
-            .sum();
-        let seconds: f64 = match group {
-            Some(group) => self
-                .cpu_by_thread
-                .iter()
-                .filter(|(name, _)| thread_group(name) == Some(group))
-                .map(|(_, s)| s)
-                .sum(),
-            None => self.cpu_seconds - in_groups,
+        let seconds = match group {
+            Some(group) => self.cpu_by_group[group],
+            // Process and thread times are counted in whole ticks each, so the difference can
+            // come out a tick below zero.
+            None => (self.cpu_seconds - self.cpu_by_group.iter().sum::<f64>()).max(0.0),
         };
         seconds * 1e6 / self.run.events.max(1) as f64
     }
@@ -324,12 +315,10 @@ fn measured(pid: u32, server: &Server, drive: impl FnOnce() -> RunResult) -> Mea
     let commits_after = server.metric("kith_journal_fsyncs_total");
     wait_until_idle(pid);
     let threads_after = cpu_seconds_by_thread(pid);
-    let mut cpu_by_thread: Vec<(String, f64)> = Vec::new();
+    let mut cpu_by_group = [0.0; THREAD_GROUPS.len()];
     for (tid, (name, seconds)) in &threads_after {
-        let spent = seconds - threads_before.get(tid).map_or(0.0, |(_, s)| *s);
-        match cpu_by_thread.iter_mut().find(|(n, _)| n == name) {
-            Some((_, total)) => *total += spent,
-            None => cpu_by_thread.push((name.clone(), spent)),
+        if let Some(group) = thread_group(name) {
+            cpu_by_group[group] += seconds - threads_before.get(tid).map_or(0.0, |(_, s)| *s);
         }
     }
     let machine_idle = match (ticks_before, ticks_after) {
@@ -345,7 +334,7 @@ fn measured(pid: u32, server: &Server, drive: impl FnOnce() -> RunResult) -> Mea
         journal_commits: commits_before
             .zip(commits_after)
             .map(|(before, after)| after - before),
-        cpu_by_thread,
+        cpu_by_group,
         client_cpu_seconds: client_after - client_before,
     }
 }

@@ -368,6 +368,18 @@ mod tests {
         Path::from_absolute_path(path).unwrap()
     }
 
+    /// Puts `bytes` at `dest` through `store` with `mode`.
+    async fn put(
+        store: &SyncedLocalStore,
+        dest: &FsPath,
+        bytes: &'static [u8],
+        mode: PutMode,
+    ) -> object_store::Result<PutResult> {
+        store
+            .put_opts(&location(dest), PutPayload::from_static(bytes), mode.into())
+            .await
+    }
+
     fn names(dir: &FsPath) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
@@ -382,12 +394,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, synced) = recording();
         let dest = dir.path().join("new/_delta_log/00000000000000000000.json");
-        store
-            .put_opts(
-                &location(&dest),
-                PutPayload::from_static(b"{\"commitInfo\":{}}\n"),
-                PutOptions::from(PutMode::Create),
-            )
+        put(&store, &dest, b"{\"commitInfo\":{}}\n", PutMode::Create)
             .await
             .unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"{\"commitInfo\":{}}\n");
@@ -414,23 +421,11 @@ mod tests {
     async fn create_refuses_an_existing_name_and_overwrite_replaces_it() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = recording();
-        let at = location(&dir.path().join("00000000000000000001.json"));
-        store
-            .put_opts(
-                &at,
-                PutPayload::from_static(b"first"),
-                PutMode::Create.into(),
-            )
-            .await
-            .unwrap();
+        let dest = dir.path().join("00000000000000000001.json");
+        let at = location(&dest);
+        put(&store, &dest, b"first", PutMode::Create).await.unwrap();
         // Delta's commits rely on this to find a concurrent writer's commit.
-        let second = store
-            .put_opts(
-                &at,
-                PutPayload::from_static(b"second"),
-                PutMode::Create.into(),
-            )
-            .await;
+        let second = put(&store, &dest, b"second", PutMode::Create).await;
         assert!(
             matches!(second, Err(object_store::Error::AlreadyExists { .. })),
             "{second:?}"
@@ -439,12 +434,7 @@ mod tests {
             store.get(&at).await.unwrap().bytes().await.unwrap(),
             "first"
         );
-        store
-            .put_opts(
-                &at,
-                PutPayload::from_static(b"third"),
-                PutMode::Overwrite.into(),
-            )
+        put(&store, &dest, b"third", PutMode::Overwrite)
             .await
             .unwrap();
         assert_eq!(
@@ -487,13 +477,7 @@ mod tests {
             Err(std::io::Error::other("the disk is gone"))
         }));
         let dest = dir.path().join("00000000000000000002.json");
-        let put = store
-            .put_opts(
-                &location(&dest),
-                PutPayload::from_static(b"x"),
-                PutMode::Create.into(),
-            )
-            .await;
+        let put = put(&store, &dest, b"x", PutMode::Create).await;
         let message = put.unwrap_err().to_string();
         assert!(message.contains("the disk is gone"), "{message}");
         assert!(!dest.exists(), "an unsynced file is not given its name");
