@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::dedup::{KeyIndex, Run, SeqRange, sync_dir, write_run};
+use crate::dedup::{KeyIndex, PREFETCH_DISTANCE, Run, SeqRange, sync_dir, write_run};
 use crate::record::encode;
 use crate::segment::{
     Recovered, SegmentInfo, end_at_records, list_spares, scan, segment_path, spare_path,
@@ -292,10 +292,23 @@ impl<T: Send + 'static> WriterState<T> {
         let mut appends = Vec::with_capacity(group.len());
         let mut seq = self.next_seq;
         let mut lookup_failed = None;
+        // The dedup set and filters are far bigger than the cache: their lines are requested
+        // `PREFETCH_DISTANCE` keys ahead, so the lookups' misses overlap.
+        let group_keys: Vec<u128> = group
+            .iter()
+            .flat_map(|(entries, _)| entries.iter().filter_map(|e| e.dedup_key))
+            .collect();
+        let mut keys_ahead = group_keys.iter();
+        for key in keys_ahead.by_ref().take(PREFETCH_DISTANCE) {
+            self.keys.prefetch(*key);
+        }
         'appends: for (entries, reply) in group {
             let mut outcomes = Vec::with_capacity(entries.len());
             for entry in &entries {
                 if let Some(key) = entry.dedup_key {
+                    if let Some(ahead) = keys_ahead.next() {
+                        self.keys.prefetch(*ahead);
+                    }
                     // Inserted now so later entries see it; taken out again if the write fails.
                     match self.keys.insert(key) {
                         Ok(true) => new_keys.push(key),

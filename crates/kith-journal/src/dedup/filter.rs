@@ -56,6 +56,14 @@ impl KeyFilter {
         Self::probes(key).all(|(word, bit)| words[word] & (1 << bit) != 0)
     }
 
+    /// Starts loading the block `key` falls in (see [`super::LiveKeys::prefetch`]).
+    #[inline]
+    pub(crate) fn prefetch(&self, key: u128) {
+        if let Some(block) = self.blocks.get(self.block_of(key)) {
+            super::live::prefetch(block);
+        }
+    }
+
     /// Heap bytes held.
     pub(crate) fn bytes(&self) -> usize {
         self.blocks.len() * BLOCK_WORDS * 8

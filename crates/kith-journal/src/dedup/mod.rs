@@ -18,6 +18,7 @@
 //! run whose seq range another run covers is a merge's leftover input and is deleted.
 
 mod filter;
+mod live;
 mod run;
 
 use std::fs;
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use crate::{JournalError, KeySet};
+pub(crate) use live::LiveKeys;
 use run::TEMP_SUFFIX;
 pub(crate) use run::{Run, SeqRange};
 
@@ -32,6 +34,10 @@ pub(crate) use run::{Run, SeqRange};
 pub(crate) const RUNS_DIR: &str = "dedup";
 /// Before runs, retired keys were appended, unsorted, to this file; it becomes a run at start-up.
 pub(crate) const LEGACY_KEYS_FILE: &str = "dedup.keys";
+
+/// How many keys ahead of the one being looked up [`KeyIndex::prefetch`] is called: enough to keep
+/// several cache misses in flight, few enough that the lines are still cached when used.
+pub(crate) const PREFETCH_DISTANCE: usize = 16;
 
 pub(crate) struct KeyIndex {
     dir: PathBuf,
@@ -129,7 +135,7 @@ impl KeyIndex {
     /// Whether `key` was ever stored.
     #[cfg(test)]
     pub(crate) fn contains(&self, key: u128) -> Result<bool, JournalError> {
-        if self.live.contains(&key) {
+        if self.live.contains(key) {
             return Ok(true);
         }
         // Newest first: a retry is most likely of a recent message.
@@ -152,7 +158,7 @@ impl KeyIndex {
             match run.contains(key) {
                 Ok(false) => {}
                 found_or_failed => {
-                    self.live.remove(&key);
+                    self.live.remove(key);
                     return found_or_failed.map(|found| !found);
                 }
             }
@@ -160,9 +166,20 @@ impl KeyIndex {
         Ok(true)
     }
 
+    /// Starts loading the memory that [`KeyIndex::insert`] of `key` reads: its slot in the live
+    /// set and its block in each run's filter. The writer calls it a few keys ahead of inserting,
+    /// so the cache misses of neighbouring keys overlap.
+    #[inline]
+    pub(crate) fn prefetch(&self, key: u128) {
+        self.live.prefetch(key);
+        for run in &self.runs {
+            run.prefetch(key);
+        }
+    }
+
     /// Forgets a key [`KeyIndex::insert`] recorded for a write that then failed.
     pub(crate) fn forget(&mut self, key: u128) {
-        self.live.remove(&key);
+        self.live.remove(key);
     }
 
     /// Moves the keys of retired segments (seqs `range`) from memory to a run on disk, all at
@@ -216,9 +233,14 @@ impl KeyIndex {
     /// Takes up to `budget` keys that runs hold out of memory; returns whether any remain.
     pub(crate) fn forget_retired(&mut self, budget: usize) -> bool {
         let keep = self.retired_in_live.len().saturating_sub(budget);
-        for key in self.retired_in_live.drain(keep..) {
-            self.live.remove(&key);
+        let forgotten = &self.retired_in_live[keep..];
+        for (at, key) in forgotten.iter().enumerate() {
+            if let Some(ahead) = forgotten.get(at + PREFETCH_DISTANCE) {
+                self.live.prefetch(*ahead);
+            }
+            self.live.remove(*key);
         }
+        self.retired_in_live.truncate(keep);
         if self.retired_in_live.is_empty() {
             // Hand back the list's memory rather than keep a segment's worth for the next one.
             self.retired_in_live = Vec::new();

@@ -196,6 +196,12 @@ impl Run {
         })
     }
 
+    /// Starts loading the part of the filter that `contains(key)` reads first.
+    #[inline]
+    pub(crate) fn prefetch(&self, key: u128) {
+        self.filter.prefetch(key);
+    }
+
     /// Whether the run holds `key`: the filter first, then one read of the block it would be in.
     pub(crate) fn contains(&self, key: u128) -> Result<bool, JournalError> {
         if !self.filter.may_contain(key) {
