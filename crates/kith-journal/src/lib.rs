@@ -306,9 +306,5 @@ impl<T: Send + 'static> Drop for Journal<T> {
     }
 }
 
-/// Dedup keys are xxh3 hashes already; the per-process seeded foldhash keeps lookups cheap without
-/// letting crafted messageIds pile into one bucket.
-pub(crate) type KeySet = dedup::LiveKeys;
-
 #[cfg(test)]
 mod tests;

@@ -4,8 +4,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::JournalError;
+use crate::dedup::LiveKeys;
 use crate::record::{Decoded, Record, decode};
-use crate::{JournalError, KeySet};
 
 const SEGMENT_SUFFIX: &str = ".seg";
 /// A retired segment's file kept for reuse (see [`crate::writer`]): not a segment, so listing,
@@ -28,7 +29,7 @@ pub(crate) struct SegmentInfo {
 pub(crate) struct Recovered {
     pub segments: Vec<SegmentInfo>,
     /// The dedup keys of the records in `segments`.
-    pub keys: KeySet,
+    pub keys: LiveKeys,
     pub last_seq: u64,
 }
 
@@ -144,7 +145,7 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>, JournalError> {
 /// Scans every segment, cuts a torn tail off the last one (a write the crash interrupted, never
 /// acknowledged), and collects the segments' dedup keys.
 pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
-    let mut keys = KeySet::default();
+    let mut keys = LiveKeys::default();
     let listed = list_segments(dir)?;
     let mut segments = Vec::with_capacity(listed.len());
     let count = listed.len();

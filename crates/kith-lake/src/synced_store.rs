@@ -104,6 +104,12 @@ fn sync_parent(sync: &SyncPath, path: &FsPath) -> object_store::Result<()> {
     }
 }
 
+/// Syncs the file at `path` and then its directory entry.
+fn sync_file_and_entry(sync: &SyncPath, path: &FsPath) -> object_store::Result<()> {
+    sync_file(sync, path)?;
+    sync_parent(sync, path)
+}
+
 /// Creates `dir` and any missing parents, each synced into its own parent.
 fn create_dirs(sync: &SyncPath, dir: &FsPath) -> object_store::Result<()> {
     let missing: Vec<&FsPath> = dir.ancestors().take_while(|d| !d.exists()).collect();
@@ -301,11 +307,7 @@ impl SyncedLocalStore {
     async fn sync_named(&self, location: &Path) -> object_store::Result<()> {
         let path = self.file_path(location)?;
         let sync = self.sync.clone();
-        blocking(move || {
-            sync_file(&sync, &path)?;
-            sync_parent(&sync, &path)
-        })
-        .await
+        blocking(move || sync_file_and_entry(&sync, &path)).await
     }
 }
 
@@ -333,11 +335,7 @@ impl MultipartUpload for SyncedUpload {
     async fn complete(&mut self) -> object_store::Result<PutResult> {
         let done = self.upload.complete().await?;
         let (sync, dest) = (self.sync.clone(), self.dest.clone());
-        blocking(move || {
-            sync_file(&sync, &dest)?;
-            sync_parent(&sync, &dest)
-        })
-        .await?;
+        blocking(move || sync_file_and_entry(&sync, &dest)).await?;
         Ok(done)
     }
 

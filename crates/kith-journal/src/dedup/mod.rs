@@ -25,7 +25,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
-use crate::{JournalError, KeySet};
+use crate::JournalError;
 pub(crate) use live::LiveKeys;
 use run::TEMP_SUFFIX;
 pub(crate) use run::{Run, SeqRange};
@@ -43,7 +43,7 @@ pub(crate) struct KeyIndex {
     dir: PathBuf,
     /// Keys of records still in segments, and of retired ones not yet taken out (see
     /// `retired_in_live`).
-    live: KeySet,
+    live: LiveKeys,
     /// Keys a run on disk now holds that are still in `live`, to be taken out a slice at a time
     /// ([`KeyIndex::forget_retired`]): removing a whole segment's keys at once is a hash-set miss
     /// per key, tens of milliseconds in which the journal would answer nothing. A key in both
@@ -57,7 +57,7 @@ pub(crate) struct KeyIndex {
 impl KeyIndex {
     /// Opens the runs under `journal_dir/dedup` (turning a legacy `dedup.keys` into one); `live`
     /// holds the keys found in the segments.
-    pub(crate) fn open(journal_dir: &Path, live: KeySet) -> Result<KeyIndex, JournalError> {
+    pub(crate) fn open(journal_dir: &Path, live: LiveKeys) -> Result<KeyIndex, JournalError> {
         let dir = journal_dir.join(RUNS_DIR);
         create_dir_synced(&dir)?;
         let mut ranges = Vec::new();

@@ -20,7 +20,7 @@ pub(crate) fn keys(seed: u64, n: usize) -> Vec<u128> {
 
 /// An index in `dir` holding `keys`, each new to it.
 fn index_holding(dir: &Path, keys: &[u128]) -> KeyIndex {
-    let mut index = KeyIndex::open(dir, KeySet::default()).unwrap();
+    let mut index = KeyIndex::open(dir, LiveKeys::default()).unwrap();
     for key in keys {
         assert!(index.insert(*key).unwrap());
     }
@@ -110,7 +110,7 @@ fn retired_keys_leave_memory_and_stay_known_across_restarts() {
     assert_eq!(index.live_count(), 0, "a refused key is not recorded");
     drop(index);
 
-    let index = KeyIndex::open(dir.path(), KeySet::default()).unwrap();
+    let index = KeyIndex::open(dir.path(), LiveKeys::default()).unwrap();
     assert!(first.iter().all(|k| index.contains(*k).unwrap()));
     assert!(!keys(6, 1_000).iter().any(|k| index.contains(*k).unwrap()));
 }
@@ -137,7 +137,7 @@ fn retired_keys_leave_memory_a_slice_at_a_time_and_are_found_throughout() {
 #[test]
 fn many_retirements_leave_few_runs_and_lose_no_key() {
     let dir = tempfile::tempdir().unwrap();
-    let mut index = KeyIndex::open(dir.path(), KeySet::default()).unwrap();
+    let mut index = KeyIndex::open(dir.path(), LiveKeys::default()).unwrap();
     let mut all = Vec::new();
     let mut seq = 0u64;
     for segment in 0..64u64 {
@@ -167,7 +167,7 @@ fn many_retirements_leave_few_runs_and_lose_no_key() {
         index.memory_bytes()
     );
     drop(index);
-    let index = KeyIndex::open(dir.path(), KeySet::default()).unwrap();
+    let index = KeyIndex::open(dir.path(), LiveKeys::default()).unwrap();
     assert!(all.iter().all(|k| index.contains(*k).unwrap()));
 }
 
@@ -189,7 +189,7 @@ fn leftovers_of_an_interrupted_merge_are_cleared_at_start() {
     )
     .unwrap();
     drop((run_a, run_b));
-    let index = KeyIndex::open(dir.path(), KeySet::default()).unwrap();
+    let index = KeyIndex::open(dir.path(), LiveKeys::default()).unwrap();
     assert_eq!(
         run_files(dir.path()),
         ["00000000000000000001-00000000000000000600.run"]
@@ -201,12 +201,12 @@ fn leftovers_of_an_interrupted_merge_are_cleared_at_start() {
 fn segments_retired_again_after_a_crash_do_not_disturb_their_run() {
     let dir = tempfile::tempdir().unwrap();
     let retired = keys(9, 400);
-    let mut index = KeyIndex::open(dir.path(), KeySet::default()).unwrap();
+    let mut index = KeyIndex::open(dir.path(), LiveKeys::default()).unwrap();
     index.retire(range(1, 400), retired.clone()).unwrap();
     drop(index);
     // The crash came before the segments were deleted: at start-up their keys are live again,
     // and they are retired again, whole or in part.
-    let live: KeySet = retired.iter().copied().collect();
+    let live: LiveKeys = retired.iter().copied().collect();
     let mut index = KeyIndex::open(dir.path(), live).unwrap();
     index
         .retire(range(201, 400), retired[200..].to_vec())
@@ -228,7 +228,7 @@ fn the_old_single_key_file_becomes_a_run() {
     let mut bytes: Vec<u8> = old.iter().flat_map(|k| k.to_le_bytes()).collect();
     bytes.extend_from_slice(&[1, 2, 3]); // a torn last append
     fs::write(dir.path().join(LEGACY_KEYS_FILE), &bytes).unwrap();
-    let index = KeyIndex::open(dir.path(), KeySet::default()).unwrap();
+    let index = KeyIndex::open(dir.path(), LiveKeys::default()).unwrap();
     assert!(!dir.path().join(LEGACY_KEYS_FILE).exists());
     assert!(old.iter().all(|k| index.contains(*k).unwrap()));
     assert_eq!(
