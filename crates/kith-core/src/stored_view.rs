@@ -7,6 +7,8 @@
 //! [`RejectionView::to_rejection`] name every field, so a field added to one side and not the
 //! other fails to compile or fails the round-trip tests.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
@@ -37,14 +39,15 @@ pub struct EventView<'a> {
     #[serde(borrow)]
     pub previous_id: Option<&'a str>,
     pub source: &'a str,
-    #[serde(with = "chrono::serde::ts_microseconds")]
-    pub timestamp: DateTime<Utc>,
-    #[serde(with = "chrono::serde::ts_microseconds_option")]
-    pub original_timestamp: Option<DateTime<Utc>>,
-    #[serde(with = "chrono::serde::ts_microseconds_option")]
-    pub sent_at: Option<DateTime<Utc>>,
-    #[serde(with = "chrono::serde::ts_microseconds")]
-    pub received_at: DateTime<Utc>,
+    /// The times are microseconds since the epoch, as the tables store them (see [`micros`]).
+    #[serde(deserialize_with = "micros")]
+    pub timestamp: i64,
+    #[serde(deserialize_with = "micros_option")]
+    pub original_timestamp: Option<i64>,
+    #[serde(deserialize_with = "micros_option")]
+    pub sent_at: Option<i64>,
+    #[serde(deserialize_with = "micros")]
+    pub received_at: i64,
     #[serde(borrow, deserialize_with = "json_text")]
     pub properties: Option<&'a str>,
     #[serde(borrow, deserialize_with = "json_text")]
@@ -88,8 +91,9 @@ pub struct RejectionView<'a> {
     #[serde(borrow)]
     pub field: Option<&'a str>,
     pub source: &'a str,
-    #[serde(with = "chrono::serde::ts_microseconds")]
-    pub received_at: DateTime<Utc>,
+    /// Microseconds since the epoch.
+    #[serde(deserialize_with = "micros")]
+    pub received_at: i64,
     #[serde(borrow)]
     pub message_id: Option<&'a str>,
     pub raw: &'a str,
@@ -120,6 +124,42 @@ fn json_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de str>,
     }
 }
 
+/// The microseconds `chrono::serde::ts_microseconds` wrote, kept as the integer the tables store
+/// instead of becoming a `DateTime` (a calendar computation each way, for every time of every
+/// event sealed). Values a `DateTime<Utc>` cannot hold are refused, as that decoder refused them.
+fn micros<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    in_datetime_range(i64::deserialize(d)?)
+}
+
+/// [`micros`] of `ts_microseconds_option`.
+fn micros_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    Option::<i64>::deserialize(d)?
+        .map(in_datetime_range)
+        .transpose()
+}
+
+fn in_datetime_range<E: serde::de::Error>(micros: i64) -> Result<i64, E> {
+    static RANGE: LazyLock<(i64, i64)> = LazyLock::new(|| {
+        (
+            DateTime::<Utc>::MIN_UTC.timestamp_micros(),
+            DateTime::<Utc>::MAX_UTC.timestamp_micros(),
+        )
+    });
+    let (min, max) = *RANGE;
+    if (min..=max).contains(&micros) {
+        Ok(micros)
+    } else {
+        Err(E::custom(format!(
+            "a time in the record ({micros} µs from the epoch) is out of range"
+        )))
+    }
+}
+
+/// A time [`micros`] read back; in range, as decoding checked.
+fn datetime(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
 fn owned(text: Option<&str>) -> Option<String> {
     text.map(str::to_string)
 }
@@ -136,10 +176,10 @@ impl EventView<'_> {
             group_id: owned(self.group_id),
             previous_id: owned(self.previous_id),
             source: self.source.to_string(),
-            timestamp: self.timestamp,
-            original_timestamp: self.original_timestamp,
-            sent_at: self.sent_at,
-            received_at: self.received_at,
+            timestamp: datetime(self.timestamp),
+            original_timestamp: self.original_timestamp.map(datetime),
+            sent_at: self.sent_at.map(datetime),
+            received_at: datetime(self.received_at),
             properties: owned(self.properties),
             context: owned(self.context),
             traits: owned(self.traits),
@@ -168,7 +208,7 @@ impl RejectionView<'_> {
             message: self.message.to_string(),
             field: owned(self.field),
             source: self.source.to_string(),
-            received_at: self.received_at,
+            received_at: datetime(self.received_at),
             message_id: owned(self.message_id),
             raw: self.raw.to_string(),
         }
@@ -265,6 +305,61 @@ mod tests {
             assert!(StoredView::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         assert!(StoredView::decode(&[9, 9, 9]).is_err());
+    }
+
+    /// Postcard's encoding of an `i64`: zigzag, then LEB128.
+    fn postcard_i64(value: i64) -> Vec<u8> {
+        let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
+        let mut bytes = Vec::new();
+        loop {
+            let low = (zigzag & 0x7f) as u8;
+            zigzag >>= 7;
+            if zigzag == 0 {
+                bytes.push(low);
+                return bytes;
+            }
+            bytes.push(low | 0x80);
+        }
+    }
+
+    #[test]
+    fn times_read_back_as_microseconds_and_out_of_range_ones_are_an_error() {
+        let micros = 1_700_000_000_123_456;
+        let event = Event {
+            timestamp: DateTime::from_timestamp_micros(micros).unwrap(),
+            ..full_event()
+        };
+        let bytes = Stored::Event(event.clone()).encode();
+        let Ok(StoredView::Event(view)) = StoredView::decode(&bytes) else {
+            panic!("the record decodes as an event");
+        };
+        assert_eq!(view.timestamp, micros);
+        assert_eq!(view.received_at, event.received_at.timestamp_micros());
+        assert_eq!(
+            view.original_timestamp,
+            event.original_timestamp.map(|t| t.timestamp_micros())
+        );
+
+        // The same record with a timestamp no `DateTime<Utc>` can hold.
+        let written = postcard_i64(micros);
+        let at = bytes
+            .windows(written.len())
+            .position(|w| w == written.as_slice())
+            .expect("the timestamp is in the record");
+        let with_timestamp = |micros: i64| {
+            let mut forged = bytes[..at].to_vec();
+            forged.extend(postcard_i64(micros));
+            forged.extend_from_slice(&bytes[at + written.len()..]);
+            forged
+        };
+        // The splice itself is sound: an in-range value put there reads back.
+        let later = with_timestamp(micros + 1);
+        let Ok(StoredView::Event(moved)) = StoredView::decode(&later) else {
+            panic!("the record with a later timestamp decodes");
+        };
+        assert_eq!(moved.timestamp, micros + 1);
+        assert!(StoredView::decode(&with_timestamp(i64::MAX)).is_err());
+        assert!(StoredView::decode(&with_timestamp(i64::MIN)).is_err());
     }
 
     #[test]

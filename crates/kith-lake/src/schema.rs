@@ -99,10 +99,6 @@ pub const FREE_TEXT_COLUMNS: &[&str] = &[
     "raw",
 ];
 
-fn micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
 /// The string columns before the timestamps, in schema order.
 fn id_strings<'a>(e: &EventView<'a>) -> [Option<&'a str>; 8] {
     [
@@ -173,10 +169,10 @@ pub fn events_batch(events: &[(u64, EventView<'_>)]) -> RecordBatch {
     for (s, e) in events {
         seq.append_value(*s as i64);
         append_all(&mut ids, id_strings(e));
-        timestamp.append_value(micros(e.timestamp));
-        original.append_option(e.original_timestamp.map(micros));
-        sent_at.append_option(e.sent_at.map(micros));
-        received.append_value(micros(e.received_at));
+        timestamp.append_value(e.timestamp);
+        original.append_option(e.original_timestamp);
+        sent_at.append_option(e.sent_at);
+        received.append_value(e.received_at);
         append_all(&mut json, json_texts(e));
         revenue.append_option(e.typed.revenue);
         append_all(&mut typed, typed_strings(e));
@@ -207,7 +203,7 @@ pub fn rejected_batch(rejections: &[(u64, RejectionView<'_>)]) -> RecordBatch {
     let mut raw = StringBuilder::new();
     for (s, r) in rejections {
         seq.append_value(*s as i64);
-        received.append_value(micros(r.received_at));
+        received.append_value(r.received_at);
         source.append_value(r.source);
         index.append_value(r.index as i64);
         code.append_value(r.code);
