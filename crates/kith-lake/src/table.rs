@@ -351,7 +351,15 @@ async fn load_delta(
     path: &Path,
     store: &SyncedLocalStore,
 ) -> Result<(Option<DeltaTable>, u64), LakeError> {
-    if !path.join("_delta_log").exists() {
+    let log = path.join("_delta_log");
+    if !log_has_commits(&log)? {
+        if log.exists() {
+            tracing::warn!(
+                table = %path.display(),
+                "the table's log holds no commit: the server stopped while the first flush \
+                 created it; it is created again from the journal, which still holds its rows"
+            );
+        }
         return Ok((None, 0));
     }
     let table = delta_builder(path, store)?.load().await?;
@@ -361,6 +369,42 @@ async fn load_delta(
         .await?
         .unwrap_or(0);
     Ok((Some(table), committed.max(0) as u64))
+}
+
+/// Whether the Delta log at `log` holds a commit or a checkpoint, that is, whether the table
+/// exists. The directory alone does not make one: a server killed while its first flush created
+/// the table can leave `_delta_log` empty or holding only a commit still being written (a
+/// temporary file), and delta-rs then refuses to load it ("No files in log segment"). Such a
+/// table was never created; the journal lets go of rows only once a commit holds them.
+fn log_has_commits(log: &Path) -> Result<bool, LakeError> {
+    let failed = |source| LakeError::Io {
+        path: log.display().to_string(),
+        source,
+    };
+    let entries = match std::fs::read_dir(log) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(err) => return Err(failed(err)),
+    };
+    for entry in entries {
+        if is_log_entry(&entry.map_err(failed)?.file_name().to_string_lossy()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A commit (`00000000000000000007.json`), a checkpoint (`00000000000000000010.checkpoint.parquet`,
+/// or one part of a multi-part one) or the pointer to the last checkpoint.
+pub(crate) fn is_log_entry(name: &str) -> bool {
+    if name == "_last_checkpoint" {
+        return true;
+    }
+    let Some((version, rest)) = name.split_at_checked(20) else {
+        return false;
+    };
+    version.bytes().all(|b| b.is_ascii_digit())
+        && (rest == ".json" || rest.starts_with(".checkpoint."))
 }
 
 impl From<DeltaTableError> for LakeError {

@@ -990,3 +990,63 @@ async fn what_flushes_and_a_tidy_wrote_survives_a_power_cut_after_they_return() 
     assert!(rejected.contains("| 1 |"), "{rejected}");
     assert_eq!(reopened.events.committed_seq(), seq);
 }
+
+/// A server killed while its first flush created a table leaves `_delta_log` without a commit:
+/// empty, or holding only a commit still being written (a temporary file). Such a table was
+/// never created, and its rows are still in the journal: opening must treat it as absent (it once
+/// refused to start, "Not a Delta table"), and the next flush creates it.
+#[tokio::test]
+async fn a_table_whose_creation_was_cut_short_is_created_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let tables = dir.path().join("tables");
+    let events_log = tables.join("events").join("_delta_log");
+    std::fs::create_dir_all(&events_log).unwrap();
+    std::fs::write(
+        events_log.join("_commit_6f1e2a0c.json.tmp"),
+        br#"{"commitInfo":{"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(tables.join("rejected_events").join("_delta_log")).unwrap();
+
+    let lake = Lake::open(dir.path())
+        .await
+        .expect("the data directory opens");
+    assert_eq!(lake.replay_after(), 0, "replay starts from the beginning");
+    lake.ingest(vec![
+        (1, Stored::Event(event("m1", "ana", 10.0)).encode()),
+        (2, Stored::Rejected(rejection(1)).encode()),
+        (3, Stored::Event(event("m3", "ben", 5.5)).encode()),
+    ]);
+    assert_eq!(lake.flush().await.unwrap(), 3);
+
+    let reopened = Lake::open(dir.path()).await.unwrap();
+    assert_eq!(reopened.events.committed_seq(), 3);
+    assert_eq!(reopened.rejected.committed_seq(), 2);
+    let counted = scalar(&reopened, "SELECT count(*) AS n FROM events").await;
+    assert!(counted.contains("| 2 |"), "{counted}");
+}
+
+#[test]
+fn delta_log_entries_are_told_from_other_files() {
+    use crate::table::is_log_entry;
+    for name in [
+        "00000000000000000000.json",
+        "00000000000000000123.json",
+        "00000000000000000010.checkpoint.parquet",
+        "00000000000000000010.checkpoint.0000000001.0000000002.parquet",
+        "_last_checkpoint",
+    ] {
+        assert!(is_log_entry(name), "{name}");
+    }
+    for name in [
+        "_commit_6f1e2a0c.json.tmp",
+        "0000000000000000000.json",
+        "0000000000000000000a.json",
+        "00000000000000000000.json.tmp",
+        "00000000000000000000.crc",
+        "",
+        "é",
+    ] {
+        assert!(!is_log_entry(name), "{name}");
+    }
+}
