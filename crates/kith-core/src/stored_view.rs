@@ -7,8 +7,6 @@
 //! [`RejectionView::to_rejection`] name every field, so a field added to one side and not the
 //! other fails to compile or fails the round-trip tests.
 
-use std::sync::LazyLock;
-
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
@@ -139,14 +137,9 @@ fn micros_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, 
 }
 
 fn in_datetime_range<E: serde::de::Error>(micros: i64) -> Result<i64, E> {
-    static RANGE: LazyLock<(i64, i64)> = LazyLock::new(|| {
-        (
-            DateTime::<Utc>::MIN_UTC.timestamp_micros(),
-            DateTime::<Utc>::MAX_UTC.timestamp_micros(),
-        )
-    });
-    let (min, max) = *RANGE;
-    if (min..=max).contains(&micros) {
+    const MIN: i64 = DateTime::<Utc>::MIN_UTC.timestamp_micros();
+    const MAX: i64 = DateTime::<Utc>::MAX_UTC.timestamp_micros();
+    if (MIN..=MAX).contains(&micros) {
         Ok(micros)
     } else {
         Err(E::custom(format!(

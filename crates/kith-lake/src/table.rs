@@ -356,8 +356,8 @@ async fn load_delta(
         if log.exists() {
             tracing::warn!(
                 table = %path.display(),
-                "the table's log holds no commit: the server stopped while the first flush \
-                 created it; it is created again from the journal, which still holds its rows"
+                "the table's log holds no commit yet (its first flush did not finish); the next \
+                 flush creates it from the journal, which still holds its rows"
             );
         }
         return Ok((None, 0));
@@ -396,6 +396,10 @@ fn log_has_commits(log: &Path) -> Result<bool, LakeError> {
 
 /// A commit (`00000000000000000007.json`), a checkpoint (`00000000000000000010.checkpoint.parquet`,
 /// or one part of a multi-part one) or the pointer to the last checkpoint.
+///
+/// Not `deltalake::logstore::extract_version_from_filename`: it parses the 20 digits into a
+/// version number with `unwrap`, so a stray `99999999999999999999.json` (past `u64::MAX`) in the
+/// directory would panic the server at start, and it does not count `_last_checkpoint`.
 pub(crate) fn is_log_entry(name: &str) -> bool {
     if name == "_last_checkpoint" {
         return true;
