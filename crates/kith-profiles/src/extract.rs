@@ -85,6 +85,27 @@ impl EventFacts {
 }
 
 impl Extractor {
+    /// [`Extractor::facts`] of an event its owner is done with (it is encoded already): the
+    /// message id and consent the facts keep are moved out of it rather than copied, which
+    /// spares two allocations and copies for every event on the ingest path.
+    pub fn into_facts(&self, mut event: Event) -> EventFacts {
+        let message_id = std::mem::take(&mut event.message_id);
+        // Taken out of what the parser read, so `facts` finds none there to copy.
+        let consent = event
+            .typed
+            .context_identity
+            .as_mut()
+            .map(|found| found.consent_preferences.take());
+        let mut facts = self.facts(&event);
+        facts.key.message_id = message_id;
+        if let Some(consent) = consent
+            && !is_manual_merge(&event)
+        {
+            facts.consent = consent;
+        }
+        facts
+    }
+
     pub fn facts(&self, event: &Event) -> EventFacts {
         let mut facts = EventFacts {
             key: ObservationKey {

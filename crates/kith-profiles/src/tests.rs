@@ -218,6 +218,51 @@ fn events_read_back_without_parser_hints_give_the_same_facts() {
 }
 
 #[test]
+fn facts_taken_from_an_event_equal_the_facts_read_from_it() {
+    let settings = ProfileSettings::default();
+    let extractor = Extractor {
+        normalizer: settings.normalizer,
+        identifier_traits: vec!["customer_number".into()],
+        order_event: settings.order_event,
+        computed: Vec::new(),
+    };
+    let mut all = events(json!([
+        {"type": "identify", "userId": " u1 ", "anonymousId": "a1", "messageId": "m1",
+         "traits": {"email": "X@Example.com", "phone": "55 1234 5678"},
+         "context": {"consent": {"categoryPreferences": {"marketing": true}}}},
+        {"type": "page", "anonymousId": "a2", "messageId": "m2",
+         "context": {"traits": {"customer_number": 9}}},
+        {"type": "alias", "userId": "u3", "previousId": "a3", "messageId": "m3"},
+        {"type": "track", "userId": "u4", "event": "Order Completed", "messageId": "m4",
+         "properties": {"revenue": 5}, "context": {"consent": {"categoryPreferences": {"ads": false}}}}
+    ]));
+    // Read back from the journal: no parser hints, so consent comes from `context` itself.
+    let mut read_back = all[0].clone();
+    read_back.typed.context_identity = None;
+    all.push(read_back);
+    let mut merge = all[2].clone();
+    merge.source = KITH_SOURCE.to_string();
+    merge.kind = kith_core::MessageType::Track;
+    merge.event = Some(MANUAL_MERGE_EVENT.to_string());
+    merge.properties = Some(r#"{"identifiers":["user_id:u3","anonymous_id:a3"]}"#.to_string());
+    all.push(merge);
+    for event in all {
+        let read = extractor.facts(&event);
+        assert_eq!(extractor.into_facts(event.clone()), read, "{event:?}");
+        assert_eq!(read.key.message_id, event.message_id);
+    }
+    let consented = extractor.into_facts(
+        events(json!([
+            {"type": "track", "userId": "u5", "event": "E", "messageId": "m5",
+             "context": {"consent": {"categoryPreferences": {"marketing": false}}}}
+        ]))
+        .remove(0),
+    );
+    assert_eq!(consented.key.message_id, "m5");
+    assert_eq!(consented.consent.as_deref(), Some(r#"{"marketing":false}"#));
+}
+
+#[test]
 fn likely_duplicates_are_scored_with_evidence_and_strangers_are_not() {
     let dir = tempfile::tempdir().unwrap();
     let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
