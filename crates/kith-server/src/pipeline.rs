@@ -68,18 +68,16 @@ impl Written {
 /// writer's thread, so the unify thread only applies them.
 pub fn event_entry(
     extractor: &Extractor,
-    mut event: Event,
+    event: Event,
     tally: Option<&Arc<ChangeTally>>,
 ) -> Entry<Ingested> {
     let dedup_key = Some(event.dedup_key());
-    let mut facts = extractor.facts(&event);
-    facts.tally = tally.map(|t| TallyHandle(t.clone()));
-    // The parser's identity hints are spent: free them here, on the thread that made them,
-    // rather than with the event on the flush thread.
-    event.typed.context_identity = None;
-    // The event is freed here too, once encoded: the tables read the encoded record.
+    // Encoded first, so the facts can take what they keep from the event instead of copying
+    // it; the rest of the event is freed here, on the thread that made it (the tables read the
+    // encoded record).
     let payload = Stored::encode_event(&event);
-    drop(event);
+    let mut facts = extractor.into_facts(event);
+    facts.tally = tally.map(|t| TallyHandle(t.clone()));
     Entry {
         dedup_key,
         payload,
@@ -341,7 +339,7 @@ pub fn replay_into(
         let mut records = Vec::with_capacity(chunk.len());
         let mut events = Vec::with_capacity(chunk.len());
         for (seq, payload, event) in chunk {
-            records.push((seq, payload));
+            records.push((seq, payload.into()));
             events.extend(event.map(|event| (seq, event)));
         }
         if let Some(profiles) = profiles {
