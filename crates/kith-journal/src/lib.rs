@@ -123,17 +123,11 @@ pub enum Appended {
     Duplicate,
 }
 
-/// An entry once it is on disk, as the sink receives it.
-///
-/// The payload is a slice of the buffer its group was written from, so whoever keeps the record
-/// needs no copy of its own. The entry's own payload is freed as soon as the writer has copied
-/// it, so the request thread that allocated it gets the memory back within a millisecond,
-/// still in cache. Kept until the tables sealed it (up to a second later), every payload came
-/// back cold: the ingest benchmark's request threads spent about 0.2 µs an event more, against
-/// 0.08 µs that the writer now spends freeing payloads and filling a fresh buffer per group.
+/// An entry once it is on disk, as the sink receives it: the payload comes along, so whoever
+/// keeps the record needs no copy of its own.
 pub struct Durable<T> {
     pub seq: u64,
-    pub payload: bytes::Bytes,
+    pub payload: Vec<u8>,
     pub item: T,
 }
 

@@ -17,24 +17,16 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
-/// Appends one record to `out`; returns where its payload lies in `out`.
-pub(crate) fn encode(
-    out: &mut Vec<u8>,
-    seq: u64,
-    dedup_key: Option<u128>,
-    payload: &[u8],
-) -> std::ops::Range<usize> {
+pub(crate) fn encode(out: &mut Vec<u8>, seq: u64, dedup_key: Option<u128>, payload: &[u8]) {
     let start = out.len();
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&seq.to_le_bytes());
     out.push(dedup_key.is_some() as u8);
     out.extend_from_slice(&dedup_key.unwrap_or(0).to_le_bytes());
-    let payload_at = out.len();
     out.extend_from_slice(payload);
     let crc = crc32fast::hash(&out[start + 8..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    payload_at..out.len()
 }
 
 /// The outcome of decoding at one position of a segment.

@@ -27,11 +27,8 @@ pub(crate) type SyncData = Box<dyn Fn(&File) -> std::io::Result<()> + Send>;
 
 /// One append as the writer hands it over: its entries, its outcome per entry, its reply.
 pub(crate) struct WrittenAppend<T> {
-    /// The entries, their payloads already freed (see `payloads`).
     pub entries: Vec<Entry<T>>,
     pub outcomes: Vec<Appended>,
-    /// The payload of each stored entry, in order: slices of the group's write buffer.
-    pub payloads: Vec<bytes::Bytes>,
     pub reply: oneshot::Sender<AppendResult>,
 }
 
@@ -175,16 +172,14 @@ impl<T: Send + 'static> Syncer<T> {
                 // Entries move straight from the appends into whatever the sink builds.
                 let entries = pending.iter_mut().flat_map(|append| {
                     let entries = std::mem::take(&mut append.entries);
-                    let mut payloads = std::mem::take(&mut append.payloads).into_iter();
                     let outcomes = &append.outcomes;
                     entries
                         .into_iter()
                         .zip(outcomes)
-                        .filter_map(move |(entry, outcome)| match outcome {
-                            // The writer made one payload slice per stored entry.
+                        .filter_map(|(entry, outcome)| match outcome {
                             Appended::Stored { seq } => Some(Durable {
                                 seq: *seq,
-                                payload: payloads.next().unwrap_or_default(),
+                                payload: entry.payload,
                                 item: entry.item,
                             }),
                             Appended::Duplicate => None,

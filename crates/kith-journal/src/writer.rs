@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::dedup::{KeyIndex, PREFETCH_DISTANCE, Run, SeqRange, sync_dir, write_run};
-use crate::record::{self, encode};
+use crate::record::encode;
 use crate::segment::{
     Recovered, SegmentInfo, end_at_records, list_spares, scan, segment_path, spare_path,
 };
@@ -182,6 +182,7 @@ impl<T: Send + 'static> WriterState<T> {
     }
 
     pub(crate) fn run(mut self, commands: Receiver<Command<T>>) {
+        let mut buffer = Vec::new();
         while let Some(first) = self.next_command(&commands) {
             let mut group = Vec::new();
             let mut group_entries = 0usize;
@@ -201,13 +202,13 @@ impl<T: Send + 'static> WriterState<T> {
                     }
                     Command::Retire { through_seq, reply } => {
                         // Keep order simple: finish the pending group first.
-                        self.commit_group(std::mem::take(&mut group), group_bytes);
+                        self.commit_group(std::mem::take(&mut group), group_bytes, &mut buffer);
                         group_entries = 0;
                         group_bytes = 0;
                         self.start_retirement(through_seq, reply);
                     }
                     Command::Barrier { then } => {
-                        self.commit_group(std::mem::take(&mut group), group_bytes);
+                        self.commit_group(std::mem::take(&mut group), group_bytes, &mut buffer);
                         group_entries = 0;
                         group_bytes = 0;
                         // Ordered behind the groups already handed over, so it runs once they
@@ -224,7 +225,7 @@ impl<T: Send + 'static> WriterState<T> {
                     next = commands.try_recv().ok();
                 }
             }
-            self.commit_group(group, group_bytes);
+            self.commit_group(group, group_bytes, &mut buffer);
         }
         self.finish_retirement();
         drop(self.retirer.plans);
@@ -271,6 +272,7 @@ impl<T: Send + 'static> WriterState<T> {
         &mut self,
         group: Vec<(Vec<Entry<T>>, oneshot::Sender<AppendResult>)>,
         group_bytes: usize,
+        buffer: &mut Vec<u8>,
     ) {
         if group.is_empty() {
             return;
@@ -284,15 +286,7 @@ impl<T: Send + 'static> WriterState<T> {
             let err = JournalError::io(&self.active.path, err);
             return self.refuse(group.into_iter().map(|(_, reply)| reply), group_bytes, &err);
         }
-        // A buffer of its own for each group: the sink keeps the records as slices of it.
-        let mut buffer = Vec::with_capacity(
-            group
-                .iter()
-                .flat_map(|(entries, _)| entries)
-                .map(|entry| record::HEADER_BYTES + entry.payload.len())
-                .sum(),
-        );
-        let mut payload_ranges = Vec::new();
+        buffer.clear();
         let group_entries: usize = group.iter().map(|(entries, _)| entries.len()).sum();
         let mut new_keys = Vec::with_capacity(group_entries);
         let mut appends = Vec::with_capacity(group.len());
@@ -308,9 +302,9 @@ impl<T: Send + 'static> WriterState<T> {
         for key in keys_ahead.by_ref().take(PREFETCH_DISTANCE) {
             self.keys.prefetch(*key);
         }
-        'appends: for (mut entries, reply) in group {
+        'appends: for (entries, reply) in group {
             let mut outcomes = Vec::with_capacity(entries.len());
-            for entry in &mut entries {
+            for entry in &entries {
                 if let Some(key) = entry.dedup_key {
                     if let Some(ahead) = keys_ahead.next() {
                         self.keys.prefetch(*ahead);
@@ -327,23 +321,19 @@ impl<T: Send + 'static> WriterState<T> {
                             appends.push(WrittenAppend {
                                 entries,
                                 outcomes,
-                                payloads: Vec::new(),
                                 reply,
                             });
                             break 'appends;
                         }
                     }
                 }
-                payload_ranges.push(encode(&mut buffer, seq, entry.dedup_key, &entry.payload));
-                // Freed here, just copied and still in cache (see [`crate::Durable`]).
-                drop(std::mem::take(&mut entry.payload));
+                encode(buffer, seq, entry.dedup_key, &entry.payload);
                 outcomes.push(Appended::Stored { seq });
                 seq += 1;
             }
             appends.push(WrittenAppend {
                 entries,
                 outcomes,
-                payloads: Vec::new(),
                 reply,
             });
         }
@@ -367,7 +357,7 @@ impl<T: Send + 'static> WriterState<T> {
 
         let written_at = Instant::now();
         if !buffer.is_empty() {
-            if let Err(err) = self.active_file.write_all_at(&buffer, self.active.len) {
+            if let Err(err) = self.active_file.write_all_at(buffer, self.active.len) {
                 tracing::error!(error = %err, path = %self.active.path.display(), "journal write failed");
                 metrics::counter!("kith_journal_write_errors_total").increment(1);
                 // Cut off whatever part of the group reached the file: it was never acknowledged.
@@ -387,21 +377,10 @@ impl<T: Send + 'static> WriterState<T> {
                 segment_keys.extend_from_slice(&new_keys);
             }
         }
-        let wrote_records = !buffer.is_empty();
-        let written = bytes::Bytes::from(buffer);
-        let mut payloads = payload_ranges.into_iter().map(|range| written.slice(range));
-        for append in &mut appends {
-            let stored = append
-                .outcomes
-                .iter()
-                .filter(|o| matches!(o, Appended::Stored { .. }))
-                .count();
-            append.payloads = payloads.by_ref().take(stored).collect();
-        }
         let handover = Handover::Written {
             file: self.active_file.clone(),
             path: self.active.path.clone(),
-            wrote_records,
+            wrote_records: !buffer.is_empty(),
             appends,
             queued_bytes: group_bytes,
             written_at,

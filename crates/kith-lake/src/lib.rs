@@ -37,9 +37,8 @@ pub enum LakeError {
 }
 
 /// A durable journal record as [`Lake::ingest`] takes it: its seq and the bytes
-/// [`kith_core::Stored::encode`] wrote (from the journal, a slice of the buffer its group was
-/// written from).
-pub type EncodedRecord = (u64, bytes::Bytes);
+/// [`kith_core::Stored::encode`] wrote.
+pub type EncodedRecord = (u64, Vec<u8>);
 
 /// Both event tables of a data directory.
 pub struct Lake {

@@ -58,9 +58,9 @@ async fn events_are_queryable_before_and_after_a_flush_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path()).await.unwrap();
     lake.ingest(vec![
-        (1, Stored::Event(event("m1", "ana", 10.0)).encode().into()),
-        (2, Stored::Rejected(rejection(1)).encode().into()),
-        (3, Stored::Event(event("m3", "ana", 5.5)).encode().into()),
+        (1, Stored::Event(event("m1", "ana", 10.0)).encode()),
+        (2, Stored::Rejected(rejection(1)).encode()),
+        (3, Stored::Event(event("m3", "ana", 5.5)).encode()),
     ]);
     let sql = "SELECT user_id, count(*) AS n, sum(revenue) AS total, \
                max(json_get_str(properties, 'currency')) AS cur FROM events GROUP BY user_id";
@@ -70,10 +70,7 @@ async fn events_are_queryable_before_and_after_a_flush_and_survive_reopen() {
 
     assert_eq!(lake.flush().await.unwrap(), 3);
     assert_eq!(lake.durable_through(), 3);
-    lake.ingest(vec![(
-        4,
-        Stored::Event(event("m4", "ben", 1.0)).encode().into(),
-    )]);
+    lake.ingest(vec![(4, Stored::Event(event("m4", "ben", 1.0)).encode())]);
     let after = scalar(&lake, "SELECT count(*) AS n FROM events").await;
     assert!(
         after.contains("| 3 |"),
@@ -87,8 +84,8 @@ async fn events_are_queryable_before_and_after_a_flush_and_survive_reopen() {
     assert_eq!(reopened.replay_after(), 2);
     // Replaying from 2 must not duplicate event 3, which Delta already holds.
     reopened.ingest(vec![
-        (3, Stored::Event(event("m3", "ana", 5.5)).encode().into()),
-        (4, Stored::Event(event("m4", "ben", 1.0)).encode().into()),
+        (3, Stored::Event(event("m3", "ana", 5.5)).encode()),
+        (4, Stored::Event(event("m4", "ben", 1.0)).encode()),
     ]);
     let counted = scalar(
         &reopened,
@@ -107,7 +104,7 @@ async fn personal_identifiers_stay_out_of_delta_statistics() {
     let mut e = event("m1", "ana-secret-user", 10.0);
     e.traits = Some(json!({"email": "ana.secret@example.com"}).to_string());
     e.typed.email = Some("ana.secret@example.com".into());
-    lake.ingest(vec![(1, Stored::Event(e).encode().into())]);
+    lake.ingest(vec![(1, Stored::Event(e).encode())]);
     lake.flush().await.unwrap();
     let log_dir = dir.path().join("tables/events/_delta_log");
     for entry in std::fs::read_dir(log_dir).unwrap() {
@@ -241,15 +238,9 @@ fn events_read_back_from_a_batch_are_the_events_written() {
 async fn json_functions_and_joins_work_over_flushed_and_buffered_events_together() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path()).await.unwrap();
-    lake.ingest(vec![(
-        1,
-        Stored::Event(event("a", "u-1", 2.0)).encode().into(),
-    )]);
+    lake.ingest(vec![(1, Stored::Event(event("a", "u-1", 2.0)).encode())]);
     lake.flush().await.unwrap();
-    lake.ingest(vec![(
-        2,
-        Stored::Event(event("b", "u-2", 3.0)).encode().into(),
-    )]);
+    lake.ingest(vec![(2, Stored::Event(event("b", "u-2", 3.0)).encode())]);
     let table = |sql: &str| {
         let sql = sql.to_string();
         let lake = &lake;
@@ -273,10 +264,7 @@ async fn json_functions_and_joins_work_over_flushed_and_buffered_events_together
 async fn explain_and_explain_analyze_show_the_plan() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path()).await.unwrap();
-    lake.ingest(vec![(
-        1,
-        Stored::Event(event("m1", "u1", 10.0)).encode().into(),
-    )]);
+    lake.ingest(vec![(1, Stored::Event(event("m1", "u1", 10.0)).encode())]);
     lake.flush().await.unwrap();
     let plan = scalar(
         &lake,
@@ -300,10 +288,10 @@ async fn a_record_that_does_not_decode_is_left_out_and_its_neighbours_kept() {
     let mut truncated = Stored::Event(event("m2", "ana", 1.0)).encode();
     truncated.truncate(truncated.len() / 2);
     lake.ingest(vec![
-        (1, Stored::Event(event("m1", "ana", 10.0)).encode().into()),
-        (2, truncated.into()),
-        (3, vec![0xff; 3].into()),
-        (4, Stored::Event(event("m4", "ben", 5.5)).encode().into()),
+        (1, Stored::Event(event("m1", "ana", 10.0)).encode()),
+        (2, truncated),
+        (3, vec![0xff; 3]),
+        (4, Stored::Event(event("m4", "ben", 5.5)).encode()),
     ]);
     let stored = scalar(
         &lake,
@@ -332,7 +320,7 @@ async fn a_large_seal_is_cut_into_batches_that_keep_every_record_in_order() {
             } else {
                 Stored::Event(event(&format!("m{seq}"), "ana", 1.0))
             };
-            (seq, stored.encode().into())
+            (seq, stored.encode())
         })
         .collect();
     lake.ingest(records);
@@ -417,7 +405,7 @@ async fn flush_rows(lake: &Lake, seq: &mut u64, rows: u64) {
         .map(|_| {
             *seq += 1;
             let e = event(&format!("m{seq}"), &format!("u{}", *seq % 977), 1.0);
-            (*seq, Stored::Event(e).encode().into())
+            (*seq, Stored::Event(e).encode())
         })
         .collect();
     lake.ingest(records);
@@ -535,7 +523,7 @@ async fn compacted_files_keep_the_flush_settings_but_compress_harder() {
     for seq in 1..=3u64 {
         let mut e = event(&format!("m{seq}"), &format!("u{seq}"), 1.0);
         e.typed.email = Some(format!("person{seq}@example.mx"));
-        lake.ingest(vec![(seq, Stored::Event(e).encode().into())]);
+        lake.ingest(vec![(seq, Stored::Event(e).encode())]);
         lake.flush().await.unwrap();
     }
     let flushed: Vec<std::path::PathBuf> = std::fs::read_dir(lake.events.path())
@@ -581,7 +569,7 @@ async fn flushes_go_on_while_a_tidy_runs() {
     let mut flush_one = async |lake: &Lake| {
         seq += 1;
         let e = event(&format!("m{seq}"), &format!("u{}", seq % 7), 1.0);
-        lake.ingest(vec![(seq, Stored::Event(e).encode().into())]);
+        lake.ingest(vec![(seq, Stored::Event(e).encode())]);
         assert_eq!(lake.flush().await.unwrap(), 1);
         seq
     };
@@ -653,7 +641,7 @@ async fn tidying_deletes_replaced_files_and_old_log_entries_but_keeps_every_row(
     let lake = Lake::open(dir.path()).await.unwrap();
     for seq in 1..=30u64 {
         let e = event(&format!("m{seq}"), &format!("u{seq}"), 1.0);
-        lake.ingest(vec![(seq, Stored::Event(e).encode().into())]);
+        lake.ingest(vec![(seq, Stored::Event(e).encode())]);
         lake.flush().await.unwrap();
     }
     let table_dir = lake.events.path().to_path_buf();
@@ -762,7 +750,7 @@ async fn tidying_deletes_replaced_files_and_old_log_entries_but_keeps_every_row(
     assert_eq!(reopened.events.committed_seq(), 30);
     assert_each_event_once(&reopened, 30).await;
     let e = event("m31", "u31", 1.0);
-    reopened.ingest(vec![(31, Stored::Event(e).encode().into())]);
+    reopened.ingest(vec![(31, Stored::Event(e).encode())]);
     assert_eq!(reopened.flush().await.unwrap(), 1);
     drop(reopened);
     let again = Lake::open(dir.path()).await.unwrap();
@@ -820,7 +808,7 @@ async fn clustered_flushes_write_rows_in_runs_of_event_names() {
             .map(|seq| {
                 let mut e = event(&format!("m{seq}"), "u1", 1.0);
                 e.event = Some(names[seq as usize % 3].to_string());
-                (seq, Stored::Event(e).encode().into())
+                (seq, Stored::Event(e).encode())
             })
             .collect();
         lake.ingest(records);
@@ -977,10 +965,7 @@ async fn what_flushes_and_a_tidy_wrote_survives_a_power_cut_after_they_return() 
     for rows in [3_000, 2_000, 1] {
         flush_rows(&lake, &mut seq, rows).await;
     }
-    lake.ingest(vec![(
-        seq + 1,
-        Stored::Rejected(rejection(1)).encode().into(),
-    )]);
+    lake.ingest(vec![(seq + 1, Stored::Rejected(rejection(1)).encode())]);
     lake.flush().await.unwrap();
     // A tidy that keeps nothing: checkpoint, merge, delete the merged files and the old log
     // entries at once, so only what it wrote is left to read them from.
@@ -1028,9 +1013,9 @@ async fn a_table_whose_creation_was_cut_short_is_created_again() {
         .expect("the data directory opens");
     assert_eq!(lake.replay_after(), 0, "replay starts from the beginning");
     lake.ingest(vec![
-        (1, Stored::Event(event("m1", "ana", 10.0)).encode().into()),
-        (2, Stored::Rejected(rejection(1)).encode().into()),
-        (3, Stored::Event(event("m3", "ben", 5.5)).encode().into()),
+        (1, Stored::Event(event("m1", "ana", 10.0)).encode()),
+        (2, Stored::Rejected(rejection(1)).encode()),
+        (3, Stored::Event(event("m3", "ben", 5.5)).encode()),
     ]);
     assert_eq!(lake.flush().await.unwrap(), 3);
 

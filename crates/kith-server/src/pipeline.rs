@@ -339,7 +339,7 @@ pub fn replay_into(
         let mut records = Vec::with_capacity(chunk.len());
         let mut events = Vec::with_capacity(chunk.len());
         for (seq, payload, event) in chunk {
-            records.push((seq, payload.into()));
+            records.push((seq, payload));
             events.extend(event.map(|event| (seq, event)));
         }
         if let Some(profiles) = profiles {
