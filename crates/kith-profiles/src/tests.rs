@@ -182,15 +182,20 @@ fn lookups_with_unknown_types_or_bad_values_say_what_is_wrong() {
     assert!(err.to_string().contains("is not an email address"), "{err}");
 }
 
-#[test]
-fn events_read_back_without_parser_hints_give_the_same_facts() {
+/// The default extractor, with `customer_number` traits as identifiers.
+fn extractor_with_customer_numbers() -> Extractor {
     let settings = ProfileSettings::default();
-    let extractor = Extractor {
+    Extractor {
         normalizer: settings.normalizer,
         identifier_traits: vec!["customer_number".into()],
         order_event: settings.order_event,
         computed: Vec::new(),
-    };
+    }
+}
+
+#[test]
+fn events_read_back_without_parser_hints_give_the_same_facts() {
+    let extractor = extractor_with_customer_numbers();
     let parsed = events(json!([
         {"type": "track", "anonymousId": "a1", "event": "Order Completed", "messageId": "m1",
          "properties": {"revenue": 10},
@@ -219,13 +224,7 @@ fn events_read_back_without_parser_hints_give_the_same_facts() {
 
 #[test]
 fn facts_taken_from_an_event_equal_the_facts_read_from_it() {
-    let settings = ProfileSettings::default();
-    let extractor = Extractor {
-        normalizer: settings.normalizer,
-        identifier_traits: vec!["customer_number".into()],
-        order_event: settings.order_event,
-        computed: Vec::new(),
-    };
+    let extractor = extractor_with_customer_numbers();
     let mut all = events(json!([
         {"type": "identify", "userId": " u1 ", "anonymousId": "a1", "messageId": "m1",
          "traits": {"email": "X@Example.com", "phone": "55 1234 5678"},
