@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Creates (once) the Python virtual environment the integration tests use, from PyPI.
-# Idempotent: a venv whose requirements match is reused.
+# Prepares (once) what the integration tests need besides the Rust toolchain:
+# - a Python virtual environment with the real Segment SDK and independent Delta readers, from PyPI;
+# - QEMU and a guest kernel for the power-cut test (scripts/setup-power-cut-kit.sh).
+# Idempotent: a venv whose requirements match, and a complete kit, are reused.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+"$root/scripts/setup-power-cut-kit.sh"
+
 venv="${KITH_TEST_VENV:-$root/target/test-venv}"
 requirements="$root/tests/python/requirements.txt"
 stamp="$venv/.requirements"

@@ -98,6 +98,22 @@ pub struct IngestConfig {
     pub max_buffered_rows: Option<usize>,
     /// Answer 429 while this many MiB of events wait for the journal's disk write.
     pub max_queued_mb: Option<usize>,
+    /// Close a journal segment once it holds this many MiB. Segments are deleted once the event
+    /// tables and profiles hold their events, so smaller ones give disk back sooner.
+    pub journal_segment_mb: Option<u64>,
+}
+
+impl IngestConfig {
+    /// `journal_segment_mb` in bytes, when set.
+    pub fn journal_segment_bytes(&self) -> anyhow::Result<Option<u64>> {
+        match self.journal_segment_mb {
+            Some(0) => anyhow::bail!(
+                "[ingest] journal_segment_mb in kith.toml must be at least 1 (MiB), got 0"
+            ),
+            Some(mb) => Ok(Some(mb.saturating_mul(1 << 20))),
+            None => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -340,6 +356,15 @@ mod tests {
         .unwrap();
         assert_eq!(config.data_dir, Some(PathBuf::from("/tmp/k")));
         assert_eq!(config.ingest.flush_interval_ms, Some(5));
+        assert_eq!(config.ingest.journal_segment_bytes().unwrap(), None);
+        let segments: FileConfig = toml::from_str("[ingest]\njournal_segment_mb = 2\n").unwrap();
+        assert_eq!(
+            segments.ingest.journal_segment_bytes().unwrap(),
+            Some(2 << 20)
+        );
+        let none: FileConfig = toml::from_str("[ingest]\njournal_segment_mb = 0\n").unwrap();
+        let err = format!("{:#}", none.ingest.journal_segment_bytes().unwrap_err());
+        assert!(err.contains("journal_segment_mb"), "{err}");
         assert!(toml::from_str::<FileConfig>("data_dri = 'x'").is_err());
         let identity: FileConfig = toml::from_str(
             "[identity]\ndefault_region = 'us'\nidentifier_traits = ['customer_number']\n[identity.limits]\nemail = 2\n",

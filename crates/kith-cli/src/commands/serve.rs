@@ -53,6 +53,9 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     if let Some(mb) = file.ingest.max_queued_mb {
         config.journal.queue_bytes = mb << 20;
     }
+    if let Some(bytes) = file.ingest.journal_segment_bytes()? {
+        config.journal.segment_bytes = bytes;
+    }
     config.profiles = file.profile_settings()?;
     config.models = file.model_schedules()?;
     if let Some(secs) = file.query.timeout_secs {

@@ -1,0 +1,444 @@
+//! Durability under power cuts. `kith serve` runs in a QEMU virtual machine on an ext4 disk
+//! image, clients on the host send batches through a forwarded port, and the test kills QEMU
+//! with SIGKILL at a different moment each round. A killed QEMU takes the guest's page cache
+//! with it, so whatever Kith wrote but did not make durable (a record not yet `fdatasync`ed, a
+//! file or rename whose directory was not synced, an unsynced Delta commit) is gone, as after a
+//! real power cut; `kill -9` of the server alone (`crash.rs`) cannot show that, because the host
+//! kernel keeps every write. The disk's own volatile cache is not modelled: what the guest wrote
+//! to the disk survives even without a flush.
+//!
+//! After the last cut the server must start on the disk as it is, take the batches that were
+//! never acknowledged (retried, as SDKs do, so messages stored but unanswered are deduplicated
+//! across the cuts), and hold every message exactly once, in the events and in the profiles.
+//!
+//! Needs QEMU and a guest kernel: `scripts/setup-test-env.sh` prepares them (see
+//! `scripts/setup-power-cut-kit.sh`). The guest runs under QEMU's emulator (TCG), not KVM, so
+//! the test behaves the same on every machine.
+
+mod common;
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+const BATCH: usize = 25;
+const BATCHES: usize = 1000;
+const CLIENTS: usize = 4;
+const USERS: usize = 97;
+/// How long clients send before each cut: different lengths land the cuts at different points
+/// of the flush and profile-persist cycles.
+const CUT_AFTER: [Duration; 4] = [
+    Duration::from_millis(2500),
+    Duration::from_millis(4100),
+    Duration::from_millis(1300),
+    Duration::from_millis(5700),
+];
+/// Booting the emulated machine and starting a debug build of Kith in it.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn batch_body(batch: usize) -> String {
+    let events: Vec<Value> = (0..BATCH)
+        .map(|i| {
+            json!({"type": "track", "userId": format!("user-{}", (batch * 7 + i) % USERS),
+                   "event": "Order Completed", "messageId": format!("cut-{batch}-{i}"),
+                   "properties": {"revenue": i as f64 + 0.5, "note": "x".repeat(1500)}})
+        })
+        .collect();
+    json!({ "batch": events }).to_string()
+}
+
+/// Sends one batch; true only when the server acknowledged every event in it.
+fn send(base: &str, write_key: &str, batch: usize) -> bool {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    let Ok(mut response) = agent
+        .post(format!("{base}/v1/batch"))
+        .header("Authorization", &basic(write_key))
+        .header("Content-Type", "application/json")
+        .send(batch_body(batch).as_bytes())
+    else {
+        return false;
+    };
+    if response.status().as_u16() != 200 {
+        return false;
+    }
+    let Ok(body) = response.body_mut().read_json::<Value>() else {
+        return false;
+    };
+    let handled = body["accepted"].as_u64().unwrap_or(0) + body["duplicates"].as_u64().unwrap_or(0);
+    handled == BATCH as u64
+}
+
+/// What `scripts/setup-power-cut-kit.sh` prepared.
+struct Kit {
+    kernel: PathBuf,
+    busybox: PathBuf,
+    modules: PathBuf,
+}
+
+fn kit() -> Kit {
+    let dir = std::env::var_os("KITH_POWER_CUT_KIT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/power-cut-kit"));
+    assert!(
+        dir.join("complete").exists() && which("qemu-system-x86_64") && which("mkfs.ext4"),
+        "the power-cut test needs QEMU and a guest kernel: run scripts/setup-test-env.sh \
+         (it runs scripts/setup-power-cut-kit.sh; installing QEMU needs root)"
+    );
+    Kit {
+        kernel: dir.join("vmlinuz"),
+        busybox: dir.join("busybox"),
+        modules: dir.join("modules"),
+    }
+}
+
+fn which(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn run(command: &mut Command) {
+    let output = command.output().expect("the command starts");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The guest's initramfs: busybox, the `kith` binary under test with the libraries it links,
+/// the virtio modules and `power_cut/init` as PID 1.
+fn initramfs(kit: &Kit, work: &Path) -> PathBuf {
+    let stage = work.join("initramfs");
+    for dir in ["bin", "modules", "proc", "sys", "dev", "data"] {
+        std::fs::create_dir_all(stage.join(dir)).unwrap();
+    }
+    std::fs::copy(&kit.busybox, stage.join("bin/busybox")).unwrap();
+    std::fs::copy(kith_bin(), stage.join("bin/kith")).unwrap();
+    std::fs::write(stage.join("init"), include_str!("power_cut/init")).unwrap();
+    run(Command::new("chmod").args(["+x"]).arg(stage.join("init")));
+    for module in std::fs::read_dir(&kit.modules).unwrap() {
+        let module = module.unwrap().path();
+        std::fs::copy(
+            &module,
+            stage.join("modules").join(module.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    // The dynamic loader and libraries, at the paths the binary asks for.
+    let ldd = Command::new("ldd").arg(kith_bin()).output().unwrap();
+    for library in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|word| word.starts_with('/'))
+    {
+        let target = stage.join(library.trim_start_matches('/'));
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(library, target).unwrap();
+    }
+    let archive = work.join("initramfs.cpio");
+    run(Command::new("sh").current_dir(&stage).args([
+        "-c",
+        &format!(
+            "find . | {} cpio -o -H newc > {}",
+            kit.busybox.display(),
+            archive.display()
+        ),
+    ]));
+    std::fs::remove_dir_all(&stage).unwrap();
+    archive
+}
+
+/// An ext4 disk image holding a data directory with an ingest and a read key, and the
+/// arguments the guest passes to `kith serve`. Returns the image and the keys.
+fn data_disk(work: &Path) -> (PathBuf, String, String) {
+    let contents = work.join("disk-contents");
+    let data = contents.join("kith");
+    std::fs::create_dir_all(&data).unwrap();
+    let write_key = create_key(&data, "ingest", Some("web"));
+    let read_key = create_key(&data, "read", None);
+    // Flushing often lands cuts in the middle of Delta commits too, and small journal segments
+    // in the middle of rotations and retirements (a batch is about 40 KB).
+    std::fs::write(
+        contents.join("kith.toml"),
+        "[ingest]\nflush_interval_ms = 50\njournal_segment_mb = 1\n",
+    )
+    .unwrap();
+    std::fs::write(contents.join("serve-args"), "--config\n/data/kith.toml\n").unwrap();
+    let image = work.join("disk.img");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&contents)
+        .arg(&image)
+        .arg("1G"));
+    (image, write_key, read_key)
+}
+
+/// A loopback port nobody listens on now, for QEMU to forward to the guest's server.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The virtual machine, running `kith serve`.
+struct Machine {
+    qemu: Child,
+    base: String,
+    console: PathBuf,
+}
+
+impl Machine {
+    fn boot(kit: &Kit, initramfs: &Path, disk: &Path, console: PathBuf) -> Machine {
+        let port = free_port();
+        let console_file = std::fs::File::create(&console).unwrap();
+        let qemu = Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-m", "2048", "-smp", "2"])
+            .args(["-nographic", "-no-reboot", "-kernel"])
+            .arg(&kit.kernel)
+            .arg("-initrd")
+            .arg(initramfs)
+            .args(["-append", "console=ttyS0 panic=-1 quiet"])
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=virtio,cache=writeback",
+                disk.display()
+            ))
+            .args([
+                "-netdev",
+                &format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:8088"),
+                "-device",
+                "virtio-net-pci,netdev=net0",
+            ])
+            .stdin(Stdio::null())
+            .stdout(console_file.try_clone().unwrap())
+            .stderr(console_file)
+            .spawn()
+            .expect("qemu-system-x86_64 starts");
+        let mut machine = Machine {
+            qemu,
+            base: format!("http://127.0.0.1:{port}"),
+            console,
+        };
+        machine.wait_until_ready();
+        machine
+    }
+
+    fn wait_until_ready(&mut self) {
+        let started = Instant::now();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .into();
+        loop {
+            if let Ok(response) = agent.get(format!("{}/readyz", self.base)).call()
+                && response.status() == 200
+            {
+                eprintln!("guest ready after {:?}", started.elapsed());
+                return;
+            }
+            let exited = self.qemu.try_wait().ok().flatten();
+            if exited.is_some() || started.elapsed() > BOOT_TIMEOUT {
+                panic!(
+                    "the guest's server did not become ready ({}); its console:\n{}",
+                    exited.map_or("timed out".to_string(), |s| s.to_string()),
+                    self.console_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn console_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.console).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// The power cut: QEMU is killed, and the guest's memory with it.
+    fn cut_power(mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+    }
+
+    fn query(&self, read_key: &str, sql: &str) -> Value {
+        let (status, body) = post_json(
+            &format!("{}/v1/query", self.base),
+            &[("Authorization", &format!("Bearer {read_key}"))],
+            &json!({ "sql": sql }).to_string(),
+        );
+        assert_eq!(status, 200, "{sql}: {body}\n{}", self.console_tail());
+        body
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+    }
+}
+
+fn get_text(url: &str) -> (u16, String) {
+    let mut response = agent().get(url).call().expect("request completes");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
+/// A Prometheus counter's value in `/metrics` text (0 when absent).
+fn counter_value(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// Clients sending batches from `pending` until it is empty or `stop` is set. A batch that is
+/// not acknowledged goes back to be retried later, as SDKs do. Each returns how many it got
+/// acknowledged.
+fn start_clients(
+    base: &str,
+    write_key: &str,
+    pending: &Arc<Mutex<VecDeque<usize>>>,
+    acked: &Arc<Mutex<BTreeSet<usize>>>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<usize>> {
+    (0..CLIENTS)
+        .map(|_| {
+            let (pending, acked, stop) = (pending.clone(), acked.clone(), stop.clone());
+            let (base, key) = (base.to_string(), write_key.to_string());
+            std::thread::spawn(move || {
+                let mut acknowledged = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let Some(batch) = pending.lock().unwrap().pop_front() else {
+                        break;
+                    };
+                    // An answer can only come from a running guest: whatever it acknowledged,
+                    // even just before the cut, must be on its disk.
+                    if send(&base, &key, batch) {
+                        acked.lock().unwrap().insert(batch);
+                        acknowledged += 1;
+                    } else {
+                        pending.lock().unwrap().push_back(batch);
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect()
+}
+
+fn acknowledged_by(clients: Vec<std::thread::JoinHandle<usize>>) -> usize {
+    clients.into_iter().map(|c| c.join().unwrap()).sum()
+}
+
+#[test]
+fn acknowledged_events_survive_repeated_power_cuts_exactly_once() {
+    let kit = kit();
+    let work = tempfile::tempdir().unwrap();
+    let initramfs = initramfs(&kit, work.path());
+    let (disk, write_key, read_key) = data_disk(work.path());
+    let pending: Arc<Mutex<VecDeque<usize>>> = Arc::new(Mutex::new((0..BATCHES).collect()));
+    let acked: Arc<Mutex<BTreeSet<usize>>> = Arc::default();
+
+    for (round, cut_after) in CUT_AFTER.into_iter().enumerate() {
+        let console = work.path().join(format!("console-{round}.log"));
+        let machine = Machine::boot(&kit, &initramfs, &disk, console);
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = start_clients(&machine.base, &write_key, &pending, &acked, &stop);
+        std::thread::sleep(cut_after);
+        stop.store(true, Ordering::SeqCst);
+        machine.cut_power();
+        let acknowledged = acknowledged_by(clients);
+        eprintln!("round {round}: {acknowledged} batches acknowledged before the cut");
+        assert!(
+            acknowledged > 0,
+            "round {round}: the guest acknowledged nothing before the cut"
+        );
+        assert!(
+            !pending.lock().unwrap().is_empty(),
+            "round {round}: the cut must land while batches remain to send"
+        );
+    }
+
+    // Power back on: the server starts on the disk as the last cut left it and takes the rest.
+    let console = work.path().join("console-final.log");
+    let machine = Machine::boot(&kit, &initramfs, &disk, console);
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = start_clients(&machine.base, &write_key, &pending, &acked, &stop);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !clients.iter().all(|c| c.is_finished()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::SeqCst);
+    acknowledged_by(clients);
+    assert_eq!(
+        acked.lock().unwrap().len(),
+        BATCHES,
+        "every batch is acknowledged once the power is back\n{}",
+        machine.console_tail()
+    );
+
+    // The last boot alone wrote tens of segments: the cuts before it landed among rotations,
+    // retirements and reused files, not only appends.
+    let (status, metrics) = get_text(&format!("{}/metrics", machine.base));
+    assert_eq!(status, 200);
+    for counter in [
+        "kith_journal_segments_retired_total",
+        "kith_journal_segments_reused_total",
+    ] {
+        assert!(
+            counter_value(&metrics, counter) > 0.0,
+            "{counter} must be above 0:\n{metrics}"
+        );
+    }
+
+    let expected = (BATCHES * BATCH) as u64;
+    let counts = machine.query(
+        &read_key,
+        "SELECT count(*) AS n, count(DISTINCT message_id) AS distinct_ids FROM events",
+    );
+    assert_eq!(
+        counts["rows"],
+        json!([[expected, expected]]),
+        "every message stored once"
+    );
+    let foreign = machine.query(
+        &read_key,
+        "SELECT count(*) FROM events WHERE message_id NOT LIKE 'cut-%'",
+    );
+    assert_eq!(foreign["rows"], json!([[0]]));
+    // Profiles are applied from the journal a moment after the ack: each event counted once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let profiles = machine.query(
+            &read_key,
+            "SELECT count(*) AS profiles, sum(event_count) AS events FROM profiles",
+        );
+        if profiles["rows"] == json!([[USERS, expected]]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "profiles must count every event once: {profiles}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
