@@ -11,8 +11,10 @@
 //! never acknowledged (retried, as SDKs do, so messages stored but unanswered are deduplicated
 //! across the cuts), and hold every message exactly once, in the events and in the profiles.
 //!
-//! Needs QEMU and a guest kernel: `scripts/setup-test-env.sh` prepares them (see
-//! `scripts/setup-power-cut-kit.sh`). The guest runs under QEMU's emulator (TCG), not KVM, so
+//! After each cut, the disk is also read as it is by deltalake, Polars and DuckDB.
+//!
+//! Needs QEMU and a guest kernel, which `scripts/setup-power-cut-kit.sh` prepares (QEMU from
+//! Debian's packages needs root), and the test venv for the offline readers. The guest runs under QEMU's emulator (TCG), not KVM, so
 //! the test behaves the same on every machine.
 
 mod common;
@@ -86,6 +88,14 @@ struct Kit {
 }
 
 fn kit() -> Kit {
+    // As `python()` does for the venv: prepared once, reused after.
+    let setup = repo_root().join("scripts/setup-power-cut-kit.sh");
+    let prepared = Command::new("bash").arg(&setup).status();
+    assert!(
+        prepared.is_ok_and(|s| s.success()),
+        "{} failed; it fetches the guest kernel",
+        setup.display()
+    );
     let dir = std::env::var_os("KITH_POWER_CUT_KIT")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/power-cut-kit"));
@@ -183,6 +193,38 @@ fn data_disk(work: &Path) -> (PathBuf, String, String) {
         .arg(&image)
         .arg("1G"));
     (image, write_key, read_key)
+}
+
+/// The events table as a cut left it, read by deltalake, Polars and DuckDB
+/// (`tests/python/read_tables.py`): the sorted message ids each engine sees. Read from a copy of
+/// the disk whose ext4 journal `e2fsck` replayed, as the next mount would, so the disk the
+/// machine boots from next is left exactly as the cut left it.
+fn events_read_offline(disk: &Path, work: &Path, round: usize) -> Value {
+    let copy = work.join("disk-copy.img");
+    run(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(disk)
+        .arg(&copy));
+    let checked = Command::new("e2fsck")
+        .args(["-f", "-y"])
+        .arg(&copy)
+        .output()
+        .expect("e2fsck runs");
+    // 0: clean; 1: errors corrected (replaying the journal counts as one).
+    assert!(
+        matches!(checked.status.code(), Some(0 | 1)),
+        "round {round}: e2fsck of the disk after the cut: {}\n{}",
+        checked.status,
+        String::from_utf8_lossy(&checked.stdout)
+    );
+    let out = work.join(format!("after-cut-{round}"));
+    std::fs::create_dir_all(&out).unwrap();
+    run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("rdump /kith/tables/events {}", out.display()))
+        .arg(&copy));
+    std::fs::remove_file(&copy).unwrap();
+    run_python("read_tables.py", &[out.join("events").to_str().unwrap()])
 }
 
 /// A loopback port nobody listens on now, for QEMU to forward to the guest's server.
@@ -358,6 +400,7 @@ fn acknowledged_events_survive_repeated_power_cuts_exactly_once() {
     let pending: Arc<Mutex<VecDeque<usize>>> = Arc::new(Mutex::new((0..BATCHES).collect()));
     let acked: Arc<Mutex<BTreeSet<usize>>> = Arc::default();
 
+    let mut in_delta = BTreeSet::new();
     for (round, cut_after) in CUT_AFTER.into_iter().enumerate() {
         let console = work.path().join(format!("console-{round}.log"));
         let machine = Machine::boot(&kit, &initramfs, &disk, console);
@@ -376,7 +419,39 @@ fn acknowledged_events_survive_repeated_power_cuts_exactly_once() {
             !pending.lock().unwrap().is_empty(),
             "round {round}: the cut must land while batches remain to send"
         );
+        // Other engines read the table as the cut left it: no torn file or commit in their
+        // way, the same rows for all three, none twice, none that was not sent.
+        let read = events_read_offline(&disk, work.path(), round);
+        let ids: Vec<&str> = read["deltalake"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|id| id.as_str().unwrap())
+            .collect();
+        eprintln!("round {round}: {} events in Delta after the cut", ids.len());
+        assert_eq!(read["polars"], read["deltalake"], "round {round}");
+        assert_eq!(read["duckdb"], read["deltalake"], "round {round}");
+        assert!(
+            ids.windows(2).all(|pair| pair[0] != pair[1]),
+            "round {round}: a message is in Delta twice"
+        );
+        assert!(
+            ids.iter().all(|id| id.starts_with("cut-")),
+            "round {round}: {ids:?}"
+        );
+        // What a commit held before an earlier cut is still there: commits are durable.
+        let ids: BTreeSet<String> = ids.into_iter().map(str::to_string).collect();
+        assert!(
+            in_delta.is_subset(&ids),
+            "round {round}: {} events in Delta before this round are gone",
+            in_delta.difference(&ids).count()
+        );
+        in_delta = ids;
     }
+    assert!(
+        !in_delta.is_empty(),
+        "no flush reached Delta in any round, so the offline reads above checked nothing"
+    );
 
     // Power back on: the server starts on the disk as the last cut left it and takes the rest.
     let console = work.path().join("console-final.log");

@@ -92,3 +92,32 @@ fn the_python_sdk_delivers_every_call_and_other_engines_read_the_tables() {
     assert_eq!(read["duckdb"], json!(expected));
     assert_eq!(read["duckdb_revenue"], json!(699.0));
 }
+
+/// Before the first event arrives, other engines already find both tables, with no rows: the
+/// server creates them when it first starts, rather than leaving a directory that is not a
+/// Delta table until the first flush.
+#[test]
+fn other_engines_read_the_empty_tables_of_a_server_that_has_stored_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KithServer::start(dir.path());
+    for table in ["events", "rejected_events"] {
+        let path = dir.path().join("tables").join(table);
+        let read = run_python("read_tables.py", &[path.to_str().unwrap()]);
+        assert_eq!(read["version"], json!(0), "{table}: {read}");
+        for engine in ["deltalake", "polars", "duckdb"] {
+            assert_eq!(read[engine], json!([]), "{table}, {engine}: {read}");
+        }
+    }
+    // The first flush appends to the table created empty.
+    let (status, _) = post_json(
+        &server.url("/v1/track"),
+        &[("Authorization", &basic(&server.write_key))],
+        r#"{"userId": "u-1", "event": "Signed Up", "messageId": "first"}"#,
+    );
+    assert_eq!(status, 200);
+    server.stop();
+    let path = dir.path().join("tables/events");
+    let read = run_python("read_tables.py", &[path.to_str().unwrap()]);
+    assert_eq!(read["deltalake"], json!(["first"]), "{read}");
+    assert_eq!(read["duckdb"], json!(["first"]), "{read}");
+}

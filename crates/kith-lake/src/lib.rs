@@ -67,7 +67,8 @@ pub struct Lake {
 }
 
 impl Lake {
-    /// Opens the tables under `DATA_DIR/tables/` (they are created on the first flush).
+    /// Opens the tables under `DATA_DIR/tables/` (created by [`Lake::create_missing_tables`] or
+    /// the first flush).
     pub async fn open(data_dir: &Path) -> Result<Lake, LakeError> {
         Lake::open_with_store(data_dir, synced_store::SyncedLocalStore::new()).await
     }
@@ -107,6 +108,15 @@ impl Lake {
             )
             .map_err(|e| LakeError::Delta(format!("query caches: {e}")))?,
         })
+    }
+
+    /// Creates each table that does not exist yet, with no rows (see
+    /// [`EventTable::create_if_missing`]).
+    pub async fn create_missing_tables(&self) -> Result<(), LakeError> {
+        for table in self.tables() {
+            table.create_if_missing().await?;
+        }
+        Ok(())
     }
 
     pub fn tables(&self) -> [&EventTable; 2] {

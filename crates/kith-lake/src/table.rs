@@ -10,6 +10,7 @@ use std::time::Instant;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use deltalake::kernel::Transaction;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -64,7 +65,8 @@ pub struct EventTable {
 }
 
 impl EventTable {
-    /// Opens the table at `path` (created by its first flush), written through `store`.
+    /// Opens the table at `path` (created by [`EventTable::create_if_missing`] or the first
+    /// flush), written through `store`.
     pub(crate) async fn open(
         name: &'static str,
         path: PathBuf,
@@ -186,6 +188,50 @@ impl EventTable {
         Ok(vec![take_record_batch(&all, &order).map_err(failed)?])
     }
 
+    /// Creates the table with no rows unless it exists. Then, from the server's first start on,
+    /// other engines find a Delta table at the table's path (empty until the first flush), not a
+    /// directory that is not one yet, also after a power cut during the first flush.
+    pub async fn create_if_missing(&self) -> Result<(), LakeError> {
+        if self.read().delta.is_some() {
+            return Ok(());
+        }
+        let schema: deltalake::kernel::StructType =
+            self.schema.as_ref().try_into_kernel().map_err(|e| {
+                LakeError::Delta(format!("the {} schema in Delta terms: {e}", self.name))
+            })?;
+        let created = self
+            .unloaded()?
+            .create()
+            .with_columns(schema.fields().cloned())
+            .with_table_name(self.name)
+            .with_configuration(self.configuration())
+            // Another process may have created it meanwhile: then it is taken as it is.
+            .with_save_mode(SaveMode::Ignore)
+            .await?;
+        adopt_unless_older(&mut self.write().delta, created);
+        Ok(())
+    }
+
+    /// The table's handle before its log is read, its directory created durably like everything
+    /// in it: a power cut must not take the directory once the journal has let go of its events.
+    fn unloaded(&self) -> Result<DeltaTable, LakeError> {
+        self.store
+            .create_dir_all(&self.path)
+            .map_err(|e| LakeError::Io {
+                path: self.path.display().to_string(),
+                source: std::io::Error::other(e),
+            })?;
+        Ok(delta_builder(&self.path, &self.store)?.build()?)
+    }
+
+    /// Table properties set when the table is created.
+    fn configuration(&self) -> HashMap<String, Option<String>> {
+        HashMap::from([(
+            "delta.dataSkippingStatsColumns".to_string(),
+            Some(self.stats_columns.to_string()),
+        )])
+    }
+
     /// Writes the buffered rows to Delta in one commit, recording the journal position. Rows
     /// added meanwhile stay buffered. Returns the rows written.
     pub async fn flush(&self) -> Result<usize, LakeError> {
@@ -216,33 +262,19 @@ impl EventTable {
         };
         let table = match delta {
             Some(table) => table,
-            None => {
-                // Created durably, like everything in it: a power cut must not take the
-                // table's directory once the journal has let go of its events.
-                self.store
-                    .create_dir_all(&self.path)
-                    .map_err(|e| LakeError::Io {
-                        path: self.path.display().to_string(),
-                        source: std::io::Error::other(e),
-                    })?;
-                // Not loaded: there is no log yet, and the write below creates the table.
-                delta_builder(&self.path, &self.store)?.build()?
-            }
+            // The write below creates the table (when `create_if_missing` has not).
+            None => self.unloaded()?,
         };
         // No log cleanup after each commit: it lists the whole log, and the server trims the
         // log when it tidies (see `housekeeping`).
         let commit = CommitProperties::default()
             .with_application_transaction(Transaction::new(JOURNAL_APP_ID, through_seq as i64))
             .with_cleanup_expired_logs(Some(false));
-        let configuration = HashMap::from([(
-            "delta.dataSkippingStatsColumns".to_string(),
-            Some(self.stats_columns.to_string()),
-        )]);
         let written = table
             .write(batches)
             .with_save_mode(SaveMode::Append)
             .with_table_name(self.name)
-            .with_configuration(configuration)
+            .with_configuration(self.configuration())
             .with_commit_properties(commit)
             .with_writer_properties(writer_properties(&self.schema, FLUSHED_CODEC))
             .await;

@@ -95,6 +95,7 @@ impl Pipeline {
     ) -> Result<Pipeline, ServerError> {
         let lock = lock_data_dir(data_dir)?;
         let lake = Arc::new(Lake::open(data_dir).await?);
+        lake.create_missing_tables().await?;
         let profiles = Arc::new(ProfileStore::open(data_dir, profile_settings)?);
         // Replay before the journal opens for writing: the unify thread must not see newer
         // events before the replayed ones.
