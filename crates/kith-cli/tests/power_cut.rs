@@ -19,20 +19,27 @@
 
 mod common;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::retrying_clients::{Progress, Workload, acknowledged_by};
 use common::*;
 use serde_json::{Value, json};
 
-const BATCH: usize = 25;
 const BATCHES: usize = 1000;
 const CLIENTS: usize = 4;
-const USERS: usize = 97;
+/// About 40 KB a batch.
+const WORKLOAD: Workload = Workload {
+    prefix: "cut",
+    events_per_batch: 25,
+    users: 97,
+    note_bytes: 1500,
+    timeout: Duration::from_secs(20),
+};
 /// How long clients send before each cut: different lengths land the cuts at different points
 /// of the flush and profile-persist cycles.
 const CUT_AFTER: [Duration; 4] = [
@@ -43,42 +50,6 @@ const CUT_AFTER: [Duration; 4] = [
 ];
 /// Booting the emulated machine and starting a debug build of Kith in it.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn batch_body(batch: usize) -> String {
-    let events: Vec<Value> = (0..BATCH)
-        .map(|i| {
-            json!({"type": "track", "userId": format!("user-{}", (batch * 7 + i) % USERS),
-                   "event": "Order Completed", "messageId": format!("cut-{batch}-{i}"),
-                   "properties": {"revenue": i as f64 + 0.5, "note": "x".repeat(1500)}})
-        })
-        .collect();
-    json!({ "batch": events }).to_string()
-}
-
-/// Sends one batch; true only when the server acknowledged every event in it.
-fn send(base: &str, write_key: &str, batch: usize) -> bool {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into();
-    let Ok(mut response) = agent
-        .post(format!("{base}/v1/batch"))
-        .header("Authorization", &basic(write_key))
-        .header("Content-Type", "application/json")
-        .send(batch_body(batch).as_bytes())
-    else {
-        return false;
-    };
-    if response.status().as_u16() != 200 {
-        return false;
-    }
-    let Ok(body) = response.body_mut().read_json::<Value>() else {
-        return false;
-    };
-    let handled = body["accepted"].as_u64().unwrap_or(0) + body["duplicates"].as_u64().unwrap_or(0);
-    handled == BATCH as u64
-}
 
 /// What `scripts/setup-power-cut-kit.sh` prepared.
 struct Kit {
@@ -352,60 +323,20 @@ fn counter_value(metrics: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// Clients sending batches from `pending` until it is empty or `stop` is set. A batch that is
-/// not acknowledged goes back to be retried later, as SDKs do. Each returns how many it got
-/// acknowledged.
-fn start_clients(
-    base: &str,
-    write_key: &str,
-    pending: &Arc<Mutex<VecDeque<usize>>>,
-    acked: &Arc<Mutex<BTreeSet<usize>>>,
-    stop: &Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<usize>> {
-    (0..CLIENTS)
-        .map(|_| {
-            let (pending, acked, stop) = (pending.clone(), acked.clone(), stop.clone());
-            let (base, key) = (base.to_string(), write_key.to_string());
-            std::thread::spawn(move || {
-                let mut acknowledged = 0;
-                while !stop.load(Ordering::SeqCst) {
-                    let Some(batch) = pending.lock().unwrap().pop_front() else {
-                        break;
-                    };
-                    // An answer can only come from a running guest: whatever it acknowledged,
-                    // even just before the cut, must be on its disk.
-                    if send(&base, &key, batch) {
-                        acked.lock().unwrap().insert(batch);
-                        acknowledged += 1;
-                    } else {
-                        pending.lock().unwrap().push_back(batch);
-                    }
-                }
-                acknowledged
-            })
-        })
-        .collect()
-}
-
-fn acknowledged_by(clients: Vec<std::thread::JoinHandle<usize>>) -> usize {
-    clients.into_iter().map(|c| c.join().unwrap()).sum()
-}
-
 #[test]
 fn acknowledged_events_survive_repeated_power_cuts_exactly_once() {
     let kit = kit();
     let work = tempfile::tempdir().unwrap();
     let initramfs = initramfs(&kit, work.path());
     let (disk, write_key, read_key) = data_disk(work.path());
-    let pending: Arc<Mutex<VecDeque<usize>>> = Arc::new(Mutex::new((0..BATCHES).collect()));
-    let acked: Arc<Mutex<BTreeSet<usize>>> = Arc::default();
+    let progress = Progress::new(BATCHES);
 
     let mut in_delta = BTreeSet::new();
     for (round, cut_after) in CUT_AFTER.into_iter().enumerate() {
         let console = work.path().join(format!("console-{round}.log"));
         let machine = Machine::boot(&kit, &initramfs, &disk, console);
         let stop = Arc::new(AtomicBool::new(false));
-        let clients = start_clients(&machine.base, &write_key, &pending, &acked, &stop);
+        let clients = progress.start_clients(WORKLOAD, CLIENTS, &machine.base, &write_key, &stop);
         std::thread::sleep(cut_after);
         stop.store(true, Ordering::SeqCst);
         machine.cut_power();
@@ -416,7 +347,7 @@ fn acknowledged_events_survive_repeated_power_cuts_exactly_once() {
             "round {round}: the guest acknowledged nothing before the cut"
         );
         assert!(
-            !pending.lock().unwrap().is_empty(),
+            progress.pending() > 0,
             "round {round}: the cut must land while batches remain to send"
         );
         // Other engines read the table as the cut left it: no torn file or commit in their
@@ -453,7 +384,7 @@ fn acknowledged_events_survive_repeated_power_cuts_exactly_once() {
     let console = work.path().join("console-final.log");
     let machine = Machine::boot(&kit, &initramfs, &disk, console);
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = start_clients(&machine.base, &write_key, &pending, &acked, &stop);
+    let clients = progress.start_clients(WORKLOAD, CLIENTS, &machine.base, &write_key, &stop);
     let deadline = Instant::now() + Duration::from_secs(600);
     while !clients.iter().all(|c| c.is_finished()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
@@ -461,7 +392,7 @@ fn acknowledged_events_survive_repeated_power_cuts_exactly_once() {
     stop.store(true, Ordering::SeqCst);
     acknowledged_by(clients);
     assert_eq!(
-        acked.lock().unwrap().len(),
+        progress.acked(),
         BATCHES,
         "every batch is acknowledged once the power is back\n{}",
         machine.console_tail()
@@ -481,7 +412,7 @@ fn acknowledged_events_survive_repeated_power_cuts_exactly_once() {
         );
     }
 
-    let expected = (BATCHES * BATCH) as u64;
+    let expected = (BATCHES * WORKLOAD.events_per_batch) as u64;
     let counts = machine.query(
         &read_key,
         "SELECT count(*) AS n, count(DISTINCT message_id) AS distinct_ids FROM events",
@@ -503,7 +434,7 @@ fn acknowledged_events_survive_repeated_power_cuts_exactly_once() {
             &read_key,
             "SELECT count(*) AS profiles, sum(event_count) AS events FROM profiles",
         );
-        if profiles["rows"] == json!([[USERS, expected]]) {
+        if profiles["rows"] == json!([[WORKLOAD.users, expected]]) {
             break;
         }
         assert!(
@@ -531,7 +462,9 @@ fn acknowledged_events_survive_repeated_power_cuts_exactly_once() {
     machine.cut_power();
     let read = events_read_offline(&disk, work.path(), CUT_AFTER.len());
     let mut every_id: Vec<String> = (0..BATCHES)
-        .flat_map(|batch| (0..BATCH).map(move |i| format!("cut-{batch}-{i}")))
+        .flat_map(|batch| {
+            (0..WORKLOAD.events_per_batch).map(move |i| WORKLOAD.message_id(batch, i))
+        })
         .collect();
     every_id.sort();
     for engine in ["deltalake", "polars", "duckdb"] {

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod retrying_clients;
+
 pub fn kith_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kith")
 }
