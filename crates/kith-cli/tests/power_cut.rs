@@ -336,7 +336,14 @@ fn acknowledged_events_survive_repeated_power_cuts_exactly_once() {
         let console = work.path().join(format!("console-{round}.log"));
         let machine = Machine::boot(&kit, &initramfs, &disk, console);
         let stop = Arc::new(AtomicBool::new(false));
+        let acked_before = progress.acked();
         let clients = progress.start_clients(WORKLOAD, CLIENTS, &machine.base, &write_key, &stop);
+        // The cut's moment counts from the first answers, so a slower machine still has
+        // something acknowledged to lose.
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        while progress.acked() == acked_before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         std::thread::sleep(cut_after);
         stop.store(true, Ordering::SeqCst);
         machine.cut_power();
