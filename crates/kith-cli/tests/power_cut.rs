@@ -1,25 +1,30 @@
 //! Durability under power cuts. `kith serve` runs in a QEMU virtual machine on an ext4 disk
 //! image, clients on the host send batches through a forwarded port, and the test kills QEMU
 //! with SIGKILL at a different moment each round. A killed QEMU takes the guest's page cache
-//! with it, so whatever Kith wrote but did not make durable (a record not yet `fdatasync`ed, a
-//! file or rename whose directory was not synced, an unsynced Delta commit) is gone, as after a
-//! real power cut; `kill -9` of the server alone (`crash.rs`) cannot show that, because the host
-//! kernel keeps every write. The disk's own volatile cache is not modelled: what the guest wrote
-//! to the disk survives even without a flush.
+//! with it, so whatever Kith wrote but did not make durable (a journal record not yet
+//! `fdatasync`ed, an unsynced Parquet file or Delta commit, a `profiles.db` transaction) is
+//! gone, as after a real power cut. `kill -9` of the server alone (`crash.rs`) cannot show that:
+//! the host kernel keeps every write. With the journal's `fdatasync` turned off, this test finds
+//! acknowledged events missing; `crash.rs` does not.
 //!
-//! After the last cut the server must start on the disk as it is, take the batches that were
-//! never acknowledged (retried, as SDKs do, so messages stored but unanswered are deduplicated
-//! across the cuts), and hold every message exactly once, in the events and in the profiles.
+//! Not modelled: the disk's own volatile cache (what the guest wrote to its disk survives even
+//! without a flush), and a missing directory sync, which ext4 hides by committing every pending
+//! metadata change with any `fsync`.
 //!
-//! After each cut, the disk is also read as it is by deltalake, Polars and DuckDB.
+//! After each cut the disk is read as it is by deltalake, Polars and DuckDB. After the last, the
+//! server must start on the disk as it is, take the batches never acknowledged (retried, as SDKs
+//! do, so messages stored but unanswered are deduplicated across the cuts), and hold every
+//! message exactly once, in the events and in the profiles; a final cut once everything is
+//! flushed leaves every message, once, in the files alone.
 //!
 //! Needs QEMU and a guest kernel, which `scripts/setup-power-cut-kit.sh` prepares (QEMU from
-//! Debian's packages needs root), and the test venv for the offline readers. The guest runs under QEMU's emulator (TCG), not KVM, so
-//! the test behaves the same on every machine.
+//! Debian's packages needs root), and the test venv for the offline readers. The guest runs
+//! under QEMU's emulator (TCG), not KVM, so the test behaves the same on every machine.
 
 mod common;
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -109,7 +114,7 @@ fn initramfs(kit: &Kit, work: &Path) -> PathBuf {
     std::fs::copy(&kit.busybox, stage.join("bin/busybox")).unwrap();
     std::fs::copy(kith_bin(), stage.join("bin/kith")).unwrap();
     std::fs::write(stage.join("init"), include_str!("power_cut/init")).unwrap();
-    run(Command::new("chmod").args(["+x"]).arg(stage.join("init")));
+    std::fs::set_permissions(stage.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
     for module in std::fs::read_dir(&kit.modules).unwrap() {
         let module = module.unwrap().path();
         std::fs::copy(
