@@ -875,10 +875,5 @@ fn the_server_tidies_the_event_tables_and_keeps_every_event() {
 
 /// The value of a per-table metric for `events`, when /metrics has it.
 fn events_metric(server: &KithServer, name: &str) -> Option<f64> {
-    let mut response = agent().get(server.url("/metrics")).call().ok()?;
-    let text = response.body_mut().read_to_string().ok()?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(&format!("{name}{{table=\"events\"}}")))?;
-    line.rsplit(' ').next()?.parse().ok()
+    metric(&server.base, &format!("{name}{{table=\"events\"}}"))
 }

@@ -707,16 +707,7 @@ fn computed_traits_declared_through_the_api_count_past_and_new_events_exactly_on
 
 /// The server's `kith_profile_facts_resident` gauge, once it has been set.
 fn resident_facts(server: &KithServer) -> Option<f64> {
-    let text = agent()
-        .get(server.url("/metrics"))
-        .call()
-        .ok()?
-        .body_mut()
-        .read_to_string()
-        .ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("kith_profile_facts_resident "))
-        .and_then(|value| value.trim().parse().ok())
+    metric(&server.base, "kith_profile_facts_resident")
 }
 
 #[test]

@@ -191,6 +191,17 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
+/// One series' value in the server's `/metrics` at `base`: `series` is the metric name with its
+/// labels as the text shows them (`kith_lake_flushes_total{table="events"}`). `None` until the
+/// server has recorded it.
+pub fn metric(base: &str, series: &str) -> Option<f64> {
+    let mut response = agent().get(format!("{base}/metrics")).call().ok()?;
+    let text = response.body_mut().read_to_string().ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 /// POSTs a body; returns the status and the body parsed as JSON (Null when it is not JSON).
 pub fn post(
     url: &str,
