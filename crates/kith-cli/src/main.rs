@@ -4,6 +4,7 @@
 mod allocator;
 mod commands;
 mod config;
+mod report;
 
 use std::process::ExitCode;
 
@@ -43,14 +44,14 @@ fn main() -> ExitCode {
     let file = match config::FileConfig::load(cli.config.as_deref()) {
         Ok(file) => file,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report::error_text(&e));
             return ExitCode::from(2);
         }
     };
     match commands::run(cli.command, file) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report::error_text(&e));
             ExitCode::FAILURE
         }
     }

@@ -877,3 +877,49 @@ fn the_server_tidies_the_event_tables_and_keeps_every_event() {
 fn events_metric(server: &KithServer, name: &str) -> Option<f64> {
     metric(&server.base, &format!("{name}{{table=\"events\"}}"))
 }
+
+#[test]
+fn a_wrong_or_busy_listen_address_fails_at_once_with_what_to_change_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let data = data_dir.to_str().unwrap();
+
+    let (ok, _, err) = kith(&["serve", "--data-dir", data, "--listen", "nonsense"]);
+    assert!(!ok);
+    assert!(err.contains("cannot listen on `nonsense`"), "{err}");
+    assert!(err.contains("give HOST:PORT, e.g. 127.0.0.1:8417"), "{err}");
+    assert!(!data_dir.exists(), "nothing is created for a wrong address");
+
+    // A taken port is reported before the demo world is generated and loaded (which takes
+    // minutes), and before the data directory is made.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let (ok, _, err) = kith(&["serve", "--demo", "--data-dir", data, "--listen", &address]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("cannot listen on `{address}`")),
+        "{err}"
+    );
+    assert!(
+        err.contains("another program (perhaps another kith)"),
+        "{err}"
+    );
+    assert!(!data_dir.exists(), "nothing is created for a taken port");
+}
+
+#[test]
+fn an_error_names_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.jsonl");
+    let data = dir.path().join("data");
+    let (ok, _, err) = kith(&[
+        "import",
+        "events",
+        missing.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("cannot read"), "{err}");
+    assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
+}

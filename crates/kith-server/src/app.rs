@@ -41,11 +41,13 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on `{addr}`: {source}{hint}")]
     Listen {
         addr: String,
         #[source]
         source: std::io::Error,
+        /// What to do about it, when the cause says (starts with "; ").
+        hint: &'static str,
     },
     #[error("journal record {seq} cannot be decoded: {reason}")]
     BadRecord { seq: u64, reason: String },
@@ -106,6 +108,33 @@ pub struct AppState {
     pub models: models::ModelJobs,
 }
 
+/// Binds `addr` (`HOST:PORT`) for [`Server::start_on`]; the error says what to change when the
+/// address is malformed, taken or not this machine's.
+pub fn bind(addr: &str) -> Result<std::net::TcpListener, ServerError> {
+    std::net::TcpListener::bind(addr).map_err(|source| {
+        let hint = match source.kind() {
+            std::io::ErrorKind::InvalidInput => {
+                "; give HOST:PORT, e.g. 127.0.0.1:8417 or 0.0.0.0:8417 (--listen, KITH_LISTEN or `listen` in kith.toml)"
+            }
+            std::io::ErrorKind::AddrInUse => {
+                "; another program (perhaps another kith) listens there: stop it, or choose another port with --listen HOST:PORT"
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                "; that address is not one of this machine's: use 127.0.0.1, 0.0.0.0 (every interface) or one of its own"
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "; ports below 1024 need privileges: choose a port from 1024 up with --listen HOST:PORT"
+            }
+            _ => "",
+        };
+        ServerError::Listen {
+            addr: addr.to_string(),
+            source,
+            hint,
+        }
+    })
+}
+
 /// A started server: bound, replayed, flushing.
 pub struct Server {
     app: Arc<AppState>,
@@ -113,8 +142,19 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the data directory, replays the journal and binds the listener.
+    /// Binds the listener, then opens the data directory and replays the journal.
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        let listener = bind(&config.listen)?;
+        Server::start_on(config, listener).await
+    }
+
+    /// Opens the data directory and replays the journal, to serve on a listener bound with
+    /// [`bind`] (so that a wrong or busy address is reported before anything is opened or loaded).
+    /// Connections made meanwhile wait in the listener's queue.
+    pub async fn start_on(
+        config: ServerConfig,
+        listener: std::net::TcpListener,
+    ) -> Result<Server, ServerError> {
         let state = Arc::new(StateStore::open(&config.data_dir)?);
         let pipeline = Pipeline::open(
             &config.data_dir,
@@ -123,20 +163,15 @@ impl Server {
         )
         .await?;
 
-        let listener =
-            TcpListener::bind(&config.listen)
-                .await
-                .map_err(|source| ServerError::Listen {
-                    addr: config.listen.clone(),
-                    source,
-                })?;
+        let listen_error = |source: std::io::Error| ServerError::Listen {
+            addr: config.listen.clone(),
+            source,
+            hint: "",
+        };
+        listener.set_nonblocking(true).map_err(listen_error)?;
+        let listener = TcpListener::from_std(listener).map_err(listen_error)?;
         let local_token = crate::local::new_token();
-        let bound = listener
-            .local_addr()
-            .map_err(|source| ServerError::Listen {
-                addr: config.listen.clone(),
-                source,
-            })?;
+        let bound = listener.local_addr().map_err(listen_error)?;
         crate::local::publish(&config.data_dir, bound, &local_token).map_err(|source| {
             ServerError::DataDir {
                 path: config.data_dir.display().to_string(),

@@ -68,6 +68,8 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         config.query_limits.max_rows = rows;
     }
     config.housekeeping = file.housekeeping(config.query_limits.timeout)?;
+    // Before anything is created or loaded: a wrong or busy address fails at once.
+    let listener = kith_server::app::bind(&config.listen)?;
     if args.demo {
         load_demo(
             &config.data_dir,
@@ -78,7 +80,7 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     kith_server::install_metrics();
     runtime()?.block_on(async move {
         let data_dir = config.data_dir.clone();
-        let server = Server::start(config).await?;
+        let server = Server::start_on(config, listener).await?;
         let addr = server.local_addr();
         tracing::info!(%addr, data_dir = %data_dir.display(), "kith is listening");
         eprintln!(
