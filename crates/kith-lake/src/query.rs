@@ -11,6 +11,7 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::parser::ParserError;
 use thiserror::Error;
 
 use crate::{EventTable, Lake};
@@ -75,6 +76,7 @@ fn classify(err: DataFusionError, limits: &QueryLimits) -> QueryError {
             Arc::try_unwrap(shared).unwrap_or_else(|s| DataFusionError::Execution(s.to_string())),
             limits,
         ),
+        DataFusionError::SQL(parse, _) => QueryError::Invalid(syntax_message(&parse)),
         // Storage and engine faults are ours, not the query's.
         DataFusionError::IoError(_)
         | DataFusionError::ObjectStore(_)
@@ -86,6 +88,16 @@ fn classify(err: DataFusionError, limits: &QueryLimits) -> QueryError {
         // Syntax, planning, schema, casts and arguments: the query is wrong.
         other => QueryError::Invalid(first_line(&other)),
     }
+}
+
+/// A parse error as a person reads it: DataFusion's own text wraps it in Rust's debug form
+/// (`SQL error: ParserError("Expected: ...")`).
+fn syntax_message(err: &ParserError) -> String {
+    let detail = match err {
+        ParserError::TokenizerError(detail) | ParserError::ParserError(detail) => detail.as_str(),
+        ParserError::RecursionLimitExceeded => "it nests too deeply to be read",
+    };
+    format!("the SQL does not parse: {detail}")
 }
 
 fn first_line(err: &DataFusionError) -> String {

@@ -140,6 +140,26 @@ async fn bad_sql_is_a_clear_invalid_error_and_writes_are_refused() {
             Ok(_) => panic!("{sql}: expected an error"),
         }
     }
+    // A syntax error reads as one, with where it is, not as Rust's debug form of it.
+    match lake.query("SELEC 1", &limits).await {
+        Err(QueryError::Invalid(message)) => assert_eq!(
+            message,
+            "the SQL does not parse: Expected: an SQL statement, found: SELEC at Line: 1, Column: 1"
+        ),
+        Err(other) => panic!("expected invalid, got {other:?}"),
+        Ok(_) => panic!("expected a syntax error"),
+    }
+    match lake.query("SELECT 'open", &limits).await {
+        Err(QueryError::Invalid(message)) => {
+            assert!(
+                message.starts_with("the SQL does not parse: Unterminated string literal"),
+                "{message}"
+            );
+            assert!(!message.contains("Error("), "{message}");
+        }
+        Err(other) => panic!("expected invalid, got {other:?}"),
+        Ok(_) => panic!("expected a syntax error"),
+    }
     let tight = QueryLimits {
         max_rows: 5,
         ..QueryLimits::default()
