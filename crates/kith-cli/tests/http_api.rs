@@ -281,8 +281,49 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
         &event,
     );
     assert_eq!(
-        (status, body["code"].clone()),
-        (403, json!("insufficient_scope"))
+        (status, body["code"].clone(), body["message"].clone()),
+        (
+            403,
+            json!("insufficient_scope"),
+            json!(format!(
+                "this call needs an ingest key; the key `{}` is a read key",
+                &server.read_key[10..20]
+            ))
+        )
+    );
+
+    // A known path with a method it does not take: our JSON error, and axum's `Allow` header.
+    let response = agent()
+        .get(server.url("/v1/track"))
+        .header("Authorization", basic(&server.write_key))
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    let allow = response
+        .headers()
+        .get("allow")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(allow.as_deref(), Some("POST"));
+    let body: Value =
+        serde_json::from_str(&response.into_body().read_to_string().unwrap()).unwrap();
+    assert_eq!(
+        (
+            body["code"].clone(),
+            body["type"].clone(),
+            body["link"].clone()
+        ),
+        (
+            json!("method_not_allowed"),
+            json!("invalid_request"),
+            json!("/docs/errors#method_not_allowed")
+        )
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("`/v1/track` does not take GET"),
+        "{body}"
     );
 
     // A batch with good and bad events: the good are stored, the bad explained and kept.

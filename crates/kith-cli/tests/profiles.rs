@@ -604,7 +604,7 @@ fn computed_traits_declared_through_the_api_count_past_and_new_events_exactly_on
         403,
         "insufficient_scope",
         &format!(
-            "this call needs a admin key; the key `{}` is a read key",
+            "this call needs an admin key; the key `{}` is a read key",
             &server.read_key[10..20]
         ),
     );

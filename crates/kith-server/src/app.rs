@@ -286,6 +286,7 @@ pub fn router(app: Arc<AppState>) -> Router {
     }
     router
         .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
         // Bodies are read with our own limit so the answer is our JSON error.
         .layer(DefaultBodyLimit::disable())
         .layer(CorsLayer::permissive().max_age(Duration::from_secs(3600)))

@@ -114,14 +114,24 @@ impl KeyResolver {
             KeyCheck::Valid(key) => Err(ApiError::new(
                 ErrorCode::InsufficientScope,
                 format!(
-                    "this call needs a {} key; the key `{}` is a {} key",
-                    required.as_str(),
+                    "this call needs {} key; the key `{}` is {} key",
+                    with_article(required.as_str()),
                     key.id,
-                    key.scope.as_str()
+                    with_article(key.scope.as_str())
                 ),
             )),
         }
     }
+}
+
+/// "a read", "an ingest", "an admin".
+fn with_article(scope: &str) -> String {
+    let article = if scope.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {scope}")
 }
 
 #[cfg(test)]

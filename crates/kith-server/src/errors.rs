@@ -21,6 +21,7 @@ pub enum ErrorCode {
     QueryTimeout,
     QueryMemoryExceeded,
     NotFound,
+    MethodNotAllowed,
     InvalidProfileLookup,
     ProfileNotFound,
     InvalidParameter,
@@ -39,7 +40,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidBody,
         ErrorCode::PayloadTooLarge,
@@ -54,6 +55,7 @@ impl ErrorCode {
         ErrorCode::QueryTimeout,
         ErrorCode::QueryMemoryExceeded,
         ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
         ErrorCode::InvalidProfileLookup,
         ErrorCode::ProfileNotFound,
         ErrorCode::InvalidParameter,
@@ -159,6 +161,12 @@ impl ErrorCode {
                 S::NOT_FOUND,
                 "invalid_request",
                 "no such endpoint or resource",
+            ),
+            MethodNotAllowed => (
+                "method_not_allowed",
+                S::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "the endpoint exists but not for this HTTP method; the `Allow` header and /openapi.json name the methods it takes",
             ),
             InvalidProfileLookup => (
                 "invalid_profile_lookup",

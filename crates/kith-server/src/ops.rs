@@ -121,6 +121,18 @@ pub async fn not_found(uri: Uri) -> ApiError {
     )
 }
 
+/// A known path asked with a method it does not take (axum adds the `Allow` header).
+pub async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "`{}` does not take {method}; the `Allow` header names the methods it takes \
+             (tracking calls are POSTs), and /openapi.json describes each endpoint",
+            uri.path()
+        ),
+    )
+}
+
 /// Parses, authenticates and judges a batch exactly like `/v1/batch`, then stores nothing.
 pub async fn noop_batch(
     State(app): State<Arc<AppState>>,
