@@ -343,3 +343,20 @@ pub async fn error_docs() -> axum::Json<serde_json::Value> {
         .collect();
     axum::Json(serde_json::json!({ "errors": rows }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    /// `docs/errors.md` is the table people read; every code the API can answer is in it, with
+    /// its status and type.
+    #[test]
+    fn the_error_docs_list_every_code_with_its_status_and_type() {
+        let docs = include_str!("../../../docs/errors.md");
+        for code in ErrorCode::ALL {
+            let (name, status, kind, _) = code.describe();
+            let row = format!("| `{name}` | {} | {kind} |", status.as_u16());
+            assert!(docs.contains(&row), "docs/errors.md lacks the row {row}");
+        }
+    }
+}
