@@ -10,7 +10,8 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+use datafusion::sql::parser::DFParser;
 use datafusion::sql::sqlparser::parser::ParserError;
 use thiserror::Error;
 
@@ -88,6 +89,45 @@ fn classify(err: DataFusionError, limits: &QueryLimits) -> QueryError {
         // Syntax, planning, schema, casts and arguments: the query is wrong.
         other => QueryError::Invalid(first_line(&other)),
     }
+}
+
+/// Plans `sql` as one read-only statement: no DDL (which could reach arbitrary files), no DML,
+/// no SET. Parsed here rather than by `SessionContext::sql` so that an empty text or several
+/// statements get an answer that says so.
+async fn read_query(
+    ctx: &SessionContext,
+    sql: &str,
+    limits: &QueryLimits,
+) -> Result<DataFrame, QueryError> {
+    let mut statements = DFParser::parse_sql(sql).map_err(|e| classify(e, limits))?;
+    let statement = match (statements.pop_front(), statements.len()) {
+        (None, _) => {
+            return Err(QueryError::Invalid(
+                "the SQL is empty: send one query, such as `SELECT count(*) FROM events`".into(),
+            ));
+        }
+        (Some(statement), 0) => statement,
+        (Some(_), more) => {
+            return Err(QueryError::Invalid(format!(
+                "the SQL holds {} statements: send one at a time",
+                more + 1
+            )));
+        }
+    };
+    let plan = ctx
+        .state()
+        .statement_to_plan(statement)
+        .await
+        .map_err(|e| classify(e, limits))?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|e| classify(e, limits))?;
+    ctx.execute_logical_plan(plan)
+        .await
+        .map_err(|e| classify(e, limits))
 }
 
 /// A parse error as a person reads it: DataFusion's own text wraps it in Rust's debug form
@@ -226,15 +266,7 @@ pub(crate) async fn run(
     let task_limits = limits.clone();
     let work = tokio::spawn(async move {
         let limits = &task_limits;
-        // Reads only: no DDL (which could reach arbitrary files), no DML, no SET.
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let frame = ctx
-            .sql_with_options(&sql, options)
-            .await
-            .map_err(|e| classify(e, limits))?;
+        let frame = read_query(&ctx, &sql, limits).await?;
         let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
         // EXPLAIN [ANALYZE] must stay the root of its plan; its answer is a few rows anyway.
         let explains = matches!(
@@ -299,15 +331,8 @@ pub(crate) async fn stream(
         ctx.register_table(table.name.as_str(), Arc::new(provider))
             .map_err(|e| QueryError::Internal(e.to_string()))?;
     }
-    let options = SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false);
     let work = async {
-        let frame = ctx
-            .sql_with_options(sql, options)
-            .await
-            .map_err(|e| classify(e, limits))?;
+        let frame = read_query(&ctx, sql, limits).await?;
         let mut batches = frame
             .execute_stream()
             .await

@@ -149,6 +149,25 @@ async fn bad_sql_is_a_clear_invalid_error_and_writes_are_refused() {
         Err(other) => panic!("expected invalid, got {other:?}"),
         Ok(_) => panic!("expected a syntax error"),
     }
+    for (sql, expected) in [
+        (
+            "  ",
+            "the SQL is empty: send one query, such as `SELECT count(*) FROM events`",
+        ),
+        (
+            "SELECT 1; SELECT 2",
+            "the SQL holds 2 statements: send one at a time",
+        ),
+    ] {
+        match lake.query(sql, &limits).await {
+            Err(QueryError::Invalid(message)) => assert_eq!(message, expected, "{sql}"),
+            Err(other) => panic!("{sql}: expected invalid, got {other:?}"),
+            Ok(_) => panic!("{sql}: expected an error"),
+        }
+    }
+    // One statement with the semicolon people end it with is one statement.
+    let answer = lake.query("SELECT 1 AS one;", &limits).await.unwrap();
+    assert_eq!(answer.num_rows(), 1);
     match lake.query("SELECT 'open", &limits).await {
         Err(QueryError::Invalid(message)) => {
             assert!(
