@@ -173,6 +173,47 @@ fn write_key_in_body_text_plain_gzip_and_cors_work_as_browsers_send_them() {
     assert_eq!(status, 400);
     assert_eq!(response["code"], "invalid_gzip");
 
+    // `x-gzip` is gzip's old name; any other coding is refused, never read as if it were JSON.
+    let old_name = json!({"batch": [{"type": "track", "anonymousId": "a1", "event": "Zipped", "messageId": "m-x-gzip"}]});
+    let (status, response, _) = post(
+        &server.url("/v1/batch"),
+        &[
+            ("Authorization", &basic(&server.write_key)),
+            ("Content-Encoding", "x-gzip"),
+        ],
+        &gzip(old_name.to_string().as_bytes()),
+    );
+    assert_eq!(status, 200, "{response}");
+    for coding in ["br", "deflate", "gzip, br"] {
+        let (status, response, headers) = post(
+            &server.url("/v1/batch"),
+            &[
+                ("Authorization", &basic(&server.write_key)),
+                ("Content-Encoding", coding),
+            ],
+            batch.to_string().as_bytes(),
+        );
+        assert_eq!(
+            (
+                status,
+                response["code"].clone(),
+                response["message"].clone()
+            ),
+            (
+                415,
+                json!("unsupported_encoding"),
+                json!(format!(
+                    "`Content-Encoding: {coding}` is not a coding Kith reads: send the body as it is, \
+                     or gzip-compressed with `Content-Encoding: gzip`"
+                ))
+            )
+        );
+        assert_eq!(
+            headers.get("accept-encoding").map(|v| v.to_str().unwrap()),
+            Some("gzip, identity")
+        );
+    }
+
     let preflight = agent()
         .options(server.url("/v1/t"))
         .header("Origin", "https://tienda.mx")
@@ -210,7 +251,7 @@ fn write_key_in_body_text_plain_gzip_and_cors_work_as_browsers_send_them() {
         .iter()
         .map(|r| r["message_id"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(ids, ["m-gzip", "m-plain"]);
+    assert_eq!(ids, ["m-gzip", "m-plain", "m-x-gzip"]);
 }
 
 #[test]
@@ -324,6 +365,19 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
             .unwrap()
             .starts_with("`/v1/track` does not take GET"),
         "{body}"
+    );
+
+    // `/v1/NAME` for a NAME that is no tracking call does not exist, whatever the method.
+    let (status, body) = get(&server.url("/v1/nope"), &[]);
+    assert_eq!(
+        (status, body["code"].clone(), body["message"].clone()),
+        (
+            404,
+            json!("not_found"),
+            json!(
+                "`/v1/nope` is not a tracking call; use identify, track, page, screen, group, alias or batch"
+            )
+        )
     );
 
     // A batch with good and bad events: the good are stored, the bad explained and kept.
@@ -575,6 +629,40 @@ fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
     assert_eq!(
         (status, error["code"].clone()),
         (403, json!("insufficient_scope"))
+    );
+
+    // `Accept` is read by its weights; one that allows no format we answer in is a 406.
+    let (status, result, headers) = post(
+        &server.url("/v1/query"),
+        &[
+            ("Authorization", &auth),
+            ("Accept", "text/csv;q=0, application/json;q=0.5, */*;q=0.1"),
+        ],
+        sql.as_bytes(),
+    );
+    assert_eq!(
+        (status, result["rows"].clone()),
+        (200, json!([["u1", 2, 15.5]]))
+    );
+    assert_eq!(
+        headers.get("content-type").map(|v| v.to_str().unwrap()),
+        Some("application/json")
+    );
+    let (status, error, _) = post(
+        &server.url("/v1/query"),
+        &[("Authorization", &auth), ("Accept", "application/xml")],
+        sql.as_bytes(),
+    );
+    assert_eq!(
+        (status, error["code"].clone(), error["message"].clone()),
+        (
+            406,
+            json!("not_acceptable"),
+            json!(
+                "`Accept: application/xml` allows none of the formats a query answers in: \
+                 application/json (the default), text/csv or application/vnd.apache.arrow.stream"
+            )
+        )
     );
 
     // The CLI answers the same from the data directory, while the server runs.

@@ -12,6 +12,7 @@ pub enum ErrorCode {
     PayloadTooLarge,
     TooManyEvents,
     InvalidGzip,
+    UnsupportedEncoding,
     InvalidEvent,
     MissingApiKey,
     InvalidApiKey,
@@ -22,6 +23,7 @@ pub enum ErrorCode {
     QueryMemoryExceeded,
     NotFound,
     MethodNotAllowed,
+    NotAcceptable,
     InvalidProfileLookup,
     ProfileNotFound,
     InvalidParameter,
@@ -40,12 +42,13 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidBody,
         ErrorCode::PayloadTooLarge,
         ErrorCode::TooManyEvents,
         ErrorCode::InvalidGzip,
+        ErrorCode::UnsupportedEncoding,
         ErrorCode::InvalidEvent,
         ErrorCode::MissingApiKey,
         ErrorCode::InvalidApiKey,
@@ -56,6 +59,7 @@ impl ErrorCode {
         ErrorCode::QueryMemoryExceeded,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
+        ErrorCode::NotAcceptable,
         ErrorCode::InvalidProfileLookup,
         ErrorCode::ProfileNotFound,
         ErrorCode::InvalidParameter,
@@ -107,6 +111,12 @@ impl ErrorCode {
                 S::BAD_REQUEST,
                 "invalid_request",
                 "`Content-Encoding: gzip` was sent but the body is not gzip",
+            ),
+            UnsupportedEncoding => (
+                "unsupported_encoding",
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request",
+                "the body's `Content-Encoding` is not one Kith reads: send it as it is, or gzip-compressed (`Content-Encoding: gzip`)",
             ),
             InvalidEvent => (
                 "invalid_event",
@@ -167,6 +177,12 @@ impl ErrorCode {
                 S::METHOD_NOT_ALLOWED,
                 "invalid_request",
                 "the endpoint exists but not for this HTTP method; the `Allow` header and /openapi.json name the methods it takes",
+            ),
+            NotAcceptable => (
+                "not_acceptable",
+                S::NOT_ACCEPTABLE,
+                "invalid_request",
+                "the `Accept` header allows none of the formats the endpoint answers in; the message lists them",
             ),
             InvalidProfileLookup => (
                 "invalid_profile_lookup",
@@ -327,6 +343,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+        }
+        if self.code == ErrorCode::UnsupportedEncoding {
+            // RFC 9110 §15.5.16: a 415 for a content coding says which codings are accepted.
+            response.headers_mut().insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("gzip, identity"),
+            );
         }
         response
     }

@@ -59,13 +59,10 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>
             format!("the body is over {MAX_REQUEST_BYTES} bytes; send fewer events per request"),
         )
     };
+    let gzipped = is_gzipped(headers)?;
     let raw: Bytes = axum::body::to_bytes(body, MAX_REQUEST_BYTES)
         .await
         .map_err(|_| too_large())?;
-    let gzipped = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
     if !gzipped {
         // Takes over the collected buffer when nothing else holds it, instead of copying it.
         return Ok(Vec::from(raw));
@@ -84,6 +81,31 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>
         return Err(too_large());
     }
     Ok(decoded)
+}
+
+/// Whether the body is gzip-compressed, from its `Content-Encoding`: none or `identity` means
+/// it is sent as it is; `gzip` (or its old name `x-gzip`) that it is compressed. Any other
+/// coding, or several, is refused rather than read as JSON it is not.
+fn is_gzipped(headers: &HeaderMap) -> Result<bool, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(false);
+    };
+    match value.to_str().map(str::trim) {
+        Ok(coding)
+            if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") =>
+        {
+            Ok(true)
+        }
+        Ok(coding) if coding.is_empty() || coding.eq_ignore_ascii_case("identity") => Ok(false),
+        _ => Err(ApiError::new(
+            ErrorCode::UnsupportedEncoding,
+            format!(
+                "`Content-Encoding: {}` is not a coding Kith reads: send the body as it is, \
+                 or gzip-compressed with `Content-Encoding: gzip`",
+                String::from_utf8_lossy(value.as_bytes()).trim()
+            ),
+        )),
+    }
 }
 
 /// Reads a JSON request body (gzip or not, within the size limit) into `T`; `shape` shows the
@@ -135,7 +157,7 @@ pub(crate) fn journal_error(err: JournalError) -> ApiError {
 #[utoipa::path(post, path = "/v1/batch", tag = "tracking",
     description = "Segment batch call (also `/v1/b` and `/v1/import`). Auth: HTTP Basic with the write key as user name, or `writeKey` in the body. Accepts `application/json` and `text/plain`, gzip bodies.",
     request_body(content = Object, description = "`{\"batch\": [events], \"context\": {}, \"integrations\": {}}`"),
-    responses((status = 200, body = IngestResponse), (status = 400, description = "invalid request"), (status = 401, description = "bad key"), (status = 429, description = "overloaded"), (status = 503, description = "storage unavailable")))]
+    responses((status = 200, body = IngestResponse), (status = 400, description = "invalid request"), (status = 401, description = "bad key"), (status = 415, description = "a Content-Encoding other than gzip"), (status = 429, description = "overloaded"), (status = 503, description = "storage unavailable")))]
 pub async fn batch(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -167,12 +189,22 @@ pub(crate) fn judge(
     Ok((source, outcome))
 }
 
+/// The answer to `/v1/{call}` where `call` is not one.
+pub(crate) fn unknown_call(call: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!(
+            "`/v1/{call}` is not a tracking call; use identify, track, page, screen, group, alias or batch"
+        ),
+    )
+}
+
 /// `POST /v1/{identify,track,page,screen,group,alias}` and `/v1/{i,t,p,s,g,a}`.
 #[utoipa::path(post, path = "/v1/{call}", tag = "tracking",
     description = "A single Segment call: identify, track, page, screen, group, alias (or the one-letter paths i, t, p, s, g, a that analytics.js uses).",
     params(("call" = String, Path, description = "identify | track | page | screen | group | alias | i | t | p | s | g | a")),
     request_body(content = Object, description = "one Segment event"),
-    responses((status = 200, body = IngestResponse), (status = 400, description = "invalid event"), (status = 401, description = "bad key"), (status = 404, description = "unknown call")))]
+    responses((status = 200, body = IngestResponse), (status = 400, description = "invalid event"), (status = 401, description = "bad key"), (status = 404, description = "unknown call"), (status = 415, description = "a Content-Encoding other than gzip")))]
 pub async fn single(
     State(app): State<Arc<AppState>>,
     Path(call): Path<String>,
@@ -180,12 +212,7 @@ pub async fn single(
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
     let Some(kind) = MessageType::from_path_segment(&call) else {
-        return Err(ApiError::new(
-            ErrorCode::NotFound,
-            format!(
-                "`/v1/{call}` is not a tracking call; use identify, track, page, screen, group, alias or batch"
-            ),
-        ));
+        return Err(unknown_call(&call));
     };
     let submitted = {
         let bytes = read_body(&headers, body).await?;

@@ -5,8 +5,9 @@ use std::sync::{Arc, OnceLock};
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, Uri};
+use axum::extract::{MatchedPath, State};
+use axum::http::{HeaderMap, Uri, header};
+use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 use utoipa::OpenApi;
@@ -121,8 +122,23 @@ pub async fn not_found(uri: Uri) -> ApiError {
     )
 }
 
-/// A known path asked with a method it does not take (axum adds the `Allow` header).
-pub async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
+/// A known path asked with a method it does not take (axum adds the `Allow` header). The
+/// catch-all `/v1/{call}` route makes every `/v1/NAME` "known": one whose NAME is no tracking
+/// call is answered as not found, as a POST to it would be.
+pub async fn method_not_allowed(
+    method: axum::http::Method,
+    uri: Uri,
+    matched: Option<MatchedPath>,
+) -> Response {
+    if let Some(call) = uri.path().strip_prefix("/v1/")
+        && matched.is_some_and(|m| m.as_str() == "/v1/{call}")
+        && kith_core::MessageType::from_path_segment(call).is_none()
+    {
+        let mut response = ingest::unknown_call(call).into_response();
+        // Nothing is allowed on a path that does not exist.
+        response.headers_mut().remove(header::ALLOW);
+        return response;
+    }
     ApiError::new(
         ErrorCode::MethodNotAllowed,
         format!(
@@ -131,6 +147,7 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiErro
             uri.path()
         ),
     )
+    .into_response()
 }
 
 /// Parses, authenticates and judges a batch exactly like `/v1/batch`, then stores nothing.
