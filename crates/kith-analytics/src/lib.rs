@@ -233,7 +233,7 @@ pub fn parse_definition<T: serde::de::DeserializeOwned>(
         return Err(AnalyticsError::invalid(
             unknown,
             format!(
-                "is not a field of a {kind} definition; its fields are {}",
+                "is not a field of the `{kind}` definition; its fields are {}",
                 known.join(", ")
             ),
         ));
