@@ -19,7 +19,9 @@ use tower_http::cors::CorsLayer;
 
 use crate::auth::KeyResolver;
 use crate::pipeline::Pipeline;
-use crate::{analytics, errors, imports, ingest, models, ops, profiles, query, traits};
+use crate::{
+    analytics, errors, imports, ingest, models, ops, profiles, query, rudderstack, traits,
+};
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -259,6 +261,11 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/v1/query", post(query::query))
         .route("/v1/imports", post(imports::import_batch))
         .route("/v1/projects/{write_key}/settings", get(ingest::settings))
+        .route("/beacon/v1/batch", post(rudderstack::beacon_batch))
+        .route("/pixel/v1/track", get(rudderstack::pixel_track))
+        .route("/pixel/v1/page", get(rudderstack::pixel_page))
+        .route("/sourceConfig", get(rudderstack::source_config))
+        .route("/sourceConfig/", get(rudderstack::source_config))
         .route(
             "/v1/computed-traits",
             get(traits::list).post(traits::declare),

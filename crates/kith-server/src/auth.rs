@@ -81,7 +81,7 @@ impl KeyResolver {
                 ErrorCode::MissingApiKey,
                 match required {
                     KeyScope::Ingest => {
-                        "no write key was sent; use HTTP Basic auth with the write key as the user name and an empty password, or put `writeKey` in the body"
+                        "no write key was sent; use HTTP Basic auth with the write key as the user name and an empty password, or put `writeKey` in the body (or, for beacon and pixel calls, in the URL's query)"
                     }
                     _ => {
                         "no key was sent; use `Authorization: Bearer <key>` with a read or admin key"

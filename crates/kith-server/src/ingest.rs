@@ -126,7 +126,7 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn request_error(err: RequestError) -> ApiError {
+pub(crate) fn request_error(err: RequestError) -> ApiError {
     let code = match err {
         RequestError::InvalidJson(_) => ErrorCode::InvalidJson,
         RequestError::TooManyEvents(_) => ErrorCode::TooManyEvents,
@@ -166,7 +166,7 @@ pub async fn batch(
     let submitted = {
         let bytes = read_body(&headers, body).await?;
         let request = batch_request(&bytes)?;
-        submit(&app, &headers, request)?
+        submit(&app, &headers, None, request)?
     };
     submitted.answer().await
 }
@@ -177,12 +177,17 @@ pub(crate) fn batch_request(bytes: &[u8]) -> Result<RawRequest<'_>, ApiError> {
 }
 
 /// Authorizes the request's write key and judges every event, as the source the key belongs to.
+/// The key is looked for in the `Authorization` header, then in the URL's query (`query_key`:
+/// RudderStack's beacon and pixel calls, which cannot send headers), then in the body.
 pub(crate) fn judge(
     app: &AppState,
     headers: &HeaderMap,
+    query_key: Option<&str>,
     request: &RawRequest<'_>,
 ) -> Result<(String, IngestBatch), ApiError> {
-    let secret = key_from_headers(headers).or_else(|| request.write_key.clone());
+    let secret = key_from_headers(headers)
+        .or_else(|| query_key.map(str::to_string))
+        .or_else(|| request.write_key.clone());
     let key = app.keys.authorize(secret.as_deref(), KeyScope::Ingest)?;
     let source = key.source.unwrap_or_else(|| "default".to_string());
     let outcome = request.normalize(&source, Utc::now());
@@ -218,12 +223,12 @@ pub async fn single(
         let bytes = read_body(&headers, body).await?;
         let text = body_text(&bytes)?;
         let request = parse_single_request(text, kind).map_err(request_error)?;
-        submit(&app, &headers, request)?
+        submit(&app, &headers, None, request)?
     };
     submitted.answer().await
 }
 
-fn body_text(bytes: &[u8]) -> Result<&str, ApiError> {
+pub(crate) fn body_text(bytes: &[u8]) -> Result<&str, ApiError> {
     std::str::from_utf8(bytes).map_err(|e| {
         ApiError::new(
             ErrorCode::InvalidJson,
@@ -270,7 +275,7 @@ pub(crate) fn check_backpressure(app: &AppState) -> Result<(), ApiError> {
 /// Submitting is synchronous and the request body is freed before the wait: a request spends
 /// most of its life waiting for the group commit, and a body held through it is memory the next
 /// request on this thread cannot reuse while it is still in cache.
-struct Submitted {
+pub(crate) struct Submitted {
     source: String,
     event_count: usize,
     errors: Vec<EventError>,
@@ -278,13 +283,15 @@ struct Submitted {
     durable: Option<tokio::sync::oneshot::Receiver<kith_journal::AppendResult>>,
 }
 
-/// Judges the request's events and queues the accepted and the rejected ones on the journal.
-fn submit(
+/// Judges the request's events and queues the accepted and the rejected ones on the journal
+/// (`query_key`: see [`judge`]).
+pub(crate) fn submit(
     app: &AppState,
     headers: &HeaderMap,
+    query_key: Option<&str>,
     request: RawRequest<'_>,
 ) -> Result<Submitted, ApiError> {
-    let (source, outcome) = judge(app, headers, &request)?;
+    let (source, outcome) = judge(app, headers, query_key, &request)?;
     check_backpressure(app)?;
     metrics::counter!("kith_events_received_total", "source" => source.clone())
         .increment(request.len() as u64);
@@ -332,7 +339,7 @@ fn submit(
 
 impl Submitted {
     /// Waits until the events are durable and answers the client.
-    async fn answer(self) -> Result<Json<IngestResponse>, ApiError> {
+    pub(crate) async fn answer(self) -> Result<Json<IngestResponse>, ApiError> {
         let Submitted {
             source,
             event_count,

@@ -14,6 +14,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod profiles;
 pub mod query;
+pub mod rudderstack;
 pub mod runtimes;
 pub mod traits;
 pub mod unify;

@@ -79,6 +79,10 @@ pub async fn metrics() -> String {
         crate::ingest::batch,
         crate::ingest::single,
         crate::ingest::settings,
+        crate::rudderstack::beacon_batch,
+        crate::rudderstack::pixel_track,
+        crate::rudderstack::pixel_page,
+        crate::rudderstack::source_config,
         crate::query::query,
         crate::profiles::show,
         crate::profiles::events,
@@ -158,7 +162,7 @@ pub async fn noop_batch(
 ) -> Result<Json<Value>, ApiError> {
     let bytes = read_body(&headers, body).await?;
     let request = ingest::batch_request(&bytes)?;
-    let (_, outcome) = ingest::judge(&app, &headers, &request)?;
+    let (_, outcome) = ingest::judge(&app, &headers, None, &request)?;
     // Encode for the journal like the real path does; the journal, the conversion to Arrow and
     // everything after them are what this endpoint leaves out.
     let encoded: usize = outcome

@@ -47,7 +47,12 @@ fn request_for(case: &Value, write_key: &str) -> Request<Body> {
     } else {
         body.into_bytes()
     };
-    let mut builder = Request::post(case["path"].as_str().unwrap());
+    // A key in the query (RudderStack's beacon) is written into the path as `__WRITE_KEY__`.
+    let path = case["path"]
+        .as_str()
+        .unwrap()
+        .replace("__WRITE_KEY__", write_key);
+    let mut builder = Request::post(path);
     for (name, value) in case["headers"].as_object().unwrap() {
         builder = builder.header(name.as_str(), value.as_str().unwrap());
     }
