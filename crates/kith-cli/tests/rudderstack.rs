@@ -1,37 +1,12 @@
 //! RudderStack's clients, pointed at Kith: the real `rudder-sdk-python` SDK from PyPI (installed by
-//! `scripts/setup-test-env.sh`), and the calls RudderStack's JavaScript and mobile SDKs and its
-//! tracking pixels make beyond the Segment API (beacon batches, pixels, the source configuration),
-//! sent over HTTP to the real binary on loopback.
+//! `scripts/setup-test-env.sh`), and the calls RudderStack's JavaScript and mobile SDKs make
+//! beyond the Segment API (beacon batches, the source configuration), sent over HTTP to the real
+//! binary on loopback. Its pixels are tested in `pixels.rs`.
 
 mod common;
 
 use common::*;
-use serde_json::{Value, json};
-
-/// GETs a URL; returns the status, the `Content-Type` and `Cache-Control` headers, and the body.
-fn fetch(url: &str, headers: &[(&str, &str)]) -> (u16, String, String, Vec<u8>) {
-    let mut request = agent().get(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let mut response = request.call().expect("request completes");
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let (content_type, cache_control) = (header("content-type"), header("cache-control"));
-    let status = response.status().as_u16();
-    let body = response.body_mut().read_to_vec().unwrap_or_default();
-    (status, content_type, cache_control, body)
-}
-
-fn json_of(body: &[u8]) -> Value {
-    serde_json::from_slice(body).unwrap_or(Value::Null)
-}
+use serde_json::json;
 
 #[test]
 fn the_rudderstack_python_sdk_delivers_every_call_plain_and_gzipped() {
@@ -186,110 +161,11 @@ fn beacon_batches_carry_the_write_key_in_the_query() {
 }
 
 #[test]
-fn pixels_store_an_event_built_from_the_query_and_answer_with_a_gif() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = KithServer::start(dir.path());
-    let key = server.write_key.clone();
-    let pixel = |path: &str| fetch(&server.url(path), &[]);
-
-    // An email's open pixel, loaded twice: two opens.
-    let open = format!(
-        "/pixel/v1/track?writeKey={key}&event=Email%20Opened&anonymousId=%22anon-9%22\
-         &properties.campaign=buen-fin&context.campaign.source=email"
-    );
-    for _ in 0..2 {
-        let (status, content_type, cache_control, body) = pixel(&open);
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        assert_eq!(content_type, "image/gif");
-        assert!(cache_control.contains("no-store"), "{cache_control}");
-        assert!(body.starts_with(b"GIF89a"), "{body:?}");
-    }
-    // A page pixel with its own messageId, loaded twice: stored once.
-    let page = format!(
-        "/pixel/v1/page?writeKey={key}&userId=u-1&name=Inicio&messageId=page-1\
-         &properties.url=https%3A%2F%2Ftienda.mx%2F"
-    );
-    for _ in 0..2 {
-        let (status, content_type, _, _) = pixel(&page);
-        assert_eq!((status, content_type.as_str()), (200, "image/gif"));
-    }
-
-    let opens = server.rows(
-        "SELECT type, event, anonymous_id, source, json_get_str(properties, 'campaign') AS campaign, \
-         json_get_str(context, 'campaign', 'source') AS campaign_source \
-         FROM events WHERE event = 'Email Opened'",
-    );
-    assert_eq!(opens.len(), 2, "{opens:#?}");
-    for open in &opens {
-        assert_eq!(
-            Value::Object(open.clone()),
-            json!({"type": "track", "event": "Email Opened", "anonymous_id": "anon-9",
-                   "source": "web", "campaign": "buen-fin", "campaign_source": "email"})
-        );
-    }
-    let pages = server
-        .rows("SELECT message_id, type, event, user_id, page_url FROM events WHERE type = 'page'");
-    assert_eq!(
-        pages,
-        vec![
-            json!({"message_id": "page-1", "type": "page", "event": "Inicio", "user_id": "u-1",
-                   "page_url": "https://tienda.mx/"})
-            .as_object()
-            .unwrap()
-            .clone()
-        ]
-    );
-
-    // What cannot be stored is explained, in JSON, and a refused event is kept with its reason.
-    let (status, _, _, body) = pixel(&format!(
-        "/pixel/v1/track?writeKey={key}&userId=u-1&messageId=no-event"
-    ));
-    let answer = json_of(&body);
-    assert_eq!(
-        (status, &answer["code"]),
-        (400, &json!("invalid_event")),
-        "{answer}"
-    );
-    let rejected = server.rows("SELECT message_id, code FROM rejected_events");
-    assert_eq!(
-        rejected,
-        vec![
-            json!({"message_id": "no-event", "code": "missing_event"})
-                .as_object()
-                .unwrap()
-                .clone()
-        ]
-    );
-    let (status, _, _, body) = pixel(&format!(
-        "/pixel/v1/track?writeKey={key}&event=A&userId=u-1&properties=x&properties.plan=pro"
-    ));
-    let answer = json_of(&body);
-    assert_eq!(
-        (status, &answer["code"]),
-        (400, &json!("invalid_parameter"))
-    );
-    assert!(
-        answer["message"]
-            .as_str()
-            .unwrap()
-            .contains("`properties.plan`"),
-        "{answer}"
-    );
-    let (status, _, _, body) = pixel("/pixel/v1/track?event=A&userId=u-1");
-    assert_eq!(
-        (status, &json_of(&body)["code"]),
-        (401, &json!("missing_api_key"))
-    );
-    let events = server.rows("SELECT count(*) AS n FROM events");
-    assert_eq!(events[0]["n"], 3, "refused pixels stored nothing");
-}
-
-#[test]
 fn the_source_configuration_is_what_rudderstack_sdks_need_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let server = KithServer::start(dir.path());
     // The JavaScript SDK v3: `${configUrl}/sourceConfig/?p=…&writeKey=…`, with Basic auth too.
-    let (status, content_type, _, body) = fetch(
+    let (status, content_type, _, body) = get_raw(
         &server.url(&format!(
             "/sourceConfig/?p=npm&v=3.7.0&build=modern&writeKey={}&lockIntegrationsVersion=false",
             server.write_key
@@ -319,7 +195,7 @@ fn the_source_configuration_is_what_rudderstack_sdks_need_to_start() {
     assert_eq!(config["source"]["writeKey"], json!(server.write_key));
 
     // The mobile SDKs: `${controlPlaneUrl}/sourceConfig?p=android…`, Basic auth only.
-    let (status, _, _, body) = fetch(
+    let (status, _, _, body) = get_raw(
         &server.url("/sourceConfig?p=android&v=1.20.0"),
         &[("Authorization", &basic(&server.write_key))],
     );
@@ -328,18 +204,18 @@ fn the_source_configuration_is_what_rudderstack_sdks_need_to_start() {
         (200, &json!("web"))
     );
 
-    let (status, _, _, body) = fetch(&server.url("/sourceConfig?writeKey=nope"), &[]);
+    let (status, _, _, body) = get_raw(&server.url("/sourceConfig?writeKey=nope"), &[]);
     assert_eq!(
         (status, &json_of(&body)["code"]),
         (401, &json!("invalid_api_key"))
     );
-    let (status, _, _, body) = fetch(&server.url("/sourceConfig"), &[]);
+    let (status, _, _, body) = get_raw(&server.url("/sourceConfig"), &[]);
     assert_eq!(
         (status, &json_of(&body)["code"]),
         (401, &json!("missing_api_key"))
     );
 
-    let (_, _, _, body) = fetch(&server.url("/openapi.json"), &[]);
+    let (_, _, _, body) = get_raw(&server.url("/openapi.json"), &[]);
     let doc = json_of(&body);
     for path in [
         "/beacon/v1/batch",

@@ -20,7 +20,7 @@ use tower_http::cors::CorsLayer;
 use crate::auth::KeyResolver;
 use crate::pipeline::Pipeline;
 use crate::{
-    analytics, errors, imports, ingest, models, ops, profiles, query, rudderstack, traits,
+    analytics, errors, imports, ingest, models, ops, pixel, profiles, query, rudderstack, traits,
 };
 
 #[derive(Debug, Error)]
@@ -262,8 +262,9 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/v1/imports", post(imports::import_batch))
         .route("/v1/projects/{write_key}/settings", get(ingest::settings))
         .route("/beacon/v1/batch", post(rudderstack::beacon_batch))
-        .route("/pixel/v1/track", get(rudderstack::pixel_track))
-        .route("/pixel/v1/page", get(rudderstack::pixel_page))
+        .route("/v1/pixel/{call}", get(pixel::segment_pixel))
+        .route("/pixel/v1/track", get(pixel::rudderstack_track))
+        .route("/pixel/v1/page", get(pixel::rudderstack_page))
         .route("/sourceConfig", get(rudderstack::source_config))
         .route("/sourceConfig/", get(rudderstack::source_config))
         .route(

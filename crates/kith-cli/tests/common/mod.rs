@@ -258,6 +258,32 @@ pub fn get(url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// GETs a URL; returns the status, the `Content-Type` and `Cache-Control` headers, and the body.
+pub fn get_raw(url: &str, headers: &[(&str, &str)]) -> (u16, String, String, Vec<u8>) {
+    let mut request = agent().get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.call().expect("request completes");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (content_type, cache_control) = (header("content-type"), header("cache-control"));
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_vec().unwrap_or_default();
+    (status, content_type, cache_control, body)
+}
+
+/// A body parsed as JSON (Null when it is not JSON).
+pub fn json_of(body: &[u8]) -> Value {
+    serde_json::from_slice(body).unwrap_or(Value::Null)
+}
+
 impl KithServer {
     /// GET with the read key.
     pub fn get(&self, path: &str) -> (u16, Value) {
