@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 
 use crate::app::AppState;
 use crate::errors::{ApiError, ErrorCode};
-use crate::ingest::{body_text, request_error, submit, unknown_call};
+use crate::ingest::{body_text, request_error, submit};
 use crate::params::{self, QueryPairs};
 
 /// The deepest a parameter's dotted name may nest (`context.page.url` is three).
@@ -53,7 +53,14 @@ pub async fn segment_pixel(
 ) -> Result<Response, ApiError> {
     let kind = match MessageType::from_path_segment(&call) {
         Some(kind) if call.len() > 1 => kind,
-        _ => return Err(unknown_call(&format!("pixel/{call}"))),
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "`/v1/pixel/{call}` is not a pixel call; use /v1/pixel/ followed by identify, track, page, screen, group or alias"
+                ),
+            ));
+        }
     };
     let pairs = params::query_pairs(query)?;
     let query_key = params::write_key(&pairs)?;
@@ -336,6 +343,21 @@ mod tests {
         assert!(message.contains("at most 8"), "{message}");
         let err = params::write_key(&pairs(&[("writeKey", "a"), ("writeKey", "b")])).unwrap_err();
         assert!(err.message.contains("`writeKey`"), "{}", err.message);
+    }
+
+    proptest::proptest! {
+        /// Whatever a URL holds, reading a pixel's event answers (an event or an error), never
+        /// panics.
+        #[test]
+        fn any_query_is_read_without_panicking(
+            list in proptest::collection::vec(("[a-zA-Z.\\[\\]\"]{0,12}", "\\PC{0,12}"), 0..12),
+            data in "\\PC{0,64}",
+        ) {
+            let _ = event_from_params(&list);
+            let _ = event_from_data(&data);
+            let encoded = base64::engine::general_purpose::STANDARD.encode(data.as_bytes());
+            let _ = event_from_data(&encoded);
+        }
     }
 
     #[test]
