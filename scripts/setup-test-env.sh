@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Prepares (once) what the integration tests need besides the Rust toolchain:
-# - a Python virtual environment with the real Segment SDK and independent Delta readers, from PyPI;
-# - QEMU and a guest kernel for the power-cut test (scripts/setup-power-cut-kit.sh).
+# - a Python virtual environment with the real Segment and RudderStack SDKs and independent Delta readers, from PyPI;
+# - QEMU and a guest kernel for the power-cut test (scripts/setup-power-cut-kit.sh);
+# - Chromium and the real browser SDKs from the npm registry (scripts/setup-browser-kit.sh).
 # Idempotent: a venv whose requirements match, and a complete kit, are reused.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 # A failure here fails the power-cut test alone (it runs the script again and reports why).
 "$root/scripts/setup-power-cut-kit.sh" ||
   echo "setup-test-env: the power-cut kit is not ready; the power-cut test will fail" >&2
+"$root/scripts/setup-browser-kit.sh" ||
+  echo "setup-test-env: the browser kit is not ready; the browser SDK test will fail" >&2
 
 venv="${KITH_TEST_VENV:-$root/target/test-venv}"
 requirements="$root/tests/python/requirements.txt"

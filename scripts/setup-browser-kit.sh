@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Prepares (once) what the browser test drives: Debian's Chromium, and in target/browser-kit/ the
+# real browser SDKs from the npm registry (Segment's analytics.js as @segment/analytics-next,
+# RudderStack's @rudderstack/analytics-js) bundled into one test page with esbuild, and
+# playwright-core to drive Chromium (tests/browser holds the page, the driver and the pinned
+# versions). The test is crates/kith-cli/tests/browser_sdks.rs. Idempotent: a kit built from the
+# same files is reused.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+kit="${KITH_BROWSER_KIT:-$root/target/browser-kit}"
+src="$root/tests/browser"
+files=(package.json package-lock.json page.js index.html drive.mjs)
+
+if ! command -v chromium >/dev/null; then
+  if [[ "$(id -u)" == 0 ]]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q chromium >/dev/null ||
+      { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+  else
+    # Everything else still runs; the browser test alone fails, saying what is missing.
+    echo "browser test: install Debian's chromium package (as root)" >&2
+  fi
+fi
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "browser test: Node.js and npm are needed to fetch the SDKs from the npm registry" >&2
+  exit 1
+fi
+
+stamp="$(cd "$src" && sha256sum "${files[@]}")"
+if [[ -f "$kit/.stamp" ]] && [[ "$(cat "$kit/.stamp")" == "$stamp" ]]; then
+  exit 0
+fi
+rm -rf "$kit"
+mkdir -p "$kit/site"
+for file in "${files[@]}"; do
+  cp "$src/$file" "$kit/"
+done
+mv "$kit/index.html" "$kit/site/"
+(cd "$kit" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+(cd "$kit" && node_modules/.bin/esbuild page.js --bundle --format=iife --outfile=site/page.js --log-level=warning)
+echo "$stamp" >"$kit/.stamp"
+echo "browser kit ready at $kit" >&2
