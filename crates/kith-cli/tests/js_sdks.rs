@@ -1,9 +1,11 @@
-//! The real browser SDKs, in a real browser, pointed at Kith as their documentation says: Segment's
-//! analytics.js (`@segment/analytics-next`, settings loaded from Kith as its CDN) and RudderStack's
-//! JavaScript SDK (source configuration from Kith as its control plane, events by XHR and by
-//! `navigator.sendBeacon`), from the npm registry, in Debian's Chromium driven by playwright-core.
-//! The page is served from another origin than Kith's, as a shop's pages are, so CORS is part of
-//! what is tested. `scripts/setup-browser-kit.sh` prepares the kit (tests/browser holds its files).
+//! The real JavaScript SDKs from the npm registry, pointed at Kith as their documentation says.
+//! In a real browser (Debian's Chromium, driven by playwright-core): Segment's analytics.js
+//! (`@segment/analytics-next`, settings loaded from Kith as its CDN) and RudderStack's JavaScript
+//! SDK (source configuration from Kith as its control plane, events by XHR and by
+//! `navigator.sendBeacon`); the page is served from another origin than Kith's, as a shop's pages
+//! are, so CORS is part of what is tested. In Node: `@segment/analytics-node` and
+//! `@rudderstack/rudder-sdk-node`. `scripts/setup-js-kit.sh` prepares the kit (tests/js holds its
+//! files).
 
 mod common;
 
@@ -14,9 +16,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Map, Value, json};
 
-/// The kit `scripts/setup-browser-kit.sh` prepared (it runs again here; a complete kit is reused).
+/// The kit `scripts/setup-js-kit.sh` prepared (it runs again here; a complete kit is reused).
 fn kit() -> PathBuf {
-    let setup = repo_root().join("scripts/setup-browser-kit.sh");
+    let setup = repo_root().join("scripts/setup-js-kit.sh");
     let output = Command::new("bash")
         .arg(&setup)
         .output()
@@ -28,9 +30,9 @@ fn kit() -> PathBuf {
         setup.display(),
         String::from_utf8_lossy(&output.stderr)
     );
-    std::env::var_os("KITH_BROWSER_KIT")
+    std::env::var_os("KITH_JS_KIT")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/browser-kit"))
+        .unwrap_or_else(|| repo_root().join("target/js-kit"))
 }
 
 /// Loads the page of `sdk` in Chromium and waits for `posts` answered POSTs to Kith; the driver's
@@ -195,13 +197,16 @@ fn the_rudderstack_sdk_loads_its_source_from_kith_and_delivers_by_xhr_and_by_bea
     let server = KithServer::start(dir.path());
 
     let report = drive(&server, "rudderstack", 3);
+    // The configuration first; then the three calls, sent concurrently (answered in any order).
+    let mut requests_made = requests(&report);
+    requests_made[1..].sort();
     assert_eq!(
-        requests(&report),
+        requests_made,
         vec![
             "200 GET /sourceConfig/",
             "200 POST /v1/identify",
-            "200 POST /v1/track",
-            "200 POST /v1/page"
+            "200 POST /v1/page",
+            "200 POST /v1/track"
         ],
         "{report:#}"
     );
@@ -228,4 +233,88 @@ fn the_rudderstack_sdk_loads_its_source_from_kith_and_delivers_by_xhr_and_by_bea
     let (status, profile) = server.get("/v1/profiles/user_id:rs-xhr-user");
     assert_eq!(status, 200, "{profile}");
     assert_eq!(profile["traits"]["plan"], "pro", "{profile}");
+}
+
+#[test]
+fn both_node_sdks_deliver_every_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KithServer::start(dir.path());
+    let kit = kit();
+    let output = Command::new("node")
+        .arg(kit.join("send_node.mjs"))
+        .args([&server.base, &server.write_key])
+        .output()
+        .expect("node runs");
+    assert!(
+        output.status.success(),
+        "send_node.mjs failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let sent: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(sent["errors"], json!([]), "the SDKs reported errors");
+
+    let rows = server.rows(&format!(
+        "SELECT {COLUMNS}, previous_id, group_id, timestamp, json_get_int(properties, 'step') AS step \
+         FROM events ORDER BY message_id"
+    ));
+    assert_eq!(rows.len(), 12, "{rows:#?}");
+    // Each SDK's message ids' prefix, its user and the id its alias call retires, the library
+    // it names, RudderStack's `channel`, and the values it sent.
+    for (prefix, user, previous, library, channel, email, revenue) in [
+        (
+            "node-",
+            "node-user",
+            "node-old-id",
+            "@segment/analytics-node",
+            Value::Null,
+            "nico@example.com",
+            120.5,
+        ),
+        (
+            "rs-node-",
+            "rs-node-user",
+            "rs-node-old-id",
+            "analytics-node",
+            json!("server"),
+            "rosa@example.com",
+            80.0,
+        ),
+    ] {
+        let row = |call: &str| {
+            let id = format!("{prefix}{call}");
+            rows.iter()
+                .find(|r| r["message_id"] == id)
+                .unwrap_or_else(|| panic!("{id} was not stored: {rows:#?}"))
+        };
+        for call in ["identify", "track", "page", "screen", "group", "alias"] {
+            let stored = row(call);
+            assert_eq!(stored["type"], call);
+            assert_eq!(stored["user_id"], user);
+            assert_eq!(stored["library_name"], library);
+            assert_eq!(stored["channel"], channel);
+            assert_eq!(stored["source"], "web");
+        }
+        assert_eq!(row("identify")["email"], email);
+        let track = row("track");
+        assert_eq!(
+            (&track["event"], &track["revenue"], &track["currency"]),
+            (&json!("Order Completed"), &json!(revenue), &json!("MXN"))
+        );
+        assert_eq!(track["timestamp"], "2024-03-01T16:00:00Z");
+        let page = row("page");
+        assert_eq!(
+            (&page["event"], &page["category"], &page["page_url"]),
+            (
+                &json!("Pricing"),
+                &json!("Docs"),
+                &json!("https://tienda.mx/precios")
+            )
+        );
+        assert_eq!(
+            (&row("screen")["event"], &row("screen")["step"]),
+            (&json!("Payment"), &json!(3))
+        );
+        assert_eq!(row("group")["group_id"], "acme");
+        assert_eq!(row("alias")["previous_id"], previous);
+    }
 }

@@ -1,5 +1,5 @@
 // The page the browser test loads: one SDK (`?sdk=`), pointed at Kith (`?kith=`, `?key=`), sends
-// an identify, a track and a page. Bundled with esbuild by scripts/setup-browser-kit.sh; it is
+// an identify, a track and a page. Bundled with esbuild by scripts/setup-js-kit.sh; it is
 // served from another origin than Kith's, as a shop's pages are, so CORS is exercised too.
 import { AnalyticsBrowser } from '@segment/analytics-next';
 import { RudderAnalytics } from '@rudderstack/analytics-js/bundled';
