@@ -1,15 +1,26 @@
-"""Sends one of each Segment call with the real segment-analytics-python SDK.
+"""Sends one of each call with a real Python SDK from PyPI, plain and gzipped: Segment's
+segment-analytics-python, or RudderStack's rudder-sdk-python (whose identify puts the traits in
+context.traits).
 
-Usage: send_with_sdk.py BASE_URL WRITE_KEY
+Usage: send_with_sdk.py segment|rudderstack BASE_URL WRITE_KEY
+Message ids start with `py-` (Segment) or `rs-` (RudderStack); the user is `user-1` or `rs-user`.
 Prints a JSON summary: the SDK's errors (must be none).
 """
 import datetime
 import json
 import sys
 
-from segment.analytics import Client
+sdk, base, write_key = sys.argv[1], sys.argv[2], sys.argv[3]
+if sdk == "segment":
+    from segment.analytics import Client
 
-base, write_key = sys.argv[1], sys.argv[2]
+    prefix, user, anon = "py", "user-1", "anon"
+elif sdk == "rudderstack":
+    from rudderstack.analytics import Client
+
+    prefix, user, anon = "rs", "rs-user", "rs-anon"
+else:
+    sys.exit(f"unknown SDK {sdk!r}: segment or rudderstack")
 errors = []
 
 
@@ -21,19 +32,19 @@ when = datetime.datetime(2024, 3, 1, 16, 0, 0, tzinfo=datetime.timezone.utc)
 for gzip in (False, True):
     suffix = "-gzip" if gzip else ""
     client = Client(write_key, host=base, on_error=on_error, gzip=gzip, max_retries=1)
-    client.identify("user-1", {"email": "ana@example.com", "plan": "pro"}, message_id=f"py-identify{suffix}")
+    client.identify(user, {"email": "ana@example.com", "plan": "pro"}, message_id=f"{prefix}-identify{suffix}")
     client.track(
-        "user-1",
+        user,
         "Order Completed",
         {"revenue": 349.5, "currency": "MXN", "order_id": "o-1"},
         timestamp=when,
-        message_id=f"py-track{suffix}",
+        message_id=f"{prefix}-track{suffix}",
     )
-    client.page("user-1", "Docs", "Pricing", {"url": "https://tienda.mx/precios", "path": "/precios"}, message_id=f"py-page{suffix}")
-    client.screen("user-1", "Checkout", "Payment", {"step": 3}, message_id=f"py-screen{suffix}")
-    client.group("user-1", "acme", {"name": "Acme"}, message_id=f"py-group{suffix}")
-    client.alias("anon-1", "user-1", message_id=f"py-alias{suffix}")
-    client.track(anonymous_id="anon-2", event="Viewed Product", properties={"sku": "A-1"}, message_id=f"py-anon{suffix}")
+    client.page(user, "Docs", "Pricing", {"url": "https://tienda.mx/precios", "path": "/precios"}, message_id=f"{prefix}-page{suffix}")
+    client.screen(user, "Checkout", "Payment", {"step": 3}, message_id=f"{prefix}-screen{suffix}")
+    client.group(user, "acme", {"name": "Acme"}, message_id=f"{prefix}-group{suffix}")
+    client.alias(f"{anon}-1", user, message_id=f"{prefix}-alias{suffix}")
+    client.track(anonymous_id=f"{anon}-2", event="Viewed Product", properties={"sku": "A-1"}, message_id=f"{prefix}-anon{suffix}")
     client.flush()
     client.join()
 

@@ -11,7 +11,10 @@ use serde_json::{Value, json};
 fn the_python_sdk_delivers_every_call_and_other_engines_read_the_tables() {
     let dir = tempfile::tempdir().unwrap();
     let server = KithServer::start(dir.path());
-    let sent = run_python("send_with_sdk.py", &[&server.base, &server.write_key]);
+    let sent = run_python(
+        "send_with_sdk.py",
+        &["segment", &server.base, &server.write_key],
+    );
     assert_eq!(sent["errors"], json!([]), "the SDK reported errors");
 
     let rows = server.rows(

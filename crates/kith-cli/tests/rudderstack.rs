@@ -6,15 +6,15 @@
 mod common;
 
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[test]
 fn the_rudderstack_python_sdk_delivers_every_call_plain_and_gzipped() {
     let dir = tempfile::tempdir().unwrap();
     let server = KithServer::start(dir.path());
     let sent = run_python(
-        "send_with_rudderstack_sdk.py",
-        &[&server.base, &server.write_key],
+        "send_with_sdk.py",
+        &["rudderstack", &server.base, &server.write_key],
     );
     assert_eq!(sent["errors"], json!([]), "the SDK reported errors");
 
@@ -26,7 +26,7 @@ fn the_rudderstack_python_sdk_delivers_every_call_plain_and_gzipped() {
          json_get_str(context, 'traits', 'plan') AS context_plan \
          FROM events ORDER BY message_id",
     );
-    assert_eq!(rows.len(), 12, "{rows:#?}");
+    assert_eq!(rows.len(), 14, "{rows:#?}");
     let row = |id: &str| {
         rows.iter()
             .find(|r| r["message_id"] == id)
@@ -38,7 +38,7 @@ fn the_rudderstack_python_sdk_delivers_every_call_plain_and_gzipped() {
         assert_eq!(identify["type"], "identify");
         assert_eq!(identify["user_id"], "rs-user");
         assert_eq!(
-            identify["email"], "bea@example.com",
+            identify["email"], "ana@example.com",
             "the email column reads RudderStack's context.traits"
         );
         assert_eq!(identify["context_plan"], "pro");
@@ -51,7 +51,7 @@ fn the_rudderstack_python_sdk_delivers_every_call_plain_and_gzipped() {
 
         let track = row(&format!("rs-track{suffix}"));
         assert_eq!(track["event"], "Order Completed");
-        assert_eq!(track["revenue"], 99.5);
+        assert_eq!(track["revenue"], 349.5);
         assert_eq!(track["currency"], "MXN");
         assert_eq!(track["timestamp"], "2024-03-01T16:00:00Z");
 
@@ -74,7 +74,13 @@ fn the_rudderstack_python_sdk_delivers_every_call_plain_and_gzipped() {
         let alias = row(&format!("rs-alias{suffix}"));
         assert_eq!(
             (&alias["previous_id"], &alias["user_id"]),
-            (&json!("rs-anon"), &json!("rs-user"))
+            (&json!("rs-anon-1"), &json!("rs-user"))
+        );
+
+        let anonymous = row(&format!("rs-anon{suffix}"));
+        assert_eq!(
+            (&anonymous["anonymous_id"], &anonymous["user_id"]),
+            (&json!("rs-anon-2"), &Value::Null)
         );
     }
 
@@ -91,7 +97,7 @@ fn the_rudderstack_python_sdk_delivers_every_call_plain_and_gzipped() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    assert_eq!(profile["traits"]["email"], "bea@example.com", "{profile}");
+    assert_eq!(profile["traits"]["email"], "ana@example.com", "{profile}");
 }
 
 #[test]

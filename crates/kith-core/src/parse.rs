@@ -126,7 +126,8 @@ struct SingleEnvelope {
     write_key: Option<Value>,
 }
 
-fn json_kind(value: &Value) -> &'static str {
+/// A JSON value's kind, with its article, for messages: "an array", "null".
+pub fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

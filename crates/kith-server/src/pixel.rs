@@ -19,7 +19,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use kith_core::{MessageType, parse_single_request};
+use kith_core::{MessageType, json_kind, parse_single_request};
 use serde_json::{Map, Value};
 
 use crate::app::AppState;
@@ -196,17 +196,6 @@ fn event_from_data(data: &str) -> Result<Map<String, Value>, ApiError> {
             ErrorCode::InvalidJson,
             format!("the query parameter `data` does not hold valid JSON: {e}"),
         )),
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
