@@ -240,6 +240,28 @@ fn write_key_in_body_text_plain_gzip_and_cors_work_as_browsers_send_them() {
         settings["integrations"]["Segment.io"]["apiKey"],
         server.write_key.as_str()
     );
+    assert_eq!(
+        settings["integrations"]["Segment.io"]["apiHost"],
+        format!("{}/v1", server.base.trim_start_matches("http://"))
+    );
+    assert_eq!(settings["integrations"]["Segment.io"]["protocol"], "http");
+    // Behind a proxy that terminates TLS, the SDK is sent to the address the browser used.
+    let proxied = agent()
+        .get(server.url(&format!("/v1/projects/{}/settings", server.write_key)))
+        .header("X-Forwarded-Proto", "https")
+        .header("X-Forwarded-Host", "collect.tienda.mx")
+        .call()
+        .unwrap()
+        .into_body()
+        .read_json::<Value>()
+        .unwrap();
+    assert_eq!(
+        (
+            &proxied["integrations"]["Segment.io"]["protocol"],
+            &proxied["integrations"]["Segment.io"]["apiHost"]
+        ),
+        (&json!("https"), &json!("collect.tienda.mx/v1"))
+    );
     let unknown = agent()
         .get(server.url("/v1/projects/nope/settings"))
         .call()

@@ -403,16 +403,13 @@ pub async fn settings(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     app.keys.authorize(Some(&write_key), KeyScope::Ingest)?;
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
+    let (protocol, host) = public_address(&headers);
     Ok(Json(json!({
         "integrations": {
             "Segment.io": {
                 "apiKey": write_key,
                 "apiHost": format!("{host}/v1"),
-                "protocol": "http",
+                "protocol": protocol,
                 "unbundledIntegrations": [],
                 "addBundledMetadata": true,
                 "maybeBundledConfigIds": {},
@@ -428,4 +425,86 @@ pub async fn settings(
         "legacyVideoPluginsEnabled": false,
         "remotePlugins": []
     })))
+}
+
+/// The scheme and host a browser reached this server by, for documents that point SDKs back at
+/// it. Behind a proxy that terminates TLS (the usual way to serve Kith on the internet) the
+/// request arrives over plain HTTP, but a page served over HTTPS may only send to HTTPS: the
+/// proxy's `Forwarded` (RFC 7239) or `X-Forwarded-Proto` / `X-Forwarded-Host` headers say what
+/// the browser used. Without them, the request's own `Host` over `http`.
+pub(crate) fn public_address(headers: &HeaderMap) -> (&'static str, String) {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // `Forwarded: for=…;proto=https;host=shop.mx, for=…`: the first element is the client's hop.
+    let forwarded = |key: &str| {
+        text("forwarded")?
+            .split(',')
+            .next()?
+            .split(';')
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.trim().trim_matches('"').to_string())
+    };
+    let first = |name: &str| {
+        text(name)
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().to_string())
+    };
+    let proto = forwarded("proto").or_else(|| first("x-forwarded-proto"));
+    let protocol = match proto {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    let host = forwarded("host")
+        .or_else(|| first("x-forwarded-host"))
+        .filter(|h| !h.is_empty())
+        .or_else(|| text(header::HOST.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "localhost".to_string());
+    (protocol, host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(list: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in list {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn the_public_address_is_the_one_the_browser_used_through_a_proxy() {
+        let local = headers(&[("host", "127.0.0.1:8417")]);
+        assert_eq!(public_address(&local), ("http", "127.0.0.1:8417".into()));
+        let proxied = headers(&[
+            ("host", "10.0.0.5:8417"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "collect.tienda.mx"),
+        ]);
+        assert_eq!(
+            public_address(&proxied),
+            ("https", "collect.tienda.mx".into())
+        );
+        let standard = headers(&[
+            ("host", "10.0.0.5:8417"),
+            (
+                "forwarded",
+                "for=203.0.113.7;proto=https;host=\"collect.tienda.mx\", for=10.0.0.2;proto=http",
+            ),
+        ]);
+        assert_eq!(
+            public_address(&standard),
+            ("https", "collect.tienda.mx".into())
+        );
+        // Only the proxy's protocol: the host is the request's own.
+        let proto_only = headers(&[("host", "tienda.mx"), ("x-forwarded-proto", "HTTPS, http")]);
+        assert_eq!(public_address(&proto_only), ("https", "tienda.mx".into()));
+        assert_eq!(
+            public_address(&HeaderMap::new()),
+            ("http", "localhost".into())
+        );
+    }
 }
