@@ -71,6 +71,11 @@ fn segment_pixels_take_the_event_as_base64_data_or_as_parameters() {
             json!({"message_id": "identify-1", "email": "ana@example.com", "plan": "pro"})
         )]
     );
+    // The key that came inside `data` is not kept with the event.
+    assert_eq!(
+        server.rows("SELECT count(*) AS n FROM events WHERE extra LIKE '%writeKey%' OR context LIKE '%kith_ingest%'")[0]["n"],
+        0
+    );
     let pages = server.rows("SELECT event, page_url FROM events WHERE type = 'page'");
     assert_eq!(
         pages,
