@@ -246,15 +246,13 @@ fn write_key_in_body_text_plain_gzip_and_cors_work_as_browsers_send_them() {
     );
     assert_eq!(settings["integrations"]["Segment.io"]["protocol"], "http");
     // Behind a proxy that terminates TLS, the SDK is sent to the address the browser used.
-    let proxied = agent()
-        .get(server.url(&format!("/v1/projects/{}/settings", server.write_key)))
-        .header("X-Forwarded-Proto", "https")
-        .header("X-Forwarded-Host", "collect.tienda.mx")
-        .call()
-        .unwrap()
-        .into_body()
-        .read_json::<Value>()
-        .unwrap();
+    let (_, proxied) = get(
+        &server.url(&format!("/v1/projects/{}/settings", server.write_key)),
+        &[
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "collect.tienda.mx"),
+        ],
+    );
     assert_eq!(
         (
             &proxied["integrations"]["Segment.io"]["protocol"],

@@ -18,43 +18,40 @@ use serde_json::{Map, Value, json};
 
 /// The kit `scripts/setup-js-kit.sh` prepared (it runs again here; a complete kit is reused).
 fn kit() -> PathBuf {
-    let setup = repo_root().join("scripts/setup-js-kit.sh");
-    let output = Command::new("bash")
-        .arg(&setup)
-        .output()
-        .expect("bash runs");
-    assert!(
-        output.status.success(),
-        "{} failed (it installs Chromium, which needs root, and fetches the SDKs from the npm \
-         registry):\n{}",
-        setup.display(),
-        String::from_utf8_lossy(&output.stderr)
+    run_setup(
+        "setup-js-kit.sh",
+        "Chromium, which needs root, and the SDKs from the npm registry",
     );
     std::env::var_os("KITH_JS_KIT")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/js-kit"))
 }
 
-/// Loads the page of `sdk` in Chromium and waits for `posts` answered POSTs to Kith; the driver's
-/// report (the page's results, Kith's requests and answers, failed requests, the console).
-fn drive(server: &KithServer, sdk: &str, posts: usize) -> Value {
-    let kit = kit();
+/// Runs the kit's `script` with Node; what it printed, as JSON.
+fn run_node(script: &str, args: &[&str]) -> Value {
     let output = Command::new("node")
-        .arg(kit.join("drive.mjs"))
-        .args([&server.base, &server.write_key, sdk, &posts.to_string()])
+        .arg(kit().join(script))
+        .args(args)
         .output()
         .expect("node runs");
     assert!(
         output.status.success(),
-        "the browser driver failed:\n{}",
+        "{script} failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
-            "the driver printed no report ({e}):\n{}",
+            "{script} printed no JSON ({e}):\n{}",
             String::from_utf8_lossy(&output.stdout)
         )
-    });
+    })
+}
+
+/// Loads the page of `sdk` in Chromium and waits for `posts` answered POSTs to Kith; the driver's
+/// report (the page's results, Kith's requests and answers, failed requests, the console).
+fn drive(server: &KithServer, sdk: &str, posts: usize) -> Value {
+    let posts = posts.to_string();
+    let report = run_node("drive.mjs", &[&server.base, &server.write_key, sdk, &posts]);
     assert_eq!(report["results"]["errors"], json!([]), "{report:#}");
     assert_eq!(report["failed"], json!([]), "{report:#}");
     report
@@ -239,18 +236,7 @@ fn the_rudderstack_sdk_loads_its_source_from_kith_and_delivers_by_xhr_and_by_bea
 fn both_node_sdks_deliver_every_call() {
     let dir = tempfile::tempdir().unwrap();
     let server = KithServer::start(dir.path());
-    let kit = kit();
-    let output = Command::new("node")
-        .arg(kit.join("send_node.mjs"))
-        .args([&server.base, &server.write_key])
-        .output()
-        .expect("node runs");
-    assert!(
-        output.status.success(),
-        "send_node.mjs failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let sent: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let sent = run_node("send_node.mjs", &[&server.base, &server.write_key]);
     assert_eq!(sent["errors"], json!([]), "the SDKs reported errors");
 
     let rows = server.rows(&format!(

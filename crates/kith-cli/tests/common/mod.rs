@@ -329,18 +329,25 @@ impl KithServer {
     }
 }
 
-/// The test venv's Python (created by scripts/setup-test-env.sh, from PyPI).
-pub fn python() -> PathBuf {
-    let setup = repo_root().join("scripts/setup-test-env.sh");
-    let status = Command::new("bash")
+/// Runs `scripts/SCRIPT`, a setup script (idempotent: what it prepared before is reused), and
+/// panics with its output unless it succeeds; `what` says what it installs.
+pub fn run_setup(script: &str, what: &str) {
+    let setup = repo_root().join("scripts").join(script);
+    let output = Command::new("bash")
         .arg(&setup)
-        .status()
+        .output()
         .expect("bash runs");
     assert!(
-        status.success(),
-        "{} failed; it installs the test's Python packages",
-        setup.display()
+        output.status.success(),
+        "{} failed (it installs {what}):\n{}",
+        setup.display(),
+        String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// The test venv's Python (created by scripts/setup-test-env.sh, from PyPI).
+pub fn python() -> PathBuf {
+    run_setup("setup-test-env.sh", "the test's Python packages");
     std::env::var_os("KITH_TEST_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/test-venv"))
