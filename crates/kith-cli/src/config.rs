@@ -101,6 +101,9 @@ pub struct IngestConfig {
     /// Close a journal segment once it holds this many MiB. Segments are deleted once the event
     /// tables and profiles hold their events, so smaller ones give disk back sooner.
     pub journal_segment_mb: Option<u64>,
+    /// Record the client's IP address in `context.ip`: "off" (the default), "truncated" or
+    /// "full".
+    pub client_ip: Option<kith_server::caller::ClientIpPolicy>,
 }
 
 impl IngestConfig {

@@ -74,6 +74,8 @@ pub struct ServerConfig {
     /// Serves `POST /internal/noop/batch`, which parses and authenticates like `/v1/batch` but
     /// stores nothing: the ceiling the ingest benchmark compares against.
     pub noop_endpoint: bool,
+    /// Whether events get the client's IP address in `context.ip` (off, truncated or full).
+    pub client_ip: crate::caller::ClientIpPolicy,
     /// When the models that score profiles (CLV, RFM, risk, preferences) rerun without being
     /// asked, and with which definitions.
     pub models: models::ModelSchedules,
@@ -93,6 +95,7 @@ impl Default for ServerConfig {
             journal: JournalOptions::default(),
             profiles: ProfileSettings::default(),
             noop_endpoint: false,
+            client_ip: crate::caller::ClientIpPolicy::Off,
             models: models::ModelSchedules::default(),
             housekeeping: kith_lake::Housekeeping::default(),
         }
@@ -226,9 +229,13 @@ impl Server {
             );
         });
         let router = router(self.app.clone());
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        // With each connection's address, for `context.ip` when the server records it.
+        let served = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
         // Let a flush in progress finish: cancelling it between its Delta commit and the buffer
         // update would write the same rows twice.
         let _ = stop_flushing.send(true);

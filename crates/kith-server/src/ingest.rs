@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::auth::key_from_headers;
+use crate::caller::{PeerAddress, public_address, with_ip};
 use crate::errors::{ApiError, ErrorCode};
 use crate::pipeline::event_entry;
 use crate::unify::Ingested;
@@ -160,13 +161,14 @@ pub(crate) fn journal_error(err: JournalError) -> ApiError {
     responses((status = 200, body = IngestResponse), (status = 400, description = "invalid request"), (status = 401, description = "bad key"), (status = 415, description = "a Content-Encoding other than gzip"), (status = 429, description = "overloaded"), (status = 503, description = "storage unavailable")))]
 pub async fn batch(
     State(app): State<Arc<AppState>>,
+    peer: PeerAddress,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
     let submitted = {
         let bytes = read_body(&headers, body).await?;
         let request = batch_request(&bytes)?;
-        submit(&app, &headers, None, request)?
+        submit(&app, &Caller::new(&headers, peer), request)?
     };
     submitted.answer().await
 }
@@ -213,6 +215,7 @@ pub(crate) fn unknown_call(call: &str) -> ApiError {
 pub async fn single(
     State(app): State<Arc<AppState>>,
     Path(call): Path<String>,
+    peer: PeerAddress,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
@@ -223,7 +226,7 @@ pub async fn single(
         let bytes = read_body(&headers, body).await?;
         let text = body_text(&bytes)?;
         let request = parse_single_request(text, kind).map_err(request_error)?;
-        submit(&app, &headers, None, request)?
+        submit(&app, &Caller::new(&headers, peer), request)?
     };
     submitted.answer().await
 }
@@ -283,16 +286,46 @@ pub(crate) struct Submitted {
     durable: Option<tokio::sync::oneshot::Receiver<kith_journal::AppendResult>>,
 }
 
-/// Judges the request's events and queues the accepted and the rejected ones on the journal
-/// (`query_key`: see [`judge`]).
+/// What a tracking call's request carries besides its events.
+pub(crate) struct Caller<'a> {
+    pub headers: &'a HeaderMap,
+    /// The connection's other end, for `context.ip` when the server records it.
+    pub peer: PeerAddress,
+    /// The write key from the URL's query (see [`judge`]).
+    pub query_key: Option<&'a str>,
+}
+
+impl<'a> Caller<'a> {
+    pub(crate) fn new(headers: &'a HeaderMap, peer: PeerAddress) -> Self {
+        Caller {
+            headers,
+            peer,
+            query_key: None,
+        }
+    }
+
+    pub(crate) fn with_query_key(self, query_key: Option<&'a str>) -> Self {
+        Caller { query_key, ..self }
+    }
+}
+
+/// Judges the request's events and queues the accepted and the rejected ones on the journal.
 pub(crate) fn submit(
     app: &AppState,
-    headers: &HeaderMap,
-    query_key: Option<&str>,
+    caller: &Caller<'_>,
     request: RawRequest<'_>,
 ) -> Result<Submitted, ApiError> {
-    let (source, outcome) = judge(app, headers, query_key, &request)?;
+    let (source, mut outcome) = judge(app, caller.headers, caller.query_key, &request)?;
     check_backpressure(app)?;
+    if let Some(address) = app
+        .config
+        .client_ip
+        .address_to_record(caller.headers, caller.peer)
+    {
+        for event in &mut outcome.events {
+            event.context = with_ip(event.context.take(), &address);
+        }
+    }
     metrics::counter!("kith_events_received_total", "source" => source.clone())
         .increment(request.len() as u64);
     drop(request);
@@ -425,86 +458,4 @@ pub async fn settings(
         "legacyVideoPluginsEnabled": false,
         "remotePlugins": []
     })))
-}
-
-/// The scheme and host a browser reached this server by, for documents that point SDKs back at
-/// it. Behind a proxy that terminates TLS (the usual way to serve Kith on the internet) the
-/// request arrives over plain HTTP, but a page served over HTTPS may only send to HTTPS: the
-/// proxy's `Forwarded` (RFC 7239) or `X-Forwarded-Proto` / `X-Forwarded-Host` headers say what
-/// the browser used. Without them, the request's own `Host` over `http`.
-pub(crate) fn public_address(headers: &HeaderMap) -> (&'static str, String) {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    // `Forwarded: for=…;proto=https;host=shop.mx, for=…`: the first element is the client's hop.
-    let forwarded = |key: &str| {
-        text("forwarded")?
-            .split(',')
-            .next()?
-            .split(';')
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.trim().trim_matches('"').to_string())
-    };
-    let first = |name: &str| {
-        text(name)
-            .and_then(|v| v.split(',').next())
-            .map(|v| v.trim().to_string())
-    };
-    let proto = forwarded("proto").or_else(|| first("x-forwarded-proto"));
-    let protocol = match proto {
-        Some(p) if p.eq_ignore_ascii_case("https") => "https",
-        _ => "http",
-    };
-    let host = forwarded("host")
-        .or_else(|| first("x-forwarded-host"))
-        .filter(|h| !h.is_empty())
-        .or_else(|| text(header::HOST.as_str()).map(str::to_string))
-        .unwrap_or_else(|| "localhost".to_string());
-    (protocol, host)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::http::HeaderValue;
-
-    fn headers(list: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in list {
-            map.append(*name, HeaderValue::from_static(value));
-        }
-        map
-    }
-
-    #[test]
-    fn the_public_address_is_the_one_the_browser_used_through_a_proxy() {
-        let local = headers(&[("host", "127.0.0.1:8417")]);
-        assert_eq!(public_address(&local), ("http", "127.0.0.1:8417".into()));
-        let proxied = headers(&[
-            ("host", "10.0.0.5:8417"),
-            ("x-forwarded-proto", "https"),
-            ("x-forwarded-host", "collect.tienda.mx"),
-        ]);
-        assert_eq!(
-            public_address(&proxied),
-            ("https", "collect.tienda.mx".into())
-        );
-        let standard = headers(&[
-            ("host", "10.0.0.5:8417"),
-            (
-                "forwarded",
-                "for=203.0.113.7;proto=https;host=\"collect.tienda.mx\", for=10.0.0.2;proto=http",
-            ),
-        ]);
-        assert_eq!(
-            public_address(&standard),
-            ("https", "collect.tienda.mx".into())
-        );
-        // Only the proxy's protocol: the host is the request's own.
-        let proto_only = headers(&[("host", "tienda.mx"), ("x-forwarded-proto", "HTTPS, http")]);
-        assert_eq!(public_address(&proto_only), ("https", "tienda.mx".into()));
-        assert_eq!(
-            public_address(&HeaderMap::new()),
-            ("http", "localhost".into())
-        );
-    }
 }

@@ -3,6 +3,7 @@
 pub mod analytics;
 pub mod app;
 pub mod auth;
+pub mod caller;
 pub mod errors;
 pub mod imports;
 pub mod ingest;

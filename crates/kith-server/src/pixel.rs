@@ -23,8 +23,9 @@ use kith_core::{MessageType, json_kind, parse_single_request};
 use serde_json::{Map, Value};
 
 use crate::app::AppState;
+use crate::caller::PeerAddress;
 use crate::errors::{ApiError, ErrorCode};
-use crate::ingest::{body_text, request_error, submit};
+use crate::ingest::{Caller, body_text, request_error, submit};
 use crate::params::{self, QueryPairs};
 
 /// The deepest a parameter's dotted name may nest (`context.page.url` is three).
@@ -49,6 +50,7 @@ pub async fn segment_pixel(
     State(app): State<Arc<AppState>>,
     Path(call): Path<String>,
     query: Result<Query<QueryPairs>, QueryRejection>,
+    peer: PeerAddress,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let kind = match MessageType::from_path_segment(&call) {
@@ -81,7 +83,8 @@ pub async fn segment_pixel(
         }
         None => event_from_params(&pairs)?,
     };
-    store(&app, kind, event, query_key.as_deref(), &headers).await
+    let caller = Caller::new(&headers, peer).with_query_key(query_key.as_deref());
+    store(&app, kind, event, &caller).await
 }
 
 /// `GET /pixel/v1/track`.
@@ -92,9 +95,10 @@ pub async fn segment_pixel(
 pub async fn rudderstack_track(
     State(app): State<Arc<AppState>>,
     query: Result<Query<QueryPairs>, QueryRejection>,
+    peer: PeerAddress,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    rudderstack_pixel(&app, MessageType::Track, query, &headers).await
+    rudderstack_pixel(&app, MessageType::Track, query, &headers, peer).await
 }
 
 /// `GET /pixel/v1/page`.
@@ -105,9 +109,10 @@ pub async fn rudderstack_track(
 pub async fn rudderstack_page(
     State(app): State<Arc<AppState>>,
     query: Result<Query<QueryPairs>, QueryRejection>,
+    peer: PeerAddress,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    rudderstack_pixel(&app, MessageType::Page, query, &headers).await
+    rudderstack_pixel(&app, MessageType::Page, query, &headers, peer).await
 }
 
 async fn rudderstack_pixel(
@@ -115,11 +120,13 @@ async fn rudderstack_pixel(
     kind: MessageType,
     query: Result<Query<QueryPairs>, QueryRejection>,
     headers: &HeaderMap,
+    peer: PeerAddress,
 ) -> Result<Response, ApiError> {
     let pairs = params::query_pairs(query)?;
     let query_key = params::write_key(&pairs)?;
     let event = event_from_params(&pairs)?;
-    store(app, kind, event, query_key.as_deref(), headers).await
+    let caller = Caller::new(headers, peer).with_query_key(query_key.as_deref());
+    store(app, kind, event, &caller).await
 }
 
 /// Judges and stores one pixel's event as `/v1/{call}` would, and answers the GIF once it is
@@ -128,8 +135,7 @@ async fn store(
     app: &AppState,
     kind: MessageType,
     mut event: Map<String, Value>,
-    query_key: Option<&str>,
-    headers: &HeaderMap,
+    caller: &Caller<'_>,
 ) -> Result<Response, ApiError> {
     if !event.contains_key("messageId") {
         event.insert(
@@ -141,7 +147,7 @@ async fn store(
     let submitted = {
         let request =
             parse_single_request(body_text(text.as_bytes())?, kind).map_err(request_error)?;
-        submit(app, headers, query_key, request)?
+        submit(app, caller, request)?
     };
     let _stored = submitted.answer().await?;
     Ok((

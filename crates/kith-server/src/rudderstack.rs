@@ -20,8 +20,9 @@ use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::auth::key_from_headers;
+use crate::caller::PeerAddress;
 use crate::errors::ApiError;
-use crate::ingest::{IngestResponse, batch_request, read_body, submit};
+use crate::ingest::{Caller, IngestResponse, batch_request, read_body, submit};
 use crate::params::{self, QueryPairs};
 
 /// `POST /beacon/v1/batch`.
@@ -33,6 +34,7 @@ use crate::params::{self, QueryPairs};
 pub async fn beacon_batch(
     State(app): State<Arc<AppState>>,
     query: Result<Query<QueryPairs>, QueryRejection>,
+    peer: PeerAddress,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
@@ -40,7 +42,11 @@ pub async fn beacon_batch(
     let submitted = {
         let bytes = read_body(&headers, body).await?;
         let request = batch_request(&bytes)?;
-        submit(&app, &headers, query_key.as_deref(), request)?
+        submit(
+            &app,
+            &Caller::new(&headers, peer).with_query_key(query_key.as_deref()),
+            request,
+        )?
     };
     submitted.answer().await
 }

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use kith_server::caller::ClientIpPolicy;
 use kith_server::{Server, ServerConfig};
 
 use super::{DataDirArg, runtime};
@@ -26,6 +27,11 @@ pub struct ServeArgs {
     /// Customers in the demo world.
     #[arg(long, default_value_t = 5000, requires = "demo")]
     demo_customers: u64,
+    /// Record the client's IP address in `context.ip` of events that do not carry one: off (no
+    /// IP is recorded), truncated (the last byte of IPv4, the last ten of IPv6 zeroed) or full.
+    /// Behind a proxy, the first address of `Forwarded` or `X-Forwarded-For` [default: off]
+    #[arg(long, env = "KITH_CLIENT_IP", value_parser = parse_client_ip)]
+    client_ip: Option<ClientIpPolicy>,
     /// Serve POST /internal/noop/batch (parses like /v1/batch, stores nothing) for benchmarks.
     #[arg(long, env = "KITH_ENABLE_NOOP_ENDPOINT")]
     enable_noop_endpoint: bool,
@@ -43,6 +49,9 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     };
     if let Some(ms) = args.flush_interval_ms.or(file.ingest.flush_interval_ms) {
         config.flush_interval = Duration::from_millis(ms);
+    }
+    if let Some(policy) = args.client_ip.or(file.ingest.client_ip) {
+        config.client_ip = policy;
     }
     if let Some(rows) = file.ingest.flush_rows {
         config.flush_rows = rows;
@@ -91,6 +100,10 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_client_ip(text: &str) -> Result<ClientIpPolicy, String> {
+    text.parse()
 }
 
 /// Loads the demo world into `data_dir` unless it holds one already.

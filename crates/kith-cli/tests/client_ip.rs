@@ -1,0 +1,168 @@
+//! `context.ip`: recorded from the request only when the operator turns it on (`--client-ip`,
+//! `KITH_CLIENT_IP`, `[ingest] client_ip`), full or truncated, and never over what the client
+//! sent. Against the real binary on loopback.
+
+mod common;
+
+use common::{KithServer, basic, create_key, get_raw, kith, post_json};
+use serde_json::{Value, json};
+
+/// Sends the calls every case below looks at: a track from the connection itself, one relayed
+/// by a proxy (`X-Forwarded-For`), one whose client set its own `ip`, a batch with a batch-level
+/// `context`, and a pixel.
+fn send_calls(server: &KithServer) {
+    let auth = basic(&server.write_key);
+    let track = |message_id: &str, extra: &[(&str, &str)], context: Value| {
+        let mut headers = vec![("Authorization", auth.as_str())];
+        headers.extend_from_slice(extra);
+        let body = json!({"userId": "ana", "event": "Product Viewed", "messageId": message_id,
+                          "context": context});
+        let (status, answer) = post_json(&server.url("/v1/track"), &headers, &body.to_string());
+        assert_eq!(
+            (status, answer["accepted"].clone()),
+            (200, json!(1)),
+            "{answer}"
+        );
+    };
+    track("direct", &[], json!({"locale": "es-MX"}));
+    track(
+        "proxied",
+        &[("X-Forwarded-For", "189.203.45.201, 10.0.0.7")],
+        json!({"locale": "es-MX"}),
+    );
+    track(
+        "client-set",
+        &[("X-Forwarded-For", "189.203.45.201")],
+        json!({"ip": "201.141.9.9", "locale": "es-MX"}),
+    );
+    let batch = json!({
+        "batch": [{"type": "page", "anonymousId": "anon-1", "messageId": "batched", "name": "Inicio"}],
+        "context": {"library": {"name": "analytics-python", "version": "2.3.4"}}
+    });
+    let (status, answer) = post_json(
+        &server.url("/v1/batch"),
+        &[
+            ("Authorization", &auth),
+            (
+                "Forwarded",
+                "for=\"[2806:10be:7:2a1f::5]:51000\";proto=https",
+            ),
+        ],
+        &batch.to_string(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let (status, _, _, body) = get_raw(
+        &server.url(&format!(
+            "/pixel/v1/track?writeKey={}&event=Email%20Opened&userId=ana&messageId=pixel",
+            server.write_key
+        )),
+        &[("X-Forwarded-For", "187.190.1.2")],
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
+/// Each event's `context`, parsed, by message id.
+fn contexts(server: &KithServer) -> serde_json::Map<String, Value> {
+    let rows = server.rows("SELECT message_id, context FROM events ORDER BY message_id");
+    assert_eq!(rows.len(), 5, "{rows:#?}");
+    rows.into_iter()
+        .map(|row| {
+            let id = row["message_id"].as_str().unwrap().to_string();
+            let context = row["context"]
+                .as_str()
+                .map(|text| serde_json::from_str(text).unwrap())
+                .unwrap_or(Value::Null);
+            (id, context)
+        })
+        .collect()
+}
+
+#[test]
+fn no_ip_is_recorded_unless_the_operator_turns_it_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KithServer::start(dir.path());
+    send_calls(&server);
+    let contexts = contexts(&server);
+    for (id, context) in &contexts {
+        let expected_ip = if id == "client-set" {
+            json!("201.141.9.9")
+        } else {
+            Value::Null
+        };
+        assert_eq!(context["ip"], expected_ip, "{id}: {context}");
+    }
+    assert_eq!(contexts["direct"], json!({"locale": "es-MX"}));
+}
+
+#[test]
+fn the_full_address_is_the_proxys_first_hop_or_the_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let write_key = create_key(dir.path(), "ingest", Some("web"));
+    let read_key = create_key(dir.path(), "read", None);
+    let server =
+        KithServer::start_with_keys(dir.path(), write_key, read_key, &["--client-ip", "full"]);
+    send_calls(&server);
+    let contexts = contexts(&server);
+    assert_eq!(
+        contexts["direct"],
+        json!({"ip": "127.0.0.1", "locale": "es-MX"})
+    );
+    assert_eq!(
+        contexts["proxied"],
+        json!({"ip": "189.203.45.201", "locale": "es-MX"})
+    );
+    // The client's own `ip` is kept.
+    assert_eq!(
+        contexts["client-set"],
+        json!({"ip": "201.141.9.9", "locale": "es-MX"})
+    );
+    // Added to the batch-level context each item took.
+    assert_eq!(
+        contexts["batched"],
+        json!({"ip": "2806:10be:7:2a1f::5",
+               "library": {"name": "analytics-python", "version": "2.3.4"}})
+    );
+    assert_eq!(contexts["pixel"], json!({"ip": "187.190.1.2"}));
+}
+
+#[test]
+fn a_truncated_address_names_the_network_not_the_household() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _config) =
+        KithServer::start_with_config(dir.path(), "[ingest]\nclient_ip = \"truncated\"\n");
+    send_calls(&server);
+    let contexts = contexts(&server);
+    assert_eq!(contexts["direct"]["ip"], "127.0.0.0");
+    assert_eq!(contexts["proxied"]["ip"], "189.203.45.0");
+    assert_eq!(contexts["client-set"]["ip"], "201.141.9.9");
+    assert_eq!(contexts["batched"]["ip"], "2806:10be:7::");
+    assert_eq!(contexts["pixel"]["ip"], "187.190.1.0");
+}
+
+#[test]
+fn an_unknown_policy_stops_start_up_and_names_the_choices() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (ok, _, stderr) = kith(&["serve", "--data-dir", data, "--client-ip", "anonymized"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("`anonymized` is not a client IP policy") && stderr.contains("truncated"),
+        "{stderr}"
+    );
+
+    let config = dir.path().join("kith.toml");
+    std::fs::write(&config, "[ingest]\nclient_ip = \"yes\"\n").unwrap();
+    let (ok, _, stderr) = kith(&[
+        "serve",
+        "--data-dir",
+        data,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("client_ip") && stderr.contains("`truncated`"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,376 @@
+//! What a request says about who sent it: the client's IP address (recorded in `context.ip`
+//! only when the operator chooses to) and the scheme and host the browser used, as the request
+//! itself or a proxy in front of Kith (`Forwarded`, `X-Forwarded-*`) tells them.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+/// Whether the server records the client's IP address in `context.ip` of events whose client
+/// did not set one, as Segment's API does.
+///
+/// Off by default: an IP address is personal data, and a shop that must ask for consent before
+/// collecting it should turn it on knowingly. `Truncated` keeps enough for country and region
+/// (the first three bytes of an IPv4 address, the first six of an IPv6 one) without naming a
+/// household.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientIpPolicy {
+    #[default]
+    Off,
+    Truncated,
+    Full,
+}
+
+impl FromStr for ClientIpPolicy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "off" => Ok(ClientIpPolicy::Off),
+            "truncated" => Ok(ClientIpPolicy::Truncated),
+            "full" => Ok(ClientIpPolicy::Full),
+            _ => Err(format!(
+                "`{text}` is not a client IP policy; use off (the default: no IP is recorded), \
+                 truncated (the last byte of IPv4, the last ten of IPv6 zeroed) or full"
+            )),
+        }
+    }
+}
+
+impl ClientIpPolicy {
+    /// The address to record for a request, as text, or `None` when nothing is recorded.
+    pub(crate) fn address_to_record(
+        self,
+        headers: &HeaderMap,
+        peer: PeerAddress,
+    ) -> Option<String> {
+        let ip = match self {
+            ClientIpPolicy::Off => return None,
+            ClientIpPolicy::Full => client_ip(headers, peer)?,
+            ClientIpPolicy::Truncated => truncated(client_ip(headers, peer)?),
+        };
+        Some(ip.to_string())
+    }
+}
+
+/// The address of the connection's other end, when the server was started with it (requests
+/// handed to the router directly, as in tests, have none).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeerAddress(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerAddress {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(PeerAddress(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip()),
+        ))
+    }
+}
+
+/// The client's IP address: the first hop a proxy names (`Forwarded: for=`, else
+/// `X-Forwarded-For`), else the connection's peer.
+///
+/// A client can name any address through these headers, but it can as well put any `ip` in the
+/// event's own `context`, so they are no less trustworthy than what is recorded without them. A
+/// value that is not an address (`unknown`, an obfuscated `_hidden` identifier) falls through to
+/// the next source.
+pub(crate) fn client_ip(headers: &HeaderMap, peer: PeerAddress) -> Option<IpAddr> {
+    forwarded_param(headers, "for")
+        .as_deref()
+        .and_then(parse_node)
+        .or_else(|| {
+            first_listed(headers, "x-forwarded-for")
+                .as_deref()
+                .and_then(parse_node)
+        })
+        .or(peer.0)
+        .map(|ip| ip.to_canonical())
+}
+
+/// An address as proxies write it: bare, with a port (`192.0.2.1:4711`), or an IPv6 one in
+/// brackets, with or without a port (`[2001:db8::1]:4711`).
+fn parse_node(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(rest) = text.strip_prefix('[') {
+        let (inside, _port) = rest.split_once(']')?;
+        return inside.parse::<Ipv6Addr>().ok().map(IpAddr::V6);
+    }
+    let (host, _port) = text.rsplit_once(':')?;
+    host.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+/// The address with its host part zeroed: an IPv4 address's last byte (a /24), an IPv6
+/// address's last ten bytes (a /48, one site).
+pub(crate) fn truncated(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::V4(Ipv4Addr::new(a, b, c, 0))
+        }
+        IpAddr::V6(v6) => {
+            let mut bytes = v6.octets();
+            bytes[6..].fill(0);
+            IpAddr::V6(Ipv6Addr::from(bytes))
+        }
+    }
+}
+
+/// `context` with `"ip": address` added, unless it names an `ip` already (even `null`: the
+/// client's choice is kept) or is not an object. Events from the parser hold their objects as
+/// JSON text, so the field is spliced in rather than the object parsed and written again.
+pub(crate) fn with_ip(context: Option<String>, address: &str) -> Option<String> {
+    let field = format!("\"ip\":{}", serde_json::Value::from(address));
+    let Some(text) = context else {
+        return Some(format!("{{{field}}}"));
+    };
+    #[derive(Deserialize)]
+    struct IpProbe {
+        #[serde(default)]
+        ip: Present,
+    }
+    let has_ip = match serde_json::from_str::<IpProbe>(&text) {
+        Ok(IpProbe { ip: Present(named) }) => named,
+        // Not an object, or `ip` named twice: left exactly as the client sent it.
+        Err(_) => true,
+    };
+    if has_ip {
+        return Some(text);
+    }
+    let Some(inside) = text.trim_start().strip_prefix('{') else {
+        return Some(text);
+    };
+    Some(if inside.trim_start().starts_with('}') {
+        format!("{{{field}}}")
+    } else {
+        format!("{{{field},{inside}")
+    })
+}
+
+/// Whether a field was named, whatever its value, `null` included (an `Option` would read
+/// `null` as absent).
+#[derive(Default)]
+struct Present(bool);
+
+impl<'de> Deserialize<'de> for Present {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        IgnoredAny::deserialize(deserializer).map(|_| Present(true))
+    }
+}
+
+/// The value of `key` in the first element of `Forwarded` (RFC 7239): the client's own hop.
+fn forwarded_param(headers: &HeaderMap, key: &str) -> Option<String> {
+    header_text(headers, "forwarded")?
+        .split(',')
+        .next()?
+        .split(';')
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(key))
+        .map(|(_, v)| v.trim().trim_matches('"').to_string())
+}
+
+/// The first entry of a comma-separated header such as `X-Forwarded-For`.
+fn first_listed(headers: &HeaderMap, name: &str) -> Option<String> {
+    header_text(headers, name)
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_string())
+}
+
+fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The scheme and host a browser reached this server by, for documents that point SDKs back at
+/// it. Behind a proxy that terminates TLS (the usual way to serve Kith on the internet) the
+/// request arrives over plain HTTP, but a page served over HTTPS may only send to HTTPS: the
+/// proxy's `Forwarded` (RFC 7239) or `X-Forwarded-Proto` / `X-Forwarded-Host` headers say what
+/// the browser used. Without them, the request's own `Host` over `http`.
+pub(crate) fn public_address(headers: &HeaderMap) -> (&'static str, String) {
+    let proto =
+        forwarded_param(headers, "proto").or_else(|| first_listed(headers, "x-forwarded-proto"));
+    let protocol = match proto {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    let host = forwarded_param(headers, "host")
+        .or_else(|| first_listed(headers, "x-forwarded-host"))
+        .filter(|h| !h.is_empty())
+        .or_else(|| header_text(headers, header::HOST.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "localhost".to_string());
+    (protocol, host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(list: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in list {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    fn peer(text: &str) -> PeerAddress {
+        PeerAddress(Some(text.parse().unwrap()))
+    }
+
+    #[test]
+    fn the_public_address_is_the_one_the_browser_used_through_a_proxy() {
+        let local = headers(&[("host", "127.0.0.1:8417")]);
+        assert_eq!(public_address(&local), ("http", "127.0.0.1:8417".into()));
+        let proxied = headers(&[
+            ("host", "10.0.0.5:8417"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "collect.tienda.mx"),
+        ]);
+        assert_eq!(
+            public_address(&proxied),
+            ("https", "collect.tienda.mx".into())
+        );
+        let standard = headers(&[
+            ("host", "10.0.0.5:8417"),
+            (
+                "forwarded",
+                "for=203.0.113.7;proto=https;host=\"collect.tienda.mx\", for=10.0.0.2;proto=http",
+            ),
+        ]);
+        assert_eq!(
+            public_address(&standard),
+            ("https", "collect.tienda.mx".into())
+        );
+        // Only the proxy's protocol: the host is the request's own.
+        let proto_only = headers(&[("host", "tienda.mx"), ("x-forwarded-proto", "HTTPS, http")]);
+        assert_eq!(public_address(&proto_only), ("https", "tienda.mx".into()));
+        assert_eq!(
+            public_address(&HeaderMap::new()),
+            ("http", "localhost".into())
+        );
+    }
+
+    #[test]
+    fn the_client_ip_is_the_first_hop_a_proxy_names_else_the_peer() {
+        let none = HeaderMap::new();
+        assert_eq!(
+            client_ip(&none, peer("198.51.100.4")),
+            Some("198.51.100.4".parse().unwrap())
+        );
+        assert_eq!(client_ip(&none, PeerAddress(None)), None);
+        // A dual-stack listener sees IPv4 clients as mapped IPv6 addresses.
+        assert_eq!(
+            client_ip(&none, peer("::ffff:198.51.100.4")),
+            Some("198.51.100.4".parse().unwrap())
+        );
+        let xff = headers(&[("x-forwarded-for", "203.0.113.7, 10.0.0.2")]);
+        assert_eq!(
+            client_ip(&xff, peer("10.0.0.3")),
+            Some("203.0.113.7".parse().unwrap())
+        );
+        let standard = headers(&[
+            (
+                "forwarded",
+                "for=\"[2001:db8:cafe::17]:4711\";proto=https, for=10.0.0.2",
+            ),
+            ("x-forwarded-for", "203.0.113.7"),
+        ]);
+        assert_eq!(
+            client_ip(&standard, peer("10.0.0.3")),
+            Some("2001:db8:cafe::17".parse().unwrap())
+        );
+        let with_port = headers(&[("forwarded", "For=192.0.2.43:47011")]);
+        assert_eq!(
+            client_ip(&with_port, PeerAddress(None)),
+            Some("192.0.2.43".parse().unwrap())
+        );
+        // Hidden or unknown hops fall through to the next source.
+        let hidden = headers(&[("forwarded", "for=_hidden"), ("x-forwarded-for", "unknown")]);
+        assert_eq!(
+            client_ip(&hidden, peer("10.0.0.3")),
+            Some("10.0.0.3".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn truncation_keeps_the_network_and_drops_the_host() {
+        assert_eq!(
+            truncated("189.203.45.201".parse().unwrap()),
+            "189.203.45.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            truncated("2806:10be:7:2a1f::5".parse().unwrap()),
+            "2806:10be:7::".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn the_policy_decides_what_is_recorded() {
+        let xff = headers(&[("x-forwarded-for", "189.203.45.201")]);
+        let from = PeerAddress(None);
+        assert_eq!(ClientIpPolicy::Off.address_to_record(&xff, from), None);
+        assert_eq!(
+            ClientIpPolicy::Full
+                .address_to_record(&xff, from)
+                .as_deref(),
+            Some("189.203.45.201")
+        );
+        assert_eq!(
+            ClientIpPolicy::Truncated
+                .address_to_record(&xff, from)
+                .as_deref(),
+            Some("189.203.45.0")
+        );
+        assert_eq!(
+            ClientIpPolicy::Full.address_to_record(&HeaderMap::new(), from),
+            None
+        );
+        assert_eq!("Truncated".parse(), Ok(ClientIpPolicy::Truncated));
+        let err = "anonymized".parse::<ClientIpPolicy>().unwrap_err();
+        assert!(
+            err.contains("`anonymized`") && err.contains("truncated"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_ip_is_added_to_context_unless_the_client_set_one() {
+        let added = |context: Option<&str>| with_ip(context.map(str::to_string), "189.203.45.0");
+        assert_eq!(added(None).as_deref(), Some(r#"{"ip":"189.203.45.0"}"#));
+        assert_eq!(
+            added(Some("{}")).as_deref(),
+            Some(r#"{"ip":"189.203.45.0"}"#)
+        );
+        assert_eq!(
+            added(Some("{ }")).as_deref(),
+            Some(r#"{"ip":"189.203.45.0"}"#)
+        );
+        let grown = added(Some(r#"{"locale":"es-MX","page":{"ip":"nested"}}"#)).unwrap();
+        assert_eq!(
+            grown,
+            r#"{"ip":"189.203.45.0","locale":"es-MX","page":{"ip":"nested"}}"#
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&grown).unwrap();
+        assert_eq!(parsed["page"]["ip"], "nested");
+        for kept in [
+            r#"{"ip":"0.0.0.0","locale":"es-MX"}"#,
+            r#"{"locale":"es-MX","ip":null}"#,
+            r#"{"ip":"1.1.1.1","ip":"2.2.2.2"}"#,
+        ] {
+            assert_eq!(added(Some(kept)).as_deref(), Some(kept));
+        }
+    }
+}
