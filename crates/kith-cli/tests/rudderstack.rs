@@ -23,7 +23,8 @@ fn the_rudderstack_python_sdk_delivers_every_call_plain_and_gzipped() {
          revenue, currency, email, page_url, timestamp, library_name, \
          json_get_str(extra, 'channel') AS channel, json_get_str(extra, 'category') AS category, \
          json_get_int(properties, 'step') AS step, \
-         json_get_str(context, 'traits', 'plan') AS context_plan \
+         json_get_str(context, 'traits', 'plan') AS context_plan, \
+         json_get_str(traits, 'plan') AS plan \
          FROM events ORDER BY message_id",
     );
     assert_eq!(rows.len(), 14, "{rows:#?}");
@@ -42,6 +43,10 @@ fn the_rudderstack_python_sdk_delivers_every_call_plain_and_gzipped() {
             "the email column reads RudderStack's context.traits"
         );
         assert_eq!(identify["context_plan"], "pro");
+        assert_eq!(
+            identify["plan"], "pro",
+            "the traits column holds an identify's traits whichever SDK sent them"
+        );
         assert_eq!(identify["source"], "web");
         assert_eq!(
             identify["channel"], "server",

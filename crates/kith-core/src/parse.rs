@@ -411,6 +411,16 @@ impl RawRequest<'_> {
         let timestamp = event_time(explicit, original, sent_at, received_at);
 
         let typed = typed_fields(properties.as_deref(), context.as_deref(), traits.as_deref());
+        // RudderStack's SDKs send an identify's traits only in `context.traits`, Segment's at
+        // the top: the `traits` column holds them either way, so that "this identify's traits"
+        // is one column whichever SDK sent it. `context` keeps them as sent.
+        let traits = match traits {
+            None if kind == MessageType::Identify => typed
+                .context_identity
+                .as_ref()
+                .and_then(|found| found.traits.clone()),
+            traits => traits,
+        };
         let message_id = message_id.unwrap_or_else(|| generated_message_id(source, raw));
         Ok(Event {
             message_id,

@@ -155,6 +155,13 @@ impl Extractor {
             .and_then(|c| c.traits.as_deref())
             .and_then(|text| serde_json::from_str::<Map<String, Value>>(text).ok());
         let own_traits = match event.kind {
+            // The parser gives an identify sent with only `context.traits` (as RudderStack's
+            // SDKs send it) those as its own: read once.
+            MessageType::Identify
+                if event.traits.as_deref() == context.and_then(|c| c.traits.as_deref()) =>
+            {
+                None
+            }
             MessageType::Identify => event
                 .traits
                 .as_deref()

@@ -245,6 +245,49 @@ fn unknown_top_level_fields_are_kept() {
 }
 
 #[test]
+fn an_identify_with_only_context_traits_has_them_as_its_traits() {
+    let body = json!({"batch": [
+        // RudderStack's SDKs: the identify's traits in context.traits only.
+        {"type": "identify", "userId": "u1", "messageId": "rs",
+         "context": {"traits": {"email": "ana@tienda.mx", "plan": "pro"}, "library": {"name": "x"}}},
+        // Segment's: at the top (context.traits, when present, stays in context).
+        {"type": "identify", "userId": "u1", "messageId": "seg", "traits": {"plan": "basic"},
+         "context": {"traits": {"plan": "pro"}}},
+        // Other calls carry context.traits as context, not as their own traits.
+        {"type": "track", "userId": "u1", "event": "Paid", "messageId": "track",
+         "context": {"traits": {"plan": "pro"}}},
+        {"type": "identify", "userId": "u1", "messageId": "none", "context": {"traits": "text"}}
+    ]})
+    .to_string();
+    let outcome = judge_batch(&body);
+    let traits: Vec<Option<serde_json::Value>> = outcome
+        .events
+        .iter()
+        .map(|e| {
+            e.traits
+                .as_deref()
+                .map(|t| serde_json::from_str(t).unwrap())
+        })
+        .collect();
+    assert_eq!(
+        traits,
+        vec![
+            Some(json!({"email": "ana@tienda.mx", "plan": "pro"})),
+            Some(json!({"plan": "basic"})),
+            None,
+            None
+        ]
+    );
+    let rudderstack = &outcome.events[0];
+    assert_eq!(
+        Event::json_object(&rudderstack.context).unwrap()["traits"]["plan"],
+        "pro",
+        "context keeps them as sent"
+    );
+    assert_eq!(rudderstack.typed.email.as_deref(), Some("ana@tienda.mx"));
+}
+
+#[test]
 fn typed_fields_are_lifted() {
     let body = json!({"batch": [
         {"type": "track", "event": "Order Completed", "userId": "u", "messageId": "1",
