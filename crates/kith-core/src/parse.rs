@@ -368,6 +368,11 @@ impl RawRequest<'_> {
             MessageType::Page | MessageType::Screen => item.take_string("name").map_err(with_id)?,
             _ => None,
         };
+        if kind != MessageType::Track {
+            // RudderStack's browser SDK sends `"event": null` on every call that is not a track:
+            // it says nothing, so it is not kept among the call's extra fields.
+            item.remove_if_null("event");
+        }
         let group_id = item.take_id("groupId").map_err(with_id)?;
         if kind == MessageType::Group && group_id.is_none() {
             return Err(with_id(Fault::new(
@@ -503,6 +508,11 @@ impl<'a> RawItem<'a> {
     fn remove(&mut self, name: &str) -> Option<&'a RawValue> {
         let position = self.fields.iter().position(|(k, _)| k == name)?;
         Some(self.fields.remove(position).1)
+    }
+
+    fn remove_if_null(&mut self, name: &str) {
+        self.fields
+            .retain(|(k, value)| !(k == name && value.get() == "null"));
     }
 
     /// Identifiers: strings, or numbers (some SDKs send numeric user ids), never blank.

@@ -242,6 +242,25 @@ fn unknown_top_level_fields_are_kept() {
     let extra = Event::json_object(&event.extra).unwrap();
     assert_eq!(extra["category"], "Help");
     assert_eq!(extra["version"], 2);
+
+    // RudderStack's `"event": null` outside track calls says nothing and is not kept; an
+    // `event` with a value is the client's data and is.
+    let body = json!({"batch": [
+        {"type": "page", "anonymousId": "a", "name": "Home", "event": null, "channel": "web"},
+        {"type": "identify", "anonymousId": "a", "event": null},
+        {"type": "identify", "anonymousId": "a", "event": "Signed Up"}
+    ]})
+    .to_string();
+    let outcome = judge_batch(&body);
+    let extras: Vec<Option<&str>> = outcome.events.iter().map(|e| e.extra.as_deref()).collect();
+    assert_eq!(
+        extras,
+        vec![
+            Some(r#"{"channel":"web"}"#),
+            None,
+            Some(r#"{"event":"Signed Up"}"#)
+        ]
+    );
 }
 
 #[test]
