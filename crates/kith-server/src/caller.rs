@@ -217,6 +217,7 @@ pub(crate) fn public_address(headers: &HeaderMap) -> (&'static str, String) {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+    use proptest::prelude::*;
 
     fn headers(list: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -344,6 +345,40 @@ mod tests {
             err.contains("`anonymized`") && err.contains("truncated"),
             "{err}"
         );
+    }
+
+    proptest! {
+        /// Whatever object the client's context is (keys, nesting, spacing as sent), the
+        /// result is a JSON object: the same one with `ip` added, or the same text when it
+        /// named `ip` already.
+        #[test]
+        fn the_context_stays_a_valid_object(
+            fields in prop::collection::vec(
+                ("[a-z]{1,3}|ip", prop_oneof![
+                    Just(serde_json::Value::Null),
+                    "\\PC{0,8}".prop_map(serde_json::Value::from),
+                    (0i64..100).prop_map(serde_json::Value::from),
+                    ("[a-z]{1,3}", "\\PC{0,8}").prop_map(|(k, v)| serde_json::json!({k: v})),
+                ]),
+                0..6,
+            ),
+            spacing in "[ \n]{0,2}",
+        ) {
+            let object: serde_json::Map<String, serde_json::Value> = fields.into_iter().collect();
+            let text = serde_json::to_string_pretty(&object)
+                .unwrap()
+                .replacen('{', &format!("{{{spacing}"), 1);
+            let result = with_ip(Some(text.clone()), "189.203.45.0").unwrap();
+            let parsed: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&result).unwrap();
+            if object.contains_key("ip") {
+                prop_assert_eq!(result, text);
+            } else {
+                let mut expected = object.clone();
+                expected.insert("ip".into(), "189.203.45.0".into());
+                prop_assert_eq!(parsed, expected);
+            }
+        }
     }
 
     #[test]
