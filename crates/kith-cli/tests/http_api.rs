@@ -780,6 +780,42 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
     }
     let (_, errors) = get("/docs/errors");
     assert!(errors.contains("\"code\":\"payload_too_large\""));
+
+    // Whoever opens the server's address learns what it is and how to start, with this
+    // server's address in the commands: JSON for programs, a page for a browser.
+    assert!(doc["paths"]["/"].is_object(), "openapi lacks /");
+    let (status, welcome) = get("/");
+    assert_eq!(status, 200);
+    let welcome: Value = serde_json::from_str(&welcome).unwrap();
+    assert_eq!(welcome["name"], "Kith");
+    assert_eq!(welcome["version"], env!("CARGO_PKG_VERSION"));
+    let commands: Vec<&str> = welcome["first_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| step["command"].as_str().unwrap())
+        .collect();
+    assert!(
+        commands[1].contains(&format!("{}/v1/track", server.base)),
+        "{commands:?}"
+    );
+    assert!(commands[0].contains("kith key create --scope ingest"));
+    let mut response = agent()
+        .get(server.url("/"))
+        .header("Accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .call()
+        .unwrap();
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/html; charset=utf-8"
+    );
+    let page = response.body_mut().read_to_string().unwrap();
+    assert!(page.contains("is running</h1>"), "{page}");
+    assert!(page.contains("<a href=\"/openapi.json\">"), "{page}");
+    assert!(
+        page.contains(&format!("{}/v1/query", server.base)),
+        "{page}"
+    );
 }
 
 #[test]

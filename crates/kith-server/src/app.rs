@@ -262,6 +262,7 @@ impl Server {
 
 pub fn router(app: Arc<AppState>) -> Router {
     let mut router = Router::new()
+        .route("/", get(crate::welcome::welcome))
         .route("/v1/batch", post(ingest::batch))
         .route("/v1/b", post(ingest::batch))
         .route("/v1/import", post(ingest::batch))

@@ -21,6 +21,7 @@ pub mod rudderstack;
 pub mod runtimes;
 pub mod traits;
 pub mod unify;
+pub mod welcome;
 
 pub use app::{Server, ServerConfig, ServerError};
 pub use ops::install_metrics;

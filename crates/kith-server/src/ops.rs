@@ -97,6 +97,7 @@ pub async fn metrics() -> String {
         crate::models::fit,
         crate::models::status,
         crate::models::results,
+        crate::welcome::welcome,
         healthz,
         readyz,
         metrics,

@@ -1,0 +1,143 @@
+//! `GET /`: what someone who opens the server's address finds. Kith has no dashboard yet, so
+//! this says that the server runs and where to go next: the first key, the first event, the
+//! first query, and the API's description. Nothing about the data: the page needs no key.
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde_json::json;
+
+use crate::caller::public_address;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The endpoints worth knowing first, with what each is for.
+const LINKS: &[(&str, &str)] = &[
+    ("/openapi.json", "every endpoint, described (OpenAPI 3)"),
+    ("/healthz", "liveness"),
+    ("/readyz", "readiness: events are being made durable"),
+    ("/metrics", "Prometheus metrics"),
+    ("/docs/errors", "every error code the API answers"),
+];
+
+/// `GET /`.
+#[utoipa::path(get, path = "/", tag = "operations",
+    description = "What this server is and where to start: its version, the first commands (a key, an event, a query) with this server's address, and the endpoints to know. HTML for a browser (`Accept: text/html`), JSON otherwise. Needs no key and says nothing about the data.",
+    responses((status = 200, description = "the welcome, as HTML or JSON")))]
+pub async fn welcome(headers: HeaderMap) -> Response {
+    let (protocol, host) = public_address(&headers);
+    let base = format!("{protocol}://{host}");
+    let steps = first_steps(&base);
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    let mut response = if wants_html {
+        Html(page(&steps)).into_response()
+    } else {
+        axum::Json(json!({
+            "name": "Kith",
+            "version": VERSION,
+            "status": "running",
+            "first_steps": steps.iter().map(|(what, command)| json!({"what": what, "command": command})).collect::<Vec<_>>(),
+            "links": LINKS.iter().map(|(path, what)| json!({"href": path, "what": what})).collect::<Vec<_>>(),
+        }))
+        .into_response()
+    };
+    // The address in it depends on the request's Host and proxy headers.
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept, host"));
+    response
+}
+
+/// The commands that take a newcomer from a running server to a first answer.
+fn first_steps(base: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "On the server's machine, create a write key for a source (it prints the key and \
+             nothing else; add --data-dir DIR if the server's data is not in ./kith-data)",
+            "WRITE_KEY=$(kith key create --scope ingest --source web)".to_string(),
+        ),
+        (
+            "Send an event, as any Segment or RudderStack SDK would",
+            format!(
+                "curl -u \"$WRITE_KEY:\" {base}/v1/track -H 'Content-Type: application/json' \
+                 -d '{{\"userId\": \"ana\", \"event\": \"Order Completed\", \"properties\": {{\"revenue\": 349.5, \"currency\": \"MXN\"}}}}'"
+            ),
+        ),
+        (
+            "Create a read key and query what was collected",
+            format!(
+                "READ_KEY=$(kith key create --scope read) && curl -H \"Authorization: Bearer $READ_KEY\" {base}/v1/query \
+                 -d '{{\"sql\": \"SELECT event, count(*) AS n FROM events GROUP BY event\"}}'"
+            ),
+        ),
+        (
+            "Or query from the server's machine, with or without the server running",
+            "kith sql \"SELECT event, count(*) AS n FROM events GROUP BY event\"".to_string(),
+        ),
+    ]
+}
+
+fn page(steps: &[(&str, String)]) -> String {
+    let steps: String = steps
+        .iter()
+        .map(|(what, command)| {
+            format!(
+                "<li><p>{}</p><pre><code>{}</code></pre></li>\n",
+                escape(what),
+                escape(command)
+            )
+        })
+        .collect();
+    let links: String = LINKS
+        .iter()
+        .map(|(path, what)| {
+            format!(
+                "<li><a href=\"{path}\"><code>{path}</code></a>: {}</li>\n",
+                escape(what)
+            )
+        })
+        .collect();
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Kith {VERSION}</title>\
+         <style>body{{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem;line-height:1.5}}\
+         pre{{background:#f4f4f4;padding:.6rem;overflow-x:auto;white-space:pre-wrap}}</style></head>\n\
+         <body><h1>Kith {VERSION} is running</h1>\n\
+         <p>Kith collects events the way Segment and RudderStack SDKs send them, keeps each one \
+         durably before acknowledging it, and answers SQL over everything collected. Point an SDK \
+         at this address, or start here:</p>\n<ol>\n{steps}</ol>\n<h2>Endpoints</h2>\n<ul>\n{links}</ul>\n\
+         </body></html>\n"
+    )
+}
+
+/// Text for HTML: the address in the commands comes from the request's headers.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_the_request_names_cannot_inject_markup() {
+        let steps = first_steps("http://<script>alert(1)</script>");
+        let html = page(&steps);
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("http://&lt;script&gt;alert(1)&lt;/script&gt;/v1/track"));
+    }
+}
