@@ -93,7 +93,7 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         let addr = server.local_addr();
         tracing::info!(%addr, data_dir = %data_dir.display(), "kith is listening");
         eprintln!(
-            "kith is listening on http://{addr} (data in {})",
+            "kith is listening on http://{addr} (data in {}); open the address for first steps",
             data_dir.display()
         );
         server.run(shutdown_signal()).await?;
