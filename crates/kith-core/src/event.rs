@@ -122,6 +122,10 @@ pub struct TypedFields {
     /// read back from the journal or the tables have `None`, and identity reads `context` again.
     #[serde(skip)]
     pub context_identity: Option<ContextIdentity>,
+    /// Whether the client's `context` names `ip` (even as `null`), or could not be read: the
+    /// server then adds no address of its own. Read in the same pass; not stored.
+    #[serde(skip)]
+    pub context_names_ip: bool,
 }
 
 /// The identity-related parts of `context`, as the client's JSON text.

@@ -655,6 +655,8 @@ struct PropertiesView {
 
 #[derive(Deserialize, Default)]
 struct ContextView<'a> {
+    #[serde(default)]
+    ip: Named,
     page: Option<PageView>,
     #[serde(borrow)]
     traits: Option<&'a RawValue>,
@@ -718,7 +720,14 @@ fn typed_fields(
     traits: Option<&str>,
 ) -> TypedFields {
     let properties: PropertiesView = view(properties);
-    let context: ContextView = view(context);
+    let read_context: Option<ContextView> = context.and_then(|t| serde_json::from_str(t).ok());
+    // A context that cannot be read this way (a field named twice, a `page` that is not an
+    // object) is left exactly as sent: no `ip` is added to it.
+    let context_names_ip = match &read_context {
+        Some(read) => read.ip.0,
+        None => context.is_some(),
+    };
+    let context = read_context.unwrap_or_default();
     let traits: EmailView = view(traits);
     let context_traits: Option<EmailView> = context.traits.map(|raw| view(Some(raw.get())));
     let page = context.page.unwrap_or_default();
@@ -749,6 +758,18 @@ fn typed_fields(
             .or_else(|| text_of(&properties.email)),
         library_name: context.library.as_ref().and_then(|l| text_of(&l.name)),
         context_identity: Some(context_identity),
+        context_names_ip,
+    }
+}
+
+/// Whether a field was named, whatever its value, `null` included (an `Option` would read
+/// `null` as absent).
+#[derive(Default)]
+struct Named(bool);
+
+impl<'de> Deserialize<'de> for Named {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(deserializer).map(|_| Named(true))
     }
 }
 

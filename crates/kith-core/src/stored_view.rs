@@ -188,6 +188,7 @@ impl EventView<'_> {
                 email: owned(t.email),
                 library_name: owned(t.library_name),
                 context_identity: None,
+                context_names_ip: false,
             },
         }
     }
@@ -244,6 +245,7 @@ mod tests {
                 email: Some("ana@t.mx".into()),
                 library_name: Some("analytics.js".into()),
                 context_identity: None,
+                context_names_ip: false,
             },
         }
     }

@@ -334,6 +334,7 @@ pub fn events_from_batch(batch: &RecordBatch) -> Vec<(u64, Event)> {
                 email: optional("email", row),
                 library_name: optional("library_name", row),
                 context_identity: None,
+                context_names_ip: false,
             },
         };
         out.push((seq.value(row) as u64, event));

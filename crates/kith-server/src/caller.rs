@@ -9,8 +9,8 @@ use std::str::FromStr;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
+use kith_core::Event;
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 
 /// Whether the server records the client's IP address in `context.ip` of events whose client
 /// did not set one, as Segment's API does.
@@ -129,27 +129,23 @@ pub(crate) fn truncated(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// `context` with `"ip": address` added, unless it names an `ip` already (even `null`: the
-/// client's choice is kept) or is not an object. Events from the parser hold their objects as
-/// JSON text, so the field is spliced in rather than the object parsed and written again.
-pub(crate) fn with_ip(context: Option<String>, address: &str) -> Option<String> {
+/// Adds `"ip": address` to the `context` of each event whose client did not name `ip` there
+/// (the parser says which did: [`kith_core::TypedFields::context_names_ip`]).
+pub(crate) fn record_address(events: &mut [Event], address: &str) {
+    for event in events {
+        if !event.typed.context_names_ip {
+            event.context = with_ip(event.context.take(), address);
+        }
+    }
+}
+
+/// `context` with `"ip": address` added. Events hold their objects as the client's JSON text,
+/// so the field is spliced in rather than the object parsed and written again.
+fn with_ip(context: Option<String>, address: &str) -> Option<String> {
     let field = format!("\"ip\":{}", serde_json::Value::from(address));
     let Some(text) = context else {
         return Some(format!("{{{field}}}"));
     };
-    #[derive(Deserialize)]
-    struct IpProbe {
-        #[serde(default)]
-        ip: Present,
-    }
-    let has_ip = match serde_json::from_str::<IpProbe>(&text) {
-        Ok(IpProbe { ip: Present(named) }) => named,
-        // Not an object, or `ip` named twice: left exactly as the client sent it.
-        Err(_) => true,
-    };
-    if has_ip {
-        return Some(text);
-    }
     let Some(inside) = text.trim_start().strip_prefix('{') else {
         return Some(text);
     };
@@ -158,17 +154,6 @@ pub(crate) fn with_ip(context: Option<String>, address: &str) -> Option<String> 
     } else {
         format!("{{{field},{inside}")
     })
-}
-
-/// Whether a field was named, whatever its value, `null` included (an `Option` would read
-/// `null` as absent).
-#[derive(Default)]
-struct Present(bool);
-
-impl<'de> Deserialize<'de> for Present {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        IgnoredAny::deserialize(deserializer).map(|_| Present(true))
-    }
 }
 
 /// The value of `key` in the first element of `Forwarded` (RFC 7239): the client's own hop.
@@ -347,10 +332,29 @@ mod tests {
         );
     }
 
+    /// The contexts of a batch of one track each, as the parser leaves them, once the server
+    /// recorded the address.
+    fn recorded(contexts: &[String]) -> Vec<Option<String>> {
+        let items: Vec<String> = contexts
+            .iter()
+            .enumerate()
+            .map(|(i, context)| {
+                format!(
+                    r#"{{"type":"track","event":"Paid","userId":"u","messageId":"m{i}","context":{context}}}"#
+                )
+            })
+            .collect();
+        let body = format!(r#"{{"batch":[{}]}}"#, items.join(","));
+        let request = kith_core::parse_batch_request(&body).unwrap();
+        let mut outcome = request.normalize("web", chrono::Utc::now());
+        assert!(outcome.rejections.is_empty(), "{:?}", outcome.rejections);
+        record_address(&mut outcome.events, "189.203.45.0");
+        outcome.events.into_iter().map(|e| e.context).collect()
+    }
+
     proptest! {
-        /// Whatever object the client's context is (keys, nesting, spacing as sent), the
-        /// result is a JSON object: the same one with `ip` added, or the same text when it
-        /// named `ip` already.
+        /// Whatever object the client's context is (keys, nesting, spacing as sent), it stays
+        /// a JSON object: the same one with `ip` added, or the same text when it named `ip`.
         #[test]
         fn the_context_stays_a_valid_object(
             fields in prop::collection::vec(
@@ -368,44 +372,41 @@ mod tests {
             let text = serde_json::to_string_pretty(&object)
                 .unwrap()
                 .replacen('{', &format!("{{{spacing}"), 1);
-            let result = with_ip(Some(text.clone()), "189.203.45.0").unwrap();
+            let [result] = &recorded(&[text])[..] else { unreachable!() };
             let parsed: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&result).unwrap();
-            if object.contains_key("ip") {
-                prop_assert_eq!(result, text);
-            } else {
-                let mut expected = object.clone();
-                expected.insert("ip".into(), "189.203.45.0".into());
-                prop_assert_eq!(parsed, expected);
-            }
+                serde_json::from_str(result.as_deref().unwrap()).unwrap();
+            let mut expected = object.clone();
+            expected.entry("ip").or_insert("189.203.45.0".into());
+            prop_assert_eq!(parsed, expected);
         }
     }
 
     #[test]
     fn the_ip_is_added_to_context_unless_the_client_set_one() {
-        let added = |context: Option<&str>| with_ip(context.map(str::to_string), "189.203.45.0");
-        assert_eq!(added(None).as_deref(), Some(r#"{"ip":"189.203.45.0"}"#));
         assert_eq!(
-            added(Some("{}")).as_deref(),
+            with_ip(None, "189.203.45.0").as_deref(),
             Some(r#"{"ip":"189.203.45.0"}"#)
         );
-        assert_eq!(
-            added(Some("{ }")).as_deref(),
-            Some(r#"{"ip":"189.203.45.0"}"#)
-        );
-        let grown = added(Some(r#"{"locale":"es-MX","page":{"ip":"nested"}}"#)).unwrap();
-        assert_eq!(
-            grown,
-            r#"{"ip":"189.203.45.0","locale":"es-MX","page":{"ip":"nested"}}"#
-        );
-        let parsed: serde_json::Value = serde_json::from_str(&grown).unwrap();
-        assert_eq!(parsed["page"]["ip"], "nested");
-        for kept in [
+        let contexts = [
+            "{}",
+            "{ }",
+            r#"{"locale":"es-MX","page":{"ip":"nested"}}"#,
+            // The client's own, even null, and what cannot be read as a context, are kept.
             r#"{"ip":"0.0.0.0","locale":"es-MX"}"#,
             r#"{"locale":"es-MX","ip":null}"#,
             r#"{"ip":"1.1.1.1","ip":"2.2.2.2"}"#,
-        ] {
-            assert_eq!(added(Some(kept)).as_deref(), Some(kept));
+            r#"{"page":"not an object"}"#,
+        ];
+        let contexts: Vec<String> = contexts.iter().map(|c| c.to_string()).collect();
+        let recorded = recorded(&contexts);
+        let expected = [
+            r#"{"ip":"189.203.45.0"}"#,
+            r#"{"ip":"189.203.45.0"}"#,
+            r#"{"ip":"189.203.45.0","locale":"es-MX","page":{"ip":"nested"}}"#,
+        ];
+        for (i, context) in contexts.iter().enumerate() {
+            let want = expected.get(i).copied().unwrap_or(context.as_str());
+            assert_eq!(recorded[i].as_deref(), Some(want), "{context}");
         }
     }
 }

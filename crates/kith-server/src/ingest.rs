@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::auth::key_from_headers;
-use crate::caller::{PeerAddress, public_address, with_ip};
+use crate::caller::{PeerAddress, public_address, record_address};
 use crate::errors::{ApiError, ErrorCode};
 use crate::pipeline::event_entry;
 use crate::unify::Ingested;
@@ -322,9 +322,7 @@ pub(crate) fn submit(
         .client_ip
         .address_to_record(caller.headers, caller.peer)
     {
-        for event in &mut outcome.events {
-            event.context = with_ip(event.context.take(), &address);
-        }
+        record_address(&mut outcome.events, &address);
     }
     metrics::counter!("kith_events_received_total", "source" => source.clone())
         .increment(request.len() as u64);
