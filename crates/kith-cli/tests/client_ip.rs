@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 /// Sends the calls every case below looks at: a track from the connection itself, one relayed
 /// by a proxy (`X-Forwarded-For`), one whose client set its own `ip`, a batch with a batch-level
-/// `context`, and a pixel.
+/// `context` (and one naming `ip` there), an import of historical events, and a pixel.
 fn send_calls(server: &KithServer) {
     let auth = basic(&server.write_key);
     let track = |message_id: &str, extra: &[(&str, &str)], context: Value| {
@@ -51,6 +51,34 @@ fn send_calls(server: &KithServer) {
         &batch.to_string(),
     );
     assert_eq!(status, 200, "{answer}");
+    // A batch-level `ip` is the client's own for every item.
+    let batch = json!({
+        "batch": [{"type": "track", "userId": "ana", "event": "Paid", "messageId": "batch-ip"}],
+        "context": {"ip": "200.57.0.1"}
+    });
+    let (status, answer) = post_json(
+        &server.url("/v1/batch"),
+        &[
+            ("Authorization", &auth),
+            ("X-Forwarded-For", "189.203.45.201"),
+        ],
+        &batch.to_string(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    // Historical events: the importer's address is not the customer's.
+    let import = json!({
+        "batch": [{"type": "track", "userId": "ana", "event": "Paid", "messageId": "imported",
+                   "timestamp": "2023-05-01T10:00:00Z", "context": {"locale": "es-MX"}}]
+    });
+    let (status, answer) = post_json(
+        &server.url("/v1/import"),
+        &[
+            ("Authorization", &auth),
+            ("X-Forwarded-For", "189.203.45.201"),
+        ],
+        &import.to_string(),
+    );
+    assert_eq!(status, 200, "{answer}");
     let (status, _, _, body) = get_raw(
         &server.url(&format!(
             "/pixel/v1/track?writeKey={}&event=Email%20Opened&userId=ana&messageId=pixel",
@@ -64,7 +92,7 @@ fn send_calls(server: &KithServer) {
 /// Each event's `context`, parsed, by message id.
 fn contexts(server: &KithServer) -> serde_json::Map<String, Value> {
     let rows = server.rows("SELECT message_id, context FROM events ORDER BY message_id");
-    assert_eq!(rows.len(), 5, "{rows:#?}");
+    assert_eq!(rows.len(), 7, "{rows:#?}");
     rows.into_iter()
         .map(|row| {
             let id = row["message_id"].as_str().unwrap().to_string();
@@ -84,12 +112,14 @@ fn no_ip_is_recorded_unless_the_operator_turns_it_on() {
     send_calls(&server);
     let contexts = contexts(&server);
     for (id, context) in &contexts {
-        let expected_ip = if id == "client-set" {
-            json!("201.141.9.9")
-        } else {
-            Value::Null
-        };
-        assert_eq!(context["ip"], expected_ip, "{id}: {context}");
+        match id.as_str() {
+            "client-set" => assert_eq!(context["ip"], "201.141.9.9"),
+            "batch-ip" => assert_eq!(context["ip"], "200.57.0.1"),
+            _ => assert!(
+                context.get("ip").is_none(),
+                "{id} got an address: {context}"
+            ),
+        }
     }
     assert_eq!(contexts["direct"], json!({"locale": "es-MX"}));
 }
@@ -123,20 +153,24 @@ fn the_full_address_is_the_proxys_first_hop_or_the_connections() {
                "library": {"name": "analytics-python", "version": "2.3.4"}})
     );
     assert_eq!(contexts["pixel"], json!({"ip": "187.190.1.2"}));
+    assert_eq!(contexts["batch-ip"], json!({"ip": "200.57.0.1"}));
+    assert_eq!(contexts["imported"], json!({"locale": "es-MX"}));
 }
 
 #[test]
 fn a_truncated_address_names_the_network_not_the_household() {
     let dir = tempfile::tempdir().unwrap();
     let (server, _config) =
-        KithServer::start_with_config(dir.path(), "[ingest]\nclient_ip = \"truncated\"\n");
+        KithServer::start_with_config(dir.path(), "[ingest]\nclient_ip = \"Truncated\"\n");
     send_calls(&server);
     let contexts = contexts(&server);
     assert_eq!(contexts["direct"]["ip"], "127.0.0.0");
     assert_eq!(contexts["proxied"]["ip"], "189.203.45.0");
     assert_eq!(contexts["client-set"]["ip"], "201.141.9.9");
-    assert_eq!(contexts["batched"]["ip"], "2806:10be:7::");
+    assert_eq!(contexts["batched"]["ip"], "2806:10be::");
     assert_eq!(contexts["pixel"]["ip"], "187.190.1.0");
+    assert_eq!(contexts["batch-ip"]["ip"], "200.57.0.1");
+    assert!(contexts["imported"].get("ip").is_none());
 }
 
 #[test]
@@ -162,7 +196,7 @@ fn an_unknown_policy_stops_start_up_and_names_the_choices() {
     ]);
     assert!(!ok);
     assert!(
-        stderr.contains("client_ip") && stderr.contains("`truncated`"),
+        stderr.contains("client_ip") && stderr.contains("`yes` is not a client IP policy"),
         "{stderr}"
     );
 }

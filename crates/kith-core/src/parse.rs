@@ -17,6 +17,9 @@ use crate::event::{ContextIdentity, Event, MessageType, Rejection, TypedFields};
 use crate::limits::{MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_MESSAGE_ID_CHARS};
 use crate::time::{event_time, parse_timestamp};
 
+mod context_view;
+use context_view::ContextView;
+
 /// Why a whole request was refused (the events in it were never looked at).
 #[derive(Debug, Error, PartialEq)]
 pub enum RequestError {
@@ -654,39 +657,8 @@ struct PropertiesView {
 }
 
 #[derive(Deserialize, Default)]
-struct ContextView<'a> {
-    #[serde(default)]
-    ip: Named,
-    page: Option<PageView>,
-    #[serde(borrow)]
-    traits: Option<&'a RawValue>,
-    library: Option<LibraryView>,
-    #[serde(rename = "externalIds", borrow)]
-    external_ids: Option<&'a RawValue>,
-    consent: Option<ConsentView<'a>>,
-}
-
-#[derive(Deserialize, Default)]
-struct ConsentView<'a> {
-    #[serde(rename = "categoryPreferences", borrow)]
-    category_preferences: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize, Default)]
-struct PageView {
-    url: Option<Value>,
-    path: Option<Value>,
-    referrer: Option<Value>,
-}
-
-#[derive(Deserialize, Default)]
 struct EmailView {
     email: Option<Value>,
-}
-
-#[derive(Deserialize, Default)]
-struct LibraryView {
-    name: Option<Value>,
 }
 
 /// Reads a view of a JSON object, tolerating anything unexpected inside it (a view is a
@@ -721,10 +693,10 @@ fn typed_fields(
 ) -> TypedFields {
     let properties: PropertiesView = view(properties);
     let read_context: Option<ContextView> = context.and_then(|t| serde_json::from_str(t).ok());
-    // A context that cannot be read this way (a field named twice, a `page` that is not an
-    // object) is left exactly as sent: no `ip` is added to it.
+    // A context that cannot be read at all (not valid JSON inside) is left exactly as sent: no
+    // `ip` is added to it.
     let context_names_ip = match &read_context {
-        Some(read) => read.ip.0,
+        Some(read) => read.names_ip,
         None => context.is_some(),
     };
     let context = read_context.unwrap_or_default();
@@ -759,17 +731,6 @@ fn typed_fields(
         library_name: context.library.as_ref().and_then(|l| text_of(&l.name)),
         context_identity: Some(context_identity),
         context_names_ip,
-    }
-}
-
-/// Whether a field was named, whatever its value, `null` included (an `Option` would read
-/// `null` as absent).
-#[derive(Default)]
-struct Named(bool);
-
-impl<'de> Deserialize<'de> for Named {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        serde::de::IgnoredAny::deserialize(deserializer).map(|_| Named(true))
     }
 }
 

@@ -265,7 +265,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/", get(crate::welcome::welcome))
         .route("/v1/batch", post(ingest::batch))
         .route("/v1/b", post(ingest::batch))
-        .route("/v1/import", post(ingest::batch))
+        .route("/v1/import", post(ingest::import))
         .route("/v1/query", post(query::query))
         .route("/v1/imports", post(imports::import_batch))
         .route("/v1/projects/{write_key}/settings", get(ingest::settings))

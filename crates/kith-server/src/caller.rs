@@ -16,11 +16,12 @@ use serde::Deserialize;
 /// did not set one, as Segment's API does.
 ///
 /// Off by default: an IP address is personal data, and a shop that must ask for consent before
-/// collecting it should turn it on knowingly. `Truncated` keeps enough for country and region
-/// (the first three bytes of an IPv4 address, the first six of an IPv6 one) without naming a
-/// household.
+/// collecting it should turn it on knowingly. `Truncated` keeps the network, not the
+/// subscriber: an IPv4 address's first three bytes (its /24) and an IPv6 address's first four
+/// (its /32, an ISP's block: ISPs give each subscriber a /48 or /56, so keeping more would
+/// name a household).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub enum ClientIpPolicy {
     #[default]
     Off,
@@ -38,9 +39,17 @@ impl FromStr for ClientIpPolicy {
             "full" => Ok(ClientIpPolicy::Full),
             _ => Err(format!(
                 "`{text}` is not a client IP policy; use off (the default: no IP is recorded), \
-                 truncated (the last byte of IPv4, the last ten of IPv6 zeroed) or full"
+                 truncated (the network only: an IPv4 /24, an IPv6 /32) or full"
             )),
         }
+    }
+}
+
+impl TryFrom<String> for ClientIpPolicy {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
     }
 }
 
@@ -113,8 +122,8 @@ fn parse_node(text: &str) -> Option<IpAddr> {
     host.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
-/// The address with its host part zeroed: an IPv4 address's last byte (a /24), an IPv6
-/// address's last ten bytes (a /48, one site).
+/// The address with its subscriber's part zeroed: an IPv4 address's last byte (a /24), an
+/// IPv6 address's last twelve bytes (a /32).
 pub(crate) fn truncated(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => {
@@ -123,7 +132,7 @@ pub(crate) fn truncated(ip: IpAddr) -> IpAddr {
         }
         IpAddr::V6(v6) => {
             let mut bytes = v6.octets();
-            bytes[6..].fill(0);
+            bytes[4..].fill(0);
             IpAddr::V6(Ipv6Addr::from(bytes))
         }
     }
@@ -174,8 +183,13 @@ fn first_listed(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|v| v.trim().to_string())
 }
 
+/// A header's first line that holds something (a proxy may have added an empty one).
 fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| !v.trim().is_empty())
 }
 
 /// The scheme and host a browser reached this server by, for documents that point SDKs back at
@@ -283,6 +297,15 @@ mod tests {
             client_ip(&with_port, PeerAddress(None)),
             Some("192.0.2.43".parse().unwrap())
         );
+        // An empty line a proxy added is passed over.
+        let empty_first = headers(&[
+            ("x-forwarded-for", ""),
+            ("x-forwarded-for", "203.0.113.9, 10.0.0.2"),
+        ]);
+        assert_eq!(
+            client_ip(&empty_first, peer("10.0.0.3")),
+            Some("203.0.113.9".parse().unwrap())
+        );
         // Hidden or unknown hops fall through to the next source.
         let hidden = headers(&[("forwarded", "for=_hidden"), ("x-forwarded-for", "unknown")]);
         assert_eq!(
@@ -299,7 +322,7 @@ mod tests {
         );
         assert_eq!(
             truncated("2806:10be:7:2a1f::5".parse().unwrap()),
-            "2806:10be:7::".parse::<IpAddr>().unwrap()
+            "2806:10be::".parse::<IpAddr>().unwrap()
         );
     }
 
@@ -391,11 +414,11 @@ mod tests {
             "{}",
             "{ }",
             r#"{"locale":"es-MX","page":{"ip":"nested"}}"#,
-            // The client's own, even null, and what cannot be read as a context, are kept.
+            r#"{"page":"not an object"}"#,
+            // The client's own, even null or named twice, is kept.
             r#"{"ip":"0.0.0.0","locale":"es-MX"}"#,
             r#"{"locale":"es-MX","ip":null}"#,
             r#"{"ip":"1.1.1.1","ip":"2.2.2.2"}"#,
-            r#"{"page":"not an object"}"#,
         ];
         let contexts: Vec<String> = contexts.iter().map(|c| c.to_string()).collect();
         let recorded = recorded(&contexts);
@@ -403,6 +426,7 @@ mod tests {
             r#"{"ip":"189.203.45.0"}"#,
             r#"{"ip":"189.203.45.0"}"#,
             r#"{"ip":"189.203.45.0","locale":"es-MX","page":{"ip":"nested"}}"#,
+            r#"{"ip":"189.203.45.0","page":"not an object"}"#,
         ];
         for (i, context) in contexts.iter().enumerate() {
             let want = expected.get(i).copied().unwrap_or(context.as_str());

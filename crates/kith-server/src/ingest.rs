@@ -173,6 +173,25 @@ pub async fn batch(
     submitted.answer().await
 }
 
+/// `POST /v1/import`: a batch of historical events, as `/v1/batch` takes them, except that the
+/// client's address is never recorded: it is the importer's, not the customer's.
+pub async fn import(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<IngestResponse>, ApiError> {
+    let submitted = {
+        let bytes = read_body(&headers, body).await?;
+        let request = batch_request(&bytes)?;
+        let caller = Caller {
+            records_address: false,
+            ..Caller::new(&headers, PeerAddress(None))
+        };
+        submit(&app, &caller, request)?
+    };
+    submitted.answer().await
+}
+
 /// Reads a batch body's envelope.
 pub(crate) fn batch_request(bytes: &[u8]) -> Result<RawRequest<'_>, ApiError> {
     parse_batch_request(body_text(bytes)?).map_err(request_error)
@@ -293,6 +312,8 @@ pub(crate) struct Caller<'a> {
     pub peer: PeerAddress,
     /// The write key from the URL's query (see [`judge`]).
     pub query_key: Option<&'a str>,
+    /// Whether the events may get the client's address (when the server records it).
+    pub records_address: bool,
 }
 
 impl<'a> Caller<'a> {
@@ -301,6 +322,7 @@ impl<'a> Caller<'a> {
             headers,
             peer,
             query_key: None,
+            records_address: true,
         }
     }
 
@@ -317,10 +339,11 @@ pub(crate) fn submit(
 ) -> Result<Submitted, ApiError> {
     let (source, mut outcome) = judge(app, caller.headers, caller.query_key, &request)?;
     check_backpressure(app)?;
-    if let Some(address) = app
-        .config
-        .client_ip
-        .address_to_record(caller.headers, caller.peer)
+    if caller.records_address
+        && let Some(address) = app
+            .config
+            .client_ip
+            .address_to_record(caller.headers, caller.peer)
     {
         record_address(&mut outcome.events, &address);
     }

