@@ -213,12 +213,13 @@ pub(crate) fn public_address(headers: &HeaderMap) -> (&'static str, String) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use axum::http::HeaderValue;
     use proptest::prelude::*;
 
-    fn headers(list: &[(&'static str, &'static str)]) -> HeaderMap {
+    /// A header map from name and value pairs, in order (a name may repeat).
+    pub(crate) fn headers(list: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in list {
             map.append(*name, HeaderValue::from_static(value));

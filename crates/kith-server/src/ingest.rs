@@ -165,12 +165,7 @@ pub async fn batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
-    let submitted = {
-        let bytes = read_body(&headers, body).await?;
-        let request = batch_request(&bytes)?;
-        submit(&app, &Caller::new(&headers, peer), request)?
-    };
-    submitted.answer().await
+    receive_batch(&app, &Caller::new(&headers, peer), body).await
 }
 
 /// `POST /v1/import`: a batch of historical events, as `/v1/batch` takes them, except that the
@@ -180,14 +175,23 @@ pub async fn import(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
+    let caller = Caller {
+        records_address: false,
+        ..Caller::new(&headers, PeerAddress(None))
+    };
+    receive_batch(&app, &caller, body).await
+}
+
+/// Reads a batch body, stores its events and answers once they are durable.
+pub(crate) async fn receive_batch(
+    app: &AppState,
+    caller: &Caller<'_>,
+    body: Body,
+) -> Result<Json<IngestResponse>, ApiError> {
     let submitted = {
-        let bytes = read_body(&headers, body).await?;
+        let bytes = read_body(caller.headers, body).await?;
         let request = batch_request(&bytes)?;
-        let caller = Caller {
-            records_address: false,
-            ..Caller::new(&headers, PeerAddress(None))
-        };
-        submit(&app, &caller, request)?
+        submit(app, caller, request)?
     };
     submitted.answer().await
 }

@@ -22,7 +22,7 @@ use crate::app::AppState;
 use crate::auth::key_from_headers;
 use crate::caller::PeerAddress;
 use crate::errors::ApiError;
-use crate::ingest::{Caller, IngestResponse, batch_request, read_body, submit};
+use crate::ingest::{Caller, IngestResponse, receive_batch};
 use crate::params::{self, QueryPairs};
 
 /// `POST /beacon/v1/batch`.
@@ -39,16 +39,8 @@ pub async fn beacon_batch(
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
     let query_key = params::write_key(&params::query_pairs(query)?)?;
-    let submitted = {
-        let bytes = read_body(&headers, body).await?;
-        let request = batch_request(&bytes)?;
-        submit(
-            &app,
-            &Caller::new(&headers, peer).with_query_key(query_key.as_deref()),
-            request,
-        )?
-    };
-    submitted.answer().await
+    let caller = Caller::new(&headers, peer).with_query_key(query_key.as_deref());
+    receive_batch(&app, &caller, body).await
 }
 
 /// `GET /sourceConfig` (and `/sourceConfig/`).

@@ -147,14 +147,7 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn with_headers(list: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in list {
-            map.append(*name, HeaderValue::from_static(value));
-        }
-        map
-    }
+    use crate::caller::tests::headers as with_headers;
 
     #[test]
     fn the_commands_name_this_servers_address() {
@@ -176,8 +169,7 @@ mod tests {
             "<script>alert(1)</script>",
             "a.mx;b",
         ] {
-            let headers = with_headers(&[("host", "127.0.0.1:8417")]);
-            let mut headers = headers;
+            let mut headers = with_headers(&[("host", "127.0.0.1:8417")]);
             headers.insert("x-forwarded-host", HeaderValue::from_str(host).unwrap());
             assert_eq!(base_url(&headers), "http://KITH_ADDRESS", "{host}");
         }
