@@ -28,7 +28,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 5000, requires = "demo")]
     demo_customers: u64,
     /// Record the client's IP address in `context.ip` of events that do not carry one: off (no
-    /// IP is recorded), truncated (the last byte of IPv4, the last ten of IPv6 zeroed) or full.
+    /// IP is recorded), truncated (the network only: an IPv4 /24, an IPv6 /32) or full.
     /// Behind a proxy, the first address of `Forwarded` or `X-Forwarded-For` [default: off]
     #[arg(long, env = "KITH_CLIENT_IP", value_parser = parse_client_ip)]
     client_ip: Option<ClientIpPolicy>,
