@@ -104,6 +104,9 @@ pub struct IngestConfig {
     /// Record the client's IP address in `context.ip`: "off" (the default), "truncated" or
     /// "full".
     pub client_ip: Option<kith_server::caller::ClientIpPolicy>,
+    /// Proxies whose `Forwarded` / `X-Forwarded-*` headers are believed: addresses or CIDR
+    /// networks (default: loopback and private networks; `[]` trusts none).
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 impl IngestConfig {

@@ -200,3 +200,61 @@ fn an_unknown_policy_stops_start_up_and_names_the_choices() {
         "{stderr}"
     );
 }
+
+#[test]
+fn only_trusted_proxies_are_believed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Loopback is a trusted proxy by default; here no proxy is.
+    let (server, _config) = KithServer::start_with_config(
+        dir.path(),
+        "[ingest]\nclient_ip = \"full\"\ntrusted_proxies = []\n",
+    );
+    let auth = basic(&server.write_key);
+    let spoofing = [
+        ("Authorization", auth.as_str()),
+        ("X-Forwarded-For", "189.203.45.201"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "evil.example"),
+    ];
+    let body = json!({"userId": "ana", "event": "Paid", "messageId": "spoofed"});
+    let (status, answer) = post_json(&server.url("/v1/track"), &spoofing, &body.to_string());
+    assert_eq!(status, 200, "{answer}");
+    let rows = server.rows("SELECT context FROM events WHERE message_id = 'spoofed'");
+    let context: Value = serde_json::from_str(rows[0]["context"].as_str().unwrap()).unwrap();
+    assert_eq!(context, json!({"ip": "127.0.0.1"}));
+
+    // Nor does analytics.js get sent elsewhere, nor the welcome page's commands.
+    let (status, settings) = common::get(
+        &server.url(&format!("/v1/projects/{}/settings", server.write_key)),
+        &spoofing[1..],
+    );
+    assert_eq!(status, 200, "{settings}");
+    let own_host = server.base.trim_start_matches("http://");
+    assert_eq!(
+        settings["integrations"]["Segment.io"]["apiHost"],
+        format!("{own_host}/v1")
+    );
+    assert_eq!(settings["integrations"]["Segment.io"]["protocol"], "http");
+    let (status, welcome) = common::get(&server.url("/"), &spoofing[1..]);
+    assert_eq!(status, 200);
+    let send = welcome["first_steps"][1]["command"].as_str().unwrap();
+    assert!(send.contains(&format!("{}/v1/track", server.base)), "{send}");
+}
+
+#[test]
+fn a_trusted_proxy_that_is_not_an_address_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (ok, _, stderr) = kith(&[
+        "serve",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--trusted-proxies",
+        "10.0.0.0/8,nginx",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("`nginx` is not an address or a network"),
+        "{stderr}"
+    );
+}

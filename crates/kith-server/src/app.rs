@@ -76,6 +76,8 @@ pub struct ServerConfig {
     pub noop_endpoint: bool,
     /// Whether events get the client's IP address in `context.ip` (off, truncated or full).
     pub client_ip: crate::caller::ClientIpPolicy,
+    /// The proxies whose `Forwarded` / `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: crate::caller::TrustedProxies,
     /// When the models that score profiles (CLV, RFM, risk, preferences) rerun without being
     /// asked, and with which definitions.
     pub models: models::ModelSchedules,
@@ -96,6 +98,7 @@ impl Default for ServerConfig {
             profiles: ProfileSettings::default(),
             noop_endpoint: false,
             client_ip: crate::caller::ClientIpPolicy::Off,
+            trusted_proxies: crate::caller::TrustedProxies::default(),
             models: models::ModelSchedules::default(),
             housekeeping: kith_lake::Housekeeping::default(),
         }

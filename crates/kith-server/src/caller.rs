@@ -9,6 +9,7 @@ use std::str::FromStr;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
+use ipnet::IpNet;
 use kith_core::Event;
 use serde::Deserialize;
 
@@ -55,17 +56,146 @@ impl TryFrom<String> for ClientIpPolicy {
 
 impl ClientIpPolicy {
     /// The address to record for a request, as text, or `None` when nothing is recorded.
-    pub(crate) fn address_to_record(
-        self,
-        headers: &HeaderMap,
-        peer: PeerAddress,
-    ) -> Option<String> {
+    pub(crate) fn address_to_record(self, origin: &Origin<'_>) -> Option<String> {
         let ip = match self {
             ClientIpPolicy::Off => return None,
-            ClientIpPolicy::Full => client_ip(headers, peer)?,
-            ClientIpPolicy::Truncated => truncated(client_ip(headers, peer)?),
+            ClientIpPolicy::Full => origin.client_ip()?,
+            ClientIpPolicy::Truncated => truncated(origin.client_ip()?),
         };
         Some(ip.to_string())
+    }
+}
+
+/// The proxies whose `Forwarded` and `X-Forwarded-*` headers are believed. Anyone can write
+/// those headers; only a proxy in front of Kith should be taken at its word about the client's
+/// address, scheme and host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl Default for TrustedProxies {
+    /// Loopback and private networks, where a reverse proxy in front of Kith usually runs.
+    fn default() -> Self {
+        let networks = [
+            "127.0.0.0/8",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "::1/128",
+            "fc00::/7",
+        ];
+        TrustedProxies(networks.iter().filter_map(|n| n.parse().ok()).collect())
+    }
+}
+
+impl TrustedProxies {
+    /// Addresses or networks (`10.0.0.0/8`, `2001:db8::/32`, `203.0.113.5`); an empty list
+    /// trusts no proxy.
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
+        let mut networks = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let text = entry.as_ref().trim();
+            let network = text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    format!(
+                        "`{text}` is not an address or a network; write a proxy's address \
+                         (10.0.0.2, 2001:db8::2) or a network in CIDR form (10.0.0.0/8)"
+                    )
+                })?;
+            networks.push(network);
+        }
+        Ok(TrustedProxies(networks))
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|network| network.contains(&ip))
+    }
+}
+
+/// Where a request came from, as far as the server can tell: the connection's peer and, when
+/// that peer is a trusted proxy, what the proxy says.
+pub(crate) struct Origin<'a> {
+    headers: &'a HeaderMap,
+    peer: Option<IpAddr>,
+    trusted: &'a TrustedProxies,
+    /// Whether the proxy headers are believed: the peer is a trusted proxy, or the request was
+    /// handed to the router in-process (tests), with no peer at all.
+    believed: bool,
+}
+
+impl<'a> Origin<'a> {
+    pub(crate) fn new(
+        headers: &'a HeaderMap,
+        peer: PeerAddress,
+        trusted: &'a TrustedProxies,
+    ) -> Self {
+        let peer = peer.0.map(|ip| ip.to_canonical());
+        Origin {
+            headers,
+            peer,
+            trusted,
+            believed: peer.is_none_or(|ip| trusted.contains(ip)),
+        }
+    }
+
+    /// The client's IP address. From an untrusted peer, the peer itself. From a trusted proxy,
+    /// the hop just before the nearest trusted proxies in `Forwarded: for=` (else
+    /// `X-Forwarded-For`), read from the right: each proxy appends the address it saw, so
+    /// what stands left of that was written by the client and may be anything. A value that is
+    /// not an address (`unknown`, an obfuscated `_hidden`) is passed over.
+    pub(crate) fn client_ip(&self) -> Option<IpAddr> {
+        if !self.believed {
+            return self.peer;
+        }
+        let forwarded = listed(self.headers, "forwarded").filter_map(|element| {
+            element
+                .split(';')
+                .filter_map(|pair| pair.trim().split_once('='))
+                .find(|(key, _)| key.trim().eq_ignore_ascii_case("for"))
+                .and_then(|(_, value)| parse_node(value.trim().trim_matches('"')))
+        });
+        let forwarded: Vec<IpAddr> = forwarded.collect();
+        let chain = if forwarded.is_empty() {
+            listed(self.headers, "x-forwarded-for")
+                .filter_map(parse_node)
+                .collect()
+        } else {
+            forwarded
+        };
+        let chain: Vec<IpAddr> = chain.into_iter().map(|ip| ip.to_canonical()).collect();
+        chain
+            .iter()
+            .rev()
+            .find(|ip| !self.trusted.contains(**ip))
+            .or(chain.first())
+            .copied()
+            .or(self.peer)
+    }
+
+    /// The scheme and host a browser reached this server by, for documents that point SDKs
+    /// back at it. Behind a proxy that terminates TLS (the usual way to serve Kith on the
+    /// internet) the request arrives over plain HTTP, but a page served over HTTPS may only
+    /// send to HTTPS: a trusted proxy's `Forwarded` (RFC 7239) or `X-Forwarded-Proto` /
+    /// `X-Forwarded-Host` headers say what the browser used. Otherwise, the request's own
+    /// `Host` over `http`.
+    pub(crate) fn public_address(&self) -> (&'static str, String) {
+        let headers = self.headers;
+        let told = |key: &str, header: &str| {
+            self.believed
+                .then(|| forwarded_param(headers, key).or_else(|| first_listed(headers, header)))
+                .flatten()
+        };
+        let protocol = match told("proto", "x-forwarded-proto") {
+            Some(p) if p.eq_ignore_ascii_case("https") => "https",
+            _ => "http",
+        };
+        let host = told("host", "x-forwarded-host")
+            .filter(|h| !h.is_empty())
+            .or_else(|| header_text(headers, header::HOST.as_str()).map(str::to_string))
+            .unwrap_or_else(|| "localhost".to_string());
+        (protocol, host)
     }
 }
 
@@ -85,26 +215,6 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerAddress {
                 .map(|ConnectInfo(addr)| addr.ip()),
         ))
     }
-}
-
-/// The client's IP address: the first hop a proxy names (`Forwarded: for=`, else
-/// `X-Forwarded-For`), else the connection's peer.
-///
-/// A client can name any address through these headers, but it can as well put any `ip` in the
-/// event's own `context`, so they are no less trustworthy than what is recorded without them. A
-/// value that is not an address (`unknown`, an obfuscated `_hidden` identifier) falls through to
-/// the next source.
-pub(crate) fn client_ip(headers: &HeaderMap, peer: PeerAddress) -> Option<IpAddr> {
-    forwarded_param(headers, "for")
-        .as_deref()
-        .and_then(parse_node)
-        .or_else(|| {
-            first_listed(headers, "x-forwarded-for")
-                .as_deref()
-                .and_then(parse_node)
-        })
-        .or(peer.0)
-        .map(|ip| ip.to_canonical())
 }
 
 /// An address as proxies write it: bare, with a port (`192.0.2.1:4711`), or an IPv6 one in
@@ -183,6 +293,17 @@ fn first_listed(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|v| v.trim().to_string())
 }
 
+/// Every entry of a comma-separated header, over all its lines, in order.
+fn listed<'h>(headers: &'h HeaderMap, name: &str) -> impl Iterator<Item = &'h str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|line| line.split(','))
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+}
+
 /// A header's first line that holds something (a proxy may have added an empty one).
 fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
@@ -190,26 +311,6 @@ fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find(|v| !v.trim().is_empty())
-}
-
-/// The scheme and host a browser reached this server by, for documents that point SDKs back at
-/// it. Behind a proxy that terminates TLS (the usual way to serve Kith on the internet) the
-/// request arrives over plain HTTP, but a page served over HTTPS may only send to HTTPS: the
-/// proxy's `Forwarded` (RFC 7239) or `X-Forwarded-Proto` / `X-Forwarded-Host` headers say what
-/// the browser used. Without them, the request's own `Host` over `http`.
-pub(crate) fn public_address(headers: &HeaderMap) -> (&'static str, String) {
-    let proto =
-        forwarded_param(headers, "proto").or_else(|| first_listed(headers, "x-forwarded-proto"));
-    let protocol = match proto {
-        Some(p) if p.eq_ignore_ascii_case("https") => "https",
-        _ => "http",
-    };
-    let host = forwarded_param(headers, "host")
-        .or_else(|| first_listed(headers, "x-forwarded-host"))
-        .filter(|h| !h.is_empty())
-        .or_else(|| header_text(headers, header::HOST.as_str()).map(str::to_string))
-        .unwrap_or_else(|| "localhost".to_string());
-    (protocol, host)
 }
 
 #[cfg(test)]
@@ -231,18 +332,36 @@ pub(crate) mod tests {
         PeerAddress(Some(text.parse().unwrap()))
     }
 
+    /// What a request from `from` says, with the default trusted proxies.
+    fn public_address(headers: &HeaderMap, from: PeerAddress) -> (&'static str, String) {
+        Origin::new(headers, from, &TrustedProxies::default()).public_address()
+    }
+
+    fn client_ip(headers: &HeaderMap, from: PeerAddress) -> Option<IpAddr> {
+        Origin::new(headers, from, &TrustedProxies::default()).client_ip()
+    }
+
     #[test]
     fn the_public_address_is_the_one_the_browser_used_through_a_proxy() {
+        let proxy = peer("10.0.0.2");
         let local = headers(&[("host", "127.0.0.1:8417")]);
-        assert_eq!(public_address(&local), ("http", "127.0.0.1:8417".into()));
+        assert_eq!(
+            public_address(&local, proxy),
+            ("http", "127.0.0.1:8417".into())
+        );
         let proxied = headers(&[
             ("host", "10.0.0.5:8417"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "collect.tienda.mx"),
         ]);
         assert_eq!(
-            public_address(&proxied),
+            public_address(&proxied, proxy),
             ("https", "collect.tienda.mx".into())
+        );
+        // From a client that is not a trusted proxy, the request's own Host over http.
+        assert_eq!(
+            public_address(&proxied, peer("203.0.113.50")),
+            ("http", "10.0.0.5:8417".into())
         );
         let standard = headers(&[
             ("host", "10.0.0.5:8417"),
@@ -252,20 +371,23 @@ pub(crate) mod tests {
             ),
         ]);
         assert_eq!(
-            public_address(&standard),
+            public_address(&standard, proxy),
             ("https", "collect.tienda.mx".into())
         );
         // Only the proxy's protocol: the host is the request's own.
         let proto_only = headers(&[("host", "tienda.mx"), ("x-forwarded-proto", "HTTPS, http")]);
-        assert_eq!(public_address(&proto_only), ("https", "tienda.mx".into()));
         assert_eq!(
-            public_address(&HeaderMap::new()),
+            public_address(&proto_only, proxy),
+            ("https", "tienda.mx".into())
+        );
+        assert_eq!(
+            public_address(&HeaderMap::new(), proxy),
             ("http", "localhost".into())
         );
     }
 
     #[test]
-    fn the_client_ip_is_the_first_hop_a_proxy_names_else_the_peer() {
+    fn the_client_ip_is_the_hop_before_the_trusted_proxies_else_the_peer() {
         let none = HeaderMap::new();
         assert_eq!(
             client_ip(&none, peer("198.51.100.4")),
@@ -281,6 +403,23 @@ pub(crate) mod tests {
         assert_eq!(
             client_ip(&xff, peer("10.0.0.3")),
             Some("203.0.113.7".parse().unwrap())
+        );
+        // What the client wrote itself, left of what the proxy appended, is not believed.
+        let spoofed = headers(&[("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.0.0.2")]);
+        assert_eq!(
+            client_ip(&spoofed, peer("10.0.0.3")),
+            Some("203.0.113.7".parse().unwrap())
+        );
+        // Nor are the headers of a peer that is not a trusted proxy.
+        assert_eq!(
+            client_ip(&xff, peer("198.51.100.4")),
+            Some("198.51.100.4".parse().unwrap())
+        );
+        // A client inside the trusted networks is itself the first hop.
+        let inside = headers(&[("x-forwarded-for", "192.168.1.20")]);
+        assert_eq!(
+            client_ip(&inside, peer("10.0.0.3")),
+            Some("192.168.1.20".parse().unwrap())
         );
         let standard = headers(&[
             (
@@ -298,20 +437,42 @@ pub(crate) mod tests {
             client_ip(&with_port, PeerAddress(None)),
             Some("192.0.2.43".parse().unwrap())
         );
-        // An empty line a proxy added is passed over.
-        let empty_first = headers(&[
+        // Header lines are one list: an empty one a proxy added, and one per proxy.
+        let lines = headers(&[
             ("x-forwarded-for", ""),
-            ("x-forwarded-for", "203.0.113.9, 10.0.0.2"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "10.0.0.2"),
         ]);
         assert_eq!(
-            client_ip(&empty_first, peer("10.0.0.3")),
+            client_ip(&lines, peer("10.0.0.3")),
             Some("203.0.113.9".parse().unwrap())
         );
-        // Hidden or unknown hops fall through to the next source.
+        // Hidden or unknown hops are passed over.
         let hidden = headers(&[("forwarded", "for=_hidden"), ("x-forwarded-for", "unknown")]);
         assert_eq!(
             client_ip(&hidden, peer("10.0.0.3")),
             Some("10.0.0.3".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks() {
+        let trusted =
+            TrustedProxies::parse(&["203.0.113.5", "2001:db8::/32", " 10.0.0.0/8 "]).unwrap();
+        assert!(trusted.contains("203.0.113.5".parse().unwrap()));
+        assert!(!trusted.contains("203.0.113.6".parse().unwrap()));
+        assert!(trusted.contains("2001:db8:1::9".parse().unwrap()));
+        assert!(trusted.contains("::ffff:10.1.2.3".parse().unwrap()));
+        let none = TrustedProxies::parse::<&str>(&[]).unwrap();
+        let xff = headers(&[("x-forwarded-for", "203.0.113.7")]);
+        assert_eq!(
+            Origin::new(&xff, peer("127.0.0.1"), &none).client_ip(),
+            Some("127.0.0.1".parse().unwrap())
+        );
+        let err = TrustedProxies::parse(&["10.0.0.0/33"]).unwrap_err();
+        assert!(
+            err.contains("`10.0.0.0/33`") && err.contains("CIDR"),
+            "{err}"
         );
     }
 
@@ -329,25 +490,24 @@ pub(crate) mod tests {
 
     #[test]
     fn the_policy_decides_what_is_recorded() {
+        let trusted = TrustedProxies::default();
         let xff = headers(&[("x-forwarded-for", "189.203.45.201")]);
-        let from = PeerAddress(None);
-        assert_eq!(ClientIpPolicy::Off.address_to_record(&xff, from), None);
+        let empty = HeaderMap::new();
+        let from = |headers| Origin::new(headers, PeerAddress(None), &trusted);
+        assert_eq!(ClientIpPolicy::Off.address_to_record(&from(&xff)), None);
         assert_eq!(
             ClientIpPolicy::Full
-                .address_to_record(&xff, from)
+                .address_to_record(&from(&xff))
                 .as_deref(),
             Some("189.203.45.201")
         );
         assert_eq!(
             ClientIpPolicy::Truncated
-                .address_to_record(&xff, from)
+                .address_to_record(&from(&xff))
                 .as_deref(),
             Some("189.203.45.0")
         );
-        assert_eq!(
-            ClientIpPolicy::Full.address_to_record(&HeaderMap::new(), from),
-            None
-        );
+        assert_eq!(ClientIpPolicy::Full.address_to_record(&from(&empty)), None);
         assert_eq!("Truncated".parse(), Ok(ClientIpPolicy::Truncated));
         let err = "anonymized".parse::<ClientIpPolicy>().unwrap_err();
         assert!(

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::auth::key_from_headers;
-use crate::caller::{PeerAddress, public_address, record_address};
+use crate::caller::{Origin, PeerAddress, record_address};
 use crate::errors::{ApiError, ErrorCode};
 use crate::pipeline::event_entry;
 use crate::unify::Ingested;
@@ -344,10 +344,11 @@ pub(crate) fn submit(
     let (source, mut outcome) = judge(app, caller.headers, caller.query_key, &request)?;
     check_backpressure(app)?;
     if caller.records_address
-        && let Some(address) = app
-            .config
-            .client_ip
-            .address_to_record(caller.headers, caller.peer)
+        && let Some(address) = app.config.client_ip.address_to_record(&Origin::new(
+            caller.headers,
+            caller.peer,
+            &app.config.trusted_proxies,
+        ))
     {
         record_address(&mut outcome.events, &address);
     }
@@ -458,10 +459,12 @@ impl Submitted {
 pub async fn settings(
     State(app): State<Arc<AppState>>,
     Path(write_key): Path<String>,
+    peer: PeerAddress,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     app.keys.authorize(Some(&write_key), KeyScope::Ingest)?;
-    let (protocol, host) = public_address(&headers);
+    let (protocol, host) =
+        Origin::new(&headers, peer, &app.config.trusted_proxies).public_address();
     Ok(Json(json!({
         "integrations": {
             "Segment.io": {

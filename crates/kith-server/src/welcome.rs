@@ -2,11 +2,15 @@
 //! this says that the server runs and where to go next: the first key, the first event, the
 //! first query, and the API's description. Nothing about the data: the page needs no key.
 
+use std::sync::Arc;
+
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::json;
 
-use crate::caller::public_address;
+use crate::app::AppState;
+use crate::caller::{Origin, PeerAddress};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -23,8 +27,13 @@ const LINKS: &[(&str, &str)] = &[
 #[utoipa::path(get, path = "/", tag = "operations",
     description = "What this server is and where to start: its version, the first commands (a key, an event, a query) with this server's address, and the endpoints to know. HTML for a browser (`Accept: text/html`), JSON otherwise. Needs no key and says nothing about the data.",
     responses((status = 200, description = "the welcome, as HTML or JSON")))]
-pub async fn welcome(headers: HeaderMap) -> Response {
-    let steps = first_steps(&base_url(&headers));
+pub async fn welcome(
+    State(app): State<Arc<AppState>>,
+    peer: PeerAddress,
+    headers: HeaderMap,
+) -> Response {
+    let origin = Origin::new(&headers, peer, &app.config.trusted_proxies);
+    let steps = first_steps(&base_url(&origin));
     let wants_html = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -52,8 +61,8 @@ pub async fn welcome(headers: HeaderMap) -> Response {
 /// The address to put in the commands. It comes from `Host` or a proxy's headers, which the
 /// client writes, and the commands are meant to be pasted into a shell: anything but a plain
 /// host name or address (with a port) is replaced by a placeholder.
-fn base_url(headers: &HeaderMap) -> String {
-    let (protocol, host) = public_address(headers);
+fn base_url(origin: &Origin<'_>) -> String {
+    let (protocol, host) = origin.public_address();
     let plain = !host.is_empty()
         && host
             .chars()
@@ -147,7 +156,15 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::caller::TrustedProxies;
     use crate::caller::tests::headers as with_headers;
+
+    /// A request from a proxy on this machine.
+    fn origin(headers: &HeaderMap) -> Origin<'_> {
+        static TRUSTED: std::sync::LazyLock<TrustedProxies> =
+            std::sync::LazyLock::new(TrustedProxies::default);
+        Origin::new(headers, PeerAddress(Some([127, 0, 0, 1].into())), &TRUSTED)
+    }
 
     #[test]
     fn the_commands_name_this_servers_address() {
@@ -156,9 +173,9 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "collect.tienda.mx"),
         ]);
-        assert_eq!(base_url(&proxied), "https://collect.tienda.mx");
+        assert_eq!(base_url(&origin(&proxied)), "https://collect.tienda.mx");
         let v6 = with_headers(&[("host", "[::1]:8417")]);
-        assert_eq!(base_url(&v6), "http://[::1]:8417");
+        assert_eq!(base_url(&origin(&v6)), "http://[::1]:8417");
     }
 
     #[test]
@@ -171,7 +188,7 @@ mod tests {
         ] {
             let mut headers = with_headers(&[("host", "127.0.0.1:8417")]);
             headers.insert("x-forwarded-host", HeaderValue::from_str(host).unwrap());
-            assert_eq!(base_url(&headers), "http://KITH_ADDRESS", "{host}");
+            assert_eq!(base_url(&origin(&headers)), "http://KITH_ADDRESS", "{host}");
         }
         // And the page escapes what it shows all the same.
         let html = page(&first_steps("http://<b>"));

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use kith_server::caller::ClientIpPolicy;
+use kith_server::caller::{ClientIpPolicy, TrustedProxies};
 use kith_server::{Server, ServerConfig};
 
 use super::{DataDirArg, runtime};
@@ -32,6 +32,11 @@ pub struct ServeArgs {
     /// Behind a proxy, the first address of `Forwarded` or `X-Forwarded-For` [default: off]
     #[arg(long, env = "KITH_CLIENT_IP", value_parser = parse_client_ip)]
     client_ip: Option<ClientIpPolicy>,
+    /// Proxies whose `Forwarded` / `X-Forwarded-*` headers are believed (the client's address,
+    /// and the scheme and host it used): addresses or CIDR networks, comma-separated; an empty
+    /// value trusts none [default: loopback and private networks]
+    #[arg(long, env = "KITH_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Option<Vec<String>>,
     /// Serve POST /internal/noop/batch (parses like /v1/batch, stores nothing) for benchmarks.
     #[arg(long, env = "KITH_ENABLE_NOOP_ENDPOINT")]
     enable_noop_endpoint: bool,
@@ -52,6 +57,15 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     }
     if let Some(policy) = args.client_ip.or(file.ingest.client_ip) {
         config.client_ip = policy;
+    }
+    if let Some(entries) = args.trusted_proxies.or(file.ingest.trusted_proxies.clone()) {
+        let entries: Vec<&str> = entries
+            .iter()
+            .map(|entry| entry.trim())
+            .filter(|entry| !entry.is_empty())
+            .collect();
+        config.trusted_proxies = TrustedProxies::parse(&entries)
+            .map_err(|e| anyhow::anyhow!("trusted proxies (--trusted-proxies, KITH_TRUSTED_PROXIES or [ingest] trusted_proxies): {e}"))?;
     }
     if let Some(rows) = file.ingest.flush_rows {
         config.flush_rows = rows;
