@@ -238,7 +238,10 @@ fn only_trusted_proxies_are_believed() {
     let (status, welcome) = common::get(&server.url("/"), &spoofing[1..]);
     assert_eq!(status, 200);
     let send = welcome["first_steps"][1]["command"].as_str().unwrap();
-    assert!(send.contains(&format!("{}/v1/track", server.base)), "{send}");
+    assert!(
+        send.contains(&format!("{}/v1/track", server.base)),
+        "{send}"
+    );
 }
 
 #[test]

@@ -29,12 +29,13 @@ pub struct ServeArgs {
     demo_customers: u64,
     /// Record the client's IP address in `context.ip` of events that do not carry one: off (no
     /// IP is recorded), truncated (the network only: an IPv4 /24, an IPv6 /32) or full.
-    /// Behind a proxy, the first address of `Forwarded` or `X-Forwarded-For` [default: off]
+    /// Behind a trusted proxy (--trusted-proxies), the client's address as the proxy names it
+    /// [default: off]
     #[arg(long, env = "KITH_CLIENT_IP", value_parser = parse_client_ip)]
     client_ip: Option<ClientIpPolicy>,
     /// Proxies whose `Forwarded` / `X-Forwarded-*` headers are believed (the client's address,
-    /// and the scheme and host it used): addresses or CIDR networks, comma-separated; an empty
-    /// value trusts none [default: loopback and private networks]
+    /// and the scheme and host it used): addresses or CIDR networks, comma-separated;
+    /// `--trusted-proxies ''` trusts none [default: loopback and private networks]
     #[arg(long, env = "KITH_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Option<Vec<String>>,
     /// Serve POST /internal/noop/batch (parses like /v1/batch, stores nothing) for benchmarks.
