@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::auth::key_from_headers;
-use crate::caller::{Origin, PeerAddress, record_address};
+use crate::caller::{ClientIpPolicy, Origin, PeerAddress, record_address};
 use crate::errors::{ApiError, ErrorCode};
 use crate::pipeline::event_entry;
 use crate::unify::Ingested;
@@ -344,6 +344,7 @@ pub(crate) fn submit(
     let (source, mut outcome) = judge(app, caller.headers, caller.query_key, &request)?;
     check_backpressure(app)?;
     if caller.records_address
+        && app.config.client_ip != ClientIpPolicy::Off
         && let Some(address) = app.config.client_ip.address_to_record(&Origin::new(
             caller.headers,
             caller.peer,
