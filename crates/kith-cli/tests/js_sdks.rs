@@ -29,22 +29,10 @@ fn kit() -> PathBuf {
 
 /// Runs the kit's `script` with Node; what it printed, as JSON.
 fn run_node(script: &str, args: &[&str]) -> Value {
-    let output = Command::new("node")
-        .arg(kit().join(script))
-        .args(args)
-        .output()
-        .expect("node runs");
-    assert!(
-        output.status.success(),
-        "{script} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{script} printed no JSON ({e}):\n{}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
+    run_script(
+        Command::new("node").arg(kit().join(script)).args(args),
+        script,
+    )
 }
 
 /// Loads the page of `sdk` in Chromium and waits for `posts` answered POSTs to Kith; the driver's

@@ -9,6 +9,7 @@ pub mod time;
 
 pub use event::{ContextIdentity, Event, MessageType, Rejection, Stored, TypedFields};
 pub use parse::{
-    IngestBatch, RequestError, json_kind, judge_event, parse_batch_request, parse_single_request,
+    IngestBatch, RequestError, context_identity, json_kind, judge_event, parse_batch_request,
+    parse_single_request,
 };
 pub use stored_view::{EventView, RejectionView, StoredView, TypedFieldsView};

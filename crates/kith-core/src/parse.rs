@@ -13,12 +13,13 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::event::{ContextIdentity, Event, MessageType, Rejection, TypedFields};
+use crate::event::{Event, MessageType, Rejection, TypedFields};
 use crate::limits::{MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_MESSAGE_ID_CHARS};
 use crate::time::{event_time, parse_timestamp};
 
 mod context_view;
 use context_view::ContextView;
+pub use context_view::context_identity;
 
 /// Why a whole request was refused (the events in it were never looked at).
 #[derive(Debug, Error, PartialEq)]
@@ -702,22 +703,8 @@ fn typed_fields(
     let context = read_context.unwrap_or_default();
     let traits: EmailView = view(traits);
     let context_traits: Option<EmailView> = context.traits.map(|raw| view(Some(raw.get())));
+    let context_identity = context.identity();
     let page = context.page.unwrap_or_default();
-    let context_identity = ContextIdentity {
-        traits: context
-            .traits
-            .map(|raw| raw.get().to_string())
-            .filter(|text| text.starts_with('{')),
-        external_ids: context
-            .external_ids
-            .map(|raw| raw.get().to_string())
-            .filter(|text| text.starts_with('[')),
-        consent_preferences: context
-            .consent
-            .and_then(|c| c.category_preferences)
-            .map(|raw| raw.get().to_string())
-            .filter(|text| text.starts_with('{')),
-    };
     TypedFields {
         revenue: number_of(&properties.revenue).or_else(|| number_of(&properties.total)),
         currency: text_of(&properties.currency),

@@ -3,10 +3,9 @@
 
 use std::sync::Arc;
 
-use kith_core::{ContextIdentity, Event, MessageType};
+use kith_core::{Event, MessageType, context_identity};
 use kith_identity::{IdType, Identifier, Normalizer, ObservationKey};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::computed::{ComputedTraitDef, Observed};
@@ -315,43 +314,4 @@ impl Extractor {
             }
         }
     }
-}
-
-/// Reads the identity parts of a `context` object's text (for events that did not come through
-/// the parser just now).
-fn context_identity(text: &str) -> ContextIdentity {
-    let Ok(view) = serde_json::from_str::<ContextView<'_>>(text) else {
-        return ContextIdentity::default();
-    };
-    let object = |raw: Option<&RawValue>, open: char| {
-        raw.map(|r| r.get().to_string())
-            .filter(|t| t.starts_with(open))
-    };
-    ContextIdentity {
-        traits: object(view.traits, '{'),
-        external_ids: object(view.external_ids, '['),
-        consent_preferences: object(
-            view.consent
-                .and_then(|raw| serde_json::from_str::<ConsentView<'_>>(raw.get()).ok())
-                .and_then(|c| c.category_preferences),
-            '{',
-        ),
-    }
-}
-
-/// The fields of `context` identity reads.
-#[derive(Deserialize)]
-struct ContextView<'a> {
-    #[serde(borrow, default)]
-    traits: Option<&'a RawValue>,
-    #[serde(rename = "externalIds", borrow, default)]
-    external_ids: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    consent: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct ConsentView<'a> {
-    #[serde(rename = "categoryPreferences", borrow, default)]
-    category_preferences: Option<&'a RawValue>,
 }

@@ -356,11 +356,16 @@ pub fn python() -> PathBuf {
 
 /// Runs tests/python/SCRIPT with the venv's Python; its stdout as JSON.
 pub fn run_python(script: &str, args: &[&str]) -> Value {
-    let output = Command::new(python())
-        .arg(repo_root().join("tests/python").join(script))
-        .args(args)
+    let path = repo_root().join("tests/python").join(script);
+    run_script(Command::new(python()).arg(path).args(args), script)
+}
+
+/// Runs a test script (`command`); panics with its stderr unless it succeeds and prints JSON,
+/// which it returns.
+pub fn run_script(command: &mut Command, script: &str) -> Value {
+    let output = command
         .output()
-        .expect("python runs");
+        .unwrap_or_else(|e| panic!("{script} cannot start: {e}"));
     assert!(
         output.status.success(),
         "{script} failed:\n{}",
@@ -368,7 +373,7 @@ pub fn run_python(script: &str, args: &[&str]) -> Value {
     );
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
-            "{script} printed no JSON ({e}): {}",
+            "{script} printed no JSON ({e}):\n{}",
             String::from_utf8_lossy(&output.stdout)
         )
     })

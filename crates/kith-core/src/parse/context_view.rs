@@ -15,6 +15,8 @@ use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::event::ContextIdentity;
+
 #[derive(Default)]
 pub(super) struct ContextView<'a> {
     /// Whether the client named `ip` (even as `null`).
@@ -24,6 +26,34 @@ pub(super) struct ContextView<'a> {
     pub library: Option<LibraryView>,
     pub external_ids: Option<&'a RawValue>,
     pub consent: Option<ConsentView<'a>>,
+}
+
+impl ContextView<'_> {
+    /// The parts identity resolution reads, as the client's JSON text, each only when it is of
+    /// the kind it should be (`traits` and the consent preferences objects, `externalIds` an
+    /// array).
+    pub(super) fn identity(&self) -> ContextIdentity {
+        let text_of = |raw: Option<&RawValue>, open: char| {
+            raw.map(|r| r.get().to_string())
+                .filter(|text| text.starts_with(open))
+        };
+        ContextIdentity {
+            traits: text_of(self.traits, '{'),
+            external_ids: text_of(self.external_ids, '['),
+            consent_preferences: text_of(
+                self.consent.as_ref().and_then(|c| c.category_preferences),
+                '{',
+            ),
+        }
+    }
+}
+
+/// The identity parts of a `context` object's text, for events that did not come through the
+/// parser just now (read back from the journal or the tables); nothing when it is not an object.
+pub fn context_identity(text: &str) -> ContextIdentity {
+    serde_json::from_str::<ContextView<'_>>(text)
+        .map(|view| view.identity())
+        .unwrap_or_default()
 }
 
 #[derive(Deserialize, Default)]
