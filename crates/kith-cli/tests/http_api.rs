@@ -632,6 +632,64 @@ fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
         &json!({"sql": "DROP TABLE events"}).to_string(),
     );
     assert_eq!((status, error["code"].clone()), (400, json!("invalid_sql")));
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("queries only read here"),
+        "{error}"
+    );
+    // A misspelt table is answered with the tables there are, the profile tables among them,
+    // and the catalog lists them too.
+    let (status, error) = post_json(
+        &server.url("/v1/query"),
+        &[("Authorization", &auth)],
+        &json!({"sql": "SELECT * FROM profils"}).to_string(),
+    );
+    assert_eq!(
+        (status, error["message"].clone()),
+        (
+            400,
+            json!(
+                "there is no table `profils`; the tables are events, profile_identities, \
+                 profiles, rejected_events"
+            )
+        )
+    );
+    let (status, result) = post_json(
+        &server.url("/v1/query"),
+        &[("Authorization", &auth)],
+        &json!({"sql": "SELECT table_name FROM information_schema.tables \
+                         WHERE table_schema = 'public' ORDER BY table_name"})
+        .to_string(),
+    );
+    assert_eq!(
+        (status, result["rows"].clone()),
+        (
+            200,
+            json!([
+                ["events"],
+                ["profile_identities"],
+                ["profiles"],
+                ["rejected_events"]
+            ])
+        )
+    );
+    // A function that would make a value of gigabytes is refused before it runs, and the
+    // server answers the next query at once.
+    let (status, error) = post_json(
+        &server.url("/v1/query"),
+        &[("Authorization", &auth)],
+        &json!({"sql": "SELECT repeat('a', 2000000000)"}).to_string(),
+    );
+    assert_eq!((status, error["code"].clone()), (400, json!("invalid_sql")));
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("repeat(…) could make a result of 1.9 GiB here"),
+        "{error}"
+    );
     let (status, error) = post_json(
         &server.url("/v1/query"),
         &[("Authorization", &auth)],

@@ -11,6 +11,8 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+
+mod bounded_functions;
 use datafusion::sql::parser::DFParser;
 use datafusion::sql::sqlparser::parser::ParserError;
 use thiserror::Error;
@@ -118,7 +120,14 @@ async fn read_query(
         .state()
         .statement_to_plan(statement)
         .await
-        .map_err(|e| classify(e, limits))?;
+        .map_err(|e| name_the_tables(ctx, classify(e, limits)))?;
+    if let Some(what) = writes(&plan) {
+        return Err(QueryError::Invalid(format!(
+            "queries only read here, and this one {what}; events are added by sending them \
+             (POST /v1/batch)"
+        )));
+    }
+    // The check above names the usual cases; this one also finds them nested (EXPLAIN INSERT).
     SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
@@ -128,6 +137,47 @@ async fn read_query(
     ctx.execute_logical_plan(plan)
         .await
         .map_err(|e| classify(e, limits))
+}
+
+/// What `plan` would change, if it changes anything.
+fn writes(plan: &LogicalPlan) -> Option<&'static str> {
+    match plan {
+        LogicalPlan::Ddl(_) => Some("creates, changes or drops a table or view"),
+        LogicalPlan::Dml(_) | LogicalPlan::Copy(_) => {
+            Some("writes rows (INSERT, UPDATE, DELETE or COPY)")
+        }
+        LogicalPlan::Statement(_) => {
+            Some("is a statement (SET, a transaction or a prepared statement)")
+        }
+        _ => None,
+    }
+}
+
+/// A query naming a table that does not exist is answered with the tables that do, instead of
+/// DataFusion's `table 'datafusion.public.x' not found`.
+fn name_the_tables(ctx: &SessionContext, err: QueryError) -> QueryError {
+    let QueryError::Invalid(message) = &err else {
+        return err;
+    };
+    let Some(missing) = message
+        .strip_prefix("table '")
+        .and_then(|rest| rest.strip_suffix("' not found"))
+    else {
+        return err;
+    };
+    let missing = missing
+        .strip_prefix("datafusion.public.")
+        .unwrap_or(missing);
+    let mut tables = ctx
+        .catalog("datafusion")
+        .and_then(|catalog| catalog.schema("public"))
+        .map(|schema| schema.table_names())
+        .unwrap_or_default();
+    tables.sort();
+    QueryError::Invalid(format!(
+        "there is no table `{missing}`; the tables are {}",
+        tables.join(", ")
+    ))
 }
 
 /// A parse error as a person reads it: DataFusion's own text wraps it in Rust's debug form
@@ -140,12 +190,10 @@ fn syntax_message(err: &ParserError) -> String {
     format!("the SQL does not parse: {detail}")
 }
 
+/// The first line of `err`'s message, without DataFusion's prefix (`Error during planning: `,
+/// `Execution error: `, `Arrow error: `), which says nothing to the person who wrote the query.
 fn first_line(err: &DataFusionError) -> String {
-    err.to_string()
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string()
+    err.message().lines().next().unwrap_or_default().to_string()
 }
 
 /// Builds a session where `events` and `rejected_events` are Delta plus the buffer.
@@ -169,6 +217,8 @@ pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext
         .enable_leaf_expression_pushdown = false;
     let mut ctx = SessionContext::new_with_config_rt(config, runtime);
     datafusion_functions_json::register_all(&mut ctx)
+        .map_err(|e| QueryError::Internal(e.to_string()))?;
+    bounded_functions::bound_growing_functions(&ctx, limits.memory_bytes / 8)
         .map_err(|e| QueryError::Internal(e.to_string()))?;
     for table in lake.tables() {
         register(&ctx, table).await?;

@@ -165,6 +165,46 @@ async fn bad_sql_is_a_clear_invalid_error_and_writes_are_refused() {
             Ok(_) => panic!("{sql}: expected an error"),
         }
     }
+    // The messages say what was wrong in the query's terms, without DataFusion's prefixes.
+    for (sql, expected) in [
+        (
+            "SELECT * FROM missing_table",
+            "there is no table `missing_table`; the tables are events, rejected_events",
+        ),
+        (
+            "DROP TABLE events",
+            "queries only read here, and this one creates, changes or drops a table or view; \
+             events are added by sending them (POST /v1/batch)",
+        ),
+        (
+            "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+            "queries only read here, and this one creates, changes or drops a table or view; \
+             events are added by sending them (POST /v1/batch)",
+        ),
+        (
+            "INSERT INTO events SELECT * FROM events",
+            "queries only read here, and this one writes rows (INSERT, UPDATE, DELETE or COPY); \
+             events are added by sending them (POST /v1/batch)",
+        ),
+        (
+            "SET datafusion.execution.batch_size = 1",
+            "queries only read here, and this one is a statement (SET, a transaction or a \
+             prepared statement); events are added by sending them (POST /v1/batch)",
+        ),
+        ("SELECT 1/0", "Divide by zero error"),
+    ] {
+        match lake.query(sql, &limits).await {
+            Err(QueryError::Invalid(message)) => assert_eq!(message, expected, "{sql}"),
+            Err(other) => panic!("{sql}: expected invalid, got {other:?}"),
+            Ok(_) => panic!("{sql}: expected an error"),
+        }
+    }
+    // Nested inside EXPLAIN a write is still refused.
+    assert!(matches!(
+        lake.query("EXPLAIN INSERT INTO events SELECT * FROM events", &limits)
+            .await,
+        Err(QueryError::Invalid(_))
+    ));
     // One statement with the semicolon people end it with is one statement.
     let answer = lake.query("SELECT 1 AS one;", &limits).await.unwrap();
     assert_eq!(answer.num_rows(), 1);
@@ -241,6 +281,96 @@ async fn a_query_over_its_memory_limit_fails_cleanly() {
         message.contains("COUNT(DISTINCT x) beside other aggregates")
             && message.contains("SELECT count(*) FROM (SELECT DISTINCT x FROM"),
         "{message}"
+    );
+}
+
+// DataFusion does not count what a scalar function allocates against the memory limit, and it
+// folds constant calls while planning, where the time limit cannot stop it: each function whose
+// result can dwarf its arguments is refused before it runs once the result could pass an eighth
+// of the limit (128 MiB by default).
+#[tokio::test]
+async fn functions_that_make_huge_values_are_refused_before_they_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    let limits = QueryLimits::default();
+    let refused = [
+        ("SELECT repeat('a', 2000000000)", "repeat"),
+        ("SELECT lpad('7', 1000000000, '0')", "lpad"),
+        ("SELECT rpad('7', 100000000, 'ñ')", "rpad"),
+        (
+            "SELECT replace(repeat('a', 1000000), 'a', repeat('b', 1000))",
+            "replace",
+        ),
+        (
+            "SELECT regexp_replace(repeat('a', 1000000), '', repeat('b', 1000), 'g')",
+            "regexp_replace",
+        ),
+        ("SELECT array_repeat(1, 1000000000)", "array_repeat"),
+        ("SELECT array_resize([1], 1000000000, 0)", "array_resize"),
+        ("SELECT range(10000000000)", "range"),
+        (
+            "SELECT generate_series(1, 10000000000, 1)",
+            "generate_series",
+        ),
+        (
+            "SELECT range(TIMESTAMP '2020-01-01', TIMESTAMP '2021-01-01', INTERVAL '1 nanosecond')",
+            "range",
+        ),
+        // Over a column: each row is modest, the batch is not.
+        (
+            "SELECT repeat('x', value * 100000000) FROM generate_series(1, 3)",
+            "repeat",
+        ),
+    ];
+    for (sql, function) in refused {
+        let started = std::time::Instant::now();
+        let result = lake.query(sql, &limits).await;
+        let Err(QueryError::Invalid(message)) = result else {
+            panic!(
+                "{sql}: expected a refusal, got {:?}",
+                result.map(|r| r.num_rows())
+            );
+        };
+        assert!(
+            message.contains(&format!("{function}(…) could make a result of"))
+                && message.contains("more than the 128 MiB one function call may make"),
+            "{sql}: {message}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{sql} took {:?}",
+            started.elapsed()
+        );
+    }
+    // Within the bound they are DataFusion's own functions, aliases included.
+    let result = lake
+        .query(
+            "SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS l, rpad('7', 3) AS p, \
+             replace('banana', 'a', 'o') AS s, regexp_replace('banana', 'a', 'o', 'g') AS x, \
+             array_repeat(1, 2) AS ar, list_repeat(2, 2) AS lr, array_resize([1], 3, 0) AS rs, \
+             range(3) AS rg, generate_series(1, 3) AS gs, \
+             range(DATE '2026-01-01', DATE '2026-01-03', INTERVAL '1 day') AS days",
+            &limits,
+        )
+        .await
+        .unwrap();
+    let json = crate::output::to_json(&result);
+    assert_eq!(
+        json["rows"][0],
+        serde_json::json!([
+            "ababab",
+            "007",
+            "7  ",
+            "bonono",
+            "bonono",
+            "[1, 1]",
+            "[2, 2]",
+            "[1, 0, 0]",
+            "[0, 1, 2]",
+            "[1, 2, 3]",
+            "[2026-01-01, 2026-01-02]"
+        ]),
+        "{json:?}"
     );
 }
 

@@ -600,9 +600,14 @@ pub fn identity_table(store: &ProfileStore) -> ExtraTable {
     }
 }
 
-/// Whether a query may read the profile tables (they are built only then).
-pub fn mentions_profiles(sql: &str) -> bool {
-    sql.to_ascii_lowercase().contains("profile")
+/// Whether a query may read the profile tables (they are built only then): it names them, a
+/// misspelling of them (so that "no such table" lists them), or the catalog (`SHOW TABLES`,
+/// `information_schema`).
+pub fn may_read_profiles(sql: &str) -> bool {
+    let sql = sql.to_ascii_lowercase();
+    ["profil", "show", "information_schema"]
+        .iter()
+        .any(|word| sql.contains(word))
 }
 
 #[cfg(test)]

@@ -160,7 +160,7 @@ pub(crate) fn query_error(err: QueryError) -> ApiError {
 
 /// Runs one query.
 #[utoipa::path(post, path = "/v1/query", tag = "query",
-    description = "Runs a read-only SQL query over `events` and `rejected_events` (Delta tables plus the freshest buffered events). Auth: `Authorization: Bearer <read key>`. Answers JSON `{columns, types, rows, row_count, truncated}`, or CSV (`Accept: text/csv`) or Arrow IPC stream (`Accept: application/vnd.apache.arrow.stream`).",
+    description = "Runs a read-only SQL query over `events` and `rejected_events` (Delta tables plus the freshest buffered events), `profiles` and `profile_identities`. Auth: `Authorization: Bearer <read key>`. Answers JSON `{columns, types, rows, row_count, truncated}`, or CSV (`Accept: text/csv`) or Arrow IPC stream (`Accept: application/vnd.apache.arrow.stream`).",
     request_body = QueryRequest,
     responses((status = 200, description = "the result"), (status = 400, description = "invalid SQL, timeout or memory limit"), (status = 401, description = "bad key"), (status = 403, description = "not a read key"), (status = 406, description = "`Accept` allows none of JSON, CSV and Arrow IPC")))]
 pub async fn query(
@@ -175,7 +175,7 @@ pub async fn query(
     let (lake, limits) = (app.pipeline.lake.clone(), app.config.query_limits.clone());
     let profiles = app.pipeline.profiles.clone();
     let result = crate::runtimes::spawn_query(async move {
-        let extra = if crate::profiles::mentions_profiles(&request.sql) {
+        let extra = if crate::profiles::may_read_profiles(&request.sql) {
             crate::profiles::profile_tables(&profiles)
                 .map_err(|e| QueryError::Internal(format!("the profiles could not be read: {e}")))?
         } else {

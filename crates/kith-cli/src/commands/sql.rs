@@ -45,7 +45,7 @@ pub fn run(args: SqlArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     let settings = file.profile_settings()?;
     let result = runtime()?.block_on(async {
         let (lake, profiles) = open_consistent(&data_dir, settings).await?;
-        let extra = if kith_server::profiles::mentions_profiles(&args.sql) {
+        let extra = if kith_server::profiles::may_read_profiles(&args.sql) {
             kith_server::profiles::profile_tables(&profiles)?
         } else {
             Vec::new()

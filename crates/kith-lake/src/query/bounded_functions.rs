@@ -1,0 +1,397 @@
+//! Functions whose result can be vastly larger than their arguments (`repeat('a', 2000000000)`,
+//! `generate_series(1, 10000000000)`), held to a size before they run.
+//!
+//! DataFusion counts the memory its operators hold (sorts, joins, aggregations) against a
+//! query's limit, but not what a scalar function allocates. It also folds constant expressions
+//! while planning, where no time limit can interrupt it. One such call, after its query had
+//! already been answered with a timeout, kept a core busy for another forty seconds and grew the
+//! server by gigabytes. Each function here is DataFusion's own, with a check in front of it of
+//! the largest result its arguments can give, refused when over the bound.
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type, TimeUnit};
+use datafusion::common::{DataFusionError, Result, ScalarValue};
+use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::{
+    ColumnarValue, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature,
+};
+use datafusion::prelude::SessionContext;
+
+/// How a function's result grows with its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Growth {
+    /// `repeat(text, n)`: the text `n` times.
+    Repeat,
+    /// `lpad` / `rpad(text, n [, fill])`: `n` characters.
+    Pad,
+    /// `replace(text, from, to)`: each `from` becomes `to`.
+    Replace,
+    /// `regexp_replace(text, pattern, replacement [, flags])`: each match becomes the
+    /// replacement, whose `$n` references repeat parts of the match.
+    RegexpReplace,
+    /// `array_repeat(value, n)`: a list of `n` values.
+    ArrayRepeat,
+    /// `array_resize(list, n [, value])`: a list of `n` values.
+    ArrayResize,
+    /// `range` / `generate_series(start, stop [, step])`: a list of every step between.
+    Range,
+}
+
+/// The functions held to a bound, by name (their aliases follow them).
+const BOUNDED: [(&str, Growth); 9] = [
+    ("repeat", Growth::Repeat),
+    ("lpad", Growth::Pad),
+    ("rpad", Growth::Pad),
+    ("replace", Growth::Replace),
+    ("regexp_replace", Growth::RegexpReplace),
+    ("array_repeat", Growth::ArrayRepeat),
+    ("array_resize", Growth::ArrayResize),
+    ("range", Growth::Range),
+    ("generate_series", Growth::Range),
+];
+
+/// Replaces, in `ctx`, each function of [`BOUNDED`] with itself refusing a result over
+/// `max_result_bytes` (counted for one call: a whole batch of rows, or one value when the
+/// arguments are constants).
+pub(crate) fn bound_growing_functions(ctx: &SessionContext, max_result_bytes: usize) -> Result<()> {
+    for (name, growth) in BOUNDED {
+        let inner = ctx.udf(name)?;
+        ctx.register_udf(ScalarUDF::new_from_impl(Bounded {
+            inner: inner.as_ref().clone(),
+            growth,
+            max_result_bytes,
+        }));
+    }
+    Ok(())
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Bounded {
+    inner: ScalarUDF,
+    growth: Growth,
+    max_result_bytes: usize,
+}
+
+impl Bounded {
+    fn inner(&self) -> &dyn ScalarUDFImpl {
+        self.inner.inner().as_ref()
+    }
+}
+
+impl ScalarUDFImpl for Bounded {
+    fn name(&self) -> &str {
+        self.inner().name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner().aliases()
+    }
+
+    fn schema_name(&self, args: &[Expr]) -> Result<String> {
+        self.inner().schema_name(args)
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner().signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner().return_type(arg_types)
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        self.inner().return_field_from_args(args)
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner().coerce_types(arg_types)
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        self.inner().documentation()
+    }
+
+    // `simplify` is left at its default on purpose: a function's own simplification may return
+    // an expression that calls the unbounded original.
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let all_constant = args
+            .args
+            .iter()
+            .all(|arg| matches!(arg, ColumnarValue::Scalar(_)));
+        let rows = if all_constant { 1 } else { args.number_rows };
+        let largest = largest_result(self.growth, &args.args, rows);
+        if largest > self.max_result_bytes as u128 {
+            return Err(DataFusionError::Execution(format!(
+                "{}(…) could make a result of {} here, more than the {} MiB one function call may \
+                 make (an eighth of the query's memory limit); ask for less, or filter the rows first",
+                self.name(),
+                human_bytes(largest),
+                self.max_result_bytes >> 20
+            )));
+        }
+        self.inner.invoke_with_args(args)
+    }
+}
+
+/// The most bytes `growth` can produce from `args` over `rows` rows. Arguments of a type it
+/// does not know count as making nothing: the function itself refuses types it does not take.
+fn largest_result(growth: Growth, args: &[ColumnarValue], rows: usize) -> u128 {
+    let text = |i: usize| args.get(i).map_or(Texts::None, Texts::of);
+    let count = |i: usize| args.get(i).map_or(Counts::None, Counts::of);
+    let mut total: u128 = 0;
+    match growth {
+        Growth::Repeat => {
+            let (texts, counts) = (text(0), count(1));
+            for row in 0..rows {
+                total += texts.len(row) * counts.at_least_zero(row);
+            }
+        }
+        Growth::Pad => {
+            let (texts, lengths, fill) = (text(0), count(1), text(2));
+            // A character of the fill takes up to four bytes in UTF-8 (one for the default
+            // space); the text itself is cut to the length or kept whole.
+            let per_char = match (&args.get(2), &fill) {
+                (None, _) => 1,
+                (Some(_), Texts::Constant(Some(fill))) => {
+                    fill.chars().map(char::len_utf8).max().unwrap_or(1) as u128
+                }
+                (Some(_), _) => 4,
+            };
+            for row in 0..rows {
+                total += texts.len(row) + lengths.at_least_zero(row) * per_char;
+            }
+        }
+        Growth::Replace => {
+            let (texts, from, to) = (text(0), text(1), text(2));
+            for row in 0..rows {
+                let len = texts.len(row);
+                // An empty `from` matches between every two characters.
+                let matches = len / from.len(row).max(1) + 1;
+                total += len + matches * to.len(row);
+            }
+        }
+        Growth::RegexpReplace => {
+            let (texts, replacement) = (text(0), text(2));
+            for row in 0..rows {
+                let len = texts.len(row);
+                // At most one match per position (an empty pattern matches at each); each `$`
+                // in the replacement can repeat its match, and the matches together span the
+                // text at most once.
+                let references = replacement.dollars(row);
+                total += len + (len + 1) * replacement.len(row) + references * len;
+            }
+        }
+        Growth::ArrayRepeat | Growth::ArrayResize => {
+            let value_bytes = match args.first() {
+                Some(ColumnarValue::Scalar(value)) => value.size() as u128,
+                Some(ColumnarValue::Array(values)) => {
+                    (values.get_array_memory_size() / values.len().max(1)) as u128
+                }
+                None => 0,
+            };
+            let counts = count(1);
+            for row in 0..rows {
+                total += counts.at_least_zero(row) * value_bytes.max(8);
+            }
+        }
+        Growth::Range => {
+            for row in 0..rows {
+                total += range_elements(args, row) * 8;
+            }
+        }
+    }
+    total
+}
+
+/// How many elements `range`/`generate_series` makes for row `row` at most: the distance from
+/// start to stop over the step, plus one.
+fn range_elements(args: &[ColumnarValue], row: usize) -> u128 {
+    let point = |i: usize| args.get(i).and_then(|arg| scalar_at(arg, row));
+    let (start, stop, step) = match args.len() {
+        1 => (Some(0), point(0).and_then(|v| as_i128(&v)), Some(1)),
+        2 => (
+            point(0).and_then(|v| as_i128(&v)),
+            point(1).and_then(|v| as_i128(&v)),
+            Some(1),
+        ),
+        _ => {
+            let (start, stop) = (point(0), point(1));
+            let step = point(2);
+            match step {
+                Some(ScalarValue::IntervalMonthDayNano(Some(interval))) => {
+                    // A month is at least 28 days, so the step is at least this long.
+                    let nanos = i128::from(interval.months) * 28 * NANOS_PER_DAY
+                        + i128::from(interval.days) * NANOS_PER_DAY
+                        + i128::from(interval.nanoseconds);
+                    (
+                        start.and_then(|v| as_nanos(&v)),
+                        stop.and_then(|v| as_nanos(&v)),
+                        Some(nanos),
+                    )
+                }
+                other => (
+                    start.and_then(|v| as_i128(&v)),
+                    stop.and_then(|v| as_i128(&v)),
+                    other.and_then(|v| as_i128(&v)),
+                ),
+            }
+        }
+    };
+    match (start, stop, step) {
+        // A zero step is the function's own error to give.
+        (Some(start), Some(stop), Some(step)) if step != 0 => {
+            (start.abs_diff(stop) / step.unsigned_abs()) + 1
+        }
+        _ => 0,
+    }
+}
+
+const NANOS_PER_DAY: i128 = 86_400 * 1_000_000_000;
+
+fn scalar_at(arg: &ColumnarValue, row: usize) -> Option<ScalarValue> {
+    match arg {
+        ColumnarValue::Scalar(value) => Some(value.clone()),
+        ColumnarValue::Array(array) => ScalarValue::try_from_array(array, row).ok(),
+    }
+}
+
+fn as_i128(value: &ScalarValue) -> Option<i128> {
+    match value {
+        ScalarValue::Int64(Some(v)) => Some(i128::from(*v)),
+        ScalarValue::Int32(Some(v)) => Some(i128::from(*v)),
+        ScalarValue::Int16(Some(v)) => Some(i128::from(*v)),
+        ScalarValue::Int8(Some(v)) => Some(i128::from(*v)),
+        ScalarValue::UInt64(Some(v)) => Some(i128::from(*v)),
+        ScalarValue::UInt32(Some(v)) => Some(i128::from(*v)),
+        _ => None,
+    }
+}
+
+/// A date or timestamp as nanoseconds since the epoch (wider than `i64` so no date overflows).
+fn as_nanos(value: &ScalarValue) -> Option<i128> {
+    let scaled = |v: i64, unit: &TimeUnit| {
+        i128::from(v)
+            * match unit {
+                TimeUnit::Second => 1_000_000_000,
+                TimeUnit::Millisecond => 1_000_000,
+                TimeUnit::Microsecond => 1_000,
+                TimeUnit::Nanosecond => 1,
+            }
+    };
+    match value {
+        ScalarValue::Date32(Some(days)) => Some(i128::from(*days) * NANOS_PER_DAY),
+        ScalarValue::Date64(Some(ms)) => Some(i128::from(*ms) * 1_000_000),
+        ScalarValue::TimestampSecond(Some(v), _) => Some(scaled(*v, &TimeUnit::Second)),
+        ScalarValue::TimestampMillisecond(Some(v), _) => Some(scaled(*v, &TimeUnit::Millisecond)),
+        ScalarValue::TimestampMicrosecond(Some(v), _) => Some(scaled(*v, &TimeUnit::Microsecond)),
+        ScalarValue::TimestampNanosecond(Some(v), _) => Some(scaled(*v, &TimeUnit::Nanosecond)),
+        _ => None,
+    }
+}
+
+/// The text argument of a call, read row by row without copying.
+enum Texts<'a> {
+    Constant(Option<&'a str>),
+    Utf8(&'a datafusion::arrow::array::StringArray),
+    LargeUtf8(&'a datafusion::arrow::array::LargeStringArray),
+    View(&'a datafusion::arrow::array::StringViewArray),
+    /// Absent, or of another type.
+    None,
+}
+
+impl<'a> Texts<'a> {
+    fn of(arg: &'a ColumnarValue) -> Self {
+        match arg {
+            ColumnarValue::Scalar(
+                ScalarValue::Utf8(value)
+                | ScalarValue::LargeUtf8(value)
+                | ScalarValue::Utf8View(value),
+            ) => Texts::Constant(value.as_deref()),
+            ColumnarValue::Array(array) => match array.data_type() {
+                DataType::Utf8 => Texts::Utf8(array.as_string::<i32>()),
+                DataType::LargeUtf8 => Texts::LargeUtf8(array.as_string::<i64>()),
+                DataType::Utf8View => Texts::View(array.as_string_view()),
+                _ => Texts::None,
+            },
+            ColumnarValue::Scalar(_) => Texts::None,
+        }
+    }
+
+    fn value(&self, row: usize) -> Option<&'a str> {
+        match self {
+            Texts::Constant(value) => *value,
+            Texts::Utf8(array) => present(*array, row).then(|| array.value(row)),
+            Texts::LargeUtf8(array) => present(*array, row).then(|| array.value(row)),
+            Texts::View(array) => present(*array, row).then(|| array.value(row)),
+            Texts::None => None,
+        }
+    }
+
+    fn len(&self, row: usize) -> u128 {
+        self.value(row).map_or(0, |text| text.len() as u128)
+    }
+
+    fn dollars(&self, row: usize) -> u128 {
+        self.value(row).map_or(0, |text| {
+            text.bytes().filter(|b| *b == b'$').count() as u128
+        })
+    }
+}
+
+/// The count argument of a call (`n`), read row by row.
+enum Counts {
+    Constant(Option<i64>),
+    Array(datafusion::arrow::array::Int64Array),
+    None,
+}
+
+impl Counts {
+    fn of(arg: &ColumnarValue) -> Self {
+        match arg {
+            ColumnarValue::Scalar(value) => {
+                Counts::Constant(value.cast_to(&DataType::Int64).ok().and_then(|v| match v {
+                    ScalarValue::Int64(n) => n,
+                    _ => None,
+                }))
+            }
+            ColumnarValue::Array(array) => {
+                match datafusion::arrow::compute::cast(array, &DataType::Int64) {
+                    Ok(cast) => Counts::Array(cast.as_primitive::<Int64Type>().clone()),
+                    Err(_) => Counts::None,
+                }
+            }
+        }
+    }
+
+    fn at_least_zero(&self, row: usize) -> u128 {
+        let n = match self {
+            Counts::Constant(n) => *n,
+            Counts::Array(array) => present(array, row).then(|| array.value(row)),
+            Counts::None => None,
+        };
+        n.map_or(0, |n| n.max(0) as u128)
+    }
+}
+
+/// Whether `array` has a value at `row` (a constant argument's array may be shorter than the
+/// batch).
+fn present(array: &dyn Array, row: usize) -> bool {
+    row < array.len() && array.is_valid(row)
+}
+
+fn human_bytes(bytes: u128) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
