@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::JournalError;
 use crate::dedup::LiveKeys;
-use crate::record::{Decoded, Record, decode};
+use crate::record::{Decoded, HEADER_BYTES, Record, decode};
 
 const SEGMENT_SUFFIX: &str = ".seg";
 /// A retired segment's file kept for reuse (see [`crate::writer`]): not a segment, so listing,
@@ -143,7 +143,8 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>, JournalError> {
 }
 
 /// Scans every segment, cuts a torn tail off the last one (a write the crash interrupted, never
-/// acknowledged), and collects the segments' dedup keys.
+/// acknowledged), salvages what a damaged segment still holds, and collects the segments' dedup
+/// keys.
 pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
     let mut keys = LiveKeys::default();
     let listed = list_segments(dir)?;
@@ -160,9 +161,15 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
             last_seq = record.seq;
             Ok(())
         })?;
+        let unreadable = matches!(stop, Some(Stop::Corrupt(_) | Stop::Truncated));
+        let after_damage = if unreadable {
+            readable_after_damage(&bytes, offset, last_seq + 1)
+        } else {
+            Vec::new()
+        };
         match stop {
             None => {}
-            Some(stop) if is_last => {
+            Some(stop) if is_last && after_damage.is_empty() => {
                 // Cut it off, so nothing unacknowledged can ever follow new records.
                 tracing::warn!(
                     path = %path.display(),
@@ -171,30 +178,34 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
                     reason = %stop.reason(),
                     "cutting an unfinished write (or a reused file's old records) off the journal tail"
                 );
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| JournalError::io(&path, e))?;
-                end_at_records(&file, offset as u64).map_err(|e| JournalError::io(&path, e))?;
+                cut(&path, offset)?;
             }
             Some(Stop::Stale { .. }) => {
                 // A closed segment is cut to its records when it is closed; old records after
                 // them can only be a reused file's, never an acknowledged event.
                 tracing::warn!(path = %path.display(), offset, "a closed journal segment ends in a reused file's old records; they are ignored");
             }
-            Some(Stop::Truncated) => {
-                return Err(JournalError::Corrupt {
+            Some(stop) => {
+                // Damage a crash does not leave: unreadable records inside a closed segment, or
+                // followed by the writer's later records. What can be read is kept; what cannot
+                // is said loudly, and the file is kept for whoever looks into it.
+                salvage(&path, &bytes, offset, &stop, last_seq, &after_damage)?;
+                segments.push(SegmentInfo {
                     path,
-                    offset: offset as u64,
-                    reason: "a closed segment ends in the middle of a record".into(),
+                    first_seq,
+                    last_seq,
+                    len: offset as u64,
+                    keys: None,
                 });
-            }
-            Some(Stop::Corrupt(reason)) => {
-                return Err(JournalError::Corrupt {
-                    path,
-                    offset: offset as u64,
-                    reason,
-                });
+                for run in consecutive_runs(after_damage) {
+                    for record in &run {
+                        if let Some(key) = record.dedup_key {
+                            keys.insert(key);
+                        }
+                    }
+                    segments.push(write_segment(dir, &run)?);
+                }
+                continue;
             }
         }
         segments.push(SegmentInfo {
@@ -211,6 +222,142 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
         keys,
         last_seq,
     })
+}
+
+/// Cuts the segment at `path` to its first `len` bytes, synced.
+fn cut(path: &Path, len: usize) -> Result<(), JournalError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| JournalError::io(path, e))?;
+    end_at_records(&file, len as u64).map_err(|e| JournalError::io(path, e))
+}
+
+/// The records past unreadable bytes at `from` that carry on the segment's sequence (seq
+/// `expected` or later), in order. A reused file's old records all have lower seqs, so they are
+/// never taken for the writer's own.
+fn readable_after_damage(bytes: &[u8], from: usize, expected: u64) -> Vec<Record> {
+    let mut found = Vec::new();
+    let mut expected = expected;
+    let mut at = from + 1;
+    while let Some(start) = next_record_start(bytes, at, expected) {
+        let Decoded::Record { record, .. } = decode(&bytes[start..]) else {
+            break;
+        };
+        let first = record.seq;
+        // `scan` cannot fail here: the visitor never does.
+        let Ok((len, stop)) = scan(&bytes[start..], first, |record| {
+            expected = record.seq + 1;
+            found.push(record);
+            Ok(())
+        }) else {
+            break;
+        };
+        match stop {
+            Some(Stop::Corrupt(_) | Stop::Truncated) => at = start + len + 1,
+            None | Some(Stop::Stale { .. }) => break,
+        }
+    }
+    found
+}
+
+/// The first offset at or after `at` where a whole, valid record with a seq from `expected` on
+/// starts. The seq and key flag are checked before the checksum, so trying every offset of a
+/// segment stays cheap.
+fn next_record_start(bytes: &[u8], at: usize, expected: u64) -> Option<usize> {
+    // No segment holds more records than it has headers' worth of bytes.
+    let highest = expected.saturating_add((bytes.len() / HEADER_BYTES) as u64);
+    (at..bytes.len().saturating_sub(HEADER_BYTES - 1)).find(|&start| {
+        let header = &bytes[start..start + HEADER_BYTES];
+        let seq = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+        (expected..=highest).contains(&seq)
+            && header[16] <= 1
+            && matches!(decode(&bytes[start..]), Decoded::Record { .. })
+    })
+}
+
+/// `records` (in seq order) split where their seqs skip: a segment holds consecutive seqs.
+fn consecutive_runs(records: Vec<Record>) -> Vec<Vec<Record>> {
+    let mut runs: Vec<Vec<Record>> = Vec::new();
+    for record in records {
+        match runs.last_mut() {
+            Some(run) if run.last().is_some_and(|last| last.seq + 1 == record.seq) => {
+                run.push(record);
+            }
+            _ => runs.push(vec![record]),
+        }
+    }
+    runs
+}
+
+/// A new segment holding `run` (consecutive seqs, at least one), synced into the directory.
+fn write_segment(dir: &Path, run: &[Record]) -> Result<SegmentInfo, JournalError> {
+    let first_seq = run.first().map_or(0, |r| r.seq);
+    let last_seq = run.last().map_or(0, |r| r.seq);
+    let path = segment_path(dir, first_seq);
+    let mut bytes = Vec::new();
+    for record in run {
+        crate::record::encode(&mut bytes, record.seq, record.dedup_key, &record.payload);
+    }
+    let file = File::create(&path).map_err(|e| JournalError::io(&path, e))?;
+    std::io::Write::write_all(&mut &file, &bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| JournalError::io(&path, e))?;
+    crate::dedup::sync_dir(dir)?;
+    Ok(SegmentInfo {
+        path,
+        first_seq,
+        last_seq,
+        len: bytes.len() as u64,
+        keys: None,
+    })
+}
+
+/// Keeps a copy of the damaged segment at `path`, cuts it to its readable records (the first
+/// `offset` bytes) and says what was lost. The records in `after_damage` go to segments of their
+/// own (see [`recover`]).
+fn salvage(
+    path: &Path,
+    bytes: &[u8],
+    offset: usize,
+    stop: &Stop,
+    last_readable_seq: u64,
+    after_damage: &[Record],
+) -> Result<(), JournalError> {
+    let copy = damaged_copy_path(path);
+    let copied = fs::write(&copy, bytes);
+    let lost_seqs = match after_damage.first() {
+        Some(next) if next.seq > last_readable_seq + 1 => {
+            format!("{} to {}", last_readable_seq + 1, next.seq - 1)
+        }
+        Some(_) => "none (the damage held no whole record)".to_string(),
+        None => format!("{} on, to the end of the segment", last_readable_seq + 1),
+    };
+    tracing::error!(
+        path = %path.display(),
+        offset,
+        reason = %stop.reason(),
+        lost_seqs = %lost_seqs,
+        kept_after_damage = after_damage.len(),
+        copy = %copy.display(),
+        copy_error = copied.as_ref().err().map(|e| e.to_string()),
+        "a journal segment is damaged: the events in records it cannot read are lost unless the \
+         event tables already hold them (SELECT max(ingest_seq) FROM events); every readable \
+         record is kept, and the damaged file is copied aside"
+    );
+    metrics::counter!("kith_journal_damaged_segments_total").increment(1);
+    cut(path, offset)
+}
+
+/// Where a damaged segment's copy goes: beside it, under a name no listing takes for a segment.
+fn damaged_copy_path(path: &Path) -> PathBuf {
+    let mut copy = path.with_extension("seg.damaged");
+    let mut n = 1;
+    while copy.exists() {
+        n += 1;
+        copy = path.with_extension(format!("seg.damaged.{n}"));
+    }
+    copy
 }
 
 pub(crate) fn read_after(

@@ -127,25 +127,172 @@ fn a_torn_tail_is_cut_and_everything_before_it_survives() {
     );
 }
 
+/// The texts of the records `replayed` finds after `after`.
+fn replayed_texts(dir: &Path) -> Vec<String> {
+    replayed(dir, 0).into_iter().map(|(_, t)| t).collect()
+}
+
+/// The files in `dir` whose names end with `suffix`, sorted.
+fn files_ending(dir: &Path, suffix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(suffix))
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
-fn corruption_inside_a_closed_segment_is_reported_not_skipped() {
+fn damage_inside_a_closed_segment_keeps_what_is_readable_and_a_copy_of_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let options = a_segment_per_append();
     {
         let (journal, _) = open(dir.path(), options.clone());
-        for key in 1..=3u128 {
-            answer(&journal, vec![entry(key, "x")]).unwrap();
+        for (key, text) in [(1u128, "one"), (2, "two"), (3, "three")] {
+            answer(&journal, vec![entry(key, text)]).unwrap();
         }
     }
     let first = segment::segment_path(dir.path(), 1);
-    let mut bytes = std::fs::read(&first).unwrap();
+    let original = std::fs::read(&first).unwrap();
+    let mut bytes = original.clone();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
-    std::fs::write(&first, bytes).unwrap();
-    let err = Journal::<String>::open(dir.path(), options, Box::new(|_| {}))
-        .err()
-        .expect("corruption is an error");
-    assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
+    std::fs::write(&first, &bytes).unwrap();
+
+    // The server starts; the damaged record is gone, the others are all there.
+    let (journal, _) = open(dir.path(), options);
+    assert_eq!(replayed_texts(dir.path()), ["two", "three"]);
+    assert_eq!(std::fs::metadata(&first).unwrap().len(), 0);
+    // Its key is not remembered, so a retry of it is stored; the others' still deduplicate.
+    let result = answer(&journal, vec![entry(1, "one again"), entry(2, "two again")]).unwrap();
+    assert_eq!(result, [Appended::Stored { seq: 4 }, Appended::Duplicate]);
+    // The damaged file is kept as it was found, under a name no listing takes for a segment.
+    let copies = files_ending(dir.path(), ".damaged");
+    assert_eq!(copies, ["00000000000000000001.seg.damaged"]);
+    assert_eq!(std::fs::read(dir.path().join(&copies[0])).unwrap(), bytes);
+    drop(journal);
+    let (_journal, _) = open(dir.path(), JournalOptions::default());
+    assert_eq!(replayed_texts(dir.path()), ["two", "three", "one again"]);
+}
+
+/// Writes six records to one segment, lets `damage` change its bytes (given where each record
+/// starts), and reopens the journal.
+fn damage_the_active_segment(damage: impl FnOnce(&mut Vec<u8>, &[usize])) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (journal, _) = open(dir.path(), JournalOptions::default());
+        for (key, text) in [
+            (1u128, "a"),
+            (2, "bb"),
+            (3, "ccc"),
+            (4, "dddd"),
+            (5, "eeeee"),
+        ] {
+            answer(&journal, vec![entry(key, text)]).unwrap();
+        }
+        answer(&journal, vec![entry(6, "ffffff")]).unwrap();
+    }
+    let segment = segment::segment_path(dir.path(), 1);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut starts = Vec::new();
+    let mut offset = 0;
+    for text in ["a", "bb", "ccc", "dddd", "eeeee", "ffffff"] {
+        starts.push(offset);
+        offset += record::HEADER_BYTES + text.len();
+    }
+    assert_eq!(offset, bytes.len(), "one segment holds the six records");
+    damage(&mut bytes, &starts);
+    std::fs::write(&segment, &bytes).unwrap();
+    dir
+}
+
+#[test]
+fn damage_in_the_middle_of_the_active_segment_is_not_taken_for_a_torn_tail() {
+    // A flipped bit in the second record's payload: its length still leads to the third.
+    let dir = damage_the_active_segment(|bytes, starts| {
+        bytes[starts[1] + record::HEADER_BYTES] ^= 0x01;
+    });
+    let (journal, seen) = open(dir.path(), JournalOptions::default());
+    assert_eq!(
+        replayed_texts(dir.path()),
+        ["a", "ccc", "dddd", "eeeee", "ffffff"],
+        "only the damaged record is lost"
+    );
+    assert!(seen.lock().unwrap().is_empty(), "nothing is appended twice");
+    // What follows the damage went to a segment of its own, named by its first seq.
+    assert_eq!(
+        files_ending(dir.path(), ".seg"),
+        ["00000000000000000001.seg", "00000000000000000003.seg"]
+    );
+    assert_eq!(files_ending(dir.path(), ".damaged").len(), 1);
+    let result = answer(
+        &journal,
+        vec![entry(2, "bb again"), entry(5, "eeeee again"), entry(7, "g")],
+    )
+    .unwrap();
+    assert_eq!(
+        result,
+        [
+            Appended::Stored { seq: 7 },
+            Appended::Duplicate,
+            Appended::Stored { seq: 8 }
+        ]
+    );
+    drop(journal);
+    let (_journal, _) = open(dir.path(), JournalOptions::default());
+    assert_eq!(
+        replayed_texts(dir.path()),
+        ["a", "ccc", "dddd", "eeeee", "ffffff", "bb again", "g"]
+    );
+}
+
+#[test]
+fn a_damaged_length_is_read_past_to_the_next_whole_record() {
+    // The second record's length names bytes it does not have: where the third starts can only
+    // be found by looking for it. A second damage, in the fifth record, is read past as well.
+    let dir = damage_the_active_segment(|bytes, starts| {
+        bytes[starts[1]] = 0xee;
+        bytes[starts[4] + 5] ^= 0x10;
+    });
+    let (_journal, _) = open(dir.path(), JournalOptions::default());
+    assert_eq!(replayed_texts(dir.path()), ["a", "ccc", "dddd", "ffffff"]);
+    assert_eq!(
+        files_ending(dir.path(), ".seg"),
+        [
+            "00000000000000000001.seg",
+            "00000000000000000003.seg",
+            "00000000000000000006.seg"
+        ]
+    );
+}
+
+#[test]
+fn a_torn_write_over_a_reused_files_old_records_is_still_a_torn_tail() {
+    // The tail of a reused file holds an earlier segment's records, with lower seqs than any
+    // record of this one: after a torn record they are not taken for the writer's own.
+    let dir = tempfile::tempdir().unwrap();
+    // Segment 10 reuses the file of a retired segment that held seqs 3 to 5.
+    let segment = segment::segment_path(dir.path(), 10);
+    let mut bytes = Vec::new();
+    record::encode(&mut bytes, 10, Some(10), b"kept");
+    let mut torn = Vec::new();
+    record::encode(&mut torn, 11, Some(11), b"torn");
+    bytes.extend_from_slice(&torn[..torn.len() - 1]);
+    bytes.push(torn[torn.len() - 1] ^ 0xff);
+    for seq in 3..=5 {
+        record::encode(&mut bytes, seq, Some(u128::from(seq)), b"old");
+    }
+    std::fs::write(&segment, &bytes).unwrap();
+    let (_journal, _) = open(dir.path(), JournalOptions::default());
+    assert_eq!(replayed_texts(dir.path()), ["kept"]);
+    assert!(files_ending(dir.path(), ".damaged").is_empty());
+    assert_eq!(
+        files_ending(dir.path(), ".seg"),
+        ["00000000000000000010.seg"]
+    );
+    let expected = record::HEADER_BYTES + "kept".len();
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), expected as u64);
 }
 
 #[test]
