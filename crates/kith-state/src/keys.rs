@@ -133,7 +133,14 @@ impl StateStore {
     }
 
     /// Revokes a key by id; revoking twice is harmless.
+    /// Revokes the key with id `id` (as `kith key list` shows it), or the key `id` itself when
+    /// the whole secret is given.
     pub fn revoke_key(&self, id: &str) -> Result<ApiKey, StateError> {
+        let id = match self.check_key(id)? {
+            KeyCheck::Valid(key) | KeyCheck::Revoked(key) => key.id,
+            KeyCheck::Unknown => id.to_string(),
+        };
+        let id = id.as_str();
         self.with_conn(|conn| {
             conn.execute(
                 "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
@@ -225,6 +232,16 @@ mod tests {
         assert!(matches!(
             store.revoke_key("missing"),
             Err(StateError::UnknownKey(_))
+        ));
+        // The whole key revokes it too, as its id does.
+        let another = store.create_key(KeyScope::Read, None).unwrap();
+        assert_eq!(
+            store.revoke_key(&another.secret).unwrap().id,
+            another.key.id
+        );
+        assert!(matches!(
+            store.check_key(&another.secret).unwrap(),
+            KeyCheck::Revoked(_)
         ));
         assert!(!stored_file_contains(dir.path(), &read.secret));
     }

@@ -21,7 +21,9 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
-    #[error("no key with id `{0}`; `kith key list` shows the ids")]
+    #[error(
+        "no key with id `{0}` in this data directory; `kith key list` shows the ids (the whole key works too)"
+    )]
     UnknownKey(String),
     #[error("an ingest key needs a source name (--source)")]
     MissingSource,

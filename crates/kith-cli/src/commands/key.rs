@@ -31,6 +31,7 @@ pub enum KeyAction {
     Revoke {
         #[command(flatten)]
         data_dir: DataDirArg,
+        /// The key's id, as `kith key list` shows it, or the whole key
         id: String,
     },
 }
@@ -45,9 +46,18 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
             let Some(scope) = KeyScope::parse(&scope) else {
                 bail!("unknown scope `{scope}`; use ingest, read or admin");
             };
-            let store = StateStore::open(&file.data_dir(data_dir.data_dir))?;
+            let data_dir = file.data_dir(data_dir.data_dir);
+            let store = StateStore::open(&data_dir)?;
             let created = store.create_key(scope, source.as_deref())?;
             println!("{}", created.secret);
+            // On stderr, so `$(kith key create ...)` still captures the key alone: a key works
+            // only on a server with this data directory.
+            eprintln!(
+                "created {} key {} in {}",
+                scope.as_str(),
+                created.key.id,
+                super::shown_path(&data_dir)
+            );
         }
         KeyAction::List { data_dir } => {
             let store = StateStore::open(&file.data_dir(data_dir.data_dir))?;

@@ -67,6 +67,15 @@ pub struct DataDirArg {
     pub data_dir: Option<PathBuf>,
 }
 
+/// `path` as a person should read it in a message: absolute, so that "which data directory?"
+/// has one answer whatever directory the command ran in.
+pub(crate) fn shown_path(path: &std::path::Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
 pub fn run(command: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => serve::run(args, file),

@@ -68,29 +68,10 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         config.trusted_proxies = TrustedProxies::parse(&entries)
             .map_err(|e| anyhow::anyhow!("trusted proxies (--trusted-proxies, KITH_TRUSTED_PROXIES or [ingest] trusted_proxies): {e}"))?;
     }
-    if let Some(rows) = file.ingest.flush_rows {
-        config.flush_rows = rows;
-    }
-    if let Some(rows) = file.ingest.max_buffered_rows {
-        config.max_buffered_rows = rows;
-    }
-    if let Some(mb) = file.ingest.max_queued_mb {
-        config.journal.queue_bytes = mb << 20;
-    }
-    if let Some(bytes) = file.ingest.journal_segment_bytes()? {
-        config.journal.segment_bytes = bytes;
-    }
+    file.apply_ingest_limits(&mut config)?;
     config.profiles = file.profile_settings()?;
     config.models = file.model_schedules()?;
-    if let Some(secs) = file.query.timeout_secs {
-        config.query_limits.timeout = Duration::from_secs(secs);
-    }
-    if let Some(mb) = file.query.memory_mb {
-        config.query_limits.memory_bytes = mb << 20;
-    }
-    if let Some(rows) = file.query.max_rows {
-        config.query_limits.max_rows = rows;
-    }
+    config.query_limits = file.query_limits()?;
     config.housekeeping = file.housekeeping(config.query_limits.timeout)?;
     // Before anything is created or loaded: a wrong or busy address fails at once.
     let listener = kith_server::app::bind(&config.listen)?;
@@ -106,10 +87,10 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         let data_dir = config.data_dir.clone();
         let server = Server::start_on(config, listener).await?;
         let addr = server.local_addr();
-        tracing::info!(%addr, data_dir = %data_dir.display(), "kith is listening");
+        let data_dir = super::shown_path(&data_dir);
+        tracing::info!(%addr, %data_dir, "kith is listening");
         eprintln!(
-            "kith is listening on http://{addr} (data in {}); open the address for first steps",
-            data_dir.display()
+            "kith is listening on http://{addr} (data in {data_dir}); open the address for first steps"
         );
         server.run(shutdown_signal()).await?;
         Ok::<_, anyhow::Error>(())

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use kith_lake::{Lake, QueryLimits, output};
+use kith_lake::{Lake, output};
 use kith_profiles::persist::applied_seq_on_disk;
 use kith_profiles::{ProfileSettings, ProfileStore};
 
@@ -38,10 +38,7 @@ pub fn run(args: SqlArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
             data_dir.display()
         );
     }
-    let mut limits = QueryLimits::default();
-    if let Some(rows) = file.query.max_rows {
-        limits.max_rows = rows;
-    }
+    let limits = file.query_limits()?;
     let settings = file.profile_settings()?;
     let result = runtime()?.block_on(async {
         let (lake, profiles) = open_consistent(&data_dir, settings).await?;
