@@ -248,6 +248,23 @@ fn imports_and_merges_go_through_a_running_server_and_survive_a_restart() {
         (status, &body["message"]),
         (400, &json!("`min_score` must be between 0 and 1, got 2"))
     );
+    for (query, message) in [
+        (
+            "min_score=high",
+            "the query parameter `min_score` is not valid: it must be a number",
+        ),
+        (
+            "limit=abc",
+            "the query parameter `limit` is not valid: it must be a whole number",
+        ),
+    ] {
+        let (status, body) = server.get(&format!("/v1/profiles/duplicates?{query}"));
+        assert_eq!(
+            (status, &body["code"], &body["message"]),
+            (400, &json!("invalid_parameter"), &json!(message)),
+            "{query}"
+        );
+    }
     let merge = |body: &str, key: &str| {
         post_json(
             &server.url("/v1/profiles/merge"),

@@ -395,7 +395,8 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
             404,
             json!("not_found"),
             json!(
-                "`/v1/nope` is not a tracking call; use identify, track, page, screen, group, alias or batch"
+                "`/v1/nope` is not a tracking call; use identify, track, page, screen, group, \
+                 alias, batch or import (or their one-letter forms i, t, p, s, g, a and b)"
             )
         )
     );

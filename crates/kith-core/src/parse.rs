@@ -617,9 +617,14 @@ fn string_value(field: &'static str, expected: &str, raw: &RawValue) -> Result<S
 }
 
 fn wrong_type_raw(field: &'static str, expected: &str, raw: &RawValue) -> Fault {
-    let found = serde_json::from_str::<Value>(raw.get())
-        .map(|v| json_kind(&v))
-        .unwrap_or("invalid JSON");
+    let found = match serde_json::from_str::<Value>(raw.get()) {
+        Ok(value) => json_kind(&value),
+        // The raw value is well-formed (the body parsed), so only its depth can fail here.
+        Err(e) if e.to_string().starts_with("recursion limit exceeded") => {
+            "JSON nested deeper than the 128 levels Kith reads"
+        }
+        Err(_) => "invalid JSON",
+    };
     Fault::new(
         "wrong_type",
         Some(field),

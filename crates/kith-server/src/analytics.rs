@@ -47,7 +47,7 @@ pub async fn analyze(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     app.keys
-        .authorize(key_from_headers(&headers).as_deref(), KeyScope::Read)?;
+        .authorize(key_from_headers(&headers)?.as_deref(), KeyScope::Read)?;
     let definition: Value = json_body(&headers, body, "an analysis definition object").await?;
     let analysis = Analysis::parse(&kind, &definition).map_err(analytics_error)?;
     let (lake, limits) = (app.pipeline.lake.clone(), app.config.query_limits.clone());

@@ -23,24 +23,66 @@ pub struct KeyResolver {
     cache: Mutex<HashMap<String, (KeyCheck, Instant)>>,
 }
 
-/// The secret presented in the `Authorization` header, if any: Basic (user name = key, empty
-/// password, as Segment SDKs send it) or Bearer.
-pub fn key_from_headers(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, rest) = value.split_once(' ')?;
+/// The secret presented in the `Authorization` header: Basic (user name = key, empty
+/// password, as Segment SDKs send it) or Bearer. `Ok(None)` without the header; a header that
+/// is there but cannot be read is an error that says what is wrong with it (never what it
+/// holds: it may be a secret).
+pub fn key_from_headers(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let unreadable = |why: &str| {
+        Err(ApiError::new(
+            ErrorCode::InvalidApiKey,
+            format!(
+                "the Authorization header cannot be read: {why}. Send `Authorization: Basic \
+                 <base64 of KEY:>` (the key as user name, an empty password) or \
+                 `Authorization: Bearer KEY`"
+            ),
+        ))
+    };
+    let Ok(value) = value.to_str() else {
+        return unreadable("it is not plain ASCII text");
+    };
+    let value = value.trim();
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(rest)
-            .ok()?;
-        let text = String::from_utf8(decoded).ok()?;
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest) else {
+            return unreadable("its Basic credentials are not base64");
+        };
+        let Ok(text) = String::from_utf8(decoded) else {
+            return unreadable("its Basic credentials are not UTF-8 text");
+        };
         let user = text.split_once(':').map_or(text.as_str(), |(u, _)| u);
-        return (!user.is_empty()).then(|| user.to_string());
+        if user.is_empty() {
+            return unreadable(
+                "its Basic credentials have an empty user name, and the key goes there, not in \
+                 the password",
+            );
+        }
+        return Ok(Some(user.to_string()));
     }
     if scheme.eq_ignore_ascii_case("bearer") {
-        return (!rest.is_empty()).then(|| rest.to_string());
+        if rest.is_empty() {
+            return unreadable("the Bearer token is empty");
+        }
+        return Ok(Some(rest.to_string()));
     }
-    None
+    unreadable("its scheme is neither Basic nor Bearer")
+}
+
+/// The key in the `Authorization` header, else the one `elsewhere` finds (the URL's query, the
+/// body). A header that cannot be read is reported only when no other place holds a key.
+pub fn key_from_headers_or(
+    headers: &HeaderMap,
+    elsewhere: impl FnOnce() -> Option<String>,
+) -> Result<Option<String>, ApiError> {
+    match key_from_headers(headers) {
+        Ok(Some(key)) => Ok(Some(key)),
+        Ok(None) => Ok(elsewhere()),
+        Err(unreadable) => elsewhere().map(Some).ok_or(unreadable),
+    }
 }
 
 impl KeyResolver {
@@ -150,20 +192,52 @@ mod tests {
     #[test]
     fn keys_come_from_basic_or_bearer() {
         // base64("wk:") — what Segment SDKs send.
+        let key = |value: &str| key_from_headers(&headers(value)).map_err(|e| e.message);
+        assert_eq!(key("Basic d2s6"), Ok(Some("wk".into())));
+        assert_eq!(key("basic d2s="), Ok(Some("wk".into())));
+        assert_eq!(key("Bearer abc"), Ok(Some("abc".into())));
         assert_eq!(
-            key_from_headers(&headers("Basic d2s6")).as_deref(),
-            Some("wk")
+            key_from_headers(&HeaderMap::new()).map_err(|e| e.message),
+            Ok(None)
         );
+        // A header that is there but cannot be read says why, without echoing it.
+        for (value, why) in [
+            ("Basic !!!", "its Basic credentials are not base64"),
+            ("Basic /w==", "its Basic credentials are not UTF-8 text"),
+            ("Basic OndrX3NlY3JldA==", "have an empty user name"),
+            ("Bearer ", "the Bearer token is empty"),
+            ("Token wk_secret", "its scheme is neither Basic nor Bearer"),
+            ("wk_secret", "its scheme is neither Basic nor Bearer"),
+        ] {
+            let message = key(value).unwrap_err();
+            assert!(
+                message.starts_with("the Authorization header cannot be read: ")
+                    && message.contains(why),
+                "{value}: {message}"
+            );
+            assert!(!message.contains("wk_secret"), "{message}");
+        }
+        let mut not_ascii = HeaderMap::new();
+        not_ascii.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_bytes(b"Bearer \xff").unwrap(),
+        );
+        let err = key_from_headers(&not_ascii).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidApiKey);
+        assert!(err.message.contains("not plain ASCII"), "{}", err.message);
+    }
+
+    #[test]
+    fn an_unreadable_header_matters_only_when_no_other_place_holds_a_key() {
+        let either = |value: &str, body: Option<&str>| {
+            key_from_headers_or(&headers(value), || body.map(str::to_string)).map_err(|e| e.code)
+        };
+        assert_eq!(either("Basic d2s6", Some("body")), Ok(Some("wk".into())));
+        assert_eq!(either("Basic !!!", Some("body")), Ok(Some("body".into())));
+        assert_eq!(either("Basic !!!", None), Err(ErrorCode::InvalidApiKey));
         assert_eq!(
-            key_from_headers(&headers("basic d2s=")).as_deref(),
-            Some("wk")
+            key_from_headers_or(&HeaderMap::new(), || None).map_err(|e| e.code),
+            Ok(None)
         );
-        assert_eq!(
-            key_from_headers(&headers("Bearer abc")).as_deref(),
-            Some("abc")
-        );
-        assert_eq!(key_from_headers(&headers("Basic !!!")), None);
-        assert_eq!(key_from_headers(&headers("Basic Og==")), None, "empty user");
-        assert_eq!(key_from_headers(&HeaderMap::new()), None);
     }
 }

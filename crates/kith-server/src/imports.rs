@@ -45,7 +45,7 @@ pub async fn import_batch(
     body: Body,
 ) -> Result<Json<ImportResult>, ApiError> {
     app.keys
-        .authorize(key_from_headers(&headers).as_deref(), KeyScope::Admin)?;
+        .authorize(key_from_headers(&headers)?.as_deref(), KeyScope::Admin)?;
     let batch: ImportBatch = json_body(&headers, body, r#"{"events": [...]}"#).await?;
     if let Some(event) = batch.events.iter().find(|e| e.source == KITH_SOURCE) {
         return Err(ApiError::new(

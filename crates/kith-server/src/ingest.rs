@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
-use crate::auth::key_from_headers;
+use crate::auth::key_from_headers_or;
 use crate::caller::{ClientIpPolicy, Origin, PeerAddress, record_address};
 use crate::errors::{ApiError, ErrorCode};
 use crate::pipeline::event_entry;
@@ -57,7 +57,10 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>
     let too_large = || {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
-            format!("the body is over {MAX_REQUEST_BYTES} bytes; send fewer events per request"),
+            format!(
+                "the body is over {MAX_REQUEST_BYTES} bytes, the most one request may carry; \
+                 send events in more, smaller batches"
+            ),
         )
     };
     let gzipped = is_gzipped(headers)?;
@@ -210,9 +213,11 @@ pub(crate) fn judge(
     query_key: Option<&str>,
     request: &RawRequest<'_>,
 ) -> Result<(String, IngestBatch), ApiError> {
-    let secret = key_from_headers(headers)
-        .or_else(|| query_key.map(str::to_string))
-        .or_else(|| request.write_key.clone());
+    let secret = key_from_headers_or(headers, || {
+        query_key
+            .map(str::to_string)
+            .or_else(|| request.write_key.clone())
+    })?;
     let key = app.keys.authorize(secret.as_deref(), KeyScope::Ingest)?;
     let source = key.source.unwrap_or_else(|| "default".to_string());
     let outcome = request.normalize(&source, Utc::now());
@@ -224,7 +229,8 @@ pub(crate) fn unknown_call(call: &str) -> ApiError {
     ApiError::new(
         ErrorCode::NotFound,
         format!(
-            "`/v1/{call}` is not a tracking call; use identify, track, page, screen, group, alias or batch"
+            "`/v1/{call}` is not a tracking call; use identify, track, page, screen, group, alias, \
+             batch or import (or their one-letter forms i, t, p, s, g, a and b)"
         ),
     )
 }

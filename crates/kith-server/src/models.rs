@@ -297,7 +297,7 @@ pub async fn fit(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     app.keys
-        .authorize(key_from_headers(&headers).as_deref(), KeyScope::Admin)?;
+        .authorize(key_from_headers(&headers)?.as_deref(), KeyScope::Admin)?;
     let name = known_model(&name)?;
     let bytes = read_body(&headers, body).await?;
     let as_sent: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -335,7 +335,7 @@ pub async fn status(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     app.keys
-        .authorize(key_from_headers(&headers).as_deref(), KeyScope::Read)?;
+        .authorize(key_from_headers(&headers)?.as_deref(), KeyScope::Read)?;
     let name = known_model(&name)?;
     let last_run = last_run(&app, name)?.map(|mut run| {
         // The status stays small; the report is at /results.
@@ -365,7 +365,7 @@ pub async fn results(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     app.keys
-        .authorize(key_from_headers(&headers).as_deref(), KeyScope::Read)?;
+        .authorize(key_from_headers(&headers)?.as_deref(), KeyScope::Read)?;
     let name = known_model(&name)?;
     let run = last_run(&app, name)?.ok_or_else(|| {
         ApiError::new(

@@ -149,7 +149,7 @@ pub async fn method_not_allowed(
         ErrorCode::MethodNotAllowed,
         format!(
             "`{}` does not take {method}; the `Allow` header names the methods it takes \
-             (tracking calls are POSTs), and /openapi.json describes each endpoint",
+             (tracking calls and queries are POSTs), and /openapi.json describes each endpoint",
             uri.path()
         ),
     )

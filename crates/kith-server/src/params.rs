@@ -25,6 +25,31 @@ pub fn query_pairs(
     })
 }
 
+/// A typed query string that did not read, as a person reads it. axum says "Failed to
+/// deserialize query string: limit: invalid digit found in string"; this says which parameter,
+/// and what it must be.
+pub fn typed_query_error(rejection: &QueryRejection) -> ApiError {
+    let text = rejection.body_text();
+    let detail = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(&text);
+    let message = match detail.split_once(": ") {
+        Some((name, why))
+            if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
+            let why = match why {
+                "invalid digit found in string" => "it must be a whole number",
+                "invalid float literal" => "it must be a number",
+                "number too large to fit in target type" => "it is too large",
+                other => other,
+            };
+            format!("the query parameter `{name}` is not valid: {why}")
+        }
+        _ => format!("the query string cannot be read: {detail}"),
+    };
+    ApiError::new(ErrorCode::InvalidParameter, message)
+}
+
 /// The one value of the parameter `name`, if given; given twice, it is refused (which one would
 /// be meant?).
 pub fn single<'a>(pairs: &'a QueryPairs, name: &str) -> Result<Option<&'a str>, ApiError> {

@@ -61,7 +61,7 @@ pub async fn merge(
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
     app.keys
-        .authorize(key_from_headers(&headers).as_deref(), KeyScope::Admin)?;
+        .authorize(key_from_headers(&headers)?.as_deref(), KeyScope::Admin)?;
     let request: MergeRequest = json_body(
         &headers,
         body,
@@ -120,8 +120,8 @@ pub async fn duplicates(
     params: Result<Query<DuplicateParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     app.keys
-        .authorize(key_from_headers(&headers).as_deref(), KeyScope::Read)?;
-    let Query(params) = params.map_err(|e| parameter_error(e.body_text()))?;
+        .authorize(key_from_headers(&headers)?.as_deref(), KeyScope::Read)?;
+    let Query(params) = params.map_err(|e| crate::params::typed_query_error(&e))?;
     let min_score = params.min_score.unwrap_or(0.5);
     if !(0.0..=1.0).contains(&min_score) {
         return Err(parameter_error(format!(
@@ -205,7 +205,7 @@ pub async fn show(
     Path(lookup): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     app.keys
-        .authorize(key_from_headers(&headers).as_deref(), KeyScope::Read)?;
+        .authorize(key_from_headers(&headers)?.as_deref(), KeyScope::Read)?;
     let view = find(&app, &lookup)?;
     Ok(Json(profile_json(&app.pipeline.profiles, &view)))
 }
@@ -259,8 +259,8 @@ pub async fn events(
     params: Result<Query<TimelineParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     app.keys
-        .authorize(key_from_headers(&headers).as_deref(), KeyScope::Read)?;
-    let Query(params) = params.map_err(|e| parameter_error(e.body_text()))?;
+        .authorize(key_from_headers(&headers)?.as_deref(), KeyScope::Read)?;
+    let Query(params) = params.map_err(|e| crate::params::typed_query_error(&e))?;
     let view = find(&app, &lookup)?;
     let limit = params.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {

@@ -169,7 +169,7 @@ pub async fn query(
     body: Body,
 ) -> Result<Response, ApiError> {
     app.keys
-        .authorize(key_from_headers(&headers).as_deref(), KeyScope::Read)?;
+        .authorize(key_from_headers(&headers)?.as_deref(), KeyScope::Read)?;
     let format = negotiate(&headers)?;
     let request: QueryRequest = json_body(&headers, body, r#"{"sql": "..."}"#).await?;
     let (lake, limits) = (app.pipeline.lake.clone(), app.config.query_limits.clone());

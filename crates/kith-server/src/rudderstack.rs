@@ -19,7 +19,7 @@ use kith_state::KeyScope;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
-use crate::auth::key_from_headers;
+use crate::auth::key_from_headers_or;
 use crate::caller::PeerAddress;
 use crate::errors::ApiError;
 use crate::ingest::{Caller, IngestResponse, receive_batch};
@@ -54,7 +54,7 @@ pub async fn source_config(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let query_key = params::write_key(&params::query_pairs(query)?)?;
-    let secret = key_from_headers(&headers).or(query_key);
+    let secret = key_from_headers_or(&headers, || query_key)?;
     let key = app.keys.authorize(secret.as_deref(), KeyScope::Ingest)?;
     let source = key.source.unwrap_or_else(|| "default".to_string());
     Ok(Json(json!({

@@ -51,7 +51,7 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     app.keys
-        .authorize(key_from_headers(&headers).as_deref(), KeyScope::Read)?;
+        .authorize(key_from_headers(&headers)?.as_deref(), KeyScope::Read)?;
     Ok(Json(
         json!({"computed_traits": app.pipeline.profiles.computed_traits()}),
     ))
@@ -68,7 +68,7 @@ pub async fn declare(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     app.keys
-        .authorize(key_from_headers(&headers).as_deref(), KeyScope::Admin)?;
+        .authorize(key_from_headers(&headers)?.as_deref(), KeyScope::Admin)?;
     let def: ComputedTraitDef = json_body(
         &headers,
         body,
@@ -100,7 +100,7 @@ pub async fn remove(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     app.keys
-        .authorize(key_from_headers(&headers).as_deref(), KeyScope::Admin)?;
+        .authorize(key_from_headers(&headers)?.as_deref(), KeyScope::Admin)?;
     app.pipeline
         .profiles
         .remove_trait(&name)

@@ -392,3 +392,19 @@ fn an_event_encoded_by_reference_has_the_bytes_of_its_stored_record() {
         assert_eq!(decoded.properties, event.properties);
     }
 }
+
+#[test]
+fn properties_nested_too_deep_are_refused_for_their_depth() {
+    // Not an object, and too deep to say what it is instead.
+    let deep = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+    let body = format!(
+        r#"{{"batch": [{{"type": "track", "event": "Deep", "userId": "u1", "messageId": "deep-1", "properties": {deep}}},
+                       {{"type": "track", "event": "Fine", "userId": "u1", "messageId": "fine-1"}}]}}"#
+    );
+    let outcome = judge_batch(&body);
+    assert_eq!(outcome.events.len(), 1, "the valid neighbour is kept");
+    assert_eq!(
+        outcome.rejections[0].message,
+        "`properties` must be an object, found JSON nested deeper than the 128 levels Kith reads"
+    );
+}
