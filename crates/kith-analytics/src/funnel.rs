@@ -25,6 +25,7 @@ use crate::{AnalyticsError, Data};
 /// Most steps a funnel may have.
 pub const MAX_STEPS: usize = 32;
 
+/// A funnel step: `{"event": ..., "where": [...], "label": ...}`, or just the event's name.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
@@ -37,10 +38,41 @@ pub struct Step {
     pub label: Option<String>,
 }
 
+/// How a definition may write a step: its event's name alone, or in full.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepForm(pub Step);
+
+impl<'de> Deserialize<'de> for StepForm {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(event) => Ok(StepForm(Step {
+                event,
+                conditions: Vec::new(),
+                label: None,
+            })),
+            object @ serde_json::Value::Object(_) => Step::deserialize(object)
+                .map(StepForm)
+                .map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!(
+                "a step is an event's name or {{\"event\": \"...\", \"where\": [...]}}, found `{other}`"
+            ))),
+        }
+    }
+}
+
+fn steps_in_either_form<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Step>, D::Error> {
+    let forms: Vec<StepForm> = Deserialize::deserialize(deserializer)?;
+    Ok(forms.into_iter().map(|StepForm(step)| step).collect())
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct FunnelDefinition {
     #[serde(flatten)]
     pub scope: Scope,
+    #[serde(deserialize_with = "steps_in_either_form")]
     pub steps: Vec<Step>,
     /// How long after the first step the last may come: `30m`, `24h`, `7d` [default: 7d].
     #[serde(default = "default_window")]
@@ -49,7 +81,7 @@ pub struct FunnelDefinition {
     #[serde(default = "default_order")]
     pub order: String,
     /// Events that end an attempt in progress.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "steps_in_either_form")]
     pub exclusions: Vec<Step>,
     /// The step whose event gives the breakdown value [default: 0, the first]. Profiles that
     /// never reach it are grouped as `(not reached)`.
@@ -145,7 +177,7 @@ pub struct Friction {
     pub significant: bool,
 }
 
-/// `30m`, `24h`, `7d`, `2w` or plain seconds, as seconds.
+/// `30m`, `24h`, `7d`, `2w` (or `7 days`, `24 hours`) or plain seconds, as seconds.
 pub fn parse_window(text: &str) -> Result<i64, AnalyticsError> {
     let text = text.trim();
     let (digits, unit) = text.split_at(
@@ -158,16 +190,20 @@ pub fn parse_window(text: &str) -> Result<i64, AnalyticsError> {
             format!("`{text}` is not a duration; use e.g. 30m, 24h or 7d"),
         )
     })?;
-    let seconds = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        other => {
+    let seconds = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "s" | "sec" | "secs" | "second" | "seconds" => 1,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60,
+        "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
+        "d" | "day" | "days" => 86_400,
+        "w" | "week" | "weeks" => 7 * 86_400,
+        _ => {
             return Err(AnalyticsError::invalid(
                 "window",
-                format!("`{other}` is not a unit; use s, m, h, d or w"),
+                format!(
+                    "`{}` is not a unit of time; use s, m, h, d or w (or seconds, minutes, \
+                     hours, days, weeks), e.g. 30m, 24h or 7d",
+                    unit.trim()
+                ),
             ));
         }
     };
@@ -927,10 +963,54 @@ mod tests {
     }
 
     #[test]
+    fn a_step_is_an_event_name_or_written_in_full() {
+        let definition: FunnelDefinition = serde_json::from_value(serde_json::json!({
+            "steps": ["Product Viewed", {"event": "Order Completed", "label": "paid"}],
+            "exclusions": ["Refund Issued"]
+        }))
+        .unwrap();
+        assert_eq!(
+            definition
+                .steps
+                .iter()
+                .map(|s| (s.event.as_str(), s.label.as_deref()))
+                .collect::<Vec<_>>(),
+            [("Product Viewed", None), ("Order Completed", Some("paid"))]
+        );
+        assert_eq!(definition.exclusions[0].event, "Refund Issued");
+        let wrong = serde_json::from_value::<FunnelDefinition>(serde_json::json!({"steps": [3]}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            wrong.starts_with(
+                "a step is an event's name or {\"event\": \"...\", \"where\": [...]}, found `3`"
+            ),
+            "{wrong}"
+        );
+        // A step written in full still refuses a field it does not know.
+        let typo = serde_json::from_value::<FunnelDefinition>(
+            serde_json::json!({"steps": [{"event": "A", "lable": "x"}]}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(typo.contains("unknown field `lable`"), "{typo}");
+    }
+
+    #[test]
     fn windows_parse_with_units_and_bad_ones_are_named() {
         assert_eq!(parse_window("7d").unwrap(), 604_800);
         assert_eq!(parse_window("30m").unwrap(), 1800);
         assert_eq!(parse_window("90").unwrap(), 90);
+        // Units written out, as people write them.
+        assert_eq!(parse_window("7 days").unwrap(), 604_800);
+        assert_eq!(parse_window("24 Hours").unwrap(), 86_400);
+        assert_eq!(parse_window("1 week").unwrap(), 604_800);
+        assert_eq!(parse_window("45 min").unwrap(), 2700);
+        let unknown = parse_window("3 fortnights").unwrap_err().to_string();
+        assert!(
+            unknown.contains("`fortnights` is not a unit of time"),
+            "{unknown}"
+        );
         for bad in ["", "d", "0h", "3y", "-1d"] {
             assert_eq!(
                 parse_window(bad).unwrap_err().field(),

@@ -33,7 +33,10 @@ fn main() -> ExitCode {
         allocator::tune();
         kith_server::memory::set_release(allocator::release_free_memory);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => exit_for(err),
+    };
     // The server reports what it does; other commands print their own results and log only
     // what went wrong.
     init_logging(if matches!(cli.command, Command::Serve(_)) {
@@ -63,11 +66,60 @@ const DEFAULT_LOG_FILTER: &str =
 
 const QUIET_LOG_FILTER: &str = "warn";
 
+/// Exits for a command line clap refused. Clap names the flag of a bad value even when the value
+/// came from a `KITH_*` environment variable, which is then where to look: this says so.
+fn exit_for(err: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue};
+    let flag_and_value = match (
+        err.get(ContextKind::InvalidArg),
+        err.get(ContextKind::InvalidValue),
+    ) {
+        (Some(ContextValue::String(flag)), Some(ContextValue::String(value))) => {
+            Some((flag.clone(), value.clone()))
+        }
+        _ => None,
+    };
+    let _ = err.print();
+    if let Some((flag, value)) = flag_and_value
+        && let Some(variable) = env_variable_of(&flag)
+        && std::env::var_os(&variable).is_some_and(|set| set.to_string_lossy() == value)
+    {
+        eprintln!("\nnote: the value came from the environment variable {variable}");
+    }
+    std::process::exit(err.exit_code())
+}
+
+/// The environment variable behind the flag clap names as `--name <NAME>`, in any subcommand.
+fn env_variable_of(flag: &str) -> Option<String> {
+    use clap::CommandFactory;
+    let long = flag.split_whitespace().next()?.strip_prefix("--")?;
+    fn find(command: &clap::Command, long: &str) -> Option<String> {
+        command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(long))
+            .and_then(|arg| arg.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+            .or_else(|| command.get_subcommands().find_map(|sub| find(sub, long)))
+    }
+    find(&Cli::command(), long)
+}
+
 fn init_logging(default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KITH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    use std::io::IsTerminal;
+    let filter = match std::env::var("KITH_LOG") {
+        Ok(text) => tracing_subscriber::EnvFilter::try_new(&text).unwrap_or_else(|e| {
+            eprintln!(
+                "warning: KITH_LOG=`{text}` is not a log filter ({e}); logging at the default \
+                 level. Examples: KITH_LOG=debug, KITH_LOG=info,kith_server=debug"
+            );
+            tracing_subscriber::EnvFilter::new(default_filter)
+        }),
+        Err(_) => tracing_subscriber::EnvFilter::new(default_filter),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file or a pipe gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

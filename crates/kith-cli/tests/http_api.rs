@@ -1190,3 +1190,52 @@ fn an_error_names_its_cause_once() {
     assert!(err.contains("cannot read"), "{err}");
     assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
 }
+
+#[test]
+fn a_bad_setting_is_traced_to_where_it_was_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    // From the environment: clap names the flag, and Kith adds the variable it came from.
+    let output = std::process::Command::new(kith_bin())
+        .args(["serve", "--data-dir", data])
+        .env("KITH_FLUSH_INTERVAL_MS", "abc")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        err.contains("invalid value 'abc' for '--flush-interval-ms")
+            && err.contains(
+                "note: the value came from the environment variable KITH_FLUSH_INTERVAL_MS"
+            ),
+        "{err}"
+    );
+    // From the flag itself: no such note.
+    let (ok, _, err) = kith(&["serve", "--data-dir", data, "--flush-interval-ms", "abc"]);
+    assert!(!ok);
+    assert!(!err.contains("note:"), "{err}");
+    // A data directory that is a file is named as one, by every command that opens it.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let file = file.to_str().unwrap();
+    for args in [
+        vec!["serve", "--data-dir", file, "--listen", "127.0.0.1:0"],
+        vec!["key", "create", "--data-dir", file, "--scope", "read"],
+    ] {
+        let (ok, _, err) = kith(&args);
+        assert!(!ok, "{args:?}");
+        assert!(
+            err.contains(&format!(
+                "the data directory {file} is a file, not a directory"
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    let (ok, _, err) = kith(&["sql", "--data-dir", file, "SELECT 1"]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("no data directory at {file}")),
+        "{err}"
+    );
+}

@@ -394,11 +394,24 @@ async fn load_delta(
         }
         return Ok((None, 0));
     }
-    let table = delta_builder(path, store)?.load().await?;
+    // A log delta-rs cannot read is named, with where to look: its own message ("Json error:
+    // Encountered unexpected 'b'") does not say which table or file.
+    let unreadable = |e: deltalake::DeltaTableError| {
+        LakeError::Delta(format!(
+            "the table at {} cannot be read ({e}); a file in its _delta_log may be damaged",
+            path.display()
+        ))
+    };
+    let table = delta_builder(path, store)?
+        .load()
+        .await
+        .map_err(unreadable)?;
     let committed = table
-        .snapshot()?
+        .snapshot()
+        .map_err(unreadable)?
         .transaction_version(table.log_store().as_ref(), JOURNAL_APP_ID)
-        .await?
+        .await
+        .map_err(unreadable)?
         .unwrap_or(0);
     Ok((Some(table), committed.max(0) as u64))
 }

@@ -1219,3 +1219,35 @@ fn delta_log_entries_are_told_from_other_files() {
         assert!(!is_log_entry(name), "{name}");
     }
 }
+
+/// A damaged commit is not something the server can repair by itself; the error says which
+/// table, and where in it to look.
+#[tokio::test]
+async fn a_damaged_commit_names_its_table() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let lake = Lake::open(dir.path()).await.unwrap();
+        lake.ingest(vec![(1, Stored::Event(event("m1", "ana", 10.0)).encode())]);
+        lake.flush().await.unwrap();
+    }
+    let table = dir.path().join("tables").join("events");
+    let log = table.join("_delta_log");
+    let mut commits: Vec<_> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    commits.sort();
+    std::fs::write(commits.last().unwrap(), b"broken{").unwrap();
+    let Err(err) = Lake::open(dir.path()).await else {
+        panic!("a damaged log opened");
+    };
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "delta lake error: the table at {} cannot be read (",
+            table.display()
+        )) && message.ends_with("a file in its _delta_log may be damaged"),
+        "{message}"
+    );
+}

@@ -22,6 +22,13 @@ pub enum StateError {
         source: std::io::Error,
     },
     #[error(
+        "the data directory {0} is a file, not a directory; pass --data-dir a directory (it is created when missing)"
+    )]
+    DataDirIsFile(String),
+    /// `state.db` could not be opened; `reason` says why in this machine's terms.
+    #[error("cannot open {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error(
         "no key with id `{0}` in this data directory; `kith key list` shows the ids (the whole key works too)"
     )]
     UnknownKey(String),
@@ -50,18 +57,31 @@ CREATE TABLE IF NOT EXISTS api_keys (
 impl StateStore {
     /// Opens (or creates) `state.db` in the data directory.
     pub fn open(data_dir: &Path) -> Result<StateStore, StateError> {
+        if data_dir.exists() && !data_dir.is_dir() {
+            return Err(StateError::DataDirIsFile(data_dir.display().to_string()));
+        }
         std::fs::create_dir_all(data_dir).map_err(|source| StateError::DataDir {
             path: data_dir.display().to_string(),
             source,
         })?;
-        let conn = Connection::open(data_dir.join("state.db"))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(StateStore {
-            conn: Mutex::new(conn),
-        })
+        let path = data_dir.join("state.db");
+        let opened = (|| {
+            let conn = Connection::open(&path)?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.execute_batch(SCHEMA)?;
+            Ok::<_, rusqlite::Error>(conn)
+        })();
+        match opened {
+            Ok(conn) => Ok(StateStore {
+                conn: Mutex::new(conn),
+            }),
+            Err(err) => Err(StateError::Open {
+                path: path.display().to_string(),
+                reason: why_it_does_not_open(data_dir, &path, &err),
+            }),
+        }
     }
 
     pub(crate) fn with_conn<R>(
@@ -71,5 +91,87 @@ impl StateStore {
         // A panic while holding the lock cannot leave SQLite inconsistent; keep going.
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&conn)
+    }
+}
+
+/// What stopped SQLite from opening `path` in `data_dir`, said in terms of files and users
+/// rather than SQLite's codes ("unable to open database file: Error code 14").
+fn why_it_does_not_open(data_dir: &Path, path: &Path, err: &rusqlite::Error) -> String {
+    use rusqlite::ErrorCode;
+    let denied = |what: &str| {
+        format!(
+            "{what}; run Kith as the user that owns the data directory, or give this user \
+             read and write access to it"
+        )
+    };
+    if let Err(e) = std::fs::read_dir(data_dir)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return denied(&format!(
+            "this user may not read the data directory {}",
+            data_dir.display()
+        ));
+    }
+    if path.exists()
+        && let Err(e) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return denied("this user may not write to it");
+    }
+    match err.sqlite_error_code() {
+        Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
+            denied(&format!(
+                "this user may not create files in {} (SQLite keeps its -wal and -shm files \
+                 beside state.db)",
+                data_dir.display()
+            ))
+        }
+        Some(ErrorCode::NotADatabase) => "it is not a Kith state database (it may be damaged, \
+             or another program's file); move it aside to start with no keys, or restore it \
+             from a backup"
+            .to_string(),
+        _ => err.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_error(data_dir: &Path) -> String {
+        match StateStore::open(data_dir) {
+            Ok(_) => panic!("{} opened", data_dir.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_data_directory_that_cannot_be_used_is_named_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data");
+        std::fs::write(&file, "not a directory").unwrap();
+        assert_eq!(
+            open_error(&file),
+            format!(
+                "the data directory {} is a file, not a directory; pass --data-dir a directory \
+                 (it is created when missing)",
+                file.display()
+            )
+        );
+
+        let damaged = dir.path().join("damaged");
+        std::fs::create_dir(&damaged).unwrap();
+        std::fs::write(damaged.join("state.db"), vec![0x5a; 8192]).unwrap();
+        let message = open_error(&damaged);
+        assert!(
+            message.starts_with(&format!(
+                "cannot open {}: it is not a Kith state database",
+                damaged.join("state.db").display()
+            )),
+            "{message}"
+        );
     }
 }

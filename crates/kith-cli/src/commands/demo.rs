@@ -24,6 +24,7 @@ pub enum DemoAction {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("destination").required(true).args(["out", "into"])))]
 pub struct GenerateArgs {
     /// Customers (visitors; about three in four sign up).
     #[arg(long, default_value_t = 5000)]
@@ -32,12 +33,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Write the files here: events.jsonl, contacts.csv, transactions.csv, truth/.
-    #[arg(
-        long,
-        value_name = "DIR",
-        conflicts_with = "into",
-        required_unless_present = "into"
-    )]
+    #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Load the world into this data directory (files and truth kept in DATA_DIR/demo/).
     #[arg(long, value_name = "DATA_DIR")]
