@@ -218,15 +218,24 @@ fn write_key_in_body_text_plain_gzip_and_cors_work_as_browsers_send_them() {
         .options(server.url("/v1/t"))
         .header("Origin", "https://tienda.mx")
         .header("Access-Control-Request-Method", "POST")
-        .header("Access-Control-Request-Headers", "content-type")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization,content-type",
+        )
         .call()
         .unwrap();
     assert!(preflight.status().is_success());
-    assert!(
+    let allowed = |name: &str| {
         preflight
             .headers()
-            .get("access-control-allow-origin")
-            .is_some()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    assert_eq!(allowed("access-control-allow-origin").as_deref(), Some("*"));
+    // Named, not `*`: the wildcard does not cover `Authorization` in the Fetch standard.
+    assert_eq!(
+        allowed("access-control-allow-headers").as_deref(),
+        Some("authorization,content-type")
     );
 
     let settings = agent()
@@ -834,9 +843,44 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
         "/readyz",
         "/metrics",
         "/openapi.json",
+        "/docs/errors",
     ] {
         assert!(doc["paths"][path].is_object(), "openapi lacks {path}");
     }
+    // How each endpoint is authorised, and the error body every error answers, are described.
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(
+        (
+            &schemes["writeKey"]["scheme"],
+            &schemes["bearerKey"]["scheme"]
+        ),
+        (&json!("basic"), &json!("bearer"))
+    );
+    assert_eq!(
+        doc["components"]["schemas"]["Error"]["required"],
+        json!(["message", "code", "type", "link"])
+    );
+    let query = &doc["paths"]["/v1/query"]["post"];
+    assert_eq!(query["security"], json!([{"bearerKey": []}]));
+    for status in ["400", "401", "403"] {
+        assert_eq!(
+            query["responses"][status]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/Error",
+            "/v1/query {status}"
+        );
+    }
+    let track = &doc["paths"]["/v1/{call}"]["post"];
+    assert_eq!(
+        track["security"],
+        json!([{"writeKey": []}, {"writeKeyQuery": []}])
+    );
+    for status in ["401", "403", "429", "503"] {
+        assert!(
+            track["responses"][status].is_object(),
+            "/v1/{{call}} lacks {status}"
+        );
+    }
+    assert_eq!(doc["paths"]["/healthz"]["get"]["security"], json!([{}]));
     let (_, errors) = get("/docs/errors");
     assert!(errors.contains("\"code\":\"payload_too_large\""));
 

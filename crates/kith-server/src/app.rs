@@ -308,7 +308,7 @@ pub fn router(app: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(ops::method_not_allowed)
         // Bodies are read with our own limit so the answer is our JSON error.
         .layer(DefaultBodyLimit::disable())
-        .layer(CorsLayer::permissive().max_age(Duration::from_secs(3600)))
+        .layer(cors())
         .with_state(app)
 }
 
@@ -347,6 +347,19 @@ async fn flush_loop(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<b
 }
 
 /// Tidies every event table on the compaction thread (see [`kith_lake::Housekeeping`]).
+/// Browsers may call every endpoint from any page. The request headers a preflight asks for
+/// are allowed by name: the Fetch standard does not let `Access-Control-Allow-Headers: *` cover
+/// `Authorization`, which the API's keys travel in.
+fn cors() -> CorsLayer {
+    use tower_http::cors::{AllowHeaders, Any};
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods(Any)
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers(Any)
+        .max_age(Duration::from_secs(3600))
+}
+
 fn spawn_tidy(app: &AppState) -> tokio::task::JoinHandle<()> {
     let lake = app.pipeline.lake.clone();
     let policy = app.config.housekeeping;

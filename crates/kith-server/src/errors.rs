@@ -356,6 +356,9 @@ impl IntoResponse for ApiError {
 }
 
 /// `GET /docs/errors`: the error table itself, so every `link` resolves.
+#[utoipa::path(get, path = "/docs/errors", tag = "operations",
+    description = "Every error code the API answers, with its HTTP status, type and meaning: where each error's `link` leads.",
+    responses((status = 200, description = "`{errors: [{code, status, type, meaning}]}`")))]
 pub async fn error_docs() -> axum::Json<serde_json::Value> {
     let rows: Vec<_> = ErrorCode::ALL
         .iter()

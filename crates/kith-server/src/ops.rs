@@ -12,6 +12,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
+use crate::api_conventions::Conventions;
+
 use crate::app::AppState;
 use crate::errors::{ApiError, ErrorCode};
 use crate::ingest::{self, read_body};
@@ -102,13 +104,16 @@ pub async fn metrics() -> String {
         readyz,
         metrics,
         openapi,
+        crate::errors::error_docs,
     ),
     components(schemas(
         crate::ingest::IngestResponse,
         crate::ingest::EventError,
         crate::query::QueryRequest,
-        crate::profiles::MergeRequest
-    ))
+        crate::profiles::MergeRequest,
+        crate::api_conventions::ErrorSchema
+    )),
+    modifiers(&Conventions)
 )]
 pub struct ApiDoc;
 
