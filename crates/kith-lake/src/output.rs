@@ -12,6 +12,18 @@ use serde_json::{Number, Value};
 use crate::QueryResult;
 
 /// `{"columns": [names], "types": [arrow types], "rows": [[values]], "row_count": n, "truncated": bool}`.
+/// A column's type as the JSON answer names it. Arrow has several layouts of one kind of value
+/// (text read from Parquet is `Utf8View`, text still buffered `Utf8`); which one a column
+/// happens to have says nothing to the reader, so each kind has one name.
+fn type_name(data_type: &arrow::datatypes::DataType) -> String {
+    use arrow::datatypes::DataType;
+    match data_type {
+        DataType::Utf8View | DataType::LargeUtf8 => "Utf8".to_string(),
+        DataType::BinaryView | DataType::LargeBinary => "Binary".to_string(),
+        other => other.to_string(),
+    }
+}
+
 pub fn to_json(result: &QueryResult) -> Value {
     let columns: Vec<Value> = result
         .schema
@@ -23,7 +35,7 @@ pub fn to_json(result: &QueryResult) -> Value {
         .schema
         .fields()
         .iter()
-        .map(|f| Value::String(f.data_type().to_string()))
+        .map(|f| Value::String(type_name(f.data_type())))
         .collect();
     let mut rows = Vec::with_capacity(result.num_rows());
     for batch in &result.batches {

@@ -427,6 +427,18 @@ async fn json_functions_and_joins_work_over_flushed_and_buffered_events_together
         table("SELECT a.message_id AS x, b.user_id AS y FROM events a JOIN events b ON a.user_id = b.user_id ORDER BY x").await,
         "+---+-----+\n| x | y   |\n+---+-----+\n| a | u-1 |\n| b | u-2 |\n+---+-----+"
     );
+    // The JSON answer names text columns one way, whichever layout Arrow gave them.
+    let result = lake
+        .query(
+            "SELECT message_id, 'literal' AS l, revenue FROM events",
+            &QueryLimits::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::output::to_json(&result)["types"],
+        serde_json::json!(["Utf8", "Utf8", "Float64"])
+    );
 }
 
 #[tokio::test]
