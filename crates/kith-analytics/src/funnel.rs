@@ -190,7 +190,14 @@ pub fn parse_window(text: &str) -> Result<i64, AnalyticsError> {
             format!("`{text}` is not a duration; use e.g. 30m, 24h or 7d"),
         )
     })?;
-    let seconds = match unit.trim().to_ascii_lowercase().as_str() {
+    // Words in any case; a single letter as written, so `1M` (a month?) is not read as a minute.
+    let unit = unit.trim();
+    let unit = if unit.len() > 1 {
+        unit.to_ascii_lowercase()
+    } else {
+        unit.to_string()
+    };
+    let seconds = match unit.as_str() {
         "" | "s" | "sec" | "secs" | "second" | "seconds" => 1,
         "m" | "min" | "mins" | "minute" | "minutes" => 60,
         "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
@@ -200,9 +207,8 @@ pub fn parse_window(text: &str) -> Result<i64, AnalyticsError> {
             return Err(AnalyticsError::invalid(
                 "window",
                 format!(
-                    "`{}` is not a unit of time; use s, m, h, d or w (or seconds, minutes, \
-                     hours, days, weeks), e.g. 30m, 24h or 7d",
-                    unit.trim()
+                    "`{unit}` is not a unit of time; use s, m, h, d or w (or seconds, minutes, \
+                     hours, days, weeks), e.g. 30m, 24h or 7d"
                 ),
             ));
         }
@@ -1011,7 +1017,7 @@ mod tests {
             unknown.contains("`fortnights` is not a unit of time"),
             "{unknown}"
         );
-        for bad in ["", "d", "0h", "3y", "-1d"] {
+        for bad in ["", "d", "0h", "3y", "-1d", "1M"] {
             assert_eq!(
                 parse_window(bad).unwrap_err().field(),
                 Some("window"),

@@ -16,12 +16,13 @@ use crate::QueryResult;
 /// (text read from Parquet is `Utf8View`, text still buffered `Utf8`); which one a column
 /// happens to have says nothing to the reader, so each kind has one name.
 fn type_name(data_type: &arrow::datatypes::DataType) -> String {
-    use arrow::datatypes::DataType;
-    match data_type {
-        DataType::Utf8View | DataType::LargeUtf8 => "Utf8".to_string(),
-        DataType::BinaryView | DataType::LargeBinary => "Binary".to_string(),
-        other => other.to_string(),
-    }
+    // On the text, so that types inside lists and structs are named the same way.
+    data_type
+        .to_string()
+        .replace("LargeUtf8", "Utf8")
+        .replace("Utf8View", "Utf8")
+        .replace("LargeBinary", "Binary")
+        .replace("BinaryView", "Binary")
 }
 
 pub fn to_json(result: &QueryResult) -> Value {

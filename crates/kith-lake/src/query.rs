@@ -70,16 +70,18 @@ impl QueryResult {
 }
 
 fn classify(err: DataFusionError, limits: &QueryLimits) -> QueryError {
+    classify_ref(&err, limits)
+}
+
+fn classify_ref(err: &DataFusionError, limits: &QueryLimits) -> QueryError {
     match err {
         DataFusionError::ResourcesExhausted(_) => QueryError::OutOfMemory(limits.memory_bytes),
         DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
-            classify(*inner, limits)
+            classify_ref(inner, limits)
         }
-        DataFusionError::Shared(shared) => classify(
-            Arc::try_unwrap(shared).unwrap_or_else(|s| DataFusionError::Execution(s.to_string())),
-            limits,
-        ),
-        DataFusionError::SQL(parse, _) => QueryError::Invalid(syntax_message(&parse)),
+        // An error several partitions share (a repartition hands each the same one).
+        DataFusionError::Shared(shared) => classify_ref(shared, limits),
+        DataFusionError::SQL(parse, _) => QueryError::Invalid(syntax_message(parse)),
         // Storage and engine faults are ours, not the query's.
         DataFusionError::IoError(_)
         | DataFusionError::ObjectStore(_)
@@ -87,9 +89,9 @@ fn classify(err: DataFusionError, limits: &QueryLimits) -> QueryError {
         | DataFusionError::Internal(_)
         | DataFusionError::ExecutionJoin(_)
         | DataFusionError::External(_)
-        | DataFusionError::Ffi(_) => QueryError::Internal(first_line(&err)),
+        | DataFusionError::Ffi(_) => QueryError::Internal(first_line(err)),
         // Syntax, planning, schema, casts and arguments: the query is wrong.
-        other => QueryError::Invalid(first_line(&other)),
+        other => QueryError::Invalid(first_line(other)),
     }
 }
 

@@ -298,11 +298,13 @@ async fn functions_that_make_huge_values_are_refused_before_they_run() {
         ("SELECT lpad('7', 1000000000, '0')", "lpad"),
         ("SELECT rpad('7', 100000000, 'ñ')", "rpad"),
         (
-            "SELECT replace(repeat('a', 1000000), 'a', repeat('b', 1000))",
+            "SELECT replace(repeat('a', value * 1000), 'a', repeat('b', value * 1000)) \
+             FROM generate_series(1, 100)",
             "replace",
         ),
         (
-            "SELECT regexp_replace(repeat('a', 1000000), '', repeat('b', 1000), 'g')",
+            "SELECT regexp_replace(repeat('a', value * 1000), '', repeat('b', value * 1000), 'g') \
+             FROM generate_series(1, 100)",
             "regexp_replace",
         ),
         ("SELECT array_repeat(1, 1000000000)", "array_repeat"),
@@ -321,10 +323,31 @@ async fn functions_that_make_huge_values_are_refused_before_they_run() {
             "SELECT repeat('x', value * 100000000) FROM generate_series(1, 3)",
             "repeat",
         ),
+        // A constant is copied onto every row of a batch it is projected over.
+        (
+            "SELECT repeat('x', 100000) FROM generate_series(1, 10)",
+            "repeat",
+        ),
+        // One large row among small ones is counted at its own size, not the average.
+        (
+            &format!(
+                "SELECT array_repeat(CASE WHEN value = 1 THEN '{}' ELSE '' END, \
+                 CASE WHEN value = 1 THEN 100000 ELSE 0 END) FROM generate_series(1, 100)",
+                "a".repeat(10_000)
+            ),
+            "array_repeat",
+        ),
+        // The fill of array_resize is what each new element holds.
+        (
+            "SELECT array_resize(make_array(range(value)), 100000, range(value * 10000)) \
+             FROM generate_series(1, 3)",
+            "array_resize",
+        ),
     ];
     for (sql, function) in refused {
         let started = std::time::Instant::now();
         let result = lake.query(sql, &limits).await;
+        let sql = &sql[..sql.len().min(120)];
         let Err(QueryError::Invalid(message)) = result else {
             panic!(
                 "{sql}: expected a refusal, got {:?}",
@@ -333,13 +356,32 @@ async fn functions_that_make_huge_values_are_refused_before_they_run() {
         };
         assert!(
             message.contains(&format!("{function}(…) could make a result of"))
-                && message.contains("more than the 128 MiB one function call may make"),
+                && message.contains("more than the 128.0 MiB one function call may make"),
             "{sql}: {message}"
         );
         assert!(
             started.elapsed() < std::time::Duration::from_secs(10),
             "{sql} took {:?}",
             started.elapsed()
+        );
+    }
+    // An interval step that can be zero would never end (DataFusion checks only for all three
+    // parts being zero): refused whatever the distance.
+    for step in [
+        "INTERVAL '1 day' - INTERVAL '86400 seconds'",
+        "INTERVAL '1 month' - INTERVAL '30 days'",
+    ] {
+        let sql = format!("SELECT range(TIMESTAMP '2020-01-01', TIMESTAMP '2020-01-02', {step})");
+        let result = lake.query(&sql, &limits).await;
+        let Err(QueryError::Invalid(message)) = result else {
+            panic!(
+                "{sql}: expected a refusal, got {:?}",
+                result.map(|r| r.num_rows())
+            );
+        };
+        assert!(
+            message.starts_with("range(…) has a step that can be zero"),
+            "{sql}: {message}"
         );
     }
     // Within the bound they are DataFusion's own functions, aliases included.
@@ -349,7 +391,8 @@ async fn functions_that_make_huge_values_are_refused_before_they_run() {
              replace('banana', 'a', 'o') AS s, regexp_replace('banana', 'a', 'o', 'g') AS x, \
              array_repeat(1, 2) AS ar, list_repeat(2, 2) AS lr, array_resize([1], 3, 0) AS rs, \
              range(3) AS rg, generate_series(1, 3) AS gs, \
-             range(DATE '2026-01-01', DATE '2026-01-03', INTERVAL '1 day') AS days",
+             range(DATE '2026-01-01', DATE '2026-01-03', INTERVAL '1 day') AS days, \
+             length(repeat('-', 80)) AS rule",
             &limits,
         )
         .await
@@ -368,7 +411,8 @@ async fn functions_that_make_huge_values_are_refused_before_they_run() {
             "[1, 0, 0]",
             "[0, 1, 2]",
             "[1, 2, 3]",
-            "[2026-01-01, 2026-01-02]"
+            "[2026-01-01, 2026-01-02]",
+            80
         ]),
         "{json:?}"
     );
@@ -430,14 +474,25 @@ async fn json_functions_and_joins_work_over_flushed_and_buffered_events_together
     // The JSON answer names text columns one way, whichever layout Arrow gave them.
     let result = lake
         .query(
-            "SELECT message_id, 'literal' AS l, revenue FROM events",
+            "SELECT message_id, 'literal' AS l, revenue, array_agg(message_id) OVER () AS ids \
+             FROM events",
             &QueryLimits::default(),
         )
         .await
         .unwrap();
+    let types = crate::output::to_json(&result)["types"].clone();
     assert_eq!(
-        crate::output::to_json(&result)["types"],
-        serde_json::json!(["Utf8", "Utf8", "Float64"])
+        [&types[0], &types[1], &types[2]],
+        [
+            &serde_json::json!("Utf8"),
+            &serde_json::json!("Utf8"),
+            &serde_json::json!("Float64")
+        ]
+    );
+    let list = types[3].as_str().unwrap();
+    assert!(
+        list.starts_with("List(") && !list.contains("View"),
+        "{list}"
     );
 }
 

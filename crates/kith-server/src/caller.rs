@@ -174,15 +174,6 @@ impl<'a> Origin<'a> {
             .or(self.peer)
     }
 
-    /// Whether the request comes from this machine itself: over loopback, and not relayed by a
-    /// proxy (a proxy on this machine relays requests from anywhere).
-    pub(crate) fn is_on_this_machine(&self) -> bool {
-        self.peer.is_some_and(|ip| ip.is_loopback())
-            && ["forwarded", "x-forwarded-for", "x-forwarded-host"]
-                .iter()
-                .all(|name| !self.headers.contains_key(*name))
-    }
-
     /// The scheme and host a browser reached this server by, for documents that point SDKs
     /// back at it. Behind a proxy that terminates TLS (the usual way to serve Kith on the
     /// internet) the request arrives over plain HTTP, but a page served over HTTPS may only

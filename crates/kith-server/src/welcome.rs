@@ -33,12 +33,10 @@ pub async fn welcome(
     headers: HeaderMap,
 ) -> Response {
     let origin = Origin::new(&headers, peer, &app.config.trusted_proxies);
-    // Someone on the server's machine gets commands for its data directory; anyone else is not
-    // told where it is.
-    let data_dir = origin
-        .is_on_this_machine()
-        .then(|| data_dir_argument(&app.config.data_dir));
-    let steps = first_steps(&base_url(&origin), data_dir.as_deref());
+    let steps = first_steps(
+        &base_url(&origin),
+        uses_the_default_data_dir(&app.config.data_dir),
+    );
     let wants_html = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -79,39 +77,36 @@ fn base_url(origin: &Origin<'_>) -> String {
     }
 }
 
-/// ` --data-dir DIR` for `data_dir`, absolute (the server's working directory is not the
-/// reader's) and quoted for a shell where it needs to be.
-fn data_dir_argument(data_dir: &std::path::Path) -> String {
-    let path = std::path::absolute(data_dir)
-        .unwrap_or_else(|_| data_dir.to_path_buf())
-        .display()
-        .to_string();
-    let plain = path
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-'));
-    if plain {
-        format!(" --data-dir {path}")
-    } else {
-        format!(" --data-dir '{}'", path.replace('\'', r"'\''"))
+/// Whether the server keeps its data in `./kith-data`, where `kith` commands look by default.
+fn uses_the_default_data_dir(data_dir: &std::path::Path) -> bool {
+    use std::path::Component;
+    fn named(path: &std::path::Path) -> Vec<Component<'_>> {
+        path.components()
+            .filter(|c| *c != Component::CurDir)
+            .collect()
     }
+    named(data_dir) == named(std::path::Path::new("./kith-data"))
 }
 
-/// The commands that take a newcomer from a running server to a first answer. `data_dir` is
-/// the `--data-dir` argument for the commands run on the server's machine, when the reader is
-/// on it.
-fn first_steps(base: &str, data_dir: Option<&str>) -> Vec<(&'static str, String)> {
-    let (where_keys_are, data_dir) = match data_dir {
-        Some(argument) => (
-            "On this machine, create a write key for a source (it prints the key and nothing \
-             else; a key works only on the server whose data directory holds it)",
-            argument,
-        ),
-        None => (
-            "On the server's machine, create a write key for a source (it prints the key and \
-             nothing else; add --data-dir DIR, the server's data directory, unless it is \
-             ./kith-data where you run the command)",
+/// The commands that take a newcomer from a running server to a first answer. The commands run
+/// on the server's machine name its data directory: where `kith` looks by default, or a
+/// placeholder for the one the server was given (its path is not shown: the page needs no key,
+/// and a path says something about the machine).
+fn first_steps(base: &str, default_data_dir: bool) -> Vec<(&'static str, String)> {
+    let (where_keys_are, data_dir) = if default_data_dir {
+        (
+            "On the server's machine, in the directory it was started in (its data is in \
+             ./kith-data there), create a write key for a source; it prints the key and nothing \
+             else",
             "",
-        ),
+        )
+    } else {
+        (
+            "On the server's machine, create a write key for a source; it prints the key and \
+             nothing else. DATA_DIR is the directory the server was started with (its \
+             --data-dir, KITH_DATA_DIR or data_dir in kith.toml): a key works only there",
+            " --data-dir DATA_DIR",
+        )
     };
     vec![
         (
@@ -217,48 +212,42 @@ mod tests {
     }
 
     #[test]
-    fn only_a_reader_on_this_machine_is_told_the_data_directory() {
-        let trusted = TrustedProxies::default();
-        let direct = with_headers(&[("host", "127.0.0.1:8417")]);
-        let local = PeerAddress(Some([127, 0, 0, 1].into()));
-        assert!(Origin::new(&direct, local, &trusted).is_on_this_machine());
-        // Relayed by a proxy on this machine, or from elsewhere: not told.
-        let relayed = with_headers(&[("host", "kith.mx"), ("x-forwarded-for", "203.0.113.9")]);
-        assert!(!Origin::new(&relayed, local, &trusted).is_on_this_machine());
-        let remote = PeerAddress(Some([203, 0, 113, 9].into()));
-        assert!(!Origin::new(&direct, remote, &trusted).is_on_this_machine());
+    fn the_commands_name_the_data_directory_without_showing_it() {
+        assert!(uses_the_default_data_dir(std::path::Path::new(
+            "./kith-data"
+        )));
+        assert!(uses_the_default_data_dir(std::path::Path::new("kith-data")));
+        assert!(!uses_the_default_data_dir(std::path::Path::new(
+            "/srv/kith"
+        )));
 
-        let steps = first_steps("http://127.0.0.1:8417", Some(" --data-dir /srv/kith"));
+        let elsewhere = first_steps("http://127.0.0.1:8417", false);
         assert_eq!(
-            steps[0].1,
-            "WRITE_KEY=$(kith key create --data-dir /srv/kith --scope ingest --source web)"
+            elsewhere[0].1,
+            "WRITE_KEY=$(kith key create --data-dir DATA_DIR --scope ingest --source web)"
         );
         assert!(
-            steps[2]
+            elsewhere[0]
+                .0
+                .contains("DATA_DIR is the directory the server was started with")
+        );
+        assert!(
+            elsewhere[2]
                 .1
-                .starts_with("READ_KEY=$(kith key create --data-dir /srv/kith --scope read)")
+                .starts_with("READ_KEY=$(kith key create --data-dir DATA_DIR --scope read)")
         );
         assert!(
-            steps[3]
+            elsewhere[3]
                 .1
-                .starts_with("kith sql --data-dir /srv/kith \"SELECT")
+                .starts_with("kith sql --data-dir DATA_DIR \"SELECT")
         );
-        let elsewhere = first_steps("http://127.0.0.1:8417", None);
+        let default = first_steps("http://127.0.0.1:8417", true);
         assert!(
-            !elsewhere
+            !default
                 .iter()
                 .any(|(_, command)| command.contains("--data-dir"))
         );
-        assert!(elsewhere[0].0.contains("add --data-dir DIR"));
-        // A path with spaces or quotes reaches the shell as one word, whatever it holds.
-        assert_eq!(
-            data_dir_argument(std::path::Path::new("/srv/my kith's data")),
-            r" --data-dir '/srv/my kith'\''s data'"
-        );
-        assert_eq!(
-            data_dir_argument(std::path::Path::new("/srv/kith")),
-            " --data-dir /srv/kith"
-        );
+        assert!(default[0].0.contains("./kith-data"));
     }
 
     #[test]
@@ -274,7 +263,7 @@ mod tests {
             assert_eq!(base_url(&origin(&headers)), "http://KITH_ADDRESS", "{host}");
         }
         // And the page escapes what it shows all the same.
-        let html = page(&first_steps("http://<b>", None));
+        let html = page(&first_steps("http://<b>", true));
         assert!(!html.contains("<b>"), "{html}");
         assert!(html.contains("http://&lt;b&gt;/v1/track"));
     }

@@ -9,7 +9,7 @@
 //! the largest result its arguments can give, refused when over the bound.
 
 use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type, IntervalMonthDayNano, TimeUnit};
 use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{
@@ -116,36 +116,53 @@ impl ScalarUDFImpl for Bounded {
     // an expression that calls the unbounded original.
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        // A call whose arguments are all constants is folded into one value while planning,
+        // and that value is then copied onto every row of each batch it is projected over:
+        // what it can cost is its size times a batch.
         let all_constant = args
             .args
             .iter()
             .all(|arg| matches!(arg, ColumnarValue::Scalar(_)));
-        let rows = if all_constant { 1 } else { args.number_rows };
-        let largest = largest_result(self.growth, &args.args, rows);
+        let (rows, copies) = if all_constant {
+            (1, args.config_options.execution.batch_size.get() as u128)
+        } else {
+            (args.number_rows, 1)
+        };
+        let largest = largest_result(self.growth, &args.args, rows)
+            .map_err(|why| DataFusionError::Execution(format!("{}(…) {why}", self.name())))?
+            .saturating_mul(copies);
         if largest > self.max_result_bytes as u128 {
+            let per_batch = if all_constant {
+                format!(" (a constant result is copied onto each of a batch's {copies} rows)")
+            } else {
+                String::new()
+            };
             return Err(DataFusionError::Execution(format!(
-                "{}(…) could make a result of {} here, more than the {} MiB one function call may \
-                 make (an eighth of the query's memory limit); ask for less, or filter the rows first",
+                "{}(…) could make a result of {} here{per_batch}, more than the {} one function \
+                 call may make (an eighth of the query's memory limit); ask for less, or filter \
+                 the rows first",
                 self.name(),
                 human_bytes(largest),
-                self.max_result_bytes >> 20
+                human_bytes(self.max_result_bytes as u128)
             )));
         }
         self.inner.invoke_with_args(args)
     }
 }
 
-/// The most bytes `growth` can produce from `args` over `rows` rows. Arguments of a type it
-/// does not know count as making nothing: the function itself refuses types it does not take.
-fn largest_result(growth: Growth, args: &[ColumnarValue], rows: usize) -> u128 {
+/// The most bytes `growth` can produce from `args` over `rows` rows, or why the call must not
+/// run at all. Arguments of a type it does not know count as making nothing: the function
+/// itself refuses types it does not take.
+fn largest_result(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<u128, String> {
     let text = |i: usize| args.get(i).map_or(Texts::None, Texts::of);
     let count = |i: usize| args.get(i).map_or(Counts::None, Counts::of);
     let mut total: u128 = 0;
+    let mut add = |bytes: u128| total = total.saturating_add(bytes);
     match growth {
         Growth::Repeat => {
             let (texts, counts) = (text(0), count(1));
             for row in 0..rows {
-                total += texts.len(row) * counts.at_least_zero(row);
+                add(texts.len(row).saturating_mul(counts.at_least_zero(row)));
             }
         }
         Growth::Pad => {
@@ -160,7 +177,7 @@ fn largest_result(growth: Growth, args: &[ColumnarValue], rows: usize) -> u128 {
                 (Some(_), _) => 4,
             };
             for row in 0..rows {
-                total += texts.len(row) + lengths.at_least_zero(row) * per_char;
+                add(texts.len(row) + lengths.at_least_zero(row).saturating_mul(per_char));
             }
         }
         Growth::Replace => {
@@ -169,7 +186,7 @@ fn largest_result(growth: Growth, args: &[ColumnarValue], rows: usize) -> u128 {
                 let len = texts.len(row);
                 // An empty `from` matches between every two characters.
                 let matches = len / from.len(row).max(1) + 1;
-                total += len + matches * to.len(row);
+                add(len + matches.saturating_mul(to.len(row)));
             }
         }
         Growth::RegexpReplace => {
@@ -180,72 +197,115 @@ fn largest_result(growth: Growth, args: &[ColumnarValue], rows: usize) -> u128 {
                 // in the replacement can repeat its match, and the matches together span the
                 // text at most once.
                 let references = replacement.dollars(row);
-                total += len + (len + 1) * replacement.len(row) + references * len;
+                add(len
+                    .saturating_add((len + 1).saturating_mul(replacement.len(row)))
+                    .saturating_add(references.saturating_mul(len)));
             }
         }
-        Growth::ArrayRepeat | Growth::ArrayResize => {
-            let value_bytes = match args.first() {
-                Some(ColumnarValue::Scalar(value)) => value.size() as u128,
-                Some(ColumnarValue::Array(values)) => {
-                    (values.get_array_memory_size() / values.len().max(1)) as u128
-                }
-                None => 0,
-            };
-            let counts = count(1);
+        Growth::ArrayRepeat => {
+            let (values, counts) = (args.first(), count(1));
             for row in 0..rows {
-                total += counts.at_least_zero(row) * value_bytes.max(8);
+                let n = counts.at_least_zero(row);
+                if n > 0 {
+                    add(n.saturating_mul(value_bytes(values, row)));
+                }
+            }
+        }
+        Growth::ArrayResize => {
+            // Each new element is the fill, or (an upper bound for) an element of the list.
+            let (lists, counts, fill) = (args.first(), count(1), args.get(2));
+            for row in 0..rows {
+                let n = counts.at_least_zero(row);
+                if n > 0 {
+                    let element = value_bytes(lists, row).max(value_bytes(fill, row));
+                    add(value_bytes(lists, row).saturating_add(n.saturating_mul(element)));
+                }
             }
         }
         Growth::Range => {
             for row in 0..rows {
-                total += range_elements(args, row) * 8;
+                add(range_elements(args, row)?.saturating_mul(8));
             }
         }
     }
-    total
+    Ok(total)
+}
+
+/// The bytes of `arg`'s value at `row` (at least 8, what an element of a list costs at least).
+fn value_bytes(arg: Option<&ColumnarValue>, row: usize) -> u128 {
+    let bytes = match arg {
+        Some(ColumnarValue::Scalar(value)) => value.size(),
+        Some(ColumnarValue::Array(values)) => ScalarValue::try_from_array(values, row)
+            .map(|value| value.size())
+            .unwrap_or(0),
+        None => 0,
+    };
+    (bytes as u128).max(8)
 }
 
 /// How many elements `range`/`generate_series` makes for row `row` at most: the distance from
-/// start to stop over the step, plus one.
-fn range_elements(args: &[ColumnarValue], row: usize) -> u128 {
+/// start to stop over the step, plus one. An interval step that can be zero is refused: the
+/// function would never end (it checks only for an interval whose three parts are all zero).
+fn range_elements(args: &[ColumnarValue], row: usize) -> Result<u128, String> {
     let point = |i: usize| args.get(i).and_then(|arg| scalar_at(arg, row));
+    let integer = |i: usize| point(i).and_then(|v| as_i128(&v));
     let (start, stop, step) = match args.len() {
-        1 => (Some(0), point(0).and_then(|v| as_i128(&v)), Some(1)),
-        2 => (
-            point(0).and_then(|v| as_i128(&v)),
-            point(1).and_then(|v| as_i128(&v)),
-            Some(1),
-        ),
-        _ => {
-            let (start, stop) = (point(0), point(1));
-            let step = point(2);
-            match step {
-                Some(ScalarValue::IntervalMonthDayNano(Some(interval))) => {
-                    // A month is at least 28 days, so the step is at least this long.
-                    let nanos = i128::from(interval.months) * 28 * NANOS_PER_DAY
-                        + i128::from(interval.days) * NANOS_PER_DAY
-                        + i128::from(interval.nanoseconds);
-                    (
-                        start.and_then(|v| as_nanos(&v)),
-                        stop.and_then(|v| as_nanos(&v)),
-                        Some(nanos),
+        1 => (Some(0), integer(0), Some(1)),
+        2 => (integer(0), integer(1), Some(1)),
+        _ => match point(2) {
+            Some(ScalarValue::IntervalMonthDayNano(Some(interval))) => {
+                let step = shortest_step(&interval).ok_or_else(|| {
+                    format!(
+                        "has a step that can be zero ({} months, {} days, {} ns), so it would \
+                         never end; give a step that only moves one way",
+                        interval.months, interval.days, interval.nanoseconds
                     )
-                }
-                other => (
-                    start.and_then(|v| as_i128(&v)),
-                    stop.and_then(|v| as_i128(&v)),
-                    other.and_then(|v| as_i128(&v)),
-                ),
+                })?;
+                (
+                    point(0).and_then(|v| as_nanos(&v)),
+                    point(1).and_then(|v| as_nanos(&v)),
+                    Some(step),
+                )
             }
-        }
+            step => (integer(0), integer(1), step.and_then(|v| as_i128(&v))),
+        },
     };
-    match (start, stop, step) {
-        // A zero step is the function's own error to give.
+    Ok(match (start, stop, step) {
+        // A zero integer step is the function's own error to give.
         (Some(start), Some(stop), Some(step)) if step != 0 => {
-            (start.abs_diff(stop) / step.unsigned_abs()) + 1
+            (start.abs_diff(stop) / step.unsigned_abs()).saturating_add(1)
         }
         _ => 0,
+    })
+}
+
+/// The shortest an interval step can be, in nanoseconds, or `None` when it can be zero. A month
+/// is 28 to 31 days and a day 23 to 25 hours (across a change of daylight-saving time), so
+/// `1 month - 30 days` is zero in some months and `1 day - 24 hours` on most days.
+fn shortest_step(interval: &IntervalMonthDayNano) -> Option<i128> {
+    const HOUR: i128 = 3_600 * 1_000_000_000;
+    let span = |count: i128, shortest: i128, longest: i128| {
+        if count >= 0 {
+            (count * shortest, count * longest)
+        } else {
+            (count * longest, count * shortest)
+        }
+    };
+    let (months_low, months_high) = span(
+        i128::from(interval.months),
+        28 * NANOS_PER_DAY,
+        31 * NANOS_PER_DAY,
+    );
+    let (days_low, days_high) = span(i128::from(interval.days), 23 * HOUR, 25 * HOUR);
+    let nanos = i128::from(interval.nanoseconds);
+    let (low, high) = (
+        months_low + days_low + nanos,
+        months_high + days_high + nanos,
+    );
+    if low <= 0 && high >= 0 {
+        return None;
     }
+    Some(low.unsigned_abs().min(high.unsigned_abs()) as i128)
 }
 
 const NANOS_PER_DAY: i128 = 86_400 * 1_000_000_000;
