@@ -150,8 +150,11 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
     let listed = list_segments(dir)?;
     let mut segments = Vec::with_capacity(listed.len());
     let count = listed.len();
-    for (position, (first_seq, path)) in listed.into_iter().enumerate() {
+    for (position, (first_seq, path)) in listed.iter().cloned().enumerate() {
         let is_last = position + 1 == count;
+        // Records salvaged from this segment take seqs below the next one's, so they can never
+        // replace it, and a recovery interrupted after salvaging finds them there already.
+        let next_first_seq = listed.get(position + 1).map(|(seq, _)| *seq);
         let bytes = read_file(&path)?.unwrap_or_default();
         let mut last_seq = first_seq.saturating_sub(1);
         let (offset, stop) = scan(&bytes, first_seq, |record| {
@@ -161,14 +164,32 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
             last_seq = record.seq;
             Ok(())
         })?;
-        let unreadable = matches!(stop, Some(Stop::Corrupt(_) | Stop::Truncated));
-        let after_damage = if unreadable {
-            readable_after_damage(&bytes, offset, last_seq + 1)
-        } else {
-            Vec::new()
+        let after_damage = match stop {
+            Some(Stop::Corrupt(_)) => {
+                readable_after_damage(&bytes, offset, last_seq + 1, next_first_seq)
+            }
+            _ => Vec::new(),
         };
         match stop {
             None => {}
+            Some(Stop::Truncated) if is_last => {
+                // What a crash leaves: a record cut short at the end. Records that seem to
+                // follow it are not taken back, since the unfinished record's own text (an
+                // event a client wrote) can look like records; if there are any, the file is
+                // kept as found for whoever looks into it.
+                let seeming = readable_after_damage(&bytes, offset, last_seq + 1, None).len();
+                if seeming > 0 {
+                    keep_unreplayed(&path, &bytes, offset, seeming);
+                } else {
+                    tracing::warn!(
+                        path = %path.display(),
+                        offset,
+                        dropped_bytes = bytes.len() - offset,
+                        "cutting an unfinished write off the journal tail"
+                    );
+                }
+                cut(&path, offset)?;
+            }
             Some(stop) if is_last && after_damage.is_empty() => {
                 // Cut it off, so nothing unacknowledged can ever follow new records.
                 tracing::warn!(
@@ -189,7 +210,12 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
                 // Damage a crash does not leave: unreadable records inside a closed segment, or
                 // followed by the writer's later records. What can be read is kept; what cannot
                 // is said loudly, and the file is kept for whoever looks into it.
-                salvage(&path, &bytes, offset, &stop, last_seq, &after_damage)?;
+                for record in &after_damage {
+                    if let Some(key) = record.dedup_key {
+                        keys.insert(key);
+                    }
+                }
+                let moved = salvage(dir, &path, &bytes, offset, &stop, last_seq, after_damage)?;
                 segments.push(SegmentInfo {
                     path,
                     first_seq,
@@ -197,14 +223,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, JournalError> {
                     len: offset as u64,
                     keys: None,
                 });
-                for run in consecutive_runs(after_damage) {
-                    for record in &run {
-                        if let Some(key) = record.dedup_key {
-                            keys.insert(key);
-                        }
-                    }
-                    segments.push(write_segment(dir, &run)?);
-                }
+                segments.extend(moved);
                 continue;
             }
         }
@@ -233,40 +252,73 @@ fn cut(path: &Path, len: usize) -> Result<(), JournalError> {
     end_at_records(&file, len as u64).map_err(|e| JournalError::io(path, e))
 }
 
-/// The records past unreadable bytes at `from` that carry on the segment's sequence (seq
-/// `expected` or later), in order. A reused file's old records all have lower seqs, so they are
-/// never taken for the writer's own.
-fn readable_after_damage(bytes: &[u8], from: usize, expected: u64) -> Vec<Record> {
+/// The records past an unreadable record at `from` that carry on the segment's sequence (seq
+/// `expected` or later, and below the next segment's first seq when there is one), in order. A
+/// reused file's old records all have lower seqs, so they are never taken for the writer's own.
+fn readable_after_damage(
+    bytes: &[u8],
+    from: usize,
+    expected: u64,
+    next_first_seq: Option<u64>,
+) -> Vec<Record> {
     let mut found = Vec::new();
     let mut expected = expected;
-    let mut at = from + 1;
-    while let Some(start) = next_record_start(bytes, at, expected) {
-        let Decoded::Record { record, .. } = decode(&bytes[start..]) else {
-            break;
+    let mut at = past_damaged_record(bytes, from, expected);
+    let below = next_first_seq.unwrap_or(u64::MAX);
+    while let Some(start) = next_record_start(bytes, at, expected, below) {
+        let first = match decode(&bytes[start..]) {
+            Decoded::Record { record, .. } => record.seq,
+            _ => break,
         };
-        let first = record.seq;
+        let mut run_ended_early = false;
         // `scan` cannot fail here: the visitor never does.
         let Ok((len, stop)) = scan(&bytes[start..], first, |record| {
-            expected = record.seq + 1;
-            found.push(record);
+            if record.seq < below {
+                expected = record.seq + 1;
+                found.push(record);
+            } else {
+                run_ended_early = true;
+            }
             Ok(())
         }) else {
             break;
         };
+        if run_ended_early {
+            break;
+        }
         match stop {
-            Some(Stop::Corrupt(_) | Stop::Truncated) => at = start + len + 1,
-            None | Some(Stop::Stale { .. }) => break,
+            Some(Stop::Corrupt(_)) => at = past_damaged_record(bytes, start + len, expected),
+            None | Some(Stop::Truncated | Stop::Stale { .. }) => break,
         }
     }
     found
 }
 
-/// The first offset at or after `at` where a whole, valid record with a seq from `expected` on
-/// starts. The seq and key flag are checked before the checksum, so trying every offset of a
-/// segment stays cheap.
-fn next_record_start(bytes: &[u8], at: usize, expected: u64) -> Option<usize> {
+/// Where to look for records after an unreadable one at `at`. When its header is sound (the seq
+/// due, a valid key flag, a length that fits), only its payload is damaged, and the search
+/// starts after it: its payload holds an event's text, which must never be taken for records.
+fn past_damaged_record(bytes: &[u8], at: usize, expected: u64) -> usize {
+    let Some(header) = bytes.get(at..at + HEADER_BYTES) else {
+        return bytes.len();
+    };
+    let length = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default()) as usize;
+    let seq = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+    let end = at.saturating_add(HEADER_BYTES).saturating_add(length);
+    if seq == expected && header[16] <= 1 && end <= bytes.len() {
+        end
+    } else {
+        at + 1
+    }
+}
+
+/// The first offset at or after `at` where a whole, valid record with a seq from `expected`
+/// (and below `below`) starts. The seq and key flag are checked before the checksum, so trying
+/// every offset of a segment stays cheap.
+fn next_record_start(bytes: &[u8], at: usize, expected: u64, below: u64) -> Option<usize> {
     // No segment holds more records than it has headers' worth of bytes.
-    let highest = expected.saturating_add((bytes.len() / HEADER_BYTES) as u64);
+    let highest = expected
+        .saturating_add((bytes.len() / HEADER_BYTES) as u64)
+        .min(below.saturating_sub(1));
     (at..bytes.len().saturating_sub(HEADER_BYTES - 1)).find(|&start| {
         let header = &bytes[start..start + HEADER_BYTES];
         let seq = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
@@ -290,7 +342,9 @@ fn consecutive_runs(records: Vec<Record>) -> Vec<Vec<Record>> {
     runs
 }
 
-/// A new segment holding `run` (consecutive seqs, at least one), synced into the directory.
+/// A segment holding `run` (consecutive seqs, at least one), named by its first seq. Written
+/// to a temporary file that is then renamed into place and synced: a crash leaves either no
+/// segment or the whole of it, and a second recovery writes the same file again.
 fn write_segment(dir: &Path, run: &[Record]) -> Result<SegmentInfo, JournalError> {
     let first_seq = run.first().map_or(0, |r| r.seq);
     let last_seq = run.last().map_or(0, |r| r.seq);
@@ -299,11 +353,7 @@ fn write_segment(dir: &Path, run: &[Record]) -> Result<SegmentInfo, JournalError
     for record in run {
         crate::record::encode(&mut bytes, record.seq, record.dedup_key, &record.payload);
     }
-    let file = File::create(&path).map_err(|e| JournalError::io(&path, e))?;
-    std::io::Write::write_all(&mut &file, &bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| JournalError::io(&path, e))?;
-    crate::dedup::sync_dir(dir)?;
+    write_synced(&path.with_extension("seg.salvaging"), &bytes, Some(&path))?;
     Ok(SegmentInfo {
         path,
         first_seq,
@@ -313,40 +363,109 @@ fn write_segment(dir: &Path, run: &[Record]) -> Result<SegmentInfo, JournalError
     })
 }
 
-/// Keeps a copy of the damaged segment at `path`, cuts it to its readable records (the first
-/// `offset` bytes) and says what was lost. The records in `after_damage` go to segments of their
-/// own (see [`recover`]).
+/// Writes `bytes` to `path` and syncs it, then renames it to `rename_to` when given, and syncs
+/// the directory.
+fn write_synced(path: &Path, bytes: &[u8], rename_to: Option<&Path>) -> Result<(), JournalError> {
+    let file = File::create(path).map_err(|e| JournalError::io(path, e))?;
+    std::io::Write::write_all(&mut &file, bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| JournalError::io(path, e))?;
+    if let Some(target) = rename_to {
+        fs::rename(path, target).map_err(|e| JournalError::io(target, e))?;
+    }
+    match path.parent() {
+        Some(dir) => crate::dedup::sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+/// Saves what a damaged segment at `path` still holds: the records after the damage go to
+/// segments of their own, the file as found is copied aside, and only then is the segment cut
+/// to its readable records (its first `offset` bytes), so that no step can lose a record a crash
+/// interrupts. Says what was lost, and returns the new segments.
 fn salvage(
+    dir: &Path,
     path: &Path,
     bytes: &[u8],
     offset: usize,
     stop: &Stop,
     last_readable_seq: u64,
-    after_damage: &[Record],
-) -> Result<(), JournalError> {
+    after_damage: Vec<Record>,
+) -> Result<Vec<SegmentInfo>, JournalError> {
+    let kept_after_damage = after_damage.len();
+    let lost_seqs = lost_seqs(last_readable_seq, &after_damage);
+    let runs = consecutive_runs(after_damage);
+    let moved = runs
+        .iter()
+        .map(|run| write_segment(dir, run))
+        .collect::<Result<Vec<_>, _>>()?;
     let copy = damaged_copy_path(path);
-    let copied = fs::write(&copy, bytes);
-    let lost_seqs = match after_damage.first() {
-        Some(next) if next.seq > last_readable_seq + 1 => {
-            format!("{} to {}", last_readable_seq + 1, next.seq - 1)
-        }
-        Some(_) => "none (the damage held no whole record)".to_string(),
-        None => format!("{} on, to the end of the segment", last_readable_seq + 1),
-    };
+    write_synced(&copy, bytes, None).map_err(|e| JournalError::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        reason: format!(
+            "{}, and a copy of it could not be kept before cutting it ({e}); free some disk \
+             space and start again",
+            stop.reason()
+        ),
+    })?;
     tracing::error!(
         path = %path.display(),
         offset,
         reason = %stop.reason(),
         lost_seqs = %lost_seqs,
-        kept_after_damage = after_damage.len(),
+        kept_after_damage,
         copy = %copy.display(),
-        copy_error = copied.as_ref().err().map(|e| e.to_string()),
         "a journal segment is damaged: the events in records it cannot read are lost unless the \
          event tables already hold them (SELECT max(ingest_seq) FROM events); every readable \
          record is kept, and the damaged file is copied aside"
     );
     metrics::counter!("kith_journal_damaged_segments_total").increment(1);
-    cut(path, offset)
+    cut(path, offset)?;
+    Ok(moved)
+}
+
+/// Copies aside the newest segment, whose unfinished last record seems to be followed by
+/// `seeming` records, and says so: they may be records the writer wrote after a damaged length,
+/// or text inside the unfinished record.
+fn keep_unreplayed(path: &Path, bytes: &[u8], offset: usize, seeming: usize) {
+    let copy = damaged_copy_path(path);
+    let copied = write_synced(&copy, bytes, None);
+    tracing::error!(
+        path = %path.display(),
+        offset,
+        seeming_records_after = seeming,
+        copy = %copy.display(),
+        copy_error = copied.as_ref().err().map(|e| e.to_string()),
+        "the journal's newest segment ends in a record cut short, followed by what seem to be \
+         records; they are not replayed, and the file as found is copied aside"
+    );
+    metrics::counter!("kith_journal_damaged_segments_total").increment(1);
+}
+
+/// The seqs no readable record holds: from the last one read before the damage to the end of
+/// the segment, or in the gaps between the records read after it.
+fn lost_seqs(last_readable_seq: u64, after_damage: &[Record]) -> String {
+    let mut gaps = Vec::new();
+    let mut previous = last_readable_seq;
+    for record in after_damage {
+        if record.seq > previous + 1 {
+            gaps.push(if record.seq == previous + 2 {
+                format!("{}", previous + 1)
+            } else {
+                format!("{} to {}", previous + 1, record.seq - 1)
+            });
+        }
+        previous = record.seq;
+    }
+    if after_damage.is_empty() {
+        gaps.push(format!("{} on, to the end of the segment", previous + 1));
+    }
+    if gaps.is_empty() {
+        "none (the damage held no whole record)".to_string()
+    } else {
+        gaps.join(", ")
+    }
 }
 
 /// Where a damaged segment's copy goes: beside it, under a name no listing takes for a segment.

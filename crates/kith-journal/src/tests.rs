@@ -248,11 +248,11 @@ fn damage_in_the_middle_of_the_active_segment_is_not_taken_for_a_torn_tail() {
 }
 
 #[test]
-fn a_damaged_length_is_read_past_to_the_next_whole_record() {
-    // The second record's length names bytes it does not have: where the third starts can only
-    // be found by looking for it. A second damage, in the fifth record, is read past as well.
+fn a_damaged_header_is_read_past_to_the_next_whole_record() {
+    // The second record's seq is damaged: where the third starts can only be found by looking
+    // for it. A second damage, in the fifth record's checksum, is read past as well.
     let dir = damage_the_active_segment(|bytes, starts| {
-        bytes[starts[1]] = 0xee;
+        bytes[starts[1] + 9] ^= 0x40;
         bytes[starts[4] + 5] ^= 0x10;
     });
     let (_journal, _) = open(dir.path(), JournalOptions::default());
@@ -264,6 +264,77 @@ fn a_damaged_length_is_read_past_to_the_next_whole_record() {
             "00000000000000000003.seg",
             "00000000000000000006.seg"
         ]
+    );
+}
+
+#[test]
+fn a_record_cut_short_is_a_torn_tail_even_with_what_seems_to_follow_it() {
+    // The second record's length now reaches past the end of the file, as an unfinished write
+    // would. What follows is not replayed (it could be text inside that record), but the file
+    // is kept as found.
+    let dir = damage_the_active_segment(|bytes, starts| {
+        bytes[starts[1]] = 0xee;
+    });
+    let (_journal, _) = open(dir.path(), JournalOptions::default());
+    assert_eq!(replayed_texts(dir.path()), ["a"]);
+    assert_eq!(files_ending(dir.path(), ".damaged").len(), 1);
+}
+
+#[test]
+fn a_salvage_cut_short_by_a_crash_is_done_again_without_taking_records_twice() {
+    let dir = damage_the_active_segment(|bytes, starts| {
+        bytes[starts[1] + record::HEADER_BYTES] ^= 0x01;
+    });
+    // A first recovery wrote segment 3 and was stopped before it cut segment 1: put segment 1
+    // back as it was found.
+    let damaged = std::fs::read(segment::segment_path(dir.path(), 1)).unwrap();
+    drop(open(dir.path(), JournalOptions::default()));
+    std::fs::write(segment::segment_path(dir.path(), 1), &damaged).unwrap();
+    let recovered = segment::recover(dir.path()).unwrap();
+    let paths: Vec<_> = recovered.segments.iter().map(|s| s.path.clone()).collect();
+    assert_eq!(
+        paths,
+        [
+            segment::segment_path(dir.path(), 1),
+            segment::segment_path(dir.path(), 3)
+        ],
+        "segment 3 is taken once"
+    );
+    assert_eq!(recovered.last_seq, 6);
+    let (journal, _) = open(dir.path(), JournalOptions::default());
+    assert_eq!(
+        replayed_texts(dir.path()),
+        ["a", "ccc", "dddd", "eeeee", "ffffff"]
+    );
+    assert_eq!(
+        answer(&journal, vec![entry(7, "g")]).unwrap(),
+        [Appended::Stored { seq: 7 }]
+    );
+}
+
+#[test]
+fn records_after_damage_are_not_salvaged_into_the_next_segments_seqs() {
+    // Segment 1 holds seqs 1 to 3 and segment 4 holds seq 4. After damage in segment 1 comes a
+    // valid record claiming seq 4 (a reused file's leftover, say): taking it would replace
+    // segment 4.
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Vec::new();
+    for (seq, text) in [(1u64, "one"), (2, "two"), (3, "three")] {
+        record::encode(&mut first, seq, Some(u128::from(seq)), text.as_bytes());
+    }
+    let damaged_at = record::HEADER_BYTES + "one".len() + record::HEADER_BYTES;
+    first[damaged_at] ^= 0x01;
+    record::encode(&mut first, 4, Some(99), b"not segment 4's");
+    std::fs::write(segment::segment_path(dir.path(), 1), &first).unwrap();
+    let mut fourth = Vec::new();
+    record::encode(&mut fourth, 4, Some(4), b"four");
+    std::fs::write(segment::segment_path(dir.path(), 4), &fourth).unwrap();
+
+    let (_journal, _) = open(dir.path(), JournalOptions::default());
+    assert_eq!(replayed_texts(dir.path()), ["one", "three", "four"]);
+    assert_eq!(
+        std::fs::read(segment::segment_path(dir.path(), 4)).unwrap(),
+        fourth
     );
 }
 
