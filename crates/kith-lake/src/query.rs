@@ -220,7 +220,7 @@ pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext
     let mut ctx = SessionContext::new_with_config_rt(config, runtime);
     datafusion_functions_json::register_all(&mut ctx)
         .map_err(|e| QueryError::Internal(e.to_string()))?;
-    bounded_functions::bound_growing_functions(&ctx, limits.memory_bytes / 8)
+    bounded_functions::bound_growing_functions(&mut ctx, limits.memory_bytes / 8)
         .map_err(|e| QueryError::Internal(e.to_string()))?;
     for table in lake.tables() {
         register(&ctx, table).await?;

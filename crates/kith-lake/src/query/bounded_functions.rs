@@ -10,13 +10,17 @@
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type, IntervalMonthDayNano, TimeUnit};
-use datafusion::common::{DataFusionError, Result, ScalarValue};
+use std::sync::Arc;
+
+use datafusion::common::{DFSchema, DataFusionError, Result, ScalarValue};
 use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult, RawBinaryExpr};
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, Signature,
+    ColumnarValue, Documentation, Expr, ExprSchemable, ReturnFieldArgs, ScalarFunctionArgs,
+    ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::BinaryOperator;
 
 /// How a function's result grows with its arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,10 +40,18 @@ enum Growth {
     ArrayResize,
     /// `range` / `generate_series(start, stop [, step])`: a list of every step between.
     Range,
+    /// `concat` and the `||` operator on text: the arguments side by side. A result no larger
+    /// than its arguments, but composing it doubles a value at each step (`WITH b AS (SELECT
+    /// s || s AS s FROM a), c AS (SELECT s || s ...)`).
+    Concat,
+    /// `concat_ws(separator, ...)`: the same, with the separator between each two.
+    ConcatWs,
 }
 
 /// The functions held to a bound, by name (their aliases follow them).
-const BOUNDED: [(&str, Growth); 9] = [
+const BOUNDED: [(&str, Growth); 11] = [
+    ("concat", Growth::Concat),
+    ("concat_ws", Growth::ConcatWs),
     ("repeat", Growth::Repeat),
     ("lpad", Growth::Pad),
     ("rpad", Growth::Pad),
@@ -52,18 +64,57 @@ const BOUNDED: [(&str, Growth); 9] = [
 ];
 
 /// Replaces, in `ctx`, each function of [`BOUNDED`] with itself refusing a result over
-/// `max_result_bytes` (counted for one call: a whole batch of rows, or one value when the
-/// arguments are constants).
-pub(crate) fn bound_growing_functions(ctx: &SessionContext, max_result_bytes: usize) -> Result<()> {
+/// `max_result_bytes` (counted for one call: a whole batch of rows, or a constant once for each
+/// row of a batch), and plans `||` on text as a function held to the same bound.
+pub(crate) fn bound_growing_functions(
+    ctx: &mut SessionContext,
+    max_result_bytes: usize,
+) -> Result<()> {
     for (name, growth) in BOUNDED {
-        let inner = ctx.udf(name)?;
-        ctx.register_udf(ScalarUDF::new_from_impl(Bounded {
-            inner: inner.as_ref().clone(),
-            growth,
-            max_result_bytes,
-        }));
+        let inner = FunctionRegistry::udf(ctx, name)?;
+        SessionContext::register_udf(
+            ctx,
+            ScalarUDF::new_from_impl(Bounded {
+                inner: inner.as_ref().clone(),
+                growth,
+                max_result_bytes,
+            }),
+        );
     }
-    Ok(())
+    let operator = Arc::new(ScalarUDF::new_from_impl(ConcatOperator {
+        signature: Signature::user_defined(Volatility::Immutable),
+        max_result_bytes,
+    }));
+    ctx.register_expr_planner(Arc::new(TextConcatPlanner { operator }))
+}
+
+/// How many copies of one call's result a batch holds: a constant call is folded into one
+/// value and copied onto each row of a batch; any other makes its rows once.
+fn rows_and_copies(args: &ScalarFunctionArgs) -> (usize, u128) {
+    let all_constant = args
+        .args
+        .iter()
+        .all(|arg| matches!(arg, ColumnarValue::Scalar(_)));
+    if all_constant {
+        (1, args.config_options.execution.batch_size.get() as u128)
+    } else {
+        (args.number_rows, 1)
+    }
+}
+
+/// The refusal of a call of `name` that could make `largest` bytes, over `max_result_bytes`.
+fn too_large(name: &str, largest: u128, copies: u128, max_result_bytes: usize) -> DataFusionError {
+    let per_batch = if copies > 1 {
+        format!(" (a constant result is copied onto each of a batch's {copies} rows)")
+    } else {
+        String::new()
+    };
+    DataFusionError::Execution(format!(
+        "{name} could make a result of {} here{per_batch}, more than the {} one function call \
+         may make (an eighth of the query's memory limit); ask for less, or filter the rows first",
+        human_bytes(largest),
+        human_bytes(max_result_bytes as u128)
+    ))
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -116,37 +167,118 @@ impl ScalarUDFImpl for Bounded {
     // an expression that calls the unbounded original.
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        // A call whose arguments are all constants is folded into one value while planning,
-        // and that value is then copied onto every row of each batch it is projected over:
-        // what it can cost is its size times a batch.
-        let all_constant = args
-            .args
-            .iter()
-            .all(|arg| matches!(arg, ColumnarValue::Scalar(_)));
-        let (rows, copies) = if all_constant {
-            (1, args.config_options.execution.batch_size.get() as u128)
-        } else {
-            (args.number_rows, 1)
-        };
+        let (rows, copies) = rows_and_copies(&args);
         let largest = largest_result(self.growth, &args.args, rows)
             .map_err(|why| DataFusionError::Execution(format!("{}(…) {why}", self.name())))?
             .saturating_mul(copies);
         if largest > self.max_result_bytes as u128 {
-            let per_batch = if all_constant {
-                format!(" (a constant result is copied onto each of a batch's {copies} rows)")
-            } else {
-                String::new()
-            };
-            return Err(DataFusionError::Execution(format!(
-                "{}(…) could make a result of {} here{per_batch}, more than the {} one function \
-                 call may make (an eighth of the query's memory limit); ask for less, or filter \
-                 the rows first",
-                self.name(),
-                human_bytes(largest),
-                human_bytes(self.max_result_bytes as u128)
-            )));
+            let name = format!("{}(…)", self.name());
+            return Err(too_large(&name, largest, copies, self.max_result_bytes));
         }
         self.inner.invoke_with_args(args)
+    }
+}
+
+/// `a || b` on text, computed as DataFusion's operator computes it (null when either side is),
+/// held to the bound. DataFusion keeps `||` on text as an operator, which no function wrapper
+/// reaches; [`TextConcatPlanner`] plans it as this function instead.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ConcatOperator {
+    signature: Signature,
+    max_result_bytes: usize,
+}
+
+impl ScalarUDFImpl for ConcatOperator {
+    fn name(&self) -> &str {
+        "kith_text_concat"
+    }
+
+    /// Named as the operator, so a column `SELECT a || b` makes is called `a || b` as before.
+    fn schema_name(&self, args: &[Expr]) -> Result<String> {
+        let names = args
+            .iter()
+            .map(|arg| arg.schema_name().to_string())
+            .collect::<Vec<_>>();
+        Ok(names.join(" || "))
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        let common = if arg_types.contains(&DataType::LargeUtf8) {
+            DataType::LargeUtf8
+        } else if arg_types.contains(&DataType::Utf8View) {
+            DataType::Utf8View
+        } else {
+            DataType::Utf8
+        };
+        Ok(vec![common; arg_types.len()])
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types.first().cloned().unwrap_or(DataType::Utf8))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let (rows, copies) = rows_and_copies(&args);
+        let largest = largest_result(Growth::Concat, &args.args, rows)
+            .map_err(DataFusionError::Execution)?
+            .saturating_mul(copies);
+        if largest > self.max_result_bytes as u128 {
+            return Err(too_large("||", largest, copies, self.max_result_bytes));
+        }
+        let [left, right] = args.args.as_slice() else {
+            return Err(DataFusionError::Internal(format!(
+                "|| takes two values, got {}",
+                args.args.len()
+            )));
+        };
+        let both_constant = matches!(
+            (left, right),
+            (ColumnarValue::Scalar(_), ColumnarValue::Scalar(_))
+        );
+        let length = if both_constant { 1 } else { args.number_rows };
+        let joined = datafusion::arrow::compute::kernels::concat_elements::concat_elements_dyn(
+            &left.to_array(length)?,
+            &right.to_array(length)?,
+        )?;
+        if both_constant {
+            Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
+                &joined, 0,
+            )?))
+        } else {
+            Ok(ColumnarValue::Array(joined))
+        }
+    }
+}
+
+/// Plans `a || b` where both sides are text as [`ConcatOperator`]; lists and other types are
+/// left to DataFusion (its own planner turns `||` on lists into `array_concat`).
+#[derive(Debug)]
+struct TextConcatPlanner {
+    operator: Arc<ScalarUDF>,
+}
+
+impl ExprPlanner for TextConcatPlanner {
+    fn plan_binary_op(
+        &self,
+        expr: RawBinaryExpr,
+        schema: &DFSchema,
+    ) -> Result<PlannerResult<RawBinaryExpr>> {
+        let is_text = |side: &Expr| {
+            matches!(
+                side.get_type(schema),
+                Ok(DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null)
+            )
+        };
+        if expr.op == BinaryOperator::StringConcat && is_text(&expr.left) && is_text(&expr.right) {
+            return Ok(PlannerResult::Planned(
+                self.operator.call(vec![expr.left, expr.right]),
+            ));
+        }
+        Ok(PlannerResult::Original(expr))
     }
 }
 
@@ -225,6 +357,25 @@ fn largest_result(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result
         Growth::Range => {
             for row in 0..rows {
                 add(range_elements(args, row)?.saturating_mul(8));
+            }
+        }
+        Growth::Concat | Growth::ConcatWs => {
+            // A value that is not text (a number) is written in at most 64 bytes; `concat_ws`
+            // repeats its first argument between each two others.
+            let texts: Vec<Texts> = args.iter().map(Texts::of).collect();
+            let length = |text: &Texts, row: usize| match text {
+                Texts::None => 64,
+                text => text.len(row),
+            };
+            for row in 0..rows {
+                let sum: u128 = texts.iter().map(|text| length(text, row)).sum();
+                let separators = match (growth, texts.first()) {
+                    (Growth::ConcatWs, Some(separator)) => {
+                        length(separator, row).saturating_mul(texts.len() as u128)
+                    }
+                    _ => 0,
+                };
+                add(sum.saturating_add(separators));
             }
         }
     }
