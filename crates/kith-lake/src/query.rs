@@ -13,6 +13,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 
 mod bounded_functions;
+mod large_constants;
 use datafusion::sql::parser::DFParser;
 use datafusion::sql::sqlparser::parser::ParserError;
 use thiserror::Error;
@@ -222,6 +223,9 @@ pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext
         .map_err(|e| QueryError::Internal(e.to_string()))?;
     bounded_functions::bound_growing_functions(&mut ctx, limits.memory_bytes / 8)
         .map_err(|e| QueryError::Internal(e.to_string()))?;
+    ctx.add_optimizer_rule(Arc::new(large_constants::RefuseLargeConstants {
+        max_batch_bytes: limits.memory_bytes / 8,
+    }));
     for table in lake.tables() {
         register(&ctx, table).await?;
     }

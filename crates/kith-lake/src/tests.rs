@@ -1352,3 +1352,35 @@ async fn a_damaged_commit_names_its_table() {
         "{message}"
     );
 }
+
+/// A constant is copied onto each row of a batch: a large one once panicked in Arrow ("offset
+/// overflow") or took gigabytes outside the memory limit.
+#[tokio::test]
+async fn a_constant_too_large_to_copy_onto_a_batch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    let limits = QueryLimits::default();
+    let sql = format!(
+        "SELECT max(x) FROM (SELECT '{}' AS x, value FROM generate_series(1, 10000)) WHERE value > 0",
+        "a".repeat(300_000)
+    );
+    let result = lake.query(&sql, &limits).await;
+    let Err(QueryError::Invalid(message)) = result else {
+        panic!("expected a refusal, got {:?}", result.map(|r| r.num_rows()));
+    };
+    assert!(
+        message.starts_with("the query holds a constant of 300")
+            && message.contains(
+                "bytes; a constant is copied onto each of a batch's 8192 rows, so one may hold \
+                 at most 16384 bytes"
+            ),
+        "{message}"
+    );
+    // Constants of an ordinary size are untouched.
+    let sql = format!("SELECT length('{}') AS n", "a".repeat(10_000));
+    let result = lake.query(&sql, &limits).await.unwrap();
+    assert_eq!(
+        crate::output::to_json(&result)["rows"],
+        serde_json::json!([[10000]])
+    );
+}
