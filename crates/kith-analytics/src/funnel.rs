@@ -40,7 +40,7 @@ pub struct Step {
 
 /// How a definition may write a step: its event's name alone, or in full.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StepForm(pub Step);
+struct StepForm(Step);
 
 impl<'de> Deserialize<'de> for StepForm {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

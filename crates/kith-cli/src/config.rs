@@ -323,7 +323,7 @@ impl IdentityConfig {
     }
 }
 
-pub const DEFAULT_DATA_DIR: &str = "./kith-data";
+pub use kith_server::app::DEFAULT_DATA_DIR;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8417";
 
 impl FileConfig {

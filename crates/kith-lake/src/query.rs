@@ -221,10 +221,13 @@ pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext
     let mut ctx = SessionContext::new_with_config_rt(config, runtime);
     datafusion_functions_json::register_all(&mut ctx)
         .map_err(|e| QueryError::Internal(e.to_string()))?;
-    bounded_functions::bound_growing_functions(&mut ctx, limits.memory_bytes / 8)
+    // What one function call, or one constant over a batch, may make: memory DataFusion does
+    // not count against the limit.
+    let max_result_bytes = limits.memory_bytes / 8;
+    bounded_functions::bound_growing_functions(&mut ctx, max_result_bytes)
         .map_err(|e| QueryError::Internal(e.to_string()))?;
     ctx.add_optimizer_rule(Arc::new(large_constants::RefuseLargeConstants {
-        max_batch_bytes: limits.memory_bytes / 8,
+        max_batch_bytes: max_result_bytes,
     }));
     for table in lake.tables() {
         register(&ctx, table).await?;

@@ -85,10 +85,13 @@ pub struct ServerConfig {
     pub housekeeping: kith_lake::Housekeeping,
 }
 
+/// Where the server keeps its data unless told otherwise, and where `kith` commands look.
+pub const DEFAULT_DATA_DIR: &str = "./kith-data";
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            data_dir: PathBuf::from("./kith-data"),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             listen: "127.0.0.1:8417".to_string(),
             flush_interval: Duration::from_secs(2),
             flush_rows: 200_000,

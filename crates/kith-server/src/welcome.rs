@@ -85,7 +85,7 @@ fn uses_the_default_data_dir(data_dir: &std::path::Path) -> bool {
             .filter(|c| *c != Component::CurDir)
             .collect()
     }
-    named(data_dir) == named(std::path::Path::new("./kith-data"))
+    named(data_dir) == named(std::path::Path::new(crate::app::DEFAULT_DATA_DIR))
 }
 
 /// The commands that take a newcomer from a running server to a first answer. The commands run

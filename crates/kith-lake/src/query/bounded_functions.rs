@@ -11,7 +11,7 @@
 //! composed step by step they double a value each time.
 
 use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type, IntervalMonthDayNano, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type, IntervalMonthDayNano};
 use std::sync::Arc;
 
 use datafusion::common::{DFSchema, DataFusionError, Result, ScalarValue};
@@ -484,24 +484,17 @@ fn as_i128(value: &ScalarValue) -> Option<i128> {
 
 /// A date or timestamp as nanoseconds since the epoch (wider than `i64` so no date overflows).
 fn as_nanos(value: &ScalarValue) -> Option<i128> {
-    let scaled = |v: i64, unit: &TimeUnit| {
-        i128::from(v)
-            * match unit {
-                TimeUnit::Second => 1_000_000_000,
-                TimeUnit::Millisecond => 1_000_000,
-                TimeUnit::Microsecond => 1_000,
-                TimeUnit::Nanosecond => 1,
-            }
+    let (amount, nanos_each) = match value {
+        ScalarValue::Date32(Some(days)) => (i64::from(*days), NANOS_PER_DAY),
+        ScalarValue::Date64(Some(ms)) | ScalarValue::TimestampMillisecond(Some(ms), _) => {
+            (*ms, 1_000_000)
+        }
+        ScalarValue::TimestampSecond(Some(s), _) => (*s, 1_000_000_000),
+        ScalarValue::TimestampMicrosecond(Some(us), _) => (*us, 1_000),
+        ScalarValue::TimestampNanosecond(Some(ns), _) => (*ns, 1),
+        _ => return None,
     };
-    match value {
-        ScalarValue::Date32(Some(days)) => Some(i128::from(*days) * NANOS_PER_DAY),
-        ScalarValue::Date64(Some(ms)) => Some(i128::from(*ms) * 1_000_000),
-        ScalarValue::TimestampSecond(Some(v), _) => Some(scaled(*v, &TimeUnit::Second)),
-        ScalarValue::TimestampMillisecond(Some(v), _) => Some(scaled(*v, &TimeUnit::Millisecond)),
-        ScalarValue::TimestampMicrosecond(Some(v), _) => Some(scaled(*v, &TimeUnit::Microsecond)),
-        ScalarValue::TimestampNanosecond(Some(v), _) => Some(scaled(*v, &TimeUnit::Nanosecond)),
-        _ => None,
-    }
+    Some(i128::from(amount) * nanos_each)
 }
 
 /// The text argument of a call, read row by row without copying.
