@@ -581,6 +581,66 @@ fn revoking_a_key_with_the_cli_takes_effect_on_the_running_server() {
     );
 }
 
+// An answer is counted in the memory the queries running at once share ([query] memory_mb)
+// until it has been sent, and it is written out in pieces as the client reads it, so a large
+// one is never held twice. One larger than the limit is refused with the reason.
+#[test]
+fn large_answers_are_streamed_within_the_query_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _config) =
+        KithServer::start_with_config(dir.path(), "[query]\nmemory_mb = 16\nmax_rows = 1000000\n");
+    let auth = format!("Bearer {}", server.read_key);
+    // About 10 MB as Arrow: it fits.
+    let fits = json!({"sql": "SELECT value, repeat('x', 60) AS r FROM generate_series(1, 160000)"})
+        .to_string();
+    let (status, result) = post_json(&server.url("/v1/query"), &[("Authorization", &auth)], &fits);
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["row_count"], 160_000);
+    let rows = result["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 160_000);
+    assert_eq!(rows[159_999], json!([160_000, "x".repeat(60)]));
+
+    let mut csv = agent()
+        .post(server.url("/v1/query"))
+        .header("Authorization", &auth)
+        .header("Accept", "text/csv")
+        .send(fits.as_bytes())
+        .unwrap();
+    let text = csv
+        .body_mut()
+        .with_config()
+        .limit(100 << 20)
+        .read_to_string()
+        .unwrap();
+    assert_eq!(text.lines().count(), 160_001);
+    assert_eq!(
+        text.lines().last().unwrap(),
+        format!("160000,{}", "x".repeat(60))
+    );
+
+    // About 20 MB: more than the whole limit.
+    let (status, error) = post_json(
+        &server.url("/v1/query"),
+        &[("Authorization", &auth)],
+        &json!({"sql": "SELECT value, repeat('x', 60) AS r FROM generate_series(1, 300000)"})
+            .to_string(),
+    );
+    assert_eq!(
+        (status, error["code"].clone()),
+        (400, json!("query_memory_exceeded"))
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the answer is larger than the 16 MiB"),
+        "{error}"
+    );
+    // What was held for the refused answer was given back.
+    let (status, _) = post_json(&server.url("/v1/query"), &[("Authorization", &auth)], &fits);
+    assert_eq!(status, 200);
+}
+
 #[test]
 fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
     let dir = tempfile::tempdir().unwrap();

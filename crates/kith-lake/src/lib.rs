@@ -60,10 +60,12 @@ pub struct Lake {
     /// Held while sealing, so batches reach the tables in sequence order.
     sealing: Mutex<()>,
     /// DataFusion's caches (Parquet footers and page indexes), shared by every query's session:
-    /// each query has its own memory limit, so its own runtime, but the files are immutable
-    /// and their metadata need not be read again for each.
+    /// each query has its own runtime, but the files are immutable and their metadata need not
+    /// be read again for each.
     pub(crate) query_caches:
         std::sync::Arc<datafusion::execution::cache::cache_manager::CacheManager>,
+    /// The memory the queries running at once share (see [`query::QueryMemory`]).
+    pub(crate) query_memory: query::QueryMemory,
 }
 
 impl Lake {
@@ -107,6 +109,7 @@ impl Lake {
                 &Default::default(),
             )
             .map_err(|e| LakeError::Delta(format!("query caches: {e}")))?,
+            query_memory: query::QueryMemory::default(),
         })
     }
 

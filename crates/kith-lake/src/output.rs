@@ -5,13 +5,13 @@ use arrow::datatypes::{
     DataType, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit,
     UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
+use arrow::error::ArrowError;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use chrono::{DateTime, SecondsFormat};
 use serde_json::{Number, Value};
 
 use crate::QueryResult;
 
-/// `{"columns": [names], "types": [arrow types], "rows": [[values]], "row_count": n, "truncated": bool}`.
 /// A column's type as the JSON answer names it. Arrow has several layouts of one kind of value
 /// (text read from Parquet is `Utf8View`, text still buffered `Utf8`); which one a column
 /// happens to have says nothing to the reader, so each kind has one name.
@@ -25,38 +25,230 @@ fn type_name(data_type: &arrow::datatypes::DataType) -> String {
         .replace("BinaryView", "Binary")
 }
 
-pub fn to_json(result: &QueryResult) -> Value {
-    let columns: Vec<Value> = result
-        .schema
-        .fields()
-        .iter()
-        .map(|f| Value::String(f.name().clone()))
-        .collect();
-    let types: Vec<Value> = result
-        .schema
-        .fields()
-        .iter()
-        .map(|f| Value::String(type_name(f.data_type())))
-        .collect();
-    let mut rows = Vec::with_capacity(result.num_rows());
-    for batch in &result.batches {
-        for row in 0..batch.num_rows() {
-            rows.push(Value::Array(
-                batch
-                    .columns()
-                    .iter()
-                    .map(|column| json_value(column.as_ref(), row))
-                    .collect(),
-            ));
+/// How an answer is written out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// `{"columns": [names], "row_count": n, "rows": [[values]], "truncated": bool,
+    /// "types": [arrow types]}`.
+    Json,
+    /// CSV with a header row.
+    Csv,
+    /// An Arrow IPC stream.
+    ArrowIpc,
+}
+
+/// Rows written out in pieces of about this size, so an answer is never held twice over
+/// (once as Arrow, once as text) but piece by piece as the client reads it.
+const PIECE_BYTES: usize = 1 << 20;
+
+/// An answer written out piece by piece. It owns the result, so the answer's share of the
+/// queries' memory is given back only once the last piece has been taken (or the client has
+/// gone and the body been dropped).
+pub struct Rendering {
+    result: QueryResult,
+    encoding: Encoding,
+    stage: Stage,
+    /// The next row to write: batch, then row within it.
+    batch: usize,
+    row: usize,
+    /// For JSON: whether a row has been written, so the next needs a comma.
+    wrote_row: bool,
+    ipc: Option<arrow::ipc::writer::StreamWriter<Vec<u8>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Head,
+    Rows,
+    Done,
+}
+
+impl Rendering {
+    pub fn new(result: QueryResult, encoding: Encoding) -> Rendering {
+        Rendering {
+            result,
+            encoding,
+            stage: Stage::Head,
+            batch: 0,
+            row: 0,
+            wrote_row: false,
+            ipc: None,
         }
     }
-    serde_json::json!({
-        "columns": columns,
-        "types": types,
-        "rows": rows,
-        "row_count": result.num_rows(),
-        "truncated": result.truncated,
-    })
+
+    /// Writes every piece to `out`.
+    pub fn write_to(self, out: &mut impl std::io::Write) -> Result<(), ArrowError> {
+        for piece in self {
+            out.write_all(&piece?)?;
+        }
+        Ok(())
+    }
+
+    /// Every piece, joined.
+    pub fn into_bytes(self) -> Result<Vec<u8>, ArrowError> {
+        let mut out = Vec::new();
+        self.write_to(&mut out)?;
+        Ok(out)
+    }
+
+    fn head(&mut self) -> Result<Vec<u8>, ArrowError> {
+        let schema = self.result.schema.clone();
+        match self.encoding {
+            Encoding::Json => {
+                let names: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
+                let mut out = br#"{"columns":"#.to_vec();
+                serde_json::to_writer(&mut out, &names).map_err(json_error)?;
+                out.extend_from_slice(
+                    format!(r#","row_count":{},"rows":["#, self.result.num_rows()).as_bytes(),
+                );
+                Ok(out)
+            }
+            Encoding::Csv => {
+                // The header alone: an empty batch with the header on.
+                let mut out = Vec::new();
+                arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut out)
+                    .write(&RecordBatch::new_empty(schema))?;
+                Ok(out)
+            }
+            Encoding::ArrowIpc => {
+                let mut writer = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema)?;
+                let out = std::mem::take(writer.get_mut());
+                self.ipc = Some(writer);
+                Ok(out)
+            }
+        }
+    }
+
+    /// The next rows, about [`PIECE_BYTES`] of them, as a zero-copy slice; `None` when all
+    /// have been written.
+    fn next_rows(&mut self) -> Option<RecordBatch> {
+        while let Some(batch) = self.result.batches.get(self.batch) {
+            let rows = batch.num_rows();
+            if self.row >= rows {
+                self.batch += 1;
+                self.row = 0;
+                continue;
+            }
+            let bytes = crate::query::held_bytes(batch).max(1);
+            let per_piece = (PIECE_BYTES.saturating_mul(rows) / bytes).clamp(1, rows);
+            let take = per_piece.min(rows - self.row);
+            let piece = batch.slice(self.row, take);
+            self.row += take;
+            return Some(piece);
+        }
+        None
+    }
+
+    fn rows(&mut self, piece: &RecordBatch) -> Result<Vec<u8>, ArrowError> {
+        let mut out = Vec::new();
+        match self.encoding {
+            Encoding::Json => {
+                for row in 0..piece.num_rows() {
+                    if self.wrote_row {
+                        out.push(b',');
+                    }
+                    self.wrote_row = true;
+                    out.push(b'[');
+                    for (i, column) in piece.columns().iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        serde_json::to_writer(&mut out, &json_value(column.as_ref(), row))
+                            .map_err(json_error)?;
+                    }
+                    out.push(b']');
+                }
+            }
+            Encoding::Csv => {
+                arrow::csv::WriterBuilder::new()
+                    .with_header(false)
+                    .build(&mut out)
+                    .write(piece)?;
+            }
+            Encoding::ArrowIpc => {
+                if let Some(writer) = self.ipc.as_mut() {
+                    writer.write(piece)?;
+                    out = std::mem::take(writer.get_mut());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn tail(&mut self) -> Result<Vec<u8>, ArrowError> {
+        match self.encoding {
+            Encoding::Json => {
+                let types: Vec<String> = self
+                    .result
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| type_name(f.data_type()))
+                    .collect();
+                let mut out =
+                    format!(r#"],"truncated":{},"types":"#, self.result.truncated).into_bytes();
+                serde_json::to_writer(&mut out, &types).map_err(json_error)?;
+                out.push(b'}');
+                Ok(out)
+            }
+            Encoding::Csv => Ok(Vec::new()),
+            Encoding::ArrowIpc => match self.ipc.as_mut() {
+                Some(writer) => {
+                    writer.finish()?;
+                    Ok(std::mem::take(writer.get_mut()))
+                }
+                None => Ok(Vec::new()),
+            },
+        }
+    }
+}
+
+impl Iterator for Rendering {
+    type Item = Result<Vec<u8>, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let piece = match self.stage {
+            Stage::Head => {
+                self.stage = Stage::Rows;
+                self.head()
+            }
+            Stage::Rows => match self.next_rows() {
+                Some(rows) => self.rows(&rows),
+                None => {
+                    self.stage = Stage::Done;
+                    self.tail()
+                }
+            },
+            Stage::Done => return None,
+        };
+        if piece.is_err() {
+            // A piece that failed leaves the answer cut short; nothing after it would parse.
+            self.stage = Stage::Done;
+        }
+        Some(piece)
+    }
+}
+
+fn json_error(err: serde_json::Error) -> ArrowError {
+    ArrowError::JsonError(err.to_string())
+}
+
+/// The whole answer as JSON (see [`Encoding::Json`]), for callers that want a value.
+pub fn to_json(result: &QueryResult) -> Result<Value, ArrowError> {
+    let bytes = Rendering::new(result.uncounted(), Encoding::Json).into_bytes()?;
+    serde_json::from_slice(&bytes).map_err(json_error)
+}
+
+/// The whole answer as CSV with a header row.
+pub fn to_csv(result: &QueryResult) -> Result<Vec<u8>, ArrowError> {
+    Rendering::new(result.uncounted(), Encoding::Csv).into_bytes()
+}
+
+/// The whole answer as an Arrow IPC stream.
+pub fn to_arrow_ipc(result: &QueryResult) -> Result<Vec<u8>, ArrowError> {
+    Rendering::new(result.uncounted(), Encoding::ArrowIpc).into_bytes()
 }
 
 fn float(v: f64) -> Value {
@@ -104,38 +296,8 @@ fn displayed(array: &dyn Array, row: usize) -> Value {
     }
 }
 
-/// CSV with a header row.
-pub fn to_csv(result: &QueryResult) -> Result<Vec<u8>, arrow::error::ArrowError> {
-    let mut out = Vec::new();
-    {
-        let mut writer = arrow::csv::WriterBuilder::new()
-            .with_header(true)
-            .build(&mut out);
-        if result.batches.is_empty() {
-            writer.write(&RecordBatch::new_empty(result.schema.clone()))?;
-        }
-        for batch in &result.batches {
-            writer.write(batch)?;
-        }
-    }
-    Ok(out)
-}
-
-/// Arrow IPC stream format.
-pub fn to_arrow_ipc(result: &QueryResult) -> Result<Vec<u8>, arrow::error::ArrowError> {
-    let mut out = Vec::new();
-    {
-        let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, &result.schema)?;
-        for batch in &result.batches {
-            writer.write(batch)?;
-        }
-        writer.finish()?;
-    }
-    Ok(out)
-}
-
 /// A table for terminals.
-pub fn to_table(result: &QueryResult) -> Result<String, arrow::error::ArrowError> {
+pub fn to_table(result: &QueryResult) -> Result<String, ArrowError> {
     if result.batches.is_empty() {
         return Ok(
             arrow::util::pretty::pretty_format_batches(&[RecordBatch::new_empty(
@@ -145,4 +307,110 @@ pub fn to_table(result: &QueryResult) -> Result<String, arrow::error::ArrowError
         );
     }
     Ok(arrow::util::pretty::pretty_format_batches(&result.batches)?.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Float64Array, Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+    use serde_json::json;
+
+    use super::*;
+
+    /// Two batches of `rows` rows each: a number, a 1,000-byte text (null every tenth row) and
+    /// a float that is NaN on the first row.
+    fn answer(rows: i64) -> QueryResult {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("text", DataType::Utf8, true),
+            Field::new("x", DataType::Float64, false),
+        ]));
+        let batch = |from: i64| {
+            let n: Vec<i64> = (from..from + rows).collect();
+            let text: Vec<Option<String>> = n
+                .iter()
+                .map(|i| (i % 10 != 0).then(|| format!("{i:0>1000}")))
+                .collect();
+            let x: Vec<f64> = n
+                .iter()
+                .map(|&i| if i == 0 { f64::NAN } else { i as f64 / 2.0 })
+                .collect();
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(n)),
+                    Arc::new(StringArray::from(text)),
+                    Arc::new(Float64Array::from(x)),
+                ],
+            )
+            .unwrap()
+        };
+        QueryResult::new(schema.clone(), vec![batch(0), batch(rows)], true)
+    }
+
+    #[test]
+    fn a_large_answer_is_written_in_pieces_that_join_into_one_json_document() {
+        // 3,000 rows of about 1 KB: several pieces of about 1 MiB.
+        let pieces: Vec<Vec<u8>> = Rendering::new(answer(1500), Encoding::Json)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(pieces.len() >= 4, "{} pieces", pieces.len());
+        assert!(pieces.iter().all(|p| p.len() < 2 * PIECE_BYTES));
+        let document: Value = serde_json::from_slice(&pieces.concat()).unwrap();
+        assert_eq!(document["columns"], json!(["n", "text", "x"]));
+        assert_eq!(document["types"], json!(["Int64", "Utf8", "Float64"]));
+        assert_eq!(document["row_count"], 3000);
+        assert_eq!(document["truncated"], true);
+        let rows = document["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 3000);
+        assert_eq!(rows[0], json!([0, null, null]), "null text, NaN as null");
+        assert_eq!(rows[1501], json!([1501, format!("{:0>1000}", 1501), 750.5]));
+        assert_eq!(rows[2999][0], 2999);
+    }
+
+    #[test]
+    fn csv_in_pieces_has_one_header_and_every_row() {
+        let csv = to_csv(&answer(1500)).unwrap();
+        let text = String::from_utf8(csv).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3001);
+        assert_eq!(lines[0], "n,text,x");
+        assert_eq!(lines.iter().filter(|l| l.starts_with("n,")).count(), 1);
+        assert_eq!(lines[2], format!("1,{:0>1000},0.5", 1));
+        assert_eq!(lines[3000], format!("2999,{:0>1000},1499.5", 2999));
+    }
+
+    #[test]
+    fn arrow_ipc_in_pieces_reads_back_as_the_same_rows() {
+        let result = answer(1500);
+        let bytes = to_arrow_ipc(&result).unwrap();
+        let reader =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+        let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+        assert!(batches.len() >= 4, "{} batches", batches.len());
+        let read = arrow::compute::concat_batches(&result.schema, &batches).unwrap();
+        let original = arrow::compute::concat_batches(&result.schema, &result.batches).unwrap();
+        assert_eq!(read.num_rows(), 3000);
+        // NaN is not equal to itself, so compare the columns that have none.
+        assert_eq!(read.column(0), original.column(0));
+        assert_eq!(read.column(1), original.column(1));
+    }
+
+    #[test]
+    fn an_empty_answer_is_still_a_whole_document_in_each_encoding() {
+        let schema = Arc::new(Schema::new(vec![Field::new("c", DataType::Int64, true)]));
+        let empty = QueryResult::new(schema, Vec::new(), false);
+        assert_eq!(
+            to_json(&empty).unwrap(),
+            json!({"columns": ["c"], "row_count": 0, "rows": [], "truncated": false, "types": ["Int64"]})
+        );
+        assert_eq!(to_csv(&empty).unwrap(), b"c\n");
+        let bytes = to_arrow_ipc(&empty).unwrap();
+        let reader =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+        assert_eq!(reader.schema().field(0).name(), "c");
+        assert_eq!(reader.count(), 0);
+    }
 }

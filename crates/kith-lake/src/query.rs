@@ -8,14 +8,17 @@ use arrow::datatypes::SchemaRef;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 
 mod bounded_functions;
 mod large_constants;
+mod memory;
 use datafusion::sql::parser::DFParser;
 use datafusion::sql::sqlparser::parser::ParserError;
+pub(crate) use memory::{QueryMemory, held_bytes};
 use thiserror::Error;
 
 use crate::{EventTable, Lake};
@@ -28,12 +31,21 @@ pub enum QueryError {
     #[error("the query ran longer than the {0:?} limit; narrow it with WHERE or LIMIT")]
     Timeout(Duration),
     #[error(
-        "the query needs more than the {} MiB of memory it may use; filter or aggregate more. \
+        "the query needs more than the {} MiB of memory that the queries running at once may \
+         use together; filter or aggregate more, or try again when other queries have finished. \
          COUNT(DISTINCT x) beside other aggregates holds every distinct value at once: \
          `SELECT count(*) FROM (SELECT DISTINCT x FROM ...)` counts them in less",
         .0 >> 20
     )]
     OutOfMemory(usize),
+    /// The answer itself does not fit in the memory queries may hold until it is sent.
+    #[error(
+        "the answer is larger than the {} MiB of memory that the queries running at once may \
+         hold together until their answers are sent; ask for fewer rows (LIMIT), fewer or \
+         shorter columns, or aggregate, or try again when other queries have finished",
+        .0 >> 20
+    )]
+    AnswerTooLarge(usize),
     /// Something failed that is not the query's fault.
     #[error("query failed: {0}")]
     Internal(String),
@@ -62,9 +74,26 @@ pub struct QueryResult {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
     pub truncated: bool,
+    /// The answer's share of the queries' memory, given back when the result is dropped.
+    _memory: Option<MemoryReservation>,
 }
 
 impl QueryResult {
+    /// Rows that are not counted in the queries' memory.
+    pub fn new(schema: SchemaRef, batches: Vec<RecordBatch>, truncated: bool) -> QueryResult {
+        QueryResult {
+            schema,
+            batches,
+            truncated,
+            _memory: None,
+        }
+    }
+
+    /// The same rows, not counted in the queries' memory (the copy shares the batches).
+    pub fn uncounted(&self) -> QueryResult {
+        QueryResult::new(self.schema.clone(), self.batches.clone(), self.truncated)
+    }
+
     pub fn num_rows(&self) -> usize {
         self.batches.iter().map(RecordBatch::num_rows).sum()
     }
@@ -203,7 +232,7 @@ fn first_line(err: &DataFusionError) -> String {
 pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext, QueryError> {
     lake.seal();
     let mut runtime = RuntimeEnvBuilder::new()
-        .with_memory_limit(limits.memory_bytes, 1.0)
+        .with_memory_pool(lake.query_memory.pool(limits.memory_bytes))
         .build()
         .map_err(|e| QueryError::Internal(e.to_string()))?;
     runtime.cache_manager = lake.query_caches.clone();
@@ -339,11 +368,12 @@ pub(crate) async fn run(
                 .limit(0, Some(limits.max_rows + 1))
                 .map_err(|e| classify(e, limits))?
         };
-        let batches = frame.collect().await.map_err(|e| classify(e, limits))?;
-        Ok::<_, QueryError>((schema, batches))
+        let pool = ctx.runtime_env().memory_pool.clone();
+        let (batches, memory) = memory::collect_counted(frame, &pool, limits).await?;
+        Ok::<_, QueryError>((schema, batches, memory))
     });
     let abort = work.abort_handle();
-    let (schema, mut batches) = match tokio::time::timeout(limits.timeout, work).await {
+    let (schema, mut batches, memory) = match tokio::time::timeout(limits.timeout, work).await {
         Ok(Ok(result)) => result?,
         Ok(Err(join)) => return Err(QueryError::Internal(format!("query task failed: {join}"))),
         Err(_) => {
@@ -369,6 +399,7 @@ pub(crate) async fn run(
         schema,
         batches,
         truncated,
+        _memory: Some(memory),
     })
 }
 
@@ -454,11 +485,11 @@ pub(crate) async fn timeline(
         });
     }
     let Some(mut filter) = who else {
-        return Ok(QueryResult {
-            schema: crate::schema::EVENTS_SCHEMA.clone(),
-            batches: Vec::new(),
-            truncated: false,
-        });
+        return Ok(QueryResult::new(
+            crate::schema::EVENTS_SCHEMA.clone(),
+            Vec::new(),
+            false,
+        ));
     };
     if !query.types.is_empty() {
         filter = filter.and(col("type").in_list(strings(&query.types), false));
@@ -490,14 +521,16 @@ pub(crate) async fn timeline(
         .limit(0, Some(query.limit))
         .map_err(internal)?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-    let work = frame.collect();
-    let batches = match tokio::time::timeout(limits.timeout, work).await {
-        Ok(result) => result.map_err(|e| classify(e, limits))?,
+    let pool = ctx.runtime_env().memory_pool.clone();
+    let work = memory::collect_counted(frame, &pool, limits);
+    let (batches, memory) = match tokio::time::timeout(limits.timeout, work).await {
+        Ok(result) => result?,
         Err(_) => return Err(QueryError::Timeout(limits.timeout)),
     };
     Ok(QueryResult {
         schema,
         batches,
         truncated: false,
+        _memory: Some(memory),
     })
 }

@@ -284,6 +284,54 @@ async fn a_query_over_its_memory_limit_fails_cleanly() {
     );
 }
 
+// The answer is memory too: it is counted in the queries' shared limit while it is collected and
+// until it is dropped (for the API, once it has been sent), and queries running at once share
+// the limit instead of each having its own.
+#[tokio::test]
+async fn answers_count_in_the_memory_the_queries_running_at_once_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    let limits = QueryLimits {
+        memory_bytes: 16 << 20,
+        max_rows: 1_000_000,
+        ..QueryLimits::default()
+    };
+    // 160,000 rows of 60 bytes: about 10 MB, under the 16 MiB limit alone but not twice.
+    let ten_mb = "SELECT repeat('x', 60) AS r FROM generate_series(1, 160000)";
+    let held = lake.query(ten_mb, &limits).await.unwrap();
+    assert_eq!(held.num_rows(), 160_000);
+
+    // While it is held, the same answer again does not fit, and says so.
+    let Err(err @ QueryError::AnswerTooLarge(_)) = lake.query(ten_mb, &limits).await else {
+        panic!("a second answer fitted beside the first");
+    };
+    let message = err.to_string();
+    assert!(
+        message.contains("the answer is larger than the 16 MiB") && message.contains("LIMIT"),
+        "{message}"
+    );
+
+    // Given back when the first is dropped; a copy made for output is not counted.
+    let copy = held.uncounted();
+    drop(held);
+    let again = lake.query(ten_mb, &limits).await.unwrap();
+    assert_eq!((again.num_rows(), copy.num_rows()), (160_000, 160_000));
+    drop(again);
+
+    // An answer larger than the whole limit is refused, whatever else runs.
+    let result = lake
+        .query(
+            "SELECT repeat('x', 60) AS r FROM generate_series(1, 300000)",
+            &limits,
+        )
+        .await;
+    assert!(
+        matches!(result, Err(QueryError::AnswerTooLarge(_))),
+        "{:?}",
+        result.err()
+    );
+}
+
 // DataFusion does not count what a scalar function allocates against the memory limit, and it
 // folds constant calls while planning, where the time limit cannot stop it: each function whose
 // result can dwarf its arguments is refused before it runs once the result could pass an eighth
@@ -412,7 +460,7 @@ async fn functions_that_make_huge_values_are_refused_before_they_run() {
         )
         .await
         .unwrap();
-    let json = crate::output::to_json(&result);
+    let json = crate::output::to_json(&result).unwrap();
     assert_eq!(json["columns"][0], "Utf8(\"a\") || Utf8(\"b\")");
     assert_eq!(
         json["rows"][0],
@@ -431,7 +479,7 @@ async fn functions_that_make_huge_values_are_refused_before_they_run() {
         )
         .await
         .unwrap();
-    let json = crate::output::to_json(&result);
+    let json = crate::output::to_json(&result).unwrap();
     assert_eq!(
         json["rows"][0],
         serde_json::json!([
@@ -514,7 +562,7 @@ async fn json_functions_and_joins_work_over_flushed_and_buffered_events_together
         )
         .await
         .unwrap();
-    let types = crate::output::to_json(&result)["types"].clone();
+    let types = crate::output::to_json(&result).unwrap()["types"].clone();
     assert_eq!(
         [&types[0], &types[1], &types[2]],
         [
@@ -1380,7 +1428,7 @@ async fn a_constant_too_large_to_copy_onto_a_batch_is_refused() {
     let sql = format!("SELECT length('{}') AS n", "a".repeat(10_000));
     let result = lake.query(&sql, &limits).await.unwrap();
     assert_eq!(
-        crate::output::to_json(&result)["rows"],
+        crate::output::to_json(&result).unwrap()["rows"],
         serde_json::json!([[10000]])
     );
 }

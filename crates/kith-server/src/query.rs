@@ -148,7 +148,7 @@ pub(crate) fn query_error(err: QueryError) -> ApiError {
     match err {
         QueryError::Invalid(message) => ApiError::new(ErrorCode::InvalidSql, message),
         QueryError::Timeout(_) => ApiError::new(ErrorCode::QueryTimeout, err.to_string()),
-        QueryError::OutOfMemory(_) => {
+        QueryError::OutOfMemory(_) | QueryError::AnswerTooLarge(_) => {
             ApiError::new(ErrorCode::QueryMemoryExceeded, err.to_string())
         }
         QueryError::Internal(message) => {
@@ -189,18 +189,19 @@ pub async fn query(
         ApiError::new(ErrorCode::Internal, "the query failed; see the server log")
     })?
     .map_err(query_error)?;
-    let (content_type, body) = match format {
-        Format::Json => {
-            return Ok(axum::Json(output::to_json(&result)).into_response());
-        }
-        Format::Csv => ("text/csv; charset=utf-8", output::to_csv(&result)),
-        Format::Arrow => (ARROW_STREAM, output::to_arrow_ipc(&result)),
+    let (content_type, encoding) = match format {
+        Format::Json => ("application/json", output::Encoding::Json),
+        Format::Csv => ("text/csv; charset=utf-8", output::Encoding::Csv),
+        Format::Arrow => (ARROW_STREAM, output::Encoding::ArrowIpc),
     };
-    let body = body.map_err(|e| {
-        tracing::error!(error = %e, "could not encode a query result");
-        ApiError::new(ErrorCode::Internal, "the result could not be encoded")
-    })?;
-    let mut response = body.into_response();
+    // Written as the client reads it: the answer is held once, as Arrow, and counted in the
+    // queries' memory until the last piece has gone.
+    let pieces = output::Rendering::new(result, encoding).inspect(|piece| {
+        if let Err(e) = piece {
+            tracing::error!(error = %e, "could not encode a query result; the answer was cut short");
+        }
+    });
+    let mut response = Body::from_stream(futures::stream::iter(pieces)).into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

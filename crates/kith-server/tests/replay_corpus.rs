@@ -154,7 +154,7 @@ async fn recorded_sdk_requests_are_stored_as_reviewed() {
             )
             .await
             .unwrap();
-        let rows = stable_rows(&to_json(&result));
+        let rows = stable_rows(&to_json(&result).unwrap());
         assert_eq!(
             rows.len(),
             answer["accepted"].as_u64().unwrap() as usize,

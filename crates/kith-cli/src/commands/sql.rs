@@ -60,13 +60,22 @@ pub fn run(args: SqlArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
                 truncated_note(result.truncated)
             );
         }
-        Format::Csv => {
-            use std::io::Write;
-            std::io::stdout().write_all(&output::to_csv(&result)?)?;
+        Format::Csv => write_out(result, output::Encoding::Csv)?,
+        Format::Json => {
+            write_out(result, output::Encoding::Json)?;
+            println!();
         }
-        Format::Json => println!("{}", output::to_json(&result)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the answer to stdout piece by piece, without holding it twice.
+fn write_out(result: kith_lake::QueryResult, encoding: output::Encoding) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    output::Rendering::new(result, encoding).write_to(&mut out)?;
+    out.flush()?;
+    Ok(())
 }
 
 fn truncated_note(truncated: bool) -> &'static str {

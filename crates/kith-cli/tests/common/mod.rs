@@ -215,7 +215,13 @@ pub fn post(
     let mut response = request.send(body).expect("request completes");
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
+    // ureq stops at 10 MB by default; some answers tests ask for are larger.
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .unwrap_or_default();
     (
         status,
         serde_json::from_str(&text).unwrap_or(Value::Null),

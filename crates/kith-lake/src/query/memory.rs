@@ -1,0 +1,167 @@
+//! The memory queries may use, shared by every query of a lake, and the answers counted in it.
+//!
+//! DataFusion counts what its operators hold (sorts, aggregates, joins) against a memory pool.
+//! Two things it does not count could still take the server's memory: the answer collected
+//! for the client, and the fact that each query used to get a pool of its own, so ten queries
+//! at once could hold ten times the limit. Here one pool serves every query with the same
+//! limit, and each answer is counted in it, batch by batch, while it is collected and until
+//! it has been sent.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{Array, ArrayData, RecordBatch};
+use arrow::datatypes::DataType;
+use datafusion::execution::memory_pool::{
+    GreedyMemoryPool, MemoryConsumer, MemoryPool, MemoryReservation, TrackConsumersPool,
+};
+use datafusion::prelude::DataFrame;
+use futures::StreamExt;
+
+use super::{QueryError, QueryLimits, classify};
+
+/// One memory pool per limit, so that queries running at once share their limit instead of
+/// each having one. A server runs its queries under one limit, so in practice there is one
+/// pool; internal recomputations with a larger limit get theirs.
+#[derive(Default)]
+pub(crate) struct QueryMemory {
+    pools: Mutex<HashMap<usize, Arc<dyn MemoryPool>>>,
+}
+
+impl QueryMemory {
+    pub(crate) fn pool(&self, limit_bytes: usize) -> Arc<dyn MemoryPool> {
+        // A poisoned lock only means another query panicked while inserting; the map is whole.
+        let mut pools = self
+            .pools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pools
+            .entry(limit_bytes)
+            .or_insert_with(|| {
+                // What `RuntimeEnvBuilder::with_memory_limit` builds, made once and shared.
+                Arc::new(TrackConsumersPool::new(
+                    GreedyMemoryPool::new(limit_bytes),
+                    NonZeroUsize::MIN.saturating_add(4),
+                ))
+            })
+            .clone()
+    }
+}
+
+/// Runs `frame` and collects its batches, counting each in `pool` as it arrives. The
+/// reservation is handed back with the batches: the answer stays counted until it is dropped,
+/// which for the API is once the response body has been sent.
+pub(crate) async fn collect_counted(
+    frame: DataFrame,
+    pool: &Arc<dyn MemoryPool>,
+    limits: &QueryLimits,
+) -> Result<(Vec<RecordBatch>, MemoryReservation), QueryError> {
+    let reservation = MemoryConsumer::new("query answer").register(pool);
+    let mut stream = frame
+        .execute_stream()
+        .await
+        .map_err(|e| classify(e, limits))?;
+    let mut batches = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| classify(e, limits))?;
+        reservation
+            .try_grow(held_bytes(&batch))
+            .map_err(|_| QueryError::AnswerTooLarge(limits.memory_bytes))?;
+        batches.push(batch);
+    }
+    Ok((batches, reservation))
+}
+
+/// The bytes `batch`'s rows take. A batch may be a slice of a larger one (the freshest events
+/// are buffered in large batches, and `LIMIT` cuts them), so this counts the rows it covers
+/// rather than the buffers it shares.
+pub(crate) fn held_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|column| array_bytes(&column.to_data()))
+        .fold(0usize, usize::saturating_add)
+}
+
+fn array_bytes(data: &ArrayData) -> usize {
+    let nulls = data.nulls().map_or(0, |_| data.len().div_ceil(8));
+    match data.data_type() {
+        // A view is 16 bytes; a value longer than 12 bytes lives in a data buffer, which the
+        // slice size Arrow computes leaves out.
+        DataType::Utf8View | DataType::BinaryView => {
+            let views = data.buffer::<u128>(0);
+            let outside: usize = views
+                .iter()
+                .take(data.len())
+                .map(|view| *view as u32 as usize)
+                .filter(|&length| length > 12)
+                .sum();
+            (16 * data.len())
+                .saturating_add(outside)
+                .saturating_add(nulls)
+        }
+        // Without views inside, Arrow's own slice size is right; nested types are rare in an
+        // answer and are counted whole, as an upper bound.
+        data_type if !data_type.is_nested() => data
+            .get_slice_memory_size()
+            .unwrap_or_else(|_| data.get_array_memory_size()),
+        _ => data.get_array_memory_size(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray, StringViewArray};
+    use arrow::datatypes::{Field, Schema};
+
+    fn batch(column: Arc<dyn Array>) -> RecordBatch {
+        let schema = Schema::new(vec![Field::new("c", column.data_type().clone(), true)]);
+        RecordBatch::try_new(Arc::new(schema), vec![column]).unwrap()
+    }
+
+    #[test]
+    fn a_slice_counts_its_own_rows_not_the_buffers_it_shares() {
+        let long = "x".repeat(1000);
+        let text: Arc<dyn Array> = Arc::new(StringArray::from(vec![long.as_str(); 1000]));
+        let whole = held_bytes(&batch(text.clone()));
+        let slice = held_bytes(&batch(text.slice(0, 10)));
+        assert!(whole >= 1_000_000, "{whole}");
+        assert!((10_000..11_000).contains(&slice), "{slice}");
+    }
+
+    #[test]
+    fn views_count_the_text_they_point_to() {
+        let long = "y".repeat(100);
+        let views: Arc<dyn Array> = Arc::new(StringViewArray::from(vec![
+            long.as_str(),
+            "short",
+            long.as_str(),
+        ]));
+        // Three views, and two 100-byte values outside them; "short" is inside its view.
+        assert_eq!(held_bytes(&batch(views.clone())), 3 * 16 + 200);
+        assert_eq!(held_bytes(&batch(views.slice(1, 1))), 16);
+    }
+
+    #[test]
+    fn numbers_count_their_width() {
+        let numbers: Arc<dyn Array> = Arc::new(Int64Array::from_iter_values(0..1000));
+        assert_eq!(held_bytes(&batch(numbers.slice(100, 10))), 80);
+    }
+
+    #[test]
+    fn queries_with_one_limit_share_one_pool() {
+        let memory = QueryMemory::default();
+        let first = memory.pool(1 << 20);
+        let second = memory.pool(1 << 20);
+        assert!(Arc::ptr_eq(&first, &second));
+        assert!(!Arc::ptr_eq(&first, &memory.pool(2 << 20)));
+        let held = MemoryConsumer::new("a").register(&first);
+        held.try_grow(900 << 10).unwrap();
+        let other = MemoryConsumer::new("b").register(&second);
+        assert!(other.try_grow(200 << 10).is_err());
+        drop(held);
+        other.try_grow(200 << 10).unwrap();
+    }
+}
