@@ -418,10 +418,13 @@ async fn functions_that_make_huge_values_are_refused_before_they_run() {
                 result.map(|r| r.num_rows())
             );
         };
+        // One call may make the whole bound; several share it.
         assert!(
             (message.starts_with(&format!("{function}(…) could make a result of"))
                 || message.starts_with(&format!("{function} could make a result of")))
-                && message.contains("more than the 128.0 MiB one function call may make"),
+                && (message.contains("more than the 128.0 MiB one function call may make")
+                    || message
+                        .contains("calls of functions that can make large values share 128.0 MiB")),
             "{sql}: {message}"
         );
         assert!(
@@ -497,6 +500,43 @@ async fn functions_that_make_huge_values_are_refused_before_they_run() {
             80
         ]),
         "{json:?}"
+    );
+}
+
+// The calls in one query share the bound: forty calls side by side, each of which alone is
+// well within it, are refused together, with the share each may make.
+#[tokio::test]
+async fn the_calls_in_a_query_share_the_bound_on_what_functions_make() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    // An eighth of 64 MiB: 8 MiB for the query's calls together.
+    let limits = QueryLimits {
+        memory_bytes: 64 << 20,
+        ..QueryLimits::default()
+    };
+    // About 3 MB for a batch of 4,096 rows.
+    // Each call differs, or the optimizer would compute one for all.
+    let call = |i: usize| format!("repeat(CAST(value AS VARCHAR), {}) AS c{i}", 200 + i);
+    let alone = format!("SELECT {} FROM generate_series(1, 4096)", call(0));
+    let result = lake.query(&alone, &limits).await.unwrap();
+    assert_eq!(result.num_rows(), 4096);
+    drop(result);
+
+    let forty = format!(
+        "SELECT {} FROM generate_series(1, 4096)",
+        (0..40).map(call).collect::<Vec<_>>().join(", ")
+    );
+    let result = lake.query(&forty, &limits).await;
+    let Err(QueryError::Invalid(message)) = result else {
+        panic!("forty calls ran: {:?}", result.map(|r| r.num_rows()));
+    };
+    assert!(
+        message.starts_with("repeat(…) could make a result of")
+            && message.contains("more than the 204.8 KiB each call may make")
+            && message.contains(
+                "the query's 40 calls of functions that can make large values share 8.0 MiB"
+            ),
+        "{message}"
     );
 }
 

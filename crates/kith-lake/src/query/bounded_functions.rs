@@ -9,18 +9,24 @@
 //! the largest result its arguments can give, refused when over the bound. Functions that only
 //! join their arguments (`concat`, and `||` on text, planned here as a function) are bounded too:
 //! composed step by step they double a value each time.
+//!
+//! The bound is the query's, not each call's: the calls in a query share it (see
+//! [`CallBudget`]), so forty calls side by side cannot each make the whole of it.
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type, IntervalMonthDayNano};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, DataFusionError, Result, ScalarValue};
 use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult, RawBinaryExpr};
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, Expr, ExprSchemable, ReturnFieldArgs, ScalarFunctionArgs,
-    ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, Documentation, Expr, ExprSchemable, LogicalPlan, ReturnFieldArgs,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
+use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::BinaryOperator;
 
@@ -65,13 +71,92 @@ const BOUNDED: [(&str, Growth); 11] = [
     ("generate_series", Growth::Range),
 ];
 
-/// Replaces, in `ctx`, each function of [`BOUNDED`] with itself refusing a result over
-/// `max_result_bytes` (counted for one call: a whole batch of rows, or a constant once for each
-/// row of a batch), and plans `||` on text as a function held to the same bound.
+/// What the calls in one query that can make large values may make together: each call may
+/// make its share of the bound. The calls are counted once the plan is optimized
+/// ([`CountBoundedCalls`]); calls the planner folds into constants before then run with the
+/// whole bound, and their results are held to the constants' own limit (`large_constants`).
+#[derive(Debug)]
+pub(crate) struct CallBudget {
+    max_result_bytes: usize,
+    calls: AtomicUsize,
+}
+
+impl CallBudget {
+    /// What one call may make, and how many calls share the bound.
+    fn per_call(&self) -> (usize, usize) {
+        let calls = self.calls.load(Ordering::Relaxed).max(1);
+        (self.max_result_bytes / calls, calls)
+    }
+
+    /// The refusal of a call of `name` that could make `largest` bytes, `copies` times over.
+    fn refuse(&self, name: &str, largest: u128, copies: u128) -> DataFusionError {
+        let (per_call, calls) = self.per_call();
+        let per_batch = if copies > 1 {
+            format!(" (a constant result is copied onto each of a batch's {copies} rows)")
+        } else {
+            String::new()
+        };
+        let share = if calls > 1 {
+            format!(
+                "more than the {} each call may make: the query's {calls} calls of functions \
+                 that can make large values share {} (an eighth of its memory limit); ask for \
+                 less, call fewer, or filter the rows first",
+                human_bytes(per_call as u128),
+                human_bytes(self.max_result_bytes as u128)
+            )
+        } else {
+            format!(
+                "more than the {} one function call may make (an eighth of the query's memory \
+                 limit); ask for less, or filter the rows first",
+                human_bytes(per_call as u128)
+            )
+        };
+        DataFusionError::Execution(format!(
+            "{name} could make a result of {} here{per_batch}, {share}",
+            human_bytes(largest)
+        ))
+    }
+
+    /// Refuses a call that could make `largest` bytes, `copies` times over, beyond its share.
+    fn check(&self, name: &str, largest: u128, copies: u128) -> Result<()> {
+        let largest = largest.saturating_mul(copies);
+        if largest > self.per_call().0 as u128 {
+            return Err(self.refuse(name, largest, copies));
+        }
+        Ok(())
+    }
+}
+
+/// The budget as the functions hold it: one per session, compared by identity.
+#[derive(Debug, Clone)]
+struct SharedBudget(Arc<CallBudget>);
+
+impl PartialEq for SharedBudget {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SharedBudget {}
+
+impl std::hash::Hash for SharedBudget {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state);
+    }
+}
+
+/// Replaces, in `ctx`, each function of [`BOUNDED`] with itself refusing a result over its
+/// share of `max_result_bytes` (counted for one call: a whole batch of rows, or a constant once
+/// for each row of a batch), plans `||` on text as a function held to the same bound, and
+/// counts the calls that share it once the plan is optimized.
 pub(crate) fn bound_growing_functions(
     ctx: &mut SessionContext,
     max_result_bytes: usize,
 ) -> Result<()> {
+    let budget = SharedBudget(Arc::new(CallBudget {
+        max_result_bytes,
+        calls: AtomicUsize::new(0),
+    }));
     for (name, growth) in BOUNDED {
         let inner = FunctionRegistry::udf(ctx, name)?;
         SessionContext::register_udf(
@@ -79,14 +164,15 @@ pub(crate) fn bound_growing_functions(
             ScalarUDF::new_from_impl(Bounded {
                 inner: inner.as_ref().clone(),
                 growth,
-                max_result_bytes,
+                budget: budget.clone(),
             }),
         );
     }
     let operator = Arc::new(ScalarUDF::new_from_impl(ConcatOperator {
         signature: Signature::user_defined(Volatility::Immutable),
-        max_result_bytes,
+        budget: budget.clone(),
     }));
+    ctx.add_optimizer_rule(Arc::new(CountBoundedCalls { budget }));
     ctx.register_expr_planner(Arc::new(TextConcatPlanner { operator }))
 }
 
@@ -104,26 +190,47 @@ fn rows_and_copies(args: &ScalarFunctionArgs) -> (usize, u128) {
     }
 }
 
-/// The refusal of a call of `name` that could make `largest` bytes, over `max_result_bytes`.
-fn too_large(name: &str, largest: u128, copies: u128, max_result_bytes: usize) -> DataFusionError {
-    let per_batch = if copies > 1 {
-        format!(" (a constant result is copied onto each of a batch's {copies} rows)")
-    } else {
-        String::new()
-    };
-    DataFusionError::Execution(format!(
-        "{name} could make a result of {} here{per_batch}, more than the {} one function call \
-         may make (an eighth of the query's memory limit); ask for less, or filter the rows first",
-        human_bytes(largest),
-        human_bytes(max_result_bytes as u128)
-    ))
+/// Counts, in the optimized plan (subqueries included), the calls that share the bound. It
+/// runs last in each optimizer pass, so the count is the final plan's.
+#[derive(Debug)]
+struct CountBoundedCalls {
+    budget: SharedBudget,
+}
+
+impl OptimizerRule for CountBoundedCalls {
+    fn name(&self) -> &str {
+        "kith_count_bounded_calls"
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        _config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        let mut calls = 0usize;
+        plan.apply_with_subqueries(|node| {
+            node.apply_expressions(|expr| {
+                expr.apply(|e| {
+                    if let Expr::ScalarFunction(call) = e {
+                        let name = call.func.name();
+                        if name == CONCAT_OPERATOR || BOUNDED.iter().any(|(n, _)| *n == name) {
+                            calls += 1;
+                        }
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                })
+            })
+        })?;
+        self.budget.0.calls.store(calls, Ordering::Relaxed);
+        Ok(Transformed::no(plan))
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Bounded {
     inner: ScalarUDF,
     growth: Growth,
-    max_result_bytes: usize,
+    budget: SharedBudget,
 }
 
 impl Bounded {
@@ -171,12 +278,10 @@ impl ScalarUDFImpl for Bounded {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let (rows, copies) = rows_and_copies(&args);
         let largest = largest_result(self.growth, &args.args, rows)
-            .map_err(|why| DataFusionError::Execution(format!("{}(…) {why}", self.name())))?
-            .saturating_mul(copies);
-        if largest > self.max_result_bytes as u128 {
-            let name = format!("{}(…)", self.name());
-            return Err(too_large(&name, largest, copies, self.max_result_bytes));
-        }
+            .map_err(|why| DataFusionError::Execution(format!("{}(…) {why}", self.name())))?;
+        self.budget
+            .0
+            .check(&format!("{}(…)", self.name()), largest, copies)?;
         self.inner.invoke_with_args(args)
     }
 }
@@ -187,12 +292,15 @@ impl ScalarUDFImpl for Bounded {
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct ConcatOperator {
     signature: Signature,
-    max_result_bytes: usize,
+    budget: SharedBudget,
 }
+
+/// [`ConcatOperator`]'s name.
+const CONCAT_OPERATOR: &str = "kith_text_concat";
 
 impl ScalarUDFImpl for ConcatOperator {
     fn name(&self) -> &str {
-        "kith_text_concat"
+        CONCAT_OPERATOR
     }
 
     /// Named as the operator, so a column `SELECT a || b` makes is called `a || b` as before.
@@ -225,12 +333,9 @@ impl ScalarUDFImpl for ConcatOperator {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let (rows, copies) = rows_and_copies(&args);
-        let largest = largest_result(Growth::Concat, &args.args, rows)
-            .map_err(DataFusionError::Execution)?
-            .saturating_mul(copies);
-        if largest > self.max_result_bytes as u128 {
-            return Err(too_large("||", largest, copies, self.max_result_bytes));
-        }
+        let largest =
+            largest_result(Growth::Concat, &args.args, rows).map_err(DataFusionError::Execution)?;
+        self.budget.0.check("||", largest, copies)?;
         let [left, right] = args.args.as_slice() else {
             return Err(DataFusionError::Internal(format!(
                 "|| takes two values, got {}",
