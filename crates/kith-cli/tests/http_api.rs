@@ -641,6 +641,65 @@ fn large_answers_are_streamed_within_the_query_memory_limit() {
     assert_eq!(status, 200);
 }
 
+// An answer still being sent holds its memory: a query that would fit alone but not beside it
+// is told to retry (429 with Retry-After), and runs once the first answer has been read.
+#[test]
+fn a_query_crowded_out_by_an_answer_still_being_sent_is_told_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _config) =
+        KithServer::start_with_config(dir.path(), "[query]\nmemory_mb = 64\nmax_rows = 10000000\n");
+    let auth = format!("Bearer {}", server.read_key);
+    // About 43 MB as Arrow and 50 MB as JSON: more than the sockets between hold, so the
+    // answer cannot be sent until it is read.
+    let large =
+        json!({"sql": "SELECT value, repeat('x', 60) AS r FROM generate_series(1, 600000)"})
+            .to_string();
+    let mut unread = agent()
+        .post(server.url("/v1/query"))
+        .header("Authorization", &auth)
+        .send(large.as_bytes())
+        .unwrap();
+    assert_eq!(unread.status(), 200);
+
+    let (status, error, headers) = post(
+        &server.url("/v1/query"),
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        large.as_bytes(),
+    );
+    assert_eq!(
+        (status, error["code"].clone()),
+        (429, json!("overloaded")),
+        "{error}"
+    );
+    assert_eq!(headers.get("retry-after").unwrap(), "1");
+    assert_eq!(
+        error["message"],
+        "the queries running now hold the memory this one needs (they share 64 MiB); try again \
+         in a moment"
+    );
+
+    let text = unread
+        .body_mut()
+        .with_config()
+        .limit(200 << 20)
+        .read_to_string()
+        .unwrap();
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["rows"].as_array().unwrap().len(), 600_000);
+    let (status, _, _) = post(
+        &server.url("/v1/query"),
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        large.as_bytes(),
+    );
+    assert_eq!(status, 200);
+}
+
 #[test]
 fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
     let dir = tempfile::tempdir().unwrap();

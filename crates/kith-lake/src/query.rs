@@ -18,6 +18,7 @@ mod large_constants;
 mod memory;
 use datafusion::sql::parser::DFParser;
 use datafusion::sql::sqlparser::parser::ParserError;
+use memory::QueryShare;
 pub(crate) use memory::{QueryMemory, held_bytes};
 use thiserror::Error;
 
@@ -46,6 +47,13 @@ pub enum QueryError {
         .0 >> 20
     )]
     AnswerTooLarge(usize),
+    /// The query would have had the memory it needs, but other queries running now hold it.
+    #[error(
+        "the queries running now hold the memory this one needs (they share {} MiB); try again \
+         in a moment",
+        .0 >> 20
+    )]
+    Crowded(usize),
     /// Something failed that is not the query's fault.
     #[error("query failed: {0}")]
     Internal(String),
@@ -232,7 +240,10 @@ fn first_line(err: &DataFusionError) -> String {
 pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext, QueryError> {
     lake.seal();
     let mut runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(lake.query_memory.pool(limits.memory_bytes))
+        .with_memory_pool(Arc::new(QueryShare::new(
+            lake.query_memory.pool(limits.memory_bytes),
+            limits.memory_bytes,
+        )))
         .build()
         .map_err(|e| QueryError::Internal(e.to_string()))?;
     runtime.cache_manager = lake.query_caches.clone();
@@ -352,6 +363,7 @@ pub(crate) async fn run(
     // task is aborted at its next yield point instead of holding the caller hostage.
     let sql = sql.to_string();
     let task_limits = limits.clone();
+    let pool = ctx.runtime_env().memory_pool.clone();
     let work = tokio::spawn(async move {
         let limits = &task_limits;
         let frame = read_query(&ctx, &sql, limits).await?;
@@ -374,7 +386,7 @@ pub(crate) async fn run(
     });
     let abort = work.abort_handle();
     let (schema, mut batches, memory) = match tokio::time::timeout(limits.timeout, work).await {
-        Ok(Ok(result)) => result?,
+        Ok(Ok(result)) => result.map_err(|e| memory::crowded_out(e, &pool))?,
         Ok(Err(join)) => return Err(QueryError::Internal(format!("query task failed: {join}"))),
         Err(_) => {
             abort.abort();
@@ -432,9 +444,11 @@ pub(crate) async fn stream(
         }
         Ok::<_, QueryError>(())
     };
+    let pool = ctx.runtime_env().memory_pool.clone();
     tokio::time::timeout(limits.timeout, work)
         .await
         .map_err(|_| QueryError::Timeout(limits.timeout))?
+        .map_err(|e| memory::crowded_out(e, &pool))
 }
 
 /// One person's events, newest first: the customer-360 timeline.
@@ -524,7 +538,7 @@ pub(crate) async fn timeline(
     let pool = ctx.runtime_env().memory_pool.clone();
     let work = memory::collect_counted(frame, &pool, limits);
     let (batches, memory) = match tokio::time::timeout(limits.timeout, work).await {
-        Ok(result) => result?,
+        Ok(result) => result.map_err(|e| memory::crowded_out(e, &pool))?,
         Err(_) => return Err(QueryError::Timeout(limits.timeout)),
     };
     Ok(QueryResult {

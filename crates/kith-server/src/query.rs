@@ -151,6 +151,7 @@ pub(crate) fn query_error(err: QueryError) -> ApiError {
         QueryError::OutOfMemory(_) | QueryError::AnswerTooLarge(_) => {
             ApiError::new(ErrorCode::QueryMemoryExceeded, err.to_string())
         }
+        QueryError::Crowded(_) => ApiError::new(ErrorCode::Overloaded, err.to_string()),
         QueryError::Internal(message) => {
             tracing::error!(%message, "query failed");
             ApiError::new(ErrorCode::Internal, "the query failed; see the server log")
@@ -162,7 +163,7 @@ pub(crate) fn query_error(err: QueryError) -> ApiError {
 #[utoipa::path(post, path = "/v1/query", tag = "query",
     description = "Runs a read-only SQL query over `events` and `rejected_events` (Delta tables plus the freshest buffered events), `profiles` and `profile_identities`. Auth: `Authorization: Bearer <read key>`. Answers JSON `{columns, types, rows, row_count, truncated}`, or CSV (`Accept: text/csv`) or Arrow IPC stream (`Accept: application/vnd.apache.arrow.stream`).",
     request_body = QueryRequest,
-    responses((status = 200, description = "the result"), (status = 400, description = "invalid SQL, timeout or memory limit"), (status = 401, description = "bad key"), (status = 403, description = "not a read key"), (status = 406, description = "`Accept` allows none of JSON, CSV and Arrow IPC")))]
+    responses((status = 200, description = "the result"), (status = 400, description = "invalid SQL, timeout or memory limit"), (status = 401, description = "bad key"), (status = 403, description = "not a read key"), (status = 406, description = "`Accept` allows none of JSON, CSV and Arrow IPC"), (status = 429, description = "the queries running now hold the memory this one needs; retry after `Retry-After` seconds")))]
 pub async fn query(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -5,16 +5,21 @@
 //! for the client, and the fact that each query used to get a pool of its own, so ten queries
 //! at once could hold ten times the limit. Here one pool serves every query with the same
 //! limit, and each answer is counted in it, batch by batch, while it is collected and until
-//! it has been sent.
+//! it has been sent. Each query reaches the pool through its own [`QueryShare`], which knows
+//! what the query holds, so a query refused memory it would have had alone is told to come
+//! back (the server is busy) rather than that it asks too much.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayData, RecordBatch};
 use arrow::datatypes::DataType;
+use datafusion::error::Result as DataFusionResult;
 use datafusion::execution::memory_pool::{
-    GreedyMemoryPool, MemoryConsumer, MemoryPool, MemoryReservation, TrackConsumersPool,
+    GreedyMemoryPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
+    TrackConsumersPool,
 };
 use datafusion::prelude::DataFrame;
 use futures::StreamExt;
@@ -46,6 +51,107 @@ impl QueryMemory {
                 ))
             })
             .clone()
+    }
+}
+
+/// One query's way into the shared pool: every reservation of the query goes through it, so it
+/// knows how much the query holds, and whether the query was refused memory that would have
+/// fitted had it run alone.
+#[derive(Debug)]
+pub(crate) struct QueryShare {
+    shared: Arc<dyn MemoryPool>,
+    limit_bytes: usize,
+    held: AtomicUsize,
+    crowded_out: AtomicBool,
+}
+
+impl QueryShare {
+    pub(crate) fn new(shared: Arc<dyn MemoryPool>, limit_bytes: usize) -> QueryShare {
+        QueryShare {
+            shared,
+            limit_bytes,
+            held: AtomicUsize::new(0),
+            crowded_out: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the query was last refused memory only because other queries held it.
+    pub(crate) fn crowded_out(&self) -> bool {
+        self.crowded_out.load(Ordering::Relaxed)
+    }
+}
+
+/// A refusal for memory, as [`QueryError::Crowded`] when the query (reaching the pool through
+/// `pool`, its [`QueryShare`]) would have had the memory alone.
+pub(crate) fn crowded_out(err: QueryError, pool: &Arc<dyn MemoryPool>) -> QueryError {
+    let crowded = pool
+        .downcast_ref::<QueryShare>()
+        .is_some_and(QueryShare::crowded_out);
+    match err {
+        QueryError::OutOfMemory(limit) | QueryError::AnswerTooLarge(limit) if crowded => {
+            QueryError::Crowded(limit)
+        }
+        other => other,
+    }
+}
+
+impl std::fmt::Display for QueryShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "one query's share of {} (it holds {} bytes)",
+            self.shared,
+            self.held.load(Ordering::Relaxed)
+        )
+    }
+}
+
+impl MemoryPool for QueryShare {
+    fn name(&self) -> &str {
+        "kith_query_share"
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.shared.register(consumer);
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.shared.unregister(consumer);
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.shared.grow(reservation, additional);
+        self.held.fetch_add(additional, Ordering::Relaxed);
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.shared.shrink(reservation, shrink);
+        self.held.fetch_sub(shrink, Ordering::Relaxed);
+    }
+
+    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> DataFusionResult<()> {
+        match self.shared.try_grow(reservation, additional) {
+            Ok(()) => {
+                self.held.fetch_add(additional, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(refused) => {
+                // The latest refusal is the one that ended the query (an operator that spills
+                // goes on after one).
+                let alone = self.held.load(Ordering::Relaxed).saturating_add(additional);
+                self.crowded_out
+                    .store(alone <= self.limit_bytes, Ordering::Relaxed);
+                Err(refused)
+            }
+        }
+    }
+
+    fn reserved(&self) -> usize {
+        self.shared.reserved()
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        self.shared.memory_limit()
     }
 }
 
@@ -148,6 +254,31 @@ mod tests {
     fn numbers_count_their_width() {
         let numbers: Arc<dyn Array> = Arc::new(Int64Array::from_iter_values(0..1000));
         assert_eq!(held_bytes(&batch(numbers.slice(100, 10))), 80);
+    }
+
+    #[test]
+    fn a_query_refused_memory_it_would_have_had_alone_knows_it_was_crowded_out() {
+        let memory = QueryMemory::default();
+        let first = Arc::new(QueryShare::new(memory.pool(1 << 20), 1 << 20));
+        let second = Arc::new(QueryShare::new(memory.pool(1 << 20), 1 << 20));
+        let (first_pool, second_pool): (Arc<dyn MemoryPool>, Arc<dyn MemoryPool>) =
+            (first.clone(), second.clone());
+        let held = MemoryConsumer::new("a").register(&first_pool);
+        held.try_grow(900 << 10).unwrap();
+        // More than the limit even alone: not crowded out, too large.
+        let other = MemoryConsumer::new("b").register(&second_pool);
+        assert!(other.try_grow(2 << 20).is_err());
+        assert!(!second.crowded_out());
+        // Would fit alone: crowded out.
+        assert!(other.try_grow(200 << 10).is_err());
+        assert!(second.crowded_out());
+        // What each holds is its own, and given back when dropped.
+        assert_eq!(first.held.load(Ordering::Relaxed), 900 << 10);
+        drop(held);
+        assert_eq!(first.held.load(Ordering::Relaxed), 0);
+        other.try_grow(200 << 10).unwrap();
+        assert_eq!(second.held.load(Ordering::Relaxed), 200 << 10);
+        assert!(!first.crowded_out());
     }
 
     #[test]
