@@ -642,12 +642,16 @@ fn large_answers_are_streamed_within_the_query_memory_limit() {
 }
 
 // An answer still being sent holds its memory: a query that would fit alone but not beside it
-// is told to retry (429 with Retry-After), and runs once the first answer has been read.
+// is told to retry (429 with Retry-After), and runs once the first answer has been read. An
+// answer its client stops reading is given up after the query time limit, and its memory
+// given back.
 #[test]
 fn a_query_crowded_out_by_an_answer_still_being_sent_is_told_to_retry() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _config) =
-        KithServer::start_with_config(dir.path(), "[query]\nmemory_mb = 64\nmax_rows = 10000000\n");
+    let (server, _config) = KithServer::start_with_config(
+        dir.path(),
+        "[query]\nmemory_mb = 64\nmax_rows = 10000000\ntimeout_secs = 5\n",
+    );
     let auth = format!("Bearer {}", server.read_key);
     // About 43 MB as Arrow and 50 MB as JSON: more than the sockets between hold, so the
     // answer cannot be sent until it is read.
@@ -698,6 +702,35 @@ fn a_query_crowded_out_by_an_answer_still_being_sent_is_told_to_retry() {
         large.as_bytes(),
     );
     assert_eq!(status, 200);
+
+    // A client that stops reading: after the 5 s limit its answer is given up, the memory is
+    // free for the next query, and what the client reads is a broken body, not a short one.
+    let mut stalled = agent()
+        .post(server.url("/v1/query"))
+        .header("Authorization", &auth)
+        .send(large.as_bytes())
+        .unwrap();
+    assert_eq!(stalled.status(), 200);
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    assert_eq!(
+        metric(&server.base, "kith_query_answers_abandoned_total"),
+        Some(1.0)
+    );
+    let (status, _, _) = post(
+        &server.url("/v1/query"),
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        large.as_bytes(),
+    );
+    assert_eq!(status, 200);
+    let read = stalled
+        .body_mut()
+        .with_config()
+        .limit(200 << 20)
+        .read_to_string();
+    assert!(read.is_err(), "the given-up answer read as whole");
 }
 
 #[test]

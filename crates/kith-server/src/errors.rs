@@ -164,7 +164,7 @@ impl ErrorCode {
                 "query_memory_exceeded",
                 S::BAD_REQUEST,
                 "invalid_request",
-                "the query needed more memory than allowed",
+                "the query or its answer needs more memory than queries may use, even alone",
             ),
             NotFound => (
                 "not_found",

@@ -1,6 +1,7 @@
 //! Kith's HTTP layer. Thin: parse, authorize, call the library, map errors.
 
 pub mod analytics;
+mod answer_body;
 mod api_conventions;
 pub mod app;
 pub mod auth;

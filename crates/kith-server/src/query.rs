@@ -196,13 +196,10 @@ pub async fn query(
         Format::Arrow => (ARROW_STREAM, output::Encoding::ArrowIpc),
     };
     // Written as the client reads it: the answer is held once, as Arrow, and counted in the
-    // queries' memory until the last piece has gone.
-    let pieces = output::Rendering::new(result, encoding).inspect(|piece| {
-        if let Err(e) = piece {
-            tracing::error!(error = %e, "could not encode a query result; the answer was cut short");
-        }
-    });
-    let mut response = Body::from_stream(futures::stream::iter(pieces)).into_response();
+    // queries' memory until the last piece has gone, or the client has stopped reading for as
+    // long as a query may run.
+    let stall_limit = app.config.query_limits.timeout;
+    let mut response = crate::answer_body::streamed(result, encoding, stall_limit).into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
