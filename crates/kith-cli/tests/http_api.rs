@@ -733,6 +733,66 @@ fn a_query_crowded_out_by_an_answer_still_being_sent_is_told_to_retry() {
     assert!(read.is_err(), "the given-up answer read as whole");
 }
 
+/// CPU seconds the process `pid` has used (Linux: utime + stime from /proc, in clock ticks of
+/// 1/100 s).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+// A query past its time limit is answered at the limit, and its work stops there: it does not
+// go on using a core (and one of the query threads) after the client has its answer, and other
+// queries are answered meanwhile.
+#[test]
+fn a_query_past_its_time_limit_stops_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _config) =
+        KithServer::start_with_config(dir.path(), "[query]\ntimeout_secs = 2\n");
+    let auth = format!("Bearer {}", server.read_key);
+    // Forty billion pairs: hours of work.
+    let endless = json!({"sql": "SELECT sum(a.value * b.value) FROM generate_series(1, 200000) a, \
+                                 generate_series(1, 200000) b"})
+    .to_string();
+    let started = std::time::Instant::now();
+    let (status, error) = post_json(
+        &server.url("/v1/query"),
+        &[("Authorization", &auth)],
+        &endless,
+    );
+    assert_eq!(
+        (status, error["code"].clone()),
+        (400, json!("query_timeout"))
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, answer) = post_json(
+        &server.url("/v1/query"),
+        &[("Authorization", &auth)],
+        &json!({"sql": "SELECT 1 AS one"}).to_string(),
+    );
+    assert_eq!((status, answer["rows"].clone()), (200, json!([[1]])));
+    // Give the stop a moment, then watch the server: idle, it uses next to no CPU.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = cpu_seconds(server.child.id());
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let used = cpu_seconds(server.child.id()) - before;
+    assert!(
+        used < 1.0,
+        "the server used {used} s of CPU in 3 s after the timeout"
+    );
+}
+
 #[test]
 fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
     let dir = tempfile::tempdir().unwrap();

@@ -16,6 +16,7 @@ use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 mod bounded_functions;
 mod large_constants;
 mod memory;
+mod yield_points;
 use datafusion::sql::parser::DFParser;
 use datafusion::sql::sqlparser::parser::ParserError;
 use memory::QueryShare;
@@ -120,6 +121,9 @@ fn classify_ref(err: &DataFusionError, limits: &QueryLimits) -> QueryError {
         // An error several partitions share (a repartition hands each the same one).
         DataFusionError::Shared(shared) => classify_ref(shared, limits),
         DataFusionError::SQL(parse, _) => QueryError::Invalid(syntax_message(parse)),
+        DataFusionError::Execution(message) if message == yield_points::PAST_TIME_LIMIT => {
+            QueryError::Timeout(limits.timeout)
+        }
         // Storage and engine faults are ours, not the query's.
         DataFusionError::IoError(_)
         | DataFusionError::ObjectStore(_)
@@ -258,7 +262,17 @@ pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext
         .options_mut()
         .optimizer
         .enable_leaf_expression_pushdown = false;
-    let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+    // Every operator stops when the time is up (see `yield_points`): a query stops working when
+    // its timeout is answered.
+    let state = datafusion::execution::SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(yield_points::StopAtTimeLimit {
+            deadline: std::time::Instant::now().checked_add(limits.timeout),
+        }))
+        .build();
+    let mut ctx = SessionContext::new_with_state(state);
     datafusion_functions_json::register_all(&mut ctx)
         .map_err(|e| QueryError::Internal(e.to_string()))?;
     // What one function call, or one constant over a batch, may make: memory DataFusion does
