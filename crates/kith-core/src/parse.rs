@@ -222,7 +222,7 @@ pub fn judge_event(
         source: source.to_string(),
         received_at,
         message_id: None,
-        raw: truncate_utf8(text, MAX_EVENT_BYTES).to_string(),
+        raw: kept_raw(text),
     };
     let raw: &RawValue = serde_json::from_str(text).map_err(|e| {
         Box::new(rejection(
@@ -287,7 +287,7 @@ impl RawRequest<'_> {
                     source: source.to_string(),
                     received_at,
                     message_id: fault.message_id,
-                    raw: truncate_utf8(raw.get(), MAX_EVENT_BYTES).to_string(),
+                    raw: kept_raw(raw.get()),
                 }),
             }
         }
@@ -733,6 +733,59 @@ fn generated_message_id(source: &str, raw: &str) -> String {
     bytes.push(0);
     bytes.extend_from_slice(raw.as_bytes());
     format!("kith-{:032x}", xxh3_128(&bytes))
+}
+
+/// A rejected event's text as it is kept (in `rejected_events.raw`): as sent, without a
+/// top-level `writeKey` (a secret, which accepted events do not keep either), cut to the event
+/// size limit.
+fn kept_raw(raw: &str) -> String {
+    truncate_utf8(&without_write_key(raw), MAX_EVENT_BYTES).to_string()
+}
+
+/// `raw` without its top-level `writeKey` field, each other field's text as it was; `raw`
+/// itself when it has none or is not a JSON object.
+fn without_write_key(raw: &str) -> Cow<'_, str> {
+    /// An object's fields in order, each value its text as sent.
+    struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+    impl<'de> Deserialize<'de> for Fields<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct FieldsVisitor;
+            impl<'de> Visitor<'de> for FieldsVisitor {
+                type Value = Fields<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                    let mut fields = Vec::new();
+                    while let Some(entry) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                        fields.push(entry);
+                    }
+                    Ok(Fields(fields))
+                }
+            }
+            deserializer.deserialize_map(FieldsVisitor)
+        }
+    }
+
+    let Ok(Fields(fields)) = serde_json::from_str::<Fields>(raw) else {
+        return Cow::Borrowed(raw);
+    };
+    if !fields.iter().any(|(name, _)| name == "writeKey") {
+        return Cow::Borrowed(raw);
+    }
+    let mut kept = String::with_capacity(raw.len());
+    kept.push('{');
+    for (name, value) in fields.iter().filter(|(name, _)| name != "writeKey") {
+        if kept.len() > 1 {
+            kept.push(',');
+        }
+        kept.push_str(&Value::String(name.to_string()).to_string());
+        kept.push(':');
+        kept.push_str(value.get());
+    }
+    kept.push('}');
+    Cow::Owned(kept)
 }
 
 fn truncate_utf8(text: &str, max: usize) -> &str {

@@ -408,3 +408,44 @@ fn properties_nested_too_deep_are_refused_for_their_depth() {
         "`properties` must be an object, found JSON nested deeper than the 128 levels Kith reads"
     );
 }
+
+// The write key is a secret: a rejected event is kept as sent, but without it, however its
+// name is written, and the rest of its text unchanged.
+#[test]
+fn a_rejected_event_is_kept_without_its_write_key() {
+    let body = r#"{"writeKey": "kith_ingest_secret", "userId": "u", "properties": {"n": 1.50, "é": "\u00e9"}, "messageId": "m1"}"#;
+    let outcome = parse_single_request(body, MessageType::Track)
+        .unwrap()
+        .normalize("web", received());
+    assert_eq!(outcome.rejections[0].code, "missing_event");
+    assert_eq!(
+        outcome.rejections[0].raw,
+        r#"{"userId":"u","properties":{"n": 1.50, "é": "\u00e9"},"messageId":"m1"}"#
+    );
+    let escaped = r#"{"write\u004bey": "kith_ingest_secret", "userId": "u"}"#;
+    let outcome = parse_single_request(escaped, MessageType::Track)
+        .unwrap()
+        .normalize("web", received());
+    assert_eq!(outcome.rejections[0].raw, r#"{"userId":"u"}"#);
+    // Without one, the text is kept exactly as it came.
+    let plain = r#"{ "userId" : "u" }"#;
+    let outcome = parse_single_request(plain, MessageType::Track)
+        .unwrap()
+        .normalize("web", received());
+    assert_eq!(outcome.rejections[0].raw, plain);
+    // In a batch, and through `judge_event` (files), the same.
+    let outcome = judge_batch(
+        r#"{"batch": [{"type": "track", "userId": "u", "writeKey": "kith_ingest_secret"}]}"#,
+    );
+    assert_eq!(
+        outcome.rejections[0].raw,
+        r#"{"type":"track","userId":"u"}"#
+    );
+    let rejection = judge_event(
+        r#"{"type": "track", "userId": "u", "writeKey": "kith_ingest_secret"}"#,
+        "file",
+        received(),
+    )
+    .unwrap_err();
+    assert!(!rejection.raw.contains("secret"), "{}", rejection.raw);
+}
