@@ -999,6 +999,72 @@ fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
     let (ok, _, err) = kith(&["sql", "--data-dir", data_dir, "SELEC 1"]);
     assert!(!ok);
     assert!(err.contains("SELEC"), "{err}");
+
+    // CSV has no place to say that rows were cut, or to hold a list: the headers and stderr
+    // say the first, and a list column is refused before anything is written.
+    let mut csv = agent()
+        .post(server.url("/v1/query"))
+        .header("Authorization", &auth)
+        .header("Accept", "text/csv")
+        .send(json!({"sql": "SELECT value FROM generate_series(1, 200000)"}).to_string())
+        .unwrap();
+    assert_eq!(
+        (
+            csv.headers()
+                .get("kith-row-count")
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            csv.headers()
+                .get("kith-truncated")
+                .unwrap()
+                .to_str()
+                .unwrap()
+        ),
+        ("100000", "true")
+    );
+    let text = csv
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .unwrap();
+    assert_eq!(text.lines().count(), 100_001);
+    let (status, error, _) = post(
+        &server.url("/v1/query"),
+        &[("Authorization", &auth), ("Accept", "text/csv")],
+        json!({"sql": "SELECT [1, 2] AS a"}).to_string().as_bytes(),
+    );
+    assert_eq!(
+        (status, error["code"].clone()),
+        (406, json!("not_acceptable"))
+    );
+    assert_eq!(
+        error["message"],
+        "the column `a` holds list values (List(Int64)), which CSV cannot hold; cast it to text \
+         (`CAST(\"a\" AS VARCHAR)`) or ask for JSON or Arrow"
+    );
+    let (ok, out, err) = kith(&[
+        "sql",
+        "--data-dir",
+        data_dir,
+        "--format",
+        "csv",
+        "SELECT value FROM generate_series(1, 200000)",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 100_001);
+    assert!(err.contains("100000 row(s) (truncated"), "{err}");
+    let (ok, out, err) = kith(&[
+        "sql",
+        "--data-dir",
+        data_dir,
+        "--format",
+        "csv",
+        "SELECT [1, 2] AS a",
+    ]);
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(err.contains("the column `a` holds list values"), "{err}");
 }
 
 #[test]

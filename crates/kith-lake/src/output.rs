@@ -37,6 +37,29 @@ pub enum Encoding {
     ArrowIpc,
 }
 
+/// Why `schema`'s rows cannot be written as CSV, if they cannot: CSV holds one plain value a
+/// cell, so a list, struct or map column does not fit. Checked before anything is written, so
+/// the answer is an error rather than a CSV cut short.
+pub fn csv_unwritable(schema: &arrow::datatypes::Schema) -> Option<String> {
+    let field = schema
+        .fields()
+        .iter()
+        .find(|field| field.data_type().is_nested())?;
+    Some(format!(
+        "the column `{}` holds {} values ({}), which CSV cannot hold; cast it to text \
+         (`CAST(\"{}\" AS VARCHAR)`) or ask for JSON or Arrow",
+        field.name(),
+        match field.data_type() {
+            DataType::Struct(_) => "struct",
+            DataType::Map(_, _) => "map",
+            DataType::Union(_, _) => "union",
+            _ => "list",
+        },
+        type_name(field.data_type()),
+        field.name(),
+    ))
+}
+
 /// Rows written out in pieces of about this size, so an answer is never held twice over
 /// (once as Arrow, once as text) but piece by piece as the client reads it.
 const PIECE_BYTES: usize = 1 << 20;

@@ -161,9 +161,9 @@ pub(crate) fn query_error(err: QueryError) -> ApiError {
 
 /// Runs one query.
 #[utoipa::path(post, path = "/v1/query", tag = "query",
-    description = "Runs a read-only SQL query over `events` and `rejected_events` (Delta tables plus the freshest buffered events), `profiles` and `profile_identities`. Auth: `Authorization: Bearer <read key>`. Answers JSON `{columns, types, rows, row_count, truncated}`, or CSV (`Accept: text/csv`) or Arrow IPC stream (`Accept: application/vnd.apache.arrow.stream`).",
+    description = "Runs a read-only SQL query over `events` and `rejected_events` (Delta tables plus the freshest buffered events), `profiles` and `profile_identities`. Auth: `Authorization: Bearer <read key>`. Answers JSON `{columns, types, rows, row_count, truncated}`, or CSV (`Accept: text/csv`) or Arrow IPC stream (`Accept: application/vnd.apache.arrow.stream`); the `Kith-Row-Count` and `Kith-Truncated` headers say how many rows came and whether more matched.",
     request_body = QueryRequest,
-    responses((status = 200, description = "the result"), (status = 400, description = "invalid SQL, timeout or memory limit"), (status = 401, description = "bad key"), (status = 403, description = "not a read key"), (status = 406, description = "`Accept` allows none of JSON, CSV and Arrow IPC"), (status = 429, description = "the queries running now hold the memory this one needs; retry after `Retry-After` seconds")))]
+    responses((status = 200, description = "the result"), (status = 400, description = "invalid SQL, timeout or memory limit"), (status = 401, description = "bad key"), (status = 403, description = "not a read key"), (status = 406, description = "`Accept` allows none of JSON, CSV and Arrow IPC, or asks for CSV of an answer with list, struct or map columns"), (status = 429, description = "the queries running now hold the memory this one needs; retry after `Retry-After` seconds")))]
 pub async fn query(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -190,6 +190,12 @@ pub async fn query(
         ApiError::new(ErrorCode::Internal, "the query failed; see the server log")
     })?
     .map_err(query_error)?;
+    if format == Format::Csv
+        && let Some(why) = output::csv_unwritable(&result.schema)
+    {
+        return Err(ApiError::new(ErrorCode::NotAcceptable, why));
+    }
+    let (row_count, truncated) = (result.num_rows(), result.truncated);
     let (content_type, encoding) = match format {
         Format::Json => ("application/json", output::Encoding::Json),
         Format::Csv => ("text/csv; charset=utf-8", output::Encoding::Csv),
@@ -200,9 +206,14 @@ pub async fn query(
     // long as a query may run.
     let stall_limit = app.config.query_limits.timeout;
     let mut response = crate::answer_body::streamed(result, encoding, stall_limit).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // CSV and Arrow have no place for these in the answer itself, as JSON has.
+    headers.insert("kith-row-count", HeaderValue::from(row_count));
+    headers.insert(
+        "kith-truncated",
+        HeaderValue::from_static(if truncated { "true" } else { "false" }),
+    );
     Ok(response)
 }
 

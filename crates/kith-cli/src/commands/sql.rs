@@ -60,7 +60,17 @@ pub fn run(args: SqlArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
                 truncated_note(result.truncated)
             );
         }
-        Format::Csv => write_out(result, output::Encoding::Csv)?,
+        Format::Csv => {
+            if let Some(why) = output::csv_unwritable(&result.schema) {
+                anyhow::bail!("{why}");
+            }
+            // CSV has no place to say the rows were cut; stderr does.
+            let (rows, truncated) = (result.num_rows(), result.truncated);
+            write_out(result, output::Encoding::Csv)?;
+            if truncated {
+                eprintln!("{rows} row(s){}", truncated_note(true));
+            }
+        }
         Format::Json => {
             write_out(result, output::Encoding::Json)?;
             println!();
