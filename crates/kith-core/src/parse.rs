@@ -407,17 +407,32 @@ impl RawRequest<'_> {
         if sent_at.is_none()
             && let Some(text) = &self.batch_sent_at
         {
-            sent_at = Some(parse_timestamp(text).ok_or_else(|| {
+            let time = parse_timestamp(text).ok_or_else(|| {
                 with_id(Fault::new(
                     "invalid_timestamp",
                     Some("sentAt"),
                     format!("the batch's `sentAt` value `{text}` is not an ISO-8601 date-time"),
                 ))
-            })?);
+            })?;
+            sent_at = Some(storable("sentAt", time, text).map_err(with_id)?);
         }
         // Server-side SDKs send the call time as `timestamp`; keep it as the original time too.
         let original_timestamp = original.or(explicit);
         let timestamp = event_time(explicit, original, sent_at, received_at);
+        if !crate::time::is_storable(timestamp) {
+            // Each time was storable, but correcting the device clock moved the event out of
+            // range: `sentAt` and `originalTimestamp` are centuries apart.
+            return Err(with_id(Fault::new(
+                "invalid_timestamp",
+                Some("sentAt"),
+                format!(
+                    "correcting the device clock by `sentAt` − `originalTimestamp` puts the event \
+                     at {}, outside the years 1678–2261 Kith can store; check the device clock, \
+                     or send `timestamp`",
+                    timestamp.to_rfc3339()
+                ),
+            )));
+        }
 
         let typed = typed_fields(properties.as_deref(), context.as_deref(), traits.as_deref());
         // RudderStack's SDKs send an identify's traits only in `context.traits`, Segment's at
@@ -576,7 +591,7 @@ impl<'a> RawItem<'a> {
             Some(b'n') => Ok(None),
             Some(b'"') => {
                 let text = string_value(field, "an ISO-8601 string", raw)?;
-                parse_timestamp(&text).map(Some).ok_or_else(|| {
+                let time = parse_timestamp(&text).ok_or_else(|| {
                     Fault::new(
                         "invalid_timestamp",
                         Some(field),
@@ -585,7 +600,8 @@ impl<'a> RawItem<'a> {
                             truncate_utf8(&text, 64)
                         ),
                     )
-                })
+                })?;
+                storable(field, time, &text).map(Some)
             }
             _ => Err(wrong_type_raw(field, "an ISO-8601 string", raw)),
         }
@@ -786,6 +802,24 @@ fn without_write_key(raw: &str) -> Cow<'_, str> {
     }
     kept.push('}');
     Cow::Owned(kept)
+}
+
+/// `time` (read from `field`, written `text`) if Kith can store it (see
+/// [`crate::time::is_storable`]).
+fn storable(field: &'static str, time: DateTime<Utc>, text: &str) -> Result<DateTime<Utc>, Fault> {
+    if crate::time::is_storable(time) {
+        return Ok(time);
+    }
+    Err(Fault::new(
+        "invalid_timestamp",
+        Some(field),
+        format!(
+            "`{field}` value `{}` is outside the years 1678–2261 that Kith can store and query \
+             (a default value such as Go's zero time, or a clock far off?); send the time the \
+             event happened, or leave `{field}` out",
+            truncate_utf8(text, 64)
+        ),
+    ))
 }
 
 fn truncate_utf8(text: &str, max: usize) -> &str {

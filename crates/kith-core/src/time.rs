@@ -26,6 +26,16 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     None
 }
 
+/// Whether `time` is one Kith can store and query: from 1678 to 2261. The query engine works on
+/// some timestamps in nanoseconds (`date_trunc`, time windows), which reach only from 1677-09-21
+/// to 2262-04-11, so one event outside them makes every such query over its table fail; no
+/// customer event happened then, and such a time is a default value (Go's zero time is
+/// 0001-01-01) or a clock far off.
+pub fn is_storable(time: DateTime<Utc>) -> bool {
+    use chrono::Datelike;
+    (1678..=2261).contains(&time.year())
+}
+
 /// The event time Kith records, following Segment:
 /// an explicit `timestamp` wins; otherwise the device's clock is corrected by how far it was off
 /// when the request was sent (`receivedAt − (sentAt − originalTimestamp)`); otherwise the
@@ -53,6 +63,18 @@ pub fn event_time(
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn storable_times_are_those_every_query_can_work_on() {
+        for (year, storable) in [(1, false), (1677, false), (1678, true), (2026, true)] {
+            let time = Utc.with_ymd_and_hms(year, 12, 31, 23, 59, 59).unwrap();
+            assert_eq!(is_storable(time), storable, "{time}");
+        }
+        for (year, storable) in [(2261, true), (2262, false), (9999, false)] {
+            let time = Utc.with_ymd_and_hms(year, 1, 1, 0, 0, 0).unwrap();
+            assert_eq!(is_storable(time), storable, "{time}");
+        }
+    }
 
     #[test]
     fn parses_common_sdk_formats() {

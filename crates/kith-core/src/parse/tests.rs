@@ -449,3 +449,54 @@ fn a_rejected_event_is_kept_without_its_write_key() {
     .unwrap_err();
     assert!(!rejection.raw.contains("secret"), "{}", rejection.raw);
 }
+
+// A time the query engine cannot work on (before 1678 or after 2261) would make every date
+// query over the table fail: such an event is rejected, naming the field, and its neighbours
+// are stored.
+#[test]
+fn times_outside_the_storable_years_are_rejected_by_field() {
+    let outcome = judge_batch(
+        &json!({"batch": [
+            {"type": "track", "userId": "u", "event": "A", "timestamp": "0001-01-01T00:00:00Z"},
+            {"type": "track", "userId": "u", "event": "B", "originalTimestamp": "0000-01-01T00:00:00+23:59"},
+            {"type": "track", "userId": "u", "event": "C", "sentAt": "9999-12-31T00:00:00Z"},
+            {"type": "track", "userId": "u", "event": "D", "originalTimestamp": "1678-01-02T00:00:00Z",
+             "sentAt": "2261-12-30T00:00:00Z"},
+            {"type": "track", "userId": "u", "event": "E", "timestamp": "1700-01-01T00:00:00Z"}
+        ]})
+        .to_string(),
+    );
+    let fields: Vec<(usize, &str, Option<&str>)> = outcome
+        .rejections
+        .iter()
+        .map(|r| (r.index, r.code.as_str(), r.field.as_deref()))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            (0, "invalid_timestamp", Some("timestamp")),
+            (1, "invalid_timestamp", Some("originalTimestamp")),
+            (2, "invalid_timestamp", Some("sentAt")),
+            (3, "invalid_timestamp", Some("sentAt")),
+        ]
+    );
+    assert_eq!(
+        outcome.rejections[0].message,
+        "`timestamp` value `0001-01-01T00:00:00Z` is outside the years 1678–2261 that Kith can \
+         store and query (a default value such as Go's zero time, or a clock far off?); send the \
+         time the event happened, or leave `timestamp` out"
+    );
+    assert!(
+        outcome.rejections[3].message.starts_with(
+            "correcting the device clock by `sentAt` − `originalTimestamp` puts the event at 1440-"
+        ),
+        "{}",
+        outcome.rejections[3].message
+    );
+    assert_eq!(outcome.events.len(), 1);
+    assert_eq!(outcome.events[0].event.as_deref(), Some("E"));
+    let batch_sent_at = judge_batch(
+        r#"{"sentAt": "0001-01-01T00:00:00Z", "batch": [{"type": "track", "userId": "u", "event": "A"}]}"#,
+    );
+    assert_eq!(batch_sent_at.rejections[0].field.as_deref(), Some("sentAt"));
+}
