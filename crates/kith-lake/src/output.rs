@@ -286,6 +286,8 @@ pub fn json_value(array: &dyn Array, row: usize) -> Value {
         return Value::Null;
     }
     match array.data_type() {
+        // A null column's values have no validity bits: each is null all the same.
+        DataType::Null => Value::Null,
         DataType::Boolean => Value::Bool(array.as_boolean().value(row)),
         DataType::Int8 => Value::from(array.as_primitive::<Int8Type>().value(row)),
         DataType::Int16 => Value::from(array.as_primitive::<Int16Type>().value(row)),
@@ -308,8 +310,48 @@ pub fn json_value(array: &dyn Array, row: usize) -> Value {
                 .map(|t| Value::String(t.to_rfc3339_opts(SecondsFormat::AutoSi, true)))
                 .unwrap_or(Value::Null)
         }
+        // Nested values as JSON: a list as an array, a struct or map as an object, a union as
+        // the value it holds. Displayed as text they were ambiguous (`[a, b, ]`).
+        DataType::List(_) => elements(array.as_list::<i32>().value(row)),
+        DataType::LargeList(_) => elements(array.as_list::<i64>().value(row)),
+        DataType::FixedSizeList(_, _) => elements(array.as_fixed_size_list().value(row)),
+        DataType::Struct(fields) => {
+            let columns = array.as_struct();
+            Value::Object(
+                fields
+                    .iter()
+                    .zip(columns.columns())
+                    .map(|(field, column)| (field.name().clone(), json_value(column, row)))
+                    .collect(),
+            )
+        }
+        DataType::Map(_, _) => {
+            let entries = array.as_map().value(row);
+            let (keys, values) = (entries.column(0), entries.column(1));
+            Value::Object(
+                (0..entries.len())
+                    .map(|i| {
+                        let key = match json_value(keys.as_ref(), i) {
+                            Value::String(text) => text,
+                            other => other.to_string(),
+                        };
+                        (key, json_value(values.as_ref(), i))
+                    })
+                    .collect(),
+            )
+        }
+        DataType::Union(_, _) => json_value(array.as_union().value(row).as_ref(), 0),
         _ => displayed(array, row),
     }
+}
+
+/// A list's elements as a JSON array.
+fn elements(values: arrow::array::ArrayRef) -> Value {
+    Value::Array(
+        (0..values.len())
+            .map(|i| json_value(values.as_ref(), i))
+            .collect(),
+    )
 }
 
 fn displayed(array: &dyn Array, row: usize) -> Value {
@@ -419,6 +461,36 @@ mod tests {
         // NaN is not equal to itself, so compare the columns that have none.
         assert_eq!(read.column(0), original.column(0));
         assert_eq!(read.column(1), original.column(1));
+    }
+
+    // Lists, structs, maps and unions are JSON values, not their display text (where a null
+    // and an empty string looked alike: `[a, b, ]`).
+    #[tokio::test]
+    async fn nested_values_are_json_arrays_and_objects() {
+        let ctx = datafusion::prelude::SessionContext::new();
+        let batches = ctx
+            .sql(
+                "SELECT [1, 2] AS l, ['a, b', NULL, 'null'] AS t, \
+                 named_struct('x', 1, 'y', [true]) AS s, map(['k'], [2.5]) AS m, \
+                 arrow_cast([[1], []], 'LargeList(List(Int64))') AS ll",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let schema = batches[0].schema();
+        let document = to_json(&QueryResult::new(schema, batches, false)).unwrap();
+        assert_eq!(
+            document["rows"],
+            json!([[
+                [1, 2],
+                ["a, b", null, "null"],
+                {"x": 1, "y": [true]},
+                {"k": 2.5},
+                [[1], []]
+            ]])
+        );
     }
 
     #[test]

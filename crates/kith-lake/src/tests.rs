@@ -472,7 +472,7 @@ async fn functions_that_make_huge_values_are_refused_before_they_run() {
     assert_eq!(json["columns"][0], "Utf8(\"a\") || Utf8(\"b\")");
     assert_eq!(
         json["rows"][0],
-        serde_json::json!(["ab", true, "a", "a-b", "[1, 2]", "v1,v2,v3"])
+        serde_json::json!(["ab", true, "a", "a-b", [1, 2], "v1,v2,v3"])
     );
     // Within the bound they are DataFusion's own functions, aliases included.
     let result = lake
@@ -496,12 +496,12 @@ async fn functions_that_make_huge_values_are_refused_before_they_run() {
             "7  ",
             "bonono",
             "bonono",
-            "[1, 1]",
-            "[2, 2]",
-            "[1, 0, 0]",
-            "[0, 1, 2]",
-            "[1, 2, 3]",
-            "[2026-01-01, 2026-01-02]",
+            [1, 1],
+            [2, 2],
+            [1, 0, 0],
+            [0, 1, 2],
+            [1, 2, 3],
+            ["2026-01-01", "2026-01-02"],
             80
         ]),
         "{json:?}"
@@ -570,6 +570,22 @@ fn events_read_back_from_a_batch_are_the_events_written() {
         .collect();
     let batch = crate::schema::events_batch(&views);
     assert_eq!(crate::schema::events_from_batch(&batch), written);
+}
+
+// `json_get` answers a union of JSON's kinds; the JSON answer gives the value it holds.
+#[tokio::test]
+async fn json_get_values_come_back_as_json_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    let result = lake
+        .query(
+            r#"SELECT json_get('{"a": 1}', 'a') AS i, json_get('{"a": "x"}', 'a') AS s, json_get('{"a": true}', 'a') AS b, json_get('{}', 'a') AS n"#,
+            &QueryLimits::default(),
+        )
+        .await
+        .unwrap();
+    let json = crate::output::to_json(&result).unwrap();
+    assert_eq!(json["rows"], serde_json::json!([[1, "x", true, null]]));
 }
 
 /// Flushed rows come from Parquet as Utf8View, buffered ones as Utf8: queries whose expressions
