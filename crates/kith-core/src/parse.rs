@@ -34,6 +34,15 @@ pub enum RequestError {
     BatchNotArray(&'static str),
     #[error("the batch holds {0} events; at most {MAX_BATCH_EVENTS} are allowed per request")]
     TooManyEvents(usize),
+    /// A batch-level field every event takes on, of the wrong type: refused rather than
+    /// dropped, since each event would silently lose it.
+    #[error("the batch's `{field}` must be {expected} ({why}), found {found}")]
+    BatchFieldType {
+        field: &'static str,
+        expected: &'static str,
+        why: &'static str,
+        found: &'static str,
+    },
 }
 
 /// A request's envelope, read but not yet judged.
@@ -177,10 +186,41 @@ pub fn parse_batch_request(body: &str) -> Result<RawRequest<'_>, RequestError> {
         write_key: envelope.write_key.as_ref().and_then(value_as_text),
         items,
         implied_type: None,
-        batch_context: envelope.context.and_then(into_object),
-        batch_integrations: envelope.integrations.and_then(into_object),
-        batch_sent_at: envelope.sent_at.as_ref().and_then(value_as_text),
+        batch_context: batch_object("context", envelope.context)?,
+        batch_integrations: batch_object("integrations", envelope.integrations)?,
+        batch_sent_at: batch_sent_at(envelope.sent_at.as_ref())?,
     })
+}
+
+/// A batch-level object merged into each event (`context`, `integrations`); null is none.
+fn batch_object(
+    field: &'static str,
+    value: Option<Value>,
+) -> Result<Option<Map<String, Value>>, RequestError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(map)) => Ok(Some(map)),
+        Some(other) => Err(RequestError::BatchFieldType {
+            field,
+            expected: "an object",
+            why: "it is merged into each event",
+            found: json_kind(&other),
+        }),
+    }
+}
+
+/// The batch-level `sentAt`, each event's unless it has its own; null or empty is none.
+fn batch_sent_at(value: Option<&Value>) -> Result<Option<String>, RequestError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok((!text.is_empty()).then(|| text.clone())),
+        Some(other) => Err(RequestError::BatchFieldType {
+            field: "sentAt",
+            expected: "an ISO-8601 string",
+            why: "the time the batch was sent, which corrects each event's device clock",
+            found: json_kind(other),
+        }),
+    }
 }
 
 /// Reads a single-call body (`/v1/track`, `/v1/t`, ...): the body is the event itself.
@@ -246,13 +286,6 @@ pub fn judge_event(
             "invalid_event",
             "the event was not judged".into(),
         ))),
-    }
-}
-
-fn into_object(value: Value) -> Option<Map<String, Value>> {
-    match value {
-        Value::Object(map) => Some(map),
-        _ => None,
     }
 }
 

@@ -136,7 +136,8 @@ pub(crate) fn request_error(err: RequestError) -> ApiError {
         RequestError::TooManyEvents(_) => ErrorCode::TooManyEvents,
         RequestError::NotAnObject(_)
         | RequestError::MissingBatch
-        | RequestError::BatchNotArray(_) => ErrorCode::InvalidBody,
+        | RequestError::BatchNotArray(_)
+        | RequestError::BatchFieldType { .. } => ErrorCode::InvalidBody,
     };
     ApiError::new(code, err.to_string())
 }

@@ -500,3 +500,35 @@ fn times_outside_the_storable_years_are_rejected_by_field() {
     );
     assert_eq!(batch_sent_at.rejections[0].field.as_deref(), Some("sentAt"));
 }
+
+// A batch-level field every event takes on is refused when its type is wrong, rather than
+// dropped from every event without a word.
+#[test]
+fn batch_level_fields_of_the_wrong_type_are_refused_by_name() {
+    let events = r#""batch": [{"type": "track", "userId": "u", "event": "A"}]"#;
+    for (field, value, message) in [
+        (
+            "context",
+            r#""str""#,
+            "the batch's `context` must be an object (it is merged into each event), found a string",
+        ),
+        (
+            "integrations",
+            "[1]",
+            "the batch's `integrations` must be an object (it is merged into each event), found an array",
+        ),
+        (
+            "sentAt",
+            "5",
+            "the batch's `sentAt` must be an ISO-8601 string (the time the batch was sent, which \
+             corrects each event's device clock), found a number",
+        ),
+    ] {
+        let body = format!(r#"{{{events}, "{field}": {value}}}"#);
+        let error = parse_batch_request(&body).err().unwrap();
+        assert_eq!(error.to_string(), message);
+    }
+    // Null is as good as absent.
+    let body = format!(r#"{{{events}, "context": null, "integrations": null, "sentAt": null}}"#);
+    assert_eq!(judge_batch(&body).events.len(), 1);
+}
