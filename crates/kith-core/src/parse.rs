@@ -662,7 +662,22 @@ impl<'a> RawItem<'a> {
 
 /// A JSON string field's value, escapes decoded.
 fn string_value(field: &'static str, expected: &str, raw: &RawValue) -> Result<String, Fault> {
-    serde_json::from_str(raw.get()).map_err(|_| wrong_type_raw(field, expected, raw))
+    serde_json::from_str(raw.get()).map_err(|e| {
+        // A well-formed JSON string that is no text: an escape of half a UTF-16 pair.
+        let why = e.to_string();
+        let half_a_pair = why.contains("surrogate") || why.contains("end of hex escape");
+        if raw.get().starts_with('"') && half_a_pair {
+            return Fault::new(
+                "invalid_text",
+                Some(field),
+                format!(
+                    "`{field}` holds an escape that is no character (half of a UTF-16 pair, such \
+                     as \\ud800, without the other half); send the text as UTF-8, or both halves"
+                ),
+            );
+        }
+        wrong_type_raw(field, expected, raw)
+    })
 }
 
 fn wrong_type_raw(field: &'static str, expected: &str, raw: &RawValue) -> Fault {

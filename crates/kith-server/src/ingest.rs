@@ -262,6 +262,9 @@ pub async fn single(
 }
 
 pub(crate) fn body_text(bytes: &[u8]) -> Result<&str, ApiError> {
+    // A byte order mark some editors and Windows tools put first; JSON parsers may ignore it
+    // (RFC 8259 §8.1), and it says nothing about the events.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     std::str::from_utf8(bytes).map_err(|e| {
         ApiError::new(
             ErrorCode::InvalidJson,

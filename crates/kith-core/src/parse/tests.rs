@@ -532,3 +532,26 @@ fn batch_level_fields_of_the_wrong_type_are_refused_by_name() {
     let body = format!(r#"{{{events}, "context": null, "integrations": null, "sentAt": null}}"#);
     assert_eq!(judge_batch(&body).events.len(), 1);
 }
+
+// Half a UTF-16 surrogate pair is well-formed JSON but no text: the event is refused with that
+// reason (not "must be a string"), its neighbours kept.
+#[test]
+fn a_lone_surrogate_in_an_id_is_named_as_such() {
+    let outcome = judge_batch(
+        r#"{"batch": [{"type": "track", "userId": "u\ud800", "event": "A"},
+                      {"type": "track", "userId": "u", "event": "B"}]}"#,
+    );
+    assert_eq!(outcome.events.len(), 1);
+    let rejection = &outcome.rejections[0];
+    assert_eq!(
+        (rejection.code.as_str(), rejection.field.as_deref()),
+        ("invalid_text", Some("userId"))
+    );
+    assert!(
+        rejection
+            .message
+            .starts_with("`userId` holds an escape that is no character"),
+        "{}",
+        rejection.message
+    );
+}
