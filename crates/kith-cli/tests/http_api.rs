@@ -335,6 +335,29 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
         (status, body["code"].clone()),
         (400, json!("payload_too_large"))
     );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("send events in more, smaller batches"),
+        "{body}"
+    );
+    // Off the ingest path the advice is the endpoint's own.
+    let long_sql = json!({"sql": format!("SELECT 1 -- {}", "x".repeat(600 * 1024))}).to_string();
+    let (status, body) = post_json(
+        &server.url("/v1/query"),
+        &[("Authorization", &format!("Bearer {}", server.read_key))],
+        &long_sql,
+    );
+    assert_eq!(
+        (status, body["message"].clone()),
+        (
+            400,
+            json!(
+                "the body is over 512000 bytes, the most one request may carry; send {\"sql\": \"...\"} within it"
+            )
+        )
+    );
 
     let many = json!({"batch": vec![json!({"type": "track", "userId": "u", "event": "x"}); 2501]});
     let (status, body) = post_json(&server.url("/v1/batch"), &headers, &many.to_string());

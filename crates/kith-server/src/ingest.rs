@@ -119,7 +119,20 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
     body: Body,
     shape: &str,
 ) -> Result<T, ApiError> {
-    let bytes = read_body(headers, body).await?;
+    let bytes = read_body(headers, body).await.map_err(|e| {
+        // The advice in `read_body`'s message is for events; a request here is one document.
+        if e.code == ErrorCode::PayloadTooLarge {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the body is over {MAX_REQUEST_BYTES} bytes, the most one request may carry; \
+                     send {shape} within it"
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
     serde_json::from_slice(&bytes).map_err(|e| {
         let code = if e.is_data() {
             ErrorCode::InvalidBody
