@@ -58,6 +58,14 @@ pub enum QueryError {
     /// Something failed that is not the query's fault.
     #[error("query failed: {0}")]
     Internal(String),
+    /// The query engine broke down on this query (a panic inside DataFusion, caught at the
+    /// query's task): a fault of the engine, which another way of writing the query may avoid.
+    #[error(
+        "the query engine failed on this query ({0}); this is a fault in the engine, not in the \
+         query: writing it another way (for example without joining one CTE to itself several \
+         times) may avoid it"
+    )]
+    EngineFault(String),
 }
 
 /// Bounds on one query.
@@ -134,6 +142,22 @@ fn classify_ref(err: &DataFusionError, limits: &QueryLimits) -> QueryError {
         | DataFusionError::Ffi(_) => QueryError::Internal(first_line(err)),
         // Syntax, planning, schema, casts and arguments: the query is wrong.
         other => QueryError::Invalid(first_line(other)),
+    }
+}
+
+/// What a query's task ended with when it did not end: a panic inside the engine (whose
+/// message is kept), or the task cancelled.
+fn engine_fault(join: tokio::task::JoinError) -> QueryError {
+    match join.try_into_panic() {
+        Ok(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_string());
+            QueryError::EngineFault(message)
+        }
+        Err(join) => QueryError::Internal(format!("query task failed: {join}")),
     }
 }
 
@@ -401,7 +425,7 @@ pub(crate) async fn run(
     let abort = work.abort_handle();
     let (schema, mut batches, memory) = match tokio::time::timeout(limits.timeout, work).await {
         Ok(Ok(result)) => result.map_err(|e| memory::crowded_out(e, &pool))?,
-        Ok(Err(join)) => return Err(QueryError::Internal(format!("query task failed: {join}"))),
+        Ok(Err(join)) => return Err(engine_fault(join)),
         Err(_) => {
             abort.abort();
             return Err(QueryError::Timeout(limits.timeout));
@@ -561,4 +585,24 @@ pub(crate) async fn timeline(
         truncated: false,
         _memory: Some(memory),
     })
+}
+
+#[cfg(test)]
+mod engine_fault_tests {
+    use super::*;
+
+    // A panic inside the engine reaches the query's task; the answer keeps its message and
+    // says it is the engine's fault, not the query's.
+    #[tokio::test]
+    async fn a_panic_in_the_engine_is_answered_as_the_engines_fault() {
+        let task = tokio::spawn(async { panic!("partition not used yet") });
+        let join = task.await.unwrap_err();
+        let err = engine_fault(join);
+        assert!(matches!(err, QueryError::EngineFault(_)));
+        assert!(
+            err.to_string()
+                .starts_with("the query engine failed on this query (partition not used yet)"),
+            "{err}"
+        );
+    }
 }

@@ -156,6 +156,11 @@ pub(crate) fn query_error(err: QueryError) -> ApiError {
             tracing::error!(%message, "query failed");
             ApiError::new(ErrorCode::Internal, "the query failed; see the server log")
         }
+        QueryError::EngineFault(_) => {
+            let message = err.to_string();
+            tracing::error!(%message, "the query engine failed");
+            ApiError::new(ErrorCode::Internal, message)
+        }
     }
 }
 
