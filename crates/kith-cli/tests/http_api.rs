@@ -1107,6 +1107,30 @@ fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
     assert!(err.contains("the column `a` holds list values"), "{err}");
 }
 
+// Errors the HTTP layer answers before a handler runs (a path that is not UTF-8) have the same
+// JSON shape as every other error.
+#[test]
+fn errors_from_the_http_layer_are_json_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KithServer::start(dir.path());
+    let mut response = agent()
+        .get(server.url("/v1/profiles/%FF"))
+        .header("Authorization", &format!("Bearer {}", server.read_key))
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(body["code"], "invalid_parameter");
+    assert_eq!(body["link"], "/docs/errors#invalid_parameter");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the request cannot be read: Invalid URL"),
+        "{body}"
+    );
+}
+
 #[test]
 fn operations_endpoints_report_health_metrics_and_the_api() {
     let dir = tempfile::tempdir().unwrap();

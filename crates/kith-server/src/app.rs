@@ -311,6 +311,9 @@ pub fn router(app: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(ops::method_not_allowed)
         // Bodies are read with our own limit so the answer is our JSON error.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::map_response(
+            errors::answer_errors_as_json,
+        ))
         .layer(cors())
         .with_state(app)
 }

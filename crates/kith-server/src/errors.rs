@@ -370,6 +370,42 @@ pub async fn error_docs() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "errors": rows }))
 }
 
+/// Errors answered by the HTTP layer rather than by a handler (a path segment that is not UTF-8,
+/// a malformed query string) come as plain text from axum; every error the API answers is the
+/// one JSON shape, so they are rewritten into it, their text kept as the message.
+pub async fn answer_errors_as_json(response: Response) -> Response {
+    let status = response.status();
+    let plain_text = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain_text {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
+        .unwrap_or_default();
+    let code = match status.as_u16() {
+        404 => ErrorCode::NotFound,
+        405 => ErrorCode::MethodNotAllowed,
+        413 => ErrorCode::PayloadTooLarge,
+        422 => ErrorCode::InvalidBody,
+        500..=599 => ErrorCode::Internal,
+        _ => ErrorCode::InvalidParameter,
+    };
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("the request cannot be answered")
+            .to_string()
+    } else {
+        format!("the request cannot be read: {text}")
+    };
+    ApiError::new(code, message).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::ErrorCode;
