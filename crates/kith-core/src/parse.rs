@@ -801,14 +801,22 @@ fn generated_message_id(source: &str, raw: &str) -> String {
 
 /// A rejected event's text as it is kept (in `rejected_events.raw`): as sent, without a
 /// top-level `writeKey` (a secret, which accepted events do not keep either), cut to the event
-/// size limit.
+/// size limit. Text that cannot be read as a JSON object (a name with half a UTF-16 pair, a
+/// line of a file that is not JSON) and may name the key, spelt out or escaped, is not kept.
 fn kept_raw(raw: &str) -> String {
-    truncate_utf8(&without_write_key(raw), MAX_EVENT_BYTES).to_string()
+    match without_write_key(raw) {
+        Some(kept) => truncate_utf8(&kept, MAX_EVENT_BYTES).to_string(),
+        None if raw.contains("riteKey") || raw.contains("\\u") => {
+            "(not kept: the event could not be read as JSON, and may hold its writeKey)".to_string()
+        }
+        None => truncate_utf8(raw, MAX_EVENT_BYTES).to_string(),
+    }
 }
 
 /// `raw` without its top-level `writeKey` field, each other field's text as it was; `raw`
-/// itself when it has none or is not a JSON object.
-fn without_write_key(raw: &str) -> Cow<'_, str> {
+/// itself when it has none or is a JSON value other than an object; `None` when it cannot be
+/// read as JSON.
+fn without_write_key(raw: &str) -> Option<Cow<'_, str>> {
     /// An object's fields in order, each value its text as sent.
     struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
@@ -832,11 +840,14 @@ fn without_write_key(raw: &str) -> Cow<'_, str> {
         }
     }
 
-    let Ok(Fields(fields)) = serde_json::from_str::<Fields>(raw) else {
-        return Cow::Borrowed(raw);
+    let fields = match serde_json::from_str::<Fields>(raw) {
+        Ok(Fields(fields)) => fields,
+        // Valid JSON that is not an object holds no field to remove.
+        Err(e) if e.is_data() => return Some(Cow::Borrowed(raw)),
+        Err(_) => return None,
     };
     if !fields.iter().any(|(name, _)| name == "writeKey") {
-        return Cow::Borrowed(raw);
+        return Some(Cow::Borrowed(raw));
     }
     let mut kept = String::with_capacity(raw.len());
     kept.push('{');
@@ -849,7 +860,7 @@ fn without_write_key(raw: &str) -> Cow<'_, str> {
         kept.push_str(value.get());
     }
     kept.push('}');
-    Cow::Owned(kept)
+    Some(Cow::Owned(kept))
 }
 
 /// `time` (read from `field`, written `text`) if Kith can store it (see

@@ -58,6 +58,17 @@ pub fn csv_unwritable(schema: &arrow::datatypes::Schema) -> Option<String> {
         type_name(field.data_type()),
         field.name(),
     ))
+    .map(|why| match field.data_type() {
+        // `json_get` answers a union; its text form is another function's answer.
+        DataType::Union(_, _) => format!(
+            "the column `{}` holds JSON values of several kinds ({}), which CSV cannot hold; use \
+             `json_get_json` (the value as JSON text) or `json_get_str` instead of `json_get`, \
+             or ask for JSON or Arrow",
+            field.name(),
+            type_name(field.data_type())
+        ),
+        _ => why,
+    })
 }
 
 /// Rows written out in pieces of about this size, so an answer is never held twice over
@@ -76,6 +87,8 @@ pub struct Rendering {
     row: usize,
     /// For JSON: whether a row has been written, so the next needs a comma.
     wrote_row: bool,
+    /// Rows a piece of the current batch takes, worked out once a batch.
+    rows_per_piece: Option<usize>,
     ipc: Option<arrow::ipc::writer::StreamWriter<Vec<u8>>>,
 }
 
@@ -95,6 +108,7 @@ impl Rendering {
             batch: 0,
             row: 0,
             wrote_row: false,
+            rows_per_piece: None,
             ipc: None,
         }
     }
@@ -152,10 +166,13 @@ impl Rendering {
             if self.row >= rows {
                 self.batch += 1;
                 self.row = 0;
+                self.rows_per_piece = None;
                 continue;
             }
-            let bytes = crate::query::held_bytes(batch).max(1);
-            let per_piece = (PIECE_BYTES.saturating_mul(rows) / bytes).clamp(1, rows);
+            let per_piece = *self.rows_per_piece.get_or_insert_with(|| {
+                let bytes = crate::query::held_bytes(batch).max(1);
+                (PIECE_BYTES.saturating_mul(rows) / bytes).clamp(1, rows)
+            });
             let take = per_piece.min(rows - self.row);
             let piece = batch.slice(self.row, take);
             self.row += take;

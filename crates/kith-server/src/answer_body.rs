@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 /// `result` as a body in `encoding`; a piece not taken within `stall_limit` ends it.
 pub(crate) fn streamed(result: QueryResult, encoding: Encoding, stall_limit: Duration) -> Body {
     // One piece waits in the channel while the next is written: at most two pieces of text
-    // (about 2 MiB) beside the answer itself.
+    // beside the answer itself (a piece is about 1 MiB of Arrow data, a few times that as JSON).
     let (pieces, received) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
     let complete = Arc::new(AtomicBool::new(false));
     let written = complete.clone();
@@ -33,7 +33,8 @@ pub(crate) fn streamed(result: QueryResult, encoding: Encoding, stall_limit: Dur
             });
             let failed = piece.is_err();
             match tokio::time::timeout(stall_limit, pieces.send(piece)).await {
-                Ok(Ok(())) if !failed => continue,
+                // Each piece is a moment of work on the HTTP threads: let other requests in.
+                Ok(Ok(())) if !failed => tokio::task::yield_now().await,
                 // The error was handed on, or the client has gone.
                 Ok(_) => return,
                 Err(_) => {

@@ -383,7 +383,8 @@ pub async fn answer_errors_as_json(response: Response) -> Response {
     if !(status.is_client_error() || status.is_server_error()) || !plain_text {
         return response;
     }
-    let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
         .await
         .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
         .unwrap_or_default();
@@ -395,15 +396,24 @@ pub async fn answer_errors_as_json(response: Response) -> Response {
         500..=599 => ErrorCode::Internal,
         _ => ErrorCode::InvalidParameter,
     };
-    let message = if text.is_empty() {
-        status
+    let message = match (text.is_empty(), status.is_server_error()) {
+        (true, _) => status
             .canonical_reason()
             .unwrap_or("the request cannot be answered")
-            .to_string()
-    } else {
-        format!("the request cannot be read: {text}")
+            .to_string(),
+        (false, false) => format!("the request cannot be read: {text}"),
+        (false, true) => format!("the request failed: {text}"),
     };
-    ApiError::new(code, message).into_response()
+    // The status and headers stay as they were (`Allow`, `Retry-After`); only the body and its
+    // type change.
+    let mut rewritten = ApiError::new(code, message).into_response();
+    *rewritten.status_mut() = status;
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rewritten.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rewritten
 }
 
 #[cfg(test)]

@@ -448,6 +448,19 @@ fn a_rejected_event_is_kept_without_its_write_key() {
     )
     .unwrap_err();
     assert!(!rejection.raw.contains("secret"), "{}", rejection.raw);
+    // Text that cannot be read as an object (a name with half a UTF-16 pair; a file line that
+    // is not JSON) is not kept when it may hold the key.
+    let unreadable = judge_batch(
+        r#"{"batch": [{"writeKey": "kith_ingest_secret", "\udead": 1, "type": "track", "userId": "u"}]}"#,
+    );
+    assert!(
+        !unreadable.rejections[0].raw.contains("secret"),
+        "{}",
+        unreadable.rejections[0].raw
+    );
+    let line =
+        judge_event(r#"{"writeKey": "kith_ingest_secret", "#, "file", received()).unwrap_err();
+    assert!(!line.raw.contains("secret"), "{}", line.raw);
 }
 
 // A time the query engine cannot work on (before 1678 or after 2261) would make every date

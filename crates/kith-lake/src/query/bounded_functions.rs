@@ -191,7 +191,8 @@ fn rows_and_copies(args: &ScalarFunctionArgs) -> (usize, u128) {
 }
 
 /// Counts, in the optimized plan (subqueries included), the calls that share the bound. It
-/// runs last in each optimizer pass, so the count is the final plan's.
+/// runs after DataFusion's own rules in each optimizer pass (only `large_constants`, which
+/// changes nothing, comes after it), so the count is the final plan's.
 #[derive(Debug)]
 struct CountBoundedCalls {
     budget: SharedBudget,

@@ -44,10 +44,12 @@ impl QueryMemory {
         pools
             .entry(limit_bytes)
             .or_insert_with(|| {
-                // What `RuntimeEnvBuilder::with_memory_limit` builds, made once and shared.
+                // What `RuntimeEnvBuilder::with_memory_limit` builds (tracking the 5 largest
+                // consumers for its messages), made once and shared.
+                let five = NonZeroUsize::MIN.saturating_add(4);
                 Arc::new(TrackConsumersPool::new(
                     GreedyMemoryPool::new(limit_bytes),
-                    NonZeroUsize::MIN.saturating_add(4),
+                    five,
                 ))
             })
             .clone()

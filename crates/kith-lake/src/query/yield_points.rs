@@ -35,7 +35,9 @@ use futures::{Stream, StreamExt};
 pub(crate) const PAST_TIME_LIMIT: &str = "the query ran past its time limit";
 
 /// Puts a [`StopAtTimeLimitExec`] above every operator of the plan; none when the time limit
-/// is too far away to be a moment.
+/// is so long that no deadline can be computed from it (`Instant` would overflow). The deadline
+/// is fixed when the session is made, a moment before the caller's own timeout starts, so the
+/// engine stops no later than the answer is given.
 #[derive(Debug)]
 pub(crate) struct StopAtTimeLimit {
     pub deadline: Option<Instant>,
