@@ -646,12 +646,7 @@ fn large_answers_are_streamed_within_the_query_memory_limit() {
         .header("Accept", "text/csv")
         .send(fits.as_bytes())
         .unwrap();
-    let text = csv
-        .body_mut()
-        .with_config()
-        .limit(100 << 20)
-        .read_to_string()
-        .unwrap();
+    let text = whole_body(&mut csv).unwrap();
     assert_eq!(text.lines().count(), 160_001);
     assert_eq!(
         text.lines().last().unwrap(),
@@ -725,12 +720,7 @@ fn a_query_crowded_out_by_an_answer_still_being_sent_is_told_to_retry() {
          in a moment"
     );
 
-    let text = unread
-        .body_mut()
-        .with_config()
-        .limit(200 << 20)
-        .read_to_string()
-        .unwrap();
+    let text = whole_body(&mut unread).unwrap();
     let answer: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(answer["rows"].as_array().unwrap().len(), 600_000);
     let (status, _, _) = post(
@@ -765,11 +755,7 @@ fn a_query_crowded_out_by_an_answer_still_being_sent_is_told_to_retry() {
         large.as_bytes(),
     );
     assert_eq!(status, 200);
-    let read = stalled
-        .body_mut()
-        .with_config()
-        .limit(200 << 20)
-        .read_to_string();
+    let read = whole_body(&mut stalled);
     assert!(read.is_err(), "the given-up answer read as whole");
 }
 
@@ -1063,12 +1049,7 @@ fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
         ),
         ("100000", "true")
     );
-    let text = csv
-        .body_mut()
-        .with_config()
-        .limit(64 << 20)
-        .read_to_string()
-        .unwrap();
+    let text = whole_body(&mut csv).unwrap();
     assert_eq!(text.lines().count(), 100_001);
     let (status, error, _) = post(
         &server.url("/v1/query"),

@@ -45,30 +45,24 @@ pub fn csv_unwritable(schema: &arrow::datatypes::Schema) -> Option<String> {
         .fields()
         .iter()
         .find(|field| field.data_type().is_nested())?;
-    Some(format!(
-        "the column `{}` holds {} values ({}), which CSV cannot hold; cast it to text \
-         (`CAST(\"{}\" AS VARCHAR)`) or ask for JSON or Arrow",
-        field.name(),
-        match field.data_type() {
-            DataType::Struct(_) => "struct",
-            DataType::Map(_, _) => "map",
-            DataType::Union(_, _) => "union",
-            _ => "list",
-        },
-        type_name(field.data_type()),
-        field.name(),
-    ))
-    .map(|why| match field.data_type() {
+    let (name, type_name) = (field.name(), type_name(field.data_type()));
+    let kind = match field.data_type() {
         // `json_get` answers a union; its text form is another function's answer.
-        DataType::Union(_, _) => format!(
-            "the column `{}` holds JSON values of several kinds ({}), which CSV cannot hold; use \
-             `json_get_json` (the value as JSON text) or `json_get_str` instead of `json_get`, \
-             or ask for JSON or Arrow",
-            field.name(),
-            type_name(field.data_type())
-        ),
-        _ => why,
-    })
+        DataType::Union(_, _) => {
+            return Some(format!(
+                "the column `{name}` holds JSON values of several kinds ({type_name}), which CSV \
+                 cannot hold; use `json_get_json` (the value as JSON text) or `json_get_str` \
+                 instead of `json_get`, or ask for JSON or Arrow"
+            ));
+        }
+        DataType::Struct(_) => "struct",
+        DataType::Map(_, _) => "map",
+        _ => "list",
+    };
+    Some(format!(
+        "the column `{name}` holds {kind} values ({type_name}), which CSV cannot hold; cast it to \
+         text (`CAST(\"{name}\" AS VARCHAR)`) or ask for JSON or Arrow"
+    ))
 }
 
 /// Rows written out in pieces of about this size, so an answer is never held twice over
@@ -281,16 +275,6 @@ pub fn to_json(result: &QueryResult) -> Result<Value, ArrowError> {
     serde_json::from_slice(&bytes).map_err(json_error)
 }
 
-/// The whole answer as CSV with a header row.
-pub fn to_csv(result: &QueryResult) -> Result<Vec<u8>, ArrowError> {
-    Rendering::new(result.uncounted(), Encoding::Csv).into_bytes()
-}
-
-/// The whole answer as an Arrow IPC stream.
-pub fn to_arrow_ipc(result: &QueryResult) -> Result<Vec<u8>, ArrowError> {
-    Rendering::new(result.uncounted(), Encoding::ArrowIpc).into_bytes()
-}
-
 fn float(v: f64) -> Value {
     Number::from_f64(v)
         .map(Value::Number)
@@ -400,6 +384,14 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn to_csv(result: &QueryResult) -> Result<Vec<u8>, ArrowError> {
+        Rendering::new(result.uncounted(), Encoding::Csv).into_bytes()
+    }
+
+    fn to_arrow_ipc(result: &QueryResult) -> Result<Vec<u8>, ArrowError> {
+        Rendering::new(result.uncounted(), Encoding::ArrowIpc).into_bytes()
+    }
 
     /// Two batches of `rows` rows each: a number, a 1,000-byte text (null every tenth row) and
     /// a float that is NaN on the first row.

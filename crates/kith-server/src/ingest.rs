@@ -52,14 +52,22 @@ pub struct EventError {
     pub message_id: Option<String>,
 }
 
-/// Reads the body, undoing gzip, never holding more than the request limit.
-pub(crate) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
+/// What a body over the size limit is told when it carries events.
+pub(crate) const SEND_SMALLER_BATCHES: &str = "send events in more, smaller batches";
+
+/// Reads the body, undoing gzip, never holding more than the request limit; a body over it is
+/// told `advice` (what to send instead, in the endpoint's terms).
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    advice: &str,
+) -> Result<Vec<u8>, ApiError> {
     let too_large = || {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
             format!(
                 "the body is over {MAX_REQUEST_BYTES} bytes, the most one request may carry; \
-                 send events in more, smaller batches"
+                 {advice}"
             ),
         )
     };
@@ -119,20 +127,7 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
     body: Body,
     shape: &str,
 ) -> Result<T, ApiError> {
-    let bytes = read_body(headers, body).await.map_err(|e| {
-        // The advice in `read_body`'s message is for events; a request here is one document.
-        if e.code == ErrorCode::PayloadTooLarge {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "the body is over {MAX_REQUEST_BYTES} bytes, the most one request may carry; \
-                     send {shape} within it"
-                ),
-            )
-        } else {
-            e
-        }
-    })?;
+    let bytes = read_body(headers, body, &format!("send {shape} within it")).await?;
     serde_json::from_slice(&bytes).map_err(|e| {
         let code = if e.is_data() {
             ErrorCode::InvalidBody
@@ -206,7 +201,7 @@ pub(crate) async fn receive_batch(
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
     let submitted = {
-        let bytes = read_body(caller.headers, body).await?;
+        let bytes = read_body(caller.headers, body, SEND_SMALLER_BATCHES).await?;
         let request = batch_request(&bytes)?;
         submit(app, caller, request)?
     };
@@ -266,7 +261,7 @@ pub async fn single(
         return Err(unknown_call(&call));
     };
     let submitted = {
-        let bytes = read_body(&headers, body).await?;
+        let bytes = read_body(&headers, body, SEND_SMALLER_BATCHES).await?;
         let text = body_text(&bytes)?;
         let request = parse_single_request(text, kind).map_err(request_error)?;
         submit(&app, &Caller::new(&headers, peer), request)?

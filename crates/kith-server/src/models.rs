@@ -299,7 +299,7 @@ pub async fn fit(
     app.keys
         .authorize(key_from_headers(&headers)?.as_deref(), KeyScope::Admin)?;
     let name = known_model(&name)?;
-    let bytes = read_body(&headers, body).await?;
+    let bytes = read_body(&headers, body, crate::ingest::SEND_SMALLER_BATCHES).await?;
     let as_sent: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {

@@ -167,7 +167,7 @@ pub async fn noop_batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let bytes = read_body(&headers, body).await?;
+    let bytes = read_body(&headers, body, crate::ingest::SEND_SMALLER_BATCHES).await?;
     let request = ingest::batch_request(&bytes)?;
     let (_, outcome) = ingest::judge(&app, &headers, None, &request)?;
     // Encode for the journal like the real path does; the journal, the conversion to Arrow and

@@ -202,6 +202,16 @@ pub fn metric(base: &str, series: &str) -> Option<f64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
+/// A response's whole body as text. ureq stops at 10 MB by default; some answers tests ask
+/// for are larger (up to 200 MiB here).
+pub fn whole_body(response: &mut ureq::http::Response<ureq::Body>) -> Result<String, ureq::Error> {
+    response
+        .body_mut()
+        .with_config()
+        .limit(200 << 20)
+        .read_to_string()
+}
+
 /// POSTs a body; returns the status and the body parsed as JSON (Null when it is not JSON).
 pub fn post(
     url: &str,
@@ -215,13 +225,7 @@ pub fn post(
     let mut response = request.send(body).expect("request completes");
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    // ureq stops at 10 MB by default; some answers tests ask for are larger.
-    let text = response
-        .body_mut()
-        .with_config()
-        .limit(64 << 20)
-        .read_to_string()
-        .unwrap_or_default();
+    let text = whole_body(&mut response).unwrap_or_default();
     (
         status,
         serde_json::from_str(&text).unwrap_or(Value::Null),
