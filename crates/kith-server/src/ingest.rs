@@ -79,9 +79,7 @@ pub(crate) async fn read_body(
         // Takes over the collected buffer when nothing else holds it, instead of copying it.
         return Ok(Vec::from(raw));
     }
-    let mut decoded = Vec::new();
-    let mut limited = flate2::read::GzDecoder::new(&raw[..]).take(MAX_REQUEST_BYTES as u64 + 1);
-    limited.read_to_end(&mut decoded).map_err(|e| {
+    let decoded = gunzip(&raw, MAX_REQUEST_BYTES).map_err(|e| {
         ApiError::new(
             ErrorCode::InvalidGzip,
             format!(
@@ -89,10 +87,18 @@ pub(crate) async fn read_body(
             ),
         )
     })?;
-    if decoded.len() > MAX_REQUEST_BYTES {
-        return Err(too_large());
-    }
-    Ok(decoded)
+    decoded.ok_or_else(too_large)
+}
+
+/// Decompresses a gzip body of one or more members (RFC 1952 allows several, one after
+/// another), up to `limit` bytes: `None` when it holds more. Anything after the last member
+/// that is not another member is an error, so a damaged or spliced body is never half-read.
+fn gunzip(raw: &[u8], limit: usize) -> std::io::Result<Option<Vec<u8>>> {
+    let mut decoded = Vec::new();
+    flate2::read::MultiGzDecoder::new(raw)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut decoded)?;
+    Ok((decoded.len() <= limit).then_some(decoded))
 }
 
 /// Whether the body is gzip-compressed, from its `Content-Encoding`: none or `identity` means
@@ -505,4 +511,47 @@ pub async fn settings(
         "legacyVideoPluginsEnabled": false,
         "remotePlugins": []
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::gunzip;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn every_member_of_a_gzip_body_is_read() {
+        let mut body = gzip(b"{\"batch\": ");
+        body.extend(gzip(b"[]}"));
+        assert_eq!(
+            gunzip(&body, 1000).unwrap().as_deref(),
+            Some(&b"{\"batch\": []}"[..])
+        );
+    }
+
+    #[test]
+    fn bytes_after_the_last_member_make_the_body_unreadable() {
+        let mut body = gzip(b"{\"batch\": []}");
+        body.extend_from_slice(b"trailing bytes that are not gzip");
+        assert!(gunzip(&body, 1000).is_err());
+    }
+
+    #[test]
+    fn a_truncated_member_is_unreadable() {
+        let body = gzip(b"{\"batch\": []}");
+        assert!(gunzip(&body[..body.len() - 4], 1000).is_err());
+    }
+
+    #[test]
+    fn a_body_that_decompresses_past_the_limit_is_too_large() {
+        let body = gzip(&[b' '; 2000]);
+        assert_eq!(gunzip(&body, 1999).unwrap(), None);
+        assert_eq!(gunzip(&body, 2000).unwrap().map(|d| d.len()), Some(2000));
+    }
 }
