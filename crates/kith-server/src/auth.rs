@@ -28,7 +28,8 @@ pub struct KeyResolver {
 /// is there but cannot be read is an error that says what is wrong with it (never what it
 /// holds: it may be a secret).
 pub fn key_from_headers(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
     let unreadable = |why: &str| {
@@ -41,6 +42,11 @@ pub fn key_from_headers(headers: &HeaderMap) -> Result<Option<String>, ApiError>
             ),
         ))
     };
+    if values.next().is_some() {
+        // Which one a proxy or server would pick differs; guessing could file events under
+        // another source.
+        return unreadable("it is sent more than once; send one");
+    }
     let Ok(value) = value.to_str() else {
         return unreadable("it is not plain ASCII text");
     };
@@ -72,16 +78,23 @@ pub fn key_from_headers(headers: &HeaderMap) -> Result<Option<String>, ApiError>
     unreadable("its scheme is neither Basic nor Bearer")
 }
 
-/// The key in the `Authorization` header, else the one `elsewhere` finds (the URL's query, the
-/// body). A header that cannot be read is reported only when no other place holds a key.
+/// The key in the `Authorization` header or the one `elsewhere` finds (the URL's query, the
+/// body). A header that cannot be read is reported only when no other place holds a key; a
+/// header and another place naming different keys is an error, since either guess could file
+/// the events under a source the sender did not mean.
 pub fn key_from_headers_or(
     headers: &HeaderMap,
     elsewhere: impl FnOnce() -> Option<String>,
 ) -> Result<Option<String>, ApiError> {
-    match key_from_headers(headers) {
-        Ok(Some(key)) => Ok(Some(key)),
-        Ok(None) => Ok(elsewhere()),
-        Err(unreadable) => elsewhere().map(Some).ok_or(unreadable),
+    match (key_from_headers(headers), elsewhere()) {
+        (Ok(Some(header_key)), Some(other)) if header_key != other => Err(ApiError::new(
+            ErrorCode::InvalidApiKey,
+            "the Authorization header and the request's `writeKey` (in the body or the URL) \
+             name different keys; send the write key in one place, or the same key in both",
+        )),
+        (Ok(Some(key)), _) => Ok(Some(key)),
+        (Ok(None), other) => Ok(other),
+        (Err(unreadable), other) => other.map(Some).ok_or(unreadable),
     }
 }
 
@@ -222,17 +235,29 @@ mod tests {
             header::AUTHORIZATION,
             HeaderValue::from_bytes(b"Bearer \xff").unwrap(),
         );
+        let mut twice = headers("Basic d2s6");
+        twice.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic d2s6"),
+        );
+        let message = key_from_headers(&twice).unwrap_err().message;
+        assert!(message.contains("sent more than once"), "{message}");
         let err = key_from_headers(&not_ascii).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidApiKey);
         assert!(err.message.contains("not plain ASCII"), "{}", err.message);
     }
 
     #[test]
-    fn an_unreadable_header_matters_only_when_no_other_place_holds_a_key() {
+    fn a_header_key_and_a_body_key_must_agree_and_an_unreadable_header_is_a_fallback() {
         let either = |value: &str, body: Option<&str>| {
             key_from_headers_or(&headers(value), || body.map(str::to_string)).map_err(|e| e.code)
         };
-        assert_eq!(either("Basic d2s6", Some("body")), Ok(Some("wk".into())));
+        assert_eq!(either("Basic d2s6", Some("wk")), Ok(Some("wk".into())));
+        assert_eq!(either("Basic d2s6", None), Ok(Some("wk".into())));
+        assert_eq!(
+            either("Basic d2s6", Some("body")),
+            Err(ErrorCode::InvalidApiKey)
+        );
         assert_eq!(either("Basic !!!", Some("body")), Ok(Some("body".into())));
         assert_eq!(either("Basic !!!", None), Err(ErrorCode::InvalidApiKey));
         assert_eq!(

@@ -134,7 +134,7 @@ impl ErrorCode {
                 "invalid_api_key",
                 S::UNAUTHORIZED,
                 "auth",
-                "the key is not known to this Kith",
+                "the key is not known to this Kith, the `Authorization` header cannot be read (or is sent more than once), or it names a different key than the request's `writeKey`",
             ),
             RevokedApiKey => (
                 "revoked_api_key",
