@@ -385,6 +385,24 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
         (status, body["code"].clone()),
         (401, json!("missing_api_key"))
     );
+    // A header and a body naming different keys: neither is guessed, and nothing is stored.
+    let disagreeing = json!({"writeKey": "kith_ingest_other", "userId": "u", "event": "Disagreed"});
+    let (status, body) = post_json(
+        &server.url("/v1/track"),
+        &[("Authorization", &basic(&server.write_key))],
+        &disagreeing.to_string(),
+    );
+    assert_eq!(
+        (status, body["code"].clone()),
+        (401, json!("invalid_api_key")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("name different keys")),
+        "{body}"
+    );
     let (status, body) = post_json(
         &server.url("/v1/track"),
         &[("Authorization", &basic(&server.read_key))],
@@ -498,6 +516,35 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
         "the event was rejected: a track call needs a non-empty `event` name"
     );
     assert_eq!(body["errors"][0]["code"], "missing_event");
+
+    // Admin imports arrive in the stored shape; what the parser would refuse is refused there
+    // too, by event and field, and none of the request is stored.
+    let admin_key = create_key(&server.data_dir, "admin", None);
+    let stored_shape = |message_id: &str, timestamp_micros: i64| {
+        json!({"message_id": message_id, "kind": "track", "event": "Imported", "user_id": "u",
+               "anonymous_id": null, "group_id": null, "previous_id": null, "source": "crm",
+               "timestamp": timestamp_micros, "original_timestamp": null, "sent_at": null,
+               "received_at": 1_714_564_800_000_000i64, "properties": null, "context": null,
+               "traits": null, "integrations": null, "extra": null, "typed": {}})
+    };
+    let year_one_micros = -62_135_596_800_000_000i64;
+    let (status, body) = post_json(
+        &server.url("/v1/imports"),
+        &[("Authorization", &format!("Bearer {admin_key}"))],
+        &json!({"events": [stored_shape("imp-ok", 1_714_564_800_000_000), stored_shape("imp-year-one", year_one_micros)]})
+            .to_string(),
+    );
+    assert_eq!(
+        (status, body["code"].clone()),
+        (400, json!("invalid_body")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.starts_with(
+            "events[1] (message_id `imp-year-one`) cannot be stored: `timestamp` (0001-01-01"
+        )),
+        "{body}"
+    );
 
     let stored: Vec<String> = server
         .rows("SELECT message_id FROM events ORDER BY message_id")

@@ -96,6 +96,55 @@ impl Event {
         xxhash_rust::xxh3::xxh3_128(self.message_id.as_bytes())
     }
 
+    /// What is wrong with an event built outside the parser (imports arrive in this stored
+    /// shape) that the parser would have refused, named by its field; `None` when it may be
+    /// stored. Times out of range would make whole-table time functions fail; text that is
+    /// not a JSON object would make the JSON columns lie.
+    pub fn unstorable(&self) -> Option<String> {
+        let id_chars = self.message_id.chars().count();
+        if id_chars == 0 || id_chars >= crate::limits::MAX_MESSAGE_ID_CHARS {
+            return Some(format!(
+                "`message_id` must have 1 to {} characters; it has {id_chars}",
+                crate::limits::MAX_MESSAGE_ID_CHARS - 1
+            ));
+        }
+        if self.source.is_empty() {
+            return Some("`source` is empty".into());
+        }
+        if self.kind == MessageType::Track && self.event.as_deref().is_none_or(str::is_empty) {
+            return Some("a track event needs `event`, its name".into());
+        }
+        let times = [
+            ("timestamp", Some(self.timestamp)),
+            ("original_timestamp", self.original_timestamp),
+            ("sent_at", self.sent_at),
+            ("received_at", Some(self.received_at)),
+        ];
+        for (field, time) in times {
+            if let Some(time) = time.filter(|t| !crate::time::is_storable(*t)) {
+                return Some(format!(
+                    "`{field}` ({}) is outside the years 1678–2261, the times Kith stores",
+                    time.to_rfc3339()
+                ));
+            }
+        }
+        let texts = [
+            ("properties", &self.properties),
+            ("context", &self.context),
+            ("traits", &self.traits),
+            ("integrations", &self.integrations),
+            ("extra", &self.extra),
+        ];
+        for (field, text) in texts {
+            if let Some(text) = text
+                && serde_json::from_str::<Map<String, Value>>(text).is_err()
+            {
+                return Some(format!("`{field}` is not the text of a JSON object"));
+            }
+        }
+        None
+    }
+
     /// A JSON column parsed back into a map (for callers that need more than the typed fields).
     pub fn json_object(text: &Option<String>) -> Option<Map<String, Value>> {
         text.as_deref()

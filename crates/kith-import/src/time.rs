@@ -21,6 +21,10 @@ pub enum TimeError {
     Nonexistent { value: String, zone: String },
     #[error("`{0}` is not a time zone; use an IANA name such as America/Mexico_City, or UTC")]
     UnknownZone(String),
+    #[error(
+        "`{0}` is outside the years 1678–2261, the times Kith stores (it is usually a default value such as 0001-01-01, or a Unix time in another unit); correct it, or leave the cell empty"
+    )]
+    OutOfRange(String),
 }
 
 /// How times in a file are read.
@@ -55,8 +59,18 @@ impl TimeParser {
         self.zone
     }
 
+    /// Reads one time; a time outside what the event tables can hold (see
+    /// [`kith_core::time::is_storable`]) is an error, as over HTTP.
     pub fn parse(&self, raw: &str) -> Result<DateTime<Utc>, TimeError> {
-        let value = raw.trim();
+        let time = self.read(raw.trim())?;
+        if kith_core::time::is_storable(time) {
+            Ok(time)
+        } else {
+            Err(TimeError::OutOfRange(raw.trim().to_string()))
+        }
+    }
+
+    fn read(&self, value: &str) -> Result<DateTime<Utc>, TimeError> {
         if let Some(format) = &self.format {
             return self.parse_with(value, format);
         }
@@ -188,6 +202,33 @@ mod tests {
         assert_eq!(
             cdnow.parse("19970101").unwrap(),
             utc("1997-01-01T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn times_the_event_tables_cannot_hold_are_refused() {
+        let default = TimeParser::default();
+        for value in [
+            "0001-01-01",
+            "0001-01-01T00:00:00Z",
+            "2262-05-01",
+            "99999999999",
+        ] {
+            assert_eq!(
+                default.parse(value),
+                Err(TimeError::OutOfRange(value.into())),
+                "{value}"
+            );
+        }
+        assert_eq!(
+            TimeParser::new(Some("%d/%m/%Y".into()), None)
+                .unwrap()
+                .parse(" 01/01/1600 "),
+            Err(TimeError::OutOfRange("01/01/1600".into()))
+        );
+        assert_eq!(
+            default.parse("1678-01-01").unwrap(),
+            utc("1678-01-01T00:00:00Z")
         );
     }
 

@@ -56,6 +56,22 @@ pub async fn import_batch(
             ),
         ));
     }
+    // `kith import` builds events the parser's rules allow; another client could send any.
+    if let Some((index, event, problem)) = batch
+        .events
+        .iter()
+        .enumerate()
+        .find_map(|(i, e)| e.unstorable().map(|problem| (i, e, problem)))
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            format!(
+                "events[{index}] (message_id `{}`) cannot be stored: {problem}; nothing in this \
+                 request was stored",
+                event.message_id.chars().take(100).collect::<String>()
+            ),
+        ));
+    }
     check_backpressure(&app)?;
     let tally = Arc::new(ChangeTally::default());
     let written = app

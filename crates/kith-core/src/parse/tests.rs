@@ -568,3 +568,40 @@ fn a_lone_surrogate_in_an_id_is_named_as_such() {
         rejection.message
     );
 }
+
+#[test]
+fn what_the_parser_accepts_is_storable_and_an_event_built_elsewhere_is_checked_by_field() {
+    let outcome = judge_batch(
+        &json!({"batch": [{"type": "track", "event": "Paid", "userId": "u1", "messageId": "m1",
+            "properties": {"revenue": 3}, "context": {"ip": "1.2.3.4"}, "custom": 1}]})
+        .to_string(),
+    );
+    let [event] = &outcome.events[..] else {
+        panic!("one event expected: {outcome:?}")
+    };
+    assert_eq!(event.unstorable(), None);
+    let problem = |change: &dyn Fn(&mut Event)| {
+        let mut changed = event.clone();
+        change(&mut changed);
+        changed.unstorable().unwrap_or_default()
+    };
+    let year_one = Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0).unwrap();
+    assert!(problem(&|e| e.timestamp = year_one).starts_with("`timestamp` (0001-01-01"));
+    assert!(problem(&|e| e.sent_at = Some(year_one)).starts_with("`sent_at`"));
+    assert!(problem(&|e| e.received_at = year_one).starts_with("`received_at`"));
+    assert_eq!(
+        problem(&|e| e.properties = Some("[1]".into())),
+        "`properties` is not the text of a JSON object"
+    );
+    assert_eq!(
+        problem(&|e| e.extra = Some("{".into())),
+        "`extra` is not the text of a JSON object"
+    );
+    assert!(problem(&|e| e.message_id.clear()).starts_with("`message_id` must have 1 to 99"));
+    assert!(problem(&|e| e.message_id = "x".repeat(100)).ends_with("it has 100"));
+    assert_eq!(
+        problem(&|e| e.event = None),
+        "a track event needs `event`, its name"
+    );
+    assert_eq!(problem(&|e| e.source.clear()), "`source` is empty");
+}
