@@ -8,7 +8,7 @@ use arrow::datatypes::SchemaRef;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
-use datafusion::execution::memory_pool::MemoryReservation;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
@@ -48,6 +48,20 @@ pub enum QueryError {
         .0 >> 20
     )]
     AnswerTooLarge(usize),
+    /// The tables built for the query (the profile tables) do not fit in the memory queries
+    /// may use, even alone.
+    #[error(
+        "the table `{table}` (with the tables before it, {} MiB) is larger than the {} MiB of \
+         memory that the queries running at once may use together; raise `[query] memory_mb` \
+         in kith.toml, or try again when other queries have finished",
+        .bytes >> 20,
+        .limit >> 20
+    )]
+    TablesTooLarge {
+        table: String,
+        bytes: usize,
+        limit: usize,
+    },
     /// The query would have had the memory it needs, but other queries running now hold it.
     #[error(
         "the queries running now hold the memory this one needs (they share {} MiB); try again \
@@ -383,6 +397,39 @@ pub struct ExtraTable {
     pub batches: Vec<RecordBatch>,
 }
 
+/// Registers tables built for one query (the profile tables), counting what they hold in
+/// the queries' shared memory for as long as the returned reservation lives: built per query,
+/// at a million profiles they take hundreds of MB, and several queries at once must not
+/// take more than the limit between them.
+fn register_extra_tables(
+    ctx: &SessionContext,
+    extra: Vec<ExtraTable>,
+    limits: &QueryLimits,
+) -> Result<MemoryReservation, QueryError> {
+    let pool = ctx.runtime_env().memory_pool.clone();
+    let held = MemoryConsumer::new("tables built for the query").register(&pool);
+    for table in extra {
+        let bytes = table
+            .batches
+            .iter()
+            .map(memory::held_bytes)
+            .fold(0usize, usize::saturating_add);
+        if held.try_grow(bytes).is_err() {
+            let too_large = QueryError::TablesTooLarge {
+                table: table.name,
+                bytes: held.size().saturating_add(bytes),
+                limit: limits.memory_bytes,
+            };
+            return Err(memory::crowded_out(too_large, &pool));
+        }
+        let provider = MemTable::try_new(table.schema, vec![table.batches])
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        ctx.register_table(table.name.as_str(), Arc::new(provider))
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+    }
+    Ok(held)
+}
+
 pub(crate) async fn run(
     lake: &Lake,
     sql: &str,
@@ -391,12 +438,7 @@ pub(crate) async fn run(
 ) -> Result<QueryResult, QueryError> {
     let started = std::time::Instant::now();
     let ctx = session(lake, limits).await?;
-    for table in extra {
-        let provider = MemTable::try_new(table.schema, vec![table.batches])
-            .map_err(|e| QueryError::Internal(e.to_string()))?;
-        ctx.register_table(table.name.as_str(), Arc::new(provider))
-            .map_err(|e| QueryError::Internal(e.to_string()))?;
-    }
+    let tables_held = register_extra_tables(&ctx, extra, limits)?;
     // The work runs as its own task: when the time is up the caller answers at once, and the
     // task is aborted at its next yield point instead of holding the caller hostage.
     let sql = sql.to_string();
@@ -420,6 +462,9 @@ pub(crate) async fn run(
         };
         let pool = ctx.runtime_env().memory_pool.clone();
         let (batches, memory) = memory::collect_counted(frame, &pool, limits).await?;
+        // The tables stay counted while the query works; an answer taken from them is
+        // counted on its own from here on.
+        drop(tables_held);
         Ok::<_, QueryError>((schema, batches, memory))
     });
     let abort = work.abort_handle();
@@ -465,12 +510,7 @@ pub(crate) async fn stream(
 ) -> Result<(), QueryError> {
     use futures::StreamExt;
     let ctx = session(lake, limits).await?;
-    for table in extra {
-        let provider = MemTable::try_new(table.schema, vec![table.batches])
-            .map_err(|e| QueryError::Internal(e.to_string()))?;
-        ctx.register_table(table.name.as_str(), Arc::new(provider))
-            .map_err(|e| QueryError::Internal(e.to_string()))?;
-    }
+    let _tables_held = register_extra_tables(&ctx, extra, limits)?;
     let work = async {
         let frame = read_query(&ctx, sql, limits).await?;
         let mut batches = frame

@@ -337,6 +337,77 @@ async fn answers_count_in_the_memory_the_queries_running_at_once_share() {
     );
 }
 
+// Tables built for one query (the profile tables) are memory too: counted in the shared limit
+// while the query works, refused when they cannot fit even alone, and told to come back when
+// other queries hold what they need.
+#[tokio::test]
+async fn tables_built_for_a_query_count_in_the_shared_memory() {
+    use arrow::array::{ArrayRef, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    let limits = QueryLimits {
+        memory_bytes: 16 << 20,
+        max_rows: 1_000_000,
+        ..QueryLimits::default()
+    };
+    let table_of = |rows: usize| {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, false)]));
+        let column: ArrayRef = Arc::new(StringArray::from(vec!["y".repeat(60); rows]));
+        ExtraTable {
+            name: "profiles".into(),
+            schema: schema.clone(),
+            batches: vec![RecordBatch::try_new(schema, vec![column]).unwrap()],
+        }
+    };
+    let count = "SELECT count(*) AS n FROM profiles";
+    // About 10 MB: fits alone, and is given back when the query ends.
+    let answer = lake
+        .query_with(count, &limits, vec![table_of(160_000)])
+        .await
+        .unwrap();
+    assert_eq!(answer.num_rows(), 1);
+    let again = lake
+        .query_with(count, &limits, vec![table_of(160_000)])
+        .await;
+    assert!(again.is_ok(), "the first query's table was not given back");
+
+    // About 19 MB: more than the whole limit.
+    let Err(err @ QueryError::TablesTooLarge { .. }) = lake
+        .query_with(count, &limits, vec![table_of(300_000)])
+        .await
+    else {
+        panic!("a table larger than the limit was queried");
+    };
+    let message = err.to_string();
+    assert!(
+        message.starts_with(
+            "the table `profiles` (with the tables before it, 18 MiB) is larger than the 16 MiB"
+        ) && message.contains("[query] memory_mb"),
+        "{message}"
+    );
+
+    // Beside an answer still held, a table that would fit alone is told to come back.
+    let held = lake
+        .query(
+            "SELECT repeat('x', 60) AS r FROM generate_series(1, 160000)",
+            &limits,
+        )
+        .await
+        .unwrap();
+    let Err(QueryError::Crowded(_)) = lake
+        .query_with(count, &limits, vec![table_of(160_000)])
+        .await
+    else {
+        panic!("a table fitted beside an answer that holds most of the limit");
+    };
+    drop(held);
+    lake.query_with(count, &limits, vec![table_of(160_000)])
+        .await
+        .unwrap();
+}
+
 // DataFusion does not count what a scalar function allocates against the memory limit, and it
 // folds constant calls while planning, where the time limit cannot stop it: each function whose
 // result can dwarf its arguments is refused before it runs once the result could pass an eighth

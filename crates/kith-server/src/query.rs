@@ -148,7 +148,9 @@ pub(crate) fn query_error(err: QueryError) -> ApiError {
     match err {
         QueryError::Invalid(message) => ApiError::new(ErrorCode::InvalidSql, message),
         QueryError::Timeout(_) => ApiError::new(ErrorCode::QueryTimeout, err.to_string()),
-        QueryError::OutOfMemory(_) | QueryError::AnswerTooLarge(_) => {
+        QueryError::OutOfMemory(_)
+        | QueryError::AnswerTooLarge(_)
+        | QueryError::TablesTooLarge { .. } => {
             ApiError::new(ErrorCode::QueryMemoryExceeded, err.to_string())
         }
         QueryError::Crowded(_) => ApiError::new(ErrorCode::Overloaded, err.to_string()),

@@ -90,7 +90,11 @@ pub(crate) fn crowded_out(err: QueryError, pool: &Arc<dyn MemoryPool>) -> QueryE
         .downcast_ref::<QueryShare>()
         .is_some_and(QueryShare::crowded_out);
     match err {
-        QueryError::OutOfMemory(limit) | QueryError::AnswerTooLarge(limit) if crowded => {
+        QueryError::OutOfMemory(limit)
+        | QueryError::AnswerTooLarge(limit)
+        | QueryError::TablesTooLarge { limit, .. }
+            if crowded =>
+        {
             QueryError::Crowded(limit)
         }
         other => other,
