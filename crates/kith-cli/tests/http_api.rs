@@ -545,6 +545,20 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
         )),
         "{body}"
     );
+    let (status, body) = post_json(
+        &server.url("/v1/models/clv/fit"),
+        &[("Authorization", &format!("Bearer {admin_key}"))],
+        &json!({"horizon_days": 30, "padding": "x".repeat(600 * 1024)}).to_string(),
+    );
+    assert_eq!(
+        (status, body["message"].clone()),
+        (
+            400,
+            json!(
+                "the body is over 512000 bytes, the most one request may carry; a clv definition is a small JSON object (docs/models.md)"
+            )
+        )
+    );
 
     let stored: Vec<String> = server
         .rows("SELECT message_id FROM events ORDER BY message_id")

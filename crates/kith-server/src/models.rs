@@ -299,7 +299,8 @@ pub async fn fit(
     app.keys
         .authorize(key_from_headers(&headers)?.as_deref(), KeyScope::Admin)?;
     let name = known_model(&name)?;
-    let bytes = read_body(&headers, body, crate::ingest::SEND_SMALLER_BATCHES).await?;
+    let advice = format!("a {name} definition is a small JSON object (docs/models.md)");
+    let bytes = read_body(&headers, body, &advice).await?;
     let as_sent: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
