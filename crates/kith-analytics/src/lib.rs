@@ -249,9 +249,19 @@ pub fn parse_definition<T: serde::de::DeserializeOwned>(
                 _ => None,
             }
         });
-        match culprit {
-            Some((field, message)) => AnalyticsError::invalid(&field, message),
-            None => AnalyticsError::invalid("definition", whole.to_string()),
+        let whole = whole.to_string();
+        // serde says "missing field `steps`"; the field is what the message should name.
+        let missing = whole
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(name, _)| name.to_string());
+        match (culprit, missing) {
+            (Some((field, message)), _) => AnalyticsError::invalid(&field, message),
+            (None, Some(field)) => AnalyticsError::invalid(
+                &field,
+                format!("is required: a `{kind}` definition must give it"),
+            ),
+            (None, None) => AnalyticsError::invalid("definition", whole),
         }
     })
 }
@@ -336,9 +346,13 @@ mod definition_tests {
         let error = Analysis::parse("trends", &json!({"interval": 7})).unwrap_err();
         assert_eq!(error.field(), Some("interval"));
         let error = Analysis::parse("funnel", &json!({"window": "7d"})).unwrap_err();
-        assert!(
-            error.to_string().contains("missing field `steps`"),
-            "{error}"
+        assert_eq!(
+            error.to_string(),
+            "`steps` is required: a `funnel` definition must give it"
+        );
+        assert_eq!(
+            Analysis::parse("funnel", &json!({})).unwrap_err().field(),
+            Some("steps")
         );
         let error = Analysis::parse("journeys", &json!({})).unwrap_err();
         assert_eq!(error.field(), Some("analysis"));
