@@ -646,6 +646,31 @@ fn clock_skew_is_corrected_and_received_at_is_the_servers() {
         parse(&row["original_timestamp"]).timestamp(),
         happened.timestamp()
     );
+
+    // Browser and server SDKs send the call's time as `timestamp`, not `originalTimestamp`:
+    // Segment corrects it just the same (analytics.js's one-letter path, text/plain).
+    let browser = json!({"writeKey": server.write_key, "anonymousId": "a", "event": "Clicked",
+        "messageId": "skew-browser", "timestamp": happened.to_rfc3339(),
+        "sentAt": device_now.to_rfc3339()});
+    let (status, response, _) = post(
+        &server.url("/v1/t"),
+        &[("Content-Type", "text/plain")],
+        browser.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{response}");
+    let row = &server.rows(
+        "SELECT timestamp, received_at, original_timestamp FROM events \
+         WHERE message_id = 'skew-browser'",
+    )[0];
+    assert_eq!(
+        (parse(&row["received_at"]) - parse(&row["timestamp"])).num_seconds(),
+        600,
+        "timestamp = receivedAt - (sentAt - timestamp as sent)"
+    );
+    assert_eq!(
+        parse(&row["original_timestamp"]).timestamp(),
+        happened.timestamp()
+    );
 }
 
 #[test]

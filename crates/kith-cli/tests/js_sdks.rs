@@ -228,7 +228,7 @@ fn both_node_sdks_deliver_every_call() {
     assert_eq!(sent["errors"], json!([]), "the SDKs reported errors");
 
     let rows = server.rows(&format!(
-        "SELECT {COLUMNS}, previous_id, group_id, timestamp, json_get_int(properties, 'step') AS step \
+        "SELECT {COLUMNS}, previous_id, group_id, timestamp, original_timestamp, json_get_int(properties, 'step') AS step \
          FROM events ORDER BY message_id"
     ));
     assert_eq!(rows.len(), 12, "{rows:#?}");
@@ -274,7 +274,15 @@ fn both_node_sdks_deliver_every_call() {
             (&track["event"], &track["revenue"], &track["currency"]),
             (&json!("Order Completed"), &json!(revenue), &json!("MXN"))
         );
-        assert_eq!(track["timestamp"], "2024-03-01T16:00:00Z");
+        if prefix == "node-" {
+            // Segment's SDK sends the time given as `timestamp`, with `sentAt`: Segment's rule
+            // takes it as the device's time and corrects it.
+            assert_sdk_time_corrected(track, "2024-03-01T16:00:00Z");
+        } else {
+            // RudderStack's sends it beside its own `originalTimestamp`: it stands as given.
+            assert_eq!(track["timestamp"], "2024-03-01T16:00:00Z");
+            assert_ne!(track["original_timestamp"], track["timestamp"]);
+        }
         let page = row("page");
         assert_eq!(
             (&page["event"], &page["category"], &page["page_url"]),

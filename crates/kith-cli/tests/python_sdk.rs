@@ -49,8 +49,7 @@ fn the_python_sdk_delivers_every_call_and_other_engines_read_the_tables() {
         assert_eq!(track["revenue"], 349.5);
         assert_eq!(track["currency"], "MXN");
         assert_eq!(track["order_id"], "o-1");
-        assert_eq!(track["timestamp"], "2024-03-01T16:00:00Z");
-        assert_eq!(track["original_timestamp"], "2024-03-01T16:00:00Z");
+        assert_sdk_time_corrected(&track, "2024-03-01T16:00:00Z");
 
         let page = row(&format!("py-page{suffix}"));
         assert_eq!(page["type"], "page");

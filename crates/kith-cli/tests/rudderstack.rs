@@ -20,7 +20,7 @@ fn the_rudderstack_python_sdk_delivers_every_call_plain_and_gzipped() {
 
     let rows = server.rows(
         "SELECT message_id, type, event, user_id, anonymous_id, group_id, previous_id, source, \
-         revenue, currency, email, page_url, timestamp, library_name, \
+         revenue, currency, email, page_url, timestamp, original_timestamp, library_name, \
          json_get_str(extra, 'channel') AS channel, json_get_str(extra, 'category') AS category, \
          json_get_int(properties, 'step') AS step, \
          json_get_str(context, 'traits', 'plan') AS context_plan, \
@@ -58,7 +58,7 @@ fn the_rudderstack_python_sdk_delivers_every_call_plain_and_gzipped() {
         assert_eq!(track["event"], "Order Completed");
         assert_eq!(track["revenue"], 349.5);
         assert_eq!(track["currency"], "MXN");
-        assert_eq!(track["timestamp"], "2024-03-01T16:00:00Z");
+        assert_sdk_time_corrected(&track, "2024-03-01T16:00:00Z");
 
         let page = row(&format!("rs-page{suffix}"));
         assert_eq!(

@@ -55,6 +55,9 @@ pub struct RawRequest<'a> {
     batch_context: Option<Map<String, Value>>,
     batch_integrations: Option<Map<String, Value>>,
     batch_sent_at: Option<String>,
+    /// Events of a file, read long after a server received them: their device clocks are
+    /// corrected against the `receivedAt` each recorded, never against the time of reading.
+    from_file: bool,
 }
 
 /// The outcome of judging every event in a request.
@@ -189,6 +192,7 @@ pub fn parse_batch_request(body: &str) -> Result<RawRequest<'_>, RequestError> {
         batch_context: batch_object("context", envelope.context)?,
         batch_integrations: batch_object("integrations", envelope.integrations)?,
         batch_sent_at: batch_sent_at(envelope.sent_at.as_ref())?,
+        from_file: false,
     })
 }
 
@@ -244,6 +248,7 @@ pub fn parse_single_request(
         batch_context: None,
         batch_integrations: None,
         batch_sent_at: None,
+        from_file: false,
     })
 }
 
@@ -277,6 +282,7 @@ pub fn judge_event(
         batch_context: None,
         batch_integrations: None,
         batch_sent_at: None,
+        from_file: true,
     };
     let mut judged = request.normalize(source, received_at);
     match (judged.events.pop(), judged.rejections.pop()) {
@@ -379,7 +385,14 @@ impl RawRequest<'_> {
             }
         };
         item.remove("writeKey");
-        item.remove("receivedAt");
+        // When a server received the request: here, now; for a line of a file, the time it
+        // recorded, if it can be read (it only serves to correct the device clock).
+        let arrived = if self.from_file {
+            item.take_time("receivedAt").ok().flatten()
+        } else {
+            item.remove("receivedAt");
+            Some(received_at)
+        };
 
         let user_id = item.take_id("userId").map_err(with_id)?;
         let anonymous_id = item.take_id("anonymousId").map_err(with_id)?;
@@ -449,9 +462,9 @@ impl RawRequest<'_> {
             })?;
             sent_at = Some(storable("sentAt", time, text).map_err(with_id)?);
         }
-        // Server-side SDKs send the call time as `timestamp`; keep it as the original time too.
+        // SDKs send the call's device time as `timestamp`; Segment keeps it as the original.
         let original_timestamp = original.or(explicit);
-        let timestamp = event_time(explicit, original, sent_at, received_at);
+        let timestamp = event_time(explicit, original, sent_at, arrived, received_at);
         if !crate::time::is_storable(timestamp) {
             // Each time was storable, but correcting the device clock moved the event out of
             // range: `sentAt` and `originalTimestamp` are centuries apart.
@@ -459,9 +472,14 @@ impl RawRequest<'_> {
                 "invalid_timestamp",
                 Some("sentAt"),
                 format!(
-                    "correcting the device clock by `sentAt` − `originalTimestamp` puts the event \
-                     at {}, outside the years 1678–2261 Kith can store; check the device clock, \
-                     or send `timestamp`",
+                    "correcting the device clock by `sentAt` − `{}` puts the event at {}, outside \
+                     the years 1678–2261 Kith can store; check the device clock, or leave out \
+                     `sentAt`",
+                    if original.is_some() {
+                        "originalTimestamp"
+                    } else {
+                        "timestamp"
+                    },
                     timestamp.to_rfc3339()
                 ),
             )));

@@ -36,26 +36,34 @@ pub fn is_storable(time: DateTime<Utc>) -> bool {
     (1678..=2261).contains(&time.year())
 }
 
-/// The event time Kith records, following Segment:
-/// an explicit `timestamp` wins; otherwise the device's clock is corrected by how far it was off
-/// when the request was sent (`receivedAt − (sentAt − originalTimestamp)`); otherwise the
-/// device time as given; otherwise the time Kith received it.
+/// The event time Kith records, following Segment's rule
+/// `timestamp = receivedAt − (sentAt − originalTimestamp)`: the device's time of the call
+/// (`originalTimestamp`, or the `timestamp` the SDK or caller sent, which Segment keeps as the
+/// original) corrected by how far the device's clock was off when it sent the request, measured
+/// against `arrived` (the time the request reached a server: now for live requests, the
+/// recorded `receivedAt` for lines of a file; `None` when unknown, so nothing is corrected).
+/// Without `sentAt` the device time stands; without any time the event is placed at
+/// `received_at`. A request that sends both `timestamp` and `originalTimestamp` was corrected by
+/// whoever sent it (a relay, a replay of events Segment processed): its `timestamp` stands.
 pub fn event_time(
     explicit: Option<DateTime<Utc>>,
     original: Option<DateTime<Utc>>,
     sent_at: Option<DateTime<Utc>>,
+    arrived: Option<DateTime<Utc>>,
     received_at: DateTime<Utc>,
 ) -> DateTime<Utc> {
-    if let Some(t) = explicit {
-        return t;
+    if let (Some(corrected), Some(_)) = (explicit, original) {
+        return corrected;
     }
-    match (original, sent_at) {
-        (Some(original), Some(sent)) => {
-            let skewed = sent.signed_duration_since(original);
-            received_at.checked_sub_signed(skewed).unwrap_or(original)
+    let Some(device) = original.or(explicit) else {
+        return received_at;
+    };
+    match (sent_at, arrived) {
+        (Some(sent), Some(arrived)) => {
+            let skew = sent.signed_duration_since(device);
+            arrived.checked_sub_signed(skew).unwrap_or(device)
         }
-        (Some(original), None) => original,
-        _ => received_at,
+        _ => device,
     }
 }
 
@@ -102,17 +110,44 @@ mod tests {
         let received = Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap();
         // The device clock runs one hour fast: it says it sent at 13:00 and the event happened at 12:50.
         let sent = Utc.with_ymd_and_hms(2024, 5, 1, 13, 0, 0).unwrap();
-        let original = Utc.with_ymd_and_hms(2024, 5, 1, 12, 50, 0).unwrap();
+        let device = Utc.with_ymd_and_hms(2024, 5, 1, 12, 50, 0).unwrap();
         let expected = Utc.with_ymd_and_hms(2024, 5, 1, 11, 50, 0).unwrap();
+        let live = Some(received);
         assert_eq!(
-            event_time(None, Some(original), Some(sent), received),
+            event_time(None, Some(device), Some(sent), live, received),
             expected
         );
+        // SDKs (analytics.js, analytics-python, analytics-node) send the call's time as
+        // `timestamp`: Segment keeps it as the original time and corrects it the same way.
         assert_eq!(
-            event_time(Some(original), Some(original), Some(sent), received),
-            original
+            event_time(Some(device), None, Some(sent), live, received),
+            expected
         );
-        assert_eq!(event_time(None, Some(original), None, received), original);
-        assert_eq!(event_time(None, None, Some(sent), received), received);
+        // Both sent: already corrected by the sender.
+        assert_eq!(
+            event_time(Some(device), Some(device), Some(sent), live, received),
+            device
+        );
+        // Without `sentAt`, or without knowing when the request arrived, the device time stands.
+        assert_eq!(event_time(None, Some(device), None, live, received), device);
+        assert_eq!(event_time(Some(device), None, None, live, received), device);
+        assert_eq!(
+            event_time(None, Some(device), Some(sent), None, received),
+            device
+        );
+        assert_eq!(event_time(None, None, Some(sent), live, received), received);
+    }
+
+    #[test]
+    fn a_historical_call_keeps_its_time_up_to_the_delivery_delay() {
+        // A server-side SDK importing a 2020 order: it sends the order's time as `timestamp`
+        // and stamps `sentAt` with its own (right) clock when it flushes 40 ms before arrival.
+        let received = Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap();
+        let sent = received - chrono::Duration::milliseconds(40);
+        let then = Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).unwrap();
+        assert_eq!(
+            event_time(Some(then), None, Some(sent), Some(received), received),
+            then + chrono::Duration::milliseconds(40)
+        );
     }
 }

@@ -202,6 +202,23 @@ pub fn metric(base: &str, series: &str) -> Option<f64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
+/// Checks a stored event's times against the device time an SDK sent as `timestamp` (with
+/// `sentAt` when it flushed): `original_timestamp` is that time, and `timestamp` is it corrected
+/// by Segment's rule, `receivedAt − (sentAt − timestamp)`, which on one machine (one clock) is
+/// the device time plus the delivery delay.
+pub fn assert_sdk_time_corrected(stored: &serde_json::Map<String, Value>, device_time: &str) {
+    assert_eq!(stored["original_timestamp"], device_time, "{stored:?}");
+    let time = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{v}: {e}"))
+    };
+    let delay = time(&stored["timestamp"]) - time(&Value::from(device_time));
+    assert!(
+        (0..30_000).contains(&delay.num_milliseconds()),
+        "timestamp should be the device time plus the delivery delay, is {delay} later: {stored:?}"
+    );
+}
+
 /// A response's whole body as text. ureq stops at 10 MB by default; some answers tests ask
 /// for are larger (up to 200 MiB here).
 pub fn whole_body(response: &mut ureq::http::Response<ureq::Body>) -> Result<String, ureq::Error> {

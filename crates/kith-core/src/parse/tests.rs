@@ -204,7 +204,9 @@ fn times_follow_the_segment_rules() {
             {"type": "track", "event": "B", "userId": "u", "messageId": "2",
              "timestamp": "2024-04-30T08:00:00+02:00"},
             {"type": "track", "event": "C", "userId": "u", "messageId": "3",
-             "originalTimestamp": "2024-05-01T12:50:00Z"}
+             "originalTimestamp": "2024-05-01T12:50:00Z"},
+            {"type": "track", "event": "D", "userId": "u", "messageId": "4",
+             "timestamp": "2024-05-01T11:50:00Z", "originalTimestamp": "2024-05-01T12:50:00Z"}
         ],
         "sentAt": "2024-05-01T13:00:00Z"
     })
@@ -218,15 +220,20 @@ fn times_follow_the_segment_rules() {
     assert_eq!(
         times,
         [
+            // the device clock ran an hour fast when it sent (sentAt 13:00, received 12:00)
             "2024-05-01T11:50:00+00:00",
-            "2024-04-30T06:00:00+00:00",
+            // `timestamp` as SDKs send it is the device's time, corrected the same way
+            "2024-04-30T05:00:00+00:00",
             // the batch-level sentAt (analytics-python puts it there) applies to each item
+            "2024-05-01T11:50:00+00:00",
+            // with `originalTimestamp` beside it, `timestamp` was corrected by the sender
             "2024-05-01T11:50:00+00:00"
         ]
     );
+    // Segment keeps the device's time as the original.
     assert_eq!(
-        outcome.events[1].original_timestamp,
-        Some(outcome.events[1].timestamp)
+        outcome.events[1].original_timestamp.map(|t| t.to_rfc3339()),
+        Some("2024-04-30T06:00:00+00:00".into())
     );
     assert!(outcome.events.iter().all(|e| e.received_at == received()));
 }
@@ -604,4 +611,32 @@ fn what_the_parser_accepts_is_storable_and_an_event_built_elsewhere_is_checked_b
         "a track event needs `event`, its name"
     );
     assert_eq!(problem(&|e| e.source.clear()), "`source` is empty");
+}
+
+// A line of a file was received by a server long before it is read: its device clock is
+// corrected against the `receivedAt` that server recorded, and without one it is not corrected
+// (against the time of reading, a year-old event would land today).
+#[test]
+fn file_lines_are_corrected_against_their_recorded_arrival_not_the_time_of_reading() {
+    let read_now = received();
+    let recorded = judge_event(
+        r#"{"type": "track", "event": "A", "userId": "u", "timestamp": "2023-03-01T10:50:00Z",
+            "sentAt": "2023-03-01T11:00:00Z", "receivedAt": "2023-03-01T10:00:00Z"}"#,
+        "file",
+        read_now,
+    )
+    .unwrap();
+    assert_eq!(recorded.timestamp.to_rfc3339(), "2023-03-01T09:50:00+00:00");
+    assert_eq!(recorded.received_at, read_now);
+    let unrecorded = judge_event(
+        r#"{"type": "track", "event": "A", "userId": "u", "originalTimestamp": "2023-03-01T10:50:00Z",
+            "sentAt": "2023-03-01T11:00:00Z"}"#,
+        "file",
+        read_now,
+    )
+    .unwrap();
+    assert_eq!(
+        unrecorded.timestamp.to_rfc3339(),
+        "2023-03-01T10:50:00+00:00"
+    );
 }
