@@ -108,6 +108,15 @@ impl Event {
                 crate::limits::MAX_MESSAGE_ID_CHARS - 1
             ));
         }
+        if self
+            .message_id
+            .starts_with(crate::limits::MANUAL_MERGE_ID_PREFIX)
+        {
+            return Some(format!(
+                "`message_id` starts with `{}`, which is reserved for merges confirmed in Kith",
+                crate::limits::MANUAL_MERGE_ID_PREFIX
+            ));
+        }
         if self.source.is_empty() {
             return Some("`source` is empty".into());
         }

@@ -14,7 +14,9 @@ use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::event::{Event, MessageType, Rejection, TypedFields};
-use crate::limits::{MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_MESSAGE_ID_CHARS};
+use crate::limits::{
+    MANUAL_MERGE_ID_PREFIX, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_MESSAGE_ID_CHARS,
+};
 use crate::time::{event_time, parse_timestamp};
 
 mod context_view;
@@ -346,6 +348,16 @@ impl RawRequest<'_> {
                     "invalid_message_id",
                     Some("messageId"),
                     format!("`messageId` must be shorter than {MAX_MESSAGE_ID_CHARS} characters"),
+                ));
+            }
+            Some(id) if id.starts_with(MANUAL_MERGE_ID_PREFIX) => {
+                return Err(Fault::new(
+                    "invalid_message_id",
+                    Some("messageId"),
+                    format!(
+                        "`messageId`s starting with `{MANUAL_MERGE_ID_PREFIX}` are reserved for \
+                         merges confirmed in Kith; use another id"
+                    ),
                 ));
             }
             other => other,

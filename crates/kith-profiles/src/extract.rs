@@ -19,8 +19,8 @@ pub const KITH_SOURCE: &str = "kith";
 /// `type:value`.
 pub const MANUAL_MERGE_EVENT: &str = "Profiles Merged";
 /// The message ids of manual merges start with this, so a merge record shows it was confirmed by
-/// a person.
-pub const MANUAL_MERGE_ID_PREFIX: &str = "kith-merge-";
+/// a person (the parser refuses it from clients).
+pub use kith_core::limits::MANUAL_MERGE_ID_PREFIX;
 
 /// Settings for reading identities out of events.
 #[derive(Debug, Clone)]

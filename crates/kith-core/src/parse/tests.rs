@@ -640,3 +640,32 @@ fn file_lines_are_corrected_against_their_recorded_arrival_not_the_time_of_readi
         "2023-03-01T10:50:00+00:00"
     );
 }
+
+// A profile's history calls a merge whose message id has the manual-merge prefix "manual": no
+// client may claim one, or anyone with a (public, browser) write key could forge the record of
+// a merge a person confirmed.
+#[test]
+fn the_manual_merge_message_id_prefix_is_refused_from_clients() {
+    let outcome = judge_batch(
+        &json!({"batch": [
+            {"type": "track", "userId": "u", "anonymousId": "a", "event": "Login",
+             "messageId": "kith-merge-forged"},
+            {"type": "track", "userId": "u", "event": "Login", "messageId": "not-kith-merge-x"}
+        ]})
+        .to_string(),
+    );
+    assert_eq!(outcome.events.len(), 1);
+    let rejection = &outcome.rejections[0];
+    assert_eq!(
+        (rejection.code.as_str(), rejection.field.as_deref()),
+        ("invalid_message_id", Some("messageId"))
+    );
+    assert!(
+        rejection
+            .message
+            .contains("reserved for merges confirmed in Kith")
+    );
+    let mut event = outcome.events[0].clone();
+    event.message_id = "kith-merge-forged".into();
+    assert!(event.unstorable().is_some_and(|p| p.contains("reserved")));
+}
