@@ -2,6 +2,8 @@
 
 #[cfg(not(feature = "system-allocator"))]
 mod allocator;
+#[macro_use]
+mod stdout;
 mod commands;
 mod config;
 mod report;
@@ -53,6 +55,13 @@ fn main() -> ExitCode {
     };
     match commands::run(cli.command, file) {
         Ok(code) => code,
+        // The reader of the output went away (`kith sql … | head`): it has what it wanted.
+        Err(e)
+            if e.downcast_ref::<stdout::StdoutError>()
+                .is_some_and(stdout::StdoutError::is_closed_pipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {}", report::error_text(&e));
             ExitCode::FAILURE

@@ -1341,6 +1341,60 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
     );
 }
 
+/// Output that cannot be written is never a panic: a reader that stops early (`| head`) ends
+/// the command quietly, and a new key that cannot be printed is revoked, since nobody has it.
+#[test]
+fn output_that_cannot_be_written_ends_the_command_without_a_panic() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let data = data_dir.to_str().unwrap();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let output = Command::new(kith_bin())
+        .args(["key", "create", "--data-dir", data, "--scope", "read"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{err}");
+    assert!(
+        err.contains("was revoked, since it could not be printed") && !err.contains("panicked"),
+        "{err}"
+    );
+    let (ok, listed, _) = kith(&["key", "list", "--data-dir", data]);
+    assert!(ok);
+    assert!(
+        listed
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.ends_with("revoked")),
+        "{listed}"
+    );
+
+    for format in ["table", "csv", "json"] {
+        let mut child = Command::new(kith_bin())
+            .args(["sql", "--data-dir", data, "--format", format])
+            .arg("SELECT * FROM generate_series(1, 100000)")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 16];
+        child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+        // The pipe is closed here, with most of the answer unread.
+        let output = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && !err.contains("panicked") && !err.contains("error"),
+            "{format}: {err}"
+        );
+    }
+}
+
 #[test]
 fn key_create_prints_only_the_key_and_config_layers_apply() {
     let dir = tempfile::tempdir().unwrap();

@@ -352,7 +352,7 @@ fn analyze_here(
 
 fn print_report(args: &AnalyzeArgs, report: &Value) -> anyhow::Result<ExitCode> {
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(report)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(report)?)?,
         Format::Table | Format::Csv => {
             let (headers, rows) = tabulate(&args.analysis, report);
             if matches!(args.format, Format::Csv) {
@@ -363,8 +363,8 @@ fn print_report(args: &AnalyzeArgs, report: &Value) -> anyhow::Result<ExitCode> 
                 }
                 writer.flush()?;
             } else {
-                print_table(&headers, &rows);
-                print_notes(&args.analysis, report);
+                print_table(&headers, &rows)?;
+                print_notes(&args.analysis, report)?;
             }
         }
     }
@@ -521,7 +521,7 @@ fn tabulate(kind: &str, report: &Value) -> (Vec<String>, Vec<Vec<String>>) {
     }
 }
 
-fn print_table(headers: &[String], rows: &[Vec<String>]) {
+fn print_table(headers: &[String], rows: &[Vec<String>]) -> Result<(), crate::stdout::StdoutError> {
     let widths: Vec<usize> = (0..headers.len())
         .map(|i| {
             rows.iter()
@@ -539,24 +539,25 @@ fn print_table(headers: &[String], rows: &[Vec<String>]) {
             .collect::<Vec<_>>()
             .join("  ")
     };
-    println!("{}", line(headers));
+    outln!("{}", line(headers))?;
     for row in rows {
-        println!("{}", line(row));
+        outln!("{}", line(row))?;
     }
+    Ok(())
 }
 
 /// What the main table leaves out: the cohort trend and the worst friction points.
-fn print_notes(kind: &str, report: &Value) {
+fn print_notes(kind: &str, report: &Value) -> Result<(), crate::stdout::StdoutError> {
     match kind {
         "cohorts" if !report["trend"].is_null() => {
             let t = &report["trend"];
-            println!(
+            outln!(
                 "\nnewer cohorts: {} ({} {:+.2} points per cohort, ± {:.2})",
                 cell(&t["verdict"]),
                 cell(&t["metric"]),
                 t["slope_per_cohort"].as_f64().unwrap_or(0.0) * 100.0,
                 t["standard_error"].as_f64().unwrap_or(0.0) * 100.0
-            );
+            )?;
         }
         "funnel" => {
             let significant: Vec<&Value> = report["friction"]
@@ -569,9 +570,9 @@ fn print_notes(kind: &str, report: &Value) {
                 .take(5)
                 .collect();
             if !significant.is_empty() {
-                println!("\nwhere customers get stuck (worst first, significant only):");
+                outln!("\nwhere customers get stuck (worst first, significant only):")?;
                 for f in significant {
-                    println!(
+                    outln!(
                         "  {} for {}: {:.1}% convert vs {:.1}% for the rest, {:.0} more lost than expected (p = {:.2e})",
                         cell(&f["transition"]),
                         cell(&f["breakdown"]),
@@ -579,15 +580,16 @@ fn print_notes(kind: &str, report: &Value) {
                         f["others_conversion"].as_f64().unwrap_or(0.0) * 100.0,
                         f["excess_drop_off"].as_f64().unwrap_or(0.0),
                         f["p_value"].as_f64().unwrap_or(1.0)
-                    );
+                    )?;
                 }
             }
         }
-        "rfm" => println!(
+        "rfm" => outln!(
             "\n{} profiles scored as of {}",
             cell(&report["profiles"]),
             cell(&report["as_of"])
-        ),
+        )?,
         _ => {}
     }
+    Ok(())
 }

@@ -48,14 +48,14 @@ pub fn run(action: DemoAction, file: FileConfig) -> anyhow::Result<ExitCode> {
     let config = DemoConfig::new(args.customers, args.seed);
     if let Some(out) = &args.out {
         let summary = generate(&config, out)?;
-        print_summary(&summary, out);
+        print_summary(&summary, out)?;
         return Ok(ExitCode::SUCCESS);
     }
     let Some(data_dir) = &args.into else {
         bail!("pass --out DIR or --into DATA_DIR");
     };
     let summary = load(&config, data_dir, file.profile_settings()?)?;
-    print_summary(&summary, &data_dir.join("demo"));
+    print_summary(&summary, &data_dir.join("demo"))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -124,8 +124,8 @@ pub fn load(
     Ok(summary)
 }
 
-fn print_summary(summary: &WorldSummary, files: &Path) {
-    println!(
+fn print_summary(summary: &WorldSummary, files: &Path) -> Result<(), crate::stdout::StdoutError> {
+    outln!(
         "demo world: {} customers ({} signed up, {} bought), {} events, {} orders worth MXN {:.2}, {} CRM contacts",
         summary.customers,
         summary.signed_up,
@@ -134,6 +134,7 @@ fn print_summary(summary: &WorldSummary, files: &Path) {
         summary.transactions,
         summary.revenue_mxn,
         summary.contacts
-    );
-    println!("files and the truth behind them: {}", files.display());
+    )?;
+    outln!("files and the truth behind them: {}", files.display())?;
+    Ok(())
 }

@@ -289,9 +289,9 @@ impl ImportSummary {
     /// the file, or no row of it importable.
     pub fn report(&self, json: bool, totals: &RowTotals) -> anyhow::Result<ExitCode> {
         if json {
-            println!("{}", serde_json::to_string_pretty(self)?);
+            outln!("{}", serde_json::to_string_pretty(self)?)?;
         } else {
-            self.print(totals);
+            self.print(totals)?;
         }
         if self.rows == 0 {
             eprintln!("error: {} holds no rows", self.file);
@@ -310,42 +310,42 @@ impl ImportSummary {
         Ok(ExitCode::SUCCESS)
     }
 
-    fn print(&self, totals: &RowTotals) {
-        println!("{} rows read from {}", self.rows, self.file);
+    fn print(&self, totals: &RowTotals) -> Result<(), crate::stdout::StdoutError> {
+        outln!("{} rows read from {}", self.rows, self.file)?;
         if self.resumed_after > 0 {
-            println!(
+            outln!(
                 "  (continued after row {}, where an interrupted run stopped)",
                 self.resumed_after
-            );
+            )?;
         }
-        println!("  events stored    {:>9}", self.stored);
-        println!("  already imported {:>9}", self.already_imported);
-        println!("  profiles created {:>9}", self.created);
-        println!("  updated          {:>9}", self.updated);
-        println!("  merged           {:>9}", self.merged);
+        outln!("  events stored    {:>9}", self.stored)?;
+        outln!("  already imported {:>9}", self.already_imported)?;
+        outln!("  profiles created {:>9}", self.created)?;
+        outln!("  updated          {:>9}", self.updated)?;
+        outln!("  merged           {:>9}", self.merged)?;
         if self.conflicts > 0 {
-            println!(
+            outln!(
                 "  conflicts        {:>9}  (merges the identity guards refused; see each profile's `conflicts`)",
                 self.conflicts
-            );
+            )?;
         }
-        println!("  unchanged        {:>9}", self.unchanged);
-        println!("  rejected rows    {:>9}", self.rejected_rows);
+        outln!("  unchanged        {:>9}", self.unchanged)?;
+        outln!("  rejected rows    {:>9}", self.rejected_rows)?;
         if self.dropped_values > 0 {
-            println!(
+            outln!(
                 "  dropped values   {:>9}  (the rows were imported without them)",
                 self.dropped_values
-            );
+            )?;
         }
         if let Some(candidates) = self.duplicate_candidates.filter(|n| *n > 0) {
-            println!(
+            outln!(
                 "{candidates} likely duplicates the identity rules did not merge: review them with `kith profile duplicates`"
-            );
+            )?;
         }
         if let Some(path) = &self.rejected_file {
-            println!("rejected rows and dropped values, with reasons: {path}");
+            outln!("rejected rows and dropped values, with reasons: {path}")?;
             for problem in &totals.examples {
-                println!(
+                outln!(
                     "  row {}{}: {} ({})",
                     problem.row,
                     problem
@@ -355,9 +355,10 @@ impl ImportSummary {
                         .unwrap_or_default(),
                     problem.reason,
                     problem.action.as_str()
-                );
+                )?;
             }
         }
+        Ok(())
     }
 }
 

@@ -49,7 +49,14 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
             let data_dir = file.data_dir(data_dir.data_dir);
             let store = StateStore::open(&data_dir)?;
             let created = store.create_key(scope, source.as_deref())?;
-            println!("{}", created.secret);
+            if let Err(unwritten) = outln!("{}", created.secret) {
+                // Nobody has the key: it must not stay valid.
+                store.revoke_key(&created.key.id)?;
+                bail!(
+                    "the new key {} was revoked, since it could not be printed: {unwritten}",
+                    created.key.id
+                );
+            }
             // On stderr, so `$(kith key create ...)` still captures the key alone: a key works
             // only on a server with this data directory.
             eprintln!(
@@ -61,12 +68,15 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
         }
         KeyAction::List { data_dir } => {
             let store = StateStore::open(&file.data_dir(data_dir.data_dir))?;
-            println!(
+            outln!(
                 "{:<12} {:<7} {:<16} {:<26} status",
-                "id", "scope", "source", "created"
-            );
+                "id",
+                "scope",
+                "source",
+                "created"
+            )?;
             for key in store.list_keys()? {
-                println!(
+                outln!(
                     "{:<12} {:<7} {:<16} {:<26} {}",
                     key.id,
                     key.scope.as_str(),
@@ -77,7 +87,7 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
                     } else {
                         "active"
                     }
-                );
+                )?;
             }
         }
         KeyAction::Revoke { data_dir, id } => {

@@ -436,16 +436,16 @@ fn fit(args: FitArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         report["traits_written"] = w.clone();
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{} customers ({} with repeat purchases), {} transactions",
         summary.len(),
         repeaters,
         transactions.len()
-    );
-    println!("{:<12} {:>14}  parameters", "model", "log-lik");
+    )?;
+    outln!("{:<12} {:>14}  parameters", "model", "log-lik")?;
     for (name, value) in &models {
         let fitted = value.get("model").unwrap_or(value);
         match (fitted.get("params"), fitted.get("log_likelihood")) {
@@ -458,25 +458,25 @@ fn fit(args: FitArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
                             .collect()
                     })
                     .unwrap_or_default();
-                println!(
+                outln!(
                     "{name:<12} {:>14.2}  {}",
                     ll.as_f64().unwrap_or(f64::NAN),
                     params.join(" ")
-                );
+                )?;
             }
-            _ => println!(
+            _ => outln!(
                 "{name:<12} {:>14}  {}",
                 "-",
                 value["error"].as_str().unwrap_or("no fit")
-            ),
+            )?,
         }
     }
     if let Some(d) = &diagnostics {
-        println!();
-        print!("{}", d.table());
+        outln!()?;
+        out!("{}", d.table())?;
     }
     if let Some(w) = &written {
-        println!(
+        outln!(
             "\nscores written onto {} profiles: {}",
             w["profiles"],
             w["traits"]
@@ -487,7 +487,7 @@ fn fit(args: FitArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
                     .collect::<Vec<_>>()
                     .join(", "))
                 .unwrap_or_default()
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

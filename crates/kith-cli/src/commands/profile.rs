@@ -81,16 +81,16 @@ fn duplicates(args: DuplicatesArgs, file: FileConfig) -> anyhow::Result<ExitCode
     let total = candidates.len();
     candidates.truncate(args.limit);
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(
                 &serde_json::json!({"candidates": candidates, "total": total})
             )?
-        );
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     if candidates.is_empty() {
-        println!("no likely duplicates scoring {} or more", args.min_score);
+        outln!("no likely duplicates scoring {} or more", args.min_score)?;
         return Ok(ExitCode::SUCCESS);
     }
     for candidate in &candidates {
@@ -102,21 +102,22 @@ fn duplicates(args: DuplicatesArgs, file: FileConfig) -> anyhow::Result<ExitCode
                 p.identifiers.join(", ")
             )
         };
-        println!("{:.2}  {}", candidate.score, side(&candidate.first));
-        println!("      {}", side(&candidate.second));
+        outln!("{:.2}  {}", candidate.score, side(&candidate.first))?;
+        outln!("      {}", side(&candidate.second))?;
         for evidence in &candidate.evidence {
-            println!("      - {evidence}");
+            outln!("      - {evidence}")?;
         }
-        println!(
+        outln!(
             "      confirm: kith profile merge profile_id:{} profile_id:{}",
-            candidate.first.profile_id, candidate.second.profile_id
-        );
+            candidate.first.profile_id,
+            candidate.second.profile_id
+        )?;
     }
     if total > candidates.len() {
-        println!(
+        outln!(
             "({} more; raise --limit or --min-score)",
             total - candidates.len()
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -164,7 +165,7 @@ fn merge(args: MergeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
             args.first, args.second
         );
     }
-    println!("{}", serde_json::to_string_pretty(&answer["profile"])?);
+    outln!("{}", serde_json::to_string_pretty(&answer["profile"])?)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -181,6 +182,6 @@ fn show(args: ShowArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(4));
     };
     let body = kith_server::profiles::profile_json(&profiles, &view);
-    println!("{}", serde_json::to_string_pretty(&body)?);
+    outln!("{}", serde_json::to_string_pretty(&body)?)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ use kith_profiles::{ProfileSettings, ProfileStore};
 
 use super::{DataDirArg, runtime};
 use crate::config::FileConfig;
+use crate::stdout::StdoutError;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
@@ -53,7 +54,7 @@ pub fn run(args: SqlArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     })?;
     match args.format {
         Format::Table => {
-            println!("{}", output::to_table(&result)?);
+            outln!("{}", output::to_table(&result)?)?;
             eprintln!(
                 "{} row(s){}",
                 result.num_rows(),
@@ -73,7 +74,7 @@ pub fn run(args: SqlArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         }
         Format::Json => {
             write_out(result, output::Encoding::Json)?;
-            println!();
+            outln!()?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -82,9 +83,11 @@ pub fn run(args: SqlArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
 /// Writes the answer to stdout piece by piece, without holding it twice.
 fn write_out(result: kith_lake::QueryResult, encoding: output::Encoding) -> anyhow::Result<()> {
     use std::io::Write;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    output::Rendering::new(result, encoding).write_to(&mut out)?;
-    out.flush()?;
+    let mut out = std::io::stdout().lock();
+    for piece in output::Rendering::new(result, encoding) {
+        out.write_all(&piece?).map_err(StdoutError)?;
+    }
+    out.flush().map_err(StdoutError)?;
     Ok(())
 }
 
