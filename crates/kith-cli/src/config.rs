@@ -294,6 +294,9 @@ pub struct IdentityConfig {
     pub limits: std::collections::BTreeMap<String, usize>,
 }
 
+/// The identifier types Kith knows by name (see `IdType::from_name`).
+const BUILT_IN_ID_TYPES: [&str; 4] = ["user_id", "anonymous_id", "email", "phone"];
+
 impl IdentityConfig {
     pub fn settings(&self) -> anyhow::Result<ProfileSettings> {
         let mut settings = ProfileSettings::default();
@@ -305,6 +308,11 @@ impl IdentityConfig {
             settings.order_event = event.clone();
         }
         if let Some(n) = self.max_identifiers {
+            if n == 0 {
+                anyhow::bail!(
+                    "[identity] max_identifiers must be at least 1: every profile holds an identifier"
+                );
+            }
             settings.rules.max_identifiers = n;
         }
         if let Some(n) = self.max_merges {
@@ -313,6 +321,21 @@ impl IdentityConfig {
         for (name, limit) in &self.limits {
             if *limit == 0 {
                 anyhow::bail!("[identity.limits] {name} must be at least 1");
+            }
+            // Any other name is an external id type, which cannot be checked against a list
+            // (`context.externalIds` may bring any); one a letter or two from a built-in type is
+            // a typo that would leave the intended limit unset.
+            if let Some(meant) = BUILT_IN_ID_TYPES
+                .iter()
+                .find(|t| **t != name && strsim::damerau_levenshtein(t, name) <= 2)
+                && !self.identifier_traits.contains(name)
+            {
+                anyhow::bail!(
+                    "[identity.limits] `{name}` is not an identifier type; did you mean `{meant}`? \
+                     (the built-in types are {}; any other name is an external id type, such as \
+                     a trait listed in identifier_traits)",
+                    BUILT_IN_ID_TYPES.join(", ")
+                );
             }
             settings
                 .rules
@@ -521,6 +544,33 @@ mod tests {
         let bad: FileConfig = toml::from_str("[identity]\ndefault_region = 'Mexico'\n").unwrap();
         let err = format!("{:#}", bad.identity.settings().unwrap_err());
         assert!(err.contains("ISO 3166"), "{err}");
+        let identity_error = |text: &str| {
+            let config: FileConfig = toml::from_str(text).unwrap();
+            config
+                .identity
+                .settings()
+                .map(|_| ())
+                .map_err(|e| format!("{e:#}"))
+        };
+        let typo = identity_error("[identity.limits]\nemial = 5\n").unwrap_err();
+        assert!(
+            typo.contains("`emial` is not an identifier type; did you mean `email`?"),
+            "{typo}"
+        );
+        // External id types are open-ended: a name far from the built-in ones is one.
+        assert_eq!(identity_error("[identity.limits]\ncrm_id = 1\n"), Ok(()));
+        assert_eq!(
+            identity_error(
+                "[identity]\nidentifier_traits = ['emails']\n[identity.limits]\nemails = 1\n"
+            ),
+            Ok(())
+        );
+        let none = identity_error("[identity]\nmax_identifiers = 0\n").unwrap_err();
+        assert!(
+            none.contains("max_identifiers must be at least 1"),
+            "{none}"
+        );
+        assert_eq!(identity_error("[identity]\nmax_merges = 0\n"), Ok(()));
         assert_eq!(
             config.data_dir(Some(PathBuf::from("/flag"))),
             PathBuf::from("/flag")
