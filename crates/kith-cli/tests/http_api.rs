@@ -1426,6 +1426,23 @@ fn key_create_prints_only_the_key_and_config_layers_apply() {
     ]);
     assert!(ok, "{err}");
     assert_eq!(err.trim(), format!("revoked key {id} (admin scope)"));
+    // Listing or revoking in a directory that is not there is an error, not a new directory.
+    let missing = dir.path().join("data-typo");
+    for action in [&["list"][..], &["revoke", id]] {
+        let mut args = vec!["key"];
+        args.extend_from_slice(action);
+        args.extend(["--data-dir", missing.to_str().unwrap()]);
+        let (ok, _, err) = kith(&args);
+        assert!(
+            !ok && err.contains("no data directory at"),
+            "{action:?}: {err}"
+        );
+        assert!(
+            !missing.exists(),
+            "{action:?} created {}",
+            missing.display()
+        );
+    }
     let (ok, _, err) = kith(&[
         "key",
         "create",

@@ -196,12 +196,20 @@ impl FileArgs {
 
     pub fn destination(&self, file: &FileConfig) -> anyhow::Result<Destination> {
         let data_dir = file.data_dir(self.data_dir.data_dir.clone());
+        let new = !data_dir.exists();
         let destination = Destination::open(&data_dir, file.profile_settings()?)?;
-        eprintln!(
-            "importing {} into {}",
-            self.file.display(),
-            destination.describe()
-        );
+        // Named in full, and said when it is new: a mistyped --data-dir (or a command run from
+        // another directory) then shows at once.
+        let place = match &destination {
+            Destination::Offline { .. } if new => {
+                format!("a new data directory, {}", super::shown_path(&data_dir))
+            }
+            Destination::Offline { .. } => {
+                format!("the data directory {}", super::shown_path(&data_dir))
+            }
+            Destination::Server { .. } => destination.describe(),
+        };
+        eprintln!("importing {} into {place}", self.file.display());
         Ok(destination)
     }
 

@@ -67,7 +67,7 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
             );
         }
         KeyAction::List { data_dir } => {
-            let store = StateStore::open(&file.data_dir(data_dir.data_dir))?;
+            let store = StateStore::open(&existing_data_dir(file.data_dir(data_dir.data_dir))?)?;
             outln!(
                 "{:<12} {:<7} {:<16} {:<26} status",
                 "id",
@@ -91,10 +91,23 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
             }
         }
         KeyAction::Revoke { data_dir, id } => {
-            let store = StateStore::open(&file.data_dir(data_dir.data_dir))?;
+            let store = StateStore::open(&existing_data_dir(file.data_dir(data_dir.data_dir))?)?;
             let key = store.revoke_key(&id)?;
             eprintln!("revoked key {} ({} scope)", key.id, key.scope.as_str());
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Listing or revoking keys reads a data directory that exists: a mistyped one would otherwise
+/// be created, and show no keys or "no such key".
+fn existing_data_dir(data_dir: std::path::PathBuf) -> anyhow::Result<std::path::PathBuf> {
+    if !data_dir.is_dir() {
+        bail!(
+            "no data directory at {}; pass the --data-dir the server runs with (keys are created \
+             there with `kith key create`)",
+            super::shown_path(&data_dir)
+        );
+    }
+    Ok(data_dir)
 }
