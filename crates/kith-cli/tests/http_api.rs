@@ -1279,9 +1279,23 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
         );
     }
     let track = &doc["paths"]["/v1/{call}"]["post"];
+    assert_eq!(track["security"], json!([{"writeKey": []}]));
+    // A key in the URL is for beacons and pixels, which cannot send headers.
     assert_eq!(
-        track["security"],
+        doc["paths"]["/v1/pixel/{call}"]["get"]["security"],
         json!([{"writeKey": []}, {"writeKeyQuery": []}])
+    );
+    for alias in ["/v1/b", "/v1/import"] {
+        let described = &doc["paths"][alias]["post"];
+        assert_eq!(described["security"], json!([{"writeKey": []}]), "{alias}");
+        assert_ne!(
+            described["operationId"], doc["paths"]["/v1/batch"]["post"]["operationId"],
+            "{alias}"
+        );
+    }
+    assert!(
+        query["responses"]["415"].is_object(),
+        "/v1/query lacks 415: {query}"
     );
     for status in ["401", "403", "429", "503"] {
         assert!(

@@ -16,7 +16,7 @@ pub struct ErrorSchema {
     message: String,
     /// A code from `/docs/errors`.
     code: String,
-    /// The code's family: `invalid_request`, `auth`, `overloaded`, ...
+    /// The code's family: `invalid_request`, `auth`, `system` or `internal`.
     #[schema(rename = "type")]
     kind: String,
     /// `/docs/errors#CODE`.
@@ -29,8 +29,11 @@ enum Access {
     /// Anyone: health, metrics, this document, the welcome.
     Open,
     /// A write key (Segment's convention: HTTP Basic, the key as user name), or `writeKey` in
-    /// the body or, where headers cannot be sent, the URL's query.
+    /// the body.
     WriteKey,
+    /// A write key as for [`Access::WriteKey`], or in the URL's query: beacons and pixels
+    /// cannot send headers.
+    WriteKeyOrQuery,
     /// A write key in the path (the settings document analytics.js loads).
     WriteKeyInPath,
     /// A read or admin key as a Bearer token.
@@ -43,10 +46,9 @@ fn access(path: &str) -> Access {
             Access::Open
         }
         "/v1/projects/{write_key}/settings" => Access::WriteKeyInPath,
-        "/v1/batch" | "/v1/b" | "/v1/import" | "/v1/{call}" | "/beacon/v1/batch"
-        | "/sourceConfig" | "/v1/pixel/{call}" | "/pixel/v1/track" | "/pixel/v1/page" => {
-            Access::WriteKey
-        }
+        "/v1/batch" | "/v1/b" | "/v1/import" | "/v1/{call}" => Access::WriteKey,
+        "/beacon/v1/batch" | "/sourceConfig" | "/v1/pixel/{call}" | "/pixel/v1/track"
+        | "/pixel/v1/page" => Access::WriteKeyOrQuery,
         _ => Access::Bearer,
     }
 }
@@ -104,7 +106,28 @@ impl utoipa::Modify for Conventions {
                     .build(),
             ),
         );
+        // The paths analytics.js (`/v1/b`) and Segment's historical import (`/v1/import`) use
+        // for a batch: the same call as `/v1/batch`, listed under each name.
+        if let Some(batch) = openapi.paths.paths.get("/v1/batch").cloned() {
+            for (alias, operation_id) in [("/v1/b", "batch_b"), ("/v1/import", "import")] {
+                let mut item = batch.clone();
+                if let Some(operation) = &mut item.post {
+                    // Operation ids must be unique in the document.
+                    operation.operation_id = Some(operation_id.to_string());
+                }
+                openapi.paths.paths.entry(alias.to_string()).or_insert(item);
+            }
+        }
         for (path, item) in openapi.paths.paths.iter_mut() {
+            if let Some(operation) = &mut item.post {
+                // Every POST reads its body through the same gate.
+                add_response(
+                    operation,
+                    "415",
+                    "a `Content-Encoding` other than gzip (the `Accept-Encoding` header of the \
+                     answer names what is read)",
+                );
+            }
             let operations = [
                 &mut item.get,
                 &mut item.post,
@@ -119,27 +142,31 @@ impl utoipa::Modify for Conventions {
     }
 }
 
-fn apply(path: &str, operation: &mut Operation) {
-    let access = access(path);
-    let required = |scheme: &str| SecurityRequirement::new(scheme, Vec::<String>::new());
-    operation.security = Some(match access {
-        Access::Open | Access::WriteKeyInPath => vec![SecurityRequirement::default()],
-        Access::WriteKey => vec![required("writeKey"), required("writeKeyQuery")],
-        Access::Bearer => vec![required("bearerKey")],
-    });
-    let responses = &mut operation.responses.responses;
-    let mut add = |status: &str, description: &str| {
-        responses.entry(status.to_string()).or_insert_with(|| {
+/// Documents `status` for `operation`, unless its own annotation does.
+fn add_response(operation: &mut Operation, status: &str, description: &str) {
+    operation
+        .responses
+        .responses
+        .entry(status.to_string())
+        .or_insert_with(|| {
             ResponseBuilder::new()
                 .description(description)
                 .build()
                 .into()
         });
-    };
-    if matches!(
-        access,
-        Access::WriteKey | Access::Bearer | Access::WriteKeyInPath
-    ) {
+}
+
+fn apply(path: &str, operation: &mut Operation) {
+    let access = access(path);
+    let required = |scheme: &str| SecurityRequirement::new(scheme, Vec::<String>::new());
+    operation.security = Some(match access {
+        Access::Open | Access::WriteKeyInPath => vec![SecurityRequirement::default()],
+        Access::WriteKey => vec![required("writeKey")],
+        Access::WriteKeyOrQuery => vec![required("writeKey"), required("writeKeyQuery")],
+        Access::Bearer => vec![required("bearerKey")],
+    });
+    let mut add = |status: &str, description: &str| add_response(operation, status, description);
+    if access != Access::Open {
         add("401", "no key, or one that is unknown or revoked");
         add("403", "a key whose scope does not allow this");
     }
@@ -154,7 +181,7 @@ fn apply(path: &str, operation: &mut Operation) {
         );
     }
     // Every error answers the same body.
-    for (status, response) in responses.iter_mut() {
+    for (status, response) in operation.responses.responses.iter_mut() {
         if !status.starts_with('4') && !status.starts_with('5') {
             continue;
         }
