@@ -280,10 +280,16 @@ pub(crate) fn body_text(bytes: &[u8]) -> Result<&str, ApiError> {
     // (RFC 8259 §8.1), and it says nothing about the events.
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     std::str::from_utf8(bytes).map_err(|e| {
+        // gzip's magic number: compressed without saying so, or compressed twice.
+        let hint = if bytes.starts_with(&[0x1f, 0x8b]) {
+            "; it looks gzip-compressed: send it with `Content-Encoding: gzip`, compressed once"
+        } else {
+            ""
+        };
         ApiError::new(
             ErrorCode::InvalidJson,
             format!(
-                "the body is not UTF-8 text (byte {}); send UTF-8 JSON",
+                "the body is not UTF-8 text (byte {}); send UTF-8 JSON{hint}",
                 e.valid_up_to()
             ),
         )
@@ -540,6 +546,22 @@ mod tests {
         let mut body = gzip(b"{\"batch\": []}");
         body.extend_from_slice(b"trailing bytes that are not gzip");
         assert!(gunzip(&body, 1000).is_err());
+    }
+
+    #[test]
+    fn a_gzip_body_sent_as_plain_text_is_recognised() {
+        let message = super::body_text(&gzip(b"{}")).unwrap_err().message;
+        assert!(
+            message.ends_with(
+                "it looks gzip-compressed: send it with `Content-Encoding: gzip`, compressed once"
+            ),
+            "{message}"
+        );
+        let message = super::body_text(b"\xff\xfe").unwrap_err().message;
+        assert_eq!(
+            message,
+            "the body is not UTF-8 text (byte 0); send UTF-8 JSON"
+        );
     }
 
     #[test]
