@@ -1440,6 +1440,18 @@ fn key_create_prints_only_the_key_and_config_layers_apply() {
     ]);
     assert!(ok, "{err}");
     assert_eq!(err.trim(), format!("revoked key {id} (admin scope)"));
+    let (ok, _, err) = kith(&[
+        "key",
+        "revoke",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        id,
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.starts_with(&format!("key {id} (admin scope) was already revoked, on ")),
+        "{err}"
+    );
     // Listing or revoking in a directory that is not there is an error, not a new directory.
     let missing = dir.path().join("data-typo");
     for action in [&["list"][..], &["revoke", id]] {
@@ -1467,6 +1479,17 @@ fn key_create_prints_only_the_key_and_config_layers_apply() {
     ]);
     assert!(!ok);
     assert!(err.contains("--source"), "{err}");
+    let (ok, _, err) = kith(&[
+        "key",
+        "create",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--scope",
+        "read",
+        "--source",
+        "web",
+    ]);
+    assert!(!ok && err.contains("--source is for ingest keys"), "{err}");
 
     // kith.toml < KITH_* environment < flags.
     let config = dir.path().join("kith.toml");

@@ -132,9 +132,8 @@ impl StateStore {
         })
     }
 
-    /// Revokes a key by id; revoking twice is harmless.
     /// Revokes the key with id `id` (as `kith key list` shows it), or the key `id` itself when
-    /// the whole secret is given.
+    /// the whole secret is given. Revoking twice is harmless: the first time is kept.
     pub fn revoke_key(&self, id: &str) -> Result<ApiKey, StateError> {
         let id = match self.check_key(id)? {
             KeyCheck::Valid(key) | KeyCheck::Revoked(key) => key.id,

@@ -15,7 +15,9 @@ pub enum KeyAction {
     Create {
         #[command(flatten)]
         data_dir: DataDirArg,
-        /// ingest (a Segment write key for one source), read (queries) or admin (everything).
+        /// ingest (a Segment write key for one source: sends events), read (queries, profiles,
+        /// analyses) or admin (what read keys do, and managing: imports, merges, models,
+        /// computed traits; not sending events).
         #[arg(long, value_parser = ["ingest", "read", "admin"])]
         scope: String,
         /// The source an ingest key writes as, e.g. `web` or `ios`.
@@ -46,6 +48,13 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
             let Some(scope) = KeyScope::parse(&scope) else {
                 bail!("unknown scope `{scope}`; use ingest, read or admin");
             };
+            if scope != KeyScope::Ingest && source.is_some() {
+                bail!(
+                    "--source is for ingest keys (it names the source their events are filed \
+                     under); a {} key has none: leave --source out",
+                    scope.as_str()
+                );
+            }
             let data_dir = file.data_dir(data_dir.data_dir);
             let store = StateStore::open(&data_dir)?;
             let created = store.create_key(scope, source.as_deref())?;
@@ -92,8 +101,17 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
         }
         KeyAction::Revoke { data_dir, id } => {
             let store = StateStore::open(&existing_data_dir(file.data_dir(data_dir.data_dir))?)?;
+            let asked = chrono::Utc::now();
             let key = store.revoke_key(&id)?;
-            eprintln!("revoked key {} ({} scope)", key.id, key.scope.as_str());
+            match key.revoked_at {
+                Some(at) if at < asked => eprintln!(
+                    "key {} ({} scope) was already revoked, on {}",
+                    key.id,
+                    key.scope.as_str(),
+                    at.format("%Y-%m-%d %H:%M:%S UTC")
+                ),
+                _ => eprintln!("revoked key {} ({} scope)", key.id, key.scope.as_str()),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
