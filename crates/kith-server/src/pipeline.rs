@@ -305,7 +305,7 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<File, ServerError> {
         path: data_dir.display().to_string(),
         source,
     };
-    std::fs::create_dir_all(data_dir).map_err(io)?;
+    kith_state::create_data_dir(data_dir).map_err(io)?;
     let file = File::create(data_dir.join("kith.lock")).map_err(io)?;
     match file.try_lock() {
         Ok(()) => Ok(file),

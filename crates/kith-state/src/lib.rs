@@ -54,13 +54,23 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 ";
 
+/// Creates a data directory (and any missing parents) readable only by its owner: it holds
+/// customers' emails, phone numbers and events. One that exists is left as it is.
+pub fn create_data_dir(data_dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(data_dir)
+}
+
 impl StateStore {
     /// Opens (or creates) `state.db` in the data directory.
     pub fn open(data_dir: &Path) -> Result<StateStore, StateError> {
         if data_dir.exists() && !data_dir.is_dir() {
             return Err(StateError::DataDirIsFile(data_dir.display().to_string()));
         }
-        std::fs::create_dir_all(data_dir).map_err(|source| StateError::DataDir {
+        create_data_dir(data_dir).map_err(|source| StateError::DataDir {
             path: data_dir.display().to_string(),
             source,
         })?;
@@ -146,6 +156,22 @@ mod tests {
             Ok(_) => panic!("{} opened", data_dir.display()),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_data_directory_is_its_owners_alone_and_an_existing_one_is_left_as_it_is() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let new = dir.path().join("new/data");
+        StateStore::open(&new).unwrap();
+        assert_eq!(mode(&new), 0o700);
+        let existing = dir.path().join("existing");
+        std::fs::create_dir(&existing).unwrap();
+        std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o750)).unwrap();
+        StateStore::open(&existing).unwrap();
+        assert_eq!(mode(&existing), 0o750);
     }
 
     #[test]
