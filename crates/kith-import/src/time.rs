@@ -22,6 +22,10 @@ pub enum TimeError {
     #[error("`{0}` is not a time zone; use an IANA name such as America/Mexico_City, or UTC")]
     UnknownZone(String),
     #[error(
+        "`{0}` is not a time format: it holds a `%` directive strftime does not have; use e.g. `%d/%m/%Y %H:%M` (see `man strftime`)"
+    )]
+    BadFormat(String),
+    #[error(
         "`{0}` is outside the years 1678–2261, the times Kith stores (it is usually a default value such as 0001-01-01, or a Unix time in another unit); correct it, or leave the cell empty"
     )]
     OutOfRange(String),
@@ -45,6 +49,13 @@ impl Default for TimeParser {
 
 impl TimeParser {
     pub fn new(format: Option<String>, zone: Option<&str>) -> Result<TimeParser, TimeError> {
+        // Checked once here, rather than found on every row as "does not match".
+        if let Some(format) = &format
+            && chrono::format::StrftimeItems::new(format)
+                .any(|item| matches!(item, chrono::format::Item::Error))
+        {
+            return Err(TimeError::BadFormat(format.clone()));
+        }
         let zone = match zone {
             None => Tz::UTC,
             Some(name) => name
@@ -247,5 +258,9 @@ mod tests {
             TimeParser::new(None, Some("Mars/Olympus")),
             Err(TimeError::UnknownZone(_))
         ));
+        assert_eq!(
+            TimeParser::new(Some("%Q".into()), None).err(),
+            Some(TimeError::BadFormat("%Q".into()))
+        );
     }
 }
