@@ -282,3 +282,20 @@ fn clv_models_recover_the_parameters_that_generated_the_demo_world() {
         t["spend_gamma"].as_f64().unwrap() * t["spend_unit_mxn"].as_f64().unwrap(),
     );
 }
+
+/// A world too large for any disk is refused before anything is written.
+#[test]
+fn a_demo_world_past_the_largest_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("world");
+    let (ok, _, err) = kith(&[
+        "demo",
+        "generate",
+        "--customers",
+        "18446744073709551615",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("more than the 10000000"), "{err}");
+    assert!(!out.exists());
+}

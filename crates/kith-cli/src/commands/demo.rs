@@ -23,6 +23,10 @@ pub enum DemoAction {
     Generate(GenerateArgs),
 }
 
+/// The largest demo world: ten times the largest measured (bench/README.md, a million
+/// customers), so a slip of the keyboard cannot fill the disk.
+const MAX_CUSTOMERS: u64 = 10_000_000;
+
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("destination").required(true).args(["out", "into"])))]
 pub struct GenerateArgs {
@@ -44,6 +48,14 @@ pub fn run(action: DemoAction, file: FileConfig) -> anyhow::Result<ExitCode> {
     let DemoAction::Generate(args) = action;
     if args.customers == 0 {
         bail!("--customers must be at least 1");
+    }
+    if args.customers > MAX_CUSTOMERS {
+        bail!(
+            "--customers {} is more than the {MAX_CUSTOMERS} a demo world may have: a customer \
+             is about 68 events and 38 KB of files, so that many would be about 680 million \
+             events and 380 GB",
+            args.customers
+        );
     }
     let config = DemoConfig::new(args.customers, args.seed);
     if let Some(out) = &args.out {
