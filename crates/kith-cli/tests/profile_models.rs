@@ -261,3 +261,45 @@ fn a_scheduled_model_runs_by_itself_and_models_switched_off_do_not() {
     assert!(clv["job"].is_null(), "{clv}");
     assert!(clv["schedule"]["refresh_hours"].is_null(), "{clv}");
 }
+
+/// A new server has no purchases to fit CLV on: its scheduled run is said to be unsupported by
+/// the data, and not counted (or logged) as a failure.
+#[test]
+fn a_scheduled_run_on_a_new_server_is_not_counted_as_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kith.toml");
+    std::fs::write(
+        &config,
+        "[models]\nfirst_check_after_secs = 1\n\
+         [models.clv]\nrefresh_hours = 24\n[models.rfm]\nrefresh_hours = 0\n\
+         [models.risk]\nrefresh_hours = 0\n[models.preferences]\nrefresh_hours = 0\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let write_key = create_key(&data, "ingest", Some("web"));
+    let read_key = create_key(&data, "read", None);
+    let server = KithServer::start_with_keys(
+        &data,
+        write_key,
+        read_key,
+        &["--config", config.to_str().unwrap()],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let (_, status) = server.get("/v1/models/clv");
+        if status["job"]["finished_at"].is_string() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no scheduled run: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status["job"]["error"].is_string(), "{status}");
+    let runs = |outcome: &str| {
+        metric(
+            &server.base,
+            &format!("kith_model_runs_total{{model=\"clv\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(runs("unsupported_by_data"), Some(1.0), "{status}");
+    assert_eq!(runs("failed"), None);
+}

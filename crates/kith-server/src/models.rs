@@ -170,24 +170,55 @@ pub fn start_model(
     let app = app.clone();
     crate::runtimes::spawn_query(async move {
         let outcome = run_model(&app, model).await;
-        match &outcome {
-            Ok(profiles) => tracing::info!(model = name, profiles, trigger, "model traits written"),
-            Err(e) => tracing::warn!(model = name, error = %e, trigger, "model run failed"),
-        }
-        let result = if outcome.is_ok() {
-            "succeeded"
-        } else {
-            "failed"
+        let result = match &outcome {
+            Ok(profiles) => {
+                tracing::info!(model = name, profiles, trigger, "model traits written");
+                "succeeded"
+            }
+            // Not a fault: a new server has no purchases yet, say. Said, not warned about.
+            Err(RunFailure::UnsupportedByData(why)) => {
+                tracing::info!(model = name, reason = %why, trigger, "model not fitted: the data cannot support it (yet)");
+                "unsupported_by_data"
+            }
+            Err(RunFailure::Failed(e)) => {
+                tracing::warn!(model = name, error = %e, trigger, "model run failed");
+                "failed"
+            }
         };
         metrics::counter!("kith_model_runs_total", "model" => name, "outcome" => result)
             .increment(1);
-        app.models.finish(name, outcome);
+        app.models
+            .finish(name, outcome.map_err(RunFailure::into_message));
     });
     Some(status)
 }
 
+/// Why a model run wrote no traits.
+enum RunFailure {
+    /// The data cannot support the model (yet): no purchases, too few repeat buyers.
+    UnsupportedByData(String),
+    Failed(String),
+}
+
+impl RunFailure {
+    fn into_message(self) -> String {
+        match self {
+            RunFailure::UnsupportedByData(message) | RunFailure::Failed(message) => message,
+        }
+    }
+}
+
+/// What an analytics error says about a run.
+fn run_failure(e: AnalyticsError) -> RunFailure {
+    match e {
+        AnalyticsError::Model(why) => RunFailure::UnsupportedByData(why),
+        AnalyticsError::Query(q) => RunFailure::Failed(format!("reading the events failed: {q}")),
+        other => RunFailure::Failed(other.to_string()),
+    }
+}
+
 /// Queries, scores, writes the traits. Returns the profiles scored.
-async fn run_model(app: &Arc<AppState>, model: ProfileModel) -> Result<u64, String> {
+async fn run_model(app: &Arc<AppState>, model: ProfileModel) -> Result<u64, RunFailure> {
     let mut limits = app.config.query_limits.clone();
     // A background run reads every event it needs; the interactive limits are not meant for it.
     limits.timeout = limits.timeout.max(Duration::from_secs(3600));
@@ -195,21 +226,18 @@ async fn run_model(app: &Arc<AppState>, model: ProfileModel) -> Result<u64, Stri
     let data = app
         .identities
         .data(&app.pipeline.lake, &app.pipeline.profiles, limits);
-    let gathered = model.gather(&data).await.map_err(|e| match e {
-        AnalyticsError::Query(q) => format!("reading the events failed: {q}"),
-        other => other.to_string(),
-    })?;
+    let gathered = model.gather(&data).await.map_err(run_failure)?;
     let profiles = app.pipeline.profiles.clone();
     tokio::task::spawn_blocking(move || {
-        let run = gathered.finish().map_err(|e| e.to_string())?;
+        let run = gathered.finish().map_err(run_failure)?;
         let written = profiles
             .model_traits()
             .replace(model.name(), &model.trait_names(), &run.report, run.traits)
-            .map_err(|e| format!("writing the traits failed: {e}"))?;
+            .map_err(|e| RunFailure::Failed(format!("writing the traits failed: {e}")))?;
         Ok(written.profiles)
     })
     .await
-    .map_err(|e| format!("the model task failed: {e}"))?
+    .map_err(|e| RunFailure::Failed(format!("the model task failed: {e}")))?
 }
 
 /// Starts scheduled runs of each model whose last run is older than its refresh interval, one
