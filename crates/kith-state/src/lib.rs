@@ -104,6 +104,36 @@ impl StateStore {
     }
 }
 
+/// Why this process cannot write in `dir`, found by trying: the user may not read or write it,
+/// or its file system is mounted read-only. `None` when a file can be created there. SQLite's
+/// own errors ("unable to open database file") say none of this.
+pub fn why_unwritable(dir: &Path) -> Option<String> {
+    if let Err(e) = std::fs::read_dir(dir)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return Some(format!(
+            "this user may not read the data directory {}",
+            dir.display()
+        ));
+    }
+    let probe = dir.join(format!(".kith-write-check-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => Some(format!(
+            "the file system holding {} is mounted read-only",
+            dir.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Some(format!(
+            "this user may not create files in {}",
+            dir.display()
+        )),
+        Err(_) => None,
+    }
+}
+
 /// What stopped SQLite from opening `path` in `data_dir`, said in terms of files and users
 /// rather than SQLite's codes ("unable to open database file: Error code 14").
 fn why_it_does_not_open(data_dir: &Path, path: &Path, err: &rusqlite::Error) -> String {
@@ -114,13 +144,15 @@ fn why_it_does_not_open(data_dir: &Path, path: &Path, err: &rusqlite::Error) -> 
              read and write access to it"
         )
     };
-    if let Err(e) = std::fs::read_dir(data_dir)
-        && e.kind() == std::io::ErrorKind::PermissionDenied
-    {
-        return denied(&format!(
-            "this user may not read the data directory {}",
-            data_dir.display()
-        ));
+    if let Some(why) = why_unwritable(data_dir) {
+        return if why.contains("read-only") {
+            format!(
+                "{why}: SQLite writes beside state.db (its -wal and -shm files) even to read \
+                 keys; mount it read-write, or copy the data directory to a writable place"
+            )
+        } else {
+            denied(&why)
+        };
     }
     if path.exists()
         && let Err(e) = std::fs::OpenOptions::new()
@@ -172,6 +204,47 @@ mod tests {
         std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o750)).unwrap();
         StateStore::open(&existing).unwrap();
         assert_eq!(mode(&existing), 0o750);
+    }
+
+    #[test]
+    fn a_writable_directory_has_no_reason_and_keeps_no_trace_of_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(why_unwritable(dir.path()), None);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// Needs `mount` (root): without it there is no read-only file system to try, and the test
+    /// says so and checks nothing.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_read_only_mount_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a read-only tmpfs here (needs root)");
+            return;
+        }
+        let why = why_unwritable(dir.path());
+        let opened = StateStore::open(dir.path()).err().map(|e| e.to_string());
+        let _ = std::process::Command::new("umount")
+            .arg(dir.path())
+            .status();
+        assert_eq!(
+            why,
+            Some(format!(
+                "the file system holding {} is mounted read-only",
+                dir.path().display()
+            ))
+        );
+        let opened = opened.unwrap_or_default();
+        assert!(
+            opened.contains("is mounted read-only: SQLite writes beside state.db"),
+            "{opened}"
+        );
     }
 
     #[test]

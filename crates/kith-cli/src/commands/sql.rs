@@ -110,9 +110,18 @@ pub(crate) async fn open_consistent(
         let lake = Lake::open(data_dir)
             .await
             .context("cannot open the event tables")?;
-        let profiles = ProfileStore::open(data_dir, settings.clone())
-            .context("cannot open the profiles")?
-            .read_only();
+        let profiles = match ProfileStore::open(data_dir, settings.clone()) {
+            Ok(profiles) => profiles.read_only(),
+            // SQLite's "unable to open database file" says nothing of why.
+            Err(e) => match kith_state::why_unwritable(data_dir) {
+                Some(why) => bail!(
+                    "cannot open the profiles: {why}, and reading them writes beside \
+                     profiles.db (SQLite's -wal and -shm files); run as the user that owns the \
+                     data directory, on a writable mount ({e})"
+                ),
+                None => return Err(anyhow::Error::new(e).context("cannot open the profiles")),
+            },
+        };
         let before = (lake.replay_after(), applied_seq_on_disk(data_dir)?);
         kith_server::replay_into(&lake, Some(&profiles), &kith_server::journal_dir(data_dir))
             .context("cannot read the journal")?;
