@@ -66,9 +66,29 @@ pub struct Lake {
         std::sync::Arc<datafusion::execution::cache::cache_manager::CacheManager>,
     /// The memory the queries running at once share (see [`query::QueryMemory`]).
     pub(crate) query_memory: query::QueryMemory,
+    /// Tables the caller builds for the queries that read them (see [`Lake::query_with`]):
+    /// named when a query asks for a table that does not exist, though not registered.
+    tables_on_request: std::sync::RwLock<Vec<String>>,
 }
 
 impl Lake {
+    /// Names the tables the caller builds, on request, for the queries that read them (the
+    /// profile tables), so that a query naming a table that does not exist is told of them too.
+    pub fn name_tables_built_on_request(&self, names: &[&str]) {
+        *self
+            .tables_on_request
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            names.iter().map(|n| n.to_string()).collect();
+    }
+
+    pub(crate) fn tables_on_request(&self) -> Vec<String> {
+        self.tables_on_request
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Opens the tables under `DATA_DIR/tables/` (created by [`Lake::create_missing_tables`] or
     /// the first flush).
     pub async fn open(data_dir: &Path) -> Result<Lake, LakeError> {
@@ -110,6 +130,7 @@ impl Lake {
             )
             .map_err(|e| LakeError::Delta(format!("query caches: {e}")))?,
             query_memory: query::QueryMemory::default(),
+            tables_on_request: Default::default(),
         })
     }
 

@@ -182,6 +182,7 @@ async fn read_query(
     ctx: &SessionContext,
     sql: &str,
     limits: &QueryLimits,
+    tables_on_request: &[String],
 ) -> Result<DataFrame, QueryError> {
     let mut statements = DFParser::parse_sql(sql).map_err(|e| classify(e, limits))?;
     let statement = match (statements.pop_front(), statements.len()) {
@@ -202,7 +203,7 @@ async fn read_query(
         .state()
         .statement_to_plan(statement)
         .await
-        .map_err(|e| name_the_tables(ctx, classify(e, limits)))?;
+        .map_err(|e| name_the_tables(ctx, tables_on_request, classify(e, limits)))?;
     if let Some(what) = writes(&plan) {
         return Err(QueryError::Invalid(format!(
             "queries only read here, and this one {what}; events are added by sending them \
@@ -235,9 +236,14 @@ fn writes(plan: &LogicalPlan) -> Option<&'static str> {
     }
 }
 
-/// A query naming a table that does not exist is answered with the tables that do, instead of
-/// DataFusion's `table 'datafusion.public.x' not found`.
-fn name_the_tables(ctx: &SessionContext, err: QueryError) -> QueryError {
+/// A query naming a table that does not exist is answered with the tables that do (those
+/// registered, and those built on request), instead of DataFusion's
+/// `table 'datafusion.public.x' not found`.
+fn name_the_tables(
+    ctx: &SessionContext,
+    tables_on_request: &[String],
+    err: QueryError,
+) -> QueryError {
     let QueryError::Invalid(message) = &err else {
         return err;
     };
@@ -255,7 +261,9 @@ fn name_the_tables(ctx: &SessionContext, err: QueryError) -> QueryError {
         .and_then(|catalog| catalog.schema("public"))
         .map(|schema| schema.table_names())
         .unwrap_or_default();
+    tables.extend(tables_on_request.iter().cloned());
     tables.sort();
+    tables.dedup();
     QueryError::Invalid(format!(
         "there is no table `{missing}`; the tables are {}",
         tables.join(", ")
@@ -444,9 +452,10 @@ pub(crate) async fn run(
     let sql = sql.to_string();
     let task_limits = limits.clone();
     let pool = ctx.runtime_env().memory_pool.clone();
+    let tables_on_request = lake.tables_on_request();
     let work = tokio::spawn(async move {
         let limits = &task_limits;
-        let frame = read_query(&ctx, &sql, limits).await?;
+        let frame = read_query(&ctx, &sql, limits, &tables_on_request).await?;
         let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
         // EXPLAIN [ANALYZE] must stay the root of its plan; its answer is a few rows anyway.
         let explains = matches!(
@@ -511,8 +520,9 @@ pub(crate) async fn stream(
     use futures::StreamExt;
     let ctx = session(lake, limits).await?;
     let _tables_held = register_extra_tables(&ctx, extra, limits)?;
+    let tables_on_request = lake.tables_on_request();
     let work = async {
-        let frame = read_query(&ctx, sql, limits).await?;
+        let frame = read_query(&ctx, sql, limits, &tables_on_request).await?;
         let mut batches = frame
             .execute_stream()
             .await

@@ -199,6 +199,16 @@ async fn bad_sql_is_a_clear_invalid_error_and_writes_are_refused() {
             Ok(_) => panic!("{sql}: expected an error"),
         }
     }
+    // Tables the caller builds only for the queries that read them are named too.
+    lake.name_tables_built_on_request(&["profiles", "profile_identities"]);
+    match lake.query("SELECT * FROM nope", &limits).await {
+        Err(QueryError::Invalid(message)) => assert_eq!(
+            message,
+            "there is no table `nope`; the tables are events, profile_identities, profiles, \
+             rejected_events"
+        ),
+        other => panic!("{:?}", other.map(|r| r.num_rows())),
+    }
     // Nested inside EXPLAIN a write is still refused.
     assert!(matches!(
         lake.query("EXPLAIN INSERT INTO events SELECT * FROM events", &limits)

@@ -96,6 +96,7 @@ impl Pipeline {
         let lock = lock_data_dir(data_dir)?;
         let lake = Arc::new(Lake::open(data_dir).await?);
         lake.create_missing_tables().await?;
+        lake.name_tables_built_on_request(&crate::profiles::PROFILE_TABLE_NAMES);
         let profiles = Arc::new(ProfileStore::open(data_dir, profile_settings)?);
         // Replay before the journal opens for writing: the unify thread must not see newer
         // events before the replayed ones.

@@ -436,7 +436,7 @@ pub fn profile_tables(
     ];
     Ok(vec![
         ExtraTable {
-            name: "profiles".into(),
+            name: PROFILE_TABLE_NAMES[0].into(),
             schema: PROFILES_SCHEMA.clone(),
             batches: vec![
                 RecordBatch::try_new(PROFILES_SCHEMA.clone(), profiles)
@@ -591,7 +591,7 @@ pub fn identity_table(store: &ProfileStore) -> ExtraTable {
         Arc::new(id_first_seen.finish()),
     ];
     ExtraTable {
-        name: "profile_identities".into(),
+        name: PROFILE_TABLE_NAMES[1].into(),
         schema: PROFILE_IDENTITIES_SCHEMA.clone(),
         batches: vec![
             RecordBatch::try_new(PROFILE_IDENTITIES_SCHEMA.clone(), columns)
@@ -599,6 +599,9 @@ pub fn identity_table(store: &ProfileStore) -> ExtraTable {
         ],
     }
 }
+
+/// The tables [`profile_tables`] builds, for a query that reads them.
+pub const PROFILE_TABLE_NAMES: [&str; 2] = ["profiles", "profile_identities"];
 
 /// Whether a query may read the profile tables (they are built only then): it names them, a
 /// misspelling of them (so that "no such table" lists them), or the catalog (`SHOW TABLES`,

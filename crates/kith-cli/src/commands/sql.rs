@@ -110,6 +110,7 @@ pub(crate) async fn open_consistent(
         let lake = Lake::open(data_dir)
             .await
             .context("cannot open the event tables")?;
+        lake.name_tables_built_on_request(&kith_server::profiles::PROFILE_TABLE_NAMES);
         let profiles = match ProfileStore::open(data_dir, settings.clone()) {
             Ok(profiles) => profiles.read_only(),
             // SQLite's "unable to open database file" says nothing of why.
