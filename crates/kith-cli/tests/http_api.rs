@@ -1379,8 +1379,20 @@ fn output_that_cannot_be_written_ends_the_command_without_a_panic() {
         err.contains("was revoked, since it could not be printed") && !err.contains("panicked"),
         "{err}"
     );
+    // Into /dev/null (where a closed stdout goes too) the key would be lost: none is made.
+    let output = Command::new(kith_bin())
+        .args(["key", "create", "--data-dir", data, "--scope", "read"])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && err.contains("none was created"),
+        "{err}"
+    );
     let (ok, listed, _) = kith(&["key", "list", "--data-dir", data]);
     assert!(ok);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
     assert!(
         listed
             .lines()

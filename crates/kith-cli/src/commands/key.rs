@@ -55,6 +55,12 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
                     scope.as_str()
                 );
             }
+            if stdout_is_dev_null() {
+                bail!(
+                    "standard output is /dev/null (or was closed), so a new key would be lost; \
+                     none was created. Capture it, e.g. `KEY=$(kith key create ...)`"
+                );
+            }
             let data_dir = file.data_dir(data_dir.data_dir);
             let store = StateStore::open(&data_dir)?;
             let created = store.create_key(scope, source.as_deref())?;
@@ -128,4 +134,20 @@ fn existing_data_dir(data_dir: std::path::PathBuf) -> anyhow::Result<std::path::
         );
     }
     Ok(data_dir)
+}
+
+/// Whether stdout goes nowhere: to /dev/null, or closed (the standard library then points it
+/// at /dev/null, and writes "succeed").
+fn stdout_is_dev_null() -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let stdout = std::os::fd::AsFd::as_fd(&std::io::stdout())
+            .try_clone_to_owned()
+            .and_then(|fd| std::fs::File::from(fd).metadata());
+        if let (Ok(out), Ok(null)) = (stdout, std::fs::metadata("/dev/null")) {
+            return out.file_type() == null.file_type() && out.rdev() == null.rdev();
+        }
+    }
+    false
 }
