@@ -281,6 +281,7 @@ mod tests {
             batches: vec![
                 RecordBatch::try_new(schema, vec![column(0), column(1), column(2)]).unwrap(),
             ],
+            shared: false,
         }
     }
 

@@ -240,6 +240,7 @@ impl Segment {
             batches: vec![
                 RecordBatch::try_new(schema, columns).expect("columns match the segment schema"),
             ],
+            shared: false,
         }
     }
 }
@@ -297,6 +298,7 @@ mod tests {
             name: "profile_identities".into(),
             schema,
             batches: vec![batch],
+            shared: false,
         }])
     }
 

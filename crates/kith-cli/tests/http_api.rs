@@ -189,6 +189,26 @@ fn write_key_in_body_text_plain_gzip_and_cors_work_as_browsers_send_them() {
     );
     assert_eq!(status, 400);
     assert_eq!(response["code"], "invalid_gzip");
+    // Bytes after the gzip data: refused (never half-read), and said so.
+    let mut spliced = gzip(batch.to_string().as_bytes());
+    spliced.extend_from_slice(b"{\"batch\": []}");
+    let (status, response, _) = post(
+        &server.url("/v1/batch"),
+        &[
+            ("Authorization", &basic(&server.write_key)),
+            ("Content-Encoding", "gzip"),
+        ],
+        &spliced,
+    );
+    assert_eq!(
+        (status, response["message"].clone()),
+        (
+            400,
+            json!(
+                "`Content-Encoding: gzip` was sent but its gzip data is followed by bytes that are not gzip; send the compressed body alone"
+            )
+        )
+    );
 
     // `x-gzip` is gzip's old name; any other coding is refused, never read as if it were JSON.
     let old_name = json!({"batch": [{"type": "track", "anonymousId": "a1", "event": "Zipped", "messageId": "m-x-gzip"}]});

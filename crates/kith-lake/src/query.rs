@@ -403,12 +403,16 @@ pub struct ExtraTable {
     pub name: String,
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
+    /// Held beyond the query by a cache shared by many queries (the identity table analyses
+    /// reuse): counting it in each query's memory would count one table many times over. A
+    /// table built for the query is counted while the query works.
+    pub shared: bool,
 }
 
 /// Registers tables built for one query (the profile tables), counting what they hold in
 /// the queries' shared memory for as long as the returned reservation lives: built per query,
 /// at a million profiles they take hundreds of MB, and several queries at once must not
-/// take more than the limit between them.
+/// take more than the limit between them. Shared tables are registered without counting.
 fn register_extra_tables(
     ctx: &SessionContext,
     extra: Vec<ExtraTable>,
@@ -417,11 +421,15 @@ fn register_extra_tables(
     let pool = ctx.runtime_env().memory_pool.clone();
     let held = MemoryConsumer::new("tables built for the query").register(&pool);
     for table in extra {
-        let bytes = table
-            .batches
-            .iter()
-            .map(memory::held_bytes)
-            .fold(0usize, usize::saturating_add);
+        let bytes = if table.shared {
+            0
+        } else {
+            table
+                .batches
+                .iter()
+                .map(memory::held_bytes)
+                .fold(0usize, usize::saturating_add)
+        };
         if held.try_grow(bytes).is_err() {
             let too_large = QueryError::TablesTooLarge {
                 table: table.name,

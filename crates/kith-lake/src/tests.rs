@@ -369,6 +369,7 @@ async fn tables_built_for_a_query_count_in_the_shared_memory() {
             name: "profiles".into(),
             schema: schema.clone(),
             batches: vec![RecordBatch::try_new(schema, vec![column]).unwrap()],
+            shared: false,
         }
     };
     let count = "SELECT count(*) AS n FROM profiles";
@@ -412,6 +413,14 @@ async fn tables_built_for_a_query_count_in_the_shared_memory() {
     else {
         panic!("a table fitted beside an answer that holds most of the limit");
     };
+    // A table a cache holds for many queries is not counted in each: beside the same answer,
+    // and even larger than the whole limit, it is queried.
+    let shared = ExtraTable {
+        shared: true,
+        ..table_of(300_000)
+    };
+    let answer = lake.query_with(count, &limits, vec![shared]).await.unwrap();
+    assert_eq!(answer.num_rows(), 1);
     drop(held);
     lake.query_with(count, &limits, vec![table_of(160_000)])
         .await

@@ -110,7 +110,7 @@ impl ErrorCode {
                 "invalid_gzip",
                 S::BAD_REQUEST,
                 "invalid_request",
-                "`Content-Encoding: gzip` was sent but the body is not gzip",
+                "`Content-Encoding: gzip` was sent but the body is not gzip, is cut short, or has bytes after its last gzip member",
             ),
             UnsupportedEncoding => (
                 "unsupported_encoding",
@@ -164,7 +164,7 @@ impl ErrorCode {
                 "query_memory_exceeded",
                 S::BAD_REQUEST,
                 "invalid_request",
-                "the query or its answer needs more memory than queries may use, even alone",
+                "the query, its answer or the profile tables it reads need more memory than queries may use, even alone",
             ),
             NotFound => (
                 "not_found",

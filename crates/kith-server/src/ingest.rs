@@ -80,11 +80,17 @@ pub(crate) async fn read_body(
         return Ok(Vec::from(raw));
     }
     let decoded = gunzip(&raw, MAX_REQUEST_BYTES).map_err(|e| {
+        // The first member may have been whole, with something else after it.
+        let mut first = flate2::read::GzDecoder::new(&raw[..]).take(MAX_REQUEST_BYTES as u64 + 1);
+        let what = if first.read_to_end(&mut Vec::new()).is_ok() {
+            "its gzip data is followed by bytes that are not gzip; send the compressed body alone"
+                .to_string()
+        } else {
+            format!("the body could not be decompressed: {e}")
+        };
         ApiError::new(
             ErrorCode::InvalidGzip,
-            format!(
-                "`Content-Encoding: gzip` was sent but the body could not be decompressed: {e}"
-            ),
+            format!("`Content-Encoding: gzip` was sent but {what}"),
         )
     })?;
     decoded.ok_or_else(too_large)

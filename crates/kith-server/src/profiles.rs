@@ -442,6 +442,7 @@ pub fn profile_tables(
                 RecordBatch::try_new(PROFILES_SCHEMA.clone(), profiles)
                     .expect("columns match the profiles schema"),
             ],
+            shared: false,
         },
         identity_table(store),
     ])
@@ -475,7 +476,13 @@ impl IdentityTableCache {
         {
             return table.clone();
         }
-        let table = (identity_table(store), Arc::default());
+        // Held by this cache for as long as no event changes it, and read by every analysis:
+        // not one query's memory.
+        let shared = ExtraTable {
+            shared: true,
+            ..identity_table(store)
+        };
+        let table = (shared, Arc::default());
         *last = Some((seq, table.clone()));
         table
     }
@@ -597,6 +604,7 @@ pub fn identity_table(store: &ProfileStore) -> ExtraTable {
             RecordBatch::try_new(PROFILE_IDENTITIES_SCHEMA.clone(), columns)
                 .expect("columns match the profile_identities schema"),
         ],
+        shared: false,
     }
 }
 
