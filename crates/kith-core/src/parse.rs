@@ -254,8 +254,10 @@ pub fn parse_single_request(
     })
 }
 
-/// Judges one event written on its own (a line of an events file) exactly as it would be judged
-/// as an item of `/v1/batch`: its `type` decides the call, and a fault gives the same rejection.
+/// Judges one event written on its own (a line of an events file) as it would be judged as an
+/// item of `/v1/batch`: its `type` decides the call, and a fault gives the same rejection. Its
+/// time is corrected against the `receivedAt` it recorded, if any, rather than against now
+/// (see [`crate::time::event_time`]).
 pub fn judge_event(
     text: &str,
     source: &str,
@@ -476,7 +478,15 @@ impl RawRequest<'_> {
         }
         // SDKs send the call's device time as `timestamp`; Segment keeps it as the original.
         let original_timestamp = original.or(explicit);
-        let timestamp = event_time(explicit, original, sent_at, arrived, received_at);
+        // Without any time, the event happened when a server received it: for a line of a
+        // file, the time it recorded.
+        let timestamp = event_time(
+            explicit,
+            original,
+            sent_at,
+            arrived,
+            arrived.unwrap_or(received_at),
+        );
         if !crate::time::is_storable(timestamp) {
             // Each time was storable, but correcting the device clock moved the event out of
             // range: `sentAt` and `originalTimestamp` are centuries apart.

@@ -639,6 +639,17 @@ fn file_lines_are_corrected_against_their_recorded_arrival_not_the_time_of_readi
         unrecorded.timestamp.to_rfc3339(),
         "2023-03-01T10:50:00+00:00"
     );
+    // Without any time of its own, it happened when it was received: then, not now.
+    let received_then = judge_event(
+        r#"{"type": "track", "event": "A", "userId": "u", "receivedAt": "2023-03-01T10:00:00Z"}"#,
+        "file",
+        read_now,
+    )
+    .unwrap();
+    assert_eq!(
+        received_then.timestamp.to_rfc3339(),
+        "2023-03-01T10:00:00+00:00"
+    );
 }
 
 // A profile's history calls a merge whose message id has the manual-merge prefix "manual": no
