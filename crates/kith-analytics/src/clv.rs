@@ -14,6 +14,7 @@ use kith_clv::summary::{PeriodUnit, SummaryOptions, Transaction, summary_from_tr
 use kith_clv::{
     BgNbd, ClvOptions, FitOptions, Fitted, GammaGamma, GammaGammaFit, GammaGammaOptions,
 };
+use kith_clv::{FitError, SummaryError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -278,8 +279,12 @@ impl ClvDefinition {
             observation_end: Some(purchases.as_of.with_timezone(&zone).naive_local()),
         };
         let summary =
-            summary_from_transactions(&purchases.transactions, &options).map_err(|e| {
-                AnalyticsError::Model(format!("the purchases cannot be summarised: {e}"))
+            summary_from_transactions(&purchases.transactions, &options).map_err(|e| match e {
+                SummaryError::EmptyInput => AnalyticsError::NotEnoughData(format!(
+                    "there are no `{}` events to fit CLV on yet",
+                    self.purchase_event
+                )),
+                e => AnalyticsError::Model(format!("the purchases cannot be summarised: {e}")),
             })?;
         let rfm: Vec<_> = summary.iter().map(|c| c.rfm()).collect();
         let fit_options = FitOptions {
@@ -287,11 +292,17 @@ impl ClvDefinition {
             ..FitOptions::default()
         };
         let bg_nbd = BgNbd::fit(&rfm, &fit_options).map_err(|e| {
-            AnalyticsError::Model(format!(
+            let message = format!(
                 "BG/NBD cannot be fitted on {} buyers' `{}` events: {e}",
                 summary.len(),
                 self.purchase_event
-            ))
+            );
+            match e {
+                FitError::EmptyInput | FitError::TooFewRepeatCustomers { .. } => {
+                    AnalyticsError::NotEnoughData(message)
+                }
+                _ => AnalyticsError::Model(message),
+            }
         })?;
         let spend: Vec<_> = summary.iter().map(|c| c.spend()).collect();
         let gamma_gamma = GammaGamma::fit(

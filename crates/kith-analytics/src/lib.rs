@@ -47,9 +47,13 @@ pub enum AnalyticsError {
     Invalid { field: String, message: String },
     #[error(transparent)]
     Query(#[from] QueryError),
-    /// The data cannot support a model (too few repeat buyers, say): what and why.
+    /// The model cannot be fitted on this data (it does not converge, the data breaks the
+    /// model's assumptions): what and why.
     #[error("{0}")]
     Model(String),
+    /// There is not enough data for the model yet: no purchases, too few repeat buyers.
+    #[error("{0}")]
+    NotEnoughData(String),
     /// The profiles a segment is judged on could not be read.
     #[error("reading the profiles failed: {0}")]
     Profiles(String),
@@ -67,9 +71,10 @@ impl AnalyticsError {
     pub fn field(&self) -> Option<&str> {
         match self {
             AnalyticsError::Invalid { field, .. } => Some(field),
-            AnalyticsError::Query(_) | AnalyticsError::Model(_) | AnalyticsError::Profiles(_) => {
-                None
-            }
+            AnalyticsError::Query(_)
+            | AnalyticsError::Model(_)
+            | AnalyticsError::NotEnoughData(_)
+            | AnalyticsError::Profiles(_) => None,
         }
     }
 }

@@ -23,7 +23,9 @@ pub(crate) fn analytics_error(err: AnalyticsError) -> ApiError {
             ApiError::new(ErrorCode::InvalidAnalysis, err.to_string())
         }
         AnalyticsError::Query(e) => query_error(e),
-        AnalyticsError::Model(message) => ApiError::new(ErrorCode::InvalidAnalysis, message),
+        AnalyticsError::Model(message) | AnalyticsError::NotEnoughData(message) => {
+            ApiError::new(ErrorCode::InvalidAnalysis, message)
+        }
         AnalyticsError::Profiles(message) => {
             tracing::error!(error = %message, "reading profiles for a segment failed");
             ApiError::new(

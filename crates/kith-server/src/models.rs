@@ -132,7 +132,7 @@ impl ModelJobs {
         Some(status)
     }
 
-    fn finish(&self, model: &'static str, outcome: Result<u64, String>) {
+    fn finish(&self, model: &'static str, outcome: Result<u64, RunFailure>) {
         let mut jobs = self.lock();
         if let Some(job) = jobs.get_mut(model) {
             job.finished_at = Some(now());
@@ -141,7 +141,11 @@ impl ModelJobs {
                     job.state = "succeeded";
                     job.profiles_scored = Some(profiles);
                 }
-                Err(message) => {
+                Err(RunFailure::NotEnoughData(message)) => {
+                    job.state = NOT_ENOUGH_DATA;
+                    job.error = Some(message);
+                }
+                Err(RunFailure::Failed(message)) => {
                     job.state = "failed";
                     job.error = Some(message);
                 }
@@ -176,9 +180,9 @@ pub fn start_model(
                 "succeeded"
             }
             // Not a fault: a new server has no purchases yet, say. Said, not warned about.
-            Err(RunFailure::UnsupportedByData(why)) => {
-                tracing::info!(model = name, reason = %why, trigger, "model not fitted: the data cannot support it (yet)");
-                "unsupported_by_data"
+            Err(RunFailure::NotEnoughData(why)) => {
+                tracing::info!(model = name, reason = %why, trigger, "model not fitted: not enough data yet");
+                NOT_ENOUGH_DATA
             }
             Err(RunFailure::Failed(e)) => {
                 tracing::warn!(model = name, error = %e, trigger, "model run failed");
@@ -187,31 +191,26 @@ pub fn start_model(
         };
         metrics::counter!("kith_model_runs_total", "model" => name, "outcome" => result)
             .increment(1);
-        app.models
-            .finish(name, outcome.map_err(RunFailure::into_message));
+        app.models.finish(name, outcome);
     });
     Some(status)
 }
 
+/// The state (and metric outcome) of a run with too little data to fit: a new server with no
+/// purchases yet is not failing.
+const NOT_ENOUGH_DATA: &str = "not_enough_data";
+
 /// Why a model run wrote no traits.
 enum RunFailure {
-    /// The data cannot support the model (yet): no purchases, too few repeat buyers.
-    UnsupportedByData(String),
+    /// Not enough data for the model yet: no purchases, too few repeat buyers.
+    NotEnoughData(String),
     Failed(String),
-}
-
-impl RunFailure {
-    fn into_message(self) -> String {
-        match self {
-            RunFailure::UnsupportedByData(message) | RunFailure::Failed(message) => message,
-        }
-    }
 }
 
 /// What an analytics error says about a run.
 fn run_failure(e: AnalyticsError) -> RunFailure {
     match e {
-        AnalyticsError::Model(why) => RunFailure::UnsupportedByData(why),
+        AnalyticsError::NotEnoughData(why) => RunFailure::NotEnoughData(why),
         AnalyticsError::Query(q) => RunFailure::Failed(format!("reading the events failed: {q}")),
         other => RunFailure::Failed(other.to_string()),
     }
