@@ -254,19 +254,35 @@ pub fn parse_definition<T: serde::de::DeserializeOwned>(
                 _ => None,
             }
         });
+        if let Some((field, message)) = culprit {
+            return AnalyticsError::invalid(&field, message);
+        }
         let whole = whole.to_string();
-        // serde says "missing field `steps`"; the field is what the message should name.
+        // serde says "missing field `steps`": a field of the definition itself is named as
+        // required; one missing inside a field's value (a step without `event`) is blamed on
+        // that field.
         let missing = whole
             .strip_prefix("missing field `")
             .and_then(|rest| rest.split_once('`'))
-            .map(|(name, _)| name.to_string());
-        match (culprit, missing) {
-            (Some((field, message)), _) => AnalyticsError::invalid(&field, message),
-            (None, Some(field)) => AnalyticsError::invalid(
-                &field,
+            .map(|(name, _)| name);
+        if let Some(name) = missing
+            && (own.contains(&name) || SCOPE_FIELDS.contains(&name))
+        {
+            return AnalyticsError::invalid(
+                name,
                 format!("is required: a `{kind}` definition must give it"),
-            ),
-            (None, None) => AnalyticsError::invalid("definition", whole),
+            );
+        }
+        let holder = fields.iter().find_map(|(key, value)| {
+            let alone = serde_json::Map::from_iter([(key.clone(), value.clone())]);
+            serde_json::from_value::<T>(Value::Object(alone))
+                .err()
+                .filter(|e| e.to_string() == whole)
+                .map(|_| key.clone())
+        });
+        match holder {
+            Some(field) => AnalyticsError::invalid(&field, format!("is incomplete: {whole}")),
+            None => AnalyticsError::invalid("definition", whole),
         }
     })
 }
@@ -358,6 +374,13 @@ mod definition_tests {
         assert_eq!(
             Analysis::parse("funnel", &json!({})).unwrap_err().field(),
             Some("steps")
+        );
+        // Missing inside a field's value: that field is blamed, with what it lacks.
+        let error = Analysis::parse("funnel", &json!({"steps": [{"label": "x"}]})).unwrap_err();
+        assert_eq!(error.field(), Some("steps"), "{error}");
+        assert!(
+            error.to_string().contains("missing field `event`"),
+            "{error}"
         );
         let error = Analysis::parse("journeys", &json!({})).unwrap_err();
         assert_eq!(error.field(), Some("analysis"));
