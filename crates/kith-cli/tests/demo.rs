@@ -46,6 +46,12 @@ fn the_demo_world_loads_through_ingestion_and_kith_recovers_what_generated_it() 
     ]);
     assert!(ok, "{stderr}");
     assert!(stdout.starts_with("demo world: 800 customers"), "{stdout}");
+    // Customers' data: the new data directory is its owner's alone.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{mode:o}");
+    }
     let parameters: Value = serde_json::from_str(
         &std::fs::read_to_string(data.join("demo/truth/parameters.json")).unwrap(),
     )

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use kith_demo::{DemoConfig, WorldSummary, write_world};
@@ -51,9 +51,9 @@ pub fn run(action: DemoAction, file: FileConfig) -> anyhow::Result<ExitCode> {
     }
     if args.customers > MAX_CUSTOMERS {
         bail!(
-            "--customers {} is more than the {MAX_CUSTOMERS} a demo world may have: a customer \
-             is about 68 events and 38 KB of files, so that many would be about 680 million \
-             events and 380 GB",
+            "--customers {} is more than the {MAX_CUSTOMERS} a demo world may have (that \
+             largest world is about 680 million events and 380 GB of files: a customer is about \
+             68 events and 38 KB)",
             args.customers
         );
     }
@@ -100,6 +100,9 @@ pub fn load(
     settings: ProfileSettings,
 ) -> anyhow::Result<WorldSummary> {
     let files = data_dir.join("demo");
+    // Made here, before the files inside it, so it is the owner's alone like any data directory.
+    kith_state::create_data_dir(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let summary = generate(config, &files)?;
     let destination = Destination::open(data_dir, settings.clone())?;
     let loaded = import_segment_lines(
