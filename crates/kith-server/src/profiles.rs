@@ -611,13 +611,15 @@ pub fn identity_table(store: &ProfileStore) -> ExtraTable {
 /// The tables [`profile_tables`] builds, for a query that reads them.
 pub const PROFILE_TABLE_NAMES: [&str; 2] = ["profiles", "profile_identities"];
 
-/// Whether a query may read the profile tables (they are built only then): it names them, a
-/// misspelling of them (so that "no such table" lists them), or the catalog (`SHOW TABLES`,
-/// `information_schema`).
+/// Whether a query may read the profile tables (they are built only then, at a cost that grows
+/// with the profiles): it names one of them, or the catalog (`SHOW TABLES`,
+/// `information_schema`). A misspelt name needs no tables: "no such table" lists them anyway
+/// (see `Lake::name_tables_built_on_request`).
 pub fn may_read_profiles(sql: &str) -> bool {
     let sql = sql.to_ascii_lowercase();
-    ["profil", "show", "information_schema"]
+    PROFILE_TABLE_NAMES
         .iter()
+        .chain(&["show", "information_schema"])
         .any(|word| sql.contains(word))
 }
 
@@ -634,6 +636,22 @@ mod tests {
         let request = kith_core::parse_batch_request(&body).unwrap();
         let events = request.normalize("web", chrono::Utc::now()).events;
         store.apply_events(&[(seq, &events[0])]);
+    }
+
+    #[test]
+    fn the_profile_tables_are_built_for_queries_that_name_them_or_the_catalog() {
+        for sql in [
+            "SELECT * FROM profiles",
+            "select count(*) from PROFILE_IDENTITIES",
+            "SHOW TABLES",
+            "SELECT * FROM information_schema.columns",
+        ] {
+            assert!(may_read_profiles(sql), "{sql}");
+        }
+        // A misspelling is told the tables without building them.
+        for sql in ["SELECT * FROM profile", "SELECT * FROM profils", "SELECT 1"] {
+            assert!(!may_read_profiles(sql), "{sql}");
+        }
     }
 
     #[test]
