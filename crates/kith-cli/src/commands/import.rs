@@ -227,6 +227,9 @@ impl FileArgs {
 }
 
 pub fn check_source(source: &str) -> anyhow::Result<()> {
+    if source.trim().is_empty() {
+        bail!("--source is empty; name where the file's events come from, e.g. `--source crm`");
+    }
     if source.eq_ignore_ascii_case(kith_profiles::KITH_SOURCE) {
         bail!(
             "the source name `{source}` is reserved for events Kith writes itself; pass another --source"
@@ -410,4 +413,17 @@ pub fn progress_bar(total_bytes: u64) -> ProgressBar {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_source;
+
+    #[test]
+    fn a_source_must_be_named_and_not_kiths_own() {
+        assert!(check_source("crm").is_ok());
+        for refused in ["", "  ", "kith", "Kith"] {
+            assert!(check_source(refused).is_err(), "{refused:?}");
+        }
+    }
 }
