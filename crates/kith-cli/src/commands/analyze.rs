@@ -356,12 +356,15 @@ fn print_report(args: &AnalyzeArgs, report: &Value) -> anyhow::Result<ExitCode> 
         Format::Table | Format::Csv => {
             let (headers, rows) = tabulate(&args.analysis, report);
             if matches!(args.format, Format::Csv) {
-                let mut writer = csv::Writer::from_writer(std::io::stdout());
+                // Written whole into memory (a report is a table of a few hundred rows at most),
+                // then out, so a closed pipe ends the command as it does elsewhere.
+                let mut writer = csv::Writer::from_writer(Vec::new());
                 writer.write_record(&headers)?;
                 for row in &rows {
                     writer.write_record(row)?;
                 }
-                writer.flush()?;
+                let text = String::from_utf8(writer.into_inner()?)?;
+                out!("{text}")?;
             } else {
                 print_table(&headers, &rows)?;
                 print_notes(&args.analysis, report)?;
