@@ -297,6 +297,20 @@ pub struct IdentityConfig {
 /// The identifier types Kith knows by name (see `IdType::from_name`).
 const BUILT_IN_ID_TYPES: [&str; 4] = ["user_id", "anonymous_id", "email", "phone"];
 
+/// The built-in identifier type a limit's name is a letter or two away from, when it is not
+/// one and not a declared identifier trait: likely a typo that leaves the intended limit unset.
+/// Only likely: external id types are open-ended (`context.externalIds` may bring any), so a
+/// name such as `phone2` may be meant, and is said rather than refused.
+fn likely_typo<'a>(name: &str, identifier_traits: &[String]) -> Option<&'a str> {
+    if identifier_traits.iter().any(|t| t == name) {
+        return None;
+    }
+    BUILT_IN_ID_TYPES
+        .iter()
+        .find(|t| **t != name && strsim::damerau_levenshtein(t, name) <= 2)
+        .copied()
+}
+
 impl IdentityConfig {
     pub fn settings(&self) -> anyhow::Result<ProfileSettings> {
         let mut settings = ProfileSettings::default();
@@ -322,19 +336,11 @@ impl IdentityConfig {
             if *limit == 0 {
                 anyhow::bail!("[identity.limits] {name} must be at least 1");
             }
-            // Any other name is an external id type, which cannot be checked against a list
-            // (`context.externalIds` may bring any); one a letter or two from a built-in type is
-            // a typo that would leave the intended limit unset.
-            if let Some(meant) = BUILT_IN_ID_TYPES
-                .iter()
-                .find(|t| **t != name && strsim::damerau_levenshtein(t, name) <= 2)
-                && !self.identifier_traits.contains(name)
-            {
-                anyhow::bail!(
-                    "[identity.limits] `{name}` is not an identifier type; did you mean `{meant}`? \
-                     (the built-in types are {}; any other name is an external id type, such as \
-                     a trait listed in identifier_traits)",
-                    BUILT_IN_ID_TYPES.join(", ")
+            if let Some(meant) = likely_typo(name, &self.identifier_traits) {
+                tracing::warn!(
+                    "[identity.limits] `{name}` is not a built-in identifier type: did you mean \
+                     `{meant}`? It is taken as an external id type (from identifier_traits or \
+                     context.externalIds), and `{meant}` keeps its default limit"
                 );
             }
             settings
@@ -552,11 +558,14 @@ mod tests {
                 .map(|_| ())
                 .map_err(|e| format!("{e:#}"))
         };
-        let typo = identity_error("[identity.limits]\nemial = 5\n").unwrap_err();
-        assert!(
-            typo.contains("`emial` is not an identifier type; did you mean `email`?"),
-            "{typo}"
-        );
+        // A name a letter or two from a built-in type is said (with a warning), not refused:
+        // it may be an external id type.
+        assert_eq!(identity_error("[identity.limits]\nemial = 5\n"), Ok(()));
+        assert_eq!(likely_typo("emial", &[]), Some("email"));
+        assert_eq!(likely_typo("userid", &[]), Some("user_id"));
+        assert_eq!(likely_typo("email", &[]), None);
+        assert_eq!(likely_typo("crm_id", &[]), None);
+        assert_eq!(likely_typo("emails", &["emails".to_string()]), None);
         // External id types are open-ended: a name far from the built-in ones is one.
         assert_eq!(identity_error("[identity.limits]\ncrm_id = 1\n"), Ok(()));
         assert_eq!(
