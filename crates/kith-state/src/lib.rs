@@ -104,17 +104,64 @@ impl StateStore {
     }
 }
 
+/// What to do when this user may not use the data directory.
+const GIVE_ACCESS: &str = "run Kith as the user that owns the data directory, or give this user read and write access to it";
+
+/// Why this process cannot write in a directory (see [`why_unwritable`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unwritable {
+    /// The user may not list it.
+    NotReadable(String),
+    /// The user may not create files in it.
+    NotWritable(String),
+    /// Its file system is mounted read-only, whoever asks.
+    ReadOnlyMount(String),
+}
+
+impl std::fmt::Display for Unwritable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unwritable::NotReadable(dir) => {
+                write!(f, "this user may not read the data directory {dir}")
+            }
+            Unwritable::NotWritable(dir) => write!(f, "this user may not create files in {dir}"),
+            Unwritable::ReadOnlyMount(dir) => {
+                write!(f, "the file system holding {dir} is mounted read-only")
+            }
+        }
+    }
+}
+
+impl Unwritable {
+    /// What to do about it.
+    pub fn remedy(&self) -> &'static str {
+        match self {
+            Unwritable::NotReadable(_) | Unwritable::NotWritable(_) => GIVE_ACCESS,
+            Unwritable::ReadOnlyMount(_) => {
+                "mount it read-write, or copy the data directory to a writable place"
+            }
+        }
+    }
+
+    /// What an error of this kind, met creating a file in `dir`, says about it.
+    fn from_kind(kind: std::io::ErrorKind, dir: &Path) -> Option<Unwritable> {
+        let dir = dir.display().to_string();
+        match kind {
+            std::io::ErrorKind::ReadOnlyFilesystem => Some(Unwritable::ReadOnlyMount(dir)),
+            std::io::ErrorKind::PermissionDenied => Some(Unwritable::NotWritable(dir)),
+            _ => None,
+        }
+    }
+}
+
 /// Why this process cannot write in `dir`, found by trying: the user may not read or write it,
 /// or its file system is mounted read-only. `None` when a file can be created there. SQLite's
 /// own errors ("unable to open database file") say none of this.
-pub fn why_unwritable(dir: &Path) -> Option<String> {
+pub fn why_unwritable(dir: &Path) -> Option<Unwritable> {
     if let Err(e) = std::fs::read_dir(dir)
         && e.kind() == std::io::ErrorKind::PermissionDenied
     {
-        return Some(format!(
-            "this user may not read the data directory {}",
-            dir.display()
-        ));
+        return Some(Unwritable::NotReadable(dir.display().to_string()));
     }
     let probe = dir.join(format!(".kith-write-check-{}", std::process::id()));
     match std::fs::File::create(&probe) {
@@ -122,15 +169,7 @@ pub fn why_unwritable(dir: &Path) -> Option<String> {
             let _ = std::fs::remove_file(&probe);
             None
         }
-        Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => Some(format!(
-            "the file system holding {} is mounted read-only",
-            dir.display()
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Some(format!(
-            "this user may not create files in {}",
-            dir.display()
-        )),
-        Err(_) => None,
+        Err(e) => Unwritable::from_kind(e.kind(), dir),
     }
 }
 
@@ -138,21 +177,13 @@ pub fn why_unwritable(dir: &Path) -> Option<String> {
 /// rather than SQLite's codes ("unable to open database file: Error code 14").
 fn why_it_does_not_open(data_dir: &Path, path: &Path, err: &rusqlite::Error) -> String {
     use rusqlite::ErrorCode;
-    let denied = |what: &str| {
-        format!(
-            "{what}; run Kith as the user that owns the data directory, or give this user \
-             read and write access to it"
-        )
-    };
+    let denied = |what: &str| format!("{what}; {GIVE_ACCESS}");
     if let Some(why) = why_unwritable(data_dir) {
-        return if why.contains("read-only") {
-            format!(
-                "{why}: SQLite writes beside state.db (its -wal and -shm files) even to read \
-                 keys; mount it read-write, or copy the data directory to a writable place"
-            )
-        } else {
-            denied(&why)
-        };
+        return format!(
+            "{why}, and SQLite writes beside state.db (its -wal and -shm files) even to read \
+             keys; {}",
+            why.remedy()
+        );
     }
     if path.exists()
         && let Err(e) = std::fs::OpenOptions::new()
@@ -206,6 +237,29 @@ mod tests {
         assert_eq!(mode(&existing), 0o750);
     }
 
+    /// What each error met creating a file says, whoever runs the tests (a user who may not
+    /// write, or a read-only mount, cannot be made without root).
+    #[test]
+    fn errors_creating_a_file_name_their_cause_and_remedy() {
+        let dir = Path::new("/data");
+        let mount = Unwritable::from_kind(std::io::ErrorKind::ReadOnlyFilesystem, dir).unwrap();
+        assert_eq!(
+            mount.to_string(),
+            "the file system holding /data is mounted read-only"
+        );
+        assert!(mount.remedy().starts_with("mount it read-write"));
+        let denied = Unwritable::from_kind(std::io::ErrorKind::PermissionDenied, dir).unwrap();
+        assert_eq!(
+            denied.to_string(),
+            "this user may not create files in /data"
+        );
+        assert!(denied.remedy().starts_with("run Kith as the user"));
+        assert_eq!(
+            Unwritable::from_kind(std::io::ErrorKind::StorageFull, dir),
+            None
+        );
+    }
+
     #[test]
     fn a_writable_directory_has_no_reason_and_keeps_no_trace_of_the_check() {
         let dir = tempfile::tempdir().unwrap();
@@ -235,14 +289,14 @@ mod tests {
             .status();
         assert_eq!(
             why,
-            Some(format!(
-                "the file system holding {} is mounted read-only",
-                dir.path().display()
-            ))
+            Some(Unwritable::ReadOnlyMount(dir.path().display().to_string()))
         );
         let opened = opened.unwrap_or_default();
         assert!(
-            opened.contains("is mounted read-only: SQLite writes beside state.db"),
+            opened.contains("is mounted read-only, and SQLite writes beside state.db")
+                && opened.ends_with(
+                    "mount it read-write, or copy the data directory to a writable place"
+                ),
             "{opened}"
         );
     }

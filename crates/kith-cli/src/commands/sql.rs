@@ -117,8 +117,8 @@ pub(crate) async fn open_consistent(
             Err(e) => match kith_state::why_unwritable(data_dir) {
                 Some(why) => bail!(
                     "cannot open the profiles: {why}, and reading them writes beside \
-                     profiles.db (SQLite's -wal and -shm files); run as the user that owns the \
-                     data directory, on a writable mount ({e})"
+                     profiles.db (SQLite's -wal and -shm files); {} ({e})",
+                    why.remedy()
                 ),
                 None => return Err(anyhow::Error::new(e).context("cannot open the profiles")),
             },
