@@ -67,6 +67,14 @@ pub struct NewKey {
 }
 
 /// What a presented secret turned out to be.
+/// A key after [`StateStore::revoke_key`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revocation {
+    pub key: ApiKey,
+    /// It was revoked before this call (`key.revoked_at` says when).
+    pub already: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeyCheck {
     Valid(ApiKey),
@@ -134,24 +142,29 @@ impl StateStore {
 
     /// Revokes the key with id `id` (as `kith key list` shows it), or the key `id` itself when
     /// the whole secret is given. Revoking twice is harmless: the first time is kept.
-    pub fn revoke_key(&self, id: &str) -> Result<ApiKey, StateError> {
+    pub fn revoke_key(&self, id: &str) -> Result<Revocation, StateError> {
         let id = match self.check_key(id)? {
             KeyCheck::Valid(key) | KeyCheck::Revoked(key) => key.id,
             KeyCheck::Unknown => id.to_string(),
         };
         let id = id.as_str();
         self.with_conn(|conn| {
-            conn.execute(
+            let changed = conn.execute(
                 "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                 params![id, Utc::now().to_rfc3339()],
             )?;
-            conn.query_row(
-                "SELECT id, scope, source, created_at, revoked_at FROM api_keys WHERE id = ?1",
-                params![id],
-                row_to_key,
-            )
-            .optional()?
-            .ok_or_else(|| StateError::UnknownKey(id.to_string()))
+            let key = conn
+                .query_row(
+                    "SELECT id, scope, source, created_at, revoked_at FROM api_keys WHERE id = ?1",
+                    params![id],
+                    row_to_key,
+                )
+                .optional()?
+                .ok_or_else(|| StateError::UnknownKey(id.to_string()))?;
+            Ok(Revocation {
+                key,
+                already: changed == 0,
+            })
         })
     }
 
@@ -219,7 +232,12 @@ mod tests {
         assert_eq!(other.list_keys().unwrap().len(), 2);
 
         let revoked = other.revoke_key(&ingest.key.id).unwrap();
-        assert!(revoked.revoked_at.is_some());
+        assert!(revoked.key.revoked_at.is_some() && !revoked.already);
+        let again = other.revoke_key(&ingest.key.id).unwrap();
+        assert_eq!(
+            (again.already, again.key.revoked_at),
+            (true, revoked.key.revoked_at)
+        );
         assert!(matches!(
             store.check_key(&ingest.secret).unwrap(),
             KeyCheck::Revoked(_)
@@ -235,7 +253,7 @@ mod tests {
         // The whole key revokes it too, as its id does.
         let another = store.create_key(KeyScope::Read, None).unwrap();
         assert_eq!(
-            store.revoke_key(&another.secret).unwrap().id,
+            store.revoke_key(&another.secret).unwrap().key.id,
             another.key.id
         );
         assert!(matches!(

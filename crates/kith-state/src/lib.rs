@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use rusqlite::Connection;
 use thiserror::Error;
 
-pub use keys::{ApiKey, KeyScope, NewKey};
+pub use keys::{ApiKey, KeyScope, NewKey, Revocation};
 
 #[derive(Debug, Error)]
 pub enum StateError {

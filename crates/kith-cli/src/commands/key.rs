@@ -66,11 +66,14 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
             let created = store.create_key(scope, source.as_deref())?;
             if let Err(unwritten) = outln!("{}", created.secret) {
                 // Nobody has the key: it must not stay valid.
-                store.revoke_key(&created.key.id)?;
-                bail!(
-                    "the new key {} was revoked, since it could not be printed: {unwritten}",
-                    created.key.id
-                );
+                let id = &created.key.id;
+                if let Err(e) = store.revoke_key(id) {
+                    bail!(
+                        "the new key {id} could not be printed ({unwritten}) nor revoked ({e}): \
+                         revoke it with `kith key revoke {id}`"
+                    );
+                }
+                bail!("the new key {id} was revoked, since it could not be printed: {unwritten}");
             }
             // On stderr, so `$(kith key create ...)` still captures the key alone: a key works
             // only on a server with this data directory.
@@ -107,10 +110,10 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
         }
         KeyAction::Revoke { data_dir, id } => {
             let store = StateStore::open(&existing_data_dir(file.data_dir(data_dir.data_dir))?)?;
-            let asked = chrono::Utc::now();
-            let key = store.revoke_key(&id)?;
+            let revocation = store.revoke_key(&id)?;
+            let key = &revocation.key;
             match key.revoked_at {
-                Some(at) if at < asked => eprintln!(
+                Some(at) if revocation.already => eprintln!(
                     "key {} ({} scope) was already revoked, on {}",
                     key.id,
                     key.scope.as_str(),
