@@ -352,8 +352,8 @@ async fn flush_loop(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<b
     }
 }
 
-/// Tidies every event table on the compaction thread (see [`kith_lake::Housekeeping`]).
-/// Browsers may call every endpoint from any page. The request headers a preflight asks for
+/// Browsers may call every endpoint from any page (a preflight to a path that does not exist is
+/// answered too, so the 404 that follows reaches the page's code instead of a CORS error). The request headers a preflight asks for
 /// are allowed by name: the Fetch standard does not let `Access-Control-Allow-Headers: *` cover
 /// `Authorization`, which the API's keys travel in.
 fn cors() -> CorsLayer {
@@ -366,6 +366,7 @@ fn cors() -> CorsLayer {
         .max_age(Duration::from_secs(3600))
 }
 
+/// Tidies every event table on the compaction thread (see [`kith_lake::Housekeeping`]).
 fn spawn_tidy(app: &AppState) -> tokio::task::JoinHandle<()> {
     let lake = app.pipeline.lake.clone();
     let policy = app.config.housekeeping;
