@@ -146,7 +146,7 @@ impl Event {
         ];
         for (field, text) in texts {
             if let Some(text) = text
-                && serde_json::from_str::<Map<String, Value>>(text).is_err()
+                && crate::parse::field_names(text).is_none()
             {
                 return Some(format!("`{field}` is not the text of a JSON object"));
             }
@@ -156,8 +156,7 @@ impl Event {
 
     /// A JSON column parsed back into a map (for callers that need more than the typed fields).
     pub fn json_object(text: &Option<String>) -> Option<Map<String, Value>> {
-        text.as_deref()
-            .and_then(|t| serde_json::from_str::<Map<String, Value>>(t).ok())
+        text.as_deref().and_then(crate::parse::readable_fields)
     }
 }
 

@@ -20,8 +20,12 @@ use crate::limits::{
 use crate::time::{event_time, parse_timestamp};
 
 mod context_view;
+mod lenient;
 use context_view::ContextView;
 pub use context_view::context_identity;
+pub(crate) use lenient::field_names;
+pub use lenient::readable_fields;
+use lenient::{named_fields, value_of};
 
 /// Why a whole request was refused (the events in it were never looked at).
 #[derive(Debug, Error, PartialEq)]
@@ -737,46 +741,52 @@ fn wrong_type_raw(field: &'static str, expected: &str, raw: &RawValue) -> Fault 
 }
 
 /// The item's own object, with the batch-level one's keys filled in where the item lacks them.
+/// The item's text is kept as sent and the missing keys appended to it: read and written again
+/// it would lose its key order and number forms, and all of it over one value `serde_json`
+/// cannot hold (`1e400`, half a surrogate pair, deep nesting).
 fn with_defaults(own: Option<String>, defaults: Option<&Map<String, Value>>) -> Option<String> {
-    let Some(defaults) = defaults else {
+    let Some(defaults) = defaults.filter(|d| !d.is_empty()) else {
         return own;
     };
-    let mut merged: Map<String, Value> = match &own {
-        Some(text) => serde_json::from_str(text).unwrap_or_default(),
-        None => Map::new(),
+    let Some(own) = own else {
+        return serde_json::to_string(defaults).ok();
     };
-    for (key, value) in defaults {
-        merged.entry(key.clone()).or_insert_with(|| value.clone());
+    // Valid JSON, so an object with readable names; were it not, it is kept as it is.
+    let Some(names) = field_names(&own) else {
+        return Some(own);
+    };
+    let missing: Vec<(&String, &Value)> = defaults
+        .iter()
+        .filter(|(key, _)| !names.iter().any(|name| name == *key))
+        .collect();
+    if missing.is_empty() {
+        return Some(own);
     }
-    serde_json::to_string(&merged).ok()
+    let Some(body) = own.strip_suffix('}') else {
+        return Some(own);
+    };
+    let mut merged = String::with_capacity(own.len() + 64);
+    merged.push_str(body);
+    for (i, (key, value)) in missing.into_iter().enumerate() {
+        if i > 0 || !names.is_empty() {
+            merged.push(',');
+        }
+        let (Ok(key), Ok(value)) = (serde_json::to_string(key), serde_json::to_string(value))
+        else {
+            return Some(own);
+        };
+        merged.push_str(&key);
+        merged.push(':');
+        merged.push_str(&value);
+    }
+    merged.push('}');
+    Some(merged)
 }
 
-/// What the typed columns need from `properties`.
-#[derive(Deserialize, Default)]
-struct PropertiesView {
-    revenue: Option<Value>,
-    total: Option<Value>,
-    currency: Option<Value>,
-    order_id: Option<Value>,
-    #[serde(rename = "orderId")]
-    order_id_camel: Option<Value>,
-    url: Option<Value>,
-    path: Option<Value>,
-    referrer: Option<Value>,
-    email: Option<Value>,
-}
-
-#[derive(Deserialize, Default)]
-struct EmailView {
-    email: Option<Value>,
-}
-
-/// Reads a view of a JSON object, tolerating anything unexpected inside it (a view is a
-/// convenience; the full object is kept either way).
-fn view<'a, T: Deserialize<'a> + Default>(text: Option<&'a str>) -> T {
-    text.and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or_default()
-}
+/// The fields of `properties` the typed columns read, in this order.
+const PROPERTY_FIELDS: [&str; 9] = [
+    "revenue", "total", "currency", "order_id", "orderId", "url", "path", "referrer", "email",
+];
 
 fn text_of(value: &Option<Value>) -> Option<String> {
     match value.as_ref()? {
@@ -801,7 +811,18 @@ fn typed_fields(
     context: Option<&str>,
     traits: Option<&str>,
 ) -> TypedFields {
-    let properties: PropertiesView = view(properties);
+    // Each field read on its own: one that cannot be read (or is named twice) costs only itself.
+    let [
+        revenue,
+        total,
+        currency,
+        order_id,
+        order_id_camel,
+        url,
+        path,
+        referrer,
+        email,
+    ] = named_fields(properties.unwrap_or("{}"), PROPERTY_FIELDS).map(value_of);
     let read_context: Option<ContextView> = context.and_then(|t| serde_json::from_str(t).ok());
     // A context that cannot be read at all (not valid JSON inside) is left exactly as sent: no
     // `ip` is added to it.
@@ -810,20 +831,24 @@ fn typed_fields(
         None => context.is_some(),
     };
     let context = read_context.unwrap_or_default();
-    let traits: EmailView = view(traits);
-    let context_traits: Option<EmailView> = context.traits.map(|raw| view(Some(raw.get())));
+    let email_of = |text: Option<&str>| {
+        text.and_then(|text| {
+            let [email] = named_fields(text, ["email"]);
+            text_of(&value_of(email))
+        })
+    };
     let context_identity = context.identity();
     let page = context.page.unwrap_or_default();
     TypedFields {
-        revenue: number_of(&properties.revenue).or_else(|| number_of(&properties.total)),
-        currency: text_of(&properties.currency),
-        order_id: text_of(&properties.order_id).or_else(|| text_of(&properties.order_id_camel)),
-        page_url: text_of(&properties.url).or_else(|| text_of(&page.url)),
-        page_path: text_of(&properties.path).or_else(|| text_of(&page.path)),
-        referrer: text_of(&properties.referrer).or_else(|| text_of(&page.referrer)),
-        email: text_of(&traits.email)
-            .or_else(|| context_traits.as_ref().and_then(|t| text_of(&t.email)))
-            .or_else(|| text_of(&properties.email)),
+        revenue: number_of(&revenue).or_else(|| number_of(&total)),
+        currency: text_of(&currency),
+        order_id: text_of(&order_id).or_else(|| text_of(&order_id_camel)),
+        page_url: text_of(&url).or_else(|| text_of(&page.url)),
+        page_path: text_of(&path).or_else(|| text_of(&page.path)),
+        referrer: text_of(&referrer).or_else(|| text_of(&page.referrer)),
+        email: email_of(traits)
+            .or_else(|| email_of(context.traits.map(RawValue::get)))
+            .or_else(|| text_of(&email)),
         library_name: context.library.as_ref().and_then(|l| text_of(&l.name)),
         context_identity: Some(context_identity),
         context_names_ip,

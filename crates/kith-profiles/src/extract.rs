@@ -152,7 +152,7 @@ impl Extractor {
         };
         let context_traits = context
             .and_then(|c| c.traits.as_deref())
-            .and_then(|text| serde_json::from_str::<Map<String, Value>>(text).ok());
+            .and_then(kith_core::readable_fields);
         let own_traits = match event.kind {
             // The parser gives an identify sent with only `context.traits` (as RudderStack's
             // SDKs send it) those as its own: read once.
@@ -161,10 +161,7 @@ impl Extractor {
             {
                 None
             }
-            MessageType::Identify => event
-                .traits
-                .as_deref()
-                .and_then(|text| serde_json::from_str::<Map<String, Value>>(text).ok()),
+            MessageType::Identify => event.traits.as_deref().and_then(kith_core::readable_fields),
             _ => None,
         };
         // The call's own traits win over context.traits when both name a trait.
@@ -265,7 +262,7 @@ impl Extractor {
                         event
                             .properties
                             .as_deref()
-                            .and_then(|text| serde_json::from_str(text).ok())
+                            .and_then(kith_core::readable_fields)
                     });
                     Observed::from_property(parsed.as_ref().and_then(|p| p.get(name)))
                 }

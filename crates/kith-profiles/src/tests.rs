@@ -168,6 +168,50 @@ fn placeholder_ids_never_join_people() {
     assert_eq!(store.profile_count(), 2);
 }
 
+/// A trait JSON allows but `serde_json` cannot hold (`1e400`, half a surrogate pair, deep
+/// nesting) costs only itself: the email beside it still joins the profile, and the other
+/// traits land.
+#[test]
+fn an_odd_trait_value_costs_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let body = format!(
+        r#"{{"batch": [
+            {{"type": "identify", "userId": "huge", "traits": {{"email": "huge@ex.com", "plan": "pro", "score": 1e400}}}},
+            {{"type": "identify", "userId": "half", "traits": {{"email": "half@ex.com", "plan": "pro", "nick": "\ud83d"}}}},
+            {{"type": "identify", "userId": "deep", "traits": {{"email": "deep@ex.com", "plan": "pro", "x": {deep}}}}},
+            {{"type": "track", "event": "E", "userId": "ctx", "context": {{"traits": {{"email": "ctx@ex.com", "score": 1e400}}}}}}
+        ]}}"#
+    );
+    let batch = parse_batch_request(&body)
+        .unwrap()
+        .normalize("web", Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+    assert!(batch.rejections.is_empty(), "{:?}", batch.rejections);
+    let numbered: Vec<(u64, &Event)> = batch
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i as u64 + 1, e))
+        .collect();
+    store.apply_events(&numbered);
+    for user in ["huge", "half", "deep", "ctx"] {
+        let by_email = find(&store, &format!("email:{user}@ex.com"))
+            .unwrap_or_else(|| panic!("{user}'s email joined no profile"));
+        assert_eq!(
+            by_email.profile_id,
+            find(&store, &format!("user_id:{user}")).unwrap().profile_id
+        );
+        if user != "ctx" {
+            assert!(
+                by_email.traits.contains_key("plan"),
+                "{user}: {:?}",
+                by_email.traits
+            );
+        }
+    }
+}
+
 #[test]
 fn lookups_with_unknown_types_or_bad_values_say_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();

@@ -4,17 +4,17 @@
 //! Read by hand rather than derived: a derived reader fails as a whole when the client names a
 //! field twice or gives `page` a type it should not have, and every typed field of the event
 //! would be lost with it. Here a repeated field counts once more (the last one wins, as in
-//! JavaScript), and a part that is not an object is simply not read.
+//! JavaScript), a part that is not an object is simply not read, and inside `page`, `library`
+//! and `consent` each field is read on its own (see [`super::lenient`]).
 
 use std::fmt;
-use std::marker::PhantomData;
 
 use serde::Deserialize;
-use serde::de::value::MapAccessDeserializer;
-use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::lenient::{NamedFields, value_of};
 use crate::event::ContextIdentity;
 
 #[derive(Default)]
@@ -56,20 +56,19 @@ pub fn context_identity(text: &str) -> ContextIdentity {
         .unwrap_or_default()
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Default)]
 pub(super) struct ConsentView<'a> {
-    #[serde(rename = "categoryPreferences", borrow)]
     pub category_preferences: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Default)]
 pub(super) struct PageView {
     pub url: Option<Value>,
     pub path: Option<Value>,
     pub referrer: Option<Value>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Default)]
 pub(super) struct LibraryView {
     pub name: Option<Value>,
 }
@@ -125,11 +124,32 @@ impl<'de> Deserialize<'de> for ContextView<'de> {
                             map.next_value::<IgnoredAny>()?;
                             view.names_ip = true;
                         }
-                        Field::Page => view.page = map.next_value::<IfObject<_>>()?.0,
+                        Field::Page => {
+                            view.page = map
+                                .next_value_seed(NamedFields(["url", "path", "referrer"]))?
+                                .map(|[url, path, referrer]| PageView {
+                                    url: value_of(url),
+                                    path: value_of(path),
+                                    referrer: value_of(referrer),
+                                });
+                        }
                         Field::Traits => view.traits = Some(map.next_value()?),
-                        Field::Library => view.library = map.next_value::<IfObject<_>>()?.0,
+                        Field::Library => {
+                            view.library =
+                                map.next_value_seed(NamedFields(["name"]))?.map(|[name]| {
+                                    LibraryView {
+                                        name: value_of(name),
+                                    }
+                                });
+                        }
                         Field::ExternalIds => view.external_ids = Some(map.next_value()?),
-                        Field::Consent => view.consent = map.next_value::<IfObject<_>>()?.0,
+                        Field::Consent => {
+                            view.consent = map
+                                .next_value_seed(NamedFields(["categoryPreferences"]))?
+                                .map(|[preferences]| ConsentView {
+                                    category_preferences: preferences,
+                                });
+                        }
                         Field::Other => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -139,48 +159,6 @@ impl<'de> Deserialize<'de> for ContextView<'de> {
             }
         }
         deserializer.deserialize_map(ContextVisitor)
-    }
-}
-
-/// `T` read from an object; anything else (a string, a number, an array, `null`) is skipped and
-/// reads as `None`, instead of failing the object around it.
-struct IfObject<T>(Option<T>);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for IfObject<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ObjectVisitor<T>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
-            type Value = IfObject<T>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                T::deserialize(MapAccessDeserializer::new(map)).map(|value| IfObject(Some(value)))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(IfObject(None))
-            }
-            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(IfObject(None))
-            }
-            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(IfObject(None))
-            }
-            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(IfObject(None))
-            }
-            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(IfObject(None))
-            }
-            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(IfObject(None))
-            }
-            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-                Ok(IfObject(None))
-            }
-        }
-        deserializer.deserialize_any(ObjectVisitor(PhantomData))
     }
 }
 

@@ -680,3 +680,71 @@ fn the_manual_merge_message_id_prefix_is_refused_from_clients() {
     event.message_id = "kith-merge-forged".into();
     assert!(event.unstorable().is_some_and(|p| p.contains("reserved")));
 }
+
+// JSON allows values `serde_json` cannot hold (`1e400`, half a surrogate pair, deep nesting) and
+// fields named twice. Such an event is accepted, so none of them may cost it anything else: not
+// its own `context` when the batch has one, nor the typed columns beside the odd value.
+#[test]
+fn odd_values_cost_only_themselves() {
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let body = format!(
+        r#"{{"context": {{"library": {{"name": "batchlib"}}}}, "integrations": {{"Mixpanel": true}},
+            "batch": [
+            {{"type": "track", "event": "E", "userId": "u", "messageId": "big",
+              "context": {{"page": {{"url": "https://a.mx/x"}}, "traits": {{"email": "a@ex.com"}}, "n": 1e400}}}},
+            {{"type": "track", "event": "E", "userId": "u", "messageId": "half",
+              "context": {{"page": {{"url": "https://a.mx/y"}}, "campaign": {{"name": "\ud800"}}}}}},
+            {{"type": "track", "event": "E", "userId": "u", "messageId": "deep",
+              "context": {{"page": {{"url": "https://a.mx/z"}}, "d": {deep}}},
+              "integrations": {{"All": false, "x": 1e400}}}},
+            {{"type": "track", "event": "Order Completed", "userId": "u", "messageId": "twice",
+              "properties": {{"revenue": 1, "currency": "USD", "revenue": 2, "currency": "MXN", "n": 1e400}}}},
+            {{"type": "track", "event": "Order Completed", "userId": "u", "messageId": "huge",
+              "properties": {{"revenue": 1e400, "currency": "MXN"}}}}
+        ]}}"#
+    );
+    let outcome = judge_batch(&body);
+    assert!(outcome.rejections.is_empty(), "{:?}", outcome.rejections);
+    let event = |id: &str| {
+        outcome
+            .events
+            .iter()
+            .find(|e| e.message_id == id)
+            .unwrap_or_else(|| panic!("{id}"))
+    };
+    for (id, url) in [
+        ("big", "https://a.mx/x"),
+        ("half", "https://a.mx/y"),
+        ("deep", "https://a.mx/z"),
+    ] {
+        let e = event(id);
+        let context = e.context.as_deref().unwrap();
+        // The event's own context, as sent, with the batch's `library` added.
+        assert!(context.contains(url), "{id}: {context}");
+        assert!(
+            context.ends_with(r#","library":{"name":"batchlib"}}"#),
+            "{id}: {context}"
+        );
+        assert_eq!(e.typed.page_url.as_deref(), Some(url), "{id}");
+        assert_eq!(e.typed.library_name.as_deref(), Some("batchlib"), "{id}");
+    }
+    assert_eq!(event("big").typed.email.as_deref(), Some("a@ex.com"));
+    // The event's own `integrations` decide; the batch's fill in what it lacks.
+    let integrations = event("deep").integrations.as_deref().unwrap();
+    assert!(
+        integrations.starts_with(r#"{"All": false, "x": 1e400"#)
+            && integrations.ends_with(r#","Mixpanel":true}"#),
+        "{integrations}"
+    );
+    // A field named twice is its last value; an unreadable neighbour costs nothing.
+    let twice = &event("twice").typed;
+    assert_eq!(
+        (twice.revenue, twice.currency.as_deref()),
+        (Some(2.0), Some("MXN"))
+    );
+    let huge = &event("huge").typed;
+    assert_eq!(
+        (huge.revenue, huge.currency.as_deref()),
+        (None, Some("MXN"))
+    );
+}
