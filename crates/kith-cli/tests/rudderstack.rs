@@ -147,6 +147,27 @@ fn beacon_batches_carry_the_write_key_in_the_query() {
         (status, &answer["code"]),
         (400, &json!("invalid_parameter"))
     );
+    // A key in the URL and another in the body: neither is guessed, nothing is stored.
+    let other_body = json!({"writeKey": "kith_ingest_other", "batch": [
+        {"type": "track", "event": "Conflicted", "anonymousId": "beacon-anon", "messageId": "beacon-3"}
+    ]})
+    .to_string();
+    let (status, answer, _) = post(
+        &server.url(&format!("/beacon/v1/batch?writeKey={}", server.write_key)),
+        &[("Content-Type", "text/plain;charset=UTF-8")],
+        other_body.as_bytes(),
+    );
+    assert_eq!(
+        (status, &answer["code"]),
+        (401, &json!("invalid_api_key")),
+        "{answer}"
+    );
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the URL's `writeKey` and the body's name different keys")),
+        "{answer}"
+    );
 
     let stored = server
         .rows("SELECT message_id, source, json_get_str(extra, 'channel') AS channel FROM events");

@@ -134,7 +134,7 @@ impl ErrorCode {
                 "invalid_api_key",
                 S::UNAUTHORIZED,
                 "auth",
-                "the key is not known to this Kith, the `Authorization` header cannot be read (or is sent more than once), or it names a different key than the request's `writeKey`",
+                "the key is not known to this Kith, the `Authorization` header cannot be read (or is sent more than once), or it, the body's `writeKey` and the URL's `writeKey` do not all name the same key",
             ),
             RevokedApiKey => (
                 "revoked_api_key",
