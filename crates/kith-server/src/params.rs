@@ -1,34 +1,67 @@
 //! Query-string parameters for the calls that carry an event or a key in the URL (pixels,
 //! beacons, RudderStack's source configuration): read in order, a repeated name refused.
 
-use axum::extract::Query;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 
 use crate::errors::{ApiError, ErrorCode};
 
 /// A query string's parameters, in order, repeats kept (so a repeat can be refused).
 pub type QueryPairs = Vec<(String, String)>;
 
+/// The request's query string as [`QueryPairs`], decoded as forms are (`+` is a space, `%XX` a
+/// byte). A name or value whose bytes are not UTF-8 is refused, naming the parameter: axum's
+/// `Query` would replace them with U+FFFD, so that different names could become one and a value
+/// be stored other than it was sent.
+pub struct StrictQuery(pub QueryPairs);
+
+impl<S: Send + Sync> FromRequestParts<S> for StrictQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parse_query(parts.uri.query().unwrap_or_default()).map(StrictQuery)
+    }
+}
+
+/// See [`StrictQuery`].
+pub fn parse_query(raw: &str) -> Result<QueryPairs, ApiError> {
+    raw.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let not_utf8 = |what: String| {
+                ApiError::new(
+                    ErrorCode::InvalidParameter,
+                    format!(
+                        "{what} is not UTF-8 text once its %-escapes are decoded; percent-encode \
+                         the UTF-8 bytes of the text (e.g. `ñ` as `%C3%B1`)"
+                    ),
+                )
+            };
+            let name = form_decoded(name).ok_or_else(|| not_utf8("a parameter's name".into()))?;
+            // The value is not shown: it may be the write key.
+            let value =
+                form_decoded(value).ok_or_else(|| not_utf8(format!("the value of `{name}`")))?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
+fn form_decoded(text: &str) -> Option<String> {
+    let spaced = text.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(|decoded| decoded.into_owned())
+}
+
 /// The query parameter that carries the write key where headers cannot.
 pub const WRITE_KEY: &str = "writeKey";
-
-pub fn query_pairs(
-    query: Result<Query<QueryPairs>, QueryRejection>,
-) -> Result<QueryPairs, ApiError> {
-    query.map(|Query(pairs)| pairs).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidParameter,
-            format!(
-                "the query string cannot be read ({e}); send `name=value` pairs joined by `&`, percent-encoded"
-            ),
-        )
-    })
-}
 
 /// A typed query string that did not read, as a person reads it. axum says "Failed to
 /// deserialize query string: limit: invalid digit found in string"; this says which parameter,
 /// and what it must be.
-pub fn typed_query_error(rejection: &QueryRejection) -> ApiError {
+pub fn typed_query_error(rejection: &axum::extract::rejection::QueryRejection) -> ApiError {
     let text = rejection.body_text();
     let detail = text
         .strip_prefix("Failed to deserialize query string: ")
@@ -74,4 +107,43 @@ pub fn repeated(name: &str) -> ApiError {
         ErrorCode::InvalidParameter,
         format!("the query parameter `{name}` is given more than once; give each one once"),
     )
+}
+
+#[cfg(test)]
+mod strict_query_tests {
+    use super::*;
+
+    #[test]
+    fn pairs_are_decoded_as_forms_are() {
+        let pairs =
+            parse_query("event=Email+Opened&properties.city=Le%C3%B3n&&flag&empty=").unwrap();
+        let expected: QueryPairs = [
+            ("event", "Email Opened"),
+            ("properties.city", "León"),
+            ("flag", ""),
+            ("empty", ""),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(pairs, expected);
+        assert_eq!(parse_query("").unwrap(), QueryPairs::new());
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_refused_by_parameter_never_replaced() {
+        let message = parse_query("writeKey=k&event=%FF%FE").unwrap_err().message;
+        assert!(
+            message.starts_with("the value of `event` is not UTF-8 text"),
+            "{message}"
+        );
+        let message = parse_query("properties.%FF=1").unwrap_err().message;
+        assert!(
+            message.starts_with("a parameter's name is not UTF-8"),
+            "{message}"
+        );
+        // The value is never shown: it may be the write key.
+        let message = parse_query("writeKey=%FFsecret").unwrap_err().message;
+        assert!(!message.contains("secret"), "{message}");
+    }
 }

@@ -14,8 +14,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -26,6 +25,7 @@ use crate::app::AppState;
 use crate::caller::PeerAddress;
 use crate::errors::{ApiError, ErrorCode};
 use crate::ingest::{Caller, body_text, request_error, submit};
+use crate::params::StrictQuery;
 use crate::params::{self, QueryPairs};
 
 /// The deepest a parameter's dotted name may nest (`context.page.url` is three).
@@ -49,7 +49,7 @@ const PIXEL_GIF: &[u8] = &[
 pub async fn segment_pixel(
     State(app): State<Arc<AppState>>,
     Path(call): Path<String>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    StrictQuery(pairs): StrictQuery,
     peer: PeerAddress,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -64,7 +64,6 @@ pub async fn segment_pixel(
             ));
         }
     };
-    let pairs = params::query_pairs(query)?;
     let query_key = params::write_key(&pairs)?;
     let event = match params::single(&pairs, DATA)? {
         Some(data) => {
@@ -94,11 +93,11 @@ pub async fn segment_pixel(
     responses((status = 200, description = "the event was stored: a 1×1 GIF", content_type = "image/gif"), (status = 400, description = "invalid parameters or event (a refused event is kept in `rejected_events`)"), (status = 401, description = "bad key")))]
 pub async fn rudderstack_track(
     State(app): State<Arc<AppState>>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    StrictQuery(pairs): StrictQuery,
     peer: PeerAddress,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    rudderstack_pixel(&app, MessageType::Track, query, &headers, peer).await
+    rudderstack_pixel(&app, MessageType::Track, pairs, &headers, peer).await
 }
 
 /// `GET /pixel/v1/page`.
@@ -108,21 +107,20 @@ pub async fn rudderstack_track(
     responses((status = 200, description = "the event was stored: a 1×1 GIF", content_type = "image/gif"), (status = 400, description = "invalid parameters or event (a refused event is kept in `rejected_events`)"), (status = 401, description = "bad key")))]
 pub async fn rudderstack_page(
     State(app): State<Arc<AppState>>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    StrictQuery(pairs): StrictQuery,
     peer: PeerAddress,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    rudderstack_pixel(&app, MessageType::Page, query, &headers, peer).await
+    rudderstack_pixel(&app, MessageType::Page, pairs, &headers, peer).await
 }
 
 async fn rudderstack_pixel(
     app: &AppState,
     kind: MessageType,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    pairs: QueryPairs,
     headers: &HeaderMap,
     peer: PeerAddress,
 ) -> Result<Response, ApiError> {
-    let pairs = params::query_pairs(query)?;
     let query_key = params::write_key(&pairs)?;
     let event = event_from_params(&pairs)?;
     let caller = Caller::new(headers, peer).with_query_key(query_key.as_deref());

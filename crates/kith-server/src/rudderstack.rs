@@ -12,8 +12,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use kith_state::KeyScope;
 use serde_json::{Value, json};
@@ -23,7 +22,8 @@ use crate::auth::key_from_headers_or;
 use crate::caller::PeerAddress;
 use crate::errors::ApiError;
 use crate::ingest::{Caller, IngestResponse, receive_batch};
-use crate::params::{self, QueryPairs};
+use crate::params;
+use crate::params::StrictQuery;
 
 /// `POST /beacon/v1/batch`.
 #[utoipa::path(post, path = "/beacon/v1/batch", tag = "tracking",
@@ -33,12 +33,12 @@ use crate::params::{self, QueryPairs};
     responses((status = 200, body = IngestResponse), (status = 400, description = "invalid request"), (status = 401, description = "bad key"), (status = 415, description = "a Content-Encoding other than gzip"), (status = 429, description = "overloaded"), (status = 503, description = "storage unavailable")))]
 pub async fn beacon_batch(
     State(app): State<Arc<AppState>>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    StrictQuery(pairs): StrictQuery,
     peer: PeerAddress,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
-    let query_key = params::write_key(&params::query_pairs(query)?)?;
+    let query_key = params::write_key(&pairs)?;
     let caller = Caller::new(&headers, peer).with_query_key(query_key.as_deref());
     receive_batch(&app, &caller, body).await
 }
@@ -50,10 +50,10 @@ pub async fn beacon_batch(
     responses((status = 200, description = "the source configuration"), (status = 401, description = "unknown or revoked key")))]
 pub async fn source_config(
     State(app): State<Arc<AppState>>,
-    query: Result<Query<QueryPairs>, QueryRejection>,
+    StrictQuery(pairs): StrictQuery,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let query_key = params::write_key(&params::query_pairs(query)?)?;
+    let query_key = params::write_key(&pairs)?;
     let secret = key_from_headers_or(&headers, || query_key)?;
     let key = app.keys.authorize(secret.as_deref(), KeyScope::Ingest)?;
     let source = key.source.unwrap_or_else(|| "default".to_string());
