@@ -126,6 +126,33 @@ fn segment_pixels_take_the_event_as_base64_data_or_as_parameters() {
         4,
         "refused pixels stored nothing"
     );
+
+    // A HEAD (a link checker, a mail scanner) is answered as a load, and opens nothing.
+    let looked = agent()
+        .head(server.url(&format!("/v1/pixel/track?data={}", percent(&open))))
+        .call()
+        .unwrap();
+    assert_eq!(
+        (
+            looked.status().as_u16(),
+            looked.headers()["content-type"].to_str().unwrap()
+        ),
+        (200, "image/gif")
+    );
+    // base64 as the `base64` tool writes it, wrapped in lines.
+    let wrapped: String = data(json!({"writeKey": key, "userId": "ana", "event": "Wrapped",
+                                      "messageId": "wrapped-1"}))
+    .as_bytes()
+    .chunks(20)
+    .map(|line| percent(std::str::from_utf8(line).unwrap()))
+    .collect::<Vec<_>>()
+    .join("%0A");
+    assert_gif(pixel(&format!("/v1/pixel/track?data={wrapped}")));
+    assert_eq!(
+        server.rows("SELECT message_id FROM events WHERE event IN ('Email Opened', 'Wrapped') ORDER BY message_id DESC LIMIT 1"),
+        vec![object(json!({"message_id": "wrapped-1"}))]
+    );
+    assert_eq!(server.rows("SELECT count(*) AS n FROM events")[0]["n"], 5);
 }
 
 #[test]

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use kith_core::{MessageType, json_kind, parse_single_request};
@@ -49,10 +49,14 @@ const PIXEL_GIF: &[u8] = &[
 pub async fn segment_pixel(
     State(app): State<Arc<AppState>>,
     Path(call): Path<String>,
+    method: Method,
     StrictQuery(pairs): StrictQuery,
     peer: PeerAddress,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if let Some(answer) = looked_at(&method) {
+        return Ok(answer);
+    }
     let kind = match MessageType::from_path_segment(&call) {
         Some(kind) if call.len() > 1 => kind,
         _ => {
@@ -93,10 +97,14 @@ pub async fn segment_pixel(
     responses((status = 200, description = "the event was stored: a 1×1 GIF", content_type = "image/gif"), (status = 400, description = "invalid parameters or event (a refused event is kept in `rejected_events`)"), (status = 401, description = "bad key")))]
 pub async fn rudderstack_track(
     State(app): State<Arc<AppState>>,
+    method: Method,
     StrictQuery(pairs): StrictQuery,
     peer: PeerAddress,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if let Some(answer) = looked_at(&method) {
+        return Ok(answer);
+    }
     rudderstack_pixel(&app, MessageType::Track, pairs, &headers, peer).await
 }
 
@@ -107,10 +115,14 @@ pub async fn rudderstack_track(
     responses((status = 200, description = "the event was stored: a 1×1 GIF", content_type = "image/gif"), (status = 400, description = "invalid parameters or event (a refused event is kept in `rejected_events`)"), (status = 401, description = "bad key")))]
 pub async fn rudderstack_page(
     State(app): State<Arc<AppState>>,
+    method: Method,
     StrictQuery(pairs): StrictQuery,
     peer: PeerAddress,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if let Some(answer) = looked_at(&method) {
+        return Ok(answer);
+    }
     rudderstack_pixel(&app, MessageType::Page, pairs, &headers, peer).await
 }
 
@@ -148,7 +160,11 @@ async fn store(
         submit(app, caller, request)?
     };
     let _stored = submitted.answer().await?;
-    Ok((
+    Ok(gif())
+}
+
+fn gif() -> Response {
+    (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static("image/gif")),
             // Every load is an event: no cache may answer in the server's place.
@@ -159,7 +175,13 @@ async fn store(
         ],
         PIXEL_GIF,
     )
-        .into_response())
+        .into_response()
+}
+
+/// A `HEAD` of a pixel (link checkers, mail scanners looking before they fetch) is answered as a
+/// load would be, without storing an event: it is nobody opening anything.
+fn looked_at(method: &Method) -> Option<Response> {
+    (method == Method::HEAD).then(gif)
 }
 
 /// A Segment pixel's `data`: the event's JSON, base64-encoded (standard or URL-safe, padded or
@@ -169,8 +191,13 @@ fn event_from_data(data: &str) -> Result<Map<String, Value>, ApiError> {
     let json = if data.starts_with('{') {
         data.as_bytes().to_vec()
     } else {
-        // A `+` left unescaped in a URL arrives as a space; base64 never holds a space.
-        let encoded = data.replace(' ', "+");
+        // A `+` left unescaped in a URL arrives as a space; base64 never holds a space. Line
+        // breaks are how `base64` wraps its output.
+        let encoded: String = data
+            .chars()
+            .filter(|c| !matches!(c, '\n' | '\r'))
+            .map(|c| if c == ' ' { '+' } else { c })
+            .collect();
         let encoded = encoded.trim_end_matches('=');
         let engines = [
             base64::engine::general_purpose::STANDARD_NO_PAD,
