@@ -305,3 +305,67 @@ fn a_demo_world_past_the_largest_is_refused_at_once() {
     assert!(!ok && err.contains("more than the 10000000"), "{err}");
     assert!(!out.exists());
 }
+
+/// While `kith serve --demo` loads its world (and replays its journal), the address answers:
+/// `/healthz` that it is alive, everything else `503 starting` with `Retry-After`, and then
+/// the server itself.
+#[test]
+fn the_address_answers_while_the_server_starts() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(kith_bin())
+        .args(["serve", "--demo", "--demo-customers", "1500", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (listening_tx, listening_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("kith is listening") {
+                let _ = listening_tx.send(());
+            }
+        }
+    });
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    // Before the server is up: alive, not ready.
+    let mut seen_starting = false;
+    while listening_rx.try_recv().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never started"
+        );
+        if let Ok(mut health) = agent().get(format!("{base}/healthz")).call() {
+            let ready = agent().get(format!("{base}/readyz")).call().unwrap();
+            if ready.status() == 503 {
+                assert_eq!(health.status(), 200);
+                let body: serde_json::Value =
+                    serde_json::from_str(&health.body_mut().read_to_string().unwrap()).unwrap();
+                assert_eq!(body["starting"], true, "{body}");
+                assert_eq!(ready.headers()["retry-after"], "1");
+                seen_starting = true;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        seen_starting,
+        "the address did not answer while the demo world loaded"
+    );
+    // Then the server itself.
+    let ready = agent().get(format!("{base}/readyz")).call().unwrap();
+    assert_eq!(ready.status(), 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -14,11 +14,11 @@ use kith_lake::{LakeError, QueryLimits};
 use kith_profiles::{ProfileError, ProfileSettings};
 use kith_state::{StateError, StateStore};
 use thiserror::Error;
-use tokio::net::TcpListener;
 use tower_http::cors::CorsLayer;
 
 use crate::auth::KeyResolver;
 use crate::pipeline::Pipeline;
+use crate::starting::Listening;
 use crate::{
     analytics, errors, imports, ingest, models, ops, pixel, profiles, query, rudderstack, traits,
 };
@@ -149,7 +149,7 @@ pub fn bind(addr: &str) -> Result<std::net::TcpListener, ServerError> {
 /// A started server: bound, replayed, flushing.
 pub struct Server {
     app: Arc<AppState>,
-    listener: TcpListener,
+    listening: Listening,
 }
 
 impl Server {
@@ -161,11 +161,22 @@ impl Server {
 
     /// Opens the data directory and replays the journal, to serve on a listener bound with
     /// [`bind`] (so that a wrong or busy address is reported before anything is opened or loaded).
-    /// Connections made meanwhile wait in the listener's queue.
+    /// Meanwhile the listener answers `/healthz`, and other paths `503 starting`.
     pub async fn start_on(
         config: ServerConfig,
         listener: std::net::TcpListener,
     ) -> Result<Server, ServerError> {
+        let listening = Listening::begin(listener).map_err(|source| ServerError::Listen {
+            addr: config.listen.clone(),
+            source,
+            hint: "",
+        })?;
+        Server::open(config, listening).await
+    }
+
+    /// Opens the data directory and replays the journal, while `listening` answers that the
+    /// server is starting.
+    pub async fn open(config: ServerConfig, listening: Listening) -> Result<Server, ServerError> {
         let state = Arc::new(StateStore::open(&config.data_dir)?);
         let pipeline = Pipeline::open(
             &config.data_dir,
@@ -174,15 +185,8 @@ impl Server {
         )
         .await?;
 
-        let listen_error = |source: std::io::Error| ServerError::Listen {
-            addr: config.listen.clone(),
-            source,
-            hint: "",
-        };
-        listener.set_nonblocking(true).map_err(listen_error)?;
-        let listener = TcpListener::from_std(listener).map_err(listen_error)?;
         let local_token = crate::local::new_token();
-        let bound = listener.local_addr().map_err(listen_error)?;
+        let bound = listening.local_addr();
         crate::local::publish(&config.data_dir, bound, &local_token).map_err(|source| {
             ServerError::DataDir {
                 path: config.data_dir.display().to_string(),
@@ -197,13 +201,11 @@ impl Server {
             identities: Default::default(),
             models: Default::default(),
         });
-        Ok(Server { app, listener })
+        Ok(Server { app, listening })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listening.local_addr()
     }
 
     pub fn state(&self) -> Arc<AppState> {
@@ -234,14 +236,9 @@ impl Server {
                 "identity table for analyses built"
             );
         });
-        let router = router(self.app.clone());
-        // With each connection's address, for `context.ip` when the server records it.
-        let served = axum::serve(
-            self.listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        self.listening.route_to(router(self.app.clone()));
+        shutdown.await;
+        let served = self.listening.stop().await;
         // Let a flush in progress finish: cancelling it between its Delta commit and the buffer
         // update would write the same rows twice.
         let _ = stop_flushing.send(true);

@@ -38,11 +38,12 @@ pub enum ErrorCode {
     ModelNotFitted,
     Overloaded,
     StorageUnavailable,
+    Starting,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 33] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidBody,
         ErrorCode::PayloadTooLarge,
@@ -74,6 +75,7 @@ impl ErrorCode {
         ErrorCode::ModelNotFitted,
         ErrorCode::Overloaded,
         ErrorCode::StorageUnavailable,
+        ErrorCode::Starting,
         ErrorCode::Internal,
     ];
 
@@ -268,6 +270,12 @@ impl ErrorCode {
                 "system",
                 "the data could not be made durable (disk full or failing); retry later",
             ),
+            Starting => (
+                "starting",
+                S::SERVICE_UNAVAILABLE,
+                "system",
+                "Kith is starting: it replays its journal (or loads the demo world) before it answers; retry after `Retry-After` seconds",
+            ),
             Internal => (
                 "internal",
                 S::INTERNAL_SERVER_ERROR,
@@ -337,6 +345,7 @@ impl IntoResponse for ApiError {
         let retry_after = match self.code {
             ErrorCode::Overloaded => Some("1"),
             ErrorCode::StorageUnavailable => Some("5"),
+            ErrorCode::Starting => Some("1"),
             _ => None,
         };
         if let Some(seconds) = retry_after {

@@ -21,6 +21,7 @@ pub mod profiles;
 pub mod query;
 pub mod rudderstack;
 pub mod runtimes;
+pub mod starting;
 pub mod traits;
 pub mod unify;
 pub mod welcome;

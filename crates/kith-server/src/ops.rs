@@ -34,13 +34,13 @@ pub fn install_metrics() -> Option<&'static PrometheusHandle> {
 }
 
 /// Liveness.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "alive")))]
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "alive (also while starting: then `starting: true`)")))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// Readiness: the journal has been replayed and the writer accepts appends.
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready"), (status = 503, description = "the journal failed to sync and acknowledges nothing until the server restarts")))]
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready"), (status = 503, description = "`starting`: the server is replaying its journal (or loading the demo world), retry after `Retry-After`; or `storage_unavailable`: the journal failed to sync and acknowledges nothing until the server restarts")))]
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     if app.pipeline.journal.has_failed() {
         return Err(ApiError::new(

@@ -3,8 +3,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 use kith_server::caller::{ClientIpPolicy, TrustedProxies};
+use kith_server::starting::Listening;
 use kith_server::{Server, ServerConfig};
 
 use super::{DataDirArg, runtime};
@@ -75,17 +77,27 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     config.housekeeping = file.housekeeping(config.query_limits.timeout)?;
     // Before anything is created or loaded: a wrong or busy address fails at once.
     let listener = kith_server::app::bind(&config.listen)?;
-    if args.demo {
-        load_demo(
-            &config.data_dir,
-            args.demo_customers,
-            config.profiles.clone(),
-        )?;
-    }
     kith_server::install_metrics();
     runtime()?.block_on(async move {
+        // Answering from now on (`/healthz`; `503 starting` elsewhere), while the demo world
+        // loads and the journal replays.
+        let listening = Listening::begin(listener)
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        if args.demo {
+            // The demo loads through an import, which runs its own runtime: on a thread of
+            // its own, outside this one.
+            let (data_dir, settings) = (config.data_dir.clone(), config.profiles.clone());
+            let customers = args.demo_customers;
+            let (done, loaded) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let _ = done.send(load_demo(&data_dir, customers, settings));
+            });
+            loaded
+                .await
+                .map_err(|_| anyhow::anyhow!("loading the demo world stopped unexpectedly"))??;
+        }
         let data_dir = config.data_dir.clone();
-        let server = Server::start_on(config, listener).await?;
+        let server = Server::open(config, listening).await?;
         let addr = server.local_addr();
         let data_dir = super::shown_path(&data_dir);
         tracing::info!(%addr, %data_dir, "kith is listening");
