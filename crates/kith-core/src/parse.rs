@@ -788,6 +788,72 @@ const PROPERTY_FIELDS: [&str; 9] = [
     "revenue", "total", "currency", "order_id", "orderId", "url", "path", "referrer", "email",
 ];
 
+/// [`PROPERTY_FIELDS`] read in one pass, as nearly every `properties` reads; one that does not
+/// (a field named twice, a value `serde_json` cannot hold) is read field by field.
+#[derive(Deserialize, Default)]
+struct PropertiesView {
+    revenue: Option<Value>,
+    total: Option<Value>,
+    currency: Option<Value>,
+    order_id: Option<Value>,
+    #[serde(rename = "orderId")]
+    order_id_camel: Option<Value>,
+    url: Option<Value>,
+    path: Option<Value>,
+    referrer: Option<Value>,
+    email: Option<Value>,
+}
+
+impl PropertiesView {
+    fn read(text: Option<&str>) -> PropertiesView {
+        let Some(text) = text else {
+            return PropertiesView::default();
+        };
+        if let Ok(view) = serde_json::from_str(text) {
+            return view;
+        }
+        let [
+            revenue,
+            total,
+            currency,
+            order_id,
+            order_id_camel,
+            url,
+            path,
+            referrer,
+            email,
+        ] = named_fields(text, PROPERTY_FIELDS).map(value_of);
+        PropertiesView {
+            revenue,
+            total,
+            currency,
+            order_id,
+            order_id_camel,
+            url,
+            path,
+            referrer,
+            email,
+        }
+    }
+}
+
+/// `email` of an object (traits, `context.traits`), read as [`PropertiesView`] is.
+#[derive(Deserialize)]
+struct EmailView {
+    email: Option<Value>,
+}
+
+fn email_in(text: Option<&str>) -> Option<String> {
+    let text = text?;
+    match serde_json::from_str::<EmailView>(text) {
+        Ok(view) => text_of(&view.email),
+        Err(_) => {
+            let [email] = named_fields(text, ["email"]);
+            text_of(&value_of(email))
+        }
+    }
+}
+
 fn text_of(value: &Option<Value>) -> Option<String> {
     match value.as_ref()? {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
@@ -811,18 +877,8 @@ fn typed_fields(
     context: Option<&str>,
     traits: Option<&str>,
 ) -> TypedFields {
-    // Each field read on its own: one that cannot be read (or is named twice) costs only itself.
-    let [
-        revenue,
-        total,
-        currency,
-        order_id,
-        order_id_camel,
-        url,
-        path,
-        referrer,
-        email,
-    ] = named_fields(properties.unwrap_or("{}"), PROPERTY_FIELDS).map(value_of);
+    // One that cannot be read (or is named twice) costs only itself.
+    let properties = PropertiesView::read(properties);
     let read_context: Option<ContextView> = context.and_then(|t| serde_json::from_str(t).ok());
     // A context that cannot be read at all (not valid JSON inside) is left exactly as sent: no
     // `ip` is added to it.
@@ -831,24 +887,18 @@ fn typed_fields(
         None => context.is_some(),
     };
     let context = read_context.unwrap_or_default();
-    let email_of = |text: Option<&str>| {
-        text.and_then(|text| {
-            let [email] = named_fields(text, ["email"]);
-            text_of(&value_of(email))
-        })
-    };
     let context_identity = context.identity();
     let page = context.page.unwrap_or_default();
     TypedFields {
-        revenue: number_of(&revenue).or_else(|| number_of(&total)),
-        currency: text_of(&currency),
-        order_id: text_of(&order_id).or_else(|| text_of(&order_id_camel)),
-        page_url: text_of(&url).or_else(|| text_of(&page.url)),
-        page_path: text_of(&path).or_else(|| text_of(&page.path)),
-        referrer: text_of(&referrer).or_else(|| text_of(&page.referrer)),
-        email: email_of(traits)
-            .or_else(|| email_of(context.traits.map(RawValue::get)))
-            .or_else(|| text_of(&email)),
+        revenue: number_of(&properties.revenue).or_else(|| number_of(&properties.total)),
+        currency: text_of(&properties.currency),
+        order_id: text_of(&properties.order_id).or_else(|| text_of(&properties.order_id_camel)),
+        page_url: text_of(&properties.url).or_else(|| text_of(&page.url)),
+        page_path: text_of(&properties.path).or_else(|| text_of(&page.path)),
+        referrer: text_of(&properties.referrer).or_else(|| text_of(&page.referrer)),
+        email: email_in(traits)
+            .or_else(|| email_in(context.traits.map(RawValue::get)))
+            .or_else(|| text_of(&properties.email)),
         library_name: context.library.as_ref().and_then(|l| text_of(&l.name)),
         context_identity: Some(context_identity),
         context_names_ip,

@@ -104,6 +104,11 @@ pub(super) fn value_of(raw: Option<&RawValue>) -> Option<Value> {
 /// The object in `text`, every field that can be read as a JSON value, the last of a field named
 /// twice; `None` when `text` is not a JSON object.
 pub fn readable_fields(text: &str) -> Option<Map<String, Value>> {
+    // Nearly every object reads whole, in one pass (a repeated name overwrites, as below);
+    // only one that does not is read field by field.
+    if let Ok(fields) = serde_json::from_str::<Map<String, Value>>(text) {
+        return Some(fields);
+    }
     struct Fields;
     impl<'de> Visitor<'de> for Fields {
         type Value = Map<String, Value>;
