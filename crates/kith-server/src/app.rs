@@ -201,6 +201,9 @@ impl Server {
             identities: Default::default(),
             models: Default::default(),
         });
+        // Ready: from here on the server's routes answer (before `run` starts the flusher, which
+        // the first requests do not need), so whoever is told the server listens finds it so.
+        listening.route_to(router(app.clone()));
         Ok(Server { app, listening })
     }
 
@@ -236,7 +239,6 @@ impl Server {
                 "identity table for analyses built"
             );
         });
-        self.listening.route_to(router(self.app.clone()));
         shutdown.await;
         let served = self.listening.stop().await;
         // Let a flush in progress finish: cancelling it between its Delta commit and the buffer
