@@ -273,10 +273,15 @@ impl Extractor {
 
     /// `context.externalIds`: `[{"id": "...", "type": "...", "collection": "users", ...}]`.
     fn external_ids(&self, facts: &mut EventFacts, text: &str) {
-        let Ok(list) = serde_json::from_str::<Vec<Value>>(text) else {
+        // Each entry read on its own: one with a value `serde_json` cannot hold (`1e400`, half a
+        // surrogate pair) costs only itself, not every id beside it.
+        let Ok(list) = serde_json::from_str::<Vec<&serde_json::value::RawValue>>(text) else {
             return;
         };
-        for entry in &list {
+        for entry in list
+            .iter()
+            .filter_map(|raw| kith_core::readable_fields(raw.get()))
+        {
             let id_type = entry.get("type").and_then(Value::as_str).map(str::trim);
             let Some(id_type) = id_type.filter(|t| !t.is_empty()) else {
                 continue;

@@ -181,7 +181,11 @@ fn an_odd_trait_value_costs_only_itself() {
             {{"type": "identify", "userId": "huge", "traits": {{"email": "huge@ex.com", "plan": "pro", "score": 1e400}}}},
             {{"type": "identify", "userId": "half", "traits": {{"email": "half@ex.com", "plan": "pro", "nick": "\ud83d"}}}},
             {{"type": "identify", "userId": "deep", "traits": {{"email": "deep@ex.com", "plan": "pro", "x": {deep}}}}},
-            {{"type": "track", "event": "E", "userId": "ctx", "context": {{"traits": {{"email": "ctx@ex.com", "score": 1e400}}}}}}
+            {{"type": "track", "event": "E", "userId": "ctx", "context": {{"traits": {{"email": "ctx@ex.com", "score": 1e400}}}}}},
+            {{"type": "track", "event": "E", "userId": "ext", "context": {{"externalIds": [
+                {{"id": "C-1", "type": "crm_id", "collection": "users"}},
+                {{"id": "Z-1", "type": "zendesk_id", "score": 1e400}},
+                {{"id": 1e400, "type": "odd_id"}}]}}}}
         ]}}"#
     );
     let batch = parse_batch_request(&body)
@@ -195,6 +199,14 @@ fn an_odd_trait_value_costs_only_itself() {
         .map(|(i, e)| (i as u64 + 1, e))
         .collect();
     store.apply_events(&numbered);
+    // Every readable external id joins, beside one whose id cannot be read.
+    for id in ["crm_id:C-1", "zendesk_id:Z-1"] {
+        assert_eq!(
+            find(&store, id).map(|p| p.profile_id),
+            find(&store, "user_id:ext").map(|p| p.profile_id),
+            "{id}"
+        );
+    }
     for user in ["huge", "half", "deep", "ctx"] {
         let by_email = find(&store, &format!("email:{user}@ex.com"))
             .unwrap_or_else(|| panic!("{user}'s email joined no profile"));
