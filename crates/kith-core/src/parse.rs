@@ -25,7 +25,6 @@ use context_view::ContextView;
 pub use context_view::context_identity;
 pub(crate) use lenient::field_names;
 pub use lenient::readable_fields;
-use lenient::{named_fields, value_of};
 
 /// Why a whole request was refused (the events in it were never looked at).
 #[derive(Debug, Error, PartialEq)]
@@ -783,13 +782,7 @@ fn with_defaults(own: Option<String>, defaults: Option<&Map<String, Value>>) -> 
     Some(merged)
 }
 
-/// The fields of `properties` the typed columns read, in this order.
-const PROPERTY_FIELDS: [&str; 9] = [
-    "revenue", "total", "currency", "order_id", "orderId", "url", "path", "referrer", "email",
-];
-
-/// [`PROPERTY_FIELDS`] read in one pass, as nearly every `properties` reads; one that does not
-/// (a field named twice, a value `serde_json` cannot hold) is read field by field.
+/// What the typed columns need from `properties`.
 #[derive(Deserialize, Default)]
 struct PropertiesView {
     revenue: Option<Value>,
@@ -804,54 +797,23 @@ struct PropertiesView {
     email: Option<Value>,
 }
 
-impl PropertiesView {
-    fn read(text: Option<&str>) -> PropertiesView {
-        let Some(text) = text else {
-            return PropertiesView::default();
-        };
-        if let Ok(view) = serde_json::from_str(text) {
-            return view;
-        }
-        let [
-            revenue,
-            total,
-            currency,
-            order_id,
-            order_id_camel,
-            url,
-            path,
-            referrer,
-            email,
-        ] = named_fields(text, PROPERTY_FIELDS).map(value_of);
-        PropertiesView {
-            revenue,
-            total,
-            currency,
-            order_id,
-            order_id_camel,
-            url,
-            path,
-            referrer,
-            email,
-        }
-    }
-}
-
-/// `email` of an object (traits, `context.traits`), read as [`PropertiesView`] is.
-#[derive(Deserialize)]
+/// `email` of an object (traits, `context.traits`).
+#[derive(Deserialize, Default)]
 struct EmailView {
     email: Option<Value>,
 }
 
-fn email_in(text: Option<&str>) -> Option<String> {
-    let text = text?;
-    match serde_json::from_str::<EmailView>(text) {
-        Ok(view) => text_of(&view.email),
-        Err(_) => {
-            let [email] = named_fields(text, ["email"]);
-            text_of(&value_of(email))
-        }
-    }
+/// Reads a view of a JSON object in one pass, as nearly every object reads; one that does not
+/// (a field named twice, a value `serde_json` cannot hold) is read from its readable fields, so
+/// one odd value costs only itself (see [`readable_fields`]).
+fn view<T: serde::de::DeserializeOwned + Default>(text: Option<&str>) -> T {
+    let Some(text) = text else {
+        return T::default();
+    };
+    serde_json::from_str(text)
+        .ok()
+        .or_else(|| serde_json::from_value(Value::Object(readable_fields(text)?)).ok())
+        .unwrap_or_default()
 }
 
 fn text_of(value: &Option<Value>) -> Option<String> {
@@ -878,7 +840,7 @@ fn typed_fields(
     traits: Option<&str>,
 ) -> TypedFields {
     // One that cannot be read (or is named twice) costs only itself.
-    let properties = PropertiesView::read(properties);
+    let properties: PropertiesView = view(properties);
     let read_context: Option<ContextView> = context.and_then(|t| serde_json::from_str(t).ok());
     // A context that cannot be read at all (not valid JSON inside) is left exactly as sent: no
     // `ip` is added to it.
@@ -896,8 +858,8 @@ fn typed_fields(
         page_url: text_of(&properties.url).or_else(|| text_of(&page.url)),
         page_path: text_of(&properties.path).or_else(|| text_of(&page.path)),
         referrer: text_of(&properties.referrer).or_else(|| text_of(&page.referrer)),
-        email: email_in(traits)
-            .or_else(|| email_in(context.traits.map(RawValue::get)))
+        email: text_of(&view::<EmailView>(traits).email)
+            .or_else(|| text_of(&view::<EmailView>(context.traits.map(RawValue::get)).email))
             .or_else(|| text_of(&properties.email)),
         library_name: context.library.as_ref().and_then(|l| text_of(&l.name)),
         context_identity: Some(context_identity),

@@ -82,20 +82,6 @@ impl<'de, const N: usize> Visitor<'de> for NamedFields<N> {
     }
 }
 
-/// The fields named `names` of the object in `text`, as raw JSON text; none when `text` is not
-/// JSON at all.
-pub(super) fn named_fields<'a, const N: usize>(
-    text: &'a str,
-    names: [&'static str; N],
-) -> [Option<&'a RawValue>; N] {
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    NamedFields(names)
-        .deserialize(&mut deserializer)
-        .ok()
-        .flatten()
-        .unwrap_or([None; N])
-}
-
 /// A raw value read as a JSON value; `None` when it cannot be (see the module's comment).
 pub(super) fn value_of(raw: Option<&RawValue>) -> Option<Value> {
     serde_json::from_str(raw?.get()).ok()
@@ -163,6 +149,19 @@ pub(crate) fn field_names(text: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fields named `names` of the object in `text`, as the seed reads them at top level.
+    fn named_fields<'a, const N: usize>(
+        text: &'a str,
+        names: [&'static str; N],
+    ) -> [Option<&'a RawValue>; N] {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        NamedFields(names)
+            .deserialize(&mut deserializer)
+            .ok()
+            .flatten()
+            .unwrap_or([None; N])
+    }
 
     /// Values JSON allows that `serde_json` cannot read into a `Value`.
     const ODD: [&str; 3] = ["1e400", r#""\ud800""#, "DEEP"];
