@@ -78,23 +78,35 @@ pub fn key_from_headers(headers: &HeaderMap) -> Result<Option<String>, ApiError>
     unreadable("its scheme is neither Basic nor Bearer")
 }
 
-/// The key in the `Authorization` header or the one `elsewhere` finds (the URL's query, the
-/// body). A header that cannot be read is reported only when no other place holds a key; a
-/// header and another place naming different keys is an error, since either guess could file
-/// the events under a source the sender did not mean.
+/// The write key a request names: in the `Authorization` header, the URL's query (beacons and
+/// pixels, which cannot send headers) or the body. Every place that names one must name the same
+/// one, since any guess could file the events under a source the sender did not mean. A header
+/// that cannot be read is reported only when no other place holds a key.
 pub fn key_from_headers_or(
     headers: &HeaderMap,
-    elsewhere: impl FnOnce() -> Option<String>,
+    in_url: Option<&str>,
+    in_body: Option<&str>,
 ) -> Result<Option<String>, ApiError> {
-    match (key_from_headers(headers), elsewhere()) {
-        (Ok(Some(header_key)), Some(other)) if header_key != other => Err(ApiError::new(
+    let differ = |what: &str| {
+        Err(ApiError::new(
             ErrorCode::InvalidApiKey,
-            "the Authorization header and the request's `writeKey` (in the body or the URL) \
-             name different keys; send the write key in one place, or the same key in both",
-        )),
+            format!(
+                "{what} name different keys; send the write key in one place, or the same key in both"
+            ),
+        ))
+    };
+    if let (Some(url_key), Some(body_key)) = (in_url, in_body)
+        && url_key != body_key
+    {
+        return differ("the URL's `writeKey` and the body's");
+    }
+    match (key_from_headers(headers), in_url.or(in_body)) {
+        (Ok(Some(header_key)), Some(other)) if header_key != other => {
+            differ("the Authorization header and the request's `writeKey` (in the body or the URL)")
+        }
         (Ok(Some(key)), _) => Ok(Some(key)),
-        (Ok(None), other) => Ok(other),
-        (Err(unreadable), other) => other.map(Some).ok_or(unreadable),
+        (Ok(None), other) => Ok(other.map(str::to_string)),
+        (Err(unreadable), other) => other.map(|key| Some(key.to_string())).ok_or(unreadable),
     }
 }
 
@@ -250,7 +262,7 @@ mod tests {
     #[test]
     fn a_header_key_and_a_body_key_must_agree_and_an_unreadable_header_is_a_fallback() {
         let either = |value: &str, body: Option<&str>| {
-            key_from_headers_or(&headers(value), || body.map(str::to_string)).map_err(|e| e.code)
+            key_from_headers_or(&headers(value), None, body).map_err(|e| e.code)
         };
         assert_eq!(either("Basic d2s6", Some("wk")), Ok(Some("wk".into())));
         assert_eq!(either("Basic d2s6", None), Ok(Some("wk".into())));
@@ -261,7 +273,7 @@ mod tests {
         assert_eq!(either("Basic !!!", Some("body")), Ok(Some("body".into())));
         assert_eq!(either("Basic !!!", None), Err(ErrorCode::InvalidApiKey));
         assert_eq!(
-            key_from_headers_or(&HeaderMap::new(), || None).map_err(|e| e.code),
+            key_from_headers_or(&HeaderMap::new(), None, None).map_err(|e| e.code),
             Ok(None)
         );
     }

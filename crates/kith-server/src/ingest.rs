@@ -234,18 +234,7 @@ pub(crate) fn judge(
     query_key: Option<&str>,
     request: &RawRequest<'_>,
 ) -> Result<(String, IngestBatch), ApiError> {
-    // Every place that names a key must name the same one, as a header and the body must.
-    let elsewhere = match (query_key, request.write_key.as_deref()) {
-        (Some(in_url), Some(in_body)) if in_url != in_body => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidApiKey,
-                "the URL's `writeKey` and the body's name different keys; send the write key \
-                 in one place, or the same key in both",
-            ));
-        }
-        (in_url, in_body) => in_url.or(in_body).map(str::to_string),
-    };
-    let secret = key_from_headers_or(headers, || elsewhere)?;
+    let secret = key_from_headers_or(headers, query_key, request.write_key.as_deref())?;
     let key = app.keys.authorize(secret.as_deref(), KeyScope::Ingest)?;
     let source = key.source.unwrap_or_else(|| "default".to_string());
     let outcome = request.normalize(&source, Utc::now());

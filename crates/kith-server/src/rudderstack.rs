@@ -54,7 +54,7 @@ pub async fn source_config(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let query_key = params::write_key(&pairs)?;
-    let secret = key_from_headers_or(&headers, || query_key)?;
+    let secret = key_from_headers_or(&headers, query_key.as_deref(), None)?;
     let key = app.keys.authorize(secret.as_deref(), KeyScope::Ingest)?;
     let source = key.source.unwrap_or_else(|| "default".to_string());
     Ok(Json(json!({
