@@ -38,9 +38,13 @@ fn segment_pixels_take_the_event_as_base64_data_or_as_parameters() {
         json!({"writeKey": key, "userId": "ana", "event": "Email Opened",
                            "properties": {"subject": "Las ofertas >>> de noviembre", "email": "ana@example.com"}}),
     );
-    for _ in 0..2 {
-        assert_gif(pixel(&format!("/v1/pixel/track?data={}", percent(&open))));
-    }
+    // The second load went through an email tool that added a cache-buster and its campaign
+    // parameters: Segment reads only `data`, and so does Kith.
+    assert_gif(pixel(&format!("/v1/pixel/track?data={}", percent(&open))));
+    assert_gif(pixel(&format!(
+        "/v1/pixel/track?data={}&cb=8271&_=1764979200&utm_source=newsletter",
+        percent(&open)
+    )));
     // URL-safe base64 without padding, with a messageId, loaded twice: stored once.
     let identify = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
         json!({"writeKey": key, "userId": "ana", "messageId": "identify-1",
@@ -100,6 +104,12 @@ fn segment_pixels_take_the_event_as_base64_data_or_as_parameters() {
     ));
     assert_eq!((status, code.as_str()), (400, "invalid_parameter"));
     assert!(message.contains("`userId` beside it"), "{message}");
+    let (status, code, message) = refused(&format!(
+        "/v1/pixel/track?data={}&properties.plan=pro",
+        percent(&open)
+    ));
+    assert_eq!((status, code.as_str()), (400, "invalid_parameter"));
+    assert!(message.contains("`properties.plan` beside it"), "{message}");
     let (status, code, _) = refused("/v1/pixel/track?data=%3F%3F%3F");
     assert_eq!((status, code.as_str()), (400, "invalid_parameter"));
     let (status, code, message) = refused("/v1/pixel/order?data=e30");
@@ -153,6 +163,13 @@ fn segment_pixels_take_the_event_as_base64_data_or_as_parameters() {
         vec![object(json!({"message_id": "wrapped-1"}))]
     );
     assert_eq!(server.rows("SELECT count(*) AS n FROM events")[0]["n"], 5);
+    // The parameters ignored beside `data` are counted: the cache-buster load's three.
+    let (_, _, _, metrics) = pixel("/metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("kith_pixel_parameters_ignored_total 3"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -243,6 +260,19 @@ fn rudderstack_pixels_store_an_event_built_from_the_query_and_answer_with_a_gif(
             .as_str()
             .unwrap()
             .contains("`properties.plan`"),
+        "{answer}"
+    );
+    // A `+` typed into the URL as it is arrives as a space: the message says so.
+    let (status, _, _, body) = pixel(&format!(
+        "/pixel/v1/track?writeKey={key}&event=A&userId=u-1&timestamp=2026-12-06T10:00:00+01:00"
+    ));
+    let answer = json_of(&body);
+    assert_eq!((status, &answer["code"]), (400, &json!("invalid_event")));
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("send it as %2B"),
         "{answer}"
     );
     let (status, _, _, body) = pixel("/pixel/v1/track?event=A&userId=u-1");

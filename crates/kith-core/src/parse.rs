@@ -668,11 +668,16 @@ impl<'a> RawItem<'a> {
             Some(b'"') => {
                 let text = string_value(field, "an ISO-8601 string", raw)?;
                 let time = parse_timestamp(&text).ok_or_else(|| {
+                    let hint = if crate::time::offset_lost_its_plus(&text) {
+                        "; the offset's `+` became a space, as an unescaped `+` in a URL does: send it as %2B"
+                    } else {
+                        ""
+                    };
                     Fault::new(
                         "invalid_timestamp",
                         Some(field),
                         format!(
-                            "`{field}` value `{}` is not an ISO-8601 date-time such as 2024-05-01T10:00:00Z",
+                            "`{field}` value `{}` is not an ISO-8601 date-time such as 2024-05-01T10:00:00Z{hint}",
                             truncate_utf8(&text, 64)
                         ),
                     )

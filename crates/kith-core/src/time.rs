@@ -26,6 +26,18 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     None
 }
 
+/// Whether `text` is a date-time whose UTC offset lost its `+` to a space
+/// (`2024-05-01T10:00:00 01:00`), as a `+` left unescaped in a URL's query does.
+pub fn offset_lost_its_plus(text: &str) -> bool {
+    let Some((time, offset)) = text.trim().rsplit_once(' ') else {
+        return false;
+    };
+    let offset_shaped = matches!(offset.len(), 4 | 5)
+        && offset.bytes().all(|b| b.is_ascii_digit() || b == b':')
+        && offset.bytes().next().is_some_and(|b| b.is_ascii_digit());
+    offset_shaped && parse_timestamp(&format!("{time}+{offset}")).is_some()
+}
+
 /// Whether `time` is one Kith can store and query: from 1678 to 2261. The query engine works on
 /// some timestamps in nanoseconds (`date_trunc`, time windows), which reach only from 1677-09-21
 /// to 2262-04-11, so one event outside them makes every such query over its table fail; no
@@ -71,6 +83,23 @@ pub fn event_time(
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn an_offset_whose_plus_became_a_space_is_recognised() {
+        for text in ["2024-05-01T10:00:00 01:00", "2024-05-01T10:00:00.123 0530"] {
+            assert!(offset_lost_its_plus(text), "{text}");
+        }
+        for text in [
+            "2024-05-01 10:00:00",
+            "2024-05-01T10:00:00+01:00",
+            "yesterday 10",
+            "2024-05-01T10:00:00 ab:cd",
+            "2024-05-01T10:00:00 ",
+            "2024-05-01T10:00:00 01",
+        ] {
+            assert!(!offset_lost_its_plus(text), "{text}");
+        }
+    }
 
     #[test]
     fn storable_times_are_those_every_query_can_work_on() {

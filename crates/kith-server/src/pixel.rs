@@ -43,7 +43,7 @@ const PIXEL_GIF: &[u8] = &[
 
 /// `GET /v1/pixel/{call}`.
 #[utoipa::path(get, path = "/v1/pixel/{call}", tag = "tracking",
-    description = "Segment's tracking pixel: the event of a `/v1/{call}` body, `writeKey` included, as base64 (standard or URL-safe) in `data`; or unencoded, one query parameter a field (dotted names nest: `properties.subject=…`). A stored event is answered with a 1×1 GIF; an event without `messageId` gets a new one, so each load counts.",
+    description = "Segment's tracking pixel: the event of a `/v1/{call}` body, `writeKey` included, as base64 (standard or URL-safe) in `data`; or unencoded, one query parameter a field (dotted names nest: `properties.subject=…`). Beside `data`, parameters that name no event field (cache-busters, `utm_*`) are ignored. A stored event is answered with a 1×1 GIF; an event without `messageId` gets a new one, so each load counts.",
     params(("call" = String, Path, description = "identify | track | page | screen | group | alias"), ("data" = Option<String>, Query, description = "the event's JSON, base64-encoded")),
     responses((status = 200, description = "the event was stored: a 1×1 GIF", content_type = "image/gif"), (status = 400, description = "invalid parameters or event (a refused event is kept in `rejected_events`)"), (status = 401, description = "bad key"), (status = 404, description = "unknown call")))]
 pub async fn segment_pixel(
@@ -71,17 +71,7 @@ pub async fn segment_pixel(
     let query_key = params::write_key(&pairs)?;
     let event = match params::single(&pairs, DATA)? {
         Some(data) => {
-            if let Some((name, _)) = pairs
-                .iter()
-                .find(|(n, _)| n != DATA && n != params::WRITE_KEY)
-            {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidParameter,
-                    format!(
-                        "the query gives the event in `data` and `{name}` beside it; put every field in `data`, or give each as its own parameter without `data`"
-                    ),
-                ));
-            }
+            refuse_fields_beside_data(&pairs)?;
             event_from_data(data)?
         }
         None => event_from_params(&pairs)?,
@@ -137,6 +127,55 @@ async fn rudderstack_pixel(
     let event = event_from_params(&pairs)?;
     let caller = Caller::new(headers, peer).with_query_key(query_key.as_deref());
     store(app, kind, event, &caller).await
+}
+
+/// The top-level fields of a Segment event (its spec's common fields and those of each call).
+/// Beside `data`, a parameter naming one of them (or a field inside one, `properties.plan`)
+/// would be a second value for the event, so it is refused rather than guessed at.
+const EVENT_FIELDS: &[&str] = &[
+    "anonymousId",
+    "category",
+    "channel",
+    "context",
+    "event",
+    "groupId",
+    "integrations",
+    "messageId",
+    "name",
+    "originalTimestamp",
+    "previousId",
+    "properties",
+    "receivedAt",
+    "sentAt",
+    "timestamp",
+    "traits",
+    "type",
+    "userId",
+    "version",
+];
+
+/// With the event in `data`, Segment reads nothing else of the query, and pixel URLs gather
+/// parameters on their way into an email or an ad (cache-busters such as `cb=` or `_=`, an email
+/// tool's `utm_*`): those are ignored, and counted, so the load is still recorded. A parameter
+/// naming an event field is refused, as the event would have two values for it.
+fn refuse_fields_beside_data(pairs: &QueryPairs) -> Result<(), ApiError> {
+    for (name, _) in pairs {
+        if name == DATA || name == params::WRITE_KEY {
+            continue;
+        }
+        let top = name.split('.').next().unwrap_or(name);
+        if EVENT_FIELDS.contains(&top) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidParameter,
+                format!(
+                    "the query gives the event in `data` and `{name}` beside it; put every field in `data`, or give each as its own parameter without `data`"
+                ),
+            ));
+        }
+        metrics::counter!("kith_pixel_parameters_ignored_total").increment(1);
+        tracing::debug!(parameter = %name, "a pixel's parameter beside `data` is ignored");
+    }
+    Ok(())
 }
 
 /// Judges and stores one pixel's event as `/v1/{call}` would, and answers the GIF once it is
