@@ -355,7 +355,7 @@ async fn flush_loop(app: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<b
 /// answered too, so the 404 that follows reaches the page's code instead of a CORS error). The request headers a preflight asks for
 /// are allowed by name: the Fetch standard does not let `Access-Control-Allow-Headers: *` cover
 /// `Authorization`, which the API's keys travel in.
-fn cors() -> CorsLayer {
+pub(crate) fn cors() -> CorsLayer {
     use tower_http::cors::{AllowHeaders, Any};
     CorsLayer::new()
         .allow_origin(Any)

@@ -33,7 +33,10 @@ impl Listening {
         let local_addr = listener.local_addr()?;
         let routes: Arc<OnceLock<Router>> = Arc::default();
         let (stop, mut stopped) = watch::channel(false);
-        let front = Router::new().fallback(dispatch).with_state(routes.clone());
+        let front = Router::new().fallback(dispatch).with_state(Front {
+            routes: routes.clone(),
+            starting: starting_answers(),
+        });
         let serving = tokio::spawn(async move {
             // With each connection's address, for `context.ip` when the server records it.
             axum::serve(
@@ -72,50 +75,77 @@ impl Listening {
     }
 }
 
-async fn dispatch(State(routes): State<Arc<OnceLock<Router>>>, request: Request) -> Response {
-    match routes.get() {
-        Some(router) => match router.clone().oneshot(request).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        },
-        // Alive, if not ready: a liveness probe must not kill a server that is replaying.
-        None if request.uri().path() == "/healthz" => {
-            axum::Json(json!({"status": "ok", "starting": true})).into_response()
-        }
-        None => ApiError::new(
-            ErrorCode::Starting,
-            "Kith is starting: it is replaying its journal (or loading the demo world) and \
-             answers once that is done; retry after `Retry-After` seconds",
-        )
-        .into_response(),
+/// Who answers a request: the server's routes once they are installed, the start-up answers
+/// until then.
+#[derive(Clone)]
+struct Front {
+    routes: Arc<OnceLock<Router>>,
+    starting: Router,
+}
+
+async fn dispatch(State(front): State<Front>, request: Request) -> Response {
+    let router = front.routes.get().unwrap_or(&front.starting).clone();
+    match router.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
     }
+}
+
+/// What answers while the server starts, with the server's CORS headers: a browser SDK then
+/// sees the 503 and its `Retry-After` and retries, where a CORS error would tell it nothing.
+fn starting_answers() -> Router {
+    Router::new()
+        .fallback(|request: Request| async move {
+            // Alive, if not ready: a liveness probe must not kill a server that is replaying.
+            if request.uri().path() == "/healthz" {
+                return axum::Json(json!({"status": "ok", "starting": true})).into_response();
+            }
+            ApiError::new(
+                ErrorCode::Starting,
+                "Kith is starting: it is replaying its journal (or loading the demo world) and \
+                 answers once that is done; retry after `Retry-After` seconds",
+            )
+            .into_response()
+        })
+        .layer(crate::app::cors())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn get(addr: SocketAddr, path: &str) -> (u16, Option<String>, String) {
+    /// Sends `method path` with `headers` (each a `name: value` line); returns the status, the
+    /// answer's head and its body.
+    async fn send(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &str,
+    ) -> (u16, String, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         stream
             .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+                format!(
+                    "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"
+                )
+                .as_bytes(),
             )
             .await
             .unwrap();
         let mut answer = String::new();
         stream.read_to_string(&mut answer).await.unwrap();
         let status = answer[9..12].parse().unwrap();
-        let retry_after = answer
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        (status, head.to_string(), body.to_string())
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> (u16, Option<String>, String) {
+        let (status, head, body) = send(addr, "GET", path, "").await;
+        let retry_after = head
             .lines()
             .find_map(|l| l.strip_prefix("retry-after: "))
             .map(str::to_string);
-        let body = answer
-            .split("\r\n\r\n")
-            .nth(1)
-            .unwrap_or_default()
-            .to_string();
         (status, retry_after, body)
     }
 
@@ -134,6 +164,20 @@ mod tests {
         let (status, retry_after, body) = get(addr, "/readyz").await;
         assert_eq!((status, retry_after.as_deref()), (503, Some("1")), "{body}");
         assert!(body.contains("\"code\":\"starting\""), "{body}");
+        // A browser's preflight and its call, while starting: the 503 reaches the page's code.
+        let origin = "Origin: https://tienda.mx\r\n";
+        let (status, head, _) = send(
+            addr,
+            "OPTIONS",
+            "/v1/batch",
+            &format!("{origin}Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization\r\n"),
+        )
+        .await;
+        assert_eq!(status, 200, "{head}");
+        assert!(head.contains("access-control-allow-origin: *"), "{head}");
+        let (status, head, _) = send(addr, "POST", "/v1/batch", origin).await;
+        assert_eq!(status, 503, "{head}");
+        assert!(head.contains("access-control-allow-origin: *"), "{head}");
 
         listening
             .route_to(Router::new().route("/readyz", axum::routing::get(|| async { "ready" })));
