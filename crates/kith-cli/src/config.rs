@@ -355,6 +355,16 @@ impl IdentityConfig {
 pub use kith_server::app::DEFAULT_DATA_DIR;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8417";
 
+/// A relative `data_dir` in a config file names a directory beside the file, as a relative path
+/// in a `Cargo.toml` or a compose file does: the same file then means the same data wherever
+/// `kith` is started from (a service manager's working directory is often `/`).
+fn beside_the_file(config_file: &Path, dir: PathBuf) -> PathBuf {
+    match config_file.parent() {
+        Some(parent) if dir.is_relative() => parent.join(dir),
+        _ => dir,
+    }
+}
+
 impl FileConfig {
     /// Reads the given file, or `./kith.toml` when none is given and it exists.
     pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
@@ -372,7 +382,10 @@ impl FileConfig {
                     .with_context(|| format!("cannot read config file {}", path.display()));
             }
         };
-        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+        let mut config: FileConfig = toml::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        config.data_dir = config.data_dir.map(|dir| beside_the_file(&path, dir));
+        Ok(config)
     }
 
     /// Profile settings: `[identity]` plus the declared `[[computed_traits]]`.
@@ -520,6 +533,28 @@ mod tests {
         );
         assert!(err.contains("is 1440 but must be at least 2880"), "{err}");
         assert!(toml::from_str::<FileConfig>("[tables]\nkeep = 5\n").is_err());
+    }
+
+    #[test]
+    fn a_relative_data_dir_in_a_file_is_beside_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kith.toml");
+        std::fs::write(&file, "data_dir = 'datos/kith'\n").unwrap();
+        let config = FileConfig::load(Some(&file)).unwrap();
+        assert_eq!(config.data_dir(None), dir.path().join("datos/kith"));
+        std::fs::write(&file, "data_dir = '/var/lib/kith'\n").unwrap();
+        let config = FileConfig::load(Some(&file)).unwrap();
+        assert_eq!(config.data_dir(None), PathBuf::from("/var/lib/kith"));
+        // The flag (or `KITH_DATA_DIR`) is taken as given, against the working directory.
+        assert_eq!(
+            config.data_dir(Some(PathBuf::from("here"))),
+            PathBuf::from("here")
+        );
+        // `./kith.toml`, found in the working directory, names the same directory either way.
+        assert_eq!(
+            beside_the_file(Path::new("kith.toml"), PathBuf::from("data")),
+            PathBuf::from("data")
+        );
     }
 
     #[test]
