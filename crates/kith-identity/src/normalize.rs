@@ -99,7 +99,10 @@ impl Normalizer {
         if trimmed.len() > MAX_IDENTIFIER_LEN {
             return Err(NotAnIdentity::TooLong);
         }
-        if PLACEHOLDERS.iter().any(|p| p.eq_ignore_ascii_case(trimmed)) || is_all_zeros(trimmed) {
+        if PLACEHOLDERS.iter().any(|p| p.eq_ignore_ascii_case(trimmed))
+            || is_all_zeros(trimmed)
+            || is_placeholder_number(trimmed)
+        {
             return Err(NotAnIdentity::Placeholder(trimmed.to_string()));
         }
         let value = match id_type {
@@ -150,6 +153,14 @@ impl Normalizer {
         }
         Ok(number.format().mode(phonenumber::Mode::E164).to_string())
     }
+}
+
+/// A number written another way than `0` or `-1` is the same placeholder: an id sent as a JSON
+/// number is kept as the text the client wrote (`-1.0`, `0e0`, `-1E0`). Infinities are no one.
+fn is_placeholder_number(value: &str) -> bool {
+    value
+        .parse::<f64>()
+        .is_ok_and(|number| number == 0.0 || number == -1.0 || !number.is_finite())
 }
 
 fn is_all_zeros(value: &str) -> bool {
@@ -295,6 +306,12 @@ mod tests {
             "0000",
             "00000000-0000-0000-0000-000000000000",
             "[object Object]",
+            "-1.0",
+            "0e0",
+            "-1E0",
+            "-0.0e5",
+            "Infinity",
+            "-inf",
         ] {
             assert!(n.normalize(IdType::UserId, junk).is_err(), "{junk:?}");
             assert!(n.normalize(IdType::AnonymousId, junk).is_err(), "{junk:?}");
