@@ -926,6 +926,87 @@ fn a_query_past_its_time_limit_stops_working() {
 }
 
 #[test]
+fn a_query_whose_client_hangs_up_stops_working() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let server = KithServer::start(dir.path());
+    let endless = json!({"sql": "SELECT sum(a.value * b.value) FROM generate_series(1, 200000) a, \
+                                 generate_series(1, 200000) b"})
+    .to_string();
+    let mut client =
+        std::net::TcpStream::connect(server.base.trim_start_matches("http://")).unwrap();
+    write!(
+        client,
+        "POST /v1/query HTTP/1.1\r\nHost: kith\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{endless}",
+        server.read_key,
+        endless.len()
+    )
+    .unwrap();
+    // The query works for a second, then its client gives up.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    drop(client);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = cpu_seconds(server.child.id());
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let used = cpu_seconds(server.child.id()) - before;
+    assert!(
+        used < 1.0,
+        "the server used {used} s of CPU in 3 s after its client hung up"
+    );
+}
+
+#[test]
+fn long_queries_are_planned_or_refused_and_never_take_the_server_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _config) =
+        KithServer::start_with_config(dir.path(), "[ingest]\nflush_interval_ms = 50\n");
+    let batch: Vec<Value> = (0..3)
+        .map(|i| json!({"type": "track", "userId": format!("u{i}"), "event": "Viewed"}))
+        .collect();
+    assert_eq!(
+        ingest(&server, "/v1/batch", &json!({ "batch": batch })).0,
+        200
+    );
+    // In a Delta file: the scan is handed the query's filter, which is where a long IN list
+    // once became as deep a recursion as it was long.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while events_metric(&server, "kith_lake_flushes_total") < Some(1.0) {
+        assert!(std::time::Instant::now() < deadline, "no flush in 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ids: Vec<String> = (0..5_000).map(|i| format!("'u{}'", i * 2)).collect();
+    let listed = server.query(&format!(
+        "SELECT count(*) AS n FROM events WHERE user_id IN ({})",
+        ids.join(", ")
+    ));
+    assert_eq!(listed["rows"], json!([[2]]), "{listed}");
+    // A thousand terms added in one chain: planned by a recursion a thousand deep.
+    let chain = format!("SELECT {} AS n", vec!["1"; 1_000].join(" + "));
+    assert_eq!(server.query(&chain)["rows"], json!([[1000]]));
+    let (ok, out, err) = kith(&[
+        "sql",
+        "--data-dir",
+        server.data_dir.to_str().unwrap(),
+        "--format",
+        "csv",
+        &chain,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "n\n1000");
+    // Past the bound, a clear refusal.
+    let (status, refused) = post_json(
+        &server.url("/v1/query"),
+        &[("Authorization", &format!("Bearer {}", server.read_key))],
+        &json!({"sql": format!("SELECT {}", vec!["1"; 1_500].join(" + "))}).to_string(),
+    );
+    assert_eq!((status, &refused["code"]), (400, &json!("invalid_sql")));
+    let message = refused["message"].as_str().unwrap();
+    assert!(message.contains("1499 operators"), "{message}");
+    assert_eq!(get(&server.url("/healthz"), &[]).0, 200);
+}
+
+#[test]
 fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
     let dir = tempfile::tempdir().unwrap();
     let server = KithServer::start(dir.path());

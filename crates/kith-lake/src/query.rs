@@ -16,11 +16,15 @@ use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 mod bounded_functions;
 mod large_constants;
 mod memory;
+mod owned_task;
+mod sql_size;
 mod yield_points;
 use datafusion::sql::parser::DFParser;
 use datafusion::sql::sqlparser::parser::ParserError;
 use memory::QueryShare;
 pub(crate) use memory::{QueryMemory, held_bytes};
+pub use owned_task::OwnedTask;
+pub use sql_size::QUERY_THREAD_STACK_BYTES;
 use thiserror::Error;
 
 use crate::{EventTable, Lake};
@@ -184,6 +188,7 @@ async fn read_query(
     limits: &QueryLimits,
     tables_on_request: &[String],
 ) -> Result<DataFrame, QueryError> {
+    sql_size::check(sql)?;
     let mut statements = DFParser::parse_sql(sql).map_err(|e| classify(e, limits))?;
     let statement = match (statements.pop_front(), statements.len()) {
         (None, _) => {
@@ -461,7 +466,7 @@ pub(crate) async fn run(
     let task_limits = limits.clone();
     let pool = ctx.runtime_env().memory_pool.clone();
     let tables_on_request = lake.tables_on_request();
-    let work = tokio::spawn(async move {
+    let work = OwnedTask::new(tokio::spawn(async move {
         let limits = &task_limits;
         let frame = read_query(&ctx, &sql, limits, &tables_on_request).await?;
         let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
@@ -483,15 +488,12 @@ pub(crate) async fn run(
         // counted on its own from here on.
         drop(tables_held);
         Ok::<_, QueryError>((schema, batches, memory))
-    });
-    let abort = work.abort_handle();
+    }));
+    // When the time is up, dropping `work` aborts it.
     let (schema, mut batches, memory) = match tokio::time::timeout(limits.timeout, work).await {
         Ok(Ok(result)) => result.map_err(|e| memory::crowded_out(e, &pool))?,
         Ok(Err(join)) => return Err(engine_fault(join)),
-        Err(_) => {
-            abort.abort();
-            return Err(QueryError::Timeout(limits.timeout));
-        }
+        Err(_) => return Err(QueryError::Timeout(limits.timeout)),
     };
     let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let truncated = total > limits.max_rows;

@@ -29,6 +29,8 @@ fn queries() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         builder("kith-query", 2)
+            // A long query is planned by deep recursion (see `kith_lake::query`).
+            .thread_stack_size(kith_lake::query::QUERY_THREAD_STACK_BYTES)
             .on_thread_park(crate::memory::on_idle)
             .build()
             .expect("a background runtime starts")

@@ -91,6 +91,8 @@ pub fn run(command: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
+        // Queries are planned by deep recursion (see `kith_lake::query`).
+        .thread_stack_size(kith_lake::query::QUERY_THREAD_STACK_BYTES)
         .enable_all()
         .build()?)
 }

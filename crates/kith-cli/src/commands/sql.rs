@@ -41,17 +41,20 @@ pub fn run(args: SqlArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     }
     let limits = file.query_limits()?;
     let settings = file.profile_settings()?;
-    let result = runtime()?.block_on(async {
+    let sql = args.sql.clone();
+    // On a worker thread, whose stack a long query needs (`block_on` runs on this one).
+    let runtime = runtime()?;
+    let result = runtime.block_on(runtime.spawn(async move {
         let (lake, profiles) = open_consistent(&data_dir, settings).await?;
-        let extra = if kith_server::profiles::may_read_profiles(&args.sql) {
+        let extra = if kith_server::profiles::may_read_profiles(&sql) {
             kith_server::profiles::profile_tables(&profiles)?
         } else {
             Vec::new()
         };
-        lake.query_with(&args.sql, &limits, extra)
+        lake.query_with(&sql, &limits, extra)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
-    })?;
+    }))??;
     match args.format {
         Format::Table => {
             outln!("{}", output::to_table(&result)?)?;
