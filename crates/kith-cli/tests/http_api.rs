@@ -1061,6 +1061,30 @@ fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
         error["message"].as_str().unwrap().contains("nope"),
         "{error}"
     );
+    // A regular expression that does not compile is the query's mistake, not the server's.
+    for sql in [
+        "SELECT 'x' ~ '['",
+        "SELECT regexp_replace('a', '(', 'b')",
+        "SELECT regexp_like(event, '(?<x>a)\\k<x>') FROM events",
+    ] {
+        let (status, error) = post_json(
+            &server.url("/v1/query"),
+            &[("Authorization", &auth)],
+            &json!({ "sql": sql }).to_string(),
+        );
+        assert_eq!(
+            (status, &error["code"]),
+            (400, &json!("invalid_sql")),
+            "{sql}: {error}"
+        );
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(
+                "a regular expression in the query does not compile: regex parse error:"
+            ) || message.contains("Regular expression did not compile"),
+            "{sql}: {message}"
+        );
+    }
     let (status, error) = post_json(
         &server.url("/v1/query"),
         &[("Authorization", &auth)],

@@ -150,6 +150,17 @@ fn classify_ref(err: &DataFusionError, limits: &QueryLimits) -> QueryError {
         DataFusionError::Execution(message) if message == yield_points::PAST_TIME_LIMIT => {
             QueryError::Timeout(limits.timeout)
         }
+        // A regular expression in the query that does not compile: the engine hands the regex
+        // crates' error on as an external one (the planner checks patterns it can simplify).
+        DataFusionError::External(inner)
+            if inner.downcast_ref::<regex::Error>().is_some()
+                || inner.downcast_ref::<regex_syntax::Error>().is_some() =>
+        {
+            QueryError::Invalid(format!(
+                "a regular expression in the query does not compile: {}",
+                inner.to_string().replace('\n', " ")
+            ))
+        }
         // Storage and engine faults are ours, not the query's.
         DataFusionError::IoError(_)
         | DataFusionError::ObjectStore(_)

@@ -496,6 +496,29 @@ async fn functions_that_make_huge_values_are_refused_before_they_run() {
             "SELECT concat(repeat('x', 10000), repeat('y', 10000)) FROM generate_series(1, 3)",
             "concat(…)",
         ),
+        // So do encode (twice its value as hex) and joining lists, composed.
+        (
+            &format!(
+                "WITH s0 AS (SELECT CAST(value AS VARCHAR) AS s FROM generate_series(1, 2)), {} \
+                 SELECT length(s) FROM s30",
+                (1..=30)
+                    .map(|i| format!("s{i} AS (SELECT encode(s, 'hex') AS s FROM s{})", i - 1))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "encode",
+        ),
+        (
+            &format!(
+                "WITH a0 AS (SELECT make_array(value) AS c FROM generate_series(1, 2)), {} \
+                 SELECT cardinality(c) FROM a30",
+                (1..=30)
+                    .map(|i| format!("a{i} AS (SELECT array_concat(c, c) AS c FROM a{})", i - 1))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "array_concat",
+        ),
         // The fill of array_resize is what each new element holds.
         (
             "SELECT array_resize(make_array(range(value)), 100000, range(value * 10000)) \
@@ -547,6 +570,16 @@ async fn functions_that_make_huge_values_are_refused_before_they_run() {
             "{sql}: {message}"
         );
     }
+    let result = lake
+        .query("SELECT array_resize(make_array(1), -5)", &limits)
+        .await;
+    let Err(QueryError::Invalid(message)) = result else {
+        panic!("a negative size: {:?}", result.map(|r| r.num_rows()));
+    };
+    assert!(
+        message.starts_with("array_resize(…) has a negative size (-5)"),
+        "{message}"
+    );
     // `||` on text is DataFusion's operator still: null when either side is, named as before,
     // over columns and constants; on lists it is array_concat.
     let result = lake
@@ -572,7 +605,8 @@ async fn functions_that_make_huge_values_are_refused_before_they_run() {
              array_repeat(1, 2) AS ar, list_repeat(2, 2) AS lr, array_resize([1], 3, 0) AS rs, \
              range(3) AS rg, generate_series(1, 3) AS gs, \
              range(DATE '2026-01-01', DATE '2026-01-03', INTERVAL '1 day') AS days, \
-             length(repeat('-', 80)) AS rule",
+             length(repeat('-', 80)) AS rule, encode('ab', 'hex') AS hex, \
+             array_concat([1], [2, 3]) AS joined, make_array(1, 2) AS made",
             &limits,
         )
         .await
@@ -592,7 +626,10 @@ async fn functions_that_make_huge_values_are_refused_before_they_run() {
             [0, 1, 2],
             [1, 2, 3],
             ["2026-01-01", "2026-01-02"],
-            80
+            80,
+            "6162",
+            [1, 2, 3],
+            [1, 2]
         ]),
         "{json:?}"
     );

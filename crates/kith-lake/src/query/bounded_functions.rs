@@ -54,11 +54,20 @@ enum Growth {
     Concat,
     /// `concat_ws(separator, ...)`: the same, with the separator between each two.
     ConcatWs,
+    /// `encode(value, 'hex' | 'base64')`: twice the value at most. Composed, it doubles a value
+    /// at each step, as `concat` does.
+    Encode,
+    /// `array_concat` / `make_array(...)`: the lists or values side by side, which, composed,
+    /// double a list at each step.
+    ArrayJoin,
 }
 
 /// The functions held to a bound, by name (their aliases follow them).
-const BOUNDED: [(&str, Growth); 11] = [
+const BOUNDED: [(&str, Growth); 14] = [
     ("concat", Growth::Concat),
+    ("encode", Growth::Encode),
+    ("array_concat", Growth::ArrayJoin),
+    ("make_array", Growth::ArrayJoin),
     ("concat_ws", Growth::ConcatWs),
     ("repeat", Growth::Repeat),
     ("lpad", Growth::Pad),
@@ -455,11 +464,27 @@ fn largest_result(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result
             // Each new element is the fill, or (an upper bound for) an element of the list.
             let (lists, counts, fill) = (args.first(), count(1), args.get(2));
             for row in 0..rows {
+                if let Some(n) = counts.at(row).filter(|n| *n < 0) {
+                    return Err(format!(
+                        "has a negative size ({n}); give the length the list should have, 0 or more"
+                    ));
+                }
                 let n = counts.at_least_zero(row);
                 if n > 0 {
                     let element = value_bytes(lists, row).max(value_bytes(fill, row));
                     add(value_bytes(lists, row).saturating_add(n.saturating_mul(element)));
                 }
+            }
+        }
+        Growth::Encode => {
+            let values = args.first();
+            for row in 0..rows {
+                add(value_bytes(values, row).saturating_mul(2));
+            }
+        }
+        Growth::ArrayJoin => {
+            for row in 0..rows {
+                add(args.iter().map(|arg| value_bytes(Some(arg), row)).sum());
             }
         }
         Growth::Range => {
@@ -677,13 +702,16 @@ impl Counts {
         }
     }
 
-    fn at_least_zero(&self, row: usize) -> u128 {
-        let n = match self {
+    fn at(&self, row: usize) -> Option<i64> {
+        match self {
             Counts::Constant(n) => *n,
             Counts::Array(array) => present(array, row).then(|| array.value(row)),
             Counts::None => None,
-        };
-        n.map_or(0, |n| n.max(0) as u128)
+        }
+    }
+
+    fn at_least_zero(&self, row: usize) -> u128 {
+        self.at(row).map_or(0, |n| n.max(0) as u128)
     }
 }
 
