@@ -1276,6 +1276,37 @@ fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
         "the column `a` holds list values (List(Int64)), which CSV cannot hold; cast it to text \
          (`CAST(\"a\" AS VARCHAR)`) or ask for JSON or Arrow"
     );
+    // For structs and maps the advice is another, and following it gives a CSV.
+    for (nested, advice, followed, expected) in [
+        (
+            "SELECT named_struct('a', 1, 'b', 'x') AS s",
+            "(`\"s\"['a']`)",
+            "SELECT \"s\"['a'] AS a FROM (SELECT named_struct('a', 1, 'b', 'x') AS s)",
+            "a\n1\n",
+        ),
+        (
+            "SELECT map(['k'], [7]) AS m",
+            "(`\"m\"['key']`)",
+            "SELECT \"m\"['k'] AS k FROM (SELECT map(['k'], [7]) AS m)",
+            "k\n7\n",
+        ),
+    ] {
+        let (status, error, _) = post(
+            &server.url("/v1/query"),
+            &[("Authorization", &auth), ("Accept", "text/csv")],
+            json!({ "sql": nested }).to_string().as_bytes(),
+        );
+        assert_eq!(status, 406, "{nested}: {error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(advice), "{message}");
+        let mut answer = agent()
+            .post(server.url("/v1/query"))
+            .header("Authorization", &auth)
+            .header("Accept", "text/csv")
+            .send(json!({ "sql": followed }).to_string())
+            .unwrap();
+        assert_eq!(whole_body(&mut answer).unwrap(), expected, "{followed}");
+    }
     let (ok, out, err) = kith(&[
         "sql",
         "--data-dir",

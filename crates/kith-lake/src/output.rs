@@ -55,14 +55,68 @@ pub fn csv_unwritable(schema: &arrow::datatypes::Schema) -> Option<String> {
                  instead of `json_get`, or ask for JSON or Arrow"
             ));
         }
-        DataType::Struct(_) => "struct",
-        DataType::Map(_, _) => "map",
+        DataType::Struct(fields) => {
+            let example = fields
+                .first()
+                .map_or("field", |field| field.name().as_str());
+            return Some(format!(
+                "the column `{name}` holds struct values ({type_name}), which CSV cannot hold; \
+                 take the fields you want, one column each (`\"{name}\"['{example}']`), or ask \
+                 for JSON or Arrow"
+            ));
+        }
+        DataType::Map(_, _) => {
+            return Some(format!(
+                "the column `{name}` holds map values ({type_name}), which CSV cannot hold; take \
+                 the values you want by key, one column each (`\"{name}\"['key']`), or ask for \
+                 JSON or Arrow"
+            ));
+        }
         _ => "list",
     };
     Some(format!(
         "the column `{name}` holds {kind} values ({type_name}), which CSV cannot hold; cast it to \
          text (`CAST(\"{name}\" AS VARCHAR)`) or ask for JSON or Arrow"
     ))
+}
+
+/// The first value in `batches` that cannot be written as text, described for the person who
+/// asked: a time outside what calendars can be computed for (`from_unixtime(9223372036854775807)`
+/// is some 292 billion years away). Checked before an answer starts, so such a value is an
+/// error rather than an error message in a cell, or a CSV cut short. Only times can fail to be
+/// written; other columns are not looked at.
+pub fn unshowable_value(
+    schema: &arrow::datatypes::Schema,
+    batches: &[RecordBatch],
+) -> Option<String> {
+    for (index, field) in schema.fields().iter().enumerate() {
+        if !field.data_type().is_temporal() {
+            continue;
+        }
+        let mut rows_before = 0;
+        for batch in batches {
+            let column = batch.column(index);
+            let Ok(formatter) = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())
+            else {
+                continue;
+            };
+            let failure = (0..column.len())
+                .filter(|row| column.is_valid(*row))
+                .find_map(|row| formatter.value(row).try_to_string().err().map(|e| (row, e)));
+            if let Some((row, err)) = failure {
+                return Some(format!(
+                    "the value of `{}` in row {} cannot be written as a {} ({err}); it is outside \
+                     the years a calendar can be computed for. Filter it out, or cast the column \
+                     to a number (`CAST(... AS BIGINT)`) to see it",
+                    field.name(),
+                    rows_before + row + 1,
+                    type_name(field.data_type())
+                ));
+            }
+            rows_before += batch.num_rows();
+        }
+    }
+    None
 }
 
 /// Rows written out in pieces of about this size, so an answer is never held twice over
@@ -355,24 +409,81 @@ fn elements(values: arrow::array::ArrayRef) -> Value {
     )
 }
 
+/// A value as text; one that cannot be written (see [`unshowable_value`], which answers are
+/// checked with first) is null rather than an error message posing as the value.
 fn displayed(array: &dyn Array, row: usize) -> Value {
-    match ArrayFormatter::try_new(array, &FormatOptions::default()) {
-        Ok(formatter) => Value::String(formatter.value(row).to_string()),
-        Err(_) => Value::Null,
-    }
+    ArrayFormatter::try_new(array, &FormatOptions::default())
+        .and_then(|formatter| formatter.value(row).try_to_string())
+        .map_or(Value::Null, Value::String)
 }
 
-/// A table for terminals.
+/// A table for terminals. Values are shown as text with control characters escaped: stored
+/// events come from anyone holding a write key (a browser's, which is public), and an event
+/// name holding escape sequences would otherwise clear the screen, retitle the window or
+/// recolour the text of whoever looks at it (and throw the columns out of line).
 pub fn to_table(result: &QueryResult) -> Result<String, ArrowError> {
-    if result.batches.is_empty() {
-        return Ok(
-            arrow::util::pretty::pretty_format_batches(&[RecordBatch::new_empty(
-                result.schema.clone(),
-            )])?
-            .to_string(),
-        );
+    let shown = if result.batches.is_empty() {
+        vec![as_terminal_text(&RecordBatch::new_empty(
+            result.schema.clone(),
+        ))?]
+    } else {
+        result
+            .batches
+            .iter()
+            .map(as_terminal_text)
+            .collect::<Result<_, _>>()?
+    };
+    Ok(arrow::util::pretty::pretty_format_batches(&shown)?.to_string())
+}
+
+/// `batch` with each column as the text a terminal may show (nulls stay null).
+fn as_terminal_text(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let mut columns: Vec<arrow::array::ArrayRef> = Vec::with_capacity(batch.num_columns());
+    for column in batch.columns() {
+        let formatter = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())?;
+        let texts: arrow::array::StringArray = (0..column.len())
+            .map(|row| {
+                column
+                    .is_valid(row)
+                    .then(|| escape_controls(&formatter.value(row).to_string()))
+            })
+            .collect();
+        columns.push(std::sync::Arc::new(texts));
     }
-    Ok(arrow::util::pretty::pretty_format_batches(&result.batches)?.to_string())
+    let fields: Vec<arrow::datatypes::Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|field| arrow::datatypes::Field::new(field.name(), DataType::Utf8, true))
+        .collect();
+    RecordBatch::try_new_with_options(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+}
+
+/// `text` with the characters a terminal acts on instead of showing (controls, and the marks
+/// that reorder text around them) written as Rust escapes: `\u{1b}`, `\n`, `\u{202e}`.
+fn escape_controls(text: &str) -> String {
+    let acts_on = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}')
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    };
+    if !text.chars().any(acts_on) {
+        return text.to_string();
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if acts_on(c) {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
 }
 
 #[cfg(test)]
@@ -384,6 +495,38 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_table_escapes_what_a_terminal_would_act_on() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("event", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![
+                    Some("Buy\u{1b}]0;pwned\u{7}\u{1b}[2JRED"),
+                    Some("línea\nnueva \u{202e}txt.exe"),
+                    None,
+                ])),
+                Arc::new(Int64Array::from(vec![Some(1), None, Some(3)])),
+            ],
+        )
+        .unwrap();
+        let table = to_table(&QueryResult::new(schema, vec![batch], false)).unwrap();
+        assert!(
+            !table.chars().any(|c| c.is_control() && c != '\n'),
+            "{table}"
+        );
+        assert!(
+            table.contains(r"Buy\u{1b}]0;pwned\u{7}\u{1b}[2JRED"),
+            "{table}"
+        );
+        assert!(table.contains(r"línea\nnueva \u{202e}txt.exe"), "{table}");
+        // One line a row: a newline inside a value no longer splits it.
+        assert_eq!(table.lines().count(), 7, "{table}");
+    }
 
     fn to_csv(result: &QueryResult) -> Result<Vec<u8>, ArrowError> {
         Rendering::new(result.uncounted(), Encoding::Csv).into_bytes()

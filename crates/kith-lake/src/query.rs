@@ -519,6 +519,9 @@ pub(crate) async fn run(
             })
             .collect();
     }
+    if let Some(why) = crate::output::unshowable_value(&schema, &batches) {
+        return Err(QueryError::Invalid(why));
+    }
     metrics::histogram!("kith_query_seconds").record(started.elapsed().as_secs_f64());
     Ok(QueryResult {
         schema,

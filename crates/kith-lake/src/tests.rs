@@ -267,6 +267,36 @@ async fn a_runaway_query_is_stopped_by_its_time_limit() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
 
+// A time no calendar reaches is an error that names the value, not an error message written
+// into the answer as if it were the value (or a CSV cut short when it came to it).
+#[tokio::test]
+async fn a_value_that_cannot_be_written_is_an_error_before_the_answer_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    let limits = QueryLimits::default();
+    let result = lake
+        .query(
+            "SELECT from_unixtime(value) AS t FROM (VALUES (0), (9223372036854775807)) v(value)",
+            &limits,
+        )
+        .await;
+    let Err(QueryError::Invalid(message)) = result else {
+        panic!("expected a refusal, got {:?}", result.map(|r| r.num_rows()));
+    };
+    assert!(
+        message.starts_with("the value of `t` in row 2 cannot be written as a Timestamp"),
+        "{message}"
+    );
+    let shown = lake
+        .query("SELECT from_unixtime(0) AS t", &limits)
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::output::to_json(&shown).unwrap()["rows"],
+        serde_json::json!([["1970-01-01T00:00:00"]])
+    );
+}
+
 #[tokio::test]
 async fn a_query_over_its_memory_limit_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
