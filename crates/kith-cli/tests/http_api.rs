@@ -1968,7 +1968,30 @@ fn a_bad_setting_is_traced_to_where_it_was_set() {
     let (ok, _, err) = kith(&["sql", "--data-dir", file, "SELECT 1"]);
     assert!(!ok);
     assert!(
-        err.contains(&format!("no data directory at {file}")),
+        err.contains(&format!("{file} is a file, not a data directory")),
         "{err}"
     );
+    // A directory Kith never wrote to is not read as an empty data directory, and nothing is
+    // left in it.
+    let elsewhere = dir.path().join("photos");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let elsewhere = elsewhere.to_str().unwrap();
+    for args in [
+        vec![
+            "sql",
+            "--data-dir",
+            elsewhere,
+            "SELECT count(*) FROM events",
+        ],
+        vec!["key", "list", "--data-dir", elsewhere],
+        vec!["analyze", "rfm", "--data-dir", elsewhere],
+    ] {
+        let (ok, _, err) = kith(&args);
+        assert!(!ok, "{args:?}");
+        assert!(
+            err.contains(&format!("{elsewhere} is not a Kith data directory")),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(elsewhere).unwrap().count(), 0);
 }

@@ -139,12 +139,10 @@ pub fn run(args: AnalyzeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     let analysis =
         Analysis::parse(&args.analysis, &args.definition()?).map_err(|e| anyhow::anyhow!("{e}"))?;
     let data_dir = file.data_dir(args.data_dir.data_dir.clone());
-    if !data_dir.exists() {
-        bail!(
-            "no data directory at {}; import data or start `kith serve` first, or pass --data-dir",
-            data_dir.display()
-        );
-    }
+    super::existing_data_dir(
+        &data_dir,
+        "import data or start `kith serve` first, or pass --data-dir",
+    )?;
     // A running server has the tables and profiles open already: ask it.
     let served = match kith_server::local::find(&data_dir) {
         Some(server) => ask_server(&server, &args.analysis, &args.definition()?)?,
@@ -208,12 +206,10 @@ fn write_traits(args: AnalyzeArgs, file: FileConfig) -> anyhow::Result<ExitCode>
     let model = kith_analytics::ProfileModel::parse(&args.analysis, &definition)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let data_dir = file.data_dir(args.data_dir.data_dir.clone());
-    if !data_dir.exists() {
-        bail!(
-            "no data directory at {}; import data or start `kith serve` first, or pass --data-dir",
-            data_dir.display()
-        );
-    }
+    super::existing_data_dir(
+        &data_dir,
+        "import data or start `kith serve` first, or pass --data-dir",
+    )?;
     let (report, profiles) = match kith_server::local::find(&data_dir) {
         Some(server) => match run_on_server(&server, &args.analysis, &definition)? {
             Some(done) => done,

@@ -129,13 +129,10 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
 /// Listing or revoking keys reads a data directory that exists: a mistyped one would otherwise
 /// be created, and show no keys or "no such key".
 fn existing_data_dir(data_dir: std::path::PathBuf) -> anyhow::Result<std::path::PathBuf> {
-    if !data_dir.is_dir() {
-        bail!(
-            "no data directory at {}; pass the --data-dir the server runs with (keys are created \
-             there with `kith key create`)",
-            super::shown_path(&data_dir)
-        );
-    }
+    super::existing_data_dir(
+        &data_dir,
+        "pass the --data-dir the server runs with (keys are created there with `kith key create`)",
+    )?;
     Ok(data_dir)
 }
 

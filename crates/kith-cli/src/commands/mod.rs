@@ -76,6 +76,34 @@ pub(crate) fn shown_path(path: &std::path::Path) -> String {
         .to_string()
 }
 
+/// What a data directory holds from its first use: the keys (`state.db`, made by `kith key
+/// create`), the journal (made by `kith serve`) or the tables (made by an import).
+const DATA_DIR_MARKS: [&str; 3] = ["state.db", "journal", "tables"];
+
+/// Refuses a `data_dir` that a command reading one (`kith sql`, `kith profile`, `kith analyze`,
+/// `kith key list` …) cannot use: missing, a file, or a directory Kith never wrote to. Opening one
+/// of the last would quietly answer "nothing" and leave Kith's files among someone else's. `hint`
+/// says where a right one comes from.
+pub(crate) fn existing_data_dir(data_dir: &std::path::Path, hint: &str) -> anyhow::Result<()> {
+    let shown = shown_path(data_dir);
+    if !data_dir.exists() {
+        anyhow::bail!("no data directory at {shown}; {hint}");
+    }
+    if !data_dir.is_dir() {
+        anyhow::bail!("{shown} is a file, not a data directory; {hint}");
+    }
+    if !DATA_DIR_MARKS
+        .iter()
+        .any(|mark| data_dir.join(mark).exists())
+    {
+        anyhow::bail!(
+            "{shown} is not a Kith data directory (it holds none of {}); {hint}",
+            DATA_DIR_MARKS.join(", ")
+        );
+    }
+    Ok(())
+}
+
 pub fn run(command: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => serve::run(args, file),

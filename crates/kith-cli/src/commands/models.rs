@@ -126,12 +126,10 @@ fn stored_purchases(
     file: &FileConfig,
 ) -> anyhow::Result<(Purchases, ProfileStore)> {
     let data_dir = file.data_dir(args.data_dir.data_dir.clone());
-    if !data_dir.exists() {
-        bail!(
-            "no data directory at {}; pass --data-dir, or --transactions FILE to fit on a file",
-            data_dir.display()
-        );
-    }
+    super::existing_data_dir(
+        &data_dir,
+        "pass --data-dir, or --transactions FILE to fit on a file",
+    )?;
     let settings = file.profile_settings()?;
     let limits = kith_lake::QueryLimits {
         timeout: std::time::Duration::from_secs(3600),

@@ -124,12 +124,7 @@ fn duplicates(args: DuplicatesArgs, file: FileConfig) -> anyhow::Result<ExitCode
 
 fn existing_data_dir(file: &FileConfig, arg: DataDirArg) -> anyhow::Result<std::path::PathBuf> {
     let data_dir = file.data_dir(arg.data_dir);
-    if !data_dir.exists() {
-        bail!(
-            "no data directory at {}; start `kith serve` first or pass --data-dir",
-            data_dir.display()
-        );
-    }
+    super::existing_data_dir(&data_dir, "start `kith serve` first or pass --data-dir")?;
     Ok(data_dir)
 }
 

@@ -33,12 +33,7 @@ pub struct SqlArgs {
 
 pub fn run(args: SqlArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     let data_dir = file.data_dir(args.data_dir.data_dir);
-    if !data_dir.is_dir() {
-        bail!(
-            "no data directory at {}; start `kith serve` first or pass --data-dir",
-            data_dir.display()
-        );
-    }
+    super::existing_data_dir(&data_dir, "start `kith serve` first or pass --data-dir")?;
     let limits = file.query_limits()?;
     let settings = file.profile_settings()?;
     let sql = args.sql.clone();
