@@ -1061,6 +1061,35 @@ fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
         error["message"].as_str().unwrap().contains("nope"),
         "{error}"
     );
+    // The body is an object: serde would read `["SELECT 1"]` as one too.
+    let (status, error) = post_json(
+        &server.url("/v1/query"),
+        &[("Authorization", &auth)],
+        r#"["SELECT 1"]"#,
+    );
+    assert_eq!(
+        (status, &error["code"]),
+        (400, &json!("invalid_body")),
+        "{error}"
+    );
+    // An answer depends on `Accept`, and says so to caches.
+    let (status, _, answered_headers) = post(
+        &server.url("/v1/query"),
+        &[("Authorization", &auth), ("Accept", "text/csv")],
+        json!({"sql": "SELECT 1 AS one"}).to_string().as_bytes(),
+    );
+    assert_eq!(status, 200);
+    let varies: Vec<String> = answered_headers
+        .get_all("vary")
+        .iter()
+        .flat_map(|v| {
+            v.to_str()
+                .unwrap()
+                .split(',')
+                .map(|s| s.trim().to_lowercase())
+        })
+        .collect();
+    assert!(varies.contains(&"accept".to_string()), "{varies:?}");
     // A regular expression that does not compile is the query's mistake, not the server's.
     for sql in [
         "SELECT 'x' ~ '['",
@@ -1372,6 +1401,12 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
         &json!({"batch": [{"type": "track", "userId": "u", "event": "x", "messageId": "m1"}]}),
     );
     server.query("SELECT 1");
+    let (status, _) = post_json(
+        &server.url("/v1/query"),
+        &[("Authorization", &format!("Bearer {}", server.read_key))],
+        &json!({"sql": "SELECT nope"}).to_string(),
+    );
+    assert_eq!(status, 400);
     let get = |path: &str| -> (u16, String) {
         let mut response = agent().get(server.url(path)).call().unwrap();
         (
@@ -1391,6 +1426,8 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
         "kith_events_deduplicated_total 1",
         "kith_journal_fsyncs_total",
         "kith_query_seconds",
+        "kith_queries_total{outcome=\"answered\"} 1",
+        "kith_queries_total{outcome=\"invalid_sql\"} 1",
     ] {
         assert!(
             metrics.contains(needle),

@@ -140,6 +140,15 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
     shape: &str,
 ) -> Result<T, ApiError> {
     let bytes = read_body(headers, body, &format!("send {shape} within it")).await?;
+    // serde reads a struct from an array of its fields in order too (`["SELECT 1"]` for
+    // `{"sql": ...}`); a body the API documents as an object must be one.
+    let starts_array = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    if shape.starts_with('{') && starts_array {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("the body must be {shape}, an object, not an array"),
+        ));
+    }
     serde_json::from_slice(&bytes).map_err(|e| {
         let code = if e.is_data() {
             ErrorCode::InvalidBody

@@ -196,8 +196,15 @@ pub async fn query(
     .map_err(|e| {
         tracing::error!(error = %e, "query task failed");
         ApiError::new(ErrorCode::Internal, "the query failed; see the server log")
-    })?
-    .map_err(query_error)?;
+    })
+    .and_then(|answered| answered.map_err(query_error));
+    // How queries end, refusals and failures included (`kith_query_seconds` times the answered).
+    let outcome = match &result {
+        Ok(_) => "answered",
+        Err(e) => e.code.describe().0,
+    };
+    metrics::counter!("kith_queries_total", "outcome" => outcome).increment(1);
+    let result = result?;
     if format == Format::Csv
         && let Some(why) = output::csv_unwritable(&result.schema)
     {
@@ -216,6 +223,8 @@ pub async fn query(
     let mut response = crate::answer_body::streamed(result, encoding, stall_limit).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // The same query answers in another format for another `Accept`: caches must keep them apart.
+    headers.append(header::VARY, HeaderValue::from_static("accept"));
     // CSV and Arrow have no place for these in the answer itself, as JSON has.
     headers.insert("kith-row-count", HeaderValue::from(row_count));
     headers.insert(
