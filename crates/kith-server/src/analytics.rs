@@ -54,7 +54,7 @@ pub async fn analyze(
     let analysis = Analysis::parse(&kind, &definition).map_err(analytics_error)?;
     let (lake, limits) = (app.pipeline.lake.clone(), app.config.query_limits.clone());
     let state = app.clone();
-    let report = crate::runtimes::spawn_query(async move {
+    let report = crate::runtimes::spawn_query_for_request(async move {
         let data = state
             .identities
             .data(&lake, &state.pipeline.profiles, limits);

@@ -301,7 +301,10 @@ pub async fn events(
     }
     let limits = app.config.query_limits.clone();
     let lake = app.pipeline.lake.clone();
-    let result = crate::runtimes::spawn_query(async move { lake.timeline(&query, &limits).await })
+    let result =
+        crate::runtimes::spawn_query_for_request(
+            async move { lake.timeline(&query, &limits).await },
+        )
         .await
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("timeline task failed: {e}")))?
         .map_err(query_error)?;

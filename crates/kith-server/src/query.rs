@@ -182,8 +182,7 @@ pub async fn query(
     let request: QueryRequest = json_body(&headers, body, r#"{"sql": "..."}"#).await?;
     let (lake, limits) = (app.pipeline.lake.clone(), app.config.query_limits.clone());
     let profiles = app.pipeline.profiles.clone();
-    // Owned: a client that hangs up takes its query's work with it.
-    let result = kith_lake::query::OwnedTask::new(crate::runtimes::spawn_query(async move {
+    let result = crate::runtimes::spawn_query_for_request(async move {
         let extra = if crate::profiles::may_read_profiles(&request.sql) {
             crate::profiles::profile_tables(&profiles)
                 .map_err(|e| QueryError::Internal(format!("the profiles could not be read: {e}")))?
@@ -191,7 +190,7 @@ pub async fn query(
             Vec::new()
         };
         lake.query_with(&request.sql, &limits, extra).await
-    }))
+    })
     .await
     .map_err(|e| {
         tracing::error!(error = %e, "query task failed");

@@ -46,6 +46,17 @@ where
     spawn_releasing(queries(), work)
 }
 
+/// Runs a request's heavy work (a query, an analysis, a timeline) on the query runtime, for as
+/// long as the request waits for it: when the client hangs up, the request's future is dropped,
+/// and with it the work, instead of running on to its time limit.
+pub fn spawn_query_for_request<F>(work: F) -> kith_lake::query::OwnedTask<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    kith_lake::query::OwnedTask::new(spawn_query(work))
+}
+
 /// Runs `work` on `runtime` and, once it ends, has the runtime's threads give the memory it
 /// freed back to the system (see [`crate::memory`]).
 fn spawn_releasing<F>(runtime: &Runtime, work: F) -> JoinHandle<F::Output>
