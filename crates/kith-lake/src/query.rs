@@ -18,6 +18,7 @@ mod large_constants;
 mod memory;
 mod owned_task;
 mod sql_size;
+mod window_lists;
 mod yield_points;
 use datafusion::sql::parser::DFParser;
 use datafusion::sql::sqlparser::parser::ParserError;
@@ -52,6 +53,20 @@ pub enum QueryError {
         .0 >> 20
     )]
     AnswerTooLarge(usize),
+    /// One row of the answer is too large to write out: an answer is written a row at a time at
+    /// least, and as JSON or CSV a row takes several times its size again.
+    #[error(
+        "row {row} of the answer holds {} MiB, more than the {} MiB one row may (a sixteenth of \
+         the query memory limit), since a row is written out whole; aggregate into fewer values \
+         (a count, a sum, the first few with array_slice) or ask for the parts as rows",
+        .bytes >> 20,
+        .limit >> 20
+    )]
+    RowTooLarge {
+        row: usize,
+        bytes: usize,
+        limit: usize,
+    },
     /// The tables built for the query (the profile tables) do not fit in the memory queries
     /// may use, even alone.
     #[error(
@@ -345,6 +360,7 @@ pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext
     ctx.add_optimizer_rule(Arc::new(large_constants::RefuseLargeConstants {
         max_batch_bytes: max_result_bytes,
     }));
+    ctx.add_optimizer_rule(Arc::new(window_lists::RefuseGrowingWindows));
     for table in lake.tables() {
         register(&ctx, table).await?;
     }
@@ -521,6 +537,14 @@ pub(crate) async fn run(
     }
     if let Some(why) = crate::output::unshowable_value(&schema, &batches) {
         return Err(QueryError::Invalid(why));
+    }
+    let row_limit = limits.memory_bytes / 16;
+    if let Some((row, bytes)) = memory::row_larger_than(&batches, row_limit) {
+        return Err(QueryError::RowTooLarge {
+            row,
+            bytes,
+            limit: row_limit,
+        });
     }
     metrics::histogram!("kith_query_seconds").record(started.elapsed().as_secs_f64());
     Ok(QueryResult {

@@ -375,6 +375,88 @@ async fn answers_count_in_the_memory_the_queries_running_at_once_share() {
         message.starts_with("the answer is larger than the 16 MiB") && message.contains("LIMIT"),
         "{message}"
     );
+
+    // One row is written out whole, in JSON several times its size: a row may hold a
+    // sixteenth of the limit (1 MiB here), however small the answer is in all.
+    let result = lake
+        .query(
+            "SELECT k, CASE WHEN k = 2 THEN all_values END AS all_values FROM \
+             (VALUES (1), (2), (3)) AS t(k) CROSS JOIN \
+             (SELECT array_agg(value) AS all_values FROM generate_series(1, 300000))",
+            &limits,
+        )
+        .await;
+    let Err(err @ QueryError::RowTooLarge { .. }) = result else {
+        panic!("{:?}", result.map(|r| r.num_rows()));
+    };
+    let message = err.to_string();
+    assert!(
+        message.starts_with("row 2 of the answer holds ")
+            && message.contains("MiB, more than the 1 MiB one row may"),
+        "{message}"
+    );
+    let fits = lake
+        .query(
+            "SELECT cardinality(array_agg(value)) AS n FROM generate_series(1, 100000)",
+            &limits,
+        )
+        .await
+        .unwrap();
+    assert_eq!(fits.num_rows(), 1);
+}
+
+// A list- or text-building aggregate over a window gives each row its whole frame's result: over
+// every row, n rows ask for n lists of n values, which once aborted the process on a failed
+// allocation. Refused unless the frame is a bounded number of rows.
+#[tokio::test]
+async fn list_aggregates_over_unbounded_windows_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    let limits = QueryLimits::default();
+    for (sql, name) in [
+        (
+            "SELECT array_agg(value) OVER () FROM generate_series(1, 300000)",
+            "array_agg",
+        ),
+        (
+            "SELECT string_agg(CAST(value AS VARCHAR), ',') OVER (ORDER BY value) \
+             FROM generate_series(1, 300000)",
+            "string_agg",
+        ),
+        (
+            "SELECT array_agg(value) OVER (ORDER BY value ROWS BETWEEN 5000 PRECEDING AND \
+             CURRENT ROW) FROM generate_series(1, 300000)",
+            "array_agg",
+        ),
+        (
+            "SELECT x FROM (SELECT array_agg(value) OVER (PARTITION BY value % 2) AS x \
+             FROM generate_series(1, 10)) WHERE x IS NOT NULL",
+            "array_agg",
+        ),
+    ] {
+        let result = lake.query(sql, &limits).await;
+        let Err(QueryError::Invalid(message)) = result else {
+            panic!("{sql}: {:?}", result.map(|r| r.num_rows()));
+        };
+        assert!(
+            message.starts_with(&format!("{name} over a window gives each row the"))
+                && message.contains("ROWS BETWEEN 99 PRECEDING AND CURRENT ROW"),
+            "{sql}: {message}"
+        );
+    }
+    // A bounded frame is fine: the last three values on each row.
+    let result = lake
+        .query(
+            "SELECT array_agg(value) OVER (ORDER BY value ROWS BETWEEN 2 PRECEDING AND \
+             CURRENT ROW) AS recent FROM generate_series(1, 4) ORDER BY value DESC LIMIT 1",
+            &limits,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::output::to_json(&result).unwrap()["rows"],
+        serde_json::json!([[[2, 3, 4]]])
+    );
 }
 
 // Tables built for one query (the profile tables) are memory too: counted in the shared limit
@@ -774,8 +856,8 @@ async fn json_functions_and_joins_work_over_flushed_and_buffered_events_together
     // The JSON answer names text columns one way, whichever layout Arrow gave them.
     let result = lake
         .query(
-            "SELECT message_id, 'literal' AS l, revenue, array_agg(message_id) OVER () AS ids \
-             FROM events",
+            "SELECT message_id, 'literal' AS l, revenue, array_agg(message_id) \
+             OVER (ORDER BY message_id ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS ids FROM events",
             &QueryLimits::default(),
         )
         .await

@@ -150,6 +150,7 @@ pub(crate) fn query_error(err: QueryError) -> ApiError {
         QueryError::Timeout(_) => ApiError::new(ErrorCode::QueryTimeout, err.to_string()),
         QueryError::OutOfMemory(_)
         | QueryError::AnswerTooLarge(_)
+        | QueryError::RowTooLarge { .. }
         | QueryError::TablesTooLarge { .. } => {
             ApiError::new(ErrorCode::QueryMemoryExceeded, err.to_string())
         }

@@ -188,6 +188,33 @@ pub(crate) async fn collect_counted(
 /// The bytes `batch`'s rows take. A batch may be a slice of a larger one (the freshest events
 /// are buffered in large batches, and `LIMIT` cuts them), so this counts the rows it covers
 /// rather than the buffers it shares.
+/// The first row of `batches` (counted from 1) that holds more than `limit` bytes, and its
+/// size. Rows are measured one by one only in a batch larger than `limit` as a whole; a null
+/// counts as nothing (a null list may still span values it does not show).
+pub(crate) fn row_larger_than(batches: &[RecordBatch], limit: usize) -> Option<(usize, usize)> {
+    let row_bytes = |batch: &RecordBatch, row: usize| {
+        batch
+            .columns()
+            .iter()
+            .filter(|column| column.is_valid(row))
+            .map(|column| array_bytes(&column.slice(row, 1).to_data()))
+            .fold(0usize, usize::saturating_add)
+    };
+    let mut rows_before = 0;
+    for batch in batches {
+        if held_bytes(batch) > limit {
+            let found = (0..batch.num_rows())
+                .map(|row| (row, row_bytes(batch, row)))
+                .find(|(_, bytes)| *bytes > limit);
+            if let Some((row, bytes)) = found {
+                return Some((rows_before + row + 1, bytes));
+            }
+        }
+        rows_before += batch.num_rows();
+    }
+    None
+}
+
 pub(crate) fn held_bytes(batch: &RecordBatch) -> usize {
     batch
         .columns()
