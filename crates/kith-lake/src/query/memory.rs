@@ -185,9 +185,6 @@ pub(crate) async fn collect_counted(
     Ok((batches, reservation))
 }
 
-/// The bytes `batch`'s rows take. A batch may be a slice of a larger one (the freshest events
-/// are buffered in large batches, and `LIMIT` cuts them), so this counts the rows it covers
-/// rather than the buffers it shares.
 /// The first row of `batches` (counted from 1) that holds more than `limit` bytes, and its
 /// size. Rows are measured one by one only in a batch larger than `limit` as a whole; a null
 /// counts as nothing (a null list may still span values it does not show).
@@ -215,6 +212,9 @@ pub(crate) fn row_larger_than(batches: &[RecordBatch], limit: usize) -> Option<(
     None
 }
 
+/// The bytes `batch`'s rows take. A batch may be a slice of a larger one (the freshest events
+/// are buffered in large batches, and `LIMIT` cuts them), so this counts the rows it covers
+/// rather than the buffers it shares.
 pub(crate) fn held_bytes(batch: &RecordBatch) -> usize {
     batch
         .columns()
