@@ -9,7 +9,14 @@
 pub fn error_text(err: &anyhow::Error) -> String {
     let mut text = String::new();
     for link in err.chain() {
-        let said = link.to_string();
+        // A message may quote stored data (a value that failed a cast, a table name), which
+        // anyone with a write key chose: its control characters are shown, not acted on.
+        let said = link
+            .to_string()
+            .lines()
+            .map(kith_lake::output::escape_controls)
+            .collect::<Vec<_>>()
+            .join("\n");
         if said.is_empty() || text.contains(&said) {
             continue;
         }
@@ -48,6 +55,16 @@ mod tests {
         assert_eq!(
             error_text(&err),
             "cannot use the data directory /srv/kith: No such file or directory"
+        );
+    }
+
+    #[test]
+    fn stored_data_quoted_in_a_message_cannot_drive_the_terminal() {
+        let err =
+            anyhow::anyhow!("Cannot cast string 'Buy\u{1b}]0;pwned\u{7}\u{1b}[2J' to Int32\nhint");
+        assert_eq!(
+            error_text(&err),
+            "Cannot cast string 'Buy\\u{1b}]0;pwned\\u{7}\\u{1b}[2J' to Int32\nhint"
         );
     }
 

@@ -465,7 +465,7 @@ fn as_terminal_text(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
 
 /// `text` with the characters a terminal acts on instead of showing (controls, and the marks
 /// that reorder text around them) written as Rust escapes: `\u{1b}`, `\n`, `\u{202e}`.
-fn escape_controls(text: &str) -> String {
+pub fn escape_controls(text: &str) -> String {
     let acts_on = |c: char| {
         c.is_control()
             || matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}')

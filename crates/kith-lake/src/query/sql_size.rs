@@ -26,13 +26,18 @@ pub(crate) const MAX_TERMS: usize = 20_000;
 /// The most operators (`+`, `||`, `=`, `AND`, `OR`, `UNION` …) one query may hold.
 pub(crate) const MAX_OPERATORS: usize = 1_000;
 
+/// The most `||` one query may hold: each is planned as a call whose name spells out its
+/// arguments' names, so a chain costs about the cube of its length (1,000 took minutes);
+/// `concat(a, b, c, …)` joins any number at the cost of one.
+pub(crate) const MAX_CONCATENATIONS: usize = 100;
+
 /// Refuses `sql` when it holds more than [`MAX_TERMS`] terms or [`MAX_OPERATORS`] operators.
 /// Text the tokenizer cannot read is left to the parser, whose message names the place.
 pub(crate) fn check(sql: &str) -> Result<(), QueryError> {
     let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else {
         return Ok(());
     };
-    let (mut terms, mut operators) = (0, 0);
+    let (mut terms, mut operators, mut concatenations) = (0, 0, 0);
     for token in &tokens {
         if matches!(token, Token::Whitespace(_) | Token::EOF) {
             continue;
@@ -41,6 +46,16 @@ pub(crate) fn check(sql: &str) -> Result<(), QueryError> {
         if is_operator(token) {
             operators += 1;
         }
+        if *token == Token::StringConcat {
+            concatenations += 1;
+        }
+    }
+    if concatenations > MAX_CONCATENATIONS {
+        return Err(QueryError::Invalid(format!(
+            "the SQL holds {concatenations} `||`; at most {MAX_CONCATENATIONS} are taken, as \
+             planning a chain of them takes time that grows with the cube of its length. Join \
+             many values with `concat(a, b, c, …)` instead"
+        )));
     }
     if terms > MAX_TERMS {
         return Err(QueryError::Invalid(format!(
@@ -121,8 +136,18 @@ mod tests {
         assert!(message.contains("1200 operators"), "{message}");
         let message = refused(&format!("SELECT {}", vec!["1"; 1002].join("+"))).unwrap();
         assert!(message.contains("1001 operators"), "{message}");
-        let message = refused(&format!("SELECT 'a'{}", " || 'a'".repeat(1001))).unwrap();
+        let message = refused(&format!("SELECT 1{}", " OR 1 = 1".repeat(501))).unwrap();
         assert!(message.contains("IN (1, 2"), "{message}");
+        // `||` has a bound of its own.
+        assert_eq!(
+            refused(&format!("SELECT 'a'{}", " || 'a'".repeat(100))),
+            None
+        );
+        let message = refused(&format!("SELECT 'a'{}", " || 'a'".repeat(101))).unwrap();
+        assert!(
+            message.contains("101 `||`") && message.contains("concat("),
+            "{message}"
+        );
 
         // A long IN list is no chain: thousands of values pass, beyond the terms they do not.
         let list = |n: usize| {
