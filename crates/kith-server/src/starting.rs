@@ -33,10 +33,10 @@ impl Listening {
         let local_addr = listener.local_addr()?;
         let routes: Arc<OnceLock<Router>> = Arc::default();
         let (stop, mut stopped) = watch::channel(false);
-        let front = Router::new().fallback(dispatch).with_state(Front {
+        let front = Router::new().fallback(dispatch).with_state(Arc::new(Front {
             routes: routes.clone(),
             starting: starting_answers(),
-        });
+        }));
         let serving = tokio::spawn(async move {
             // With each connection's address, for `context.ip` when the server records it.
             axum::serve(
@@ -76,14 +76,13 @@ impl Listening {
 }
 
 /// Who answers a request: the server's routes once they are installed, the start-up answers
-/// until then.
-#[derive(Clone)]
+/// until then. Shared behind an `Arc`, so each request takes one reference, not a copy.
 struct Front {
     routes: Arc<OnceLock<Router>>,
     starting: Router,
 }
 
-async fn dispatch(State(front): State<Front>, request: Request) -> Response {
+async fn dispatch(State(front): State<Arc<Front>>, request: Request) -> Response {
     let router = front.routes.get().unwrap_or(&front.starting).clone();
     match router.oneshot(request).await {
         Ok(response) => response,
