@@ -1003,6 +1003,78 @@ fn long_queries_are_planned_or_refused_and_never_take_the_server_down() {
     assert_eq!(get(&server.url("/healthz"), &[]).0, 200);
 }
 
+/// `levels` CTEs, each built from the one before it by `step` (where `{p}` names that one).
+fn doubling_ctes(levels: usize, step: &str, last: &str) -> String {
+    let mut sql = "WITH t0 AS (SELECT 1 AS x)".to_string();
+    for level in 1..=levels {
+        let body = step.replace("{p}", &format!("t{}", level - 1));
+        sql += &format!(", t{level} AS ({body})");
+    }
+    sql + &last.replace("{p}", &format!("t{levels}"))
+}
+
+/// Twenty short lines whose plan doubles at each level once written out took minutes of
+/// planning and gigabytes (neither of which the time and memory limits reach) before a
+/// helper's server was killed. They are refused before planning, and the server is free.
+#[test]
+fn queries_whose_plans_double_at_each_level_are_refused_and_the_server_stays_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KithServer::start(dir.path());
+    let auth = format!("Bearer {}", server.read_key);
+    let shapes = [
+        (
+            doubling_ctes(
+                20,
+                "SELECT x FROM {p} UNION ALL SELECT x FROM {p}",
+                " SELECT count(*) FROM {p}",
+            ),
+            "reads CTEs more than 1000 times",
+        ),
+        (
+            doubling_ctes(
+                20,
+                "SELECT (SELECT max(x) FROM {p}) + (SELECT min(x) FROM {p}) AS x",
+                " SELECT x FROM {p}",
+            ),
+            "reads CTEs more than 1000 times",
+        ),
+        (
+            doubling_ctes(
+                20,
+                "SELECT struct(x AS a, x AS b) AS x FROM {p}",
+                " SELECT x FROM {p}",
+            ),
+            "the column `x` holds more than 10000 values side by side",
+        ),
+    ];
+    for (sql, expected) in &shapes {
+        let (status, refused) = post_json(
+            &server.url("/v1/query"),
+            &[("Authorization", &auth)],
+            &json!({ "sql": sql }).to_string(),
+        );
+        assert_eq!((status, &refused["code"]), (400, &json!("invalid_sql")));
+        let message = refused["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{message}");
+    }
+    assert_goes_idle(&server, "refusing plans that double");
+    // A few levels of the same shape are an ordinary query.
+    let eight = doubling_ctes(
+        8,
+        "SELECT x FROM {p} UNION ALL SELECT x FROM {p}",
+        " SELECT count(*) AS n FROM {p}",
+    );
+    assert_eq!(server.query(&eight)["rows"], json!([[256]]));
+    // The command line refuses them as well, with the same message.
+    let (ok, _out, err) = kith(&[
+        "sql",
+        "--data-dir",
+        server.data_dir.to_str().unwrap(),
+        &shapes[0].0,
+    ]);
+    assert!(!ok && err.contains(shapes[0].1), "{err}");
+}
+
 #[test]
 fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
     let dir = tempfile::tempdir().unwrap();

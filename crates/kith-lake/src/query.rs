@@ -17,6 +17,7 @@ mod bounded_functions;
 mod large_constants;
 mod memory;
 mod owned_task;
+mod plan_size;
 mod sql_size;
 mod window_lists;
 mod yield_points;
@@ -230,11 +231,13 @@ async fn read_query(
             )));
         }
     };
+    plan_size::check_cte_readings(&statement)?;
     let plan = ctx
         .state()
         .statement_to_plan(statement)
         .await
         .map_err(|e| name_the_tables(ctx, tables_on_request, classify(e, limits)))?;
+    plan_size::check(&plan)?;
     if let Some(what) = writes(&plan) {
         return Err(QueryError::Invalid(format!(
             "queries only read here, and this one {what}; events are added by sending them \

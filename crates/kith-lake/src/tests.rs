@@ -1732,3 +1732,78 @@ async fn a_constant_too_large_to_copy_onto_a_batch_is_refused() {
         serde_json::json!([[10000]])
     );
 }
+
+/// Short queries whose plans double at each level once written out (a CTE read twice by the
+/// next, a struct built from the one before twice) took minutes and gigabytes to plan, outside
+/// the time and memory limits. They are refused before planning; the same shapes a few levels
+/// deep are answered.
+#[tokio::test]
+async fn plans_that_double_when_written_out_are_refused_before_planning() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    let limits = QueryLimits::default();
+    let structs = |levels: usize| {
+        let mut sql = "WITH t0 AS (SELECT 1 AS s)".to_string();
+        for level in 1..=levels {
+            let before = level - 1;
+            sql += &format!(", t{level} AS (SELECT struct(s AS a, s AS b) AS s FROM t{before})");
+        }
+        sql + &format!(" SELECT s FROM t{levels}")
+    };
+    let unions = |levels: usize, first: &str| {
+        let mut sql = format!("WITH t0 AS ({first})");
+        for level in 1..=levels {
+            let before = level - 1;
+            sql += &format!(
+                ", t{level} AS (SELECT x FROM t{before} UNION ALL SELECT x FROM t{before})"
+            );
+        }
+        sql + &format!(" SELECT count(*) AS n FROM t{levels}")
+    };
+    let listed: Vec<String> = (0..5_000).map(|i| i.to_string()).collect();
+    let long_first = format!(
+        "SELECT value AS x FROM generate_series(1, 3) WHERE value IN ({})",
+        listed.join(", ")
+    );
+    let refused = [
+        (
+            structs(16),
+            "the column `s` holds more than 10000 values side by side",
+        ),
+        (
+            unions(20, "SELECT 1 AS x"),
+            "the CTE `t9`, with each CTE it reads written out where it is read, reads CTEs \
+             more than 1000 times",
+        ),
+        // Few readings of a long CTE: the plan written out holds 64 lists of 5,000 values.
+        (
+            unions(6, &long_first),
+            "the query's plan, with each CTE and subquery written out where it is used, holds \
+             more than 200000 steps, expressions and columns",
+        ),
+    ];
+    for (sql, expected) in refused {
+        let result = lake.query(&sql, &limits).await;
+        let Err(QueryError::Invalid(message)) = result else {
+            panic!(
+                "{}: expected a refusal, got {:?}",
+                &sql[..120],
+                result.map(|r| r.num_rows())
+            );
+        };
+        assert!(message.starts_with(expected), "{message}");
+    }
+    let json = |result: &QueryResult| crate::output::to_json(result).unwrap()["rows"].clone();
+    let answered = lake
+        .query(&unions(8, "SELECT 1 AS x"), &limits)
+        .await
+        .unwrap();
+    assert_eq!(json(&answered), serde_json::json!([[256]]));
+    let answered = lake.query(&unions(3, &long_first), &limits).await.unwrap();
+    assert_eq!(json(&answered), serde_json::json!([[24]]));
+    let answered = lake.query(&structs(2), &limits).await.unwrap();
+    assert_eq!(
+        json(&answered),
+        serde_json::json!([[{"a": {"a": 1, "b": 1}, "b": {"a": 1, "b": 1}}]])
+    );
+}
