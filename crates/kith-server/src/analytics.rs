@@ -41,7 +41,7 @@ pub(crate) fn analytics_error(err: AnalyticsError) -> ApiError {
     description = "Runs an analysis over the events, each attributed to the profile it belongs to now. `analysis` is rfm, cohorts, funnel, paths, preferences, risk or trends. Every definition takes `from`, `to` (RFC 3339 or a date), `timezone`, `where` ([{field, op, value}] on events), `segment` ([{field, op, value}] on profiles, e.g. `profile.model_traits.rfm_segment`) and `breakdown` (a field of the event such as `context.device.type`, or of the profile such as `profile.traits.plan`), plus its own fields (see docs/analytics.md). Auth: read key.",
     params(("analysis" = String, Path, description = "rfm | cohorts | funnel | paths | preferences | risk | trends")),
     request_body(content = Object, description = "the definition, e.g. `{\"steps\": [{\"event\": \"Product Viewed\"}, {\"event\": \"Order Completed\"}], \"window\": \"7d\"}`"),
-    responses((status = 200, description = "the report"), (status = 400, description = "invalid definition: the message names the field"), (status = 401, description = "bad key")))]
+    responses((status = 200, description = "the report"), (status = 400, description = "invalid definition: the message names the field"), (status = 401, description = "bad key"), (status = 429, description = "no query thread was free to start the analysis within 10 s; retry after `Retry-After` seconds")))]
 pub async fn analyze(
     State(app): State<Arc<AppState>>,
     Path(kind): Path<String>,
@@ -54,20 +54,13 @@ pub async fn analyze(
     let analysis = Analysis::parse(&kind, &definition).map_err(analytics_error)?;
     let (lake, limits) = (app.pipeline.lake.clone(), app.config.query_limits.clone());
     let state = app.clone();
-    let report = crate::runtimes::spawn_query_for_request(async move {
+    let report = crate::runtimes::run_query_for_request("analysis", async move {
         let data = state
             .identities
             .data(&lake, &state.pipeline.profiles, limits);
         analysis.run(&data).await
     })
-    .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "analysis task failed");
-        ApiError::new(
-            ErrorCode::Internal,
-            "the analysis failed; see the server log",
-        )
-    })?
+    .await?
     .map_err(analytics_error)?;
     Ok(Json(report))
 }

@@ -251,7 +251,7 @@ fn parse_cursor(text: &str) -> Result<(i64, String), ApiError> {
         ("since" = Option<String>, Query, description = "RFC 3339: only events at or after this time"),
         ("before" = Option<String>, Query, description = "the `next_before` cursor of the previous page")),
     description = "The profile's events (of all its user and anonymous ids, including those before a merge), newest first, a page at a time. Auth: read key.",
-    responses((status = 200, description = "`{profile_id, events, next_before}`"), (status = 400, description = "malformed lookup or parameter"), (status = 404, description = "no profile holds the identifier")))]
+    responses((status = 200, description = "`{profile_id, events, next_before}`"), (status = 400, description = "malformed lookup or parameter"), (status = 404, description = "no profile holds the identifier"), (status = 429, description = "no query thread was free to start the timeline within 10 s; retry after `Retry-After` seconds")))]
 pub async fn events(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -301,13 +301,11 @@ pub async fn events(
     }
     let limits = app.config.query_limits.clone();
     let lake = app.pipeline.lake.clone();
-    let result =
-        crate::runtimes::spawn_query_for_request(
-            async move { lake.timeline(&query, &limits).await },
-        )
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("timeline task failed: {e}")))?
-        .map_err(query_error)?;
+    let result = crate::runtimes::run_query_for_request("timeline", async move {
+        lake.timeline(&query, &limits).await
+    })
+    .await?
+    .map_err(query_error)?;
     let mut events = Vec::with_capacity(result.num_rows());
     for batch in &result.batches {
         for row in 0..batch.num_rows() {

@@ -171,7 +171,7 @@ pub(crate) fn query_error(err: QueryError) -> ApiError {
 #[utoipa::path(post, path = "/v1/query", tag = "query",
     description = "Runs a read-only SQL query over `events` and `rejected_events` (Delta tables plus the freshest buffered events), `profiles` and `profile_identities`. Auth: `Authorization: Bearer <read key>`. Answers JSON `{columns, types, rows, row_count, truncated}`, or CSV (`Accept: text/csv`) or Arrow IPC stream (`Accept: application/vnd.apache.arrow.stream`); the `Kith-Row-Count` and `Kith-Truncated` headers say how many rows came and whether more matched.",
     request_body = QueryRequest,
-    responses((status = 200, description = "the result"), (status = 400, description = "invalid SQL, timeout or memory limit"), (status = 401, description = "bad key"), (status = 403, description = "not a read key"), (status = 406, description = "`Accept` allows none of JSON, CSV and Arrow IPC, or asks for CSV of an answer with list, struct or map columns"), (status = 429, description = "the queries running now hold the memory this one needs; retry after `Retry-After` seconds")))]
+    responses((status = 200, description = "the result"), (status = 400, description = "invalid SQL, timeout or memory limit"), (status = 401, description = "bad key"), (status = 403, description = "not a read key"), (status = 406, description = "`Accept` allows none of JSON, CSV and Arrow IPC, or asks for CSV of an answer with list, struct or map columns"), (status = 429, description = "the queries running now hold the memory this one needs, or every query thread, so that none started this one within 10 s; retry after `Retry-After` seconds")))]
 pub async fn query(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -183,7 +183,7 @@ pub async fn query(
     let request: QueryRequest = json_body(&headers, body, r#"{"sql": "..."}"#).await?;
     let (lake, limits) = (app.pipeline.lake.clone(), app.config.query_limits.clone());
     let profiles = app.pipeline.profiles.clone();
-    let result = crate::runtimes::spawn_query_for_request(async move {
+    let result = crate::runtimes::run_query_for_request("query", async move {
         let extra = if crate::profiles::may_read_profiles(&request.sql) {
             crate::profiles::profile_tables(&profiles)
                 .map_err(|e| QueryError::Internal(format!("the profiles could not be read: {e}")))?
@@ -193,10 +193,6 @@ pub async fn query(
         lake.query_with(&request.sql, &limits, extra).await
     })
     .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "query task failed");
-        ApiError::new(ErrorCode::Internal, "the query failed; see the server log")
-    })
     .and_then(|answered| answered.map_err(query_error));
     // How queries end, refusals and failures included (`kith_query_seconds` times the answered).
     let outcome = match &result {

@@ -4,9 +4,12 @@
 
 use std::future::Future;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use tokio::runtime::{Builder, Runtime};
 use tokio::task::JoinHandle;
+
+use crate::errors::{ApiError, ErrorCode};
 
 fn builder(name: &str, threads: usize) -> Builder {
     let mut builder = Builder::new_multi_thread();
@@ -46,15 +49,53 @@ where
     spawn_releasing(queries(), work)
 }
 
-/// Runs a request's heavy work (a query, an analysis, a timeline) on the query runtime, for as
-/// long as the request waits for it: when the client hangs up, the request's future is dropped,
-/// and with it the work, instead of running on to its time limit.
-pub fn spawn_query_for_request<F>(work: F) -> kith_lake::query::OwnedTask<F::Output>
+/// How long a request waits for a query thread to start its work. Queries share the threads,
+/// taking turns at their yield points, so a new one starts within moments; when it does not,
+/// every thread is held by work that does not yield (planning a large query, one long call of a
+/// function), and the request is better answered "busy" than left waiting for minutes.
+const QUERY_THREAD_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs a request's heavy work (a query, an analysis, a timeline; `what` names it in errors) on
+/// the query runtime, for as long as the request waits for it: when the client hangs up, the
+/// request's future is dropped, and with it the work, instead of running on to its time limit.
+/// A request whose work no query thread starts within [`QUERY_THREAD_WAIT`] is turned away with
+/// a 429.
+pub async fn run_query_for_request<F>(what: &str, work: F) -> Result<F::Output, ApiError>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    kith_lake::query::OwnedTask::new(spawn_query(work))
+    run_query_within(QUERY_THREAD_WAIT, what, work).await
+}
+
+async fn run_query_within<F>(wait: Duration, what: &str, work: F) -> Result<F::Output, ApiError>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (started, has_started) = tokio::sync::oneshot::channel();
+    let task = kith_lake::query::OwnedTask::new(spawn_query(async move {
+        let _ = started.send(());
+        work.await
+    }));
+    if tokio::time::timeout(wait, has_started).await.is_err() {
+        // Dropping the task aborts it before it starts.
+        metrics::counter!("kith_queries_turned_away_total").increment(1);
+        return Err(ApiError::new(
+            ErrorCode::Overloaded,
+            format!(
+                "no query thread was free to start this {what} within {wait:?}: the queries \
+                 running now hold them all; retry after `Retry-After` seconds"
+            ),
+        ));
+    }
+    task.await.map_err(|e| {
+        tracing::error!(error = %e, "{what} task failed");
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("the {what} failed; see the server log"),
+        )
+    })
 }
 
 /// Runs `work` on `runtime` and, once it ends, has the runtime's threads give the memory it
@@ -151,5 +192,63 @@ mod tests {
         assert_eq!(name.as_deref(), Some("kith-compact"));
         let after = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
         assert_eq!(after, callers, "the caller's thread keeps its priority");
+    }
+}
+
+#[cfg(test)]
+mod waiting_tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use crate::errors::ErrorCode;
+
+    /// With every query thread held by work that does not yield, a request is turned away
+    /// after the wait instead of queueing behind it; once a thread is free, work runs again.
+    #[tokio::test]
+    async fn a_request_no_query_thread_starts_is_turned_away() {
+        let (running, is_running) = mpsc::channel();
+        let mut releases = Vec::new();
+        let mut holders = Vec::new();
+        for _ in 0..2 {
+            let (release, released) = mpsc::channel::<()>();
+            let running = running.clone();
+            holders.push(super::spawn_query(async move {
+                running.send(()).unwrap();
+                // Blocks its thread, as planning a large query does.
+                let _ = released.recv_timeout(Duration::from_secs(30));
+            }));
+            releases.push(release);
+        }
+        for _ in 0..2 {
+            is_running.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ran_in_work = ran.clone();
+        let turned_away =
+            super::run_query_within(Duration::from_millis(300), "query", async move {
+                ran_in_work.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(turned_away.code, ErrorCode::Overloaded);
+        assert!(
+            turned_away
+                .message
+                .starts_with("no query thread was free to start this query within 300ms"),
+            "{}",
+            turned_away.message
+        );
+        for release in releases {
+            release.send(()).unwrap();
+        }
+        for holder in holders {
+            holder.await.unwrap();
+        }
+        // The work turned away never runs, even once the threads are free.
+        let answer = super::run_query_within(Duration::from_secs(10), "query", async { 42 })
+            .await
+            .unwrap();
+        assert_eq!(answer, 42);
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
     }
 }
