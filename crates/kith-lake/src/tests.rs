@@ -620,6 +620,50 @@ async fn functions_that_make_huge_values_are_refused_before_they_run() {
             ),
             "encode",
         ),
+        // DataFusion's planners call the unbounded originals directly: `||` on lists is
+        // `array_concat`, and an array literal `[a, b]` is `make_array`.
+        (
+            &format!(
+                "WITH a0 AS (SELECT make_array(value) AS c FROM generate_series(1, 2)), {} \
+                 SELECT cardinality(c) FROM a30",
+                (1..=30)
+                    .map(|i| format!("a{i} AS (SELECT c || c AS c FROM a{})", i - 1))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "array_concat",
+        ),
+        (
+            &format!(
+                "WITH a0 AS (SELECT repeat('x', value * 1000) AS c FROM generate_series(1, 2)), \
+                 {} SELECT cardinality(c) FROM a30",
+                (1..=30)
+                    .map(|i| format!("a{i} AS (SELECT [c, c] AS c FROM a{})", i - 1))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "make_array",
+        ),
+        (
+            &format!(
+                "WITH s0 AS (SELECT repeat('x', value * 1000) AS s FROM generate_series(1, 2)), {} \
+                 SELECT length(s) FROM s30",
+                (1..=30)
+                    .map(|i| format!(
+                        "s{i} AS (SELECT overlay(s PLACING s FROM 1 FOR 0) AS s FROM s{})",
+                        i - 1
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "overlay",
+        ),
+        // A million small values joined by a long delimiter: a million delimiters.
+        (
+            "SELECT array_to_string(range(value * 1000000), repeat('-', 1000)) \
+             FROM generate_series(1, 2)",
+            "array_to_string",
+        ),
         (
             &format!(
                 "WITH a0 AS (SELECT make_array(value) AS c FROM generate_series(1, 2)), {} \
@@ -1805,5 +1849,28 @@ async fn plans_that_double_when_written_out_are_refused_before_planning() {
     assert_eq!(
         json(&answered),
         serde_json::json!([[{"a": {"a": 1, "b": 1}, "b": {"a": 1, "b": 1}}]])
+    );
+}
+
+/// The functions held to a bound answer as DataFusion's own do, however they are called: by
+/// name, as an array literal, or as `||` on lists.
+#[tokio::test]
+async fn bounded_functions_answer_within_their_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    let result = lake
+        .query(
+            "SELECT [1, 2] || [3] AS joined, [value, value * 2] AS literal, \
+             array_to_string([1, NULL, 3], '-', '?') AS text, \
+             array_to_string([[1, 2], [3]], ',') AS nested, \
+             overlay('Txxxxas' PLACING 'hom' FROM 2 FOR 4) AS name \
+             FROM generate_series(2, 2)",
+            &QueryLimits::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::output::to_json(&result).unwrap()["rows"],
+        json!([[[1, 2, 3], [2, 4], "1-?-3", "1,2,3", "Thomas"]])
     );
 }

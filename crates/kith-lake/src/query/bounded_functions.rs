@@ -15,9 +15,11 @@
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type, IntervalMonthDayNano};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, DataFusionError, Result, ScalarValue};
 use datafusion::execution::FunctionRegistry;
@@ -26,6 +28,7 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, Expr, ExprSchemable, LogicalPlan, ReturnFieldArgs,
     ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
+use datafusion::optimizer::analyzer::AnalyzerRule;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::BinaryOperator;
@@ -60,11 +63,19 @@ enum Growth {
     /// `array_concat` / `make_array(...)`: the lists or values side by side, which, composed,
     /// double a list at each step.
     ArrayJoin,
+    /// `array_to_string(list, delimiter [, null_text])`: each element written as text, with the
+    /// delimiter between each two (and the null text for each null): a list of a million small
+    /// values joined by a long delimiter makes a million delimiters.
+    ListToText,
 }
 
 /// The functions held to a bound, by name (their aliases follow them).
-const BOUNDED: [(&str, Growth); 14] = [
+const BOUNDED: [(&str, Growth); 16] = [
     ("concat", Growth::Concat),
+    // The text with another put in its middle: at most both side by side, doubling when
+    // composed, as `concat` does.
+    ("overlay", Growth::Concat),
+    ("array_to_string", Growth::ListToText),
     ("encode", Growth::Encode),
     ("array_concat", Growth::ArrayJoin),
     ("make_array", Growth::ArrayJoin),
@@ -166,17 +177,18 @@ pub(crate) fn bound_growing_functions(
         max_result_bytes,
         calls: AtomicUsize::new(0),
     }));
+    let mut bounded = HashMap::new();
     for (name, growth) in BOUNDED {
         let inner = FunctionRegistry::udf(ctx, name)?;
-        SessionContext::register_udf(
-            ctx,
-            ScalarUDF::new_from_impl(Bounded {
-                inner: inner.as_ref().clone(),
-                growth,
-                budget: budget.clone(),
-            }),
-        );
+        let wrapper = Arc::new(ScalarUDF::new_from_impl(Bounded {
+            inner: inner.as_ref().clone(),
+            growth,
+            budget: budget.clone(),
+        }));
+        SessionContext::register_udf(ctx, wrapper.as_ref().clone());
+        bounded.insert(name, wrapper);
     }
+    ctx.add_analyzer_rule(Arc::new(UseBoundedFunctions { bounded }));
     let operator = Arc::new(ScalarUDF::new_from_impl(ConcatOperator {
         signature: Signature::user_defined(Volatility::Immutable),
         budget: budget.clone(),
@@ -233,6 +245,41 @@ impl OptimizerRule for CountBoundedCalls {
         })?;
         self.budget.0.calls.store(calls, Ordering::Relaxed);
         Ok(Transformed::no(plan))
+    }
+}
+
+/// Calls the bounded function wherever the plan calls one of [`BOUNDED`]. A call by name finds
+/// the bounded function registered in its place, but DataFusion's own planners call the
+/// originals directly: an array literal `[a, b]` is `make_array`, `||` on lists is
+/// `array_concat`; and a function's simplification may return a call of another original.
+#[derive(Debug)]
+struct UseBoundedFunctions {
+    bounded: HashMap<&'static str, Arc<ScalarUDF>>,
+}
+
+impl AnalyzerRule for UseBoundedFunctions {
+    fn name(&self) -> &str {
+        "kith_use_bounded_functions"
+    }
+
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+        plan.transform_up_with_subqueries(|node| {
+            node.map_expressions(|expr| {
+                expr.transform_up(|expr| {
+                    let Expr::ScalarFunction(mut call) = expr else {
+                        return Ok(Transformed::no(expr));
+                    };
+                    match self.bounded.get(call.func.name()) {
+                        Some(bounded) if !Arc::ptr_eq(bounded, &call.func) => {
+                            call.func = Arc::clone(bounded);
+                            Ok(Transformed::yes(Expr::ScalarFunction(call)))
+                        }
+                        _ => Ok(Transformed::no(Expr::ScalarFunction(call))),
+                    }
+                })
+            })
+        })
+        .map(|rewritten| rewritten.data)
     }
 }
 
@@ -487,6 +534,16 @@ fn largest_result(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result
                 add(args.iter().map(|arg| value_bytes(Some(arg), row)).sum());
             }
         }
+        Growth::ListToText => {
+            // An element is written in at most 64 bytes, or as its own text; each has a
+            // delimiter (or the null text) beside it.
+            let (lists, delimiter, null_text) = (args.first(), text(1), text(2));
+            for row in 0..rows {
+                let each = 64 + delimiter.len(row) + null_text.len(row);
+                add(value_bytes(lists, row)
+                    .saturating_add(leaves_at(lists, row).saturating_mul(each)));
+            }
+        }
         Growth::Range => {
             for row in 0..rows {
                 add(range_elements(args, row)?.saturating_mul(8));
@@ -525,6 +582,41 @@ fn value_bytes(arg: Option<&ColumnarValue>, row: usize) -> u128 {
         None => 0,
     };
     (bytes as u128).max(8)
+}
+
+/// How many values the list `arg` holds at `row`, counting the elements of nested lists.
+fn leaves_at(arg: Option<&ColumnarValue>, row: usize) -> u128 {
+    // A list's values are those of every row of the array it was sliced from: only the
+    // range its offsets span are its own.
+    fn leaves(array: &dyn Array) -> usize {
+        match array.data_type() {
+            DataType::List(_) => {
+                let list = array.as_list::<i32>();
+                let offsets = list.value_offsets();
+                let (start, end) = (offsets[0] as usize, offsets[list.len()] as usize);
+                leaves(list.values().slice(start, end - start).as_ref())
+            }
+            DataType::LargeList(_) => {
+                let list = array.as_list::<i64>();
+                let offsets = list.value_offsets();
+                let (start, end) = (offsets[0] as usize, offsets[list.len()] as usize);
+                leaves(list.values().slice(start, end - start).as_ref())
+            }
+            DataType::FixedSizeList(_, size) => {
+                let list = array.as_fixed_size_list();
+                let start = list.value_offset(0).max(0) as usize;
+                let count = list.len() * (*size).max(0) as usize;
+                leaves(list.values().slice(start, count).as_ref())
+            }
+            _ => array.len(),
+        }
+    }
+    let value = match arg {
+        Some(ColumnarValue::Scalar(value)) => value.to_array_of_size(1).ok(),
+        Some(ColumnarValue::Array(values)) if row < values.len() => Some(values.slice(row, 1)),
+        _ => None,
+    };
+    value.map_or(0, |value| leaves(value.as_ref()) as u128)
 }
 
 /// How many elements `range`/`generate_series` makes for row `row` at most: the distance from
