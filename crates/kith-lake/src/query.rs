@@ -14,6 +14,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 
 mod bounded_functions;
+mod join_rows;
 mod large_constants;
 mod memory;
 mod owned_task;
@@ -348,6 +349,7 @@ pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(join_rows::BoundCopiedRows))
         .with_physical_optimizer_rule(Arc::new(yield_points::StopAtTimeLimit {
             deadline: std::time::Instant::now().checked_add(limits.timeout),
         }))

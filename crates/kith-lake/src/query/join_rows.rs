@@ -1,0 +1,332 @@
+//! How large a row may be where the engine copies rows: into a join's output, once for each row
+//! it is joined with, and into an unnest's output, once for each element unnested. A join
+//! builds each output batch (8,192 rows) in one step that the memory limit does not see, so one
+//! large row joined with many others is copied thousands of times at once: a list of 5 million
+//! values cross joined with a thousand rows took 17 GB before Arrow's offsets overflowed and the
+//! engine panicked. Rows entering a join or an unnest are held to [`MAX_COPIED_ROW_BYTES`],
+//! which keeps such a batch to a couple of GiB at worst, and rows of ordinary data (an event is
+//! at most 32 KB) far below it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::{Stream, StreamExt};
+
+/// The most bytes of text, binary and list values one row entering a join or unnest may hold.
+pub(crate) const MAX_COPIED_ROW_BYTES: usize = 256 << 10;
+
+/// The operators that copy their input rows, by name.
+const COPYING_OPERATORS: [&str; 7] = [
+    "HashJoinExec",
+    "NestedLoopJoinExec",
+    "CrossJoinExec",
+    "SortMergeJoinExec",
+    "SymmetricHashJoinExec",
+    "PiecewiseMergeJoinExec",
+    "UnnestExec",
+];
+
+/// Puts a [`BoundCopiedRowsExec`] below each operator that copies rows, on every input.
+#[derive(Debug)]
+pub(crate) struct BoundCopiedRows;
+
+impl PhysicalOptimizerRule for BoundCopiedRows {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            if !COPYING_OPERATORS.contains(&node.name())
+                || node
+                    .children()
+                    .iter()
+                    .all(|child| child.is::<BoundCopiedRowsExec>())
+            {
+                return Ok(Transformed::no(node));
+            }
+            let operator = node.name().to_string();
+            let inputs = node
+                .children()
+                .into_iter()
+                .map(|child| {
+                    if child.is::<BoundCopiedRowsExec>() {
+                        Arc::clone(child)
+                    } else {
+                        let bound: Arc<dyn ExecutionPlan> =
+                            Arc::new(BoundCopiedRowsExec::new(Arc::clone(child), &operator));
+                        bound
+                    }
+                })
+                .collect();
+            replace_children_if_necessary(node, inputs).map(Transformed::yes)
+        })
+        .map(|transformed| transformed.data)
+    }
+
+    fn name(&self) -> &str {
+        "kith_bound_copied_rows"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// Passes its input's batches on, ending with an error at the first row larger than
+/// [`MAX_COPIED_ROW_BYTES`].
+#[derive(Debug)]
+pub(crate) struct BoundCopiedRowsExec {
+    input: Arc<dyn ExecutionPlan>,
+    properties: Arc<PlanProperties>,
+    /// What copies the rows: a join, or an unnest.
+    copier: &'static str,
+}
+
+impl BoundCopiedRowsExec {
+    fn new(input: Arc<dyn ExecutionPlan>, operator: &str) -> BoundCopiedRowsExec {
+        let copier = if operator == "UnnestExec" {
+            "an unnest, which copies it once for each element it unnests"
+        } else {
+            "a join, which copies it once for each row it is joined with"
+        };
+        BoundCopiedRowsExec {
+            properties: Arc::clone(input.properties()),
+            input,
+            copier,
+        }
+    }
+}
+
+impl DisplayAs for BoundCopiedRowsExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BoundCopiedRowsExec")
+    }
+}
+
+impl ExecutionPlan for BoundCopiedRowsExec {
+    fn name(&self) -> &str {
+        "BoundCopiedRowsExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match (children.pop(), children.is_empty()) {
+            (Some(input), true) => Ok(Arc::new(BoundCopiedRowsExec {
+                properties: Arc::clone(input.properties()),
+                input,
+                copier: self.copier,
+            })),
+            _ => Err(DataFusionError::Internal(
+                "BoundCopiedRowsExec takes one input".to_string(),
+            )),
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        Ok(Box::pin(BoundCopiedRowsStream {
+            schema: input.schema(),
+            input,
+            copier: self.copier,
+        }))
+    }
+}
+
+struct BoundCopiedRowsStream {
+    schema: SchemaRef,
+    input: SendableRecordBatchStream,
+    copier: &'static str,
+}
+
+impl Stream for BoundCopiedRowsStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.input.poll_next_unpin(cx);
+        let Poll::Ready(Some(Ok(batch))) = polled else {
+            return polled;
+        };
+        match largest_row(&batch) {
+            Some((row, bytes)) if bytes > MAX_COPIED_ROW_BYTES => {
+                Poll::Ready(Some(Err(DataFusionError::Execution(format!(
+                    "a row of {} KiB (row {row} of a batch) enters {}; rows entering one may \
+                     hold at most {} KiB of text and lists. Join or unnest first and add the \
+                     large values afterwards, or make them smaller (array_slice, substr, an \
+                     aggregate such as cardinality)",
+                    bytes >> 10,
+                    self.copier,
+                    MAX_COPIED_ROW_BYTES >> 10
+                )))))
+            }
+            _ => Poll::Ready(Some(Ok(batch))),
+        }
+    }
+}
+
+impl RecordBatchStream for BoundCopiedRowsStream {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
+
+/// The row of `batch` with the most bytes of values, and those bytes.
+fn largest_row(batch: &RecordBatch) -> Option<(usize, usize)> {
+    let mut sizes = vec![0usize; batch.num_rows()];
+    for column in batch.columns() {
+        for (size, value) in sizes.iter_mut().zip(value_sizes(column.as_ref())) {
+            *size = size.saturating_add(value);
+        }
+    }
+    sizes
+        .into_iter()
+        .enumerate()
+        .max_by_key(|(_, bytes)| *bytes)
+}
+
+/// The bytes of each of `array`'s values: a text's or binary's length, a fixed-width value's
+/// width, the sum of a list's elements or a struct's fields. Types with neither (a dictionary,
+/// a union) count nothing.
+fn value_sizes(array: &dyn Array) -> Vec<usize> {
+    fn from_offsets<O: Copy + TryInto<usize>>(offsets: &[O]) -> Vec<usize> {
+        offsets
+            .windows(2)
+            .map(|ends| match (ends[0].try_into(), ends[1].try_into()) {
+                (Ok(start), Ok(end)) => end.saturating_sub(start),
+                _ => 0,
+            })
+            .collect()
+    }
+    /// Sums, for each list, the sizes of its elements.
+    fn summed<O: Copy + TryInto<usize>>(offsets: &[O], elements: &[usize]) -> Vec<usize> {
+        offsets
+            .windows(2)
+            .map(|ends| match (ends[0].try_into(), ends[1].try_into()) {
+                (Ok(start), Ok(end)) => elements
+                    .get(start..end)
+                    .map_or(0, |range| range.iter().sum()),
+                _ => 0,
+            })
+            .collect()
+    }
+    match array.data_type() {
+        DataType::Utf8 => from_offsets(array.as_string::<i32>().value_offsets()),
+        DataType::LargeUtf8 => from_offsets(array.as_string::<i64>().value_offsets()),
+        DataType::Binary => from_offsets(array.as_binary::<i32>().value_offsets()),
+        DataType::LargeBinary => from_offsets(array.as_binary::<i64>().value_offsets()),
+        // A view's low 32 bits are its value's length.
+        DataType::Utf8View => array
+            .as_string_view()
+            .views()
+            .iter()
+            .map(|view| *view as u32 as usize)
+            .collect(),
+        DataType::BinaryView => array
+            .as_binary_view()
+            .views()
+            .iter()
+            .map(|view| *view as u32 as usize)
+            .collect(),
+        // A list's values are those of every row of the array it was sliced from: its offsets
+        // say which are its own.
+        DataType::List(_) => {
+            let list = array.as_list::<i32>();
+            summed(list.value_offsets(), &value_sizes(list.values().as_ref()))
+        }
+        DataType::LargeList(_) => {
+            let list = array.as_list::<i64>();
+            summed(list.value_offsets(), &value_sizes(list.values().as_ref()))
+        }
+        DataType::Map(_, _) => {
+            let map = array.as_map();
+            summed(map.value_offsets(), &value_sizes(map.entries()))
+        }
+        DataType::FixedSizeList(_, _) => {
+            let list = array.as_fixed_size_list();
+            (0..list.len())
+                .map(|row| value_sizes(list.value(row).as_ref()).iter().sum())
+                .collect()
+        }
+        DataType::Struct(_) => {
+            let mut sizes = vec![0usize; array.len()];
+            for field in array.as_struct().columns() {
+                for (size, value) in sizes.iter_mut().zip(value_sizes(field.as_ref())) {
+                    *size = size.saturating_add(value);
+                }
+            }
+            sizes
+        }
+        fixed => vec![fixed.primitive_width().unwrap_or(0); array.len()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{
+        ArrayRef, Int64Array, ListArray, RecordBatch, StringArray, StringViewArray,
+    };
+    use arrow::datatypes::Int64Type;
+
+    use super::largest_row;
+
+    #[test]
+    fn the_largest_row_counts_text_views_and_lists() {
+        let text: ArrayRef = Arc::new(StringArray::from(vec!["a", "bbbb", ""]));
+        let views: ArrayRef = Arc::new(StringViewArray::from(vec![
+            "x".repeat(100).as_str(),
+            "",
+            "yy",
+        ]));
+        let lists: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>(vec![
+            Some(vec![Some(1)]),
+            Some(vec![]),
+            Some((0..50).map(Some).collect()),
+        ]));
+        let numbers: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3]));
+        let batch =
+            RecordBatch::try_from_iter([("t", text), ("v", views), ("l", lists), ("n", numbers)])
+                .unwrap();
+        // Row 2: two bytes of text, fifty 8-byte values and a number.
+        assert_eq!(largest_row(&batch), Some((2, 2 + 50 * 8 + 8)));
+        // A slice counts only its own rows.
+        assert_eq!(largest_row(&batch.slice(0, 2)), Some((0, 1 + 100 + 8 + 8)));
+    }
+}
