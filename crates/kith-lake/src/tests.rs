@@ -725,6 +725,36 @@ async fn functions_that_make_huge_values_are_refused_before_they_run() {
             "{sql}: {message}"
         );
     }
+    // levenshtein makes nothing large but takes time with the product of the two lengths.
+    let result = lake
+        .query(
+            "SELECT levenshtein(repeat('a', value * 40000), repeat('b', value * 30000)) \
+             FROM generate_series(1, 1)",
+            &limits,
+        )
+        .await;
+    let Err(QueryError::Invalid(message)) = result else {
+        panic!("long texts compared: {:?}", result.map(|r| r.num_rows()));
+    };
+    assert!(
+        message.starts_with(
+            "levenshtein(…) would compare 1200000000 pairs of characters here (the product of \
+             the two lengths, summed over the rows), more than the 1000000000 one call may"
+        ),
+        "{message}"
+    );
+    let result = lake
+        .query(
+            "SELECT levenshtein('kitten', name) AS d FROM (VALUES ('sitting'), ('kitten')) \
+             AS t(name)",
+            &limits,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::output::to_json(&result).unwrap()["rows"],
+        json!([[3], [0]])
+    );
     let result = lake
         .query("SELECT array_resize(make_array(1), -5)", &limits)
         .await;

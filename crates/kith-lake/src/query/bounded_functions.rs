@@ -67,10 +67,19 @@ enum Growth {
     /// delimiter between each two (and the null text for each null): a list of a million small
     /// values joined by a long delimiter makes a million delimiters.
     ListToText,
+    /// `levenshtein(a, b)`: no large result, but time that grows with the product of the two
+    /// lengths, in one step the time limit cannot interrupt (two texts of a million characters
+    /// take a quarter of an hour). Held to [`MAX_COMPARISONS`] instead of the bound on bytes.
+    Comparisons,
 }
 
+/// The most pairs of characters one call of `levenshtein` may compare over its rows: about a
+/// second of work.
+const MAX_COMPARISONS: u128 = 1_000_000_000;
+
 /// The functions held to a bound, by name (their aliases follow them).
-const BOUNDED: [(&str, Growth); 16] = [
+const BOUNDED: [(&str, Growth); 17] = [
+    ("levenshtein", Growth::Comparisons),
     ("concat", Growth::Concat),
     // The text with another put in its middle: at most both side by side, doubling when
     // composed, as `concat` does.
@@ -235,7 +244,10 @@ impl OptimizerRule for CountBoundedCalls {
                 expr.apply(|e| {
                     if let Expr::ScalarFunction(call) = e {
                         let name = call.func.name();
-                        if name == CONCAT_OPERATOR || BOUNDED.iter().any(|(n, _)| *n == name) {
+                        let shares_the_bound = BOUNDED.iter().any(|(bounded, growth)| {
+                            *bounded == name && *growth != Growth::Comparisons
+                        });
+                        if name == CONCAT_OPERATOR || shares_the_bound {
                             calls += 1;
                         }
                     }
@@ -333,6 +345,10 @@ impl ScalarUDFImpl for Bounded {
     // an expression that calls the unbounded original.
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        if self.growth == Growth::Comparisons {
+            check_comparisons(self.name(), &args)?;
+            return self.inner.invoke_with_args(args);
+        }
         let (rows, copies) = rows_and_copies(&args);
         let largest = largest_result(self.growth, &args.args, rows)
             .map_err(|why| DataFusionError::Execution(format!("{}(…) {why}", self.name())))?;
@@ -544,6 +560,8 @@ fn largest_result(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result
                     .saturating_add(leaves_at(lists, row).saturating_mul(each)));
             }
         }
+        // Bounded by its time instead (`check_comparisons`).
+        Growth::Comparisons => {}
         Growth::Range => {
             for row in 0..rows {
                 add(range_elements(args, row)?.saturating_mul(8));
@@ -582,6 +600,29 @@ fn value_bytes(arg: Option<&ColumnarValue>, row: usize) -> u128 {
         None => 0,
     };
     (bytes as u128).max(8)
+}
+
+/// Refuses a call of `name` (`levenshtein`) whose rows would compare more than
+/// [`MAX_COMPARISONS`] pairs of characters in all.
+fn check_comparisons(name: &str, args: &ScalarFunctionArgs) -> Result<()> {
+    let (rows, _) = rows_and_copies(args);
+    let texts: Vec<Texts> = args.args.iter().map(Texts::of).collect();
+    let (Some(first), Some(second)) = (texts.first(), texts.get(1)) else {
+        return Ok(());
+    };
+    let mut pairs: u128 = 0;
+    for row in 0..rows {
+        pairs = pairs.saturating_add(first.len(row).saturating_mul(second.len(row)));
+    }
+    if pairs > MAX_COMPARISONS {
+        return Err(DataFusionError::Execution(format!(
+            "{name}(…) would compare {pairs} pairs of characters here (the product of the two \
+             lengths, summed over the rows), more than the {MAX_COMPARISONS} one call may \
+             compare, as it cannot be stopped by the time limit; compare shorter texts \
+             (substr) or fewer rows"
+        )));
+    }
+    Ok(())
 }
 
 /// How many values the list `arg` holds at `row`, counting the elements of nested lists.
