@@ -454,7 +454,9 @@ fn as_terminal_text(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
         .schema()
         .fields()
         .iter()
-        .map(|field| arrow::datatypes::Field::new(field.name(), DataType::Utf8, true))
+        .map(|field| {
+            arrow::datatypes::Field::new(escape_controls(field.name()), DataType::Utf8, true)
+        })
         .collect();
     RecordBatch::try_new_with_options(
         std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
@@ -464,13 +466,28 @@ fn as_terminal_text(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
 }
 
 /// `text` with the characters a terminal acts on instead of showing (controls, and the marks
-/// that reorder text around them) written as Rust escapes: `\u{1b}`, `\n`, `\u{202e}`.
+/// that reorder text around them) written as Rust escapes: `\u{1b}`, `\n`, `\u{202e}`; and
+/// the invisible ones that make two values look alike or hide text (a zero-width space, a
+/// byte-order mark, a soft hyphen, tag characters). The joiners (U+200C, U+200D) stay: emoji
+/// and several scripts are written with them.
 pub fn escape_controls(text: &str) -> String {
     let acts_on = |c: char| {
         c.is_control()
-            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}')
+            || matches!(
+                c,
+                '\u{00ad}'
+                    | '\u{061c}'
+                    | '\u{180e}'
+                    | '\u{200b}'
+                    | '\u{200e}'
+                    | '\u{200f}'
+                    | '\u{2028}'
+                    | '\u{2029}'
+                    | '\u{feff}'
+            )
             || ('\u{202a}'..='\u{202e}').contains(&c)
-            || ('\u{2066}'..='\u{2069}').contains(&c)
+            || ('\u{2060}'..='\u{206f}').contains(&c)
+            || ('\u{e0000}'..='\u{e007f}').contains(&c)
     };
     if !text.chars().any(acts_on) {
         return text.to_string();
@@ -500,7 +517,8 @@ mod tests {
     fn a_table_escapes_what_a_terminal_would_act_on() {
         let schema = Arc::new(Schema::new(vec![
             Field::new("event", DataType::Utf8, true),
-            Field::new("n", DataType::Int64, true),
+            // An alias in the query is a column name the table prints.
+            Field::new("n\u{1b}[2J", DataType::Int64, true),
         ]));
         let batch = RecordBatch::try_new(
             schema.clone(),
@@ -508,7 +526,7 @@ mod tests {
                 Arc::new(StringArray::from(vec![
                     Some("Buy\u{1b}]0;pwned\u{7}\u{1b}[2JRED"),
                     Some("línea\nnueva \u{202e}txt.exe"),
-                    None,
+                    Some("ad\u{200b}min\u{feff} so\u{ad}ft \u{e0041}\u{e0042} 👩\u{200d}💻"),
                 ])),
                 Arc::new(Int64Array::from(vec![Some(1), None, Some(3)])),
             ],
@@ -524,6 +542,15 @@ mod tests {
             "{table}"
         );
         assert!(table.contains(r"línea\nnueva \u{202e}txt.exe"), "{table}");
+        assert!(table.contains(r"n\u{1b}[2J"), "{table}");
+        // Invisible characters are shown; the joiner inside an emoji stays.
+        assert!(
+            table.contains(concat!(
+                r"ad\u{200b}min\u{feff} so\u{ad}ft \u{e0041}\u{e0042} ",
+                "👩\u{200d}💻"
+            )),
+            "{table}"
+        );
         // One line a row: a newline inside a value no longer splits it.
         assert_eq!(table.lines().count(), 7, "{table}");
     }

@@ -370,6 +370,11 @@ fn print_report(args: &AnalyzeArgs, report: &Value) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// [`cell`] as a terminal may show it (see [`table_text`]).
+fn shown(value: &Value) -> String {
+    kith_lake::output::escape_controls(&cell(value))
+}
+
 fn cell(value: &Value) -> String {
     match value {
         Value::Null => String::new(),
@@ -521,6 +526,22 @@ fn tabulate(kind: &str, report: &Value) -> (Vec<String>, Vec<Vec<String>>) {
 }
 
 fn print_table(headers: &[String], rows: &[Vec<String>]) -> Result<(), crate::stdout::StdoutError> {
+    out!("{}", table_text(headers, rows))
+}
+
+/// The report's table as a terminal shows it: columns aligned, and what a terminal would act
+/// on in a value (a breakdown value is whatever events sent) escaped.
+fn table_text(headers: &[String], rows: &[Vec<String>]) -> String {
+    let shown = |cells: &[String]| -> Vec<String> {
+        cells
+            .iter()
+            .map(|cell| kith_lake::output::escape_controls(cell))
+            .collect()
+    };
+    let (headers, rows) = (
+        shown(headers),
+        rows.iter().map(|row| shown(row)).collect::<Vec<_>>(),
+    );
     let widths: Vec<usize> = (0..headers.len())
         .map(|i| {
             rows.iter()
@@ -538,11 +559,12 @@ fn print_table(headers: &[String], rows: &[Vec<String>]) -> Result<(), crate::st
             .collect::<Vec<_>>()
             .join("  ")
     };
-    outln!("{}", line(headers))?;
-    for row in rows {
-        outln!("{}", line(row))?;
+    let mut text = line(&headers) + "\n";
+    for row in &rows {
+        text += &line(row);
+        text += "\n";
     }
-    Ok(())
+    text
 }
 
 /// What the main table leaves out: the cohort trend and the worst friction points.
@@ -552,8 +574,8 @@ fn print_notes(kind: &str, report: &Value) -> Result<(), crate::stdout::StdoutEr
             let t = &report["trend"];
             outln!(
                 "\nnewer cohorts: {} ({} {:+.2} points per cohort, ± {:.2})",
-                cell(&t["verdict"]),
-                cell(&t["metric"]),
+                shown(&t["verdict"]),
+                shown(&t["metric"]),
                 t["slope_per_cohort"].as_f64().unwrap_or(0.0) * 100.0,
                 t["standard_error"].as_f64().unwrap_or(0.0) * 100.0
             )?;
@@ -573,8 +595,8 @@ fn print_notes(kind: &str, report: &Value) -> Result<(), crate::stdout::StdoutEr
                 for f in significant {
                     outln!(
                         "  {} for {}: {:.1}% convert vs {:.1}% for the rest, {:.0} more lost than expected (p = {:.2e})",
-                        cell(&f["transition"]),
-                        cell(&f["breakdown"]),
+                        shown(&f["transition"]),
+                        shown(&f["breakdown"]),
                         f["conversion"].as_f64().unwrap_or(0.0) * 100.0,
                         f["others_conversion"].as_f64().unwrap_or(0.0) * 100.0,
                         f["excess_drop_off"].as_f64().unwrap_or(0.0),
@@ -585,10 +607,36 @@ fn print_notes(kind: &str, report: &Value) -> Result<(), crate::stdout::StdoutEr
         }
         "rfm" => outln!(
             "\n{} profiles scored as of {}",
-            cell(&report["profiles"]),
-            cell(&report["as_of"])
+            shown(&report["profiles"]),
+            shown(&report["as_of"])
         )?,
         _ => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// A breakdown value comes from events anyone with a write key sent: what a terminal would
+    /// act on in it is shown escaped, and the columns stay aligned.
+    #[test]
+    fn the_table_escapes_what_a_terminal_would_act_on() {
+        let headers = vec!["breakdown".to_string(), "users".to_string()];
+        let rows = vec![
+            vec!["\u{1b}]0;pwned\u{7}\u{1b}[2J".to_string(), "3".to_string()],
+            vec!["ad\u{200b}min".to_string(), "12".to_string()],
+        ];
+        let text = super::table_text(&headers, &rows);
+        assert_eq!(
+            text,
+            concat!(
+                r"breakdown                     users",
+                "\n",
+                r"\u{1b}]0;pwned\u{7}\u{1b}[2J  3    ",
+                "\n",
+                r"ad\u{200b}min                 12   ",
+                "\n"
+            )
+        );
+    }
 }
