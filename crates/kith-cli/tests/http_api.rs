@@ -2100,4 +2100,15 @@ fn a_bad_setting_is_traced_to_where_it_was_set() {
         );
     }
     assert_eq!(std::fs::read_dir(elsewhere).unwrap().count(), 0);
+    // Nor one that only holds things of the names Kith uses: a `state.db` of another program,
+    // an empty `tables`.
+    std::fs::write(format!("{elsewhere}/state.db"), "not a database").unwrap();
+    std::fs::create_dir(format!("{elsewhere}/tables")).unwrap();
+    let (ok, _, err) = kith(&["sql", "--data-dir", elsewhere, "SELECT 1"]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("{elsewhere} is not a Kith data directory")),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(elsewhere).unwrap().count(), 2);
 }

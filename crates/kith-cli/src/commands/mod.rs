@@ -92,16 +92,33 @@ pub(crate) fn existing_data_dir(data_dir: &std::path::Path, hint: &str) -> anyho
     if !data_dir.is_dir() {
         anyhow::bail!("{shown} is a file, not a data directory; {hint}");
     }
-    if !DATA_DIR_MARKS
-        .iter()
-        .any(|mark| data_dir.join(mark).exists())
-    {
+    if !holds_a_mark(data_dir) {
         anyhow::bail!(
             "{shown} is not a Kith data directory (it holds none of {}); {hint}",
             DATA_DIR_MARKS.join(", ")
         );
     }
     Ok(())
+}
+
+/// Whether `data_dir` holds one of [`DATA_DIR_MARKS`] as Kith writes it, not just something of
+/// that name: `state.db` a SQLite database, `journal` a directory, `tables` a directory holding
+/// a Delta table.
+fn holds_a_mark(data_dir: &std::path::Path) -> bool {
+    let is_sqlite = |path: std::path::PathBuf| {
+        let mut header = [0u8; 16];
+        std::fs::File::open(path)
+            .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut header))
+            .is_ok_and(|()| &header == b"SQLite format 3\0")
+    };
+    let holds_a_delta_table = |path: std::path::PathBuf| {
+        std::fs::read_dir(path).is_ok_and(|mut tables| {
+            tables.any(|table| table.is_ok_and(|table| table.path().join("_delta_log").is_dir()))
+        })
+    };
+    is_sqlite(data_dir.join(DATA_DIR_MARKS[0]))
+        || data_dir.join(DATA_DIR_MARKS[1]).is_dir()
+        || holds_a_delta_table(data_dir.join(DATA_DIR_MARKS[2]))
 }
 
 pub fn run(command: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
