@@ -570,21 +570,20 @@ fn largest_result(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result
         Growth::Concat | Growth::ConcatWs => {
             // A value that is not text (a number) is written in at most 64 bytes; `concat_ws`
             // repeats its first argument between each two others.
+            // Summed over the rows at once: this runs on every batch a `||` sees.
             let texts: Vec<Texts> = args.iter().map(Texts::of).collect();
-            let length = |text: &Texts, row: usize| match text {
-                Texts::None => 64,
-                text => text.len(row),
+            let length = |text: &Texts| match text {
+                Texts::None => 64 * rows as u128,
+                text => text.total_len(rows),
             };
-            for row in 0..rows {
-                let sum: u128 = texts.iter().map(|text| length(text, row)).sum();
-                let separators = match (growth, texts.first()) {
-                    (Growth::ConcatWs, Some(separator)) => {
-                        length(separator, row).saturating_mul(texts.len() as u128)
-                    }
-                    _ => 0,
-                };
-                add(sum.saturating_add(separators));
-            }
+            let sum: u128 = texts.iter().map(length).sum();
+            let separators = match (growth, texts.first()) {
+                (Growth::ConcatWs, Some(separator)) => {
+                    length(separator).saturating_mul(texts.len() as u128)
+                }
+                _ => 0,
+            };
+            add(sum.saturating_add(separators));
         }
     }
     Ok(total)
@@ -801,6 +800,31 @@ impl<'a> Texts<'a> {
 
     fn len(&self, row: usize) -> u128 {
         self.value(row).map_or(0, |text| text.len() as u128)
+    }
+
+    /// The bytes of the first `rows` values together (a null's slot counts what it spans, which
+    /// is nothing unless the array was built otherwise: an upper bound either way).
+    fn total_len(&self, rows: usize) -> u128 {
+        fn spanned<O: Copy + Into<i64>>(offsets: &[O], rows: usize) -> u128 {
+            let end = rows.min(offsets.len().saturating_sub(1));
+            match (offsets.first(), offsets.get(end)) {
+                (Some(first), Some(last)) => ((*last).into() - (*first).into()).max(0) as u128,
+                _ => 0,
+            }
+        }
+        match self {
+            Texts::Constant(value) => value.map_or(0, |text| text.len() as u128) * rows as u128,
+            Texts::Utf8(array) => spanned(array.value_offsets(), rows),
+            Texts::LargeUtf8(array) => spanned(array.value_offsets(), rows),
+            // A view's low 32 bits are its value's length.
+            Texts::View(array) => array
+                .views()
+                .iter()
+                .take(rows)
+                .map(|view| u128::from(*view as u32))
+                .sum(),
+            Texts::None => 0,
+        }
     }
 
     fn dollars(&self, row: usize) -> u128 {

@@ -183,18 +183,16 @@ impl Stream for BoundCopiedRowsStream {
         let Poll::Ready(Some(Ok(batch))) = polled else {
             return polled;
         };
-        match largest_row(&batch) {
-            Some((row, bytes)) if bytes > MAX_COPIED_ROW_BYTES => {
-                Poll::Ready(Some(Err(DataFusionError::Execution(format!(
-                    "a row of {} KiB (row {row} of a batch) enters {}; rows entering one may \
+        match row_over(&batch, MAX_COPIED_ROW_BYTES) {
+            Some((row, bytes)) => Poll::Ready(Some(Err(DataFusionError::Execution(format!(
+                "a row of {} KiB (row {row} of a batch) enters {}; rows entering one may \
                      hold at most {} KiB of text and lists. Join or unnest first and add the \
                      large values afterwards, or make them smaller (array_slice, substr, an \
                      aggregate such as cardinality)",
-                    bytes >> 10,
-                    self.copier,
-                    MAX_COPIED_ROW_BYTES >> 10
-                )))))
-            }
+                bytes >> 10,
+                self.copier,
+                MAX_COPIED_ROW_BYTES >> 10
+            ))))),
             _ => Poll::Ready(Some(Ok(batch))),
         }
     }
@@ -206,11 +204,73 @@ impl RecordBatchStream for BoundCopiedRowsStream {
     }
 }
 
-/// The row of `batch` with the most bytes of values, and those bytes.
-fn largest_row(batch: &RecordBatch) -> Option<(usize, usize)> {
-    let mut sizes = vec![0usize; batch.num_rows()];
-    for column in batch.columns() {
-        for (size, value) in sizes.iter_mut().zip(value_sizes(column.as_ref())) {
+/// The row of `batch` whose values (text, binary, lists: see [`value_sizes`]) hold the most
+/// bytes, with those bytes, when they are more than `bound`. Most batches are passed after a look at each column's
+/// largest value, without counting row by row: this runs on every batch a join reads. Values
+/// of a fixed width beside them (a few bytes each) are not counted.
+fn row_over(batch: &RecordBatch, bound: usize) -> Option<(usize, usize)> {
+    let columns: Vec<&dyn Array> = batch
+        .columns()
+        .iter()
+        .map(|column| column.as_ref())
+        .filter(|column| column.data_type().primitive_width().is_none())
+        .collect();
+    let at_most: usize = columns
+        .iter()
+        .map(|column| largest_value(*column, bound))
+        .fold(0, usize::saturating_add);
+    if at_most <= bound {
+        return None;
+    }
+    largest_row(batch.num_rows(), &columns).filter(|(_, bytes)| *bytes > bound)
+}
+
+/// The bytes of `column`'s largest value, or more when that is cheaper to find and still at
+/// most `bound` (a text column's whole length).
+fn largest_value(column: &dyn Array, bound: usize) -> usize {
+    fn from_offsets<O: Copy + TryInto<usize>>(offsets: &[O], bound: usize) -> usize {
+        let length = |start: O, end: O| match (start.try_into(), end.try_into()) {
+            (Ok(start), Ok(end)) => end.saturating_sub(start),
+            _ => 0,
+        };
+        let whole = match (offsets.first(), offsets.last()) {
+            (Some(first), Some(last)) => length(*first, *last),
+            _ => 0,
+        };
+        if whole <= bound {
+            return whole;
+        }
+        offsets
+            .windows(2)
+            .map(|ends| length(ends[0], ends[1]))
+            .max()
+            .unwrap_or(0)
+    }
+    match column.data_type() {
+        DataType::Utf8 => from_offsets(column.as_string::<i32>().value_offsets(), bound),
+        DataType::LargeUtf8 => from_offsets(column.as_string::<i64>().value_offsets(), bound),
+        DataType::Binary => from_offsets(column.as_binary::<i32>().value_offsets(), bound),
+        DataType::LargeBinary => from_offsets(column.as_binary::<i64>().value_offsets(), bound),
+        DataType::Utf8View | DataType::BinaryView => {
+            let views = match column.data_type() {
+                DataType::Utf8View => column.as_string_view().views(),
+                _ => column.as_binary_view().views(),
+            };
+            views
+                .iter()
+                .map(|view| *view as u32 as usize)
+                .max()
+                .unwrap_or(0)
+        }
+        _ => value_sizes(column).into_iter().max().unwrap_or(0),
+    }
+}
+
+/// The row with the most bytes of values in `columns`, and those bytes.
+fn largest_row(rows: usize, columns: &[&dyn Array]) -> Option<(usize, usize)> {
+    let mut sizes = vec![0usize; rows];
+    for column in columns {
+        for (size, value) in sizes.iter_mut().zip(value_sizes(*column)) {
             *size = size.saturating_add(value);
         }
     }
@@ -305,7 +365,7 @@ mod tests {
     };
     use arrow::datatypes::Int64Type;
 
-    use super::largest_row;
+    use super::row_over;
 
     #[test]
     fn the_largest_row_counts_text_views_and_lists() {
@@ -324,9 +384,12 @@ mod tests {
         let batch =
             RecordBatch::try_from_iter([("t", text), ("v", views), ("l", lists), ("n", numbers)])
                 .unwrap();
-        // Row 2: two bytes of text, fifty 8-byte values and a number.
-        assert_eq!(largest_row(&batch), Some((2, 2 + 50 * 8 + 8)));
+        // Row 2: two bytes of text and fifty 8-byte values; the numbers beside them are not
+        // counted.
+        assert_eq!(row_over(&batch, 200), Some((2, 2 + 50 * 8)));
+        assert_eq!(row_over(&batch, 402), None);
         // A slice counts only its own rows.
-        assert_eq!(largest_row(&batch.slice(0, 2)), Some((0, 1 + 100 + 8 + 8)));
+        assert_eq!(row_over(&batch.slice(0, 2), 100), Some((0, 1 + 100 + 8)));
+        assert_eq!(row_over(&batch.slice(0, 2), 109), None);
     }
 }

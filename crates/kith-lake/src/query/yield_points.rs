@@ -31,6 +31,8 @@ use datafusion::physical_plan::execution_plan::SchedulingType;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::{Stream, StreamExt};
 
+use super::join_rows::BoundCopiedRowsExec;
+
 /// The error a stopped query ends with; [`super::classify`] reads it as the time limit.
 pub(crate) const PAST_TIME_LIMIT: &str = "the query ran past its time limit";
 
@@ -53,7 +55,8 @@ impl PhysicalOptimizerRule for StopAtTimeLimit {
             return Ok(plan);
         };
         plan.transform_up(|node| {
-            if node.is::<StopAtTimeLimitExec>() {
+            // A bound on copied rows only passes batches on: the operator above it stops.
+            if node.is::<StopAtTimeLimitExec>() || node.is::<BoundCopiedRowsExec>() {
                 return Ok(Transformed::no(node));
             }
             let stop: Arc<dyn ExecutionPlan> = Arc::new(StopAtTimeLimitExec::new(node, deadline));
