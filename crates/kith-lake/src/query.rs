@@ -232,7 +232,7 @@ async fn read_query(
             )));
         }
     };
-    plan_size::check_cte_readings(&statement)?;
+    plan_size::check_statement(&statement)?;
     let plan = ctx
         .state()
         .statement_to_plan(statement)
@@ -343,13 +343,17 @@ pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext
         .options_mut()
         .optimizer
         .enable_leaf_expression_pushdown = false;
+    let batch_size = config.batch_size().max(1);
     // Every operator stops when the time is up (see `yield_points`): a query stops working when
     // its timeout is answered.
     let state = datafusion::execution::SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
-        .with_physical_optimizer_rule(Arc::new(join_rows::BoundCopiedRows))
+        .with_physical_optimizer_rule(Arc::new(join_rows::BoundCopiedRows {
+            // A scalar subquery's value is copied onto each row of a batch, as a constant is.
+            broadcast_bytes: limits.memory_bytes / 8 / batch_size,
+        }))
         .with_physical_optimizer_rule(Arc::new(yield_points::StopAtTimeLimit {
             deadline: std::time::Instant::now().checked_add(limits.timeout),
         }))

@@ -3,9 +3,11 @@
 //! builds each output batch (8,192 rows) in one step that the memory limit does not see, so one
 //! large row joined with many others is copied thousands of times at once: a list of 5 million
 //! values cross joined with a thousand rows took 17 GB before Arrow's offsets overflowed and the
-//! engine panicked. Rows entering a join or an unnest are held to [`MAX_COPIED_ROW_BYTES`],
-//! which keeps such a batch to a couple of GiB at worst, and rows of ordinary data (an event is
-//! at most 32 KB) far below it.
+//! engine panicked. Windows copy values onto the rows of a frame (`first_value`, `max(…) OVER
+//! ()`), and a scalar subquery's value is copied onto every row of each batch that uses it.
+//! Rows entering a join, an unnest or a window are held to [`MAX_COPIED_ROW_BYTES`], which
+//! keeps such a batch to half a GiB at worst, and rows of ordinary data (an event is at most
+//! 32 KB) below it; a scalar subquery's value to what a constant may hold.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,23 +25,41 @@ use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::{Stream, StreamExt};
 
-/// The most bytes of text, binary and list values one row entering a join or unnest may hold.
-pub(crate) const MAX_COPIED_ROW_BYTES: usize = 256 << 10;
+/// The most bytes of text, binary and list values one row entering a join, an unnest or a
+/// window may hold: an event is at most 32 KB, and a batch of 8,192 copies of such a row is
+/// half a GiB.
+pub(crate) const MAX_COPIED_ROW_BYTES: usize = 64 << 10;
 
-/// The operators that copy their input rows, by name.
-const COPYING_OPERATORS: [&str; 7] = [
-    "HashJoinExec",
-    "NestedLoopJoinExec",
-    "CrossJoinExec",
-    "SortMergeJoinExec",
-    "SymmetricHashJoinExec",
-    "PiecewiseMergeJoinExec",
-    "UnnestExec",
-];
+/// What copies the rows entering an operator, by the operator's name, as the refusal says it.
+fn copier(operator: &str) -> Option<&'static str> {
+    Some(match operator {
+        "HashJoinExec"
+        | "NestedLoopJoinExec"
+        | "CrossJoinExec"
+        | "SortMergeJoinExec"
+        | "SymmetricHashJoinExec"
+        | "PiecewiseMergeJoinExec" => "a join, which copies it once for each row it is joined with",
+        "UnnestExec" => "an unnest, which copies it once for each element it unnests",
+        "BoundedWindowAggExec" | "WindowAggExec" => {
+            "a window function, which can copy its values onto each row of a frame \
+             (first_value, max …)"
+        }
+        "ScalarSubqueryExec" => {
+            "the query as the value of a scalar subquery, which is copied onto each row of every \
+             batch it is used in"
+        }
+        _ => return None,
+    })
+}
 
-/// Puts a [`BoundCopiedRowsExec`] below each operator that copies rows, on every input.
+/// Puts a [`BoundCopiedRowsExec`] below each operator that copies rows, on every input that it
+/// copies: a scalar subquery's value is held to `broadcast_bytes` (what a constant may hold, as
+/// it is copied onto every row of a batch as a constant is), every other input to
+/// [`MAX_COPIED_ROW_BYTES`] a row.
 #[derive(Debug)]
-pub(crate) struct BoundCopiedRows;
+pub(crate) struct BoundCopiedRows {
+    pub broadcast_bytes: usize,
+}
 
 impl PhysicalOptimizerRule for BoundCopiedRows {
     fn optimize(
@@ -48,28 +68,34 @@ impl PhysicalOptimizerRule for BoundCopiedRows {
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|node| {
-            if !COPYING_OPERATORS.contains(&node.name())
-                || node
-                    .children()
-                    .iter()
-                    .all(|child| child.is::<BoundCopiedRowsExec>())
-            {
+            let Some(copier) = copier(node.name()) else {
                 return Ok(Transformed::no(node));
-            }
-            let operator = node.name().to_string();
+            };
+            // The first input of a scalar subquery's operator is the query that uses the
+            // values; the others are the subqueries.
+            let (passed, bound) = if node.name() == "ScalarSubqueryExec" {
+                (1, self.broadcast_bytes)
+            } else {
+                (0, MAX_COPIED_ROW_BYTES)
+            };
+            let mut changed = false;
             let inputs = node
                 .children()
                 .into_iter()
-                .map(|child| {
-                    if child.is::<BoundCopiedRowsExec>() {
-                        Arc::clone(child)
-                    } else {
-                        let bound: Arc<dyn ExecutionPlan> =
-                            Arc::new(BoundCopiedRowsExec::new(Arc::clone(child), &operator));
-                        bound
+                .enumerate()
+                .map(|(index, child)| {
+                    if index < passed || child.is::<BoundCopiedRowsExec>() {
+                        return Arc::clone(child);
                     }
+                    changed = true;
+                    let bounded: Arc<dyn ExecutionPlan> =
+                        Arc::new(BoundCopiedRowsExec::new(Arc::clone(child), bound, copier));
+                    bounded
                 })
                 .collect();
+            if !changed {
+                return Ok(Transformed::no(node));
+            }
             replace_children_if_necessary(node, inputs).map(Transformed::yes)
         })
         .map(|transformed| transformed.data)
@@ -84,26 +110,22 @@ impl PhysicalOptimizerRule for BoundCopiedRows {
     }
 }
 
-/// Passes its input's batches on, ending with an error at the first row larger than
-/// [`MAX_COPIED_ROW_BYTES`].
+/// Passes its input's batches on, ending with an error at a row larger than its bound.
 #[derive(Debug)]
 pub(crate) struct BoundCopiedRowsExec {
     input: Arc<dyn ExecutionPlan>,
     properties: Arc<PlanProperties>,
-    /// What copies the rows: a join, or an unnest.
+    bound: usize,
+    /// What copies the rows, as the refusal says it.
     copier: &'static str,
 }
 
 impl BoundCopiedRowsExec {
-    fn new(input: Arc<dyn ExecutionPlan>, operator: &str) -> BoundCopiedRowsExec {
-        let copier = if operator == "UnnestExec" {
-            "an unnest, which copies it once for each element it unnests"
-        } else {
-            "a join, which copies it once for each row it is joined with"
-        };
+    fn new(input: Arc<dyn ExecutionPlan>, bound: usize, copier: &'static str) -> Self {
         BoundCopiedRowsExec {
             properties: Arc::clone(input.properties()),
             input,
+            bound,
             copier,
         }
     }
@@ -144,11 +166,11 @@ impl ExecutionPlan for BoundCopiedRowsExec {
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         match (children.pop(), children.is_empty()) {
-            (Some(input), true) => Ok(Arc::new(BoundCopiedRowsExec {
-                properties: Arc::clone(input.properties()),
+            (Some(input), true) => Ok(Arc::new(BoundCopiedRowsExec::new(
                 input,
-                copier: self.copier,
-            })),
+                self.bound,
+                self.copier,
+            ))),
             _ => Err(DataFusionError::Internal(
                 "BoundCopiedRowsExec takes one input".to_string(),
             )),
@@ -164,6 +186,7 @@ impl ExecutionPlan for BoundCopiedRowsExec {
         Ok(Box::pin(BoundCopiedRowsStream {
             schema: input.schema(),
             input,
+            bound: self.bound,
             copier: self.copier,
         }))
     }
@@ -172,6 +195,7 @@ impl ExecutionPlan for BoundCopiedRowsExec {
 struct BoundCopiedRowsStream {
     schema: SchemaRef,
     input: SendableRecordBatchStream,
+    bound: usize,
     copier: &'static str,
 }
 
@@ -183,15 +207,15 @@ impl Stream for BoundCopiedRowsStream {
         let Poll::Ready(Some(Ok(batch))) = polled else {
             return polled;
         };
-        match row_over(&batch, MAX_COPIED_ROW_BYTES) {
+        match row_over(&batch, self.bound) {
             Some((row, bytes)) => Poll::Ready(Some(Err(DataFusionError::Execution(format!(
-                "a row of {} KiB (row {row} of a batch) enters {}; rows entering one may \
-                     hold at most {} KiB of text and lists. Join or unnest first and add the \
-                     large values afterwards, or make them smaller (array_slice, substr, an \
-                     aggregate such as cardinality)",
+                "a row of {} KiB (row {row} of a batch) enters {}; a row there may hold at \
+                 most {} KiB of text and lists. Join, unnest or compute the window first and \
+                 add the large values afterwards, or make them smaller (array_slice, substr, \
+                 an aggregate such as cardinality)",
                 bytes >> 10,
                 self.copier,
-                MAX_COPIED_ROW_BYTES >> 10
+                self.bound >> 10
             ))))),
             _ => Poll::Ready(Some(Ok(batch))),
         }

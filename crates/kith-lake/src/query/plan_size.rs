@@ -20,7 +20,7 @@ use std::sync::Arc;
 use datafusion::logical_expr::expr::{Exists, InSubquery, SetComparison};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::{Query, Visit, Visitor, visit_relations};
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Query, Visit, Visitor, visit_relations};
 
 use super::QueryError;
 
@@ -29,6 +29,10 @@ use super::QueryError;
 /// expressions stays below a tenth of it; an `IN` list of the most values the SQL may hold
 /// (see `sql_size`) counts one each.
 pub(crate) const MAX_PLAN_PARTS: usize = 200_000;
+
+/// The most parts one expression may hold written out (see [`Measure::expression`]): an `IN`
+/// list of the most values the SQL may hold is a tenth of it.
+pub(crate) const MAX_EXPRESSION_PARTS: usize = 100_000;
 
 /// The most values one column may hold side by side in a row: the leaves of a struct (or of
 /// a list's or map's items) written out in full.
@@ -43,13 +47,27 @@ pub(crate) const MAX_CTE_READINGS: u64 = 1_000;
 
 /// Refuses `statement` when its CTEs, each reading written out, are read more than
 /// [`MAX_CTE_READINGS`] times (see there).
-pub(crate) fn check_cte_readings(statement: &DFStatement) -> Result<(), QueryError> {
+pub(crate) fn check_statement(statement: &DFStatement) -> Result<(), QueryError> {
     let statement = match statement {
         DFStatement::Statement(statement) => statement,
-        DFStatement::Explain(explain) => return check_cte_readings(&explain.statement),
+        DFStatement::Explain(explain) => return check_statement(&explain.statement),
         // Refused later as writes, with their own message.
         _ => return Ok(()),
     };
+    let mut cubes = LargestCube::default();
+    let _ = statement.visit(&mut cubes);
+    if cubes.columns > MAX_CUBE_COLUMNS {
+        return Err(QueryError::Invalid(format!(
+            "GROUP BY CUBE of {} columns groups every row in each of their {} combinations; at \
+             most {MAX_CUBE_COLUMNS} columns ({} combinations) are taken. Name the combinations \
+             you need with GROUPING SETS ((a, b), (a), ()), or use ROLLUP",
+            cubes.columns,
+            1u128
+                .checked_shl(cubes.columns as u32)
+                .map_or("countless".to_string(), |n| n.to_string()),
+            1u32 << MAX_CUBE_COLUMNS
+        )));
+    }
     let mut definitions = CteDefinitions::default();
     let _ = statement.visit(&mut definitions);
     let mut readings = CteReadings {
@@ -69,6 +87,28 @@ pub(crate) fn check_cte_readings(statement: &DFStatement) -> Result<(), QueryErr
         }
     }
     Ok(())
+}
+
+/// The most columns a `GROUP BY CUBE (…)` may name: each row is grouped in every combination
+/// of them, 2^n, outside the memory limit (twelve columns took 5 GB over 35,000 events, and
+/// planning twenty took more than 6 GB).
+pub(crate) const MAX_CUBE_COLUMNS: usize = 8;
+
+/// The most columns any `CUBE (…)` in a statement names.
+#[derive(Default)]
+struct LargestCube {
+    columns: usize,
+}
+
+impl Visitor for LargestCube {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &SqlExpr) -> ControlFlow<()> {
+        if let SqlExpr::Cube(sets) = expr {
+            self.columns = self.columns.max(sets.len());
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 /// Each CTE defined anywhere in a statement, by name, with the names of the tables and CTEs
@@ -143,7 +183,7 @@ pub(crate) fn check(plan: &LogicalPlan) -> Result<(), QueryError> {
         parts_left: MAX_PLAN_PARTS,
     };
     match measure.plan(plan) {
-        Ok(()) => Ok(()),
+        Ok(_) => Ok(()),
         Err(Exceeded::Parts) => Err(QueryError::Invalid(format!(
             "the query's plan, with each CTE and subquery written out where it is used, holds \
              more than {MAX_PLAN_PARTS} steps, expressions and columns, which takes too long to \
@@ -156,12 +196,26 @@ pub(crate) fn check(plan: &LogicalPlan) -> Result<(), QueryError> {
              its structs, lists and maps are written out; a struct built from another twice \
              (`struct(s AS a, s AS b)`) doubles at each level. Build it from fewer parts"
         ))),
+        Err(Exceeded::Expression(expression)) => {
+            let expression: String = expression.chars().take(200).collect();
+            Err(QueryError::Invalid(format!(
+                "an expression of the query, with the columns in it written out as the \
+                 expressions they stand for, holds more than {MAX_EXPRESSION_PARTS} parts, which \
+                 takes too long to plan: {expression}… The optimizer repeats the argument of \
+                 `coalesce`, `nvl` and `ifnull`, the value tested by `BETWEEN` and `IN`, and a \
+                 column each time the expression it stands for is used, so nesting them, or \
+                 using a column twice at each level of nested subqueries, doubles the \
+                 expression at each level. Compute such a value once and nest less"
+            )))
+        }
         Err(Exceeded::Engine(e)) => Err(QueryError::Internal(e.to_string())),
     }
 }
 
 enum Exceeded {
     Parts,
+    /// Names the expression.
+    Expression(String),
     /// Names the column.
     Leaves(String),
     /// The walk itself failed (it cannot, as the visitor never fails, but the API says it may).
@@ -185,38 +239,173 @@ impl Measure {
     }
 
     /// Walks `plan` as written out: an input or subquery shared by several nodes is walked
-    /// once for each, as the optimizer will copy it.
-    fn plan(&mut self, plan: &LogicalPlan) -> Result<(), Exceeded> {
+    /// once for each, as the optimizer will copy it. Gives the written-out size of each column
+    /// `plan` makes (see [`Measure::expression`]), by name, where the optimizer may put a
+    /// column's expression in place of the column (through projections, filters, sorts).
+    fn plan(&mut self, plan: &LogicalPlan) -> Result<ColumnSizes, Exceeded> {
         self.spend(1)?;
         for field in plan.schema().fields() {
             let leaves = leaves(field.data_type(), MAX_COLUMN_LEAVES)
                 .ok_or_else(|| Exceeded::Leaves(field.name().clone()))?;
             self.spend(leaves)?;
         }
+        let mut visible = ColumnSizes::new();
+        for input in plan.inputs() {
+            for (name, size) in self.plan(input)? {
+                let known = visible.entry(name).or_insert(size);
+                *known = (*known).max(size);
+            }
+        }
+        let mut sizes = Vec::new();
         let mut subqueries = Vec::new();
         let mut outcome = Ok(());
         plan.apply_expressions(|expr| {
-            expr.apply(|expr| {
-                if let Err(exceeded) = self.spend(1) {
+            let measured = self
+                .expression(expr, &visible, &mut subqueries)
+                .and_then(|size| {
+                    // A filter is pushed below the projections that made its columns.
+                    let pushed_down = matches!(plan, LogicalPlan::Filter(_) | LogicalPlan::Join(_));
+                    if pushed_down && size.inlined > MAX_EXPRESSION_PARTS {
+                        return Err(Exceeded::Expression(expr.schema_name().to_string()));
+                    }
+                    self.spend(size.own).map(|()| size.inlined)
+                });
+            match measured {
+                Ok(size) => sizes.push(size),
+                Err(exceeded) => {
                     outcome = Err(exceeded);
                     return Ok(TreeNodeRecursion::Stop);
                 }
-                if let Some(subquery) = subquery_of(expr) {
-                    subqueries.push(Arc::clone(subquery));
-                }
-                Ok(TreeNodeRecursion::Continue)
-            })
+            }
+            Ok(TreeNodeRecursion::Continue)
         })?;
         outcome?;
         for subquery in subqueries {
             self.plan(&subquery)?;
         }
-        for input in plan.inputs() {
-            self.plan(input)?;
+        Ok(match plan {
+            LogicalPlan::Projection(_) => plan
+                .schema()
+                .fields()
+                .iter()
+                .zip(sizes)
+                .map(|(field, size)| (field.name().clone(), size))
+                .collect(),
+            LogicalPlan::Filter(_)
+            | LogicalPlan::Sort(_)
+            | LogicalPlan::Limit(_)
+            | LogicalPlan::SubqueryAlias(_)
+            | LogicalPlan::Repartition(_) => visible,
+            _ => ColumnSizes::new(),
+        })
+    }
+
+    /// The size of `expr` written out (see [`Size`]). Each argument the optimizer repeats counts
+    /// as often as it is repeated: `coalesce(a, b)` becomes `CASE WHEN a IS NOT NULL THEN a ELSE
+    /// b END`, `x BETWEEN a AND b` becomes `x >= a AND x <= b`, a short `x IN (a, b)` becomes
+    /// `x = a OR x = b`. Nested, each doubles the expression; twenty short levels made a million
+    /// nodes. Subqueries found in it are added to `subqueries`.
+    fn expression(
+        &mut self,
+        expr: &Expr,
+        sizes: &ColumnSizes,
+        subqueries: &mut Vec<Arc<LogicalPlan>>,
+    ) -> Result<Size, Exceeded> {
+        let size = match expr {
+            Expr::Column(column) => Size {
+                own: 1,
+                inlined: sizes.get(&column.name).copied().unwrap_or(1),
+            },
+            Expr::Between(between) => {
+                let tested = self.expression(&between.expr, sizes, subqueries)?;
+                let low = self.expression(&between.low, sizes, subqueries)?;
+                let high = self.expression(&between.high, sizes, subqueries)?;
+                Size::ONE.plus(tested.times(2)).plus(low).plus(high)
+            }
+            Expr::InList(in_list) => {
+                let tested = self.expression(&in_list.expr, sizes, subqueries)?;
+                let mut size = Size::ONE.plus(tested.times(in_list.list.len().min(3)));
+                for item in &in_list.list {
+                    size = size.plus(self.expression(item, sizes, subqueries)?);
+                }
+                size
+            }
+            Expr::ScalarFunction(call) if REPEATING_FUNCTIONS.contains(&call.name()) => {
+                let mut size = Size::ONE;
+                for arg in &call.args {
+                    size = size.plus(self.expression(arg, sizes, subqueries)?.times(2));
+                }
+                size
+            }
+            other => {
+                if let Some(subquery) = subquery_of(other) {
+                    subqueries.push(Arc::clone(subquery));
+                }
+                let mut size = Size::ONE;
+                let mut outcome = Ok(());
+                other.apply_children(|child| {
+                    match self.expression(child, sizes, subqueries) {
+                        Ok(child_size) => size = size.plus(child_size),
+                        Err(exceeded) => {
+                            outcome = Err(exceeded);
+                            return Ok(TreeNodeRecursion::Stop);
+                        }
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                })?;
+                outcome?;
+                // `CASE x WHEN a … WHEN b …` compares `x` with each value.
+                if let Expr::Case(case) = other
+                    && let Some(operand) = &case.expr
+                {
+                    let repeats = case.when_then_expr.len().saturating_sub(1);
+                    let operand = self.expression(operand, sizes, subqueries)?;
+                    size = size.plus(operand.times(repeats));
+                }
+                size
+            }
+        };
+        if size.own > MAX_EXPRESSION_PARTS {
+            return Err(Exceeded::Expression(expr.schema_name().to_string()));
         }
-        Ok(())
+        Ok(size)
     }
 }
+
+/// The size of an expression written out: `own` counts its columns as one each; `inlined`
+/// counts each column as the expression it stands for in the input, which is what the
+/// optimizer makes of a filter when it pushes it below the projections that made its columns.
+/// (A projection over a projection is merged only where that repeats no expression, so
+/// `inlined` matters for filters and join conditions, not for what a query selects.)
+#[derive(Debug, Clone, Copy)]
+struct Size {
+    own: usize,
+    inlined: usize,
+}
+
+impl Size {
+    const ONE: Size = Size { own: 1, inlined: 1 };
+
+    fn plus(self, other: Size) -> Size {
+        Size {
+            own: self.own.saturating_add(other.own),
+            inlined: self.inlined.saturating_add(other.inlined),
+        }
+    }
+
+    fn times(self, repeats: usize) -> Size {
+        Size {
+            own: self.own.saturating_mul(repeats),
+            inlined: self.inlined.saturating_mul(repeats),
+        }
+    }
+}
+
+/// Written-out sizes of a plan's columns, by name.
+type ColumnSizes = HashMap<String, usize>;
+
+/// Functions the optimizer rewrites into expressions that repeat their arguments.
+const REPEATING_FUNCTIONS: [&str; 4] = ["coalesce", "nvl", "ifnull", "nvl2"];
 
 /// The plan of a subquery within an expression.
 fn subquery_of(expr: &Expr) -> Option<&Arc<LogicalPlan>> {
@@ -260,7 +449,7 @@ mod tests {
     use datafusion::arrow::datatypes::{DataType, Field, Fields};
     use datafusion::sql::parser::DFParser;
 
-    use super::{MAX_COLUMN_LEAVES, check_cte_readings, leaves};
+    use super::{MAX_COLUMN_LEAVES, check_statement, leaves};
     use crate::query::QueryError;
 
     /// `levels` CTEs, each a `UNION ALL` of the one before it with itself.
@@ -277,7 +466,7 @@ mod tests {
 
     fn cte_readings(sql: &str) -> Result<(), QueryError> {
         let mut statements = DFParser::parse_sql(sql).unwrap();
-        check_cte_readings(&statements.pop_front().unwrap())
+        check_statement(&statements.pop_front().unwrap())
     }
 
     #[test]

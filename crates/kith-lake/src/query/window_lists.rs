@@ -50,13 +50,25 @@ impl OptimizerRule for RefuseGrowingWindows {
             })
         })?;
         if let Some(name) = refused {
+            // The engine cannot slide string_agg's frame (it cannot take rows back out of
+            // it), so its text is made from a sliding list instead.
+            let (made, bounded) = if name == "string_agg" {
+                (
+                    "text",
+                    "array_to_string(array_agg(x) OVER (ORDER BY … ROWS BETWEEN 99 PRECEDING \
+                     AND CURRENT ROW), ',')",
+                )
+            } else {
+                (
+                    "list",
+                    "OVER (ORDER BY … ROWS BETWEEN 99 PRECEDING AND CURRENT ROW)",
+                )
+            };
             return Err(DataFusionError::Execution(format!(
-                "{name} over a window gives each row the {} of its whole frame, and this frame \
-                 can span every row (`OVER ()`, or `OVER (ORDER BY …)`, which runs from the first \
-                 row): as many lists as rows, each as long as the table. Give it a frame of at \
-                 most {MAX_FRAME_ROWS} rows (`OVER (ORDER BY … ROWS BETWEEN 99 PRECEDING AND \
-                 CURRENT ROW)`), or aggregate with GROUP BY",
-                if name == "string_agg" { "text" } else { "list" }
+                "{name} over a window gives each row the {made} of its whole frame, and this \
+                 frame can span every row (`OVER ()`, or `OVER (ORDER BY …)`, which runs from \
+                 the first row): as many lists as rows, each as long as the table. Give it a \
+                 frame of at most {MAX_FRAME_ROWS} rows (`{bounded}`), or aggregate with GROUP BY"
             )));
         }
         Ok(Transformed::no(plan))
