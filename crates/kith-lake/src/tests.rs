@@ -688,6 +688,12 @@ async fn functions_that_make_huge_values_are_refused_before_they_run() {
             ),
             "overlay",
         ),
+        // A text split into its characters: a part for each.
+        (
+            "SELECT cardinality(string_to_array(repeat('x', 2000 + value % 2), NULL)) \
+             FROM generate_series(1, 8192)",
+            "string_to_array",
+        ),
         // A million small values joined by a long delimiter: a million delimiters.
         (
             "SELECT array_to_string(range(value * 1000000), repeat('-', 1000)) \
@@ -1999,6 +2005,7 @@ async fn bounded_functions_answer_within_their_bound() {
             "SELECT [1, 2] || [3] AS joined, [value, value * 2] AS literal, \
              array_to_string([1, NULL, 3], '-', '?') AS text, \
              array_to_string([[1, 2], [3]], ',') AS nested, \
+             string_to_array('a,b', ',') AS parts, string_to_array('ab', NULL) AS letters, \
              overlay('Txxxxas' PLACING 'hom' FROM 2 FOR 4) AS name \
              FROM generate_series(2, 2)",
             &QueryLimits::default(),
@@ -2007,7 +2014,15 @@ async fn bounded_functions_answer_within_their_bound() {
         .unwrap();
     assert_eq!(
         crate::output::to_json(&result).unwrap()["rows"],
-        json!([[[1, 2, 3], [2, 4], "1-?-3", "1,2,3", "Thomas"]])
+        json!([[
+            [1, 2, 3],
+            [2, 4],
+            "1-?-3",
+            "1,2,3",
+            ["a", "b"],
+            ["a", "b"],
+            "Thomas"
+        ]])
     );
 }
 

@@ -67,6 +67,10 @@ enum Growth {
     /// delimiter between each two (and the null text for each null): a list of a million small
     /// values joined by a long delimiter makes a million delimiters.
     ListToText,
+    /// `string_to_array(text, delimiter [, null_text])`: a list with a part for each
+    /// delimiter, or each character when the delimiter is null or empty; each part costs its
+    /// place in the list besides its bytes (a 16 KB text split into characters is 16,000 parts).
+    Split,
     /// `levenshtein(a, b)`: no large result, but time that grows with the product of the two
     /// lengths, in one step the time limit cannot interrupt (two texts of a million characters
     /// take a quarter of an hour). Held to [`MAX_COMPARISONS`] instead of the bound on bytes.
@@ -78,8 +82,9 @@ enum Growth {
 const MAX_COMPARISONS: u128 = 1_000_000_000;
 
 /// The functions held to a bound, by name (their aliases follow them).
-const BOUNDED: [(&str, Growth); 17] = [
+const BOUNDED: [(&str, Growth); 18] = [
     ("levenshtein", Growth::Comparisons),
+    ("string_to_array", Growth::Split),
     ("concat", Growth::Concat),
     // The text with another put in its middle: at most both side by side, doubling when
     // composed, as `concat` does.
@@ -562,6 +567,18 @@ fn largest_result(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result
         }
         // Bounded by its time instead (`check_comparisons`).
         Growth::Comparisons => {}
+        Growth::Split => {
+            let (texts, delimiters) = (text(0), text(1));
+            for row in 0..rows {
+                let len = texts.len(row);
+                let parts = match delimiters.len(row) {
+                    0 => len,
+                    delimiter => len / delimiter + 1,
+                };
+                // A part's place: its offset, and the list's share of it.
+                add(len.saturating_add(parts.saturating_mul(8)));
+            }
+        }
         Growth::Range => {
             for row in 0..rows {
                 add(range_elements(args, row)?.saturating_mul(8));
