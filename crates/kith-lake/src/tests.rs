@@ -2111,3 +2111,55 @@ async fn large_rows_are_refused_where_joins_and_unnests_would_copy_them() {
         .unwrap();
     assert_eq!(json(&answered), json!([[6000]]));
 }
+
+/// A filter on a constant column above an aggregate without GROUP BY was moved below it by
+/// DataFusion, so the aggregate counted no rows and answered anyway: a funnel written as a
+/// UNION ALL of counts, filtered by step, answered every step. The same for the empty grouping
+/// set, and for nulls a grouping set makes.
+#[tokio::test]
+async fn filters_above_aggregates_that_make_their_own_rows_filter_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    let limits = QueryLimits::default();
+    let rows = |sql: &'static str| {
+        let lake = &lake;
+        let limits = &limits;
+        async move {
+            let result = lake.query(sql, limits).await.unwrap();
+            crate::output::to_json(&result).unwrap()["rows"].clone()
+        }
+    };
+    let funnel = "SELECT step, n FROM (SELECT 1 AS step, count(*) AS n FROM generate_series(1, 5) \
+                  UNION ALL SELECT 2 AS step, count(*) AS n FROM generate_series(1, 3)) \
+                  WHERE step = 1";
+    assert_eq!(rows(funnel).await, json!([[1, 5]]));
+    assert_eq!(
+        rows(
+            "SELECT * FROM (SELECT 2 AS step, count(*) AS n FROM generate_series(1, 5)) \
+              WHERE step = 1"
+        )
+        .await,
+        json!([])
+    );
+    assert_eq!(
+        rows("SELECT count(*) AS n FROM generate_series(1, 5) HAVING 1 = 0").await,
+        json!([])
+    );
+    assert_eq!(
+        rows(
+            "SELECT a, n FROM (SELECT value % 2 AS a, count(*) AS n FROM generate_series(1, 5) \
+              GROUP BY GROUPING SETS ((), (value % 2))) WHERE a IS NOT NULL ORDER BY a"
+        )
+        .await,
+        json!([[0, 2], [1, 3]])
+    );
+    // Filters on grouping columns of an ordinary GROUP BY still answer as before.
+    assert_eq!(
+        rows(
+            "SELECT a, n FROM (SELECT value % 2 AS a, count(*) AS n FROM generate_series(1, 5) \
+              GROUP BY value % 2) WHERE a = 1"
+        )
+        .await,
+        json!([[1, 3]])
+    );
+}
