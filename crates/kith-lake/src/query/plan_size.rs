@@ -258,28 +258,20 @@ impl Measure {
         }
         let mut sizes = Vec::new();
         let mut subqueries = Vec::new();
-        let mut outcome = Ok(());
-        plan.apply_expressions(|expr| {
-            let measured = self
-                .expression(expr, &visible, &mut subqueries)
-                .and_then(|size| {
-                    // A filter is pushed below the projections that made its columns.
-                    let pushed_down = matches!(plan, LogicalPlan::Filter(_) | LogicalPlan::Join(_));
-                    if pushed_down && size.inlined > MAX_EXPRESSION_PARTS {
-                        return Err(Exceeded::Expression(expr.schema_name().to_string()));
-                    }
-                    self.spend(size.own).map(|()| size.inlined)
-                });
-            match measured {
-                Ok(size) => sizes.push(size),
-                Err(exceeded) => {
-                    outcome = Err(exceeded);
-                    return Ok(TreeNodeRecursion::Stop);
+        // A filter is pushed below the projections that made its columns.
+        let pushed_down = matches!(plan, LogicalPlan::Filter(_) | LogicalPlan::Join(_));
+        until_exceeded(
+            |visit| plan.apply_expressions(visit),
+            |expr| {
+                let size = self.expression(expr, &visible, &mut subqueries)?;
+                if pushed_down && size.inlined > MAX_EXPRESSION_PARTS {
+                    return Err(Exceeded::Expression(expr.schema_name().to_string()));
                 }
-            }
-            Ok(TreeNodeRecursion::Continue)
-        })?;
-        outcome?;
+                self.spend(size.own)?;
+                sizes.push(size.inlined);
+                Ok(())
+            },
+        )?;
         for subquery in subqueries {
             self.plan(&subquery)?;
         }
@@ -342,18 +334,13 @@ impl Measure {
                     subqueries.push(Arc::clone(subquery));
                 }
                 let mut size = Size::ONE;
-                let mut outcome = Ok(());
-                other.apply_children(|child| {
-                    match self.expression(child, sizes, subqueries) {
-                        Ok(child_size) => size = size.plus(child_size),
-                        Err(exceeded) => {
-                            outcome = Err(exceeded);
-                            return Ok(TreeNodeRecursion::Stop);
-                        }
-                    }
-                    Ok(TreeNodeRecursion::Continue)
-                })?;
-                outcome?;
+                until_exceeded(
+                    |visit| other.apply_children(visit),
+                    |child| {
+                        size = size.plus(self.expression(child, sizes, subqueries)?);
+                        Ok(())
+                    },
+                )?;
                 // `CASE x WHEN a … WHEN b …` compares `x` with each value.
                 if let Expr::Case(case) = other
                     && let Some(operand) = &case.expr
@@ -399,6 +386,25 @@ impl Size {
             inlined: self.inlined.saturating_mul(repeats),
         }
     }
+}
+
+/// Runs `each` on every expression `walk` visits, and stops the walk at the first that passes
+/// a bound, handing that on.
+fn until_exceeded(
+    walk: impl FnOnce(
+        &mut dyn FnMut(&Expr) -> datafusion::common::Result<TreeNodeRecursion>,
+    ) -> datafusion::common::Result<TreeNodeRecursion>,
+    mut each: impl FnMut(&Expr) -> Result<(), Exceeded>,
+) -> Result<(), Exceeded> {
+    let mut outcome = Ok(());
+    walk(&mut |expr| match each(expr) {
+        Ok(()) => Ok(TreeNodeRecursion::Continue),
+        Err(exceeded) => {
+            outcome = Err(exceeded);
+            Ok(TreeNodeRecursion::Stop)
+        }
+    })?;
+    outcome
 }
 
 /// Written-out sizes of a plan's columns, by name.
