@@ -19,6 +19,7 @@ mod join_rows;
 mod large_constants;
 mod memory;
 mod owned_task;
+mod pass_through;
 mod plan_size;
 mod sql_size;
 mod window_lists;

@@ -16,14 +16,15 @@ use std::task::{Context, Poll};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DataFusionError, Result};
-use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::{Stream, StreamExt};
+
+use super::pass_through::{PassThroughExec, Watch};
 
 /// The most bytes of text, binary and list values one row entering a join, an unnest or a
 /// window may hold: an event is at most 32 KB, and a batch of 8,192 copies of such a row is
@@ -88,8 +89,10 @@ impl PhysicalOptimizerRule for BoundCopiedRows {
                         return Arc::clone(child);
                     }
                     changed = true;
-                    let bounded: Arc<dyn ExecutionPlan> =
-                        Arc::new(BoundCopiedRowsExec::new(Arc::clone(child), bound, copier));
+                    let bounded: Arc<dyn ExecutionPlan> = Arc::new(BoundCopiedRowsExec::new(
+                        Arc::clone(child),
+                        Arc::new(CopiedRowBound { bound, copier }),
+                    ));
                     bounded
                 })
                 .collect();
@@ -111,84 +114,28 @@ impl PhysicalOptimizerRule for BoundCopiedRows {
 }
 
 /// Passes its input's batches on, ending with an error at a row larger than its bound.
+pub(crate) type BoundCopiedRowsExec = PassThroughExec<CopiedRowBound>;
+
+/// How large a row entering an operator that copies it may be.
 #[derive(Debug)]
-pub(crate) struct BoundCopiedRowsExec {
-    input: Arc<dyn ExecutionPlan>,
-    properties: Arc<PlanProperties>,
+pub(crate) struct CopiedRowBound {
     bound: usize,
     /// What copies the rows, as the refusal says it.
     copier: &'static str,
 }
 
-impl BoundCopiedRowsExec {
-    fn new(input: Arc<dyn ExecutionPlan>, bound: usize, copier: &'static str) -> Self {
-        BoundCopiedRowsExec {
-            properties: Arc::clone(input.properties()),
-            input,
-            bound,
-            copier,
-        }
-    }
-}
-
-impl DisplayAs for BoundCopiedRowsExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BoundCopiedRowsExec")
-    }
-}
-
-impl ExecutionPlan for BoundCopiedRowsExec {
-    fn name(&self) -> &str {
+impl Watch for CopiedRowBound {
+    fn name(&self) -> &'static str {
         "BoundCopiedRowsExec"
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        match (children.pop(), children.is_empty()) {
-            (Some(input), true) => Ok(Arc::new(BoundCopiedRowsExec::new(
-                input,
-                self.bound,
-                self.copier,
-            ))),
-            _ => Err(DataFusionError::Internal(
-                "BoundCopiedRowsExec takes one input".to_string(),
-            )),
-        }
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
-        context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
-        Ok(Box::pin(BoundCopiedRowsStream {
+    fn watch(&self, input: SendableRecordBatchStream) -> SendableRecordBatchStream {
+        Box::pin(BoundCopiedRowsStream {
             schema: input.schema(),
             input,
             bound: self.bound,
             copier: self.copier,
-        }))
+        })
     }
 }
 

@@ -21,17 +21,17 @@ use std::time::Instant;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DataFusionError, Result};
-use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::coop::make_cooperative;
 use datafusion::physical_plan::execution_plan::SchedulingType;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_plan::{ExecutionPlan, PlanProperties};
 use futures::{Stream, StreamExt};
 
 use super::join_rows::BoundCopiedRowsExec;
+use super::pass_through::{PassThroughExec, Watch};
 
 /// The error a stopped query ends with; [`super::classify`] reads it as the time limit.
 pub(crate) const PAST_TIME_LIMIT: &str = "the query ran past its time limit";
@@ -54,12 +54,14 @@ impl PhysicalOptimizerRule for StopAtTimeLimit {
         let Some(deadline) = self.deadline else {
             return Ok(plan);
         };
+        let deadline = Arc::new(Deadline(deadline));
         plan.transform_up(|node| {
             // A bound on copied rows only passes batches on: the operator above it stops.
             if node.is::<StopAtTimeLimitExec>() || node.is::<BoundCopiedRowsExec>() {
                 return Ok(Transformed::no(node));
             }
-            let stop: Arc<dyn ExecutionPlan> = Arc::new(StopAtTimeLimitExec::new(node, deadline));
+            let stop: Arc<dyn ExecutionPlan> =
+                Arc::new(StopAtTimeLimitExec::new(node, Arc::clone(&deadline)));
             Ok(Transformed::yes(stop))
         })
         .map(|transformed| transformed.data)
@@ -75,80 +77,31 @@ impl PhysicalOptimizerRule for StopAtTimeLimit {
 }
 
 /// Passes its input's batches on until the deadline, then ends with [`PAST_TIME_LIMIT`].
+pub(crate) type StopAtTimeLimitExec = PassThroughExec<Deadline>;
+
+/// When a query's time is up.
 #[derive(Debug)]
-pub(crate) struct StopAtTimeLimitExec {
-    input: Arc<dyn ExecutionPlan>,
-    properties: Arc<PlanProperties>,
-    deadline: Instant,
-}
+pub(crate) struct Deadline(Instant);
 
-impl StopAtTimeLimitExec {
-    fn new(input: Arc<dyn ExecutionPlan>, deadline: Instant) -> StopAtTimeLimitExec {
-        let properties = PlanProperties::clone(input.properties())
-            .with_scheduling_type(SchedulingType::Cooperative)
-            .into();
-        StopAtTimeLimitExec {
-            input,
-            properties,
-            deadline,
-        }
-    }
-}
-
-impl DisplayAs for StopAtTimeLimitExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "StopAtTimeLimitExec")
-    }
-}
-
-impl ExecutionPlan for StopAtTimeLimitExec {
-    fn name(&self) -> &str {
+impl Watch for Deadline {
+    fn name(&self) -> &'static str {
         "StopAtTimeLimitExec"
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
+    /// Cooperative: the stream takes part in Tokio's budget (see `execute`).
+    fn properties(&self, input: &Arc<PlanProperties>) -> Arc<PlanProperties> {
+        PlanProperties::clone(input)
+            .with_scheduling_type(SchedulingType::Cooperative)
+            .into()
     }
 
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        match (children.pop(), children.is_empty()) {
-            (Some(input), true) => Ok(Arc::new(StopAtTimeLimitExec::new(input, self.deadline))),
-            _ => Err(DataFusionError::Internal(
-                "StopAtTimeLimitExec takes one input".to_string(),
-            )),
-        }
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
-        context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
-        Ok(Box::pin(StopAtTimeLimitStream {
+    fn watch(&self, input: SendableRecordBatchStream) -> SendableRecordBatchStream {
+        Box::pin(StopAtTimeLimitStream {
             schema: input.schema(),
             input: make_cooperative(input),
-            deadline: self.deadline,
+            deadline: self.0,
             stopped: false,
-        }))
+        })
     }
 }
 
