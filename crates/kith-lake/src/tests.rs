@@ -892,6 +892,16 @@ async fn the_calls_in_a_query_share_the_bound_on_what_functions_make() {
             ),
         "{message}"
     );
+    // A filter over a union is copied into each branch, and with it the call it reads; each
+    // copy works on its own branch's batches, so the copies share nothing and count once.
+    let branches = "SELECT count(*) AS n FROM (SELECT repeat(CAST(value AS VARCHAR), 400) AS c \
+                    FROM (SELECT value FROM generate_series(1, 4096) UNION ALL \
+                    SELECT value FROM generate_series(1, 4096))) WHERE length(c) > 0";
+    let result = lake.query(branches, &limits).await.unwrap();
+    assert_eq!(
+        crate::output::to_json(&result).unwrap()["rows"],
+        json!([[8192]])
+    );
 }
 
 #[test]
@@ -1920,6 +1930,8 @@ async fn plans_that_double() {
     }
     let expression = "an expression of the query, with the columns in it written out as the \
                       expressions they stand for, holds more than 100000 parts";
+    let derived_column = "the column `a21` stands for an expression of more than 100000 parts \
+                          once the expressions it is made from, level by level, are written out";
     let refused = refused.into_iter().chain([
         (
             format!(
@@ -1937,7 +1949,17 @@ async fn plans_that_double() {
         ),
         (
             format!("SELECT count(*) FROM ({derived}) WHERE a21 > 0"),
-            expression,
+            derived_column,
+        ),
+        // HAVING on a grouping column is pushed down as WHERE is; what ORDER BY compares is
+        // pushed into the scan as a filter too.
+        (
+            format!("SELECT a21, count(*) FROM ({derived}) GROUP BY a21 HAVING a21 > 0"),
+            derived_column,
+        ),
+        (
+            format!("SELECT a21 FROM ({derived}) ORDER BY a21 LIMIT 3"),
+            derived_column,
         ),
         (
             "SELECT count(*) FROM generate_series(1, 3) GROUP BY CUBE(value, value + 1, \
@@ -2029,8 +2051,8 @@ async fn bounded_functions_answer_within_their_bound() {
 /// A join copies a row once for each row it is joined with, and an unnest once for each
 /// element, building each batch in one step the memory limit does not see: a list of 5 million
 /// values cross joined with a thousand rows took 17 GB before Arrow panicked. Windows and
-/// scalar subqueries copy values too. Rows entering them are held to 64 KiB (a scalar
-/// subquery's value to what a constant may hold); ordinary rows pass.
+/// scalar subqueries copy values too. Rows entering them are held to 64 KiB, 128 KiB for a join
+/// on equal keys (a scalar subquery's value to what a constant may hold); ordinary rows pass.
 #[tokio::test]
 async fn large_rows_are_refused_where_joins_and_unnests_would_copy_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -2054,6 +2076,14 @@ async fn large_rows_are_refused_where_joins_and_unnests_would_copy_them() {
              unnest(range(value * 1000)) AS n FROM generate_series(1, 1))",
             "a row of 300 KiB (row 0 of a batch) enters an unnest, which copies it once for each \
              element it unnests",
+        ),
+        // A cross join copies every row onto every other: rows entering it are held to less
+        // than those entering a join on equal keys (below, answered).
+        (
+            "SELECT max(length(big)) FROM (SELECT repeat('x', value * 100000) AS big \
+             FROM generate_series(1, 1)) CROSS JOIN generate_series(1, 10)",
+            "a row of 97 KiB (row 0 of a batch) enters a join, which copies it once for each row \
+             it is joined with; a row there may hold at most 64 KiB",
         ),
         // A window copies a value onto the rows of its frame.
         (
@@ -2092,6 +2122,16 @@ async fn large_rows_are_refused_where_joins_and_unnests_would_copy_them() {
         .await
         .unwrap();
     assert_eq!(json(&answered), json!([[100, 4_500_000]]));
+    let answered = lake
+        .query(
+            "SELECT count(*) AS n, sum(length(big)) AS bytes FROM (SELECT value AS k, \
+             repeat('x', value * 100000) AS big FROM generate_series(1, 1)) a \
+             JOIN generate_series(1, 3) b ON a.k = b.value",
+            &limits,
+        )
+        .await
+        .unwrap();
+    assert_eq!(json(&answered), json!([[1, 100_000]]));
     let answered = lake
         .query(
             "SELECT (SELECT max(value) FROM generate_series(1, 5)) AS m, \

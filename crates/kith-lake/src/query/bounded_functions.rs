@@ -243,7 +243,10 @@ impl OptimizerRule for CountBoundedCalls {
         plan: LogicalPlan,
         _config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
-        let mut calls = 0usize;
+        // The same call in several places counts once: the optimizer copies a filter into
+        // each branch of a union (`events` is the stored rows and the buffered ones), and each
+        // copy works on its own branch's batches.
+        let mut calls = std::collections::HashSet::new();
         plan.apply_with_subqueries(|node| {
             node.apply_expressions(|expr| {
                 expr.apply(|e| {
@@ -253,14 +256,14 @@ impl OptimizerRule for CountBoundedCalls {
                             *bounded == name && *growth != Growth::Comparisons
                         });
                         if name == CONCAT_OPERATOR || shares_the_bound {
-                            calls += 1;
+                            calls.insert(e.schema_name().to_string());
                         }
                     }
                     Ok(TreeNodeRecursion::Continue)
                 })
             })
         })?;
-        self.budget.0.calls.store(calls, Ordering::Relaxed);
+        self.budget.0.calls.store(calls.len(), Ordering::Relaxed);
         Ok(Transformed::no(plan))
     }
 }

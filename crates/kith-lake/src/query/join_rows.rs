@@ -26,37 +26,49 @@ use futures::{Stream, StreamExt};
 
 use super::pass_through::{PassThroughExec, Watch};
 
-/// The most bytes of text, binary and list values one row entering a join, an unnest or a
-/// window may hold: an event is at most 32 KB, and a batch of 8,192 copies of such a row is
-/// half a GiB.
+/// The most bytes of text, binary and list values one row entering a cross join, an unnest or
+/// a window may hold: each copies a row onto many others as a rule. An event is at most 32 KB,
+/// and a batch of 8,192 copies of such a row is half a GiB.
 pub(crate) const MAX_COPIED_ROW_BYTES: usize = 64 << 10;
 
-/// What copies the rows entering an operator, by the operator's name, as the refusal says it.
-fn copier(operator: &str) -> Option<&'static str> {
+/// The same for a join on equal keys, which copies a row as often as its key repeats on the
+/// other side: usually a few times (a user's aggregated history joined to their profile), so
+/// rows twice as large pass; a key that repeats thousands of times still copies a whole batch.
+pub(crate) const MAX_EQUI_JOINED_ROW_BYTES: usize = 128 << 10;
+
+/// What copies the rows entering an operator, by the operator's name, as the refusal says it,
+/// and how large those rows may be.
+fn copier(operator: &str) -> Option<(&'static str, usize)> {
+    const JOIN: &str = "a join, which copies it once for each row it is joined with";
     Some(match operator {
-        "HashJoinExec"
-        | "NestedLoopJoinExec"
-        | "CrossJoinExec"
-        | "SortMergeJoinExec"
-        | "SymmetricHashJoinExec"
-        | "PiecewiseMergeJoinExec" => "a join, which copies it once for each row it is joined with",
-        "UnnestExec" => "an unnest, which copies it once for each element it unnests",
-        "BoundedWindowAggExec" | "WindowAggExec" => {
+        "HashJoinExec" | "SortMergeJoinExec" | "SymmetricHashJoinExec" => {
+            (JOIN, MAX_EQUI_JOINED_ROW_BYTES)
+        }
+        "NestedLoopJoinExec" | "CrossJoinExec" | "PiecewiseMergeJoinExec" => {
+            (JOIN, MAX_COPIED_ROW_BYTES)
+        }
+        "UnnestExec" => (
+            "an unnest, which copies it once for each element it unnests",
+            MAX_COPIED_ROW_BYTES,
+        ),
+        "BoundedWindowAggExec" | "WindowAggExec" => (
             "a window function, which can copy its values onto each row of a frame \
-             (first_value, max …)"
-        }
-        "ScalarSubqueryExec" => {
+             (first_value, max …)",
+            MAX_COPIED_ROW_BYTES,
+        ),
+        "ScalarSubqueryExec" => (
             "the query as the value of a scalar subquery, which is copied onto each row of every \
-             batch it is used in"
-        }
+             batch it is used in",
+            0,
+        ),
         _ => return None,
     })
 }
 
 /// Puts a [`BoundCopiedRowsExec`] below each operator that copies rows, on every input that it
 /// copies: a scalar subquery's value is held to `broadcast_bytes` (what a constant may hold, as
-/// it is copied onto every row of a batch as a constant is), every other input to
-/// [`MAX_COPIED_ROW_BYTES`] a row.
+/// it is copied onto every row of a batch as a constant is), every other input to its
+/// operator's bound a row (see [`copier`]).
 #[derive(Debug)]
 pub(crate) struct BoundCopiedRows {
     pub broadcast_bytes: usize,
@@ -69,7 +81,7 @@ impl PhysicalOptimizerRule for BoundCopiedRows {
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|node| {
-            let Some(copier) = copier(node.name()) else {
+            let Some((copier, bound)) = copier(node.name()) else {
                 return Ok(Transformed::no(node));
             };
             // The first input of a scalar subquery's operator is the query that uses the
@@ -77,7 +89,7 @@ impl PhysicalOptimizerRule for BoundCopiedRows {
             let (passed, bound) = if node.name() == "ScalarSubqueryExec" {
                 (1, self.broadcast_bytes)
             } else {
-                (0, MAX_COPIED_ROW_BYTES)
+                (0, bound)
             };
             let mut changed = false;
             let inputs = node

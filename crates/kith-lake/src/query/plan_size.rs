@@ -81,8 +81,9 @@ pub(crate) fn check_statement(statement: &DFStatement) -> Result<(), QueryError>
                 "the CTE `{name}`, with each CTE it reads written out where it is read, reads \
                  CTEs more than {MAX_CTE_READINGS} times, which takes too long to plan. This \
                  happens when a CTE reads the one before it more than once (`UNION ALL` of it \
-                 with itself, or two subqueries over it), doubling at each level: read each \
-                 CTE once, for example by joining it or with a window function"
+                 with itself, or two subqueries over it, or a join of it with itself), doubling \
+                 at each level: compute what the next level needs from one reading of the one \
+                 before (a window function such as lag(), or GROUP BY)"
             )));
         }
     }
@@ -189,7 +190,8 @@ pub(crate) fn check(plan: &LogicalPlan) -> Result<(), QueryError> {
              more than {MAX_PLAN_PARTS} steps, expressions and columns, which takes too long to \
              plan. This happens when a CTE reads the one before it more than once (`UNION ALL` \
              of it with itself, or two subqueries over it), doubling the plan at each level: \
-             read each CTE once, for example by joining it or with a window function"
+             compute what the next level needs from one reading of the one before (a window \
+             function such as lag(), or GROUP BY)"
         ))),
         Err(Exceeded::Leaves(column)) => Err(QueryError::Invalid(format!(
             "the column `{column}` holds more than {MAX_COLUMN_LEAVES} values side by side once \
@@ -208,12 +210,24 @@ pub(crate) fn check(plan: &LogicalPlan) -> Result<(), QueryError> {
                  expression at each level. Compute such a value once and nest less"
             )))
         }
+        Err(Exceeded::Column(column)) => Err(QueryError::Invalid(format!(
+            "the column `{column}` stands for an expression of more than \
+             {MAX_EXPRESSION_PARTS} parts once the expressions it is made from, level by level, \
+             are written out in its place, which the optimizer does to filter or sort by it \
+             (WHERE, HAVING, JOIN ON, ORDER BY), and which takes too long to plan: each level of \
+             CASE, coalesce, BETWEEN or IN that reads the level before it several times \
+             multiplies it. Map values with a join to a table of them instead of nested CASE \
+             (`JOIN (VALUES ('ads', 'paid'), …) AS m(channel, channel_group) USING (channel)`), \
+             or filter and sort on the columns it is made from"
+        ))),
         Err(Exceeded::Engine(e)) => Err(QueryError::Internal(e.to_string())),
     }
 }
 
 enum Exceeded {
     Parts,
+    /// Names a column that stands for an expression too large to filter or sort by.
+    Column(String),
     /// Names the expression.
     Expression(String),
     /// Names the column.
@@ -258,14 +272,18 @@ impl Measure {
         }
         let mut sizes = Vec::new();
         let mut subqueries = Vec::new();
-        // A filter is pushed below the projections that made its columns.
-        let pushed_down = matches!(plan, LogicalPlan::Filter(_) | LogicalPlan::Join(_));
+        // A filter (WHERE, HAVING on grouping columns, JOIN ON) is pushed below the projections
+        // that made its columns, and so is what a sort compares (as the filter a top-k keeps).
+        let pushed_down = matches!(
+            plan,
+            LogicalPlan::Filter(_) | LogicalPlan::Join(_) | LogicalPlan::Sort(_)
+        );
         until_exceeded(
             |visit| plan.apply_expressions(visit),
             |expr| {
                 let size = self.expression(expr, &visible, &mut subqueries)?;
                 if pushed_down && size.inlined > MAX_EXPRESSION_PARTS {
-                    return Err(Exceeded::Expression(expr.schema_name().to_string()));
+                    return Err(largest_column(expr, &visible));
                 }
                 self.spend(size.own)?;
                 sizes.push(size.inlined);
@@ -275,14 +293,27 @@ impl Measure {
         for subquery in subqueries {
             self.plan(&subquery)?;
         }
-        Ok(match plan {
-            LogicalPlan::Projection(_) => plan
-                .schema()
+        let named = |sizes: Vec<usize>| -> ColumnSizes {
+            plan.schema()
                 .fields()
                 .iter()
                 .zip(sizes)
                 .map(|(field, size)| (field.name().clone(), size))
-                .collect(),
+                .collect()
+        };
+        Ok(match plan {
+            LogicalPlan::Projection(_) => named(sizes),
+            // Grouping columns come first, as their expressions do; a filter on them is pushed
+            // below the aggregate with their expressions in their place (not below grouping
+            // sets: see `global_aggregates`).
+            LogicalPlan::Aggregate(aggregate)
+                if !aggregate
+                    .group_expr
+                    .iter()
+                    .any(|expr| matches!(expr, Expr::GroupingSet(_))) =>
+            {
+                named(sizes.into_iter().take(aggregate.group_expr.len()).collect())
+            }
             LogicalPlan::Filter(_)
             | LogicalPlan::Sort(_)
             | LogicalPlan::Limit(_)
@@ -405,6 +436,24 @@ fn until_exceeded(
         }
     })?;
     outcome
+}
+
+/// The refusal of `expr`, too large written out: it names the column in it that stands for the
+/// largest expression, which is what to change.
+fn largest_column(expr: &Expr, sizes: &ColumnSizes) -> Exceeded {
+    let largest = expr
+        .column_refs()
+        .into_iter()
+        .filter_map(|column| {
+            sizes
+                .get(&column.name)
+                .map(|size| (column.name.clone(), *size))
+        })
+        .max_by_key(|(_, size)| *size);
+    match largest {
+        Some((column, _)) if !column.is_empty() => Exceeded::Column(column),
+        _ => Exceeded::Expression(expr.schema_name().to_string()),
+    }
 }
 
 /// Written-out sizes of a plan's columns, by name.
