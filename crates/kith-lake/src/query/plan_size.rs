@@ -6,17 +6,22 @@
 //! struct fields: minutes of planning and gigabytes of memory, outside the time limit (planning
 //! cannot be interrupted) and outside the memory pool (plans are not counted in it).
 //!
-//! So the plan is measured as written out, right after the SQL is planned and before any of
-//! that work, and refused past a bound no query a person writes comes near. The walk stops as
-//! soon as the bound is passed, so measuring costs at most the bound, however large the plan.
+//! Expressions grow the same way as the optimizer rewrites them: `coalesce`, `BETWEEN` and
+//! `IN` repeat what they test, and a filter or sort pushed below nested subqueries takes the
+//! expressions its columns stand for; and `GROUP BY CUBE` groups every row in 2^n ways.
+//!
+//! So the parsed SQL (CTE readings, CUBE) and then the plan are measured as written out, right
+//! after the SQL is planned and before any of that work, and refused past bounds no query a
+//! person writes comes near. The walk stops as soon as a bound is passed, so measuring costs at
+//! most the bound, however large the plan.
 
-use datafusion::arrow::datatypes::DataType;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::error::DataFusionError;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::error::DataFusionError;
 use datafusion::logical_expr::expr::{Exists, InSubquery, SetComparison};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::sql::parser::Statement as DFStatement;
@@ -45,8 +50,8 @@ pub(crate) const MAX_COLUMN_LEAVES: usize = 10_000;
 /// twice by the next, 8,191 readings, took 44 s).
 pub(crate) const MAX_CTE_READINGS: u64 = 1_000;
 
-/// Refuses `statement` when its CTEs, each reading written out, are read more than
-/// [`MAX_CTE_READINGS`] times (see there).
+/// Refuses `statement` when a `CUBE` in it names more than [`MAX_CUBE_COLUMNS`] columns, or
+/// when its CTEs, each reading written out, are read more than [`MAX_CTE_READINGS`] times.
 pub(crate) fn check_statement(statement: &DFStatement) -> Result<(), QueryError> {
     let statement = match statement {
         DFStatement::Statement(statement) => statement,
@@ -177,8 +182,9 @@ impl<'a> CteReadings<'a> {
     }
 }
 
-/// Refuses `plan` when, written out in full, it holds more than [`MAX_PLAN_PARTS`] parts or
-/// a column with more than [`MAX_COLUMN_LEAVES`] values side by side.
+/// Refuses `plan` when, written out in full, it holds more than [`MAX_PLAN_PARTS`] parts, an
+/// expression of more than [`MAX_EXPRESSION_PARTS`], or a column with more than
+/// [`MAX_COLUMN_LEAVES`] values side by side.
 pub(crate) fn check(plan: &LogicalPlan) -> Result<(), QueryError> {
     let mut measure = Measure {
         parts_left: MAX_PLAN_PARTS,
