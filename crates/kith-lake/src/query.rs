@@ -41,6 +41,14 @@ pub enum QueryError {
     Invalid(String),
     #[error("the query ran longer than the {0:?} limit; narrow it with WHERE or LIMIT")]
     Timeout(Duration),
+    /// The time ran out before the query was planned, so before it read anything: narrowing
+    /// what it reads would not help.
+    #[error(
+        "planning the query took longer than the {0:?} limit, before it read any data: it is \
+         too intricate to plan (deeply nested subqueries or CASE levels, many joins or CTEs); \
+         write it with fewer levels"
+    )]
+    PlanningTimeout(Duration),
     #[error(
         "the query needs more than the {} MiB of memory that the queries running at once may \
          use together; filter or aggregate more, or try again when other queries have finished. \
@@ -505,6 +513,9 @@ pub(crate) async fn run(
     let task_limits = limits.clone();
     let pool = ctx.runtime_env().memory_pool.clone();
     let tables_on_request = lake.tables_on_request();
+    // When the plan was ready, so a query out of time is told whether it was still planning.
+    let planned = Arc::new(std::sync::OnceLock::new());
+    let planned_in_task = Arc::clone(&planned);
     let work = OwnedTask::new(tokio::spawn(async move {
         let limits = &task_limits;
         let frame = read_query(&ctx, &sql, limits, &tables_on_request).await?;
@@ -522,17 +533,28 @@ pub(crate) async fn run(
                 .map_err(|e| classify(e, limits))?
         };
         let pool = ctx.runtime_env().memory_pool.clone();
-        let (batches, memory) = memory::collect_counted(frame, &pool, limits).await?;
+        let (batches, memory) =
+            memory::collect_counted(frame, &pool, limits, &planned_in_task).await?;
         // The tables stay counted while the query works; an answer taken from them is
         // counted on its own from here on.
         drop(tables_held);
         Ok::<_, QueryError>((schema, batches, memory))
     }));
     // When the time is up, dropping `work` aborts it.
+    let out_of_time = || {
+        let planned_in_time = planned
+            .get()
+            .is_some_and(|at: &std::time::Instant| at.duration_since(started) < limits.timeout);
+        if planned_in_time {
+            QueryError::Timeout(limits.timeout)
+        } else {
+            QueryError::PlanningTimeout(limits.timeout)
+        }
+    };
     let (schema, mut batches, memory) = match tokio::time::timeout(limits.timeout, work).await {
+        Ok(Ok(Err(QueryError::Timeout(_)))) | Err(_) => return Err(out_of_time()),
         Ok(Ok(result)) => result.map_err(|e| memory::crowded_out(e, &pool))?,
         Ok(Err(join)) => return Err(engine_fault(join)),
-        Err(_) => return Err(QueryError::Timeout(limits.timeout)),
     };
     let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let truncated = total > limits.max_rows;
@@ -684,7 +706,8 @@ pub(crate) async fn timeline(
         .map_err(internal)?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
     let pool = ctx.runtime_env().memory_pool.clone();
-    let work = memory::collect_counted(frame, &pool, limits);
+    let planned = std::sync::OnceLock::new();
+    let work = memory::collect_counted(frame, &pool, limits, &planned);
     let (batches, memory) = match tokio::time::timeout(limits.timeout, work).await {
         Ok(result) => result.map_err(|e| memory::crowded_out(e, &pool))?,
         Err(_) => return Err(QueryError::Timeout(limits.timeout)),

@@ -265,6 +265,29 @@ async fn a_runaway_query_is_stopped_by_its_time_limit() {
         result.err()
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // A query whose time runs out while it is still being planned is told so: narrowing what
+    // it reads would not help. (256 branches of a union take far longer than 5 ms to plan.)
+    let limits = QueryLimits {
+        timeout: std::time::Duration::from_millis(5),
+        ..QueryLimits::default()
+    };
+    let mut doubled = "WITH t0 AS (SELECT value AS x FROM generate_series(1, 3))".to_string();
+    for level in 1..=8 {
+        let before = level - 1;
+        doubled +=
+            &format!(", t{level} AS (SELECT x FROM t{before} UNION ALL SELECT x FROM t{before})");
+    }
+    let result = lake
+        .query(&(doubled + " SELECT count(*) FROM t8"), &limits)
+        .await;
+    let Err(err @ QueryError::PlanningTimeout(_)) = result else {
+        panic!("{:?}", result.map(|r| r.num_rows()));
+    };
+    assert!(
+        err.to_string()
+            .starts_with("planning the query took longer than the 5ms limit, before it read"),
+        "{err}"
+    );
 }
 
 // A time no calendar reaches is an error that names the value, not an error message written

@@ -147,7 +147,9 @@ fn negotiate(headers: &HeaderMap) -> Result<Format, ApiError> {
 pub(crate) fn query_error(err: QueryError) -> ApiError {
     match err {
         QueryError::Invalid(message) => ApiError::new(ErrorCode::InvalidSql, message),
-        QueryError::Timeout(_) => ApiError::new(ErrorCode::QueryTimeout, err.to_string()),
+        QueryError::Timeout(_) | QueryError::PlanningTimeout(_) => {
+            ApiError::new(ErrorCode::QueryTimeout, err.to_string())
+        }
         QueryError::OutOfMemory(_)
         | QueryError::AnswerTooLarge(_)
         | QueryError::RowTooLarge { .. }

@@ -163,17 +163,20 @@ impl MemoryPool for QueryShare {
 
 /// Runs `frame` and collects its batches, counting each in `pool` as it arrives. The
 /// reservation is handed back with the batches: the answer stays counted until it is dropped,
-/// which for the API is once the response body has been sent.
+/// which for the API is once the response body has been sent. `planned` is set when the plan
+/// is ready to run (optimized and made physical).
 pub(crate) async fn collect_counted(
     frame: DataFrame,
     pool: &Arc<dyn MemoryPool>,
     limits: &QueryLimits,
+    planned: &std::sync::OnceLock<std::time::Instant>,
 ) -> Result<(Vec<RecordBatch>, MemoryReservation), QueryError> {
     let reservation = MemoryConsumer::new("query answer").register(pool);
     let mut stream = frame
         .execute_stream()
         .await
         .map_err(|e| classify(e, limits))?;
+    let _ = planned.set(std::time::Instant::now());
     let mut batches = Vec::new();
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| classify(e, limits))?;
