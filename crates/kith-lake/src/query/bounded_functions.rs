@@ -211,15 +211,17 @@ pub(crate) fn bound_growing_functions(
     ctx.register_expr_planner(Arc::new(TextConcatPlanner { operator }))
 }
 
-/// How many copies of one call's result a batch holds: a constant call is folded into one
-/// value and copied onto each row of a batch; any other makes its rows once.
+/// How many copies of one call's result a batch holds: a call of constants makes one value,
+/// copied onto each of the rows it is called for (one while the planner folds it into a
+/// constant: the constant is then held to the bound `large_constants` sets, as it is copied
+/// onto each row of a batch); any other makes its rows once.
 fn rows_and_copies(args: &ScalarFunctionArgs) -> (usize, u128) {
     let all_constant = args
         .args
         .iter()
         .all(|arg| matches!(arg, ColumnarValue::Scalar(_)));
     if all_constant {
-        (1, args.config_options.execution.batch_size.get() as u128)
+        (1, args.number_rows.max(1) as u128)
     } else {
         (args.number_rows, 1)
     }
