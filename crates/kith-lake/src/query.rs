@@ -14,8 +14,8 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 
 mod bounded_functions;
+mod copied_rows;
 mod global_aggregates;
-mod join_rows;
 mod large_constants;
 mod memory;
 mod owned_task;
@@ -361,7 +361,7 @@ pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext
         .with_runtime_env(runtime)
         .with_default_features()
         .with_optimizer_rules(global_aggregates::optimizer_rules())
-        .with_physical_optimizer_rule(Arc::new(join_rows::BoundCopiedRows {
+        .with_physical_optimizer_rule(Arc::new(copied_rows::BoundCopiedRows {
             // A scalar subquery's value is copied onto each row of a batch, as a constant is.
             broadcast_bytes: limits.memory_bytes / 8 / batch_size,
         }))

@@ -1,5 +1,5 @@
 //! An operator that passes its input's batches on, watched: the guards that stop a query at
-//! its time limit (`yield_points`) and that refuse rows too large to copy (`join_rows`) are
+//! its time limit (`yield_points`) and that refuse rows too large to copy (`copied_rows`) are
 //! both one of these, differing only in what they do to the stream.
 
 use std::sync::Arc;

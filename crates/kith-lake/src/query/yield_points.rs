@@ -30,7 +30,7 @@ use datafusion::physical_plan::execution_plan::SchedulingType;
 use datafusion::physical_plan::{ExecutionPlan, PlanProperties};
 use futures::{Stream, StreamExt};
 
-use super::join_rows::BoundCopiedRowsExec;
+use super::copied_rows::BoundCopiedRowsExec;
 use super::pass_through::{PassThroughExec, Watch};
 
 /// The error a stopped query ends with; [`super::classify`] reads it as the time limit.

@@ -5,9 +5,11 @@
 //! values cross joined with a thousand rows took 17 GB before Arrow's offsets overflowed and the
 //! engine panicked. Windows copy values onto the rows of a frame (`first_value`, `max(…) OVER
 //! ()`), and a scalar subquery's value is copied onto every row of each batch that uses it.
-//! Rows entering a join, an unnest or a window are held to [`MAX_COPIED_ROW_BYTES`], which
-//! keeps such a batch to half a GiB at worst, and rows of ordinary data (an event is at most
-//! 32 KB) below it; a scalar subquery's value to what a constant may hold.
+//! Rows entering a cross join, an unnest or a window are held to [`MAX_COPIED_ROW_BYTES`],
+//! which keeps such a batch to half a GiB at worst, and rows of ordinary data (an event is at
+//! most 32 KB) below it; rows entering a join on equal keys, which copies a row only as often
+//! as its key repeats, to [`MAX_EQUI_JOINED_ROW_BYTES`]; a scalar subquery's value to what a
+//! constant may hold.
 
 use std::pin::Pin;
 use std::sync::Arc;
