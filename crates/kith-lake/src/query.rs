@@ -353,7 +353,10 @@ pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext
         .options_mut()
         .optimizer
         .enable_leaf_expression_pushdown = false;
-    let batch_size = config.batch_size().max(1);
+    // What one function call, or one constant over a batch, may make: memory DataFusion does
+    // not count against the limit.
+    let max_result_bytes = limits.memory_bytes / 8;
+    let batch_size = config.batch_size();
     // Every operator stops when the time is up (see `yield_points`): a query stops working when
     // its timeout is answered.
     let state = datafusion::execution::SessionStateBuilder::new()
@@ -363,7 +366,7 @@ pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext
         .with_optimizer_rules(global_aggregates::optimizer_rules())
         .with_physical_optimizer_rule(Arc::new(copied_rows::BoundCopiedRows {
             // A scalar subquery's value is copied onto each row of a batch, as a constant is.
-            broadcast_bytes: limits.memory_bytes / 8 / batch_size,
+            broadcast_bytes: large_constants::largest_constant(max_result_bytes, batch_size),
         }))
         .with_physical_optimizer_rule(Arc::new(yield_points::StopAtTimeLimit {
             deadline: std::time::Instant::now().checked_add(limits.timeout),
@@ -372,9 +375,6 @@ pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext
     let mut ctx = SessionContext::new_with_state(state);
     datafusion_functions_json::register_all(&mut ctx)
         .map_err(|e| QueryError::Internal(e.to_string()))?;
-    // What one function call, or one constant over a batch, may make: memory DataFusion does
-    // not count against the limit.
-    let max_result_bytes = limits.memory_bytes / 8;
     bounded_functions::bound_growing_functions(&mut ctx, max_result_bytes)
         .map_err(|e| QueryError::Internal(e.to_string()))?;
     ctx.add_optimizer_rule(Arc::new(large_constants::RefuseLargeConstants {

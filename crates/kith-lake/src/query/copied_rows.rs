@@ -11,6 +11,7 @@
 //! as its key repeats, to [`MAX_EQUI_JOINED_ROW_BYTES`]; a scalar subquery's value to what a
 //! constant may hold.
 
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -214,20 +215,15 @@ fn row_over(batch: &RecordBatch, bound: usize) -> Option<(usize, usize)> {
 /// most `bound` (a text column's whole length).
 fn largest_value(column: &dyn Array, bound: usize) -> usize {
     fn from_offsets<O: Copy + TryInto<usize>>(offsets: &[O], bound: usize) -> usize {
-        let length = |start: O, end: O| match (start.try_into(), end.try_into()) {
-            (Ok(start), Ok(end)) => end.saturating_sub(start),
-            _ => 0,
-        };
         let whole = match (offsets.first(), offsets.last()) {
-            (Some(first), Some(last)) => length(*first, *last),
+            (Some(first), Some(last)) => range(*first, *last).len(),
             _ => 0,
         };
         if whole <= bound {
             return whole;
         }
-        offsets
-            .windows(2)
-            .map(|ends| length(ends[0], ends[1]))
+        ranges(offsets)
+            .map(|values| values.len())
             .max()
             .unwrap_or(0)
     }
@@ -270,24 +266,12 @@ fn largest_row(rows: usize, columns: &[&dyn Array]) -> Option<(usize, usize)> {
 /// a union) count nothing.
 fn value_sizes(array: &dyn Array) -> Vec<usize> {
     fn from_offsets<O: Copy + TryInto<usize>>(offsets: &[O]) -> Vec<usize> {
-        offsets
-            .windows(2)
-            .map(|ends| match (ends[0].try_into(), ends[1].try_into()) {
-                (Ok(start), Ok(end)) => end.saturating_sub(start),
-                _ => 0,
-            })
-            .collect()
+        ranges(offsets).map(|values| values.len()).collect()
     }
     /// Sums, for each list, the sizes of its elements.
     fn summed<O: Copy + TryInto<usize>>(offsets: &[O], elements: &[usize]) -> Vec<usize> {
-        offsets
-            .windows(2)
-            .map(|ends| match (ends[0].try_into(), ends[1].try_into()) {
-                (Ok(start), Ok(end)) => elements
-                    .get(start..end)
-                    .map_or(0, |range| range.iter().sum()),
-                _ => 0,
-            })
+        ranges(offsets)
+            .map(|values| elements.get(values).map_or(0, |sizes| sizes.iter().sum()))
             .collect()
     }
     match array.data_type() {
@@ -338,6 +322,19 @@ fn value_sizes(array: &dyn Array) -> Vec<usize> {
             sizes
         }
         fixed => vec![fixed.primitive_width().unwrap_or(0); array.len()],
+    }
+}
+
+/// Where each value an offsets buffer delimits lies (empty where an offset does not fit).
+fn ranges<O: Copy + TryInto<usize>>(offsets: &[O]) -> impl Iterator<Item = Range<usize>> + '_ {
+    offsets.windows(2).map(|ends| range(ends[0], ends[1]))
+}
+
+/// The values from offset `start` to offset `end` (empty where either does not fit).
+fn range<O: TryInto<usize>>(start: O, end: O) -> Range<usize> {
+    match (start.try_into(), end.try_into()) {
+        (Ok(start), Ok(end)) => start..end.max(start),
+        _ => 0..0,
     }
 }
 

@@ -9,6 +9,12 @@ use datafusion::common::{DataFusionError, Result};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
+/// The most bytes one constant may hold: its copies over a batch of `batch_rows` rows may take
+/// `max_batch_bytes`. A scalar subquery's value is copied the same way (see `copied_rows`).
+pub(crate) fn largest_constant(max_batch_bytes: usize, batch_rows: usize) -> usize {
+    max_batch_bytes / batch_rows.max(1)
+}
+
 #[derive(Debug)]
 pub(crate) struct RefuseLargeConstants {
     /// What one batch's copies of a constant may take.
@@ -26,7 +32,7 @@ impl OptimizerRule for RefuseLargeConstants {
         config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
         let rows = config.options().execution.batch_size.get().max(1);
-        let largest_allowed = self.max_batch_bytes / rows;
+        let largest_allowed = largest_constant(self.max_batch_bytes, rows);
         let mut largest_found = 0;
         plan.apply_with_subqueries(|node| {
             node.apply_expressions(|expr| {
