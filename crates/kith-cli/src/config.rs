@@ -128,6 +128,20 @@ pub struct QueryConfig {
     pub timeout_secs: Option<u64>,
     pub memory_mb: Option<usize>,
     pub max_rows: Option<usize>,
+    /// Where `kith serve` runs `POST /v1/query`: `process` (the default) or `in-process`.
+    pub isolation: Option<QueryIsolation>,
+}
+
+/// Where the server runs SQL queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueryIsolation {
+    /// Each query in a worker process of its own, under a hard memory limit and killed when
+    /// its time is up: no query can take the server down.
+    Process,
+    /// In the server's own query threads, held by the engine's limits alone (no process per
+    /// query: answers come some tens of milliseconds sooner).
+    InProcess,
 }
 
 /// `value` of the setting `name`, refused when 0: every such setting would then stop Kith

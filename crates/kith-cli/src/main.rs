@@ -39,6 +39,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => exit_for(err),
     };
+    // A query worker reads no configuration and logs nothing: its stdout is the server's pipe.
+    if matches!(cli.command, Command::QueryWorker) {
+        return commands::query_worker();
+    }
     // The server reports what it does; other commands print their own results and log only
     // what went wrong.
     init_logging(if matches!(cli.command, Command::Serve(_)) {

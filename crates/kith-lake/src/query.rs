@@ -7,8 +7,9 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::CacheManager;
 use datafusion::execution::context::SQLOptions;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
@@ -23,6 +24,7 @@ mod pass_through;
 mod plan_size;
 mod sql_size;
 mod window_lists;
+pub mod worker;
 mod yield_points;
 use datafusion::sql::parser::DFParser;
 use datafusion::sql::sqlparser::parser::ParserError;
@@ -32,9 +34,10 @@ pub use owned_task::OwnedTask;
 pub use sql_size::QUERY_THREAD_STACK_BYTES;
 use thiserror::Error;
 
-use crate::{EventTable, Lake};
+use crate::{Lake, TableView};
 
-#[derive(Debug, Error)]
+/// Serializable, so a query worker process can hand it to the server (see [`worker`]).
+#[derive(Debug, Error, serde::Serialize, serde::Deserialize)]
 pub enum QueryError {
     /// The query is wrong: syntax, unknown table or column, type mismatch.
     #[error("{0}")]
@@ -100,6 +103,22 @@ pub enum QueryError {
         .0 >> 20
     )]
     Crowded(usize),
+    /// Every query worker is busy: as many queries run as may at once.
+    #[error(
+        "the server runs {at_once} queries at once and they are all still running after \
+         {waited:?}; retry after `Retry-After` seconds"
+    )]
+    Busy { at_once: usize, waited: Duration },
+    /// The query's worker process ran out of the memory it may use: memory the engine does not
+    /// count as it goes (a large batch a join builds, values a function makes) grew past it.
+    #[error(
+        "the query needed more memory than its process may have (about twice the {} MiB query \
+         memory limit, beside the tables it reads), in work the engine does not count as it \
+         goes, such as a join making very wide rows; filter or aggregate before joining, or \
+         select fewer or shorter columns",
+        .0 >> 20
+    )]
+    WorkerOutOfMemory(usize),
     /// Something failed that is not the query's fault.
     #[error("query failed: {0}")]
     Internal(String),
@@ -331,17 +350,66 @@ fn first_line(err: &DataFusionError) -> String {
     err.message().lines().next().unwrap_or_default().to_string()
 }
 
+/// What a query reads, and shares with the other queries of its process: each event table as
+/// it is at one moment (its Delta snapshot and the rows buffered since), the Parquet metadata
+/// caches and the memory pool. Taken from the [`Lake`] in the server, or rebuilt from a snapshot
+/// in a query worker process (see [`worker`]).
+pub(crate) struct Sources {
+    pub(crate) tables: Vec<Source>,
+    pub(crate) caches: Arc<CacheManager>,
+    pub(crate) memory: Arc<dyn MemoryPool>,
+    /// Tables the caller builds on request, named when a query asks for one that does not exist.
+    pub(crate) tables_on_request: Vec<String>,
+}
+
+/// One event table as a query sees it.
+pub(crate) struct Source {
+    pub(crate) name: String,
+    /// Where the table lives on disk.
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) schema: SchemaRef,
+    pub(crate) view: TableView,
+}
+
+impl Sources {
+    /// The lake's tables as they are now, every event it was handed included.
+    pub(crate) fn of(lake: &Lake, limits: &QueryLimits) -> Sources {
+        lake.seal();
+        Sources {
+            tables: lake
+                .tables()
+                .iter()
+                .map(|table| Source {
+                    name: table.name.to_string(),
+                    path: table.path().to_path_buf(),
+                    schema: table.schema(),
+                    view: table.view(),
+                })
+                .collect(),
+            caches: lake.query_caches.clone(),
+            memory: lake.query_memory.pool(limits.memory_bytes),
+            tables_on_request: lake.tables_on_request(),
+        }
+    }
+}
+
 /// Builds a session where `events` and `rejected_events` are Delta plus the buffer.
 pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext, QueryError> {
-    lake.seal();
+    session_over(&Sources::of(lake, limits), limits).await
+}
+
+async fn session_over(
+    sources: &Sources,
+    limits: &QueryLimits,
+) -> Result<SessionContext, QueryError> {
     let mut runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(QueryShare::new(
-            lake.query_memory.pool(limits.memory_bytes),
+            sources.memory.clone(),
             limits.memory_bytes,
         )))
         .build()
         .map_err(|e| QueryError::Internal(e.to_string()))?;
-    runtime.cache_manager = lake.query_caches.clone();
+    runtime.cache_manager = sources.caches.clone();
     let runtime = Arc::new(runtime);
     let mut config = SessionConfig::new()
         .with_information_schema(true)
@@ -381,7 +449,7 @@ pub async fn session(lake: &Lake, limits: &QueryLimits) -> Result<SessionContext
         max_batch_bytes: max_result_bytes,
     }));
     ctx.add_optimizer_rule(Arc::new(window_lists::RefuseGrowingWindows));
-    for table in lake.tables() {
+    for table in &sources.tables {
         register(&ctx, table).await?;
     }
     Ok(ctx)
@@ -391,12 +459,13 @@ fn num_cpus_hint() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-async fn register(ctx: &SessionContext, table: &EventTable) -> Result<(), QueryError> {
-    let view = table.view();
+async fn register(ctx: &SessionContext, table: &Source) -> Result<(), QueryError> {
+    let view = &table.view;
     let internal = |e: DataFusionError| QueryError::Internal(e.to_string());
-    let Some(delta) = view.delta else {
-        let buffered = MemTable::try_new(table.schema(), vec![view.buffered]).map_err(internal)?;
-        ctx.register_table(table.name, Arc::new(buffered))
+    let Some(delta) = &view.delta else {
+        let buffered = MemTable::try_new(table.schema.clone(), vec![view.buffered.clone()])
+            .map_err(internal)?;
+        ctx.register_table(table.name.as_str(), Arc::new(buffered))
             .map_err(internal)?;
         return Ok(());
     };
@@ -423,7 +492,7 @@ async fn register(ctx: &SessionContext, table: &EventTable) -> Result<(), QueryE
     let frame = stored
         .union(ctx.read_table(Arc::new(buffered)).map_err(internal)?)
         .map_err(internal)?;
-    ctx.register_table(table.name, frame.into_view())
+    ctx.register_table(table.name.as_str(), frame.into_view())
         .map_err(internal)?;
     Ok(())
 }
@@ -504,15 +573,25 @@ pub(crate) async fn run(
     limits: &QueryLimits,
     extra: Vec<ExtraTable>,
 ) -> Result<QueryResult, QueryError> {
+    run_over(&Sources::of(lake, limits), sql, limits, extra).await
+}
+
+/// Runs `sql` over `sources` and `extra` within `limits`, in this process.
+async fn run_over(
+    sources: &Sources,
+    sql: &str,
+    limits: &QueryLimits,
+    extra: Vec<ExtraTable>,
+) -> Result<QueryResult, QueryError> {
     let started = std::time::Instant::now();
-    let ctx = session(lake, limits).await?;
+    let ctx = session_over(sources, limits).await?;
     let tables_held = register_extra_tables(&ctx, extra, limits)?;
     // The work runs as its own task: when the time is up the caller answers at once, and the
     // task is aborted at its next yield point instead of holding the caller hostage.
     let sql = sql.to_string();
     let task_limits = limits.clone();
     let pool = ctx.runtime_env().memory_pool.clone();
-    let tables_on_request = lake.tables_on_request();
+    let tables_on_request = sources.tables_on_request.clone();
     // When the plan was ready, so a query out of time is told whether it was still planning.
     let planned = Arc::new(std::sync::OnceLock::new());
     let planned_in_task = Arc::clone(&planned);

@@ -416,6 +416,21 @@ async fn load_delta(
     Ok((Some(table), committed.max(0) as u64))
 }
 
+/// The table at `path` as it was at `version`: what a query worker reads, the version the server
+/// read when the query came (newer commits hold rows the worker is handed as buffered ones).
+pub(crate) async fn open_version(path: &Path, version: u64) -> Result<DeltaTable, LakeError> {
+    delta_builder(path, &SyncedLocalStore::new())?
+        .with_version(version)
+        .load()
+        .await
+        .map_err(|e| {
+            LakeError::Delta(format!(
+                "version {version} of the table at {} cannot be read: {e}",
+                path.display()
+            ))
+        })
+}
+
 /// Whether the Delta log at `log` holds a commit or a checkpoint, that is, whether the table
 /// exists. The directory alone does not make one: a server killed while its first flush created
 /// the table can leave `_delta_log` empty or holding only a commit still being written (a

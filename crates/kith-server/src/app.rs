@@ -68,6 +68,9 @@ pub struct ServerConfig {
     /// falls behind or keeps failing slows clients down instead of exhausting memory.
     pub max_buffered_rows: usize,
     pub query_limits: QueryLimits,
+    /// Runs `POST /v1/query` in worker processes (the `kith` binary), so that no query can take
+    /// the server's memory or threads; none runs them in the server.
+    pub query_worker: Option<Arc<kith_lake::query::worker::QueryWorker>>,
     pub journal: JournalOptions,
     /// Identity resolution: default phone region, block list, merge guards, identifier traits.
     pub profiles: ProfileSettings,
@@ -97,6 +100,7 @@ impl Default for ServerConfig {
             flush_rows: 200_000,
             max_buffered_rows: 1_000_000,
             query_limits: QueryLimits::default(),
+            query_worker: None,
             journal: JournalOptions::default(),
             profiles: ProfileSettings::default(),
             noop_endpoint: false,

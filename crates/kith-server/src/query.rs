@@ -153,10 +153,13 @@ pub(crate) fn query_error(err: QueryError) -> ApiError {
         QueryError::OutOfMemory(_)
         | QueryError::AnswerTooLarge(_)
         | QueryError::RowTooLarge { .. }
-        | QueryError::TablesTooLarge { .. } => {
+        | QueryError::TablesTooLarge { .. }
+        | QueryError::WorkerOutOfMemory(_) => {
             ApiError::new(ErrorCode::QueryMemoryExceeded, err.to_string())
         }
-        QueryError::Crowded(_) => ApiError::new(ErrorCode::Overloaded, err.to_string()),
+        QueryError::Crowded(_) | QueryError::Busy { .. } => {
+            ApiError::new(ErrorCode::Overloaded, err.to_string())
+        }
         QueryError::Internal(message) => {
             tracing::error!(%message, "query failed");
             ApiError::new(ErrorCode::Internal, "the query failed; see the server log")
@@ -185,6 +188,7 @@ pub async fn query(
     let request: QueryRequest = json_body(&headers, body, r#"{"sql": "..."}"#).await?;
     let (lake, limits) = (app.pipeline.lake.clone(), app.config.query_limits.clone());
     let profiles = app.pipeline.profiles.clone();
+    let worker = app.config.query_worker.clone();
     let result = crate::runtimes::run_query_for_request("query", async move {
         let extra = if crate::profiles::may_read_profiles(&request.sql) {
             crate::profiles::profile_tables(&profiles)
@@ -192,7 +196,10 @@ pub async fn query(
         } else {
             Vec::new()
         };
-        lake.query_with(&request.sql, &limits, extra).await
+        match worker {
+            Some(worker) => worker.query(&lake, &request.sql, &limits, extra).await,
+            None => lake.query_with(&request.sql, &limits, extra).await,
+        }
     })
     .await
     .and_then(|answered| answered.map_err(query_error));

@@ -26,12 +26,15 @@ fn build(name: &str, threads: usize) -> Runtime {
         .expect("a background runtime starts")
 }
 
+/// Threads that run queries and analyses, and so the most queries that run at once.
+pub const QUERY_THREADS: usize = 2;
+
 /// Runs SQL queries, analyses and model runs; its threads give free memory back to the system
 /// when they go idle after such work (see [`crate::memory`]).
 fn queries() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
-        builder("kith-query", 2)
+        builder("kith-query", QUERY_THREADS)
             // A long query is planned by deep recursion (see `kith_lake::query`).
             .thread_stack_size(kith_lake::query::QUERY_THREAD_STACK_BYTES)
             .on_thread_park(crate::memory::on_idle)

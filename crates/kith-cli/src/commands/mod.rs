@@ -57,6 +57,9 @@ pub enum Command {
         #[command(subcommand)]
         action: profile::ProfileAction,
     },
+    /// Runs one query for `kith serve`, which starts it with the query on stdin (not for people).
+    #[command(name = kith_lake::query::worker::WORKER_COMMAND, hide = true)]
+    QueryWorker,
 }
 
 /// Where the data lives; shared by every command that touches it.
@@ -131,7 +134,13 @@ pub fn run(command: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
         Command::Import { kind } => import::run(kind, file),
         Command::Demo { action } => demo::run(action, file),
         Command::Models { action } => models::run(action, file),
+        Command::QueryWorker => Ok(query_worker()),
     }
+}
+
+/// Answers the one query the server wrote to stdin (see `kith_lake::query::worker`).
+pub fn query_worker() -> ExitCode {
+    ExitCode::from(kith_lake::query::worker::serve_one_query())
 }
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use kith_lake::query::worker::QueryWorker;
 use kith_server::caller::{ClientIpPolicy, TrustedProxies};
 use kith_server::starting::Listening;
 use kith_server::{Server, ServerConfig};
 
 use super::{DataDirArg, runtime};
-use crate::config::{DEFAULT_LISTEN, FileConfig};
+use crate::config::{DEFAULT_LISTEN, FileConfig, QueryIsolation};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -74,6 +75,14 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     config.profiles = file.profile_settings()?;
     config.models = file.model_schedules()?;
     config.query_limits = file.query_limits()?;
+    if file.query.isolation.unwrap_or(QueryIsolation::Process) == QueryIsolation::Process {
+        let kith = std::env::current_exe()
+            .context("queries run in worker processes of this binary, whose path is unknown")?;
+        config.query_worker = Some(std::sync::Arc::new(QueryWorker::new(
+            kith,
+            kith_server::runtimes::QUERY_THREADS,
+        )));
+    }
     config.housekeeping = file.housekeeping(config.query_limits.timeout)?;
     // Before anything is created or loaded: a wrong or busy address fails at once.
     let listener = kith_server::app::bind(&config.listen)?;
