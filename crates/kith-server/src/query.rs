@@ -174,9 +174,9 @@ pub(crate) fn query_error(err: QueryError) -> ApiError {
 
 /// Runs one query.
 #[utoipa::path(post, path = "/v1/query", tag = "query",
-    description = "Runs a read-only SQL query over `events` and `rejected_events` (Delta tables plus the freshest buffered events), `profiles` and `profile_identities`. Auth: `Authorization: Bearer <read key>`. Answers JSON `{columns, types, rows, row_count, truncated}`, or CSV (`Accept: text/csv`) or Arrow IPC stream (`Accept: application/vnd.apache.arrow.stream`); the `Kith-Row-Count` and `Kith-Truncated` headers say how many rows came and whether more matched.",
+    description = "Runs a read-only SQL query, in a worker process of its own (`[query] isolation`), over `events` and `rejected_events` (Delta tables plus the freshest buffered events), `profiles` and `profile_identities`. Auth: `Authorization: Bearer <read key>`. Answers JSON `{columns, types, rows, row_count, truncated}`, or CSV (`Accept: text/csv`) or Arrow IPC stream (`Accept: application/vnd.apache.arrow.stream`); the `Kith-Row-Count` and `Kith-Truncated` headers say how many rows came and whether more matched.",
     request_body = QueryRequest,
-    responses((status = 200, description = "the result"), (status = 400, description = "invalid SQL, timeout or memory limit"), (status = 401, description = "bad key"), (status = 403, description = "not a read key"), (status = 406, description = "`Accept` allows none of JSON, CSV and Arrow IPC, or asks for CSV of an answer with list, struct or map columns"), (status = 429, description = "the queries running now hold the memory this one needs, or every query thread, so that none started this one within 10 s; retry after `Retry-After` seconds")))]
+    responses((status = 200, description = "the result"), (status = 400, description = "invalid SQL, timeout or memory limit"), (status = 401, description = "bad key"), (status = 403, description = "not a read key"), (status = 406, description = "`Accept` allows none of JSON, CSV and Arrow IPC, or asks for CSV of an answer with list, struct or map columns"), (status = 429, description = "the queries running now hold the memory this one needs, or every query thread or worker process, so that none started this one within 10 s; retry after `Retry-After` seconds")))]
 pub async fn query(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -128,9 +128,12 @@ impl QueryWorker {
         let writing = tokio::task::spawn_blocking(move || write_request(stdin, &request, &streams));
         let reading = tokio::task::spawn_blocking(move || read_reply(stdout));
         let complaints = tokio::task::spawn_blocking(move || kept_stderr(stderr));
-        let status = match tokio::time::timeout(limits.timeout + GRACE, child.wait()).await {
-            Ok(status) => status
-                .map_err(|e| QueryError::Internal(format!("waiting for the query worker: {e}")))?,
+        // The reply, not the worker's exit, is what the query waits for: a worker whose query
+        // ran out of time while a thread of its own was still planning answers, then exits.
+        let reply = match tokio::time::timeout(limits.timeout + GRACE, reading).await {
+            Ok(read) => {
+                read.map_err(|e| QueryError::Internal(format!("reading the query worker: {e}")))?
+            }
             Err(_) => {
                 let _ = child.kill().await;
                 metrics::counter!("kith_query_workers_killed_total").increment(1);
@@ -140,9 +143,6 @@ impl QueryWorker {
             }
         };
         let _ = writing.await;
-        let reply = reading
-            .await
-            .map_err(|e| QueryError::Internal(format!("reading the query worker: {e}")))?;
         match reply {
             Ok((Reply::Answer { truncated }, schema, batches)) => {
                 let answer = counted(lake, limits, schema, batches, truncated)?;
@@ -151,6 +151,14 @@ impl QueryWorker {
             }
             Ok((Reply::Refused(err), _, _)) => Err(err),
             Err(unreadable) => {
+                // Its stdout closed without a whole reply: the worker has ended, or is ending.
+                let status = match tokio::time::timeout(GRACE, child.wait()).await {
+                    Ok(Ok(status)) => Some(status),
+                    _ => {
+                        let _ = child.kill().await;
+                        None
+                    }
+                };
                 let stderr = complaints.await.unwrap_or_default();
                 Err(how_it_ended(status, &stderr, &unreadable, limits))
             }
@@ -421,7 +429,7 @@ fn counted(
 
 /// Why a worker gave no reply, from how it ended and what it wrote to stderr.
 fn how_it_ended(
-    status: std::process::ExitStatus,
+    status: Option<std::process::ExitStatus>,
     stderr: &str,
     unreadable: &std::io::Error,
     limits: &QueryLimits,
@@ -430,10 +438,10 @@ fn how_it_ended(
     // The worker's own watch; Rust's words when an allocation fails (it then aborts), past the
     // address-space cap; mimalloc's when the system refuses it memory; SIGKILL is the kernel's
     // out-of-memory killer (the server kills only workers past their time, answered above).
-    let out_of_memory = status.code() == Some(OUT_OF_MEMORY_EXIT)
+    let out_of_memory = status.and_then(|s| s.code()) == Some(OUT_OF_MEMORY_EXIT)
         || stderr.contains("memory allocation of")
         || stderr.contains("unable to allocate")
-        || status.signal() == Some(libc::SIGKILL);
+        || status.and_then(|s| s.signal()) == Some(libc::SIGKILL);
     if out_of_memory {
         metrics::counter!("kith_query_workers_out_of_memory_total").increment(1);
         return QueryError::WorkerOutOfMemory(limits.memory_bytes);
@@ -444,16 +452,18 @@ fn how_it_ended(
         .find(|line| !line.trim().is_empty())
         .unwrap_or("")
         .trim();
-    tracing::error!(%status, %said, reply = %unreadable, "a query worker ended without answering");
+    let ended = status.map_or("it was stopped".to_string(), |s| s.to_string());
+    tracing::error!(%ended, %said, reply = %unreadable, "a query worker ended without answering");
     QueryError::EngineFault(if said.is_empty() {
-        format!("its process ended ({status}) without answering")
+        format!("its process ended ({ended}) without answering")
     } else {
-        format!("its process ended ({status}): {said}")
+        format!("its process ended ({ended}): {said}")
     })
 }
 
-/// The worker's side: reads one request from stdin, answers it on stdout, and returns the exit
-/// code. The `kith query-worker` command is this function.
+/// The worker's side: reads one request from stdin, answers it on stdout, and exits (with 0 once
+/// it has answered), or returns the exit code when it cannot start. The `kith query-worker`
+/// command is this function.
 pub fn serve_one_query() -> u8 {
     let mut input = BufReader::new(std::io::stdin().lock());
     let request: Request = match read_header(&mut input) {
@@ -500,13 +510,16 @@ pub fn serve_one_query() -> u8 {
         Err(err) => write_header(&mut out, &Reply::Refused(err)),
     }
     .and_then(|()| out.flush());
-    match written {
+    let code = match written {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("kith query-worker: the answer could not be written: {e}");
             1
         }
-    }
+    };
+    // At once, without shutting the runtime down: that would wait for its threads, and one may
+    // still be planning the query whose time ran out.
+    std::process::exit(code)
 }
 
 async fn answer(request: Request, input: &mut impl Read) -> Result<QueryResult, QueryError> {
@@ -667,6 +680,34 @@ mod tests {
         assert!(!proc.exists(), "the worker {} is gone, reaped", pid.trim());
     }
 
+    // The reply is what the query waits for, not the worker's exit: a worker that answered
+    // while one of its threads is still stuck (planning a query out of time) is not waited for.
+    #[tokio::test]
+    async fn a_worker_that_answered_is_not_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path()).await.unwrap();
+        let reply_file = dir.path().join("reply");
+        let mut reply = Vec::new();
+        let said = QueryError::PlanningTimeout(Duration::from_secs(30));
+        write_header(&mut reply, &Reply::Refused(said)).unwrap();
+        std::fs::write(&reply_file, reply).unwrap();
+        let program = worker_script(
+            dir.path(),
+            &format!("cat > /dev/null\ncat {}\nexec sleep 60", reply_file.display()),
+        );
+        let worker = QueryWorker::new(program, 1);
+        let started = Instant::now();
+        let err = worker
+            .query(&lake, "SELECT 1", &quick(Duration::from_secs(30)), vec![])
+            .await;
+        assert!(
+            matches!(err, Err(QueryError::PlanningTimeout(_))),
+            "{:?}",
+            err.map(|r| r.num_rows())
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
     // A worker that ends without an answer is a fault of the engine, in its own words.
     #[tokio::test]
     async fn a_worker_that_broke_is_answered_with_what_it_said() {
@@ -788,21 +829,21 @@ mod tests {
         let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
         let aborted = std::process::ExitStatus::from_raw(6); // SIGABRT
         let err = how_it_ended(
-            aborted,
+            Some(aborted),
             "memory allocation of 1073741824 bytes failed\n",
             &eof,
             &limits,
         );
         assert!(matches!(err, QueryError::WorkerOutOfMemory(_)), "{err}");
         let watched = std::process::ExitStatus::from_raw(OUT_OF_MEMORY_EXIT << 8);
-        let err = how_it_ended(watched, "", &eof, &limits);
+        let err = how_it_ended(Some(watched), "", &eof, &limits);
         assert!(matches!(err, QueryError::WorkerOutOfMemory(_)), "{err}");
         let killed = std::process::ExitStatus::from_raw(9); // SIGKILL
-        let err = how_it_ended(killed, "", &eof, &limits);
+        let err = how_it_ended(Some(killed), "", &eof, &limits);
         assert!(matches!(err, QueryError::WorkerOutOfMemory(_)), "{err}");
         let panicked = std::process::ExitStatus::from_raw(101 << 8);
         let err = how_it_ended(
-            panicked,
+            Some(panicked),
             "thread 'main' panicked at src/x.rs:1:1:\nindex out of bounds\n\n",
             &eof,
             &limits,
