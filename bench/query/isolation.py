@@ -30,7 +30,7 @@ QUERIES = [
     ),
     (
         "one user's events",
-        "SELECT message_id, event, timestamp FROM events WHERE user_id = 'user-000042' ORDER BY timestamp",
+        "SELECT message_id, event, timestamp FROM events WHERE user_id = 'u-42' ORDER BY timestamp",
     ),
     ("profiles", "SELECT count(*) FROM profiles"),
     ("1,000 rows out", "SELECT message_id, type, event, timestamp FROM events LIMIT 1000"),
