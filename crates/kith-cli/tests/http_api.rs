@@ -1086,6 +1086,23 @@ fn memory_a_query_takes_where_the_engine_does_not_count_ends_its_worker_not_the_
     );
 }
 
+// Query workers are the running binary itself: when an upgrade replaces the file on disk while
+// the server runs, queries still run, in workers of the server's own version.
+#[test]
+fn queries_still_run_after_the_binary_on_disk_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("kith");
+    std::fs::copy(kith_bin(), &binary).unwrap();
+    let data_dir = dir.path().join("data");
+    let write_key = create_key(&data_dir, "ingest", Some("web"));
+    let read_key = create_key(&data_dir, "read", None);
+    let server = KithServer::start_binary(&binary, &data_dir, write_key, read_key, &[]);
+    assert_eq!(server.query("SELECT 41 + 1 AS n")["rows"], json!([[42]]));
+    std::fs::remove_file(&binary).unwrap();
+    std::fs::write(&binary, "#!/bin/sh\nexit 1\n").unwrap();
+    assert_eq!(server.query("SELECT 41 + 2 AS n")["rows"], json!([[43]]));
+}
+
 /// `levels` CTEs, each built from the one before it by `step` (where `{p}` names that one).
 fn doubling_ctes(levels: usize, step: &str, last: &str) -> String {
     let mut sql = "WITH t0 AS (SELECT 1 AS x)".to_string();

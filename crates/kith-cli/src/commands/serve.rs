@@ -76,10 +76,8 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     config.models = file.model_schedules()?;
     config.query_limits = file.query_limits()?;
     if file.query.isolation.unwrap_or(QueryIsolation::Process) == QueryIsolation::Process {
-        let kith = std::env::current_exe()
-            .context("queries run in worker processes of this binary, whose path is unknown")?;
         config.query_worker = Some(std::sync::Arc::new(QueryWorker::new(
-            kith,
+            this_binary()?,
             kith_server::runtimes::QUERY_THREADS,
         )));
     }
@@ -117,6 +115,18 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The running binary, for its query workers. On Linux `/proc/self/exe`, which stays this very
+/// binary when an upgrade replaces the file on disk (a worker of another version would not
+/// understand the server), and while the server runs; elsewhere its path.
+fn this_binary() -> anyhow::Result<std::path::PathBuf> {
+    let proc_exe = std::path::Path::new("/proc/self/exe");
+    if proc_exe.exists() {
+        return Ok(proc_exe.to_path_buf());
+    }
+    std::env::current_exe()
+        .context("queries run in worker processes of this binary, whose path is unknown")
 }
 
 fn parse_client_ip(text: &str) -> Result<ClientIpPolicy, String> {

@@ -80,7 +80,18 @@ impl KithServer {
         read_key: String,
         extra: &[&str],
     ) -> KithServer {
-        let mut child = Command::new(kith_bin())
+        Self::start_binary(Path::new(kith_bin()), data_dir, write_key, read_key, extra)
+    }
+
+    /// [`KithServer::start_with_keys`] with another copy of the binary.
+    pub fn start_binary(
+        binary: &Path,
+        data_dir: &Path,
+        write_key: String,
+        read_key: String,
+        extra: &[&str],
+    ) -> KithServer {
+        let mut child = Command::new(binary)
             .args([
                 "serve",
                 "--data-dir",

@@ -142,7 +142,9 @@ impl QueryWorker {
                 return Err(QueryError::Timeout(limits.timeout));
             }
         };
-        let _ = writing.await;
+        // Not awaited: a worker that answered without reading all it was sent (a query it
+        // refused at once) has exited or is killed when `child` drops, and the write then fails.
+        drop(writing);
         match reply {
             Ok((Reply::Answer { truncated }, schema, batches)) => {
                 let answer = counted(lake, limits, schema, batches, truncated)?;
@@ -693,7 +695,10 @@ mod tests {
         std::fs::write(&reply_file, reply).unwrap();
         let program = worker_script(
             dir.path(),
-            &format!("cat > /dev/null\ncat {}\nexec sleep 60", reply_file.display()),
+            &format!(
+                "cat > /dev/null\ncat {}\nexec sleep 60",
+                reply_file.display()
+            ),
         );
         let worker = QueryWorker::new(program, 1);
         let started = Instant::now();
@@ -705,7 +710,11 @@ mod tests {
             "{:?}",
             err.map(|r| r.num_rows())
         );
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     // A worker that ends without an answer is a fault of the engine, in its own words.
