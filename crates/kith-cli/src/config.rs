@@ -128,7 +128,8 @@ pub struct QueryConfig {
     pub timeout_secs: Option<u64>,
     pub memory_mb: Option<usize>,
     pub max_rows: Option<usize>,
-    /// Where `kith serve` runs `POST /v1/query`: `process` (the default) or `in-process`.
+    /// Where `kith serve` runs `POST /v1/query`: `process` (the default on Linux) or
+    /// `in-process` (the default elsewhere).
     pub isolation: Option<QueryIsolation>,
 }
 
@@ -449,6 +450,24 @@ mod tests {
         let err = format!("{:#}", zero.profile_settings().unwrap_err());
         assert!(err.contains("[profiles] resident_facts"), "{err}");
         assert!(toml::from_str::<FileConfig>("[profiles]\nresident = 5\n").is_err());
+    }
+
+    #[test]
+    fn query_isolation_is_read_and_an_unknown_one_refused_with_the_choices() {
+        let isolation = |text: &str| {
+            toml::from_str::<FileConfig>(&format!("[query]\nisolation = \"{text}\"\n"))
+                .map(|file| file.query.isolation)
+        };
+        assert_eq!(isolation("process").unwrap(), Some(QueryIsolation::Process));
+        assert_eq!(
+            isolation("in-process").unwrap(),
+            Some(QueryIsolation::InProcess)
+        );
+        let refused = isolation("threads").unwrap_err().to_string();
+        assert!(
+            refused.contains("unknown variant `threads`, expected `process` or `in-process`"),
+            "{refused}"
+        );
     }
 
     #[test]

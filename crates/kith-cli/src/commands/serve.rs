@@ -75,7 +75,20 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     config.profiles = file.profile_settings()?;
     config.models = file.model_schedules()?;
     config.query_limits = file.query_limits()?;
-    if file.query.isolation.unwrap_or(QueryIsolation::Process) == QueryIsolation::Process {
+    // A worker watches its memory through /proc: on other systems queries run in the server.
+    let linux = cfg!(target_os = "linux");
+    let isolation = file.query.isolation.unwrap_or(if linux {
+        QueryIsolation::Process
+    } else {
+        QueryIsolation::InProcess
+    });
+    if isolation == QueryIsolation::Process {
+        if !linux {
+            anyhow::bail!(
+                "[query] isolation = \"process\" needs Linux (a worker watches its memory through \
+                 /proc); set it to \"in-process\""
+            );
+        }
         config.query_worker = Some(std::sync::Arc::new(QueryWorker::new(
             this_binary()?,
             kith_server::runtimes::QUERY_THREADS,
