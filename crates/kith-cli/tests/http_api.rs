@@ -1055,7 +1055,10 @@ fn memory_a_query_takes_where_the_engine_does_not_count_ends_its_worker_not_the_
     );
     let message = refused["message"].as_str().unwrap();
     assert!(
-        message.starts_with("the query needed more memory than its process may have"),
+        message.starts_with(
+            "the query needed more memory than its process may have (twice the 64 MiB query \
+             memory limit"
+        ),
         "{message}"
     );
     assert_eq!(
@@ -1084,6 +1087,42 @@ fn memory_a_query_takes_where_the_engine_does_not_count_ends_its_worker_not_the_
         threads_peak > server_peak + 500,
         "in its own threads the server held {threads_peak} MiB, with workers {server_peak}"
     );
+}
+
+// Events not yet in Delta reach a query's worker over its pipe; tens of MB of them count in the
+// worker's room, not against the query memory limit (an address-space cap once failed plain
+// counts this way while events arrived).
+#[test]
+fn a_worker_is_handed_the_buffered_events_and_counts_them_beside_a_small_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _config) = KithServer::start_with_config(
+        dir.path(),
+        "[query]\nmemory_mb = 16\n[ingest]\nflush_interval_ms = 600000\nflush_rows = 1000000\n",
+    );
+    let note = "x".repeat(400);
+    for batch in 0..25 {
+        let events: Vec<Value> = (0..1000)
+            .map(|i| {
+                json!({"type": "track", "userId": format!("u{i}"), "event": "Viewed",
+                       "messageId": format!("b{batch}-{i}"),
+                       "properties": {"revenue": 2, "note": note}})
+            })
+            .collect();
+        let (status, _) = ingest(&server, "/v1/batch", &json!({ "batch": events }));
+        assert_eq!(status, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            server.query("SELECT count(*) AS n, sum(revenue) AS r FROM events")["rows"],
+            json!([[25_000, 50_000.0]])
+        );
+    }
+    let parquet_files = std::fs::read_dir(server.data_dir.join("tables/events"))
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.path().extension().is_some_and(|e| e == "parquet"))
+        .count();
+    assert_eq!(parquet_files, 0, "the events were all still buffered");
 }
 
 // Query workers are the running binary itself: when an upgrade replaces the file on disk while

@@ -112,10 +112,10 @@ pub enum QueryError {
     /// The query's worker process ran out of the memory it may use: memory the engine does not
     /// count as it goes (a large batch a join builds, values a function makes) grew past it.
     #[error(
-        "the query needed more memory than its process may have (about twice the {} MiB query \
-         memory limit, beside the tables it reads), in work the engine does not count as it \
-         goes, such as a join making very wide rows; filter or aggregate before joining, or \
-         select fewer or shorter columns",
+        "the query needed more memory than its process may have (twice the {} MiB query memory \
+         limit, beside the tables it reads), in work the engine does not count as it goes: a \
+         join or unnest copying wide rows many times, or functions making large values; filter \
+         or aggregate earlier, or select fewer or shorter columns",
         .0 >> 20
     )]
     WorkerOutOfMemory(usize),

@@ -4,9 +4,10 @@
 //! checked between batches, and bounds on the shapes that grow where neither sees (the other
 //! modules here). Those bounds model what audits found; memory an operator takes in one step,
 //! planning that cannot be interrupted, or a fault deep in the engine would still reach the
-//! server. A worker process makes the limits hard: the kernel caps its address space
-//! (`RLIMIT_AS`), and the server kills it when its time is up. Whatever a query does, the server
-//! loses one child process, and the query's caller is told why.
+//! server. A worker process makes the limits hard: it runs in a process of its own
+//! (it watches its own resident memory and stops itself past its cap), and the server kills it
+//! when its time is up. Whatever a query does, the server loses one child process, and the
+//! query's caller is told why.
 //!
 //! The server hands the worker what the query reads, as of the moment it asks: for each event
 //! table the Delta version it reads (the worker opens that version from disk) and the rows
@@ -26,7 +27,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use datafusion::execution::cache::cache_manager::CacheManager;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use serde::{Deserialize, Serialize};
 
 use super::memory::QueryShare;
@@ -47,12 +48,10 @@ const GRACE: Duration = Duration::from_secs(2);
 /// runtime counted then): Parquet buffers being decoded, the Delta log, the allocator's own.
 const SLACK_BYTES: u64 = 256 << 20;
 
-/// Threads a worker may start to read files beside its query threads. Each reserves a query
-/// thread's stack (tokio gives every thread of a runtime the same), which the address-space cap
-/// must leave room for.
-const BLOCKING_THREADS: usize = 8;
-
-/// How often a worker looks at its resident memory.
+/// How often a worker looks at its resident memory. Not capping its address space instead
+/// (`RLIMIT_AS`) is deliberate: thread stacks (256 MiB each) and the allocator's reservations
+/// count there, and a cap loose enough for them under load failed plain counts while events
+/// arrived, or was too loose to mean anything.
 const RESIDENT_CHECK_INTERVAL: Duration = Duration::from_millis(5);
 
 /// The exit code of a worker that stopped itself because its resident memory passed its cap.
@@ -99,12 +98,12 @@ impl QueryWorker {
             })?
             .map_err(|e| QueryError::Internal(format!("query worker slots: {e}")))?;
         let sources = Sources::of(lake, limits);
-        let (request, streams) = request_for(&sources, sql, limits, extra);
+        let available = limits
+            .memory_bytes
+            .saturating_sub(sources.memory.reserved());
+        let (request, streams) = request_for(&sources, sql, limits, available, extra);
         let mut child = tokio::process::Command::new(&self.program)
             .arg(WORKER_COMMAND)
-            // mimalloc reserves address space 1 GiB at a time; in smaller steps, the worker's
-            // cap is not spent on reservations it never uses.
-            .env("MIMALLOC_ARENA_RESERVE", "64MiB")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -126,7 +125,15 @@ impl QueryWorker {
         // A write to a worker that has gone fails and ends its thread; how the worker ended
         // says what happened.
         let writing = tokio::task::spawn_blocking(move || write_request(stdin, &request, &streams));
-        let reading = tokio::task::spawn_blocking(move || read_reply(stdout));
+        // The answer counts in the queries' memory until it has been sent, as an answer computed
+        // in the server does, through a share of it, so that one that would fit alone but not
+        // beside the answers being sent is told to retry.
+        let share: Arc<dyn MemoryPool> =
+            Arc::new(QueryShare::new(sources.memory.clone(), limits.memory_bytes));
+        let memory = MemoryConsumer::new("query answer").register(&share);
+        let reply_limits = limits.clone();
+        let reading =
+            tokio::task::spawn_blocking(move || read_reply(stdout, memory, &reply_limits));
         let complaints = tokio::task::spawn_blocking(move || kept_stderr(stderr));
         // The reply, not the worker's exit, is what the query waits for: a worker whose query
         // ran out of time while a thread of its own was still planning answers, then exits.
@@ -146,12 +153,11 @@ impl QueryWorker {
         // refused at once) has exited or is killed when `child` drops, and the write then fails.
         drop(writing);
         match reply {
-            Ok((Reply::Answer { truncated }, schema, batches)) => {
-                let answer = counted(lake, limits, schema, batches, truncated)?;
+            Ok(Ok(answer)) => {
                 metrics::histogram!("kith_query_seconds").record(started.elapsed().as_secs_f64());
                 Ok(answer)
             }
-            Ok((Reply::Refused(err), _, _)) => Err(err),
+            Ok(Err(err)) => Err(super::memory::crowded_out(err, &share)),
             Err(unreadable) => {
                 // Its stdout closed without a whole reply: the worker has ended, or is ending.
                 let status = match tokio::time::timeout(GRACE, child.wait()).await {
@@ -209,8 +215,12 @@ struct Request {
     timeout: Duration,
     memory_bytes: usize,
     max_rows: usize,
-    /// The bytes of the tables handed over (see [`Room`]).
+    /// The bytes of the tables handed over (see [`resident_room`]).
     input_bytes: usize,
+    /// What the queries' shared memory has free as the worker starts: the worker's engine may
+    /// take that much, so that a query crowded out by the answers being sent (counted there) is
+    /// told to retry, as in the server.
+    available_bytes: usize,
     /// The event tables; the rows buffered since each one's Delta version follow as streams.
     tables: Vec<EventTableAt>,
     /// The tables built for the query; their rows follow the event tables' as streams.
@@ -251,6 +261,7 @@ fn request_for(
     sources: &Sources,
     sql: &str,
     limits: &QueryLimits,
+    available_bytes: usize,
     extra: Vec<ExtraTable>,
 ) -> (Request, Vec<Stream>) {
     let mut streams = Vec::new();
@@ -293,6 +304,7 @@ fn request_for(
         memory_bytes: limits.memory_bytes,
         max_rows: limits.max_rows,
         input_bytes,
+        available_bytes,
         tables,
         extra,
         tables_on_request: sources.tables_on_request.clone(),
@@ -300,30 +312,15 @@ fn request_for(
     (request, streams)
 }
 
-/// What a worker may take beyond what it holds once started, its runtime built: its query's
-/// memory twice over, since the engine counts most of what it holds but not all (a batch being
-/// built, values a function makes; the bounds in the other modules keep those to a fraction of
-/// the limit), the tables it is handed, and some slack. Resident memory is what the worker
-/// watches; its address space is capped too, at that plus its file threads' stacks, so that
-/// one huge allocation fails at once instead of being touched page by page.
-struct Room {
-    resident: u64,
-    address_space: u64,
-}
-
-impl Room {
-    fn for_query(memory_bytes: usize, input_bytes: usize) -> Room {
-        let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        let resident = SLACK_BYTES
-            .saturating_add(as_u64(memory_bytes).saturating_mul(2))
-            .saturating_add(as_u64(input_bytes));
-        let stacks =
-            as_u64(BLOCKING_THREADS).saturating_mul(as_u64(super::QUERY_THREAD_STACK_BYTES));
-        Room {
-            resident,
-            address_space: resident.saturating_add(stacks),
-        }
-    }
+/// The memory a worker may take beyond what it holds once started: its query's memory twice
+/// over, since the engine counts most of what it holds but not all (a batch being built, values
+/// a function makes; the bounds in the other modules keep those to a fraction of the limit), the
+/// tables it is handed, and some slack.
+fn resident_room(memory_bytes: usize, input_bytes: usize) -> u64 {
+    let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    SLACK_BYTES
+        .saturating_add(as_u64(memory_bytes).saturating_mul(2))
+        .saturating_add(as_u64(input_bytes))
 }
 
 fn write_header<T: Serialize>(out: &mut impl Write, header: &T) -> std::io::Result<()> {
@@ -376,16 +373,35 @@ fn write_request(
     out.flush()
 }
 
-fn read_reply(stdout: std::fs::File) -> std::io::Result<(Reply, SchemaRef, Vec<RecordBatch>)> {
+/// The worker's reply. An answer's batches are counted in `memory` as they are read, so that the
+/// server never holds more of an answer than the queries' memory allows: reading stops at the
+/// first batch that does not fit.
+fn read_reply(
+    stdout: impl Read,
+    memory: MemoryReservation,
+    limits: &QueryLimits,
+) -> std::io::Result<Result<QueryResult, QueryError>> {
     let mut input = BufReader::new(stdout);
-    let reply: Reply = read_header(&mut input)?;
-    match reply {
-        Reply::Answer { .. } => {
-            let (schema, batches) = read_stream(&mut input)?;
-            Ok((reply, schema, batches))
+    let truncated = match read_header(&mut input)? {
+        Reply::Answer { truncated } => truncated,
+        Reply::Refused(err) => return Ok(Err(err)),
+    };
+    let reader = StreamReader::try_new(&mut input, None).map_err(std::io::Error::other)?;
+    let schema = reader.schema();
+    let mut batches = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(std::io::Error::other)?;
+        if memory.try_grow(super::held_bytes(&batch)).is_err() {
+            return Ok(Err(QueryError::AnswerTooLarge(limits.memory_bytes)));
         }
-        Reply::Refused(_) => Ok((reply, Arc::new(arrow::datatypes::Schema::empty()), vec![])),
+        batches.push(batch);
     }
+    Ok(Ok(QueryResult {
+        schema,
+        batches,
+        truncated,
+        _memory: Some(memory),
+    }))
 }
 
 fn kept_stderr(stderr: std::fs::File) -> String {
@@ -395,38 +411,6 @@ fn kept_stderr(stderr: std::fs::File) -> String {
     // Read on to the end, so the worker is never blocked writing to a full pipe.
     let _ = std::io::copy(&mut stderr, &mut std::io::sink());
     String::from_utf8_lossy(&kept).into_owned()
-}
-
-/// The answer, counted in the server's query memory until it has been sent, as an answer
-/// computed in the server is.
-fn counted(
-    lake: &Lake,
-    limits: &QueryLimits,
-    schema: SchemaRef,
-    batches: Vec<RecordBatch>,
-    truncated: bool,
-) -> Result<QueryResult, QueryError> {
-    // Through a share of the pool, as in the server, so that an answer that would fit alone
-    // but not beside the answers being sent is told to retry.
-    let pool: Arc<dyn MemoryPool> = Arc::new(QueryShare::new(
-        lake.query_memory.pool(limits.memory_bytes),
-        limits.memory_bytes,
-    ));
-    let memory = MemoryConsumer::new("query answer").register(&pool);
-    let bytes = batches
-        .iter()
-        .map(super::held_bytes)
-        .fold(0usize, usize::saturating_add);
-    if memory.try_grow(bytes).is_err() {
-        let too_large = QueryError::AnswerTooLarge(limits.memory_bytes);
-        return Err(super::memory::crowded_out(too_large, &pool));
-    }
-    Ok(QueryResult {
-        schema,
-        batches,
-        truncated,
-        _memory: Some(memory),
-    })
 }
 
 /// Why a worker gave no reply, from how it ended and what it wrote to stderr.
@@ -446,6 +430,7 @@ fn how_it_ended(
         || status.and_then(|s| s.signal()) == Some(libc::SIGKILL);
     if out_of_memory {
         metrics::counter!("kith_query_workers_out_of_memory_total").increment(1);
+        tracing::warn!(%stderr, "a query worker ran out of its memory");
         return QueryError::WorkerOutOfMemory(limits.memory_bytes);
     }
     let said = stderr
@@ -477,7 +462,6 @@ pub fn serve_one_query() -> u8 {
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(super::num_cpus_hint())
-        .max_blocking_threads(BLOCKING_THREADS)
         .thread_stack_size(super::QUERY_THREAD_STACK_BYTES)
         .enable_all()
         .build()
@@ -488,14 +472,11 @@ pub fn serve_one_query() -> u8 {
             return 1;
         }
     };
-    // Capped from what the worker holds now: its threads' stacks are address space it has
-    // reserved (256 MiB each, however many cores), not memory the query uses.
-    let room = Room::for_query(request.memory_bytes, request.input_bytes);
-    let capped = held_now().and_then(|held| {
-        watch_resident_memory(held.resident.saturating_add(room.resident))?;
-        limit_address_space(held.address_space.saturating_add(room.address_space))
-    });
-    if let Err(e) = capped {
+    // Capped from what the worker holds now, its runtime built.
+    let room = resident_room(request.memory_bytes, request.input_bytes);
+    let watched =
+        anonymous_resident_now().and_then(|held| watch_resident_memory(held.saturating_add(room)));
+    if let Err(e) = watched {
         eprintln!("kith query-worker: its memory cannot be limited: {e}");
         return 1;
     }
@@ -564,49 +545,41 @@ async fn answer(request: Request, input: &mut impl Read) -> Result<QueryResult, 
         tables,
         caches: CacheManager::try_new(&Default::default())
             .map_err(|e| QueryError::Internal(format!("query caches: {e}")))?,
-        memory: QueryMemory::default().pool(limits.memory_bytes),
+        memory: QueryMemory::default().pool(request.available_bytes),
         tables_on_request: request.tables_on_request,
     };
     super::run_over(&sources, &request.sql, &limits, extra).await
 }
 
-/// What this process holds now.
-struct Held {
-    address_space: u64,
-    resident: u64,
-}
-
-/// `/proc/self/statm`: the address space and the resident memory, in pages.
-fn held_now() -> std::io::Result<Held> {
+/// The memory this process holds of its own (`/proc/self/statm`: resident pages less those
+/// shared with files, such as the binary's code, which the query does not make).
+fn anonymous_resident_now() -> std::io::Result<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm")?;
-    let mut fields = statm.split_whitespace().map(str::parse::<u64>);
-    let (Some(Ok(size)), Some(Ok(resident))) = (fields.next(), fields.next()) else {
+    let mut fields = statm.split_whitespace().skip(1).map(str::parse::<u64>);
+    let (Some(Ok(resident)), Some(Ok(shared))) = (fields.next(), fields.next()) else {
         return Err(std::io::Error::other(format!(
             "/proc/self/statm reads {statm:?}"
         )));
     };
     // SAFETY: sysconf takes a plain integer and reads no memory of ours.
     let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    Ok(Held {
-        address_space: size.saturating_mul(page),
-        resident: resident.saturating_mul(page),
-    })
+    Ok(resident.saturating_sub(shared).saturating_mul(page))
 }
 
-/// Ends this process, with [`OUT_OF_MEMORY_EXIT`], as soon as its resident memory passes
-/// `cap`: looked at every few milliseconds, so a query copying memory as fast as it can passes
-/// it by some tens of MiB at most before it stops.
+/// Ends this process, with [`OUT_OF_MEMORY_EXIT`], as soon as the memory it holds of its own
+/// passes `cap`: looked at every few milliseconds, so a query copying memory as fast as it can
+/// passes it by some tens of MiB at most before it stops.
 fn watch_resident_memory(cap: u64) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("kith-memory-watch".into())
         .spawn(move || {
             loop {
-                if let Ok(held) = held_now()
-                    && held.resident > cap
+                if let Ok(held) = anonymous_resident_now()
+                    && held > cap
                 {
                     eprintln!(
-                        "kith query-worker: resident memory {} MiB passed the cap of {} MiB",
-                        held.resident >> 20,
+                        "kith query-worker: its memory, {} MiB, passed its cap of {} MiB",
+                        held >> 20,
                         cap >> 20
                     );
                     std::process::exit(OUT_OF_MEMORY_EXIT);
@@ -615,21 +588,6 @@ fn watch_resident_memory(cap: u64) -> std::io::Result<()> {
             }
         })
         .map(drop)
-}
-
-/// Caps this process's address space, so that an allocation past it fails (and the process
-/// aborts) instead of taking memory from the server or the rest of the machine.
-fn limit_address_space(bytes: u64) -> std::io::Result<()> {
-    let limit = libc::rlimit {
-        rlim_cur: bytes,
-        rlim_max: bytes,
-    };
-    // SAFETY: setrlimit reads the struct we pass and changes only this process's limits.
-    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 #[cfg(test)]
@@ -770,6 +728,40 @@ mod tests {
         assert_eq!(worker.slots.available_permits(), 1);
     }
 
+    // An answer is counted as it is read, and reading stops at the first batch that does not
+    // fit: the server never holds more of it than the queries' memory allows.
+    #[test]
+    fn an_answer_is_counted_as_it_is_read_and_reading_stops_where_it_does_not_fit() {
+        use datafusion::execution::memory_pool::GreedyMemoryPool;
+        let schema: SchemaRef = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("n", arrow::datatypes::DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(arrow::array::Int64Array::from(vec![7; 1000]))],
+        )
+        .unwrap();
+        let mut pipe = Vec::new();
+        write_header(&mut pipe, &Reply::Answer { truncated: false }).unwrap();
+        write_stream(&mut pipe, &schema, &vec![batch.clone(); 3]).unwrap();
+        let bytes = super::super::held_bytes(&batch);
+        let limits = QueryLimits::default();
+        let read_within = |capacity: usize| {
+            let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(capacity));
+            let memory = MemoryConsumer::new("answer").register(&pool);
+            (read_reply(pipe.as_slice(), memory, &limits).unwrap(), pool)
+        };
+        let (answer, pool) = read_within(3 * bytes);
+        let answer = answer.unwrap();
+        assert_eq!(answer.num_rows(), 3000);
+        assert_eq!(pool.reserved(), 3 * bytes, "the answer stays counted");
+        drop(answer);
+        assert_eq!(pool.reserved(), 0, "and is given back with it");
+        let (refused, pool) = read_within(bytes * 3 / 2);
+        assert!(matches!(refused, Err(QueryError::AnswerTooLarge(_))));
+        assert_eq!(pool.reserved(), 0);
+    }
+
     #[test]
     fn headers_and_streams_follow_one_another_on_one_pipe() {
         let schema: SchemaRef = Arc::new(arrow::datatypes::Schema::new(vec![
@@ -806,29 +798,23 @@ mod tests {
 
     #[test]
     fn the_room_grows_with_the_memory_limit_and_the_tables_handed_over() {
-        let stacks = (BLOCKING_THREADS * super::super::QUERY_THREAD_STACK_BYTES) as u64;
-        let none = Room::for_query(0, 0);
+        assert_eq!(resident_room(0, 0), SLACK_BYTES);
         assert_eq!(
-            (none.resident, none.address_space),
-            (SLACK_BYTES, SLACK_BYTES + stacks)
+            resident_room(1 << 30, 5 << 20),
+            SLACK_BYTES + (2 << 30) + (5 << 20)
         );
-        let some = Room::for_query(1 << 30, 5 << 20);
-        assert_eq!(some.resident, SLACK_BYTES + (2 << 30) + (5 << 20));
-        assert_eq!(some.address_space, some.resident + stacks);
-        let all = Room::for_query(usize::MAX, usize::MAX);
-        assert_eq!((all.resident, all.address_space), (u64::MAX, u64::MAX));
+        assert_eq!(resident_room(usize::MAX, usize::MAX), u64::MAX);
     }
 
     #[test]
     fn what_the_process_holds_is_read_from_proc() {
-        let held = held_now().unwrap();
-        // A test binary with its threads holds some MiB at least, and less than a TiB.
-        assert!(
-            (1 << 20..1 << 40).contains(&held.resident),
-            "{}",
-            held.resident
-        );
-        assert!(held.address_space >= held.resident);
+        let before = anonymous_resident_now().unwrap();
+        // A test binary with its threads holds some MiB of its own, and less than a TiB.
+        assert!((1 << 20..1 << 40).contains(&before), "{before}");
+        let touched = std::hint::black_box(vec![1u8; 64 << 20]);
+        let after = anonymous_resident_now().unwrap();
+        assert!(after >= before + (60 << 20), "{before} then {after}");
+        drop(touched);
     }
 
     #[test]
