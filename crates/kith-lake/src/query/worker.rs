@@ -4,10 +4,9 @@
 //! checked between batches, and bounds on the shapes that grow where neither sees (the other
 //! modules here). Those bounds model what audits found; memory an operator takes in one step,
 //! planning that cannot be interrupted, or a fault deep in the engine would still reach the
-//! server. A worker process makes the limits hard: it runs in a process of its own
-//! (it watches its own resident memory and stops itself past its cap), and the server kills it
-//! when its time is up. Whatever a query does, the server loses one child process, and the
-//! query's caller is told why.
+//! server. A worker process makes the limits hard: it watches the memory it holds and stops
+//! itself past its cap, and the server kills it when its time is up. Whatever a query does, the
+//! server loses one child process, and the query's caller is told why.
 //!
 //! The server hands the worker what the query reads, as of the moment it asks: for each event
 //! table the Delta version it reads (the worker opens that version from disk) and the rows
@@ -115,11 +114,9 @@ impl QueryWorker {
                     self.program.display()
                 ))
             })?;
-        let (stdin, stdout, stderr) = (
-            blocking(child.stdin.take())?,
-            blocking(child.stdout.take())?,
-            blocking(child.stderr.take())?,
-        );
+        let stdin = pipe_file(child.stdin.take().map(|p| p.into_owned_fd()))?;
+        let stdout = pipe_file(child.stdout.take().map(|p| p.into_owned_fd()))?;
+        let stderr = pipe_file(child.stderr.take().map(|p| p.into_owned_fd()))?;
         // Each pipe on a thread of its own, so that neither side waits on the other: the worker
         // may fail (and stop reading) before it has its input, or answer more than a pipe holds.
         // A write to a worker that has gone fails and ends its thread; how the worker ended
@@ -174,38 +171,14 @@ impl QueryWorker {
     }
 }
 
-/// A query's pipe as a file to read or write on a blocking thread.
-fn blocking<P>(pipe: Option<P>) -> Result<std::fs::File, QueryError>
-where
-    P: IntoOwnedFd,
-{
+/// A worker's pipe (taken from tokio, made blocking) as a file to read or write on a blocking
+/// thread.
+fn pipe_file(
+    pipe: Option<std::io::Result<std::os::fd::OwnedFd>>,
+) -> Result<std::fs::File, QueryError> {
     pipe.ok_or_else(|| QueryError::Internal("a query worker pipe is missing".into()))?
-        .owned_fd()
         .map(std::fs::File::from)
         .map_err(|e| QueryError::Internal(format!("a query worker pipe: {e}")))
-}
-
-/// Tokio's child pipes, made blocking files.
-trait IntoOwnedFd {
-    fn owned_fd(self) -> std::io::Result<std::os::fd::OwnedFd>;
-}
-
-impl IntoOwnedFd for tokio::process::ChildStdin {
-    fn owned_fd(self) -> std::io::Result<std::os::fd::OwnedFd> {
-        self.into_owned_fd()
-    }
-}
-
-impl IntoOwnedFd for tokio::process::ChildStdout {
-    fn owned_fd(self) -> std::io::Result<std::os::fd::OwnedFd> {
-        self.into_owned_fd()
-    }
-}
-
-impl IntoOwnedFd for tokio::process::ChildStderr {
-    fn owned_fd(self) -> std::io::Result<std::os::fd::OwnedFd> {
-        self.into_owned_fd()
-    }
 }
 
 /// What the worker is told, beside the tables' rows.
