@@ -394,9 +394,9 @@ fn how_it_ended(
     limits: &QueryLimits,
 ) -> QueryError {
     use std::os::unix::process::ExitStatusExt;
-    // The worker's own watch; Rust's words when an allocation fails (it then aborts), past the
-    // address-space cap; mimalloc's when the system refuses it memory; SIGKILL is the kernel's
-    // out-of-memory killer (the server kills only workers past their time, answered above).
+    // The worker's own watch; Rust's words when an allocation fails (it then aborts) and
+    // mimalloc's, when the system refuses it memory; SIGKILL is the kernel's out-of-memory
+    // killer (the server kills only workers past their time, answered before this).
     let out_of_memory = status.and_then(|s| s.code()) == Some(OUT_OF_MEMORY_EXIT)
         || stderr.contains("memory allocation of")
         || stderr.contains("unable to allocate")
