@@ -134,12 +134,21 @@ pub fn run(command: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
         Command::Import { kind } => import::run(kind, file),
         Command::Demo { action } => demo::run(action, file),
         Command::Models { action } => models::run(action, file),
+        // `main` answers it before reading any configuration; here for completeness.
         Command::QueryWorker => Ok(query_worker()),
     }
 }
 
 /// Answers the one query the server wrote to stdin (see `kith_lake::query::worker`).
 pub fn query_worker() -> ExitCode {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        eprintln!(
+            "kith query-worker runs one query for `kith serve`, which starts it with the query \
+             on stdin; to query, use `kith sql` or POST /v1/query"
+        );
+        return ExitCode::from(2);
+    }
     ExitCode::from(kith_lake::query::worker::serve_one_query())
 }
 
