@@ -56,7 +56,7 @@ where
 /// taking turns at their yield points, so a new one starts within moments; when it does not,
 /// every thread is held by work that does not yield (planning a large query, one long call of a
 /// function), and the request is better answered "busy" than left waiting for minutes.
-const QUERY_THREAD_WAIT: Duration = Duration::from_secs(10);
+pub const QUERY_THREAD_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs a request's heavy work (a query, an analysis, a timeline; `what` names it in errors) on
 /// the query runtime, for as long as the request waits for it: when the client hangs up, the

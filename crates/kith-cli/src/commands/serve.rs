@@ -92,6 +92,8 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         config.query_worker = Some(std::sync::Arc::new(QueryWorker::new(
             this_binary()?,
             kith_server::runtimes::QUERY_THREADS,
+            // As long as a query waits for a query thread: the same turn, by another name.
+            kith_server::runtimes::QUERY_THREAD_WAIT,
         )));
     }
     config.housekeeping = file.housekeeping(config.query_limits.timeout)?;

@@ -36,9 +36,6 @@ use crate::{Lake, TableView};
 /// The argument that makes the `kith` binary a query worker (a hidden subcommand).
 pub const WORKER_COMMAND: &str = "query-worker";
 
-/// How long a query waits for a worker slot before it is turned away as busy.
-const SLOT_WAIT: Duration = Duration::from_secs(10);
-
 /// How long past its time limit a worker may take to answer on its own (it stops its query at
 /// the limit and says so) before the server kills it.
 const GRACE: Duration = Duration::from_secs(2);
@@ -69,14 +66,15 @@ pub struct QueryWorker {
 }
 
 impl QueryWorker {
-    /// Workers are `program query-worker` (the `kith` binary), at most `at_once` running.
-    pub fn new(program: PathBuf, at_once: usize) -> QueryWorker {
+    /// Workers are `program query-worker` (the `kith` binary), at most `at_once` running; a
+    /// query that finds no slot free within `slot_wait` is turned away as busy.
+    pub fn new(program: PathBuf, at_once: usize, slot_wait: Duration) -> QueryWorker {
         let at_once = at_once.max(1);
         QueryWorker {
             program,
             slots: Arc::new(tokio::sync::Semaphore::new(at_once)),
             at_once,
-            slot_wait: SLOT_WAIT,
+            slot_wait,
         }
     }
 
@@ -377,9 +375,8 @@ fn read_reply(
     }))
 }
 
-fn kept_stderr(stderr: std::fs::File) -> String {
+fn kept_stderr(mut stderr: std::fs::File) -> String {
     let mut kept = Vec::new();
-    let mut stderr = stderr;
     let _ = (&mut stderr).take(KEPT_STDERR_BYTES).read_to_end(&mut kept);
     // Read on to the end, so the worker is never blocked writing to a full pipe.
     let _ = std::io::copy(&mut stderr, &mut std::io::sink());
@@ -594,7 +591,7 @@ mod tests {
             dir.path(),
             &format!("echo $$ > {}\nexec sleep 60", pid_file.display()),
         );
-        let worker = QueryWorker::new(program, 1);
+        let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
         let started = Instant::now();
         let limits = quick(Duration::from_secs(1));
         let err = worker.query(&lake, "SELECT 1", &limits, vec![]).await;
@@ -631,7 +628,7 @@ mod tests {
                 reply_file.display()
             ),
         );
-        let worker = QueryWorker::new(program, 1);
+        let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
         let started = Instant::now();
         let err = worker
             .query(&lake, "SELECT 1", &quick(Duration::from_secs(30)), vec![])
@@ -658,7 +655,7 @@ mod tests {
             "cat > /dev/null\necho \"thread 'main' panicked at x.rs:1:1:\" >&2\n\
              echo 'the engine broke' >&2\nexit 101",
         );
-        let worker = QueryWorker::new(program, 1);
+        let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
         let err = worker
             .query(&lake, "SELECT 1", &quick(Duration::from_secs(5)), vec![])
             .await;
@@ -675,10 +672,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lake = Arc::new(Lake::open(dir.path()).await.unwrap());
         let program = worker_script(dir.path(), "exec sleep 60");
-        let worker = Arc::new(QueryWorker {
-            slot_wait: Duration::from_millis(300),
-            ..QueryWorker::new(program, 1)
-        });
+        let worker = Arc::new(QueryWorker::new(program, 1, Duration::from_millis(300)));
         let holding = {
             let (worker, lake) = (worker.clone(), lake.clone());
             tokio::spawn(async move {
