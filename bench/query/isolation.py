@@ -2,7 +2,8 @@
 """What running each query in a worker process costs: the same queries over HTTP against two
 servers on copies of one demo world, one with `[query] isolation = "process"` (the default), one
 with `"in-process"`, asked in turn. Prints the median and 90th-percentile wall time of each query
-on each server, their ratio, and each server's peak resident memory.
+on each server, their ratio, each server's peak resident memory, and what the workers waiting
+for the next query hold of their own and how many were started.
 
     python3 bench/query/isolation.py target/release/kith [--customers 5000] [--runs 21]
 
@@ -80,6 +81,38 @@ def peak_resident_mib(pid):
     return 0
 
 
+def workers_of(pid):
+    """The live child processes of `pid` (a server's query workers)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == str(pid) and fields[0] != "Z":
+            children.append(int(entry))
+    return children
+
+
+def anonymous_resident_mib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) >> 10
+    return 0
+
+
+def metric(base, series):
+    with urllib.request.urlopen(base + "/metrics") as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith(series + " ") or line.startswith(series + "{"):
+                return float(line.split()[-1])
+    return 0.0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kith")
@@ -137,6 +170,11 @@ def main():
         print()
         for isolation, process, *_ in servers:
             print(f"peak resident memory of the server ({isolation}): {peak_resident_mib(process.pid)} MiB")
+        _, process, base, _ = servers[0]
+        waiting = workers_of(process.pid)
+        held = ", ".join(f"{anonymous_resident_mib(pid)} MiB" for pid in waiting)
+        started = int(metric(base, "kith_query_workers_started_total"))
+        print(f"workers waiting: {len(waiting)}, holding of their own {held or '-'}; started in all: {started}")
     finally:
         for _, process, *_ in servers:
             process.kill()

@@ -137,11 +137,11 @@ pub struct QueryConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum QueryIsolation {
-    /// Each query in a worker process of its own, under a hard memory limit and killed when
-    /// its time is up: no query can take the server down.
+    /// Each query in a worker process, under a hard memory limit and killed when its time is
+    /// up: no query can take the server down. A worker that answered waits for the next query.
     Process,
-    /// In the server's own query threads, held by the engine's limits alone (no process per
-    /// query: answers come some tens of milliseconds sooner).
+    /// In the server's own query threads, held by the engine's limits alone (no worker: what
+    /// a query misbehaving in ways the bounds do not model takes, the server loses).
     InProcess,
 }
 

@@ -865,25 +865,15 @@ fn a_query_crowded_out_by_an_answer_still_being_sent_is_told_to_retry() {
     assert!(read.is_err(), "the given-up answer read as whole");
 }
 
-/// CPU seconds the process `pid` has used (Linux: utime + stime from /proc, in clock ticks of
-/// 1/100 s).
-/// CPU the server and its live children (query workers) have used, in seconds.
+/// CPU the server `pid` and its live children (query workers) have used, in seconds (Linux:
+/// utime + stime from /proc, in clock ticks of 1/100 s).
 fn cpu_seconds(pid: u32) -> f64 {
-    let mut ticks = 0;
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // The fields after the command name, which is in parentheses and may hold spaces.
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let own_pid = head.split_whitespace().next().unwrap_or_default();
-        if own_pid == pid.to_string() || fields[1] == pid.to_string() {
-            ticks += fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        }
-    }
+    let pid = pid.to_string();
+    let ticks: u64 = proc_stats()
+        .into_iter()
+        .filter(|(own, fields)| own.to_string() == pid || fields[1] == pid)
+        .map(|(_, fields)| fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap())
+        .sum();
     ticks as f64 / 100.0
 }
 
@@ -1042,6 +1032,9 @@ fn memory_a_query_takes_where_the_engine_does_not_count_ends_its_worker_not_the_
         "/v1/track",
         &json!({"userId": "u1", "event": "Signed Up", "messageId": "w1"}),
     );
+    // A worker that answered waits for the next query: the wide join runs in that one, and its
+    // memory is watched there as in a fresh one.
+    assert_eq!(server.query("SELECT 1 AS one")["rows"], json!([[1]]));
     let auth = format!("Bearer {}", server.read_key);
     let (status, refused) = post_json(
         &server.url("/v1/query"),
@@ -1069,6 +1062,11 @@ fn memory_a_query_takes_where_the_engine_does_not_count_ends_its_worker_not_the_
     assert_eq!(
         server.query("SELECT count(*) AS n FROM events")["rows"],
         json!([[1]])
+    );
+    assert_eq!(
+        metric(&server.base, "kith_query_workers_started_total"),
+        Some(2.0),
+        "one worker before the join, a fresh one after"
     );
     let server_peak = peak_resident_mib(server.child.id());
     assert!(server_peak < 400, "the server held {server_peak} MiB");
@@ -1140,6 +1138,18 @@ fn queries_still_run_after_the_binary_on_disk_is_replaced() {
     std::fs::remove_file(&binary).unwrap();
     std::fs::write(&binary, "#!/bin/sh\nexit 1\n").unwrap();
     assert_eq!(server.query("SELECT 41 + 2 AS n")["rows"], json!([[43]]));
+    // A refused query ends its worker; the next query starts a fresh one, of the same version.
+    let (status, _) = post_json(
+        &server.url("/v1/query"),
+        &[("Authorization", &format!("Bearer {}", server.read_key))],
+        &json!({"sql": "SELECT nope"}).to_string(),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(server.query("SELECT 41 + 3 AS n")["rows"], json!([[44]]));
+    assert_eq!(
+        metric(&server.base, "kith_query_workers_started_total"),
+        Some(2.0)
+    );
 }
 
 /// `levels` CTEs, each built from the one before it by `step` (where `{p}` names that one).
@@ -2250,4 +2260,105 @@ fn a_bad_setting_is_traced_to_where_it_was_set() {
         "{err}"
     );
     assert_eq!(std::fs::read_dir(elsewhere).unwrap().count(), 2);
+}
+
+/// The live child processes of `pid` (a server's query workers).
+fn live_children(pid: u32) -> Vec<u32> {
+    proc_stats()
+        .into_iter()
+        .filter(|(_, fields)| fields[1] == pid.to_string() && fields[0] != "Z")
+        .map(|(child, _)| child)
+        .collect()
+}
+
+/// Whether process `pid` is still running (neither gone nor a zombie waiting to be reaped).
+fn is_running(pid: u32) -> bool {
+    proc_stats()
+        .into_iter()
+        .any(|(other, fields)| other == pid && fields[0] != "Z")
+}
+
+/// Every process's `/proc/PID/stat` fields after the command name (which is in parentheses and
+/// may hold spaces): state, parent, …
+fn proc_stats() -> Vec<(u32, Vec<String>)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let (_, rest) = stat.rsplit_once(')')?;
+            Some((pid, rest.split_whitespace().map(str::to_string).collect()))
+        })
+        .collect()
+}
+
+// A worker that answered waits for the next query: one process answers query after query,
+// each seeing every event sent before it, as new commits reach the Delta table between them.
+// One that refused a query (a bad one here) exits, and the next query starts another.
+#[test]
+fn a_waiting_worker_answers_query_after_query_with_every_new_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _config) =
+        KithServer::start_with_config(dir.path(), "[ingest]\nflush_interval_ms = 50\n");
+    for n in 1..=12 {
+        ingest(
+            &server,
+            "/v1/track",
+            &json!({"userId": "u1", "event": "Viewed", "messageId": format!("m{n}")}),
+        );
+        if n % 3 == 0 {
+            // Flushed to Delta in between: the waiting worker reads the table's new commits.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        assert_eq!(
+            server.query("SELECT count(*) AS n FROM events")["rows"],
+            json!([[n]])
+        );
+    }
+    let commits = std::fs::read_dir(server.data_dir.join("tables/events/_delta_log"))
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.path().extension().is_some_and(|e| e == "json"))
+        .count();
+    assert!(commits >= 4, "{commits} commits");
+    assert_eq!(
+        metric(&server.base, "kith_query_workers_started_total"),
+        Some(1.0)
+    );
+    let workers = live_children(server.child.id());
+    assert_eq!(workers.len(), 1, "{workers:?}");
+
+    let (status, refused) = post_json(
+        &server.url("/v1/query"),
+        &[("Authorization", &format!("Bearer {}", server.read_key))],
+        &json!({"sql": "SELECT nope FROM events"}).to_string(),
+    );
+    assert_eq!((status, &refused["code"]), (400, &json!("invalid_sql")));
+    assert_eq!(
+        server.query("SELECT count(*) AS n FROM events")["rows"],
+        json!([[12]])
+    );
+    assert_eq!(
+        metric(&server.base, "kith_query_workers_started_total"),
+        Some(2.0)
+    );
+    assert!(!is_running(workers[0]), "the worker that refused has gone");
+}
+
+// A server killed outright leaves no worker behind: a waiting worker's stdin closes, and it
+// exits.
+#[test]
+fn a_server_killed_leaves_no_worker_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KithServer::start(dir.path());
+    assert_eq!(server.query("SELECT 1 AS one")["rows"], json!([[1]]));
+    let workers = live_children(server.child.id());
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    server.kill9();
+    let killed = std::time::Instant::now();
+    while is_running(workers[0]) && killed.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!is_running(workers[0]), "the worker outlived its server");
 }

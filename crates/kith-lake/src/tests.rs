@@ -1182,7 +1182,7 @@ fn parquet_columns(file: &std::path::Path) -> Vec<(String, String, bool)> {
 }
 
 /// Flushes `rows` events (seqs after `*seq`) in one file.
-async fn flush_rows(lake: &Lake, seq: &mut u64, rows: u64) {
+pub(crate) async fn flush_rows(lake: &Lake, seq: &mut u64, rows: u64) {
     let records = (0..rows)
         .map(|_| {
             *seq += 1;

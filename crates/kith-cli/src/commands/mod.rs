@@ -139,17 +139,17 @@ pub fn run(command: Command, file: FileConfig) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Answers the one query the server wrote to stdin (see `kith_lake::query::worker`).
+/// Answers the queries the server writes on stdin (see `kith_lake::query::worker`).
 pub fn query_worker() -> ExitCode {
     use std::io::IsTerminal;
     if std::io::stdin().is_terminal() {
         eprintln!(
-            "kith query-worker runs one query for `kith serve`, which starts it with the query \
-             on stdin; to query, use `kith sql` or POST /v1/query"
+            "kith query-worker runs queries for `kith serve`, which starts it and writes the \
+             queries on its stdin; to query, use `kith sql` or POST /v1/query"
         );
         return ExitCode::from(2);
     }
-    ExitCode::from(kith_lake::query::worker::serve_one_query())
+    ExitCode::from(kith_lake::query::worker::serve_queries())
 }
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -1,0 +1,405 @@
+//! Queries in processes of their own.
+//!
+//! Inside the server a query is held to its limits by the engine's memory pool, a deadline
+//! checked between batches, and bounds on the shapes that grow where neither sees (the other
+//! modules here). Those bounds model what audits found; memory an operator takes in one step,
+//! planning that cannot be interrupted, or a fault deep in the engine would still reach the
+//! server. A worker process makes the limits hard: it watches the memory it holds and stops
+//! itself past its cap, and the server kills it when its time is up. Whatever a query does, the
+//! server loses one child process, and the query's caller is told why.
+//!
+//! The server hands the worker what the query reads, as of the moment it asks: for each event
+//! table the Delta version it reads (the worker opens that version from disk) and the rows
+//! buffered since, and the tables built for the query (the profile tables); see [`protocol`].
+//!
+//! A worker that answered is kept for the next query, warm: started, its runtime built, the
+//! tables' Delta snapshots and Parquet metadata read. One that refused a query (out of time or
+//! memory, a bad query) exits, and so does one the server lets go; one that holds much memory
+//! after answering is let go. A query finding no worker waiting starts one.
+
+mod process;
+mod protocol;
+mod serve;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use serve::serve_queries;
+
+use super::{ExtraTable, QueryError, QueryLimits, QueryResult, Sources};
+use crate::Lake;
+use process::Worker;
+
+/// The argument that makes the `kith` binary a query worker (a hidden subcommand).
+pub const WORKER_COMMAND: &str = "query-worker";
+
+/// How long past its time limit a worker may take to answer on its own (it stops its query at
+/// the limit and says so) before the server kills it.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// The exit code of a worker that stopped itself because its resident memory passed its cap.
+const OUT_OF_MEMORY_EXIT: i32 = 3;
+
+/// The most memory of its own a worker may hold after answering, once it has let go of the
+/// answer, and be kept for the next query: a waiting worker holds some tens of MiB (its
+/// runtime, snapshots and caches); one that holds more keeps what a large query left behind.
+const KEEP_RESIDENT_BYTES: u64 = 256 << 20;
+
+/// Runs queries in worker processes, a few at a time.
+#[derive(Debug)]
+pub struct QueryWorker {
+    program: PathBuf,
+    slots: Arc<tokio::sync::Semaphore>,
+    at_once: usize,
+    slot_wait: Duration,
+    /// Workers that answered their last query, waiting for the next.
+    waiting: Mutex<Vec<Worker>>,
+}
+
+impl QueryWorker {
+    /// Workers are `program query-worker` (the `kith` binary), at most `at_once` running; a
+    /// query that finds no slot free within `slot_wait` is turned away as busy.
+    pub fn new(program: PathBuf, at_once: usize, slot_wait: Duration) -> QueryWorker {
+        let at_once = at_once.max(1);
+        QueryWorker {
+            program,
+            slots: Arc::new(tokio::sync::Semaphore::new(at_once)),
+            at_once,
+            slot_wait,
+            waiting: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `sql` as [`Lake::query_with`] does, in a worker process.
+    pub async fn query(
+        &self,
+        lake: &Lake,
+        sql: &str,
+        limits: &QueryLimits,
+        extra: Vec<ExtraTable>,
+    ) -> Result<QueryResult, QueryError> {
+        let started = Instant::now();
+        let _slot = tokio::time::timeout(self.slot_wait, self.slots.acquire())
+            .await
+            .map_err(|_| QueryError::Busy {
+                at_once: self.at_once,
+                waited: self.slot_wait,
+            })?
+            .map_err(|e| QueryError::Internal(format!("query worker slots: {e}")))?;
+        let sources = Sources::of(lake, limits);
+        let available = limits
+            .memory_bytes
+            .saturating_sub(sources.memory.reserved());
+        let (request, streams) = protocol::request_for(&sources, sql, limits, available, extra);
+        let worker = match self.take_waiting() {
+            Some(worker) => worker,
+            None => Worker::start(&self.program)?,
+        };
+        let (answer, kept) = worker
+            .ask(request, streams, sources.memory.clone(), limits)
+            .await;
+        if let Some(worker) = kept {
+            self.lock_waiting().push(worker);
+        }
+        if answer.is_ok() {
+            metrics::histogram!("kith_query_seconds").record(started.elapsed().as_secs_f64());
+        }
+        answer
+    }
+
+    /// A waiting worker that is still there.
+    fn take_waiting(&self) -> Option<Worker> {
+        let mut waiting = self.lock_waiting();
+        while let Some(mut worker) = waiting.pop() {
+            if !worker.has_ended() {
+                return Some(worker);
+            }
+        }
+        None
+    }
+
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, Vec<Worker>> {
+        // A poisoned lock only means a query panicked while it held it; the list is whole.
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::RecordBatch;
+    use arrow::datatypes::SchemaRef;
+
+    use super::protocol::{Finished, Reply, write_header, write_request, write_stream};
+    use super::*;
+
+    /// A stand-in for the `kith` binary: a shell script running `body`, which notes its process
+    /// id in `pids` as it starts.
+    fn worker_script(dir: &std::path::Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("worker.sh");
+        let pids = dir.join("pids");
+        let script = format!("#!/bin/sh\necho $$ >> {}\n{body}\n", pids.display());
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// The workers the script started, in order.
+    fn started(dir: &std::path::Path) -> Vec<String> {
+        std::fs::read_to_string(dir.join("pids"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn quick(timeout: Duration) -> QueryLimits {
+        QueryLimits {
+            timeout,
+            ..QueryLimits::default()
+        }
+    }
+
+    /// The length of the request the server writes for `sql` over `lake` as it is now, so that
+    /// a script can read exactly one (`dd bs=1 count=N`).
+    fn request_len(lake: &Lake, sql: &str, limits: &QueryLimits) -> usize {
+        let sources = Sources::of(lake, limits);
+        let available = limits
+            .memory_bytes
+            .saturating_sub(sources.memory.reserved());
+        let (request, streams) = protocol::request_for(&sources, sql, limits, available, vec![]);
+        let mut bytes = Vec::new();
+        write_request(&mut bytes, &request, &streams).unwrap();
+        bytes.len()
+    }
+
+    /// A reply file answering one row, `n`, from a worker holding `resident_bytes`.
+    fn answer_file(dir: &std::path::Path, n: i64, resident_bytes: u64) -> PathBuf {
+        let schema: SchemaRef = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("n", arrow::datatypes::DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(arrow::array::Int64Array::from(vec![n]))],
+        )
+        .unwrap();
+        let mut reply = Vec::new();
+        write_header(&mut reply, &Reply::Answer { truncated: false }).unwrap();
+        write_stream(&mut reply, &schema, &[batch]).unwrap();
+        write_header(&mut reply, &Finished { resident_bytes }).unwrap();
+        let path = dir.join(format!("answer-{n}-{resident_bytes}"));
+        std::fs::write(&path, reply).unwrap();
+        path
+    }
+
+    fn first_value(answer: &QueryResult) -> i64 {
+        use arrow::array::AsArray;
+        answer.batches[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0)
+    }
+
+    // A worker that answered waits for the next query, and answers it: one process, two
+    // answers.
+    #[tokio::test]
+    async fn a_worker_that_answered_answers_the_next_query_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path()).await.unwrap();
+        let limits = quick(Duration::from_secs(5));
+        let len = request_len(&lake, "SELECT 1", &limits);
+        let (first, second) = (answer_file(dir.path(), 1, 0), answer_file(dir.path(), 2, 0));
+        let read_one = format!("dd bs=1 count={len} status=none of=/dev/null");
+        let program = worker_script(
+            dir.path(),
+            &format!(
+                "{read_one}\ncat {}\n{read_one}\ncat {}\nexec sleep 60",
+                first.display(),
+                second.display()
+            ),
+        );
+        let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
+        for expected in [1, 2] {
+            let answer = worker
+                .query(&lake, "SELECT 1", &limits, vec![])
+                .await
+                .unwrap();
+            assert_eq!(first_value(&answer), expected);
+        }
+        assert_eq!(started(dir.path()).len(), 1, "{:?}", started(dir.path()));
+    }
+
+    // A worker that holds much memory after answering is let go (killed), and one that ended
+    // while it waited is passed over: the next query starts a fresh one.
+    #[tokio::test]
+    async fn a_worker_holding_much_or_gone_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path()).await.unwrap();
+        let limits = quick(Duration::from_secs(5));
+        let len = request_len(&lake, "SELECT 1", &limits);
+        let read_one = format!("dd bs=1 count={len} status=none of=/dev/null");
+        let holding_much = answer_file(dir.path(), 1, KEEP_RESIDENT_BYTES + 1);
+        let program = worker_script(
+            dir.path(),
+            &format!("{read_one}\ncat {}\nexec sleep 60", holding_much.display()),
+        );
+        let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
+        worker
+            .query(&lake, "SELECT 1", &limits, vec![])
+            .await
+            .unwrap();
+        assert!(worker.lock_waiting().is_empty(), "not kept");
+        let pids = started(dir.path());
+        let proc = PathBuf::from(format!("/proc/{}", pids[0]));
+        let killed = Instant::now();
+        while proc.exists() && killed.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!proc.exists(), "the worker let go is gone, reaped");
+
+        let light = answer_file(dir.path(), 2, 0);
+        let program = worker_script(
+            dir.path(),
+            &format!("{read_one}\ncat {}\nexit 0", light.display()),
+        );
+        let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
+        worker
+            .query(&lake, "SELECT 1", &limits, vec![])
+            .await
+            .unwrap();
+        assert_eq!(worker.lock_waiting().len(), 1, "kept");
+        // It exits while it waits; the next query starts another, and is answered.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let answer = worker
+            .query(&lake, "SELECT 1", &limits, vec![])
+            .await
+            .unwrap();
+        assert_eq!(first_value(&answer), 2);
+        assert_eq!(started(dir.path()).len(), 3, "{:?}", started(dir.path()));
+    }
+
+    // A worker that does not answer (stuck planning, say) is killed once its time and the
+    // grace are up, and the query is answered as out of time.
+    #[tokio::test]
+    async fn a_worker_past_its_time_is_killed_and_the_query_answered_as_out_of_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path()).await.unwrap();
+        let program = worker_script(dir.path(), "exec sleep 60");
+        let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
+        let started_at = Instant::now();
+        let limits = quick(Duration::from_secs(1));
+        let err = worker.query(&lake, "SELECT 1", &limits, vec![]).await;
+        assert!(
+            matches!(err, Err(QueryError::Timeout(_))),
+            "{:?}",
+            err.map(|r| r.num_rows())
+        );
+        let took = started_at.elapsed();
+        assert!(
+            took >= Duration::from_secs(3) && took < Duration::from_secs(10),
+            "{took:?}"
+        );
+        let pid = started(dir.path()).remove(0);
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        assert!(!proc.exists(), "the worker {pid} is gone, reaped");
+        assert!(worker.lock_waiting().is_empty());
+    }
+
+    // The reply is what the query waits for, not the worker's exit: a worker that answered
+    // while one of its threads is still stuck (planning a query out of time) is not waited for.
+    #[tokio::test]
+    async fn a_worker_that_replied_is_not_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path()).await.unwrap();
+        let reply_file = dir.path().join("reply");
+        let mut reply = Vec::new();
+        let said = QueryError::PlanningTimeout(Duration::from_secs(30));
+        write_header(&mut reply, &Reply::Refused(said)).unwrap();
+        std::fs::write(&reply_file, reply).unwrap();
+        let limits = quick(Duration::from_secs(30));
+        let len = request_len(&lake, "SELECT 1", &limits);
+        let program = worker_script(
+            dir.path(),
+            &format!(
+                "dd bs=1 count={len} status=none of=/dev/null\ncat {}\nexec sleep 60",
+                reply_file.display()
+            ),
+        );
+        let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
+        let started_at = Instant::now();
+        let err = worker.query(&lake, "SELECT 1", &limits, vec![]).await;
+        assert!(
+            matches!(err, Err(QueryError::PlanningTimeout(_))),
+            "{:?}",
+            err.map(|r| r.num_rows())
+        );
+        assert!(
+            started_at.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started_at.elapsed()
+        );
+        assert!(
+            worker.lock_waiting().is_empty(),
+            "one that refused is not kept"
+        );
+    }
+
+    // A worker that ends without an answer is a fault of the engine, in its own words.
+    #[tokio::test]
+    async fn a_worker_that_broke_is_answered_with_what_it_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path()).await.unwrap();
+        let limits = quick(Duration::from_secs(5));
+        let len = request_len(&lake, "SELECT 1", &limits);
+        let program = worker_script(
+            dir.path(),
+            &format!(
+                "dd bs=1 count={len} status=none of=/dev/null\n\
+                 echo \"thread 'main' panicked at x.rs:1:1:\" >&2\n\
+                 echo 'the engine broke' >&2\nexit 101"
+            ),
+        );
+        let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
+        let started_at = Instant::now();
+        let err = worker.query(&lake, "SELECT 1", &limits, vec![]).await;
+        assert!(started_at.elapsed() < Duration::from_secs(2));
+        let Err(QueryError::EngineFault(said)) = err else {
+            panic!("{:?}", err.map(|r| r.num_rows()));
+        };
+        assert!(said.ends_with("the engine broke"), "{said}");
+    }
+
+    // With every slot held, a query waits its turn for a while, then is told the server is
+    // busy; the slot it would have had was never taken.
+    #[tokio::test]
+    async fn queries_past_the_workers_at_once_wait_then_are_told_the_server_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Arc::new(Lake::open(dir.path()).await.unwrap());
+        let program = worker_script(dir.path(), "exec sleep 60");
+        let worker = Arc::new(QueryWorker::new(program, 1, Duration::from_millis(300)));
+        let holding = {
+            let (worker, lake) = (worker.clone(), lake.clone());
+            tokio::spawn(async move {
+                let limits = quick(Duration::from_secs(30));
+                worker.query(&lake, "SELECT 1", &limits, vec![]).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let err = worker
+            .query(&lake, "SELECT 1", &quick(Duration::from_secs(5)), vec![])
+            .await;
+        assert!(
+            matches!(err, Err(QueryError::Busy { at_once: 1, .. })),
+            "{:?}",
+            err.map(|r| r.num_rows())
+        );
+        // Dropping the holding query kills its worker and frees the slot.
+        holding.abort();
+        let _ = holding.await;
+        assert_eq!(worker.slots.available_permits(), 1);
+        assert!(worker.lock_waiting().is_empty());
+    }
+}

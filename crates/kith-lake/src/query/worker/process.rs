@@ -1,0 +1,308 @@
+//! One worker process, as the server holds it: started, asked a query, and kept for the next
+//! one or let go (killed, if it has not ended).
+
+use std::io::BufReader;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
+use tokio::io::AsyncReadExt;
+
+use super::protocol::{Replied, Request, Stream, read_reply, write_request};
+use super::{GRACE, KEEP_RESIDENT_BYTES, OUT_OF_MEMORY_EXIT, WORKER_COMMAND};
+use crate::query::memory::{QueryShare, crowded_out};
+use crate::query::{QueryError, QueryLimits, QueryResult};
+
+/// The most of a worker's stderr kept to explain how it ended (its last words).
+const KEPT_STDERR_BYTES: usize = 16 << 10;
+
+/// A started worker, waiting for a query.
+pub(super) struct Worker {
+    /// Killed when dropped: a worker let go mid-query (its caller hung up) stops with it.
+    child: tokio::process::Child,
+    stdin: std::fs::File,
+    /// Read through one buffer from start to end: what it holds past one reply is the next's.
+    stdout: BufReader<std::fs::File>,
+    stderr: StderrTail,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("pid", &self.child.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Starts `program query-worker`.
+    pub(super) fn start(program: &Path) -> Result<Worker, QueryError> {
+        let mut child = tokio::process::Command::new(program)
+            .arg(WORKER_COMMAND)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                QueryError::Internal(format!(
+                    "the query worker {} could not start: {e}",
+                    program.display()
+                ))
+            })?;
+        let missing = || QueryError::Internal("a query worker pipe is missing".into());
+        let stdin = pipe_file(child.stdin.take().ok_or_else(missing)?.into_owned_fd())?;
+        let stdout = BufReader::new(pipe_file(
+            child.stdout.take().ok_or_else(missing)?.into_owned_fd(),
+        )?);
+        let stderr = StderrTail::of(child.stderr.take().ok_or_else(missing)?);
+        metrics::counter!("kith_query_workers_started_total").increment(1);
+        Ok(Worker {
+            child,
+            stdin,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Whether the worker has ended while it waited (killed from outside, say).
+    pub(super) fn has_ended(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Asks the worker `request`, and gives the worker back when it may answer another query:
+    /// it answered, read all it was sent, and holds little memory.
+    ///
+    /// The answer counts in the queries' memory (`shared`) until it has been sent, as an answer
+    /// computed in the server does, through a share of it, so that one that would fit alone but
+    /// not beside the answers being sent is told to retry.
+    pub(super) async fn ask(
+        self,
+        request: Request,
+        streams: Vec<Stream>,
+        shared: Arc<dyn MemoryPool>,
+        limits: &QueryLimits,
+    ) -> (Result<QueryResult, QueryError>, Option<Worker>) {
+        let Worker {
+            mut child,
+            mut stdin,
+            mut stdout,
+            stderr,
+        } = self;
+        stderr.forget_earlier();
+        // Each pipe on a thread of its own, so that neither side waits on the other: the worker
+        // may fail (and stop reading) before it has its input, or answer more than a pipe holds.
+        // A write to a worker that has gone fails and ends its thread; how the worker ended
+        // says what happened.
+        let writing = tokio::task::spawn_blocking(move || {
+            write_request(&mut stdin, &request, &streams).map(|()| stdin)
+        });
+        let share: Arc<dyn MemoryPool> = Arc::new(QueryShare::new(shared, limits.memory_bytes));
+        let memory = MemoryConsumer::new("query answer").register(&share);
+        let reply_limits = limits.clone();
+        let reading = tokio::task::spawn_blocking(move || {
+            let replied = read_reply(&mut stdout, memory, &reply_limits);
+            (stdout, replied)
+        });
+        // The reply, not the worker's exit, is what the query waits for: a worker whose query
+        // ran out of time while a thread of its own was still planning answers, then exits.
+        let (stdout, replied) = match tokio::time::timeout(limits.timeout + GRACE, reading).await {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => {
+                let err = QueryError::Internal(format!("reading the query worker: {e}"));
+                return (Err(err), None);
+            }
+            Err(_) => {
+                let _ = child.kill().await;
+                metrics::counter!("kith_query_workers_killed_total").increment(1);
+                let stderr = stderr.last_words().await;
+                tracing::warn!(%stderr, "a query worker past its time was killed");
+                return (Err(QueryError::Timeout(limits.timeout)), None);
+            }
+        };
+        match replied {
+            Ok(Replied {
+                answer: Ok(answer),
+                finished,
+            }) => {
+                // It read all it was sent before it answered, so the write is done or ending.
+                let stdin = match tokio::time::timeout(GRACE, writing).await {
+                    Ok(Ok(Ok(stdin))) => Some(stdin),
+                    _ => None,
+                };
+                let holds_little =
+                    finished.is_some_and(|f| f.resident_bytes <= KEEP_RESIDENT_BYTES);
+                let kept = stdin.filter(|_| holds_little).map(|stdin| Worker {
+                    child,
+                    stdin,
+                    stdout,
+                    stderr,
+                });
+                (Ok(answer), kept)
+            }
+            // A worker that refused a query exits (and is killed here if it has not yet). The
+            // write is not awaited: a worker that refused at once may not have read all it was
+            // sent, and the write fails when it has gone.
+            Ok(Replied {
+                answer: Err(err), ..
+            }) => (Err(crowded_out(err, &share)), None),
+            Err(unreadable) => {
+                // Its stdout closed without a whole reply: the worker has ended, or is ending.
+                let status = match tokio::time::timeout(GRACE, child.wait()).await {
+                    Ok(Ok(status)) => Some(status),
+                    _ => {
+                        let _ = child.kill().await;
+                        None
+                    }
+                };
+                let stderr = stderr.last_words().await;
+                (
+                    Err(how_it_ended(status, &stderr, &unreadable, limits)),
+                    None,
+                )
+            }
+        }
+    }
+}
+
+/// A worker's pipe (taken from tokio, made blocking) as a file to read or write on a blocking
+/// thread.
+fn pipe_file(pipe: std::io::Result<std::os::fd::OwnedFd>) -> Result<std::fs::File, QueryError> {
+    pipe.map(std::fs::File::from)
+        .map_err(|e| QueryError::Internal(format!("a query worker pipe: {e}")))
+}
+
+/// The end of what a worker writes on stderr, read as it comes, so that the worker never
+/// blocks on a full pipe and its last words are at hand when it ends.
+struct StderrTail {
+    kept: Arc<Mutex<Vec<u8>>>,
+    reading: tokio::task::JoinHandle<()>,
+}
+
+impl StderrTail {
+    fn of(mut stderr: tokio::process::ChildStderr) -> StderrTail {
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let reading = tokio::spawn({
+            let kept = kept.clone();
+            async move {
+                let mut chunk = vec![0u8; 4096];
+                while let Ok(n @ 1..) = stderr.read(&mut chunk).await {
+                    let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+                    kept.extend_from_slice(&chunk[..n]);
+                    let over = kept.len().saturating_sub(KEPT_STDERR_BYTES);
+                    kept.drain(..over);
+                }
+            }
+        });
+        StderrTail { kept, reading }
+    }
+
+    /// What an earlier query made the worker say is not this query's business.
+    fn forget_earlier(&self) {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// All the worker said, once it has ended (its stderr closed), or what it had said a little
+    /// after that, if something it started holds its stderr open.
+    async fn last_words(mut self) -> String {
+        if tokio::time::timeout(GRACE, &mut self.reading)
+            .await
+            .is_err()
+        {
+            self.reading.abort();
+        }
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&kept).into_owned()
+    }
+}
+
+/// Why a worker gave no reply, from how it ended and what it wrote to stderr.
+pub(super) fn how_it_ended(
+    status: Option<std::process::ExitStatus>,
+    stderr: &str,
+    unreadable: &std::io::Error,
+    limits: &QueryLimits,
+) -> QueryError {
+    use std::os::unix::process::ExitStatusExt;
+    // The worker's own watch; Rust's words when an allocation fails (it then aborts) and
+    // mimalloc's, when the system refuses it memory; SIGKILL is the kernel's out-of-memory
+    // killer (the server kills only workers past their time, answered before this).
+    let out_of_memory = status.and_then(|s| s.code()) == Some(OUT_OF_MEMORY_EXIT)
+        || stderr.contains("memory allocation of")
+        || stderr.contains("unable to allocate")
+        || status.and_then(|s| s.signal()) == Some(libc::SIGKILL);
+    if out_of_memory {
+        metrics::counter!("kith_query_workers_out_of_memory_total").increment(1);
+        tracing::warn!(%stderr, "a query worker ran out of its memory");
+        return QueryError::WorkerOutOfMemory(limits.memory_bytes);
+    }
+    let said = stderr
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    let ended = status.map_or("it was stopped".to_string(), |s| s.to_string());
+    tracing::error!(%ended, %said, reply = %unreadable, "a query worker ended without answering");
+    QueryError::EngineFault(if said.is_empty() {
+        format!("its process ended ({ended}) without answering")
+    } else {
+        format!("its process ended ({ended}): {said}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_that_ran_out_of_memory_is_told_apart_from_one_that_broke() {
+        use std::os::unix::process::ExitStatusExt;
+        let limits = QueryLimits::default();
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        let aborted = std::process::ExitStatus::from_raw(6); // SIGABRT
+        let err = how_it_ended(
+            Some(aborted),
+            "memory allocation of 1073741824 bytes failed\n",
+            &eof,
+            &limits,
+        );
+        assert!(matches!(err, QueryError::WorkerOutOfMemory(_)), "{err}");
+        let watched = std::process::ExitStatus::from_raw(OUT_OF_MEMORY_EXIT << 8);
+        let err = how_it_ended(Some(watched), "", &eof, &limits);
+        assert!(matches!(err, QueryError::WorkerOutOfMemory(_)), "{err}");
+        let killed = std::process::ExitStatus::from_raw(9); // SIGKILL
+        let err = how_it_ended(Some(killed), "", &eof, &limits);
+        assert!(matches!(err, QueryError::WorkerOutOfMemory(_)), "{err}");
+        let panicked = std::process::ExitStatus::from_raw(101 << 8);
+        let err = how_it_ended(
+            Some(panicked),
+            "thread 'main' panicked at src/x.rs:1:1:\nindex out of bounds\n\n",
+            &eof,
+            &limits,
+        );
+        assert!(
+            matches!(&err, QueryError::EngineFault(said) if said.ends_with("index out of bounds")),
+            "{err}"
+        );
+    }
+
+    // A worker's stderr is read as it comes, whatever its length, and its end is kept.
+    #[tokio::test]
+    async fn the_end_of_what_a_worker_says_is_kept() {
+        let mut child = tokio::process::Command::new("sh")
+            .args([
+                "-c",
+                "yes 'an earlier line' | head -c 1000000 >&2; echo 'the last words' >&2",
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let tail = StderrTail::of(child.stderr.take().unwrap());
+        assert!(child.wait().await.unwrap().success());
+        let said = tail.last_words().await;
+        assert_eq!(said.len(), KEPT_STDERR_BYTES);
+        assert!(said.ends_with("the last words\n"), "{said}");
+    }
+}
