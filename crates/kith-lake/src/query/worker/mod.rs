@@ -29,7 +29,7 @@ pub use serve::serve_queries;
 
 use super::{ExtraTable, QueryError, QueryLimits, QueryResult, Sources};
 use crate::Lake;
-use process::Worker;
+use process::{Asked, Worker};
 
 /// The argument that makes the `kith` binary a query worker (a hidden subcommand).
 pub const WORKER_COMMAND: &str = "query-worker";
@@ -42,9 +42,11 @@ const GRACE: Duration = Duration::from_secs(2);
 const OUT_OF_MEMORY_EXIT: i32 = 3;
 
 /// The most memory of its own a worker may hold after answering, once it has let go of the
-/// answer, and be kept for the next query: a waiting worker holds some tens of MiB (its
-/// runtime, snapshots and caches); one that holds more keeps what a large query left behind.
-const KEEP_RESIDENT_BYTES: u64 = 256 << 20;
+/// answer, and be kept for the next query. A waiting worker holds from about 8 MiB (its runtime)
+/// to some tens (snapshots, caches, what the allocator keeps of earlier queries: under 100 MiB
+/// after a thousand aggregations over the demo world); one that holds more keeps what a large
+/// query left behind, and two wait at most.
+const KEEP_RESIDENT_BYTES: u64 = 128 << 20;
 
 /// Runs queries in worker processes, a few at a time.
 #[derive(Debug)]
@@ -91,21 +93,33 @@ impl QueryWorker {
         let available = limits
             .memory_bytes
             .saturating_sub(sources.memory.reserved());
-        let (request, streams) = protocol::request_for(&sources, sql, limits, available, extra);
-        let worker = match self.take_waiting() {
-            Some(worker) => worker,
-            None => Worker::start(&self.program)?,
-        };
-        let (answer, kept) = worker
-            .ask(request, streams, sources.memory.clone(), limits)
-            .await;
-        if let Some(worker) = kept {
-            self.lock_waiting().push(worker);
+        // A waiting worker if there is one; a fresh one if there is none, or if the one that
+        // waited turns out to have gone before it took the query.
+        let mut waiting = self.take_waiting();
+        loop {
+            let waited = waiting.is_some();
+            let worker = match waiting.take() {
+                Some(worker) => worker,
+                None => Worker::start(&self.program)?,
+            };
+            let (request, streams) =
+                protocol::request_for(&sources, sql, limits, available, extra.clone());
+            let shared = sources.memory.clone();
+            match worker.ask(request, streams, shared, limits, waited).await {
+                Asked::Ended(answer, kept) => {
+                    if let Some(worker) = kept {
+                        self.lock_waiting().push(worker);
+                    }
+                    if answer.is_ok() {
+                        let took = started.elapsed().as_secs_f64();
+                        metrics::histogram!("kith_query_seconds").record(took);
+                    }
+                    return answer;
+                }
+                // Only a worker that waited can be gone; the next is a fresh one.
+                Asked::WasGone => continue,
+            }
         }
-        if answer.is_ok() {
-            metrics::histogram!("kith_query_seconds").record(started.elapsed().as_secs_f64());
-        }
-        answer
     }
 
     /// A waiting worker that is still there.
@@ -279,6 +293,54 @@ mod tests {
             .unwrap();
         assert_eq!(first_value(&answer), 2);
         assert_eq!(started(dir.path()).len(), 3, "{:?}", started(dir.path()));
+    }
+
+    // A waiting worker that had gone, a moment too late to be passed over, before the query
+    // reached it (its pipes closed here; killed from outside, in life) was asked nothing: the
+    // query goes to a fresh worker, at once.
+    #[tokio::test]
+    async fn a_waiting_worker_gone_before_the_query_reached_it_is_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path()).await.unwrap();
+        let limits = quick(Duration::from_secs(5));
+        let len = request_len(&lake, "SELECT 1", &limits);
+        for n in [1, 2] {
+            answer_file(dir.path(), n, 0);
+        }
+        // The n-th worker started answers n, then closes its pipes and lives on.
+        let program = worker_script(
+            dir.path(),
+            &format!(
+                "n=$(wc -l < {pids})
+dd bs=1 count={len} status=none of=/dev/null
+                 cat {dir}/answer-$n-0
+exec 0<&- 1>&-
+exec sleep 60",
+                pids = dir.path().join("pids").display(),
+                dir = dir.path().display(),
+            ),
+        );
+        let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
+        let answer = worker
+            .query(&lake, "SELECT 1", &limits, vec![])
+            .await
+            .unwrap();
+        assert_eq!(first_value(&answer), 1);
+        drop(answer);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(worker.lock_waiting().len(), 1, "it still runs, and waits");
+        let asked = Instant::now();
+        let answer = worker
+            .query(&lake, "SELECT 1", &limits, vec![])
+            .await
+            .unwrap();
+        assert_eq!(first_value(&answer), 2, "answered by a fresh worker");
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            asked.elapsed()
+        );
+        assert_eq!(started(dir.path()).len(), 2);
     }
 
     // A worker that does not answer (stuck planning, say) is killed once its time and the

@@ -17,6 +17,15 @@ use crate::query::{QueryError, QueryLimits, QueryResult};
 /// The most of a worker's stderr kept to explain how it ended (its last words).
 const KEPT_STDERR_BYTES: usize = 16 << 10;
 
+/// How asking a worker a query went.
+pub(super) enum Asked {
+    /// How the query ended, and the worker when it may answer another.
+    Ended(Result<QueryResult, QueryError>, Option<Worker>),
+    /// A worker that waited had ended before it took the query (killed while it waited, a
+    /// moment too late to be passed over): it was asked nothing, and another may be.
+    WasGone,
+}
+
 /// A started worker, waiting for a query.
 pub(super) struct Worker {
     /// Killed when dropped: a worker let go mid-query (its caller hung up) stops with it.
@@ -72,7 +81,8 @@ impl Worker {
     }
 
     /// Asks the worker `request`, and gives the worker back when it may answer another query:
-    /// it answered, read all it was sent, and holds little memory.
+    /// it answered, read all it was sent, and holds little memory. A worker that `waited` for
+    /// this query and turns out to have gone before it took it is [`Asked::WasGone`].
     ///
     /// The answer counts in the queries' memory (`shared`) until it has been sent, as an answer
     /// computed in the server does, through a share of it, so that one that would fit alone but
@@ -83,7 +93,8 @@ impl Worker {
         streams: Vec<Stream>,
         shared: Arc<dyn MemoryPool>,
         limits: &QueryLimits,
-    ) -> (Result<QueryResult, QueryError>, Option<Worker>) {
+        waited: bool,
+    ) -> Asked {
         let Worker {
             mut child,
             mut stdin,
@@ -95,9 +106,9 @@ impl Worker {
         // may fail (and stop reading) before it has its input, or answer more than a pipe holds.
         // A write to a worker that has gone fails and ends its thread; how the worker ended
         // says what happened.
-        let writing = tokio::task::spawn_blocking(move || {
+        let mut writing = Some(tokio::task::spawn_blocking(move || {
             write_request(&mut stdin, &request, &streams).map(|()| stdin)
-        });
+        }));
         let share: Arc<dyn MemoryPool> = Arc::new(QueryShare::new(shared, limits.memory_bytes));
         let memory = MemoryConsumer::new("query answer").register(&share);
         let reply_limits = limits.clone();
@@ -111,25 +122,63 @@ impl Worker {
             Ok(Ok(read)) => read,
             Ok(Err(e)) => {
                 let err = QueryError::Internal(format!("reading the query worker: {e}"));
-                return (Err(err), None);
+                return Asked::Ended(Err(err), None);
             }
             Err(_) => {
                 let _ = child.kill().await;
                 metrics::counter!("kith_query_workers_killed_total").increment(1);
                 let stderr = stderr.last_words().await;
                 tracing::warn!(%stderr, "a query worker past its time was killed");
-                return (Err(QueryError::Timeout(limits.timeout)), None);
+                return Asked::Ended(Err(QueryError::Timeout(limits.timeout)), None);
             }
         };
-        match replied {
-            Ok(Replied {
+        let replied = match replied {
+            Ok(Some(replied)) => replied,
+            no_reply => {
+                // Its stdout closed without a whole reply: the worker has ended, or is ending.
+                // One that waited for this query and said not a word may have been killed as
+                // it waited: its stdin closed before the query was written, or a signal from
+                // outside ended it (the query has not been asked; or, if the kernel's
+                // out-of-memory killer took it in its query, asking again is worth one try).
+                let said_nothing = waited && matches!(no_reply, Ok(None));
+                if said_nothing && write_failed(writing.take()).await {
+                    metrics::counter!("kith_query_workers_gone_while_waiting_total").increment(1);
+                    return Asked::WasGone;
+                }
+                let status = match tokio::time::timeout(GRACE, child.wait()).await {
+                    Ok(Ok(status)) => Some(status),
+                    _ => {
+                        let _ = child.kill().await;
+                        None
+                    }
+                };
+                if said_nothing && status.is_some_and(killed_from_outside) {
+                    metrics::counter!("kith_query_workers_gone_while_waiting_total").increment(1);
+                    return Asked::WasGone;
+                }
+                let unreadable = no_reply.err().unwrap_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "its stdout closed before a reply",
+                    )
+                });
+                let stderr = stderr.last_words().await;
+                let err = how_it_ended(status, &stderr, &unreadable, limits);
+                return Asked::Ended(Err(err), None);
+            }
+        };
+        let (answer, kept) = match replied {
+            Replied {
                 answer: Ok(answer),
                 finished,
-            }) => {
+            } => {
                 // It read all it was sent before it answered, so the write is done or ending.
-                let stdin = match tokio::time::timeout(GRACE, writing).await {
-                    Ok(Ok(Ok(stdin))) => Some(stdin),
-                    _ => None,
+                let stdin = match writing.take() {
+                    Some(writing) => match tokio::time::timeout(GRACE, writing).await {
+                        Ok(Ok(Ok(stdin))) => Some(stdin),
+                        _ => None,
+                    },
+                    None => None,
                 };
                 let holds_little =
                     finished.is_some_and(|f| f.resident_bytes <= KEEP_RESIDENT_BYTES);
@@ -144,26 +193,31 @@ impl Worker {
             // A worker that refused a query exits (and is killed here if it has not yet). The
             // write is not awaited: a worker that refused at once may not have read all it was
             // sent, and the write fails when it has gone.
-            Ok(Replied {
+            Replied {
                 answer: Err(err), ..
-            }) => (Err(crowded_out(err, &share)), None),
-            Err(unreadable) => {
-                // Its stdout closed without a whole reply: the worker has ended, or is ending.
-                let status = match tokio::time::timeout(GRACE, child.wait()).await {
-                    Ok(Ok(status)) => Some(status),
-                    _ => {
-                        let _ = child.kill().await;
-                        None
-                    }
-                };
-                let stderr = stderr.last_words().await;
-                (
-                    Err(how_it_ended(status, &stderr, &unreadable, limits)),
-                    None,
-                )
-            }
-        }
+            } => (Err(crowded_out(err, &share)), None),
+        };
+        Asked::Ended(answer, kept)
     }
+}
+
+/// Whether writing the query failed: the worker's stdin had closed.
+async fn write_failed(
+    writing: Option<tokio::task::JoinHandle<std::io::Result<std::fs::File>>>,
+) -> bool {
+    match writing {
+        Some(writing) => matches!(tokio::time::timeout(GRACE, writing).await, Ok(Ok(Err(_)))),
+        None => false,
+    }
+}
+
+/// Whether a signal from outside ended the worker (an operator's `kill`, the kernel's
+/// out-of-memory killer), not one of its own faults (an abort, a bad access).
+fn killed_from_outside(status: std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal().is_some_and(|signal| {
+        [libc::SIGKILL, libc::SIGTERM, libc::SIGINT, libc::SIGHUP].contains(&signal)
+    })
 }
 
 /// A worker's pipe (taken from tokio, made blocking) as a file to read or write on a blocking
@@ -286,6 +340,21 @@ mod tests {
             matches!(&err, QueryError::EngineFault(said) if said.ends_with("index out of bounds")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_worker_killed_from_outside_is_told_apart_from_one_that_faulted() {
+        use std::os::unix::process::ExitStatusExt;
+        let signalled = |signal: i32| std::process::ExitStatus::from_raw(signal);
+        for signal in [libc::SIGKILL, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            assert!(killed_from_outside(signalled(signal)), "{signal}");
+        }
+        for signal in [libc::SIGABRT, libc::SIGSEGV, libc::SIGBUS] {
+            assert!(!killed_from_outside(signalled(signal)), "{signal}");
+        }
+        let exited = |code: i32| std::process::ExitStatus::from_raw(code << 8);
+        assert!(!killed_from_outside(exited(OUT_OF_MEMORY_EXIT)));
+        assert!(!killed_from_outside(exited(101)));
     }
 
     // A worker's stderr is read as it comes, whatever its length, and its end is kept.

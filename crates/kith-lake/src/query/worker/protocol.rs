@@ -190,18 +190,23 @@ pub(super) struct Replied {
     pub(super) finished: Option<Finished>,
 }
 
-/// Reads the worker's reply. An answer's batches are counted in `memory` as they are read, so
-/// that the server never holds more of an answer than the queries' memory allows: reading
-/// stops at the first batch that does not fit.
+/// Reads the worker's reply; `None` when its stdout closed before a word of one. An answer's
+/// batches are counted in `memory` as they are read, so that the server never holds more of an
+/// answer than the queries' memory allows: reading stops at the first batch that does not fit.
 pub(super) fn read_reply(
     input: &mut impl BufRead,
     memory: MemoryReservation,
     limits: &QueryLimits,
-) -> std::io::Result<Replied> {
-    let refused = |err| Replied {
-        answer: Err(err),
-        finished: None,
+) -> std::io::Result<Option<Replied>> {
+    let refused = |err| {
+        Some(Replied {
+            answer: Err(err),
+            finished: None,
+        })
     };
+    if input.fill_buf()?.is_empty() {
+        return Ok(None);
+    }
     let truncated = match read_header(input)? {
         Reply::Answer { truncated } => truncated,
         Reply::Refused(err) => return Ok(refused(err)),
@@ -218,7 +223,7 @@ pub(super) fn read_reply(
     }
     // The answer is whole: a worker that cannot say more is not kept, but its answer stands.
     let finished = read_header(input).ok();
-    Ok(Replied {
+    Ok(Some(Replied {
         answer: Ok(QueryResult {
             schema,
             batches,
@@ -226,7 +231,7 @@ pub(super) fn read_reply(
             _memory: Some(memory),
         }),
         finished,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -264,10 +269,8 @@ mod tests {
         let read_within = |capacity: usize| {
             let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(capacity));
             let memory = MemoryConsumer::new("answer").register(&pool);
-            (
-                read_reply(&mut pipe.as_slice(), memory, &limits).unwrap(),
-                pool,
-            )
+            let replied = read_reply(&mut pipe.as_slice(), memory, &limits).unwrap();
+            (replied.unwrap(), pool)
         };
         let (replied, pool) = read_within(3 * bytes);
         let answer = replied.answer.unwrap();
@@ -303,16 +306,21 @@ mod tests {
         let limits = QueryLimits::default();
         for truncated in [true, false] {
             let memory = MemoryConsumer::new("answer").register(&pool);
-            let replied = read_reply(&mut input, memory, &limits).unwrap();
+            let replied = read_reply(&mut input, memory, &limits).unwrap().unwrap();
             let answer = replied.answer.unwrap();
             assert_eq!(answer.truncated, truncated);
             assert_eq!(answer.batches, vec![batch.clone()]);
             assert!(replied.finished.is_some());
         }
         let memory = MemoryConsumer::new("answer").register(&pool);
-        let last = read_reply(&mut input, memory, &limits).unwrap();
+        let last = read_reply(&mut input, memory, &limits).unwrap().unwrap();
         assert!(matches!(last.answer, Err(QueryError::Timeout(t)) if t == Duration::from_secs(3)));
         assert!(input.is_empty(), "every byte was read, and no more");
+        // A pipe closed before a word is told apart from one closed within a reply.
+        let memory = MemoryConsumer::new("answer").register(&pool);
+        assert!(read_reply(&mut input, memory, &limits).unwrap().is_none());
+        let memory = MemoryConsumer::new("answer").register(&pool);
+        assert!(read_reply(&mut &pipe[..2], memory, &limits).is_err());
     }
 
     #[test]
