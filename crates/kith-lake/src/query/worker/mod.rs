@@ -108,7 +108,7 @@ impl QueryWorker {
             match worker.ask(request, streams, shared, limits, waited).await {
                 Asked::Ended(answer, kept) => {
                     if let Some(worker) = kept {
-                        self.lock_waiting().push(worker);
+                        self.lock_waiting().push(*worker);
                     }
                     if answer.is_ok() {
                         let took = started.elapsed().as_secs_f64();

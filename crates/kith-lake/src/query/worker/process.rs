@@ -20,7 +20,7 @@ const KEPT_STDERR_BYTES: usize = 16 << 10;
 /// How asking a worker a query went.
 pub(super) enum Asked {
     /// How the query ended, and the worker when it may answer another.
-    Ended(Result<QueryResult, QueryError>, Option<Worker>),
+    Ended(Result<QueryResult, QueryError>, Option<Box<Worker>>),
     /// A worker that waited had ended before it took the query (killed while it waited, a
     /// moment too late to be passed over): it was asked nothing, and another may be.
     WasGone,
@@ -182,11 +182,13 @@ impl Worker {
                 };
                 let holds_little =
                     finished.is_some_and(|f| f.resident_bytes <= KEEP_RESIDENT_BYTES);
-                let kept = stdin.filter(|_| holds_little).map(|stdin| Worker {
-                    child,
-                    stdin,
-                    stdout,
-                    stderr,
+                let kept = stdin.filter(|_| holds_little).map(|stdin| {
+                    Box::new(Worker {
+                        child,
+                        stdin,
+                        stdout,
+                        stderr,
+                    })
                 });
                 (Ok(answer), kept)
             }
