@@ -15,7 +15,8 @@
 //! A worker that answered is kept for the next query, warm: started, its runtime built, the
 //! tables' Delta snapshots and Parquet metadata read. One that refused a query (out of time or
 //! memory, a bad query) exits, and so does one the server lets go; one that holds much memory
-//! after answering is let go. A query finding no worker waiting starts one.
+//! after answering is let go. A query finding no worker waiting starts one, and so does a query
+//! whose waiting worker turns out to have been killed as it waited.
 
 mod process;
 mod protocol;
