@@ -57,7 +57,7 @@ pub enum Command {
         #[command(subcommand)]
         action: profile::ProfileAction,
     },
-    /// Runs one query for `kith serve`, which starts it with the query on stdin (not for people).
+    /// Runs queries for `kith serve`, which starts it and writes them on its stdin (not for people).
     #[command(name = kith_lake::query::worker::WORKER_COMMAND, hide = true)]
     QueryWorker,
 }
