@@ -21,8 +21,9 @@ const KEPT_STDERR_BYTES: usize = 16 << 10;
 pub(super) enum Asked {
     /// How the query ended, and the worker when it may answer another.
     Ended(Result<QueryResult, QueryError>, Option<Box<Worker>>),
-    /// A worker that waited had ended before it took the query (killed while it waited, a
-    /// moment too late to be passed over): it was asked nothing, and another may be.
+    /// A worker that waited was killed from outside without a word: as it waited, a moment
+    /// too late to be passed over (it was asked nothing), or in the query (the kernel's
+    /// out-of-memory killer). A fresh worker may be asked.
     WasGone,
 }
 
