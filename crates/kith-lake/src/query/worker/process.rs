@@ -107,9 +107,9 @@ impl Worker {
         // may fail (and stop reading) before it has its input, or answer more than a pipe holds.
         // A write to a worker that has gone fails and ends its thread; how the worker ended
         // says what happened.
-        let mut writing = Some(tokio::task::spawn_blocking(move || {
+        let writing = tokio::task::spawn_blocking(move || {
             write_request(&mut stdin, &request, &streams).map(|()| stdin)
-        }));
+        });
         let share: Arc<dyn MemoryPool> = Arc::new(QueryShare::new(shared, limits.memory_bytes));
         let memory = MemoryConsumer::new("query answer").register(&share);
         let reply_limits = limits.clone();
@@ -142,7 +142,7 @@ impl Worker {
                 // outside ended it (the query has not been asked; or, if the kernel's
                 // out-of-memory killer took it in its query, asking again is worth one try).
                 let said_nothing = waited && matches!(no_reply, Ok(None));
-                if said_nothing && write_failed(writing.take()).await {
+                if said_nothing && matches!(finished_writing(writing).await, Some(Err(_))) {
                     metrics::counter!("kith_query_workers_gone_while_waiting_total").increment(1);
                     return Asked::WasGone;
                 }
@@ -174,13 +174,7 @@ impl Worker {
                 finished,
             } => {
                 // It read all it was sent before it answered, so the write is done or ending.
-                let stdin = match writing.take() {
-                    Some(writing) => match tokio::time::timeout(GRACE, writing).await {
-                        Ok(Ok(Ok(stdin))) => Some(stdin),
-                        _ => None,
-                    },
-                    None => None,
-                };
+                let stdin = finished_writing(writing).await.and_then(Result::ok);
                 let holds_little =
                     finished.is_some_and(|f| f.resident_bytes <= KEEP_RESIDENT_BYTES);
                 let kept = stdin.filter(|_| holds_little).map(|stdin| {
@@ -204,14 +198,12 @@ impl Worker {
     }
 }
 
-/// Whether writing the query failed: the worker's stdin had closed.
-async fn write_failed(
-    writing: Option<tokio::task::JoinHandle<std::io::Result<std::fs::File>>>,
-) -> bool {
-    match writing {
-        Some(writing) => matches!(tokio::time::timeout(GRACE, writing).await, Ok(Ok(Err(_)))),
-        None => false,
-    }
+/// How writing the query ended (the worker's stdin, or why it could not be written), once it
+/// has; `None` if it does not end within the grace.
+async fn finished_writing(
+    writing: tokio::task::JoinHandle<std::io::Result<std::fs::File>>,
+) -> Option<std::io::Result<std::fs::File>> {
+    tokio::time::timeout(GRACE, writing).await.ok()?.ok()
 }
 
 /// Whether a signal from outside ended the worker (an operator's `kill`, the kernel's
