@@ -189,6 +189,9 @@ pub struct ProfileStore {
     state: RwLock<State>,
     writer: Mutex<Option<Connection>>,
     reader: Mutex<Connection>,
+    /// What passes over every profile ([`ProfileStore::for_each_view`]) read through, one read
+    /// transaction per range, so point lookups never wait behind a range.
+    scan_reader: Mutex<Connection>,
     applied_seq: AtomicU64,
     persisted_seq: AtomicU64,
     backfill: Mutex<Option<Backfill>>,
@@ -206,6 +209,7 @@ impl ProfileStore {
     pub fn open(data_dir: &Path, settings: ProfileSettings) -> Result<ProfileStore, ProfileError> {
         let mut writer = persist::open(data_dir)?;
         let reader = persist::open(data_dir)?;
+        let scan_reader = persist::open(data_dir)?;
         let model_traits = ModelTraitStore::open(data_dir)?;
         let mut resolver = Resolver::new(settings.rules.clone());
         let mut external_types = HashSet::new();
@@ -304,6 +308,7 @@ impl ProfileStore {
             }),
             writer: Mutex::new(Some(writer)),
             reader: Mutex::new(reader),
+            scan_reader: Mutex::new(scan_reader),
             applied_seq: AtomicU64::new(loaded.applied_seq),
             persisted_seq: AtomicU64::new(loaded.applied_seq),
             backfill: Mutex::new(backfill),
@@ -537,20 +542,12 @@ impl ProfileStore {
         state: &'s State,
         identifiers: &[(Identifier, kith_identity::ObservationKey)],
     ) -> Result<Vec<std::borrow::Cow<'s, IdentifierFacts>>, ProfileError> {
-        let mut out = Vec::with_capacity(identifiers.len());
         let mut reader = None;
-        for (identifier, _) in identifiers {
-            if let Some(held) = state.facts.get(identifier) {
-                out.push(std::borrow::Cow::Borrowed(held));
-                continue;
-            }
+        facts_from(state, identifiers, |identifier| {
             let reader =
                 reader.get_or_insert_with(|| self.reader.lock().unwrap_or_else(|p| p.into_inner()));
-            if let Some(stored) = persist::load_facts(reader, identifier)? {
-                out.push(std::borrow::Cow::Owned(stored));
-            }
-        }
-        Ok(out)
+            persist::load_facts(reader, identifier)
+        })
     }
 
     /// The extraction settings of this moment (computed traits change through the API).
@@ -899,11 +896,15 @@ impl ProfileStore {
         let mut scores = self.model_traits.all()?;
         let now = chrono::Utc::now().timestamp_micros();
         let defs = self.extractor().computed.clone();
-        self.for_each_profile_by_range(|state, profile| {
+        self.for_each_profile_by_range(|state, stored, profile| {
             let identifiers = state.resolver.identifiers(profile);
             // Facts memory does not hold are read per profile: reading them all first held
             // every stored fact at once (gigabytes at hundreds of thousands of profiles).
-            let facts = self.facts_of(state, &identifiers)?;
+            // Profiles in slot order read `profiles.db`'s rows nearly in the order they were
+            // written; sorting a range's lookups by key instead was slower (measured).
+            let facts = facts_from(state, &identifiers, |identifier| {
+                persist::load_facts(stored, identifier)
+            })?;
             let folded = ProfileFacts::fold(facts.iter().map(|f| f.as_ref()));
             let mut view = ProfileView::build(&state.resolver, profile, folded, &defs, now);
             if let Some(traits) = scores.remove(&view.profile_id) {
@@ -919,7 +920,7 @@ impl ProfileStore {
     /// a pass sees of changes made meanwhile).
     fn for_each_profile_by_range(
         &self,
-        mut visit: impl FnMut(&State, ProfileRef) -> Result<(), ProfileError>,
+        mut visit: impl FnMut(&State, &Connection, ProfileRef) -> Result<(), ProfileError>,
     ) -> Result<(), ProfileError> {
         let mut start = 0;
         loop {
@@ -927,10 +928,19 @@ impl ProfileStore {
             if start >= state.resolver.profile_slots() {
                 return Ok(());
             }
+            // `visit` reads `profiles.db` in one read transaction for the range, begun under the
+            // store's lock: otherwise SQLite took and let go of its file locks for every
+            // statement, a quarter of a pass's time. Facts persisted after it began stay in
+            // memory until the store's lock is let go (eviction takes it for writing), and
+            // memory is read first, so nothing read from the transaction is stale.
+            let mut connection = self.scan_reader.lock().unwrap_or_else(|p| p.into_inner());
+            let range = connection.transaction()?;
             let end = start + VIEWS_PER_LOCK;
             for profile in state.resolver.profiles_in(start..end) {
-                visit(&state, profile)?;
+                visit(&state, &range, profile)?;
             }
+            range.commit()?;
+            drop(connection);
             drop(state);
             start = end;
         }
@@ -945,7 +955,7 @@ impl ProfileStore {
         mut each: impl FnMut(&str, BTreeMap<String, Value>),
     ) -> Result<(), ProfileError> {
         let mut scores = self.model_traits.all()?;
-        self.for_each_profile_by_range(|state, profile| {
+        self.for_each_profile_by_range(|state, _, profile| {
             let profile_id = state.resolver.profile_id(profile);
             let traits = scores.remove(&profile_id).unwrap_or_default();
             each(&profile_id, traits);
@@ -982,7 +992,7 @@ impl ProfileStore {
             })?;
         }
         let mut folded = TraitMap::default();
-        self.for_each_profile_by_range(|state, profile| {
+        self.for_each_profile_by_range(|state, _, profile| {
             folded.clear();
             for (identifier, _) in state.resolver.identifiers(profile) {
                 let traits = match state.facts.get(&identifier) {
@@ -1033,6 +1043,26 @@ impl ProfileStore {
     pub fn profile_count(&self) -> usize {
         self.read().resolver.profile_count()
     }
+}
+
+/// The facts of `identifiers`, in their order: those in `state`'s memory borrowed, the others
+/// read from `profiles.db` by `load`.
+fn facts_from<'s>(
+    state: &'s State,
+    identifiers: &[(Identifier, kith_identity::ObservationKey)],
+    mut load: impl FnMut(&Identifier) -> Result<Option<IdentifierFacts>, ProfileError>,
+) -> Result<Vec<std::borrow::Cow<'s, IdentifierFacts>>, ProfileError> {
+    let mut out = Vec::with_capacity(identifiers.len());
+    for (identifier, _) in identifiers {
+        if let Some(held) = state.facts.get(identifier) {
+            out.push(std::borrow::Cow::Borrowed(held));
+            continue;
+        }
+        if let Some(stored) = load(identifier)? {
+            out.push(std::borrow::Cow::Owned(stored));
+        }
+    }
+    Ok(out)
 }
 
 /// An event's identifier whose facts `profiles.db` could not give back. Applying the event to

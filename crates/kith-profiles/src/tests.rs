@@ -664,3 +664,61 @@ fn profiles_db_commits_are_synced_before_they_return() {
         .unwrap();
     assert_eq!(synchronous, 2);
 }
+
+/// A pass over every profile reads `profiles.db` one read transaction per range while events
+/// are applied, persisted and evicted from memory beside it: no pass may show a profile older
+/// than an earlier pass showed it (facts persisted after a range's transaction began must still
+/// be read from memory, not from the transaction's older snapshot).
+#[test]
+fn passes_over_all_profiles_during_persists_and_evictions_never_go_back_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    // Facts leave memory after nearly every persist.
+    let store = ProfileStore::open(dir.path(), with_resident_facts(8)).unwrap();
+    let customers = 300;
+    let rounds: u64 = 25;
+    let round = |n: u64| {
+        let items: Vec<Value> = (0..customers)
+            .map(|i| {
+                json!({"type": "track", "userId": format!("u-{i}"), "event": "Viewed",
+                            "messageId": format!("m-{n}-{i}"), "timestamp": "2025-03-01T10:00:00Z"})
+            })
+            .collect();
+        Value::Array(items)
+    };
+    apply(&store, 1, round(0));
+    store.persist().unwrap();
+    let writing_done = std::sync::atomic::AtomicBool::new(false);
+    let passes = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for n in 1..=rounds {
+                apply(&store, 1 + n * customers, round(n));
+                store.persist().unwrap();
+            }
+            writing_done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut seen: std::collections::HashMap<String, u64> = Default::default();
+        let mut passes = 0;
+        loop {
+            let last = writing_done.load(std::sync::atomic::Ordering::SeqCst);
+            store
+                .for_each_view(|view| {
+                    let count = view.computed_traits.event_count;
+                    let before = seen.insert(view.profile_id.clone(), count).unwrap_or(0);
+                    assert!(
+                        count >= before,
+                        "{}: {count} events after {before} in an earlier pass",
+                        view.profile_id
+                    );
+                })
+                .unwrap();
+            passes += 1;
+            if last {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), customers as usize);
+        assert!(seen.values().all(|&count| count == rounds + 1), "{seen:?}");
+        passes
+    });
+    assert!(passes > 1, "{passes}");
+}
