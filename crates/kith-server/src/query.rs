@@ -190,12 +190,8 @@ pub async fn query(
     let profiles = app.pipeline.profiles.clone();
     let worker = app.config.query_worker.clone();
     let result = crate::runtimes::run_query_for_request("query", async move {
-        let extra = if crate::profiles::may_read_profiles(&request.sql) {
-            crate::profiles::profile_tables(&profiles)
-                .map_err(|e| QueryError::Internal(format!("the profiles could not be read: {e}")))?
-        } else {
-            Vec::new()
-        };
+        let extra = crate::profiles::profile_tables_read_by(&request.sql, &profiles)
+            .map_err(|e| QueryError::Internal(format!("the profiles could not be read: {e}")))?;
         match worker {
             Some(worker) => worker.query(&lake, &request.sql, &limits, extra).await,
             None => lake.query_with(&request.sql, &limits, extra).await,

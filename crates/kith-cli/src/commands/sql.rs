@@ -41,11 +41,7 @@ pub fn run(args: SqlArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let result = runtime.block_on(runtime.spawn(async move {
         let (lake, profiles) = open_consistent(&data_dir, settings).await?;
-        let extra = if kith_server::profiles::may_read_profiles(&sql) {
-            kith_server::profiles::profile_tables(&profiles)?
-        } else {
-            Vec::new()
-        };
+        let extra = kith_server::profiles::profile_tables_read_by(&sql, &profiles)?;
         lake.query_with(&sql, &limits, extra)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
