@@ -131,6 +131,9 @@ pub struct QueryConfig {
     /// Where `kith serve` runs `POST /v1/query`: `process` (the default on Linux) or
     /// `in-process` (the default elsewhere).
     pub isolation: Option<QueryIsolation>,
+    /// How long a query worker that answered waits for the next query before it exits and
+    /// gives back what it holds (default 60; 0: a worker exits as soon as it has answered).
+    pub worker_idle_secs: Option<u64>,
 }
 
 /// Where the server runs SQL queries.

@@ -2376,6 +2376,54 @@ fn the_query_after_a_waiting_worker_is_killed_is_answered() {
     );
 }
 
+// A worker no query reaches for `[query] worker_idle_secs` exits and gives back what it holds;
+// the next query starts a fresh one. Queries that come as the idle time ends, some reaching a
+// worker as it leaves, are all answered.
+#[test]
+fn a_worker_left_idle_exits_and_the_next_query_starts_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _config) =
+        KithServer::start_with_config(dir.path(), "[query]\nworker_idle_secs = 1\n");
+    assert_eq!(server.query("SELECT 1 AS one")["rows"], json!([[1]]));
+    let workers = live_children(server.child.id());
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    let waited = std::time::Instant::now();
+    while is_running(workers[0]) && waited.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let gone_after = waited.elapsed();
+    assert!(!is_running(workers[0]), "the idle worker still runs");
+    assert!(
+        gone_after > std::time::Duration::from_millis(700),
+        "it left before its idle time: {gone_after:?}"
+    );
+    assert_eq!(server.query("SELECT 2 AS two")["rows"], json!([[2]]));
+    assert_eq!(
+        metric(&server.base, "kith_query_workers_idle_exits_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&server.base, "kith_query_workers_started_total"),
+        Some(2.0)
+    );
+    // Around the idle time, a millisecond apart each: every query is answered, none blamed.
+    let mut answered = std::time::Instant::now();
+    for step in 0..12u64 {
+        let pause = std::time::Duration::from_millis(994 + step);
+        std::thread::sleep(pause.saturating_sub(answered.elapsed()));
+        assert_eq!(
+            server.query(&format!("SELECT {step} AS n"))["rows"],
+            json!([[step]]),
+            "step {step}"
+        );
+        answered = std::time::Instant::now();
+    }
+    assert_eq!(
+        metric(&server.base, "kith_query_workers_out_of_memory_total"),
+        None
+    );
+}
+
 // A server killed outright leaves no worker behind: a waiting worker's stdin closes, and it
 // exits.
 #[test]

@@ -89,12 +89,17 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
                  /proc); set it to \"in-process\""
             );
         }
-        config.query_worker = Some(std::sync::Arc::new(QueryWorker::new(
+        let worker = QueryWorker::new(
             this_binary()?,
             kith_server::runtimes::QUERY_THREADS,
             // As long as a query waits for a query thread: the same turn, by another name.
             kith_server::runtimes::QUERY_THREAD_WAIT,
-        )));
+        );
+        let worker = match file.query.worker_idle_secs {
+            Some(secs) => worker.idle_for(std::time::Duration::from_secs(secs)),
+            None => worker,
+        };
+        config.query_worker = Some(std::sync::Arc::new(worker));
     }
     config.housekeeping = file.housekeeping(config.query_limits.timeout)?;
     // Before anything is created or loaded: a wrong or busy address fails at once.

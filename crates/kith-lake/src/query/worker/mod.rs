@@ -42,6 +42,14 @@ const GRACE: Duration = Duration::from_secs(2);
 /// The exit code of a worker that stopped itself because its resident memory passed its cap.
 const OUT_OF_MEMORY_EXIT: i32 = 3;
 
+/// The exit code of a waiting worker that no query reached within its idle time: it read
+/// nothing more, so a query written to it as it went is asked again of a fresh worker.
+const IDLE_EXIT: i32 = 4;
+
+/// How long a worker that answered waits for the next query before it exits, giving back what
+/// it holds (`[query] worker_idle_secs`): a fresh worker costs the next query 15–25 ms.
+pub const DEFAULT_WORKER_IDLE: Duration = Duration::from_secs(60);
+
 /// The most memory of its own a worker may hold after answering, once it has let go of the
 /// answer, and be kept for the next query. A waiting worker holds from about 8 MiB (its runtime)
 /// to some tens (snapshots, caches, what the allocator keeps of earlier queries: under 100 MiB
@@ -56,13 +64,16 @@ pub struct QueryWorker {
     slots: Arc<tokio::sync::Semaphore>,
     at_once: usize,
     slot_wait: Duration,
+    /// How long a worker waits for its next query before it exits.
+    idle: Duration,
     /// Workers that answered their last query, waiting for the next.
     waiting: Mutex<Vec<Worker>>,
 }
 
 impl QueryWorker {
     /// Workers are `program query-worker` (the `kith` binary), at most `at_once` running; a
-    /// query that finds no slot free within `slot_wait` is turned away as busy.
+    /// query that finds no slot free within `slot_wait` is turned away as busy. A worker that
+    /// answered waits [`DEFAULT_WORKER_IDLE`] for the next query (see [`QueryWorker::idle_for`]).
     pub fn new(program: PathBuf, at_once: usize, slot_wait: Duration) -> QueryWorker {
         let at_once = at_once.max(1);
         QueryWorker {
@@ -70,8 +81,14 @@ impl QueryWorker {
             slots: Arc::new(tokio::sync::Semaphore::new(at_once)),
             at_once,
             slot_wait,
+            idle: DEFAULT_WORKER_IDLE,
             waiting: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A worker that answered waits `idle` for the next query, then exits (at once when zero).
+    pub fn idle_for(self, idle: Duration) -> QueryWorker {
+        QueryWorker { idle, ..self }
     }
 
     /// Runs `sql` as [`Lake::query_with`] does, in a worker process.
@@ -104,7 +121,7 @@ impl QueryWorker {
                 None => Worker::start(&self.program)?,
             };
             let (request, streams) =
-                protocol::request_for(&sources, sql, limits, available, extra.clone());
+                protocol::request_for(&sources, sql, limits, available, self.idle, extra.clone());
             let shared = sources.memory.clone();
             match worker.ask(request, streams, shared, limits, waited).await {
                 Asked::Ended(answer, kept) => {
@@ -185,7 +202,14 @@ mod tests {
         let available = limits
             .memory_bytes
             .saturating_sub(sources.memory.reserved());
-        let (request, streams) = protocol::request_for(&sources, sql, limits, available, vec![]);
+        let (request, streams) = protocol::request_for(
+            &sources,
+            sql,
+            limits,
+            available,
+            DEFAULT_WORKER_IDLE,
+            vec![],
+        );
         let mut bytes = Vec::new();
         write_request(&mut bytes, &request, &streams).unwrap();
         bytes.len()
@@ -341,6 +365,42 @@ exec sleep 60",
             "{:?}",
             asked.elapsed()
         );
+        assert_eq!(started(dir.path()).len(), 2);
+    }
+
+    // A waiting worker whose idle time ends just as a query is written to it exits without
+    // reading it (here: once the query's first byte is there): the query goes to a fresh
+    // worker, and the idle exit is not taken for a fault.
+    #[tokio::test]
+    async fn a_query_reaching_a_worker_as_it_leaves_idle_goes_to_a_fresh_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path()).await.unwrap();
+        let limits = quick(Duration::from_secs(5));
+        let len = request_len(&lake, "SELECT 1", &limits);
+        for n in [1, 2] {
+            answer_file(dir.path(), n, 0);
+        }
+        // The n-th worker started answers n, then leaves idle as the next query comes.
+        let program = worker_script(
+            dir.path(),
+            &format!(
+                "n=$(wc -l < {pids})
+dd bs=1 count={len} status=none of=/dev/null
+cat {dir}/answer-$n-0
+dd bs=1 count=1 status=none of=/dev/null
+exit {IDLE_EXIT}",
+                pids = dir.path().join("pids").display(),
+                dir = dir.path().display(),
+            ),
+        );
+        let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
+        for expected in [1, 2] {
+            let answer = worker
+                .query(&lake, "SELECT 1", &limits, vec![])
+                .await
+                .unwrap();
+            assert_eq!(first_value(&answer), expected);
+        }
         assert_eq!(started(dir.path()).len(), 2);
     }
 

@@ -10,7 +10,7 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
 use tokio::io::AsyncReadExt;
 
 use super::protocol::{Replied, Request, Stream, read_reply, write_request};
-use super::{GRACE, KEEP_RESIDENT_BYTES, OUT_OF_MEMORY_EXIT, WORKER_COMMAND};
+use super::{GRACE, IDLE_EXIT, KEEP_RESIDENT_BYTES, OUT_OF_MEMORY_EXIT, WORKER_COMMAND};
 use crate::query::memory::{QueryShare, crowded_out};
 use crate::query::{QueryError, QueryLimits, QueryResult};
 
@@ -76,9 +76,19 @@ impl Worker {
         })
     }
 
-    /// Whether the worker has ended while it waited (killed from outside, say).
+    /// Whether the worker has ended while it waited (killed from outside, say, or left idle:
+    /// that is counted).
     pub(super) fn has_ended(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
+        match self.child.try_wait() {
+            Ok(None) => false,
+            Ok(Some(status)) => {
+                if left_idle(status) {
+                    metrics::counter!("kith_query_workers_idle_exits_total").increment(1);
+                }
+                true
+            }
+            Err(_) => true,
+        }
     }
 
     /// Asks the worker `request`, and gives the worker back when it may answer another query:
@@ -137,10 +147,11 @@ impl Worker {
             Ok(Some(replied)) => replied,
             no_reply => {
                 // Its stdout closed without a whole reply: the worker has ended, or is ending.
-                // One that waited for this query and said not a word may have been killed as
-                // it waited: its stdin closed before the query was written, or a signal from
-                // outside ended it (the query has not been asked; or, if the kernel's
-                // out-of-memory killer took it in its query, asking again is worth one try).
+                // One that waited for this query and said not a word may have gone as it
+                // waited: its stdin closed before the query was written, it left idle as the
+                // query came, or a signal from outside ended it (the query has not been asked;
+                // or, if the kernel's out-of-memory killer took it in its query, asking again
+                // is worth one try).
                 let said_nothing = waited && matches!(no_reply, Ok(None));
                 if said_nothing && matches!(finished_writing(writing).await, Some(Err(_))) {
                     metrics::counter!("kith_query_workers_gone_while_waiting_total").increment(1);
@@ -153,7 +164,7 @@ impl Worker {
                         None
                     }
                 };
-                if said_nothing && status.is_some_and(killed_from_outside) {
+                if said_nothing && status.is_some_and(|s| killed_from_outside(s) || left_idle(s)) {
                     metrics::counter!("kith_query_workers_gone_while_waiting_total").increment(1);
                     return Asked::WasGone;
                 }
@@ -213,6 +224,12 @@ fn killed_from_outside(status: std::process::ExitStatus) -> bool {
     status.signal().is_some_and(|signal| {
         [libc::SIGKILL, libc::SIGTERM, libc::SIGINT, libc::SIGHUP].contains(&signal)
     })
+}
+
+/// Whether the worker exited because no query reached it within its idle time (it read
+/// nothing after its last answer).
+fn left_idle(status: std::process::ExitStatus) -> bool {
+    status.code() == Some(IDLE_EXIT)
 }
 
 /// A worker's pipe (taken from tokio, made blocking) as a file to read or write on a blocking

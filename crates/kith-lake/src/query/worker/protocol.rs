@@ -36,6 +36,9 @@ pub(super) struct Request {
     /// The tables built for the query; their rows follow the event tables' as streams.
     pub(super) extra: Vec<ExtraTableName>,
     pub(super) tables_on_request: Vec<String>,
+    /// How long the worker waits for the next request after answering this one, then exits
+    /// with [`super::IDLE_EXIT`].
+    pub(super) idle: Duration,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -73,12 +76,14 @@ pub(super) struct Stream {
     pub(super) batches: Vec<RecordBatch>,
 }
 
-/// The request for `sql` over `sources` and `extra`, and the rows that follow it.
+/// The request for `sql` over `sources` and `extra`, and the rows that follow it; the worker
+/// waits `idle` for the next request once it has answered.
 pub(super) fn request_for(
     sources: &Sources,
     sql: &str,
     limits: &QueryLimits,
     available_bytes: usize,
+    idle: Duration,
     extra: Vec<ExtraTable>,
 ) -> (Request, Vec<Stream>) {
     let mut streams = Vec::new();
@@ -125,6 +130,7 @@ pub(super) fn request_for(
         tables,
         extra,
         tables_on_request: sources.tables_on_request.clone(),
+        idle,
     };
     (request, streams)
 }
@@ -336,6 +342,7 @@ mod tests {
             tables: vec![],
             extra: vec![],
             tables_on_request: vec!["profiles".into()],
+            idle: Duration::from_millis(1500),
         };
         let streams = [
             Stream {

@@ -10,10 +10,10 @@ use std::time::Duration;
 use datafusion::execution::cache::cache_manager::CacheManager;
 use deltalake::DeltaTable;
 
-use super::OUT_OF_MEMORY_EXIT;
 use super::protocol::{
     Finished, Reply, Request, read_header, read_stream, write_header, write_stream,
 };
+use super::{IDLE_EXIT, OUT_OF_MEMORY_EXIT};
 use crate::query::{
     ExtraTable, QueryError, QueryLimits, QueryMemory, QueryResult, Source, Sources,
 };
@@ -78,6 +78,7 @@ pub fn serve_queries() -> u8 {
                 std::process::exit(1);
             }
         }
+        let request_idle = request.idle;
         let answer = runtime.block_on(answer(request, &mut input, &mut warm));
         let refused = answer.is_err();
         let written = write_reply(answer);
@@ -90,6 +91,9 @@ pub fn serve_queries() -> u8 {
         if refused || written.is_err() {
             std::process::exit(i32::from(written.is_err()));
         }
+        if !next_request_within(&input, request_idle) {
+            std::process::exit(IDLE_EXIT);
+        }
         request = match read_header(&mut input) {
             Ok(request) => request,
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => std::process::exit(0),
@@ -98,6 +102,39 @@ pub fn serve_queries() -> u8 {
                 std::process::exit(1);
             }
         };
+    }
+}
+
+/// Whether the next request (or the end of stdin) comes within `idle`: a worker no query
+/// reached in that time exits, giving back what it holds, and a query that finds it gone starts
+/// a fresh one.
+fn next_request_within(input: &BufReader<std::io::StdinLock<'_>>, idle: Duration) -> bool {
+    if !input.buffer().is_empty() {
+        return true;
+    }
+    // None: so far off that it is never (poll's -1).
+    let deadline = std::time::Instant::now().checked_add(idle);
+    loop {
+        let millis = deadline.map_or(-1, |deadline| {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX)
+        });
+        let mut stdin = libc::pollfd {
+            fd: libc::STDIN_FILENO,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the length of the call.
+        match unsafe { libc::poll(&mut stdin, 1, millis) } {
+            // Done waiting, unless poll's longest wait (24 days) ended before `idle` did.
+            0 if deadline.is_some_and(|d| std::time::Instant::now() >= d) => return false,
+            0 => {}
+            // Readable, closed or in error: reading says which.
+            1.. => return true,
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            // Waiting is not possible: wait the plain way, on the read.
+            _ => return true,
+        }
     }
 }
 
