@@ -15,8 +15,9 @@
 //! A worker that answered is kept for the next query, warm: started, its runtime built, the
 //! tables' Delta snapshots and Parquet metadata read. One that refused a query (out of time or
 //! memory, a bad query) exits, and so does one the server lets go; one that holds much memory
-//! after answering is let go. A query finding no worker waiting starts one, and so does a query
-//! whose waiting worker turns out to have been killed as it waited.
+//! after answering is let go, and one that no query reaches within its idle time exits. A query
+//! finding no worker waiting starts one, and so does a query whose waiting worker turns out to
+//! have been killed, or to have left idle, as it waited.
 
 mod process;
 mod protocol;
