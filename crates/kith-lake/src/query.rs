@@ -96,6 +96,20 @@ pub enum QueryError {
         bytes: usize,
         limit: usize,
     },
+    /// Building a table for the query (the `profiles` table, a row per profile) took the whole
+    /// time limit, before the query started.
+    #[error(
+        "building the `{table}` table for the query took longer than the {limit:?} limit \
+         ({built} of {rows} rows built, before the query itself started); raise \
+         `[query] timeout_secs` in kith.toml. `profile_identities` alone is far quicker to \
+         build, and the analytics API reads the profiles without this table"
+    )]
+    TableTooSlow {
+        table: String,
+        built: usize,
+        rows: usize,
+        limit: Duration,
+    },
     /// The query would have had the memory it needs, but other queries running now hold it.
     #[error(
         "the queries running now hold the memory this one needs (they share {} MiB); try again \

@@ -890,13 +890,24 @@ impl ProfileStore {
     /// lock, the unify thread waiting to write held up every other reader behind it (profile
     /// lookups included). Profiles that change during the pass are seen as they were when their
     /// range was read; a merge in the middle of it may show the absorbed profile once more.
-    pub fn for_each_view(&self, mut each: impl FnMut(ProfileView)) -> Result<(), ProfileError> {
+    pub fn for_each_view(&self, each: impl FnMut(ProfileView)) -> Result<(), ProfileError> {
+        self.for_each_view_until(None, each).map(drop)
+    }
+
+    /// [`ProfileStore::for_each_view`], stopping at the first range that starts after
+    /// `deadline`: whether every profile was visited. A pass takes about 20 µs a profile, so one
+    /// made for a caller that waits (a query's `profiles` table) is held to the caller's time.
+    pub fn for_each_view_until(
+        &self,
+        deadline: Option<std::time::Instant>,
+        mut each: impl FnMut(ProfileView),
+    ) -> Result<bool, ProfileError> {
         // Unreadable model traits fail the visit: views without them would pass for profiles
         // no model scored.
         let mut scores = self.model_traits.all()?;
         let now = chrono::Utc::now().timestamp_micros();
         let defs = self.extractor().computed.clone();
-        self.for_each_profile_by_range(|state, stored, profile| {
+        self.for_each_profile_by_range(deadline, |state, stored, profile| {
             let identifiers = state.resolver.identifiers(profile);
             // Facts memory does not hold are read per profile: reading them all first held
             // every stored fact at once (gigabytes at hundreds of thousands of profiles).
@@ -920,13 +931,17 @@ impl ProfileStore {
     /// a pass sees of changes made meanwhile).
     fn for_each_profile_by_range(
         &self,
+        deadline: Option<std::time::Instant>,
         mut visit: impl FnMut(&State, &Connection, ProfileRef) -> Result<(), ProfileError>,
-    ) -> Result<(), ProfileError> {
+    ) -> Result<bool, ProfileError> {
         let mut start = 0;
         loop {
             let state = self.read();
             if start >= state.resolver.profile_slots() {
-                return Ok(());
+                return Ok(true);
+            }
+            if deadline.is_some_and(|deadline| std::time::Instant::now() >= deadline) {
+                return Ok(false);
             }
             // `visit` reads `profiles.db` in one read transaction for the range, begun under the
             // store's lock: otherwise SQLite took and let go of its file locks for every
@@ -955,12 +970,13 @@ impl ProfileStore {
         mut each: impl FnMut(&str, BTreeMap<String, Value>),
     ) -> Result<(), ProfileError> {
         let mut scores = self.model_traits.all()?;
-        self.for_each_profile_by_range(|state, _, profile| {
+        self.for_each_profile_by_range(None, |state, _, profile| {
             let profile_id = state.resolver.profile_id(profile);
             let traits = scores.remove(&profile_id).unwrap_or_default();
             each(&profile_id, traits);
             Ok(())
         })
+        .map(drop)
     }
 
     /// Every profile's id and its values of the traits `names` (last write wins by event time,
@@ -992,7 +1008,7 @@ impl ProfileStore {
             })?;
         }
         let mut folded = TraitMap::default();
-        self.for_each_profile_by_range(|state, _, profile| {
+        self.for_each_profile_by_range(None, |state, _, profile| {
             folded.clear();
             for (identifier, _) in state.resolver.identifiers(profile) {
                 let traits = match state.facts.get(&identifier) {
@@ -1011,6 +1027,7 @@ impl ProfileStore {
             each(&state.resolver.profile_id(profile), &folded);
             Ok(())
         })
+        .map(drop)
     }
 
     /// Likely duplicates scoring at least `min_score`, best first (see [`find_duplicates`]),

@@ -650,6 +650,36 @@ fn passes_a_range_of_profiles_at_a_time_visit_each_profile_once() {
         .unwrap();
     with_traits.sort();
     assert_eq!(with_traits, ids);
+
+    // A pass with a deadline stops at the first range that starts after it, and says so; a
+    // range started in time is visited whole.
+    let mut visited = 0;
+    let whole = store
+        .for_each_view_until(Some(std::time::Instant::now()), |_| visited += 1)
+        .unwrap();
+    assert_eq!((whole, visited), (false, 0));
+    let mut visited = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let whole = store
+        .for_each_view_until(Some(deadline), |_| visited += 1)
+        .unwrap();
+    assert_eq!((whole, visited), (true, expected));
+    // The deadline passes inside the first range: the range is finished, the next not begun.
+    let mut visited = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(50);
+    let whole = store
+        .for_each_view_until(Some(deadline), |_| {
+            if visited == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            visited += 1;
+        })
+        .unwrap();
+    assert!(!whole);
+    assert!(
+        visited > super::VIEWS_PER_LOCK / 2 && visited <= super::VIEWS_PER_LOCK,
+        "{visited}"
+    );
 }
 
 /// The server retires journal segments once `profiles.db` holds their events, so its commits

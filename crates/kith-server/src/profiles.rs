@@ -14,7 +14,7 @@ use kith_analytics::identities::IdentityIndex;
 use kith_analytics::segment::ProfilePath;
 use kith_analytics::{Data, ProfileSource};
 use kith_identity::Lookup;
-use kith_lake::{ExtraTable, TimelineQuery, output};
+use kith_lake::{ExtraTable, QueryError, QueryLimits, TimelineQuery, output};
 use kith_profiles::{LookupError, ProfileStore, ProfileView};
 use kith_state::KeyScope;
 use serde::Deserialize;
@@ -389,10 +389,14 @@ pub static PROFILE_IDENTITIES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// read them, at a cost that grows with the profiles): those it names, or both when it names the
 /// catalog (`SHOW TABLES`, `information_schema`). A misspelt name needs no tables: "no such
 /// table" lists them anyway (see `Lake::name_tables_built_on_request`).
+///
+/// Building `profiles` is held to the query's time limit, on top of the query's own: a query
+/// thread building it cannot be stopped from outside, and it takes about 20 µs a profile.
 pub fn profile_tables_read_by(
     sql: &str,
     store: &ProfileStore,
-) -> Result<Vec<ExtraTable>, kith_profiles::ProfileError> {
+    limits: &QueryLimits,
+) -> Result<Vec<ExtraTable>, QueryError> {
     let sql = sql.to_ascii_lowercase();
     let catalog = ["show", "information_schema"]
         .iter()
@@ -402,7 +406,18 @@ pub fn profile_tables_read_by(
     // `profiles` builds every profile's view (a second and a half at 50,000 profiles);
     // `profile_identities` only walks the identity graph, so a query of it alone is spared that.
     if profiles {
-        tables.push(profiles_table(store)?);
+        let deadline = std::time::Instant::now().checked_add(limits.timeout);
+        tables.push(profiles_table(store, deadline).map_err(|e| match e {
+            ProfilesTableError::Unreadable(e) => {
+                QueryError::Internal(format!("the profiles could not be read: {e}"))
+            }
+            ProfilesTableError::OutOfTime { built, profiles } => QueryError::TableTooSlow {
+                table: PROFILE_TABLE_NAMES[0].into(),
+                built,
+                rows: profiles,
+                limit: limits.timeout,
+            },
+        })?);
     }
     if identities {
         tables.push(identity_table(store));
@@ -410,8 +425,22 @@ pub fn profile_tables_read_by(
     Ok(tables)
 }
 
-/// The `profiles` table as it is now.
-pub fn profiles_table(store: &ProfileStore) -> Result<ExtraTable, kith_profiles::ProfileError> {
+/// Why the `profiles` table was not built.
+#[derive(Debug)]
+pub enum ProfilesTableError {
+    Unreadable(kith_profiles::ProfileError),
+    /// The deadline passed with `built` of about `profiles` rows built.
+    OutOfTime {
+        built: usize,
+        profiles: usize,
+    },
+}
+
+/// The `profiles` table as it is now, unless building it takes past `deadline`.
+pub fn profiles_table(
+    store: &ProfileStore,
+    deadline: Option<std::time::Instant>,
+) -> Result<ExtraTable, ProfilesTableError> {
     // One view at a time into the columns: all views at once cost gigabytes at hundreds of
     // thousands of profiles, several times the columns they fill.
     let mut profile_id = StringBuilder::new();
@@ -427,22 +456,31 @@ pub fn profiles_table(store: &ProfileStore) -> Result<ExtraTable, kith_profiles:
     let mut consent = StringBuilder::new();
     let mut merge_count = Int64Builder::new();
     let mut conflict_count = Int64Builder::new();
-    store.for_each_view(|view| {
-        let computed = &view.computed_traits;
-        profile_id.append_value(&view.profile_id);
-        identifier_count.append_value(view.identifiers.len() as i64);
-        first_seen.append_option(computed.first_seen_micros);
-        last_seen.append_option(computed.last_seen_micros);
-        event_count.append_value(computed.event_count as i64);
-        order_count.append_value(computed.order_count as i64);
-        total_revenue.append_value(computed.total_revenue);
-        average_order_value.append_option(computed.average_order_value);
-        traits.append_value(serde_json::to_string(&view.traits).unwrap_or_default());
-        model_traits.append_value(serde_json::to_string(&view.model_traits).unwrap_or_default());
-        consent.append_option(view.consent.as_ref().map(|c| c.preferences.to_string()));
-        merge_count.append_value(view.merges.len() as i64);
-        conflict_count.append_value(view.conflicts.len() as i64);
-    })?;
+    let whole = store
+        .for_each_view_until(deadline, |view| {
+            let computed = &view.computed_traits;
+            profile_id.append_value(&view.profile_id);
+            identifier_count.append_value(view.identifiers.len() as i64);
+            first_seen.append_option(computed.first_seen_micros);
+            last_seen.append_option(computed.last_seen_micros);
+            event_count.append_value(computed.event_count as i64);
+            order_count.append_value(computed.order_count as i64);
+            total_revenue.append_value(computed.total_revenue);
+            average_order_value.append_option(computed.average_order_value);
+            traits.append_value(serde_json::to_string(&view.traits).unwrap_or_default());
+            model_traits
+                .append_value(serde_json::to_string(&view.model_traits).unwrap_or_default());
+            consent.append_option(view.consent.as_ref().map(|c| c.preferences.to_string()));
+            merge_count.append_value(view.merges.len() as i64);
+            conflict_count.append_value(view.conflicts.len() as i64);
+        })
+        .map_err(ProfilesTableError::Unreadable)?;
+    if !whole {
+        return Err(ProfilesTableError::OutOfTime {
+            built: arrow::array::ArrayBuilder::len(&profile_id),
+            profiles: store.profile_count(),
+        });
+    }
     let profiles: Vec<ArrayRef> = vec![
         Arc::new(profile_id.finish()),
         Arc::new(identifier_count.finish()),
@@ -653,7 +691,7 @@ mod tests {
         let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
         apply(&store, 1, "u-1", "a-1");
         let built = |sql: &str| -> Vec<(String, usize)> {
-            profile_tables_read_by(sql, &store)
+            profile_tables_read_by(sql, &store, &QueryLimits::default())
                 .unwrap()
                 .into_iter()
                 .map(|table| (table.name, table.batches[0].num_rows()))
@@ -677,6 +715,44 @@ mod tests {
         for sql in ["SELECT * FROM profile", "SELECT * FROM profils", "SELECT 1"] {
             assert_eq!(built(sql), [], "{sql}");
         }
+    }
+
+    // A query thread building `profiles` cannot be stopped from outside: the build is held to
+    // the query's time limit, and a query past it is told which table, how far it got and what
+    // to change. `profile_identities` is built all the same.
+    #[test]
+    fn building_the_profiles_table_is_held_to_the_query_time_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
+        for n in 0..3 {
+            apply(&store, n + 1, &format!("u-{n}"), &format!("a-{n}"));
+        }
+        let no_time = QueryLimits {
+            timeout: std::time::Duration::ZERO,
+            ..QueryLimits::default()
+        };
+        let Err(err) = profile_tables_read_by("SELECT * FROM profiles", &store, &no_time) else {
+            panic!("built in no time");
+        };
+        let QueryError::TableTooSlow {
+            table, built, rows, ..
+        } = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!((table.as_str(), *built, *rows), ("profiles", 0, 3));
+        let message = err.to_string();
+        for part in ["`profiles`", "0 of 3 rows", "[query] timeout_secs"] {
+            assert!(message.contains(part), "{message}");
+        }
+        assert_eq!(query_error(err).code, ErrorCode::QueryTimeout);
+        let identities =
+            profile_tables_read_by("SELECT * FROM profile_identities", &store, &no_time).unwrap();
+        assert_eq!(identities[0].batches[0].num_rows(), 6);
+        let in_time =
+            profile_tables_read_by("SELECT * FROM profiles", &store, &QueryLimits::default())
+                .unwrap();
+        assert_eq!(in_time[0].batches[0].num_rows(), 3);
     }
 
     #[test]

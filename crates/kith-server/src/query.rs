@@ -147,7 +147,9 @@ fn negotiate(headers: &HeaderMap) -> Result<Format, ApiError> {
 pub(crate) fn query_error(err: QueryError) -> ApiError {
     match err {
         QueryError::Invalid(message) => ApiError::new(ErrorCode::InvalidSql, message),
-        QueryError::Timeout(_) | QueryError::PlanningTimeout(_) => {
+        QueryError::Timeout(_)
+        | QueryError::PlanningTimeout(_)
+        | QueryError::TableTooSlow { .. } => {
             ApiError::new(ErrorCode::QueryTimeout, err.to_string())
         }
         QueryError::OutOfMemory(_)
@@ -190,8 +192,7 @@ pub async fn query(
     let profiles = app.pipeline.profiles.clone();
     let worker = app.config.query_worker.clone();
     let result = crate::runtimes::run_query_for_request("query", async move {
-        let extra = crate::profiles::profile_tables_read_by(&request.sql, &profiles)
-            .map_err(|e| QueryError::Internal(format!("the profiles could not be read: {e}")))?;
+        let extra = crate::profiles::profile_tables_read_by(&request.sql, &profiles, &limits)?;
         match worker {
             Some(worker) => worker.query(&lake, &request.sql, &limits, extra).await,
             None => lake.query_with(&request.sql, &limits, extra).await,

@@ -41,7 +41,8 @@ pub fn run(args: SqlArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let result = runtime.block_on(runtime.spawn(async move {
         let (lake, profiles) = open_consistent(&data_dir, settings).await?;
-        let extra = kith_server::profiles::profile_tables_read_by(&sql, &profiles)?;
+        let extra = kith_server::profiles::profile_tables_read_by(&sql, &profiles, &limits)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         lake.query_with(&sql, &limits, extra)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
