@@ -235,6 +235,25 @@ mod tests {
         path
     }
 
+    /// A worker script whose n-th start (of two) reads one request of `len` bytes, answers n,
+    /// then runs `then`.
+    fn numbered_worker(dir: &std::path::Path, len: usize, then: &str) -> PathBuf {
+        for n in [1, 2] {
+            answer_file(dir, n, 0);
+        }
+        worker_script(
+            dir,
+            &format!(
+                "n=$(wc -l < {pids})
+dd bs=1 count={len} status=none of=/dev/null
+cat {dir}/answer-$n-0
+{then}",
+                pids = dir.join("pids").display(),
+                dir = dir.display(),
+            ),
+        )
+    }
+
     fn first_value(answer: &QueryResult) -> i64 {
         use arrow::array::AsArray;
         answer.batches[0]
@@ -330,22 +349,8 @@ mod tests {
         let lake = Lake::open(dir.path()).await.unwrap();
         let limits = quick(Duration::from_secs(5));
         let len = request_len(&lake, "SELECT 1", &limits);
-        for n in [1, 2] {
-            answer_file(dir.path(), n, 0);
-        }
         // The n-th worker started answers n, then closes its pipes and lives on.
-        let program = worker_script(
-            dir.path(),
-            &format!(
-                "n=$(wc -l < {pids})
-dd bs=1 count={len} status=none of=/dev/null
-                 cat {dir}/answer-$n-0
-exec 0<&- 1>&-
-exec sleep 60",
-                pids = dir.path().join("pids").display(),
-                dir = dir.path().display(),
-            ),
-        );
+        let program = numbered_worker(dir.path(), len, "exec 0<&- 1>&-\nexec sleep 60");
         let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
         let answer = worker
             .query(&lake, "SELECT 1", &limits, vec![])
@@ -378,21 +383,11 @@ exec sleep 60",
         let lake = Lake::open(dir.path()).await.unwrap();
         let limits = quick(Duration::from_secs(5));
         let len = request_len(&lake, "SELECT 1", &limits);
-        for n in [1, 2] {
-            answer_file(dir.path(), n, 0);
-        }
         // The n-th worker started answers n, then leaves idle as the next query comes.
-        let program = worker_script(
+        let program = numbered_worker(
             dir.path(),
-            &format!(
-                "n=$(wc -l < {pids})
-dd bs=1 count={len} status=none of=/dev/null
-cat {dir}/answer-$n-0
-dd bs=1 count=1 status=none of=/dev/null
-exit {IDLE_EXIT}",
-                pids = dir.path().join("pids").display(),
-                dir = dir.path().display(),
-            ),
+            len,
+            &format!("dd bs=1 count=1 status=none of=/dev/null\nexit {IDLE_EXIT}"),
         );
         let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
         for expected in [1, 2] {
