@@ -73,6 +73,16 @@ def ask(base, key, sql):
     return took
 
 
+def wait_for_queries(base, key):
+    """Until the server at `base` answers a query (it loads the demo world first)."""
+    while True:
+        try:
+            ask(base, key, "SELECT 1")
+            return
+        except Exception:
+            time.sleep(0.5)
+
+
 def peak_resident_mib(pid):
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -137,12 +147,7 @@ def main():
             servers.append((isolation, process, base, key))
         events = None
         for isolation, _, base, key in servers:
-            while True:
-                try:
-                    ask(base, key, "SELECT 1")
-                    break
-                except Exception:
-                    time.sleep(0.5)
+            wait_for_queries(base, key)
         request = urllib.request.Request(
             servers[0][2] + "/v1/query",
             data=json.dumps({"sql": "SELECT count(*) FROM events"}).encode(),

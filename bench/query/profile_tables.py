@@ -16,9 +16,8 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 
-from isolation import ask, kith, start
+from isolation import ask, kith, start, wait_for_queries
 
 QUERIES = [
     ("count of profiles", "SELECT count(*) FROM profiles"),
@@ -38,12 +37,7 @@ def timings(binary, data_dir, work, runs):
     key = kith(binary, "key", "create", "--data-dir", data_dir, "--scope", "read")
     process, base = start(binary, data_dir, config)
     try:
-        while True:
-            try:
-                ask(base, key, "SELECT 1")
-                break
-            except Exception:
-                time.sleep(0.5)
+        wait_for_queries(base, key)
         medians = []
         for _, sql in QUERIES:
             ask(base, key, sql)  # warm-up
