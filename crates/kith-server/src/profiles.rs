@@ -403,21 +403,10 @@ pub fn profile_tables_read_by(
         .any(|word| sql.contains(word));
     let [profiles, identities] = PROFILE_TABLE_NAMES.map(|name| catalog || sql.contains(name));
     let mut tables = Vec::new();
-    // `profiles` builds every profile's view (a second and a half at 50,000 profiles);
-    // `profile_identities` only walks the identity graph, so a query of it alone is spared that.
+    // `profiles` builds every profile's view (a second at 50,000 profiles); `profile_identities`
+    // only walks the identity graph, so a query of it alone is spared that.
     if profiles {
-        let deadline = std::time::Instant::now().checked_add(limits.timeout);
-        tables.push(profiles_table(store, deadline).map_err(|e| match e {
-            ProfilesTableError::Unreadable(e) => {
-                QueryError::Internal(format!("the profiles could not be read: {e}"))
-            }
-            ProfilesTableError::OutOfTime { built, profiles } => QueryError::TableTooSlow {
-                table: PROFILE_TABLE_NAMES[0].into(),
-                built,
-                rows: profiles,
-                limit: limits.timeout,
-            },
-        })?);
+        tables.push(profiles_table(store, limits.timeout)?);
     }
     if identities {
         tables.push(identity_table(store));
@@ -425,22 +414,12 @@ pub fn profile_tables_read_by(
     Ok(tables)
 }
 
-/// Why the `profiles` table was not built.
-#[derive(Debug)]
-pub enum ProfilesTableError {
-    Unreadable(kith_profiles::ProfileError),
-    /// The deadline passed with `built` of about `profiles` rows built.
-    OutOfTime {
-        built: usize,
-        profiles: usize,
-    },
-}
-
-/// The `profiles` table as it is now, unless building it takes past `deadline`.
+/// The `profiles` table as it is now, unless building it takes longer than `limit`.
 pub fn profiles_table(
     store: &ProfileStore,
-    deadline: Option<std::time::Instant>,
-) -> Result<ExtraTable, ProfilesTableError> {
+    limit: std::time::Duration,
+) -> Result<ExtraTable, QueryError> {
+    let deadline = std::time::Instant::now().checked_add(limit);
     // One view at a time into the columns: all views at once cost gigabytes at hundreds of
     // thousands of profiles, several times the columns they fill.
     let mut profile_id = StringBuilder::new();
@@ -474,11 +453,13 @@ pub fn profiles_table(
             merge_count.append_value(view.merges.len() as i64);
             conflict_count.append_value(view.conflicts.len() as i64);
         })
-        .map_err(ProfilesTableError::Unreadable)?;
+        .map_err(|e| QueryError::Internal(format!("the profiles could not be read: {e}")))?;
     if !whole {
-        return Err(ProfilesTableError::OutOfTime {
+        return Err(QueryError::TableTooSlow {
+            table: PROFILE_TABLE_NAMES[0].into(),
             built: arrow::array::ArrayBuilder::len(&profile_id),
-            profiles: store.profile_count(),
+            rows: store.profile_count(),
+            limit,
         });
     }
     let profiles: Vec<ArrayRef> = vec![
