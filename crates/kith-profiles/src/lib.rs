@@ -945,9 +945,10 @@ impl ProfileStore {
             }
             // `visit` reads `profiles.db` in one read transaction for the range, begun under the
             // store's lock: otherwise SQLite took and let go of its file locks for every
-            // statement, a quarter of a pass's time. Facts persisted after it began stay in
+            // statement, a third of a pass's time. Facts persisted after it began stay in
             // memory until the store's lock is let go (eviction takes it for writing), and
             // memory is read first, so nothing read from the transaction is stale.
+            // (`visit` must not start another pass: this connection is held until the range ends.)
             let mut connection = self.scan_reader.lock().unwrap_or_else(|p| p.into_inner());
             let range = connection.transaction()?;
             let end = start + VIEWS_PER_LOCK;
