@@ -197,7 +197,14 @@ pub struct ProfileStore {
     backfill: Mutex<Option<Backfill>>,
     /// Scores models and analyses write (`model_traits.db`), shown with each profile.
     model_traits: ModelTraitStore,
+    /// Run by a pass over every profile each time it has let go of the store's lock between
+    /// ranges: how tests change the store in the middle of a pass.
+    #[cfg(test)]
+    between_ranges: Mutex<Option<BetweenRanges>>,
 }
+
+#[cfg(test)]
+type BetweenRanges = Box<dyn FnMut(&ProfileStore) + Send>;
 
 struct Backfill {
     names: Vec<String>,
@@ -313,6 +320,8 @@ impl ProfileStore {
             persisted_seq: AtomicU64::new(loaded.applied_seq),
             backfill: Mutex::new(backfill),
             model_traits,
+            #[cfg(test)]
+            between_ranges: Mutex::new(None),
         })
     }
 
@@ -889,7 +898,9 @@ impl ProfileStore {
     /// pass over hundreds of thousands of profiles takes tens of seconds, and while it held the
     /// lock, the unify thread waiting to write held up every other reader behind it (profile
     /// lookups included). Profiles that change during the pass are seen as they were when their
-    /// range was read; a merge in the middle of it may show the absorbed profile once more.
+    /// range was read. Every profile there when the pass ends is visited once, even one a merge
+    /// moved into a range already read (it is visited at the end); a profile merged away during
+    /// the pass may be visited too.
     pub fn for_each_view(&self, each: impl FnMut(ProfileView)) -> Result<(), ProfileError> {
         self.for_each_view_until(None, each).map(drop)
     }
@@ -935,9 +946,22 @@ impl ProfileStore {
         mut visit: impl FnMut(&State, &Connection, ProfileRef) -> Result<(), ProfileError>,
     ) -> Result<bool, ProfileError> {
         let mut start = 0;
+        // Profile ids visited: a merge between ranges may move a profile (its id with it) into
+        // a slot the pass has read already, or one it has yet to read.
+        let mut visited: HashSet<String> = HashSet::new();
         loop {
             let state = self.read();
             if start >= state.resolver.profile_slots() {
+                // Those moved behind the pass are visited now, under this hold of the lock:
+                // every profile there at the end has been visited, once.
+                let mut connection = self.scan_reader.lock().unwrap_or_else(|p| p.into_inner());
+                let range = connection.transaction()?;
+                for profile in state.resolver.profiles() {
+                    if visited.insert(state.resolver.profile_id(profile)) {
+                        visit(&state, &range, profile)?;
+                    }
+                }
+                range.commit()?;
                 return Ok(true);
             }
             if deadline.is_some_and(|deadline| std::time::Instant::now() >= deadline) {
@@ -953,11 +977,17 @@ impl ProfileStore {
             let range = connection.transaction()?;
             let end = start + VIEWS_PER_LOCK;
             for profile in state.resolver.profiles_in(start..end) {
-                visit(&state, &range, profile)?;
+                if visited.insert(state.resolver.profile_id(profile)) {
+                    visit(&state, &range, profile)?;
+                }
             }
             range.commit()?;
             drop(connection);
             drop(state);
+            #[cfg(test)]
+            if let Some(change) = self.between_ranges.lock().unwrap().as_mut() {
+                change(self);
+            }
             start = end;
         }
     }

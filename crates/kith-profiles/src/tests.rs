@@ -752,3 +752,91 @@ fn passes_over_all_profiles_during_persists_and_evictions_never_go_back_in_time(
     });
     assert!(passes > 1, "{passes}");
 }
+
+/// A pass over every profile lets the store's lock go between ranges, and a merge then may move
+/// a profile (and its id) into a slot the pass has already read: a new identifier takes a slot
+/// an earlier merge freed, and the older profile it is linked to lives on in that slot. An
+/// audit saw hundreds of profiles missing from `profiles` at once under such a load. Every
+/// profile there both when a pass starts and when it ends is visited, and none twice.
+#[test]
+fn a_pass_visits_every_profile_that_lived_through_it_once_while_people_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
+    let people = 3 * super::VIEWS_PER_LOCK;
+    let moved = 20;
+    // Slot by slot: 20 visitors, 20 customers known by user id, then visitors.
+    let visitors: Vec<Value> = (0..people)
+        .map(|i| {
+            let mut event = json!({"type": "identify", "messageId": format!("v-{i}"),
+                                   "timestamp": "2025-01-01T00:00:00Z"});
+            let (field, value) = if (moved..2 * moved).contains(&i) {
+                ("userId", format!("k-{}", i - moved))
+            } else {
+                ("anonymousId", format!("a-{i}"))
+            };
+            event[field] = json!(value);
+            event
+        })
+        .collect();
+    for (n, chunk) in visitors.chunks(1000).enumerate() {
+        apply(&store, 1 + 1000 * n as u64, Value::Array(chunk.to_vec()));
+    }
+    // The first 20 visitors turn out to be those customers: their slots are freed.
+    let sign_ins: Vec<Value> = (0..moved)
+        .map(|i| {
+            json!({"type": "identify", "userId": format!("k-{i}"), "anonymousId": format!("a-{i}"),
+                   "messageId": format!("w-{i}"), "timestamp": "2025-01-02T00:00:00Z"})
+        })
+        .collect();
+    apply(&store, 10_000, Value::Array(sign_ins));
+    assert_eq!(store.read().resolver.profiles_in(0..moved).count(), 0);
+    let live_ids = |store: &ProfileStore| -> std::collections::HashSet<String> {
+        let state = store.read();
+        let ids = state
+            .resolver
+            .profiles()
+            .map(|p| state.resolver.profile_id(p));
+        ids.collect()
+    };
+    let before = live_ids(&store);
+
+    // Once the pass has let go of its first range, visitors far down the slots sign up: a new
+    // user id takes a freed slot, and the visitor's older profile lives on there, under its
+    // own id.
+    let mut signed_up = false;
+    *store.between_ranges.lock().unwrap() = Some(Box::new(move |store: &ProfileStore| {
+        if !std::mem::replace(&mut signed_up, true) {
+            let items: Vec<Value> = (0..moved)
+                .map(|j| {
+                    json!({"type": "identify", "userId": format!("u-{j}"),
+                           "anonymousId": format!("a-{}", 2500 + j),
+                           "messageId": format!("x-{j}"), "timestamp": "2025-06-01T00:00:00Z"})
+                })
+                .collect();
+            apply(store, 20_000, Value::Array(items));
+        }
+    }));
+    let mut visited = Vec::new();
+    store
+        .for_each_view(|view| visited.push(view.profile_id))
+        .unwrap();
+    let after = live_ids(&store);
+    let low: Vec<String> = {
+        let state = store.read();
+        let ids = state
+            .resolver
+            .profiles_in(0..moved)
+            .map(|p| state.resolver.profile_id(p));
+        ids.collect()
+    };
+    // The first sign-up took the last slot freed; the slot it freed in turn went to the next.
+    assert_eq!(low.len(), 1, "a new user id took a freed slot");
+    assert!(before.contains(&low[0]), "under the visitor's id");
+    let seen: std::collections::HashSet<&String> = visited.iter().collect();
+    let missed: Vec<&String> = before
+        .intersection(&after)
+        .filter(|id| !seen.contains(*id))
+        .collect();
+    assert!(missed.is_empty(), "{} missed: {missed:?}", missed.len());
+    assert_eq!(seen.len(), visited.len(), "a profile visited twice");
+}
