@@ -788,6 +788,13 @@ impl Resolver {
         Some(self.ids[id as usize].profile).filter(|profile| *profile != NO_PROFILE)
     }
 
+    /// The identifier a profile's id is derived from (see [`Resolver::profile_id`]), as a
+    /// number: one profile's at a time, whatever slot it moves to, and far cheaper to compare
+    /// than the id (until [`Resolver::compact`] renumbers identifiers).
+    pub fn profile_anchor(&self, profile: ProfileRef) -> u32 {
+        self.profiles[profile as usize].anchor
+    }
+
     pub fn profile_id(&self, profile: ProfileRef) -> String {
         let anchor = self.profiles[profile as usize].anchor;
         profile_id_from_hash(self.stored_profile_hash(anchor))

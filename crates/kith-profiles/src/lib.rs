@@ -946,9 +946,10 @@ impl ProfileStore {
         mut visit: impl FnMut(&State, &Connection, ProfileRef) -> Result<(), ProfileError>,
     ) -> Result<bool, ProfileError> {
         let mut start = 0;
-        // Profile ids visited: a merge between ranges may move a profile (its id with it) into
-        // a slot the pass has read already, or one it has yet to read.
-        let mut visited: HashSet<String> = HashSet::new();
+        // Profiles visited, by the identifier their id comes from: a merge between ranges may
+        // move a profile (its id with it) into a slot the pass has read already, or one it has
+        // yet to read.
+        let mut visited: HashSet<u32> = HashSet::new();
         loop {
             let state = self.read();
             if start >= state.resolver.profile_slots() {
@@ -957,7 +958,7 @@ impl ProfileStore {
                 let mut connection = self.scan_reader.lock().unwrap_or_else(|p| p.into_inner());
                 let range = connection.transaction()?;
                 for profile in state.resolver.profiles() {
-                    if visited.insert(state.resolver.profile_id(profile)) {
+                    if visited.insert(state.resolver.profile_anchor(profile)) {
                         visit(&state, &range, profile)?;
                     }
                 }
@@ -977,7 +978,7 @@ impl ProfileStore {
             let range = connection.transaction()?;
             let end = start + VIEWS_PER_LOCK;
             for profile in state.resolver.profiles_in(start..end) {
-                if visited.insert(state.resolver.profile_id(profile)) {
+                if visited.insert(state.resolver.profile_anchor(profile)) {
                     visit(&state, &range, profile)?;
                 }
             }
