@@ -2397,6 +2397,12 @@ fn a_worker_left_idle_exits_and_the_next_query_starts_another() {
         gone_after > std::time::Duration::from_millis(700),
         "it left before its idle time: {gone_after:?}"
     );
+    // Reaped without waiting for a query: no zombie stays behind.
+    let proc = std::path::PathBuf::from(format!("/proc/{}", workers[0]));
+    while proc.exists() && waited.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!proc.exists(), "the idle worker is left a zombie");
     assert_eq!(server.query("SELECT 2 AS two")["rows"], json!([[2]]));
     assert_eq!(
         metric(&server.base, "kith_query_workers_idle_exits_total"),

@@ -68,7 +68,9 @@ pub struct QueryWorker {
     /// How long a worker waits for its next query before it exits.
     idle: Duration,
     /// Workers that answered their last query, waiting for the next.
-    waiting: Mutex<Vec<Worker>>,
+    waiting: Arc<Mutex<Vec<Worker>>>,
+    /// Whether the task that reaps waiting workers that have exited runs.
+    reaping: std::sync::Once,
 }
 
 impl QueryWorker {
@@ -83,7 +85,8 @@ impl QueryWorker {
             at_once,
             slot_wait,
             idle: DEFAULT_WORKER_IDLE,
-            waiting: Mutex::new(Vec::new()),
+            waiting: Arc::default(),
+            reaping: std::sync::Once::new(),
         }
     }
 
@@ -128,6 +131,7 @@ impl QueryWorker {
                 Asked::Ended(answer, kept) => {
                     if let Some(worker) = kept {
                         self.lock_waiting().push(*worker);
+                        self.reap_while_waiting();
                     }
                     if answer.is_ok() {
                         let took = started.elapsed().as_secs_f64();
@@ -153,11 +157,34 @@ impl QueryWorker {
     }
 
     fn lock_waiting(&self) -> std::sync::MutexGuard<'_, Vec<Worker>> {
-        // A poisoned lock only means a query panicked while it held it; the list is whole.
-        self.waiting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock_list(&self.waiting)
     }
+
+    /// Starts (once, on the runtime of the first query that leaves a worker waiting) a task
+    /// that lets go of waiting workers that have exited (left idle, or killed) every half idle
+    /// time, so that none stays a zombie until the next query. It ends with the `QueryWorker`.
+    fn reap_while_waiting(&self) {
+        self.reaping.call_once(|| {
+            let waiting = Arc::downgrade(&self.waiting);
+            let every = (self.idle / 2).clamp(Duration::from_millis(200), Duration::from_secs(30));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(waiting) = waiting.upgrade() else {
+                        return;
+                    };
+                    lock_list(&waiting).retain_mut(|worker| !worker.has_ended());
+                }
+            });
+        });
+    }
+}
+
+fn lock_list(waiting: &Mutex<Vec<Worker>>) -> std::sync::MutexGuard<'_, Vec<Worker>> {
+    // A poisoned lock only means a query panicked while it held it; the list is whole.
+    waiting
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
