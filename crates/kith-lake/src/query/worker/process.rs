@@ -48,19 +48,34 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     /// Starts `program query-worker`.
     pub(super) fn start(program: &Path) -> Result<Worker, QueryError> {
-        let mut child = tokio::process::Command::new(program)
-            .arg(WORKER_COMMAND)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                QueryError::Internal(format!(
-                    "the query worker {} could not start: {e}",
-                    program.display()
-                ))
-            })?;
+        let spawn = || {
+            tokio::process::Command::new(program)
+                .arg(WORKER_COMMAND)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+        };
+        // A program file just written (the binary replaced by an upgrade; a test's script) may
+        // still be open for writing in a process another thread forked a moment before, until
+        // that process runs its own program: "text file busy", gone within milliseconds.
+        let mut tries = 0;
+        let mut child = loop {
+            match spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 10 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                spawned => break spawned,
+            }
+        }
+        .map_err(|e| {
+            QueryError::Internal(format!(
+                "the query worker {} could not start: {e}",
+                program.display()
+            ))
+        })?;
         let missing = || QueryError::Internal("a query worker pipe is missing".into());
         let stdin = pipe_file(child.stdin.take().ok_or_else(missing)?.into_owned_fd())?;
         let stdout = BufReader::new(pipe_file(
@@ -321,6 +336,29 @@ pub(super) fn how_it_ended(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // A program file still open for writing somewhere ("text file busy") a moment after it
+    // was written starts once it is let go: parallel tests write worker scripts while other
+    // threads fork, and a binary may be replaced by an upgrade.
+    #[tokio::test]
+    async fn a_program_busy_being_written_for_a_moment_still_starts() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("worker.sh");
+        std::fs::write(&program, "#!/bin/sh\nexec sleep 5\n").unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let writing = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&program)
+            .unwrap();
+        let let_go = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(15));
+            drop(writing);
+        });
+        let worker = Worker::start(&program);
+        let_go.join().unwrap();
+        assert!(worker.is_ok(), "{:?}", worker.err());
+    }
 
     #[test]
     fn a_worker_that_ran_out_of_memory_is_told_apart_from_one_that_broke() {
