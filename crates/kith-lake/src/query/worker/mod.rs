@@ -281,6 +281,15 @@ cat {dir}/answer-$n-0
         )
     }
 
+    /// `SELECT 1`, asked of `worker` over `lake`.
+    async fn select_one(
+        worker: &QueryWorker,
+        lake: &Lake,
+        limits: &QueryLimits,
+    ) -> Result<QueryResult, QueryError> {
+        worker.query(lake, "SELECT 1", limits, vec![]).await
+    }
+
     fn first_value(answer: &QueryResult) -> i64 {
         use arrow::array::AsArray;
         answer.batches[0]
@@ -309,10 +318,7 @@ cat {dir}/answer-$n-0
         );
         let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
         for expected in [1, 2] {
-            let answer = worker
-                .query(&lake, "SELECT 1", &limits, vec![])
-                .await
-                .unwrap();
+            let answer = select_one(&worker, &lake, &limits).await.unwrap();
             assert_eq!(first_value(&answer), expected);
         }
         assert_eq!(started(dir.path()).len(), 1, "{:?}", started(dir.path()));
@@ -333,10 +339,7 @@ cat {dir}/answer-$n-0
             &format!("{read_one}\ncat {}\nexec sleep 60", holding_much.display()),
         );
         let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
-        worker
-            .query(&lake, "SELECT 1", &limits, vec![])
-            .await
-            .unwrap();
+        select_one(&worker, &lake, &limits).await.unwrap();
         assert!(worker.lock_waiting().is_empty(), "not kept");
         let pids = started(dir.path());
         let proc = PathBuf::from(format!("/proc/{}", pids[0]));
@@ -352,17 +355,11 @@ cat {dir}/answer-$n-0
             &format!("{read_one}\ncat {}\nexit 0", light.display()),
         );
         let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
-        worker
-            .query(&lake, "SELECT 1", &limits, vec![])
-            .await
-            .unwrap();
+        select_one(&worker, &lake, &limits).await.unwrap();
         assert_eq!(worker.lock_waiting().len(), 1, "kept");
         // It exits while it waits; the next query starts another, and is answered.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let answer = worker
-            .query(&lake, "SELECT 1", &limits, vec![])
-            .await
-            .unwrap();
+        let answer = select_one(&worker, &lake, &limits).await.unwrap();
         assert_eq!(first_value(&answer), 2);
         assert_eq!(started(dir.path()).len(), 3, "{:?}", started(dir.path()));
     }
@@ -379,19 +376,13 @@ cat {dir}/answer-$n-0
         // The n-th worker started answers n, then closes its pipes and lives on.
         let program = numbered_worker(dir.path(), len, "exec 0<&- 1>&-\nexec sleep 60");
         let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
-        let answer = worker
-            .query(&lake, "SELECT 1", &limits, vec![])
-            .await
-            .unwrap();
+        let answer = select_one(&worker, &lake, &limits).await.unwrap();
         assert_eq!(first_value(&answer), 1);
         drop(answer);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(worker.lock_waiting().len(), 1, "it still runs, and waits");
         let asked = Instant::now();
-        let answer = worker
-            .query(&lake, "SELECT 1", &limits, vec![])
-            .await
-            .unwrap();
+        let answer = select_one(&worker, &lake, &limits).await.unwrap();
         assert_eq!(first_value(&answer), 2, "answered by a fresh worker");
         assert!(
             asked.elapsed() < Duration::from_secs(2),
@@ -418,10 +409,7 @@ cat {dir}/answer-$n-0
         );
         let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
         for expected in [1, 2] {
-            let answer = worker
-                .query(&lake, "SELECT 1", &limits, vec![])
-                .await
-                .unwrap();
+            let answer = select_one(&worker, &lake, &limits).await.unwrap();
             assert_eq!(first_value(&answer), expected);
         }
         assert_eq!(started(dir.path()).len(), 2);
@@ -437,7 +425,7 @@ cat {dir}/answer-$n-0
         let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
         let started_at = Instant::now();
         let limits = quick(Duration::from_secs(1));
-        let err = worker.query(&lake, "SELECT 1", &limits, vec![]).await;
+        let err = select_one(&worker, &lake, &limits).await;
         assert!(
             matches!(err, Err(QueryError::Timeout(_))),
             "{:?}",
@@ -476,7 +464,7 @@ cat {dir}/answer-$n-0
         );
         let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
         let started_at = Instant::now();
-        let err = worker.query(&lake, "SELECT 1", &limits, vec![]).await;
+        let err = select_one(&worker, &lake, &limits).await;
         assert!(
             matches!(err, Err(QueryError::PlanningTimeout(_))),
             "{:?}",
@@ -510,7 +498,7 @@ cat {dir}/answer-$n-0
         );
         let worker = QueryWorker::new(program, 1, Duration::from_secs(10));
         let started_at = Instant::now();
-        let err = worker.query(&lake, "SELECT 1", &limits, vec![]).await;
+        let err = select_one(&worker, &lake, &limits).await;
         assert!(started_at.elapsed() < Duration::from_secs(2));
         let Err(QueryError::EngineFault(said)) = err else {
             panic!("{:?}", err.map(|r| r.num_rows()));
@@ -530,7 +518,7 @@ cat {dir}/answer-$n-0
             let (worker, lake) = (worker.clone(), lake.clone());
             tokio::spawn(async move {
                 let limits = quick(Duration::from_secs(30));
-                worker.query(&lake, "SELECT 1", &limits, vec![]).await
+                select_one(&worker, &lake, &limits).await
             })
         };
         tokio::time::sleep(Duration::from_millis(200)).await;
