@@ -1601,6 +1601,152 @@ fn errors_from_the_http_layer_are_json_too() {
     );
 }
 
+/// Sends `request` as it is on a connection of its own; returns the first answer's status, all
+/// that came back until the connection closed, and the first answer's body as JSON.
+fn send_raw(server: &KithServer, request: &[u8]) -> (u16, String, Value) {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(server.base.trim_start_matches("http://")).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    // A server may answer and close before it has read all of a long request: what it did not
+    // read is not this test's concern.
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8(answer).unwrap();
+    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let body = serde_json::from_str(body).unwrap_or(Value::Null);
+    (status, answer, body)
+}
+
+// Requests hyper cannot read never reach a route; hyper answers them with a bare status. Each
+// still gets the API's error body saying what was wrong and how to fix it, and the server goes
+// on serving the next connection.
+#[test]
+fn requests_that_are_not_readable_http_get_an_explained_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KithServer::start(dir.path());
+    let host = "Host: kith\r\nConnection: close\r\n";
+    let many_headers: String = (0..150).map(|i| format!("X-Tag-{i}: {i}\r\n")).collect();
+    let cases: Vec<(&str, Vec<u8>, u16, &str, &str)> = vec![
+        (
+            "a space in the path",
+            format!("GET /v1/a b HTTP/1.1\r\n{host}\r\n").into_bytes(),
+            400,
+            "malformed_request",
+            "request line",
+        ),
+        (
+            "a header line without a colon",
+            format!("POST /v1/batch HTTP/1.1\r\n{host}Authorization Basic abc\r\n\r\n")
+                .into_bytes(),
+            400,
+            "malformed_request",
+            "header line",
+        ),
+        (
+            "two different lengths",
+            format!(
+                "POST /v1/batch HTTP/1.1\r\n{host}Content-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}"
+            )
+            .into_bytes(),
+            400,
+            "malformed_request",
+            "Content-Length",
+        ),
+        (
+            "a pixel URL of 70,000 bytes",
+            format!(
+                "GET /v1/pixel/track?data={} HTTP/1.1\r\n{host}\r\n",
+                "A".repeat(70_000)
+            )
+            .into_bytes(),
+            414,
+            "uri_too_long",
+            "POST",
+        ),
+        (
+            "150 headers",
+            format!("GET /healthz HTTP/1.1\r\n{host}{many_headers}\r\n").into_bytes(),
+            431,
+            "headers_too_large",
+            "100 header lines",
+        ),
+        (
+            "a cookie of 500,000 bytes",
+            format!(
+                "GET /healthz HTTP/1.1\r\n{host}Cookie: c={}\r\n\r\n",
+                "c".repeat(500_000)
+            )
+            .into_bytes(),
+            431,
+            "headers_too_large",
+            "cookie",
+        ),
+    ];
+    for (what, request, status, code, names) in &cases {
+        let (got, head, body) = send_raw(&server, request);
+        assert_eq!(
+            (got, &body["code"]),
+            (*status, &json!(code)),
+            "{what}: {head}"
+        );
+        assert_eq!(body["type"], "invalid_request", "{what}");
+        assert_eq!(body["link"], format!("/docs/errors#{code}"), "{what}");
+        assert!(
+            body["message"].as_str().unwrap().contains(names),
+            "{what}: {body}"
+        );
+        assert!(
+            head.contains("content-type: application/json"),
+            "{what}: {head}"
+        );
+        // A browser's SDK may read it too.
+        assert!(
+            head.contains("access-control-allow-origin: *"),
+            "{what}: {head}"
+        );
+    }
+    // On a connection kept alive, the request before is answered as usual.
+    let (status, head, _) = send_raw(
+        &server,
+        b"GET /healthz HTTP/1.1\r\nHost: kith\r\n\r\nGET /a b HTTP/1.1\r\nHost: kith\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{head}");
+    let (_, after) = head.split_once("{\"status\":\"ok\"}").unwrap();
+    assert!(after.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+    assert!(after.contains("\"code\":\"malformed_request\""), "{head}");
+    // Readable requests, before and after, on fresh connections and on one kept alive.
+    let (status, _, body) = send_raw(
+        &server,
+        format!("GET /healthz HTTP/1.1\r\n{host}\r\n").as_bytes(),
+    );
+    assert_eq!((status, &body["status"]), (200, &json!("ok")));
+    let (status, _) = ingest(
+        &server,
+        "/v1/track",
+        &json!({"userId": "u1", "event": "Visto", "messageId": "after-unreadable"}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        server.query("SELECT count(*) AS n FROM events")["rows"],
+        json!([[1]])
+    );
+    let counted = |status: &str| {
+        metric(
+            &server.base,
+            &format!("kith_http_unreadable_requests_total{{status=\"{status}\"}}"),
+        )
+    };
+    assert_eq!(
+        (counted("400"), counted("414"), counted("431")),
+        (Some(4.0), Some(1.0), Some(2.0))
+    );
+}
+
 #[test]
 fn operations_endpoints_report_health_metrics_and_the_api() {
     let dir = tempfile::tempdir().unwrap();

@@ -14,6 +14,9 @@ pub enum ErrorCode {
     InvalidGzip,
     UnsupportedEncoding,
     InvalidEvent,
+    MalformedRequest,
+    UriTooLong,
+    HeadersTooLarge,
     MissingApiKey,
     InvalidApiKey,
     RevokedApiKey,
@@ -43,7 +46,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 36] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidBody,
         ErrorCode::PayloadTooLarge,
@@ -51,6 +54,9 @@ impl ErrorCode {
         ErrorCode::InvalidGzip,
         ErrorCode::UnsupportedEncoding,
         ErrorCode::InvalidEvent,
+        ErrorCode::MalformedRequest,
+        ErrorCode::UriTooLong,
+        ErrorCode::HeadersTooLarge,
         ErrorCode::MissingApiKey,
         ErrorCode::InvalidApiKey,
         ErrorCode::RevokedApiKey,
@@ -125,6 +131,24 @@ impl ErrorCode {
                 S::BAD_REQUEST,
                 "invalid_request",
                 "no event in the request was valid; each one's reason is listed",
+            ),
+            MalformedRequest => (
+                "malformed_request",
+                S::BAD_REQUEST,
+                "invalid_request",
+                "the request is not readable HTTP/1.1: a malformed request line or header line, or a body length that cannot be told",
+            ),
+            UriTooLong => (
+                "uri_too_long",
+                S::URI_TOO_LONG,
+                "invalid_request",
+                "the path and query string are over 65,534 bytes; send the data in a POST body",
+            ),
+            HeadersTooLarge => (
+                "headers_too_large",
+                S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "invalid_request",
+                "more than 100 header lines, or a request line and headers over 408 KiB together",
             ),
             MissingApiKey => (
                 "missing_api_key",

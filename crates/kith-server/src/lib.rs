@@ -24,6 +24,7 @@ pub mod runtimes;
 pub mod starting;
 pub mod traits;
 pub mod unify;
+pub mod unreadable_requests;
 pub mod welcome;
 
 pub use app::{Server, ServerConfig, ServerError};

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
 use crate::errors::{ApiError, ErrorCode};
+use crate::unreadable_requests::{ExplainingListener, PeerSocket};
 
 /// A bound listener being served: by the start-up answers, then by the server's routes.
 pub struct Listening {
@@ -38,10 +39,11 @@ impl Listening {
             starting: starting_answers(),
         }));
         let serving = tokio::spawn(async move {
-            // With each connection's address, for `context.ip` when the server records it.
+            // Each connection explains the requests hyper cannot read, and carries its peer's
+            // address, for `context.ip` when the server records it.
             axum::serve(
-                listener,
-                front.into_make_service_with_connect_info::<SocketAddr>(),
+                ExplainingListener(listener),
+                front.into_make_service_with_connect_info::<PeerSocket>(),
             )
             .with_graceful_shutdown(async move {
                 let _ = stopped.changed().await;
