@@ -12,6 +12,9 @@ use serde::Deserialize;
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
+    /// Seconds a connection may keep the server waiting for a request's head (a kept-alive one,
+    /// for its next request) or for the next part of a body (default 60).
+    pub idle_connection_secs: Option<u64>,
     #[serde(default)]
     pub ingest: IngestConfig,
     #[serde(default)]

@@ -6,6 +6,7 @@ mod allocator;
 mod stdout;
 mod commands;
 mod config;
+mod open_files;
 mod report;
 
 use std::process::ExitCode;

@@ -3,15 +3,13 @@
 //! itself or a proxy in front of Kith (`Forwarded`, `X-Forwarded-*`) tells them.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use ipnet::IpNet;
-
-use crate::unreadable_requests::PeerSocket;
 use kith_core::Event;
 use serde::Deserialize;
 
@@ -213,8 +211,8 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerAddress {
         Ok(PeerAddress(
             parts
                 .extensions
-                .get::<ConnectInfo<PeerSocket>>()
-                .map(|ConnectInfo(PeerSocket(addr))| addr.ip()),
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip()),
         ))
     }
 }

@@ -17,6 +17,7 @@ pub enum ErrorCode {
     MalformedRequest,
     UriTooLong,
     HeadersTooLarge,
+    RequestTimeout,
     MissingApiKey,
     InvalidApiKey,
     RevokedApiKey,
@@ -46,7 +47,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 36] = [
+    pub const ALL: [ErrorCode; 37] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidBody,
         ErrorCode::PayloadTooLarge,
@@ -57,6 +58,7 @@ impl ErrorCode {
         ErrorCode::MalformedRequest,
         ErrorCode::UriTooLong,
         ErrorCode::HeadersTooLarge,
+        ErrorCode::RequestTimeout,
         ErrorCode::MissingApiKey,
         ErrorCode::InvalidApiKey,
         ErrorCode::RevokedApiKey,
@@ -149,6 +151,12 @@ impl ErrorCode {
                 S::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "invalid_request",
                 "more than 100 header lines, or a request line and headers over 408 KiB together",
+            ),
+            RequestTimeout => (
+                "request_timeout",
+                S::REQUEST_TIMEOUT,
+                "invalid_request",
+                "the body stopped arriving: no more of it came within `idle_connection_secs` (default 60)",
             ),
             MissingApiKey => (
                 "missing_api_key",

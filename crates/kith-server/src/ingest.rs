@@ -74,7 +74,23 @@ pub(crate) async fn read_body(
     let gzipped = is_gzipped(headers)?;
     let raw: Bytes = axum::body::to_bytes(body, MAX_REQUEST_BYTES)
         .await
-        .map_err(|_| too_large())?;
+        .map_err(|e| {
+            let e = e.into_inner();
+            if caused_by::<http_body_util::LengthLimitError>(&*e) {
+                too_large()
+            } else if caused_by::<tower_http::timeout::TimeoutError>(&*e) {
+                ApiError::new(
+                    ErrorCode::RequestTimeout,
+                    "the body stopped arriving: no more of it came within `idle_connection_secs` \
+                     (60 seconds unless kith.toml says otherwise); send it whole, without pauses",
+                )
+            } else {
+                ApiError::new(
+                    ErrorCode::MalformedRequest,
+                    format!("the body could not be read to its end: {e}"),
+                )
+            }
+        })?;
     if !gzipped {
         // Takes over the collected buffer when nothing else holds it, instead of copying it.
         return Ok(Vec::from(raw));
@@ -94,6 +110,18 @@ pub(crate) async fn read_body(
         )
     })?;
     decoded.ok_or_else(too_large)
+}
+
+/// Whether `error`, or an error it was caused by, is an `E`.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<E>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// Decompresses a gzip body of one or more members (RFC 1952 allows several, one after

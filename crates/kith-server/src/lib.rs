@@ -6,6 +6,7 @@ mod api_conventions;
 pub mod app;
 pub mod auth;
 pub mod caller;
+pub mod connections;
 pub mod errors;
 pub mod imports;
 pub mod ingest;

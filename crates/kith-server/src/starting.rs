@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -16,7 +17,6 @@ use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
 use crate::errors::{ApiError, ErrorCode};
-use crate::unreadable_requests::{ExplainingListener, PeerSocket};
 
 /// A bound listener being served: by the start-up answers, then by the server's routes.
 pub struct Listening {
@@ -27,29 +27,19 @@ pub struct Listening {
 }
 
 impl Listening {
-    /// Starts answering on `listener`, in the current Tokio runtime.
-    pub fn begin(listener: std::net::TcpListener) -> std::io::Result<Listening> {
+    /// Starts answering on `listener`, in the current Tokio runtime. A connection may keep the
+    /// server waiting `idle` for a request's head or the next part of its body.
+    pub fn begin(listener: std::net::TcpListener, idle: Duration) -> std::io::Result<Listening> {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let local_addr = listener.local_addr()?;
         let routes: Arc<OnceLock<Router>> = Arc::default();
-        let (stop, mut stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
         let front = Router::new().fallback(dispatch).with_state(Arc::new(Front {
             routes: routes.clone(),
             starting: starting_answers(),
         }));
-        let serving = tokio::spawn(async move {
-            // Each connection explains the requests hyper cannot read, and carries its peer's
-            // address, for `context.ip` when the server records it.
-            axum::serve(
-                ExplainingListener(listener),
-                front.into_make_service_with_connect_info::<PeerSocket>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stopped.changed().await;
-            })
-            .await
-        });
+        let serving = tokio::spawn(crate::connections::serve(listener, front, idle, stopped));
         Ok(Listening {
             routes,
             stop,
@@ -153,7 +143,8 @@ mod tests {
     #[tokio::test]
     async fn the_listener_answers_while_starting_then_hands_over_to_the_routes() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let listening = Listening::begin(listener).unwrap();
+        let listening =
+            Listening::begin(listener, crate::connections::DEFAULT_IDLE_CONNECTION).unwrap();
         let addr = listening.local_addr();
 
         let (status, _, body) = get(addr, "/healthz").await;

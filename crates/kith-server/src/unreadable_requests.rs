@@ -13,14 +13,10 @@
 //! or 431 at all.
 
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 
 use crate::errors::{ApiError, ErrorCode};
 
@@ -30,34 +26,8 @@ const MAX_URI_BYTES: usize = 65_534;
 const MAX_HEADER_LINES: usize = 100;
 const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 
-/// A TCP listener whose connections answer unreadable requests with an explanation.
-pub struct ExplainingListener(pub TcpListener);
-
-impl Listener for ExplainingListener {
-    type Io = ExplainedIo<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        // axum's own accept for a `TcpListener`, which rides out failed accepts (a connection
-        // reset before it was taken, too many open files).
-        let (stream, peer) = Listener::accept(&mut self.0).await;
-        (ExplainedIo::new(stream), peer)
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
-    }
-}
-
-/// The address of the client at the other end of a connection, as a request's `ConnectInfo`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerSocket(pub SocketAddr);
-
-impl Connected<IncomingStream<'_, ExplainingListener>> for PeerSocket {
-    fn connect_info(stream: IncomingStream<'_, ExplainingListener>) -> Self {
-        PeerSocket(*stream.remote_addr())
-    }
-}
+/// hyper's automatic answer is a status line and three short headers: well under this.
+const HYPER_HEAD_BYTES: usize = 256;
 
 /// A connection that writes an explained answer in place of hyper's empty one.
 pub struct ExplainedIo<IO> {
@@ -175,6 +145,12 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ExplainedIo<IO> {
 /// The explained answer for `head`, when `head` is hyper's answer to an unreadable request:
 /// the same status line and headers, with a JSON body.
 fn explained(head: &[u8]) -> Option<Vec<u8>> {
+    // Every write passes here, answers and bodies of megabytes included: most are told apart
+    // by their first bytes, before anything is parsed.
+    let client_error = head.starts_with(b"HTTP/1.1 4") || head.starts_with(b"HTTP/1.0 4");
+    if !client_error || head.len() > HYPER_HEAD_BYTES {
+        return None;
+    }
     let text = std::str::from_utf8(head).ok()?;
     let lines = text.strip_suffix("\r\n\r\n")?;
     let mut lines = lines.split("\r\n");

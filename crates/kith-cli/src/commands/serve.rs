@@ -102,13 +102,22 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         config.query_worker = Some(std::sync::Arc::new(worker));
     }
     config.housekeeping = file.housekeeping(config.query_limits.timeout)?;
+    match file.idle_connection_secs {
+        Some(0) => anyhow::bail!(
+            "idle_connection_secs = 0 in kith.toml would close every connection before its first \
+             request arrives; give the seconds a connection may wait (default 60)"
+        ),
+        Some(secs) => config.idle_connection = Duration::from_secs(secs),
+        None => {}
+    }
+    tell_open_file_limit(crate::open_files::raise_limit());
     // Before anything is created or loaded: a wrong or busy address fails at once.
     let listener = kith_server::app::bind(&config.listen)?;
     kith_server::install_metrics();
     runtime()?.block_on(async move {
         // Answering from now on (`/healthz`; `503 starting` elsewhere), while the demo world
         // loads and the journal replays.
-        let listening = Listening::begin(listener)
+        let listening = Listening::begin(listener, config.idle_connection)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         if args.demo {
             // The demo loads through an import, which runs its own runtime: on a thread of
@@ -135,6 +144,24 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Below this many open files a busy server may run out: each client connection takes one.
+const FEW_OPEN_FILES: u64 = 4096;
+
+fn tell_open_file_limit(limit: Option<(u64, u64)>) {
+    match limit {
+        Some((_, after)) if after < FEW_OPEN_FILES => tracing::warn!(
+            limit = after,
+            "the process may have {after} files open, and each client connection takes one: \
+             raise the hard limit (`ulimit -Hn`, systemd's `LimitNOFILE`) for more clients"
+        ),
+        Some((before, after)) if after > before => {
+            tracing::info!(before, after, "raised the limit on open files")
+        }
+        Some(_) => {}
+        None => tracing::warn!("could not read or raise the limit on open files"),
+    }
 }
 
 /// The running binary, for its query workers. On Linux `/proc/self/exe`, which stays this very

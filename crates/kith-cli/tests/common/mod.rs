@@ -91,7 +91,19 @@ impl KithServer {
         read_key: String,
         extra: &[&str],
     ) -> KithServer {
-        let mut child = Command::new(binary)
+        Self::start_command(Command::new(binary), data_dir, write_key, read_key, extra)
+    }
+
+    /// [`KithServer::start_binary`] with `command`: the binary, and whatever else its process
+    /// should start with.
+    pub fn start_command(
+        mut command: Command,
+        data_dir: &Path,
+        write_key: String,
+        read_key: String,
+        extra: &[&str],
+    ) -> KithServer {
+        let mut child = command
             .args([
                 "serve",
                 "--data-dir",

@@ -1,0 +1,337 @@
+//! HTTP connections, end to end on the real binary: requests that are not readable HTTP get the
+//! API's error body, and connections that keep the server waiting (half a request, a kept-alive
+//! connection with no next request, a body that stops) are closed, so they can never use up the
+//! server's open files and shut out the clients that do send.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn track(server: &KithServer, message_id: &str) -> (u16, Value) {
+    post_json(
+        &server.url("/v1/track"),
+        &[("Authorization", &basic(&server.write_key))],
+        &json!({"userId": "u1", "event": "Visto", "messageId": message_id}).to_string(),
+    )
+}
+
+fn connect(server: &KithServer) -> TcpStream {
+    let stream = TcpStream::connect(server.base.trim_start_matches("http://")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+}
+
+/// Sends `request` as it is on a connection of its own; returns the first answer's status, all
+/// that came back until the connection closed, and the first answer's body as JSON.
+fn send_raw(server: &KithServer, request: &[u8]) -> (u16, String, Value) {
+    let mut stream = connect(server);
+    // A server may answer and close before it has read all of a long request: what it did not
+    // read is not this test's concern.
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8(answer).unwrap();
+    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let body = serde_json::from_str(body).unwrap_or(Value::Null);
+    (status, answer, body)
+}
+
+// Requests hyper cannot read never reach a route; hyper answers them with a bare status. Each
+// still gets the API's error body saying what was wrong and how to fix it, and the server goes
+// on serving the next connection.
+#[test]
+fn requests_that_are_not_readable_http_get_an_explained_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KithServer::start(dir.path());
+    let host = "Host: kith\r\nConnection: close\r\n";
+    let many_headers: String = (0..150).map(|i| format!("X-Tag-{i}: {i}\r\n")).collect();
+    let cases: Vec<(&str, Vec<u8>, u16, &str, &str)> = vec![
+        (
+            "a space in the path",
+            format!("GET /v1/a b HTTP/1.1\r\n{host}\r\n").into_bytes(),
+            400,
+            "malformed_request",
+            "request line",
+        ),
+        (
+            "a header line without a colon",
+            format!("POST /v1/batch HTTP/1.1\r\n{host}Authorization Basic abc\r\n\r\n")
+                .into_bytes(),
+            400,
+            "malformed_request",
+            "header line",
+        ),
+        (
+            "two different lengths",
+            format!(
+                "POST /v1/batch HTTP/1.1\r\n{host}Content-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}"
+            )
+            .into_bytes(),
+            400,
+            "malformed_request",
+            "Content-Length",
+        ),
+        (
+            "a pixel URL of 70,000 bytes",
+            format!(
+                "GET /v1/pixel/track?data={} HTTP/1.1\r\n{host}\r\n",
+                "A".repeat(70_000)
+            )
+            .into_bytes(),
+            414,
+            "uri_too_long",
+            "POST",
+        ),
+        (
+            "150 headers",
+            format!("GET /healthz HTTP/1.1\r\n{host}{many_headers}\r\n").into_bytes(),
+            431,
+            "headers_too_large",
+            "100 header lines",
+        ),
+        (
+            "a cookie of 500,000 bytes",
+            format!(
+                "GET /healthz HTTP/1.1\r\n{host}Cookie: c={}\r\n\r\n",
+                "c".repeat(500_000)
+            )
+            .into_bytes(),
+            431,
+            "headers_too_large",
+            "cookie",
+        ),
+    ];
+    for (what, request, status, code, names) in &cases {
+        let (got, head, body) = send_raw(&server, request);
+        assert_eq!(
+            (got, &body["code"]),
+            (*status, &json!(code)),
+            "{what}: {head}"
+        );
+        assert_eq!(body["type"], "invalid_request", "{what}");
+        assert_eq!(body["link"], format!("/docs/errors#{code}"), "{what}");
+        assert!(
+            body["message"].as_str().unwrap().contains(names),
+            "{what}: {body}"
+        );
+        assert!(
+            head.contains("content-type: application/json"),
+            "{what}: {head}"
+        );
+        // A browser's SDK may read it too.
+        assert!(
+            head.contains("access-control-allow-origin: *"),
+            "{what}: {head}"
+        );
+    }
+    // On a connection kept alive, the request before is answered as usual.
+    let (status, head, _) = send_raw(
+        &server,
+        b"GET /healthz HTTP/1.1\r\nHost: kith\r\n\r\nGET /a b HTTP/1.1\r\nHost: kith\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{head}");
+    let (_, after) = head.split_once("{\"status\":\"ok\"}").unwrap();
+    assert!(after.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+    assert!(after.contains("\"code\":\"malformed_request\""), "{head}");
+    // Readable requests, before and after, on fresh connections and on one kept alive.
+    let (status, _, body) = send_raw(
+        &server,
+        format!("GET /healthz HTTP/1.1\r\n{host}\r\n").as_bytes(),
+    );
+    assert_eq!((status, &body["status"]), (200, &json!("ok")));
+    let (status, _) = track(&server, "after-unreadable");
+    assert_eq!(status, 200);
+    assert_eq!(
+        server.query("SELECT count(*) AS n FROM events")["rows"],
+        json!([[1]])
+    );
+    let counted = |status: &str| {
+        metric(
+            &server.base,
+            &format!("kith_http_unreadable_requests_total{{status=\"{status}\"}}"),
+        )
+    };
+    assert_eq!(
+        (counted("400"), counted("414"), counted("431")),
+        (Some(4.0), Some(1.0), Some(2.0))
+    );
+}
+
+/// A server whose process may hold at most `open_files` files, with `config` as its kith.toml.
+fn start_with_open_files(dir: &std::path::Path, open_files: u64, config: &str) -> KithServer {
+    let config_path = dir.join("kith.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let data_dir = dir.join("data");
+    let write_key = create_key(&data_dir, "ingest", Some("web"));
+    let read_key = create_key(&data_dir, "read", None);
+    let mut command = Command::new(kith_bin());
+    let limit = libc::rlimit {
+        rlim_cur: open_files,
+        rlim_max: open_files,
+    };
+    // SAFETY: between fork and exec the child only calls setrlimit, which is async-signal-safe
+    // and reads `limit`, a copy moved into the closure.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    KithServer::start_command(
+        command,
+        &data_dir,
+        write_key,
+        read_key,
+        &["--config", config_path.to_str().unwrap()],
+    )
+}
+
+/// Reads until the server closes the connection; returns what came and how long it took.
+fn read_until_closed(stream: &mut TcpStream) -> (String, Duration) {
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .expect("the server closes the connection");
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+// Before, a connection was held for as long as its client kept it open: with the server limited
+// to 256 open files, 300 connections that each sent half a request left it accepting nothing,
+// ingest included, until they went away.
+#[test]
+fn connections_that_keep_the_server_waiting_are_closed_and_never_shut_out_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with_open_files(dir.path(), 256, "idle_connection_secs = 2\n");
+
+    // A kept-alive connection that sends no next request is closed after the idle time.
+    let mut kept_alive = connect(&server);
+    kept_alive
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: kith\r\n\r\n")
+        .unwrap();
+    let (answer, waited) = read_until_closed(&mut kept_alive);
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(20),
+        "closed after {waited:?}"
+    );
+
+    // A body that stops arriving is answered 408, with the API's error body.
+    let mut stopped_body = connect(&server);
+    stopped_body
+        .write_all(
+            format!(
+                "POST /v1/batch HTTP/1.1\r\nHost: kith\r\nAuthorization: {}\r\n\
+                 Content-Length: 100\r\n\r\n{{\"batch\": [",
+                basic(&server.write_key)
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let mut answer = [0u8; 2048];
+    let read = stopped_body.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+
+    // 300 connections that each send half a request's head, more than the server may hold.
+    let stalled: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut stream = connect(&server);
+            stream
+                .write_all(b"POST /v1/batch HTTP/1.1\r\nHost: kith\r\n")
+                .unwrap();
+            stream
+        })
+        .collect();
+    // A client that does send is served once they are closed.
+    let started = Instant::now();
+    let (status, body) = track(&server, "beside-stalled-connections");
+    assert_eq!(status, 200, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The limit was reached (otherwise this test shows nothing), and the stalled connections
+    // were closed for keeping the server waiting.
+    assert!(
+        metric(&server.base, "kith_http_accept_errors_total").unwrap_or(0.0) >= 1.0,
+        "the server never ran out of open files"
+    );
+    for mut stream in stalled {
+        let (answer, _) = read_until_closed(&mut stream);
+        assert_eq!(answer, "", "a stalled request is closed without an answer");
+    }
+    assert!(metric(&server.base, "kith_http_connections_timed_out_total").unwrap() >= 300.0);
+    assert_eq!(
+        server.query("SELECT message_id FROM events")["rows"],
+        json!([["beside-stalled-connections"]])
+    );
+
+    // An answer slower to read than the idle time is sent whole: the limit is on waiting for
+    // the client to send, never on the server's own answer.
+    let mut slow_reader = connect(&server);
+    let query =
+        json!({"sql": "SELECT value, repeat('x', 100) AS pad FROM generate_series(1, 50000)"})
+            .to_string();
+    slow_reader
+        .write_all(
+            format!(
+                "POST /v1/query HTTP/1.1\r\nHost: kith\r\nAuthorization: Bearer {}\r\n\
+                 Accept: text/csv\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{query}",
+                server.read_key,
+                query.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let (answer, _) = read_until_closed(&mut slow_reader);
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK"),
+        "{}",
+        &answer[..200.min(answer.len())]
+    );
+    assert!(
+        answer.contains(&format!("\n50000,{}", "x".repeat(100))),
+        "the answer was cut short"
+    );
+}
+
+#[test]
+fn an_idle_time_that_cannot_work_stops_start_up_with_what_to_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kith.toml");
+    let data = dir.path().join("data");
+    for (setting, says) in [
+        ("idle_connection_secs = 0", "would close every connection"),
+        ("idle_connection_secs = -1", "idle_connection_secs"),
+        ("idle_connection_secs = \"1m\"", "idle_connection_secs"),
+    ] {
+        std::fs::write(&config, format!("{setting}\n")).unwrap();
+        let (ok, _, err) = kith(&[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        assert!(!ok, "{setting}");
+        assert!(err.contains(says), "{setting}: {err}");
+    }
+}
