@@ -167,8 +167,9 @@ fn requests_that_are_not_readable_http_get_an_explained_error() {
     );
 }
 
-/// A server whose process may hold at most `open_files` files, with `config` as its kith.toml.
-fn start_with_open_files(dir: &std::path::Path, open_files: u64, config: &str) -> KithServer {
+/// A server whose process starts with a limit of `soft` open files (which it may raise to
+/// `hard`), with `config` as its kith.toml.
+fn start_with_open_files(dir: &std::path::Path, soft: u64, hard: u64, config: &str) -> KithServer {
     let config_path = dir.join("kith.toml");
     std::fs::write(&config_path, config).unwrap();
     let data_dir = dir.join("data");
@@ -176,8 +177,8 @@ fn start_with_open_files(dir: &std::path::Path, open_files: u64, config: &str) -
     let read_key = create_key(&data_dir, "read", None);
     let mut command = Command::new(kith_bin());
     let limit = libc::rlimit {
-        rlim_cur: open_files,
-        rlim_max: open_files,
+        rlim_cur: soft,
+        rlim_max: hard,
     };
     // SAFETY: between fork and exec the child only calls setrlimit, which is async-signal-safe
     // and reads `limit`, a copy moved into the closure.
@@ -218,7 +219,7 @@ fn read_until_closed(stream: &mut TcpStream) -> (String, Duration) {
 #[test]
 fn connections_that_keep_the_server_waiting_are_closed_and_never_shut_out_clients() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_with_open_files(dir.path(), 256, "idle_connection_secs = 2\n");
+    let server = start_with_open_files(dir.path(), 256, 256, "idle_connection_secs = 2\n");
 
     // A kept-alive connection that sends no next request is closed after the idle time.
     let mut kept_alive = connect(&server);
@@ -334,4 +335,28 @@ fn an_idle_time_that_cannot_work_stops_start_up_with_what_to_change() {
         assert!(!ok, "{setting}");
         assert!(err.contains(says), "{setting}: {err}");
     }
+}
+
+/// `(soft, hard)` from the "Max open files" line of `/proc/PID/limits`.
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap();
+    let mut fields = line.split_whitespace().skip(3);
+    let soft = fields.next().unwrap().to_string();
+    (soft, fields.next().unwrap().to_string())
+}
+
+// A service manager's usual soft limit (1,024) is a few hundred kept-alive clients; the hard
+// limit above it is the server's to take.
+#[test]
+fn the_server_raises_its_open_file_limit_to_the_hard_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with_open_files(dir.path(), 300, 5000, "");
+    assert_eq!(
+        open_file_limits(server.child.id()),
+        ("5000".to_string(), "5000".to_string())
+    );
 }
