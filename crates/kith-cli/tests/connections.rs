@@ -170,11 +170,6 @@ fn requests_that_are_not_readable_http_get_an_explained_error() {
 /// A server whose process starts with a limit of `soft` open files (which it may raise to
 /// `hard`), with `config` as its kith.toml.
 fn start_with_open_files(dir: &std::path::Path, soft: u64, hard: u64, config: &str) -> KithServer {
-    let config_path = dir.join("kith.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let data_dir = dir.join("data");
-    let write_key = create_key(&data_dir, "ingest", Some("web"));
-    let read_key = create_key(&data_dir, "read", None);
     let mut command = Command::new(kith_bin());
     let limit = libc::rlimit {
         rlim_cur: soft,
@@ -191,13 +186,7 @@ fn start_with_open_files(dir: &std::path::Path, soft: u64, hard: u64, config: &s
             }
         });
     }
-    KithServer::start_command(
-        command,
-        &data_dir,
-        write_key,
-        read_key,
-        &["--config", config_path.to_str().unwrap()],
-    )
+    KithServer::start_command_with_config(command, dir, config).0
 }
 
 /// Reads until the server closes the connection; returns what came and how long it took.

@@ -348,12 +348,23 @@ impl KithServer {
     /// A fresh data directory under `dir` (with an ingest key for source `web` and a read key),
     /// served with `DIR/kith.toml` holding `config`. Returns the server and the config's path.
     pub fn start_with_config(dir: &Path, config: &str) -> (KithServer, PathBuf) {
+        Self::start_command_with_config(Command::new(kith_bin()), dir, config)
+    }
+
+    /// [`KithServer::start_with_config`] with `command`: the binary, and whatever else its
+    /// process should start with.
+    pub fn start_command_with_config(
+        command: Command,
+        dir: &Path,
+        config: &str,
+    ) -> (KithServer, PathBuf) {
         let config_path = dir.join("kith.toml");
         std::fs::write(&config_path, config).unwrap();
         let data_dir = dir.join("data");
         let write_key = create_key(&data_dir, "ingest", Some("web"));
         let read_key = create_key(&data_dir, "read", None);
-        let server = KithServer::start_with_keys(
+        let server = KithServer::start_command(
+            command,
             &data_dir,
             write_key,
             read_key,
