@@ -13,7 +13,7 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
     /// Seconds a connection may keep the server waiting for a request's head (a kept-alive one,
-    /// for its next request) or for the next part of a body (default 60).
+    /// for its next request) or for the next part of a body (default 75).
     pub idle_connection_secs: Option<u64>,
     #[serde(default)]
     pub ingest: IngestConfig,

@@ -31,7 +31,10 @@ use crate::unreadable_requests::ExplainedIo;
 
 /// How long a connection may keep the server waiting, unless `idle_connection_secs` says
 /// otherwise: for the next request's head (or the rest of it), or for the next part of a body.
-pub const DEFAULT_IDLE_CONNECTION: Duration = Duration::from_secs(60);
+/// Longer than the idle timeout of the usual load balancers in front (AWS's 60 s): a server
+/// that closes a kept-alive connection first can race the balancer's next request on it, which
+/// the client then sees as a 502. nginx keeps connections alive as long by default.
+pub const DEFAULT_IDLE_CONNECTION: Duration = Duration::from_secs(75);
 
 /// Serves `app` on `listener` until `stop` turns true (or its sender is dropped), then lets the
 /// requests in progress finish (kept-alive connections with none are closed) and returns.

@@ -156,7 +156,7 @@ impl ErrorCode {
                 "request_timeout",
                 S::REQUEST_TIMEOUT,
                 "invalid_request",
-                "the body stopped arriving: no more of it came within `idle_connection_secs` (default 60)",
+                "the body stopped arriving: no more of it came within `idle_connection_secs` (default 75)",
             ),
             MissingApiKey => (
                 "missing_api_key",

@@ -82,7 +82,7 @@ pub(crate) async fn read_body(
                 ApiError::new(
                     ErrorCode::RequestTimeout,
                     "the body stopped arriving: no more of it came within `idle_connection_secs` \
-                     (60 seconds unless kith.toml says otherwise); send it whole, without pauses",
+                     (75 seconds unless kith.toml says otherwise); send it whole, without pauses",
                 )
             } else {
                 ApiError::new(

@@ -105,7 +105,7 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     match file.idle_connection_secs {
         Some(0) => anyhow::bail!(
             "idle_connection_secs = 0 in kith.toml would close every connection before its first \
-             request arrives; give the seconds a connection may wait (default 60)"
+             request arrives; give the seconds a connection may wait (default 75)"
         ),
         Some(secs) => config.idle_connection = Duration::from_secs(secs),
         None => {}
