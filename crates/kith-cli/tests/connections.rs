@@ -308,6 +308,8 @@ fn an_idle_time_that_cannot_work_stops_start_up_with_what_to_change() {
     let data = dir.path().join("data");
     for (setting, says) in [
         ("idle_connection_secs = 0", "would close every connection"),
+        // Once overflowed the time each connection's wait ends: every connection panicked.
+        ("idle_connection_secs = 18446744073709551615", "over a day"),
         ("idle_connection_secs = -1", "idle_connection_secs"),
         ("idle_connection_secs = \"1m\"", "idle_connection_secs"),
     ] {
@@ -347,5 +349,90 @@ fn the_server_raises_its_open_file_limit_to_the_hard_one() {
     assert_eq!(
         open_file_limits(server.child.id()),
         ("5000".to_string(), "5000".to_string())
+    );
+}
+
+/// One HTTP/2 frame: `(type, flags, stream, payload)`.
+fn read_frame(stream: &mut TcpStream) -> (u8, u8, u32, Vec<u8>) {
+    let mut head = [0u8; 9];
+    stream.read_exact(&mut head).unwrap();
+    let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0u8; length];
+    stream.read_exact(&mut payload).unwrap();
+    (head[3], head[4], id, payload)
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    bytes.extend([kind, flags]);
+    bytes.extend(stream.to_be_bytes());
+    bytes.extend(payload);
+    bytes
+}
+
+// Proxies such as Envoy may speak HTTP/2 without TLS to the server behind them ("prior
+// knowledge"), as `axum::serve` allowed; serving connections with a loop of Kith's own must not
+// lose that.
+#[test]
+fn http2_with_prior_knowledge_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KithServer::start(dir.path());
+    let mut stream = connect(&server);
+    // GET /healthz: the preface, empty settings, then the request's headers in HPACK, each an
+    // entry of the static table or a literal with an indexed name.
+    let mut request = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    request.extend(frame(0x4, 0, 0, &[]));
+    let mut headers = vec![0x82, 0x86]; // :method GET, :scheme http
+    headers.push(0x44); // :path, then the literal
+    headers.push(8);
+    headers.extend(b"/healthz");
+    headers.push(0x41); // :authority
+    headers.push(4);
+    headers.extend(b"kith");
+    // END_STREAM | END_HEADERS on stream 1.
+    request.extend(frame(0x1, 0x1 | 0x4, 1, &headers));
+    stream.write_all(&request).unwrap();
+    let (mut status, mut body) = (None, Vec::new());
+    loop {
+        let (kind, flags, id, payload) = read_frame(&mut stream);
+        match (kind, id) {
+            // HEADERS: `:status 200` is entry 8 of the static table, sent first.
+            (0x1, 1) => status = payload.first().copied(),
+            (0x0, 1) => body.extend(payload),
+            (0x4, 0) if flags & 0x1 == 0 => stream.write_all(&frame(0x4, 0x1, 0, &[])).unwrap(),
+            _ => {}
+        }
+        if id == 1 && flags & 0x1 != 0 {
+            break;
+        }
+    }
+    assert_eq!(status, Some(0x88), "not a 200");
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["status"], "ok");
+}
+
+// A client half-way through sending a request's head no longer holds the server's exit for the
+// whole idle time (75 s by default): requests in progress get a few seconds to finish.
+#[test]
+fn a_stop_is_not_held_up_by_a_connection_still_sending_its_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KithServer::start(dir.path());
+    let (status, body) = track(&server, "before-the-stop");
+    assert_eq!(status, 200, "{body}");
+    let mut stalled = connect(&server);
+    stalled
+        .write_all(b"POST /v1/batch HTTP/1.1\r\nHost: kith\r\n")
+        .unwrap();
+    // Give the server the connection before it is told to stop.
+    std::thread::sleep(Duration::from_millis(300));
+    let data_dir = server.data_dir.clone();
+    let started = Instant::now();
+    server.stop();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "the stop took {took:?}");
+    assert_eq!(
+        sql(&data_dir, "SELECT message_id FROM events"),
+        vec![vec!["before-the-stop".to_string()]]
     );
 }

@@ -10,7 +10,12 @@
 //! every request body the same limit on the wait for each of its parts.
 //!
 //! Each connection also explains the requests hyper cannot read ([`ExplainedIo`]), and hands
-//! its client's address to the routes as axum's `ConnectInfo<SocketAddr>`.
+//! its client's address to the routes as axum's `ConnectInfo<SocketAddr>`. HTTP/2 without TLS
+//! (prior knowledge, as proxies such as Envoy speak it) is served as `axum::serve` served it:
+//! its bodies have the same limit, its connections no limit on idling.
+//!
+//! On shutdown, requests in progress get [`SHUTDOWN_GRACE`] to finish: a connection that is
+//! still sending half a request would otherwise hold the server's exit for the whole idle time.
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,7 +26,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceExt;
@@ -36,6 +41,15 @@ use crate::unreadable_requests::ExplainedIo;
 /// the client then sees as a 502. nginx keeps connections alive as long by default.
 pub const DEFAULT_IDLE_CONNECTION: Duration = Duration::from_secs(75);
 
+/// The longest idle time a connection is given: hyper adds it to the present instant, which a
+/// value near `u64::MAX` seconds would overflow.
+pub const MOST_IDLE_CONNECTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long requests in progress may take to finish once the server is told to stop; then the
+/// connections left are closed. Shorter than the grace a container's stop gives (Docker's 10 s),
+/// leaving the rest of it to the journal and tables.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Serves `app` on `listener` until `stop` turns true (or its sender is dropped), then lets the
 /// requests in progress finish (kept-alive connections with none are closed) and returns.
 pub async fn serve(
@@ -44,7 +58,9 @@ pub async fn serve(
     idle: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
+    let idle = idle.min(MOST_IDLE_CONNECTION);
     let (finish, finishing) = watch::channel(false);
+    let (abandon, abandoning) = watch::channel(false);
     // Each connection's task holds a receiver; all are gone once every connection has ended.
     let (still_open, connection_open) = watch::channel(());
     loop {
@@ -54,8 +70,8 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let connection =
-                    serve_connection(stream, peer, app.clone(), idle, finishing.clone());
+                let signals = (finishing.clone(), abandoning.clone());
+                let connection = serve_connection(stream, peer, app.clone(), idle, signals);
                 let open = connection_open.clone();
                 tokio::spawn(async move {
                     connection.await;
@@ -68,42 +84,61 @@ pub async fn serve(
     drop(listener);
     let _ = finish.send(true);
     drop(connection_open);
-    still_open.closed().await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, still_open.closed())
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            "closing the connections whose requests did not finish within {SHUTDOWN_GRACE:?} \
+             of the stop"
+        );
+        let _ = abandon.send(true);
+        still_open.closed().await;
+    }
     Ok(())
 }
 
 /// Serves one connection until its client closes it, it waits past `idle` for a request's head,
-/// a request cannot be read, or `finishing` turns true and its request in progress is answered.
+/// a request cannot be read, or the first of `(finishing, abandoning)` turns true and its
+/// request in progress is answered; the second closes it whatever it is doing.
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
     idle: Duration,
-    mut finishing: watch::Receiver<bool>,
+    (mut finishing, mut abandoning): (watch::Receiver<bool>, watch::Receiver<bool>),
 ) {
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let mut request: Request = request.map(|body| Body::new(TimeoutBody::new(idle, body)));
         request.extensions_mut().insert(ConnectInfo(peer));
         app.clone().oneshot(request)
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(idle);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle);
     let connection = builder.serve_connection(TokioIo::new(ExplainedIo::new(stream)), service);
     let mut connection = pin!(connection);
     let served = tokio::select! {
         served = connection.as_mut() => served,
         () = turned_true(&mut finishing) => {
             connection.as_mut().graceful_shutdown();
-            connection.await
+            tokio::select! {
+                served = connection.as_mut() => served,
+                () = turned_true(&mut abandoning) => return,
+            }
         }
     };
-    match served {
-        Ok(()) => {}
-        Err(e) if e.is_timeout() => {
-            metrics::counter!("kith_http_connections_timed_out_total").increment(1);
-            tracing::debug!(%peer, "closed a connection that sent no request for {idle:?}");
-        }
-        Err(e) => tracing::debug!(%peer, error = %e, "a connection ended with an error"),
+    let Err(e) = served else { return };
+    let timed_out = e
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_timeout);
+    if timed_out {
+        metrics::counter!("kith_http_connections_timed_out_total").increment(1);
+        tracing::debug!(%peer, "closed a connection that sent no request for {idle:?}");
+    } else {
+        tracing::debug!(%peer, error = %e, "a connection ended with an error");
     }
 }
 

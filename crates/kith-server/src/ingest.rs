@@ -81,8 +81,9 @@ pub(crate) async fn read_body(
             } else if caused_by::<tower_http::timeout::TimeoutError>(&*e) {
                 ApiError::new(
                     ErrorCode::RequestTimeout,
-                    "the body stopped arriving: no more of it came within `idle_connection_secs` \
-                     (75 seconds unless kith.toml says otherwise); send it whole, without pauses",
+                    "the body stopped arriving: no more of it came within the server's \
+                     `idle_connection_secs` (kith.toml; 75 seconds by default); send it whole, \
+                     without pauses",
                 )
             } else {
                 ApiError::new(

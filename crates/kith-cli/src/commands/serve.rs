@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use kith_lake::query::worker::QueryWorker;
 use kith_server::caller::{ClientIpPolicy, TrustedProxies};
+use kith_server::connections;
 use kith_server::starting::Listening;
 use kith_server::{Server, ServerConfig};
 
@@ -107,6 +108,12 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
             "idle_connection_secs = 0 in kith.toml would close every connection before its first \
              request arrives; give the seconds a connection may wait (default 75)"
         ),
+        Some(secs) if Duration::from_secs(secs) > connections::MOST_IDLE_CONNECTION => {
+            anyhow::bail!(
+                "idle_connection_secs = {secs} in kith.toml is over a day, the most a connection \
+                 may keep the server waiting; give fewer seconds (default 75)"
+            )
+        }
         Some(secs) => config.idle_connection = Duration::from_secs(secs),
         None => {}
     }
