@@ -51,7 +51,8 @@ pub const MOST_IDLE_CONNECTION: Duration = Duration::from_secs(24 * 60 * 60);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves `app` on `listener` until `stop` turns true (or its sender is dropped), then lets the
-/// requests in progress finish (kept-alive connections with none are closed) and returns.
+/// requests in progress finish (kept-alive connections with none are closed at once), closes
+/// the connections still open after [`SHUTDOWN_GRACE`], and returns.
 pub async fn serve(
     listener: TcpListener,
     app: Router,

@@ -57,7 +57,8 @@ impl Listening {
         let _ = self.routes.set(router);
     }
 
-    /// Stops accepting, lets the requests in progress finish, and returns.
+    /// Stops accepting, lets the requests in progress finish (for at most
+    /// [`crate::connections::SHUTDOWN_GRACE`]), and returns.
     pub async fn stop(self) -> std::io::Result<()> {
         let _ = self.stop.send(true);
         match self.serving.await {
