@@ -138,7 +138,7 @@ impl ErrorCode {
                 "malformed_request",
                 S::BAD_REQUEST,
                 "invalid_request",
-                "the request is not readable HTTP/1.1: a malformed request line or header line, or a body length that cannot be told",
+                "the request is not readable HTTP/1.1: a malformed request line or header line, a body length that cannot be told, or a body that broke off before its end",
             ),
             UriTooLong => (
                 "uri_too_long",
