@@ -14,7 +14,7 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -53,39 +53,36 @@ impl<IO> ExplainedIo<IO> {
 }
 
 impl<IO: AsyncWrite + Unpin> ExplainedIo<IO> {
-    /// Writes the replacement under way to its end, then reports hyper's head written.
-    fn poll_replacement(
+    /// Writes the explained answer in place of `head` when `head` is hyper's answer to an
+    /// unreadable request, or goes on with one under way, and reports `head` written once the
+    /// answer is; `None` when there is nothing to replace and `head` is to be written as it is.
+    fn poll_explained(
         &mut self,
         cx: &mut Context<'_>,
-        offered: usize,
-    ) -> Poll<io::Result<usize>> {
-        let Some(replacement) = self.replacing.as_mut() else {
-            return Poll::Ready(Ok(0));
-        };
-        while replacement.written < replacement.bytes.len() {
-            let rest = &replacement.bytes[replacement.written..];
-            let wrote = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?;
-            if wrote == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            replacement.written += wrote;
-        }
-        let stands_for = replacement.stands_for.min(offered);
-        self.replacing = None;
-        Poll::Ready(Ok(stands_for))
-    }
-
-    /// Starts replacing `head` if it is hyper's answer to an unreadable request.
-    fn notice(&mut self, head: &[u8]) {
-        if self.replacing.is_none()
-            && let Some(bytes) = explained(head)
-        {
+        head: &[u8],
+    ) -> Option<Poll<io::Result<usize>>> {
+        if self.replacing.is_none() {
             self.replacing = Some(Replacement {
-                bytes,
+                bytes: explained(head)?,
                 written: 0,
                 stands_for: head.len(),
             });
         }
+        let replacement = self.replacing.as_mut()?;
+        while replacement.written < replacement.bytes.len() {
+            let rest = &replacement.bytes[replacement.written..];
+            match Pin::new(&mut self.inner).poll_write(cx, rest) {
+                Poll::Pending => return Some(Poll::Pending),
+                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                Poll::Ready(Ok(0)) => {
+                    return Some(Poll::Ready(Err(io::ErrorKind::WriteZero.into())));
+                }
+                Poll::Ready(Ok(wrote)) => replacement.written += wrote,
+            }
+        }
+        let stands_for = replacement.stands_for.min(head.len());
+        self.replacing = None;
+        Some(Poll::Ready(Ok(stands_for)))
     }
 }
 
@@ -106,9 +103,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ExplainedIo<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        this.notice(buf);
-        if this.replacing.is_some() {
-            return this.poll_replacement(cx, buf.len());
+        if let Some(explaining) = this.poll_explained(cx, buf) {
+            return explaining;
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
@@ -120,11 +116,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ExplainedIo<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         // hyper queues a head as a slice of its own, first of what it writes.
-        if let Some(first) = bufs.iter().find(|slice| !slice.is_empty()) {
-            this.notice(first);
-            if this.replacing.is_some() {
-                return this.poll_replacement(cx, first.len());
-            }
+        if let Some(first) = bufs.iter().find(|slice| !slice.is_empty())
+            && let Some(explaining) = this.poll_explained(cx, first)
+        {
+            return explaining;
         }
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
