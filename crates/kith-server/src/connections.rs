@@ -6,17 +6,20 @@
 //! from a mobile network without closing, a load balancer's pool, or a thousand stalled
 //! connections on purpose. Each one holds a file descriptor, and at the usual limit of 1,024 the
 //! server accepts nothing more, ingest included. Here every connection gets hyper's header
-//! read timeout, which also closes a kept-alive connection that sends no next request, and
-//! every request body the same limit on the wait for each of its parts.
+//! read timeout, which also closes a kept-alive HTTP/1 connection that sends no next request;
+//! every connection, whatever its protocol or state, is closed once it has gone that time with
+//! no request in progress ([`ConnectionActivity`]); and every request body gets the same limit
+//! on the wait for each of its parts.
 //!
 //! Each connection also explains the requests hyper cannot read ([`ExplainedIo`]), and hands
 //! its client's address to the routes as axum's `ConnectInfo<SocketAddr>`. HTTP/2 without TLS
-//! (prior knowledge, as proxies such as Envoy speak it) is served as `axum::serve` served it:
-//! its bodies have the same limit, its connections no limit on idling.
+//! (prior knowledge, as proxies such as Envoy speak it) is served as `axum::serve` served it,
+//! with the same limits.
 //!
 //! On shutdown, requests in progress get [`SHUTDOWN_GRACE`] to finish: a connection that is
 //! still sending half a request would otherwise hold the server's exit for the whole idle time.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -32,6 +35,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 use tower_http::timeout::TimeoutBody;
 
+use crate::connection_activity::{ConnectionActivity, until_answered};
 use crate::unreadable_requests::ExplainedIo;
 
 /// How long a connection may keep the server waiting, unless `idle_connection_secs` says
@@ -99,9 +103,9 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves one connection until its client closes it, it waits past `idle` for a request's head,
-/// a request cannot be read, or the first of `(finishing, abandoning)` turns true and its
-/// request in progress is answered; the second closes it whatever it is doing.
+/// Serves one connection until its client closes it, it goes `idle` without a request in
+/// progress, a request cannot be read, or the first of `(finishing, abandoning)` turns true and
+/// its request in progress is answered; the second closes it whatever it is doing.
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -109,10 +113,17 @@ async fn serve_connection(
     idle: Duration,
     (mut finishing, mut abandoning): (watch::Receiver<bool>, watch::Receiver<bool>),
 ) {
+    let activity = ConnectionActivity::new();
+    let counted = activity.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let in_progress = counted.begin();
         let mut request: Request = request.map(|body| Body::new(TimeoutBody::new(idle, body)));
         request.extensions_mut().insert(ConnectInfo(peer));
-        app.clone().oneshot(request)
+        let answer = app.clone().oneshot(request);
+        async move {
+            let response = answer.await?;
+            Ok::<_, Infallible>(until_answered(response, in_progress))
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -121,16 +132,33 @@ async fn serve_connection(
         .header_read_timeout(idle);
     let connection = builder.serve_connection(TokioIo::new(ExplainedIo::new(stream)), service);
     let mut connection = pin!(connection);
-    let served = tokio::select! {
-        served = connection.as_mut() => served,
-        () = turned_true(&mut finishing) => {
-            connection.as_mut().graceful_shutdown();
-            tokio::select! {
-                served = connection.as_mut() => served,
-                () = turned_true(&mut abandoning) => return,
-            }
-        }
+    let went_idle = tokio::select! {
+        served = connection.as_mut() => return report_end(served, peer, idle),
+        () = activity.idle_for(idle) => true,
+        () = turned_true(&mut finishing) => false,
     };
+    if went_idle {
+        metrics::counter!("kith_http_connections_timed_out_total").increment(1);
+        tracing::debug!(%peer, "closing a connection that had no request for {idle:?}");
+    }
+    // HTTP/2 tells its client to go away, HTTP/1 closes once its request in progress (if any)
+    // is answered, a connection whose protocol is not known yet closes at once.
+    connection.as_mut().graceful_shutdown();
+    tokio::select! {
+        served = connection.as_mut() => report_end(served, peer, idle),
+        () = turned_true(&mut abandoning) => {}
+        // A client that neither closes nor sends keeps nothing open: an HTTP/2 client that
+        // never answers the ping after the notice to go away, or HTTP/1's head still trickling.
+        () = activity.idle_for(idle), if went_idle => {}
+    }
+}
+
+/// Counts and logs how a connection ended, unless its client closed it.
+fn report_end(
+    served: Result<(), Box<dyn std::error::Error + Send + Sync>>,
+    peer: SocketAddr,
+    idle: Duration,
+) {
     let Err(e) = served else { return };
     let timed_out = e
         .downcast_ref::<hyper::Error>()

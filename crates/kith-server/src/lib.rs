@@ -6,6 +6,7 @@ mod api_conventions;
 pub mod app;
 pub mod auth;
 pub mod caller;
+mod connection_activity;
 pub mod connections;
 pub mod errors;
 pub mod imports;
