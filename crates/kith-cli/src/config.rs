@@ -15,6 +15,9 @@ pub struct FileConfig {
     /// Seconds a connection may keep the server waiting for a request's head (a kept-alive one,
     /// for its next request) or for the next part of a body (default 75).
     pub idle_connection_secs: Option<u64>,
+    /// Megabytes that the request bodies being received may hold at once, over all connections
+    /// (default 256); past it a request is answered `429 overloaded`.
+    pub max_receiving_mb: Option<u64>,
     #[serde(default)]
     pub ingest: IngestConfig,
     #[serde(default)]

@@ -301,8 +301,75 @@ fn connections_that_keep_the_server_waiting_are_closed_and_never_shut_out_client
     );
 }
 
+// Each body is read whole before it is parsed, so without a bound the memory held grows with the
+// number of clients sending at once (SDKs flushing after an outage, or slow uploads on purpose)
+// until the server is killed for it. Past `max_receiving_mb` a request is answered 429 with
+// `Retry-After`, and the budget comes back as bodies end.
 #[test]
-fn an_idle_time_that_cannot_work_stops_start_up_with_what_to_change() {
+fn bodies_being_received_share_a_memory_budget_and_past_it_get_a_retry_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = KithServer::start_with_config(dir.path(), "max_receiving_mb = 1\n");
+    // A body's head and the first `sent` of its `length` bytes.
+    let begin_batch = |length: usize, sent: usize| {
+        let mut stream = connect(&server);
+        let head = format!(
+            "POST /v1/batch HTTP/1.1\r\nHost: kith\r\nAuthorization: {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n",
+            basic(&server.write_key)
+        );
+        let mut request = head.into_bytes();
+        request.extend(b"{\"batch\": [");
+        request.resize(request.len() + sent - 11, b' ');
+        stream.write_all(&request).unwrap();
+        stream
+    };
+    // Two bodies hold 780,000 of the 1,048,576 bytes...
+    let holding = [begin_batch(400_000, 390_000), begin_batch(400_000, 390_000)];
+    std::thread::sleep(Duration::from_millis(1500));
+    // ...so a third that passes the budget is told to come back, and the server stays up.
+    let mut refused = begin_batch(400_000, 300_000);
+    refused
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = refused
+        .read(&mut answer)
+        .expect("an answer before the body is whole");
+    let answer = String::from_utf8_lossy(&answer[..read]).to_lowercase();
+    assert!(answer.starts_with("http/1.1 429 "), "{answer}");
+    assert!(answer.contains("\r\nretry-after: 1\r\n"), "{answer}");
+    assert!(answer.contains("\"code\":\"overloaded\""), "{answer}");
+    assert!(answer.contains("max_receiving_mb"), "{answer}");
+    assert!(metric(&server.base, "kith_http_bodies_over_budget_total").unwrap() >= 1.0);
+
+    // Once the two bodies end (their clients gave up), a batch of the same size is received.
+    drop(holding);
+    drop(refused);
+    std::thread::sleep(Duration::from_millis(500));
+    // Twelve events of 30 KB (each may be 32 KB at most).
+    let padding = "x".repeat(30_000);
+    let events: Vec<Value> = (0..12)
+        .map(|i| {
+            json!({"type": "track", "userId": "u1", "event": "Grande",
+                   "messageId": format!("after-the-budget-{i:02}"),
+                   "properties": {"padding": padding}})
+        })
+        .collect();
+    let batch = json!({ "batch": events });
+    let (status, body) = post_json(
+        &server.url("/v1/batch"),
+        &[("Authorization", &basic(&server.write_key))],
+        &batch.to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        server.query("SELECT count(*) FROM events WHERE message_id LIKE 'after-the-budget-%'")["rows"],
+        json!([[12]])
+    );
+}
+
+#[test]
+fn connection_settings_that_cannot_work_stop_start_up_with_what_to_change() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("kith.toml");
     let data = dir.path().join("data");
@@ -312,6 +379,12 @@ fn an_idle_time_that_cannot_work_stops_start_up_with_what_to_change() {
         ("idle_connection_secs = 18446744073709551615", "over a day"),
         ("idle_connection_secs = -1", "idle_connection_secs"),
         ("idle_connection_secs = \"1m\"", "idle_connection_secs"),
+        ("max_receiving_mb = 0", "would refuse every request"),
+        (
+            "max_receiving_mb = 18446744073709551615",
+            "more bytes than this machine",
+        ),
+        ("max_receiving_mb = -5", "max_receiving_mb"),
     ] {
         std::fs::write(&config, format!("{setting}\n")).unwrap();
         let (ok, _, err) = kith(&[

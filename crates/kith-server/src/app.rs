@@ -86,9 +86,9 @@ pub struct ServerConfig {
     pub models: models::ModelSchedules,
     /// How long the event tables keep replaced files and old log entries.
     pub housekeeping: kith_lake::Housekeeping,
-    /// How long a connection may keep the server waiting for a request's head (a kept-alive
-    /// one, for its next request) or for the next part of a body, before it is closed.
-    pub idle_connection: Duration,
+    /// How long a connection may keep the server waiting, and how much memory the bodies being
+    /// received may hold.
+    pub connections: crate::connections::ConnectionLimits,
 }
 
 /// Where the server keeps its data unless told otherwise, and where `kith` commands look.
@@ -111,7 +111,7 @@ impl Default for ServerConfig {
             trusted_proxies: crate::caller::TrustedProxies::default(),
             models: models::ModelSchedules::default(),
             housekeeping: kith_lake::Housekeeping::default(),
-            idle_connection: crate::connections::DEFAULT_IDLE_CONNECTION,
+            connections: crate::connections::ConnectionLimits::default(),
         }
     }
 }
@@ -174,7 +174,7 @@ impl Server {
         config: ServerConfig,
         listener: std::net::TcpListener,
     ) -> Result<Server, ServerError> {
-        let listening = Listening::begin(listener, config.idle_connection).map_err(|source| {
+        let listening = Listening::begin(listener, config.connections).map_err(|source| {
             ServerError::Listen {
                 addr: config.listen.clone(),
                 source,

@@ -23,6 +23,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -35,6 +36,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 use tower_http::timeout::TimeoutBody;
 
+use crate::body_budget::{BodyBudget, DEFAULT_RECEIVING_BYTES};
 use crate::connection_activity::{ConnectionActivity, until_answered};
 use crate::unreadable_requests::ExplainedIo;
 
@@ -54,16 +56,38 @@ pub const MOST_IDLE_CONNECTION: Duration = Duration::from_secs(24 * 60 * 60);
 /// leaving the rest of it to the journal and tables.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// What the connections may take of the server: time waiting on their clients, and memory for
+/// the bodies they send.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// How long a connection may keep the server waiting for a request (its head, or its
+    /// first or next request) or for the next part of a body, before it is closed.
+    pub idle: Duration,
+    /// The bytes that the request bodies being received may hold at once, over all
+    /// connections (see [`BodyBudget`]).
+    pub receiving_bytes: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            idle: DEFAULT_IDLE_CONNECTION,
+            receiving_bytes: DEFAULT_RECEIVING_BYTES,
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `stop` turns true (or its sender is dropped), then lets the
 /// requests in progress finish (kept-alive connections with none are closed at once), closes
 /// the connections still open after [`SHUTDOWN_GRACE`], and returns.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    idle: Duration,
+    limits: ConnectionLimits,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let idle = idle.min(MOST_IDLE_CONNECTION);
+    let idle = limits.idle.min(MOST_IDLE_CONNECTION);
+    let bodies = Arc::new(BodyBudget::new(limits.receiving_bytes));
     let (finish, finishing) = watch::channel(false);
     let (abandon, abandoning) = watch::channel(false);
     // Each connection's task holds a receiver; all are gone once every connection has ended.
@@ -76,7 +100,8 @@ pub async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 let signals = (finishing.clone(), abandoning.clone());
-                let connection = serve_connection(stream, peer, app.clone(), idle, signals);
+                let limits = (idle, bodies.clone());
+                let connection = serve_connection(stream, peer, app.clone(), limits, signals);
                 let open = connection_open.clone();
                 tokio::spawn(async move {
                     connection.await;
@@ -105,19 +130,21 @@ pub async fn serve(
 
 /// Serves one connection until its client closes it, it goes `idle` without a request in
 /// progress, a request cannot be read, or the first of `(finishing, abandoning)` turns true and
-/// its request in progress is answered; the second closes it whatever it is doing.
+/// its request in progress is answered; the second closes it whatever it is doing. Its request
+/// bodies count against `bodies` while they are received.
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
-    idle: Duration,
+    (idle, bodies): (Duration, Arc<BodyBudget>),
     (mut finishing, mut abandoning): (watch::Receiver<bool>, watch::Receiver<bool>),
 ) {
     let activity = ConnectionActivity::new();
     let counted = activity.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let in_progress = counted.begin();
-        let mut request: Request = request.map(|body| Body::new(TimeoutBody::new(idle, body)));
+        let mut request: Request =
+            request.map(|body| Body::new(TimeoutBody::new(idle, bodies.counted(body))));
         request.extensions_mut().insert(ConnectInfo(peer));
         let answer = app.clone().oneshot(request);
         async move {

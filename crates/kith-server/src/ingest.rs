@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use crate::app::AppState;
 use crate::auth::key_from_headers_or;
+use crate::body_budget::OverBudget;
 use crate::caller::{ClientIpPolicy, Origin, PeerAddress, record_address};
 use crate::errors::{ApiError, ErrorCode};
 use crate::pipeline::event_entry;
@@ -78,6 +79,14 @@ pub(crate) async fn read_body(
             let e = e.into_inner();
             if caused_by::<http_body_util::LengthLimitError>(&*e) {
                 too_large()
+            } else if let Some(over) = find_cause::<OverBudget>(&*e) {
+                ApiError::new(
+                    ErrorCode::Overloaded,
+                    format!(
+                        "{over}; nothing from this request was stored, retry after the \
+                         Retry-After delay"
+                    ),
+                )
             } else if caused_by::<tower_http::timeout::TimeoutError>(&*e) {
                 ApiError::new(
                     ErrorCode::RequestTimeout,
@@ -115,14 +124,21 @@ pub(crate) async fn read_body(
 
 /// Whether `error`, or an error it was caused by, is an `E`.
 fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    find_cause::<E>(error).is_some()
+}
+
+/// `error` or the first of its causes that is an `E`.
+fn find_cause<'e, E: std::error::Error + 'static>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e E> {
     let mut cause = Some(error);
     while let Some(error) = cause {
-        if error.is::<E>() {
-            return true;
+        if let Some(found) = error.downcast_ref::<E>() {
+            return Some(found);
         }
         cause = error.source();
     }
-    false
+    None
 }
 
 /// Decompresses a gzip body of one or more members (RFC 1952 allows several, one after

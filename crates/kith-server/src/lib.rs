@@ -5,6 +5,7 @@ mod answer_body;
 mod api_conventions;
 pub mod app;
 pub mod auth;
+pub mod body_budget;
 pub mod caller;
 mod connection_activity;
 pub mod connections;

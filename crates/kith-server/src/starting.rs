@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -16,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
+use crate::connections::ConnectionLimits;
 use crate::errors::{ApiError, ErrorCode};
 
 /// A bound listener being served: by the start-up answers, then by the server's routes.
@@ -27,9 +27,12 @@ pub struct Listening {
 }
 
 impl Listening {
-    /// Starts answering on `listener`, in the current Tokio runtime. A connection may keep the
-    /// server waiting `idle` for a request's head or the next part of its body.
-    pub fn begin(listener: std::net::TcpListener, idle: Duration) -> std::io::Result<Listening> {
+    /// Starts answering on `listener`, in the current Tokio runtime, each connection held to
+    /// `limits`.
+    pub fn begin(
+        listener: std::net::TcpListener,
+        limits: ConnectionLimits,
+    ) -> std::io::Result<Listening> {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let local_addr = listener.local_addr()?;
@@ -39,7 +42,7 @@ impl Listening {
             routes: routes.clone(),
             starting: starting_answers(),
         }));
-        let serving = tokio::spawn(crate::connections::serve(listener, front, idle, stopped));
+        let serving = tokio::spawn(crate::connections::serve(listener, front, limits, stopped));
         Ok(Listening {
             routes,
             stop,
@@ -145,7 +148,7 @@ mod tests {
     async fn the_listener_answers_while_starting_then_hands_over_to_the_routes() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let listening =
-            Listening::begin(listener, crate::connections::DEFAULT_IDLE_CONNECTION).unwrap();
+            Listening::begin(listener, crate::connections::ConnectionLimits::default()).unwrap();
         let addr = listening.local_addr();
 
         let (status, _, body) = get(addr, "/healthz").await;

@@ -114,8 +114,11 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
                  may keep the server waiting; give fewer seconds (default 75)"
             )
         }
-        Some(secs) => config.idle_connection = Duration::from_secs(secs),
+        Some(secs) => config.connections.idle = Duration::from_secs(secs),
         None => {}
+    }
+    if let Some(mb) = file.max_receiving_mb {
+        config.connections.receiving_bytes = receiving_bytes(mb)?;
     }
     tell_open_file_limit(crate::open_files::raise_limit());
     // Before anything is created or loaded: a wrong or busy address fails at once.
@@ -124,7 +127,7 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
         // Answering from now on (`/healthz`; `503 starting` elsewhere), while the demo world
         // loads and the journal replays.
-        let listening = Listening::begin(listener, config.idle_connection)
+        let listening = Listening::begin(listener, config.connections)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         if args.demo {
             // The demo loads through an import, which runs its own runtime: on a thread of
@@ -155,6 +158,25 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
 
 /// Below this many open files a busy server may run out: each client connection takes one.
 const FEW_OPEN_FILES: u64 = 4096;
+
+/// `max_receiving_mb` from kith.toml, in bytes.
+fn receiving_bytes(mb: u64) -> anyhow::Result<usize> {
+    if mb == 0 {
+        anyhow::bail!(
+            "max_receiving_mb = 0 in kith.toml would refuse every request that has a body; give \
+             the megabytes the bodies being received may hold at once (default 256)"
+        );
+    }
+    usize::try_from(mb)
+        .ok()
+        .and_then(|mb| mb.checked_mul(1 << 20))
+        .with_context(|| {
+            format!(
+                "max_receiving_mb = {mb} in kith.toml is more bytes than this machine can \
+                 address; give at most the memory the server may use (default 256)"
+            )
+        })
+}
 
 fn tell_open_file_limit(limit: Option<(u64, u64)>) {
     match limit {
