@@ -70,20 +70,36 @@ impl BodyBudget {
             body,
             budget: self.clone(),
             held: 0,
+            passed_over: None,
         }
     }
 }
+
+/// The most of a refused body that is read and passed over, so that its client, still sending,
+/// gets the answer rather than a connection reset (closing a socket with unread data resets
+/// it, and the client's system drops the answer). More than any body the server takes.
+const MOST_PASSED_OVER: usize = 1 << 20;
 
 /// A request body whose parts count against a [`BodyBudget`] until it is dropped.
 pub(crate) struct CountedBody<B> {
     body: B,
     budget: Arc<BodyBudget>,
     held: usize,
+    /// Once over the budget: the bytes passed over since.
+    passed_over: Option<usize>,
 }
 
 impl<B> Drop for CountedBody<B> {
     fn drop(&mut self) {
         self.budget.give_back(self.held);
+    }
+}
+
+impl<B> CountedBody<B> {
+    fn refusal(&self) -> Box<dyn Error + Send + Sync> {
+        Box::new(OverBudget {
+            limit_mb: self.budget.limit >> 20,
+        })
     }
 }
 
@@ -95,25 +111,40 @@ where
     type Data = Bytes;
     type Error = Box<dyn Error + Send + Sync>;
 
+    /// Each part, counted in; the first part past the budget turns the body to passing over
+    /// the rest (holding none of it), and then to the refusal.
     fn poll_frame(
         mut self: Pin<&mut Self>,
         context: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        let frame = match Pin::new(&mut this.body).poll_frame(context) {
-            Poll::Ready(Some(Ok(frame))) => frame,
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
-        };
-        let bytes = frame.data_ref().map_or(0, Bytes::len);
-        if !this.budget.take(bytes) {
-            metrics::counter!("kith_http_bodies_over_budget_total").increment(1);
-            let limit_mb = this.budget.limit >> 20;
-            return Poll::Ready(Some(Err(Box::new(OverBudget { limit_mb }))));
+        loop {
+            let frame = match Pin::new(&mut this.body).poll_frame(context) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) if this.passed_over.is_some() => {
+                    return Poll::Ready(Some(Err(this.refusal())));
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
+            let bytes = frame.data_ref().map_or(0, Bytes::len);
+            let passed_over = match this.passed_over {
+                None if this.budget.take(bytes) => {
+                    this.held += bytes;
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                None => {
+                    metrics::counter!("kith_http_bodies_over_budget_total").increment(1);
+                    bytes
+                }
+                Some(before) => before.saturating_add(bytes),
+            };
+            this.passed_over = Some(passed_over);
+            if passed_over > MOST_PASSED_OVER {
+                return Poll::Ready(Some(Err(this.refusal())));
+            }
         }
-        this.held += bytes;
-        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -149,12 +180,14 @@ mod tests {
         first.frame().await.unwrap().unwrap();
         assert_eq!(budget.in_use(), 600);
 
-        // A second body may take what is left, and not a byte more.
-        let mut second = budget.counted(parts(&[400, 1]));
+        // A second body may take what is left, and not a byte more: the rest of it is passed
+        // over, holding nothing, and then it is refused.
+        let mut second = budget.counted(parts(&[400, 1, 5000, 5000]));
         second.frame().await.unwrap().unwrap();
         let refused = second.frame().await.unwrap().unwrap_err();
         assert!(refused.is::<OverBudget>(), "{refused}");
         assert_eq!(budget.in_use(), 1000);
+        assert_eq!(second.passed_over, Some(10_001));
 
         drop(second);
         drop(first);
