@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Memory a `kith serve` holds while many clients are each part-way through sending a batch.
+
+Starts the given binary on a fresh data directory, opens CONNECTIONS connections that each send
+a `/v1/batch` head announcing 400,000 bytes and then 390,000 of them, holds them for a few
+seconds, and prints the server's resident memory (VmRSS) and peak (VmHWM) before and while
+they are held, with how many were answered 429 (over `max_receiving_mb`) by then.
+
+    python3 bench/http/receiving_bodies.py target/release/kith 1500 [max_receiving_mb]
+"""
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import base64
+
+
+def memory_mb(pid):
+    fields = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def answer_so_far(stream):
+    """What the server has answered on `stream` by now, without waiting."""
+    try:
+        return stream.recv(64, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return b""
+
+
+def main():
+    binary, connections = sys.argv[1], int(sys.argv[2])
+    budget = sys.argv[3] if len(sys.argv) > 3 else None
+    work = tempfile.mkdtemp(prefix="kith-bodies-")
+    data = os.path.join(work, "data")
+    key = subprocess.run(
+        [binary, "key", "create", "--data-dir", data, "--scope", "ingest", "--source", "bench"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    config = os.path.join(work, "kith.toml")
+    with open(config, "w") as toml:
+        if budget:
+            toml.write(f"max_receiving_mb = {budget}\n")
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    server = subprocess.Popen(
+        [binary, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}", "--config", config],
+        stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "server.log"), "w"),
+    )
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        time.sleep(1)
+        before = memory_mb(server.pid)
+        auth = base64.b64encode(f"{key}:".encode()).decode()
+        head = (
+            f"POST /v1/batch HTTP/1.1\r\nHost: kith\r\nAuthorization: Basic {auth}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: 400000\r\n\r\n"
+        ).encode()
+        body = b'{"batch": [' + b" " * (390_000 - 11)
+        held = []
+        for _ in range(connections):
+            stream = socket.create_connection(("127.0.0.1", port))
+            stream.sendall(head + body)
+            held.append(stream)
+        time.sleep(5)
+        during = memory_mb(server.pid)
+        refused = sum(1 for stream in held if answer_so_far(stream).startswith(b"HTTP/1.1 429"))
+        print(
+            f"{binary}: {connections} bodies of 390,000 bytes held"
+            f"{'' if budget is None else f', max_receiving_mb = {budget}'}: "
+            f"RSS {before[0]:.0f} MB before, {during[0]:.0f} MB while held "
+            f"(peak {during[1]:.0f} MB); {refused} answered 429"
+        )
+        for stream in held:
+            stream.close()
+        time.sleep(3)
+        after = memory_mb(server.pid)
+        print(f"  RSS 3 s after the connections closed: {after[0]:.0f} MB")
+    finally:
+        server.terminate()
+        server.wait()
+
+
+if __name__ == "__main__":
+    main()
