@@ -7,6 +7,9 @@ seconds, and prints the server's resident memory (VmRSS) and peak (VmHWM) before
 they are held, with how many were answered 429 (over `max_receiving_mb`) by then.
 
     python3 bench/http/receiving_bodies.py target/release/kith 1500 [max_receiving_mb]
+
+HOLD_SECS (default 5) sets how long they are held before the memory is read: over 30 s, the
+allocator has returned what was freed meanwhile.
 """
 import os
 import socket
@@ -69,13 +72,13 @@ def main():
             f"POST /v1/batch HTTP/1.1\r\nHost: kith\r\nAuthorization: Basic {auth}\r\n"
             f"Content-Type: application/json\r\nContent-Length: 400000\r\n\r\n"
         ).encode()
-        body = b'{"batch": [' + b" " * (390_000 - 11)
+        body = b'{"batch": [' + b" " * (int(os.environ.get("SENT_BYTES", "390000")) - 11)
         held = []
         for _ in range(connections):
             stream = socket.create_connection(("127.0.0.1", port))
             stream.sendall(head + body)
             held.append(stream)
-        time.sleep(5)
+        time.sleep(float(os.environ.get("HOLD_SECS", "5")))
         during = memory_mb(server.pid)
         refused = sum(1 for stream in held if answer_so_far(stream).startswith(b"HTTP/1.1 429"))
         print(
