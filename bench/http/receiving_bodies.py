@@ -1,15 +1,13 @@
 #!/usr/bin/env python3
 """Memory a `kith serve` holds while many clients are each part-way through sending a batch.
 
-Starts the given binary on a fresh data directory, opens CONNECTIONS connections that each send
-a `/v1/batch` head announcing 400,000 bytes and then 390,000 of them, holds them for a few
-seconds, and prints the server's resident memory (VmRSS) and peak (VmHWM) before and while
-they are held, with how many were answered 429 (over `max_receiving_mb`) by then.
+Starts the given binary on a fresh data directory, opens CONNECTIONS connections that each
+send a `/v1/batch` head announcing 400,000 bytes and then SENT_BYTES (default 390,000) of
+them, holds them HOLD_SECS (default 5), and prints the server's resident memory (VmRSS) and
+peak (VmHWM) before and while they are held, with how many were answered 429 by then, then
+its resident memory 3 s after the connections closed.
 
     python3 bench/http/receiving_bodies.py target/release/kith 1500 [max_receiving_mb]
-
-HOLD_SECS (default 5) sets how long they are held before the memory is read: over 30 s, the
-allocator has returned what was freed meanwhile.
 """
 import os
 import socket
@@ -72,7 +70,8 @@ def main():
             f"POST /v1/batch HTTP/1.1\r\nHost: kith\r\nAuthorization: Basic {auth}\r\n"
             f"Content-Type: application/json\r\nContent-Length: 400000\r\n\r\n"
         ).encode()
-        body = b'{"batch": [' + b" " * (int(os.environ.get("SENT_BYTES", "390000")) - 11)
+        sent = int(os.environ.get("SENT_BYTES", "390000"))
+        body = (b'{"batch": [' + b" " * sent)[:sent]
         held = []
         for _ in range(connections):
             stream = socket.create_connection(("127.0.0.1", port))
@@ -82,7 +81,7 @@ def main():
         during = memory_mb(server.pid)
         refused = sum(1 for stream in held if answer_so_far(stream).startswith(b"HTTP/1.1 429"))
         print(
-            f"{binary}: {connections} bodies of 390,000 bytes held"
+            f"{binary}: {connections} bodies, {sent:,} of 400,000 bytes sent, held"
             f"{'' if budget is None else f', max_receiving_mb = {budget}'}: "
             f"RSS {before[0]:.0f} MB before, {during[0]:.0f} MB while held "
             f"(peak {during[1]:.0f} MB); {refused} answered 429"
