@@ -12,8 +12,8 @@ use serde::Deserialize;
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<String>,
-    /// Seconds a connection may keep the server waiting for a request's head (a kept-alive one,
-    /// for its next request) or for the next part of a body (default 75).
+    /// Seconds a connection may keep the server waiting for a request (its first, its head, or
+    /// a kept-alive one's next) or for the next part of a body (default 75).
     pub idle_connection_secs: Option<u64>,
     /// Megabytes that the request bodies being received may hold at once, over all connections
     /// (default 256); past it a request is answered `429 overloaded`.

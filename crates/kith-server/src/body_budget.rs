@@ -148,7 +148,8 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        // A refused body still has its refusal to give, even once its parts have all come.
+        self.passed_over.is_none() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

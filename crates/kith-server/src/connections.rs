@@ -172,7 +172,11 @@ async fn serve_connection(
     // is answered, a connection whose protocol is not known yet closes at once.
     connection.as_mut().graceful_shutdown();
     tokio::select! {
-        served = connection.as_mut() => report_end(served, peer, idle),
+        // A connection closed for idling is counted once, above, even if hyper's own timer
+        // then ends it (a head still trickling in).
+        served = connection.as_mut() => if !went_idle {
+            report_end(served, peer, idle);
+        },
         () = turned_true(&mut abandoning) => {}
         // A client that neither closes nor sends keeps nothing open: an HTTP/2 client that
         // never answers the ping after the notice to go away, or HTTP/1's head still trickling.
