@@ -24,7 +24,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -32,7 +32,7 @@ use axum::extract::{ConnectInfo, Request};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 use tower_http::timeout::TimeoutBody;
 
@@ -66,6 +66,9 @@ pub struct ConnectionLimits {
     /// The bytes that the request bodies being received may hold at once, over all
     /// connections (see [`BodyBudget`]).
     pub receiving_bytes: usize,
+    /// How many connections are served at once; the next wait to be accepted. `kith serve`
+    /// sets it from its limit on open files ([`most_connections`]); none, no limit.
+    pub most_connections: Option<usize>,
 }
 
 impl Default for ConnectionLimits {
@@ -73,6 +76,7 @@ impl Default for ConnectionLimits {
         Self {
             idle: DEFAULT_IDLE_CONNECTION,
             receiving_bytes: DEFAULT_RECEIVING_BYTES,
+            most_connections: None,
         }
     }
 }
@@ -92,7 +96,23 @@ pub async fn serve(
     let (abandon, abandoning) = watch::channel(false);
     // Each connection's task holds a receiver; all are gone once every connection has ended.
     let (still_open, connection_open) = watch::channel(());
+    let slots = limits
+        .most_connections
+        .map(|most| Arc::new(Semaphore::new(most.clamp(1, Semaphore::MAX_PERMITS))));
+    let mut told_at_limit: Option<Instant> = None;
     loop {
+        let slot = match &slots {
+            Some(slots) => {
+                if slots.available_permits() == 0 {
+                    tell_at_limit(&mut told_at_limit, limits.most_connections);
+                }
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot.ok(),
+                    () = turned_true(&mut stop) => break,
+                }
+            }
+            None => None,
+        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = turned_true(&mut stop) => break,
@@ -106,6 +126,7 @@ pub async fn serve(
                 tokio::spawn(async move {
                     connection.await;
                     drop(open);
+                    drop(slot);
                 });
             }
             Err(e) => wait_after_failed_accept(e).await,
@@ -208,6 +229,34 @@ async fn turned_true(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|value| *value).await;
 }
 
+/// How many connections a process may serve at once when it may open `open_files` files: the
+/// rest is kept for the journal, the tables' files and the query workers' pipes (about 35 at
+/// rest, a few more while a flush or a query runs), which would otherwise fail with "too many
+/// open files" whenever clients held every descriptor.
+pub fn most_connections(open_files: u64) -> usize {
+    let kept = (open_files / 4).clamp(64, 1024);
+    usize::try_from(open_files.saturating_sub(kept))
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// Tells, at most once a minute, that the server is serving all the connections it may: the
+/// next ones wait to be accepted until others close.
+fn tell_at_limit(told_at: &mut Option<Instant>, most: Option<usize>) {
+    metrics::counter!("kith_http_connections_at_limit_total").increment(1);
+    if told_at.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+        return;
+    }
+    *told_at = Some(Instant::now());
+    tracing::warn!(
+        most_connections = most,
+        "serving as many connections as the limit on open files allows (the rest of the limit \
+         is kept for storage); new connections wait until others close. Raise the limit \
+         (`ulimit -n`, systemd's `LimitNOFILE`), or lower `idle_connection_secs` so idle \
+         connections close sooner"
+    );
+}
+
 /// After a failed `accept`: a connection its client gave up on is simply passed over; anything
 /// else (too many open files, out of memory) is told, and accepting waits a moment, since
 /// trying again at once would fail the same way.
@@ -227,4 +276,19 @@ async fn wait_after_failed_accept(e: io::Error) {
          raise it, or lower `idle_connection_secs` so idle connections close sooner"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::most_connections;
+
+    #[test]
+    fn connections_leave_a_quarter_of_the_open_files_between_64_and_1024_for_storage() {
+        assert_eq!(most_connections(256), 192);
+        assert_eq!(most_connections(1024), 768);
+        assert_eq!(most_connections(20_000), 18_976);
+        assert_eq!(most_connections(1 << 20), (1 << 20) - 1024);
+        // A limit too low to keep anything still serves one connection.
+        assert_eq!(most_connections(10), 1);
+    }
 }

@@ -120,7 +120,10 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     if let Some(mb) = file.max_receiving_mb {
         config.connections.receiving_bytes = receiving_bytes(mb)?;
     }
-    tell_open_file_limit(crate::open_files::raise_limit());
+    let open_files = crate::open_files::raise_limit();
+    tell_open_file_limit(open_files);
+    config.connections.most_connections =
+        open_files.map(|(_, limit)| connections::most_connections(limit));
     // Before anything is created or loaded: a wrong or busy address fails at once.
     let listener = kith_server::app::bind(&config.listen)?;
     kith_server::install_metrics();
