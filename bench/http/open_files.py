@@ -13,12 +13,11 @@ errors (`/metrics`), and the panics in the server's log.
 import base64
 import http.client
 import json
-import os
 import socket
-import subprocess
 import sys
-import tempfile
 import time
+
+from kith_server import KithServer
 
 
 def request(connection, method, path, headers, body=None):
@@ -37,38 +36,10 @@ def metric(text, name):
 def main():
     binary = sys.argv[1]
     files = sys.argv[2] if len(sys.argv) > 2 else "256"
-    work = tempfile.mkdtemp(prefix="kith-open-files-")
-    data = os.path.join(work, "data")
-
-    def key(*scope):
-        return subprocess.run(
-            [binary, "key", "create", "--data-dir", data, *scope],
-            check=True, capture_output=True, text=True,
-        ).stdout.strip()
-
-    write_key = key("--scope", "ingest", "--source", "bench")
-    read_key = key("--scope", "read")
-    config = os.path.join(work, "kith.toml")
-    with open(config, "w") as toml:
-        toml.write("idle_connection_secs = 10\n")
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    log_path = os.path.join(work, "server.log")
-    server = subprocess.Popen(
-        ["prlimit", f"--nofile={files}:{files}", binary, "serve", "--data-dir", data,
-         "--listen", f"127.0.0.1:{port}", "--config", config],
-        stdout=subprocess.DEVNULL, stderr=open(log_path, "w"),
-    )
+    server = KithServer(binary, "idle_connection_secs = 10\n",
+                        wrapper=("prlimit", f"--nofile={files}:{files}"))
+    port, write_key, read_key = server.port, server.write_key, server.read_key
     try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        time.sleep(1)
         ingest = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         auth = {"Authorization": "Basic " + base64.b64encode(f"{write_key}:".encode()).decode(),
                 "Content-Type": "application/json"}
@@ -95,7 +66,7 @@ def main():
         stored = json.loads(answer)["rows"][0][0]
         _, metrics = request(reader, "GET", "/metrics", {})
         metrics = metrics.decode()
-        with open(log_path) as log:
+        with open(server.log_path) as log:
             panics = log.read().count("panicked")
         print(
             f"{binary} with {files} open files: {acknowledged} of {batch} batches acknowledged, "
@@ -105,8 +76,7 @@ def main():
             f"panics in the log {panics}"
         )
     finally:
-        server.terminate()
-        server.wait()
+        server.stop()
 
 
 if __name__ == "__main__":

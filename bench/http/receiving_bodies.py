@@ -11,11 +11,11 @@ its resident memory 3 s after the connections closed.
 """
 import os
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 import base64
+
+from kith_server import KithServer
 
 
 def memory_mb(pid):
@@ -38,33 +38,10 @@ def answer_so_far(stream):
 def main():
     binary, connections = sys.argv[1], int(sys.argv[2])
     budget = sys.argv[3] if len(sys.argv) > 3 else None
-    work = tempfile.mkdtemp(prefix="kith-bodies-")
-    data = os.path.join(work, "data")
-    key = subprocess.run(
-        [binary, "key", "create", "--data-dir", data, "--scope", "ingest", "--source", "bench"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()
-    config = os.path.join(work, "kith.toml")
-    with open(config, "w") as toml:
-        if budget:
-            toml.write(f"max_receiving_mb = {budget}\n")
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    server = subprocess.Popen(
-        [binary, "serve", "--data-dir", data, "--listen", f"127.0.0.1:{port}", "--config", config],
-        stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "server.log"), "w"),
-    )
+    server = KithServer(binary, f"max_receiving_mb = {budget}\n" if budget else "")
+    port, key = server.port, server.write_key
     try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        time.sleep(1)
-        before = memory_mb(server.pid)
+        before = memory_mb(server.process.pid)
         auth = base64.b64encode(f"{key}:".encode()).decode()
         head = (
             f"POST /v1/batch HTTP/1.1\r\nHost: kith\r\nAuthorization: Basic {auth}\r\n"
@@ -78,7 +55,7 @@ def main():
             stream.sendall(head + body)
             held.append(stream)
         time.sleep(float(os.environ.get("HOLD_SECS", "5")))
-        during = memory_mb(server.pid)
+        during = memory_mb(server.process.pid)
         refused = sum(1 for stream in held if answer_so_far(stream).startswith(b"HTTP/1.1 429"))
         print(
             f"{binary}: {connections} bodies, {sent:,} of 400,000 bytes sent, held"
@@ -89,11 +66,10 @@ def main():
         for stream in held:
             stream.close()
         time.sleep(3)
-        after = memory_mb(server.pid)
+        after = memory_mb(server.process.pid)
         print(f"  RSS 3 s after the connections closed: {after[0]:.0f} MB")
     finally:
-        server.terminate()
-        server.wait()
+        server.stop()
 
 
 if __name__ == "__main__":
