@@ -230,6 +230,45 @@ impl FileConfig {
     }
 }
 
+impl FileConfig {
+    /// `idle_connection_secs` and `max_receiving_mb` over `limits`' defaults.
+    pub fn apply_connection_limits(
+        &self,
+        limits: &mut kith_server::connections::ConnectionLimits,
+    ) -> anyhow::Result<()> {
+        if let Some(secs) = nonzero(
+            "idle_connection_secs",
+            self.idle_connection_secs,
+            "it would close every connection before its first request arrives (default 75)",
+        )? {
+            let idle = std::time::Duration::from_secs(secs);
+            if idle > kith_server::connections::MOST_IDLE_CONNECTION {
+                anyhow::bail!(
+                    "idle_connection_secs = {secs} in kith.toml is over a day, the most a \
+                     connection may keep the server waiting; give fewer seconds (default 75)"
+                );
+            }
+            limits.idle = idle;
+        }
+        if let Some(mb) = nonzero(
+            "max_receiving_mb",
+            self.max_receiving_mb,
+            "it would refuse every request that has a body (default 256)",
+        )? {
+            limits.receiving_bytes = usize::try_from(mb)
+                .ok()
+                .and_then(|mb| mb.checked_mul(1 << 20))
+                .with_context(|| {
+                    format!(
+                        "max_receiving_mb = {mb} in kith.toml is more bytes than this machine \
+                         can address; give at most the memory the server may use (default 256)"
+                    )
+                })?;
+        }
+        Ok(())
+    }
+}
+
 /// The shortest `replaced_files_kept_minutes` accepted.
 const MIN_REPLACED_FILES_KEPT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 

@@ -103,23 +103,7 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         config.query_worker = Some(std::sync::Arc::new(worker));
     }
     config.housekeeping = file.housekeeping(config.query_limits.timeout)?;
-    match file.idle_connection_secs {
-        Some(0) => anyhow::bail!(
-            "idle_connection_secs = 0 in kith.toml would close every connection before its first \
-             request arrives; give the seconds a connection may wait (default 75)"
-        ),
-        Some(secs) if Duration::from_secs(secs) > connections::MOST_IDLE_CONNECTION => {
-            anyhow::bail!(
-                "idle_connection_secs = {secs} in kith.toml is over a day, the most a connection \
-                 may keep the server waiting; give fewer seconds (default 75)"
-            )
-        }
-        Some(secs) => config.connections.idle = Duration::from_secs(secs),
-        None => {}
-    }
-    if let Some(mb) = file.max_receiving_mb {
-        config.connections.receiving_bytes = receiving_bytes(mb)?;
-    }
+    file.apply_connection_limits(&mut config.connections)?;
     let open_files = crate::open_files::raise_limit();
     tell_open_file_limit(open_files);
     config.connections.most_connections =
@@ -161,25 +145,6 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
 
 /// Below this many open files a busy server may run out: each client connection takes one.
 const FEW_OPEN_FILES: u64 = 4096;
-
-/// `max_receiving_mb` from kith.toml, in bytes.
-fn receiving_bytes(mb: u64) -> anyhow::Result<usize> {
-    if mb == 0 {
-        anyhow::bail!(
-            "max_receiving_mb = 0 in kith.toml would refuse every request that has a body; give \
-             the megabytes the bodies being received may hold at once (default 256)"
-        );
-    }
-    usize::try_from(mb)
-        .ok()
-        .and_then(|mb| mb.checked_mul(1 << 20))
-        .with_context(|| {
-            format!(
-                "max_receiving_mb = {mb} in kith.toml is more bytes than this machine can \
-                 address; give at most the memory the server may use (default 256)"
-            )
-        })
-}
 
 fn tell_open_file_limit(limit: Option<(u64, u64)>) {
     match limit {
