@@ -384,6 +384,47 @@ fn bodies_being_received_share_a_memory_budget_and_past_it_get_a_retry_later() {
     );
 }
 
+/// What a connection costs the server beyond the bodies' budget stays small however fast its
+/// client sends: hyper grows a connection's read buffer with the size of its reads, and kept
+/// it for as long as the connection stayed open, about 240 KB each for clients that had sent
+/// 390 KB quickly, unseen by `max_receiving_mb`.
+#[test]
+fn connections_part_way_through_large_bodies_hold_little_beyond_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = KithServer::start_with_config(dir.path(), "max_receiving_mb = 1\n");
+    let pid = server.child.id();
+    let head = format!(
+        "POST /v1/batch HTTP/1.1\r\nHost: kith\r\nAuthorization: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 400000\r\n\r\n",
+        basic(&server.write_key)
+    );
+    let mut request = head.into_bytes();
+    request.extend(b"{\"batch\": [");
+    request.resize(request.len() + 390_000 - 11, b' ');
+    // One connection first, so that what every connection shares (threads, the runtime's
+    // buffers) is in place before the measure.
+    let mut held = vec![connect(&server)];
+    held[0].write_all(&request).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = process_memory_kib(pid, "VmRSS");
+    const CONNECTIONS: u64 = 200;
+    for _ in 0..CONNECTIONS {
+        let mut stream = connect(&server);
+        stream.write_all(&request).unwrap();
+        held.push(stream);
+    }
+    // Every byte sent has been read: the server passes over what is past the budget.
+    std::thread::sleep(Duration::from_millis(1500));
+    let grown = process_memory_kib(pid, "VmRSS").saturating_sub(before);
+    assert!(
+        grown / CONNECTIONS < 120,
+        "the server grew by {grown} KiB for {CONNECTIONS} connections"
+    );
+    assert!(metric(&server.base, "kith_http_bodies_over_budget_total").unwrap() >= 1.0);
+    drop(held);
+    assert_eq!(track(&server, "after-the-large-bodies").0, 200);
+}
+
 #[test]
 fn connection_settings_that_cannot_work_stop_start_up_with_what_to_change() {
     let dir = tempfile::tempdir().unwrap();

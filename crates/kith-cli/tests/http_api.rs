@@ -1002,14 +1002,7 @@ fn long_queries_are_planned_or_refused_and_never_take_the_server_down() {
 
 /// The most resident memory process `pid` has held, in MiB (`VmHWM`).
 fn peak_resident_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap();
-    kib >> 10
+    process_memory_kib(pid, "VmHWM") >> 10
 }
 
 /// A join that builds one batch of 8,192 copies of a 120 KB row: about 1 GB that no limit in

@@ -38,6 +38,7 @@ use tower_http::timeout::TimeoutBody;
 
 use crate::body_budget::{BodyBudget, DEFAULT_RECEIVING_BYTES};
 use crate::connection_activity::{ConnectionActivity, until_answered};
+use crate::small_reads::SmallReads;
 use crate::unreadable_requests::ExplainedIo;
 
 /// How long a connection may keep the server waiting, unless `idle_connection_secs` says
@@ -178,7 +179,10 @@ async fn serve_connection(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(idle);
-    let connection = builder.serve_connection(TokioIo::new(ExplainedIo::new(stream)), service);
+    let connection = builder.serve_connection(
+        TokioIo::new(ExplainedIo::new(SmallReads::new(stream))),
+        service,
+    );
     let mut connection = pin!(connection);
     let went_idle = tokio::select! {
         served = connection.as_mut() => return report_end(served, peer, idle),

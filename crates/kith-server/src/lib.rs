@@ -24,6 +24,7 @@ pub mod profiles;
 pub mod query;
 pub mod rudderstack;
 pub mod runtimes;
+mod small_reads;
 pub mod starting;
 pub mod traits;
 pub mod unify;

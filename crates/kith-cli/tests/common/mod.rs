@@ -225,6 +225,18 @@ pub fn metric(base: &str, series: &str) -> Option<f64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
+/// A memory figure of process `pid` from `/proc/PID/status`, in KiB: `VmRSS` for what it holds
+/// now, `VmHWM` for the most it has held.
+pub fn process_memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 /// Checks a stored event's times against the device time an SDK sent as `timestamp` (with
 /// `sentAt` when it flushed): `original_timestamp` is that time, and `timestamp` is it corrected
 /// by Segment's rule, `receivedAt − (sentAt − timestamp)`, which on one machine (one clock) is
