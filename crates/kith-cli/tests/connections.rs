@@ -502,37 +502,70 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 /// On an HTTP/2 connection with nothing sent yet: the preface, empty settings, then
-/// `GET /healthz` on stream 1. Returns the answer's first header byte and its body.
+/// `GET /healthz` on stream 1. Returns the answer's first header byte (0x88 for `:status 200`,
+/// entry 8 of HPACK's static table) and its body.
 fn http2_health_check(stream: &mut TcpStream) -> (Option<u8>, Value) {
+    let (head, body) = http2_get(stream, "/healthz");
+    (head.first().copied(), body)
+}
+
+/// An HPACK integer with a `prefix`-bit prefix, the prefix's other bits `flags`.
+fn hpack_integer(flags: u8, prefix: u32, value: usize, into: &mut Vec<u8>) {
+    let most = (1usize << prefix) - 1;
+    if value < most {
+        into.push(flags | value as u8);
+        return;
+    }
+    into.push(flags | most as u8);
+    let mut rest = value - most;
+    while rest >= 128 {
+        into.push((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    into.push(rest as u8);
+}
+
+/// On an HTTP/2 connection with nothing sent yet: the preface, empty settings, then `GET path`
+/// on stream 1, its headers split into frames of 16 KiB (the least frame size every peer
+/// takes). Returns the answer's header block (HPACK) and its body.
+fn http2_get(stream: &mut TcpStream, path: &str) -> (Vec<u8>, Value) {
     // The request's headers in HPACK, each an entry of the static table or a literal with an
     // indexed name.
     let mut request = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     request.extend(frame(0x4, 0, 0, &[]));
     let mut headers = vec![0x82, 0x86]; // :method GET, :scheme http
     headers.push(0x44); // :path, then the literal
-    headers.push(8);
-    headers.extend(b"/healthz");
+    hpack_integer(0, 7, path.len(), &mut headers);
+    headers.extend(path.as_bytes());
     headers.push(0x41); // :authority
     headers.push(4);
     headers.extend(b"kith");
-    // END_STREAM | END_HEADERS on stream 1.
-    request.extend(frame(0x1, 0x1 | 0x4, 1, &headers));
+    // HEADERS with END_STREAM on stream 1, then CONTINUATION frames; the last has END_HEADERS.
+    let parts: Vec<&[u8]> = headers.chunks(16 << 10).collect();
+    for (i, part) in parts.iter().enumerate() {
+        let (kind, mut flags) = if i == 0 { (0x1, 0x1) } else { (0x9, 0) };
+        if i + 1 == parts.len() {
+            flags |= 0x4;
+        }
+        request.extend(frame(kind, flags, 1, part));
+    }
     stream.write_all(&request).unwrap();
-    let (mut status, mut body) = (None, Vec::new());
+    let (mut head, mut body) = (Vec::new(), Vec::new());
     loop {
         let (kind, flags, id, payload) = read_frame(stream);
         match (kind, id) {
-            // HEADERS: `:status 200` is entry 8 of the static table, sent first.
-            (0x1, 1) => status = payload.first().copied(),
+            (0x1, 1) => head = payload,
             (0x0, 1) => body.extend(payload),
             (0x4, 0) if flags & 0x1 == 0 => stream.write_all(&frame(0x4, 0x1, 0, &[])).unwrap(),
+            // RST_STREAM, or GOAWAY: the request was refused.
+            (0x3, 1) | (0x7, 0) => break,
             _ => {}
         }
         if id == 1 && flags & 0x1 != 0 {
             break;
         }
     }
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    (head, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
 // Proxies such as Envoy may speak HTTP/2 without TLS to the server behind them ("prior
@@ -546,6 +579,22 @@ fn http2_with_prior_knowledge_is_served() {
     let (status, body) = http2_health_check(&mut stream);
     assert_eq!(status, Some(0x88), "not a 200");
     assert_eq!(body["status"], "ok");
+
+    // A request head as long as HTTP/1 takes: pixel calls carry their event in the URL (hyper
+    // refused HTTP/2 heads over 16 KiB).
+    let mut stream = connect(&server);
+    let long = format!("/healthz?pad={}", "x".repeat(60_000));
+    let (head, body) = http2_get(&mut stream, &long);
+    assert_eq!(head.first(), Some(&0x88), "not a 200: {head:?}");
+    assert_eq!(body["status"], "ok");
+    // Past the bound the request is refused, `:status 431`: a literal (0x48) whose three digits
+    // are Huffman-coded in three bytes (RFC 7541, appendix B: 4 011010, 3 011001, 1 00001).
+    let longer = format!("/healthz?pad={}", "x".repeat(120_000));
+    let (head, _) = http2_get(&mut connect(&server), &longer);
+    assert!(
+        head.starts_with(&[0x48, 0x83, 0x69, 0x90, 0xff]),
+        "{head:?}"
+    );
 }
 
 // hyper's timer only starts once an HTTP/1 request's head has begun. A connection that sent
