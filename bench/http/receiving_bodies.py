@@ -5,7 +5,7 @@ Starts the given binary on a fresh data directory, opens CONNECTIONS connections
 send a `/v1/batch` head announcing 400,000 bytes and then SENT_BYTES (default 390,000) of
 them, holds them HOLD_SECS (default 5), and prints the server's resident memory (VmRSS) and
 peak (VmHWM) before and while they are held, with how many were answered 429 by then, then
-its resident memory 3 s after the connections closed.
+its resident memory AFTER_SECS (default 3) after the connections closed.
 
     python3 bench/http/receiving_bodies.py target/release/kith 1500 [max_receiving_mb]
 """
@@ -65,9 +65,10 @@ def main():
         )
         for stream in held:
             stream.close()
-        time.sleep(3)
+        after_secs = float(os.environ.get("AFTER_SECS", "3"))
+        time.sleep(after_secs)
         after = memory_mb(server.process.pid)
-        print(f"  RSS 3 s after the connections closed: {after[0]:.0f} MB")
+        print(f"  RSS {after_secs:g} s after the connections closed: {after[0]:.0f} MB")
     finally:
         server.stop()
 

@@ -44,8 +44,11 @@ const MI_OPTION_PURGE_DELAY: mi_option_t = 15;
 /// Far longer than the default flush interval (2 s), so one seal's memory is still there for the
 /// next: with 5 s some of it still went back between seals (a few percent of the flush thread
 /// zeroing pages); with 30 s the ingest benchmark's durable path took 9.5–9.7 µs of CPU an event
-/// instead of 9.9–10.9 (three interleaved runs each). An idle server still returns the memory,
-/// half a minute after the load stops.
+/// instead of 9.9–10.9 (three interleaved runs each). Memory freed is returned half a minute
+/// later, but only once the threads that held it call the allocator again: what request threads
+/// freed just before the whole server went idle stays resident until requests come again
+/// (1,500 connections part-way through 400 KB bodies left 400 MB resident 45 s after they
+/// closed; with one request a second after them, 228 MB 40 s later; `bench/README.md`).
 const PURGE_DELAY_MS: std::ffi::c_long = 30_000;
 
 pub fn tune() {
