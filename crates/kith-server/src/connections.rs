@@ -57,12 +57,6 @@ pub const MOST_IDLE_CONNECTION: Duration = Duration::from_secs(24 * 60 * 60);
 /// leaving the rest of it to the journal and tables.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// The most an HTTP/2 request's headers may take, decoded: a URL as long as HTTP/1 takes
-/// (65,534 bytes; pixel calls carry their event in it) and 32 KiB of other headers. hyper's
-/// default, 16 KiB, refused long pixel URLs that HTTP/1 took; the HTTP/1 head's own limit is
-/// hyper's read buffer bound, 408 KiB, but HTTP/2 holds up to 200 heads a connection at once.
-const HTTP2_MOST_HEAD_BYTES: u32 = 96 << 10;
-
 /// What the connections may take of the server: time waiting on their clients, and memory for
 /// the bodies they send.
 #[derive(Debug, Clone, Copy)]
@@ -185,7 +179,6 @@ async fn serve_connection(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(idle);
-    builder.http2().max_header_list_size(HTTP2_MOST_HEAD_BYTES);
     let connection = builder.serve_connection(
         TokioIo::new(ExplainedIo::new(SmallReads::new(stream))),
         service,
