@@ -15,8 +15,8 @@ pub struct FileConfig {
     /// Seconds a connection may keep the server waiting for a request (its first, its head, or
     /// a kept-alive one's next) or for the next part of a body (default 75).
     pub idle_connection_secs: Option<u64>,
-    /// Megabytes that the request bodies being received may hold at once, over all connections
-    /// (default 256); past it a request is answered `429 overloaded`.
+    /// Megabytes that the requests being received (bodies, and HTTP/2 heads) may hold at once,
+    /// over all connections (default 256); past it a request is answered `429 overloaded`.
     pub max_receiving_mb: Option<u64>,
     #[serde(default)]
     pub ingest: IngestConfig,

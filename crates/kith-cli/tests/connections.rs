@@ -484,13 +484,18 @@ fn the_server_raises_its_open_file_limit_to_the_hard_one() {
 
 /// One HTTP/2 frame: `(type, flags, stream, payload)`.
 fn read_frame(stream: &mut TcpStream) -> (u8, u8, u32, Vec<u8>) {
+    next_frame(stream).expect("an HTTP/2 frame")
+}
+
+/// The next HTTP/2 frame, or `None` once the connection is closed or its read timeout passes.
+fn next_frame(stream: &mut TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
     let mut head = [0u8; 9];
-    stream.read_exact(&mut head).unwrap();
+    stream.read_exact(&mut head).ok()?;
     let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
     let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
     let mut payload = vec![0u8; length];
-    stream.read_exact(&mut payload).unwrap();
-    (head[3], head[4], id, payload)
+    stream.read_exact(&mut payload).ok()?;
+    Some((head[3], head[4], id, payload))
 }
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -523,6 +528,15 @@ fn hpack_integer(flags: u8, prefix: u32, value: usize, into: &mut Vec<u8>) {
         rest /= 128;
     }
     into.push(rest as u8);
+}
+
+/// An HPACK literal header with a new name, not added to the table.
+fn hpack_literal(name: &str, value: &str, into: &mut Vec<u8>) {
+    into.push(0x00);
+    hpack_integer(0, 7, name.len(), into);
+    into.extend(name.as_bytes());
+    hpack_integer(0, 7, value.len(), into);
+    into.extend(value.as_bytes());
 }
 
 /// On an HTTP/2 connection with nothing sent yet: the preface, empty settings, then `GET path`
@@ -594,6 +608,97 @@ fn http2_with_prior_knowledge_is_served() {
         head.starts_with(&[0x48, 0x83, 0x69, 0x90, 0xff]),
         "{head:?}"
     );
+}
+
+// An HTTP/2 connection may hold 200 requests at once, each head up to 16 KiB of headers: heads
+// whose requests promise a body that never comes held about 9 MB a connection, unseen by
+// `max_receiving_mb`. Heads now count against it, and past it are refused at once.
+#[test]
+fn request_heads_share_the_memory_budget_and_past_it_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = KithServer::start_with_config(dir.path(), "max_receiving_mb = 1\n");
+    let mut stream = connect(&server);
+    let mut request = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    request.extend(frame(0x4, 0, 0, &[]));
+    // 100 heads of about 16 KB: some 64 of them fit in the 1 MiB budget.
+    const STREAMS: u32 = 100;
+    let padding = "p".repeat(15_000);
+    for i in 0..STREAMS {
+        let mut headers = vec![0x83, 0x86]; // :method POST, :scheme http
+        headers.push(0x44); // :path
+        headers.push(9);
+        headers.extend(b"/v1/batch");
+        headers.push(0x41); // :authority
+        headers.push(4);
+        headers.extend(b"kith");
+        hpack_literal("authorization", &basic(&server.write_key), &mut headers);
+        hpack_literal("content-type", "application/json", &mut headers);
+        hpack_literal("content-length", "1000", &mut headers);
+        hpack_literal("x-padding", &padding, &mut headers);
+        // END_HEADERS and not END_STREAM: each request waits for a body that never comes.
+        request.extend(frame(0x1, 0x4, 2 * i + 1, &headers));
+    }
+    stream.write_all(&request).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let (mut first_head, mut heads, mut bodies) = (
+        None,
+        std::collections::BTreeSet::new(),
+        std::collections::BTreeMap::<u32, Vec<u8>>::new(),
+    );
+    while let Some((kind, flags, id, payload)) = next_frame(&mut stream) {
+        match kind {
+            0x1 => {
+                first_head.get_or_insert(payload);
+                heads.insert(id);
+            }
+            0x0 => bodies.entry(id).or_default().extend(payload),
+            0x4 if flags & 0x1 == 0 => stream.write_all(&frame(0x4, 0x1, 0, &[])).unwrap(),
+            _ => {}
+        }
+    }
+    // The answers came at once (the read waits 3 s at most for each frame), with the API's
+    // error body. The first is `:status 429`: a literal (0x48) whose digits are Huffman-coded
+    // (RFC 7541, appendix B: 4 011010, 2 00010, 9 011111); the others refer to it.
+    assert!(
+        (20..=60).contains(&heads.len()),
+        "{} of {STREAMS} heads answered",
+        heads.len()
+    );
+    let first_head = first_head.unwrap();
+    assert!(
+        first_head.starts_with(&[0x48, 0x83, 0x68, 0x4f, 0xff]),
+        "{first_head:?}"
+    );
+    for id in &heads {
+        let body: Value = serde_json::from_slice(&bodies[id]).unwrap();
+        assert_eq!(body["code"], "overloaded", "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("max_receiving_mb"), "{message}");
+    }
+    assert_eq!(
+        metric(&server.base, "kith_http_heads_over_budget_total"),
+        Some(heads.len() as f64)
+    );
+
+    // Once the connection closes, the heads it held are given back: a batch of 361 KB fits.
+    drop(stream);
+    std::thread::sleep(Duration::from_millis(500));
+    let padding = "x".repeat(30_000);
+    let events: Vec<Value> = (0..12)
+        .map(|i| {
+            json!({"type": "track", "userId": "u1", "event": "Grande",
+                   "messageId": format!("after-the-heads-{i:02}"),
+                   "properties": {"padding": padding}})
+        })
+        .collect();
+    let (status, body) = post_json(
+        &server.url("/v1/batch"),
+        &[("Authorization", &basic(&server.write_key))],
+        &json!({ "batch": events }).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
 }
 
 // hyper's timer only starts once an HTTP/1 request's head has begun. A connection that sent

@@ -320,6 +320,9 @@ pub fn router(app: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(ops::method_not_allowed)
         // Bodies are read with our own limit so the answer is our JSON error.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(
+            crate::body_budget::refuse_heads_over_budget,
+        ))
         .layer(axum::middleware::map_response(
             errors::answer_errors_as_json,
         ))

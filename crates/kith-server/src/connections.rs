@@ -36,7 +36,7 @@ use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 use tower_http::timeout::TimeoutBody;
 
-use crate::body_budget::{BodyBudget, DEFAULT_RECEIVING_BYTES};
+use crate::body_budget::{self, BodyBudget, DEFAULT_RECEIVING_BYTES};
 use crate::connection_activity::{ConnectionActivity, until_answered};
 use crate::small_reads::SmallReads;
 use crate::unreadable_requests::ExplainedIo;
@@ -64,8 +64,8 @@ pub struct ConnectionLimits {
     /// How long a connection may keep the server waiting for a request (its head, or its
     /// first or next request) or for the next part of a body, before it is closed.
     pub idle: Duration,
-    /// The bytes that the request bodies being received may hold at once, over all
-    /// connections (see [`BodyBudget`]).
+    /// The bytes that the requests being received (bodies, and HTTP/2 heads) may hold at once,
+    /// over all connections (see [`BodyBudget`]).
     pub receiving_bytes: usize,
     /// How many connections are served at once; the next wait to be accepted. `kith serve`
     /// sets it from its limit on open files ([`most_connections`]); none, no limit.
@@ -165,12 +165,18 @@ async fn serve_connection(
     let counted = activity.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let in_progress = counted.begin();
-        let mut request: Request =
-            request.map(|body| Body::new(TimeoutBody::new(idle, bodies.counted(body))));
+        let (head, mut request): (_, Request) = match bodies.hold_head(&request) {
+            Ok(held) => (
+                held,
+                request.map(|body| Body::new(TimeoutBody::new(idle, bodies.counted(body)))),
+            ),
+            Err(over) => (None, body_budget::stand_in(request, over)),
+        };
         request.extensions_mut().insert(ConnectInfo(peer));
         let answer = app.clone().oneshot(request);
         async move {
             let response = answer.await?;
+            drop(head);
             Ok::<_, Infallible>(until_answered(response, in_progress))
         }
     });
