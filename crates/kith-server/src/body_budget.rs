@@ -27,7 +27,7 @@ use hyper::body::{Body, Bytes, Frame, SizeHint};
 
 use crate::errors::{ApiError, ErrorCode};
 
-/// What the bodies being received may hold at once unless `max_receiving_mb` says otherwise:
+/// What the requests being received may hold at once unless `max_receiving_mb` says otherwise:
 /// about five hundred of the largest batches, or thousands of usual ones.
 pub const DEFAULT_RECEIVING_BYTES: usize = 256 << 20;
 
