@@ -315,6 +315,25 @@ fn connections_that_keep_the_server_waiting_are_closed_and_never_shut_out_client
     );
 }
 
+/// Posts twelve events of 30 KB (each may be 32 KB at most), `{prefix}-00` to `{prefix}-11`:
+/// 361 KB, which a 1 MB `max_receiving_mb` takes only once what other requests held is given
+/// back.
+fn post_large_batch(server: &KithServer, prefix: &str) -> (u16, Value) {
+    let padding = "x".repeat(30_000);
+    let events: Vec<Value> = (0..12)
+        .map(|i| {
+            json!({"type": "track", "userId": "u1", "event": "Grande",
+                   "messageId": format!("{prefix}-{i:02}"),
+                   "properties": {"padding": padding}})
+        })
+        .collect();
+    post_json(
+        &server.url("/v1/batch"),
+        &[("Authorization", &basic(&server.write_key))],
+        &json!({ "batch": events }).to_string(),
+    )
+}
+
 // Each body is read whole before it is parsed, so without a bound the memory held grows with the
 // number of clients sending at once (SDKs flushing after an outage, or slow uploads on purpose)
 // until the server is killed for it. Past `max_receiving_mb` a request is answered 429 with
@@ -362,21 +381,7 @@ fn bodies_being_received_share_a_memory_budget_and_past_it_get_a_retry_later() {
     drop(holding);
     drop(refused);
     std::thread::sleep(Duration::from_millis(500));
-    // Twelve events of 30 KB (each may be 32 KB at most).
-    let padding = "x".repeat(30_000);
-    let events: Vec<Value> = (0..12)
-        .map(|i| {
-            json!({"type": "track", "userId": "u1", "event": "Grande",
-                   "messageId": format!("after-the-budget-{i:02}"),
-                   "properties": {"padding": padding}})
-        })
-        .collect();
-    let batch = json!({ "batch": events });
-    let (status, body) = post_json(
-        &server.url("/v1/batch"),
-        &[("Authorization", &basic(&server.write_key))],
-        &batch.to_string(),
-    );
+    let (status, body) = post_large_batch(&server, "after-the-budget");
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         server.query("SELECT count(*) FROM events WHERE message_id LIKE 'after-the-budget-%'")["rows"],
@@ -685,19 +690,7 @@ fn request_heads_share_the_memory_budget_and_past_it_are_refused_at_once() {
     // Once the connection closes, the heads it held are given back: a batch of 361 KB fits.
     drop(stream);
     std::thread::sleep(Duration::from_millis(500));
-    let padding = "x".repeat(30_000);
-    let events: Vec<Value> = (0..12)
-        .map(|i| {
-            json!({"type": "track", "userId": "u1", "event": "Grande",
-                   "messageId": format!("after-the-heads-{i:02}"),
-                   "properties": {"padding": padding}})
-        })
-        .collect();
-    let (status, body) = post_json(
-        &server.url("/v1/batch"),
-        &[("Authorization", &basic(&server.write_key))],
-        &json!({ "batch": events }).to_string(),
-    );
+    let (status, body) = post_large_batch(&server, "after-the-heads");
     assert_eq!(status, 200, "{body}");
 }
 
