@@ -86,8 +86,8 @@ pub struct ServerConfig {
     pub models: models::ModelSchedules,
     /// How long the event tables keep replaced files and old log entries.
     pub housekeeping: kith_lake::Housekeeping,
-    /// How long a connection may keep the server waiting, and how much memory the bodies being
-    /// received may hold.
+    /// How long a connection may keep the server waiting, how much memory the requests being
+    /// received may hold, and how many connections are served at once.
     pub connections: crate::connections::ConnectionLimits,
 }
 

@@ -49,6 +49,18 @@ pub struct OverBudget {
     pub limit_mb: usize,
 }
 
+impl From<&OverBudget> for ApiError {
+    /// The answer to a request refused for the budget, whether at its head or in its body.
+    fn from(over: &OverBudget) -> Self {
+        ApiError::new(
+            ErrorCode::Overloaded,
+            format!(
+                "{over}; nothing from this request was stored, retry after the Retry-After delay"
+            ),
+        )
+    }
+}
+
 impl BodyBudget {
     pub fn new(limit_bytes: usize) -> Self {
         Self {
@@ -201,13 +213,7 @@ pub(crate) fn stand_in<B>(request: hyper::Request<B>, over: OverBudget) -> Reque
 /// that it holds nothing while it would wait for a body; every other request goes on.
 pub(crate) async fn refuse_heads_over_budget(request: Request, next: Next) -> Response {
     if let Some(HeadOverBudget(over)) = request.extensions().get::<HeadOverBudget>() {
-        return ApiError::new(
-            ErrorCode::Overloaded,
-            format!(
-                "{over}; nothing from this request was stored, retry after the Retry-After delay"
-            ),
-        )
-        .into_response();
+        return ApiError::from(over).into_response();
     }
     next.run(request).await
 }

@@ -80,13 +80,7 @@ pub(crate) async fn read_body(
             if caused_by::<http_body_util::LengthLimitError>(&*e) {
                 too_large()
             } else if let Some(over) = find_cause::<OverBudget>(&*e) {
-                ApiError::new(
-                    ErrorCode::Overloaded,
-                    format!(
-                        "{over}; nothing from this request was stored, retry after the \
-                         Retry-After delay"
-                    ),
-                )
+                ApiError::from(over)
             } else if caused_by::<tower_http::timeout::TimeoutError>(&*e) {
                 ApiError::new(
                     ErrorCode::RequestTimeout,
