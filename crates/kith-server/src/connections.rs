@@ -39,7 +39,7 @@ use tower_http::timeout::TimeoutBody;
 use crate::body_budget::{self, BodyBudget, DEFAULT_RECEIVING_BYTES};
 use crate::connection_activity::{ConnectionActivity, until_answered};
 use crate::small_reads::SmallReads;
-use crate::unreadable_requests::ExplainedIo;
+use crate::unreadable_requests::{ExplainedIo, MAX_HEAD_BYTES};
 
 /// How long a connection may keep the server waiting, unless `idle_connection_secs` says
 /// otherwise: for the next request's head (or the rest of it), or for the next part of a body.
@@ -183,6 +183,7 @@ async fn serve_connection(
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
+        .max_buf_size(MAX_HEAD_BYTES)
         .timer(TokioTimer::new())
         .header_read_timeout(idle);
     let connection = builder.serve_connection(

@@ -150,7 +150,7 @@ impl ErrorCode {
                 "headers_too_large",
                 S::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "invalid_request",
-                "more than 100 header lines, or a request line and headers over 408 KiB together",
+                "more than 100 header lines, or a request line and headers over 128 KiB together",
             ),
             RequestTimeout => (
                 "request_timeout",

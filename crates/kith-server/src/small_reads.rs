@@ -1,13 +1,14 @@
 //! Reads from a connection a few kilobytes at a time, so that hyper's read buffer stays small.
 //!
 //! hyper sizes each connection's HTTP/1 read buffer by how much its last reads filled: a read
-//! that fills the buffer doubles the next one, up to `max_buf_size` (408 KiB by default, and
-//! it is also the most a request head may take, so it cannot be lowered without refusing the
-//! long URLs of pixel calls). A client sending a large body quickly grows the buffer of its
+//! that fills the buffer doubles the next one, up to `max_buf_size` (128 KiB here; it is also
+//! the most a request head may take, so it cannot be lowered further without refusing the long
+//! URLs of pixel calls). A client sending a large body quickly grows the buffer of its
 //! connection to hundreds of kilobytes, which it then keeps for as long as it stays open, and
 //! which `max_receiving_mb` does not see: 1,500 connections part-way through 400 KB bodies
-//! held about 240 KB each beyond the budget (`bench/http/receiving_bodies.py`). Reads of at
-//! most [`MOST_READ`] bytes keep the buffer near that size, whatever the client sends.
+//! held about 240 KB each beyond the budget with hyper's default of 408 KiB
+//! (`bench/http/receiving_bodies.py`). Reads of at most [`MOST_READ`] bytes keep the buffer
+//! near that size, whatever the client sends.
 
 use std::io;
 use std::pin::Pin;
