@@ -568,8 +568,9 @@ impl Resolver {
         }
     }
 
-    /// Why `a` and `b` may not become one profile, or `None` when they may.
-    fn merge_refusal(&self, a: u32, b: u32) -> Option<String> {
+    /// Why profiles `a` and `b` may not become one, or `None` when they may: what a link
+    /// between them would meet now.
+    pub fn merge_refusal(&self, a: ProfileRef, b: ProfileRef) -> Option<String> {
         let (pa, pb) = (&self.profiles[a as usize], &self.profiles[b as usize]);
         let total = pa.members.len() + pb.members.len();
         if total > self.rules.max_identifiers {

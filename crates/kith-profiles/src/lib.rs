@@ -757,15 +757,42 @@ impl ProfileStore {
 
     /// Finds the profile a `type:value` lookup names.
     pub fn find(&self, lookup: &Lookup) -> Result<Option<ProfileView>, LookupError> {
-        let extractor = self.extractor();
         let state = self.read();
-        let profile = match lookup.type_name.as_str() {
+        self.profile_named(&state, lookup)?
+            .map(|p| self.view_of(&state, p))
+            .transpose()
+            .map_err(|e| LookupError::Unreadable(e.to_string()))
+    }
+
+    /// Why the profiles `a` and `b` name may not be merged now, by the same guards identity
+    /// resolution applies to a link between them; `None` when they may, or when either names no
+    /// profile or both the same one.
+    pub fn merge_refusal(&self, a: &Lookup, b: &Lookup) -> Result<Option<String>, LookupError> {
+        let state = self.read();
+        let (a, b) = (
+            self.profile_named(&state, a)?,
+            self.profile_named(&state, b)?,
+        );
+        Ok(match (a, b) {
+            (Some(a), Some(b)) if a != b => state.resolver.merge_refusal(a, b),
+            _ => None,
+        })
+    }
+
+    /// The profile `lookup` names now.
+    fn profile_named(
+        &self,
+        state: &State,
+        lookup: &Lookup,
+    ) -> Result<Option<ProfileRef>, LookupError> {
+        let extractor = self.extractor();
+        Ok(match lookup.type_name.as_str() {
             "profile_id" => state.resolver.profile_by_id(&lookup.value),
             name => {
                 let id_type = IdType::from_name(name);
                 if let IdType::External(external) = &id_type
                     && !extractor.identifier_traits.contains(external)
-                    && !self.known_external_type(&state, external)
+                    && !self.known_external_type(state, external)
                 {
                     let declared = extractor
                         .identifier_traits
@@ -784,11 +811,7 @@ impl ProfileStore {
                     })?;
                 state.resolver.profile_of(&identifier)
             }
-        };
-        profile
-            .map(|p| self.view_of(&state, p))
-            .transpose()
-            .map_err(|e| LookupError::Unreadable(e.to_string()))
+        })
     }
 
     fn known_external_type(&self, state: &State, name: &str) -> bool {

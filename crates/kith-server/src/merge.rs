@@ -4,7 +4,8 @@
 //! The merge is written to the journal as a `Profiles Merged` event from Kith's own source, so it
 //! is durable, replayed after a restart and visible in the timeline like anything else; identity
 //! resolution links one identifier of each profile explicitly. The guards still apply: two
-//! profiles with different user ids stay apart, and the refusal says why.
+//! profiles with different user ids stay apart, the refusal says why, and a merge they refuse
+//! is not written.
 
 use std::sync::Arc;
 
@@ -42,11 +43,14 @@ pub struct Merged {
     pub profile: ProfileView,
 }
 
+fn parse(text: &str) -> Result<Lookup, MergeError> {
+    Lookup::parse(text).map_err(|e| MergeError::Malformed(text.to_string(), e))
+}
+
 fn find(pipeline: &Pipeline, text: &str) -> Result<ProfileView, MergeError> {
-    let lookup = Lookup::parse(text).map_err(|e| MergeError::Malformed(text.to_string(), e))?;
     pipeline
         .profiles
-        .find(&lookup)?
+        .find(&parse(text)?)?
         .ok_or_else(|| MergeError::NotFound(text.to_string()))
 }
 
@@ -77,6 +81,15 @@ pub async fn merge_profiles(
             "a profile without identifiers cannot be merged".into(),
         ));
     };
+    // A merge the guards refuse now is not written: the `Profiles Merged` events in the table
+    // are the merges made. Should the profiles change before the event is resolved, identity
+    // resolution refuses it then, and the event stays as the record of what was asked.
+    if let Some(why) = pipeline
+        .profiles
+        .merge_refusal(&parse(first)?, &parse(second)?)?
+    {
+        return Err(MergeError::Refused(why));
+    }
     let now = Utc::now();
     let message_id = format!("{MANUAL_MERGE_ID_PREFIX}{}", uuid::Uuid::new_v4());
     let event = Event {
