@@ -371,3 +371,69 @@ amount = "Total"
         "{stderr}"
     );
 }
+
+// A helpdesk export without a header line, its columns named by `--columns`: tickets name their
+// customer by id or, where the id cell is empty, by email. Misnamed columns are refused before
+// anything is read.
+#[test]
+fn a_file_without_a_header_line_is_read_by_the_columns_named_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let rejected = dir.path().join("rejected.csv");
+    let file = dir.path().join("helpdesk.csv");
+    std::fs::write(
+        &file,
+        "c-7,,2026-11-02,Envío tardío\n,ana@example.com,2026-11-03,Factura\n,,2026-11-04,?\n",
+    )
+    .unwrap();
+    let columns = ["--columns", "customer_id,correo,fecha,asunto"];
+    let (ok, summary, stderr) = import("tickets", &file, &data, &rejected, &columns);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        (&summary["stored"], &summary["rejected_rows"]),
+        (&Value::from(2), &Value::from(1)),
+        "{summary}"
+    );
+    let rows = sql(
+        &data,
+        "SELECT coalesce(user_id, ''), coalesce(email, ''), json_get_str(properties, 'asunto') \
+         FROM events ORDER BY timestamp",
+    );
+    assert_eq!(
+        rows,
+        vec![
+            vec!["c-7", "", "Envío tardío"],
+            vec!["", "ana@example.com", "Factura"]
+        ]
+    );
+    let refused = std::fs::read_to_string(&rejected).unwrap();
+    assert!(
+        refused.contains("the row names no customer (no id and no email)"),
+        "{refused}"
+    );
+
+    for (kind, named, expected) in [
+        (
+            "tickets",
+            "customer_id,,fecha,asunto",
+            "--columns: name 2 of 4 is empty",
+        ),
+        (
+            "tickets",
+            "fecha,correo,fecha,asunto",
+            "--columns names `fecha` twice",
+        ),
+        ("events", "a,b", "a JSONL file names its own"),
+    ] {
+        let file = if kind == "events" {
+            let events = dir.path().join("events.jsonl");
+            std::fs::write(&events, "{\"type\": \"track\"}\n").unwrap();
+            events
+        } else {
+            file.clone()
+        };
+        let (ok, _, stderr) = import(kind, &file, &data, &rejected, &["--columns", named]);
+        assert!(!ok, "{named}");
+        assert!(stderr.contains(expected), "{named}: {stderr}");
+    }
+}

@@ -375,6 +375,7 @@ impl TransactionImporter {
             Err(e) => return skip("", None, e.to_string()),
         };
         let mut customer = None;
+        let mut missing_customer = None;
         let mut email = None;
         let mut time = None;
         let mut properties = Map::new();
@@ -383,9 +384,9 @@ impl TransactionImporter {
             match field {
                 TransactionField::Ignore => {}
                 TransactionField::Customer => {
-                    match value.and_then(text_of).filter(|t| !t.is_empty()) {
-                        Some(id) => customer = Some(id),
-                        None => return skip(column, value, "the customer is missing".into()),
+                    customer = value.and_then(text_of).filter(|t| !t.is_empty());
+                    if customer.is_none() {
+                        missing_customer = Some((column, value));
                     }
                 }
                 TransactionField::Email => {
@@ -447,12 +448,17 @@ impl TransactionImporter {
         let Some(time) = time else {
             return skip("", None, "the row has no date".into());
         };
-        if customer.is_none() && email.is_none() {
-            return skip(
-                "",
-                None,
-                "the row names no customer (no id and no email)".into(),
-            );
+        // A purchase needs its buyer's id; a ticket or a survey answer may name its customer by
+        // email instead, in a row whose id cell is empty.
+        let by_email = self.kind != LogKind::Transactions && email.is_some();
+        if customer.is_none() && !by_email {
+            let reason = if self.kind == LogKind::Transactions {
+                "the customer is missing"
+            } else {
+                "the row names no customer (no id and no email)"
+            };
+            let (column, value) = missing_customer.map_or(("", None), |(c, v)| (c.as_str(), v));
+            return skip(column, value, reason.into());
         }
         if !properties.contains_key("currency")
             && let Some(currency) = &self.default_currency
@@ -621,5 +627,57 @@ mod tests {
             bad.problems[0].reason,
             "the amount must be a number, not a string"
         );
+        let bad = importer.row(&row(5, ["", "19970101", "1", "5"]));
+        assert_eq!(
+            (
+                bad.problems[0].column.as_deref(),
+                bad.problems[0].reason.as_str()
+            ),
+            (Some("customer_id"), "the customer is missing")
+        );
+    }
+
+    #[test]
+    fn tickets_and_surveys_name_their_customer_by_id_or_by_email_in_the_same_file() {
+        let columns = ["customer_id", "correo", "fecha", "asunto"];
+        for kind in [LogKind::Tickets, LogKind::Surveys] {
+            let plan = plan(kind, &headers(&columns), &[], false).unwrap();
+            let importer = TransactionImporter::new(
+                kind,
+                Columns::Fixed(plan),
+                TimeParser::default(),
+                "helpdesk".into(),
+                "Ticket Created".into(),
+                None,
+            );
+            let row = |n: u64, values: [&str; 4]| Row {
+                number: n,
+                values: columns
+                    .iter()
+                    .zip(values)
+                    .map(|(c, v)| (c.to_string(), Value::String(v.to_string())))
+                    .collect(),
+            };
+            let by_id = importer.row(&row(1, ["c-7", "", "2026-11-02", "Envío"]));
+            assert_eq!(by_id.event.unwrap().user_id.as_deref(), Some("c-7"));
+            let by_email = importer
+                .row(&row(2, ["", "ana@example.com", "2026-11-03", "Factura"]))
+                .event
+                .unwrap_or_else(|| panic!("{kind:?}: a row named by email was skipped"));
+            assert_eq!(by_email.user_id, None);
+            assert_eq!(by_email.typed.email.as_deref(), Some("ana@example.com"));
+            let nobody = importer.row(&row(3, ["", "", "2026-11-04", "?"]));
+            assert_eq!(nobody.event, None);
+            assert_eq!(
+                (
+                    nobody.problems[0].column.as_deref(),
+                    nobody.problems[0].reason.as_str()
+                ),
+                (
+                    Some("customer_id"),
+                    "the row names no customer (no id and no email)"
+                )
+            );
+        }
     }
 }

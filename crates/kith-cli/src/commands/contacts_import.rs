@@ -25,6 +25,8 @@ pub struct ContactsJob {
     pub file: PathBuf,
     pub format: Format,
     pub delimiter: Option<u8>,
+    /// Names for the columns of a file without a header line; empty: its first line names them.
+    pub columns: Vec<String>,
     pub assignments: Vec<(ContactField, String)>,
     pub ignore: Vec<String>,
     pub only_mapped: bool,
@@ -44,6 +46,7 @@ impl ContactsJob {
             file: common.file.clone(),
             format: common.format(mapping_file.format.as_deref())?,
             delimiter: common.delimiter(mapping_file.delimiter.as_deref())?,
+            columns: common.columns.clone(),
             assignments: common.assignments(&mapping_file, ContactField::parse)?,
             ignore: common.ignored(&mapping_file),
             only_mapped: common.only_mapped || mapping_file.only_mapped,
@@ -76,7 +79,7 @@ pub fn run_contacts(
     show_columns: bool,
 ) -> anyhow::Result<(ImportSummary, RowTotals)> {
     check_source(&job.source)?;
-    let mut reader = open_rows(&job.file, job.format, job.delimiter)?;
+    let mut reader = open_rows(&job.file, job.format, job.delimiter, &job.columns)?;
     let headers = reader.headers().map(<[String]>::to_vec);
     let mapping = ContactMapping::new(
         job.assignments.clone(),

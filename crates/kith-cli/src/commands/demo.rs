@@ -122,6 +122,7 @@ pub fn load(
         file: files.join("contacts.csv"),
         format: Format::Csv,
         delimiter: None,
+        columns: Vec::new(),
         assignments: vec![(
             ContactField::External("customer_number".into()),
             "Cliente".into(),

@@ -66,7 +66,7 @@ pub fn run(args: EventsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     let format = common.format(mapping.format.as_deref())?;
     let source = common.source(mapping.source.as_deref(), "import")?;
     let delimiter = common.delimiter(mapping.delimiter.as_deref())?;
-    let mut reader = open_rows(&common.file, format, delimiter)?;
+    let mut reader = open_rows(&common.file, format, delimiter, &common.columns)?;
     let flat = format != Format::Jsonl
         || !common.map.is_empty()
         || common.mapping.is_some()
@@ -123,7 +123,7 @@ pub fn import_segment_lines(
     destination: &Destination,
     rejected: &Path,
 ) -> anyhow::Result<RowTotals> {
-    let mut reader: Box<dyn RowSource> = open_rows(path, Format::Jsonl, None)?;
+    let mut reader: Box<dyn RowSource> = open_rows(path, Format::Jsonl, None, &[])?;
     let reading = Reading::Segment(SegmentLineImporter::new(source.to_string()));
     RowImport {
         destination,

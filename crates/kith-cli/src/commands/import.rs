@@ -16,7 +16,7 @@ use super::DataDirArg;
 use super::contacts_import::{self, ContactsArgs};
 use super::destination::Destination;
 use super::events_import::{self, EventsArgs};
-use super::log_import::{self, LogArgs};
+use super::log_import::{self, LogArgs, TransactionArgs};
 use super::row_import::{RowImport, RowTotals, checkpoint_beside};
 use crate::config::FileConfig;
 use kith_import::LogKind;
@@ -43,7 +43,7 @@ pub enum ImportKind {
     /// Fields for --map: customer, email, date, amount, quantity, order_id, currency,
     /// property:NAME. Columns named customer_id, date, amount/dollar_value/revenue, quantity,
     /// order_id are recognised.
-    Transactions(LogArgs),
+    Transactions(TransactionArgs),
     /// A helpdesk export as `Ticket Created` events: customer id or email and date required;
     /// every other column (subject, body, status…) kept as a property.
     ///
@@ -62,7 +62,7 @@ pub struct FileArgs {
     #[command(flatten)]
     pub data_dir: DataDirArg,
     /// The file: CSV or TSV with a header line, JSON Lines, Parquet, or whitespace-separated
-    /// text (`.txt`) whose first line names the columns.
+    /// text (`.txt`) whose first line names the columns (or see `--columns`).
     pub file: PathBuf,
     /// What a column holds: FIELD=COLUMN (the fields are listed above). Repeat for each.
     #[arg(long = "map", value_name = "FIELD=COLUMN")]
@@ -77,6 +77,11 @@ pub struct FileArgs {
     /// Leave out the columns that are neither mapped nor recognised (instead of keeping them).
     #[arg(long)]
     pub only_mapped: bool,
+    /// Names for the columns of a CSV or text file without a header line, comma-separated
+    /// (CDNOW's master file: `--columns customer_id,date,number_of_cds,dollar_value`); its first
+    /// line is then data.
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    pub columns: Vec<String>,
     /// csv, jsonl, parquet or whitespace [default: from the file name]
     #[arg(long)]
     pub format: Option<String>,
@@ -91,7 +96,8 @@ pub struct FileArgs {
     /// [default: UTC]
     #[arg(long)]
     pub timezone: Option<String>,
-    /// The source the events are recorded under [default: the kind of import]
+    /// The source the events are recorded under [default: crm for contacts, import for events,
+    /// and transactions, tickets or surveys for those]
     #[arg(long)]
     pub source: Option<String>,
     /// Where rejected rows go [default: FILE_NAME.rejected.csv in the current directory]
@@ -242,9 +248,12 @@ pub fn run(kind: ImportKind, file: FileConfig) -> anyhow::Result<ExitCode> {
     match kind {
         ImportKind::Contacts(args) => contacts_import::run(args, file),
         ImportKind::Events(args) => events_import::run(args, file),
-        ImportKind::Transactions(args) => log_import::run(LogKind::Transactions, args, file),
-        ImportKind::Tickets(args) => log_import::run(LogKind::Tickets, args, file),
-        ImportKind::Surveys(args) => log_import::run(LogKind::Surveys, args, file),
+        ImportKind::Transactions(args) => {
+            let (args, currency) = args.split();
+            log_import::run(LogKind::Transactions, args, currency, file)
+        }
+        ImportKind::Tickets(args) => log_import::run(LogKind::Tickets, args, None, file),
+        ImportKind::Surveys(args) => log_import::run(LogKind::Surveys, args, None, file),
     }
 }
 
@@ -373,16 +382,49 @@ impl ImportSummary {
     }
 }
 
-/// A file's rows, whatever its format.
+/// A file's rows, whatever its format; `columns` names those of a CSV or text file without a
+/// header line (none: the file's first line names them).
 pub fn open_rows(
     path: &Path,
     format: Format,
     delimiter: Option<u8>,
+    columns: &[String],
 ) -> anyhow::Result<Box<dyn RowSource>> {
+    let columns = (!columns.is_empty())
+        .then(|| columns_named(columns, format))
+        .transpose()?;
     Ok(match format {
         Format::Parquet => Box::new(kith_lake::parquet_rows::ParquetRows::open(path)?),
-        _ => Box::new(RowReader::open(path, format, delimiter)?),
+        _ => Box::new(RowReader::open_with_columns(
+            path, format, delimiter, columns,
+        )?),
     })
+}
+
+/// The names `--columns` gave, checked: each once, none empty, and only for files whose lines
+/// are bare values.
+fn columns_named(columns: &[String], format: Format) -> anyhow::Result<Vec<String>> {
+    if matches!(format, Format::Jsonl | Format::Parquet) {
+        bail!(
+            "--columns names the columns of a CSV or text file without a header line; a {} file \
+             names its own",
+            format.name()
+        );
+    }
+    let names: Vec<String> = columns.iter().map(|c| c.trim().to_string()).collect();
+    if let Some(at) = names.iter().position(String::is_empty) {
+        bail!(
+            "--columns: name {} of {} is empty; give one name for each column, comma-separated",
+            at + 1,
+            names.len()
+        );
+    }
+    for (at, name) in names.iter().enumerate() {
+        if names[..at].contains(name) {
+            bail!("--columns names `{name}` twice; each column needs a name of its own");
+        }
+    }
+    Ok(names)
 }
 
 /// `FILE_NAME.rejected.csv` in the current directory.

@@ -10,20 +10,41 @@ use kith_import::{LogKind, TransactionField, TransactionImporter};
 use super::import::{FileArgs, ImportSummary, open_rows, show_plan};
 use crate::config::FileConfig;
 
+/// The flags of a tickets or surveys import.
 #[derive(Args)]
 pub struct LogArgs {
     #[command(flatten)]
     common: FileArgs,
-    /// Currency of amounts when the file has no currency column, e.g. MXN
-    #[arg(long)]
-    currency: Option<String>,
-    /// The event each row becomes [default: Order Completed, Ticket Created or Survey Responded]
+    /// The event each row becomes [default: Ticket Created for tickets, Survey Responded for
+    /// surveys, Order Completed for transactions]
     #[arg(long)]
     event: Option<String>,
 }
 
+/// The flags of a transactions import: a log's, and the currency of its amounts.
+#[derive(Args)]
+pub struct TransactionArgs {
+    #[command(flatten)]
+    log: LogArgs,
+    /// Currency of amounts when the file has no currency column, e.g. MXN
+    #[arg(long)]
+    currency: Option<String>,
+}
+
+impl TransactionArgs {
+    /// The log's flags, and the currency.
+    pub fn split(self) -> (LogArgs, Option<String>) {
+        (self.log, self.currency)
+    }
+}
+
 /// Transactions, tickets or survey answers: one track event a row.
-pub fn run(kind: LogKind, args: LogArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
+pub fn run(
+    kind: LogKind,
+    args: LogArgs,
+    currency: Option<String>,
+    file: FileConfig,
+) -> anyhow::Result<ExitCode> {
     let common = &args.common;
     let mapping = common.mapping_file()?;
     let format = common.format(mapping.format.as_deref())?;
@@ -37,7 +58,7 @@ pub fn run(kind: LogKind, args: LogArgs, file: FileConfig) -> anyhow::Result<Exi
             .map(|column| (TransactionField::Ignore, column)),
     );
     let only_mapped = common.only_mapped || mapping.only_mapped;
-    let mut reader = open_rows(&common.file, format, delimiter)?;
+    let mut reader = open_rows(&common.file, format, delimiter, &common.columns)?;
     let columns = match reader.headers().map(<[String]>::to_vec) {
         Some(headers) => {
             let plan = kith_import::transactions::plan(kind, &headers, &explicit, only_mapped)?;
@@ -58,7 +79,7 @@ pub fn run(kind: LogKind, args: LogArgs, file: FileConfig) -> anyhow::Result<Exi
         args.event
             .clone()
             .unwrap_or_else(|| kind.event_name().into()),
-        args.currency.clone(),
+        currency,
     );
     let destination = common.destination(&file)?;
     let job = format!("{} {}", kind.name(), importer.fingerprint());

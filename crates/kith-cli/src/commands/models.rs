@@ -104,9 +104,11 @@ pub struct FitArgs {
     /// Horizon of the predicted purchases, in model time units (weeks with the defaults).
     #[arg(long, default_value_t = 12.0)]
     horizon: f64,
-    /// CLV horizon in months, and its monthly discount rate.
+    /// CLV horizon in months.
     #[arg(long, default_value_t = 12)]
     clv_months: u32,
+    /// Monthly discount rate of the CLV: the value of the n-th month ahead is divided by
+    /// (1 + rate)^n.
     #[arg(long, default_value_t = 0.01)]
     discount_rate: f64,
 }
