@@ -57,6 +57,9 @@ pub struct ModelConfig {
     pub definition: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The longest `refresh_hours` of a model: a year.
+const MOST_REFRESH_HOURS: f64 = 24.0 * 365.0;
+
 impl FileConfig {
     /// The model schedules `kith serve` runs, checked so a mistake stops start-up with a clear
     /// message instead of silently turning a schedule off.
@@ -79,9 +82,13 @@ impl FileConfig {
             kith_analytics::ProfileModel::parse(name, &schedule.definition)
                 .map_err(|e| anyhow::anyhow!("[models.{name}] in kith.toml: {e}"))?;
             match config.refresh_hours {
-                Some(hours) if !(hours.is_finite() && hours >= 0.0) => anyhow::bail!(
-                    "[models.{name}] refresh_hours must be a number of hours (0 turns scheduled runs off), got {hours}"
-                ),
+                Some(hours)
+                    if !(hours.is_finite() && (0.0..=MOST_REFRESH_HOURS).contains(&hours)) =>
+                {
+                    anyhow::bail!(
+                        "[models.{name}] refresh_hours must be a number of hours from 0 (scheduled runs off) to {MOST_REFRESH_HOURS} (a year), got {hours}"
+                    )
+                }
                 Some(0.0) => schedule.refresh = None,
                 Some(hours) => {
                     schedule.refresh = Some(std::time::Duration::from_secs_f64(hours * 3600.0))
@@ -154,6 +161,27 @@ pub enum QueryIsolation {
     InProcess,
 }
 
+/// The longest a query may run: a day.
+const MOST_QUERY_SECS: u64 = 86_400;
+
+/// The most rows one answer may hold: far more than fit in the query memory limit anyway.
+const MOST_ANSWER_ROWS: usize = 1_000_000_000;
+
+/// `value` of the setting `name`, refused when over `most`, which `what_most_is` explains.
+fn at_most<T: Copy + PartialOrd + std::fmt::Display>(
+    name: &str,
+    value: Option<T>,
+    most: T,
+    what_most_is: &str,
+) -> anyhow::Result<Option<T>> {
+    match value {
+        Some(value) if value > most => {
+            anyhow::bail!("{name} = {value} in kith.toml is over {most}, {what_most_is}")
+        }
+        _ => Ok(value),
+    }
+}
+
 /// `value` of the setting `name`, refused when 0: every such setting would then stop Kith
 /// from working (every query timing out, every event answered 429) without saying why.
 fn nonzero<T: Copy + PartialEq + Default>(
@@ -172,9 +200,15 @@ impl FileConfig {
     pub fn query_limits(&self) -> anyhow::Result<kith_lake::QueryLimits> {
         let mut limits = kith_lake::QueryLimits::default();
         let query = &self.query;
-        if let Some(secs) = nonzero(
+        let timeout_secs = at_most(
             "[query] timeout_secs",
             query.timeout_secs,
+            MOST_QUERY_SECS,
+            "a day, the longest a query may run; give fewer seconds (default 30)",
+        )?;
+        if let Some(secs) = nonzero(
+            "[query] timeout_secs",
+            timeout_secs,
             "every query would time out",
         )? {
             limits.timeout = std::time::Duration::from_secs(secs);
@@ -186,11 +220,13 @@ impl FileConfig {
         )? {
             limits.memory_bytes = mb.saturating_mul(1 << 20);
         }
-        if let Some(rows) = nonzero(
+        let max_rows = at_most(
             "[query] max_rows",
             query.max_rows,
-            "every answer would be empty",
-        )? {
+            MOST_ANSWER_ROWS,
+            "the most rows one answer may hold; give fewer (default 100000)",
+        )?;
+        if let Some(rows) = nonzero("[query] max_rows", max_rows, "every answer would be empty")? {
             limits.max_rows = rows;
         }
         Ok(limits)
@@ -498,6 +534,52 @@ mod tests {
         let err = format!("{:#}", zero.profile_settings().unwrap_err());
         assert!(err.contains("[profiles] resident_facts"), "{err}");
         assert!(toml::from_str::<FileConfig>("[profiles]\nresident = 5\n").is_err());
+    }
+
+    // Values at the top of their type's range wrapped into empty answers or overflowed timers
+    // (a panic at start-up for `refresh_hours`, one on every query for `timeout_secs`).
+    #[test]
+    fn settings_past_their_most_are_refused_by_name() {
+        for (text, named) in [
+            (
+                "[query]\ntimeout_secs = 18446744073709551615\n",
+                "[query] timeout_secs = 18446744073709551615 in kith.toml is over 86400, a day",
+            ),
+            (
+                "[query]\nmax_rows = 9223372036854775807\n",
+                "[query] max_rows = 9223372036854775807 in kith.toml is over 1000000000",
+            ),
+        ] {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            let err = format!("{:#}", file.query_limits().unwrap_err());
+            assert!(err.contains(named), "{err}");
+        }
+        let most: FileConfig =
+            toml::from_str("[query]\ntimeout_secs = 86400\nmax_rows = 1000000000\n").unwrap();
+        let limits = most.query_limits().unwrap();
+        assert_eq!(
+            (limits.timeout.as_secs(), limits.max_rows),
+            (86_400, 1_000_000_000)
+        );
+        for model in ["clv", "rfm", "risk", "preferences"] {
+            for hours in ["1e300", "8761", "-1", "nan"] {
+                let file: FileConfig =
+                    toml::from_str(&format!("[models.{model}]\nrefresh_hours = {hours}\n"))
+                        .unwrap();
+                let err = format!("{:#}", file.model_schedules().unwrap_err());
+                assert!(
+                    err.contains(&format!("[models.{model}] refresh_hours must be")),
+                    "{model} {hours}: {err}"
+                );
+            }
+            let year: FileConfig =
+                toml::from_str(&format!("[models.{model}]\nrefresh_hours = 8760\n")).unwrap();
+            let schedules = year.model_schedules().unwrap();
+            assert_eq!(
+                schedules.models[model].refresh,
+                Some(std::time::Duration::from_secs(8760 * 3600))
+            );
+        }
     }
 
     #[test]
