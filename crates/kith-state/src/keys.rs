@@ -95,6 +95,26 @@ fn parse_time(text: String) -> DateTime<Utc> {
 /// The source of events Kith writes itself (manual merges); no key may claim it.
 pub const RESERVED_SOURCE: &str = "kith";
 
+/// The longest source name: it is stored with every event its key sends, and shown in
+/// `kith key list`.
+pub const MOST_SOURCE_CHARS: usize = 100;
+
+/// Refuses a source name no one means: one that would weigh on every event, or break the lines
+/// of `kith key list` and the terminals that show it.
+fn check_source(source: &str) -> Result<(), StateError> {
+    if source.eq_ignore_ascii_case(RESERVED_SOURCE) {
+        return Err(StateError::ReservedSource(source.to_string()));
+    }
+    let length = source.chars().count();
+    if length > MOST_SOURCE_CHARS {
+        return Err(StateError::SourceTooLong(length));
+    }
+    match source.chars().position(char::is_control) {
+        Some(at) => Err(StateError::SourceWithControl(at + 1)),
+        None => Ok(()),
+    }
+}
+
 impl StateStore {
     /// Creates a key. Ingest keys must name their source.
     pub fn create_key(&self, scope: KeyScope, source: Option<&str>) -> Result<NewKey, StateError> {
@@ -102,8 +122,8 @@ impl StateStore {
         if scope == KeyScope::Ingest && source.is_none() {
             return Err(StateError::MissingSource);
         }
-        if let Some(reserved) = source.filter(|s| s.eq_ignore_ascii_case(RESERVED_SOURCE)) {
-            return Err(StateError::ReservedSource(reserved.to_string()));
+        if let Some(source) = source {
+            check_source(source)?;
         }
         let mut random = [0u8; 20];
         rand::rng().fill_bytes(&mut random);
@@ -202,6 +222,29 @@ fn row_to_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // A source is stored with every event its key sends and shown by `kith key list`: a name
+    // of 100,000 characters, or one with a line break or a terminal escape, is refused.
+    #[test]
+    fn a_source_name_is_short_and_printable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert!(matches!(
+            store.create_key(KeyScope::Ingest, Some(&"a".repeat(101))),
+            Err(StateError::SourceTooLong(101))
+        ));
+        assert!(matches!(
+            store.create_key(KeyScope::Ingest, Some("we\nb\u{1b}[31m")),
+            Err(StateError::SourceWithControl(3))
+        ));
+        let longest = "ñ".repeat(MOST_SOURCE_CHARS);
+        let named = store.create_key(KeyScope::Ingest, Some(&longest)).unwrap();
+        assert_eq!(named.key.source.as_deref(), Some(longest.as_str()));
+        store
+            .create_key(KeyScope::Ingest, Some("tienda móvil / ios"))
+            .unwrap();
+        assert_eq!(store.list_keys().unwrap().len(), 2);
+    }
 
     #[test]
     fn keys_are_created_checked_listed_and_revoked() {

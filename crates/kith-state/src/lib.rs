@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use rusqlite::Connection;
 use thiserror::Error;
 
-pub use keys::{ApiKey, KeyScope, NewKey, Revocation};
+pub use keys::{ApiKey, KeyScope, MOST_SOURCE_CHARS, NewKey, Revocation};
 
 #[derive(Debug, Error)]
 pub enum StateError {
@@ -36,6 +36,14 @@ pub enum StateError {
     MissingSource,
     #[error("the source name `{0}` is reserved for events Kith writes itself; choose another")]
     ReservedSource(String),
+    #[error(
+        "the source name is {0} characters long; give at most {MOST_SOURCE_CHARS}, a short name such as `web` or `ios`"
+    )]
+    SourceTooLong(usize),
+    #[error(
+        "the source name holds a control character (a line break, a tab or an escape) at character {0}; use letters, digits, spaces and punctuation"
+    )]
+    SourceWithControl(usize),
 }
 
 /// The state store. Safe to share across threads.
