@@ -2255,6 +2255,53 @@ fn a_bad_setting_is_traced_to_where_it_was_set() {
     assert_eq!(std::fs::read_dir(elsewhere).unwrap().count(), 2);
 }
 
+// A data directory this user may not read is named as such, with what to do, not taken for a
+// directory Kith never wrote to. Root reads any directory, so as root the commands run as
+// `nobody` (uid 65534), from a copy of the binary `nobody` may run.
+#[test]
+fn a_data_directory_this_user_may_not_read_is_named_as_such() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let open_to_all = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(dir.path(), open_to_all.clone()).unwrap();
+    let data = dir.path().join("data");
+    create_key(&data, "read", None);
+    let binary = dir.path().join("kith");
+    std::fs::copy(kith_bin(), &binary).unwrap();
+    std::fs::set_permissions(&binary, open_to_all.clone()).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let as_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let shown = data.display().to_string();
+    for args in [vec!["key", "list"], vec!["sql", "SELECT 1"]] {
+        let mut command = if as_root {
+            let mut setpriv = std::process::Command::new("setpriv");
+            setpriv.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+            setpriv.arg(&binary);
+            setpriv
+        } else {
+            std::process::Command::new(&binary)
+        };
+        let output = command
+            .args(&args)
+            .args(["--data-dir", &shown])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "this user may not read the data directory {shown}; run Kith as the user that \
+                 owns the data directory, or give this user read and write access to it"
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    std::fs::set_permissions(&data, open_to_all).unwrap();
+}
+
 /// The live child processes of `pid` (a server's query workers).
 fn live_children(pid: u32) -> Vec<u32> {
     proc_stats()

@@ -95,6 +95,12 @@ pub(crate) fn existing_data_dir(data_dir: &std::path::Path, hint: &str) -> anyho
     if !data_dir.is_dir() {
         anyhow::bail!("{shown} is a file, not a data directory; {hint}");
     }
+    if let Err(e) = std::fs::read_dir(data_dir)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        let unreadable = kith_state::Unwritable::NotReadable(shown);
+        anyhow::bail!("{unreadable}; {}", unreadable.remedy());
+    }
     if !holds_a_mark(data_dir) {
         anyhow::bail!(
             "{shown} is not a Kith data directory (it holds none of {}); {hint}",
