@@ -25,6 +25,10 @@ pub enum StateError {
         "the data directory {0} is a file, not a directory; pass --data-dir a directory (it is created when missing)"
     )]
     DataDirIsFile(String),
+    #[error(
+        "cannot write {0}: it is read-only for this user (its permissions, or a file system mounted read-only); run Kith as the user that owns the data directory, or give this user write access to it"
+    )]
+    ReadOnly(String),
     /// `state.db` could not be opened; `reason` says why in this machine's terms.
     #[error("cannot open {path}: {reason}")]
     Open { path: String, reason: String },
@@ -49,6 +53,8 @@ pub enum StateError {
 /// The state store. Safe to share across threads.
 pub struct StateStore {
     conn: Mutex<Connection>,
+    /// `state.db`, named when it cannot be written.
+    path: std::path::PathBuf,
 }
 
 const SCHEMA: &str = "
@@ -94,6 +100,7 @@ impl StateStore {
         match opened {
             Ok(conn) => Ok(StateStore {
                 conn: Mutex::new(conn),
+                path,
             }),
             Err(err) => Err(StateError::Open {
                 path: path.display().to_string(),
@@ -108,7 +115,14 @@ impl StateStore {
     ) -> Result<R, StateError> {
         // A panic while holding the lock cannot leave SQLite inconsistent; keep going.
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&conn)
+        f(&conn).map_err(|e| match e {
+            StateError::Sqlite(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly) =>
+            {
+                StateError::ReadOnly(self.path.display().to_string())
+            }
+            other => other,
+        })
     }
 }
 
@@ -306,6 +320,30 @@ mod tests {
                     "mount it read-write, or copy the data directory to a writable place"
                 ),
             "{opened}"
+        );
+    }
+
+    #[test]
+    fn a_state_db_that_cannot_be_written_is_named_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        // SQLite answers a write to a database it may only read (a file of mode 0400, a
+        // read-only mount) as it answers one on a connection told to write nothing.
+        store
+            .with_conn(|conn| Ok(conn.pragma_update(None, "query_only", true)?))
+            .unwrap();
+        let err = store
+            .create_key(keys::KeyScope::Read, None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "cannot write {}: it is read-only for this user (its permissions, or a file \
+                 system mounted read-only); run Kith as the user that owns the data directory, \
+                 or give this user write access to it",
+                dir.path().join("state.db").display()
+            )
         );
     }
 
