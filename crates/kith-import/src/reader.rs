@@ -312,10 +312,25 @@ impl RowReader {
                 }
                 self.number += 1;
                 if record.len() != headers.len() {
+                    // A quote that opens a value and never closes takes every line after it
+                    // into that value: say so, or the rows it swallowed go unexplained.
+                    let lines = record
+                        .iter()
+                        .map(|v| v.trim_end_matches(['\r', '\n']).matches('\n').count())
+                        .max();
+                    let swallowed = match lines {
+                        Some(breaks) if breaks > 0 => format!(
+                            "; one of its values runs over {} lines, as when a quote (\") opens \
+                             a value and is never closed: close it, or write a quote inside a \
+                             quoted value as two (\"\")",
+                            breaks + 1
+                        ),
+                        _ => String::new(),
+                    };
                     return Ok(Some(Err(BadRow {
                         number: self.number,
                         reason: format!(
-                            "the row has {} fields but the header names {} columns",
+                            "the row has {} fields but the header names {} columns{swallowed}",
                             record.len(),
                             headers.len()
                         ),
@@ -427,3 +442,40 @@ pub(crate) fn text_of(value: &Value) -> Option<String> {
 }
 
 pub(crate) use kith_core::json_kind;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A quote never closed takes the rest of the file into one value; the row it ends up in
+    // says so, instead of only counting its fields.
+    #[test]
+    fn a_quote_never_closed_is_named_in_the_row_it_swallows_lines_into() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("contacts.csv");
+        std::fs::write(
+            &path,
+            "email,name\nana@x.com,Ana\n\"b@x.com,unclosed\nc@x.com,Carla\nd@x.com,Dora\n",
+        )
+        .unwrap();
+        let mut reader = RowReader::open(&path, Format::Csv, None).unwrap();
+        let first = reader.next_row().unwrap().unwrap().unwrap();
+        assert_eq!(first.get("name"), Some(&Value::String("Ana".into())));
+        let swallowing = reader.next_row().unwrap().unwrap().unwrap_err();
+        assert_eq!(
+            swallowing.reason,
+            "the row has 1 fields but the header names 2 columns; one of its values runs over \
+             3 lines, as when a quote (\") opens a value and is never closed: close it, or write \
+             a quote inside a quoted value as two (\"\")"
+        );
+        assert!(reader.next_row().unwrap().is_none());
+        // A row short of fields on one line is told as before.
+        std::fs::write(&path, "email,name\nana@x.com\n").unwrap();
+        let mut reader = RowReader::open(&path, Format::Csv, None).unwrap();
+        let short = reader.next_row().unwrap().unwrap().unwrap_err();
+        assert_eq!(
+            short.reason,
+            "the row has 1 fields but the header names 2 columns"
+        );
+    }
+}
