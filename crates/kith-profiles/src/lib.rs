@@ -794,11 +794,14 @@ impl ProfileStore {
                     && !extractor.identifier_traits.contains(external)
                     && !self.known_external_type(state, external)
                 {
-                    let declared = extractor
+                    // The types declared as identifier traits and those seen in
+                    // `context.externalIds` or imports, each once and in order.
+                    let known: std::collections::BTreeSet<&String> = extractor
                         .identifier_traits
                         .iter()
-                        .map(|t| format!(", {t}"))
-                        .collect::<String>();
+                        .chain(&state.external_types)
+                        .collect();
+                    let declared = known.iter().map(|t| format!(", {t}")).collect::<String>();
                     return Err(LookupError::UnknownType(name.to_string(), declared));
                 }
                 let identifier = extractor

@@ -232,6 +232,21 @@ fn lookups_with_unknown_types_or_bad_values_say_what_is_wrong() {
         .find(&Lookup::parse("shoe_size:42").unwrap())
         .unwrap_err();
     assert!(matches!(err, LookupError::UnknownType(..)), "{err}");
+    // The message names the external types events have carried, which are lookups too.
+    apply(
+        &store,
+        1,
+        json!([{"type": "track", "event": "E", "userId": "u-1",
+                "context": {"externalIds": [{"id": "crm-1", "type": "hubspot_id", "collection": "users"}]}}]),
+    );
+    let err = store
+        .find(&Lookup::parse("shoe_size:42").unwrap())
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "`shoe_size` is not an identifier type here; use profile_id, user_id, anonymous_id, \
+         email, phone, hubspot_id"
+    );
     let err = store
         .find(&Lookup::parse("email:not-an-email").unwrap())
         .unwrap_err();
