@@ -74,7 +74,12 @@ pub async fn declare(
         body,
         r#"{"name": "orders_30d", "kind": "count", "event": "Order Completed", "window_days": 30}"#,
     )
-    .await?;
+    .await
+    .map_err(|e| match e.code {
+        // A field of the wrong kind (`"kind": "median"`) is the definition that is not valid.
+        ErrorCode::InvalidBody => ApiError::new(ErrorCode::InvalidComputedTrait, e.message),
+        _ => e,
+    })?;
     let name = def.name.clone();
     app.pipeline.declare_trait(def).map_err(trait_error)?;
     let declared = app
