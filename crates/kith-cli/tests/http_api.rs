@@ -1516,8 +1516,16 @@ fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
         "the column `a` holds list values (List(Int64)), which CSV cannot hold; cast it to text \
          (`CAST(\"a\" AS VARCHAR)`) or ask for JSON or Arrow"
     );
-    // For structs and maps the advice is another, and following it gives a CSV.
+    // For JSON values of several kinds, structs and maps the advice is another, and following it
+    // gives a CSV.
     for (nested, advice, followed, expected) in [
+        (
+            "SELECT json_get('{\"a\": 1}', 'a') AS j",
+            "holds JSON values of several kinds (Union(null, bool, int, float, str, array, object)), \
+             which CSV cannot hold; use `json_get_json`",
+            "SELECT json_get_json('{\"a\": 1}', 'a') AS j",
+            "j\n1\n",
+        ),
         (
             "SELECT named_struct('a', 1, 'b', 'x') AS s",
             "(`\"s\"['a']`)",
