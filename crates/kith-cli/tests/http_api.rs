@@ -2263,6 +2263,31 @@ fn a_bad_setting_is_traced_to_where_it_was_set() {
     assert_eq!(std::fs::read_dir(elsewhere).unwrap().count(), 2);
 }
 
+// A second server on a data directory in use stops at once, naming the process that holds it,
+// and the first goes on serving.
+#[test]
+fn a_second_server_on_a_data_directory_in_use_names_the_one_holding_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KithServer::start(dir.path());
+    let data = server.data_dir.to_str().unwrap();
+    let (ok, _, err) = kith(&["serve", "--data-dir", data, "--listen", "127.0.0.1:0"]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "the data directory {data} is in use by another kith process (pid {}); stop it, or \
+             give this one another data directory",
+            server.child.id()
+        )),
+        "{err}"
+    );
+    let (status, _) = ingest(
+        &server,
+        "/v1/track",
+        &json!({"userId": "u", "event": "Still Served"}),
+    );
+    assert_eq!(status, 200);
+}
+
 // A data directory this user may not read is named as such, with what to do, not taken for a
 // directory Kith never wrote to. Root reads any directory, so as root the commands run as
 // `nobody` (uid 65534), from a copy of the binary `nobody` may run.

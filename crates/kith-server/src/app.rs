@@ -35,8 +35,12 @@ pub enum ServerError {
     Profiles(#[from] ProfileError),
     #[error("cannot start the unify thread: {0}")]
     Thread(#[source] std::io::Error),
-    #[error("the data directory {0} is in use by another kith process")]
-    DataDirLocked(String),
+    #[error("the data directory {path} is in use by another kith process{}; stop it, or give this one another data directory", holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default())]
+    DataDirLocked {
+        path: String,
+        /// The process holding it, as it wrote in `kith.lock`.
+        holder: Option<u32>,
+    },
     #[error("cannot use the data directory {path}: {source}")]
     DataDir {
         path: String,

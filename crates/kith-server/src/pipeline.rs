@@ -3,6 +3,7 @@
 //! commands (imports, manual merges) open one of their own when no server holds the directory.
 
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -307,12 +308,28 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<File, ServerError> {
         source,
     };
     kith_state::create_data_dir(data_dir).map_err(io)?;
-    let file = File::create(data_dir.join("kith.lock")).map_err(io)?;
+    let path = data_dir.join("kith.lock");
+    // Not truncated on opening: what the holder wrote stays for the next one to read.
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            Err(ServerError::DataDirLocked(data_dir.display().to_string()))
+        Ok(()) => {
+            // Which process holds it, for the message another one gives.
+            file.set_len(0).map_err(io)?;
+            write!(file, "{}", std::process::id()).map_err(io)?;
+            Ok(file)
         }
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::DataDirLocked {
+            path: data_dir.display().to_string(),
+            holder: std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|pid| pid.trim().parse().ok()),
+        }),
         Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
     }
 }

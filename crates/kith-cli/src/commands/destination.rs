@@ -61,10 +61,13 @@ impl Destination {
                     last_seq: Default::default(),
                 })
             }
-            Err(ServerError::DataDirLocked(dir)) => {
+            Err(ServerError::DataDirLocked { path, holder }) => {
                 let Some(server) = kith_server::local::find(data_dir) else {
+                    let holder = holder
+                        .map(|pid| format!(" (pid {pid})"))
+                        .unwrap_or_default();
                     bail!(
-                        "the data directory {dir} is in use by another kith process that publishes no address; wait for it to finish or stop it"
+                        "the data directory {path} is in use by another kith process{holder} that publishes no address; wait for it to finish or stop it"
                     );
                 };
                 let agent = ureq::Agent::config_builder()
