@@ -437,3 +437,31 @@ fn a_file_without_a_header_line_is_read_by_the_columns_named_for_it() {
         assert!(stderr.contains(expected), "{named}: {stderr}");
     }
 }
+
+// A directory given as the file to import, or a file as the data directory to load a demo world
+// into, is named as such.
+#[test]
+fn a_directory_for_a_file_and_a_file_for_a_directory_are_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let rejected = dir.path().join("rejected.csv");
+    let (ok, _, stderr) = import("contacts", dir.path(), &data, &rejected, &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "{} is a directory; give the file to import",
+            dir.path().display()
+        )),
+        "{stderr}"
+    );
+    let file = dir.path().join("afile");
+    std::fs::write(&file, "x").unwrap();
+    let into = file.to_str().unwrap();
+    let (ok, _, stderr) = kith(&["demo", "generate", "--customers", "10", "--into", into]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("{into} is a file, not a data directory")),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+}

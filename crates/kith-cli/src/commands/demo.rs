@@ -101,6 +101,13 @@ pub fn load(
 ) -> anyhow::Result<WorldSummary> {
     let files = data_dir.join("demo");
     // Made here, before the files inside it, so it is the owner's alone like any data directory.
+    if data_dir.exists() && !data_dir.is_dir() {
+        bail!(
+            "{} is a file, not a data directory; give a directory (it is created when \
+             missing)",
+            data_dir.display()
+        );
+    }
     kith_state::create_data_dir(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let summary = generate(config, &files)?;

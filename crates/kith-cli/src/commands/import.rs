@@ -154,6 +154,12 @@ impl FileArgs {
 
     /// The file's format: the flag, else a mapping file's, else the file name's.
     pub fn format(&self, configured: Option<&str>) -> anyhow::Result<Format> {
+        if self.file.is_dir() {
+            bail!(
+                "{} is a directory; give the file to import (one file a command)",
+                self.file.display()
+            );
+        }
         match self.format.as_deref().or(configured) {
             Some(name) => Format::from_name(name).with_context(|| {
                 format!("`{name}` is not a format kith imports; use csv, jsonl, parquet or whitespace")
