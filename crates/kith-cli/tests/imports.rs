@@ -464,4 +464,29 @@ fn a_directory_for_a_file_and_a_file_for_a_directory_are_named_as_such() {
         "{stderr}"
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+    // A negative number is read as the value it is, and refused as one, not as a flag.
+    let out = dir.path().join("world");
+    let out = out.to_str().unwrap();
+    let (ok, _, stderr) = kith(&["demo", "generate", "--customers", "-1", "--out", out]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("invalid value '-1' for '--customers"),
+        "{stderr}"
+    );
+    create_key(&data, "read", None);
+    let (ok, _, stderr) = kith(&[
+        "analyze",
+        "funnel",
+        "--steps",
+        "a,b",
+        "--window",
+        "-5d",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("`window` `-5d` is not a duration"),
+        "{stderr}"
+    );
 }

@@ -31,10 +31,10 @@ const MAX_CUSTOMERS: u64 = 10_000_000;
 #[command(group(clap::ArgGroup::new("destination").required(true).args(["out", "into"])))]
 pub struct GenerateArgs {
     /// Customers (visitors; about three in four sign up).
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 5000, allow_negative_numbers = true)]
     customers: u64,
     /// The same seed always gives the same world.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     seed: u64,
     /// Write the files here: events.jsonl, contacts.csv, transactions.csv, truth/.
     #[arg(long, value_name = "DIR")]

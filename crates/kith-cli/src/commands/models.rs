@@ -102,7 +102,7 @@ pub struct FitArgs {
     #[arg(long, value_name = "FILE")]
     predictions: Option<PathBuf>,
     /// Horizon of the predicted purchases, in model time units (weeks with the defaults).
-    #[arg(long, default_value_t = 12.0)]
+    #[arg(long, default_value_t = 12.0, allow_negative_numbers = true)]
     horizon: f64,
     /// CLV horizon in months.
     #[arg(long, default_value_t = 12)]
