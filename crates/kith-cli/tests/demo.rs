@@ -57,6 +57,22 @@ fn the_demo_world_loads_through_ingestion_and_kith_recovers_what_generated_it() 
     )
     .unwrap();
     let events = parameters["summary"]["events"].as_u64().unwrap();
+    // Another world is not mixed into this one.
+    let (ok, _, stderr) = kith(&[
+        "demo",
+        "generate",
+        "--customers",
+        "800",
+        "--seed",
+        "4",
+        "--into",
+        data_arg,
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("holds the demo world of 800 customers and seed 3 already"),
+        "{stderr}"
+    );
     // The events, and one identify per CRM contact imported after them.
     let contacts = parameters["summary"]["contacts"].as_u64().unwrap();
     assert_eq!(

@@ -71,6 +71,33 @@ pub fn run(action: DemoAction, file: FileConfig) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Refuses to load a world into a data directory that holds another: their people would mix,
+/// and the truth of the first would be overwritten by the second's. The same world again
+/// changes nothing (every event is stored once).
+fn refuse_another_world(config: &DemoConfig, files: &Path) -> anyhow::Result<()> {
+    let truth = files.join("truth/parameters.json");
+    let Ok(text) = std::fs::read_to_string(&truth) else {
+        return Ok(());
+    };
+    let loaded: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let (customers, seed) = (loaded["customers"].as_u64(), loaded["seed"].as_u64());
+    if (customers, seed) == (Some(config.customers), Some(config.seed)) {
+        return Ok(());
+    }
+    let described = |n: Option<u64>| n.map_or_else(|| "?".to_string(), |n| n.to_string());
+    bail!(
+        "{} holds the demo world of {} customers and seed {} already ({}); loading another \
+         would mix their people and overwrite its truth: load it into another data directory, \
+         or load that one again (--customers {} --seed {}), which changes nothing",
+        files.parent().unwrap_or(files).display(),
+        described(customers),
+        described(seed),
+        truth.display(),
+        described(customers),
+        described(seed),
+    )
+}
+
 /// Writes the world's files with a progress bar.
 pub fn generate(config: &DemoConfig, out: &Path) -> anyhow::Result<WorldSummary> {
     let bar = ProgressBar::with_draw_target(
@@ -110,6 +137,7 @@ pub fn load(
     }
     kith_state::create_data_dir(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    refuse_another_world(config, &files)?;
     let summary = generate(config, &files)?;
     let destination = Destination::open(data_dir, settings.clone())?;
     let loaded = import_segment_lines(
