@@ -37,7 +37,7 @@ pub use syncer::DurableEntries;
 
 #[derive(Debug, Error)]
 pub enum JournalError {
-    #[error("journal i/o error on {path}: {source}")]
+    #[error("journal i/o error on {path}: {source}{}", what_to_do(source))]
     Io {
         path: PathBuf,
         #[source]
@@ -53,6 +53,20 @@ pub enum JournalError {
     Overloaded,
     #[error("the journal writer has stopped")]
     Stopped,
+}
+
+/// What a person can do about an I/O error that is theirs to fix; empty for the others.
+fn what_to_do(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "; run Kith as the user that owns the data directory, or give this user read and \
+             write access to it"
+        }
+        std::io::ErrorKind::ReadOnlyFilesystem => {
+            "; mount it read-write, or copy the data directory to a writable place"
+        }
+        _ => "",
+    }
 }
 
 impl JournalError {

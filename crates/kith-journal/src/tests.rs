@@ -827,3 +827,27 @@ fn a_retirement_that_fails_keeps_its_segments_and_a_later_one_retires_them() {
         ]
     );
 }
+
+// An error a person can fix says how; others say what happened only.
+#[test]
+fn io_errors_a_person_can_fix_say_how() {
+    let path = Path::new("/srv/kith/journal");
+    let denied = JournalError::io(path, std::io::ErrorKind::PermissionDenied.into());
+    assert_eq!(
+        denied.to_string(),
+        "journal i/o error on /srv/kith/journal: permission denied; run Kith as the user that \
+         owns the data directory, or give this user read and write access to it"
+    );
+    let read_only = JournalError::io(path, std::io::ErrorKind::ReadOnlyFilesystem.into());
+    assert!(
+        read_only
+            .to_string()
+            .ends_with("; mount it read-write, or copy the data directory to a writable place"),
+        "{read_only}"
+    );
+    let other = JournalError::io(path, std::io::ErrorKind::UnexpectedEof.into());
+    assert_eq!(
+        other.to_string(),
+        "journal i/o error on /srv/kith/journal: unexpected end of file"
+    );
+}
