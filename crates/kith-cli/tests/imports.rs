@@ -473,20 +473,39 @@ fn a_directory_for_a_file_and_a_file_for_a_directory_are_named_as_such() {
         stderr.contains("invalid value '-1' for '--customers"),
         "{stderr}"
     );
-    create_key(&data, "read", None);
-    let (ok, _, stderr) = kith(&[
-        "analyze",
-        "funnel",
-        "--steps",
-        "a,b",
-        "--window",
-        "-5d",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
-    assert!(!ok);
-    assert!(
-        stderr.contains("`window` `-5d` is not a duration"),
-        "{stderr}"
+}
+
+// An import's `--source` is held to the rules of a key's: not Kith's own, short, printable.
+#[test]
+fn an_imports_source_is_held_to_the_rules_of_a_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let rejected = dir.path().join("rejected.csv");
+    let file = dir.path().join("contacts.csv");
+    std::fs::write(&file, "email\nana@example.com\n").unwrap();
+    let long = "s".repeat(101);
+    for (source, expected) in [
+        ("kith", "--source: the source name `kith` is reserved"),
+        (
+            long.as_str(),
+            "--source: the source name is 101 characters long",
+        ),
+        (
+            "we\nb",
+            "--source: the source name holds a control character",
+        ),
+    ] {
+        let (ok, _, stderr) = import("contacts", &file, &data, &rejected, &["--source", source]);
+        assert!(!ok, "{source}");
+        assert!(stderr.contains(expected), "{source}: {stderr}");
+    }
+    let (ok, summary, stderr) = import(
+        "contacts",
+        &file,
+        &data,
+        &rejected,
+        &["--source", "crm export"],
     );
+    assert!(ok, "{stderr}");
+    assert_eq!(summary["created"], 1, "{summary}");
 }

@@ -137,6 +137,9 @@ enum Inner {
 pub struct RowReader {
     path: String,
     inner: Inner,
+    /// What named the columns, for messages: "the header" (CSV), "the first line" (text) or
+    /// "--columns".
+    columns_named_by: &'static str,
     number: u64,
     bytes_read: Arc<AtomicU64>,
     total_bytes: u64,
@@ -162,6 +165,11 @@ impl RowReader {
         columns: Option<Vec<String>>,
     ) -> Result<RowReader, ImportError> {
         let shown = path.display().to_string();
+        let columns_named_by = match (&columns, format) {
+            (Some(_), _) => "--columns",
+            (None, Format::Whitespace) => "the first line",
+            (None, _) => "the header",
+        };
         let file = File::open(path).map_err(|source| ImportError::Read {
             path: shown.clone(),
             source,
@@ -258,6 +266,7 @@ impl RowReader {
         Ok(RowReader {
             path: path.display().to_string(),
             inner,
+            columns_named_by,
             number: 0,
             bytes_read,
             total_bytes,
@@ -330,8 +339,9 @@ impl RowReader {
                     return Ok(Some(Err(BadRow {
                         number: self.number,
                         reason: format!(
-                            "the row has {} fields but the header names {} columns{swallowed}",
+                            "the row has {} fields but {} names {} columns{swallowed}",
                             record.len(),
+                            self.columns_named_by,
                             headers.len()
                         ),
                     })));
@@ -339,8 +349,11 @@ impl RowReader {
                 let values = headers
                     .iter()
                     .zip(record.iter())
-                    .filter(|(_, value)| !value.trim().is_empty())
-                    .map(|(name, value)| (name.clone(), Value::String(value.trim().to_string())))
+                    // A byte order mark is kept in the first value when no header line
+                    // took it (`--columns`).
+                    .map(|(name, value)| (name, value.trim_start_matches('\u{feff}').trim()))
+                    .filter(|(_, value)| !value.is_empty())
+                    .map(|(name, value)| (name.clone(), Value::String(value.to_string())))
                     .collect();
                 Ok(Some(Ok(Row {
                     number: self.number,
@@ -362,7 +375,10 @@ impl RowReader {
                     return Ok(None);
                 }
                 self.number += 1;
-                let fields: Vec<&str> = line.split_whitespace().collect();
+                let fields: Vec<&str> = line
+                    .trim_start_matches('\u{feff}')
+                    .split_whitespace()
+                    .collect();
                 if fields.is_empty() {
                     continue;
                 }
@@ -370,8 +386,9 @@ impl RowReader {
                     return Ok(Some(Err(BadRow {
                         number: self.number,
                         reason: format!(
-                            "the line has {} fields but the first line names {} columns",
+                            "the line has {} fields but {} names {} columns",
                             fields.len(),
+                            self.columns_named_by,
                             headers.len()
                         ),
                     })));
@@ -469,6 +486,18 @@ mod tests {
              a quote inside a quoted value as two (\"\")"
         );
         assert!(reader.next_row().unwrap().is_none());
+        // Columns named by `--columns`: a byte order mark does not stick to the first value,
+        // and a row of the wrong length names what named the columns.
+        std::fs::write(&path, "\u{feff}ana@x.com,Ana\nb@x.com\n").unwrap();
+        let named = Some(vec!["email".to_string(), "name".to_string()]);
+        let mut reader = RowReader::open_with_columns(&path, Format::Csv, None, named).unwrap();
+        let first = reader.next_row().unwrap().unwrap().unwrap();
+        assert_eq!(first.get("email"), Some(&Value::String("ana@x.com".into())));
+        let short = reader.next_row().unwrap().unwrap().unwrap_err();
+        assert_eq!(
+            short.reason,
+            "the row has 1 fields but --columns names 2 columns"
+        );
         // A row short of fields on one line is told as before.
         std::fs::write(&path, "email,name\nana@x.com\n").unwrap();
         let mut reader = RowReader::open(&path, Format::Csv, None).unwrap();

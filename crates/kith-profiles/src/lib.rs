@@ -794,14 +794,8 @@ impl ProfileStore {
                     && !extractor.identifier_traits.contains(external)
                     && !self.known_external_type(state, external)
                 {
-                    // The types declared as identifier traits and those seen in
-                    // `context.externalIds` or imports, each once and in order.
-                    let known: std::collections::BTreeSet<&String> = extractor
-                        .identifier_traits
-                        .iter()
-                        .chain(&state.external_types)
-                        .collect();
-                    let declared = known.iter().map(|t| format!(", {t}")).collect::<String>();
+                    let declared =
+                        external_types_named(&extractor.identifier_traits, &state.external_types);
                     return Err(LookupError::UnknownType(name.to_string(), declared));
                 }
                 let identifier = extractor
@@ -1146,6 +1140,31 @@ fn facts_from<'s>(
 fn unreadable_facts(identifier: &Identifier, seq: u64, error: &ProfileError) {
     metrics::counter!("kith_profile_facts_unreadable_total").increment(1);
     tracing::error!(%identifier, seq, %error, "an identifier's facts could not be read; this event is left out of them");
+}
+
+/// Most external types an unknown-type message lists.
+const MOST_TYPES_LISTED: usize = 20;
+
+/// The external types a lookup may name, for a message (`, hubspot_id, customer_number`): the
+/// declared identifier traits, then those seen in events and imports. Anyone with an ingest key
+/// can make up types, so only printable names of at most 64 characters are listed, at most
+/// [`MOST_TYPES_LISTED`] of them, each once and not the built-in names.
+fn external_types_named(declared: &[String], seen: &HashSet<String>) -> String {
+    let printable = |t: &&String| t.chars().count() <= 64 && !t.chars().any(char::is_control);
+    let built_in = |t: &&String| !matches!(IdType::from_name(t), IdType::External(_));
+    let mut seen: Vec<&String> = seen
+        .iter()
+        .filter(|t| !declared.contains(t) && printable(t) && !built_in(t))
+        .collect();
+    seen.sort();
+    let mut known: Vec<&String> = declared.iter().chain(seen).collect();
+    let more = known.len().saturating_sub(MOST_TYPES_LISTED);
+    known.truncate(MOST_TYPES_LISTED);
+    let mut listed: String = known.iter().map(|t| format!(", {t}")).collect();
+    if more > 0 {
+        listed.push_str(&format!(" and {more} more"));
+    }
+    listed
 }
 
 #[cfg(test)]

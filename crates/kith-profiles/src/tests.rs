@@ -247,6 +247,32 @@ fn lookups_with_unknown_types_or_bad_values_say_what_is_wrong() {
         "`shoe_size` is not an identifier type here; use profile_id, user_id, anonymous_id, \
          email, phone, hubspot_id"
     );
+    // Anyone with an ingest key can make types up: the list holds printable, short names, not
+    // the built-in ones again, and at most 20 of them.
+    let mut made_up: Vec<Value> = (0..25)
+        .map(|i| json!({"id": "x", "type": format!("crm_{i:02}")}))
+        .collect();
+    made_up.push(json!({"id": "x", "type": "t".repeat(65)}));
+    made_up.push(json!({"id": "x", "type": "bad\u{1b}[31m"}));
+    made_up.push(json!({"id": "x", "type": "user_id"}));
+    apply(
+        &store,
+        2,
+        json!([{"type": "track", "event": "E", "userId": "u-2",
+                "context": {"externalIds": made_up}}]),
+    );
+    let err = store
+        .find(&Lookup::parse("shoe_size:42").unwrap())
+        .unwrap_err()
+        .to_string();
+    let listed: String = (0..20).map(|i| format!(", crm_{i:02}")).collect();
+    assert_eq!(
+        err,
+        format!(
+            "`shoe_size` is not an identifier type here; use profile_id, user_id, anonymous_id, \
+             email, phone{listed} and 6 more"
+        )
+    );
     let err = store
         .find(&Lookup::parse("email:not-an-email").unwrap())
         .unwrap_err();

@@ -319,9 +319,11 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<File, ServerError> {
         .map_err(io)?;
     match file.try_lock() {
         Ok(()) => {
-            // Which process holds it, for the message another one gives.
-            file.set_len(0).map_err(io)?;
-            write!(file, "{}", std::process::id()).map_err(io)?;
+            // Which process holds it, for the message another one gives; only a hint, so a
+            // full disk that refuses it does not keep the data directory from being used.
+            let _ = file
+                .set_len(0)
+                .and_then(|()| write!(file, "{}", std::process::id()));
             Ok(file)
         }
         Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::DataDirLocked {

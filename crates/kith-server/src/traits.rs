@@ -69,16 +69,19 @@ pub async fn declare(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     app.keys
         .authorize(key_from_headers(&headers)?.as_deref(), KeyScope::Admin)?;
-    let def: ComputedTraitDef = json_body(
+    // An object (or `invalid_json` / `invalid_body`), then the definition it holds: a field of
+    // the wrong kind (`"kind": "median"`) is a definition that is not valid.
+    let object: serde_json::Map<String, Value> = json_body(
         &headers,
         body,
         r#"{"name": "orders_30d", "kind": "count", "event": "Order Completed", "window_days": 30}"#,
     )
-    .await
-    .map_err(|e| match e.code {
-        // A field of the wrong kind (`"kind": "median"`) is the definition that is not valid.
-        ErrorCode::InvalidBody => ApiError::new(ErrorCode::InvalidComputedTrait, e.message),
-        _ => e,
+    .await?;
+    let def: ComputedTraitDef = serde_json::from_value(Value::Object(object)).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidComputedTrait,
+            format!("the computed trait definition is not valid: {e}"),
+        )
     })?;
     let name = def.name.clone();
     app.pipeline.declare_trait(def).map_err(trait_error)?;

@@ -99,9 +99,10 @@ pub const RESERVED_SOURCE: &str = "kith";
 /// `kith key list`.
 pub const MOST_SOURCE_CHARS: usize = 100;
 
-/// Refuses a source name no one means: one that would weigh on every event, or break the lines
-/// of `kith key list` and the terminals that show it.
-fn check_source(source: &str) -> Result<(), StateError> {
+/// Refuses a source name no one means: Kith's own, one that would weigh on every event, or one
+/// that would break the lines of `kith key list` and the terminals that show it. Keys' sources
+/// and imports' `--source` are held to it alike.
+pub fn check_source_name(source: &str) -> Result<(), StateError> {
     if source.eq_ignore_ascii_case(RESERVED_SOURCE) {
         return Err(StateError::ReservedSource(source.to_string()));
     }
@@ -123,7 +124,7 @@ impl StateStore {
             return Err(StateError::MissingSource);
         }
         if let Some(source) = source {
-            check_source(source)?;
+            check_source_name(source)?;
         }
         let mut random = [0u8; 20];
         rand::rng().fill_bytes(&mut random);

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use rusqlite::Connection;
 use thiserror::Error;
 
-pub use keys::{ApiKey, KeyScope, MOST_SOURCE_CHARS, NewKey, Revocation};
+pub use keys::{ApiKey, KeyScope, MOST_SOURCE_CHARS, NewKey, Revocation, check_source_name};
 
 #[derive(Debug, Error)]
 pub enum StateError {
@@ -116,8 +116,10 @@ impl StateStore {
         // A panic while holding the lock cannot leave SQLite inconsistent; keep going.
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&conn).map_err(|e| match e {
-            StateError::Sqlite(e)
-                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly) =>
+            // Only the plain read-only refusal: its extended codes are other stories (the file
+            // replaced under a running server, a recovery in progress).
+            StateError::Sqlite(rusqlite::Error::SqliteFailure(failure, _))
+                if failure.extended_code == rusqlite::ffi::SQLITE_READONLY =>
             {
                 StateError::ReadOnly(self.path.display().to_string())
             }

@@ -56,7 +56,7 @@ pub struct AnalyzeArgs {
     #[arg(long, value_name = "FIELD=VALUE")]
     segment: Vec<String>,
     /// Funnel conversion window, e.g. 7d
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long)]
     window: Option<String>,
     /// Trend and cohort interval: hour, day, week or month
     #[arg(long)]

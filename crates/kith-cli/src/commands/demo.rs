@@ -76,25 +76,34 @@ pub fn run(action: DemoAction, file: FileConfig) -> anyhow::Result<ExitCode> {
 /// changes nothing (every event is stored once).
 fn refuse_another_world(config: &DemoConfig, files: &Path) -> anyhow::Result<()> {
     let truth = files.join("truth/parameters.json");
-    let Ok(text) = std::fs::read_to_string(&truth) else {
-        return Ok(());
+    let text = match std::fs::read_to_string(&truth) {
+        Ok(text) => text,
+        // No world finished loading here (the truth is written last).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => bail!(
+            "cannot read {} to tell which demo world this data directory holds: {e}",
+            truth.display()
+        ),
     };
     let loaded: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    let (customers, seed) = (loaded["customers"].as_u64(), loaded["seed"].as_u64());
-    if (customers, seed) == (Some(config.customers), Some(config.seed)) {
+    let (Some(customers), Some(seed)) = (loaded["customers"].as_u64(), loaded["seed"].as_u64())
+    else {
+        bail!(
+            "{} does not say which demo world this data directory holds (no `customers` and \
+             `seed`); load the world into another data directory",
+            truth.display()
+        );
+    };
+    if (customers, seed) == (config.customers, config.seed) {
         return Ok(());
     }
-    let described = |n: Option<u64>| n.map_or_else(|| "?".to_string(), |n| n.to_string());
     bail!(
-        "{} holds the demo world of {} customers and seed {} already ({}); loading another \
-         would mix their people and overwrite its truth: load it into another data directory, \
-         or load that one again (--customers {} --seed {}), which changes nothing",
+        "{} holds the demo world of {customers} customers and seed {seed} already ({}); loading \
+         another would mix their people and overwrite its truth: load it into another data \
+         directory, or load that one again (--customers {customers} --seed {seed}), which \
+         changes nothing",
         files.parent().unwrap_or(files).display(),
-        described(customers),
-        described(seed),
         truth.display(),
-        described(customers),
-        described(seed),
     )
 }
 

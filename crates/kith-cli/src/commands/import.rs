@@ -242,11 +242,7 @@ pub fn check_source(source: &str) -> anyhow::Result<()> {
     if source.trim().is_empty() {
         bail!("--source is empty; name where the file's events come from, e.g. `--source crm`");
     }
-    if source.eq_ignore_ascii_case(kith_profiles::KITH_SOURCE) {
-        bail!(
-            "the source name `{source}` is reserved for events Kith writes itself; pass another --source"
-        );
-    }
+    kith_state::check_source_name(source).context("--source")?;
     Ok(())
 }
 

@@ -95,13 +95,15 @@ pub(crate) fn existing_data_dir(data_dir: &std::path::Path, hint: &str) -> anyho
     if !data_dir.is_dir() {
         anyhow::bail!("{shown} is a file, not a data directory; {hint}");
     }
-    if let Err(e) = std::fs::read_dir(data_dir)
-        && e.kind() == std::io::ErrorKind::PermissionDenied
-    {
-        let unreadable = kith_state::Unwritable::NotReadable(shown);
-        anyhow::bail!("{unreadable}; {}", unreadable.remedy());
-    }
     if !holds_a_mark(data_dir) {
+        // Kith's files are opened by name: a directory this user may not list but may enter
+        // still works, so only one whose marks could not be found is refused for it.
+        if let Err(e) = std::fs::read_dir(data_dir)
+            && e.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            let unreadable = kith_state::Unwritable::NotReadable(shown);
+            anyhow::bail!("{unreadable}; {}", unreadable.remedy());
+        }
         anyhow::bail!(
             "{shown} is not a Kith data directory (it holds none of {}); {hint}",
             DATA_DIR_MARKS.join(", ")
