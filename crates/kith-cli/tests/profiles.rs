@@ -606,11 +606,18 @@ fn computed_traits_declared_through_the_api_count_past_and_new_events_exactly_on
         "the body must be {\"name\": \"orders_30d\", \"kind\": \"count\", \"event\": \"Order Completed\", \"window_days\": 30}, an object, not an array",
     );
     expect(
+        json!({"kind": "count"}),
+        &admin,
+        400,
+        "invalid_computed_trait",
+        "the computed trait definition is not valid: missing field `name`",
+    );
+    expect(
         json!({"name": "spend", "kind": "median"}),
         &admin,
         400,
         "invalid_computed_trait",
-        "the computed trait definition is not valid: unknown variant `median`, expected one of `count`, `sum`, `avg`, `min`, `max`, `first_value`, `last_value`, `most_frequent`, `unique_values`, `unique_count`, `first_seen`, `last_seen`, `days_since`",
+        "the computed trait definition is not valid: `kind`: unknown variant `median`, expected one of `count`, `sum`, `avg`, `min`, `max`, `first_value`, `last_value`, `most_frequent`, `unique_values`, `unique_count`, `first_seen`, `last_seen`, `days_since`",
     );
     expect(
         revenue.clone(),

@@ -77,12 +77,21 @@ pub async fn declare(
         r#"{"name": "orders_30d", "kind": "count", "event": "Order Completed", "window_days": 30}"#,
     )
     .await?;
-    let def: ComputedTraitDef = serde_json::from_value(Value::Object(object)).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidComputedTrait,
-            format!("the computed trait definition is not valid: {e}"),
-        )
-    })?;
+    let def: ComputedTraitDef =
+        serde_path_to_error::deserialize(Value::Object(object)).map_err(|e| {
+            // The field at fault, when it is one (a missing field is the whole object's).
+            let field = match e.path().to_string() {
+                path if path == "." => String::new(),
+                path => format!("`{path}`: "),
+            };
+            ApiError::new(
+                ErrorCode::InvalidComputedTrait,
+                format!(
+                    "the computed trait definition is not valid: {field}{}",
+                    e.inner()
+                ),
+            )
+        })?;
     let name = def.name.clone();
     app.pipeline.declare_trait(def).map_err(trait_error)?;
     let declared = app
