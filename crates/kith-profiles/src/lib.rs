@@ -186,6 +186,10 @@ pub struct ProfileStore {
     config_traits: Vec<String>,
     /// Traits declared through the API whose past is still being computed.
     computing: Mutex<HashSet<String>>,
+    /// Held from reading the computed-trait definitions to installing the changed ones, so two
+    /// declarations (or a declaration and a removal) at once do not each install their own
+    /// change to the same definitions, losing the other's.
+    changing_definitions: Mutex<()>,
     state: RwLock<State>,
     writer: Mutex<Option<Connection>>,
     reader: Mutex<Connection>,
@@ -305,6 +309,7 @@ impl ProfileStore {
             })),
             config_traits,
             computing: Mutex::new(HashSet::new()),
+            changing_definitions: Mutex::new(()),
             state: RwLock::new(State {
                 resolver,
                 facts: resident::ResidentFacts::new(resident_facts),
@@ -443,11 +448,12 @@ impl ProfileStore {
     /// Records a computed trait declared through the API and returns the definitions to install
     /// with [`ProfileStore::install_definitions`] (the caller orders that against the events in
     /// flight; see the server's pipeline).
-    pub fn register_trait(
-        &self,
-        def: ComputedTraitDef,
-    ) -> Result<Vec<ComputedTraitDef>, DeclareError> {
+    pub fn register_trait(&self, def: ComputedTraitDef) -> Result<Registered<'_>, DeclareError> {
         def.validate()?;
+        let changing = self
+            .changing_definitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let current = self.extractor();
         if self.config_traits.contains(&def.name) {
             return Err(DeclareError::InConfig(def.name));
@@ -464,9 +470,12 @@ impl ProfileStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(def.name.clone());
-        let mut defs = current.computed.clone();
-        defs.push(def);
-        Ok(defs)
+        let mut definitions = current.computed.clone();
+        definitions.push(def);
+        Ok(Registered {
+            definitions,
+            _changing: changing,
+        })
     }
 
     /// Forgets a computed trait declared through the API and its values.
@@ -474,6 +483,10 @@ impl ProfileStore {
         if self.config_traits.iter().any(|n| n == name) {
             return Err(DeclareError::InConfig(name.to_string()));
         }
+        let _changing = self
+            .changing_definitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let current = self.extractor();
         if !current.computed.iter().any(|d| d.name == name) {
             return Err(DeclareError::NotFound(name.to_string()));
@@ -1140,6 +1153,13 @@ fn facts_from<'s>(
 fn unreadable_facts(identifier: &Identifier, seq: u64, error: &ProfileError) {
     metrics::counter!("kith_profile_facts_unreadable_total").increment(1);
     tracing::error!(%identifier, seq, %error, "an identifier's facts could not be read; this event is left out of them");
+}
+
+/// A computed trait registered: the definitions to install, every one before it with it. Until
+/// it is dropped (once they are installed), no other declaration or removal starts.
+pub struct Registered<'a> {
+    pub definitions: Vec<ComputedTraitDef>,
+    _changing: std::sync::MutexGuard<'a, ()>,
 }
 
 /// Most external types an unknown-type message lists.

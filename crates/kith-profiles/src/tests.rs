@@ -616,8 +616,9 @@ fn removing_a_computed_trait_drops_its_states_from_facts_only_on_disk_too() {
         window_days: None,
     };
     let store = ProfileStore::open(dir.path(), with_resident_facts(2)).unwrap();
-    let defs = store.register_trait(orders).unwrap();
-    store.install_definitions(defs);
+    let registered = store.register_trait(orders).unwrap();
+    store.install_definitions(registered.definitions.clone());
+    drop(registered);
     apply(&store, 1, customer_journey());
     store.persist().unwrap();
     let stored_states = || {
@@ -880,4 +881,52 @@ fn a_pass_visits_every_profile_that_lived_through_it_once_while_people_merge() {
         .collect();
     assert!(missed.is_empty(), "{} missed: {missed:?}", missed.len());
     assert_eq!(seen.len(), visited.len(), "a profile visited twice");
+}
+
+// Declarations at once each keep the others': every one registered while another was being
+// installed would otherwise install "the definitions before + its own", losing the other's.
+#[test]
+fn traits_declared_at_once_are_all_kept_and_a_name_taken_twice_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        std::sync::Arc::new(ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap());
+    let declare = |name: String| ComputedTraitDef {
+        name,
+        kind: computed::Kind::Count,
+        event: None,
+        message_type: None,
+        property: None,
+        window_days: None,
+    };
+    let outcomes: Vec<_> = (0..16)
+        .map(|i| {
+            let store = store.clone();
+            let def = declare(format!("t{}", i % 8));
+            std::thread::spawn(move || match store.register_trait(def) {
+                Ok(registered) => {
+                    // Installing takes a while: another declaration has time to start.
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    store.install_definitions(registered.definitions.clone());
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let refused: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert_eq!(refused.len(), 8, "{outcomes:?}");
+    assert!(
+        refused.iter().all(|e| e.contains("exists already")),
+        "{refused:?}"
+    );
+    let mut names: Vec<String> = store
+        .computed_traits()
+        .iter()
+        .map(|t| t.definition.name.clone())
+        .collect();
+    names.sort();
+    assert_eq!(names, (0..8).map(|i| format!("t{i}")).collect::<Vec<_>>());
 }

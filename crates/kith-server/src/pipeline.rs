@@ -191,18 +191,21 @@ impl Pipeline {
     /// the events with seq ≤ S read from the event tables, which commutes with the live ones.
     pub fn declare_trait(&self, def: ComputedTraitDef) -> Result<(), TraitError> {
         let name = def.name.clone();
-        let defs = self.profiles.register_trait(def)?;
+        // Held until the definitions are installed: see `Registered`.
+        let registered = self.profiles.register_trait(def)?;
         let (reset_done, reset_seen) = tokio::sync::oneshot::channel();
         let (barrier_seq, barrier_seen) = tokio::sync::oneshot::channel::<u64>();
         {
             let _changing = self.extraction.write().unwrap_or_else(|p| p.into_inner());
-            self.profiles.install_definitions(defs);
+            self.profiles
+                .install_definitions(registered.definitions.clone());
             let (unifier, reset_name) = (self.unifier.clone(), name.clone());
             self.journal.barrier(Box::new(move |last_seq| {
                 unifier.reset_trait(reset_name, reset_done);
                 let _ = barrier_seq.send(last_seq);
             }))?;
         }
+        drop(registered);
         let (lake, profiles) = (self.lake.clone(), self.profiles.clone());
         tokio::spawn(async move {
             let (Ok(through_seq), Ok(())) = (barrier_seen.await, reset_seen.await) else {
