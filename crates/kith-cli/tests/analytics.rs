@@ -656,6 +656,28 @@ fn the_api_runs_analyses_with_a_read_key_and_names_bad_fields() {
         error["message"].as_str().unwrap().starts_with("`interval`"),
         "{error}"
     );
+    // A definition whose query would be too large to plan says which part to make smaller,
+    // not what the SQL it never wrote holds.
+    let conditions: Vec<Value> = (0..499)
+        .map(|i| json!({"field": "user_id", "op": "ne", "value": format!("u{i}")}))
+        .collect();
+    let (status, error) = post_json(
+        &server.url("/v1/analytics/trends"),
+        &[("Authorization", &auth)],
+        &json!({"event": "Viewed", "where": conditions}).to_string(),
+    );
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (400, Some("invalid_analysis")),
+        "{error}"
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the definition asks for more than one query can hold: use fewer `where`"),
+        "{error}"
+    );
     let (status, _) = post_json(
         &server.url("/v1/analytics/funnel"),
         &[],

@@ -42,6 +42,11 @@ pub enum QueryError {
     /// The query is wrong: syntax, unknown table or column, type mismatch.
     #[error("{0}")]
     Invalid(String),
+    /// The query holds more terms, operators or `||` than one query may: what it holds and
+    /// the bound. Apart from [`QueryError::Invalid`] so that an analysis, whose SQL its caller
+    /// did not write, can say which part of its definition to make smaller.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("the query ran longer than the {0:?} limit; narrow it with WHERE or LIMIT")]
     Timeout(Duration),
     /// The time ran out before the query was planned, so before it read anything: narrowing

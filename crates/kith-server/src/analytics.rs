@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use kith_analytics::{Analysis, AnalyticsError};
+use kith_lake::QueryError;
 use kith_state::KeyScope;
 use serde_json::Value;
 
@@ -22,6 +23,14 @@ pub(crate) fn analytics_error(err: AnalyticsError) -> ApiError {
         AnalyticsError::Invalid { .. } => {
             ApiError::new(ErrorCode::InvalidAnalysis, err.to_string())
         }
+        // The SQL is the analysis's own: what made it too large is the definition.
+        AnalyticsError::Query(QueryError::TooLarge(message)) => ApiError::new(
+            ErrorCode::InvalidAnalysis,
+            format!(
+                "the definition asks for more than one query can hold: use fewer `where` or \
+                 `segment` conditions, shorter `in` lists, or fewer steps ({message})"
+            ),
+        ),
         AnalyticsError::Query(e) => query_error(e),
         AnalyticsError::Model(message) | AnalyticsError::NotEnoughData(message) => {
             ApiError::new(ErrorCode::InvalidAnalysis, message)

@@ -146,7 +146,9 @@ fn negotiate(headers: &HeaderMap) -> Result<Format, ApiError> {
 
 pub(crate) fn query_error(err: QueryError) -> ApiError {
     match err {
-        QueryError::Invalid(message) => ApiError::new(ErrorCode::InvalidSql, message),
+        QueryError::Invalid(message) | QueryError::TooLarge(message) => {
+            ApiError::new(ErrorCode::InvalidSql, message)
+        }
         QueryError::Timeout(_)
         | QueryError::PlanningTimeout(_)
         | QueryError::TableTooSlow { .. } => {

@@ -51,21 +51,21 @@ pub(crate) fn check(sql: &str) -> Result<(), QueryError> {
         }
     }
     if concatenations > MAX_CONCATENATIONS {
-        return Err(QueryError::Invalid(format!(
+        return Err(QueryError::TooLarge(format!(
             "the SQL holds {concatenations} `||`; at most {MAX_CONCATENATIONS} are taken, as \
              planning a chain of them takes time that grows with the cube of its length. Join \
              many values with `concat(a, b, c, …)` instead"
         )));
     }
     if terms > MAX_TERMS {
-        return Err(QueryError::Invalid(format!(
+        return Err(QueryError::TooLarge(format!(
             "the SQL holds {terms} terms (names, values, operators and commas); at most \
              {MAX_TERMS} are taken, as the engine plans an expression as deep as it is long. \
              Split the query, or shorten a long list of values"
         )));
     }
     if operators > MAX_OPERATORS {
-        return Err(QueryError::Invalid(format!(
+        return Err(QueryError::TooLarge(format!(
             "the SQL holds {operators} operators (such as +, ||, =, AND, OR, UNION); at most \
              {MAX_OPERATORS} are taken, as planning a chain of them takes time that grows faster \
              than the chain. A long `x = 1 OR x = 2 …` is `x IN (1, 2, …)`, which costs far less"
