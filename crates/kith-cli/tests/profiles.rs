@@ -272,6 +272,30 @@ fn bad_profile_lookups_get_exact_errors() {
         (status, body["code"].as_str()),
         (400, Some("invalid_parameter"))
     );
+    // A type no event can have, and an empty number, are refused by name.
+    for (query, message) in [
+        (
+            "type=track,bogus",
+            "`type` `bogus` is not a message type; use identify, track, page, screen, group, alias, comma-separated",
+        ),
+        (
+            "limit=",
+            "the query parameter `limit` is not valid: it is empty; give a whole number",
+        ),
+    ] {
+        let (status, body) = server.get(&format!("/v1/profiles/user_id:u1/events?{query}"));
+        assert_eq!(
+            (status, body["code"].as_str(), body["message"].as_str()),
+            (400, Some("invalid_parameter"), Some(message)),
+            "{query}"
+        );
+    }
+    let (status, body) = server.get("/v1/profiles/user_id:u1/events?type=IDENTIFY");
+    assert_eq!(
+        (status, body["events"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{body}"
+    );
     let (status, body) = server.get("/v1/profiles/user_id:u1/events?colour=red");
     assert_eq!(
         (status, body["code"].as_str()),
@@ -604,6 +628,13 @@ fn computed_traits_declared_through_the_api_count_past_and_new_events_exactly_on
         400,
         "invalid_body",
         "the body must be {\"name\": \"orders_30d\", \"kind\": \"count\", \"event\": \"Order Completed\", \"window_days\": 30}, an object, not an array",
+    );
+    expect(
+        json!({"name": "spend", "kind": "count", "event": ""}),
+        &admin,
+        400,
+        "invalid_computed_trait",
+        "`spend`: `event` must be 1–1024 characters without control characters, as event names and property names are",
     );
     expect(
         json!({"kind": "count"}),

@@ -95,7 +95,16 @@ pub enum DefinitionError {
     BadType { name: String },
     #[error("`{name}` is a built-in trait name; choose another")]
     Reserved { name: String },
+    /// An event name or property path no event can match: empty, longer than an event may be,
+    /// or holding a control character.
+    #[error(
+        "`{name}`: `{field}` must be 1–{MOST_MATCHED_CHARS} characters without control characters, as event names and property names are"
+    )]
+    BadText { name: String, field: &'static str },
 }
+
+/// The longest event name or property path a definition may name (an event is at most 32 KB).
+const MOST_MATCHED_CHARS: usize = 1024;
 
 const BUILT_IN: &[&str] = &[
     "first_seen",
@@ -146,6 +155,16 @@ impl ComputedTraitDef {
             && !["identify", "track", "page", "screen", "group", "alias"].contains(&t.as_str())
         {
             return Err(DefinitionError::BadType { name });
+        }
+        let matchable = |text: &str| {
+            !text.is_empty()
+                && text.chars().count() <= MOST_MATCHED_CHARS
+                && !text.chars().any(char::is_control)
+        };
+        for (field, text) in [("event", &self.event), ("property", &self.property)] {
+            if text.as_deref().is_some_and(|t| !matchable(t)) {
+                return Err(DefinitionError::BadText { name, field });
+            }
         }
         Ok(())
     }

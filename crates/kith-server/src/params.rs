@@ -72,6 +72,7 @@ pub fn typed_query_error(rejection: &axum::extract::rejection::QueryRejection) -
         {
             let why = match why {
                 "invalid digit found in string" => "it must be a whole number",
+                "cannot parse integer from empty string" => "it is empty; give a whole number",
                 "invalid float literal" => "it must be a number",
                 "number too large to fit in target type" => "it is too large",
                 other => other,

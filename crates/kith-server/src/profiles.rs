@@ -229,6 +229,27 @@ fn parameter_error(message: String) -> ApiError {
     ApiError::new(ErrorCode::InvalidParameter, message)
 }
 
+/// The message types `type` names (comma-separated, any case), each one Segment's: a type no
+/// event can have would answer an empty page that looks like "no such events".
+fn message_types(text: Option<&str>) -> Result<Vec<String>, ApiError> {
+    const TYPES: [&str; 6] = ["identify", "track", "page", "screen", "group", "alias"];
+    let mut types = Vec::new();
+    for named in text.iter().flat_map(|t| t.split(',')).map(str::trim) {
+        if named.is_empty() {
+            continue;
+        }
+        let lower = named.to_ascii_lowercase();
+        if !TYPES.contains(&lower.as_str()) {
+            return Err(parameter_error(format!(
+                "`type` `{named}` is not a message type; use {}, comma-separated",
+                TYPES.join(", ")
+            )));
+        }
+        types.push(lower);
+    }
+    Ok(types)
+}
+
 /// Cursor text: `{timestamp µs}_{message_id}`.
 fn parse_cursor(text: &str) -> Result<(i64, String), ApiError> {
     let bad = || {
@@ -279,13 +300,7 @@ pub async fn events(
         None => None,
     };
     let mut query = TimelineQuery {
-        types: params
-            .types
-            .iter()
-            .flat_map(|t| t.split(','))
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .collect(),
+        types: message_types(params.types.as_deref())?,
         event: params.event.clone(),
         before: params.before.as_deref().map(parse_cursor).transpose()?,
         since_micros,
