@@ -300,13 +300,16 @@ fn int64s(batch: &RecordBatch, column: usize) -> &arrow::array::Int64Array {
 impl CohortDefinition {
     pub async fn run(&self, data: &Data<'_>) -> Result<CohortReport, AnalyticsError> {
         let scope = self.scope.resolve()?;
-        let unit = interval(&self.interval, "interval")?;
-        if unit == "hour" {
-            return Err(AnalyticsError::invalid(
-                "interval",
-                "must be day, week or month",
-            ));
-        }
+        // Cohorts of an hour are not taken, though trends take hours.
+        let unit = match self.interval.as_str() {
+            "day" | "week" | "month" => interval(&self.interval, "interval")?,
+            other => {
+                return Err(AnalyticsError::invalid(
+                    "interval",
+                    format!("`{other}` is not a cohort interval; use day, week or month"),
+                ));
+            }
+        };
         if self.periods == 0 || self.periods > 366 {
             return Err(AnalyticsError::invalid(
                 "periods",

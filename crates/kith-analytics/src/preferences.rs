@@ -111,6 +111,14 @@ pub struct Preference {
     pub days: u64,
 }
 
+/// The range a weight of interest may have.
+const MIN_WEIGHT: f64 = 1e-6;
+const MOST_WEIGHT: f64 = 1e6;
+
+/// The range of the half-life of interest: an hour to a century.
+const MIN_HALF_LIFE_DAYS: f64 = 1.0 / 24.0;
+const MOST_HALF_LIFE_DAYS: f64 = 36_525.0;
+
 impl PreferenceDefinition {
     pub async fn run(&self, data: &Data<'_>) -> Result<PreferenceReport, AnalyticsError> {
         Ok(self.run_with_all(data).await?.0)
@@ -129,20 +137,31 @@ impl PreferenceDefinition {
                 "must name at least one event and its weight",
             ));
         }
+        // Weights are relative: bounded so that sums of them stay finite (two of 1e308 made
+        // every share 0).
         if let Some((name, weight)) = self
             .events
             .iter()
-            .find(|(_, w)| !w.is_finite() || **w <= 0.0)
+            .find(|(_, w)| !(w.is_finite() && (MIN_WEIGHT..=MOST_WEIGHT).contains(*w)))
         {
             return Err(AnalyticsError::invalid(
                 &format!("events.{name}"),
-                format!("must be a positive weight, not {weight}"),
+                format!(
+                    "must be a weight from {MIN_WEIGHT} to {MOST_WEIGHT} (they are relative: 1 \
+                     and 3 weigh as 10 and 30), not {weight}"
+                ),
             ));
         }
-        if !(self.half_life_days.is_finite() && self.half_life_days > 0.0) {
+        // From an hour to a century: a half-life of 1e-300 days made every score 0.
+        if !(self.half_life_days.is_finite()
+            && (MIN_HALF_LIFE_DAYS..=MOST_HALF_LIFE_DAYS).contains(&self.half_life_days))
+        {
             return Err(AnalyticsError::invalid(
                 "half_life_days",
-                "must be a positive number of days",
+                format!(
+                    "must be a number of days from {MIN_HALF_LIFE_DAYS:.4} (an hour) to \
+                     {MOST_HALF_LIFE_DAYS} (a century)"
+                ),
             ));
         }
         if self.top == 0 || self.top > 50 {

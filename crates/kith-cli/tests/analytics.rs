@@ -656,6 +656,49 @@ fn the_api_runs_analyses_with_a_read_key_and_names_bad_fields() {
         error["message"].as_str().unwrap().starts_with("`interval`"),
         "{error}"
     );
+    // Cohorts name the intervals they take, which are not all of the trends'.
+    for interval in ["year", "hour"] {
+        let (status, error) = post_json(
+            &server.url("/v1/analytics/cohorts"),
+            &[("Authorization", &auth)],
+            &json!({ "interval": interval }).to_string(),
+        );
+        assert_eq!(
+            (status, error["message"].as_str()),
+            (
+                400,
+                Some(
+                    format!(
+                        "`interval` `{interval}` is not a cohort interval; use day, week or month"
+                    )
+                    .as_str()
+                )
+            ),
+            "{error}"
+        );
+    }
+    // Weights and half-lives out of range would make every score 0; they are refused.
+    for (definition, field) in [
+        (
+            json!({"events": {"Viewed": 1e308, "Bought": 1e308}}),
+            "`events.Bought` must be a weight from",
+        ),
+        (
+            json!({"half_life_days": 1e-300}),
+            "`half_life_days` must be",
+        ),
+    ] {
+        let (status, error) = post_json(
+            &server.url("/v1/analytics/preferences"),
+            &[("Authorization", &auth)],
+            &definition.to_string(),
+        );
+        assert_eq!(status, 400, "{error}");
+        assert!(
+            error["message"].as_str().unwrap().starts_with(field),
+            "{error}"
+        );
+    }
     // A definition whose query would be too large to plan says which part to make smaller,
     // not what the SQL it never wrote holds.
     let conditions: Vec<Value> = (0..499)
