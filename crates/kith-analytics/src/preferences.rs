@@ -120,17 +120,11 @@ const MIN_HALF_LIFE_DAYS: f64 = 1.0 / 24.0;
 const MOST_HALF_LIFE_DAYS: f64 = 36_525.0;
 
 impl PreferenceDefinition {
-    pub async fn run(&self, data: &Data<'_>) -> Result<PreferenceReport, AnalyticsError> {
-        Ok(self.run_with_all(data).await?.0)
-    }
-
-    /// The report, and every profile's preferences (best first, up to `top`).
-    pub async fn run_with_all(
-        &self,
-        data: &Data<'_>,
-    ) -> Result<(PreferenceReport, Vec<ProfilePreferences>), AnalyticsError> {
+    /// Checks the definition without reading anything: what a run would refuse, it refuses
+    /// (so a model fit can be refused before it is accepted).
+    pub fn check(&self) -> Result<(), AnalyticsError> {
         let scope = self.scope.resolve()?;
-        let as_of = scope.as_of(self.as_of.as_deref())?;
+        scope.as_of(self.as_of.as_deref())?;
         if self.events.is_empty() {
             return Err(AnalyticsError::invalid(
                 "events",
@@ -168,6 +162,22 @@ impl PreferenceDefinition {
             return Err(AnalyticsError::invalid("top", "must be between 1 and 50"));
         }
         scope.profile_breakdown_only()?;
+        FieldRef::parse(&self.property, "property")?;
+        Ok(())
+    }
+
+    pub async fn run(&self, data: &Data<'_>) -> Result<PreferenceReport, AnalyticsError> {
+        Ok(self.run_with_all(data).await?.0)
+    }
+
+    /// The report, and every profile's preferences (best first, up to `top`).
+    pub async fn run_with_all(
+        &self,
+        data: &Data<'_>,
+    ) -> Result<(PreferenceReport, Vec<ProfilePreferences>), AnalyticsError> {
+        self.check()?;
+        let scope = self.scope.resolve()?;
+        let as_of = scope.as_of(self.as_of.as_deref())?;
         let property = FieldRef::parse(&self.property, "property")?;
         let names: Vec<String> = self.events.keys().map(|e| sql_string(e)).collect();
         let weight = self

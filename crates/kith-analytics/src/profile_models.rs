@@ -56,13 +56,26 @@ impl ProfileModel {
         }
         Ok(match model {
             "clv" => ProfileModel::Clv(ClvDefinition::parse(definition)?),
-            "rfm" => ProfileModel::Rfm(parse_definition(model, crate::rfm::FIELDS, definition)?),
-            "risk" => ProfileModel::Risk(parse_definition(model, crate::risk::FIELDS, definition)?),
-            "preferences" => ProfileModel::Preferences(parse_definition(
-                model,
-                crate::preferences::FIELDS,
-                definition,
-            )?),
+            // Checked as a run would check them, so a mistake is refused before a run is
+            // accepted rather than failing in the background.
+            "rfm" => {
+                let rfm: crate::rfm::RfmDefinition =
+                    parse_definition(model, crate::rfm::FIELDS, definition)?;
+                rfm.aggregates_sql()?;
+                ProfileModel::Rfm(rfm)
+            }
+            "risk" => {
+                let risk: crate::risk::RiskDefinition =
+                    parse_definition(model, crate::risk::FIELDS, definition)?;
+                risk.check()?;
+                ProfileModel::Risk(risk)
+            }
+            "preferences" => {
+                let preferences: crate::preferences::PreferenceDefinition =
+                    parse_definition(model, crate::preferences::FIELDS, definition)?;
+                preferences.check()?;
+                ProfileModel::Preferences(preferences)
+            }
             other => {
                 return Err(AnalyticsError::invalid(
                     "model",

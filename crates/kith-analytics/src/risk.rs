@@ -192,17 +192,11 @@ pub fn judge(c: &Counts, alpha: f64) -> (Vec<&'static str>, f64, f64) {
 }
 
 impl RiskDefinition {
-    pub async fn run(&self, data: &Data<'_>) -> Result<RiskReport, AnalyticsError> {
-        Ok(self.run_with_all(data).await?.0)
-    }
-
-    /// The report, and every judged profile (flagged or not) with its trend and signals.
-    pub async fn run_with_all(
-        &self,
-        data: &Data<'_>,
-    ) -> Result<(RiskReport, Vec<ProfileRisk>), AnalyticsError> {
+    /// Checks the definition without reading anything: what a run would refuse, it refuses
+    /// (so a model fit can be refused before it is accepted).
+    pub fn check(&self) -> Result<(), AnalyticsError> {
         let scope = self.scope.resolve()?;
-        let as_of = scope.as_of(self.as_of.as_deref())?;
+        scope.as_of(self.as_of.as_deref())?;
         if self.recent_days == 0 || self.recent_days > 3650 {
             return Err(AnalyticsError::invalid(
                 "recent_days",
@@ -219,6 +213,22 @@ impl RiskDefinition {
             return Err(AnalyticsError::invalid("alpha", "must be between 0 and 1"));
         }
         scope.profile_breakdown_only()?;
+        FieldRef::parse(&self.value, "value")?;
+        Ok(())
+    }
+
+    pub async fn run(&self, data: &Data<'_>) -> Result<RiskReport, AnalyticsError> {
+        Ok(self.run_with_all(data).await?.0)
+    }
+
+    /// The report, and every judged profile (flagged or not) with its trend and signals.
+    pub async fn run_with_all(
+        &self,
+        data: &Data<'_>,
+    ) -> Result<(RiskReport, Vec<ProfileRisk>), AnalyticsError> {
+        self.check()?;
+        let scope = self.scope.resolve()?;
+        let as_of = scope.as_of(self.as_of.as_deref())?;
         let value = FieldRef::parse(&self.value, "value")?;
         let recent_start = as_of - Duration::days(self.recent_days as i64);
         let baseline_start = recent_start - Duration::days(self.baseline_days as i64);

@@ -116,6 +116,44 @@ fn the_server_fits_clv_in_the_background_and_every_buyer_carries_the_scores() {
         body["message"].as_str().unwrap().contains("horizon_days"),
         "{body}"
     );
+    // Definitions a run would refuse are refused before one is accepted, for every model.
+    for (model, definition, named) in [
+        (
+            "clv",
+            r#"{"horizon_days": 100000000}"#,
+            "`horizon_days` must be from 1 to 3650",
+        ),
+        (
+            "rfm",
+            r#"{"value": "bogus"}"#,
+            "`value` `bogus` is not a field of events",
+        ),
+        (
+            "risk",
+            r#"{"timezone": "Bad/Zone"}"#,
+            "`timezone` `Bad/Zone` is not an IANA time zone",
+        ),
+        (
+            "preferences",
+            r#"{"where": [{"field": "nope", "op": "eq", "value": 1}]}"#,
+            "`nope` is not a field of events",
+        ),
+    ] {
+        let (status, body) = post_json(
+            &server.url(&format!("/v1/models/{model}/fit")),
+            &[("Authorization", &bearer)],
+            definition,
+        );
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("invalid_model")),
+            "{model}: {body}"
+        );
+        assert!(
+            body["message"].as_str().unwrap().contains(named),
+            "{model}: {body}"
+        );
+    }
     let read = format!("Bearer {}", server.read_key);
     let (status, _) = post_json(&fit_url, &[("Authorization", &read)], DEFINITION);
     assert_eq!(status, 403);
