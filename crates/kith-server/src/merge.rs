@@ -43,15 +43,25 @@ pub struct Merged {
     pub profile: ProfileView,
 }
 
-fn parse(text: &str) -> Result<Lookup, MergeError> {
-    Lookup::parse(text).map_err(|e| MergeError::Malformed(text.to_string(), e))
+/// A lookup as asked for (`type:value`), parsed.
+struct Asked<'a> {
+    text: &'a str,
+    lookup: Lookup,
 }
 
-fn find(pipeline: &Pipeline, text: &str) -> Result<ProfileView, MergeError> {
-    pipeline
-        .profiles
-        .find(&parse(text)?)?
-        .ok_or_else(|| MergeError::NotFound(text.to_string()))
+impl<'a> Asked<'a> {
+    fn parse(text: &'a str) -> Result<Self, MergeError> {
+        let lookup = Lookup::parse(text).map_err(|e| MergeError::Malformed(text.to_string(), e))?;
+        Ok(Self { text, lookup })
+    }
+
+    /// The profile it names now.
+    fn find(&self, pipeline: &Pipeline) -> Result<ProfileView, MergeError> {
+        pipeline
+            .profiles
+            .find(&self.lookup)?
+            .ok_or_else(|| MergeError::NotFound(self.text.to_string()))
+    }
 }
 
 /// Merges the profiles holding `first` and `second` (`type:value` each), and returns the result.
@@ -60,8 +70,9 @@ pub async fn merge_profiles(
     first: &str,
     second: &str,
 ) -> Result<Merged, MergeError> {
-    let a = find(pipeline, first)?;
-    let b = find(pipeline, second)?;
+    let (first, second) = (Asked::parse(first)?, Asked::parse(second)?);
+    let a = first.find(pipeline)?;
+    let b = second.find(pipeline)?;
     if a.profile_id == b.profile_id {
         return Ok(Merged {
             changed: false,
@@ -86,7 +97,7 @@ pub async fn merge_profiles(
     // resolution refuses it then, and the event stays as the record of what was asked.
     if let Some(why) = pipeline
         .profiles
-        .merge_refusal(&parse(first)?, &parse(second)?)?
+        .merge_refusal(&first.lookup, &second.lookup)?
     {
         return Err(MergeError::Refused(why));
     }
@@ -109,7 +120,7 @@ pub async fn merge_profiles(
             json!({
                 "identifiers": [a_id, b_id],
                 "profiles": [a.profile_id, b.profile_id],
-                "requested": [first, second],
+                "requested": [first.text, second.text],
             })
             .to_string(),
         ),
@@ -124,14 +135,14 @@ pub async fn merge_profiles(
     if let Some(seq) = written.last_seq() {
         pipeline.wait_for_profiles(seq).await;
     }
-    let profile = find(pipeline, first)?;
+    let profile = first.find(pipeline)?;
     if tally.counts().merged == 1 {
         return Ok(Merged {
             changed: true,
             profile,
         });
     }
-    let other = find(pipeline, second)?;
+    let other = second.find(pipeline)?;
     // A merge asked for again is the same link: the refusal on record is the first one's.
     let conflicts: Vec<_> = profile.conflicts.iter().chain(&other.conflicts).collect();
     let reason = conflicts

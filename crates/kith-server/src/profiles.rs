@@ -13,6 +13,7 @@ use axum::http::HeaderMap;
 use kith_analytics::identities::IdentityIndex;
 use kith_analytics::segment::ProfilePath;
 use kith_analytics::{Data, ProfileSource};
+use kith_core::MessageType;
 use kith_identity::Lookup;
 use kith_lake::{ExtraTable, QueryError, QueryLimits, TimelineQuery, output};
 use kith_profiles::{LookupError, ProfileStore, ProfileView};
@@ -232,20 +233,19 @@ fn parameter_error(message: String) -> ApiError {
 /// The message types `type` names (comma-separated, any case), each one Segment's: a type no
 /// event can have would answer an empty page that looks like "no such events".
 fn message_types(text: Option<&str>) -> Result<Vec<String>, ApiError> {
-    const TYPES: [&str; 6] = ["identify", "track", "page", "screen", "group", "alias"];
     let mut types = Vec::new();
     for named in text.iter().flat_map(|t| t.split(',')).map(str::trim) {
         if named.is_empty() {
             continue;
         }
-        let lower = named.to_ascii_lowercase();
-        if !TYPES.contains(&lower.as_str()) {
+        let Some(message_type) = MessageType::from_name(&named.to_ascii_lowercase()) else {
+            let all: Vec<&str> = MessageType::ALL.iter().map(|t| t.as_str()).collect();
             return Err(parameter_error(format!(
                 "`type` `{named}` is not a message type; use {}, comma-separated",
-                TYPES.join(", ")
+                all.join(", ")
             )));
-        }
-        types.push(lower);
+        };
+        types.push(message_type.as_str().to_string());
     }
     Ok(types)
 }
