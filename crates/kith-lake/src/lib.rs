@@ -275,25 +275,25 @@ impl Lake {
         query::stream(self, sql, limits, extra, each).await
     }
 
-    /// Every stored event with `ingest_seq <= through_seq`, in order of arrival (Delta plus the
-    /// buffer). For recomputations; it holds them all in memory.
-    pub async fn read_events(
+    /// Hands every stored event with `ingest_seq <= through_seq` (Delta plus the buffer) to
+    /// `each`, a batch at a time and in no particular order, for recomputations that fold each
+    /// event into state: however many events are stored, only a batch of them is held at once.
+    pub async fn each_stored_event(
         &self,
         through_seq: u64,
-    ) -> Result<Vec<(u64, kith_core::Event)>, QueryError> {
+        mut each: impl FnMut(Vec<(u64, kith_core::Event)>) + Send,
+    ) -> Result<(), QueryError> {
+        // No sort and no join: the scan holds a few batches, whatever the number of events.
         let limits = QueryLimits {
             timeout: std::time::Duration::from_secs(24 * 3600),
-            memory_bytes: 1 << 40,
+            memory_bytes: 256 << 20,
             max_rows: 1 << 40,
         };
-        let sql =
-            format!("SELECT * FROM events WHERE ingest_seq <= {through_seq} ORDER BY ingest_seq");
-        let result = query::run(self, &sql, &limits, Vec::new()).await?;
-        Ok(result
-            .batches
-            .iter()
-            .flat_map(schema::events_from_batch)
-            .collect())
+        let sql = format!("SELECT * FROM events WHERE ingest_seq <= {through_seq}");
+        query::stream(self, &sql, &limits, Vec::new(), |batch| {
+            each(schema::events_from_batch(batch))
+        })
+        .await
     }
 
     /// One person's events, newest first.

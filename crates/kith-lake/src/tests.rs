@@ -1152,6 +1152,48 @@ async fn a_large_seal_is_cut_into_batches_that_keep_every_record_in_order() {
     assert!(counted.contains(&format!("| {n} | {n} |")), "{counted}");
 }
 
+// Recomputations read every stored event a batch at a time, never all of them at once: events
+// in Delta and in the buffer each come once, and none past the seq asked for.
+#[tokio::test]
+async fn stored_events_are_handed_over_a_batch_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    let stored = |seqs: std::ops::RangeInclusive<u64>| {
+        seqs.map(|seq| {
+            (
+                seq,
+                Stored::Event(event(&format!("m{seq}"), "ana", 1.0)).encode(),
+            )
+        })
+        .collect::<Vec<_>>()
+    };
+    let flushed = 3 * SEAL_BATCH_ROWS as u64;
+    lake.ingest(stored(1..=flushed));
+    assert_eq!(lake.flush().await.unwrap(), flushed as usize);
+    lake.ingest(stored(flushed + 1..=flushed + 5_000));
+    let through = flushed + 4_000;
+
+    let mut seen = Vec::new();
+    let mut largest_batch = 0;
+    let mut batches = 0;
+    lake.each_stored_event(through, |events| {
+        batches += 1;
+        largest_batch = largest_batch.max(events.len());
+        seen.extend(events.into_iter().map(|(seq, event)| {
+            assert_eq!(event.message_id, format!("m{seq}"));
+            seq
+        }));
+    })
+    .await
+    .unwrap();
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=through).collect::<Vec<_>>());
+    assert!(
+        batches > 3 && largest_batch <= SEAL_BATCH_ROWS,
+        "{batches} batches, the largest of {largest_batch} events"
+    );
+}
+
 /// The Parquet files of the events table's current Delta snapshot.
 fn events_files(lake: &Lake) -> Vec<std::path::PathBuf> {
     lake.events

@@ -340,24 +340,16 @@ impl ProfileStore {
             .map(|b| (b.names.clone(), b.through_seq))
     }
 
-    /// Recomputes the planned computed traits from the stored events (all those with seq up to
-    /// the plan's, in any order); afterwards the new definitions are recorded.
-    pub fn backfill(&self, events: &[(u64, Event)]) {
-        let Some(plan) = self
-            .backfill
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
-            return;
-        };
-        self.backfill_traits(&plan.names, plan.through_seq, events);
-    }
-
-    /// Adds the observations of events with seq up to `through_seq` to the named traits (their
-    /// later events reach them as they arrive; the two commute). Then the traits no longer being
-    /// computed are recorded as following their definitions.
-    pub fn backfill_traits(&self, names: &[String], through_seq: u64, events: &[(u64, Event)]) {
+    /// Adds the observations of stored events with seq up to `through_seq` to the named traits
+    /// (their later events reach them as they arrive; the two commute, so the stored events may
+    /// come in any order and in as many calls as the caller likes). Returns how many
+    /// observations were added; [`ProfileStore::traits_computed`] ends the recomputation.
+    pub fn add_past_observations(
+        &self,
+        names: &[String],
+        through_seq: u64,
+        events: &[(u64, Event)],
+    ) -> u64 {
         let extractor = self.extractor();
         let mut counted = 0u64;
         // In chunks, so the unify thread is never held up for long.
@@ -402,6 +394,20 @@ impl ProfileStore {
                 state.dirty_facts.insert(primary.clone());
             }
         }
+        counted
+    }
+
+    /// Ends the recomputation of the named traits' past (see
+    /// [`ProfileStore::add_past_observations`]): they are no longer `computing`, the traits
+    /// that are not are recorded as following their definitions, and a recomputation planned at
+    /// opening for exactly these names is done.
+    pub fn traits_computed(&self, names: &[String], observations: u64) {
+        {
+            let mut plan = self.backfill.lock().unwrap_or_else(|p| p.into_inner());
+            if plan.as_ref().is_some_and(|plan| plan.names == names) {
+                *plan = None;
+            }
+        }
         let mut computing = self.computing.lock().unwrap_or_else(|p| p.into_inner());
         for name in names {
             computing.remove(name);
@@ -419,7 +425,7 @@ impl ProfileStore {
             .unwrap_or_else(|p| p.into_inner())
             .pending
             .computed_defs = Some(settled);
-        tracing::info!(traits = ?names, observations = counted, "computed traits recomputed");
+        tracing::info!(traits = ?names, observations, "computed traits recomputed");
     }
 
     /// The declared computed traits: where each was declared and whether its past is still

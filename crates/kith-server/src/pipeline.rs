@@ -32,6 +32,8 @@ pub struct Pipeline {
     pub profiles: Arc<ProfileStore>,
     pub unifier: Arc<Unifier>,
     pub journal: Journal<Ingested>,
+    /// One permit: computed traits' pasts are computed one after another.
+    backfills: Arc<tokio::sync::Semaphore>,
     _lock: File,
 }
 
@@ -134,6 +136,7 @@ impl Pipeline {
             profiles,
             unifier,
             journal,
+            backfills: Arc::new(tokio::sync::Semaphore::new(1)),
             _lock: lock,
         })
     }
@@ -207,27 +210,38 @@ impl Pipeline {
         }
         drop(registered);
         let (lake, profiles) = (self.lake.clone(), self.profiles.clone());
+        let backfills = self.backfills.clone();
         tokio::spawn(async move {
             let (Ok(through_seq), Ok(())) = (barrier_seen.await, reset_seen.await) else {
                 tracing::error!(trait_name = %name, "the trait's past was not computed: the write path stopped; it is on the next start");
                 return;
             };
-            let events = match lake.read_events(through_seq).await {
-                Ok(events) => events,
-                Err(e) => {
-                    tracing::error!(trait_name = %name, error = %e, "reading stored events for a new trait failed; it is computed on the next start");
-                    return;
-                }
+            // One past at a time: each takes a core for as long as it reads every stored event.
+            let Ok(_turn) = backfills.acquire_owned().await else {
+                return;
             };
-            let counted = events.len();
+            let runtime = tokio::runtime::Handle::current();
+            // Folding a batch into the traits is CPU work under the profiles' lock: on a blocking
+            // thread, so the runtime's workers stay free for requests.
             let done = tokio::task::spawn_blocking(move || {
-                profiles.backfill_traits(std::slice::from_ref(&name), through_seq, &events);
-                name
+                let names = [name];
+                let counted = runtime.block_on(add_stored_observations(
+                    &lake,
+                    &profiles,
+                    &names,
+                    through_seq,
+                ));
+                let counted = counted.inspect(|&counted| profiles.traits_computed(&names, counted));
+                let [name] = names;
+                (name, counted)
             })
             .await;
             match done {
-                Ok(name) => {
-                    tracing::info!(trait_name = %name, events = counted, "computed trait ready")
+                Ok((name, Ok(counted))) => {
+                    tracing::info!(trait_name = %name, observations = counted, "computed trait ready")
+                }
+                Ok((name, Err(e))) => {
+                    tracing::error!(trait_name = %name, error = %e, "reading stored events for a new trait failed; it is computed on the next start")
                 }
                 Err(e) => tracing::error!(error = %e, "computing a trait's past failed"),
             }
@@ -409,12 +423,27 @@ pub async fn backfill_computed_traits(
         return Ok(());
     };
     tracing::info!(traits = ?names, through_seq, "reading stored events to compute new traits");
-    let events = lake
-        .read_events(through_seq)
+    let counted = add_stored_observations(lake, profiles, &names, through_seq)
         .await
         .map_err(|e| LakeError::Delta(format!("reading events to compute traits: {e}")))?;
-    profiles.backfill(&events);
+    profiles.traits_computed(&names, counted);
     Ok(())
+}
+
+/// Folds every stored event through `through_seq` into the named traits' past, a batch at a
+/// time; returns how many observations were added.
+async fn add_stored_observations(
+    lake: &Lake,
+    profiles: &ProfileStore,
+    names: &[String],
+    through_seq: u64,
+) -> Result<u64, kith_lake::QueryError> {
+    let mut counted = 0;
+    lake.each_stored_event(through_seq, |events| {
+        counted += profiles.add_past_observations(names, through_seq, &events);
+    })
+    .await?;
+    Ok(counted)
 }
 
 pub fn journal_dir(data_dir: &Path) -> PathBuf {
