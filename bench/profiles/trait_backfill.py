@@ -6,8 +6,9 @@ Loads the demo world (5,000 customers, about 345,000 events) with `BINARY demo g
 unless DEMO_DATA_DIR names one already loaded, copies it, starts `BINARY serve` on the copy,
 declares DECLARATIONS computed traits at once (default 5) and waits until every one is `ready`,
 sampling the server's resident memory every 20 ms. Prints the memory before, the most seen while
-the traits' pasts were computed, and how long they took. Each trait's past is read from every
-stored event, so this is where a server's memory grows with the data it holds.
+the traits' pasts were computed, how long they took, and the memory 5 s later. Each trait's past
+is read from every stored event, so this is where a server's memory grows with the data it
+holds.
 """
 import json
 import os
@@ -98,8 +99,10 @@ def main():
         took = time.time() - started
         sampling.set()
         sampler.join()
+        time.sleep(5)
         print(f"{declarations} traits declared (answers {sorted(answers)}): ready in {took:.1f} s; "
-              f"server RSS {before:.0f} MB before, at most {most[0]:.0f} MB while computing")
+              f"server RSS {before:.0f} MB before, at most {most[0]:.0f} MB while computing, "
+              f"{rss_mb(server.pid):.0f} MB 5 s after")
     finally:
         server.terminate()
         server.wait()

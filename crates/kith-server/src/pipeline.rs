@@ -220,17 +220,11 @@ impl Pipeline {
             let Ok(_turn) = backfills.acquire_owned().await else {
                 return;
             };
-            let runtime = tokio::runtime::Handle::current();
-            // Folding a batch into the traits is CPU work under the profiles' lock: on a blocking
-            // thread, so the runtime's workers stay free for requests.
-            let done = tokio::task::spawn_blocking(move || {
+            // Heavy work, on the query runtime as analyses and model runs are: it keeps the
+            // request threads free, and gives the memory it used back when it ends.
+            let done = crate::runtimes::spawn_query(async move {
                 let names = [name];
-                let counted = runtime.block_on(add_stored_observations(
-                    &lake,
-                    &profiles,
-                    &names,
-                    through_seq,
-                ));
+                let counted = add_stored_observations(&lake, &profiles, &names, through_seq).await;
                 let counted = counted.inspect(|&counted| profiles.traits_computed(&names, counted));
                 let [name] = names;
                 (name, counted)
