@@ -426,52 +426,104 @@ fn displayed(array: &dyn Array, row: usize) -> Value {
         .map_or(Value::Null, Value::String)
 }
 
-/// A table for terminals. Values are shown as text with control characters escaped: stored
-/// events come from anyone holding a write key (a browser's, which is public), and an event
-/// name holding escape sequences would otherwise clear the screen, retitle the window or
-/// recolour the text of whoever looks at it (and throw the columns out of line).
-pub fn to_table(result: &QueryResult) -> Result<String, ArrowError> {
-    let shown = if result.batches.is_empty() {
-        vec![as_terminal_text(&RecordBatch::new_empty(
-            result.schema.clone(),
-        ))?]
-    } else {
-        result
-            .batches
-            .iter()
-            .map(as_terminal_text)
-            .collect::<Result<_, _>>()?
-    };
-    Ok(arrow::util::pretty::pretty_format_batches(&shown)?.to_string())
+/// Why a table could not be written: a value Arrow cannot show as text (before anything is
+/// written), or the writer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("{0}")]
+    Value(#[from] ArrowError),
+    #[error(transparent)]
+    Write(std::io::Error),
 }
 
-/// `batch` with each column as the text a terminal may show (nulls stay null).
-fn as_terminal_text(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
-    let mut columns: Vec<arrow::array::ArrayRef> = Vec::with_capacity(batch.num_columns());
-    for column in batch.columns() {
-        let formatter = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())?;
-        let texts: arrow::array::StringArray = (0..column.len())
-            .map(|row| {
-                column
-                    .is_valid(row)
-                    .then(|| escape_controls(&formatter.value(row).to_string()))
-            })
-            .collect();
-        columns.push(std::sync::Arc::new(texts));
-    }
-    let fields: Vec<arrow::datatypes::Field> = batch
-        .schema()
+/// Writes the answer as a table for terminals, in the layout Arrow's pretty printer uses
+/// (`+---+` rules, `| value |` cells, nulls empty), a row at a time: the first pass measures
+/// the columns, the second writes, so nothing but one row's text is held beside the answer.
+/// (Arrow's printer builds every cell, then the whole table as one string: about 14 KB a row of
+/// `SELECT * FROM events`.)
+///
+/// Values are shown as text with control characters escaped: stored events come from anyone
+/// holding a write key (a browser's, which is public), and an event name holding escape
+/// sequences would otherwise clear the screen, retitle the window or recolour the text of
+/// whoever looks at it (and throw the columns out of line).
+pub fn write_table(result: &QueryResult, out: &mut dyn std::io::Write) -> Result<(), TableError> {
+    use unicode_width::UnicodeWidthStr;
+
+    let headers: Vec<String> = result
+        .schema
         .fields()
         .iter()
-        .map(|field| {
-            arrow::datatypes::Field::new(escape_controls(field.name()), DataType::Utf8, true)
-        })
+        .map(|field| escape_controls(field.name()))
         .collect();
-    RecordBatch::try_new_with_options(
-        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
-        columns,
-        &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-    )
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.width()).collect();
+    for batch in &result.batches {
+        for_each_shown_row(batch, |row| {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.width());
+            }
+        })?;
+    }
+    let rule: String = widths.iter().fold("+".to_string(), |mut rule, width| {
+        rule.extend(std::iter::repeat_n('-', width + 2));
+        rule.push('+');
+        rule
+    });
+    let mut line = String::new();
+    let mut write_row = |cells: &[String], out: &mut dyn std::io::Write| {
+        line.clear();
+        line.push('|');
+        for (cell, width) in cells.iter().zip(&widths) {
+            line.push(' ');
+            line.push_str(cell);
+            line.extend(std::iter::repeat_n(' ', width - cell.width() + 1));
+            line.push('|');
+        }
+        line.push('\n');
+        out.write_all(line.as_bytes())
+    };
+    let rule_line = format!("{rule}\n");
+    out.write_all(rule_line.as_bytes())
+        .map_err(TableError::Write)?;
+    write_row(&headers, out).map_err(TableError::Write)?;
+    out.write_all(rule_line.as_bytes())
+        .map_err(TableError::Write)?;
+    let mut failed = None;
+    for batch in &result.batches {
+        for_each_shown_row(batch, |row| {
+            if failed.is_none() {
+                failed = write_row(row, out).err();
+            }
+        })?;
+        if let Some(e) = failed.take() {
+            return Err(TableError::Write(e));
+        }
+    }
+    out.write_all(rule_line.as_bytes())
+        .map_err(TableError::Write)?;
+    Ok(())
+}
+
+/// Calls `each` with every row of `batch` as the text a terminal may show (a null is empty).
+fn for_each_shown_row(
+    batch: &RecordBatch,
+    mut each: impl FnMut(&[String]),
+) -> Result<(), ArrowError> {
+    let formatters = batch
+        .columns()
+        .iter()
+        .map(|column| ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut row = vec![String::new(); batch.num_columns()];
+    for index in 0..batch.num_rows() {
+        for ((cell, formatter), column) in row.iter_mut().zip(&formatters).zip(batch.columns()) {
+            cell.clear();
+            if column.is_valid(index) {
+                *cell = escape_controls(&formatter.value(index).try_to_string()?);
+            }
+        }
+        each(&row);
+    }
+    Ok(())
 }
 
 /// `text` with the characters a terminal acts on instead of showing (controls, and the marks
@@ -541,7 +593,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let table = to_table(&QueryResult::new(schema, vec![batch], false)).unwrap();
+        let table = table_text(&QueryResult::new(schema, vec![batch], false));
         assert!(
             !table.chars().any(|c| c.is_control() && c != '\n'),
             "{table}"
@@ -562,6 +614,59 @@ mod tests {
         );
         // One line a row: a newline inside a value no longer splits it.
         assert_eq!(table.lines().count(), 7, "{table}");
+    }
+
+    fn table_text(result: &QueryResult) -> String {
+        let mut written = Vec::new();
+        write_table(result, &mut written).unwrap();
+        String::from_utf8(written).unwrap()
+    }
+
+    // The table is written a row at a time, as Arrow's printer lays it out: over several
+    // batches, with nulls, wide characters and an answer without rows.
+    #[test]
+    fn a_table_is_laid_out_as_arrows_printer_lays_it_out() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("event", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, true),
+            Field::new("revenue", DataType::Float64, true),
+        ]));
+        let batch = |events: Vec<Option<&str>>, n: Vec<Option<i64>>, revenue: Vec<Option<f64>>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(events)),
+                    Arc::new(Int64Array::from(n)),
+                    Arc::new(Float64Array::from(revenue)),
+                ],
+            )
+            .unwrap()
+        };
+        let batches = vec![
+            batch(
+                vec![Some("Order Completed"), None],
+                vec![Some(12), Some(-3)],
+                vec![Some(1499.5), None],
+            ),
+            batch(
+                vec![Some("Página vista 注文"), Some("")],
+                vec![None, Some(1_000_000)],
+                vec![Some(0.25), Some(-7.0)],
+            ),
+        ];
+        let ours = table_text(&QueryResult::new(schema.clone(), batches.clone(), false));
+        let arrows = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert_eq!(ours.trim_end(), arrows, "ours:\n{ours}\nArrow's:\n{arrows}");
+        assert!(ours.contains("| Página vista 注文 |"), "{ours}");
+
+        let empty = table_text(&QueryResult::new(schema.clone(), Vec::new(), false));
+        let arrows_empty =
+            arrow::util::pretty::pretty_format_batches(&[RecordBatch::new_empty(schema)])
+                .unwrap()
+                .to_string();
+        assert_eq!(empty.trim_end(), arrows_empty);
     }
 
     fn to_csv(result: &QueryResult) -> Result<Vec<u8>, ArrowError> {

@@ -49,7 +49,7 @@ pub fn run(args: SqlArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     }))??;
     match args.format {
         Format::Table => {
-            outln!("{}", output::to_table(&result)?)?;
+            write_table(&result)?;
             eprintln!(
                 "{} row(s){}",
                 result.num_rows(),
@@ -84,6 +84,19 @@ fn write_out(result: kith_lake::QueryResult, encoding: output::Encoding) -> anyh
     }
     out.flush().map_err(StdoutError)?;
     Ok(())
+}
+
+/// Writes the answer as a table to stdout, a row at a time.
+fn write_table(result: &kith_lake::QueryResult) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = output::write_table(result, &mut out)
+        .and_then(|()| out.flush().map_err(output::TableError::Write));
+    match written {
+        Ok(()) => Ok(()),
+        Err(output::TableError::Write(e)) => Err(StdoutError(e).into()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn truncated_note(truncated: bool) -> &'static str {
