@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::scope::{FieldRef, Scope, instant_sql, sql_string};
-use crate::{AnalyticsError, Data, count, number, text};
+use arrow::array::{Array, AsArray, Int64Array};
+use arrow::datatypes::{Float64Type, Int64Type};
+
+use crate::{AnalyticsError, Data};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct PreferenceDefinition {
@@ -199,49 +202,75 @@ impl PreferenceDefinition {
         let sql = format!(
             "WITH base AS ({base}) \
              SELECT profile_id, value, \
-                    SUM(weight * power(0.5, ({as_of} - CAST(ts AS BIGINT)) / 86400000000.0 / {half_life:?})), \
-                    COUNT(*), COUNT(DISTINCT date_trunc('day', ts)), MAX(breakdown) \
+                    CAST(SUM(weight * power(0.5, ({as_of} - CAST(ts AS BIGINT)) / 86400000000.0 / {half_life:?})) AS DOUBLE), \
+                    CAST(COUNT(*) AS BIGINT), CAST(COUNT(DISTINCT date_trunc('day', ts)) AS BIGINT), \
+                    MAX(breakdown) \
              FROM base WHERE value IS NOT NULL GROUP BY profile_id, value",
             as_of = as_of.timestamp_micros(),
             half_life = self.half_life_days,
         );
         // Events of profiles outside a segment are left out by the SQL (`attributed_events`).
-        let rows = data.with_segment(&scope)?.rows(&sql).await?;
-        // Each profile's preferences, and its breakdown value (one per profile: of the profile).
-        let mut by_profile: BTreeMap<String, Vec<Preference>> = BTreeMap::new();
-        let mut breakdown_of: BTreeMap<String, String> = BTreeMap::new();
-        for row in &rows {
-            if scope.profile_breakdown.is_some() {
-                breakdown_of.insert(text(&row[0]), text(&row[5]));
-            }
-            by_profile
-                .entry(text(&row[0]))
-                .or_default()
-                .push(Preference {
-                    value: text(&row[1]),
-                    score: number(&row[2]),
-                    share: 0.0,
-                    events: count(&row[3]),
-                    days: count(&row[4]),
-                });
-        }
+        // The rows stream in (one a profile and value, in no order) and are folded at once: each
+        // profile keeps its best `top` (a total order, so pruning early keeps the same ones)
+        // and the sum of all its scores, never every value it showed interest in.
+        let data = data.with_segment(&scope)?;
+        let keep = self.top;
+        let with_breakdown = scope.profile_breakdown.is_some();
+        let mut by_profile: BTreeMap<String, Interest> = BTreeMap::new();
+        data.lake
+            .query_each(&sql, &data.limits, data.tables.clone(), |batch| {
+                let profile_id = crate::funnel::strings(batch.column(0).as_ref());
+                let value = crate::funnel::strings(batch.column(1).as_ref());
+                let score = batch.column(2).as_primitive_opt::<Float64Type>();
+                let events = batch.column(3).as_primitive_opt::<Int64Type>();
+                let days = batch.column(4).as_primitive_opt::<Int64Type>();
+                let breakdown = crate::funnel::strings(batch.column(5).as_ref());
+                for row in 0..batch.num_rows() {
+                    let interest = match by_profile.get_mut(profile_id(row)) {
+                        Some(interest) => interest,
+                        None => by_profile.entry(profile_id(row).to_string()).or_default(),
+                    };
+                    if with_breakdown {
+                        breakdown(row).clone_into(&mut interest.breakdown);
+                    }
+                    let score = score
+                        .filter(|s| s.is_valid(row))
+                        .map_or(0.0, |s| s.value(row));
+                    let counted = |column: Option<&Int64Array>| {
+                        column
+                            .filter(|c| c.is_valid(row))
+                            .map_or(0, |c| c.value(row).max(0) as u64)
+                    };
+                    interest.add(
+                        Preference {
+                            value: value(row).to_string(),
+                            score,
+                            share: 0.0,
+                            events: counted(events),
+                            days: counted(days),
+                        },
+                        keep,
+                    );
+                }
+            })
+            .await?;
         let mut first_choices: BTreeMap<String, u64> = BTreeMap::new();
         // Per breakdown value: profiles, and how many have each first preference.
         let mut groups: BTreeMap<String, (u64, BTreeMap<String, u64>)> = BTreeMap::new();
         let mut profiles: Vec<(f64, ProfilePreferences)> = by_profile
             .into_iter()
-            .map(|(profile_id, mut preferences)| {
-                let total: f64 = preferences.iter().map(|p| p.score).sum();
-                preferences.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.value.cmp(&b.value)));
-                preferences.truncate(self.top);
+            .map(|(profile_id, interest)| {
+                let total = interest.total;
+                let breakdown = interest.breakdown.clone();
+                let mut preferences = interest.best(self.top);
                 for p in &mut preferences {
                     p.share = if total > 0.0 { p.score / total } else { 0.0 };
                 }
                 if let Some(first) = preferences.first() {
                     *first_choices.entry(first.value.clone()).or_default() += 1;
                 }
-                if let Some(value) = breakdown_of.get(&profile_id) {
-                    let group = groups.entry(value.clone()).or_default();
+                if with_breakdown {
+                    let group = groups.entry(breakdown).or_default();
                     group.0 += 1;
                     if let Some(first) = preferences.first() {
                         *group.1.entry(first.value.clone()).or_default() += 1;
@@ -261,13 +290,17 @@ impl PreferenceDefinition {
             b.0.total_cmp(&a.0)
                 .then(a.1.profile_id.cmp(&b.1.profile_id))
         });
-        let every: Vec<ProfilePreferences> = profiles.iter().map(|(_, p)| p.clone()).collect();
-        profiles.truncate(self.limit);
+        let top_profiles = profiles
+            .iter()
+            .take(self.limit)
+            .map(|(_, p)| p.clone())
+            .collect();
+        let every: Vec<ProfilePreferences> = profiles.into_iter().map(|(_, p)| p).collect();
         let report = PreferenceReport {
             as_of: as_of.to_rfc3339(),
             profiles: count,
             first_choices: most_first(first_choices),
-            top_profiles: profiles.into_iter().map(|(_, p)| p).collect(),
+            top_profiles,
             by_breakdown: groups
                 .into_iter()
                 .map(|(breakdown, (profiles, choices))| PreferenceGroup {
@@ -278,5 +311,90 @@ impl PreferenceDefinition {
                 .collect(),
         };
         Ok((report, every))
+    }
+}
+
+/// One profile's interest while the rows are folded: its best preferences so far and the sum of
+/// all its scores (shares are of the whole interest, not of the best).
+#[derive(Default)]
+struct Interest {
+    total: f64,
+    preferences: Vec<Preference>,
+    breakdown: String,
+}
+
+impl Interest {
+    fn add(&mut self, preference: Preference, keep: usize) {
+        self.total += preference.score;
+        self.preferences.push(preference);
+        // Pruned in runs, so a profile with many values is sorted once every `keep` of them.
+        if self.preferences.len() >= 2 * keep.max(1) {
+            self.prune(keep);
+        }
+    }
+
+    fn prune(&mut self, keep: usize) {
+        self.preferences
+            .sort_by(|a, b| b.score.total_cmp(&a.score).then(a.value.cmp(&b.value)));
+        self.preferences.truncate(keep);
+    }
+
+    /// The best `keep`, best first.
+    fn best(mut self, keep: usize) -> Vec<Preference> {
+        self.prune(keep);
+        self.preferences
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn preference(value: &str, score: f64) -> Preference {
+        Preference {
+            value: value.into(),
+            score,
+            share: 0.0,
+            events: 1,
+            days: 1,
+        }
+    }
+
+    // Folding values one at a time with early pruning keeps the same best ones, in the same
+    // order, as sorting them all at the end, and the total of every score.
+    #[test]
+    fn interest_folded_in_runs_keeps_the_best_of_all_values_and_their_whole_total() {
+        // 40 values in a scrambled order, with ties on score broken by value.
+        let values: Vec<(String, f64)> = (0..40u32)
+            .map(|i| {
+                let n = (i * 17) % 40;
+                (format!("v{n:02}"), f64::from(n % 7))
+            })
+            .collect();
+        let mut folded = Interest::default();
+        for (value, score) in &values {
+            folded.add(preference(value, *score), 3);
+        }
+        assert!(folded.preferences.len() < 6, "pruned as it went");
+        let total = folded.total;
+        let best: Vec<(String, f64)> = folded
+            .best(3)
+            .into_iter()
+            .map(|p| (p.value, p.score))
+            .collect();
+
+        let mut all = values.clone();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(3);
+        assert_eq!(best, all);
+        assert_eq!(
+            best,
+            [
+                ("v06".into(), 6.0),
+                ("v13".into(), 6.0),
+                ("v20".into(), 6.0)
+            ]
+        );
+        assert_eq!(total, values.iter().map(|(_, s)| s).sum::<f64>());
     }
 }
