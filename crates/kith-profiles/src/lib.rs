@@ -16,7 +16,7 @@ mod resident;
 pub mod tally;
 pub mod view;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -184,8 +184,13 @@ pub struct ProfileStore {
     extractor: RwLock<Arc<Extractor>>,
     /// Names of the computed traits `kith.toml` declares (the API cannot change those).
     config_traits: Vec<String>,
-    /// Traits declared through the API whose past is still being computed.
-    computing: Mutex<HashSet<String>>,
+    /// Traits declared through the API whose past is still being computed, each with the number
+    /// of its declaration: a trait removed and declared again under the same name while the
+    /// first declaration's past was still waiting is a new declaration, which the first one's
+    /// recomputation must not touch.
+    computing: Mutex<HashMap<String, u64>>,
+    /// Declarations numbered so far.
+    declarations: AtomicU64,
     /// Held from reading the computed-trait definitions to installing the changed ones, so two
     /// declarations (or a declaration and a removal) at once do not each install their own
     /// change to the same definitions, losing the other's.
@@ -308,7 +313,8 @@ impl ProfileStore {
                 computed: settings.computed,
             })),
             config_traits,
-            computing: Mutex::new(HashSet::new()),
+            computing: Mutex::new(HashMap::new()),
+            declarations: AtomicU64::new(0),
             changing_definitions: Mutex::new(()),
             state: RwLock::new(State {
                 resolver,
@@ -344,17 +350,28 @@ impl ProfileStore {
     /// (their later events reach them as they arrive; the two commute, so the stored events may
     /// come in any order and in as many calls as the caller likes). Returns how many
     /// observations were added; [`ProfileStore::traits_computed`] ends the recomputation.
+    ///
+    /// With `declaration` (the number [`ProfileStore::register_trait`] gave), nothing is added
+    /// once that declaration is no longer being computed: the trait was removed, and perhaps
+    /// declared again.
     pub fn add_past_observations(
         &self,
         names: &[String],
         through_seq: u64,
         events: &[(u64, Event)],
+        declaration: Option<u64>,
     ) -> u64 {
         let extractor = self.extractor();
         let mut counted = 0u64;
         // In chunks, so the unify thread is never held up for long.
         for chunk in events.chunks(10_000) {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            // Checked under the state's lock: `remove_trait` ends the declaration before it
+            // resets the trait's values (under the same lock), so a chunk either lands before
+            // the reset, which clears it, or is not added at all.
+            if declaration.is_some_and(|number| !self.still_computing(names, number)) {
+                break;
+            }
             let state = &mut *state;
             for (seq, event) in chunk {
                 if *seq > through_seq {
@@ -401,14 +418,29 @@ impl ProfileStore {
     /// [`ProfileStore::add_past_observations`]): they are no longer `computing`, the traits
     /// that are not are recorded as following their definitions, and a recomputation planned at
     /// opening for exactly these names is done.
-    pub fn traits_computed(&self, names: &[String], observations: u64) {
+    ///
+    /// With `declaration`, only if that declaration is still being computed (see
+    /// [`ProfileStore::add_past_observations`]); returns whether it was.
+    pub fn traits_computed(
+        &self,
+        names: &[String],
+        observations: u64,
+        declaration: Option<u64>,
+    ) -> bool {
+        let mut computing = self.computing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(number) = declaration
+            && !names
+                .iter()
+                .all(|name| computing.get(name) == Some(&number))
+        {
+            return false;
+        }
         {
             let mut plan = self.backfill.lock().unwrap_or_else(|p| p.into_inner());
             if plan.as_ref().is_some_and(|plan| plan.names == names) {
                 *plan = None;
             }
         }
-        let mut computing = self.computing.lock().unwrap_or_else(|p| p.into_inner());
         for name in names {
             computing.remove(name);
         }
@@ -416,7 +448,7 @@ impl ProfileStore {
             .extractor()
             .computed
             .iter()
-            .filter(|d| !computing.contains(&d.name))
+            .filter(|d| !computing.contains_key(&d.name))
             .cloned()
             .collect();
         drop(computing);
@@ -426,6 +458,15 @@ impl ProfileStore {
             .pending
             .computed_defs = Some(settled);
         tracing::info!(traits = ?names, observations, "computed traits recomputed");
+        true
+    }
+
+    /// Whether every one of `names` is still being computed for declaration `number`.
+    fn still_computing(&self, names: &[String], number: u64) -> bool {
+        let computing = self.computing.lock().unwrap_or_else(|p| p.into_inner());
+        names
+            .iter()
+            .all(|name| computing.get(name) == Some(&number))
     }
 
     /// The declared computed traits: where each was declared and whether its past is still
@@ -442,7 +483,7 @@ impl ProfileStore {
                 } else {
                     "api"
                 },
-                status: if computing.contains(&def.name) {
+                status: if computing.contains_key(&def.name) {
                     "computing"
                 } else {
                     "ready"
@@ -472,14 +513,16 @@ impl ProfileStore {
             let conn = writer.as_ref().ok_or(DeclareError::ReadOnly)?;
             persist::insert_api_def(conn, &def)?;
         }
+        let declaration = self.declarations.fetch_add(1, Ordering::Relaxed) + 1;
         self.computing
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(def.name.clone());
+            .insert(def.name.clone(), declaration);
         let mut definitions = current.computed.clone();
         definitions.push(def);
         Ok(Registered {
             definitions,
+            declaration,
             _changing: changing,
         })
     }
@@ -508,13 +551,15 @@ impl ProfileStore {
             .filter(|d| d.name != name)
             .cloned()
             .collect();
-        // Observations of the trait still in flight find no definition and are ignored.
+        // Observations of the trait still in flight find no definition and are ignored. Its
+        // declaration ends before its values are reset: a recomputation of its past still
+        // under way adds nothing after the reset (see `add_past_observations`).
         self.install_definitions(defs.clone());
-        self.reset_trait(name)?;
         self.computing
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
+        self.reset_trait(name)?;
         self.state
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -1165,6 +1210,8 @@ fn unreadable_facts(identifier: &Identifier, seq: u64, error: &ProfileError) {
 /// it is dropped (once they are installed), no other declaration or removal starts.
 pub struct Registered<'a> {
     pub definitions: Vec<ComputedTraitDef>,
+    /// This declaration's number, for [`ProfileStore::add_past_observations`].
+    pub declaration: u64,
     _changing: std::sync::MutexGuard<'a, ()>,
 }
 

@@ -638,6 +638,58 @@ fn removing_a_computed_trait_drops_its_states_from_facts_only_on_disk_too() {
     assert_eq!(stored_states(), 0);
 }
 
+// A trait removed and declared again while its first declaration's past was still waiting to
+// be computed: the first recomputation, when it runs, neither adds to the new declaration's
+// values (they would count twice) nor marks it ready before its own past is computed.
+#[test]
+fn a_late_recomputation_of_a_removed_declaration_leaves_the_trait_declared_again_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ProfileStore::open(dir.path(), with_resident_facts(100)).unwrap();
+    apply(&store, 1, customer_journey());
+    let orders = ComputedTraitDef {
+        name: "orders".into(),
+        kind: computed::Kind::Count,
+        event: Some("Order Completed".into()),
+        message_type: None,
+        property: None,
+        window_days: None,
+    };
+    let declare = || {
+        let registered = store.register_trait(orders.clone()).unwrap();
+        store.install_definitions(registered.definitions.clone());
+        registered.declaration
+    };
+    let status = || store.computed_traits()[0].status;
+    let counted = || {
+        let view = serde_json::to_value(find(&store, "user_id:u-100").unwrap()).unwrap();
+        view["computed_traits"]["orders"].clone()
+    };
+    let past: Vec<(u64, Event)> = (1..).zip(events(customer_journey())).collect();
+    let names = ["orders".to_string()];
+
+    let first = declare();
+    store.remove_trait("orders").unwrap();
+    let second = declare();
+    assert_ne!(first, second);
+
+    assert_eq!(
+        store.add_past_observations(&names, 5, &past, Some(first)),
+        0
+    );
+    assert!(!store.traits_computed(&names, 0, Some(first)));
+    assert_eq!(status(), "computing");
+    assert_eq!(counted(), json!(0), "nothing counted yet");
+
+    // u-100's profile holds both orders (one made on the phone before it was linked).
+    assert_eq!(
+        store.add_past_observations(&names, 5, &past, Some(second)),
+        2
+    );
+    assert!(store.traits_computed(&names, 2, Some(second)));
+    assert_eq!(status(), "ready");
+    assert_eq!(counted(), json!(2));
+}
+
 #[test]
 fn external_identifier_types_seen_in_events_are_lookups_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();

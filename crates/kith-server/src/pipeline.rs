@@ -208,6 +208,7 @@ impl Pipeline {
                 let _ = barrier_seq.send(last_seq);
             }))?;
         }
+        let declaration = registered.declaration;
         drop(registered);
         let (lake, profiles) = (self.lake.clone(), self.profiles.clone());
         let backfills = self.backfills.clone();
@@ -224,18 +225,33 @@ impl Pipeline {
             // request threads free, and gives the memory it used back when it ends.
             let done = crate::runtimes::spawn_query(async move {
                 let names = [name];
-                let counted = add_stored_observations(&lake, &profiles, &names, through_seq).await;
-                let counted = counted.inspect(|&counted| profiles.traits_computed(&names, counted));
+                let counted = add_stored_observations(
+                    &lake,
+                    &profiles,
+                    &names,
+                    through_seq,
+                    Some(declaration),
+                )
+                .await;
+                // `None`: the trait was removed meanwhile.
+                let finished = counted.map(|counted| {
+                    profiles
+                        .traits_computed(&names, counted, Some(declaration))
+                        .then_some(counted)
+                });
                 let [name] = names;
-                (name, counted)
+                (name, finished)
             })
             .await;
             match done {
-                Ok((name, Ok(counted))) => {
+                Ok((name, Ok(Some(counted)))) => {
                     tracing::info!(trait_name = %name, observations = counted, "computed trait ready")
                 }
+                Ok((name, Ok(None))) => {
+                    tracing::info!(trait_name = %name, "a computed trait was removed before its past was computed")
+                }
                 Ok((name, Err(e))) => {
-                    tracing::error!(trait_name = %name, error = %e, "reading stored events for a new trait failed; it is computed on the next start")
+                    tracing::error!(trait_name = %name, error = %e, "reading stored events for a new trait failed: the values it shows count only part of its past until the next start, which computes it again")
                 }
                 Err(e) => tracing::error!(error = %e, "computing a trait's past failed"),
             }
@@ -417,24 +433,26 @@ pub async fn backfill_computed_traits(
         return Ok(());
     };
     tracing::info!(traits = ?names, through_seq, "reading stored events to compute new traits");
-    let counted = add_stored_observations(lake, profiles, &names, through_seq)
+    let counted = add_stored_observations(lake, profiles, &names, through_seq, None)
         .await
         .map_err(|e| LakeError::Delta(format!("reading events to compute traits: {e}")))?;
-    profiles.traits_computed(&names, counted);
+    profiles.traits_computed(&names, counted, None);
     Ok(())
 }
 
 /// Folds every stored event through `through_seq` into the named traits' past, a batch at a
-/// time; returns how many observations were added.
+/// time (for `declaration` only, when given: see `ProfileStore::add_past_observations`);
+/// returns how many observations were added.
 async fn add_stored_observations(
     lake: &Lake,
     profiles: &ProfileStore,
     names: &[String],
     through_seq: u64,
+    declaration: Option<u64>,
 ) -> Result<u64, kith_lake::QueryError> {
     let mut counted = 0;
     lake.each_stored_event(through_seq, |events| {
-        counted += profiles.add_past_observations(names, through_seq, &events);
+        counted += profiles.add_past_observations(names, through_seq, &events, declaration);
     })
     .await?;
     Ok(counted)
