@@ -440,7 +440,8 @@ pub enum TableError {
 /// (`+---+` rules, `| value |` cells, nulls empty), a row at a time: the first pass measures
 /// the columns, the second writes, so nothing but one row's text is held beside the answer.
 /// (Arrow's printer builds every cell, then the whole table as one string: about 14 KB a row of
-/// `SELECT * FROM events`.)
+/// `SELECT * FROM events`.) Each value is formatted twice, once a pass, which costs less than
+/// holding them all. Unlike Arrow's printer, a value wider than 65,535 columns is not wrapped.
 ///
 /// Values are shown as text with control characters escaped: stored events come from anyone
 /// holding a write key (a browser's, which is public), and an event name holding escape
@@ -455,7 +456,8 @@ pub fn write_table(result: &QueryResult, out: &mut dyn std::io::Write) -> Result
         .iter()
         .map(|field| escape_controls(field.name()))
         .collect();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.width()).collect();
+    // Arrow's printer makes every column at least one wide, even an empty one.
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.width().max(1)).collect();
     for batch in &result.batches {
         for_each_shown_row(batch, |row| {
             for (width, cell) in widths.iter_mut().zip(row) {
@@ -660,6 +662,20 @@ mod tests {
             .to_string();
         assert_eq!(ours.trim_end(), arrows, "ours:\n{ours}\nArrow's:\n{arrows}");
         assert!(ours.contains("| Página vista 注文 |"), "{ours}");
+
+        // A column without a name or a value is one wide, as in Arrow's.
+        let blank_schema = Arc::new(Schema::new(vec![Field::new("", DataType::Utf8, true)]));
+        let blank = RecordBatch::try_new(
+            blank_schema.clone(),
+            vec![Arc::new(StringArray::from(vec![Some(""), None]))],
+        )
+        .unwrap();
+        assert_eq!(
+            table_text(&QueryResult::new(blank_schema, vec![blank.clone()], false)).trim_end(),
+            arrow::util::pretty::pretty_format_batches(&[blank])
+                .unwrap()
+                .to_string()
+        );
 
         let empty = table_text(&QueryResult::new(schema.clone(), Vec::new(), false));
         let arrows_empty =
