@@ -217,13 +217,20 @@ impl PreferenceDefinition {
         let keep = self.top;
         let with_breakdown = scope.profile_breakdown.is_some();
         let mut by_profile: BTreeMap<String, Interest> = BTreeMap::new();
+        let mut unexpected = None;
         data.lake
             .query_each(&sql, &data.limits, data.tables.clone(), |batch| {
                 let profile_id = crate::funnel::strings(batch.column(0).as_ref());
                 let value = crate::funnel::strings(batch.column(1).as_ref());
-                let score = batch.column(2).as_primitive_opt::<Float64Type>();
-                let events = batch.column(3).as_primitive_opt::<Int64Type>();
-                let days = batch.column(4).as_primitive_opt::<Int64Type>();
+                // The SQL casts them to these types; anything else is a fault, not zeros.
+                let (Some(score), Some(events), Some(days)) = (
+                    batch.column(2).as_primitive_opt::<Float64Type>(),
+                    batch.column(3).as_primitive_opt::<Int64Type>(),
+                    batch.column(4).as_primitive_opt::<Int64Type>(),
+                ) else {
+                    unexpected.get_or_insert_with(|| batch.schema().to_string());
+                    return;
+                };
                 let breakdown = crate::funnel::strings(batch.column(5).as_ref());
                 for row in 0..batch.num_rows() {
                     let interest = match by_profile.get_mut(profile_id(row)) {
@@ -233,13 +240,17 @@ impl PreferenceDefinition {
                     if with_breakdown {
                         breakdown(row).clone_into(&mut interest.breakdown);
                     }
-                    let score = score
-                        .filter(|s| s.is_valid(row))
-                        .map_or(0.0, |s| s.value(row));
-                    let counted = |column: Option<&Int64Array>| {
-                        column
-                            .filter(|c| c.is_valid(row))
-                            .map_or(0, |c| c.value(row).max(0) as u64)
+                    let score = if score.is_valid(row) {
+                        score.value(row)
+                    } else {
+                        0.0
+                    };
+                    let counted = |column: &Int64Array| {
+                        if column.is_valid(row) {
+                            column.value(row).max(0) as u64
+                        } else {
+                            0
+                        }
                     };
                     interest.add(
                         Preference {
@@ -254,6 +265,11 @@ impl PreferenceDefinition {
                 }
             })
             .await?;
+        if let Some(schema) = unexpected {
+            return Err(AnalyticsError::Query(kith_lake::QueryError::Internal(
+                format!("the preferences' aggregate came back with unexpected types: {schema}"),
+            )));
+        }
         let mut first_choices: BTreeMap<String, u64> = BTreeMap::new();
         // Per breakdown value: profiles, and how many have each first preference.
         let mut groups: BTreeMap<String, (u64, BTreeMap<String, u64>)> = BTreeMap::new();
