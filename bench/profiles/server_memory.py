@@ -56,7 +56,12 @@ class DemoServer:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1):
                     break
             except OSError:
+                if self.process.poll() is not None:
+                    raise SystemExit(f"{self.binary} serve ended with {self.process.returncode}")
                 time.sleep(0.1)
+        else:
+            self.stop()
+            raise SystemExit("the server was not ready within ten minutes")
         # Start-up's own peak settles first.
         time.sleep(2)
 
