@@ -26,6 +26,15 @@ pub struct DuplicateCandidate {
     pub evidence: Vec<String>,
 }
 
+/// The best candidates of a search, and how many there were in all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Duplicates {
+    /// At most the number asked for, best first.
+    pub candidates: Vec<DuplicateCandidate>,
+    /// Every candidate scoring at least the bar.
+    pub total: usize,
+}
+
 /// What a person needs to judge a profile at a glance.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CandidateProfile {
@@ -302,13 +311,15 @@ pub fn find_duplicates(views: &[ProfileView], min_score: f64) -> Vec<DuplicateCa
     for view in views {
         finder.add(view);
     }
-    finder.finish(min_score, |visit| {
-        for view in views {
-            for identifier in &view.identifiers {
-                visit(&view.profile_id, &identifier.id_type, &identifier.value);
+    finder
+        .finish(min_score, usize::MAX, |visit| {
+            for view in views {
+                for identifier in &view.identifiers {
+                    visit(&view.profile_id, &identifier.id_type, &identifier.value);
+                }
             }
-        }
-    })
+        })
+        .candidates
 }
 
 /// Finds likely duplicates from profiles' views seen one at a time ([`DuplicateFinder::add`]),
@@ -334,14 +345,15 @@ impl DuplicateFinder {
         self.features.push(features(view));
     }
 
-    /// The candidates scoring at least `min_score`, best first. `identities` visits every
-    /// identifier with its profile (`profile_id`, type, value), to find which profiles the
-    /// identifiers of refused merges belong to now.
+    /// The best `limit` candidates scoring at least `min_score`, best first, and how many
+    /// scored so. `identities` visits every identifier with its profile (`profile_id`, type,
+    /// value), to find which profiles the identifiers of refused merges belong to now.
     pub fn finish(
         self,
         min_score: f64,
+        limit: usize,
         identities: impl FnOnce(&mut dyn FnMut(&str, &str, &str)),
-    ) -> Vec<DuplicateCandidate> {
+    ) -> Duplicates {
         let features = self.features;
         let named: HashSet<&str> = self.refusals.iter().map(|(_, id, _)| id.as_str()).collect();
         let mut by_identifier: HashMap<String, usize> = HashMap::new();
@@ -408,28 +420,44 @@ impl DuplicateFinder {
                 refused.entry(pair).or_insert_with(|| reason.clone());
             }
         }
-        let mut candidates: Vec<DuplicateCandidate> = pairs
+        // Every pair is scored, but only the best `limit` are built with their profiles and
+        // evidence: at a low bar there are hundreds of thousands of candidates, and a caller
+        // shows a page of them.
+        let refusal = |a: usize, b: usize| refused.get(&(a, b)).map(String::as_str);
+        let mut scored: Vec<(f64, usize, usize)> = pairs
             .into_iter()
             .filter_map(|(a, b)| {
-                let (score, evidence) = score(
-                    &features[a],
-                    &features[b],
-                    refused.get(&(a, b)).map(String::as_str),
-                );
-                (score >= min_score && score > 0.0).then(|| DuplicateCandidate {
-                    score: (score * 1000.0).round() / 1000.0,
+                let (score, _) = score(&features[a], &features[b], refusal(a, b));
+                (score >= min_score && score > 0.0).then_some((
+                    (score * 1000.0).round() / 1000.0,
+                    a,
+                    b,
+                ))
+            })
+            .collect();
+        let total = scored.len();
+        let best_first = |x: &(f64, usize, usize), y: &(f64, usize, usize)| {
+            y.0.total_cmp(&x.0)
+                .then_with(|| features[x.1].profile_id.cmp(&features[y.1].profile_id))
+                .then_with(|| features[x.2].profile_id.cmp(&features[y.2].profile_id))
+        };
+        if scored.len() > limit {
+            scored.select_nth_unstable_by(limit, best_first);
+            scored.truncate(limit);
+        }
+        scored.sort_by(best_first);
+        let candidates = scored
+            .into_iter()
+            .map(|(rounded, a, b)| {
+                let (_, evidence) = score(&features[a], &features[b], refusal(a, b));
+                DuplicateCandidate {
+                    score: rounded,
                     first: candidate_profile(&features[a]),
                     second: candidate_profile(&features[b]),
                     evidence: evidence.into_iter().map(|(_, text)| text).collect(),
-                })
+                }
             })
             .collect();
-        candidates.sort_by(|x, y| {
-            y.score
-                .total_cmp(&x.score)
-                .then_with(|| x.first.profile_id.cmp(&y.first.profile_id))
-                .then_with(|| x.second.profile_id.cmp(&y.second.profile_id))
-        });
-        candidates
+        Duplicates { candidates, total }
     }
 }

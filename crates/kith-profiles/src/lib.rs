@@ -31,7 +31,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 pub use computed::{ComputedTraitDef, DefinitionError};
-pub use duplicates::{DuplicateCandidate, DuplicateFinder, find_duplicates};
+pub use duplicates::{DuplicateCandidate, DuplicateFinder, Duplicates, find_duplicates};
 pub use extract::{
     EventFacts, Extractor, KITH_SOURCE, MANUAL_MERGE_EVENT, MANUAL_MERGE_ID_PREFIX, TallyHandle,
     is_manual_merge,
@@ -1148,10 +1148,14 @@ impl ProfileStore {
 
     /// Likely duplicates scoring at least `min_score`, best first (see [`find_duplicates`]),
     /// from the views one at a time.
-    pub fn find_duplicates(&self, min_score: f64) -> Result<Vec<DuplicateCandidate>, ProfileError> {
+    pub fn find_duplicates(
+        &self,
+        min_score: f64,
+        limit: usize,
+    ) -> Result<Duplicates, ProfileError> {
         let mut finder = DuplicateFinder::default();
         self.for_each_view(|view| finder.add(&view))?;
-        Ok(finder.finish(min_score, |visit| {
+        Ok(finder.finish(min_score, limit, |visit| {
             self.for_each_identity(|profile_id, id_type, value, _| {
                 visit(profile_id, id_type, value)
             })

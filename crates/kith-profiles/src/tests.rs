@@ -397,7 +397,11 @@ fn likely_duplicates_are_scored_with_evidence_and_strangers_are_not() {
     );
     let candidates = crate::find_duplicates(&store.all_views().expect("views"), 0.3);
     // The store's own search sees one view at a time and the identifiers apart: same answer.
-    assert_eq!(store.find_duplicates(0.3).expect("search"), candidates);
+    let found = store.find_duplicates(0.3, usize::MAX).expect("search");
+    assert_eq!((found.candidates, found.total), (candidates.clone(), 4));
+    // A page of the best: the same first ones, and the count of all.
+    let page = store.find_duplicates(0.3, 2).expect("search");
+    assert_eq!((page.candidates, page.total), (candidates[..2].to_vec(), 4));
     let pairs: Vec<(Vec<String>, Vec<String>, f64)> = candidates
         .iter()
         .map(|c| {

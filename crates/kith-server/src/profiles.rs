@@ -136,19 +136,14 @@ pub async fn duplicates(
         )));
     }
     let profiles = app.pipeline.profiles.clone();
-    // Reading every profile is heavy work: keep it off the request threads.
-    let mut candidates = tokio::task::spawn_blocking(move || profiles.find_duplicates(min_score))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "duplicate search failed");
-            ApiError::new(
-                ErrorCode::Internal,
-                "the duplicate search failed; see the server log",
-            )
-        })?
-        .map_err(|e| storage_error(&e))?;
-    let total = candidates.len();
-    candidates.truncate(limit);
+    // Reading every profile is heavy work: on the query runtime, which gives the memory back
+    // when it ends.
+    let found = crate::runtimes::run_query_for_request("duplicate search", async move {
+        profiles.find_duplicates(min_score, limit)
+    })
+    .await?
+    .map_err(|e| storage_error(&e))?;
+    let (candidates, total) = (found.candidates, found.total);
     Ok(Json(json!({"candidates": candidates, "total": total})))
 }
 

@@ -230,7 +230,7 @@ impl Destination {
         match self {
             Destination::Offline { pipeline, .. } => {
                 self.settle();
-                Ok(pipeline.profiles.find_duplicates(0.5)?.len())
+                Ok(pipeline.profiles.find_duplicates(0.5, 0)?.total)
             }
             Destination::Server { server, agent } => {
                 let url = format!(

@@ -77,9 +77,8 @@ fn duplicates(args: DuplicatesArgs, file: FileConfig) -> anyhow::Result<ExitCode
     let data_dir = existing_data_dir(&file, args.data_dir)?;
     let settings = file.profile_settings()?;
     let (_, profiles) = runtime()?.block_on(super::sql::open_consistent(&data_dir, settings))?;
-    let mut candidates = profiles.find_duplicates(args.min_score)?;
-    let total = candidates.len();
-    candidates.truncate(args.limit);
+    let found = profiles.find_duplicates(args.min_score, args.limit)?;
+    let (candidates, total) = (found.candidates, found.total);
     if args.json {
         outln!(
             "{}",
