@@ -3,13 +3,16 @@
     python3 bench/profiles/call_memory.py BINARY DEMO_DATA_DIR CALL [BODY]
 
 CALL is `fit/MODEL` (POST /v1/models/MODEL/fit with BODY, then waits for the run to end),
-`analytics/KIND` (POST /v1/analytics/KIND with BODY) or `query` (POST /v1/query with BODY).
+`analytics/KIND` (POST /v1/analytics/KIND with BODY), `query` (POST /v1/query with BODY) or
+`get/PATH?QUERY` (GET /v1/PATH?QUERY with a read key).
 Starts `BINARY serve` on a copy of DEMO_DATA_DIR (loaded with `kith demo generate --into`),
 samples the server's resident memory every 20 ms while the call runs, and prints the memory
 before, the most seen, 5 s after, and how long it took.
 
     python3 bench/profiles/call_memory.py target/release/kith /tmp/demo20k fit/preferences \\
         '{"property": "properties.product_id"}'
+    python3 bench/profiles/call_memory.py target/release/kith /tmp/demo20k \\
+        'get/profiles/duplicates?min_score=0.01&limit=1000'
 """
 import json
 import sys
@@ -33,7 +36,9 @@ def run(server, call, body):
         return server.call("POST", f"/v1/analytics/{name}", server.read_key, body)
     if kind == "query":
         return server.call("POST", "/v1/query", server.read_key, body)
-    raise SystemExit(f"CALL must be fit/MODEL, analytics/KIND or query, not {call}")
+    if kind == "get":
+        return server.call("GET", f"/v1/{name}", server.read_key)
+    raise SystemExit(f"CALL must be fit/MODEL, analytics/KIND, query or get/PATH, not {call}")
 
 
 def main():
