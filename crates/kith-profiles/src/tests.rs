@@ -608,17 +608,22 @@ fn facts_changed_since_the_last_persist_stay_in_memory_whatever_the_bound() {
     assert_eq!(find(&store, "user_id:u-100").unwrap(), before);
 }
 
-#[test]
-fn removing_a_computed_trait_drops_its_states_from_facts_only_on_disk_too() {
-    let dir = tempfile::tempdir().unwrap();
-    let orders = ComputedTraitDef {
+/// `orders`: how many `Order Completed` events a profile has sent.
+fn orders_count_trait() -> ComputedTraitDef {
+    ComputedTraitDef {
         name: "orders".into(),
         kind: computed::Kind::Count,
         event: Some("Order Completed".into()),
         message_type: None,
         property: None,
         window_days: None,
-    };
+    }
+}
+
+#[test]
+fn removing_a_computed_trait_drops_its_states_from_facts_only_on_disk_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let orders = orders_count_trait();
     let store = ProfileStore::open(dir.path(), with_resident_facts(2)).unwrap();
     let registered = store.register_trait(orders).unwrap();
     store.install_definitions(registered.definitions.clone());
@@ -650,14 +655,7 @@ fn a_late_recomputation_of_a_removed_declaration_leaves_the_trait_declared_again
     let dir = tempfile::tempdir().unwrap();
     let store = ProfileStore::open(dir.path(), with_resident_facts(100)).unwrap();
     apply(&store, 1, customer_journey());
-    let orders = ComputedTraitDef {
-        name: "orders".into(),
-        kind: computed::Kind::Count,
-        event: Some("Order Completed".into()),
-        message_type: None,
-        property: None,
-        window_days: None,
-    };
+    let orders = orders_count_trait();
     let declare = || {
         let registered = store.register_trait(orders.clone()).unwrap();
         store.install_definitions(registered.definitions.clone());
