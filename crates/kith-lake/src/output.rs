@@ -477,7 +477,10 @@ pub fn write_table(result: &QueryResult, out: &mut dyn std::io::Write) -> Result
         for (cell, width) in cells.iter().zip(&widths) {
             line.push(' ');
             line.push_str(cell);
-            line.extend(std::iter::repeat_n(' ', width - cell.width() + 1));
+            line.extend(std::iter::repeat_n(
+                ' ',
+                width.saturating_sub(cell.width()) + 1,
+            ));
             line.push('|');
         }
         line.push('\n');
