@@ -428,11 +428,7 @@ impl ProfileStore {
         declaration: Option<u64>,
     ) -> bool {
         let mut computing = self.computing.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(number) = declaration
-            && !names
-                .iter()
-                .all(|name| computing.get(name) == Some(&number))
-        {
+        if declaration.is_some_and(|number| !declared_as(&computing, names, number)) {
             return false;
         }
         {
@@ -464,9 +460,7 @@ impl ProfileStore {
     /// Whether every one of `names` is still being computed for declaration `number`.
     fn still_computing(&self, names: &[String], number: u64) -> bool {
         let computing = self.computing.lock().unwrap_or_else(|p| p.into_inner());
-        names
-            .iter()
-            .all(|name| computing.get(name) == Some(&number))
+        declared_as(&computing, names, number)
     }
 
     /// The declared computed traits: where each was declared and whether its past is still
@@ -1217,6 +1211,13 @@ pub struct Registered<'a> {
     /// This declaration's number, for [`ProfileStore::add_past_observations`].
     pub declaration: u64,
     _changing: std::sync::MutexGuard<'a, ()>,
+}
+
+/// Whether `computing` holds every one of `names` for declaration `number`.
+fn declared_as(computing: &HashMap<String, u64>, names: &[String], number: u64) -> bool {
+    names
+        .iter()
+        .all(|name| computing.get(name) == Some(&number))
 }
 
 /// Most external types an unknown-type message lists.
