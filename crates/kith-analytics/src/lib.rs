@@ -185,6 +185,33 @@ impl<'a> Data<'a> {
         }
         Ok(rows)
     }
+
+    /// Runs `sql` and hands each row to `each` as JSON values in column order, a batch at a
+    /// time, for analyses whose answer is as long as the query's (a trend broken down by a
+    /// property of many values, a risk score per profile): the rows as JSON values take about
+    /// ten times the memory of the Arrow batches, and are never all held at once this way.
+    pub async fn each_row(
+        &self,
+        sql: &str,
+        mut each: impl FnMut(&[Value]) + Send,
+    ) -> Result<(), AnalyticsError> {
+        let mut row_values = Vec::new();
+        self.lake
+            .query_each(sql, &self.limits, self.tables.clone(), |batch| {
+                for row in 0..batch.num_rows() {
+                    row_values.clear();
+                    row_values.extend(
+                        batch
+                            .columns()
+                            .iter()
+                            .map(|column| output::json_value(column.as_ref(), row)),
+                    );
+                    each(&row_values);
+                }
+            })
+            .await?;
+        Ok(())
+    }
 }
 
 /// Reads a cell as text ("" for null).

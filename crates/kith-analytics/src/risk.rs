@@ -275,10 +275,9 @@ impl RiskDefinition {
             baseline_start_micros = baseline_start.timestamp_micros(),
         );
         // Events of profiles outside a segment are left out by the SQL (`attributed_events`).
-        let rows = data.with_segment(&scope)?.rows(&sql).await?;
         let mut profiles = 0u64;
         let mut scored: Vec<ProfileRisk> = Vec::new();
-        let mut every: Vec<ProfileRisk> = Vec::with_capacity(rows.len());
+        let mut every: Vec<ProfileRisk> = Vec::new();
         let mut signal_counts = [
             PURCHASE_DROP,
             ACTIVITY_DROP,
@@ -287,60 +286,63 @@ impl RiskDefinition {
         ]
         .map(|s| (s.to_string(), 0u64));
         let mut groups: BTreeMap<String, RiskGroup> = BTreeMap::new();
-        for row in &rows {
-            profiles += 1;
-            let optional = |v: &serde_json::Value| (!v.is_null()).then(|| number(v));
-            let counts = Counts {
-                purchases: count(&row[1]),
-                purchase_span_days: number(&row[2]),
-                days_since_purchase: number(&row[3]),
-                active_days: count(&row[4]),
-                active_span_days: number(&row[5]),
-                days_since_active: number(&row[6]),
-                recent_basket: optional(&row[7]),
-                baseline_basket: optional(&row[8]),
-                baseline_purchases: count(&row[9]),
-                baseline_days: number(&row[10]),
-                recent_days: self.recent_days as f64,
-                recent_support: count(&row[11]),
-                baseline_support: count(&row[12]),
-            };
-            let (signals, trend, expected) = judge(&counts, self.alpha);
-            for signal in &signals {
-                if let Some(entry) = signal_counts.iter_mut().find(|(name, _)| name == signal) {
-                    entry.1 += 1;
-                }
-            }
-            if scope.profile_breakdown.is_some() {
-                let group = groups.entry(text(&row[13])).or_insert_with(|| RiskGroup {
-                    breakdown: text(&row[13]),
-                    profiles: 0,
-                    flagged: 0,
-                    signal_counts: signal_counts.iter().map(|(s, _)| (s.clone(), 0)).collect(),
-                });
-                group.profiles += 1;
-                group.flagged += u64::from(!signals.is_empty());
+        let segment_data = data.with_segment(&scope)?;
+        segment_data
+            .each_row(&sql, |row| {
+                profiles += 1;
+                let optional = |v: &serde_json::Value| (!v.is_null()).then(|| number(v));
+                let counts = Counts {
+                    purchases: count(&row[1]),
+                    purchase_span_days: number(&row[2]),
+                    days_since_purchase: number(&row[3]),
+                    active_days: count(&row[4]),
+                    active_span_days: number(&row[5]),
+                    days_since_active: number(&row[6]),
+                    recent_basket: optional(&row[7]),
+                    baseline_basket: optional(&row[8]),
+                    baseline_purchases: count(&row[9]),
+                    baseline_days: number(&row[10]),
+                    recent_days: self.recent_days as f64,
+                    recent_support: count(&row[11]),
+                    baseline_support: count(&row[12]),
+                };
+                let (signals, trend, expected) = judge(&counts, self.alpha);
                 for signal in &signals {
-                    if let Some(entry) = group
-                        .signal_counts
-                        .iter_mut()
-                        .find(|(name, _)| name == signal)
-                    {
+                    if let Some(entry) = signal_counts.iter_mut().find(|(name, _)| name == signal) {
                         entry.1 += 1;
                     }
                 }
-            }
-            let judged = ProfileRisk {
-                profile_id: text(&row[0]),
-                activity_trend: trend,
-                expected_purchases: expected,
-                risk_signals: signals.iter().map(|s| s.to_string()).collect(),
-            };
-            if !signals.is_empty() {
-                scored.push(judged.clone());
-            }
-            every.push(judged);
-        }
+                if scope.profile_breakdown.is_some() {
+                    let group = groups.entry(text(&row[13])).or_insert_with(|| RiskGroup {
+                        breakdown: text(&row[13]),
+                        profiles: 0,
+                        flagged: 0,
+                        signal_counts: signal_counts.iter().map(|(s, _)| (s.clone(), 0)).collect(),
+                    });
+                    group.profiles += 1;
+                    group.flagged += u64::from(!signals.is_empty());
+                    for signal in &signals {
+                        if let Some(entry) = group
+                            .signal_counts
+                            .iter_mut()
+                            .find(|(name, _)| name == signal)
+                        {
+                            entry.1 += 1;
+                        }
+                    }
+                }
+                let judged = ProfileRisk {
+                    profile_id: text(&row[0]),
+                    activity_trend: trend,
+                    expected_purchases: expected,
+                    risk_signals: signals.iter().map(|s| s.to_string()).collect(),
+                };
+                if !signals.is_empty() {
+                    scored.push(judged.clone());
+                }
+                every.push(judged);
+            })
+            .await?;
         let flagged = scored.len() as u64;
         scored.sort_by(|a, b| {
             b.risk_signals

@@ -119,17 +119,16 @@ impl TrendDefinition {
             bucket = scope.bucket_sql(unit, "ts"),
         );
         // Events of profiles outside a segment are left out by the SQL (`attributed_events`).
-        let points = data
-            .with_segment(&scope)?
-            .rows(&sql)
-            .await?
-            .iter()
-            .map(|row| TrendPoint {
-                bucket: bucket_label(&text(&row[0]), unit, scope.zone),
-                breakdown: text(&row[1]),
-                value: number(&row[2]),
+        let mut points = Vec::new();
+        data.with_segment(&scope)?
+            .each_row(&sql, |row| {
+                points.push(TrendPoint {
+                    bucket: bucket_label(&text(&row[0]), unit, scope.zone),
+                    breakdown: text(&row[1]),
+                    value: number(&row[2]),
+                })
             })
-            .collect();
+            .await?;
         Ok(TrendReport {
             interval: unit.into(),
             measure: self.measure.clone(),
