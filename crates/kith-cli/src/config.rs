@@ -42,6 +42,9 @@ pub struct FileConfig {
 pub struct ModelsConfig {
     /// Seconds after start-up before the first scheduled check (default 60).
     pub first_check_after_secs: Option<u64>,
+    /// The memory a model run's queries may use together, in MiB (default: the larger of
+    /// `[query] memory_mb` and 4096).
+    pub memory_mb: Option<usize>,
     pub clv: Option<ModelConfig>,
     pub rfm: Option<ModelConfig>,
     pub risk: Option<ModelConfig>,
@@ -68,6 +71,7 @@ impl FileConfig {
         if let Some(secs) = self.models.first_check_after_secs {
             schedules.first_check_after = std::time::Duration::from_secs(secs);
         }
+        schedules.memory_bytes = self.model_memory_bytes()?;
         let configured = [
             ("clv", &self.models.clv),
             ("rfm", &self.models.rfm),
@@ -230,6 +234,25 @@ impl FileConfig {
             limits.max_rows = rows;
         }
         Ok(limits)
+    }
+
+    /// `[models] memory_mb` in bytes, if given.
+    fn model_memory_bytes(&self) -> anyhow::Result<Option<usize>> {
+        Ok(nonzero(
+            "[models] memory_mb",
+            self.models.memory_mb,
+            "every model run would run out of memory",
+        )?
+        .map(|mb| mb.saturating_mul(1 << 20)))
+    }
+
+    /// The limits a model run reads events under (see `kith_server::models::run_limits`), for
+    /// the commands that run models without a server.
+    pub fn model_run_limits(&self) -> anyhow::Result<kith_lake::QueryLimits> {
+        Ok(kith_server::models::run_limits(
+            &self.query_limits()?,
+            self.model_memory_bytes()?,
+        ))
     }
 
     /// `[ingest]`'s flush and back-pressure settings over `config`'s defaults.
@@ -658,6 +681,34 @@ mod tests {
                 err.starts_with(&format!(
                     "[{section}] {setting} in kith.toml must be at least 1, got 0"
                 )) && err.contains(consequence),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn model_runs_use_their_own_memory_setting_or_at_least_four_gib() {
+        let memory = |toml_text: &str| {
+            let config: FileConfig = toml::from_str(toml_text).unwrap();
+            let limits = config.model_run_limits().unwrap();
+            let schedules = config.model_schedules().unwrap();
+            (limits.memory_bytes, schedules.memory_bytes)
+        };
+        // Set: exactly that, below the default and below the query memory alike.
+        assert_eq!(
+            memory("[models]\nmemory_mb = 512\n[query]\nmemory_mb = 2048\n"),
+            (512 << 20, Some(512 << 20))
+        );
+        // Unset: 4 GiB, or the query memory where that is more.
+        assert_eq!(memory(""), (4 << 30, None));
+        assert_eq!(memory("[query]\nmemory_mb = 8192\n"), (8 << 30, None));
+        let zero: FileConfig = toml::from_str("[models]\nmemory_mb = 0\n").unwrap();
+        for err in [
+            zero.model_run_limits().unwrap_err().to_string(),
+            zero.model_schedules().unwrap_err().to_string(),
+        ] {
+            assert!(
+                err.starts_with("[models] memory_mb in kith.toml must be at least 1, got 0"),
                 "{err}"
             );
         }

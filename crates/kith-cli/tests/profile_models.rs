@@ -13,12 +13,17 @@ use common::*;
 use serde_json::Value;
 
 fn demo_world(dir: &Path) -> std::path::PathBuf {
+    demo_world_of(dir, 400)
+}
+
+fn demo_world_of(dir: &Path, customers: usize) -> std::path::PathBuf {
     let data = dir.join("data");
+    let customers = customers.to_string();
     let (ok, _, stderr) = kith(&[
         "demo",
         "generate",
         "--customers",
-        "400",
+        &customers,
         "--seed",
         "11",
         "--into",
@@ -308,4 +313,70 @@ fn a_scheduled_run_on_a_new_server_is_not_counted_as_a_failure() {
     };
     assert_eq!(runs("not_enough_data"), Some(1.0), "{status}");
     assert_eq!(runs("failed"), None);
+}
+
+/// `[models] memory_mb` holds a model run to that memory, in the server and in `kith analyze
+/// --write-traits` alike, and a run that needs more names the setting to raise rather than
+/// `[query] memory_mb`. Preferences by `message_id` group every event apart: about 10 MiB on
+/// this world (800 customers fit in 6 MiB and not in 5), against the 5 MiB allowed here (the
+/// least in which the run's SQL constants fit) and the 4 GiB runs have by default.
+#[test]
+fn a_model_run_is_held_to_the_memory_model_runs_may_use_and_names_that_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = demo_world_of(dir.path(), 1500);
+    let config = dir.path().join("kith.toml");
+    std::fs::write(
+        &config,
+        "[models]\nmemory_mb = 5\nfirst_check_after_secs = 3600\n",
+    )
+    .unwrap();
+    let definition = r#"{"property": "message_id"}"#;
+    let names_the_setting = |message: &str| {
+        message.contains("more than the 5 MiB a model run may use")
+            && message.contains("raise `[models] memory_mb` in kith.toml")
+    };
+
+    let (ok, _, stderr) = kith(&[
+        "--config",
+        config.to_str().unwrap(),
+        "analyze",
+        "preferences",
+        "--definition",
+        definition,
+        "--write-traits",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!ok, "the run had more memory than the setting allows");
+    assert!(names_the_setting(&stderr), "{stderr}");
+
+    let admin = create_key(&data, "admin", None);
+    let write_key = create_key(&data, "ingest", Some("web"));
+    let read_key = create_key(&data, "read", None);
+    let server = KithServer::start_with_keys(
+        &data,
+        write_key,
+        read_key,
+        &["--config", config.to_str().unwrap()],
+    );
+    let (status, body) = post_json(
+        &server.url("/v1/models/preferences/fit"),
+        &[("Authorization", &format!("Bearer {admin}"))],
+        definition,
+    );
+    assert_eq!(status, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let job = loop {
+        let (_, status) = server.get("/v1/models/preferences");
+        if status["job"]["state"] != "running" {
+            break status["job"].clone();
+        }
+        assert!(Instant::now() < deadline, "the run did not end: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        names_the_setting(job["error"].as_str().unwrap_or_default()),
+        "{job}"
+    );
 }

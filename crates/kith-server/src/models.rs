@@ -41,13 +41,37 @@ impl Default for ModelSchedule {
     }
 }
 
-/// Every model's schedule.
+/// Every model's schedule, and the memory a run may use.
 #[derive(Debug, Clone)]
 pub struct ModelSchedules {
     pub models: BTreeMap<&'static str, ModelSchedule>,
     /// How long after start-up the first scheduled check waits (the server has just replayed its
     /// journal and clients are connecting).
     pub first_check_after: Duration,
+    /// The memory a model run's queries may use together (`[models] memory_mb`); `None`: see
+    /// [`run_limits`].
+    pub memory_bytes: Option<usize>,
+}
+
+/// What a model run's queries may use unless `[models] memory_mb` says: runs read every event
+/// they need at once (a row per profile and value), more than an interactive query.
+pub const DEFAULT_RUN_MEMORY_BYTES: usize = 4 << 30;
+
+/// The limits a model run reads events under, in the server and in `kith analyze
+/// --write-traits` / `kith models clv fit` alike: an hour at least, and `memory_bytes`
+/// (`[models] memory_mb`) or else the larger of the query memory and
+/// [`DEFAULT_RUN_MEMORY_BYTES`]. A machine with less memory than that needs the setting: a run
+/// that takes it all takes the server down with it.
+pub fn run_limits(
+    query: &kith_lake::QueryLimits,
+    memory_bytes: Option<usize>,
+) -> kith_lake::QueryLimits {
+    kith_lake::QueryLimits {
+        timeout: query.timeout.max(Duration::from_secs(3600)),
+        memory_bytes: memory_bytes
+            .unwrap_or_else(|| query.memory_bytes.max(DEFAULT_RUN_MEMORY_BYTES)),
+        max_rows: query.max_rows,
+    }
 }
 
 impl Default for ModelSchedules {
@@ -58,6 +82,7 @@ impl Default for ModelSchedules {
                 .map(|m| (*m, ModelSchedule::default()))
                 .collect(),
             first_check_after: Duration::from_secs(60),
+            memory_bytes: None,
         }
     }
 }
@@ -211,17 +236,29 @@ enum RunFailure {
 fn run_failure(e: AnalyticsError) -> RunFailure {
     match e {
         AnalyticsError::NotEnoughData(why) => RunFailure::NotEnoughData(why),
-        AnalyticsError::Query(q) => RunFailure::Failed(format!("reading the events failed: {q}")),
-        other => RunFailure::Failed(other.to_string()),
+        other => RunFailure::Failed(explain_run_error(&other)),
+    }
+}
+
+/// Why a model run failed, in words that name what to change: a run out of memory names the
+/// setting of model runs (not `[query] memory_mb`, which the engine's own message names).
+pub fn explain_run_error(e: &AnalyticsError) -> String {
+    match e {
+        AnalyticsError::Query(kith_lake::QueryError::OutOfMemory(limit)) => format!(
+            "reading the events needed more than the {} MiB a model run may use; raise \
+             `[models] memory_mb` in kith.toml, or narrow the definition (`from`, `where`, \
+             `segment`)",
+            limit >> 20
+        ),
+        AnalyticsError::Query(q) => format!("reading the events failed: {q}"),
+        other => other.to_string(),
     }
 }
 
 /// Queries, scores, writes the traits. Returns the profiles scored.
 async fn run_model(app: &Arc<AppState>, model: ProfileModel) -> Result<u64, RunFailure> {
-    let mut limits = app.config.query_limits.clone();
     // A background run reads every event it needs; the interactive limits are not meant for it.
-    limits.timeout = limits.timeout.max(Duration::from_secs(3600));
-    limits.memory_bytes = limits.memory_bytes.max(4 << 30);
+    let limits = run_limits(&app.config.query_limits, app.config.models.memory_bytes);
     let data = app
         .identities
         .data(&app.pipeline.lake, &app.pipeline.profiles, limits);

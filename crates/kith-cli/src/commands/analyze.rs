@@ -297,11 +297,7 @@ fn run_model_here(
         let data = Data::new(
             &lake,
             vec![kith_server::profiles::identity_table(&profiles)],
-            QueryLimits {
-                timeout: std::time::Duration::from_secs(3600),
-                memory_bytes: 4 << 30,
-                ..QueryLimits::default()
-            },
+            file.model_run_limits()?,
         )
         .with_profiles(std::sync::Arc::new(kith_server::profiles::ProfileViews(
             &profiles,
@@ -310,7 +306,7 @@ fn run_model_here(
             .gather(&data)
             .await
             .and_then(|g| g.finish())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(|e| anyhow::anyhow!(kith_server::models::explain_run_error(&e)))?;
         let written = profiles
             .model_traits()
             .replace(model.name(), &model.trait_names(), &run.report, run.traits)

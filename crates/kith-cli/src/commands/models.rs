@@ -133,11 +133,7 @@ fn stored_purchases(
         "pass --data-dir, or --transactions FILE to fit on a file",
     )?;
     let settings = file.profile_settings()?;
-    let limits = kith_lake::QueryLimits {
-        timeout: std::time::Duration::from_secs(3600),
-        memory_bytes: 8 << 30,
-        max_rows: 1_000_000_000,
-    };
+    let limits = file.model_run_limits()?;
     super::runtime()?.block_on(async {
         let (lake, profiles) = super::sql::open_consistent(&data_dir, settings).await?;
         let data = Data::new(
@@ -151,7 +147,7 @@ fn stored_purchases(
         let purchases = definition
             .purchases(&data)
             .await
-            .map_err(|e| anyhow::anyhow!("reading the purchases failed: {e}"));
+            .map_err(|e| anyhow::anyhow!(kith_server::models::explain_run_error(&e)));
         drop(data);
         Ok((purchases?, profiles))
     })
