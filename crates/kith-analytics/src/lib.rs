@@ -358,21 +358,45 @@ impl Analysis {
         })
     }
 
-    /// Runs the analysis; its report as JSON.
-    pub async fn run(&self, data: &Data<'_>) -> Result<Value, AnalyticsError> {
-        let json = |r: Result<Value, serde_json::Error>| {
-            r.map_err(|e| AnalyticsError::invalid("definition", e.to_string()))
-        };
-        match self {
-            Analysis::Rfm(d) => json(serde_json::to_value(d.run(data).await?)),
-            Analysis::Cohorts(d) => json(serde_json::to_value(d.run(data).await?)),
-            Analysis::Funnel(d) => json(serde_json::to_value(d.run(data).await?)),
-            Analysis::Paths(d) => json(serde_json::to_value(d.run(data).await?)),
-            Analysis::Preferences(d) => json(serde_json::to_value(d.run(data).await?)),
-            Analysis::Risk(d) => json(serde_json::to_value(d.run(data).await?)),
-            Analysis::Trends(d) => json(serde_json::to_value(d.run(data).await?)),
-        }
+    /// Runs the analysis.
+    pub async fn report(&self, data: &Data<'_>) -> Result<Report, AnalyticsError> {
+        Ok(match self {
+            Analysis::Rfm(d) => Report::Rfm(d.run(data).await?),
+            Analysis::Cohorts(d) => Report::Cohorts(d.run(data).await?),
+            Analysis::Funnel(d) => Report::Funnel(d.run(data).await?),
+            Analysis::Paths(d) => Report::Paths(d.run(data).await?),
+            Analysis::Preferences(d) => Report::Preferences(d.run(data).await?),
+            Analysis::Risk(d) => Report::Risk(d.run(data).await?),
+            Analysis::Trends(d) => Report::Trends(d.run(data).await?),
+        })
     }
+
+    /// Runs the analysis; its report as JSON values.
+    pub async fn run(&self, data: &Data<'_>) -> Result<Value, AnalyticsError> {
+        serde_json::to_value(self.report(data).await?)
+            .map_err(|e| AnalyticsError::invalid("definition", e.to_string()))
+    }
+
+    /// Runs the analysis; its report as JSON text, written straight from the report: a tree of
+    /// JSON values on the way takes several times the text (a trend broken down by a property
+    /// of many values answers hundreds of thousands of points).
+    pub async fn run_to_json_text(&self, data: &Data<'_>) -> Result<Vec<u8>, AnalyticsError> {
+        serde_json::to_vec(&self.report(data).await?)
+            .map_err(|e| AnalyticsError::invalid("definition", e.to_string()))
+    }
+}
+
+/// An analysis's report, whichever analysis ran; as JSON, the report itself.
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+pub enum Report {
+    Rfm(RfmReport),
+    Cohorts(CohortReport),
+    Funnel(FunnelReport),
+    Paths(PathReport),
+    Preferences(PreferenceReport),
+    Risk(RiskReport),
+    Trends(TrendReport),
 }
 
 #[cfg(test)]

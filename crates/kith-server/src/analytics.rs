@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::Json;
+use axum::response::IntoResponse;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -56,20 +56,25 @@ pub async fn analyze(
     Path(kind): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     app.keys
         .authorize(key_from_headers(&headers)?.as_deref(), KeyScope::Read)?;
     let definition: Value = json_body(&headers, body, "an analysis definition object").await?;
     let analysis = Analysis::parse(&kind, &definition).map_err(analytics_error)?;
     let (lake, limits) = (app.pipeline.lake.clone(), app.config.query_limits.clone());
     let state = app.clone();
+    // Written out on the query runtime, which gives the report's memory back when it ends.
     let report = crate::runtimes::run_query_for_request("analysis", async move {
         let data = state
             .identities
             .data(&lake, &state.pipeline.profiles, limits);
-        analysis.run(&data).await
+        analysis.run_to_json_text(&data).await
     })
     .await?
     .map_err(analytics_error)?;
-    Ok(Json(report))
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        report,
+    )
+        .into_response())
 }
