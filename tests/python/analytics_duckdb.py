@@ -1,8 +1,9 @@
 """The analyses of `kith analyze`, computed independently with DuckDB over the same Parquet files.
 
 Usage: analytics_duckdb.py EVENTS_DIR IDENTITIES_CSV SPEC_JSON
-Prints JSON: per-profile RFM scores, funnel step counts, the cohort retention matrix and a
-weekly trend, each written from the definitions in docs/analytics.md, not from Kith's code; and
+Prints JSON: per-profile RFM scores, funnel step counts, the cohort retention matrix, a weekly
+trend and each profile's interest in each category, each written from the definitions in
+docs/analytics.md, not from Kith's code; and
 the same for a segment (profiles whose RFM segment, computed here, is in `spec["segment"]`) and
 the funnel broken down by RFM segment.
 """
@@ -197,6 +198,20 @@ first_steps = {
     ).fetchall()
 }
 
+# Preferences: for each profile and category shown interest in by the default events (Product
+# Viewed, Product Added), how many such events there were and on how many days (UTC).
+interest = {}
+for (profile, category, events, days) in db.execute(
+    """
+    SELECT a.profile_id, json_extract_string(r.properties, '$.category') AS category,
+           count(*), count(DISTINCT date_trunc('day', a.ts))
+    FROM attributed a JOIN raw r ON r.message_id = a.message_id
+    WHERE a.event IN ('Product Viewed', 'Product Added') AND category IS NOT NULL
+    GROUP BY 1, 2
+    """
+).fetchall():
+    interest.setdefault(profile, {})[category] = [events, days]
+
 print(
     json.dumps(
         {
@@ -209,6 +224,7 @@ print(
             "segment_cohorts": segment_cohorts,
             "segment_trend": segment_trend,
             "first_steps": first_steps,
+            "interest": interest,
         }
     )
 )

@@ -199,13 +199,23 @@ impl PreferenceDefinition {
                 property.text_sql("e")
             ),
         );
+        // The days a profile showed interest in a value are counted as the groups of a first
+        // aggregate by day, not with COUNT(DISTINCT day): the engine keeps a boxed accumulator
+        // with a hash set for every (profile, value) for that, many small allocations for
+        // values nearly unique to a profile (product or message ids). By product on the
+        // 20,000-customer demo world, the server's memory rose 240 MB during the analysis
+        // instead of 370 (bench/README.md).
         let sql = format!(
-            "WITH base AS ({base}) \
-             SELECT profile_id, value, \
-                    CAST(SUM(weight * power(0.5, ({as_of} - CAST(ts AS BIGINT)) / 86400000000.0 / {half_life:?})) AS DOUBLE), \
-                    CAST(COUNT(*) AS BIGINT), CAST(COUNT(DISTINCT date_trunc('day', ts)) AS BIGINT), \
-                    MAX(breakdown) \
-             FROM base WHERE value IS NOT NULL GROUP BY profile_id, value",
+            "WITH base AS ({base}), \
+             daily AS ( \
+               SELECT profile_id, value, \
+                      SUM(weight * power(0.5, ({as_of} - CAST(ts AS BIGINT)) / 86400000000.0 / {half_life:?})) AS score, \
+                      COUNT(*) AS events, MAX(breakdown) AS breakdown \
+               FROM base WHERE value IS NOT NULL \
+               GROUP BY profile_id, value, date_trunc('day', ts)) \
+             SELECT profile_id, value, CAST(SUM(score) AS DOUBLE), CAST(SUM(events) AS BIGINT), \
+                    CAST(COUNT(*) AS BIGINT), MAX(breakdown) \
+             FROM daily GROUP BY profile_id, value",
             as_of = as_of.timestamp_micros(),
             half_life = self.half_life_days,
         );

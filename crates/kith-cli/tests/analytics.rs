@@ -404,6 +404,21 @@ fn analyses_of_the_demo_world_agree_with_duckdb_and_find_the_planted_friction() 
         .map(|l| l.split(',').collect::<Vec<_>>())
         .map(|cells| (cells[user].to_string(), cells[favourite].to_string()))
         .collect();
+    // Each choice's events and days, against DuckDB's count of them.
+    let mut choices_checked = 0;
+    for profile in preferences["top_profiles"].as_array().unwrap() {
+        let id = profile["profile_id"].as_str().unwrap();
+        for choice in profile["preferences"].as_array().unwrap() {
+            let value = choice["value"].as_str().unwrap();
+            assert_eq!(
+                json!([choice["events"], choice["days"]]),
+                duck["interest"][id][value],
+                "events and days of {value} for {id}"
+            );
+            choices_checked += 1;
+        }
+    }
+    assert!(choices_checked > 2000, "{choices_checked}");
     let (mut judged, mut right) = (0, 0);
     for profile in preferences["top_profiles"].as_array().unwrap() {
         let Some(user) = user_of.get(profile["profile_id"].as_str().unwrap()) else {

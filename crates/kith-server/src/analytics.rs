@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use axum::response::IntoResponse;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
+use axum::response::IntoResponse;
 use kith_analytics::{Analysis, AnalyticsError};
 use kith_lake::QueryError;
 use kith_state::KeyScope;
