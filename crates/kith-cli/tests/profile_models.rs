@@ -33,18 +33,36 @@ fn demo_world_of(dir: &Path, customers: usize) -> std::path::PathBuf {
     data
 }
 
-fn wait_for(server: &KithServer, model: &str) -> Value {
+/// The model's status once its job has ended.
+fn wait_for_end(server: &KithServer, model: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let (status, body) = server.get(&format!("/v1/models/{model}"));
         assert_eq!(status, 200, "{body}");
         if body["job"]["state"] != "running" {
-            assert_eq!(body["job"]["state"], "succeeded", "{body}");
             return body;
         }
         assert!(Instant::now() < deadline, "{model} did not finish: {body}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+fn wait_for(server: &KithServer, model: &str) -> Value {
+    let body = wait_for_end(server, model);
+    assert_eq!(body["job"]["state"], "succeeded", "{body}");
+    body
+}
+
+/// A server on `data` started with the configuration file `config`.
+fn start_with_config(data: &Path, config: &Path) -> KithServer {
+    let write_key = create_key(data, "ingest", Some("web"));
+    let read_key = create_key(data, "read", None);
+    KithServer::start_with_keys(
+        data,
+        write_key,
+        read_key,
+        &["--config", config.to_str().unwrap()],
+    )
 }
 
 #[test]
@@ -237,14 +255,7 @@ fn a_scheduled_model_runs_by_itself_and_models_switched_off_do_not() {
          [models.preferences]\nrefresh_hours = 0\n",
     )
     .unwrap();
-    let write_key = create_key(&data, "ingest", Some("web"));
-    let read_key = create_key(&data, "read", None);
-    let server = KithServer::start_with_keys(
-        &data,
-        write_key,
-        read_key,
-        &["--config", config.to_str().unwrap()],
-    );
+    let server = start_with_config(&data, &config);
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         let (_, status) = server.get("/v1/models/rfm");
@@ -281,14 +292,7 @@ fn a_scheduled_run_on_a_new_server_is_not_counted_as_a_failure() {
     )
     .unwrap();
     let data = dir.path().join("data");
-    let write_key = create_key(&data, "ingest", Some("web"));
-    let read_key = create_key(&data, "read", None);
-    let server = KithServer::start_with_keys(
-        &data,
-        write_key,
-        read_key,
-        &["--config", config.to_str().unwrap()],
-    );
+    let server = start_with_config(&data, &config);
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         let (_, status) = server.get("/v1/models/clv");
@@ -351,29 +355,14 @@ fn a_model_run_is_held_to_the_memory_model_runs_may_use_and_names_that_setting()
     assert!(names_the_setting(&stderr), "{stderr}");
 
     let admin = create_key(&data, "admin", None);
-    let write_key = create_key(&data, "ingest", Some("web"));
-    let read_key = create_key(&data, "read", None);
-    let server = KithServer::start_with_keys(
-        &data,
-        write_key,
-        read_key,
-        &["--config", config.to_str().unwrap()],
-    );
+    let server = start_with_config(&data, &config);
     let (status, body) = post_json(
         &server.url("/v1/models/preferences/fit"),
         &[("Authorization", &format!("Bearer {admin}"))],
         definition,
     );
     assert_eq!(status, 202, "{body}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let job = loop {
-        let (_, status) = server.get("/v1/models/preferences");
-        if status["job"]["state"] != "running" {
-            break status["job"].clone();
-        }
-        assert!(Instant::now() < deadline, "the run did not end: {status}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let job = &wait_for_end(&server, "preferences")["job"];
     assert_eq!(job["state"], "failed", "{job}");
     assert!(
         names_the_setting(job["error"].as_str().unwrap_or_default()),
