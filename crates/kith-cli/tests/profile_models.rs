@@ -321,9 +321,10 @@ fn a_scheduled_run_on_a_new_server_is_not_counted_as_a_failure() {
 
 /// `[models] memory_mb` holds a model run to that memory, in the server and in `kith analyze
 /// --write-traits` alike, and a run that needs more names the setting to raise rather than
-/// `[query] memory_mb`. Preferences by `message_id` group every event apart: about 10 MiB on
-/// this world (800 customers fit in 6 MiB and not in 5), against the 5 MiB allowed here (the
-/// least in which the run's SQL constants fit) and the 4 GiB runs have by default.
+/// `[query] memory_mb`. Preferences by `message_id` group every event apart: a world of 800
+/// customers fits in 6 MiB and not in 5, and this one has nearly twice the events, against the
+/// 5 MiB allowed here (the least in which the run's SQL constants fit) and the 4 GiB runs have
+/// by default.
 #[test]
 fn a_model_run_is_held_to_the_memory_model_runs_may_use_and_names_that_setting() {
     let dir = tempfile::tempdir().unwrap();
