@@ -199,12 +199,12 @@ first_steps = {
 }
 
 # Preferences: for each profile and category shown interest in by the default events (Product
-# Viewed, Product Added), how many such events there were and on how many days (UTC).
+# Viewed, Product Added), how many such events there were and on how many days (in the zone).
 interest = {}
 for (profile, category, events, days) in db.execute(
-    """
+    f"""
     SELECT a.profile_id, json_extract_string(r.properties, '$.category') AS category,
-           count(*), count(DISTINCT date_trunc('day', a.ts))
+           count(*), count(DISTINCT date_trunc('day', timezone('{zone}', a.ts)))
     FROM attributed a JOIN raw r ON r.message_id = a.message_id
     WHERE a.event IN ('Product Viewed', 'Product Added') AND category IS NOT NULL
     GROUP BY 1, 2

@@ -212,12 +212,14 @@ impl PreferenceDefinition {
                       SUM(weight * power(0.5, ({as_of} - CAST(ts AS BIGINT)) / 86400000000.0 / {half_life:?})) AS score, \
                       COUNT(*) AS events, MAX(breakdown) AS breakdown \
                FROM base WHERE value IS NOT NULL \
-               GROUP BY profile_id, value, date_trunc('day', ts)) \
+               GROUP BY profile_id, value, {day}) \
              SELECT profile_id, value, CAST(SUM(score) AS DOUBLE), CAST(SUM(events) AS BIGINT), \
                     CAST(COUNT(*) AS BIGINT), MAX(breakdown) \
              FROM daily GROUP BY profile_id, value",
             as_of = as_of.timestamp_micros(),
             half_life = self.half_life_days,
+            // Days as `timezone` cuts them.
+            day = scope.bucket_sql("day", "ts"),
         );
         // Events of profiles outside a segment are left out by the SQL (`attributed_events`).
         // The rows stream in (one a profile and value, in no order) and are folded at once: each

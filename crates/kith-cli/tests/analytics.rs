@@ -367,10 +367,11 @@ fn analyses_of_the_demo_world_agree_with_duckdb_and_find_the_planted_friction() 
     );
 
     // Preferences: each customer's first category against the one the generator favoured.
+    // Days are cut in the zone, as DuckDB cuts them.
     let preferences = analyze(
         &data,
         "preferences",
-        json!({"as_of": as_of, "limit": 1_000_000}),
+        json!({"as_of": as_of, "limit": 1_000_000, "timezone": ZONE}),
     );
     // By RFM segment: the groups split the same profiles and first choices.
     let split = analyze(
