@@ -321,7 +321,7 @@ fn a_scheduled_run_on_a_new_server_is_not_counted_as_a_failure() {
 
 /// `[models] memory_mb` holds a model run to that memory, in the server and in `kith analyze
 /// --write-traits` alike, and a run that needs more names the setting to raise rather than
-/// `[query] memory_mb`. Preferences by `message_id` group every event apart: a world of 800
+/// `[query] memory_mb` (which holds `kith analyze` without `--write-traits`). Preferences by `message_id` group every event apart: a world of 800
 /// customers fits in 6 MiB and not in 5, and this one has nearly twice the events, against the
 /// 5 MiB allowed here (the least in which the run's SQL constants fit) and the 4 GiB runs have
 /// by default.
@@ -354,6 +354,27 @@ fn a_model_run_is_held_to_the_memory_model_runs_may_use_and_names_that_setting()
     ]);
     assert!(!ok, "the run had more memory than the setting allows");
     assert!(names_the_setting(&stderr), "{stderr}");
+    // The analysis alone, without writing traits, is a query: `[query] memory_mb` holds it.
+    let query_config = dir.path().join("query.toml");
+    std::fs::write(&query_config, "[query]\nmemory_mb = 5\n").unwrap();
+    let (ok, _, stderr) = kith(&[
+        "--config",
+        query_config.to_str().unwrap(),
+        "analyze",
+        "preferences",
+        "--definition",
+        definition,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok,
+        "the analysis had more memory than `[query] memory_mb` allows"
+    );
+    assert!(
+        stderr.contains("needs more than the 5 MiB of memory that the queries running at once"),
+        "{stderr}"
+    );
 
     let admin = create_key(&data, "admin", None);
     let server = start_with_config(&data, &config);

@@ -13,6 +13,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use futures::FutureExt;
 use kith_analytics::{AnalyticsError, PROFILE_MODELS, ProfileModel};
 use kith_state::KeyScope;
 use serde::Serialize;
@@ -70,7 +71,8 @@ pub fn run_limits(
         timeout: query.timeout.max(Duration::from_secs(3600)),
         memory_bytes: memory_bytes
             .unwrap_or_else(|| query.memory_bytes.max(DEFAULT_RUN_MEMORY_BYTES)),
-        max_rows: query.max_rows,
+        // Runs read every row they ask for (they stream); an answer's row cap is not for them.
+        max_rows: 1 << 40,
     }
 }
 
@@ -198,7 +200,16 @@ pub fn start_model(
     let status = app.models.begin(name, trigger, as_sent)?;
     let app = app.clone();
     crate::runtimes::spawn_query(async move {
-        let outcome = run_model(&app, model).await;
+        // A panic inside the engine must still end the job: left `running`, every later fit
+        // of this model would be refused as already running until a restart.
+        let outcome = std::panic::AssertUnwindSafe(run_model(&app, model))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Err(RunFailure::Failed(
+                    "the run failed on a fault inside the query engine; see the server log".into(),
+                ))
+            });
         let result = match &outcome {
             Ok(profiles) => {
                 tracing::info!(model = name, profiles, trigger, "model traits written");
@@ -241,13 +252,28 @@ fn run_failure(e: AnalyticsError) -> RunFailure {
 }
 
 /// Why a model run failed, in words that name what to change: a run out of memory names the
-/// setting of model runs (not `[query] memory_mb`, which the engine's own message names).
+/// setting of model runs, where the engine's own messages are written for interactive queries
+/// (`[query] memory_mb`, "try again in a moment").
 pub fn explain_run_error(e: &AnalyticsError) -> String {
-    match e {
-        AnalyticsError::Query(kith_lake::QueryError::OutOfMemory(limit)) => format!(
+    use kith_lake::QueryError;
+    let out_of_memory = |limit: usize| {
+        format!(
             "reading the events needed more than the {} MiB a model run may use; raise \
              `[models] memory_mb` in kith.toml, or narrow the definition (`from`, `where`, \
              `segment`)",
+            limit >> 20
+        )
+    };
+    match e {
+        AnalyticsError::Query(
+            QueryError::OutOfMemory(limit)
+            | QueryError::AnswerTooLarge(limit)
+            | QueryError::TablesTooLarge { limit, .. },
+        ) => out_of_memory(*limit),
+        AnalyticsError::Query(QueryError::Crowded(limit)) => format!(
+            "other model runs held the memory this run needed (runs share the {} MiB of \
+             `[models] memory_mb`, and share it with queries when `[query] memory_mb` is the \
+             same); start it again when they have finished",
             limit >> 20
         ),
         AnalyticsError::Query(q) => format!("reading the events failed: {q}"),
@@ -482,5 +508,40 @@ mod tests {
             "running or just failed"
         );
         assert!(scheduled_run_due(Some(2 * day), Some(day), day));
+    }
+
+    #[test]
+    fn a_run_short_of_memory_names_the_setting_of_model_runs_in_every_form() {
+        use kith_lake::QueryError;
+        let mib = 1 << 20;
+        let short_of_memory = [
+            QueryError::OutOfMemory(5 * mib),
+            QueryError::AnswerTooLarge(5 * mib),
+            QueryError::TablesTooLarge {
+                table: "profile_identities".into(),
+                bytes: 9 * mib,
+                limit: 5 * mib,
+            },
+        ];
+        for error in short_of_memory {
+            let said = explain_run_error(&AnalyticsError::Query(error));
+            assert!(
+                said.contains("more than the 5 MiB a model run may use")
+                    && said.contains("raise `[models] memory_mb`")
+                    && !said.contains("[query]"),
+                "{said}"
+            );
+        }
+        let crowded = explain_run_error(&AnalyticsError::Query(QueryError::Crowded(5 * mib)));
+        assert!(
+            crowded.contains("share the 5 MiB of `[models] memory_mb`")
+                && crowded.contains("start it again")
+                && !crowded.contains("in a moment"),
+            "{crowded}"
+        );
+        let other = explain_run_error(&AnalyticsError::Query(QueryError::Timeout(
+            Duration::from_secs(3600),
+        )));
+        assert!(other.starts_with("reading the events failed: "), "{other}");
     }
 }

@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use kith_analytics::{Analysis, Data};
-use kith_lake::QueryLimits;
 use serde_json::{Map, Value, json};
 
 use super::sql::open_consistent;
@@ -324,13 +323,14 @@ fn analyze_here(
     let settings = file.profile_settings()?;
     runtime()?.block_on(async {
         let (lake, profiles) = open_consistent(data_dir, settings).await?;
+        // `[query]`'s limits, as the server's analyses have, but an hour at least: a command
+        // is waited for, not a request that ties up a server thread.
+        let mut limits = file.query_limits()?;
+        limits.timeout = limits.timeout.max(std::time::Duration::from_secs(3600));
         let data = Data::new(
             &lake,
             vec![kith_server::profiles::identity_table(&profiles)],
-            QueryLimits {
-                timeout: std::time::Duration::from_secs(3600),
-                ..QueryLimits::default()
-            },
+            limits,
         )
         .with_profiles(std::sync::Arc::new(kith_server::profiles::ProfileViews(
             &profiles,
