@@ -2,9 +2,8 @@
 
 Usage: analytics_duckdb.py EVENTS_DIR IDENTITIES_CSV SPEC_JSON
 Prints JSON: per-profile RFM scores, funnel step counts, the cohort retention matrix, a weekly
-trend and each profile's interest in each category, each written from the definitions in
-docs/analytics.md, not from Kith's code; and
-the same for a segment (profiles whose RFM segment, computed here, is in `spec["segment"]`) and
+trend, each profile's interest in each category and its activity trend, each written from the
+definitions in docs/analytics.md, not from Kith's code; and the same for a segment (profiles whose RFM segment, computed here, is in `spec["segment"]`) and
 the funnel broken down by RFM segment.
 """
 
@@ -212,6 +211,22 @@ for (profile, category, events, days) in db.execute(
 ).fetchall():
     interest.setdefault(profile, {})[category] = [events, days]
 
+# Risk: each profile's activity trend (docs/analytics.md), from its events before the last one
+# stored (the `as_of` the test gives): its usual gap between active days (cut in the zone) over the
+# days since it was last active, at most 1.
+activity_trend = {}
+for (profile, days, span, since) in db.execute(
+    f"""
+    WITH before AS (SELECT * FROM attributed WHERE ts < (SELECT max(timestamp) FROM raw))
+    SELECT profile_id, count(DISTINCT date_trunc('day', timezone('{zone}', ts))),
+           (epoch_us(max(ts)) - epoch_us(min(ts))) / 86400000000.0,
+           ((SELECT epoch_us(max(timestamp)) FROM raw) - epoch_us(max(ts))) / 86400000000.0
+    FROM before GROUP BY profile_id
+    """
+).fetchall():
+    usual_gap = span / (days - 1) if days >= 2 and span > 0 else float("inf")
+    activity_trend[profile] = min(usual_gap / max(since, 1e-9), 1.0)
+
 print(
     json.dumps(
         {
@@ -225,6 +240,7 @@ print(
             "segment_trend": segment_trend,
             "first_steps": first_steps,
             "interest": interest,
+            "activity_trend": activity_trend,
         }
     )
 )

@@ -260,7 +260,7 @@ impl RiskDefinition {
                (MAX(CASE WHEN {purchase} THEN CAST(ts AS BIGINT) END) \
                  - MIN(CASE WHEN {purchase} THEN CAST(ts AS BIGINT) END)) / {day}, \
                ({as_of_micros} - MAX(CASE WHEN {purchase} THEN CAST(ts AS BIGINT) END)) / {day}, \
-               COUNT(DISTINCT date_trunc('day', ts)), \
+               COUNT(DISTINCT {active_day}), \
                (CAST(MAX(ts) AS BIGINT) - CAST(MIN(ts) AS BIGINT)) / {day}, \
                ({as_of_micros} - CAST(MAX(ts) AS BIGINT)) / {day}, \
                AVG(CASE WHEN {purchase} AND {recent} THEN value END), \
@@ -271,6 +271,8 @@ impl RiskDefinition {
                SUM(CASE WHEN {support} AND {baseline} THEN 1 ELSE 0 END), \
                MAX(breakdown) \
              FROM base GROUP BY profile_id",
+            // Days as `timezone` cuts them.
+            active_day = scope.bucket_sql("day", "ts"),
             recent_start_micros = recent_start.timestamp_micros(),
             baseline_start_micros = baseline_start.timestamp_micros(),
         );

@@ -308,7 +308,25 @@ fn analyses_of_the_demo_world_agree_with_duckdb_and_find_the_planted_friction() 
     // Risk: buyers whose silence is improbable for their own cadence, against who truly left.
     let last = sql(&data, "SELECT CAST(max(timestamp) AS VARCHAR) FROM events");
     let as_of = last[0][0].replace(' ', "T");
-    let risk = analyze(&data, "risk", json!({"as_of": as_of, "limit": 1_000_000}));
+    let risk = analyze(
+        &data,
+        "risk",
+        json!({"as_of": as_of, "limit": 1_000_000, "timezone": ZONE}),
+    );
+    // Each flagged profile's activity trend, against DuckDB's (active days cut in the zone).
+    let at_risk = risk["at_risk"].as_array().unwrap();
+    assert!(at_risk.len() > 50, "{}", at_risk.len());
+    for profile in at_risk {
+        let id = profile["profile_id"].as_str().unwrap();
+        let (trend, expected) = (
+            profile["activity_trend"].as_f64().unwrap(),
+            duck["activity_trend"][id].as_f64().unwrap(),
+        );
+        assert!(
+            (trend - expected).abs() < 1e-9,
+            "{id}: {trend} against {expected}"
+        );
+    }
     let user_of: HashMap<String, String> = std::fs::read_to_string(&identities)
         .unwrap()
         .lines()
