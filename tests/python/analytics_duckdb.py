@@ -3,8 +3,9 @@
 Usage: analytics_duckdb.py EVENTS_DIR IDENTITIES_CSV SPEC_JSON
 Prints JSON: per-profile RFM scores, funnel step counts, the cohort retention matrix, a weekly
 trend, each profile's interest in each category and its activity trend, each written from the
-definitions in docs/analytics.md, not from Kith's code; and the same for a segment (profiles whose RFM segment, computed here, is in `spec["segment"]`) and
-the funnel broken down by RFM segment.
+definitions in docs/analytics.md, not from Kith's code; and the same for a segment (profiles
+whose RFM segment, computed here, is in `spec["segment"]`) and the funnel broken down by RFM
+segment.
 """
 
 import json
