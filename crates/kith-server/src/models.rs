@@ -54,8 +54,9 @@ pub struct ModelSchedules {
     pub memory_bytes: Option<usize>,
 }
 
-/// What a model run's queries may use unless `[models] memory_mb` says: runs read every event
-/// they need at once (a row per profile and value), more than an interactive query.
+/// What a model run's queries may use unless `[models] memory_mb` says: a run aggregates every
+/// event it needs in one pass (a group per profile, or per profile and value), more than an
+/// interactive query is allowed.
 pub const DEFAULT_RUN_MEMORY_BYTES: usize = 4 << 30;
 
 /// The limits a model run reads events under, in the server and in `kith analyze
