@@ -255,6 +255,23 @@ fn engine_fault(join: tokio::task::JoinError) -> QueryError {
     }
 }
 
+/// The answer for a query that ran out of time: whether it was still planning (the plan was
+/// not ready within the limit) or running.
+fn out_of_time(
+    started: std::time::Instant,
+    planned: &std::sync::OnceLock<std::time::Instant>,
+    limits: &QueryLimits,
+) -> QueryError {
+    let planned_in_time = planned
+        .get()
+        .is_some_and(|at| at.duration_since(started) < limits.timeout);
+    if planned_in_time {
+        QueryError::Timeout(limits.timeout)
+    } else {
+        QueryError::PlanningTimeout(limits.timeout)
+    }
+}
+
 /// Plans `sql` as one read-only statement: no DDL (which could reach arbitrary files), no DML,
 /// no SET. Parsed here rather than by `SessionContext::sql` so that an empty text or several
 /// statements get an answer that says so.
@@ -639,18 +656,10 @@ async fn run_over(
         Ok::<_, QueryError>((schema, batches, memory))
     }));
     // When the time is up, dropping `work` aborts it.
-    let out_of_time = || {
-        let planned_in_time = planned
-            .get()
-            .is_some_and(|at: &std::time::Instant| at.duration_since(started) < limits.timeout);
-        if planned_in_time {
-            QueryError::Timeout(limits.timeout)
-        } else {
-            QueryError::PlanningTimeout(limits.timeout)
-        }
-    };
     let (schema, mut batches, memory) = match tokio::time::timeout(limits.timeout, work).await {
-        Ok(Ok(Err(QueryError::Timeout(_)))) | Err(_) => return Err(out_of_time()),
+        Ok(Ok(Err(QueryError::Timeout(_)))) | Err(_) => {
+            return Err(out_of_time(started, &planned, limits));
+        }
         Ok(Ok(result)) => result.map_err(|e| memory::crowded_out(e, &pool))?,
         Ok(Err(join)) => return Err(engine_fault(join)),
     };
@@ -689,7 +698,13 @@ async fn run_over(
 
 /// Runs `sql` and hands each result batch to `each` as it is produced, so a large answer is
 /// never held whole (analyses that fold every event into per-profile state use it). The time
-/// limit covers the whole run; the memory limit applies to the query's own operators.
+/// limit covers the whole run, `each` included; the memory limit applies to the query's own
+/// operators.
+///
+/// As in [`run_over`], the engine works in a task of its own: when the time is up the caller
+/// is answered at once (the task is aborted at its next yield point), and a panic inside the
+/// engine ends the query as [`QueryError::EngineFault`]. `each` runs on the caller's task,
+/// since it borrows the caller's state; the engine makes the next batch meanwhile.
 pub(crate) async fn stream(
     lake: &Lake,
     sql: &str,
@@ -698,25 +713,51 @@ pub(crate) async fn stream(
     mut each: impl FnMut(&RecordBatch) + Send,
 ) -> Result<(), QueryError> {
     use futures::StreamExt;
+    let started = std::time::Instant::now();
     let ctx = session(lake, limits).await?;
-    let _tables_held = register_extra_tables(&ctx, extra, limits)?;
+    let tables_held = register_extra_tables(&ctx, extra, limits)?;
+    let pool = ctx.runtime_env().memory_pool.clone();
     let tables_on_request = lake.tables_on_request();
-    let work = async {
-        let frame = read_query(&ctx, sql, limits, &tables_on_request).await?;
+    let sql = sql.to_string();
+    let task_limits = limits.clone();
+    // When the plan was ready, so a query out of time is told whether it was still planning.
+    let planned = Arc::new(std::sync::OnceLock::new());
+    let planned_in_task = Arc::clone(&planned);
+    // One batch waits while `each` folds the one before.
+    let (sender, mut made) = tokio::sync::mpsc::channel(1);
+    let work = OwnedTask::new(tokio::spawn(async move {
+        let limits = &task_limits;
+        let _tables_held = tables_held;
+        let frame = read_query(&ctx, &sql, limits, &tables_on_request).await?;
         let mut batches = frame
             .execute_stream()
             .await
             .map_err(|e| classify(e, limits))?;
+        let _ = planned_in_task.set(std::time::Instant::now());
         while let Some(batch) = batches.next().await {
-            each(&batch.map_err(|e| classify(e, limits))?);
+            let batch = batch.map_err(|e| classify(e, limits))?;
+            if sender.send(batch).await.is_err() {
+                break; // the caller has stopped listening
+            }
         }
         Ok::<_, QueryError>(())
+    }));
+    let folded = async {
+        while let Some(batch) = made.recv().await {
+            each(&batch);
+        }
+        work.await
     };
-    let pool = ctx.runtime_env().memory_pool.clone();
-    tokio::time::timeout(limits.timeout, work)
-        .await
-        .map_err(|_| QueryError::Timeout(limits.timeout))?
-        .map_err(|e| memory::crowded_out(e, &pool))
+    // When the time is up, dropping `folded` drops `work`, which aborts it.
+    match tokio::time::timeout(limits.timeout, folded).await {
+        Ok(Ok(Err(QueryError::Timeout(_)))) | Err(_) => Err(out_of_time(started, &planned, limits)),
+        Ok(Ok(Err(err))) => Err(memory::crowded_out(err, &pool)),
+        Ok(Err(join)) => Err(engine_fault(join)),
+        Ok(Ok(Ok(()))) => {
+            metrics::histogram!("kith_query_seconds").record(started.elapsed().as_secs_f64());
+            Ok(())
+        }
+    }
 }
 
 /// One person's events, newest first: the customer-360 timeline.

@@ -271,14 +271,8 @@ async fn a_runaway_query_is_stopped_by_its_time_limit() {
         timeout: std::time::Duration::from_millis(5),
         ..QueryLimits::default()
     };
-    let mut doubled = "WITH t0 AS (SELECT value AS x FROM generate_series(1, 3))".to_string();
-    for level in 1..=8 {
-        let before = level - 1;
-        doubled +=
-            &format!(", t{level} AS (SELECT x FROM t{before} UNION ALL SELECT x FROM t{before})");
-    }
     let result = lake
-        .query(&(doubled + " SELECT count(*) FROM t8"), &limits)
+        .query(&doubled_union(" SELECT count(*) FROM t8"), &limits)
         .await;
     let Err(err @ QueryError::PlanningTimeout(_)) = result else {
         panic!("{:?}", result.map(|r| r.num_rows()));
@@ -287,6 +281,60 @@ async fn a_runaway_query_is_stopped_by_its_time_limit() {
         err.to_string()
             .starts_with("planning the query took longer than the 5ms limit, before it read"),
         "{err}"
+    );
+}
+
+/// A query that is slow to plan: 256 branches of a union (eight CTEs, each the one before
+/// twice) take far longer than 5 ms to plan. `select` reads the last, `t8`.
+fn doubled_union(select: &str) -> String {
+    let mut doubled = "WITH t0 AS (SELECT value AS x FROM generate_series(1, 3))".to_string();
+    for level in 1..=8 {
+        let before = level - 1;
+        doubled +=
+            &format!(", t{level} AS (SELECT x FROM t{before} UNION ALL SELECT x FROM t{before})");
+    }
+    doubled + select
+}
+
+// Queries whose answer is handed on batch by batch (analyses, model runs) are told the same:
+// running out of time while running, or while still planning. (More workers than partitions,
+// as in the test above, so the timer is driven.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streamed_query_out_of_time_is_told_whether_it_was_still_planning() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    let limits = QueryLimits {
+        timeout: std::time::Duration::from_millis(200),
+        ..QueryLimits::default()
+    };
+    let mut batches = 0;
+    let started = std::time::Instant::now();
+    let result = lake
+        .query_each(
+            "SELECT count(*) FROM generate_series(1, 100000) a, generate_series(1, 100000) b",
+            &limits,
+            Vec::new(),
+            |_| batches += 1,
+        )
+        .await;
+    assert!(matches!(result, Err(QueryError::Timeout(_))), "{result:?}");
+    assert_eq!(batches, 0);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let limits = QueryLimits {
+        timeout: std::time::Duration::from_millis(5),
+        ..QueryLimits::default()
+    };
+    let result = lake
+        .query_each(
+            &doubled_union(" SELECT x FROM t8"),
+            &limits,
+            Vec::new(),
+            |_| {},
+        )
+        .await;
+    assert!(
+        matches!(result, Err(QueryError::PlanningTimeout(_))),
+        "{result:?}"
     );
 }
 
