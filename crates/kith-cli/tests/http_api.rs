@@ -1626,6 +1626,12 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
         &json!({"sql": "SELECT nope"}).to_string(),
     );
     assert_eq!(status, 400);
+    let nobody = agent()
+        .get(server.url("/v1/profiles/user_id:nobody"))
+        .header("Authorization", &format!("Bearer {}", server.read_key))
+        .call()
+        .unwrap();
+    assert_eq!(nobody.status().as_u16(), 404);
     let get = |path: &str| -> (u16, String) {
         let mut response = agent().get(server.url(path)).call().unwrap();
         (
@@ -1647,12 +1653,19 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
         "kith_query_seconds",
         "kith_queries_total{outcome=\"answered\"} 1",
         "kith_queries_total{outcome=\"invalid_sql\"} 1",
+        // The read API by route (the pattern, not the path sent), method and status.
+        "kith_api_requests_total{route=\"/v1/query\",method=\"POST\",status=\"200\"} 1",
+        "kith_api_requests_total{route=\"/v1/query\",method=\"POST\",status=\"400\"} 1",
+        "kith_api_requests_total{route=\"/v1/profiles/{lookup}\",method=\"GET\",status=\"404\"} 1",
+        "kith_api_request_seconds_count{route=\"/v1/query\",method=\"POST\"} 2",
     ] {
         assert!(
             metrics.contains(needle),
             "metrics lack `{needle}`:\n{metrics}"
         );
     }
+    // Collection is counted by event, not in the API's request counts.
+    assert!(!metrics.contains("route=\"/v1/batch\""), "{metrics}");
     let (_, openapi) = get("/openapi.json");
     let doc: Value = serde_json::from_str(&openapi).unwrap();
     for path in [

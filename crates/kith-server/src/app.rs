@@ -285,8 +285,6 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/v1/batch", post(ingest::batch))
         .route("/v1/b", post(ingest::batch))
         .route("/v1/import", post(ingest::import))
-        .route("/v1/query", post(query::query))
-        .route("/v1/imports", post(imports::import_batch))
         .route("/v1/projects/{write_key}/settings", get(ingest::settings))
         .route("/beacon/v1/batch", post(rudderstack::beacon_batch))
         .route("/v1/pixel/{call}", get(pixel::segment_pixel))
@@ -294,28 +292,13 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/pixel/v1/page", get(pixel::rudderstack_page))
         .route("/sourceConfig", get(rudderstack::source_config))
         .route("/sourceConfig/", get(rudderstack::source_config))
-        .route(
-            "/v1/computed-traits",
-            get(traits::list).post(traits::declare),
-        )
-        .route(
-            "/v1/computed-traits/{name}",
-            axum::routing::delete(traits::remove),
-        )
-        .route("/v1/analytics/{analysis}", post(analytics::analyze))
-        .route("/v1/models/{model}", get(models::status))
-        .route("/v1/models/{model}/fit", post(models::fit))
-        .route("/v1/models/{model}/results", get(models::results))
-        .route("/v1/profiles/merge", post(profiles::merge))
-        .route("/v1/profiles/duplicates", get(profiles::duplicates))
-        .route("/v1/profiles/{lookup}", get(profiles::show))
-        .route("/v1/profiles/{lookup}/events", get(profiles::events))
         .route("/v1/{call}", post(ingest::single))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
-        .route("/docs/errors", get(errors::error_docs));
+        .route("/docs/errors", get(errors::error_docs))
+        .merge(api_routes());
     if app.config.noop_endpoint {
         router = router.route("/internal/noop/batch", post(ops::noop_batch));
     }
@@ -332,6 +315,30 @@ pub fn router(app: Arc<AppState>) -> Router {
         ))
         .layer(cors())
         .with_state(app)
+}
+
+/// The read and management API, counted and timed by route (see [`crate::api_metrics`]).
+fn api_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/query", post(query::query))
+        .route("/v1/imports", post(imports::import_batch))
+        .route(
+            "/v1/computed-traits",
+            get(traits::list).post(traits::declare),
+        )
+        .route(
+            "/v1/computed-traits/{name}",
+            axum::routing::delete(traits::remove),
+        )
+        .route("/v1/analytics/{analysis}", post(analytics::analyze))
+        .route("/v1/models/{model}", get(models::status))
+        .route("/v1/models/{model}/fit", post(models::fit))
+        .route("/v1/models/{model}/results", get(models::results))
+        .route("/v1/profiles/merge", post(profiles::merge))
+        .route("/v1/profiles/duplicates", get(profiles::duplicates))
+        .route("/v1/profiles/{lookup}", get(profiles::show))
+        .route("/v1/profiles/{lookup}/events", get(profiles::events))
+        .route_layer(axum::middleware::from_fn(crate::api_metrics::record))
 }
 
 /// Writes buffered rows to Delta when enough wait or they waited long enough, then retires the

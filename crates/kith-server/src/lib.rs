@@ -3,6 +3,7 @@
 pub mod analytics;
 mod answer_body;
 mod api_conventions;
+mod api_metrics;
 pub mod app;
 pub mod auth;
 pub mod body_budget;
