@@ -373,17 +373,23 @@ impl Analysis {
 
     /// Runs the analysis; its report as JSON values.
     pub async fn run(&self, data: &Data<'_>) -> Result<Value, AnalyticsError> {
-        serde_json::to_value(self.report(data).await?)
-            .map_err(|e| AnalyticsError::invalid("definition", e.to_string()))
+        serde_json::to_value(self.report(data).await?).map_err(unwritable_report)
     }
 
     /// Runs the analysis; its report as JSON text, written straight from the report: a tree of
     /// JSON values on the way takes several times the text (a trend broken down by a property
     /// of many values answers hundreds of thousands of points).
     pub async fn run_to_json_text(&self, data: &Data<'_>) -> Result<Vec<u8>, AnalyticsError> {
-        serde_json::to_vec(&self.report(data).await?)
-            .map_err(|e| AnalyticsError::invalid("definition", e.to_string()))
+        serde_json::to_vec(&self.report(data).await?).map_err(unwritable_report)
     }
+}
+
+/// A report that cannot be written as JSON is our fault, not the definition's (none can be
+/// today: reports hold text, numbers and lists).
+fn unwritable_report(e: serde_json::Error) -> AnalyticsError {
+    AnalyticsError::Query(QueryError::Internal(format!(
+        "writing the report as JSON failed: {e}"
+    )))
 }
 
 /// An analysis's report, whichever analysis ran; as JSON, the report itself.
