@@ -18,7 +18,7 @@ use arrow::array::RecordBatch;
 use kith_core::StoredView;
 use thiserror::Error;
 
-pub use query::{ExtraTable, QueryError, QueryLimits, QueryResult, TimelineQuery};
+pub use query::{ExtraTable, MemoryPurpose, QueryError, QueryLimits, QueryResult, TimelineQuery};
 pub use table::{Compacted, EventTable, Housekeeping, JOURNAL_APP_ID, TableView, Tidied};
 
 /// Most rows one sealed Arrow batch holds (DataFusion's own batch size).
@@ -288,6 +288,7 @@ impl Lake {
             timeout: std::time::Duration::from_secs(24 * 3600),
             memory_bytes: 256 << 20,
             max_rows: 1 << 40,
+            purpose: MemoryPurpose::Recomputations,
         };
         let sql = format!("SELECT * FROM events WHERE ingest_seq <= {through_seq}");
         query::stream(self, &sql, &limits, Vec::new(), |batch| {

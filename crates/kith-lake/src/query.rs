@@ -155,9 +155,12 @@ pub enum QueryError {
 #[derive(Debug, Clone)]
 pub struct QueryLimits {
     pub timeout: Duration,
+    /// What the queries of this purpose running at once may hold together.
     pub memory_bytes: usize,
     /// Rows returned at most; the rest is cut and `truncated` set.
     pub max_rows: usize,
+    /// Whose memory the query counts in.
+    pub purpose: MemoryPurpose,
 }
 
 impl Default for QueryLimits {
@@ -166,8 +169,24 @@ impl Default for QueryLimits {
             timeout: Duration::from_secs(30),
             memory_bytes: 1 << 30,
             max_rows: 100_000,
+            purpose: MemoryPurpose::Queries,
         }
     }
+}
+
+/// What a query is for, which decides the memory it shares: queries of one purpose share
+/// their `memory_bytes`, and purposes never share, so that a model run holding its memory
+/// cannot crowd out the interactive queries (each has its own setting: `[query] memory_mb`,
+/// `[models] memory_mb`), whatever the two amounts are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum MemoryPurpose {
+    /// Queries a person waits for: SQL, analyses, profiles, segments.
+    #[default]
+    Queries,
+    /// Model runs, which read every event in the background.
+    ModelRuns,
+    /// Recomputations from every stored event (a computed trait's past).
+    Recomputations,
 }
 
 pub struct QueryResult {
@@ -423,7 +442,7 @@ impl Sources {
                 })
                 .collect(),
             caches: lake.query_caches.clone(),
-            memory: lake.query_memory.pool(limits.memory_bytes),
+            memory: lake.query_memory.pool(limits.purpose, limits.memory_bytes),
             tables_on_request: lake.tables_on_request(),
         }
     }

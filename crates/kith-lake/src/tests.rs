@@ -560,30 +560,32 @@ async fn list_aggregates_over_unbounded_windows_are_refused() {
     );
 }
 
+/// A `profiles` table built for one query: `rows` rows of 60 bytes of text (about 10 MB for
+/// 160,000), counted in the query's memory.
+fn table_of(rows: usize) -> ExtraTable {
+    use arrow::array::{ArrayRef, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let schema = std::sync::Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, false)]));
+    let column: ArrayRef = std::sync::Arc::new(StringArray::from(vec!["y".repeat(60); rows]));
+    ExtraTable {
+        name: "profiles".into(),
+        schema: schema.clone(),
+        batches: vec![RecordBatch::try_new(schema, vec![column]).unwrap()],
+        shared: false,
+    }
+}
+
 // Tables built for one query (the profile tables) are memory too: counted in the shared limit
 // while the query works, refused when they cannot fit even alone, and told to come back when
 // other queries hold what they need.
 #[tokio::test]
 async fn tables_built_for_a_query_count_in_the_shared_memory() {
-    use arrow::array::{ArrayRef, StringArray};
-    use arrow::datatypes::{DataType, Field, Schema};
-    use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path()).await.unwrap();
     let limits = QueryLimits {
         memory_bytes: 16 << 20,
         max_rows: 1_000_000,
         ..QueryLimits::default()
-    };
-    let table_of = |rows: usize| {
-        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, false)]));
-        let column: ArrayRef = Arc::new(StringArray::from(vec!["y".repeat(60); rows]));
-        ExtraTable {
-            name: "profiles".into(),
-            schema: schema.clone(),
-            batches: vec![RecordBatch::try_new(schema, vec![column]).unwrap()],
-            shared: false,
-        }
     };
     let count = "SELECT count(*) AS n FROM profiles";
     // About 10 MB: fits alone, and is given back when the query ends.
@@ -638,6 +640,41 @@ async fn tables_built_for_a_query_count_in_the_shared_memory() {
     lake.query_with(count, &limits, vec![table_of(160_000)])
         .await
         .unwrap();
+}
+
+// Model runs count their memory apart from interactive queries, even with the same amount: a
+// run holding most of its memory crowds out other runs, never a query.
+#[tokio::test]
+async fn model_runs_and_queries_never_share_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    let queries = QueryLimits {
+        memory_bytes: 16 << 20,
+        max_rows: 1_000_000,
+        ..QueryLimits::default()
+    };
+    let runs = QueryLimits {
+        purpose: MemoryPurpose::ModelRuns,
+        ..queries.clone()
+    };
+    let held = lake
+        .query(
+            "SELECT repeat('x', 60) AS r FROM generate_series(1, 160000)",
+            &runs,
+        )
+        .await
+        .unwrap();
+    let count = "SELECT count(*) AS n FROM profiles";
+    let answer = lake
+        .query_with(count, &queries, vec![table_of(160_000)])
+        .await
+        .unwrap();
+    assert_eq!(answer.num_rows(), 1);
+    let Err(QueryError::Crowded(_)) = lake.query_with(count, &runs, vec![table_of(160_000)]).await
+    else {
+        panic!("a run's table fitted beside another run's answer that holds most of the limit");
+    };
+    drop(held);
 }
 
 // DataFusion does not count what a scalar function allocates against the memory limit, and it

@@ -63,7 +63,8 @@ pub const DEFAULT_RUN_MEMORY_BYTES: usize = 4 << 30;
 /// --write-traits` / `kith models clv fit` alike: an hour at least, and `memory_bytes`
 /// (`[models] memory_mb`) or else the larger of the query memory and
 /// [`DEFAULT_RUN_MEMORY_BYTES`]. A machine with less memory than that needs the setting: a run
-/// that takes it all takes the server down with it.
+/// that takes it all takes the server down with it. Runs count their memory apart from
+/// interactive queries, so neither can crowd the other out.
 pub fn run_limits(
     query: &kith_lake::QueryLimits,
     memory_bytes: Option<usize>,
@@ -74,6 +75,7 @@ pub fn run_limits(
             .unwrap_or_else(|| query.memory_bytes.max(DEFAULT_RUN_MEMORY_BYTES)),
         // Runs read every row they ask for (they stream); an answer's row cap is not for them.
         max_rows: 1 << 40,
+        purpose: kith_lake::MemoryPurpose::ModelRuns,
     }
 }
 
@@ -273,8 +275,7 @@ pub fn explain_run_error(e: &AnalyticsError) -> String {
         ) => out_of_memory(*limit),
         AnalyticsError::Query(QueryError::Crowded(limit)) => format!(
             "other model runs held the memory this run needed (runs share the {} MiB of \
-             `[models] memory_mb`, and share it with queries when `[query] memory_mb` is the \
-             same); start it again when they have finished",
+             `[models] memory_mb`); start it again when they have finished",
             limit >> 20
         ),
         AnalyticsError::Query(q) => format!("reading the events failed: {q}"),

@@ -24,25 +24,25 @@ use datafusion::execution::memory_pool::{
 use datafusion::prelude::DataFrame;
 use futures::StreamExt;
 
-use super::{QueryError, QueryLimits, classify};
+use super::{MemoryPurpose, QueryError, QueryLimits, classify};
 
-/// One memory pool per limit, so that queries running at once share their limit instead of
-/// each having one. A server runs its queries under one limit, so in practice there is one
-/// pool; internal recomputations with a larger limit get theirs.
+/// One memory pool per purpose and limit, so that queries running at once share their limit
+/// instead of each having one. A server runs each purpose's queries under one limit, so in
+/// practice there is one pool for each purpose.
 #[derive(Default)]
 pub(crate) struct QueryMemory {
-    pools: Mutex<HashMap<usize, Arc<dyn MemoryPool>>>,
+    pools: Mutex<HashMap<(MemoryPurpose, usize), Arc<dyn MemoryPool>>>,
 }
 
 impl QueryMemory {
-    pub(crate) fn pool(&self, limit_bytes: usize) -> Arc<dyn MemoryPool> {
+    pub(crate) fn pool(&self, purpose: MemoryPurpose, limit_bytes: usize) -> Arc<dyn MemoryPool> {
         // A poisoned lock only means another query panicked while inserting; the map is whole.
         let mut pools = self
             .pools
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         pools
-            .entry(limit_bytes)
+            .entry((purpose, limit_bytes))
             .or_insert_with(|| {
                 // What `RuntimeEnvBuilder::with_memory_limit` builds (tracking the 5 largest
                 // consumers for its messages), made once and shared.
@@ -295,8 +295,9 @@ mod tests {
     #[test]
     fn a_query_refused_memory_it_would_have_had_alone_knows_it_was_crowded_out() {
         let memory = QueryMemory::default();
-        let first = Arc::new(QueryShare::new(memory.pool(1 << 20), 1 << 20));
-        let second = Arc::new(QueryShare::new(memory.pool(1 << 20), 1 << 20));
+        let pool = || memory.pool(MemoryPurpose::Queries, 1 << 20);
+        let first = Arc::new(QueryShare::new(pool(), 1 << 20));
+        let second = Arc::new(QueryShare::new(pool(), 1 << 20));
         let (first_pool, second_pool): (Arc<dyn MemoryPool>, Arc<dyn MemoryPool>) =
             (first.clone(), second.clone());
         let held = MemoryConsumer::new("a").register(&first_pool);
@@ -318,12 +319,20 @@ mod tests {
     }
 
     #[test]
-    fn queries_with_one_limit_share_one_pool() {
+    fn queries_with_one_purpose_and_limit_share_one_pool() {
         let memory = QueryMemory::default();
-        let first = memory.pool(1 << 20);
-        let second = memory.pool(1 << 20);
+        let first = memory.pool(MemoryPurpose::Queries, 1 << 20);
+        let second = memory.pool(MemoryPurpose::Queries, 1 << 20);
         assert!(Arc::ptr_eq(&first, &second));
-        assert!(!Arc::ptr_eq(&first, &memory.pool(2 << 20)));
+        assert!(!Arc::ptr_eq(
+            &first,
+            &memory.pool(MemoryPurpose::Queries, 2 << 20)
+        ));
+        // Model runs with the same amount have their own: they cannot crowd queries out.
+        assert!(!Arc::ptr_eq(
+            &first,
+            &memory.pool(MemoryPurpose::ModelRuns, 1 << 20)
+        ));
         let held = MemoryConsumer::new("a").register(&first);
         held.try_grow(900 << 10).unwrap();
         let other = MemoryConsumer::new("b").register(&second);

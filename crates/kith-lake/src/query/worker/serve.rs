@@ -171,6 +171,8 @@ async fn answer(
         timeout: request.timeout,
         memory_bytes: request.memory_bytes,
         max_rows: request.max_rows,
+        // Workers answer the server's interactive queries.
+        ..QueryLimits::default()
     };
     // Every table's rows are read before anything can fail, so the next request starts where
     // this one ends.
@@ -209,7 +211,7 @@ async fn answer(
     let sources = Sources {
         tables: sources,
         caches: warm.caches.clone(),
-        memory: QueryMemory::default().pool(request.available_bytes),
+        memory: QueryMemory::default().pool(limits.purpose, request.available_bytes),
         tables_on_request: request.tables_on_request,
     };
     crate::query::run_over(&sources, &request.sql, &limits, extra).await
