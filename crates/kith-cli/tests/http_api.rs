@@ -1626,6 +1626,20 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
         &json!({"sql": "SELECT nope"}).to_string(),
     );
     assert_eq!(status, 400);
+    // Collection requests refused before any event is read count no event: they are counted
+    // by the code they were answered with.
+    let (status, _) = post_json(
+        &server.url("/v1/batch"),
+        &[("Authorization", &basic("no-such-key"))],
+        r#"{"batch": []}"#,
+    );
+    assert_eq!(status, 401);
+    let (status, _) = post_json(
+        &server.url("/v1/track"),
+        &[("Authorization", &basic(&server.write_key))],
+        "{not json",
+    );
+    assert_eq!(status, 400);
     let nobody = agent()
         .get(server.url("/v1/profiles/user_id:nobody"))
         .header("Authorization", &format!("Bearer {}", server.read_key))
@@ -1658,6 +1672,10 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
         "kith_api_requests_total{route=\"/v1/query\",method=\"POST\",status=\"400\"} 1",
         "kith_api_requests_total{route=\"/v1/profiles/{lookup}\",method=\"GET\",status=\"404\"} 1",
         "kith_api_request_seconds_count{route=\"/v1/query\",method=\"POST\"} 2",
+        "kith_http_error_responses_total{code=\"invalid_api_key\"} 1",
+        "kith_http_error_responses_total{code=\"invalid_json\"} 1",
+        "kith_http_error_responses_total{code=\"invalid_sql\"} 1",
+        "kith_http_error_responses_total{code=\"profile_not_found\"} 1",
     ] {
         assert!(
             metrics.contains(needle),

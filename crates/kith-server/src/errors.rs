@@ -372,7 +372,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (_, status, _, _) = self.code.describe();
+        let (code, status, _, _) = self.code.describe();
+        // Every error answer by code, collection's included: a request refused before any of
+        // its events is read (a wrong or revoked write key, a body that is not JSON) counts
+        // no event, so this is where an SDK shipped with a bad key shows.
+        metrics::counter!("kith_http_error_responses_total", "code" => code).increment(1);
         let mut response = (status, axum::Json(self.body())).into_response();
         let retry_after = match self.code {
             ErrorCode::Overloaded => Some("1"),
