@@ -169,7 +169,7 @@ pub enum QueryIsolation {
 const MOST_QUERY_SECS: u64 = 86_400;
 
 /// The most rows one answer may hold: far more than fit in the query memory limit anyway.
-const MOST_ANSWER_ROWS: usize = 1_000_000_000;
+pub(crate) const MOST_ANSWER_ROWS: usize = 1_000_000_000;
 
 /// `value` of the setting `name`, refused when over `most`, which `what_most_is` explains.
 fn at_most<T: Copy + PartialOrd + std::fmt::Display>(

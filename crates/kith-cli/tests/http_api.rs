@@ -1565,7 +1565,27 @@ fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
     ]);
     assert!(ok, "{err}");
     assert_eq!(out.lines().count(), 100_001);
-    assert!(err.contains("100000 row(s) (truncated"), "{err}");
+    assert!(
+        err.contains("100000 row(s) (truncated: ") && err.contains("pass --max-rows"),
+        "{err}"
+    );
+    // An export of every row: `--max-rows` raises the cap for one command, and nothing is cut.
+    let (ok, out, err) = kith(&[
+        "sql",
+        "--data-dir",
+        data_dir,
+        "--format",
+        "csv",
+        "--max-rows",
+        "200000",
+        "SELECT value FROM generate_series(1, 200000)",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 200_001);
+    assert_eq!(out.lines().last(), Some("200000"));
+    assert!(err.is_empty(), "{err}");
+    let (ok, _, err) = kith(&["sql", "--data-dir", data_dir, "--max-rows", "0", "SELECT 1"]);
+    assert!(!ok && err.contains("--max-rows"), "{err}");
     let (ok, out, err) = kith(&[
         "sql",
         "--data-dir",
@@ -1575,7 +1595,11 @@ fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
         "SELECT [1, 2] AS a",
     ]);
     assert!(!ok && out.is_empty(), "{out}");
-    assert!(err.contains("the column `a` holds list values"), "{err}");
+    // The way out named is the command's own.
+    assert!(
+        err.contains("the column `a` holds list values") && err.contains("use `--format json`"),
+        "{err}"
+    );
 }
 
 // Errors the HTTP layer answers before a handler runs (a path that is not UTF-8) have the same

@@ -48,8 +48,9 @@ pub enum Encoding {
 
 /// Why `schema`'s rows cannot be written as CSV, if they cannot: CSV holds one plain value a
 /// cell, so a list, struct or map column does not fit. Checked before anything is written, so
-/// the answer is an error rather than a CSV cut short.
-pub fn csv_unwritable(schema: &arrow::datatypes::Schema) -> Option<String> {
+/// the answer is an error rather than a CSV cut short. `other_formats` says how to ask for a
+/// format that holds such values where the caller is (`ask for JSON or Arrow`).
+pub fn csv_unwritable(schema: &arrow::datatypes::Schema, other_formats: &str) -> Option<String> {
     let field = schema
         .fields()
         .iter()
@@ -61,7 +62,7 @@ pub fn csv_unwritable(schema: &arrow::datatypes::Schema) -> Option<String> {
             return Some(format!(
                 "the column `{name}` holds JSON values of several kinds ({type_name}), which CSV \
                  cannot hold; use `json_get_json` (the value as JSON text) or `json_get_str` \
-                 instead of `json_get`, or ask for JSON or Arrow"
+                 instead of `json_get`, or {other_formats}"
             ));
         }
         DataType::Struct(fields) => {
@@ -70,22 +71,22 @@ pub fn csv_unwritable(schema: &arrow::datatypes::Schema) -> Option<String> {
                 .map_or("field", |field| field.name().as_str());
             return Some(format!(
                 "the column `{name}` holds struct values ({type_name}), which CSV cannot hold; \
-                 take the fields you want, one column each (`\"{name}\"['{example}']`), or ask \
-                 for JSON or Arrow"
+                 take the fields you want, one column each (`\"{name}\"['{example}']`), or \
+                 {other_formats}"
             ));
         }
         DataType::Map(_, _) => {
             return Some(format!(
                 "the column `{name}` holds map values ({type_name}), which CSV cannot hold; take \
-                 the values you want by key, one column each (`\"{name}\"['key']`), or ask for \
-                 JSON or Arrow"
+                 the values you want by key, one column each (`\"{name}\"['key']`), or \
+                 {other_formats}"
             ));
         }
         _ => "list",
     };
     Some(format!(
         "the column `{name}` holds {kind} values ({type_name}), which CSV cannot hold; cast it to \
-         text (`CAST(\"{name}\" AS VARCHAR)`) or ask for JSON or Arrow"
+         text (`CAST(\"{name}\" AS VARCHAR)`) or {other_formats}"
     ))
 }
 

@@ -210,7 +210,7 @@ pub async fn query(
     metrics::counter!("kith_queries_total", "outcome" => outcome).increment(1);
     let result = result?;
     if format == Format::Csv
-        && let Some(why) = output::csv_unwritable(&result.schema)
+        && let Some(why) = output::csv_unwritable(&result.schema, "ask for JSON or Arrow")
     {
         return Err(ApiError::new(ErrorCode::NotAcceptable, why));
     }

@@ -27,6 +27,11 @@ pub struct SqlArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// Rows written at most; the rest is cut, and stderr says so (default: `[query] max_rows`
+    /// in kith.toml, 100,000). Raise it to export a whole table; the answer is held in memory
+    /// first, within `[query] memory_mb`.
+    #[arg(long, value_name = "ROWS", value_parser = clap::value_parser!(u64).range(1..=crate::config::MOST_ANSWER_ROWS as u64))]
+    max_rows: Option<u64>,
     /// The query, e.g. "SELECT event, count(*) FROM events GROUP BY event".
     sql: String,
 }
@@ -34,7 +39,12 @@ pub struct SqlArgs {
 pub fn run(args: SqlArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     let data_dir = file.data_dir(args.data_dir.data_dir);
     super::existing_data_dir(&data_dir, "start `kith serve` first or pass --data-dir")?;
-    let limits = file.query_limits()?;
+    let mut limits = file.query_limits()?;
+    if let Some(rows) = args.max_rows {
+        // Within the range clap checked, which fits in a usize.
+        limits.max_rows = usize::try_from(rows).unwrap_or(usize::MAX);
+    }
+    let max_rows = limits.max_rows;
     let settings = file.profile_settings()?;
     let sql = args.sql.clone();
     // On a worker thread, whose stack a long query needs (`block_on` runs on this one).
@@ -53,18 +63,18 @@ pub fn run(args: SqlArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
             eprintln!(
                 "{} row(s){}",
                 result.num_rows(),
-                truncated_note(result.truncated)
+                truncated_note(result.truncated, max_rows)
             );
         }
         Format::Csv => {
-            if let Some(why) = output::csv_unwritable(&result.schema) {
+            if let Some(why) = output::csv_unwritable(&result.schema, "use `--format json`") {
                 anyhow::bail!("{why}");
             }
             // CSV has no place to say the rows were cut; stderr does.
             let (rows, truncated) = (result.num_rows(), result.truncated);
             write_out(result, output::Encoding::Csv)?;
             if truncated {
-                eprintln!("{rows} row(s){}", truncated_note(true));
+                eprintln!("{rows} row(s){}", truncated_note(true, max_rows));
             }
         }
         Format::Json => {
@@ -99,11 +109,14 @@ fn write_table(result: &kith_lake::QueryResult) -> anyhow::Result<()> {
     }
 }
 
-fn truncated_note(truncated: bool) -> &'static str {
+fn truncated_note(truncated: bool, max_rows: usize) -> String {
     if truncated {
-        " (truncated: add a LIMIT or aggregate)"
+        format!(
+            " (truncated: more rows matched than the {max_rows} written; pass --max-rows to \
+             write more, or add a LIMIT or aggregate)"
+        )
     } else {
-        ""
+        String::new()
     }
 }
 
