@@ -362,6 +362,38 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
             .ends_with("send events in more, smaller batches"),
         "{body}"
     );
+    // A few KB of gzip that expand past the limit: what was sent is small, so the answer says
+    // the limit is on what it holds.
+    let gzip_headers = [headers[0], ("Content-Encoding", "gzip")];
+    let (status, body, _) = post(
+        &server.url("/v1/batch"),
+        &gzip_headers,
+        &gzip(huge.to_string().as_bytes()),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        body["message"].as_str().unwrap().starts_with(
+            "the body, once its gzip is undone, is over 512000 bytes, the most one request may carry"
+        ),
+        "{body}"
+    );
+    // A single call holds one event: smaller batches are not the way out.
+    let (status, body) = post_json(
+        &server.url("/v1/track"),
+        &headers,
+        &huge["batch"][0].to_string(),
+    );
+    assert_eq!(
+        (status, body["code"].clone()),
+        (400, json!("payload_too_large"))
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("a call carries one event, of at most 32 KB: send less in its `properties`, `traits` or `context`"),
+        "{body}"
+    );
     // Off the ingest path the advice is the endpoint's own.
     let long_sql = json!({"sql": format!("SELECT 1 -- {}", "x".repeat(600 * 1024))}).to_string();
     let (status, body) = post_json(

@@ -56,6 +56,11 @@ pub struct EventError {
 /// What a body over the size limit is told when it carries events.
 pub(crate) const SEND_SMALLER_BATCHES: &str = "send events in more, smaller batches";
 
+/// What a single call's body over the size limit is told: it holds one event, which may hold at
+/// most `MAX_EVENT_BYTES` anyway.
+const SEND_A_SMALLER_EVENT: &str = "a call carries one event, of at most 32 KB: send less in \
+                                    its `properties`, `traits` or `context`";
+
 /// Reads the body, undoing gzip, never holding more than the request limit; a body over it is
 /// told `advice` (what to send instead, in the endpoint's terms).
 pub(crate) async fn read_body(
@@ -113,7 +118,16 @@ pub(crate) async fn read_body(
             format!("`Content-Encoding: gzip` was sent but {what}"),
         )
     })?;
-    decoded.ok_or_else(too_large)
+    decoded.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the body, once its gzip is undone, is over {MAX_REQUEST_BYTES} bytes, the most \
+                 one request may carry (the limit is on what it holds, not on what was sent); \
+                 {advice}"
+            ),
+        )
+    })
 }
 
 /// Whether `error`, or an error it was caused by, is an `E`.
@@ -317,7 +331,7 @@ pub async fn single(
         return Err(unknown_call(&call));
     };
     let submitted = {
-        let bytes = read_body(&headers, body, SEND_SMALLER_BATCHES).await?;
+        let bytes = read_body(&headers, body, SEND_A_SMALLER_EVENT).await?;
         let text = body_text(&bytes)?;
         let request = parse_single_request(text, kind).map_err(request_error)?;
         submit(&app, &Caller::new(&headers, peer), request)?
