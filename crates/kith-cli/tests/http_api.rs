@@ -1935,11 +1935,31 @@ fn key_create_prints_only_the_key_and_config_layers_apply() {
     assert!(ok);
     assert_eq!(out.lines().count(), 1);
     assert!(out.starts_with("kith_admin_"));
-    // Where the key went is said on stderr, which `$(...)` does not capture.
+    // Where the key went is said on stderr, which `$(...)` does not capture; a directory the
+    // command made is pointed out (a command run from the wrong place makes one).
     let id = &out.trim()["kith_admin_".len()..][..10];
+    let shown = data_dir.display();
     assert_eq!(
         err.trim(),
-        format!("created admin key {id} in {}", data_dir.display())
+        format!(
+            "created admin key {id} in a new data directory, {shown}: it works only on a server \
+             started on that directory (`kith serve --data-dir {shown}`); if the server uses \
+             another, create the key there with --data-dir"
+        )
+    );
+    let (ok, second, err) = kith(&[
+        "key",
+        "create",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--scope",
+        "read",
+    ]);
+    assert!(ok, "{err}");
+    let second_id = &second.trim()["kith_read_".len()..][..10];
+    assert_eq!(
+        err.trim(),
+        format!("created read key {second_id} in {shown}")
     );
     // The whole key revokes it, as its id does.
     let (ok, _, err) = kith(&[

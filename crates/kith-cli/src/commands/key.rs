@@ -62,6 +62,9 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
                 );
             }
             let data_dir = file.data_dir(data_dir.data_dir);
+            // Keys may be made before the server first starts; but a new directory may also
+            // mean the command ran from the wrong place, so that is said below.
+            let new_data_dir = !super::holds_a_mark(&data_dir);
             let store = StateStore::open(&data_dir)?;
             let created = store.create_key(scope, source.as_deref())?;
             if let Err(unwritten) = outln!("{}", created.secret) {
@@ -77,12 +80,22 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
             }
             // On stderr, so `$(kith key create ...)` still captures the key alone: a key works
             // only on a server with this data directory.
-            eprintln!(
-                "created {} key {} in {}",
-                scope.as_str(),
-                created.key.id,
-                super::shown_path(&data_dir)
-            );
+            let shown = super::shown_path(&data_dir);
+            if new_data_dir {
+                eprintln!(
+                    "created {} key {} in a new data directory, {shown}: it works only on a \
+                     server started on that directory (`kith serve --data-dir {shown}`); if the \
+                     server uses another, create the key there with --data-dir",
+                    scope.as_str(),
+                    created.key.id,
+                );
+            } else {
+                eprintln!(
+                    "created {} key {} in {shown}",
+                    scope.as_str(),
+                    created.key.id
+                );
+            }
         }
         KeyAction::List { data_dir } => {
             let store = StateStore::open(&existing_data_dir(file.data_dir(data_dir.data_dir))?)?;
