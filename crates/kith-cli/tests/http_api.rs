@@ -1804,7 +1804,34 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
     }
     assert_eq!(doc["paths"]["/healthz"]["get"]["security"], json!([{}]));
     let (_, errors) = get("/docs/errors");
-    assert!(errors.contains("\"code\":\"payload_too_large\""));
+    let errors: Value = serde_json::from_str(&errors).unwrap();
+    let too_large = errors["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["code"] == "payload_too_large")
+        .unwrap();
+    // The meaning is docs/errors.md's own.
+    assert_eq!(
+        too_large["meaning"],
+        "the body is over 500 KB after decompression"
+    );
+    // A browser following an error's `link` gets a page whose rows are the anchors.
+    let mut response = agent()
+        .get(server.url("/docs/errors"))
+        .header("Accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .call()
+        .unwrap();
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/html; charset=utf-8"
+    );
+    let page = response.body_mut().read_to_string().unwrap();
+    assert!(
+        page.contains("<tr id=\"invalid_body\">")
+            && page.contains("not an object, no <code>batch</code> array"),
+        "{page}"
+    );
 
     // Whoever opens the server's address learns what it is and how to start, with this
     // server's address in the commands: JSON for programs, a page for a browser.

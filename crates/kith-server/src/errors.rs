@@ -87,233 +87,61 @@ impl ErrorCode {
         ErrorCode::Internal,
     ];
 
-    /// `(code, HTTP status, type, what it means)`.
-    pub fn describe(self) -> (&'static str, StatusCode, &'static str, &'static str) {
+    /// `(code, HTTP status, type)`. What each means is in `docs/errors.md`, which
+    /// `GET /docs/errors` serves.
+    pub fn describe(self) -> (&'static str, StatusCode, &'static str) {
         use ErrorCode::*;
         use StatusCode as S;
         match self {
-            InvalidJson => (
-                "invalid_json",
-                S::BAD_REQUEST,
-                "invalid_request",
-                "the body is not valid JSON",
-            ),
-            InvalidBody => (
-                "invalid_body",
-                S::BAD_REQUEST,
-                "invalid_request",
-                "the JSON does not have the expected shape",
-            ),
-            PayloadTooLarge => (
-                "payload_too_large",
-                S::BAD_REQUEST,
-                "invalid_request",
-                "the body is over 500 KB (after decompression)",
-            ),
-            TooManyEvents => (
-                "too_many_events",
-                S::BAD_REQUEST,
-                "invalid_request",
-                "a batch holds more than 2,500 events",
-            ),
-            InvalidGzip => (
-                "invalid_gzip",
-                S::BAD_REQUEST,
-                "invalid_request",
-                "`Content-Encoding: gzip` was sent but the body is not gzip, is cut short, or has bytes after its last gzip member",
-            ),
+            InvalidJson => ("invalid_json", S::BAD_REQUEST, "invalid_request"),
+            InvalidBody => ("invalid_body", S::BAD_REQUEST, "invalid_request"),
+            PayloadTooLarge => ("payload_too_large", S::BAD_REQUEST, "invalid_request"),
+            TooManyEvents => ("too_many_events", S::BAD_REQUEST, "invalid_request"),
+            InvalidGzip => ("invalid_gzip", S::BAD_REQUEST, "invalid_request"),
             UnsupportedEncoding => (
                 "unsupported_encoding",
                 S::UNSUPPORTED_MEDIA_TYPE,
                 "invalid_request",
-                "the body's `Content-Encoding` is not one Kith reads: send it as it is, or gzip-compressed (`Content-Encoding: gzip`)",
             ),
-            InvalidEvent => (
-                "invalid_event",
-                S::BAD_REQUEST,
-                "invalid_request",
-                "no event in the request was valid; each one's reason is listed",
-            ),
-            MalformedRequest => (
-                "malformed_request",
-                S::BAD_REQUEST,
-                "invalid_request",
-                "the request is not readable HTTP/1.1: a malformed request line or header line, a body length that cannot be told, or a body that broke off before its end",
-            ),
-            UriTooLong => (
-                "uri_too_long",
-                S::URI_TOO_LONG,
-                "invalid_request",
-                "the path and query string are over 65,534 bytes; send the data in a POST body",
-            ),
+            InvalidEvent => ("invalid_event", S::BAD_REQUEST, "invalid_request"),
+            MalformedRequest => ("malformed_request", S::BAD_REQUEST, "invalid_request"),
+            UriTooLong => ("uri_too_long", S::URI_TOO_LONG, "invalid_request"),
             HeadersTooLarge => (
                 "headers_too_large",
                 S::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "invalid_request",
-                "more than 100 header lines, or a request line and headers over 128 KiB together",
             ),
-            RequestTimeout => (
-                "request_timeout",
-                S::REQUEST_TIMEOUT,
-                "invalid_request",
-                "the body stopped arriving: no more of it came within `idle_connection_secs` (default 75)",
-            ),
-            MissingApiKey => (
-                "missing_api_key",
-                S::UNAUTHORIZED,
-                "auth",
-                "no key was sent: use HTTP Basic with the key as user name, a Bearer token, or `writeKey` in the body",
-            ),
-            InvalidApiKey => (
-                "invalid_api_key",
-                S::UNAUTHORIZED,
-                "auth",
-                "the key is not known to this Kith, the `Authorization` header cannot be read (or is sent more than once), or it, the body's `writeKey` and the URL's `writeKey` do not all name the same key",
-            ),
-            RevokedApiKey => (
-                "revoked_api_key",
-                S::UNAUTHORIZED,
-                "auth",
-                "the key was revoked",
-            ),
-            InsufficientScope => (
-                "insufficient_scope",
-                S::FORBIDDEN,
-                "auth",
-                "the key's scope does not allow this call",
-            ),
-            InvalidSql => (
-                "invalid_sql",
-                S::BAD_REQUEST,
-                "invalid_request",
-                "the SQL is wrong or not a read query",
-            ),
-            QueryTimeout => (
-                "query_timeout",
-                S::BAD_REQUEST,
-                "invalid_request",
-                "the query ran past its time limit",
-            ),
-            QueryMemoryExceeded => (
-                "query_memory_exceeded",
-                S::BAD_REQUEST,
-                "invalid_request",
-                "the query, its answer or the profile tables it reads need more memory than queries may use, even alone",
-            ),
-            NotFound => (
-                "not_found",
-                S::NOT_FOUND,
-                "invalid_request",
-                "no such endpoint or resource",
-            ),
+            RequestTimeout => ("request_timeout", S::REQUEST_TIMEOUT, "invalid_request"),
+            MissingApiKey => ("missing_api_key", S::UNAUTHORIZED, "auth"),
+            InvalidApiKey => ("invalid_api_key", S::UNAUTHORIZED, "auth"),
+            RevokedApiKey => ("revoked_api_key", S::UNAUTHORIZED, "auth"),
+            InsufficientScope => ("insufficient_scope", S::FORBIDDEN, "auth"),
+            InvalidSql => ("invalid_sql", S::BAD_REQUEST, "invalid_request"),
+            QueryTimeout => ("query_timeout", S::BAD_REQUEST, "invalid_request"),
+            QueryMemoryExceeded => ("query_memory_exceeded", S::BAD_REQUEST, "invalid_request"),
+            NotFound => ("not_found", S::NOT_FOUND, "invalid_request"),
             MethodNotAllowed => (
                 "method_not_allowed",
                 S::METHOD_NOT_ALLOWED,
                 "invalid_request",
-                "the endpoint exists but not for this HTTP method; the `Allow` header and /openapi.json name the methods it takes",
             ),
-            NotAcceptable => (
-                "not_acceptable",
-                S::NOT_ACCEPTABLE,
-                "invalid_request",
-                "the `Accept` header allows none of the formats the endpoint answers in; the message lists them",
-            ),
-            InvalidProfileLookup => (
-                "invalid_profile_lookup",
-                S::BAD_REQUEST,
-                "invalid_request",
-                "the profile path must be `{type}:{value}` with a known identifier type and a valid value",
-            ),
-            ProfileNotFound => (
-                "profile_not_found",
-                S::NOT_FOUND,
-                "invalid_request",
-                "no profile holds that identifier",
-            ),
-            InvalidParameter => (
-                "invalid_parameter",
-                S::BAD_REQUEST,
-                "invalid_request",
-                "a query-string parameter has a value that cannot be used",
-            ),
-            MergeRefused => (
-                "merge_refused",
-                S::CONFLICT,
-                "invalid_request",
-                "the profiles cannot be merged: the identity guards refuse it (e.g. two different user ids)",
-            ),
-            InvalidComputedTrait => (
-                "invalid_computed_trait",
-                S::BAD_REQUEST,
-                "invalid_request",
-                "the computed trait definition is not valid; the message names the field",
-            ),
-            ComputedTraitExists => (
-                "computed_trait_exists",
-                S::CONFLICT,
-                "invalid_request",
-                "a computed trait with that name exists; remove it first or choose another name",
-            ),
-            ComputedTraitInConfig => (
-                "computed_trait_in_config",
-                S::CONFLICT,
-                "invalid_request",
-                "the computed trait is declared in kith.toml; change it there",
-            ),
-            InvalidAnalysis => (
-                "invalid_analysis",
-                S::BAD_REQUEST,
-                "invalid_request",
-                "the analysis definition is not valid; the message names the field and says why",
-            ),
-            InvalidModel => (
-                "invalid_model",
-                S::BAD_REQUEST,
-                "invalid_request",
-                "the model definition is not valid; the message names the field and says why",
-            ),
-            ModelRunning => (
-                "model_running",
-                S::CONFLICT,
-                "invalid_request",
-                "a run of this model is in progress; follow it and start another when it ends",
-            ),
-            ModelNotFitted => (
-                "model_not_fitted",
-                S::NOT_FOUND,
-                "invalid_request",
-                "the model has not been fitted successfully yet; start a fit first",
-            ),
-            ComputedTraitNotFound => (
-                "computed_trait_not_found",
-                S::NOT_FOUND,
-                "invalid_request",
-                "no computed trait has that name",
-            ),
-            Overloaded => (
-                "overloaded",
-                S::TOO_MANY_REQUESTS,
-                "system",
-                "Kith is busy; retry after the `Retry-After` seconds",
-            ),
-            StorageUnavailable => (
-                "storage_unavailable",
-                S::SERVICE_UNAVAILABLE,
-                "system",
-                "the data could not be made durable (disk full or failing); retry later",
-            ),
-            Starting => (
-                "starting",
-                S::SERVICE_UNAVAILABLE,
-                "system",
-                "Kith is starting: it replays its journal (or loads the demo world) before it answers; retry after `Retry-After` seconds",
-            ),
-            Internal => (
-                "internal",
-                S::INTERNAL_SERVER_ERROR,
-                "internal",
-                "an unexpected error; see the server log",
-            ),
+            NotAcceptable => ("not_acceptable", S::NOT_ACCEPTABLE, "invalid_request"),
+            InvalidProfileLookup => ("invalid_profile_lookup", S::BAD_REQUEST, "invalid_request"),
+            ProfileNotFound => ("profile_not_found", S::NOT_FOUND, "invalid_request"),
+            InvalidParameter => ("invalid_parameter", S::BAD_REQUEST, "invalid_request"),
+            MergeRefused => ("merge_refused", S::CONFLICT, "invalid_request"),
+            InvalidComputedTrait => ("invalid_computed_trait", S::BAD_REQUEST, "invalid_request"),
+            ComputedTraitExists => ("computed_trait_exists", S::CONFLICT, "invalid_request"),
+            ComputedTraitInConfig => ("computed_trait_in_config", S::CONFLICT, "invalid_request"),
+            InvalidAnalysis => ("invalid_analysis", S::BAD_REQUEST, "invalid_request"),
+            InvalidModel => ("invalid_model", S::BAD_REQUEST, "invalid_request"),
+            ModelRunning => ("model_running", S::CONFLICT, "invalid_request"),
+            ModelNotFitted => ("model_not_fitted", S::NOT_FOUND, "invalid_request"),
+            ComputedTraitNotFound => ("computed_trait_not_found", S::NOT_FOUND, "invalid_request"),
+            Overloaded => ("overloaded", S::TOO_MANY_REQUESTS, "system"),
+            StorageUnavailable => ("storage_unavailable", S::SERVICE_UNAVAILABLE, "system"),
+            Starting => ("starting", S::SERVICE_UNAVAILABLE, "system"),
+            Internal => ("internal", S::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }
@@ -351,7 +179,7 @@ impl ApiError {
     }
 
     pub fn body(&self) -> serde_json::Value {
-        let (code, _, kind, _) = self.code.describe();
+        let (code, _, kind) = self.code.describe();
         let mut body = serde_json::to_value(ErrorBody {
             message: &self.message,
             code,
@@ -372,7 +200,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (code, status, _, _) = self.code.describe();
+        let (code, status, _) = self.code.describe();
         // Every error answer by code, collection's included: a request refused before any of
         // its events is read (a wrong or revoked write key, a body that is not JSON) counts
         // no event, so this is where an SDK shipped with a bad key shows.
@@ -400,19 +228,80 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `GET /docs/errors`: the error table itself, so every `link` resolves.
+/// The error table people read, built into the server so that `GET /docs/errors` serves the
+/// same words.
+const ERROR_DOCS: &str = include_str!("../../../docs/errors.md");
+
+/// What the API error `code` means: its row of the first table of `docs/errors.md`
+/// (`` | `code` | status | type | meaning | ``); the second lists per-event rejections, some
+/// of the same names.
+fn meaning(code: &str) -> &'static str {
+    let api_table = ERROR_DOCS.split("\n## ").next().unwrap_or_default();
+    let lead = format!("| `{code}` | ");
+    api_table
+        .lines()
+        .find(|line| line.starts_with(&lead))
+        .and_then(|line| line.splitn(4, " | ").nth(3))
+        .map_or("", |rest| rest.trim_end().trim_end_matches('|').trim_end())
+}
+
+/// `GET /docs/errors`: the error table itself, so every `link` resolves: a page whose rows are
+/// the links' anchors for a browser, JSON otherwise.
 #[utoipa::path(get, path = "/docs/errors", tag = "operations",
-    description = "Every error code the API answers, with its HTTP status, type and meaning: where each error's `link` leads.",
-    responses((status = 200, description = "`{errors: [{code, status, type, meaning}]}`")))]
-pub async fn error_docs() -> axum::Json<serde_json::Value> {
-    let rows: Vec<_> = ErrorCode::ALL
-        .iter()
-        .map(|c| {
-            let (code, status, kind, meaning) = c.describe();
-            serde_json::json!({"code": code, "status": status.as_u16(), "type": kind, "meaning": meaning})
+    description = "Every error code the API answers, with its HTTP status, type and meaning: where each error's `link` leads. HTML for a browser (`Accept: text/html`; each row's `id` is its code, so `/docs/errors#CODE` lands on it), JSON otherwise.",
+    responses((status = 200, description = "`{errors: [{code, status, type, meaning}]}`, or the table as HTML")))]
+pub async fn error_docs(headers: axum::http::HeaderMap) -> Response {
+    let rows = ErrorCode::ALL.iter().map(|c| {
+        let (code, status, kind) = c.describe();
+        (code, status.as_u16(), kind, meaning(code))
+    });
+    if crate::welcome::wants_html(&headers) {
+        return axum::response::Html(error_page(rows)).into_response();
+    }
+    let rows: Vec<_> = rows
+        .map(|(code, status, kind, meaning)| {
+            serde_json::json!({"code": code, "status": status, "type": kind, "meaning": meaning})
         })
         .collect();
-    axum::Json(serde_json::json!({ "errors": rows }))
+    axum::Json(serde_json::json!({ "errors": rows })).into_response()
+}
+
+/// The table as a page; text between backticks is shown as code, as the Markdown shows it.
+fn error_page<'a>(rows: impl Iterator<Item = (&'a str, u16, &'a str, &'a str)>) -> String {
+    use crate::welcome::escape;
+    let as_html = |text: &str| -> String {
+        text.split('`')
+            .enumerate()
+            .map(|(i, part)| {
+                if i % 2 == 1 {
+                    format!("<code>{}</code>", escape(part))
+                } else {
+                    escape(part)
+                }
+            })
+            .collect()
+    };
+    let rows: String = rows
+        .map(|(code, status, kind, meaning)| {
+            format!(
+                "<tr id=\"{code}\"><td><a href=\"#{code}\"><code>{code}</code></a></td><td>{status}</td>\
+                 <td>{kind}</td><td>{}</td></tr>\n",
+                as_html(meaning)
+            )
+        })
+        .collect();
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Kith API error codes</title>\
+         <style>body{{font-family:system-ui,sans-serif;max-width:64rem;margin:2rem auto;padding:0 1rem;line-height:1.5}}\
+         td{{vertical-align:top;padding:.3rem .6rem;border-bottom:1px solid #ddd}}tr:target{{background:#fff3b0}}</style></head>\n\
+         <body><h1>API error codes</h1>\n\
+         <p>Every error body is <code>{{message, code, type, link}}</code>; its <code>link</code> \
+         leads to its row here.</p>\n\
+         <table>\n<tr><th>code</th><th>HTTP</th><th>type</th><th>meaning</th></tr>\n{rows}</table>\n\
+         </body></html>\n"
+    )
 }
 
 /// Errors answered by the HTTP layer rather than by a handler (a path segment that is not UTF-8,
@@ -471,9 +360,41 @@ mod tests {
     fn the_error_docs_list_every_code_with_its_status_and_type() {
         let docs = include_str!("../../../docs/errors.md");
         for code in ErrorCode::ALL {
-            let (name, status, kind, _) = code.describe();
+            let (name, status, kind) = code.describe();
             let row = format!("| `{name}` | {} | {kind} |", status.as_u16());
             assert!(docs.contains(&row), "docs/errors.md lacks the row {row}");
+            // What `GET /docs/errors` serves is read from that row.
+            assert!(!super::meaning(name).is_empty(), "{name}");
         }
+    }
+
+    /// An API code that also names a per-event rejection means what the API table says.
+    #[test]
+    fn meanings_come_from_the_api_table() {
+        assert_eq!(
+            super::meaning("invalid_json"),
+            "the body is not valid JSON (or not UTF-8)"
+        );
+        assert_eq!(super::meaning("no_such_code"), "");
+    }
+
+    /// The page shows the docs' code spans as code and nothing in them as markup.
+    #[test]
+    fn the_error_page_anchors_each_code_and_escapes_its_meaning() {
+        let page = super::error_page(
+            [(
+                "invalid_body",
+                400,
+                "invalid_request",
+                "no `<batch>` & more",
+            )]
+            .into_iter(),
+        );
+        assert!(
+            page.contains(
+                "<tr id=\"invalid_body\"><td><a href=\"#invalid_body\"><code>invalid_body</code></a></td>"
+            ) && page.contains("<td>no <code>&lt;batch&gt;</code> &amp; more</td>"),
+            "{page}"
+        );
     }
 }

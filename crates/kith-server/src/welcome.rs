@@ -37,11 +37,7 @@ pub async fn welcome(
         &base_url(&origin),
         uses_the_default_data_dir(&app.config.data_dir),
     );
-    let wants_html = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/html"));
-    let mut response = if wants_html {
+    let mut response = if wants_html(&headers) {
         Html(page(&steps)).into_response()
     } else {
         axum::Json(json!({
@@ -170,8 +166,16 @@ fn page(steps: &[(&str, String)]) -> String {
     )
 }
 
+/// Whether the request is a browser's, asking for a page (`Accept: text/html`).
+pub(crate) fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"))
+}
+
 /// Text for HTML: the address in the commands comes from the request's headers.
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
