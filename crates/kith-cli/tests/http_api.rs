@@ -1740,6 +1740,14 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
     }
     // Collection is counted by event, not in the API's request counts.
     assert!(!metrics.contains("route=\"/v1/batch\""), "{metrics}");
+    // Each metric says what it is, and a counter without labels is there before its first
+    // event, so alerts on it work from the start.
+    assert!(
+        metrics.contains(
+            "# HELP kith_events_rejected_total Events refused one by one inside a readable request"
+        ) && metrics.contains("\nkith_ingest_backpressure_total 0\n"),
+        "{metrics}"
+    );
     let (_, openapi) = get("/openapi.json");
     let doc: Value = serde_json::from_str(&openapi).unwrap();
     for path in [

@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod local;
 pub mod memory;
 pub mod merge;
+mod metric_catalog;
 pub mod models;
 pub mod ops;
 pub mod params;

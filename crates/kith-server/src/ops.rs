@@ -24,7 +24,10 @@ static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn install_metrics() -> Option<&'static PrometheusHandle> {
     PROMETHEUS
         .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(handle) => Some(handle),
+            Ok(handle) => {
+                crate::metric_catalog::describe_all();
+                Some(handle)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "metrics recorder not installed");
                 None
