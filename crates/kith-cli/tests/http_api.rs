@@ -2403,6 +2403,17 @@ fn a_bad_setting_is_traced_to_where_it_was_set() {
         "{err}"
     );
     assert_eq!(std::fs::read_dir(elsewhere).unwrap().count(), 2);
+    // A data directory without keys yet (a server started on it, none made): the list is the
+    // header alone, and stderr says how to make one.
+    let keyless = dir.path().join("keyless");
+    std::fs::create_dir_all(keyless.join("journal")).unwrap();
+    let (ok, out, err) = kith(&["key", "list", "--data-dir", keyless.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        err.contains("no keys yet; make one with `kith key create"),
+        "{err}"
+    );
 }
 
 // A second server on a data directory in use stops at once, naming the process that holds it,

@@ -106,7 +106,12 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
                 "source",
                 "created"
             )?;
-            for key in store.list_keys()? {
+            let keys = store.list_keys()?;
+            if keys.is_empty() {
+                // On stderr: what scripts read stays the header alone.
+                eprintln!("no keys yet; make one with `kith key create --scope ingest|read|admin`");
+            }
+            for key in keys {
                 outln!(
                     "{:<12} {:<7} {:<16} {:<26} {}",
                     key.id,
