@@ -23,6 +23,7 @@ mod owned_task;
 mod pass_through;
 mod plan_size;
 mod sql_size;
+mod unknown_column;
 mod window_lists;
 pub mod worker;
 mod yield_points;
@@ -231,6 +232,14 @@ fn classify_ref(err: &DataFusionError, limits: &QueryLimits) -> QueryError {
         // An error several partitions share (a repartition hands each the same one).
         DataFusionError::Shared(shared) => classify_ref(shared, limits),
         DataFusionError::SQL(parse, _) => QueryError::Invalid(syntax_message(parse)),
+        DataFusionError::SchemaError(schema_error, _)
+            if let datafusion::common::SchemaError::FieldNotFound {
+                field,
+                valid_fields,
+            } = schema_error.as_ref() =>
+        {
+            QueryError::Invalid(unknown_column::message(field, valid_fields))
+        }
         DataFusionError::Execution(message) if message == yield_points::PAST_TIME_LIMIT => {
             QueryError::Timeout(limits.timeout)
         }
