@@ -1828,17 +1828,21 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
         too_large["meaning"],
         "the body is over 500 KB after decompression"
     );
+    // What a browser asking for `path` is given: a page.
+    let page_for_a_browser = |path: &str| -> String {
+        let mut response = agent()
+            .get(server.url(path))
+            .header("Accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+            .call()
+            .unwrap();
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/html; charset=utf-8"
+        );
+        response.body_mut().read_to_string().unwrap()
+    };
     // A browser following an error's `link` gets a page whose rows are the anchors.
-    let mut response = agent()
-        .get(server.url("/docs/errors"))
-        .header("Accept", "text/html,application/xhtml+xml,*/*;q=0.8")
-        .call()
-        .unwrap();
-    assert_eq!(
-        response.headers()["content-type"].to_str().unwrap(),
-        "text/html; charset=utf-8"
-    );
-    let page = response.body_mut().read_to_string().unwrap();
+    let page = page_for_a_browser("/docs/errors");
     assert!(
         page.contains("<tr id=\"invalid_body\">")
             && page.contains("not an object, no <code>batch</code> array"),
@@ -1875,16 +1879,7 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
             .contains(&*server.data_dir.to_string_lossy()),
         "{welcome}"
     );
-    let mut response = agent()
-        .get(server.url("/"))
-        .header("Accept", "text/html,application/xhtml+xml,*/*;q=0.8")
-        .call()
-        .unwrap();
-    assert_eq!(
-        response.headers()["content-type"].to_str().unwrap(),
-        "text/html; charset=utf-8"
-    );
-    let page = response.body_mut().read_to_string().unwrap();
+    let page = page_for_a_browser("/");
     assert!(page.contains("is running</h1>"), "{page}");
     assert!(page.contains("<a href=\"/openapi.json\">"), "{page}");
     assert!(
