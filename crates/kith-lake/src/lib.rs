@@ -277,7 +277,8 @@ impl Lake {
 
     /// Hands every stored event with `ingest_seq <= through_seq` (Delta plus the buffer) to
     /// `each`, a batch at a time and in no particular order, for recomputations that fold each
-    /// event into state: however many events are stored, only a batch of them is held at once.
+    /// event into state: however many events are stored, only a few batches of them are held
+    /// at once (one being folded, one waiting, one being made).
     pub async fn each_stored_event(
         &self,
         through_seq: u64,

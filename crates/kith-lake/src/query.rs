@@ -732,7 +732,9 @@ async fn run_over(
 /// As in [`run_over`], the engine works in a task of its own: when the time is up the caller
 /// is answered at once (the task is aborted at its next yield point), and a panic inside the
 /// engine ends the query as [`QueryError::EngineFault`]. `each` runs on the caller's task,
-/// since it borrows the caller's state; the engine makes the next batch meanwhile.
+/// since it borrows the caller's state; the engine makes the next batch meanwhile. Analyses'
+/// queries are timed in `kith_query_seconds`; background work (model runs, recomputations) is
+/// not.
 pub(crate) async fn stream(
     lake: &Lake,
     sql: &str,
@@ -751,7 +753,8 @@ pub(crate) async fn stream(
     // When the plan was ready, so a query out of time is told whether it was still planning.
     let planned = Arc::new(std::sync::OnceLock::new());
     let planned_in_task = Arc::clone(&planned);
-    // One batch waits while `each` folds the one before.
+    // One batch waits while `each` folds the one before (and the engine may hold a third
+    // while it waits to hand it over).
     let (sender, mut made) = tokio::sync::mpsc::channel(1);
     let work = OwnedTask::new(tokio::spawn(async move {
         let limits = &task_limits;
@@ -782,7 +785,11 @@ pub(crate) async fn stream(
         Ok(Ok(Err(err))) => Err(memory::crowded_out(err, &pool)),
         Ok(Err(join)) => Err(engine_fault(join)),
         Ok(Ok(Ok(()))) => {
-            metrics::histogram!("kith_query_seconds").record(started.elapsed().as_secs_f64());
+            // Queries a person waits for; model runs and recomputations take minutes or hours
+            // in the background and would swamp the latency a summary of this shows.
+            if limits.purpose == MemoryPurpose::Queries {
+                metrics::histogram!("kith_query_seconds").record(started.elapsed().as_secs_f64());
+            }
             Ok(())
         }
     }

@@ -255,15 +255,21 @@ pub async fn error_docs(headers: axum::http::HeaderMap) -> Response {
         let (code, status, kind) = c.describe();
         (code, status.as_u16(), kind, meaning(code))
     });
-    if crate::welcome::wants_html(&headers) {
-        return axum::response::Html(error_page(rows)).into_response();
-    }
-    let rows: Vec<_> = rows
-        .map(|(code, status, kind, meaning)| {
-            serde_json::json!({"code": code, "status": status, "type": kind, "meaning": meaning})
-        })
-        .collect();
-    axum::Json(serde_json::json!({ "errors": rows })).into_response()
+    let mut response = if crate::welcome::wants_html(&headers) {
+        axum::response::Html(error_page(rows)).into_response()
+    } else {
+        let rows: Vec<_> = rows
+            .map(|(code, status, kind, meaning)| {
+                serde_json::json!({"code": code, "status": status, "type": kind, "meaning": meaning})
+            })
+            .collect();
+        axum::Json(serde_json::json!({ "errors": rows })).into_response()
+    };
+    // The same address answers a page or JSON: a cache must keep them apart.
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
+    response
 }
 
 /// The table as a page; text between backticks is shown as code, as the Markdown shows it.

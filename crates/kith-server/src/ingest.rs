@@ -58,8 +58,13 @@ pub(crate) const SEND_SMALLER_BATCHES: &str = "send events in more, smaller batc
 
 /// What a single call's body over the size limit is told: it holds one event, which may hold at
 /// most `MAX_EVENT_BYTES` anyway.
-const SEND_A_SMALLER_EVENT: &str = "a call carries one event, of at most 32 KB: send less in \
-                                    its `properties`, `traits` or `context`";
+static SEND_A_SMALLER_EVENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "a call carries one event, of at most {} KB: send less in its `properties`, `traits` \
+         or `context`",
+        kith_core::limits::MAX_EVENT_BYTES / 1024
+    )
+});
 
 /// Reads the body, undoing gzip, never holding more than the request limit; a body over it is
 /// told `advice` (what to send instead, in the endpoint's terms).
@@ -331,7 +336,7 @@ pub async fn single(
         return Err(unknown_call(&call));
     };
     let submitted = {
-        let bytes = read_body(&headers, body, SEND_A_SMALLER_EVENT).await?;
+        let bytes = read_body(&headers, body, &SEND_A_SMALLER_EVENT).await?;
         let text = body_text(&bytes)?;
         let request = parse_single_request(text, kind).map_err(request_error)?;
         submit(&app, &Caller::new(&headers, peer), request)?

@@ -267,7 +267,7 @@ pub(crate) const METRICS: &[Metric] = &[
         "kith_query_seconds",
         Histogram,
         &[],
-        "Time of answered queries: SQL, and the queries analyses and model runs make.",
+        "Time of answered queries a person waits for: SQL, and the queries analyses make (not model runs or recomputations).",
     ),
     metric(
         "kith_queries_total",

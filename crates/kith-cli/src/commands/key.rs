@@ -84,10 +84,11 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
             if new_data_dir {
                 eprintln!(
                     "created {} key {} in a new data directory, {shown}: it works only on a \
-                     server started on that directory (`kith serve --data-dir {shown}`); if the \
+                     server started on that directory (`kith serve --data-dir {}`); if the \
                      server uses another, create the key there with --data-dir",
                     scope.as_str(),
                     created.key.id,
+                    super::shell_word(&shown),
                 );
             } else {
                 eprintln!(
@@ -98,7 +99,8 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
             }
         }
         KeyAction::List { data_dir } => {
-            let store = StateStore::open(&existing_data_dir(file.data_dir(data_dir.data_dir))?)?;
+            let data_dir = existing_data_dir(file.data_dir(data_dir.data_dir))?;
+            let store = StateStore::open(&data_dir)?;
             outln!(
                 "{:<12} {:<7} {:<16} {:<26} status",
                 "id",
@@ -109,7 +111,11 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
             let keys = store.list_keys()?;
             if keys.is_empty() {
                 // On stderr: what scripts read stays the header alone.
-                eprintln!("no keys yet; make one with `kith key create --scope ingest|read|admin`");
+                eprintln!(
+                    "no keys yet; make one with `kith key create --data-dir {} --scope \
+                     ingest|read|admin`",
+                    super::shell_word(&super::shown_path(&data_dir))
+                );
             }
             for key in keys {
                 outln!(

@@ -79,6 +79,20 @@ pub(crate) fn shown_path(path: &std::path::Path) -> String {
         .to_string()
 }
 
+/// `text` as one word of a shell command a person may paste: as it is when it holds only
+/// characters no shell treats specially, else in single quotes.
+pub(crate) fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:,=@".contains(c));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
 /// What a data directory holds from its first use: the keys (`state.db`, made by `kith key
 /// create`), the journal (made by `kith serve`) or the tables (made by an import).
 const DATA_DIR_MARKS: [&str; 3] = ["state.db", "journal", "tables"];
@@ -166,4 +180,19 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .thread_stack_size(kith_lake::query::QUERY_THREAD_STACK_BYTES)
         .enable_all()
         .build()?)
+}
+
+#[cfg(test)]
+mod shell_word_tests {
+    use super::shell_word;
+
+    // A path pasted from a message must stay one word, whatever it holds.
+    #[test]
+    fn a_word_with_spaces_or_quotes_is_quoted_and_a_plain_one_left_as_it_is() {
+        assert_eq!(shell_word("/srv/kith-data"), "/srv/kith-data");
+        assert_eq!(shell_word("/home/ana/my data"), "'/home/ana/my data'");
+        assert_eq!(shell_word("/tmp/it's"), r"'/tmp/it'\''s'");
+        assert_eq!(shell_word("/tmp/$HOME"), "'/tmp/$HOME'");
+        assert_eq!(shell_word(""), "''");
+    }
 }

@@ -12,35 +12,34 @@ const MOST_LISTED: usize = 60;
 /// "no column `nope` here; …": the nearest name when one is near, double quotes when the name
 /// differs only in case (unquoted names are read in lower case), and the columns there are.
 pub(crate) fn message(field: &Column, valid: &[Column]) -> String {
-    let wanted = field.flat_name();
-    let mut message = format!("no column `{wanted}` in the tables the query reads");
-    if let Some(same_but_case) = valid
+    // Qualified only where the query reads several tables.
+    let several = valid
         .iter()
-        .find(|c| c.name() != field.name() && c.name().eq_ignore_ascii_case(field.name()))
-    {
+        .any(|c| c.relation != valid.first().and_then(|f| f.relation.clone()));
+    let shown = |c: &Column| {
+        if several {
+            c.flat_name()
+        } else {
+            c.name().to_string()
+        }
+    };
+    let mut message = format!(
+        "no column `{}` in the tables the query reads",
+        field.flat_name()
+    );
+    let same_but_case = valid
+        .iter()
+        .find(|c| c.name() != field.name() && c.name().eq_ignore_ascii_case(field.name()));
+    if let Some(same_but_case) = same_but_case {
         message.push_str(&format!(
             "; names are read in lower case unless quoted: write \"{}\" in double quotes",
             same_but_case.name()
         ));
     } else if let Some(near) = nearest(field, valid) {
-        message.push_str(&format!("; did you mean `{}`?", near.flat_name()));
+        message.push_str(&format!("; did you mean `{}`?", shown(near)));
     }
     if !valid.is_empty() {
-        // Qualified only where the query reads several tables.
-        let several = valid
-            .iter()
-            .any(|c| c.relation != valid.first().and_then(|f| f.relation.clone()));
-        let names: Vec<String> = valid
-            .iter()
-            .take(MOST_LISTED)
-            .map(|c| {
-                if several {
-                    c.flat_name()
-                } else {
-                    c.name().to_string()
-                }
-            })
-            .collect();
+        let names: Vec<String> = valid.iter().take(MOST_LISTED).map(shown).collect();
         let more = valid.len().saturating_sub(MOST_LISTED);
         message.push_str(&format!(" (its columns: {}", names.join(", ")));
         if more > 0 {
@@ -52,7 +51,8 @@ pub(crate) fn message(field: &Column, valid: &[Column]) -> String {
 }
 
 /// The valid column nearest to `field`, if one needs at most a third of its letters changed
-/// (DataFusion allows half, which offers `type` for `nope`).
+/// (DataFusion allows half, which offers `type` for `nope`); two neighbours swapped count as
+/// one change.
 fn nearest<'a>(field: &Column, valid: &'a [Column]) -> Option<&'a Column> {
     let wanted = field.name().to_lowercase();
     valid
@@ -60,11 +60,26 @@ fn nearest<'a>(field: &Column, valid: &'a [Column]) -> Option<&'a Column> {
         .map(|column| {
             let name = column.name().to_lowercase();
             let longer = name.chars().count().max(wanted.chars().count());
-            (levenshtein(&wanted, &name), longer, column)
+            let distance = if one_swap_apart(&wanted, &name) {
+                1
+            } else {
+                levenshtein(&wanted, &name)
+            };
+            (distance, longer, column)
         })
         .filter(|(distance, longer, _)| *longer > 0 && distance * 3 <= *longer)
         .min_by_key(|(distance, _, _)| *distance)
         .map(|(_, _, column)| column)
+}
+
+/// Whether `b` is `a` with two neighbouring letters swapped (`tpye`, `type`).
+fn one_swap_apart(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    if a.len() != b.len() {
+        return false;
+    }
+    let differ: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+    matches!(differ[..], [i, j] if j == i + 1 && a[i] == b[j] && a[j] == b[i])
 }
 
 #[cfg(test)]
@@ -83,9 +98,11 @@ mod tests {
         let valid = events(&["message_id", "type", "event", "user_id"]);
         assert_eq!(
             message(&Column::new_unqualified("evnt"), &valid),
-            "no column `evnt` in the tables the query reads; did you mean `events.event`? (its \
-             columns: message_id, type, event, user_id; docs/tables.md describes them)"
+            "no column `evnt` in the tables the query reads; did you mean `event`? (its columns: \
+             message_id, type, event, user_id; docs/tables.md describes them)"
         );
+        // Two letters swapped are one slip.
+        assert!(message(&Column::new_unqualified("tpye"), &valid).contains("did you mean `type`?"));
         // Nothing near: no guess, only the list (`type` is two letters from `nope`).
         assert!(!message(&Column::new_unqualified("nope"), &valid).contains("did you mean"));
         assert_eq!(
