@@ -92,41 +92,118 @@ pub fn csv_unwritable(schema: &arrow::datatypes::Schema, other_formats: &str) ->
 
 /// The first value in `batches` that cannot be written as text, described for the person who
 /// asked: a time outside what calendars can be computed for (`from_unixtime(9223372036854775807)`
-/// is some 292 billion years away). Checked before an answer starts, so such a value is an
-/// error rather than an error message in a cell, or a CSV cut short. Only times can fail to be
-/// written; other columns are not looked at.
+/// is some 292 billion years away), in a column of times or inside a list, struct or map (where
+/// the JSON answer would show it as null, and a table as an error in the cell). Checked before
+/// an answer starts, so such a value is an error rather than an error message in a cell, or a
+/// CSV cut short. Only times can fail to be written; columns holding none are not looked at.
 pub fn unshowable_value(
     schema: &arrow::datatypes::Schema,
     batches: &[RecordBatch],
 ) -> Option<String> {
     for (index, field) in schema.fields().iter().enumerate() {
-        if !field.data_type().is_temporal() {
+        let data_type = field.data_type();
+        if !holds_times(data_type) {
             continue;
         }
         let mut rows_before = 0;
         for batch in batches {
             let column = batch.column(index);
-            let Ok(formatter) = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())
-            else {
-                continue;
+            let failure = if data_type.is_temporal() {
+                unwritable_time(column.as_ref())
+            } else {
+                // Row by row, so that values a null list or struct spans are not looked at.
+                (0..column.len())
+                    .filter(|row| column.is_valid(*row))
+                    .find_map(|row| {
+                        unwritable_nested_time(column.slice(row, 1).as_ref()).map(|e| (row, e))
+                    })
             };
-            let failure = (0..column.len())
-                .filter(|row| column.is_valid(*row))
-                .find_map(|row| formatter.value(row).try_to_string().err().map(|e| (row, e)));
             if let Some((row, err)) = failure {
+                let what = if data_type.is_temporal() {
+                    format!("cannot be written as a {}", type_name(data_type))
+                } else {
+                    format!(
+                        "({}) holds a time that cannot be written",
+                        type_name(data_type)
+                    )
+                };
                 return Some(format!(
-                    "the value of `{}` in row {} cannot be written as a {} ({err}); it is outside \
-                     the years a calendar can be computed for. Filter it out, or cast the column \
-                     to a number (`CAST(... AS BIGINT)`) to see it",
+                    "the value of `{}` in row {} {what} ({err}); it is outside the years a \
+                     calendar can be computed for. Filter it out, or cast the time to a number \
+                     (`CAST(... AS BIGINT)`) to see it",
                     field.name(),
                     rows_before + row + 1,
-                    type_name(field.data_type())
                 ));
             }
             rows_before += batch.num_rows();
         }
     }
     None
+}
+
+/// Whether values of `data_type` are times or hold some (in a list, struct or map).
+fn holds_times(data_type: &DataType) -> bool {
+    match data_type {
+        t if t.is_temporal() => true,
+        DataType::List(field)
+        | DataType::LargeList(field)
+        | DataType::FixedSizeList(field, _)
+        | DataType::Map(field, _) => holds_times(field.data_type()),
+        DataType::Struct(fields) => fields.iter().any(|f| holds_times(f.data_type())),
+        _ => false,
+    }
+}
+
+/// The first valid time in `array` (of a temporal type) that cannot be written, with its row.
+fn unwritable_time(array: &dyn Array) -> Option<(usize, ArrowError)> {
+    let formatter = ArrayFormatter::try_new(array, &FormatOptions::default()).ok()?;
+    (0..array.len())
+        .filter(|row| array.is_valid(*row))
+        .find_map(|row| formatter.value(row).try_to_string().err().map(|e| (row, e)))
+}
+
+/// Why a time somewhere inside `array`'s valid values cannot be written, if one cannot.
+fn unwritable_nested_time(array: &dyn Array) -> Option<ArrowError> {
+    let valid = (0..array.len()).filter(|row| array.is_valid(*row));
+    match array.data_type() {
+        t if t.is_temporal() => unwritable_time(array).map(|(_, e)| e),
+        DataType::List(_) => {
+            let list = array.as_list::<i32>();
+            valid
+                .into_iter()
+                .find_map(|row| unwritable_nested_time(list.value(row).as_ref()))
+        }
+        DataType::LargeList(_) => {
+            let list = array.as_list::<i64>();
+            valid
+                .into_iter()
+                .find_map(|row| unwritable_nested_time(list.value(row).as_ref()))
+        }
+        DataType::FixedSizeList(_, _) => {
+            let list = array.as_fixed_size_list();
+            valid
+                .into_iter()
+                .find_map(|row| unwritable_nested_time(list.value(row).as_ref()))
+        }
+        DataType::Map(_, _) => {
+            let map = array.as_map();
+            valid
+                .into_iter()
+                .find_map(|row| unwritable_nested_time(&map.value(row)))
+        }
+        DataType::Struct(_) => {
+            let fields = array.as_struct();
+            valid.into_iter().find_map(|row| {
+                fields
+                    .columns()
+                    .iter()
+                    .filter(|child| holds_times(child.data_type()))
+                    .find_map(|child| unwritable_nested_time(child.slice(row, 1).as_ref()))
+            })
+        }
+        // `holds_times` named no other type.
+        _ => None,
+    }
 }
 
 /// Rows written out in pieces of about this size, so an answer is never held twice over

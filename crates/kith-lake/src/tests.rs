@@ -366,6 +366,51 @@ async fn a_value_that_cannot_be_written_is_an_error_before_the_answer_starts() {
         crate::output::to_json(&shown).unwrap()["rows"],
         serde_json::json!([["1970-01-01T00:00:00"]])
     );
+    // Inside a list, a struct or a map too: the JSON answer would show such a time as null.
+    let far = "to_timestamp_seconds(9223372036854775807)";
+    for (sql, column, row) in [
+        (
+            format!("SELECT [to_timestamp_seconds(0), {far}] AS l"),
+            "l",
+            1,
+        ),
+        (
+            format!(
+                "SELECT named_struct('ok', 1, 'at', CASE WHEN value = 2 THEN {far} END) AS s \
+                 FROM (VALUES (1), (2)) v(value)"
+            ),
+            "s",
+            2,
+        ),
+        (format!("SELECT map(['k'], [[{far}]]) AS m"), "m", 1),
+    ] {
+        let result = lake.query(&sql, &limits).await;
+        let Err(QueryError::Invalid(message)) = result else {
+            panic!("{sql}: {:?}", result.map(|r| r.num_rows()));
+        };
+        assert!(
+            message.starts_with(&format!("the value of `{column}` in row {row} (")),
+            "{message}"
+        );
+        assert!(
+            message.contains("holds a time that cannot be written"),
+            "{message}"
+        );
+    }
+    // A null list spans no values: nothing in it is looked at, and times that can be written
+    // nested are shown.
+    let shown = lake
+        .query(
+            "SELECT CASE WHEN value = 1 THEN [to_timestamp_seconds(0)] END AS l \
+             FROM (VALUES (1), (2)) v(value)",
+            &limits,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::output::to_json(&shown).unwrap()["rows"],
+        serde_json::json!([[["1970-01-01T00:00:00"]], [null]])
+    );
 }
 
 #[tokio::test]
