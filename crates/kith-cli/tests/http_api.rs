@@ -1732,6 +1732,9 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
         "kith_api_requests_total{route=\"/v1/query\",method=\"POST\",status=\"400\"} 1",
         "kith_api_requests_total{route=\"/v1/profiles/{lookup}\",method=\"GET\",status=\"404\"} 1",
         "kith_api_request_seconds_count{route=\"/v1/query\",method=\"POST\"} 2",
+        // Timings are histograms with buckets, which Prometheus can sum over servers.
+        "# TYPE kith_query_seconds histogram",
+        "kith_api_request_seconds_bucket{route=\"/v1/query\",method=\"POST\",le=\"600\"} 2",
         "kith_http_error_responses_total{code=\"invalid_api_key\"} 1",
         "kith_http_error_responses_total{code=\"invalid_json\"} 1",
         "kith_http_error_responses_total{code=\"invalid_sql\"} 1",
