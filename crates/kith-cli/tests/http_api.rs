@@ -350,17 +350,18 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
     );
 
     let huge = json!({"batch": [{"type": "track", "userId": "u", "event": "x", "properties": {"blob": "x".repeat(600 * 1024)}}]});
-    let (status, body) = post_json(&server.url("/v1/batch"), &headers, &huge.to_string());
-    assert_eq!(
-        (status, body["code"].clone()),
-        (400, json!("payload_too_large"))
-    );
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .ends_with("send events in more, smaller batches"),
-        "{body}"
+    // Refused as too large, with `advice` last.
+    let too_large = |(status, body): (u16, Value), advice: &str| {
+        assert_eq!(
+            (status, body["code"].clone()),
+            (400, json!("payload_too_large"))
+        );
+        let message = body["message"].as_str().unwrap();
+        assert!(message.ends_with(advice), "{body}");
+    };
+    too_large(
+        post_json(&server.url("/v1/batch"), &headers, &huge.to_string()),
+        "send events in more, smaller batches",
     );
     // A few KB of gzip that expand past the limit: what was sent is small, so the answer says
     // the limit is on what it holds.
@@ -378,21 +379,14 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
         "{body}"
     );
     // A single call holds one event: smaller batches are not the way out.
-    let (status, body) = post_json(
-        &server.url("/v1/track"),
-        &headers,
-        &huge["batch"][0].to_string(),
-    );
-    assert_eq!(
-        (status, body["code"].clone()),
-        (400, json!("payload_too_large"))
-    );
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .ends_with("a call carries one event, of at most 32 KB: send less in its `properties`, `traits` or `context`"),
-        "{body}"
+    too_large(
+        post_json(
+            &server.url("/v1/track"),
+            &headers,
+            &huge["batch"][0].to_string(),
+        ),
+        "a call carries one event, of at most 32 KB: send less in its `properties`, `traits` or \
+         `context`",
     );
     // Off the ingest path the advice is the endpoint's own.
     let long_sql = json!({"sql": format!("SELECT 1 -- {}", "x".repeat(600 * 1024))}).to_string();
