@@ -786,7 +786,7 @@ pub(crate) async fn stream(
         Ok(Err(join)) => Err(engine_fault(join)),
         Ok(Ok(Ok(()))) => {
             // Queries a person waits for; model runs and recomputations take minutes or hours
-            // in the background and would swamp the latency a summary of this shows.
+            // in the background and would swamp the latency this shows.
             if limits.purpose == MemoryPurpose::Queries {
                 metrics::histogram!("kith_query_seconds").record(started.elapsed().as_secs_f64());
             }
