@@ -1171,6 +1171,36 @@ fn queries_still_run_after_the_binary_on_disk_is_replaced() {
     );
 }
 
+// `kith sql` runs queries in its own process: one out of time is answered when its time is up,
+// even inside an operator that works for seconds between two yields (a nested-loop join whose
+// filter matches nothing), and the command ends then.
+#[test]
+fn kith_sql_answers_a_runaway_query_when_its_time_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let data = data_dir.to_str().unwrap();
+    let (ok, _, err) = kith(&["key", "create", "--data-dir", data, "--scope", "read"]);
+    assert!(ok, "{err}");
+    let config = dir.path().join("kith.toml");
+    std::fs::write(&config, "[query]\ntimeout_secs = 1\n").unwrap();
+    let started = std::time::Instant::now();
+    let (ok, _, err) = kith(&[
+        "--config",
+        config.to_str().unwrap(),
+        "sql",
+        "--data-dir",
+        data,
+        "SELECT count(*) FROM generate_series(1, 100000) a, generate_series(1, 100000) b \
+         WHERE a.value > b.value + 100000",
+    ]);
+    assert!(!ok && err.contains("ran longer than the 1s limit"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// `levels` CTEs, each built from the one before it by `step` (where `{p}` names that one).
 fn doubling_ctes(levels: usize, step: &str, last: &str) -> String {
     let mut sql = "WITH t0 AS (SELECT 1 AS x)".to_string();

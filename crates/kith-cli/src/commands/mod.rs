@@ -175,7 +175,12 @@ pub fn query_worker() -> ExitCode {
 }
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     Ok(tokio::runtime::Builder::new_multi_thread()
+        // One thread more than a query has partitions (one per core): with every other thread
+        // inside an operator that works long between two yields, this one parks and drives
+        // the timer, so a query's time limit is answered when it is up.
+        .worker_threads(cores + 1)
         // Queries are planned by deep recursion (see `kith_lake::query`).
         .thread_stack_size(kith_lake::query::QUERY_THREAD_STACK_BYTES)
         .enable_all()

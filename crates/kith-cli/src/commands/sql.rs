@@ -56,7 +56,11 @@ pub fn run(args: SqlArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         lake.query_with(&sql, &limits, extra)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
-    }))??;
+    }));
+    // Without waiting for a query stopped at its time limit to reach its next yield point
+    // (which may be seconds away inside one operator): the command has its answer.
+    runtime.shutdown_background();
+    let result = result??;
     match args.format {
         Format::Table => {
             write_table(&result)?;
