@@ -235,7 +235,7 @@ impl ClvDefinition {
         self.check()?;
         let scope = self.scope.resolve()?;
         let as_of = scope.as_of(self.as_of.as_deref())?;
-        let value = FieldRef::parse(&self.value, "value")?;
+        let value = FieldRef::parse_number(&self.value, "value")?;
         let base = scope.attributed_events(
             &[
                 format!("e.event = {}", sql_string(&self.purchase_event)),
@@ -245,9 +245,12 @@ impl ClvDefinition {
         );
         let sql = format!(
             "SELECT profile_id, CAST(ts AS BIGINT) AS micros, \
-                    CAST(COALESCE(value, 0.0) AS DOUBLE) AS value FROM ({base})"
+                    CAST(value AS DOUBLE) AS value FROM ({base})"
         );
         let mut transactions = Vec::new();
+        // Purchases with a number at `value`: none at all means the field named is not where
+        // amounts are, and the fit would score every buyer's spend as nothing.
+        let mut with_amounts = 0usize;
         let zone = scope.zone;
         // Events of profiles outside a segment are left out by the SQL (`attributed_events`).
         let data = &data.with_segment(&scope)?;
@@ -266,6 +269,7 @@ impl ClvDefinition {
                     let value = if values.is_null(row) {
                         0.0
                     } else {
+                        with_amounts += 1;
                         values.value(row)
                     };
                     transactions.push(Transaction::new(
@@ -276,6 +280,21 @@ impl ClvDefinition {
                 }
             })
             .await?;
+        // Left at its default, `revenue` may be missing from a shop's events: the fit then
+        // scores purchases only. A field named on purpose that holds no amount is a mistake.
+        if with_amounts == 0 && !transactions.is_empty() && self.value != default_value() {
+            return Err(AnalyticsError::invalid(
+                "value",
+                format!(
+                    "no `{}` event in scope has a number at `{}` ({} purchases read); name the \
+                     field that holds each purchase's amount, such as properties.total, or leave \
+                     `value` out for `revenue`",
+                    self.purchase_event,
+                    self.value,
+                    transactions.len()
+                ),
+            ));
+        }
         Ok(Purchases {
             transactions,
             as_of,

@@ -326,7 +326,9 @@ impl CohortDefinition {
                 ));
             }
         };
-        let value = FieldRef::parse(&self.value, "value")?;
+        let value = FieldRef::parse_number(&self.value, "value")?;
+        crate::scope::no_empty_event_name(&self.cohort_event, "cohort_event")?;
+        crate::scope::no_empty_event_name(&self.return_event, "return_event")?;
         let calendar = Calendar::new(unit, scope.zone);
         // Cohorts start at the first-ever occurrence, so activity before `from` still decides
         // who is new: the time range selects cohorts, not events.

@@ -216,7 +216,7 @@ impl RfmDefinition {
                 "must not be empty",
             ));
         }
-        let value = FieldRef::parse(&self.value, "value")?;
+        let value = FieldRef::parse_number(&self.value, "value")?;
         let base = scope.keyed_events(
             &[format!("e.event = {}", sql_string(&self.purchase_event))],
             &[format!(

@@ -213,7 +213,7 @@ impl RiskDefinition {
             return Err(AnalyticsError::invalid("alpha", "must be between 0 and 1"));
         }
         scope.profile_breakdown_only()?;
-        FieldRef::parse(&self.value, "value")?;
+        FieldRef::parse_number(&self.value, "value")?;
         Ok(())
     }
 
@@ -229,7 +229,7 @@ impl RiskDefinition {
         self.check()?;
         let scope = self.scope.resolve()?;
         let as_of = scope.as_of(self.as_of.as_deref())?;
-        let value = FieldRef::parse(&self.value, "value")?;
+        let value = FieldRef::parse_number(&self.value, "value")?;
         let recent_start = as_of - Duration::days(self.recent_days as i64);
         let baseline_start = recent_start - Duration::days(self.baseline_days as i64);
         // The window covers the baseline and the recent period; `first_ts` (any time before

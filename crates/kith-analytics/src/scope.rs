@@ -66,6 +66,22 @@ impl FieldRef {
         }
     }
 
+    /// A field that holds numbers: `revenue`, or a path into the JSON columns. The other
+    /// columns hold text, which reads as no number at all: a `value` of `email` would make
+    /// every amount 0 without a word.
+    pub fn parse_number(text: &str, at: &str) -> Result<FieldRef, AnalyticsError> {
+        match FieldRef::parse(text, at)? {
+            FieldRef::Column(column) if column != "revenue" => Err(AnalyticsError::invalid(
+                at,
+                format!(
+                    "`{column}` is a column of text, not of numbers; use `revenue` or the path \
+                     to a number, such as properties.total"
+                ),
+            )),
+            number => Ok(number),
+        }
+    }
+
     /// The field as SQL text over the events table aliased `alias`.
     pub fn text_sql(&self, alias: &str) -> String {
         match self {
@@ -94,6 +110,18 @@ fn path_args(path: &[String]) -> String {
         .map(|p| sql_string(p))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Refuses an event name given as empty text: no event has it, so the answer would be empty or
+/// all zeros, as if nobody had done anything. Left out, such a field means every event.
+pub fn no_empty_event_name(name: &Option<String>, at: &str) -> Result<(), AnalyticsError> {
+    match name {
+        Some(text) if text.trim().is_empty() => Err(AnalyticsError::invalid(
+            at,
+            "is empty; name an event, or leave the field out for every event",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A SQL string literal: the text with its quotes doubled, so no value can end the literal.

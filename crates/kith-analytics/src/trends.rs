@@ -80,13 +80,14 @@ impl TrendDefinition {
     pub async fn run(&self, data: &Data<'_>) -> Result<TrendReport, AnalyticsError> {
         let scope = self.scope.resolve()?;
         let unit = interval(&self.interval, "interval")?;
+        crate::scope::no_empty_event_name(&self.event, "event")?;
         let mut extra = Vec::new();
         if let Some(event) = &self.event {
             extra.push(format!("e.event = {}", sql_string(event)));
         }
         let value = match (self.measure.as_str(), &self.property) {
             ("sum" | "mean", Some(property)) => {
-                FieldRef::parse(property, "property")?.number_sql("e")
+                FieldRef::parse_number(property, "property")?.number_sql("e")
             }
             ("sum" | "mean", None) => {
                 return Err(AnalyticsError::invalid(

@@ -711,19 +711,42 @@ fn the_api_runs_analyses_with_a_read_key_and_names_bad_fields() {
             "{error}"
         );
     }
-    // Weights and half-lives out of range would make every score 0; they are refused.
-    for (definition, field) in [
+    // Weights and half-lives out of range would make every score 0, as would an amount read
+    // from a column of text or an event named by empty text: they are refused.
+    for (analysis, definition, field) in [
         (
+            "preferences",
             json!({"events": {"Viewed": 1e308, "Bought": 1e308}}),
             "`events.Bought` must be a weight from",
         ),
         (
+            "preferences",
             json!({"half_life_days": 1e-300}),
             "`half_life_days` must be",
         ),
+        (
+            "rfm",
+            json!({"value": "email"}),
+            "`value` `email` is a column of text, not of numbers; use `revenue`",
+        ),
+        (
+            "trends",
+            json!({"measure": "mean", "property": "currency"}),
+            "`property` `currency` is a column of text",
+        ),
+        (
+            "trends",
+            json!({"event": ""}),
+            "`event` is empty; name an event",
+        ),
+        (
+            "cohorts",
+            json!({"return_event": " "}),
+            "`return_event` is empty; name an event",
+        ),
     ] {
         let (status, error) = post_json(
-            &server.url("/v1/analytics/preferences"),
+            &server.url(&format!("/v1/analytics/{analysis}")),
             &[("Authorization", &auth)],
             &definition.to_string(),
         );

@@ -246,6 +246,24 @@ fn the_server_fits_clv_in_the_background_and_every_buyer_carries_the_scores() {
     check_reference_customer(&profile);
     let (status, again) = server.get("/v1/models/clv/results");
     assert_eq!((status, &again["report"]), (200, report));
+    // A run told to read amounts where no purchase has one fails, naming the field, and the
+    // scores already on profiles stay as they are.
+    let (status, _) = post_json(
+        &server.url("/v1/models/clv/fit"),
+        &[("Authorization", &bearer)],
+        &json!({"as_of": "1997-09-30", "value": "properties.nope"}).to_string(),
+    );
+    assert_eq!(status, 202);
+    let failed = wait_for_clv(&server);
+    assert_eq!(failed["job"]["state"], "failed", "{failed}");
+    assert!(
+        failed["job"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("has a number at `properties.nope`")),
+        "{failed}"
+    );
+    let (_, profile) = server.get("/v1/profiles/user_id:0001");
+    check_reference_customer(&profile);
     // A new run replaces the old one's traits: a shorter horizon writes its own name.
     let (status, _) = post_json(
         &server.url("/v1/models/clv/fit"),
