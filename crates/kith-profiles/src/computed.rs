@@ -95,6 +95,13 @@ pub enum DefinitionError {
     BadType { name: String },
     #[error("`{name}` is a built-in trait name; choose another")]
     Reserved { name: String },
+    /// `property` written as an analysis's path (`properties.revenue`): it names a key of the
+    /// event's `properties`, and read as one, such a name would match no event.
+    #[error(
+        "`{name}`: `property` names a key of the event's `properties` (such as `revenue`), not a \
+         path; {advice}"
+    )]
+    PropertyPath { name: String, advice: String },
     /// An event name or property path no event can match: empty, longer than an event may be,
     /// or holding a control character.
     #[error(
@@ -164,6 +171,19 @@ impl ComputedTraitDef {
         for (field, text) in [("event", &self.event), ("property", &self.property)] {
             if text.as_deref().is_some_and(|t| !matchable(t)) {
                 return Err(DefinitionError::BadText { name, field });
+            }
+        }
+        if let Some(property) = &self.property {
+            let advice = match property.split_once('.') {
+                Some(("properties", key)) if !key.is_empty() => Some(format!("write `{key}`")),
+                Some(("context" | "traits", _)) => Some(
+                    "computed traits read `properties` only; analyses read `context` and `traits`"
+                        .to_string(),
+                ),
+                _ => None,
+            };
+            if let Some(advice) = advice {
+                return Err(DefinitionError::PropertyPath { name, advice });
             }
         }
         Ok(())
@@ -532,6 +552,25 @@ mod tests {
             bad.validate(),
             Err(DefinitionError::Reserved { .. })
         ));
+        // An analysis's path where a key of `properties` is meant would match no event.
+        let err = def(Kind::Sum, Some("properties.revenue"), None)
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string().ends_with("not a path; write `revenue`"),
+            "{err}"
+        );
+        let err = def(Kind::MostFrequent, Some("context.device.type"), None)
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string().ends_with(
+                "computed traits read `properties` only; analyses read `context` and `traits`"
+            ),
+            "{err}"
+        );
+        // A key that merely has a dot in it is still a key.
+        assert!(def(Kind::Sum, Some("price.usd"), None).validate().is_ok());
     }
 
     #[test]
