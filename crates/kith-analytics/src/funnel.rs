@@ -177,7 +177,8 @@ pub struct Friction {
     pub significant: bool,
 }
 
-/// `30m`, `24h`, `7d`, `2w` (or `7 days`, `24 hours`) or plain seconds, as seconds.
+/// `30m`, `24h`, `7d`, `2w` (or `7 days`, `24 hours`), as seconds. A bare number is refused:
+/// read as seconds, `"7"` meant to be a week would end every journey after its first step.
 pub fn parse_window(text: &str) -> Result<i64, AnalyticsError> {
     let text = text.trim();
     let (digits, unit) = text.split_at(
@@ -198,7 +199,16 @@ pub fn parse_window(text: &str) -> Result<i64, AnalyticsError> {
         unit.to_string()
     };
     let seconds = match unit.as_str() {
-        "" | "s" | "sec" | "secs" | "second" | "seconds" => 1,
+        "" => {
+            return Err(AnalyticsError::invalid(
+                "window",
+                format!(
+                    "`{amount}` has no unit of time; write {amount}d for days, {amount}h for \
+                     hours, {amount}m for minutes or {amount}s for seconds"
+                ),
+            ));
+        }
+        "s" | "sec" | "secs" | "second" | "seconds" => 1,
         "m" | "min" | "mins" | "minute" | "minutes" => 60,
         "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
         "d" | "day" | "days" => 86_400,
@@ -1006,7 +1016,12 @@ mod tests {
     fn windows_parse_with_units_and_bad_ones_are_named() {
         assert_eq!(parse_window("7d").unwrap(), 604_800);
         assert_eq!(parse_window("30m").unwrap(), 1800);
-        assert_eq!(parse_window("90").unwrap(), 90);
+        assert_eq!(parse_window("90s").unwrap(), 90);
+        assert_eq!(
+            parse_window("7").unwrap_err().to_string(),
+            "`window` `7` has no unit of time; write 7d for days, 7h for hours, 7m for minutes or \
+             7s for seconds"
+        );
         // Units written out, as people write them.
         assert_eq!(parse_window("7 days").unwrap(), 604_800);
         assert_eq!(parse_window("24 Hours").unwrap(), 86_400);
