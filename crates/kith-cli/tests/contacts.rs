@@ -352,6 +352,10 @@ fn imports_and_merges_go_through_a_running_server_and_survive_a_restart() {
         &admin,
     );
     assert_eq!((status, &again["merged"]), (200, &json!(false)), "{again}");
+    assert_eq!(
+        again["reason"],
+        "`email:anita@example.com` and `user_id:u-1` already name one profile; nothing was changed"
+    );
 
     // After a restart the merge still holds. The merge made is an event like any other; the two
     // refused wrote none, so counting `Profiles Merged` counts merges.

@@ -282,6 +282,12 @@ fn bad_profile_lookups_get_exact_errors() {
             "limit=",
             "the query parameter `limit` is not valid: it is empty; give a whole number",
         ),
+        ("limit=-1", "`limit` must be between 1 and 500, got -1"),
+        (
+            "since=last-week",
+            "`since` is neither an RFC 3339 time nor a date: `last-week`; write e.g. \
+             2026-10-01T00:00:00Z or 2026-10-01 (midnight UTC)",
+        ),
     ] {
         let (status, body) = server.get(&format!("/v1/profiles/user_id:u1/events?{query}"));
         assert_eq!(
@@ -290,6 +296,16 @@ fn bad_profile_lookups_get_exact_errors() {
             "{query}"
         );
     }
+    // A date is its midnight in UTC, as an RFC 3339 time at that moment is.
+    let (_, by_date) = server.get("/v1/profiles/user_id:u1/events?since=2000-01-01");
+    let (_, by_time) = server.get("/v1/profiles/user_id:u1/events?since=2000-01-01T00:00:00Z");
+    assert!(
+        !by_date["events"].as_array().unwrap().is_empty(),
+        "{by_date}"
+    );
+    assert_eq!(by_date["events"], by_time["events"]);
+    let (_, after_all) = server.get("/v1/profiles/user_id:u1/events?since=2999-01-01");
+    assert_eq!(after_all["events"], json!([]), "{after_all}");
     let (status, body) = server.get("/v1/profiles/user_id:u1/events?type=IDENTIFY");
     assert_eq!(
         (status, body["events"].as_array().map(Vec::len)),

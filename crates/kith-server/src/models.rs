@@ -408,7 +408,7 @@ pub async fn fit(
     let status = start_model(&app, model, as_sent, "api").ok_or_else(|| {
         ApiError::new(
             ErrorCode::ModelRunning,
-            format!("a {name} run is in progress; follow it at GET /v1/models/{name}"),
+            format!("a run of {name} is in progress; follow it at GET /v1/models/{name}"),
         )
     })?;
     Ok((

@@ -55,7 +55,7 @@ pub struct MergeRequest {
 #[utoipa::path(post, path = "/v1/profiles/merge", tag = "profiles",
     request_body = MergeRequest,
     description = "Merges the profiles holding two identifiers, as confirmed by a person (e.g. a duplicate candidate). The merge is recorded with reason `manual` and survives restarts. The identity guards still apply. Auth: admin key.",
-    responses((status = 200, description = "`{merged, profile}`; `merged` is false when both already named one profile"), (status = 400, description = "malformed body or lookup"), (status = 404, description = "no profile holds an identifier"), (status = 409, description = "the guards refuse the merge")))]
+    responses((status = 200, description = "`{merged, profile}`; `merged` is false, with a `reason`, when both already named one profile"), (status = 400, description = "malformed body or lookup"), (status = 404, description = "no profile holds an identifier"), (status = 409, description = "the guards refuse the merge")))]
 pub async fn merge(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -81,10 +81,17 @@ pub async fn merge(
     let merged = merge_profiles(&app.pipeline, first, second)
         .await
         .map_err(merge_error)?;
-    Ok(Json(json!({
+    let mut answer = json!({
         "merged": merged.changed,
         "profile": profile_json(&app.pipeline.profiles, &merged.profile),
-    })))
+    });
+    if !merged.changed {
+        // Said in words too: `merged: false` alone reads like a refusal.
+        answer["reason"] = json!(format!(
+            "`{first}` and `{second}` already name one profile; nothing was changed"
+        ));
+    }
+    Ok(Json(answer))
 }
 
 fn merge_error(err: MergeError) -> ApiError {
@@ -209,15 +216,15 @@ pub async fn show(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimelineParams {
-    /// Events per page (1–500, default 50).
-    limit: Option<usize>,
+    /// Events per page (1–500, default 50). Signed, so that a negative one is told the range.
+    limit: Option<i64>,
     /// Comma-separated message types.
     #[serde(rename = "type")]
     types: Option<String>,
     event: Option<String>,
     /// The `next_before` cursor of the previous page.
     before: Option<String>,
-    /// RFC 3339: only events at or after this time.
+    /// RFC 3339, or a date (its midnight in UTC): only events at or after this time.
     since: Option<String>,
 }
 
@@ -245,6 +252,24 @@ fn message_types(text: Option<&str>) -> Result<Vec<String>, ApiError> {
     Ok(types)
 }
 
+/// `since` as microseconds: an RFC 3339 time, or a date (its midnight in UTC), as analyses
+/// take dates.
+fn since_micros(text: &str) -> Result<i64, ApiError> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(time.timestamp_micros());
+    }
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(date
+            .and_time(chrono::NaiveTime::MIN)
+            .and_utc()
+            .timestamp_micros());
+    }
+    Err(parameter_error(format!(
+        "`since` is neither an RFC 3339 time nor a date: `{text}`; write e.g. \
+         2026-10-01T00:00:00Z or 2026-10-01 (midnight UTC)"
+    )))
+}
+
 /// Cursor text: `{timestamp µs}_{message_id}`.
 fn parse_cursor(text: &str) -> Result<(i64, String), ApiError> {
     let bad = || {
@@ -264,7 +289,7 @@ fn parse_cursor(text: &str) -> Result<(i64, String), ApiError> {
         ("limit" = Option<usize>, Query, description = "events per page, 1–500 (default 50)"),
         ("type" = Option<String>, Query, description = "comma-separated message types, e.g. `track,page`"),
         ("event" = Option<String>, Query, description = "only this event name"),
-        ("since" = Option<String>, Query, description = "RFC 3339: only events at or after this time"),
+        ("since" = Option<String>, Query, description = "RFC 3339, or a date (its midnight in UTC): only events at or after this time"),
         ("before" = Option<String>, Query, description = "the `next_before` cursor of the previous page")),
     description = "The profile's events (of all its user and anonymous ids, including those before a merge), newest first, a page at a time. Auth: read key.",
     responses((status = 200, description = "`{profile_id, events, next_before}`"), (status = 400, description = "malformed lookup or parameter"), (status = 404, description = "no profile holds the identifier"), (status = 429, description = "no query thread was free to start the timeline within 10 s; retry after `Retry-After` seconds")))]
@@ -279,21 +304,15 @@ pub async fn events(
     let Query(params) = params.map_err(|e| crate::params::typed_query_error(&e))?;
     let view = find(&app, &lookup)?;
     let limit = params.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
+    let Some(limit) = usize::try_from(limit)
+        .ok()
+        .filter(|l| (1..=500).contains(l))
+    else {
         return Err(parameter_error(format!(
             "`limit` must be between 1 and 500, got {limit}"
         )));
-    }
-    let since_micros = match &params.since {
-        Some(text) => Some(
-            chrono::DateTime::parse_from_rfc3339(text)
-                .map_err(|e| {
-                    parameter_error(format!("`since` is not an RFC 3339 time ({e}): `{text}`"))
-                })?
-                .timestamp_micros(),
-        ),
-        None => None,
     };
+    let since_micros = params.since.as_deref().map(since_micros).transpose()?;
     let mut query = TimelineQuery {
         types: message_types(params.types.as_deref())?,
         event: params.event.clone(),
