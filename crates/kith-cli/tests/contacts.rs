@@ -217,6 +217,21 @@ fn imports_and_merges_go_through_a_running_server_and_survive_a_restart() {
     let (status, ana) = server.get("/v1/profiles/email:ana.personal@example.com");
     assert_eq!(status, 200, "{ana}");
     assert_eq!(ana["traits"]["name"], "Ana");
+    // Her timeline holds every record counted on her profile: the row with her user id, and
+    // the two that carry only an email of hers.
+    let (status, timeline) = server.get("/v1/profiles/email:ana.personal@example.com/events");
+    assert_eq!(status, 200, "{timeline}");
+    let events = timeline["events"].as_array().unwrap();
+    let emails_only = events
+        .iter()
+        .filter(|e| e["user_id"].is_null() && e["anonymous_id"].is_null())
+        .count();
+    assert_eq!((events.len(), emails_only), (3, 2), "{timeline}");
+    assert_eq!(
+        json!(events.len()),
+        ana["computed_traits"]["event_count"],
+        "{ana}"
+    );
 
     // Two accounts of one person: the guards refuse to join two user ids, even when asked.
     let data_arg = data.to_str().unwrap();

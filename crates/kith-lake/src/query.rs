@@ -800,6 +800,9 @@ pub(crate) async fn stream(
 pub struct TimelineQuery {
     pub user_ids: Vec<String>,
     pub anonymous_ids: Vec<String>,
+    /// Emails (as identifiers keep them: trimmed, lower case) whose records without a user or
+    /// anonymous id belong to the person.
+    pub emails: Vec<String>,
     /// Only these message types (`track`, `page`, ...); all when empty.
     pub types: Vec<String>,
     /// Only this event name.
@@ -837,6 +840,19 @@ pub(crate) async fn timeline(
             continue;
         }
         let matches = col(column).in_list(strings(values), false);
+        who = Some(match who {
+            Some(w) => w.or(matches),
+            None => matches,
+        });
+    }
+    // Records that carry neither id (CRM contacts) belong to whoever holds their email, as
+    // analyses attribute them; the email compared as identifiers keep it.
+    if !query.emails.is_empty() {
+        use datafusion::functions::expr_fn::{btrim, lower};
+        let matches = col("user_id")
+            .is_null()
+            .and(col("anonymous_id").is_null())
+            .and(lower(btrim(vec![col("email")])).in_list(strings(&query.emails), false));
         who = Some(match who {
             Some(w) => w.or(matches),
             None => matches,

@@ -291,7 +291,7 @@ fn parse_cursor(text: &str) -> Result<(i64, String), ApiError> {
         ("event" = Option<String>, Query, description = "only this event name"),
         ("since" = Option<String>, Query, description = "RFC 3339, or a date (its midnight in UTC): only events at or after this time"),
         ("before" = Option<String>, Query, description = "the `next_before` cursor of the previous page")),
-    description = "The profile's events (of all its user and anonymous ids, including those before a merge), newest first, a page at a time. Auth: read key.",
+    description = "The profile's events (of all its user and anonymous ids, including those before a merge, and the records with neither that carry one of its emails, such as CRM contacts), newest first, a page at a time. Auth: read key.",
     responses((status = 200, description = "`{profile_id, events, next_before}`"), (status = 400, description = "malformed lookup or parameter"), (status = 404, description = "no profile holds the identifier"), (status = 429, description = "no query thread was free to start the timeline within 10 s; retry after `Retry-After` seconds")))]
 pub async fn events(
     State(app): State<Arc<AppState>>,
@@ -325,6 +325,7 @@ pub async fn events(
         match identifier.id_type.as_str() {
             "user_id" => query.user_ids.push(identifier.value.clone()),
             "anonymous_id" => query.anonymous_ids.push(identifier.value.clone()),
+            "email" => query.emails.push(identifier.value.clone()),
             _ => {}
         }
     }
