@@ -509,10 +509,29 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
             json!("not_found"),
             json!(
                 "`/v1/nope` is not a tracking call; use identify, track, page, screen, group, \
-                 alias, batch or import (or their one-letter forms i, t, p, s, g, a and b)"
+                 alias, batch or import (or their one-letter forms i, t, p, s, g, a and b); \
+                 /openapi.json lists every endpoint"
             )
         )
     );
+    // The API's collections have no listing: the answer says where their members are.
+    for (path, pointer) in [
+        (
+            "/v1/models",
+            "; a model's status is at GET /v1/models/{clv|rfm|risk|preferences}",
+        ),
+        (
+            "/v1/analytics",
+            "; analyses run at POST /v1/analytics/{rfm|cohorts|funnel|paths|preferences|risk|trends}",
+        ),
+    ] {
+        let (status, body) = get(&server.url(path), &[]);
+        assert_eq!(status, 404, "{body}");
+        assert!(
+            body["message"].as_str().unwrap().ends_with(pointer),
+            "{body}"
+        );
+    }
 
     // A batch with good and bad events: the good are stored, the bad explained and kept.
     let mixed = json!({"batch": [

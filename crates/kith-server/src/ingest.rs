@@ -310,11 +310,24 @@ pub(crate) fn judge(
 
 /// The answer to `/v1/{call}` where `call` is not one.
 pub(crate) fn unknown_call(call: &str) -> ApiError {
+    // The API's collections have no listing of their own: say where their members are.
+    let elsewhere = match call {
+        "models" => format!(
+            "; a model's status is at GET /v1/models/{{{}}}",
+            kith_analytics::profile_models::PROFILE_MODELS.join("|")
+        ),
+        "analytics" => format!(
+            "; analyses run at POST /v1/analytics/{{{}}}",
+            kith_analytics::ANALYSES.replace(", ", "|")
+        ),
+        "profiles" => "; a profile is at GET /v1/profiles/{type}:{value}".to_string(),
+        _ => "; /openapi.json lists every endpoint".to_string(),
+    };
     ApiError::new(
         ErrorCode::NotFound,
         format!(
             "`/v1/{call}` is not a tracking call; use identify, track, page, screen, group, alias, \
-             batch or import (or their one-letter forms i, t, p, s, g, a and b)"
+             batch or import (or their one-letter forms i, t, p, s, g, a and b){elsewhere}"
         ),
     )
 }
