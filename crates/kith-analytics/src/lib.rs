@@ -284,6 +284,16 @@ pub fn parse_definition<T: serde::de::DeserializeOwned>(
         if let Some((field, message)) = culprit {
             return AnalyticsError::invalid(&field, message);
         }
+        // A field that fails only beside the required ones (a funnel's `where` needs its
+        // `steps` to be read at all): the one whose absence lets the rest be read.
+        let without = fields.keys().find(|key| {
+            let mut rest = fields.clone();
+            rest.remove(key.as_str());
+            serde_json::from_value::<T>(Value::Object(rest)).is_ok()
+        });
+        if let Some(field) = without {
+            return AnalyticsError::invalid(field, whole.to_string());
+        }
         let whole = whole.to_string();
         // serde says "missing field `steps`": a field of the definition itself is named as
         // required; one missing inside a field's value (a step without `event`) is blamed on
@@ -439,6 +449,13 @@ mod definition_tests {
             error.to_string().contains("missing field `event`"),
             "{error}"
         );
+        // Wrong beside a required field, which alone it cannot be read without: still named.
+        let error = Analysis::parse(
+            "funnel",
+            &json!({"steps": [{"event": "A"}], "where": {"field": "event"}}),
+        )
+        .unwrap_err();
+        assert_eq!(error.field(), Some("where"), "{error}");
         let error = Analysis::parse("journeys", &json!({})).unwrap_err();
         assert_eq!(error.field(), Some("analysis"));
         assert!(matches!(
