@@ -165,6 +165,8 @@ fn the_server_fits_clv_in_the_background_and_every_buyer_carries_the_scores() {
     assert_eq!(done["job"]["state"], "succeeded", "{done}");
     assert_eq!(done["job"]["profiles_scored"], 2_357, "{done}");
     assert_eq!(done["last_run"]["profiles"], 2_357);
+    // The report is at /results, and not in the status, not even as a null.
+    assert!(done["last_run"].get("details").is_none(), "{done}");
 
     // The fit is the published one.
     let (status, results) = server.get("/v1/models/clv/results");

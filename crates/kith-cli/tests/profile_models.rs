@@ -240,6 +240,17 @@ fn rfm_risk_and_preferences_land_on_every_profile_they_judge() {
         stderr.contains("--write-traits works for rfm, risk and preferences"),
         "{stderr}"
     );
+    // A step left empty between two commas is a slip, not a step fewer.
+    let (ok, _, stderr) = kith(&[
+        "analyze",
+        "funnel",
+        "--steps",
+        "Product Viewed,,Order Completed",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("--steps: step 2 is empty"), "{stderr}");
 }
 
 #[test]

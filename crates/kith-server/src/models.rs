@@ -430,9 +430,12 @@ pub async fn status(
     app.keys
         .authorize(key_from_headers(&headers)?.as_deref(), KeyScope::Read)?;
     let name = known_model(&name)?;
-    let last_run = last_run(&app, name)?.map(|mut run| {
-        // The status stays small; the report is at /results.
-        run.details = Value::Null;
+    let last_run = last_run(&app, name)?.map(|run| {
+        // The status stays small: the report is at /results, and not here even as a null.
+        let mut run = json!(run);
+        if let Some(fields) = run.as_object_mut() {
+            fields.remove("details");
+        }
         run
     });
     let schedule = app.config.models.models.get(name);

@@ -119,10 +119,18 @@ impl AnalyzeArgs {
             definition.insert("segment".into(), Value::Array(conditions));
         }
         if let Some(steps) = &self.steps {
-            let steps: Vec<Value> = steps
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
+            let names: Vec<&str> = steps.split(',').map(str::trim).collect();
+            // An empty step is a slip (`A,,B`): dropped, the funnel would silently have a step
+            // fewer than the person wrote.
+            if let Some(position) = names.iter().position(|name| name.is_empty()) {
+                anyhow::bail!(
+                    "--steps: step {} is empty; give event names separated by commas, e.g. \
+                     \"Product Viewed,Order Completed\"",
+                    position + 1
+                );
+            }
+            let steps: Vec<Value> = names
+                .into_iter()
                 .map(|event| json!({ "event": event }))
                 .collect();
             definition.insert("steps".into(), Value::Array(steps));
