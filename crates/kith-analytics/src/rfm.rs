@@ -235,7 +235,7 @@ impl RfmDefinition {
             "WITH base AS ({base}) \
              SELECT id_type, id_value, CAST(MAX(ts) FILTER (WHERE keep) AS BIGINT) AS last_micros, \
                     COUNT(*) FILTER (WHERE keep) AS frequency, \
-                    CAST(COALESCE(SUM(value) FILTER (WHERE keep), 0.0) AS DOUBLE) AS value, \
+                    CAST(SUM(value) FILTER (WHERE keep) AS DOUBLE) AS value, \
                     {breakdown} AS breakdown \
              FROM base GROUP BY id_type, id_value"
         );
@@ -264,6 +264,9 @@ impl RfmDefinition {
         // (numbered in `breakdowns`).
         let mut bought: Vec<Option<(i64, u64, f64, u32)>> = Vec::new();
         let mut breakdowns = Interner::default();
+        // Buyers with a number at `value` (a sum over none is null): none at all means the
+        // field named is not where amounts are.
+        let mut with_amounts = 0usize;
         data.lake
             .query_each(&sql, &data.limits, data.tables.clone(), |batch| {
                 let id_type = crate::funnel::strings(batch.column(0).as_ref());
@@ -288,6 +291,7 @@ impl RfmDefinition {
                     let value = if value.is_null(row) {
                         0.0
                     } else {
+                        with_amounts += 1;
                         value.value(row)
                     };
                     let (last, frequency) = (last.value(row), frequency.value(row).max(0) as u64);
@@ -310,6 +314,20 @@ impl RfmDefinition {
                 }
             })
             .await?;
+        // As for CLV: left at its default, `revenue` may be missing (monetary is then 0 for
+        // everyone); a field named on purpose that holds no amount is a mistake.
+        if with_amounts == 0 && bought.iter().any(Option::is_some) && self.value != default_value()
+        {
+            return Err(AnalyticsError::invalid(
+                "value",
+                format!(
+                    "no `{}` event in scope has a number at `{}`; name the field that holds each \
+                     purchase's amount, such as properties.total, or leave `value` out for \
+                     `revenue`",
+                    self.purchase_event, self.value
+                ),
+            ));
+        }
         // Value rounded to cents, so engines summing in another order rank it the same.
         let buyers: Vec<Buyer> = bought
             .into_iter()

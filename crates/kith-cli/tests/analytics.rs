@@ -744,6 +744,11 @@ fn the_api_runs_analyses_with_a_read_key_and_names_bad_fields() {
             json!({"return_event": " "}),
             "`return_event` is empty; name an event",
         ),
+        (
+            "rfm",
+            json!({"purchase_event": "Bought", "value": "properties.nope"}),
+            "`value` no `Bought` event in scope has a number at `properties.nope`",
+        ),
     ] {
         let (status, error) = post_json(
             &server.url(&format!("/v1/analytics/{analysis}")),
@@ -756,6 +761,13 @@ fn the_api_runs_analyses_with_a_read_key_and_names_bad_fields() {
             "{error}"
         );
     }
+    // Left at its default, a `revenue` the purchases lack is no mistake: monetary is 0.
+    let (status, report) = post_json(
+        &server.url("/v1/analytics/rfm"),
+        &[("Authorization", &auth)],
+        &json!({"purchase_event": "Bought"}).to_string(),
+    );
+    assert_eq!(status, 200, "{report}");
     // A definition whose query would be too large to plan says which part to make smaller,
     // not what the SQL it never wrote holds.
     let conditions: Vec<Value> = (0..499)
