@@ -280,21 +280,13 @@ impl ClvDefinition {
                 }
             })
             .await?;
-        // Left at its default, `revenue` may be missing from a shop's events: the fit then
-        // scores purchases only. A field named on purpose that holds no amount is a mistake.
-        if with_amounts == 0 && !transactions.is_empty() && self.value != default_value() {
-            return Err(AnalyticsError::invalid(
-                "value",
-                format!(
-                    "no `{}` event in scope has a number at `{}` ({} purchases read); name the \
-                     field that holds each purchase's amount, such as properties.total, or leave \
-                     `value` out for `revenue`",
-                    self.purchase_event,
-                    self.value,
-                    transactions.len()
-                ),
-            ));
-        }
+        crate::scope::amounts_found(
+            self.value != default_value(),
+            transactions.len(),
+            with_amounts,
+            &self.purchase_event,
+            &self.value,
+        )?;
         Ok(Purchases {
             transactions,
             as_of,

@@ -314,20 +314,13 @@ impl RfmDefinition {
                 }
             })
             .await?;
-        // As for CLV: left at its default, `revenue` may be missing (monetary is then 0 for
-        // everyone); a field named on purpose that holds no amount is a mistake.
-        if with_amounts == 0 && bought.iter().any(Option::is_some) && self.value != default_value()
-        {
-            return Err(AnalyticsError::invalid(
-                "value",
-                format!(
-                    "no `{}` event in scope has a number at `{}`; name the field that holds each \
-                     purchase's amount, such as properties.total, or leave `value` out for \
-                     `revenue`",
-                    self.purchase_event, self.value
-                ),
-            ));
-        }
+        crate::scope::amounts_found(
+            self.value != default_value(),
+            bought.iter().flatten().count(),
+            with_amounts,
+            &self.purchase_event,
+            &self.value,
+        )?;
         // Value rounded to cents, so engines summing in another order rank it the same.
         let buyers: Vec<Buyer> = bought
             .into_iter()

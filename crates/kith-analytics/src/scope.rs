@@ -124,6 +124,29 @@ pub fn no_empty_event_name(name: &Option<String>, at: &str) -> Result<(), Analyt
     }
 }
 
+/// Refuses purchases none of which has a number at `value`, when `value` was named on purpose
+/// (`chosen`): the field named is not where amounts are, and every amount would read as 0. Left
+/// at its default, `revenue` may simply be missing from a shop's events, which is no mistake.
+pub fn amounts_found(
+    chosen: bool,
+    purchases: usize,
+    with_amounts: usize,
+    purchase_event: &str,
+    value: &str,
+) -> Result<(), AnalyticsError> {
+    if chosen && purchases > 0 && with_amounts == 0 {
+        return Err(AnalyticsError::invalid(
+            "value",
+            format!(
+                "no `{purchase_event}` event in scope has a number at `{value}`; name the field \
+                 that holds each purchase's amount, such as properties.total, or leave `value` \
+                 out for `revenue`"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A SQL string literal: the text with its quotes doubled, so no value can end the literal.
 pub fn sql_string(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))

@@ -164,36 +164,28 @@ fn unwritable_time(array: &dyn Array) -> Option<(usize, ArrowError)> {
 
 /// Why a time somewhere inside `array`'s valid values cannot be written, if one cannot.
 fn unwritable_nested_time(array: &dyn Array) -> Option<ArrowError> {
-    let valid = (0..array.len()).filter(|row| array.is_valid(*row));
+    let mut valid = (0..array.len()).filter(|row| array.is_valid(*row));
     match array.data_type() {
         t if t.is_temporal() => unwritable_time(array).map(|(_, e)| e),
         DataType::List(_) => {
             let list = array.as_list::<i32>();
-            valid
-                .into_iter()
-                .find_map(|row| unwritable_nested_time(list.value(row).as_ref()))
+            valid.find_map(|row| unwritable_nested_time(list.value(row).as_ref()))
         }
         DataType::LargeList(_) => {
             let list = array.as_list::<i64>();
-            valid
-                .into_iter()
-                .find_map(|row| unwritable_nested_time(list.value(row).as_ref()))
+            valid.find_map(|row| unwritable_nested_time(list.value(row).as_ref()))
         }
         DataType::FixedSizeList(_, _) => {
             let list = array.as_fixed_size_list();
-            valid
-                .into_iter()
-                .find_map(|row| unwritable_nested_time(list.value(row).as_ref()))
+            valid.find_map(|row| unwritable_nested_time(list.value(row).as_ref()))
         }
         DataType::Map(_, _) => {
             let map = array.as_map();
-            valid
-                .into_iter()
-                .find_map(|row| unwritable_nested_time(&map.value(row)))
+            valid.find_map(|row| unwritable_nested_time(&map.value(row)))
         }
         DataType::Struct(_) => {
             let fields = array.as_struct();
-            valid.into_iter().find_map(|row| {
+            valid.find_map(|row| {
                 fields
                     .columns()
                     .iter()

@@ -73,12 +73,13 @@ pub(crate) async fn read_body(
     body: Body,
     advice: &str,
 ) -> Result<Vec<u8>, ApiError> {
-    let too_large = || {
+    // `what` is the body as sent, or as its gzip undoes it (`, once its gzip is undone,`).
+    let too_large = |what: &str, why: &str| {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
             format!(
-                "the body is over {MAX_REQUEST_BYTES} bytes, the most one request may carry; \
-                 {advice}"
+                "the body{what} is over {MAX_REQUEST_BYTES} bytes, the most one request may \
+                 carry{why}; {advice}"
             ),
         )
     };
@@ -88,7 +89,7 @@ pub(crate) async fn read_body(
         .map_err(|e| {
             let e = e.into_inner();
             if caused_by::<http_body_util::LengthLimitError>(&*e) {
-                too_large()
+                too_large("", "")
             } else if let Some(over) = find_cause::<OverBudget>(&*e) {
                 ApiError::from(over)
             } else if caused_by::<tower_http::timeout::TimeoutError>(&*e) {
@@ -124,13 +125,9 @@ pub(crate) async fn read_body(
         )
     })?;
     decoded.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!(
-                "the body, once its gzip is undone, is over {MAX_REQUEST_BYTES} bytes, the most \
-                 one request may carry (the limit is on what it holds, not on what was sent); \
-                 {advice}"
-            ),
+        too_large(
+            ", once its gzip is undone,",
+            " (the limit is on what it holds, not on what was sent)",
         )
     })
 }
