@@ -70,7 +70,29 @@ fn the_demo_world_loads_through_ingestion_and_kith_recovers_what_generated_it() 
     ]);
     assert!(!ok);
     assert!(
-        stderr.contains("holds the demo world of 800 customers and seed 3 already"),
+        stderr.contains(
+            "holds the demo world of 800 customers and seed 3 ending 2026-10-31T23:59:59+00:00 \
+             already"
+        ),
+        "{stderr}"
+    );
+    // Nor is the same world ending at another time: its events would be taken for the first's
+    // (their message ids are the same) while its truth replaced the first's.
+    let (ok, _, stderr) = kith(&[
+        "demo",
+        "generate",
+        "--customers",
+        "800",
+        "--seed",
+        "3",
+        "--end",
+        "2026-06-30",
+        "--into",
+        data_arg,
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--seed 3 --end 2026-10-31T23:59:59+00:00), which changes nothing"),
         "{stderr}"
     );
     // The events, and one identify per CRM contact imported after them.
@@ -305,6 +327,67 @@ fn clv_models_recover_the_parameters_that_generated_the_demo_world() {
     );
 }
 
+/// `--end` moves the world in time: its truth says where it ends and no event is later; an end
+/// in the future or one that is no time is refused, naming what to give.
+#[test]
+fn a_demo_world_ends_where_it_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("world");
+    let out_arg = out.to_str().unwrap();
+    let (ok, _, stderr) = kith(&[
+        "demo",
+        "generate",
+        "--customers",
+        "60",
+        "--end",
+        "2025-03-31",
+        "--out",
+        out_arg,
+    ]);
+    assert!(ok, "{stderr}");
+    let parameters: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("truth/parameters.json")).unwrap())
+            .unwrap();
+    assert_eq!(parameters["end"], "2025-03-31T23:59:59+00:00");
+    let latest = std::fs::read_to_string(out.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let event: Value = serde_json::from_str(line).unwrap();
+            chrono::DateTime::parse_from_rfc3339(event["timestamp"].as_str().unwrap()).unwrap()
+        })
+        .max()
+        .unwrap();
+    let end = chrono::DateTime::parse_from_rfc3339("2025-03-31T23:59:59Z").unwrap();
+    assert!(latest <= end, "an event at {latest}");
+    assert!(
+        latest > end - chrono::Duration::days(30),
+        "the last event is at {latest}, a month or more before the end"
+    );
+
+    for (end, told) in [
+        (
+            "2999-01-01",
+            "is in the future; a demo world ends at the latest now",
+        ),
+        ("yesterday", "give a date (2026-10-31), an RFC 3339 time"),
+        ("1970-12-31", "the world would start before 1970"),
+    ] {
+        let (ok, _, stderr) = kith(&[
+            "demo",
+            "generate",
+            "--customers",
+            "5",
+            "--end",
+            end,
+            "--out",
+            out_arg,
+        ]);
+        assert!(!ok, "--end {end} was taken");
+        assert!(stderr.contains(told), "--end {end}: {stderr}");
+    }
+}
+
 /// A world too large for any disk is refused before anything is written.
 #[test]
 fn a_demo_world_past_the_largest_is_refused_at_once() {
@@ -335,6 +418,7 @@ fn the_address_answers_while_the_server_starts() {
         .local_addr()
         .unwrap()
         .port();
+    let started = chrono::Utc::now();
     let mut child = Command::new(kith_bin())
         .args(["serve", "--demo", "--demo-customers", "1500", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
@@ -382,6 +466,16 @@ fn the_address_answers_while_the_server_starts() {
     // Then the server itself.
     let ready = agent().get(format!("{base}/readyz")).call().unwrap();
     assert_eq!(ready.status(), 200);
+    // Its world ends when it was loaded, so analyses measured from now see a shop open today.
+    let parameters: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("data/demo/truth/parameters.json")).unwrap(),
+    )
+    .unwrap();
+    let end = chrono::DateTime::parse_from_rfc3339(parameters["end"].as_str().unwrap()).unwrap();
+    assert!(
+        started - chrono::Duration::seconds(1) <= end && end <= chrono::Utc::now(),
+        "the world ends {end}, the server started at {started}"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

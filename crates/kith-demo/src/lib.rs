@@ -75,18 +75,30 @@ pub struct DemoConfig {
     pub parameters: Parameters,
 }
 
+/// Where a world ends unless told otherwise (`kith demo generate` without `--end`), so that a
+/// number of customers and a seed always name the same world, dates included.
+pub fn reference_end() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 10, 31, 23, 59, 59)
+        .single()
+        .unwrap_or_default()
+}
+
 impl DemoConfig {
     pub fn new(customers: u64, seed: u64) -> DemoConfig {
         DemoConfig {
             customers,
             seed,
-            end: Utc
-                .with_ymd_and_hms(2026, 10, 31, 23, 59, 59)
-                .single()
-                .unwrap_or_default(),
+            end: reference_end(),
             months: 18,
             parameters: Parameters::default(),
         }
+    }
+
+    /// The world ending at `end` instead (`kith serve --demo` ends it when it loads, so recency,
+    /// risk and retention read as those of a shop open today). Customers keep their names and
+    /// habits; what follows the calendar, such as the monthly newsletter, moves with it.
+    pub fn ending_at(self, end: DateTime<Utc>) -> DemoConfig {
+        DemoConfig { end, ..self }
     }
 
     pub fn start(&self) -> DateTime<Utc> {

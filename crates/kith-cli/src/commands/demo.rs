@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use chrono::{DateTime, NaiveDate, SubsecRound, TimeZone, Utc};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use kith_demo::{DemoConfig, WorldSummary, write_world};
@@ -36,6 +37,10 @@ pub struct GenerateArgs {
     /// The same seed always gives the same world.
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     seed: u64,
+    /// When the world ends: a date (its last second, UTC), an RFC 3339 time, or `now`. Without
+    /// it, 2026-10-31, so a seed always gives the same dates too.
+    #[arg(long, value_name = "WHEN", value_parser = parse_world_end)]
+    end: Option<DateTime<Utc>>,
     /// Write the files here: events.jsonl, contacts.csv, transactions.csv, truth/.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -57,7 +62,10 @@ pub fn run(action: DemoAction, file: FileConfig) -> anyhow::Result<ExitCode> {
             args.customers
         );
     }
-    let config = DemoConfig::new(args.customers, args.seed);
+    let mut config = DemoConfig::new(args.customers, args.seed);
+    if let Some(end) = args.end {
+        config = config.ending_at(end);
+    }
     if let Some(out) = &args.out {
         let summary = generate(&config, out)?;
         print_summary(&summary, out)?;
@@ -69,6 +77,43 @@ pub fn run(action: DemoAction, file: FileConfig) -> anyhow::Result<ExitCode> {
     let summary = load(&config, data_dir, file.profile_settings()?)?;
     print_summary(&summary, &data_dir.join("demo"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads `--end`: a date (the world ends at its last second, UTC), an RFC 3339 time or `now`;
+/// never in the future (the world would hold events that have not happened) nor so early that it
+/// starts (540 days before) before 1970, whose times many tools read as negative.
+fn parse_world_end(text: &str) -> Result<DateTime<Utc>, String> {
+    let now = Utc::now().trunc_subsecs(0);
+    let end = if text.eq_ignore_ascii_case("now") {
+        now
+    } else if let Ok(day) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        day.and_hms_opt(23, 59, 59).unwrap_or_default().and_utc()
+    } else {
+        DateTime::parse_from_rfc3339(text)
+            .map_err(|_| {
+                "give a date (2026-10-31), an RFC 3339 time (2026-10-31T18:00:00-06:00) or `now`"
+                    .to_string()
+            })?
+            .with_timezone(&Utc)
+    };
+    if end > now {
+        return Err(format!(
+            "{} is in the future; a demo world ends at the latest now (`--end now`)",
+            end.to_rfc3339()
+        ));
+    }
+    let earliest = Utc
+        .with_ymd_and_hms(1971, 7, 1, 0, 0, 0)
+        .single()
+        .unwrap_or_default();
+    if end < earliest {
+        return Err(
+            "the world would start before 1970 (it spans the 540 days before its end); give an \
+             end from 1971-07-01 on"
+                .to_string(),
+        );
+    }
+    Ok(end)
 }
 
 /// Refuses to load a world into a data directory that holds another: their people would mix,
@@ -86,22 +131,28 @@ fn refuse_another_world(config: &DemoConfig, files: &Path) -> anyhow::Result<()>
         ),
     };
     let loaded: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    let (Some(customers), Some(seed)) = (loaded["customers"].as_u64(), loaded["seed"].as_u64())
+    let end = loaded["end"]
+        .as_str()
+        .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+        .map(|end| end.with_timezone(&Utc));
+    let (Some(customers), Some(seed), Some(end)) =
+        (loaded["customers"].as_u64(), loaded["seed"].as_u64(), end)
     else {
         bail!(
-            "{} does not say which demo world this data directory holds (no `customers` and \
-             `seed`); load the world into another data directory",
+            "{} does not say which demo world this data directory holds (no `customers`, \
+             `seed` and `end`); load the world into another data directory",
             truth.display()
         );
     };
-    if (customers, seed) == (config.customers, config.seed) {
+    if (customers, seed, end) == (config.customers, config.seed, config.end) {
         return Ok(());
     }
+    let end = end.to_rfc3339();
     bail!(
-        "{} holds the demo world of {customers} customers and seed {seed} already ({}); loading \
-         another would mix their people and overwrite its truth: load it into another data \
-         directory, or load that one again (--customers {customers} --seed {seed}), which \
-         changes nothing",
+        "{} holds the demo world of {customers} customers and seed {seed} ending {end} already \
+         ({}); loading another would mix their people and overwrite its truth: load it into \
+         another data directory, or load that one again (--customers {customers} --seed {seed} \
+         --end {end}), which changes nothing",
         files.parent().unwrap_or(files).display(),
         truth.display(),
     )

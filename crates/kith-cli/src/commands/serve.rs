@@ -202,7 +202,10 @@ fn load_demo(
         "generating a demo world of {customers} customers into {} (once; later starts reuse it)",
         data_dir.display()
     );
-    let config = kith_demo::DemoConfig::new(customers, 1);
+    // The world ends as it loads, so "now" in every analysis is the shop's today: a world that
+    // ended weeks ago would have most of its customers look as if they were leaving.
+    let end = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 0);
+    let config = kith_demo::DemoConfig::new(customers, 1).ending_at(end);
     let summary = super::demo::load(&config, data_dir, settings)?;
     // A customer who bought something, to look at first.
     let example = std::fs::read_to_string(data_dir.join("demo/truth/customers.csv"))
