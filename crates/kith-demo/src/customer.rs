@@ -697,10 +697,14 @@ pub fn simulate(config: &DemoConfig, products: &[Product], customer: u64) -> Sim
         life.push(t, event);
     }
 
-    // Some are in the CRM; one in five of those under another mailbox.
+    // Some are in the CRM; one in five of those under another mailbox. Drawn from a stream of
+    // their own, so who is in the CRM does not change with where the world ends (how many
+    // newsletters a life holds changes what the main stream draws after them).
+    let mut crm_rng = ChaCha8Rng::seed_from_u64(seed);
+    crm_rng.set_stream(1);
     let mut crm_duplicate = false;
-    let contact = life.rng.random_bool(0.3).then(|| {
-        let other_mailbox = life.rng.random_bool(0.2);
+    let contact = crm_rng.random_bool(0.3).then(|| {
+        let other_mailbox = crm_rng.random_bool(0.2);
         crm_duplicate = other_mailbox;
         let crm_email = if other_mailbox {
             format!("{}.{}@empresa.com.mx", fold(first), fold(last))

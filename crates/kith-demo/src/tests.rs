@@ -40,6 +40,46 @@ fn a_seed_gives_the_same_world_every_time_and_another_seed_another() {
     );
 }
 
+/// A world moved in time (`kith serve --demo` ends it when it loads) keeps its people: the same
+/// names, addresses and CRM contacts, whichever day it ends, so what the README says of them holds.
+#[test]
+fn a_world_ending_elsewhere_keeps_its_people_and_crm() {
+    let products = catalogue();
+    let reference = DemoConfig::new(400, 1);
+    let moved = DemoConfig::new(400, 1).ending_at(reference.end + chrono::Duration::days(47));
+    let mut contacts = 0;
+    for customer in 0..400 {
+        let (a, b) = (
+            simulate(&reference, &products, customer),
+            simulate(&moved, &products, customer),
+        );
+        let person = |s: &crate::Simulated| {
+            (
+                s.truth.user_id.clone(),
+                s.truth.email.clone(),
+                s.truth.name.clone(),
+                s.truth.in_crm,
+                s.truth.crm_duplicate,
+            )
+        };
+        assert_eq!(person(&a), person(&b), "customer {customer}");
+        let contact = |s: &crate::Simulated| {
+            s.contact.as_ref().map(|c| {
+                (
+                    c.customer_number.clone(),
+                    c.name.clone(),
+                    c.email.clone(),
+                    c.phone.clone(),
+                    c.city.clone(),
+                )
+            })
+        };
+        assert_eq!(contact(&a), contact(&b), "customer {customer}");
+        contacts += usize::from(a.contact.is_some());
+    }
+    assert!(contacts > 60, "{contacts} CRM contacts");
+}
+
 #[test]
 fn every_event_is_one_kith_accepts_and_lies_inside_the_world() {
     let config = DemoConfig::new(200, 7);
