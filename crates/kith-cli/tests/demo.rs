@@ -142,51 +142,59 @@ fn the_demo_world_loads_through_ingestion_and_kith_recovers_what_generated_it() 
         assert_eq!(numbers.contains_key(user), joined, "{user}: {customer:?}");
     }
 
-    // The CRM's other mailboxes are left apart, and found as likely duplicates.
-    let (ok, stdout, stderr) = kith(&[
-        "profile",
-        "duplicates",
-        "--data-dir",
-        data_arg,
-        "--json",
-        "--min-score",
-        "0.6",
-        "--limit",
-        "1000",
-    ]);
-    assert!(ok, "{stderr}");
-    let found: Value = serde_json::from_str(&stdout).unwrap();
+    // The CRM's other mailboxes are left apart, and found as likely duplicates: at the usual bar
+    // nearly all that is listed is one person (a CRM contact and the only account of that name
+    // in that city); below it, those a namesake in the same city makes uncertain.
     let duplicates: Vec<&String> = signed
         .iter()
         .filter(|c| c["crm_duplicate"] == "true")
         .map(|c| &c["user_id"])
         .collect();
     assert!(duplicates.len() >= 10, "{}", duplicates.len());
-    let mut true_pairs = 0;
-    let mut recalled = std::collections::HashSet::new();
-    for candidate in found["candidates"].as_array().unwrap() {
-        let users = |side: &str| -> Vec<String> {
-            candidate[side]["identifiers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|i| i.as_str()?.strip_prefix("user_id:").map(str::to_string))
-                .collect()
-        };
-        let (a, b) = (users("first"), users("second"));
-        let user = match (a.as_slice(), b.as_slice()) {
-            ([user], []) | ([], [user]) => user.clone(),
-            _ => continue,
-        };
-        if duplicates.contains(&&user) {
-            true_pairs += 1;
-            recalled.insert(user);
+    let found_at = |bar: &str| -> (f64, f64, Value) {
+        let (ok, stdout, stderr) = kith(&[
+            "profile",
+            "duplicates",
+            "--data-dir",
+            data_arg,
+            "--json",
+            "--min-score",
+            bar,
+            "--limit",
+            "100000",
+        ]);
+        assert!(ok, "{stderr}");
+        let found: Value = serde_json::from_str(&stdout).unwrap();
+        let mut true_pairs = 0;
+        let mut recalled = std::collections::HashSet::new();
+        for candidate in found["candidates"].as_array().unwrap() {
+            let users = |side: &str| -> Vec<String> {
+                candidate[side]["identifiers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|i| i.as_str()?.strip_prefix("user_id:").map(str::to_string))
+                    .collect()
+            };
+            let (a, b) = (users("first"), users("second"));
+            let user = match (a.as_slice(), b.as_slice()) {
+                ([user], []) | ([], [user]) => user.clone(),
+                _ => continue,
+            };
+            if duplicates.contains(&&user) {
+                true_pairs += 1;
+                recalled.insert(user);
+            }
         }
-    }
-    let recall = recalled.len() as f64 / duplicates.len() as f64;
-    let precision = true_pairs as f64 / found["total"].as_f64().unwrap();
-    assert!(recall >= 0.8, "recall {recall}: {found}");
-    assert!(precision >= 0.5, "precision {precision}");
+        let recall = recalled.len() as f64 / duplicates.len() as f64;
+        let precision = true_pairs as f64 / found["total"].as_f64().unwrap().max(1.0);
+        (recall, precision, found)
+    };
+    let (recall, precision, found) = found_at("0.5");
+    assert!(precision >= 0.8, "precision {precision}: {found}");
+    assert!(recall >= 0.5, "recall {recall}: {found}");
+    let (recall, _, found) = found_at("0.4");
+    assert!(recall >= 0.8, "recall {recall} at 0.4: {}", found["total"]);
 
     // Importing the same events again stores nothing twice.
     let rejected = dir.path().join("rejected.csv");

@@ -476,6 +476,83 @@ fn likely_duplicates_are_scored_with_evidence_and_strangers_are_not() {
     );
 }
 
+/// A mailbox that spells its owner's name is not evidence beside the name; the same name in the
+/// same city says much when no one else there has that name, little when someone does, and
+/// little for two accounts (two sign-ups are more often two people of one name).
+#[test]
+fn namesakes_count_once_and_a_city_counts_by_who_else_lives_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
+    apply(
+        &store,
+        1,
+        json!([
+            // A CRM contact and the one account of her name in Puebla.
+            {"type": "identify", "userId": "u-1", "messageId": "n1", "timestamp": "2025-01-01T00:00:00Z",
+             "traits": {"email": "sofia.lopez3922@hotmail.com", "name": "Sofía López", "city": "Puebla"}},
+            {"type": "identify", "anonymousId": "crm-1", "messageId": "n2", "timestamp": "2025-01-02T00:00:00Z",
+             "traits": {"email": "sofia.lopez@empresa.com.mx", "name": "Sofía López", "city": "puebla"}},
+            // A CRM contact and two accounts of his name in Tijuana: either could be his.
+            {"type": "identify", "userId": "u-2", "messageId": "n3", "timestamp": "2025-01-03T00:00:00Z",
+             "traits": {"email": "juan.hernandez1432@hotmail.com", "name": "Juan Hernández", "city": "Tijuana"}},
+            {"type": "identify", "userId": "u-3", "messageId": "n4", "timestamp": "2025-01-04T00:00:00Z",
+             "traits": {"email": "juan.hernandez77@gmail.com", "name": "Juan Hernández", "city": "Tijuana"}},
+            {"type": "identify", "anonymousId": "crm-2", "messageId": "n5", "timestamp": "2025-01-05T00:00:00Z",
+             "traits": {"email": "juan.hernandez@empresa.com.mx", "name": "Juan Hernández", "city": "Tijuana"}},
+            // Two accounts, the only two of this name in León.
+            {"type": "identify", "userId": "u-4", "messageId": "n6", "timestamp": "2025-01-06T00:00:00Z",
+             "traits": {"email": "maria.sanchez4579@icloud.com", "name": "María Sánchez", "city": "León"}},
+            {"type": "identify", "userId": "u-5", "messageId": "n7", "timestamp": "2025-01-07T00:00:00Z",
+             "traits": {"email": "maria.sanchez@gmail.com", "name": "María Sánchez", "city": "León"}},
+            // A mailbox close to another that is not its owner's name is still evidence.
+            {"type": "identify", "userId": "u-6", "messageId": "n8", "timestamp": "2025-01-08T00:00:00Z",
+             "traits": {"email": "lagatita@gmail.com", "name": "Renata Gil"}},
+            {"type": "identify", "anonymousId": "crm-3", "messageId": "n9", "timestamp": "2025-01-09T00:00:00Z",
+             "traits": {"email": "la.gatita88@empresa.com.mx", "name": "Renata Gil"}}
+        ]),
+    );
+    let found = store.find_duplicates(0.3, usize::MAX).expect("search");
+    let pair = |x: &str, y: &str| {
+        found
+            .candidates
+            .iter()
+            .find(|c| {
+                let (first, second) = (&c.first.identifiers, &c.second.identifiers);
+                (first.iter().any(|i| i == x) && second.iter().any(|i| i == y))
+                    || (first.iter().any(|i| i == y) && second.iter().any(|i| i == x))
+            })
+            .unwrap_or_else(|| panic!("no candidate {x} / {y}: {found:?}"))
+    };
+    let sofia = pair("user_id:u-1", "email:sofia.lopez@empresa.com.mx");
+    assert_eq!(sofia.score, 0.61, "{sofia:?}");
+    assert_eq!(
+        sofia.evidence,
+        [
+            "same name: `Sofía López` and `Sofía López`",
+            "the same city, Puebla, where no other profile has that name"
+        ]
+    );
+    for account in ["user_id:u-2", "user_id:u-3"] {
+        let juan = pair(account, "email:juan.hernandez@empresa.com.mx");
+        assert_eq!(juan.score, 0.445, "{juan:?}");
+        assert_eq!(
+            juan.evidence[1], "the same city, Tijuana, as 1 other profile of that name",
+            "{juan:?}"
+        );
+    }
+    let accounts = pair("user_id:u-4", "user_id:u-5");
+    assert_eq!(accounts.score, 0.49, "{accounts:?}");
+    assert_eq!(accounts.evidence[1], "the same city: León", "{accounts:?}");
+    let renata = pair("user_id:u-6", "email:la.gatita88@empresa.com.mx");
+    assert!(
+        renata.evidence[1].starts_with("similar email addresses: "),
+        "{renata:?}"
+    );
+    // At the usual bar, only the pairs with evidence beyond a common name.
+    let usual = store.find_duplicates(0.5, usize::MAX).expect("search");
+    assert_eq!(usual.total, 2, "{usual:?}");
+}
+
 /// Settings that keep at most `resident` identifiers' facts in memory.
 fn with_resident_facts(resident: usize) -> ProfileSettings {
     ProfileSettings {

@@ -120,7 +120,7 @@ pub struct DuplicateParams {
     params(
         ("min_score" = Option<f64>, Query, description = "lowest score listed, 0–1 (default 0.5)"),
         ("limit" = Option<usize>, Query, description = "most candidates listed, 1–1000 (default 100)")),
-    description = "Likely duplicates the identity rules do not merge (same name and similar email, same phone digits under another name, a refused merge), best first, each with a score and the evidence. Confirm one with `POST /v1/profiles/merge`. Auth: read key.",
+    description = "Likely duplicates the identity rules do not merge (the same name in the same city, a mailbox name at two domains, the same phone digits under another name, a refused merge), best first, each with a score and the evidence. Confirm one with `POST /v1/profiles/merge`. Auth: read key.",
     responses((status = 200, description = "`{candidates: [{score, first, second, evidence}], total}`: the best `limit`, and how many scored `min_score` or more"), (status = 400, description = "bad parameter"), (status = 429, description = "no query thread was free to start the search within 10 s; retry after `Retry-After` seconds")))]
 pub async fn duplicates(
     State(app): State<Arc<AppState>>,
