@@ -269,7 +269,8 @@ impl RiskDefinition {
                ({recent_start_micros} - GREATEST(CAST(MIN(ts) AS BIGINT), {baseline_start_micros})) / {day}, \
                SUM(CASE WHEN {support} AND {recent} THEN 1 ELSE 0 END), \
                SUM(CASE WHEN {support} AND {baseline} THEN 1 ELSE 0 END), \
-               MAX(breakdown) \
+               MAX(breakdown), \
+               SUM(CASE WHEN {purchase} AND value IS NOT NULL THEN 1 ELSE 0 END) \
              FROM base GROUP BY profile_id",
             // Days as `timezone` cuts them.
             active_day = scope.bucket_sql("day", "ts"),
@@ -278,6 +279,10 @@ impl RiskDefinition {
         );
         // Events of profiles outside a segment are left out by the SQL (`attributed_events`).
         let mut profiles = 0u64;
+        // Purchases in the window, and those with a number at `value`: a `value` named on purpose
+        // that no purchase has is refused, as CLV and RFM refuse it, instead of judging baskets
+        // that all read as empty.
+        let (mut purchases, mut with_amounts) = (0usize, 0usize);
         let mut scored: Vec<ProfileRisk> = Vec::new();
         let mut every: Vec<ProfileRisk> = Vec::new();
         let mut signal_counts = [
@@ -292,6 +297,8 @@ impl RiskDefinition {
         segment_data
             .each_row(&sql, |row| {
                 profiles += 1;
+                purchases += count(&row[1]) as usize;
+                with_amounts += count(&row[14]) as usize;
                 let optional = |v: &serde_json::Value| (!v.is_null()).then(|| number(v));
                 let counts = Counts {
                     purchases: count(&row[1]),
@@ -345,6 +352,13 @@ impl RiskDefinition {
                 every.push(judged);
             })
             .await?;
+        crate::scope::amounts_found(
+            self.value != default_value(),
+            purchases,
+            with_amounts,
+            &self.purchase_event,
+            &self.value,
+        )?;
         let flagged = scored.len() as u64;
         scored.sort_by(|a, b| {
             b.risk_signals

@@ -749,6 +749,11 @@ fn the_api_runs_analyses_with_a_read_key_and_names_bad_fields() {
             json!({"purchase_event": "Bought", "value": "properties.nope"}),
             "`value` no `Bought` event in scope has a number at `properties.nope`",
         ),
+        (
+            "risk",
+            json!({"purchase_event": "Bought", "value": "properties.nope"}),
+            "`value` no `Bought` event in scope has a number at `properties.nope`",
+        ),
     ] {
         let (status, error) = post_json(
             &server.url(&format!("/v1/analytics/{analysis}")),
@@ -764,6 +769,12 @@ fn the_api_runs_analyses_with_a_read_key_and_names_bad_fields() {
     // Left at its default, a `revenue` the purchases lack is no mistake: monetary is 0.
     let (status, report) = post_json(
         &server.url("/v1/analytics/rfm"),
+        &[("Authorization", &auth)],
+        &json!({"purchase_event": "Bought"}).to_string(),
+    );
+    assert_eq!(status, 200, "{report}");
+    let (status, report) = post_json(
+        &server.url("/v1/analytics/risk"),
         &[("Authorization", &auth)],
         &json!({"purchase_event": "Bought"}).to_string(),
     );
