@@ -4,6 +4,8 @@ use std::fmt;
 
 use thiserror::Error;
 
+use crate::normalize::MAX_IDENTIFIER_LEN;
+
 /// The kinds of identifier Kith resolves. `External` covers `context.externalIds` types and the
 /// identifier traits a workspace declares (e.g. `customer_number`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -70,6 +72,17 @@ impl fmt::Display for Identifier {
     }
 }
 
+/// What a lookup's error shows of the text it was given: enough to recognise it, never a
+/// pasted document.
+const SHOWN_CHARS: usize = 80;
+
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_CHARS) {
+        Some((end, _)) => format!("{}… ({} bytes)", &text[..end], text.len()),
+        None => text.to_string(),
+    }
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum LookupParseError {
     #[error("expected `type:value` (e.g. `email:ana@example.com`), got `{0}`")]
@@ -78,6 +91,16 @@ pub enum LookupParseError {
     EmptyType(String),
     #[error("the identifier value is empty in `{0}`")]
     EmptyValue(String),
+    /// No identifier is that long, so no profile holds it; the text is shown cut.
+    #[error(
+        "the {part} in `{shown}` is {bytes} bytes long; identifiers and their types are at most \
+         {MAX_IDENTIFIER_LEN} bytes, so no profile holds it"
+    )]
+    TooLong {
+        part: &'static str,
+        shown: String,
+        bytes: usize,
+    },
 }
 
 /// A `type:value` lookup as written in `GET /v1/profiles/{type}:{value}` and `kith profile show`.
@@ -91,13 +114,25 @@ pub struct Lookup {
 impl Lookup {
     pub fn parse(text: &str) -> Result<Lookup, LookupParseError> {
         let Some((type_name, value)) = text.split_once(':') else {
-            return Err(LookupParseError::MissingColon(text.to_string()));
+            return Err(LookupParseError::MissingColon(shown(text)));
         };
         if type_name.trim().is_empty() {
-            return Err(LookupParseError::EmptyType(text.to_string()));
+            return Err(LookupParseError::EmptyType(shown(text)));
         }
         if value.is_empty() {
-            return Err(LookupParseError::EmptyValue(text.to_string()));
+            return Err(LookupParseError::EmptyValue(shown(text)));
+        }
+        for (part, bytes) in [
+            ("identifier type", type_name.trim().len()),
+            ("identifier value", value.trim().len()),
+        ] {
+            if bytes > MAX_IDENTIFIER_LEN {
+                return Err(LookupParseError::TooLong {
+                    part,
+                    shown: shown(text),
+                    bytes,
+                });
+            }
         }
         Ok(Lookup {
             type_name: type_name.trim().to_string(),
@@ -129,6 +164,42 @@ mod tests {
             Lookup::parse("email:"),
             Err(LookupParseError::EmptyValue(_))
         ));
+    }
+
+    /// A pasted document is refused without being echoed whole: no identifier is that long.
+    #[test]
+    fn a_lookup_longer_than_any_identifier_is_refused_and_shown_cut() {
+        let long = "é".repeat(3000);
+        let err = Lookup::parse(&format!("email:{long}")).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!(
+                "the identifier value in `email:{}…",
+                "é".repeat(74)
+            )),
+            "{message}"
+        );
+        assert!(
+            message.ends_with(
+                "(6006 bytes)` is 6000 bytes long; identifiers and their types are at most 256 \
+                 bytes, so no profile holds it"
+            ),
+            "{message}"
+        );
+        assert!(message.len() < 300, "{message}");
+        let err = Lookup::parse(&format!("{}:x", "t".repeat(300))).unwrap_err();
+        assert!(
+            err.to_string().starts_with("the identifier type in `ttt"),
+            "{err}"
+        );
+        let err = Lookup::parse(&"n".repeat(5000)).unwrap_err();
+        assert!(err.to_string().len() < 200, "{err}");
+        // The longest identifier there can be is still a lookup.
+        let longest = "a".repeat(MAX_IDENTIFIER_LEN);
+        assert_eq!(
+            Lookup::parse(&format!("user_id:{longest}")).unwrap().value,
+            longest
+        );
     }
 
     #[test]

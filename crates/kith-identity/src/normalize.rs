@@ -42,7 +42,7 @@ pub enum NotAnIdentity {
     InvalidEmail(String),
     #[error("`{0}` is not a valid phone number")]
     InvalidPhone(String),
-    #[error("the value is longer than {MAX_IDENTIFIER_LEN} characters")]
+    #[error("the value is longer than {MAX_IDENTIFIER_LEN} bytes")]
     TooLong,
 }
 
