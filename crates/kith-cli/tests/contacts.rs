@@ -318,6 +318,19 @@ fn imports_and_merges_go_through_a_running_server_and_survive_a_restart() {
         (400, &json!("invalid_body")),
         "{body}"
     );
+    // A lookup no identifier could be is named, cut, once.
+    let (status, body) = merge(
+        &json!({"profiles": ["user_id:u-1", format!("email:{}", "n".repeat(5000))]}).to_string(),
+        &admin,
+    );
+    assert_eq!(status, 400, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("the identifier value in `email:nnn")
+            && message.contains("… (5006 bytes)` is 5000 bytes long")
+            && message.len() < 300,
+        "{message}"
+    );
     let (status, body) = merge(
         r#"{"profiles": ["user_id:u-1", "email:nobody@example.com"]}"#,
         &admin,

@@ -23,8 +23,9 @@ use crate::pipeline::Pipeline;
 
 #[derive(Debug, Error)]
 pub enum MergeError {
-    #[error("`{0}`: {1}")]
-    Malformed(String, #[source] LookupParseError),
+    /// The error names the lookup (cut when it is longer than any identifier).
+    #[error(transparent)]
+    Malformed(LookupParseError),
     #[error(transparent)]
     Lookup(#[from] LookupError),
     #[error("no profile holds {0}")]
@@ -51,7 +52,7 @@ struct Asked<'a> {
 
 impl<'a> Asked<'a> {
     fn parse(text: &'a str) -> Result<Self, MergeError> {
-        let lookup = Lookup::parse(text).map_err(|e| MergeError::Malformed(text.to_string(), e))?;
+        let lookup = Lookup::parse(text).map_err(MergeError::Malformed)?;
         Ok(Self { text, lookup })
     }
 
