@@ -273,12 +273,18 @@ fn since_micros(text: &str) -> Result<i64, ApiError> {
 /// Cursor text: `{timestamp µs}_{message_id}`.
 fn parse_cursor(text: &str) -> Result<(i64, String), ApiError> {
     let bad = || {
+        let shown: String = text.chars().take(80).collect();
+        let cut = if shown.len() < text.len() { "…" } else { "" };
         parameter_error(format!(
-            "`before` must be the `next_before` value of a previous page, got `{text}`"
+            "`before` must be the `next_before` value of a previous page, got `{shown}{cut}`"
         ))
     };
     let (micros, message_id) = text.split_once('_').ok_or_else(bad)?;
     let micros = micros.parse::<i64>().map_err(|_| bad())?;
+    // Every stored event has a message id, so a cursor without one was not made by a page.
+    if message_id.is_empty() {
+        return Err(bad());
+    }
     Ok((micros, message_id.to_string()))
 }
 
@@ -685,6 +691,28 @@ pub const PROFILE_TABLE_NAMES: [&str; 2] = ["profiles", "profile_identities"];
 mod tests {
     use super::*;
     use kith_profiles::ProfileSettings;
+
+    #[test]
+    fn a_cursor_is_a_time_and_a_message_id_and_a_bad_one_is_shown_cut() {
+        assert_eq!(
+            parse_cursor("1767225600000000_m-1_b").unwrap(),
+            (1_767_225_600_000_000, "m-1_b".to_string())
+        );
+        for text in ["1_", "yesterday", "_m-1", "x_m-1"] {
+            let err = parse_cursor(text).unwrap_err().message;
+            assert!(
+                err.contains(&format!("previous page, got `{text}`")),
+                "{text}: {err}"
+            );
+        }
+        let long = format!("1_{}", "m".repeat(5000));
+        assert!(parse_cursor(&long).is_ok());
+        let err = parse_cursor(&"m".repeat(5000)).unwrap_err().message;
+        assert!(
+            err.ends_with(&format!("got `{}…`", "m".repeat(80))),
+            "{err}"
+        );
+    }
 
     fn apply(store: &ProfileStore, seq: u64, user: &str, anonymous: &str) {
         let body = serde_json::json!({"batch": [
