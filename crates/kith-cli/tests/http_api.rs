@@ -1798,6 +1798,16 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
         ) && metrics.contains("\nkith_ingest_backpressure_total 0\n"),
         "{metrics}"
     );
+    // So is each refusal reason and error code no request has met yet.
+    for needle in [
+        "kith_events_rejected_total{reason=\"missing_previous_id\"} 0",
+        "kith_http_error_responses_total{code=\"revoked_api_key\"} 0",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "metrics lack `{needle}`:\n{metrics}"
+        );
+    }
     let (_, openapi) = get("/openapi.json");
     let doc: Value = serde_json::from_str(&openapi).unwrap();
     for path in [

@@ -9,7 +9,7 @@ pub mod time;
 
 pub use event::{ContextIdentity, Event, MessageType, Rejection, Stored, TypedFields};
 pub use parse::{
-    IngestBatch, RequestError, context_identity, json_kind, judge_event, parse_batch_request,
-    parse_single_request, readable_fields,
+    IngestBatch, REJECTION_CODES, RequestError, context_identity, json_kind, judge_event,
+    parse_batch_request, parse_single_request, readable_fields,
 };
 pub use stored_view::{EventView, RejectionView, StoredView, TypedFieldsView};

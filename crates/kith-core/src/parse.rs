@@ -974,6 +974,25 @@ fn truncate_utf8(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// Every code an event in a batch can be refused with: `rejected_events.code`, and the `reason`
+/// of `kith_events_rejected_total` (whose series start at 0 for each). docs/errors.md says what
+/// each means; a test keeps the three in step.
+pub const REJECTION_CODES: [&str; 13] = [
+    "invalid_json",
+    "invalid_event",
+    "missing_type",
+    "invalid_type",
+    "missing_identity",
+    "missing_event",
+    "missing_group_id",
+    "missing_previous_id",
+    "invalid_message_id",
+    "event_too_large",
+    "wrong_type",
+    "invalid_text",
+    "invalid_timestamp",
+];
+
 /// What was wrong with one event.
 struct Fault {
     code: &'static str,

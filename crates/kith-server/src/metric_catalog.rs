@@ -1,6 +1,7 @@
 //! Every metric Kith records, with what it measures. `/metrics` gives each its `# HELP` line,
-//! and the counters without labels are there at 0 from the start, so that an alert on `rate()`
-//! or `absent()` works before the first event of its kind. A test keeps the list and the code
+//! and the counters without labels (and those whose labels take a known set of values, such as
+//! refusal reasons) are there at 0 from the start, so that an alert on `rate()` or `absent()`
+//! works before the first event of its kind. A test keeps the list and the code
 //! in step.
 
 /// What a metric is, as Prometheus says it.
@@ -380,8 +381,8 @@ pub(crate) const METRICS: &[Metric] = &[
     ),
 ];
 
-/// Says what each metric is, and puts the counters without labels at 0. Called once the
-/// recorder is installed.
+/// Says what each metric is, and puts the counters without labels, and each known label value
+/// of the others, at 0. Called once the recorder is installed.
 pub(crate) fn describe_all() {
     for m in METRICS {
         match m.kind {
@@ -395,7 +396,20 @@ pub(crate) fn describe_all() {
             Histogram => metrics::describe_histogram!(m.name, m.help),
         }
     }
+    // Counters whose labels take a known set of values start at 0 for each, so that
+    // `rate(kith_events_rejected_total{reason="missing_identity"}[5m])` has a series from the
+    // first scrape and an alert on it can fire at the first refusal.
+    for reason in kith_core::REJECTION_CODES {
+        metrics::counter!(REJECTED_EVENTS, "reason" => reason).increment(0);
+    }
+    for code in crate::errors::ErrorCode::ALL {
+        metrics::counter!(ERROR_RESPONSES, "code" => code.describe().0).increment(0);
+    }
 }
+
+/// Counters whose every label value is known in advance (see [`describe_all`]).
+const REJECTED_EVENTS: &str = "kith_events_rejected_total";
+const ERROR_RESPONSES: &str = "kith_http_error_responses_total";
 
 #[cfg(test)]
 mod tests {

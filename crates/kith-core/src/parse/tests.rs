@@ -748,3 +748,41 @@ fn odd_values_cost_only_themselves() {
         (None, Some("MXN"))
     );
 }
+
+/// The codes events are refused with are the ones `REJECTION_CODES` lists (which start the
+/// metric's series) and docs/errors.md explains: a code added to one and not the others fails.
+#[test]
+fn every_rejection_code_is_listed_and_documented() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut used = std::collections::BTreeSet::new();
+    for file in [
+        "src/parse.rs",
+        "src/parse/lenient.rs",
+        "src/parse/context_view.rs",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        for (at, _) in text.match_indices("Fault::new(") {
+            let rest = text[at + "Fault::new(".len()..].trim_start();
+            if let Some(code) = rest
+                .strip_prefix('"')
+                .and_then(|rest| rest.split('"').next())
+            {
+                used.insert(code.to_string());
+            }
+        }
+    }
+    let listed: std::collections::BTreeSet<String> =
+        REJECTION_CODES.iter().map(|c| c.to_string()).collect();
+    assert_eq!(used, listed);
+    let docs = std::fs::read_to_string(root.join("../../docs/errors.md")).unwrap();
+    let section = docs
+        .split("## Per-event rejection codes")
+        .nth(1)
+        .expect("docs/errors.md has its per-event section");
+    for code in REJECTION_CODES {
+        assert!(
+            section.contains(&format!("`{code}`")),
+            "{code} is not in docs/errors.md"
+        );
+    }
+}
