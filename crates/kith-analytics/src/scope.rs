@@ -453,6 +453,11 @@ pub fn parse_instant(text: &str, zone: Tz, at: &str) -> Result<DateTime<Utc>, An
         })
 }
 
+/// [`parse_instant`] for a field read in UTC: a date is its midnight in UTC.
+pub fn parse_utc_instant(text: &str, at: &str) -> Result<DateTime<Utc>, AnalyticsError> {
+    parse_instant(text, Tz::UTC, at)
+}
+
 /// A timestamp as a SQL expression.
 pub fn instant_sql(t: DateTime<Utc>) -> String {
     format!("to_timestamp_micros({})", t.timestamp_micros())

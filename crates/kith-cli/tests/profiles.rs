@@ -285,8 +285,8 @@ fn bad_profile_lookups_get_exact_errors() {
         ("limit=-1", "`limit` must be between 1 and 500, got -1"),
         (
             "since=last-week",
-            "`since` is neither an RFC 3339 time nor a date: `last-week`; write e.g. \
-             2026-10-01T00:00:00Z or 2026-10-01 (midnight UTC)",
+            "`since` `last-week` is not a time; use RFC 3339 (2024-05-01T00:00:00Z) or a date \
+             (2024-05-01)",
         ),
     ] {
         let (status, body) = server.get(&format!("/v1/profiles/user_id:u1/events?{query}"));

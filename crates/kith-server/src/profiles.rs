@@ -252,22 +252,12 @@ fn message_types(text: Option<&str>) -> Result<Vec<String>, ApiError> {
     Ok(types)
 }
 
-/// `since` as microseconds: an RFC 3339 time, or a date (its midnight in UTC), as analyses
-/// take dates.
+/// `since` as microseconds: read as analyses read times (RFC 3339, or a date: its midnight in
+/// UTC).
 fn since_micros(text: &str) -> Result<i64, ApiError> {
-    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(time.timestamp_micros());
-    }
-    if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(date
-            .and_time(chrono::NaiveTime::MIN)
-            .and_utc()
-            .timestamp_micros());
-    }
-    Err(parameter_error(format!(
-        "`since` is neither an RFC 3339 time nor a date: `{text}`; write e.g. \
-         2026-10-01T00:00:00Z or 2026-10-01 (midnight UTC)"
-    )))
+    kith_analytics::scope::parse_utc_instant(text, "since")
+        .map(|time| time.timestamp_micros())
+        .map_err(|e| parameter_error(e.to_string()))
 }
 
 /// Cursor text: `{timestamp µs}_{message_id}`.
