@@ -20,6 +20,7 @@ pub mod scope;
 pub mod segment;
 pub mod stats;
 pub mod trends;
+mod unseen_events;
 
 use std::sync::{Arc, OnceLock};
 
@@ -381,17 +382,69 @@ impl Analysis {
         })
     }
 
-    /// Runs the analysis; its report as JSON values.
-    pub async fn run(&self, data: &Data<'_>) -> Result<Value, AnalyticsError> {
-        serde_json::to_value(self.report(data).await?).map_err(unwritable_report)
+    /// Runs the analysis; its report, and where the report found nothing, notes on the events
+    /// it names that no event has.
+    pub async fn answer(&self, data: &Data<'_>) -> Result<Answer, AnalyticsError> {
+        let report = self.report(data).await?;
+        let notes = unseen_events::notes(data, &self.events_found_in_nothing(&report)).await?;
+        Ok(Answer { report, notes })
     }
 
-    /// Runs the analysis; its report as JSON text, written straight from the report: a tree of
+    /// Runs the analysis; its answer as JSON values.
+    pub async fn run(&self, data: &Data<'_>) -> Result<Value, AnalyticsError> {
+        serde_json::to_value(self.answer(data).await?).map_err(unwritable_report)
+    }
+
+    /// Runs the analysis; its answer as JSON text, written straight from the report: a tree of
     /// JSON values on the way takes several times the text (a trend broken down by a property
     /// of many values answers hundreds of thousands of points).
     pub async fn run_to_json_text(&self, data: &Data<'_>) -> Result<Vec<u8>, AnalyticsError> {
-        serde_json::to_vec(&self.report(data).await?).map_err(unwritable_report)
+        serde_json::to_vec(&self.answer(data).await?).map_err(unwritable_report)
     }
+
+    /// The events the definition names whose part of `report` is empty: every event it names
+    /// when it found nothing, a funnel's steps from the first no one reached. A misspelt name
+    /// empties its part, as events outside the scope do; these are the names worth checking.
+    fn events_found_in_nothing(&self, report: &Report) -> Vec<&str> {
+        if let (Analysis::Funnel(d), Report::Funnel(r)) = (self, report) {
+            let reached = |step: usize| {
+                r.groups
+                    .iter()
+                    .any(|g| g.steps.get(step).is_some_and(|s| s.profiles > 0))
+            };
+            let first_unreached = (0..d.steps.len()).find(|&step| !reached(step));
+            return first_unreached.map_or_else(Vec::new, |first| {
+                d.steps[first..].iter().map(|s| s.event.as_str()).collect()
+            });
+        }
+        if !report.is_empty() {
+            return Vec::new();
+        }
+        match self {
+            Analysis::Rfm(d) => vec![d.purchase_event.as_str()],
+            Analysis::Cohorts(d) => [&d.cohort_event, &d.return_event]
+                .into_iter()
+                .flatten()
+                .map(String::as_str)
+                .collect(),
+            Analysis::Funnel(d) => d.steps.iter().map(|s| s.event.as_str()).collect(),
+            Analysis::Paths(d) => vec![d.event.as_str()],
+            Analysis::Preferences(d) => d.events.keys().map(String::as_str).collect(),
+            Analysis::Risk(d) => vec![d.purchase_event.as_str(), d.support_event.as_str()],
+            Analysis::Trends(d) => d.event.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// A report, and what its reader should know to read it: why it is empty, when an event it
+/// names is one no event has. As JSON, the report's fields and `notes` beside them (left out
+/// when there are none).
+#[derive(Debug, serde::Serialize)]
+pub struct Answer {
+    #[serde(flatten)]
+    pub report: Report,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// A report that cannot be written as JSON is our fault, not the definition's (none can be
@@ -413,6 +466,24 @@ pub enum Report {
     Preferences(PreferenceReport),
     Risk(RiskReport),
     Trends(TrendReport),
+}
+
+impl Report {
+    /// Whether it found nothing to report: no profile scored, no cohort, no step reached.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Report::Rfm(r) => r.profiles == 0,
+            Report::Cohorts(r) => r.cohorts.is_empty(),
+            Report::Funnel(r) => r
+                .groups
+                .iter()
+                .all(|g| g.steps.first().is_none_or(|s| s.profiles == 0)),
+            Report::Paths(r) => r.profiles == 0,
+            Report::Preferences(r) => r.profiles == 0,
+            Report::Risk(r) => r.profiles == 0,
+            Report::Trends(r) => r.points.is_empty(),
+        }
+    }
 }
 
 #[cfg(test)]

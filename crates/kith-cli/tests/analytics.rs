@@ -676,6 +676,53 @@ fn the_api_runs_analyses_with_a_read_key_and_names_bad_fields() {
         report["groups"][0]["steps"][1]["conversion_from_previous"],
         0.5
     );
+    // A report with something in every part has no notes.
+    assert!(report.get("notes").is_none(), "{report}");
+    // A step no one reached because no event has its name says so, with the name there is.
+    let (status, report) = post_json(
+        &server.url("/v1/analytics/funnel"),
+        &[("Authorization", &auth)],
+        &json!({"steps": [{"event": "Viewed"}, {"event": "Bougth"}], "window": "1h"}).to_string(),
+    );
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        report["notes"],
+        json!(["no event is named `Bougth`; did you mean `Bought`?"])
+    );
+    // An empty report whose events exist (none in its time range) has none either.
+    let (status, report) = post_json(
+        &server.url("/v1/analytics/trends"),
+        &[("Authorization", &auth)],
+        &json!({"event": "Viewed", "from": "2030-01-01"}).to_string(),
+    );
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["points"], json!([]), "{report}");
+    assert!(report.get("notes").is_none(), "{report}");
+    let (status, report) = post_json(
+        &server.url("/v1/analytics/rfm"),
+        &[("Authorization", &auth)],
+        &json!({"purchase_event": "Purchase"}).to_string(),
+    );
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        report["notes"],
+        json!(["no event is named `Purchase` (the events there are: Bought, Viewed)"])
+    );
+    // `kith analyze` says it on stderr, under the empty table.
+    let (ok, stdout, stderr) = kith(&[
+        "analyze",
+        "trends",
+        "--data-dir",
+        server.data_dir.to_str().unwrap(),
+        "--event",
+        "viewed",
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stderr.contains("no event is named `viewed`; did you mean `Viewed`?"),
+        "{stderr}"
+    );
     let (status, error) = post_json(
         &server.url("/v1/analytics/trends"),
         &[("Authorization", &auth)],

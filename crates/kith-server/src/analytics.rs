@@ -50,7 +50,7 @@ pub(crate) fn analytics_error(err: AnalyticsError) -> ApiError {
     description = "Runs an analysis over the events, each attributed to the profile it belongs to now. `analysis` is rfm, cohorts, funnel, paths, preferences, risk or trends. Every definition takes `from`, `to` (RFC 3339 or a date), `timezone`, `where` ([{field, op, value}] on events), `segment` ([{field, op, value}] on profiles, e.g. `profile.model_traits.rfm_segment`) and `breakdown` (a field of the event such as `context.device.type`, or of the profile such as `profile.traits.plan`), plus its own fields (see docs/analytics.md). Auth: read key.",
     params(("analysis" = String, Path, description = "rfm | cohorts | funnel | paths | preferences | risk | trends")),
     request_body(content = Object, description = "the definition, e.g. `{\"steps\": [{\"event\": \"Product Viewed\"}, {\"event\": \"Order Completed\"}], \"window\": \"7d\"}`"),
-    responses((status = 200, description = "the report"), (status = 400, description = "invalid definition: the message names the field"), (status = 401, description = "bad key"), (status = 429, description = "no query thread was free to start the analysis within 10 s; retry after `Retry-After` seconds")))]
+    responses((status = 200, description = "the report; with `notes` when it found nothing for an event it names that no stored event has (the nearest name there is)"), (status = 400, description = "invalid definition: the message names the field"), (status = 401, description = "bad key"), (status = 429, description = "no query thread was free to start the analysis within 10 s; retry after `Retry-After` seconds")))]
 pub async fn analyze(
     State(app): State<Arc<AppState>>,
     Path(kind): Path<String>,

@@ -369,6 +369,10 @@ fn print_report(args: &AnalyzeArgs, report: &Value) -> anyhow::Result<ExitCode> 
                 print_table(&headers, &rows)?;
                 print_notes(&args.analysis, report)?;
             }
+            // Why a table is empty, on stderr so a CSV stays a CSV (JSON has them as `notes`).
+            for note in report["notes"].as_array().into_iter().flatten() {
+                eprintln!("{}", shown(note));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -4,7 +4,8 @@
 //! here cannot change.
 
 use datafusion::common::Column;
-use datafusion::common::utils::datafusion_strsim::levenshtein;
+
+use super::near_name::nearest_name;
 
 /// At most this many column names are listed; a join of wide tables has many more.
 const MOST_LISTED: usize = 60;
@@ -50,36 +51,10 @@ pub(crate) fn message(field: &Column, valid: &[Column]) -> String {
     message
 }
 
-/// The valid column nearest to `field`, if one needs at most a third of its letters changed
-/// (DataFusion allows half, which offers `type` for `nope`); two neighbours swapped count as
-/// one change.
+/// The valid column nearest to `field` (see [`nearest_name`]).
 fn nearest<'a>(field: &Column, valid: &'a [Column]) -> Option<&'a Column> {
-    let wanted = field.name().to_lowercase();
-    valid
-        .iter()
-        .map(|column| {
-            let name = column.name().to_lowercase();
-            let longer = name.chars().count().max(wanted.chars().count());
-            let distance = if one_swap_apart(&wanted, &name) {
-                1
-            } else {
-                levenshtein(&wanted, &name)
-            };
-            (distance, longer, column)
-        })
-        .filter(|(distance, longer, _)| *longer > 0 && distance * 3 <= *longer)
-        .min_by_key(|(distance, _, _)| *distance)
-        .map(|(_, _, column)| column)
-}
-
-/// Whether `b` is `a` with two neighbouring letters swapped (`tpye`, `type`).
-fn one_swap_apart(a: &str, b: &str) -> bool {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    if a.len() != b.len() {
-        return false;
-    }
-    let differ: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
-    matches!(differ[..], [i, j] if j == i + 1 && a[i] == b[j] && a[j] == b[i])
+    let name = nearest_name(field.name(), valid.iter().map(Column::name))?;
+    valid.iter().find(|column| column.name() == name)
 }
 
 #[cfg(test)]
