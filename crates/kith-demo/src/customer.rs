@@ -723,7 +723,12 @@ pub fn simulate(config: &DemoConfig, products: &[Product], customer: u64) -> Sim
             email: crm_email,
             phone: crm_phone,
             city: city.to_string(),
-            updated_at: (signup + days(7.0)).format("%d/%m/%Y").to_string(),
+            // A day's date, read as its midnight in Mexico City (06:00 UTC): a day before the
+            // end at the latest, so no record is dated after the world ends.
+            updated_at: (signup + days(7.0))
+                .min(config.end - days(1.0))
+                .format("%d/%m/%Y")
+                .to_string(),
         }
     });
 

@@ -101,6 +101,31 @@ fn every_event_is_one_kith_accepts_and_lies_inside_the_world() {
     assert!(count > 200 * 10, "only {count} events");
 }
 
+/// CRM contacts and purchase lines are dated inside the world too: a CRM date after its end
+/// (it was a week after sign-up) put profiles' last activity and cohorts in the future.
+#[test]
+fn no_record_is_dated_after_the_world_ends() {
+    let end = DemoConfig::new(1, 5).end;
+    let mut late_signups = 0;
+    for simulated in world(3000, 5) {
+        if let Some(contact) = &simulated.contact {
+            // A day, read as its midnight in Mexico City (06:00 UTC).
+            let day = chrono::NaiveDate::parse_from_str(&contact.updated_at, "%d/%m/%Y").unwrap();
+            let at = day.and_hms_opt(6, 0, 0).unwrap().and_utc();
+            assert!(at <= end, "{contact:?}");
+            let signed_up = chrono::DateTime::parse_from_rfc3339(&simulated.truth.signed_up_at);
+            late_signups +=
+                usize::from(signed_up.is_ok_and(|s| s > end - chrono::Duration::days(7)));
+        }
+        for purchase in &simulated.transactions {
+            let day = chrono::NaiveDate::parse_from_str(&purchase.date, "%Y%m%d").unwrap();
+            assert!(day <= end.date_naive(), "{purchase:?}");
+        }
+    }
+    // The case that went wrong is there to be checked.
+    assert!(late_signups > 0);
+}
+
 fn mean(values: impl Iterator<Item = f64>) -> f64 {
     let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
     sum / n as f64
