@@ -79,7 +79,8 @@ pub const FIELDS: &[&str] = &[
 pub struct CohortReport {
     pub interval: String,
     pub retention: String,
-    /// The last period with data: cells after it are `null`, not zero.
+    /// The period the data ends in: cells after it are `null`, not zero, and its own cells
+    /// count what happened up to the last event (on live data, the period still going).
     pub data_until: String,
     pub cohorts: Vec<Cohort>,
     /// Whether newer cohorts come back more or less often than older ones.
@@ -475,7 +476,13 @@ impl CohortDefinition {
         let data_until = until.map(|p| calendar.label(p)).unwrap_or_default();
 
         let mut cohorts: BTreeMap<(String, String), Cohort> = BTreeMap::new();
+        // Cohorts whose period 1 is the one the data ends in: on live data it is still going,
+        // and compared with whole periods it would read as a fall in retention.
+        let mut period_one_unfinished: Vec<String> = Vec::new();
         for (cell, &(period, breakdown, size)) in cells.cells.iter().enumerate() {
+            if until == Some(period + 1) {
+                period_one_unfinished.push(calendar.label(period));
+            }
             // Periods that have begun by the end of the data; later ones are `null`.
             let observable = until.map_or(0, |until| (until - period).max(-1) + 1);
             let observed = |k: usize| (k as i64) < observable;
@@ -515,7 +522,12 @@ impl CohortDefinition {
             cohorts.insert((cohort.cohort.clone(), cohort.breakdown.clone()), cohort);
         }
         let cohorts: Vec<Cohort> = cohorts.into_values().collect();
-        let trend = trend_of(&cohorts, 1);
+        let finished: Vec<Cohort> = cohorts
+            .iter()
+            .filter(|c| !period_one_unfinished.contains(&c.cohort))
+            .cloned()
+            .collect();
+        let trend = trend_of(&finished, 1);
         Ok(CohortReport {
             interval: unit.into(),
             retention: if rolling { "rolling" } else { "classic" }.into(),

@@ -529,6 +529,42 @@ fn cohorts_by_a_chosen_event_count_only_what_follows_it_across_merged_identifier
     );
 }
 
+/// On live data the last period is still going: the cohort whose period 1 it is has had days,
+/// not a month, to come back, and the trend leaves it out instead of reading a fall.
+#[test]
+fn the_cohort_trend_leaves_out_a_period_still_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut lines = Vec::new();
+    // Four monthly cohorts of ten; half of each comes back the next month. The data end on
+    // May 2nd, when one of April's ten has come back so far.
+    for (month, first, next, back) in [
+        ("01", "2024-01-10", "2024-02-10", 5),
+        ("02", "2024-02-10", "2024-03-10", 5),
+        ("03", "2024-03-10", "2024-04-10", 5),
+        ("04", "2024-04-10", "2024-05-02", 1),
+    ] {
+        for person in 0..10 {
+            let user = format!("u-{month}-{person}");
+            lines.push(json!({"type": "track", "event": "Visited", "userId": user,
+                              "timestamp": format!("{first}T12:00:00Z")}));
+            if person < back {
+                lines.push(json!({"type": "track", "event": "Visited", "userId": user,
+                                  "timestamp": format!("{next}T12:00:00Z")}));
+            }
+        }
+    }
+    import_events(dir.path(), &data, &lines);
+    let cohorts = analyze(&data, "cohorts", json!({"timezone": "UTC", "periods": 2}));
+    assert_eq!(cohorts["data_until"], "2024-05-01", "{cohorts}");
+    let april = &cohorts["cohorts"][3];
+    assert_eq!(april["retained"], json!([10, 1, null]), "{april}");
+    let trend = &cohorts["trend"];
+    assert_eq!(trend["cohorts_compared"], 3, "{trend}");
+    assert_eq!(trend["verdict"], "no clear trend", "{trend}");
+    assert_eq!(trend["slope_per_cohort"], 0.0, "{trend}");
+}
+
 #[test]
 fn edge_cases_merges_window_boundaries_and_time_zones_are_counted_by_hand() {
     let dir = tempfile::tempdir().unwrap();
