@@ -195,6 +195,41 @@ fn the_demo_world_loads_through_ingestion_and_kith_recovers_what_generated_it() 
     assert!(recall >= 0.5, "recall {recall}: {found}");
     let (recall, _, found) = found_at("0.4");
     assert!(recall >= 0.8, "recall {recall} at 0.4: {}", found["total"]);
+    // The text lists each pair with the command that merges it, but for two accounts (two user
+    // ids), which the guards keep apart: that command would only be refused.
+    let (_, _, found) = found_at("0.3");
+    let mergeable = found["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            let has_user = |side: &str| {
+                c[side]["identifiers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|i| i.as_str().unwrap().starts_with("user_id:"))
+            };
+            !(has_user("first") && has_user("second"))
+        })
+        .count();
+    let total = found["total"].as_u64().unwrap() as usize;
+    assert!(mergeable > 0 && mergeable < total, "{mergeable} of {total}");
+    let (ok, text, stderr) = kith(&[
+        "profile",
+        "duplicates",
+        "--data-dir",
+        data_arg,
+        "--min-score",
+        "0.3",
+        "--limit",
+        "100000",
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        text.matches("confirm: kith profile merge").count(),
+        mergeable
+    );
 
     // Importing the same events again stores nothing twice.
     let rejected = dir.path().join("rejected.csv");

@@ -112,6 +112,23 @@ pub const LAST_NAMES: [&str; 20] = [
     "Ruiz",
 ];
 
+/// Where CRM contacts under another mailbox work (fictional companies): a sales team types the
+/// work address it was given.
+pub const EMPLOYER_DOMAINS: [&str; 12] = [
+    "empresa.com.mx",
+    "grupoaltamira.com.mx",
+    "constructorasol.mx",
+    "farmaciasdelvalle.com.mx",
+    "logisticanorte.mx",
+    "textilesluna.com.mx",
+    "agrovida.mx",
+    "bancoriente.com.mx",
+    "seguroscentro.mx",
+    "editorialfaro.com.mx",
+    "hotelesbrisa.mx",
+    "tecnosur.com.mx",
+];
+
 pub const EMAIL_DOMAINS: [&str; 5] = [
     "gmail.com",
     "hotmail.com",

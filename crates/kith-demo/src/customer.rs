@@ -9,7 +9,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::DemoConfig;
-use crate::catalogue::{self, CATEGORIES, CITIES, EMAIL_DOMAINS, FIRST_NAMES, LAST_NAMES, Product};
+use crate::catalogue::{
+    self, CATEGORIES, CITIES, EMAIL_DOMAINS, EMPLOYER_DOMAINS, FIRST_NAMES, LAST_NAMES, Product,
+};
 
 /// What the data does not say outright, for tests to compare Kith's answers with.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -707,7 +709,13 @@ pub fn simulate(config: &DemoConfig, products: &[Product], customer: u64) -> Sim
         let other_mailbox = crm_rng.random_bool(0.2);
         crm_duplicate = other_mailbox;
         let crm_email = if other_mailbox {
-            format!("{}.{}@empresa.com.mx", fold(first), fold(last))
+            // A work address: the name with the second surname's initial, at an employer, so
+            // two namesakes' contacts are seldom given one address (they would be joined as one
+            // person by it).
+            let second_surname = pick(&mut crm_rng, &LAST_NAMES);
+            let initial: String = fold(second_surname).chars().take(1).collect();
+            let employer = pick(&mut crm_rng, &EMPLOYER_DOMAINS);
+            format!("{}.{}.{initial}@{employer}", fold(first), fold(last))
         } else {
             email.clone()
         };

@@ -215,18 +215,98 @@ fn spells_name(local: &str, name_key: &str) -> bool {
     name_key.split(' ').all(|token| local.contains(token))
 }
 
-/// How many profiles have a name and live in a city, by normalised name and city: the same name
-/// in the same city says much when no one else there has it, little when several do.
-type NamesakesInCity<'f> = HashMap<(&'f str, &'f str), usize>;
+/// How many profiles have each name, and each name in each city (normalised): a shared name
+/// says much when no one else has it, little when many do, as record linkage weighs agreement
+/// on a rare value above agreement on a common one.
+#[derive(Default)]
+struct Namesakes<'f> {
+    by_name: HashMap<&'f str, usize>,
+    by_name_and_city: HashMap<(&'f str, &'f str), usize>,
+}
 
-fn namesakes_in_city(features: &[Features]) -> NamesakesInCity<'_> {
-    let mut counts = NamesakesInCity::new();
-    for f in features {
-        if let (Some(name), Some(city)) = (&f.name_key, &f.city) {
-            *counts.entry((name.as_str(), city.as_str())).or_default() += 1;
+impl<'f> Namesakes<'f> {
+    fn count(features: &'f [Features]) -> Namesakes<'f> {
+        let mut namesakes = Namesakes::default();
+        for f in features {
+            if let Some(name) = &f.name_key {
+                *namesakes.by_name.entry(name.as_str()).or_default() += 1;
+                if let Some(city) = &f.city {
+                    *namesakes
+                        .by_name_and_city
+                        .entry((name.as_str(), city.as_str()))
+                        .or_default() += 1;
+                }
+            }
         }
+        namesakes
     }
-    counts
+}
+
+/// "1 other profile", "3 other profiles".
+fn others(count: usize) -> String {
+    format!("{count} other profile{}", if count == 1 { "" } else { "s" })
+}
+
+/// The evidence of one name on two profiles. Two profiles of a name no one else has weigh 0.4
+/// (0.2 for a single word); each further profile of that name is another person either could
+/// be, and divides it. In the same city, what counts is who else of that name lives there: the
+/// only two weigh 0.61 (a CRM contact and the one account of its name in its city are likely
+/// one person), and half that when both are accounts (two sign-ups of one name in one city are
+/// more often two people than one who signed up twice).
+fn same_name_evidence(
+    a: &Features,
+    b: &Features,
+    name: &str,
+    namesakes: &Namesakes,
+) -> (f64, String) {
+    let (na, nb) = (
+        a.name.as_deref().unwrap_or(""),
+        b.name.as_deref().unwrap_or(""),
+    );
+    let full = a.name_tokens >= 2;
+    let city = match (&a.city, &b.city) {
+        (Some(ca), Some(cb)) if ca == cb => Some(ca.as_str()),
+        _ => None,
+    };
+    let Some(city) = city else {
+        let sharing = namesakes.by_name.get(name).copied().unwrap_or(2).max(2);
+        let mut weight = if full { 0.4 } else { 0.2 } * 2.0 / sharing as f64;
+        let mut text = if sharing == 2 {
+            format!("same name: `{na}` and `{nb}`")
+        } else {
+            let more = sharing - 2;
+            format!(
+                "same name: `{na}` and `{nb}`, as {} {}",
+                others(more),
+                if more == 1 { "has" } else { "have" }
+            )
+        };
+        // Two cities are more often two people of one name than one who moved.
+        if let (Some(ca), Some(cb)) = (&a.city_shown, &b.city_shown) {
+            weight /= 2.0;
+            text.push_str(&format!(", but in two cities ({ca} and {cb})"));
+        }
+        return (weight, text);
+    };
+    let shown = a.city_shown.as_deref().unwrap_or(city);
+    let sharing = namesakes
+        .by_name_and_city
+        .get(&(name, city))
+        .copied()
+        .unwrap_or(2)
+        .max(2);
+    let one_account = a.user_ids.is_empty() || b.user_ids.is_empty();
+    let weight =
+        if full { 0.61 } else { 0.3 } * 2.0 / sharing as f64 * if one_account { 1.0 } else { 0.5 };
+    let text = if sharing == 2 {
+        format!("same name, `{na}`, and city, {shown}, where no other profile has that name")
+    } else {
+        format!(
+            "same name, `{na}`, and city, {shown}, as {} there",
+            others(sharing - 2)
+        )
+    };
+    (weight, text)
 }
 
 /// Scores one pair; `refused` is the reason of a merge between them the guards refused.
@@ -234,7 +314,7 @@ fn score(
     a: &Features,
     b: &Features,
     refused: Option<&str>,
-    namesakes: &NamesakesInCity<'_>,
+    namesakes: &Namesakes<'_>,
 ) -> (f64, Vec<(f64, String)>) {
     let mut evidence: Vec<(f64, String)> = Vec::new();
     let same_name = a.name_key.is_some() && a.name_key == b.name_key;
@@ -244,9 +324,7 @@ fn score(
             b.name.as_deref().unwrap_or(""),
         );
         if ka == kb {
-            // A name alone is never enough (many people share one): it needs company.
-            let weight = if a.name_tokens >= 2 { 0.4 } else { 0.2 };
-            evidence.push((weight, format!("same name: `{na}` and `{nb}`")));
+            evidence.push(same_name_evidence(a, b, ka, namesakes));
         } else {
             let similarity = strsim::jaro_winkler(ka, kb);
             if similarity >= 0.9 && a.name_tokens.min(b.name_tokens) >= 2 {
@@ -257,6 +335,21 @@ fn score(
             }
         }
     }
+    // A mailbox that spells a name several profiles have is one any of them might hold: the
+    // same one twice weighs as the name does, divided among them.
+    let shared_name = a.name_key.as_deref().filter(|_| same_name);
+    let name_sharing = shared_name
+        .and_then(|name| namesakes.by_name.get(name))
+        .copied()
+        .unwrap_or(2)
+        .max(2);
+    let same_mailbox = |local: &str| {
+        if shared_name.is_some_and(|name| spells_name(local, name)) {
+            0.5 * 2.0 / name_sharing as f64
+        } else {
+            0.5
+        }
+    };
     let mut best_email: Option<(f64, String)> = None;
     for (la, da, ea) in &a.emails {
         for (lb, db, eb) in &b.emails {
@@ -265,18 +358,15 @@ fn score(
             }
             let found = if la == lb && da != db {
                 Some((
-                    0.5,
+                    same_mailbox(la),
                     format!("the same mailbox name at two domains: {ea} and {eb}"),
                 ))
             } else if la == lb {
                 Some((
-                    0.5,
+                    same_mailbox(la),
                     format!("the same address but for dots or a +tag: {ea} and {eb}"),
                 ))
-            } else if same_name
-                && a.name_key
-                    .as_deref()
-                    .is_some_and(|name| spells_name(la, name) && spells_name(lb, name))
+            } else if shared_name.is_some_and(|name| spells_name(la, name) && spells_name(lb, name))
             {
                 // Namesakes' mailboxes are alike because their names are: counted once, as
                 // the name (counted twice, the demo world's 5,000 customers gave 1,923 pairs at
@@ -298,36 +388,16 @@ fn score(
         }
     }
     evidence.extend(best_email);
+    // The same name and city are weighed together above.
     if let (Some(ca), Some(cb)) = (&a.city, &b.city)
         && !evidence.is_empty()
+        && !same_name
         && ca == cb
     {
-        let shown = a.city_shown.as_deref().unwrap_or(ca);
-        let others = a
-            .name_key
-            .as_ref()
-            .filter(|_| same_name)
-            .and_then(|name| namesakes.get(&(name.as_str(), ca.as_str())))
-            .map(|count| count.saturating_sub(2));
-        // Two accounts (each its own user id) of one name in one city are more often two
-        // people than one who signed up twice; a record without an account (a CRM contact)
-        // and the only account of its name there are likely one.
-        let one_account = a.user_ids.is_empty() || b.user_ids.is_empty();
-        evidence.push(match others {
-            Some(0) if one_account => (
-                0.35,
-                format!("the same city, {shown}, where no other profile has that name"),
-            ),
-            // Each namesake there is another person the other could be.
-            Some(others) if others > 0 => (
-                0.15 / (others + 1) as f64,
-                format!(
-                    "the same city, {shown}, as {others} other profile{} of that name",
-                    if others == 1 { "" } else { "s" }
-                ),
-            ),
-            _ => (0.15, format!("the same city: {shown}")),
-        });
+        evidence.push((
+            0.15,
+            format!("the same city: {}", a.city_shown.as_deref().unwrap_or(ca)),
+        ));
     }
     if let Some(digits) = a.phone_digits.iter().find(|d| b.phone_digits.contains(d)) {
         let names_differ = a.name_key.is_some() && b.name_key.is_some() && a.name_key != b.name_key;
@@ -485,7 +555,7 @@ impl DuplicateFinder {
         // evidence: at a low bar there are hundreds of thousands of candidates, and a caller
         // shows a page of them.
         let refusal = |a: usize, b: usize| refused.get(&(a, b)).map(String::as_str);
-        let namesakes = namesakes_in_city(&features);
+        let namesakes = Namesakes::count(&features);
         let mut scored: Vec<(f64, usize, usize)> = pairs
             .into_iter()
             .filter_map(|(a, b)| {

@@ -476,11 +476,12 @@ fn likely_duplicates_are_scored_with_evidence_and_strangers_are_not() {
     );
 }
 
-/// A mailbox that spells its owner's name is not evidence beside the name; the same name in the
-/// same city says much when no one else there has that name, little when someone does, and
-/// little for two accounts (two sign-ups are more often two people of one name).
+/// A mailbox that spells its owner's name is not evidence beside the name, and a name counts by
+/// how many profiles share it: the same name in the same city says much when no one else there
+/// has that name, little when someone does, and little for two accounts (two sign-ups are more
+/// often two people of one name); a name many profiles have, or two cities, say little.
 #[test]
-fn namesakes_count_once_and_a_city_counts_by_who_else_lives_there() {
+fn namesakes_count_once_and_a_name_counts_by_who_else_has_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
     apply(
@@ -491,7 +492,7 @@ fn namesakes_count_once_and_a_city_counts_by_who_else_lives_there() {
             {"type": "identify", "userId": "u-1", "messageId": "n1", "timestamp": "2025-01-01T00:00:00Z",
              "traits": {"email": "sofia.lopez3922@hotmail.com", "name": "Sofía López", "city": "Puebla"}},
             {"type": "identify", "anonymousId": "crm-1", "messageId": "n2", "timestamp": "2025-01-02T00:00:00Z",
-             "traits": {"email": "sofia.lopez@empresa.com.mx", "name": "Sofía López", "city": "puebla"}},
+             "traits": {"email": "sofia.lopez.t@empresa.com.mx", "name": "Sofía López", "city": "puebla"}},
             // A CRM contact and two accounts of his name in Tijuana: either could be his.
             {"type": "identify", "userId": "u-2", "messageId": "n3", "timestamp": "2025-01-03T00:00:00Z",
              "traits": {"email": "juan.hernandez1432@hotmail.com", "name": "Juan Hernández", "city": "Tijuana"}},
@@ -508,10 +509,29 @@ fn namesakes_count_once_and_a_city_counts_by_who_else_lives_there() {
             {"type": "identify", "userId": "u-6", "messageId": "n8", "timestamp": "2025-01-08T00:00:00Z",
              "traits": {"email": "lagatita@gmail.com", "name": "Renata Gil"}},
             {"type": "identify", "anonymousId": "crm-3", "messageId": "n9", "timestamp": "2025-01-09T00:00:00Z",
-             "traits": {"email": "la.gatita88@empresa.com.mx", "name": "Renata Gil"}}
+             "traits": {"email": "la.gatita88@empresa.com.mx", "name": "Renata Gil"}},
+            // Three of one name, no city: any two are one of three pairs.
+            {"type": "identify", "userId": "u-7", "messageId": "n10", "timestamp": "2025-01-10T00:00:00Z",
+             "traits": {"email": "lp1@a.com", "name": "Luis Pérez"}},
+            {"type": "identify", "userId": "u-8", "messageId": "n11", "timestamp": "2025-01-11T00:00:00Z",
+             "traits": {"email": "lp2@b.com", "name": "Luis Pérez"}},
+            {"type": "identify", "anonymousId": "crm-4", "messageId": "n12", "timestamp": "2025-01-12T00:00:00Z",
+             "traits": {"email": "lp3@c.com", "name": "Luis Pérez"}},
+            // The same work mailbox at two employers, of a name three profiles have.
+            {"type": "identify", "anonymousId": "crm-5", "messageId": "n13", "timestamp": "2025-01-13T00:00:00Z",
+             "traits": {"email": "jorge.ruiz.r@uno.mx", "name": "Jorge Ruiz"}},
+            {"type": "identify", "anonymousId": "crm-6", "messageId": "n14", "timestamp": "2025-01-14T00:00:00Z",
+             "traits": {"email": "jorge.ruiz.r@dos.mx", "name": "Jorge Ruiz"}},
+            {"type": "identify", "userId": "u-9", "messageId": "n15", "timestamp": "2025-01-15T00:00:00Z",
+             "traits": {"email": "jorge.ruiz9@gmail.com", "name": "Jorge Ruiz"}},
+            // One name in two cities.
+            {"type": "identify", "userId": "u-10", "messageId": "n16", "timestamp": "2025-01-16T00:00:00Z",
+             "traits": {"email": "rosa1@a.com", "name": "Rosa Ortega", "city": "Mérida"}},
+            {"type": "identify", "anonymousId": "crm-7", "messageId": "n17", "timestamp": "2025-01-17T00:00:00Z",
+             "traits": {"email": "rosa2@b.com", "name": "Rosa Ortega", "city": "León"}}
         ]),
     );
-    let found = store.find_duplicates(0.3, usize::MAX).expect("search");
+    let found = store.find_duplicates(0.1, usize::MAX).expect("search");
     let pair = |x: &str, y: &str| {
         found
             .candidates
@@ -523,34 +543,45 @@ fn namesakes_count_once_and_a_city_counts_by_who_else_lives_there() {
             })
             .unwrap_or_else(|| panic!("no candidate {x} / {y}: {found:?}"))
     };
-    let sofia = pair("user_id:u-1", "email:sofia.lopez@empresa.com.mx");
+    let sofia = pair("user_id:u-1", "email:sofia.lopez.t@empresa.com.mx");
     assert_eq!(sofia.score, 0.61, "{sofia:?}");
     assert_eq!(
         sofia.evidence,
-        [
-            "same name: `Sofía López` and `Sofía López`",
-            "the same city, Puebla, where no other profile has that name"
-        ]
+        ["same name, `Sofía López`, and city, Puebla, where no other profile has that name"]
     );
     for account in ["user_id:u-2", "user_id:u-3"] {
         let juan = pair(account, "email:juan.hernandez@empresa.com.mx");
-        assert_eq!(juan.score, 0.445, "{juan:?}");
+        assert_eq!(juan.score, 0.407, "{juan:?}");
         assert_eq!(
-            juan.evidence[1], "the same city, Tijuana, as 1 other profile of that name",
-            "{juan:?}"
+            juan.evidence,
+            ["same name, `Juan Hernández`, and city, Tijuana, as 1 other profile there"]
         );
     }
     let accounts = pair("user_id:u-4", "user_id:u-5");
-    assert_eq!(accounts.score, 0.49, "{accounts:?}");
-    assert_eq!(accounts.evidence[1], "the same city: León", "{accounts:?}");
+    assert_eq!(accounts.score, 0.305, "{accounts:?}");
     let renata = pair("user_id:u-6", "email:la.gatita88@empresa.com.mx");
+    assert_eq!(renata.score, 0.58, "{renata:?}");
     assert!(
         renata.evidence[1].starts_with("similar email addresses: "),
         "{renata:?}"
     );
+    let luis = pair("user_id:u-7", "email:lp3@c.com");
+    assert_eq!(luis.score, 0.267, "{luis:?}");
+    assert_eq!(
+        luis.evidence,
+        ["same name: `Luis Pérez` and `Luis Pérez`, as 1 other profile has"]
+    );
+    let jorge = pair("email:jorge.ruiz.r@uno.mx", "email:jorge.ruiz.r@dos.mx");
+    assert_eq!(jorge.score, 0.511, "{jorge:?}");
+    let rosa = pair("user_id:u-10", "email:rosa2@b.com");
+    assert_eq!(rosa.score, 0.2, "{rosa:?}");
+    assert_eq!(
+        rosa.evidence,
+        ["same name: `Rosa Ortega` and `Rosa Ortega`, but in two cities (Mérida and León)"]
+    );
     // At the usual bar, only the pairs with evidence beyond a common name.
     let usual = store.find_duplicates(0.5, usize::MAX).expect("search");
-    assert_eq!(usual.total, 2, "{usual:?}");
+    assert_eq!(usual.total, 3, "{usual:?}");
 }
 
 /// Settings that keep at most `resident` identifiers' facts in memory.

@@ -101,20 +101,28 @@ fn duplicates(args: DuplicatesArgs, file: FileConfig) -> anyhow::Result<ExitCode
                 p.identifiers.join(", ")
             )
         };
-        outln!("{:.2}  {}", candidate.score, side(&candidate.first))?;
-        outln!("      {}", side(&candidate.second))?;
+        // Scores are rounded to thousandths: 0.407, not 0.41.
+        outln!("{:<5}  {}", candidate.score, side(&candidate.first))?;
+        outln!("       {}", side(&candidate.second))?;
         for evidence in &candidate.evidence {
-            outln!("      - {evidence}")?;
+            outln!("       - {evidence}")?;
         }
-        outln!(
-            "      confirm: kith profile merge profile_id:{} profile_id:{}",
-            candidate.first.profile_id,
-            candidate.second.profile_id
-        )?;
+        // Two user ids are two accounts the guards keep apart: a merge command would only be
+        // refused (the evidence says which limit decides it).
+        let has_user_id = |p: &kith_profiles::duplicates::CandidateProfile| {
+            p.identifiers.iter().any(|i| i.starts_with("user_id:"))
+        };
+        if !(has_user_id(&candidate.first) && has_user_id(&candidate.second)) {
+            outln!(
+                "       confirm: kith profile merge profile_id:{} profile_id:{}",
+                candidate.first.profile_id,
+                candidate.second.profile_id
+            )?;
+        }
     }
     if total > candidates.len() {
         outln!(
-            "({} more; raise --limit or --min-score)",
+            "({} more; raise --limit to list them, or --min-score to list fewer)",
             total - candidates.len()
         )?;
     }
