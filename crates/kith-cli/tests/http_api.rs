@@ -1351,6 +1351,20 @@ fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
             && message.contains("(its columns: ingest_seq, message_id, type, event,"),
         "{error}"
     );
+    // The same when the planner finds the name wrong twice at once.
+    let (status, error) = post_json(
+        &server.url("/v1/query"),
+        &[("Authorization", &auth)],
+        &json!({"sql": "SELECT sum(evnt), count(*) FILTER (WHERE evnt > 0) FROM events"})
+            .to_string(),
+    );
+    assert_eq!(status, 400);
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message
+            .starts_with("no column `evnt` in the tables the query reads; did you mean `event`?"),
+        "{error}"
+    );
     // The body is an object: serde would read `["SELECT 1"]` as one too.
     let (status, error) = post_json(
         &server.url("/v1/query"),

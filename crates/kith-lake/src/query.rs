@@ -233,6 +233,11 @@ fn classify_ref(err: &DataFusionError, limits: &QueryLimits) -> QueryError {
         }
         // An error several partitions share (a repartition hands each the same one).
         DataFusionError::Shared(shared) => classify_ref(shared, limits),
+        // Several mistakes found at once (`sum(evnt), count(*) FILTER (WHERE evnt > 0)`): the
+        // first is answered, as one alone would be.
+        DataFusionError::Collection(errors) if !errors.is_empty() => {
+            classify_ref(&errors[0], limits)
+        }
         DataFusionError::SQL(parse, _) => QueryError::Invalid(syntax_message(parse)),
         DataFusionError::SchemaError(schema_error, _)
             if let datafusion::common::SchemaError::FieldNotFound {
