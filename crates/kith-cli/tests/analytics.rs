@@ -313,6 +313,26 @@ fn analyses_of_the_demo_world_agree_with_duckdb_and_find_the_planted_friction() 
         "risk",
         json!({"as_of": as_of, "limit": 1_000_000, "timezone": ZONE}),
     );
+    // The table lists the first 50, and ends with how many were flagged in all.
+    let (ok, table, stderr) = kith(&[
+        "analyze",
+        "risk",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--definition",
+        &json!({"as_of": as_of, "timezone": ZONE}).to_string(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(table.lines().count(), 1 + 50 + 2, "{table}");
+    assert!(
+        table.contains(&format!(
+            "\n{} of {} profiles flagged as of {} (purchase_frequency_drop ",
+            risk["flagged"],
+            risk["profiles"],
+            risk["as_of"].as_str().unwrap()
+        )),
+        "{table}"
+    );
     // Each flagged profile's activity trend, against DuckDB's (active days cut in the zone).
     let at_risk = risk["at_risk"].as_array().unwrap();
     assert!(at_risk.len() > 50, "{}", at_risk.len());

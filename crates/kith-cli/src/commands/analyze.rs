@@ -618,6 +618,22 @@ fn print_notes(kind: &str, report: &Value) -> Result<(), crate::stdout::StdoutEr
             shown(&report["profiles"]),
             shown(&report["as_of"])
         )?,
+        // The table lists the first `limit`; how many there are in all, and of each signal.
+        "risk" => {
+            let counts: Vec<String> = report["signal_counts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|pair| format!("{} {}", shown(&pair[0]), shown(&pair[1])))
+                .collect();
+            outln!(
+                "\n{} of {} profiles flagged as of {} ({})",
+                shown(&report["flagged"]),
+                shown(&report["profiles"]),
+                shown(&report["as_of"]),
+                counts.join(", ")
+            )?;
+        }
         _ => {}
     }
     Ok(())
