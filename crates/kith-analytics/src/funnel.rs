@@ -191,6 +191,13 @@ pub fn parse_window(text: &str) -> Result<i64, AnalyticsError> {
             format!("`{text}` is not a duration; use e.g. 30m, 24h or 7d"),
         )
     })?;
+    // Whole units only: `1.5d` is 36h.
+    if unit.starts_with(['.', ',']) && unit[1..].starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(AnalyticsError::invalid(
+            "window",
+            format!("`{text}` is not a whole number; write whole units, such as 36h for 1.5d"),
+        ));
+    }
     // Words in any case; a single letter as written, so `1M` (a month?) is not read as a minute.
     let unit = unit.trim();
     let unit = if unit.len() > 1 {
@@ -1021,6 +1028,10 @@ mod tests {
             parse_window("7").unwrap_err().to_string(),
             "`window` `7` has no unit of time; write 7d for days, 7h for hours, 7m for minutes or \
              7s for seconds"
+        );
+        assert_eq!(
+            parse_window("1.5d").unwrap_err().to_string(),
+            "`window` `1.5d` is not a whole number; write whole units, such as 36h for 1.5d"
         );
         // Units written out, as people write them.
         assert_eq!(parse_window("7 days").unwrap(), 604_800);
