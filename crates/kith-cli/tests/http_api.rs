@@ -1566,6 +1566,17 @@ fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
     ]);
     assert!(ok);
     assert!(out.contains("| n |") && out.contains("| 2 |"), "{out}");
+    // `json_get`'s values show as the JSON answer shows them, not as Arrow's union text.
+    let (ok, out, err) = kith(&[
+        "sql",
+        "--data-dir",
+        data_dir,
+        r#"SELECT json_get(properties, 'nope') AS missing, json_get('{"a": 1.5}', 'a') AS a,
+                  json_get('{"a": "x"}', 'a') AS s, json_get('{"a": [1, 2]}', 'a') AS l
+           FROM events LIMIT 1"#,
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("|         | 1.5 | x | [1, 2] |"), "{out}");
     let (ok, _, err) = kith(&["sql", "--data-dir", data_dir, "SELEC 1"]);
     assert!(!ok);
     assert!(err.contains("SELEC"), "{err}");

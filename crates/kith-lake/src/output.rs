@@ -592,7 +592,15 @@ fn for_each_shown_row(
     for index in 0..batch.num_rows() {
         for ((cell, formatter), column) in row.iter_mut().zip(&formatters).zip(batch.columns()) {
             cell.clear();
-            if column.is_valid(index) {
+            if matches!(column.data_type(), DataType::Union(_, _)) {
+                // `json_get`'s answer: the value it holds, as the JSON answer shows it, not
+                // Arrow's `{float=909.05}` (and nothing for JSON's null, like any null).
+                *cell = match json_value(column.as_ref(), index) {
+                    Value::Null => String::new(),
+                    Value::String(text) => escape_controls(&text),
+                    other => escape_controls(&other.to_string()),
+                };
+            } else if column.is_valid(index) {
                 *cell = escape_controls(&formatter.value(index).try_to_string()?);
             }
         }
