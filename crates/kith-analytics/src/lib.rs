@@ -386,8 +386,42 @@ impl Analysis {
     /// it names that no event has.
     pub async fn answer(&self, data: &Data<'_>) -> Result<Answer, AnalyticsError> {
         let report = self.report(data).await?;
-        let notes = unseen_events::notes(data, &self.events_found_in_nothing(&report)).await?;
+        let mut notes = unseen_events::notes(data, &self.events_found_in_nothing(&report)).await?;
+        notes.extend(self.breakdown_found_nowhere(&report));
         Ok(Answer { report, notes })
+    }
+
+    fn scope(&self) -> &Scope {
+        match self {
+            Analysis::Rfm(d) => &d.scope,
+            Analysis::Cohorts(d) => &d.scope,
+            Analysis::Funnel(d) => &d.scope,
+            Analysis::Paths(d) => &d.scope,
+            Analysis::Preferences(d) => &d.scope,
+            Analysis::Risk(d) => &d.scope,
+            Analysis::Trends(d) => &d.scope,
+        }
+    }
+
+    /// A note when the breakdown put everything under `(none)`: the field is misspelt (`context
+    /// .devise.type`), or holds nothing in scope; either way the split says nothing.
+    fn breakdown_found_nowhere(&self, report: &Report) -> Option<String> {
+        let field = self.scope().breakdown.as_deref()?.trim();
+        let values = report.breakdown_values();
+        if values.is_empty() || values.iter().any(|value| *value != segment::NONE) {
+            return None;
+        }
+        let whose = if field.starts_with(segment::PROFILE_PREFIX) {
+            "profile"
+        } else {
+            "event"
+        };
+        Some(format!(
+            "no {whose} in scope has a value at `{field}` (the breakdown), so all are under \
+             {}; check the path, e.g. against `SELECT properties, context FROM events LIMIT 1` \
+             or a profile from /v1/profiles",
+            segment::NONE
+        ))
     }
 
     /// Runs the analysis; its answer as JSON values.
@@ -469,6 +503,27 @@ pub enum Report {
 }
 
 impl Report {
+    /// The breakdown values it lists (`all` without a breakdown).
+    fn breakdown_values(&self) -> Vec<&str> {
+        match self {
+            Report::Rfm(r) => r.segments.iter().map(|s| s.breakdown.as_str()).collect(),
+            Report::Cohorts(r) => r.cohorts.iter().map(|c| c.breakdown.as_str()).collect(),
+            Report::Funnel(r) => r.groups.iter().map(|g| g.breakdown.as_str()).collect(),
+            Report::Paths(r) => r.breakdowns.iter().map(|g| g.breakdown.as_str()).collect(),
+            Report::Preferences(r) => r
+                .by_breakdown
+                .iter()
+                .map(|g| g.breakdown.as_str())
+                .collect(),
+            Report::Risk(r) => r
+                .by_breakdown
+                .iter()
+                .map(|g| g.breakdown.as_str())
+                .collect(),
+            Report::Trends(r) => r.points.iter().map(|p| p.breakdown.as_str()).collect(),
+        }
+    }
+
     /// Whether it found nothing to report: no profile scored, no cohort, no step reached.
     pub fn is_empty(&self) -> bool {
         match self {

@@ -146,7 +146,7 @@ pub struct Segment {
 }
 
 /// The breakdown value of events whose profile has none (or that have no profile yet).
-const NONE: &str = "(none)";
+pub(crate) const NONE: &str = "(none)";
 
 impl Segment {
     /// Every profile, and the event's own breakdown: a scope that names no profiles.

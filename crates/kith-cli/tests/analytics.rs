@@ -745,6 +745,29 @@ fn the_api_runs_analyses_with_a_read_key_and_names_bad_fields() {
         report["notes"],
         json!(["no event is named `Bougth`; did you mean `Bought`?"])
     );
+    // A breakdown that put everything under (none) says so; one with values does not.
+    let funnel_by = |breakdown: &str| {
+        post_json(
+            &server.url("/v1/analytics/funnel"),
+            &[("Authorization", &auth)],
+            &json!({"steps": [{"event": "Viewed"}, {"event": "Bought"}], "window": "1h",
+                    "breakdown": breakdown})
+            .to_string(),
+        )
+    };
+    let (status, report) = funnel_by("context.devise.type");
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        report["notes"],
+        json!([
+            "no event in scope has a value at `context.devise.type` (the breakdown), so all \
+                are under (none); check the path, e.g. against `SELECT properties, context FROM \
+                events LIMIT 1` or a profile from /v1/profiles"
+        ])
+    );
+    let (status, report) = funnel_by("user_id");
+    assert_eq!(status, 200, "{report}");
+    assert!(report.get("notes").is_none(), "{report}");
     // An empty report whose events exist (none in its time range) has none either.
     let (status, report) = post_json(
         &server.url("/v1/analytics/trends"),
