@@ -733,10 +733,16 @@ fn computed_traits_declared_through_the_api_count_past_and_new_events_exactly_on
         }
     };
     check(&server);
-    assert_eq!(
-        profile(&server, "user_id:u-0")["computed_traits"]["orders_all"],
-        240
-    );
+    let u0 = profile(&server, "user_id:u-0");
+    assert_eq!(u0["computed_traits"]["orders_all"], 240);
+    // SQL reads the declared traits too, in the profiles table.
+    let rows = server.rows(&format!(
+        "SELECT json_get_int(computed_traits, 'orders_all') AS value FROM profiles \
+         WHERE profile_id = '{}'",
+        u0["profile_id"].as_str().unwrap()
+    ));
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["value"], 240, "{rows:?}");
 
     // Declarations outlive restarts; removal is for API traits only, and takes the values along.
     let server = server.restart_with_config(&config_path);

@@ -393,6 +393,7 @@ pub static PROFILES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("total_revenue", DataType::Float64, false),
         Field::new("average_order_value", DataType::Float64, true),
         Field::new("traits", DataType::Utf8, false),
+        Field::new("computed_traits", DataType::Utf8, false),
         Field::new("model_traits", DataType::Utf8, false),
         Field::new("consent", DataType::Utf8, true),
         Field::new("merge_count", DataType::Int64, false),
@@ -457,6 +458,7 @@ pub fn profiles_table(
     let mut total_revenue = Float64Builder::new();
     let mut average_order_value = Float64Builder::new();
     let mut traits = StringBuilder::new();
+    let mut computed_traits = StringBuilder::new();
     let mut model_traits = StringBuilder::new();
     let mut consent = StringBuilder::new();
     let mut merge_count = Int64Builder::new();
@@ -473,6 +475,9 @@ pub fn profiles_table(
             total_revenue.append_value(computed.total_revenue);
             average_order_value.append_option(computed.average_order_value);
             traits.append_value(serde_json::to_string(&view.traits).unwrap_or_default());
+            // The declared ones (kith.toml or the API); the built-in ones have columns above.
+            computed_traits
+                .append_value(serde_json::to_string(&computed.declared).unwrap_or_default());
             model_traits
                 .append_value(serde_json::to_string(&view.model_traits).unwrap_or_default());
             consent.append_option(view.consent.as_ref().map(|c| c.preferences.to_string()));
@@ -498,6 +503,7 @@ pub fn profiles_table(
         Arc::new(total_revenue.finish()),
         Arc::new(average_order_value.finish()),
         Arc::new(traits.finish()),
+        Arc::new(computed_traits.finish()),
         Arc::new(model_traits.finish()),
         Arc::new(consent.finish()),
         Arc::new(merge_count.finish()),
