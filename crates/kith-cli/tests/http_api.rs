@@ -1365,6 +1365,21 @@ fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
             .starts_with("no column `evnt` in the tables the query reads; did you mean `event`?"),
         "{error}"
     );
+    // A time written another way is told the ways the engine reads.
+    let (status, error) = post_json(
+        &server.url("/v1/query"),
+        &[("Authorization", &auth)],
+        &json!({"sql": "SELECT count(*) FROM events WHERE timestamp > '07/12/2026'"}).to_string(),
+    );
+    assert_eq!((status, &error["code"]), (400, &json!("invalid_sql")));
+    assert!(
+        error["message"].as_str().unwrap().starts_with(
+            "Error parsing timestamp from '07/12/2026': error parsing date; write times as \
+             '2026-12-07', '2026-12-07 13:00:00' or '2026-12-07T13:00:00Z' (ISO 8601), or read \
+             other forms with to_timestamp(text, '%d/%m/%Y')"
+        ),
+        "{error}"
+    );
     // The body is an object: serde would read `["SELECT 1"]` as one too.
     let (status, error) = post_json(
         &server.url("/v1/query"),

@@ -247,6 +247,17 @@ fn classify_ref(err: &DataFusionError, limits: &QueryLimits) -> QueryError {
         {
             QueryError::Invalid(unknown_column::message(field, valid_fields))
         }
+        // A time written as the engine cannot read it (`'07/12/2026'`): say how it reads them.
+        DataFusionError::ArrowError(arrow_error, _)
+            if let arrow::error::ArrowError::ParseError(message) = arrow_error.as_ref()
+                && message.starts_with("Error parsing timestamp from") =>
+        {
+            QueryError::Invalid(format!(
+                "{message}; write times as '2026-12-07', '2026-12-07 13:00:00' or \
+                 '2026-12-07T13:00:00Z' (ISO 8601), or read other forms with \
+                 to_timestamp(text, '%d/%m/%Y')"
+            ))
+        }
         DataFusionError::Execution(message) if message == yield_points::PAST_TIME_LIMIT => {
             QueryError::Timeout(limits.timeout)
         }
