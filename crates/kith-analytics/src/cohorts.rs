@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Datelike, NaiveDate};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
@@ -476,11 +476,15 @@ impl CohortDefinition {
         let data_until = until.map(|p| calendar.label(p)).unwrap_or_default();
 
         let mut cohorts: BTreeMap<(String, String), Cohort> = BTreeMap::new();
-        // Cohorts whose period 1 is the one the data ends in: on live data it is still going,
-        // and compared with whole periods it would read as a fall in retention.
+        // The period the data ends in is still going when the analysis looks up to a moment
+        // inside it (now, or `to`): a cohort whose period 1 it is would read, against whole
+        // periods, as a fall in retention.
+        let looked_until = scope.to.map_or(Utc::now(), |to| to.min(Utc::now()));
+        let going = calendar.period(looked_until.timestamp_micros().saturating_sub(1));
+        let unfinished = until.filter(|&until| until >= going);
         let mut period_one_unfinished: Vec<String> = Vec::new();
         for (cell, &(period, breakdown, size)) in cells.cells.iter().enumerate() {
-            if until == Some(period + 1) {
+            if unfinished == Some(period + 1) {
                 period_one_unfinished.push(calendar.label(period));
             }
             // Periods that have begun by the end of the data; later ones are `null`.

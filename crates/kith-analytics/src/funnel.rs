@@ -185,19 +185,22 @@ pub fn parse_window(text: &str) -> Result<i64, AnalyticsError> {
         text.find(|c: char| !c.is_ascii_digit())
             .unwrap_or(text.len()),
     );
+    // Whole units only: `1.5d` is 36h, `0.5h` 30m.
+    if !digits.is_empty()
+        && unit.starts_with(['.', ','])
+        && unit[1..].starts_with(|c: char| c.is_ascii_digit())
+    {
+        return Err(AnalyticsError::invalid(
+            "window",
+            format!("`{text}` is not a whole number; write whole units, such as 36h for 1.5d"),
+        ));
+    }
     let amount: i64 = digits.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
         AnalyticsError::invalid(
             "window",
             format!("`{text}` is not a duration; use e.g. 30m, 24h or 7d"),
         )
     })?;
-    // Whole units only: `1.5d` is 36h.
-    if unit.starts_with(['.', ',']) && unit[1..].starts_with(|c: char| c.is_ascii_digit()) {
-        return Err(AnalyticsError::invalid(
-            "window",
-            format!("`{text}` is not a whole number; write whole units, such as 36h for 1.5d"),
-        ));
-    }
     // Words in any case; a single letter as written, so `1M` (a month?) is not read as a minute.
     let unit = unit.trim();
     let unit = if unit.len() > 1 {
@@ -1032,6 +1035,12 @@ mod tests {
         assert_eq!(
             parse_window("1.5d").unwrap_err().to_string(),
             "`window` `1.5d` is not a whole number; write whole units, such as 36h for 1.5d"
+        );
+        assert!(
+            parse_window("0.5h")
+                .unwrap_err()
+                .to_string()
+                .contains("is not a whole number"),
         );
         // Units written out, as people write them.
         assert_eq!(parse_window("7 days").unwrap(), 604_800);

@@ -386,7 +386,16 @@ impl Analysis {
     /// it names that no event has.
     pub async fn answer(&self, data: &Data<'_>) -> Result<Answer, AnalyticsError> {
         let report = self.report(data).await?;
-        let mut notes = unseen_events::notes(data, &self.events_found_in_nothing(&report)).await?;
+        // Best effort: the report is the answer, and a note that could not be made (its scan of
+        // event names out of time or memory) must not take it away.
+        let mut notes =
+            match unseen_events::notes(data, &self.events_found_in_nothing(&report)).await {
+                Ok(notes) => notes,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the notes on unseen event names could not be made");
+                    Vec::new()
+                }
+            };
         notes.extend(self.breakdown_found_nowhere(&report));
         Ok(Answer { report, notes })
     }
@@ -464,7 +473,11 @@ impl Analysis {
             Analysis::Funnel(d) => d.steps.iter().map(|s| s.event.as_str()).collect(),
             Analysis::Paths(d) => vec![d.event.as_str()],
             Analysis::Preferences(d) => d.events.keys().map(String::as_str).collect(),
-            Analysis::Risk(d) => vec![d.purchase_event.as_str(), d.support_event.as_str()],
+            // The support event only when named: a shop without tickets has none by default.
+            Analysis::Risk(d) if d.support_event != risk::default_support() => {
+                vec![d.purchase_event.as_str(), d.support_event.as_str()]
+            }
+            Analysis::Risk(d) => vec![d.purchase_event.as_str()],
             Analysis::Trends(d) => d.event.iter().map(String::as_str).collect(),
         }
     }

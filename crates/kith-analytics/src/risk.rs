@@ -56,7 +56,7 @@ fn default_purchase() -> String {
 fn default_value() -> String {
     "revenue".into()
 }
-fn default_support() -> String {
+pub(crate) fn default_support() -> String {
     "Ticket Created".into()
 }
 fn default_alpha() -> f64 {
@@ -279,7 +279,7 @@ impl RiskDefinition {
         );
         // Events of profiles outside a segment are left out by the SQL (`attributed_events`).
         let mut profiles = 0u64;
-        // Purchases in the window, and those with a number at `value`: a `value` named on purpose
+        // Purchases before `as_of`, and those with a number at `value`: a `value` named on purpose
         // that no purchase has is refused, as CLV and RFM refuse it, instead of judging baskets
         // that all read as empty.
         let (mut purchases, mut with_amounts) = (0usize, 0usize);

@@ -1,6 +1,7 @@
 //! Why a report came back empty, when the reason is a name: an analysis naming an event no event
 //! has (`Product Viewd`, `order completed`) answers zeros like one whose events simply fall
-//! outside its scope. Only an empty report is looked into, so an answer that has rows costs
+//! outside its scope. Only a report that found nothing for an event it names is looked into (an
+//! empty report, a funnel step no one reached), so an answer with something in every part costs
 //! nothing more.
 
 use kith_lake::query::nearest_name;

@@ -550,7 +550,8 @@ fn cohorts_by_a_chosen_event_count_only_what_follows_it_across_merged_identifier
 }
 
 /// On live data the last period is still going: the cohort whose period 1 it is has had days,
-/// not a month, to come back, and the trend leaves it out instead of reading a fall.
+/// not a month, to come back, and the trend leaves it out instead of reading a fall. Looked at
+/// after that period ended, the same data are whole and all count.
 #[test]
 fn the_cohort_trend_leaves_out_a_period_still_going() {
     let dir = tempfile::tempdir().unwrap();
@@ -575,7 +576,12 @@ fn the_cohort_trend_leaves_out_a_period_still_going() {
         }
     }
     import_events(dir.path(), &data, &lines);
-    let cohorts = analyze(&data, "cohorts", json!({"timezone": "UTC", "periods": 2}));
+    // Looked at on May 3rd (`to`), May is still going.
+    let cohorts = analyze(
+        &data,
+        "cohorts",
+        json!({"timezone": "UTC", "periods": 2, "to": "2024-05-03"}),
+    );
     assert_eq!(cohorts["data_until"], "2024-05-01", "{cohorts}");
     let april = &cohorts["cohorts"][3];
     assert_eq!(april["retained"], json!([10, 1, null]), "{april}");
@@ -583,6 +589,9 @@ fn the_cohort_trend_leaves_out_a_period_still_going() {
     assert_eq!(trend["cohorts_compared"], 3, "{trend}");
     assert_eq!(trend["verdict"], "no clear trend", "{trend}");
     assert_eq!(trend["slope_per_cohort"], 0.0, "{trend}");
+    // Looked at now, long after May, April's period 1 is over, and counts.
+    let whole = analyze(&data, "cohorts", json!({"timezone": "UTC", "periods": 2}));
+    assert_eq!(whole["trend"]["cohorts_compared"], 4, "{whole}");
 }
 
 #[test]

@@ -408,6 +408,19 @@ fn a_demo_world_ends_where_it_is_told() {
         "the last event is at {latest}, a month or more before the end"
     );
 
+    // Today's date ends the world now, not at a second still to come.
+    let today = chrono::Utc::now().date_naive().to_string();
+    let (ok, _, stderr) = kith(&[
+        "demo",
+        "generate",
+        "--customers",
+        "5",
+        "--end",
+        &today,
+        "--out",
+        dir.path().join("today").to_str().unwrap(),
+    ]);
+    assert!(ok, "--end {today}: {stderr}");
     for (end, told) in [
         (
             "2999-01-01",

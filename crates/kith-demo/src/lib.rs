@@ -102,7 +102,11 @@ impl DemoConfig {
     }
 
     pub fn start(&self) -> DateTime<Utc> {
-        self.end - chrono::Duration::days(i64::from(self.months) * 30)
+        // Checked: `ending_at` takes any end, and near chrono's first day the plain subtraction
+        // would panic.
+        self.end
+            .checked_sub_signed(chrono::Duration::days(i64::from(self.months) * 30))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
     }
 }
 

@@ -13,7 +13,7 @@ pub mod resolver;
 pub mod rules;
 mod text;
 
-pub use identifier::{IdType, Identifier, Lookup, LookupParseError};
+pub use identifier::{IdType, Identifier, Lookup, LookupParseError, excerpt};
 pub use normalize::{Normalizer, NotAnIdentity, UnknownRegion, fold_accent};
 pub use resolver::{
     ConflictRecord, MergeReason, MergeRecord, Observation, ObservationKey, ObserveOutcome,

@@ -92,7 +92,8 @@ impl Checkpoint {
     fn judge(&self, progress: Progress) -> Found {
         if progress.file != self.file || progress.job != self.job {
             Found::Stale(format!(
-                "{} belongs to another import ({} with other settings)",
+                "{} belongs to another import ({} with other settings, or into another data \
+                 directory)",
                 self.path.display(),
                 progress.file
             ))

@@ -854,7 +854,10 @@ impl ProfileStore {
                 {
                     let declared =
                         external_types_named(&extractor.identifier_traits, &state.external_types);
-                    return Err(LookupError::UnknownType(name.to_string(), declared));
+                    return Err(LookupError::UnknownType(
+                        kith_identity::excerpt(name),
+                        declared,
+                    ));
                 }
                 let identifier = extractor
                     .normalizer

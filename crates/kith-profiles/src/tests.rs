@@ -547,7 +547,7 @@ fn namesakes_count_once_and_a_name_counts_by_who_else_has_it() {
     assert_eq!(sofia.score, 0.61, "{sofia:?}");
     assert_eq!(
         sofia.evidence,
-        ["same name, `Sofía López`, and city, Puebla, where no other profile has that name"]
+        ["same name, `Sofía López`, and city, Puebla, where no other profile there has that name"]
     );
     for account in ["user_id:u-2", "user_id:u-3"] {
         let juan = pair(account, "email:juan.hernandez@empresa.com.mx");

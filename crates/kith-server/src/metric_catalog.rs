@@ -467,5 +467,14 @@ mod tests {
                 m.name
             );
         }
+        // The series started at 0 are of counters the code increments, with those labels.
+        for (name, label) in [(REJECTED_EVENTS, "reason"), (ERROR_RESPONSES, "code")] {
+            assert!(
+                recorded.iter().any(|(recorded, _)| recorded == name),
+                "{name} is started at 0 but nothing increments it"
+            );
+            let described = METRICS.iter().find(|m| m.name == name);
+            assert!(described.is_some_and(|m| m.labels == [label]), "{name}");
+        }
     }
 }

@@ -263,10 +263,9 @@ fn since_micros(text: &str) -> Result<i64, ApiError> {
 /// Cursor text: `{timestamp µs}_{message_id}`.
 fn parse_cursor(text: &str) -> Result<(i64, String), ApiError> {
     let bad = || {
-        let shown: String = text.chars().take(80).collect();
-        let cut = if shown.len() < text.len() { "…" } else { "" };
         parameter_error(format!(
-            "`before` must be the `next_before` value of a previous page, got `{shown}{cut}`"
+            "`before` must be the `next_before` value of a previous page, got `{}`",
+            kith_identity::excerpt(text)
         ))
     };
     let (micros, message_id) = text.split_once('_').ok_or_else(bad)?;
@@ -705,7 +704,7 @@ mod tests {
         assert!(parse_cursor(&long).is_ok());
         let err = parse_cursor(&"m".repeat(5000)).unwrap_err().message;
         assert!(
-            err.ends_with(&format!("got `{}…`", "m".repeat(80))),
+            err.ends_with(&format!("got `{}… (5000 bytes)`", "m".repeat(80))),
             "{err}"
         );
     }

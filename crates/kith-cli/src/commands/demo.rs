@@ -37,8 +37,8 @@ pub struct GenerateArgs {
     /// The same seed always gives the same world.
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     seed: u64,
-    /// When the world ends: a date (its last second, UTC), an RFC 3339 time, or `now`. Without
-    /// it, 2026-10-31, so a seed always gives the same dates too.
+    /// When the world ends: a date (its last second, UTC; today's ends it now), an RFC 3339
+    /// time, or `now`. Without it, 2026-10-31, so a seed always gives the same dates too.
     #[arg(long, value_name = "WHEN", value_parser = parse_world_end)]
     end: Option<DateTime<Utc>>,
     /// Write the files here: events.jsonl, contacts.csv, transactions.csv, truth/.
@@ -87,7 +87,13 @@ fn parse_world_end(text: &str) -> Result<DateTime<Utc>, String> {
     let end = if text.eq_ignore_ascii_case("now") {
         now
     } else if let Ok(day) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        day.and_hms_opt(23, 59, 59).unwrap_or_default().and_utc()
+        // Today's date ends the world now: its last second has not come yet. Later days are
+        // refused below.
+        if day == now.date_naive() {
+            now
+        } else {
+            day.and_hms_opt(23, 59, 59).unwrap_or_default().and_utc()
+        }
     } else {
         DateTime::parse_from_rfc3339(text)
             .map_err(|_| {

@@ -2,7 +2,7 @@
 //! directory when no server holds it, or to the server that does, through its API with the local
 //! token it publishes (see `kith_server::local`). Either way the events take the same path.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,8 @@ const OFFLINE_FLUSH_ROWS: usize = 200_000;
 pub enum Destination {
     /// This process owns the data directory.
     Offline {
+        /// The data directory, as given.
+        data_dir: PathBuf,
         pipeline: Pipeline,
         runtime: Runtime,
         /// What the writes so far changed in profiles, counted by the unify thread as it
@@ -36,6 +38,7 @@ pub enum Destination {
     },
     /// A running server does.
     Server {
+        data_dir: PathBuf,
         server: LocalServer,
         agent: ureq::Agent,
     },
@@ -55,6 +58,7 @@ impl Destination {
                 // analyses reading a few names scan far faster (see `cluster_flushes`).
                 pipeline.lake.events.cluster_flushes(true);
                 Ok(Destination::Offline {
+                    data_dir: data_dir.to_path_buf(),
                     pipeline,
                     runtime,
                     tally: Arc::default(),
@@ -76,9 +80,23 @@ impl Destination {
                     .build()
                     .into();
                 tracing::info!(url = %server.url, "sending to the running server");
-                Ok(Destination::Server { server, agent })
+                Ok(Destination::Server {
+                    data_dir: data_dir.to_path_buf(),
+                    server,
+                    agent,
+                })
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The data directory written to, by itself or through its server: an import's checkpoint
+    /// is this directory's, and never resumes an import into another.
+    pub fn data_dir(&self) -> &Path {
+        match self {
+            Destination::Offline { data_dir, .. } | Destination::Server { data_dir, .. } => {
+                data_dir
+            }
         }
     }
 
@@ -109,6 +127,7 @@ impl Destination {
                 runtime,
                 tally,
                 last_seq,
+                ..
             } => runtime.block_on(async {
                 let written = pipeline.write(events, Some(tally)).await?;
                 if let Some(seq) = written.last_seq() {
@@ -167,7 +186,7 @@ impl Destination {
 
     /// POSTs JSON to the server, waiting out `429 overloaded`; an error names the server's reason.
     pub fn post(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
-        let Destination::Server { server, agent } = self else {
+        let Destination::Server { server, agent, .. } = self else {
             bail!("not talking to a server");
         };
         let url = format!("{}{path}", server.url);
@@ -207,6 +226,7 @@ impl Destination {
                 runtime,
                 tally,
                 last_seq,
+                ..
             } => {
                 let through = last_seq.load(std::sync::atomic::Ordering::Relaxed);
                 runtime.block_on(pipeline.wait_for_profiles(through));
@@ -232,7 +252,7 @@ impl Destination {
                 self.settle();
                 Ok(pipeline.profiles.find_duplicates(0.5, 0)?.total)
             }
-            Destination::Server { server, agent } => {
+            Destination::Server { server, agent, .. } => {
                 let url = format!(
                     "{}/v1/profiles/duplicates?min_score=0.5&limit=1",
                     server.url

@@ -76,6 +76,8 @@ fn duplicates(args: DuplicatesArgs, file: FileConfig) -> anyhow::Result<ExitCode
     }
     let data_dir = existing_data_dir(&file, args.data_dir)?;
     let settings = file.profile_settings()?;
+    // Two accounts (two user ids) merge only where the configured limit allows two.
+    let user_ids_merge = settings.rules.limit(&kith_identity::IdType::UserId) >= 2;
     let (_, profiles) = runtime()?.block_on(super::sql::open_consistent(&data_dir, settings))?;
     let found = profiles.find_duplicates(args.min_score, args.limit)?;
     let (candidates, total) = (found.candidates, found.total);
@@ -107,12 +109,12 @@ fn duplicates(args: DuplicatesArgs, file: FileConfig) -> anyhow::Result<ExitCode
         for evidence in &candidate.evidence {
             outln!("       - {evidence}")?;
         }
-        // Two user ids are two accounts the guards keep apart: a merge command would only be
-        // refused (the evidence says which limit decides it).
+        // Two user ids are two accounts the guards keep apart (at the default limit of one): a
+        // merge command would only be refused (the evidence says which limit decides it).
         let has_user_id = |p: &kith_profiles::duplicates::CandidateProfile| {
             p.identifiers.iter().any(|i| i.starts_with("user_id:"))
         };
-        if !(has_user_id(&candidate.first) && has_user_id(&candidate.second)) {
+        if user_ids_merge || !(has_user_id(&candidate.first) && has_user_id(&candidate.second)) {
             outln!(
                 "       confirm: kith profile merge profile_id:{} profile_id:{}",
                 candidate.first.profile_id,

@@ -101,7 +101,12 @@ impl RowImport<'_> {
     ) -> anyhow::Result<RowTotals> {
         let checkpoint = match &self.checkpoint {
             Some((path, job)) => {
-                let (checkpoint, found) = Checkpoint::open(path, self.file, job)?;
+                // The data directory is part of what the import is: a checkpoint of the same
+                // file into another directory must not skip rows this one never received.
+                let data_dir = self.destination.data_dir();
+                let data_dir = std::fs::canonicalize(data_dir).unwrap_or(data_dir.to_path_buf());
+                let job = format!("{job} into {}", data_dir.display());
+                let (checkpoint, found) = Checkpoint::open(path, self.file, &job)?;
                 Some((
                     checkpoint,
                     if self.restart { Found::Nothing } else { found },
