@@ -238,6 +238,25 @@ fn an_import_killed_halfway_continues_where_it_stopped_and_stores_every_row_once
     child.wait().unwrap();
     assert!(rows_done > 0 && rows_done < rows, "{rows_done}");
 
+    // The same file into another data directory is another import: read from its start, every
+    // row stored there (a resume would skip rows that directory never received).
+    let saved = std::fs::read_to_string(&checkpoint).unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    // Its rejected rows beside the first import's, so its checkpoint is the same file.
+    let rejected_elsewhere = dir.path().join("rejected-elsewhere.csv");
+    let (ok, summary, stderr) = import("transactions", &file, &elsewhere, &rejected_elsewhere, &[]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("from its start") && stderr.contains("into another data directory"),
+        "{stderr}"
+    );
+    assert_eq!(summary["resumed_after"], 0, "{summary}");
+    assert_eq!(
+        sql(&elsewhere, "SELECT count(*) FROM events"),
+        vec![vec![(rows - 2).to_string()]]
+    );
+    std::fs::write(&checkpoint, saved).unwrap();
+
     let (ok, summary, stderr) = import("transactions", &file, &data, &rejected, &[]);
     assert!(ok, "{stderr}");
     assert!(
