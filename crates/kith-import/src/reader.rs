@@ -116,27 +116,117 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
+/// A file's bytes as UTF-8, whatever it was written in.
+type Text = Box<dyn Read + Send>;
+
 enum Inner {
     Csv {
-        reader: csv::Reader<Counting<File>>,
+        reader: csv::Reader<Text>,
         headers: Vec<String>,
         record: csv::StringRecord,
     },
     Jsonl {
-        lines: BufReader<Counting<File>>,
+        lines: BufReader<Text>,
         line: String,
     },
     Whitespace {
-        lines: BufReader<Counting<File>>,
+        lines: BufReader<Text>,
         line: String,
         headers: Vec<String>,
     },
+}
+
+/// How much of a file is looked at to tell its encoding and its delimiter.
+const SNIFFED_BYTES: usize = 64 * 1024;
+
+/// Decodes a stream of another encoding into UTF-8 as it is read.
+struct Decoding<R> {
+    inner: R,
+    decoder: encoding_rs::Decoder,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    at: usize,
+    finished: bool,
+}
+
+impl<R: Read> Read for Decoding<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.output.len() {
+            if self.finished {
+                return Ok(0);
+            }
+            self.input.resize(8 * 1024, 0);
+            let n = self.inner.read(&mut self.input)?;
+            let last = n == 0;
+            let room = self.decoder.max_utf8_buffer_length(n).unwrap_or(n * 3 + 16);
+            self.output.resize(room, 0);
+            let (_, _, written, _) =
+                self.decoder
+                    .decode_to_utf8(&self.input[..n], &mut self.output, last);
+            self.output.truncate(written);
+            self.at = 0;
+            self.finished = last;
+        }
+        let n = buf.len().min(self.output.len() - self.at);
+        buf[..n].copy_from_slice(&self.output[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// The encoding a file's first bytes show: UTF-16 by its byte order mark (Excel's "Unicode
+/// text"), Windows-1252 when they are not UTF-8 (Excel's CSV in Spanish and Portuguese
+/// Windows, which Latin-1 is a part of), else UTF-8 (`None`).
+fn sniffed_encoding(start: &[u8]) -> Option<&'static encoding_rs::Encoding> {
+    if start.starts_with(&[0xFF, 0xFE]) {
+        return Some(encoding_rs::UTF_16LE);
+    }
+    if start.starts_with(&[0xFE, 0xFF]) {
+        return Some(encoding_rs::UTF_16BE);
+    }
+    match std::str::from_utf8(start) {
+        // A sequence cut by the end of what was looked at is no evidence.
+        Err(e) if e.error_len().is_some() => Some(encoding_rs::WINDOWS_1252),
+        _ => None,
+    }
+}
+
+/// The delimiter a header line shows when none was given: `,` unless the line has none and has
+/// semicolons (Excel's CSV where the decimal mark is a comma) or tabs.
+fn sniffed_delimiter(first_line: &str) -> u8 {
+    let count = |c: char| first_line.matches(c).count();
+    let (commas, semicolons, tabs) = (count(','), count(';'), count('\t'));
+    if commas > 0 || (semicolons == 0 && tabs == 0) {
+        b','
+    } else if semicolons >= tabs {
+        b';'
+    } else {
+        b'\t'
+    }
+}
+
+/// Column names as the file gives them, each once: a name repeated (two `Dirección` columns)
+/// becomes `Dirección_2`, so no column's values hide another's.
+fn named_once(names: Vec<String>) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        let mut unique = name.clone();
+        let mut n = 2;
+        while !name.is_empty() && seen.iter().any(|s| s.eq_ignore_ascii_case(&unique)) {
+            unique = format!("{name}_{n}");
+            n += 1;
+        }
+        seen.push(unique);
+    }
+    seen
 }
 
 /// Reads a file a row at a time.
 pub struct RowReader {
     path: String,
     inner: Inner,
+    /// The encoding the file was read as, when it was not UTF-8.
+    read_as: Option<&'static str>,
     /// What named the columns, for messages: "the header" (CSV), "the first line" (text) or
     /// "--columns".
     columns_named_by: &'static str,
@@ -176,19 +266,69 @@ impl RowReader {
         })?;
         let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
         let bytes_read = Arc::new(AtomicU64::new(0));
-        let counting = Counting {
+        let mut counting = Counting {
             inner: file,
             read: bytes_read.clone(),
+        };
+        // The first bytes tell the encoding and, for text, the delimiter; they are read again
+        // in front of the rest.
+        let mut start = Vec::with_capacity(SNIFFED_BYTES);
+        (&mut counting)
+            .take(SNIFFED_BYTES as u64)
+            .read_to_end(&mut start)
+            .map_err(|source| ImportError::Read {
+                path: shown.clone(),
+                source,
+            })?;
+        let encoding = sniffed_encoding(&start);
+        let first_line: String = match encoding {
+            Some(encoding) => encoding
+                .decode(&start)
+                .0
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            None => String::from_utf8_lossy(&start)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        };
+        let bytes: Text = Box::new(std::io::Cursor::new(start).chain(counting));
+        let text: Text = match encoding {
+            Some(encoding) => Box::new(Decoding {
+                inner: bytes,
+                decoder: encoding.new_decoder_with_bom_removal(),
+                input: Vec::new(),
+                output: Vec::new(),
+                at: 0,
+                finished: false,
+            }),
+            None => bytes,
+        };
+        // Text "separated by whitespace" that is tab-separated (Excel's "text, tab delimited",
+        // whose empty cells and values with spaces runs of whitespace would shift), or given a
+        // delimiter, is read as delimited text.
+        let tab_separated = first_line.contains('\t') && !first_line.contains("  ");
+        let (format, delimiter) = match format {
+            Format::Whitespace if delimiter.is_some() => (Format::Csv, delimiter),
+            Format::Whitespace if tab_separated => (Format::Csv, Some(b'\t')),
+            other => (other, delimiter),
         };
         let inner = match format {
             Format::Csv => {
                 let tsv = path.extension().is_some_and(|e| e == "tsv");
-                let delimiter = delimiter.unwrap_or(if tsv { b'\t' } else { b',' });
+                let delimiter = delimiter.unwrap_or(if tsv {
+                    b'\t'
+                } else {
+                    sniffed_delimiter(first_line.trim_start_matches('\u{feff}'))
+                });
                 let mut reader = csv::ReaderBuilder::new()
                     .delimiter(delimiter)
                     .flexible(true)
                     .has_headers(columns.is_none())
-                    .from_reader(counting);
+                    .from_reader(text);
                 let headers = match columns {
                     Some(columns) => columns,
                     None => reader
@@ -202,6 +342,7 @@ impl RowReader {
                         .map(|h| h.trim().trim_start_matches('\u{feff}').to_string())
                         .collect::<Vec<_>>(),
                 };
+                let headers = named_once(headers);
                 if headers.iter().all(String::is_empty) {
                     return Err(ImportError::Unreadable {
                         path: shown,
@@ -216,7 +357,7 @@ impl RowReader {
                 }
             }
             Format::Jsonl => Inner::Jsonl {
-                lines: BufReader::new(counting),
+                lines: BufReader::new(text),
                 line: String::new(),
             },
             Format::Parquet => {
@@ -227,7 +368,7 @@ impl RowReader {
                 });
             }
             Format::Whitespace => {
-                let mut lines = BufReader::new(counting);
+                let mut lines = BufReader::new(text);
                 let mut line = String::new();
                 let headers = if let Some(columns) = columns {
                     columns
@@ -252,7 +393,7 @@ impl RowReader {
                         let names: Vec<String> =
                             line.split_whitespace().map(str::to_string).collect();
                         if !names.is_empty() {
-                            break names;
+                            break named_once(names);
                         }
                     }
                 };
@@ -266,11 +407,17 @@ impl RowReader {
         Ok(RowReader {
             path: path.display().to_string(),
             inner,
+            read_as: encoding.map(encoding_rs::Encoding::name),
             columns_named_by,
             number: 0,
             bytes_read,
             total_bytes,
         })
+    }
+
+    /// The encoding the file was read as when it was not UTF-8 (`windows-1252`, `UTF-16LE`).
+    pub fn read_as(&self) -> Option<&'static str> {
+        self.read_as
     }
 
     /// Column names (CSV only; JSONL rows name their own).
@@ -506,5 +653,91 @@ mod tests {
             short.reason,
             "the row has 1 fields but the header names 2 columns"
         );
+    }
+
+    fn rows_of(path: &Path, format: Format, delimiter: Option<u8>) -> (RowReader, Vec<Row>) {
+        let mut reader = RowReader::open(path, format, delimiter).unwrap();
+        let mut rows = Vec::new();
+        while let Some(row) = reader.next_row().unwrap() {
+            rows.push(row.unwrap());
+        }
+        (reader, rows)
+    }
+
+    fn text(row: &Row, column: &str) -> String {
+        row.get(column)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Excel's exports as they come from Spanish-language Windows: Windows-1252 with semicolons,
+    /// "Unicode text" (UTF-16 with tabs), tab-separated `.txt`; and a header naming a column
+    /// twice. Each is read with its accents, its empty cells and every column.
+    #[test]
+    fn excel_exports_are_read_whatever_their_encoding_and_delimiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clientes.csv");
+        // Windows-1252: é is one byte, 0xE9, which is not UTF-8.
+        let mut cp1252 = b"correo;nombre;tel\xe9fono\r\n".to_vec();
+        cp1252.extend_from_slice(b"jose@x.mx;Jos\xe9 P\xe9rez;55 1234 5678\r\n");
+        std::fs::write(&path, &cp1252).unwrap();
+        let (reader, rows) = rows_of(&path, Format::Csv, None);
+        assert_eq!(reader.read_as(), Some("windows-1252"));
+        assert_eq!(reader.headers().unwrap(), ["correo", "nombre", "teléfono"]);
+        assert_eq!(text(&rows[0], "nombre"), "José Pérez");
+        assert_eq!(text(&rows[0], "teléfono"), "55 1234 5678");
+
+        // UTF-16 with its byte order mark, tab-separated.
+        let path = dir.path().join("unicode.txt");
+        let mut utf16 = vec![0xFF, 0xFE];
+        for unit in "correo\tciudad\nana@x.mx\tCiudad Obregón\n".encode_utf16() {
+            utf16.extend_from_slice(&unit.to_le_bytes());
+        }
+        std::fs::write(&path, &utf16).unwrap();
+        let (reader, rows) = rows_of(&path, Format::Whitespace, None);
+        assert_eq!(reader.read_as(), Some("UTF-16LE"));
+        assert_eq!(text(&rows[0], "ciudad"), "Ciudad Obregón");
+
+        // Tab-separated text with an empty cell and a value with a space: nothing shifts.
+        let path = dir.path().join("tabs.txt");
+        std::fs::write(
+            &path,
+            "correo\tnombre\tciudad\nana@x.mx\t\tCiudad Obregón\n",
+        )
+        .unwrap();
+        let (reader, rows) = rows_of(&path, Format::Whitespace, None);
+        assert_eq!(reader.read_as(), None);
+        assert_eq!(rows[0].get("nombre"), None);
+        assert_eq!(text(&rows[0], "ciudad"), "Ciudad Obregón");
+        // A delimiter given for text is used.
+        let path = dir.path().join("pipes.txt");
+        std::fs::write(&path, "correo|ciudad\nana@x.mx|San Luis Potosí\n").unwrap();
+        let (_, rows) = rows_of(&path, Format::Whitespace, Some(b'|'));
+        assert_eq!(text(&rows[0], "ciudad"), "San Luis Potosí");
+        // Runs of spaces (CDNOW's log) are still whitespace-separated.
+        let path = dir.path().join("cdnow.txt");
+        std::fs::write(&path, "id  date      amount\n1   19970101  29.33\n").unwrap();
+        let (_, rows) = rows_of(&path, Format::Whitespace, None);
+        assert_eq!(text(&rows[0], "amount"), "29.33");
+
+        // A header naming a column twice keeps both.
+        let path = dir.path().join("dos.csv");
+        std::fs::write(
+            &path,
+            "correo,Dirección,Dirección\na@x.mx,Calle 1,Colonia Centro\n",
+        )
+        .unwrap();
+        let (reader, rows) = rows_of(&path, Format::Csv, None);
+        assert_eq!(
+            reader.headers().unwrap(),
+            ["correo", "Dirección", "Dirección_2"]
+        );
+        assert_eq!(text(&rows[0], "Dirección_2"), "Colonia Centro");
+        // UTF-8 with commas stays as it was.
+        std::fs::write(&path, "correo,nombre;apodo\na@x.mx,Ana;Anita\n").unwrap();
+        let (reader, rows) = rows_of(&path, Format::Csv, None);
+        assert_eq!(reader.read_as(), None);
+        assert_eq!(text(&rows[0], "nombre;apodo"), "Ana;Anita");
     }
 }

@@ -397,9 +397,17 @@ pub fn open_rows(
         .transpose()?;
     Ok(match format {
         Format::Parquet => Box::new(kith_lake::parquet_rows::ParquetRows::open(path)?),
-        _ => Box::new(RowReader::open_with_columns(
-            path, format, delimiter, columns,
-        )?),
+        _ => {
+            let reader = RowReader::open_with_columns(path, format, delimiter, columns)?;
+            if let Some(encoding) = reader.read_as() {
+                eprintln!(
+                    "{} is not UTF-8; reading it as {encoding} (save it as UTF-8 if its accents \
+                     come out wrong)",
+                    path.display()
+                );
+            }
+            Box::new(reader)
+        }
     })
 }
 
