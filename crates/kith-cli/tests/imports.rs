@@ -528,3 +528,45 @@ fn an_imports_source_is_held_to_the_rules_of_a_keys() {
     assert!(ok, "{stderr}");
     assert_eq!(summary["created"], 1, "{summary}");
 }
+
+/// The summary shows the first few problems and says how many more the rejected rows hold; a
+/// run without problems leaves no earlier run's rejected rows behind to be taken for its own.
+#[test]
+fn rejected_rows_are_counted_in_the_summary_and_a_clean_run_leaves_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, file) = (dir.path().join("data"), dir.path().join("contactos.csv"));
+    let rejected = dir.path().join("contactos.csv.rejected.csv");
+    let mut text = String::from("correo,nombre\nana@x.mx,Ana\n");
+    for n in 0..7 {
+        text.push_str(&format!(",Sin correo {n}\n"));
+    }
+    std::fs::write(&file, text).unwrap();
+    let (ok, stdout, stderr) = kith(&[
+        "import",
+        "contacts",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--rejected",
+        rejected.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.matches("\n  row ").count(), 5, "{stdout}");
+    assert!(
+        stdout.contains(&format!("  … and 2 more in {}", rejected.display())),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&rejected).unwrap().lines().count(),
+        1 + 7
+    );
+
+    std::fs::write(&file, "correo,nombre\nana@x.mx,Ana\nbea@x.mx,Bea\n").unwrap();
+    let (ok, summary, stderr) = import("contacts", &file, &data, &rejected, &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(summary["rejected_rows"], 0, "{summary}");
+    assert!(
+        !rejected.exists(),
+        "the first run's rejected rows are still there"
+    );
+}

@@ -379,6 +379,12 @@ impl ImportSummary {
                     problem.action.as_str()
                 )?;
             }
+            // The first few are shown; the file has them all.
+            let problems = self.rejected_rows + self.dropped_values;
+            let shown = totals.examples.len() as u64;
+            if problems > shown {
+                outln!("  … and {} more in {path}", problems - shown)?;
+            }
         }
         Ok(())
     }

@@ -93,6 +93,21 @@ pub fn checkpoint_beside(rejected: &Path, file: &Path) -> PathBuf {
 }
 
 impl RowImport<'_> {
+    /// The rejected rows of a run from the file's start: an earlier run's are removed, so a
+    /// clean run leaves none behind to be taken for its own.
+    fn fresh_rejects(&self) -> anyhow::Result<RejectWriter> {
+        match std::fs::remove_file(&self.rejected) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(anyhow::anyhow!(
+                    "cannot remove the earlier run's rejected rows, {}: {e}",
+                    self.rejected.display()
+                ));
+            }
+            _ => {}
+        }
+        Ok(RejectWriter::new(&self.rejected))
+    }
+
     /// Reads every row of `reader`, converting each with `convert`, and writes the events.
     pub fn run(
         &self,
@@ -133,9 +148,9 @@ impl RowImport<'_> {
             }
             Some(Found::Stale(reason)) => {
                 eprintln!("reading {} from its start: {reason}", self.file.display());
-                (RowTotals::default(), RejectWriter::new(&self.rejected))
+                (RowTotals::default(), self.fresh_rejects()?)
             }
-            _ => (RowTotals::default(), RejectWriter::new(&self.rejected)),
+            _ => (RowTotals::default(), self.fresh_rejects()?),
         };
         let checkpoint = checkpoint.map(|(c, _)| c);
         let progress = progress_bar(reader.total_bytes());
