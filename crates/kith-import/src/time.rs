@@ -1,11 +1,13 @@
 //! Reading times out of files, with the format and time zone stated rather than guessed wrong.
 //!
-//! Without a format, a value is read as RFC 3339 (`2024-03-01T10:00:00Z`, any offset), a date
-//! (`2024-03-01` or `20240301`), a date and time without zone (`2024-03-01 10:00[:00]`, also with
-//! `T`), or Unix seconds or milliseconds. A value without its own zone is in the import's time zone (UTC unless
-//! told). With a format (strftime, e.g. `%d/%m/%Y %H:%M`), only that format is accepted.
+//! Without a format, a value is read as RFC 3339 (`2024-03-01T10:00:00Z`, any offset, also
+//! written `+0000`), a date (`2024-03-01` or `20240301`), a date and time without zone
+//! (`2024-03-01 10:00[:00]`, also with `T`), or Unix seconds or milliseconds. A value without its
+//! own zone is in the import's time zone (UTC unless told). With a format (strftime, e.g.
+//! `%d/%m/%Y %H:%M`), only that format is accepted; its `%b` and `%B` read Spanish months too
+//! (`07-dic-2026`).
 
-use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use thiserror::Error;
 
@@ -29,6 +31,74 @@ pub enum TimeError {
         "`{0}` is outside the years 1678–2261, the times Kith stores (it is usually a default value such as 0001-01-01, or a Unix time in another unit); correct it, or leave the cell empty"
     )]
     OutOfRange(String),
+    #[error(
+        "`{value}` has a two-digit year, which `%Y` reads as the year {year}; write `%y` for \
+         two-digit years (`{suggested}`)"
+    )]
+    TwoDigitYear {
+        value: String,
+        year: i32,
+        suggested: String,
+    },
+}
+
+/// Spanish month names and abbreviations, as exports write them (`07-dic-2026`, `3 de enero`),
+/// with the English abbreviation strftime's `%b` and `%B` read.
+const SPANISH_MONTHS: [(&str, &str); 25] = [
+    ("enero", "Jan"),
+    ("febrero", "Feb"),
+    ("marzo", "Mar"),
+    ("abril", "Apr"),
+    ("mayo", "May"),
+    ("junio", "Jun"),
+    ("julio", "Jul"),
+    ("agosto", "Aug"),
+    ("septiembre", "Sep"),
+    ("setiembre", "Sep"),
+    ("octubre", "Oct"),
+    ("noviembre", "Nov"),
+    ("diciembre", "Dec"),
+    ("ene", "Jan"),
+    ("feb", "Feb"),
+    ("mar", "Mar"),
+    ("abr", "Apr"),
+    ("may", "May"),
+    ("jun", "Jun"),
+    ("jul", "Jul"),
+    ("ago", "Aug"),
+    ("sept", "Sep"),
+    ("sep", "Sep"),
+    ("oct", "Oct"),
+    ("dic", "Dec"),
+];
+
+/// `value` with a Spanish month name or abbreviation (a whole word, in any case, with or without
+/// a trailing dot) written as the English abbreviation; `None` when it has none.
+fn english_months(value: &str) -> Option<String> {
+    let mut changed = false;
+    let mut out = String::with_capacity(value.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String, changed: &mut bool| {
+        let lower = word.to_lowercase();
+        match SPANISH_MONTHS.iter().find(|(spanish, _)| *spanish == lower) {
+            Some((_, english)) => {
+                out.push_str(english);
+                *changed = true;
+            }
+            None => out.push_str(word),
+        }
+        word.clear();
+    };
+    for c in value.chars() {
+        if c.is_alphabetic() {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out, &mut changed);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out, &mut changed);
+    changed.then_some(out)
 }
 
 /// How times in a file are read.
@@ -83,10 +153,37 @@ impl TimeParser {
 
     fn read(&self, value: &str) -> Result<DateTime<Utc>, TimeError> {
         if let Some(format) = &self.format {
-            return self.parse_with(value, format);
+            let read = self.parse_with(value, format).or_else(|e| {
+                // `07-dic-2026` with `%d-%b-%Y`: Spanish months, as English ones.
+                match english_months(value) {
+                    Some(english) if format.contains("%b") || format.contains("%B") => {
+                        self.parse_with(&english, format).map_err(|_| e)
+                    }
+                    _ => Err(e),
+                }
+            })?;
+            // `3/4/24` read by `%Y` is the year 24, which no one meant (`0001-01-01`, written
+            // with four digits, is a default value, told as out of range below).
+            let four_digits = value
+                .split(|c: char| !c.is_ascii_digit())
+                .any(|run| run.len() >= 4);
+            if read.year() < 100 && format.contains("%Y") && !four_digits {
+                return Err(TimeError::TwoDigitYear {
+                    value: value.to_string(),
+                    year: read.year(),
+                    suggested: format.replace("%Y", "%y"),
+                });
+            }
+            return Ok(read);
         }
         if let Ok(t) = DateTime::parse_from_rfc3339(value) {
             return Ok(t.with_timezone(&Utc));
+        }
+        // An offset without its colon (`+0000`, as Java and JavaScript exports write it).
+        for format in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"] {
+            if let Ok(t) = DateTime::parse_from_str(value, format) {
+                return Ok(t.with_timezone(&Utc));
+            }
         }
         for format in [
             "%Y-%m-%d %H:%M:%S%.f",
@@ -193,6 +290,54 @@ mod tests {
             default.parse("01/03/2024"),
             Err(TimeError::Unrecognised(_))
         ));
+    }
+
+    /// Shapes exports write: offsets without a colon, Spanish months, and a two-digit year read
+    /// by `%Y` told to use `%y`.
+    #[test]
+    fn exports_own_shapes_are_read_or_told_how() {
+        let default = TimeParser::default();
+        assert_eq!(
+            default.parse("2024-03-10T23:30:00.000+0000").unwrap(),
+            utc("2024-03-10T23:30:00Z")
+        );
+        assert_eq!(
+            default.parse("2024-03-10T17:30:00-0600").unwrap(),
+            utc("2024-03-10T23:30:00Z")
+        );
+        let spanish =
+            TimeParser::new(Some("%d-%b-%Y".into()), Some("America/Mexico_City")).unwrap();
+        assert_eq!(
+            spanish.parse("07-dic-2026").unwrap(),
+            utc("2026-12-07T06:00:00Z")
+        );
+        assert_eq!(
+            spanish.parse("07-Ene-2026").unwrap(),
+            utc("2026-01-07T06:00:00Z")
+        );
+        assert_eq!(
+            spanish.parse("07-Dec-2026").unwrap(),
+            utc("2026-12-07T06:00:00Z")
+        );
+        assert!(matches!(
+            spanish.parse("07-xyz-2026"),
+            Err(TimeError::NoMatch { .. })
+        ));
+        let long = TimeParser::new(Some("%d de %B de %Y".into()), None).unwrap();
+        assert_eq!(
+            long.parse("3 de enero de 2025").unwrap(),
+            utc("2025-01-03T00:00:00Z")
+        );
+        let four = TimeParser::new(Some("%d/%m/%Y".into()), None).unwrap();
+        assert!(matches!(
+            four.parse("01/01/0001"),
+            Err(TimeError::OutOfRange(_))
+        ));
+        assert_eq!(
+            four.parse("3/4/24").unwrap_err().to_string(),
+            "`3/4/24` has a two-digit year, which `%Y` reads as the year 24; write `%y` for \
+             two-digit years (`%d/%m/%y`)"
+        );
     }
 
     #[test]
