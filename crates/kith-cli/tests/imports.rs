@@ -570,3 +570,47 @@ fn rejected_rows_are_counted_in_the_summary_and_a_clean_run_leaves_none() {
         "the first run's rejected rows are still there"
     );
 }
+
+/// Segment-shaped lines whose times have no offset are read in `--timezone` (as flat files
+/// are); times with an offset keep theirs; without the flag they are UTC, as over HTTP.
+#[test]
+fn segment_lines_without_offsets_are_read_in_the_timezone_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("eventos.jsonl");
+    std::fs::write(
+        &file,
+        concat!(
+            r#"{"type":"track","userId":"j2","event":"Compra","timestamp":"2024-02-01T10:00:00"}"#,
+            "\n",
+            r#"{"type":"track","userId":"j3","event":"Compra","timestamp":"2024-02-01T10:00:00+01:00"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let times = |data: &Path| {
+        sql(
+            data,
+            "SELECT user_id, CAST(timestamp AS VARCHAR) FROM events ORDER BY user_id",
+        )
+    };
+    let zoned = dir.path().join("zoned");
+    let (ok, _, stderr) = import(
+        "events",
+        &file,
+        &zoned,
+        &dir.path().join("r1.csv"),
+        &["--timezone", "America/Mexico_City"],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        times(&zoned),
+        vec![
+            vec!["j2".to_string(), "2024-02-01T16:00:00Z".to_string()],
+            vec!["j3".to_string(), "2024-02-01T09:00:00Z".to_string()],
+        ]
+    );
+    let plain = dir.path().join("plain");
+    let (ok, _, stderr) = import("events", &file, &plain, &dir.path().join("r2.csv"), &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(times(&plain)[0][1], "2024-02-01T10:00:00Z");
+}

@@ -424,15 +424,45 @@ fn column_of(plan: &[(String, EventField)], segment_field: &str) -> Option<Strin
 /// from its content, so importing the file again stores nothing twice.
 pub struct SegmentLineImporter {
     source: String,
+    /// How times without their own offset are read, when the command said (`--timezone`,
+    /// `--time-format`); else they are UTC, as over HTTP.
+    time: Option<TimeParser>,
 }
+
+/// The fields of a Segment event that hold times.
+const TIME_FIELDS: [&str; 3] = ["timestamp", "originalTimestamp", "sentAt"];
 
 impl SegmentLineImporter {
     pub fn new(source: String) -> SegmentLineImporter {
-        SegmentLineImporter { source }
+        SegmentLineImporter { source, time: None }
+    }
+
+    /// Reads times without an offset (`2024-02-01T10:00:00`) with `time` (in its zone, or by its
+    /// format) instead of as UTC.
+    pub fn with_times(self, time: TimeParser) -> SegmentLineImporter {
+        SegmentLineImporter {
+            time: Some(time),
+            ..self
+        }
     }
 
     pub fn row(&self, row: &Row) -> RowOutcome {
         let mut event: Map<String, Value> = row.values.iter().cloned().collect();
+        if let Some(time) = &self.time {
+            for field in TIME_FIELDS {
+                let Some(Value::String(text)) = event.get(field) else {
+                    continue;
+                };
+                // A time with its own offset says when it was; one without is in the zone.
+                if chrono::DateTime::parse_from_rfc3339(text.trim()).is_ok() {
+                    continue;
+                }
+                if let Ok(at) = time.parse(text) {
+                    let written = at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+                    event.insert(field.into(), Value::String(written));
+                }
+            }
+        }
         if !event.contains_key("messageId") {
             let id = message_id("events", "segment", row);
             event.insert("messageId".into(), Value::String(id));

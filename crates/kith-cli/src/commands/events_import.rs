@@ -105,7 +105,18 @@ pub fn run(args: EventsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
             text_cells,
         ))
     } else {
-        Reading::Segment(SegmentLineImporter::new(source))
+        let importer = SegmentLineImporter::new(source);
+        // Times without an offset are UTC, as over HTTP, unless the command says otherwise.
+        let told = common.timezone.is_some()
+            || common.time_format.is_some()
+            || mapping.timezone.is_some()
+            || mapping.time_format.is_some();
+        Reading::Segment(if told {
+            importer
+                .with_times(common.time(mapping.time_format.clone(), mapping.timezone.as_deref())?)
+        } else {
+            importer
+        })
     };
     let destination = common.destination(&file)?;
     let totals = common
