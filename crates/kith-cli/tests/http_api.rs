@@ -2408,16 +2408,20 @@ fn an_error_names_its_cause_once() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.jsonl");
     let data = dir.path().join("data");
-    let (ok, _, err) = kith(&[
-        "import",
-        "events",
-        missing.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
-    assert!(!ok);
-    assert!(err.contains("cannot read"), "{err}");
-    assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
+    // Every kind of import, and none makes a data directory for a file that is not there.
+    for kind in ["events", "contacts", "transactions", "tickets", "surveys"] {
+        let (ok, _, err) = kith(&[
+            "import",
+            kind,
+            missing.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]);
+        assert!(!ok);
+        assert!(err.contains("cannot read"), "{kind}: {err}");
+        assert_eq!(err.matches("(os error 2)").count(), 1, "{kind}: {err}");
+        assert!(!data.exists(), "{kind} made a data directory");
+    }
 }
 
 #[test]

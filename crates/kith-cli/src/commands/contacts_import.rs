@@ -65,6 +65,9 @@ impl ContactsJob {
 pub fn run(args: ContactsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     let job = ContactsJob::from_args(&args)?;
     let settings = file.profile_settings()?;
+    // Read before the data directory is made: a file that is not there leaves nothing behind.
+    std::fs::File::open(&job.file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", job.file.display()))?;
     let destination = args.common.destination(&file)?;
     let (summary, totals) = run_contacts(&job, &settings, &destination, true)?;
     destination.close()?;
