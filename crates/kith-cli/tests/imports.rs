@@ -614,3 +614,52 @@ fn segment_lines_without_offsets_are_read_in_the_timezone_given() {
     assert!(ok, "{stderr}");
     assert_eq!(times(&plain)[0][1], "2024-02-01T10:00:00Z");
 }
+
+/// A transaction log as Excel saves it in Spanish: Windows-1252, semicolons, decimal commas.
+/// Every amount is read in the file's convention (a lone `1.234` is 1,234 there) and every
+/// accent survives.
+#[test]
+fn an_excel_export_in_spanish_is_read_with_its_encoding_and_decimal_commas() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, file) = (dir.path().join("data"), dir.path().join("ventas.csv"));
+    let text = "Cliente;Fecha;Total;Sucursal\r\n\
+                C1;07/12/2025;1.234;Querétaro\r\n\
+                C1;08/12/2025;1.234,50;Querétaro\r\n\
+                C2;09/12/2025;350,5;León\r\n";
+    // é and ó are one byte each in Windows-1252 (as in Latin-1), which is not UTF-8.
+    let bytes: Vec<u8> = text.chars().map(|c| u8::try_from(c).unwrap()).collect();
+    std::fs::write(&file, &bytes).unwrap();
+    let (ok, summary, stderr) = import(
+        "transactions",
+        &file,
+        &data,
+        &dir.path().join("rejected.csv"),
+        &["--time-format", "%d/%m/%Y"],
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("is not UTF-8; reading it as windows-1252"),
+        "{stderr}"
+    );
+    assert_eq!(summary["stored"], 3, "{summary}");
+    assert_eq!(
+        sql(
+            &data,
+            "SELECT user_id, revenue, json_get_str(properties, 'sucursal') FROM events \
+             ORDER BY timestamp"
+        ),
+        vec![
+            vec![
+                "C1".to_string(),
+                "1234.0".to_string(),
+                "Querétaro".to_string()
+            ],
+            vec![
+                "C1".to_string(),
+                "1234.5".to_string(),
+                "Querétaro".to_string()
+            ],
+            vec!["C2".to_string(), "350.5".to_string(), "León".to_string()],
+        ]
+    );
+}

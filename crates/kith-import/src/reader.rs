@@ -82,6 +82,10 @@ pub trait RowSource {
     fn total_bytes(&self) -> u64;
     /// The next row, a row that could not be read, or `None` at the end.
     fn next_row(&mut self) -> Result<Option<Result<Row, BadRow>>, ImportError>;
+    /// The delimiter of delimited text (given, or read off the header line).
+    fn delimiter(&self) -> Option<u8> {
+        None
+    }
 }
 
 impl RowSource for RowReader {
@@ -99,6 +103,10 @@ impl RowSource for RowReader {
 
     fn next_row(&mut self) -> Result<Option<Result<Row, BadRow>>, ImportError> {
         RowReader::next_row(self)
+    }
+
+    fn delimiter(&self) -> Option<u8> {
+        self.delimiter
     }
 }
 
@@ -227,6 +235,8 @@ pub struct RowReader {
     inner: Inner,
     /// The encoding the file was read as, when it was not UTF-8.
     read_as: Option<&'static str>,
+    /// The delimiter, for delimited text.
+    delimiter: Option<u8>,
     /// What named the columns, for messages: "the header" (CSV), "the first line" (text) or
     /// "--columns".
     columns_named_by: &'static str,
@@ -316,14 +326,17 @@ impl RowReader {
             Format::Whitespace if tab_separated => (Format::Csv, Some(b'\t')),
             other => (other, delimiter),
         };
+        let tsv = path.extension().is_some_and(|e| e == "tsv");
+        let delimiter = (format == Format::Csv).then(|| {
+            delimiter.unwrap_or(if tsv {
+                b'\t'
+            } else {
+                sniffed_delimiter(first_line.trim_start_matches('\u{feff}'))
+            })
+        });
         let inner = match format {
             Format::Csv => {
-                let tsv = path.extension().is_some_and(|e| e == "tsv");
-                let delimiter = delimiter.unwrap_or(if tsv {
-                    b'\t'
-                } else {
-                    sniffed_delimiter(first_line.trim_start_matches('\u{feff}'))
-                });
+                let delimiter = delimiter.unwrap_or(b',');
                 let mut reader = csv::ReaderBuilder::new()
                     .delimiter(delimiter)
                     .flexible(true)
@@ -408,6 +421,7 @@ impl RowReader {
             path: path.display().to_string(),
             inner,
             read_as: encoding.map(encoding_rs::Encoding::name),
+            delimiter,
             columns_named_by,
             number: 0,
             bytes_read,

@@ -280,16 +280,49 @@ pub struct TransactionImporter {
     source: String,
     event_name: String,
     default_currency: Option<String>,
+    /// Amounts are written with a decimal comma (`1.234,56`), as in a file Excel separated with
+    /// semicolons: a lone `1.234` is a thousand and more, not one and a bit.
+    decimal_comma: bool,
     fingerprint: String,
 }
 
-fn number_of(value: &Value) -> Option<f64> {
+fn number_of(value: &Value, decimal_comma: bool) -> Option<f64> {
     match value {
         Value::Number(n) => n.as_f64(),
+        Value::String(s) if decimal_comma => parse_amount_decimal_comma(s),
         Value::String(s) => parse_amount(s),
         _ => None,
     }
     .filter(|n: &f64| n.is_finite())
+}
+
+/// An amount where the comma marks decimals (`1.234,56`, `350,5`) and dots group thousands: a
+/// dot is a thousands separator when every dot has exactly three digits after it (`1.234`,
+/// `12.345.678`), else a decimal mark (`350.5`, written by a tool rather than by hand).
+pub fn parse_amount_decimal_comma(text: &str) -> Option<f64> {
+    let cleaned: String = text
+        .trim()
+        .chars()
+        .filter(|c| !matches!(c, '$' | ' ' | '\u{a0}'))
+        .collect();
+    let (whole, decimals) = match cleaned.rsplit_once(',') {
+        Some((whole, decimals)) => (whole, Some(decimals)),
+        None => (cleaned.as_str(), None),
+    };
+    let grouped = whole.contains('.')
+        && whole
+            .split('.')
+            .skip(1)
+            .all(|group| group.len() == 3 && group.bytes().all(|b| b.is_ascii_digit()));
+    let whole = if grouped || decimals.is_some() {
+        whole.replace('.', "")
+    } else {
+        whole.to_string()
+    };
+    match decimals {
+        Some(decimals) => format!("{whole}.{decimals}").parse().ok(),
+        None => whole.parse().ok(),
+    }
 }
 
 /// An amount as written by people: `$1,234.56` (Mexico, the US), `1.234,56` (Spain, Argentina,
@@ -301,6 +334,17 @@ pub fn parse_amount(text: &str) -> Option<f64> {
         .chars()
         .filter(|c| !matches!(c, '$' | ' ' | '\u{a0}'))
         .collect();
+    // Several dots, each before three digits, group thousands (`12.345.678`).
+    let dots = cleaned.matches('.').count();
+    if dots > 1
+        && !cleaned.contains(',')
+        && cleaned
+            .split('.')
+            .skip(1)
+            .all(|group| group.len() == 3 && group.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return cleaned.replace('.', "").parse().ok();
+    }
     let normalized = match (cleaned.rfind('.'), cleaned.rfind(',')) {
         (Some(dot), Some(comma)) if comma > dot => cleaned.replace('.', "").replace(',', "."),
         (Some(_), Some(_)) => cleaned.replace(',', ""),
@@ -338,8 +382,18 @@ impl TransactionImporter {
             source,
             event_name,
             default_currency,
+            decimal_comma: false,
             fingerprint,
         }
+    }
+
+    /// Reads amounts with a decimal comma (see [`parse_amount_decimal_comma`]).
+    pub fn with_decimal_comma(mut self, decimal_comma: bool) -> TransactionImporter {
+        if decimal_comma {
+            self.fingerprint.push_str(" decimal=,");
+        }
+        self.decimal_comma = decimal_comma;
+        self
     }
 
     /// What identifies this import's mapping, for its message ids and checkpoint.
@@ -401,7 +455,9 @@ impl TransactionImporter {
                         Err(e) => return skip(column, value, e.to_string()),
                     }
                 }
-                TransactionField::Amount => match value.and_then(number_of) {
+                TransactionField::Amount => match value
+                    .and_then(|v| number_of(v, self.decimal_comma))
+                {
                     Some(amount) => {
                         properties.insert("revenue".into(), json!(amount));
                     }
@@ -414,7 +470,7 @@ impl TransactionImporter {
                     }
                 },
                 TransactionField::Quantity => {
-                    if let Some(quantity) = value.and_then(number_of) {
+                    if let Some(quantity) = value.and_then(|v| number_of(v, self.decimal_comma)) {
                         properties.insert("quantity".into(), json!(quantity));
                     }
                 }
@@ -539,11 +595,26 @@ mod tests {
             ("1,234,567", 1_234_567.0),
             ("-12.5", -12.5),
             ("80", 80.0),
+            ("12.345.678", 12_345_678.0),
+            ("1.234", 1.234),
         ] {
             assert_eq!(parse_amount(text), Some(amount), "{text}");
         }
         assert_eq!(parse_amount("n/a"), None);
         assert_eq!(parse_amount(""), None);
+        // Where commas mark decimals (a file separated by semicolons), dots group thousands.
+        for (text, amount) in [
+            ("1.234", 1234.0),
+            ("1.234,50", 1234.5),
+            ("350,5", 350.5),
+            ("12.345.678", 12_345_678.0),
+            ("-1.000,00", -1000.0),
+            ("350.5", 350.5),
+            ("$ 80", 80.0),
+        ] {
+            assert_eq!(parse_amount_decimal_comma(text), Some(amount), "{text}");
+        }
+        assert_eq!(parse_amount_decimal_comma("n/a"), None);
     }
 
     #[test]

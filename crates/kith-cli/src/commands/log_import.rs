@@ -80,7 +80,9 @@ pub fn run(
             .clone()
             .unwrap_or_else(|| kind.event_name().into()),
         currency,
-    );
+    )
+    // Semicolons separate the cells where commas mark decimals (Excel in Spanish, Portuguese).
+    .with_decimal_comma(reader.delimiter() == Some(b';'));
     let destination = common.destination(&file)?;
     let job = format!("{} {}", kind.name(), importer.fingerprint());
     let totals = common
