@@ -189,6 +189,28 @@ fn normalize_email(lowered: &str) -> Result<String, NotAnIdentity> {
 /// them: `044`/`045` (mobile) or `01` (long distance) before the ten digits, and `+52 1` before a
 /// mobile number. libphonenumber's current metadata no longer strips them, so we do.
 fn strip_legacy_mexican_prefixes(raw: &str, region_is_mexico: bool) -> String {
+    // An extension (`x12`, `ext. 104`, `#3`) is not part of the number the prefixes are judged
+    // on: it is set aside and handed on with the number, for the phone library to read.
+    let (number, extension) = split_extension(raw);
+    let stripped = strip_prefixes(number, region_is_mexico);
+    format!("{stripped}{extension}")
+}
+
+/// `raw` split where an extension starts (`x`, `ext`, `#` after seven digits or more), or whole.
+fn split_extension(raw: &str) -> (&str, &str) {
+    let lower = raw.to_ascii_lowercase();
+    for (at, _) in lower.char_indices() {
+        let rest = &lower[at..];
+        if (rest.starts_with("ext") || rest.starts_with('x') || rest.starts_with('#'))
+            && raw[..at].chars().filter(char::is_ascii_digit).count() >= 7
+        {
+            return (&raw[..at], &raw[at..]);
+        }
+    }
+    (raw, "")
+}
+
+fn strip_prefixes(raw: &str, region_is_mexico: bool) -> String {
     let digits: String = raw.chars().filter(char::is_ascii_digit).collect();
     let international = raw.trim_start().starts_with('+') || digits.starts_with("00");
     let digits_after_00 = digits.strip_prefix("00").unwrap_or(&digits);
@@ -247,6 +269,11 @@ mod tests {
             "045 55 1234 5678",
             "01 55 1234 5678",
             "(55) 1234-5678",
+            // With an extension, after the old mobile prefix too: the number is the same.
+            "+52 1 55 1234 5678 x12",
+            "+52 1 (55) 1234-5678 ext 12",
+            "044 55 1234 5678 ext. 104",
+            "55 1234 5678 #3",
         ] {
             assert_eq!(phone(raw), expected, "{raw}");
         }
