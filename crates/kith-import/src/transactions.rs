@@ -486,14 +486,13 @@ impl TransactionImporter {
                 }
                 TransactionField::Property(name) => {
                     if let Some(value) = value {
-                        // A survey score written as text (CSV) is kept as the number it is.
+                        // A survey score written as text (CSV) is kept as the number it is,
+                        // `9,5` included.
                         let value = match value {
-                            Value::String(text) if name == "score" => text
-                                .trim()
-                                .parse::<f64>()
-                                .ok()
-                                .filter(|n| n.is_finite())
-                                .map_or_else(|| value.clone(), |n| json!(n)),
+                            Value::String(text) if name == "score" => {
+                                number_of(&Value::String(text.clone()), self.decimal_comma)
+                                    .map_or_else(|| value.clone(), |n| json!(n))
+                            }
                             other => other.clone(),
                         };
                         properties.insert(name.clone(), value);
@@ -749,6 +748,39 @@ mod tests {
                     "the row names no customer (no id and no email)"
                 )
             );
+        }
+    }
+
+    /// A survey's score is the number it is, however written (`9,5` too); a word stays a word.
+    #[test]
+    fn survey_scores_are_numbers_however_written() {
+        let columns = ["customer_id", "fecha", "nps"];
+        let plan = plan(LogKind::Surveys, &headers(&columns), &[], false).unwrap();
+        let importer = TransactionImporter::new(
+            LogKind::Surveys,
+            Columns::Fixed(plan),
+            TimeParser::default(),
+            "encuestas".into(),
+            "Survey Responded".into(),
+            None,
+        );
+        for (written, read) in [
+            ("9,5", json!(9.5)),
+            ("8", json!(8.0)),
+            ("Excelente", json!("Excelente")),
+        ] {
+            let row = Row {
+                number: 1,
+                values: columns
+                    .iter()
+                    .zip(["c-1", "2026-11-02", written])
+                    .map(|(c, v)| (c.to_string(), Value::String(v.to_string())))
+                    .collect(),
+            };
+            let event = importer.row(&row).event.unwrap();
+            let properties: Value =
+                serde_json::from_str(event.properties.as_deref().unwrap()).unwrap();
+            assert_eq!(properties["score"], read, "{written}");
         }
     }
 }
