@@ -296,6 +296,26 @@ fn number_of(value: &Value, decimal_comma: bool) -> Option<f64> {
     .filter(|n: &f64| n.is_finite())
 }
 
+/// A currency as ISO 4217 writes it: `mxn` is `MXN`, and the words Mexican exports use for the
+/// peso and the dollar are their codes; anything else is kept as written.
+pub fn currency_code(text: &str) -> String {
+    let trimmed = text.trim();
+    let lower = trimmed.to_lowercase();
+    match lower.trim_end_matches('.') {
+        "pesos" | "peso" | "m.n" | "mn" | "pesos mexicanos" | "mx$" => return "MXN".into(),
+        "dólares" | "dolares" | "dólar" | "dolar" | "dls" | "us$" | "usd$" => {
+            return "USD".into();
+        }
+        "euros" | "euro" | "€" => return "EUR".into(),
+        _ => {}
+    }
+    if trimmed.len() == 3 && trimmed.bytes().all(|b| b.is_ascii_alphabetic()) {
+        trimmed.to_ascii_uppercase()
+    } else {
+        trimmed.to_string()
+    }
+}
+
 /// An amount where the comma marks decimals (`1.234,56`, `350,5`) and dots group thousands: a
 /// dot is a thousands separator when every dot has exactly three digits after it (`1.234`,
 /// `12.345.678`), else a decimal mark (`350.5`, written by a tool rather than by hand).
@@ -481,7 +501,8 @@ impl TransactionImporter {
                 }
                 TransactionField::Currency => {
                     if let Some(currency) = value.and_then(text_of) {
-                        properties.insert("currency".into(), Value::String(currency));
+                        properties
+                            .insert("currency".into(), Value::String(currency_code(&currency)));
                     }
                 }
                 TransactionField::Property(name) => {
@@ -748,6 +769,22 @@ mod tests {
                     "the row names no customer (no id and no email)"
                 )
             );
+        }
+    }
+
+    #[test]
+    fn currencies_are_written_as_their_codes() {
+        for (written, code) in [
+            ("mxn", "MXN"),
+            (" MXN ", "MXN"),
+            ("pesos", "MXN"),
+            ("M.N.", "MXN"),
+            ("Dólares", "USD"),
+            ("usd", "USD"),
+            ("$", "$"),
+            ("bitcoin", "bitcoin"),
+        ] {
+            assert_eq!(currency_code(written), code, "{written}");
         }
     }
 
