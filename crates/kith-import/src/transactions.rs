@@ -316,24 +316,32 @@ pub fn currency_code(text: &str) -> String {
     }
 }
 
+/// The amount without the dollar sign and spaces people write around and inside it.
+fn without_currency_marks(text: &str) -> String {
+    text.trim()
+        .chars()
+        .filter(|c| !matches!(c, '$' | ' ' | '\u{a0}'))
+        .collect()
+}
+
+/// Whether every part after the first `separator` is three digits (`1.234.567`).
+fn grouped_by_three(number: &str, separator: char) -> bool {
+    number
+        .split(separator)
+        .skip(1)
+        .all(|group| group.len() == 3 && group.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// An amount where the comma marks decimals (`1.234,56`, `350,5`) and dots group thousands: a
 /// dot is a thousands separator when every dot has exactly three digits after it (`1.234`,
 /// `12.345.678`), else a decimal mark (`350.5`, written by a tool rather than by hand).
 pub fn parse_amount_decimal_comma(text: &str) -> Option<f64> {
-    let cleaned: String = text
-        .trim()
-        .chars()
-        .filter(|c| !matches!(c, '$' | ' ' | '\u{a0}'))
-        .collect();
+    let cleaned = without_currency_marks(text);
     let (whole, decimals) = match cleaned.rsplit_once(',') {
         Some((whole, decimals)) => (whole, Some(decimals)),
         None => (cleaned.as_str(), None),
     };
-    let grouped = whole.contains('.')
-        && whole
-            .split('.')
-            .skip(1)
-            .all(|group| group.len() == 3 && group.bytes().all(|b| b.is_ascii_digit()));
+    let grouped = whole.contains('.') && grouped_by_three(whole, '.');
     let whole = if grouped || decimals.is_some() {
         whole.replace('.', "")
     } else {
@@ -349,20 +357,10 @@ pub fn parse_amount_decimal_comma(text: &str) -> Option<f64> {
 /// Brazil), `150,5`. With both separators the last is the decimal one; a lone comma is decimal
 /// unless exactly three digits follow it (`1,234` is a thousand and more, as Mexico writes it).
 pub fn parse_amount(text: &str) -> Option<f64> {
-    let cleaned: String = text
-        .trim()
-        .chars()
-        .filter(|c| !matches!(c, '$' | ' ' | '\u{a0}'))
-        .collect();
+    let cleaned = without_currency_marks(text);
     // Several dots, each before three digits, group thousands (`12.345.678`).
     let dots = cleaned.matches('.').count();
-    if dots > 1
-        && !cleaned.contains(',')
-        && cleaned
-            .split('.')
-            .skip(1)
-            .all(|group| group.len() == 3 && group.bytes().all(|b| b.is_ascii_digit()))
-    {
+    if dots > 1 && !cleaned.contains(',') && grouped_by_three(&cleaned, '.') {
         return cleaned.replace('.', "").parse().ok();
     }
     let normalized = match (cleaned.rfind('.'), cleaned.rfind(',')) {
