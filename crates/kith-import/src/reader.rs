@@ -192,18 +192,52 @@ fn sniffed_encoding(start: &[u8]) -> Option<&'static encoding_rs::Encoding> {
     if start.starts_with(&[0xFE, 0xFF]) {
         return Some(encoding_rs::UTF_16BE);
     }
-    match std::str::from_utf8(start) {
-        // A sequence cut by the end of what was looked at is no evidence.
-        Err(e) if e.error_len().is_some() => Some(encoding_rs::WINDOWS_1252),
-        _ => None,
+    // UTF-16 without its mark: text of Latin letters is every other byte zero.
+    let zeros_at = |parity: usize| {
+        start
+            .iter()
+            .skip(parity)
+            .step_by(2)
+            .filter(|&&b| b == 0)
+            .count()
+    };
+    let pairs = start.len() / 2;
+    if pairs >= 4 {
+        if zeros_at(1) * 4 >= pairs * 3 {
+            return Some(encoding_rs::UTF_16LE);
+        }
+        if zeros_at(0) * 4 >= pairs * 3 {
+            return Some(encoding_rs::UTF_16BE);
+        }
     }
+    // Windows-1252 only when no accent is written in UTF-8: one stray Windows-1252 row in a
+    // UTF-8 file must not garble every other (it is refused on its own, and says why).
+    let mut utf8_accents = false;
+    let mut invalid = false;
+    for chunk in start.utf8_chunks() {
+        utf8_accents |= !chunk.valid().is_ascii();
+        // A sequence cut by the end of what was looked at is no evidence.
+        let at_end = std::ptr::eq(chunk.invalid().as_ptr_range().end, start.as_ptr_range().end);
+        invalid |= !chunk.invalid().is_empty() && !at_end;
+    }
+    (invalid && !utf8_accents).then_some(encoding_rs::WINDOWS_1252)
 }
 
 /// The delimiter a header line shows when none was given: `,` unless the line has none and has
 /// semicolons (Excel's CSV where the decimal mark is a comma) or tabs.
 fn sniffed_delimiter(first_line: &str) -> u8 {
-    let count = |c: char| first_line.matches(c).count();
-    let (commas, semicolons, tabs) = (count(','), count(';'), count('\t'));
+    // Outside quotes: `cliente;"Nombre, completo";fecha` is separated by semicolons.
+    let mut quoted = false;
+    let (mut commas, mut semicolons, mut tabs) = (0, 0, 0);
+    for c in first_line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => commas += 1,
+            ';' if !quoted => semicolons += 1,
+            '\t' if !quoted => tabs += 1,
+            _ => {}
+        }
+    }
     if commas > 0 || (semicolons == 0 && tabs == 0) {
         b','
     } else if semicolons >= tabs {
@@ -291,6 +325,22 @@ impl RowReader {
                 source,
             })?;
         let encoding = sniffed_encoding(&start);
+        // Excel's `sep=;` first line names the delimiter, and is no header.
+        let mut delimiter = delimiter;
+        if format != Format::Jsonl
+            && encoding.is_none_or(|e| e == encoding_rs::WINDOWS_1252)
+            && columns.is_none()
+            && let Some(rest) = start.strip_prefix(b"sep=")
+            && let Some(&named) = rest.first()
+            && matches!(
+                rest.get(1..3),
+                Some(b"\r\n") | Some([b'\n', _]) | Some([b'\n'])
+            )
+        {
+            delimiter = delimiter.or(Some(named));
+            let line_end = start.iter().position(|&b| b == b'\n').unwrap_or(0) + 1;
+            start.drain(..line_end);
+        }
         let first_line: String = match encoding {
             Some(encoding) => encoding
                 .decode(&start)
@@ -471,9 +521,17 @@ impl RowReader {
                     }
                     Err(e) => {
                         self.number += 1;
+                        let reason = if matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) {
+                            "the row is not UTF-8 (a row saved in Windows-1252, as Excel does?): \
+                             save the file as UTF-8 and import it again (rows already imported \
+                             are skipped)"
+                                .to_string()
+                        } else {
+                            format!("not valid CSV: {e}")
+                        };
                         return Ok(Some(Err(BadRow {
                             number: self.number,
-                            reason: format!("not valid CSV: {e}"),
+                            reason,
                         })));
                     }
                 };
@@ -504,6 +562,29 @@ impl RowReader {
                             record.len(),
                             self.columns_named_by,
                             headers.len()
+                        ),
+                    })));
+                }
+                // A quote never closed can swallow the rest of the file into the last value of
+                // a row of the right length: lines inside one value that look like whole rows
+                // (as many delimiters as the header has) are that, not an address on two lines.
+                let separator = char::from(self.delimiter.unwrap_or(b','));
+                let row_like = |value: &str| {
+                    value
+                        .lines()
+                        .skip(1)
+                        .filter(|line| line.matches(separator).count() + 1 >= headers.len())
+                        .count()
+                };
+                if headers.len() > 1
+                    && let Some(lines) = record.iter().map(row_like).max().filter(|n| *n >= 2)
+                {
+                    return Ok(Some(Err(BadRow {
+                        number: self.number,
+                        reason: format!(
+                            "one of its values holds {lines} lines that look like rows, as when \
+                             a quote (\") opens a value and is never closed: close it, or write \
+                             a quote inside a quoted value as two (\"\")"
                         ),
                     })));
                 }
@@ -578,7 +659,9 @@ impl RowReader {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let parsed = match serde_json::from_str::<Value>(line) {
+                // A byte order mark before the first line is not part of its JSON.
+                let text = line.trim_start_matches('\u{feff}');
+                let parsed = match serde_json::from_str::<Value>(text) {
                     Ok(Value::Object(map)) => map,
                     Ok(other) => {
                         return Ok(Some(Err(BadRow {
@@ -627,6 +710,41 @@ mod tests {
 
     // A quote never closed takes the rest of the file into one value; the row it ends up in
     // says so, instead of only counting its fields.
+    /// A quote never closed in the last value swallows the rows after it into a row of the right
+    /// length: it is refused, saying so, instead of storing the rest of the file as one value.
+    #[test]
+    fn a_quote_never_closed_in_the_last_value_is_found_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ventas.csv");
+        std::fs::write(
+            &path,
+            "cliente,fecha,monto,producto\nc1,2024-01-05,100,Monitor\n\
+             c2,2024-01-06,200,\"Pantalla 15\nc3,2024-01-07,300,Teclado\nc4,2024-01-08,400,Mouse\n",
+        )
+        .unwrap();
+        let mut reader = RowReader::open(&path, Format::Csv, None).unwrap();
+        assert!(reader.next_row().unwrap().unwrap().is_ok());
+        let swallowing = reader.next_row().unwrap().unwrap().unwrap_err();
+        assert!(
+            swallowing
+                .reason
+                .starts_with("one of its values holds 2 lines that look like rows"),
+            "{}",
+            swallowing.reason
+        );
+        // An address over two lines is a value, not rows.
+        std::fs::write(
+            &path,
+            "cliente,direccion\nc1,\"Calle 1\nColonia Centro\nCP 06000\"\n",
+        )
+        .unwrap();
+        let (_, rows) = rows_of(&path, Format::Csv, None);
+        assert_eq!(
+            text(&rows[0], "direccion"),
+            "Calle 1\nColonia Centro\nCP 06000"
+        );
+    }
+
     #[test]
     fn a_quote_never_closed_is_named_in_the_row_it_swallows_lines_into() {
         let dir = tempfile::tempdir().unwrap();
@@ -748,6 +866,53 @@ mod tests {
             ["correo", "Dirección", "Dirección_2"]
         );
         assert_eq!(text(&rows[0], "Dirección_2"), "Colonia Centro");
+        // Excel's `sep=;` line names the delimiter; a quoted comma in a header does not.
+        std::fs::write(&path, "sep=;\r\ncorreo;monto\r\na@x.mx;1,5\r\n").unwrap();
+        let (reader, rows) = rows_of(&path, Format::Csv, None);
+        assert_eq!(reader.headers().unwrap(), ["correo", "monto"]);
+        assert_eq!(text(&rows[0], "monto"), "1,5");
+        std::fs::write(
+            &path,
+            "cliente;\"Nombre, completo\";fecha\nc1;Ana;2024-01-01\n",
+        )
+        .unwrap();
+        let (reader, _) = rows_of(&path, Format::Csv, None);
+        assert_eq!(
+            reader.headers().unwrap(),
+            ["cliente", "Nombre, completo", "fecha"]
+        );
+        // UTF-16 without its byte order mark.
+        let mut utf16 = Vec::new();
+        for unit in "correo,ciudad\nana@x.mx,León\n".encode_utf16() {
+            utf16.extend_from_slice(&unit.to_le_bytes());
+        }
+        std::fs::write(&path, &utf16).unwrap();
+        let (reader, rows) = rows_of(&path, Format::Csv, None);
+        assert_eq!(reader.read_as(), Some("UTF-16LE"));
+        assert_eq!(text(&rows[0], "ciudad"), "León");
+        // One row saved in Windows-1252 in a UTF-8 file: the others keep their accents, and
+        // that one is refused with the reason.
+        let mut mixed = "nombre\nJosé Peña\n".as_bytes().to_vec();
+        mixed.extend_from_slice(b"Ram\xf3n\nMar\xc3\xada\n");
+        std::fs::write(&path, &mixed).unwrap();
+        let mut reader = RowReader::open(&path, Format::Csv, None).unwrap();
+        assert_eq!(reader.read_as(), None);
+        let first = reader.next_row().unwrap().unwrap().unwrap();
+        assert_eq!(text(&first, "nombre"), "José Peña");
+        let stray = reader.next_row().unwrap().unwrap().unwrap_err();
+        assert!(
+            stray.reason.starts_with("the row is not UTF-8"),
+            "{}",
+            stray.reason
+        );
+        let last = reader.next_row().unwrap().unwrap().unwrap();
+        assert_eq!(text(&last, "nombre"), "María");
+        // JSON lines after a byte order mark.
+        let path = dir.path().join("eventos.jsonl");
+        std::fs::write(&path, "\u{feff}{\"event\": \"Compra\"}\n").unwrap();
+        let (_, rows) = rows_of(&path, Format::Jsonl, None);
+        assert_eq!(text(&rows[0], "event"), "Compra");
+        let path = dir.path().join("dos.csv");
         // UTF-8 with commas stays as it was.
         std::fs::write(&path, "correo,nombre;apodo\na@x.mx,Ana;Anita\n").unwrap();
         let (reader, rows) = rows_of(&path, Format::Csv, None);
