@@ -663,3 +663,33 @@ fn an_excel_export_in_spanish_is_read_with_its_encoding_and_decimal_commas() {
         ]
     );
 }
+
+/// A row whose event would be larger than an event may be over HTTP (32 KB) is refused with the
+/// reason, and its neighbours are stored: a cell holding a document would make events queries
+/// cannot join or sort.
+#[test]
+fn a_row_larger_than_an_event_may_be_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, file) = (dir.path().join("data"), dir.path().join("tickets.csv"));
+    let rejected = dir.path().join("tickets.rejected.csv");
+    std::fs::write(
+        &file,
+        format!(
+            "cliente,fecha,cuerpo\nc1,2024-01-05,corto\nc2,2024-01-06,{}\nc3,2024-01-07,otro\n",
+            "x".repeat(40_000)
+        ),
+    )
+    .unwrap();
+    let (ok, summary, stderr) = import("tickets", &file, &data, &rejected, &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        (&summary["stored"], &summary["rejected_rows"]),
+        (&Value::from(2), &Value::from(1)),
+        "{summary}"
+    );
+    let reasons = std::fs::read_to_string(&rejected).unwrap();
+    assert!(
+        reasons.contains("events may be at most 32768 bytes"),
+        "{reasons}"
+    );
+}

@@ -31,6 +31,48 @@ pub struct RowOutcome {
     pub problems: Vec<Problem>,
 }
 
+impl RowOutcome {
+    /// The outcome, with row `row`'s event refused when it is larger than an event may be
+    /// (`MAX_EVENT_BYTES`, as over HTTP): a cell holding a document would make a row that
+    /// queries joining or sorting events cannot hold.
+    pub fn within_event_limit(mut self, row: u64) -> RowOutcome {
+        let limit = kith_core::limits::MAX_EVENT_BYTES;
+        if let Some(event) = &self.event {
+            let texts = [
+                &event.properties,
+                &event.context,
+                &event.traits,
+                &event.integrations,
+                &event.extra,
+                &event.event,
+                &event.user_id,
+                &event.anonymous_id,
+                &event.group_id,
+                &event.previous_id,
+            ];
+            let bytes: usize = event.message_id.len()
+                + texts
+                    .iter()
+                    .map(|text| text.as_ref().map_or(0, String::len))
+                    .sum::<usize>();
+            if bytes > limit {
+                self.event = None;
+                self.problems.push(Problem {
+                    row,
+                    column: None,
+                    value: None,
+                    reason: format!(
+                        "the row makes an event of {bytes} bytes; events may be at most {limit} \
+                         bytes, as over HTTP (a cell holding a whole document?)"
+                    ),
+                    action: crate::rejects::Action::RowSkipped,
+                });
+            }
+        }
+        self
+    }
+}
+
 impl ContactImporter {
     pub fn new(
         mapping: ContactMapping,

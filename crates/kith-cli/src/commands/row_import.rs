@@ -181,7 +181,11 @@ impl RowImport<'_> {
             if let Some(row) = next {
                 rows_done += 1;
                 totals.rows += 1;
-                let outcome = convert(row);
+                let number = match &row {
+                    Ok(row) => row.number,
+                    Err(bad) => bad.number,
+                };
+                let outcome = convert(row).within_event_limit(number);
                 for problem in outcome.problems {
                     rejects.record(problem)?;
                 }
