@@ -32,6 +32,12 @@ pub enum TimeError {
     )]
     OutOfRange(String),
     #[error(
+        "`{0}` as Unix seconds is a moment of 1970–1973, which no export means: an Excel date \
+         (days since 1899-12-30) should be exported as a date, a date written YYYYMMDD must be a \
+         real one, and another form needs --time-format"
+    )]
+    ImplausibleNumber(String),
+    #[error(
         "`{value}` has a two-digit year, which `%Y` reads as the year {year}; write `%y` for \
          two-digit years (`{suggested}`)"
     )]
@@ -206,6 +212,11 @@ impl TimeParser {
             return self.local(date.and_time(chrono::NaiveTime::MIN), value);
         }
         if let Ok(number) = value.parse::<i64>() {
+            // Unix seconds before March 1973 (below 100,000,000) are Excel's day numbers
+            // (`45292`), dates that are not (`20241301`) or placeholders (`0`), not times.
+            if number.abs() < 100_000_000 {
+                return Err(TimeError::ImplausibleNumber(value.to_string()));
+            }
             // Seconds until the year 5138; beyond that they must be milliseconds.
             let parsed = if number.abs() < 100_000_000_000 {
                 DateTime::from_timestamp(number, 0)
@@ -290,6 +301,13 @@ mod tests {
             default.parse("01/03/2024"),
             Err(TimeError::Unrecognised(_))
         ));
+        // Numbers no export means as Unix seconds: Excel's day numbers, dates that are not.
+        for number in ["45292", "20241301", "0", "-1"] {
+            assert!(
+                matches!(default.parse(number), Err(TimeError::ImplausibleNumber(_))),
+                "{number}"
+            );
+        }
     }
 
     /// Shapes exports write: offsets without a colon, Spanish months, and a two-digit year read
