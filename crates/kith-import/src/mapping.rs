@@ -372,7 +372,7 @@ impl ContactMapping {
     /// How each of `headers` is read, for the summary printed before an import starts.
     pub fn plan(&self, headers: &[String]) -> Vec<(String, ContactField)> {
         let mut claimed: Vec<ContactField> = Vec::new();
-        headers
+        let planned: Vec<(String, ContactField)> = headers
             .iter()
             .map(|column| {
                 let mut field = self.field(column);
@@ -392,6 +392,34 @@ impl ContactMapping {
                 }
                 (column.clone(), field)
             })
+            .collect();
+        // Each trait once, and none under the name an identifier is written as: `correo,email`
+        // maps correo to the email, and the email column is the trait `email_2`, not a second
+        // email over the first; `Nombre completo,nombre_completo` are two traits.
+        let mut taken: Vec<String> = planned
+            .iter()
+            .filter_map(|(_, field)| match field {
+                ContactField::Email => Some("email".to_string()),
+                ContactField::Phone => Some("phone".to_string()),
+                ContactField::UserId => Some("user_id".to_string()),
+                _ => None,
+            })
+            .collect();
+        planned
+            .into_iter()
+            .map(|(column, field)| match field {
+                ContactField::Trait(name) => {
+                    let mut unique = name.clone();
+                    let mut n = 2;
+                    while taken.contains(&unique) {
+                        unique = format!("{name}_{n}");
+                        n += 1;
+                    }
+                    taken.push(unique.clone());
+                    (column, ContactField::Trait(unique))
+                }
+                other => (column, other),
+            })
             .collect()
     }
 }
@@ -399,6 +427,29 @@ impl ContactMapping {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A column named like an identifier already mapped, or like another trait, is a trait of
+    /// its own name: nothing writes over the email or over another column.
+    #[test]
+    fn traits_are_named_once_and_never_as_a_mapped_identifier() {
+        let mapping = ContactMapping::new(Vec::new(), Vec::new(), false, None).unwrap();
+        let plan = mapping.plan(&[
+            "correo".to_string(),
+            "email".to_string(),
+            "Nombre completo".to_string(),
+            "nombre_completo".to_string(),
+        ]);
+        let fields: Vec<ContactField> = plan.into_iter().map(|(_, f)| f).collect();
+        assert_eq!(
+            fields,
+            [
+                ContactField::Email,
+                ContactField::Trait("email_2".into()),
+                ContactField::Trait("nombre_completo".into()),
+                ContactField::Trait("nombre_completo_2".into()),
+            ]
+        );
+    }
 
     #[test]
     fn columns_are_recognised_by_their_usual_names() {

@@ -222,6 +222,32 @@ pub fn plan(
             });
         }
     }
+    // Each property once, and none under the name a mapped field is written as: a `revenue`
+    // column beside the amount (`monto`) is `revenue_2`, not text over the amount.
+    let mut taken: Vec<String> = out
+        .iter()
+        .filter_map(|(_, field)| match field {
+            TransactionField::Amount => Some("revenue".to_string()),
+            TransactionField::Quantity => Some("quantity".to_string()),
+            TransactionField::OrderId => Some("order_id".to_string()),
+            TransactionField::Currency => Some("currency".to_string()),
+            TransactionField::Email => Some("email".to_string()),
+            _ => None,
+        })
+        .collect();
+    let mut out = out;
+    for (_, field) in &mut out {
+        if let TransactionField::Property(name) = field {
+            let mut unique = name.clone();
+            let mut n = 2;
+            while taken[..].contains(&unique) {
+                unique = format!("{name}_{n}");
+                n += 1;
+            }
+            taken.push(unique.clone());
+            *name = unique;
+        }
+    }
     Ok(out)
 }
 
@@ -768,6 +794,32 @@ mod tests {
                 )
             );
         }
+    }
+
+    /// A column named like a mapped field is a property of its own, never text over it.
+    #[test]
+    fn a_column_named_like_a_mapped_field_keeps_its_own_name() {
+        let plan = plan(
+            LogKind::Transactions,
+            &headers(&[
+                "cliente", "fecha", "monto", "revenue", "cantidad", "quantity",
+            ]),
+            &[],
+            false,
+        )
+        .unwrap();
+        let names: Vec<String> = plan.iter().map(|(_, f)| f.describe()).collect();
+        assert_eq!(
+            names,
+            [
+                "customer",
+                "date",
+                "amount",
+                "property:revenue_2",
+                "quantity",
+                "property:quantity_2"
+            ]
+        );
     }
 
     #[test]
