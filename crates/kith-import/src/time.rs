@@ -2,10 +2,10 @@
 //!
 //! Without a format, a value is read as RFC 3339 (`2024-03-01T10:00:00Z`, any offset, also
 //! written `+0000`), a date (`2024-03-01` or `20240301`), a date and time without zone
-//! (`2024-03-01 10:00[:00]`, also with `T`), or Unix seconds or milliseconds. A value without its
-//! own zone is in the import's time zone (UTC unless told). With a format (strftime, e.g.
-//! `%d/%m/%Y %H:%M`), only that format is accepted; its `%b` and `%B` read Spanish months too
-//! (`07-dic-2026`).
+//! (`2024-03-01 10:00[:00]`, also with `T`), or Unix seconds (from 1973 on) or milliseconds. A
+//! value without its own zone is in the import's time zone (UTC unless told). With a format
+//! (strftime, e.g. `%d/%m/%Y %H:%M`), only that format is accepted; its `%b` and `%B` read
+//! Spanish months too (`07-dic-2026`).
 
 use chrono::{DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
