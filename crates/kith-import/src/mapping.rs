@@ -256,6 +256,19 @@ pub(crate) fn plan_columns<F: Clone + PartialEq>(
 }
 
 /// `First Name` → `first_name`, `customerNumber` → `customer_number`.
+/// `name`, or `name_2`, `name_3`… if `taken` has it already (in any case), added to `taken`: so
+/// no column, trait or property of a file hides another of the same name.
+pub(crate) fn claim_name(name: &str, taken: &mut Vec<String>) -> String {
+    let mut unique = name.to_string();
+    let mut n = 2;
+    while taken.iter().any(|t| t.eq_ignore_ascii_case(&unique)) {
+        unique = format!("{name}_{n}");
+        n += 1;
+    }
+    taken.push(unique.clone());
+    unique
+}
+
 pub fn trait_name(column: &str) -> String {
     let mut out = String::with_capacity(column.len() + 4);
     let mut previous_lower = false;
@@ -409,14 +422,7 @@ impl ContactMapping {
             .into_iter()
             .map(|(column, field)| match field {
                 ContactField::Trait(name) => {
-                    let mut unique = name.clone();
-                    let mut n = 2;
-                    while taken.contains(&unique) {
-                        unique = format!("{name}_{n}");
-                        n += 1;
-                    }
-                    taken.push(unique.clone());
-                    (column, ContactField::Trait(unique))
+                    (column, ContactField::Trait(claim_name(&name, &mut taken)))
                 }
                 other => (column, other),
             })

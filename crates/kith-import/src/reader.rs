@@ -252,13 +252,12 @@ fn sniffed_delimiter(first_line: &str) -> u8 {
 fn named_once(names: Vec<String>) -> Vec<String> {
     let mut seen: Vec<String> = Vec::with_capacity(names.len());
     for name in names {
-        let mut unique = name.clone();
-        let mut n = 2;
-        while !name.is_empty() && seen.iter().any(|s| s.eq_ignore_ascii_case(&unique)) {
-            unique = format!("{name}_{n}");
-            n += 1;
+        // Columns without a name stay so (they are told as such).
+        if name.is_empty() {
+            seen.push(name);
+        } else {
+            crate::mapping::claim_name(&name, &mut seen);
         }
-        seen.push(unique);
     }
     seen
 }

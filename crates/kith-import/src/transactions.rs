@@ -238,14 +238,7 @@ pub fn plan(
     let mut out = out;
     for (_, field) in &mut out {
         if let TransactionField::Property(name) = field {
-            let mut unique = name.clone();
-            let mut n = 2;
-            while taken[..].contains(&unique) {
-                unique = format!("{name}_{n}");
-                n += 1;
-            }
-            taken.push(unique.clone());
-            *name = unique;
+            *name = crate::mapping::claim_name(name, &mut taken);
         }
     }
     Ok(out)
