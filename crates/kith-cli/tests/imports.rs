@@ -693,3 +693,181 @@ fn a_row_larger_than_an_event_may_be_is_refused() {
         "{reasons}"
     );
 }
+
+/// A transaction log imported again with one setting corrected (here the time zone) would store
+/// every order a second time, since an imported row's event id follows the settings. The data
+/// directory's ledger finds it before anything is written and says what differs; `--keep-both`
+/// stores them anyway. A setting that leaves the ids alone (the time format) is told that the
+/// rows keep the first reading, and the same settings again import nothing.
+#[test]
+fn a_log_imported_again_with_other_settings_is_refused_before_it_doubles_the_orders() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, file) = (dir.path().join("data"), dir.path().join("ventas.csv"));
+    let rejected = dir.path().join("ventas.rejected.csv");
+    std::fs::write(
+        &file,
+        "cliente,fecha,monto\nC1,2025-12-07 10:00,100\nC2,2025-12-07 11:00,250\nC1,2025-12-08 09:30,80\n",
+    )
+    .unwrap();
+    let orders = |data: &Path| {
+        sql(
+            data,
+            "SELECT count(*), sum(revenue) FROM events WHERE event = 'Order Completed'",
+        )
+    };
+    let (ok, summary, stderr) = import("transactions", &file, &data, &rejected, &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(summary["stored"], 3, "{summary}");
+
+    let (ok, _, stderr) = import(
+        "transactions",
+        &file,
+        &data,
+        &rejected,
+        &["--timezone", "America/Mexico_City"],
+    );
+    assert!(!ok, "an import that doubles the orders must be refused");
+    assert!(
+        stderr.contains("were imported into this data directory on")
+            && stderr.contains("timezone: UTC then, America/Mexico_City now")
+            && stderr.contains("--keep-both"),
+        "{stderr}"
+    );
+    assert_eq!(orders(&data), vec![vec!["3", "430.0"]]);
+
+    // The same settings again: already imported, nothing refused.
+    let (ok, summary, stderr) = import("transactions", &file, &data, &rejected, &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        (&summary["stored"], &summary["already_imported"]),
+        (&Value::from(0), &Value::from(3)),
+        "{summary}"
+    );
+
+    // A time format makes the same events: the rows keep what the first import read.
+    let (ok, summary, stderr) = import(
+        "transactions",
+        &file,
+        &data,
+        &rejected,
+        &["--time-format", "%Y-%m-%d %H:%M"],
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("with other settings that make the same events")
+            && stderr.contains("time_format: (recognised forms) then, %Y-%m-%d %H:%M now"),
+        "{stderr}"
+    );
+    assert_eq!(summary["already_imported"], 3, "{summary}");
+
+    let (ok, summary, stderr) = import(
+        "transactions",
+        &file,
+        &data,
+        &rejected,
+        &["--timezone", "America/Mexico_City", "--keep-both"],
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("as new events beside those imported on"),
+        "{stderr}"
+    );
+    assert_eq!(summary["stored"], 3, "{summary}");
+    assert_eq!(orders(&data), vec![vec!["6", "860.0"]]);
+
+    // Another data directory has imported nothing.
+    let other = dir.path().join("other");
+    let (ok, summary, stderr) = import(
+        "transactions",
+        &file,
+        &other,
+        &rejected,
+        &["--timezone", "America/Mexico_City"],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(summary["stored"], 3, "{summary}");
+}
+
+/// A file with nothing to import, or a mapping that cannot be used, is refused before the data
+/// directory is made: a mistyped command leaves nothing behind to be taken for a real one.
+#[test]
+fn a_file_with_no_rows_or_a_bad_mapping_makes_no_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let rejected = dir.path().join("r.csv");
+    let header_only = dir.path().join("ventas.csv");
+    std::fs::write(&header_only, "cliente,fecha,monto\n").unwrap();
+    let empty = dir.path().join("vacio.csv");
+    std::fs::write(&empty, "").unwrap();
+    let blank_lines = dir.path().join("eventos.jsonl");
+    std::fs::write(&blank_lines, "\n\n").unwrap();
+    let contacts = dir.path().join("contactos.csv");
+    std::fs::write(&contacts, "nombre,ciudad\nAna,León\n").unwrap();
+    for (kind, file, extra, expected) in [
+        (
+            "transactions",
+            &header_only,
+            &[][..],
+            "holds no rows: it has a header line and nothing under it",
+        ),
+        ("events", &empty, &[][..], "the file is empty"),
+        (
+            "events",
+            &blank_lines,
+            &[][..],
+            "eventos.jsonl holds no rows",
+        ),
+        ("contacts", &contacts, &[][..], "no column of"),
+        (
+            "contacts",
+            &contacts,
+            &["--map", "email=correo"][..],
+            "correo",
+        ),
+    ] {
+        let (ok, _, stderr) = import(kind, file, &data, &rejected, extra);
+        assert!(!ok, "{kind} {}: {stderr}", file.display());
+        assert!(stderr.contains(expected), "{kind}: {stderr}");
+        assert!(
+            !data.exists(),
+            "{kind} {} made {}",
+            file.display(),
+            data.display()
+        );
+    }
+}
+
+/// Flat event rows whose file gives their ids make the same events whatever the settings: an
+/// import with another time zone is told the rows keep the first reading, and is not refused.
+/// Rows without ids are refused as transactions are.
+#[test]
+fn flat_events_with_their_own_ids_are_not_refused_for_other_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let rejected = dir.path().join("r.csv");
+    let with_ids = dir.path().join("clics.csv");
+    std::fs::write(
+        &with_ids,
+        "event_id,usuario,evento,fecha\ne1,u1,Clic,2025-12-07 10:00\ne2,u2,Clic,2025-12-07 11:00\n",
+    )
+    .unwrap();
+    let without_ids = dir.path().join("vistas.csv");
+    std::fs::write(
+        &without_ids,
+        "usuario,evento,fecha\nu1,Vista,2025-12-07 10:00\nu2,Vista,2025-12-07 11:00\n",
+    )
+    .unwrap();
+    for file in [&with_ids, &without_ids] {
+        let (ok, summary, stderr) = import("events", file, &data, &rejected, &[]);
+        assert!(ok, "{stderr}");
+        assert_eq!(summary["stored"], 2, "{summary}");
+    }
+    let zone = ["--timezone", "America/Mexico_City"];
+    let (ok, summary, stderr) = import("events", &with_ids, &data, &rejected, &zone);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("make the same events"), "{stderr}");
+    assert_eq!(summary["already_imported"], 2, "{summary}");
+    let (ok, _, stderr) = import("events", &without_ids, &data, &rejected, &zone);
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("timezone: UTC then"), "{stderr}");
+}

@@ -4,6 +4,8 @@
 //! and is judged by the same rules as an item of `/v1/batch`, so a file import and a tracking
 //! call store the same thing.
 
+use std::collections::BTreeMap;
+
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
@@ -255,6 +257,22 @@ impl FlatEventImporter {
     /// What identifies this import's mapping, for its message ids and checkpoint.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// The import's settings as a person reads them, for the data directory's ledger.
+    pub fn settings(&self) -> BTreeMap<String, String> {
+        let mut settings = crate::transactions::settings_of(
+            self.columns.described(EventField::describe),
+            &self.time,
+            &self.source,
+        );
+        settings.insert(
+            "event".into(),
+            self.fixed_event
+                .clone()
+                .unwrap_or_else(|| "(from the file)".into()),
+        );
+        settings
     }
 
     pub fn row(&self, row: &Row) -> RowOutcome {

@@ -10,6 +10,7 @@
 pub mod checkpoint;
 pub mod contacts;
 pub mod events;
+pub mod ledger;
 pub mod mapping;
 pub mod reader;
 pub mod rejects;
@@ -21,8 +22,9 @@ use thiserror::Error;
 pub use checkpoint::{Checkpoint, Found};
 pub use contacts::{ContactImporter, RowOutcome};
 pub use events::{EventField, FlatEventImporter, SegmentLineImporter};
+pub use ledger::{Earlier, FirstRows, ImportRecord, Ledger};
 pub use mapping::{ContactField, ContactMapping, MappingError, MappingFile};
-pub use reader::{BadRow, Format, Row, RowReader, RowSource};
+pub use reader::{BadRow, FirstRowRead, Format, Row, RowReader, RowSource};
 pub use rejects::{Problem, RejectWriter};
 pub use time::{TimeError, TimeParser};
 pub use transactions::{LogKind, TransactionField, TransactionImporter};

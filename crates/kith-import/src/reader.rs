@@ -88,6 +88,48 @@ pub trait RowSource {
     }
 }
 
+/// A source whose first row has been read ahead, so a file with no rows is found before
+/// anything is made for it (an import then leaves no new data directory behind).
+pub struct FirstRowRead {
+    source: Box<dyn RowSource>,
+    first: Option<Result<Row, BadRow>>,
+}
+
+impl FirstRowRead {
+    /// `None` when the file holds no rows (an empty file, or a header line alone).
+    pub fn new(mut source: Box<dyn RowSource>) -> Result<Option<FirstRowRead>, ImportError> {
+        Ok(source.next_row()?.map(|first| FirstRowRead {
+            source,
+            first: Some(first),
+        }))
+    }
+}
+
+impl RowSource for FirstRowRead {
+    fn headers(&self) -> Option<&[String]> {
+        self.source.headers()
+    }
+
+    fn bytes_read(&self) -> Arc<AtomicU64> {
+        self.source.bytes_read()
+    }
+
+    fn total_bytes(&self) -> u64 {
+        self.source.total_bytes()
+    }
+
+    fn next_row(&mut self) -> Result<Option<Result<Row, BadRow>>, ImportError> {
+        match self.first.take() {
+            Some(first) => Ok(Some(first)),
+            None => self.source.next_row(),
+        }
+    }
+
+    fn delimiter(&self) -> Option<u8> {
+        self.source.delimiter()
+    }
+}
+
 impl RowSource for RowReader {
     fn headers(&self) -> Option<&[String]> {
         RowReader::headers(self)

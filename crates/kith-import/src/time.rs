@@ -146,6 +146,24 @@ impl TimeParser {
         self.zone
     }
 
+    /// The strftime format given, if any.
+    pub fn format(&self) -> Option<&str> {
+        self.format.as_deref()
+    }
+
+    /// How times are read, for a person: the zone and the format.
+    pub fn settings(&self) -> [(String, String); 2] {
+        [
+            ("timezone".into(), self.zone.name().to_string()),
+            (
+                "time_format".into(),
+                self.format
+                    .clone()
+                    .unwrap_or_else(|| "(recognised forms)".into()),
+            ),
+        ]
+    }
+
     /// Reads one time; a time outside what the event tables can hold (see
     /// [`kith_core::time::is_storable`]) is an error, as over HTTP.
     pub fn parse(&self, raw: &str) -> Result<DateTime<Utc>, TimeError> {

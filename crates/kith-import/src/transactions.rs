@@ -291,6 +291,25 @@ impl<F: Clone> Columns<F> {
     }
 }
 
+/// The settings every row import has: how columns are read, how times are, and the source.
+pub(crate) fn settings_of(
+    described: BTreeMap<String, String>,
+    time: &TimeParser,
+    source: &str,
+) -> BTreeMap<String, String> {
+    let mut settings: BTreeMap<String, String> = time.settings().into_iter().collect();
+    settings.insert(
+        "columns".into(),
+        described
+            .iter()
+            .map(|(column, field)| format!("{column}={field}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    settings.insert("source".into(), source.to_string());
+    settings
+}
+
 /// Turns rows of a log into track events (`Order Completed`, `Ticket Created`, …).
 pub struct TransactionImporter {
     kind: LogKind,
@@ -436,6 +455,27 @@ impl TransactionImporter {
     /// What identifies this import's mapping, for its message ids and checkpoint.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// The import's settings as a person reads them, for the data directory's ledger.
+    pub fn settings(&self) -> BTreeMap<String, String> {
+        let mut settings = settings_of(
+            self.columns.described(TransactionField::describe),
+            &self.time,
+            &self.source,
+        );
+        settings.insert("event".into(), self.event_name.clone());
+        settings.insert(
+            "currency".into(),
+            self.default_currency
+                .clone()
+                .unwrap_or_else(|| "(none)".into()),
+        );
+        settings.insert(
+            "decimal_comma".into(),
+            if self.decimal_comma { "yes" } else { "no" }.into(),
+        );
+        settings
     }
 
     pub fn unreadable(&self, bad: BadRow) -> Problem {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::Args;
-use kith_import::{ContactField, ContactImporter, ContactMapping, Format, TimeParser};
+use kith_import::{ContactField, ContactImporter, ContactMapping, Format, RowSource, TimeParser};
 use kith_profiles::ProfileSettings;
 
 use super::destination::Destination;
@@ -65,11 +65,11 @@ impl ContactsJob {
 pub fn run(args: ContactsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     let job = ContactsJob::from_args(&args)?;
     let settings = file.profile_settings()?;
-    // Read before the data directory is made: a file that is not there leaves nothing behind.
-    std::fs::File::open(&job.file)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", job.file.display()))?;
+    // The file is read and its columns planned before the data directory is made: a file that
+    // is not there, holds no rows or names no identity leaves nothing behind.
+    let prepared = PreparedContacts::new(&job, &settings, true)?;
     let destination = args.common.destination(&file)?;
-    let (summary, totals) = run_contacts(&job, &settings, &destination, true)?;
+    let (summary, totals) = prepared.run(&job, &destination)?;
     destination.close()?;
     summary.report(args.common.json, &totals)
 }
@@ -81,62 +81,91 @@ pub fn run_contacts(
     destination: &Destination,
     show_columns: bool,
 ) -> anyhow::Result<(ImportSummary, RowTotals)> {
-    check_source(&job.source)?;
-    let mut reader = open_rows(&job.file, job.format, job.delimiter, &job.columns)?;
-    let headers = reader.headers().map(<[String]>::to_vec);
-    let mapping = ContactMapping::new(
-        job.assignments.clone(),
-        job.ignore.clone(),
-        job.only_mapped,
-        headers.as_deref(),
-    )?;
-    if let Some(headers) = &headers {
-        let plan = mapping.plan(headers);
-        if show_columns {
-            show_plan(&plan, ContactField::describe);
+    PreparedContacts::new(job, settings, show_columns)?.run(job, destination)
+}
+
+/// A contacts file opened, and its columns planned: what can be checked before anything is
+/// written.
+struct PreparedContacts {
+    reader: Box<dyn RowSource>,
+    importer: ContactImporter,
+}
+
+impl PreparedContacts {
+    fn new(
+        job: &ContactsJob,
+        settings: &ProfileSettings,
+        show_columns: bool,
+    ) -> anyhow::Result<PreparedContacts> {
+        check_source(&job.source)?;
+        let reader = open_rows(&job.file, job.format, job.delimiter, &job.columns)?;
+        let headers = reader.headers().map(<[String]>::to_vec);
+        let mapping = ContactMapping::new(
+            job.assignments.clone(),
+            job.ignore.clone(),
+            job.only_mapped,
+            headers.as_deref(),
+        )?;
+        if let Some(headers) = &headers {
+            let plan = mapping.plan(headers);
+            if show_columns {
+                show_plan(&plan, ContactField::describe);
+            }
+            let identifying = plan.iter().any(|(_, f)| {
+                matches!(
+                    f,
+                    ContactField::UserId
+                        | ContactField::Email
+                        | ContactField::Phone
+                        | ContactField::External(_)
+                )
+            });
+            if !identifying {
+                bail!(
+                    "no column of {} identifies a person; map one with --map email=COLUMN (or user_id, phone, external:TYPE)",
+                    job.file.display()
+                );
+            }
         }
-        let identifying = plan.iter().any(|(_, f)| {
-            matches!(
-                f,
-                ContactField::UserId
-                    | ContactField::Email
-                    | ContactField::Phone
-                    | ContactField::External(_)
-            )
-        });
-        if !identifying {
-            bail!(
-                "no column of {} identifies a person; map one with --map email=COLUMN (or user_id, phone, external:TYPE)",
-                job.file.display()
-            );
-        }
+        let importer = ContactImporter::new(
+            mapping,
+            headers.as_deref(),
+            settings.normalizer.clone(),
+            job.time.clone(),
+            job.source.clone(),
+            chrono::Utc::now(),
+        );
+        Ok(PreparedContacts { reader, importer })
     }
-    let importer = ContactImporter::new(
-        mapping,
-        headers.as_deref(),
-        settings.normalizer.clone(),
-        job.time.clone(),
-        job.source.clone(),
-        chrono::Utc::now(),
-    );
-    let import = RowImport {
-        destination,
-        file: &job.file,
-        rejected: job.rejected.clone(),
-        checkpoint: job
-            .checkpoint
-            .clone()
-            .map(|path| (path, format!("contacts {}", importer.fingerprint()))),
-        restart: job.restart,
-    };
-    let totals = import.run(reader.as_mut(), |row| match row {
-        Ok(row) => importer.row(&row),
-        Err(bad) => kith_import::RowOutcome {
-            event: None,
-            problems: vec![importer.unreadable(bad)],
-        },
-    })?;
-    let mut summary = ImportSummary::new(&job.file, &totals);
-    summary.duplicate_candidates = Some(destination.duplicate_count()?);
-    Ok((summary, totals))
+
+    fn run(
+        mut self,
+        job: &ContactsJob,
+        destination: &Destination,
+    ) -> anyhow::Result<(ImportSummary, RowTotals)> {
+        let importer = &self.importer;
+        let import = RowImport {
+            destination,
+            file: &job.file,
+            rejected: job.rejected.clone(),
+            checkpoint: job
+                .checkpoint
+                .clone()
+                .map(|path| (path, format!("contacts {}", importer.fingerprint()))),
+            restart: job.restart,
+            // Contacts imported again with other settings update the same profiles, which is
+            // what a corrected contacts import is for.
+            ledger: None,
+        };
+        let totals = import.run(self.reader.as_mut(), |row| match row {
+            Ok(row) => importer.row(&row),
+            Err(bad) => kith_import::RowOutcome {
+                event: None,
+                problems: vec![importer.unreadable(bad)],
+            },
+        })?;
+        let mut summary = ImportSummary::new(&job.file, &totals);
+        summary.duplicate_candidates = Some(destination.duplicate_count()?);
+        Ok((summary, totals))
+    }
 }

@@ -82,12 +82,7 @@ pub fn run(args: EventsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         );
         let columns = match reader.headers().map(<[String]>::to_vec) {
             Some(headers) => {
-                let plan = plan_events(
-                    &headers,
-                    &explicit,
-                    common.only_mapped,
-                    args.event.is_some(),
-                )?;
+                let plan = plan_events(&headers, &explicit, only_mapped, args.event.is_some())?;
                 show_plan(&plan, EventField::describe);
                 Columns::Fixed(plan)
             }
@@ -119,9 +114,14 @@ pub fn run(args: EventsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         })
     };
     let destination = common.destination(&file)?;
-    let totals = common
-        .row_import(&destination, reading.job())
-        .run(reader.as_mut(), |row| reading.convert(row));
+    let job = reading.job();
+    let mut import = common.row_import(&destination, job.clone());
+    // Segment-shaped lines make the same events whatever the settings: only flat rows' ids
+    // follow them.
+    if let Reading::Flat(importer) = &reading {
+        import.ledger = Some(common.ledger_entry("events", &job, importer.settings()));
+    }
+    let totals = import.run(reader.as_mut(), |row| reading.convert(row));
     destination.close()?;
     let totals = totals?;
     ImportSummary::new(&common.file, &totals).report(common.json, &totals)
@@ -142,6 +142,7 @@ pub fn import_segment_lines(
         rejected: rejected.to_path_buf(),
         checkpoint: None,
         restart: false,
+        ledger: None,
     }
     .run(reader.as_mut(), |row| reading.convert(row))
 }

@@ -3,19 +3,23 @@
 //! shows a progress bar, writes rejected rows with their reasons, prints a summary, and continues
 //! an interrupted import where it stopped (see [`super::row_import`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use kith_import::{Format, MappingError, MappingFile, RowReader, RowSource, TimeParser};
+use kith_import::{
+    FirstRowRead, Format, MappingError, MappingFile, RowReader, RowSource, TimeParser,
+};
 use serde::Serialize;
 
 use super::DataDirArg;
 use super::contacts_import::{self, ContactsArgs};
 use super::destination::Destination;
 use super::events_import::{self, EventsArgs};
+use super::import_ledger::LedgerEntry;
 use super::log_import::{self, LogArgs, TransactionArgs};
 use super::row_import::{RowImport, RowTotals, checkpoint_beside};
 use crate::config::FileConfig;
@@ -107,6 +111,12 @@ pub struct FileArgs {
     /// checkpoint to continue from (FILE_NAME.import-progress.json, beside the rejected rows).
     #[arg(long)]
     pub restart: bool,
+    /// Events, transactions, tickets and surveys: store rows this data directory imported
+    /// before with other settings (another time zone, currency, mapping…) as new events,
+    /// beside the earlier ones. Without it, such an import is refused: every row would be
+    /// stored twice.
+    #[arg(long)]
+    pub keep_both: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -234,6 +244,23 @@ impl FileArgs {
             rejected: self.rejected(),
             checkpoint: Some((checkpoint_beside(&self.rejected(), &self.file), job)),
             restart: self.restart,
+            ledger: None,
+        }
+    }
+
+    /// What the data directory's import ledger is told of an import by `command` whose
+    /// message ids follow `job`.
+    pub fn ledger_entry(
+        &self,
+        command: &str,
+        job: &str,
+        settings: BTreeMap<String, String>,
+    ) -> LedgerEntry {
+        LedgerEntry {
+            command: command.to_string(),
+            ids_from: job.to_string(),
+            settings,
+            keep_both: self.keep_both,
         }
     }
 }
@@ -391,7 +418,8 @@ impl ImportSummary {
 }
 
 /// A file's rows, whatever its format; `columns` names those of a CSV or text file without a
-/// header line (none: the file's first line names them).
+/// header line (none: the file's first line names them). A file without rows is refused here,
+/// before an import makes anything for it.
 pub fn open_rows(
     path: &Path,
     format: Format,
@@ -401,7 +429,8 @@ pub fn open_rows(
     let columns = (!columns.is_empty())
         .then(|| columns_named(columns, format))
         .transpose()?;
-    Ok(match format {
+    let own_header_line = columns.is_none() && matches!(format, Format::Csv | Format::Whitespace);
+    let source: Box<dyn RowSource> = match format {
         Format::Parquet => Box::new(kith_lake::parquet_rows::ParquetRows::open(path)?),
         _ => {
             let reader = RowReader::open_with_columns(path, format, delimiter, columns)?;
@@ -414,7 +443,16 @@ pub fn open_rows(
             }
             Box::new(reader)
         }
-    })
+    };
+    let header_line = own_header_line && source.headers().is_some_and(|names| !names.is_empty());
+    match FirstRowRead::new(source)? {
+        Some(rows) => Ok(Box::new(rows)),
+        None if header_line => bail!(
+            "{} holds no rows: it has a header line and nothing under it",
+            path.display()
+        ),
+        None => bail!("{} holds no rows", path.display()),
+    }
 }
 
 /// The names `--columns` gave, checked: each once, none empty, and only for files whose lines

@@ -85,15 +85,15 @@ pub fn run(
     .with_decimal_comma(reader.delimiter() == Some(b';'));
     let destination = common.destination(&file)?;
     let job = format!("{} {}", kind.name(), importer.fingerprint());
-    let totals = common
-        .row_import(&destination, job)
-        .run(reader.as_mut(), |row| match row {
-            Ok(row) => importer.row(&row),
-            Err(bad) => kith_import::RowOutcome {
-                event: None,
-                problems: vec![importer.unreadable(bad)],
-            },
-        });
+    let mut import = common.row_import(&destination, job.clone());
+    import.ledger = Some(common.ledger_entry(kind.name(), &job, importer.settings()));
+    let totals = import.run(reader.as_mut(), |row| match row {
+        Ok(row) => importer.row(&row),
+        Err(bad) => kith_import::RowOutcome {
+            event: None,
+            problems: vec![importer.unreadable(bad)],
+        },
+    });
     destination.close()?;
     let totals = totals?;
     ImportSummary::new(&common.file, &totals).report(common.json, &totals)

@@ -6,6 +6,7 @@ mod demo;
 mod destination;
 mod events_import;
 mod import;
+mod import_ledger;
 mod key;
 mod log_import;
 mod models;

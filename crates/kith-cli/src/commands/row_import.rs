@@ -12,6 +12,7 @@ use kith_profiles::ChangeCounts;
 
 use super::destination::Destination;
 use super::import::progress_bar;
+use super::import_ledger::{LedgerEntry, LedgerWatch};
 
 /// One import of one file.
 pub struct RowImport<'a> {
@@ -23,6 +24,9 @@ pub struct RowImport<'a> {
     pub checkpoint: Option<(PathBuf, String)>,
     /// Ignore a checkpoint and read the file from its first row.
     pub restart: bool,
+    /// What the data directory's import ledger is told; `None` keeps it out (the demo loader,
+    /// contacts, and Segment-shaped lines, whose events settings do not change).
+    pub ledger: Option<LedgerEntry>,
 }
 
 /// The totals of an import; for a resumed one, of all its runs together.
@@ -172,6 +176,13 @@ impl RowImport<'_> {
             }
         }
 
+        // A resumed import was checked by its first run.
+        let mut ledger = self
+            .ledger
+            .as_ref()
+            .filter(|_| totals.resumed_after == 0)
+            .map(|entry| LedgerWatch::new(entry, self.destination.data_dir()));
+
         let batch_rows = self.destination.batch_rows();
         let mut batch: Vec<Event> = Vec::with_capacity(batch_rows);
         let mut rows_done = skipped;
@@ -185,22 +196,35 @@ impl RowImport<'_> {
                     Ok(row) => row.number,
                     Err(bad) => bad.number,
                 };
+                if let Some(ledger) = &mut ledger {
+                    ledger.row(&row);
+                }
                 let outcome = convert(row).within_event_limit(number);
                 for problem in outcome.problems {
                     rejects.record(problem)?;
                 }
                 if let Some(event) = outcome.event {
+                    if let Some(ledger) = &mut ledger {
+                        ledger.event(&event);
+                    }
                     batch.push(event);
                 }
             }
-            if batch.len() < batch_rows && !at_end {
+            let ledger_waiting = ledger.as_ref().is_some_and(LedgerWatch::waiting);
+            if (batch.len() < batch_rows || ledger_waiting) && !at_end {
                 continue;
+            }
+            if let Some(ledger) = &mut ledger {
+                ledger.check(self.file)?;
             }
             if !batch.is_empty() {
                 let result = self.destination.write(std::mem::take(&mut batch))?;
                 totals.stored += result.stored as u64;
                 totals.already_imported += result.duplicates as u64;
                 reported_changes += result.changes;
+                if let Some(ledger) = &mut ledger {
+                    ledger.written()?;
+                }
             }
             if at_end {
                 break;

@@ -1,0 +1,299 @@
+//! Which files a data directory has imported, and with which settings.
+//!
+//! An imported row's message id follows the import's settings (its mapping, time zone, currency,
+//! source; see [`crate::message_id`]), so the same file imported again with one setting
+//! corrected is stored a second time: every order twice, with nothing to say so. The ledger
+//! keeps, for each file imported, a key of its first rows and the settings each import used;
+//! an import of rows already imported with other settings is then found before it writes.
+//!
+//! One JSON file per command and first rows, under `DATA_DIR/imports/`, listing the imports of
+//! them. It is written by imports only and read by nothing else.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{BadRow, ImportError, Row};
+
+/// How many rows make a file's key: enough that two different files do not share it, few
+/// enough that an import knows it before its first write.
+pub const KEY_ROWS: usize = 100;
+
+/// The key of a file's first rows, built as they are read.
+pub struct FirstRows {
+    hasher: xxhash_rust::xxh3::Xxh3,
+    rows: usize,
+}
+
+impl Default for FirstRows {
+    fn default() -> Self {
+        FirstRows {
+            hasher: xxhash_rust::xxh3::Xxh3::new(),
+            rows: 0,
+        }
+    }
+}
+
+impl FirstRows {
+    /// Adds a row read, until [`KEY_ROWS`] are in.
+    pub fn add(&mut self, row: &Result<Row, BadRow>) {
+        if self.is_complete() {
+            return;
+        }
+        self.rows += 1;
+        match row {
+            Ok(row) => {
+                for (column, value) in &row.values {
+                    self.hasher.update(column.as_bytes());
+                    self.hasher.update(&[0]);
+                    match value {
+                        Value::String(text) => self.hasher.update(text.as_bytes()),
+                        other => self.hasher.update(other.to_string().as_bytes()),
+                    }
+                    self.hasher.update(&[0]);
+                }
+            }
+            Err(bad) => self.hasher.update(bad.reason.as_bytes()),
+        }
+        self.hasher.update(&[1]);
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.rows >= KEY_ROWS
+    }
+
+    /// The key, or `None` before any row.
+    pub fn key(&self) -> Option<String> {
+        (self.rows > 0).then(|| format!("{:032x}", self.hasher.digest128()))
+    }
+}
+
+/// One import of a file into a data directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportRecord {
+    /// The file as it was named.
+    pub file: String,
+    /// When the import began (RFC 3339).
+    pub at: String,
+    /// What its message ids followed: the same ids mean the same events.
+    pub ids_from: String,
+    /// Its settings, by name, as a person reads them (`timezone`, `currency`, `columns`…).
+    pub settings: BTreeMap<String, String>,
+}
+
+impl ImportRecord {
+    /// The settings of `self` that `other` has otherwise: (name, self's, other's).
+    pub fn differences<'a>(&'a self, other: &'a ImportRecord) -> Vec<(&'a str, &'a str, &'a str)> {
+        let names: std::collections::BTreeSet<&String> =
+            self.settings.keys().chain(other.settings.keys()).collect();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let mine = self.settings.get(name).map_or("(none)", String::as_str);
+                let theirs = other.settings.get(name).map_or("(none)", String::as_str);
+                (mine != theirs).then_some((name.as_str(), mine, theirs))
+            })
+            .collect()
+    }
+}
+
+/// What an import's first rows have met before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Earlier {
+    /// Not imported here before, or only with these very settings.
+    Nothing,
+    /// Imported with settings whose message ids are others: these rows would be stored again,
+    /// as new events.
+    StoredAgain(ImportRecord),
+    /// Imported with other settings that give the same message ids: these rows are already
+    /// imported and keep what the earlier import read.
+    Kept(ImportRecord),
+}
+
+/// The imports recorded in one data directory.
+pub struct Ledger {
+    dir: PathBuf,
+}
+
+impl Ledger {
+    pub fn of(data_dir: &Path) -> Ledger {
+        Ledger {
+            dir: data_dir.join("imports"),
+        }
+    }
+
+    fn path(&self, command: &str, key: &str) -> PathBuf {
+        self.dir.join(format!("{command}-{key}.json"))
+    }
+
+    fn read(&self, command: &str, key: &str) -> Result<Vec<ImportRecord>, ImportError> {
+        let path = self.path(command, key);
+        match std::fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(ImportError::Read {
+                path: path.display().to_string(),
+                source,
+            }),
+            // A record Kith cannot read is not a reason to refuse an import; it is replaced.
+            Ok(text) => Ok(serde_json::from_str(&text).unwrap_or_default()),
+        }
+    }
+
+    /// What the first rows keyed `key` met before under `command`, for an import about to
+    /// write them as `now` would.
+    pub fn earlier(
+        &self,
+        command: &str,
+        key: &str,
+        now: &ImportRecord,
+    ) -> Result<Earlier, ImportError> {
+        let records = self.read(command, key)?;
+        if records
+            .iter()
+            .any(|r| r.ids_from == now.ids_from && r.settings == now.settings)
+        {
+            return Ok(Earlier::Nothing);
+        }
+        // The latest import of the same events is what these rows keep; else the latest one.
+        if let Some(same_ids) = records.iter().rev().find(|r| r.ids_from == now.ids_from) {
+            return Ok(Earlier::Kept(same_ids.clone()));
+        }
+        Ok(records
+            .last()
+            .cloned()
+            .map_or(Earlier::Nothing, Earlier::StoredAgain))
+    }
+
+    /// Records an import of the first rows keyed `key` (once for the same settings). Written
+    /// to a temporary file and renamed, so a crash leaves the earlier list or this one.
+    pub fn record(
+        &self,
+        command: &str,
+        key: &str,
+        record: ImportRecord,
+    ) -> Result<(), ImportError> {
+        let mut records = self.read(command, key)?;
+        if records
+            .iter()
+            .any(|r| r.ids_from == record.ids_from && r.settings == record.settings)
+        {
+            return Ok(());
+        }
+        records.push(record);
+        let path = self.path(command, key);
+        let error = |source| ImportError::Checkpoint {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(error)?;
+        let text = serde_json::to_string_pretty(&records).map_err(std::io::Error::other);
+        let temporary = path.with_extension("json.tmp");
+        std::fs::write(&temporary, text.map_err(error)?).map_err(error)?;
+        std::fs::rename(&temporary, &path).map_err(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(number: u64, cells: &[(&str, &str)]) -> Result<Row, BadRow> {
+        Ok(Row {
+            number,
+            values: cells
+                .iter()
+                .map(|(c, v)| (c.to_string(), Value::String(v.to_string())))
+                .collect(),
+        })
+    }
+
+    fn record(ids_from: &str, settings: &[(&str, &str)]) -> ImportRecord {
+        ImportRecord {
+            file: "orders.csv".into(),
+            at: "2026-12-07T15:00:00Z".into(),
+            ids_from: ids_from.into(),
+            settings: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_key_follows_the_first_rows_only() {
+        let mut short = FirstRows::default();
+        assert_eq!(short.key(), None);
+        let mut long = FirstRows::default();
+        let mut other = FirstRows::default();
+        for n in 1..=(KEY_ROWS as u64 + 5) {
+            let cells = [("cliente", "C1"), ("monto", "10")];
+            if n <= 3 {
+                short.add(&row(n, &cells));
+            }
+            long.add(&row(n, &cells));
+            // A file that differs only after the key's rows has the same key.
+            let tail = if n > KEY_ROWS as u64 { "99" } else { "10" };
+            other.add(&row(n, &[("cliente", "C1"), ("monto", tail)]));
+        }
+        assert!(long.is_complete() && !short.is_complete());
+        assert_eq!(long.key(), other.key());
+        assert_ne!(long.key(), short.key());
+        let mut renamed = FirstRows::default();
+        renamed.add(&row(1, &[("customer", "C1"), ("monto", "10")]));
+        let mut first = FirstRows::default();
+        first.add(&row(1, &[("cliente", "C1"), ("monto", "10")]));
+        assert_ne!(renamed.key(), first.key());
+    }
+
+    #[test]
+    fn an_import_with_other_settings_is_told_what_the_first_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::of(dir.path());
+        let utc = record("zone=UTC", &[("timezone", "UTC"), ("source", "pos")]);
+        let mexico = record(
+            "zone=America/Mexico_City",
+            &[("timezone", "America/Mexico_City"), ("source", "pos")],
+        );
+        assert_eq!(
+            ledger.earlier("transactions", "k1", &utc).unwrap(),
+            Earlier::Nothing
+        );
+        ledger.record("transactions", "k1", utc.clone()).unwrap();
+        ledger.record("transactions", "k1", utc.clone()).unwrap();
+        assert_eq!(ledger.read("transactions", "k1").unwrap().len(), 1);
+        // The same settings again: nothing to say (the journal keeps each row once).
+        assert_eq!(
+            ledger.earlier("transactions", "k1", &utc).unwrap(),
+            Earlier::Nothing
+        );
+        // Other ids: the rows would be stored again.
+        assert_eq!(
+            ledger.earlier("transactions", "k1", &mexico).unwrap(),
+            Earlier::StoredAgain(utc.clone())
+        );
+        assert_eq!(
+            utc.differences(&mexico),
+            vec![("timezone", "UTC", "America/Mexico_City")]
+        );
+        // Another command, or other first rows, met nothing.
+        assert_eq!(
+            ledger.earlier("tickets", "k1", &mexico).unwrap(),
+            Earlier::Nothing
+        );
+        assert_eq!(
+            ledger.earlier("transactions", "k2", &mexico).unwrap(),
+            Earlier::Nothing
+        );
+        // Settings that leave the ids alone (a time format): the rows keep the first reading.
+        let day_first = record(
+            "zone=UTC",
+            &[("timezone", "UTC"), ("time_format", "%d/%m/%Y")],
+        );
+        assert_eq!(
+            ledger.earlier("transactions", "k1", &day_first).unwrap(),
+            Earlier::Kept(utc)
+        );
+    }
+}
