@@ -871,3 +871,34 @@ fn flat_events_with_their_own_ids_are_not_refused_for_other_settings() {
     assert!(!ok, "{stderr}");
     assert!(stderr.contains("timezone: UTC then"), "{stderr}");
 }
+
+/// `only_mapped = true` in a mapping file leaves out a flat event file's other columns, as the
+/// `--only-mapped` flag does.
+#[test]
+fn a_mapping_files_only_mapped_leaves_out_the_columns_it_does_not_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, file, mapping) = (
+        dir.path().join("data"),
+        dir.path().join("clics.csv"),
+        dir.path().join("clics.toml"),
+    );
+    std::fs::write(
+        &file,
+        "usuario,evento,fecha,tarjeta\nu1,Clic,2025-12-07,4111111111111111\n",
+    )
+    .unwrap();
+    std::fs::write(&mapping, "only_mapped = true\n").unwrap();
+    let (ok, summary, stderr) = import(
+        "events",
+        &file,
+        &data,
+        &dir.path().join("r.csv"),
+        &["--mapping", mapping.to_str().unwrap()],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(summary["stored"], 1, "{summary}");
+    assert_eq!(
+        sql(&data, "SELECT user_id, event, properties FROM events"),
+        vec![vec!["u1", "Clic", ""]]
+    );
+}
