@@ -191,7 +191,8 @@ pub fn plan_events(
 
 /// A CSV cell as the JSON value it most likely is: `12` and `12.5` are numbers, `true` and
 /// `false` booleans, anything else text. Numbers written with leading zeros (`00123`, zip codes,
-/// ids) stay text, so nothing is changed by the reading.
+/// ids) stay text, as do whole numbers too long for an integer, so nothing is changed by the
+/// reading.
 pub fn infer_cell(text: &str) -> Value {
     let trimmed = text.trim();
     match trimmed {
@@ -208,9 +209,11 @@ pub fn infer_cell(text: &str) -> Value {
         if let Ok(n) = trimmed.parse::<i64>() {
             return Value::from(n);
         }
-        if let Some(n) = trimmed
-            .parse::<f64>()
-            .ok()
+        // A whole number too long for an integer (a 20-digit order or card number) would lose
+        // its last digits as a float: it stays text.
+        if let Some(n) = Some(trimmed)
+            .filter(|t| t.contains('.'))
+            .and_then(|t| t.parse::<f64>().ok())
             .and_then(serde_json::Number::from_f64)
         {
             return Value::Number(n);
@@ -548,7 +551,19 @@ mod tests {
         assert_eq!(infer_cell("-3.5"), serde_json::json!(-3.5));
         assert_eq!(infer_cell("0.25"), serde_json::json!(0.25));
         assert_eq!(infer_cell("true"), Value::Bool(true));
-        for text in ["00123", "1e5", "12 pesos", "", "-", ".5", "1.2.3", "NaN"] {
+        assert_eq!(infer_cell("9223372036854775807"), Value::from(i64::MAX));
+        // Too long for an integer: as a float its last digits would change.
+        for text in [
+            "00123",
+            "1e5",
+            "12 pesos",
+            "",
+            "-",
+            ".5",
+            "1.2.3",
+            "NaN",
+            "12345678901234567890",
+        ] {
             assert_eq!(infer_cell(text), Value::String(text.into()), "{text}");
         }
     }
