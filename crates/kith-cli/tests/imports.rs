@@ -902,3 +902,26 @@ fn a_mapping_files_only_mapped_leaves_out_the_columns_it_does_not_name() {
         vec![vec!["u1", "Clic", ""]]
     );
 }
+
+/// A flat event file Excel saved in Spanish (semicolons) writes its numbers with a decimal comma:
+/// they are stored as the numbers they are, as a transaction log's amounts are.
+#[test]
+fn a_semicolon_event_file_keeps_its_decimal_comma_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, file) = (dir.path().join("data"), dir.path().join("compras.csv"));
+    std::fs::write(
+        &file,
+        "usuario;evento;fecha;revenue;peso\nu1;Compra;2025-12-07;1.234,50;0,75\nu2;Compra;2025-12-07;350,5;2\n",
+    )
+    .unwrap();
+    let (ok, summary, stderr) = import("events", &file, &data, &dir.path().join("r.csv"), &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(summary["stored"], 2, "{summary}");
+    assert_eq!(
+        sql(
+            &data,
+            "SELECT user_id, revenue, json_get_float(properties, 'peso') FROM events ORDER BY user_id"
+        ),
+        vec![vec!["u1", "1234.5", "0.75"], vec!["u2", "350.5", "2.0"]]
+    );
+}

@@ -222,6 +222,38 @@ pub fn infer_cell(text: &str) -> Value {
     Value::String(text.to_string())
 }
 
+/// A text cell of a file whose numbers have a decimal comma (`350,5`, `1.234,50`, `-0,25`; a
+/// lone `1.234` is 1,234), read as [`crate::transactions::parse_amount_decimal_comma`] reads
+/// amounts; anything else as [`infer_cell`] reads it.
+pub fn infer_cell_decimal_comma(text: &str) -> Value {
+    let trimmed = text.trim();
+    let digits = trimmed.strip_prefix('-').unwrap_or(trimmed);
+    let separated = digits.contains([',', '.']);
+    let leading_zero = digits.starts_with('0') && !digits.starts_with("0,") && digits.len() > 1;
+    let numeric_shape = digits.starts_with(|c: char| c.is_ascii_digit())
+        && digits.ends_with(|c: char| c.is_ascii_digit())
+        && digits
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == ',')
+        && digits.matches(',').count() <= 1;
+    // Dots group thousands: `1.234.567`, never `1.2.3`.
+    let whole = digits.split(',').next().unwrap_or_default();
+    let grouped = !whole.contains('.')
+        || (whole
+            .split('.')
+            .next()
+            .is_some_and(|first| first.len() <= 3)
+            && crate::transactions::grouped_by_three(whole, '.'));
+    if separated && numeric_shape && grouped && numeric_shape && !leading_zero {
+        if let Some(n) = crate::transactions::parse_amount_decimal_comma(trimmed)
+            .and_then(serde_json::Number::from_f64)
+        {
+            return Value::Number(n);
+        }
+    }
+    infer_cell(text)
+}
+
 /// Turns flat rows into Segment events through a column mapping.
 pub struct FlatEventImporter {
     columns: Columns<EventField>,
@@ -231,6 +263,9 @@ pub struct FlatEventImporter {
     fixed_event: Option<String>,
     /// Text cells are read as numbers and booleans where they are (CSV and text files).
     infer_types: bool,
+    /// Numbers in text cells are written with a decimal comma (a file Excel separated with
+    /// semicolons): `350,5` and `1.234,50` are numbers, and a lone `1.234` is 1,234.
+    decimal_comma: bool,
     fingerprint: String,
 }
 
@@ -253,8 +288,16 @@ impl FlatEventImporter {
             source,
             fixed_event,
             infer_types,
+            decimal_comma: false,
             fingerprint,
         }
+    }
+
+    /// Reads numbers in text cells with a decimal comma. The message ids do not change: an
+    /// earlier import of the file keeps its events.
+    pub fn with_decimal_comma(mut self, decimal_comma: bool) -> FlatEventImporter {
+        self.decimal_comma = decimal_comma;
+        self
     }
 
     /// What identifies this import's mapping, for its message ids and checkpoint.
@@ -268,6 +311,10 @@ impl FlatEventImporter {
             self.columns.described(EventField::describe),
             &self.time,
             &self.source,
+        );
+        settings.insert(
+            "decimal_comma".into(),
+            if self.decimal_comma { "yes" } else { "no" }.into(),
         );
         settings.insert(
             "event".into(),
@@ -307,6 +354,9 @@ impl FlatEventImporter {
                 continue;
             };
             let cell = match value {
+                Value::String(text) if self.infer_types && self.decimal_comma => {
+                    infer_cell_decimal_comma(text)
+                }
                 Value::String(text) if self.infer_types => infer_cell(text),
                 other => other.clone(),
             };
@@ -565,6 +615,28 @@ mod tests {
             "12345678901234567890",
         ] {
             assert_eq!(infer_cell(text), Value::String(text.into()), "{text}");
+        }
+    }
+
+    #[test]
+    fn cells_of_a_decimal_comma_file_are_read_in_its_convention() {
+        assert_eq!(infer_cell_decimal_comma("350,5"), serde_json::json!(350.5));
+        assert_eq!(
+            infer_cell_decimal_comma("1.234,50"),
+            serde_json::json!(1234.5)
+        );
+        assert_eq!(infer_cell_decimal_comma("1.234"), serde_json::json!(1234.0));
+        assert_eq!(infer_cell_decimal_comma("-0,25"), serde_json::json!(-0.25));
+        assert_eq!(infer_cell_decimal_comma("12"), Value::from(12));
+        assert_eq!(infer_cell_decimal_comma("true"), Value::Bool(true));
+        for text in [
+            "00123", "1,2,3", "12,", ",5", "1.2.3,4", "12 pesos", "0123,5",
+        ] {
+            assert_eq!(
+                infer_cell_decimal_comma(text),
+                Value::String(text.into()),
+                "{text}"
+            );
         }
     }
 

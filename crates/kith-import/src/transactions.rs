@@ -363,7 +363,7 @@ fn without_currency_marks(text: &str) -> String {
 }
 
 /// Whether every part after the first `separator` is three digits (`1.234.567`).
-fn grouped_by_three(number: &str, separator: char) -> bool {
+pub(crate) fn grouped_by_three(number: &str, separator: char) -> bool {
     number
         .split(separator)
         .skip(1)

@@ -92,13 +92,17 @@ pub fn run(args: EventsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
             },
         };
         let text_cells = matches!(format, Format::Csv | Format::Whitespace);
-        Reading::Flat(FlatEventImporter::new(
-            columns,
-            common.time(mapping.time_format.clone(), mapping.timezone.as_deref())?,
-            source,
-            args.event.clone(),
-            text_cells,
-        ))
+        Reading::Flat(
+            FlatEventImporter::new(
+                columns,
+                common.time(mapping.time_format.clone(), mapping.timezone.as_deref())?,
+                source,
+                args.event.clone(),
+                text_cells,
+            )
+            // Semicolons separate the cells where commas mark decimals (Excel in Spanish).
+            .with_decimal_comma(text_cells && reader.delimiter() == Some(b';')),
+        )
     } else {
         let importer = SegmentLineImporter::new(source);
         // Times without an offset are UTC, as over HTTP, unless the command says otherwise.
