@@ -92,6 +92,11 @@ pub enum MappingError {
         "no column holds the {field}; map one with --map {field}=COLUMN (columns: {available})"
     )]
     Unmapped { field: String, available: String },
+    #[error(
+        "this line has no {field}: none of its keys with a value holds it (keys: {available}); \
+         a key whose value is null counts as none, or map one with --map {field}=KEY"
+    )]
+    UnmappedOnLine { field: String, available: String },
     #[error("cannot read the mapping file {path}: {reason}")]
     File { path: String, reason: String },
     #[error("the delimiter must be one character, got `{0}`")]

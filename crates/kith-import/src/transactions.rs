@@ -270,7 +270,15 @@ impl<F: Clone> Columns<F> {
                 only_mapped,
             } => {
                 let keys: Vec<String> = row.values.iter().map(|(k, _)| k.clone()).collect();
-                plan(&keys, explicit, *only_mapped).map(std::borrow::Cow::Owned)
+                plan(&keys, explicit, *only_mapped)
+                    .map(std::borrow::Cow::Owned)
+                    // A line's keys are its own: a key whose value is null is not among them.
+                    .map_err(|e| match e {
+                        MappingError::Unmapped { field, available } => {
+                            MappingError::UnmappedOnLine { field, available }
+                        }
+                        other => other,
+                    })
             }
         }
     }
@@ -722,6 +730,33 @@ mod tests {
         assert_eq!(
             missing.to_string(),
             "no column holds the customer; map one with --map customer=COLUMN (columns: who, when)"
+        );
+    }
+
+    /// A JSON line whose amount is null has no amount of its own: it is told so, not that the
+    /// file has no amount column.
+    #[test]
+    fn a_json_line_without_an_amount_is_told_it_is_that_line() {
+        let columns: Columns = Columns::PerRow {
+            explicit: Vec::new(),
+            only_mapped: false,
+        };
+        let line = Row {
+            number: 2,
+            values: vec![
+                ("customer_id".into(), json!("c2")),
+                ("date".into(), json!("2025-01-02")),
+            ],
+        };
+        let error = columns
+            .for_row(&line, |keys, explicit, only_mapped| {
+                plan(LogKind::Transactions, keys, explicit, only_mapped)
+            })
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "this line has no amount: none of its keys with a value holds it (keys: customer_id, \
+             date); a key whose value is null counts as none, or map one with --map amount=KEY"
         );
     }
 
