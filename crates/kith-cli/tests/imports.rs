@@ -706,7 +706,7 @@ fn a_log_imported_again_with_other_settings_is_refused_before_it_doubles_the_ord
     let rejected = dir.path().join("ventas.rejected.csv");
     std::fs::write(
         &file,
-        "cliente,fecha,monto\nC1,2025-12-07 10:00,100\nC2,2025-12-07 11:00,250\nC1,2025-12-08 09:30,80\n",
+        "cliente,fecha,monto\nC1,2025-12-07 10:00,100\nC2,2025-12-07 11:00,250\nC1,2025-12-08 09:30,80\nC3,ayer,5\n",
     )
     .unwrap();
     let orders = |data: &Path| {
@@ -718,6 +718,8 @@ fn a_log_imported_again_with_other_settings_is_refused_before_it_doubles_the_ord
     let (ok, summary, stderr) = import("transactions", &file, &data, &rejected, &[]);
     assert!(ok, "{stderr}");
     assert_eq!(summary["stored"], 3, "{summary}");
+    let first_rejects = std::fs::read_to_string(&rejected).unwrap();
+    assert!(first_rejects.contains("ayer"), "{first_rejects}");
 
     let (ok, _, stderr) = import(
         "transactions",
@@ -727,6 +729,8 @@ fn a_log_imported_again_with_other_settings_is_refused_before_it_doubles_the_ord
         &["--timezone", "America/Mexico_City"],
     );
     assert!(!ok, "an import that doubles the orders must be refused");
+    // Refused before anything was written or removed: the first run's rejected rows are there.
+    assert_eq!(std::fs::read_to_string(&rejected).unwrap(), first_rejects);
     assert!(
         stderr.contains("were imported into this data directory on")
             && stderr.contains("timezone: UTC then, America/Mexico_City now")
@@ -870,6 +874,29 @@ fn flat_events_with_their_own_ids_are_not_refused_for_other_settings() {
     let (ok, _, stderr) = import("events", &without_ids, &data, &rejected, &zone);
     assert!(!ok, "{stderr}");
     assert!(stderr.contains("timezone: UTC then"), "{stderr}");
+
+    // Segment-shaped lines without ids, then the same lines read as flat rows (other ids).
+    let lines = dir.path().join("segment.jsonl");
+    std::fs::write(
+        &lines,
+        "{\"type\":\"track\",\"userId\":\"u1\",\"event\":\"Clic\",\"timestamp\":\"2025-12-07T10:00:00Z\"}\n",
+    )
+    .unwrap();
+    let (ok, summary, stderr) = import("events", &lines, &data, &rejected, &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(summary["stored"], 1, "{summary}");
+    let (ok, _, stderr) = import(
+        "events",
+        &lines,
+        &data,
+        &rejected,
+        &["--map", "user_id=userId"],
+    );
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("columns: (Segment events) then"),
+        "{stderr}"
+    );
 }
 
 /// `only_mapped = true` in a mapping file leaves out a flat event file's other columns, as the

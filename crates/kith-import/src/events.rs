@@ -222,36 +222,62 @@ pub fn infer_cell(text: &str) -> Value {
     Value::String(text.to_string())
 }
 
-/// A text cell of a file whose numbers have a decimal comma (`350,5`, `1.234,50`, `-0,25`; a
-/// lone `1.234` is 1,234), read as [`crate::transactions::parse_amount_decimal_comma`] reads
-/// amounts; anything else as [`infer_cell`] reads it.
+/// A text cell of a file whose numbers have a decimal comma: `350,5`, `1.234,50` and `-0,25`
+/// are decimals, and a lone `1.234` is 1,234 (as amounts are read there). Dots without a comma
+/// but for that one group are left as text: `192.168.1.10`, `12.345.678` (a DNI) and
+/// `612.345.678` (a phone) are not quantities. Anything else is read as [`infer_cell`] reads
+/// it; nothing with more digits than a float keeps exactly becomes a number.
 pub fn infer_cell_decimal_comma(text: &str) -> Value {
+    /// Digits a float holds exactly.
+    const EXACT_DIGITS: usize = 15;
     let trimmed = text.trim();
+    let negative = trimmed.starts_with('-');
     let digits = trimmed.strip_prefix('-').unwrap_or(trimmed);
-    let separated = digits.contains([',', '.']);
-    let leading_zero = digits.starts_with('0') && !digits.starts_with("0,") && digits.len() > 1;
-    let numeric_shape = digits.starts_with(|c: char| c.is_ascii_digit())
-        && digits.ends_with(|c: char| c.is_ascii_digit())
-        && digits
-            .chars()
-            .all(|c| c.is_ascii_digit() || c == '.' || c == ',')
-        && digits.matches(',').count() <= 1;
-    // Dots group thousands: `1.234.567`, never `1.2.3`.
-    let whole = digits.split(',').next().unwrap_or_default();
-    let grouped = !whole.contains('.')
-        || (whole
-            .split('.')
-            .next()
-            .is_some_and(|first| first.len() <= 3)
-            && crate::transactions::grouped_by_three(whole, '.'));
-    if separated && numeric_shape && grouped && numeric_shape && !leading_zero {
-        if let Some(n) = crate::transactions::parse_amount_decimal_comma(trimmed)
-            .and_then(serde_json::Number::from_f64)
-        {
-            return Value::Number(n);
+    let all_digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    let leading_zero = |whole: &str| whole.len() > 1 && whole.starts_with('0');
+    // `1.234.567` → `1234567`; `None` unless every dot groups three digits after a first group
+    // of one to three.
+    let ungrouped = |whole: &str| -> Option<String> {
+        let first = whole.split('.').next()?;
+        let grouped = all_digits(first)
+            && first.len() <= 3
+            && crate::transactions::grouped_by_three(whole, '.');
+        grouped.then(|| whole.replace('.', ""))
+    };
+    let dots = digits.matches('.').count();
+    let number = match digits.split_once(',') {
+        Some((whole, decimals)) if all_digits(decimals) => {
+            let whole = if whole.contains('.') {
+                ungrouped(whole)
+            } else {
+                all_digits(whole).then(|| whole.to_string())
+            };
+            whole
+                .filter(|w| !leading_zero(w) && w.len() + decimals.len() <= EXACT_DIGITS)
+                .and_then(|w| format!("{w}.{decimals}").parse::<f64>().ok())
+                .and_then(serde_json::Number::from_f64)
         }
+        Some(_) => None,
+        // One group of three after one dot: a thousand and more, as an amount is read.
+        None if dots == 1 && digits.split('.').nth(1).is_some_and(|g| g.len() == 3) => {
+            ungrouped(digits)
+                .filter(|w| !leading_zero(w))
+                .and_then(|w| w.parse::<i64>().ok())
+                .map(serde_json::Number::from)
+        }
+        // `1.5` (written by a tool), whole numbers, words: as any file's cells.
+        None if dots <= 1 => return infer_cell(text),
+        None => None,
+    };
+    match number {
+        Some(n) if negative => n
+            .as_i64()
+            .map(|i| Value::from(-i))
+            .or_else(|| n.as_f64().map(|f| serde_json::json!(-f)))
+            .unwrap_or(Value::Number(n)),
+        Some(n) => Value::Number(n),
+        None => Value::String(text.to_string()),
     }
-    infer_cell(text)
 }
 
 /// Turns flat rows into Segment events through a column mapping.
@@ -517,6 +543,17 @@ impl SegmentLineImporter {
         }
     }
 
+    /// The import's settings as a person reads them, for the data directory's ledger.
+    pub fn settings(&self) -> BTreeMap<String, String> {
+        let mut settings: BTreeMap<String, String> = match &self.time {
+            Some(time) => time.settings().into_iter().collect(),
+            None => BTreeMap::from([("timezone".to_string(), "UTC".to_string())]),
+        };
+        settings.insert("columns".into(), "(Segment events)".into());
+        settings.insert("source".into(), self.source.clone());
+        settings
+    }
+
     pub fn row(&self, row: &Row) -> RowOutcome {
         let mut event: Map<String, Value> = row.values.iter().cloned().collect();
         if let Some(time) = &self.time {
@@ -625,12 +662,33 @@ mod tests {
             infer_cell_decimal_comma("1.234,50"),
             serde_json::json!(1234.5)
         );
-        assert_eq!(infer_cell_decimal_comma("1.234"), serde_json::json!(1234.0));
+        assert_eq!(infer_cell_decimal_comma("1.234"), Value::from(1234));
+        assert_eq!(infer_cell_decimal_comma("-1.234"), Value::from(-1234));
         assert_eq!(infer_cell_decimal_comma("-0,25"), serde_json::json!(-0.25));
+        assert_eq!(infer_cell_decimal_comma("0,5"), serde_json::json!(0.5));
         assert_eq!(infer_cell_decimal_comma("12"), Value::from(12));
+        assert_eq!(infer_cell_decimal_comma("1.5"), serde_json::json!(1.5));
         assert_eq!(infer_cell_decimal_comma("true"), Value::Bool(true));
         for text in [
-            "00123", "1,2,3", "12,", ",5", "1.2.3,4", "12 pesos", "0123,5",
+            "00123",
+            "1,2,3",
+            "12,",
+            ",5",
+            "1.2.3,4",
+            "12 pesos",
+            "0123,5",
+            "00,5",
+            "-",
+            ",",
+            "1.234.5",
+            "1.234,",
+            // Identifiers with dots: an address, a DNI, a phone.
+            "192.168.100.101",
+            "12.345.678",
+            "612.345.678",
+            // More digits than a float keeps.
+            "12345678901234567890,5",
+            "1.234.567.890.123.456,5",
         ] {
             assert_eq!(
                 infer_cell_decimal_comma(text),

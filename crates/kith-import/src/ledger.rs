@@ -44,10 +44,10 @@ impl FirstRows {
         }
         self.rows += 1;
         match row {
+            // Values only: a column renamed in a new export, or named otherwise by
+            // `--columns`, leaves the rows what they were.
             Ok(row) => {
-                for (column, value) in &row.values {
-                    self.hasher.update(column.as_bytes());
-                    self.hasher.update(&[0]);
+                for (_, value) in &row.values {
                     match value {
                         Value::String(text) => self.hasher.update(text.as_bytes()),
                         other => self.hasher.update(other.to_string().as_bytes()),
@@ -75,7 +75,7 @@ impl FirstRows {
 pub struct ImportRecord {
     /// The file as it was named.
     pub file: String,
-    /// When the import began (RFC 3339).
+    /// When the import began (`2026-12-07 15:00 UTC`).
     pub at: String,
     /// What its message ids followed: the same ids mean the same events.
     pub ids_from: String,
@@ -136,8 +136,11 @@ impl Ledger {
                 path: path.display().to_string(),
                 source,
             }),
-            // A record Kith cannot read is not a reason to refuse an import; it is replaced.
-            Ok(text) => Ok(serde_json::from_str(&text).unwrap_or_default()),
+            // Not replaced: what it held is left for a person to look at.
+            Ok(text) => serde_json::from_str(&text).map_err(|e| ImportError::Ledger {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }),
         }
     }
 
@@ -150,10 +153,8 @@ impl Ledger {
         now: &ImportRecord,
     ) -> Result<Earlier, ImportError> {
         let records = self.read(command, key)?;
-        if records
-            .iter()
-            .any(|r| r.ids_from == now.ids_from && r.settings == now.settings)
-        {
+        // The same settings make the same events, whoever gave their ids.
+        if records.iter().any(|r| r.settings == now.settings) {
             return Ok(Earlier::Nothing);
         }
         // The latest import of the same events is what these rows keep; else the latest one.
@@ -183,15 +184,23 @@ impl Ledger {
         }
         records.push(record);
         let path = self.path(command, key);
-        let error = |source| ImportError::Checkpoint {
+        let error = |e: std::io::Error| ImportError::Ledger {
             path: path.display().to_string(),
-            source,
+            reason: e.to_string(),
         };
         std::fs::create_dir_all(&self.dir).map_err(error)?;
         let text = serde_json::to_string_pretty(&records).map_err(std::io::Error::other);
-        let temporary = path.with_extension("json.tmp");
-        std::fs::write(&temporary, text.map_err(error)?).map_err(error)?;
-        std::fs::rename(&temporary, &path).map_err(error)
+        // A name of its own, so two imports at once never rename each other's half-written
+        // file; synced before the rename, so a power cut leaves one list or the other.
+        let temporary = path.with_extension(format!("json.{}.tmp", std::process::id()));
+        let write = |text: String| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&temporary)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, &path)
+        };
+        write(text.map_err(error)?).map_err(error)
     }
 }
 
@@ -240,11 +249,15 @@ mod tests {
         assert!(long.is_complete() && !short.is_complete());
         assert_eq!(long.key(), other.key());
         assert_ne!(long.key(), short.key());
+        // A column renamed is the same rows; another value is not.
         let mut renamed = FirstRows::default();
         renamed.add(&row(1, &[("customer", "C1"), ("monto", "10")]));
         let mut first = FirstRows::default();
         first.add(&row(1, &[("cliente", "C1"), ("monto", "10")]));
-        assert_ne!(renamed.key(), first.key());
+        assert_eq!(renamed.key(), first.key());
+        let mut changed = FirstRows::default();
+        changed.add(&row(1, &[("cliente", "C1"), ("monto", "11")]));
+        assert_ne!(changed.key(), first.key());
     }
 
     #[test]
@@ -293,7 +306,30 @@ mod tests {
         );
         assert_eq!(
             ledger.earlier("transactions", "k1", &day_first).unwrap(),
-            Earlier::Kept(utc)
+            Earlier::Kept(utc.clone())
         );
+        // The same settings with ids given otherwise (a file's own): the same events.
+        let file_ids = record("the file's ids", &[("timezone", "UTC"), ("source", "pos")]);
+        assert_eq!(
+            ledger.earlier("transactions", "k1", &file_ids).unwrap(),
+            Earlier::Nothing
+        );
+    }
+
+    #[test]
+    fn a_ledger_that_cannot_be_read_is_said_and_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::of(dir.path());
+        std::fs::create_dir_all(dir.path().join("imports")).unwrap();
+        let path = dir.path().join("imports/transactions-k1.json");
+        std::fs::write(&path, "{ half a list").unwrap();
+        let now = record("zone=UTC", &[("timezone", "UTC")]);
+        let error = ledger.earlier("transactions", "k1", &now).unwrap_err();
+        assert!(
+            error.to_string().contains("transactions-k1.json"),
+            "{error}"
+        );
+        assert!(ledger.record("transactions", "k1", now).is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{ half a list");
     }
 }

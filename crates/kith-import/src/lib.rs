@@ -56,6 +56,8 @@ pub enum ImportError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot use the import ledger {path}: {reason}")]
+    Ledger { path: String, reason: String },
     #[error(transparent)]
     Mapping(#[from] MappingError),
 }

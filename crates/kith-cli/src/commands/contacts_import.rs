@@ -63,6 +63,12 @@ impl ContactsJob {
 }
 
 pub fn run(args: ContactsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
+    if args.common.keep_both {
+        anyhow::bail!(
+            "--keep-both is for events, transactions, tickets and surveys: contacts imported \
+             again with other settings update the same profiles"
+        );
+    }
     let job = ContactsJob::from_args(&args)?;
     let settings = file.profile_settings()?;
     // The file is read and its columns planned before the data directory is made: a file that

@@ -120,11 +120,11 @@ pub fn run(args: EventsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     let destination = common.destination(&file)?;
     let job = reading.job();
     let mut import = common.row_import(&destination, job.clone());
-    // Segment-shaped lines make the same events whatever the settings: only flat rows' ids
-    // follow them.
-    if let Reading::Flat(importer) = &reading {
-        import.ledger = Some(common.ledger_entry("events", &job, importer.settings()));
-    }
+    let settings = match &reading {
+        Reading::Segment(importer) => importer.settings(),
+        Reading::Flat(importer) => importer.settings(),
+    };
+    import.ledger = Some(common.ledger_entry("events", &job, settings));
     let totals = import.run(reader.as_mut(), |row| reading.convert(row));
     destination.close()?;
     let totals = totals?;

@@ -1,13 +1,12 @@
-//! The data directory's import ledger, consulted before an import's first write: rows imported
-//! before with other settings would be stored a second time, beside the first (see
-//! `kith_import::ledger`).
+//! The data directory's import ledger, consulted before an import writes or removes anything:
+//! rows imported before with other settings would be stored a second time, beside the first
+//! (see `kith_import::ledger`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::bail;
-use kith_core::Event;
-use kith_import::{BadRow, Earlier, FirstRows, ImportRecord, Ledger, Row};
+use kith_import::{BadRow, Earlier, FirstRows, ImportRecord, Ledger, Row, RowOutcome};
 
 /// What the ledger is told of one import.
 pub struct LedgerEntry {
@@ -21,126 +20,121 @@ pub struct LedgerEntry {
     pub keep_both: bool,
 }
 
-/// Ids an import makes from a row (see `kith_import::message_id`), as opposed to those a file
-/// gives in a column.
+/// The beginning of the ids an import makes from a row (`kith_import::message_id`), as opposed
+/// to those a file gives. A file exported from Kith gives ids that look made; it is then told
+/// its rows would be stored again when they would not, which `--keep-both` answers.
 const MADE_ID_PREFIX: &str = "import-";
 
-/// One import's dealings with the ledger, from its first rows to its first write.
-pub struct LedgerWatch<'a> {
-    entry: &'a LedgerEntry,
+/// What stands for a file's own message ids in the ledger: they are the same whatever the
+/// settings.
+const FILE_IDS: &str = "the file's message ids";
+
+/// An import the ledger has checked, to be recorded once its first events are written.
+pub struct PendingRecord {
     ledger: Ledger,
-    first_rows: FirstRows,
-    /// Whether an event of the first rows has an id the import made (else the file gives them,
-    /// and other settings make the same events).
-    made_ids: bool,
-    checked: bool,
-    /// Recorded once the first write has landed.
-    pending: Option<(String, ImportRecord)>,
+    command: String,
+    key: String,
+    record: ImportRecord,
 }
 
-impl<'a> LedgerWatch<'a> {
-    pub fn new(entry: &'a LedgerEntry, data_dir: &Path) -> LedgerWatch<'a> {
-        LedgerWatch {
-            entry,
-            ledger: Ledger::of(data_dir),
-            first_rows: FirstRows::default(),
-            made_ids: false,
-            checked: false,
-            pending: None,
+impl PendingRecord {
+    /// Records the import. A ledger that cannot be written does not stop an import whose
+    /// events are stored: it is said, and only the check of a later import is lost.
+    pub fn record(self) {
+        if let Err(e) = self.ledger.record(&self.command, &self.key, self.record) {
+            eprintln!(
+                "warning: {e}; a later import of this file with other settings will not be \
+                 checked against this one"
+            );
         }
     }
+}
 
-    /// A row read, before it is converted.
-    pub fn row(&mut self, row: &Result<Row, BadRow>) {
-        self.first_rows.add(row);
-    }
-
-    /// The event a row gave.
-    pub fn event(&mut self, event: &Event) {
-        if !self.checked {
-            self.made_ids |= event.message_id.starts_with(MADE_ID_PREFIX);
+/// Checks the file's first rows (read, not yet converted) against the ledger of `data_dir`,
+/// converting each once more with `convert` to learn whose ids they carry. Refuses rows
+/// imported before with settings that made other events, unless `--keep-both`.
+pub fn check(
+    entry: &LedgerEntry,
+    data_dir: &Path,
+    file: &Path,
+    first: &[Result<Row, BadRow>],
+    convert: &mut impl FnMut(Result<Row, BadRow>) -> RowOutcome,
+) -> anyhow::Result<Option<PendingRecord>> {
+    let mut first_rows = FirstRows::default();
+    let mut made_ids = false;
+    for row in first {
+        first_rows.add(row);
+        if let Some(event) = convert(row.clone()).event {
+            made_ids |= event.message_id.starts_with(MADE_ID_PREFIX);
         }
     }
-
-    /// Whether writes must wait for more of the first rows.
-    pub fn waiting(&self) -> bool {
-        !self.checked && !self.first_rows.is_complete()
-    }
-
-    /// Consults the ledger, once, before the first write: refuses rows imported before with
-    /// settings that made other events, unless `--keep-both`.
-    pub fn check(&mut self, file: &Path) -> anyhow::Result<()> {
-        if std::mem::replace(&mut self.checked, true) {
-            return Ok(());
+    let Some(key) = first_rows.key() else {
+        return Ok(None);
+    };
+    let now = ImportRecord {
+        file: file.display().to_string(),
+        at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        // Ids a file gives are the same whatever the settings. (A file that gives them to its
+        // first rows only is taken at its first rows' word.)
+        ids_from: if made_ids {
+            entry.ids_from.clone()
+        } else {
+            FILE_IDS.into()
+        },
+        settings: entry.settings.clone(),
+    };
+    let ledger = Ledger::of(data_dir);
+    let earlier = match ledger.earlier(&entry.command, &key, &now) {
+        Ok(earlier) => earlier,
+        Err(e) => {
+            // Left as it is for a person to look at, and not written over.
+            eprintln!("warning: {e}; this import is not checked against earlier imports");
+            return Ok(None);
         }
-        let Some(key) = self.first_rows.key() else {
-            return Ok(());
-        };
-        let now = ImportRecord {
-            file: file.display().to_string(),
-            at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
-            // Ids a file gives are the same whatever the settings.
-            ids_from: if self.made_ids {
-                self.entry.ids_from.clone()
-            } else {
-                "the file's message ids".into()
-            },
-            settings: self.entry.settings.clone(),
-        };
-        let command = &self.entry.command;
-        match self.ledger.earlier(command, &key, &now)? {
-            Earlier::Nothing => {}
-            Earlier::StoredAgain(before) if !self.entry.keep_both => bail!(
-                "the first rows of {} were imported into this data directory on {} (from {}) \
-                 with other settings:\n{}\nAn imported row's event id follows the settings, so \
-                 importing them again would store every row a second time, beside the first. \
-                 Kith cannot take an import back: to correct one, import the files into a new \
-                 data directory; to store these rows as new events anyway, pass --keep-both",
-                file.display(),
-                before.at,
-                before.file,
-                differences(&before, &now)
-            ),
-            Earlier::StoredAgain(before) => eprintln!(
-                "storing the rows of {} as new events beside those imported on {} with other \
-                 settings (--keep-both):\n{}",
-                file.display(),
-                before.at,
-                differences(&before, &now)
-            ),
-            Earlier::Kept(before) => eprintln!(
-                "note: the first rows of {} were imported on {} with other settings that make \
-                 the same events:\n{}\nRows imported then are already imported and keep what \
-                 that import read; only rows it did not have are read with these settings",
-                file.display(),
-                before.at,
-                differences(&before, &now)
-            ),
-        }
-        self.pending = Some((key, now));
-        Ok(())
+    };
+    match earlier {
+        Earlier::Nothing => {}
+        Earlier::StoredAgain(before) if !entry.keep_both => bail!(
+            "the first rows of {} were imported into this data directory on {} (from {}) with \
+             other settings:\n{}\nAn imported row's event id follows the settings, so importing \
+             them again would store every row a second time, beside the first. Kith cannot take \
+             an import back: to correct one, import the files into a new data directory; to \
+             store these rows as new events anyway, pass --keep-both",
+            file.display(),
+            before.at,
+            before.file,
+            differences(&before, &now)
+        ),
+        Earlier::StoredAgain(before) => eprintln!(
+            "storing the rows of {} as new events beside those imported on {} with other \
+             settings (--keep-both):\n{}",
+            file.display(),
+            before.at,
+            differences(&before, &now)
+        ),
+        Earlier::Kept(before) => eprintln!(
+            "note: the first rows of {} were imported on {} with other settings that make the \
+             same events:\n{}\nRows imported then are already imported and keep what that \
+             import read; only rows it did not have are read with these settings",
+            file.display(),
+            before.at,
+            differences(&before, &now)
+        ),
     }
-
-    /// The first write landed: the ledger records the import.
-    pub fn written(&mut self) -> anyhow::Result<()> {
-        if let Some((key, record)) = self.pending.take() {
-            self.ledger.record(&self.entry.command, &key, record)?;
-        }
-        Ok(())
-    }
+    Ok(Some(PendingRecord {
+        ledger,
+        command: entry.command.clone(),
+        key,
+        record: now,
+    }))
 }
 
 /// `  timezone: UTC then, America/Mexico_City now`, a line for each setting that differs.
 fn differences(before: &ImportRecord, now: &ImportRecord) -> String {
-    let lines: Vec<String> = before
+    before
         .differences(now)
         .into_iter()
         .map(|(name, then, now)| format!("  {name}: {then} then, {now} now"))
-        .collect();
-    if lines.is_empty() {
-        // The same settings under another fingerprint (a Kith that reads them otherwise).
-        "  (the same settings, read by another version of Kith)".into()
-    } else {
-        lines.join("\n")
-    }
+        .collect::<Vec<_>>()
+        .join("\n")
 }

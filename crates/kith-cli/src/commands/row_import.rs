@@ -2,7 +2,7 @@
 //! rejected-rows file, a progress bar, and after each batch that reached Kith a checkpoint, so an
 //! interrupted import continues where it stopped (see `kith_import::checkpoint`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
@@ -12,7 +12,7 @@ use kith_profiles::ChangeCounts;
 
 use super::destination::Destination;
 use super::import::progress_bar;
-use super::import_ledger::{LedgerEntry, LedgerWatch};
+use super::import_ledger::{self, LedgerEntry};
 
 /// One import of one file.
 pub struct RowImport<'a> {
@@ -133,6 +133,30 @@ impl RowImport<'_> {
             }
             None => None,
         };
+        let resuming = matches!(
+            checkpoint.as_ref().map(|(_, found)| found),
+            Some(Found::Resume(_))
+        );
+        // Rows imported before with other settings are found before anything is written or
+        // removed (an earlier run's rejected rows included). A resumed import was checked by
+        // its first run.
+        let mut first_rows = VecDeque::new();
+        let mut pending_record = None;
+        if let Some(entry) = self.ledger.as_ref().filter(|_| !resuming) {
+            while first_rows.len() < kith_import::ledger::KEY_ROWS {
+                match reader.next_row()? {
+                    Some(row) => first_rows.push_back(row),
+                    None => break,
+                }
+            }
+            pending_record = import_ledger::check(
+                entry,
+                self.destination.data_dir(),
+                self.file,
+                first_rows.make_contiguous(),
+                &mut convert,
+            )?;
+        }
         let (mut totals, mut rejects) = match checkpoint.as_ref().map(|(_, found)| found) {
             Some(Found::Resume(progress)) => {
                 eprintln!(
@@ -176,18 +200,14 @@ impl RowImport<'_> {
             }
         }
 
-        // A resumed import was checked by its first run.
-        let mut ledger = self
-            .ledger
-            .as_ref()
-            .filter(|_| totals.resumed_after == 0)
-            .map(|entry| LedgerWatch::new(entry, self.destination.data_dir()));
-
         let batch_rows = self.destination.batch_rows();
         let mut batch: Vec<Event> = Vec::with_capacity(batch_rows);
         let mut rows_done = skipped;
         loop {
-            let next = reader.next_row()?;
+            let next = match first_rows.pop_front() {
+                Some(row) => Some(row),
+                None => reader.next_row()?,
+            };
             let at_end = next.is_none();
             if let Some(row) = next {
                 rows_done += 1;
@@ -196,34 +216,24 @@ impl RowImport<'_> {
                     Ok(row) => row.number,
                     Err(bad) => bad.number,
                 };
-                if let Some(ledger) = &mut ledger {
-                    ledger.row(&row);
-                }
                 let outcome = convert(row).within_event_limit(number);
                 for problem in outcome.problems {
                     rejects.record(problem)?;
                 }
                 if let Some(event) = outcome.event {
-                    if let Some(ledger) = &mut ledger {
-                        ledger.event(&event);
-                    }
                     batch.push(event);
                 }
             }
-            let ledger_waiting = ledger.as_ref().is_some_and(LedgerWatch::waiting);
-            if (batch.len() < batch_rows || ledger_waiting) && !at_end {
+            if batch.len() < batch_rows && !at_end {
                 continue;
-            }
-            if let Some(ledger) = &mut ledger {
-                ledger.check(self.file)?;
             }
             if !batch.is_empty() {
                 let result = self.destination.write(std::mem::take(&mut batch))?;
                 totals.stored += result.stored as u64;
                 totals.already_imported += result.duplicates as u64;
                 reported_changes += result.changes;
-                if let Some(ledger) = &mut ledger {
-                    ledger.written()?;
+                if let Some(pending) = pending_record.take() {
+                    pending.record();
                 }
             }
             if at_end {
