@@ -442,7 +442,8 @@ fn score(
     if !a.user_ids.is_empty() && !b.user_ids.is_empty() {
         evidence.push((
             0.0,
-            "both have a user id: merging them needs a higher [identity.limits] user_id".into(),
+            "both have a user id: two accounts, which merge only where [identity.limits] user_id allows two"
+                .into(),
         ));
     }
     evidence.sort_by(|x, y| y.0.total_cmp(&x.0));
