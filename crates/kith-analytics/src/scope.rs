@@ -379,12 +379,17 @@ impl Scope {
     pub fn resolve(&self) -> Result<Resolved, AnalyticsError> {
         let zone: Tz = match &self.timezone {
             None => Tz::UTC,
-            Some(name) => name.parse().map_err(|_| {
-                AnalyticsError::invalid(
-                    "timezone",
-                    format!("`{name}` is not an IANA time zone (e.g. America/Mexico_City)"),
-                )
-            })?,
+            // `utc` and `america/mexico_city` are meant as the zones they spell.
+            Some(name) => chrono_tz::TZ_VARIANTS
+                .iter()
+                .find(|zone| zone.name().eq_ignore_ascii_case(name.trim()))
+                .copied()
+                .ok_or_else(|| {
+                    AnalyticsError::invalid(
+                        "timezone",
+                        format!("`{name}` is not an IANA time zone (e.g. America/Mexico_City)"),
+                    )
+                })?,
         };
         let from = self
             .from
@@ -656,6 +661,12 @@ mod tests {
             resolved.from.unwrap().to_rfc3339(),
             "2024-03-01T06:00:00+00:00"
         );
+        // A zone's name in any case is that zone.
+        let lower = Scope {
+            timezone: Some("america/mexico_city".into()),
+            ..scope.clone()
+        };
+        assert_eq!(lower.resolve().unwrap().from, resolved.from);
         let backwards = Scope {
             from: Some("2024-05-01".into()),
             to: Some("2024-04-01".into()),

@@ -748,20 +748,26 @@ fn a_log_imported_again_with_other_settings_is_refused_before_it_doubles_the_ord
         "{summary}"
     );
 
-    // A time format makes the same events: the rows keep what the first import read.
+    // A time format makes the same events: the rows imported would keep what the first import
+    // read while the others are read anew, so that is refused too; --keep-both imports only
+    // the rows the first import did not have.
+    let time_format = ["--time-format", "%Y-%m-%d %H:%M"];
+    let (ok, _, stderr) = import("transactions", &file, &data, &rejected, &time_format);
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("These rows make the same events as then")
+            && stderr.contains("time_format: (recognised forms) then, %Y-%m-%d %H:%M now"),
+        "{stderr}"
+    );
     let (ok, summary, stderr) = import(
         "transactions",
         &file,
         &data,
         &rejected,
-        &["--time-format", "%Y-%m-%d %H:%M"],
+        &[time_format[0], time_format[1], "--keep-both"],
     );
     assert!(ok, "{stderr}");
-    assert!(
-        stderr.contains("with other settings that make the same events")
-            && stderr.contains("time_format: (recognised forms) then, %Y-%m-%d %H:%M now"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("that the import of"), "{stderr}");
     assert_eq!(summary["already_imported"], 3, "{summary}");
 
     let (ok, summary, stderr) = import(
@@ -793,7 +799,8 @@ fn a_log_imported_again_with_other_settings_is_refused_before_it_doubles_the_ord
 }
 
 /// A file with nothing to import, or a mapping that cannot be used, is refused before the data
-/// directory is made: a mistyped command leaves nothing behind to be taken for a real one.
+/// directory is made, and one whose every row is refused takes the directory it made away: a
+/// mistyped command leaves nothing behind to be taken for a real one.
 #[test]
 fn a_file_with_no_rows_or_a_bad_mapping_makes_no_data_directory() {
     let dir = tempfile::tempdir().unwrap();
@@ -805,6 +812,8 @@ fn a_file_with_no_rows_or_a_bad_mapping_makes_no_data_directory() {
     std::fs::write(&empty, "").unwrap();
     let blank_lines = dir.path().join("eventos.jsonl");
     std::fs::write(&blank_lines, "\n\n").unwrap();
+    let undated = dir.path().join("sin_fechas.csv");
+    std::fs::write(&undated, "cliente,fecha,monto\nC1,ayer,10\nC2,hoy,20\n").unwrap();
     let contacts = dir.path().join("contactos.csv");
     std::fs::write(&contacts, "nombre,ciudad\nAna,León\n").unwrap();
     for (kind, file, extra, expected) in [
@@ -815,6 +824,8 @@ fn a_file_with_no_rows_or_a_bad_mapping_makes_no_data_directory() {
             "holds no rows: it has a header line and nothing under it",
         ),
         ("events", &empty, &[][..], "the file is empty"),
+        // Every row refused: the directory made for them is taken away again.
+        ("transactions", &undated, &[][..], "no row of"),
         (
             "events",
             &blank_lines,
@@ -842,10 +853,11 @@ fn a_file_with_no_rows_or_a_bad_mapping_makes_no_data_directory() {
 }
 
 /// Flat event rows whose file gives their ids make the same events whatever the settings: an
-/// import with another time zone is told the rows keep the first reading, and is not refused.
-/// Rows without ids are refused as transactions are.
+/// import with another time zone is told the rows would keep the first reading, and
+/// `--keep-both` imports only the others. Rows without ids would be stored again, and are
+/// refused as transactions are. So are Segment-shaped lines read again as flat rows.
 #[test]
-fn flat_events_with_their_own_ids_are_not_refused_for_other_settings() {
+fn flat_events_imported_again_with_other_settings_are_told_what_would_happen() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let rejected = dir.path().join("r.csv");
@@ -867,9 +879,17 @@ fn flat_events_with_their_own_ids_are_not_refused_for_other_settings() {
         assert_eq!(summary["stored"], 2, "{summary}");
     }
     let zone = ["--timezone", "America/Mexico_City"];
-    let (ok, summary, stderr) = import("events", &with_ids, &data, &rejected, &zone);
+    let (ok, _, stderr) = import("events", &with_ids, &data, &rejected, &zone);
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("make the same events as then"), "{stderr}");
+    let (ok, summary, stderr) = import(
+        "events",
+        &with_ids,
+        &data,
+        &rejected,
+        &[zone[0], zone[1], "--keep-both"],
+    );
     assert!(ok, "{stderr}");
-    assert!(stderr.contains("make the same events"), "{stderr}");
     assert_eq!(summary["already_imported"], 2, "{summary}");
     let (ok, _, stderr) = import("events", &without_ids, &data, &rejected, &zone);
     assert!(!ok, "{stderr}");
@@ -950,5 +970,68 @@ fn a_semicolon_event_file_keeps_its_decimal_comma_numbers() {
             "SELECT user_id, revenue, json_get_float(properties, 'peso') FROM events ORDER BY user_id"
         ),
         vec![vec!["u1", "1234.5", "0.75"], vec!["u2", "350.5", "2.0"]]
+    );
+}
+
+/// An order is stored once, whatever its next export looks like: newest first, a cancelled row
+/// taken out, columns renamed, reordered or added. Two identical lines of one order are two.
+/// The same rows imported as events, by another command, are refused before they double.
+#[test]
+fn orders_exported_again_in_another_shape_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let rejected = dir.path().join("r.csv");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let first = write(
+        "pedidos.csv",
+        "cliente,fecha,monto,pedido\n\
+         C1,2025-12-01,100,P-1\n\
+         C1,2025-12-01,100,P-1\n\
+         C2,2025-12-02,250,P-2\n\
+         C3,2025-12-03,80,P-3\n",
+    );
+    let (ok, summary, stderr) = import("transactions", &first, &data, &rejected, &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(summary["stored"], 4, "{summary}");
+    let reexports = [
+        // Newest first, with a new order on top.
+        "cliente,fecha,monto,pedido\nC4,2025-12-04,40,P-4\nC3,2025-12-03,80,P-3\n\
+         C2,2025-12-02,250,P-2\nC1,2025-12-01,100,P-1\nC1,2025-12-01,100,P-1\n",
+        // P-2 cancelled and left out.
+        "cliente,fecha,monto,pedido\nC1,2025-12-01,100,P-1\nC1,2025-12-01,100,P-1\n\
+         C3,2025-12-03,80,P-3\nC4,2025-12-04,40,P-4\n",
+        // Columns capitalised, reordered, and one added.
+        "Pedido,Cliente,Fecha,Monto,Canal\nP-1,C1,2025-12-01,100,web\nP-1,C1,2025-12-01,100,web\n\
+         P-2,C2,2025-12-02,250,tienda\nP-3,C3,2025-12-03,80,web\nP-4,C4,2025-12-04,40,web\n",
+    ];
+    for (n, text) in reexports.into_iter().enumerate() {
+        let file = write(&format!("pedidos-{n}.csv"), text);
+        let (ok, _, stderr) = import("transactions", &file, &data, &rejected, &[]);
+        assert!(ok, "export {n}: {stderr}");
+    }
+    assert_eq!(
+        sql(
+            &data,
+            "SELECT count(*), sum(revenue), count(DISTINCT json_get_str(properties, 'order_id')) \
+             FROM events WHERE event = 'Order Completed'"
+        ),
+        vec![vec!["5", "570.0", "4"]]
+    );
+
+    let (ok, _, stderr) = import(
+        "events",
+        &first,
+        &data,
+        &rejected,
+        &["--event", "Order Completed"],
+    );
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("command: transactions then, events now"),
+        "{stderr}"
     );
 }

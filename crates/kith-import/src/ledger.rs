@@ -6,8 +6,8 @@
 //! keeps, for each file imported, a key of its first rows and the settings each import used;
 //! an import of rows already imported with other settings is then found before it writes.
 //!
-//! One JSON file per command and first rows, under `DATA_DIR/imports/`, listing the imports of
-//! them. It is written by imports only and read by nothing else.
+//! One JSON file per file's first rows, under `DATA_DIR/imports/`, listing the imports of them
+//! (the command among their settings). It is written by imports only and read by nothing else.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -124,12 +124,12 @@ impl Ledger {
         }
     }
 
-    fn path(&self, command: &str, key: &str) -> PathBuf {
-        self.dir.join(format!("{command}-{key}.json"))
+    fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.json"))
     }
 
-    fn read(&self, command: &str, key: &str) -> Result<Vec<ImportRecord>, ImportError> {
-        let path = self.path(command, key);
+    fn read(&self, key: &str) -> Result<Vec<ImportRecord>, ImportError> {
+        let path = self.path(key);
         match std::fs::read_to_string(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(source) => Err(ImportError::Read {
@@ -144,15 +144,10 @@ impl Ledger {
         }
     }
 
-    /// What the first rows keyed `key` met before under `command`, for an import about to
-    /// write them as `now` would.
-    pub fn earlier(
-        &self,
-        command: &str,
-        key: &str,
-        now: &ImportRecord,
-    ) -> Result<Earlier, ImportError> {
-        let records = self.read(command, key)?;
+    /// What the first rows keyed `key` met before, for an import about to write them as `now`
+    /// would.
+    pub fn earlier(&self, key: &str, now: &ImportRecord) -> Result<Earlier, ImportError> {
+        let records = self.read(key)?;
         // The same settings make the same events, whoever gave their ids.
         if records.iter().any(|r| r.settings == now.settings) {
             return Ok(Earlier::Nothing);
@@ -169,13 +164,8 @@ impl Ledger {
 
     /// Records an import of the first rows keyed `key` (once for the same settings). Written
     /// to a temporary file and renamed, so a crash leaves the earlier list or this one.
-    pub fn record(
-        &self,
-        command: &str,
-        key: &str,
-        record: ImportRecord,
-    ) -> Result<(), ImportError> {
-        let mut records = self.read(command, key)?;
+    pub fn record(&self, key: &str, record: ImportRecord) -> Result<(), ImportError> {
+        let mut records = self.read(key)?;
         if records
             .iter()
             .any(|r| r.ids_from == record.ids_from && r.settings == record.settings)
@@ -183,7 +173,7 @@ impl Ledger {
             return Ok(());
         }
         records.push(record);
-        let path = self.path(command, key);
+        let path = self.path(key);
         let error = |e: std::io::Error| ImportError::Ledger {
             path: path.display().to_string(),
             reason: e.to_string(),
@@ -269,51 +259,35 @@ mod tests {
             "zone=America/Mexico_City",
             &[("timezone", "America/Mexico_City"), ("source", "pos")],
         );
-        assert_eq!(
-            ledger.earlier("transactions", "k1", &utc).unwrap(),
-            Earlier::Nothing
-        );
-        ledger.record("transactions", "k1", utc.clone()).unwrap();
-        ledger.record("transactions", "k1", utc.clone()).unwrap();
-        assert_eq!(ledger.read("transactions", "k1").unwrap().len(), 1);
+        assert_eq!(ledger.earlier("k1", &utc).unwrap(), Earlier::Nothing);
+        ledger.record("k1", utc.clone()).unwrap();
+        ledger.record("k1", utc.clone()).unwrap();
+        assert_eq!(ledger.read("k1").unwrap().len(), 1);
         // The same settings again: nothing to say (the journal keeps each row once).
-        assert_eq!(
-            ledger.earlier("transactions", "k1", &utc).unwrap(),
-            Earlier::Nothing
-        );
+        assert_eq!(ledger.earlier("k1", &utc).unwrap(), Earlier::Nothing);
         // Other ids: the rows would be stored again.
         assert_eq!(
-            ledger.earlier("transactions", "k1", &mexico).unwrap(),
+            ledger.earlier("k1", &mexico).unwrap(),
             Earlier::StoredAgain(utc.clone())
         );
         assert_eq!(
             utc.differences(&mexico),
             vec![("timezone", "UTC", "America/Mexico_City")]
         );
-        // Another command, or other first rows, met nothing.
-        assert_eq!(
-            ledger.earlier("tickets", "k1", &mexico).unwrap(),
-            Earlier::Nothing
-        );
-        assert_eq!(
-            ledger.earlier("transactions", "k2", &mexico).unwrap(),
-            Earlier::Nothing
-        );
+        // Other first rows met nothing.
+        assert_eq!(ledger.earlier("k2", &mexico).unwrap(), Earlier::Nothing);
         // Settings that leave the ids alone (a time format): the rows keep the first reading.
         let day_first = record(
             "zone=UTC",
             &[("timezone", "UTC"), ("time_format", "%d/%m/%Y")],
         );
         assert_eq!(
-            ledger.earlier("transactions", "k1", &day_first).unwrap(),
+            ledger.earlier("k1", &day_first).unwrap(),
             Earlier::Kept(utc.clone())
         );
         // The same settings with ids given otherwise (a file's own): the same events.
         let file_ids = record("the file's ids", &[("timezone", "UTC"), ("source", "pos")]);
-        assert_eq!(
-            ledger.earlier("transactions", "k1", &file_ids).unwrap(),
-            Earlier::Nothing
-        );
+        assert_eq!(ledger.earlier("k1", &file_ids).unwrap(), Earlier::Nothing);
     }
 
     #[test]
@@ -321,15 +295,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::of(dir.path());
         std::fs::create_dir_all(dir.path().join("imports")).unwrap();
-        let path = dir.path().join("imports/transactions-k1.json");
+        let path = dir.path().join("imports/k1.json");
         std::fs::write(&path, "{ half a list").unwrap();
         let now = record("zone=UTC", &[("timezone", "UTC")]);
-        let error = ledger.earlier("transactions", "k1", &now).unwrap_err();
-        assert!(
-            error.to_string().contains("transactions-k1.json"),
-            "{error}"
-        );
-        assert!(ledger.record("transactions", "k1", now).is_err());
+        let error = ledger.earlier("k1", &now).unwrap_err();
+        assert!(error.to_string().contains("k1.json"), "{error}");
+        assert!(ledger.record("k1", now).is_err());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{ half a list");
     }
 }

@@ -62,6 +62,29 @@ pub enum ImportError {
     Mapping(#[from] MappingError),
 }
 
+/// The start of an order line's id ([`order_line_id`]).
+const ORDER_ID_PREFIX: &str = "import-order-";
+
+/// Whether an imported event's id follows its import's settings ([`message_id`]): another time
+/// zone, currency or mapping then makes another event of the same row. Ids a file gives, and
+/// those of order lines, do not.
+pub fn id_follows_settings(message_id: &str) -> bool {
+    message_id.starts_with("import-") && !message_id.starts_with(ORDER_ID_PREFIX)
+}
+
+/// The id of an order's line: its order id, its amount, and how many lines of that order with
+/// that amount came just before it (`repeat`; two identical lines are two). An order imported
+/// again is stored once, whatever else changed around it: rows added, removed or reordered,
+/// columns renamed or added, another time zone (which the import ledger then questions).
+pub fn order_line_id(order_id: &str, amount: Option<f64>, repeat: u32) -> String {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(order_id.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(&amount.map_or(u64::MAX, f64::to_bits).to_le_bytes());
+    hasher.update(&repeat.to_le_bytes());
+    format!("{ORDER_ID_PREFIX}{:032x}", hasher.digest128())
+}
+
 /// A message id that depends only on what is imported: the kind of import, the mapping and the
 /// row's values. Re-importing an unchanged row gives the same id, which the journal deduplicates.
 pub fn message_id(kind: &str, mapping_fingerprint: &str, row: &Row) -> String {

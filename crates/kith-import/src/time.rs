@@ -134,10 +134,12 @@ impl TimeParser {
         }
         let zone = match zone {
             None => Tz::UTC,
-            Some(name) => name
-                .trim()
-                .parse::<Tz>()
-                .map_err(|_| TimeError::UnknownZone(name.to_string()))?,
+            // `utc` and `america/mexico_city` are meant as the zones they spell.
+            Some(name) => chrono_tz::TZ_VARIANTS
+                .iter()
+                .find(|zone| zone.name().eq_ignore_ascii_case(name.trim()))
+                .copied()
+                .ok_or_else(|| TimeError::UnknownZone(name.to_string()))?,
         };
         Ok(TimeParser { format, zone })
     }
@@ -439,6 +441,13 @@ mod tests {
             TimeParser::new(None, Some("Mars/Olympus")),
             Err(TimeError::UnknownZone(_))
         ));
+        // Names in any case are the zones they spell.
+        for (written, zone) in [
+            ("utc", Tz::UTC),
+            (" america/mexico_city", Tz::America__Mexico_City),
+        ] {
+            assert_eq!(TimeParser::new(None, Some(written)).unwrap().zone(), zone);
+        }
         assert_eq!(
             TimeParser::new(Some("%Q".into()), None).err(),
             Some(TimeError::BadFormat("%Q".into()))

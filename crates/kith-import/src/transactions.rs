@@ -3,6 +3,7 @@
 //! export) → `Order Completed`, the input of CLV models; a helpdesk export → `Ticket Created`; survey
 //! answers → `Survey Responded`. See [`LogKind`].
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 
 use chrono::Utc;
@@ -330,6 +331,9 @@ pub struct TransactionImporter {
     /// semicolons: a lone `1.234` is a thousand and more, not one and a bit.
     decimal_comma: bool,
     fingerprint: String,
+    /// The order line the last row was (its order id and amount, hashed) and how many rows
+    /// like it came just before: the next identical line is the next line of the order.
+    last_line: Cell<(u128, u32)>,
 }
 
 fn number_of(value: &Value, decimal_comma: bool) -> Option<f64> {
@@ -448,6 +452,7 @@ impl TransactionImporter {
             default_currency,
             decimal_comma: false,
             fingerprint,
+            last_line: Cell::new((0, 0)),
         }
     }
 
@@ -620,8 +625,24 @@ impl TransactionImporter {
             .get("order_id")
             .and_then(Value::as_str)
             .map(str::to_string);
+        // An order is stored once however its export changes; rows without an order id are
+        // told apart by their content and place in the file.
+        let message_id = match &order_id {
+            Some(order) if self.kind == LogKind::Transactions => {
+                let line = xxhash_rust::xxh3::xxh3_128(
+                    format!("{order}\0{:?}", revenue.map(f64::to_bits)).as_bytes(),
+                );
+                let repeat = match self.last_line.get() {
+                    (last, count) if last == line => count + 1,
+                    _ => 0,
+                };
+                self.last_line.set((line, repeat));
+                crate::order_line_id(order, revenue, repeat)
+            }
+            _ => crate::message_id(self.kind.name(), &self.fingerprint, &identity),
+        };
         let event = Event {
-            message_id: crate::message_id(self.kind.name(), &self.fingerprint, &identity),
+            message_id,
             kind: MessageType::Track,
             event: Some(self.event_name.clone()),
             user_id: customer,

@@ -74,9 +74,11 @@ pub fn run(args: ContactsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     // The file is read and its columns planned before the data directory is made: a file that
     // is not there, holds no rows or names no identity leaves nothing behind.
     let prepared = PreparedContacts::new(&job, &settings, true)?;
-    let destination = args.common.destination(&file)?;
-    let (summary, totals) = prepared.run(&job, &destination)?;
-    destination.close()?;
+    let (destination, made) = args.common.destination(&file)?;
+    let result = prepared.run(&job, &destination);
+    let stored = result.as_ref().map_or(0, |(summary, _)| summary.stored);
+    args.common.close(destination, made, stored)?;
+    let (summary, totals) = result?;
     summary.report(args.common.json, &totals)
 }
 

@@ -117,7 +117,7 @@ pub fn run(args: EventsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
             importer
         })
     };
-    let destination = common.destination(&file)?;
+    let (destination, made) = common.destination(&file)?;
     let job = reading.job();
     let mut import = common.row_import(&destination, job.clone());
     let settings = match &reading {
@@ -126,7 +126,8 @@ pub fn run(args: EventsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     };
     import.ledger = Some(common.ledger_entry("events", &job, settings));
     let totals = import.run(reader.as_mut(), |row| reading.convert(row));
-    destination.close()?;
+    let stored = totals.as_ref().map_or(0, |totals| totals.stored);
+    common.close(destination, made, stored)?;
     let totals = totals?;
     ImportSummary::new(&common.file, &totals).report(common.json, &totals)
 }

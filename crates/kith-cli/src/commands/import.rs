@@ -216,7 +216,9 @@ impl FileArgs {
             .unwrap_or_else(|| default_rejected(&self.file))
     }
 
-    pub fn destination(&self, file: &FileConfig) -> anyhow::Result<Destination> {
+    /// Where the import goes, and whether this import made the data directory (see
+    /// [`FileArgs::close`]).
+    pub fn destination(&self, file: &FileConfig) -> anyhow::Result<(Destination, bool)> {
         let data_dir = file.data_dir(self.data_dir.data_dir.clone());
         let new = !data_dir.exists();
         let destination = Destination::open(&data_dir, file.profile_settings()?)?;
@@ -232,7 +234,25 @@ impl FileArgs {
             Destination::Server { .. } => destination.describe(),
         };
         eprintln!("importing {} into {place}", self.file.display());
-        Ok(destination)
+        let made = new && matches!(destination, Destination::Offline { .. });
+        Ok((destination, made))
+    }
+
+    /// Closes the destination. A data directory this import made and stored nothing in (every
+    /// row refused, or the import failed) is removed: a failed first import leaves nothing
+    /// behind to be taken for data.
+    pub fn close(&self, destination: Destination, made: bool, stored: u64) -> anyhow::Result<()> {
+        let data_dir = destination.data_dir().to_path_buf();
+        destination.close()?;
+        if made && stored == 0 {
+            std::fs::remove_dir_all(&data_dir).with_context(|| {
+                format!(
+                    "cannot remove {}, which this import made and stored nothing in",
+                    data_dir.display()
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// The import of this file, checkpointed under `job` (what tells this import from another

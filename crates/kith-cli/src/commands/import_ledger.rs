@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::bail;
-use kith_import::{BadRow, Earlier, FirstRows, ImportRecord, Ledger, Row, RowOutcome};
+use kith_import::{Earlier, FirstRows, ImportRecord, Ledger};
 
 /// What the ledger is told of one import.
 pub struct LedgerEntry {
@@ -20,19 +20,13 @@ pub struct LedgerEntry {
     pub keep_both: bool,
 }
 
-/// The beginning of the ids an import makes from a row (`kith_import::message_id`), as opposed
-/// to those a file gives. A file exported from Kith gives ids that look made; it is then told
-/// its rows would be stored again when they would not, which `--keep-both` answers.
-const MADE_ID_PREFIX: &str = "import-";
-
-/// What stands for a file's own message ids in the ledger: they are the same whatever the
-/// settings.
-const FILE_IDS: &str = "the file's message ids";
+/// What stands for ids that do not follow the settings (a file's own, or order lines'): the
+/// same rows make the same events whatever the settings.
+const STEADY_IDS: &str = "ids that do not follow the settings";
 
 /// An import the ledger has checked, to be recorded once its first events are written.
 pub struct PendingRecord {
     ledger: Ledger,
-    command: String,
     key: String,
     record: ImportRecord,
 }
@@ -41,7 +35,7 @@ impl PendingRecord {
     /// Records the import. A ledger that cannot be written does not stop an import whose
     /// events are stored: it is said, and only the check of a later import is lost.
     pub fn record(self) {
-        if let Err(e) = self.ledger.record(&self.command, &self.key, self.record) {
+        if let Err(e) = self.ledger.record(&self.key, self.record) {
             eprintln!(
                 "warning: {e}; a later import of this file with other settings will not be \
                  checked against this one"
@@ -50,41 +44,37 @@ impl PendingRecord {
     }
 }
 
-/// Checks the file's first rows (read, not yet converted) against the ledger of `data_dir`,
-/// converting each once more with `convert` to learn whose ids they carry. Refuses rows
-/// imported before with settings that made other events, unless `--keep-both`.
+/// Checks the file's first rows, keyed by `key`, against the ledger of `data_dir`, before
+/// anything is written: rows imported before with other settings (or by another command) would
+/// be stored again as other events, or keep what the earlier import read. Either is refused
+/// unless `--keep-both`.
 pub fn check(
     entry: &LedgerEntry,
     data_dir: &Path,
     file: &Path,
-    first: &[Result<Row, BadRow>],
-    convert: &mut impl FnMut(Result<Row, BadRow>) -> RowOutcome,
+    key: &FirstRows,
+    ids_follow_settings: bool,
 ) -> anyhow::Result<Option<PendingRecord>> {
-    let mut first_rows = FirstRows::default();
-    let mut made_ids = false;
-    for row in first {
-        first_rows.add(row);
-        if let Some(event) = convert(row.clone()).event {
-            made_ids |= event.message_id.starts_with(MADE_ID_PREFIX);
-        }
-    }
-    let Some(key) = first_rows.key() else {
+    let Some(key) = key.key() else {
         return Ok(None);
     };
+    // The command is a setting too: the same rows imported as events and as transactions are
+    // two events each.
+    let mut settings = entry.settings.clone();
+    settings.insert("command".into(), entry.command.clone());
     let now = ImportRecord {
         file: file.display().to_string(),
         at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
-        // Ids a file gives are the same whatever the settings. (A file that gives them to its
-        // first rows only is taken at its first rows' word.)
-        ids_from: if made_ids {
+        // (A file that gives ids to its first rows only is taken at its first rows' word.)
+        ids_from: if ids_follow_settings {
             entry.ids_from.clone()
         } else {
-            FILE_IDS.into()
+            STEADY_IDS.into()
         },
-        settings: entry.settings.clone(),
+        settings,
     };
     let ledger = Ledger::of(data_dir);
-    let earlier = match ledger.earlier(&entry.command, &key, &now) {
+    let earlier = match ledger.earlier(&key, &now) {
         Ok(earlier) => earlier,
         Err(e) => {
             // Left as it is for a person to look at, and not written over.
@@ -92,18 +82,32 @@ pub fn check(
             return Ok(None);
         }
     };
-    match earlier {
-        Earlier::Nothing => {}
-        Earlier::StoredAgain(before) if !entry.keep_both => bail!(
+    let imported_before = |before: &ImportRecord| {
+        format!(
             "the first rows of {} were imported into this data directory on {} (from {}) with \
-             other settings:\n{}\nAn imported row's event id follows the settings, so importing \
-             them again would store every row a second time, beside the first. Kith cannot take \
-             an import back: to correct one, import the files into a new data directory; to \
-             store these rows as new events anyway, pass --keep-both",
+             other settings:\n{}\n",
             file.display(),
             before.at,
             before.file,
-            differences(&before, &now)
+            differences(before, &now)
+        )
+    };
+    match earlier {
+        Earlier::Nothing => {}
+        Earlier::StoredAgain(before) if !entry.keep_both => bail!(
+            "{}An imported row's event id follows the settings, so importing them again would \
+             store every row a second time, beside the first. Kith cannot take an import back: \
+             to correct one, import the files into a new data directory; to store these rows as \
+             new events anyway, pass --keep-both",
+            imported_before(&before)
+        ),
+        Earlier::Kept(before) if !entry.keep_both => bail!(
+            "{}These rows make the same events as then, so the rows imported then would keep what \
+             that import read (their times, amounts, source) while rows it did not have would be \
+             read with these settings. Kith cannot take an import back: to correct the rows, \
+             import the files into a new data directory; to import only the rows it did not \
+             have, pass --keep-both",
+            imported_before(&before)
         ),
         Earlier::StoredAgain(before) => eprintln!(
             "storing the rows of {} as new events beside those imported on {} with other \
@@ -113,9 +117,8 @@ pub fn check(
             differences(&before, &now)
         ),
         Earlier::Kept(before) => eprintln!(
-            "note: the first rows of {} were imported on {} with other settings that make the \
-             same events:\n{}\nRows imported then are already imported and keep what that \
-             import read; only rows it did not have are read with these settings",
+            "importing the rows of {} that the import of {} did not have, with other settings \
+             (--keep-both); the rows it imported keep what it read:\n{}",
             file.display(),
             before.at,
             differences(&before, &now)
@@ -123,7 +126,6 @@ pub fn check(
     }
     Ok(Some(PendingRecord {
         ledger,
-        command: entry.command.clone(),
         key,
         record: now,
     }))

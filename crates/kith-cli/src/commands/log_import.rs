@@ -83,7 +83,7 @@ pub fn run(
     )
     // Semicolons separate the cells where commas mark decimals (Excel in Spanish, Portuguese).
     .with_decimal_comma(reader.delimiter() == Some(b';'));
-    let destination = common.destination(&file)?;
+    let (destination, made) = common.destination(&file)?;
     let job = format!("{} {}", kind.name(), importer.fingerprint());
     let mut import = common.row_import(&destination, job.clone());
     import.ledger = Some(common.ledger_entry(kind.name(), &job, importer.settings()));
@@ -94,7 +94,8 @@ pub fn run(
             problems: vec![importer.unreadable(bad)],
         },
     });
-    destination.close()?;
+    let stored = totals.as_ref().map_or(0, |totals| totals.stored);
+    common.close(destination, made, stored)?;
     let totals = totals?;
     ImportSummary::new(&common.file, &totals).report(common.json, &totals)
 }

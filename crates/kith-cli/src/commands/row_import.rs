@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use kith_core::Event;
-use kith_import::{BadRow, Checkpoint, Found, Problem, RejectWriter, Row, RowOutcome, RowSource};
+use kith_import::{
+    BadRow, Checkpoint, FirstRows, Found, Problem, RejectWriter, Row, RowOutcome, RowSource,
+};
 use kith_profiles::ChangeCounts;
 
 use super::destination::Destination;
@@ -84,6 +86,14 @@ impl RowTotals {
     }
 }
 
+/// A row's number in its file, read or not.
+fn row_number(row: &Result<Row, BadRow>) -> u64 {
+    match row {
+        Ok(row) => row.number,
+        Err(bad) => bad.number,
+    }
+}
+
 /// `FILE_NAME.import-progress.json` beside the rejected rows (by default the current directory).
 pub fn checkpoint_beside(rejected: &Path, file: &Path) -> PathBuf {
     let name = file
@@ -140,21 +150,31 @@ impl RowImport<'_> {
         // Rows imported before with other settings are found before anything is written or
         // removed (an earlier run's rejected rows included). A resumed import was checked by
         // its first run.
-        let mut first_rows = VecDeque::new();
+        // The first rows are converted once, here, and written below with the rest.
+        let mut first_rows: VecDeque<(u64, RowOutcome)> = VecDeque::new();
         let mut pending_record = None;
         if let Some(entry) = self.ledger.as_ref().filter(|_| !resuming) {
-            while first_rows.len() < kith_import::ledger::KEY_ROWS {
-                match reader.next_row()? {
-                    Some(row) => first_rows.push_back(row),
-                    None => break,
-                }
+            let mut key = FirstRows::default();
+            let mut ids_follow_settings = false;
+            while !key.is_complete() {
+                let Some(row) = reader.next_row()? else {
+                    break;
+                };
+                key.add(&row);
+                let number = row_number(&row);
+                let outcome = convert(row);
+                ids_follow_settings |= outcome
+                    .event
+                    .as_ref()
+                    .is_some_and(|e| kith_import::id_follows_settings(&e.message_id));
+                first_rows.push_back((number, outcome));
             }
             pending_record = import_ledger::check(
                 entry,
                 self.destination.data_dir(),
                 self.file,
-                first_rows.make_contiguous(),
-                &mut convert,
+                &key,
+                ids_follow_settings,
             )?;
         }
         let (mut totals, mut rejects) = match checkpoint.as_ref().map(|(_, found)| found) {
@@ -205,18 +225,16 @@ impl RowImport<'_> {
         let mut rows_done = skipped;
         loop {
             let next = match first_rows.pop_front() {
-                Some(row) => Some(row),
-                None => reader.next_row()?,
+                Some(converted) => Some(converted),
+                None => reader
+                    .next_row()?
+                    .map(|row| (row_number(&row), convert(row))),
             };
             let at_end = next.is_none();
-            if let Some(row) = next {
+            if let Some((number, outcome)) = next {
                 rows_done += 1;
                 totals.rows += 1;
-                let number = match &row {
-                    Ok(row) => row.number,
-                    Err(bad) => bad.number,
-                };
-                let outcome = convert(row).within_event_limit(number);
+                let outcome = outcome.within_event_limit(number);
                 for problem in outcome.problems {
                     rejects.record(problem)?;
                 }
