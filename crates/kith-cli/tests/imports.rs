@@ -1035,3 +1035,35 @@ fn orders_exported_again_in_another_shape_are_stored_once() {
         "{stderr}"
     );
 }
+
+/// `--currency` is read as a currency column is (`pesos` is MXN), and a name that is no code is
+/// refused before anything is imported.
+#[test]
+fn the_currency_flag_is_a_currency_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, file) = (dir.path().join("data"), dir.path().join("ventas.csv"));
+    std::fs::write(&file, "cliente,fecha,monto\nC1,2025-12-07,100\n").unwrap();
+    let rejected = dir.path().join("r.csv");
+    let (ok, _, stderr) = import(
+        "transactions",
+        &file,
+        &data,
+        &rejected,
+        &["--currency", "peso argentino"],
+    );
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("--currency `peso argentino` is not a currency code"),
+        "{stderr}"
+    );
+    assert!(!data.exists());
+    let (ok, _, stderr) = import(
+        "transactions",
+        &file,
+        &data,
+        &rejected,
+        &["--currency", "pesos"],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(sql(&data, "SELECT currency FROM events"), vec![vec!["MXN"]]);
+}

@@ -554,6 +554,10 @@ impl TransactionImporter {
                     None => {
                         let reason = match value {
                             None => "the amount is missing".to_string(),
+                            Some(Value::String(text)) => format!(
+                                "`{text}` is not an amount; write the number alone (`1234.50`), \
+                                 and the currency in a currency column or --currency"
+                            ),
                             Some(v) => format!("the amount must be a number, not {}", json_kind(v)),
                         };
                         return skip(column, value, reason);
@@ -829,7 +833,8 @@ mod tests {
         let bad = importer.row(&row(4, ["00002", "19970101", "1", "n/a"]));
         assert_eq!(
             bad.problems[0].reason,
-            "the amount must be a number, not a string"
+            "`n/a` is not an amount; write the number alone (`1234.50`), and the currency in a \
+             currency column or --currency"
         );
         let bad = importer.row(&row(5, ["", "19970101", "1", "5"]));
         assert_eq!(

@@ -46,6 +46,20 @@ pub fn run(
     file: FileConfig,
 ) -> anyhow::Result<ExitCode> {
     let common = &args.common;
+    // `pesos` and `mxn` are MXN, as in a currency column; anything else must be a code.
+    let currency = currency
+        .map(|text| {
+            let code = kith_import::transactions::currency_code(&text);
+            if code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) {
+                Ok(code)
+            } else {
+                Err(anyhow::anyhow!(
+                    "--currency `{text}` is not a currency code; give the ISO 4217 code of the \
+                     amounts, e.g. MXN or USD"
+                ))
+            }
+        })
+        .transpose()?;
     let mapping = common.mapping_file()?;
     let format = common.format(mapping.format.as_deref())?;
     let delimiter = common.delimiter(mapping.delimiter.as_deref())?;
