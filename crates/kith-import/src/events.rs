@@ -209,11 +209,29 @@ pub fn infer_cell(text: &str) -> Value {
         if let Ok(n) = trimmed.parse::<i64>() {
             return Value::from(n);
         }
-        // A whole number too long for an integer (a 20-digit order or card number) would lose
-        // its last digits as a float: it stays text.
+        // A whole number too long for an integer (a 20-digit order or card number), or a
+        // decimal with more digits than a float keeps, would change as a float: it stays text.
         if let Some(n) = Some(trimmed)
-            .filter(|t| t.contains('.'))
+            .filter(|t| t.contains('.') && significant_digits(t) <= EXACT_DIGITS)
             .and_then(|t| t.parse::<f64>().ok())
+            .and_then(serde_json::Number::from_f64)
+        {
+            return Value::Number(n);
+        }
+    }
+    // Thousands grouped by commas, as Mexico and the US write them (`1,234.50`, `12,345`).
+    if let Some((whole, decimals)) = grouped_by_commas(digits)
+        && !leading_zero
+        && significant_digits(&whole) + decimals.len() <= EXACT_DIGITS
+    {
+        let sign = if trimmed.starts_with('-') { "-" } else { "" };
+        if decimals.is_empty() {
+            if let Ok(n) = format!("{sign}{whole}").parse::<i64>() {
+                return Value::from(n);
+            }
+        } else if let Some(n) = format!("{sign}{whole}.{decimals}")
+            .parse::<f64>()
+            .ok()
             .and_then(serde_json::Number::from_f64)
         {
             return Value::Number(n);
@@ -222,14 +240,37 @@ pub fn infer_cell(text: &str) -> Value {
     Value::String(text.to_string())
 }
 
+/// Digits a float holds exactly.
+const EXACT_DIGITS: usize = 15;
+
+/// The digits of a number written in digits, leading zeros left out.
+fn significant_digits(text: &str) -> usize {
+    text.trim_start_matches(['-', '0', '.'])
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .count()
+}
+
+/// `1,234.50` as (`1234`, `50`): a first group of one to three digits, then groups of three
+/// after commas, then decimals after a dot; `None` for anything else.
+fn grouped_by_commas(digits: &str) -> Option<(String, &str)> {
+    let (whole, decimals) = digits.split_once('.').unwrap_or((digits, ""));
+    let first = whole.split(',').next()?;
+    let grouped = whole.contains(',')
+        && (1..=3).contains(&first.len())
+        && first.bytes().all(|b| b.is_ascii_digit())
+        && crate::transactions::grouped_by_three(whole, ',')
+        && decimals.bytes().all(|b| b.is_ascii_digit())
+        && !(digits.contains('.') && decimals.is_empty());
+    grouped.then(|| (whole.replace(',', ""), decimals))
+}
+
 /// A text cell of a file whose numbers have a decimal comma: `350,5`, `1.234,50` and `-0,25`
 /// are decimals, and a lone `1.234` is 1,234 (as amounts are read there). Dots without a comma
 /// but for that one group are left as text: `192.168.1.10`, `12.345.678` (a DNI) and
 /// `612.345.678` (a phone) are not quantities. Anything else is read as [`infer_cell`] reads
 /// it; nothing with more digits than a float keeps exactly becomes a number.
 pub fn infer_cell_decimal_comma(text: &str) -> Value {
-    /// Digits a float holds exactly.
-    const EXACT_DIGITS: usize = 15;
     let trimmed = text.trim();
     let negative = trimmed.starts_with('-');
     let digits = trimmed.strip_prefix('-').unwrap_or(trimmed);
@@ -638,6 +679,10 @@ mod tests {
         assert_eq!(infer_cell("-3.5"), serde_json::json!(-3.5));
         assert_eq!(infer_cell("0.25"), serde_json::json!(0.25));
         assert_eq!(infer_cell("true"), Value::Bool(true));
+        // Thousands grouped by commas, as Mexico writes them.
+        assert_eq!(infer_cell("1,234.50"), serde_json::json!(1234.5));
+        assert_eq!(infer_cell("-12,345"), Value::from(-12345));
+        assert_eq!(infer_cell("1,234,567"), Value::from(1234567));
         assert_eq!(infer_cell("9223372036854775807"), Value::from(i64::MAX));
         // Too long for an integer: as a float its last digits would change.
         for text in [
@@ -650,6 +695,12 @@ mod tests {
             "1.2.3",
             "NaN",
             "12345678901234567890",
+            "1234567890123456.7",
+            "1,2",
+            "1,23,456",
+            "1,234.",
+            "0,123",
+            "1,234,56",
         ] {
             assert_eq!(infer_cell(text), Value::String(text.into()), "{text}");
         }
