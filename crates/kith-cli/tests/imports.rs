@@ -1067,3 +1067,35 @@ fn the_currency_flag_is_a_currency_code() {
     assert!(ok, "{stderr}");
     assert_eq!(sql(&data, "SELECT currency FROM events"), vec![vec!["MXN"]]);
 }
+
+/// A short export that grew at its end is still the same rows as far as both go: imported again
+/// with another time zone, it is refused like a long one.
+#[test]
+fn a_short_export_grown_at_its_end_is_known_by_its_first_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let rejected = dir.path().join("r.csv");
+    let rows = "C1,2025-12-01 10:00,100\nC2,2025-12-02 10:00,250\nC3,2025-12-03 10:00,80\n";
+    let small = dir.path().join("semana1.csv");
+    std::fs::write(&small, format!("cliente,fecha,monto\n{rows}")).unwrap();
+    let grown = dir.path().join("semana2.csv");
+    std::fs::write(
+        &grown,
+        format!("cliente,fecha,monto\n{rows}C4,2025-12-08 10:00,40\nC5,2025-12-09 10:00,60\n"),
+    )
+    .unwrap();
+    let (ok, _, stderr) = import("transactions", &small, &data, &rejected, &[]);
+    assert!(ok, "{stderr}");
+    let zone = ["--timezone", "America/Mexico_City"];
+    let (ok, _, stderr) = import("transactions", &grown, &data, &rejected, &zone);
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("timezone: UTC then"), "{stderr}");
+    // With the first import's settings, only the new rows are stored.
+    let (ok, summary, stderr) = import("transactions", &grown, &data, &rejected, &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        (&summary["stored"], &summary["already_imported"]),
+        (&Value::from(2), &Value::from(3)),
+        "{summary}"
+    );
+}

@@ -21,10 +21,16 @@ use crate::{BadRow, ImportError, Row};
 /// enough that an import knows it before its first write.
 pub const KEY_ROWS: usize = 100;
 
-/// The key of a file's first rows, built as they are read.
+/// The counts of first rows whose key is kept, besides the count of all the rows keyed: a file
+/// that grew or shrank at its end is still known by the rows both have.
+const PREFIXES: [usize; 8] = [1, 2, 3, 5, 10, 20, 50, 100];
+
+/// The keys of a file's first rows, built as they are read.
 pub struct FirstRows {
     hasher: xxhash_rust::xxh3::Xxh3,
     rows: usize,
+    /// The key of the first `n` rows, for each `n` of [`PREFIXES`] read.
+    prefixes: Vec<(usize, String)>,
 }
 
 impl Default for FirstRows {
@@ -32,6 +38,7 @@ impl Default for FirstRows {
         FirstRows {
             hasher: xxhash_rust::xxh3::Xxh3::new(),
             rows: 0,
+            prefixes: Vec::new(),
         }
     }
 }
@@ -58,16 +65,45 @@ impl FirstRows {
             Err(bad) => self.hasher.update(bad.reason.as_bytes()),
         }
         self.hasher.update(&[1]);
+        if PREFIXES.contains(&self.rows) {
+            self.prefixes.push((self.rows, self.digest()));
+        }
+    }
+
+    fn digest(&self) -> String {
+        format!("{:032x}", self.hasher.digest128())
     }
 
     pub fn is_complete(&self) -> bool {
         self.rows >= KEY_ROWS
     }
 
-    /// The key, or `None` before any row.
+    /// The key the ledger files the rows under (their first row's), or `None` before any row.
     pub fn key(&self) -> Option<String> {
-        (self.rows > 0).then(|| format!("{:032x}", self.hasher.digest128()))
+        self.prefixes.first().map(|(_, key)| key.clone())
     }
+
+    /// The keys of the first rows, by count, the count of all the rows read last.
+    pub fn prefixes(&self) -> Vec<(usize, String)> {
+        let mut prefixes = self.prefixes.clone();
+        if self.rows > 0 && prefixes.last().is_none_or(|(n, _)| *n != self.rows) {
+            prefixes.push((self.rows, self.digest()));
+        }
+        prefixes
+    }
+}
+
+/// Whether two imports' first rows are the same as far as both go: the keys of the most rows
+/// both have a key for are equal.
+fn same_first_rows(a: &[(usize, String)], b: &[(usize, String)]) -> bool {
+    a.iter()
+        .rev()
+        .find_map(|(n, key)| {
+            b.iter()
+                .find(|(m, _)| m == n)
+                .map(|(_, other)| other == key)
+        })
+        .unwrap_or(false)
 }
 
 /// One import of a file into a data directory.
@@ -79,6 +115,9 @@ pub struct ImportRecord {
     pub at: String,
     /// What its message ids followed: the same ids mean the same events.
     pub ids_from: String,
+    /// The keys of its first rows, by count ([`FirstRows::prefixes`]).
+    #[serde(default)]
+    pub first_rows: Vec<(usize, String)>,
     /// Its settings, by name, as a person reads them (`timezone`, `currency`, `columns`…).
     pub settings: BTreeMap<String, String>,
 }
@@ -147,7 +186,11 @@ impl Ledger {
     /// What the first rows keyed `key` met before, for an import about to write them as `now`
     /// would.
     pub fn earlier(&self, key: &str, now: &ImportRecord) -> Result<Earlier, ImportError> {
-        let records = self.read(key)?;
+        let records: Vec<ImportRecord> = self
+            .read(key)?
+            .into_iter()
+            .filter(|r| same_first_rows(&r.first_rows, &now.first_rows))
+            .collect();
         // The same settings make the same events, whoever gave their ids.
         if records.iter().any(|r| r.settings == now.settings) {
             return Ok(Earlier::Nothing);
@@ -166,10 +209,11 @@ impl Ledger {
     /// to a temporary file and renamed, so a crash leaves the earlier list or this one.
     pub fn record(&self, key: &str, record: ImportRecord) -> Result<(), ImportError> {
         let mut records = self.read(key)?;
-        if records
-            .iter()
-            .any(|r| r.ids_from == record.ids_from && r.settings == record.settings)
-        {
+        if records.iter().any(|r| {
+            r.ids_from == record.ids_from
+                && r.settings == record.settings
+                && r.first_rows == record.first_rows
+        }) {
             return Ok(());
         }
         records.push(record);
@@ -213,11 +257,42 @@ mod tests {
             file: "orders.csv".into(),
             at: "2026-12-07T15:00:00Z".into(),
             ids_from: ids_from.into(),
+            first_rows: vec![(1, "a".into()), (3, "abc".into())],
             settings: settings
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_file_grown_or_shrunk_at_its_end_has_the_same_first_rows() {
+        let mut short = FirstRows::default();
+        let mut grown = FirstRows::default();
+        let mut other = FirstRows::default();
+        for n in 1..=8 {
+            let cells = [("cliente", format!("C{n}"))];
+            let cells: Vec<(&str, &str)> = cells.iter().map(|(c, v)| (*c, v.as_str())).collect();
+            if n <= 5 {
+                short.add(&row(n, &cells));
+                other.add(&row(
+                    n,
+                    &if n == 4 {
+                        vec![("cliente", "X")]
+                    } else {
+                        cells.clone()
+                    },
+                ));
+            }
+            grown.add(&row(n, &cells));
+        }
+        assert_eq!(short.key(), grown.key());
+        assert_eq!(grown.prefixes().last().map(|(n, _)| *n), Some(8));
+        assert!(same_first_rows(&short.prefixes(), &grown.prefixes()));
+        assert!(same_first_rows(&grown.prefixes(), &short.prefixes()));
+        // Another fourth row: the same first row, not the same rows.
+        assert_eq!(short.key(), other.key());
+        assert!(!same_first_rows(&other.prefixes(), &grown.prefixes()));
     }
 
     #[test]
@@ -237,8 +312,10 @@ mod tests {
             other.add(&row(n, &[("cliente", "C1"), ("monto", tail)]));
         }
         assert!(long.is_complete() && !short.is_complete());
-        assert_eq!(long.key(), other.key());
-        assert_ne!(long.key(), short.key());
+        assert_eq!(long.prefixes(), other.prefixes());
+        assert_eq!(long.prefixes().last().map(|(n, _)| *n), Some(KEY_ROWS));
+        // Three rows that begin the long file are its first rows as far as they go.
+        assert!(same_first_rows(&short.prefixes(), &long.prefixes()));
         // A column renamed is the same rows; another value is not.
         let mut renamed = FirstRows::default();
         renamed.add(&row(1, &[("customer", "C1"), ("monto", "10")]));

@@ -44,7 +44,7 @@ impl PendingRecord {
     }
 }
 
-/// Checks the file's first rows, keyed by `key`, against the ledger of `data_dir`, before
+/// Checks the file's first rows against the ledger of `data_dir`, before
 /// anything is written: rows imported before with other settings (or by another command) would
 /// be stored again as other events, or keep what the earlier import read. Either is refused
 /// unless `--keep-both`.
@@ -52,10 +52,10 @@ pub fn check(
     entry: &LedgerEntry,
     data_dir: &Path,
     file: &Path,
-    key: &FirstRows,
+    first_rows: &FirstRows,
     ids_follow_settings: bool,
 ) -> anyhow::Result<Option<PendingRecord>> {
-    let Some(key) = key.key() else {
+    let Some(key) = first_rows.key() else {
         return Ok(None);
     };
     // The command is a setting too: the same rows imported as events and as transactions are
@@ -66,6 +66,7 @@ pub fn check(
         file: file.display().to_string(),
         at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
         // (A file that gives ids to its first rows only is taken at its first rows' word.)
+        first_rows: first_rows.prefixes(),
         ids_from: if ids_follow_settings {
             entry.ids_from.clone()
         } else {
