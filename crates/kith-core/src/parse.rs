@@ -521,7 +521,7 @@ impl RawRequest<'_> {
                 .and_then(|found| found.traits.clone()),
             traits => traits,
         };
-        let message_id = message_id.unwrap_or_else(|| generated_message_id(source, raw));
+        let message_id = message_id.unwrap_or_else(|| generated_message_id(source, kind, raw));
         Ok(Event {
             message_id,
             kind,
@@ -873,9 +873,14 @@ fn typed_fields(
 }
 
 /// A deterministic id for events sent without `messageId`: a retry of the same body dedups.
-fn generated_message_id(source: &str, raw: &str) -> String {
-    let mut bytes = Vec::with_capacity(source.len() + 1 + raw.len());
+/// The type is part of it: a single call's type is its path, so `{"userId":"u1"}` sent to
+/// `/v1/identify` and to `/v1/page` is two events.
+fn generated_message_id(source: &str, kind: MessageType, raw: &str) -> String {
+    let kind = kind.as_str();
+    let mut bytes = Vec::with_capacity(source.len() + kind.len() + 2 + raw.len());
     bytes.extend_from_slice(source.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(kind.as_bytes());
     bytes.push(0);
     bytes.extend_from_slice(raw.as_bytes());
     format!("kith-{:032x}", xxh3_128(&bytes))

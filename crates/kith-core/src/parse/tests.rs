@@ -193,6 +193,11 @@ fn the_path_decides_the_type_of_a_single_call() {
         .unwrap()
         .normalize("web", received());
     assert_eq!(again.events[0].message_id, event.message_id);
+    // The same body sent to another path is another call.
+    let page = parse_single_request(body, MessageType::Page)
+        .unwrap()
+        .normalize("web", received());
+    assert_ne!(page.events[0].message_id, event.message_id);
 }
 
 #[test]
