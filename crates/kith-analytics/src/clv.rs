@@ -216,6 +216,9 @@ impl ClvDefinition {
                 "must be a number at least 0",
             ));
         }
+        // The scope and the end of observation, as a run reads them: a mistake there is refused
+        // before a run is accepted rather than failing in the background.
+        self.scope.resolve()?.as_of(self.as_of.as_deref())?;
         Ok(())
     }
 
@@ -483,5 +486,11 @@ mod tests {
         let e = ClvDefinition::parse(&json!({"horizon": 30})).unwrap_err();
         assert_eq!(e.field(), Some("horizon"));
         assert!(e.to_string().contains("horizon_days"), "{e}");
+        // The scope is read when the definition is: a run is not accepted to fail later.
+        let e =
+            ClvDefinition::parse(&json!({"from": "2026-02-01", "to": "2026-01-01"})).unwrap_err();
+        assert_eq!(e.field(), Some("to"));
+        let e = ClvDefinition::parse(&json!({"as_of": "someday"})).unwrap_err();
+        assert_eq!(e.field(), Some("as_of"));
     }
 }
