@@ -252,7 +252,16 @@ fn event_from_data(data: &str) -> Result<Map<String, Value>, ApiError> {
                 )
             })?
     };
-    let text = body_text(&json)?;
+    let text = std::str::from_utf8(&json).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidParameter,
+            format!(
+                "the query parameter `data` decodes to bytes that are not UTF-8 text (byte {}); \
+                 base64-encode the event's JSON as UTF-8",
+                e.valid_up_to()
+            ),
+        )
+    })?;
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(event)) => Ok(event),
         Ok(other) => Err(ApiError::new(
@@ -451,5 +460,14 @@ mod tests {
         let err = event_from_data(&base64::engine::general_purpose::STANDARD.encode("{\"a\":"))
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidJson);
+        // Bytes that are not text are told they came from `data` (a pixel has no body).
+        let err = event_from_data("//4=").unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidParameter);
+        assert!(
+            err.message
+                .starts_with("the query parameter `data` decodes to bytes that are not UTF-8"),
+            "{}",
+            err.message
+        );
     }
 }
