@@ -1877,7 +1877,25 @@ fn operations_endpoints_report_health_metrics_and_the_api() {
         json!(["message", "code", "type", "link"])
     );
     let query = &doc["paths"]["/v1/query"]["post"];
-    assert_eq!(query["security"], json!([{"bearerKey": []}]));
+    // A read key is taken as a bearer token, or as Basic auth's user name.
+    assert_eq!(
+        query["security"],
+        json!([{"bearerKey": []}, {"basicKey": []}])
+    );
+    // What the server takes is what the document says: the limits, and a body it may omit.
+    let duplicates = &doc["paths"]["/v1/profiles/duplicates"]["get"]["parameters"];
+    let limit = duplicates
+        .as_array()
+        .and_then(|params| params.iter().find(|p| p["name"] == "limit"))
+        .expect("duplicates documents its limit");
+    assert_eq!(
+        (&limit["schema"]["minimum"], &limit["schema"]["maximum"]),
+        (&json!(1), &json!(1000))
+    );
+    assert_eq!(
+        doc["paths"]["/v1/models/{model}/fit"]["post"]["requestBody"]["required"],
+        json!(false)
+    );
     for status in ["400", "401", "403"] {
         assert_eq!(
             query["responses"][status]["content"]["application/json"]["schema"]["$ref"],

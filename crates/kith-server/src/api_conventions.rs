@@ -106,6 +106,28 @@ impl utoipa::Modify for Conventions {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "basicKey",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "A read or admin key as the user name, with an empty password, as an \
+                         ingest key is sent.",
+                    ))
+                    .build(),
+            ),
+        );
+        // A model's definition may be left out: the defaults are used.
+        if let Some(fit) = openapi
+            .paths
+            .paths
+            .get_mut("/v1/models/{model}/fit")
+            .and_then(|item| item.post.as_mut())
+            .and_then(|operation| operation.request_body.as_mut())
+        {
+            fit.required = Some(utoipa::openapi::Required::False);
+        }
         // The paths analytics.js (`/v1/b`) and Segment's historical import (`/v1/import`) use
         // for a batch: the same call as `/v1/batch`, listed under each name.
         if let Some(batch) = openapi.paths.paths.get("/v1/batch").cloned() {
@@ -163,7 +185,7 @@ fn apply(path: &str, operation: &mut Operation) {
         Access::Open | Access::WriteKeyInPath => vec![SecurityRequirement::default()],
         Access::WriteKey => vec![required("writeKey")],
         Access::WriteKeyOrQuery => vec![required("writeKey"), required("writeKeyQuery")],
-        Access::Bearer => vec![required("bearerKey")],
+        Access::Bearer => vec![required("bearerKey"), required("basicKey")],
     });
     let mut add = |status: &str, description: &str| add_response(operation, status, description);
     if access != Access::Open {

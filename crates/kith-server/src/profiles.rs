@@ -119,7 +119,7 @@ pub struct DuplicateParams {
 #[utoipa::path(get, path = "/v1/profiles/duplicates", tag = "profiles",
     params(
         ("min_score" = Option<f64>, Query, description = "lowest score listed, 0–1 (default 0.5)"),
-        ("limit" = Option<usize>, Query, description = "most candidates listed, 1–1000 (default 100)")),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "most candidates listed, 1–1000 (default 100)")),
     description = "Likely duplicates the identity rules do not merge (the same name in the same city, a mailbox name at two domains, the same phone digits under another name, a refused merge), best first, each with a score and the evidence. Confirm one with `POST /v1/profiles/merge`. Auth: read key.",
     responses((status = 200, description = "`{candidates: [{score, first, second, evidence}], total}`: the best `limit`, and how many scored `min_score` or more"), (status = 400, description = "bad parameter"), (status = 429, description = "no query thread was free to start the search within 10 s; retry after `Retry-After` seconds")))]
 pub async fn duplicates(
@@ -281,7 +281,7 @@ fn parse_cursor(text: &str) -> Result<(i64, String), ApiError> {
 #[utoipa::path(get, path = "/v1/profiles/{lookup}/events", tag = "profiles",
     params(
         ("lookup" = String, Path, description = "`{type}:{value}` as for the profile"),
-        ("limit" = Option<usize>, Query, description = "events per page, 1–500 (default 50)"),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 500, description = "events per page, 1–500 (default 50)"),
         ("type" = Option<String>, Query, description = "comma-separated message types, e.g. `track,page`"),
         ("event" = Option<String>, Query, description = "only this event name"),
         ("since" = Option<String>, Query, description = "RFC 3339, or a date (its midnight in UTC): only events at or after this time"),
