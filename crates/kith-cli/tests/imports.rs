@@ -183,18 +183,21 @@ fn an_import_killed_halfway_continues_where_it_stopped_and_stores_every_row_once
         dir.path().join("rejected.csv"),
     );
     let rows = 60_000u64;
-    let mut text = String::from("customer_id,date,amount\n");
+    // Every order has two identical lines, half the file apart: the resumed run must count the
+    // first lines it skipped to tell the second ones from them.
+    let mut text = String::from("customer_id,date,amount,order_id\n");
     for n in 1..=rows {
+        let k = n % (rows / 2);
         // Two bad rows, one early and one late, must each be reported exactly once.
         if n == 5 || n == rows - 5 {
-            text.push_str(&format!("c{},not a date,1\n", n % 997));
+            text.push_str(&format!("c{},not a date,1,o{k}\n", k % 997));
         } else {
             text.push_str(&format!(
-                "c{},2024-{:02}-{:02},{}.5\n",
-                n % 997,
-                1 + n % 12,
-                1 + n % 28,
-                n % 300
+                "c{},2024-{:02}-{:02},{}.5,o{k}\n",
+                k % 997,
+                1 + k % 12,
+                1 + k % 28,
+                k % 300
             ));
         }
     }
@@ -986,27 +989,38 @@ fn orders_exported_again_in_another_shape_are_stored_once() {
         std::fs::write(&path, text).unwrap();
         path
     };
+    // P-1 has two lines of 100 and one of 20 between them; two shops' tills both numbered an
+    // order 7 (two customers).
     let first = write(
         "pedidos.csv",
         "cliente,fecha,monto,pedido\n\
          C1,2025-12-01,100,P-1\n\
+         C1,2025-12-01,20,P-1\n\
          C1,2025-12-01,100,P-1\n\
          C2,2025-12-02,250,P-2\n\
-         C3,2025-12-03,80,P-3\n",
+         C3,2025-12-03,80,P-3\n\
+         C5,2025-12-03,15,7\n\
+         C6,2025-12-03,15,7\n",
     );
     let (ok, summary, stderr) = import("transactions", &first, &data, &rejected, &[]);
     assert!(ok, "{stderr}");
-    assert_eq!(summary["stored"], 4, "{summary}");
+    assert_eq!(summary["stored"], 7, "{summary}");
     let reexports = [
         // Newest first, with a new order on top.
         "cliente,fecha,monto,pedido\nC4,2025-12-04,40,P-4\nC3,2025-12-03,80,P-3\n\
-         C2,2025-12-02,250,P-2\nC1,2025-12-01,100,P-1\nC1,2025-12-01,100,P-1\n",
+         C2,2025-12-02,250,P-2\nC1,2025-12-01,100,P-1\nC1,2025-12-01,100,P-1\n\
+         C1,2025-12-01,20,P-1\n",
         // P-2 cancelled and left out.
-        "cliente,fecha,monto,pedido\nC1,2025-12-01,100,P-1\nC1,2025-12-01,100,P-1\n\
-         C3,2025-12-03,80,P-3\nC4,2025-12-04,40,P-4\n",
+        "cliente,fecha,monto,pedido\nC1,2025-12-01,100,P-1\nC1,2025-12-01,20,P-1\n\
+         C1,2025-12-01,100,P-1\nC3,2025-12-03,80,P-3\nC4,2025-12-04,40,P-4\n",
         // Columns capitalised, reordered, and one added.
         "Pedido,Cliente,Fecha,Monto,Canal\nP-1,C1,2025-12-01,100,web\nP-1,C1,2025-12-01,100,web\n\
-         P-2,C2,2025-12-02,250,tienda\nP-3,C3,2025-12-03,80,web\nP-4,C4,2025-12-04,40,web\n",
+         P-1,C1,2025-12-01,20,web\nP-2,C2,2025-12-02,250,tienda\nP-3,C3,2025-12-03,80,web\n\
+         P-4,C4,2025-12-04,40,web\n",
+        // The first export with its header renamed: the same rows, read the same way.
+        "customer_id,date,amount,order_id\n\
+         C1,2025-12-01,100,P-1\nC1,2025-12-01,20,P-1\nC1,2025-12-01,100,P-1\n\
+         C2,2025-12-02,250,P-2\nC3,2025-12-03,80,P-3\nC5,2025-12-03,15,7\nC6,2025-12-03,15,7\n",
     ];
     for (n, text) in reexports.into_iter().enumerate() {
         let file = write(&format!("pedidos-{n}.csv"), text);
@@ -1019,7 +1033,7 @@ fn orders_exported_again_in_another_shape_are_stored_once() {
             "SELECT count(*), sum(revenue), count(DISTINCT json_get_str(properties, 'order_id')) \
              FROM events WHERE event = 'Order Completed'"
         ),
-        vec![vec!["5", "570.0", "4"]]
+        vec![vec!["8", "620.0", "5"]]
     );
 
     let (ok, _, stderr) = import(

@@ -265,7 +265,7 @@ fn tickets_and_surveys_become_events_of_the_people_they_name() {
     assert!(
         std::fs::read_to_string(&rejected)
             .unwrap()
-            .contains("no column holds the amount"),
+            .contains("this line has no amount"),
     );
 
     // The ticket, the survey and the order all joined the one profile of ana@example.com.

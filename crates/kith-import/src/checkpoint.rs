@@ -3,7 +3,8 @@
 //!
 //! After each batch is durably written the importer saves how many rows of the file it has
 //! handled and its running totals. Running the same import again (same file, unchanged, same
-//! command and mapping) skips those rows without converting or sending them; a finished import
+//! command and mapping) skips those rows without sending them (they are converted again, for
+//! what a conversion counts, such as the lines of an order); a finished import
 //! removes its checkpoint. Resuming is only an optimisation: message ids derive from the rows, so
 //! a row sent twice is still stored once.
 

@@ -375,7 +375,8 @@ impl FlatEventImporter {
     /// The import's settings as a person reads them, for the data directory's ledger.
     pub fn settings(&self) -> BTreeMap<String, String> {
         let mut settings = crate::transactions::settings_of(
-            self.columns.described(EventField::describe),
+            &self.columns,
+            EventField::describe,
             &self.time,
             &self.source,
         );

@@ -23,6 +23,7 @@ pub use checkpoint::{Checkpoint, Found};
 pub use contacts::{ContactImporter, RowOutcome};
 pub use events::{EventField, FlatEventImporter, SegmentLineImporter};
 pub use ledger::{Earlier, FirstRows, ImportRecord, Ledger};
+
 pub use mapping::{ContactField, ContactMapping, MappingError, MappingFile};
 pub use reader::{BadRow, FirstRowRead, Format, Row, RowReader, RowSource};
 pub use rejects::{Problem, RejectWriter};
@@ -65,22 +66,68 @@ pub enum ImportError {
 /// The start of an order line's id ([`order_line_id`]).
 const ORDER_ID_PREFIX: &str = "import-order-";
 
-/// Whether an imported event's id follows its import's settings ([`message_id`]): another time
-/// zone, currency or mapping then makes another event of the same row. Ids a file gives, and
-/// those of order lines, do not.
-pub fn id_follows_settings(message_id: &str) -> bool {
-    message_id.starts_with("import-") && !message_id.starts_with(ORDER_ID_PREFIX)
+/// What an imported event's id follows, from the least to the most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum IdBasis {
+    /// The file gives it: the same whatever the settings.
+    File,
+    /// An order line's ([`order_line_id`]): its customer, order, amount, event and source.
+    OrderLine,
+    /// The row and every setting ([`message_id`]): another time zone, currency or mapping makes
+    /// another event of the same row.
+    Settings,
 }
 
-/// The id of an order's line: its order id, its amount, and how many lines of that order with
-/// that amount came just before it (`repeat`; two identical lines are two). An order imported
-/// again is stored once, whatever else changed around it: rows added, removed or reordered,
-/// columns renamed or added, another time zone (which the import ledger then questions).
-pub fn order_line_id(order_id: &str, amount: Option<f64>, repeat: u32) -> String {
+impl IdBasis {
+    pub fn of(message_id: &str) -> IdBasis {
+        if message_id.starts_with(ORDER_ID_PREFIX) {
+            IdBasis::OrderLine
+        } else if message_id.starts_with("import-") {
+            IdBasis::Settings
+        } else {
+            IdBasis::File
+        }
+    }
+}
+
+/// One line of an order, as its id is made from it.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderLine<'a> {
+    pub customer: &'a str,
+    pub order_id: &'a str,
+    pub amount: Option<f64>,
+    /// The event the line is recorded as (`Order Completed`, or `--event`'s: a refund of the
+    /// same order is another event).
+    pub event: &'a str,
+    pub source: &'a str,
+}
+
+impl OrderLine<'_> {
+    fn hash(&self, hasher: &mut xxhash_rust::xxh3::Xxh3) {
+        for part in [self.customer, self.order_id, self.event, self.source] {
+            hasher.update(part.as_bytes());
+            hasher.update(&[0]);
+        }
+        hasher.update(&self.amount.map_or(u64::MAX, f64::to_bits).to_le_bytes());
+    }
+
+    /// What tells this line from other lines: lines with the same key are counted
+    /// ([`order_line_id`]'s `repeat`).
+    pub fn key(&self) -> u64 {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        self.hash(&mut hasher);
+        hasher.digest()
+    }
+}
+
+/// The id of an order's line: who ordered, the order id, the amount, the event and source, and
+/// how many lines just like it came before it in the file (`repeat`; two identical lines are
+/// two). An order imported again is stored once, whatever else changed around it: rows added,
+/// removed or reordered, columns renamed or added, another time zone (which the import ledger
+/// then questions).
+pub fn order_line_id(line: &OrderLine, repeat: u32) -> String {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    hasher.update(order_id.as_bytes());
-    hasher.update(&[0]);
-    hasher.update(&amount.map_or(u64::MAX, f64::to_bits).to_le_bytes());
+    line.hash(&mut hasher);
     hasher.update(&repeat.to_le_bytes());
     format!("{ORDER_ID_PREFIX}{:032x}", hasher.digest128())
 }

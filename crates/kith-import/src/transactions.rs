@@ -3,8 +3,8 @@
 //! export) → `Order Completed`, the input of CLV models; a helpdesk export → `Ticket Created`; survey
 //! answers → `Survey Responded`. See [`LogKind`].
 
-use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::Utc;
 use kith_core::{Event, MessageType, TypedFields};
@@ -301,12 +301,14 @@ impl<F: Clone> Columns<F> {
 }
 
 /// The settings every row import has: how columns are read, how times are, and the source.
-pub(crate) fn settings_of(
-    described: BTreeMap<String, String>,
+pub(crate) fn settings_of<F: Clone>(
+    columns: &Columns<F>,
+    describe: impl Fn(&F) -> String,
     time: &TimeParser,
     source: &str,
 ) -> BTreeMap<String, String> {
     let mut settings: BTreeMap<String, String> = time.settings().into_iter().collect();
+    let described = columns.described(&describe);
     settings.insert(
         "columns".into(),
         described
@@ -315,9 +317,20 @@ pub(crate) fn settings_of(
             .collect::<Vec<_>>()
             .join(", "),
     );
+    // What each column is read as, in file order, whatever the columns are called: for ids
+    // that follow no column's name (a file's own, an order's), a header renamed changes
+    // nothing.
+    let fields = match columns {
+        Columns::Fixed(plan) => plan.iter().map(|(_, f)| describe(f)).collect::<Vec<_>>(),
+        Columns::PerRow { .. } => described.into_values().collect(),
+    };
+    settings.insert(FIELDS_SETTING.into(), fields.join(", "));
     settings.insert("source".into(), source.to_string());
     settings
 }
+
+/// The setting that says what each column is read as, in file order, without their names.
+pub const FIELDS_SETTING: &str = "fields";
 
 /// Turns rows of a log into track events (`Order Completed`, `Ticket Created`, …).
 pub struct TransactionImporter {
@@ -331,9 +344,9 @@ pub struct TransactionImporter {
     /// semicolons: a lone `1.234` is a thousand and more, not one and a bit.
     decimal_comma: bool,
     fingerprint: String,
-    /// The order line the last row was (its order id and amount, hashed) and how many rows
-    /// like it came just before: the next identical line is the next line of the order.
-    last_line: Cell<(u128, u32)>,
+    /// How many lines of each order (by [`crate::OrderLine::key`]) the file has had so far:
+    /// the next identical line is the next line of its order, wherever it is in the file.
+    lines_seen: RefCell<HashMap<u64, u32>>,
 }
 
 fn number_of(value: &Value, decimal_comma: bool) -> Option<f64> {
@@ -452,7 +465,7 @@ impl TransactionImporter {
             default_currency,
             decimal_comma: false,
             fingerprint,
-            last_line: Cell::new((0, 0)),
+            lines_seen: RefCell::new(HashMap::new()),
         }
     }
 
@@ -473,7 +486,8 @@ impl TransactionImporter {
     /// The import's settings as a person reads them, for the data directory's ledger.
     pub fn settings(&self) -> BTreeMap<String, String> {
         let mut settings = settings_of(
-            self.columns.described(TransactionField::describe),
+            &self.columns,
+            TransactionField::describe,
             &self.time,
             &self.source,
         );
@@ -633,15 +647,18 @@ impl TransactionImporter {
         // told apart by their content and place in the file.
         let message_id = match &order_id {
             Some(order) if self.kind == LogKind::Transactions => {
-                let line = xxhash_rust::xxh3::xxh3_128(
-                    format!("{order}\0{:?}", revenue.map(f64::to_bits)).as_bytes(),
-                );
-                let repeat = match self.last_line.get() {
-                    (last, count) if last == line => count + 1,
-                    _ => 0,
+                let line = crate::OrderLine {
+                    customer: customer.as_deref().unwrap_or_default(),
+                    order_id: order,
+                    amount: revenue,
+                    event: &self.event_name,
+                    source: &self.source,
                 };
-                self.last_line.set((line, repeat));
-                crate::order_line_id(order, revenue, repeat)
+                let mut seen = self.lines_seen.borrow_mut();
+                let count = seen.entry(line.key()).or_insert(0);
+                let repeat = *count;
+                *count += 1;
+                crate::order_line_id(&line, repeat)
             }
             _ => crate::message_id(self.kind.name(), &self.fingerprint, &identity),
         };

@@ -76,7 +76,7 @@ pub fn run(args: ContactsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     let prepared = PreparedContacts::new(&job, &settings, true)?;
     let (destination, made) = args.common.destination(&file)?;
     let result = prepared.run(&job, &destination);
-    let stored = result.as_ref().map_or(0, |(summary, _)| summary.stored);
+    let stored = result.as_ref().ok().map(|(summary, _)| summary.stored);
     args.common.close(destination, made, stored)?;
     let (summary, totals) = result?;
     summary.report(args.common.json, &totals)

@@ -126,7 +126,7 @@ pub fn run(args: EventsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     };
     import.ledger = Some(common.ledger_entry("events", &job, settings));
     let totals = import.run(reader.as_mut(), |row| reading.convert(row));
-    let stored = totals.as_ref().map_or(0, |totals| totals.stored);
+    let stored = totals.as_ref().ok().map(|totals| totals.stored);
     common.close(destination, made, stored)?;
     let totals = totals?;
     ImportSummary::new(&common.file, &totals).report(common.json, &totals)

@@ -238,13 +238,19 @@ impl FileArgs {
         Ok((destination, made))
     }
 
-    /// Closes the destination. A data directory this import made and stored nothing in (every
-    /// row refused, or the import failed) is removed: a failed first import leaves nothing
-    /// behind to be taken for data.
-    pub fn close(&self, destination: Destination, made: bool, stored: u64) -> anyhow::Result<()> {
+    /// Closes the destination. A data directory this import made, and a finished import
+    /// (`stored`: `None` when it failed, having perhaps written some) stored nothing in, is
+    /// removed: a first import whose every row was refused leaves nothing behind to be taken
+    /// for data.
+    pub fn close(
+        &self,
+        destination: Destination,
+        made: bool,
+        stored: Option<u64>,
+    ) -> anyhow::Result<()> {
         let data_dir = destination.data_dir().to_path_buf();
         destination.close()?;
-        if made && stored == 0 {
+        if made && stored == Some(0) {
             std::fs::remove_dir_all(&data_dir).with_context(|| {
                 format!(
                     "cannot remove {}, which this import made and stored nothing in",

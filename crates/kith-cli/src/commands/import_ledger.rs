@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::bail;
-use kith_import::{Earlier, FirstRows, ImportRecord, Ledger};
+use kith_import::{Earlier, FirstRows, IdBasis, ImportRecord, Ledger};
 
 /// What the ledger is told of one import.
 pub struct LedgerEntry {
@@ -19,10 +19,6 @@ pub struct LedgerEntry {
     /// `--keep-both`: store rows imported before with other settings as new events anyway.
     pub keep_both: bool,
 }
-
-/// What stands for ids that do not follow the settings (a file's own, or order lines'): the
-/// same rows make the same events whatever the settings.
-const STEADY_IDS: &str = "ids that do not follow the settings";
 
 /// An import the ledger has checked, to be recorded once its first events are written.
 pub struct PendingRecord {
@@ -53,7 +49,7 @@ pub fn check(
     data_dir: &Path,
     file: &Path,
     first_rows: &FirstRows,
-    ids_follow_settings: bool,
+    id_basis: IdBasis,
 ) -> anyhow::Result<Option<PendingRecord>> {
     let Some(key) = first_rows.key() else {
         return Ok(None);
@@ -62,16 +58,31 @@ pub fn check(
     // two events each.
     let mut settings = entry.settings.clone();
     settings.insert("command".into(), entry.command.clone());
+    // Ids made from a row follow its columns' names; others (a file's own, an order's) only
+    // what each column is read as.
+    if id_basis == IdBasis::Settings {
+        settings.remove(kith_import::transactions::FIELDS_SETTING);
+    } else {
+        settings.remove("columns");
+    }
+    let setting = |name: &str| settings.get(name).map_or("", String::as_str);
+    // What the ids follow: the same means the same events.
+    let ids_from = match id_basis {
+        IdBasis::Settings => entry.ids_from.clone(),
+        IdBasis::OrderLine => format!(
+            "order lines of {} from {} ({})",
+            setting("event"),
+            setting("source"),
+            setting(kith_import::transactions::FIELDS_SETTING)
+        ),
+        IdBasis::File => "the file's message ids".into(),
+    };
     let now = ImportRecord {
         file: file.display().to_string(),
         at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
         // (A file that gives ids to its first rows only is taken at its first rows' word.)
         first_rows: first_rows.prefixes(),
-        ids_from: if ids_follow_settings {
-            entry.ids_from.clone()
-        } else {
-            STEADY_IDS.into()
-        },
+        ids_from,
         settings,
     };
     let ledger = Ledger::of(data_dir);

@@ -108,7 +108,7 @@ pub fn run(
             problems: vec![importer.unreadable(bad)],
         },
     });
-    let stored = totals.as_ref().map_or(0, |totals| totals.stored);
+    let stored = totals.as_ref().ok().map(|totals| totals.stored);
     common.close(destination, made, stored)?;
     let totals = totals?;
     ImportSummary::new(&common.file, &totals).report(common.json, &totals)

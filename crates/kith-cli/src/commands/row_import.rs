@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 
 use kith_core::Event;
 use kith_import::{
-    BadRow, Checkpoint, FirstRows, Found, Problem, RejectWriter, Row, RowOutcome, RowSource,
+    BadRow, Checkpoint, FirstRows, Found, IdBasis, Problem, RejectWriter, Row, RowOutcome,
+    RowSource,
 };
 use kith_profiles::ChangeCounts;
 
@@ -155,7 +156,8 @@ impl RowImport<'_> {
         let mut pending_record = None;
         if let Some(entry) = self.ledger.as_ref().filter(|_| !resuming) {
             let mut key = FirstRows::default();
-            let mut ids_follow_settings = false;
+            // Judged on the first rows: what the most of their ids follow.
+            let mut id_basis = IdBasis::File;
             while !key.is_complete() {
                 let Some(row) = reader.next_row()? else {
                     break;
@@ -163,10 +165,9 @@ impl RowImport<'_> {
                 key.add(&row);
                 let number = row_number(&row);
                 let outcome = convert(row);
-                ids_follow_settings |= outcome
-                    .event
-                    .as_ref()
-                    .is_some_and(|e| kith_import::id_follows_settings(&e.message_id));
+                if let Some(event) = &outcome.event {
+                    id_basis = id_basis.max(IdBasis::of(&event.message_id));
+                }
                 first_rows.push_back((number, outcome));
             }
             pending_record = import_ledger::check(
@@ -174,7 +175,7 @@ impl RowImport<'_> {
                 self.destination.data_dir(),
                 self.file,
                 &key,
-                ids_follow_settings,
+                id_basis,
             )?;
         }
         let (mut totals, mut rejects) = match checkpoint.as_ref().map(|(_, found)| found) {
@@ -210,9 +211,12 @@ impl RowImport<'_> {
 
         let mut skipped = 0u64;
         while skipped < totals.resumed_after {
-            if reader.next_row()?.is_none() {
+            let Some(row) = reader.next_row()? else {
                 break;
-            }
+            };
+            // Converted and let go: a conversion may count what it has seen (the lines of an
+            // order), and the rows after these must be counted as they were the first time.
+            drop(convert(row));
             skipped += 1;
             if skipped.is_multiple_of(100_000) {
                 progress.set_position(bytes_read.load(Ordering::Relaxed));
