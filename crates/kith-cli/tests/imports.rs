@@ -1113,3 +1113,23 @@ fn a_short_export_grown_at_its_end_is_known_by_its_first_rows() {
         "{summary}"
     );
 }
+
+/// Survey answers without a score or a comment say nothing: most likely the wrong file. The
+/// import says so.
+#[test]
+fn survey_answers_without_a_score_or_comment_are_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, file) = (dir.path().join("data"), dir.path().join("ventas.csv"));
+    std::fs::write(&file, "cliente,fecha,monto\nC1,2025-12-07,100\n").unwrap();
+    let (ok, _, stderr) = import("surveys", &file, &data, &dir.path().join("r.csv"), &[]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("holds a score or a comment, so the answers say nothing"),
+        "{stderr}"
+    );
+    let answers = dir.path().join("nps.csv");
+    std::fs::write(&answers, "cliente,fecha,calificacion\nC1,2025-12-07,9\n").unwrap();
+    let (ok, _, stderr) = import("surveys", &answers, &data, &dir.path().join("r.csv"), &[]);
+    assert!(ok, "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}

@@ -77,6 +77,20 @@ pub fn run(
         Some(headers) => {
             let plan = kith_import::transactions::plan(kind, &headers, &explicit, only_mapped)?;
             show_plan(&plan, TransactionField::describe);
+            // Answers without a score or a comment count in no NPS and say nothing: most likely
+            // the wrong file, or a column to map.
+            let answers = |name: &str| {
+                plan.iter()
+                    .any(|(_, f)| matches!(f, TransactionField::Property(p) if p == name))
+            };
+            if kind == LogKind::Surveys && !answers("score") && !answers("comment") {
+                eprintln!(
+                    "warning: no column of {} holds a score or a comment, so the answers say \
+                     nothing; map one with --map property:score=COLUMN or \
+                     --map property:comment=COLUMN",
+                    common.file.display()
+                );
+            }
             Columns::Fixed(plan)
         }
         // JSON Lines name their keys on every line: each is read with its own.
