@@ -1133,3 +1133,60 @@ fn survey_answers_without_a_score_or_comment_are_warned_of() {
     assert!(ok, "{stderr}");
     assert!(!stderr.contains("warning"), "{stderr}");
 }
+
+/// For orders, a column that only adds a property, renamed or left out, changes no order: the
+/// export is the same orders, and is not refused. An import whose every row was refused (a time
+/// format that fits no date) leaves no record behind, so the corrected one is not held against
+/// it.
+#[test]
+fn what_changes_no_event_is_not_held_against_an_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let rejected = dir.path().join("r.csv");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let rows = "C1,2025-12-01,100,P-1,pagado\nC2,2025-12-02,250,P-2,enviado\n";
+    let first = write(
+        "a.csv",
+        &format!("cliente,fecha,monto,pedido,status\n{rows}"),
+    );
+    let renamed = write(
+        "b.csv",
+        &format!("cliente,fecha,monto,pedido,estado\n{rows}"),
+    );
+    let (ok, summary, stderr) = import("transactions", &first, &data, &rejected, &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(summary["stored"], 2, "{summary}");
+    for (file, extra) in [(&renamed, &[][..]), (&first, &["--ignore", "status"][..])] {
+        let (ok, summary, stderr) = import("transactions", file, &data, &rejected, extra);
+        assert!(ok, "{}: {stderr}", file.display());
+        assert_eq!(summary["already_imported"], 2, "{summary}");
+    }
+
+    // Days after the 12th fit no month: every row refused, then the format corrected.
+    let days = write(
+        "dias.csv",
+        "cliente,fecha,monto\nC1,25/11/2025,10\nC2,26/11/2025,20\n",
+    );
+    let (ok, summary, stderr) = import(
+        "transactions",
+        &days,
+        &data,
+        &rejected,
+        &["--time-format", "%m/%d/%Y"],
+    );
+    assert!(!ok, "{stderr}");
+    assert_eq!(summary["stored"], 0, "{summary}");
+    let (ok, summary, stderr) = import(
+        "transactions",
+        &days,
+        &data,
+        &rejected,
+        &["--time-format", "%d/%m/%Y"],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(summary["stored"], 2, "{summary}");
+}

@@ -123,6 +123,13 @@ pub struct ImportRecord {
 }
 
 impl ImportRecord {
+    /// The same rows imported the same way (when and from which file aside).
+    fn same_import_as(&self, other: &ImportRecord) -> bool {
+        self.ids_from == other.ids_from
+            && self.settings == other.settings
+            && self.first_rows == other.first_rows
+    }
+
     /// The settings of `self` that `other` has otherwise: (name, self's, other's).
     pub fn differences<'a>(&'a self, other: &'a ImportRecord) -> Vec<(&'a str, &'a str, &'a str)> {
         let names: std::collections::BTreeSet<&String> =
@@ -207,23 +214,25 @@ impl Ledger {
 
     /// Records an import of the first rows keyed `key` (once for the same settings). Written
     /// to a temporary file and renamed, so a crash leaves the earlier list or this one.
-    pub fn record(&self, key: &str, record: ImportRecord) -> Result<(), ImportError> {
+    /// Whether it was added (`false`: it was there).
+    pub fn record(&self, key: &str, record: ImportRecord) -> Result<bool, ImportError> {
         let mut records = self.read(key)?;
-        if records.iter().any(|r| {
-            r.ids_from == record.ids_from
-                && r.settings == record.settings
-                && r.first_rows == record.first_rows
-        }) {
-            return Ok(());
+        if records.iter().any(|r| r.same_import_as(&record)) {
+            return Ok(false);
         }
         records.push(record);
+        self.write(key, &records)?;
+        Ok(true)
+    }
+
+    fn write(&self, key: &str, records: &[ImportRecord]) -> Result<(), ImportError> {
         let path = self.path(key);
         let error = |e: std::io::Error| ImportError::Ledger {
             path: path.display().to_string(),
             reason: e.to_string(),
         };
         std::fs::create_dir_all(&self.dir).map_err(error)?;
-        let text = serde_json::to_string_pretty(&records).map_err(std::io::Error::other);
+        let text = serde_json::to_string_pretty(records).map_err(std::io::Error::other);
         // A name of its own, so two imports at once never rename each other's half-written
         // file; synced before the rename, so a power cut leaves one list or the other.
         let temporary = path.with_extension(format!("json.{}.tmp", std::process::id()));
@@ -337,8 +346,8 @@ mod tests {
             &[("timezone", "America/Mexico_City"), ("source", "pos")],
         );
         assert_eq!(ledger.earlier("k1", &utc).unwrap(), Earlier::Nothing);
-        ledger.record("k1", utc.clone()).unwrap();
-        ledger.record("k1", utc.clone()).unwrap();
+        assert!(ledger.record("k1", utc.clone()).unwrap());
+        assert!(!ledger.record("k1", utc.clone()).unwrap());
         assert_eq!(ledger.read("k1").unwrap().len(), 1);
         // The same settings again: nothing to say (the journal keeps each row once).
         assert_eq!(ledger.earlier("k1", &utc).unwrap(), Earlier::Nothing);

@@ -317,13 +317,17 @@ pub(crate) fn settings_of<F: Clone>(
             .collect::<Vec<_>>()
             .join(", "),
     );
-    // What each column is read as, in file order, whatever the columns are called: for ids
-    // that follow no column's name (a file's own, an order's), a header renamed changes
-    // nothing.
+    // What the columns that make an event are read as, in file order, whatever they are
+    // called: for ids that follow no column's name (a file's own, an order's), a header
+    // renamed, or a property column renamed, added or left out, changes nothing.
     let fields = match columns {
         Columns::Fixed(plan) => plan.iter().map(|(_, f)| describe(f)).collect::<Vec<_>>(),
         Columns::PerRow { .. } => described.into_values().collect(),
     };
+    let fields: Vec<String> = fields
+        .into_iter()
+        .filter(|field| !field.starts_with("property:") && field != "ignored")
+        .collect();
     settings.insert(FIELDS_SETTING.into(), fields.join(", "));
     settings.insert("source".into(), source.to_string());
     settings

@@ -28,8 +28,11 @@ pub struct PendingRecord {
 }
 
 impl PendingRecord {
-    /// Records the import. A ledger that cannot be written does not stop an import whose
-    /// events are stored: it is said, and only the check of a later import is lost.
+    /// Records the import, just before its first write: an import killed as it wrote is then
+    /// known to a later one, which is refused rather than storing the rows again. (An import
+    /// whose every row is refused writes nothing, and is not recorded.) A ledger that cannot be
+    /// written does not stop the import: it is said, and only the check of a later import is
+    /// lost.
     pub fn record(self) {
         if let Err(e) = self.ledger.record(&self.key, self.record) {
             eprintln!(

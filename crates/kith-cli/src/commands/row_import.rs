@@ -250,13 +250,13 @@ impl RowImport<'_> {
                 continue;
             }
             if !batch.is_empty() {
+                if let Some(pending) = pending_record.take() {
+                    pending.record();
+                }
                 let result = self.destination.write(std::mem::take(&mut batch))?;
                 totals.stored += result.stored as u64;
                 totals.already_imported += result.duplicates as u64;
                 reported_changes += result.changes;
-                if let Some(pending) = pending_record.take() {
-                    pending.record();
-                }
             }
             if at_end {
                 break;
