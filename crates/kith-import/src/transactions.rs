@@ -110,7 +110,39 @@ const QUANTITY_NAMES: &[&str] = &[
     "items",
     "units",
 ];
-const ORDER_NAMES: &[&str] = &["orderid", "order", "pedido", "transactionid", "invoice"];
+/// What order ids are called in the exports of shops and tills, English and Spanish: `Order
+/// Number`, `No. Pedido`, `Número de orden`, `Folio`, `Factura`, `Ticket`…
+const ORDER_NAMES: &[&str] = &[
+    "orderid",
+    "order",
+    "ordernumber",
+    "orderno",
+    "pedido",
+    "idpedido",
+    "pedidoid",
+    "nopedido",
+    "numeropedido",
+    "numerodepedido",
+    "orden",
+    "idorden",
+    "noorden",
+    "numeroorden",
+    "numerodeorden",
+    "folio",
+    "foliodeventa",
+    "factura",
+    "nofactura",
+    "numerofactura",
+    "numerodefactura",
+    "ticket",
+    "noticket",
+    "numeroticket",
+    "transactionid",
+    "transaccion",
+    "idtransaccion",
+    "invoice",
+    "invoicenumber",
+];
 const CURRENCY_NAMES: &[&str] = &["currency", "moneda"];
 const EMAIL_NAMES: &[&str] = &[
     "email",
@@ -746,6 +778,26 @@ mod tests {
             assert_eq!(parse_amount_decimal_comma(text), Some(amount), "{text}");
         }
         assert_eq!(parse_amount_decimal_comma("n/a"), None);
+    }
+
+    #[test]
+    fn order_ids_are_recognised_by_the_names_shops_give_them() {
+        for name in [
+            "No. Pedido",
+            "Número de orden",
+            "Folio",
+            "Order Number",
+            "Factura",
+        ] {
+            let plan = plan(
+                LogKind::Transactions,
+                &headers(&["cliente", "fecha", "total", name]),
+                &[],
+                false,
+            )
+            .unwrap();
+            assert_eq!(plan[3].1, TransactionField::OrderId, "{name}");
+        }
     }
 
     #[test]
