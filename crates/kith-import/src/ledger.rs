@@ -6,8 +6,10 @@
 //! keeps, for each file imported, a key of its first rows and the settings each import used;
 //! an import of rows already imported with other settings is then found before it writes.
 //!
-//! One JSON file per file's first rows, under `DATA_DIR/imports/`, listing the imports of them
-//! (the command among their settings). It is written by imports only and read by nothing else.
+//! One JSON file per file's first row, under `DATA_DIR/imports/`, listing the imports that
+//! began with it: the keys of their first rows by count (so a file that grew at its end is
+//! still known), what their ids followed, and their settings (the command among them). It is
+//! written by imports only and read by nothing else.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

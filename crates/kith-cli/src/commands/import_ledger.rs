@@ -1,6 +1,6 @@
 //! The data directory's import ledger, consulted before an import writes or removes anything:
-//! rows imported before with other settings would be stored a second time, beside the first
-//! (see `kith_import::ledger`).
+//! rows imported before with other settings would be stored a second time beside the first, or
+//! keep what the first import read (see `kith_import::ledger`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,7 +20,7 @@ pub struct LedgerEntry {
     pub keep_both: bool,
 }
 
-/// An import the ledger has checked, to be recorded once its first events are written.
+/// An import the ledger has checked, to be recorded as its first events are written.
 pub struct PendingRecord {
     ledger: Ledger,
     key: String,

@@ -28,7 +28,7 @@ pub struct RowImport<'a> {
     /// Ignore a checkpoint and read the file from its first row.
     pub restart: bool,
     /// What the data directory's import ledger is told; `None` keeps it out (the demo loader,
-    /// contacts, and Segment-shaped lines, whose events settings do not change).
+    /// and contacts, which a corrected file should update).
     pub ledger: Option<LedgerEntry>,
 }
 
@@ -149,9 +149,9 @@ impl RowImport<'_> {
             Some(Found::Resume(_))
         );
         // Rows imported before with other settings are found before anything is written or
-        // removed (an earlier run's rejected rows included). A resumed import was checked by
-        // its first run.
-        // The first rows are converted once, here, and written below with the rest.
+        // removed (an earlier run's rejected rows included); a resumed import was checked by
+        // its first run. The first rows are converted once, here, and written below with the
+        // rest.
         let mut first_rows: VecDeque<(u64, RowOutcome)> = VecDeque::new();
         let mut pending_record = None;
         if let Some(entry) = self.ledger.as_ref().filter(|_| !resuming) {
