@@ -19,8 +19,8 @@ const KEY_PATHS: &str = "^/v1/(analytics|computed-traits|imports|models|profiles
 fn fuzz(server: &KithServer, auth: &[&str], paths: [&str; 2]) {
     let schemathesis = python().with_file_name("schemathesis");
     let output = Command::new(&schemathesis)
-        // Its cache of failures goes beside the data, not into the source tree.
-        .current_dir(&server.data_dir)
+        // Its cache of failures goes beside the data directory, not into the source tree.
+        .current_dir(server.data_dir.parent().unwrap_or(&server.data_dir))
         .args(["run", &server.url("/openapi.json"), "--url", &server.base])
         .args(auth)
         .args(paths)
