@@ -111,10 +111,10 @@ pub struct FileArgs {
     /// checkpoint to continue from (FILE_NAME.import-progress.json, beside the rejected rows).
     #[arg(long)]
     pub restart: bool,
-    /// Events, transactions, tickets and surveys: store rows this data directory imported
-    /// before with other settings (another time zone, currency, mapping…) as new events,
-    /// beside the earlier ones. Without it, such an import is refused: every row would be
-    /// stored twice.
+    /// Events, transactions, tickets and surveys: import rows this data directory imported
+    /// before with other settings (another time zone, currency, mapping…) anyway, as new
+    /// events beside the earlier ones or, where they make the same events, only the rows the
+    /// earlier import did not have. Without it, such an import is refused.
     #[arg(long)]
     pub keep_both: bool,
     /// Print the summary as JSON on stdout.
