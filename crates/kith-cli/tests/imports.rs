@@ -807,7 +807,9 @@ fn a_log_imported_again_with_other_settings_is_refused_before_it_doubles_the_ord
 #[test]
 fn a_file_with_no_rows_or_a_bad_mapping_makes_no_data_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    // Parents that are not there are made for it, and taken away with it.
+    let outermost = dir.path().join("clientes");
+    let data = outermost.join("2025/data");
     let rejected = dir.path().join("r.csv");
     let header_only = dir.path().join("ventas.csv");
     std::fs::write(&header_only, "cliente,fecha,monto\n").unwrap();
@@ -847,10 +849,10 @@ fn a_file_with_no_rows_or_a_bad_mapping_makes_no_data_directory() {
         assert!(!ok, "{kind} {}: {stderr}", file.display());
         assert!(stderr.contains(expected), "{kind}: {stderr}");
         assert!(
-            !data.exists(),
+            !outermost.exists(),
             "{kind} {} made {}",
             file.display(),
-            data.display()
+            outermost.display()
         );
     }
 }

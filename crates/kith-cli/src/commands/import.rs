@@ -216,11 +216,17 @@ impl FileArgs {
             .unwrap_or_else(|| default_rejected(&self.file))
     }
 
-    /// Where the import goes, and whether this import made the data directory (see
+    /// Where the import goes, and the outermost directory this import is about to make for it
+    /// (the data directory, or a parent of it that is not there either; see
     /// [`FileArgs::close`]).
-    pub fn destination(&self, file: &FileConfig) -> anyhow::Result<(Destination, bool)> {
+    pub fn destination(&self, file: &FileConfig) -> anyhow::Result<(Destination, Option<PathBuf>)> {
         let data_dir = file.data_dir(self.data_dir.data_dir.clone());
         let new = !data_dir.exists();
+        let outermost_new = data_dir
+            .ancestors()
+            .take_while(|dir| !dir.as_os_str().is_empty() && !dir.exists())
+            .last()
+            .map(Path::to_path_buf);
         let destination = Destination::open(&data_dir, file.profile_settings()?)?;
         // Named in full, and said when it is new: a mistyped --data-dir (or a command run from
         // another directory) then shows at once.
@@ -234,27 +240,26 @@ impl FileArgs {
             Destination::Server { .. } => destination.describe(),
         };
         eprintln!("importing {} into {place}", self.file.display());
-        let made = new && matches!(destination, Destination::Offline { .. });
+        let made = outermost_new.filter(|_| matches!(destination, Destination::Offline { .. }));
         Ok((destination, made))
     }
 
-    /// Closes the destination. A data directory this import made, and a finished import
-    /// (`stored`: `None` when it failed, having perhaps written some) stored nothing in, is
-    /// removed: a first import whose every row was refused leaves nothing behind to be taken
-    /// for data.
+    /// Closes the destination. What this import made for a data directory (`made`: the data
+    /// directory, or its outermost new parent), when the import finished having stored nothing
+    /// (`stored`: `None` when it failed, having perhaps written some), is removed: a first
+    /// import whose every row was refused leaves nothing behind to be taken for data.
     pub fn close(
         &self,
         destination: Destination,
-        made: bool,
+        made: Option<PathBuf>,
         stored: Option<u64>,
     ) -> anyhow::Result<()> {
-        let data_dir = destination.data_dir().to_path_buf();
         destination.close()?;
-        if made && stored == Some(0) {
-            std::fs::remove_dir_all(&data_dir).with_context(|| {
+        if let Some(made) = made.filter(|_| stored == Some(0)) {
+            std::fs::remove_dir_all(&made).with_context(|| {
                 format!(
                     "cannot remove {}, which this import made and stored nothing in",
-                    data_dir.display()
+                    made.display()
                 )
             })?;
         }
