@@ -11,7 +11,7 @@ use serde::de::{Deserializer as _, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use thiserror::Error;
-use xxhash_rust::xxh3::xxh3_128;
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::event::{Event, MessageType, Rejection, TypedFields};
 use crate::limits::{
@@ -876,14 +876,14 @@ fn typed_fields(
 /// The type is part of it: a single call's type is its path, so `{"userId":"u1"}` sent to
 /// `/v1/identify` and to `/v1/page` is two events.
 fn generated_message_id(source: &str, kind: MessageType, raw: &str) -> String {
-    let kind = kind.as_str();
-    let mut bytes = Vec::with_capacity(source.len() + kind.len() + 2 + raw.len());
-    bytes.extend_from_slice(source.as_bytes());
-    bytes.push(0);
-    bytes.extend_from_slice(kind.as_bytes());
-    bytes.push(0);
-    bytes.extend_from_slice(raw.as_bytes());
-    format!("kith-{:032x}", xxh3_128(&bytes))
+    // Hashed as it is read (the same digest as of the parts joined), without copying the body.
+    let mut hasher = Xxh3::new();
+    for part in [source, kind.as_str()] {
+        hasher.update(part.as_bytes());
+        hasher.update(&[0]);
+    }
+    hasher.update(raw.as_bytes());
+    format!("kith-{:032x}", hasher.digest128())
 }
 
 /// A rejected event's text as it is kept (in `rejected_events.raw`): as sent, without a

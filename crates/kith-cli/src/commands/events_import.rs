@@ -44,6 +44,14 @@ impl Reading {
         }
     }
 
+    /// The settings the data directory's import ledger records.
+    fn settings(&self) -> std::collections::BTreeMap<String, String> {
+        match self {
+            Reading::Segment(importer) => importer.settings(),
+            Reading::Flat(importer) => importer.settings(),
+        }
+    }
+
     fn convert(&self, row: Result<kith_import::Row, kith_import::BadRow>) -> RowOutcome {
         match (self, row) {
             (Reading::Segment(importer), Ok(row)) => importer.row(&row),
@@ -120,11 +128,7 @@ pub fn run(args: EventsArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     let (destination, made) = common.destination(&file)?;
     let job = reading.job();
     let mut import = common.row_import(&destination, job.clone());
-    let settings = match &reading {
-        Reading::Segment(importer) => importer.settings(),
-        Reading::Flat(importer) => importer.settings(),
-    };
-    import.ledger = Some(common.ledger_entry("events", &job, settings));
+    import.ledger = Some(common.ledger_entry("events", &job, reading.settings()));
     let totals = import.run(reader.as_mut(), |row| reading.convert(row));
     let stored = totals.as_ref().ok().map(|totals| totals.stored);
     common.close(destination, made, stored)?;
