@@ -1023,4 +1023,6 @@ impl Fault {
 }
 
 #[cfg(test)]
+mod fidelity_tests;
+#[cfg(test)]
 mod tests;
