@@ -251,11 +251,21 @@ fn time() -> BoxedStrategy<Option<J>> {
     .boxed()
 }
 
+/// How a call reaches Kith.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Delivery {
+    /// In a `/v1/batch` body, with the batch's defaults.
+    Batch,
+    /// On its own path (`/v1/track`, ...), which decides its type.
+    OwnPath,
+    /// As a line of an events file: its recorded `receivedAt` is when it arrived.
+    FileLine,
+}
+
 #[derive(Debug, Clone)]
 struct Call {
     kind: MessageType,
-    /// Sent to `/v1/batch` (with the batch's defaults) or to the call's own path.
-    in_batch: bool,
+    delivery: Delivery,
     top: Vec<(String, J)>,
     batch_context: Option<J>,
     batch_integrations: Option<J>,
@@ -295,7 +305,7 @@ fn call() -> impl Strategy<Value = Call> {
         maybe(context()),
         maybe(object_of(&["All", "Amplitude"], scalar().boxed())),
         time(),
-        any::<bool>(),
+        proptest::sample::select(&[Delivery::Batch, Delivery::OwnPath, Delivery::FileLine][..]),
     );
     let how = (any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(s, a, e)| Spelling {
         spaced: s,
@@ -309,68 +319,73 @@ fn call() -> impl Strategy<Value = Call> {
         how,
         any::<u64>(),
         proptest::option::of(identifier()),
+        time(),
     )
-        .prop_map(|(kind, fields, batch, how, order, repeated_user)| {
-            let (
-                (user, anonymous, group, previous),
-                (event, name, message_id),
-                objects,
-                times,
-                own,
-            ) = fields;
-            let (properties, traits, context, integrations) = objects;
-            let (timestamp, original, sent_at) = times;
-            let (own_fields, null_event) = own;
-            let mut top: Vec<(String, J)> = Vec::new();
-            let put = |top: &mut Vec<(String, J)>, name: &str, value: Option<J>| {
-                if let Some(value) = value {
-                    top.push((name.to_string(), value));
-                }
-            };
-            put(&mut top, "type", Some(J::Str(kind.as_str().to_string())));
-            put(&mut top, "userId", user);
-            put(&mut top, "anonymousId", anonymous);
-            put(&mut top, "groupId", group);
-            put(&mut top, "previousId", previous);
-            if kind == MessageType::Track {
-                put(&mut top, "event", event.map(J::Str));
-            } else if null_event {
-                put(&mut top, "event", Some(J::Null));
-            }
-            put(&mut top, "name", name.map(J::Str));
-            put(&mut top, "messageId", message_id.map(J::Str));
-            put(&mut top, "properties", properties);
-            put(&mut top, "traits", traits);
-            put(&mut top, "context", context);
-            put(&mut top, "integrations", integrations);
-            put(&mut top, "timestamp", timestamp);
-            put(&mut top, "originalTimestamp", original);
-            put(&mut top, "sentAt", sent_at);
-            put(&mut top, "writeKey", Some(J::Str("wk_secret".into())));
-            for (name, value) in own_fields {
-                put(&mut top, name, Some(value));
-            }
-            // Keys in any order (the type need not come first), one of them at times
-            // repeated: the last one written is the one that counts.
-            let mut order = order;
-            for i in (1..top.len()).rev() {
-                top.swap(i, (order % (i as u64 + 1)) as usize);
-                order /= i as u64 + 1;
-            }
-            if let Some(user) = repeated_user {
+        .prop_map(
+            |(kind, fields, batch, how, order, repeated_user, recorded_at)| {
+                let (
+                    (user, anonymous, group, previous),
+                    (event, name, message_id),
+                    objects,
+                    times,
+                    own,
+                ) = fields;
+                let (properties, traits, context, integrations) = objects;
+                let (timestamp, original, sent_at) = times;
+                let (own_fields, null_event) = own;
+                let mut top: Vec<(String, J)> = Vec::new();
+                let put = |top: &mut Vec<(String, J)>, name: &str, value: Option<J>| {
+                    if let Some(value) = value {
+                        top.push((name.to_string(), value));
+                    }
+                };
+                put(&mut top, "type", Some(J::Str(kind.as_str().to_string())));
                 put(&mut top, "userId", user);
-            }
-            let (batch_context, batch_integrations, batch_sent_at, in_batch) = batch;
-            Call {
-                kind,
-                in_batch,
-                top,
-                batch_context,
-                batch_integrations,
-                batch_sent_at,
-                how,
-            }
-        })
+                put(&mut top, "anonymousId", anonymous);
+                put(&mut top, "groupId", group);
+                put(&mut top, "previousId", previous);
+                if kind == MessageType::Track {
+                    put(&mut top, "event", event.map(J::Str));
+                } else if null_event {
+                    put(&mut top, "event", Some(J::Null));
+                }
+                put(&mut top, "name", name.map(J::Str));
+                put(&mut top, "messageId", message_id.map(J::Str));
+                put(&mut top, "properties", properties);
+                put(&mut top, "traits", traits);
+                put(&mut top, "context", context);
+                put(&mut top, "integrations", integrations);
+                put(&mut top, "timestamp", timestamp);
+                put(&mut top, "originalTimestamp", original);
+                put(&mut top, "sentAt", sent_at);
+                put(&mut top, "writeKey", Some(J::Str("wk_secret".into())));
+                // A server's own time of receipt: a file's line keeps it, a client's is ignored.
+                put(&mut top, "receivedAt", recorded_at);
+                for (name, value) in own_fields {
+                    put(&mut top, name, Some(value));
+                }
+                // Keys in any order (the type need not come first), one of them at times
+                // repeated: the last one written is the one that counts.
+                let mut order = order;
+                for i in (1..top.len()).rev() {
+                    top.swap(i, (order % (i as u64 + 1)) as usize);
+                    order /= i as u64 + 1;
+                }
+                if let Some(user) = repeated_user {
+                    put(&mut top, "userId", user);
+                }
+                let (batch_context, batch_integrations, batch_sent_at, delivery) = batch;
+                Call {
+                    kind,
+                    delivery,
+                    top,
+                    batch_context,
+                    batch_integrations,
+                    batch_sent_at,
+                    how,
+                }
+            },
+        )
 }
 
 fn received() -> DateTime<Utc> {
@@ -380,7 +395,15 @@ fn received() -> DateTime<Utc> {
 /// The request body, and what Kith makes of it.
 fn send(call: &Call) -> (String, IngestBatch) {
     let item = spelt(&J::Obj(call.top.clone()), call.how);
-    let body = if call.in_batch {
+    if call.delivery == Delivery::FileLine {
+        let mut outcome = IngestBatch::default();
+        match judge_event(&item, "web", received()) {
+            Ok(event) => outcome.events.push(event),
+            Err(rejection) => outcome.rejections.push(*rejection),
+        }
+        return (item, outcome);
+    }
+    let body = if call.delivery == Delivery::Batch {
         let mut envelope = vec![("batch".to_string(), J::Arr(vec![J::Obj(call.top.clone())]))];
         for (name, value) in [
             ("context", &call.batch_context),
@@ -395,7 +418,7 @@ fn send(call: &Call) -> (String, IngestBatch) {
     } else {
         item
     };
-    let request = if call.in_batch {
+    let request = if call.delivery == Delivery::Batch {
         parse_batch_request(&body)
     } else {
         parse_single_request(&body, call.kind)
@@ -525,7 +548,13 @@ fn judge(call: &Call, body: &str, outcome: &IngestBatch) -> Result<(), TestCaseE
     }
 
     // The objects: as the client meant them, the batch's defaults under the item's own keys.
-    let batch = |part: &Option<J>| if call.in_batch { part.clone() } else { None };
+    let batch = |part: &Option<J>| {
+        if call.delivery == Delivery::Batch {
+            part.clone()
+        } else {
+            None
+        }
+    };
     let properties = object_rule(field(top, "properties"));
     let own_traits = object_rule(field(top, "traits"));
     let context = merged_rule(
@@ -563,6 +592,7 @@ fn judge(call: &Call, body: &str, outcome: &IngestBatch) -> Result<(), TestCaseE
         "originalTimestamp",
         "sentAt",
         "writeKey",
+        "receivedAt",
     ];
     let mut extra = Map::new();
     for (name, _) in top {
@@ -627,7 +657,12 @@ fn judge(call: &Call, body: &str, outcome: &IngestBatch) -> Result<(), TestCaseE
     prop_assert_eq!(stored_object(&identity.traits), context_traits.cloned());
 
     // The times, by Segment's rule: the device time moved by the device clock's error at
-    // sending (`sentAt` against arrival), unless the sender already corrected it.
+    // sending (`sentAt` against arrival), unless the sender already corrected it. A line of a
+    // file arrived when it recorded, if it did; without any time, it happened then.
+    let arrived = match call.delivery {
+        Delivery::FileLine => time_rule(field(top, "receivedAt")),
+        Delivery::Batch | Delivery::OwnPath => Some(received()),
+    };
     let explicit = time_rule(field(top, "timestamp"));
     let original = time_rule(field(top, "originalTimestamp"));
     let sent_at =
@@ -635,9 +670,12 @@ fn judge(call: &Call, body: &str, outcome: &IngestBatch) -> Result<(), TestCaseE
     let device = original.or(explicit);
     let expected_time = match (explicit, original, device, sent_at) {
         (Some(corrected), Some(_), _, _) => corrected,
-        (_, _, Some(device), Some(sent)) => received() - (sent - device),
+        (_, _, Some(device), Some(sent)) => match arrived {
+            Some(arrived) => arrived - (sent - device),
+            None => device,
+        },
         (_, _, Some(device), None) => device,
-        (_, _, None, _) => received(),
+        (_, _, None, _) => arrived.unwrap_or(received()),
     };
     prop_assert_eq!(event.timestamp, expected_time, "{}", body);
     prop_assert_eq!(event.original_timestamp, device);
