@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::*;
 use serde_json::{Value, json};
 
@@ -79,6 +81,47 @@ fn the_python_sdk_delivers_every_call_and_other_engines_read_the_tables() {
         assert_eq!(anonymous["anonymous_id"], "anon-2");
         assert_eq!(anonymous["user_id"], Value::Null);
     }
+
+    // The alias merged the id it retires into the user's profile, as an anonymous id: read as
+    // a user id, it would be the profile's second, which the default limit refuses.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let profile = loop {
+        let (status, body) = server.get("/v1/profiles/anonymous_id:anon-1");
+        if status == 200 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "{status} {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut ids: Vec<String> = profile["identifiers"]
+        .as_array()
+        .expect("identifiers")
+        .iter()
+        .map(|i| {
+            format!(
+                "{}:{}",
+                i["type"].as_str().unwrap_or("?"),
+                i["value"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "anonymous_id:anon-1",
+            "email:ana@example.com",
+            "user_id:user-1"
+        ],
+        "{profile}"
+    );
+    assert_eq!(profile["conflicts"], json!([]), "{profile}");
+    let merged_by_alias = profile["merges"]
+        .as_array()
+        .expect("merges")
+        .iter()
+        .any(|merge| merge["reason"] == "alias" && merge["via"] == "anonymous_id:anon-1");
+    assert!(merged_by_alias, "{profile}");
 
     // A clean stop flushes the buffer; then other engines read the same rows.
     server.stop();

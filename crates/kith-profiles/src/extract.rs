@@ -42,6 +42,10 @@ pub struct EventFacts {
     pub identifiers: Vec<Identifier>,
     /// An `alias` call: an explicit merge of `previousId` into `userId`.
     pub explicit_merge: bool,
+    /// An alias call's `previousId`, normalised, when it is not one of the call's own ids: a
+    /// user id or an anonymous id, which the identity graph decides when the event is applied
+    /// (see [`EventFacts::with_alias_previous`]).
+    pub alias_previous: Option<String>,
     /// Position in `identifiers` of the one the event is attributed to (its user id, else its
     /// anonymous id, else the strongest other); see [`EventFacts::primary`].
     pub primary_index: Option<usize>,
@@ -81,6 +85,34 @@ impl EventFacts {
     pub fn primary(&self) -> Option<&Identifier> {
         self.identifiers.get(self.primary_index?)
     }
+
+    /// These facts with the alias call's `previousId` among their identifiers, or `None` when
+    /// there is none to add. Segment's `previousId` is "a user id or an anonymous id" without
+    /// saying which: it is read as a user id when the identity graph has seen it as one (and not
+    /// as an anonymous id) — a user id renamed — and otherwise as an anonymous id: what a
+    /// browser's alias retires, and never seen is the visitor's first call. Read as a user id
+    /// every time, an alias would give a profile two user ids, which the default limit of one
+    /// refuses, and no alias would merge anyone. `seen` says whether the graph knows an
+    /// identifier.
+    pub fn with_alias_previous(&self, seen: impl Fn(&Identifier) -> bool) -> Option<EventFacts> {
+        let value = self.alias_previous.as_ref()?;
+        let as_user_id = Identifier::new(IdType::UserId, value.clone());
+        let as_anonymous_id = Identifier::new(IdType::AnonymousId, value.clone());
+        let previous = if seen(&as_user_id) && !seen(&as_anonymous_id) {
+            as_user_id
+        } else {
+            as_anonymous_id
+        };
+        let primary = self.primary().cloned();
+        let mut facts = self.clone();
+        facts.alias_previous = None;
+        facts.identifiers.push(previous);
+        facts.identifiers.sort();
+        facts.identifiers.dedup();
+        facts.primary_index =
+            primary.and_then(|primary| facts.identifiers.iter().position(|i| *i == primary));
+        Some(facts)
+    }
 }
 
 impl Extractor {
@@ -114,6 +146,7 @@ impl Extractor {
             // user id, anonymous id and a few from traits or context, without regrowing.
             identifiers: Vec::with_capacity(4),
             explicit_merge: event.kind == MessageType::Alias,
+            alias_previous: None,
             primary_index: None,
             traits: Vec::new(),
             consent: None,
@@ -135,9 +168,24 @@ impl Extractor {
             IdType::AnonymousId,
             event.anonymous_id.as_deref(),
         );
-        if event.kind == MessageType::Alias {
-            // Segment's alias: `previousId` is the old id (a user id or an anonymous id).
-            self.offer(&mut facts, IdType::UserId, event.previous_id.as_deref());
+        if event.kind == MessageType::Alias
+            && let Some(raw) = event.previous_id.as_deref()
+        {
+            // Segment's alias: `previousId` is the old id, a user id or an anonymous id (both
+            // normalised alike); which one is decided when the event is applied. One of the
+            // call's own ids (analytics.js sends the anonymous id it retires as both) adds none.
+            match self.normalizer.normalize(IdType::AnonymousId, raw) {
+                Ok(previous) => {
+                    let own = facts
+                        .identifiers
+                        .iter()
+                        .any(|id| id.value == previous.value);
+                    if !own {
+                        facts.alias_previous = Some(previous.value);
+                    }
+                }
+                Err(refused) => facts.refused.push(refused.code()),
+            }
         }
 
         // The parser already read the identity parts of `context`; events read back from the

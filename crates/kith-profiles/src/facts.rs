@@ -332,6 +332,7 @@ mod tests {
             },
             identifiers: Vec::new(),
             explicit_merge: false,
+            alias_previous: None,
             primary_index: None,
             traits: traits
                 .iter()

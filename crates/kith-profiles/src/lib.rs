@@ -647,6 +647,8 @@ impl ProfileStore {
                 continue;
             }
             last = *seq;
+            let aliased = facts.with_alias_previous(|id| state.resolver.profile_of(id).is_some());
+            let facts = aliased.as_ref().unwrap_or(facts);
             for reason in &facts.refused {
                 metrics::counter!("kith_identity_values_refused_total", "reason" => *reason)
                     .increment(1);

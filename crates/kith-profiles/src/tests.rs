@@ -1092,3 +1092,77 @@ fn traits_declared_at_once_are_all_kept_and_a_name_taken_twice_is_refused() {
     names.sort();
     assert_eq!(names, (0..8).map(|i| format!("t{i}")).collect::<Vec<_>>());
 }
+
+fn identifiers_of(view: &ProfileView) -> Vec<String> {
+    let mut ids: Vec<String> = view
+        .identifiers
+        .iter()
+        .map(|i| format!("{}:{}", i.id_type, i.value))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Segment's `previousId` is "a user id or an anonymous id". Read as a user id every time, each
+/// alias gave a profile two user ids, which the default limit of one refuses: no alias merged
+/// anyone, and the anonymous id became a user id of a profile of its own.
+#[test]
+fn an_alias_merges_the_anonymous_visitor_it_retires_and_a_renamed_user_id_is_a_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
+    apply(
+        &store,
+        1,
+        json!([
+            // A visitor browses, then signs up; a server-side SDK (analytics-python) aliases the
+            // anonymous id to the new user id, without an anonymousId of its own.
+            {"type": "page", "anonymousId": "anon-1", "name": "Landing", "messageId": "a1",
+             "timestamp": "2025-01-01T10:00:00Z"},
+            {"type": "alias", "previousId": " anon-1 ", "userId": "user-1", "messageId": "a2",
+             "timestamp": "2025-01-01T10:05:00Z"},
+            // analytics.js: the anonymous id it retires is the call's anonymousId too.
+            {"type": "alias", "previousId": "anon-2", "anonymousId": "anon-2", "userId": "user-2",
+             "messageId": "b1", "timestamp": "2025-01-02T10:00:00Z"},
+            // An alias before anything else was seen of either id.
+            {"type": "alias", "previousId": "never-seen-3", "userId": "user-3", "messageId": "c1",
+             "timestamp": "2025-01-03T10:00:00Z"},
+            {"type": "track", "anonymousId": "never-seen-3", "event": "Opened App", "messageId": "c2",
+             "timestamp": "2025-01-03T11:00:00Z"},
+            // A user id renamed: both are user ids, and one profile may hold one.
+            {"type": "identify", "userId": "old-user-4", "messageId": "d1",
+             "timestamp": "2025-01-04T10:00:00Z", "traits": {"plan": "pro"}},
+            {"type": "alias", "previousId": "old-user-4", "userId": "new-user-4", "messageId": "d2",
+             "timestamp": "2025-01-04T11:00:00Z"},
+        ]),
+    );
+    let signed_up = find(&store, "user_id:user-1").unwrap();
+    assert_eq!(
+        identifiers_of(&signed_up),
+        ["anonymous_id:anon-1", "user_id:user-1"]
+    );
+    assert!(signed_up.conflicts.is_empty(), "{:?}", signed_up.conflicts);
+    assert_eq!(signed_up.merges.len(), 1, "{:?}", signed_up.merges);
+    assert!(
+        find(&store, "user_id:anon-1").is_none(),
+        "the anonymous id is not taken for a user id"
+    );
+    let browser = find(&store, "user_id:user-2").unwrap();
+    assert_eq!(
+        identifiers_of(&browser),
+        ["anonymous_id:anon-2", "user_id:user-2"]
+    );
+    assert!(browser.conflicts.is_empty(), "{:?}", browser.conflicts);
+    let first_call = find(&store, "user_id:user-3").unwrap();
+    assert_eq!(
+        identifiers_of(&first_call),
+        ["anonymous_id:never-seen-3", "user_id:user-3"]
+    );
+    assert_eq!(first_call.computed_traits.event_count, 2);
+    // The renamed user: a second user id is refused, and said on both profiles.
+    let renamed = find(&store, "user_id:new-user-4").unwrap();
+    assert_eq!(identifiers_of(&renamed), ["user_id:new-user-4"]);
+    assert_eq!(renamed.conflicts.len(), 1, "{:?}", renamed.conflicts);
+    let old = find(&store, "user_id:old-user-4").unwrap();
+    assert_eq!(old.conflicts.len(), 1, "{:?}", old.conflicts);
+    assert!(find(&store, "anonymous_id:old-user-4").is_none());
+}
