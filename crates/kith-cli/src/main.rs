@@ -36,6 +36,15 @@ fn main() -> ExitCode {
         allocator::tune();
         kith_server::memory::set_release(allocator::release_free_memory);
     }
+    // What Kith writes (a data directory's databases, tables and journal, rejected rows, demo
+    // worlds) holds customers' emails, phones and events: readable by this user alone, whatever
+    // the shell's umask, as a data directory Kith creates is (0700). Without it, files made in a
+    // directory the user created beforehand were readable by everyone (0644).
+    #[cfg(unix)]
+    // SAFETY: umask only sets this process's file creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => exit_for(err),

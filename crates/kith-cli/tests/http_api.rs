@@ -2792,3 +2792,82 @@ fn a_server_killed_leaves_no_worker_behind() {
     }
     assert!(!is_running(workers[0]), "the worker outlived its server");
 }
+
+// A data directory made beforehand with the shell's umask (0755) is left as it is, but what
+// Kith writes in it is this user's alone, and the server says the directory is open. Before,
+// `profiles.db` (emails, phones) and the tables were readable by every user (0644).
+#[test]
+fn what_kith_writes_in_a_data_directory_made_beforehand_is_its_users_alone() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("made-by-hand");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let write_key = create_key(&data, "ingest", Some("web"));
+    let mut child = std::process::Command::new(kith_bin())
+        .args([
+            "serve",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("KITH_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut before_listening = Vec::new();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("kith serve printed its address")
+            .unwrap();
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+        before_listening.push(line);
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    let told = before_listening.join("\n");
+    assert!(
+        told.contains("lets other users of this machine in (mode 755)")
+            && told.contains(&format!("chmod 700 {}", data.display())),
+        "{told}"
+    );
+    let (status, body) = post_json(
+        &format!("http://{addr}/v1/track"),
+        &[("Authorization", &basic(&write_key))],
+        r#"{"userId": "u-1", "event": "Signed Up", "traits": {"email": "ana@example.com"}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let pid = child.id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    child.wait().unwrap();
+
+    let mut open = Vec::new();
+    let mut files = 0;
+    let mut pending = vec![data.clone()];
+    while let Some(path) = pending.pop() {
+        for entry in std::fs::read_dir(&path).unwrap() {
+            let entry = entry.unwrap();
+            let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                open.push(format!("{} {mode:o}", entry.path().display()));
+            }
+            if entry.file_type().unwrap().is_dir() {
+                pending.push(entry.path());
+            } else {
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 5, "the server wrote its files ({files})");
+    assert_eq!(open, Vec::<String>::new());
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755, "the directory itself is the user's to change");
+}

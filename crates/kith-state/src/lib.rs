@@ -78,6 +78,20 @@ pub fn create_data_dir(data_dir: &Path) -> std::io::Result<()> {
     builder.create(data_dir)
 }
 
+/// The mode of an existing data directory that lets other users of the machine in (`0755`), so
+/// that the server can say so: Kith leaves the mode of a directory it did not create as it is.
+#[cfg(unix)]
+pub fn open_to_others(data_dir: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(data_dir).ok()?.permissions().mode() & 0o777;
+    (mode & 0o007 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+pub fn open_to_others(_data_dir: &Path) -> Option<u32> {
+    None
+}
+
 impl StateStore {
     /// Opens (or creates) `state.db` in the data directory.
     pub fn open(data_dir: &Path) -> Result<StateStore, StateError> {

@@ -108,6 +108,15 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
     tell_open_file_limit(open_files);
     config.connections.most_connections =
         open_files.map(|(_, limit)| connections::most_connections(limit));
+    if let Some(mode) = kith_state::open_to_others(&config.data_dir) {
+        let shown = super::shown_path(&config.data_dir);
+        tracing::warn!(
+            "the data directory {shown} lets other users of this machine in (mode {mode:o}); it \
+             holds customers' emails, phones and events. The files Kith writes in it are readable \
+             by this user alone, but not files written there before; to close it, run: chmod 700 {}",
+            super::shell_word(&shown),
+        );
+    }
     // Before anything is created or loaded: a wrong or busy address fails at once.
     let listener = kith_server::app::bind(&config.listen)?;
     kith_server::install_metrics();
