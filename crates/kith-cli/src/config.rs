@@ -506,6 +506,17 @@ impl FileConfig {
         };
         let mut config: FileConfig = toml::from_str(&text)
             .with_context(|| format!("invalid config file {}", path.display()))?;
+        if config
+            .data_dir
+            .as_ref()
+            .is_some_and(|dir| dir.as_os_str().is_empty())
+        {
+            anyhow::bail!(
+                "invalid config file {}: data_dir is empty; name a directory, or leave the line \
+                 out for the default ({DEFAULT_DATA_DIR})",
+                path.display()
+            );
+        }
         config.data_dir = config.data_dir.map(|dir| beside_the_file(&path, dir));
         Ok(config)
     }
@@ -747,6 +758,22 @@ mod tests {
         );
         assert!(err.contains("is 1440 but must be at least 2880"), "{err}");
         assert!(toml::from_str::<FileConfig>("[tables]\nkeep = 5\n").is_err());
+    }
+
+    #[test]
+    fn an_empty_data_dir_in_a_file_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kith.toml");
+        std::fs::write(&file, "data_dir = ''\n").unwrap();
+        let err = format!("{:#}", FileConfig::load(Some(&file)).unwrap_err());
+        assert_eq!(
+            err,
+            format!(
+                "invalid config file {}: data_dir is empty; name a directory, or leave the line \
+                 out for the default (./kith-data)",
+                file.display()
+            )
+        );
     }
 
     #[test]
