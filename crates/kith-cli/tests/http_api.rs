@@ -1380,6 +1380,38 @@ fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
         ),
         "{error}"
     );
+    // JSON text read as a struct, or with another engine's JSON function, is told how Kith's
+    // JSON columns are read; following the advice gives the value.
+    for sql in [
+        "SELECT properties.revenue FROM events",
+        "SELECT properties['revenue'] FROM events",
+        "SELECT json_extract(properties, '$.revenue') FROM events",
+        "SELECT JSON_VALUE(properties, '$.revenue') FROM events",
+    ] {
+        let (status, error) = post_json(
+            &server.url("/v1/query"),
+            &[("Authorization", &auth)],
+            &json!({ "sql": sql }).to_string(),
+        );
+        assert_eq!((status, &error["code"]), (400, &json!("invalid_sql")));
+        assert!(
+            error["message"].as_str().unwrap().ends_with(
+                "; the JSON columns (properties, context, traits, integrations, extra) are text, \
+                 read with functions: properties->>'revenue' or json_as_text(properties, \
+                 'revenue') (any value, as text), json_get_float(properties, 'revenue') \
+                 (numbers), json_get_str(context, 'page', 'url') (strings, nested)"
+            ),
+            "{sql}: {error}"
+        );
+    }
+    let advised = server.rows(
+        "SELECT properties->>'revenue' AS a, json_as_text(properties, 'revenue') AS b, \
+         json_get_float(properties, 'revenue') AS c FROM (SELECT '{\"revenue\": 12.5}' AS properties)",
+    );
+    assert_eq!(
+        (&advised[0]["a"], &advised[0]["b"], &advised[0]["c"]),
+        (&json!("12.5"), &json!("12.5"), &json!(12.5))
+    );
     // The body is an object: serde would read `["SELECT 1"]` as one too.
     let (status, error) = post_json(
         &server.url("/v1/query"),
@@ -1641,8 +1673,8 @@ fn queries_answer_json_csv_and_arrow_and_explain_bad_sql() {
         (
             "SELECT json_get('{\"a\": 1}', 'a') AS j",
             "holds JSON values of several kinds (Union(null, bool, int, float, str, array, object)), \
-             which CSV cannot hold; use `json_get_json`",
-            "SELECT json_get_json('{\"a\": 1}', 'a') AS j",
+             which CSV cannot hold; use `json_as_text` (any value as text)",
+            "SELECT json_as_text('{\"a\": 1}', 'a') AS j",
             "j\n1\n",
         ),
         (

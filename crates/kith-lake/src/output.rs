@@ -61,8 +61,10 @@ pub fn csv_unwritable(schema: &arrow::datatypes::Schema, other_formats: &str) ->
         DataType::Union(_, _) => {
             return Some(format!(
                 "the column `{name}` holds JSON values of several kinds ({type_name}), which CSV \
-                 cannot hold; use `json_get_json` (the value as JSON text) or `json_get_str` \
-                 instead of `json_get`, or {other_formats}"
+                 cannot hold; use `json_as_text` (any value as text) or `json_get_json` (as \
+                 JSON) instead of `json_get` (`json_get_str` reads only strings, \
+                 `json_get_float` and `json_get_int` only numbers: other values are null), or \
+                 {other_formats}"
             ));
         }
         DataType::Struct(fields) => {

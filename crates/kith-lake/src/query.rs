@@ -281,8 +281,34 @@ fn classify_ref(err: &DataFusionError, limits: &QueryLimits) -> QueryError {
         | DataFusionError::External(_)
         | DataFusionError::Ffi(_) => QueryError::Internal(first_line(err)),
         // Syntax, planning, schema, casts and arguments: the query is wrong.
-        other => QueryError::Invalid(first_line(other)),
+        other => QueryError::Invalid(with_json_advice(first_line(other))),
     }
+}
+
+/// The engine's message, with how Kith's JSON columns are read when the query read one as a
+/// struct (`properties.revenue`, `properties['revenue']`: "type Utf8View is not Struct") or
+/// called another engine's JSON function (`json_extract`): the engine's words name neither JSON
+/// nor the functions that read it.
+fn with_json_advice(message: String) -> String {
+    let read_as_a_struct =
+        message.starts_with("Cannot access field") && message.contains("is not Struct, Map");
+    let unknown_json_function = message
+        .strip_prefix("Invalid function '")
+        .and_then(|rest| rest.split('\'').next())
+        .is_some_and(|name| {
+            let name = name.to_ascii_lowercase();
+            name.starts_with("json") || name == "get_json_object"
+        });
+    if !(read_as_a_struct || unknown_json_function) {
+        return message;
+    }
+    format!(
+        "{}; the JSON columns (properties, context, traits, integrations, extra) are text, read \
+         with functions: properties->>'revenue' or json_as_text(properties, 'revenue') (any \
+         value, as text), json_get_float(properties, 'revenue') (numbers), \
+         json_get_str(context, 'page', 'url') (strings, nested)",
+        message.trim_end_matches('.')
+    )
 }
 
 /// What a query's task ended with when it did not end: a panic inside the engine (whose
