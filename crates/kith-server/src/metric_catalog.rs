@@ -405,11 +405,15 @@ pub(crate) fn describe_all() {
     for code in crate::errors::ErrorCode::ALL {
         metrics::counter!(ERROR_RESPONSES, "code" => code.describe().0).increment(0);
     }
+    for status in crate::unreadable_requests::UNREADABLE_STATUSES {
+        metrics::counter!(UNREADABLE_REQUESTS, "status" => status).increment(0);
+    }
 }
 
 /// Counters whose every label value is known in advance (see [`describe_all`]).
 const REJECTED_EVENTS: &str = "kith_events_rejected_total";
 const ERROR_RESPONSES: &str = "kith_http_error_responses_total";
+const UNREADABLE_REQUESTS: &str = "kith_http_unreadable_requests_total";
 
 #[cfg(test)]
 mod tests {

@@ -141,6 +141,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ExplainedIo<IO> {
     }
 }
 
+/// The statuses [`explained`] answers: each starts at 0 (see `metric_catalog::describe_all`).
+pub(crate) const UNREADABLE_STATUSES: [&str; 3] = ["400", "414", "431"];
+
 /// The explained answer for `head`, when `head` is hyper's answer to an unreadable request:
 /// the same status line and headers, with a JSON body.
 fn explained(head: &[u8]) -> Option<Vec<u8>> {
@@ -161,8 +164,8 @@ fn explained(head: &[u8]) -> Option<Vec<u8>> {
     let error = match status {
         "400" => ApiError::new(
             ErrorCode::MalformedRequest,
-            "the request cannot be read as HTTP/1.1: its request line (`POST /v1/batch \
-             HTTP/1.1`) or a header line is malformed (a method or header name with a character \
+            "the request cannot be read as HTTP/1.1: its request line (which reads like `POST \
+             /v1/batch HTTP/1.1`) or a header line is malformed (a method or header name with a character \
              not allowed in it, a path with a space or control character, a header line without \
              `:`), or the length of its body cannot be told (a `Content-Length` that is not a \
              number or is sent twice with different values, a `Transfer-Encoding` that does not \
