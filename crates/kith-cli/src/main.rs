@@ -127,9 +127,31 @@ fn env_variable_of(flag: &str) -> Option<String> {
     find(&Cli::command(), long)
 }
 
+/// The level a `KITH_LOG` written as another tool's level word (`verbose`, `warning`) means. A
+/// filter takes a bare word for a module name, so such a value would log nothing at all.
+fn level_meant(text: &str) -> Option<&'static str> {
+    Some(match text.trim().to_ascii_lowercase().as_str() {
+        "verbose" | "debugging" | "dbg" => "debug",
+        "all" | "everything" | "trc" => "trace",
+        "warning" | "wrn" => "warn",
+        "err" | "fatal" | "critical" | "crit" => "error",
+        "information" | "informational" | "notice" | "normal" | "default" => "info",
+        "quiet" | "silent" | "none" | "no" | "false" | "0" => "off",
+        _ => return None,
+    })
+}
+
 fn init_logging(default_filter: &str) {
     use std::io::IsTerminal;
     let filter = match std::env::var("KITH_LOG") {
+        Ok(text) if let Some(level) = level_meant(&text) => {
+            eprintln!(
+                "warning: KITH_LOG=`{text}` would be read as the name of a module (logging \
+                 nothing else); logging at the default level. Levels are off, error, warn, info, \
+                 debug and trace: KITH_LOG={level}?"
+            );
+            tracing_subscriber::EnvFilter::new(default_filter)
+        }
         Ok(text) => tracing_subscriber::EnvFilter::try_new(&text).unwrap_or_else(|e| {
             eprintln!(
                 "warning: KITH_LOG=`{text}` is not a log filter ({e}); logging at the default \

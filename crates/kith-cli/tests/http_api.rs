@@ -465,6 +465,23 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
             ))
         )
     );
+    // A query takes an admin key too, and says so.
+    let (status, body) = post_json(
+        &server.url("/v1/query"),
+        &[("Authorization", &basic(&server.write_key))],
+        r#"{"sql": "SELECT 1"}"#,
+    );
+    assert_eq!(
+        (status, body["message"].clone()),
+        (
+            403,
+            json!(format!(
+                "this call needs a read or admin key; the key `{}` is an ingest key",
+                &server.write_key[12..22]
+            ))
+        ),
+        "{body}"
+    );
 
     // A known path with a method it does not take: our JSON error, and axum's `Allow` header.
     let response = agent()
@@ -524,6 +541,7 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
             "/v1/analytics",
             "; analyses run at POST /v1/analytics/{rfm|cohorts|funnel|paths|preferences|risk|trends}",
         ),
+        ("/v1/sql", "; SQL queries go to POST /v1/query"),
     ] {
         let (status, body) = get(&server.url(path), &[]);
         assert_eq!(status, 404, "{body}");
@@ -2498,6 +2516,22 @@ fn a_bad_setting_is_traced_to_where_it_was_set() {
     let (ok, _, err) = kith(&["serve", "--data-dir", data, "--flush-interval-ms", "abc"]);
     assert!(!ok);
     assert!(!err.contains("note:"), "{err}");
+    // Another tool's level word would be a module name to the filter, and log nothing.
+    let output = std::process::Command::new(kith_bin())
+        .args(["key", "create", "--data-dir", data, "--scope", "read"])
+        .env("KITH_LOG", "verbose")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "warning: KITH_LOG=`verbose` would be read as the name of a module (logging nothing \
+             else); logging at the default level. Levels are off, error, warn, info, debug and \
+             trace: KITH_LOG=debug?"
+        ),
+        "{err}"
+    );
     // A data directory that is a file is named as one, by every command that opens it.
     let file = dir.path().join("a-file");
     std::fs::write(&file, "").unwrap();
@@ -2565,6 +2599,10 @@ fn a_bad_setting_is_traced_to_where_it_was_set() {
     assert!(
         err.contains("no keys yet; make one with `kith key create"),
         "{err}"
+    );
+    assert!(
+        err.starts_with(&format!("keys of {}\n", keyless.display())),
+        "which data directory is listed: {err}"
     );
 }
 

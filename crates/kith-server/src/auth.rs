@@ -184,7 +184,11 @@ impl KeyResolver {
                 ErrorCode::InsufficientScope,
                 format!(
                     "this call needs {} key; the key `{}` is {} key",
-                    with_article(required.as_str()),
+                    match required {
+                        // An admin key may do all a read key does.
+                        KeyScope::Read => "a read or admin".to_string(),
+                        other => with_article(other.as_str()),
+                    },
                     key.id,
                     with_article(key.scope.as_str())
                 ),

@@ -318,6 +318,7 @@ pub(crate) fn unknown_call(call: &str) -> ApiError {
             kith_analytics::ANALYSES.replace(", ", "|")
         ),
         "profiles" => "; a profile is at GET /v1/profiles/{type}:{value}".to_string(),
+        "sql" | "queries" => "; SQL queries go to POST /v1/query".to_string(),
         _ => "; /openapi.json lists every endpoint".to_string(),
     };
     ApiError::new(

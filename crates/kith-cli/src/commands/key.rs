@@ -101,6 +101,9 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
         KeyAction::List { data_dir } => {
             let data_dir = existing_data_dir(file.data_dir(data_dir.data_dir))?;
             let store = StateStore::open(&data_dir)?;
+            // Keys work only with the server of this data directory: say which one it is (on
+            // stderr, so that what scripts read stays the table).
+            eprintln!("keys of {}", super::shown_path(&data_dir));
             outln!(
                 "{:<12} {:<7} {:<16} {:<26} status",
                 "id",
