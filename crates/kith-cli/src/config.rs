@@ -487,6 +487,44 @@ fn beside_the_file(config_file: &Path, dir: PathBuf) -> PathBuf {
     }
 }
 
+/// The sections of `kith.toml` that hold settings by name.
+const SECTIONS: [&str; 6] = [
+    "ingest", "query", "tables", "identity", "profiles", "models",
+];
+
+/// Where settings written at the top of the file belong (`flush_interval_ms` above `[ingest]`
+/// rather than under it), said as `: `flush_interval_ms` belongs under [ingest]`; empty when
+/// every top-level setting is one or none fits a section.
+fn section_of_misplaced_keys(text: &str) -> String {
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return String::new();
+    };
+    let fits = |section: &str, key: &str, value: &toml::Value| {
+        let mut moved = toml::Table::new();
+        let mut inner = toml::Table::new();
+        inner.insert(key.to_string(), value.clone());
+        moved.insert(section.to_string(), toml::Value::Table(inner));
+        FileConfig::deserialize(toml::Value::Table(moved)).is_ok()
+    };
+    let misplaced: Vec<String> = table
+        .iter()
+        .filter(|(key, value)| {
+            let mut alone = toml::Table::new();
+            alone.insert(key.to_string(), (*value).clone());
+            FileConfig::deserialize(toml::Value::Table(alone)).is_err()
+        })
+        .filter_map(|(key, value)| {
+            let section = SECTIONS.iter().find(|section| fits(section, key, value))?;
+            Some(format!("`{key}` belongs under [{section}]"))
+        })
+        .collect();
+    if misplaced.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", misplaced.join(", "))
+    }
+}
+
 impl FileConfig {
     /// Reads the given file, or `./kith.toml` when none is given and it exists.
     pub fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
@@ -504,8 +542,14 @@ impl FileConfig {
                     .with_context(|| format!("cannot read config file {}", path.display()));
             }
         };
-        let mut config: FileConfig = toml::from_str(&text)
-            .with_context(|| format!("invalid config file {}", path.display()))?;
+        let mut config: FileConfig = match toml::from_str(&text) {
+            Ok(config) => config,
+            Err(e) => {
+                let hint = section_of_misplaced_keys(&text);
+                return Err(anyhow::Error::new(e))
+                    .with_context(|| format!("invalid config file {}{hint}", path.display()));
+            }
+        };
         if config
             .data_dir
             .as_ref()
@@ -758,6 +802,36 @@ mod tests {
         );
         assert!(err.contains("is 1440 but must be at least 2880"), "{err}");
         assert!(toml::from_str::<FileConfig>("[tables]\nkeep = 5\n").is_err());
+    }
+
+    #[test]
+    fn a_setting_written_above_its_section_is_told_where_it_belongs() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kith.toml");
+        std::fs::write(
+            &file,
+            "listen = '127.0.0.1:1'\nflush_interval_ms = 100\ntimeout_secs = 5\nnope = 1\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", FileConfig::load(Some(&file)).unwrap_err());
+        assert!(
+            err.starts_with(&format!(
+                "invalid config file {} (`flush_interval_ms` belongs under [ingest], \
+                 `timeout_secs` belongs under [query]): TOML parse error",
+                file.display()
+            )),
+            "{err}"
+        );
+        // A name no section has gets the parser's message alone.
+        std::fs::write(&file, "nope = 1\n").unwrap();
+        let err = format!("{:#}", FileConfig::load(Some(&file)).unwrap_err());
+        assert!(
+            err.starts_with(&format!(
+                "invalid config file {}: TOML parse error",
+                file.display()
+            )),
+            "{err}"
+        );
     }
 
     #[test]
