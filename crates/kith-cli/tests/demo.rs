@@ -486,10 +486,14 @@ fn the_address_answers_while_the_server_starts() {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (listening_tx, listening_rx) = std::sync::mpsc::channel();
+    let (loaded_tx, loaded_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains("kith is listening") {
                 let _ = listening_tx.send(());
+            }
+            if let Some(rest) = line.strip_prefix("loaded ") {
+                let _ = loaded_tx.send(rest.split(' ').next().unwrap_or_default().to_string());
             }
         }
     });
@@ -534,4 +538,11 @@ fn the_address_answers_while_the_server_starts() {
     );
     let _ = child.kill();
     let _ = child.wait();
+    // The count it said it loaded is what the events table holds, CRM contacts included.
+    let loaded = loaded_rx
+        .try_recv()
+        .expect("the server said what it loaded");
+    let data = dir.path().join("data");
+    let stored = sql(&data, "SELECT count(*) FROM events");
+    assert_eq!(stored[0][0], loaded);
 }

@@ -227,13 +227,15 @@ fn load_demo(
         })
         .unwrap_or_else(|| "u-0".into());
     eprintln!(
-        "loaded {} events of {} customers ({} orders). Try, in another terminal:\n  \
+        "loaded {} events of {} customers ({} orders; {} of the events are CRM contacts, \
+         imported as identify calls). Try, in another terminal:\n  \
          kith sql --data-dir {dir} \"SELECT event, count(*) AS n FROM events GROUP BY event ORDER BY n DESC\"\n  \
          kith profile show --data-dir {dir} user_id:{example}\n  \
          kith profile duplicates --data-dir {dir}",
-        summary.events,
+        summary.events + summary.contacts,
         summary.customers,
         summary.transactions,
+        summary.contacts,
         dir = data_dir.display()
     );
     Ok(())
