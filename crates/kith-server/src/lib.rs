@@ -35,4 +35,7 @@ pub mod welcome;
 
 pub use app::{Server, ServerConfig, ServerError};
 pub use ops::install_metrics;
-pub use pipeline::{Pipeline, Written, backfill_computed_traits, journal_dir, replay_into};
+pub use pipeline::{
+    Pipeline, Written, backfill_computed_traits, journal_dir, read_journal, replay_after,
+    replay_into, replay_records,
+};

@@ -377,50 +377,85 @@ pub fn replay_into(
     profiles: Option<&ProfileStore>,
     journal_dir: &Path,
 ) -> Result<u64, ServerError> {
-    let after = profiles.map_or(lake.replay_after(), |p| {
-        lake.replay_after().min(p.applied_seq())
-    });
+    let after = replay_after(lake, profiles);
     let mut chunk = Vec::new();
     let mut replayed = 0u64;
     let mut failure = None;
-    let flush = |chunk: Vec<(u64, Vec<u8>, Option<kith_core::Event>)>| {
-        let mut records = Vec::with_capacity(chunk.len());
-        let mut events = Vec::with_capacity(chunk.len());
-        for (seq, payload, event) in chunk {
-            records.push((seq, payload));
-            events.extend(event.map(|event| (seq, event)));
-        }
-        if let Some(profiles) = profiles {
-            let events: Vec<(u64, &kith_core::Event)> =
-                events.iter().map(|(seq, event)| (*seq, event)).collect();
-            profiles.apply_events(&events);
-        }
-        lake.ingest(records);
-    };
     kith_journal::read_after(journal_dir, after, |record| {
-        // The tables take the bytes; the profiles need the decoded event. Decoding also checks
-        // the record, so one that does not decode stops replay with or without profiles.
-        let event = match decode_record(record.seq, &record.payload) {
-            Ok(Stored::Event(event)) if profiles.is_some() => Some(event),
-            Ok(_) => None,
-            Err(e) => {
-                failure = Some(e);
-                return Err(JournalError::Stopped);
-            }
-        };
-        chunk.push((record.seq, record.payload, event));
+        chunk.push((record.seq, record.payload));
         replayed += 1;
-        if chunk.len() >= 10_000 {
-            flush(std::mem::take(&mut chunk));
+        if chunk.len() >= REPLAY_CHUNK
+            && let Err(e) = replay_chunk(lake, profiles, std::mem::take(&mut chunk))
+        {
+            failure = Some(e);
+            return Err(JournalError::Stopped);
         }
         Ok(())
     })
     .map_err(|e| failure.take().unwrap_or(ServerError::Journal(e)))?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    flush(chunk);
+    replay_chunk(lake, profiles, chunk)?;
     Ok(replayed)
+}
+
+/// Where a replay into `lake` (and `profiles`) starts: after the lowest seq one of them may lack.
+pub fn replay_after(lake: &Lake, profiles: Option<&ProfileStore>) -> u64 {
+    profiles.map_or(lake.replay_after(), |p| {
+        lake.replay_after().min(p.applied_seq())
+    })
+}
+
+/// The journal's records after `after`, read into memory, for a reader that opens the tables
+/// and the profiles only afterwards (`kith sql` beside a running server; see
+/// [`replay_records`]).
+pub fn read_journal(journal_dir: &Path, after: u64) -> Result<Vec<(u64, Vec<u8>)>, ServerError> {
+    let mut records = Vec::new();
+    kith_journal::read_after(journal_dir, after, |record| {
+        records.push((record.seq, record.payload));
+        Ok(())
+    })
+    .map_err(ServerError::Journal)?;
+    Ok(records)
+}
+
+/// Feeds records read by [`read_journal`] into the tables (and the profiles): each takes only
+/// those it lacks.
+pub fn replay_records(
+    lake: &Lake,
+    profiles: Option<&ProfileStore>,
+    mut records: Vec<(u64, Vec<u8>)>,
+) -> Result<u64, ServerError> {
+    let replayed = records.len() as u64;
+    while !records.is_empty() {
+        let rest = records.split_off(records.len().min(REPLAY_CHUNK));
+        replay_chunk(lake, profiles, std::mem::replace(&mut records, rest))?;
+    }
+    Ok(replayed)
+}
+
+/// Records replayed at a time: their events are decoded for the profiles a chunk at a time.
+const REPLAY_CHUNK: usize = 10_000;
+
+fn replay_chunk(
+    lake: &Lake,
+    profiles: Option<&ProfileStore>,
+    chunk: Vec<(u64, Vec<u8>)>,
+) -> Result<(), ServerError> {
+    // The tables take the bytes; the profiles need the decoded event. Decoding also checks the
+    // record, so one that does not decode stops replay with or without profiles.
+    let mut events = Vec::with_capacity(if profiles.is_some() { chunk.len() } else { 0 });
+    for (seq, payload) in &chunk {
+        match decode_record(*seq, payload)? {
+            Stored::Event(event) if profiles.is_some() => events.push((*seq, event)),
+            _ => {}
+        }
+    }
+    if let Some(profiles) = profiles {
+        let events: Vec<(u64, &kith_core::Event)> =
+            events.iter().map(|(seq, event)| (*seq, event)).collect();
+        profiles.apply_events(&events);
+    }
+    lake.ingest(chunk);
+    Ok(())
 }
 
 /// Recomputes computed traits declared or changed since the profiles were kept, from the stored
