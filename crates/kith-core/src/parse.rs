@@ -348,12 +348,14 @@ impl RawRequest<'_> {
     ) -> Result<Event, Fault> {
         let mut item = RawItem::parse(raw)?;
         let message_id = match item.take_id("messageId")? {
+            // Refused ids are kept with the rejection all the same, so it can be found by them.
             Some(id) if id.chars().count() >= MAX_MESSAGE_ID_CHARS => {
                 return Err(Fault::new(
                     "invalid_message_id",
                     Some("messageId"),
                     format!("`messageId` must be shorter than {MAX_MESSAGE_ID_CHARS} characters"),
-                ));
+                )
+                .with_message_id(Some(id)));
             }
             Some(id) if id.starts_with(MANUAL_MERGE_ID_PREFIX) => {
                 return Err(Fault::new(
@@ -363,7 +365,8 @@ impl RawRequest<'_> {
                         "`messageId`s starting with `{MANUAL_MERGE_ID_PREFIX}` are reserved for \
                          merges confirmed in Kith; use another id"
                     ),
-                ));
+                )
+                .with_message_id(Some(id)));
             }
             other => other,
         };

@@ -110,7 +110,12 @@ fn each_invalid_event_is_rejected_with_its_reason_and_neighbours_survive() {
                 Some("previousId"),
                 Some("bad-11")
             ),
-            (13, "invalid_message_id", Some("messageId"), None),
+            (
+                13,
+                "invalid_message_id",
+                Some("messageId"),
+                Some("x".repeat(100).as_str())
+            ),
         ]
     );
     let too_big = &outcome.rejections[2];
@@ -673,8 +678,16 @@ fn the_manual_merge_message_id_prefix_is_refused_from_clients() {
     assert_eq!(outcome.events.len(), 1);
     let rejection = &outcome.rejections[0];
     assert_eq!(
-        (rejection.code.as_str(), rejection.field.as_deref()),
-        ("invalid_message_id", Some("messageId"))
+        (
+            rejection.code.as_str(),
+            rejection.field.as_deref(),
+            rejection.message_id.as_deref()
+        ),
+        (
+            "invalid_message_id",
+            Some("messageId"),
+            Some("kith-merge-forged")
+        )
     );
     assert!(
         rejection
