@@ -514,8 +514,14 @@ fn section_of_misplaced_keys(text: &str) -> String {
             FileConfig::deserialize(toml::Value::Table(alone)).is_err()
         })
         .filter_map(|(key, value)| {
-            let section = SECTIONS.iter().find(|section| fits(section, key, value))?;
-            Some(format!("`{key}` belongs under [{section}]"))
+            // `memory_mb` is a setting of [query] and of [models]: each is named.
+            let sections: Vec<String> = SECTIONS
+                .iter()
+                .filter(|section| fits(section, key, value))
+                .map(|section| format!("[{section}]"))
+                .collect();
+            (!sections.is_empty())
+                .then(|| format!("`{key}` belongs under {}", sections.join(" or ")))
         })
         .collect();
     if misplaced.is_empty() {
@@ -823,6 +829,12 @@ mod tests {
             "{err}"
         );
         // A name no section has gets the parser's message alone.
+        std::fs::write(&file, "memory_mb = 2048\n").unwrap();
+        let err = format!("{:#}", FileConfig::load(Some(&file)).unwrap_err());
+        assert!(
+            err.contains("(`memory_mb` belongs under [query] or [models])"),
+            "{err}"
+        );
         std::fs::write(&file, "nope = 1\n").unwrap();
         let err = format!("{:#}", FileConfig::load(Some(&file)).unwrap_err());
         assert!(

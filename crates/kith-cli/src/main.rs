@@ -136,7 +136,7 @@ fn level_meant(text: &str) -> Option<&'static str> {
         "warning" | "wrn" => "warn",
         "err" | "fatal" | "critical" | "crit" => "error",
         "information" | "informational" | "notice" | "normal" | "default" => "info",
-        "quiet" | "silent" | "none" | "no" | "false" | "0" => "off",
+        "quiet" | "silent" | "none" | "no" | "false" => "off",
         _ => return None,
     })
 }

@@ -36,6 +36,6 @@ pub mod welcome;
 pub use app::{Server, ServerConfig, ServerError};
 pub use ops::install_metrics;
 pub use pipeline::{
-    Pipeline, Written, backfill_computed_traits, journal_dir, read_journal, replay_after,
-    replay_into, replay_records,
+    Pipeline, Written, backfill_computed_traits, journal_dir, read_journal, replay_into,
+    replay_records,
 };

@@ -398,7 +398,7 @@ pub fn replay_into(
 }
 
 /// Where a replay into `lake` (and `profiles`) starts: after the lowest seq one of them may lack.
-pub fn replay_after(lake: &Lake, profiles: Option<&ProfileStore>) -> u64 {
+fn replay_after(lake: &Lake, profiles: Option<&ProfileStore>) -> u64 {
     profiles.map_or(lake.replay_after(), |p| {
         lake.replay_after().min(p.applied_seq())
     })
@@ -422,14 +422,19 @@ pub fn read_journal(journal_dir: &Path, after: u64) -> Result<Vec<(u64, Vec<u8>)
 pub fn replay_records(
     lake: &Lake,
     profiles: Option<&ProfileStore>,
-    mut records: Vec<(u64, Vec<u8>)>,
+    records: Vec<(u64, Vec<u8>)>,
 ) -> Result<u64, ServerError> {
     let replayed = records.len() as u64;
-    while !records.is_empty() {
-        let rest = records.split_off(records.len().min(REPLAY_CHUNK));
-        replay_chunk(lake, profiles, std::mem::replace(&mut records, rest))?;
+    // In order (profiles skip seqs at or below the last they applied), each chunk a vector of
+    // its own size: the tables keep the vectors they are given until they seal.
+    let mut records = records.into_iter();
+    loop {
+        let chunk: Vec<(u64, Vec<u8>)> = records.by_ref().take(REPLAY_CHUNK).collect();
+        if chunk.is_empty() {
+            return Ok(replayed);
+        }
+        replay_chunk(lake, profiles, chunk)?;
     }
-    Ok(replayed)
 }
 
 /// Records replayed at a time: their events are decoded for the profiles a chunk at a time.

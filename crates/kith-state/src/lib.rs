@@ -78,13 +78,14 @@ pub fn create_data_dir(data_dir: &Path) -> std::io::Result<()> {
     builder.create(data_dir)
 }
 
-/// The mode of an existing data directory that lets other users of the machine in (`0755`), so
-/// that the server can say so: Kith leaves the mode of a directory it did not create as it is.
+/// The mode of an existing data directory that lets other users of the machine in (`0755`, or
+/// a group's `0750`), so that the server can say so: Kith leaves the mode of a directory it did
+/// not create as it is, and makes its own `0700`.
 #[cfg(unix)]
 pub fn open_to_others(data_dir: &Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(data_dir).ok()?.permissions().mode() & 0o777;
-    (mode & 0o007 != 0).then_some(mode)
+    (mode & 0o077 != 0).then_some(mode)
 }
 
 #[cfg(not(unix))]

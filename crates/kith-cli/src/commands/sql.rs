@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use kith_lake::{Lake, output};
-use kith_profiles::persist::applied_seq_on_disk;
 use kith_profiles::{ProfileSettings, ProfileStore};
 
 use super::{DataDirArg, runtime};
@@ -125,23 +124,20 @@ fn truncated_note(truncated: bool, max_rows: usize) -> String {
 }
 
 /// Opens the tables and the profiles with every record of the journal they lack, while a
-/// server may be writing beside it. The journal is read first, the tables and profiles opened
-/// after: a server retires a journal segment only once the tables and `profiles.db` hold its
-/// records, so a record gone from the journal by the time it is read is in them when they are
-/// opened. Opened first, they could miss records the server flushed, and retired from the
-/// journal, before the journal was read (a count below what had been acknowledged).
+/// server may be writing beside it: every event acknowledged before this began is read. The
+/// journal is read first, the tables and profiles opened after: a server retires a journal
+/// segment only once the tables and `profiles.db` hold its records, so a record gone from the
+/// journal by the time it is read is in them when they are opened. (Opened first, they could
+/// miss records the server flushed, and retired from the journal, before it was read.) The
+/// tables may hold events written after the journal was read that `profiles.db` does not hold
+/// yet: profiles may lag the events by the second the server takes to write them.
 pub(crate) async fn open_consistent(
     data_dir: &std::path::Path,
     settings: ProfileSettings,
 ) -> anyhow::Result<(Lake, ProfileStore)> {
-    // Where to start reading: what the tables and profiles held a moment ago, which the ones
-    // opened below hold too (records up to it are simply skipped by both).
-    let held = Lake::open(data_dir)
-        .await
-        .context("cannot open the event tables")?
-        .replay_after()
-        .min(applied_seq_on_disk(data_dir)?);
-    let records = kith_server::read_journal(&kith_server::journal_dir(data_dir), held)
+    // All of it: the journal holds little beyond what the tables and profiles lack (segments
+    // are retired at each flush), and what they hold already is skipped by both.
+    let records = kith_server::read_journal(&kith_server::journal_dir(data_dir), 0)
         .context("cannot read the journal")?;
     let lake = Lake::open(data_dir)
         .await
