@@ -18,19 +18,6 @@ fn send(server: &KithServer, items: Value) {
     assert_eq!(body["rejected"], 0, "{body}");
 }
 
-/// Polls until the profile answers (resolution runs just after the ack).
-fn profile(server: &KithServer, lookup: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, body) = server.get(&format!("/v1/profiles/{lookup}"));
-        if status == 200 {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "{lookup}: {status} {body}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn journey() -> Value {
     json!([
         {"type": "page", "anonymousId": "browser-1", "messageId": "m1", "timestamp": "2025-03-01T10:00:00Z",

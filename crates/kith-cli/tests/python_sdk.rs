@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::*;
 use serde_json::{Value, json};
 
@@ -84,15 +82,7 @@ fn the_python_sdk_delivers_every_call_and_other_engines_read_the_tables() {
 
     // The alias merged the id it retires into the user's profile, as an anonymous id: read as
     // a user id, it would be the profile's second, which the default limit refuses.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let profile = loop {
-        let (status, body) = server.get("/v1/profiles/anonymous_id:anon-1");
-        if status == 200 {
-            break body;
-        }
-        assert!(Instant::now() < deadline, "{status} {body}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let profile = profile(&server, "anonymous_id:anon-1");
     let mut ids: Vec<String> = profile["identifiers"]
         .as_array()
         .expect("identifiers")

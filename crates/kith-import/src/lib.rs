@@ -63,6 +63,9 @@ pub enum ImportError {
     Mapping(#[from] MappingError),
 }
 
+/// The start of every id an import makes ([`message_id`], [`order_line_id`]), as opposed to
+/// those a file gives.
+const MADE_ID_PREFIX: &str = "import-";
 /// The start of an order line's id ([`order_line_id`]).
 const ORDER_ID_PREFIX: &str = "import-order-";
 
@@ -82,7 +85,7 @@ impl IdBasis {
     pub fn of(message_id: &str) -> IdBasis {
         if message_id.starts_with(ORDER_ID_PREFIX) {
             IdBasis::OrderLine
-        } else if message_id.starts_with("import-") {
+        } else if message_id.starts_with(MADE_ID_PREFIX) {
             IdBasis::Settings
         } else {
             IdBasis::File
@@ -146,5 +149,5 @@ pub fn message_id(kind: &str, mapping_fingerprint: &str, row: &Row) -> String {
         hasher.update(value.to_string().as_bytes());
         hasher.update(&[0]);
     }
-    format!("import-{kind}-{:032x}", hasher.digest128())
+    format!("{MADE_ID_PREFIX}{kind}-{:032x}", hasher.digest128())
 }

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -455,4 +455,17 @@ pub fn run_script(command: &mut Command, script: &str) -> Value {
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Polls until the profile answers (resolution runs just after the ack).
+pub fn profile(server: &KithServer, lookup: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = server.get(&format!("/v1/profiles/{lookup}"));
+        if status == 200 {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{lookup}: {status} {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
