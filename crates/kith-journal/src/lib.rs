@@ -193,21 +193,52 @@ pub struct Journal<T: Send + 'static> {
     last_seq_at_open: u64,
 }
 
+/// A journal directory [`recover`]ed and not yet opened for writing.
+pub struct RecoveredJournal {
+    dir: PathBuf,
+    recovered: segment::Recovered,
+}
+
+/// Makes the journal in `dir` (created if missing) whole again after a crash: cuts a torn tail
+/// off, and moves the readable records found past damage into segments of their own.
+///
+/// Whoever replays the journal into other stores does it between this and
+/// [`Journal::open_recovered`], with [`read_after`]: records saved from past damage are readable
+/// only once moved, and their keys deduplicate from the moment the journal opens, so a replay
+/// that missed them would answer their retries as duplicates of events stored nowhere.
+pub fn recover(dir: &Path) -> Result<RecoveredJournal, JournalError> {
+    dedup::create_dir_synced(dir)?;
+    Ok(RecoveredJournal {
+        dir: dir.to_path_buf(),
+        recovered: segment::recover(dir)?,
+    })
+}
+
 impl<T: Send + 'static> Journal<T> {
-    /// Opens (or creates) the journal in `dir`, repairing a torn tail left by a crash, and starts
-    /// the writer thread.
+    /// Opens (or creates) the journal in `dir`, recovering it (see [`recover`]), and starts the
+    /// writer thread.
     pub fn open(dir: &Path, options: JournalOptions, sink: Sink<T>) -> Result<Self, JournalError> {
-        Self::open_with(dir, options, sink, Hooks::default())
+        Self::open_with(recover(dir)?, options, sink, Hooks::default())
+    }
+
+    /// Opens a journal [`recover`] made whole, and starts the writer thread. Nothing else may
+    /// have written to its directory since.
+    pub fn open_recovered(
+        journal: RecoveredJournal,
+        options: JournalOptions,
+        sink: Sink<T>,
+    ) -> Result<Self, JournalError> {
+        Self::open_with(journal, options, sink, Hooks::default())
     }
 
     fn open_with(
-        dir: &Path,
+        journal: RecoveredJournal,
         options: JournalOptions,
         sink: Sink<T>,
         hooks: Hooks,
     ) -> Result<Self, JournalError> {
-        dedup::create_dir_synced(dir)?;
-        let recovered = segment::recover(dir)?;
+        let RecoveredJournal { dir, recovered } = journal;
+        let dir = dir.as_path();
         let last_seq_at_open = recovered.last_seq;
         let (commands, receiver) = mpsc::channel();
         let shared = Arc::new(syncer::Shared {

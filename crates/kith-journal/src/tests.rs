@@ -546,7 +546,7 @@ fn after_a_failed_sync_nothing_more_is_acknowledged_and_a_restart_recovers_what_
         let seen: Seen = Arc::default();
         let sink_seen = seen.clone();
         let journal: Journal<String> = Journal::open_with(
-            dir.path(),
+            crate::recover(dir.path()).unwrap(),
             JournalOptions::default(),
             Box::new(move |items: DurableEntries<String>| {
                 sink_seen
@@ -739,7 +739,7 @@ fn appends_are_answered_and_deduplicated_while_a_retirement_is_under_way() {
     let gate = Arc::new(Gate::default());
     let held = gate.clone();
     let journal: Journal<String> = Journal::open_with(
-        dir.path(),
+        crate::recover(dir.path()).unwrap(),
         a_segment_per_append(),
         Box::new(|_: DurableEntries<String>| {}),
         Hooks {

@@ -101,8 +101,10 @@ impl Pipeline {
         lake.create_missing_tables().await?;
         lake.name_tables_built_on_request(&crate::profiles::PROFILE_TABLE_NAMES);
         let profiles = Arc::new(ProfileStore::open(data_dir, profile_settings)?);
-        // Replay before the journal opens for writing: the unify thread must not see newer
-        // events before the replayed ones.
+        // Recovered before the replay, which must see the records recovery saves from past
+        // damage; replayed before the journal opens for writing: the unify thread must not see
+        // newer events before the replayed ones.
+        let recovered = kith_journal::recover(&journal_dir(data_dir))?;
         let replayed = replay_into(&lake, Some(&profiles), &journal_dir(data_dir))?;
         tracing::info!(
             replayed,
@@ -114,8 +116,8 @@ impl Pipeline {
                 .map_err(ServerError::Thread)?,
         );
         let (sink_lake, sink_unifier) = (lake.clone(), unifier.clone());
-        let journal = Journal::open(
-            &journal_dir(data_dir),
+        let journal = Journal::open_recovered(
+            recovered,
             journal_options,
             Box::new(move |items: DurableEntries<Ingested>| {
                 let mut records = Vec::with_capacity(items.len());
@@ -501,3 +503,6 @@ async fn add_stored_observations(
 pub fn journal_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("journal")
 }
+
+#[cfg(test)]
+mod tests;
