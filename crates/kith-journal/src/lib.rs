@@ -25,7 +25,7 @@ mod writer;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
 
@@ -171,14 +171,20 @@ enum Command<T> {
 pub(crate) struct Hooks {
     /// How the sync thread makes a file's written data durable.
     pub sync_data: syncer::SyncData,
+    /// How the writer cuts a segment it closes to its records and syncs it.
+    pub end_segment: EndSegment,
     /// Runs on the retirement thread before each retirement.
     pub before_retire: Box<dyn Fn() + Send>,
 }
+
+/// Cuts a segment's file to its first `u64` bytes (its records) and syncs it.
+pub(crate) type EndSegment = Box<dyn Fn(&File, u64) -> std::io::Result<()> + Send>;
 
 impl Default for Hooks {
     fn default() -> Self {
         Hooks {
             sync_data: Box::new(File::sync_data),
+            end_segment: Box::new(segment::end_at_records),
             before_retire: Box::new(|| {}),
         }
     }
@@ -241,10 +247,7 @@ impl<T: Send + 'static> Journal<T> {
         let dir = dir.as_path();
         let last_seq_at_open = recovered.last_seq;
         let (commands, receiver) = mpsc::channel();
-        let shared = Arc::new(syncer::Shared {
-            queued_bytes: AtomicUsize::new(0),
-            failed: AtomicBool::new(false),
-        });
+        let shared = Arc::new(syncer::Shared::new());
         let queue_limit = options.queue_bytes;
         let state = writer::WriterState::new(
             dir.to_path_buf(),

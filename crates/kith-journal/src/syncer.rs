@@ -9,13 +9,14 @@
 //! A failed `fdatasync` is final. After one, the kernel may have dropped the dirty pages and a
 //! later sync can succeed without the data (PostgreSQL's "fsyncgate"), so retrying would
 //! acknowledge events that are not on disk. The journal is marked failed instead: every append
-//! in flight or still to come is refused, and a restart recovers from what the files hold.
+//! in flight or still to come is refused, and a restart recovers from what the files hold. The
+//! writer's own sync of a segment it closes counts the same (see [`Shared::sync_or_fail`]).
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -58,9 +59,41 @@ pub(crate) struct Shared {
     pub queued_bytes: AtomicUsize,
     /// Set once a sync has failed; from then on nothing is acknowledged.
     pub failed: AtomicBool,
+    /// Held through every sync of a journal file: see [`Shared::sync_or_fail`].
+    pub syncing: Mutex<()>,
 }
 
 impl Shared {
+    pub(crate) fn new() -> Shared {
+        Shared {
+            queued_bytes: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
+            syncing: Mutex::new(()),
+        }
+    }
+
+    /// Runs `sync` on the journal file at `path` unless the journal has failed, and fails the
+    /// journal if `sync` does. One sync at a time: Linux reports a lost write to the first sync
+    /// of the file after it, once, so the sync that sees it must fail the journal before any
+    /// other sync of that file (the writer's of a segment it closes, the sync thread's of the
+    /// groups written to it) can succeed and let those groups be acknowledged.
+    pub(crate) fn sync_or_fail(
+        &self,
+        path: &std::path::Path,
+        sync: impl FnOnce() -> std::io::Result<()>,
+    ) -> Result<(), JournalError> {
+        let _one_at_a_time = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
+        if self.failed.load(Ordering::Acquire) {
+            return Err(self.failed_error(path));
+        }
+        sync().map_err(|err| {
+            tracing::error!(error = %err, path = %path.display(), "journal sync failed; the journal refuses appends until restart");
+            metrics::counter!("kith_journal_write_errors_total").increment(1);
+            self.failed.store(true, Ordering::Release);
+            JournalError::io(path, err)
+        })
+    }
+
     pub(crate) fn failed_error(&self, path: &std::path::Path) -> JournalError {
         JournalError::io(
             path,
@@ -114,12 +147,7 @@ impl<T: Send + 'static> Syncer<T> {
                 continue;
             }
             first_written_at.get_or_insert(*written_at);
-            if let Err(err) = (self.sync_data)(file) {
-                tracing::error!(error = %err, path = %path.display(), "journal fdatasync failed; the journal refuses appends until restart");
-                metrics::counter!("kith_journal_write_errors_total").increment(1);
-                self.shared.failed.store(true, Ordering::Release);
-                return Err(JournalError::io(path, err));
-            }
+            self.shared.sync_or_fail(path, || (self.sync_data)(file))?;
             last_synced = Some(file);
         }
         if let Some(written_at) = first_written_at {

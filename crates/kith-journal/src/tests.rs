@@ -595,6 +595,56 @@ fn after_a_failed_sync_nothing_more_is_acknowledged_and_a_restart_recovers_what_
     );
 }
 
+/// Closing a full segment syncs it, on the writer thread, while the sync thread may not yet have
+/// synced the last groups written to it. Linux tells of a lost write only to the first sync
+/// after it: when that is the writer's, the sync thread's next sync succeeds without the data.
+/// So a failed sync at rotation fails the journal like the sync thread's own: before, only the
+/// group that found the segment full was refused, and the next append closed the segment again,
+/// "successfully", and was acknowledged.
+#[test]
+fn a_failed_sync_while_closing_a_segment_fails_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let closings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = closings.clone();
+    let seen: Seen = Arc::default();
+    let sink_seen = seen.clone();
+    let journal: Journal<String> = Journal::open_with(
+        crate::recover(dir.path()).unwrap(),
+        a_segment_per_append(),
+        Box::new(move |items: DurableEntries<String>| {
+            sink_seen
+                .lock()
+                .unwrap()
+                .extend(items.into_iter().map(|d| (d.seq, d.item)))
+        }),
+        Hooks {
+            // The first closing sync reports a lost write; later ones succeed, as Linux's do.
+            end_segment: Box::new(move |file: &std::fs::File, records_len: u64| {
+                if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    Err(std::io::Error::other("injected EIO"))
+                } else {
+                    crate::segment::end_at_records(file, records_len)
+                }
+            }),
+            ..Hooks::default()
+        },
+    )
+    .unwrap();
+    let append = |key, text: &str| answer(&journal, vec![entry(key, text)]);
+    assert_eq!(append(1, "a").unwrap(), [Appended::Stored { seq: 1 }]);
+    // The segment holding "a" is full: closing it fails.
+    let failed = append(2, "b").unwrap_err();
+    assert!(failed.to_string().contains("injected EIO"), "{failed}");
+    assert!(
+        journal.has_failed(),
+        "the failure is visible to readiness checks"
+    );
+    let next = append(3, "c").unwrap_err();
+    assert!(next.to_string().contains("restart the server"), "{next}");
+    assert_eq!(closings.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(*seen.lock().unwrap(), [(1, "a".to_string())]);
+}
+
 #[test]
 fn retired_segment_files_are_reused_and_their_old_records_never_come_back() {
     let dir = tempfile::tempdir().unwrap();

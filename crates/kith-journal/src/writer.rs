@@ -101,6 +101,8 @@ pub(crate) struct WriterState<T> {
     active: SegmentInfo,
     /// Shared with the sync thread, which syncs it after each write.
     active_file: Arc<File>,
+    /// Cuts a segment being closed to its records and syncs it (see [`crate::Hooks`]).
+    end_segment: crate::EndSegment,
     keys: KeyIndex,
     /// Retired segments' files kept for reuse, at most [`MAX_SPARES`].
     spares: Vec<PathBuf>,
@@ -152,6 +154,7 @@ impl<T: Send + 'static> WriterState<T> {
             .map_err(|e| JournalError::io(&active.path, e))?;
         let Hooks {
             sync_data,
+            end_segment,
             before_retire,
         } = hooks;
         let retirer = Retirer::start(&dir, before_retire)?;
@@ -171,6 +174,7 @@ impl<T: Send + 'static> WriterState<T> {
             closed: segments,
             active,
             active_file: Arc::new(active_file),
+            end_segment,
             keys,
             spares,
             next_seq: last_seq + 1,
@@ -283,7 +287,6 @@ impl<T: Send + 'static> WriterState<T> {
         }
         if let Err(err) = self.rotate_if_full() {
             tracing::error!(error = %err, "journal rotation failed");
-            let err = JournalError::io(&self.active.path, err);
             return self.refuse(group.into_iter().map(|(_, reply)| reply), group_bytes, &err);
         }
         buffer.clear();
@@ -414,14 +417,21 @@ impl<T: Send + 'static> WriterState<T> {
         }
     }
 
-    fn rotate_if_full(&mut self) -> std::io::Result<()> {
+    fn rotate_if_full(&mut self) -> Result<(), JournalError> {
         if self.active.len < self.options.segment_bytes {
             return Ok(());
         }
-        end_at_records(&self.active_file, self.active.len)?;
+        // This sync may be the one the kernel tells of a lost write in groups the sync thread
+        // has yet to sync and answer: failing it fails the journal, as the sync thread's would.
+        let closing = &self.active_file;
+        let records = self.active.len;
+        self.shared
+            .sync_or_fail(&self.active.path, || (self.end_segment)(closing, records))?;
         let path = segment_path(&self.dir, self.next_seq);
-        let file = self.reuse_spare(&path)?;
-        sync_dir(&self.dir).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let file = self
+            .reuse_spare(&path)
+            .map_err(|e| JournalError::io(&path, e))?;
+        sync_dir(&self.dir)?;
         let new_active = SegmentInfo {
             path,
             first_seq: self.next_seq,

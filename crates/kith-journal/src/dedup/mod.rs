@@ -282,6 +282,10 @@ impl KeyIndex {
         self.runs = kept;
         let position = self.runs.partition_point(|r| r.range < merged.range);
         self.runs.insert(position, merged);
+        // The merged run's name is made durable before its inputs go: a power cut must never
+        // keep the deletions and lose the rename, which would leave only the `.tmp` file that
+        // the next start deletes, and with it every key the inputs held.
+        sync_dir(&self.dir)?;
         for input in inputs
             .iter()
             .filter(|input| input.path != self.runs[position].path)

@@ -234,7 +234,7 @@ impl Run {
     }
 
     /// Merges runs (adjacent in seq order) into one covering all their ranges. The caller syncs
-    /// `dir` and deletes the inputs once the new run is in use.
+    /// `dir`, then deletes the inputs once the new run is in use.
     pub(crate) fn merge(dir: &Path, runs: &[MergeInput]) -> Result<Run, JournalError> {
         let range = SeqRange {
             first: runs.iter().map(|r| r.range.first).min().unwrap_or(0),
