@@ -70,12 +70,27 @@ CREATE TABLE IF NOT EXISTS api_keys (
 
 /// Creates a data directory (and any missing parents) readable only by its owner: it holds
 /// customers' emails, phone numbers and events. One that exists is left as it is.
+///
+/// Each directory created is synced into its parent: events acknowledged just after a first
+/// start must not vanish with the directory's own entry in a power cut.
 pub fn create_data_dir(data_dir: &Path) -> std::io::Result<()> {
+    let missing: Vec<&Path> = data_dir
+        .ancestors()
+        .take_while(|dir| !dir.as_os_str().is_empty() && !dir.exists())
+        .collect();
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(data_dir)
+    builder.create(data_dir)?;
+    for created in missing.iter().rev() {
+        let parent = match created.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The mode of an existing data directory that lets other users of the machine in (`0755`, or
