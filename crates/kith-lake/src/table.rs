@@ -44,10 +44,29 @@ struct Buffer {
     oldest: Option<Instant>,
 }
 
+impl Buffer {
+    /// Takes the first `count` batches out; returns how many rows they held.
+    fn drain_front(&mut self, count: usize) -> usize {
+        let drained: usize = self
+            .batches
+            .drain(..count)
+            .map(|(_, batch)| batch.num_rows())
+            .sum();
+        self.rows -= drained;
+        if self.batches.is_empty() {
+            self.oldest = None;
+        }
+        drained
+    }
+}
+
 struct Inner {
     delta: Option<DeltaTable>,
     committed_seq: u64,
     buffer: Buffer,
+    /// A flush failed without learning whether its commit landed: the next one reads the log
+    /// first (see [`EventTable::settle_unknown_commit`]).
+    commit_unknown: bool,
 }
 
 pub struct EventTable {
@@ -89,6 +108,7 @@ impl EventTable {
                     rows: 0,
                     oldest: None,
                 },
+                commit_unknown: false,
             }),
             compacting: tokio::sync::Mutex::new(()),
             store,
@@ -235,6 +255,9 @@ impl EventTable {
     /// Writes the buffered rows to Delta in one commit, recording the journal position. Rows
     /// added meanwhile stay buffered. Returns the rows written.
     pub async fn flush(&self) -> Result<usize, LakeError> {
+        if self.read().commit_unknown {
+            self.settle_unknown_commit().await?;
+        }
         let (delta, batches, through_seq, taken) = {
             let inner = self.read();
             let Some((through_seq, _)) = inner.buffer.batches.last() else {
@@ -289,7 +312,12 @@ impl EventTable {
                         tracing::warn!(table = self.name, error = %err, "write reported an error after its commit landed");
                         table
                     }
-                    _ => return Err(err.into()),
+                    Ok(_) => return Err(err.into()),
+                    Err(reload) => {
+                        tracing::warn!(table = self.name, error = %reload, "the log could not be read after a failed write; the next flush reads it first");
+                        self.write().commit_unknown = true;
+                        return Err(err.into());
+                    }
                 }
             }
         };
@@ -297,16 +325,7 @@ impl EventTable {
             let mut inner = self.write();
             adopt_unless_older(&mut inner.delta, table);
             inner.committed_seq = through_seq;
-            let drained: usize = inner
-                .buffer
-                .batches
-                .drain(..taken)
-                .map(|(_, b)| b.num_rows())
-                .sum();
-            inner.buffer.rows -= drained;
-            if inner.buffer.batches.is_empty() {
-                inner.buffer.oldest = None;
-            }
+            inner.buffer.drain_front(taken);
         }
         metrics::counter!("kith_lake_flushes_total", "table" => self.name).increment(1);
         metrics::counter!("kith_lake_rows_flushed_total", "table" => self.name)
@@ -315,6 +334,34 @@ impl EventTable {
             .record(started.elapsed().as_secs_f64());
         tracing::debug!(table = self.name, rows, through_seq, "flushed to delta");
         Ok(rows)
+    }
+
+    /// Reads the log after a flush whose commit may or may not have landed, and drops the
+    /// buffered rows a commit holds: written again, they would be in the table twice.
+    async fn settle_unknown_commit(&self) -> Result<(), LakeError> {
+        let (table, committed) = load_delta(&self.path, &self.store).await?;
+        let mut inner = self.write();
+        if let Some(table) = table {
+            adopt_unless_older(&mut inner.delta, table);
+        }
+        if committed > inner.committed_seq {
+            inner.committed_seq = committed;
+            let held = inner
+                .buffer
+                .batches
+                .iter()
+                .take_while(|(seq, _)| *seq <= committed)
+                .count();
+            let rows = inner.buffer.drain_front(held);
+            tracing::warn!(
+                table = self.name,
+                rows,
+                committed,
+                "a flush whose outcome was unknown had committed; its rows leave the buffer"
+            );
+        }
+        inner.commit_unknown = false;
+        Ok(())
     }
 }
 
@@ -476,3 +523,6 @@ impl From<DeltaTableError> for LakeError {
         LakeError::Delta(err.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests;

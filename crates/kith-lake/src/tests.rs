@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::*;
 
-fn event(id: &str, user: &str, revenue: f64) -> Event {
+pub(crate) fn event(id: &str, user: &str, revenue: f64) -> Event {
     let at = Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap();
     Event {
         message_id: id.into(),
