@@ -4,6 +4,7 @@ context.traits).
 
 Usage: send_with_sdk.py segment|rudderstack BASE_URL WRITE_KEY
 Message ids start with `py-` (Segment) or `rs-` (RudderStack); the user is `user-1` or `rs-user`.
+One track call holds float('nan'), which the SDKs write as `NaN`: Kith refuses that event alone.
 Prints a JSON summary: the SDK's errors (must be none).
 """
 import datetime
@@ -45,6 +46,9 @@ for gzip in (False, True):
     client.group(user, "acme", {"name": "Acme"}, message_id=f"{prefix}-group{suffix}")
     client.alias(f"{anon}-1", user, message_id=f"{prefix}-alias{suffix}")
     client.track(anonymous_id=f"{anon}-2", event="Viewed Product", properties={"sku": "A-1"}, message_id=f"{prefix}-anon{suffix}")
+    # Python's json writes float('nan') as NaN, which JSON does not allow: this event alone is
+    # refused (and kept in rejected_events), not the batch the SDK sends it in.
+    client.track(user, "Scored", {"score": float("nan"), "ok": 1}, message_id=f"{prefix}-nan{suffix}")
     client.flush()
     client.join()
 

@@ -16,6 +16,7 @@ fn the_python_sdk_delivers_every_call_and_other_engines_read_the_tables() {
         &["segment", &server.base, &server.write_key],
     );
     assert_eq!(sent["errors"], json!([]), "the SDK reported errors");
+    assert_nan_events_refused_alone(&server, "py");
 
     let rows = server.rows(
         "SELECT message_id, type, event, user_id, anonymous_id, group_id, previous_id, source, \

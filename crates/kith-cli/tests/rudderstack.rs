@@ -17,6 +17,7 @@ fn the_rudderstack_python_sdk_delivers_every_call_plain_and_gzipped() {
         &["rudderstack", &server.base, &server.write_key],
     );
     assert_eq!(sent["errors"], json!([]), "the SDK reported errors");
+    assert_nan_events_refused_alone(&server, "rs");
 
     let rows = server.rows(
         "SELECT message_id, type, event, user_id, anonymous_id, group_id, previous_id, source, \

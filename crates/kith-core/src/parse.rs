@@ -21,6 +21,7 @@ use crate::time::{event_time, parse_timestamp};
 
 mod context_view;
 mod lenient;
+mod non_json;
 use context_view::ContextView;
 pub use context_view::context_identity;
 pub(crate) use lenient::field_names;
@@ -54,7 +55,7 @@ pub enum RequestError {
 pub struct RawRequest<'a> {
     /// `writeKey` given in the body, if any.
     pub write_key: Option<String>,
-    items: Vec<&'a RawValue>,
+    items: Vec<Item<'a>>,
     /// The type the path implies (`/v1/track`), which wins over the body's `type`.
     implied_type: Option<MessageType>,
     batch_context: Option<Map<String, Value>>,
@@ -63,6 +64,31 @@ pub struct RawRequest<'a> {
     /// Events of a file, read long after a server received them: their device clocks are
     /// corrected against the `receivedAt` each recorded, never against the time of reading.
     from_file: bool,
+}
+
+/// One event of a request, as text.
+enum Item<'a> {
+    /// As sent, borrowed from the body.
+    Sent(&'a RawValue),
+    /// A copy, from a body that held values JSON does not allow elsewhere (see [`non_json`]).
+    Copied(Box<RawValue>),
+    /// An event holding a value JSON does not allow: refused on its own.
+    NotJson {
+        /// The event as sent.
+        text: String,
+        refusal: String,
+        message_id: Option<String>,
+    },
+}
+
+impl Item<'_> {
+    fn text(&self) -> &str {
+        match self {
+            Item::Sent(raw) => raw.get(),
+            Item::Copied(raw) => raw.get(),
+            Item::NotJson { text, .. } => text,
+        }
+    }
 }
 
 /// The outcome of judging every event in a request.
@@ -181,8 +207,17 @@ pub fn parse_batch_request(body: &str) -> Result<RawRequest<'_>, RequestError> {
             Err(err) => RequestError::InvalidJson(err.to_string()),
         });
     }
-    let envelope: BatchEnvelope<'_> =
-        serde_json::from_str(body).map_err(|err| envelope_error(body, err))?;
+    match serde_json::from_str::<BatchEnvelope<'_>>(body) {
+        Ok(envelope) => batch_request(envelope, Item::Sent),
+        Err(err) => rescued_batch(body).unwrap_or_else(|| Err(envelope_error(body, err))),
+    }
+}
+
+/// A batch request from its envelope; `item` makes each event's [`Item`].
+fn batch_request<'a, 'b>(
+    envelope: BatchEnvelope<'b>,
+    item: impl Fn(&'b RawValue) -> Item<'a>,
+) -> Result<RawRequest<'a>, RequestError> {
     let items = match envelope.batch.ok_or(RequestError::MissingBatch)? {
         BatchItems::Items(items) => items,
         BatchItems::NotArray(kind) => return Err(RequestError::BatchNotArray(kind)),
@@ -192,13 +227,56 @@ pub fn parse_batch_request(body: &str) -> Result<RawRequest<'_>, RequestError> {
     }
     Ok(RawRequest {
         write_key: envelope.write_key.as_ref().and_then(value_as_text),
-        items,
+        items: items.into_iter().map(item).collect(),
         implied_type: None,
         batch_context: batch_object("context", envelope.context)?,
         batch_integrations: batch_object("integrations", envelope.integrations)?,
         batch_sent_at: batch_sent_at(envelope.sent_at.as_ref())?,
         from_file: false,
     })
+}
+
+/// A batch body that is not JSON only for values JSON does not allow (`NaN`, `Infinity`; see
+/// [`non_json`]): each event holding one is refused on its own, the others are read as usual.
+/// `None` when the body holds none, or is not JSON for other reasons too.
+fn rescued_batch<'a>(body: &str) -> Option<Result<RawRequest<'a>, RequestError>> {
+    let replaced = non_json::Replaced::of(body)?;
+    let envelope: BatchEnvelope<'_> = serde_json::from_str(&replaced.text).ok()?;
+    if let Some(BatchItems::Items(items)) = &envelope.batch {
+        let spans: Vec<_> = items.iter().map(|item| replaced.span_of(item)).collect();
+        // One outside the events (in the batch's `context`, say) is every event's.
+        if let Some(found) = replaced
+            .found
+            .iter()
+            .find(|found| !spans.iter().any(|span| span.contains(&found.at.start)))
+        {
+            return Some(Err(RequestError::InvalidJson(format!(
+                "`{}` at byte {}, outside the events, is not a JSON value: {}",
+                found.value,
+                found.at.start,
+                non_json::SEND_NULL
+            ))));
+        }
+    }
+    Some(batch_request(envelope, |raw| {
+        rescued_item(body, &replaced, raw)
+    }))
+}
+
+/// An event read from a body's [`non_json::Replaced`] text: refused when it held one of the
+/// values replaced, else a copy.
+fn rescued_item<'a>(body: &str, replaced: &non_json::Replaced, raw: &RawValue) -> Item<'a> {
+    let span = replaced.span_of(raw);
+    match replaced.first_within(&span) {
+        Some(found) => Item::NotJson {
+            text: body.get(span).unwrap_or_default().to_string(),
+            refusal: non_json::refusal(found),
+            message_id: RawItem::parse(raw.get())
+                .ok()
+                .and_then(|mut item| item.take_id("messageId").ok().flatten()),
+        },
+        None => Item::Copied(raw.to_owned()),
+    }
 }
 
 /// A batch-level object merged into each event (`context`, `integrations`); null is none.
@@ -243,12 +321,35 @@ pub fn parse_single_request(
             Err(err) => RequestError::InvalidJson(err.to_string()),
         });
     }
-    let raw: &RawValue = serde_json::from_str(body).map_err(|err| envelope_error(body, err))?;
+    let (raw, item) = match serde_json::from_str::<&RawValue>(body) {
+        Ok(raw) => (raw.get(), Item::Sent(raw)),
+        Err(err) => {
+            // The body is the event: one holding `NaN` is refused as an event, and kept.
+            let Some(replaced) = non_json::Replaced::of(body) else {
+                return Err(envelope_error(body, err));
+            };
+            let Ok(raw) = serde_json::from_str::<&RawValue>(&replaced.text) else {
+                return Err(envelope_error(body, err));
+            };
+            let write_key = serde_json::from_str::<SingleEnvelope>(raw.get())
+                .ok()
+                .and_then(|envelope| envelope.write_key.as_ref().and_then(value_as_text));
+            return Ok(RawRequest {
+                write_key,
+                items: vec![rescued_item(body, &replaced, raw)],
+                implied_type: Some(implied_type),
+                batch_context: None,
+                batch_integrations: None,
+                batch_sent_at: None,
+                from_file: false,
+            });
+        }
+    };
     let envelope: SingleEnvelope =
-        serde_json::from_str(raw.get()).map_err(|err| envelope_error(body, err))?;
+        serde_json::from_str(raw).map_err(|err| envelope_error(body, err))?;
     Ok(RawRequest {
         write_key: envelope.write_key.as_ref().and_then(value_as_text),
-        items: vec![raw],
+        items: vec![item],
         implied_type: Some(implied_type),
         batch_context: None,
         batch_integrations: None,
@@ -284,7 +385,7 @@ pub fn judge_event(
     })?;
     let request = RawRequest {
         write_key: None,
-        items: vec![raw],
+        items: vec![Item::Sent(raw)],
         implied_type: None,
         batch_context: None,
         batch_integrations: None,
@@ -322,8 +423,17 @@ impl RawRequest<'_> {
     /// Judges every event: valid ones become [`Event`]s, invalid ones [`Rejection`]s with a reason.
     pub fn normalize(&self, source: &str, received_at: DateTime<Utc>) -> IngestBatch {
         let mut outcome = IngestBatch::default();
-        for (index, raw) in self.items.iter().enumerate() {
-            match self.normalize_item(raw.get(), source, received_at) {
+        for (index, item) in self.items.iter().enumerate() {
+            let judged = match item {
+                Item::NotJson {
+                    refusal,
+                    message_id,
+                    ..
+                } => Err(Fault::new("invalid_json", None, refusal.clone())
+                    .with_message_id(message_id.clone())),
+                _ => self.normalize_item(item.text(), source, received_at),
+            };
+            match judged {
                 Ok(event) => outcome.events.push(event),
                 Err(fault) => outcome.rejections.push(Rejection {
                     index,
@@ -333,7 +443,7 @@ impl RawRequest<'_> {
                     source: source.to_string(),
                     received_at,
                     message_id: fault.message_id,
-                    raw: kept_raw(raw.get()),
+                    raw: kept_raw(item.text()),
                 }),
             }
         }

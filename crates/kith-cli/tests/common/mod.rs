@@ -254,6 +254,25 @@ pub fn assert_sdk_time_corrected(stored: &serde_json::Map<String, Value>, device
     );
 }
 
+/// `send_with_sdk.py`'s track call holding float('nan'), which the Python SDKs write as `NaN`:
+/// refused alone, plain and gzipped, with its text as sent, while the rest of its batch is stored.
+pub fn assert_nan_events_refused_alone(server: &KithServer, prefix: &str) {
+    let refused = server.rows(
+        "SELECT message_id, code, raw LIKE '%\"score\": NaN%' AS as_sent FROM rejected_events \
+         ORDER BY message_id",
+    );
+    let expected: Vec<Value> = ["", "-gzip"]
+        .iter()
+        .map(|suffix| {
+            serde_json::json!({"message_id": format!("{prefix}-nan{suffix}"), "code": "invalid_json", "as_sent": true})
+        })
+        .collect();
+    assert_eq!(
+        refused.into_iter().map(Value::Object).collect::<Vec<_>>(),
+        expected
+    );
+}
+
 /// A response's whole body as text. ureq stops at 10 MB by default; some answers tests ask
 /// for are larger (up to 200 MiB here).
 pub fn whole_body(response: &mut ureq::http::Response<ureq::Body>) -> Result<String, ureq::Error> {

@@ -128,6 +128,102 @@ fn each_invalid_event_is_rejected_with_its_reason_and_neighbours_survive() {
     );
 }
 
+/// Python's `json` (and so Segment's and RudderStack's Python SDKs) writes float('nan') and
+/// float('inf') as `NaN` and `Infinity`, which JSON does not allow: the event holding one is
+/// refused on its own, kept as sent, and its neighbours are stored as if it were not there.
+#[test]
+fn an_event_holding_nan_or_infinity_is_refused_alone_and_its_neighbours_are_stored() {
+    let good = |n: u32| {
+        format!(
+            r#"{{"type": "track", "event": "Good", "userId": "u{n}", "messageId": "good-{n}", "properties": {{"text": "NaN, \"Infinity\"", "n": {n}}}}}"#
+        )
+    };
+    let bad = r#"{"type": "track", "event": "Bad", "userId": "u", "messageId": "bad", "properties": {"score" : NaN, "list": [Infinity, -Infinity]}}"#;
+    let body = format!(
+        r#"{{"batch": [{}, {bad}, {}], "context": {{"library": {{"name": "analytics-python"}}}}, "writeKey": "wk"}}"#,
+        good(1),
+        good(2)
+    );
+    let request = parse_batch_request(&body).expect("the envelope is read");
+    assert_eq!(request.write_key.as_deref(), Some("wk"));
+    let outcome = request.normalize("web", received());
+    let [rejection] = &outcome.rejections[..] else {
+        panic!("one rejection: {:?}", outcome.rejections)
+    };
+    assert_eq!(rejection.index, 1);
+    assert_eq!(rejection.code, "invalid_json");
+    assert_eq!(rejection.message_id.as_deref(), Some("bad"));
+    assert_eq!(rejection.raw, bad, "kept as it was sent");
+    assert!(
+        rejection
+            .message
+            .starts_with("`score` is `NaN`: JSON has no NaN or infinity"),
+        "{}",
+        rejection.message
+    );
+    assert!(
+        rejection.message.contains("send null"),
+        "{}",
+        rejection.message
+    );
+
+    // The neighbours are the events the same batch without the bad one gives.
+    let without = format!(
+        r#"{{"batch": [{}, {}], "context": {{"library": {{"name": "analytics-python"}}}}}}"#,
+        good(1),
+        good(2)
+    );
+    assert_eq!(outcome.events, judge_batch(&without).events);
+    assert_eq!(outcome.events.len(), 2);
+
+    // A single call holding one is that event refused.
+    let single = parse_single_request(
+        r#"{"userId": "u", "event": "E", "properties": {"x": -Infinity}, "writeKey": "wk"}"#,
+        MessageType::Track,
+    )
+    .expect("the envelope is read");
+    assert_eq!(single.write_key.as_deref(), Some("wk"));
+    let outcome = single.normalize("web", received());
+    assert!(outcome.events.is_empty());
+    assert_eq!(outcome.rejections[0].code, "invalid_json");
+    assert!(
+        outcome.rejections[0]
+            .message
+            .starts_with("`x` is `-Infinity`")
+    );
+}
+
+#[test]
+fn nan_outside_the_events_or_beside_other_faults_refuses_the_request() {
+    // In the batch's context, it would be every event's.
+    let err = parse_batch_request(
+        r#"{"batch": [{"type": "track", "event": "E", "userId": "u"}], "context": {"x": NaN}}"#,
+    )
+    .err()
+    .expect("refused");
+    let RequestError::InvalidJson(message) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        message.starts_with("`NaN` at byte 77, outside the events"),
+        "{message}"
+    );
+    // A body that is not JSON for another reason too is refused as before.
+    for body in [
+        r#"{"batch": [{"type": "track", "event": "E", "userId": "u", "p": NaN}, ]}"#,
+        r#"{"batch": [{"type": "track", "event": "E", "userId": "u", "p": NaN}"#,
+    ] {
+        assert!(
+            matches!(parse_batch_request(body), Err(RequestError::InvalidJson(_))),
+            "{body}"
+        );
+    }
+    assert!(matches!(
+        parse_single_request(r#"{"userId": "u", "p": NaN"#, MessageType::Track),
+        Err(RequestError::InvalidJson(_))
+    ));
+}
+
 #[test]
 fn request_level_errors_are_specific() {
     assert!(matches!(
