@@ -171,7 +171,8 @@ pub struct TypedFields {
     pub page_url: Option<String>,
     pub page_path: Option<String>,
     pub referrer: Option<String>,
-    /// `traits.email`, else `context.traits.email`, else `properties.email`.
+    /// `traits.email` (not a group call's: those are the group's), else `context.traits.email`,
+    /// else `properties.email`.
     pub email: Option<String>,
     /// `context.library.name`.
     pub library_name: Option<String>,

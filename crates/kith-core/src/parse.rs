@@ -623,7 +623,9 @@ impl RawRequest<'_> {
             )));
         }
 
-        let typed = typed_fields(properties.as_deref(), context.as_deref(), traits.as_deref());
+        // A group call's traits are the group's (a company's address is not a person's).
+        let persons_traits = traits.as_deref().filter(|_| kind != MessageType::Group);
+        let typed = typed_fields(properties.as_deref(), context.as_deref(), persons_traits);
         // RudderStack's SDKs send an identify's traits only in `context.traits`, Segment's at
         // the top: the `traits` column holds them either way, so that "this identify's traits"
         // is one column whichever SDK sent it. `context` keeps them as sent.
@@ -952,6 +954,7 @@ fn number_of(value: &Option<Value>) -> Option<f64> {
     number.is_finite().then_some(number)
 }
 
+/// The typed columns, from an event's objects; `traits` are the person's (not a group call's).
 fn typed_fields(
     properties: Option<&str>,
     context: Option<&str>,

@@ -638,9 +638,15 @@ fn judge(call: &Call, body: &str, outcome: &IngestBatch) -> Result<(), TestCaseE
     );
     prop_assert_eq!(
         &typed.email,
-        &text_rule(own_traits.as_ref().and_then(|t| t.get("email")))
-            .or_else(|| text_rule(context_traits.and_then(|t| t.get("email"))))
-            .or_else(|| text_rule(property("email"))),
+        // A group call's own traits are the group's.
+        &text_rule(
+            own_traits
+                .as_ref()
+                .filter(|_| kind != MessageType::Group)
+                .and_then(|t| t.get("email"))
+        )
+        .or_else(|| text_rule(context_traits.and_then(|t| t.get("email"))))
+        .or_else(|| text_rule(property("email"))),
         "{}",
         body
     );

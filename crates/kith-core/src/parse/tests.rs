@@ -441,6 +441,31 @@ fn typed_fields_are_lifted() {
     assert_eq!(outcome.events[1].typed.revenue, None, "NaN is not revenue");
 }
 
+#[test]
+fn a_group_calls_traits_are_the_groups_and_give_no_email() {
+    let body = json!({"batch": [
+        {"type": "group", "groupId": "acme", "userId": "u", "messageId": "1",
+         "traits": {"name": "Acme", "email": "billing@acme.mx"}},
+        {"type": "group", "groupId": "acme", "userId": "u", "messageId": "2",
+         "traits": {"email": "billing@acme.mx"}, "context": {"traits": {"email": "ana@example.com"}}},
+        {"type": "identify", "userId": "u", "messageId": "3", "traits": {"email": "ana@example.com"}}
+    ]})
+    .to_string();
+    let emails: Vec<Option<String>> = judge_batch(&body)
+        .events
+        .into_iter()
+        .map(|event| event.typed.email)
+        .collect();
+    assert_eq!(
+        emails,
+        [
+            None,
+            Some("ana@example.com".into()),
+            Some("ana@example.com".into())
+        ]
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
