@@ -243,7 +243,7 @@ impl Bucket {
         self.count += 1;
         if let Some(n) = observed.number {
             self.numbers += 1;
-            self.sum += n;
+            crate::facts::add_saturating(&mut self.sum, n);
             self.min = Some(self.min.map_or(n, |m| m.min(n)));
             self.max = Some(self.max.map_or(n, |m| m.max(n)));
         }
@@ -255,7 +255,7 @@ impl Bucket {
     fn merge(&mut self, other: &Bucket) {
         self.count += other.count;
         self.numbers += other.numbers;
-        self.sum += other.sum;
+        crate::facts::add_saturating(&mut self.sum, other.sum);
         self.min = match (self.min, other.min) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -158,7 +158,7 @@ impl IdentifierFacts {
         stats.last_seen_micros = Some(stats.last_seen_micros.map_or(time, |t| t.max(time)));
         if facts.is_order {
             stats.order_count += 1;
-            stats.revenue += facts.revenue.unwrap_or(0.0);
+            add_saturating(&mut stats.revenue, facts.revenue.unwrap_or(0.0));
         }
         let setter = |json: &str| TraitValue {
             json: json.to_string(),
@@ -195,6 +195,18 @@ impl IdentifierFacts {
     }
 }
 
+/// Adds `n` to a running sum of finite values, holding it at the largest finite value instead of
+/// letting it overflow: JSON has no infinity, so a sum of `inf` would be written to
+/// `profiles.db` as null, and the identifier's facts could never be read again.
+pub(crate) fn add_saturating(sum: &mut f64, n: f64) {
+    let total = *sum + n;
+    *sum = if total.is_finite() {
+        total
+    } else {
+        f64::MAX.copysign(total)
+    };
+}
+
 /// The facts of a whole profile: traits by last write across its identifiers, figures summed.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProfileFacts {
@@ -224,7 +236,7 @@ impl ProfileFacts {
             let (s, o) = (&facts.stats, &mut out.stats);
             o.event_count += s.event_count;
             o.order_count += s.order_count;
-            o.revenue += s.revenue;
+            add_saturating(&mut o.revenue, s.revenue);
             o.first_seen_micros = min_option(o.first_seen_micros, s.first_seen_micros);
             o.last_seen_micros = max_option(o.last_seen_micros, s.last_seen_micros);
         }

@@ -800,6 +800,57 @@ fn a_late_recomputation_of_a_removed_declaration_leaves_the_trait_declared_again
     assert_eq!(counted(), json!(2));
 }
 
+/// Two orders of 1e308 add up past the largest f64. Held at it instead, the sums stay numbers:
+/// infinity would be written to profiles.db as null, after which the identifier's facts could
+/// not be read again (its later events lost from its figures, every pass over all profiles
+/// failing, and the server not starting once computed traits changed).
+#[test]
+fn sums_too_large_for_a_float_are_held_at_the_largest_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let revenue_sum = ComputedTraitDef {
+        name: "spent".into(),
+        kind: computed::Kind::Sum,
+        event: Some("Order Completed".into()),
+        message_type: None,
+        property: Some("revenue".into()),
+        window_days: None,
+    };
+    let orders = json!([
+        {"type": "track", "userId": "big", "event": "Order Completed", "messageId": "o1",
+         "properties": {"revenue": 1e308}},
+        {"type": "track", "userId": "big", "event": "Order Completed", "messageId": "o2",
+         "properties": {"revenue": 1.5e308}},
+        {"type": "track", "userId": "big", "event": "Order Completed", "messageId": "o3",
+         "properties": {"revenue": -1e308}}
+    ]);
+    let figures = |view: ProfileView| {
+        let view = serde_json::to_value(view).unwrap();
+        (
+            view["computed_traits"]["total_revenue"].clone(),
+            view["computed_traits"]["spent"].clone(),
+        )
+    };
+    let expected = (json!(f64::MAX - 1e308), json!(f64::MAX - 1e308));
+    {
+        let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
+        let registered = store.register_trait(revenue_sum).unwrap();
+        store.install_definitions(registered.definitions.clone());
+        // Declared before any event: it has no past to compute.
+        assert!(store.traits_computed(&["spent".into()], 0, Some(registered.declaration)));
+        apply(&store, 1, orders);
+        store.persist().unwrap();
+        assert_eq!(figures(find(&store, "user_id:big").unwrap()), expected);
+    }
+    // Read back from disk, with resident facts bounded so they are read from profiles.db.
+    let store = ProfileStore::open(dir.path(), with_resident_facts(1)).unwrap();
+    assert_eq!(figures(find(&store, "user_id:big").unwrap()), expected);
+    assert_eq!(
+        views_by_id(&store).len(),
+        1,
+        "a pass over all profiles reads it"
+    );
+}
+
 #[test]
 fn external_identifier_types_seen_in_events_are_lookups_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
