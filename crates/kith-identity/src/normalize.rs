@@ -44,6 +44,12 @@ pub enum NotAnIdentity {
     InvalidPhone(String),
     #[error("the value is longer than {MAX_IDENTIFIER_LEN} bytes")]
     TooLong,
+    #[error(
+        "the value holds a control character (a line break, a tab, ...); an identifier is one line of text"
+    )]
+    ControlCharacter,
+    #[error("`{0}` cannot name an external id type: {1}")]
+    InvalidType(String, &'static str),
 }
 
 impl NotAnIdentity {
@@ -56,8 +62,26 @@ impl NotAnIdentity {
             NotAnIdentity::InvalidEmail(_) => "invalid_email",
             NotAnIdentity::InvalidPhone(_) => "invalid_phone",
             NotAnIdentity::TooLong => "too_long",
+            NotAnIdentity::ControlCharacter => "control_character",
+            NotAnIdentity::InvalidType(..) => "invalid_type",
         }
     }
+}
+
+/// Refuses an external id type (`context.externalIds[].type`, `[identity]` traits) that would
+/// be read back as another: identifiers are stored as `type:value`, so a `:` in the type would
+/// move part of it into the value, and a built-in type's name would make it that type.
+fn check_external_type(name: &str) -> Result<(), NotAnIdentity> {
+    let why = if name.contains(':') {
+        "it holds a `:`, which separates an identifier's type from its value"
+    } else if name.chars().any(char::is_control) {
+        "it holds a control character"
+    } else if !matches!(IdType::from_name(name), IdType::External(_)) {
+        "it is a built-in type's name; send the id as `userId`, `anonymousId`, an email or a phone"
+    } else {
+        return Ok(());
+    };
+    Err(NotAnIdentity::InvalidType(name.to_string(), why))
 }
 
 #[derive(Debug, Error)]
@@ -92,12 +116,20 @@ impl Normalizer {
     }
 
     pub fn normalize(&self, id_type: IdType, raw: &str) -> Result<Identifier, NotAnIdentity> {
+        if let IdType::External(name) = &id_type {
+            check_external_type(name)?;
+        }
         let trimmed = raw.trim();
         if trimmed.is_empty() {
             return Err(NotAnIdentity::Empty);
         }
         if trimmed.len() > MAX_IDENTIFIER_LEN {
             return Err(NotAnIdentity::TooLong);
+        }
+        // Identifiers are stored as `type:value` lines: a line break inside one would be read
+        // back as identifiers nobody sent.
+        if trimmed.chars().any(char::is_control) {
+            return Err(NotAnIdentity::ControlCharacter);
         }
         if PLACEHOLDERS.iter().any(|p| p.eq_ignore_ascii_case(trimmed))
             || is_all_zeros(trimmed)

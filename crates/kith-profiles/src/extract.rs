@@ -340,7 +340,9 @@ impl Extractor {
                 _ => None,
             };
             let id_type = match IdType::from_name(id_type) {
-                // An external id typed `email` or `phone` is normalised as one.
+                // An external id typed `email` or `phone` is normalised as one; one typed
+                // `user_id` or `anonymous_id` stays external, which the normaliser refuses (only
+                // `userId` and `anonymousId` give those).
                 IdType::UserId | IdType::AnonymousId => IdType::External(id_type.to_string()),
                 other => other,
             };

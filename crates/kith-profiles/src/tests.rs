@@ -851,6 +851,52 @@ fn sums_too_large_for_a_float_are_held_at_the_largest_and_survive_a_restart() {
     );
 }
 
+/// Identifiers are stored as `type:value` lines: a line break inside a value, or a `:` in an
+/// external type, would be read back after a restart as identifiers nobody sent (here joining a
+/// stranger to a victim's email), and an external id typed `user_id` as the built-in type. Such
+/// values are refused as identities, so the graph after a restart is the graph before it.
+#[test]
+fn identifiers_that_would_read_back_as_others_are_refused_and_the_graph_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = json!([
+        {"type": "identify", "userId": "victim", "messageId": "m1", "traits": {"email": "victim@ex.com"}},
+        {"type": "track", "event": "E", "userId": "u", "anonymousId": "x\nemail:victim@ex.com", "messageId": "m2"},
+        {"type": "track", "event": "E", "anonymousId": "a2", "messageId": "m3",
+         "context": {"externalIds": [
+             {"type": "crm:id", "id": "C-1", "collection": "users"},
+             {"type": "user_id", "id": "victim", "collection": "users"},
+             {"type": "crm", "id": "C-2\tX", "collection": "users"}
+         ]}}
+    ]);
+    let lookups = ["user_id:victim", "user_id:u", "anonymous_id:a2"];
+    let before: Vec<Vec<String>> = {
+        let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
+        apply(&store, 1, events);
+        store.persist().unwrap();
+        lookups
+            .iter()
+            .map(|l| identifiers_of(&find(&store, l).unwrap()))
+            .collect()
+    };
+    assert_eq!(
+        before,
+        [
+            vec!["email:victim@ex.com", "user_id:victim"],
+            vec!["user_id:u"],
+            vec!["anonymous_id:a2"],
+        ]
+    );
+    let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
+    let after: Vec<Vec<String>> = lookups
+        .iter()
+        .map(|l| identifiers_of(&find(&store, l).unwrap()))
+        .collect();
+    assert_eq!(after, before);
+    for lookup in lookups {
+        assert_eq!(find(&store, lookup).unwrap().conflicts, []);
+    }
+}
+
 #[test]
 fn external_identifier_types_seen_in_events_are_lookups_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
