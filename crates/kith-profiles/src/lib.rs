@@ -206,6 +206,10 @@ pub struct ProfileStore {
     backfill: Mutex<Option<Backfill>>,
     /// Scores models and analyses write (`model_traits.db`), shown with each profile.
     model_traits: ModelTraitStore,
+    /// Computed traits whose states read from `profiles.db` are left out: a read-only store's
+    /// traits declared differently from how the states were kept (a writable store rewrote
+    /// them on disk instead).
+    discarded_on_read: HashSet<String>,
     /// Run by a pass over every profile each time it has let go of the store's lock between
     /// ranges: how tests change the store in the middle of a pass.
     #[cfg(test)]
@@ -223,6 +227,25 @@ struct Backfill {
 impl ProfileStore {
     /// Opens `profiles.db` in `data_dir` and rebuilds the profiles from it.
     pub fn open(data_dir: &Path, settings: ProfileSettings) -> Result<ProfileStore, ProfileError> {
+        Self::open_with(data_dir, settings, true)
+    }
+
+    /// Opens `profiles.db` to read beside a running server, which owns it: nothing is ever
+    /// written to it, also not when the computed traits declared here differ from those its
+    /// states were kept for (their states are left out as they are read, instead of dropped
+    /// on disk: the server's would be lost).
+    pub fn open_read_only(
+        data_dir: &Path,
+        settings: ProfileSettings,
+    ) -> Result<ProfileStore, ProfileError> {
+        Self::open_with(data_dir, settings, false)
+    }
+
+    fn open_with(
+        data_dir: &Path,
+        settings: ProfileSettings,
+        writable: bool,
+    ) -> Result<ProfileStore, ProfileError> {
         let mut writer = persist::open(data_dir)?;
         let reader = persist::open(data_dir)?;
         let scan_reader = persist::open(data_dir)?;
@@ -262,11 +285,16 @@ impl ProfileStore {
             .filter(|def| !loaded.computed_defs.contains(def))
             .map(|def| def.name.clone())
             .collect();
-        let removed = loaded
+        let removed: Vec<String> = loaded
             .computed_defs
             .iter()
-            .any(|kept| !settings.computed.iter().any(|d| d.name == kept.name));
-        if !stale.is_empty() || removed {
+            .filter(|kept| !settings.computed.iter().any(|d| d.name == kept.name))
+            .map(|kept| kept.name.clone())
+            .collect();
+        let mut discarded_on_read = HashSet::new();
+        if !writable {
+            discarded_on_read.extend(stale.iter().chain(&removed).cloned());
+        } else if !stale.is_empty() || !removed.is_empty() {
             // Their stored states go now, on disk, a chunk at a time: a crash before the
             // recomputed ones are written finds the old definitions recorded and does this again.
             let cleared = persist::rewrite_facts(
@@ -324,13 +352,14 @@ impl ProfileStore {
                 external_types,
                 history_in_flight: Vec::new(),
             }),
-            writer: Mutex::new(Some(writer)),
+            writer: Mutex::new(writable.then_some(writer)),
             reader: Mutex::new(reader),
             scan_reader: Mutex::new(scan_reader),
             applied_seq: AtomicU64::new(loaded.applied_seq),
             persisted_seq: AtomicU64::new(loaded.applied_seq),
             backfill: Mutex::new(backfill),
             model_traits,
+            discarded_on_read,
             #[cfg(test)]
             between_ranges: Mutex::new(None),
         })
@@ -599,7 +628,25 @@ impl ProfileStore {
     /// The facts `profiles.db` holds for `identifier` (none stored: empty ones).
     fn stored_facts(&self, identifier: &Identifier) -> Result<IdentifierFacts, ProfileError> {
         let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(persist::load_facts(&reader, identifier)?.unwrap_or_default())
+        Ok(self.load_facts(&reader, identifier)?.unwrap_or_default())
+    }
+
+    /// The facts stored for `identifier`, if any, read through `conn`, without the states of
+    /// traits [`ProfileStore::discarded_on_read`].
+    fn load_facts(
+        &self,
+        conn: &rusqlite::Connection,
+        identifier: &Identifier,
+    ) -> Result<Option<IdentifierFacts>, ProfileError> {
+        let mut facts = persist::load_facts(conn, identifier)?;
+        if let Some(facts) = facts.as_mut()
+            && !self.discarded_on_read.is_empty()
+        {
+            facts
+                .computed
+                .retain(|name, _| !self.discarded_on_read.contains(name));
+        }
+        Ok(facts)
     }
 
     /// The facts of `identifiers`, in their order: those in memory borrowed, the others read
@@ -613,7 +660,7 @@ impl ProfileStore {
         facts_from(state, identifiers, |identifier| {
             let reader =
                 reader.get_or_insert_with(|| self.reader.lock().unwrap_or_else(|p| p.into_inner()));
-            persist::load_facts(reader, identifier)
+            self.load_facts(reader, identifier)
         })
     }
 
@@ -809,12 +856,6 @@ impl ProfileStore {
         Ok(rows)
     }
 
-    /// Stops writing (for read-only use next to a running server).
-    pub fn read_only(self) -> ProfileStore {
-        *self.writer.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self
-    }
-
     /// Finds the profile a `type:value` lookup names.
     pub fn find(&self, lookup: &Lookup) -> Result<Option<ProfileView>, LookupError> {
         let state = self.read();
@@ -1008,7 +1049,7 @@ impl ProfileStore {
             // Profiles in slot order read `profiles.db`'s rows nearly in the order they were
             // written; sorting a range's lookups by key instead was slower (measured).
             let facts = facts_from(state, &identifiers, |identifier| {
-                persist::load_facts(stored, identifier)
+                self.load_facts(stored, identifier)
             })?;
             let folded = ProfileFacts::fold(facts.iter().map(|f| f.as_ref()));
             let mut view = ProfileView::build(&state.resolver, profile, folded, &defs, now);

@@ -897,6 +897,56 @@ fn identifiers_that_would_read_back_as_others_are_refused_and_the_graph_survives
     }
 }
 
+/// `kith sql` and the other offline readers open `profiles.db` beside the running server. A
+/// reader whose computed traits differ from the states kept (a trait still being computed by
+/// the server, another kith.toml) must leave those states out as it reads them, never drop them
+/// on disk: that lost the server's values for good.
+#[test]
+fn a_read_only_store_never_writes_profiles_db_even_when_its_traits_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = |orders: ComputedTraitDef| ProfileSettings {
+        computed: vec![orders],
+        ..with_resident_facts(1)
+    };
+    let counted = |store: &ProfileStore| {
+        let view = serde_json::to_value(find(store, "user_id:u-100").unwrap()).unwrap();
+        view["computed_traits"]["orders"].clone()
+    };
+    {
+        let store = ProfileStore::open(dir.path(), settings(orders_count_trait())).unwrap();
+        apply(&store, 1, customer_journey());
+        store.persist().unwrap();
+        assert_eq!(counted(&store), json!(2));
+    }
+    let changed = ComputedTraitDef {
+        window_days: Some(7),
+        ..orders_count_trait()
+    };
+    {
+        let reader = ProfileStore::open_read_only(dir.path(), settings(changed)).unwrap();
+        assert_eq!(
+            reader.backfill_plan(),
+            Some((vec!["orders".to_string()], 5)),
+            "recomputed from the events by whoever reads"
+        );
+        assert_eq!(
+            counted(&reader),
+            json!(0),
+            "the states kept under the old definition are left out"
+        );
+        apply(&reader, 6, later_events());
+        assert_eq!(reader.persist().unwrap(), 0);
+    }
+    let store = ProfileStore::open(dir.path(), settings(orders_count_trait())).unwrap();
+    assert_eq!(store.applied_seq(), 5);
+    assert_eq!(store.backfill_plan(), None);
+    assert_eq!(
+        counted(&store),
+        json!(2),
+        "the server's states are as it left them"
+    );
+}
+
 #[test]
 fn external_identifier_types_seen_in_events_are_lookups_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();

@@ -143,8 +143,8 @@ pub(crate) async fn open_consistent(
         .await
         .context("cannot open the event tables")?;
     lake.name_tables_built_on_request(&kith_server::profiles::PROFILE_TABLE_NAMES);
-    let profiles = match ProfileStore::open(data_dir, settings) {
-        Ok(profiles) => profiles.read_only(),
+    let profiles = match ProfileStore::open_read_only(data_dir, settings) {
+        Ok(profiles) => profiles,
         // SQLite's "unable to open database file" says nothing of why.
         Err(e) => match kith_state::why_unwritable(data_dir) {
             Some(why) => bail!(
