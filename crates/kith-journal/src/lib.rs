@@ -203,6 +203,24 @@ pub struct Journal<T: Send + 'static> {
 pub struct RecoveredJournal {
     dir: PathBuf,
     recovered: segment::Recovered,
+    /// New records are numbered after this seq at least (see [`RecoveredJournal::number_after`]).
+    floor: u64,
+}
+
+impl RecoveredJournal {
+    /// The highest seq the journal holds.
+    pub fn last_seq(&self) -> u64 {
+        self.recovered.last_seq
+    }
+
+    /// Numbers new records after `seq` when the journal ends before it. The stores fed from the
+    /// journal hold records up to `seq`, and skip any seq they hold: a journal that was removed,
+    /// or damaged past what they hold, would otherwise number new events as ones they have, and
+    /// every one would be acknowledged and skipped. Numbering then goes on in a segment of its
+    /// own.
+    pub fn number_after(self, seq: u64) -> RecoveredJournal {
+        RecoveredJournal { floor: seq, ..self }
+    }
 }
 
 /// Makes the journal in `dir` (created if missing) whole again after a crash: cuts a torn tail
@@ -217,6 +235,7 @@ pub fn recover(dir: &Path) -> Result<RecoveredJournal, JournalError> {
     Ok(RecoveredJournal {
         dir: dir.to_path_buf(),
         recovered: segment::recover(dir)?,
+        floor: 0,
     })
 }
 
@@ -243,9 +262,13 @@ impl<T: Send + 'static> Journal<T> {
         sink: Sink<T>,
         hooks: Hooks,
     ) -> Result<Self, JournalError> {
-        let RecoveredJournal { dir, recovered } = journal;
+        let RecoveredJournal {
+            dir,
+            recovered,
+            floor,
+        } = journal;
         let dir = dir.as_path();
-        let last_seq_at_open = recovered.last_seq;
+        let last_seq_at_open = recovered.last_seq.max(floor);
         let (commands, receiver) = mpsc::channel();
         let shared = Arc::new(syncer::Shared::new());
         let queue_limit = options.queue_bytes;
@@ -253,6 +276,7 @@ impl<T: Send + 'static> Journal<T> {
             dir.to_path_buf(),
             options,
             recovered,
+            floor,
             sink,
             hooks,
             shared.clone(),

@@ -645,6 +645,71 @@ fn a_failed_sync_while_closing_a_segment_fails_the_journal() {
     assert_eq!(*seen.lock().unwrap(), [(1, "a".to_string())]);
 }
 
+/// A journal that ends before the seqs its stores hold numbers new records after theirs, in a
+/// segment of its own; what it held stays readable, and a later start goes on from there.
+#[test]
+fn a_journal_ending_before_what_its_stores_hold_numbers_new_records_after_it() {
+    let open_after = |dir: &Path, floor: u64| -> Journal<String> {
+        Journal::open_recovered(
+            crate::recover(dir).unwrap().number_after(floor),
+            JournalOptions::default(),
+            Box::new(|_: DurableEntries<String>| {}),
+        )
+        .unwrap()
+    };
+    // Records 1-3 on disk; the stores hold through 10.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (journal, _) = open(dir.path(), JournalOptions::default());
+        for (key, text) in [(1u128, "a"), (2, "b"), (3, "c")] {
+            answer(&journal, vec![entry(key, text)]).unwrap();
+        }
+    }
+    {
+        let journal = open_after(dir.path(), 10);
+        assert_eq!(journal.last_seq_at_open(), 10);
+        let appended = answer(&journal, vec![entry(4, "d"), entry(1, "a again")]).unwrap();
+        assert_eq!(
+            appended,
+            [Appended::Stored { seq: 11 }, Appended::Duplicate]
+        );
+    }
+    assert_eq!(
+        files_ending(dir.path(), ".seg"),
+        ["00000000000000000001.seg", "00000000000000000011.seg"]
+    );
+    let (journal, _) = open(dir.path(), JournalOptions::default());
+    assert_eq!(
+        answer(&journal, vec![entry(5, "e")]).unwrap(),
+        [Appended::Stored { seq: 12 }]
+    );
+    drop(journal);
+    assert_eq!(
+        replayed(dir.path(), 0),
+        [
+            (1, "a".to_string()),
+            (2, "b".to_string()),
+            (3, "c".to_string()),
+            (11, "d".to_string()),
+            (12, "e".to_string())
+        ]
+    );
+
+    // A journal removed: it starts after the stores' seq, with no empty segment left behind.
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path(), JournalOptions::default()));
+    let journal = open_after(dir.path(), 7);
+    assert_eq!(
+        answer(&journal, vec![entry(1, "a")]).unwrap(),
+        [Appended::Stored { seq: 8 }]
+    );
+    drop(journal);
+    assert_eq!(
+        files_ending(dir.path(), ".seg"),
+        ["00000000000000000008.seg"]
+    );
+}
+
 #[test]
 fn retired_segment_files_are_reused_and_their_old_records_never_come_back() {
     let dir = tempfile::tempdir().unwrap();

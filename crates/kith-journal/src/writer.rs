@@ -8,7 +8,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -113,11 +113,26 @@ pub(crate) struct WriterState<T> {
     retirer: Retirer,
 }
 
+/// A new, empty segment whose first record will be `first_seq`, its name synced.
+fn new_segment(dir: &Path, first_seq: u64) -> Result<SegmentInfo, JournalError> {
+    let path = segment_path(dir, first_seq);
+    File::create(&path).map_err(|e| JournalError::io(&path, e))?;
+    sync_dir(dir)?;
+    Ok(SegmentInfo {
+        path,
+        first_seq,
+        last_seq: first_seq - 1,
+        len: 0,
+        keys: Some(Vec::new()),
+    })
+}
+
 impl<T: Send + 'static> WriterState<T> {
     pub(crate) fn new(
         dir: PathBuf,
         options: JournalOptions,
         recovered: Recovered,
+        floor: u64,
         sink: Sink<T>,
         hooks: Hooks,
         shared: Arc<Shared>,
@@ -127,21 +142,35 @@ impl<T: Send + 'static> WriterState<T> {
             keys,
             last_seq,
         } = recovered;
+        if last_seq < floor {
+            tracing::warn!(
+                journal_ends_at = last_seq,
+                stores_hold_through = floor,
+                "the journal ends before the records the event tables or profiles hold (it was \
+                 removed or damaged); new records are numbered after theirs"
+            );
+        }
         let active = match segments.pop() {
-            Some(active) => active,
-            None => {
-                let path = segment_path(&dir, last_seq + 1);
-                File::create(&path).map_err(|e| JournalError::io(&path, e))?;
-                sync_dir(&dir)?;
-                SegmentInfo {
-                    path,
-                    first_seq: last_seq + 1,
-                    last_seq,
-                    len: 0,
-                    keys: Some(Vec::new()),
+            Some(active) if active.last_seq >= floor => active,
+            // Numbering goes on after `floor`, in a segment of its own: an empty one is removed,
+            // one with records is kept, closed.
+            Some(ended) => {
+                if ended.len == 0 {
+                    fs::remove_file(&ended.path).map_err(|e| JournalError::io(&ended.path, e))?;
+                } else {
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(&ended.path)
+                        .map_err(|e| JournalError::io(&ended.path, e))?;
+                    end_at_records(&file, ended.len)
+                        .map_err(|e| JournalError::io(&ended.path, e))?;
+                    segments.push(ended);
                 }
+                new_segment(&dir, floor + 1)?
             }
+            None => new_segment(&dir, last_seq.max(floor) + 1)?,
         };
+        let active_next_seq = active.last_seq + 1;
         let keys = KeyIndex::open(&dir, keys)?;
         let mut spares = list_spares(&dir)?;
         for extra in spares.split_off(spares.len().min(MAX_SPARES)) {
@@ -177,7 +206,7 @@ impl<T: Send + 'static> WriterState<T> {
             end_segment,
             keys,
             spares,
-            next_seq: last_seq + 1,
+            next_seq: active_next_seq,
             shared,
             to_syncer,
             syncer,

@@ -147,6 +147,15 @@ impl Lake {
         [&self.events, &self.rejected]
     }
 
+    /// The highest journal seq a table holds.
+    pub fn highest_committed_seq(&self) -> u64 {
+        self.tables()
+            .iter()
+            .map(|table| table.committed_seq())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Where replay must start: the lowest seq some table may be missing, minus one.
     pub fn replay_after(&self) -> u64 {
         self.events

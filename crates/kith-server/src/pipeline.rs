@@ -116,8 +116,11 @@ impl Pipeline {
                 .map_err(ServerError::Thread)?,
         );
         let (sink_lake, sink_unifier) = (lake.clone(), unifier.clone());
+        // A journal removed, or damaged past what the stores hold, must not number new events
+        // as ones they have (they would skip them).
+        let stores_hold = lake.highest_committed_seq().max(profiles.applied_seq());
         let journal = Journal::open_recovered(
-            recovered,
+            recovered.number_after(stores_hold),
             journal_options,
             Box::new(move |items: DurableEntries<Ingested>| {
                 let mut records = Vec::with_capacity(items.len());

@@ -103,3 +103,43 @@ async fn events_recovered_from_past_damage_in_the_journal_are_replayed_into_the_
     assert_eq!(stored_message_ids(&pipeline).await, all);
     pipeline.close().await.unwrap();
 }
+
+/// The tables and profiles skip journal seqs they hold. A journal removed after a flush (or
+/// damaged past what they hold) must not number new events from 1 again: each would be
+/// acknowledged, then skipped by both, and lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_after_the_journal_was_removed_are_numbered_after_what_the_stores_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let pipeline = Pipeline::open(data, ProfileSettings::default(), JournalOptions::default())
+        .await
+        .unwrap();
+    pipeline.write(tracks(0..10), None).await.unwrap();
+    pipeline.close().await.unwrap();
+    std::fs::remove_dir_all(journal_dir(data)).unwrap();
+
+    let pipeline = Pipeline::open(data, ProfileSettings::default(), JournalOptions::default())
+        .await
+        .unwrap();
+    let written = pipeline.write(tracks(10..15), None).await.unwrap();
+    assert_eq!(written.stored(), 5);
+    assert!(
+        written.seqs.iter().flatten().all(|seq| *seq > 10),
+        "{:?}",
+        written.seqs
+    );
+    let all: Vec<String> = (0..15).map(|i| format!("m-{i}")).collect();
+    let mut stored = stored_message_ids(&pipeline).await;
+    stored.sort_by_key(|id| id[2..].parse::<u32>().unwrap());
+    assert_eq!(stored, all);
+    pipeline
+        .wait_for_profiles(written.last_seq().unwrap())
+        .await;
+    let profile = pipeline
+        .profiles
+        .find(&kith_identity::Lookup::parse("user_id:ana").unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(profile.computed_traits.event_count, 15);
+    pipeline.close().await.unwrap();
+}
