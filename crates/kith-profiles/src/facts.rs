@@ -171,7 +171,14 @@ impl IdentifierFacts {
             let current = self.traits.get(name);
             // Most identify calls repeat the values already held: decide before building
             // anything, so a repeat costs no allocation on the unify thread.
-            if current.is_some_and(|c| c.json == *json && c.order() <= order) {
+            if let Some(held) = current.filter(|c| c.json == *json && c.order() <= order) {
+                // The same value set again later is no change, but its later time is the one a
+                // profile's other identifiers' values are weighed against (last write wins
+                // across them): kept at the first sighting, an older value of another
+                // identifier would win.
+                if held.order() < order {
+                    self.traits.set(name, setter(json));
+                }
                 continue;
             }
             let candidate = setter(json);
@@ -375,7 +382,7 @@ mod tests {
             .collect();
         assert_eq!(changed, ["plan", "city"]);
 
-        // The same values seen later change nothing; the first sighting stays.
+        // The same values seen later are no change, but hold the later time.
         let repeat = event_setting(
             &[("plan", "\"free\""), ("city", "\"León\"")],
             None,
@@ -385,7 +392,7 @@ mod tests {
         assert!(facts.absorb(&repeat, &[]).is_empty());
         assert_eq!(
             facts.traits.get("plan"),
-            Some(&value("\"free\"", 10, "m10"))
+            Some(&value("\"free\"", 20, "m20"))
         );
 
         // A new value later replaces; an older value arriving late is reported but not kept.

@@ -947,6 +947,41 @@ fn a_read_only_store_never_writes_profiles_db_even_when_its_traits_differ() {
     );
 }
 
+/// Last write wins across a profile's identifiers, whatever the order events arrive in: a value
+/// set again later counts from its later time, also when it was already the identifier's.
+#[test]
+fn a_trait_set_again_later_wins_over_another_identifiers_value_set_in_between() {
+    let set_plan = |id: &str, time: &str, ids: Value| {
+        let mut event = json!({"type": "identify", "messageId": id, "timestamp": time,
+                               "traits": {"plan": if id == "m2" { "pro" } else { "free" }}});
+        for (key, value) in ids.as_object().unwrap() {
+            event[key] = value.clone();
+        }
+        event
+    };
+    let events = [
+        set_plan("m1", "2026-01-01T00:00:10Z", json!({"userId": "u"})),
+        set_plan("m2", "2026-01-01T00:00:15Z", json!({"anonymousId": "a"})),
+        set_plan(
+            "m3",
+            "2026-01-01T00:00:20Z",
+            json!({"userId": "u", "anonymousId": "a"}),
+        ),
+    ];
+    for order in [[0, 1, 2], [2, 0, 1], [1, 2, 0], [2, 1, 0]] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ProfileStore::open(dir.path(), ProfileSettings::default()).unwrap();
+        for (seq, index) in order.iter().enumerate() {
+            apply(&store, seq as u64 + 1, json!([events[*index].clone()]));
+        }
+        let view = serde_json::to_value(find(&store, "user_id:u").unwrap()).unwrap();
+        assert_eq!(
+            view["traits"]["plan"], "free",
+            "arriving in the order {order:?}"
+        );
+    }
+}
+
 #[test]
 fn external_identifier_types_seen_in_events_are_lookups_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
