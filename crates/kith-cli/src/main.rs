@@ -166,5 +166,9 @@ fn init_logging(default_filter: &str) {
         .with_writer(std::io::stderr)
         // Colours only on a terminal: a log file or a pipe gets plain text.
         .with_ansi(std::io::stderr().is_terminal())
+        // A log line that cannot be written is lost. Told about, the failure would go to the
+        // same stderr with `eprintln!`, whose panic kills whichever thread logged: the
+        // journal's, identity resolution's.
+        .log_internal_errors(false)
         .init();
 }

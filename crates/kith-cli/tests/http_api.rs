@@ -2941,3 +2941,114 @@ fn what_kith_writes_in_a_data_directory_made_beforehand_is_its_users_alone() {
     let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o755, "the directory itself is the user's to change");
 }
+
+/// A server whose stderr can no longer be written (its log piped into a reader that quit, a
+/// full disk under the log file) keeps collecting: a log line that cannot be written is lost.
+/// Before, the failed write was reported with `eprintln!`, whose panic killed the thread that
+/// logged (the journal's, identity resolution's), leaving a server that answered nothing more.
+#[test]
+fn a_server_whose_log_cannot_be_written_keeps_acknowledging_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KithServer::start_with_stderr_closed(dir.path());
+    let send = |from: u32| {
+        let batch: Vec<Value> = (from..from + 50)
+            .map(|i| json!({"type": "track", "event": "E", "userId": format!("u{}", i % 7), "messageId": format!("closed-log-{i}")}))
+            .collect();
+        ingest(&server, "/v1/batch", &json!({ "batch": batch }))
+    };
+    for round in 0..4 {
+        let (status, answer) = send(round * 50);
+        assert_eq!((status, &answer["accepted"]), (200, &json!(50)), "{answer}");
+        // Flushes, profile writes and their debug lines happen meanwhile.
+        std::thread::sleep(std::time::Duration::from_millis(700));
+    }
+    let (status, ready) = get(&server.url("/readyz"), &[]);
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(
+        server.query("SELECT count(*) AS n FROM events")["rows"],
+        json!([[200]])
+    );
+    let profile = profile(&server, "user_id:u1");
+    assert!(
+        profile["computed_traits"]["event_count"].as_u64() > Some(0),
+        "{profile}"
+    );
+    let status = server.stop_with_status().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// The processes whose parent is `pid`, from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: the name may hold spaces and parentheses.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse::<u32>().ok());
+        if parent == Some(pid) {
+            children.push(child);
+        }
+    }
+    children
+}
+
+/// A query worker whose server is killed in the middle of a query stops at once: it read its
+/// stdin closing only between queries, so it ran on alone, a core busy until the query's time
+/// limit, and a crash loop piled such orphans up.
+#[test]
+fn query_workers_end_with_their_server_even_in_the_middle_of_a_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KithServer::start(dir.path());
+    let (url, key) = (server.url("/v1/query"), server.read_key.clone());
+    std::thread::spawn(move || {
+        let endless = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) \
+                       SELECT count(*) FROM r";
+        // Never answered: the server is killed while it runs.
+        let _ = agent()
+            .post(&url)
+            .header("Authorization", &format!("Bearer {key}"))
+            .send(json!({ "sql": endless }).to_string());
+    });
+    let server_pid = server.child.id();
+    let started = std::time::Instant::now();
+    let workers = loop {
+        let workers = children_of(server_pid);
+        if !workers.is_empty() || started.elapsed() > std::time::Duration::from_secs(20) {
+            break workers;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(!workers.is_empty(), "the query runs in a worker process");
+    // Well inside the query's 30-second time limit.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    server.kill9();
+    let killed = std::time::Instant::now();
+    // A zombie (ended, not yet reaped by whoever adopted it) has ended.
+    let alive = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z")
+        })
+    };
+    while workers.iter().any(alive) && killed.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let left: Vec<&u32> = workers.iter().filter(|pid| alive(pid)).collect();
+    assert!(
+        left.is_empty(),
+        "workers still running 10 s after their server was killed: {left:?}"
+    );
+    assert!(
+        killed.elapsed() < std::time::Duration::from_secs(3),
+        "the workers ended {:?} after their server",
+        killed.elapsed()
+    );
+}

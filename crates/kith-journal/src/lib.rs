@@ -300,6 +300,13 @@ impl<T: Send + 'static> Journal<T> {
         self.shared.failed.load(Ordering::Acquire)
     }
 
+    /// Whether the writer thread still runs: it ends when the journal is dropped, or by a bug.
+    pub fn is_running(&self) -> bool {
+        self.writer
+            .as_ref()
+            .is_some_and(|writer| !writer.is_finished())
+    }
+
     /// The highest sequence number on disk when the journal was opened.
     pub fn last_seq_at_open(&self) -> u64 {
         self.last_seq_at_open

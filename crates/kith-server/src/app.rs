@@ -57,6 +57,30 @@ pub enum ServerError {
     },
     #[error("journal record {seq} cannot be decoded: {reason}")]
     BadRecord { seq: u64, reason: String },
+    #[error(
+        "the event tables could not be written as the server stopped ({source}); nothing is \
+         lost: every acknowledged event is in the journal, and reaches the tables at the next \
+         start{hint}"
+    )]
+    FinalFlush {
+        #[source]
+        source: LakeError,
+        /// What to do first, when the cause says (starts with " (").
+        hint: &'static str,
+    },
+}
+
+impl ServerError {
+    fn final_flush(source: LakeError) -> ServerError {
+        // The object store's errors come as text: ENOSPC is found in it.
+        let text = source.to_string();
+        let hint = if text.contains("No space left on device") || text.contains("os error 28") {
+            " (free space on the disk first)"
+        } else {
+            ""
+        };
+        ServerError::FinalFlush { source, hint }
+    }
 }
 
 /// Everything `kith serve` can be told.
@@ -264,17 +288,21 @@ impl Server {
             tracing::error!(error = %e, "server stopped with an error");
         }
         let lake = self.app.pipeline.lake.clone();
-        let rows = crate::runtimes::flushes()
+        let flushed = crate::runtimes::flushes()
             .spawn(async move { lake.flush().await })
             .await
-            .map_err(|e| LakeError::Delta(format!("final flush task failed: {e}")))??;
-        tracing::info!(rows, "final flush done");
+            .map_err(|e| LakeError::Delta(format!("final flush task failed: {e}")))
+            .and_then(|flushed| flushed);
+        // Profiles are written, and the server's address withdrawn, whether or not the tables
+        // could be.
         self.app.pipeline.unifier.stop();
         crate::local::withdraw(&self.app.config.data_dir);
         tracing::info!(
             persisted_seq = self.app.pipeline.profiles.persisted_seq(),
             "profiles written"
         );
+        let rows = flushed.map_err(ServerError::final_flush)?;
+        tracing::info!(rows, "final flush done");
         Ok(())
     }
 }

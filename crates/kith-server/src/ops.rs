@@ -65,6 +65,22 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, Api
              restart the server (it recovers from what is on disk) and check the disk",
         ));
     }
+    // A thread every event goes through that has ended (only a bug ends them) leaves a
+    // server that acknowledges nothing more, or whose profiles stand still: not ready.
+    for (running, what) in [
+        (app.pipeline.journal.is_running(), "the journal writer"),
+        (app.pipeline.unifier.is_running(), "identity resolution"),
+    ] {
+        if !running {
+            return Err(ApiError::new(
+                ErrorCode::StorageUnavailable,
+                format!(
+                    "{what} has stopped (the log says why); restart the server, which recovers \
+                     from what is on disk"
+                ),
+            ));
+        }
+    }
     // `durable_through` seals what was ingested, so the table buffers counted next are current.
     let durable_through = app.pipeline.lake.durable_through();
     let buffered: usize = app

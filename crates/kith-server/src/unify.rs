@@ -73,6 +73,16 @@ impl Unifier {
         self.backlog.load(Ordering::SeqCst)
     }
 
+    /// Whether the thread applying events to profiles still runs (it ends only when stopped,
+    /// or by a bug).
+    pub fn is_running(&self) -> bool {
+        self.worker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|worker| !worker.is_finished())
+    }
+
     /// Applies what is queued, writes `profiles.db` and ends the thread.
     pub fn stop(&self) {
         let _ = self.commands.send(Command::Stop);

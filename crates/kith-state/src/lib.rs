@@ -170,6 +170,8 @@ pub enum Unwritable {
     NotWritable(String),
     /// Its file system is mounted read-only, whoever asks.
     ReadOnlyMount(String),
+    /// Its file system has no space left.
+    Full(String),
 }
 
 impl std::fmt::Display for Unwritable {
@@ -182,6 +184,7 @@ impl std::fmt::Display for Unwritable {
             Unwritable::ReadOnlyMount(dir) => {
                 write!(f, "the file system holding {dir} is mounted read-only")
             }
+            Unwritable::Full(dir) => write!(f, "the disk holding {dir} is full"),
         }
     }
 }
@@ -194,6 +197,10 @@ impl Unwritable {
             Unwritable::ReadOnlyMount(_) => {
                 "mount it read-write, or copy the data directory to a writable place"
             }
+            Unwritable::Full(_) => {
+                "free space on it (every acknowledged event is kept: nothing is lost by the \
+                 wait), then start again"
+            }
         }
     }
 
@@ -203,6 +210,7 @@ impl Unwritable {
         match kind {
             std::io::ErrorKind::ReadOnlyFilesystem => Some(Unwritable::ReadOnlyMount(dir)),
             std::io::ErrorKind::PermissionDenied => Some(Unwritable::NotWritable(dir)),
+            std::io::ErrorKind::StorageFull => Some(Unwritable::Full(dir)),
             _ => None,
         }
     }
@@ -218,11 +226,14 @@ pub fn why_unwritable(dir: &Path) -> Option<Unwritable> {
         return Some(Unwritable::NotReadable(dir.display().to_string()));
     }
     let probe = dir.join(format!(".kith-write-check-{}", std::process::id()));
-    match std::fs::File::create(&probe) {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            None
-        }
+    // A page written, not only a name: a full disk still has room for an empty file.
+    let written = std::fs::File::create(&probe).and_then(|mut file| {
+        std::io::Write::write_all(&mut file, &[0; 4096])?;
+        file.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe);
+    match written {
+        Ok(()) => None,
         Err(e) => Unwritable::from_kind(e.kind(), dir),
     }
 }
@@ -352,6 +363,33 @@ mod tests {
                     "mount it read-write, or copy the data directory to a writable place"
                 ),
             "{opened}"
+        );
+    }
+
+    /// A full disk still has room for an empty file's name: the check writes a page. Needs root
+    /// to mount a tmpfs; elsewhere it says so and checks nothing.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_full_disk_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+            return;
+        }
+        let filled = std::fs::write(dir.path().join("filler"), vec![0u8; 1 << 20]);
+        let why = why_unwritable(dir.path());
+        let _ = std::process::Command::new("umount")
+            .arg(dir.path())
+            .status();
+        assert!(filled.is_err(), "a 256 KiB tmpfs holds no 1 MiB file");
+        assert_eq!(
+            why,
+            Some(Unwritable::Full(dir.path().display().to_string()))
         );
     }
 

@@ -143,7 +143,7 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         let addr = server.local_addr();
         let data_dir = super::shown_path(&data_dir);
         tracing::info!(%addr, %data_dir, "kith is listening");
-        eprintln!(
+        super::tell!(
             "kith is listening on http://{addr} (data in {data_dir}); open the address for first steps"
         );
         server.run(shutdown_signal()).await?;
@@ -198,7 +198,7 @@ fn load_demo(
         .join("parameters.json")
         .exists()
     {
-        eprintln!(
+        super::tell!(
             "the demo world is already in {}; starting on it",
             data_dir.display()
         );
@@ -207,7 +207,7 @@ fn load_demo(
     if customers == 0 {
         anyhow::bail!("--demo-customers must be at least 1");
     }
-    eprintln!(
+    super::tell!(
         "generating a demo world of {customers} customers into {} (once; later starts reuse it)",
         data_dir.display()
     );
@@ -226,7 +226,7 @@ fn load_demo(
                 .find(|user| !user.is_empty())
         })
         .unwrap_or_else(|| "u-0".into());
-    eprintln!(
+    super::tell!(
         "loaded {} events of {} customers ({} orders; {} of the events are CRM contacts, \
          imported as identify calls). Try, in another terminal:\n  \
          kith sql --data-dir {dir} \"SELECT event, count(*) AS n FROM events GROUP BY event ORDER BY n DESC\"\n  \
@@ -246,19 +246,27 @@ async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     };
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    let signal = |kind: tokio::signal::unix::SignalKind| async move {
+        match tokio::signal::unix::signal(kind) {
             Ok(mut signal) => {
                 signal.recv().await;
             }
             Err(_) => std::future::pending::<()>().await,
         }
     };
+    #[cfg(unix)]
+    let terminate = signal(tokio::signal::unix::SignalKind::terminate());
+    // The terminal the server was started from closing: stopped as cleanly as by Ctrl-C.
+    #[cfg(unix)]
+    let hangup = signal(tokio::signal::unix::SignalKind::hangup());
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
+    #[cfg(not(unix))]
+    let hangup = std::future::pending::<()>();
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+        () = hangup => {},
     }
     tracing::info!("shutting down: finishing requests, then flushing to Delta");
 }

@@ -97,12 +97,36 @@ impl KithServer {
     /// [`KithServer::start_binary`] with `command`: the binary, and whatever else its process
     /// should start with.
     pub fn start_command(
-        mut command: Command,
+        command: Command,
         data_dir: &Path,
         write_key: String,
         read_key: String,
         extra: &[&str],
     ) -> KithServer {
+        Self::launch(command, data_dir, write_key, read_key, extra, true)
+    }
+
+    /// [`KithServer::start`] logging at `debug`, whose stderr nobody reads once it has said
+    /// where it listens: every later write to it fails (a closed pipe).
+    pub fn start_with_stderr_closed(data_dir: &Path) -> KithServer {
+        let write_key = create_key(data_dir, "ingest", Some("web"));
+        let read_key = create_key(data_dir, "read", None);
+        let mut command = Command::new(kith_bin());
+        command.env("KITH_LOG", "debug");
+        Self::launch(command, data_dir, write_key, read_key, &[], false)
+    }
+
+    fn launch(
+        mut command: Command,
+        data_dir: &Path,
+        write_key: String,
+        read_key: String,
+        extra: &[&str],
+        echo_stderr: bool,
+    ) -> KithServer {
+        if command.get_envs().all(|(name, _)| name != "KITH_LOG") {
+            command.env("KITH_LOG", "warn");
+        }
         let mut child = command
             .args([
                 "serve",
@@ -112,7 +136,6 @@ impl KithServer {
                 "127.0.0.1:0",
             ])
             .args(extra)
-            .env("KITH_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -129,6 +152,9 @@ impl KithServer {
                         .unwrap_or_default()
                         .to_string();
                     let _ = tx.send(addr);
+                    if !echo_stderr {
+                        return;
+                    }
                     sent = true;
                     continue;
                 }
@@ -158,10 +184,15 @@ impl KithServer {
     }
 
     /// SIGTERM and wait for a clean exit.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        let _ = self.stop_with_status();
+    }
+
+    /// SIGTERM, and how the process ended.
+    pub fn stop_with_status(mut self) -> std::io::Result<std::process::ExitStatus> {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let _ = self.child.wait();
+        self.child.wait()
     }
 
     /// POST /v1/query as JSON with the read key; panics unless 200.

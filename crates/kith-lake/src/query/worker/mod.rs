@@ -47,6 +47,9 @@ const OUT_OF_MEMORY_EXIT: i32 = 3;
 /// nothing more, so a query written to it as it went is asked again of a fresh worker.
 const IDLE_EXIT: i32 = 4;
 
+/// The exit code of a worker whose server is gone (no one reads it).
+const ORPHANED_EXIT: i32 = 5;
+
 /// How long a worker that answered waits for the next query before it exits, giving back what
 /// it holds (`[query] worker_idle_secs`): a fresh worker costs the next query 15–25 ms.
 pub const DEFAULT_WORKER_IDLE: Duration = Duration::from_secs(60);

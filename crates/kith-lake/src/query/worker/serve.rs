@@ -13,7 +13,7 @@ use deltalake::DeltaTable;
 use super::protocol::{
     Finished, Reply, Request, read_header, read_stream, write_header, write_stream,
 };
-use super::{IDLE_EXIT, OUT_OF_MEMORY_EXIT};
+use super::{IDLE_EXIT, ORPHANED_EXIT, OUT_OF_MEMORY_EXIT};
 use crate::query::{
     ExtraTable, QueryError, QueryLimits, QueryMemory, QueryResult, Source, Sources,
 };
@@ -29,11 +29,36 @@ const SLACK_BYTES: u64 = 256 << 20;
 /// while events arrived, or was too loose to mean anything.
 const RESIDENT_CHECK_INTERVAL: Duration = Duration::from_millis(5);
 
+/// How often a worker looks whether its server is still there.
+const ORPHAN_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Ends the worker as soon as its server is gone (killed, crashed): the closing of its stdin
+/// is only read between queries, and a worker left in the middle of one would run it on alone,
+/// a core busy until its time limit. The server is the worker's parent; once it is gone the
+/// worker is another process's child.
+fn exit_when_orphaned() {
+    let server = std::os::unix::process::parent_id();
+    let watching = std::thread::Builder::new()
+        .name("kith-worker-orphan-watch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(ORPHAN_CHECK_INTERVAL);
+                if std::os::unix::process::parent_id() != server {
+                    std::process::exit(ORPHANED_EXIT);
+                }
+            }
+        });
+    if let Err(e) = watching {
+        eprintln!("kith query-worker: cannot watch for its server's end: {e}");
+    }
+}
+
 /// Answers queries from stdin on stdout, and exits: with 0 when stdin closes (the server let the
 /// worker go, or ended), with 0 after a refusal (its query may have left a thread planning;
 /// a fresh worker takes the next), with [`OUT_OF_MEMORY_EXIT`] past its memory cap. Returns the
 /// exit code when it cannot start. The `kith query-worker` command is this function.
 pub fn serve_queries() -> u8 {
+    exit_when_orphaned();
     let mut input = BufReader::new(std::io::stdin().lock());
     let mut request: Request = match read_header(&mut input) {
         Ok(request) => request,
