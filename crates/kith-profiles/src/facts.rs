@@ -63,6 +63,17 @@ impl TraitMap {
         }
     }
 
+    /// Moves the time `name`'s value was set to `time_micros`, by `message_id`, keeping the
+    /// value: in place, reusing the id's buffer (a repeated identify's traits, many a second).
+    pub fn restamp(&mut self, name: &str, time_micros: i64, message_id: &str) {
+        if let Ok(i) = self.position(name) {
+            let value = &mut self.by_name[i].1;
+            value.time_micros = time_micros;
+            value.message_id.clear();
+            value.message_id.push_str(message_id);
+        }
+    }
+
     /// Trait values in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &TraitValue)> {
         self.by_name.iter().map(|(name, value)| (name, value))
@@ -177,7 +188,7 @@ impl IdentifierFacts {
                 // across them): kept at the first sighting, an older value of another
                 // identifier would win.
                 if held.order() < order {
-                    self.traits.set(name, setter(json));
+                    self.traits.restamp(name, time, &facts.key.message_id);
                 }
                 continue;
             }
