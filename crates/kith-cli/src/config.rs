@@ -439,6 +439,20 @@ impl IdentityConfig {
         let region = self.default_region.as_deref().unwrap_or("MX");
         settings.normalizer = Normalizer::new(region, self.blocked_values.clone())
             .with_context(|| "invalid [identity] default_region in the config file")?;
+        for name in &self.identifier_traits {
+            let why = if name.trim().is_empty() {
+                Some("it is empty")
+            } else {
+                kith_identity::why_not_an_external_type(name)
+            };
+            if let Some(why) = why {
+                anyhow::bail!(
+                    "[identity] identifier_traits cannot list `{name}`: {why}. List traits that \
+                     hold ids of your own, such as `customer_number` (emails and phones in \
+                     traits identify people already)"
+                );
+            }
+        }
         settings.identifier_traits = self.identifier_traits.clone();
         if let Some(event) = &self.order_event {
             settings.order_event = event.clone();
@@ -942,6 +956,22 @@ mod tests {
             "{none}"
         );
         assert_eq!(identity_error("[identity]\nmax_merges = 0\n"), Ok(()));
+        // A trait named as a built-in type, or with a `:`, would be read back as another type.
+        for (name, why) in [
+            ("email", "a built-in type's name"),
+            ("user_id", "a built-in type's name"),
+            ("crm:id", "holds a `:`"),
+            (" ", "it is empty"),
+        ] {
+            let refused = identity_error(&format!("[identity]\nidentifier_traits = ['{name}']\n"))
+                .unwrap_err();
+            assert!(
+                refused.starts_with(&format!(
+                    "[identity] identifier_traits cannot list `{name}`"
+                )) && refused.contains(why),
+                "{refused}"
+            );
+        }
         assert_eq!(
             config.data_dir(Some(PathBuf::from("/flag"))),
             PathBuf::from("/flag")

@@ -3052,3 +3052,52 @@ fn query_workers_end_with_their_server_even_in_the_middle_of_a_query() {
         killed.elapsed()
     );
 }
+
+/// SIGHUP (the terminal the server ran in closing) stops it as cleanly as SIGTERM, its events
+/// flushed; a server started under `nohup`, which ignores SIGHUP, keeps running.
+#[test]
+fn a_hangup_stops_the_server_cleanly_unless_it_was_started_under_nohup() {
+    let hangup = |server: &KithServer| {
+        let pid = server.child.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = KithServer::start(dir.path());
+    let (status, _) = ingest(
+        &server,
+        "/v1/track",
+        &json!({"userId": "u", "event": "Before Hangup", "messageId": "hup-1"}),
+    );
+    assert_eq!(status, 200);
+    hangup(&server);
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    // Flushed to the table as it stopped: read without the journal's help.
+    std::fs::remove_dir_all(dir.path().join("journal")).unwrap();
+    assert_eq!(
+        sql(dir.path(), "SELECT message_id FROM events"),
+        [vec!["hup-1".to_string()]]
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut nohup = std::process::Command::new("nohup");
+    nohup.arg(kith_bin());
+    let server = KithServer::start_command(
+        nohup,
+        dir.path(),
+        create_key(dir.path(), "ingest", Some("web")),
+        create_key(dir.path(), "read", None),
+        &[],
+    );
+    hangup(&server);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (status, ready) = get(&server.url("/readyz"), &[]);
+    assert_eq!(status, 200, "{ready}");
+    assert!(server.stop_with_status().unwrap().success());
+}

@@ -76,6 +76,8 @@ enum Item<'a> {
     NotJson {
         /// The event as sent.
         text: String,
+        /// What `rejected_events.raw` keeps of it (see [`kept_raw`]).
+        kept: String,
         refusal: String,
         message_id: Option<String>,
     },
@@ -243,13 +245,18 @@ fn rescued_batch<'a>(body: &str) -> Option<Result<RawRequest<'a>, RequestError>>
     let replaced = non_json::Replaced::of(body)?;
     let envelope: BatchEnvelope<'_> = serde_json::from_str(&replaced.text).ok()?;
     if let Some(BatchItems::Items(items)) = &envelope.batch {
+        // Refused before anything else looks at them, as a batch without such values is.
+        if items.len() > MAX_BATCH_EVENTS {
+            return Some(Err(RequestError::TooManyEvents(items.len())));
+        }
+        // In body order, as the values found are: each is looked up, never compared with all.
         let spans: Vec<_> = items.iter().map(|item| replaced.span_of(item)).collect();
+        let within_an_event = |found: &non_json::Found| {
+            let after = spans.partition_point(|span| span.start <= found.at.start);
+            after > 0 && spans[after - 1].contains(&found.at.start)
+        };
         // One outside the events (in the batch's `context`, say) is every event's.
-        if let Some(found) = replaced
-            .found
-            .iter()
-            .find(|found| !spans.iter().any(|span| span.contains(&found.at.start)))
-        {
+        if let Some(found) = replaced.found.iter().find(|found| !within_an_event(found)) {
             return Some(Err(RequestError::InvalidJson(format!(
                 "`{}` at byte {}, outside the events, is not a JSON value: {}",
                 found.value,
@@ -268,13 +275,26 @@ fn rescued_batch<'a>(body: &str) -> Option<Result<RawRequest<'a>, RequestError>>
 fn rescued_item<'a>(body: &str, replaced: &non_json::Replaced, raw: &RawValue) -> Item<'a> {
     let span = replaced.span_of(raw);
     match replaced.first_within(&span) {
-        Some(found) => Item::NotJson {
-            text: body.get(span).unwrap_or_default().to_string(),
-            refusal: non_json::refusal(found),
-            message_id: RawItem::parse(raw.get())
-                .ok()
-                .and_then(|mut item| item.take_id("messageId").ok().flatten()),
-        },
+        Some(found) => {
+            // An event that is nothing but such a value reads as its one-byte replacement.
+            let span = span.start..span.end.max(found.at.end);
+            let text = body.get(span).unwrap_or_default().to_string();
+            // The replaced text reads as JSON where the text as sent does not: whether it holds
+            // a `writeKey` (a secret, never kept) is asked of it.
+            let kept = match without_write_key(raw.get()) {
+                Some(Cow::Borrowed(_)) => truncate_utf8(&text, MAX_EVENT_BYTES).to_string(),
+                _ => "(not kept: the event holds a value JSON does not allow, and a writeKey)"
+                    .to_string(),
+            };
+            Item::NotJson {
+                text,
+                kept,
+                refusal: non_json::refusal(found),
+                message_id: RawItem::parse(raw.get())
+                    .ok()
+                    .and_then(|mut item| item.take_id("messageId").ok().flatten()),
+            }
+        }
         None => Item::Copied(raw.to_owned()),
     }
 }
@@ -443,7 +463,10 @@ impl RawRequest<'_> {
                     source: source.to_string(),
                     received_at,
                     message_id: fault.message_id,
-                    raw: kept_raw(item.text()),
+                    raw: match item {
+                        Item::NotJson { kept, .. } => kept.clone(),
+                        _ => kept_raw(item.text()),
+                    },
                 }),
             }
         }

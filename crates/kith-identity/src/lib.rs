@@ -14,7 +14,9 @@ pub mod rules;
 mod text;
 
 pub use identifier::{IdType, Identifier, Lookup, LookupParseError, excerpt};
-pub use normalize::{Normalizer, NotAnIdentity, UnknownRegion, fold_accent};
+pub use normalize::{
+    Normalizer, NotAnIdentity, UnknownRegion, fold_accent, why_not_an_external_type,
+};
 pub use resolver::{
     ConflictRecord, MergeReason, MergeRecord, Observation, ObservationKey, ObserveOutcome,
     ProfileRef, Resolver, profile_id_for,

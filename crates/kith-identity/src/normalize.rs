@@ -68,20 +68,28 @@ impl NotAnIdentity {
     }
 }
 
-/// Refuses an external id type (`context.externalIds[].type`, `[identity]` traits) that would
-/// be read back as another: identifiers are stored as `type:value`, so a `:` in the type would
-/// move part of it into the value, and a built-in type's name would make it that type.
-fn check_external_type(name: &str) -> Result<(), NotAnIdentity> {
-    let why = if name.contains(':') {
-        "it holds a `:`, which separates an identifier's type from its value"
+/// Why `name` cannot name an external id type (`context.externalIds[].type`, `[identity]
+/// identifier_traits`), if it cannot: identifiers are stored as `type:value`, so a `:` in the
+/// type would move part of it into the value, and a built-in type's name would make it that type.
+pub fn why_not_an_external_type(name: &str) -> Option<&'static str> {
+    if name.contains(':') {
+        Some("it holds a `:`, which separates an identifier's type from its value")
     } else if name.chars().any(char::is_control) {
-        "it holds a control character"
+        Some("it holds a control character")
     } else if !matches!(IdType::from_name(name), IdType::External(_)) {
-        "it is a built-in type's name; send the id as `userId`, `anonymousId`, an email or a phone"
+        Some(
+            "it is a built-in type's name; send the id as `userId`, `anonymousId`, an email or a phone",
+        )
     } else {
-        return Ok(());
-    };
-    Err(NotAnIdentity::InvalidType(name.to_string(), why))
+        None
+    }
+}
+
+fn check_external_type(name: &str) -> Result<(), NotAnIdentity> {
+    match why_not_an_external_type(name) {
+        Some(why) => Err(NotAnIdentity::InvalidType(name.to_string(), why)),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, Error)]

@@ -300,11 +300,13 @@ impl<T: Send + 'static> Journal<T> {
         self.shared.failed.load(Ordering::Acquire)
     }
 
-    /// Whether the writer thread still runs: it ends when the journal is dropped, or by a bug.
+    /// Whether the writer and sync threads still run: they end when the journal is dropped,
+    /// or by a bug (a panicking sink).
     pub fn is_running(&self) -> bool {
         self.writer
             .as_ref()
             .is_some_and(|writer| !writer.is_finished())
+            && self.shared.syncer_running.load(Ordering::Acquire)
     }
 
     /// The highest sequence number on disk when the journal was opened.

@@ -61,6 +61,9 @@ pub(crate) struct Shared {
     pub failed: AtomicBool,
     /// Held through every sync of a journal file: see [`Shared::sync_or_fail`].
     pub syncing: Mutex<()>,
+    /// Whether the sync thread runs: cleared as it ends, also by a panic (in the sink, say),
+    /// after which nothing more is acknowledged.
+    pub syncer_running: AtomicBool,
 }
 
 impl Shared {
@@ -69,6 +72,7 @@ impl Shared {
             queued_bytes: AtomicUsize::new(0),
             failed: AtomicBool::new(false),
             syncing: Mutex::new(()),
+            syncer_running: AtomicBool::new(true),
         }
     }
 
@@ -113,6 +117,14 @@ pub(crate) struct Syncer<T> {
 
 impl<T: Send + 'static> Syncer<T> {
     pub(crate) fn run(mut self, handovers: Receiver<Handover<T>>) {
+        /// Clears [`Shared::syncer_running`] however the thread ends.
+        struct Running(Arc<Shared>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.syncer_running.store(false, Ordering::Release);
+            }
+        }
+        let _running = Running(self.shared.clone());
         while let Ok(first) = handovers.recv() {
             let mut batch = vec![first];
             // Everything written while the last sync ran shares the next one.

@@ -710,6 +710,27 @@ fn a_journal_ending_before_what_its_stores_hold_numbers_new_records_after_it() {
     );
 }
 
+/// A sync thread that died (a sink's bug) leaves a journal that acknowledges nothing more:
+/// readiness checks see it as not running.
+#[test]
+fn a_journal_whose_sync_thread_died_is_not_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal: Journal<String> = Journal::open(
+        dir.path(),
+        JournalOptions::default(),
+        Box::new(|_: DurableEntries<String>| panic!("a sink's bug")),
+    )
+    .unwrap();
+    assert!(journal.is_running());
+    // Never answered: the thread that would have answered is gone.
+    assert!(journal.append(vec![entry(1, "a")]).blocking_recv().is_err());
+    let started = std::time::Instant::now();
+    while journal.is_running() && started.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(!journal.is_running());
+}
+
 #[test]
 fn retired_segment_files_are_reused_and_their_old_records_never_come_back() {
     let dir = tempfile::tempdir().unwrap();

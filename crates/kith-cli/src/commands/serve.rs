@@ -241,6 +241,18 @@ fn load_demo(
     Ok(())
 }
 
+/// Whether the process was started with SIGHUP ignored (by `nohup`, or a supervisor).
+#[cfg(unix)]
+fn hangup_ignored() -> bool {
+    // SAFETY: `sigaction` with no new action only reads the current one into `current`, a
+    // zeroed `sigaction` struct this function owns.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction == libc::SIG_IGN
+    }
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -256,9 +268,16 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let terminate = signal(tokio::signal::unix::SignalKind::terminate());
-    // The terminal the server was started from closing: stopped as cleanly as by Ctrl-C.
+    // The terminal the server was started from closing: stopped as cleanly as by Ctrl-C;
+    // unless SIGHUP is ignored (`nohup kith serve`), which listening for it would undo.
     #[cfg(unix)]
-    let hangup = signal(tokio::signal::unix::SignalKind::hangup());
+    let hangup = async move {
+        if hangup_ignored() {
+            std::future::pending::<()>().await
+        } else {
+            signal(tokio::signal::unix::SignalKind::hangup()).await
+        }
+    };
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
     #[cfg(not(unix))]

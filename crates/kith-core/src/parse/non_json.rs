@@ -88,11 +88,14 @@ impl Replaced {
         start..start + part.get().len()
     }
 
-    /// The first value found within `span`.
+    /// The first value found within `span` (found in body order: looked up, not searched).
     pub(super) fn first_within(&self, span: &Range<usize>) -> Option<&Found> {
+        let first = self
+            .found
+            .partition_point(|found| found.at.start < span.start);
         self.found
-            .iter()
-            .find(|found| span.contains(&found.at.start))
+            .get(first)
+            .filter(|found| span.contains(&found.at.start))
     }
 }
 

@@ -176,6 +176,37 @@ fn an_event_holding_nan_or_infinity_is_refused_alone_and_its_neighbours_are_stor
     assert_eq!(outcome.events, judge_batch(&without).events);
     assert_eq!(outcome.events.len(), 2);
 
+    // Kept as sent also with `\u` escapes (Python's `json` writes every accent so), and an
+    // event that is nothing but such a value is kept whole.
+    let body = r#"{"batch": [{"type": "track", "event": "Caf\u00e9", "userId": "u", "properties": {"x": NaN}}, NaN]}"#;
+    let outcome = parse_batch_request(body)
+        .unwrap()
+        .normalize("web", received());
+    let kept: Vec<&str> = outcome.rejections.iter().map(|r| r.raw.as_str()).collect();
+    assert_eq!(
+        kept,
+        [
+            r#"{"type": "track", "event": "Caf\u00e9", "userId": "u", "properties": {"x": NaN}}"#,
+            "NaN"
+        ]
+    );
+    // One holding a writeKey is not kept: the key is a secret.
+    let body = r#"{"batch": [{"type": "track", "event": "E", "userId": "u", "writeKey": "secret", "p": NaN}]}"#;
+    let outcome = parse_batch_request(body)
+        .unwrap()
+        .normalize("web", received());
+    assert!(
+        !outcome.rejections[0].raw.contains("secret"),
+        "{}",
+        outcome.rejections[0].raw
+    );
+    // More events than a batch may hold are refused as any such batch is.
+    let many = vec!["NaN"; MAX_BATCH_EVENTS + 1].join(",");
+    assert_eq!(
+        parse_batch_request(&format!(r#"{{"batch": [{many}]}}"#)).err(),
+        Some(RequestError::TooManyEvents(MAX_BATCH_EVENTS + 1))
+    );
+
     // A single call holding one is that event refused.
     let single = parse_single_request(
         r#"{"userId": "u", "event": "E", "properties": {"x": -Infinity}, "writeKey": "wk"}"#,
