@@ -2,6 +2,15 @@ use kith_core::Stored;
 
 use crate::{Lake, QueryLimits};
 
+/// Journal records of one event each, at `seqs`.
+fn records(seqs: std::ops::RangeInclusive<u64>) -> Vec<(u64, Vec<u8>)> {
+    seqs.map(|seq| {
+        let event = crate::tests::event(&format!("m{seq}"), "ana", 1.0);
+        (seq, Stored::Event(event).encode())
+    })
+    .collect()
+}
+
 async fn count_events(lake: &Lake) -> serde_json::Value {
     let result = lake
         .query("SELECT count(*) FROM events", &QueryLimits::default())
@@ -18,13 +27,7 @@ async fn count_events(lake: &Lake) -> serde_json::Value {
 async fn rows_of_a_flush_whose_commit_was_unknown_are_not_written_twice() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::open(dir.path()).await.unwrap();
-    let records = (1..=100u64)
-        .map(|seq| {
-            let event = crate::tests::event(&format!("m{seq}"), "ana", 1.0);
-            (seq, Stored::Event(event).encode())
-        })
-        .collect();
-    lake.ingest(records);
+    lake.ingest(records(1..=100));
     lake.seal();
     let buffered = lake.events.read().buffer.batches.clone();
     assert_eq!(lake.events.flush().await.unwrap(), 100);
@@ -47,13 +50,7 @@ async fn rows_of_a_flush_whose_commit_was_unknown_are_not_written_twice() {
     assert_eq!(count_events(&lake).await, 100);
 
     // Rows that came after the unknown commit are still flushed.
-    let later = (101..=110u64)
-        .map(|seq| {
-            let event = crate::tests::event(&format!("m{seq}"), "ana", 1.0);
-            (seq, Stored::Event(event).encode())
-        })
-        .collect();
-    lake.ingest(later);
+    lake.ingest(records(101..=110));
     lake.flush().await.unwrap();
     assert_eq!(count_events(&lake).await, 110);
 }
