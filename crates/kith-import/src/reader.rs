@@ -293,13 +293,15 @@ fn sniffed_delimiter(first_line: &str) -> u8 {
 /// becomes `Dirección_2`, so no column's values hide another's.
 fn named_once(names: Vec<String>) -> Vec<String> {
     let mut seen: Vec<String> = Vec::with_capacity(names.len());
-    for name in names {
-        // Columns without a name stay so (they are told as such).
-        if name.is_empty() {
-            seen.push(name);
+    for (position, name) in names.into_iter().enumerate() {
+        // A column without a name (a spreadsheet's empty header cells) is named by its place,
+        // `column_4`: left unnamed, every such column read as the first of them.
+        let name = if name.is_empty() {
+            format!("column_{}", position + 1)
         } else {
-            crate::mapping::claim_name(&name, &mut seen);
-        }
+            name
+        };
+        crate::mapping::claim_name(&name, &mut seen);
     }
     seen
 }
@@ -446,7 +448,6 @@ impl RowReader {
                         .map(|h| h.trim().trim_start_matches('\u{feff}').to_string())
                         .collect::<Vec<_>>(),
                 };
-                let headers = named_once(headers);
                 if headers.iter().all(String::is_empty) {
                     return Err(ImportError::Unreadable {
                         path: shown,
@@ -454,6 +455,7 @@ impl RowReader {
                         reason: "the file is empty or its first line names no columns".into(),
                     });
                 }
+                let headers = named_once(headers);
                 Inner::Csv {
                     reader,
                     headers,
@@ -907,6 +909,25 @@ mod tests {
             ["correo", "Dirección", "Dirección_2"]
         );
         assert_eq!(text(&rows[0], "Dirección_2"), "Colonia Centro");
+        // Columns without a name (a spreadsheet's empty header cells) are named by their place,
+        // each keeping its own values; a header that already says `column_3` keeps it.
+        std::fs::write(
+            &path,
+            "id,,column_3, ,
+1,AAA,x,BBB,CCC
+",
+        )
+        .unwrap();
+        let (reader, rows) = rows_of(&path, Format::Csv, None);
+        assert_eq!(
+            reader.headers().unwrap(),
+            ["id", "column_2", "column_3", "column_4", "column_5"]
+        );
+        let values: Vec<String> = ["column_2", "column_3", "column_4", "column_5"]
+            .iter()
+            .map(|column| text(&rows[0], column))
+            .collect();
+        assert_eq!(values, ["AAA", "x", "BBB", "CCC"]);
         // Excel's `sep=;` line names the delimiter; a quoted comma in a header does not.
         std::fs::write(&path, "sep=;\r\ncorreo;monto\r\na@x.mx;1,5\r\n").unwrap();
         let (reader, rows) = rows_of(&path, Format::Csv, None);
