@@ -40,6 +40,13 @@ pub enum RequestError {
     BatchNotArray(&'static str),
     #[error("the batch holds {0} events; at most {MAX_BATCH_EVENTS} are allowed per request")]
     TooManyEvents(usize),
+    /// A batch-level object larger than an event may be, which every event would take on.
+    #[error(
+        "the batch's `{field}` is {size} bytes, and it is merged into every event, which may be \
+         at most {} KB: send the larger parts in each event's own `{field}`, or less",
+        MAX_EVENT_BYTES / 1024
+    )]
+    BatchFieldTooLarge { field: &'static str, size: usize },
     /// A batch-level field every event takes on, of the wrong type: refused rather than
     /// dropped, since each event would silently lose it.
     #[error("the batch's `{field}` must be {expected} ({why}), found {found}")]
@@ -243,7 +250,12 @@ fn batch_request<'a, 'b>(
 /// `None` when the body holds none, or is not JSON for other reasons too.
 fn rescued_batch<'a>(body: &str) -> Option<Result<RawRequest<'a>, RequestError>> {
     let replaced = non_json::Replaced::of(body)?;
-    let envelope: BatchEnvelope<'_> = serde_json::from_str(&replaced.text).ok()?;
+    let envelope: BatchEnvelope<'_> = match serde_json::from_str(&replaced.text) {
+        Ok(envelope) => envelope,
+        // Not JSON for another reason too: that one is told, where the first parse stopped at
+        // the first `NaN` (the replaced text has the body's lines and columns).
+        Err(err) => return Some(Err(envelope_error(&replaced.text, err))),
+    };
     if let Some(BatchItems::Items(items)) = &envelope.batch {
         // Refused before anything else looks at them, as a batch without such values is.
         if items.len() > MAX_BATCH_EVENTS {
@@ -299,14 +311,22 @@ fn rescued_item<'a>(body: &str, replaced: &non_json::Replaced, raw: &RawValue) -
     }
 }
 
-/// A batch-level object merged into each event (`context`, `integrations`); null is none.
+/// A batch-level object merged into each event (`context`, `integrations`); null is none. It
+/// becomes part of every event, so it may hold no more than an event may: larger, one request
+/// of 500 KB could store a gigabyte.
 fn batch_object(
     field: &'static str,
     value: Option<Value>,
 ) -> Result<Option<Map<String, Value>>, RequestError> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(map)) => Ok(Some(map)),
+        Some(Value::Object(map)) => {
+            let size = serde_json::to_vec(&map).map_or(usize::MAX, |text| text.len());
+            if size > MAX_EVENT_BYTES {
+                return Err(RequestError::BatchFieldTooLarge { field, size });
+            }
+            Ok(Some(map))
+        }
         Some(other) => Err(RequestError::BatchFieldType {
             field,
             expected: "an object",
@@ -348,9 +368,8 @@ pub fn parse_single_request(
             let Some(replaced) = non_json::Replaced::of(body) else {
                 return Err(envelope_error(body, err));
             };
-            let Ok(raw) = serde_json::from_str::<&RawValue>(&replaced.text) else {
-                return Err(envelope_error(body, err));
-            };
+            let raw = serde_json::from_str::<&RawValue>(&replaced.text)
+                .map_err(|other| envelope_error(&replaced.text, other))?;
             let write_key = serde_json::from_str::<SingleEnvelope>(raw.get())
                 .ok()
                 .and_then(|envelope| envelope.write_key.as_ref().and_then(value_as_text));
@@ -897,9 +916,12 @@ fn with_defaults(own: Option<String>, defaults: Option<&Map<String, Value>>) -> 
     let Some(names) = field_names(&own) else {
         return Some(own);
     };
+    // Looked up, not compared one by one: an event's thousands of names against a batch's
+    // thousands of defaults, in each of 2,500 events, would be billions of comparisons.
+    let held: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
     let missing: Vec<(&String, &Value)> = defaults
         .iter()
-        .filter(|(key, _)| !names.iter().any(|name| name == *key))
+        .filter(|(key, _)| !held.contains(key.as_str()))
         .collect();
     if missing.is_empty() {
         return Some(own);

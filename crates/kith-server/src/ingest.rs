@@ -221,7 +221,8 @@ pub(crate) fn request_error(err: RequestError) -> ApiError {
         RequestError::NotAnObject(_)
         | RequestError::MissingBatch
         | RequestError::BatchNotArray(_)
-        | RequestError::BatchFieldType { .. } => ErrorCode::InvalidBody,
+        | RequestError::BatchFieldType { .. }
+        | RequestError::BatchFieldTooLarge { .. } => ErrorCode::InvalidBody,
     };
     ApiError::new(code, err.to_string())
 }

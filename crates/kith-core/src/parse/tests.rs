@@ -239,20 +239,50 @@ fn nan_outside_the_events_or_beside_other_faults_refuses_the_request() {
         message.starts_with("`NaN` at byte 77, outside the events"),
         "{message}"
     );
-    // A body that is not JSON for another reason too is refused as before.
+    // A body that is not JSON for another reason too is refused for that reason, where it is.
     for body in [
         r#"{"batch": [{"type": "track", "event": "E", "userId": "u", "p": NaN}, ]}"#,
         r#"{"batch": [{"type": "track", "event": "E", "userId": "u", "p": NaN}"#,
+        r#"{"batch": [{"type": "track", "p": NaN}, {"type": "track", "userId": u5}]}"#,
     ] {
-        assert!(
-            matches!(parse_batch_request(body), Err(RequestError::InvalidJson(_))),
+        let without_nan = body.replace("NaN", "0  ");
+        assert_eq!(
+            parse_batch_request(body).err(),
+            parse_batch_request(&without_nan).err(),
             "{body}"
         );
+        assert!(matches!(
+            parse_batch_request(body),
+            Err(RequestError::InvalidJson(_))
+        ));
     }
     assert!(matches!(
         parse_single_request(r#"{"userId": "u", "p": NaN"#, MessageType::Track),
         Err(RequestError::InvalidJson(_))
     ));
+}
+
+/// A batch's `context` and `integrations` become part of every event: one larger than an event
+/// may be is refused (a 300 KB context in 2,500 events stored 750 MB from one 500 KB request).
+#[test]
+fn batch_level_objects_larger_than_an_event_are_refused() {
+    let batch = |field: &str, size: usize| {
+        json!({"batch": [{"type": "track", "event": "E", "userId": "u"}], field: {"big": "x".repeat(size)}})
+            .to_string()
+    };
+    for field in ["context", "integrations"] {
+        assert!(parse_batch_request(&batch(field, MAX_EVENT_BYTES - 100)).is_ok());
+        let refused = parse_batch_request(&batch(field, MAX_EVENT_BYTES)).err();
+        let Some(RequestError::BatchFieldTooLarge { field: named, size }) = refused else {
+            panic!("{refused:?}")
+        };
+        assert_eq!((named, size), (field, MAX_EVENT_BYTES + 10));
+        assert!(
+            RequestError::BatchFieldTooLarge { field: named, size }
+                .to_string()
+                .contains("merged into every event, which may be at most 32 KB")
+        );
+    }
 }
 
 #[test]
