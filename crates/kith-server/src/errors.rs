@@ -379,7 +379,8 @@ mod tests {
     fn meanings_come_from_the_api_table() {
         assert_eq!(
             super::meaning("invalid_json"),
-            "the body is not valid JSON (or not UTF-8)"
+            "the body is not valid JSON (or not UTF-8); a `NaN` or `Infinity` inside an event \
+             refuses only that event (below)"
         );
         assert_eq!(super::meaning("no_such_code"), "");
     }

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use chrono::Utc;
@@ -66,6 +66,11 @@ static SEND_A_SMALLER_EVENT: std::sync::LazyLock<String> = std::sync::LazyLock::
     )
 });
 
+/// The most parts a body may arrive in: a 500 KB batch in chunks of 50 bytes. Hyper hands over
+/// a chunked body a chunk at a time, and each costs a little work however small: half a million
+/// one-byte chunks took over half a second of CPU to read.
+const MAX_BODY_PIECES: usize = 10_000;
+
 /// Reads the body, undoing gzip, never holding more than the request limit; a body over it is
 /// told `advice` (what to send instead, in the endpoint's terms).
 pub(crate) async fn read_body(
@@ -84,31 +89,53 @@ pub(crate) async fn read_body(
         )
     };
     let gzipped = is_gzipped(headers)?;
-    let raw: Bytes = axum::body::to_bytes(body, MAX_REQUEST_BYTES)
-        .await
-        .map_err(|e| {
-            let e = e.into_inner();
-            if caused_by::<http_body_util::LengthLimitError>(&*e) {
-                too_large("", "")
-            } else if let Some(over) = find_cause::<OverBudget>(&*e) {
-                ApiError::from(over)
-            } else if caused_by::<tower_http::timeout::TimeoutError>(&*e) {
-                ApiError::new(
-                    ErrorCode::RequestTimeout,
-                    "the body stopped arriving: no more of it came within the server's \
+    let read_error = |e: axum::Error| {
+        let e = e.into_inner();
+        if let Some(over) = find_cause::<OverBudget>(&*e) {
+            ApiError::from(over)
+        } else if caused_by::<tower_http::timeout::TimeoutError>(&*e) {
+            ApiError::new(
+                ErrorCode::RequestTimeout,
+                "the body stopped arriving: no more of it came within the server's \
                      `idle_connection_secs` (kith.toml; 75 seconds by default); send it whole, \
                      without pauses",
-                )
-            } else {
-                ApiError::new(
-                    ErrorCode::MalformedRequest,
-                    format!("the body could not be read to its end: {e}"),
-                )
-            }
-        })?;
+            )
+        } else {
+            ApiError::new(
+                ErrorCode::MalformedRequest,
+                format!("the body could not be read to its end: {e}"),
+            )
+        }
+    };
+    // Each part copied into one buffer as it arrives: kept as parts (`to_bytes`), a body sent
+    // in one-byte chunks held some 50 bytes of bookkeeping per byte, which the receiving
+    // budget does not count, and its parts are bounded in number for the work each costs.
+    let mut body = body;
+    let expected = usize::try_from(hyper::body::Body::size_hint(&body).lower()).unwrap_or(0);
+    let mut raw: Vec<u8> = Vec::with_capacity(expected.min(MAX_REQUEST_BYTES));
+    let mut pieces = 0usize;
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        let Ok(data) = frame.map_err(read_error)?.into_data() else {
+            continue;
+        };
+        pieces += 1;
+        if raw.len() + data.len() > MAX_REQUEST_BYTES {
+            return Err(too_large("", ""));
+        }
+        if pieces > MAX_BODY_PIECES {
+            return Err(ApiError::new(
+                ErrorCode::MalformedRequest,
+                format!(
+                    "the body came in more than {MAX_BODY_PIECES} pieces (chunks of \
+                     `Transfer-Encoding: chunked`); send it with a Content-Length, or in fewer, \
+                     larger chunks"
+                ),
+            ));
+        }
+        raw.extend_from_slice(&data);
+    }
     if !gzipped {
-        // Takes over the collected buffer when nothing else holds it, instead of copying it.
-        return Ok(Vec::from(raw));
+        return Ok(raw);
     }
     let decoded = gunzip(&raw, MAX_REQUEST_BYTES).map_err(|e| {
         // The first member may have been whole, with something else after it.
