@@ -1192,3 +1192,37 @@ fn what_changes_no_event_is_not_held_against_an_import() {
     assert!(ok, "{stderr}");
     assert_eq!(summary["stored"], 2, "{summary}");
 }
+
+/// The rejected rows go to a file of their own, put in place by renaming: a `--rejected` that
+/// names the file being imported (which was then lost), a symbolic link (replaced, its target
+/// never written) or a directory is refused before anything is made, and the file is intact.
+#[test]
+fn a_rejected_path_that_would_replace_the_import_or_a_link_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("self.csv");
+    let text = "customer_id,date,amount\nc1,2025-01-05,10\nc2,not a date,5\n";
+    std::fs::write(&file, text).unwrap();
+    let data = dir.path().join("data");
+    let link = dir.path().join("link.csv");
+    std::os::unix::fs::symlink(dir.path().join("target.csv"), &link).unwrap();
+    for (rejected, what) in [
+        (file.clone(), "is the file being imported"),
+        (link.clone(), "is a symbolic link"),
+        (dir.path().to_path_buf(), "is a directory"),
+    ] {
+        let (ok, _, stderr) = import("transactions", &file, &data, &rejected, &[]);
+        assert!(!ok);
+        assert!(
+            stderr.contains(&format!("--rejected {} {what}", rejected.display())),
+            "{stderr}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    assert!(!data.exists(), "nothing is made for a refused import");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}

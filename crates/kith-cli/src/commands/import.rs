@@ -220,6 +220,7 @@ impl FileArgs {
     /// (the data directory, or a parent of it that is not there either; see
     /// [`FileArgs::close`]).
     pub fn destination(&self, file: &FileConfig) -> anyhow::Result<(Destination, Option<PathBuf>)> {
+        check_rejected_path(&self.file, &self.rejected())?;
         let data_dir = file.data_dir(self.data_dir.data_dir.clone());
         let new = !data_dir.exists();
         let outermost_new = data_dir
@@ -540,6 +541,37 @@ pub fn progress_bar(total_bytes: u64) -> ProgressBar {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
+}
+
+/// Refuses a `--rejected` path the rejected rows cannot be written to as a file of their own:
+/// the file is put in place by renaming, which would replace the file being imported (losing
+/// it), a symlink (its target never written) or a FIFO or device.
+fn check_rejected_path(imported: &Path, rejected: &Path) -> anyhow::Result<()> {
+    let Ok(found) = std::fs::symlink_metadata(rejected) else {
+        return Ok(());
+    };
+    let same_file = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(imported)
+            .is_ok_and(|source| source.dev() == found.dev() && source.ino() == found.ino())
+    };
+    let what = if same_file {
+        "the file being imported"
+    } else if found.file_type().is_symlink() {
+        "a symbolic link"
+    } else if found.is_dir() {
+        "a directory"
+    } else if !found.is_file() {
+        "not a regular file (a FIFO or a device)"
+    } else {
+        return Ok(());
+    };
+    anyhow::bail!(
+        "--rejected {} is {what}: the rejected rows go to a file of their own, which replaces \
+         whatever the path names; name another file (by default FILE.rejected.csv beside the \
+         import)",
+        rejected.display()
+    )
 }
 
 #[cfg(test)]
