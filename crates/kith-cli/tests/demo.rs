@@ -546,3 +546,57 @@ fn the_address_answers_while_the_server_starts() {
     let stored = sql(&data, "SELECT count(*) FROM events");
     assert_eq!(stored[0][0], loaded);
 }
+
+/// `--out` never replaces files it did not write (a user's own export of the same name), and the
+/// files it writes import as the summary says: the CRM contacts with their day-first dates.
+#[test]
+fn generated_files_never_replace_a_users_and_import_as_the_summary_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    let export = "customer_id,date,amount\nREAL,2025-01-01,100\n";
+    std::fs::write(mine.join("transactions.csv"), export).unwrap();
+    let generate = |out: &std::path::Path| {
+        kith(&[
+            "demo",
+            "generate",
+            "--customers",
+            "200",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let (ok, _, stderr) = generate(&mine);
+    assert!(!ok);
+    assert!(
+        stderr.contains("already holds transactions.csv, which a demo world would replace"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mine.join("transactions.csv")).unwrap(),
+        export
+    );
+
+    let world = dir.path().join("world");
+    let (ok, summary, stderr) = generate(&world);
+    assert!(ok, "{stderr}");
+    // A world written before may be written again.
+    assert!(generate(&world).0);
+    let contacts_import = summary
+        .split("; ")
+        .find(|part| part.starts_with("kith import contacts"))
+        .unwrap_or_else(|| panic!("{summary}"))
+        .trim();
+    let data = dir.path().join("data");
+    let mut args: Vec<&str> = contacts_import.split_whitespace().skip(1).collect();
+    args.extend(["--data-dir", data.to_str().unwrap()]);
+    let (ok, _, stderr) = kith(&args);
+    assert!(ok, "{contacts_import}: {stderr}");
+    let contacts = std::fs::read_to_string(world.join("contacts.csv")).unwrap();
+    let rows = contacts.lines().count() - 1;
+    assert!(rows > 0);
+    assert_eq!(
+        sql(&data, "SELECT count(*) FROM events"),
+        [vec![rows.to_string()]]
+    );
+}

@@ -67,8 +67,19 @@ pub fn run(action: DemoAction, file: FileConfig) -> anyhow::Result<ExitCode> {
         config = config.ending_at(end);
     }
     if let Some(out) = &args.out {
+        refuse_to_replace_files(out)?;
         let summary = generate(&config, out)?;
         print_summary(&summary, out)?;
+        // The CRM export's dates are written as a Mexican CRM writes them, day first.
+        outln!(
+            "load the same world with `kith demo generate --into DATA_DIR` and the same \
+             --customers, --seed and --end, or its files one by one: kith import events {events}; \
+             kith import contacts {contacts} --time-format %d/%m/%Y --timezone \
+             America/Mexico_City; kith import transactions {transactions}",
+            events = super::shell_word(&out.join("events.jsonl").display().to_string()),
+            contacts = super::shell_word(&out.join("contacts.csv").display().to_string()),
+            transactions = super::shell_word(&out.join("transactions.csv").display().to_string()),
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     let Some(data_dir) = &args.into else {
@@ -162,6 +173,27 @@ fn refuse_another_world(config: &DemoConfig, files: &Path) -> anyhow::Result<()>
         files.parent().unwrap_or(files).display(),
         truth.display(),
     )
+}
+
+/// Refuses an `--out` directory holding files of the names a world writes, unless they are an
+/// earlier world's (its truth says so): they would be replaced without a word.
+fn refuse_to_replace_files(out: &Path) -> anyhow::Result<()> {
+    if out.join("truth").join("parameters.json").exists() {
+        return Ok(());
+    }
+    let taken: Vec<&str> = ["events.jsonl", "contacts.csv", "transactions.csv", "truth"]
+        .into_iter()
+        .filter(|name| std::fs::symlink_metadata(out.join(name)).is_ok())
+        .collect();
+    if !taken.is_empty() {
+        bail!(
+            "{} already holds {}, which a demo world would replace; give --out a new or empty \
+             directory",
+            out.display(),
+            taken.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Writes the world's files with a progress bar.
