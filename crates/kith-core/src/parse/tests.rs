@@ -262,6 +262,34 @@ fn nan_outside_the_events_or_beside_other_faults_refuses_the_request() {
     ));
 }
 
+/// Many names on both sides are looked up rather than compared one by one; the merge is the
+/// same: the event's own values win, the batch's others are added.
+#[test]
+fn batch_defaults_merge_the_same_however_many_names_there_are() {
+    let batch_context: serde_json::Map<String, Value> = (0..40)
+        .map(|i| (format!("k{i}"), json!(format!("batch-{i}"))))
+        .collect();
+    let own_context: serde_json::Map<String, Value> = (20..60)
+        .map(|i| (format!("k{i}"), json!(format!("own-{i}"))))
+        .collect();
+    let body =
+        json!({"batch": [{"type": "track", "event": "E", "userId": "u", "context": own_context}],
+                      "context": batch_context})
+        .to_string();
+    let outcome = judge_batch(&body);
+    let context: serde_json::Map<String, Value> =
+        serde_json::from_str(outcome.events[0].context.as_deref().unwrap()).unwrap();
+    assert_eq!(context.len(), 60);
+    for i in 0..60 {
+        let expected = if i < 20 {
+            format!("batch-{i}")
+        } else {
+            format!("own-{i}")
+        };
+        assert_eq!(context[&format!("k{i}")], json!(expected), "k{i}");
+    }
+}
+
 /// A batch's `context` and `integrations` become part of every event: one larger than an event
 /// may be is refused (a 300 KB context in 2,500 events stored 750 MB from one 500 KB request).
 #[test]
