@@ -319,8 +319,11 @@ mod tests {
             "this user may not create files in /data"
         );
         assert!(denied.remedy().starts_with("run Kith as the user"));
+        let full = Unwritable::from_kind(std::io::ErrorKind::StorageFull, dir).unwrap();
+        assert_eq!(full.to_string(), "the disk holding /data is full");
+        assert!(full.remedy().starts_with("free space on it"));
         assert_eq!(
-            Unwritable::from_kind(std::io::ErrorKind::StorageFull, dir),
+            Unwritable::from_kind(std::io::ErrorKind::Interrupted, dir),
             None
         );
     }
