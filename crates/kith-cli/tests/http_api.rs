@@ -3171,3 +3171,39 @@ fn chunked_bodies_are_read_whole_and_one_in_too_many_pieces_is_refused() {
         json!([[200]])
     );
 }
+
+/// A request whose Authorization header names no valid write key is refused before its body is
+/// read: it would be refused whatever the body held, and reading it first let anyone without a
+/// key make the server read and parse 500 KB. Here the body never comes, and the answer does.
+#[test]
+fn a_bad_key_in_the_header_is_refused_before_the_body_is_read() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = KithServer::start(dir.path());
+    for path in ["/v1/batch", "/v1/track"] {
+        let mut client =
+            std::net::TcpStream::connect(server.base.trim_start_matches("http://")).unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            client,
+            "POST {path} HTTP/1.1\r\nHost: kith\r\nAuthorization: {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 400000\r\n\r\n{{\"batch\": [",
+            basic("not-a-key")
+        )
+        .unwrap();
+        let mut answer = [0u8; 512];
+        let read = client.read(&mut answer).unwrap_or(0);
+        let answer = String::from_utf8_lossy(&answer[..read]);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer:?}");
+        assert!(answer.contains("invalid_api_key"), "{path}: {answer:?}");
+    }
+    // A good key in the header still has its body read and stored.
+    let (status, answer) = ingest(
+        &server,
+        "/v1/track",
+        &json!({"userId": "u", "event": "E", "messageId": "after-bad-keys"}),
+    );
+    assert_eq!((status, &answer["accepted"]), (200, &json!(1)), "{answer}");
+}

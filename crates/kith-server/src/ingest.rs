@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::app::AppState;
-use crate::auth::key_from_headers_or;
+use crate::auth::{key_from_headers, key_from_headers_or};
 use crate::body_budget::OverBudget;
 use crate::caller::{ClientIpPolicy, Origin, PeerAddress, record_address};
 use crate::errors::{ApiError, ErrorCode};
@@ -304,12 +304,24 @@ pub(crate) async fn receive_batch(
     caller: &Caller<'_>,
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
+    refuse_a_bad_header_key(app, caller.headers)?;
     let submitted = {
         let bytes = read_body(caller.headers, body, SEND_SMALLER_BATCHES).await?;
         let request = batch_request(&bytes)?;
         submit(app, caller, request)?
     };
     submitted.answer().await
+}
+
+/// Refuses a request whose `Authorization` header names no valid write key before its body is
+/// read: whatever the body holds, the request is refused (a `writeKey` in it must be the same
+/// key), and reading it first let anyone without a key make the server read and parse 500 KB.
+/// Requests that carry their key in the body only are read first, as they must be.
+pub(crate) fn refuse_a_bad_header_key(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if let Ok(Some(key)) = key_from_headers(headers) {
+        app.keys.authorize(Some(&key), KeyScope::Ingest)?;
+    }
+    Ok(())
 }
 
 /// Reads a batch body's envelope.
@@ -374,6 +386,7 @@ pub async fn single(
     let Some(kind) = MessageType::from_path_segment(&call) else {
         return Err(unknown_call(&call));
     };
+    refuse_a_bad_header_key(&app, &headers)?;
     let submitted = {
         let bytes = read_body(&headers, body, &SEND_A_SMALLER_EVENT).await?;
         let text = body_text(&bytes)?;
