@@ -335,26 +335,37 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
+    /// Mounts a tmpfs with `options` on `dir`; without root it cannot, says so and is false.
+    #[cfg(target_os = "linux")]
+    fn mount_tmpfs(dir: &Path, options: &str) -> bool {
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        }
+        mounted
+    }
+
+    #[cfg(target_os = "linux")]
+    fn unmount(dir: &Path) {
+        let _ = std::process::Command::new("umount").arg(dir).status();
+    }
+
     /// Needs `mount` (root): without it there is no read-only file system to try, and the test
     /// says so and checks nothing.
     #[cfg(target_os = "linux")]
     #[test]
     fn a_read_only_mount_is_named_as_such() {
         let dir = tempfile::tempdir().unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !mounted {
-            eprintln!("skipped: cannot mount a read-only tmpfs here (needs root)");
+        if !mount_tmpfs(dir.path(), "ro,size=1m") {
             return;
         }
         let why = why_unwritable(dir.path());
         let opened = StateStore::open(dir.path()).err().map(|e| e.to_string());
-        let _ = std::process::Command::new("umount")
-            .arg(dir.path())
-            .status();
+        unmount(dir.path());
         assert_eq!(
             why,
             Some(Unwritable::ReadOnlyMount(dir.path().display().to_string()))
@@ -375,20 +386,12 @@ mod tests {
     #[test]
     fn a_full_disk_is_named_as_such() {
         let dir = tempfile::tempdir().unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !mounted {
-            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        if !mount_tmpfs(dir.path(), "size=256k") {
             return;
         }
         let filled = std::fs::write(dir.path().join("filler"), vec![0u8; 1 << 20]);
         let why = why_unwritable(dir.path());
-        let _ = std::process::Command::new("umount")
-            .arg(dir.path())
-            .status();
+        unmount(dir.path());
         assert!(filled.is_err(), "a 256 KiB tmpfs holds no 1 MiB file");
         assert_eq!(
             why,
