@@ -1,4 +1,5 @@
-//! Writing results to standard output without panicking when it goes away.
+//! Writing results to standard output (and messages to standard error) without panicking when
+//! it goes away.
 //!
 //! `println!` panics when stdout cannot be written: a pipe closed early (`kith sql … | head`), a
 //! full disk, a closed descriptor. Commands write through [`outln!`] and [`out!`] instead, which
@@ -42,4 +43,14 @@ macro_rules! out {
     ($($arg:tt)*) => {
         $crate::stdout::write_out(format_args!($($arg)*))
     };
+}
+
+/// `eprintln!` for what a long-running command says: a stderr that can no longer be written (a
+/// closed pipe, a full disk under the log file) loses the message instead of panicking, which
+/// `eprintln!` does, and which would take the server down.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
 }

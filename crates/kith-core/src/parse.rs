@@ -919,18 +919,14 @@ fn with_defaults(own: Option<String>, defaults: Option<&Map<String, Value>>) -> 
     // The usual few names are compared one by one; many are looked up: an event's thousands of
     // names against a batch's thousands of defaults, in each of 2,500 events, would be billions
     // of comparisons.
-    let missing: Vec<(&String, &Value)> = if names.len().saturating_mul(defaults.len()) <= 256 {
-        defaults
-            .iter()
-            .filter(|(key, _)| !names.iter().any(|name| name == *key))
-            .collect()
-    } else {
-        let held: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
-        defaults
-            .iter()
-            .filter(|(key, _)| !held.contains(key.as_str()))
-            .collect()
+    let looked_up: Option<std::collections::HashSet<&str>> =
+        (names.len().saturating_mul(defaults.len()) > 256)
+            .then(|| names.iter().map(String::as_str).collect());
+    let held = |key: &str| match &looked_up {
+        Some(set) => set.contains(key),
+        None => names.iter().any(|name| name == key),
     };
+    let missing: Vec<(&String, &Value)> = defaults.iter().filter(|(key, _)| !held(key)).collect();
     if missing.is_empty() {
         return Some(own);
     }

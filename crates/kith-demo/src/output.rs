@@ -16,6 +16,16 @@ use thiserror::Error;
 use crate::customer::{Simulated, catalogue, simulate};
 use crate::{DemoConfig, Parameters};
 
+/// The names a world is written under, in its directory.
+pub const EVENTS_FILE: &str = "events.jsonl";
+pub const CONTACTS_FILE: &str = "contacts.csv";
+pub const TRANSACTIONS_FILE: &str = "transactions.csv";
+pub const TRUTH_DIR: &str = "truth";
+/// In [`TRUTH_DIR`]: present once a world is whole.
+pub const PARAMETERS_FILE: &str = "parameters.json";
+/// Every name a world takes at the top of its directory.
+pub const WORLD_ENTRIES: [&str; 4] = [EVENTS_FILE, CONTACTS_FILE, TRANSACTIONS_FILE, TRUTH_DIR];
+
 #[derive(Debug, Error)]
 pub enum OutputError {
     #[error("cannot write {path}: {source}")]
@@ -87,11 +97,11 @@ pub fn write_world(
     dir: &Path,
     mut progress: impl FnMut(u64),
 ) -> Result<WorldSummary, OutputError> {
-    let truth_dir = dir.join("truth");
+    let truth_dir = dir.join(TRUTH_DIR);
     std::fs::create_dir_all(&truth_dir).map_err(io(&truth_dir))?;
-    let events_path = dir.join("events.jsonl");
-    let contacts_path = dir.join("contacts.csv");
-    let transactions_path = dir.join("transactions.csv");
+    let events_path = dir.join(EVENTS_FILE);
+    let contacts_path = dir.join(CONTACTS_FILE);
+    let transactions_path = dir.join(TRANSACTIONS_FILE);
     let customers_path = truth_dir.join("customers.csv");
     let mut events = BufWriter::new(File::create(&events_path).map_err(io(&events_path))?);
     let mut contacts = csv::Writer::from_path(&contacts_path).map_err(csv_error(&contacts_path))?;
@@ -128,7 +138,7 @@ pub fn write_world(
     transactions.flush().map_err(io(&transactions_path))?;
     customers.flush().map_err(io(&customers_path))?;
     summary.revenue_mxn = (summary.revenue_mxn * 100.0).round() / 100.0;
-    let parameters_path = truth_dir.join("parameters.json");
+    let parameters_path = truth_dir.join(PARAMETERS_FILE);
     let parameters = ParametersFile {
         customers: config.customers,
         seed: config.seed,

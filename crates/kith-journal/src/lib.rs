@@ -208,11 +208,6 @@ pub struct RecoveredJournal {
 }
 
 impl RecoveredJournal {
-    /// The highest seq the journal holds.
-    pub fn last_seq(&self) -> u64 {
-        self.recovered.last_seq
-    }
-
     /// Numbers new records after `seq` when the journal ends before it. The stores fed from the
     /// journal hold records up to `seq`, and skip any seq they hold: a journal that was removed,
     /// or damaged past what they hold, would otherwise number new events as ones they have, and

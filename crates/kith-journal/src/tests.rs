@@ -29,10 +29,15 @@ fn a_segment_per_append() -> JournalOptions {
 type Seen = Arc<Mutex<Vec<(u64, String)>>>;
 
 fn open(dir: &Path, options: JournalOptions) -> (Journal<String>, Seen) {
+    open_hooked(dir, options, Hooks::default())
+}
+
+/// [`open`] with `hooks` replacing parts of the journal's workings.
+fn open_hooked(dir: &Path, options: JournalOptions, hooks: Hooks) -> (Journal<String>, Seen) {
     let seen: Seen = Arc::default();
     let sink_seen = seen.clone();
-    let journal = Journal::open(
-        dir,
+    let journal = Journal::open_with(
+        crate::recover(dir).unwrap(),
         options,
         Box::new(move |items: DurableEntries<String>| {
             // The sink gets each entry's own payload back (every test payload is its item's text).
@@ -45,6 +50,7 @@ fn open(dir: &Path, options: JournalOptions) -> (Journal<String>, Seen) {
                 (d.seq, item)
             }))
         }),
+        hooks,
     )
     .unwrap();
     (journal, seen)
@@ -543,23 +549,14 @@ fn after_a_failed_sync_nothing_more_is_acknowledged_and_a_restart_recovers_what_
                 Err(std::io::Error::other("injected EIO"))
             }
         });
-        let seen: Seen = Arc::default();
-        let sink_seen = seen.clone();
-        let journal: Journal<String> = Journal::open_with(
-            crate::recover(dir.path()).unwrap(),
+        let (journal, seen) = open_hooked(
+            dir.path(),
             JournalOptions::default(),
-            Box::new(move |items: DurableEntries<String>| {
-                sink_seen
-                    .lock()
-                    .unwrap()
-                    .extend(items.into_iter().map(|d| (d.seq, d.item)))
-            }),
             Hooks {
                 sync_data: failing_sync,
                 ..Hooks::default()
             },
-        )
-        .unwrap();
+        );
         let append = |key, text: &str| answer(&journal, vec![entry(key, text)]);
         assert_eq!(append(1, "a").unwrap(), [Appended::Stored { seq: 1 }]);
         let failed = append(2, "b").unwrap_err();
@@ -606,17 +603,9 @@ fn a_failed_sync_while_closing_a_segment_fails_the_journal() {
     let dir = tempfile::tempdir().unwrap();
     let closings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = closings.clone();
-    let seen: Seen = Arc::default();
-    let sink_seen = seen.clone();
-    let journal: Journal<String> = Journal::open_with(
-        crate::recover(dir.path()).unwrap(),
+    let (journal, seen) = open_hooked(
+        dir.path(),
         a_segment_per_append(),
-        Box::new(move |items: DurableEntries<String>| {
-            sink_seen
-                .lock()
-                .unwrap()
-                .extend(items.into_iter().map(|d| (d.seq, d.item)))
-        }),
         Hooks {
             // The first closing sync reports a lost write; later ones succeed, as Linux's do.
             end_segment: Box::new(move |file: &std::fs::File, records_len: u64| {
@@ -628,8 +617,7 @@ fn a_failed_sync_while_closing_a_segment_fails_the_journal() {
             }),
             ..Hooks::default()
         },
-    )
-    .unwrap();
+    );
     let append = |key, text: &str| answer(&journal, vec![entry(key, text)]);
     assert_eq!(append(1, "a").unwrap(), [Appended::Stored { seq: 1 }]);
     // The segment holding "a" is full: closing it fails.

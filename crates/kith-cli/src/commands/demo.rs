@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, NaiveDate, SubsecRound, TimeZone, Utc};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use kith_demo::{DemoConfig, WorldSummary, write_world};
+use kith_demo::{DemoConfig, WorldSummary, output, write_world};
 use kith_import::{ContactField, Format, TimeParser};
 use kith_profiles::ProfileSettings;
 
@@ -76,9 +76,10 @@ pub fn run(action: DemoAction, file: FileConfig) -> anyhow::Result<ExitCode> {
              --customers, --seed and --end, or its files one by one: kith import events {events}; \
              kith import contacts {contacts} --time-format %d/%m/%Y --timezone \
              America/Mexico_City; kith import transactions {transactions}",
-            events = super::shell_word(&out.join("events.jsonl").display().to_string()),
-            contacts = super::shell_word(&out.join("contacts.csv").display().to_string()),
-            transactions = super::shell_word(&out.join("transactions.csv").display().to_string()),
+            events = super::shell_word(&out.join(output::EVENTS_FILE).display().to_string()),
+            contacts = super::shell_word(&out.join(output::CONTACTS_FILE).display().to_string()),
+            transactions =
+                super::shell_word(&out.join(output::TRANSACTIONS_FILE).display().to_string()),
         )?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -137,7 +138,7 @@ fn parse_world_end(text: &str) -> Result<DateTime<Utc>, String> {
 /// and the truth of the first would be overwritten by the second's. The same world again
 /// changes nothing (every event is stored once).
 fn refuse_another_world(config: &DemoConfig, files: &Path) -> anyhow::Result<()> {
-    let truth = files.join("truth/parameters.json");
+    let truth = files.join(output::TRUTH_DIR).join(output::PARAMETERS_FILE);
     let text = match std::fs::read_to_string(&truth) {
         Ok(text) => text,
         // No world finished loading here (the truth is written last).
@@ -178,10 +179,14 @@ fn refuse_another_world(config: &DemoConfig, files: &Path) -> anyhow::Result<()>
 /// Refuses an `--out` directory holding files of the names a world writes, unless they are an
 /// earlier world's (its truth says so): they would be replaced without a word.
 fn refuse_to_replace_files(out: &Path) -> anyhow::Result<()> {
-    if out.join("truth").join("parameters.json").exists() {
+    if out
+        .join(output::TRUTH_DIR)
+        .join(output::PARAMETERS_FILE)
+        .exists()
+    {
         return Ok(());
     }
-    let taken: Vec<&str> = ["events.jsonl", "contacts.csv", "transactions.csv", "truth"]
+    let taken: Vec<&str> = output::WORLD_ENTRIES
         .into_iter()
         .filter(|name| std::fs::symlink_metadata(out.join(name)).is_ok())
         .collect();
@@ -239,7 +244,7 @@ pub fn load(
     let summary = generate(config, &files)?;
     let destination = Destination::open(data_dir, settings.clone())?;
     let loaded = import_segment_lines(
-        &files.join("events.jsonl"),
+        &files.join(output::EVENTS_FILE),
         "demo",
         &destination,
         &files.join("events.rejected.csv"),
@@ -252,7 +257,7 @@ pub fn load(
         );
     }
     let contacts = ContactsJob {
-        file: files.join("contacts.csv"),
+        file: files.join(output::CONTACTS_FILE),
         format: Format::Csv,
         delimiter: None,
         columns: Vec::new(),

@@ -1,16 +1,5 @@
 //! The subcommands.
 
-/// `eprintln!` for what a long-running command says: a stderr that can no longer be written (a
-/// closed pipe, a full disk under the log file) loses the message instead of panicking, which
-/// `eprintln!` does, and which would take the server down.
-macro_rules! tell {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
-pub(crate) use tell;
-
 mod analyze;
 mod contacts_import;
 mod demo;

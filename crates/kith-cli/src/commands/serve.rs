@@ -143,7 +143,7 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
         let addr = server.local_addr();
         let data_dir = super::shown_path(&data_dir);
         tracing::info!(%addr, %data_dir, "kith is listening");
-        super::tell!(
+        tell!(
             "kith is listening on http://{addr} (data in {data_dir}); open the address for first steps"
         );
         server.run(shutdown_signal()).await?;
@@ -194,11 +194,11 @@ fn load_demo(
 ) -> anyhow::Result<()> {
     if data_dir
         .join("demo")
-        .join("truth")
-        .join("parameters.json")
+        .join(kith_demo::output::TRUTH_DIR)
+        .join(kith_demo::output::PARAMETERS_FILE)
         .exists()
     {
-        super::tell!(
+        tell!(
             "the demo world is already in {}; starting on it",
             data_dir.display()
         );
@@ -207,7 +207,7 @@ fn load_demo(
     if customers == 0 {
         anyhow::bail!("--demo-customers must be at least 1");
     }
-    super::tell!(
+    tell!(
         "generating a demo world of {customers} customers into {} (once; later starts reuse it)",
         data_dir.display()
     );
@@ -226,7 +226,7 @@ fn load_demo(
                 .find(|user| !user.is_empty())
         })
         .unwrap_or_else(|| "u-0".into());
-    super::tell!(
+    tell!(
         "loaded {} events of {} customers ({} orders; {} of the events are CRM contacts, \
          imported as identify calls). Try, in another terminal:\n  \
          kith sql --data-dir {dir} \"SELECT event, count(*) AS n FROM events GROUP BY event ORDER BY n DESC\"\n  \
