@@ -72,7 +72,25 @@ fn a_full_disk_is_a_503_with_retry_after_and_acknowledged_events_are_kept() {
     assert_eq!(body["code"], "storage_unavailable");
     assert_eq!(body["type"], "system");
     assert_eq!(headers.get("retry-after").unwrap(), "5");
+    assert!(
+        body["message"].as_str().unwrap().contains("disk is full"),
+        "{body}"
+    );
     assert!(!acknowledged.is_empty());
+
+    // Not ready while the disk stays full: a load balancer sends its events elsewhere.
+    let mut readiness = agent().get(server.url("/readyz")).call().unwrap();
+    let status = readiness.status().as_u16();
+    let retry_after = readiness.headers().get("retry-after").cloned();
+    let body: serde_json::Value =
+        serde_json::from_str(&readiness.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "storage_unavailable");
+    assert!(
+        body["message"].as_str().unwrap().contains("is full"),
+        "{body}"
+    );
+    assert_eq!(retry_after.unwrap(), "5");
 
     // Still alive, and everything acknowledged is there.
     let health = agent().get(server.url("/healthz")).call().unwrap();
@@ -88,6 +106,9 @@ fn a_full_disk_is_a_503_with_retry_after_and_acknowledged_events_are_kept() {
         .status()
         .unwrap();
     assert!(grown.success());
+    // Ready again before any event has been tried: readiness looks at the disk itself.
+    let (status, body) = get(&server.url("/readyz"), &[]);
+    assert_eq!(status, 200, "{body}");
     let retry = json!({"batch": [{"type": "track", "userId": "u", "event": "After", "messageId": "after-full"}]});
     let (status, body, _) = post(
         &server.url("/v1/batch"),

@@ -65,6 +65,10 @@ fn what_to_do(error: &std::io::Error) -> &'static str {
         std::io::ErrorKind::ReadOnlyFilesystem => {
             "; mount it read-write, or copy the data directory to a writable place"
         }
+        std::io::ErrorKind::StorageFull => {
+            "; free space on that disk: events are refused until there is room, and nothing \
+             acknowledged is lost"
+        }
         _ => "",
     }
 }
@@ -75,6 +79,11 @@ impl JournalError {
             path: path.to_path_buf(),
             source,
         }
+    }
+
+    /// Whether the disk holding the journal had no room for what was written.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, JournalError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull)
     }
 
     /// The same error again, for each append one failure answers (`std::io::Error` is not
@@ -293,6 +302,13 @@ impl<T: Send + 'static> Journal<T> {
     /// reopened (see [`syncer`]), and whoever runs it should restart it.
     pub fn has_failed(&self) -> bool {
         self.shared.failed.load(Ordering::Acquire)
+    }
+
+    /// The bytes of the last write refused because the journal's disk was full, while no write
+    /// has succeeded since: appends are refused until there is that much room, and whoever
+    /// serves readiness may compare it with the space free.
+    pub fn refused_for_room(&self) -> Option<u64> {
+        Some(self.shared.refused_for_room.load(Ordering::Acquire)).filter(|bytes| *bytes > 0)
     }
 
     /// Whether the writer and sync threads still run: they end when the journal is dropped,

@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     /// Whether the sync thread runs: cleared as it ends, also by a panic (in the sink, say),
     /// after which nothing more is acknowledged.
     pub syncer_running: AtomicBool,
+    /// The bytes of the last write refused for a full disk; 0 once a write succeeds again.
+    pub refused_for_room: AtomicU64,
 }
 
 impl Shared {
@@ -73,6 +75,7 @@ impl Shared {
             failed: AtomicBool::new(false),
             syncing: Mutex::new(()),
             syncer_running: AtomicBool::new(true),
+            refused_for_room: AtomicU64::new(0),
         }
     }
 

@@ -399,9 +399,19 @@ impl<T: Send + 'static> WriterState<T> {
                     self.keys.forget(*key);
                 }
                 let err = JournalError::io(&self.active.path, err);
+                if err.is_disk_full() {
+                    let needed = buffer.len() as u64;
+                    self.shared
+                        .refused_for_room
+                        .store(needed, Ordering::Release);
+                }
                 return self.refuse(appends.into_iter().map(|a| a.reply), group_bytes, &err);
             }
             metrics::counter!("kith_journal_bytes_written_total").increment(buffer.len() as u64);
+            // Loaded first: a store on every group would bounce the line between threads.
+            if self.shared.refused_for_room.load(Ordering::Relaxed) != 0 {
+                self.shared.refused_for_room.store(0, Ordering::Release);
+            }
             self.active.len += buffer.len() as u64;
             self.active.last_seq = seq - 1;
             self.next_seq = seq;
@@ -438,6 +448,13 @@ impl<T: Send + 'static> WriterState<T> {
         group_bytes: usize,
         err: &JournalError,
     ) {
+        if err.is_disk_full() {
+            // A new segment's file, or its name, found no room: one page is the least it needs.
+            let page = 4096;
+            self.shared
+                .refused_for_room
+                .fetch_max(page, Ordering::AcqRel);
+        }
         self.shared
             .queued_bytes
             .fetch_sub(group_bytes, Ordering::AcqRel);

@@ -260,6 +260,14 @@ pub(crate) fn journal_error(err: JournalError) -> ApiError {
             ErrorCode::Overloaded,
             "the journal queue is full; retry after the Retry-After delay",
         ),
+        full if full.is_disk_full() => {
+            tracing::error!(error = %full, "journal append failed");
+            ApiError::new(
+                ErrorCode::StorageUnavailable,
+                "the server's disk is full, so the events could not be made durable; nothing \
+                 was acknowledged, retry after the Retry-After delay",
+            )
+        }
         other => {
             tracing::error!(error = %other, "journal append failed");
             ApiError::new(

@@ -56,7 +56,7 @@ pub async fn healthz() -> Json<Value> {
 }
 
 /// Readiness: the journal has been replayed and the writer accepts appends.
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready"), (status = 503, description = "`starting`: the server is replaying its journal (or loading the demo world), retry after `Retry-After`; or `storage_unavailable`: the journal failed to sync and acknowledges nothing until the server restarts")))]
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "ready"), (status = 503, description = "`starting`: the server is replaying its journal (or loading the demo world), retry after `Retry-After`; or `storage_unavailable`: the journal failed to sync and acknowledges nothing until the server restarts, or the disk is full and events are refused until there is room")))]
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     if app.pipeline.journal.has_failed() {
         return Err(ApiError::new(
@@ -81,6 +81,25 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, Api
             ));
         }
     }
+    // Appends refused for a full disk succeed by themselves once there is room; until then the
+    // server is up but acknowledges nothing. The space free tells which, so readiness comes
+    // back without waiting for the next event.
+    if let Some(needed) = app.pipeline.journal.refused_for_room() {
+        let journal_dir = crate::pipeline::journal_dir(&app.config.data_dir);
+        let free = free_bytes(&journal_dir);
+        if free.is_none_or(|free| free < needed) {
+            let free = free.map_or_else(|| "unknown".to_string(), |bytes| format!("{bytes} bytes"));
+            return Err(ApiError::new(
+                ErrorCode::StorageUnavailable,
+                format!(
+                    "the disk holding {} is full ({free} free, the last write refused needed \
+                     {needed}): events are refused until there is room; free space on it \
+                     (nothing acknowledged is lost, and ingestion resumes by itself)",
+                    journal_dir.display()
+                ),
+            ));
+        }
+    }
     // `durable_through` seals what was ingested, so the table buffers counted next are current.
     let durable_through = app.pipeline.lake.durable_through();
     let buffered: usize = app
@@ -95,6 +114,12 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, Api
         "buffered_rows": buffered,
         "durable_through_seq": durable_through,
     })))
+}
+
+/// The bytes an unprivileged writer may still use on the file system holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let stats = rustix::fs::statvfs(dir).ok()?;
+    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
 /// Prometheus metrics.
