@@ -993,6 +993,15 @@ fn text_of(value: &Option<Value>) -> Option<String> {
     }
 }
 
+/// Absent, null, or text of nothing but spaces.
+fn says_nothing(value: &Option<Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => true,
+        Some(Value::String(text)) => text.trim().is_empty(),
+        Some(_) => false,
+    }
+}
+
 /// Revenue sometimes arrives as a string ("19.99"); accept both, never NaN or infinity.
 fn number_of(value: &Option<Value>) -> Option<f64> {
     let number = match value.as_ref()? {
@@ -1022,7 +1031,13 @@ fn typed_fields(
     let context_identity = context.identity();
     let page = context.page.unwrap_or_default();
     TypedFields {
-        revenue: number_of(&properties.revenue).or_else(|| number_of(&properties.total)),
+        // `total` (which counts shipping and tax) stands in only for a revenue not given: a
+        // revenue that is given but no number (`"$12"`) leaves the column empty.
+        revenue: if says_nothing(&properties.revenue) {
+            number_of(&properties.total)
+        } else {
+            number_of(&properties.revenue)
+        },
         currency: text_of(&properties.currency),
         order_id: text_of(&properties.order_id).or_else(|| text_of(&properties.order_id_camel)),
         page_url: text_of(&properties.url).or_else(|| text_of(&page.url)),

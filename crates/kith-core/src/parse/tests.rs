@@ -531,6 +531,28 @@ fn typed_fields_are_lifted() {
 }
 
 #[test]
+fn total_stands_in_only_for_a_revenue_not_given() {
+    let orders = [
+        (json!({"revenue": "$12.00", "total": 99}), None),
+        (json!({"revenue": "1,234.50", "total": 99}), None),
+        (json!({"revenue": true, "total": 99}), None),
+        (json!({"revenue": "inf", "total": 99}), None),
+        (json!({"revenue": [1], "total": 99}), None),
+        (json!({"revenue": 0, "total": 99}), Some(0.0)),
+        (json!({"total": 99}), Some(99.0)),
+        (json!({"revenue": null, "total": 99}), Some(99.0)),
+        (json!({"revenue": " ", "total": "99.5"}), Some(99.5)),
+    ];
+    for (properties, expected) in orders {
+        let body = json!({"batch": [{"type": "track", "event": "Order Completed", "userId": "u",
+                                      "messageId": "1", "properties": properties}]})
+        .to_string();
+        let outcome = judge_batch(&body);
+        assert_eq!(outcome.events[0].typed.revenue, expected, "{properties}");
+    }
+}
+
+#[test]
 fn a_group_calls_traits_are_the_groups_and_give_no_email() {
     let body = json!({"batch": [
         {"type": "group", "groupId": "acme", "userId": "u", "messageId": "1",
