@@ -8,8 +8,8 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde::de::{Deserializer as _, MapAccess, Visitor};
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 use thiserror::Error;
 use xxhash_rust::xxh3::Xxh3;
 
@@ -19,9 +19,11 @@ use crate::limits::{
 };
 use crate::time::{event_time, parse_timestamp};
 
+mod batch_object;
 mod context_view;
 mod lenient;
 mod non_json;
+use batch_object::BatchObject;
 use context_view::ContextView;
 pub use context_view::context_identity;
 pub(crate) use lenient::field_names;
@@ -65,8 +67,8 @@ pub struct RawRequest<'a> {
     items: Vec<Item<'a>>,
     /// The type the path implies (`/v1/track`), which wins over the body's `type`.
     implied_type: Option<MessageType>,
-    batch_context: Option<Map<String, Value>>,
-    batch_integrations: Option<Map<String, Value>>,
+    batch_context: Option<BatchObject>,
+    batch_integrations: Option<BatchObject>,
     batch_sent_at: Option<String>,
     /// Events of a file, read long after a server received them: their device clocks are
     /// corrected against the `receivedAt` each recorded, never against the time of reading.
@@ -111,10 +113,10 @@ pub struct IngestBatch {
 struct BatchEnvelope<'a> {
     #[serde(borrow, default)]
     batch: Option<BatchItems<'a>>,
-    #[serde(default)]
-    context: Option<Value>,
-    #[serde(default)]
-    integrations: Option<Value>,
+    #[serde(borrow, default)]
+    context: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    integrations: Option<&'a RawValue>,
     #[serde(rename = "writeKey", default)]
     write_key: Option<Value>,
     #[serde(rename = "sentAt", default)]
@@ -238,8 +240,8 @@ fn batch_request<'a, 'b>(
         write_key: envelope.write_key.as_ref().and_then(value_as_text),
         items: items.into_iter().map(item).collect(),
         implied_type: None,
-        batch_context: batch_object("context", envelope.context)?,
-        batch_integrations: batch_object("integrations", envelope.integrations)?,
+        batch_context: BatchObject::read("context", envelope.context)?,
+        batch_integrations: BatchObject::read("integrations", envelope.integrations)?,
         batch_sent_at: batch_sent_at(envelope.sent_at.as_ref())?,
         from_file: false,
     })
@@ -308,31 +310,6 @@ fn rescued_item<'a>(body: &str, replaced: &non_json::Replaced, raw: &RawValue) -
             }
         }
         None => Item::Copied(raw.to_owned()),
-    }
-}
-
-/// A batch-level object merged into each event (`context`, `integrations`); null is none. It
-/// becomes part of every event, so it may hold no more than an event may: larger, one request
-/// of 500 KB could store a gigabyte.
-fn batch_object(
-    field: &'static str,
-    value: Option<Value>,
-) -> Result<Option<Map<String, Value>>, RequestError> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(map)) => {
-            let size = serde_json::to_vec(&map).map_or(usize::MAX, |text| text.len());
-            if size > MAX_EVENT_BYTES {
-                return Err(RequestError::BatchFieldTooLarge { field, size });
-            }
-            Ok(Some(map))
-        }
-        Some(other) => Err(RequestError::BatchFieldType {
-            field,
-            expected: "an object",
-            why: "it is merged into each event",
-            found: json_kind(&other),
-        }),
     }
 }
 
@@ -616,8 +593,8 @@ impl RawRequest<'_> {
         let traits = item.take_object("traits").map_err(with_id)?;
         let context = item.take_object("context").map_err(with_id)?;
         let integrations = item.take_object("integrations").map_err(with_id)?;
-        let context = with_defaults(context, self.batch_context.as_ref());
-        let integrations = with_defaults(integrations, self.batch_integrations.as_ref());
+        let context = merged_under(&self.batch_context, context);
+        let integrations = merged_under(&self.batch_integrations, integrations);
 
         let explicit = item.take_time("timestamp").map_err(with_id)?;
         let original = item.take_time("originalTimestamp").map_err(with_id)?;
@@ -678,7 +655,15 @@ impl RawRequest<'_> {
                 .and_then(|found| found.traits.clone()),
             traits => traits,
         };
-        let message_id = message_id.unwrap_or_else(|| generated_message_id(source, kind, raw));
+        let message_id = message_id.unwrap_or_else(|| {
+            let merged = [&self.batch_context, &self.batch_integrations];
+            generated_message_id(
+                source,
+                kind,
+                raw,
+                merged.map(|b| b.as_ref().map(BatchObject::text)),
+            )
+        });
         Ok(Event {
             message_id,
             kind,
@@ -901,54 +886,12 @@ fn wrong_type_raw(field: &'static str, expected: &str, raw: &RawValue) -> Fault 
     )
 }
 
-/// The item's own object, with the batch-level one's keys filled in where the item lacks them.
-/// The item's text is kept as sent and the missing keys appended to it: read and written again
-/// it would lose its key order and number forms, and all of it over one value `serde_json`
-/// cannot hold (`1e400`, half a surrogate pair, deep nesting).
-fn with_defaults(own: Option<String>, defaults: Option<&Map<String, Value>>) -> Option<String> {
-    let Some(defaults) = defaults.filter(|d| !d.is_empty()) else {
-        return own;
-    };
-    let Some(own) = own else {
-        return serde_json::to_string(defaults).ok();
-    };
-    // Valid JSON, so an object with readable names; were it not, it is kept as it is.
-    let Some(names) = field_names(&own) else {
-        return Some(own);
-    };
-    // The usual few names are compared one by one; many are looked up: an event's thousands of
-    // names against a batch's thousands of defaults, in each of 2,500 events, would be billions
-    // of comparisons.
-    let looked_up: Option<std::collections::HashSet<&str>> =
-        (names.len().saturating_mul(defaults.len()) > 256)
-            .then(|| names.iter().map(String::as_str).collect());
-    let held = |key: &str| match &looked_up {
-        Some(set) => set.contains(key),
-        None => names.iter().any(|name| name == key),
-    };
-    let missing: Vec<(&String, &Value)> = defaults.iter().filter(|(key, _)| !held(key)).collect();
-    if missing.is_empty() {
-        return Some(own);
+/// An event's own `context` or `integrations` with the batch's fields it lacks.
+fn merged_under(batch: &Option<BatchObject>, own: Option<String>) -> Option<String> {
+    match batch {
+        Some(batch) => batch.merged_under(own),
+        None => own,
     }
-    let Some(body) = own.strip_suffix('}') else {
-        return Some(own);
-    };
-    let mut merged = String::with_capacity(own.len() + 64);
-    merged.push_str(body);
-    for (i, (key, value)) in missing.into_iter().enumerate() {
-        if i > 0 || !names.is_empty() {
-            merged.push(',');
-        }
-        let (Ok(key), Ok(value)) = (serde_json::to_string(key), serde_json::to_string(value))
-        else {
-            return Some(own);
-        };
-        merged.push_str(&key);
-        merged.push(':');
-        merged.push_str(&value);
-    }
-    merged.push('}');
-    Some(merged)
 }
 
 /// What the typed columns need from `properties`.
@@ -1054,8 +997,15 @@ fn typed_fields(
 
 /// A deterministic id for events sent without `messageId`: a retry of the same body dedups.
 /// The type is part of it: a single call's type is its path, so `{"userId":"u1"}` sent to
-/// `/v1/identify` and to `/v1/page` is two events.
-fn generated_message_id(source: &str, kind: MessageType, raw: &str) -> String {
+/// `/v1/identify` and to `/v1/page` is two events. So is the batch's `context` and
+/// `integrations` (`merged`) a batch item takes on: two batches that differ there store two
+/// different events.
+fn generated_message_id(
+    source: &str,
+    kind: MessageType,
+    raw: &str,
+    merged: [Option<&str>; 2],
+) -> String {
     // Hashed as it is read (the same digest as of the parts joined), without copying the body.
     let mut hasher = Xxh3::new();
     for part in [source, kind.as_str()] {
@@ -1063,6 +1013,14 @@ fn generated_message_id(source: &str, kind: MessageType, raw: &str) -> String {
         hasher.update(&[0]);
     }
     hasher.update(raw.as_bytes());
+    // Only when there is one: events without keep the ids they had before these counted.
+    for (name, text) in ["context", "integrations"].into_iter().zip(merged) {
+        if let Some(text) = text {
+            for part in [&[0][..], name.as_bytes(), &[0], text.as_bytes()] {
+                hasher.update(part);
+            }
+        }
+    }
     format!("kith-{:032x}", hasher.digest128())
 }
 

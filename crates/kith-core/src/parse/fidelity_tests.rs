@@ -8,6 +8,7 @@ use super::*;
 use crate::{Event, Stored, StoredView};
 use chrono::TimeZone;
 use proptest::prelude::*;
+use serde_json::Map;
 
 /// A JSON value as written, so that the same value can be spelt in many ways and an object can
 /// name a key twice.

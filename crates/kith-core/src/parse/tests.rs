@@ -2,6 +2,7 @@ use super::*;
 use crate::Event;
 use chrono::TimeZone;
 use proptest::prelude::*;
+use serde_json::Map;
 use serde_json::json;
 
 fn received() -> DateTime<Utc> {
@@ -288,6 +289,60 @@ fn batch_defaults_merge_the_same_however_many_names_there_are() {
         };
         assert_eq!(context[&format!("k{i}")], json!(expected), "k{i}");
     }
+}
+
+/// The batch's `context` and `integrations` reach each event as sent: their numbers keep every
+/// digit, their keys their order, and values `serde_json` cannot hold are kept, not refused.
+#[test]
+fn batch_level_objects_are_merged_as_sent() {
+    let body = r#"{"context": {"library": {"name": "py"}, "big": 12345678901234567890123,
+                                "e": 1E2, "x": 1e400, "s": "\ud800", "dup": 1, "dup": 2},
+                   "integrations": {"n": 123456789012345678901},
+                   "batch": [{"type": "track", "event": "E", "userId": "u", "messageId": "m",
+                              "context": {"ip": "1.2.3.4"}},
+                             {"type": "track", "event": "E", "userId": "u", "messageId": "n"}]}"#;
+    let outcome = judge_batch(body);
+    assert!(outcome.rejections.is_empty(), "{:?}", outcome.rejections);
+    let fields = r#""library":{"name": "py"},"big":12345678901234567890123,"e":1E2,"x":1e400,"s":"\ud800","dup":2"#;
+    assert_eq!(
+        outcome.events[0].context.as_deref(),
+        Some(format!(r#"{{"ip": "1.2.3.4",{fields}}}"#).as_str())
+    );
+    assert_eq!(
+        outcome.events[1].context.as_deref(),
+        Some(format!("{{{fields}}}").as_str())
+    );
+    assert_eq!(
+        outcome.events[1].integrations.as_deref(),
+        Some(r#"{"n":123456789012345678901}"#)
+    );
+    assert_eq!(outcome.events[1].typed.library_name.as_deref(), Some("py"));
+}
+
+/// An event without a `messageId` is identified by what is stored of it: the batch's `context`
+/// and `integrations` count, so batches that differ there are different events, while a retry
+/// of the same batch is the same event.
+#[test]
+fn generated_ids_count_what_the_batch_merges_in() {
+    let id = |envelope: &str| {
+        let body = format!(
+            r#"{{{envelope}"batch": [{{"type": "page", "userId": "u", "name": "Product"}}]}}"#
+        );
+        let outcome = judge_batch(&body);
+        outcome.events[0].message_id.clone()
+    };
+    let plain = id("");
+    assert!(plain.starts_with("kith-"), "{plain}");
+    // Nothing merged in: the id it had before batch objects counted.
+    assert_eq!(id(r#""context": {}, "#), plain);
+    assert_eq!(id(r#""context": null, "integrations": {}, "#), plain);
+    let shop_a = id(r#""context": {"page": {"url": "https://shop/a"}}, "#);
+    let shop_b = id(r#""context": {"page": {"url": "https://shop/b"}}, "#);
+    assert_ne!(shop_a, plain);
+    assert_ne!(shop_a, shop_b);
+    assert_eq!(id(r#""context": {"page": {"url": "https://shop/a"}}, "#), shop_a);
+    let integrations = id(r#""integrations": {"page": {"url": "https://shop/a"}}, "#);
+    assert_ne!(integrations, shop_a, "the same text in another object");
 }
 
 /// A batch's `context` and `integrations` become part of every event: one larger than an event
@@ -969,10 +1024,10 @@ fn odd_values_cost_only_themselves() {
     ] {
         let e = event(id);
         let context = e.context.as_deref().unwrap();
-        // The event's own context, as sent, with the batch's `library` added.
+        // The event's own context, as sent, with the batch's `library` added, as sent too.
         assert!(context.contains(url), "{id}: {context}");
         assert!(
-            context.ends_with(r#","library":{"name":"batchlib"}}"#),
+            context.ends_with(r#","library":{"name": "batchlib"}}"#),
             "{id}: {context}"
         );
         assert_eq!(e.typed.page_url.as_deref(), Some(url), "{id}");
