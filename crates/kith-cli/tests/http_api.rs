@@ -3207,3 +3207,48 @@ fn a_bad_key_in_the_header_is_refused_before_the_body_is_read() {
     );
     assert_eq!((status, &answer["accepted"]), (200, &json!(1)), "{answer}");
 }
+
+/// The token `kith` commands on the server's machine use works from there only: a request that
+/// reaches the server from elsewhere (here through a proxy, which says so) is refused with it,
+/// while keys work from anywhere.
+#[test]
+fn the_local_token_works_only_from_the_servers_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KithServer::start(dir.path());
+    let published: Value = serde_json::from_str(
+        &std::fs::read_to_string(server.data_dir.join("kith.server")).unwrap(),
+    )
+    .unwrap();
+    let token = published["token"].as_str().unwrap().to_string();
+    let sql = json!({"sql": "SELECT 1 AS one"}).to_string();
+    let ask = |key: &str, forwarded_for: Option<&str>| {
+        let bearer = format!("Bearer {key}");
+        let mut headers = vec![("Authorization", bearer.as_str())];
+        if let Some(client) = forwarded_for {
+            headers.push(("X-Forwarded-For", client));
+        }
+        post_json(&server.url("/v1/query"), &headers, &sql)
+    };
+    let (status, body) = ask(&token, None);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = ask(&token, Some("203.0.113.7"));
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["code"], "invalid_api_key");
+    assert!(
+        body["message"].as_str().unwrap().contains("local token"),
+        "{body}"
+    );
+    // Management routes too.
+    let (status, body, _) = post(
+        &server.url("/v1/models/clv/fit"),
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("X-Forwarded-For", "203.0.113.7"),
+        ],
+        b"{}",
+    );
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = ask(&server.read_key, Some("203.0.113.7"));
+    assert_eq!(status, 200, "{body}");
+    server.stop();
+}

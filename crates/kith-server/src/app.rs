@@ -232,7 +232,13 @@ impl Server {
             }
         })?;
         let app = Arc::new(AppState {
-            keys: KeyResolver::new(state.clone(), Some(local_token)),
+            keys: KeyResolver::new(
+                state.clone(),
+                Some(crate::auth::LocalToken {
+                    secret: local_token,
+                    listening_on: bound.ip(),
+                }),
+            ),
             config,
             state,
             pipeline,
@@ -326,7 +332,12 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .route("/docs/errors", get(errors::error_docs))
-        .merge(api_routes());
+        .merge(
+            api_routes().route_layer(axum::middleware::from_fn_with_state(
+                app.clone(),
+                crate::auth::local_token_stays_local,
+            )),
+        );
     if app.config.noop_endpoint {
         router = router.route("/internal/noop/batch", post(ops::noop_batch));
     }

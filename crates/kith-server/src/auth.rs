@@ -4,11 +4,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::net::IpAddr;
+
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use kith_state::keys::KeyCheck;
 use kith_state::{ApiKey, KeyScope, StateStore};
 
+use crate::app::AppState;
+use crate::caller::{Origin, PeerAddress};
 use crate::errors::{ApiError, ErrorCode};
 
 /// How long a key lookup is reused. Short, so `kith key revoke` takes effect within a second.
@@ -19,8 +26,47 @@ pub struct KeyResolver {
     state: Arc<StateStore>,
     /// The admin token of this run of the server for `kith` commands on the same machine
     /// (see [`crate::local`]).
-    local_token: Option<String>,
+    local_token: Option<LocalToken>,
     cache: Mutex<HashMap<String, (KeyCheck, Instant)>>,
+}
+
+/// The token `kith` commands on the server's machine use (see [`crate::local`]).
+pub struct LocalToken {
+    pub secret: String,
+    /// The address the server listens on: a command on this machine reaches a server bound to
+    /// one of its addresses from that address, and one bound to all of them over loopback.
+    pub listening_on: IpAddr,
+}
+
+/// Refuses the local token from anywhere but the server's own machine. It lets `kith`
+/// commands there reach the server; from elsewhere (a copy of the data directory taken while
+/// the server ran holds it) it would be an admin key nobody can list or revoke.
+pub(crate) async fn local_token_stays_local(
+    State(app): State<Arc<AppState>>,
+    peer: PeerAddress,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let (Some(local), Ok(Some(secret))) =
+        (&app.keys.local_token, key_from_headers(request.headers()))
+        && local.secret == secret
+    {
+        let origin = Origin::new(request.headers(), peer, &app.config.trusted_proxies);
+        // No address at all: a request handed to the router in-process.
+        let from_here = origin
+            .client_ip()
+            .is_none_or(|ip| ip.is_loopback() || ip == local.listening_on.to_canonical());
+        if !from_here {
+            return ApiError::new(
+                ErrorCode::InvalidApiKey,
+                "this server's local token (in its data directory's `kith.server`) works only \
+                 for `kith` commands on the server's own machine; from elsewhere, use a key: \
+                 `kith key create --scope read` (or `--scope admin`)",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// The secret presented in the `Authorization` header: Basic (user name = key, empty
@@ -111,7 +157,7 @@ pub fn key_from_headers_or(
 }
 
 impl KeyResolver {
-    pub fn new(state: Arc<StateStore>, local_token: Option<String>) -> KeyResolver {
+    pub fn new(state: Arc<StateStore>, local_token: Option<LocalToken>) -> KeyResolver {
         KeyResolver {
             state,
             local_token,
@@ -156,7 +202,12 @@ impl KeyResolver {
                 },
             ));
         };
-        if self.local_token.as_deref() == Some(secret) && required != KeyScope::Ingest {
+        if self
+            .local_token
+            .as_ref()
+            .is_some_and(|local| local.secret == secret)
+            && required != KeyScope::Ingest
+        {
             return Ok(ApiKey {
                 id: "local".into(),
                 scope: KeyScope::Admin,

@@ -4,7 +4,9 @@
 //! cannot open it themselves. At start the server writes `kith.server` beside the lock: its
 //! address and a random token, readable only by the user who owns the data directory. The token
 //! is an admin credential for this run of the server only; whoever can read the file can read the
-//! data directory anyway, so it grants nothing new.
+//! data directory anyway, so it grants nothing new on this machine. From any other it is refused
+//! (see [`crate::auth::local_token_stays_local`]): a copy of the directory taken while the server
+//! runs holds it.
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -340,7 +340,10 @@ fn generated_ids_count_what_the_batch_merges_in() {
     let shop_b = id(r#""context": {"page": {"url": "https://shop/b"}}, "#);
     assert_ne!(shop_a, plain);
     assert_ne!(shop_a, shop_b);
-    assert_eq!(id(r#""context": {"page": {"url": "https://shop/a"}}, "#), shop_a);
+    assert_eq!(
+        id(r#""context": {"page": {"url": "https://shop/a"}}, "#),
+        shop_a
+    );
     let integrations = id(r#""integrations": {"page": {"url": "https://shop/a"}}, "#);
     assert_ne!(integrations, shop_a, "the same text in another object");
 }
