@@ -449,6 +449,51 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
             .is_some_and(|m| m.contains("name different keys")),
         "{body}"
     );
+    // The URL's `writeKey` is a place a key is named on every tracking path, not only beacons'.
+    for path in ["/v1/track", "/v1/batch", "/v1/import"] {
+        let body = if path == "/v1/track" {
+            json!({"userId": "u", "event": "Disagreed"})
+        } else {
+            json!({"batch": [{"type": "track", "userId": "u", "event": "Disagreed"}]})
+        };
+        let (status, answer) = post_json(
+            &server.url(&format!("{path}?writeKey=kith_ingest_other")),
+            &[("Authorization", &basic(&server.write_key))],
+            &body.to_string(),
+        );
+        assert_eq!(status, 401, "{path}: {answer}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("name different keys")),
+            "{path}: {answer}"
+        );
+    }
+    let in_the_url = json!({"userId": "u", "event": "Keyed In The URL", "messageId": "url-key"});
+    let (status, answer) = post_json(
+        &server.url(&format!("/v1/track?writeKey={}", server.write_key)),
+        &[],
+        &in_the_url.to_string(),
+    );
+    assert_eq!((status, answer["accepted"].clone()), (200, json!(1)), "{answer}");
+    // A body's `writeKey` that is no text is no key: refused, not passed over for the header's.
+    let numbered = json!({"writeKey": 123, "userId": "u", "event": "Disagreed"});
+    let (status, answer) = post_json(
+        &server.url("/v1/track"),
+        &[("Authorization", &basic(&server.write_key))],
+        &numbered.to_string(),
+    );
+    assert_eq!(
+        (status, answer["code"].clone()),
+        (401, json!("invalid_api_key")),
+        "{answer}"
+    );
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`writeKey` is a number")),
+        "{answer}"
+    );
     let (status, body) = post_json(
         &server.url("/v1/track"),
         &[("Authorization", &basic(&server.read_key))],
@@ -648,7 +693,8 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
         .iter()
         .map(|r| r["message_id"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(stored, ["good-1", "good-2"]);
+    // And the one keyed in its URL; none of the refused ones.
+    assert_eq!(stored, ["good-1", "good-2", "url-key"]);
     let rejected = server.rows("SELECT code, field, message_id, source, batch_index, raw FROM rejected_events ORDER BY ingest_seq");
     assert_eq!(rejected.len(), 6);
     assert_eq!(rejected[0]["code"], "missing_identity");

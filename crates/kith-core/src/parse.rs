@@ -64,6 +64,9 @@ pub enum RequestError {
 pub struct RawRequest<'a> {
     /// `writeKey` given in the body, if any.
     pub write_key: Option<String>,
+    /// What the body's `writeKey` was when it was not text (`"a number"`): a key sent in a form
+    /// no key has, which the caller refuses rather than pass over.
+    pub write_key_not_text: Option<&'static str>,
     items: Vec<Item<'a>>,
     /// The type the path implies (`/v1/track`), which wins over the body's `type`.
     implied_type: Option<MessageType>,
@@ -238,6 +241,7 @@ fn batch_request<'a, 'b>(
     }
     Ok(RawRequest {
         write_key: envelope.write_key.as_ref().and_then(value_as_text),
+        write_key_not_text: envelope.write_key.as_ref().and_then(not_text),
         items: items.into_iter().map(item).collect(),
         implied_type: None,
         batch_context: BatchObject::read("context", envelope.context)?,
@@ -347,11 +351,14 @@ pub fn parse_single_request(
             };
             let raw = serde_json::from_str::<&RawValue>(&replaced.text)
                 .map_err(|other| envelope_error(&replaced.text, other))?;
-            let write_key = serde_json::from_str::<SingleEnvelope>(raw.get())
+            let named = serde_json::from_str::<SingleEnvelope>(raw.get())
                 .ok()
-                .and_then(|envelope| envelope.write_key.as_ref().and_then(value_as_text));
+                .and_then(|envelope| envelope.write_key);
+            let write_key = named.as_ref().and_then(value_as_text);
+            let write_key_not_text = named.as_ref().and_then(not_text);
             return Ok(RawRequest {
                 write_key,
+                write_key_not_text,
                 items: vec![rescued_item(body, &replaced, raw)],
                 implied_type: Some(implied_type),
                 batch_context: None,
@@ -365,6 +372,7 @@ pub fn parse_single_request(
         serde_json::from_str(raw).map_err(|err| envelope_error(body, err))?;
     Ok(RawRequest {
         write_key: envelope.write_key.as_ref().and_then(value_as_text),
+        write_key_not_text: envelope.write_key.as_ref().and_then(not_text),
         items: vec![item],
         implied_type: Some(implied_type),
         batch_context: None,
@@ -401,6 +409,7 @@ pub fn judge_event(
     })?;
     let request = RawRequest {
         write_key: None,
+        write_key_not_text: None,
         items: vec![Item::Sent(raw)],
         implied_type: None,
         batch_context: None,
@@ -417,6 +426,11 @@ pub fn judge_event(
             "the event was not judged".into(),
         ))),
     }
+}
+
+/// The kind of a value that is neither text nor null.
+fn not_text(value: &Value) -> Option<&'static str> {
+    (!matches!(value, Value::String(_) | Value::Null)).then(|| json_kind(value))
 }
 
 fn value_as_text(value: &Value) -> Option<String> {

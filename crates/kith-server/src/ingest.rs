@@ -24,6 +24,7 @@ use crate::auth::{key_from_headers, key_from_headers_or};
 use crate::body_budget::OverBudget;
 use crate::caller::{ClientIpPolicy, Origin, PeerAddress, record_address};
 use crate::errors::{ApiError, ErrorCode};
+use crate::params::{self, StrictQuery};
 use crate::pipeline::event_entry;
 use crate::unify::Ingested;
 
@@ -285,23 +286,28 @@ pub(crate) fn journal_error(err: JournalError) -> ApiError {
     responses((status = 200, body = IngestResponse), (status = 400, description = "invalid request"), (status = 401, description = "bad key"), (status = 415, description = "a Content-Encoding other than gzip"), (status = 429, description = "overloaded"), (status = 503, description = "storage unavailable")))]
 pub async fn batch(
     State(app): State<Arc<AppState>>,
+    StrictQuery(pairs): StrictQuery,
     peer: PeerAddress,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
-    receive_batch(&app, &Caller::new(&headers, peer), body).await
+    let query_key = params::write_key(&pairs)?;
+    let caller = Caller::new(&headers, peer).with_query_key(query_key.as_deref());
+    receive_batch(&app, &caller, body).await
 }
 
 /// `POST /v1/import`: a batch of historical events, as `/v1/batch` takes them, except that the
 /// client's address is never recorded: it is the importer's, not the customer's.
 pub async fn import(
     State(app): State<Arc<AppState>>,
+    StrictQuery(pairs): StrictQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
+    let query_key = params::write_key(&pairs)?;
     let caller = Caller {
         records_address: false,
-        ..Caller::new(&headers, PeerAddress(None))
+        ..Caller::new(&headers, PeerAddress(None)).with_query_key(query_key.as_deref())
     };
     receive_batch(&app, &caller, body).await
 }
@@ -346,6 +352,15 @@ pub(crate) fn judge(
     query_key: Option<&str>,
     request: &RawRequest<'_>,
 ) -> Result<(String, IngestBatch), ApiError> {
+    if let Some(found) = request.write_key_not_text {
+        return Err(ApiError::new(
+            ErrorCode::InvalidApiKey,
+            format!(
+                "the body's `writeKey` is {found}; a write key is text: send it as a string, or \
+                 in the Authorization header (HTTP Basic, the key as user name)"
+            ),
+        ));
+    }
     let secret = key_from_headers_or(headers, query_key, request.write_key.as_deref())?;
     let key = app.keys.authorize(secret.as_deref(), KeyScope::Ingest)?;
     let source = key.source.unwrap_or_else(|| "default".to_string());
@@ -387,6 +402,7 @@ pub(crate) fn unknown_call(call: &str) -> ApiError {
 pub async fn single(
     State(app): State<Arc<AppState>>,
     Path(call): Path<String>,
+    StrictQuery(pairs): StrictQuery,
     peer: PeerAddress,
     headers: HeaderMap,
     body: Body,
@@ -394,12 +410,14 @@ pub async fn single(
     let Some(kind) = MessageType::from_path_segment(&call) else {
         return Err(unknown_call(&call));
     };
+    let query_key = params::write_key(&pairs)?;
     refuse_a_bad_header_key(&app, &headers)?;
     let submitted = {
         let bytes = read_body(&headers, body, &SEND_A_SMALLER_EVENT).await?;
         let text = body_text(&bytes)?;
         let request = parse_single_request(text, kind).map_err(request_error)?;
-        submit(&app, &Caller::new(&headers, peer), request)?
+        let caller = Caller::new(&headers, peer).with_query_key(query_key.as_deref());
+        submit(&app, &caller, request)?
     };
     submitted.answer().await
 }
