@@ -475,7 +475,11 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
         &[],
         &in_the_url.to_string(),
     );
-    assert_eq!((status, answer["accepted"].clone()), (200, json!(1)), "{answer}");
+    assert_eq!(
+        (status, answer["accepted"].clone()),
+        (200, json!(1)),
+        "{answer}"
+    );
     // A body's `writeKey` that is no text is no key: refused, not passed over for the header's.
     let numbered = json!({"writeKey": 123, "userId": "u", "event": "Disagreed"});
     let (status, answer) = post_json(

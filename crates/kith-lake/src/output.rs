@@ -338,7 +338,9 @@ impl Rendering {
             }
             Encoding::ArrowIpc => {
                 if let Some(writer) = self.ipc.as_mut() {
-                    writer.write(piece)?;
+                    // A piece is a slice of its batch, and IPC writes a view array's buffers
+                    // whole: each piece would carry the whole batch's text.
+                    writer.write(&crate::query::memory::compacted(piece.clone()))?;
                     out = std::mem::take(writer.get_mut());
                 }
             }
@@ -805,6 +807,38 @@ mod tests {
             .unwrap()
         };
         QueryResult::new(schema.clone(), vec![batch(0), batch(rows)], true)
+    }
+
+    /// An Arrow answer is written in pieces, each a slice of its batch: with text as views, each
+    /// piece carried the whole batch's text (a 3 MB answer grew to several times that).
+    #[test]
+    fn an_arrow_answer_of_views_is_about_the_size_of_its_text() {
+        let text: Vec<String> = (0..3_000).map(|i| format!("{i:0>1000}")).collect();
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "t",
+            DataType::Utf8View,
+            false,
+        )]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(arrow::array::StringViewArray::from_iter_values(
+                text.iter(),
+            ))],
+        )
+        .unwrap();
+        let result = QueryResult::new(schema, vec![batch.clone()], false);
+        let bytes = to_arrow_ipc(&result).unwrap();
+        assert!(bytes.len() < 3_500_000, "{} bytes", bytes.len());
+        let read: Vec<RecordBatch> =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+        assert!(read.len() >= 2, "written in {} pieces", read.len());
+        assert_eq!(
+            arrow::compute::concat_batches(&batch.schema(), &read).unwrap(),
+            batch
+        );
     }
 
     #[test]

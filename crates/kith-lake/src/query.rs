@@ -18,7 +18,7 @@ mod bounded_functions;
 mod copied_rows;
 mod global_aggregates;
 mod large_constants;
-mod memory;
+pub(crate) mod memory;
 mod near_name;
 mod owned_task;
 mod pass_through;
