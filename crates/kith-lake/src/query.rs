@@ -272,6 +272,14 @@ fn classify_ref(err: &DataFusionError, limits: &QueryLimits) -> QueryError {
                 inner.to_string().replace('\n', " ")
             ))
         }
+        // The query's own condition failing on a row of a table file (`WHERE CAST(event AS
+        // INT) > 0` over a name that is no number): the file reader evaluates it and hands its
+        // error on as text.
+        DataFusionError::ParquetError(_) | DataFusionError::External(_)
+            if let Some(reason) = failed_file_filter(&err.to_string()) =>
+        {
+            QueryError::Invalid(reason)
+        }
         // Storage and engine faults are ours, not the query's.
         DataFusionError::IoError(_)
         | DataFusionError::ObjectStore(_)
@@ -283,6 +291,41 @@ fn classify_ref(err: &DataFusionError, limits: &QueryLimits) -> QueryError {
         // Syntax, planning, schema, casts and arguments: the query is wrong.
         other => QueryError::Invalid(with_json_advice(first_line(other))),
     }
+}
+
+/// What a condition the Parquet reader evaluated for the query (see [`classify_ref`]) failed
+/// with, said as the engine says it when the same expression fails elsewhere ("Divide by zero
+/// error", "Cast error: …"); `None` for other errors. The reader writes the error it got in
+/// Rust's debug form: `ArrowError(CastError("Cannot cast …"), Some(""))`.
+fn failed_file_filter(message: &str) -> Option<String> {
+    const MARK: &str = "Error evaluating filter predicate: ";
+    let found = &message[message.find(MARK)? + MARK.len()..];
+    let error = found
+        .strip_prefix("ArrowError(")
+        .and_then(|rest| rest.rsplit_once(", Some("))
+        .map_or(found, |(error, _)| error);
+    let said = match error.split_once("(\"") {
+        Some((kind, quoted)) => {
+            let text = quoted
+                .strip_suffix("\")")
+                .unwrap_or(quoted)
+                .replace("\\\"", "\"");
+            let kind = match kind {
+                "CastError" => "Cast error",
+                "ArithmeticOverflow" => "Arithmetic overflow",
+                "ComputeError" => "Compute error",
+                "InvalidArgumentError" => "Invalid argument error",
+                "ParseError" => "Parser error",
+                other => other,
+            };
+            format!("{kind}: {text}")
+        }
+        None if error == "DivideByZero" => "Divide by zero error".to_string(),
+        None => error.to_string(),
+    };
+    Some(format!(
+        "{said} (in a condition of the query, on a row it was tested on)"
+    ))
 }
 
 /// The engine's message, with how Kith's JSON columns are read when the query read one as a

@@ -241,6 +241,38 @@ async fn bad_sql_is_a_clear_invalid_error_and_writes_are_refused() {
     assert!(result.truncated);
 }
 
+/// A condition that fails on a row of a table file is the query's mistake, said as the engine
+/// says it elsewhere: the file reader tests conditions itself, and its errors came back as
+/// internal ones (a 500 over HTTP).
+#[tokio::test]
+async fn a_condition_failing_on_a_row_of_a_file_is_the_querys_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    lake.ingest(vec![(1, Stored::Event(event("m1", "ana", 10.0)).encode())]);
+    lake.flush().await.unwrap();
+    let limits = QueryLimits::default();
+    for (sql, expected) in [
+        (
+            "SELECT count(*) FROM events WHERE CAST(user_id AS INT) > 0",
+            "Cast error: Cannot cast string 'ana' to value of Int32 type",
+        ),
+        (
+            "SELECT count(*) FROM events WHERE 1 / (ingest_seq - ingest_seq) > 0",
+            "Divide by zero error",
+        ),
+    ] {
+        match lake.query(sql, &limits).await {
+            Err(QueryError::Invalid(message)) => assert_eq!(
+                message,
+                format!("{expected} (in a condition of the query, on a row it was tested on)"),
+                "{sql}"
+            ),
+            Err(other) => panic!("{sql}: expected invalid, got {other:?}"),
+            Ok(_) => panic!("{sql}: expected an error"),
+        }
+    }
+}
+
 // More workers than the query has partitions (one per core): a worker that parks drives the
 // timer, as the server's own runtime does while queries run on theirs. With every worker inside
 // CPU-bound operators the time limit would be noticed only when one yields.
