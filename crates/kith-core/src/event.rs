@@ -132,8 +132,9 @@ impl Event {
         for (field, time) in times {
             if let Some(time) = time.filter(|t| !crate::time::is_storable(*t)) {
                 return Some(format!(
-                    "`{field}` ({}) is outside the years 1678–2261, the times Kith stores",
-                    time.to_rfc3339()
+                    "`{field}` ({}) is outside the years {}, the times Kith stores",
+                    time.to_rfc3339(),
+                    crate::time::STORABLE_YEARS_TEXT
                 ));
             }
         }

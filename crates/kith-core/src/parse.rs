@@ -644,14 +644,15 @@ impl RawRequest<'_> {
                 Some("sentAt"),
                 format!(
                     "correcting the device clock by `sentAt` − `{}` puts the event at {}, outside \
-                     the years 1678–2261 Kith can store; check the device clock, or leave out \
+                     the years {} Kith can store; check the device clock, or leave out \
                      `sentAt`",
                     if original.is_some() {
                         "originalTimestamp"
                     } else {
                         "timestamp"
                     },
-                    timestamp.to_rfc3339()
+                    timestamp.to_rfc3339(),
+                    crate::time::STORABLE_YEARS_TEXT
                 ),
             )));
         }
@@ -1112,10 +1113,11 @@ fn storable(field: &'static str, time: DateTime<Utc>, text: &str) -> Result<Date
         "invalid_timestamp",
         Some(field),
         format!(
-            "`{field}` value `{}` is outside the years 1678–2261 that Kith can store and query \
+            "`{field}` value `{}` is outside the years {} that Kith can store and query \
              (a default value such as Go's zero time, or a clock far off?); send the time the \
              event happened, or leave `{field}` out",
-            truncate_utf8(text, 64)
+            truncate_utf8(text, 64),
+            crate::time::STORABLE_YEARS_TEXT
         ),
     ))
 }

@@ -38,14 +38,22 @@ pub fn offset_lost_its_plus(text: &str) -> bool {
     offset_shaped && parse_timestamp(&format!("{time}+{offset}")).is_some()
 }
 
-/// Whether `time` is one Kith can store and query: from 1678 to 2261. The query engine works on
-/// some timestamps in nanoseconds (`date_trunc`, time windows), which reach only from 1677-09-21
-/// to 2262-04-11, so one event outside them makes every such query over its table fail; no
-/// customer event happened then, and such a time is a default value (Go's zero time is
-/// 0001-01-01) or a clock far off.
+/// The years of the times Kith stores (see [`is_storable`]).
+pub const STORABLE_YEARS: std::ops::RangeInclusive<i32> = 1900..=2189;
+
+/// [`STORABLE_YEARS`] as messages write them.
+pub const STORABLE_YEARS_TEXT: &str = "1900–2189";
+
+/// Whether `time` is one Kith can store and query: from 1900 to 2189. The query engine works on
+/// some times in nanoseconds (`date_trunc`, time windows, `now() - timestamp`), whose 64 bits
+/// hold 292 years either side of 1970 and, for a difference, 292 years in all: one event of
+/// 1700 made `now() - timestamp < INTERVAL '7 days'` fail over its whole table. Within these
+/// years any two times, and any time and now, are less than 292 years apart. No customer event
+/// happened outside them: such a time is a default value (Go's zero time is 0001-01-01) or a
+/// clock far off.
 pub fn is_storable(time: DateTime<Utc>) -> bool {
     use chrono::Datelike;
-    (1678..=2261).contains(&time.year())
+    STORABLE_YEARS.contains(&time.year())
 }
 
 /// The event time Kith records, following Segment's rule
@@ -103,11 +111,17 @@ mod tests {
 
     #[test]
     fn storable_times_are_those_every_query_can_work_on() {
-        for (year, storable) in [(1, false), (1677, false), (1678, true), (2026, true)] {
+        for (year, storable) in [
+            (1, false),
+            (1700, false),
+            (1899, false),
+            (1900, true),
+            (2026, true),
+        ] {
             let time = Utc.with_ymd_and_hms(year, 12, 31, 23, 59, 59).unwrap();
             assert_eq!(is_storable(time), storable, "{time}");
         }
-        for (year, storable) in [(2261, true), (2262, false), (9999, false)] {
+        for (year, storable) in [(2189, true), (2190, false), (2261, false), (9999, false)] {
             let time = Utc.with_ymd_and_hms(year, 1, 1, 0, 0, 0).unwrap();
             assert_eq!(is_storable(time), storable, "{time}");
         }

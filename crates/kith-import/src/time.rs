@@ -28,7 +28,8 @@ pub enum TimeError {
     )]
     BadFormat(String),
     #[error(
-        "`{0}` is outside the years 1678–2261, the times Kith stores (it is usually a default value such as 0001-01-01, or a Unix time in another unit); correct it, or leave the cell empty"
+        "`{0}` is outside the years {years}, the times Kith stores (it is usually a default value such as 0001-01-01, or a Unix time in another unit); correct it, or leave the cell empty",
+        years = kith_core::time::STORABLE_YEARS_TEXT
     )]
     OutOfRange(String),
     #[error(
@@ -405,6 +406,8 @@ mod tests {
         for value in [
             "0001-01-01",
             "0001-01-01T00:00:00Z",
+            "1700-01-01",
+            "2190-01-01",
             "2262-05-01",
             "99999999999",
         ] {
@@ -421,8 +424,12 @@ mod tests {
             Err(TimeError::OutOfRange("01/01/1600".into()))
         );
         assert_eq!(
-            default.parse("1678-01-01").unwrap(),
-            utc("1678-01-01T00:00:00Z")
+            default.parse("1900-01-01").unwrap(),
+            utc("1900-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            default.parse("1899-12-31T23:59:59Z"),
+            Err(TimeError::OutOfRange("1899-12-31T23:59:59Z".into()))
         );
     }
 

@@ -770,8 +770,8 @@ fn a_rejected_event_is_kept_without_its_write_key() {
     assert!(!line.raw.contains("secret"), "{}", line.raw);
 }
 
-// A time the query engine cannot work on (before 1678 or after 2261) would make every date
-// query over the table fail: such an event is rejected, naming the field, and its neighbours
+// A time the query engine cannot work on (before 1900 or after 2189: see
+// `crate::time::is_storable`) would make date queries over the whole table fail: such an event is rejected, naming the field, and its neighbours
 // are stored.
 #[test]
 fn times_outside_the_storable_years_are_rejected_by_field() {
@@ -780,9 +780,10 @@ fn times_outside_the_storable_years_are_rejected_by_field() {
             {"type": "track", "userId": "u", "event": "A", "timestamp": "0001-01-01T00:00:00Z"},
             {"type": "track", "userId": "u", "event": "B", "originalTimestamp": "0000-01-01T00:00:00+23:59"},
             {"type": "track", "userId": "u", "event": "C", "sentAt": "9999-12-31T00:00:00Z"},
-            {"type": "track", "userId": "u", "event": "D", "originalTimestamp": "1678-01-02T00:00:00Z",
-             "sentAt": "2261-12-30T00:00:00Z"},
-            {"type": "track", "userId": "u", "event": "E", "timestamp": "1700-01-01T00:00:00Z"}
+            {"type": "track", "userId": "u", "event": "D", "originalTimestamp": "1900-01-02T00:00:00Z",
+             "sentAt": "2189-12-30T00:00:00Z"},
+            {"type": "track", "userId": "u", "event": "E", "timestamp": "1900-01-01T00:00:00Z"},
+            {"type": "track", "userId": "u", "event": "F", "timestamp": "1700-01-01T00:00:00Z"}
         ]})
         .to_string(),
     );
@@ -798,17 +799,18 @@ fn times_outside_the_storable_years_are_rejected_by_field() {
             (1, "invalid_timestamp", Some("originalTimestamp")),
             (2, "invalid_timestamp", Some("sentAt")),
             (3, "invalid_timestamp", Some("sentAt")),
+            (5, "invalid_timestamp", Some("timestamp")),
         ]
     );
     assert_eq!(
         outcome.rejections[0].message,
-        "`timestamp` value `0001-01-01T00:00:00Z` is outside the years 1678–2261 that Kith can \
+        "`timestamp` value `0001-01-01T00:00:00Z` is outside the years 1900–2189 that Kith can \
          store and query (a default value such as Go's zero time, or a clock far off?); send the \
          time the event happened, or leave `timestamp` out"
     );
     assert!(
         outcome.rejections[3].message.starts_with(
-            "correcting the device clock by `sentAt` − `originalTimestamp` puts the event at 1440-"
+            "correcting the device clock by `sentAt` − `originalTimestamp` puts the event at 1734-"
         ),
         "{}",
         outcome.rejections[3].message
