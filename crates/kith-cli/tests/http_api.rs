@@ -677,6 +677,23 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
         )),
         "{body}"
     );
+    // Sources are held to the names keys and `kith import --source` are.
+    for source in ["crm\nfake", "kith\u{200B}", &"s".repeat(5_000)] {
+        let mut event = stored_shape("imp-source", 1_714_564_800_000_000);
+        event["source"] = json!(source);
+        let (status, body) = post_json(
+            &server.url("/v1/imports"),
+            &[("Authorization", &format!("Bearer {admin_key}"))],
+            &json!({"events": [stored_shape("imp-ok", 1_714_564_800_000_000), event]}).to_string(),
+        );
+        assert_eq!(status, 400, "{source:?}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("events[1] cannot be stored: the source name")),
+            "{body}"
+        );
+    }
     let (status, body) = post_json(
         &server.url("/v1/models/clv/fit"),
         &[("Authorization", &format!("Bearer {admin_key}"))],

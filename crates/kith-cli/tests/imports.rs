@@ -514,7 +514,7 @@ fn an_imports_source_is_held_to_the_rules_of_a_keys() {
         ),
         (
             "we\nb",
-            "--source: the source name holds a control character",
+            "--source: the source name holds a control or invisible character",
         ),
     ] {
         let (ok, _, stderr) = import("contacts", &file, &data, &rejected, &["--source", source]);

@@ -56,6 +56,20 @@ pub async fn import_batch(
             ),
         ));
     }
+    // The names `kith import --source` and keys' sources are held to (length, control and
+    // invisible characters), whoever built the events.
+    if let Some((index, problem)) = batch.events.iter().enumerate().find_map(|(i, e)| {
+        kith_state::check_source_name(&e.source)
+            .err()
+            .map(|p| (i, p))
+    }) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            format!(
+                "events[{index}] cannot be stored: {problem}; nothing in this request was stored"
+            ),
+        ));
+    }
     // `kith import` builds events the parser's rules allow; another client could send any.
     if let Some((index, event, problem)) = batch
         .events

@@ -110,10 +110,32 @@ pub fn check_source_name(source: &str) -> Result<(), StateError> {
     if length > MOST_SOURCE_CHARS {
         return Err(StateError::SourceTooLong(length));
     }
-    match source.chars().position(char::is_control) {
+    match source
+        .chars()
+        .position(|c| c.is_control() || is_invisible_or_a_line_break(c))
+    {
         Some(at) => Err(StateError::SourceWithControl(at + 1)),
         None => Ok(()),
     }
+}
+
+/// Characters that show as nothing, turn the text around them, or break its line, without
+/// being control characters: `kith` with a zero-width space after it shows as Kith's own
+/// source, and a right-to-left override reorders the lines of `kith key list`. Unicode's
+/// format characters (Cf) and line and paragraph separators.
+fn is_invisible_or_a_line_break(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
 }
 
 impl StateStore {
@@ -238,6 +260,23 @@ mod tests {
             store.create_key(KeyScope::Ingest, Some("we\nb\u{1b}[31m")),
             Err(StateError::SourceWithControl(3))
         ));
+        // Characters that show as nothing, turn the line or break it.
+        for (name, at) in [
+            ("kith\u{200B}", 5),
+            ("a\u{2028}b", 2),
+            ("a\u{2029}b", 2),
+            ("a\u{202E}b", 2),
+            ("\u{FEFF}web", 1),
+            ("w\u{00AD}eb", 2),
+        ] {
+            assert!(
+                matches!(
+                    store.create_key(KeyScope::Ingest, Some(name)),
+                    Err(StateError::SourceWithControl(found)) if found == at
+                ),
+                "{name:?}"
+            );
+        }
         let longest = "ñ".repeat(MOST_SOURCE_CHARS);
         let named = store.create_key(KeyScope::Ingest, Some(&longest)).unwrap();
         assert_eq!(named.key.source.as_deref(), Some(longest.as_str()));

@@ -45,7 +45,7 @@ pub enum StateError {
     )]
     SourceTooLong(usize),
     #[error(
-        "the source name holds a control character (a line break, a tab or an escape) at character {0}; use letters, digits, spaces and punctuation"
+        "the source name holds a control or invisible character (a line break, a tab, an escape, a zero-width space or a direction mark) at character {0}; use letters, digits, spaces and punctuation"
     )]
     SourceWithControl(usize),
 }
