@@ -554,8 +554,22 @@ impl FileConfig {
         };
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            // Absent, it is not asked for; a link to nothing is, and pointing nowhere is a
+            // mistake to tell, not a file to pass over.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && !required
+                    && std::fs::symlink_metadata(&path).is_err() =>
+            {
                 return Ok(FileConfig::default());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let target = std::fs::read_link(&path)
+                    .map(|to| format!(" (a link to {}, which does not exist)", to.display()))
+                    .unwrap_or_default();
+                return Err(e).with_context(|| {
+                    format!("cannot read config file {}{target}", path.display())
+                });
             }
             Err(e) => {
                 return Err(e)

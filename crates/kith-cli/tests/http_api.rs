@@ -2520,6 +2520,49 @@ fn a_wrong_or_busy_listen_address_fails_at_once_with_what_to_change_and_creates_
     assert!(err.contains("cannot listen on `nonsense`"), "{err}");
     assert!(err.contains("give HOST:PORT, e.g. 127.0.0.1:8417"), "{err}");
     assert!(!data_dir.exists(), "nothing is created for a wrong address");
+    // A host that does not resolve gets the same advice (an empty one: no name server asked).
+    for address in [":19223"] {
+        let (ok, _, err) = kith(&["serve", "--data-dir", data, "--listen", address]);
+        assert!(!ok);
+        assert!(
+            err.contains("give HOST:PORT with a host this machine can look up"),
+            "{address:?}: {err}"
+        );
+    }
+    assert!(!data_dir.exists(), "nothing is created for a wrong address");
+
+    // A `./kith.toml` that is a link to nothing is told, not passed over for the defaults.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/nonexistent/kith.toml", elsewhere.path().join("kith.toml"))
+        .unwrap();
+    let mut serving = std::process::Command::new(kith_bin())
+        .args(["serve", "--data-dir", data, "--listen", "127.0.0.1:0"])
+        .current_dir(elsewhere.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A server that started anyway would run until stopped: it is stopped and the test fails.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while serving.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = serving.kill();
+            let _ = serving.wait();
+            panic!("kith serve started despite a kith.toml that links to nothing");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let output = serving.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{err}");
+    assert!(
+        err.contains("cannot read config file kith.toml (a link to /nonexistent/kith.toml, which does not exist)"),
+        "{err}"
+    );
+    assert!(
+        !data_dir.exists(),
+        "nothing is created for a missing config"
+    );
 
     // A taken port is reported before the demo world is generated and loaded (which takes
     // minutes), and before the data directory is made.

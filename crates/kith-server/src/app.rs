@@ -172,6 +172,11 @@ pub fn bind(addr: &str) -> Result<std::net::TcpListener, ServerError> {
             std::io::ErrorKind::PermissionDenied => {
                 "; ports below 1024 need privileges: choose a port from 1024 up with --listen HOST:PORT"
             }
+            // A host name that does not resolve (`:8417`, ` 127.0.0.1:8417`, a typo).
+            _ if addr.parse::<std::net::SocketAddr>().is_err() => {
+                "; give HOST:PORT with a host this machine can look up, e.g. 127.0.0.1:8417, \
+                 0.0.0.0:8417 or localhost:8417 (--listen, KITH_LISTEN or `listen` in kith.toml)"
+            }
             _ => "",
         };
         ServerError::Listen {
