@@ -2692,12 +2692,20 @@ fn a_bad_setting_is_traced_to_where_it_was_set() {
     // an empty `tables`.
     std::fs::write(format!("{elsewhere}/state.db"), "not a database").unwrap();
     std::fs::create_dir(format!("{elsewhere}/tables")).unwrap();
-    let (ok, _, err) = kith(&["sql", "--data-dir", elsewhere, "SELECT 1"]);
-    assert!(!ok);
-    assert!(
-        err.contains(&format!("{elsewhere} is not a Kith data directory")),
-        "{err}"
-    );
+    for args in [
+        vec!["sql", "--data-dir", elsewhere, "SELECT 1"],
+        vec!["key", "list", "--data-dir", elsewhere],
+    ] {
+        let (ok, _, err) = kith(&args);
+        assert!(!ok);
+        // Named as there but not Kith's, not as missing.
+        assert!(
+            err.contains(&format!(
+                "{elsewhere} holds `state.db`, but not as Kith writes it"
+            )),
+            "{args:?}: {err}"
+        );
+    }
     assert_eq!(std::fs::read_dir(elsewhere).unwrap().count(), 2);
     // A data directory without keys yet (a server started on it, none made): the list is the
     // header alone, and stderr says how to make one.

@@ -51,8 +51,11 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
             if scope != KeyScope::Ingest && source.is_some() {
                 bail!(
                     "--source is for ingest keys (it names the source their events are filed \
-                     under); a {} key has none: leave --source out",
-                    scope.as_str()
+                     under); {} key has none: leave --source out",
+                    match scope {
+                        KeyScope::Admin => "an admin",
+                        _ => "a read",
+                    }
                 );
             }
             if stdout_is_dev_null() {

@@ -119,6 +119,17 @@ pub(crate) fn existing_data_dir(data_dir: &std::path::Path, hint: &str) -> anyho
             let unreadable = kith_state::Unwritable::NotReadable(shown);
             anyhow::bail!("{unreadable}; {}", unreadable.remedy());
         }
+        // A name Kith uses that holds something else: say so, rather than that it is not there.
+        if let Some(name) = DATA_DIR_MARKS
+            .iter()
+            .find(|name| data_dir.join(name).symlink_metadata().is_ok())
+        {
+            anyhow::bail!(
+                "{shown} holds `{name}`, but not as Kith writes it (`state.db` is a SQLite \
+                 database, `journal` and `tables` are directories): it may be damaged, or \
+                 another program's; {hint}"
+            );
+        }
         anyhow::bail!(
             "{shown} is not a Kith data directory (it holds none of {}); {hint}",
             DATA_DIR_MARKS.join(", ")
