@@ -2521,14 +2521,12 @@ fn a_wrong_or_busy_listen_address_fails_at_once_with_what_to_change_and_creates_
     assert!(err.contains("give HOST:PORT, e.g. 127.0.0.1:8417"), "{err}");
     assert!(!data_dir.exists(), "nothing is created for a wrong address");
     // A host that does not resolve gets the same advice (an empty one: no name server asked).
-    for address in [":19223"] {
-        let (ok, _, err) = kith(&["serve", "--data-dir", data, "--listen", address]);
-        assert!(!ok);
-        assert!(
-            err.contains("give HOST:PORT with a host this machine can look up"),
-            "{address:?}: {err}"
-        );
-    }
+    let (ok, _, err) = kith(&["serve", "--data-dir", data, "--listen", ":19223"]);
+    assert!(!ok);
+    assert!(
+        err.contains("give HOST:PORT with a host this machine can look up"),
+        "{err}"
+    );
     assert!(!data_dir.exists(), "nothing is created for a wrong address");
 
     // A `./kith.toml` that is a link to nothing is told, not passed over for the defaults.
