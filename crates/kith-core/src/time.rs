@@ -3,19 +3,37 @@
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
 /// Parses the ISO-8601 forms SDKs send: RFC 3339 (`2024-05-01T10:00:00.123Z`, `+02:00`), offsets
-/// without a colon (`+0200`, as some Java and Python clients print them), naive date-times (taken as
-/// UTC) and plain dates.
+/// without a colon (`+0200`, as some Java and Python clients print them) or without minutes
+/// (`-08`), times without seconds (`2024-05-01T10:00Z`), naive date-times (taken as UTC) and
+/// plain dates.
 pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     let text = text.trim();
+    // Nearly every time an SDK sends reads here; the other forms are tried only after.
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Some(t.with_timezone(&Utc));
     }
-    for format in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"] {
-        if let Ok(t) = DateTime::parse_from_str(text, format) {
+    // `Z` as the offset it is, so the forms below read it too.
+    let zoned = match text.strip_suffix(['Z', 'z']) {
+        Some(time) => std::borrow::Cow::Owned(format!("{time}+00:00")),
+        None => std::borrow::Cow::Borrowed(text),
+    };
+    // `%#z` reads `+02:00`, `+0200` and `+02`.
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f%#z",
+        "%Y-%m-%d %H:%M:%S%.f%#z",
+        "%Y-%m-%dT%H:%M%#z",
+        "%Y-%m-%d %H:%M%#z",
+    ] {
+        if let Ok(t) = DateTime::parse_from_str(&zoned, format) {
             return Some(t.with_timezone(&Utc));
         }
     }
-    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
             return Some(t.and_utc());
         }
@@ -137,8 +155,23 @@ mod tests {
             "2024-05-01T10:00:00+0200",
             "2024-05-01T08:00:00",
             "2024-05-01 08:00:00",
+            // An offset of hours only, and times without seconds.
+            "2024-05-01T00:00:00-08",
+            "2024-05-01T10:00:00.000+02",
+            "2024-05-01T08:00Z",
+            "2024-05-01T10:00+02:00",
+            "2024-05-01 09:00+0100",
+            "2024-05-01T08:00",
+            "2024-05-01 08:00",
         ] {
             assert_eq!(parse_timestamp(text), Some(expected), "{text}");
+        }
+        for not_a_time in [
+            "2024-05-01T08Z",
+            "2024-05-01T08:00:00+2",
+            "2024-05-01T08:00:00ZZ",
+        ] {
+            assert_eq!(parse_timestamp(not_a_time), None, "{not_a_time}");
         }
         assert_eq!(
             parse_timestamp("2024-05-01"),
