@@ -2533,24 +2533,11 @@ fn a_wrong_or_busy_listen_address_fails_at_once_with_what_to_change_and_creates_
     let elsewhere = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink("/nonexistent/kith.toml", elsewhere.path().join("kith.toml"))
         .unwrap();
-    let mut serving = std::process::Command::new(kith_bin())
+    let mut serve = std::process::Command::new(kith_bin());
+    serve
         .args(["serve", "--data-dir", data, "--listen", "127.0.0.1:0"])
-        .current_dir(elsewhere.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A server that started anyway would run until stopped: it is stopped and the test fails.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while serving.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = serving.kill();
-            let _ = serving.wait();
-            panic!("kith serve started despite a kith.toml that links to nothing");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let output = serving.wait_with_output().unwrap();
+        .current_dir(elsewhere.path());
+    let output = output_of_one_that_ends(serve);
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{err}");
     assert!(
@@ -3367,4 +3354,43 @@ fn the_local_token_works_only_from_the_servers_machine() {
     let (status, body) = ask(&server.read_key, Some("203.0.113.7"));
     assert_eq!(status, 200, "{body}");
     server.stop();
+}
+
+/// Run as root on another user's data directory, commands that write refuse: the files they
+/// made would be root's, and Kith run as the directory's owner could not open its own tables.
+#[test]
+fn root_is_refused_another_users_data_directory() {
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if !is_root {
+        eprintln!("skipped: handing a directory to another user needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let data = theirs.to_str().unwrap();
+    for args in [
+        vec!["key", "create", "--data-dir", data, "--scope", "read"],
+        vec!["serve", "--data-dir", data, "--listen", "127.0.0.1:0"],
+    ] {
+        let mut command = std::process::Command::new(kith_bin());
+        command.args(&args);
+        let output = output_of_one_that_ends(command);
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("belongs to the user with uid 65534, and this command runs as root"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(&theirs).unwrap().count(),
+        0,
+        "nothing made"
+    );
 }

@@ -15,7 +15,7 @@ pub use keys::{ApiKey, KeyScope, MOST_SOURCE_CHARS, NewKey, Revocation, check_so
 pub enum StateError {
     #[error("state store error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("cannot create the data directory {path}: {source}")]
+    #[error("cannot use the data directory {path}: {source}")]
     DataDir {
         path: String,
         #[source]
@@ -83,6 +83,7 @@ pub fn create_data_dir(data_dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(data_dir)?;
+    refuse_another_users_as_root(data_dir)?;
     for created in missing.iter().rev() {
         let parent = match created.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
@@ -90,6 +91,33 @@ pub fn create_data_dir(data_dir: &Path) -> std::io::Result<()> {
         };
         std::fs::File::open(parent)?.sync_all()?;
     }
+    Ok(())
+}
+
+/// Refuses, to a command run as root, a data directory that belongs to another user: the files
+/// it made would be root's alone (0600), and Kith run as the directory's owner, as a service
+/// runs it, could then not open its own tables or keys.
+#[cfg(unix)]
+fn refuse_another_users_as_root(data_dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid only reads this process's effective user id; it cannot fail.
+    let running_as_root = unsafe { libc::geteuid() } == 0;
+    let owner = std::fs::metadata(data_dir)?.uid();
+    if running_as_root && owner != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "it belongs to the user with uid {owner}, and this command runs as root: the \
+                 files it made would be root's, which Kith run as that user could not open; \
+                 run it as that user (`sudo -u '#{owner}' kith …`)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn refuse_another_users_as_root(_data_dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
@@ -300,6 +328,36 @@ mod tests {
         std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o750)).unwrap();
         StateStore::open(&existing).unwrap();
         assert_eq!(mode(&existing), 0o750);
+    }
+
+    /// Root may not fill another user's data directory with files that user cannot open.
+    #[cfg(unix)]
+    #[test]
+    fn root_is_refused_a_data_directory_of_another_user() {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid only reads this process's effective user id.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: handing a directory to another user needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let message = open_error(&theirs);
+        assert!(
+            message.starts_with(&format!(
+                "cannot use the data directory {}: it belongs to the user with uid 65534, and \
+                 this command runs as root",
+                theirs.display()
+            )),
+            "{message}"
+        );
+        assert!(message.contains("sudo -u '#65534' kith"), "{message}");
+        assert!(!theirs.join("state.db").exists(), "nothing is made in it");
+        // Root's own directories, new or not, are root's to use.
+        StateStore::open(&dir.path().join("ours/new")).unwrap();
+        assert_eq!(std::fs::metadata(dir.path().join("ours")).unwrap().uid(), 0);
     }
 
     /// What each error met creating a file says, whoever runs the tests (a user who may not

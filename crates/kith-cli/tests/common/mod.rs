@@ -29,6 +29,27 @@ pub fn kith(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs `command`, which should end by itself (a `kith serve` that refuses to start, say), and
+/// returns its output; one still running after 30 s is killed and the test fails, rather than
+/// waiting for it forever.
+pub fn output_of_one_that_ends(mut command: Command) -> std::process::Output {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kith runs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("kith is waited for").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} still ran after 30 s; it should have ended by itself");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("kith's output is read")
+}
+
 /// `kith sql` as CSV: the rows, each a list of cells (no quoting; for simple values).
 pub fn sql(data: &Path, query: &str) -> Vec<Vec<String>> {
     let (ok, stdout, stderr) = kith(&[
