@@ -246,10 +246,24 @@ impl ProfileStore {
         settings: ProfileSettings,
         writable: bool,
     ) -> Result<ProfileStore, ProfileError> {
-        let mut writer = persist::open(data_dir)?;
-        let reader = persist::open(data_dir)?;
-        let scan_reader = persist::open(data_dir)?;
-        let model_traits = ModelTraitStore::open(data_dir)?;
+        // A reader of a directory without the stores' files yet reads empty ones, and creates
+        // none: `kith sql` on a directory holding only keys left two databases behind.
+        let absent = |file: &str| !writable && !data_dir.join(file).exists();
+        let open = || {
+            if absent(persist::DB_FILE) {
+                persist::open_empty()
+            } else {
+                persist::open(data_dir)
+            }
+        };
+        let mut writer = open()?;
+        let reader = open()?;
+        let scan_reader = open()?;
+        let model_traits = if absent(model_traits::DB_FILE) {
+            ModelTraitStore::open_empty()?
+        } else {
+            ModelTraitStore::open(data_dir)?
+        };
         let mut resolver = Resolver::new(settings.rules.clone());
         let mut external_types = HashSet::new();
         let loaded = persist::load(&writer, |row| match row {

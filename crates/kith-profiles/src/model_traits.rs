@@ -69,6 +69,15 @@ impl ModelTraitStore {
         })
     }
 
+    /// An empty store in memory, for a reader of a data directory without `model_traits.db`.
+    pub fn open_empty() -> Result<ModelTraitStore, ProfileError> {
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(ModelTraitStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -111,6 +111,14 @@ pub fn open(data_dir: &Path) -> Result<Connection, ProfileError> {
     Ok(conn)
 }
 
+/// An empty store in memory, for a reader of a data directory that has no `profiles.db` yet:
+/// a reader creates no files.
+pub fn open_empty() -> Result<Connection, ProfileError> {
+    let conn = Connection::open_in_memory()?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
 /// Link identity as stored: the identifiers, sorted, as `type:value` joined by newlines.
 fn link_text(identifiers: &[Identifier]) -> String {
     let mut parts: Vec<String> = identifiers.iter().map(|i| i.to_string()).collect();

@@ -947,6 +947,20 @@ fn a_read_only_store_never_writes_profiles_db_even_when_its_traits_differ() {
     );
 }
 
+/// A reader of a data directory that has no profile stores yet (only keys, say) reads empty
+/// ones and leaves no file behind.
+#[test]
+fn a_read_only_store_creates_no_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let reader = ProfileStore::open_read_only(dir.path(), with_resident_facts(1)).unwrap();
+    assert!(find(&reader, "user_id:u-100").is_none());
+    apply(&reader, 1, customer_journey());
+    assert_eq!(reader.persist().unwrap(), 0);
+    drop(reader);
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(files.is_empty(), "{files:?}");
+}
+
 /// Last write wins across a profile's identifiers, whatever the order events arrive in: a value
 /// set again later counts from its later time, also when it was already the identifier's.
 #[test]
