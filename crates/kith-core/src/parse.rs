@@ -321,7 +321,7 @@ fn rescued_item<'a>(body: &str, replaced: &non_json::Replaced, raw: &RawValue) -
 fn batch_sent_at(value: Option<&Value>) -> Result<Option<String>, RequestError> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => Ok((!text.is_empty()).then(|| text.clone())),
+        Some(Value::String(text)) => Ok((!text.trim().is_empty()).then(|| text.clone())),
         Some(other) => Err(RequestError::BatchFieldType {
             field: "sentAt",
             expected: "an ISO-8601 string",
@@ -824,6 +824,10 @@ impl<'a> RawItem<'a> {
             Some(b'n') => Ok(None),
             Some(b'"') => {
                 let text = string_value(field, "an ISO-8601 string", raw)?;
+                // Empty says what null says, as a batch's empty `sentAt` does.
+                if text.trim().is_empty() {
+                    return Ok(None);
+                }
                 let time = parse_timestamp(&text).ok_or_else(|| {
                     let hint = if crate::time::offset_lost_its_plus(&text) {
                         "; the offset's `+` became a space, as an unescaped `+` in a URL does: send it as %2B"

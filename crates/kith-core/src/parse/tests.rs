@@ -491,6 +491,35 @@ fn times_follow_the_segment_rules() {
     assert!(outcome.events.iter().all(|e| e.received_at == received()));
 }
 
+/// An empty time says what null says, in an event as in the batch: the event is kept, without it.
+#[test]
+fn an_empty_time_is_no_time() {
+    let body = json!({
+        "batch": [
+            {"type": "track", "event": "A", "userId": "u", "messageId": "1",
+             "originalTimestamp": "2024-05-01T12:50:00Z", "sentAt": ""},
+            {"type": "track", "event": "B", "userId": "u", "messageId": "2",
+             "timestamp": " ", "originalTimestamp": ""}
+        ],
+        "sentAt": "  "
+    })
+    .to_string();
+    let outcome = judge_batch(&body);
+    assert!(outcome.rejections.is_empty(), "{:?}", outcome.rejections);
+    assert_eq!(outcome.events[0].sent_at, None);
+    assert_eq!(
+        outcome.events[0].timestamp.to_rfc3339(),
+        "2024-05-01T12:50:00+00:00",
+        "no sentAt, no correction"
+    );
+    assert_eq!(outcome.events[1].original_timestamp, None);
+    assert_eq!(
+        outcome.events[1].timestamp,
+        received(),
+        "no time: when it was received"
+    );
+}
+
 #[test]
 fn unknown_top_level_fields_are_kept() {
     let body = r#"{"anonymousId": "a", "name": "Docs", "category": "Help", "version": 2}"#;
