@@ -841,6 +841,23 @@ fn revoking_a_key_with_the_cli_takes_effect_on_the_running_server() {
         .and_then(|l| l.split_whitespace().next())
         .unwrap()
         .to_string();
+    // For scripts, the same as JSON, never with the secrets either.
+    let (ok, json_listed, _) = kith(&[
+        "key",
+        "list",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(ok);
+    assert!(!json_listed.contains(&server.write_key));
+    let keys: Vec<Value> = serde_json::from_str(&json_listed).unwrap();
+    let ingest_key = keys.iter().find(|k| k["scope"] == "ingest").unwrap();
+    assert_eq!(ingest_key["id"], json!(id));
+    assert_eq!(ingest_key["source"], "web");
+    assert_eq!(ingest_key["revoked_at"], Value::Null);
+    assert!(ingest_key["created_at"].as_str().is_some());
     let (ok, _, stderr) = kith(&[
         "key",
         "revoke",

@@ -28,6 +28,10 @@ pub enum KeyAction {
     List {
         #[command(flatten)]
         data_dir: DataDirArg,
+        /// `table` for people; `json` for scripts: an array of {id, scope, source, created_at,
+        /// revoked_at}.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
     },
     /// Revoke a key by id; it stops working within a second, even on a running server.
     Revoke {
@@ -36,6 +40,12 @@ pub enum KeyAction {
         /// The key's id, as `kith key list` shows it, or the whole key
         id: String,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ListFormat {
+    Table,
+    Json,
 }
 
 pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
@@ -101,20 +111,24 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        KeyAction::List { data_dir } => {
+        KeyAction::List { data_dir, format } => {
             let data_dir = existing_data_dir(file.data_dir(data_dir.data_dir))?;
             let store = StateStore::open(&data_dir)?;
             // Keys work only with the server of this data directory: say which one it is (on
             // stderr, so that what scripts read stays the table).
             eprintln!("keys of {}", super::shown_path(&data_dir));
+            let keys = store.list_keys()?;
+            if let ListFormat::Json = format {
+                outln!("{}", serde_json::to_string_pretty(&keys)?)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             outln!(
-                "{:<12} {:<7} {:<16} {:<26} status",
+                "{:<12} {:<7} {} {:<26} status",
                 "id",
                 "scope",
-                "source",
+                padded("source", 16),
                 "created"
             )?;
-            let keys = store.list_keys()?;
             if keys.is_empty() {
                 // On stderr: what scripts read stays the header alone.
                 eprintln!(
@@ -125,10 +139,10 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
             }
             for key in keys {
                 outln!(
-                    "{:<12} {:<7} {:<16} {:<26} {}",
+                    "{:<12} {:<7} {} {:<26} {}",
                     key.id,
                     key.scope.as_str(),
-                    key.source.as_deref().unwrap_or("-"),
+                    padded(key.source.as_deref().unwrap_or("-"), 16),
                     key.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
                     if key.revoked_at.is_some() {
                         "revoked"
@@ -156,6 +170,13 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `text` followed by spaces up to `columns` columns of a terminal: a source in Chinese or with
+/// accents takes the columns it shows in, not one a character (`{:<16}` counts characters).
+fn padded(text: &str, columns: usize) -> String {
+    let width = unicode_width::UnicodeWidthStr::width(text);
+    format!("{text}{}", " ".repeat(columns.saturating_sub(width)))
+}
+
 /// Listing or revoking keys reads a data directory that exists: a mistyped one would otherwise
 /// be created, and show no keys or "no such key".
 fn existing_data_dir(data_dir: std::path::PathBuf) -> anyhow::Result<std::path::PathBuf> {
@@ -180,4 +201,23 @@ fn stdout_is_dev_null() -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::padded;
+    use unicode_width::UnicodeWidthStr;
+
+    /// Columns line up whatever the source's script: padding counts columns, not characters.
+    #[test]
+    fn sources_are_padded_to_the_columns_they_show_in() {
+        for source in ["web", "wéb日本", "tienda móvil", "-"] {
+            assert_eq!(padded(source, 16).width(), 16, "{source}");
+        }
+        assert_eq!(
+            padded(&"x".repeat(20), 16),
+            "x".repeat(20),
+            "longer: as it is"
+        );
+    }
 }
