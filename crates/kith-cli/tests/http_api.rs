@@ -3351,6 +3351,11 @@ fn the_local_token_works_only_from_the_servers_machine() {
     };
     let (status, body) = ask(&token, None);
     assert_eq!(status, 200, "{body}");
+    // A proxy's word is never taken: not even one that names this machine.
+    for forwarded in ["203.0.113.7", "127.0.0.1"] {
+        let (status, body) = ask(&token, Some(forwarded));
+        assert_eq!(status, 401, "{forwarded}: {body}");
+    }
     let (status, body) = ask(&token, Some("203.0.113.7"));
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["code"], "invalid_api_key");

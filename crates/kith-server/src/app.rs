@@ -361,7 +361,9 @@ pub fn router(app: Arc<AppState>) -> Router {
         .with_state(app)
 }
 
-/// The read and management API, counted and timed by route (see [`crate::api_metrics`]).
+/// The read and management API, counted and timed by route (see [`crate::api_metrics`]). Every
+/// route a read or admin key opens belongs here: the router refuses the local token to callers
+/// elsewhere on these routes (see [`crate::auth::local_token_stays_local`]).
 fn api_routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/query", post(query::query))

@@ -15,7 +15,7 @@ use kith_state::keys::KeyCheck;
 use kith_state::{ApiKey, KeyScope, StateStore};
 
 use crate::app::AppState;
-use crate::caller::{Origin, PeerAddress};
+use crate::caller::PeerAddress;
 use crate::errors::{ApiError, ErrorCode};
 
 /// How long a key lookup is reused. Short, so `kith key revoke` takes effect within a second.
@@ -40,7 +40,11 @@ pub struct LocalToken {
 
 /// Refuses the local token from anywhere but the server's own machine. It lets `kith`
 /// commands there reach the server; from elsewhere (a copy of the data directory taken while
-/// the server ran holds it) it would be an admin key nobody can list or revoke.
+/// the server ran holds it) it would be an admin key nobody can list or revoke. The connection's
+/// own peer decides, never what a proxy header says (a trusted peer's `X-Forwarded-For:
+/// 127.0.0.1` would pass for this machine), and a request that came through a proxy is not a
+/// `kith` command's: those send no forwarding headers. The read and management API, the only
+/// routes a read or admin key opens, all sit behind this check (see `api_routes`).
 pub(crate) async fn local_token_stays_local(
     State(app): State<Arc<AppState>>,
     peer: PeerAddress,
@@ -51,17 +55,26 @@ pub(crate) async fn local_token_stays_local(
         (&app.keys.local_token, key_from_headers(request.headers()))
         && local.secret == secret
     {
-        let origin = Origin::new(request.headers(), peer, &app.config.trusted_proxies);
-        // No address at all: a request handed to the router in-process.
-        let from_here = origin
-            .client_ip()
+        let headers = request.headers();
+        let forwarded = [
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+        ]
+        .iter()
+        .any(|name| headers.contains_key(*name));
+        // No peer at all: a request handed to the router in-process.
+        let from_here = peer
+            .0
+            .map(|ip| ip.to_canonical())
             .is_none_or(|ip| ip.is_loopback() || ip == local.listening_on.to_canonical());
-        if !from_here {
+        if forwarded || !from_here {
             return ApiError::new(
                 ErrorCode::InvalidApiKey,
                 "this server's local token (in its data directory's `kith.server`) works only \
-                 for `kith` commands on the server's own machine; from elsewhere, use a key: \
-                 `kith key create --scope read` (or `--scope admin`)",
+                 for `kith` commands on the server's own machine, never through a proxy; from \
+                 elsewhere, use a key: `kith key create --scope read` (or `--scope admin`)",
             )
             .into_response();
         }
