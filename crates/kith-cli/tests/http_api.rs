@@ -480,6 +480,28 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
         (200, json!(1)),
         "{answer}"
     );
+    // An empty one is none, as in a body, and other parameters are not read at all.
+    let beside = json!({"userId": "u", "event": "Keyed In The Header", "messageId": "url-empty"});
+    let (status, answer) = post_json(
+        &server.url("/v1/track?writeKey=&utm=%FF"),
+        &[("Authorization", &basic(&server.write_key))],
+        &beside.to_string(),
+    );
+    assert_eq!(
+        (status, answer["accepted"].clone()),
+        (200, json!(1)),
+        "{answer}"
+    );
+    let (status, answer) = post_json(
+        &server.url("/v1/track?writeKey=a&writeKey=b"),
+        &[],
+        &beside.to_string(),
+    );
+    assert_eq!(
+        (status, answer["code"].clone()),
+        (400, json!("invalid_parameter")),
+        "{answer}"
+    );
     // A body's `writeKey` that is no text is no key: refused, not passed over for the header's.
     let numbered = json!({"writeKey": 123, "userId": "u", "event": "Disagreed"});
     let (status, answer) = post_json(
@@ -715,7 +737,7 @@ fn bad_requests_get_exact_errors_and_never_cost_valid_neighbours() {
         .map(|r| r["message_id"].as_str().unwrap().to_string())
         .collect();
     // And the one keyed in its URL; none of the refused ones.
-    assert_eq!(stored, ["good-1", "good-2", "url-key"]);
+    assert_eq!(stored, ["good-1", "good-2", "url-empty", "url-key"]);
     let rejected = server.rows("SELECT code, field, message_id, source, batch_index, raw FROM rejected_events ORDER BY ingest_seq");
     assert_eq!(rejected.len(), 6);
     assert_eq!(rejected[0]["code"], "missing_identity");

@@ -24,7 +24,7 @@ use crate::auth::{key_from_headers, key_from_headers_or};
 use crate::body_budget::OverBudget;
 use crate::caller::{ClientIpPolicy, Origin, PeerAddress, record_address};
 use crate::errors::{ApiError, ErrorCode};
-use crate::params::{self, StrictQuery};
+use crate::params::UrlWriteKey;
 use crate::pipeline::event_entry;
 use crate::unify::Ingested;
 
@@ -286,12 +286,11 @@ pub(crate) fn journal_error(err: JournalError) -> ApiError {
     responses((status = 200, body = IngestResponse), (status = 400, description = "invalid request"), (status = 401, description = "bad key"), (status = 415, description = "a Content-Encoding other than gzip"), (status = 429, description = "overloaded"), (status = 503, description = "storage unavailable")))]
 pub async fn batch(
     State(app): State<Arc<AppState>>,
-    StrictQuery(pairs): StrictQuery,
+    UrlWriteKey(query_key): UrlWriteKey,
     peer: PeerAddress,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
-    let query_key = params::write_key(&pairs)?;
     let caller = Caller::new(&headers, peer).with_query_key(query_key.as_deref());
     receive_batch(&app, &caller, body).await
 }
@@ -300,11 +299,10 @@ pub async fn batch(
 /// client's address is never recorded: it is the importer's, not the customer's.
 pub async fn import(
     State(app): State<Arc<AppState>>,
-    StrictQuery(pairs): StrictQuery,
+    UrlWriteKey(query_key): UrlWriteKey,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
-    let query_key = params::write_key(&pairs)?;
     let caller = Caller {
         records_address: false,
         ..Caller::new(&headers, PeerAddress(None)).with_query_key(query_key.as_deref())
@@ -402,7 +400,7 @@ pub(crate) fn unknown_call(call: &str) -> ApiError {
 pub async fn single(
     State(app): State<Arc<AppState>>,
     Path(call): Path<String>,
-    StrictQuery(pairs): StrictQuery,
+    UrlWriteKey(query_key): UrlWriteKey,
     peer: PeerAddress,
     headers: HeaderMap,
     body: Body,
@@ -410,7 +408,6 @@ pub async fn single(
     let Some(kind) = MessageType::from_path_segment(&call) else {
         return Err(unknown_call(&call));
     };
-    let query_key = params::write_key(&pairs)?;
     refuse_a_bad_header_key(&app, &headers)?;
     let submitted = {
         let bytes = read_body(&headers, body, &SEND_A_SMALLER_EVENT).await?;

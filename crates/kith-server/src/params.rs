@@ -98,9 +98,34 @@ pub fn single<'a>(pairs: &'a QueryPairs, name: &str) -> Result<Option<&'a str>, 
     Ok(value)
 }
 
-/// The `writeKey` parameter, if given.
+/// The `writeKey` parameter, if given; empty, as none (as an empty `writeKey` in a body is).
 pub fn write_key(pairs: &QueryPairs) -> Result<Option<String>, ApiError> {
-    Ok(single(pairs, WRITE_KEY)?.map(str::to_string))
+    Ok(single(pairs, WRITE_KEY)?
+        .filter(|key| !key.is_empty())
+        .map(str::to_string))
+}
+
+/// The `writeKey` in the URL of a tracking call that carries its events in the body
+/// (`/v1/batch?writeKey=…`): the one parameter such a call reads, so the others are left
+/// unread, whatever they hold, as they were before the key was looked for there.
+pub struct UrlWriteKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for UrlWriteKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let Some(query) = parts.uri.query() else {
+            return Ok(UrlWriteKey(None));
+        };
+        let mut named = QueryPairs::new();
+        for pair in query.split('&') {
+            let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+            if form_decoded(name).is_some_and(|name| name == WRITE_KEY) {
+                named.extend(parse_query(pair)?);
+            }
+        }
+        write_key(&named).map(UrlWriteKey)
+    }
 }
 
 pub fn repeated(name: &str) -> ApiError {
