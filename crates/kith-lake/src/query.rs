@@ -295,37 +295,37 @@ fn classify_ref(err: &DataFusionError, limits: &QueryLimits) -> QueryError {
 
 /// What a condition the Parquet reader evaluated for the query (see [`classify_ref`]) failed
 /// with, said as the engine says it when the same expression fails elsewhere ("Divide by zero
-/// error", "Cast error: …"); `None` for other errors. The reader writes the error it got in
-/// Rust's debug form: `ArrowError(CastError("Cannot cast …"), Some(""))`.
+/// error", "Cast error: …"); `None` for other errors, and for kinds that are not the query's
+/// mistake (an internal error, memory running out), which stay ours. The reader writes the
+/// error it got in Rust's debug form: `ArrowError(CastError("Cannot cast …"), Some(""))`.
 fn failed_file_filter(message: &str) -> Option<String> {
     const MARK: &str = "Error evaluating filter predicate: ";
     let found = &message[message.find(MARK)? + MARK.len()..];
-    let error = found
-        .strip_prefix("ArrowError(")
-        .and_then(|rest| rest.rsplit_once(", Some("))
-        .map_or(found, |(error, _)| error);
-    let said = match error.split_once("(\"") {
-        Some((kind, quoted)) => {
-            let text = quoted
-                .strip_suffix("\")")
-                .unwrap_or(quoted)
-                .replace("\\\"", "\"");
-            let kind = match kind {
-                "CastError" => "Cast error",
-                "ArithmeticOverflow" => "Arithmetic overflow",
-                "ComputeError" => "Compute error",
-                "InvalidArgumentError" => "Invalid argument error",
-                "ParseError" => "Parser error",
-                other => other,
-            };
-            format!("{kind}: {text}")
-        }
-        None if error == "DivideByZero" => "Divide by zero error".to_string(),
-        None => error.to_string(),
+    let error = found.strip_prefix("ArrowError(")?;
+    let error = error
+        .rsplit_once(", Some(")
+        .or_else(|| error.rsplit_once(", None)"))
+        .map_or(error, |(error, _)| error);
+    if error == "DivideByZero" {
+        return Some(in_a_condition("Divide by zero error"));
+    }
+    let (kind, quoted) = error.split_once('(')?;
+    let kind = match kind {
+        "CastError" => "Cast error",
+        "ArithmeticOverflow" => "Arithmetic overflow",
+        "ComputeError" => "Compute error",
+        "InvalidArgumentError" => "Invalid argument error",
+        "ParseError" => "Parser error",
+        _ => return None,
     };
-    Some(format!(
-        "{said} (in a condition of the query, on a row it was tested on)"
-    ))
+    // The text as written in the debug form: quoted, with `\"` and `\\` escaped.
+    let text = quoted.strip_prefix('"')?.strip_suffix("\")")?;
+    let text = text.replace("\\\"", "\"").replace("\\\\", "\\");
+    Some(in_a_condition(&format!("{kind}: {text}")))
+}
+
+fn in_a_condition(said: &str) -> String {
+    format!("{said} (in a condition of the query, on a row it was tested on)")
 }
 
 /// The engine's message, with how Kith's JSON columns are read when the query read one as a
@@ -1014,5 +1014,58 @@ mod engine_fault_tests {
                 .starts_with("the query engine failed on this query (partition not used yet)"),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod failed_file_filter_tests {
+    use super::failed_file_filter;
+
+    /// The reader's debug text is said in the engine's words; kinds that are not the query's
+    /// mistake stay internal.
+    #[test]
+    fn only_the_querys_own_mistakes_are_read_from_the_readers_text() {
+        let reader = |error: &str| {
+            format!("External: Compute error: Error evaluating filter predicate: {error}")
+        };
+        for (error, said) in [
+            (
+                r#"ArrowError(DivideByZero, Some(""))"#,
+                "Divide by zero error",
+            ),
+            (
+                r#"ArrowError(CastError("Cannot cast string 'a' to value of Int32 type"), None)"#,
+                "Cast error: Cannot cast string 'a' to value of Int32 type",
+            ),
+            (
+                r#"ArrowError(ArithmeticOverflow("Overflow happened on: 1 - 2"), Some(""))"#,
+                "Arithmetic overflow: Overflow happened on: 1 - 2",
+            ),
+            (
+                r#"ArrowError(ComputeError("a \"quoted\" \\ word"), Some(""))"#,
+                r#"Compute error: a "quoted" \ word"#,
+            ),
+        ] {
+            assert_eq!(
+                failed_file_filter(&reader(error)).as_deref(),
+                Some(
+                    format!("{said} (in a condition of the query, on a row it was tested on)")
+                        .as_str()
+                ),
+                "{error}"
+            );
+        }
+        for not_the_querys in [
+            r#"Internal("a bug")"#,
+            r#"ResourcesExhausted("out of memory")"#,
+            r#"ArrowError(IoError("disk", Custom), Some(""))"#,
+        ] {
+            assert_eq!(
+                failed_file_filter(&reader(not_the_querys)),
+                None,
+                "{not_the_querys}"
+            );
+        }
+        assert_eq!(failed_file_filter("Parquet error: a page is damaged"), None);
     }
 }

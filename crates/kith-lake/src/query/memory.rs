@@ -204,12 +204,24 @@ pub(crate) fn compacted(batch: RecordBatch) -> RecordBatch {
     if !holds_views {
         return batch;
     }
+    // Copied only when the buffers hold much more than the values shown: an answer made of
+    // compact arrays (a piece of a batch already compacted) is not copied again.
+    fn spare<T: arrow::datatypes::ByteViewType + ?Sized>(
+        array: &arrow::array::GenericByteViewArray<T>,
+    ) -> bool {
+        let held: usize = array.data_buffers().iter().map(|b| b.len()).sum();
+        held > 2 * array.total_buffer_bytes_used() + (64 << 10)
+    }
     let columns: Vec<ArrayRef> = batch
         .columns()
         .iter()
         .map(|column| match column.data_type() {
-            DataType::Utf8View => Arc::new(column.as_string_view().gc()) as ArrayRef,
-            DataType::BinaryView => Arc::new(column.as_binary_view().gc()) as ArrayRef,
+            DataType::Utf8View if spare(column.as_string_view()) => {
+                Arc::new(column.as_string_view().gc()) as ArrayRef
+            }
+            DataType::BinaryView if spare(column.as_binary_view()) => {
+                Arc::new(column.as_binary_view().gc()) as ArrayRef
+            }
             _ => column.clone(),
         })
         .collect();
