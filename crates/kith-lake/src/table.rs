@@ -444,8 +444,16 @@ async fn load_delta(
     // A log delta-rs cannot read is named, with where to look: its own message ("Json error:
     // Encountered unexpected 'b'") does not say which table or file.
     let unreadable = |e: deltalake::DeltaTableError| {
+        // The store's errors come as text: a file this user may not read is found in it.
+        let text = e.to_string();
+        let cause = if text.contains("Permission denied") || text.contains("os error 13") {
+            "this user may not read a file of it: run Kith as the user that owns the data \
+             directory, or `chown -R` the directory to the user that runs Kith"
+        } else {
+            "a file in its _delta_log may be damaged"
+        };
         LakeError::Delta(format!(
-            "the table at {} cannot be read ({e}); a file in its _delta_log may be damaged",
+            "the table at {} cannot be read ({e}); {cause}",
             path.display()
         ))
     };

@@ -83,7 +83,7 @@ pub fn create_data_dir(data_dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(data_dir)?;
-    refuse_another_users_as_root(data_dir)?;
+    warn_root_in_another_users(data_dir)?;
     for created in missing.iter().rev() {
         let parent = match created.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
@@ -94,30 +94,34 @@ pub fn create_data_dir(data_dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Refuses, to a command run as root, a data directory that belongs to another user: the files
-/// it made would be root's alone (0600), and Kith run as the directory's owner, as a service
-/// runs it, could then not open its own tables or keys.
+/// Warns, once a process, a command run as root on a data directory that belongs to another
+/// user: the files it makes are root's alone (0600), and Kith run later as the directory's
+/// owner (as a service runs it) cannot open them. Not refused: a container run as root on a
+/// directory mounted from the host is the same picture, and stays root.
 #[cfg(unix)]
-fn refuse_another_users_as_root(data_dir: &Path) -> std::io::Result<()> {
+fn warn_root_in_another_users(data_dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
+    static WARNED: std::sync::Once = std::sync::Once::new();
     // SAFETY: geteuid only reads this process's effective user id; it cannot fail.
     let running_as_root = unsafe { libc::geteuid() } == 0;
     let owner = std::fs::metadata(data_dir)?.uid();
     if running_as_root && owner != 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!(
-                "it belongs to the user with uid {owner}, and this command runs as root: the \
-                 files it made would be root's, which Kith run as that user could not open; \
-                 run it as that user (`sudo -u '#{owner}' kith …`)"
-            ),
-        ));
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "the data directory {} belongs to the user with uid {owner}, and this runs as \
+                 root: the files made now are root's, which Kith run as that user cannot open. \
+                 Run kith as that user (`sudo -u '#{owner}' kith …`), or afterwards `chown -R \
+                 {owner} {}`",
+                data_dir.display(),
+                data_dir.display()
+            );
+        });
     }
     Ok(())
 }
 
 #[cfg(not(unix))]
-fn refuse_another_users_as_root(_data_dir: &Path) -> std::io::Result<()> {
+fn warn_root_in_another_users(_data_dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
@@ -328,36 +332,6 @@ mod tests {
         std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o750)).unwrap();
         StateStore::open(&existing).unwrap();
         assert_eq!(mode(&existing), 0o750);
-    }
-
-    /// Root may not fill another user's data directory with files that user cannot open.
-    #[cfg(unix)]
-    #[test]
-    fn root_is_refused_a_data_directory_of_another_user() {
-        use std::os::unix::fs::MetadataExt;
-        // SAFETY: geteuid only reads this process's effective user id.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: handing a directory to another user needs root");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let theirs = dir.path().join("theirs");
-        std::fs::create_dir(&theirs).unwrap();
-        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
-        let message = open_error(&theirs);
-        assert!(
-            message.starts_with(&format!(
-                "cannot use the data directory {}: it belongs to the user with uid 65534, and \
-                 this command runs as root",
-                theirs.display()
-            )),
-            "{message}"
-        );
-        assert!(message.contains("sudo -u '#65534' kith"), "{message}");
-        assert!(!theirs.join("state.db").exists(), "nothing is made in it");
-        // Root's own directories, new or not, are root's to use.
-        StateStore::open(&dir.path().join("ours/new")).unwrap();
-        assert_eq!(std::fs::metadata(dir.path().join("ours")).unwrap().uid(), 0);
     }
 
     /// What each error met creating a file says, whoever runs the tests (a user who may not
