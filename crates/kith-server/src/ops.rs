@@ -116,10 +116,16 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Value>, Api
     })))
 }
 
-/// The bytes an unprivileged writer may still use on the file system holding `dir`.
+/// The bytes this process may still write on the file system holding `dir`: root may also use
+/// the blocks reserved for it (5% on ext4), which other users may not.
 fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     let stats = rustix::fs::statvfs(dir).ok()?;
-    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
+    let blocks = if rustix::process::geteuid().is_root() {
+        stats.f_bfree
+    } else {
+        stats.f_bavail
+    };
+    Some(blocks.saturating_mul(stats.f_frsize))
 }
 
 /// Prometheus metrics.
