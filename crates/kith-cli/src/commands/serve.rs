@@ -139,14 +139,35 @@ pub fn run(args: ServeArgs, file: FileConfig) -> anyhow::Result<ExitCode> {
                 .map_err(|_| anyhow::anyhow!("loading the demo world stopped unexpectedly"))??;
         }
         let data_dir = config.data_dir.clone();
-        let server = Server::open(config, listening).await?;
+        // Told once, heard both while the journal replays and once the server runs: a stop
+        // asked for during the replay ends it there (nothing is lost: every acknowledged event
+        // is in the journal, and the next start replays it), where the signal's default
+        // action used to kill the process.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        let asked_to_stop = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|asked| *asked).await;
+        };
+        let server = tokio::select! {
+            opened = Server::open(config, listening) => opened?,
+            () = asked_to_stop(stopped.clone()) => {
+                tell!(
+                    "stopped while starting, before the journal was replayed in full; nothing \
+                     is lost: the next start replays it"
+                );
+                return Ok(());
+            }
+        };
         let addr = server.local_addr();
         let data_dir = super::shown_path(&data_dir);
         tracing::info!(%addr, %data_dir, "kith is listening");
         tell!(
             "kith is listening on http://{addr} (data in {data_dir}); open the address for first steps"
         );
-        server.run(shutdown_signal()).await?;
+        server.run(asked_to_stop(stopped)).await?;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -287,5 +308,5 @@ async fn shutdown_signal() {
         () = terminate => {},
         () = hangup => {},
     }
-    tracing::info!("shutting down: finishing requests, then flushing to Delta");
+    tracing::info!("asked to stop");
 }
