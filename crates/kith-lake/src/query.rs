@@ -275,10 +275,25 @@ fn classify_ref(err: &DataFusionError, limits: &QueryLimits) -> QueryError {
         // The query's own condition failing on a row of a table file (`WHERE CAST(event AS
         // INT) > 0` over a name that is no number): the file reader evaluates it and hands its
         // error on as text.
-        DataFusionError::ParquetError(_) | DataFusionError::External(_)
+        DataFusionError::ParquetError(_)
+        | DataFusionError::External(_)
+        | DataFusionError::ArrowError(..)
             if let Some(reason) = failed_file_filter(&err.to_string()) =>
         {
             QueryError::Invalid(reason)
+        }
+        // A table file that cannot be read (damaged data: "Data corruption detected", pages that
+        // do not add up) reaches the engine as an Arrow error of Parquet's, or of the store's:
+        // ours, and logged, not the query's mistake.
+        DataFusionError::ArrowError(arrow_error, _)
+            if matches!(
+                arrow_error.as_ref(),
+                arrow::error::ArrowError::ParquetError(_)
+                    | arrow::error::ArrowError::IoError(..)
+                    | arrow::error::ArrowError::ExternalError(_)
+            ) =>
+        {
+            QueryError::Internal(first_line(err))
         }
         // Storage and engine faults are ours, not the query's.
         DataFusionError::IoError(_)
@@ -749,7 +764,7 @@ async fn run_over(
     let work = OwnedTask::new(tokio::spawn(async move {
         let limits = &task_limits;
         let frame = read_query(&ctx, &sql, limits, &tables_on_request).await?;
-        let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+        let schema: SchemaRef = memory::answered_schema(frame.schema().as_arrow());
         // EXPLAIN [ANALYZE] must stay the root of its plan; its answer is a few rows anyway.
         let explains = matches!(
             frame.logical_plan(),
@@ -981,7 +996,7 @@ pub(crate) async fn timeline(
         .map_err(internal)?
         .limit(0, Some(query.limit))
         .map_err(internal)?;
-    let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+    let schema: SchemaRef = memory::answered_schema(frame.schema().as_arrow());
     let pool = ctx.runtime_env().memory_pool.clone();
     let planned = std::sync::OnceLock::new();
     let work = memory::collect_counted(frame, &pool, limits, &planned);

@@ -273,6 +273,41 @@ async fn a_condition_failing_on_a_row_of_a_file_is_the_querys_mistake() {
     }
 }
 
+/// A table file whose data is damaged is our fault, not the query's: it is answered as an
+/// internal error (a 500, logged), where Parquet's complaint reached the client as a mistake in
+/// its SQL ("Parquet argument error: External: Data corruption detected").
+#[tokio::test]
+async fn a_damaged_table_file_is_not_the_querys_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(dir.path()).await.unwrap();
+    let events: Vec<_> = (1..=2_000u64)
+        .map(|seq| {
+            let mut e = event(&format!("m{seq}"), &format!("u{}", seq % 7), seq as f64);
+            e.properties = Some(json!({"note": format!("{seq:0>400}")}).to_string());
+            (seq, Stored::Event(e).encode())
+        })
+        .collect();
+    lake.ingest(events);
+    lake.flush().await.unwrap();
+    let file = events_files(&lake).pop().unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 4096].fill(0xAB);
+    std::fs::write(&file, bytes).unwrap();
+    let reopened = Lake::open(dir.path()).await.unwrap();
+    match reopened
+        .query(
+            "SELECT sum(length(properties)) FROM events",
+            &QueryLimits::default(),
+        )
+        .await
+    {
+        Err(QueryError::Internal(message)) => assert!(!message.is_empty()),
+        Err(other) => panic!("expected an internal error, got {other:?}"),
+        Ok(_) => panic!("a damaged file read without an error"),
+    }
+}
+
 // More workers than the query has partitions (one per core): a worker that parks drives the
 // timer, as the server's own runtime does while queries run on theirs. With every worker inside
 // CPU-bound operators the time limit would be noticed only when one yields.

@@ -14,8 +14,8 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, ArrayData, ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::DataType;
+use arrow::array::{Array, ArrayData, ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::error::Result as DataFusionResult;
 use datafusion::execution::memory_pool::{
     GreedyMemoryPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
@@ -177,9 +177,10 @@ pub(crate) async fn collect_counted(
         .await
         .map_err(|e| classify(e, limits))?;
     let _ = planned.set(std::time::Instant::now());
+    let schema = answered_schema(&stream.schema());
     let mut batches = Vec::new();
     while let Some(batch) = stream.next().await {
-        let batch = compacted(batch.map_err(|e| classify(e, limits))?);
+        let batch = answered(batch.map_err(|e| classify(e, limits))?, &schema)?;
         reservation
             .try_grow(held_bytes(&batch))
             .map_err(|_| QueryError::AnswerTooLarge(limits.memory_bytes))?;
@@ -188,45 +189,73 @@ pub(crate) async fn collect_counted(
     Ok((batches, reservation))
 }
 
-/// `batch` with its text and binary views holding only the values they show. A view array
-/// the engine sorted, filtered or limited keeps the data buffers of the pages it came from,
-/// whole: 20,000 rows taken from 600,000 held hundreds of MB that the answer's count (which
-/// counts what the rows show) never saw, and Arrow IPC, which writes a view array's buffers as
-/// they are, sent them to the server, once for each batch sharing them (816 MB for an answer
-/// of 5.7 MB as JSON). The copy costs the bytes the rows show, once.
-pub(crate) fn compacted(batch: RecordBatch) -> RecordBatch {
-    let holds_views = batch.columns().iter().any(|column| {
-        matches!(
-            column.data_type(),
-            DataType::Utf8View | DataType::BinaryView
+/// The type an answer's column is given: text and binary views as plain text and binary, also
+/// inside lists, structs and maps. A view array the engine sorted, filtered, limited or
+/// aggregated keeps the data buffers of the pages its values came from, whole: 20,000 rows
+/// taken from 600,000 held hundreds of MB that the answer's count never saw, Arrow IPC (which
+/// writes a view array's buffers as they are) sent them to the server once for each batch
+/// sharing them (816 MB for an answer of 5.7 MB as JSON), and an `array_agg` of five rows was
+/// counted at the size of every page behind it. Cast to plain types, an answer holds the
+/// values its rows show and no more, and Arrow clients that read no views can read it.
+pub(crate) fn answered_type(data_type: &DataType) -> DataType {
+    let field = |field: &arrow::datatypes::FieldRef| {
+        Arc::new(
+            field
+                .as_ref()
+                .clone()
+                .with_data_type(answered_type(field.data_type())),
         )
-    });
-    if !holds_views {
-        return batch;
+    };
+    match data_type {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        DataType::List(item) => DataType::List(field(item)),
+        DataType::LargeList(item) => DataType::LargeList(field(item)),
+        DataType::FixedSizeList(item, size) => DataType::FixedSizeList(field(item), *size),
+        DataType::Struct(fields) => DataType::Struct(fields.iter().map(field).collect()),
+        DataType::Map(entries, sorted) => DataType::Map(field(entries), *sorted),
+        other => other.clone(),
     }
-    // Copied only when the buffers hold much more than the values shown: an answer made of
-    // compact arrays (a piece of a batch already compacted) is not copied again.
-    fn spare<T: arrow::datatypes::ByteViewType + ?Sized>(
-        array: &arrow::array::GenericByteViewArray<T>,
-    ) -> bool {
-        let held: usize = array.data_buffers().iter().map(|b| b.len()).sum();
-        held > 2 * array.total_buffer_bytes_used() + (64 << 10)
-    }
-    let columns: Vec<ArrayRef> = batch
-        .columns()
+}
+
+/// `schema` with each column in its [`answered_type`].
+pub(crate) fn answered_schema(schema: &arrow::datatypes::Schema) -> SchemaRef {
+    let fields: Vec<arrow::datatypes::Field> = schema
+        .fields()
         .iter()
-        .map(|column| match column.data_type() {
-            DataType::Utf8View if spare(column.as_string_view()) => {
-                Arc::new(column.as_string_view().gc()) as ArrayRef
-            }
-            DataType::BinaryView if spare(column.as_binary_view()) => {
-                Arc::new(column.as_binary_view().gc()) as ArrayRef
-            }
-            _ => column.clone(),
+        .map(|f| {
+            f.as_ref()
+                .clone()
+                .with_data_type(answered_type(f.data_type()))
         })
         .collect();
-    // The same schema, the same lengths: only the buffers behind the values change.
-    RecordBatch::try_new(batch.schema(), columns).unwrap_or(batch)
+    Arc::new(arrow::datatypes::Schema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    ))
+}
+
+/// `batch` in the answer's `schema` (see [`answered_type`]): columns of another type are cast,
+/// which copies the values their rows show; the others are kept as they are.
+pub(crate) fn answered(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, QueryError> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                Ok(column.clone())
+            } else {
+                arrow::compute::cast(column, field.data_type())
+            }
+        })
+        .collect::<Result<Vec<ArrayRef>, _>>()
+        .map_err(|e| QueryError::Internal(format!("an answer's column could not be cast: {e}")))?;
+    RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| QueryError::Internal(format!("an answer could not be rebuilt: {e}")))
 }
 
 /// The first row of `batches` (counted from 1) that holds more than `limit` bytes, and its
@@ -304,10 +333,13 @@ mod tests {
         RecordBatch::try_new(Arc::new(schema), vec![column]).unwrap()
     }
 
-    /// Three rows taken from 10,000 of 100 bytes each: as the engine leaves them they carry
-    /// the whole megabyte into Arrow IPC; compacted, only their own 300 bytes.
+    /// Three rows taken from 10,000 of 100 bytes each, alone or inside a list, a struct and a
+    /// map: as the engine leaves them they carry the whole megabyte into Arrow IPC (and into
+    /// the answer's count); in the answer's types, only their own 300 bytes.
     #[test]
     fn answers_carry_only_the_text_their_rows_show() {
+        use arrow::array::{BinaryViewArray, ListArray, MapArray, StructArray};
+        use arrow::buffer::OffsetBuffer;
         let ipc_bytes = |batch: &RecordBatch| {
             let mut writer =
                 arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &batch.schema()).unwrap();
@@ -316,21 +348,81 @@ mod tests {
         };
         let values: Vec<String> = (0..10_000).map(|i| format!("{i:0>100}")).collect();
         let rows = arrow::array::UInt32Array::from(vec![5, 5_000, 9_999]);
-        for column in [
-            Arc::new(StringViewArray::from_iter_values(values.iter())) as ArrayRef,
-            Arc::new(arrow::array::BinaryViewArray::from_iter_values(
-                values.iter(),
+        let taken = |column: ArrayRef| arrow::compute::take(&column, &rows, None).unwrap();
+        let text: ArrayRef = Arc::new(StringViewArray::from_iter_values(values.iter()));
+        let picked_text = taken(text.clone());
+        let item = Arc::new(Field::new("item", DataType::Utf8View, true));
+        let keys = Arc::new(Field::new("keys", DataType::Utf8View, false));
+        let entries = Arc::new(Field::new(
+            "entries",
+            DataType::Struct(
+                vec![
+                    keys.clone(),
+                    Arc::new(Field::new("values", DataType::Utf8View, true)),
+                ]
+                .into(),
+            ),
+            false,
+        ));
+        let one_each = OffsetBuffer::from_lengths([1, 1, 1]);
+        let columns: Vec<ArrayRef> = vec![
+            picked_text.clone(),
+            taken(Arc::new(BinaryViewArray::from_iter_values(values.iter()))),
+            Arc::new(ListArray::new(
+                item,
+                one_each.clone(),
+                picked_text.clone(),
+                None,
             )),
-        ] {
-            let taken = batch(arrow::compute::take(&column, &rows, None).unwrap());
-            assert!(ipc_bytes(&taken) > 1_000_000, "{}", ipc_bytes(&taken));
-            let compact = compacted(taken.clone());
-            assert_eq!(compact, taken, "the same rows");
-            assert!(ipc_bytes(&compact) < 2_000, "{}", ipc_bytes(&compact));
+            Arc::new(StructArray::new(
+                vec![keys.clone()].into(),
+                vec![picked_text.clone()],
+                None,
+            )),
+            Arc::new(MapArray::new(
+                entries.clone(),
+                one_each,
+                StructArray::new(
+                    match entries.data_type() {
+                        DataType::Struct(fields) => fields.clone(),
+                        _ => unreachable!(),
+                    },
+                    vec![picked_text.clone(), picked_text.clone()],
+                    None,
+                ),
+                None,
+                false,
+            )),
+        ];
+        for column in columns {
+            let as_left = batch(column);
+            assert!(ipc_bytes(&as_left) > 1_000_000, "{}", ipc_bytes(&as_left));
+            let schema = answered_schema(&as_left.schema());
+            let answer = answered(as_left.clone(), &schema).unwrap();
+            assert!(
+                ipc_bytes(&answer) < 3_000,
+                "{}: {}",
+                as_left.column(0).data_type(),
+                ipc_bytes(&answer)
+            );
+            assert!(held_bytes(&answer) < 10_000, "{}", held_bytes(&answer));
+            // The same values, in plain types.
+            let text = |batch: &RecordBatch| {
+                arrow::util::pretty::pretty_format_batches(std::slice::from_ref(batch))
+                    .unwrap()
+                    .to_string()
+            };
+            assert_eq!(text(&answer), text(&as_left));
+            assert!(
+                !format!("{:?}", answer.schema()).contains("View"),
+                "{:?}",
+                answer.schema()
+            );
         }
         // Batches without views are handed back as they are.
         let numbers = batch(Arc::new(Int64Array::from(vec![1, 2])));
-        assert_eq!(compacted(numbers.clone()), numbers);
+        let schema = answered_schema(&numbers.schema());
+        assert_eq!(answered(numbers.clone(), &schema).unwrap(), numbers);
     }
 
     #[test]
