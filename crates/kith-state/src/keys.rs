@@ -122,19 +122,34 @@ pub fn check_source_name(source: &str) -> Result<(), StateError> {
 /// Characters that show as nothing, turn the text around them, or break its line, without
 /// being control characters: `kith` with a zero-width space after it shows as Kith's own
 /// source, and a right-to-left override reorders the lines of `kith key list`. Unicode's
-/// format characters (Cf) and line and paragraph separators.
+/// format characters (Cf), line and paragraph separators, variation selectors, Hangul fillers
+/// and tags.
 fn is_invisible_or_a_line_break(c: char) -> bool {
     matches!(
         c,
         '\u{00AD}'
+            | '\u{034F}'
+            | '\u{0600}'..='\u{0605}'
             | '\u{061C}'
-            | '\u{180E}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
             | '\u{200B}'..='\u{200F}'
             | '\u{2028}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{206F}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
             | '\u{FEFF}'
+            | '\u{FFA0}'
             | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
     )
 }
 
@@ -268,6 +283,9 @@ mod tests {
             ("a\u{202E}b", 2),
             ("\u{FEFF}web", 1),
             ("w\u{00AD}eb", 2),
+            ("kith\u{E0020}", 5),
+            ("web\u{3164}", 4),
+            ("we\u{FE0F}b", 3),
         ] {
             assert!(
                 matches!(

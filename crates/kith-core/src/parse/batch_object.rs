@@ -56,13 +56,14 @@ impl BatchObject {
                 size: text.len(),
             });
         }
+        // Valid JSON, so only a name that is no text (half a UTF-16 pair) fails here.
         let fields = serde_json::Deserializer::from_str(text)
             .deserialize_map(Fields)
-            .map_err(|err| {
-                RequestError::InvalidJson(format!(
-                    "the batch's `{field}` has a field name that cannot be read ({err}); send \
-                     names as plain text"
-                ))
+            .map_err(|_| RequestError::BatchFieldType {
+                field,
+                expected: "an object whose names are text",
+                why: "its fields are merged into each event by name",
+                found: "a name holding half a UTF-16 surrogate pair",
             })?;
         Ok((!fields.is_empty()).then(|| BatchObject {
             text: value.to_owned(),
