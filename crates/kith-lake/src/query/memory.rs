@@ -241,21 +241,9 @@ pub(crate) fn answered(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordB
     if batch.schema().fields() == schema.fields() {
         return Ok(batch);
     }
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(column, field)| {
-            if column.data_type() == field.data_type() {
-                Ok(column.clone())
-            } else {
-                arrow::compute::cast(column, field.data_type())
-            }
-        })
-        .collect::<Result<Vec<ArrayRef>, _>>()
-        .map_err(|e| QueryError::Internal(format!("an answer's column could not be cast: {e}")))?;
-    RecordBatch::try_new(schema.clone(), columns)
-        .map_err(|e| QueryError::Internal(format!("an answer could not be rebuilt: {e}")))
+    super::conform(&batch, schema).map_err(|e| {
+        QueryError::Internal(format!("an answer could not be cast to plain types: {e}"))
+    })
 }
 
 /// The first row of `batches` (counted from 1) that holds more than `limit` bytes, and its
