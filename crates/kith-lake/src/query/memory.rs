@@ -14,7 +14,7 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, ArrayData, ArrayRef, RecordBatch};
+use arrow::array::{Array, ArrayData, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::error::Result as DataFusionResult;
 use datafusion::execution::memory_pool::{
@@ -313,7 +313,7 @@ fn array_bytes(data: &ArrayData) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Int64Array, StringArray, StringViewArray};
+    use arrow::array::{ArrayRef, Int64Array, StringArray, StringViewArray};
     use arrow::datatypes::{Field, Schema};
 
     fn batch(column: Arc<dyn Array>) -> RecordBatch {
