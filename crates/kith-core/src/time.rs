@@ -8,6 +8,31 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 /// plain dates.
 pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     let text = text.trim();
+    if let Some(t) = parse_zoned_timestamp(text) {
+        return Some(t);
+    }
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
+            return Some(t.and_utc());
+        }
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+    }
+    None
+}
+
+/// The ISO-8601 date-times [`parse_timestamp`] reads that say their offset: RFC 3339, offsets
+/// without a colon or without minutes, times without seconds. `None` for the others (a time
+/// without an offset is read in whatever zone its reader assumes: UTC for events, the import's
+/// `--timezone` for files).
+pub fn parse_zoned_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    let text = text.trim();
     // Nearly every time an SDK sends reads here; the other forms are tried only after.
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Some(t.with_timezone(&Utc));
@@ -27,19 +52,6 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
         if let Ok(t) = DateTime::parse_from_str(&zoned, format) {
             return Some(t.with_timezone(&Utc));
         }
-    }
-    for format in [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M",
-        "%Y-%m-%d %H:%M",
-    ] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
-            return Some(t.and_utc());
-        }
-    }
-    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
     }
     None
 }

@@ -203,19 +203,16 @@ impl TimeParser {
             }
             return Ok(read);
         }
-        if let Ok(t) = DateTime::parse_from_rfc3339(value) {
-            return Ok(t.with_timezone(&Utc));
-        }
-        // An offset without its colon (`+0000`, as Java and JavaScript exports write it).
-        for format in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"] {
-            if let Ok(t) = DateTime::parse_from_str(value, format) {
-                return Ok(t.with_timezone(&Utc));
-            }
+        // Times that say their offset read as events' do (`+0000` as Java and JavaScript
+        // exports write it, `-08`, `T10:00Z`); the others in `--timezone`.
+        if let Some(t) = kith_core::time::parse_zoned_timestamp(value) {
+            return Ok(t);
         }
         for format in [
             "%Y-%m-%d %H:%M:%S%.f",
             "%Y-%m-%dT%H:%M:%S%.f",
             "%Y-%m-%d %H:%M",
+            "%Y-%m-%dT%H:%M",
         ] {
             if let Ok(naive) = NaiveDateTime::parse_from_str(value, format) {
                 return self.local(naive, value);
@@ -342,6 +339,21 @@ mod tests {
         );
         assert_eq!(
             default.parse("2024-03-10T17:30:00-0600").unwrap(),
+            utc("2024-03-10T23:30:00Z")
+        );
+        // An offset of hours only, and times without seconds, as events read them; without an
+        // offset, in `--timezone`.
+        assert_eq!(
+            default.parse("2024-03-10T15:30:00-08").unwrap(),
+            utc("2024-03-10T23:30:00Z")
+        );
+        assert_eq!(
+            default.parse("2024-03-10T23:30Z").unwrap(),
+            utc("2024-03-10T23:30:00Z")
+        );
+        let mexico = TimeParser::new(None, Some("America/Mexico_City")).unwrap();
+        assert_eq!(
+            mexico.parse("2024-03-10T17:30").unwrap(),
             utc("2024-03-10T23:30:00Z")
         );
         let spanish =
