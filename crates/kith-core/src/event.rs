@@ -134,7 +134,7 @@ impl Event {
                 return Some(format!(
                     "`{field}` ({}) is outside the years {}, the times Kith stores",
                     time.to_rfc3339(),
-                    crate::time::STORABLE_YEARS_TEXT
+                    crate::time::storable_years()
                 ));
             }
         }

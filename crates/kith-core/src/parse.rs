@@ -239,9 +239,10 @@ fn batch_request<'a, 'b>(
     if items.len() > MAX_BATCH_EVENTS {
         return Err(RequestError::TooManyEvents(items.len()));
     }
+    let (write_key, write_key_not_text) = body_key(envelope.write_key.as_ref());
     Ok(RawRequest {
-        write_key: envelope.write_key.as_ref().and_then(value_as_text),
-        write_key_not_text: envelope.write_key.as_ref().and_then(not_text),
+        write_key,
+        write_key_not_text,
         items: items.into_iter().map(item).collect(),
         implied_type: None,
         batch_context: BatchObject::read("context", envelope.context)?,
@@ -354,8 +355,7 @@ pub fn parse_single_request(
             let named = serde_json::from_str::<SingleEnvelope>(raw.get())
                 .ok()
                 .and_then(|envelope| envelope.write_key);
-            let write_key = named.as_ref().and_then(value_as_text);
-            let write_key_not_text = named.as_ref().and_then(not_text);
+            let (write_key, write_key_not_text) = body_key(named.as_ref());
             return Ok(RawRequest {
                 write_key,
                 write_key_not_text,
@@ -370,9 +370,10 @@ pub fn parse_single_request(
     };
     let envelope: SingleEnvelope =
         serde_json::from_str(raw).map_err(|err| envelope_error(body, err))?;
+    let (write_key, write_key_not_text) = body_key(envelope.write_key.as_ref());
     Ok(RawRequest {
-        write_key: envelope.write_key.as_ref().and_then(value_as_text),
-        write_key_not_text: envelope.write_key.as_ref().and_then(not_text),
+        write_key,
+        write_key_not_text,
         items: vec![item],
         implied_type: Some(implied_type),
         batch_context: None,
@@ -428,15 +429,13 @@ pub fn judge_event(
     }
 }
 
-/// The kind of a value that is neither text nor null.
-fn not_text(value: &Value) -> Option<&'static str> {
-    (!matches!(value, Value::String(_) | Value::Null)).then(|| json_kind(value))
-}
-
-fn value_as_text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        _ => None,
+/// The key a body's `writeKey` names (empty text names none), or, when it is neither text nor
+/// null, its kind (`"a number"`): the two fields of [`RawRequest`] it fills.
+fn body_key(named: Option<&Value>) -> (Option<String>, Option<&'static str>) {
+    match named {
+        None | Some(Value::Null) => (None, None),
+        Some(Value::String(key)) => ((!key.is_empty()).then(|| key.clone()), None),
+        Some(other) => (None, Some(json_kind(other))),
     }
 }
 
@@ -652,7 +651,7 @@ impl RawRequest<'_> {
                         "timestamp"
                     },
                     timestamp.to_rfc3339(),
-                    crate::time::STORABLE_YEARS_TEXT
+                    crate::time::storable_years()
                 ),
             )));
         }
@@ -1121,7 +1120,7 @@ fn storable(field: &'static str, time: DateTime<Utc>, text: &str) -> Result<Date
              (a default value such as Go's zero time, or a clock far off?); send the time the \
              event happened, or leave `{field}` out",
             truncate_utf8(text, 64),
-            crate::time::STORABLE_YEARS_TEXT
+            crate::time::storable_years()
         ),
     ))
 }

@@ -71,8 +71,10 @@ pub fn offset_lost_its_plus(text: &str) -> bool {
 /// The years of the times Kith stores (see [`is_storable`]).
 pub const STORABLE_YEARS: std::ops::RangeInclusive<i32> = 1900..=2189;
 
-/// [`STORABLE_YEARS`] as messages write them.
-pub const STORABLE_YEARS_TEXT: &str = "1900–2189";
+/// [`STORABLE_YEARS`] as messages write them: `1900–2189`.
+pub fn storable_years() -> String {
+    format!("{}–{}", STORABLE_YEARS.start(), STORABLE_YEARS.end())
+}
 
 /// Whether `time` is one Kith can store and query: from 1900 to 2189. The query engine works on
 /// some times in nanoseconds (`date_trunc`, time windows, `now() - timestamp`), whose 64 bits

@@ -29,7 +29,7 @@ pub enum TimeError {
     BadFormat(String),
     #[error(
         "`{0}` is outside the years {years}, the times Kith stores (it is usually a default value such as 0001-01-01, or a Unix time in another unit); correct it, or leave the cell empty",
-        years = kith_core::time::STORABLE_YEARS_TEXT
+        years = kith_core::time::storable_years()
     )]
     OutOfRange(String),
     #[error(

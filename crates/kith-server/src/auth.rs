@@ -250,25 +250,15 @@ impl KeyResolver {
                     "this call needs {} key; the key `{}` is {} key",
                     match required {
                         // An admin key may do all a read key does.
-                        KeyScope::Read => "a read or admin".to_string(),
-                        other => with_article(other.as_str()),
+                        KeyScope::Read => "a read or admin",
+                        other => other.with_article(),
                     },
                     key.id,
-                    with_article(key.scope.as_str())
+                    key.scope.with_article()
                 ),
             )),
         }
     }
-}
-
-/// "a read", "an ingest", "an admin".
-fn with_article(scope: &str) -> String {
-    let article = if scope.starts_with(['a', 'e', 'i', 'o', 'u']) {
-        "an"
-    } else {
-        "a"
-    };
-    format!("{article} {scope}")
 }
 
 #[cfg(test)]

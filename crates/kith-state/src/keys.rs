@@ -39,6 +39,15 @@ impl KeyScope {
         }
     }
 
+    /// The scope with its article, for messages: "a read", "an ingest", "an admin".
+    pub fn with_article(self) -> &'static str {
+        match self {
+            KeyScope::Ingest => "an ingest",
+            KeyScope::Read => "a read",
+            KeyScope::Admin => "an admin",
+        }
+    }
+
     /// Whether a key of this scope may do what `required` allows.
     pub fn allows(self, required: KeyScope) -> bool {
         match required {

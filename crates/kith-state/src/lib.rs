@@ -102,8 +102,7 @@ pub fn create_data_dir(data_dir: &Path) -> std::io::Result<()> {
 fn warn_root_in_another_users(data_dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     static WARNED: std::sync::Once = std::sync::Once::new();
-    // SAFETY: geteuid only reads this process's effective user id; it cannot fail.
-    let running_as_root = unsafe { libc::geteuid() } == 0;
+    let running_as_root = rustix::process::geteuid().is_root();
     let owner = std::fs::metadata(data_dir)?.uid();
     if running_as_root && owner != 0 {
         WARNED.call_once(|| {

@@ -62,10 +62,7 @@ pub fn run(action: KeyAction, file: FileConfig) -> anyhow::Result<ExitCode> {
                 bail!(
                     "--source is for ingest keys (it names the source their events are filed \
                      under); {} key has none: leave --source out",
-                    match scope {
-                        KeyScope::Admin => "an admin",
-                        _ => "a read",
-                    }
+                    scope.with_article()
                 );
             }
             if stdout_is_dev_null() {

@@ -198,14 +198,7 @@ pub(crate) async fn collect_counted(
 /// counted at the size of every page behind it. Cast to plain types, an answer holds the
 /// values its rows show and no more, and Arrow clients that read no views can read it.
 pub(crate) fn answered_type(data_type: &DataType) -> DataType {
-    let field = |field: &arrow::datatypes::FieldRef| {
-        Arc::new(
-            field
-                .as_ref()
-                .clone()
-                .with_data_type(answered_type(field.data_type())),
-        )
-    };
+    let field = |field: &arrow::datatypes::FieldRef| Arc::new(answered_field(field));
     match data_type {
         DataType::Utf8View => DataType::Utf8,
         DataType::BinaryView => DataType::Binary,
@@ -218,17 +211,17 @@ pub(crate) fn answered_type(data_type: &DataType) -> DataType {
     }
 }
 
+/// `field` in its [`answered_type`].
+fn answered_field(field: &arrow::datatypes::Field) -> arrow::datatypes::Field {
+    field
+        .clone()
+        .with_data_type(answered_type(field.data_type()))
+}
+
 /// `schema` with each column in its [`answered_type`].
 pub(crate) fn answered_schema(schema: &arrow::datatypes::Schema) -> SchemaRef {
-    let fields: Vec<arrow::datatypes::Field> = schema
-        .fields()
-        .iter()
-        .map(|f| {
-            f.as_ref()
-                .clone()
-                .with_data_type(answered_type(f.data_type()))
-        })
-        .collect();
+    let fields: Vec<arrow::datatypes::Field> =
+        schema.fields().iter().map(|f| answered_field(f)).collect();
     Arc::new(arrow::datatypes::Schema::new_with_metadata(
         fields,
         schema.metadata().clone(),
